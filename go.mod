@@ -1,0 +1,3 @@
+module github.com/wattagg/wattagg
+
+go 1.26

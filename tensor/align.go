@@ -1,0 +1,35 @@
+package tensor
+
+import "unsafe"
+
+// Alignment is the byte alignment of every buffer this package allocates: one cache line, and
+// a multiple of every vector width the kernels use.
+const Alignment = 64
+
+// AlignedBytes returns n zeroed bytes whose first byte is Alignment-aligned.
+func AlignedBytes(n int) []byte { return aligned[byte](n) }
+
+// AlignedF32 returns n zeroed float32s whose first element is Alignment-aligned.
+func AlignedF32(n int) []float32 { return aligned[float32](n) }
+
+// AlignedF64 returns n zeroed float64s whose first element is Alignment-aligned.
+func AlignedF64(n int) []float64 { return aligned[float64](n) }
+
+func aligned[T byte | float32 | float64](n int) []T {
+	if n < 0 {
+		panic("tensor: negative buffer length")
+	}
+	var zero T
+	size := int(unsafe.Sizeof(zero))
+	s := make([]T, n+Alignment/size)
+	off := 0
+	if mis := int(uintptr(unsafe.Pointer(unsafe.SliceData(s))) % Alignment); mis != 0 {
+		off = (Alignment - mis) / size
+	}
+	return s[off : off+n : off+n]
+}
+
+// IsAligned reports whether b starts at a multiple of align bytes (align a power of two).
+func IsAligned(b []byte, align int) bool {
+	return uintptr(unsafe.Pointer(unsafe.SliceData(b)))&uintptr(align-1) == 0
+}
