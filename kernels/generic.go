@@ -128,8 +128,8 @@ func reducePartials(p *[Lanes]float64) float64 {
 	return p[0]
 }
 
-// nonFiniteMask is the exponent field of each float width: an element is NaN or Inf when all its
-// exponent bits are set.
+// An element is NaN or ±Inf when all the bits of its exponent field (mask) are set.
+
 func anyNonFinite16Generic(x []byte, mask uint16) bool {
 	for j := 0; j+2 <= len(x); j += 2 {
 		if binary.LittleEndian.Uint16(x[j:])&mask == mask {
@@ -155,4 +155,12 @@ func anyNonFiniteF64Generic(x []byte) bool {
 		}
 	}
 	return false
+}
+
+func xorFoldGeneric(x []byte) uint64 {
+	var r uint64
+	for j := 0; j+8 <= len(x); j += 8 {
+		r ^= binary.LittleEndian.Uint64(x[j:])
+	}
+	return r
 }

@@ -37,6 +37,8 @@ type variant struct {
 	sumSquaresF32, sumSquaresBF16, sumSquaresF16 func(p *[Lanes]float64, x []byte)
 	anyNonFiniteF32, anyNonFiniteF64             func(x []byte) bool
 	anyNonFiniteF16, anyNonFiniteBF16            func(x []byte) bool
+
+	xorFold func(x []byte) uint64
 }
 
 var generic = variant{
@@ -72,6 +74,8 @@ var generic = variant{
 	anyNonFiniteF64:  anyNonFiniteF64Generic,
 	anyNonFiniteF16:  func(x []byte) bool { return anyNonFinite16Generic(x, 0x7c00) },
 	anyNonFiniteBF16: func(x []byte) bool { return anyNonFinite16Generic(x, 0x7f80) },
+
+	xorFold: xorFoldGeneric,
 }
 
 // variants lists the implementations this binary and CPU can run, best first; the
@@ -243,3 +247,16 @@ func AnyNonFiniteF16(x []byte) bool { return cur.anyNonFiniteF16(x) }
 
 // AnyNonFiniteBF16 reports whether any bfloat16 element of x is NaN or ±Inf.
 func AnyNonFiniteBF16(x []byte) bool { return cur.anyNonFiniteBF16(x) }
+
+// XorFold is the XOR of the len(x)/8 little-endian 8-byte words of x (trailing bytes are
+// ignored). It is
+//
+//	var r uint64
+//	for j := 0; j+8 <= len(x); j += 8 {
+//		r ^= binary.LittleEndian.Uint64(x[j:])
+//	}
+//	return r
+//
+// It is the cheapest kernel that reads every byte: benchmarks use it to measure the memory read
+// bandwidth floor that the other kernels are compared with.
+func XorFold(x []byte) uint64 { return cur.xorFold(x) }

@@ -20,11 +20,18 @@ type Tensor struct {
 	data  []byte
 }
 
+// MaxAlloc bounds what New allocates (1 TiB): beyond it Go's allocator would abort the
+// program instead of returning an error.
+const MaxAlloc = 1 << 40
+
 // New allocates a zeroed tensor in an aligned buffer.
 func New(name string, dt DType, shape ...int) (*Tensor, error) {
 	n, err := numElements(dt, shape)
 	if err != nil {
 		return nil, fmt.Errorf("tensor %q: %w", name, err)
+	}
+	if n > MaxAlloc/dt.Size() {
+		return nil, fmt.Errorf("tensor %q: %w: %v of %s is more than 1 TiB", name, ErrShape, shape, dt)
 	}
 	return &Tensor{Name: name, DType: dt, Shape: append([]int(nil), shape...), Scale: 1,
 		data: AlignedBytes(n * dt.Size())}, nil

@@ -1,0 +1,58 @@
+# wattagg — build, test, benchmark. `make demo` runs the main job; `make test` runs the tests.
+GO      ?= go
+BIN     := bin/wattagg
+PKGS    := ./...
+
+.PHONY: all build demo test vet fmt-check generate generate-check bench bench-go fuzz clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) ./cmd/wattagg
+
+# The main job: a 16-client federation of a 25M-parameter model, aggregated and reported.
+demo: build
+	./$(BIN) demo
+
+# Everything CI runs: formatting, vet (both tag sets), generated code up to date, the tests
+# with the assembly, under the race detector, and with the pure-Go kernels.
+test: fmt-check vet generate-check
+	$(GO) test -count=1 $(PKGS)
+	$(GO) test -count=1 -race $(PKGS)
+	$(GO) test -count=1 -tags purego $(PKGS)
+
+vet:
+	$(GO) vet $(PKGS)
+	$(GO) vet -tags purego $(PKGS)
+	GOARCH=arm64 $(GO) vet ./kernels/ ./tensor/...
+
+fmt-check:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+
+# Regenerate the AVX2 assembly from kernels/_gen (avo; its own go.mod).
+generate:
+	cd kernels/_gen && $(GO) generate ./...
+
+# Fail if the committed assembly differs from what the generator produces.
+generate-check:
+	cd kernels/_gen && $(GO) test -count=1 ./...
+
+# Benchmarks beside their floors, measured in the same run.
+bench: build bench-go
+	./$(BIN) bench floor
+	./$(BIN) bench mean
+	./$(BIN) bench e2e
+	./$(BIN) bench stream
+
+bench-go:
+	$(GO) test -run '^$$' -bench . -benchtime 10x ./kernels/ ./aggregate/ ./tensor/...
+
+# Short fuzzing sessions of every fuzz target.
+fuzz:
+	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime 30s ./tensor/safetensors/
+	for f in $$($(GO) test -list 'Fuzz.*' ./kernels/ | grep ^Fuzz); do \
+		$(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime 20s ./kernels/ || exit 1; done
+
+clean:
+	rm -rf bin

@@ -1,0 +1,59 @@
+package aggregate
+
+import "github.com/wattagg/wattagg/device"
+
+// Report says what an aggregation did and what it cost.
+type Report struct {
+	Rule        string    `json:"rule"`
+	Clients     int       `json:"clients"`
+	Tensors     int       `json:"tensors"`
+	Params      int64     `json:"params"`
+	InDTypes    []string  `json:"input_dtypes"`
+	AccDType    string    `json:"acc_dtype"` // "f32", "f64" or "mixed"
+	OutDType    string    `json:"out_dtype"` // one dtype or "mixed"
+	TotalWeight float64   `json:"total_weight"`
+	WeightsFrom string    `json:"weights_from"` // "given", "num_examples" or "uniform"
+	Weights     []float64 `json:"weights"`      // normalised: the share of each client, in input order
+	Output      string    `json:"output,omitempty"`
+
+	Seconds      float64 `json:"seconds"`
+	BytesRead    int64   `json:"bytes_read"`
+	BytesWritten int64   `json:"bytes_written"`
+	GBps         float64 `json:"gb_per_s"` // (read + written) / seconds / 1e9
+	ParamsPerSec float64 `json:"params_per_s"`
+
+	Devices []DeviceShare `json:"devices"`
+
+	// Joules is the energy the aggregation spent, with JoulesReason saying why it is null.
+	Joules       *float64 `json:"joules"`
+	JoulesReason string   `json:"joules_reason,omitempty"`
+}
+
+// DeviceShare is one device's part of the work.
+type DeviceShare struct {
+	device.Stats
+	Share float64 `json:"share"` // fraction of the elements
+}
+
+// noMeterReason is reported until energy metering (RAPL, NVML) measures rounds.
+const noMeterReason = "no energy meter in this build: RAPL/NVML metering is not implemented yet"
+
+func (r *Report) finish(seconds float64, stats []device.Stats) {
+	r.Seconds = seconds
+	var elems int64
+	for _, s := range stats {
+		elems += s.Elements
+	}
+	for _, s := range stats {
+		share := 0.0
+		if elems > 0 {
+			share = float64(s.Elements) / float64(elems)
+		}
+		r.Devices = append(r.Devices, DeviceShare{Stats: s, Share: share})
+	}
+	if seconds > 0 {
+		r.GBps = float64(r.BytesRead+r.BytesWritten) / seconds / 1e9
+		r.ParamsPerSec = float64(r.Params) / seconds
+	}
+	r.JoulesReason = noMeterReason
+}

@@ -1,0 +1,188 @@
+// Package bench measures wattagg against physical floors: it generates synthetic federations,
+// measures the memory read bandwidth of the machine it runs on, runs the aggregation paths and
+// the C yardsticks of shared/floors in the same session, and reports ratios.
+package bench
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"sync"
+	"sync/atomic"
+
+	"github.com/wattagg/wattagg/tensor"
+	"github.com/wattagg/wattagg/tensor/safetensors"
+)
+
+// Model is the layout of a synthetic model: f32 tensors with names and shapes.
+type Model struct {
+	Name   string
+	Fields tensor.Layout
+}
+
+// Params is the parameter count.
+func (m Model) Params() int64 { return m.Fields.NumParams() }
+
+// Transformer returns a decoder-only transformer layout (token embedding, layers of attention
+// and MLP weights with biases and layer norms, a final norm) whose size is close to params.
+// Its tensors have the shapes and the spread of sizes real checkpoints have.
+func Transformer(params int64) Model {
+	// Width grows with size; the layers take about five sixths of the budget and the
+	// vocabulary fills the rest, so the total lands close to params.
+	d := 64
+	for d < 2048 && int64(d)*int64(d)*12*16 < params {
+		d *= 2
+	}
+	perLayer := int64(12*d*d + 13*d) // qkv+out+mlp weights, their biases, two norms
+	vocab := int(max(16, params/6/int64(d)))
+	layers := max(1, int(math.Round(float64(params-int64(vocab*d))/float64(perLayer))))
+	vocab = int(max(16, (params-int64(layers)*perLayer-int64(2*d))/int64(d)))
+	var l tensor.Layout
+	add := func(name string, shape ...int) {
+		l = append(l, tensor.Field{Name: name, DType: tensor.F32, Shape: shape})
+	}
+	add("embed.weight", vocab, d)
+	for i := range layers {
+		p := "layers." + strconv.Itoa(i) + "."
+		add(p+"attn_norm.weight", d)
+		add(p+"attn_norm.bias", d)
+		add(p+"attn.qkv.weight", 3*d, d)
+		add(p+"attn.qkv.bias", 3*d)
+		add(p+"attn.out.weight", d, d)
+		add(p+"attn.out.bias", d)
+		add(p+"mlp_norm.weight", d)
+		add(p+"mlp_norm.bias", d)
+		add(p+"mlp.up.weight", 4*d, d)
+		add(p+"mlp.up.bias", 4*d)
+		add(p+"mlp.down.weight", d, 4*d)
+		add(p+"mlp.down.bias", d)
+	}
+	add("final_norm.weight", d)
+	add("final_norm.bias", d)
+	return Model{Name: fmt.Sprintf("transformer-d%d-l%d", d, layers), Fields: l}
+}
+
+// Flat returns a model of one f32 vector of n parameters.
+func Flat(n int) Model {
+	return Model{Name: fmt.Sprintf("flat-%d", n), Fields: tensor.Layout{{Name: "w", DType: tensor.F32, Shape: []int{n}}}}
+}
+
+// Client describes one synthetic client update.
+type Client struct {
+	DType       tensor.DType // F32, BF16 or F16
+	NumExamples int          // written as num_examples metadata; 0 for none
+}
+
+// Federation is a set of client updates of one model.
+type Federation struct {
+	Model   Model
+	Clients []Client
+	Seed    uint64
+}
+
+// Value is the parameter j of client k: a shared base plus a client-specific perturbation,
+// deterministic in (seed, k, j) so that tests can recompute any coordinate.
+func (f *Federation) Value(k int, j int64) float32 {
+	base := gauss(f.Seed, j) * 0.02
+	delta := gauss(f.Seed^0x9e3779b97f4a7c15*uint64(k+1), j) * 0.002
+	return float32(base + delta)
+}
+
+// gauss is a cheap deterministic approximately-normal value (sum of four uniforms).
+func gauss(seed uint64, j int64) float64 {
+	h := splitmix(seed + uint64(j)*0x9e3779b97f4a7c15)
+	var s float64
+	for range 4 {
+		s += float64(h&0xffff) / 65536
+		h >>= 16
+	}
+	return (s - 2) * math.Sqrt(3)
+}
+
+func splitmix(x uint64) uint64 {
+	x += 0x9e3779b97f4a7c15
+	x = (x ^ x>>30) * 0xbf58476d1ce4e5b9
+	x = (x ^ x>>27) * 0x94d049bb133111eb
+	return x ^ x>>31
+}
+
+// Write writes the federation to dir as client-NNN.safetensors files, on all cores, streaming
+// each file through a small buffer. progress, if set, gets the bytes written so far and in all.
+func (f *Federation) Write(ctx context.Context, dir string, progress func(done, total int64)) ([]string, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	var total int64
+	for _, c := range f.Clients {
+		total += f.Model.Params() * int64(c.DType.Size())
+	}
+	paths := make([]string, len(f.Clients))
+	errs := make([]error, len(f.Clients))
+	var done atomic.Int64
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, runtime.GOMAXPROCS(0))
+	for k := range f.Clients {
+		paths[k] = filepath.Join(dir, fmt.Sprintf("client-%03d.safetensors", k))
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			errs[k] = f.writeClient(ctx, k, paths[k], func(n int64) {
+				if progress != nil {
+					progress(done.Add(n), total)
+				}
+			})
+		}()
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			return nil, err
+		}
+	}
+	return paths, nil
+}
+
+func (f *Federation) writeClient(ctx context.Context, k int, path string, progress func(int64)) error {
+	c := f.Clients[k]
+	layout := make(tensor.Layout, len(f.Model.Fields))
+	for i, fl := range f.Model.Fields {
+		layout[i] = tensor.Field{Name: fl.Name, DType: c.DType, Shape: fl.Shape}
+	}
+	meta := map[string]string{"format": "pt"}
+	if c.NumExamples > 0 {
+		meta["num_examples"] = strconv.Itoa(c.NumExamples)
+	}
+	w, err := safetensors.Create(path, layout, meta)
+	if err != nil {
+		return err
+	}
+	const bufBytes = 1 << 20
+	buf := make([]byte, bufBytes)
+	es := int64(c.DType.Size())
+	total := f.Model.Params() * es
+	for off := int64(0); off < total; off += bufBytes {
+		if err := ctx.Err(); err != nil {
+			_ = w.Abort()
+			return err
+		}
+		n := min(int64(bufBytes), total-off)
+		b := buf[:n]
+		for i := range int(n / es) {
+			if err := encode(b, i, c.DType, f.Value(k, off/es+int64(i))); err != nil {
+				_ = w.Abort()
+				return err
+			}
+		}
+		if _, err := w.WriteAt(b, off); err != nil {
+			_ = w.Abort()
+			return err
+		}
+		progress(n)
+	}
+	return w.Commit()
+}

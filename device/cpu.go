@@ -1,0 +1,406 @@
+package device
+
+import (
+	"context"
+	"fmt"
+	"runtime"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/klauspost/cpuid/v2"
+
+	"github.com/wattagg/wattagg/kernels"
+	"github.com/wattagg/wattagg/tensor"
+)
+
+// CPU runs jobs on the host's cores with the kernels package: chunks are spread over worker
+// goroutines, and each chunk is computed in blocks small enough that the accumulator stays in
+// the L1/L2 cache while every input streams over it once.
+type CPU struct {
+	workers    int
+	blockBytes int
+	scratch    sync.Pool // *cpuScratch
+}
+
+// CPUOption configures a CPU device.
+type CPUOption func(*CPU) error
+
+// WithWorkers sets how many goroutines run kernels (default GOMAXPROCS).
+func WithWorkers(n int) CPUOption {
+	return func(c *CPU) error {
+		if n < 1 {
+			return fmt.Errorf("device: %d workers: want at least 1", n)
+		}
+		c.workers = n
+		return nil
+	}
+}
+
+// WithBlockBytes sets the accumulator block size in bytes (default 32 KiB: the L1 data cache
+// of current x86 cores). Each kernel call covers one block of every input.
+func WithBlockBytes(n int) CPUOption {
+	return func(c *CPU) error {
+		if n < 512 || n > 16<<20 || n%64 != 0 {
+			return fmt.Errorf("device: block of %d bytes: want a multiple of 64 in [512, 16 MiB]", n)
+		}
+		c.blockBytes = n
+		return nil
+	}
+}
+
+// NewCPU returns the CPU device.
+func NewCPU(opts ...CPUOption) (*CPU, error) {
+	c := &CPU{workers: runtime.GOMAXPROCS(0), blockBytes: 32 << 10}
+	for _, o := range opts {
+		if err := o(c); err != nil {
+			return nil, err
+		}
+	}
+	return c, nil
+}
+
+// Name is "cpu".
+func (c *CPU) Name() string { return "cpu" }
+
+// Close does nothing: the CPU device holds only pooled scratch memory.
+func (c *CPU) Close() error { return nil }
+
+// Info describes the processor and the kernels in use.
+func (c *CPU) Info() Info {
+	info := Info{
+		Name:    "cpu",
+		Kind:    "cpu",
+		Model:   cpuid.CPU.BrandName,
+		Cores:   cpuid.CPU.PhysicalCores,
+		Threads: cpuid.CPU.LogicalCores,
+		Workers: c.workers,
+		Kernels: kernels.Variant(),
+		CacheL2: cpuid.CPU.Cache.L2,
+		CacheL3: cpuid.CPU.Cache.L3,
+	}
+	if info.Kernels != "generic" {
+		info.Features = []string{"avx2", "fma3", "f16c"}
+	} else {
+		info.Notes = append(info.Notes, "pure-Go kernels: "+genericReason())
+	}
+	return info
+}
+
+func genericReason() string {
+	if slices.Contains(kernels.Variants(), "avx2") {
+		return "selected by WATTAGG_KERNELS or a test"
+	}
+	if !cpuid.CPU.Supports(cpuid.AVX2, cpuid.FMA3, cpuid.F16C) {
+		return "this CPU lacks AVX2, FMA or F16C"
+	}
+	return "built without assembly (purego or noasm tag, or not amd64)"
+}
+
+// cpuScratch is one worker's reusable memory: an accumulator block in each width, the input
+// slices of a block and their weights.
+type cpuScratch struct {
+	acc32 []float32
+	acc64 []float64
+	xs    [][]byte
+	w32   []float32
+	w64   []float64
+}
+
+func (c *CPU) getScratch(inputs int) *cpuScratch {
+	s, _ := c.scratch.Get().(*cpuScratch)
+	if s == nil {
+		s = &cpuScratch{
+			acc32: tensor.AlignedF32(c.blockBytes / 4),
+			acc64: tensor.AlignedF64(c.blockBytes / 8),
+		}
+	}
+	if cap(s.xs) < inputs {
+		s.xs = make([][]byte, inputs)
+		s.w32 = make([]float32, inputs)
+		s.w64 = make([]float64, inputs)
+	}
+	return s
+}
+
+// group is the inputs of one field that share a dtype, with their effective weights (job
+// weight · scale · I8 dequantisation scale). Mixed-dtype fields have several groups, applied
+// in the order of their first input; a field whose inputs share a dtype has one.
+type group struct {
+	dtype  tensor.DType
+	inputs []int
+	w32    []float32
+	w64    []float64
+}
+
+func groupInputs(t int, acc tensor.DType, inputs [][]Span, weights []float64, scale float64) []group {
+	var gs []group
+	for i, in := range inputs {
+		sp := in[t]
+		k := slices.IndexFunc(gs, func(g group) bool { return g.dtype == sp.DType })
+		if k < 0 {
+			gs = append(gs, group{dtype: sp.DType})
+			k = len(gs) - 1
+		}
+		w := weights[i] * scale
+		if sp.DType == tensor.I8 {
+			w *= float64(sp.Scale)
+		}
+		g := &gs[k]
+		g.inputs = append(g.inputs, i)
+		if acc == tensor.F32 {
+			g.w32 = append(g.w32, float32(w))
+		} else {
+			g.w64 = append(g.w64, w)
+		}
+	}
+	return gs
+}
+
+// WeightedSum implements Device.
+func (c *CPU) WeightedSum(ctx context.Context, job *SumJob) (Stats, error) {
+	if err := job.Validate(); err != nil {
+		return Stats{}, err
+	}
+	for t, f := range job.Fields {
+		if err := c.supports(t, f, job.Inputs); err != nil {
+			return Stats{}, err
+		}
+	}
+	start := time.Now()
+	groups := make([][]group, len(job.Fields))
+	for t, f := range job.Fields {
+		groups[t] = groupInputs(t, f.Acc, job.Inputs, job.Weights, job.Scale)
+	}
+	var inBytesPerElem []int64 // per field: bytes of all inputs per element
+	for t := range job.Fields {
+		var b int64
+		for _, in := range job.Inputs {
+			b += int64(in[t].DType.Size())
+		}
+		inBytesPerElem = append(inBytesPerElem, b)
+	}
+
+	var stats Stats
+	var mu sync.Mutex
+	err := c.parallelChunks(ctx, len(job.Chunks), func(s *cpuScratch, ci int) error {
+		ch := job.Chunks[ci]
+		var read, elems int64
+		for p, pc := range ch.Pieces {
+			dst, err := job.Output.Dest(ci, p)
+			if err != nil {
+				return err
+			}
+			f := job.Fields[pc.Field]
+			if err := c.sumPiece(ctx, s, f, groups[pc.Field], job.Inputs, pc, dst); err != nil {
+				return err
+			}
+			elems += int64(pc.Hi - pc.Lo)
+			read += int64(pc.Hi-pc.Lo) * inBytesPerElem[pc.Field]
+		}
+		if err := job.Output.Done(ci); err != nil {
+			return err
+		}
+		if job.Progress != nil {
+			job.Progress(read)
+		}
+		mu.Lock()
+		stats.Chunks++
+		stats.Elements += elems
+		stats.BytesRead += read
+		stats.BytesWritten += int64(ch.Len)
+		mu.Unlock()
+		return nil
+	}, len(job.Inputs))
+	stats.Device = c.Name()
+	stats.Seconds = time.Since(start).Seconds()
+	return stats, err
+}
+
+func (c *CPU) supports(t int, f AccField, inputs [][]Span) error {
+	if f.Acc != tensor.F32 && f.Acc != tensor.F64 {
+		return fmt.Errorf("%w: field %q: accumulator dtype %s (want f32 or f64)", ErrUnsupported, f.Name, f.Acc)
+	}
+	switch f.Out {
+	case tensor.F32, tensor.F16, tensor.BF16:
+	case tensor.F64:
+		if f.Acc != tensor.F64 {
+			return fmt.Errorf("%w: field %q: f64 output needs an f64 accumulator", ErrUnsupported, f.Name)
+		}
+	default:
+		return fmt.Errorf("%w: field %q: output dtype %s", ErrUnsupported, f.Name, f.Out)
+	}
+	if f.Acc == tensor.F32 {
+		for i, in := range inputs {
+			if in[t].DType == tensor.F64 {
+				return fmt.Errorf("%w: field %q: input %d is f64 and needs an f64 accumulator", ErrUnsupported, f.Name, i)
+			}
+		}
+	}
+	return nil
+}
+
+// parallelChunks runs fn over chunk indices 0..n-1 on the device's workers, in order of
+// claim, stopping everyone at the first error or cancellation.
+func (c *CPU) parallelChunks(ctx context.Context, n int, fn func(s *cpuScratch, ci int) error, inputs int) error {
+	var next atomic.Int64
+	var firstErr error
+	var once sync.Once
+	var failed atomic.Bool
+	fail := func(err error) {
+		once.Do(func() { firstErr = err })
+		failed.Store(true)
+	}
+	var wg sync.WaitGroup
+	for range min(c.workers, n) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s := c.getScratch(inputs)
+			defer c.scratch.Put(s)
+			for !failed.Load() {
+				ci := int(next.Add(1) - 1)
+				if ci >= n {
+					return
+				}
+				if err := ctx.Err(); err != nil {
+					fail(err)
+					return
+				}
+				if err := fn(s, ci); err != nil {
+					fail(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return firstErr
+}
+
+// sumPiece computes one piece block by block: zero the accumulator block, apply every input
+// group, check the sum is finite, convert it into dst.
+func (c *CPU) sumPiece(ctx context.Context, s *cpuScratch, f AccField, groups []group, inputs [][]Span, pc Piece, dst []byte) error {
+	accSize := f.Acc.Size()
+	block := c.blockBytes / accSize
+	outSize := f.Out.Size()
+	for lo := pc.Lo; lo < pc.Hi; lo += block {
+		hi := min(lo+block, pc.Hi)
+		n := hi - lo
+		out := dst[(lo-pc.Lo)*outSize : (hi-pc.Lo)*outSize]
+		if f.Acc == tensor.F32 {
+			acc := s.acc32[:n]
+			clear(acc)
+			for _, g := range groups {
+				xs := s.xs[:len(g.inputs)]
+				fillBlock(xs, g, inputs, pc.Field, lo, hi)
+				acc32Kernel(g.dtype)(acc, g.w32, xs)
+			}
+			store32Kernel(f.Out)(out, acc, 1)
+		} else {
+			acc := s.acc64[:n]
+			clear(acc)
+			for _, g := range groups {
+				xs := s.xs[:len(g.inputs)]
+				fillBlock(xs, g, inputs, pc.Field, lo, hi)
+				acc64Kernel(g.dtype)(acc, g.w64, xs)
+			}
+			store64Kernel(f.Out)(out, acc, 1)
+		}
+		if err := checkOut(f, lo, out); err != nil {
+			return err
+		}
+	}
+	clear(s.xs) // do not keep inputs (mapped files) reachable from the pool
+	return ctx.Err()
+}
+
+func fillBlock(xs [][]byte, g group, inputs [][]Span, field, lo, hi int) {
+	es := g.dtype.Size()
+	for k, i := range g.inputs {
+		xs[k] = inputs[i][field].Data[lo*es : hi*es]
+	}
+}
+
+// checkOut reports the first non-finite value of a converted block. Checking the output is
+// enough: a NaN or Inf in the accumulator converts to a NaN or Inf, and the output can also
+// overflow on its own (a finite f32 sum beyond the f16 range).
+func checkOut(f AccField, lo int, out []byte) error {
+	if !anyNonFinite(f.Out, out) {
+		return nil
+	}
+	i := tensor.FirstNonFinite(f.Out, out)
+	t, _ := tensor.FromBytes(f.Name, f.Out, []int{len(out) / f.Out.Size()}, out)
+	return &tensor.NonFiniteError{Tensor: f.Name, Index: lo + i, Value: t.Value(i)}
+}
+
+func anyNonFinite(dt tensor.DType, b []byte) bool {
+	switch dt {
+	case tensor.F32:
+		return kernels.AnyNonFiniteF32(b)
+	case tensor.F64:
+		return kernels.AnyNonFiniteF64(b)
+	case tensor.F16:
+		return kernels.AnyNonFiniteF16(b)
+	case tensor.BF16:
+		return kernels.AnyNonFiniteBF16(b)
+	}
+	return false
+}
+
+func acc32Kernel(dt tensor.DType) func(acc, w []float32, x [][]byte) {
+	switch dt {
+	case tensor.F32:
+		return kernels.AccF32FromF32
+	case tensor.BF16:
+		return kernels.AccF32FromBF16
+	case tensor.F16:
+		return kernels.AccF32FromF16
+	case tensor.I8:
+		return kernels.AccF32FromI8
+	}
+	return nil
+}
+
+func acc64Kernel(dt tensor.DType) func(acc, w []float64, x [][]byte) {
+	switch dt {
+	case tensor.F32:
+		return kernels.AccF64FromF32
+	case tensor.BF16:
+		return kernels.AccF64FromBF16
+	case tensor.F16:
+		return kernels.AccF64FromF16
+	case tensor.I8:
+		return kernels.AccF64FromI8
+	case tensor.F64:
+		return kernels.AccF64FromF64
+	}
+	return nil
+}
+
+func store32Kernel(dt tensor.DType) func(dst []byte, src []float32, s float32) {
+	switch dt {
+	case tensor.F32:
+		return kernels.StoreF32FromF32
+	case tensor.BF16:
+		return kernels.StoreBF16FromF32
+	case tensor.F16:
+		return kernels.StoreF16FromF32
+	}
+	return nil
+}
+
+func store64Kernel(dt tensor.DType) func(dst []byte, src []float64, s float64) {
+	switch dt {
+	case tensor.F64:
+		return kernels.StoreF64FromF64
+	case tensor.F32:
+		return kernels.StoreF32FromF64
+	case tensor.BF16:
+		return kernels.StoreBF16FromF64
+	case tensor.F16:
+		return kernels.StoreF16FromF64
+	}
+	return nil
+}

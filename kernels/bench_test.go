@@ -1,0 +1,314 @@
+package kernels
+
+import (
+	"bytes"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"testing"
+
+	"github.com/wattagg/wattagg/internal/half"
+)
+
+// Benchmarks report bytes read + bytes written per second. Sizes go from L1 (4 KiB) through L2
+// (256 KiB) to DRAM (64 MiB); BenchmarkXorFold at the same sizes is the read floor they are
+// compared with. BenchmarkFedAvg is the shape of the real use: many inputs streaming from DRAM
+// over an accumulator block that stays in cache.
+
+var benchSizes = []int{4 << 10, 256 << 10, 64 << 20}
+
+// benchVariants runs f once per variant with it selected, as sub-benchmark n=<n>/impl=<name>.
+func benchVariants(b *testing.B, n int, f func(b *testing.B)) {
+	saved := Variant()
+	defer UseVariant(saved)
+	for _, name := range Variants() {
+		b.Run(fmt.Sprintf("n=%d/impl=%s", n, name), func(b *testing.B) {
+			if err := UseVariant(name); err != nil {
+				b.Fatal(err)
+			}
+			f(b)
+		})
+	}
+}
+
+// benchData returns n bytes of dt values drawn from a normal distribution (no subnormals, NaNs or
+// infinities, as in real model updates), shared between benchmarks and allocated and touched once.
+func benchData(dt dtype, n int) []byte {
+	key := fmt.Sprintf("%s/%d", dt.name, n)
+	if b, ok := benchBuffers[key]; ok {
+		return b
+	}
+	r := rand.New(rand.NewPCG(uint64(n), 1))
+	b := make([]byte, n)
+	for j := range n / dt.size {
+		v := float32(r.NormFloat64() * 0.01)
+		var bits uint64
+		switch dt.name {
+		case "F32":
+			bits = uint64(math.Float32bits(v))
+		case "F64":
+			bits = math.Float64bits(float64(v))
+		case "BF16":
+			bits = uint64(half.F32ToBF16(v))
+		case "F16":
+			bits = uint64(half.F32ToF16(v))
+		case "I8":
+			bits = uint64(r.Uint32())
+		}
+		dt.putBits(b, j, bits)
+	}
+	benchBuffers[key] = b
+	return b
+}
+
+var benchBuffers = map[string][]byte{}
+
+func BenchmarkXorFold(b *testing.B) {
+	for _, size := range benchSizes {
+		x := benchData(dtF32, size)
+		benchVariants(b, size, func(b *testing.B) {
+			b.SetBytes(int64(size))
+			for b.Loop() {
+				XorFold(x)
+			}
+		})
+	}
+}
+
+// BenchmarkAcc: 4 inputs (one group of the assembly) of size/4 bytes each into an accumulator
+// of as many elements, so that the accumulator is read and written once per 4 inputs.
+func BenchmarkAcc(b *testing.B) {
+	for _, c := range accF32Cases {
+		b.Run(c.name, func(b *testing.B) { benchAcc(b, c, 4) })
+	}
+	for _, c := range accF64Cases {
+		b.Run(c.name, func(b *testing.B) { benchAcc(b, c, 8) })
+	}
+}
+
+func benchAcc[T float32 | float64](b *testing.B, c accCase[T], accSize int) {
+	for _, size := range benchSizes {
+		n := size / 4 / c.in.size
+		in := benchData(c.in, size)
+		x := make([][]byte, 4)
+		for i := range x {
+			x[i] = in[i*size/4 : (i+1)*size/4]
+		}
+		w := []T{0.25, 0.5, 0.125, 0.125}
+		acc := make([]T, n)
+		benchVariants(b, size, func(b *testing.B) {
+			b.SetBytes(int64(size + 2*n*accSize))
+			for b.Loop() {
+				c.fn(acc, w, x)
+			}
+		})
+	}
+}
+
+func BenchmarkStore(b *testing.B) {
+	for _, c := range storeF32Cases {
+		b.Run(c.name, func(b *testing.B) {
+			for _, size := range benchSizes {
+				src := make([]float32, size/4)
+				dst := make([]byte, len(src)*c.out.size)
+				benchVariants(b, size, func(b *testing.B) {
+					b.SetBytes(int64(size + len(dst)))
+					for b.Loop() {
+						c.fn(dst, src, 0.5)
+					}
+				})
+			}
+		})
+	}
+	for _, c := range storeF64Cases {
+		b.Run(c.name, func(b *testing.B) {
+			for _, size := range benchSizes {
+				src := make([]float64, size/8)
+				dst := make([]byte, len(src)*c.out.size)
+				benchVariants(b, size, func(b *testing.B) {
+					b.SetBytes(int64(size + len(dst)))
+					for b.Loop() {
+						c.fn(dst, src, 0.5)
+					}
+				})
+			}
+		})
+	}
+}
+
+func BenchmarkScale(b *testing.B) {
+	b.Run("ScaleF32", func(b *testing.B) {
+		for _, size := range benchSizes {
+			x := make([]float32, size/4)
+			benchVariants(b, size, func(b *testing.B) {
+				b.SetBytes(int64(2 * size))
+				for b.Loop() {
+					ScaleF32(x, 1)
+				}
+			})
+		}
+	})
+	b.Run("ScaleF64", func(b *testing.B) {
+		for _, size := range benchSizes {
+			x := make([]float64, size/8)
+			benchVariants(b, size, func(b *testing.B) {
+				b.SetBytes(int64(2 * size))
+				for b.Loop() {
+					ScaleF64(x, 1)
+				}
+			})
+		}
+	})
+}
+
+func BenchmarkReduce(b *testing.B) {
+	for _, size := range benchSizes {
+		x := benchData(dtF32, size)
+		y := benchData(dtF32, size+4)[4:]
+		b.Run("DotF32", func(b *testing.B) {
+			benchVariants(b, size, func(b *testing.B) {
+				b.SetBytes(int64(2 * size))
+				for b.Loop() {
+					DotF32(x, y)
+				}
+			})
+		})
+	}
+	for _, c := range reduceCases[1:] {
+		b.Run(c.name, func(b *testing.B) {
+			for _, size := range benchSizes {
+				x := benchData(c.in, size)
+				benchVariants(b, size, func(b *testing.B) {
+					b.SetBytes(int64(size))
+					for b.Loop() {
+						c.public(x)
+					}
+				})
+			}
+		})
+	}
+}
+
+func BenchmarkAnyNonFinite(b *testing.B) {
+	for _, c := range nonFiniteCases {
+		b.Run(c.name, func(b *testing.B) {
+			for _, size := range benchSizes {
+				x := make([]byte, size) // zeros: finite for every type, so the scan reads it all
+				benchVariants(b, size, func(b *testing.B) {
+					b.SetBytes(int64(size))
+					for b.Loop() {
+						if c.fn(x) {
+							b.Fatal("zeros reported non-finite")
+						}
+					}
+				})
+			}
+		})
+	}
+}
+
+// FedAvg-shaped benchmark: 32 inputs of 4M f32 elements (16 MiB each, 512 MiB in all, far past
+// the caches) are averaged into a 4M-element f32 output, one accumulator block at a time: the
+// block is cleared, every input's slice of it is accumulated (the assembly takes them 4 at a
+// time), and the block is scaled into the output. Bytes counted: every input byte once plus the
+// output once (the accumulator traffic stays in cache). BenchmarkFedAvgFloor XORs the same 512
+// MiB: the read floor of the machine for one goroutine.
+const (
+	fedInputs = 32
+	fedElems  = 4 << 20
+)
+
+var fedData struct {
+	f32, bf16 [][]byte
+	out       []byte
+}
+
+func fedSetup(b *testing.B) {
+	if fedData.f32 != nil {
+		return
+	}
+	for i := range fedInputs {
+		// Distinct buffers (a shared one would be read from cache): offset sizes defeat reuse.
+		fedData.f32 = append(fedData.f32, bytes.Clone(benchData(dtF32, 4*fedElems+4*i))[:4*fedElems])
+		fedData.bf16 = append(fedData.bf16, bytes.Clone(benchData(dtBF16, 2*fedElems+2*i))[:2*fedElems])
+		delete(benchBuffers, fmt.Sprintf("F32/%d", 4*fedElems+4*i))
+		delete(benchBuffers, fmt.Sprintf("BF16/%d", 2*fedElems+2*i))
+	}
+	fedData.out = make([]byte, 4*fedElems)
+	b.ResetTimer()
+}
+
+func fedWeights[T float32 | float64]() []T {
+	w := make([]T, fedInputs)
+	for i := range w {
+		w[i] = T(1) / fedInputs
+	}
+	return w
+}
+
+func BenchmarkFedAvg(b *testing.B) {
+	fedSetup(b)
+	blocks := []int{2048, 4096, 8192, 16384, 32768, 65536}
+	b.Run("AccF32FromF32", func(b *testing.B) {
+		for _, block := range blocks {
+			benchFedAvg(b, block, 4, fedData.f32, AccF32FromF32, StoreF32FromF32)
+		}
+	})
+	b.Run("AccF32FromBF16", func(b *testing.B) {
+		for _, block := range blocks {
+			benchFedAvg(b, block, 2, fedData.bf16, AccF32FromBF16, StoreF32FromF32)
+		}
+	})
+	b.Run("AccF64FromF32", func(b *testing.B) {
+		for _, block := range blocks {
+			benchFedAvg(b, block, 4, fedData.f32, AccF64FromF32, StoreF32FromF64)
+		}
+	})
+}
+
+func benchFedAvg[T float32 | float64](b *testing.B, block, size int, inputs [][]byte,
+	acc func(acc, w []T, x [][]byte), store func(dst []byte, src []T, s T)) {
+	w := fedWeights[T]()
+	a := make([]T, block)
+	x := make([][]byte, len(inputs))
+	b.Run(fmt.Sprintf("block=%d/impl=%s", block, Variant()), func(b *testing.B) {
+		b.SetBytes(int64(len(inputs)*fedElems*size + 4*fedElems))
+		for b.Loop() {
+			for off := 0; off < fedElems; off += block {
+				clear(a)
+				for i, in := range inputs {
+					x[i] = in[off*size : (off+block)*size]
+				}
+				acc(a, w, x)
+				store(fedData.out[4*off:], a, 1)
+			}
+		}
+	})
+}
+
+func BenchmarkFedAvgFloor(b *testing.B) {
+	fedSetup(b)
+	// Each input whole, one after the other: one stream at a time.
+	benchVariants(b, fedInputs*fedElems*4, func(b *testing.B) {
+		b.SetBytes(int64(fedInputs * fedElems * 4))
+		for b.Loop() {
+			for _, x := range fedData.f32 {
+				XorFold(x)
+			}
+		}
+	})
+	// The walk of BenchmarkFedAvg: block by block, every input's slice of it, so that 32 streams
+	// are read at once as the accumulation reads them.
+	for _, block := range []int{2048, 4096, 8192, 16384, 32768, 65536} {
+		b.Run(fmt.Sprintf("blocked/block=%d/impl=%s", block, Variant()), func(b *testing.B) {
+			b.SetBytes(int64(fedInputs * fedElems * 4))
+			for b.Loop() {
+				for off := 0; off < fedElems; off += block {
+					for _, x := range fedData.f32 {
+						XorFold(x[4*off : 4*(off+block)])
+					}
+				}
+			}
+		})
+	}
+}

@@ -1,0 +1,282 @@
+package kernels
+
+import (
+	"bytes"
+	"encoding/binary"
+	"math"
+	"slices"
+	"testing"
+)
+
+// The fuzz targets decode their bytes as raw float bits (math.Float32frombits, raw halves), so
+// NaNs with any payload, infinities, subnormals and signed zeros all appear, run every variant on
+// the same arguments and compare each with the generic one (NaNs as NaN-ness: when both operands
+// of an operation are NaN the payload kept depends on operand order).
+
+// fuzzBytes hands out the fuzz input piece by piece; past its end it gives zeros.
+type fuzzBytes struct{ b []byte }
+
+func (f *fuzzBytes) next(n int) []byte {
+	out := make([]byte, n)
+	f.b = f.b[copy(out, f.b):]
+	return out
+}
+
+func (f *fuzzBytes) byte() int { return int(f.next(1)[0]) }
+
+func (f *fuzzBytes) f32() float32 {
+	return math.Float32frombits(binary.LittleEndian.Uint32(f.next(4)))
+}
+
+func (f *fuzzBytes) f64() float64 {
+	return math.Float64frombits(binary.LittleEndian.Uint64(f.next(8)))
+}
+
+// length decodes an element count: mostly small (every tail path), sometimes a few hundred.
+func (f *fuzzBytes) length() int {
+	n := f.byte()
+	if n >= 200 {
+		n = (n-200)*8 + f.byte()%8
+	}
+	return n
+}
+
+func fuzzSeeds(f *testing.F) {
+	f.Add([]byte{})
+	f.Add(bytes.Repeat([]byte{0x00, 0x00, 0xc0, 0x7f}, 64)) // f32 quiet NaN
+	f.Add(bytes.Repeat([]byte{0x01, 0x00, 0x80, 0xff}, 64)) // f32 signalling NaN
+	f.Add(bytes.Repeat([]byte{0x00, 0x7c, 0x00, 0xfc}, 64)) // f16 ±Inf
+	f.Add(bytes.Repeat([]byte{0x80, 0x7f, 0x01, 0x00}, 64)) // bf16 Inf, f32 subnormal
+	f.Add(bytes.Repeat([]byte{0x00, 0x80, 0x3f, 0x80}, 64)) // ties
+	seed := make([]byte, 1024)
+	for j := range seed {
+		seed[j] = byte(j*131 + j>>3)
+	}
+	f.Add(seed)
+}
+
+var fuzzAccF32 = []struct {
+	in dtype
+	fn func(*variant) func(acc, w []float32, x [][]byte)
+}{
+	{dtF32, func(v *variant) func(acc, w []float32, x [][]byte) { return v.accF32FromF32 }},
+	{dtBF16, func(v *variant) func(acc, w []float32, x [][]byte) { return v.accF32FromBF16 }},
+	{dtF16, func(v *variant) func(acc, w []float32, x [][]byte) { return v.accF32FromF16 }},
+	{dtI8, func(v *variant) func(acc, w []float32, x [][]byte) { return v.accF32FromI8 }},
+}
+
+var fuzzAccF64 = []struct {
+	in dtype
+	fn func(*variant) func(acc, w []float64, x [][]byte)
+}{
+	{dtF32, func(v *variant) func(acc, w []float64, x [][]byte) { return v.accF64FromF32 }},
+	{dtBF16, func(v *variant) func(acc, w []float64, x [][]byte) { return v.accF64FromBF16 }},
+	{dtF16, func(v *variant) func(acc, w []float64, x [][]byte) { return v.accF64FromF16 }},
+	{dtI8, func(v *variant) func(acc, w []float64, x [][]byte) { return v.accF64FromI8 }},
+	{dtF64, func(v *variant) func(acc, w []float64, x [][]byte) { return v.accF64FromF64 }},
+}
+
+func FuzzAcc(f *testing.F) {
+	fuzzSeeds(f)
+	f.Fuzz(func(t *testing.T, data []byte) {
+		fb := &fuzzBytes{data}
+		k := fb.byte() % (len(fuzzAccF32) + len(fuzzAccF64))
+		cnt := fb.byte() % 10
+		n := fb.length()
+		off := fb.byte()
+		if k < len(fuzzAccF32) {
+			c := fuzzAccF32[k]
+			w := make([]float32, cnt)
+			for i := range w {
+				w[i] = fb.f32()
+			}
+			acc := make([]float32, n)
+			for j := range acc {
+				acc[j] = fb.f32()
+			}
+			x := fuzzInputs(fb, c.in, cnt, n, off)
+			fuzzCompare(t, acc, w, x, c.fn)
+		} else {
+			c := fuzzAccF64[k-len(fuzzAccF32)]
+			w := make([]float64, cnt)
+			for i := range w {
+				w[i] = fb.f64()
+			}
+			acc := make([]float64, n)
+			for j := range acc {
+				acc[j] = fb.f64()
+			}
+			x := fuzzInputs(fb, c.in, cnt, n, off)
+			fuzzCompare(t, acc, w, x, c.fn)
+		}
+	})
+}
+
+// fuzzInputs cuts cnt inputs of n elements from fb, input i at byte offset (off+i)%4.
+func fuzzInputs(fb *fuzzBytes, in dtype, cnt, n, off int) [][]byte {
+	x := make([][]byte, cnt)
+	for i := range x {
+		o := (off + i) % 4
+		x[i] = append(make([]byte, o), fb.next(n*in.size)...)[o:]
+	}
+	return x
+}
+
+func fuzzCompare[T float32 | float64](t *testing.T, acc0, w []T, x [][]byte, fn func(*variant) func(acc, w []T, x [][]byte)) {
+	want := slices.Clone(acc0)
+	fn(&generic)(want, w, x)
+	for _, v := range variants {
+		got := slices.Clone(acc0)
+		fn(v)(got, w, x)
+		for j := range got {
+			if !same(got[j], want[j]) {
+				t.Fatalf("%s: n=%d inputs=%d: acc[%d] = %v (%#x), generic %v (%#x)", v.name, len(acc0), len(x), j,
+					got[j], bitsOf(got[j]), want[j], bitsOf(want[j]))
+			}
+		}
+	}
+}
+
+var fuzzStoreF32 = []struct {
+	out dtype
+	fn  func(*variant) func(dst []byte, src []float32, s float32)
+}{
+	{dtF32, func(v *variant) func([]byte, []float32, float32) { return v.storeF32FromF32 }},
+	{dtBF16, func(v *variant) func([]byte, []float32, float32) { return v.storeBF16FromF32 }},
+	{dtF16, func(v *variant) func([]byte, []float32, float32) { return v.storeF16FromF32 }},
+	{dtF32, func(v *variant) func([]byte, []float32, float32) { // ScaleF32, its result as bytes
+		return func(dst []byte, src []float32, s float32) {
+			x := slices.Clone(src)
+			v.scaleF32(x, s)
+			for j := range x {
+				binary.LittleEndian.PutUint32(dst[4*j:], math.Float32bits(x[j]))
+			}
+		}
+	}},
+}
+
+var fuzzStoreF64 = []struct {
+	out dtype
+	fn  func(*variant) func(dst []byte, src []float64, s float64)
+}{
+	{dtF64, func(v *variant) func([]byte, []float64, float64) { return v.storeF64FromF64 }},
+	{dtF32, func(v *variant) func([]byte, []float64, float64) { return v.storeF32FromF64 }},
+	{dtBF16, func(v *variant) func([]byte, []float64, float64) { return v.storeBF16FromF64 }},
+	{dtF16, func(v *variant) func([]byte, []float64, float64) { return v.storeF16FromF64 }},
+	{dtF64, func(v *variant) func([]byte, []float64, float64) {
+		return func(dst []byte, src []float64, s float64) {
+			x := slices.Clone(src)
+			v.scaleF64(x, s)
+			for j := range x {
+				binary.LittleEndian.PutUint64(dst[8*j:], math.Float64bits(x[j]))
+			}
+		}
+	}},
+}
+
+func FuzzStore(f *testing.F) {
+	fuzzSeeds(f)
+	f.Fuzz(func(t *testing.T, data []byte) {
+		fb := &fuzzBytes{data}
+		k := fb.byte() % (len(fuzzStoreF32) + len(fuzzStoreF64))
+		n := fb.length()
+		off := fb.byte() % 4
+		if k < len(fuzzStoreF32) {
+			c := fuzzStoreF32[k]
+			s := fb.f32()
+			src := make([]float32, n)
+			for j := range src {
+				src[j] = fb.f32()
+			}
+			fuzzCompareStore(t, c.out, src, s, off, c.fn)
+		} else {
+			c := fuzzStoreF64[k-len(fuzzStoreF32)]
+			s := fb.f64()
+			src := make([]float64, n)
+			for j := range src {
+				src[j] = fb.f64()
+			}
+			fuzzCompareStore(t, c.out, src, s, off, c.fn)
+		}
+	})
+}
+
+func fuzzCompareStore[T float32 | float64](t *testing.T, out dtype, src []T, s T, off int, fn func(*variant) func([]byte, []T, T)) {
+	want := make([]byte, len(src)*out.size)
+	fn(&generic)(want, src, s)
+	for _, v := range variants {
+		got := make([]byte, off+len(want))[off:]
+		fn(v)(got, src, s)
+		for j := range src {
+			if !sameElem(out, got, want, j) {
+				t.Fatalf("%s: n=%d s=%v: element %d (%v): % x, generic % x", v.name, len(src), s, j, src[j],
+					got[j*out.size:(j+1)*out.size], want[j*out.size:(j+1)*out.size])
+			}
+		}
+	}
+}
+
+func FuzzReduce(f *testing.F) {
+	fuzzSeeds(f)
+	f.Fuzz(func(t *testing.T, data []byte) {
+		fb := &fuzzBytes{data}
+		c := reduceCases[fb.byte()%len(reduceCases)]
+		off := fb.byte() % 8
+		x := append(make([]byte, off), fb.b...)[off:]
+		var want [Lanes]float64
+		c.fn(&generic)(&want, x)
+		for _, v := range variants {
+			var got [Lanes]float64
+			c.fn(v)(&got, x)
+			for k := range got {
+				if !sameF64(got[k], want[k]) {
+					t.Fatalf("%s %s: len(x)=%d: partial %d = %v, generic %v", v.name, c.name, len(x), k, got[k], want[k])
+				}
+			}
+		}
+	})
+}
+
+func FuzzNonFinite(f *testing.F) {
+	fuzzSeeds(f)
+	f.Fuzz(func(t *testing.T, data []byte) {
+		fb := &fuzzBytes{data}
+		k := fb.byte() % (len(nonFiniteCases) + 1)
+		off := fb.byte() % 8
+		keep := fb.byte()
+		x := append(make([]byte, off), fb.b...)[off:]
+		if k < len(nonFiniteCases) && keep < 0xf0 {
+			// Make every element finite but the one at keep (if any), to reach long scans.
+			c := nonFiniteCases[k]
+			for j := range len(x) / c.size {
+				if j != keep {
+					putElem(x, c.size, j, getElem(x, c.size, j)&^(c.exp&-c.exp))
+				}
+			}
+		}
+		for _, v := range variants {
+			if k == len(nonFiniteCases) {
+				if got, want := v.xorFold(x), generic.xorFold(x); got != want {
+					t.Fatalf("%s: XorFold(len %d) = %#x, generic %#x", v.name, len(x), got, want)
+				}
+				continue
+			}
+			fns := []func([]byte) bool{v.anyNonFiniteF32, v.anyNonFiniteF64, v.anyNonFiniteF16, v.anyNonFiniteBF16}
+			gen := []func([]byte) bool{generic.anyNonFiniteF32, generic.anyNonFiniteF64, generic.anyNonFiniteF16, generic.anyNonFiniteBF16}
+			if got, want := fns[k](x), gen[k](x); got != want {
+				t.Fatalf("%s %s: len(x)=%d: %v, generic %v", v.name, nonFiniteCases[k].name, len(x), got, want)
+			}
+		}
+	})
+}
+
+func getElem(b []byte, size, j int) uint64 {
+	switch size {
+	case 2:
+		return uint64(binary.LittleEndian.Uint16(b[2*j:]))
+	case 4:
+		return uint64(binary.LittleEndian.Uint32(b[4*j:]))
+	default:
+		return binary.LittleEndian.Uint64(b[8*j:])
+	}
+}

@@ -1,0 +1,7 @@
+//go:build !amd64 || purego || noasm || !gc
+
+package kernels
+
+// asmBuild reports whether this build holds the assembly kernels: not on this architecture or
+// with the purego or noasm tag, where the generic variant is the only one.
+const asmBuild = false

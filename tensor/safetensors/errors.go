@@ -1,0 +1,18 @@
+package safetensors
+
+import "errors"
+
+// Sentinel errors. Every error of this package wraps one of them (or tensor.ErrDType for an
+// element type wattagg does not read, or an I/O error from the os package).
+var (
+	// ErrFormat: the header is not the JSON the format requires (bad JSON, wrong types,
+	// missing fields, duplicate names, a malformed I8 scale).
+	ErrFormat = errors.New("malformed header")
+	// ErrHeaderSize: the header length prefix is larger than allowed or than the file, or the
+	// file is too short to hold it.
+	ErrHeaderSize = errors.New("bad header size")
+	// ErrOffset: tensor byte ranges do not match their shapes or do not tile the data section.
+	ErrOffset = errors.New("bad data offsets")
+	// ErrIncomplete: Commit was called before every byte of the data section was written.
+	ErrIncomplete = errors.New("data section not completely written")
+)
