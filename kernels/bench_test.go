@@ -75,8 +75,8 @@ func BenchmarkXorFold(b *testing.B) {
 	}
 }
 
-// BenchmarkAcc: 4 inputs (one group of the assembly) of size/4 bytes each into an accumulator
-// of as many elements, so that the accumulator is read and written once per 4 inputs.
+// BenchmarkAcc: 4 inputs of size/4 bytes each (one pass of the assembly's 4-input group) into an
+// accumulator of as many elements, which is read and written once for the 4 inputs.
 func BenchmarkAcc(b *testing.B) {
 	for _, c := range accF32Cases {
 		b.Run(c.name, func(b *testing.B) { benchAcc(b, c, 4) })
@@ -209,10 +209,11 @@ func BenchmarkAnyNonFinite(b *testing.B) {
 
 // FedAvg-shaped benchmark: 32 inputs of 4M f32 elements (16 MiB each, 512 MiB in all, far past
 // the caches) are averaged into a 4M-element f32 output, one accumulator block at a time: the
-// block is cleared, every input's slice of it is accumulated (the assembly takes them 4 at a
-// time), and the block is scaled into the output. Bytes counted: every input byte once plus the
-// output once (the accumulator traffic stays in cache). BenchmarkFedAvgFloor XORs the same 512
-// MiB: the read floor of the machine for one goroutine.
+// block is cleared, every input's slice of it is accumulated (the assembly streams 8 inputs at
+// a time over it), and the block is stored into the output. Bytes counted: every input byte once
+// plus the output once (the accumulator traffic stays in cache). BenchmarkFedAvgFloor XORs the
+// same 512 MiB: the read floor of the machine for one goroutine. The bf16 case reads 32 inputs of
+// 4M bf16 (256 MiB).
 const (
 	fedInputs = 32
 	fedElems  = 4 << 20

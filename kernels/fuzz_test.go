@@ -81,7 +81,7 @@ func FuzzAcc(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		fb := &fuzzBytes{data}
 		k := fb.byte() % (len(fuzzAccF32) + len(fuzzAccF64))
-		cnt := fb.byte() % 10
+		cnt := fb.byte() % 18 // up to two full groups of 8 and a remainder
 		n := fb.length()
 		off := fb.byte()
 		if k < len(fuzzAccF32) {

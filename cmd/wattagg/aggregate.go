@@ -15,7 +15,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/wattagg/wattagg/aggregate"
-	"github.com/wattagg/wattagg/bench"
 	"github.com/wattagg/wattagg/device"
 	"github.com/wattagg/wattagg/tensor"
 	"github.com/wattagg/wattagg/tensor/safetensors"
@@ -195,11 +194,11 @@ func parseWeights(s string, n int) ([]float64, error) {
 }
 
 func batchFiles(ctx context.Context, out string, paths []string, weights []float64, opts []aggregate.Option) (*aggregate.Report, error) {
-	sets, err := bench.OpenAll(paths)
+	sets, err := safetensors.OpenAll(paths)
 	if err != nil {
 		return nil, err
 	}
-	defer bench.CloseAll(sets)
+	defer safetensors.CloseAll(sets)
 	return aggregate.WeightedMeanFile(ctx, out, sets, weights, opts...)
 }
 

@@ -104,11 +104,11 @@ func runDemo(ctx context.Context, stdout, stderr io.Writer, f demoFlags) error {
 		return err
 	}
 	workers := dev.Info().Workers
-	sets, err := bench.OpenAll(paths)
+	sets, err := safetensors.OpenAll(paths)
 	if err != nil {
 		return err
 	}
-	defer bench.CloseAll(sets)
+	defer safetensors.CloseAll(sets)
 	var bufs [][]byte
 	for _, s := range sets {
 		for _, t := range s.Tensors() {

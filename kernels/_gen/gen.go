@@ -105,8 +105,9 @@ func elem(base, j Register, size, off int) Mem {
 //	for j = 0; j+big <= n; j += big { body(big) }
 //	for ; j < n; j += small { body(small) }
 //
-// for n a multiple of small and big a power of two. Labels are prefixed with prefix.
-func steps(prefix string, j, n Register, big, small int, body func(k int)) {
+// for n (a register or memory) a multiple of small and big a power of two. Labels are prefixed
+// with prefix.
+func steps(prefix string, j Register, n Op, big, small int, body func(k int)) {
 	nbig := GP64()
 	MOVQ(n, nbig)
 	ANDQ(I32(-big), nbig)
@@ -188,11 +189,11 @@ func widenF64(in input, m Mem, dst VecVirtual) {
 // genAcc generates acc<A>From<I>AVX2(acc, w, x): the weighted accumulation of len(x) inputs
 // into acc, len(acc) a multiple of 8.
 //
-// Inputs are taken in groups of up to 4 whose weights stay broadcast in registers; for each
-// group the accumulator is walked in steps of 32 elements (then 8): the step's accumulator
-// registers are loaded once, every input of the group is widened, multiplied and added in input
-// order, and the registers are stored once. Each input byte is read once and the accumulator,
-// which callers keep cache-resident, is read and written once per group of 4 inputs.
+// Inputs are taken in groups of up to maxGroup whose weights stay broadcast in registers; for
+// each group the accumulator is walked in steps of accStep elements (then 8): the step's
+// accumulator registers are loaded once, every input of the group is widened, multiplied and
+// added in input order, and the registers are stored once. Each input byte is read once and the
+// accumulator, which callers keep cache-resident, is read and written once per group.
 func genAcc(a accum, in input) {
 	name := fmt.Sprintf("acc%sFrom%sAVX2", a.name, in.name)
 	TEXT(name, NOSPLIT, fmt.Sprintf("func(acc []%s, w []%s, x [][]byte)", a.goType, a.goType))
@@ -200,30 +201,36 @@ func genAcc(a accum, in input) {
 	Doc(fmt.Sprintf("%s is Acc%sFrom%s for len(acc) a multiple of 8 and len(w) >= len(x).", name, a.name, in.name))
 
 	accp := Load(Param("acc").Base(), GP64())
-	n := Load(Param("acc").Len(), GP64())
+	// len(acc) is read from its argument slot, not kept in a register: a group of 8 inputs needs
+	// all the others (without BP, which is left to the frame pointer).
+	n, err := Param("acc").Len().Resolve()
+	if err != nil {
+		panic(err)
+	}
 	wp := Load(Param("w").Base(), GP64())
 	xp := Load(Param("x").Base(), GP64())
 	cnt := Load(Param("x").Len(), GP64())
 
 	const hdr = 24 // size of a slice header: ptr, len, cap
-	Label("groups4")
-	CMPQ(cnt, U8(4))
+	const G = maxGroup
+	Label("groups")
+	CMPQ(cnt, U8(G))
 	JB(LabelRef("rest"))
-	accGroup(a, in, 4, accp, n, wp, xp)
-	ADDQ(U32(4*hdr), xp)
-	ADDQ(U32(4*a.size), wp)
-	SUBQ(U8(4), cnt)
-	JMP(LabelRef("groups4"))
+	accGroup(a, in, G, accp, n.Addr, wp, xp)
+	ADDQ(U32(G*hdr), xp)
+	ADDQ(U32(G*a.size), wp)
+	SUBQ(U8(G), cnt)
+	JMP(LabelRef("groups"))
 
 	Label("rest")
-	for g := 3; g >= 1; g-- {
+	for g := G - 1; g >= 1; g-- {
 		CMPQ(cnt, U8(g))
 		JE(LabelRef(fmt.Sprintf("group%d", g)))
 	}
 	JMP(LabelRef("ret"))
-	for g := 3; g >= 1; g-- {
+	for g := G - 1; g >= 1; g-- {
 		Label(fmt.Sprintf("group%d", g))
-		accGroup(a, in, g, accp, n, wp, xp)
+		accGroup(a, in, g, accp, n.Addr, wp, xp)
 		JMP(LabelRef("ret"))
 	}
 
@@ -232,9 +239,24 @@ func genAcc(a accum, in input) {
 	RET()
 }
 
+// maxGroup is the number of inputs whose weights stay in registers while they stream over the
+// accumulator: the accumulator is loaded and stored once per maxGroup inputs, and maxGroup input
+// streams are read at once, which keeps more DRAM reads in flight than fewer streams do.
+const maxGroup = 8
+
+// accStep is the number of elements of the main step of a group of g inputs: 4 accumulator
+// registers for f32 (32 elements); for f64, 8 registers (32 elements) while 4 or fewer weights
+// leave room for them, else 4 (16 elements): g weights + accumulators + 2 temporaries <= 16.
+func accStep(a accum, g int) int {
+	if a == accF64 && g > 4 {
+		return 16
+	}
+	return 32
+}
+
 // accGroup emits the pass of g inputs (headers at xp, weights at wp) over the n accumulator
 // elements at accp.
-func accGroup(a accum, in input, g int, accp, n, wp, xp Register) {
+func accGroup(a accum, in input, g int, accp Register, n Mem, wp, xp Register) {
 	const hdr = 24
 	ptrs := make([]Register, g)
 	ws := make([]VecVirtual, g)
@@ -250,7 +272,7 @@ func accGroup(a accum, in input, g int, accp, n, wp, xp Register) {
 		}
 	}
 	j := GP64()
-	steps(fmt.Sprintf("g%d_", g), j, n, 32, 8, func(k int) {
+	steps(fmt.Sprintf("g%d_", g), j, n, accStep(a, g), 8, func(k int) {
 		units := k / a.lanes
 		accs := make([]VecVirtual, units)
 		for u := range units {

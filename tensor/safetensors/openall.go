@@ -1,0 +1,42 @@
+package safetensors
+
+import (
+	"errors"
+	"runtime"
+	"sync"
+
+	"github.com/wattagg/wattagg/tensor"
+)
+
+// OpenAll opens files with Open on all cores at once: mapping and page-table population are
+// real work when many client updates are read together. On error it closes what it opened and
+// returns every file's error joined.
+func OpenAll(paths []string, opts ...Option) ([]*tensor.Set, error) {
+	sets := make([]*tensor.Set, len(paths))
+	errs := make([]error, len(paths))
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, runtime.GOMAXPROCS(0))
+	for i, p := range paths {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			sets[i], errs[i] = Open(p, opts...)
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		CloseAll(sets)
+		return nil, err
+	}
+	return sets, nil
+}
+
+// CloseAll closes every non-nil set.
+func CloseAll(sets []*tensor.Set) {
+	for _, s := range sets {
+		if s != nil {
+			_ = s.Close()
+		}
+	}
+}
