@@ -138,9 +138,13 @@ func (a *Aggregator) Add(ctx context.Context, u *tensor.Set, weight float64) err
 
 // Result returns the weighted mean of the updates added so far as a new Set.
 func (a *Aggregator) Result(ctx context.Context) (*tensor.Set, *Report, error) {
-	start := time.Now()
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	return a.result(ctx, time.Now())
+}
+
+// result is Result with a.mu held.
+func (a *Aggregator) result(ctx context.Context, start time.Time) (*tensor.Set, *Report, error) {
 	if a.clients == 0 {
 		return nil, nil, ErrNoInputs
 	}
@@ -158,8 +162,7 @@ func (a *Aggregator) Result(ctx context.Context) (*tensor.Set, *Report, error) {
 	for k, v := range a.metadata() {
 		set.Metadata[k] = v
 	}
-	rep := a.report(set.NumBytes(), stats, time.Since(start))
-	return set, rep, nil
+	return set, a.report(set.NumBytes(), stats, time.Since(start)), nil
 }
 
 // WriteFile writes the weighted mean of the updates added so far to path as .safetensors,
@@ -167,13 +170,13 @@ func (a *Aggregator) Result(ctx context.Context) (*tensor.Set, *Report, error) {
 func (a *Aggregator) WriteFile(ctx context.Context, path string) (*Report, error) {
 	start := time.Now()
 	a.mu.Lock()
+	defer a.mu.Unlock()
 	if a.clients == 0 {
-		a.mu.Unlock()
 		return nil, ErrNoInputs
 	}
 	if a.plan.quantised() {
-		a.mu.Unlock()
-		set, rep, err := a.Result(ctx)
+		// i8 scales depend on the whole result: convert in memory first.
+		set, rep, err := a.result(ctx, start)
 		if err != nil {
 			return nil, err
 		}
@@ -183,7 +186,6 @@ func (a *Aggregator) WriteFile(ctx context.Context, path string) (*Report, error
 		rep.Output = path
 		return rep, nil
 	}
-	defer a.mu.Unlock()
 	w, err := safetensors.Create(path, a.plan.fileLayout(), a.metadata())
 	if err != nil {
 		return nil, err

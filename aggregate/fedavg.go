@@ -29,21 +29,30 @@ func WeightedMean(ctx context.Context, updates []*tensor.Set, weights []float64,
 	if err != nil {
 		return nil, nil, err
 	}
-	set, out, err := b.output()
+	set, stats, err := b.inMemory(ctx)
 	if err != nil {
 		return nil, nil, err
 	}
-	stats, err := b.run(ctx, out)
-	if err != nil {
-		return nil, nil, err
-	}
-	if set, err = quantiseResult(set, b.plan); err != nil {
-		return nil, nil, err
-	}
-	b.annotate(set)
 	rep := b.report(set.NumBytes())
 	rep.finish(time.Since(start).Seconds(), []device.Stats{stats})
 	return set, rep, nil
+}
+
+// inMemory computes the batch into a Set: the caller's (WithOutput) or a new one.
+func (b *batch) inMemory(ctx context.Context) (*tensor.Set, device.Stats, error) {
+	set, out, err := b.output()
+	if err != nil {
+		return nil, device.Stats{}, err
+	}
+	stats, err := b.run(ctx, out)
+	if err != nil {
+		return nil, stats, err
+	}
+	if set, err = quantiseResult(set, b.plan); err != nil {
+		return nil, stats, err
+	}
+	b.annotate(set)
+	return set, stats, nil
 }
 
 // WeightedMeanFile is WeightedMean written to path as .safetensors without holding the result
@@ -56,28 +65,29 @@ func WeightedMeanFile(ctx context.Context, path string, updates []*tensor.Set, w
 	if err != nil {
 		return nil, err
 	}
+	var stats device.Stats
+	written := b.plan.size
 	if b.plan.quantised() {
 		// i8 scales depend on the whole result: compute it in memory first.
-		set, rep, err := WeightedMean(ctx, updates, weights, opts...)
-		if err != nil {
+		var set *tensor.Set
+		if set, stats, err = b.inMemory(ctx); err != nil {
 			return nil, err
 		}
 		if err := safetensors.WriteFile(path, set); err != nil {
 			return nil, err
 		}
-		rep.Output = path
-		rep.finish(time.Since(start).Seconds(), nil)
-		return rep, nil
+		written = set.NumBytes()
+	} else {
+		w, err := safetensors.Create(path, b.plan.fileLayout(), b.metadata())
+		if err != nil {
+			return nil, err
+		}
+		stats, err = writeChunks(ctx, w, b.plan, b.cfg, func(out device.Output) (device.Stats, error) { return b.run(ctx, out) })
+		if err != nil {
+			return nil, err
+		}
 	}
-	w, err := safetensors.Create(path, b.plan.fileLayout(), b.metadata())
-	if err != nil {
-		return nil, err
-	}
-	stats, err := writeChunks(ctx, w, b.plan, b.cfg, func(out device.Output) (device.Stats, error) { return b.run(ctx, out) })
-	if err != nil {
-		return nil, err
-	}
-	rep := b.report(b.plan.size)
+	rep := b.report(written)
 	rep.Output = path
 	rep.finish(time.Since(start).Seconds(), []device.Stats{stats})
 	return rep, nil

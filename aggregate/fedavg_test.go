@@ -165,7 +165,7 @@ func TestWeightedMeanIsDeterministic(t *testing.T) {
 	}
 	var first *tensor.Set
 	for _, workers := range []int{1, 2, 5} {
-		dev, _ := device.NewCPU(device.WithWorkers(workers), device.WithBlockBytes(512))
+		dev, _ := device.NewCPU(device.WithWorkers(workers), device.WithBlockElems(64))
 		got, _, err := WeightedMean(context.Background(), updates, nil, WithDevice(dev), WithChunkBytes(4096))
 		if err != nil {
 			t.Fatal(err)

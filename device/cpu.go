@@ -19,9 +19,9 @@ import (
 // goroutines, and each chunk is computed in blocks small enough that the accumulator stays in
 // the L1/L2 cache while every input streams over it once.
 type CPU struct {
-	workers    int
-	blockBytes int
-	scratch    sync.Pool // *cpuScratch
+	workers int
+	block   int       // accumulator block, elements
+	scratch sync.Pool // *cpuScratch
 }
 
 // CPUOption configures a CPU device.
@@ -38,21 +38,26 @@ func WithWorkers(n int) CPUOption {
 	}
 }
 
-// WithBlockBytes sets the accumulator block size in bytes (default 32 KiB: the L1 data cache
-// of current x86 cores). Each kernel call covers one block of every input.
-func WithBlockBytes(n int) CPUOption {
+// DefaultBlockElems is the default accumulator block: 128 KiB of f32 or 256 KiB of f64, well
+// inside the L2 cache, and long enough that each input is read in runs of 16 or more pages
+// (hardware prefetchers restart at page boundaries: 2K-element blocks read at half speed).
+const DefaultBlockElems = 32 << 10
+
+// WithBlockElems sets the accumulator block in elements (default DefaultBlockElems). Each
+// kernel call covers one block of every input.
+func WithBlockElems(n int) CPUOption {
 	return func(c *CPU) error {
-		if n < 512 || n > 16<<20 || n%64 != 0 {
-			return fmt.Errorf("device: block of %d bytes: want a multiple of 64 in [512, 16 MiB]", n)
+		if n < 64 || n > 1<<22 || n%64 != 0 {
+			return fmt.Errorf("device: block of %d elements: want a multiple of 64 in [64, 4Mi]", n)
 		}
-		c.blockBytes = n
+		c.block = n
 		return nil
 	}
 }
 
 // NewCPU returns the CPU device.
 func NewCPU(opts ...CPUOption) (*CPU, error) {
-	c := &CPU{workers: runtime.GOMAXPROCS(0), blockBytes: 32 << 10}
+	c := &CPU{workers: runtime.GOMAXPROCS(0), block: DefaultBlockElems}
 	for _, o := range opts {
 		if err := o(c); err != nil {
 			return nil, err
@@ -112,8 +117,8 @@ func (c *CPU) getScratch(inputs int) *cpuScratch {
 	s, _ := c.scratch.Get().(*cpuScratch)
 	if s == nil {
 		s = &cpuScratch{
-			acc32: tensor.AlignedF32(c.blockBytes / 4),
-			acc64: tensor.AlignedF64(c.blockBytes / 8),
+			acc32: tensor.AlignedF32(c.block),
+			acc64: tensor.AlignedF64(c.block),
 		}
 	}
 	if cap(s.xs) < inputs {
@@ -182,8 +187,7 @@ func (c *CPU) WeightedSum(ctx context.Context, job *SumJob) (Stats, error) {
 		inBytesPerElem = append(inBytesPerElem, b)
 	}
 
-	var stats Stats
-	var mu sync.Mutex
+	var stats chunkStats
 	err := c.parallelChunks(ctx, len(job.Chunks), func(s *cpuScratch, ci int) error {
 		ch := job.Chunks[ci]
 		var read, elems int64
@@ -205,17 +209,34 @@ func (c *CPU) WeightedSum(ctx context.Context, job *SumJob) (Stats, error) {
 		if job.Progress != nil {
 			job.Progress(read)
 		}
-		mu.Lock()
-		stats.Chunks++
-		stats.Elements += elems
-		stats.BytesRead += read
-		stats.BytesWritten += int64(ch.Len)
-		mu.Unlock()
+		stats.add(elems, read, ch.Len)
 		return nil
 	}, len(job.Inputs))
-	stats.Device = c.Name()
-	stats.Seconds = time.Since(start).Seconds()
-	return stats, err
+	return stats.total(c.Name(), start), err
+}
+
+// chunkStats totals what the goroutines of a parallel job did, chunk by chunk.
+type chunkStats struct {
+	mu sync.Mutex
+	s  Stats
+}
+
+func (c *chunkStats) add(elems, read int64, written int) {
+	c.mu.Lock()
+	c.s.Chunks++
+	c.s.Elements += elems
+	c.s.BytesRead += read
+	c.s.BytesWritten += int64(written)
+	c.mu.Unlock()
+}
+
+func (c *chunkStats) total(device string, start time.Time) Stats {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s := c.s
+	s.Device = device
+	s.Seconds = time.Since(start).Seconds()
+	return s
 }
 
 func (c *CPU) supports(t int, f AccField, inputs [][]Span) error {
@@ -282,8 +303,7 @@ func (c *CPU) parallelChunks(ctx context.Context, n int, fn func(s *cpuScratch, 
 // sumPiece computes one piece block by block: zero the accumulator block, apply every input
 // group, check the sum is finite, convert it into dst.
 func (c *CPU) sumPiece(ctx context.Context, s *cpuScratch, f AccField, groups []group, inputs [][]Span, pc Piece, dst []byte) error {
-	accSize := f.Acc.Size()
-	block := c.blockBytes / accSize
+	block := c.block
 	outSize := f.Out.Size()
 	for lo := pc.Lo; lo < pc.Hi; lo += block {
 		hi := min(lo+block, pc.Hi)

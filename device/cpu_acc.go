@@ -3,7 +3,6 @@ package device
 import (
 	"context"
 	"fmt"
-	"sync"
 	"time"
 
 	"github.com/wattagg/wattagg/tensor"
@@ -80,8 +79,7 @@ func (a *cpuAccumulator) Emit(ctx context.Context, scale float64, chunks []Chunk
 		return Stats{}, err
 	}
 	start := time.Now()
-	var stats Stats
-	var mu sync.Mutex
+	var stats chunkStats
 	err := a.c.parallelChunks(ctx, len(chunks), func(s *cpuScratch, ci int) error {
 		ch := chunks[ci]
 		var elems, read int64
@@ -100,24 +98,17 @@ func (a *cpuAccumulator) Emit(ctx context.Context, scale float64, chunks []Chunk
 		if err := out.Done(ci); err != nil {
 			return err
 		}
-		mu.Lock()
-		stats.Chunks++
-		stats.Elements += elems
-		stats.BytesRead += read
-		stats.BytesWritten += int64(ch.Len)
-		mu.Unlock()
+		stats.add(elems, read, ch.Len)
 		return nil
 	}, 0)
-	stats.Device = a.c.Name()
-	stats.Seconds = time.Since(start).Seconds()
-	return stats, err
+	return stats.total(a.c.Name(), start), err
 }
 
 // emitPiece converts block by block so that each converted block is still in cache when it
 // is checked for values the output dtype cannot hold (scale > 1 or a narrower dtype can
 // overflow).
 func (a *cpuAccumulator) emitPiece(f AccField, pc Piece, scale float64, dst []byte) error {
-	block := a.c.blockBytes / f.Acc.Size()
+	block := a.c.block
 	os := f.Out.Size()
 	for lo := pc.Lo; lo < pc.Hi; lo += block {
 		hi := min(lo+block, pc.Hi)

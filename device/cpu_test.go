@@ -146,7 +146,7 @@ func TestWeightedSumMatchesFloat64Reference(t *testing.T) {
 				job.Chunks = chunks
 				out := newTestOutput(fields, chunks)
 				job.Output = out
-				dev, _ := NewCPU(WithWorkers(3), WithBlockBytes(1024))
+				dev, _ := NewCPU(WithWorkers(3), WithBlockElems(128))
 				stats, err := dev.WeightedSum(context.Background(), job)
 				if err != nil {
 					t.Fatal(err)
@@ -189,8 +189,8 @@ func TestWeightedSumIsDeterministic(t *testing.T) {
 		job.Weights = append(job.Weights, r.Float64())
 	}
 	var first [][]byte
-	for _, cfg := range []struct{ workers, block, chunk int }{{1, 32 << 10, 256 << 10}, {2, 1024, 8192}, {7, 4096, 4096}} {
-		dev, err := NewCPU(WithWorkers(cfg.workers), WithBlockBytes(cfg.block))
+	for _, cfg := range []struct{ workers, block, chunk int }{{1, 32 << 10, 256 << 10}, {2, 256, 8192}, {7, 1024, 4096}} {
+		dev, err := NewCPU(WithWorkers(cfg.workers), WithBlockElems(cfg.block))
 		if err != nil {
 			t.Fatal(err)
 		}
