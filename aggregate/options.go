@@ -21,7 +21,12 @@ type config struct {
 	chunkBytes int
 	metadata   map[string]string
 	dst        *tensor.Set
+	memBudget  int64 // bytes of updates a rule that needs all of them may hold in memory
 }
+
+// DefaultMemoryBudget is the memory rules that need every update at once (median, Krum, ...)
+// may fill with updates before they work from memory-mapped files block by block instead.
+const DefaultMemoryBudget = 8 << 30
 
 // DefaultChunkBytes is the unit of work handed to a device and of output writes: large enough
 // to amortise a direct-I/O write, small enough that the ring of chunk buffers stays a few MiB
@@ -31,7 +36,7 @@ const DefaultChunkBytes = 256 << 10
 var defaultCPU = sync.OnceValues(func() (device.Device, error) { return device.NewCPU() })
 
 func newConfig(opts []Option) (config, error) {
-	c := config{chunkBytes: DefaultChunkBytes}
+	c := config{chunkBytes: DefaultChunkBytes, memBudget: DefaultMemoryBudget}
 	for _, o := range opts {
 		if err := o(&c); err != nil {
 			return c, err
@@ -132,6 +137,19 @@ func WithOutput(dst *tensor.Set) Option {
 			return fmt.Errorf("%w: nil output set", ErrOption)
 		}
 		c.dst = dst
+		return nil
+	}
+}
+
+// WithMemoryBudget bounds the bytes of updates that rules needing all updates at once may hold
+// in memory (default DefaultMemoryBudget); beyond it they work from memory-mapped files,
+// coordinate block by coordinate block.
+func WithMemoryBudget(bytes int64) Option {
+	return func(c *config) error {
+		if bytes < 1<<20 {
+			return fmt.Errorf("%w: memory budget of %d bytes: want at least 1 MiB", ErrOption, bytes)
+		}
+		c.memBudget = bytes
 		return nil
 	}
 }

@@ -24,9 +24,29 @@ type Report struct {
 
 	Devices []DeviceShare `json:"devices"`
 
+	// PerClient is what the rule saw of each client, in input order (robust and private
+	// rules fill it; FedAvg leaves it empty).
+	PerClient []ClientDiag `json:"per_client,omitempty"`
+	// Details holds the rule's own figures: iterations and residual of a geometric median,
+	// the clipping bound, epsilon and delta of a private round, ...
+	Details map[string]float64 `json:"details,omitempty"`
+
 	// Joules is the energy the aggregation spent, with JoulesReason saying why it is null.
 	Joules       *float64 `json:"joules"`
 	JoulesReason string   `json:"joules_reason,omitempty"`
+}
+
+// ClientDiag is what a rule saw of one client. Optional figures are pointers so that a rule
+// that does not compute one leaves it out of the JSON instead of reporting zero.
+type ClientDiag struct {
+	Source   string   `json:"source"`
+	Weight   float64  `json:"weight"`
+	Norm     *float64 `json:"norm,omitempty"`    // L2 norm of the update
+	Clipped  *bool    `json:"clipped,omitempty"` // whether clipping scaled it down
+	Score    *float64 `json:"score,omitempty"`   // e.g. the Krum score
+	Selected *bool    `json:"selected,omitempty"`
+	// Distance is the L2 distance from the update to the aggregate.
+	Distance *float64 `json:"distance_to_aggregate,omitempty"`
 }
 
 // DeviceShare is one device's part of the work.

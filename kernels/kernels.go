@@ -91,6 +91,25 @@ func init() {
 			fmt.Fprintf(os.Stderr, "wattagg: WATTAGG_KERNELS: %v; using %s\n", err, cur.name)
 		}
 	}
+	runHooks()
+}
+
+// hooks follow the variant in use. Kernel families that live in their own files (with their
+// own generator and function table) register one with onVariant, so that UseVariant and
+// WATTAGG_KERNELS switch them too.
+var hooks []func(variant string)
+
+// onVariant registers h and calls it at once with the current variant name (the package init
+// calls every hook again once the variant is final, whatever the order of init functions).
+func onVariant(h func(variant string)) {
+	hooks = append(hooks, h)
+	h(cur.name)
+}
+
+func runHooks() {
+	for _, h := range hooks {
+		h(cur.name)
+	}
 }
 
 // Variant names the implementation in use: "avx2" (AVX2+FMA+F16C assembly) or "generic".
@@ -111,6 +130,7 @@ func UseVariant(name string) error {
 	for _, v := range variants {
 		if v.name == name {
 			cur = v
+			runHooks()
 			return nil
 		}
 	}

@@ -49,7 +49,9 @@ Every update must hold the same tensors with the same shapes (and dtypes, unless
 
 By default all files are mapped at once and reduced in one pass over memory (the fastest way).
 --stream adds them one at a time to a running sum instead, so that memory stays the size of one
-model whatever the number of clients.`,
+model whatever the number of clients.
+
+` + rulesHelp(),
 		Example: `  wattagg aggregate -o global.safetensors clients/
   wattagg aggregate -o global.safetensors --weights 120,80,200 a.safetensors b.safetensors c.safetensors
   wattagg aggregate -o global.bf16.safetensors --out-dtype bf16 --json clients/*.safetensors`,
@@ -69,7 +71,7 @@ model whatever the number of clients.`,
 	fl := cmd.Flags()
 	fl.StringVarP(&f.output, "output", "o", "", "output .safetensors file (written atomically)")
 	fl.StringVar(&f.weights, "weights", "", "comma-separated client weights, one per input file, in order")
-	fl.StringVar(&f.rule, "rule", "fedavg", "aggregation rule: fedavg")
+	fl.StringVar(&f.rule, "rule", "fedavg", "aggregation rule: "+strings.Join(ruleNames(), ", "))
 	fl.StringVar(&f.outDType, "out-dtype", "", "output dtype: f32, f64, f16, bf16 or i8 (default: as the first input)")
 	fl.StringVar(&f.acc, "acc", "", "accumulator dtype: f32 or f64 (default: f32 for f32 inputs, f64 otherwise)")
 	fl.BoolVar(&f.mixed, "mixed-dtypes", false, "accept clients that send a tensor in different dtypes (f32, bf16, f16, i8)")
@@ -78,12 +80,21 @@ model whatever the number of clients.`,
 	fl.IntVar(&f.workers, "workers", runtime.GOMAXPROCS(0), "goroutines running kernels")
 	fl.StringVar(&f.device, "device", "cpu", "device to run on: cpu")
 	fl.StringVar(&f.progress, "progress", "auto", "progress bar on stderr: auto (when a terminal), always, never")
+	for _, r := range ruleSpecs {
+		if r.flags != nil {
+			r.flags(fl)
+		}
+	}
 	return cmd
 }
 
 func runAggregate(ctx context.Context, stdout, stderr io.Writer, f aggregateFlags, args []string) error {
-	if f.rule != "fedavg" {
-		return usagef("unknown rule %q: available rules: fedavg", f.rule)
+	spec := findRule(f.rule)
+	if spec == nil {
+		return usagef("unknown rule %q: available rules: %s", f.rule, strings.Join(ruleNames(), ", "))
+	}
+	if f.stream && !spec.stream {
+		return usagef("--stream: rule %s needs all updates at once", f.rule)
 	}
 	opts, err := aggregateOptions(f)
 	if err != nil {
@@ -106,7 +117,7 @@ func runAggregate(ctx context.Context, stdout, stderr io.Writer, f aggregateFlag
 	if f.stream {
 		rep, err = streamFiles(ctx, f.output, paths, weights, bar, opts)
 	} else {
-		rep, err = batchFiles(ctx, f.output, paths, weights, opts)
+		rep, err = batchFiles(ctx, f.output, paths, weights, spec, opts)
 	}
 	if err != nil {
 		return err
@@ -193,13 +204,28 @@ func parseWeights(s string, n int) ([]float64, error) {
 	return w, nil
 }
 
-func batchFiles(ctx context.Context, out string, paths []string, weights []float64, opts []aggregate.Option) (*aggregate.Report, error) {
+func batchFiles(ctx context.Context, out string, paths []string, weights []float64, spec *ruleSpec, opts []aggregate.Option) (*aggregate.Report, error) {
+	rule, err := spec.build(opts)
+	if err != nil {
+		return nil, err
+	}
 	sets, err := safetensors.OpenAll(paths)
 	if err != nil {
 		return nil, err
 	}
 	defer safetensors.CloseAll(sets)
-	return aggregate.WeightedMeanFile(ctx, out, sets, weights, opts...)
+	if fr, ok := rule.(aggregate.FileRule); ok {
+		return fr.AggregateFile(ctx, out, sets, weights)
+	}
+	set, rep, err := rule.Aggregate(ctx, sets, weights)
+	if err != nil {
+		return nil, err
+	}
+	if err := safetensors.WriteFile(out, set); err != nil {
+		return nil, err
+	}
+	rep.Output = out
+	return rep, nil
 }
 
 // streamFiles adds the files one at a time, each mapped only while it is added.
