@@ -413,3 +413,27 @@ func mustCPU(workers int) device.Device {
 	}
 	return d
 }
+
+func TestNormsMatchFloat64Reference(t *testing.T) {
+	r := rand.New(rand.NewPCG(9, 9))
+	var updates []*tensor.Set
+	for k, dt := range []tensor.DType{tensor.F32, tensor.BF16, tensor.F16, tensor.I8, tensor.F64} {
+		updates = append(updates, update(r, fmt.Sprint(k), dt, names))
+	}
+	got, err := Norms(context.Background(), updates)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, u := range updates {
+		var want float64
+		for _, tt := range u.Tensors() {
+			for j := range tt.Len() {
+				want += tt.Value(j) * tt.Value(j)
+			}
+		}
+		want = math.Sqrt(want)
+		if math.Abs(got[k]-want) > 1e-12*want {
+			t.Fatalf("update %d (%s): norm %v, want %v", k, u.At(0).DType, got[k], want)
+		}
+	}
+}
