@@ -10,6 +10,7 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/wattagg/wattagg/kernels"
 	"github.com/wattagg/wattagg/tensor"
 )
 
@@ -395,5 +396,38 @@ func TestCutChunksCoversEveryByteOnce(t *testing.T) {
 	}
 	if _, err := CutChunks(fields[:2], []int64{0, 6}, 4096); !errors.Is(err, ErrJob) {
 		t.Fatalf("misaligned offset: err = %v, want ErrJob", err)
+	}
+}
+
+// Splitting many inputs into several kernel calls per block changes no bit: inputs are still
+// applied in order.
+func TestWeightedSumManyInputsMatchOneKernelCall(t *testing.T) {
+	r := rand.New(rand.NewPCG(13, 14))
+	const n, inputs = 1000, 2*maxInputsPerCall + 3
+	fields := []AccField{{Name: "w", Len: n, Acc: tensor.F32, Out: tensor.F32}}
+	job := &SumJob{Fields: fields, Scale: 1}
+	want := make([]float32, n)
+	var ws []float32
+	var xs [][]byte
+	for range inputs {
+		x := randSpan(r, tensor.F32, n, 1)
+		w := r.Float64()
+		job.Inputs = append(job.Inputs, []Span{x})
+		job.Weights = append(job.Weights, w)
+		ws, xs = append(ws, float32(w)), append(xs, x.Data)
+	}
+	kernels.AccF32FromF32(want, ws, xs)
+	chunks, _ := CutChunks(fields, []int64{0}, 4096)
+	out := newTestOutput(fields, chunks)
+	job.Chunks, job.Output = chunks, out
+	dev, _ := NewCPU()
+	if _, err := dev.WeightedSum(context.Background(), job); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := tensor.FromBytes("w", tensor.F32, []int{n}, out.dst[0])
+	for j := range n {
+		if float32(got.Value(j)) != want[j] {
+			t.Fatalf("element %d: %v, want %v", j, got.Value(j), want[j])
+		}
 	}
 }
