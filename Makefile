@@ -3,7 +3,7 @@ GO      ?= go
 BIN     := bin/wattagg
 PKGS    := ./...
 
-.PHONY: all build demo test vet fmt-check generate generate-check bench bench-go fuzz clean
+.PHONY: all build demo test vet fmt-check generate generate-check bench bench-go fuzz clean energy nocgo-check
 
 all: build
 
@@ -56,3 +56,14 @@ fuzz:
 
 clean:
 	rm -rf bin
+
+# Energy: devices and meters, a quick calibration, and the policies compared on this machine.
+energy: build
+	./$(BIN) devices
+	./$(BIN) calibrate --quick
+	./$(BIN) bench energy
+
+# The energy, planner and CLI packages build without cgo (NVML then reports unavailable).
+nocgo-check:
+	CGO_ENABLED=0 $(GO) build ./energy/ ./sched/ ./aggregate/ ./cmd/wattagg/
+	CGO_ENABLED=0 $(GO) test -count=1 ./energy/ ./sched/

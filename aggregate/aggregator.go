@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/wattagg/wattagg/device"
+	"github.com/wattagg/wattagg/energy"
 	"github.com/wattagg/wattagg/tensor"
 	"github.com/wattagg/wattagg/tensor/safetensors"
 )
@@ -35,6 +36,8 @@ type Aggregator struct {
 	bytesIn  int64
 	busy     time.Duration
 	addStats device.Stats
+	energy   []energy.Measurement // the meters over every Add (WithMeters)
+	meterErr error
 }
 
 // NewAggregator returns an empty Aggregator. The first update added fixes the layout and the
@@ -119,7 +122,10 @@ func (a *Aggregator) Add(ctx context.Context, u *tensor.Set, weight float64) err
 			a.dtypes[t] = map[tensor.DType]bool{}
 		}
 	}
-	if err := a.acc.Add(context.WithoutCancel(ctx), x, weight); err != nil {
+	win := a.cfg.startMeters()
+	err = a.acc.Add(context.WithoutCancel(ctx), x, weight)
+	a.meter(win)
+	if err != nil {
 		return err
 	}
 	a.clients++
@@ -152,7 +158,9 @@ func (a *Aggregator) result(ctx context.Context, start time.Time) (*tensor.Set, 
 	if err != nil {
 		return nil, nil, err
 	}
+	win := a.cfg.startMeters()
 	stats, err := a.acc.Emit(ctx, 1/a.total, a.plan.chunks, out)
+	emitted, merr := win.stop()
 	if err != nil {
 		return nil, nil, a.overflow(err)
 	}
@@ -162,7 +170,9 @@ func (a *Aggregator) result(ctx context.Context, start time.Time) (*tensor.Set, 
 	for k, v := range a.metadata() {
 		set.Metadata[k] = v
 	}
-	return set, a.report(set.NumBytes(), stats, time.Since(start)), nil
+	rep := a.report(set.NumBytes(), stats, time.Since(start))
+	a.account(rep, emitted, merr)
+	return set, rep, nil
 }
 
 // WriteFile writes the weighted mean of the updates added so far to path as .safetensors,
@@ -190,13 +200,16 @@ func (a *Aggregator) WriteFile(ctx context.Context, path string) (*Report, error
 	if err != nil {
 		return nil, err
 	}
+	win := a.cfg.startMeters()
 	stats, err := writeChunks(ctx, w, a.plan, a.cfg, func(out device.Output) (device.Stats, error) {
 		return a.acc.Emit(ctx, 1/a.total, a.plan.chunks, out)
 	})
+	emitted, merr := win.stop()
 	if err != nil {
 		return nil, a.overflow(err)
 	}
 	rep := a.report(a.plan.size, stats, time.Since(start))
+	a.account(rep, emitted, merr)
 	rep.Output = path
 	return rep, nil
 }
@@ -218,6 +231,7 @@ func (a *Aggregator) Reset() {
 		a.acc.Reset()
 	}
 	a.clients, a.total, a.weights, a.bytesIn, a.busy, a.addStats = 0, 0, nil, 0, 0, device.Stats{}
+	a.energy, a.meterErr = nil, nil
 	for _, m := range a.dtypes {
 		clear(m)
 	}

@@ -34,7 +34,8 @@ func WeightedMean(ctx context.Context, updates []*tensor.Set, weights []float64,
 		return nil, nil, err
 	}
 	rep := b.report(set.NumBytes())
-	rep.finish(time.Since(start).Seconds(), []device.Stats{stats})
+	rep.finish(time.Since(start).Seconds(), b.perDevice(stats))
+	b.account(rep)
 	return set, rep, nil
 }
 
@@ -89,7 +90,8 @@ func WeightedMeanFile(ctx context.Context, path string, updates []*tensor.Set, w
 	}
 	rep := b.report(written)
 	rep.Output = path
-	rep.finish(time.Since(start).Seconds(), []device.Stats{stats})
+	rep.finish(time.Since(start).Seconds(), b.perDevice(stats))
+	b.account(rep)
 	return rep, nil
 }
 
@@ -124,7 +126,7 @@ func writeChunks(ctx context.Context, w *safetensors.Writer, p *plan, cfg config
 			return device.Stats{}, fmt.Errorf("aggregate: writer placed tensor %q at %d, plan at %d", p.fields[t].Name, w.TensorOffset(k), p.offsets[t])
 		}
 	}
-	pipe := newPipeOutput(w, p, cfg.chunkBytes, 2*workersOf(cfg.dev)+2, 2)
+	pipe := newPipeOutput(w, p, cfg.chunkBytes, 2*cfg.workers()+2, 2)
 	stats, err := compute(pipe)
 	if cerr := pipe.close(); err == nil {
 		err = cerr
@@ -152,6 +154,7 @@ type batch struct {
 	plan        *plan
 	inputs      [][]device.Span // [update][tensor], tensors in the first update's order
 	bytesIn     int64
+	placed      *placement // where the job ran and what it cost (placement.go)
 }
 
 func prepare(ctx context.Context, updates []*tensor.Set, weights []float64, opts []Option) (*batch, error) {
@@ -216,7 +219,7 @@ func (b *batch) run(ctx context.Context, out device.Output) (device.Stats, error
 		total := b.bytesIn
 		job.Progress = func(n int64) { fn(done.Add(n), total) }
 	}
-	stats, err := b.cfg.dev.WeightedSum(ctx, job)
+	stats, err := b.execute(ctx, job) // on the planned devices, under the meters
 	if err != nil {
 		return stats, blame(err, b.plan, b.inputs, b.updates)
 	}

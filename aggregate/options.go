@@ -5,6 +5,8 @@ import (
 	"sync"
 
 	"github.com/wattagg/wattagg/device"
+	"github.com/wattagg/wattagg/energy"
+	"github.com/wattagg/wattagg/sched"
 	"github.com/wattagg/wattagg/tensor"
 )
 
@@ -22,6 +24,11 @@ type config struct {
 	metadata   map[string]string
 	dst        *tensor.Set
 	memBudget  int64 // bytes of updates a rule that needs all of them may hold in memory
+
+	// Placement and energy (placement.go, energy.go).
+	devs    []device.Device // the devices a batch may be split over (WithDevices)
+	planner *sched.Planner
+	meters  []energy.Meter
 }
 
 // DefaultMemoryBudget is the memory rules that need every update at once (median, Krum, ...)
@@ -41,6 +48,9 @@ func newConfig(opts []Option) (config, error) {
 		if err := o(&c); err != nil {
 			return c, err
 		}
+	}
+	if c.dev == nil && len(c.devs) > 0 {
+		c.dev = c.devs[0] // the streaming Aggregator runs on one device: the first
 	}
 	if c.dev == nil {
 		d, err := defaultCPU()
@@ -150,6 +160,56 @@ func WithMemoryBudget(bytes int64) Option {
 			return fmt.Errorf("%w: memory budget of %d bytes: want at least 1 MiB", ErrOption, bytes)
 		}
 		c.memBudget = bytes
+		return nil
+	}
+}
+
+// WithDevices lets a batch aggregation (WeightedMean, WeightedMeanFile) split its chunks over
+// several devices, as the planner (WithPlanner) says; without a planner everything runs on the
+// first. Names must be unique. The streaming Aggregator uses the first device.
+func WithDevices(devs ...device.Device) Option {
+	return func(c *config) error {
+		if len(devs) == 0 {
+			return fmt.Errorf("%w: no devices", ErrOption)
+		}
+		seen := map[string]bool{}
+		for _, d := range devs {
+			if d == nil {
+				return fmt.Errorf("%w: nil device", ErrOption)
+			}
+			if seen[d.Name()] {
+				return fmt.Errorf("%w: device %q given twice", ErrOption, d.Name())
+			}
+			seen[d.Name()] = true
+		}
+		c.devs = devs
+		return nil
+	}
+}
+
+// WithPlanner places each batch aggregation with p: it plans which device runs which chunks
+// and predicts time and joules, the report carries the plan beside what was measured, and p
+// learns from the difference.
+func WithPlanner(p *sched.Planner) Option {
+	return func(c *config) error {
+		if p == nil {
+			return fmt.Errorf("%w: nil planner", ErrOption)
+		}
+		c.planner = p
+		return nil
+	}
+}
+
+// WithMeters reads ms around the work (energy.Discover finds RAPL, NVML or the estimate): the
+// report's Joules is what they measured, with provenance. Without meters Joules is null.
+func WithMeters(ms ...energy.Meter) Option {
+	return func(c *config) error {
+		for _, m := range ms {
+			if m == nil {
+				return fmt.Errorf("%w: nil meter", ErrOption)
+			}
+		}
+		c.meters = ms
 		return nil
 	}
 }

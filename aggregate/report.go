@@ -1,6 +1,10 @@
 package aggregate
 
-import "github.com/wattagg/wattagg/device"
+import (
+	"github.com/wattagg/wattagg/device"
+	"github.com/wattagg/wattagg/energy"
+	"github.com/wattagg/wattagg/sched"
+)
 
 // Report says what an aggregation did and what it cost.
 type Report struct {
@@ -34,6 +38,19 @@ type Report struct {
 	// Joules is the energy the aggregation spent, with JoulesReason saying why it is null.
 	Joules       *float64 `json:"joules"`
 	JoulesReason string   `json:"joules_reason,omitempty"`
+
+	// Energy is what each meter measured around the work, with its provenance; JoulesSource
+	// names the sources summed into Joules ("rapl", "estimate", "rapl+nvml-energy").
+	Energy         []energy.Measurement `json:"energy,omitempty"`
+	JoulesSource   string               `json:"joules_source,omitempty"`
+	JoulesPerParam *float64             `json:"joules_per_param,omitempty"`
+	// Plan is where the planner placed the work (WithPlanner), with its prediction;
+	// PredictedJoules and PredictedSeconds repeat it beside the measured figures, and Learning
+	// says whether the profile learned from the difference.
+	Plan             *sched.Plan    `json:"plan,omitempty"`
+	PredictedJoules  *float64       `json:"predicted_joules,omitempty"`
+	PredictedSeconds *float64       `json:"predicted_seconds,omitempty"`
+	Learning         *sched.Learned `json:"learning,omitempty"`
 }
 
 // ClientDiag is what a rule saw of one client. Optional figures are pointers so that a rule
@@ -55,8 +72,8 @@ type DeviceShare struct {
 	Share float64 `json:"share"` // fraction of the elements
 }
 
-// noMeterReason is reported until energy metering (RAPL, NVML) measures rounds.
-const noMeterReason = "no energy meter in this build: RAPL/NVML metering is not implemented yet"
+// noMeterReason is reported when no meter was given (WithMeters).
+const noMeterReason = "no energy meter given (aggregate.WithMeters; the CLI uses RAPL, NVML or the estimate)"
 
 func (r *Report) finish(seconds float64, stats []device.Stats) {
 	r.Seconds = seconds
@@ -75,5 +92,7 @@ func (r *Report) finish(seconds float64, stats []device.Stats) {
 		r.GBps = float64(r.BytesRead+r.BytesWritten) / seconds / 1e9
 		r.ParamsPerSec = float64(r.Params) / seconds
 	}
-	r.JoulesReason = noMeterReason
+	if r.Joules == nil && r.JoulesReason == "" {
+		r.JoulesReason = noMeterReason
+	}
 }

@@ -32,6 +32,8 @@ type aggregateFlags struct {
 	workers  int
 	device   string
 	progress string
+	energy   energyFlags // meters and profile (energy.go)
+	plan     planFlags   // --policy, --deadline, --power-cap (energy.go)
 }
 
 func newAggregateCmd() *cobra.Command {
@@ -78,7 +80,9 @@ model whatever the number of clients.
 	fl.BoolVar(&f.stream, "stream", false, "add files one at a time to a running sum (memory: one model)")
 	fl.BoolVar(&f.json, "json", false, "print the report as one JSON object on stdout")
 	fl.IntVar(&f.workers, "workers", runtime.GOMAXPROCS(0), "goroutines running kernels")
-	fl.StringVar(&f.device, "device", "cpu", "device to run on: cpu")
+	fl.StringVar(&f.device, "device", "auto", "device to run on: auto (the planner splits the work over the devices), cpu, or KIND:INDEX such as cuda:0 (see wattagg devices)")
+	f.energy.register(fl)
+	f.plan.register(fl)
 	fl.StringVar(&f.progress, "progress", "auto", "progress bar on stderr: auto (when a terminal), always, never")
 	for _, r := range ruleSpecs {
 		if r.flags != nil {
@@ -100,6 +104,13 @@ func runAggregate(ctx context.Context, stdout, stderr io.Writer, f aggregateFlag
 	if err != nil {
 		return err
 	}
+	planOpts, err := f.plan.options()
+	if err != nil {
+		return err
+	}
+	if err := f.energy.validate(); err != nil {
+		return err
+	}
 	paths, err := expandInputs(args)
 	if err != nil {
 		return err
@@ -108,20 +119,35 @@ func runAggregate(ctx context.Context, stdout, stderr io.Writer, f aggregateFlag
 	if err != nil {
 		return err
 	}
+	// Devices, meters and (for a batch) the planner with its profile.
+	cpu, err := device.NewCPU(device.WithWorkers(f.workers))
+	if err != nil {
+		return err
+	}
+	en, err := openEnergyRun(ctx, stderr, f.energy, cpu, f.device, planOpts, !f.stream, f.progress)
+	if err != nil {
+		return err
+	}
+	defer en.close()
+	opts = append(opts, en.options()...)
+	if dev, ok := en.machine.Device(f.device); ok {
+		opts = append(opts, aggregate.WithDevice(dev)) // --stream runs on one device: this one
+	}
 	bar := newProgress(stderr, f.progress, "aggregating")
 	if bar != nil {
 		opts = append(opts, aggregate.WithProgress(bar.set))
 		defer bar.finish()
 	}
-	var rep *aggregate.Report
-	if f.stream {
-		rep, err = streamFiles(ctx, f.output, paths, weights, bar, opts)
-	} else {
-		rep, err = batchFiles(ctx, f.output, paths, weights, spec, opts)
-	}
+	rep, err := en.around(func() (*aggregate.Report, error) {
+		if f.stream {
+			return streamFiles(ctx, f.output, paths, weights, bar, opts)
+		}
+		return batchFiles(ctx, f.output, paths, weights, spec, opts)
+	})
 	if err != nil {
 		return err
 	}
+	en.learn(stderr, rep)
 	bar.finish()
 	if f.json {
 		enc := json.NewEncoder(stdout)
@@ -132,8 +158,8 @@ func runAggregate(ctx context.Context, stdout, stderr io.Writer, f aggregateFlag
 }
 
 func aggregateOptions(f aggregateFlags) ([]aggregate.Option, error) {
-	if f.device != "cpu" {
-		return nil, usagef("unknown device %q: available devices: cpu (see wattagg devices)", f.device)
+	if err := checkDeviceFlag(f.device); err != nil {
+		return nil, err
 	}
 	if f.workers < 1 {
 		return nil, usagef("--workers %d: want at least 1", f.workers)
@@ -275,11 +301,7 @@ func printReport(w io.Writer, r *aggregate.Report) {
 		fmt.Fprintf(w, "  device %s: %.0f%% of the work\n", d.Device, 100*d.Share)
 	}
 	fmt.Fprintf(w, "  weights: %s\n", r.WeightsFrom)
-	if r.Joules != nil {
-		fmt.Fprintf(w, "  energy: %.3f J\n", *r.Joules)
-	} else {
-		fmt.Fprintf(w, "  energy: not measured (%s)\n", r.JoulesReason)
-	}
+	printEnergy(w, r)
 	if r.Output != "" {
 		fmt.Fprintf(w, "  wrote %s\n", r.Output)
 	}

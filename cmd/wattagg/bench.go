@@ -25,6 +25,7 @@ func newBenchCmd() *cobra.Command {
 (memory read bandwidth, or the C yardstick shared/floors/e2efloor.c), and prints the ratio.`,
 	}
 	cmd.AddCommand(newBenchFloorCmd(), newBenchMeanCmd(), newBenchE2ECmd(), newBenchStreamCmd())
+	cmd.AddCommand(newBenchEnergyCmd())
 	return cmd
 }
 

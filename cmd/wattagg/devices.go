@@ -9,6 +9,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/wattagg/wattagg/device"
+	"github.com/wattagg/wattagg/energy"
+	"github.com/wattagg/wattagg/sched"
 )
 
 // devicesReport is what `wattagg devices --json` prints.
@@ -16,23 +18,40 @@ type devicesReport struct {
 	Devices []device.Info `json:"devices"`
 	GPUs    string        `json:"gpus"`
 	Energy  string        `json:"energy"`
+
+	// Meters, counters and the calibration profile (energy.go).
+	Meters      []meterInfo    `json:"meters"`
+	RAPL        energy.Status  `json:"rapl"`
+	NVML        energy.Status  `json:"nvml"`
+	Backends    []device.Found `json:"backends,omitempty"`
+	Notes       []string       `json:"notes,omitempty"`
+	ProfilePath string         `json:"profile_path"`
+	Profile     *sched.Profile `json:"profile"`
+	ProfileNote string         `json:"profile_note,omitempty"`
+}
+
+// meterInfo is one meter and what it covers.
+type meterInfo struct {
+	Device string `json:"device,omitempty"` // the device it covers; empty: none
+	energy.Provenance
 }
 
 func newDevicesCmd() *cobra.Command {
 	var asJSON bool
+	var ef energyFlags
 	cmd := &cobra.Command{
 		Use:   "devices",
-		Short: "List the devices wattagg can run on and the kernels it selected",
+		Short: "List the devices, their energy meters and their calibration profile",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cpu, err := device.NewCPU()
+			m, err := ef.openMachine(nil)
 			if err != nil {
 				return err
 			}
-			r := devicesReport{
-				Devices: []device.Info{cpu.Info()},
-				GPUs:    "none: this build has no GPU device yet",
-				Energy:  "none: energy metering (RAPL, NVML) is not in this build yet",
+			defer m.Close()
+			r, err := describeMachine(m, ef)
+			if err != nil {
+				return err
 			}
 			if asJSON {
 				return json.NewEncoder(cmd.OutOrStdout()).Encode(r)
@@ -42,6 +61,7 @@ func newDevicesCmd() *cobra.Command {
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print as JSON")
+	ef.register(cmd.Flags())
 	return cmd
 }
 
@@ -65,4 +85,5 @@ func printDevices(w io.Writer, r devicesReport) {
 	}
 	fmt.Fprintf(w, "gpus: %s\n", r.GPUs)
 	fmt.Fprintf(w, "energy: %s\n", r.Energy)
+	printMeters(w, r)
 }

@@ -53,5 +53,6 @@ throughput and energy for each round.`,
 		return usageError{fmt.Errorf("%w (see wattagg %s --help)", err, c.Name())}
 	})
 	root.AddCommand(newAggregateCmd(), newDevicesCmd(), newDemoCmd(), newBenchCmd())
+	root.AddCommand(newCalibrateCmd())
 	return root
 }

@@ -1,0 +1,141 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/wattagg/wattagg/aggregate"
+	"github.com/wattagg/wattagg/energy"
+	"github.com/wattagg/wattagg/sched"
+	"github.com/wattagg/wattagg/tensor"
+)
+
+// EnergyConfig is a comparison of placement policies on one federation.
+type EnergyConfig struct {
+	Clients int
+	Params  int
+	DType   tensor.DType
+	Runs    int // rounds per policy, metered together
+	Machine *sched.Machine
+	Profile *sched.Profile
+	// Constraints are added to the planner's policies (a deadline, a power cap).
+	Constraints []sched.PlanOption
+}
+
+// EnergyRow is one policy's predicted and measured cost per round.
+type EnergyRow struct {
+	Policy           string  `json:"policy"`
+	Devices          string  `json:"devices"` // the split, "cpu 100%"
+	PredictedSeconds float64 `json:"predicted_seconds"`
+	PredictedJoules  float64 `json:"predicted_joules"`
+	Seconds          float64 `json:"seconds"` // measured, per round
+	Joules           float64 `json:"joules"`  // measured, per round
+	JoulesPerParam   float64 `json:"joules_per_param"`
+	Source           string  `json:"source"` // how the joules were measured
+	Skipped          string  `json:"skipped,omitempty"`
+	Why              string  `json:"why,omitempty"`
+	Note             string  `json:"note,omitempty"`
+}
+
+// EnergyPolicies aggregates the same federation by each policy — always the CPU, always the
+// first GPU, and the planner minimising energy, time and their product — and meters the
+// rounds: per round, the plan's prediction beside what the meters measured. A policy whose
+// device is absent is listed as skipped, saying why.
+func EnergyPolicies(ctx context.Context, cfg EnergyConfig) ([]EnergyRow, error) {
+	if cfg.Machine == nil || cfg.Profile == nil || cfg.Clients < 1 || cfg.Params < 1 || cfg.Runs < 1 {
+		return nil, fmt.Errorf("bench: energy comparison needs a machine, a profile, clients, params and runs")
+	}
+	updates, err := InMemoryUpdates(cfg.Clients, cfg.Params, cfg.DType)
+	if err != nil {
+		return nil, err
+	}
+	gpu := ""
+	for _, d := range cfg.Machine.Devices {
+		if d.Info().Kind == "gpu" {
+			gpu = d.Name()
+			break
+		}
+	}
+	type policy struct {
+		name string
+		opts []sched.PlanOption
+		skip string
+	}
+	policies := []policy{
+		{name: "always-cpu", opts: []sched.PlanOption{sched.WithOnly("cpu")}},
+		{name: "always-gpu", opts: []sched.PlanOption{sched.WithOnly(gpu)}},
+		{name: "planner min-energy", opts: append([]sched.PlanOption{sched.WithPolicy(sched.MinEnergy)}, cfg.Constraints...)},
+		{name: "planner min-time", opts: append([]sched.PlanOption{sched.WithPolicy(sched.MinTime)}, cfg.Constraints...)},
+		{name: "planner min-edp", opts: append([]sched.PlanOption{sched.WithPolicy(sched.MinEDP)}, cfg.Constraints...)},
+	}
+	if gpu == "" {
+		why := "no GPU device here"
+		if !cfg.Machine.Energy.NVML.Used {
+			why += " (" + cfg.Machine.Energy.NVML.Detail + ")"
+		}
+		policies[1].skip = why
+	}
+	var out []aggregate.Option
+	var rows []EnergyRow
+	meters := cfg.Machine.Meters()
+	for _, p := range policies {
+		row := EnergyRow{Policy: p.name, Skipped: p.skip}
+		if p.skip != "" {
+			rows = append(rows, row)
+			continue
+		}
+		pl, err := sched.NewPlanner(cfg.Profile.Clone(), append(p.opts, sched.WithoutLearning())...)
+		if err != nil {
+			return nil, err
+		}
+		opts := []aggregate.Option{aggregate.WithDevices(cfg.Machine.Devices...), aggregate.WithPlanner(pl), aggregate.WithOutDType(tensor.F32)}
+		if out == nil {
+			// One output, reused by every round of every policy: no fresh pages measured.
+			dst, _, err := aggregate.WeightedMean(ctx, updates, nil, opts...)
+			if err != nil {
+				return nil, err
+			}
+			out = []aggregate.Option{aggregate.WithOutput(dst)}
+		}
+		opts = append(opts, out...)
+		_, rep, err := aggregate.WeightedMean(ctx, updates, nil, opts...) // warm-up, and the plan
+		if err != nil {
+			return nil, err
+		}
+		w, err := energy.Start(meters...)
+		if err != nil {
+			return nil, err
+		}
+		start := time.Now()
+		for range cfg.Runs {
+			if _, _, err := aggregate.WeightedMean(ctx, updates, nil, opts...); err != nil {
+				w.Stop()
+				return nil, err
+			}
+		}
+		secs := time.Since(start).Seconds()
+		ms, err := w.Stop()
+		if err != nil {
+			return nil, err
+		}
+		tot := energy.Total(ms)
+		var split []string
+		for _, s := range rep.Plan.Shares {
+			split = append(split, fmt.Sprintf("%s %.0f%%", s.Device, 100*s.Fraction))
+		}
+		row.Devices = strings.Join(split, " + ")
+		row.PredictedSeconds, row.PredictedJoules = rep.Plan.Predicted.Seconds, rep.Plan.Predicted.Joules
+		row.Seconds = secs / float64(cfg.Runs)
+		row.Joules = tot.Joules / float64(cfg.Runs)
+		row.JoulesPerParam = row.Joules / float64(rep.Params)
+		row.Source = string(tot.Source)
+		row.Why = rep.Plan.Why
+		if tot.Granularity > 0 && tot.Seconds < 10*tot.Granularity {
+			row.Note = fmt.Sprintf("%.3g s metered: under 10 updates of the meter, raise --runs", tot.Seconds)
+		}
+		rows = append(rows, row)
+	}
+	return rows, nil
+}

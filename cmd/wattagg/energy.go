@@ -1,0 +1,454 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/schollz/progressbar/v3"
+	"github.com/spf13/pflag"
+
+	"github.com/wattagg/wattagg/aggregate"
+	"github.com/wattagg/wattagg/device"
+	"github.com/wattagg/wattagg/energy"
+	"github.com/wattagg/wattagg/sched"
+	"github.com/wattagg/wattagg/tensor"
+)
+
+// energyFlags are the flags of every command that meters: where the counters are, what the
+// CPU estimate assumes, where the profile is kept.
+type energyFlags struct {
+	sysfs   string
+	cpuTDP  float64
+	cpuIdle float64
+	profile string
+}
+
+func (e *energyFlags) register(fs *pflag.FlagSet) {
+	fs.StringVar(&e.sysfs, "sysfs", "", "sysfs root holding class/powercap (default $"+energy.EnvSysfs+" or /sys)")
+	fs.Float64Var(&e.cpuTDP, "cpu-tdp", 0, fmt.Sprintf("CPU full-load watts for the estimate when RAPL is absent (default $%s or %g W per logical CPU)", energy.EnvCPUTDP, energy.DefaultTDPPerCPU))
+	fs.Float64Var(&e.cpuIdle, "cpu-idle", 0, fmt.Sprintf("CPU idle watts for the estimate (default $%s or %g of the TDP)", energy.EnvCPUIdle, energy.DefaultIdleFraction))
+	fs.StringVar(&e.profile, "profile", "", "energy profile (default $"+sched.EnvProfile+" or wattagg/profile.json in the user cache directory)")
+}
+
+func (e *energyFlags) validate() error {
+	for _, f := range []struct {
+		name string
+		v    float64
+	}{{"--cpu-tdp", e.cpuTDP}, {"--cpu-idle", e.cpuIdle}} {
+		if f.v < 0 || math.IsNaN(f.v) || math.IsInf(f.v, 0) {
+			return usagef("%s %v: want a positive number of watts", f.name, f.v)
+		}
+	}
+	if e.cpuTDP > 0 && e.cpuIdle > e.cpuTDP {
+		return usagef("--cpu-idle %g W exceeds --cpu-tdp %g W", e.cpuIdle, e.cpuTDP)
+	}
+	return nil
+}
+
+func (e *energyFlags) options() []energy.Option {
+	opts := []energy.Option{energy.WithCPUTDP(e.cpuTDP), energy.WithCPUIdle(e.cpuIdle)}
+	if e.sysfs != "" {
+		opts = append(opts, energy.WithSysfsRoot(e.sysfs))
+	}
+	return opts
+}
+
+func (e *energyFlags) profilePath() (string, error) {
+	if e.profile != "" {
+		return e.profile, nil
+	}
+	return sched.DefaultProfilePath()
+}
+
+// openMachine discovers the devices and meters, with cpu as the CPU device.
+func (e *energyFlags) openMachine(cpu device.Device) (*sched.Machine, error) {
+	if err := e.validate(); err != nil {
+		return nil, err
+	}
+	opts := []sched.DiscoverOption{sched.WithEnergyOptions(e.options()...)}
+	if cpu != nil {
+		opts = append(opts, sched.WithCPU(cpu))
+	}
+	m, err := sched.Discover(opts...)
+	if errors.Is(err, energy.ErrOption) {
+		return nil, usagef("%v", err)
+	}
+	return m, err
+}
+
+// planFlags are the planner's flags.
+type planFlags struct {
+	policy   string
+	deadline time.Duration
+	powerCap float64
+}
+
+func (p *planFlags) register(fs *pflag.FlagSet) {
+	fs.StringVar(&p.policy, "policy", "min-energy", "what the planner minimises: min-energy, min-time or min-edp (energy × delay)")
+	fs.DurationVar(&p.deadline, "deadline", 0, "finish each aggregation within this time (e.g. 50ms; 0: none)")
+	fs.Float64Var(&p.powerCap, "power-cap", 0, "keep the machine's predicted draw under this many watts (0: none)")
+}
+
+// options checks the flags and turns them into planner options; a bad value is a usage error.
+func (p *planFlags) options() ([]sched.PlanOption, error) {
+	pol, err := sched.ParsePolicy(p.policy)
+	if err != nil {
+		return nil, usagef("--policy %q: want min-energy, min-time or min-edp", p.policy)
+	}
+	if p.deadline < 0 {
+		return nil, usagef("--deadline %v: want a positive duration, or 0 for none", p.deadline)
+	}
+	if p.powerCap < 0 || math.IsNaN(p.powerCap) || math.IsInf(p.powerCap, 0) {
+		return nil, usagef("--power-cap %v: want a positive number of watts, or 0 for none", p.powerCap)
+	}
+	return []sched.PlanOption{sched.WithPolicy(pol), sched.WithDeadline(p.deadline), sched.WithPowerCap(p.powerCap)}, nil
+}
+
+// checkDeviceFlag accepts "auto", "cpu" or KIND:INDEX; whether the device is present is
+// checked once devices are discovered.
+func checkDeviceFlag(name string) error {
+	if name == "auto" || name == "cpu" {
+		return nil
+	}
+	kind, idx, ok := strings.Cut(name, ":")
+	if !ok || kind == "" || idx == "" || strings.Trim(idx, "0123456789") != "" {
+		return usagef("unknown device %q: want auto, cpu or KIND:INDEX such as cuda:0 (see wattagg devices)", name)
+	}
+	return nil
+}
+
+// energyRun is the machine, meters, profile and planner of one command.
+type energyRun struct {
+	machine     *sched.Machine
+	planner     *sched.Planner
+	profilePath string
+	profileNote string // how the profile was obtained
+}
+
+func (r *energyRun) close() {
+	if r != nil && r.machine != nil {
+		r.machine.Close()
+	}
+}
+
+// openEnergyRun discovers the machine and, when plan is set, loads the profile (calibrating
+// quickly what is missing) and builds the planner: everything `aggregate` needs to place work
+// and meter it.
+func openEnergyRun(ctx context.Context, stderr io.Writer, ef energyFlags, cpu device.Device, deviceFlag string, planOpts []sched.PlanOption, plan bool, progressMode string) (*energyRun, error) {
+	m, err := ef.openMachine(cpu)
+	if err != nil {
+		return nil, err
+	}
+	r := &energyRun{machine: m}
+	if deviceFlag != "auto" {
+		if _, ok := m.Device(deviceFlag); !ok {
+			r.close()
+			return nil, usagef("unknown device %q: available devices: %s (see wattagg devices)", deviceFlag, strings.Join(m.Names(), ", "))
+		}
+		planOpts = append(planOpts, sched.WithOnly(deviceFlag))
+	}
+	if !plan {
+		return r, nil
+	}
+	if r.profilePath, err = ef.profilePath(); err != nil {
+		r.close()
+		return nil, err
+	}
+	prof, note, err := ensureProfile(ctx, stderr, r.profilePath, m, progressMode)
+	if err != nil {
+		r.close()
+		return nil, err
+	}
+	r.profileNote = note
+	if r.planner, err = sched.NewPlanner(prof, planOpts...); err != nil {
+		r.close()
+		return nil, usagef("%v", err)
+	}
+	return r, nil
+}
+
+// ensureProfile loads the profile, or calibrates quickly (the weighted sum, on the devices
+// that lack it) and saves the result, so that the first aggregation can already be planned
+// and predicted.
+func ensureProfile(ctx context.Context, stderr io.Writer, path string, m *sched.Machine, progressMode string) (*sched.Profile, string, error) {
+	prof, err := sched.LoadProfile(path)
+	note := "loaded from " + path
+	if err != nil && !errors.Is(err, sched.ErrNoProfile) && !errors.Is(err, sched.ErrProfile) {
+		return nil, "", err
+	}
+	var missing []sched.Target
+	for _, t := range m.Targets() {
+		if d := prof.Device(t.Device.Name()); d == nil {
+			missing = append(missing, t)
+		} else if _, ok := d.Op(sched.WeightedSum, tensor.F32); !ok {
+			missing = append(missing, t)
+		}
+	}
+	if len(missing) == 0 {
+		return prof, note, nil
+	}
+	if err != nil {
+		note = fmt.Sprintf("%v; ", err)
+	} else {
+		note = ""
+	}
+	bar := newStepBar(stderr, progressMode, "quick calibration")
+	q, cerr := sched.Calibrate(ctx, missing, sched.WithQuick(), sched.WithOps(sched.WeightedSum), sched.WithDTypes(tensor.F32),
+		sched.WithOtherMeters(m.Others()...), sched.WithProgress(bar.step))
+	bar.finish()
+	if cerr != nil {
+		return nil, "", cerr
+	}
+	if prof == nil {
+		prof = q
+	} else {
+		prof.Merge(q)
+	}
+	note += "quick calibration of weighted-sum/f32 run now (wattagg calibrate measures more)"
+	if serr := prof.Save(path); serr != nil {
+		note += fmt.Sprintf("; not saved: %v", serr)
+	} else {
+		note += ", saved to " + path
+	}
+	return prof, note, nil
+}
+
+// options are the aggregate options of the run: the devices, the planner, the meters.
+func (r *energyRun) options() []aggregate.Option {
+	opts := []aggregate.Option{aggregate.WithMeters(r.machine.Meters()...)}
+	if r.planner != nil {
+		opts = append(opts, aggregate.WithDevices(r.machine.Devices...), aggregate.WithPlanner(r.planner))
+	}
+	return opts
+}
+
+// around runs fn under the meters; a rule that does not meter itself gets the measurement.
+func (r *energyRun) around(fn func() (*aggregate.Report, error)) (*aggregate.Report, error) {
+	w, werr := energy.Start(r.machine.Meters()...)
+	rep, err := fn()
+	var ms []energy.Measurement
+	if werr == nil {
+		ms, werr = w.Stop()
+	}
+	if err != nil || rep == nil || rep.Joules != nil {
+		return rep, err
+	}
+	if werr != nil {
+		rep.JoulesReason = "energy meter failed: " + werr.Error()
+		return rep, nil
+	}
+	t := energy.Total(ms)
+	j := t.Joules
+	rep.Joules, rep.JoulesReason, rep.Energy, rep.JoulesSource = &j, "", ms, string(t.Source)
+	if rep.Params > 0 {
+		jp := j / float64(rep.Params)
+		rep.JoulesPerParam = &jp
+	}
+	return rep, nil
+}
+
+// learn saves the profile when the run corrected it.
+func (r *energyRun) learn(stderr io.Writer, rep *aggregate.Report) {
+	if r.planner == nil || rep == nil || rep.Learning == nil || !rep.Learning.Applied {
+		return
+	}
+	if err := r.planner.Profile().Save(r.profilePath); err != nil {
+		fmt.Fprintf(stderr, "wattagg: warning: the corrected profile was not saved: %v\n", err)
+	}
+}
+
+// printEnergy prints the energy lines of a report: measured joules with their source, the
+// plan and its prediction.
+func printEnergy(w io.Writer, r *aggregate.Report) {
+	if r.Joules != nil {
+		line := fmt.Sprintf("  energy: %.4g J measured (%s)", *r.Joules, r.JoulesSource)
+		if r.JoulesPerParam != nil {
+			line += fmt.Sprintf(", %.3g nJ/param", *r.JoulesPerParam*1e9)
+		}
+		if r.PredictedJoules != nil {
+			line += fmt.Sprintf("; predicted %.4g J in %.4g s", *r.PredictedJoules, *r.PredictedSeconds)
+		}
+		fmt.Fprintln(w, line)
+		for _, m := range r.Energy {
+			if m.Source == energy.SourceEstimate {
+				fmt.Fprintf(w, "  estimate, not a counter: %s\n", m.Model)
+			}
+		}
+	} else {
+		fmt.Fprintf(w, "  energy: not measured (%s)\n", r.JoulesReason)
+	}
+	if p := r.Plan; p != nil {
+		fmt.Fprintf(w, "  plan: %s\n", p.Why)
+		for _, n := range p.Notes {
+			fmt.Fprintf(w, "  plan note: %s\n", n)
+		}
+	}
+	if l := r.Learning; l != nil && l.Applied {
+		fmt.Fprintf(w, "  profile: %s\n", l.Why)
+	}
+}
+
+// printProfile prints a profile's figures per device and op.
+func printProfile(w io.Writer, path string, p *sched.Profile) {
+	kind := "full"
+	if p.Quick {
+		kind = "quick"
+	}
+	fmt.Fprintf(w, "profile: %s (version %d, %s calibration of %s, updated %s)\n", path, p.Version, kind,
+		p.Created.Local().Format("2006-01-02 15:04"), p.Updated.Local().Format("2006-01-02 15:04"))
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "  device\top\tGB/s\tGFLOP/s\tnJ/byte\tpJ/FLOP\tlatency µs\tW running\tidle W\tcorr J×\tcorr t×\tmeter\t")
+	for _, d := range p.Devices {
+		keys := make([]string, 0, len(d.Ops))
+		for k := range d.Ops {
+			keys = append(keys, k)
+		}
+		slices.Sort(keys)
+		for _, k := range keys {
+			o := d.Ops[k]
+			fmt.Fprintf(tw, "  %s\t%s\t%.1f\t%.1f\t%.3f\t%.1f\t%.0f\t%.1f\t%.1f\t%.2f\t%.2f\t%s\t\n", d.Name, k, o.BytesPerSec/1e9, o.FLOPsPerSec/1e9,
+				o.JoulesPerByte*1e9, o.JoulesPerFLOP*1e12, o.LatencySec*1e6, o.Watts, d.IdleWatts, o.EnergyCorrection, o.TimeCorrection, d.Meter.Source)
+		}
+		if d.Link != nil {
+			fmt.Fprintf(tw, "  %s\thost-to-device\t%.1f\t-\t%.3f\t-\t-\t-\t-\t-\t-\t%s\t\n", d.Name, d.Link.BytesPerSec/1e9, d.Link.JoulesPerByte*1e9, d.Meter.Source)
+		}
+	}
+	tw.Flush()
+	for _, o := range p.Others {
+		fmt.Fprintf(w, "  %s: idle %.1f W (no device drives it)\n", o.Meter, o.IdleWatts)
+	}
+}
+
+// stepBar is a progress bar of calibration steps on stderr (when a terminal, or always). A nil
+// *stepBar does nothing.
+type stepBar struct {
+	w    io.Writer
+	desc string
+	bar  *progressbar.ProgressBar
+}
+
+func newStepBar(w io.Writer, mode, desc string) *stepBar {
+	if newProgress(w, mode, desc) == nil { // not a terminal, or --progress never
+		return nil
+	}
+	return &stepBar{w: w, desc: desc}
+}
+
+func (b *stepBar) step(done, total int, what string) {
+	if b == nil {
+		return
+	}
+	if b.bar == nil {
+		b.bar = progressbar.NewOptions(total,
+			progressbar.OptionSetWriter(b.w),
+			progressbar.OptionSetWidth(30),
+			progressbar.OptionShowCount(),
+			progressbar.OptionClearOnFinish(),
+		)
+	}
+	b.bar.Describe(b.desc + ": " + what)
+	_ = b.bar.Set(done)
+}
+
+func (b *stepBar) finish() {
+	if b != nil && b.bar != nil {
+		_ = b.bar.Finish()
+	}
+}
+
+// describeMachine fills the devices report: devices, GPUs, meters, RAPL and NVML status and
+// the profile.
+func describeMachine(m *sched.Machine, ef energyFlags) (devicesReport, error) {
+	r := devicesReport{RAPL: m.Energy.RAPL, NVML: m.Energy.NVML, Backends: m.Backends, Notes: m.Notes}
+	for _, d := range m.Devices {
+		r.Devices = append(r.Devices, d.Info())
+	}
+	var gpus []string
+	for _, d := range m.Devices[1:] {
+		gpus = append(gpus, d.Name()+" "+d.Info().Model)
+	}
+	for _, f := range m.Backends {
+		if f.Reason != "" {
+			gpus = append(gpus, fmt.Sprintf("no %s device: %s", f.Kind, f.Reason))
+		}
+	}
+	if len(m.Backends) == 0 {
+		gpus = append(gpus, "none: no GPU device backend in this build")
+	}
+	r.GPUs = strings.Join(gpus, "; ")
+	if !m.Energy.NVML.Used {
+		r.GPUs += "; NVML: " + m.Energy.NVML.Detail
+	}
+	for _, d := range m.Devices {
+		mt, ok := m.Meter(d.Name())
+		if !ok {
+			continue
+		}
+		rd, err := mt.Read()
+		if err != nil {
+			return r, err
+		}
+		r.Meters = append(r.Meters, meterInfo{Device: d.Name(), Provenance: rd.Provenance})
+	}
+	for _, o := range m.Others() {
+		rd, err := o.Read()
+		if err != nil {
+			return r, err
+		}
+		r.Meters = append(r.Meters, meterInfo{Provenance: rd.Provenance})
+	}
+	cpu := r.Meters[0]
+	switch {
+	case m.Energy.RAPL.Used:
+		r.Energy = fmt.Sprintf("cpu measured by RAPL counters: %s", m.Energy.RAPL.Detail)
+	default:
+		r.Energy = fmt.Sprintf("cpu ESTIMATED, not measured, because RAPL is absent (see rapl below); the estimate used: %s", cpu.Model)
+	}
+	path, err := ef.profilePath()
+	if err != nil {
+		return r, err
+	}
+	r.ProfilePath = path
+	p, err := sched.LoadProfile(path)
+	switch {
+	case err == nil:
+		r.Profile = p
+	case errors.Is(err, sched.ErrNoProfile), errors.Is(err, sched.ErrProfile):
+		r.ProfileNote = err.Error()
+	default:
+		return r, err
+	}
+	return r, nil
+}
+
+// printMeters prints the meter and profile part of `wattagg devices`.
+func printMeters(w io.Writer, r devicesReport) {
+	if r.RAPL.Used {
+		fmt.Fprintf(w, "  rapl: %s\n", r.RAPL.Detail)
+	} else {
+		fmt.Fprintf(w, "  rapl: absent: %s\n", r.RAPL.Detail)
+	}
+	fmt.Fprintf(w, "  nvml: %s\n", r.NVML.Detail)
+	for _, m := range r.Meters {
+		dev := m.Device
+		if dev == "" {
+			dev = "no device"
+		}
+		fmt.Fprintf(w, "  meter %s (%s): source=%s, domains %s, granularity %gs\n", m.Meter, dev, m.Source, strings.Join(m.Domains, " + "), m.Granularity)
+	}
+	for _, n := range r.Notes {
+		fmt.Fprintf(w, "  note: %s\n", n)
+	}
+	if r.Profile == nil {
+		fmt.Fprintf(w, "profile: none (%s)\n", r.ProfileNote)
+		return
+	}
+	printProfile(w, r.ProfilePath, r.Profile)
+}

@@ -1,0 +1,797 @@
+package sched
+
+import (
+	"fmt"
+	"math"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Policy is what a Planner minimises.
+type Policy int
+
+// The policies.
+const (
+	MinEnergy Policy = iota // joules of the whole machine over the round (default)
+	MinTime                 // seconds
+	MinEDP                  // energy-delay product: joules × seconds
+)
+
+var policyNames = [...]string{"min-energy", "min-time", "min-edp"}
+
+func (p Policy) String() string {
+	if p < 0 || int(p) >= len(policyNames) {
+		return fmt.Sprintf("Policy(%d)", int(p))
+	}
+	return policyNames[p]
+}
+
+// MarshalText writes the policy's name.
+func (p Policy) MarshalText() ([]byte, error) { return []byte(p.String()), nil }
+
+// UnmarshalText reads a policy's name.
+func (p *Policy) UnmarshalText(b []byte) error {
+	v, err := ParsePolicy(string(b))
+	*p = v
+	return err
+}
+
+// ParsePolicy reads "min-energy", "min-time" or "min-edp".
+func ParsePolicy(s string) (Policy, error) {
+	for i, n := range policyNames {
+		if s == n {
+			return Policy(i), nil
+		}
+	}
+	return MinEnergy, fmt.Errorf("%w: policy %q: want %s", ErrOption, s, strings.Join(policyNames[:], ", "))
+}
+
+// PlanOption configures a Planner.
+type PlanOption func(*Planner) error
+
+// WithPolicy sets what the planner minimises (default MinEnergy).
+func WithPolicy(p Policy) PlanOption {
+	return func(pl *Planner) error {
+		if p < MinEnergy || p > MinEDP {
+			return fmt.Errorf("%w: policy %d", ErrOption, int(p))
+		}
+		pl.policy = p
+		return nil
+	}
+}
+
+// WithDeadline makes plans finish within d (0: no deadline). A plan that cannot is returned
+// with Feasible false and the fastest plan found.
+func WithDeadline(d time.Duration) PlanOption {
+	return func(pl *Planner) error {
+		if d < 0 {
+			return fmt.Errorf("%w: deadline %v: want a positive duration, or 0 for none", ErrOption, d)
+		}
+		pl.deadline = d
+		return nil
+	}
+}
+
+// WithPowerCap keeps the machine's predicted draw at or below watts while a plan runs (0: no
+// cap). Devices are slowed (duty-cycled) or work moved to more frugal ones to fit.
+func WithPowerCap(watts float64) PlanOption {
+	return func(pl *Planner) error {
+		if watts < 0 || math.IsNaN(watts) || math.IsInf(watts, 0) {
+			return fmt.Errorf("%w: power cap %v W: want a positive number of watts, or 0 for none", ErrOption, watts)
+		}
+		pl.capW = watts
+		return nil
+	}
+}
+
+// WithOnly restricts plans to the named devices ("cpu", "cuda:0"): to force a device.
+func WithOnly(devices ...string) PlanOption {
+	return func(pl *Planner) error {
+		for _, d := range devices {
+			if d == "" {
+				return fmt.Errorf("%w: empty device name", ErrOption)
+			}
+		}
+		pl.only = slices.Clone(devices)
+		return nil
+	}
+}
+
+// WithRegistry takes op classes from r instead of Default.
+func WithRegistry(r *Registry) PlanOption {
+	return func(pl *Planner) error {
+		if r == nil {
+			return fmt.Errorf("%w: nil registry", ErrOption)
+		}
+		pl.reg = r
+		return nil
+	}
+}
+
+// WithLearningRate sets the weight of each new observation in the profile's corrections
+// (default 0.25; 0 < a ≤ 1).
+func WithLearningRate(a float64) PlanOption {
+	return func(pl *Planner) error {
+		if !(a > 0 && a <= 1) {
+			return fmt.Errorf("%w: learning rate %v: want (0, 1]", ErrOption, a)
+		}
+		pl.alpha = a
+		return nil
+	}
+}
+
+// WithoutLearning keeps the profile as it is: Observe reports and changes nothing (for
+// benchmarks that compare predictions with measurements).
+func WithoutLearning() PlanOption {
+	return func(pl *Planner) error { pl.frozen = true; return nil }
+}
+
+// Planner places jobs on devices by a Profile. It is safe for concurrent use.
+type Planner struct {
+	reg      *Registry
+	policy   Policy
+	deadline time.Duration
+	capW     float64
+	only     []string
+	alpha    float64
+	frozen   bool
+
+	mu      sync.Mutex
+	profile *Profile
+}
+
+// NewPlanner returns a planner over profile (which it updates as it learns; Profile returns
+// a copy to save).
+func NewPlanner(profile *Profile, opts ...PlanOption) (*Planner, error) {
+	if profile == nil {
+		return nil, fmt.Errorf("%w: the planner needs a profile", ErrNoProfile)
+	}
+	pl := &Planner{reg: Default, alpha: 0.25, profile: profile}
+	for _, o := range opts {
+		if err := o(pl); err != nil {
+			return nil, err
+		}
+	}
+	return pl, nil
+}
+
+// Profile returns a copy of the profile as learned so far.
+func (pl *Planner) Profile() *Profile {
+	pl.mu.Lock()
+	defer pl.mu.Unlock()
+	return pl.profile.Clone()
+}
+
+// Request is a job to place.
+type Request struct {
+	Op string
+	Workload
+	// Devices are the devices present; nil means every device of the profile.
+	Devices []string
+	// Chunks are the elements of each chunk of the job, in order; the plan assigns whole
+	// chunks. Nil plans fractions only.
+	Chunks []int64
+}
+
+// Plan is where a job runs and what it is predicted to cost.
+type Plan struct {
+	Op        string  `json:"op"`
+	DType     string  `json:"dtype"`
+	Clients   int     `json:"clients"`
+	Elements  int64   `json:"elements"`
+	Policy    Policy  `json:"policy"`
+	DeadlineS float64 `json:"deadline_s,omitempty"`
+	PowerCapW float64 `json:"power_cap_w,omitempty"`
+
+	Shares    []Share    `json:"shares"`
+	Predicted Prediction `json:"predicted"`
+	// Feasible is false when no plan meets the deadline and power cap; the plan is then the
+	// one that comes closest.
+	Feasible bool   `json:"feasible"`
+	Why      string `json:"why"`
+	// Alternatives are the single-device plans, for comparison.
+	Alternatives []Alternative `json:"alternatives,omitempty"`
+	// EnergySource is how the profile's joules were measured ("rapl", "estimate").
+	EnergySource string   `json:"energy_source"`
+	Notes        []string `json:"notes,omitempty"`
+}
+
+// Share is one device's part of a plan.
+type Share struct {
+	Device   string  `json:"device"`
+	Fraction float64 `json:"fraction"` // of the elements
+	Elements int64   `json:"elements"`
+	// Chunks are the indices of Request.Chunks this device runs (contiguous).
+	Chunks []int `json:"-"`
+	// NumChunks is len(Chunks).
+	NumChunks int `json:"chunks"`
+	// Rate is the duty cycle in (0, 1]: below 1 the device is paced to stay under the power
+	// cap.
+	Rate    float64 `json:"rate"`
+	Seconds float64 `json:"seconds"`        // predicted, from start to its last chunk
+	Joules  float64 `json:"dynamic_joules"` // predicted above idle
+	Watts   float64 `json:"dynamic_watts"`  // predicted above idle while it runs
+
+	key     string  // the op profile used
+	rawDyn  float64 // Joules before the energy correction
+	rawBusy float64 // Seconds before the time correction
+}
+
+// Prediction is a plan's predicted cost: the whole machine's idle power over the round plus
+// each device's dynamic energy.
+type Prediction struct {
+	Seconds       float64 `json:"seconds"`
+	Joules        float64 `json:"joules"`
+	IdleJoules    float64 `json:"idle_joules"`
+	DynamicJoules float64 `json:"dynamic_joules"`
+	PeakWatts     float64 `json:"peak_watts"`
+}
+
+// Alternative is a single-device plan's prediction.
+type Alternative struct {
+	Device    string  `json:"device"`
+	Seconds   float64 `json:"seconds"`
+	Joules    float64 `json:"joules"`
+	PeakWatts float64 `json:"peak_watts"`
+	Feasible  bool    `json:"feasible"`
+}
+
+// devModel is a device's cost for one request: it processes R elements per second at full
+// rate after a fixed L seconds, spending e joules per element above idle.
+type devModel struct {
+	name       string
+	R, e, L    float64
+	idle       float64
+	key        string
+	eCorr, tCr float64
+}
+
+// Plan places req.
+func (pl *Planner) Plan(req Request) (*Plan, error) {
+	op, err := pl.reg.Lookup(req.Op)
+	if err != nil {
+		return nil, err
+	}
+	if req.Clients < 1 || req.Elements < 0 || !req.In.Real() || !req.Out.Real() {
+		return nil, fmt.Errorf("%w: request %s of %d clients x %d %s -> %s", ErrOption, req.Op, req.Clients, req.Elements, req.In, req.Out)
+	}
+	var sum int64
+	for _, c := range req.Chunks {
+		if c < 0 {
+			return nil, fmt.Errorf("%w: a chunk of %d elements", ErrOption, c)
+		}
+		sum += c
+	}
+	if req.Chunks != nil && sum != req.Elements {
+		return nil, fmt.Errorf("%w: chunks hold %d elements, the job %d", ErrOption, sum, req.Elements)
+	}
+	pl.mu.Lock()
+	defer pl.mu.Unlock()
+
+	present := req.Devices
+	if present == nil {
+		for _, d := range pl.profile.Devices {
+			present = append(present, d.Name)
+		}
+	}
+	for _, o := range pl.only {
+		if !slices.Contains(present, o) {
+			return nil, fmt.Errorf("%w: device %q is not present (present: %s)", ErrOption, o, strings.Join(present, ", "))
+		}
+	}
+	plan := &Plan{Op: req.Op, DType: req.In.String(), Clients: req.Clients, Elements: req.Elements, Policy: pl.policy,
+		DeadlineS: pl.deadline.Seconds(), PowerCapW: pl.capW}
+	cnt := op.Counts(req.Workload)
+	idle := 0.0
+	for _, o := range pl.profile.Others {
+		idle += o.IdleWatts
+	}
+	var ds []devModel
+	var sources []string
+	for _, name := range present {
+		dp := pl.profile.Device(name)
+		if dp == nil {
+			plan.Notes = append(plan.Notes, fmt.Sprintf("%s is not in the profile: not used (run wattagg calibrate)", name))
+			continue
+		}
+		idle += dp.IdleWatts
+		if len(pl.only) > 0 && !slices.Contains(pl.only, name) {
+			continue
+		}
+		o, ok := dp.Op(req.Op, req.In)
+		if !ok {
+			plan.Notes = append(plan.Notes, fmt.Sprintf("%s has no %s profile: not used (run wattagg calibrate)", name, req.Op))
+			continue
+		}
+		if o.DType != req.In {
+			plan.Notes = append(plan.Notes, fmt.Sprintf("%s: %s costs taken from %s inputs", name, OpKey(req.Op, req.In), o.DType))
+		}
+		ds = append(ds, newDevModel(dp, o, cnt))
+		if !slices.Contains(sources, string(dp.Meter.Source)) {
+			sources = append(sources, string(dp.Meter.Source))
+		}
+	}
+	if len(ds) == 0 {
+		return nil, fmt.Errorf("%w: no device of %s has a %s profile (run wattagg calibrate)", ErrUncalibrated, strings.Join(present, ", "), OpKey(req.Op, req.In))
+	}
+	plan.EnergySource = strings.Join(sources, "+")
+	s := &solver{ds: ds, idle: idle, W: float64(req.Elements), policy: pl.policy, deadline: pl.deadline.Seconds(), capW: pl.capW}
+	best := s.solve()
+	x := s.realise(best.x, req.Chunks, plan)
+	c := s.eval(x)
+	plan.Feasible = c.feasible
+	plan.Predicted = Prediction{Seconds: c.T, Joules: c.E, IdleJoules: idle * c.T, DynamicJoules: c.dyn, PeakWatts: c.peak}
+	for i, d := range ds {
+		if x[i] <= 0 && req.Elements > 0 {
+			continue
+		}
+		sh := &plan.Shares[i] // realise lists the devices in model order
+		sh.Rate = c.r[i]
+		sh.Seconds = d.L + x[i]/(d.R*math.Max(c.r[i], 1e-12))
+		sh.Joules = d.e * x[i]
+		sh.Watts = d.e * d.R * c.r[i]
+		sh.key = d.key
+		sh.rawDyn = sh.Joules / d.eCorr
+		sh.rawBusy = (d.L + x[i]/d.R) / d.tCr
+	}
+	plan.Shares = slices.DeleteFunc(plan.Shares, func(s Share) bool { return s.Elements == 0 && req.Elements > 0 })
+	for i, d := range ds {
+		one := make([]float64, len(ds))
+		one[i] = s.W
+		a := s.eval(one)
+		plan.Alternatives = append(plan.Alternatives, Alternative{Device: d.name, Seconds: a.T, Joules: a.E, PeakWatts: a.peak, Feasible: a.feasible})
+	}
+	plan.Why = s.explain(plan)
+	return plan, nil
+}
+
+func newDevModel(dp *DeviceProfile, o *OpProfile, cnt Counts) devModel {
+	tf, tb := 0.0, cnt.Bytes/o.BytesPerSec
+	if cnt.FLOPs > 0 && o.FLOPsPerSec > 0 { // an op calibrated without FLOPs is memory-bound
+		tf = cnt.FLOPs / o.FLOPsPerSec
+	}
+	t := math.Max(tf, tb)
+	e := cnt.FLOPs * o.JoulesPerFLOP
+	if tb >= tf { // memory-bound: the bytes cost the joules
+		e = cnt.Bytes * o.JoulesPerByte
+	}
+	if dp.Link != nil && !o.IncludesTransfer && cnt.Transfer > 0 && dp.Link.BytesPerSec > 0 {
+		// Inputs come from host memory: copies overlap compute (streams), and cost their own
+		// joules on top.
+		t = math.Max(t, cnt.Transfer/dp.Link.BytesPerSec)
+		e += cnt.Transfer * dp.Link.JoulesPerByte
+	}
+	ec, tc := o.EnergyCorrection, o.TimeCorrection
+	if ec <= 0 {
+		ec = 1
+	}
+	if tc <= 0 {
+		tc = 1
+	}
+	return devModel{name: dp.Name, R: 1 / (t * tc), e: e * ec, L: o.LatencySec * tc, idle: dp.IdleWatts,
+		key: OpKey(o.Op, o.DType), eCorr: ec, tCr: tc}
+}
+
+// solver searches the splits of W elements over devices.
+type solver struct {
+	ds       []devModel
+	idle, W  float64
+	policy   Policy
+	deadline float64
+	capW     float64
+}
+
+type candidate struct {
+	x, r     []float64
+	T, dyn   float64
+	E, peak  float64
+	feasible bool
+}
+
+// power is the machine's draw when each device with work finishes its share at T, paced
+// evenly.
+func (s *solver) power(x []float64, T float64) float64 {
+	p := s.idle
+	for i, d := range s.ds {
+		if x[i] > 0 {
+			p += d.e * x[i] / math.Max(T-d.L, 1e-15)
+		}
+	}
+	return p
+}
+
+// eval predicts an allocation: every device runs flat out from the start, unless that draws
+// more than the cap, in which case all are paced to finish together late enough to fit.
+func (s *solver) eval(x []float64) candidate {
+	n := len(s.ds)
+	c := candidate{x: x, r: make([]float64, n)}
+	full := s.idle
+	for i, d := range s.ds {
+		if x[i] > 0 {
+			c.T = math.Max(c.T, d.L+x[i]/d.R)
+			c.dyn += d.e * x[i]
+			full += d.e * d.R
+			c.r[i] = 1
+		}
+	}
+	c.peak = full
+	if s.capW > 0 && full > s.capW && s.idle < s.capW {
+		lo, hi := c.T, math.Max(c.T, 1e-9)*2
+		for s.power(x, hi) > s.capW && hi < 1e12 {
+			hi *= 2
+		}
+		if s.power(x, lo) > s.capW {
+			for range 100 {
+				mid := (lo + hi) / 2
+				if s.power(x, mid) > s.capW {
+					lo = mid
+				} else {
+					hi = mid
+				}
+			}
+			lo = hi
+		}
+		c.T = lo
+		c.peak = s.power(x, c.T)
+		for i, d := range s.ds {
+			if x[i] > 0 {
+				c.r[i] = math.Min(1, x[i]/((c.T-d.L)*d.R))
+			}
+		}
+	}
+	c.E = s.idle*c.T + c.dyn
+	c.feasible = (s.capW == 0 || c.peak <= s.capW*(1+1e-9)) && (s.deadline == 0 || c.T <= s.deadline*(1+1e-9))
+	return c
+}
+
+// greedy fills the devices cheapest joules-per-element first, each up to what it can do by T.
+func (s *solver) greedy(T float64) []float64 {
+	order := make([]int, len(s.ds))
+	for i := range order {
+		order[i] = i
+	}
+	slices.SortStableFunc(order, func(a, b int) int {
+		switch {
+		case s.ds[a].e < s.ds[b].e:
+			return -1
+		case s.ds[a].e > s.ds[b].e:
+			return 1
+		}
+		return 0
+	})
+	x := make([]float64, len(s.ds))
+	left := s.W
+	for _, i := range order {
+		d := s.ds[i]
+		take := math.Min(left, math.Max(0, T-d.L)*d.R)
+		x[i] = take
+		left -= take
+	}
+	if left > 1e-9*s.W {
+		return nil
+	}
+	return x
+}
+
+// timeFor is the smallest T by which the devices ds[k] for k in set can do W together.
+func (s *solver) timeFor(set []int) float64 {
+	hi := 0.0
+	for _, i := range set {
+		hi = math.Max(hi, s.ds[i].L+s.W/s.ds[i].R)
+	}
+	lo := 0.0
+	for range 100 {
+		mid := (lo + hi) / 2
+		var work float64
+		for _, i := range set {
+			work += math.Max(0, mid-s.ds[i].L) * s.ds[i].R
+		}
+		if work >= s.W {
+			hi = mid
+		} else {
+			lo = mid
+		}
+	}
+	return hi
+}
+
+func (s *solver) score(c candidate) float64 {
+	switch s.policy {
+	case MinTime:
+		return c.T
+	case MinEDP:
+		return c.E * c.T
+	}
+	return c.E
+}
+
+func (s *solver) better(a, b candidate) bool {
+	sa, sb := s.score(a), s.score(b)
+	if sa != sb {
+		return sa < sb
+	}
+	if a.E != b.E {
+		return a.E < b.E
+	}
+	return a.T < b.T
+}
+
+// violation is how far a plan is from the constraints (0 when it meets them).
+func (s *solver) violation(c candidate) float64 {
+	v := 0.0
+	if s.deadline > 0 {
+		v = math.Max(v, c.T/s.deadline-1)
+	}
+	if s.capW > 0 {
+		v = math.Max(v, c.peak/s.capW-1)
+	}
+	return v
+}
+
+// solve evaluates the single-device plans and the cheapest-first fills at every time where
+// the set of devices changes (each prefix of devices in order of cost finishing together), at
+// the deadline, where the power cap starts to bind, and on a grid between; and returns the
+// best by the policy among those meeting the constraints, else the one closest to them.
+func (s *solver) solve() candidate {
+	n := len(s.ds)
+	var cands []candidate
+	add := func(x []float64) {
+		if x != nil {
+			cands = append(cands, s.eval(x))
+		}
+	}
+	if s.W == 0 {
+		return s.eval(make([]float64, n))
+	}
+	var times []float64
+	for i := range s.ds {
+		one := make([]float64, n)
+		one[i] = s.W
+		add(one)
+		times = append(times, s.ds[i].L+s.W/s.ds[i].R)
+	}
+	order := make([]int, n)
+	for i := range order {
+		order[i] = i
+	}
+	slices.SortStableFunc(order, func(a, b int) int {
+		if s.ds[a].e < s.ds[b].e {
+			return -1
+		} else if s.ds[a].e > s.ds[b].e {
+			return 1
+		}
+		return 0
+	})
+	for k := 1; k <= n; k++ {
+		times = append(times, s.timeFor(order[:k]))
+	}
+	tmin, thi := s.timeFor(order), slices.Max(times)
+	if s.deadline > 0 {
+		times = append(times, s.deadline)
+		thi = math.Max(thi, s.deadline)
+	}
+	const grid = 64
+	for g := range grid + 1 {
+		times = append(times, tmin*math.Pow(thi/tmin, float64(g)/grid))
+	}
+	if s.capW > 0 {
+		// The earliest time at which the cheapest-first fill fits under the cap.
+		fits := func(T float64) bool {
+			x := s.greedy(T)
+			return x != nil && s.power(x, T) <= s.capW
+		}
+		hi := thi
+		for !fits(hi) && hi < 1e12 {
+			hi *= 2
+		}
+		if fits(hi) {
+			lo := tmin
+			for range 100 {
+				mid := (lo + hi) / 2
+				if fits(mid) {
+					hi = mid
+				} else {
+					lo = mid
+				}
+			}
+			times = append(times, hi)
+		}
+	}
+	for _, T := range times {
+		add(s.greedy(T * (1 + 1e-12)))
+	}
+	best := -1
+	for i, c := range cands {
+		if !c.feasible {
+			continue
+		}
+		if best < 0 || s.better(c, cands[best]) {
+			best = i
+		}
+	}
+	if best >= 0 {
+		return cands[best]
+	}
+	for i, c := range cands {
+		if best < 0 || s.violation(c) < s.violation(cands[best]) {
+			best = i
+		}
+	}
+	return cands[best]
+}
+
+// realise rounds an allocation to whole chunks. Devices take contiguous ranges in model
+// order; each cut between two devices is rounded down or up, every combination is evaluated
+// (for up to 8 devices), and so is each device alone, and the best by the policy is kept: a
+// whole chunk more on a slow device can cost far more than the continuous plan said. It fills
+// plan.Shares and returns the elements of each device.
+func (s *solver) realise(x []float64, chunks []int64, plan *Plan) []float64 {
+	n := len(s.ds)
+	// prefix(j) is the elements of the first j units (chunks, or elements without chunks).
+	units := int64(s.W)
+	prefix := func(j int64) float64 { return float64(j) }
+	if chunks != nil {
+		units = int64(len(chunks))
+		sums := make([]int64, len(chunks)+1)
+		for i, c := range chunks {
+			sums[i+1] = sums[i] + c
+		}
+		prefix = func(j int64) float64 { return float64(sums[j]) }
+	}
+	// floorCut is the largest j with prefix(j) <= v.
+	floorCut := func(v float64) int64 {
+		lo, hi := int64(0), units
+		for lo < hi {
+			mid := (lo + hi + 1) / 2
+			if prefix(mid) <= v*(1+1e-12) {
+				lo = mid
+			} else {
+				hi = mid - 1
+			}
+		}
+		return lo
+	}
+	bounds := make([]float64, n)
+	acc := 0.0
+	for i := range x {
+		acc += x[i]
+		bounds[i] = acc
+	}
+	alloc := func(cuts []int64) []float64 {
+		out := make([]float64, n)
+		prev := int64(0)
+		for i, c := range cuts {
+			out[i] = prefix(c) - prefix(prev)
+			prev = c
+		}
+		return out
+	}
+	var best []int64
+	var bestC candidate
+	try := func(cuts []int64) {
+		c := s.eval(alloc(cuts))
+		if best == nil || (c.feasible && !bestC.feasible) ||
+			(c.feasible == bestC.feasible && (c.feasible && s.better(c, bestC) || !c.feasible && s.violation(c) < s.violation(bestC))) {
+			best, bestC = slices.Clone(cuts), c
+		}
+	}
+	cuts := make([]int64, n)
+	combos := 1
+	if n <= 9 {
+		combos = 1 << (n - 1)
+	}
+	for m := range combos {
+		prev := int64(0)
+		for i := range n - 1 {
+			c := floorCut(bounds[i])
+			if m>>i&1 == 1 && c < units && prefix(c) < bounds[i] {
+				c++
+			}
+			if combos == 1 && c < units && bounds[i]-prefix(c) > (prefix(c+1)-prefix(c))/2 {
+				c++ // too many devices to enumerate: round to the nearer cut
+			}
+			cuts[i] = max(c, prev)
+			prev = cuts[i]
+		}
+		cuts[n-1] = units
+		try(cuts)
+	}
+	for k := range n { // each device alone
+		for i := range n {
+			cuts[i] = 0
+			if i >= k {
+				cuts[i] = units
+			}
+		}
+		try(cuts)
+	}
+	out := alloc(best)
+	plan.Shares = make([]Share, n)
+	prev := int64(0)
+	for i, d := range s.ds {
+		sh := &plan.Shares[i]
+		sh.Device = d.name
+		sh.Elements = int64(out[i])
+		if chunks != nil {
+			for j := prev; j < best[i]; j++ {
+				sh.Chunks = append(sh.Chunks, int(j))
+			}
+		}
+		sh.NumChunks = len(sh.Chunks)
+		if s.W > 0 {
+			sh.Fraction = out[i] / s.W
+		}
+		prev = best[i]
+	}
+	return out
+}
+
+// explain says in one line why the plan was chosen.
+func (s *solver) explain(p *Plan) string {
+	var parts []string
+	for _, sh := range p.Shares {
+		part := sh.Device
+		if len(p.Shares) > 1 {
+			part = fmt.Sprintf("%s %.0f%%", sh.Device, 100*sh.Fraction)
+		}
+		if sh.Rate < 0.999 {
+			part += fmt.Sprintf(" paced to %.0f%%", 100*sh.Rate)
+		}
+		parts = append(parts, part)
+	}
+	chosen := strings.Join(parts, " + ")
+	if len(p.Shares) == 1 {
+		chosen += " alone"
+	}
+	w := fmt.Sprintf("%s: %s, %s in %s", p.Policy, chosen, fmtJ(p.Predicted.Joules), fmtS(p.Predicted.Seconds))
+	if !p.Feasible {
+		var why []string
+		if s.deadline > 0 && p.Predicted.Seconds > s.deadline*(1+1e-9) {
+			why = append(why, fmt.Sprintf("the deadline of %s cannot be met", fmtS(s.deadline)))
+		}
+		if s.capW > 0 && p.Predicted.PeakWatts > s.capW*(1+1e-9) {
+			why = append(why, fmt.Sprintf("the power cap of %.4g W cannot be met (idle alone draws %.4g W)", s.capW, s.idle))
+		}
+		w += "; " + strings.Join(why, " and ") + ": closest plan"
+	}
+	if len(s.ds) == 1 {
+		return w + " (the only calibrated device)"
+	}
+	var alts []string
+	for _, a := range p.Alternatives {
+		if len(p.Shares) == 1 && p.Shares[0].Device == a.Device && p.Shares[0].Rate >= 0.999 {
+			continue
+		}
+		alt := fmt.Sprintf("%s alone %s in %s", a.Device, fmtJ(a.Joules), fmtS(a.Seconds))
+		if !a.Feasible {
+			alt += " (infeasible)"
+		}
+		alts = append(alts, alt)
+	}
+	if len(alts) > 0 {
+		w += "; vs " + strings.Join(alts, ", ")
+	}
+	return w
+}
+
+func fmtJ(j float64) string {
+	switch {
+	case j >= 1:
+		return fmt.Sprintf("%.3g J", j)
+	case j >= 1e-3:
+		return fmt.Sprintf("%.3g mJ", j*1e3)
+	}
+	return fmt.Sprintf("%.3g µJ", j*1e6)
+}
+
+func fmtS(s float64) string {
+	switch {
+	case s >= 1:
+		return fmt.Sprintf("%.3g s", s)
+	case s >= 1e-3:
+		return fmt.Sprintf("%.3g ms", s*1e3)
+	}
+	return fmt.Sprintf("%.3g µs", s*1e6)
+}
