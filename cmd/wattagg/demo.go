@@ -16,6 +16,7 @@ import (
 	"github.com/wattagg/wattagg/aggregate"
 	"github.com/wattagg/wattagg/bench"
 	"github.com/wattagg/wattagg/device"
+	"github.com/wattagg/wattagg/energy"
 	"github.com/wattagg/wattagg/tensor"
 	"github.com/wattagg/wattagg/tensor/safetensors"
 )
@@ -117,7 +118,12 @@ func runDemo(ctx context.Context, stdout, stderr io.Writer, f demoFlags) error {
 	}
 	floor := bench.ReadFloor(bufs, workers, 3)
 
-	opts := []aggregate.Option{aggregate.WithDevice(dev), aggregate.WithMixedDTypes(true)}
+	inv, err := energy.Discover()
+	if err != nil {
+		return err
+	}
+	defer inv.Close()
+	opts := []aggregate.Option{aggregate.WithDevice(dev), aggregate.WithMixedDTypes(true), aggregate.WithMeters(inv.Meters()...)}
 	batchOut := filepath.Join(dir, "global.safetensors")
 	bar = newProgress(stderr, f.progress, "aggregating")
 	batch, err := aggregate.WeightedMeanFile(ctx, batchOut, sets, nil, append(opts, aggregate.WithProgress(bar.set))...)
@@ -142,19 +148,23 @@ func runDemo(ctx context.Context, stdout, stderr io.Writer, f demoFlags) error {
 	}
 
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "  step\tseconds\tread\tGB/s\tof floor\tparams/s")
-	fmt.Fprintf(tw, "  memory read floor (%d workers, same files)\t-\t-\t%.1f\t1.00\t-\n", workers, floor/1e9)
+	fmt.Fprintln(tw, "  step\tseconds\tread\tGB/s\tof floor\tparams/s\tjoules")
+	fmt.Fprintf(tw, "  memory read floor (%d workers, same files)\t-\t-\t%.1f\t1.00\t-\t-\n", workers, floor/1e9)
 	for _, r := range []struct {
 		name string
 		rep  *aggregate.Report
 	}{{"fedavg, one pass over all files -> file", batch}, {"fedavg, streaming one file at a time -> file", stream}} {
-		fmt.Fprintf(tw, "  %s\t%.3f\t%s\t%.1f\t%.2f\t%s\n", r.name, r.rep.Seconds, human(float64(r.rep.BytesRead), "B"),
-			r.rep.GBps, r.rep.GBps/(floor/1e9), human(r.rep.ParamsPerSec, ""))
+		joules := "-"
+		if r.rep.Joules != nil {
+			joules = fmt.Sprintf("%.3g (%s)", *r.rep.Joules, r.rep.JoulesSource)
+		}
+		fmt.Fprintf(tw, "  %s\t%.3f\t%s\t%.1f\t%.2f\t%s\t%s\n", r.name, r.rep.Seconds, human(float64(r.rep.BytesRead), "B"),
+			r.rep.GBps, r.rep.GBps/(floor/1e9), human(r.rep.ParamsPerSec, ""), joules)
 	}
 	tw.Flush()
 	fmt.Fprintf(stdout, "\n  accumulated in %s, written as %s; kernels: %s\n", batch.AccDType, batch.OutDType, dev.Info().Kernels)
 	fmt.Fprintf(stdout, "  check: max |error| against a float64 reference over sampled coordinates: %.2g (one pass), %.2g (streaming)\n", maxErr, streamErr)
-	fmt.Fprintf(stdout, "  energy: not measured (%s)\n", batch.JoulesReason)
+	printEnergy(stdout, batch)
 	if f.keep {
 		fmt.Fprintf(stdout, "  output: %s\n", batchOut)
 	}

@@ -268,7 +268,11 @@ func (r *energyRun) learn(stderr io.Writer, rep *aggregate.Report) {
 // plan and its prediction.
 func printEnergy(w io.Writer, r *aggregate.Report) {
 	if r.Joules != nil {
-		line := fmt.Sprintf("  energy: %.4g J measured (%s)", *r.Joules, r.JoulesSource)
+		how := "measured by " + r.JoulesSource
+		if strings.Contains(r.JoulesSource, string(energy.SourceEstimate)) {
+			how = "estimated" // no counter covered (all of) it: never call that measured
+		}
+		line := fmt.Sprintf("  energy: %.4g J %s", *r.Joules, how)
 		if r.JoulesPerParam != nil {
 			line += fmt.Sprintf(", %.3g nJ/param", *r.JoulesPerParam*1e9)
 		}
