@@ -67,3 +67,19 @@ energy: build
 nocgo-check:
 	CGO_ENABLED=0 $(GO) build ./energy/ ./sched/ ./aggregate/ ./cmd/wattagg/
 	CGO_ENABLED=0 $(GO) test -count=1 ./energy/ ./sched/
+
+.PHONY: ptx gpu-check
+
+# Regenerate the PTX of the CUDA kernels from kernels/cuda/*.cu and check it with ptxas for
+# sm_80 and sm_90 (needs nvcc; building and testing wattagg never do: the PTX is committed).
+ptx:
+	kernels/cuda/gen.sh
+
+# Build the GPU test and benchmark binary here (cgo, no GPU needed) and the script that runs it
+# on a machine with a GPU and driver but no Go: `bash .gpu/run.sh` there (README, GPU section).
+gpu-check:
+	rm -rf .gpu && mkdir -p .gpu
+	$(GO) test -c -o .gpu/cuda.test ./cgo/cuda
+	cp cgo/cuda/gpu-check.sh .gpu/run.sh
+	chmod +x .gpu/run.sh
+	@echo "built .gpu/ ($$(du -sh .gpu | cut -f1)); on the GPU machine, in the repository root: bash .gpu/run.sh"

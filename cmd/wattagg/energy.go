@@ -124,6 +124,22 @@ func checkDeviceFlag(name string) error {
 	return nil
 }
 
+// whyMissing says why a KIND:INDEX device is absent when its backend knows ("no cuda device:
+// cuInit: CUDA_ERROR_NO_DEVICE; "), or nothing.
+func whyMissing(name string) string {
+	kind, _, _ := strings.Cut(name, ":")
+	for _, f := range device.Discover() {
+		switch {
+		case f.Kind != kind:
+		case f.Reason != "":
+			return f.Reason + "; "
+		default:
+			return fmt.Sprintf("%d %s device(s) here; ", len(f.Devices), kind)
+		}
+	}
+	return "no " + kind + " backend in this build; "
+}
+
 // energyRun is the machine, meters, profile and planner of one command.
 type energyRun struct {
 	machine     *sched.Machine
@@ -150,7 +166,7 @@ func openEnergyRun(ctx context.Context, stderr io.Writer, ef energyFlags, cpu de
 	if deviceFlag != "auto" {
 		if _, ok := m.Device(deviceFlag); !ok {
 			r.close()
-			return nil, usagef("unknown device %q: available devices: %s (see wattagg devices)", deviceFlag, strings.Join(m.Names(), ", "))
+			return nil, usagef("unknown device %q: %savailable devices: %s (see wattagg devices)", deviceFlag, whyMissing(deviceFlag), strings.Join(m.Names(), ", "))
 		}
 		planOpts = append(planOpts, sched.WithOnly(deviceFlag))
 	}

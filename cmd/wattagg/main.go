@@ -18,6 +18,10 @@ import (
 	"syscall"
 
 	"github.com/spf13/cobra"
+
+	// The CUDA backend registers itself: `--device cuda:0`, and GPUs in `wattagg devices`. It
+	// loads the driver with dlopen only when a GPU is asked for, so it costs nothing elsewhere.
+	_ "github.com/wattagg/wattagg/cgo/cuda"
 )
 
 // usageError marks errors in how the command was called (exit status 2).

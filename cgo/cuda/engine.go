@@ -1,0 +1,730 @@
+package cuda
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+	"unsafe"
+
+	"github.com/wattagg/wattagg/device"
+	"github.com/wattagg/wattagg/kernels"
+	"github.com/wattagg/wattagg/tensor"
+)
+
+// The pipeline. A job runs an op over the flat coordinate space of its fields, reading N inputs
+// (host spans or Residents) and writing an output (the chunks of a device.Output, a Resident, or
+// nothing for reductions). The space is cut into slabs that fit one pipeline stage; slab k runs
+// on slot k mod S (S = WithStreams), each slot with its own stream, device buffer and page-locked
+// buffer:
+//
+//	host:   wait for slot's previous slab → hand its chunks to the Output → stage slab k's
+//	        pageable inputs into the slot's page-locked buffer (several goroutines) → enqueue
+//	stream: H2D inputs and kernel parameters → kernels → D2H output → event
+//
+// so the copy engine moves slab k+1 while the SMs compute slab k and the host stages slab k+2.
+// Page-locked inputs (AllocPinned) are copied straight from the caller's memory. Slots and their
+// buffers are kept between jobs and grown on demand within the GPU's free memory.
+
+// slot is one stage of the pipeline.
+type slot struct {
+	stream   cuStream
+	done     cuEvent // after the slab's last operation: the slot's buffers are free again
+	computed cuEvent // after the slab's kernels: reductions order the next slab after it
+	dev      uint64
+	devCap   int64
+	host     unsafe.Pointer
+	hostCap  int64
+	busy     *slab // the slab in flight, or nil
+}
+
+// regions is where a slab's data lives in a slot's buffers: device [in | scratch | out | params],
+// page-locked [in | out | params] (host in only when some input needs staging).
+type regions struct {
+	in, scratch, out, params int64 // bytes of each
+	stage                    bool
+}
+
+func (r regions) devBytes() int64 { return r.in + r.scratch + r.out + r.params }
+func (r regions) hostBytes() int64 {
+	b := r.out + r.params
+	if r.stage {
+		b += r.in
+	}
+	return b
+}
+
+// Offsets of the regions in a slot's buffers.
+func (r regions) devIn() int64       { return 0 }
+func (r regions) devScratch() int64  { return r.in }
+func (r regions) devOut() int64      { return r.in + r.scratch }
+func (r regions) devParams() int64   { return r.in + r.scratch + r.out }
+func (r regions) hostOut() int64     { return 0 }
+func (r regions) hostParams() int64  { return r.out }
+func (r regions) hostStaging() int64 { return r.out + r.params }
+
+// segment is an element range of one field inside a slab.
+type segment struct {
+	field   int
+	lo, hi  int
+	out     int64   // chunk output: byte offset in the out region
+	in      []int64 // host inputs: byte offset of each input's data in the in region
+	scratch int64   // byte offset in the scratch region, or -1
+}
+
+// slab is the part of a job one slot runs at once.
+type slab struct {
+	index    int
+	segs     []segment
+	chunks   []int   // chunk output: the chunks it completes, in order
+	chunkAt  []int64 // their byte offsets in the out region
+	use      regions // bytes used of each region
+	stagedLo int64   // the part of the in region filled from staging: [stagedLo, stagedHi)
+	stagedHi int64
+}
+
+// source is where a job's inputs are.
+type source struct {
+	host   [][]device.Span // [input][field]
+	res    []*Resident
+	pinned [][]bool // host: per input and field, whether the data is page-locked
+}
+
+func (s *source) count() int {
+	if s.res != nil {
+		return len(s.res)
+	}
+	return len(s.host)
+}
+
+func (s *source) dtype(i, t int) tensor.DType {
+	if s.res != nil {
+		return s.res[i].fields[t].DType
+	}
+	return s.host[i][t].DType
+}
+
+func (s *source) scale(i, t int) float32 {
+	if s.res != nil {
+		return s.res[i].fields[t].Scale
+	}
+	return s.host[i][t].Scale
+}
+
+// op is what a job computes. Ops enqueue work for one segment at a time; the engine moves the
+// data.
+type op interface {
+	// scratch is the device scratch an element of field t needs (bytes; 0 for none).
+	scratch(t int) int
+	// segment enqueues the work of segment k of the batch's slab.
+	segment(b *batch, k int) error
+}
+
+// A job's output, when it has one.
+type output struct {
+	chunks []device.Chunk
+	out    device.Output
+	check  bool      // report a non-finite output value as a *tensor.NonFiniteError
+	res    *Resident // or a Resident
+	// progress is called with the input bytes of each finished chunk.
+	progress func(int64)
+}
+
+// job is one run of the pipeline.
+type job struct {
+	g       *GPU
+	fields  []device.AccField
+	src     source
+	op      op
+	out     output
+	ordered bool // slabs must run their kernels in order (they add into shared partial sums)
+	// begin and end run on the first slot's stream before the first slab and after the last.
+	begin func(s cuStream) error
+	end   func(s cuStream) error
+	stats device.Stats
+}
+
+// batch is what an op sees of one slab: the device addresses of its data, and the slot's
+// parameter staging, which the op fills before the engine copies it to the GPU.
+type batch struct {
+	j      *job
+	s      *slot
+	sl     *slab
+	r      regions
+	params []byte // page-locked parameter staging
+	pdev   uint64 // its device copy
+	ppos   int
+	work   []func(cuStream) error
+}
+
+// input returns the device address of input i's data for segment k.
+func (b *batch) input(k, i int) uint64 {
+	sg := &b.sl.segs[k]
+	if b.j.src.res != nil {
+		r := b.j.src.res[i]
+		return r.ptrs[sg.field] + uint64(sg.lo*r.fields[sg.field].DType.Size())
+	}
+	return b.s.dev + uint64(b.r.devIn()+sg.in[i])
+}
+
+// output returns the device address of segment k's output (0 for a reduction).
+func (b *batch) output(k int) uint64 {
+	sg := &b.sl.segs[k]
+	switch {
+	case b.j.out.res != nil:
+		r := b.j.out.res
+		return r.ptrs[sg.field] + uint64(sg.lo*r.fields[sg.field].DType.Size())
+	case b.j.out.out != nil:
+		return b.s.dev + uint64(b.r.devOut()+sg.out)
+	}
+	return 0
+}
+
+// scratchAt returns the device address of segment k's scratch.
+func (b *batch) scratchAt(k int) uint64 {
+	return b.s.dev + uint64(b.r.devScratch()+b.sl.segs[k].scratch)
+}
+
+// param copies v into the parameter staging and returns the address it will have on the GPU.
+func param[T uint64 | int32 | float32 | float64](b *batch, v []T) uint64 {
+	b.ppos = (b.ppos + 15) &^ 15
+	n := len(v) * int(unsafe.Sizeof(v[0]))
+	copy(b.params[b.ppos:b.ppos+n], unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(v))), n))
+	addr := b.pdev + uint64(b.ppos)
+	b.ppos += n
+	return addr
+}
+
+// enqueue adds work to run on the slot's stream after the parameters are on the GPU.
+func (b *batch) enqueue(f func(cuStream) error) { b.work = append(b.work, f) }
+
+// run executes the job.
+func (j *job) run(ctx context.Context) (device.Stats, error) {
+	g := j.g
+	start := time.Now()
+	if err := g.lock(); err != nil {
+		return device.Stats{}, err
+	}
+	defer g.mu.Unlock()
+	if err := g.ensureStreams(); err != nil {
+		return device.Stats{}, err
+	}
+	slabs, r, err := j.plan()
+	if err != nil {
+		return device.Stats{}, err
+	}
+	if err := g.ensureBuffers(r); err != nil {
+		return device.Stats{}, err
+	}
+	err = j.pipeline(ctx, slabs, r)
+	j.stats.Device = g.Name()
+	j.stats.Seconds = time.Since(start).Seconds()
+	return j.stats, err
+}
+
+func (j *job) pipeline(ctx context.Context, slabs []*slab, r regions) error {
+	g := j.g
+	slots := g.slots
+	first := slots[0].stream
+	var err error
+	if j.begin != nil {
+		err = j.begin(first)
+	}
+	var prev *slot
+	for k, sl := range slabs {
+		if err != nil {
+			break
+		}
+		s := slots[k%len(slots)]
+		if s.busy != nil {
+			if err = j.finish(s, r); err != nil {
+				break
+			}
+		}
+		if err = ctx.Err(); err != nil {
+			break
+		}
+		if err = j.enqueueSlab(sl, s, r, prev); err != nil {
+			break
+		}
+		s.busy, prev = sl, s
+	}
+	// Drain in slab order. After an error, only wait for every stream (a slab may have failed
+	// half enqueued), so that nothing is in flight when the buffers are reused or freed.
+	busy := slices.DeleteFunc(slices.Clone(slots), func(s *slot) bool { return s.busy == nil })
+	slices.SortFunc(busy, func(a, b *slot) int { return a.busy.index - b.busy.index })
+	for _, s := range busy {
+		if err == nil {
+			err = j.finish(s, r)
+		}
+	}
+	if err != nil {
+		for _, s := range slots {
+			_ = g.drv.syncStream(g.ctx, s.stream)
+			s.busy = nil
+		}
+		return err
+	}
+	if j.end != nil {
+		return j.end(first)
+	}
+	return nil
+}
+
+// enqueueSlab stages slab sl's pageable inputs and enqueues its copies and kernels on slot s.
+func (j *job) enqueueSlab(sl *slab, s *slot, r regions, prev *slot) error {
+	g := j.g
+	host := unsafe.Slice((*byte)(s.host), s.hostCap)
+	b := &batch{j: j, s: s, sl: sl, r: r,
+		params: host[r.hostParams() : r.hostParams()+r.params], pdev: s.dev + uint64(r.devParams())}
+	j.stage(sl, host[r.hostStaging():], r)
+	for k := range sl.segs {
+		if err := j.op.segment(b, k); err != nil {
+			return err
+		}
+	}
+	name := g.Name()
+	if sl.stagedHi > sl.stagedLo {
+		p := unsafe.Add(s.host, r.hostStaging()+sl.stagedLo)
+		if err := g.drv.h2d(g.ctx, s.dev+uint64(r.devIn()+sl.stagedLo), p, sl.stagedHi-sl.stagedLo, s.stream); err != nil {
+			return fmt.Errorf("%s: inputs: %w", name, err)
+		}
+	}
+	if j.src.host != nil {
+		for _, sg := range sl.segs {
+			for i, in := range j.src.host {
+				if !j.src.pinned[i][sg.field] {
+					continue
+				}
+				sp := in[sg.field]
+				sz := sp.DType.Size()
+				data := sp.Data[sg.lo*sz : sg.hi*sz]
+				if err := g.drv.h2d(g.ctx, s.dev+uint64(r.devIn()+sg.in[i]), unsafe.Pointer(unsafe.SliceData(data)), int64(len(data)), s.stream); err != nil {
+					return fmt.Errorf("%s: input %d: %w", name, i, err)
+				}
+			}
+		}
+	}
+	if b.ppos > 0 {
+		if err := g.drv.h2d(g.ctx, b.pdev, unsafe.Pointer(unsafe.SliceData(b.params)), int64(b.ppos), s.stream); err != nil {
+			return fmt.Errorf("%s: kernel parameters: %w", name, err)
+		}
+	}
+	if j.ordered && prev != nil {
+		if err := g.drv.wait(g.ctx, s.stream, prev.computed); err != nil {
+			return fmt.Errorf("%s: %w", name, err)
+		}
+	}
+	for _, w := range b.work {
+		if err := w(s.stream); err != nil {
+			return err
+		}
+	}
+	if err := g.drv.record(g.ctx, s.computed, s.stream); err != nil {
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	if j.out.out != nil && sl.use.out > 0 {
+		p := unsafe.Add(s.host, r.hostOut())
+		if err := g.drv.d2h(g.ctx, p, s.dev+uint64(r.devOut()), sl.use.out, s.stream); err != nil {
+			return fmt.Errorf("%s: output: %w", name, err)
+		}
+	}
+	if err := g.drv.record(g.ctx, s.done, s.stream); err != nil {
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	return nil
+}
+
+// stage copies the pageable host inputs of a slab into page-locked staging (laid out like the
+// device in region) with several goroutines.
+func (j *job) stage(sl *slab, staging []byte, r regions) {
+	sl.stagedLo, sl.stagedHi = 0, 0
+	if !r.stage {
+		return
+	}
+	type task struct{ dst, src []byte }
+	var tasks []task
+	const piece = 4 << 20
+	lo, hi := int64(-1), int64(0)
+	for _, sg := range sl.segs {
+		for i, in := range j.src.host {
+			if j.src.pinned[i][sg.field] {
+				continue
+			}
+			sp := in[sg.field]
+			sz := sp.DType.Size()
+			src := sp.Data[sg.lo*sz : sg.hi*sz]
+			off := sg.in[i]
+			if lo < 0 {
+				lo = off
+			}
+			lo, hi = min(lo, off), max(hi, off+int64(len(src)))
+			for p := 0; p < len(src); p += piece {
+				q := min(p+piece, len(src))
+				tasks = append(tasks, task{staging[off+int64(p) : off+int64(q)], src[p:q]})
+			}
+		}
+	}
+	if len(tasks) == 0 {
+		return
+	}
+	sl.stagedLo, sl.stagedHi = lo, hi
+	var wg sync.WaitGroup
+	next := make(chan task)
+	for range min(j.g.opts.stagers, len(tasks)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for t := range next {
+				copy(t.dst, t.src)
+			}
+		}()
+	}
+	for _, t := range tasks {
+		next <- t
+	}
+	close(next)
+	wg.Wait()
+}
+
+// finish waits for slot s and hands the chunks its slab completed to the Output.
+func (j *job) finish(s *slot, r regions) error {
+	g := j.g
+	sl := s.busy
+	s.busy = nil
+	if err := g.drv.syncEvent(g.ctx, s.done); err != nil {
+		return fmt.Errorf("%s: %w", g.Name(), err)
+	}
+	if j.out.out == nil {
+		for _, sg := range sl.segs {
+			j.count(sg.field, sg.hi-sg.lo)
+		}
+		return nil
+	}
+	res := unsafe.Slice((*byte)(unsafe.Add(s.host, r.hostOut())), max(r.out, 1))
+	for ci, c := range sl.chunks {
+		ch := j.out.chunks[c]
+		base := sl.chunkAt[ci]
+		read := j.stats.BytesRead
+		for p, pc := range ch.Pieces {
+			f := j.fields[pc.Field]
+			n := (pc.Hi - pc.Lo) * f.Out.Size()
+			dst, err := j.out.out.Dest(c, p)
+			if err != nil {
+				return err
+			}
+			if len(dst) < n {
+				return fmt.Errorf("%w: chunk %d piece %d: Dest gave %d bytes for %d", device.ErrJob, c, p, len(dst), n)
+			}
+			copy(dst[:n], res[base+int64(pc.Off):])
+			if j.out.check {
+				if err := checkFinite(f, pc.Lo, dst[:n]); err != nil {
+					return err
+				}
+			}
+			j.count(pc.Field, pc.Hi-pc.Lo)
+		}
+		if err := j.out.out.Done(c); err != nil {
+			return err
+		}
+		if j.out.progress != nil {
+			j.out.progress(j.stats.BytesRead - read)
+		}
+		j.stats.Chunks++
+		j.stats.BytesWritten += int64(ch.Len)
+	}
+	return nil
+}
+
+// count adds n elements of field t to the job's statistics.
+func (j *job) count(t, n int) {
+	j.stats.Elements += int64(n)
+	for i := range j.src.count() {
+		j.stats.BytesRead += int64(n) * int64(j.src.dtype(i, t).Size())
+	}
+}
+
+// checkFinite reports the first NaN or Inf of an output piece as the CPU device does.
+func checkFinite(f device.AccField, lo int, out []byte) error {
+	if !anyNonFinite(f.Out, out) {
+		return nil
+	}
+	i := tensor.FirstNonFinite(f.Out, out)
+	t, err := tensor.FromBytes(f.Name, f.Out, []int{len(out) / f.Out.Size()}, out)
+	if err != nil {
+		return err
+	}
+	return &tensor.NonFiniteError{Tensor: f.Name, Index: lo + i, Value: t.Value(i)}
+}
+
+func anyNonFinite(dt tensor.DType, b []byte) bool {
+	switch dt {
+	case tensor.F32:
+		return kernels.AnyNonFiniteF32(b)
+	case tensor.F64:
+		return kernels.AnyNonFiniteF64(b)
+	case tensor.F16:
+		return kernels.AnyNonFiniteF16(b)
+	case tensor.BF16:
+		return kernels.AnyNonFiniteBF16(b)
+	}
+	return false
+}
+
+// segmentParams bounds the kernel parameter bytes an op stages for one segment of n inputs: at
+// most 16 bytes per input (an address and a weight, or an address, a dtype and a scale) and a few
+// 16-byte aligned arrays.
+func segmentParams(n int) int64 { return 24*int64(n) + 256 }
+
+// align16 rounds a byte count up to 16, the alignment of every region part (vector loads).
+func align16(n int64) int64 { return (n + 15) &^ 15 }
+
+// plan cuts the job into slabs that fit one slot, and returns the region sizes every slot needs.
+// The element budget of a slab starts from WithSlabBytes and shrinks until S slots fit in the
+// GPU's free memory.
+func (j *job) plan() ([]*slab, regions, error) {
+	g := j.g
+	n := j.src.count()
+	var perElem int64 // device bytes per element of a slab, worst field
+	for t, f := range j.fields {
+		var b int64
+		if j.src.host != nil {
+			for i := range n {
+				b += int64(j.src.dtype(i, t).Size())
+			}
+		}
+		b += int64(j.op.scratch(t))
+		if j.out.out != nil {
+			b += int64(f.Out.Size())
+		}
+		perElem = max(perElem, b)
+	}
+	perElem = max(perElem, 1)
+	free, _, err := g.drv.memInfo(g.ctx)
+	if err != nil {
+		return nil, regions{}, fmt.Errorf("%s: %w", g.Name(), err)
+	}
+	free += g.slotBytes() // the slots' own buffers can be reallocated
+	budget := min(g.opts.slabBytes, (free-headroom)/int64(len(g.slots)))
+	elems := max(int(budget/perElem)&^255, 256)
+	for {
+		slabs, r := j.cut(elems)
+		need := int64(len(g.slots)) * r.devBytes()
+		if need <= free-headroom {
+			return slabs, r, nil
+		}
+		if elems == 256 || j.out.out != nil && elems <= j.largestChunk() {
+			return nil, r, fmt.Errorf("%s: %w: the job needs %d MiB of device memory for %d streams, %d MiB free",
+				g.Name(), ErrOutOfMemory, need>>20, len(g.slots), max(free-headroom, 0)>>20)
+		}
+		elems = max(elems/2&^255, 256, j.largestChunk())
+	}
+}
+
+// headroom is device memory left free for the driver and other users (kernel launches, JIT).
+const headroom = 64 << 20
+
+func (j *job) largestChunk() int {
+	m := 0
+	for _, ch := range j.out.chunks {
+		e := 0
+		for _, p := range ch.Pieces {
+			e += p.Hi - p.Lo
+		}
+		m = max(m, e)
+	}
+	return m
+}
+
+// cut builds the slabs for a budget of elems elements per slab.
+func (j *job) cut(elems int) ([]*slab, regions) {
+	var slabs []*slab
+	var r regions
+	cur := &slab{}
+	count := 0
+	flush := func() {
+		if len(cur.segs) == 0 && len(cur.chunks) == 0 {
+			return
+		}
+		cur.index = len(slabs)
+		r.in, r.scratch = max(r.in, cur.use.in), max(r.scratch, cur.use.scratch)
+		r.out, r.params = max(r.out, cur.use.out), max(r.params, cur.use.params)
+		slabs = append(slabs, cur)
+		cur, count = &slab{}, 0
+	}
+	add := func(t, lo, hi int, out int64) {
+		if k := len(cur.segs) - 1; k >= 0 {
+			p := &cur.segs[k]
+			if p.field == t && p.hi == lo && (j.out.out == nil || p.out+int64((p.hi-p.lo)*j.fields[t].Out.Size()) == out) {
+				// Extend the previous segment: move the inputs' region ends.
+				j.grow(cur, k, hi)
+				count += hi - lo
+				return
+			}
+		}
+		cur.segs = append(cur.segs, segment{field: t, lo: lo, hi: lo, out: out, scratch: -1})
+		j.grow(cur, len(cur.segs)-1, hi)
+		count += hi - lo
+	}
+	if j.out.out != nil {
+		for c, ch := range j.out.chunks {
+			e := 0
+			for _, p := range ch.Pieces {
+				e += p.Hi - p.Lo
+			}
+			if count > 0 && count+e > elems {
+				flush()
+			}
+			cur.chunks = append(cur.chunks, c)
+			cur.chunkAt = append(cur.chunkAt, cur.use.out)
+			for _, p := range ch.Pieces {
+				if p.Hi > p.Lo {
+					add(p.Field, p.Lo, p.Hi, cur.use.out+int64(p.Off))
+				}
+			}
+			cur.use.out += int64(ch.Len)
+		}
+	} else {
+		for t, f := range j.fields {
+			for lo := 0; lo < f.Len; {
+				if count == elems {
+					flush()
+				}
+				hi := min(f.Len, lo+elems-count)
+				add(t, lo, hi, 0)
+				lo = hi
+			}
+		}
+	}
+	flush()
+	for _, p := range j.src.pinned {
+		r.stage = r.stage || slices.Contains(p, false)
+	}
+	return slabs, r
+}
+
+// grow extends segment k of sl to hi, re-laying out its input and scratch space. Only the last
+// segment grows, so its regions are the last ones and can extend in place.
+func (j *job) grow(sl *slab, k, hi int) {
+	sg := &sl.segs[k]
+	n := j.src.count()
+	if j.src.host != nil && n > 0 {
+		if sg.in == nil {
+			sg.in = make([]int64, n)
+			for i := range n {
+				sg.in[i] = -1
+			}
+		}
+		// Inputs are interleaved per segment: [seg k: input 0 | input 1 | ...]; the layout
+		// is recomputed from the segment's start.
+		var start int64
+		if sg.in[0] >= 0 {
+			start = sg.in[0]
+		} else {
+			start = sl.use.in
+		}
+		off := start
+		for i := range n {
+			sg.in[i] = off
+			off += align16(int64((hi - sg.lo) * j.src.dtype(i, sg.field).Size()))
+		}
+		sl.use.in = off
+	}
+	if s := j.op.scratch(sg.field); s > 0 {
+		if sg.scratch < 0 {
+			sg.scratch = sl.use.scratch
+		}
+		sl.use.scratch = sg.scratch + align16(int64((hi-sg.lo)*s))
+	}
+	if sg.hi == sg.lo {
+		sl.use.params += segmentParams(n)
+	}
+	sg.hi = hi
+}
+
+// ensureStreams creates the pipeline's streams and events once per GPU.
+func (g *GPU) ensureStreams() error {
+	for len(g.slots) < g.opts.streams {
+		s := &slot{}
+		var err error
+		if s.stream, err = g.drv.newStream(g.ctx); err != nil {
+			return fmt.Errorf("%s: %w", g.Name(), err)
+		}
+		if s.done, err = g.drv.newEvent(g.ctx); err == nil {
+			s.computed, err = g.drv.newEvent(g.ctx)
+		}
+		g.slots = append(g.slots, s)
+		if err != nil {
+			return fmt.Errorf("%s: %w", g.Name(), err)
+		}
+	}
+	return nil
+}
+
+// slotBytes is the device memory the slots hold.
+func (g *GPU) slotBytes() int64 {
+	var n int64
+	for _, s := range g.slots {
+		n += s.devCap
+	}
+	return n
+}
+
+// ensureBuffers grows every slot's buffers to hold regions r. Buffers only grow: a GPU keeps
+// the memory of its largest job until Close (fresh page-locked memory costs milliseconds per
+// hundred MiB to pin).
+func (g *GPU) ensureBuffers(r regions) error {
+	for _, s := range g.slots {
+		if need := r.devBytes(); need > s.devCap {
+			if s.devCap > 0 {
+				if err := g.drv.free(g.ctx, s.dev); err != nil {
+					return fmt.Errorf("%s: %w", g.Name(), err)
+				}
+				s.dev, s.devCap = 0, 0
+			}
+			p, err := g.drv.alloc(g.ctx, need)
+			if err != nil {
+				return fmt.Errorf("%s: pipeline buffer of %d MiB: %w", g.Name(), need>>20, err)
+			}
+			s.dev, s.devCap = p, need
+		}
+		if need := r.hostBytes(); need > s.hostCap {
+			if s.hostCap > 0 {
+				if err := g.drv.freeHost(g.ctx, s.host); err != nil {
+					return fmt.Errorf("%s: %w", g.Name(), err)
+				}
+				s.host, s.hostCap = nil, 0
+			}
+			p, err := g.drv.allocHost(g.ctx, need)
+			if err != nil {
+				return fmt.Errorf("%s: page-locked staging of %d MiB: %w", g.Name(), need>>20, err)
+			}
+			s.host, s.hostCap = p, need
+		}
+	}
+	return nil
+}
+
+// freeSlots waits for and releases the pipeline (Close).
+func (g *GPU) freeSlots() error {
+	var errs []error
+	for _, s := range g.slots {
+		errs = append(errs, g.drv.syncStream(g.ctx, s.stream))
+		if s.devCap > 0 {
+			errs = append(errs, g.drv.free(g.ctx, s.dev))
+		}
+		if s.hostCap > 0 {
+			errs = append(errs, g.drv.freeHost(g.ctx, s.host))
+		}
+		for _, e := range []cuEvent{s.done, s.computed} {
+			if e != nil {
+				errs = append(errs, g.drv.destroyEvent(g.ctx, e))
+			}
+		}
+		errs = append(errs, g.drv.destroyStream(g.ctx, s.stream))
+	}
+	g.slots = nil
+	return errors.Join(errs...)
+}

@@ -1,0 +1,747 @@
+package cuda
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"slices"
+	"testing"
+
+	"github.com/wattagg/wattagg/device"
+	"github.com/wattagg/wattagg/device/devicetest"
+	"github.com/wattagg/wattagg/tensor"
+)
+
+// The GPU-only operations against plain float64 references written here.
+
+var robustDTypes = []tensor.DType{tensor.F32, tensor.BF16, tensor.F16, tensor.I8, tensor.F64}
+
+// clients returns n random inputs over fields, dtypes cycling through dts.
+func clients(r *rand.Rand, fields []device.AccField, n int, dts ...tensor.DType) [][]device.Span {
+	in := make([][]device.Span, n)
+	for i := range in {
+		for _, f := range fields {
+			in[i] = append(in[i], devicetest.RandSpan(r, dts[i%len(dts)], f.Len, 1+float64(i%3)))
+		}
+	}
+	return in
+}
+
+func robustFields(out tensor.DType) []device.AccField {
+	lens := []int{1, 7, 300, 4099}
+	if !testing.Short() {
+		lens = append(lens, 20001)
+	}
+	var fs []device.AccField
+	for i, n := range lens {
+		fs = append(fs, device.AccField{Name: fmt.Sprintf("t%d", i), Len: n, Acc: tensor.F64, Out: out})
+	}
+	return fs
+}
+
+// upload puts host inputs on the GPU as Residents.
+func upload(t *testing.T, g *GPU, fields []device.AccField, in [][]device.Span) []*Resident {
+	t.Helper()
+	var rs []*Resident
+	for _, x := range in {
+		var ts []*tensor.Tensor
+		for k, sp := range x {
+			tt, err := tensor.FromBytes(fields[k].Name, sp.DType, []int{fields[k].Len}, sp.Data)
+			if err != nil {
+				t.Fatal(err)
+			}
+			tt.Scale = sp.Scale
+			ts = append(ts, tt)
+		}
+		set, err := tensor.NewSet(ts...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := g.Upload(context.Background(), set)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { r.Close() })
+		rs = append(rs, r)
+	}
+	return rs
+}
+
+func newResident(t *testing.T, g *GPU, fields []device.AccField, dt tensor.DType) *Resident {
+	t.Helper()
+	var rf []ResidentField
+	for _, f := range fields {
+		rf = append(rf, ResidentField{Name: f.Name, DType: dt, Shape: []int{f.Len}})
+	}
+	r, err := g.NewResident(rf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	return r
+}
+
+func download(t *testing.T, r *Resident) *tensor.Set {
+	t.Helper()
+	s, err := r.Download(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func TestResidentRoundTrip(t *testing.T) {
+	r := rand.New(rand.NewPCG(20, 21))
+	for _, d := range gpus(t, fakePlain, fakePipeline) {
+		t.Run(d.name, func(t *testing.T) {
+			var ts []*tensor.Tensor
+			for k, dt := range []tensor.DType{tensor.F32, tensor.F64, tensor.F16, tensor.BF16, tensor.I8, tensor.U32, tensor.F32} {
+				n := []int{1, 1023, 0, 4097, 333, 70001, 5}[k]
+				sp := devicetest.RandSpan(r, dt, n, 1)
+				tt, _ := tensor.FromBytes(fmt.Sprintf("x%d", k), dt, []int{n}, sp.Data)
+				tt.Scale = sp.Scale
+				ts = append(ts, tt)
+			}
+			set, _ := tensor.NewSet(ts...)
+			res, err := d.g.Upload(context.Background(), set)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer res.Close()
+			back := download(t, res)
+			for k, tt := range ts {
+				b := back.At(k)
+				if b.Name != tt.Name || b.DType != tt.DType || !slices.Equal(b.Shape, tt.Shape) || b.Scale != tt.Scale || !slices.Equal(b.Bytes(), tt.Bytes()) {
+					t.Fatalf("tensor %s came back different (%s %v scale %v)", tt.Name, b.DType, b.Shape, b.Scale)
+				}
+			}
+		})
+	}
+}
+
+// Inputs in page-locked memory are copied straight to the GPU; results do not change.
+func TestPinnedInputs(t *testing.T) {
+	r := rand.New(rand.NewPCG(22, 23))
+	for _, d := range gpus(t, fakePlain, fakePipeline) {
+		t.Run(d.name, func(t *testing.T) {
+			fields := []device.AccField{{Name: "a", Len: 50001, Acc: tensor.F32, Out: tensor.F32}, {Name: "b", Len: 999, Acc: tensor.F64, Out: tensor.BF16}}
+			in := clients(r, fields, 6, tensor.F32, tensor.BF16)
+			for i := range in {
+				if i%3 == 2 {
+					continue // a mix of page-locked and pageable inputs
+				}
+				for k, sp := range in[i] {
+					p, err := d.g.AllocPinned(len(sp.Data))
+					if err != nil {
+						t.Fatal(err)
+					}
+					defer d.g.FreePinned(p)
+					copy(p, sp.Data)
+					in[i][k].Data = p
+				}
+			}
+			matchCPU(t, d.g, fields, in)
+		})
+	}
+}
+
+// matchCPU runs a weighted sum of in on g and on the CPU device and compares bit for bit.
+func matchCPU(t *testing.T, g *GPU, fields []device.AccField, in [][]device.Span) {
+	t.Helper()
+	w := make([]float64, len(in))
+	for i := range w {
+		w[i] = 0.5 + float64(i)
+	}
+	chunks, err := device.CutChunks(fields, devicetest.Packed(fields), 64<<10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	job := &device.SumJob{Fields: fields, Inputs: in, Weights: w, Scale: 1 / 7.0, Chunks: chunks}
+	out, ref := devicetest.NewOutput(fields, chunks), devicetest.NewOutput(fields, chunks)
+	job.Output = out
+	if _, err := g.WeightedSum(context.Background(), job); err != nil {
+		t.Fatal(err)
+	}
+	cpu, _ := device.NewCPU()
+	job.Output = ref
+	if _, err := cpu.WeightedSum(context.Background(), job); err != nil {
+		t.Fatal(err)
+	}
+	out.Check(t)
+	for k, f := range fields {
+		if !slices.Equal(out.Data(k), ref.Data(k)) {
+			t.Fatalf("field %s differs from the CPU device's result", f.Name)
+		}
+	}
+}
+
+func TestWeightedSumResident(t *testing.T) {
+	r := rand.New(rand.NewPCG(24, 25))
+	for _, d := range gpus(t, fakePlain, fakePipeline) {
+		t.Run(d.name, func(t *testing.T) {
+			fields := []device.AccField{
+				{Name: "a", Len: 40001, Acc: tensor.F32, Out: tensor.F32},
+				{Name: "b", Len: 777, Acc: tensor.F64, Out: tensor.F16},
+				{Name: "c", Len: 5, Acc: tensor.F64, Out: tensor.F64},
+				{Name: "d", Len: 0, Acc: tensor.F32, Out: tensor.BF16},
+			}
+			in := clients(r, fields, 7, tensor.F32, tensor.I8, tensor.BF16)
+			res := upload(t, d.g, fields, in)
+			out := d.g.newOut(t, fields)
+			w := []float64{1, 2, 3, 4, 5, 6, 7}
+			stats, err := d.g.WeightedSumResident(context.Background(), fields, res, w, 1.0/28, out)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if stats.Elements != 40001+777+5 {
+				t.Errorf("stats: %d elements", stats.Elements)
+			}
+			// The CPU device computes the same bits.
+			chunks, _ := device.CutChunks(fields, devicetest.Packed(fields), 8192)
+			ref := devicetest.NewOutput(fields, chunks)
+			cpu, _ := device.NewCPU()
+			if _, err := cpu.WeightedSum(context.Background(), &device.SumJob{Fields: fields, Inputs: in, Weights: w, Scale: 1.0 / 28, Chunks: chunks, Output: ref}); err != nil {
+				t.Fatal(err)
+			}
+			got := download(t, out)
+			for k, f := range fields {
+				if !slices.Equal(got.At(k).Bytes(), ref.Data(k)) {
+					t.Fatalf("field %s differs from the CPU device's result", f.Name)
+				}
+			}
+
+			// A sum that overflows its f16 output is reported with its element.
+			_, err = d.g.WeightedSumResident(context.Background(), fields, res, []float64{1e6, 1, 1, 1, 1, 1, 1}, 1, out)
+			var nf *tensor.NonFiniteError
+			if !errors.As(err, &nf) || nf.Tensor != "b" || !math.IsInf(nf.Value, 0) {
+				t.Fatalf("err = %v, want an overflow in b", err)
+			}
+			if _, err := d.g.WeightedSumResident(context.Background(), fields, res, w[:3], 1, out); !errors.Is(err, device.ErrJob) {
+				t.Fatalf("3 weights for 7 inputs: err = %v", err)
+			}
+			if _, err := d.g.WeightedSumResident(context.Background(), fields, res, w, 1, res[0]); !errors.Is(err, device.ErrJob) {
+				t.Fatalf("output among the inputs: err = %v", err)
+			}
+		})
+	}
+}
+
+// newOut allocates a Resident for the Out dtypes of fields.
+func (g *GPU) newOut(t *testing.T, fields []device.AccField) *Resident {
+	t.Helper()
+	var rf []ResidentField
+	for _, f := range fields {
+		rf = append(rf, ResidentField{Name: f.Name, DType: f.Out, Shape: []int{f.Len}})
+	}
+	r, err := g.NewResident(rf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	return r
+}
+
+func gramRef(in [][]device.Span) (g, mag [][]float64) {
+	n := len(in)
+	vals := make([][]float64, n)
+	for a := range n {
+		for _, sp := range in[a] {
+			vals[a] = append(vals[a], devicetest.Values(sp)...)
+		}
+	}
+	g, mag = make([][]float64, n), make([][]float64, n)
+	for a := range n {
+		g[a], mag[a] = make([]float64, n), make([]float64, n)
+		for b := range n {
+			for j, x := range vals[a] {
+				p := x * vals[b][j]
+				g[a][b] += p
+				mag[a][b] += math.Abs(p)
+			}
+		}
+	}
+	return g, mag
+}
+
+func TestGram(t *testing.T) {
+	r := rand.New(rand.NewPCG(26, 27))
+	for _, d := range gpus(t, fakePlain, fakePipeline) {
+		t.Run(d.name, func(t *testing.T) {
+			for _, n := range []int{1, 5, 64, 70} {
+				t.Run(fmt.Sprint(n), func(t *testing.T) {
+					fields := robustFields(tensor.F64)[:3]
+					in := clients(r, fields, n, robustDTypes...)
+					want, mag := gramRef(in)
+					check := func(how string, got [][]float64, err error) {
+						t.Helper()
+						if err != nil {
+							t.Fatal(err)
+						}
+						for a := range n {
+							for b := range n {
+								if math.Abs(got[a][b]-want[a][b]) > 1e-12*mag[a][b]+1e-300 || got[a][b] != got[b][a] {
+									t.Fatalf("%s: G[%d][%d] = %v, want %v (G[%d][%d] = %v)", how, a, b, got[a][b], want[a][b], b, a, got[b][a])
+								}
+							}
+						}
+					}
+					got, err := d.g.Gram(context.Background(), fields, in)
+					check("host", got, err)
+					got, err = d.g.GramResident(context.Background(), upload(t, d.g, fields, in))
+					check("resident", got, err)
+				})
+			}
+		})
+	}
+}
+
+func TestSumSquares(t *testing.T) {
+	r := rand.New(rand.NewPCG(28, 29))
+	for _, d := range gpus(t, fakePlain, fakePipeline) {
+		t.Run(d.name, func(t *testing.T) {
+			fields := robustFields(tensor.F64)
+			in := clients(r, fields, 9, robustDTypes...)
+			want, _ := gramRef(in)
+			for how, f := range map[string]func() ([]float64, error){
+				"host": func() ([]float64, error) { return d.g.SumSquares(context.Background(), fields, in) },
+				"resident": func() ([]float64, error) {
+					return d.g.SumSquaresResident(context.Background(), upload(t, d.g, fields, in))
+				},
+			} {
+				got, err := f()
+				if err != nil {
+					t.Fatal(err)
+				}
+				for i := range in {
+					if math.Abs(got[i]-want[i][i]) > 1e-12*want[i][i] {
+						t.Fatalf("%s: input %d: %v, want %v", how, i, got[i], want[i][i])
+					}
+				}
+			}
+		})
+	}
+}
+
+// orderRef is the median (trim < 0) or trimmed mean of one coordinate's values, encoded in dt,
+// with the arithmetic of order.cu: f64 for an f64 output, else f32 (the formulas of the CPU's
+// kernels.MedianF32 and TrimmedMeanF32).
+func orderRef(v []float64, trim int, dt tensor.DType) []byte {
+	slices.Sort(v)
+	n := len(v)
+	if dt == tensor.F64 {
+		var r float64
+		if trim < 0 {
+			r = v[n/2]
+			if n%2 == 0 {
+				r = v[n/2-1]*0.5 + v[n/2]*0.5
+			}
+		} else {
+			for _, x := range v[trim : n-trim] {
+				r += x
+			}
+			r /= float64(n - 2*trim)
+		}
+		return encode(dt, r)
+	}
+	var r float32
+	if trim < 0 {
+		r = float32(v[n/2])
+		if n%2 == 0 {
+			r = float32(float32(v[n/2-1])*0.5) + float32(float32(v[n/2])*0.5)
+		}
+	} else {
+		for _, x := range v[trim : n-trim] {
+			r += float32(x)
+		}
+		r /= float32(n - 2*trim)
+	}
+	return encode(dt, float64(r))
+}
+
+func firstDiff(a, b []byte, size int) int {
+	for j := 0; j+size <= len(a); j += size {
+		if !slices.Equal(a[j:j+size], b[j:j+size]) {
+			return j / size
+		}
+	}
+	return -1
+}
+
+// encode converts a float64 result to dt as the kernels do (16-bit formats through f32).
+func encode(dt tensor.DType, v float64) []byte {
+	t, _ := tensor.New("", dt, 1)
+	b := t.Bytes()
+	switch dt {
+	case tensor.F64:
+		putU64(b, math.Float64bits(v))
+	case tensor.F32:
+		putU32(b, math.Float32bits(float32(v)))
+	case tensor.BF16:
+		putU16(b, tensor.F32ToBF16(float32(v)))
+	case tensor.F16:
+		putU16(b, tensor.F32ToF16(float32(v)))
+	}
+	return b
+}
+
+func putU16(b []byte, v uint16) { b[0], b[1] = byte(v), byte(v>>8) }
+func putU32(b []byte, v uint32) { putU16(b, uint16(v)); putU16(b[2:], uint16(v>>16)) }
+func putU64(b []byte, v uint64) { putU32(b, uint32(v)); putU32(b[4:], uint32(v>>32)) }
+
+// Medians and trimmed means are exact order statistics: the results match the reference bit for
+// bit, on the register path (N <= 32) and the shared-memory path.
+func TestMedianAndTrimmedMean(t *testing.T) {
+	r := rand.New(rand.NewPCG(30, 31))
+	for _, d := range gpus(t, fakePlain, fakePipeline) {
+		t.Run(d.name, func(t *testing.T) {
+			for _, tc := range []struct {
+				n, trim int
+				out     tensor.DType
+			}{
+				{1, -1, tensor.F32}, {2, -1, tensor.F64}, {3, -1, tensor.BF16}, {8, -1, tensor.F16}, {17, -1, tensor.F32},
+				{32, -1, tensor.F64}, {33, -1, tensor.F64}, {64, -1, tensor.F32}, {70, -1, tensor.F64},
+				{5, 0, tensor.F64}, {5, 2, tensor.F32}, {16, 3, tensor.F64}, {40, 7, tensor.F64}, {65, 10, tensor.BF16},
+			} {
+				name := "median"
+				if tc.trim >= 0 {
+					name = fmt.Sprintf("trim%d", tc.trim)
+				}
+				t.Run(fmt.Sprintf("%s/n=%d/%s", name, tc.n, tc.out), func(t *testing.T) {
+					fields := robustFields(tc.out)
+					if tc.n > 32 {
+						fields = fields[:4] // O(N²) per coordinate, slow in the simulator
+					}
+					in := clients(r, fields, tc.n, robustDTypes...)
+					chunks, err := device.CutChunks(fields, devicetest.Packed(fields), 4096)
+					if err != nil {
+						t.Fatal(err)
+					}
+					out := devicetest.NewOutput(fields, chunks)
+					if tc.trim < 0 {
+						_, err = d.g.Median(context.Background(), fields, in, chunks, out)
+					} else {
+						_, err = d.g.TrimmedMean(context.Background(), fields, in, tc.trim, chunks, out)
+					}
+					if err != nil {
+						t.Fatal(err)
+					}
+					out.Check(t)
+					res := newResident(t, d.g, fields, tc.out)
+					if tc.trim < 0 {
+						_, err = d.g.MedianResident(context.Background(), upload(t, d.g, fields, in), res)
+					} else {
+						_, err = d.g.TrimmedMeanResident(context.Background(), upload(t, d.g, fields, in), tc.trim, res)
+					}
+					if err != nil {
+						t.Fatal(err)
+					}
+					rs := download(t, res)
+					sz := tc.out.Size()
+					for k, f := range fields {
+						vals := make([][]float64, len(in))
+						for i := range in {
+							vals[i] = devicetest.Values(in[i][k])
+						}
+						col := make([]float64, len(in))
+						for j := range f.Len {
+							for i := range in {
+								col[i] = vals[i][j]
+							}
+							want := orderRef(col, tc.trim, tc.out)
+							if got := out.Data(k)[j*sz : (j+1)*sz]; !slices.Equal(got, want) {
+								t.Fatalf("host: %s[%d] = % x, want % x", f.Name, j, got, want)
+							}
+							if got := rs.At(k).Bytes()[j*sz : (j+1)*sz]; !slices.Equal(got, want) {
+								t.Fatalf("resident: %s[%d] = % x, want % x", f.Name, j, got, want)
+							}
+						}
+					}
+				})
+			}
+			fields := robustFields(tensor.F32)[:1]
+			in := clients(r, fields, 4, tensor.F32)
+			chunks, _ := device.CutChunks(fields, []int64{0}, 4096)
+			if _, err := d.g.TrimmedMean(context.Background(), fields, in, 2, chunks, devicetest.NewOutput(fields, chunks)); !errors.Is(err, device.ErrJob) {
+				t.Fatalf("trimming everything: err = %v", err)
+			}
+			many := clients(r, fields, d.g.MaxOrderInputs()+1, tensor.F32)
+			if _, err := d.g.Median(context.Background(), fields, many, chunks, devicetest.NewOutput(fields, chunks)); !errors.Is(err, device.ErrUnsupported) {
+				t.Fatalf("%d inputs: err = %v", len(many), err)
+			}
+		})
+	}
+}
+
+func TestModSum(t *testing.T) {
+	r := rand.New(rand.NewPCG(32, 33))
+	for _, d := range gpus(t, fakePlain, fakePipeline) {
+		t.Run(d.name, func(t *testing.T) {
+			fields := robustFields(tensor.U32)
+			in := clients(r, fields, 11, tensor.U32)
+			chunks, _ := device.CutChunks(fields, devicetest.Packed(fields), 4096)
+			out := devicetest.NewOutput(fields, chunks)
+			if _, err := d.g.ModSum(context.Background(), fields, in, chunks, out); err != nil {
+				t.Fatal(err)
+			}
+			out.Check(t)
+			res := newResident(t, d.g, fields, tensor.U32)
+			if _, err := d.g.ModSumResident(context.Background(), upload(t, d.g, fields, in), res); err != nil {
+				t.Fatal(err)
+			}
+			rs := download(t, res)
+			for k, f := range fields {
+				got, _ := out.Tensor(k).U32()
+				gotRes, _ := rs.At(k).U32()
+				for j := range f.Len {
+					var want uint32
+					for i := range in {
+						want += uint32(in[i][k].Value(j))
+					}
+					if got[j] != want || gotRes[j] != want {
+						t.Fatalf("%s[%d] = %d (resident %d), want %d", f.Name, j, got[j], gotRes[j], want)
+					}
+				}
+			}
+			bad := clients(r, fields, 2, tensor.F32)
+			if _, err := d.g.ModSum(context.Background(), fields, bad, chunks, out); !errors.Is(err, device.ErrUnsupported) {
+				t.Fatalf("f32 inputs: err = %v", err)
+			}
+		})
+	}
+}
+
+// optimRef is one optimizer step in plain Go, every operation rounded to f32 (the explicit
+// conversions forbid fused multiply-adds).
+func optimRef(o Optimizer, x, d, m, v float32) (float32, float32, float32) {
+	if o.Rule == FedAvgM {
+		m = float32(o.Beta1*m) + d
+		return x + float32(o.LR*m), m, v
+	}
+	m = float32(o.Beta1*m) + float32((1-o.Beta1)*d)
+	d2 := float32(d * d)
+	switch o.Rule {
+	case FedAdagrad:
+		v += d2
+	case FedAdam:
+		v = float32(o.Beta2*v) + float32((1-o.Beta2)*d2)
+	case FedYogi:
+		var s float32
+		if diff := v - d2; diff > 0 {
+			s = 1
+		} else if diff < 0 {
+			s = -1
+		}
+		v -= float32(float32((1-o.Beta2)*d2) * s)
+	}
+	return x + float32(o.LR*m)/(float32(math.Sqrt(float64(v)))+o.Tau), m, v
+}
+
+func TestOptimizerStep(t *testing.T) {
+	r := rand.New(rand.NewPCG(34, 35))
+	for _, d := range gpus(t, fakePlain) {
+		t.Run(d.name, func(t *testing.T) {
+			fields := robustFields(tensor.F32)
+			for _, rule := range []Rule{FedAvgM, FedAdagrad, FedAdam, FedYogi} {
+				t.Run(rule.String(), func(t *testing.T) {
+					o := Optimizer{Rule: rule, LR: 0.01, Beta1: 0.9, Beta2: 0.99, Tau: 1e-3}
+					state := clients(r, fields, 4, tensor.F32) // x, delta, m, v
+					for k := range fields {
+						d, _ := tensor.FromBytes("", tensor.F32, []int{fields[k].Len}, state[1][k].Data)
+						v, _ := tensor.FromBytes("", tensor.F32, []int{fields[k].Len}, state[3][k].Data)
+						ds, _ := d.F32()
+						vs, _ := v.F32()
+						for j := range vs {
+							vs[j] = float32(math.Abs(float64(vs[j]))) // v >= 0
+							if j%5 == 0 {
+								vs[j] = float32(ds[j] * ds[j]) // sign(v - Δ²) = 0 for FedYogi
+							}
+						}
+					}
+					res := upload(t, d.g, fields, state)
+					for range 3 { // three rounds, the state carried over
+						v := res[3]
+						if rule == FedAvgM {
+							v = nil
+						}
+						if err := d.g.Step(context.Background(), o, res[0], res[1], res[2], v); err != nil {
+							t.Fatal(err)
+						}
+						for k, f := range fields {
+							x, _ := tensor.FromBytes("", tensor.F32, []int{f.Len}, state[0][k].Data)
+							dd, _ := tensor.FromBytes("", tensor.F32, []int{f.Len}, state[1][k].Data)
+							m, _ := tensor.FromBytes("", tensor.F32, []int{f.Len}, state[2][k].Data)
+							vv, _ := tensor.FromBytes("", tensor.F32, []int{f.Len}, state[3][k].Data)
+							xs, _ := x.F32()
+							ds, _ := dd.F32()
+							ms, _ := m.F32()
+							vs, _ := vv.F32()
+							for j := range xs {
+								xs[j], ms[j], vs[j] = optimRef(o, xs[j], ds[j], ms[j], vs[j])
+							}
+						}
+					}
+					for q, name := range []string{"x", "delta", "m", "v"} {
+						got := download(t, res[q])
+						for k, f := range fields {
+							if i := firstDiff(got.At(k).Bytes(), state[q][k].Data, 4); i >= 0 {
+								want, _ := tensor.FromBytes("", tensor.F32, []int{f.Len}, state[q][k].Data)
+								t.Fatalf("%s %s[%d] = %v, want %v", name, f.Name, i, got.At(k).Value(i), want.Value(i))
+							}
+						}
+					}
+				})
+			}
+			x := newResident(t, d.g, fields, tensor.F32)
+			if err := d.g.Step(context.Background(), Optimizer{Rule: FedAdam}, x, x, x, x); !errors.Is(err, device.ErrJob) {
+				t.Fatalf("aliased state: err = %v", err)
+			}
+			f64 := newResident(t, d.g, fields, tensor.F64)
+			if err := d.g.Step(context.Background(), Optimizer{Rule: FedAvgM}, f64, x, newResident(t, d.g, fields, tensor.F32), nil); !errors.Is(err, device.ErrUnsupported) {
+				t.Fatalf("f64 model: err = %v", err)
+			}
+		})
+	}
+}
+
+func TestScale(t *testing.T) {
+	r := rand.New(rand.NewPCG(36, 37))
+	for _, d := range gpus(t, fakePlain) {
+		t.Run(d.name, func(t *testing.T) {
+			fields := robustFields(tensor.F32)
+			in := clients(r, fields, 2, tensor.F32, tensor.F64)
+			res := upload(t, d.g, fields, in)
+			for _, x := range res {
+				if err := d.g.Scale(context.Background(), x, 0.3); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for i, x := range res {
+				got := download(t, x)
+				for k := range fields {
+					for j := range fields[k].Len {
+						var want []byte
+						if in[i][k].DType == tensor.F32 {
+							want = encode(tensor.F32, float64(float32(in[i][k].Value(j))*float32(0.3)))
+						} else {
+							want = encode(tensor.F64, in[i][k].Value(j)*0.3)
+						}
+						sz := in[i][k].DType.Size()
+						if g := got.At(k).Bytes()[j*sz : (j+1)*sz]; !slices.Equal(g, want) {
+							t.Fatalf("input %d %s[%d] = % x, want % x", i, fields[k].Name, j, g, want)
+						}
+					}
+				}
+			}
+		})
+	}
+}
+
+// philox is Philox4x32-10 as Random123 defines it.
+func philox(ctr [4]uint32, key [2]uint32) [4]uint32 {
+	for r := range 10 {
+		if r > 0 {
+			key[0] += 0x9E3779B9
+			key[1] += 0xBB67AE85
+		}
+		p0 := uint64(0xD2511F53) * uint64(ctr[0])
+		p1 := uint64(0xCD9E8D57) * uint64(ctr[2])
+		ctr = [4]uint32{uint32(p1>>32) ^ ctr[1] ^ key[0], uint32(p1), uint32(p0>>32) ^ ctr[3] ^ key[1], uint32(p0)}
+	}
+	return ctr
+}
+
+// Known answers of Random123's kat_vectors for philox4x32-10.
+func TestPhiloxKnownAnswers(t *testing.T) {
+	for _, tc := range []struct {
+		ctr  [4]uint32
+		key  [2]uint32
+		want [4]uint32
+	}{
+		{[4]uint32{}, [2]uint32{}, [4]uint32{0x6627e8d5, 0xe169c58d, 0xbc57ac4c, 0x9b00dbd8}},
+		{[4]uint32{^uint32(0), ^uint32(0), ^uint32(0), ^uint32(0)}, [2]uint32{^uint32(0), ^uint32(0)}, [4]uint32{0x408f276d, 0x41c83b0e, 0xa20bc7c6, 0x6d5451fd}},
+		{[4]uint32{0x243f6a88, 0x85a308d3, 0x13198a2e, 0x03707344}, [2]uint32{0xa4093822, 0x299f31d0}, [4]uint32{0xd16cfe09, 0x94fdcceb, 0x5001e420, 0x24126ea1}},
+	} {
+		if got := philox(tc.ctr, tc.key); got != tc.want {
+			t.Errorf("philox(%08x, %08x) = %08x, want %08x", tc.ctr, tc.key, got, tc.want)
+		}
+	}
+}
+
+// noiseRef is the normal that element j of a buffer noised from counter c0 receives.
+func noiseRef(seed, c0 uint64, j int) float64 {
+	c := c0 + uint64(j/4)
+	w := philox([4]uint32{uint32(c), uint32(c >> 32)}, [2]uint32{uint32(seed), uint32(seed >> 32)})
+	pair := j % 4 / 2
+	u1 := (float64(w[2*pair]) + 0.5) * 0x1p-32
+	u2 := (float64(w[2*pair+1]) + 0.5) * 0x1p-32
+	r := math.Sqrt(-2 * math.Log(u1))
+	if j%2 == 0 {
+		return r * math.Cos(2*math.Pi*u2)
+	}
+	return r * math.Sin(2*math.Pi*u2)
+}
+
+func TestAddNoise(t *testing.T) {
+	for _, d := range gpus(t, fakePlain) {
+		t.Run(d.name, func(t *testing.T) {
+			fields := robustFields(tensor.F32)
+			r := rand.New(rand.NewPCG(38, 39))
+			in := clients(r, fields, 2, tensor.F32, tensor.F64)
+			res := upload(t, d.g, fields, in)
+			const seed, sigma = 0x0123456789abcdef, 0.5
+			var next uint64 = 1000
+			var total uint64
+			for _, f := range fields {
+				total += uint64(f.Len+3) / 4
+			}
+			bases := make([][]uint64, len(res))
+			for i, x := range res {
+				c0 := next
+				var err error
+				if next, err = d.g.AddNoise(context.Background(), x, sigma, seed, next); err != nil {
+					t.Fatal(err)
+				}
+				if next != c0+total {
+					t.Fatalf("AddNoise returned counter %d, want %d", next, c0+total)
+				}
+				for _, f := range fields {
+					bases[i] = append(bases[i], c0)
+					c0 += uint64(f.Len+3) / 4
+				}
+			}
+			var sum, sum2 float64
+			var count int
+			for i, x := range res {
+				got := download(t, x)
+				for k, f := range fields {
+					for j := range f.Len {
+						z := noiseRef(seed, bases[i][k], j)
+						v := got.At(k).Value(j)
+						want := in[i][k].Value(j) + sigma*z
+						tol := 1e-12 * (math.Abs(want) + 1)
+						if in[i][k].DType == tensor.F32 {
+							want = float64(float32(want))
+							tol = 4 * 0x1p-24 * (math.Abs(want) + 1e-30)
+						}
+						if math.Abs(v-want) > tol {
+							t.Fatalf("input %d %s[%d] = %v, want %v", i, f.Name, j, v, want)
+						}
+						sum += z
+						sum2 += z * z
+						count++
+					}
+				}
+			}
+			// The reference normals are normal: mean 0 and variance 1 within 5 standard errors.
+			mean, varc := sum/float64(count), sum2/float64(count)
+			if math.Abs(mean) > 5/math.Sqrt(float64(count)) || math.Abs(varc-1) > 5*math.Sqrt(2/float64(count)) {
+				t.Fatalf("noise mean %v variance %v over %d draws", mean, varc, count)
+			}
+			if _, err := d.g.AddNoise(context.Background(), res[0], -1, seed, 0); !errors.Is(err, device.ErrJob) {
+				t.Fatalf("negative sigma: err = %v", err)
+			}
+		})
+	}
+}

@@ -1,0 +1,120 @@
+// reduce.cu: f64-accumulated reductions: sums of squares (norms), the Gram matrix of N client
+// vectors (Krum's pairwise distances), and the search for the first non-finite element.
+//
+// Reductions are deterministic: every thread and block covers a fixed set of elements for a
+// given launch shape, partial sums are combined in a fixed tree order inside a block and added to
+// per-block partials in launch order, and the host or wa_gram_sum adds the partials in index
+// order. No floating-point atomics are used.
+#include "common.cuh"
+
+// wa_sumsq adds the block's Σ x[j]² (j < n, f64 FMAs, grid-stride) times scale² to
+// partial[blockIdx.x]. For I8 data x[j] is the quantised integer and scale the dequantisation
+// scale; for the float dtypes scale is 1. blockDim.x must be WA_THREADS.
+WA_ENTRY void wa_sumsq(const void *x, int dt, float scale, u64 n, double *partial) {
+	__shared__ double s[WA_THREADS];
+	double a = 0;
+	u64 stride = (u64)gridDim.x * blockDim.x;
+	for (u64 j = wa_gid(); j < n; j += stride) {
+		double v = wa_ld(x, dt, 1.0f, j);
+		a = fma(v, v, a);
+	}
+	s[threadIdx.x] = a;
+	__syncthreads();
+	for (int h = WA_THREADS / 2; h > 0; h >>= 1) {
+		if ((int)threadIdx.x < h) s[threadIdx.x] = __dadd_rn(s[threadIdx.x], s[threadIdx.x + h]);
+		__syncthreads();
+	}
+	if (threadIdx.x == 0) {
+		double sc = (double)scale * (double)scale;
+		partial[blockIdx.x] = __dadd_rn(partial[blockIdx.x], __dmul_rn(s[0], sc));
+	}
+}
+
+// The Gram matrix G[a][b] = Σ_j x_a[j]·x_b[j] of nrows vectors is computed in 64×64 tiles: block
+// (s, p) handles tile pair p = (ta, tb), ta <= tb (pairs numbered row by row), over the k-tiles
+// s, s+S, s+2S, ... (S = gridDim.x) of 32 elements each, staging both 64×32 slices in shared
+// memory as f64 (each value decoded by wa_ld) so that one load feeds 64 FMAs. Each of the 256
+// threads owns a 4×4 block of the tile (rows ty+16i, columns tx+16k) in registers and adds it to
+// partial[s][p][64·64] at the end, so successive launches (segments of the coordinate space)
+// accumulate in order. wa_gram_sum then adds the S partials of every entry in order.
+#define GT 64
+#define GK 32
+
+__device__ __forceinline__ void wa_pair(int p, int tiles, int *ta, int *tb) {
+	int a = 0;
+	while (p >= tiles - a) {
+		p -= tiles - a;
+		a++;
+	}
+	*ta = a;
+	*tb = a + p;
+}
+
+// wa_gram: rows[r] is the device address of element 0 of vector r, dts[r] its dtype and
+// scales[r] its I8 scale; n is the number of elements. Launch with blockDim.x = 256,
+// gridDim = (S, tiles·(tiles+1)/2) where tiles = ceil(nrows/64).
+WA_ENTRY void __launch_bounds__(WA_THREADS, 2)
+wa_gram(const u64 *rows, const int *dts, const float *scales, int nrows, u64 n, double *partial) {
+	// st[0] holds tile ta's slice, st[1] tile tb's; a diagonal pair (ta = tb, the only one for
+	// N <= 64) loads one slice and reads it twice.
+	__shared__ double st[2][GK][GT + 1];
+	int tiles = (nrows + GT - 1) / GT;
+	int ta, tb;
+	wa_pair(blockIdx.y, tiles, &ta, &tb);
+	const int bi = ta == tb ? 0 : 1;
+	int tid = threadIdx.x, tx = tid & 15, ty = tid >> 4;
+	double g[4][4];
+#pragma unroll
+	for (int i = 0; i < 4; i++)
+#pragma unroll
+		for (int k = 0; k < 4; k++) g[i][k] = 0;
+
+	u64 nk = (n + GK - 1) / GK;
+	for (u64 kt = blockIdx.x; kt < nk; kt += gridDim.x) {
+		u64 k0 = kt * GK;
+#pragma unroll 1
+		for (int q = 0; q < GT * GK / WA_THREADS; q++) {
+			int idx = tid + WA_THREADS * q, r = idx / GK, c = idx % GK;
+			u64 k = k0 + c;
+			int ra = ta * GT + r, rb = tb * GT + r;
+			st[0][c][r] = ra < nrows && k < n ? wa_ld((const void *)rows[ra], dts[ra], scales[ra], k) : 0.0;
+			if (bi) st[1][c][r] = rb < nrows && k < n ? wa_ld((const void *)rows[rb], dts[rb], scales[rb], k) : 0.0;
+		}
+		__syncthreads();
+#pragma unroll 4
+		for (int c = 0; c < GK; c++) {
+			double a[4], b[4];
+#pragma unroll
+			for (int i = 0; i < 4; i++) a[i] = st[0][c][ty + 16 * i], b[i] = st[bi][c][tx + 16 * i];
+#pragma unroll
+			for (int i = 0; i < 4; i++)
+#pragma unroll
+				for (int k = 0; k < 4; k++) g[i][k] = fma(a[i], b[k], g[i][k]);
+		}
+		__syncthreads();
+	}
+	double *out = partial + ((u64)blockIdx.x * gridDim.y + blockIdx.y) * (GT * GT);
+#pragma unroll
+	for (int i = 0; i < 4; i++)
+#pragma unroll
+		for (int k = 0; k < 4; k++) {
+			int e = (ty + 16 * i) * GT + tx + 16 * k;
+			out[e] = __dadd_rn(out[e], g[i][k]);
+		}
+}
+
+// wa_gram_sum writes out[e] = Σ_s partial[s·m + e] for e < m, s = 0 .. slices-1 in order.
+WA_ENTRY void wa_gram_sum(const double *partial, int slices, u64 m, double *out) {
+	u64 e = wa_gid();
+	if (e >= m) return;
+	double s = 0;
+	for (int k = 0; k < slices; k++) s = __dadd_rn(s, partial[(u64)k * m + e]);
+	out[e] = s;
+}
+
+// wa_first_nonfinite lowers *first to the index of any NaN or ±Inf element of x (dtype dt, n
+// elements); the caller sets *first to all ones beforehand. Integer dtypes are always finite.
+WA_ENTRY void wa_first_nonfinite(const void *x, int dt, u64 n, u64 *first) {
+	u64 j = wa_gid();
+	if (j < n && wa_nonfinite(x, dt, j)) atomicMin(first, j);
+}
