@@ -1,0 +1,160 @@
+package aggregate
+
+import (
+	"fmt"
+	"math"
+	"strconv"
+
+	"github.com/wattagg/wattagg/tensor"
+	"github.com/wattagg/wattagg/tensor/safetensors"
+)
+
+// Tensors of a privacy state file: the accountant's runs of rounds with equal noise multiplier
+// and sampling rate, one element per run.
+const (
+	accountantNoiseTensor    = "accountant/noise_multiplier" // f64
+	accountantSamplingTensor = "accountant/sampling_rate"    // f64
+	accountantRoundsTensor   = "accountant/rounds"           // u32
+)
+
+// PrivacyState is what a private mean carries from round to round: the rounds run, the clipping
+// bound of the next round (adaptive clipping moves it) and the accountant. In a file
+// (WriteFile, LoadPrivacyState) the accountant's runs are f64/u32 tensors and the rest is
+// metadata, with the mechanism and, for adaptive clipping, its hyperparameters, so that a state
+// is never continued by another mechanism.
+type PrivacyState struct {
+	Mechanism string // dp-fixed, dp-adaptive
+	Round     int
+	ClipBound float64
+	// Adaptive clipping's hyperparameters as made (0 for fixed clipping); CountStddev 0 means
+	// the default, expected clients / 20.
+	TargetQuantile, ClipLearningRate, CountStddev float64
+	Accountant                                    Accountant
+}
+
+var privacyKeys = []string{"wattagg.target_quantile", "wattagg.clip_lr", "wattagg.count_stddev"}
+
+// LoadPrivacyState reads a state written by WriteFile or by a private mean's AggregateFile.
+// Anything else is an ErrState error naming the file.
+func LoadPrivacyState(path string) (*PrivacyState, error) {
+	f, err := safetensors.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	s, err := privacyStateOf(f)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return s, nil
+}
+
+func privacyStateOf(f *tensor.Set) (*PrivacyState, error) {
+	md := f.Metadata
+	if md[stateKindKey] != "privacy" {
+		return nil, fmt.Errorf("%w: not a privacy state (%s is %q)", ErrState, stateKindKey, md[stateKindKey])
+	}
+	if md[stateVersionKey] != stateVersion {
+		return nil, fmt.Errorf("%w: state version %q, want %s", ErrState, md[stateVersionKey], stateVersion)
+	}
+	s := &PrivacyState{Mechanism: md[stateRuleKey]}
+	if s.Mechanism != "dp-fixed" && s.Mechanism != "dp-adaptive" {
+		return nil, fmt.Errorf("%w: unknown mechanism %q", ErrState, s.Mechanism)
+	}
+	var err error
+	if s.Round, err = strconv.Atoi(md[stateRoundKey]); err != nil || s.Round < 1 {
+		return nil, fmt.Errorf("%w: %s %q is not a round number", ErrState, stateRoundKey, md[stateRoundKey])
+	}
+	if s.ClipBound, err = strconv.ParseFloat(md["wattagg.clip_bound"], 64); err != nil || !(s.ClipBound > 0) || math.IsInf(s.ClipBound, 0) {
+		return nil, fmt.Errorf("%w: clip bound %q", ErrState, md["wattagg.clip_bound"])
+	}
+	if s.Mechanism == "dp-adaptive" {
+		vals := []*float64{&s.TargetQuantile, &s.ClipLearningRate, &s.CountStddev}
+		for i, k := range privacyKeys {
+			if *vals[i], err = strconv.ParseFloat(md[k], 64); err != nil {
+				return nil, fmt.Errorf("%w: %s %q is not a number", ErrState, k, md[k])
+			}
+		}
+	}
+	var z, q []float64
+	var rounds []uint32
+	for _, t := range f.Tensors() {
+		switch t.Name {
+		case accountantNoiseTensor:
+			z, err = t.F64()
+		case accountantSamplingTensor:
+			q, err = t.F64()
+		case accountantRoundsTensor:
+			rounds, err = t.U32()
+		default:
+			return nil, fmt.Errorf("%w: unexpected tensor %q in a privacy state", ErrState, t.Name)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrState, err)
+		}
+	}
+	if len(z) != len(q) || len(z) != len(rounds) || len(z) == 0 {
+		return nil, fmt.Errorf("%w: accountant runs of %d, %d and %d elements", ErrState, len(z), len(q), len(rounds))
+	}
+	for i := range z {
+		if err := s.Accountant.Compose(z[i], q[i], int(rounds[i])); err != nil {
+			return nil, fmt.Errorf("%w: accountant run %d: %w", ErrState, i, err)
+		}
+	}
+	if s.Accountant.Rounds() != s.Round {
+		return nil, fmt.Errorf("%w: the accountant holds %d rounds, the state says %d", ErrState, s.Accountant.Rounds(), s.Round)
+	}
+	return s, nil
+}
+
+// WriteFile writes the state atomically to path.
+func (s *PrivacyState) WriteFile(path string) error {
+	steps := s.Accountant.Steps()
+	z, q := make([]float64, len(steps)), make([]float64, len(steps))
+	rounds, err := tensor.New(accountantRoundsTensor, tensor.U32, len(steps))
+	if err != nil {
+		return err
+	}
+	rv, _ := rounds.U32()
+	for i, st := range steps {
+		z[i], q[i], rv[i] = st.NoiseMultiplier, st.SamplingRate, uint32(st.Rounds)
+	}
+	zt, err := tensor.FromF64(accountantNoiseTensor, []int{len(z)}, z)
+	if err != nil {
+		return err
+	}
+	qt, err := tensor.FromF64(accountantSamplingTensor, []int{len(q)}, q)
+	if err != nil {
+		return err
+	}
+	set, err := tensor.NewSet(zt, qt, rounds)
+	if err != nil {
+		return err
+	}
+	set.Metadata = s.metadata()
+	return safetensors.WriteFile(path, set)
+}
+
+func (s *PrivacyState) metadata() map[string]string {
+	f := func(v float64) string { return strconv.FormatFloat(v, 'g', -1, 64) }
+	md := map[string]string{
+		stateKindKey:         "privacy",
+		stateVersionKey:      stateVersion,
+		stateRuleKey:         s.Mechanism,
+		stateRoundKey:        strconv.Itoa(s.Round),
+		"wattagg.clip_bound": f(s.ClipBound),
+	}
+	if s.Mechanism == "dp-adaptive" {
+		for i, v := range []float64{s.TargetQuantile, s.ClipLearningRate, s.CountStddev} {
+			md[privacyKeys[i]] = f(v)
+		}
+	}
+	return md
+}
+
+// clone copies the state, the accountant included.
+func (s *PrivacyState) clone() *PrivacyState {
+	c := *s
+	c.Accountant = Accountant{steps: s.Accountant.Steps()}
+	return &c
+}
