@@ -131,7 +131,7 @@ func (s *Stats) Add(o Stats) {
 type SumJob struct {
 	Fields  []AccField // the tensors: length, accumulator and output dtype
 	Inputs  [][]Span   // Inputs[i][t]: input i's data for field t (any real dtype, Len elements)
-	Weights []float64  // one per input, finite and positive
+	Weights []float64  // one per input, finite: zero and negative are allowed (an optimizer subtracts the global model)
 	Scale   float64    // multiplies every weight (1/Σw for a mean)
 	Chunks  []Chunk    // the output, cut into independent chunks
 	Output  Output

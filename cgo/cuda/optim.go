@@ -107,6 +107,10 @@ func (g *GPU) Step(ctx context.Context, o Optimizer, x, delta, m, v *Resident) e
 // kernels/cuda/noise.cu). The noise depends only on (seed, counter), never on the device or the
 // launch. It returns the first counter the call did not use: pass it as the next call's offset so
 // that no noise is ever reused.
+//
+// Philox is a statistically good generator, not a cryptographic one, and its 64-bit key can be
+// searched: noise from it gives no differential privacy. The DP rules draw their noise on the
+// host from ChaCha8 keyed by crypto/rand; use this for simulations and tests only.
 func (g *GPU) AddNoise(ctx context.Context, r *Resident, sigma float64, seed, offset uint64) (uint64, error) {
 	if sigma < 0 || math.IsNaN(sigma) || math.IsInf(sigma, 0) {
 		return offset, fmt.Errorf("%w: noise standard deviation %v", device.ErrJob, sigma)

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -301,9 +302,51 @@ func printReport(w io.Writer, r *aggregate.Report) {
 		fmt.Fprintf(w, "  device %s: %.0f%% of the work\n", d.Device, 100*d.Share)
 	}
 	fmt.Fprintf(w, "  weights: %s\n", r.WeightsFrom)
+	printClients(w, r.PerClient)
+	if len(r.Details) > 0 {
+		var parts []string
+		for _, k := range slices.Sorted(maps.Keys(r.Details)) {
+			parts = append(parts, fmt.Sprintf("%s %.6g", k, r.Details[k]))
+		}
+		fmt.Fprintf(w, "  %s: %s\n", r.Rule, strings.Join(parts, ", "))
+	}
 	printEnergy(w, r)
 	if r.Output != "" {
 		fmt.Fprintf(w, "  wrote %s\n", r.Output)
+	}
+}
+
+// printClients summarises what a rule saw of the clients: how many it excluded (and why, for
+// the first few), clipped and selected. The full list is in --json.
+func printClients(w io.Writer, cs []aggregate.ClientDiag) {
+	var excluded []aggregate.ClientDiag
+	clipped, selected, withSelection := 0, 0, 0
+	for _, c := range cs {
+		if c.Excluded != "" {
+			excluded = append(excluded, c)
+		}
+		if c.Clipped != nil && *c.Clipped {
+			clipped++
+		}
+		if c.Selected != nil {
+			withSelection++
+			if *c.Selected {
+				selected++
+			}
+		}
+	}
+	if withSelection > 0 {
+		fmt.Fprintf(w, "  clients selected: %d of %d\n", selected, withSelection)
+	}
+	if clipped > 0 {
+		fmt.Fprintf(w, "  clients clipped: %d of %d\n", clipped, len(cs))
+	}
+	for i, c := range excluded {
+		if i == 3 {
+			fmt.Fprintf(w, "  ... and %d more excluded (see --json)\n", len(excluded)-i)
+			break
+		}
+		fmt.Fprintf(w, "  excluded %s: %s\n", c.Source, c.Excluded)
 	}
 }
 
