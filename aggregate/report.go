@@ -64,6 +64,9 @@ type ClientDiag struct {
 	Selected *bool    `json:"selected,omitempty"`
 	// Distance is the L2 distance from the update to the aggregate.
 	Distance *float64 `json:"distance_to_aggregate,omitempty"`
+	// Excluded says why a robust rule left the client out (a NaN or Inf in its update); empty
+	// for a client the rule used.
+	Excluded string `json:"excluded,omitempty"`
 }
 
 // DeviceShare is one device's part of the work.
