@@ -31,10 +31,14 @@ fmt-check:
 	if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 
 # Regenerate the AVX2 assembly from kernels/_gen (avo; its own go.mod).
+# ./... covers every generator program of the module: kernels/_gen/robust makes robust_amd64.s.
+# kernels/_gen/optim makes optim_amd64.s and optim_stubs_amd64.go (optimizer steps, mod-sum).
 generate:
 	cd kernels/_gen && $(GO) generate ./...
 
 # Fail if the committed assembly differs from what the generator produces.
+# ./... runs each generator program's check, kernels/_gen/robust's TestGeneratedUpToDate too.
+# kernels/_gen/optim's TestGeneratedUpToDate checks optim_amd64.s and optim_stubs_amd64.go.
 generate-check:
 	cd kernels/_gen && $(GO) test -count=1 ./...
 
@@ -44,6 +48,7 @@ bench: build bench-go
 	./$(BIN) bench mean
 	./$(BIN) bench e2e
 	./$(BIN) bench stream
+	./$(BIN) bench robust
 
 bench-go:
 	$(GO) test -run '^$$' -bench . -benchtime 10x ./kernels/ ./aggregate/ ./tensor/...

@@ -26,6 +26,7 @@ func newBenchCmd() *cobra.Command {
 	}
 	cmd.AddCommand(newBenchFloorCmd(), newBenchMeanCmd(), newBenchE2ECmd(), newBenchStreamCmd())
 	cmd.AddCommand(newBenchEnergyCmd())
+	cmd.AddCommand(newBenchRobustCmd())
 	return cmd
 }
 

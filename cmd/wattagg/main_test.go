@@ -217,7 +217,7 @@ func TestAggregateBadArguments(t *testing.T) {
 		{[]string{"aggregate", "-o", out, "--weights", "1,NaN", a, b}, 1, []string{"invalid weight NaN"}},
 		{[]string{"aggregate", "-o", out, "--weights", "1", a, b}, 2, []string{"--weights has 1 values for 2 input files"}},
 		{[]string{"aggregate", "-o", out, "--weights", "1,x", a, b}, 2, []string{`value 2 "x" is not a number`}},
-		{[]string{"aggregate", "-o", out, "--rule", "krum", a}, 2, []string{`unknown rule "krum"`}},
+		{[]string{"aggregate", "-o", out, "--rule", "nope", a}, 2, []string{`unknown rule "nope"`}},
 		{[]string{"aggregate", "-o", out, "--out-dtype", "f8", a}, 2, []string{"--out-dtype", `"f8"`}},
 		{[]string{"aggregate", "-o", out, filepath.Join(dir, "missing.safetensors")}, 1, []string{"missing.safetensors", "no such file"}},
 		{[]string{"aggregate", "-o", filepath.Join(dir, "no", "dir", "out.safetensors"), a}, 1, []string{filepath.Join(dir, "no", "dir")}},

@@ -1,0 +1,303 @@
+package device
+
+import (
+	"context"
+	"errors"
+	"math"
+	"math/rand/v2"
+	"slices"
+	"testing"
+
+	"github.com/wattagg/wattagg/kernels"
+	"github.com/wattagg/wattagg/tensor"
+)
+
+// robustJob builds n inputs of three fields (lengths that cut blocks and chunks unevenly), the
+// input dtypes cycling through dts.
+func robustJob(r *rand.Rand, n int, dts []tensor.DType, out tensor.DType) ([]AccField, [][]Span, []Chunk) {
+	return robustJobSized(r, n, dts, out, 9000, 4096)
+}
+
+// robustJobSized is robustJob with a first field of lenA elements and chunks of chunk bytes.
+func robustJobSized(r *rand.Rand, n int, dts []tensor.DType, out tensor.DType, lenA, chunk int) ([]AccField, [][]Span, []Chunk) {
+	fields := []AccField{
+		{Name: "a", Len: lenA, Acc: tensor.F32, Out: out},
+		{Name: "b", Len: 7, Acc: tensor.F32, Out: out},
+		{Name: "c", Len: 1333, Acc: tensor.F32, Out: out},
+	}
+	inputs := make([][]Span, n)
+	for i := range inputs {
+		for _, f := range fields {
+			inputs[i] = append(inputs[i], randSpan(r, dts[i%len(dts)], f.Len, 1))
+		}
+	}
+	chunks, err := CutChunks(fields, packed(fields), chunk)
+	if err != nil {
+		panic(err)
+	}
+	return fields, inputs, chunks
+}
+
+// valuesF32 returns, per field and element, every input's value as the robust operations see it:
+// widened to f32 (i8 as float32(Scale·q)).
+func valuesF32(fields []AccField, inputs [][]Span) [][][]float32 {
+	vals := make([][][]float32, len(fields))
+	for t, f := range fields {
+		vals[t] = make([][]float32, f.Len)
+		for j := range f.Len {
+			v := make([]float32, len(inputs))
+			for i, in := range inputs {
+				sp := in[t]
+				if sp.DType == tensor.I8 {
+					v[i] = sp.Scale * float32(int8(sp.Data[j]))
+					continue
+				}
+				v[i] = float32(sp.Value(j))
+			}
+			vals[t][j] = v
+		}
+	}
+	return vals
+}
+
+func TestSelectMatchesKernels(t *testing.T) {
+	ctx := context.Background()
+	r := rand.New(rand.NewPCG(21, 22))
+	for _, tc := range []struct {
+		dts []tensor.DType
+		out tensor.DType
+	}{
+		{[]tensor.DType{tensor.F32}, tensor.F32},
+		{[]tensor.DType{tensor.F32, tensor.BF16, tensor.F16, tensor.I8}, tensor.F32},
+		{[]tensor.DType{tensor.F32}, tensor.BF16},
+		{[]tensor.DType{tensor.F32}, tensor.F64},
+	} {
+		for i, n := range []int{1, 4, 9, 33} {
+			// Small chunks (pieces within a block) or large ones (pieces of several blocks).
+			fields, inputs, chunks := robustJobSized(r, n, tc.dts, tc.out, 9000, []int{4096, 64 << 10}[i%2])
+			vals := valuesF32(fields, inputs)
+			for _, op := range []struct {
+				op SelectOp
+				k  int
+				// run applies the kernel to whole fields (the kernels are tested against their
+				// per-coordinate reference in package kernels).
+				run func(dst []float32, x [][]byte, tmp []float32)
+			}{
+				{Median, 0, kernels.MedianF32},
+				{TrimmedMean, n / 4, func(d []float32, x [][]byte, tmp []float32) { kernels.TrimmedMeanF32(d, x, n/4, tmp) }},
+				{ClosestMean, (n + 1) / 2, func(d []float32, x [][]byte, tmp []float32) { kernels.ClosestMeanF32(d, x, (n+1)/2, tmp) }},
+			} {
+				out := newTestOutput(fields, chunks)
+				dist, norm := make([]float64, n), make([]float64, n)
+				job := &SelectJob{Fields: fields, Inputs: inputs, Op: op.op, K: op.k, Chunks: chunks, Output: out, SqDist: dist, SqNorm: norm}
+				// The reference of every coordinate, once.
+				want := make([][]float32, len(fields))
+				for ft, f := range fields {
+					x := make([][]byte, n)
+					for i := range x {
+						col := make([]float32, f.Len)
+						for j := range col {
+							col[j] = vals[ft][j][i]
+						}
+						x[i] = f32Bytes(col)
+					}
+					want[ft] = make([]float32, f.Len)
+					op.run(want[ft], x, make([]float32, kernels.SortScratch(n)))
+				}
+				for _, dev := range []*CPU{mustCPU(t, 1, 64), mustCPU(t, 3, 256)} {
+					stats, err := dev.Select(ctx, job)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if stats.Elements != 9000+7+1333 || stats.Chunks != len(chunks) {
+						t.Fatalf("stats %+v", stats)
+					}
+					for c, d := range out.done {
+						if d != 1 {
+							t.Fatalf("chunk %d done %d times", c, d)
+						}
+					}
+					wantD, wantN := make([]float64, n), make([]float64, n)
+					for ft, f := range fields {
+						got, _ := tensor.FromBytes(f.Name, f.Out, []int{f.Len}, out.dst[ft])
+						for j := range f.Len {
+							v, want := vals[ft][j], want[ft][j]
+							conv := float64(want)
+							if f.Out == tensor.BF16 {
+								conv = float64(tensor.BF16ToF32(tensor.F32ToBF16(want)))
+							}
+							if g := got.Value(j); g != conv {
+								t.Fatalf("%s n=%d %s field %s element %d: %v, kernel reference %v", op.op, n, tc.out, f.Name, j, g, conv)
+							}
+							for i, x := range v {
+								d := float64(x) - float64(want)
+								wantD[i] += d * d
+								wantN[i] += float64(x) * float64(x)
+							}
+						}
+					}
+					for i := range n {
+						if math.Abs(dist[i]-wantD[i]) > 1e-12*wantD[i]+1e-300 || math.Abs(norm[i]-wantN[i]) > 1e-12*wantN[i] {
+							t.Fatalf("%s n=%d: input %d: distance² %v norm² %v, want %v %v", op.op, n, i, dist[i], norm[i], wantD[i], wantN[i])
+						}
+					}
+					for ft := range out.done {
+						out.done[ft] = 0
+					}
+				}
+			}
+		}
+	}
+}
+
+func mustCPU(t *testing.T, workers, block int) *CPU {
+	t.Helper()
+	c, err := NewCPU(WithWorkers(workers), WithBlockElems(block))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func TestSelectDistancesDoNotDependOnWorkers(t *testing.T) {
+	r := rand.New(rand.NewPCG(23, 24))
+	fields, inputs, chunks := robustJob(r, 12, []tensor.DType{tensor.F32, tensor.BF16}, tensor.F32)
+	var first []float64
+	for _, w := range []int{1, 2, 5} {
+		d := make([]float64, 12)
+		job := &SelectJob{Fields: fields, Inputs: inputs, Op: TrimmedMean, K: 2, Chunks: chunks, Output: newTestOutput(fields, chunks), SqDist: d}
+		if _, err := mustCPU(t, w, 64).Select(context.Background(), job); err != nil {
+			t.Fatal(err)
+		}
+		if first == nil {
+			first = d
+		} else if !slices.Equal(first, d) {
+			t.Fatalf("%d workers: distances %v, 1 worker %v", w, d, first)
+		}
+	}
+}
+
+func TestGramAndDistancesMatchFloat64(t *testing.T) {
+	ctx := context.Background()
+	r := rand.New(rand.NewPCG(25, 26))
+	fields, inputs, _ := robustJobSized(r, 11, []tensor.DType{tensor.F32, tensor.F16, tensor.I8}, tensor.F32, 70000, 4096)
+	vals := valuesF32(fields, inputs)
+	z := make([]Span, len(fields))
+	for t, f := range fields {
+		z[t] = randSpan(r, tensor.F32, f.Len, 1)
+	}
+	// The references, once: dot products and distances in float64.
+	n := len(inputs)
+	wantG, magG := make([][]float64, n), make([][]float64, n)
+	wantD := make([]float64, n)
+	for a := range n {
+		wantG[a], magG[a] = make([]float64, n), make([]float64, n)
+	}
+	for ft, f := range fields {
+		for j := range f.Len {
+			v := vals[ft][j]
+			zj := z[ft].Value(j)
+			for a := range n {
+				d := float64(v[a]) - zj
+				wantD[a] += d * d
+				for b := range n {
+					p := float64(v[a]) * float64(v[b])
+					wantG[a][b] += p
+					magG[a][b] += math.Abs(p)
+				}
+			}
+		}
+	}
+	var gram0 [][]float64
+	var dist0 []float64
+	for _, w := range []int{1, 2, 3} {
+		dev := mustCPU(t, w, 64)
+		gram, stats, err := dev.Gram(ctx, fields, inputs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if stats.Elements != 70000+7+1333 {
+			t.Fatalf("stats %+v", stats)
+		}
+		dist, norm, _, err := dev.SqDistances(ctx, fields, inputs, z)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for a := range n {
+			for b := range n {
+				if math.Abs(gram[a][b]-wantG[a][b]) > 1e-12*magG[a][b] || gram[a][b] != gram[b][a] {
+					t.Fatalf("G[%d][%d] = %v (G[%d][%d] = %v), want %v", a, b, gram[a][b], b, a, gram[b][a], wantG[a][b])
+				}
+			}
+			if math.Abs(dist[a]-wantD[a]) > 1e-12*wantD[a] || math.Abs(norm[a]-gram[a][a]) > 1e-12*gram[a][a] {
+				t.Fatalf("input %d: distance² %v norm² %v, want %v %v", a, dist[a], norm[a], wantD[a], gram[a][a])
+			}
+		}
+		// The same bits whatever the number of workers.
+		if gram0 == nil {
+			gram0, dist0 = gram, dist
+		} else if !slices.EqualFunc(gram, gram0, slices.Equal) || !slices.Equal(dist, dist0) {
+			t.Fatalf("%d workers: results differ from 1 worker", w)
+		}
+	}
+}
+
+func TestRobustOpsRejectBadJobs(t *testing.T) {
+	ctx := context.Background()
+	r := rand.New(rand.NewPCG(27, 28))
+	fields, inputs, chunks := robustJob(r, 4, []tensor.DType{tensor.F32}, tensor.F32)
+	dev := mustCPU(t, 2, 64)
+	out := newTestOutput(fields, chunks)
+	for _, tc := range []struct {
+		name string
+		job  SelectJob
+		err  error
+	}{
+		{"no inputs", SelectJob{Fields: fields, Op: Median, Chunks: chunks, Output: out}, ErrJob},
+		{"trim 2 of 4", SelectJob{Fields: fields, Inputs: inputs, Op: TrimmedMean, K: 2, Chunks: chunks, Output: out}, ErrJob},
+		{"closest 0", SelectJob{Fields: fields, Inputs: inputs, Op: ClosestMean, K: 0, Chunks: chunks, Output: out}, ErrJob},
+		{"closest 5 of 4", SelectJob{Fields: fields, Inputs: inputs, Op: ClosestMean, K: 5, Chunks: chunks, Output: out}, ErrJob},
+		{"unknown op", SelectJob{Fields: fields, Inputs: inputs, Op: 9, Chunks: chunks, Output: out}, ErrJob},
+		{"distances", SelectJob{Fields: fields, Inputs: inputs, Op: Median, Chunks: chunks, Output: out, SqDist: make([]float64, 3)}, ErrJob},
+		{"short input", SelectJob{Fields: fields, Inputs: append(slices.Clone(inputs[:3]), []Span{inputs[0][0], inputs[0][0], inputs[0][2]}), Op: Median, Chunks: chunks, Output: out}, ErrJob},
+		{"f64 input", SelectJob{Fields: fields, Inputs: [][]Span{{randSpan(r, tensor.F64, 9000, 1), inputs[0][1], inputs[0][2]}}, Op: Median, Chunks: chunks, Output: out}, ErrUnsupported},
+		{"u32 input", SelectJob{Fields: fields, Inputs: [][]Span{{{DType: tensor.U32, Data: make([]byte, 36000)}, inputs[0][1], inputs[0][2]}}, Op: Median, Chunks: chunks, Output: out}, ErrUnsupported},
+	} {
+		if _, err := dev.Select(ctx, &tc.job); !errors.Is(err, tc.err) {
+			t.Errorf("%s: %v, want %v", tc.name, err, tc.err)
+		}
+	}
+	bad := [][]Span{{randSpan(r, tensor.F64, 9000, 1), inputs[0][1], inputs[0][2]}}
+	if _, _, err := dev.Gram(ctx, fields, bad); !errors.Is(err, ErrUnsupported) {
+		t.Errorf("gram of f64: %v", err)
+	}
+	z := []Span{inputs[0][0], inputs[0][1]}
+	if _, _, _, err := dev.SqDistances(ctx, fields, inputs, z); !errors.Is(err, ErrJob) {
+		t.Errorf("distances to a point with a field missing: %v", err)
+	}
+	cancelled, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, _, err := dev.Gram(cancelled, fields, inputs); !errors.Is(err, context.Canceled) {
+		t.Errorf("cancelled gram: %v", err)
+	}
+	job := &SelectJob{Fields: fields, Inputs: inputs, Op: Median, Chunks: chunks, Output: out}
+	if _, err := dev.Select(cancelled, job); !errors.Is(err, context.Canceled) {
+		t.Errorf("cancelled select: %v", err)
+	}
+}
+
+func TestSelectReportsOverflow(t *testing.T) {
+	fields := []AccField{{Name: "w", Len: 20, Acc: tensor.F32, Out: tensor.F16}}
+	chunks, _ := CutChunks(fields, []int64{0}, 4096)
+	var inputs [][]Span
+	for range 3 {
+		sp := randSpan(rand.New(rand.NewPCG(1, 1)), tensor.F32, 20, 1)
+		putU32(sp.Data[4*13:], math.Float32bits(1e6)) // beyond f16
+		inputs = append(inputs, []Span{sp})
+	}
+	_, err := mustCPU(t, 1, 64).Select(context.Background(), &SelectJob{Fields: fields, Inputs: inputs, Op: Median, Chunks: chunks, Output: newTestOutput(fields, chunks)})
+	var nf *tensor.NonFiniteError
+	if !errors.As(err, &nf) || nf.Tensor != "w" || nf.Index != 13 {
+		t.Fatalf("median beyond the f16 range: %v", err)
+	}
+}

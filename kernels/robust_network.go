@@ -1,0 +1,58 @@
+package kernels
+
+import "sync"
+
+// comparator orders two wires of a sorting network, lo < hi: afterwards wire lo holds
+// min(lo, hi) and wire hi holds max(lo, hi), with the choices of VMINPS and VMAXPS (see minPS).
+type comparator struct{ lo, hi int }
+
+// sortNetwork is Batcher's odd-even merge sort for n wires, built for the next power of two and
+// pruned of the comparators that touch a wire >= n (such wires would hold +Inf, which no
+// comparator moves, so every comparator that touches one is a no-op). n(log n)^2/4 comparators,
+// log n (log n + 1)/2 layers. kernels/_gen/robust/gen.go holds the same function: the
+// straight-line assembly for small counts is generated from it, and the differential tests
+// compare that assembly with the reference built from this one.
+func sortNetwork(n int) []comparator {
+	var net []comparator
+	p2 := 1
+	for p2 < n {
+		p2 <<= 1
+	}
+	for p := 1; p < p2; p <<= 1 {
+		for k := p; k >= 1; k >>= 1 {
+			for j := k % p; j+k < p2; j += 2 * k {
+				for i := 0; i < min(k, p2-j-k); i++ {
+					a, b := i+j, i+j+k
+					if a/(2*p) == b/(2*p) && b < n {
+						net = append(net, comparator{a, b})
+					}
+				}
+			}
+		}
+	}
+	return net
+}
+
+// network is a sorting network with its table for the table-driven assembly.
+type network struct {
+	comps []comparator
+	// offsets holds, per comparator, the byte offsets of its wires within a group's slab of
+	// sorted values (wire i at i*32): lo, hi, lo, hi, ...
+	offsets []uint32
+}
+
+var networks sync.Map // n -> *network
+
+// networkFor returns the sorting network of n wires, built once.
+func networkFor(n int) *network {
+	if v, ok := networks.Load(n); ok {
+		return v.(*network)
+	}
+	nw := &network{comps: sortNetwork(n)}
+	nw.offsets = make([]uint32, 0, 2*len(nw.comps))
+	for _, c := range nw.comps {
+		nw.offsets = append(nw.offsets, uint32(c.lo*slotBytes), uint32(c.hi*slotBytes))
+	}
+	v, _ := networks.LoadOrStore(n, nw)
+	return v.(*network)
+}
