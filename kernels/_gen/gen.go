@@ -271,6 +271,14 @@ func accGroup(a accum, in input, g int, accp Register, n Mem, wp, xp Register) {
 			VBROADCASTSD(Mem{Base: wp, Disp: i * a.size}, ws[i])
 		}
 	}
+	// bf16 into f64: VPUNPCKLWD/VPUNPCKHWD against zero turn 8 bf16 values into the f32 bit
+	// patterns of two vectors of 4 (one µop each, the load folded in), where zero-extending and
+	// shifting 4 at a time costs two: the f64 path is bound by these µops, not by memory.
+	var zero VecVirtual
+	if a == accF64 && in == inBF16 {
+		zero = XMM()
+		VPXOR(zero, zero, zero)
+	}
 	j := GP64()
 	steps(fmt.Sprintf("g%d_", g), j, n, accStep(a, g), 8, func(k int) {
 		units := k / a.lanes
@@ -284,6 +292,19 @@ func accGroup(a accum, in input, g int, accp Register, n Mem, wp, xp Register) {
 			}
 		}
 		for i := range g {
+			if a == accF64 && in == inBF16 {
+				for u := 0; u < units; u += 2 {
+					m := elem(ptrs[i], j, in.size, u*a.lanes)
+					lo, hi := YMM(), YMM()
+					VPUNPCKLWD(m, zero, lo.AsX())
+					VPUNPCKHWD(m, zero, hi.AsX())
+					VCVTPS2PD(lo.AsX(), lo)
+					VCVTPS2PD(hi.AsX(), hi)
+					VFMADD231PD(lo, ws[i], accs[u])
+					VFMADD231PD(hi, ws[i], accs[u+1])
+				}
+				continue
+			}
 			for u := range units {
 				m := elem(ptrs[i], j, in.size, u*a.lanes)
 				switch {
