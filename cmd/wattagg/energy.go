@@ -67,12 +67,14 @@ func (e *energyFlags) profilePath() (string, error) {
 	return sched.DefaultProfilePath()
 }
 
-// openMachine discovers the devices and meters, with cpu as the CPU device.
-func (e *energyFlags) openMachine(cpu device.Device) (*sched.Machine, error) {
+// openMachine discovers the devices and meters, with cpu as the CPU device. more are extra
+// discovery options (sched.WithoutGPUs when the CPU alone is asked for: initialising a GPU
+// driver costs tens of milliseconds that a CPU-only round should not pay).
+func (e *energyFlags) openMachine(cpu device.Device, more ...sched.DiscoverOption) (*sched.Machine, error) {
 	if err := e.validate(); err != nil {
 		return nil, err
 	}
-	opts := []sched.DiscoverOption{sched.WithEnergyOptions(e.options()...)}
+	opts := append([]sched.DiscoverOption{sched.WithEnergyOptions(e.options()...)}, more...)
 	if cpu != nil {
 		opts = append(opts, sched.WithCPU(cpu))
 	}
@@ -158,7 +160,11 @@ func (r *energyRun) close() {
 // quickly what is missing) and builds the planner: everything `aggregate` needs to place work
 // and meter it.
 func openEnergyRun(ctx context.Context, stderr io.Writer, ef energyFlags, cpu device.Device, deviceFlag string, planOpts []sched.PlanOption, plan bool, progressMode string) (*energyRun, error) {
-	m, err := ef.openMachine(cpu)
+	var more []sched.DiscoverOption
+	if deviceFlag == "cpu" {
+		more = append(more, sched.WithoutGPUs())
+	}
+	m, err := ef.openMachine(cpu, more...)
 	if err != nil {
 		return nil, err
 	}
