@@ -5,6 +5,7 @@ import (
 	"math"
 
 	"github.com/wattagg/wattagg/tensor"
+	"github.com/wattagg/wattagg/tensor/safetensors"
 )
 
 // RoundOption configures the rules that move a global model from round to round: the server
@@ -302,4 +303,20 @@ func WithInsecureNoiseSeed(seed uint64) RoundOption {
 		c.mark("seed")
 		return nil
 	}
+}
+
+// openGlobal returns the global model the clients trained from: the Set given with WithGlobal,
+// or the file of WithGlobalFile mapped (own reports that the caller must close it).
+func (c *roundConfig) openGlobal(rule string) (global *tensor.Set, own bool, err error) {
+	switch {
+	case c.global != nil:
+		return c.global, false, nil
+	case c.globalPath != "":
+		g, err := safetensors.Open(c.globalPath)
+		if err != nil {
+			return nil, false, err
+		}
+		return g, true, nil
+	}
+	return nil, false, fmt.Errorf("%w: %s needs the global model the clients trained from (WithGlobal or WithGlobalFile)", ErrOption, rule)
 }

@@ -136,17 +136,9 @@ func NewFedYogi(opts ...RoundOption) (*ServerOptimizer, error) {
 
 // open maps the global model and loads the state, checking that they belong together.
 func (r *ServerOptimizer) open(c *roundConfig) error {
-	switch {
-	case c.global != nil:
-		r.global = c.global
-	case c.globalPath != "":
-		g, err := safetensors.Open(c.globalPath)
-		if err != nil {
-			return err
-		}
-		r.global, r.ownGlobal = g, true
-	default:
-		return fmt.Errorf("%w: %s needs the global model the clients trained from (WithGlobal or WithGlobalFile)", ErrOption, r.name)
+	var err error
+	if r.global, r.ownGlobal, err = c.openGlobal(r.name); err != nil {
+		return err
 	}
 	if r.statePath == "" {
 		return nil
