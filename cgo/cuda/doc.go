@@ -1,6 +1,7 @@
-// Package cuda is wattagg's GPU device: a device.Device for NVIDIA GPUs, with device-resident
-// buffers and the robust-rule operations (Gram matrix, norms, median, trimmed mean, modular sum,
-// server optimizer steps, Gaussian noise) on top.
+// Package cuda is wattagg's GPU device: a device.Device for NVIDIA GPUs with the capabilities
+// the rules look for (device.Robust: order statistics, Gram matrix, distances; device.Optimizer:
+// fused server-optimizer steps; device.ModSummer: the modular sum of secure aggregation), and
+// device-resident buffers with their operations (the same ones, Gaussian noise, scaling) on top.
 //
 // # The driver
 //
@@ -32,10 +33,18 @@
 // and the host stages slab k+2 and hands the finished chunks of slab k-1 to the Output. The
 // device-resident variants (Upload, WeightedSumResident, GramResident, ...) skip the transfers.
 //
+// A job's Output callbacks may run callback-free work (Optimize, Gram, SqDistances, the
+// device-resident operations) on the same GPU: it goes to a second set of streams and buffers,
+// as a server optimizer steps each chunk of its weighted sum (see GPU).
+//
 // # Results
 //
 // WeightedSum and the Accumulator perform the CPU kernels' operations in the same order (f32:
 // rounded product then rounded sum; f64: fused multiply-add; the same input grouping) and are
-// bit-identical to the CPU device, non-finite results reported the same way. The other
-// operations document their arithmetic; they are deterministic run to run.
+// bit-identical to the CPU device, non-finite results reported the same way. So are the order
+// statistics (Select, Median, TrimmedMean: the CPU's sorting network and f32 operations, signed
+// zeros included), Optimize and Step (the f32 operations of device.OptimJob), and ModSum. The
+// f64 sums of Gram, SqDistances and Select's distances and norms add exact terms in an order of
+// the GPU's own: deterministic for a given GPU, job and slab size, within f64 rounding of the
+// CPU's (γ_N·Σ|terms|), not bit-identical. The other operations document their arithmetic.
 package cuda

@@ -26,7 +26,8 @@ import (
 //
 // so the copy engine moves slab k+1 while the SMs compute slab k and the host stages slab k+2.
 // Page-locked inputs (AllocPinned) are copied straight from the caller's memory. Slots and their
-// buffers are kept between jobs and grown on demand within the GPU's free memory.
+// buffers belong to a lane (GPU.lock), are kept between jobs and grown on demand within the
+// GPU's free memory.
 
 // slot is one stage of the pipeline.
 type slot struct {
@@ -130,19 +131,29 @@ type output struct {
 	res    *Resident // or a Resident
 	// progress is called with the input bytes of each finished chunk.
 	progress func(int64)
+	// raw, if set, receives each finished chunk's bytes of the out region whole, instead of out
+	// receiving its pieces (results that are not one value per element of one dtype: Optimize's
+	// x, m and v); elemBytes is then the out region's bytes per element.
+	raw       func(c int, b []byte) error
+	elemBytes int
 }
+
+// callsOut reports whether the job calls code of the caller's (an Output, a progress function)
+// while it holds its lane.
+func (o *output) callsOut() bool { return o.out != nil || o.progress != nil }
 
 // job is one run of the pipeline.
 type job struct {
 	g       *GPU
+	ln      *lane // the lane it runs on, while it runs
 	fields  []device.AccField
 	src     source
 	op      op
 	out     output
 	ordered bool // slabs must run their kernels in order (they add into shared partial sums)
 	// begin and end run on the first slot's stream before the first slab and after the last.
-	begin func(s cuStream) error
-	end   func(s cuStream) error
+	begin func(ln *lane, s cuStream) error
+	end   func(ln *lane, s cuStream) error
 	stats device.Stats
 }
 
@@ -176,7 +187,7 @@ func (b *batch) output(k int) uint64 {
 	case b.j.out.res != nil:
 		r := b.j.out.res
 		return r.ptrs[sg.field] + uint64(sg.lo*r.fields[sg.field].DType.Size())
-	case b.j.out.out != nil:
+	case b.j.chunked():
 		return b.s.dev + uint64(b.r.devOut()+sg.out)
 	}
 	return 0
@@ -204,18 +215,17 @@ func (b *batch) enqueue(f func(cuStream) error) { b.work = append(b.work, f) }
 func (j *job) run(ctx context.Context) (device.Stats, error) {
 	g := j.g
 	start := time.Now()
-	if err := g.lock(); err != nil {
+	ln, err := g.lock(!j.out.callsOut())
+	if err != nil {
 		return device.Stats{}, err
 	}
-	defer g.mu.Unlock()
-	if err := g.ensureStreams(); err != nil {
-		return device.Stats{}, err
-	}
+	defer ln.mu.Unlock()
+	j.ln = ln
 	slabs, r, err := j.plan()
 	if err != nil {
 		return device.Stats{}, err
 	}
-	if err := g.ensureBuffers(r); err != nil {
+	if err := g.ensureBuffers(ln, r); err != nil {
 		return device.Stats{}, err
 	}
 	err = j.pipeline(ctx, slabs, r)
@@ -226,11 +236,11 @@ func (j *job) run(ctx context.Context) (device.Stats, error) {
 
 func (j *job) pipeline(ctx context.Context, slabs []*slab, r regions) error {
 	g := j.g
-	slots := g.slots
+	slots := j.ln.slots
 	first := slots[0].stream
 	var err error
 	if j.begin != nil {
-		err = j.begin(first)
+		err = j.begin(j.ln, first)
 	}
 	var prev *slot
 	for k, sl := range slabs {
@@ -268,7 +278,7 @@ func (j *job) pipeline(ctx context.Context, slabs []*slab, r regions) error {
 		return err
 	}
 	if j.end != nil {
-		return j.end(first)
+		return j.end(j.ln, first)
 	}
 	return nil
 }
@@ -325,7 +335,7 @@ func (j *job) enqueueSlab(sl *slab, s *slot, r regions, prev *slot) error {
 	if err := g.drv.record(g.ctx, s.computed, s.stream); err != nil {
 		return fmt.Errorf("%s: %w", name, err)
 	}
-	if j.out.out != nil && sl.use.out > 0 {
+	if j.chunked() && sl.use.out > 0 {
 		p := unsafe.Add(s.host, r.hostOut())
 		if err := g.drv.d2h(g.ctx, p, s.dev+uint64(r.devOut()), sl.use.out, s.stream); err != nil {
 			return fmt.Errorf("%s: output: %w", name, err)
@@ -397,17 +407,33 @@ func (j *job) finish(s *slot, r regions) error {
 	if err := g.drv.syncEvent(g.ctx, s.done); err != nil {
 		return fmt.Errorf("%s: %w", g.Name(), err)
 	}
-	if j.out.out == nil {
+	if j.out.out == nil && j.out.raw == nil {
 		for _, sg := range sl.segs {
 			j.count(sg.field, sg.hi-sg.lo)
 		}
 		return nil
+	}
+	if j.out.callsOut() {
+		// Callback-free work the callbacks start must not wait for this lane (GPU.lock).
+		g.calling.Add(1)
+		defer g.calling.Add(-1)
 	}
 	res := unsafe.Slice((*byte)(unsafe.Add(s.host, r.hostOut())), max(r.out, 1))
 	for ci, c := range sl.chunks {
 		ch := j.out.chunks[c]
 		base := sl.chunkAt[ci]
 		read := j.stats.BytesRead
+		if j.out.raw != nil {
+			if err := j.out.raw(c, res[base:base+int64(ch.Len)]); err != nil {
+				return err
+			}
+			for _, pc := range ch.Pieces {
+				j.count(pc.Field, pc.Hi-pc.Lo)
+			}
+			j.stats.Chunks++
+			j.stats.BytesWritten += int64(ch.Len)
+			continue
+		}
 		for p, pc := range ch.Pieces {
 			f := j.fields[pc.Field]
 			n := (pc.Hi - pc.Lo) * f.Out.Size()
@@ -496,7 +522,10 @@ func (j *job) plan() ([]*slab, regions, error) {
 			}
 		}
 		b += int64(j.op.scratch(t))
-		if j.out.out != nil {
+		switch {
+		case j.out.raw != nil:
+			b += int64(j.out.elemBytes)
+		case j.out.out != nil:
 			b += int64(f.Out.Size())
 		}
 		perElem = max(perElem, b)
@@ -506,18 +535,19 @@ func (j *job) plan() ([]*slab, regions, error) {
 	if err != nil {
 		return nil, regions{}, fmt.Errorf("%s: %w", g.Name(), err)
 	}
-	free += g.slotBytes() // the slots' own buffers can be reallocated
-	budget := min(g.opts.slabBytes, (free-headroom)/int64(len(g.slots)))
+	slots := int64(len(j.ln.slots))
+	free += j.ln.slotBytes() // the slots' own buffers can be reallocated
+	budget := min(g.opts.slabBytes, (free-headroom)/slots)
 	elems := max(int(budget/perElem)&^255, 256)
 	for {
 		slabs, r := j.cut(elems)
-		need := int64(len(g.slots)) * r.devBytes()
+		need := slots * r.devBytes()
 		if need <= free-headroom {
 			return slabs, r, nil
 		}
-		if elems == 256 || j.out.out != nil && elems <= j.largestChunk() {
+		if elems == 256 || j.chunked() && elems <= j.largestChunk() {
 			return nil, r, fmt.Errorf("%s: %w: the job needs %d MiB of device memory for %d streams, %d MiB free",
-				g.Name(), ErrOutOfMemory, need>>20, len(g.slots), max(free-headroom, 0)>>20)
+				g.Name(), ErrOutOfMemory, need>>20, slots, max(free-headroom, 0)>>20)
 		}
 		elems = max(elems/2&^255, 256, j.largestChunk())
 	}
@@ -525,6 +555,9 @@ func (j *job) plan() ([]*slab, regions, error) {
 
 // headroom is device memory left free for the driver and other users (kernel launches, JIT).
 const headroom = 64 << 20
+
+// chunked reports whether the job's output is cut into chunks that slabs must not split.
+func (j *job) chunked() bool { return j.out.out != nil || j.out.raw != nil }
 
 func (j *job) largestChunk() int {
 	m := 0
@@ -557,7 +590,7 @@ func (j *job) cut(elems int) ([]*slab, regions) {
 	add := func(t, lo, hi int, out int64) {
 		if k := len(cur.segs) - 1; k >= 0 {
 			p := &cur.segs[k]
-			if p.field == t && p.hi == lo && (j.out.out == nil || p.out+int64((p.hi-p.lo)*j.fields[t].Out.Size()) == out) {
+			if p.field == t && p.hi == lo && (!j.chunked() || j.out.raw == nil && p.out+int64((p.hi-p.lo)*j.fields[t].Out.Size()) == out) {
 				// Extend the previous segment: move the inputs' region ends.
 				j.grow(cur, k, hi)
 				count += hi - lo
@@ -568,7 +601,7 @@ func (j *job) cut(elems int) ([]*slab, regions) {
 		j.grow(cur, len(cur.segs)-1, hi)
 		count += hi - lo
 	}
-	if j.out.out != nil {
+	if j.chunked() {
 		for c, ch := range j.out.chunks {
 			e := 0
 			for _, p := range ch.Pieces {
@@ -644,9 +677,9 @@ func (j *job) grow(sl *slab, k, hi int) {
 	sg.hi = hi
 }
 
-// ensureStreams creates the pipeline's streams and events once per GPU.
-func (g *GPU) ensureStreams() error {
-	for len(g.slots) < g.opts.streams {
+// ensureStreams creates a lane's streams and events once per GPU.
+func (g *GPU) ensureStreams(ln *lane) error {
+	for len(ln.slots) < g.opts.streams {
 		s := &slot{}
 		var err error
 		if s.stream, err = g.drv.newStream(g.ctx); err != nil {
@@ -655,7 +688,7 @@ func (g *GPU) ensureStreams() error {
 		if s.done, err = g.drv.newEvent(g.ctx); err == nil {
 			s.computed, err = g.drv.newEvent(g.ctx)
 		}
-		g.slots = append(g.slots, s)
+		ln.slots = append(ln.slots, s)
 		if err != nil {
 			return fmt.Errorf("%s: %w", g.Name(), err)
 		}
@@ -663,10 +696,10 @@ func (g *GPU) ensureStreams() error {
 	return nil
 }
 
-// slotBytes is the device memory the slots hold.
-func (g *GPU) slotBytes() int64 {
+// slotBytes is the device memory the lane's slots hold.
+func (ln *lane) slotBytes() int64 {
 	var n int64
-	for _, s := range g.slots {
+	for _, s := range ln.slots {
 		n += s.devCap
 	}
 	return n
@@ -675,8 +708,8 @@ func (g *GPU) slotBytes() int64 {
 // ensureBuffers grows every slot's buffers to hold regions r. Buffers only grow: a GPU keeps
 // the memory of its largest job until Close (fresh page-locked memory costs milliseconds per
 // hundred MiB to pin).
-func (g *GPU) ensureBuffers(r regions) error {
-	for _, s := range g.slots {
+func (g *GPU) ensureBuffers(ln *lane, r regions) error {
+	for _, s := range ln.slots {
 		if need := r.devBytes(); need > s.devCap {
 			if s.devCap > 0 {
 				if err := g.drv.free(g.ctx, s.dev); err != nil {
@@ -707,10 +740,10 @@ func (g *GPU) ensureBuffers(r regions) error {
 	return nil
 }
 
-// freeSlots waits for and releases the pipeline (Close).
-func (g *GPU) freeSlots() error {
+// freeLane waits for and releases a lane's pipeline and scratch (Close).
+func (g *GPU) freeLane(ln *lane) error {
 	var errs []error
-	for _, s := range g.slots {
+	for _, s := range ln.slots {
 		errs = append(errs, g.drv.syncStream(g.ctx, s.stream))
 		if s.devCap > 0 {
 			errs = append(errs, g.drv.free(g.ctx, s.dev))
@@ -725,6 +758,7 @@ func (g *GPU) freeSlots() error {
 		}
 		errs = append(errs, g.drv.destroyStream(g.ctx, s.stream))
 	}
-	g.slots = nil
+	ln.slots = nil
+	errs = append(errs, g.freeScratch(ln))
 	return errors.Join(errs...)
 }

@@ -54,7 +54,7 @@ if [ -z "$sanitizer" ]; then
 else
 	if ! GODEBUG=asyncpreemptoff=1 timeout 300 "$sanitizer" --tool memcheck --leak-check full --error-exitcode 3 \
 		"$bin" -test.count=1 -test.v -test.short -test.timeout 290s \
-		-test.run 'TestConformance|TestResidentRoundTrip|TestPinnedInputs|TestWeightedSumResident|TestGram|TestSumSquares|TestMedianAndTrimmedMean|TestModSum|TestOptimizerStep|TestScale|TestAddNoise' \
+		-test.run 'TestConformance|TestResidentRoundTrip|TestPinnedInputs|TestWeightedSumResident|TestGramResident|TestSumSquares|TestSelectResident|TestSelectGlobalColumns|TestModSum|TestOptimizerStep|TestOptimizeFromOutputCallback|TestOptimizePinned|TestScale|TestAddNoise|OnGPU' \
 		>"$out/memcheck.log" 2>&1; then
 		status=1
 	fi

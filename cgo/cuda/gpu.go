@@ -6,16 +6,25 @@ import (
 	"math"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"unsafe"
 
 	"github.com/wattagg/wattagg/device"
 	kcuda "github.com/wattagg/wattagg/kernels/cuda"
 )
 
-// GPU is one NVIDIA GPU as a device.Device, plus the device-resident buffers and the robust-rule
-// operations of this package. Its methods are safe for concurrent use; jobs run one at a time
-// (they share the pipeline's streams and buffers) and every method returns when the GPU is done
-// with the caller's memory.
+// GPU is one NVIDIA GPU as a device.Device — with the capabilities device.Robust,
+// device.Optimizer and device.ModSummer — plus the device-resident buffers and operations of
+// this package. Its methods are safe for concurrent use; jobs run one at a time (they share the
+// pipeline's streams and buffers) and every method returns when the GPU is done with the
+// caller's memory.
+//
+// A job's Output (and Progress) callbacks may themselves call methods that run no callbacks of
+// their own (Optimize, Gram, SqDistances, the device-resident operations) on the same GPU, as
+// the server optimizers step each finished chunk of their weighted sum: such calls run on a
+// second set of streams and buffers while the first is held by the job that called out. Methods
+// with callbacks (WeightedSum, Select, ModSum, Median, Accumulator.Emit, ...) and Close must not
+// be called from a callback of the same GPU: they wait for the job that is calling it.
 type GPU struct {
 	drv     driver
 	index   int
@@ -27,14 +36,29 @@ type GPU struct {
 	mods    []cuModule
 	fns     map[string]cuFunction
 
-	mu      sync.Mutex // held by every job: guards slots, scratch and closed
-	slots   []*slot
-	scratch scratch
-	closed  bool
+	main, side lane
+	// calling counts the main lane's jobs that are in a callback (Output, Progress): while one is,
+	// callback-free work that finds the main lane busy runs on the side lane (lock).
+	calling atomic.Int32
+	closed  atomic.Bool // set by Close under both lanes' locks
+	// launches counts the launches of every kernel (tests check which kernels a rule ran).
+	launches map[string]*atomic.Int64
+	// selectShared is the most bytes of values an order statistic keeps in shared memory per
+	// block of wa_select_net; beyond, its columns go to global scratch (tests lower it).
+	selectShared int
 
 	memMu  sync.Mutex // guards pinned and live
 	pinned []hostRange
 	live   map[*Resident]struct{}
+}
+
+// lane is a set of pipeline stages with its scratch buffers, and the lock that a job holds on
+// it. The GPU has two: main for every job, and side for callback-free work started while a job
+// of the main lane is calling out (see GPU).
+type lane struct {
+	mu      sync.Mutex // held by the lane's job: guards slots and scratch
+	slots   []*slot
+	scratch scratch
 }
 
 // scratch is device and page-locked memory for small per-call results (scratchBuffers).
@@ -56,9 +80,9 @@ var kernelModules = map[string]string{
 	"wa_acc_f32_f32": "acc", "wa_acc_f32_bf16": "acc", "wa_acc_f32_f16": "acc", "wa_acc_f32_i8": "acc",
 	"wa_acc_f64_f32": "acc", "wa_acc_f64_bf16": "acc", "wa_acc_f64_f16": "acc", "wa_acc_f64_i8": "acc",
 	"wa_acc_f64_f64": "acc", "wa_store_f32": "acc", "wa_store_f64": "acc", "wa_scale": "acc", "wa_modsum_u32": "acc",
-	"wa_sumsq": "reduce", "wa_gram": "reduce", "wa_gram_sum": "reduce", "wa_first_nonfinite": "reduce",
-	"wa_order_r2": "order", "wa_order_r4": "order", "wa_order_r8": "order", "wa_order_r16": "order",
-	"wa_order_r32": "order", "wa_order_shared": "order",
+	"wa_sumsq": "reduce", "wa_sqdist": "reduce", "wa_gram": "reduce", "wa_gram_sum": "reduce", "wa_first_nonfinite": "reduce",
+	"wa_select_r2": "order", "wa_select_r4": "order", "wa_select_r8": "order", "wa_select_r16": "order",
+	"wa_select_r32": "order", "wa_select_net": "order",
 	"wa_optim": "optim", "wa_noise": "noise",
 }
 
@@ -180,7 +204,8 @@ func Open(index int, opts ...Option) (*GPU, error) {
 		return nil, fmt.Errorf("cuda:%d: %w", index, err)
 	}
 	g := &GPU{drv: drv, index: index, attrs: a, version: v, arch: arch, opts: o, ctx: c,
-		fns: map[string]cuFunction{}, live: map[*Resident]struct{}{}}
+		fns: map[string]cuFunction{}, live: map[*Resident]struct{}{}, launches: map[string]*atomic.Int64{},
+		selectShared: max(a.smemOptin, 48<<10)}
 	if err := g.loadKernels(); err != nil {
 		return nil, errors.Join(fmt.Errorf("%s: %w", g.Name(), err), g.unload())
 	}
@@ -207,10 +232,11 @@ func (g *GPU) loadKernels() error {
 			return err
 		}
 		g.fns[name] = f
+		g.launches[name] = new(atomic.Int64)
 	}
-	// wa_order_shared keeps 320 bytes per input in shared memory: let it use all a block may have.
+	// wa_select_net keeps a block's values in shared memory: let it use all a block may have.
 	if g.attrs.smemOptin > 48<<10 {
-		return g.drv.setMaxDynamicShared(g.ctx, g.fns["wa_order_shared"], g.attrs.smemOptin)
+		return g.drv.setMaxDynamicShared(g.ctx, g.fns["wa_select_net"], g.attrs.smemOptin)
 	}
 	return nil
 }
@@ -238,13 +264,17 @@ func (g *GPU) MemInfo() (free, total int64, err error) { return g.drv.memInfo(g.
 // Close waits for the GPU, frees every buffer this device allocated (Residents and pinned memory
 // still open included: their memory must not be used afterwards) and releases the context.
 func (g *GPU) Close() error {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if g.closed {
+	g.main.mu.Lock()
+	defer g.main.mu.Unlock()
+	if g.closed.Load() {
 		return nil
 	}
-	g.closed = true
-	errs := []error{g.freeSlots(), g.freeScratch()}
+	// The side lane's jobs never wait for the main lane, so taking both cannot deadlock; once
+	// closed is set, no job starts on either.
+	g.side.mu.Lock()
+	defer g.side.mu.Unlock()
+	g.closed.Store(true)
+	errs := []error{g.freeLane(&g.main), g.freeLane(&g.side)}
 	g.memMu.Lock()
 	for r := range g.live {
 		errs = append(errs, g.drv.free(g.ctx, r.base))
@@ -260,14 +290,29 @@ func (g *GPU) Close() error {
 	return errors.Join(errs...)
 }
 
-// lock takes the job lock of an open device.
-func (g *GPU) lock() error {
-	g.mu.Lock()
-	if g.closed {
-		g.mu.Unlock()
-		return fmt.Errorf("%s: %w", g.Name(), ErrClosed)
+// lock takes a lane of an open device for a job and makes sure its streams exist: the main
+// lane, or the side lane for callback-free work (free) that finds the main lane held by a job
+// that is calling out. That caller may be the job's own callback: waiting for the main lane
+// would then deadlock, and the side lane's holder never waits for anything but the GPU. (Other
+// goroutines' callback-free work may take the side lane at such a moment too; it is as good.)
+// The caller unlocks ln.mu.
+func (g *GPU) lock(free bool) (*lane, error) {
+	ln := &g.main
+	if !ln.mu.TryLock() {
+		if free && g.calling.Load() > 0 {
+			ln = &g.side
+		}
+		ln.mu.Lock()
 	}
-	return nil
+	if g.closed.Load() {
+		ln.mu.Unlock()
+		return nil, fmt.Errorf("%s: %w", g.Name(), ErrClosed)
+	}
+	if err := g.ensureStreams(ln); err != nil {
+		ln.mu.Unlock()
+		return nil, err
+	}
+	return ln, nil
 }
 
 // AllocPinned returns n bytes of page-locked host memory. The GPU copies page-locked inputs
@@ -348,6 +393,7 @@ func (g *GPU) launch2(s cuStream, name string, grid [3]uint32, block uint32, shm
 	if err := g.drv.launch(g.ctx, f, grid, [3]uint32{block, 1, 1}, shmem, s, args); err != nil {
 		return fmt.Errorf("%s: %s: %w", g.Name(), name, err)
 	}
+	g.launches[name].Add(1)
 	return nil
 }
 

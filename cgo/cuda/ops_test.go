@@ -16,7 +16,11 @@ import (
 
 // The GPU-only operations against plain float64 references written here.
 
-var robustDTypes = []tensor.DType{tensor.F32, tensor.BF16, tensor.F16, tensor.I8, tensor.F64}
+// robustDTypes are the input dtypes of the robust operations; realDTypes add f64 (SumSquares).
+var (
+	robustDTypes = []tensor.DType{tensor.F32, tensor.BF16, tensor.F16, tensor.I8}
+	realDTypes   = []tensor.DType{tensor.F32, tensor.BF16, tensor.F16, tensor.I8, tensor.F64}
+)
 
 // clients returns n random inputs over fields, dtypes cycling through dts.
 func clients(r *rand.Rand, fields []device.AccField, n int, dts ...tensor.DType) [][]device.Span {
@@ -265,44 +269,12 @@ func gramRef(in [][]device.Span) (g, mag [][]float64) {
 	return g, mag
 }
 
-func TestGram(t *testing.T) {
-	r := rand.New(rand.NewPCG(26, 27))
-	for _, d := range gpus(t, fakePlain, fakePipeline) {
-		t.Run(d.name, func(t *testing.T) {
-			for _, n := range []int{1, 5, 64, 70} {
-				t.Run(fmt.Sprint(n), func(t *testing.T) {
-					fields := robustFields(tensor.F64)[:3]
-					in := clients(r, fields, n, robustDTypes...)
-					want, mag := gramRef(in)
-					check := func(how string, got [][]float64, err error) {
-						t.Helper()
-						if err != nil {
-							t.Fatal(err)
-						}
-						for a := range n {
-							for b := range n {
-								if math.Abs(got[a][b]-want[a][b]) > 1e-12*mag[a][b]+1e-300 || got[a][b] != got[b][a] {
-									t.Fatalf("%s: G[%d][%d] = %v, want %v (G[%d][%d] = %v)", how, a, b, got[a][b], want[a][b], b, a, got[b][a])
-								}
-							}
-						}
-					}
-					got, err := d.g.Gram(context.Background(), fields, in)
-					check("host", got, err)
-					got, err = d.g.GramResident(context.Background(), upload(t, d.g, fields, in))
-					check("resident", got, err)
-				})
-			}
-		})
-	}
-}
-
 func TestSumSquares(t *testing.T) {
 	r := rand.New(rand.NewPCG(28, 29))
 	for _, d := range gpus(t, fakePlain, fakePipeline) {
 		t.Run(d.name, func(t *testing.T) {
 			fields := robustFields(tensor.F64)
-			in := clients(r, fields, 9, robustDTypes...)
+			in := clients(r, fields, 9, realDTypes...)
 			want, _ := gramRef(in)
 			for how, f := range map[string]func() ([]float64, error){
 				"host": func() ([]float64, error) { return d.g.SumSquares(context.Background(), fields, in) },
@@ -322,42 +294,6 @@ func TestSumSquares(t *testing.T) {
 			}
 		})
 	}
-}
-
-// orderRef is the median (trim < 0) or trimmed mean of one coordinate's values, encoded in dt,
-// with the arithmetic of order.cu: f64 for an f64 output, else f32 (the formulas of the CPU's
-// kernels.MedianF32 and TrimmedMeanF32).
-func orderRef(v []float64, trim int, dt tensor.DType) []byte {
-	slices.Sort(v)
-	n := len(v)
-	if dt == tensor.F64 {
-		var r float64
-		if trim < 0 {
-			r = v[n/2]
-			if n%2 == 0 {
-				r = v[n/2-1]*0.5 + v[n/2]*0.5
-			}
-		} else {
-			for _, x := range v[trim : n-trim] {
-				r += x
-			}
-			r /= float64(n - 2*trim)
-		}
-		return encode(dt, r)
-	}
-	var r float32
-	if trim < 0 {
-		r = float32(v[n/2])
-		if n%2 == 0 {
-			r = float32(float32(v[n/2-1])*0.5) + float32(float32(v[n/2])*0.5)
-		}
-	} else {
-		for _, x := range v[trim : n-trim] {
-			r += float32(x)
-		}
-		r /= float32(n - 2*trim)
-	}
-	return encode(dt, float64(r))
 }
 
 func firstDiff(a, b []byte, size int) int {
@@ -389,90 +325,6 @@ func encode(dt tensor.DType, v float64) []byte {
 func putU16(b []byte, v uint16) { b[0], b[1] = byte(v), byte(v>>8) }
 func putU32(b []byte, v uint32) { putU16(b, uint16(v)); putU16(b[2:], uint16(v>>16)) }
 func putU64(b []byte, v uint64) { putU32(b, uint32(v)); putU32(b[4:], uint32(v>>32)) }
-
-// Medians and trimmed means are exact order statistics: the results match the reference bit for
-// bit, on the register path (N <= 32) and the shared-memory path.
-func TestMedianAndTrimmedMean(t *testing.T) {
-	r := rand.New(rand.NewPCG(30, 31))
-	for _, d := range gpus(t, fakePlain, fakePipeline) {
-		t.Run(d.name, func(t *testing.T) {
-			for _, tc := range []struct {
-				n, trim int
-				out     tensor.DType
-			}{
-				{1, -1, tensor.F32}, {2, -1, tensor.F64}, {3, -1, tensor.BF16}, {8, -1, tensor.F16}, {17, -1, tensor.F32},
-				{32, -1, tensor.F64}, {33, -1, tensor.F64}, {64, -1, tensor.F32}, {70, -1, tensor.F64},
-				{5, 0, tensor.F64}, {5, 2, tensor.F32}, {16, 3, tensor.F64}, {40, 7, tensor.F64}, {65, 10, tensor.BF16},
-			} {
-				name := "median"
-				if tc.trim >= 0 {
-					name = fmt.Sprintf("trim%d", tc.trim)
-				}
-				t.Run(fmt.Sprintf("%s/n=%d/%s", name, tc.n, tc.out), func(t *testing.T) {
-					fields := robustFields(tc.out)
-					if tc.n > 32 {
-						fields = fields[:4] // O(N²) per coordinate, slow in the simulator
-					}
-					in := clients(r, fields, tc.n, robustDTypes...)
-					chunks, err := device.CutChunks(fields, devicetest.Packed(fields), 4096)
-					if err != nil {
-						t.Fatal(err)
-					}
-					out := devicetest.NewOutput(fields, chunks)
-					if tc.trim < 0 {
-						_, err = d.g.Median(context.Background(), fields, in, chunks, out)
-					} else {
-						_, err = d.g.TrimmedMean(context.Background(), fields, in, tc.trim, chunks, out)
-					}
-					if err != nil {
-						t.Fatal(err)
-					}
-					out.Check(t)
-					res := newResident(t, d.g, fields, tc.out)
-					if tc.trim < 0 {
-						_, err = d.g.MedianResident(context.Background(), upload(t, d.g, fields, in), res)
-					} else {
-						_, err = d.g.TrimmedMeanResident(context.Background(), upload(t, d.g, fields, in), tc.trim, res)
-					}
-					if err != nil {
-						t.Fatal(err)
-					}
-					rs := download(t, res)
-					sz := tc.out.Size()
-					for k, f := range fields {
-						vals := make([][]float64, len(in))
-						for i := range in {
-							vals[i] = devicetest.Values(in[i][k])
-						}
-						col := make([]float64, len(in))
-						for j := range f.Len {
-							for i := range in {
-								col[i] = vals[i][j]
-							}
-							want := orderRef(col, tc.trim, tc.out)
-							if got := out.Data(k)[j*sz : (j+1)*sz]; !slices.Equal(got, want) {
-								t.Fatalf("host: %s[%d] = % x, want % x", f.Name, j, got, want)
-							}
-							if got := rs.At(k).Bytes()[j*sz : (j+1)*sz]; !slices.Equal(got, want) {
-								t.Fatalf("resident: %s[%d] = % x, want % x", f.Name, j, got, want)
-							}
-						}
-					}
-				})
-			}
-			fields := robustFields(tensor.F32)[:1]
-			in := clients(r, fields, 4, tensor.F32)
-			chunks, _ := device.CutChunks(fields, []int64{0}, 4096)
-			if _, err := d.g.TrimmedMean(context.Background(), fields, in, 2, chunks, devicetest.NewOutput(fields, chunks)); !errors.Is(err, device.ErrJob) {
-				t.Fatalf("trimming everything: err = %v", err)
-			}
-			many := clients(r, fields, d.g.MaxOrderInputs()+1, tensor.F32)
-			if _, err := d.g.Median(context.Background(), fields, many, chunks, devicetest.NewOutput(fields, chunks)); !errors.Is(err, device.ErrUnsupported) {
-				t.Fatalf("%d inputs: err = %v", len(many), err)
-			}
-		})
-	}
-}
 
 func TestModSum(t *testing.T) {
 	r := rand.New(rand.NewPCG(32, 33))

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"unsafe"
 
 	"github.com/wattagg/wattagg/device"
 	"github.com/wattagg/wattagg/tensor"
@@ -79,7 +80,7 @@ func (g *GPU) Step(ctx context.Context, o Optimizer, x, delta, m, v *Resident) e
 	if err := checkResidentDTypes(rs, isF32, "optimizer state (want f32)"); err != nil {
 		return err
 	}
-	return g.onStream(ctx, func(s cuStream) error {
+	return g.onStream(ctx, func(_ *lane, s cuStream) error {
 		for t, f := range fields {
 			if f.Len == 0 {
 				continue
@@ -99,6 +100,110 @@ func (g *GPU) Step(ctx context.Context, o Optimizer, x, delta, m, v *Resident) e
 		}
 		return nil
 	})
+}
+
+// Optimize implements device.Optimizer: the fused step of kernels/cuda/optim.cu over host
+// memory. X, D, M and V are staged to the GPU slab by slab through the pipeline (page-locked
+// ones copied directly), the step runs in place on the staged copies, and the new x, m and v
+// come back to XOut, MOut and VOut, so the results are the bits the CPU's kernels compute (the
+// rounding rules of device.OptimJob; a NaN may come back with another payload). A slab's outputs
+// are written only after all its inputs were copied, and slabs are disjoint element ranges, so
+// an output may be its input (XOut = X or D, MOut = M, VOut = V) as the job allows. A cancelled
+// context stops the job between slabs, leaving the outputs partly written.
+//
+// Called from an Output callback of this GPU's own job (a server optimizer stepping each chunk
+// of the weighted sum), it runs on the side lane (see GPU).
+func (g *GPU) Optimize(ctx context.Context, s *device.OptimJob) (device.Stats, error) {
+	if err := s.Validate(); err != nil {
+		return device.Stats{}, err
+	}
+	if err := ctx.Err(); err != nil {
+		return device.Stats{Device: g.Name()}, err
+	}
+	n := len(s.X)
+	if n == 0 {
+		return device.Stats{Device: g.Name()}, nil
+	}
+	ins := [][]float32{s.X, s.D, s.M}
+	outs := [][]float32{s.XOut, s.MOut}
+	if s.Rule.SecondMoment() {
+		ins, outs = append(ins, s.V), append(outs, s.VOut)
+	}
+	inputs := make([][]device.Span, len(ins))
+	for i, x := range ins {
+		inputs[i] = []device.Span{{DType: tensor.F32, Data: f32Bytes(x)}}
+	}
+	// One chunk per optimChunkElems elements, its out region laid out [x | m | v].
+	ob := 4 * len(outs)
+	var chunks []device.Chunk
+	for lo := 0; lo < n; lo += optimChunkElems {
+		hi := min(lo+optimChunkElems, n)
+		chunks = append(chunks, device.Chunk{Off: int64(lo) * int64(ob), Len: (hi - lo) * ob,
+			Pieces: []device.Piece{{Field: 0, Lo: lo, Hi: hi}}})
+	}
+	raw := func(c int, b []byte) error {
+		pc := chunks[c].Pieces[0]
+		m := 4 * (pc.Hi - pc.Lo)
+		for q, o := range outs {
+			copy(f32Bytes(o[pc.Lo:pc.Hi]), b[q*m:(q+1)*m])
+		}
+		return nil
+	}
+	fields := []device.AccField{{Name: "x", Len: n, Acc: tensor.F32, Out: tensor.F32}}
+	p := Optimizer{Rule: Rule(s.Rule), LR: s.LR, Beta1: s.Beta1, Beta2: s.Beta2, Tau: s.Tau}
+	j := &job{g: g, fields: fields, src: g.hostSource(inputs), op: &optimOp{o: p, outs: len(outs)},
+		out: output{chunks: chunks, raw: raw, elemBytes: ob}}
+	return j.run(ctx)
+}
+
+// optimChunkElems is the unit in which Optimize hands results back (1 MiB of each output).
+const optimChunkElems = 1 << 18
+
+// optimOp runs the step in place on a segment's staged x, d, m (and v), then copies x, m (and
+// v) to the segment's out region.
+type optimOp struct {
+	o    Optimizer
+	outs int
+}
+
+func (*optimOp) scratch(int) int { return 0 }
+
+func (op *optimOp) segment(b *batch, k int) error {
+	g := b.j.g
+	sg := b.sl.segs[k]
+	n := sg.hi - sg.lo
+	x, d, m := b.input(k, 0), b.input(k, 1), b.input(k, 2)
+	var v uint64
+	if op.outs == 3 {
+		v = b.input(k, 3)
+	}
+	grid, err := blocks(int64(n), 256)
+	if err != nil {
+		return err
+	}
+	o := op.o
+	args := []uint64{argInt(int(o.Rule)), x, d, m, v, argF32(o.LR), argF32(o.Beta1), argF32(o.Beta2), argF32(o.Tau), uint64(n)}
+	out := b.output(k)
+	b.enqueue(func(s cuStream) error {
+		if err := g.launch(s, "wa_optim", grid, 256, 0, args...); err != nil {
+			return err
+		}
+		for q, src := range []uint64{x, m, v}[:op.outs] {
+			if err := g.drv.d2d(g.ctx, out+uint64(q*4*n), src, int64(4*n), s); err != nil {
+				return fmt.Errorf("%s: %w", g.Name(), err)
+			}
+		}
+		return nil
+	})
+	return nil
+}
+
+// f32Bytes views v as bytes.
+func f32Bytes(v []float32) []byte {
+	if len(v) == 0 {
+		return nil
+	}
+	return unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(v))), 4*len(v))
 }
 
 // AddNoise adds Gaussian noise of standard deviation sigma to every element of r (f32 or f64
@@ -124,7 +229,7 @@ func (g *GPU) AddNoise(ctx context.Context, r *Resident, sigma float64, seed, of
 		return offset, err
 	}
 	ctr := offset
-	err = g.onStream(ctx, func(s cuStream) error {
+	err = g.onStream(ctx, func(_ *lane, s cuStream) error {
 		for t, f := range fields {
 			groups := (uint64(f.Len) + 3) / 4
 			if groups > 0 {
@@ -157,7 +262,7 @@ func (g *GPU) Scale(ctx context.Context, r *Resident, s float64) error {
 	if err := checkResidentDTypes([]*Resident{r}, isFloat, "scaled (want f32 or f64)"); err != nil {
 		return err
 	}
-	return g.onStream(ctx, func(st cuStream) error {
+	return g.onStream(ctx, func(_ *lane, st cuStream) error {
 		for t, f := range fields {
 			if f.Len == 0 {
 				continue

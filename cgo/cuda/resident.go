@@ -60,26 +60,23 @@ func (g *GPU) NewResident(fields []ResidentField) (*Resident, error) {
 		offs[t] = r.size
 		r.size += (int64(f.Len())*int64(f.DType.Size()) + 255) &^ 255
 	}
-	if err := g.lock(); err != nil {
+	ln, err := g.lock(true)
+	if err != nil {
 		return nil, err
 	}
-	defer g.mu.Unlock()
-	if err := g.ensureStreams(); err != nil {
-		return nil, err
-	}
+	defer ln.mu.Unlock()
 	if free, _, err := g.drv.memInfo(g.ctx); err != nil {
 		return nil, fmt.Errorf("%s: %w", g.Name(), err)
 	} else if r.size > free-headroom {
 		return nil, fmt.Errorf("%s: %w: %d MiB of tensors, %d MiB free", g.Name(), ErrOutOfMemory, r.size>>20, max(free-headroom, 0)>>20)
 	}
-	var err error
 	if r.base, err = g.drv.alloc(g.ctx, max(r.size, 256)); err != nil {
 		return nil, fmt.Errorf("%s: %d MiB of tensors: %w", g.Name(), r.size>>20, err)
 	}
 	for t := range fields {
 		r.ptrs[t] = r.base + uint64(offs[t])
 	}
-	s := g.slots[0].stream
+	s := ln.slots[0].stream
 	if err := g.drv.memset(g.ctx, r.base, 0, max(r.size, 256), s); err == nil {
 		err = g.drv.syncStream(g.ctx, s)
 	}
@@ -274,66 +271,66 @@ func residentFields(g *GPU, inputs []*Resident, out *Resident) ([]device.AccFiel
 
 // scratchBuffers returns device and page-locked memory for one call's small results (partial
 // sums, a Gram matrix, the index of a NaN), kept between calls and grown on demand: allocating
-// page-locked memory costs more than a whole device-resident FedAvg. The caller holds g.mu and
+// page-locked memory costs more than a whole device-resident FedAvg. The caller holds ln.mu and
 // copies what it needs out of the host buffer before releasing it.
-func (g *GPU) scratchBuffers(devBytes, hostBytes int64) (uint64, []byte, error) {
+func (g *GPU) scratchBuffers(ln *lane, devBytes, hostBytes int64) (uint64, []byte, error) {
+	sc := &ln.scratch
 	devBytes, hostBytes = max(devBytes, 256), max(hostBytes, 256)
-	if devBytes > g.scratch.devCap {
-		if g.scratch.devCap > 0 {
-			if err := g.drv.free(g.ctx, g.scratch.dev); err != nil {
+	if devBytes > sc.devCap {
+		if sc.devCap > 0 {
+			if err := g.drv.free(g.ctx, sc.dev); err != nil {
 				return 0, nil, fmt.Errorf("%s: %w", g.Name(), err)
 			}
-			g.scratch.devCap = 0
+			sc.devCap = 0
 		}
 		p, err := g.drv.alloc(g.ctx, devBytes)
 		if err != nil {
 			return 0, nil, fmt.Errorf("%s: %d MiB of partial results: %w", g.Name(), devBytes>>20, err)
 		}
-		g.scratch.dev, g.scratch.devCap = p, devBytes
+		sc.dev, sc.devCap = p, devBytes
 	}
-	if hostBytes > g.scratch.hostCap {
-		if g.scratch.hostCap > 0 {
-			if err := g.drv.freeHost(g.ctx, g.scratch.host); err != nil {
+	if hostBytes > sc.hostCap {
+		if sc.hostCap > 0 {
+			if err := g.drv.freeHost(g.ctx, sc.host); err != nil {
 				return 0, nil, fmt.Errorf("%s: %w", g.Name(), err)
 			}
-			g.scratch.hostCap = 0
+			sc.hostCap = 0
 		}
 		p, err := g.drv.allocHost(g.ctx, hostBytes)
 		if err != nil {
 			return 0, nil, fmt.Errorf("%s: %w", g.Name(), err)
 		}
-		g.scratch.host, g.scratch.hostCap = p, hostBytes
+		sc.host, sc.hostCap = p, hostBytes
 	}
-	return g.scratch.dev, unsafe.Slice((*byte)(g.scratch.host), hostBytes), nil
+	return sc.dev, unsafe.Slice((*byte)(sc.host), hostBytes), nil
 }
 
-// freeScratch releases the scratch buffers (Close).
-func (g *GPU) freeScratch() error {
+// freeScratch releases a lane's scratch buffers (Close).
+func (g *GPU) freeScratch(ln *lane) error {
 	var errs []error
-	if g.scratch.devCap > 0 {
-		errs = append(errs, g.drv.free(g.ctx, g.scratch.dev))
+	if ln.scratch.devCap > 0 {
+		errs = append(errs, g.drv.free(g.ctx, ln.scratch.dev))
 	}
-	if g.scratch.hostCap > 0 {
-		errs = append(errs, g.drv.freeHost(g.ctx, g.scratch.host))
+	if ln.scratch.hostCap > 0 {
+		errs = append(errs, g.drv.freeHost(g.ctx, ln.scratch.host))
 	}
-	g.scratch = scratch{}
+	ln.scratch = scratch{}
 	return errors.Join(errs...)
 }
 
-// onStream runs f on the first pipeline stream under the job lock and waits for the GPU.
-func (g *GPU) onStream(ctx context.Context, f func(s cuStream) error) error {
+// onStream runs f on the first stream of a lane (callback-free work: see GPU.lock) and waits
+// for the GPU.
+func (g *GPU) onStream(ctx context.Context, f func(ln *lane, s cuStream) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if err := g.lock(); err != nil {
+	ln, err := g.lock(true)
+	if err != nil {
 		return err
 	}
-	defer g.mu.Unlock()
-	if err := g.ensureStreams(); err != nil {
-		return err
-	}
-	s := g.slots[0].stream
-	err := f(s)
+	defer ln.mu.Unlock()
+	s := ln.slots[0].stream
+	err = f(ln, s)
 	if serr := g.drv.syncStream(g.ctx, s); err == nil && serr != nil {
 		err = fmt.Errorf("%s: %w", g.Name(), serr)
 	}
@@ -345,8 +342,8 @@ func (g *GPU) onStream(ctx context.Context, f func(s cuStream) error) error {
 func (g *GPU) checkResidentFinite(ctx context.Context, r *Resident) error {
 	n := int64(len(r.fields))
 	var bad *tensor.NonFiniteError
-	err := g.onStream(ctx, func(s cuStream) error {
-		dev, host, err := g.scratchBuffers(8*n, 8*n+8)
+	err := g.onStream(ctx, func(ln *lane, s cuStream) error {
+		dev, host, err := g.scratchBuffers(ln, 8*n, 8*n+8)
 		if err != nil {
 			return err
 		}

@@ -3,38 +3,73 @@ package cuda
 import (
 	"context"
 	"fmt"
+	"slices"
 	"unsafe"
 
 	"github.com/wattagg/wattagg/device"
 	"github.com/wattagg/wattagg/tensor"
 )
 
+// The GPU implements the capabilities the rules look for with type assertions, beside the
+// device.Device every device is.
+var (
+	_ device.Device    = (*GPU)(nil)
+	_ device.Robust    = (*GPU)(nil)
+	_ device.Optimizer = (*GPU)(nil)
+	_ device.ModSummer = (*GPU)(nil)
+)
+
 // The robust-rule operations. Each takes N inputs over the same fields, either host spans
 // (streamed through the pipeline like WeightedSum) or Residents, and treats a model as the flat
-// concatenation of its fields. Values are decoded exactly to f64 (I8 as scale·q, with each span's
-// own scale). Results are deterministic; the reductions (Gram, SumSquares) add partial sums in an
-// order of their own, so they match a CPU implementation to rounding, not bit for bit.
+// concatenation of its fields.
+//
+// Select, Gram and SqDistances implement device.Robust with its semantics: f32, f16, bf16 and
+// i8 inputs, widened to f32 as the CPU widens them (i8 as float32(scale·q)), the order
+// statistics computed with the CPU's sorting network and f32 operations, so that they are the
+// CPU device's bits (signed zeros included). The f64 sums (the Gram matrix, distances and norms)
+// are exact products and differences added in an order of the GPU's own (per-thread FMA chains,
+// block trees, partial sums in launch order): they are deterministic for a given GPU, job and
+// slab size, and differ from the CPU's lane order in the last bits only, each within
+// γ_N·Σ|terms| of the exact sum (γ_N = N·2⁻⁵³/(1−N·2⁻⁵³), N the elements summed) as any order of
+// f64 additions is. SumSquares is the exception to the robust semantics: it sums every real
+// dtype (f64 included) and scales i8 exactly in f64.
 
-// Gram returns the N×N matrix G[a][b] = Σ_j x_a[j]·x_b[j] over every field (f64 products and
-// sums: the products of f32, f16, bf16 or i8 values are exact). Krum's squared distances are
-// G[a][a] + G[b][b] - 2·G[a][b]. The matrix is computed in 64×64 tiles through shared memory,
-// each coordinate block's partial sums added in a fixed order; G is symmetric bit for bit.
-func (g *GPU) Gram(ctx context.Context, fields []device.AccField, inputs [][]device.Span) ([][]float64, error) {
-	if err := checkInputs(fields, inputs, tensor.DType.Real, "multiplied"); err != nil {
-		return nil, err
+// robustInputs checks host inputs as the CPU device's robust operations do (the same checks and
+// messages: device.SelectJob.Validate's for the spans).
+func robustInputs(fields []device.AccField, inputs [][]device.Span) error {
+	if len(inputs) == 0 {
+		return nil
 	}
-	src := g.hostSource(inputs)
-	return g.gram(ctx, fields, src)
+	f32 := make([]device.AccField, len(fields))
+	for t, f := range fields {
+		f32[t] = device.AccField{Name: f.Name, Len: f.Len, Acc: tensor.F32, Out: tensor.F32}
+	}
+	return (&device.SelectJob{Fields: f32, Inputs: inputs, Op: device.Median}).Validate()
 }
 
-// GramResident is Gram over device-resident inputs.
-func (g *GPU) GramResident(ctx context.Context, inputs []*Resident) ([][]float64, error) {
+// robustDType reports whether the robust operations take dt (device.Robust).
+func robustDType(dt tensor.DType) bool { return dt.Real() && dt != tensor.F64 }
+
+// Gram implements device.Robust: G[a][b] = Σ_t Σ_j x_a[t][j]·x_b[t][j] in f64, the values widened
+// to f32 as the CPU device widens them, so every product is exact. The matrix is computed in
+// 64×64 tiles through shared memory, each coordinate block's partial sums added in a fixed
+// order; it is symmetric bit for bit, and within f64 rounding of the CPU's (see above). Krum's
+// squared distances are G[a][a] + G[b][b] - 2·G[a][b].
+func (g *GPU) Gram(ctx context.Context, fields []device.AccField, inputs [][]device.Span) ([][]float64, device.Stats, error) {
+	if err := robustInputs(fields, inputs); err != nil {
+		return nil, device.Stats{}, err
+	}
+	return g.gram(ctx, fields, g.hostSource(inputs))
+}
+
+// GramResident is Gram over device-resident inputs (f32, f16, bf16 or i8 tensors).
+func (g *GPU) GramResident(ctx context.Context, inputs []*Resident) ([][]float64, device.Stats, error) {
 	fields, err := residentFields(g, inputs, nil)
 	if err != nil {
-		return nil, err
+		return nil, device.Stats{}, err
 	}
-	if err := checkResidentDTypes(inputs, tensor.DType.Real, "multiplied"); err != nil {
-		return nil, err
+	if err := checkResidentDTypes(inputs, robustDType, "multiplied (the robust operations take f32, f16, bf16 and i8)"); err != nil {
+		return nil, device.Stats{}, err
 	}
 	return g.gram(ctx, fields, source{res: inputs})
 }
@@ -42,33 +77,33 @@ func (g *GPU) GramResident(ctx context.Context, inputs []*Resident) ([][]float64
 // Gram kernel geometry (reduce.cu).
 const gramTile = 64
 
-func (g *GPU) gram(ctx context.Context, fields []device.AccField, src source) ([][]float64, error) {
+func (g *GPU) gram(ctx context.Context, fields []device.AccField, src source) ([][]float64, device.Stats, error) {
 	n := src.count()
 	if n == 0 {
-		return [][]float64{}, nil
+		return [][]float64{}, device.Stats{Device: g.Name()}, ctx.Err()
 	}
 	tiles := (n + gramTile - 1) / gramTile
 	pairs := tiles * (tiles + 1) / 2
 	if pairs > 65535 {
-		return nil, fmt.Errorf("%s: %w: Gram matrix of %d inputs (at most %d)", g.Name(), device.ErrUnsupported, n, 361*gramTile)
+		return nil, device.Stats{}, fmt.Errorf("%s: %w: Gram matrix of %d inputs (at most %d)", g.Name(), device.ErrUnsupported, n, 361*gramTile)
 	}
 	// Enough blocks to fill the GPU four times over, each covering a share of the coordinates.
-	slices := max(1, min(1024, 4*g.attrs.sms/pairs))
+	parts := max(1, min(1024, 4*g.attrs.sms/pairs))
 	m := int64(pairs * gramTile * gramTile)
-	partial := int64(slices) * m * 8
+	partial := int64(parts) * m * 8
 	v := make([]float64, m)
-	op := &gramOp{slices: slices, pairs: pairs}
+	op := &gramOp{slices: parts, pairs: pairs}
 	j := &job{g: g, fields: fields, src: src, op: op, ordered: true,
-		begin: func(s cuStream) error {
-			dev, _, err := g.scratchBuffers(partial+m*8, m*8)
+		begin: func(ln *lane, s cuStream) error {
+			dev, _, err := g.scratchBuffers(ln, partial+m*8, m*8)
 			if err != nil {
 				return err
 			}
 			op.partial = dev
 			return g.memsetErr(dev, partial, s)
 		},
-		end: func(s cuStream) error {
-			dev, _, err := g.scratchBuffers(partial+m*8, m*8)
+		end: func(ln *lane, s cuStream) error {
+			dev, _, err := g.scratchBuffers(ln, partial+m*8, m*8)
 			if err != nil {
 				return err
 			}
@@ -77,13 +112,14 @@ func (g *GPU) gram(ctx context.Context, fields []device.AccField, src source) ([
 				return err
 			}
 			out := dev + uint64(partial)
-			if err := g.launch(s, "wa_gram_sum", grid, 256, 0, dev, argInt(slices), uint64(m), out); err != nil {
+			if err := g.launch(s, "wa_gram_sum", grid, 256, 0, dev, argInt(parts), uint64(m), out); err != nil {
 				return err
 			}
-			return g.fetch(s, v, out)
+			return g.fetch(ln, s, v, out)
 		}}
-	if _, err := j.run(ctx); err != nil {
-		return nil, err
+	stats, err := j.run(ctx)
+	if err != nil {
+		return nil, stats, err
 	}
 	gm := make([][]float64, n)
 	for a := range gm {
@@ -104,7 +140,7 @@ func (g *GPU) gram(ctx context.Context, fields []device.AccField, src source) ([
 			p++
 		}
 	}
-	return gm, nil
+	return gm, stats, nil
 }
 
 type gramOp struct {
@@ -117,18 +153,18 @@ func (*gramOp) scratch(int) int { return 0 }
 func (o *gramOp) segment(b *batch, k int) error {
 	g := b.j.g
 	sg := b.sl.segs[k]
-	rows, dts, scales := describeInputs(b, k)
+	rows, dts, scales := describeInputs(b, k, b.j.src.count())
 	args := []uint64{param(b, rows), param(b, dts), param(b, scales), argInt(len(rows)), uint64(sg.hi - sg.lo), o.partial}
 	grid := [3]uint32{uint32(o.slices), uint32(o.pairs), 1}
 	b.enqueue(func(s cuStream) error { return g.launch2(s, "wa_gram", grid, 256, 0, args...) })
 	return nil
 }
 
-// fetch copies len(dst) f64 from device address src to dst through the scratch buffer, and waits.
-// The caller holds g.mu.
-func (g *GPU) fetch(s cuStream, dst []float64, src uint64) error {
+// fetch copies len(dst) f64 from device address src to dst through the lane's scratch buffer,
+// and waits. The caller holds ln.mu.
+func (g *GPU) fetch(ln *lane, s cuStream, dst []float64, src uint64) error {
 	n := int64(8 * len(dst))
-	_, host, err := g.scratchBuffers(0, n)
+	_, host, err := g.scratchBuffers(ln, 0, n)
 	if err != nil {
 		return err
 	}
@@ -142,10 +178,9 @@ func (g *GPU) fetch(s cuStream, dst []float64, src uint64) error {
 	return nil
 }
 
-// describeInputs returns, for segment k, each input's device address, dtype code and I8 scale
-// (1 for the float dtypes).
-func describeInputs(b *batch, k int) ([]uint64, []int32, []float32) {
-	n := b.j.src.count()
+// describeInputs returns, for segment k, the device address, dtype code and I8 scale (1 for the
+// float dtypes) of the first n inputs.
+func describeInputs(b *batch, k, n int) ([]uint64, []int32, []float32) {
 	t := b.sl.segs[k].field
 	rows, dts, scales := make([]uint64, n), make([]int32, n), make([]float32, n)
 	for i := range n {
@@ -192,15 +227,15 @@ func (g *GPU) sumSquares(ctx context.Context, fields []device.AccField, src sour
 	p := make([]float64, n*sumsqBlocks)
 	op := &sumsqOp{}
 	j := &job{g: g, fields: fields, src: src, op: op, ordered: true,
-		begin: func(s cuStream) error {
-			dev, _, err := g.scratchBuffers(bytes, bytes)
+		begin: func(ln *lane, s cuStream) error {
+			dev, _, err := g.scratchBuffers(ln, bytes, bytes)
 			if err != nil {
 				return err
 			}
 			op.partial = dev
 			return g.memsetErr(dev, bytes, s)
 		},
-		end: func(s cuStream) error { return g.fetch(s, p, op.partial) }}
+		end: func(ln *lane, s cuStream) error { return g.fetch(ln, s, p, op.partial) }}
 	if _, err := j.run(ctx); err != nil {
 		return nil, err
 	}
@@ -226,7 +261,7 @@ func (o *sumsqOp) segment(b *batch, k int) error {
 		return err
 	}
 	grid = min(grid, sumsqBlocks)
-	rows, dts, scales := describeInputs(b, k)
+	rows, dts, scales := describeInputs(b, k, b.j.src.count())
 	for i := range rows {
 		args := []uint64{rows[i], argInt(int(dts[i])), argF32(scales[i]), uint64(n), o.partial + uint64(i*sumsqBlocks*8)}
 		b.enqueue(func(s cuStream) error { return g.launch(s, "wa_sumsq", grid, 256, 0, args...) })
@@ -234,93 +269,97 @@ func (o *sumsqOp) segment(b *batch, k int) error {
 	return nil
 }
 
-// Median writes the coordinate-wise median of the inputs (even N: v[N/2-1]·0.5 + v[N/2]·0.5) in
-// each field's Out dtype (f32, f64, f16 or bf16) to the chunks of out. The arithmetic is f64 for
-// an f64 output, else f32: for f32 inputs and output the result is the CPU's kernels.MedianF32,
-// bit for bit (kernels/cuda/order.cu). Up to 32 inputs are sorted in registers; beyond, each
-// coordinate's values are ranked in shared memory (O(N²) comparisons), up to MaxOrderInputs. A
-// NaN or Inf result is a *tensor.NonFiniteError; inputs should be finite (device.CheckFinite).
+// Select implements device.Robust: the order statistic of the job's inputs, coordinate by
+// coordinate, bit for bit the CPU device's (kernels/cuda/order.cu): up to 32 inputs sorted in
+// registers, more in shared memory (or, beyond what a block's shared memory holds, in global
+// scratch) by the same network driven from a table. With SqDist or SqNorm set, the f32 results
+// stay on the GPU for the distances of every input to them (reduce.cu's wa_sqdist), whose f64
+// sums are within rounding of the CPU's (see above). A non-finite result is a
+// *tensor.NonFiniteError naming the field and element.
+func (g *GPU) Select(ctx context.Context, sj *device.SelectJob) (device.Stats, error) {
+	if err := sj.Validate(); err != nil {
+		return device.Stats{}, err
+	}
+	dist := sj.SqDist != nil || sj.SqNorm != nil
+	if err := g.checkSelect(len(sj.Inputs), dist); err != nil {
+		return device.Stats{}, err
+	}
+	src := g.hostSource(sj.Inputs)
+	op := g.newSelectOp(sj.Fields, len(sj.Inputs), sj.Op, sj.K, dist)
+	j := &job{g: g, fields: sj.Fields, src: src, op: op, ordered: dist, begin: op.begin, end: op.end,
+		out: output{chunks: sj.Chunks, out: sj.Output, check: true, progress: sj.Progress}}
+	stats, err := j.run(ctx)
+	if err != nil {
+		return stats, err
+	}
+	if dist {
+		n := len(sj.Inputs)
+		for i := range n {
+			var d, q float64
+			for b := range sumsqBlocks {
+				d += op.partial[i*sumsqBlocks+b]
+				q += op.partial[(n+i)*sumsqBlocks+b]
+			}
+			if sj.SqDist != nil {
+				sj.SqDist[i] = d
+			}
+			if sj.SqNorm != nil {
+				sj.SqNorm[i] = q
+			}
+		}
+	}
+	return stats, nil
+}
+
+// Median writes the coordinate-wise median of the inputs (even N: v[N/2-1]·0.5 + v[N/2]·0.5 in
+// f32) in each field's Out dtype (f32, f64, f16 or bf16) to the chunks of out: Select with
+// device.Median.
 func (g *GPU) Median(ctx context.Context, fields []device.AccField, inputs [][]device.Span, chunks []device.Chunk, out device.Output) (device.Stats, error) {
-	return g.order(ctx, fields, inputs, -1, chunks, out)
+	return g.Select(ctx, &device.SelectJob{Fields: fields, Inputs: inputs, Op: device.Median, Chunks: chunks, Output: out})
 }
 
 // TrimmedMean writes the coordinate-wise mean of the inputs without the trim smallest and trim
-// largest values of each coordinate (summed from +0 in ascending order, then divided by
-// N-2·trim, in the arithmetic of Median: the CPU's kernels.TrimmedMeanF32 for f32), as Median
-// does. 0 <= 2·trim < N.
+// largest values of each coordinate (0 <= 2·trim < N), as Median does: Select with
+// device.TrimmedMean.
 func (g *GPU) TrimmedMean(ctx context.Context, fields []device.AccField, inputs [][]device.Span, trim int, chunks []device.Chunk, out device.Output) (device.Stats, error) {
-	if trim < 0 {
-		return device.Stats{}, fmt.Errorf("%w: trim %d", device.ErrJob, trim)
-	}
-	return g.order(ctx, fields, inputs, trim, chunks, out)
+	return g.Select(ctx, &device.SelectJob{Fields: fields, Inputs: inputs, Op: device.TrimmedMean, K: trim, Chunks: chunks, Output: out})
 }
 
-// MedianResident is Median from device-resident inputs into a device-resident output.
-func (g *GPU) MedianResident(ctx context.Context, inputs []*Resident, out *Resident) (device.Stats, error) {
-	return g.orderResident(ctx, inputs, -1, out)
-}
-
-// TrimmedMeanResident is TrimmedMean from device-resident inputs into a device-resident output.
-func (g *GPU) TrimmedMeanResident(ctx context.Context, inputs []*Resident, trim int, out *Resident) (device.Stats, error) {
-	if trim < 0 {
-		return device.Stats{}, fmt.Errorf("%w: trim %d", device.ErrJob, trim)
+// SelectResident is Select from device-resident inputs (f32, f16, bf16 or i8 tensors) into a
+// device-resident output (f32, f64, f16 or bf16 tensors), without distances. A non-finite
+// result is a *tensor.NonFiniteError.
+func (g *GPU) SelectResident(ctx context.Context, op device.SelectOp, k int, inputs []*Resident, out *Resident) (device.Stats, error) {
+	fields, err := residentFields(g, inputs, out)
+	if err != nil {
+		return device.Stats{}, err
 	}
-	return g.orderResident(ctx, inputs, trim, out)
-}
-
-// MaxOrderInputs is how many inputs Median and TrimmedMean take on this GPU: each coordinate's
-// values must fit in a block's shared memory (320 bytes per input for a warp of coordinates).
-func (g *GPU) MaxOrderInputs() int { return max(g.attrs.smemOptin, 48<<10) / orderSharedPerInput }
-
-const orderSharedPerInput = 32 * (8 + 2)
-
-func (g *GPU) checkOrder(n, trim int, fields []device.AccField) error {
-	if n == 0 {
-		return fmt.Errorf("%w: no inputs", device.ErrJob)
+	if err := checkResidentDTypes(inputs, robustDType, "ordered (the robust operations take f32, f16, bf16 and i8)"); err != nil {
+		return device.Stats{}, err
 	}
-	if n > g.MaxOrderInputs() {
-		return fmt.Errorf("%s: %w: order statistics of %d inputs (at most %d on this GPU)", g.Name(), device.ErrUnsupported, n, g.MaxOrderInputs())
-	}
-	if 2*trim >= n {
-		return fmt.Errorf("%w: trimming %d of each end leaves nothing of %d inputs", device.ErrJob, trim, n)
+	// device.SelectJob.Validate's checks of op, k and the output dtypes.
+	n := len(inputs)
+	switch op {
+	case device.Median:
+	case device.TrimmedMean:
+		if k < 0 || 2*k >= n {
+			return device.Stats{}, fmt.Errorf("%w: trimmed mean cutting %d of %d values from each end", device.ErrJob, k, n)
+		}
+	case device.ClosestMean:
+		if k < 1 || k > n {
+			return device.Stats{}, fmt.Errorf("%w: closest mean of %d of %d values", device.ErrJob, k, n)
+		}
+	default:
+		return device.Stats{}, fmt.Errorf("%w: %s", device.ErrJob, op)
 	}
 	for _, f := range fields {
 		switch f.Out {
 		case tensor.F32, tensor.F64, tensor.F16, tensor.BF16:
 		default:
-			return fmt.Errorf("%w: field %q: output dtype %s", device.ErrUnsupported, f.Name, f.Out)
+			return device.Stats{}, fmt.Errorf("%w: field %q: output dtype %s", device.ErrUnsupported, f.Name, f.Out)
 		}
 	}
-	return nil
-}
-
-func (g *GPU) order(ctx context.Context, fields []device.AccField, inputs [][]device.Span, trim int, chunks []device.Chunk, out device.Output) (device.Stats, error) {
-	if err := checkInputs(fields, inputs, tensor.DType.Real, "ordered"); err != nil {
-		return device.Stats{}, err
-	}
-	if err := g.checkOrder(len(inputs), trim, fields); err != nil {
-		return device.Stats{}, err
-	}
-	if err := (&device.SumJob{Fields: fields, Chunks: chunks}).Validate(); err != nil {
-		return device.Stats{}, err
-	}
-	j := &job{g: g, fields: fields, src: g.hostSource(inputs), op: &orderOp{trim: trim, fields: fields},
-		out: output{chunks: chunks, out: out, check: true}}
-	return j.run(ctx)
-}
-
-func (g *GPU) orderResident(ctx context.Context, inputs []*Resident, trim int, out *Resident) (device.Stats, error) {
-	fields, err := residentFields(g, inputs, out)
-	if err != nil {
-		return device.Stats{}, err
-	}
-	if err := checkResidentDTypes(inputs, tensor.DType.Real, "ordered"); err != nil {
-		return device.Stats{}, err
-	}
-	if err := g.checkOrder(len(inputs), trim, fields); err != nil {
-		return device.Stats{}, err
-	}
-	j := &job{g: g, fields: fields, src: source{res: inputs}, op: &orderOp{trim: trim, fields: fields}, out: output{res: out}}
+	o := g.newSelectOp(fields, len(inputs), op, k, false)
+	j := &job{g: g, fields: fields, src: source{res: inputs}, op: o, begin: o.begin, out: output{res: out}}
 	stats, err := j.run(ctx)
 	if err != nil {
 		return stats, err
@@ -328,55 +367,285 @@ func (g *GPU) orderResident(ctx context.Context, inputs []*Resident, trim int, o
 	return stats, g.checkResidentFinite(ctx, out)
 }
 
-type orderOp struct {
-	trim   int
-	fields []device.AccField
+// MedianResident is Median from device-resident inputs into a device-resident output.
+func (g *GPU) MedianResident(ctx context.Context, inputs []*Resident, out *Resident) (device.Stats, error) {
+	return g.SelectResident(ctx, device.Median, 0, inputs, out)
 }
 
-func (*orderOp) scratch(int) int { return 0 }
+// TrimmedMeanResident is TrimmedMean from device-resident inputs into a device-resident output.
+func (g *GPU) TrimmedMeanResident(ctx context.Context, inputs []*Resident, trim int, out *Resident) (device.Stats, error) {
+	return g.SelectResident(ctx, device.TrimmedMean, trim, inputs, out)
+}
 
-func (o *orderOp) segment(b *batch, k int) error {
-	g := b.j.g
-	sg := b.sl.segs[k]
-	n := int64(sg.hi - sg.lo)
-	rows, dts, scales := describeInputs(b, k)
-	args := []uint64{b.output(k), argInt(int(o.fields[sg.field].Out)), param(b, rows), param(b, dts), param(b, scales),
-		argInt(len(rows)), argInt(o.trim), uint64(n)}
-	if len(rows) <= 32 {
-		p := 2
-		for p < len(rows) {
-			p *= 2
-		}
-		name := fmt.Sprintf("wa_order_r%d", p)
-		grid, err := blocks(n, 256)
-		if err != nil {
-			return err
-		}
-		b.enqueue(func(s cuStream) error { return g.launch(s, name, grid, 256, 0, args...) })
-		return nil
+const (
+	// maxDistInputs is how many inputs the distances take: wa_sqdist runs one grid row per input.
+	maxDistInputs = 65535
+	// sqdistPerBlock is the elements of one input a block of wa_sqdist covers at least (32 per
+	// thread): its grid has a row of blocks per input already, so a slab of a few MiB per input
+	// is enough to fill a GPU, and fewer blocks mean fewer partial sums.
+	sqdistPerBlock = 32 * 256
+)
+
+func (g *GPU) checkSelect(n int, dist bool) error {
+	if dist && n > maxDistInputs {
+		return fmt.Errorf("%s: %w: distances of %d inputs (at most %d)", g.Name(), device.ErrUnsupported, n, maxDistInputs)
 	}
-	grid, err := blocks(n, 32)
-	if err != nil {
-		return err
-	}
-	shmem := orderSharedPerInput * len(rows)
-	b.enqueue(func(s cuStream) error { return g.launch(s, "wa_order_shared", grid, 32, shmem, args...) })
 	return nil
 }
 
-// ModSum writes Σ_i x_i mod 2^32 of u32 inputs (the masked vectors of secure aggregation) to the
-// chunks of out, whose fields must have Out u32.
-func (g *GPU) ModSum(ctx context.Context, fields []device.AccField, inputs [][]device.Span, chunks []device.Chunk, out device.Output) (device.Stats, error) {
-	isU32 := func(d tensor.DType) bool { return d == tensor.U32 }
-	if err := checkInputs(fields, inputs, isU32, "summed modulo 2^32"); err != nil {
-		return device.Stats{}, err
+// Geometry of the order-statistic kernels (order.cu).
+const (
+	selectRegMax     = 32  // inputs sorted in registers by wa_select_rP
+	selectRegThreads = 256 // WA_THREADS
+	selectNetThreads = 32  // wa_select_net's block: a column of values per thread
+)
+
+// selectOp runs an order statistic (order.cu) and, with dist, the distances of every input to
+// its f32 result (reduce.cu's wa_sqdist), which then stays in the segment's scratch.
+type selectOp struct {
+	g      *GPU
+	fields []device.AccField
+	n      int
+	op     device.SelectOp
+	k      int
+	dist   bool
+	global bool    // more than selectRegMax inputs, columns in global scratch (else shared memory)
+	net    []int32 // the comparators of the network, for more than selectRegMax inputs
+	netDev uint64  // the table on the GPU (begin)
+	pd, pn uint64  // partial sums of the distances and norms: n·sumsqBlocks f64 each
+	// partial receives pd then pn (end).
+	partial []float64
+}
+
+func (g *GPU) newSelectOp(fields []device.AccField, n int, op device.SelectOp, k int, dist bool) *selectOp {
+	o := &selectOp{g: g, fields: fields, n: n, op: op, k: k, dist: dist}
+	if op == device.Median {
+		o.k = 0
 	}
-	for _, f := range fields {
-		if f.Out != tensor.U32 {
-			return device.Stats{}, fmt.Errorf("%w: field %q: output dtype %s (want u32)", device.ErrUnsupported, f.Name, f.Out)
+	if n > selectRegMax {
+		o.net = sortNetwork(n)
+		o.global = 4*n*selectNetThreads > g.selectShared
+	}
+	if dist {
+		o.partial = make([]float64, 2*n*sumsqBlocks)
+	}
+	return o
+}
+
+// scratch is, per element: the columns of the values in global memory, then the f32 result.
+func (o *selectOp) scratch(int) int {
+	s := 0
+	if o.global {
+		s += 4 * o.n
+	}
+	if o.dist {
+		s += 4
+	}
+	return s
+}
+
+// begin puts the network's table and the zeroed partial sums on the GPU, and waits: slabs on
+// other streams read the table.
+func (o *selectOp) begin(ln *lane, s cuStream) error {
+	g := o.g
+	table := align16(int64(4 * len(o.net)))
+	parts := int64(8 * len(o.partial))
+	if table+parts == 0 {
+		return nil
+	}
+	dev, host, err := g.scratchBuffers(ln, table+parts, table)
+	if err != nil {
+		return err
+	}
+	o.netDev, o.pd = dev, dev+uint64(table)
+	o.pn = o.pd + uint64(parts/2)
+	if len(o.net) > 0 {
+		copy(host, unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(o.net))), 4*len(o.net)))
+		if err := g.drv.h2d(g.ctx, dev, unsafe.Pointer(unsafe.SliceData(host)), table, s); err != nil {
+			return fmt.Errorf("%s: sorting network: %w", g.Name(), err)
 		}
 	}
-	if err := (&device.SumJob{Fields: fields, Chunks: chunks}).Validate(); err != nil {
+	if parts > 0 {
+		if err := g.memsetErr(o.pd, parts, s); err != nil {
+			return err
+		}
+	}
+	if err := g.drv.syncStream(g.ctx, s); err != nil {
+		return fmt.Errorf("%s: %w", g.Name(), err)
+	}
+	return nil
+}
+
+// end fetches the partial sums of the distances and norms.
+func (o *selectOp) end(ln *lane, s cuStream) error {
+	if !o.dist {
+		return nil
+	}
+	return o.g.fetch(ln, s, o.partial, o.pd)
+}
+
+func (o *selectOp) segment(b *batch, k int) error {
+	g := b.j.g
+	sg := b.sl.segs[k]
+	n := int64(sg.hi - sg.lo)
+	rows, dts, scales := describeInputs(b, k, o.n)
+	prow, pdt, psc := param(b, rows), param(b, dts), param(b, scales)
+	var col, res uint64
+	if o.global || o.dist {
+		base := b.scratchAt(k)
+		if o.global {
+			col = base
+			base += uint64(4 * int64(o.n) * n)
+		}
+		if o.dist {
+			res = base
+		}
+	}
+	args := []uint64{b.output(k), argInt(int(o.fields[sg.field].Out)), res, prow, pdt, psc,
+		argInt(o.n), argInt(int(o.op)), argInt(o.k), uint64(n)}
+	if o.n <= selectRegMax {
+		p := 2
+		for p < o.n {
+			p *= 2
+		}
+		shmem := 0
+		if o.op == device.ClosestMean {
+			shmem = 4 * p * selectRegThreads // the sorted values, to index the window at run time
+		}
+		name := fmt.Sprintf("wa_select_r%d", p)
+		grid, err := blocks(n, selectRegThreads)
+		if err != nil {
+			return err
+		}
+		b.enqueue(func(s cuStream) error { return g.launch(s, name, grid, selectRegThreads, shmem, args...) })
+	} else {
+		args = append(args, o.netDev, argInt(len(o.net)/2), col)
+		shmem := 0
+		if !o.global {
+			shmem = 4 * o.n * selectNetThreads
+		}
+		grid, err := blocks(n, selectNetThreads)
+		if err != nil {
+			return err
+		}
+		b.enqueue(func(s cuStream) error { return g.launch(s, "wa_select_net", grid, selectNetThreads, shmem, args...) })
+	}
+	if o.dist {
+		grid, err := blocks(n, sqdistPerBlock)
+		if err != nil {
+			return err
+		}
+		grid2 := [3]uint32{min(grid, sumsqBlocks), uint32(o.n), 1}
+		dargs := []uint64{prow, pdt, psc, res, uint64(n), o.pd, o.pn, argInt(sumsqBlocks)}
+		b.enqueue(func(s cuStream) error { return g.launch2(s, "wa_sqdist", grid2, 256, 0, dargs...) })
+	}
+	return nil
+}
+
+// sortNetwork is Batcher's odd-even merge sort for n wires, built for the next power of two and
+// pruned of the comparators that touch a wire >= n: the network of kernels.sortNetwork (and of
+// order.cu's register kernels), comparator by comparator in the same order, as the table
+// wa_select_net reads (low wire, high wire).
+func sortNetwork(n int) []int32 {
+	var net []int32
+	p2 := 1
+	for p2 < n {
+		p2 <<= 1
+	}
+	for p := 1; p < p2; p <<= 1 {
+		for k := p; k >= 1; k >>= 1 {
+			for j := k % p; j+k < p2; j += 2 * k {
+				for i := 0; i < min(k, p2-j-k); i++ {
+					a, b := i+j, i+j+k
+					if a/(2*p) == b/(2*p) && b < n {
+						net = append(net, int32(a), int32(b))
+					}
+				}
+			}
+		}
+	}
+	return net
+}
+
+// SqDistances implements device.Robust: ‖x_i − z‖² and ‖x_i‖² of every input over all fields,
+// the values widened to f32 as Select widens them and accumulated in f64 (reduce.cu's
+// wa_sqdist), within rounding of the CPU's sums. z holds one f32 span per field; it is streamed
+// to the GPU beside the inputs.
+func (g *GPU) SqDistances(ctx context.Context, fields []device.AccField, inputs [][]device.Span, z []device.Span) ([]float64, []float64, device.Stats, error) {
+	if err := robustInputs(fields, inputs); err != nil {
+		return nil, nil, device.Stats{}, err
+	}
+	if len(z) != len(fields) {
+		return nil, nil, device.Stats{}, fmt.Errorf("%w: point has %d spans for %d fields", device.ErrJob, len(z), len(fields))
+	}
+	for t, f := range fields {
+		if z[t].DType != tensor.F32 || len(z[t].Data) != 4*f.Len {
+			return nil, nil, device.Stats{}, fmt.Errorf("%w: point: field %q must be %d f32 values", device.ErrJob, f.Name, f.Len)
+		}
+	}
+	n := len(inputs)
+	if err := g.checkSelect(n, true); err != nil {
+		return nil, nil, device.Stats{}, err
+	}
+	dist, norm := make([]float64, n), make([]float64, n)
+	if n == 0 {
+		return dist, norm, device.Stats{Device: g.Name()}, ctx.Err()
+	}
+	op := &distOp{n: n}
+	bytes := int64(2 * n * sumsqBlocks * 8)
+	p := make([]float64, 2*n*sumsqBlocks)
+	j := &job{g: g, fields: fields, src: g.hostSource(append(slices.Clip(inputs), z)), op: op, ordered: true,
+		begin: func(ln *lane, s cuStream) error {
+			dev, _, err := g.scratchBuffers(ln, bytes, bytes)
+			if err != nil {
+				return err
+			}
+			op.pd, op.pn = dev, dev+uint64(bytes/2)
+			return g.memsetErr(dev, bytes, s)
+		},
+		end: func(ln *lane, s cuStream) error { return g.fetch(ln, s, p, op.pd) }}
+	stats, err := j.run(ctx)
+	if err != nil {
+		return nil, nil, stats, err
+	}
+	for i := range n {
+		for b := range sumsqBlocks {
+			dist[i] += p[i*sumsqBlocks+b]
+			norm[i] += p[(n+i)*sumsqBlocks+b]
+		}
+	}
+	return dist, norm, stats, nil
+}
+
+// distOp sums the squared distances of the first n inputs to input n (the point) and their
+// squared norms.
+type distOp struct {
+	n      int
+	pd, pn uint64
+}
+
+func (*distOp) scratch(int) int { return 0 }
+
+func (o *distOp) segment(b *batch, k int) error {
+	g := b.j.g
+	sg := b.sl.segs[k]
+	n := int64(sg.hi - sg.lo)
+	rows, dts, scales := describeInputs(b, k, o.n)
+	grid, err := blocks(n, sqdistPerBlock)
+	if err != nil {
+		return err
+	}
+	grid2 := [3]uint32{min(grid, sumsqBlocks), uint32(o.n), 1}
+	args := []uint64{param(b, rows), param(b, dts), param(b, scales), b.input(k, o.n), uint64(n), o.pd, o.pn, argInt(sumsqBlocks)}
+	b.enqueue(func(s cuStream) error { return g.launch2(s, "wa_sqdist", grid2, 256, 0, args...) })
+	return nil
+}
+
+// ModSum implements device.ModSummer: Σ_i x_i mod 2^32 of u32 inputs (the masked vectors of
+// secure aggregation) into the chunks of out, whose fields must have Out u32. Modular addition
+// is exact, so the result is the CPU device's.
+func (g *GPU) ModSum(ctx context.Context, fields []device.AccField, inputs [][]device.Span, chunks []device.Chunk, out device.Output) (device.Stats, error) {
+	if err := device.CheckModSum(fields, inputs, chunks); err != nil {
 		return device.Stats{}, err
 	}
 	j := &job{g: g, fields: fields, src: g.hostSource(inputs), op: modSumOp{}, out: output{chunks: chunks, out: out}}
@@ -405,7 +674,7 @@ func (modSumOp) segment(b *batch, k int) error {
 	g := b.j.g
 	sg := b.sl.segs[k]
 	n := int64(sg.hi - sg.lo)
-	rows, _, _ := describeInputs(b, k)
+	rows, _, _ := describeInputs(b, k, b.j.src.count())
 	grid, err := blocks(n, 256)
 	if err != nil {
 		return err

@@ -303,7 +303,7 @@ func (a *gpuAccumulator) Emit(ctx context.Context, scale float64, chunks []devic
 
 // Reset implements device.Accumulator. A driver failure is reported by the next Add or Emit.
 func (a *gpuAccumulator) Reset() {
-	a.err = a.g.onStream(context.Background(), func(s cuStream) error {
+	a.err = a.g.onStream(context.Background(), func(_ *lane, s cuStream) error {
 		return a.g.memsetErr(a.sum.base, max(a.sum.size, 256), s)
 	})
 }

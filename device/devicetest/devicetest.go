@@ -1,7 +1,8 @@
-// Package devicetest holds the conformance tests of device.Device: what every device (the CPU,
-// a GPU, any later one) must do, checked against a plain float64 reference and against the CPU
-// device bit for bit. A device's own tests call All (or the single tests) with the device under
-// test:
+// Package devicetest holds the conformance tests of device.Device and of the capabilities
+// device.Robust, device.Optimizer and device.ModSummer: what every device (the CPU, a GPU, any
+// later one) must do, checked against plain float64 references and against the CPU device bit
+// for bit where the interfaces promise bits. A device's own tests call All (or the single
+// tests) with the device under test:
 //
 //	func TestConformance(t *testing.T) {
 //		dev, _ := device.NewCPU()
@@ -10,7 +11,8 @@
 //
 // Outputs are poisoned (0xA5 bytes, with guard bytes around every buffer) so that an element a
 // device forgets to write fails the value checks, and a write out of bounds the guard check. Under -short the sizes are
-// small enough for slow instrumented runs (compute-sanitizer, simulators).
+// small enough for slow instrumented runs (compute-sanitizer, simulators); the capability suites
+// keep to those sizes under the race detector too.
 package devicetest
 
 import (
@@ -28,7 +30,9 @@ import (
 	"github.com/wattagg/wattagg/tensor"
 )
 
-// All runs every conformance test as a subtest.
+// All runs every conformance test as a subtest: those of device.Device, and those of each
+// capability (device.Robust, device.Optimizer, device.ModSummer) the device implements (the
+// rules fall back to the host for the others, which the test log says).
 func All(t *testing.T, dev device.Device) {
 	t.Run("WeightedSum", func(t *testing.T) { WeightedSum(t, dev) })
 	t.Run("WeightedSumMatchesCPU", func(t *testing.T) { WeightedSumMatchesCPU(t, dev) })
@@ -37,6 +41,21 @@ func All(t *testing.T, dev device.Device) {
 	t.Run("WeightedSumCancel", func(t *testing.T) { WeightedSumCancel(t, dev) })
 	t.Run("Accumulator", func(t *testing.T) { Accumulator(t, dev) })
 	t.Run("AccumulatorNonFinite", func(t *testing.T) { AccumulatorNonFinite(t, dev) })
+	if _, ok := dev.(device.Robust); ok {
+		t.Run("Robust", func(t *testing.T) { Robust(t, dev) })
+	} else {
+		t.Logf("%s does not implement device.Robust", dev.Name())
+	}
+	if _, ok := dev.(device.Optimizer); ok {
+		t.Run("Optimizer", func(t *testing.T) { Optimizer(t, dev) })
+	} else {
+		t.Logf("%s does not implement device.Optimizer", dev.Name())
+	}
+	if _, ok := dev.(device.ModSummer); ok {
+		t.Run("ModSummer", func(t *testing.T) { ModSummer(t, dev) })
+	} else {
+		t.Logf("%s does not implement device.ModSummer", dev.Name())
+	}
 }
 
 // RandSpan returns n random elements of dt around 0 (scale sets the spread; I8 spans get a scale

@@ -87,6 +87,20 @@ __device__ __forceinline__ double wa_ld(const void *x, int dt, float scale, u64 
 	return 0;
 }
 
+// wa_ld32 returns element j of x (dtype f32, f16, bf16 or i8) widened to f32 as the CPU's
+// robust operations widen it (device.Robust): f32 as is, the others as +0 + float32(w·x) with
+// w = 1 or the I8 scale, the product and the sum rounded (the accumulation kernels with one
+// input). So an I8 value is float32(scale·q), and a negative zero of a 16-bit input becomes +0.
+__device__ __forceinline__ float wa_ld32(const void *x, int dt, float scale, u64 j) {
+	switch (dt) {
+	case DT_F32: return ((const float *)x)[j];
+	case DT_F16: return __fadd_rn(0.0f, wa_f16_to_f32(((const u16 *)x)[j]));
+	case DT_BF16: return __fadd_rn(0.0f, wa_bf16_to_f32(((const u16 *)x)[j]));
+	case DT_I8: return __fadd_rn(0.0f, __fmul_rn(scale, (float)((const signed char *)x)[j]));
+	}
+	return 0.0f;
+}
+
 // wa_st_f64 writes v as element j of y (dtype dt): f64 as is, f32 rounded once, f16 and bf16
 // through f32 as the CPU's Store*FromF64 kernels do.
 __device__ __forceinline__ void wa_st_f64(void *y, int dt, u64 j, double v) {

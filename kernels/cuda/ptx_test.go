@@ -77,7 +77,7 @@ func sourceHashes(t *testing.T, ptx []byte) map[string]string {
 
 // Every kernel a source declares is an entry of both PTX files of its module.
 func TestPTXHasEveryEntry(t *testing.T) {
-	decl := regexp.MustCompile(`(?m)^WA_ENTRY void (?:__launch_bounds__\([^)]*\)\s*)?(\w+)\(|^WA_(ACC|ORDER_REG)\((\w+)`)
+	decl := regexp.MustCompile(`(?m)^WA_ENTRY void (?:__launch_bounds__\([^)]*\)\s*)?(\w+)\(|^WA_(ACC|SELECT_REG)\((\w+)`)
 	for _, m := range Modules {
 		src, err := os.ReadFile(m + ".cu")
 		if err != nil {
@@ -91,7 +91,7 @@ func TestPTXHasEveryEntry(t *testing.T) {
 			case string(d[2]) == "ACC":
 				names = append(names, string(d[3]))
 			default:
-				names = append(names, "wa_order_r"+string(d[3]))
+				names = append(names, "wa_select_r"+string(d[3]))
 			}
 		}
 		if len(names) == 0 {

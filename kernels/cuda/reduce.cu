@@ -1,5 +1,6 @@
-// reduce.cu: f64-accumulated reductions: sums of squares (norms), the Gram matrix of N client
-// vectors (Krum's pairwise distances), and the search for the first non-finite element.
+// reduce.cu: f64-accumulated reductions: sums of squares (norms), squared distances to a point,
+// the Gram matrix of N client vectors (Krum's pairwise distances), and the search for the first
+// non-finite element.
 //
 // Reductions are deterministic: every thread and block covers a fixed set of elements for a
 // given launch shape, partial sums are combined in a fixed tree order inside a block and added to
@@ -30,10 +31,49 @@ WA_ENTRY void wa_sumsq(const void *x, int dt, float scale, u64 n, double *partia
 	}
 }
 
+// wa_sqdist adds, for input y = blockIdx.y, the block's Σ (x_y[j] - z[j])² and Σ x_y[j]² to
+// pd[y·pstride + blockIdx.x] and pn[y·pstride + blockIdx.x] (j < n, grid-stride; x_y widened to
+// f32 by wa_ld32, then to f64, where the difference is taken and f64 FMAs accumulate; the
+// block's sums are combined in a fixed tree). xs[y], dts[y] and scales[y] describe input y, z
+// is f32. For finite f32 values neither sum can overflow, so a non-finite pn says x_y holds a NaN
+// or Inf. blockDim.x must be WA_THREADS, gridDim.x <= pstride.
+WA_ENTRY void wa_sqdist(const u64 *xs, const int *dts, const float *scales, const float *z, u64 n, double *pd,
+			double *pn, int pstride) {
+	__shared__ double sd[WA_THREADS], sn[WA_THREADS];
+	const int y = blockIdx.y;
+	const void *x = (const void *)xs[y];
+	const int dt = dts[y];
+	const float sc = scales[y];
+	double ad = 0, an = 0;
+	u64 stride = (u64)gridDim.x * blockDim.x;
+	for (u64 j = wa_gid(); j < n; j += stride) {
+		double v = (double)wa_ld32(x, dt, sc, j);
+		double d = __dadd_rn(v, -(double)z[j]);
+		ad = fma(d, d, ad);
+		an = fma(v, v, an);
+	}
+	sd[threadIdx.x] = ad;
+	sn[threadIdx.x] = an;
+	__syncthreads();
+	for (int h = WA_THREADS / 2; h > 0; h >>= 1) {
+		if ((int)threadIdx.x < h) {
+			sd[threadIdx.x] = __dadd_rn(sd[threadIdx.x], sd[threadIdx.x + h]);
+			sn[threadIdx.x] = __dadd_rn(sn[threadIdx.x], sn[threadIdx.x + h]);
+		}
+		__syncthreads();
+	}
+	if (threadIdx.x == 0) {
+		u64 e = (u64)y * pstride + blockIdx.x;
+		pd[e] = __dadd_rn(pd[e], sd[0]);
+		pn[e] = __dadd_rn(pn[e], sn[0]);
+	}
+}
+
 // The Gram matrix G[a][b] = Σ_j x_a[j]·x_b[j] of nrows vectors is computed in 64×64 tiles: block
 // (s, p) handles tile pair p = (ta, tb), ta <= tb (pairs numbered row by row), over the k-tiles
 // s, s+S, s+2S, ... (S = gridDim.x) of 32 elements each, staging both 64×32 slices in shared
-// memory as f64 (each value decoded by wa_ld) so that one load feeds 64 FMAs. Each of the 256
+// memory as f64 so that one load feeds 64 FMAs. Values are widened to f32 by wa_ld32 (the
+// semantics of device.Robust: f32, f16, bf16 and i8 vectors), so every product is exact in f64. Each of the 256
 // threads owns a 4×4 block of the tile (rows ty+16i, columns tx+16k) in registers and adds it to
 // partial[s][p][64·64] at the end, so successive launches (segments of the coordinate space)
 // accumulate in order. wa_gram_sum then adds the S partials of every entry in order.
@@ -77,8 +117,10 @@ wa_gram(const u64 *rows, const int *dts, const float *scales, int nrows, u64 n, 
 			int idx = tid + WA_THREADS * q, r = idx / GK, c = idx % GK;
 			u64 k = k0 + c;
 			int ra = ta * GT + r, rb = tb * GT + r;
-			st[0][c][r] = ra < nrows && k < n ? wa_ld((const void *)rows[ra], dts[ra], scales[ra], k) : 0.0;
-			if (bi) st[1][c][r] = rb < nrows && k < n ? wa_ld((const void *)rows[rb], dts[rb], scales[rb], k) : 0.0;
+			st[0][c][r] = ra < nrows && k < n ? (double)wa_ld32((const void *)rows[ra], dts[ra], scales[ra], k) : 0.0;
+			if (bi)
+				st[1][c][r] =
+				    rb < nrows && k < n ? (double)wa_ld32((const void *)rows[rb], dts[rb], scales[rb], k) : 0.0;
 		}
 		__syncthreads();
 #pragma unroll 4

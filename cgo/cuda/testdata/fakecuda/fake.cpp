@@ -18,7 +18,9 @@
 //     thread of the block reaches is a launch failure).
 //
 // Configuration (read by cuInit): FAKECUDA_DEVICES (1), FAKECUDA_CC (90), FAKECUDA_SMS (4),
-// FAKECUDA_MEM_MIB (1024), FAKECUDA_SMEM_OPTIN (101376), FAKECUDA_DELAY_US (0).
+// FAKECUDA_MEM_MIB (1024), FAKECUDA_SMEM_OPTIN (101376), FAKECUDA_DELAY_US (0), and
+// FAKECUDA_LAUNCH_LOG: a file that receives the name of every kernel launched, a line each (so
+// that a test of a whole program, the CLI, can tell which kernels it ran).
 //
 // The test that builds this file generates kernels.inc (an #include of every kernel source) and
 // registry.inc (a WA_REGISTER(name) line per kernel).
@@ -214,6 +216,7 @@ int envInt(const char *k, int def) {
 struct Config {
 	int devices, cc, sms, smemOptin, delayUs;
 	long long memBytes;
+	FILE *launchLog;
 } cfg;
 bool initialised;
 
@@ -375,6 +378,8 @@ API CUresult cuInit(unsigned flags) {
 	cfg.smemOptin = envInt("FAKECUDA_SMEM_OPTIN", 101376);
 	cfg.delayUs = envInt("FAKECUDA_DELAY_US", 0);
 	cfg.memBytes = (long long)envInt("FAKECUDA_MEM_MIB", 1024) << 20;
+	const char *log = getenv("FAKECUDA_LAUNCH_LOG");
+	if (log && *log && !cfg.launchLog) cfg.launchLog = fopen(log, "a");
 	if (cfg.devices <= 0) return NO_DEVICE;
 	initialised = true;
 	return OK;
@@ -782,6 +787,10 @@ API CUresult cuLaunchKernel(void *f, unsigned gx, unsigned gy, unsigned gz, unsi
 	    bx == 0 || by == 0 || bz == 0 || bx * by * bz > 1024 || (int)shmem > e->maxDynShared) {
 		fail("cuLaunchKernel", std::string(e->name) + ": invalid launch configuration");
 		return INVALID_VALUE;
+	}
+	if (cfg.launchLog) {
+		fprintf(cfg.launchLog, "%s\n", e->name);
+		fflush(cfg.launchLog);
 	}
 	// Parameters are copied when the launch is enqueued, as the real driver does.
 	std::vector<size_t> offs;
