@@ -237,9 +237,12 @@ func (r *ServerOptimizer) params() kernels.OptimParams {
 	return kernels.OptimParams{LR: float32(r.lr), Beta1: float32(r.beta1), Beta2: float32(r.beta2), Tau: float32(r.tau)}
 }
 
-// optimizerOf is the device's fused optimizer step, or the host CPU's for a device without one.
+// optimizerOf is the fused optimizer step for the chunks dev's sum hands over. Those chunks are
+// in host memory, so a device whose memory is the host's (the CPU) steps them itself and any
+// other gets the host CPU's step: a GPU would copy every chunk there and back for a step that
+// is bound by memory bandwidth on either side. The GPU's Optimizer serves resident data.
 func optimizerOf(dev device.Device) (device.Optimizer, error) {
-	if o, ok := dev.(device.Optimizer); ok {
+	if o, ok := dev.(device.Optimizer); ok && dev.Info().Kind == "cpu" {
 		return o, nil
 	}
 	cpu, err := defaultCPU()

@@ -8,8 +8,8 @@ import (
 )
 
 // Capabilities of the server-optimizer and secure-sum rules. They are separate small interfaces,
-// not methods of Device, so that a device implements them when it can (the CPU does; the CUDA
-// device will, with the kernels of kernels/cuda/optim.cu) and rules fall back to the host
+// not methods of Device, so that a device implements them when it can (the CPU and the CUDA
+// device do, the latter with the kernels of kernels/cuda/optim.cu) and rules fall back to the host
 // kernels for a device that does not.
 
 // OptimRule is a fused server-optimizer step.

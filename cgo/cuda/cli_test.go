@@ -82,7 +82,7 @@ func TestCLIOnFakeGPU(t *testing.T) {
 		kernels []string
 	}{
 		{"median", []string{"--rule", "median"}, []string{"wa_select_r8"}},
-		{"fedadam", []string{"--rule", "fedadam", "--global", global}, []string{"wa_acc_f64_f32", "wa_optim"}},
+		{"fedadam", []string{"--rule", "fedadam", "--global", global}, []string{"wa_acc_f64_f32"}}, // the step stays on the host
 	} {
 		t.Run(tc.rule, func(t *testing.T) {
 			log := filepath.Join(dir, tc.rule+".launches")
