@@ -126,7 +126,9 @@ func writeChunks(ctx context.Context, w *safetensors.Writer, p *plan, cfg config
 			return device.Stats{}, fmt.Errorf("aggregate: writer placed tensor %q at %d, plan at %d", p.fields[t].Name, w.TensorOffset(k), p.offsets[t])
 		}
 	}
-	pipe := newPipeOutput(w, p, cfg.chunkBytes, 2*cfg.workers()+2, 2)
+	// One writer: this VM's disk took 1 MiB direct writes from one sequential writer at
+	// 2.2-2.5 GB/s but gave two concurrent writers 0.5-0.6 GB/s each.
+	pipe := newPipeOutput(w, p, cfg.chunkBytes, 2*cfg.workers()+2, 1)
 	stats, err := compute(pipe)
 	if cerr := pipe.close(); err == nil {
 		err = cerr

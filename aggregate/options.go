@@ -35,10 +35,11 @@ type config struct {
 // may fill with updates before they work from memory-mapped files block by block instead.
 const DefaultMemoryBudget = 8 << 30
 
-// DefaultChunkBytes is the unit of work handed to a device and of output writes: large enough
-// to amortise a direct-I/O write, small enough that the ring of chunk buffers stays a few MiB
-// (fresh pages cost ~0.5 ms per MiB on first touch).
-const DefaultChunkBytes = 256 << 10
+// DefaultChunkBytes is the unit of work handed to a device and of output writes: 1 MiB, so
+// that a direct-I/O write is large enough for the disk (aggregating 16 clients of 25M
+// parameters to a file took 89-99 ms in 1 MiB chunks against 100-107 ms in 256 KiB ones), and
+// the ring of chunk buffers stays a few MiB (fresh pages cost ~0.5 ms per MiB on first touch).
+const DefaultChunkBytes = 1 << 20
 
 var defaultCPU = sync.OnceValues(func() (device.Device, error) { return device.NewCPU() })
 

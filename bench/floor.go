@@ -1,11 +1,13 @@
 package bench
 
 import (
+	"os"
 	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/wattagg/wattagg/kernels"
 	"github.com/wattagg/wattagg/tensor"
@@ -79,4 +81,54 @@ func MemoryFloor(size, workers, passes int) map[int]float64 {
 	}
 	runtime.KeepAlive(buf)
 	return out
+}
+
+// DurableWriteFloor measures how fast n bytes reach the disk in dir the way wattagg writes a
+// result: 1 MiB page-aligned writes with O_DIRECT where the filesystem allows it (buffered
+// otherwise), then fsync. n is rounded up to whole pages (direct I/O writes whole pages). It
+// returns bytes per second, best of passes, and removes its file.
+func DurableWriteFloor(dir string, n int64, passes int) (float64, error) {
+	n = (n + 4095) &^ 4095
+	buf := pageAlignedBuffer(1 << 20)
+	for i := range buf {
+		buf[i] = byte(i)
+	}
+	best := 0.0
+	for range max(1, passes) {
+		f, err := os.CreateTemp(dir, ".wattagg-write-floor-*")
+		if err != nil {
+			return 0, err
+		}
+		name := f.Name()
+		start := time.Now()
+		err = writeDurably(f, name, buf, n)
+		secs := time.Since(start).Seconds()
+		os.Remove(name)
+		if err != nil {
+			return 0, err
+		}
+		best = max(best, float64(n)/secs)
+	}
+	return best, nil
+}
+
+func writeDurably(f *os.File, name string, buf []byte, n int64) error {
+	defer f.Close()
+	w := f
+	if d, err := openDirect(name); err == nil {
+		defer d.Close()
+		w = d
+	}
+	for off := int64(0); off < n; off += int64(len(buf)) {
+		if _, err := w.WriteAt(buf[:min(int64(len(buf)), n-off)], off); err != nil {
+			return err
+		}
+	}
+	return f.Sync()
+}
+
+func pageAlignedBuffer(n int) []byte {
+	b := tensor.AlignedBytes(n + 4096)
+	off := (4096 - int(uintptr(unsafe.Pointer(unsafe.SliceData(b)))%4096)) % 4096
+	return b[off : off+n : off+n]
 }
