@@ -170,7 +170,7 @@ func prepare(ctx context.Context, updates []*tensor.Set, weights []float64, opts
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	w, from, err := resolveWeights(updates, weights)
+	w, from, err := ResolveWeights(updates, weights)
 	if err != nil {
 		return nil, err
 	}

@@ -51,10 +51,12 @@ const (
 	WeightsUniform     = "uniform"
 )
 
-// resolveWeights returns one checked weight per update and where they came from: the given
-// ones, or else each update's num_examples, or else 1 for all. Some updates with num_examples
-// and some without is an error: weighting them 1 beside hundreds would be silently wrong.
-func resolveWeights(updates []*tensor.Set, weights []float64) ([]float64, string, error) {
+// ResolveWeights returns one checked weight per update and where they came from (WeightsGiven,
+// WeightsNumExamples or WeightsUniform): the given ones, or else each update's num_examples, or
+// else 1 for all. Some updates with num_examples and some without is an error: weighting them 1
+// beside hundreds would be silently wrong. Only Source and Metadata of the updates are read, so
+// a streaming caller can resolve weights from headers before it adds anything.
+func ResolveWeights(updates []*tensor.Set, weights []float64) ([]float64, string, error) {
 	if weights != nil {
 		if len(weights) != len(updates) {
 			return nil, "", fmt.Errorf("%w: %d weights for %d updates", ErrWeight, len(weights), len(updates))

@@ -255,7 +255,9 @@ func batchFiles(ctx context.Context, out string, paths []string, weights []float
 	return rep, nil
 }
 
-// streamFiles adds the files one at a time, each mapped only while it is added.
+// streamFiles adds the files one at a time, each mapped only while it is added. Weights are
+// resolved first from the headers alone, by the rules of the batch path, so that a bad weight
+// or a file without num_examples among files with it fails before any work.
 func streamFiles(ctx context.Context, out string, paths []string, weights []float64, bar *progress, opts []aggregate.Option) (*aggregate.Report, error) {
 	agg, err := aggregate.NewAggregator(opts...)
 	if err != nil {
@@ -263,26 +265,27 @@ func streamFiles(ctx context.Context, out string, paths []string, weights []floa
 	}
 	defer agg.Close()
 	var total, done int64
-	for _, p := range paths {
-		if st, err := os.Stat(p); err == nil {
-			total += st.Size()
+	headers := make([]*tensor.Set, len(paths))
+	for i, p := range paths {
+		h, err := safetensors.ReadHeader(p)
+		if err != nil {
+			return nil, err
 		}
+		headers[i] = &tensor.Set{Source: p, Metadata: h.Metadata}
+		for k := range h.End {
+			total += h.End[k] - h.Begin[k] // data bytes, as done counts them
+		}
+	}
+	weights, _, err = aggregate.ResolveWeights(headers, weights)
+	if err != nil {
+		return nil, err
 	}
 	for i, p := range paths {
 		set, err := safetensors.Open(p)
 		if err != nil {
 			return nil, err
 		}
-		w := 1.0
-		if weights != nil {
-			w = weights[i]
-		} else if v, ok, err := aggregate.WeightOf(set); err != nil {
-			set.Close()
-			return nil, err
-		} else if ok {
-			w = v
-		}
-		err = agg.Add(ctx, set, w)
+		err = agg.Add(ctx, set, weights[i])
 		done += set.NumBytes()
 		set.Close()
 		if err != nil {

@@ -249,3 +249,21 @@ func TestDevicesAndDemo(t *testing.T) {
 	}
 	fmt.Println(stdout)
 }
+
+// --stream resolves weights as the batch path does, from the headers, before adding anything.
+func TestStreamWeightsLikeBatch(t *testing.T) {
+	dir := t.TempDir()
+	a, b := filepath.Join(dir, "a.safetensors"), filepath.Join(dir, "b.safetensors")
+	writeClient(t, a, 1, "100")
+	writeClient(t, b, 2, "")
+	out := filepath.Join(dir, "out.safetensors")
+	for _, stream := range []string{"--stream", "--progress=never"} {
+		_, stderr, code := wattagg(t, "aggregate", stream, "-o", out, a, b)
+		checkFailure(t, stderr, code, 1, a+" has num_examples but "+b+" has none: give weights explicitly")
+		_, stderr, code = wattagg(t, "aggregate", stream, "--weights", "1,-1", "-o", out, a, b)
+		checkFailure(t, stderr, code, 1, b+" (weight 2): invalid weight -1")
+	}
+	if _, err := os.Stat(out); !os.IsNotExist(err) {
+		t.Fatal("output written")
+	}
+}
