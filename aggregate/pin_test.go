@@ -1,0 +1,168 @@
+package aggregate_test
+
+import (
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"maps"
+	"math"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+
+	"github.com/wattagg/wattagg/aggregate"
+	"github.com/wattagg/wattagg/tensor"
+)
+
+// The pin test fixes every rule's output bits on small inputs, so that restructuring the
+// aggregation code cannot change a result unnoticed. testdata/pin.golden.json was written by
+// the code before the round engine existed (go test -run TestPinned -update-pins).
+
+var updatePins = flag.Bool("update-pins", false, "rewrite testdata/pin.golden.json")
+
+// pinCase is one rule run: it returns the outputs to fingerprint (one per round for stateful
+// rules) and the reports.
+type pinCase struct {
+	name string
+	run  func(t *testing.T) ([]*tensor.Set, []*aggregate.Report)
+}
+
+// pinRNG is the generator of every pinned input: its sequence never changes.
+func pinRNG(seed uint64) *rand.Rand { return rand.New(rand.NewPCG(seed, 0x5eed)) }
+
+// pinLayout is the tensors of a pinned update: an odd-sized matrix spread over several 4 KiB
+// chunks, a vector and a small 3-d tensor.
+var pinLayout = []struct {
+	name  string
+	shape []int
+}{{"a", []int{61, 53}}, {"b", []int{13}}, {"c", []int{2, 3, 4}}}
+
+// pinSet makes one update of dtype dt with values base[i] + spread·N(0,1) (base nil: 0).
+func pinSet(t *testing.T, r *rand.Rand, dt tensor.DType, base *tensor.Set, spread float64, source string) *tensor.Set {
+	t.Helper()
+	s := &tensor.Set{Source: source, Metadata: map[string]string{}}
+	for i, l := range pinLayout {
+		tt, err := tensor.New(l.name, dt, l.shape...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b := tt.Bytes()
+		n := tt.Len()
+		var bv []float64
+		if base != nil {
+			bv = base.At(i).Float64s()
+		}
+		vals := make([]float64, n)
+		for j := range vals {
+			vals[j] = spread * r.NormFloat64()
+			if bv != nil {
+				vals[j] += bv[j]
+			}
+		}
+		switch dt {
+		case tensor.F32:
+			for j, v := range vals {
+				binary.LittleEndian.PutUint32(b[4*j:], math.Float32bits(float32(v)))
+			}
+		case tensor.F64:
+			for j, v := range vals {
+				binary.LittleEndian.PutUint64(b[8*j:], math.Float64bits(v))
+			}
+		case tensor.BF16:
+			for j, v := range vals {
+				binary.LittleEndian.PutUint16(b[2*j:], tensor.F32ToBF16(float32(v)))
+			}
+		case tensor.F16:
+			for j, v := range vals {
+				binary.LittleEndian.PutUint16(b[2*j:], tensor.F32ToF16(float32(v)))
+			}
+		case tensor.I8:
+			tt.Scale = float32(spread / 40)
+			for j, v := range vals {
+				b[j] = byte(int8(max(-127, min(127, math.Round(v/float64(tt.Scale))))))
+			}
+		}
+		if err := s.Add(tt); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return s
+}
+
+// pinClients makes n updates; dts cycles through the dtypes given.
+func pinClients(t *testing.T, seed uint64, n int, dts []tensor.DType, base *tensor.Set, spread float64) []*tensor.Set {
+	r := pinRNG(seed)
+	out := make([]*tensor.Set, n)
+	for k := range out {
+		out[k] = pinSet(t, r, dts[k%len(dts)], base, spread, fmt.Sprintf("client%02d", k))
+	}
+	return out
+}
+
+// fingerprint hashes what a round produced: every output tensor (name, dtype, shape, scale,
+// bytes, in order), the output metadata, and the report's weights, details and per-client
+// diagnostics.
+func fingerprint(t *testing.T, sets []*tensor.Set, reps []*aggregate.Report) string {
+	t.Helper()
+	h := sha256.New()
+	for _, s := range sets {
+		for _, tt := range s.Tensors() {
+			fmt.Fprintf(h, "%s|%s|%v|%v|", tt.Name, tt.DType, tt.Shape, tt.Scale)
+			h.Write(tt.Bytes())
+		}
+		for _, k := range slices.Sorted(maps.Keys(s.Metadata)) {
+			fmt.Fprintf(h, "%s=%s;", k, s.Metadata[k])
+		}
+	}
+	for _, r := range reps {
+		b, err := json.Marshal(struct {
+			W []float64
+			D map[string]float64
+			P []aggregate.ClientDiag
+		}{r.Weights, r.Details, r.PerClient})
+		if err != nil {
+			t.Fatal(err)
+		}
+		h.Write(b)
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+func TestPinned(t *testing.T) {
+	path := filepath.Join("testdata", "pin.golden.json")
+	want := map[string]string{}
+	if !*updatePins {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := json.Unmarshal(b, &want); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := map[string]string{}
+	for _, c := range pinCases() {
+		t.Run(c.name, func(t *testing.T) {
+			sets, reps := c.run(t)
+			fp := fingerprint(t, sets, reps)
+			got[c.name] = fp
+			if !*updatePins && want[c.name] != fp {
+				t.Errorf("output changed: fingerprint %s, pinned %s", fp, want[c.name])
+			}
+		})
+	}
+	if *updatePins {
+		b, err := json.MarshalIndent(got, "", "  ")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, append(b, '\n'), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
