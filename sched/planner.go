@@ -140,6 +140,8 @@ type Planner struct {
 
 	mu      sync.Mutex
 	profile *Profile
+	changes int // corrections Observe applied
+	saved   int // changes that SaveProfile wrote
 }
 
 // NewPlanner returns a planner over profile (which it updates as it learns; Profile returns

@@ -217,34 +217,6 @@ func (p *Profile) validate() error {
 	return nil
 }
 
-// Save writes the profile atomically (a temporary file renamed over path), creating the
-// directory.
-func (p *Profile) Save(path string) error {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return fmt.Errorf("%w: %v", ErrProfile, err)
-	}
-	b, err := json.MarshalIndent(p, "", "  ")
-	if err != nil {
-		return fmt.Errorf("%w: %v", ErrProfile, err)
-	}
-	f, err := os.CreateTemp(filepath.Dir(path), ".profile-*.json")
-	if err != nil {
-		return fmt.Errorf("%w: %v", ErrProfile, err)
-	}
-	_, err = f.Write(append(b, '\n'))
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(f.Name(), path)
-	}
-	if err != nil {
-		os.Remove(f.Name())
-		return fmt.Errorf("%w: %v", ErrProfile, err)
-	}
-	return nil
-}
-
 // Clone returns a deep copy.
 func (p *Profile) Clone() *Profile {
 	b, _ := json.Marshal(p)
