@@ -20,8 +20,9 @@ import (
 // the L1/L2 cache while every input streams over it once.
 type CPU struct {
 	workers int
-	block   int       // accumulator block, elements
-	scratch sync.Pool // *cpuScratch
+	block   int           // accumulator block, elements
+	kern    *kernels.Impl // the kernel implementation every operation runs
+	scratch sync.Pool     // *cpuScratch
 }
 
 // CPUOption configures a CPU device.
@@ -55,9 +56,24 @@ func WithBlockElems(n int) CPUOption {
 	}
 }
 
+// WithKernels selects the kernel implementation by name (kernels.Impls lists those this CPU
+// and build can run: "avx512", "avx2", "generic"); the default is kernels.Default(). Results
+// are the same bits whichever runs. An unknown or unavailable name is an error wrapping
+// kernels.ErrNoImpl.
+func WithKernels(name string) CPUOption {
+	return func(c *CPU) error {
+		k, err := kernels.Lookup(name)
+		if err != nil {
+			return fmt.Errorf("device: %w", err)
+		}
+		c.kern = k
+		return nil
+	}
+}
+
 // NewCPU returns the CPU device.
 func NewCPU(opts ...CPUOption) (*CPU, error) {
-	c := &CPU{workers: runtime.GOMAXPROCS(0), block: DefaultBlockElems}
+	c := &CPU{workers: runtime.GOMAXPROCS(0), block: DefaultBlockElems, kern: kernels.Default()}
 	for _, o := range opts {
 		if err := o(c); err != nil {
 			return nil, err
@@ -81,12 +97,13 @@ func (c *CPU) Info() Info {
 		Cores:   cpuid.CPU.PhysicalCores,
 		Threads: cpuid.CPU.LogicalCores,
 		Workers: c.workers,
-		Kernels: kernels.Variant(),
+		Kernels: c.kern.Name(),
 		CacheL2: cpuid.CPU.Cache.L2,
 		CacheL3: cpuid.CPU.Cache.L3,
 	}
 	if info.Kernels != "generic" {
-		info.Features = []string{"avx2", "fma3", "f16c"}
+		info.Features = c.kern.Features()
+		info.Notes = append(info.Notes, "kernels: "+c.kern.Description())
 	} else {
 		info.Notes = append(info.Notes, "pure-Go kernels: "+genericReason())
 	}
@@ -94,8 +111,8 @@ func (c *CPU) Info() Info {
 }
 
 func genericReason() string {
-	if slices.Contains(kernels.Variants(), "avx2") {
-		return "selected by WATTAGG_KERNELS or a test"
+	if len(kernels.Impls()) > 1 {
+		return "selected by WATTAGG_KERNELS or WithKernels"
 	}
 	if !cpuid.CPU.Supports(cpuid.AVX2, cpuid.FMA3, cpuid.F16C) {
 		return "this CPU lacks AVX2, FMA or F16C"
@@ -321,28 +338,28 @@ func (c *CPU) sumPiece(ctx context.Context, s *cpuScratch, f AccField, groups []
 			for _, g := range groups {
 				xs := s.xs[:len(g.inputs)]
 				fillBlock(xs, g, inputs, pc.Field, lo, hi)
-				k := acc32Kernel(g.dtype)
+				k := acc32Kernel(c.kern, g.dtype)
 				for i := 0; i < len(xs); i += maxInputsPerCall {
 					e := min(i+maxInputsPerCall, len(xs))
 					k(acc, g.w32[i:e], xs[i:e])
 				}
 			}
-			store32Kernel(f.Out)(out, acc, 1)
+			store32Kernel(c.kern, f.Out)(out, acc, 1)
 		} else {
 			acc := s.acc64[:n]
 			clear(acc)
 			for _, g := range groups {
 				xs := s.xs[:len(g.inputs)]
 				fillBlock(xs, g, inputs, pc.Field, lo, hi)
-				k := acc64Kernel(g.dtype)
+				k := acc64Kernel(c.kern, g.dtype)
 				for i := 0; i < len(xs); i += maxInputsPerCall {
 					e := min(i+maxInputsPerCall, len(xs))
 					k(acc, g.w64[i:e], xs[i:e])
 				}
 			}
-			store64Kernel(f.Out)(out, acc, 1)
+			store64Kernel(c.kern, f.Out)(out, acc, 1)
 		}
-		if err := checkOut(f, lo, out); err != nil {
+		if err := checkOut(c.kern, f, lo, out); err != nil {
 			return err
 		}
 	}
@@ -360,8 +377,8 @@ func fillBlock(xs [][]byte, g group, inputs [][]Span, field, lo, hi int) {
 // checkOut reports the first non-finite value of a converted block. Checking the output is
 // enough: a NaN or Inf in the accumulator converts to a NaN or Inf, and the output can also
 // overflow on its own (a finite f32 sum beyond the f16 range).
-func checkOut(f AccField, lo int, out []byte) error {
-	if !anyNonFinite(f.Out, out) {
+func checkOut(k *kernels.Impl, f AccField, lo int, out []byte) error {
+	if !anyNonFiniteBy(k, f.Out, out) {
 		return nil
 	}
 	i := tensor.FirstNonFinite(f.Out, out)
@@ -369,72 +386,76 @@ func checkOut(f AccField, lo int, out []byte) error {
 	return &tensor.NonFiniteError{Tensor: f.Name, Index: lo + i, Value: t.Value(i)}
 }
 
-func anyNonFinite(dt tensor.DType, b []byte) bool {
+// anyNonFinite scans with kernels.Default(), for code that runs on no device (CheckFinite).
+func anyNonFinite(dt tensor.DType, b []byte) bool { return anyNonFiniteBy(kernels.Default(), dt, b) }
+
+// anyNonFiniteBy scans with k's kernels.
+func anyNonFiniteBy(k *kernels.Impl, dt tensor.DType, b []byte) bool {
 	switch dt {
 	case tensor.F32:
-		return kernels.AnyNonFiniteF32(b)
+		return k.AnyNonFiniteF32(b)
 	case tensor.F64:
-		return kernels.AnyNonFiniteF64(b)
+		return k.AnyNonFiniteF64(b)
 	case tensor.F16:
-		return kernels.AnyNonFiniteF16(b)
+		return k.AnyNonFiniteF16(b)
 	case tensor.BF16:
-		return kernels.AnyNonFiniteBF16(b)
+		return k.AnyNonFiniteBF16(b)
 	}
 	return false
 }
 
-func acc32Kernel(dt tensor.DType) func(acc, w []float32, x [][]byte) {
+func acc32Kernel(k *kernels.Impl, dt tensor.DType) func(acc, w []float32, x [][]byte) {
 	switch dt {
 	case tensor.F32:
-		return kernels.AccF32FromF32
+		return k.AccF32FromF32
 	case tensor.BF16:
-		return kernels.AccF32FromBF16
+		return k.AccF32FromBF16
 	case tensor.F16:
-		return kernels.AccF32FromF16
+		return k.AccF32FromF16
 	case tensor.I8:
-		return kernels.AccF32FromI8
+		return k.AccF32FromI8
 	}
 	return nil
 }
 
-func acc64Kernel(dt tensor.DType) func(acc, w []float64, x [][]byte) {
+func acc64Kernel(k *kernels.Impl, dt tensor.DType) func(acc, w []float64, x [][]byte) {
 	switch dt {
 	case tensor.F32:
-		return kernels.AccF64FromF32
+		return k.AccF64FromF32
 	case tensor.BF16:
-		return kernels.AccF64FromBF16
+		return k.AccF64FromBF16
 	case tensor.F16:
-		return kernels.AccF64FromF16
+		return k.AccF64FromF16
 	case tensor.I8:
-		return kernels.AccF64FromI8
+		return k.AccF64FromI8
 	case tensor.F64:
-		return kernels.AccF64FromF64
+		return k.AccF64FromF64
 	}
 	return nil
 }
 
-func store32Kernel(dt tensor.DType) func(dst []byte, src []float32, s float32) {
+func store32Kernel(k *kernels.Impl, dt tensor.DType) func(dst []byte, src []float32, s float32) {
 	switch dt {
 	case tensor.F32:
-		return kernels.StoreF32FromF32
+		return k.StoreF32FromF32
 	case tensor.BF16:
-		return kernels.StoreBF16FromF32
+		return k.StoreBF16FromF32
 	case tensor.F16:
-		return kernels.StoreF16FromF32
+		return k.StoreF16FromF32
 	}
 	return nil
 }
 
-func store64Kernel(dt tensor.DType) func(dst []byte, src []float64, s float64) {
+func store64Kernel(k *kernels.Impl, dt tensor.DType) func(dst []byte, src []float64, s float64) {
 	switch dt {
 	case tensor.F64:
-		return kernels.StoreF64FromF64
+		return k.StoreF64FromF64
 	case tensor.F32:
-		return kernels.StoreF32FromF64
+		return k.StoreF32FromF64
 	case tensor.BF16:
-		return kernels.StoreBF16FromF64
+		return k.StoreBF16FromF64
 	case tensor.F16:
-		return kernels.StoreF16FromF64
+		return k.StoreF16FromF64
 	}
 	return nil
 }

@@ -63,10 +63,10 @@ func (a *cpuAccumulator) Add(ctx context.Context, x []Span, w float64) error {
 		xs[0] = sp.Data[pc.Lo*es : pc.Hi*es]
 		if acc := a.acc32[pc.Field]; acc != nil {
 			s.w32[0] = float32(wt)
-			acc32Kernel(sp.DType)(acc[pc.Lo:pc.Hi], s.w32[:1], xs)
+			acc32Kernel(a.c.kern, sp.DType)(acc[pc.Lo:pc.Hi], s.w32[:1], xs)
 		} else {
 			s.w64[0] = wt
-			acc64Kernel(sp.DType)(a.acc64[pc.Field][pc.Lo:pc.Hi], s.w64[:1], xs)
+			acc64Kernel(a.c.kern, sp.DType)(a.acc64[pc.Field][pc.Lo:pc.Hi], s.w64[:1], xs)
 		}
 		xs[0] = nil
 		return nil
@@ -114,11 +114,11 @@ func (a *cpuAccumulator) emitPiece(f AccField, pc Piece, scale float64, dst []by
 		hi := min(lo+block, pc.Hi)
 		out := dst[(lo-pc.Lo)*os : (hi-pc.Lo)*os]
 		if v := a.acc32[pc.Field]; v != nil {
-			store32Kernel(f.Out)(out, v[lo:hi], float32(scale))
+			store32Kernel(a.c.kern, f.Out)(out, v[lo:hi], float32(scale))
 		} else {
-			store64Kernel(f.Out)(out, a.acc64[pc.Field][lo:hi], scale)
+			store64Kernel(a.c.kern, f.Out)(out, a.acc64[pc.Field][lo:hi], scale)
 		}
-		if err := checkOut(f, lo, out); err != nil {
+		if err := checkOut(a.c.kern, f, lo, out); err != nil {
 			return err
 		}
 	}

@@ -32,13 +32,13 @@ func (c *CPU) Optimize(ctx context.Context, s *OptimJob) (Stats, error) {
 	run := func(lo, hi int) {
 		switch s.Rule {
 		case OptimFedAvgM:
-			kernels.FedAvgMStepF32(s.XOut[lo:hi], s.MOut[lo:hi], s.X[lo:hi], s.D[lo:hi], s.M[lo:hi], p)
+			c.kern.FedAvgMStepF32(s.XOut[lo:hi], s.MOut[lo:hi], s.X[lo:hi], s.D[lo:hi], s.M[lo:hi], p)
 		case OptimFedAdagrad:
-			kernels.FedAdagradStepF32(s.XOut[lo:hi], s.MOut[lo:hi], s.VOut[lo:hi], s.X[lo:hi], s.D[lo:hi], s.M[lo:hi], s.V[lo:hi], p)
+			c.kern.FedAdagradStepF32(s.XOut[lo:hi], s.MOut[lo:hi], s.VOut[lo:hi], s.X[lo:hi], s.D[lo:hi], s.M[lo:hi], s.V[lo:hi], p)
 		case OptimFedAdam:
-			kernels.FedAdamStepF32(s.XOut[lo:hi], s.MOut[lo:hi], s.VOut[lo:hi], s.X[lo:hi], s.D[lo:hi], s.M[lo:hi], s.V[lo:hi], p)
+			c.kern.FedAdamStepF32(s.XOut[lo:hi], s.MOut[lo:hi], s.VOut[lo:hi], s.X[lo:hi], s.D[lo:hi], s.M[lo:hi], s.V[lo:hi], p)
 		case OptimFedYogi:
-			kernels.FedYogiStepF32(s.XOut[lo:hi], s.MOut[lo:hi], s.VOut[lo:hi], s.X[lo:hi], s.D[lo:hi], s.M[lo:hi], s.V[lo:hi], p)
+			c.kern.FedYogiStepF32(s.XOut[lo:hi], s.MOut[lo:hi], s.VOut[lo:hi], s.X[lo:hi], s.D[lo:hi], s.M[lo:hi], s.V[lo:hi], p)
 		}
 	}
 	var stats chunkStats
@@ -89,7 +89,7 @@ func (c *CPU) ModSum(ctx context.Context, fields []AccField, inputs [][]Span, ch
 					xs[i] = in[pc.Field].Data[4*(pc.Lo+lo) : 4*(pc.Lo+hi)]
 				}
 				clear(acc[lo:hi])
-				kernels.ModSumU32(acc[lo:hi], xs)
+				c.kern.ModSumU32(acc[lo:hi], xs)
 			}
 			clear(xs) // do not keep inputs (mapped files) reachable from the pool
 			elems += int64(n)

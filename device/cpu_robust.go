@@ -74,7 +74,7 @@ func putRobustScratch(s *robustScratch) {
 
 // blockOf returns elements [lo, hi) of every input's field t as f32 bytes: f32 data where it
 // is, other dtypes widened into the scratch.
-func (s *robustScratch) blockOf(inputs [][]Span, t, lo, hi int) [][]byte {
+func (s *robustScratch) blockOf(k *kernels.Impl, inputs [][]Span, t, lo, hi int) [][]byte {
 	n := len(inputs)
 	xs := s.xs[:n]
 	for i, in := range inputs {
@@ -87,7 +87,7 @@ func (s *robustScratch) blockOf(inputs [][]Span, t, lo, hi int) [][]byte {
 			s.wide[i] = tensor.AlignedF32(max(hi-lo, selectBlockElems))
 		}
 		w := s.wide[i][:hi-lo]
-		widen(w, sp, lo, hi)
+		widen(k, w, sp, lo, hi)
 		xs[i] = f32Bytes(w)
 	}
 	return xs
@@ -95,7 +95,7 @@ func (s *robustScratch) blockOf(inputs [][]Span, t, lo, hi int) [][]byte {
 
 // widen converts elements [lo, hi) of a 16-bit or i8 span to f32 exactly (i8 as
 // float32(Scale·q)) with the accumulation kernels: 0 + float32(1·x).
-func widen(dst []float32, sp Span, lo, hi int) {
+func widen(k *kernels.Impl, dst []float32, sp Span, lo, hi int) {
 	clear(dst)
 	es := sp.DType.Size()
 	x := [][]byte{sp.Data[es*lo : es*hi]}
@@ -103,7 +103,7 @@ func widen(dst []float32, sp Span, lo, hi int) {
 	if sp.DType == tensor.I8 {
 		w[0] = sp.Scale
 	}
-	acc32Kernel(sp.DType)(dst, w, x)
+	acc32Kernel(k, sp.DType)(dst, w, x)
 }
 
 func f32Bytes(v []float32) []byte {
@@ -153,22 +153,22 @@ func (c *CPU) Select(ctx context.Context, job *SelectJob) (Stats, error) {
 			os := f.Out.Size()
 			for lo := pc.Lo; lo < pc.Hi; lo += selectBlockElems {
 				hi := min(lo+selectBlockElems, pc.Hi)
-				xs := s.blockOf(job.Inputs, pc.Field, lo, hi)
+				xs := s.blockOf(c.kern, job.Inputs, pc.Field, lo, hi)
 				res := s.res[:hi-lo]
 				switch job.Op {
 				case Median:
-					kernels.MedianF32(res, xs, s.sort)
+					c.kern.MedianF32(res, xs, s.sort)
 				case TrimmedMean:
-					kernels.TrimmedMeanF32(res, xs, job.K, s.sort)
+					c.kern.TrimmedMeanF32(res, xs, job.K, s.sort)
 				case ClosestMean:
-					kernels.ClosestMeanF32(res, xs, job.K, s.sort)
+					c.kern.ClosestMeanF32(res, xs, job.K, s.sort)
 				}
 				for i := range dl {
-					kernels.SqDistNormF32(&dl[i], &nl[i], xs[i], res)
+					c.kern.SqDistNormF32(&dl[i], &nl[i], xs[i], res)
 				}
 				out := dst[(lo-pc.Lo)*os : (hi-pc.Lo)*os]
-				storeF32(f.Out, out, res)
-				if err := checkOut(f, lo, out); err != nil {
+				storeF32(c.kern, f.Out, out, res)
+				if err := checkOut(c.kern, f, lo, out); err != nil {
 					return err
 				}
 			}
@@ -213,14 +213,14 @@ func addChunks(dst []float64, chunks [][]float64) {
 }
 
 // storeF32 converts an f32 block to the output dtype.
-func storeF32(dt tensor.DType, dst []byte, src []float32) {
+func storeF32(k *kernels.Impl, dt tensor.DType, dst []byte, src []float32) {
 	if dt == tensor.F64 {
 		for j, v := range src {
 			putF64(dst[8*j:], float64(v))
 		}
 		return
 	}
-	store32Kernel(dt)(dst, src, 1)
+	store32Kernel(k, dt)(dst, src, 1)
 }
 
 func putF64(b []byte, v float64) { binary.LittleEndian.PutUint64(b, math.Float64bits(v)) }
@@ -286,7 +286,7 @@ func (c *CPU) Gram(ctx context.Context, fields []AccField, inputs [][]Span) ([][
 		for _, pc := range chunks[ci].Pieces {
 			for lo := pc.Lo; lo < pc.Hi; lo += block {
 				hi := min(lo+block, pc.Hi)
-				kernels.GramF32(p, s.blockOf(inputs, pc.Field, lo, hi), hi-lo)
+				c.kern.GramF32(p, s.blockOf(c.kern, inputs, pc.Field, lo, hi), hi-lo)
 				if err := ctx.Err(); err != nil {
 					return err
 				}
@@ -361,10 +361,10 @@ func (c *CPU) SqDistances(ctx context.Context, fields []AccField, inputs [][]Spa
 							s.wide[0] = tensor.AlignedF32(distBlockElems)
 						}
 						w := s.wide[0][:hi-lo]
-						widen(w, sp, lo, hi)
+						widen(c.kern, w, sp, lo, hi)
 						xb = f32Bytes(w)
 					}
-					kernels.SqDistNormF32(&dl[i], &nl[i], xb, zb)
+					c.kern.SqDistNormF32(&dl[i], &nl[i], xb, zb)
 				}
 			}
 			elems += int64(pc.Hi - pc.Lo)

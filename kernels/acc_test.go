@@ -9,28 +9,27 @@ import (
 	"testing"
 )
 
-// accCase is one accumulation kernel: the public function (which runs the selected variant)
-// and the generic variant's function, the reference.
+// accCase is one accumulation kernel, as the method of an Impl; the generic Impl's is the
+// reference.
 type accCase[T float32 | float64] struct {
 	name string
 	in   dtype
-	fn   func(acc, w []T, x [][]byte)
-	ref  func(acc, w []T, x [][]byte)
+	fn   func(k *Impl, acc, w []T, x [][]byte)
 }
 
 var (
 	accF32Cases = []accCase[float32]{
-		{"AccF32FromF32", dtF32, AccF32FromF32, generic.accF32FromF32},
-		{"AccF32FromBF16", dtBF16, AccF32FromBF16, generic.accF32FromBF16},
-		{"AccF32FromF16", dtF16, AccF32FromF16, generic.accF32FromF16},
-		{"AccF32FromI8", dtI8, AccF32FromI8, generic.accF32FromI8},
+		{"AccF32FromF32", dtF32, (*Impl).AccF32FromF32},
+		{"AccF32FromBF16", dtBF16, (*Impl).AccF32FromBF16},
+		{"AccF32FromF16", dtF16, (*Impl).AccF32FromF16},
+		{"AccF32FromI8", dtI8, (*Impl).AccF32FromI8},
 	}
 	accF64Cases = []accCase[float64]{
-		{"AccF64FromF32", dtF32, AccF64FromF32, generic.accF64FromF32},
-		{"AccF64FromBF16", dtBF16, AccF64FromBF16, generic.accF64FromBF16},
-		{"AccF64FromF16", dtF16, AccF64FromF16, generic.accF64FromF16},
-		{"AccF64FromI8", dtI8, AccF64FromI8, generic.accF64FromI8},
-		{"AccF64FromF64", dtF64, AccF64FromF64, generic.accF64FromF64},
+		{"AccF64FromF32", dtF32, (*Impl).AccF64FromF32},
+		{"AccF64FromBF16", dtBF16, (*Impl).AccF64FromBF16},
+		{"AccF64FromF16", dtF16, (*Impl).AccF64FromF16},
+		{"AccF64FromI8", dtI8, (*Impl).AccF64FromI8},
+		{"AccF64FromF64", dtF64, (*Impl).AccF64FromF64},
 	}
 )
 
@@ -63,11 +62,11 @@ func TestAcc(t *testing.T) {
 	}
 }
 
-// testAcc compares the selected variant with the reference for every length, input counts 0..17
+// testAcc compares each Impl with the reference for every length, input counts 0..17
 // (every group size of the assembly and combinations of them), accumulator offsets 0..7
 // elements, input offsets 0..7 elements plus 0..3 bytes, and inputs longer than needed.
 func testAcc[T float32 | float64](t *testing.T, c accCase[T]) {
-	forVariants(t, func(t *testing.T) {
+	forImpls(t, func(t *testing.T, k *Impl) {
 		r := rand.New(rand.NewPCG(1, uint64(len(c.name))))
 		for _, n := range lengths() {
 			// Every group size of the assembly (1..8), one and two full groups plus remainders.
@@ -80,7 +79,7 @@ func testAcc[T float32 | float64](t *testing.T, c accCase[T]) {
 			}
 			for _, cnt := range counts {
 				w, x := randAccInputs[T](r, c.in, n, cnt, false)
-				checkAcc(t, c, r, n, (n+cnt)%8, w, x)
+				checkAcc(t, k, c, r, n, (n+cnt)%8, w, x)
 			}
 		}
 	})
@@ -104,21 +103,21 @@ func randAccInputs[T float32 | float64](r *rand.Rand, in dtype, n, cnt int, fini
 
 // checkAcc runs the kernel on a guarded accumulator of n random elements at offset accOff and
 // compares it with the reference; the inputs and weights must be unchanged.
-func checkAcc[T float32 | float64](t *testing.T, c accCase[T], r *rand.Rand, n, accOff int, w []T, x [][]byte) {
+func checkAcc[T float32 | float64](t *testing.T, k *Impl, c accCase[T], r *rand.Rand, n, accOff int, w []T, x [][]byte) {
 	t.Helper()
 	acc, check := guarded[T](n, accOff)
 	for j := range acc {
 		acc[j] = randAcc[T](r, false)
 	}
 	want := slices.Clone(acc)
-	c.ref(want, w, x)
+	c.fn(refImpl(), want, w, x)
 	w0 := slices.Clone(w)
 	x0 := make([][]byte, len(x))
 	for i := range x {
 		x0[i] = bytes.Clone(x[i])
 	}
 
-	c.fn(acc, w, x)
+	c.fn(k, acc, w, x)
 
 	check(t)
 	for j := range acc {
@@ -141,7 +140,7 @@ func bitsOf[T float32 | float64](v T) uint64 {
 	return math.Float64bits(float64(v))
 }
 
-// TestAccOracle checks every variant against a plain float64 loop written here, within the
+// TestAccOracle checks every Impl against a plain float64 loop written here, within the
 // rounding error of the accumulator type, so that a bug shared by the reference and the assembly
 // (the wrong weight, the wrong widening, a skipped input) shows.
 func TestAccOracle(t *testing.T) {
@@ -155,7 +154,7 @@ func TestAccOracle(t *testing.T) {
 
 // testAccOracle: mant is the precision of T, sub the exponent of its smallest subnormal.
 func testAccOracle[T float32 | float64](t *testing.T, c accCase[T], mant, sub int) {
-	forVariants(t, func(t *testing.T) {
+	forImpls(t, func(t *testing.T, k *Impl) {
 		r := rand.New(rand.NewPCG(2, uint64(len(c.name))))
 		for _, n := range []int{0, 1, 7, 8, 9, 31, 32, 33, 63, 70, 1000} {
 			for _, cnt := range []int{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 16, 17} {
@@ -171,7 +170,7 @@ func testAccOracle[T float32 | float64](t *testing.T, c accCase[T], mant, sub in
 				}
 				acc0 := slices.Clone(acc)
 
-				c.fn(acc, w, x)
+				c.fn(k, acc, w, x)
 
 				for j := range acc {
 					want, mag := float64(acc0[j]), math.Abs(float64(acc0[j]))
@@ -237,7 +236,7 @@ func TestAccEdges(t *testing.T) {
 }
 
 func testAccEdges[T float32 | float64](t *testing.T, c accCase[T]) {
-	forVariants(t, func(t *testing.T) {
+	forImpls(t, func(t *testing.T, k *Impl) {
 		r := rand.New(rand.NewPCG(3, uint64(len(c.name))))
 		for n := 0; n <= 70; n++ {
 			for _, atEnd := range []bool{true, false} {
@@ -249,7 +248,7 @@ func testAccEdges[T float32 | float64](t *testing.T, c accCase[T]) {
 					x[i] = edgeBytes(t, n*c.in.size, atEnd)
 					copy(x[i], randBytes(r, c.in, n, false))
 				}
-				checkAcc(t, c, r, n, 0, w, x)
+				checkAcc(t, k, c, r, n, 0, w, x)
 			}
 		}
 	})
@@ -258,16 +257,16 @@ func testAccEdges[T float32 | float64](t *testing.T, c accCase[T]) {
 // TestAccPanics checks that a short input or weight slice panics (as the generic code does)
 // instead of letting the assembly read out of bounds.
 func TestAccPanics(t *testing.T) {
-	forVariants(t, func(t *testing.T) {
+	forImpls(t, func(t *testing.T, k *Impl) {
 		for _, n := range []int{7, 8, 64} {
 			acc := make([]float32, n)
 			short := [][]byte{make([]byte, 4*n), make([]byte, 4*n-1)}
-			mustPanic(t, fmt.Sprintf("short input n=%d", n), func() { AccF32FromF32(acc, []float32{1, 1}, short) })
+			mustPanic(t, fmt.Sprintf("short input n=%d", n), func() { k.AccF32FromF32(acc, []float32{1, 1}, short) })
 			full := [][]byte{make([]byte, 4*n), make([]byte, 4*n)}
-			mustPanic(t, fmt.Sprintf("short weights n=%d", n), func() { AccF32FromF32(acc, []float32{1}, full) })
+			mustPanic(t, fmt.Sprintf("short weights n=%d", n), func() { k.AccF32FromF32(acc, []float32{1}, full) })
 			acc64 := make([]float64, n)
 			mustPanic(t, fmt.Sprintf("short f64 input n=%d", n), func() {
-				AccF64FromF64(acc64, []float64{1, 1}, [][]byte{make([]byte, 8*n), make([]byte, 8*n-8)})
+				k.AccF64FromF64(acc64, []float64{1, 1}, [][]byte{make([]byte, 8*n), make([]byte, 8*n-8)})
 			})
 		}
 	})

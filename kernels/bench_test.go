@@ -17,17 +17,10 @@ import (
 
 var benchSizes = []int{4 << 10, 256 << 10, 64 << 20}
 
-// benchVariants runs f once per variant with it selected, as sub-benchmark n=<n>/impl=<name>.
-func benchVariants(b *testing.B, n int, f func(b *testing.B)) {
-	saved := Variant()
-	defer UseVariant(saved)
-	for _, name := range Variants() {
-		b.Run(fmt.Sprintf("n=%d/impl=%s", n, name), func(b *testing.B) {
-			if err := UseVariant(name); err != nil {
-				b.Fatal(err)
-			}
-			f(b)
-		})
+// benchImpls runs f once per implementation, as sub-benchmark n=<n>/impl=<name>.
+func benchImpls(b *testing.B, n int, f func(b *testing.B, k *Impl)) {
+	for _, k := range Impls() {
+		b.Run(fmt.Sprintf("n=%d/impl=%s", n, k), func(b *testing.B) { f(b, k) })
 	}
 }
 
@@ -66,10 +59,10 @@ var benchBuffers = map[string][]byte{}
 func BenchmarkXorFold(b *testing.B) {
 	for _, size := range benchSizes {
 		x := benchData(dtF32, size)
-		benchVariants(b, size, func(b *testing.B) {
+		benchImpls(b, size, func(b *testing.B, k *Impl) {
 			b.SetBytes(int64(size))
 			for b.Loop() {
-				XorFold(x)
+				k.XorFold(x)
 			}
 		})
 	}
@@ -96,10 +89,10 @@ func benchAcc[T float32 | float64](b *testing.B, c accCase[T], accSize int) {
 		}
 		w := []T{0.25, 0.5, 0.125, 0.125}
 		acc := make([]T, n)
-		benchVariants(b, size, func(b *testing.B) {
+		benchImpls(b, size, func(b *testing.B, k *Impl) {
 			b.SetBytes(int64(size + 2*n*accSize))
 			for b.Loop() {
-				c.fn(acc, w, x)
+				c.fn(k, acc, w, x)
 			}
 		})
 	}
@@ -111,10 +104,10 @@ func BenchmarkStore(b *testing.B) {
 			for _, size := range benchSizes {
 				src := make([]float32, size/4)
 				dst := make([]byte, len(src)*c.out.size)
-				benchVariants(b, size, func(b *testing.B) {
+				benchImpls(b, size, func(b *testing.B, k *Impl) {
 					b.SetBytes(int64(size + len(dst)))
 					for b.Loop() {
-						c.fn(dst, src, 0.5)
+						c.fn(k, dst, src, 0.5)
 					}
 				})
 			}
@@ -125,10 +118,10 @@ func BenchmarkStore(b *testing.B) {
 			for _, size := range benchSizes {
 				src := make([]float64, size/8)
 				dst := make([]byte, len(src)*c.out.size)
-				benchVariants(b, size, func(b *testing.B) {
+				benchImpls(b, size, func(b *testing.B, k *Impl) {
 					b.SetBytes(int64(size + len(dst)))
 					for b.Loop() {
-						c.fn(dst, src, 0.5)
+						c.fn(k, dst, src, 0.5)
 					}
 				})
 			}
@@ -140,10 +133,10 @@ func BenchmarkScale(b *testing.B) {
 	b.Run("ScaleF32", func(b *testing.B) {
 		for _, size := range benchSizes {
 			x := make([]float32, size/4)
-			benchVariants(b, size, func(b *testing.B) {
+			benchImpls(b, size, func(b *testing.B, k *Impl) {
 				b.SetBytes(int64(2 * size))
 				for b.Loop() {
-					ScaleF32(x, 1)
+					k.ScaleF32(x, 1)
 				}
 			})
 		}
@@ -151,10 +144,10 @@ func BenchmarkScale(b *testing.B) {
 	b.Run("ScaleF64", func(b *testing.B) {
 		for _, size := range benchSizes {
 			x := make([]float64, size/8)
-			benchVariants(b, size, func(b *testing.B) {
+			benchImpls(b, size, func(b *testing.B, k *Impl) {
 				b.SetBytes(int64(2 * size))
 				for b.Loop() {
-					ScaleF64(x, 1)
+					k.ScaleF64(x, 1)
 				}
 			})
 		}
@@ -166,10 +159,10 @@ func BenchmarkReduce(b *testing.B) {
 		x := benchData(dtF32, size)
 		y := benchData(dtF32, size+4)[4:]
 		b.Run("DotF32", func(b *testing.B) {
-			benchVariants(b, size, func(b *testing.B) {
+			benchImpls(b, size, func(b *testing.B, k *Impl) {
 				b.SetBytes(int64(2 * size))
 				for b.Loop() {
-					DotF32(x, y)
+					k.DotF32(x, y)
 				}
 			})
 		})
@@ -178,10 +171,10 @@ func BenchmarkReduce(b *testing.B) {
 		b.Run(c.name, func(b *testing.B) {
 			for _, size := range benchSizes {
 				x := benchData(c.in, size)
-				benchVariants(b, size, func(b *testing.B) {
+				benchImpls(b, size, func(b *testing.B, k *Impl) {
 					b.SetBytes(int64(size))
 					for b.Loop() {
-						c.public(x)
+						c.public(k, x)
 					}
 				})
 			}
@@ -194,10 +187,10 @@ func BenchmarkAnyNonFinite(b *testing.B) {
 		b.Run(c.name, func(b *testing.B) {
 			for _, size := range benchSizes {
 				x := make([]byte, size) // zeros: finite for every type, so the scan reads it all
-				benchVariants(b, size, func(b *testing.B) {
+				benchImpls(b, size, func(b *testing.B, k *Impl) {
 					b.SetBytes(int64(size))
 					for b.Loop() {
-						if c.fn(x) {
+						if c.fn(k, x) {
 							b.Fatal("zeros reported non-finite")
 						}
 					}
@@ -252,64 +245,68 @@ func BenchmarkFedAvg(b *testing.B) {
 	blocks := []int{2048, 4096, 8192, 16384, 32768, 65536}
 	b.Run("AccF32FromF32", func(b *testing.B) {
 		for _, block := range blocks {
-			benchFedAvg(b, block, 4, fedData.f32, AccF32FromF32, StoreF32FromF32)
+			benchFedAvg(b, block, 4, fedData.f32, (*Impl).AccF32FromF32, (*Impl).StoreF32FromF32)
 		}
 	})
 	b.Run("AccF32FromBF16", func(b *testing.B) {
 		for _, block := range blocks {
-			benchFedAvg(b, block, 2, fedData.bf16, AccF32FromBF16, StoreF32FromF32)
+			benchFedAvg(b, block, 2, fedData.bf16, (*Impl).AccF32FromBF16, (*Impl).StoreF32FromF32)
 		}
 	})
 	b.Run("AccF64FromF32", func(b *testing.B) {
 		for _, block := range blocks {
-			benchFedAvg(b, block, 4, fedData.f32, AccF64FromF32, StoreF32FromF64)
+			benchFedAvg(b, block, 4, fedData.f32, (*Impl).AccF64FromF32, (*Impl).StoreF32FromF64)
 		}
 	})
 }
 
 func benchFedAvg[T float32 | float64](b *testing.B, block, size int, inputs [][]byte,
-	acc func(acc, w []T, x [][]byte), store func(dst []byte, src []T, s T)) {
+	acc func(k *Impl, acc, w []T, x [][]byte), store func(k *Impl, dst []byte, src []T, s T)) {
 	w := fedWeights[T]()
 	a := make([]T, block)
 	x := make([][]byte, len(inputs))
-	b.Run(fmt.Sprintf("block=%d/impl=%s", block, Variant()), func(b *testing.B) {
-		b.SetBytes(int64(len(inputs)*fedElems*size + 4*fedElems))
-		for b.Loop() {
-			for off := 0; off < fedElems; off += block {
-				clear(a)
-				for i, in := range inputs {
-					x[i] = in[off*size : (off+block)*size]
+	for _, k := range Impls() {
+		b.Run(fmt.Sprintf("block=%d/impl=%s", block, k), func(b *testing.B) {
+			b.SetBytes(int64(len(inputs)*fedElems*size + 4*fedElems))
+			for b.Loop() {
+				for off := 0; off < fedElems; off += block {
+					clear(a)
+					for i, in := range inputs {
+						x[i] = in[off*size : (off+block)*size]
+					}
+					acc(k, a, w, x)
+					store(k, fedData.out[4*off:], a, 1)
 				}
-				acc(a, w, x)
-				store(fedData.out[4*off:], a, 1)
 			}
-		}
-	})
+		})
+	}
 }
 
 func BenchmarkFedAvgFloor(b *testing.B) {
 	fedSetup(b)
 	// Each input whole, one after the other: one stream at a time.
-	benchVariants(b, fedInputs*fedElems*4, func(b *testing.B) {
+	benchImpls(b, fedInputs*fedElems*4, func(b *testing.B, k *Impl) {
 		b.SetBytes(int64(fedInputs * fedElems * 4))
 		for b.Loop() {
 			for _, x := range fedData.f32 {
-				XorFold(x)
+				k.XorFold(x)
 			}
 		}
 	})
 	// The walk of BenchmarkFedAvg: block by block, every input's slice of it, so that 32 streams
 	// are read at once as the accumulation reads them.
 	for _, block := range []int{2048, 4096, 8192, 16384, 32768, 65536} {
-		b.Run(fmt.Sprintf("blocked/block=%d/impl=%s", block, Variant()), func(b *testing.B) {
-			b.SetBytes(int64(fedInputs * fedElems * 4))
-			for b.Loop() {
-				for off := 0; off < fedElems; off += block {
-					for _, x := range fedData.f32 {
-						XorFold(x[4*off : 4*(off+block)])
+		for _, k := range Impls() {
+			b.Run(fmt.Sprintf("blocked/block=%d/impl=%s", block, k), func(b *testing.B) {
+				b.SetBytes(int64(fedInputs * fedElems * 4))
+				for b.Loop() {
+					for off := 0; off < fedElems; off += block {
+						for _, x := range fedData.f32 {
+							k.XorFold(x[4*off : 4*(off+block)])
+						}
 					}
 				}
-			}
-		})
+			})
+		}
 	}
 }

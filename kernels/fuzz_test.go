@@ -9,7 +9,7 @@ import (
 )
 
 // The fuzz targets decode their bytes as raw float bits (math.Float32frombits, raw halves), so
-// NaNs with any payload, infinities, subnormals and signed zeros all appear, run every variant on
+// NaNs with any payload, infinities, subnormals and signed zeros all appear, run every Impl on
 // the same arguments and compare each with the generic one (NaNs as NaN-ness: when both operands
 // of an operation are NaN the payload kept depends on operand order).
 
@@ -55,37 +55,16 @@ func fuzzSeeds(f *testing.F) {
 	f.Add(seed)
 }
 
-var fuzzAccF32 = []struct {
-	in dtype
-	fn func(*variant) func(acc, w []float32, x [][]byte)
-}{
-	{dtF32, func(v *variant) func(acc, w []float32, x [][]byte) { return v.accF32FromF32 }},
-	{dtBF16, func(v *variant) func(acc, w []float32, x [][]byte) { return v.accF32FromBF16 }},
-	{dtF16, func(v *variant) func(acc, w []float32, x [][]byte) { return v.accF32FromF16 }},
-	{dtI8, func(v *variant) func(acc, w []float32, x [][]byte) { return v.accF32FromI8 }},
-}
-
-var fuzzAccF64 = []struct {
-	in dtype
-	fn func(*variant) func(acc, w []float64, x [][]byte)
-}{
-	{dtF32, func(v *variant) func(acc, w []float64, x [][]byte) { return v.accF64FromF32 }},
-	{dtBF16, func(v *variant) func(acc, w []float64, x [][]byte) { return v.accF64FromBF16 }},
-	{dtF16, func(v *variant) func(acc, w []float64, x [][]byte) { return v.accF64FromF16 }},
-	{dtI8, func(v *variant) func(acc, w []float64, x [][]byte) { return v.accF64FromI8 }},
-	{dtF64, func(v *variant) func(acc, w []float64, x [][]byte) { return v.accF64FromF64 }},
-}
-
 func FuzzAcc(f *testing.F) {
 	fuzzSeeds(f)
 	f.Fuzz(func(t *testing.T, data []byte) {
 		fb := &fuzzBytes{data}
-		k := fb.byte() % (len(fuzzAccF32) + len(fuzzAccF64))
+		k := fb.byte() % (len(accF32Cases) + len(accF64Cases))
 		cnt := fb.byte() % 18 // up to two full groups of 8 and a remainder
 		n := fb.length()
 		off := fb.byte()
-		if k < len(fuzzAccF32) {
-			c := fuzzAccF32[k]
+		if k < len(accF32Cases) {
+			c := accF32Cases[k]
 			w := make([]float32, cnt)
 			for i := range w {
 				w[i] = fb.f32()
@@ -97,7 +76,7 @@ func FuzzAcc(f *testing.F) {
 			x := fuzzInputs(fb, c.in, cnt, n, off)
 			fuzzCompare(t, acc, w, x, c.fn)
 		} else {
-			c := fuzzAccF64[k-len(fuzzAccF32)]
+			c := accF64Cases[k-len(accF32Cases)]
 			w := make([]float64, cnt)
 			for i := range w {
 				w[i] = fb.f64()
@@ -122,57 +101,38 @@ func fuzzInputs(fb *fuzzBytes, in dtype, cnt, n, off int) [][]byte {
 	return x
 }
 
-func fuzzCompare[T float32 | float64](t *testing.T, acc0, w []T, x [][]byte, fn func(*variant) func(acc, w []T, x [][]byte)) {
+func fuzzCompare[T float32 | float64](t *testing.T, acc0, w []T, x [][]byte, fn func(k *Impl, acc, w []T, x [][]byte)) {
 	want := slices.Clone(acc0)
-	fn(&generic)(want, w, x)
-	for _, v := range variants {
+	fn(refImpl(), want, w, x)
+	for _, v := range Impls() {
 		got := slices.Clone(acc0)
-		fn(v)(got, w, x)
+		fn(v, got, w, x)
 		for j := range got {
 			if !same(got[j], want[j]) {
-				t.Fatalf("%s: n=%d inputs=%d: acc[%d] = %v (%#x), generic %v (%#x)", v.name, len(acc0), len(x), j,
+				t.Fatalf("%s: n=%d inputs=%d: acc[%d] = %v (%#x), generic %v (%#x)", v, len(acc0), len(x), j,
 					got[j], bitsOf(got[j]), want[j], bitsOf(want[j]))
 			}
 		}
 	}
 }
 
-var fuzzStoreF32 = []struct {
-	out dtype
-	fn  func(*variant) func(dst []byte, src []float32, s float32)
-}{
-	{dtF32, func(v *variant) func([]byte, []float32, float32) { return v.storeF32FromF32 }},
-	{dtBF16, func(v *variant) func([]byte, []float32, float32) { return v.storeBF16FromF32 }},
-	{dtF16, func(v *variant) func([]byte, []float32, float32) { return v.storeF16FromF32 }},
-	{dtF32, func(v *variant) func([]byte, []float32, float32) { // ScaleF32, its result as bytes
-		return func(dst []byte, src []float32, s float32) {
-			x := slices.Clone(src)
-			v.scaleF32(x, s)
-			for j := range x {
-				binary.LittleEndian.PutUint32(dst[4*j:], math.Float32bits(x[j]))
-			}
+var fuzzStoreF32 = append(slices.Clone(storeF32Cases), storeCase[float32]{"ScaleF32", dtF32,
+	func(k *Impl, dst []byte, src []float32, s float32) { // its result as bytes
+		x := slices.Clone(src)
+		k.ScaleF32(x, s)
+		for j := range x {
+			binary.LittleEndian.PutUint32(dst[4*j:], math.Float32bits(x[j]))
 		}
-	}},
-}
+	}})
 
-var fuzzStoreF64 = []struct {
-	out dtype
-	fn  func(*variant) func(dst []byte, src []float64, s float64)
-}{
-	{dtF64, func(v *variant) func([]byte, []float64, float64) { return v.storeF64FromF64 }},
-	{dtF32, func(v *variant) func([]byte, []float64, float64) { return v.storeF32FromF64 }},
-	{dtBF16, func(v *variant) func([]byte, []float64, float64) { return v.storeBF16FromF64 }},
-	{dtF16, func(v *variant) func([]byte, []float64, float64) { return v.storeF16FromF64 }},
-	{dtF64, func(v *variant) func([]byte, []float64, float64) {
-		return func(dst []byte, src []float64, s float64) {
-			x := slices.Clone(src)
-			v.scaleF64(x, s)
-			for j := range x {
-				binary.LittleEndian.PutUint64(dst[8*j:], math.Float64bits(x[j]))
-			}
+var fuzzStoreF64 = append(slices.Clone(storeF64Cases), storeCase[float64]{"ScaleF64", dtF64,
+	func(k *Impl, dst []byte, src []float64, s float64) {
+		x := slices.Clone(src)
+		k.ScaleF64(x, s)
+		for j := range x {
+			binary.LittleEndian.PutUint64(dst[8*j:], math.Float64bits(x[j]))
 		}
-	}},
-}
+	}})
 
 func FuzzStore(f *testing.F) {
 	fuzzSeeds(f)
@@ -201,15 +161,15 @@ func FuzzStore(f *testing.F) {
 	})
 }
 
-func fuzzCompareStore[T float32 | float64](t *testing.T, out dtype, src []T, s T, off int, fn func(*variant) func([]byte, []T, T)) {
+func fuzzCompareStore[T float32 | float64](t *testing.T, out dtype, src []T, s T, off int, fn func(*Impl, []byte, []T, T)) {
 	want := make([]byte, len(src)*out.size)
-	fn(&generic)(want, src, s)
-	for _, v := range variants {
+	fn(refImpl(), want, src, s)
+	for _, v := range Impls() {
 		got := make([]byte, off+len(want))[off:]
-		fn(v)(got, src, s)
+		fn(v, got, src, s)
 		for j := range src {
 			if !sameElem(out, got, want, j) {
-				t.Fatalf("%s: n=%d s=%v: element %d (%v): % x, generic % x", v.name, len(src), s, j, src[j],
+				t.Fatalf("%s: n=%d s=%v: element %d (%v): % x, generic % x", v, len(src), s, j, src[j],
 					got[j*out.size:(j+1)*out.size], want[j*out.size:(j+1)*out.size])
 			}
 		}
@@ -224,13 +184,13 @@ func FuzzReduce(f *testing.F) {
 		off := fb.byte() % 8
 		x := append(make([]byte, off), fb.b...)[off:]
 		var want [Lanes]float64
-		c.fn(&generic)(&want, x)
-		for _, v := range variants {
+		c.fn(refImpl().core)(&want, x)
+		for _, v := range Impls() {
 			var got [Lanes]float64
-			c.fn(v)(&got, x)
+			c.fn(v.core)(&got, x)
 			for k := range got {
 				if !sameF64(got[k], want[k]) {
-					t.Fatalf("%s %s: len(x)=%d: partial %d = %v, generic %v", v.name, c.name, len(x), k, got[k], want[k])
+					t.Fatalf("%s %s: len(x)=%d: partial %d = %v, generic %v", v, c.name, len(x), k, got[k], want[k])
 				}
 			}
 		}
@@ -254,17 +214,16 @@ func FuzzNonFinite(f *testing.F) {
 				}
 			}
 		}
-		for _, v := range variants {
+		for _, v := range Impls() {
 			if k == len(nonFiniteCases) {
-				if got, want := v.xorFold(x), generic.xorFold(x); got != want {
-					t.Fatalf("%s: XorFold(len %d) = %#x, generic %#x", v.name, len(x), got, want)
+				if got, want := v.XorFold(x), refImpl().XorFold(x); got != want {
+					t.Fatalf("%s: XorFold(len %d) = %#x, generic %#x", v, len(x), got, want)
 				}
 				continue
 			}
-			fns := []func([]byte) bool{v.anyNonFiniteF32, v.anyNonFiniteF64, v.anyNonFiniteF16, v.anyNonFiniteBF16}
-			gen := []func([]byte) bool{generic.anyNonFiniteF32, generic.anyNonFiniteF64, generic.anyNonFiniteF16, generic.anyNonFiniteBF16}
-			if got, want := fns[k](x), gen[k](x); got != want {
-				t.Fatalf("%s %s: len(x)=%d: %v, generic %v", v.name, nonFiniteCases[k].name, len(x), got, want)
+			c := nonFiniteCases[k]
+			if got, want := c.fn(v, x), c.fn(refImpl(), x); got != want {
+				t.Fatalf("%s %s: len(x)=%d: %v, generic %v", v, c.name, len(x), got, want)
 			}
 		}
 	})

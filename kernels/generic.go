@@ -101,7 +101,7 @@ func scaleF64Generic(x []float64, s float64, from int) {
 
 // Lanes is the number of partial sums of the f64 reductions (Dot, SumSquares): element j is
 // accumulated into partial j%Lanes, and the partials are combined by reducePartials. The order is
-// fixed so that results are identical run to run, variant to variant.
+// fixed so that results are identical run to run, implementation to implementation.
 const Lanes = 16
 
 func dotF32Generic(p *[Lanes]float64, x, y []byte, from, n int) {

@@ -4,62 +4,10 @@ import (
 	"encoding/binary"
 	"math"
 	"math/rand/v2"
-	"os"
-	"slices"
 	"testing"
-
-	"github.com/klauspost/cpuid/v2"
 
 	"github.com/wattagg/wattagg/internal/half"
 )
-
-// forVariants runs f once per variant available on this CPU and build, with that variant
-// selected, and restores the variant in use afterwards. Every kernel test compares the selected
-// variant with the generic one, so with only the generic variant the tests still run the
-// reference against itself (and the float64 oracles).
-func forVariants(t *testing.T, f func(t *testing.T)) {
-	t.Helper()
-	saved := Variant()
-	t.Cleanup(func() {
-		if err := UseVariant(saved); err != nil {
-			t.Fatal(err)
-		}
-	})
-	for _, name := range Variants() {
-		t.Run(name, func(t *testing.T) {
-			if err := UseVariant(name); err != nil {
-				t.Fatal(err)
-			}
-			f(t)
-		})
-	}
-}
-
-func TestVariants(t *testing.T) {
-	names := Variants()
-	if names[len(names)-1] != "generic" {
-		t.Errorf("Variants() = %v, want generic last", names)
-	}
-	wantAsm := asmBuild && cpuid.CPU.Supports(cpuid.AVX2, cpuid.FMA3, cpuid.F16C)
-	if got := slices.Contains(names, "avx2"); got != wantAsm {
-		t.Errorf("Variants() = %v: avx2 present = %v, want %v (asmBuild %v)", names, got, wantAsm, asmBuild)
-	}
-	if wantAsm && names[0] != "avx2" {
-		t.Errorf("Variants() = %v, want avx2 first", names)
-	}
-	// The variant selected at start-up is the best one unless the environment chose.
-	if os.Getenv("WATTAGG_KERNELS") == "" && Variant() != names[0] {
-		t.Errorf("Variant() = %q at start-up, want %q", Variant(), names[0])
-	}
-	if err := UseVariant("nope"); err == nil {
-		t.Error("UseVariant(nope) succeeded")
-	}
-	for _, v := range variants {
-		if v.name != "generic" && v == &generic {
-			t.Errorf("variant %q is the generic one", v.name)
-		}
-	}
-}
 
 // lengths are the element counts every kernel is tested with: all small ones, to reach every
 // path of the steps and tails, and some large odd ones.
@@ -296,7 +244,7 @@ func placed(r *rand.Rand, b []byte, off int) []byte {
 
 func TestHalfReference(t *testing.T) {
 	// The references the stores are compared with: spot checks of half's rounding that do not
-	// depend on any variant.
+	// depend on any implementation.
 	for _, c := range []struct {
 		f    float32
 		f16  uint16

@@ -7,9 +7,8 @@ import (
 
 // The optimizer and secure-sum kernels: fused server-optimizer steps (Reddi et al., 2021,
 // "Adaptive Federated Optimization", Algorithm 2, and its FedAvgM special case) and the modular
-// sum of u32 vectors that mask-based secure aggregation needs. They are a family of their own
-// (generator kernels/_gen/optim, files optim*.go), with their own function table that follows
-// the variant of the main table through the onVariant hook.
+// sum of u32 vectors that mask-based secure aggregation needs. They are a family of the registry
+// (generator kernels/_gen/optim, files optim*.go).
 
 // OptimParams are the hyperparameters of a fused optimizer step, in f32 as the kernels compute:
 // the server learning rate, the moment decays β1 and β2 and the adaptivity τ. FedAvgM uses LR
@@ -31,8 +30,8 @@ func (p OptimParams) table() *[8][8]float32 {
 	return &t
 }
 
-// optimVariant is one implementation of the family.
-type optimVariant struct {
+// optimKernels is one implementation of the family.
+type optimKernels struct {
 	name       string
 	fedAvgM    func(xo, mo, x, d, m []float32, p OptimParams)
 	fedAdagrad func(xo, mo, vo, x, d, m, v []float32, p OptimParams)
@@ -41,7 +40,7 @@ type optimVariant struct {
 	modSumU32  func(acc []uint32, x [][]byte)
 }
 
-var optimGeneric = optimVariant{
+var optimGeneric = optimKernels{
 	name:       "generic",
 	fedAvgM:    func(xo, mo, x, d, m []float32, p OptimParams) { fedAvgMGeneric(xo, mo, x, d, m, p, 0) },
 	fedAdagrad: func(xo, mo, vo, x, d, m, v []float32, p OptimParams) { fedAdagradGeneric(xo, mo, vo, x, d, m, v, p, 0) },
@@ -50,21 +49,7 @@ var optimGeneric = optimVariant{
 	modSumU32:  func(acc []uint32, x [][]byte) { modSumU32Generic(acc, x, 0) },
 }
 
-// optimVariants maps variant names of the main table to this family's implementations; the
-// architecture file adds the assembly. A variant missing here runs the generic loops.
-var optimVariants = map[string]*optimVariant{"generic": &optimGeneric}
-
-var optimCur = &optimGeneric
-
-func init() {
-	onVariant(func(name string) {
-		if v, ok := optimVariants[name]; ok {
-			optimCur = v
-		} else {
-			optimCur = &optimGeneric
-		}
-	})
-}
+var _ = register(optimFamily, "generic", true, &optimGeneric)
 
 // The step kernels take inputs x (model), d (the round's averaged delta Δ), m and v (moments)
 // and write xo, mo and vo, all of len(x) elements. An output may be the very slice of its
@@ -78,7 +63,12 @@ func init() {
 //		xo[j] = x[j] + float32(p.LR*mj)
 //		mo[j] = mj
 //	}
-func FedAvgMStepF32(xo, mo, x, d, m []float32, p OptimParams) { optimCur.fedAvgM(xo, mo, x, d, m, p) }
+func FedAvgMStepF32(xo, mo, x, d, m []float32, p OptimParams) { def.FedAvgMStepF32(xo, mo, x, d, m, p) }
+
+// FedAvgMStepF32 is the package-level FedAvgMStepF32 run by k.
+func (k *Impl) FedAvgMStepF32(xo, mo, x, d, m []float32, p OptimParams) {
+	k.optim.fedAvgM(xo, mo, x, d, m, p)
+}
 
 // FedAdagradStepF32 is FedAdagrad. It is
 //
@@ -89,7 +79,12 @@ func FedAvgMStepF32(xo, mo, x, d, m []float32, p OptimParams) { optimCur.fedAvgM
 //		mo[j], vo[j] = mj, vj
 //	}
 func FedAdagradStepF32(xo, mo, vo, x, d, m, v []float32, p OptimParams) {
-	optimCur.fedAdagrad(xo, mo, vo, x, d, m, v, p)
+	def.FedAdagradStepF32(xo, mo, vo, x, d, m, v, p)
+}
+
+// FedAdagradStepF32 is the package-level FedAdagradStepF32 run by k.
+func (k *Impl) FedAdagradStepF32(xo, mo, vo, x, d, m, v []float32, p OptimParams) {
+	k.optim.fedAdagrad(xo, mo, vo, x, d, m, v, p)
 }
 
 // FedAdamStepF32 is FedAdam (without bias correction, as Algorithm 2). It is FedAdagradStepF32
@@ -97,7 +92,12 @@ func FedAdagradStepF32(xo, mo, vo, x, d, m, v []float32, p OptimParams) {
 //
 //	vj := float32(p.Beta2*v[j]) + float32((1-p.Beta2)*float32(d[j]*d[j]))
 func FedAdamStepF32(xo, mo, vo, x, d, m, v []float32, p OptimParams) {
-	optimCur.fedAdam(xo, mo, vo, x, d, m, v, p)
+	def.FedAdamStepF32(xo, mo, vo, x, d, m, v, p)
+}
+
+// FedAdamStepF32 is the package-level FedAdamStepF32 run by k.
+func (k *Impl) FedAdamStepF32(xo, mo, vo, x, d, m, v []float32, p OptimParams) {
+	k.optim.fedAdam(xo, mo, vo, x, d, m, v, p)
 }
 
 // FedYogiStepF32 is FedYogi. It is FedAdagradStepF32 with
@@ -111,7 +111,12 @@ func FedAdamStepF32(xo, mo, vo, x, d, m, v []float32, p OptimParams) {
 //	}
 //	vj := v[j] - float32(float32((1-p.Beta2)*d2)*s)
 func FedYogiStepF32(xo, mo, vo, x, d, m, v []float32, p OptimParams) {
-	optimCur.fedYogi(xo, mo, vo, x, d, m, v, p)
+	def.FedYogiStepF32(xo, mo, vo, x, d, m, v, p)
+}
+
+// FedYogiStepF32 is the package-level FedYogiStepF32 run by k.
+func (k *Impl) FedYogiStepF32(xo, mo, vo, x, d, m, v []float32, p OptimParams) {
+	k.optim.fedYogi(xo, mo, vo, x, d, m, v, p)
 }
 
 // ModSumU32 adds u32 vectors to acc modulo 2^32 (the inputs are raw little-endian bytes at any
@@ -125,7 +130,10 @@ func FedYogiStepF32(xo, mo, vo, x, d, m, v []float32, p OptimParams) {
 //
 // Addition modulo 2^32 is associative and commutative, so the result is exact whatever the
 // order and the blocking: masks that cancel in the sum cancel exactly.
-func ModSumU32(acc []uint32, x [][]byte) { optimCur.modSumU32(acc, x) }
+func ModSumU32(acc []uint32, x [][]byte) { def.ModSumU32(acc, x) }
+
+// ModSumU32 is the package-level ModSumU32 run by k.
+func (k *Impl) ModSumU32(acc []uint32, x [][]byte) { k.optim.modSumU32(acc, x) }
 
 // The reference loops, from element from on (the assembly's tail handlers). The explicit
 // float32 conversions keep the compiler from fusing a multiply and an add into one FMA, which

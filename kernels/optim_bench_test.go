@@ -37,7 +37,6 @@ func realisticOperands(n int) (x, d, m, v []float32) {
 func BenchmarkOptimStep(b *testing.B) {
 	p := OptimParams{LR: 0.01, Beta1: 0.9, Beta2: 0.99, Tau: 1e-3}
 	for _, c := range stepCases {
-		fn := c.public()
 		b.Run(c.name, func(b *testing.B) {
 			for _, size := range benchSizes { // bytes per operand
 				n := size / 4
@@ -55,8 +54,9 @@ func BenchmarkOptimStep(b *testing.B) {
 						}
 					}
 				})
-				benchVariants(b, n, func(b *testing.B) {
+				benchImpls(b, n, func(b *testing.B, k *Impl) {
 					b.SetBytes(rw)
+					fn := c.public(k)
 					for b.Loop() {
 						fn(x, m, v, x, d, m, v, p)
 					}
@@ -83,14 +83,14 @@ func BenchmarkModSum(b *testing.B) {
 			}
 		}
 	})
-	benchVariants(b, fedElems, func(b *testing.B) {
+	benchImpls(b, fedElems, func(b *testing.B, k *Impl) {
 		b.SetBytes(int64(fedInputs*fedElems*4 + 4*fedElems))
 		for b.Loop() {
 			for off := 0; off < fedElems; off += block {
 				for i, in := range fedData.f32 {
 					x[i] = in[4*off : 4*(off+block)]
 				}
-				ModSumU32(acc[off:off+block], x)
+				k.ModSumU32(acc[off:off+block], x)
 			}
 		}
 	})

@@ -9,42 +9,34 @@ import (
 	"testing"
 )
 
-// stepCase is one optimizer kernel: the public function (the selected variant) and the generic
-// variant's, with FedAvgM brought to the 7-operand shape (it has no v).
+// stepCase is one optimizer kernel as a family table holds it, with FedAvgM brought to the
+// 7-operand shape (it has no v).
 type stepCase struct {
 	name   string
 	second bool
-	fn     func(v *optimVariant) func(xo, mo, vo, x, d, m, v []float32, p OptimParams)
+	fn     func(v *optimKernels) func(xo, mo, vo, x, d, m, v []float32, p OptimParams)
 }
 
 var stepCases = []stepCase{
-	{"FedAvgM", false, func(ov *optimVariant) func(xo, mo, vo, x, d, m, v []float32, p OptimParams) {
+	{"FedAvgM", false, func(ov *optimKernels) func(xo, mo, vo, x, d, m, v []float32, p OptimParams) {
 		return func(xo, mo, _, x, d, m, _ []float32, p OptimParams) { ov.fedAvgM(xo, mo, x, d, m, p) }
 	}},
-	{"FedAdagrad", true, func(ov *optimVariant) func(xo, mo, vo, x, d, m, v []float32, p OptimParams) { return ov.fedAdagrad }},
-	{"FedAdam", true, func(ov *optimVariant) func(xo, mo, vo, x, d, m, v []float32, p OptimParams) { return ov.fedAdam }},
-	{"FedYogi", true, func(ov *optimVariant) func(xo, mo, vo, x, d, m, v []float32, p OptimParams) { return ov.fedYogi }},
+	{"FedAdagrad", true, func(ov *optimKernels) func(xo, mo, vo, x, d, m, v []float32, p OptimParams) { return ov.fedAdagrad }},
+	{"FedAdam", true, func(ov *optimKernels) func(xo, mo, vo, x, d, m, v []float32, p OptimParams) { return ov.fedAdam }},
+	{"FedYogi", true, func(ov *optimKernels) func(xo, mo, vo, x, d, m, v []float32, p OptimParams) { return ov.fedYogi }},
 }
 
-// public is the exported entry point of a step case, which runs optimCur.
-func (c stepCase) public() func(xo, mo, vo, x, d, m, v []float32, p OptimParams) {
+// public is the exported method of a step case, run by k.
+func (c stepCase) public(k *Impl) func(xo, mo, vo, x, d, m, v []float32, p OptimParams) {
 	switch c.name {
 	case "FedAvgM":
-		return func(xo, mo, _, x, d, m, _ []float32, p OptimParams) { FedAvgMStepF32(xo, mo, x, d, m, p) }
+		return func(xo, mo, _, x, d, m, _ []float32, p OptimParams) { k.FedAvgMStepF32(xo, mo, x, d, m, p) }
 	case "FedAdagrad":
-		return FedAdagradStepF32
+		return k.FedAdagradStepF32
 	case "FedAdam":
-		return FedAdamStepF32
+		return k.FedAdamStepF32
 	}
-	return FedYogiStepF32
-}
-
-func TestOptimVariantFollowsMain(t *testing.T) {
-	forVariants(t, func(t *testing.T) {
-		if optimCur.name != Variant() {
-			t.Fatalf("optimizer family runs %q while the main table runs %q", optimCur.name, Variant())
-		}
-	})
+	return k.FedYogiStepF32
 }
 
 // randParams draws hyperparameters: usual ones, and sometimes odd ones (β = 0, τ tiny, lr < 0).
@@ -84,14 +76,14 @@ var aliasModes = []string{"separate", "xo=x", "xo=d"}
 func TestOptimSteps(t *testing.T) {
 	for _, c := range stepCases {
 		t.Run(c.name, func(t *testing.T) {
-			forVariants(t, func(t *testing.T) { testStep(t, c) })
+			forImpls(t, func(t *testing.T, k *Impl) { testStep(t, k, c) })
 		})
 	}
 }
 
-func testStep(t *testing.T, c stepCase) {
+func testStep(t *testing.T, k *Impl, c stepCase) {
 	r := rand.New(rand.NewPCG(7, uint64(len(c.name))))
-	fn, ref := c.public(), c.fn(&optimGeneric)
+	fn, ref := c.public(k), c.public(refImpl())
 	for _, n := range lengths() {
 		for _, off := range []int{0, 1, 3, 7} {
 			if n > 1000 && off != 3 {
@@ -107,7 +99,7 @@ func testStep(t *testing.T, c stepCase) {
 				wx, wm, wv := slices.Clone(x0), slices.Clone(m0), slices.Clone(v0)
 				ref(wx, wm, wv, slices.Clone(x0), slices.Clone(d0), slices.Clone(m0), slices.Clone(v0), p)
 
-				// The variant, on guarded buffers at offset off.
+				// k, on guarded buffers at offset off.
 				x, checkX := guardedF32(n, off)
 				d, checkD := guardedF32(n, (off+1)%8)
 				m, checkM := guardedF32(n, (off+2)%8)
@@ -212,7 +204,7 @@ func TestOptimReferenceMath(t *testing.T) {
 }
 
 func TestModSumU32(t *testing.T) {
-	forVariants(t, func(t *testing.T) {
+	forImpls(t, func(t *testing.T, k *Impl) {
 		r := rand.New(rand.NewPCG(11, 12))
 		for _, n := range lengths() {
 			for _, cnt := range []int{0, 1, 2, 3, 7, 8, 9, 17} {
@@ -242,7 +234,7 @@ func TestModSumU32(t *testing.T) {
 				}
 				acc, check := guardedU32(n, (n+cnt)%8)
 				copy(acc, acc0)
-				ModSumU32(acc, x)
+				k.ModSumU32(acc, x)
 				check(t)
 				if !slices.Equal(acc, want) {
 					t.Fatalf("n=%d inputs=%d: ModSumU32 differs from the reference", n, cnt)
@@ -271,7 +263,7 @@ func guardedU32(n, off int) ([]uint32, func(t *testing.T)) {
 // TestModSumEdges reads inputs that end at, or start just after, an inaccessible page: a kernel
 // that reads a byte too many or too few faults.
 func TestModSumEdges(t *testing.T) {
-	forVariants(t, func(t *testing.T) {
+	forImpls(t, func(t *testing.T, k *Impl) {
 		for _, n := range []int{1, 7, 8, 9, 31, 32, 33, 1000} {
 			for _, atEnd := range []bool{true, false} {
 				b := edgeBytes(t, 4*n, atEnd)
@@ -279,7 +271,7 @@ func TestModSumEdges(t *testing.T) {
 					b[j] = byte(j)
 				}
 				acc := make([]uint32, n)
-				ModSumU32(acc, [][]byte{b, b})
+				k.ModSumU32(acc, [][]byte{b, b})
 				for j := range acc {
 					if want := 2 * binary.LittleEndian.Uint32(b[4*j:]); acc[j] != want {
 						t.Fatalf("n=%d atEnd=%v: acc[%d] = %#x, want %#x", n, atEnd, j, acc[j], want)
@@ -305,7 +297,7 @@ func FuzzOptimStep(f *testing.F) {
 				in[k][j] = fb.f32()
 			}
 		}
-		run := func(ov *optimVariant) [3][]float32 {
+		run := func(ov *optimKernels) [3][]float32 {
 			x, d, m, v := slices.Clone(in[0]), slices.Clone(in[1]), slices.Clone(in[2]), slices.Clone(in[3])
 			xo := make([]float32, n)
 			switch alias {
@@ -318,12 +310,12 @@ func FuzzOptimStep(f *testing.F) {
 			return [3][]float32{xo, m, v}
 		}
 		want := run(&optimGeneric)
-		for _, ov := range optimVariants {
-			got := run(ov)
+		for _, im := range Impls() {
+			got := run(im.optim)
 			for k := range got {
 				for j := range got[k] {
 					if !sameF32(got[k][j], want[k][j]) {
-						t.Fatalf("%s %s %s p=%+v n=%d: output %d[%d] = %v, generic %v", ov.name, c.name, alias, p, n, k, j, got[k][j], want[k][j])
+						t.Fatalf("%s %s %s p=%+v n=%d: output %d[%d] = %v, generic %v", im, c.name, alias, p, n, k, j, got[k][j], want[k][j])
 					}
 				}
 			}
@@ -345,11 +337,11 @@ func FuzzModSum(f *testing.F) {
 		x := fuzzInputs(fb, dtF32, cnt, n, off)
 		want := slices.Clone(acc0)
 		optimGeneric.modSumU32(want, x)
-		for _, ov := range optimVariants {
+		for _, k := range Impls() {
 			got := slices.Clone(acc0)
-			ov.modSumU32(got, x)
+			k.ModSumU32(got, x)
 			if !slices.Equal(got, want) {
-				t.Fatalf("%s: n=%d inputs=%d: differs from generic", ov.name, n, cnt)
+				t.Fatalf("%s: n=%d inputs=%d: differs from generic", k, n, cnt)
 			}
 		}
 	})

@@ -9,24 +9,24 @@ import (
 	"testing"
 )
 
-// reduceCase is a reduction as the variants hold it: the 16 partial sums, which the tests compare
-// before reducePartials can hide a difference.
+// reduceCase is a reduction as the core tables hold it: the 16 partial sums, which the tests
+// compare before reducePartials can hide a difference.
 type reduceCase struct {
 	name string
 	in   dtype
-	fn   func(v *variant) func(p *[Lanes]float64, x []byte)
-	// public is the exported function, compared as well.
-	public func(x []byte) float64
+	fn   func(c *coreKernels) func(p *[Lanes]float64, x []byte)
+	// public is the Impl's method, compared as well.
+	public func(k *Impl, x []byte) float64
 }
 
 var reduceCases = []reduceCase{
-	{"DotF32", dtF32, func(v *variant) func(*[Lanes]float64, []byte) {
+	{"DotF32", dtF32, func(c *coreKernels) func(*[Lanes]float64, []byte) {
 		// The second operand is the first with its bytes rotated, so that x and y differ.
-		return func(p *[Lanes]float64, x []byte) { v.dotF32(p, x, rotated(x)) }
-	}, func(x []byte) float64 { return DotF32(x, rotated(x)) }},
-	{"SumSquaresF32", dtF32, func(v *variant) func(*[Lanes]float64, []byte) { return v.sumSquaresF32 }, SumSquaresF32},
-	{"SumSquaresBF16", dtBF16, func(v *variant) func(*[Lanes]float64, []byte) { return v.sumSquaresBF16 }, SumSquaresBF16},
-	{"SumSquaresF16", dtF16, func(v *variant) func(*[Lanes]float64, []byte) { return v.sumSquaresF16 }, SumSquaresF16},
+		return func(p *[Lanes]float64, x []byte) { c.dotF32(p, x, rotated(x)) }
+	}, func(k *Impl, x []byte) float64 { return k.DotF32(x, rotated(x)) }},
+	{"SumSquaresF32", dtF32, func(c *coreKernels) func(*[Lanes]float64, []byte) { return c.sumSquaresF32 }, (*Impl).SumSquaresF32},
+	{"SumSquaresBF16", dtBF16, func(c *coreKernels) func(*[Lanes]float64, []byte) { return c.sumSquaresBF16 }, (*Impl).SumSquaresBF16},
+	{"SumSquaresF16", dtF16, func(c *coreKernels) func(*[Lanes]float64, []byte) { return c.sumSquaresF16 }, (*Impl).SumSquaresF16},
 }
 
 // rotated returns a copy of x moved by 4 bytes (the first element goes last), at a different
@@ -43,38 +43,35 @@ func rotated(x []byte) []byte {
 func TestReduce(t *testing.T) {
 	for _, c := range reduceCases {
 		t.Run(c.name, func(t *testing.T) {
-			forVariants(t, func(t *testing.T) {
+			forImpls(t, func(t *testing.T, k *Impl) {
 				r := rand.New(rand.NewPCG(6, uint64(len(c.name))))
 				for i, n := range lengths() {
 					// Odd trailing bytes must be ignored.
 					b := append(randBytes(r, c.in, n, i%3 == 0), make([]byte, i%c.in.size)...)
 					x := placed(r, b, (i%8)*c.in.size+i/8%4)
-					checkReduce(t, c, x)
+					checkReduce(t, k, c, x)
 				}
 			})
 		})
 	}
 }
 
-func checkReduce(t *testing.T, c reduceCase, x []byte) {
+func checkReduce(t *testing.T, k *Impl, c reduceCase, x []byte) {
 	t.Helper()
 	x0 := bytes.Clone(x)
 	var got, want [Lanes]float64
 	for k := range got {
 		got[k], want[k] = float64(k), float64(k) // partials carry over between calls
 	}
-	c.fn(&generic)(&want, x)
-	c.fn(cur)(&got, x)
+	c.fn(refImpl().core)(&want, x)
+	c.fn(k.core)(&got, x)
 	for k := range got {
 		if !sameF64(got[k], want[k]) {
 			t.Fatalf("len(x)=%d: partial %d = %v, want %v", len(x), k, got[k], want[k])
 		}
 	}
-	g := c.public(x)
-	saved := cur
-	cur = &generic
-	w := c.public(x)
-	cur = saved
+	g := c.public(k, x)
+	w := c.public(refImpl(), x)
 	if !sameF64(g, w) {
 		t.Fatalf("len(x)=%d: %s = %v, want %v", len(x), c.name, g, w)
 	}
@@ -85,7 +82,7 @@ func checkReduce(t *testing.T, c reduceCase, x []byte) {
 
 // TestReduceOracle checks the reductions against a float64 loop written here.
 func TestReduceOracle(t *testing.T) {
-	forVariants(t, func(t *testing.T) {
+	forImpls(t, func(t *testing.T, k *Impl) {
 		r := rand.New(rand.NewPCG(7, 0))
 		for _, c := range reduceCases {
 			for _, n := range []int{0, 1, 15, 16, 17, 100, 1000, 4099} {
@@ -100,7 +97,7 @@ func TestReduceOracle(t *testing.T) {
 					want += p
 					mag += math.Abs(p)
 				}
-				got := c.public(x)
+				got := c.public(k, x)
 				if d := math.Abs(got - want); !(d <= float64(n+1)*mag*0x1p-52) {
 					t.Fatalf("%s n=%d: got %v, float64 loop gives %v", c.name, n, got, want)
 				}
@@ -112,13 +109,13 @@ func TestReduceOracle(t *testing.T) {
 func TestReduceEdges(t *testing.T) {
 	for _, c := range reduceCases {
 		t.Run(c.name, func(t *testing.T) {
-			forVariants(t, func(t *testing.T) {
+			forImpls(t, func(t *testing.T, k *Impl) {
 				r := rand.New(rand.NewPCG(8, 0))
 				for n := 0; n <= 70; n++ {
 					for _, atEnd := range []bool{true, false} {
 						x := edgeBytes(t, n*c.in.size, atEnd)
 						copy(x, randBytes(r, c.in, n, false))
-						checkReduce(t, c, x)
+						checkReduce(t, k, c, x)
 					}
 				}
 			})
@@ -130,15 +127,14 @@ type nonFiniteCase struct {
 	name string
 	size int
 	exp  uint64 // exponent mask
-	fn   func(x []byte) bool
-	ref  func(x []byte) bool
+	fn   func(k *Impl, x []byte) bool
 }
 
 var nonFiniteCases = []nonFiniteCase{
-	{"AnyNonFiniteF32", 4, 0x7f800000, AnyNonFiniteF32, generic.anyNonFiniteF32},
-	{"AnyNonFiniteF64", 8, 0x7ff0000000000000, AnyNonFiniteF64, generic.anyNonFiniteF64},
-	{"AnyNonFiniteF16", 2, 0x7c00, AnyNonFiniteF16, generic.anyNonFiniteF16},
-	{"AnyNonFiniteBF16", 2, 0x7f80, AnyNonFiniteBF16, generic.anyNonFiniteBF16},
+	{"AnyNonFiniteF32", 4, 0x7f800000, (*Impl).AnyNonFiniteF32},
+	{"AnyNonFiniteF64", 8, 0x7ff0000000000000, (*Impl).AnyNonFiniteF64},
+	{"AnyNonFiniteF16", 2, 0x7c00, (*Impl).AnyNonFiniteF16},
+	{"AnyNonFiniteBF16", 2, 0x7f80, (*Impl).AnyNonFiniteBF16},
 }
 
 func putElem(b []byte, size, j int, v uint64) {
@@ -173,17 +169,17 @@ func finiteFill(r *rand.Rand, b []byte, size int, exp uint64) {
 func TestAnyNonFinite(t *testing.T) {
 	for _, c := range nonFiniteCases {
 		t.Run(c.name, func(t *testing.T) {
-			forVariants(t, func(t *testing.T) {
+			forImpls(t, func(t *testing.T, k *Impl) {
 				r := rand.New(rand.NewPCG(9, c.exp))
 				for i, n := range append(lengths(), 1<<18+5) {
 					x := placed(r, make([]byte, n*c.size+i%c.size), i%8*c.size+i/8%4)
 					finiteFill(r, x, c.size, c.exp)
-					if got, want := c.fn(x), c.ref(x); got || want {
+					if got, want := c.fn(k, x), c.fn(refImpl(), x); got || want {
 						t.Fatalf("n=%d, finite data: got %v, reference %v", n, got, want)
 					}
 					check := func(where int) {
 						t.Helper()
-						if got := c.fn(x); !got || n <= 300 && !c.ref(x) {
+						if got := c.fn(k, x); !got || n <= 300 && !c.fn(refImpl(), x) {
 							t.Fatalf("n=%d, non-finite at %d: got %v, want true", n, where, got)
 						}
 					}
@@ -212,18 +208,18 @@ func TestAnyNonFinite(t *testing.T) {
 func TestAnyNonFiniteEdges(t *testing.T) {
 	for _, c := range nonFiniteCases {
 		t.Run(c.name, func(t *testing.T) {
-			forVariants(t, func(t *testing.T) {
+			forImpls(t, func(t *testing.T, k *Impl) {
 				r := rand.New(rand.NewPCG(10, 0))
 				for n := 0; n <= 70; n++ {
 					for _, atEnd := range []bool{true, false} {
 						x := edgeBytes(t, n*c.size, atEnd)
 						finiteFill(r, x, c.size, c.exp)
-						if got := c.fn(x); got {
+						if got := c.fn(k, x); got {
 							t.Fatalf("n=%d: finite data reported non-finite", n)
 						}
 						if n > 0 {
 							putElem(x, c.size, n-1, c.exp)
-							if got := c.fn(x); !got {
+							if got := c.fn(k, x); !got {
 								t.Fatalf("n=%d: Inf in the last element not found", n)
 							}
 						}
@@ -235,7 +231,7 @@ func TestAnyNonFiniteEdges(t *testing.T) {
 }
 
 func TestXorFold(t *testing.T) {
-	forVariants(t, func(t *testing.T) {
+	forImpls(t, func(t *testing.T, k *Impl) {
 		r := rand.New(rand.NewPCG(11, 0))
 		for n := 0; n <= 300; n++ {
 			b := make([]byte, n)
@@ -247,12 +243,12 @@ func TestXorFold(t *testing.T) {
 			for j := 0; j+8 <= n; j += 8 {
 				want ^= binary.LittleEndian.Uint64(x[j:])
 			}
-			if got := XorFold(x); got != want || xorFoldGeneric(x) != want {
+			if got := k.XorFold(x); got != want || xorFoldGeneric(x) != want {
 				t.Fatalf("n=%d: XorFold = %#x, want %#x", n, got, want)
 			}
 			e := edgeBytes(t, n, n%2 == 0)
 			copy(e, x)
-			if got := XorFold(e); got != want {
+			if got := k.XorFold(e); got != want {
 				t.Fatalf("n=%d at a page edge: XorFold = %#x, want %#x", n, got, want)
 			}
 		}
@@ -261,7 +257,7 @@ func TestXorFold(t *testing.T) {
 			for j := range x {
 				x[j] = byte(r.Uint32())
 			}
-			if got, want := XorFold(x), xorFoldGeneric(x); got != want {
+			if got, want := k.XorFold(x), xorFoldGeneric(x); got != want {
 				t.Fatalf("n=%d: XorFold = %#x, want %#x", n, got, want)
 			}
 		}
@@ -271,7 +267,7 @@ func TestXorFold(t *testing.T) {
 // TestWidenExhaustive accumulates every 16-bit float with weight 1 into -0 (which leaves any x
 // unchanged), so that every bf16 and f16 value is widened by every path once.
 func TestWidenExhaustive(t *testing.T) {
-	forVariants(t, func(t *testing.T) {
+	forImpls(t, func(t *testing.T, k *Impl) {
 		x := make([]byte, 2<<16)
 		for j := range 1 << 16 {
 			binary.LittleEndian.PutUint16(x[2*j:], uint16(j))
@@ -283,8 +279,8 @@ func TestWidenExhaustive(t *testing.T) {
 			}
 			want := make([]float32, len(acc))
 			copy(want, acc)
-			c.fn(acc, []float32{1}, [][]byte{x})
-			c.ref(want, []float32{1}, [][]byte{x})
+			c.fn(k, acc, []float32{1}, [][]byte{x})
+			c.fn(refImpl(), want, []float32{1}, [][]byte{x})
 			for j := range acc {
 				if math.Float32bits(acc[j]) != math.Float32bits(want[j]) {
 					t.Fatalf("%s: %#04x widened to %#x, want %#x", c.name, j, math.Float32bits(acc[j]), math.Float32bits(want[j]))
@@ -298,8 +294,8 @@ func TestWidenExhaustive(t *testing.T) {
 			}
 			want := make([]float64, len(acc))
 			copy(want, acc)
-			c.fn(acc, []float64{1}, [][]byte{x})
-			c.ref(want, []float64{1}, [][]byte{x})
+			c.fn(k, acc, []float64{1}, [][]byte{x})
+			c.fn(refImpl(), want, []float64{1}, [][]byte{x})
 			for j := range acc {
 				if math.Float64bits(acc[j]) != math.Float64bits(want[j]) {
 					t.Fatalf("%s: %#04x widened to %#x, want %#x", c.name, j, math.Float64bits(acc[j]), math.Float64bits(want[j]))

@@ -32,8 +32,7 @@ const smallSortMax = 32
 // need for n inputs.
 func SortScratch(n int) int { return sortBatch * 8 * n }
 
-// robustKernels is one implementation of the robust kernels, switched with the main variant
-// (UseVariant, WATTAGG_KERNELS) through the onVariant hook.
+// robustKernels is one implementation of the robust kernels, a family of the registry.
 type robustKernels struct {
 	name string
 	// sortGroups sorts groups groups of 8 coordinates, from element off of every input, into
@@ -59,17 +58,12 @@ var robustGeneric = robustKernels{
 	fmaLoop:       fmaLoopGeneric,
 }
 
-var rcur = &robustGeneric
-
-// robustHooked registers the switch with the variant hooks; it is a variable initialiser so
-// that it runs before kernels.go's init settles the variant (which calls the hooks again).
-var robustHooked = func() bool {
-	onVariant(func(name string) {
-		rcur = &robustGeneric
-		if v := robustAsm(); v != nil && v.name == name {
-			rcur = v
-		}
-	})
+// robustRegistered registers the reference and, where this build and CPU have it, the assembly.
+var robustRegistered = func() bool {
+	register(robustFamily, "generic", true, &robustGeneric)
+	if v := robustAsm(); v != nil {
+		register(robustFamily, v.name, true, v)
+	}
 	return true
 }()
 
@@ -188,10 +182,9 @@ func closestSortedGeneric(dst, tmp []float32, n, beta int) {
 // sort and reduction, in batches that keep the scratch slab in cache, and the last len(dst)%8
 // coordinates one by one with the reference (the same network and operations, so the same
 // bits).
-func orderStat(dst []float32, x [][]byte, tmp []float32, reduce func(dst, tmp []float32), op func(v []float32) float32) {
+func orderStat(k *robustKernels, dst []float32, x [][]byte, tmp []float32, reduce func(dst, tmp []float32), op func(v []float32) float32) {
 	n := len(x)
 	groups := len(dst) / 8
-	k := rcur
 	for g := 0; g < groups; g += sortBatch {
 		b := min(sortBatch, groups-g)
 		slab := tmp[:b*n*8]
@@ -223,9 +216,12 @@ func orderStat(dst []float32, x [][]byte, tmp []float32, reduce func(dst, tmp []
 //	}
 //
 // tmp is scratch of at least SortScratch(len(x)) elements.
-func MedianF32(dst []float32, x [][]byte, tmp []float32) {
-	n := len(x)
-	orderStat(dst, x, tmp, func(d, s []float32) { rcur.medianSorted(d, s, n) }, medianOf)
+func MedianF32(dst []float32, x [][]byte, tmp []float32) { def.MedianF32(dst, x, tmp) }
+
+// MedianF32 is the package-level MedianF32 run by k.
+func (k *Impl) MedianF32(dst []float32, x [][]byte, tmp []float32) {
+	n, r := len(x), k.robust
+	orderStat(r, dst, x, tmp, func(d, s []float32) { r.medianSorted(d, s, n) }, medianOf)
 }
 
 // TrimmedMeanF32 writes the coordinate-wise trimmed mean of the f32 inputs to dst: per
@@ -238,9 +234,14 @@ func MedianF32(dst []float32, x [][]byte, tmp []float32) {
 //	}
 //	dst[j] = acc / float32(n-2*k)
 func TrimmedMeanF32(dst []float32, x [][]byte, k int, tmp []float32) {
-	n := len(x)
-	orderStat(dst, x, tmp, func(d, s []float32) { rcur.trimmedSorted(d, s, n, k) },
-		func(v []float32) float32 { return trimmedOf(v, k) })
+	def.TrimmedMeanF32(dst, x, k, tmp)
+}
+
+// TrimmedMeanF32 is the package-level TrimmedMeanF32 run by k, trim values dropped at each end.
+func (k *Impl) TrimmedMeanF32(dst []float32, x [][]byte, trim int, tmp []float32) {
+	n, r := len(x), k.robust
+	orderStat(r, dst, x, tmp, func(d, s []float32) { r.trimmedSorted(d, s, n, trim) },
+		func(v []float32) float32 { return trimmedOf(v, trim) })
 }
 
 // ClosestMeanF32 writes, per coordinate, the mean of the beta values (1 <= beta <= n) closest to
@@ -261,8 +262,13 @@ func TrimmedMeanF32(dst []float32, x [][]byte, k int, tmp []float32) {
 //
 // The window found minimises the sum of distances to m among windows of beta sorted values.
 func ClosestMeanF32(dst []float32, x [][]byte, beta int, tmp []float32) {
-	n := len(x)
-	orderStat(dst, x, tmp, func(d, s []float32) { rcur.closestSorted(d, s, n, beta) },
+	def.ClosestMeanF32(dst, x, beta, tmp)
+}
+
+// ClosestMeanF32 is the package-level ClosestMeanF32 run by k.
+func (k *Impl) ClosestMeanF32(dst []float32, x [][]byte, beta int, tmp []float32) {
+	n, r := len(x), k.robust
+	orderStat(r, dst, x, tmp, func(d, s []float32) { r.closestSorted(d, s, n, beta) },
 		func(v []float32) float32 { return closestOf(v, beta) })
 }
 
@@ -285,7 +291,10 @@ const GramLanes = 4
 // compute some of them). A caller that calls GramF32 on consecutive blocks whose lengths are
 // multiples of GramLanes gets the same partials as one call over their concatenation; GramSums
 // combines them.
-func GramF32(p []float64, x [][]byte, elems int) { rcur.gram(p, x, elems) }
+func GramF32(p []float64, x [][]byte, elems int) { def.GramF32(p, x, elems) }
+
+// GramF32 is the package-level GramF32 run by k.
+func (k *Impl) GramF32(p []float64, x [][]byte, elems int) { k.robust.gram(p, x, elems) }
 
 // GramSums writes the Gram matrix g (n·n, symmetric) from the partials of GramF32: for a <= b,
 // g[a*n+b] = g[b*n+a] = (q0+q2)+(q1+q3) where q is the pair's partials.
@@ -325,7 +334,12 @@ func gramGeneric(p []float64, x [][]byte, from, elems int) {
 //
 // Consecutive calls on blocks whose lengths are multiples of Lanes give the partials of one call
 // over the concatenation; SumLanes combines them.
-func SqDistNormF32(pd, pn *[Lanes]float64, x []byte, z []float32) { rcur.sqDist(pd, pn, x, z) }
+func SqDistNormF32(pd, pn *[Lanes]float64, x []byte, z []float32) { def.SqDistNormF32(pd, pn, x, z) }
+
+// SqDistNormF32 is the package-level SqDistNormF32 run by k.
+func (k *Impl) SqDistNormF32(pd, pn *[Lanes]float64, x []byte, z []float32) {
+	k.robust.sqDist(pd, pn, x, z)
+}
 
 // SumLanes combines partial sums as the reductions of this package do: halves added lane by
 // lane until one is left. p is not modified.
@@ -353,7 +367,10 @@ const FMALoopFMAs = 48
 // vectors in the assembly: as many as two FMA pipes with a 4-cycle latency need) and returns a
 // value that depends on all of them. Benchmarks run it on every core to measure the arithmetic
 // floor of the Gram kernel.
-func FMALoop(iters int) float64 { return rcur.fmaLoop(iters) }
+func FMALoop(iters int) float64 { return def.FMALoop(iters) }
+
+// FMALoop is the package-level FMALoop run by k.
+func (k *Impl) FMALoop(iters int) float64 { return k.robust.fmaLoop(iters) }
 
 func fmaLoopGeneric(iters int) float64 {
 	var acc [FMALoopFMAs]float64

@@ -66,18 +66,18 @@ type orderCase struct {
 	name string
 	// param returns the kernel's parameter (k or beta) for n inputs, or -1 if none fits.
 	param func(n, i int) int
-	run   func(dst []float32, x [][]byte, p int, tmp []float32)
+	run   func(k *Impl, dst []float32, x [][]byte, p int, tmp []float32)
 	ref   func(v []float32, p int) float32
 }
 
 var orderCases = []orderCase{
 	{"Median", func(n, i int) int { return 0 },
-		func(dst []float32, x [][]byte, _ int, tmp []float32) { MedianF32(dst, x, tmp) },
+		func(k *Impl, dst []float32, x [][]byte, _ int, tmp []float32) { k.MedianF32(dst, x, tmp) },
 		func(v []float32, _ int) float32 { return medianOf(v) }},
 	{"TrimmedMean", func(n, i int) int { return i % ((n + 1) / 2) },
-		TrimmedMeanF32, trimmedOf},
+		(*Impl).TrimmedMeanF32, trimmedOf},
 	{"ClosestMean", func(n, i int) int { return 1 + i%n },
-		ClosestMeanF32, closestOf},
+		(*Impl).ClosestMeanF32, closestOf},
 }
 
 // orderValues draws the inputs of an order statistic: random floats (NaN and Inf unless
@@ -123,7 +123,7 @@ func TestOrderStats(t *testing.T) {
 	many := map[int]bool{1: true, 2: true, 3: true, 17: true, 32: true, 33: true}
 	for _, c := range orderCases {
 		t.Run(c.name, func(t *testing.T) {
-			forVariants(t, func(t *testing.T) {
+			forImpls(t, func(t *testing.T, k *Impl) {
 				r := rand.New(rand.NewPCG(3, uint64(len(c.name))))
 				for _, n := range counts() {
 					ls := []int{0, 1, 7, 8, 9, 16, 24, 133}
@@ -137,7 +137,7 @@ func TestOrderStats(t *testing.T) {
 						ls = append(ls, 1001)
 					}
 					for i, l := range ls {
-						checkOrder(t, c, r, n, l, c.param(n, i), i%3 != 0)
+						checkOrder(t, k, c, r, n, l, c.param(n, i), i%3 != 0)
 					}
 				}
 			})
@@ -145,7 +145,7 @@ func TestOrderStats(t *testing.T) {
 	}
 }
 
-func checkOrder(t *testing.T, c orderCase, r *rand.Rand, n, length, p int, finite bool) {
+func checkOrder(t *testing.T, k *Impl, c orderCase, r *rand.Rand, n, length, p int, finite bool) {
 	t.Helper()
 	x := orderValues(r, n, length, finite)
 	saved := make([][]byte, n)
@@ -155,7 +155,7 @@ func checkOrder(t *testing.T, c orderCase, r *rand.Rand, n, length, p int, finit
 	want := orderReference(x, length, p, c.ref)
 	dst, checkDst := guardedF32(length, length%8)
 	tmp, checkTmp := guardedF32(SortScratch(n), 0)
-	c.run(dst, x, p, tmp)
+	c.run(k, dst, x, p, tmp)
 	checkDst(t)
 	checkTmp(t)
 	for j := range want {
@@ -276,7 +276,7 @@ func absSum(v []float64) float64 {
 }
 
 func TestGram(t *testing.T) {
-	forVariants(t, func(t *testing.T) {
+	forImpls(t, func(t *testing.T, k *Impl) {
 		r := rand.New(rand.NewPCG(7, 8))
 		ns := []int{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 33, 64}
 		for _, n := range ns {
@@ -292,13 +292,13 @@ func TestGram(t *testing.T) {
 				ls = append(ls, 1001)
 			}
 			for i, l := range ls {
-				checkGram(t, r, n, l, i%4 != 0)
+				checkGram(t, k, r, n, l, i%4 != 0)
 			}
 		}
 	})
 }
 
-func checkGram(t *testing.T, r *rand.Rand, n, elems int, finite bool) {
+func checkGram(t *testing.T, k *Impl, r *rand.Rand, n, elems int, finite bool) {
 	t.Helper()
 	x := make([][]byte, n)
 	for i := range x {
@@ -313,7 +313,7 @@ func checkGram(t *testing.T, r *rand.Rand, n, elems int, finite bool) {
 	gramGeneric(want, x, 0, elems)
 	p, check := guardedF64(len(init), r.IntN(4))
 	copy(p, init)
-	GramF32(p, x, elems)
+	k.GramF32(p, x, elems)
 	check(t)
 	for a := range n {
 		for b := a; b < n; b++ {
@@ -351,14 +351,14 @@ func checkGram(t *testing.T, r *rand.Rand, n, elems int, finite bool) {
 func TestGramBlocksCompose(t *testing.T) {
 	// Calls on consecutive blocks of multiples of GramLanes give one call's partials.
 	r := rand.New(rand.NewPCG(9, 9))
-	forVariants(t, func(t *testing.T) {
+	forImpls(t, func(t *testing.T, k *Impl) {
 		n, elems := 7, 1000
 		x := make([][]byte, n)
 		for i := range x {
 			x[i] = randBytes(r, dtF32, elems, true)
 		}
 		whole := make([]float64, GramLanes*n*n)
-		GramF32(whole, x, elems)
+		k.GramF32(whole, x, elems)
 		parts := make([]float64, GramLanes*n*n)
 		xs := make([][]byte, n)
 		for lo := 0; lo < elems; lo += 36 {
@@ -366,7 +366,7 @@ func TestGramBlocksCompose(t *testing.T) {
 			for i := range x {
 				xs[i] = x[i][4*lo : 4*hi]
 			}
-			GramF32(parts, xs, hi-lo)
+			k.GramF32(parts, xs, hi-lo)
 		}
 		for a := range n {
 			for b := a; b < n; b++ {
@@ -382,7 +382,7 @@ func TestGramBlocksCompose(t *testing.T) {
 }
 
 func TestSqDistNorm(t *testing.T) {
-	forVariants(t, func(t *testing.T) {
+	forImpls(t, func(t *testing.T, k *Impl) {
 		r := rand.New(rand.NewPCG(10, 11))
 		for i, n := range lengths() {
 			finite := i%3 != 0
@@ -397,7 +397,7 @@ func TestSqDistNorm(t *testing.T) {
 				wantD[l], wantN[l] = float64(l), float64(-l)
 			}
 			sqDistNormGeneric(&wantD, &wantN, x, z, 0)
-			SqDistNormF32(&pd, &pn, x, z)
+			k.SqDistNormF32(&pd, &pn, x, z)
 			checkZ(t)
 			for l := range pd {
 				if !sameF64(pd[l], wantD[l]) || !sameF64(pn[l], wantN[l]) {
@@ -413,7 +413,7 @@ func TestSqDistNorm(t *testing.T) {
 					q += v * v
 				}
 				var d, nn [Lanes]float64
-				SqDistNormF32(&d, &nn, x, z)
+				k.SqDistNormF32(&d, &nn, x, z)
 				if got := SumLanes(&d); math.Abs(got-s) > 1e-12*s || math.IsInf(s, 0) != math.IsInf(got, 0) {
 					t.Fatalf("len %d: %v, plain sum %v", n, got, s)
 				}
@@ -426,29 +426,16 @@ func TestSqDistNorm(t *testing.T) {
 }
 
 func TestFMALoop(t *testing.T) {
-	forVariants(t, func(t *testing.T) {
-		got := FMALoop(1000)
+	forImpls(t, func(t *testing.T, k *Impl) {
+		got := k.FMALoop(1000)
 		want := float64(FMALoopFMAs) * 1000 * 1.0000001 * 0.9999999
 		if math.Abs(got-want) > 1e-9*want {
 			t.Fatalf("FMALoop(1000) = %v, want %v", got, want)
 		}
-		if FMALoop(0) != 0 {
+		if k.FMALoop(0) != 0 {
 			t.Fatal("FMALoop(0) != 0")
 		}
 	})
-}
-
-func TestRobustFollowsVariant(t *testing.T) {
-	saved := Variant()
-	t.Cleanup(func() { UseVariant(saved) })
-	for _, name := range Variants() {
-		if err := UseVariant(name); err != nil {
-			t.Fatal(err)
-		}
-		if rcur.name != name {
-			t.Errorf("variant %s selected, robust kernels are %s", name, rcur.name)
-		}
-	}
 }
 
 func TestOrderStatsPanics(t *testing.T) {
@@ -476,15 +463,12 @@ func FuzzOrderStats(f *testing.F) {
 		for i := range x {
 			x[i] = placed(rand.New(rand.NewPCG(uint64(i), 1)), fb.next(4*length), i%8)
 		}
-		saved := Variant()
-		defer UseVariant(saved)
 		for _, c := range orderCases {
 			param := c.param(n, p)
 			want := orderReference(x, length, param, c.ref)
-			for _, v := range Variants() {
-				UseVariant(v)
+			for _, v := range Impls() {
 				dst := make([]float32, length)
-				c.run(dst, x, param, make([]float32, SortScratch(n)))
+				c.run(v, dst, x, param, make([]float32, SortScratch(n)))
 				for j := range want {
 					if !sameF32(dst[j], want[j]) {
 						t.Fatalf("%s/%s n=%d len=%d p=%d: element %d = %#x, reference %#x",
@@ -516,12 +500,9 @@ func FuzzGram(f *testing.F) {
 		gramGeneric(want, x, 0, elems)
 		var wantD, wantN [Lanes]float64
 		sqDistNormGeneric(&wantD, &wantN, x[0], z, 0)
-		saved := Variant()
-		defer UseVariant(saved)
-		for _, v := range Variants() {
-			UseVariant(v)
+		for _, v := range Impls() {
 			p := make([]float64, len(want))
-			GramF32(p, x, elems)
+			v.GramF32(p, x, elems)
 			for a := range n {
 				for b := a; b < n; b++ {
 					for l := range GramLanes {
@@ -533,7 +514,7 @@ func FuzzGram(f *testing.F) {
 				}
 			}
 			var d, nn [Lanes]float64
-			SqDistNormF32(&d, &nn, x[0], z)
+			v.SqDistNormF32(&d, &nn, x[0], z)
 			for l := range d {
 				if !sameF64(d[l], wantD[l]) || !sameF64(nn[l], wantN[l]) {
 					t.Fatalf("%s elems=%d: distance lane %d = %v, reference %v", v, elems, l, d[l], wantD[l])
@@ -580,11 +561,11 @@ func BenchmarkOrderStats(b *testing.B) {
 		tmp := make([]float32, SortScratch(n))
 		for _, c := range orderCases {
 			p := c.param(n, n/8)
-			benchVariants(b, n, func(b *testing.B) {
+			benchImpls(b, n, func(b *testing.B, k *Impl) {
 				b.Run(c.name, func(b *testing.B) {
 					b.SetBytes(int64(4 * elems * n))
 					for b.Loop() {
-						c.run(dst, x, p, tmp)
+						c.run(k, dst, x, p, tmp)
 					}
 					floor := readRate(x)
 					b.ReportMetric(floor/1e9, "floor-GB/s")
@@ -607,22 +588,19 @@ func BenchmarkGram(b *testing.B) {
 	}
 	p := make([]float64, GramLanes*n*n)
 	fmas := float64(n*(n+1)/2) * elems
-	for _, v := range Variants() {
-		b.Run(fmt.Sprintf("n=%d/impl=%s", n, v), func(b *testing.B) {
-			saved := Variant()
-			defer UseVariant(saved)
-			UseVariant(v)
+	for _, k := range Impls() {
+		b.Run(fmt.Sprintf("n=%d/impl=%s", n, k), func(b *testing.B) {
 			const iters = 1 << 16
-			FMALoop(iters)
+			k.FMALoop(iters)
 			floor := 0.0
 			for range 3 {
 				start := time.Now()
-				FMALoop(iters)
+				k.FMALoop(iters)
 				floor = max(floor, float64(iters*FMALoopFMAs)/time.Since(start).Seconds())
 			}
 			b.SetBytes(4 * n * elems)
 			for b.Loop() {
-				GramF32(p, x, elems)
+				k.GramF32(p, x, elems)
 			}
 			rate := fmas * float64(b.N) / b.Elapsed().Seconds()
 			b.ReportMetric(rate/1e9, "GFMA/s")
@@ -638,11 +616,11 @@ func BenchmarkSqDistNorm(b *testing.B) {
 	x := randBytes(r, dtF32, elems, true)
 	z := make([]float32, elems)
 	zb := unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(z))), 4*elems)
-	benchVariants(b, elems, func(b *testing.B) {
+	benchImpls(b, elems, func(b *testing.B, k *Impl) {
 		b.SetBytes(8 * elems)
 		var pd, pn [Lanes]float64
 		for b.Loop() {
-			SqDistNormF32(&pd, &pn, x, z)
+			k.SqDistNormF32(&pd, &pn, x, z)
 		}
 		floor := readRate([][]byte{x, zb})
 		b.ReportMetric(floor/1e9, "floor-GB/s")

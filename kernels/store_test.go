@@ -14,21 +14,20 @@ import (
 type storeCase[T float32 | float64] struct {
 	name string
 	out  dtype
-	fn   func(dst []byte, src []T, s T)
-	ref  func(dst []byte, src []T, s T)
+	fn   func(k *Impl, dst []byte, src []T, s T)
 }
 
 var (
 	storeF32Cases = []storeCase[float32]{
-		{"StoreF32FromF32", dtF32, StoreF32FromF32, generic.storeF32FromF32},
-		{"StoreBF16FromF32", dtBF16, StoreBF16FromF32, generic.storeBF16FromF32},
-		{"StoreF16FromF32", dtF16, StoreF16FromF32, generic.storeF16FromF32},
+		{"StoreF32FromF32", dtF32, (*Impl).StoreF32FromF32},
+		{"StoreBF16FromF32", dtBF16, (*Impl).StoreBF16FromF32},
+		{"StoreF16FromF32", dtF16, (*Impl).StoreF16FromF32},
 	}
 	storeF64Cases = []storeCase[float64]{
-		{"StoreF64FromF64", dtF64, StoreF64FromF64, generic.storeF64FromF64},
-		{"StoreF32FromF64", dtF32, StoreF32FromF64, generic.storeF32FromF64},
-		{"StoreBF16FromF64", dtBF16, StoreBF16FromF64, generic.storeBF16FromF64},
-		{"StoreF16FromF64", dtF16, StoreF16FromF64, generic.storeF16FromF64},
+		{"StoreF64FromF64", dtF64, (*Impl).StoreF64FromF64},
+		{"StoreF32FromF64", dtF32, (*Impl).StoreF32FromF64},
+		{"StoreBF16FromF64", dtBF16, (*Impl).StoreBF16FromF64},
+		{"StoreF16FromF64", dtF16, (*Impl).StoreF16FromF64},
 	}
 )
 
@@ -88,12 +87,12 @@ func TestStore(t *testing.T) {
 	}
 }
 
-// testStore compares every variant with the reference bit for bit (the scale is never NaN, so a
+// testStore compares every Impl with the reference bit for bit (the scale is never NaN, so a
 // NaN result carries its source's payload, quieted, on every path) for every length, source
 // offsets 0..7 elements and destination offsets 0..7 elements plus 0..3 bytes, with guards
 // around the destination.
 func testStore[T float32 | float64](t *testing.T, c storeCase[T]) {
-	forVariants(t, func(t *testing.T) {
+	forImpls(t, func(t *testing.T, k *Impl) {
 		r := rand.New(rand.NewPCG(4, uint64(len(c.name))))
 		for i, n := range lengths() {
 			srcBuf := make([]T, n+8)
@@ -106,9 +105,9 @@ func testStore[T float32 | float64](t *testing.T, c storeCase[T]) {
 			dstOff := (i%8)*c.out.size + i/8%4
 			dst, check := guardedBytes(n*c.out.size, dstOff)
 			want := make([]byte, len(dst))
-			c.ref(want, src, s)
+			c.fn(refImpl(), want, src, s)
 
-			c.fn(dst, src, s)
+			c.fn(k, dst, src, s)
 
 			check(t)
 			if !bytes.Equal(dst, want) {
@@ -129,12 +128,12 @@ func testStore[T float32 | float64](t *testing.T, c storeCase[T]) {
 }
 
 func TestScale(t *testing.T) {
-	t.Run("ScaleF32", func(t *testing.T) { testScale(t, ScaleF32, generic.scaleF32) })
-	t.Run("ScaleF64", func(t *testing.T) { testScale(t, ScaleF64, generic.scaleF64) })
+	t.Run("ScaleF32", func(t *testing.T) { testScale(t, (*Impl).ScaleF32) })
+	t.Run("ScaleF64", func(t *testing.T) { testScale(t, (*Impl).ScaleF64) })
 }
 
-func testScale[T float32 | float64](t *testing.T, fn, ref func([]T, T)) {
-	forVariants(t, func(t *testing.T) {
+func testScale[T float32 | float64](t *testing.T, fn func(*Impl, []T, T)) {
+	forImpls(t, func(t *testing.T, k *Impl) {
 		r := rand.New(rand.NewPCG(5, 0))
 		for i, n := range lengths() {
 			x, check := guarded[T](n, i%8)
@@ -143,9 +142,9 @@ func testScale[T float32 | float64](t *testing.T, fn, ref func([]T, T)) {
 			}
 			s := T(scales[i%len(scales)])
 			want := slices.Clone(x)
-			ref(want, s)
+			fn(refImpl(), want, s)
 
-			fn(x, s)
+			fn(k, x, s)
 
 			check(t)
 			for j := range x {
@@ -157,7 +156,7 @@ func testScale[T float32 | float64](t *testing.T, fn, ref func([]T, T)) {
 	})
 }
 
-// TestStoreExhaustive converts every float32 bit pattern with the 16-bit stores of every variant
+// TestStoreExhaustive converts every float32 bit pattern with the 16-bit stores of every Impl
 // (s = 1, so only NaNs change on the way: they are quieted) and compares them with the reference.
 // It takes tens of seconds: run it with WATTAGG_EXHAUSTIVE=1.
 func TestStoreExhaustive(t *testing.T) {
@@ -166,7 +165,7 @@ func TestStoreExhaustive(t *testing.T) {
 	}
 	for _, c := range storeF32Cases[1:] {
 		t.Run(c.name, func(t *testing.T) {
-			forVariants(t, func(t *testing.T) {
+			forImpls(t, func(t *testing.T, k *Impl) {
 				const block = 1 << 16
 				var wg sync.WaitGroup
 				var mu sync.Mutex
@@ -179,8 +178,8 @@ func TestStoreExhaustive(t *testing.T) {
 							for j := range src {
 								src[j] = math.Float32frombits(hi<<16 | uint32(j))
 							}
-							c.fn(dst, src, 1)
-							c.ref(want, src, 1)
+							c.fn(k, dst, src, 1)
+							c.fn(refImpl(), want, src, 1)
 							if !bytes.Equal(dst, want) {
 								mu.Lock()
 								defer mu.Unlock()

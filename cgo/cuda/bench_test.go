@@ -301,7 +301,7 @@ func TestGPUBenchTable(t *testing.T) {
 		}
 	}
 	say("CPU baselines: Gram with kernels.DotF32 (%s) over %d parameters, median with a sort per coordinate over %d, on 2 goroutines, scaled linearly to %d",
-		kernels.Variant(), cpuGramN, cpuMedN, p)
+		kernels.Default().Name(), cpuGramN, cpuMedN, p)
 }
 
 func envInt(k string, def int) int {

@@ -3,5 +3,5 @@
 package kernels
 
 // asmBuild reports whether this build holds the assembly kernels: not on this architecture or
-// with the purego or noasm tag, where the generic variant is the only one.
+// with the purego or noasm tag, where the generic implementation is the only one.
 const asmBuild = false
