@@ -11,6 +11,7 @@ import (
 
 	"github.com/klauspost/cpuid/v2"
 
+	"github.com/wattagg/wattagg/internal/sysinfo"
 	"github.com/wattagg/wattagg/kernels"
 	"github.com/wattagg/wattagg/tensor"
 )
@@ -88,18 +89,24 @@ func (c *CPU) Name() string { return "cpu" }
 // Close does nothing: the CPU device holds only pooled scratch memory.
 func (c *CPU) Close() error { return nil }
 
-// Info describes the processor and the kernels in use.
+// Info describes the processor and the kernels in use. The CPUs, cores and caches are those
+// the OS gives this process (internal/sysinfo: its affinity mask, and sysfs for what serves
+// those CPUs), not cpuid's view of the whole package, which under a hypervisor can be
+// anything; Threads is the CPUs it may run on, Cores their physical cores, CacheL2 the
+// smallest L2 serving one of them and CacheL3 all the L3 serving them. What is unknown is 0
+// (left out of reports), and a note says why.
 func (c *CPU) Info() Info {
+	host := sysinfo.Read()
 	info := Info{
 		Name:    "cpu",
 		Kind:    "cpu",
 		Model:   cpuid.CPU.BrandName,
-		Cores:   cpuid.CPU.PhysicalCores,
-		Threads: cpuid.CPU.LogicalCores,
+		Cores:   host.Cores,
+		Threads: len(host.CPUs),
 		Workers: c.workers,
 		Kernels: c.kern.Name(),
-		CacheL2: cpuid.CPU.Cache.L2,
-		CacheL3: cpuid.CPU.Cache.L3,
+		CacheL2: int(host.CacheSize(2)),
+		CacheL3: int(host.TotalCache(3)),
 	}
 	if info.Kernels != "generic" {
 		info.Features = c.kern.Features()
@@ -107,6 +114,7 @@ func (c *CPU) Info() Info {
 	} else {
 		info.Notes = append(info.Notes, "pure-Go kernels: "+genericReason())
 	}
+	info.Notes = append(info.Notes, host.Notes...)
 	return info
 }
 
