@@ -1,0 +1,82 @@
+package mlp
+
+import (
+	"fmt"
+
+	G "gorgonia.org/gorgonia"
+	gt "gorgonia.org/tensor"
+
+	gorgoniaio "github.com/wattagg/wattagg/interop/gorgonia"
+	"github.com/wattagg/wattagg/tensor"
+)
+
+// net is the model as a gorgonia expression graph over a batch of fixed size: training and
+// inference build the same forward pass, so what is trained is what is served.
+type net struct {
+	g              *G.ExprGraph
+	x              *G.Node // [batch, Inputs]
+	w1, b1, w2, b2 *G.Node
+	logits         *G.Node // [batch, Outputs]
+}
+
+// learnables returns the parameter nodes in Names order.
+func (n *net) learnables() G.Nodes { return G.Nodes{n.w1, n.b1, n.w2, n.b2} }
+
+// newNet builds the graph with the parameters bound to Dense values that view p's slices
+// (no copy) and x bound to a Dense that views xs, batch rows of Inputs features.
+func newNet(p *params, batch int, xs []float32) (*net, error) {
+	n := &net{g: G.NewGraph()}
+	slices, shapes := p.slices(), p.shapes()
+	nodes := [4]**G.Node{&n.w1, &n.b1, &n.w2, &n.b2}
+	for i, name := range Names {
+		d, err := view(name, shapes[i], slices[i])
+		if err != nil {
+			return nil, err
+		}
+		*nodes[i] = G.NodeFromAny(n.g, d, G.WithName(name))
+	}
+	xd := gt.New(gt.WithShape(batch, Inputs), gt.WithBacking(xs))
+	n.x = G.NodeFromAny(n.g, xd, G.WithName("x"))
+
+	var err error
+	if n.logits, err = n.forward(); err != nil {
+		return nil, fmt.Errorf("mlp: building the graph: %w", err)
+	}
+	return n, nil
+}
+
+// view is the Dense of a parameter: the interop package's zero-copy view of a tensor over v.
+func view(name string, shape []int, v []float32) (*gt.Dense, error) {
+	t, err := tensor.FromF32(name, shape, v)
+	if err != nil {
+		return nil, err
+	}
+	return gorgoniaio.Dense(t)
+}
+
+// forward is logits = relu(x·W1ᵀ + b1)·W2ᵀ + b2, with the biases broadcast over the rows.
+func (n *net) forward() (*G.Node, error) {
+	w1t, err := G.Transpose(n.w1)
+	if err != nil {
+		return nil, err
+	}
+	h, err := G.Mul(n.x, w1t)
+	if err != nil {
+		return nil, err
+	}
+	if h, err = G.BroadcastAdd(h, n.b1, nil, []byte{0}); err != nil {
+		return nil, err
+	}
+	if h, err = G.Rectify(h); err != nil {
+		return nil, err
+	}
+	w2t, err := G.Transpose(n.w2)
+	if err != nil {
+		return nil, err
+	}
+	out, err := G.Mul(h, w2t)
+	if err != nil {
+		return nil, err
+	}
+	return G.BroadcastAdd(out, n.b2, nil, []byte{0})
+}
