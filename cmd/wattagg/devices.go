@@ -1,23 +1,29 @@
 package main
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 
 	"github.com/spf13/cobra"
 
 	"github.com/wattagg/wattagg/device"
 	"github.com/wattagg/wattagg/energy"
+	"github.com/wattagg/wattagg/internal/sysinfo"
 	"github.com/wattagg/wattagg/sched"
 )
 
 // devicesReport is what `wattagg devices --json` prints.
 type devicesReport struct {
 	Devices []device.Info `json:"devices"`
-	GPUs    string        `json:"gpus"`
-	Energy  string        `json:"energy"`
+	// Host is the processor as this process gets it: the CPUs it may run on, their cores and
+	// caches.
+	Host   sysinfo.Host `json:"host"`
+	GPUs   string       `json:"gpus"`
+	Energy string       `json:"energy"`
 
 	// Meters, counters and the calibration profile (energy.go).
 	Meters      []meterInfo    `json:"meters"`
@@ -53,6 +59,7 @@ func newDevicesCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			r.Host = sysinfo.Read()
 			if asJSON {
 				return json.NewEncoder(cmd.OutOrStdout()).Encode(r)
 			}
@@ -67,12 +74,11 @@ func newDevicesCmd() *cobra.Command {
 
 func printDevices(w io.Writer, r devicesReport) {
 	for _, d := range r.Devices {
-		fmt.Fprintf(w, "%s: %s\n", d.Name, d.Model)
-		if d.Cores > 0 {
-			fmt.Fprintf(w, "  cores: %d physical, %d logical; %d workers\n", d.Cores, d.Threads, d.Workers)
-		}
-		if d.CacheL2 > 0 || d.CacheL3 > 0 {
-			fmt.Fprintf(w, "  cache: L2 %s per core, L3 %s\n", human(float64(d.CacheL2), "B"), human(float64(d.CacheL3), "B"))
+		fmt.Fprintf(w, "%s: %s\n", d.Name, cmp.Or(d.Model, "model unknown"))
+		if d.Kind == "cpu" && len(r.Host.CPUs) > 0 {
+			printHost(w, r.Host, d.Workers)
+		} else {
+			printDeviceSizes(w, d)
 		}
 		features := "none"
 		if len(d.Features) > 0 {
@@ -86,4 +92,76 @@ func printDevices(w io.Writer, r devicesReport) {
 	fmt.Fprintf(w, "gpus: %s\n", r.GPUs)
 	fmt.Fprintf(w, "energy: %s\n", r.Energy)
 	printMeters(w, r)
+}
+
+// printHost prints the CPUs this process may run on and the caches serving them; what is
+// unknown is said so, never printed as a number. Its notes are among the CPU device's.
+func printHost(w io.Writer, h sysinfo.Host, workers int) {
+	line := fmt.Sprintf("  cpus: %d", len(h.CPUs))
+	if h.CPUsFrom == "sched_getaffinity" {
+		line += fmt.Sprintf(" this process may run on (%s)", sysinfo.FormatCPUList(h.CPUs))
+	} else {
+		line += " (counted; the OS gives no list)"
+	}
+	if h.Cores > 0 {
+		line += fmt.Sprintf(", %d physical cores", h.Cores)
+		if h.CoresFrom != "sysfs" {
+			line += " (" + h.CoresFrom + ")"
+		}
+	} else {
+		line += ", physical cores unknown"
+	}
+	fmt.Fprintf(w, "%s; %d workers\n", line, workers)
+	if len(h.Caches) == 0 {
+		fmt.Fprintln(w, "  caches: unknown")
+		return
+	}
+	var parts []string
+	for _, c := range h.Caches {
+		p := c.Name() + " " + sizeIEC(c.Size)
+		if c.Instances > 1 {
+			p += fmt.Sprintf(" ×%d", c.Instances)
+		}
+		switch {
+		case c.SharedBy > 1 && c.Instances > 1:
+			p += fmt.Sprintf(" (each shared by %d CPUs)", c.SharedBy)
+		case c.SharedBy > 1:
+			p += fmt.Sprintf(" (shared by %d CPUs)", c.SharedBy)
+		}
+		parts = append(parts, p)
+	}
+	from := h.CachesFrom
+	if from == "cpuid" {
+		from = "cpuid, one core's"
+	}
+	fmt.Fprintf(w, "  caches (%s): %s\n", from, strings.Join(parts, ", "))
+}
+
+// printDeviceSizes prints the cores and caches a device other than the CPU reports, those it
+// knows.
+func printDeviceSizes(w io.Writer, d device.Info) {
+	if d.Cores > 0 {
+		fmt.Fprintf(w, "  cores: %d physical, %d logical; %d workers\n", d.Cores, d.Threads, d.Workers)
+	}
+	var caches []string
+	if d.CacheL2 > 0 {
+		caches = append(caches, "L2 "+sizeIEC(int64(d.CacheL2)))
+	}
+	if d.CacheL3 > 0 {
+		caches = append(caches, "L3 "+sizeIEC(int64(d.CacheL3)))
+	}
+	if len(caches) > 0 {
+		fmt.Fprintf(w, "  cache: %s\n", strings.Join(caches, ", "))
+	}
+}
+
+// sizeIEC writes a size in binary units, as caches are built: "32 KiB", "1.25 MiB".
+func sizeIEC(b int64) string {
+	units := []string{"B", "KiB", "MiB", "GiB", "TiB"}
+	v, i := float64(b), 0
+	for v >= 1024 && i < len(units)-1 {
+		v /= 1024
+		i++
+	}
+	return strconv.FormatFloat(v, 'g', 4, 64) + " " + units[i]
 }
