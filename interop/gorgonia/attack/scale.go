@@ -2,8 +2,8 @@ package attack
 
 import (
 	"fmt"
-	"math"
 	"maps"
+	"math"
 
 	"github.com/wattagg/wattagg/tensor"
 )
