@@ -22,7 +22,10 @@ type Set struct {
 
 // NewSet builds a Set from tensors in order; names must be unique.
 func NewSet(tensors ...*Tensor) (*Set, error) {
-	s := &Set{Metadata: map[string]string{}}
+	// Sized up front: a reader's Set of a million tensors would otherwise allocate its index
+	// and slice about twice over while they grow.
+	s := &Set{Metadata: map[string]string{}, index: make(map[string]int, len(tensors)),
+		tensors: make([]*Tensor, 0, len(tensors))}
 	for _, t := range tensors {
 		if err := s.Add(t); err != nil {
 			return nil, err

@@ -14,8 +14,9 @@ import (
 const maxScaleLen = 15
 
 // encodeHeader writes the header JSON as the reference does, compact with __metadata__ first
-// (left out when empty), then the tensors in layout order with their offsets[i], offsets[i+1].
-func encodeHeader(layout tensor.Layout, offsets []int64, meta map[string]string) []byte {
+// (left out when empty), then the tensors in layout order with their byte ranges
+// [begin[i], end[i]].
+func encodeHeader(layout tensor.Layout, begin, end []int64, meta map[string]string) []byte {
 	b := []byte{'{'}
 	if len(meta) > 0 {
 		b = appendString(b, metadataKey)
@@ -45,9 +46,9 @@ func encodeHeader(layout tensor.Layout, offsets []int64, meta map[string]string)
 			b = strconv.AppendInt(b, int64(d), 10)
 		}
 		b = append(b, `],"data_offsets":[`...)
-		b = strconv.AppendInt(b, offsets[i], 10)
+		b = strconv.AppendInt(b, begin[i], 10)
 		b = append(b, ',')
-		b = strconv.AppendInt(b, offsets[i+1], 10)
+		b = strconv.AppendInt(b, end[i], 10)
 		b = append(b, "]}"...)
 	}
 	return append(b, '}')

@@ -9,9 +9,12 @@ import (
 )
 
 // OpenAll opens files with Open on all cores at once: mapping and page-table population are
-// real work when many client updates are read together. On error it closes what it opened and
-// returns every file's error joined.
+// real work when many client updates are read together. Files with the same tensors (names,
+// dtypes, shapes, offsets) share one parsed layout, so a federation of clients costs one
+// layout's names and shapes, not one per client. On error it closes what it opened and returns
+// every file's error joined.
 func OpenAll(paths []string, opts ...Option) ([]*tensor.Set, error) {
+	opts = append(opts[:len(opts):len(opts)], withLayoutCache(newLayoutCache()))
 	sets := make([]*tensor.Set, len(paths))
 	errs := make([]error, len(paths))
 	var wg sync.WaitGroup

@@ -4,22 +4,21 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
+	"io/fs"
 	"math"
 	"os"
 
 	"github.com/wattagg/wattagg/tensor"
 )
 
-// DefaultMaxHeaderSize bounds the header JSON, as the reference implementation does.
-const DefaultMaxHeaderSize = 100_000_000
-
 // Option configures Open, Parse and ReadHeader.
 type Option func(*readOptions) error
 
 type readOptions struct {
-	populate  bool
-	maxHeader int64
-	source    string
+	populate bool
+	lim      Limits
+	source   string
+	cache    *layoutCache // shares identical layouts across the files OpenAll opens
 }
 
 // WithPopulate says whether Open pre-faults the whole mapping (MAP_POPULATE), so that the file
@@ -36,15 +35,33 @@ func WithPopulate(on bool) Option {
 }
 
 // WithMaxHeaderSize bounds the header JSON (default DefaultMaxHeaderSize bytes), so that a
-// hostile length prefix cannot make a reader allocate or parse gigabytes.
+// hostile length prefix cannot make a reader allocate or parse gigabytes. It sets
+// Limits.HeaderSize.
 func WithMaxHeaderSize(n int64) Option {
 	return func(o *readOptions) error {
 		if n <= 0 {
 			return fmt.Errorf("safetensors: header size limit %d is not positive", n)
 		}
-		o.maxHeader = n
+		o.lim.HeaderSize = n
 		return nil
 	}
+}
+
+// WithLimits replaces DefaultLimits. A file written with WithWriteLimits(l) is read back
+// with WithLimits(l).
+func WithLimits(l Limits) Option {
+	return func(o *readOptions) error {
+		if err := l.valid(); err != nil {
+			return err
+		}
+		o.lim = l
+		return nil
+	}
+}
+
+// withLayoutCache makes headers of the same layout share their tensor entries.
+func withLayoutCache(c *layoutCache) Option {
+	return func(o *readOptions) error { o.cache = c; return nil }
 }
 
 // WithSource names the data for errors and Set.Source (Open and ReadHeader use the path
@@ -54,7 +71,7 @@ func WithSource(name string) Option {
 }
 
 func newReadOptions(source string, opts []Option) (*readOptions, error) {
-	o := &readOptions{maxHeader: DefaultMaxHeaderSize, source: source}
+	o := &readOptions{lim: DefaultLimits(), source: source}
 	for _, opt := range opts {
 		if err := opt(o); err != nil {
 			return nil, err
@@ -109,7 +126,7 @@ func Parse(b []byte, opts ...Option) (*tensor.Set, error) {
 	if err != nil {
 		return nil, err
 	}
-	h, err := parseHeader(o.source, b[8:8+n], int64(len(b))-8-n)
+	h, err := parseHeader(o.source, b[8:8+n], int64(len(b))-8-n, o.lim, o.cache)
 	if err != nil {
 		return nil, err
 	}
@@ -131,17 +148,25 @@ func ReadHeader(path string, opts ...Option) (*Header, error) {
 	return readHeader(f, size, o)
 }
 
-// openRegular opens path and returns its size; only regular files can be mapped.
+// openRegular opens path and returns its size; only regular files can be mapped. The open
+// does not block (O_NONBLOCK: opening a FIFO for reading would wait for a writer, forever,
+// and the blocked thread would not even see SIGTERM), and the check is an fstat of the
+// descriptor, so the file checked is the file opened.
 func openRegular(path string) (*os.File, int64, error) {
-	f, err := os.Open(path)
+	f, err := os.OpenFile(path, os.O_RDONLY|openNoBlock, 0)
 	if err != nil {
+		if fi, serr := os.Stat(path); serr == nil && !fi.Mode().IsRegular() {
+			// A socket cannot be opened at all (ENXIO): say what it is all the same.
+			return nil, 0, notRegular(path, fi.Mode())
+		}
 		return nil, 0, err
 	}
 	fi, err := f.Stat()
-	if err == nil && !fi.Mode().IsRegular() {
-		err = fmt.Errorf("%s: not a regular file", path)
-	}
-	if err == nil && fi.Size() > math.MaxInt {
+	switch {
+	case err != nil:
+	case !fi.Mode().IsRegular():
+		err = notRegular(path, fi.Mode())
+	case fi.Size() > math.MaxInt:
 		err = fmt.Errorf("%s: %d bytes do not fit in memory", path, fi.Size())
 	}
 	if err != nil {
@@ -149,6 +174,24 @@ func openRegular(path string) (*os.File, int64, error) {
 		return nil, 0, err
 	}
 	return f, fi.Size(), nil
+}
+
+// notRegular is the ErrNotRegular error for path, saying what it is.
+func notRegular(path string, m fs.FileMode) error {
+	what := "special file"
+	switch {
+	case m&fs.ModeNamedPipe != 0:
+		what = "named pipe"
+	case m.IsDir():
+		what = "directory"
+	case m&fs.ModeCharDevice != 0:
+		what = "character device"
+	case m&fs.ModeDevice != 0:
+		what = "device"
+	case m&fs.ModeSocket != 0:
+		what = "socket"
+	}
+	return fmt.Errorf("%s: %w: it is a %s", path, ErrNotRegular, what)
 }
 
 // readHeader reads the length prefix and the header of a file of size bytes.
@@ -167,7 +210,7 @@ func readHeader(f io.ReaderAt, size int64, o *readOptions) (*Header, error) {
 	if _, err := f.ReadAt(js, 8); err != nil {
 		return nil, fmt.Errorf("%s: %w", o.source, err)
 	}
-	h, err := parseHeader(o.source, js, size-8-n)
+	h, err := parseHeader(o.source, js, size-8-n, o.lim, o.cache)
 	if err != nil {
 		return nil, err
 	}
@@ -182,9 +225,10 @@ func headerLength(prefix []byte, size int64, o *readOptions) (int64, error) {
 		return 0, fmt.Errorf("%s: %w: truncated: %d bytes, less than the 8-byte length prefix", o.source, ErrHeaderSize, size)
 	}
 	n := binary.LittleEndian.Uint64(prefix)
+	if err := o.lim.checkHeaderSize(n); err != nil {
+		return 0, fmt.Errorf("%s: %w", o.source, err)
+	}
 	switch {
-	case n > uint64(o.maxHeader):
-		return 0, fmt.Errorf("%s: %w: header length %d is over the limit of %d bytes", o.source, ErrHeaderSize, n, o.maxHeader)
 	case n > uint64(size-8):
 		return 0, fmt.Errorf("%s: %w: truncated: header length %d but only %d bytes follow the length prefix",
 			o.source, ErrHeaderSize, n, size-8)

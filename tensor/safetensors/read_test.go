@@ -1,6 +1,7 @@
 package safetensors
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"os"
@@ -154,15 +155,19 @@ func TestTrailingWhitespace(t *testing.T) {
 	}
 }
 
-// Tensors are in data offset order, whatever the header order; empty tensors keep header order
-// among themselves.
-func TestOffsetOrder(t *testing.T) {
+// Tensors are in header order, whatever their data offsets (issue 9 item 7: WriteFile lists
+// them in Set order and lays the data out widest first); each views its own bytes.
+func TestHeaderOrder(t *testing.T) {
 	js := `{"c":{"dtype":"F16","shape":[1],"data_offsets":[12,14]},` +
 		`"e2":{"dtype":"F32","shape":[0],"data_offsets":[12,12]},` +
 		`"a":{"dtype":"F64","shape":[1],"data_offsets":[0,8]},` +
 		`"e1":{"dtype":"F32","shape":[0],"data_offsets":[12,12]},` +
 		`"b":{"dtype":"F32","shape":[],"data_offsets":[8,12]}}`
-	s, err := Parse(fileOf(js, make([]byte, 14)))
+	data := make([]byte, 14)
+	for i := range data {
+		data[i] = byte(i)
+	}
+	s, err := Parse(fileOf(js, data))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -170,8 +175,17 @@ func TestOffsetOrder(t *testing.T) {
 	for _, f := range s.Layout() {
 		names = append(names, f.Name)
 	}
-	if got := strings.Join(names, " "); got != "a b e2 e1 c" {
-		t.Errorf("order %q, want a b e2 e1 c", got)
+	if got := strings.Join(names, " "); got != "c e2 a e1 b" {
+		t.Errorf("order %q, want c e2 a e1 b", got)
+	}
+	for _, c := range []struct {
+		name string
+		data []byte
+	}{{"c", data[12:14]}, {"a", data[0:8]}, {"b", data[8:12]}, {"e1", nil}} {
+		x, _ := s.Tensor(c.name)
+		if !bytes.Equal(x.Bytes(), c.data) {
+			t.Errorf("tensor %q views %v, want %v", c.name, x.Bytes(), c.data)
+		}
 	}
 }
 

@@ -40,17 +40,26 @@ func (t token) str() string {
 	return s
 }
 
-// describe names t for error messages.
+// strBytes is the decoded string of a string token, without allocating unless it has escapes.
+func (t token) strBytes() []byte {
+	body := t.raw[1 : len(t.raw)-1]
+	if bytes.IndexByte(body, '\\') < 0 {
+		return body
+	}
+	return []byte(t.str())
+}
+
+// describe names t for error messages, eliding the middle of a long value.
 func (t token) describe() string {
 	switch {
 	case t.delim != 0:
 		return strconv.Quote(string(t.delim))
 	case t.isString():
-		return "string " + strconv.Quote(t.str())
+		return "string " + quote(t.str())
 	case t.isNumber():
-		return "number " + string(t.raw)
+		return "number " + elide(string(t.raw))
 	}
-	return string(t.raw)
+	return elide(string(t.raw))
 }
 
 // skip moves past whitespace, commas and colons.

@@ -2,17 +2,12 @@ package safetensors
 
 import (
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"maps"
-	"math"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -34,6 +29,7 @@ type WriterOption func(*writeOptions)
 
 type writeOptions struct {
 	direct bool
+	lim    Limits
 }
 
 // WithDirectIO says whether page-aligned writes bypass the page cache with O_DIRECT (the
@@ -43,6 +39,16 @@ type writeOptions struct {
 // old kernels, some network filesystems) the writer falls back to buffered writes silently.
 func WithDirectIO(on bool) WriterOption {
 	return func(o *writeOptions) { o.direct = on }
+}
+
+// WithWriteLimits replaces DefaultLimits for what the writer refuses; a file written under
+// them is read back with WithLimits(l). Limits that are not all positive are ignored.
+func WithWriteLimits(l Limits) WriterOption {
+	return func(o *writeOptions) {
+		if l.valid() == nil {
+			o.lim = l
+		}
+	}
 }
 
 // fileWriter is what the direct descriptor does; an interface so that tests can play a
@@ -57,40 +63,66 @@ type fileWriter interface {
 // goroutines if wanted; Commit writes the header, syncs, and renames the file over the
 // destination. Abort, or a failed Commit, removes the temporary file, so a failed write
 // never leaves a partial file at the destination nor touches what was there.
+//
+// The writer holds an exclusive flock on its temporary file for its whole life. A process
+// killed mid-write leaves the file behind, unlocked; the next Create in that directory (or
+// CleanStale) removes it. Sync makes the file durable without publishing it, and CommitGroup
+// publishes several writers as one unit.
 type Writer struct {
 	path, tmp  string
-	layout     tensor.Layout
+	lim        Limits
+	layout     tensor.Layout // header order
+	order      []int         // data order: layout indices by offset
 	metadata   map[string]string
-	offsets    []int64 // offsets[i] is where tensor i begins in the data section; the last is its size
+	offsets    []int64 // offsets[i] is where tensor i begins in the data section
+	ends       []int64 // and ends[i] where it ends
+	size       int64   // bytes of the data section
 	dataOffset int64
 
-	f        *os.File
+	f        *os.File    // the temporary file, flocked
 	direct   fileWriter  // O_DIRECT descriptor on the same file, or nil
 	directOK atomic.Bool // false once direct writes are off or refused
 	written  atomic.Int64
 
-	mu     sync.RWMutex // WriteAt holds it shared; SetScale, Commit and Abort exclusively
+	mu     sync.RWMutex // WriteAt holds it shared; SetScale, Sync, Commit and Abort exclusively
 	scales []float32
+	synced bool // header written and file synced: nothing more may be written
 	done   bool
 }
 
 // Create starts writing the file at path with tensors of layout, in layout order, and
 // metadata as __metadata__. The header is written at Commit, after I8 scales are known; its
 // room is reserved now, padded so that DataOffset is a multiple of 4096. The temporary file,
-// "." + base name + ".tmp-" + random suffix in the same directory, is allocated to its final
-// size at once, so a full disk fails here.
+// "." + base name + ".wattagg-tmp-" + random suffix in the same directory, is allocated to its
+// final size at once, so a full disk fails here; before it is made, the stale temporary files
+// of dead writers in that directory are removed (see CleanStale).
+//
+// The data is laid out in layout order, never reordered, so that callers can place it
+// themselves (TensorOffset). Every tensor must start at a multiple of its element size: a
+// layout whose order would misalign one (an F32 after an odd number of I8 bytes) is refused
+// with tensor.ErrUnaligned. Ordering the layout widest element first always satisfies this
+// (WriteFile does it for the data while keeping the Set's order in the header). Names, shapes
+// and the header size are checked against the same Limits the reader applies, so a file
+// Create accepts is a file Open accepts.
 func Create(path string, layout tensor.Layout, metadata map[string]string, opts ...WriterOption) (*Writer, error) {
-	o := writeOptions{direct: true}
+	return create(path, layout, nil, metadata, opts)
+}
+
+// create is Create with the data laid out in order (nil: layout order).
+func create(path string, layout tensor.Layout, order []int, metadata map[string]string, opts []WriterOption) (*Writer, error) {
+	o := writeOptions{direct: true, lim: DefaultLimits()}
 	for _, opt := range opts {
 		opt(&o)
 	}
-	w := &Writer{path: path, metadata: maps.Clone(metadata), scales: make([]float32, len(layout))}
+	w := &Writer{path: path, lim: o.lim, metadata: maps.Clone(metadata), scales: make([]float32, len(layout))}
 	if w.metadata == nil {
 		w.metadata = map[string]string{}
 	}
-	if err := w.plan(layout); err != nil {
+	if err := w.plan(layout, order); err != nil {
 		return nil, err
 	}
+	// Best effort: a directory that cannot be listed or locked fails below if it matters.
+	_, _ = cleanStale(filepath.Dir(path))
 	if err := w.open(o.direct); err != nil {
 		w.discard()
 		return nil, fmt.Errorf("%s: %w", path, err)
@@ -99,15 +131,13 @@ func Create(path string, layout tensor.Layout, metadata map[string]string, opts 
 }
 
 // plan validates the layout and metadata and computes the offsets and the header room.
-func (w *Writer) plan(layout tensor.Layout) error {
+func (w *Writer) plan(layout tensor.Layout, order []int) error {
 	w.layout = make(tensor.Layout, len(layout))
-	w.offsets = make([]int64, len(layout)+1)
 	seen := make(map[string]bool, len(layout))
 	for i, f := range layout {
 		f.Shape = slices.Clone(f.Shape)
 		w.layout[i] = f
 		w.scales[i] = 1
-		n, ok := numElements(f.Shape)
 		switch {
 		case seen[f.Name]:
 			return w.failTensor(tensor.ErrDuplicateName, f.Name, "the layout has it twice")
@@ -115,27 +145,57 @@ func (w *Writer) plan(layout tensor.Layout) error {
 			return w.failTensor(ErrFormat, f.Name, "not a valid tensor name")
 		case !f.DType.Valid():
 			return w.failTensor(tensor.ErrDType, f.Name, f.DType.String())
-		case !ok:
-			return w.failTensor(tensor.ErrShape, f.Name, fmt.Sprintf("shape %v", f.Shape))
+		case slices.ContainsFunc(f.Shape, func(d int) bool { return d < 0 }):
+			return w.failTensor(tensor.ErrShape, f.Name, "shape "+formatShape(f.Shape)+" has a negative dimension")
+		}
+		if err := w.lim.checkName(f.Name); err != nil {
+			return w.failTensorErr(ErrFormat, f.Name, err)
+		}
+		if err := w.lim.checkRank(len(f.Shape)); err != nil {
+			return w.failTensorErr(tensor.ErrShape, f.Name, err)
+		}
+		if _, err := checkElements(f.Shape); err != nil {
+			return w.failTensorErr(tensor.ErrShape, f.Name, err)
 		}
 		seen[f.Name] = true
-		size := n * int64(f.DType.Size())
-		if w.offsets[i] > maxDataSize-size {
+	}
+	if order == nil {
+		order = make([]int, len(layout))
+		for i := range order {
+			order[i] = i
+		}
+	}
+	w.order = order
+	w.offsets, w.ends = make([]int64, len(layout)), make([]int64, len(layout))
+	for _, i := range order {
+		f := w.layout[i]
+		n, _ := numElements(f.Shape)
+		es := int64(f.DType.Size())
+		if w.size%es != 0 {
+			return w.failTensor(tensor.ErrUnaligned, f.Name, fmt.Sprintf(
+				"%s data would start at offset %d, not a multiple of its %d-byte elements: order the layout widest element first",
+				f.DType.SafetensorsName(), w.size, es))
+		}
+		if w.size > maxDataSize-n*es {
 			return w.failTensor(tensor.ErrShape, f.Name, "the data section would be larger than 2^62 bytes")
 		}
-		w.offsets[i+1] = w.offsets[i] + size
+		w.offsets[i], w.ends[i] = w.size, w.size+n*es
+		w.size += n * es
 	}
 	for _, k := range slices.Sorted(maps.Keys(w.metadata)) {
 		switch {
 		case strings.HasPrefix(k, ScaleKeyPrefix):
-			return fmt.Errorf("%s: %w: metadata key %q uses the reserved prefix %q", w.path, ErrFormat, k, ScaleKeyPrefix)
+			return fmt.Errorf("%s: %w: metadata key %s uses the reserved prefix %q", w.path, ErrFormat, quote(k), ScaleKeyPrefix)
 		case !utf8.ValidString(k) || !utf8.ValidString(w.metadata[k]):
-			return fmt.Errorf("%s: %w: metadata %q: %q is not valid UTF-8", w.path, ErrFormat, k, w.metadata[k])
+			return fmt.Errorf("%s: %w: metadata %s: %s is not valid UTF-8", w.path, ErrFormat, quote(k), quote(w.metadata[k]))
 		}
 	}
 	// Reserve the longest scale text for every I8 tensor, so any scale set later fits.
 	room := 8 + int64(len(w.headerJSON(strings.Repeat("0", maxScaleLen))))
 	w.dataOffset = (room + pageSize - 1) &^ (pageSize - 1)
+	if err := w.lim.checkHeaderSize(uint64(w.dataOffset - 8)); err != nil {
+		return fmt.Errorf("%s: %w", w.path, err)
+	}
 	return nil
 }
 
@@ -163,30 +223,24 @@ func (w *Writer) open(direct bool) error {
 	return nil
 }
 
-// createTemp is os.CreateTemp with mode 0666 instead of 0600, so that the committed file gets
-// the permissions os.Create would have given it.
-func createTemp(dir, base string) (*os.File, error) {
-	for range 100 {
-		name := filepath.Join(dir, "."+base+".tmp-"+strconv.FormatUint(rand.Uint64(), 36))
-		f, err := os.OpenFile(name, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o666)
-		if !errors.Is(err, fs.ErrExist) {
-			return f, err
-		}
-	}
-	return nil, fmt.Errorf("no unused temporary file name for %s in %s", base, dir)
-}
-
 // DataOffset is the absolute file offset of the data section, a multiple of 4096.
 func (w *Writer) DataOffset() int64 { return w.dataOffset }
 
 // DataSize is the size of the data section: the bytes of all tensors.
-func (w *Writer) DataSize() int64 { return w.offsets[len(w.layout)] }
+func (w *Writer) DataSize() int64 { return w.size }
 
-// TensorOffset is where tensor i begins within the data section; tensors are contiguous, in
-// layout order, so TensorOffset(len(layout)) is DataSize.
-func (w *Writer) TensorOffset(i int) int64 { return w.offsets[i] }
+// TensorOffset is where tensor i begins within the data section. Create lays tensors out
+// contiguously in layout order, so TensorOffset(i+1) is where tensor i ends and
+// TensorOffset(len(layout)) is DataSize.
+func (w *Writer) TensorOffset(i int) int64 {
+	if i == len(w.layout) {
+		return w.size
+	}
+	return w.offsets[i]
+}
 
-// SetScale records the scale of I8 tensor i, written to the header at Commit (default 1).
+// SetScale records the scale of I8 tensor i, written to the header at Commit (default 1). It
+// must be finite and positive, as the reader requires.
 func (w *Writer) SetScale(i int, scale float32) error {
 	if i < 0 || i >= len(w.layout) {
 		return fmt.Errorf("%s: %w: no tensor %d in a layout of %d", w.path, tensor.ErrNotFound, i, len(w.layout))
@@ -195,24 +249,29 @@ func (w *Writer) SetScale(i int, scale float32) error {
 	if dt := w.layout[i].DType; dt != tensor.I8 {
 		return w.failTensor(tensor.ErrDType, name, "a scale for a "+dt.String()+" tensor")
 	}
-	s := float64(scale)
-	if s == 0 || math.IsInf(s, 0) || math.IsNaN(s) {
-		return w.failTensor(ErrFormat, name, fmt.Sprintf("I8 scale %v is not finite and non-zero", scale))
+	if !validScale(float64(scale)) {
+		return w.failTensor(ErrFormat, name, fmt.Sprintf("I8 scale %v is not finite and positive", scale))
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.done {
-		return w.closed()
+	if err := w.writable(); err != nil {
+		return err
 	}
 	w.scales[i] = scale
 	return nil
 }
 
-// WriteAt writes p at offset off of the data section. Calls on disjoint ranges may run
-// concurrently, but not with Commit or Abort, which wait for them.
-//
-// A range whose memory, length and offset are multiples of 4096 goes through the O_DIRECT
-// descriptor, and so does the aligned part of a range that ends at the (unaligned) end of the
+// writable refuses changes once the writer is synced, committed or aborted.
+func (w *Writer) writable() error {
+	switch {
+	case w.done:
+		return w.closed()
+	case w.synced:
+		return fmt.Errorf("%s: %w: the writer was synced", w.path, os.ErrClosed)
+	}
+	return nil
+}
+
 // data section; the rest goes through the page cache.
 func (w *Writer) WriteAt(p []byte, off int64) (int, error) {
 	w.mu.RLock()
@@ -271,6 +330,26 @@ func (w *Writer) directLen(p []byte, abs int64) int {
 
 // Commit checks that the whole data section was written, writes the header, syncs the file,
 // renames it over the destination and syncs the directory. On failure before the rename the
+// Sync makes the file durable without publishing it: it checks that the whole data section
+// was written, writes the header and fsyncs the temporary file, which stays locked and
+// unpublished until Commit, CommitGroup or Abort. Nothing can be written after it. On
+// failure the temporary file is removed, as by Abort.
+func (w *Writer) Sync() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if err := w.writable(); err != nil {
+		return err
+	}
+	if err := w.sync(); err != nil {
+		w.done = true
+		w.discard()
+		return err
+	}
+	return nil
+}
+
+// Commit checks that the whole data section was written, writes the header, syncs the file,
+// renames it over the destination and syncs the directory. On failure before the rename the
 // temporary file is removed and the destination is untouched.
 func (w *Writer) Commit() error {
 	w.mu.Lock()
@@ -279,14 +358,26 @@ func (w *Writer) Commit() error {
 		return w.closed()
 	}
 	w.done = true
-	if err := w.commit(); err != nil {
+	if !w.synced {
+		if err := w.sync(); err != nil {
+			w.discard()
+			return err
+		}
+	}
+	if err := os.Rename(w.tmp, w.path); err != nil {
 		w.discard()
-		return err
+		return fmt.Errorf("%s: %w", w.path, err)
+	}
+	w.tmp = "" // renamed: nothing is left to remove
+	w.release()
+	if err := syncDir(filepath.Dir(w.path)); err != nil {
+		return fmt.Errorf("%s: written, but the directory sync failed: %w", w.path, err)
 	}
 	return nil
 }
 
-func (w *Writer) commit() error {
+// sync is Sync with w.mu held.
+func (w *Writer) sync() error {
 	// The count cannot tell a gap from a range written twice; either way it is off.
 	if n, size := w.written.Load(), w.DataSize(); n < size {
 		return fmt.Errorf("%s: %w: %d of %d bytes written", w.path, ErrIncomplete, n, size)
@@ -308,18 +399,7 @@ func (w *Writer) commit() error {
 	if err := w.f.Sync(); err != nil {
 		return fmt.Errorf("%s: %w", w.path, err)
 	}
-	err = w.f.Close()
-	w.f = nil
-	if err != nil {
-		return fmt.Errorf("%s: %w", w.path, err)
-	}
-	if err := os.Rename(w.tmp, w.path); err != nil {
-		return fmt.Errorf("%s: %w", w.path, err)
-	}
-	w.tmp = "" // renamed: nothing is left to remove
-	if err := syncDir(filepath.Dir(w.path)); err != nil {
-		return fmt.Errorf("%s: written, but the directory sync failed: %w", w.path, err)
-	}
+	w.synced = true
 	return nil
 }
 
@@ -353,7 +433,7 @@ func (w *Writer) headerJSON(placeholder string) []byte {
 		}
 		meta[ScaleKeyPrefix+f.Name] = v
 	}
-	return encodeHeader(w.layout, w.offsets, meta)
+	return encodeHeader(w.layout, w.offsets, w.ends, meta)
 }
 
 // Abort discards the file: the temporary file is removed and the destination is untouched.
@@ -368,22 +448,28 @@ func (w *Writer) Abort() error {
 	return w.discard()
 }
 
-// discard closes the descriptors and removes the temporary file.
+// discard removes the temporary file and closes the descriptors. The file is removed while
+// its lock is still held, so that no CleanStale can take it for stale in between.
 func (w *Writer) discard() error {
+	var err error
+	if w.tmp != "" {
+		err = os.Remove(w.tmp)
+		w.tmp = ""
+	}
+	w.release()
+	if err != nil {
+		return fmt.Errorf("%s: %w", w.path, err)
+	}
+	return nil
+}
+
+// release closes the descriptors, which drops the lock.
+func (w *Writer) release() {
 	w.closeDirect()
 	if w.f != nil {
 		w.f.Close()
 		w.f = nil
 	}
-	if w.tmp == "" {
-		return nil
-	}
-	err := os.Remove(w.tmp)
-	w.tmp = ""
-	if err != nil {
-		return fmt.Errorf("%s: %w", w.path, err)
-	}
-	return nil
 }
 
 func (w *Writer) closeDirect() error {
@@ -401,25 +487,35 @@ func (w *Writer) closed() error {
 }
 
 func (w *Writer) failTensor(sentinel error, name, msg string) error {
-	return fmt.Errorf("%s: %w: %s (tensor %q)", w.path, sentinel, msg, name)
+	return fmt.Errorf("%s: %w: %s (tensor %s)", w.path, sentinel, msg, quote(name))
+}
+
+// failTensorErr is failTensor for an error that wraps its own sentinels (a limit).
+func (w *Writer) failTensorErr(sentinel error, name string, err error) error {
+	return fmt.Errorf("%s: %w: %w (tensor %s)", w.path, sentinel, err, quote(name))
 }
 
 // stageSize is the chunk in which WriteFile copies tensors into page-aligned memory for
 // direct writes: large enough to amortise a syscall, small enough to stay in L2/L3.
 const stageSize = 1 << 20
 
-// WriteFile writes s to path atomically: tensors in Set order, Set.Metadata, I8 scales. A Set
-// read from path itself may be written back: the old file stays mapped until the Set is closed.
+// WriteFile writes s to path atomically: Set.Metadata, I8 scales, and the tensors listed in
+// the header in Set order, which is the order Open returns them in. The data section is laid
+// out widest element first (stably, as the reference writer does), so that every tensor starts
+// at a multiple of its element size whatever the mix of dtypes; the safetensors format allows
+// no holes that could align them otherwise. A Set read from path itself may be written back:
+// the old file stays mapped until the Set is closed.
 func WriteFile(path string, s *tensor.Set, opts ...WriterOption) error {
-	w, err := Create(path, s.Layout(), s.Metadata, opts...)
+	layout := s.Layout()
+	w, err := create(path, layout, widestFirst(layout), s.Metadata, opts)
 	if err != nil {
 		return err
 	}
 	defer w.Abort()
 	for i, t := range s.Tensors() {
-		if n, want := int64(len(t.Bytes())), w.TensorOffset(i+1)-w.TensorOffset(i); n != want {
-			return w.failTensor(tensor.ErrShape, t.Name, fmt.Sprintf("%d bytes of data, shape %v of %s needs %d (is the set closed?)",
-				n, t.Shape, t.DType, want))
+		if n, want := int64(len(t.Bytes())), w.ends[i]-w.offsets[i]; n != want {
+			return w.failTensor(tensor.ErrShape, t.Name, fmt.Sprintf("%d bytes of data, shape %s of %s needs %d (is the set closed?)",
+				n, formatShape(t.Shape), t.DType, want))
 		}
 		if t.DType == tensor.I8 {
 			if err := w.SetScale(i, t.Scale); err != nil {
@@ -433,7 +529,17 @@ func WriteFile(path string, s *tensor.Set, opts ...WriterOption) error {
 	return w.Commit()
 }
 
-// writeTensors writes ts back to back from offset 0. A tensor that can go direct as it is
+// widestFirst is the indices of layout ordered by element size, widest first, stably.
+func widestFirst(layout tensor.Layout) []int {
+	order := make([]int, len(layout))
+	for i := range order {
+		order[i] = i
+	}
+	slices.SortStableFunc(order, func(a, b int) int { return layout[b].DType.Size() - layout[a].DType.Size() })
+	return order
+}
+
+// writeTensors writes ts (in layout order) back to back from offset 0, in data order. A tensor that can go direct as it is
 // (page-aligned memory at a page-aligned offset) does, without a copy. The others are staged
 // through a page-aligned buffer when a direct descriptor is open, since O_DIRECT needs
 // page-aligned memory and tensor buffers are only 64-byte aligned, and go straight to the page
@@ -443,8 +549,8 @@ func (w *Writer) writeTensors(ts []*tensor.Tensor) error {
 	if w.directOK.Load() {
 		s.buf = pageAligned(int(min(stageSize, (w.DataSize()+pageSize-1)&^(pageSize-1))))
 	}
-	for i, t := range ts {
-		if err := s.write(t.Bytes(), w.TensorOffset(i)); err != nil {
+	for _, i := range w.order {
+		if err := s.write(ts[i].Bytes(), w.offsets[i]); err != nil {
 			return err
 		}
 	}

@@ -1,0 +1,326 @@
+package safetensors
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+)
+
+// The group commit publishes several files as one unit: after a crash at any point and a
+// RecoverGroup, either every destination holds its new file or every one holds what it held
+// before, never a mix. A server optimizer's model and its state, or a DP rule's privacy ledger
+// and the model it releases, are such units.
+//
+// CommitGroup does, in order:
+//
+//  1. Sync every writer: header written, temporary file fsynced (still locked, unpublished).
+//  2. Pin every temporary file: a symbolic link beside it, named after it with ".pin", points
+//     to the journal, so that CleanStale keeps the file once the journal exists even though
+//     its writer's lock died with a crash. Sync every directory involved, so the temporary
+//     names and pins are durable.
+//  3. Write the journal atomically (temporary file, fsync, rename, directory fsync). It lists
+//     the renames temp -> destination in order, with each temporary file's device and inode.
+//     This rename is the commit point.
+//  4. Rename every temporary file over its destination, in order, each followed by a sync of
+//     its directory.
+//  5. Remove the journal (and sync its directory), then the pins.
+//
+// A crash before step 3 completes leaves no journal: the group did not happen, the
+// destinations are untouched, and the temporary files are stale (RecoverGroup removes those
+// beside the journal; the next Create or CleanStale in another directory removes the rest).
+// A crash after it leaves the journal, and RecoverGroup completes step 4 and 5: a rename whose
+// temporary file is gone was done (the destination is then that very inode).
+//
+// One committer uses a journal path at a time; RecoverGroup runs before the next CommitGroup
+// on the same journal (CommitGroup runs it itself).
+
+// groupHook, when set by tests, is called after each step of CommitGroup, so that a child
+// process can be killed there: "synced" (steps 1-2 done), "journal" (3), "renamed N" (the
+// rename of writer N done), "done" (journal removed).
+var groupHook func(step string)
+
+func hook(step string) {
+	if groupHook != nil {
+		groupHook(step)
+	}
+}
+
+// journalFormat marks a file as a group-commit journal of this package, version 1.
+const journalFormat = "wattagg.group-journal.v1"
+
+// journal is the JSON of a group-commit journal.
+type journal struct {
+	Format  string   `json:"format"`
+	Renames []rename `json:"renames"`
+}
+
+// rename is one temp -> destination rename of a group, with absolute paths.
+type rename struct {
+	From string `json:"from"`
+	To   string `json:"to"`
+	// Dev and Ino identify the temporary file (0 where unknown), so that recovery can tell a
+	// rename that was done (the destination is that inode) from a temporary file that was lost.
+	Dev uint64 `json:"dev,omitempty"`
+	Ino uint64 `json:"ino,omitempty"`
+}
+
+// sameFile reports whether the file at path (fi) is the temporary file r renames.
+func (r rename) sameFile(path string, fi fs.FileInfo) bool {
+	if dev, ino, ok := fileID(fi); ok && r.Ino != 0 {
+		return dev == r.Dev && ino == r.Ino
+	}
+	return filepath.Clean(path) == filepath.Clean(r.From)
+}
+
+// CommitGroup publishes the files of ws as one unit, in the order given, with journal as the
+// record that makes it atomic across a crash (see the steps above). journal is a path of the
+// caller's choosing, on the same filesystem as the files is best (it lives only for the commit);
+// a caller recovers with RecoverGroup(journal) before it reads the files, for instance when a
+// rule opens its state.
+//
+// Bad arguments (no writer, a writer or a destination twice) are refused before anything is
+// done. Before the commit point, a failure aborts every writer (temporary files removed,
+// destinations untouched). After it, a failure leaves the journal for RecoverGroup, which
+// finishes the renames. Either way the writers are finished: Commit and Abort on them are
+// no-ops or errors afterwards.
+func CommitGroup(journalPath string, ws ...*Writer) (err error) {
+	if len(ws) == 0 {
+		return fmt.Errorf("safetensors: %w: a group commit of no writers", ErrJournal)
+	}
+	for i, w := range ws {
+		if w == nil || slices.Contains(ws[:i], w) {
+			return fmt.Errorf("safetensors: %w: writer %d is nil or given twice", ErrJournal, i)
+		}
+		if j := slices.IndexFunc(ws[:i], func(v *Writer) bool { return sameDest(v.path, w.path) }); j >= 0 {
+			return fmt.Errorf("safetensors: %w: writers %d and %d both write %s", ErrJournal, j, i, w.path)
+		}
+	}
+	jabs, err := filepath.Abs(journalPath)
+	if err != nil {
+		return fmt.Errorf("safetensors: journal %s: %w", journalPath, err)
+	}
+	for _, w := range ws {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+	}
+	committed := false
+	var j journal
+	defer func() {
+		for _, w := range ws {
+			if committed {
+				w.release() // a temporary file not renamed stays, pinned, for RecoverGroup
+			} else {
+				w.discard()
+			}
+			w.done = true
+		}
+		if !committed {
+			for _, r := range j.Renames {
+				os.Remove(r.From + pinSuffix)
+			}
+		}
+	}()
+	for _, w := range ws {
+		if w.done {
+			return w.closed()
+		}
+	}
+	if err := RecoverGroup(journalPath); err != nil {
+		return err
+	}
+	j.Format = journalFormat
+	dirs := []string{}
+	for _, w := range ws {
+		if !w.synced {
+			if err := w.sync(); err != nil {
+				return err
+			}
+		}
+		r, err := w.rename()
+		if err != nil {
+			return err
+		}
+		j.Renames = append(j.Renames, r)
+		if err := os.Symlink(jabs, w.tmp+pinSuffix); err != nil {
+			return fmt.Errorf("%s: pinning for the group commit: %w", w.path, err)
+		}
+		if d := filepath.Dir(r.From); !slices.Contains(dirs, d) {
+			dirs = append(dirs, d)
+		}
+	}
+	for _, d := range dirs {
+		if err := syncDir(d); err != nil {
+			return fmt.Errorf("safetensors: group commit: %w", err)
+		}
+	}
+	hook("synced")
+	if err := writeJournal(jabs, &j); err != nil {
+		return err
+	}
+	committed = true
+	hook("journal")
+	for i, w := range ws {
+		if err := os.Rename(w.tmp, w.path); err != nil {
+			return fmt.Errorf("%s: %w (journal %s is left for RecoverGroup)", w.path, err, journalPath)
+		}
+		w.tmp = ""
+		w.release()
+		if err := syncDir(filepath.Dir(w.path)); err != nil {
+			return fmt.Errorf("%s: %w (journal %s is left for RecoverGroup)", w.path, err, journalPath)
+		}
+		hook(fmt.Sprintf("renamed %d", i))
+	}
+	if err := removeJournal(jabs); err != nil {
+		return err
+	}
+	hook("done")
+	for _, r := range j.Renames {
+		os.Remove(r.From + pinSuffix)
+	}
+	return nil
+}
+
+// rename is the journal entry of a synced writer.
+func (w *Writer) rename() (rename, error) {
+	from, err := filepath.Abs(w.tmp)
+	if err != nil {
+		return rename{}, err
+	}
+	to, err := filepath.Abs(w.path)
+	if err != nil {
+		return rename{}, err
+	}
+	r := rename{From: from, To: to}
+	if fi, err := w.f.Stat(); err == nil {
+		r.Dev, r.Ino, _ = fileID(fi)
+	}
+	return r, nil
+}
+
+func sameDest(a, b string) bool {
+	x, err1 := filepath.Abs(a)
+	y, err2 := filepath.Abs(b)
+	return err1 == nil && err2 == nil && x == y
+}
+
+// writeJournal writes j at path atomically: temporary file, fsync, rename, directory fsync.
+func writeJournal(path string, j *journal) error {
+	b, err := json.Marshal(j)
+	if err != nil {
+		return fmt.Errorf("safetensors: journal %s: %w", path, err)
+	}
+	dir := filepath.Dir(path)
+	f, err := createTemp(dir, filepath.Base(path))
+	if err != nil {
+		return fmt.Errorf("safetensors: journal %s: %w", path, err)
+	}
+	tmp := f.Name()
+	_, err = f.Write(append(b, '\n'))
+	if err == nil {
+		err = f.Sync()
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		os.Remove(tmp)
+	}
+	f.Close()
+	if err == nil {
+		err = syncDir(dir)
+	}
+	if err != nil {
+		return fmt.Errorf("safetensors: journal %s: %w", path, err)
+	}
+	return nil
+}
+
+// removeJournal removes the journal and makes that durable.
+func removeJournal(path string) error {
+	if err := os.Remove(path); err != nil {
+		return fmt.Errorf("safetensors: journal %s: %w", path, err)
+	}
+	if err := syncDir(filepath.Dir(path)); err != nil {
+		return fmt.Errorf("safetensors: journal %s: %w", path, err)
+	}
+	return nil
+}
+
+// maxJournal bounds what readJournal reads: a journal lists a handful of paths.
+const maxJournal = 1 << 20
+
+// readJournal reads and checks the journal at path; a missing one is fs.ErrNotExist.
+func readJournal(path string) (*journal, error) {
+	f, size, err := openRegular(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	if size > maxJournal {
+		return nil, fmt.Errorf("safetensors: journal %s: %w: %d bytes", path, ErrJournal, size)
+	}
+	b := make([]byte, size)
+	if _, err := f.ReadAt(b, 0); err != nil {
+		return nil, fmt.Errorf("safetensors: journal %s: %w", path, err)
+	}
+	var j journal
+	if err := json.Unmarshal(b, &j); err != nil || j.Format != journalFormat || len(j.Renames) == 0 {
+		return nil, fmt.Errorf("safetensors: journal %s: %w: not a %s journal", path, ErrJournal, journalFormat)
+	}
+	for _, r := range j.Renames {
+		if !filepath.IsAbs(r.From) || !filepath.IsAbs(r.To) || filepath.Dir(r.From) != filepath.Dir(r.To) {
+			return nil, fmt.Errorf("safetensors: journal %s: %w: rename %s -> %s", path, ErrJournal, quote(r.From), quote(r.To))
+		}
+	}
+	return &j, nil
+}
+
+// RecoverGroup finishes a group commit that a crash interrupted, and is a no-op when none is
+// pending. If the journal exists, the group was committed: every rename whose temporary file
+// still exists is done (in order, each made durable), a rename already done is skipped, then
+// the journal and the pins are removed, so every destination holds its new file. If there is
+// no journal, the group never reached its commit point and the destinations hold the old
+// files; the stale temporary files beside the journal are removed (CleanStale), and those in
+// other directories are removed by the next Create or CleanStale there.
+//
+// A journal whose temporary file is gone while its destination is not that file (someone
+// removed it) cannot be completed: that is an ErrJournal error and the journal is kept.
+func RecoverGroup(journalPath string) error {
+	j, err := readJournal(journalPath)
+	if errors.Is(err, fs.ErrNotExist) {
+		_, err := cleanStale(filepath.Dir(journalPath))
+		return err
+	}
+	if err != nil {
+		return err
+	}
+	for _, r := range j.Renames {
+		fi, err := os.Lstat(r.From)
+		switch {
+		case err == nil && r.sameFile(r.From, fi):
+			if err := os.Rename(r.From, r.To); err != nil {
+				return fmt.Errorf("safetensors: recovering %s: %w", journalPath, err)
+			}
+			if err := syncDir(filepath.Dir(r.To)); err != nil {
+				return fmt.Errorf("safetensors: recovering %s: %w", journalPath, err)
+			}
+		case err == nil:
+			return fmt.Errorf("safetensors: recovering %s: %w: %s is not the file the journal names", journalPath, ErrJournal, r.From)
+		case !errors.Is(err, fs.ErrNotExist):
+			return fmt.Errorf("safetensors: recovering %s: %w", journalPath, err)
+		default:
+			// Renamed before the crash: the destination must be that very file.
+			fi, err := os.Lstat(r.To)
+			if err != nil || !r.sameFile(r.From, fi) {
+				return fmt.Errorf("safetensors: recovering %s: %w: %s is gone and %s is not the file it held",
+					journalPath, ErrJournal, r.From, r.To)
+			}
+		}
+		os.Remove(r.From + pinSuffix)
+	}
+	return removeJournal(journalPath)
+}
