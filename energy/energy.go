@@ -6,8 +6,9 @@
 //
 //   - RAPL, read from powercap sysfs (top-level package and dram zones, or psys alone where the
 //     platform has it), built on github.com/prometheus/procfs;
-//   - NVML, through github.com/NVIDIA/go-nvml: a GPU's total energy counter where it has one
-//     (Volta and later), its power integrated over time otherwise;
+//   - NVML, libnvidia-ml.so.1 opened with dlopen (the few functions used are declared here, as
+//     cgo/cuda does for libcuda): a GPU's total energy counter where it has one (Volta and
+//     later), its power integrated over time otherwise;
 //   - an estimate where no counter exists: W = idle + (tdp − idle)·u, with u the CPU utilisation
 //     measured from /proc/stat. An estimate is labelled source=estimate everywhere it appears,
 //     and its formula and parameters travel with every number.

@@ -8,8 +8,8 @@ import (
 )
 
 // NVML is the part of the NVIDIA Management Library the GPU meters use. DefaultNVML is
-// github.com/NVIDIA/go-nvml behind it (the library is opened with dlopen at Init, so wattagg
-// builds and runs without a driver); tests use a fake.
+// libnvidia-ml.so.1 behind it (opened with dlopen at Init, so wattagg builds and runs without a
+// driver); tests use a fake.
 type NVML interface {
 	// Init loads and initialises the library. Nothing else is called when it fails.
 	Init() error

@@ -150,7 +150,8 @@ func WithCPUIdle(watts float64) Option {
 	}
 }
 
-// WithNVML uses lib instead of the NVIDIA library loaded through go-nvml (tests use a fake).
+// WithNVML uses lib instead of DefaultNVML, libnvidia-ml.so.1 (NVMLAt for another path; tests
+// use a fake).
 func WithNVML(lib NVML) Option {
 	return func(c *config) error {
 		if lib == nil {
