@@ -33,6 +33,20 @@ func sortNetwork(n int) []comparator {
 	return net
 }
 
+// SortNetwork returns the comparators of the sorting network the order-statistic kernels apply
+// to n values (n >= 1), in order, as (lo, hi) wire pairs: Batcher's odd-even merge sort as
+// sortNetwork builds it. Another device's kernels apply the same comparators in the same order
+// to compute the same bits (device.Robust); cgo/cuda hands them to the GPU as a table. The slice
+// is the caller's.
+func SortNetwork(n int) [][2]int {
+	comps := networkFor(n).comps
+	net := make([][2]int, len(comps))
+	for q, c := range comps {
+		net[q] = [2]int{c.lo, c.hi}
+	}
+	return net
+}
+
 // network is a sorting network with its table for the table-driven assembly.
 type network struct {
 	comps []comparator

@@ -23,7 +23,7 @@
 // job that cannot fit is an ErrOutOfMemory error before anything is allocated. Host data reaches
 // the GPU by asynchronous copies from page-locked memory only: pageable inputs (Go memory, mapped
 // files) are copied into page-locked staging buffers first, so no Go pointer is ever held by the
-// driver beyond a call; memory from AllocPinned is copied directly.
+// driver beyond a call; memory from allocPinned is copied directly.
 //
 // # The pipeline
 //
@@ -31,7 +31,7 @@
 // coordinate space into slabs and run slab k on one of WithStreams streams, each with its own
 // device and page-locked buffers: while the GPU computes slab k, the copy engine moves slab k+1
 // and the host stages slab k+2 and hands the finished chunks of slab k-1 to the Output. The
-// device-resident variants (Upload, WeightedSumResident, GramResident, ...) skip the transfers.
+// device-resident variants (upload, weightedSumResident, gramResident, ...) skip the transfers.
 //
 // A job's Output callbacks may run callback-free work (Optimize, Gram, SqDistances, the
 // device-resident operations) on the same GPU: it goes to a second set of streams and buffers,

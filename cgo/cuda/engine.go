@@ -15,7 +15,7 @@ import (
 )
 
 // The pipeline. A job runs an op over the flat coordinate space of its fields, reading N inputs
-// (host spans or Residents) and writing an output (the chunks of a device.Output, a Resident, or
+// (host spans or residents) and writing an output (the chunks of a device.Output, a resident, or
 // nothing for reductions). The space is cut into slabs that fit one pipeline stage; slab k runs
 // on slot k mod S (S = WithStreams), each slot with its own stream, device buffer and page-locked
 // buffer:
@@ -25,7 +25,7 @@ import (
 //	stream: H2D inputs and kernel parameters → kernels → D2H output → event
 //
 // so the copy engine moves slab k+1 while the SMs compute slab k and the host stages slab k+2.
-// Page-locked inputs (AllocPinned) are copied straight from the caller's memory. Slots and their
+// Page-locked inputs (allocPinned) are copied straight from the caller's memory. Slots and their
 // buffers belong to a lane (GPU.lock), are kept between jobs and grown on demand within the
 // GPU's free memory.
 
@@ -42,45 +42,51 @@ type slot struct {
 }
 
 // regions is where a slab's data lives in a slot's buffers: device [in | scratch | out | params],
-// page-locked [in | out | params] (host in only when some input needs staging).
+// page-locked [out | params | in] (host in only when some input needs staging). Every region
+// starts 16-byte aligned (paramAlign): the kernels read the parameter tables with 8- and 16-byte
+// loads and the inputs and outputs with vector loads, and a GPU faults on a misaligned access
+// (CUDA_ERROR_MISALIGNED_ADDRESS, sticky: the context is lost) where x86 would not.
 type regions struct {
 	in, scratch, out, params int64 // bytes of each
 	stage                    bool
 }
 
-func (r regions) devBytes() int64 { return r.in + r.scratch + r.out + r.params }
+func (r regions) devBytes() int64 { return r.devParams() + r.params }
 func (r regions) hostBytes() int64 {
-	b := r.out + r.params
 	if r.stage {
-		b += r.in
+		return r.hostStaging() + r.in
 	}
-	return b
+	return r.hostParams() + r.params
 }
 
-// Offsets of the regions in a slot's buffers.
+// Offsets of the regions in a slot's buffers (the buffers themselves are at least 256-byte
+// aligned: cuMemAlloc's and cuMemAllocHost's guarantee).
 func (r regions) devIn() int64       { return 0 }
-func (r regions) devScratch() int64  { return r.in }
-func (r regions) devOut() int64      { return r.in + r.scratch }
-func (r regions) devParams() int64   { return r.in + r.scratch + r.out }
+func (r regions) devScratch() int64  { return align16(r.in) }
+func (r regions) devOut() int64      { return r.devScratch() + align16(r.scratch) }
+func (r regions) devParams() int64   { return r.devOut() + align16(r.out) }
 func (r regions) hostOut() int64     { return 0 }
-func (r regions) hostParams() int64  { return r.out }
-func (r regions) hostStaging() int64 { return r.out + r.params }
+func (r regions) hostParams() int64  { return align16(r.out) }
+func (r regions) hostStaging() int64 { return r.hostParams() + align16(r.params) }
 
 // segment is an element range of one field inside a slab.
 type segment struct {
 	field   int
 	lo, hi  int
-	out     int64   // chunk output: byte offset in the out region
+	out     int64   // chunk output: byte offset in the out region (16-byte aligned)
 	in      []int64 // host inputs: byte offset of each input's data in the in region
 	scratch int64   // byte offset in the scratch region, or -1
 }
 
 // slab is the part of a job one slot runs at once.
 type slab struct {
-	index    int
-	segs     []segment
-	chunks   []int   // chunk output: the chunks it completes, in order
-	chunkAt  []int64 // their byte offsets in the out region
+	index  int
+	segs   []segment
+	chunks []int // chunk output: the chunks it completes, in order
+	// chunk output: where each of their pieces is in the out region (a piece's data is laid
+	// out on its own, aligned, not at its offset in the chunk: see cut), or, for a raw output,
+	// where each chunk is (pieceAt[c][0]).
+	pieceAt  [][]int64
 	use      regions // bytes used of each region
 	stagedLo int64   // the part of the in region filled from staging: [stagedLo, stagedHi)
 	stagedHi int64
@@ -89,7 +95,7 @@ type slab struct {
 // source is where a job's inputs are.
 type source struct {
 	host   [][]device.Span // [input][field]
-	res    []*Resident
+	res    []*resident
 	pinned [][]bool // host: per input and field, whether the data is page-locked
 }
 
@@ -128,7 +134,7 @@ type output struct {
 	chunks []device.Chunk
 	out    device.Output
 	check  bool      // report a non-finite output value as a *tensor.NonFiniteError
-	res    *Resident // or a Resident
+	res    *resident // or a resident
 	// progress is called with the input bytes of each finished chunk.
 	progress func(int64)
 	// raw, if set, receives each finished chunk's bytes of the out region whole, instead of out
@@ -168,6 +174,7 @@ type batch struct {
 	pdev   uint64 // its device copy
 	ppos   int
 	work   []func(cuStream) error
+	err    error // a parameter table that failed its checks (param)
 }
 
 // input returns the device address of input i's data for segment k.
@@ -198,14 +205,38 @@ func (b *batch) scratchAt(k int) uint64 {
 	return b.s.dev + uint64(b.r.devScratch()+b.sl.segs[k].scratch)
 }
 
+// paramAlign is the alignment of every kernel parameter table on the GPU. The kernels read the
+// tables with loads of up to 8 bytes (addresses, f64 weights); 16 leaves room for vector loads.
+const paramAlign = 16
+
 // param copies v into the parameter staging and returns the address it will have on the GPU.
+// It checks that the address is aligned (a misaligned table would fault on the GPU and lose the
+// context) and that the table fits the area; a failed check is the batch's error, reported
+// before anything is enqueued.
 func param[T uint64 | int32 | float32 | float64](b *batch, v []T) uint64 {
-	b.ppos = (b.ppos + 15) &^ 15
+	b.ppos = (b.ppos + paramAlign - 1) &^ (paramAlign - 1)
 	n := len(v) * int(unsafe.Sizeof(v[0]))
-	copy(b.params[b.ppos:b.ppos+n], unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(v))), n))
 	addr := b.pdev + uint64(b.ppos)
+	switch {
+	case addr%paramAlign != 0:
+		b.fail(fmt.Errorf("%s: %w: kernel parameter table at device address %#x is not %d-byte aligned",
+			b.j.g.Name(), ErrDriver, addr, paramAlign))
+		return 0
+	case b.ppos+n > len(b.params):
+		b.fail(fmt.Errorf("%s: %w: kernel parameter tables need more than the %d bytes set aside",
+			b.j.g.Name(), ErrDriver, len(b.params)))
+		return 0
+	}
+	copy(b.params[b.ppos:b.ppos+n], unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(v))), n))
 	b.ppos += n
 	return addr
+}
+
+// fail records the batch's first error.
+func (b *batch) fail(err error) {
+	if b.err == nil {
+		b.err = err
+	}
 }
 
 // enqueue adds work to run on the slot's stream after the parameters are on the GPU.
@@ -270,6 +301,13 @@ func (j *job) pipeline(ctx context.Context, slabs []*slab, r regions) error {
 			err = j.finish(s, r)
 		}
 	}
+	if err == nil {
+		// The loop checks the context only before it queues a slab: a job that fits in the
+		// slabs already queued (one 64 MiB slab holds most jobs) would otherwise finish as if
+		// nothing happened. Cancelled while they ran, it reports ctx.Err() as the CPU device
+		// does (the Output may have received every chunk).
+		err = ctx.Err()
+	}
 	if err != nil {
 		for _, s := range slots {
 			_ = g.drv.syncStream(g.ctx, s.stream)
@@ -294,6 +332,9 @@ func (j *job) enqueueSlab(sl *slab, s *slot, r regions, prev *slot) error {
 		if err := j.op.segment(b, k); err != nil {
 			return err
 		}
+	}
+	if b.err != nil {
+		return b.err
 	}
 	name := g.Name()
 	if sl.stagedHi > sl.stagedLo {
@@ -421,10 +462,10 @@ func (j *job) finish(s *slot, r regions) error {
 	res := unsafe.Slice((*byte)(unsafe.Add(s.host, r.hostOut())), max(r.out, 1))
 	for ci, c := range sl.chunks {
 		ch := j.out.chunks[c]
-		base := sl.chunkAt[ci]
+		at := sl.pieceAt[ci]
 		read := j.stats.BytesRead
 		if j.out.raw != nil {
-			if err := j.out.raw(c, res[base:base+int64(ch.Len)]); err != nil {
+			if err := j.out.raw(c, res[at[0]:at[0]+int64(ch.Len)]); err != nil {
 				return err
 			}
 			for _, pc := range ch.Pieces {
@@ -444,7 +485,7 @@ func (j *job) finish(s *slot, r regions) error {
 			if len(dst) < n {
 				return fmt.Errorf("%w: chunk %d piece %d: Dest gave %d bytes for %d", device.ErrJob, c, p, len(dst), n)
 			}
-			copy(dst[:n], res[base+int64(pc.Off):])
+			copy(dst[:n], res[at[p]:])
 			if j.out.check {
 				if err := checkFinite(f, pc.Lo, dst[:n]); err != nil {
 					return err
@@ -587,19 +628,36 @@ func (j *job) cut(elems int) ([]*slab, regions) {
 		slabs = append(slabs, cur)
 		cur, count = &slab{}, 0
 	}
-	add := func(t, lo, hi int, out int64) {
-		if k := len(cur.segs) - 1; k >= 0 {
+	// add puts elements [lo, hi) of field t in the slab and, for a chunk output, returns where
+	// their results go in the out region: right after the last segment's results when they
+	// continue it (the segment grows), else at the next 16-byte boundary (a new segment), so that
+	// every segment's output is aligned for the kernels' stores whatever the chunk's layout. A raw
+	// output gives the place (at) and always starts a segment: its op lays the results out.
+	add := func(t, lo, hi int, at int64) int64 {
+		size := int64(j.fields[t].Out.Size())
+		if k := len(cur.segs) - 1; k >= 0 && at < 0 {
 			p := &cur.segs[k]
-			if p.field == t && p.hi == lo && (!j.chunked() || j.out.raw == nil && p.out+int64((p.hi-p.lo)*j.fields[t].Out.Size()) == out) {
-				// Extend the previous segment: move the inputs' region ends.
+			if p.field == t && p.hi == lo {
+				out := p.out + int64(p.hi-p.lo)*size
 				j.grow(cur, k, hi)
 				count += hi - lo
-				return
+				if j.chunked() {
+					cur.use.out = out + int64(hi-lo)*size
+				}
+				return out
 			}
+		}
+		out := at
+		if at < 0 {
+			out = align16(cur.use.out)
 		}
 		cur.segs = append(cur.segs, segment{field: t, lo: lo, hi: lo, out: out, scratch: -1})
 		j.grow(cur, len(cur.segs)-1, hi)
 		count += hi - lo
+		if j.chunked() && at < 0 {
+			cur.use.out = out + int64(hi-lo)*size
+		}
+		return out
 	}
 	if j.chunked() {
 		for c, ch := range j.out.chunks {
@@ -611,13 +669,24 @@ func (j *job) cut(elems int) ([]*slab, regions) {
 				flush()
 			}
 			cur.chunks = append(cur.chunks, c)
-			cur.chunkAt = append(cur.chunkAt, cur.use.out)
-			for _, p := range ch.Pieces {
+			if j.out.raw != nil {
+				at := align16(cur.use.out)
+				for _, p := range ch.Pieces {
+					if p.Hi > p.Lo {
+						add(p.Field, p.Lo, p.Hi, at+int64(p.Off))
+					}
+				}
+				cur.pieceAt = append(cur.pieceAt, []int64{at})
+				cur.use.out = at + int64(ch.Len)
+				continue
+			}
+			at := make([]int64, len(ch.Pieces))
+			for q, p := range ch.Pieces {
 				if p.Hi > p.Lo {
-					add(p.Field, p.Lo, p.Hi, cur.use.out+int64(p.Off))
+					at[q] = add(p.Field, p.Lo, p.Hi, -1)
 				}
 			}
-			cur.use.out += int64(ch.Len)
+			cur.pieceAt = append(cur.pieceAt, at)
 		}
 	} else {
 		for t, f := range j.fields {
@@ -626,7 +695,7 @@ func (j *job) cut(elems int) ([]*slab, regions) {
 					flush()
 				}
 				hi := min(f.Len, lo+elems-count)
-				add(t, lo, hi, 0)
+				add(t, lo, hi, -1)
 				lo = hi
 			}
 		}
@@ -712,12 +781,12 @@ func (g *GPU) ensureBuffers(ln *lane, r regions) error {
 	for _, s := range ln.slots {
 		if need := r.devBytes(); need > s.devCap {
 			if s.devCap > 0 {
-				if err := g.drv.free(g.ctx, s.dev); err != nil {
+				if err := g.devFree(s.dev); err != nil {
 					return fmt.Errorf("%s: %w", g.Name(), err)
 				}
 				s.dev, s.devCap = 0, 0
 			}
-			p, err := g.drv.alloc(g.ctx, need)
+			p, err := g.devAlloc(need, usePipeline)
 			if err != nil {
 				return fmt.Errorf("%s: pipeline buffer of %d MiB: %w", g.Name(), need>>20, err)
 			}
@@ -725,12 +794,12 @@ func (g *GPU) ensureBuffers(ln *lane, r regions) error {
 		}
 		if need := r.hostBytes(); need > s.hostCap {
 			if s.hostCap > 0 {
-				if err := g.drv.freeHost(g.ctx, s.host); err != nil {
+				if err := g.hostFree(s.host); err != nil {
 					return fmt.Errorf("%s: %w", g.Name(), err)
 				}
 				s.host, s.hostCap = nil, 0
 			}
-			p, err := g.drv.allocHost(g.ctx, need)
+			p, err := g.hostAlloc(need, usePipeline)
 			if err != nil {
 				return fmt.Errorf("%s: page-locked staging of %d MiB: %w", g.Name(), need>>20, err)
 			}
@@ -746,10 +815,10 @@ func (g *GPU) freeLane(ln *lane) error {
 	for _, s := range ln.slots {
 		errs = append(errs, g.drv.syncStream(g.ctx, s.stream))
 		if s.devCap > 0 {
-			errs = append(errs, g.drv.free(g.ctx, s.dev))
+			errs = append(errs, g.devFree(s.dev))
 		}
 		if s.hostCap > 0 {
-			errs = append(errs, g.drv.freeHost(g.ctx, s.host))
+			errs = append(errs, g.hostFree(s.host))
 		}
 		for _, e := range []cuEvent{s.done, s.computed} {
 			if e != nil {

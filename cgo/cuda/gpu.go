@@ -49,7 +49,8 @@ type GPU struct {
 
 	memMu  sync.Mutex // guards pinned and live
 	pinned []hostRange
-	live   map[*Resident]struct{}
+	live   map[*resident]struct{}
+	bufs   ledger // every buffer held, for the accounting (buffers.go)
 }
 
 // lane is a set of pipeline stages with its scratch buffers, and the lock that a job holds on
@@ -69,7 +70,7 @@ type scratch struct {
 	hostCap int64
 }
 
-// hostRange is page-locked host memory from AllocPinned.
+// hostRange is page-locked host memory from allocPinned.
 type hostRange struct {
 	p unsafe.Pointer
 	n int
@@ -204,7 +205,7 @@ func Open(index int, opts ...Option) (*GPU, error) {
 		return nil, fmt.Errorf("cuda:%d: %w", index, err)
 	}
 	g := &GPU{drv: drv, index: index, attrs: a, version: v, arch: arch, opts: o, ctx: c,
-		fns: map[string]cuFunction{}, live: map[*Resident]struct{}{}, launches: map[string]*atomic.Int64{},
+		fns: map[string]cuFunction{}, live: map[*resident]struct{}{}, launches: map[string]*atomic.Int64{},
 		selectShared: max(a.smemOptin, 48<<10)}
 	if err := g.loadKernels(); err != nil {
 		return nil, errors.Join(fmt.Errorf("%s: %w", g.Name(), err), g.unload())
@@ -258,10 +259,10 @@ func (g *GPU) Name() string { return fmt.Sprintf("cuda:%d", g.index) }
 // Info describes the GPU.
 func (g *GPU) Info() device.Info { return describe(g.index, g.attrs, g.version) }
 
-// MemInfo returns the free and total device memory in bytes.
-func (g *GPU) MemInfo() (free, total int64, err error) { return g.drv.memInfo(g.ctx) }
+// memInfo returns the free and total device memory in bytes.
+func (g *GPU) memInfo() (free, total int64, err error) { return g.drv.memInfo(g.ctx) }
 
-// Close waits for the GPU, frees every buffer this device allocated (Residents and pinned memory
+// Close waits for the GPU, frees every buffer this device allocated (residents and pinned memory
 // still open included: their memory must not be used afterwards) and releases the context.
 func (g *GPU) Close() error {
 	g.main.mu.Lock()
@@ -277,12 +278,12 @@ func (g *GPU) Close() error {
 	errs := []error{g.freeLane(&g.main), g.freeLane(&g.side)}
 	g.memMu.Lock()
 	for r := range g.live {
-		errs = append(errs, g.drv.free(g.ctx, r.base))
+		errs = append(errs, g.devFree(r.base))
 		r.closed = true
 	}
 	g.live = nil
 	for _, h := range g.pinned {
-		errs = append(errs, g.drv.freeHost(g.ctx, h.p))
+		errs = append(errs, g.hostFree(h.p))
 	}
 	g.pinned = nil
 	g.memMu.Unlock()
@@ -315,15 +316,15 @@ func (g *GPU) lock(free bool) (*lane, error) {
 	return ln, nil
 }
 
-// AllocPinned returns n bytes of page-locked host memory. The GPU copies page-locked inputs
+// allocPinned returns n bytes of page-locked host memory. The GPU copies page-locked inputs
 // straight to device memory, without staging them, so updates that are received or read into
 // such buffers stream at the full speed of the host link. The memory is not Go memory: release it
-// with FreePinned (or Close), and do not use it afterwards.
-func (g *GPU) AllocPinned(n int) ([]byte, error) {
+// with freePinned (or Close), and do not use it afterwards.
+func (g *GPU) allocPinned(n int) ([]byte, error) {
 	if n <= 0 {
 		return nil, fmt.Errorf("%s: %w: page-locked buffer of %d bytes", g.Name(), device.ErrJob, n)
 	}
-	p, err := g.drv.allocHost(g.ctx, int64(n))
+	p, err := g.hostAlloc(int64(n), usePinned)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", g.Name(), err)
 	}
@@ -334,8 +335,8 @@ func (g *GPU) AllocPinned(n int) ([]byte, error) {
 	return unsafe.Slice((*byte)(p), n), nil
 }
 
-// FreePinned releases memory from AllocPinned (b must be the whole slice it returned).
-func (g *GPU) FreePinned(b []byte) error {
+// freePinned releases memory from allocPinned (b must be the whole slice it returned).
+func (g *GPU) freePinned(b []byte) error {
 	if len(b) == 0 {
 		return nil
 	}
@@ -344,14 +345,14 @@ func (g *GPU) FreePinned(b []byte) error {
 	i := slices.IndexFunc(g.pinned, func(h hostRange) bool { return h.p == p })
 	if i < 0 {
 		g.memMu.Unlock()
-		return fmt.Errorf("%s: %w: FreePinned of memory AllocPinned did not return", g.Name(), device.ErrJob)
+		return fmt.Errorf("%s: %w: freePinned of memory allocPinned did not return", g.Name(), device.ErrJob)
 	}
 	g.pinned = slices.Delete(g.pinned, i, i+1)
 	g.memMu.Unlock()
-	return g.drv.freeHost(g.ctx, p)
+	return g.hostFree(p)
 }
 
-// isPinned reports whether b lies in page-locked memory from AllocPinned.
+// isPinned reports whether b lies in page-locked memory from allocPinned.
 func (g *GPU) isPinned(b []byte) bool {
 	if len(b) == 0 {
 		return false

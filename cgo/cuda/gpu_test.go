@@ -43,9 +43,7 @@ func TestDiscoverNoDevice(t *testing.T) {
 func TestDiscoverFake(t *testing.T) {
 	lib := fakeLibrary(t, fakeConfig{name: "fake-two", env: map[string]string{"FAKECUDA_DEVICES": "2", "FAKECUDA_CC": "80"}})
 	infos, err := Discover(WithLibraryPath(lib))
-	if errors.Is(err, ErrNoCgo) {
-		t.Skip(err)
-	}
+	skipNoCgo(t, err)
 	if err != nil || len(infos) != 2 {
 		t.Fatalf("Discover = %v, %v; want two devices", infos, err)
 	}
@@ -62,9 +60,7 @@ func TestDiscoverFake(t *testing.T) {
 func TestOpenRefusesOldGPU(t *testing.T) {
 	lib := fakeLibrary(t, fakeConfig{name: "fake-turing", env: map[string]string{"FAKECUDA_CC": "75"}})
 	infos, err := Discover(WithLibraryPath(lib))
-	if errors.Is(err, ErrNoCgo) {
-		t.Skip(err)
-	}
+	skipNoCgo(t, err)
 	if err != nil || len(infos) != 1 || infos[0].Kernels != "none" || !strings.Contains(strings.Join(infos[0].Notes, "; "), "compute capability 7.5") {
 		t.Fatalf("Discover = %+v, %v", infos, err)
 	}
@@ -111,45 +107,43 @@ func TestConformance(t *testing.T) {
 func TestCloseReleasesMemory(t *testing.T) {
 	lib := fakeLibrary(t, fakePlain)
 	g, err := Open(0, WithLibraryPath(lib))
-	if errors.Is(err, ErrNoCgo) {
-		t.Skip(err)
-	}
+	skipNoCgo(t, err)
 	if err != nil {
 		t.Fatal(err)
 	}
-	free0, _, err := g.MemInfo()
+	free0, _, err := g.memInfo()
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := g.NewResident([]ResidentField{{Name: "x", DType: tensor.F32, Shape: []int{1000}}})
+	r, err := g.newResident([]residentField{{Name: "x", DType: tensor.F32, Shape: []int{1000}}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	pin, err := g.AllocPinned(4096)
+	pin, err := g.allocPinned(4096)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if free, _, _ := g.MemInfo(); free >= free0 {
+	if free, _, _ := g.memInfo(); free >= free0 {
 		t.Fatalf("free memory %d after allocating, was %d", free, free0)
 	}
-	if err := r.Close(); err != nil {
+	if err := r.free(); err != nil {
 		t.Fatal(err)
 	}
-	if err := g.FreePinned(pin); err != nil {
+	if err := g.freePinned(pin); err != nil {
 		t.Fatal(err)
 	}
-	if free, _, _ := g.MemInfo(); free != free0 {
+	if free, _, _ := g.memInfo(); free != free0 {
 		t.Fatalf("free memory %d after Close, was %d", free, free0)
 	}
-	r2, _ := g.NewResident([]ResidentField{{Name: "x", DType: tensor.F32, Shape: []int{10}}})
+	r2, _ := g.newResident([]residentField{{Name: "x", DType: tensor.F32, Shape: []int{10}}})
 	if err := g.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := r2.Download(context.Background()); !errors.Is(err, ErrClosed) {
+	if _, err := r2.download(context.Background()); !errors.Is(err, ErrClosed) {
 		t.Fatalf("Download after Close: err = %v, want ErrClosed", err)
 	}
-	if _, err := g.NewResident(nil); !errors.Is(err, ErrClosed) {
-		t.Fatalf("NewResident after Close: err = %v, want ErrClosed", err)
+	if _, err := g.newResident(nil); !errors.Is(err, ErrClosed) {
+		t.Fatalf("newResident after Close: err = %v, want ErrClosed", err)
 	}
 	if err := g.Close(); err != nil {
 		t.Fatalf("second Close: %v", err)
@@ -161,13 +155,11 @@ func TestCloseReleasesMemory(t *testing.T) {
 func TestMemoryLimits(t *testing.T) {
 	lib := fakeLibrary(t, fakeConfig{name: "fake-small", env: map[string]string{"FAKECUDA_MEM_MIB": "96"}})
 	g, err := openShared("fake-small", func() (*GPU, error) { return Open(0, WithLibraryPath(lib)) })
-	if errors.Is(err, ErrNoCgo) {
-		t.Skip(err)
-	}
+	skipNoCgo(t, err)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := g.NewResident([]ResidentField{{Name: "big", DType: tensor.F32, Shape: []int{10 << 20}}}); !errors.Is(err, ErrOutOfMemory) {
+	if _, err := g.newResident([]residentField{{Name: "big", DType: tensor.F32, Shape: []int{10 << 20}}}); !errors.Is(err, ErrOutOfMemory) {
 		t.Fatalf("40 MiB resident on a 32 MiB budget: err = %v, want ErrOutOfMemory", err)
 	}
 	r := rand.New(rand.NewPCG(40, 41))

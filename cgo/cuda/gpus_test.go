@@ -19,11 +19,44 @@ import (
 // and on fake GPUs: testdata/fakecuda is a libcuda.so.1 that runs the real kernel sources as C++
 // on the CPU with strict driver contracts. Fakes make the package testable where no GPU is —
 // the Go side, the pipeline and the kernels' logic — but say nothing of real hardware timing,
-// and they need a C++ compiler (the tests using them skip without one).
+// and they need a C++ compiler.
+//
+// Two variables turn skips into failures, so that a run cannot pass without testing anything:
+//
+//   - CI=true (set by CI services): the fakes must build and load. Without a C++ compiler or cgo
+//     the GPU tests fail instead of skipping.
+//   - WATTAGG_REQUIRE_GPU=1 (set by the GPU check, gpu-check.sh): a real GPU must be found and
+//     opened; a test that would skip for want of one fails, and the fakes are not required.
+
+// requireGPU reports whether a real GPU must be tested (WATTAGG_REQUIRE_GPU=1).
+func requireGPU() bool { return os.Getenv("WATTAGG_REQUIRE_GPU") == "1" }
+
+// requireFakes reports whether the fake GPUs must be tested: under CI, unless a real GPU is.
+func requireFakes() bool { return os.Getenv("CI") == "true" && !requireGPU() }
+
+// skipUnlessRequired skips t, or fails it when what is missing is required.
+func skipUnlessRequired(t *testing.T, required bool, why string, args ...any) {
+	t.Helper()
+	if required {
+		t.Fatalf("required (CI=true or WATTAGG_REQUIRE_GPU=1), but "+why, args...)
+	}
+	t.Skipf(why, args...)
+}
+
+// skipNoCgo skips t when err says that this binary cannot call a driver (CGO_ENABLED=0), or
+// fails it when the fakes are required.
+func skipNoCgo(t *testing.T, err error) {
+	t.Helper()
+	if errors.Is(err, ErrNoCgo) {
+		skipUnlessRequired(t, requireFakes() || requireGPU(), "%v", err)
+	}
+}
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	closeGPUs()
+	if !closeGPUs() && code == 0 {
+		code = 1
+	}
 	os.Exit(code)
 }
 
@@ -58,12 +91,34 @@ func openShared(key string, open func() (*GPU, error)) (*GPU, error) {
 	return g, nil
 }
 
-func closeGPUs() {
+// closeGPUs closes the shared GPUs and reports whether every one closed cleanly and holds no
+// buffer afterwards (the buffer accounting of buffers.go: nothing leaks past Close).
+func closeGPUs() bool {
 	gpusMu.Lock()
 	defer gpusMu.Unlock()
+	ok := true
 	for k, g := range opened {
 		if err := g.Close(); err != nil {
 			fmt.Fprintf(os.Stderr, "closing %s: %v\n", k, err)
+			ok = false
+		}
+		if c := g.buffers(); total(c.device).n != 0 || total(c.pinned).n != 0 {
+			fmt.Fprintf(os.Stderr, "%s still holds buffers after Close: %v\n", k, c)
+			ok = false
+		}
+	}
+	return ok
+}
+
+// checkReleased fails t if g holds buffers beyond its pipeline's (which it keeps between jobs):
+// a test's residents, accumulators and page-locked buffers must all be freed by its end.
+func checkReleased(t *testing.T, name string, g *GPU) {
+	t.Helper()
+	c := g.buffers()
+	for u := range numUses {
+		if u != usePipeline && (c.device[u].n != 0 || c.pinned[u].n != 0) {
+			t.Errorf("%s: the test left buffers behind: %v", name, c)
+			return
 		}
 	}
 }
@@ -85,9 +140,11 @@ var (
 )
 
 // gpus returns the GPUs a test runs on: the fakes given and every real GPU; it skips t, with
-// the reasons, when there are none. Under the race detector only the last fake given runs (the
-// pipeline fake where a test has both: it exercises the concurrent paths).
+// the reasons, when there are none (or fails it: see requireGPU and requireFakes). Under the race
+// detector only the last fake given runs (the pipeline fake where a test has both: it exercises
+// the concurrent paths). After the test it checks that the test freed what it allocated.
 func gpus(t *testing.T, fakes ...fakeConfig) []gpuUnderTest {
+	t.Helper()
 	if raceEnabled && len(fakes) > 1 {
 		fakes = fakes[len(fakes)-1:]
 	}
@@ -101,26 +158,46 @@ func gpus(t *testing.T, fakes ...fakeConfig) []gpuUnderTest {
 		for i, info := range infos {
 			g, err := openShared(info.Name, func() (*GPU, error) { return Open(i) })
 			if err != nil {
+				if requireGPU() {
+					t.Fatalf("WATTAGG_REQUIRE_GPU=1, but %s does not open: %v", info.Name, err)
+				}
 				t.Logf("%s: %v", info.Name, err)
 				continue
 			}
 			out = append(out, gpuUnderTest{strings.ReplaceAll(info.Name, ":", ""), g})
 		}
+	} else if requireGPU() {
+		t.Fatalf("WATTAGG_REQUIRE_GPU=1, but there is no GPU: %v", err)
 	} else {
 		t.Logf("no real GPU: %v", err)
 	}
 	if len(out) == 0 {
 		t.Skip("no GPU, and no fake GPU (needs cgo and a C++ compiler)")
 	}
+	t.Cleanup(func() {
+		for _, d := range out {
+			checkReleased(t, d.name, d.g)
+		}
+	})
 	return out
 }
 
+// tryFake opens the fake c, or returns nil: when the fakes are turned off
+// (WATTAGG_TEST_FAKECUDA=0), or cannot be built or loaded (no C++ compiler, no cgo), which fails
+// t under CI.
 func tryFake(t *testing.T, c fakeConfig) *GPU {
+	t.Helper()
 	if os.Getenv("WATTAGG_TEST_FAKECUDA") == "0" {
+		if requireFakes() {
+			t.Fatalf("CI=true, but the fake GPUs are turned off by WATTAGG_TEST_FAKECUDA=0")
+		}
 		return nil
 	}
 	lib, err := buildFake(c)
 	if err != nil {
+		if requireFakes() {
+			t.Fatalf("CI=true, but the fake GPU %s does not build: %v", c.name, err)
+		}
 		t.Logf("%s: %v", c.name, err)
 		return nil
 	}
@@ -128,7 +205,7 @@ func tryFake(t *testing.T, c fakeConfig) *GPU {
 		return Open(0, append([]Option{WithLibraryPath(lib)}, c.opts...)...)
 	})
 	if err != nil {
-		if !errors.Is(err, ErrNoCgo) {
+		if !errors.Is(err, ErrNoCgo) || requireFakes() {
 			t.Errorf("%s: %v", c.name, err)
 		}
 		return nil
@@ -136,16 +213,16 @@ func tryFake(t *testing.T, c fakeConfig) *GPU {
 	return g
 }
 
-// fakeLibrary builds the fake for c, or skips t. WATTAGG_TEST_FAKECUDA=0 turns the fakes off (on
-// a GPU machine, to test the real driver alone).
+// fakeLibrary builds the fake for c, or skips t (fails it under CI). WATTAGG_TEST_FAKECUDA=0
+// turns the fakes off (on a GPU machine, to test the real driver alone).
 func fakeLibrary(t *testing.T, c fakeConfig) string {
 	t.Helper()
 	if os.Getenv("WATTAGG_TEST_FAKECUDA") == "0" {
-		t.Skip("fake GPUs turned off by WATTAGG_TEST_FAKECUDA=0")
+		skipUnlessRequired(t, requireFakes(), "fake GPUs turned off by WATTAGG_TEST_FAKECUDA=0")
 	}
 	lib, err := buildFake(c)
 	if err != nil {
-		t.Skip(err)
+		skipUnlessRequired(t, requireFakes(), "%v", err)
 	}
 	return lib
 }
@@ -218,6 +295,11 @@ func copyFile(dst, src string) error {
 	return os.Rename(tmp, dst)
 }
 
+// fakeCompileFlags compile the fake and the kernel sources: GPU arithmetic (no contraction of
+// a*b+c into an FMA), misaligned loads and stores reported (see fake.cpp).
+var fakeCompileFlags = []string{"-std=c++17", "-O2", "-g", "-fPIC", "-pthread", "-ffp-contract=off", "-U_FORTIFY_SOURCE",
+	"-Wall", "-Wno-unknown-pragmas", "-fsanitize=alignment"}
+
 func compileFake() (string, error) {
 	cxx := os.Getenv("CXX")
 	if cxx == "" {
@@ -247,7 +329,7 @@ func compileFake() (string, error) {
 			}
 		}
 	})
-	fmt.Fprintln(h, cxx, names)
+	fmt.Fprintln(h, cxx, fakeCompileFlags, names)
 	for _, s := range srcs {
 		b, err := os.ReadFile(s)
 		if err != nil {
@@ -293,11 +375,16 @@ func compileFake() (string, error) {
 	if err := os.WriteFile(filepath.Join(gen, "registry.inc"), []byte(reg.String()), 0o644); err != nil {
 		return "", err
 	}
-	tmp := filepath.Join(gen, "libcuda.so.1")
-	cmd := exec.Command(cxx, "-std=c++17", "-O2", "-g", "-fPIC", "-shared", "-pthread", "-ffp-contract=off",
-		"-U_FORTIFY_SOURCE", "-Wall", "-Wno-unknown-pragmas", "-I", gen, "-I", fdir, "-I", kdir, "-o", tmp, filepath.Join(fdir, "fake.cpp"))
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("building the fake driver: %v\n%s", err, out)
+	// Compiled with the alignment sanitizer, whose reports fake.cpp handles itself (a misaligned
+	// access in a kernel fails its launch as on a GPU), and linked without its runtime.
+	obj, tmp := filepath.Join(gen, "fake.o"), filepath.Join(gen, "libcuda.so.1")
+	for _, args := range [][]string{
+		append(slices.Clone(fakeCompileFlags), "-c", "-I", gen, "-I", fdir, "-I", kdir, "-o", obj, filepath.Join(fdir, "fake.cpp")),
+		{"-shared", "-pthread", "-o", tmp, obj},
+	} {
+		if out, err := exec.Command(cxx, args...).CombinedOutput(); err != nil {
+			return "", fmt.Errorf("building the fake driver: %s %s: %v\n%s", cxx, strings.Join(args, " "), err, out)
+		}
 	}
 	if err := os.Rename(tmp, lib); err != nil {
 		return "", err

@@ -11,12 +11,13 @@ import (
 
 	"github.com/wattagg/wattagg/device"
 	"github.com/wattagg/wattagg/device/devicetest"
+	"github.com/wattagg/wattagg/kernels"
 	"github.com/wattagg/wattagg/tensor"
 )
 
 // The GPU-only operations against plain float64 references written here.
 
-// robustDTypes are the input dtypes of the robust operations; realDTypes add f64 (SumSquares).
+// robustDTypes are the input dtypes of the robust operations; realDTypes add f64 (squaredNorms).
 var (
 	robustDTypes = []tensor.DType{tensor.F32, tensor.BF16, tensor.F16, tensor.I8}
 	realDTypes   = []tensor.DType{tensor.F32, tensor.BF16, tensor.F16, tensor.I8, tensor.F64}
@@ -45,10 +46,10 @@ func robustFields(out tensor.DType) []device.AccField {
 	return fs
 }
 
-// upload puts host inputs on the GPU as Residents.
-func upload(t *testing.T, g *GPU, fields []device.AccField, in [][]device.Span) []*Resident {
+// upload puts host inputs on the GPU as residents.
+func uploadAll(t *testing.T, g *GPU, fields []device.AccField, in [][]device.Span) []*resident {
 	t.Helper()
-	var rs []*Resident
+	var rs []*resident
 	for _, x := range in {
 		var ts []*tensor.Tensor
 		for k, sp := range x {
@@ -63,33 +64,33 @@ func upload(t *testing.T, g *GPU, fields []device.AccField, in [][]device.Span) 
 		if err != nil {
 			t.Fatal(err)
 		}
-		r, err := g.Upload(context.Background(), set)
+		r, err := g.upload(context.Background(), set)
 		if err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { r.Close() })
+		t.Cleanup(func() { r.free() })
 		rs = append(rs, r)
 	}
 	return rs
 }
 
-func newResident(t *testing.T, g *GPU, fields []device.AccField, dt tensor.DType) *Resident {
+func zeroResident(t *testing.T, g *GPU, fields []device.AccField, dt tensor.DType) *resident {
 	t.Helper()
-	var rf []ResidentField
+	var rf []residentField
 	for _, f := range fields {
-		rf = append(rf, ResidentField{Name: f.Name, DType: dt, Shape: []int{f.Len}})
+		rf = append(rf, residentField{Name: f.Name, DType: dt, Shape: []int{f.Len}})
 	}
-	r, err := g.NewResident(rf)
+	r, err := g.newResident(rf)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { r.Close() })
+	t.Cleanup(func() { r.free() })
 	return r
 }
 
-func download(t *testing.T, r *Resident) *tensor.Set {
+func download(t *testing.T, r *resident) *tensor.Set {
 	t.Helper()
-	s, err := r.Download(context.Background())
+	s, err := r.download(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -109,11 +110,11 @@ func TestResidentRoundTrip(t *testing.T) {
 				ts = append(ts, tt)
 			}
 			set, _ := tensor.NewSet(ts...)
-			res, err := d.g.Upload(context.Background(), set)
+			res, err := d.g.upload(context.Background(), set)
 			if err != nil {
 				t.Fatal(err)
 			}
-			defer res.Close()
+			defer res.free()
 			back := download(t, res)
 			for k, tt := range ts {
 				b := back.At(k)
@@ -137,11 +138,11 @@ func TestPinnedInputs(t *testing.T) {
 					continue // a mix of page-locked and pageable inputs
 				}
 				for k, sp := range in[i] {
-					p, err := d.g.AllocPinned(len(sp.Data))
+					p, err := d.g.allocPinned(len(sp.Data))
 					if err != nil {
 						t.Fatal(err)
 					}
-					defer d.g.FreePinned(p)
+					defer d.g.freePinned(p)
 					copy(p, sp.Data)
 					in[i][k].Data = p
 				}
@@ -192,10 +193,10 @@ func TestWeightedSumResident(t *testing.T) {
 				{Name: "d", Len: 0, Acc: tensor.F32, Out: tensor.BF16},
 			}
 			in := clients(r, fields, 7, tensor.F32, tensor.I8, tensor.BF16)
-			res := upload(t, d.g, fields, in)
+			res := uploadAll(t, d.g, fields, in)
 			out := d.g.newOut(t, fields)
 			w := []float64{1, 2, 3, 4, 5, 6, 7}
-			stats, err := d.g.WeightedSumResident(context.Background(), fields, res, w, 1.0/28, out)
+			stats, err := d.g.weightedSumResident(context.Background(), fields, res, w, 1.0/28, out)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -217,33 +218,33 @@ func TestWeightedSumResident(t *testing.T) {
 			}
 
 			// A sum that overflows its f16 output is reported with its element.
-			_, err = d.g.WeightedSumResident(context.Background(), fields, res, []float64{1e6, 1, 1, 1, 1, 1, 1}, 1, out)
+			_, err = d.g.weightedSumResident(context.Background(), fields, res, []float64{1e6, 1, 1, 1, 1, 1, 1}, 1, out)
 			var nf *tensor.NonFiniteError
 			if !errors.As(err, &nf) || nf.Tensor != "b" || !math.IsInf(nf.Value, 0) {
 				t.Fatalf("err = %v, want an overflow in b", err)
 			}
-			if _, err := d.g.WeightedSumResident(context.Background(), fields, res, w[:3], 1, out); !errors.Is(err, device.ErrJob) {
+			if _, err := d.g.weightedSumResident(context.Background(), fields, res, w[:3], 1, out); !errors.Is(err, device.ErrJob) {
 				t.Fatalf("3 weights for 7 inputs: err = %v", err)
 			}
-			if _, err := d.g.WeightedSumResident(context.Background(), fields, res, w, 1, res[0]); !errors.Is(err, device.ErrJob) {
+			if _, err := d.g.weightedSumResident(context.Background(), fields, res, w, 1, res[0]); !errors.Is(err, device.ErrJob) {
 				t.Fatalf("output among the inputs: err = %v", err)
 			}
 		})
 	}
 }
 
-// newOut allocates a Resident for the Out dtypes of fields.
-func (g *GPU) newOut(t *testing.T, fields []device.AccField) *Resident {
+// newOut allocates a resident for the Out dtypes of fields.
+func (g *GPU) newOut(t *testing.T, fields []device.AccField) *resident {
 	t.Helper()
-	var rf []ResidentField
+	var rf []residentField
 	for _, f := range fields {
-		rf = append(rf, ResidentField{Name: f.Name, DType: f.Out, Shape: []int{f.Len}})
+		rf = append(rf, residentField{Name: f.Name, DType: f.Out, Shape: []int{f.Len}})
 	}
-	r, err := g.NewResident(rf)
+	r, err := g.newResident(rf)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { r.Close() })
+	t.Cleanup(func() { r.free() })
 	return r
 }
 
@@ -277,9 +278,9 @@ func TestSumSquares(t *testing.T) {
 			in := clients(r, fields, 9, realDTypes...)
 			want, _ := gramRef(in)
 			for how, f := range map[string]func() ([]float64, error){
-				"host": func() ([]float64, error) { return d.g.SumSquares(context.Background(), fields, in) },
+				"host": func() ([]float64, error) { return d.g.squaredNorms(context.Background(), fields, in) },
 				"resident": func() ([]float64, error) {
-					return d.g.SumSquaresResident(context.Background(), upload(t, d.g, fields, in))
+					return d.g.squaredNormsResident(context.Background(), uploadAll(t, d.g, fields, in))
 				},
 			} {
 				got, err := f()
@@ -338,8 +339,8 @@ func TestModSum(t *testing.T) {
 				t.Fatal(err)
 			}
 			out.Check(t)
-			res := newResident(t, d.g, fields, tensor.U32)
-			if _, err := d.g.ModSumResident(context.Background(), upload(t, d.g, fields, in), res); err != nil {
+			res := zeroResident(t, d.g, fields, tensor.U32)
+			if _, err := d.g.modSumResident(context.Background(), uploadAll(t, d.g, fields, in), res); err != nil {
 				t.Fatal(err)
 			}
 			rs := download(t, res)
@@ -364,40 +365,16 @@ func TestModSum(t *testing.T) {
 	}
 }
 
-// optimRef is one optimizer step in plain Go, every operation rounded to f32 (the explicit
-// conversions forbid fused multiply-adds).
-func optimRef(o Optimizer, x, d, m, v float32) (float32, float32, float32) {
-	if o.Rule == FedAvgM {
-		m = float32(o.Beta1*m) + d
-		return x + float32(o.LR*m), m, v
-	}
-	m = float32(o.Beta1*m) + float32((1-o.Beta1)*d)
-	d2 := float32(d * d)
-	switch o.Rule {
-	case FedAdagrad:
-		v += d2
-	case FedAdam:
-		v = float32(o.Beta2*v) + float32((1-o.Beta2)*d2)
-	case FedYogi:
-		var s float32
-		if diff := v - d2; diff > 0 {
-			s = 1
-		} else if diff < 0 {
-			s = -1
-		}
-		v -= float32(float32((1-o.Beta2)*d2) * s)
-	}
-	return x + float32(o.LR*m)/(float32(math.Sqrt(float64(v)))+o.Tau), m, v
-}
-
+// The device-resident step is the kernel of Optimize on residents: three rounds with the state
+// carried over compute devicetest.StepReference's bits, device.OptimJob's arithmetic.
 func TestOptimizerStep(t *testing.T) {
 	r := rand.New(rand.NewPCG(34, 35))
 	for _, d := range gpus(t, fakePlain) {
 		t.Run(d.name, func(t *testing.T) {
 			fields := robustFields(tensor.F32)
-			for _, rule := range []Rule{FedAvgM, FedAdagrad, FedAdam, FedYogi} {
+			for _, rule := range []device.OptimRule{device.OptimFedAvgM, device.OptimFedAdagrad, device.OptimFedAdam, device.OptimFedYogi} {
 				t.Run(rule.String(), func(t *testing.T) {
-					o := Optimizer{Rule: rule, LR: 0.01, Beta1: 0.9, Beta2: 0.99, Tau: 1e-3}
+					p := kernels.OptimParams{LR: 0.01, Beta1: 0.9, Beta2: 0.99, Tau: 1e-3}
 					state := clients(r, fields, 4, tensor.F32) // x, delta, m, v
 					for k := range fields {
 						d, _ := tensor.FromBytes("", tensor.F32, []int{fields[k].Len}, state[1][k].Data)
@@ -411,13 +388,13 @@ func TestOptimizerStep(t *testing.T) {
 							}
 						}
 					}
-					res := upload(t, d.g, fields, state)
+					res := uploadAll(t, d.g, fields, state)
 					for range 3 { // three rounds, the state carried over
 						v := res[3]
-						if rule == FedAvgM {
+						if !rule.SecondMoment() {
 							v = nil
 						}
-						if err := d.g.Step(context.Background(), o, res[0], res[1], res[2], v); err != nil {
+						if err := d.g.step(context.Background(), rule, p, res[0], res[1], res[2], v); err != nil {
 							t.Fatal(err)
 						}
 						for k, f := range fields {
@@ -429,8 +406,13 @@ func TestOptimizerStep(t *testing.T) {
 							ds, _ := dd.F32()
 							ms, _ := m.F32()
 							vs, _ := vv.F32()
+							ref := device.OptimJob{Rule: rule, LR: p.LR, Beta1: p.Beta1, Beta2: p.Beta2, Tau: p.Tau, X: xs, D: ds, M: ms, V: vs}
 							for j := range xs {
-								xs[j], ms[j], vs[j] = optimRef(o, xs[j], ds[j], ms[j], vs[j])
+								x, m, v := devicetest.StepReference(&ref, j)
+								xs[j], ms[j] = x, m
+								if rule.SecondMoment() {
+									vs[j] = v
+								}
 							}
 						}
 					}
@@ -445,12 +427,12 @@ func TestOptimizerStep(t *testing.T) {
 					}
 				})
 			}
-			x := newResident(t, d.g, fields, tensor.F32)
-			if err := d.g.Step(context.Background(), Optimizer{Rule: FedAdam}, x, x, x, x); !errors.Is(err, device.ErrJob) {
+			x := zeroResident(t, d.g, fields, tensor.F32)
+			if err := d.g.step(context.Background(), device.OptimFedAdam, kernels.OptimParams{}, x, x, x, x); !errors.Is(err, device.ErrJob) {
 				t.Fatalf("aliased state: err = %v", err)
 			}
-			f64 := newResident(t, d.g, fields, tensor.F64)
-			if err := d.g.Step(context.Background(), Optimizer{Rule: FedAvgM}, f64, x, newResident(t, d.g, fields, tensor.F32), nil); !errors.Is(err, device.ErrUnsupported) {
+			f64 := zeroResident(t, d.g, fields, tensor.F64)
+			if err := d.g.step(context.Background(), device.OptimFedAvgM, kernels.OptimParams{}, f64, x, zeroResident(t, d.g, fields, tensor.F32), nil); !errors.Is(err, device.ErrUnsupported) {
 				t.Fatalf("f64 model: err = %v", err)
 			}
 		})
@@ -463,9 +445,9 @@ func TestScale(t *testing.T) {
 		t.Run(d.name, func(t *testing.T) {
 			fields := robustFields(tensor.F32)
 			in := clients(r, fields, 2, tensor.F32, tensor.F64)
-			res := upload(t, d.g, fields, in)
+			res := uploadAll(t, d.g, fields, in)
 			for _, x := range res {
-				if err := d.g.Scale(context.Background(), x, 0.3); err != nil {
+				if err := d.g.scale(context.Background(), x, 0.3); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -541,7 +523,7 @@ func TestAddNoise(t *testing.T) {
 			fields := robustFields(tensor.F32)
 			r := rand.New(rand.NewPCG(38, 39))
 			in := clients(r, fields, 2, tensor.F32, tensor.F64)
-			res := upload(t, d.g, fields, in)
+			res := uploadAll(t, d.g, fields, in)
 			const seed, sigma = 0x0123456789abcdef, 0.5
 			var next uint64 = 1000
 			var total uint64
@@ -552,11 +534,11 @@ func TestAddNoise(t *testing.T) {
 			for i, x := range res {
 				c0 := next
 				var err error
-				if next, err = d.g.AddNoise(context.Background(), x, sigma, seed, next); err != nil {
+				if next, err = d.g.addNoise(context.Background(), x, sigma, seed, next); err != nil {
 					t.Fatal(err)
 				}
 				if next != c0+total {
-					t.Fatalf("AddNoise returned counter %d, want %d", next, c0+total)
+					t.Fatalf("addNoise returned counter %d, want %d", next, c0+total)
 				}
 				for _, f := range fields {
 					bases[i] = append(bases[i], c0)
@@ -591,7 +573,7 @@ func TestAddNoise(t *testing.T) {
 			if math.Abs(mean) > 5/math.Sqrt(float64(count)) || math.Abs(varc-1) > 5*math.Sqrt(2/float64(count)) {
 				t.Fatalf("noise mean %v variance %v over %d draws", mean, varc, count)
 			}
-			if _, err := d.g.AddNoise(context.Background(), res[0], -1, seed, 0); !errors.Is(err, device.ErrJob) {
+			if _, err := d.g.addNoise(context.Background(), res[0], -1, seed, 0); !errors.Is(err, device.ErrJob) {
 				t.Fatalf("negative sigma: err = %v", err)
 			}
 		})

@@ -7,68 +7,30 @@ import (
 	"unsafe"
 
 	"github.com/wattagg/wattagg/device"
+	"github.com/wattagg/wattagg/kernels"
 	"github.com/wattagg/wattagg/tensor"
 )
 
-// Rule is a server optimizer of adaptive federated optimization (Reddi et al. 2021).
-type Rule int
-
-// The rules. Per element, with Δ the round's aggregated update, every operation rounded in f32:
-//
-//	FedAvgM:    m = β1·m + Δ;                      x = x + lr·m
-//	FedAdagrad: m = β1·m + (1-β1)·Δ;  v = v + Δ²;                           x = x + lr·m/(√v + τ)
-//	FedAdam:    m = β1·m + (1-β1)·Δ;  v = β2·v + (1-β2)·Δ²;                 x = x + lr·m/(√v + τ)
-//	FedYogi:    m = β1·m + (1-β1)·Δ;  v = v - (1-β2)·Δ²·sign(v - Δ²);      x = x + lr·m/(√v + τ)
-//
-// (no bias correction, as in the paper's Algorithm 2; sign(0) = 0).
-const (
-	FedAvgM Rule = iota + 1
-	FedAdagrad
-	FedAdam
-	FedYogi
-)
-
-func (r Rule) String() string {
-	switch r {
-	case FedAvgM:
-		return "fedavgm"
-	case FedAdagrad:
-		return "fedadagrad"
-	case FedAdam:
-		return "fedadam"
-	case FedYogi:
-		return "fedyogi"
+// step applies one server optimizer step in place, in one fused pass over device memory (the
+// kernel of Optimize, the arithmetic of device.OptimJob): x is the model, delta the aggregated
+// update, m and v the optimizer state (v is unused by FedAvgM and may be nil there), so that
+// x, m, v ← the step's X', m, v. All are f32 residents of one layout, none the same buffer;
+// delta is only read.
+func (g *GPU) step(ctx context.Context, rule device.OptimRule, p kernels.OptimParams, x, delta, m, v *resident) error {
+	if rule < device.OptimFedAvgM || rule > device.OptimFedYogi {
+		return fmt.Errorf("%w: optimizer %s", device.ErrUnsupported, rule)
 	}
-	return fmt.Sprintf("rule(%d)", int(r))
-}
-
-// Optimizer is a server optimizer and its hyper-parameters.
-type Optimizer struct {
-	Rule  Rule
-	LR    float32 // server learning rate η
-	Beta1 float32 // momentum
-	Beta2 float32 // second-moment decay (FedAdam, FedYogi)
-	Tau   float32 // adaptivity τ (FedAdagrad, FedAdam, FedYogi)
-}
-
-// Step applies one server optimizer step in place, in one fused pass over device memory: x is the
-// model, delta the aggregated update, m and v the optimizer state (v is unused by FedAvgM and may
-// be nil there). All are f32 Residents of one layout; delta is only read.
-func (g *GPU) Step(ctx context.Context, o Optimizer, x, delta, m, v *Resident) error {
-	if o.Rule < FedAvgM || o.Rule > FedYogi {
-		return fmt.Errorf("%w: optimizer %s", device.ErrUnsupported, o.Rule)
-	}
-	rs := []*Resident{x, delta, m}
-	if o.Rule != FedAvgM {
+	rs := []*resident{x, delta, m}
+	if rule.SecondMoment() {
 		if v == nil {
-			return fmt.Errorf("%w: %s needs the second-moment state v", device.ErrJob, o.Rule)
+			return fmt.Errorf("%w: %s needs the second-moment state v", device.ErrJob, rule)
 		}
 		rs = append(rs, v)
 	}
 	for i, r := range rs {
 		for _, q := range rs[:i] {
 			if q == r {
-				return fmt.Errorf("%w: %s: the same buffer is passed twice", device.ErrJob, o.Rule)
+				return fmt.Errorf("%w: %s: the same buffer is passed twice", device.ErrJob, rule)
 			}
 		}
 	}
@@ -90,11 +52,10 @@ func (g *GPU) Step(ctx context.Context, o Optimizer, x, delta, m, v *Resident) e
 				return err
 			}
 			var vp uint64
-			if v != nil && o.Rule != FedAvgM {
+			if rule.SecondMoment() {
 				vp = v.ptrs[t]
 			}
-			if err := g.launch(s, "wa_optim", grid, 256, 0, argInt(int(o.Rule)), x.ptrs[t], delta.ptrs[t], m.ptrs[t], vp,
-				argF32(o.LR), argF32(o.Beta1), argF32(o.Beta2), argF32(o.Tau), uint64(f.Len)); err != nil {
+			if err := g.launch(s, "wa_optim", grid, 256, 0, optimArgs(rule, p, x.ptrs[t], delta.ptrs[t], m.ptrs[t], vp, f.Len)...); err != nil {
 				return err
 			}
 		}
@@ -150,8 +111,8 @@ func (g *GPU) Optimize(ctx context.Context, s *device.OptimJob) (device.Stats, e
 		return nil
 	}
 	fields := []device.AccField{{Name: "x", Len: n, Acc: tensor.F32, Out: tensor.F32}}
-	p := Optimizer{Rule: Rule(s.Rule), LR: s.LR, Beta1: s.Beta1, Beta2: s.Beta2, Tau: s.Tau}
-	j := &job{g: g, fields: fields, src: g.hostSource(inputs), op: &optimOp{o: p, outs: len(outs)},
+	p := kernels.OptimParams{LR: s.LR, Beta1: s.Beta1, Beta2: s.Beta2, Tau: s.Tau}
+	j := &job{g: g, fields: fields, src: g.hostSource(inputs), op: &optimOp{rule: s.Rule, p: p, outs: len(outs)},
 		out: output{chunks: chunks, raw: raw, elemBytes: ob}}
 	return j.run(ctx)
 }
@@ -162,8 +123,15 @@ const optimChunkElems = 1 << 18
 // optimOp runs the step in place on a segment's staged x, d, m (and v), then copies x, m (and
 // v) to the segment's out region.
 type optimOp struct {
-	o    Optimizer
+	rule device.OptimRule
+	p    kernels.OptimParams
 	outs int
+}
+
+// optimArgs are wa_optim's arguments: the rule (device.OptimRule's numbers are optim.cu's), the
+// state's addresses (v 0 for FedAvgM), the hyperparameters and the element count.
+func optimArgs(rule device.OptimRule, p kernels.OptimParams, x, d, m, v uint64, n int) []uint64 {
+	return []uint64{argInt(int(rule)), x, d, m, v, argF32(p.LR), argF32(p.Beta1), argF32(p.Beta2), argF32(p.Tau), uint64(n)}
 }
 
 func (*optimOp) scratch(int) int { return 0 }
@@ -181,8 +149,7 @@ func (op *optimOp) segment(b *batch, k int) error {
 	if err != nil {
 		return err
 	}
-	o := op.o
-	args := []uint64{argInt(int(o.Rule)), x, d, m, v, argF32(o.LR), argF32(o.Beta1), argF32(o.Beta2), argF32(o.Tau), uint64(n)}
+	args := optimArgs(op.rule, op.p, x, d, m, v, n)
 	out := b.output(k)
 	b.enqueue(func(s cuStream) error {
 		if err := g.launch(s, "wa_optim", grid, 256, 0, args...); err != nil {
@@ -206,7 +173,7 @@ func f32Bytes(v []float32) []byte {
 	return unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(v))), 4*len(v))
 }
 
-// AddNoise adds Gaussian noise of standard deviation sigma to every element of r (f32 or f64
+// addNoise adds Gaussian noise of standard deviation sigma to every element of r (f32 or f64
 // tensors): element j of tensor t receives sigma·z where z is normal j mod 4 of Philox4x32-10
 // counter offset + Σ_{u<t} ⌈len_u/4⌉ + ⌊j/4⌋ under key seed (Box-Muller in f64; see
 // kernels/cuda/noise.cu). The noise depends only on (seed, counter), never on the device or the
@@ -216,16 +183,16 @@ func f32Bytes(v []float32) []byte {
 // Philox is a statistically good generator, not a cryptographic one, and its 64-bit key can be
 // searched: noise from it gives no differential privacy. The DP rules draw their noise on the
 // host from ChaCha8 keyed by crypto/rand; use this for simulations and tests only.
-func (g *GPU) AddNoise(ctx context.Context, r *Resident, sigma float64, seed, offset uint64) (uint64, error) {
+func (g *GPU) addNoise(ctx context.Context, r *resident, sigma float64, seed, offset uint64) (uint64, error) {
 	if sigma < 0 || math.IsNaN(sigma) || math.IsInf(sigma, 0) {
 		return offset, fmt.Errorf("%w: noise standard deviation %v", device.ErrJob, sigma)
 	}
-	fields, err := residentFields(g, []*Resident{r}, nil)
+	fields, err := residentFields(g, []*resident{r}, nil)
 	if err != nil {
 		return offset, err
 	}
 	isFloat := func(d tensor.DType) bool { return d == tensor.F32 || d == tensor.F64 }
-	if err := checkResidentDTypes([]*Resident{r}, isFloat, "noised (want f32 or f64)"); err != nil {
+	if err := checkResidentDTypes([]*resident{r}, isFloat, "noised (want f32 or f64)"); err != nil {
 		return offset, err
 	}
 	ctr := offset
@@ -253,13 +220,13 @@ func (g *GPU) AddNoise(ctx context.Context, r *Resident, sigma float64, seed, of
 
 // Scale multiplies every element of r (f32 or f64 tensors) by s in place, in the tensor's dtype
 // (s rounded to f32 for f32 tensors): the clipping of an update, or 1/Σw after a sum.
-func (g *GPU) Scale(ctx context.Context, r *Resident, s float64) error {
-	fields, err := residentFields(g, []*Resident{r}, nil)
+func (g *GPU) scale(ctx context.Context, r *resident, s float64) error {
+	fields, err := residentFields(g, []*resident{r}, nil)
 	if err != nil {
 		return err
 	}
 	isFloat := func(d tensor.DType) bool { return d == tensor.F32 || d == tensor.F64 }
-	if err := checkResidentDTypes([]*Resident{r}, isFloat, "scaled (want f32 or f64)"); err != nil {
+	if err := checkResidentDTypes([]*resident{r}, isFloat, "scaled (want f32 or f64)"); err != nil {
 		return err
 	}
 	return g.onStream(ctx, func(_ *lane, st cuStream) error {

@@ -11,20 +11,20 @@ import (
 	"github.com/wattagg/wattagg/tensor"
 )
 
-// Resident is a set of tensors held in GPU memory: an update uploaded once and used by many
+// resident is a set of tensors held in GPU memory: an update uploaded once and used by many
 // operations (a server that keeps the round's updates on the GPU), or a result kept there for
 // the next step (a server optimizer's state). It owns one device allocation, freed by Close.
-type Resident struct {
+type resident struct {
 	g      *GPU
-	fields []ResidentField
+	fields []residentField
 	ptrs   []uint64 // per field: device address of element 0 (256-byte aligned)
 	base   uint64
 	size   int64
 	closed bool
 }
 
-// ResidentField describes one tensor of a Resident.
-type ResidentField struct {
+// residentField describes one tensor of a resident.
+type residentField struct {
 	Name  string
 	DType tensor.DType
 	Shape []int
@@ -32,17 +32,11 @@ type ResidentField struct {
 }
 
 // Len is the element count.
-func (f ResidentField) Len() int { return tensor.Field{Shape: f.Shape}.Len() }
+func (f residentField) Len() int { return tensor.Field{Shape: f.Shape}.Len() }
 
-// Fields describes the tensors (the slice is the Resident's own: do not modify it).
-func (r *Resident) Fields() []ResidentField { return r.fields }
-
-// Bytes is the device memory the tensors occupy.
-func (r *Resident) Bytes() int64 { return r.size }
-
-// NewResident allocates zeroed tensors in device memory.
-func (g *GPU) NewResident(fields []ResidentField) (*Resident, error) {
-	r := &Resident{g: g, fields: slices.Clone(fields), ptrs: make([]uint64, len(fields))}
+// newResident allocates zeroed tensors in device memory.
+func (g *GPU) newResident(fields []residentField) (*resident, error) {
+	r := &resident{g: g, fields: slices.Clone(fields), ptrs: make([]uint64, len(fields))}
 	offs := make([]int64, len(fields))
 	for t, f := range fields {
 		if !f.DType.Valid() {
@@ -70,7 +64,7 @@ func (g *GPU) NewResident(fields []ResidentField) (*Resident, error) {
 	} else if r.size > free-headroom {
 		return nil, fmt.Errorf("%s: %w: %d MiB of tensors, %d MiB free", g.Name(), ErrOutOfMemory, r.size>>20, max(free-headroom, 0)>>20)
 	}
-	if r.base, err = g.drv.alloc(g.ctx, max(r.size, 256)); err != nil {
+	if r.base, err = g.devAlloc(max(r.size, 256), useResident); err != nil {
 		return nil, fmt.Errorf("%s: %d MiB of tensors: %w", g.Name(), r.size>>20, err)
 	}
 	for t := range fields {
@@ -81,7 +75,7 @@ func (g *GPU) NewResident(fields []ResidentField) (*Resident, error) {
 		err = g.drv.syncStream(g.ctx, s)
 	}
 	if err != nil {
-		return nil, errors.Join(fmt.Errorf("%s: %w", g.Name(), err), g.drv.free(g.ctx, r.base))
+		return nil, errors.Join(fmt.Errorf("%s: %w", g.Name(), err), g.devFree(r.base))
 	}
 	g.memMu.Lock()
 	g.live[r] = struct{}{}
@@ -89,31 +83,31 @@ func (g *GPU) NewResident(fields []ResidentField) (*Resident, error) {
 	return r, nil
 }
 
-// Upload copies a Set to device memory (through page-locked staging, overlapping the host copy
+// upload copies a Set to device memory (through page-locked staging, overlapping the host copy
 // with the transfer, or straight from page-locked memory).
-func (g *GPU) Upload(ctx context.Context, s *tensor.Set) (*Resident, error) {
-	fields := make([]ResidentField, s.Len())
+func (g *GPU) upload(ctx context.Context, s *tensor.Set) (*resident, error) {
+	fields := make([]residentField, s.Len())
 	spans := make([]device.Span, s.Len())
 	for t, tt := range s.Tensors() {
-		fields[t] = ResidentField{Name: tt.Name, DType: tt.DType, Shape: tt.Shape, Scale: tt.Scale}
+		fields[t] = residentField{Name: tt.Name, DType: tt.DType, Shape: tt.Shape, Scale: tt.Scale}
 		spans[t] = device.SpanOf(tt)
 		if len(spans[t].Data) != tt.Len()*tt.DType.Size() || tt.Len() != fields[t].Len() {
 			return nil, fmt.Errorf("%s: %w: tensor %q: %d bytes for shape %v", g.Name(), device.ErrJob, tt.Name, len(spans[t].Data), tt.Shape)
 		}
 	}
-	r, err := g.NewResident(fields)
+	r, err := g.newResident(fields)
 	if err != nil {
 		return nil, err
 	}
 	j := &job{g: g, fields: r.accFields(), src: g.hostSource([][]device.Span{spans}), op: copyOp{}, out: output{res: r}}
 	if _, err := j.run(ctx); err != nil {
-		return nil, errors.Join(err, r.Close())
+		return nil, errors.Join(err, r.free())
 	}
 	return r, nil
 }
 
 // Download copies the tensors back into a new Set (owned, aligned buffers).
-func (r *Resident) Download(ctx context.Context) (*tensor.Set, error) {
+func (r *resident) download(ctx context.Context) (*tensor.Set, error) {
 	if r.closed {
 		return nil, fmt.Errorf("%s: resident tensors: %w", r.g.Name(), ErrClosed)
 	}
@@ -141,7 +135,7 @@ func (r *Resident) Download(ctx context.Context) (*tensor.Set, error) {
 		return nil, err
 	}
 	out.fields, out.chunks = fields, chunks
-	j := &job{g: r.g, fields: fields, src: source{res: []*Resident{r}}, op: copyOp{}, out: output{chunks: chunks, out: out}}
+	j := &job{g: r.g, fields: fields, src: source{res: []*resident{r}}, op: copyOp{}, out: output{chunks: chunks, out: out}}
 	if _, err := j.run(ctx); err != nil {
 		return nil, err
 	}
@@ -167,7 +161,7 @@ func (o *setOutput) Dest(c, p int) ([]byte, error) {
 func (o *setOutput) Done(int) error { return nil }
 
 // accFields describes the tensors as job fields whose output dtype is the tensor's dtype.
-func (r *Resident) accFields() []device.AccField {
+func (r *resident) accFields() []device.AccField {
 	fs := make([]device.AccField, len(r.fields))
 	for t, f := range r.fields {
 		fs[t] = device.AccField{Name: f.Name, Len: f.Len(), Acc: f.DType, Out: f.DType}
@@ -175,8 +169,8 @@ func (r *Resident) accFields() []device.AccField {
 	return fs
 }
 
-// Close frees the device memory. It is safe to call more than once.
-func (r *Resident) Close() error {
+// free frees the device memory. It is safe to call more than once.
+func (r *resident) free() error {
 	g := r.g
 	g.memMu.Lock()
 	_, live := g.live[r]
@@ -187,13 +181,13 @@ func (r *Resident) Close() error {
 		return nil
 	}
 	r.closed = true
-	if err := g.drv.free(g.ctx, r.base); err != nil {
+	if err := g.devFree(r.base); err != nil {
 		return fmt.Errorf("%s: %w", g.Name(), err)
 	}
 	return nil
 }
 
-// copyOp copies each input segment to the output (Upload, Download): inputs and output have the
+// copyOp copies each input segment to the output (upload, Download): inputs and output have the
 // same dtype.
 type copyOp struct{}
 
@@ -228,12 +222,12 @@ func (g *GPU) hostSource(inputs [][]device.Span) source {
 // residentFields checks that the residents share one layout (element counts per tensor; dtypes
 // may differ) and returns it as job fields with the output dtypes of out (nil: those of the first
 // input).
-func residentFields(g *GPU, inputs []*Resident, out *Resident) ([]device.AccField, error) {
+func residentFields(g *GPU, inputs []*resident, out *resident) ([]device.AccField, error) {
 	if len(inputs) == 0 {
 		return nil, fmt.Errorf("%s: %w: no inputs", g.Name(), device.ErrJob)
 	}
 	fields := inputs[0].accFields()
-	check := func(what string, r *Resident) error {
+	check := func(what string, r *resident) error {
 		if r.g != g {
 			return fmt.Errorf("%s: %w: %s lives on %s", g.Name(), device.ErrJob, what, r.g.Name())
 		}
@@ -278,12 +272,12 @@ func (g *GPU) scratchBuffers(ln *lane, devBytes, hostBytes int64) (uint64, []byt
 	devBytes, hostBytes = max(devBytes, 256), max(hostBytes, 256)
 	if devBytes > sc.devCap {
 		if sc.devCap > 0 {
-			if err := g.drv.free(g.ctx, sc.dev); err != nil {
+			if err := g.devFree(sc.dev); err != nil {
 				return 0, nil, fmt.Errorf("%s: %w", g.Name(), err)
 			}
 			sc.devCap = 0
 		}
-		p, err := g.drv.alloc(g.ctx, devBytes)
+		p, err := g.devAlloc(devBytes, usePipeline)
 		if err != nil {
 			return 0, nil, fmt.Errorf("%s: %d MiB of partial results: %w", g.Name(), devBytes>>20, err)
 		}
@@ -291,12 +285,12 @@ func (g *GPU) scratchBuffers(ln *lane, devBytes, hostBytes int64) (uint64, []byt
 	}
 	if hostBytes > sc.hostCap {
 		if sc.hostCap > 0 {
-			if err := g.drv.freeHost(g.ctx, sc.host); err != nil {
+			if err := g.hostFree(sc.host); err != nil {
 				return 0, nil, fmt.Errorf("%s: %w", g.Name(), err)
 			}
 			sc.hostCap = 0
 		}
-		p, err := g.drv.allocHost(g.ctx, hostBytes)
+		p, err := g.hostAlloc(hostBytes, usePipeline)
 		if err != nil {
 			return 0, nil, fmt.Errorf("%s: %w", g.Name(), err)
 		}
@@ -309,10 +303,10 @@ func (g *GPU) scratchBuffers(ln *lane, devBytes, hostBytes int64) (uint64, []byt
 func (g *GPU) freeScratch(ln *lane) error {
 	var errs []error
 	if ln.scratch.devCap > 0 {
-		errs = append(errs, g.drv.free(g.ctx, ln.scratch.dev))
+		errs = append(errs, g.devFree(ln.scratch.dev))
 	}
 	if ln.scratch.hostCap > 0 {
-		errs = append(errs, g.drv.freeHost(g.ctx, ln.scratch.host))
+		errs = append(errs, g.hostFree(ln.scratch.host))
 	}
 	ln.scratch = scratch{}
 	return errors.Join(errs...)
@@ -339,7 +333,7 @@ func (g *GPU) onStream(ctx context.Context, f func(ln *lane, s cuStream) error) 
 
 // checkResidentFinite reports the first NaN or Inf of r (lowest tensor, then lowest element) as
 // a *tensor.NonFiniteError, as the CPU device checks its outputs.
-func (g *GPU) checkResidentFinite(ctx context.Context, r *Resident) error {
+func (g *GPU) checkResidentFinite(ctx context.Context, r *resident) error {
 	n := int64(len(r.fields))
 	var bad *tensor.NonFiniteError
 	err := g.onStream(ctx, func(ln *lane, s cuStream) error {

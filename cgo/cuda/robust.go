@@ -7,6 +7,7 @@ import (
 	"unsafe"
 
 	"github.com/wattagg/wattagg/device"
+	"github.com/wattagg/wattagg/kernels"
 	"github.com/wattagg/wattagg/tensor"
 )
 
@@ -20,7 +21,7 @@ var (
 )
 
 // The robust-rule operations. Each takes N inputs over the same fields, either host spans
-// (streamed through the pipeline like WeightedSum) or Residents, and treats a model as the flat
+// (streamed through the pipeline like WeightedSum) or residents, and treats a model as the flat
 // concatenation of its fields.
 //
 // Select, Gram and SqDistances implement device.Robust with its semantics: f32, f16, bf16 and
@@ -31,7 +32,7 @@ var (
 // block trees, partial sums in launch order): they are deterministic for a given GPU, job and
 // slab size, and differ from the CPU's lane order in the last bits only, each within
 // γ_N·Σ|terms| of the exact sum (γ_N = N·2⁻⁵³/(1−N·2⁻⁵³), N the elements summed) as any order of
-// f64 additions is. SumSquares is the exception to the robust semantics: it sums every real
+// f64 additions is. squaredNorms is the exception to the robust semantics: it sums every real
 // dtype (f64 included) and scales i8 exactly in f64.
 
 // robustInputs checks host inputs as the CPU device's robust operations do (the same checks and
@@ -62,8 +63,8 @@ func (g *GPU) Gram(ctx context.Context, fields []device.AccField, inputs [][]dev
 	return g.gram(ctx, fields, g.hostSource(inputs))
 }
 
-// GramResident is Gram over device-resident inputs (f32, f16, bf16 or i8 tensors).
-func (g *GPU) GramResident(ctx context.Context, inputs []*Resident) ([][]float64, device.Stats, error) {
+// gramResident is Gram over device-resident inputs (f32, f16, bf16 or i8 tensors).
+func (g *GPU) gramResident(ctx context.Context, inputs []*resident) ([][]float64, device.Stats, error) {
 	fields, err := residentFields(g, inputs, nil)
 	if err != nil {
 		return nil, device.Stats{}, err
@@ -194,17 +195,17 @@ func describeInputs(b *batch, k, n int) ([]uint64, []int32, []float32) {
 	return rows, dts, scales
 }
 
-// SumSquares returns Σ_j x_i[j]² over every field for each input (squared L2 norms, for clipping
+// squaredNorms returns Σ_j x_i[j]² over every field for each input (squared L2 norms, for clipping
 // and Krum), accumulated in f64 with a fixed reduction tree.
-func (g *GPU) SumSquares(ctx context.Context, fields []device.AccField, inputs [][]device.Span) ([]float64, error) {
+func (g *GPU) squaredNorms(ctx context.Context, fields []device.AccField, inputs [][]device.Span) ([]float64, error) {
 	if err := checkInputs(fields, inputs, tensor.DType.Real, "squared"); err != nil {
 		return nil, err
 	}
 	return g.sumSquares(ctx, fields, g.hostSource(inputs))
 }
 
-// SumSquaresResident is SumSquares over device-resident inputs.
-func (g *GPU) SumSquaresResident(ctx context.Context, inputs []*Resident) ([]float64, error) {
+// squaredNormsResident is squaredNorms over device-resident inputs.
+func (g *GPU) squaredNormsResident(ctx context.Context, inputs []*resident) ([]float64, error) {
 	fields, err := residentFields(g, inputs, nil)
 	if err != nil {
 		return nil, err
@@ -314,21 +315,21 @@ func (g *GPU) Select(ctx context.Context, sj *device.SelectJob) (device.Stats, e
 // Median writes the coordinate-wise median of the inputs (even N: v[N/2-1]·0.5 + v[N/2]·0.5 in
 // f32) in each field's Out dtype (f32, f64, f16 or bf16) to the chunks of out: Select with
 // device.Median.
-func (g *GPU) Median(ctx context.Context, fields []device.AccField, inputs [][]device.Span, chunks []device.Chunk, out device.Output) (device.Stats, error) {
+func (g *GPU) median(ctx context.Context, fields []device.AccField, inputs [][]device.Span, chunks []device.Chunk, out device.Output) (device.Stats, error) {
 	return g.Select(ctx, &device.SelectJob{Fields: fields, Inputs: inputs, Op: device.Median, Chunks: chunks, Output: out})
 }
 
 // TrimmedMean writes the coordinate-wise mean of the inputs without the trim smallest and trim
 // largest values of each coordinate (0 <= 2·trim < N), as Median does: Select with
 // device.TrimmedMean.
-func (g *GPU) TrimmedMean(ctx context.Context, fields []device.AccField, inputs [][]device.Span, trim int, chunks []device.Chunk, out device.Output) (device.Stats, error) {
+func (g *GPU) trimmedMean(ctx context.Context, fields []device.AccField, inputs [][]device.Span, trim int, chunks []device.Chunk, out device.Output) (device.Stats, error) {
 	return g.Select(ctx, &device.SelectJob{Fields: fields, Inputs: inputs, Op: device.TrimmedMean, K: trim, Chunks: chunks, Output: out})
 }
 
-// SelectResident is Select from device-resident inputs (f32, f16, bf16 or i8 tensors) into a
+// selectResident is Select from device-resident inputs (f32, f16, bf16 or i8 tensors) into a
 // device-resident output (f32, f64, f16 or bf16 tensors), without distances. A non-finite
 // result is a *tensor.NonFiniteError.
-func (g *GPU) SelectResident(ctx context.Context, op device.SelectOp, k int, inputs []*Resident, out *Resident) (device.Stats, error) {
+func (g *GPU) selectResident(ctx context.Context, op device.SelectOp, k int, inputs []*resident, out *resident) (device.Stats, error) {
 	fields, err := residentFields(g, inputs, out)
 	if err != nil {
 		return device.Stats{}, err
@@ -367,14 +368,14 @@ func (g *GPU) SelectResident(ctx context.Context, op device.SelectOp, k int, inp
 	return stats, g.checkResidentFinite(ctx, out)
 }
 
-// MedianResident is Median from device-resident inputs into a device-resident output.
-func (g *GPU) MedianResident(ctx context.Context, inputs []*Resident, out *Resident) (device.Stats, error) {
-	return g.SelectResident(ctx, device.Median, 0, inputs, out)
+// medianResident is Median from device-resident inputs into a device-resident output.
+func (g *GPU) medianResident(ctx context.Context, inputs []*resident, out *resident) (device.Stats, error) {
+	return g.selectResident(ctx, device.Median, 0, inputs, out)
 }
 
-// TrimmedMeanResident is TrimmedMean from device-resident inputs into a device-resident output.
-func (g *GPU) TrimmedMeanResident(ctx context.Context, inputs []*Resident, trim int, out *Resident) (device.Stats, error) {
-	return g.SelectResident(ctx, device.TrimmedMean, trim, inputs, out)
+// trimmedMeanResident is TrimmedMean from device-resident inputs into a device-resident output.
+func (g *GPU) trimmedMeanResident(ctx context.Context, inputs []*resident, trim int, out *resident) (device.Stats, error) {
+	return g.selectResident(ctx, device.TrimmedMean, trim, inputs, out)
 }
 
 const (
@@ -542,27 +543,14 @@ func (o *selectOp) segment(b *batch, k int) error {
 	return nil
 }
 
-// sortNetwork is Batcher's odd-even merge sort for n wires, built for the next power of two and
-// pruned of the comparators that touch a wire >= n: the network of kernels.sortNetwork (and of
-// order.cu's register kernels), comparator by comparator in the same order, as the table
-// wa_select_net reads (low wire, high wire).
+// sortNetwork is the table wa_select_net reads: the comparators of kernels.SortNetwork(n) (the
+// network of the CPU's kernels, and of order.cu's register kernels), low wire then high wire,
+// in the same order.
 func sortNetwork(n int) []int32 {
-	var net []int32
-	p2 := 1
-	for p2 < n {
-		p2 <<= 1
-	}
-	for p := 1; p < p2; p <<= 1 {
-		for k := p; k >= 1; k >>= 1 {
-			for j := k % p; j+k < p2; j += 2 * k {
-				for i := 0; i < min(k, p2-j-k); i++ {
-					a, b := i+j, i+j+k
-					if a/(2*p) == b/(2*p) && b < n {
-						net = append(net, int32(a), int32(b))
-					}
-				}
-			}
-		}
+	comps := kernels.SortNetwork(n)
+	net := make([]int32, 0, 2*len(comps))
+	for _, c := range comps {
+		net = append(net, int32(c[0]), int32(c[1]))
 	}
 	return net
 }
@@ -652,8 +640,8 @@ func (g *GPU) ModSum(ctx context.Context, fields []device.AccField, inputs [][]d
 	return j.run(ctx)
 }
 
-// ModSumResident is ModSum from device-resident inputs into a device-resident u32 output.
-func (g *GPU) ModSumResident(ctx context.Context, inputs []*Resident, out *Resident) (device.Stats, error) {
+// modSumResident is ModSum from device-resident inputs into a device-resident u32 output.
+func (g *GPU) modSumResident(ctx context.Context, inputs []*resident, out *resident) (device.Stats, error) {
 	fields, err := residentFields(g, inputs, out)
 	if err != nil {
 		return device.Stats{}, err
@@ -702,7 +690,7 @@ func checkInputs(fields []device.AccField, inputs [][]device.Span, ok func(tenso
 	return nil
 }
 
-func checkResidentDTypes(rs []*Resident, ok func(tensor.DType) bool, what string) error {
+func checkResidentDTypes(rs []*resident, ok func(tensor.DType) bool, what string) error {
 	for i, r := range rs {
 		for _, f := range r.fields {
 			if !ok(f.DType) {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/wattagg/wattagg/device"
 	"github.com/wattagg/wattagg/device/devicetest"
+	"github.com/wattagg/wattagg/kernels"
 	"github.com/wattagg/wattagg/tensor"
 )
 
@@ -64,7 +65,7 @@ var selectOps = []struct {
 	{device.ClosestMean, func(n int) int { return (n + 1) / 2 }},
 }
 
-// SelectResident computes the host path's bits, which are the CPU device's.
+// selectResident computes the host path's bits, which are the CPU device's.
 func TestSelectResident(t *testing.T) {
 	r := rand.New(rand.NewPCG(50, 51))
 	for _, d := range gpus(t, fakePlain, fakePipeline) {
@@ -78,8 +79,8 @@ func TestSelectResident(t *testing.T) {
 						chunks, _ := device.CutChunks(fields, devicetest.Packed(fields), 4096)
 						job := device.SelectJob{Fields: fields, Inputs: in, Op: so.op, K: so.k(n), Chunks: chunks}
 						ref := cpuSelect(t, job)
-						res := newResident(t, d.g, fields, out)
-						if _, err := d.g.SelectResident(context.Background(), so.op, so.k(n), upload(t, d.g, fields, in), res); err != nil {
+						res := zeroResident(t, d.g, fields, out)
+						if _, err := d.g.selectResident(context.Background(), so.op, so.k(n), uploadAll(t, d.g, fields, in), res); err != nil {
 							t.Fatal(err)
 						}
 						got := download(t, res)
@@ -92,20 +93,20 @@ func TestSelectResident(t *testing.T) {
 				}
 			}
 			fields := robustFields(tensor.F32)[:2]
-			in := upload(t, d.g, fields, clients(r, fields, 4, tensor.F32, tensor.F64))
-			out := newResident(t, d.g, fields, tensor.F32)
-			if _, err := d.g.SelectResident(context.Background(), device.Median, 0, in, out); !errors.Is(err, device.ErrUnsupported) {
+			in := uploadAll(t, d.g, fields, clients(r, fields, 4, tensor.F32, tensor.F64))
+			out := zeroResident(t, d.g, fields, tensor.F32)
+			if _, err := d.g.selectResident(context.Background(), device.Median, 0, in, out); !errors.Is(err, device.ErrUnsupported) {
 				t.Fatalf("f64 input: err = %v, want ErrUnsupported", err)
 			}
-			in = upload(t, d.g, fields, clients(r, fields, 4, tensor.F32))
-			if _, err := d.g.TrimmedMeanResident(context.Background(), in, 2, out); !errors.Is(err, device.ErrJob) {
+			in = uploadAll(t, d.g, fields, clients(r, fields, 4, tensor.F32))
+			if _, err := d.g.trimmedMeanResident(context.Background(), in, 2, out); !errors.Is(err, device.ErrJob) {
 				t.Fatalf("trimming everything: err = %v, want ErrJob", err)
 			}
-			if _, err := d.g.SelectResident(context.Background(), device.ClosestMean, 5, in, out); !errors.Is(err, device.ErrJob) {
+			if _, err := d.g.selectResident(context.Background(), device.ClosestMean, 5, in, out); !errors.Is(err, device.ErrJob) {
 				t.Fatalf("closest mean of 5 of 4: err = %v, want ErrJob", err)
 			}
-			u32 := newResident(t, d.g, fields, tensor.U32)
-			if _, err := d.g.MedianResident(context.Background(), in, u32); !errors.Is(err, device.ErrUnsupported) {
+			u32 := zeroResident(t, d.g, fields, tensor.U32)
+			if _, err := d.g.medianResident(context.Background(), in, u32); !errors.Is(err, device.ErrUnsupported) {
 				t.Fatalf("u32 output: err = %v, want ErrUnsupported", err)
 			}
 		})
@@ -171,7 +172,7 @@ func TestSelectGlobalColumns(t *testing.T) {
 	}
 }
 
-// GramResident is Gram over device-resident inputs: the same values (f32-widened), within f64
+// gramResident is Gram over device-resident inputs: the same values (f32-widened), within f64
 // rounding of the reference; f64 residents are refused as the robust operations refuse f64.
 func TestGramResident(t *testing.T) {
 	r := rand.New(rand.NewPCG(54, 55))
@@ -189,7 +190,7 @@ func TestGramResident(t *testing.T) {
 							}
 						}
 					}
-					got, stats, err := d.g.GramResident(context.Background(), upload(t, d.g, fields, in))
+					got, stats, err := d.g.gramResident(context.Background(), uploadAll(t, d.g, fields, in))
 					if err != nil {
 						t.Fatal(err)
 					}
@@ -211,7 +212,7 @@ func TestGramResident(t *testing.T) {
 				})
 			}
 			fields := robustFields(tensor.F32)[:2]
-			if _, _, err := d.g.GramResident(context.Background(), upload(t, d.g, fields, clients(r, fields, 2, tensor.F64))); !errors.Is(err, device.ErrUnsupported) {
+			if _, _, err := d.g.gramResident(context.Background(), uploadAll(t, d.g, fields, clients(r, fields, 2, tensor.F64))); !errors.Is(err, device.ErrUnsupported) {
 				t.Fatalf("f64 residents: err = %v, want ErrUnsupported", err)
 			}
 		})
@@ -348,11 +349,11 @@ func TestOptimizePinned(t *testing.T) {
 			n := 300001
 			buf := make([][]float32, 4)
 			for k := range buf {
-				p, err := d.g.AllocPinned(4 * n)
+				p, err := d.g.allocPinned(4 * n)
 				if err != nil {
 					t.Fatal(err)
 				}
-				defer d.g.FreePinned(p)
+				defer d.g.freePinned(p)
 				buf[k] = f32View(p)
 				for j := range buf[k] {
 					buf[k][j] = float32(r.NormFloat64())
@@ -375,5 +376,34 @@ func TestOptimizePinned(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// The table wa_select_net reads is kernels.SortNetwork's comparators, and it sorts: every input
+// of zeros and ones (the 0-1 principle) comes out ascending.
+func TestSortNetworkTable(t *testing.T) {
+	for n := 1; n <= 17; n++ {
+		net, comps := sortNetwork(n), kernels.SortNetwork(n)
+		if len(net) != 2*len(comps) {
+			t.Fatalf("n=%d: %d table entries for %d comparators", n, len(net), len(comps))
+		}
+		for q, c := range comps {
+			if int(net[2*q]) != c[0] || int(net[2*q+1]) != c[1] || c[0] >= c[1] || c[1] >= n {
+				t.Fatalf("n=%d: comparator %d is (%d, %d) in the table, %v in kernels", n, q, net[2*q], net[2*q+1], c)
+			}
+		}
+		v := make([]int, n)
+		for bits := range 1 << n {
+			for i := range v {
+				v[i] = bits >> i & 1
+			}
+			for q := 0; q < len(net); q += 2 {
+				a, b := net[q], net[q+1]
+				v[a], v[b] = min(v[a], v[b]), max(v[a], v[b])
+			}
+			if !slices.IsSorted(v) {
+				t.Fatalf("n=%d: input %b comes out %v", n, bits, v)
+			}
+		}
 	}
 }

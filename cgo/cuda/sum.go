@@ -30,11 +30,11 @@ func (g *GPU) WeightedSum(ctx context.Context, sj *device.SumJob) (device.Stats,
 	return j.run(ctx)
 }
 
-// WeightedSumResident is WeightedSum over device-resident inputs into a device-resident output:
+// weightedSumResident is WeightedSum over device-resident inputs into a device-resident output:
 // out = Σ_i weights[i]·scale·inputs[i], tensor by tensor, accumulated in fields[t].Acc and
 // written in out's dtype (which must be fields[t].Out). fields gives the accumulator dtypes; its
 // lengths must match the residents'. A NaN or Inf in the output is a *tensor.NonFiniteError.
-func (g *GPU) WeightedSumResident(ctx context.Context, fields []device.AccField, inputs []*Resident, weights []float64, scale float64, out *Resident) (device.Stats, error) {
+func (g *GPU) weightedSumResident(ctx context.Context, fields []device.AccField, inputs []*resident, weights []float64, scale float64, out *resident) (device.Stats, error) {
 	if len(inputs) != len(weights) {
 		return device.Stats{}, fmt.Errorf("%w: %d inputs, %d weights", device.ErrJob, len(inputs), len(weights))
 	}
@@ -91,7 +91,7 @@ func supports(t int, f device.AccField, inputs [][]device.Span) error {
 	return nil
 }
 
-func supportsResident(t int, f device.AccField, inputs []*Resident) error {
+func supportsResident(t int, f device.AccField, inputs []*resident) error {
 	spans := make([][]device.Span, len(inputs))
 	for i, r := range inputs {
 		spans[i] = make([]device.Span, t+1)
@@ -244,7 +244,7 @@ func (o storeOp) segment(b *batch, k int) error {
 type gpuAccumulator struct {
 	g      *GPU
 	fields []device.AccField
-	sum    *Resident // one tensor per field, in its accumulator dtype
+	sum    *resident // one tensor per field, in its accumulator dtype
 	err    error     // a failed Reset, reported by the next call
 }
 
@@ -252,7 +252,7 @@ type gpuAccumulator struct {
 // to the GPU and accumulates it there (the same operations as the CPU's); Emit converts on the GPU
 // and copies the chunks back.
 func (g *GPU) NewAccumulator(fields []device.AccField) (device.Accumulator, error) {
-	rf := make([]ResidentField, len(fields))
+	rf := make([]residentField, len(fields))
 	for t, f := range fields {
 		if err := supports(t, f, nil); err != nil {
 			return nil, err
@@ -260,9 +260,9 @@ func (g *GPU) NewAccumulator(fields []device.AccField) (device.Accumulator, erro
 		if f.Len < 0 {
 			return nil, fmt.Errorf("%w: field %q: %d elements", device.ErrJob, f.Name, f.Len)
 		}
-		rf[t] = ResidentField{Name: f.Name, DType: f.Acc, Shape: []int{f.Len}}
+		rf[t] = residentField{Name: f.Name, DType: f.Acc, Shape: []int{f.Len}}
 	}
-	sum, err := g.NewResident(rf)
+	sum, err := g.newResident(rf)
 	if err != nil {
 		return nil, err
 	}
@@ -296,7 +296,7 @@ func (a *gpuAccumulator) Emit(ctx context.Context, scale float64, chunks []devic
 	if err := (&device.SumJob{Fields: a.fields, Chunks: chunks}).Validate(); err != nil {
 		return device.Stats{}, err
 	}
-	j := &job{g: a.g, fields: a.fields, src: source{res: []*Resident{a.sum}}, op: storeOp{fields: a.fields, scale: scale},
+	j := &job{g: a.g, fields: a.fields, src: source{res: []*resident{a.sum}}, op: storeOp{fields: a.fields, scale: scale},
 		out: output{chunks: chunks, out: out, check: true}}
 	return j.run(ctx)
 }
@@ -309,4 +309,4 @@ func (a *gpuAccumulator) Reset() {
 }
 
 // Close implements device.Accumulator.
-func (a *gpuAccumulator) Close() error { return a.sum.Close() }
+func (a *gpuAccumulator) Close() error { return a.sum.free() }

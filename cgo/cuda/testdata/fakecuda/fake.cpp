@@ -15,7 +15,12 @@
 //     its host build; the PTX's .target must not be newer than the device;
 //   - kernels run on the stream's worker thread: the real kernel sources, compiled as C++ under
 //     sim.h; a block runs as fibers that switch at __syncthreads (a barrier that not every
-//     thread of the block reaches is a launch failure).
+//     thread of the block reaches is a launch failure);
+//   - the kernels are compiled with -fsanitize=alignment, and this file handles the sanitizer's
+//     reports: a kernel that loads or stores through a misaligned pointer (an 8-byte parameter
+//     table at an address that is only 2-aligned, a float4 load from a 4-aligned address) fails
+//     its launch with CUDA_ERROR_MISALIGNED_ADDRESS, sticky as on a real GPU, where x86 would
+//     have done the access silently.
 //
 // Configuration (read by cuInit): FAKECUDA_DEVICES (1), FAKECUDA_CC (90), FAKECUDA_SMS (4),
 // FAKECUDA_MEM_MIB (1024), FAKECUDA_SMEM_OPTIN (101376), FAKECUDA_DELAY_US (0), and
@@ -62,6 +67,7 @@ enum {
 	INVALID_PTX = 218,
 	INVALID_HANDLE = 400,
 	NOT_FOUND = 500,
+	MISALIGNED_ADDRESS = 716,
 	LAUNCH_FAILED = 719,
 	NOT_SUPPORTED = 801,
 };
@@ -92,6 +98,8 @@ struct Sched {
 	std::function<void()> body;
 	std::vector<char> dyn;
 	std::string error;
+	CUresult code = 0;     // the launch's error: LAUNCH_FAILED unless a handler says otherwise
+	bool inKernel = false; // this thread is running a kernel's blocks
 };
 thread_local Sched sched;
 const size_t stackBytes = 256 << 10;
@@ -172,6 +180,55 @@ void __syncthreads() {
 
 void *wa_sim_dyn_shared() { return sched.dyn.data(); }
 
+// ---- misaligned accesses -------------------------------------------------------------------
+
+// The library is compiled with -fsanitize=alignment and linked without the sanitizer's runtime:
+// these are its report functions (the ABI of GCC's and Clang's UBSan, type_mismatch_v1), hidden
+// so that the calls bind to them. A GPU faults on a load or store that is not aligned to its
+// size; x86 performs it. A report from a kernel fails its launch as the GPU would; one from
+// this file's own code is a bug of the fake and aborts.
+namespace {
+struct UbsanLocation {
+	const char *file;
+	unsigned line, column;
+};
+struct UbsanType {
+	unsigned short kind, info;
+	char name[1];
+};
+struct UbsanTypeMismatch {
+	UbsanLocation loc;
+	const UbsanType *type;
+	unsigned char logAlignment;
+	unsigned char checkKind;
+};
+
+void misaligned(UbsanTypeMismatch *d, uintptr_t p) {
+	char msg[512];
+	const char *file = d->loc.file ? d->loc.file : "?";
+	if (const char *slash = strrchr(file, '/')) file = slash + 1;
+	snprintf(msg, sizeof msg, "misaligned address %#lx for %s (%u-byte aligned) at %s:%u", (unsigned long)p,
+		 d->type ? d->type->name : "a value", 1u << d->logAlignment, file, d->loc.line);
+	if (!sched.inKernel) {
+		fprintf(stderr, "fakecuda: %s outside a kernel\n", msg);
+		abort();
+	}
+	if (sched.error.empty()) {
+		sched.error = msg;
+		sched.code = MISALIGNED_ADDRESS;
+	}
+}
+} // namespace
+
+extern "C" __attribute__((visibility("hidden"))) void __ubsan_handle_type_mismatch_v1(UbsanTypeMismatch *d, uintptr_t p) {
+	misaligned(d, p);
+}
+extern "C" __attribute__((visibility("hidden"))) void __ubsan_handle_type_mismatch_v1_abort(UbsanTypeMismatch *d,
+											   uintptr_t p) {
+	misaligned(d, p);
+	abort();
+}
+
 // ---- kernel registry ---------------------------------------------------------------------
 
 namespace {
@@ -223,7 +280,7 @@ bool initialised;
 struct Ctx {
 	int dev;
 	int refs;
-	bool sticky; // a launch failed: every later call fails
+	CUresult sticky; // a launch failed (its error): every later call fails with it
 };
 std::mutex mu; // guards everything below
 std::map<int, Ctx *> primary;
@@ -342,8 +399,7 @@ CUresult bound(const char *call) {
 		fail(call, "no current context on this thread");
 		return INVALID_CONTEXT;
 	}
-	if (current->sticky) return LAUNCH_FAILED;
-	return OK;
+	return current->sticky;
 }
 
 Stream *stream(void *s, const char *call) {
@@ -452,7 +508,7 @@ API CUresult cuDevicePrimaryCtxRetain(void **ctx, int dev) {
 	if (dev < 0 || dev >= cfg.devices) return INVALID_DEVICE;
 	std::lock_guard<std::mutex> l(mu);
 	Ctx *&c = primary[dev];
-	if (!c) c = new Ctx{dev, 0, false};
+	if (!c) c = new Ctx{dev, 0, OK};
 	c->refs++;
 	*ctx = c;
 	return OK;
@@ -477,7 +533,7 @@ API CUresult cuDevicePrimaryCtxRelease_v2(int dev) {
 			}
 		}
 		if (leaked) fail("cuDevicePrimaryCtxRelease", std::to_string(leaked) + " device allocations leaked");
-		it->second->sticky = false;
+		it->second->sticky = OK;
 	}
 	return OK;
 }
@@ -529,7 +585,7 @@ API CUresult cuMemFree_v2(CUdeviceptr p) {
 	dmem.erase(it);
 	if (!ok) {
 		fail("cuMemFree", "a kernel wrote outside this allocation");
-		current->sticky = true;
+		current->sticky = LAUNCH_FAILED;
 		return LAUNCH_FAILED;
 	}
 	return OK;
@@ -593,7 +649,7 @@ API CUresult cuStreamSynchronize(void *s) {
 	}
 	st->drain();
 	std::lock_guard<std::mutex> l(mu);
-	return st->ctx->sticky ? LAUNCH_FAILED : OK;
+	return st->ctx->sticky;
 }
 
 API CUresult cuEventCreate(void **e, unsigned flags) {
@@ -648,7 +704,7 @@ API CUresult cuEventSynchronize(void *e) {
 		ev->cv.wait(el, [&] { return ev->completed >= want; });
 	}
 	std::lock_guard<std::mutex> l(mu);
-	return c->sticky ? LAUNCH_FAILED : OK;
+	return c->sticky;
 }
 
 API CUresult cuStreamWaitEvent(void *s, void *e, unsigned flags) {
@@ -811,6 +867,8 @@ API CUresult cuLaunchKernel(void *f, unsigned gx, unsigned gy, unsigned gz, unsi
 		int n = bx * by * bz;
 		sched.body = [&] { e->call(e->fn, args.data()); };
 		sched.error.clear();
+		sched.code = LAUNCH_FAILED;
+		sched.inKernel = true;
 		sched.barrier = false;
 		sched.dyn.assign(shmem, (char)0xA5);
 		// The first block runs as fibers; later ones too if it reached a barrier, else
@@ -823,10 +881,11 @@ API CUresult cuLaunchKernel(void *f, unsigned gx, unsigned gy, unsigned gz, unsi
 					runBlock(n, first || sched.barrier);
 					first = false;
 				}
+		sched.inKernel = false;
 		if (!sched.error.empty()) {
 			fail("kernel", std::string(e->name) + ": " + sched.error);
 			std::lock_guard<std::mutex> l2(mu);
-			ctx->sticky = true;
+			if (!ctx->sticky) ctx->sticky = sched.code;
 		}
 	});
 	return OK;
@@ -845,6 +904,7 @@ API CUresult cuGetErrorName(CUresult r, const char **s) {
 	case INVALID_PTX: *s = "CUDA_ERROR_INVALID_PTX"; break;
 	case INVALID_HANDLE: *s = "CUDA_ERROR_INVALID_HANDLE"; break;
 	case NOT_FOUND: *s = "CUDA_ERROR_NOT_FOUND"; break;
+	case MISALIGNED_ADDRESS: *s = "CUDA_ERROR_MISALIGNED_ADDRESS"; break;
 	case LAUNCH_FAILED: *s = "CUDA_ERROR_LAUNCH_FAILED"; break;
 	case NOT_SUPPORTED: *s = "CUDA_ERROR_NOT_SUPPORTED"; break;
 	default: *s = nullptr; return INVALID_VALUE;
@@ -865,6 +925,7 @@ API CUresult cuGetErrorString(CUresult r, const char **s) {
 	case INVALID_PTX: *s = "a PTX JIT compilation failed"; break;
 	case INVALID_HANDLE: *s = "invalid resource handle"; break;
 	case NOT_FOUND: *s = "named symbol not found"; break;
+	case MISALIGNED_ADDRESS: *s = "misaligned address"; break;
 	case LAUNCH_FAILED: *s = "unspecified launch failure"; break;
 	case NOT_SUPPORTED: *s = "operation not supported"; break;
 	default: *s = nullptr; return INVALID_VALUE;
