@@ -1,0 +1,327 @@
+package arrowio
+
+import (
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/apache/arrow-go/v18/arrow"
+	"github.com/apache/arrow-go/v18/arrow/array"
+	"github.com/apache/arrow-go/v18/arrow/ipc"
+
+	"github.com/wattagg/wattagg/tensor"
+)
+
+// Chunk is a run of consecutive elements of one tensor.
+type Chunk struct {
+	// Tensor is the index of the tensor in the layout.
+	Tensor int
+	// Offset is the element offset of the first element in the tensor (row-major order).
+	Offset int64
+	// Data holds the chunk's elements as raw little-endian bytes, a whole number of them. A
+	// reader's Data views its current batch: it is valid until the next call to Next or Close,
+	// and may start at any address.
+	Data []byte
+}
+
+// StreamReader decodes an update chunk by chunk as its record batches arrive, checking each
+// chunk against the layout before handing it out. Its memory is one record batch (body buffers
+// are reused from batch to batch), whatever the size of the update.
+//
+// A StreamReader is not safe for concurrent use.
+type StreamReader struct {
+	o     *options
+	src   source
+	rd    *ipc.Reader
+	hdr   Header
+	cols  columns
+	names map[string]int
+	esize []int64 // element size per tensor
+	numel []int64 // elements per tensor
+	next  []int64 // elements received per tensor
+
+	batch int // index of the current batch (from 0)
+	row   int // next row of the current batch
+	rows  int
+	name  func(i int) (string, bool) // tensor name of row i; false if null
+	dict  []int                      // tensor column dictionary: dictionary index -> tensor or -1
+	offs  []int64
+	data  interface{ Value(int) []byte }
+
+	err error // sticky: io.EOF at the end
+}
+
+// NewStreamReader reads the schema message of an IPC stream from r and checks it: the columns,
+// the layout and the limits. Header is then known; no batch has been read.
+//
+// The stream is read as it is: wrap a network connection in nothing (bodies are read straight
+// into reused buffers). Errors wrap ErrFormat, ErrSchema, ErrLimit (tensor.ErrDType,
+// tensor.ErrShape for the layout) or the reader's own error.
+func NewStreamReader(r io.Reader, opts ...Option) (*StreamReader, error) {
+	o, err := newOptions("arrow stream", opts)
+	if err != nil {
+		return nil, err
+	}
+	if o.maxTotal == 0 {
+		o.maxTotal = DefaultMaxTotalBytes
+	}
+	return newReader(newStreamSource(r, o), o)
+}
+
+func newReader(src source, o *options) (*StreamReader, error) {
+	rd, err := ipc.NewReaderFromMessageReader(src, ipc.WithAllocator(o.mem), ipc.WithEnsureNativeEndian(false))
+	if err != nil { // the reader has released src
+		return nil, arrowError(src, o, err)
+	}
+	r := &StreamReader{o: o, src: src, rd: rd}
+	if r.cols, r.hdr, err = readSchema(rd.Schema(), o); err != nil {
+		rd.Release()
+		return nil, fmt.Errorf("%s: %w", o.source, err)
+	}
+	n := len(r.hdr.Layout)
+	r.names = make(map[string]int, n)
+	r.esize, r.numel, r.next = make([]int64, n), make([]int64, n), make([]int64, n)
+	for i, f := range r.hdr.Layout {
+		r.names[f.Name] = i
+		r.esize[i] = int64(f.DType.Size())
+		r.numel[i], _ = elements(f.Shape) // readSchema checked the shape
+	}
+	return r, nil
+}
+
+// arrowError reports a failure of the Arrow reader: the source's own error if it raised one
+// (already naming the source), else Arrow's, on one line.
+func arrowError(src source, o *options, err error) error {
+	if e := src.failure(); e != nil {
+		return e
+	}
+	return fmt.Errorf("%s: %w: %s", o.source, ErrFormat, strings.ReplaceAll(err.Error(), "\n", " "))
+}
+
+// Header returns the layout, scales and metadata of the update. They belong to the reader: do
+// not modify them.
+func (r *StreamReader) Header() Header { return r.hdr }
+
+// Layout is Header().Layout.
+func (r *StreamReader) Layout() tensor.Layout { return r.hdr.Layout }
+
+// Metadata is Header().Metadata.
+func (r *StreamReader) Metadata() map[string]string { return r.hdr.Metadata }
+
+// Next returns the next chunk. Each chunk belongs to a tensor of the layout, starts where the
+// previous chunk of that tensor ended (the first at element 0), holds a whole number of
+// elements and does not run past the tensor; empty chunks are skipped. At the end of the
+// stream Next checks that every tensor was covered and returns io.EOF.
+//
+// Errors wrap ErrChunk, ErrIncomplete, ErrFormat, ErrLimit or the underlying reader's error,
+// and are final: every later call returns the same error.
+func (r *StreamReader) Next() (Chunk, error) {
+	if r.err != nil {
+		return Chunk{}, r.err
+	}
+	for {
+		if r.row < r.rows {
+			c, err := r.chunk(r.row)
+			r.row++
+			if err != nil {
+				return Chunk{}, r.fail(err)
+			}
+			if len(c.Data) == 0 {
+				continue
+			}
+			return c, nil
+		}
+		if err := r.nextBatch(); err != nil {
+			return Chunk{}, r.fail(err)
+		}
+	}
+}
+
+// fail makes err final and releases the Arrow reader and its buffers.
+func (r *StreamReader) fail(err error) error {
+	r.err = err
+	r.release()
+	return err
+}
+
+// Close releases the reader's buffers. A chunk's Data is invalid afterwards. It does not close
+// the underlying io.Reader.
+func (r *StreamReader) Close() error {
+	if r.err == nil {
+		r.err = fmt.Errorf("%s: %w", r.o.source, tensor.ErrClosed)
+	}
+	r.release()
+	return nil
+}
+
+func (r *StreamReader) release() {
+	r.name, r.data, r.offs, r.dict = nil, nil, nil, nil
+	r.rows = 0
+	if r.rd != nil {
+		r.rd.Release()
+		r.rd = nil
+	}
+}
+
+// nextBatch moves to the next record batch; at the end of the stream it checks completeness
+// and returns io.EOF.
+func (r *StreamReader) nextBatch() (err error) {
+	r.name, r.data, r.offs = nil, nil, nil
+	r.rows, r.row = 0, 0
+	if r.rd.Next() {
+		r.batch++
+		return r.load(r.rd.RecordBatch())
+	}
+	if err := r.rd.Err(); err != nil || r.src.failure() != nil {
+		if err == nil {
+			err = r.src.failure()
+		}
+		return arrowError(r.src, r.o, err)
+	}
+	for i, f := range r.hdr.Layout {
+		if r.next[i] != r.numel[i] {
+			return fmt.Errorf("%s: %w: tensor %s has %d of its %d elements", r.o.source, ErrIncomplete, quote(f.Name), r.next[i], r.numel[i])
+		}
+	}
+	return io.EOF
+}
+
+// load checks the columns of a batch: no nulls, valid offsets, and sets up the row accessors.
+// Arrow does not validate what it decodes, so a malformed batch may make an accessor panic;
+// that panic is an ErrFormat error here.
+func (r *StreamReader) load(rec arrow.RecordBatch) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = r.batchError(ErrFormat, fmt.Sprintf("malformed batch: %v", p))
+		}
+	}()
+	rows := int(rec.NumRows())
+	for i, col := range rec.Columns() {
+		if col.Len() != rows {
+			return r.batchError(ErrFormat, fmt.Sprintf("column %q has %d rows, want %d", rec.ColumnName(i), col.Len(), rows))
+		}
+		if col.NullN() != 0 {
+			return r.batchError(ErrChunk, fmt.Sprintf("column %q has %d nulls", rec.ColumnName(i), col.NullN()))
+		}
+	}
+	switch c := rec.Column(r.cols.tensor).(type) {
+	case *array.String:
+		if err := c.ValidateFull(); err != nil {
+			return r.batchError(ErrFormat, err.Error())
+		}
+		r.name = func(i int) (string, bool) { return c.Value(i), true }
+	case *array.LargeString:
+		if err := c.ValidateFull(); err != nil {
+			return r.batchError(ErrFormat, err.Error())
+		}
+		r.name = func(i int) (string, bool) { return c.Value(i), true }
+	case *array.Dictionary:
+		if err := r.loadDict(c); err != nil {
+			return err
+		}
+	default:
+		return r.batchError(ErrFormat, fmt.Sprintf("tensor column decoded as %T", c))
+	}
+	offs, ok := rec.Column(r.cols.offset).(*array.Int64)
+	if !ok || len(offs.Int64Values()) != rows {
+		return r.batchError(ErrFormat, "offset column is not an int64 array of the batch's length")
+	}
+	r.offs = offs.Int64Values()
+	switch c := rec.Column(r.cols.data).(type) {
+	case *array.Binary:
+		if err := c.ValidateFull(); err != nil {
+			return r.batchError(ErrFormat, err.Error())
+		}
+		r.data = c
+	case *array.LargeBinary:
+		if err := c.ValidateFull(); err != nil {
+			return r.batchError(ErrFormat, err.Error())
+		}
+		r.data = c
+	default:
+		return r.batchError(ErrFormat, fmt.Sprintf("data column decoded as %T", c))
+	}
+	r.rows = rows
+	return nil
+}
+
+// loadDict maps the dictionary of a dictionary-encoded tensor column to tensor indices once
+// per batch, so that rows cost an index lookup.
+func (r *StreamReader) loadDict(c *array.Dictionary) error {
+	var value func(int) string
+	switch d := c.Dictionary().(type) {
+	case *array.String:
+		if err := d.ValidateFull(); err != nil {
+			return r.batchError(ErrFormat, "tensor dictionary: "+err.Error())
+		}
+		value = d.Value
+	case *array.LargeString:
+		if err := d.ValidateFull(); err != nil {
+			return r.batchError(ErrFormat, "tensor dictionary: "+err.Error())
+		}
+		value = d.Value
+	default:
+		return r.batchError(ErrFormat, fmt.Sprintf("tensor dictionary decoded as %T", d))
+	}
+	dict := c.Dictionary()
+	if len(r.dict) < dict.Len() {
+		r.dict = make([]int, dict.Len())
+	}
+	r.dict = r.dict[:dict.Len()]
+	for k := range r.dict {
+		r.dict[k] = -1
+		if dict.IsValid(k) {
+			if t, ok := r.names[value(k)]; ok {
+				r.dict[k] = t
+			}
+		}
+	}
+	r.name = func(i int) (string, bool) {
+		k := c.GetValueIndex(i)
+		if k < 0 || k >= len(r.dict) {
+			return fmt.Sprintf("<dictionary index %d of %d>", k, len(r.dict)), false
+		}
+		if !dict.IsValid(k) {
+			return "<null>", false
+		}
+		return value(k), true
+	}
+	return nil
+}
+
+func (r *StreamReader) batchError(sentinel error, msg string) error {
+	return fmt.Errorf("%s: %w: batch %d: %s", r.o.source, sentinel, r.batch, msg)
+}
+
+// chunk decodes and checks row i of the current batch.
+func (r *StreamReader) chunk(i int) (c Chunk, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = r.batchError(ErrFormat, fmt.Sprintf("row %d: malformed batch: %v", i, p))
+		}
+	}()
+	name, ok := r.name(i)
+	t, known := r.names[name]
+	if !ok || !known {
+		return c, fmt.Errorf("%s: %w: batch %d, row %d: tensor %s is not in the layout", r.o.source, ErrChunk, r.batch, i, quote(name))
+	}
+	off, d := r.offs[i], r.data.Value(i)
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("%s: %w: tensor %s at element %d (batch %d, row %d): %s",
+			r.o.source, ErrChunk, quote(name), off, r.batch, i, fmt.Sprintf(format, args...))
+	}
+	size, have, numel := r.esize[t], r.next[t], r.numel[t]
+	n := int64(len(d)) / size
+	switch {
+	case int64(len(d))%size != 0:
+		return c, bad("%d bytes are not a whole number of %d-byte %s elements", len(d), size, r.hdr.Layout[t].DType)
+	case off < have:
+		return c, bad("overlaps elements %d..%d, already received", off, min(have, off+n)-1)
+	case off > have:
+		return c, bad("gap: elements %d..%d were not sent", have, off-1)
+	case n > numel-have:
+		return c, bad("%d elements run past the end of the tensor's %d", n, numel)
+	}
+	r.next[t] += n
+	return Chunk{Tensor: t, Offset: off, Data: d}, nil
+}

@@ -1,0 +1,150 @@
+package arrowio
+
+import (
+	"fmt"
+	"sort"
+	"unicode/utf8"
+
+	"github.com/apache/arrow-go/v18/arrow"
+	"github.com/apache/arrow-go/v18/arrow/endian"
+)
+
+// The columns of the chunk schema: one row per chunk of a tensor.
+const (
+	// ColTensor names the tensor of the chunk: utf8 or large_utf8, or a dictionary of either.
+	ColTensor = "tensor"
+	// ColOffset is the element offset of the chunk in its tensor: int64.
+	ColOffset = "offset"
+	// ColData holds the chunk's raw little-endian element bytes: binary or large_binary.
+	ColData = "data"
+)
+
+// tensorKind says how the tensor column is encoded.
+type tensorKind uint8
+
+const (
+	tensorUTF8 tensorKind = iota
+	tensorLargeUTF8
+	tensorDict
+)
+
+// columns are the positions of the three columns in a schema and the tensor column's kind.
+type columns struct {
+	tensor, offset, data int
+	kind                 tensorKind
+}
+
+// writeSchema is the schema a Writer produces for h (checked): non-null utf8, int64 and
+// large_binary columns (large_binary so that a whole tensor of more than 2 GiB is one chunk of
+// a file), the layout JSON and then h's metadata in key order.
+func writeSchema(h Header) *arrow.Schema {
+	keys := make([]string, 0, len(h.Metadata)+1)
+	for k := range h.Metadata {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	vals := make([]string, 0, len(keys)+1)
+	for _, k := range keys {
+		vals = append(vals, h.Metadata[k])
+	}
+	keys = append([]string{LayoutKey}, keys...)
+	vals = append([]string{encodeLayout(h)}, vals...)
+	md := arrow.NewMetadata(keys, vals)
+	return arrow.NewSchema([]arrow.Field{
+		{Name: ColTensor, Type: arrow.BinaryTypes.String},
+		{Name: ColOffset, Type: arrow.PrimitiveTypes.Int64},
+		{Name: ColData, Type: arrow.BinaryTypes.LargeBinary},
+	}, &md)
+}
+
+// readSchema checks that s is the chunk schema and decodes the header its metadata carries.
+// The columns may come in any order and be nullable (pyarrow's default); nulls in the data
+// are refused batch by batch.
+func readSchema(s *arrow.Schema, o *options) (columns, Header, error) {
+	c := columns{tensor: -1, offset: -1, data: -1}
+	var h Header
+	if s.Endianness() != endian.LittleEndian {
+		return c, h, fmt.Errorf("%w: the schema is big-endian; tensor data is little-endian", ErrSchema)
+	}
+	for i, f := range s.Fields() {
+		var pos *int
+		switch f.Name {
+		case ColTensor:
+			pos = &c.tensor
+			kind, ok := tensorColumnKind(f.Type)
+			if !ok {
+				return c, h, fmt.Errorf("%w: column %q is %s, want utf8, large_utf8 or a dictionary of them", ErrSchema, f.Name, f.Type)
+			}
+			c.kind = kind
+		case ColOffset:
+			pos = &c.offset
+			if f.Type.ID() != arrow.INT64 {
+				return c, h, fmt.Errorf("%w: column %q is %s, want int64", ErrSchema, f.Name, f.Type)
+			}
+		case ColData:
+			pos = &c.data
+			if id := f.Type.ID(); id != arrow.BINARY && id != arrow.LARGE_BINARY {
+				return c, h, fmt.Errorf("%w: column %q is %s, want binary or large_binary", ErrSchema, f.Name, f.Type)
+			}
+		default:
+			return c, h, fmt.Errorf("%w: unexpected column %s (want %s, %s, %s)", ErrSchema, quote(f.Name), ColTensor, ColOffset, ColData)
+		}
+		if *pos >= 0 {
+			return c, h, fmt.Errorf("%w: duplicate column %q", ErrSchema, f.Name)
+		}
+		*pos = i
+	}
+	for _, p := range []struct {
+		pos  int
+		name string
+	}{{c.tensor, ColTensor}, {c.offset, ColOffset}, {c.data, ColData}} {
+		if p.pos < 0 {
+			return c, h, fmt.Errorf("%w: no column %q", ErrSchema, p.name)
+		}
+	}
+
+	md := s.Metadata()
+	keys, vals := md.Keys(), md.Values()
+	h.Metadata = make(map[string]string, len(keys))
+	layout, found := "", false
+	for i, k := range keys {
+		if !utf8.ValidString(k) || !utf8.ValidString(vals[i]) {
+			return c, h, fmt.Errorf("%w: metadata %s is not valid UTF-8", ErrSchema, quote(k))
+		}
+		_, dup := h.Metadata[k]
+		if dup || (k == LayoutKey && found) {
+			return c, h, fmt.Errorf("%w: duplicate metadata key %s", ErrSchema, quote(k))
+		}
+		if k == LayoutKey {
+			layout, found = vals[i], true
+			continue
+		}
+		h.Metadata[k] = vals[i]
+	}
+	if !found {
+		return c, h, fmt.Errorf("%w: no %q in the schema metadata: the layout must come before the data", ErrSchema, LayoutKey)
+	}
+	var err error
+	if h.Layout, h.Scales, err = parseLayout(layout, o.maxTensors); err != nil {
+		return c, h, err
+	}
+	if n := h.DataBytes(); n > o.maxTotal {
+		return c, h, fmt.Errorf("%w: the layout declares %d bytes of tensor data, more than the limit of %d", ErrLimit, n, o.maxTotal)
+	}
+	return c, h, nil
+}
+
+func tensorColumnKind(t arrow.DataType) (tensorKind, bool) {
+	switch t.ID() {
+	case arrow.STRING:
+		return tensorUTF8, true
+	case arrow.LARGE_STRING:
+		return tensorLargeUTF8, true
+	case arrow.DICTIONARY:
+		d := t.(*arrow.DictionaryType)
+		if id := d.ValueType.ID(); id == arrow.STRING || id == arrow.LARGE_STRING {
+			return tensorDict, true
+		}
+	}
+	return 0, false
+}
