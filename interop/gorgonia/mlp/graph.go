@@ -2,6 +2,7 @@ package mlp
 
 import (
 	"fmt"
+	"sync"
 
 	G "gorgonia.org/gorgonia"
 	gt "gorgonia.org/tensor"
@@ -9,6 +10,13 @@ import (
 	gorgoniaio "github.com/wattagg/wattagg/interop/gorgonia"
 	"github.com/wattagg/wattagg/tensor"
 )
+
+// graphMu serialises building and compiling gorgonia graphs. gorgonia v0.9.18 keeps
+// package-level state while it builds one (a group counter that Rectify increments, constant
+// nodes shared by every graph) that is not safe for concurrent use: the race detector sees
+// two Predict calls collide there. Compiled machines run concurrently; only construction,
+// tens of microseconds per graph, waits.
+var graphMu sync.Mutex
 
 // net is the model as a gorgonia expression graph over a batch of fixed size: training and
 // inference build the same forward pass, so what is trained is what is served.

@@ -74,11 +74,16 @@ func (m *Model) Predict(x []float32) (logits []float32, classes []int, err error
 		}
 	}
 	n := len(x) / Inputs
+	graphMu.Lock()
 	nt, err := newNet(m.p, n, x)
+	var vm G.VM
+	if err == nil {
+		vm = G.NewTapeMachine(nt.g)
+	}
+	graphMu.Unlock()
 	if err != nil {
 		return nil, nil, err
 	}
-	vm := G.NewTapeMachine(nt.g)
 	defer vm.Close()
 	if err := vm.RunAll(); err != nil {
 		return nil, nil, fmt.Errorf("mlp: forward pass: %w", err)

@@ -152,6 +152,8 @@ type trainer struct {
 }
 
 func newTrainer(p *params, batch int, c config) (*trainer, error) {
+	graphMu.Lock()
+	defer graphMu.Unlock()
 	tr := &trainer{xs: make([]float32, batch*Inputs), ts: make([]float32, batch*Outputs)}
 	n, err := newNet(p, batch, tr.xs)
 	if err != nil {
