@@ -256,6 +256,9 @@ func parseEntry(dec *json.Decoder, i int) (tensor.Field, float32, error) {
 		seen[key] = true
 		var raw json.RawMessage
 		if err := dec.Decode(&raw); err != nil {
+			if err == io.EOF || errors.Is(err, io.ErrUnexpectedEOF) {
+				return f, 0, bad("the JSON ends early")
+			}
 			return f, 0, bad(err.Error())
 		}
 		switch key {

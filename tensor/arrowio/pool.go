@@ -16,9 +16,9 @@ import (
 // It is the memory.Allocator of the body buffers (memory.NewBufferWithAllocator), so a body
 // comes back through Free when Arrow releases its last reference, whoever held it.
 type slabPool struct {
-	mem   memory.Allocator
-	mu    sync.Mutex
-	spare []byte            // a whole slab, as mem allocated it
+	mem    memory.Allocator
+	mu     sync.Mutex
+	spare  []byte           // a whole slab, as mem allocated it
 	lent   map[*byte][]byte // first byte of a lent body -> its whole slab
 	closed bool
 }

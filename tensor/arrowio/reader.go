@@ -40,7 +40,7 @@ type StreamReader struct {
 	numel []int64 // elements per tensor
 	next  []int64 // elements received per tensor
 
-	batch int // index of the current batch (from 0)
+	batch int // batches read: the current one's number, counted from 1
 	row   int // next row of the current batch
 	rows  int
 	name  func(i int) (string, bool) // tensor name of row i; false if null
@@ -313,6 +313,8 @@ func (r *StreamReader) chunk(i int) (c Chunk, err error) {
 	size, have, numel := r.esize[t], r.next[t], r.numel[t]
 	n := int64(len(d)) / size
 	switch {
+	case off < 0:
+		return c, bad("negative offset")
 	case int64(len(d))%size != 0:
 		return c, bad("%d bytes are not a whole number of %d-byte %s elements", len(d), size, r.hdr.Layout[t].DType)
 	case off < have:

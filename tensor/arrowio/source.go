@@ -33,6 +33,7 @@ type streamSource struct {
 	msg       *ipc.Message
 	refs      atomic.Int64
 	read      int64 // bytes consumed
+	messages  int
 	dictBytes int64
 	err       error // sticky; io.EOF after the end
 	prefix    [4]byte
@@ -75,10 +76,14 @@ func (s *streamSource) Message() (*ipc.Message, error) {
 		return nil, s.err
 	}
 	msg, err := s.next()
+	if err == io.EOF && s.messages == 0 {
+		err = fmt.Errorf("%s: %w: the stream ends before its schema message", s.o.source, ErrFormat)
+	}
 	if err != nil {
 		s.err = err
 		return nil, err
 	}
+	s.messages++
 	s.msg = msg
 	return msg, nil
 }
@@ -174,6 +179,7 @@ type mappedSource struct {
 	msg       *ipc.Message
 	refs      atomic.Int64
 	dictBytes int64
+	messages  int
 	err       error
 	ended     bool // the end-of-stream marker was read
 }
@@ -209,10 +215,14 @@ func (s *mappedSource) Message() (*ipc.Message, error) {
 		return nil, s.err
 	}
 	msg, err := s.next()
+	if err == io.EOF && s.messages == 0 {
+		err = fmt.Errorf("%s: %w: the file's stream ends before its schema message", s.o.source, ErrFormat)
+	}
 	if err != nil {
 		s.err = err
 		return nil, err
 	}
+	s.messages++
 	s.msg = msg
 	return msg, nil
 }
