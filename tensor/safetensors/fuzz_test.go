@@ -14,8 +14,10 @@ import (
 	"github.com/wattagg/wattagg/tensor"
 )
 
-// FuzzParse checks that Parse never panics, that every error is one line wrapping a sentinel,
-// and that whatever it accepts survives WriteFile then Open unchanged.
+// FuzzParse checks that Parse never panics; that every error is one short line wrapping a
+// sentinel; that a layout cache (OpenAll's) changes nothing, whether its entry is new or
+// reused; and that whatever it accepts survives the writer's encoding (in memory: the header
+// WriteFile would write) and a second Parse unchanged.
 func FuzzParse(f *testing.F) {
 	for i := range referenceFiles {
 		f.Add(referenceFile(f, i))
@@ -39,28 +41,69 @@ func FuzzParse(f *testing.F) {
 
 	f.Fuzz(func(t *testing.T, b []byte) {
 		s, err := Parse(b)
+		cache := newLayoutCache()
+		for range 2 { // the first fills the cache, the second may hit it
+			c, cerr := Parse(b, withLayoutCache(cache))
+			switch {
+			case (err == nil) != (cerr == nil):
+				t.Fatalf("with a layout cache: %v, without: %v", cerr, err)
+			case err != nil && err.Error() != cerr.Error():
+				t.Fatalf("with a layout cache: %v, without: %v", cerr, err)
+			case err == nil:
+				checkSame(t, c, s)
+			}
+		}
 		if err != nil {
 			if !errors.Is(err, ErrFormat) && !errors.Is(err, ErrHeaderSize) && !errors.Is(err, ErrOffset) &&
 				!errors.Is(err, tensor.ErrDType) {
 				t.Fatalf("error wraps no sentinel: %v", err)
 			}
-			if msg := err.Error(); !strings.HasPrefix(msg, "safetensors: ") || strings.Contains(msg, "\n") {
+			msg := err.Error()
+			if !strings.HasPrefix(msg, "safetensors: ") || strings.Contains(msg, "\n") {
 				t.Fatalf("error is not one line naming the source: %q", msg)
+			}
+			if len(msg) > maxErrorLen {
+				t.Fatalf("error of %d bytes: %.300q", len(msg), msg)
 			}
 			return
 		}
 		checkAgainstStdlib(t, b, s)
-		path := filepath.Join(t.TempDir(), "f.safetensors")
-		if err := WriteFile(path, s); err != nil {
-			t.Fatal(err)
-		}
-		got, err := Open(path)
+		got, err := Parse(encode(t, s))
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer got.Close()
 		checkSame(t, got, s)
 	})
+}
+
+// maxErrorLen bounds an error line: a few values of at most ~200 quoted bytes each.
+const maxErrorLen = 1200
+
+// encode is the file WriteFile writes for s, made in memory by the same code (plan, head) so
+// that the fuzzer runs at parse speed instead of at fsync speed.
+func encode(t testing.TB, s *tensor.Set) []byte {
+	t.Helper()
+	layout := s.Layout()
+	w := &Writer{path: "encode", lim: DefaultLimits(), metadata: s.Metadata, scales: make([]float32, len(layout))}
+	if err := w.plan(layout, widestFirst(layout)); err != nil {
+		t.Fatal(err)
+	}
+	for i, x := range s.Tensors() {
+		if x.DType == tensor.I8 {
+			if err := w.SetScale(i, x.Scale); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	head, err := w.head()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := append(head, make([]byte, w.DataSize())...)
+	for i, x := range s.Tensors() {
+		copy(b[w.dataOffset+w.offsets[i]:], x.Bytes())
+	}
+	return b
 }
 
 // checkAgainstStdlib decodes an accepted header with encoding/json and checks that it names

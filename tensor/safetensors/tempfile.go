@@ -108,10 +108,8 @@ func cleanStale(dir string) ([]string, error) {
 		path := filepath.Join(dir, e.Name())
 		switch tempKind(e.Name()) {
 		case 1:
-			ok, err := removeIfStale(path)
-			if ok {
-				removed = append(removed, path)
-			}
+			gone, err := removeIfStale(path)
+			removed = append(removed, gone...)
 			errs = append(errs, err)
 		case 2:
 			// A pin outlives its file only when the file was renamed or removed: it pins nothing.
@@ -128,34 +126,39 @@ func cleanStale(dir string) ([]string, error) {
 	return removed, nil
 }
 
-// removeIfStale removes the temporary file at path if no writer holds its lock and no pending
-// journal names it.
-func removeIfStale(path string) (bool, error) {
+// removeIfStale removes the temporary file at path, and its pin, if no writer holds its lock
+// and no pending journal names it; it returns what it removed.
+func removeIfStale(path string) ([]string, error) {
 	f, err := os.OpenFile(path, os.O_RDONLY|openNoBlock|openNoFollow, 0)
 	if errors.Is(err, fs.ErrNotExist) {
-		return false, nil // committed or aborted meanwhile
+		return nil, nil // committed or aborted meanwhile
 	}
 	if err != nil {
-		return false, err
+		return nil, err
 	}
 	defer f.Close()
 	fi, err := f.Stat()
 	if err != nil || !fi.Mode().IsRegular() {
-		return false, err // a name like ours on something else: not ours to remove
+		return nil, err // a name like ours on something else: not ours to remove
 	}
 	if ok, err := tryLock(f); err != nil || !ok {
-		return false, err // a live writer
+		return nil, err // a live writer
 	}
 	if pinned(path, fi) {
-		return false, nil
+		return nil, nil
 	}
 	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return false, err
+		return nil, err
 	}
-	if err := os.Remove(path + pinSuffix); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return true, err
+	removed := []string{path}
+	err = os.Remove(path + pinSuffix)
+	if err == nil {
+		removed = append(removed, path+pinSuffix)
 	}
-	return true, nil
+	if errors.Is(err, fs.ErrNotExist) {
+		err = nil
+	}
+	return removed, err
 }
 
 // pinned reports whether a pending journal will rename the temporary file at path (fi): its

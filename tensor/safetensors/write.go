@@ -276,8 +276,8 @@ func (w *Writer) writable() error {
 func (w *Writer) WriteAt(p []byte, off int64) (int, error) {
 	w.mu.RLock()
 	defer w.mu.RUnlock()
-	if w.done {
-		return 0, w.closed()
+	if err := w.writable(); err != nil {
+		return 0, err
 	}
 	if size := w.DataSize(); off < 0 || off > size || int64(len(p)) > size-off {
 		return 0, fmt.Errorf("%s: %w: write of %d bytes at %d is outside the %d-byte data section",
