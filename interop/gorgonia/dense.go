@@ -45,11 +45,14 @@ func FromDense(name string, d *gt.Dense) (*tensor.Tensor, error) {
 	if d == nil {
 		return nil, fmt.Errorf("tensor %q: %w: nil dense", name, tensor.ErrShape)
 	}
+	shape := []int(d.Shape())
+	n := d.Shape().TotalSize()
+	if n == 0 && !d.IsScalar() {
+		return nil, fmt.Errorf("tensor %q: %w: dense of shape %v has no elements", name, tensor.ErrShape, d.Shape())
+	}
 	if d.RequiresIterator() {
 		return nil, fmt.Errorf("tensor %q: %w", name, ErrNotContiguous)
 	}
-	shape := []int(d.Shape())
-	n := d.Shape().TotalSize()
 	// A scalar's Data is the value, not a slice: a rank-1 shallow clone shares the backing
 	// array and gives the slice.
 	v := d
@@ -60,7 +63,7 @@ func FromDense(name string, d *gt.Dense) (*tensor.Tensor, error) {
 			return nil, fmt.Errorf("tensor %q: %w: %v", name, tensor.ErrShape, err)
 		}
 	}
-	if n == 0 || v.DataSize() < n {
+	if v.DataSize() < n {
 		return nil, fmt.Errorf("tensor %q: %w: dense of shape %v holds %d elements", name, tensor.ErrShape, d.Shape(), v.DataSize())
 	}
 	var b []byte
