@@ -258,6 +258,11 @@ func BenchmarkFedAvg(b *testing.B) {
 			benchFedAvg(b, block, 4, fedData.f32, (*Impl).AccF64FromF32, (*Impl).StoreF32FromF64)
 		}
 	})
+	b.Run("AccF64FromBF16", func(b *testing.B) {
+		for _, block := range blocks {
+			benchFedAvg(b, block, 2, fedData.bf16, (*Impl).AccF64FromBF16, (*Impl).StoreF32FromF64)
+		}
+	})
 }
 
 func benchFedAvg[T float32 | float64](b *testing.B, block, size int, inputs [][]byte,

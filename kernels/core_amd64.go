@@ -10,52 +10,52 @@ import "github.com/wattagg/wattagg/internal/race"
 var coreAVX2 = coreKernels{
 	name: "avx2",
 
-	accF32FromF32:  func(acc, w []float32, x [][]byte) { accF32AVX2(acc, w, x, 4, ldF32, accF32FromF32AVX2) },
-	accF32FromBF16: func(acc, w []float32, x [][]byte) { accF32AVX2(acc, w, x, 2, ldBF16, accF32FromBF16AVX2) },
-	accF32FromF16:  func(acc, w []float32, x [][]byte) { accF32AVX2(acc, w, x, 2, ldF16, accF32FromF16AVX2) },
-	accF32FromI8:   func(acc, w []float32, x [][]byte) { accF32AVX2(acc, w, x, 1, ldI8, accF32FromI8AVX2) },
-	accF64FromF32:  func(acc, w []float64, x [][]byte) { accF64AVX2(acc, w, x, 4, ldF32, accF64FromF32AVX2) },
-	accF64FromBF16: func(acc, w []float64, x [][]byte) { accF64AVX2(acc, w, x, 2, ldBF16, accF64FromBF16AVX2) },
-	accF64FromF16:  func(acc, w []float64, x [][]byte) { accF64AVX2(acc, w, x, 2, ldF16, accF64FromF16AVX2) },
-	accF64FromI8:   func(acc, w []float64, x [][]byte) { accF64AVX2(acc, w, x, 1, ldI8, accF64FromI8AVX2) },
-	accF64FromF64:  func(acc, w []float64, x [][]byte) { accF64AVX2(acc, w, x, 8, nil, accF64FromF64AVX2) },
+	accF32FromF32:  func(acc, w []float32, x [][]byte) { accF32Asm(acc, w, x, 4, ldF32, accF32FromF32AVX2) },
+	accF32FromBF16: func(acc, w []float32, x [][]byte) { accF32Asm(acc, w, x, 2, ldBF16, accF32FromBF16AVX2) },
+	accF32FromF16:  func(acc, w []float32, x [][]byte) { accF32Asm(acc, w, x, 2, ldF16, accF32FromF16AVX2) },
+	accF32FromI8:   func(acc, w []float32, x [][]byte) { accF32Asm(acc, w, x, 1, ldI8, accF32FromI8AVX2) },
+	accF64FromF32:  func(acc, w []float64, x [][]byte) { accF64Asm(acc, w, x, 4, ldF32, accF64FromF32AVX2) },
+	accF64FromBF16: func(acc, w []float64, x [][]byte) { accF64Asm(acc, w, x, 2, ldBF16, accF64FromBF16AVX2) },
+	accF64FromF16:  func(acc, w []float64, x [][]byte) { accF64Asm(acc, w, x, 2, ldF16, accF64FromF16AVX2) },
+	accF64FromI8:   func(acc, w []float64, x [][]byte) { accF64Asm(acc, w, x, 1, ldI8, accF64FromI8AVX2) },
+	accF64FromF64:  func(acc, w []float64, x [][]byte) { accF64Asm(acc, w, x, 8, nil, accF64FromF64AVX2) },
 
 	storeF32FromF32: func(dst []byte, src []float32, s float32) {
-		storeAVX2(dst, src, s, 4, storeF32Generic, storeF32FromF32AVX2)
+		storeAsm(dst, src, s, 4, storeF32Generic, storeF32FromF32AVX2)
 	},
 	storeBF16FromF32: func(dst []byte, src []float32, s float32) {
-		storeAVX2(dst, src, s, 2, storeBF16FromF32Generic, storeBF16FromF32AVX2)
+		storeAsm(dst, src, s, 2, storeBF16FromF32Generic, storeBF16FromF32AVX2)
 	},
 	storeF16FromF32: func(dst []byte, src []float32, s float32) {
-		storeAVX2(dst, src, s, 2, storeF16FromF32Generic, storeF16FromF32AVX2)
+		storeAsm(dst, src, s, 2, storeF16FromF32Generic, storeF16FromF32AVX2)
 	},
 	storeF64FromF64: func(dst []byte, src []float64, s float64) {
-		storeAVX2(dst, src, s, 8, storeF64Generic, storeF64FromF64AVX2)
+		storeAsm(dst, src, s, 8, storeF64Generic, storeF64FromF64AVX2)
 	},
 	storeF32FromF64: func(dst []byte, src []float64, s float64) {
-		storeAVX2(dst, src, s, 4, storeF32FromF64Generic, storeF32FromF64AVX2)
+		storeAsm(dst, src, s, 4, storeF32FromF64Generic, storeF32FromF64AVX2)
 	},
 	storeBF16FromF64: func(dst []byte, src []float64, s float64) {
-		storeAVX2(dst, src, s, 2, storeBF16FromF64Generic, storeBF16FromF64AVX2)
+		storeAsm(dst, src, s, 2, storeBF16FromF64Generic, storeBF16FromF64AVX2)
 	},
 	storeF16FromF64: func(dst []byte, src []float64, s float64) {
-		storeAVX2(dst, src, s, 2, storeF16FromF64Generic, storeF16FromF64AVX2)
+		storeAsm(dst, src, s, 2, storeF16FromF64Generic, storeF16FromF64AVX2)
 	},
 
-	scaleF32: func(x []float32, s float32) { scaleAVX2(x, s, scaleF32Generic, scaleF32AVX2) },
-	scaleF64: func(x []float64, s float64) { scaleAVX2(x, s, scaleF64Generic, scaleF64AVX2) },
+	scaleF32: func(x []float32, s float32) { scaleAsm(x, s, scaleF32Generic, scaleF32AVX2) },
+	scaleF64: func(x []float64, s float64) { scaleAsm(x, s, scaleF64Generic, scaleF64AVX2) },
 
 	dotF32:         dotF32Wrapped,
 	sumSquaresF32:  func(p *[Lanes]float64, x []byte) { sumSquaresAVX2(p, x, 4, ldF32, sumSquaresF32AVX2) },
 	sumSquaresBF16: func(p *[Lanes]float64, x []byte) { sumSquaresAVX2(p, x, 2, ldBF16, sumSquaresBF16AVX2) },
 	sumSquaresF16:  func(p *[Lanes]float64, x []byte) { sumSquaresAVX2(p, x, 2, ldF16, sumSquaresF16AVX2) },
 
-	anyNonFiniteF32:  func(x []byte) bool { return anyNonFiniteAVX2(x, anyNonFiniteF32Generic, anyNonFiniteF32AVX2) },
-	anyNonFiniteF64:  func(x []byte) bool { return anyNonFiniteAVX2(x, anyNonFiniteF64Generic, anyNonFiniteF64AVX2) },
-	anyNonFiniteF16:  func(x []byte) bool { return anyNonFiniteAVX2(x, coreGeneric.anyNonFiniteF16, anyNonFiniteF16AVX2) },
-	anyNonFiniteBF16: func(x []byte) bool { return anyNonFiniteAVX2(x, coreGeneric.anyNonFiniteBF16, anyNonFiniteBF16AVX2) },
+	anyNonFiniteF32:  func(x []byte) bool { return anyNonFiniteAsm(x, anyNonFiniteF32Generic, anyNonFiniteF32AVX2) },
+	anyNonFiniteF64:  func(x []byte) bool { return anyNonFiniteAsm(x, anyNonFiniteF64Generic, anyNonFiniteF64AVX2) },
+	anyNonFiniteF16:  func(x []byte) bool { return anyNonFiniteAsm(x, coreGeneric.anyNonFiniteF16, anyNonFiniteF16AVX2) },
+	anyNonFiniteBF16: func(x []byte) bool { return anyNonFiniteAsm(x, coreGeneric.anyNonFiniteBF16, anyNonFiniteBF16AVX2) },
 
-	xorFold: xorFoldWrapped,
+	xorFold: func(x []byte) uint64 { return xorFoldAsm(x, xorFoldAVX2) },
 }
 
 var _ = register(coreFamily, "avx2", hasAVX2, &coreAVX2)
@@ -65,10 +65,11 @@ var _ = register(coreFamily, "avx2", hasAVX2, &coreAVX2)
 // The accumulation kernels are not split: their callers pass cache-sized blocks.
 const chunk = 1 << 20
 
-// The wrappers check the lengths the assembly relies on with ordinary bounds checks, so that a
-// caller's bug panics as the generic code would instead of reading or writing out of bounds.
+// The wrappers (shared by the avx2 and avx512 tables, whose assembly has the same contracts)
+// check the lengths the assembly relies on with ordinary bounds checks, so that a caller's bug
+// panics as the generic code would instead of reading or writing out of bounds.
 
-func accF32AVX2(acc, w []float32, x [][]byte, size int, ld func([]byte, int) float32, asm func(acc, w []float32, x [][]byte)) {
+func accF32Asm(acc, w []float32, x [][]byte, size int, ld func([]byte, int) float32, asm func(acc, w []float32, x [][]byte)) {
 	n := len(acc) &^ 7
 	if n > 0 && len(x) > 0 {
 		_ = w[len(x)-1]
@@ -83,7 +84,7 @@ func accF32AVX2(acc, w []float32, x [][]byte, size int, ld func([]byte, int) flo
 	}
 }
 
-func accF64AVX2(acc, w []float64, x [][]byte, size int, ld func([]byte, int) float32, asm func(acc, w []float64, x [][]byte)) {
+func accF64Asm(acc, w []float64, x [][]byte, size int, ld func([]byte, int) float32, asm func(acc, w []float64, x [][]byte)) {
 	n := len(acc) &^ 7
 	if n > 0 && len(x) > 0 {
 		_ = w[len(x)-1]
@@ -118,7 +119,7 @@ func raceAcc[T float32 | float64](acc, w []T, x [][]byte, nbytes int) {
 	race.WriteSlice(acc)
 }
 
-func storeAVX2[T float32 | float64](dst []byte, src []T, s T, size int, tail func([]byte, []T, T, int), asm func([]byte, []T, T)) {
+func storeAsm[T float32 | float64](dst []byte, src []T, s T, size int, tail func([]byte, []T, T, int), asm func([]byte, []T, T)) {
 	n := len(src) &^ 7
 	step := chunk / 8 // elements per call
 	for j := 0; j < n; j += step {
@@ -133,7 +134,7 @@ func storeAVX2[T float32 | float64](dst []byte, src []T, s T, size int, tail fun
 	}
 }
 
-func scaleAVX2[T float32 | float64](x []T, s T, tail func([]T, T, int), asm func([]T, T)) {
+func scaleAsm[T float32 | float64](x []T, s T, tail func([]T, T, int), asm func([]T, T)) {
 	n := len(x) &^ 7
 	step := chunk / 8
 	for j := 0; j < n; j += step {
@@ -173,7 +174,7 @@ func sumSquaresAVX2(p *[Lanes]float64, x []byte, size int, ld func([]byte, int) 
 	sumSquaresGeneric(p, x, ld, m, n)
 }
 
-func anyNonFiniteAVX2(x []byte, tail, asm func([]byte) bool) bool {
+func anyNonFiniteAsm(x []byte, tail, asm func([]byte) bool) bool {
 	n := len(x) &^ 31
 	for j := 0; j < n; j += chunk {
 		e := min(j+chunk, n)
@@ -185,13 +186,13 @@ func anyNonFiniteAVX2(x []byte, tail, asm func([]byte) bool) bool {
 	return tail(x[n:])
 }
 
-func xorFoldWrapped(x []byte) uint64 {
+func xorFoldAsm(x []byte, asm func([]byte) uint64) uint64 {
 	n := len(x) &^ 31
 	var r uint64
 	for j := 0; j < n; j += chunk {
 		e := min(j+chunk, n)
 		race.ReadSlice(x[j:e])
-		r ^= xorFoldAVX2(x[j:e])
+		r ^= asm(x[j:e])
 	}
 	return r ^ xorFoldGeneric(x[n:])
 }

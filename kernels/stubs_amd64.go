@@ -138,3 +138,118 @@ func anyNonFiniteBF16AVX2(x []byte) bool
 //
 //go:noescape
 func xorFoldAVX2(x []byte) uint64
+
+// accF32FromF32AVX512 is AccF32FromF32 for len(acc) a multiple of 8 and len(w) >= len(x).
+//
+//go:noescape
+func accF32FromF32AVX512(acc []float32, w []float32, x [][]byte)
+
+// accF32FromBF16AVX512 is AccF32FromBF16 for len(acc) a multiple of 8 and len(w) >= len(x).
+//
+//go:noescape
+func accF32FromBF16AVX512(acc []float32, w []float32, x [][]byte)
+
+// accF32FromF16AVX512 is AccF32FromF16 for len(acc) a multiple of 8 and len(w) >= len(x).
+//
+//go:noescape
+func accF32FromF16AVX512(acc []float32, w []float32, x [][]byte)
+
+// accF32FromI8AVX512 is AccF32FromI8 for len(acc) a multiple of 8 and len(w) >= len(x).
+//
+//go:noescape
+func accF32FromI8AVX512(acc []float32, w []float32, x [][]byte)
+
+// accF64FromF32AVX512 is AccF64FromF32 for len(acc) a multiple of 8 and len(w) >= len(x).
+//
+//go:noescape
+func accF64FromF32AVX512(acc []float64, w []float64, x [][]byte)
+
+// accF64FromBF16AVX512 is AccF64FromBF16 for len(acc) a multiple of 8 and len(w) >= len(x).
+//
+//go:noescape
+func accF64FromBF16AVX512(acc []float64, w []float64, x [][]byte)
+
+// accF64FromF16AVX512 is AccF64FromF16 for len(acc) a multiple of 8 and len(w) >= len(x).
+//
+//go:noescape
+func accF64FromF16AVX512(acc []float64, w []float64, x [][]byte)
+
+// accF64FromI8AVX512 is AccF64FromI8 for len(acc) a multiple of 8 and len(w) >= len(x).
+//
+//go:noescape
+func accF64FromI8AVX512(acc []float64, w []float64, x [][]byte)
+
+// accF64FromF64AVX512 is AccF64FromF64 for len(acc) a multiple of 8 and len(w) >= len(x).
+//
+//go:noescape
+func accF64FromF64AVX512(acc []float64, w []float64, x [][]byte)
+
+// storeF32FromF32AVX512 is StoreF32FromF32 for len(src) a multiple of 8.
+//
+//go:noescape
+func storeF32FromF32AVX512(dst []byte, src []float32, s float32)
+
+// storeBF16FromF32AVX512 is StoreBF16FromF32 for len(src) a multiple of 8.
+//
+//go:noescape
+func storeBF16FromF32AVX512(dst []byte, src []float32, s float32)
+
+// storeF16FromF32AVX512 is StoreF16FromF32 for len(src) a multiple of 8.
+//
+//go:noescape
+func storeF16FromF32AVX512(dst []byte, src []float32, s float32)
+
+// storeF64FromF64AVX512 is StoreF64FromF64 for len(src) a multiple of 8.
+//
+//go:noescape
+func storeF64FromF64AVX512(dst []byte, src []float64, s float64)
+
+// storeF32FromF64AVX512 is StoreF32FromF64 for len(src) a multiple of 8.
+//
+//go:noescape
+func storeF32FromF64AVX512(dst []byte, src []float64, s float64)
+
+// storeBF16FromF64AVX512 is StoreBF16FromF64 for len(src) a multiple of 8.
+//
+//go:noescape
+func storeBF16FromF64AVX512(dst []byte, src []float64, s float64)
+
+// storeF16FromF64AVX512 is StoreF16FromF64 for len(src) a multiple of 8.
+//
+//go:noescape
+func storeF16FromF64AVX512(dst []byte, src []float64, s float64)
+
+// scaleF32AVX512 is ScaleF32 for len(x) a multiple of 8.
+//
+//go:noescape
+func scaleF32AVX512(x []float32, s float32)
+
+// scaleF64AVX512 is ScaleF64 for len(x) a multiple of 8.
+//
+//go:noescape
+func scaleF64AVX512(x []float64, s float64)
+
+// anyNonFiniteF32AVX512 is AnyNonFiniteF32 for len(x) a multiple of 32.
+//
+//go:noescape
+func anyNonFiniteF32AVX512(x []byte) bool
+
+// anyNonFiniteF64AVX512 is AnyNonFiniteF64 for len(x) a multiple of 32.
+//
+//go:noescape
+func anyNonFiniteF64AVX512(x []byte) bool
+
+// anyNonFiniteF16AVX512 is AnyNonFiniteF16 for len(x) a multiple of 32.
+//
+//go:noescape
+func anyNonFiniteF16AVX512(x []byte) bool
+
+// anyNonFiniteBF16AVX512 is AnyNonFiniteBF16 for len(x) a multiple of 32.
+//
+//go:noescape
+func anyNonFiniteBF16AVX512(x []byte) bool
+
+// xorFoldAVX512 is XorFold for len(x) a multiple of 32.
+//
+//go:noescape
+func xorFoldAVX512(x []byte) uint64

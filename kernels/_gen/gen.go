@@ -52,6 +52,8 @@ func main() {
 
 	genXorFold()
 
+	genAVX512()
+
 	Generate()
 }
 
@@ -195,7 +197,12 @@ func widenF64(in input, m Mem, dst VecVirtual) {
 // added in input order, and the registers are stored once. Each input byte is read once and the
 // accumulator, which callers keep cache-resident, is read and written once per group.
 func genAcc(a accum, in input) {
-	name := fmt.Sprintf("acc%sFrom%sAVX2", a.name, in.name)
+	genAccFunc(fmt.Sprintf("acc%sFrom%sAVX2", a.name, in.name), a, in, accGroup)
+}
+
+// genAccFunc emits the function name: groups of maxGroup inputs, then one group of the rest,
+// each pass emitted by group.
+func genAccFunc(name string, a accum, in input, group func(a accum, in input, g int, accp Register, n Mem, wp, xp Register)) {
 	TEXT(name, NOSPLIT, fmt.Sprintf("func(acc []%s, w []%s, x [][]byte)", a.goType, a.goType))
 	Pragma("noescape")
 	Doc(fmt.Sprintf("%s is Acc%sFrom%s for len(acc) a multiple of 8 and len(w) >= len(x).", name, a.name, in.name))
@@ -216,7 +223,7 @@ func genAcc(a accum, in input) {
 	Label("groups")
 	CMPQ(cnt, U8(G))
 	JB(LabelRef("rest"))
-	accGroup(a, in, G, accp, n.Addr, wp, xp)
+	group(a, in, G, accp, n.Addr, wp, xp)
 	ADDQ(U32(G*hdr), xp)
 	ADDQ(U32(G*a.size), wp)
 	SUBQ(U8(G), cnt)
@@ -230,7 +237,7 @@ func genAcc(a accum, in input) {
 	JMP(LabelRef("ret"))
 	for g := G - 1; g >= 1; g-- {
 		Label(fmt.Sprintf("group%d", g))
-		accGroup(a, in, g, accp, n.Addr, wp, xp)
+		group(a, in, g, accp, n.Addr, wp, xp)
 		JMP(LabelRef("ret"))
 	}
 

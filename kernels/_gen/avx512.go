@@ -1,0 +1,510 @@
+package main
+
+// The AVX-512 (F, BW, VL, DQ) functions of the core family: accumulation, stores, scaling,
+// scans and XorFold on 512-bit registers, with the steps and contracts of the AVX2 functions
+// (a prefix whose length is a multiple of 8 elements, or of 32 bytes for the scans; the Go
+// wrappers finish the tail with the reference). Per element they perform the operations of the
+// AVX2 functions, so the results are the reference's bits. The f64 reductions (Dot,
+// SumSquares) have no AVX-512 version: their 16 partial sums are 16 serial FMA chains, which
+// four ymm registers already keep busy; wider registers cannot shorten them.
+//
+// AVX512_BF16 is not used: VCVTNEPS2BF16 flushes subnormal inputs and results to zero and
+// VDPBF16PS rounds its products differently from the references.
+
+import (
+	"fmt"
+
+	. "github.com/mmcloughlin/avo/build"
+	. "github.com/mmcloughlin/avo/operand"
+	. "github.com/mmcloughlin/avo/reg"
+)
+
+func genAVX512() {
+	for _, in := range []input{inF32, inBF16, inF16, inI8} {
+		genAccFunc(fmt.Sprintf("accF32From%sAVX512", in.name), accF32, in, accGroup512)
+	}
+	for _, in := range []input{inF32, inBF16, inF16, inI8, inF64} {
+		genAccFunc(fmt.Sprintf("accF64From%sAVX512", in.name), accF64, in, accGroup512)
+	}
+
+	genStoreF32AVX512(outF32)
+	genStoreF32AVX512(outBF16)
+	genStoreF32AVX512(outF16)
+	genStoreF64AVX512(outF64)
+	genStoreF64AVX512(outF32)
+	genStoreF64AVX512(outBF16)
+	genStoreF64AVX512(outF16)
+
+	genScaleAVX512(accF32)
+	genScaleAVX512(accF64)
+
+	genAnyNonFiniteAVX512("F32", 4)
+	genAnyNonFiniteAVX512("F64", 8)
+	genAnyNonFiniteAVX512("F16", 2)
+	genAnyNonFiniteAVX512("BF16", 2)
+
+	genXorFoldAVX512()
+}
+
+// broadcastD512 returns a zmm register holding v in every 32-bit lane.
+func broadcastD512(v uint32) VecVirtual {
+	r := GP32()
+	MOVL(U32(v), r)
+	z := ZMM()
+	VPBROADCASTD(r, z)
+	return z
+}
+
+// vec returns the view of z that holds k elements of size bytes: z itself for 64 bytes, its
+// ymm half for 32.
+func vec(z VecVirtual, k, size int) Register {
+	switch k * size {
+	case 64:
+		return z
+	case 32:
+		return z.AsY()
+	}
+	panic(fmt.Sprintf("vec: %d elements of %d bytes", k, size))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Weighted accumulation.
+
+// accStep512 is the main step of a group pass: 4 zmm registers of f32 (64 elements), 8 of f64
+// (64 elements); g weights, the accumulators and two temporaries fit in the 32 registers
+// whatever g.
+const accStep512 = 64
+
+// accGroup512 is accGroup on zmm registers. The main step holds 4 (f32) or 8 (f64) accumulator
+// registers; the step of 8 elements runs on one ymm (f32) or zmm (f64) register.
+//
+// bf16 into f64 keeps VPUNPCKLWD/VPUNPCKHWD against zero, on ymm registers: 16 bf16 values become
+// the f32 bit patterns of elements 0-3, 8-11 and of 4-7, 12-15, and VCVTPS2PD widens each group
+// of 8 to a zmm register. The accumulators of the main step are held in that order (loaded and
+// stored in 32-byte halves, once per group of inputs), so each input element costs half the
+// shuffles of the AVX2 loop.
+func accGroup512(a accum, in input, g int, accp Register, n Mem, wp, xp Register) {
+	const hdr = 24
+	ptrs := make([]Register, g)
+	ws := make([]VecVirtual, g)
+	Commentf("%d inputs", g)
+	for i := range g {
+		ptrs[i] = GP64()
+		MOVQ(Mem{Base: xp, Disp: i * hdr}, ptrs[i])
+		ws[i] = ZMM()
+		if a == accF32 {
+			VBROADCASTSS(Mem{Base: wp, Disp: i * a.size}, ws[i])
+		} else {
+			VBROADCASTSD(Mem{Base: wp, Disp: i * a.size}, ws[i])
+		}
+	}
+	permuted := a == accF64 && in == inBF16
+	var zero VecVirtual
+	if permuted {
+		zero = ZMM()
+		VPXORQ(zero, zero, zero)
+	}
+	lanes := 64 / a.size // elements per zmm register
+	j := GP64()
+	steps(fmt.Sprintf("g%d_", g), j, n, accStep512, 8, func(k int) {
+		per := min(k, lanes) // elements per register in this step
+		units := k / per
+		accs := make([]VecVirtual, units)
+		for u := range accs {
+			accs[u] = ZMM()
+		}
+		pairs := permuted && k == accStep512
+		// Load the accumulators (in the permuted order of the bf16 pairs).
+		for u := range units {
+			r := vec(accs[u], per, a.size)
+			switch {
+			case pairs:
+				// Register u of pair p holds elements 16p+4(u%2) + {0..3, 8..11}.
+				base := 16*(u/2) + 4*(u%2)
+				VMOVUPD(elem(accp, j, 8, base), accs[u].AsY())
+				VINSERTF64X4(U8(1), elem(accp, j, 8, base+8), accs[u], accs[u])
+			case a == accF32:
+				VMOVUPS(elem(accp, j, 4, u*per), r)
+			default:
+				VMOVUPD(elem(accp, j, 8, u*per), r)
+			}
+		}
+		for i := range g {
+			w := vec(ws[i], per, a.size)
+			if pairs {
+				for u := 0; u < units; u += 2 {
+					m := elem(ptrs[i], j, in.size, 8*u)
+					lo, hi := ZMM(), ZMM()
+					VPUNPCKLWD(m, zero.AsY(), lo.AsY())
+					VPUNPCKHWD(m, zero.AsY(), hi.AsY())
+					VCVTPS2PD(lo.AsY(), lo)
+					VCVTPS2PD(hi.AsY(), hi)
+					VFMADD231PD(lo, w, accs[u])
+					VFMADD231PD(hi, w, accs[u+1])
+				}
+				continue
+			}
+			for u := range units {
+				m := elem(ptrs[i], j, in.size, u*per)
+				acc := vec(accs[u], per, a.size)
+				t := ZMM()
+				tv := vec(t, per, a.size)
+				switch {
+				case a == accF32 && in == inF32:
+					VMULPS(m, w, tv)
+					VADDPS(tv, acc, acc)
+				case a == accF32:
+					widen512F32(in, m, tv)
+					VMULPS(tv, w, tv)
+					VADDPS(tv, acc, acc)
+				case in == inF64:
+					VFMADD231PD(m, w, acc)
+				default:
+					widen512F64(in, m, t)
+					VFMADD231PD(t, w, acc)
+				}
+			}
+		}
+		for u := range units {
+			r := vec(accs[u], per, a.size)
+			switch {
+			case pairs:
+				base := 16*(u/2) + 4*(u%2)
+				VMOVUPD(accs[u].AsY(), elem(accp, j, 8, base))
+				VEXTRACTF64X4(U8(1), accs[u], elem(accp, j, 8, base+8))
+			case a == accF32:
+				VMOVUPS(r, elem(accp, j, 4, u*per))
+			default:
+				VMOVUPD(r, elem(accp, j, 8, u*per))
+			}
+		}
+	})
+}
+
+// widen512F32 loads the input elements at m (16 for a zmm dst, 8 for a ymm one) and widens them
+// exactly to f32.
+func widen512F32(in input, m Mem, dst Register) {
+	switch in {
+	case inBF16:
+		VPMOVZXWD(m, dst)
+		VPSLLD(U8(16), dst, dst)
+	case inF16:
+		VCVTPH2PS(m, dst)
+	case inI8:
+		VPMOVSXBD(m, dst)
+		VCVTDQ2PS(dst, dst)
+	default:
+		panic("widen512F32: " + in.name)
+	}
+}
+
+// widen512F64 loads the 8 input elements at m and widens them exactly to f64 in the zmm dst
+// (16-bit floats and i8 through f32, as the reference does; every step is exact).
+func widen512F64(in input, m Mem, dst VecVirtual) {
+	switch in {
+	case inF32:
+		VCVTPS2PD(m, dst)
+	case inBF16:
+		VPMOVZXWD(m, dst.AsY())
+		VPSLLD(U8(16), dst.AsY(), dst.AsY())
+		VCVTPS2PD(dst.AsY(), dst)
+	case inF16:
+		VCVTPH2PS(m, dst.AsY())
+		VCVTPS2PD(dst.AsY(), dst)
+	case inI8:
+		VPMOVSXBD(m, dst.AsY())
+		VCVTDQ2PD(dst.AsY(), dst)
+	default:
+		panic("widen512F64: " + in.name)
+	}
+}
+
+// ---------------------------------------------------------------------------------------------
+// Stores and scaling.
+
+// bf16Round512 is bf16Round on a zmm or ymm register: the bfloat16 of each f32 lane of v in the
+// low 16 bits of its 32-bit lane, (b + 0x7fff + (b>>16)&1) >> 16, or (b>>16) | 0x40 for a NaN
+// (merged under the mask of the unordered compare).
+func bf16Round512(v Register, c bf16Consts) Register {
+	w := func(z VecVirtual) Register { return vecLike(z, v) }
+	hi, lsb, r := w(ZMM()), w(ZMM()), w(ZMM())
+	VPSRLD(U8(16), v, hi)
+	VPANDD(w(c.one), hi, lsb)
+	VPADDD(w(c.bias), v, r)
+	VPADDD(lsb, r, r)
+	VPSRLD(U8(16), r, r)
+	nan := K()
+	VCMPPS(U8(3), v, v, nan) // unordered: v is NaN
+	VPORD(w(c.quiet), hi, nan, r)
+	return r
+}
+
+// vecLike returns the view of the zmm z as wide as v.
+func vecLike(z VecVirtual, v Register) Register {
+	if v.Size() == 32 {
+		return z.AsY()
+	}
+	return z
+}
+
+func newBF16Consts512() bf16Consts {
+	return bf16Consts{broadcastD512(1), broadcastD512(0x7fff), broadcastD512(0x40)}
+}
+
+// storeBF16AVX512 narrows the bfloat16s in the low halves of the 32-bit lanes of r (16 in a
+// zmm, 8 in a ymm register) to words, in order, and stores them at m.
+func storeBF16AVX512(m Mem, r Register) { VPMOVDW(r, m) }
+
+// genStoreF32AVX512 generates storeXFromF32AVX512(dst, src, s) for len(src) a multiple of 8.
+func genStoreF32AVX512(out output) {
+	name := fmt.Sprintf("store%sFromF32AVX512", out.name)
+	TEXT(name, NOSPLIT, "func(dst []byte, src []float32, s float32)")
+	Pragma("noescape")
+	Doc(fmt.Sprintf("%s is Store%sFromF32 for len(src) a multiple of 8.", name, out.name))
+	dst := Load(Param("dst").Base(), GP64())
+	src := Load(Param("src").Base(), GP64())
+	n := Load(Param("src").Len(), GP64())
+	s := ZMM()
+	Load(Param("s"), s.AsX())
+	VBROADCASTSS(s.AsX(), s)
+	j := GP64()
+	var c bf16Consts
+	if out == outBF16 {
+		c = newBF16Consts512()
+	}
+	// scaled loads per elements (16 or 8) from element off and multiplies them by s (src[j] * s:
+	// the element is the first operand, as in the Go reference, which decides a NaN's payload).
+	scaled := func(off, per int) Register {
+		t := vec(ZMM(), per, 4)
+		VMOVUPS(elem(src, j, 4, off), t)
+		VMULPS(vec(s, per, 4), t, t)
+		return t
+	}
+	steps("", j, n, 64, 8, func(k int) {
+		per := min(k, 16)
+		for u := range k / per {
+			v := scaled(u*per, per)
+			switch out {
+			case outF32:
+				VMOVUPS(v, elem(dst, j, 4, u*per))
+			case outF16:
+				VCVTPS2PH(U8(0), v, elem(dst, j, 2, u*per))
+			case outBF16:
+				storeBF16AVX512(elem(dst, j, 2, u*per), bf16Round512(v, c))
+			}
+		}
+	})
+	VZEROUPPER()
+	RET()
+}
+
+// genStoreF64AVX512 generates storeXFromF64AVX512(dst, src, s) for len(src) a multiple of 8.
+func genStoreF64AVX512(out output) {
+	name := fmt.Sprintf("store%sFromF64AVX512", out.name)
+	TEXT(name, NOSPLIT, "func(dst []byte, src []float64, s float64)")
+	Pragma("noescape")
+	Doc(fmt.Sprintf("%s is Store%sFromF64 for len(src) a multiple of 8.", name, out.name))
+	dst := Load(Param("dst").Base(), GP64())
+	src := Load(Param("src").Base(), GP64())
+	n := Load(Param("src").Len(), GP64())
+	s := ZMM()
+	Load(Param("s"), s.AsX())
+	VBROADCASTSD(s.AsX(), s)
+	j := GP64()
+	var c bf16Consts
+	if out == outBF16 {
+		c = newBF16Consts512()
+	}
+	// scaled loads 8 elements from element off and multiplies them by s.
+	scaled := func(off int) VecVirtual {
+		t := ZMM()
+		VMOVUPD(elem(src, j, 8, off), t)
+		VMULPD(s, t, t)
+		return t
+	}
+	// narrowed returns float32(src[j]*s) of 8 elements in the ymm half of a zmm register.
+	narrowed := func(off int) VecVirtual {
+		f := ZMM()
+		VCVTPD2PS(scaled(off), f.AsY())
+		return f
+	}
+	steps("", j, n, 32, 8, func(k int) {
+		if out == outBF16 && k == 32 {
+			// 16 elements per bf16 register: two narrowed halves.
+			for h := 0; h < k; h += 16 {
+				v := narrowed(h)
+				VINSERTF64X4(U8(1), narrowed(h+8).AsY(), v, v)
+				storeBF16AVX512(elem(dst, j, 2, h), bf16Round512(v, c))
+			}
+			return
+		}
+		for u := 0; u < k; u += 8 {
+			switch out {
+			case outF64:
+				VMOVUPD(scaled(u), elem(dst, j, 8, u))
+			case outF32:
+				VMOVUPS(narrowed(u).AsY(), elem(dst, j, 4, u))
+			case outF16:
+				VCVTPS2PH(U8(0), narrowed(u).AsY(), elem(dst, j, 2, u))
+			case outBF16:
+				storeBF16AVX512(elem(dst, j, 2, u), bf16Round512(narrowed(u).AsY(), c))
+			}
+		}
+	})
+	VZEROUPPER()
+	RET()
+}
+
+// genScaleAVX512 generates scaleXAVX512(x, s): x[j] *= s for len(x) a multiple of 8.
+func genScaleAVX512(a accum) {
+	name := fmt.Sprintf("scale%sAVX512", a.name)
+	TEXT(name, NOSPLIT, fmt.Sprintf("func(x []%s, s %s)", a.goType, a.goType))
+	Pragma("noescape")
+	Doc(fmt.Sprintf("%s is Scale%s for len(x) a multiple of 8.", name, a.name))
+	x := Load(Param("x").Base(), GP64())
+	n := Load(Param("x").Len(), GP64())
+	s := ZMM()
+	Load(Param("s"), s.AsX())
+	if a == accF32 {
+		VBROADCASTSS(s.AsX(), s)
+	} else {
+		VBROADCASTSD(s.AsX(), s)
+	}
+	lanes := 64 / a.size
+	j := GP64()
+	steps("", j, n, 4*lanes, 8, func(k int) {
+		per := min(k, lanes)
+		for u := range k / per {
+			t := vec(ZMM(), per, a.size)
+			m := elem(x, j, a.size, u*per)
+			if a == accF32 {
+				VMOVUPS(m, t)
+				VMULPS(vec(s, per, 4), t, t)
+				VMOVUPS(t, m)
+			} else {
+				VMOVUPD(m, t)
+				VMULPD(s, t, t)
+				VMOVUPD(t, m)
+			}
+		}
+	})
+	VZEROUPPER()
+	RET()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scans.
+
+// genAnyNonFiniteAVX512 generates anyNonFiniteXAVX512(x) for len(x) a multiple of 32: 256 bytes
+// per step (the hits of 4 zmm registers gathered in a mask register), then 32.
+func genAnyNonFiniteAVX512(name string, size int) {
+	fn := fmt.Sprintf("anyNonFinite%sAVX512", name)
+	TEXT(fn, NOSPLIT, "func(x []byte) bool")
+	Pragma("noescape")
+	Doc(fmt.Sprintf("%s is AnyNonFinite%s for len(x) a multiple of 32.", fn, name))
+	x := Load(Param("x").Base(), GP64())
+	n := Load(Param("x").Len(), GP64())
+
+	var mask VecVirtual
+	switch size {
+	case 2:
+		exp := uint32(0x7c00) // f16
+		if name == "BF16" {
+			exp = 0x7f80
+		}
+		mask = broadcastD512(exp<<16 | exp)
+	case 4:
+		mask = broadcastD512(0x7f800000)
+	case 8:
+		r := GP64()
+		MOVQ(U64(0x7ff0000000000000), r)
+		mask = ZMM()
+		VPBROADCASTQ(r, mask)
+	}
+	// hit sets the bits of k for the elements at m (a zmm or ymm register's worth) that are
+	// non-finite.
+	hit := func(m Mem, bytes int, k Register) {
+		t := vec(ZMM(), bytes/4, 4)
+		mk := vec(mask, bytes/4, 4)
+		VPANDD(m, mk, t)
+		switch size {
+		case 2:
+			VPCMPEQW(mk, t, k)
+		case 4:
+			VPCMPEQD(mk, t, k)
+		case 8:
+			VPCMPEQQ(mk, t, k)
+		}
+	}
+	j := GP64()
+	steps("", j, n, 256, 32, func(k int) {
+		if k == 32 {
+			h := K()
+			hit(Mem{Base: x, Index: j, Scale: 1}, 32, h)
+			KORTESTD(h, h)
+		} else {
+			h := make([]Register, 4)
+			for u := range h {
+				h[u] = K()
+				hit(Mem{Base: x, Index: j, Scale: 1, Disp: 64 * u}, 64, h[u])
+			}
+			KORD(h[1], h[0], h[0])
+			KORD(h[3], h[2], h[2])
+			KORTESTD(h[2], h[0])
+		}
+		JNZ(LabelRef("found"))
+	})
+	r := GP8()
+	XORB(r, r)
+	Store(r, ReturnIndex(0))
+	VZEROUPPER()
+	RET()
+
+	Label("found")
+	MOVB(U8(1), r)
+	Store(r, ReturnIndex(0))
+	VZEROUPPER()
+	RET()
+}
+
+// genXorFoldAVX512 generates xorFoldAVX512(x) for len(x) a multiple of 32: the XOR of its 8-byte
+// words, 256 bytes per step into 4 zmm registers, then 32 bytes into a ymm register of its own
+// (a ymm operation clears the upper half of its destination).
+func genXorFoldAVX512() {
+	TEXT("xorFoldAVX512", NOSPLIT, "func(x []byte) uint64")
+	Pragma("noescape")
+	Doc("xorFoldAVX512 is XorFold for len(x) a multiple of 32.")
+	x := Load(Param("x").Base(), GP64())
+	n := Load(Param("x").Len(), GP64())
+	acc := make([]VecVirtual, 5)
+	for u := range acc {
+		acc[u] = ZMM()
+		VPXORQ(acc[u], acc[u], acc[u])
+	}
+	j := GP64()
+	steps("", j, n, 256, 32, func(k int) {
+		if k == 32 {
+			VPXORQ(Mem{Base: x, Index: j, Scale: 1}, acc[4].AsY(), acc[4].AsY())
+			return
+		}
+		for u := range 4 {
+			VPXORQ(Mem{Base: x, Index: j, Scale: 1, Disp: 64 * u}, acc[u], acc[u])
+		}
+	})
+	VPXORQ(acc[1], acc[0], acc[0])
+	VPXORQ(acc[3], acc[2], acc[2])
+	VPXORQ(acc[4], acc[0], acc[0])
+	VPXORQ(acc[2], acc[0], acc[0])
+	hi := ZMM()
+	VEXTRACTI64X4(U8(1), acc[0], hi.AsY())
+	VPXORQ(hi.AsY(), acc[0].AsY(), hi.AsY())
+	VEXTRACTI32X4(U8(1), hi.AsY(), acc[1].AsX())
+	VPXORQ(acc[1].AsX(), hi.AsX(), hi.AsX())
+	r, r1 := GP64(), GP64()
+	VMOVQ(hi.AsX(), r)
+	VPEXTRQ(U8(1), hi.AsX(), r1)
+	XORQ(r1, r)
+	Store(r, ReturnIndex(0))
+	VZEROUPPER()
+	RET()
+}
