@@ -9,27 +9,18 @@ import "github.com/wattagg/wattagg/internal/race"
 var optimAVX2 = optimKernels{
 	name: "avx2",
 	fedAvgM: func(xo, mo, x, d, m []float32, p OptimParams) {
-		n := checkStep(len(x), xo, mo, d, m)
-		c := p.table()
-		for j := 0; j < n; j += stepElems {
-			e := min(j+stepElems, n)
-			if race.Enabled {
-				raceStep(xo[j:e], mo[j:e], nil, x[j:e], d[j:e], m[j:e], nil)
-			}
-			fedAvgMStepAVX2(xo[j:e], mo[j:e], x[j:e], d[j:e], m[j:e], c)
-		}
-		fedAvgMGeneric(xo, mo, x, d, m, p, n)
+		fedAvgMAsm(xo, mo, x, d, m, p, fedAvgMStepAVX2)
 	},
 	fedAdagrad: func(xo, mo, vo, x, d, m, v []float32, p OptimParams) {
-		adaptiveAVX2(xo, mo, vo, x, d, m, v, p, fedAdagradGeneric, fedAdagradStepAVX2)
+		adaptiveAsm(xo, mo, vo, x, d, m, v, p, fedAdagradGeneric, fedAdagradStepAVX2)
 	},
 	fedAdam: func(xo, mo, vo, x, d, m, v []float32, p OptimParams) {
-		adaptiveAVX2(xo, mo, vo, x, d, m, v, p, fedAdamGeneric, fedAdamStepAVX2)
+		adaptiveAsm(xo, mo, vo, x, d, m, v, p, fedAdamGeneric, fedAdamStepAVX2)
 	},
 	fedYogi: func(xo, mo, vo, x, d, m, v []float32, p OptimParams) {
-		adaptiveAVX2(xo, mo, vo, x, d, m, v, p, fedYogiGeneric, fedYogiStepAVX2)
+		adaptiveAsm(xo, mo, vo, x, d, m, v, p, fedYogiGeneric, fedYogiStepAVX2)
 	},
-	modSumU32: modSumU32Wrapped,
+	modSumU32: func(acc []uint32, x [][]byte) { modSumAsm(acc, x, modSumU32AVX2) },
 }
 
 var _ = register(optimFamily, "avx2", hasAVX2, &optimAVX2)
@@ -51,7 +42,23 @@ func checkStep(n int, s ...[]float32) int {
 	return n &^ 7
 }
 
-func adaptiveAVX2(xo, mo, vo, x, d, m, v []float32, p OptimParams,
+// The wrappers below are shared by the avx2 and avx512 tables, whose assembly has the same
+// contracts.
+
+func fedAvgMAsm(xo, mo, x, d, m []float32, p OptimParams, asm func(xo, mo, x, d, m []float32, c *[8][8]float32)) {
+	n := checkStep(len(x), xo, mo, d, m)
+	c := p.table()
+	for j := 0; j < n; j += stepElems {
+		e := min(j+stepElems, n)
+		if race.Enabled {
+			raceStep(xo[j:e], mo[j:e], nil, x[j:e], d[j:e], m[j:e], nil)
+		}
+		asm(xo[j:e], mo[j:e], x[j:e], d[j:e], m[j:e], c)
+	}
+	fedAvgMGeneric(xo, mo, x, d, m, p, n)
+}
+
+func adaptiveAsm(xo, mo, vo, x, d, m, v []float32, p OptimParams,
 	tail func(xo, mo, vo, x, d, m, v []float32, p OptimParams, from int),
 	asm func(xo, mo, vo, x, d, m, v []float32, c *[8][8]float32)) {
 	n := checkStep(len(x), xo, mo, vo, d, m, v)
@@ -76,10 +83,10 @@ func raceStep(xo, mo, vo, x, d, m, v []float32) {
 	}
 }
 
-// modSumU32Wrapped runs the assembly on the largest multiple of 8 elements and the reference on
-// the tail. It is not split into chunks: callers pass cache-sized blocks, as for the
-// accumulation kernels.
-func modSumU32Wrapped(acc []uint32, x [][]byte) {
+// modSumAsm runs the assembly on the largest multiple of 8 elements and the reference on the
+// tail. It is not split into chunks: callers pass cache-sized blocks, as for the accumulation
+// kernels.
+func modSumAsm(acc []uint32, x [][]byte, asm func(acc []uint32, x [][]byte)) {
 	n := len(acc) &^ 7
 	if n > 0 && len(x) > 0 {
 		checkInputs(x, 4*n)
@@ -91,7 +98,7 @@ func modSumU32Wrapped(acc []uint32, x [][]byte) {
 			race.ReadSlice(acc[:n])
 			race.WriteSlice(acc[:n])
 		}
-		modSumU32AVX2(acc[:n], x)
+		asm(acc[:n], x)
 	}
 	if n < len(acc) {
 		modSumU32Generic(acc, x, n)

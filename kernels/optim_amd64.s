@@ -792,3 +792,841 @@ g1_done:
 ret:
 	VZEROUPPER
 	RET
+
+// func fedAvgMStepAVX512(xo []float32, mo []float32, x []float32, d []float32, m []float32, c *[8][8]float32)
+// Requires: AVX, AVX512F
+TEXT ·fedAvgMStepAVX512(SB), NOSPLIT, $0-128
+	MOVQ         xo_base+0(FP), AX
+	MOVQ         mo_base+24(FP), CX
+	MOVQ         x_base+48(FP), DX
+	MOVQ         d_base+72(FP), BX
+	MOVQ         m_base+96(FP), SI
+	MOVQ         c+120(FP), DI
+	MOVQ         x_len+56(FP), R8
+	VBROADCASTSS (DI), Z0
+	VBROADCASTSS 32(DI), Z1
+	MOVQ         R8, R9
+	ANDQ         $-64, R9
+	XORQ         DI, DI
+	CMPQ         DI, R9
+	JAE          small
+
+big:
+	VMOVUPS (SI)(DI*4), Z2
+	VMULPS  Z1, Z2, Z2
+	VADDPS  (BX)(DI*4), Z2, Z2
+	VMULPS  Z0, Z2, Z3
+	VADDPS  (DX)(DI*4), Z3, Z3
+	VMOVUPS Z2, (CX)(DI*4)
+	VMOVUPS Z3, (AX)(DI*4)
+	VMOVUPS 64(SI)(DI*4), Z2
+	VMULPS  Z1, Z2, Z2
+	VADDPS  64(BX)(DI*4), Z2, Z2
+	VMULPS  Z0, Z2, Z3
+	VADDPS  64(DX)(DI*4), Z3, Z3
+	VMOVUPS Z2, 64(CX)(DI*4)
+	VMOVUPS Z3, 64(AX)(DI*4)
+	VMOVUPS 128(SI)(DI*4), Z2
+	VMULPS  Z1, Z2, Z2
+	VADDPS  128(BX)(DI*4), Z2, Z2
+	VMULPS  Z0, Z2, Z3
+	VADDPS  128(DX)(DI*4), Z3, Z3
+	VMOVUPS Z2, 128(CX)(DI*4)
+	VMOVUPS Z3, 128(AX)(DI*4)
+	VMOVUPS 192(SI)(DI*4), Z2
+	VMULPS  Z1, Z2, Z2
+	VADDPS  192(BX)(DI*4), Z2, Z2
+	VMULPS  Z0, Z2, Z3
+	VADDPS  192(DX)(DI*4), Z3, Z3
+	VMOVUPS Z2, 192(CX)(DI*4)
+	VMOVUPS Z3, 192(AX)(DI*4)
+	ADDQ    $0x00000040, DI
+	CMPQ    DI, R9
+	JB      big
+
+small:
+	CMPQ    DI, R8
+	JAE     done
+	VMOVUPS (SI)(DI*4), Y2
+	VMULPS  Y1, Y2, Y2
+	VADDPS  (BX)(DI*4), Y2, Y2
+	VMULPS  Y0, Y2, Y3
+	VADDPS  (DX)(DI*4), Y3, Y3
+	VMOVUPS Y2, (CX)(DI*4)
+	VMOVUPS Y3, (AX)(DI*4)
+	ADDQ    $0x00000008, DI
+	JMP     small
+
+done:
+	VZEROUPPER
+	RET
+
+// func fedAdagradStepAVX512(xo []float32, mo []float32, vo []float32, x []float32, d []float32, m []float32, v []float32, c *[8][8]float32)
+// Requires: AVX, AVX512F
+TEXT ·fedAdagradStepAVX512(SB), NOSPLIT, $0-176
+	MOVQ         xo_base+0(FP), AX
+	MOVQ         mo_base+24(FP), CX
+	MOVQ         x_base+72(FP), DX
+	MOVQ         d_base+96(FP), BX
+	MOVQ         m_base+120(FP), SI
+	MOVQ         vo_base+48(FP), DI
+	MOVQ         v_base+144(FP), R8
+	MOVQ         c+168(FP), R9
+	MOVQ         x_len+80(FP), R10
+	VBROADCASTSS (R9), Z0
+	VBROADCASTSS 32(R9), Z1
+	VBROADCASTSS 64(R9), Z2
+	VBROADCASTSS 160(R9), Z3
+	MOVQ         R10, R11
+	ANDQ         $-32, R11
+	XORQ         R9, R9
+	CMPQ         R9, R11
+	JAE          small
+
+big:
+	VMOVUPS (BX)(R9*4), Z4
+	VMOVUPS (SI)(R9*4), Z5
+	VMULPS  Z1, Z5, Z5
+	VMULPS  Z2, Z4, Z6
+	VADDPS  Z6, Z5, Z5
+	VMULPS  Z4, Z4, Z4
+	VMOVUPS (R8)(R9*4), Z7
+	VADDPS  Z4, Z7, Z7
+	VSQRTPS Z7, Z4
+	VADDPS  Z3, Z4, Z4
+	VMULPS  Z0, Z5, Z6
+	VDIVPS  Z4, Z6, Z6
+	VADDPS  (DX)(R9*4), Z6, Z6
+	VMOVUPS Z5, (CX)(R9*4)
+	VMOVUPS Z7, (DI)(R9*4)
+	VMOVUPS Z6, (AX)(R9*4)
+	VMOVUPS 64(BX)(R9*4), Z4
+	VMOVUPS 64(SI)(R9*4), Z5
+	VMULPS  Z1, Z5, Z5
+	VMULPS  Z2, Z4, Z6
+	VADDPS  Z6, Z5, Z5
+	VMULPS  Z4, Z4, Z4
+	VMOVUPS 64(R8)(R9*4), Z7
+	VADDPS  Z4, Z7, Z7
+	VSQRTPS Z7, Z4
+	VADDPS  Z3, Z4, Z4
+	VMULPS  Z0, Z5, Z6
+	VDIVPS  Z4, Z6, Z6
+	VADDPS  64(DX)(R9*4), Z6, Z6
+	VMOVUPS Z5, 64(CX)(R9*4)
+	VMOVUPS Z7, 64(DI)(R9*4)
+	VMOVUPS Z6, 64(AX)(R9*4)
+	ADDQ    $0x00000020, R9
+	CMPQ    R9, R11
+	JB      big
+
+small:
+	CMPQ    R9, R10
+	JAE     done
+	VMOVUPS (BX)(R9*4), Y4
+	VMOVUPS (SI)(R9*4), Y5
+	VMULPS  Y1, Y5, Y5
+	VMULPS  Y2, Y4, Y6
+	VADDPS  Y6, Y5, Y5
+	VMULPS  Y4, Y4, Y4
+	VMOVUPS (R8)(R9*4), Y7
+	VADDPS  Y4, Y7, Y7
+	VSQRTPS Y7, Y4
+	VADDPS  Y3, Y4, Y4
+	VMULPS  Y0, Y5, Y6
+	VDIVPS  Y4, Y6, Y6
+	VADDPS  (DX)(R9*4), Y6, Y6
+	VMOVUPS Y5, (CX)(R9*4)
+	VMOVUPS Y7, (DI)(R9*4)
+	VMOVUPS Y6, (AX)(R9*4)
+	ADDQ    $0x00000008, R9
+	JMP     small
+
+done:
+	VZEROUPPER
+	RET
+
+// func fedAdamStepAVX512(xo []float32, mo []float32, vo []float32, x []float32, d []float32, m []float32, v []float32, c *[8][8]float32)
+// Requires: AVX, AVX512F
+TEXT ·fedAdamStepAVX512(SB), NOSPLIT, $0-176
+	MOVQ         xo_base+0(FP), AX
+	MOVQ         mo_base+24(FP), CX
+	MOVQ         x_base+72(FP), DX
+	MOVQ         d_base+96(FP), BX
+	MOVQ         m_base+120(FP), SI
+	MOVQ         vo_base+48(FP), DI
+	MOVQ         v_base+144(FP), R8
+	MOVQ         c+168(FP), R9
+	MOVQ         x_len+80(FP), R10
+	VBROADCASTSS (R9), Z0
+	VBROADCASTSS 32(R9), Z1
+	VBROADCASTSS 64(R9), Z2
+	VBROADCASTSS 160(R9), Z3
+	VBROADCASTSS 96(R9), Z4
+	VBROADCASTSS 128(R9), Z5
+	MOVQ         R10, R11
+	ANDQ         $-32, R11
+	XORQ         R9, R9
+	CMPQ         R9, R11
+	JAE          small
+
+big:
+	VMOVUPS (BX)(R9*4), Z6
+	VMOVUPS (SI)(R9*4), Z7
+	VMULPS  Z1, Z7, Z7
+	VMULPS  Z2, Z6, Z8
+	VADDPS  Z8, Z7, Z7
+	VMULPS  Z6, Z6, Z6
+	VMOVUPS (R8)(R9*4), Z9
+	VMULPS  Z4, Z9, Z9
+	VMULPS  Z5, Z6, Z8
+	VADDPS  Z8, Z9, Z9
+	VSQRTPS Z9, Z6
+	VADDPS  Z3, Z6, Z6
+	VMULPS  Z0, Z7, Z8
+	VDIVPS  Z6, Z8, Z8
+	VADDPS  (DX)(R9*4), Z8, Z8
+	VMOVUPS Z7, (CX)(R9*4)
+	VMOVUPS Z9, (DI)(R9*4)
+	VMOVUPS Z8, (AX)(R9*4)
+	VMOVUPS 64(BX)(R9*4), Z6
+	VMOVUPS 64(SI)(R9*4), Z7
+	VMULPS  Z1, Z7, Z7
+	VMULPS  Z2, Z6, Z8
+	VADDPS  Z8, Z7, Z7
+	VMULPS  Z6, Z6, Z6
+	VMOVUPS 64(R8)(R9*4), Z9
+	VMULPS  Z4, Z9, Z9
+	VMULPS  Z5, Z6, Z8
+	VADDPS  Z8, Z9, Z9
+	VSQRTPS Z9, Z6
+	VADDPS  Z3, Z6, Z6
+	VMULPS  Z0, Z7, Z8
+	VDIVPS  Z6, Z8, Z8
+	VADDPS  64(DX)(R9*4), Z8, Z8
+	VMOVUPS Z7, 64(CX)(R9*4)
+	VMOVUPS Z9, 64(DI)(R9*4)
+	VMOVUPS Z8, 64(AX)(R9*4)
+	ADDQ    $0x00000020, R9
+	CMPQ    R9, R11
+	JB      big
+
+small:
+	CMPQ    R9, R10
+	JAE     done
+	VMOVUPS (BX)(R9*4), Y6
+	VMOVUPS (SI)(R9*4), Y7
+	VMULPS  Y1, Y7, Y7
+	VMULPS  Y2, Y6, Y8
+	VADDPS  Y8, Y7, Y7
+	VMULPS  Y6, Y6, Y6
+	VMOVUPS (R8)(R9*4), Y9
+	VMULPS  Y4, Y9, Y9
+	VMULPS  Y5, Y6, Y8
+	VADDPS  Y8, Y9, Y9
+	VSQRTPS Y9, Y6
+	VADDPS  Y3, Y6, Y6
+	VMULPS  Y0, Y7, Y8
+	VDIVPS  Y6, Y8, Y8
+	VADDPS  (DX)(R9*4), Y8, Y8
+	VMOVUPS Y7, (CX)(R9*4)
+	VMOVUPS Y9, (DI)(R9*4)
+	VMOVUPS Y8, (AX)(R9*4)
+	ADDQ    $0x00000008, R9
+	JMP     small
+
+done:
+	VZEROUPPER
+	RET
+
+// func fedYogiStepAVX512(xo []float32, mo []float32, vo []float32, x []float32, d []float32, m []float32, v []float32, c *[8][8]float32)
+// Requires: AVX, AVX512DQ, AVX512F, AVX512VL
+TEXT ·fedYogiStepAVX512(SB), NOSPLIT, $0-176
+	MOVQ         xo_base+0(FP), AX
+	MOVQ         mo_base+24(FP), CX
+	MOVQ         x_base+72(FP), DX
+	MOVQ         d_base+96(FP), BX
+	MOVQ         m_base+120(FP), SI
+	MOVQ         vo_base+48(FP), DI
+	MOVQ         v_base+144(FP), R8
+	MOVQ         c+168(FP), R9
+	MOVQ         x_len+80(FP), R10
+	VBROADCASTSS (R9), Z0
+	VBROADCASTSS 32(R9), Z1
+	VBROADCASTSS 64(R9), Z2
+	VBROADCASTSS 160(R9), Z3
+	VBROADCASTSS 128(R9), Z4
+	VBROADCASTSS 192(R9), Z5
+	VBROADCASTSS 224(R9), Z6
+	VXORPS       Z7, Z7, Z7
+	MOVQ         R10, R11
+	ANDQ         $-16, R11
+	XORQ         R9, R9
+	CMPQ         R9, R11
+	JAE          small
+
+big:
+	VMOVUPS (BX)(R9*4), Z8
+	VMOVUPS (SI)(R9*4), Z9
+	VMULPS  Z1, Z9, Z9
+	VMULPS  Z2, Z8, Z10
+	VADDPS  Z10, Z9, Z9
+	VMULPS  Z8, Z8, Z8
+	VMOVUPS (R8)(R9*4), Z11
+	VSUBPS  Z8, Z11, Z10
+	VCMPPS  $0x11, Z7, Z10, K2
+	VCMPPS  $0x1e, Z7, Z10, K1
+	VMOVAPS Z7, Z12
+	VMOVAPS Z5, K1, Z12
+	VMOVAPS Z6, K2, Z12
+	VMULPS  Z4, Z8, Z10
+	VMULPS  Z12, Z10, Z10
+	VSUBPS  Z10, Z11, Z11
+	VSQRTPS Z11, Z8
+	VADDPS  Z3, Z8, Z8
+	VMULPS  Z0, Z9, Z10
+	VDIVPS  Z8, Z10, Z10
+	VADDPS  (DX)(R9*4), Z10, Z10
+	VMOVUPS Z9, (CX)(R9*4)
+	VMOVUPS Z11, (DI)(R9*4)
+	VMOVUPS Z10, (AX)(R9*4)
+	ADDQ    $0x00000010, R9
+	CMPQ    R9, R11
+	JB      big
+
+small:
+	CMPQ    R9, R10
+	JAE     done
+	VMOVUPS (BX)(R9*4), Y8
+	VMOVUPS (SI)(R9*4), Y9
+	VMULPS  Y1, Y9, Y9
+	VMULPS  Y2, Y8, Y10
+	VADDPS  Y10, Y9, Y9
+	VMULPS  Y8, Y8, Y8
+	VMOVUPS (R8)(R9*4), Y11
+	VSUBPS  Y8, Y11, Y10
+	VCMPPS  $0x11, Y7, Y10, K2
+	VCMPPS  $0x1e, Y7, Y10, K1
+	VMOVAPS Y7, Y12
+	VMOVAPS Y5, K1, Y12
+	VMOVAPS Y6, K2, Y12
+	VMULPS  Y4, Y8, Y10
+	VMULPS  Y12, Y10, Y10
+	VSUBPS  Y10, Y11, Y11
+	VSQRTPS Y11, Y8
+	VADDPS  Y3, Y8, Y8
+	VMULPS  Y0, Y9, Y10
+	VDIVPS  Y8, Y10, Y10
+	VADDPS  (DX)(R9*4), Y10, Y10
+	VMOVUPS Y9, (CX)(R9*4)
+	VMOVUPS Y11, (DI)(R9*4)
+	VMOVUPS Y10, (AX)(R9*4)
+	ADDQ    $0x00000008, R9
+	JMP     small
+
+done:
+	VZEROUPPER
+	RET
+
+// func modSumU32AVX512(acc []uint32, x [][]byte)
+// Requires: AVX, AVX2, AVX512F, AVX512VL
+TEXT ·modSumU32AVX512(SB), NOSPLIT, $0-48
+	MOVQ acc_base+0(FP), AX
+	MOVQ x_base+24(FP), CX
+	MOVQ x_len+32(FP), DX
+
+groups:
+	CMPQ DX, $0x08
+	JB   rest
+
+	// 8 inputs
+	MOVQ (CX), BX
+	MOVQ 24(CX), SI
+	MOVQ 48(CX), DI
+	MOVQ 72(CX), R8
+	MOVQ 96(CX), R9
+	MOVQ 120(CX), R10
+	MOVQ 144(CX), R11
+	MOVQ 168(CX), R12
+	MOVQ acc_len+8(FP), R14
+	ANDQ $-64, R14
+	XORQ R13, R13
+	CMPQ R13, R14
+	JAE  g8_small
+
+g8_big:
+	VMOVDQU32 (AX)(R13*4), Z0
+	VMOVDQU32 64(AX)(R13*4), Z1
+	VMOVDQU32 128(AX)(R13*4), Z2
+	VMOVDQU32 192(AX)(R13*4), Z3
+	VPADDD    (BX)(R13*4), Z0, Z0
+	VPADDD    64(BX)(R13*4), Z1, Z1
+	VPADDD    128(BX)(R13*4), Z2, Z2
+	VPADDD    192(BX)(R13*4), Z3, Z3
+	VPADDD    (SI)(R13*4), Z0, Z0
+	VPADDD    64(SI)(R13*4), Z1, Z1
+	VPADDD    128(SI)(R13*4), Z2, Z2
+	VPADDD    192(SI)(R13*4), Z3, Z3
+	VPADDD    (DI)(R13*4), Z0, Z0
+	VPADDD    64(DI)(R13*4), Z1, Z1
+	VPADDD    128(DI)(R13*4), Z2, Z2
+	VPADDD    192(DI)(R13*4), Z3, Z3
+	VPADDD    (R8)(R13*4), Z0, Z0
+	VPADDD    64(R8)(R13*4), Z1, Z1
+	VPADDD    128(R8)(R13*4), Z2, Z2
+	VPADDD    192(R8)(R13*4), Z3, Z3
+	VPADDD    (R9)(R13*4), Z0, Z0
+	VPADDD    64(R9)(R13*4), Z1, Z1
+	VPADDD    128(R9)(R13*4), Z2, Z2
+	VPADDD    192(R9)(R13*4), Z3, Z3
+	VPADDD    (R10)(R13*4), Z0, Z0
+	VPADDD    64(R10)(R13*4), Z1, Z1
+	VPADDD    128(R10)(R13*4), Z2, Z2
+	VPADDD    192(R10)(R13*4), Z3, Z3
+	VPADDD    (R11)(R13*4), Z0, Z0
+	VPADDD    64(R11)(R13*4), Z1, Z1
+	VPADDD    128(R11)(R13*4), Z2, Z2
+	VPADDD    192(R11)(R13*4), Z3, Z3
+	VPADDD    (R12)(R13*4), Z0, Z0
+	VPADDD    64(R12)(R13*4), Z1, Z1
+	VPADDD    128(R12)(R13*4), Z2, Z2
+	VPADDD    192(R12)(R13*4), Z3, Z3
+	VMOVDQU32 Z0, (AX)(R13*4)
+	VMOVDQU32 Z1, 64(AX)(R13*4)
+	VMOVDQU32 Z2, 128(AX)(R13*4)
+	VMOVDQU32 Z3, 192(AX)(R13*4)
+	ADDQ      $0x00000040, R13
+	CMPQ      R13, R14
+	JB        g8_big
+
+g8_small:
+	CMPQ      R13, acc_len+8(FP)
+	JAE       g8_done
+	VMOVDQU32 (AX)(R13*4), Y0
+	VPADDD    (BX)(R13*4), Y0, Y0
+	VPADDD    (SI)(R13*4), Y0, Y0
+	VPADDD    (DI)(R13*4), Y0, Y0
+	VPADDD    (R8)(R13*4), Y0, Y0
+	VPADDD    (R9)(R13*4), Y0, Y0
+	VPADDD    (R10)(R13*4), Y0, Y0
+	VPADDD    (R11)(R13*4), Y0, Y0
+	VPADDD    (R12)(R13*4), Y0, Y0
+	VMOVDQU32 Y0, (AX)(R13*4)
+	ADDQ      $0x00000008, R13
+	JMP       g8_small
+
+g8_done:
+	ADDQ $0x000000c0, CX
+	SUBQ $0x08, DX
+	JMP  groups
+
+rest:
+	CMPQ DX, $0x07
+	JE   group7
+	CMPQ DX, $0x06
+	JE   group6
+	CMPQ DX, $0x05
+	JE   group5
+	CMPQ DX, $0x04
+	JE   group4
+	CMPQ DX, $0x03
+	JE   group3
+	CMPQ DX, $0x02
+	JE   group2
+	CMPQ DX, $0x01
+	JE   group1
+	JMP  ret
+
+group7:
+	// 7 inputs
+	MOVQ (CX), DX
+	MOVQ 24(CX), BX
+	MOVQ 48(CX), SI
+	MOVQ 72(CX), DI
+	MOVQ 96(CX), R8
+	MOVQ 120(CX), R9
+	MOVQ 144(CX), CX
+	MOVQ acc_len+8(FP), R11
+	ANDQ $-64, R11
+	XORQ R10, R10
+	CMPQ R10, R11
+	JAE  g7_small
+
+g7_big:
+	VMOVDQU32 (AX)(R10*4), Z0
+	VMOVDQU32 64(AX)(R10*4), Z1
+	VMOVDQU32 128(AX)(R10*4), Z2
+	VMOVDQU32 192(AX)(R10*4), Z3
+	VPADDD    (DX)(R10*4), Z0, Z0
+	VPADDD    64(DX)(R10*4), Z1, Z1
+	VPADDD    128(DX)(R10*4), Z2, Z2
+	VPADDD    192(DX)(R10*4), Z3, Z3
+	VPADDD    (BX)(R10*4), Z0, Z0
+	VPADDD    64(BX)(R10*4), Z1, Z1
+	VPADDD    128(BX)(R10*4), Z2, Z2
+	VPADDD    192(BX)(R10*4), Z3, Z3
+	VPADDD    (SI)(R10*4), Z0, Z0
+	VPADDD    64(SI)(R10*4), Z1, Z1
+	VPADDD    128(SI)(R10*4), Z2, Z2
+	VPADDD    192(SI)(R10*4), Z3, Z3
+	VPADDD    (DI)(R10*4), Z0, Z0
+	VPADDD    64(DI)(R10*4), Z1, Z1
+	VPADDD    128(DI)(R10*4), Z2, Z2
+	VPADDD    192(DI)(R10*4), Z3, Z3
+	VPADDD    (R8)(R10*4), Z0, Z0
+	VPADDD    64(R8)(R10*4), Z1, Z1
+	VPADDD    128(R8)(R10*4), Z2, Z2
+	VPADDD    192(R8)(R10*4), Z3, Z3
+	VPADDD    (R9)(R10*4), Z0, Z0
+	VPADDD    64(R9)(R10*4), Z1, Z1
+	VPADDD    128(R9)(R10*4), Z2, Z2
+	VPADDD    192(R9)(R10*4), Z3, Z3
+	VPADDD    (CX)(R10*4), Z0, Z0
+	VPADDD    64(CX)(R10*4), Z1, Z1
+	VPADDD    128(CX)(R10*4), Z2, Z2
+	VPADDD    192(CX)(R10*4), Z3, Z3
+	VMOVDQU32 Z0, (AX)(R10*4)
+	VMOVDQU32 Z1, 64(AX)(R10*4)
+	VMOVDQU32 Z2, 128(AX)(R10*4)
+	VMOVDQU32 Z3, 192(AX)(R10*4)
+	ADDQ      $0x00000040, R10
+	CMPQ      R10, R11
+	JB        g7_big
+
+g7_small:
+	CMPQ      R10, acc_len+8(FP)
+	JAE       g7_done
+	VMOVDQU32 (AX)(R10*4), Y0
+	VPADDD    (DX)(R10*4), Y0, Y0
+	VPADDD    (BX)(R10*4), Y0, Y0
+	VPADDD    (SI)(R10*4), Y0, Y0
+	VPADDD    (DI)(R10*4), Y0, Y0
+	VPADDD    (R8)(R10*4), Y0, Y0
+	VPADDD    (R9)(R10*4), Y0, Y0
+	VPADDD    (CX)(R10*4), Y0, Y0
+	VMOVDQU32 Y0, (AX)(R10*4)
+	ADDQ      $0x00000008, R10
+	JMP       g7_small
+
+g7_done:
+	JMP ret
+
+group6:
+	// 6 inputs
+	MOVQ (CX), DX
+	MOVQ 24(CX), BX
+	MOVQ 48(CX), SI
+	MOVQ 72(CX), DI
+	MOVQ 96(CX), R8
+	MOVQ 120(CX), CX
+	MOVQ acc_len+8(FP), R10
+	ANDQ $-64, R10
+	XORQ R9, R9
+	CMPQ R9, R10
+	JAE  g6_small
+
+g6_big:
+	VMOVDQU32 (AX)(R9*4), Z0
+	VMOVDQU32 64(AX)(R9*4), Z1
+	VMOVDQU32 128(AX)(R9*4), Z2
+	VMOVDQU32 192(AX)(R9*4), Z3
+	VPADDD    (DX)(R9*4), Z0, Z0
+	VPADDD    64(DX)(R9*4), Z1, Z1
+	VPADDD    128(DX)(R9*4), Z2, Z2
+	VPADDD    192(DX)(R9*4), Z3, Z3
+	VPADDD    (BX)(R9*4), Z0, Z0
+	VPADDD    64(BX)(R9*4), Z1, Z1
+	VPADDD    128(BX)(R9*4), Z2, Z2
+	VPADDD    192(BX)(R9*4), Z3, Z3
+	VPADDD    (SI)(R9*4), Z0, Z0
+	VPADDD    64(SI)(R9*4), Z1, Z1
+	VPADDD    128(SI)(R9*4), Z2, Z2
+	VPADDD    192(SI)(R9*4), Z3, Z3
+	VPADDD    (DI)(R9*4), Z0, Z0
+	VPADDD    64(DI)(R9*4), Z1, Z1
+	VPADDD    128(DI)(R9*4), Z2, Z2
+	VPADDD    192(DI)(R9*4), Z3, Z3
+	VPADDD    (R8)(R9*4), Z0, Z0
+	VPADDD    64(R8)(R9*4), Z1, Z1
+	VPADDD    128(R8)(R9*4), Z2, Z2
+	VPADDD    192(R8)(R9*4), Z3, Z3
+	VPADDD    (CX)(R9*4), Z0, Z0
+	VPADDD    64(CX)(R9*4), Z1, Z1
+	VPADDD    128(CX)(R9*4), Z2, Z2
+	VPADDD    192(CX)(R9*4), Z3, Z3
+	VMOVDQU32 Z0, (AX)(R9*4)
+	VMOVDQU32 Z1, 64(AX)(R9*4)
+	VMOVDQU32 Z2, 128(AX)(R9*4)
+	VMOVDQU32 Z3, 192(AX)(R9*4)
+	ADDQ      $0x00000040, R9
+	CMPQ      R9, R10
+	JB        g6_big
+
+g6_small:
+	CMPQ      R9, acc_len+8(FP)
+	JAE       g6_done
+	VMOVDQU32 (AX)(R9*4), Y0
+	VPADDD    (DX)(R9*4), Y0, Y0
+	VPADDD    (BX)(R9*4), Y0, Y0
+	VPADDD    (SI)(R9*4), Y0, Y0
+	VPADDD    (DI)(R9*4), Y0, Y0
+	VPADDD    (R8)(R9*4), Y0, Y0
+	VPADDD    (CX)(R9*4), Y0, Y0
+	VMOVDQU32 Y0, (AX)(R9*4)
+	ADDQ      $0x00000008, R9
+	JMP       g6_small
+
+g6_done:
+	JMP ret
+
+group5:
+	// 5 inputs
+	MOVQ (CX), DX
+	MOVQ 24(CX), BX
+	MOVQ 48(CX), SI
+	MOVQ 72(CX), DI
+	MOVQ 96(CX), CX
+	MOVQ acc_len+8(FP), R9
+	ANDQ $-64, R9
+	XORQ R8, R8
+	CMPQ R8, R9
+	JAE  g5_small
+
+g5_big:
+	VMOVDQU32 (AX)(R8*4), Z0
+	VMOVDQU32 64(AX)(R8*4), Z1
+	VMOVDQU32 128(AX)(R8*4), Z2
+	VMOVDQU32 192(AX)(R8*4), Z3
+	VPADDD    (DX)(R8*4), Z0, Z0
+	VPADDD    64(DX)(R8*4), Z1, Z1
+	VPADDD    128(DX)(R8*4), Z2, Z2
+	VPADDD    192(DX)(R8*4), Z3, Z3
+	VPADDD    (BX)(R8*4), Z0, Z0
+	VPADDD    64(BX)(R8*4), Z1, Z1
+	VPADDD    128(BX)(R8*4), Z2, Z2
+	VPADDD    192(BX)(R8*4), Z3, Z3
+	VPADDD    (SI)(R8*4), Z0, Z0
+	VPADDD    64(SI)(R8*4), Z1, Z1
+	VPADDD    128(SI)(R8*4), Z2, Z2
+	VPADDD    192(SI)(R8*4), Z3, Z3
+	VPADDD    (DI)(R8*4), Z0, Z0
+	VPADDD    64(DI)(R8*4), Z1, Z1
+	VPADDD    128(DI)(R8*4), Z2, Z2
+	VPADDD    192(DI)(R8*4), Z3, Z3
+	VPADDD    (CX)(R8*4), Z0, Z0
+	VPADDD    64(CX)(R8*4), Z1, Z1
+	VPADDD    128(CX)(R8*4), Z2, Z2
+	VPADDD    192(CX)(R8*4), Z3, Z3
+	VMOVDQU32 Z0, (AX)(R8*4)
+	VMOVDQU32 Z1, 64(AX)(R8*4)
+	VMOVDQU32 Z2, 128(AX)(R8*4)
+	VMOVDQU32 Z3, 192(AX)(R8*4)
+	ADDQ      $0x00000040, R8
+	CMPQ      R8, R9
+	JB        g5_big
+
+g5_small:
+	CMPQ      R8, acc_len+8(FP)
+	JAE       g5_done
+	VMOVDQU32 (AX)(R8*4), Y0
+	VPADDD    (DX)(R8*4), Y0, Y0
+	VPADDD    (BX)(R8*4), Y0, Y0
+	VPADDD    (SI)(R8*4), Y0, Y0
+	VPADDD    (DI)(R8*4), Y0, Y0
+	VPADDD    (CX)(R8*4), Y0, Y0
+	VMOVDQU32 Y0, (AX)(R8*4)
+	ADDQ      $0x00000008, R8
+	JMP       g5_small
+
+g5_done:
+	JMP ret
+
+group4:
+	// 4 inputs
+	MOVQ (CX), DX
+	MOVQ 24(CX), BX
+	MOVQ 48(CX), SI
+	MOVQ 72(CX), CX
+	MOVQ acc_len+8(FP), R8
+	ANDQ $-64, R8
+	XORQ DI, DI
+	CMPQ DI, R8
+	JAE  g4_small
+
+g4_big:
+	VMOVDQU32 (AX)(DI*4), Z0
+	VMOVDQU32 64(AX)(DI*4), Z1
+	VMOVDQU32 128(AX)(DI*4), Z2
+	VMOVDQU32 192(AX)(DI*4), Z3
+	VPADDD    (DX)(DI*4), Z0, Z0
+	VPADDD    64(DX)(DI*4), Z1, Z1
+	VPADDD    128(DX)(DI*4), Z2, Z2
+	VPADDD    192(DX)(DI*4), Z3, Z3
+	VPADDD    (BX)(DI*4), Z0, Z0
+	VPADDD    64(BX)(DI*4), Z1, Z1
+	VPADDD    128(BX)(DI*4), Z2, Z2
+	VPADDD    192(BX)(DI*4), Z3, Z3
+	VPADDD    (SI)(DI*4), Z0, Z0
+	VPADDD    64(SI)(DI*4), Z1, Z1
+	VPADDD    128(SI)(DI*4), Z2, Z2
+	VPADDD    192(SI)(DI*4), Z3, Z3
+	VPADDD    (CX)(DI*4), Z0, Z0
+	VPADDD    64(CX)(DI*4), Z1, Z1
+	VPADDD    128(CX)(DI*4), Z2, Z2
+	VPADDD    192(CX)(DI*4), Z3, Z3
+	VMOVDQU32 Z0, (AX)(DI*4)
+	VMOVDQU32 Z1, 64(AX)(DI*4)
+	VMOVDQU32 Z2, 128(AX)(DI*4)
+	VMOVDQU32 Z3, 192(AX)(DI*4)
+	ADDQ      $0x00000040, DI
+	CMPQ      DI, R8
+	JB        g4_big
+
+g4_small:
+	CMPQ      DI, acc_len+8(FP)
+	JAE       g4_done
+	VMOVDQU32 (AX)(DI*4), Y0
+	VPADDD    (DX)(DI*4), Y0, Y0
+	VPADDD    (BX)(DI*4), Y0, Y0
+	VPADDD    (SI)(DI*4), Y0, Y0
+	VPADDD    (CX)(DI*4), Y0, Y0
+	VMOVDQU32 Y0, (AX)(DI*4)
+	ADDQ      $0x00000008, DI
+	JMP       g4_small
+
+g4_done:
+	JMP ret
+
+group3:
+	// 3 inputs
+	MOVQ (CX), DX
+	MOVQ 24(CX), BX
+	MOVQ 48(CX), CX
+	MOVQ acc_len+8(FP), DI
+	ANDQ $-64, DI
+	XORQ SI, SI
+	CMPQ SI, DI
+	JAE  g3_small
+
+g3_big:
+	VMOVDQU32 (AX)(SI*4), Z0
+	VMOVDQU32 64(AX)(SI*4), Z1
+	VMOVDQU32 128(AX)(SI*4), Z2
+	VMOVDQU32 192(AX)(SI*4), Z3
+	VPADDD    (DX)(SI*4), Z0, Z0
+	VPADDD    64(DX)(SI*4), Z1, Z1
+	VPADDD    128(DX)(SI*4), Z2, Z2
+	VPADDD    192(DX)(SI*4), Z3, Z3
+	VPADDD    (BX)(SI*4), Z0, Z0
+	VPADDD    64(BX)(SI*4), Z1, Z1
+	VPADDD    128(BX)(SI*4), Z2, Z2
+	VPADDD    192(BX)(SI*4), Z3, Z3
+	VPADDD    (CX)(SI*4), Z0, Z0
+	VPADDD    64(CX)(SI*4), Z1, Z1
+	VPADDD    128(CX)(SI*4), Z2, Z2
+	VPADDD    192(CX)(SI*4), Z3, Z3
+	VMOVDQU32 Z0, (AX)(SI*4)
+	VMOVDQU32 Z1, 64(AX)(SI*4)
+	VMOVDQU32 Z2, 128(AX)(SI*4)
+	VMOVDQU32 Z3, 192(AX)(SI*4)
+	ADDQ      $0x00000040, SI
+	CMPQ      SI, DI
+	JB        g3_big
+
+g3_small:
+	CMPQ      SI, acc_len+8(FP)
+	JAE       g3_done
+	VMOVDQU32 (AX)(SI*4), Y0
+	VPADDD    (DX)(SI*4), Y0, Y0
+	VPADDD    (BX)(SI*4), Y0, Y0
+	VPADDD    (CX)(SI*4), Y0, Y0
+	VMOVDQU32 Y0, (AX)(SI*4)
+	ADDQ      $0x00000008, SI
+	JMP       g3_small
+
+g3_done:
+	JMP ret
+
+group2:
+	// 2 inputs
+	MOVQ (CX), DX
+	MOVQ 24(CX), CX
+	MOVQ acc_len+8(FP), SI
+	ANDQ $-64, SI
+	XORQ BX, BX
+	CMPQ BX, SI
+	JAE  g2_small
+
+g2_big:
+	VMOVDQU32 (AX)(BX*4), Z0
+	VMOVDQU32 64(AX)(BX*4), Z1
+	VMOVDQU32 128(AX)(BX*4), Z2
+	VMOVDQU32 192(AX)(BX*4), Z3
+	VPADDD    (DX)(BX*4), Z0, Z0
+	VPADDD    64(DX)(BX*4), Z1, Z1
+	VPADDD    128(DX)(BX*4), Z2, Z2
+	VPADDD    192(DX)(BX*4), Z3, Z3
+	VPADDD    (CX)(BX*4), Z0, Z0
+	VPADDD    64(CX)(BX*4), Z1, Z1
+	VPADDD    128(CX)(BX*4), Z2, Z2
+	VPADDD    192(CX)(BX*4), Z3, Z3
+	VMOVDQU32 Z0, (AX)(BX*4)
+	VMOVDQU32 Z1, 64(AX)(BX*4)
+	VMOVDQU32 Z2, 128(AX)(BX*4)
+	VMOVDQU32 Z3, 192(AX)(BX*4)
+	ADDQ      $0x00000040, BX
+	CMPQ      BX, SI
+	JB        g2_big
+
+g2_small:
+	CMPQ      BX, acc_len+8(FP)
+	JAE       g2_done
+	VMOVDQU32 (AX)(BX*4), Y0
+	VPADDD    (DX)(BX*4), Y0, Y0
+	VPADDD    (CX)(BX*4), Y0, Y0
+	VMOVDQU32 Y0, (AX)(BX*4)
+	ADDQ      $0x00000008, BX
+	JMP       g2_small
+
+g2_done:
+	JMP ret
+
+group1:
+	// 1 inputs
+	MOVQ (CX), CX
+	MOVQ acc_len+8(FP), BX
+	ANDQ $-64, BX
+	XORQ DX, DX
+	CMPQ DX, BX
+	JAE  g1_small
+
+g1_big:
+	VMOVDQU32 (AX)(DX*4), Z0
+	VMOVDQU32 64(AX)(DX*4), Z1
+	VMOVDQU32 128(AX)(DX*4), Z2
+	VMOVDQU32 192(AX)(DX*4), Z3
+	VPADDD    (CX)(DX*4), Z0, Z0
+	VPADDD    64(CX)(DX*4), Z1, Z1
+	VPADDD    128(CX)(DX*4), Z2, Z2
+	VPADDD    192(CX)(DX*4), Z3, Z3
+	VMOVDQU32 Z0, (AX)(DX*4)
+	VMOVDQU32 Z1, 64(AX)(DX*4)
+	VMOVDQU32 Z2, 128(AX)(DX*4)
+	VMOVDQU32 Z3, 192(AX)(DX*4)
+	ADDQ      $0x00000040, DX
+	CMPQ      DX, BX
+	JB        g1_big
+
+g1_small:
+	CMPQ      DX, acc_len+8(FP)
+	JAE       g1_done
+	VMOVDQU32 (AX)(DX*4), Y0
+	VPADDD    (CX)(DX*4), Y0, Y0
+	VMOVDQU32 Y0, (AX)(DX*4)
+	ADDQ      $0x00000008, DX
+	JMP       g1_small
+
+g1_done:
+ret:
+	VZEROUPPER
+	RET

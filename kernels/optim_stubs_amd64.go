@@ -28,3 +28,28 @@ func fedYogiStepAVX2(xo []float32, mo []float32, vo []float32, x []float32, d []
 //
 //go:noescape
 func modSumU32AVX2(acc []uint32, x [][]byte)
+
+// fedAvgMStepAVX512 is FedAvgMStepF32 for len(x) a multiple of 8, the constants in c (optimTable).
+//
+//go:noescape
+func fedAvgMStepAVX512(xo []float32, mo []float32, x []float32, d []float32, m []float32, c *[8][8]float32)
+
+// fedAdagradStepAVX512 is FedAdagradStepF32 for len(x) a multiple of 8, the constants in c (optimTable).
+//
+//go:noescape
+func fedAdagradStepAVX512(xo []float32, mo []float32, vo []float32, x []float32, d []float32, m []float32, v []float32, c *[8][8]float32)
+
+// fedAdamStepAVX512 is FedAdamStepF32 for len(x) a multiple of 8, the constants in c (optimTable).
+//
+//go:noescape
+func fedAdamStepAVX512(xo []float32, mo []float32, vo []float32, x []float32, d []float32, m []float32, v []float32, c *[8][8]float32)
+
+// fedYogiStepAVX512 is FedYogiStepF32 for len(x) a multiple of 8, the constants in c (optimTable).
+//
+//go:noescape
+func fedYogiStepAVX512(xo []float32, mo []float32, vo []float32, x []float32, d []float32, m []float32, v []float32, c *[8][8]float32)
+
+// modSumU32AVX512 is ModSumU32 for len(acc) a multiple of 8.
+//
+//go:noescape
+func modSumU32AVX512(acc []uint32, x [][]byte)

@@ -41,6 +41,10 @@ func TestImpls(t *testing.T) {
 	if got := slices.Contains(names, "avx2"); got != wantAVX2 {
 		t.Errorf("Impls() = %v: avx2 present = %v, want %v (asmBuild %v)", names, got, wantAVX2, asmBuild)
 	}
+	wantAVX512 := wantAVX2 && cpuid.CPU.Supports(cpuid.AVX512F, cpuid.AVX512BW, cpuid.AVX512VL, cpuid.AVX512DQ)
+	if got := slices.Contains(names, "avx512"); got != wantAVX512 {
+		t.Errorf("Impls() = %v: avx512 present = %v, want %v", names, got, wantAVX512)
+	}
 	// Best first: in the order of implRank.
 	if !slices.IsSortedFunc(names, func(a, b string) int {
 		return slices.Index(implRank, a) - slices.Index(implRank, b)
@@ -59,6 +63,10 @@ func TestImpls(t *testing.T) {
 		}
 		if k.Name() == "avx2" && k.runs != [3]string{"avx2", "avx2", "avx2"} {
 			t.Errorf("avx2 runs %s", k.Description())
+		}
+		// The robust family has no avx512 tables yet: the avx512 Impl runs its avx2 ones.
+		if k.Name() == "avx512" && k.runs != [3]string{"avx512", "avx2", "avx512"} {
+			t.Errorf("avx512 runs %s", k.Description())
 		}
 		if got, err := Lookup(k.Name()); err != nil || got != k {
 			t.Errorf("Lookup(%q) = %v, %v", k.Name(), got, err)

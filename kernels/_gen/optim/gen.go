@@ -33,6 +33,8 @@ func main() {
 	}
 	genModSum()
 
+	genAVX512()
+
 	Generate()
 }
 
