@@ -99,13 +99,26 @@ func Open(path string, opts ...Option) (*tensor.Set, error) {
 		return nil, err
 	}
 	defer f.Close() // the mapping outlives the descriptor
-	h, err := readHeader(f, size, o)
-	if err != nil {
-		return nil, err
+	var h *Header
+	if o.populate || size < 8 {
+		// Validated before MAP_POPULATE reads the whole file in (and a file of under 8 bytes
+		// cannot be mapped).
+		if h, err = readHeader(f, size, o); err != nil {
+			return nil, err
+		}
 	}
 	b, closer, err := mapFile(f, size, o.populate)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", o.source, err)
+	}
+	if h == nil {
+		// Parsed where it is mapped, so the header is not copied: that is one header's bytes
+		// per file less, which counts for headers of many tensors. Mapping costs nothing
+		// until pages are touched, so a malformed file is still not read beyond its header.
+		if h, err = parseFile(b, o); err != nil {
+			closer.Close()
+			return nil, err
+		}
 	}
 	s, err := newSet(h, b, o.source)
 	if err != nil {
@@ -122,6 +135,16 @@ func Parse(b []byte, opts ...Option) (*tensor.Set, error) {
 	if err != nil {
 		return nil, err
 	}
+	h, err := parseFile(b, o)
+	if err != nil {
+		return nil, err
+	}
+	return newSet(h, b, o.source)
+}
+
+// parseFile parses the header of a whole file held in memory. The Header copies what it
+// keeps, so it outlives b.
+func parseFile(b []byte, o *readOptions) (*Header, error) {
 	n, err := headerLength(b, int64(len(b)), o)
 	if err != nil {
 		return nil, err
@@ -131,7 +154,7 @@ func Parse(b []byte, opts ...Option) (*tensor.Set, error) {
 		return nil, err
 	}
 	h.DataOffset = 8 + n
-	return newSet(h, b, o.source)
+	return h, nil
 }
 
 // ReadHeader reads and validates the header of the file at path; no data is read or mapped.
