@@ -1,9 +1,36 @@
 package aggregate
 
 import (
+	"time"
+
+	"github.com/wattagg/wattagg/device"
 	"github.com/wattagg/wattagg/energy"
 	"github.com/wattagg/wattagg/sched"
 )
+
+// accounting is what a round did and spent: device passes, bytes, busy time and the meters'
+// measurements around every piece of work (each Add, the close).
+type accounting struct {
+	bytesIn  int64
+	added    int64 // bytes added so far (progress of an incremental round)
+	busy     time.Duration
+	stats    []device.Stats
+	energy   []energy.Measurement
+	meterErr error
+	placed   *placement // the planner's plan of the batch job and what it learned
+}
+
+// record adds one device pass.
+func (a *accounting) record(st device.Stats) {
+	if st.Device != "" || st.Elements > 0 {
+		a.stats = append(a.stats, st)
+	}
+}
+
+// addElements records an incremental Add: elems elements and bytes read on dev.
+func (a *accounting) addElements(dev string, elems, bytes int64) {
+	a.stats = append(a.stats, device.Stats{Device: dev, Elements: elems, BytesRead: bytes})
+}
 
 // meterWindow reads the configured meters around a piece of work. A nil *meterWindow (no
 // meters) measures nothing.
@@ -32,6 +59,15 @@ func (m *meterWindow) stop() ([]energy.Measurement, error) {
 	return m.w.Stop()
 }
 
+// meter adds what a window measured to the round's energy.
+func (a *accounting) meter(w *meterWindow) {
+	ms, err := w.stop()
+	if err != nil && a.meterErr == nil {
+		a.meterErr = err
+	}
+	a.energy = energy.Accumulate(a.energy, ms)
+}
+
 // setEnergy fills the report's energy from measurements (with provenance), the plan's
 // prediction and what the planner learned.
 func (r *Report) setEnergy(ms []energy.Measurement, meterErr error, plan *sched.Plan, learned *sched.Learned) {
@@ -58,31 +94,4 @@ func (r *Report) setEnergy(ms []energy.Measurement, meterErr error, plan *sched.
 		jp := j / float64(r.Params)
 		r.JoulesPerParam = &jp
 	}
-}
-
-// account puts the batch's placement and energy into its report.
-func (b *batch) account(r *Report) {
-	if p := b.placed; p != nil {
-		r.setEnergy(p.energy, p.meterErr, p.plan, p.learned)
-	}
-}
-
-// meter adds what a window measured to the aggregate's energy.
-func (a *Aggregator) meter(w *meterWindow) {
-	ms, err := w.stop()
-	if err != nil && a.meterErr == nil {
-		a.meterErr = err
-	}
-	a.energy = energy.Accumulate(a.energy, ms)
-}
-
-// account puts the energy of every Add and of this emit into the report.
-func (a *Aggregator) account(r *Report, emitted []energy.Measurement, err error) {
-	if err == nil {
-		err = a.meterErr
-	}
-	var all []energy.Measurement
-	all = energy.Accumulate(all, a.energy)
-	all = energy.Accumulate(all, emitted)
-	r.setEnergy(all, err, nil, nil)
 }

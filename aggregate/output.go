@@ -24,30 +24,34 @@ func (m *memOutput) Dest(c, p int) ([]byte, error) {
 
 func (m *memOutput) Done(int) error { return nil }
 
-// newResultSet allocates the output tensors in one aligned arena laid out like the data
-// section (so a result is as compact as a file), in the order of the first update.
-func newResultSet(p *plan) (*tensor.Set, *memOutput, error) {
-	arena := tensor.AlignedBytes(int(p.size))
+// newResultSet allocates the output tensors in one aligned arena from alloc, laid out like the
+// data section (so a result is as compact as a file), in the round's tensor order. The caller
+// owns the arena.
+func newResultSet(p *plan, alloc tensor.Allocator) (*tensor.Set, *memOutput, []byte, error) {
+	arena := alloc.Allocate(int(p.size))
 	set := &tensor.Set{Metadata: map[string]string{}}
 	out := &memOutput{dst: make([][]byte, len(p.fields)), fields: p.fields, chunks: p.chunks}
 	for t, f := range p.fields {
 		b := arena[p.offsets[t] : p.offsets[t]+int64(f.Len*f.Out.Size())]
-		tt, err := tensor.FromBytes(f.Name, f.Out, p.ref[t].Shape, b)
-		if err != nil {
-			return nil, nil, err
+		tt, err := tensor.FromBytes(f.Name, p.setDType(t), p.ref[t].Shape, b)
+		if err == nil {
+			err = set.Add(tt)
 		}
-		if err := set.Add(tt); err != nil {
-			return nil, nil, err
+		if err != nil {
+			alloc.Free(arena)
+			return nil, nil, nil, err
 		}
 		out.dst[t] = b
 	}
-	return set, out, nil
+	return set, out, arena, nil
 }
 
 // pipeOutput hands finished chunks to writer goroutines through a small ring of page-aligned
 // buffers, so the disk writes chunk i while the cores compute chunk i+1, and no model-sized
 // buffer is ever touched (fresh pages are the most expensive memory there is).
 type pipeOutput struct {
+	alloc  tensor.Allocator
+	raw    [][]byte // the ring's buffers as allocated, freed by close
 	w      io.WriterAt
 	fields []device.AccField
 	chunks []device.Chunk
@@ -63,15 +67,18 @@ type pipeOutput struct {
 // pageSize is the alignment direct I/O needs of buffers, lengths and offsets.
 const pageSize = 4096
 
-func newPipeOutput(w io.WriterAt, p *plan, chunkBytes, buffers, writers int) *pipeOutput {
+func newPipeOutput(w io.WriterAt, p *plan, chunkBytes, buffers, writers int, alloc tensor.Allocator) *pipeOutput {
 	o := &pipeOutput{
-		w: w, fields: p.fields, chunks: p.chunks,
+		alloc: alloc,
+		w:     w, fields: p.fields, chunks: p.chunks,
 		free:  make(chan []byte, buffers),
 		bufs:  make([][]byte, len(p.chunks)),
 		queue: make(chan int, buffers),
 	}
 	for range buffers {
-		o.free <- pageAligned(chunkBytes)
+		raw := alloc.Allocate(chunkBytes + pageSize)
+		o.raw = append(o.raw, raw)
+		o.free <- pageAligned(raw, chunkBytes)
 	}
 	for range writers {
 		o.wg.Add(1)
@@ -80,8 +87,8 @@ func newPipeOutput(w io.WriterAt, p *plan, chunkBytes, buffers, writers int) *pi
 	return o
 }
 
-func pageAligned(n int) []byte {
-	b := tensor.AlignedBytes(n + pageSize)
+// pageAligned is the page-aligned n bytes inside b (n + pageSize bytes).
+func pageAligned(b []byte, n int) []byte {
 	off := 0
 	if mis := int(uintptr(unsafe.Pointer(unsafe.SliceData(b))) % pageSize); mis != 0 {
 		off = pageSize - mis
@@ -139,9 +146,13 @@ func (o *pipeOutput) failed() error {
 	return o.err
 }
 
-// close waits for the queued writes and returns the first write error.
+// close waits for the queued writes, frees the ring and returns the first write error.
 func (o *pipeOutput) close() error {
 	close(o.queue)
 	o.wg.Wait()
+	for _, b := range o.raw {
+		o.alloc.Free(b)
+	}
+	o.raw = nil
 	return o.failed()
 }

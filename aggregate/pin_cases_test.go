@@ -1,12 +1,11 @@
 package aggregate_test
 
 import (
-	"context"
-	"math/rand/v2"
 	"strconv"
 	"testing"
 
 	"github.com/wattagg/wattagg/aggregate"
+	"github.com/wattagg/wattagg/aggregate/robust"
 	"github.com/wattagg/wattagg/tensor"
 )
 
@@ -23,15 +22,10 @@ func must[T any](v T, err error) func(t *testing.T) T {
 	}
 }
 
-// batchRule runs a batch rule once in memory.
-func batchRule(r aggregate.Rule, updates []*tensor.Set, weights []float64) func(t *testing.T) ([]*tensor.Set, []*aggregate.Report) {
-	return func(t *testing.T) ([]*tensor.Set, []*aggregate.Report) {
-		set, rep, err := r.Aggregate(context.Background(), updates, weights)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return []*tensor.Set{set}, []*aggregate.Report{rep}
-	}
+// oneRound runs one round of r in mode m.
+func oneRound(t *testing.T, m pinMode, r aggregate.Rule, updates []*tensor.Set, weights []float64, opts ...aggregate.Option) ([]*tensor.Set, []*aggregate.Report) {
+	set, rep := runMode(t, m, r, updates, weights, opts...)
+	return []*tensor.Set{set}, []*aggregate.Report{rep}
 }
 
 // withNaN returns the updates with one value of client k replaced by NaN (in a copy).
@@ -51,19 +45,22 @@ func withNaN(t *testing.T, updates []*tensor.Set, k int) []*tensor.Set {
 	return out
 }
 
-func pinCases() []pinCase {
+func pinCases() []pinCase { return append(batchPinCases(), statefulPinCases()...) }
+
+// batchPinCases are FedAvg and the robust rules.
+func batchPinCases() []pinCase {
 	f32 := []tensor.DType{tensor.F32}
 	var cases []pinCase
-	add := func(name string, run func(t *testing.T) ([]*tensor.Set, []*aggregate.Report)) {
+	add := func(name string, run func(t *testing.T, m pinMode) ([]*tensor.Set, []*aggregate.Report)) {
 		cases = append(cases, pinCase{name, run})
 	}
 	common := func(opts ...aggregate.Option) []aggregate.Option {
 		return append([]aggregate.Option{aggregate.WithChunkBytes(pinChunk)}, opts...)
 	}
-	batch := func(name string, build func(opts []aggregate.Option) (aggregate.Rule, error), clients func(t *testing.T) []*tensor.Set, weights []float64, opts ...aggregate.Option) {
-		add(name, func(t *testing.T) ([]*tensor.Set, []*aggregate.Report) {
-			r := must(build(common(opts...)))(t)
-			return batchRule(r, clients(t), weights)(t)
+	batch := func(name string, build func() (aggregate.Rule, error), clients func(t *testing.T) []*tensor.Set, weights []float64, opts ...aggregate.Option) {
+		add(name, func(t *testing.T, m pinMode) ([]*tensor.Set, []*aggregate.Report) {
+			r := must(build())(t)
+			return oneRound(t, m, r, clients(t), weights, common(opts...)...)
 		})
 	}
 	clients := func(seed uint64, n int, dts []tensor.DType) func(t *testing.T) []*tensor.Set {
@@ -78,7 +75,7 @@ func pinCases() []pinCase {
 			return cs
 		}
 	}
-	fedavg := func(opts []aggregate.Option) (aggregate.Rule, error) { return aggregate.NewFedAvg(opts...) }
+	fedavg := func() (aggregate.Rule, error) { return aggregate.NewFedAvg(), nil }
 	w9 := []float64{1, 2, 3, 0.5, 4, 1.25, 7, 2, 1}
 
 	// FedAvg.
@@ -92,143 +89,41 @@ func pinCases() []pinCase {
 	batch("fedavg/mixed-grouped", fedavg, clients(8, 9, []tensor.DType{tensor.F32, tensor.F32, tensor.F32, tensor.BF16, tensor.BF16, tensor.BF16, tensor.I8, tensor.I8, tensor.I8}), w9, aggregate.WithMixedDTypes(true))
 
 	// Robust rules.
-	median := func(opts []aggregate.Option) (aggregate.Rule, error) { return aggregate.NewMedian(opts...) }
+	median := func() (aggregate.Rule, error) { return robust.NewMedian(), nil }
 	batch("median/f32-odd", median, clients(10, 9, f32), nil)
 	batch("median/bf16-even", median, clients(11, 8, []tensor.DType{tensor.BF16}), nil)
-	add("median/nan-excluded", func(t *testing.T) ([]*tensor.Set, []*aggregate.Report) {
-		r := must(aggregate.NewMedian(common()...))(t)
-		return batchRule(r, withNaN(t, pinClients(t, 12, 9, f32, nil, 1), 4), nil)(t)
+	add("median/nan-excluded", func(t *testing.T, m pinMode) ([]*tensor.Set, []*aggregate.Report) {
+		return oneRound(t, m, robust.NewMedian(), withNaN(t, pinClients(t, 12, 9, f32, nil, 1), 4), nil, common()...)
 	})
-	batch("trimmed-mean/0.2", func(opts []aggregate.Option) (aggregate.Rule, error) { return aggregate.NewTrimmedMean(0.2, opts...) },
+	batch("trimmed-mean/0.2", func() (aggregate.Rule, error) { return robust.NewTrimmedMean(0.2) },
 		clients(13, 11, f32), nil)
-	batch("trimmed-mean/f16", func(opts []aggregate.Option) (aggregate.Rule, error) { return aggregate.NewTrimmedMean(0.3, opts...) },
+	batch("trimmed-mean/f16", func() (aggregate.Rule, error) { return robust.NewTrimmedMean(0.3) },
 		clients(14, 10, []tensor.DType{tensor.F16}), nil)
-	batch("krum/f1", func(opts []aggregate.Option) (aggregate.Rule, error) { return aggregate.NewKrum(1, 1, opts...) },
+	batch("krum/f1", func() (aggregate.Rule, error) { return robust.NewKrum(1, 1) },
 		clients(15, 9, f32), nil)
-	batch("multi-krum/f1m3", func(opts []aggregate.Option) (aggregate.Rule, error) { return aggregate.NewKrum(1, 3, opts...) },
+	batch("multi-krum/f1m3", func() (aggregate.Rule, error) { return robust.NewKrum(1, 3) },
 		clients(16, 9, f32), w9)
-	batch("multi-krum/f2m0", func(opts []aggregate.Option) (aggregate.Rule, error) { return aggregate.NewKrum(2, 0, opts...) },
+	batch("multi-krum/f2m0", func() (aggregate.Rule, error) { return robust.NewKrum(2, 0) },
 		clients(17, 9, f32), nil)
-	batch("bulyan/f1", func(opts []aggregate.Option) (aggregate.Rule, error) { return aggregate.NewBulyan(1, opts...) },
+	batch("bulyan/f1", func() (aggregate.Rule, error) { return robust.NewBulyan(1) },
 		clients(18, 9, f32), nil)
-	batch("bulyan/f1-bf16", func(opts []aggregate.Option) (aggregate.Rule, error) { return aggregate.NewBulyan(1, opts...) },
+	batch("bulyan/f1-bf16", func() (aggregate.Rule, error) { return robust.NewBulyan(1) },
 		clients(19, 8, []tensor.DType{tensor.BF16}), nil)
-	batch("geomed", func(opts []aggregate.Option) (aggregate.Rule, error) {
-		return aggregate.NewGeometricMedian(1e-6, 20, 1e-5, opts...)
+	batch("geomed", func() (aggregate.Rule, error) {
+		return robust.NewGeometricMedian(robust.WithSmoothing(1e-6), robust.WithMaxIterations(20), robust.WithTolerance(1e-5))
 	}, clients(20, 9, f32), w9)
-	batch("centered-clip", func(opts []aggregate.Option) (aggregate.Rule, error) {
-		return aggregate.NewCenteredClipping(30, 3, nil, opts...)
+	batch("centered-clip", func() (aggregate.Rule, error) {
+		return robust.NewCenteredClipping(30, robust.WithIterations(3))
 	}, clients(21, 9, f32), nil)
-	batch("norm-clip/fixed", func(opts []aggregate.Option) (aggregate.Rule, error) {
-		return aggregate.NewNormClipping(aggregate.FixedBound(57), opts...)
+	batch("norm-clip/fixed", func() (aggregate.Rule, error) {
+		return robust.NewNormClipping(robust.FixedBound(57))
 	}, clients(22, 9, f32), w9)
-	batch("norm-clip/quantile", func(opts []aggregate.Option) (aggregate.Rule, error) {
-		return aggregate.NewNormClipping(aggregate.QuantileBound(0.5), opts...)
+	batch("norm-clip/quantile", func() (aggregate.Rule, error) {
+		return robust.NewNormClipping(robust.QuantileBound(0.5))
 	}, clients(23, 9, f32), nil)
-	batch("norm-zero/fixed", func(opts []aggregate.Option) (aggregate.Rule, error) {
-		return aggregate.NewNormZeroing(aggregate.FixedBound(57), opts...)
+	batch("norm-zero/fixed", func() (aggregate.Rule, error) {
+		return robust.NewNormZeroing(robust.FixedBound(57))
 	}, clients(24, 9, f32), w9)
 
-	// Server optimizers and private means: two rounds each, from a global model; the second
-	// round's clients train from the first round's result.
-	stateful := func(name string, build func(global *tensor.Set, opts []aggregate.Option) (aggregate.Rule, func() []*tensor.Set, error), weights []float64, dts []tensor.DType) {
-		add(name, func(t *testing.T) ([]*tensor.Set, []*aggregate.Report) {
-			global := pinSet(t, pinRNG(30), tensor.F32, nil, 1, "global")
-			rule, state, err := build(global, common())
-			if err != nil {
-				t.Fatal(err)
-			}
-			var sets []*tensor.Set
-			var reps []*aggregate.Report
-			for round := range 2 {
-				cs := pinClients(t, uint64(31+round), 7, dts, global, 0.01)
-				set, rep, err := rule.Aggregate(context.Background(), cs, weights)
-				if err != nil {
-					t.Fatal(err)
-				}
-				sets = append(sets, set.Clone())
-				sets = append(sets, state()...)
-				reps = append(reps, rep)
-				global = set
-			}
-			return sets, reps
-		})
-	}
-	w7 := []float64{3, 1, 2, 5, 1, 1, 2}
-	for _, name := range []string{"fedavgm", "fedadagrad", "fedadam", "fedyogi"} {
-		stateful("optim/"+name, func(global *tensor.Set, opts []aggregate.Option) (aggregate.Rule, func() []*tensor.Set, error) {
-			r, err := aggregate.NewServerOptimizer(name, aggregate.WithGlobal(global), aggregate.WithRuleOptions(opts...))
-			if err != nil {
-				return nil, nil, err
-			}
-			return r, func() []*tensor.Set {
-				st := r.State()
-				out := []*tensor.Set{st.M.Clone()}
-				if st.V != nil {
-					out = append(out, st.V.Clone())
-				}
-				return out
-			}, nil
-		}, w7, f32)
-	}
-	stateful("optim/fedadam-bf16-clients", func(global *tensor.Set, opts []aggregate.Option) (aggregate.Rule, func() []*tensor.Set, error) {
-		r, err := aggregate.NewFedAdam(aggregate.WithGlobal(global), aggregate.WithServerLR(0.05), aggregate.WithRuleOptions(opts...))
-		return r, func() []*tensor.Set { return nil }, err
-	}, nil, []tensor.DType{tensor.BF16})
-	dp := func(name string, extra ...aggregate.RoundOption) func(global *tensor.Set, opts []aggregate.Option) (aggregate.Rule, func() []*tensor.Set, error) {
-		return func(global *tensor.Set, opts []aggregate.Option) (aggregate.Rule, func() []*tensor.Set, error) {
-			ro := append([]aggregate.RoundOption{aggregate.WithGlobal(global), aggregate.WithRuleOptions(opts...),
-				aggregate.WithNoiseMultiplier(0.7), aggregate.WithInsecureNoiseSeed(99)}, extra...)
-			r, err := aggregate.NewPrivateMean(name, ro...)
-			return r, func() []*tensor.Set { return nil }, err
-		}
-	}
-	stateful("dp/fixed", dp("dp-fixed", aggregate.WithClipBound(0.3)), nil, f32)
-	stateful("dp/fixed-expected", dp("dp-fixed", aggregate.WithClipBound(0.3), aggregate.WithExpectedClients(10), aggregate.WithSamplingRate(0.1)), nil, f32)
-	stateful("dp/adaptive", dp("dp-adaptive", aggregate.WithClipBound(0.3), aggregate.WithClippedCountStddev(1)), nil, f32)
-
-	// Secure sum: 6 clients masked pairwise with self masks, client 2 dropped.
-	add("secagg/recovery", func(t *testing.T) ([]*tensor.Set, []*aggregate.Report) {
-		ctx := context.Background()
-		q := must(aggregate.NewSecAggQuantizer(16, 4))(t)
-		r := rand.NewChaCha8([32]byte{7})
-		const n = 6
-		seed := func() aggregate.Seed {
-			var s aggregate.Seed
-			r.Read(s[:])
-			return s
-		}
-		pairs := make([]map[int]aggregate.Seed, n)
-		for i := range pairs {
-			pairs[i] = map[int]aggregate.Seed{}
-		}
-		for i := range n {
-			for j := i + 1; j < n; j++ {
-				s := seed()
-				pairs[i][j], pairs[j][i] = s, s
-			}
-		}
-		self := map[int]aggregate.Seed{}
-		var masked []*tensor.Set
-		raw := pinClients(t, 40, n, []tensor.DType{tensor.F32}, nil, 1)
-		for id := range n {
-			s := seed()
-			u := must(q.QuantizeSet(raw[id], r))(t)
-			c := &aggregate.SecAggClient{ID: id, Self: &s, Pairs: pairs[id]}
-			if err := c.Mask(ctx, u); err != nil {
-				t.Fatal(err)
-			}
-			if id == 2 {
-				continue // dropped after masking
-			}
-			self[id] = s
-			masked = append(masked, u)
-		}
-		rec := &aggregate.SecAggRecovery{Clients: []int{0, 1, 2, 3, 4, 5}, Self: self,
-			Dropped: map[int]map[int]aggregate.Seed{2: {0: pairs[2][0], 1: pairs[2][1], 3: pairs[2][3], 4: pairs[2][4], 5: pairs[2][5]}}}
-		rule := must(aggregate.NewSecureSum(aggregate.WithSecAggBits(16), aggregate.WithSecAggRange(4),
-			aggregate.WithSecAggRecovery(rec), aggregate.WithSecAggRuleOptions(common()...)))(t)
-		return batchRule(rule, masked, nil)(t)
-	})
 	return cases
 }

@@ -1,6 +1,7 @@
 package aggregate_test
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/wattagg/wattagg/aggregate"
 	"github.com/wattagg/wattagg/tensor"
+	"github.com/wattagg/wattagg/tensor/safetensors"
 )
 
 // The pin test fixes every rule's output bits on small inputs, so that restructuring the
@@ -29,7 +31,82 @@ var updatePins = flag.Bool("update-pins", false, "rewrite testdata/pin.golden.js
 // rules) and the reports.
 type pinCase struct {
 	name string
-	run  func(t *testing.T) ([]*tensor.Set, []*aggregate.Report)
+	run  func(t *testing.T, m pinMode) ([]*tensor.Set, []*aggregate.Report)
+}
+
+// pinMode is how a pinned case runs its rounds: every mode must give the pinned bits.
+type pinMode int
+
+const (
+	modeBatch     pinMode = iota // aggregate.Aggregate
+	modeFile                     // aggregate.AggregateFile, read back
+	modeRound                    // a Round fed one update at a time (WithExpected), Result
+	modeRoundFile                // the same, WriteFile, read back
+)
+
+var pinModes = map[pinMode]string{modeBatch: "batch", modeFile: "file", modeRound: "round", modeRoundFile: "round-file"}
+
+// runMode runs one round of rule over updates in mode m.
+func runMode(t *testing.T, m pinMode, rule aggregate.Rule, updates []*tensor.Set, weights []float64, opts ...aggregate.Option) (*tensor.Set, *aggregate.Report) {
+	t.Helper()
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "out.safetensors")
+	var set *tensor.Set
+	var rep *aggregate.Report
+	var err error
+	switch m {
+	case modeBatch:
+		set, rep, err = aggregate.Aggregate(ctx, rule, updates, weights, opts...)
+	case modeFile:
+		rep, err = aggregate.AggregateFile(ctx, rule, path, updates, weights, opts...)
+	default:
+		set, rep, err = incremental(ctx, rule, m == modeRoundFile, path, updates, weights, opts)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if set == nil {
+		if set, err = safetensors.Open(path); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { set.Close() })
+	}
+	return set, rep
+}
+
+// incremental feeds updates one at a time to a Round told what to expect.
+func incremental(ctx context.Context, rule aggregate.Rule, file bool, path string, updates []*tensor.Set, weights []float64, opts []aggregate.Option) (*tensor.Set, *aggregate.Report, error) {
+	exp := aggregate.Expected{Weights: weights}
+	for _, u := range updates {
+		exp.Layouts = append(exp.Layouts, u.Layout())
+	}
+	if weights == nil {
+		w, _, err := aggregate.ResolveWeights(updates, nil)
+		if err != nil {
+			return nil, nil, err
+		}
+		exp.Weights = w
+	}
+	r, err := aggregate.NewRound(ctx, rule, append(opts, aggregate.WithExpected(exp))...)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer r.Close()
+	for k, u := range updates {
+		if weights != nil {
+			err = r.Add(ctx, u, weights[k])
+		} else {
+			err = r.AddByExamples(ctx, u)
+		}
+		if err != nil {
+			return nil, nil, err
+		}
+	}
+	if file {
+		rep, err := r.WriteFile(ctx, path)
+		return nil, rep, err
+	}
+	return r.Result(ctx)
 }
 
 // pinRNG is the generator of every pinned input: its sequence never changes.
@@ -147,14 +224,18 @@ func TestPinned(t *testing.T) {
 	}
 	got := map[string]string{}
 	for _, c := range pinCases() {
-		t.Run(c.name, func(t *testing.T) {
-			sets, reps := c.run(t)
-			fp := fingerprint(t, sets, reps)
-			got[c.name] = fp
-			if !*updatePins && want[c.name] != fp {
-				t.Errorf("output changed: fingerprint %s, pinned %s", fp, want[c.name])
-			}
-		})
+		for _, m := range []pinMode{modeBatch, modeFile, modeRound, modeRoundFile} {
+			t.Run(c.name+"/"+pinModes[m], func(t *testing.T) {
+				sets, reps := c.run(t, m)
+				fp := fingerprint(t, sets, reps)
+				if m == modeBatch {
+					got[c.name] = fp
+				}
+				if !*updatePins && want[c.name] != fp {
+					t.Errorf("output changed: fingerprint %s, pinned %s", fp, want[c.name])
+				}
+			})
+		}
 	}
 	if *updatePins {
 		b, err := json.MarshalIndent(got, "", "  ")

@@ -21,19 +21,11 @@ type placement struct {
 	learned  *sched.Learned
 }
 
-// pool is the devices a batch may use.
-func (c *config) pool() []device.Device {
-	if len(c.devs) > 0 {
-		return c.devs
-	}
-	return []device.Device{c.dev}
-}
-
-// workers is the goroutines of every device in the pool: the producers of output chunks.
-func (c *config) workers() int {
+// workers is the goroutines of every device the round may use: the producers of output chunks.
+func (r *Round) workers() int {
 	n := 0
-	for _, d := range c.pool() {
-		n += workersOf(d)
+	for _, d := range r.cfg.devs {
+		n += max(1, d.Info().Workers)
 	}
 	return n
 }
@@ -41,23 +33,23 @@ func (c *config) workers() int {
 // execute runs the job on the devices the planner chose (on the one device without a
 // planner), one SumJob per device with its chunks and the same Output, concurrently, and reads
 // the meters around it. The planner then learns from what the meters saw.
-func (b *batch) execute(ctx context.Context, job *device.SumJob) (device.Stats, error) {
+func (r *Round) execute(ctx context.Context, job *device.SumJob) (device.Stats, error) {
 	pl := &placement{}
-	b.placed = pl
-	pool := b.cfg.pool()
-	if b.cfg.planner != nil {
-		p, err := b.cfg.planner.Plan(b.request(pool, job))
+	r.acct.placed = pl
+	pool := r.cfg.devs
+	if r.cfg.planner != nil {
+		p, err := r.cfg.planner.Plan(request(pool, job))
 		if err != nil {
 			return device.Stats{}, err
 		}
 		pl.plan = p
 	}
-	win, werr := energy.Start(b.cfg.meters...)
+	win, werr := energy.Start(r.cfg.meters...)
 	var stats []device.Stats
 	var err error
 	if pl.plan == nil {
 		var st device.Stats
-		st, err = b.cfg.dev.WeightedSum(ctx, job)
+		st, err = r.cfg.dev().WeightedSum(ctx, job)
 		stats = []device.Stats{st}
 	} else {
 		stats, err = runShares(ctx, job, pool, pl.plan)
@@ -82,14 +74,14 @@ func (b *batch) execute(ctx context.Context, job *device.SumJob) (device.Stats, 
 		for _, s := range stats {
 			secs[s.Device] = s.Seconds
 		}
-		l := b.cfg.planner.Observe(pl.plan, sched.Outcome{Energy: energy.Total(pl.energy), DeviceSeconds: secs})
+		l := r.cfg.planner.Observe(pl.plan, sched.Outcome{Energy: energy.Total(pl.energy), DeviceSeconds: secs})
 		pl.learned = &l
 	}
 	return total, nil
 }
 
 // request describes the job to the planner.
-func (b *batch) request(pool []device.Device, job *device.SumJob) sched.Request {
+func request(pool []device.Device, job *device.SumJob) sched.Request {
 	in, out := map[tensor.DType]int64{}, map[tensor.DType]int64{}
 	var elems int64
 	for t, f := range job.Fields {
@@ -230,10 +222,3 @@ type subOutput struct {
 func (s *subOutput) Dest(c, p int) ([]byte, error) { return s.out.Dest(s.idx[c], p) }
 func (s *subOutput) Done(c int) error              { return s.out.Done(s.idx[c]) }
 
-// perDevice is the per-device stats of the last run (stats itself without a placement).
-func (b *batch) perDevice(stats device.Stats) []device.Stats {
-	if b.placed == nil || len(b.placed.stats) == 0 {
-		return []device.Stats{stats}
-	}
-	return b.placed.stats
-}

@@ -9,13 +9,14 @@ import (
 	"github.com/wattagg/wattagg/tensor"
 )
 
-// plan is how an aggregate is computed and laid out: per tensor the accumulator and output
+// plan is how a round's result is computed and laid out: per tensor the accumulator and output
 // dtypes, where each output tensor sits in the output data section, and the chunks the data
 // section is cut into.
 type plan struct {
-	ref     tensor.Layout     // the first update's layout: the output's tensor order
+	ref     tensor.Layout     // the round's layout: the output's tensor order
 	fields  []device.AccField // per tensor, in ref order; Out is what the device produces
 	quant   []bool            // per tensor: quantise the device's f32 output to i8 afterwards
+	decode  bool              // the device produces u32 sums that a stage decodes to f32 in place
 	order   []int             // the fields in data-section order
 	offsets []int64           // per field: byte offset in the data section
 	size    int64             // bytes of the data section
@@ -23,22 +24,27 @@ type plan struct {
 }
 
 // newPlan decides dtypes and placement. inputs(t) lists the dtypes the updates bring for
-// tensor t (all updates for a batch, the first for a streaming aggregate).
-func newPlan(ref tensor.Layout, inputs func(t int) []tensor.DType, cfg config) (*plan, error) {
+// tensor t (every update of a batch; the expected or first ones of an incremental sum). Rules
+// that move a global model accumulate in f64 by default (the sum of the client models minus the
+// global model is a small difference of large numbers, and the accumulator block stays in
+// cache, so it is free) and output f32; a mod-sum adds u32 and decodes to f32.
+func newPlan(ref tensor.Layout, inputs func(t int) []tensor.DType, cfg *config, req Requirements) (*plan, error) {
 	p := &plan{ref: ref, fields: make([]device.AccField, len(ref)), quant: make([]bool, len(ref))}
+	if req.Kind == KindModSum {
+		p.decode = true
+		for t, f := range ref {
+			p.fields[t] = device.AccField{Name: f.Name, Len: f.Len(), Acc: tensor.U32, Out: tensor.U32}
+		}
+		return p, p.layOut(cfg)
+	}
 	for t, f := range ref {
 		in := inputs(t)
-		for _, dt := range in {
-			if !dt.Real() {
-				return nil, fmt.Errorf("%w: tensor %q is %s: FedAvg averages real values (u32 tensors are for the secure-sum rule)", tensor.ErrDType, f.Name, dt)
-			}
-		}
 		allF32 := len(in) > 0 && !slices.ContainsFunc(in, func(dt tensor.DType) bool { return dt != tensor.F32 })
 		wide := slices.Contains(in, tensor.F64)
 		acc := cfg.acc
 		if acc == tensor.Invalid {
 			acc = tensor.F64
-			if allF32 {
+			if allF32 && !req.Global {
 				acc = tensor.F32
 			}
 		}
@@ -48,6 +54,9 @@ func newPlan(ref tensor.Layout, inputs func(t int) []tensor.DType, cfg config) (
 		out := cfg.out
 		if out == tensor.Invalid {
 			out = f.DType
+		}
+		if req.Global {
+			out = tensor.F32
 		}
 		if out == tensor.I8 {
 			p.quant[t] = true
@@ -61,7 +70,12 @@ func newPlan(ref tensor.Layout, inputs func(t int) []tensor.DType, cfg config) (
 		}
 		p.fields[t] = device.AccField{Name: f.Name, Len: f.Len(), Acc: acc, Out: out}
 	}
+	return p, p.layOut(cfg)
+}
 
+// layOut places the output tensors in the data section and cuts it into chunks.
+func (p *plan) layOut(cfg *config) error {
+	ref := p.ref
 	// Widest elements first, as the reference safetensors writer orders tensors: every tensor
 	// then starts at a multiple of its element size, so chunk boundaries never split an element.
 	p.order = make([]int, len(ref))
@@ -78,10 +92,39 @@ func newPlan(ref tensor.Layout, inputs func(t int) []tensor.DType, cfg config) (
 	}
 	chunks, err := device.CutChunks(p.fields, p.offsets, cfg.chunkBytes)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	p.chunks = chunks
-	return p, nil
+	return nil
+}
+
+// field is the index of the named tensor, or -1.
+func (p *plan) field(name string) int {
+	for t, f := range p.fields {
+		if f.Name == name {
+			return t
+		}
+	}
+	return -1
+}
+
+// accOf is the accumulator dtype of the named tensor (Invalid if there is none).
+func (p *plan) accOf(name string) tensor.DType {
+	for _, f := range p.fields {
+		if f.Name == name {
+			return f.Acc
+		}
+	}
+	return tensor.Invalid
+}
+
+// setDType is the dtype of output tensor t in the result Set: what the device writes, or f32
+// where a stage decodes it in place.
+func (p *plan) setDType(t int) tensor.DType {
+	if p.decode {
+		return tensor.F32
+	}
+	return p.fields[t].Out
 }
 
 // quantised reports whether any tensor is written as i8.
@@ -91,7 +134,7 @@ func (p *plan) quantised() bool { return slices.Contains(p.quant, true) }
 func (p *plan) fileLayout() tensor.Layout {
 	l := make(tensor.Layout, 0, len(p.order))
 	for _, t := range p.order {
-		l = append(l, tensor.Field{Name: p.ref[t].Name, DType: p.fields[t].Out, Shape: p.ref[t].Shape})
+		l = append(l, tensor.Field{Name: p.ref[t].Name, DType: p.setDType(t), Shape: p.ref[t].Shape})
 	}
 	return l
 }
@@ -112,7 +155,7 @@ func (p *plan) describe(r *Report, inputs func(t int) []tensor.DType) {
 		if p.quant[t] {
 			return tensor.I8
 		}
-		return f.Out
+		return p.setDType(t)
 	})
 	r.Tensors = len(p.ref)
 	r.Params = p.ref.NumParams()

@@ -1,6 +1,9 @@
 package aggregate
 
 import (
+	"slices"
+	"time"
+
 	"github.com/wattagg/wattagg/device"
 	"github.com/wattagg/wattagg/energy"
 	"github.com/wattagg/wattagg/sched"
@@ -16,7 +19,7 @@ type Report struct {
 	AccDType    string    `json:"acc_dtype"` // "f32", "f64" or "mixed"
 	OutDType    string    `json:"out_dtype"` // one dtype or "mixed"
 	TotalWeight float64   `json:"total_weight"`
-	WeightsFrom string    `json:"weights_from"` // "given", "num_examples" or "uniform"
+	WeightsFrom WeightSource `json:"weights_from"`
 	Weights     []float64 `json:"weights"`      // normalised: the share of each client, in input order
 	Output      string    `json:"output,omitempty"`
 
@@ -78,8 +81,42 @@ type DeviceShare struct {
 // noMeterReason is reported when no meter was given (WithMeters).
 const noMeterReason = "no energy meter given (aggregate.WithMeters; the CLI uses RAPL, NVML or the estimate)"
 
-func (r *Report) finish(seconds float64, stats []device.Stats) {
-	r.Seconds = seconds
+// report assembles a closed round's report: what the engine saw, what each stage adds, what the
+// devices did and the meters measured.
+func (r *Round) report(out *sink, closing time.Duration) *Report {
+	rep := &Report{Rule: r.rule.Name(), Clients: len(r.clients), WeightsFrom: r.weights.source(r.req.Weights),
+		BytesWritten: out.written, Output: out.path}
+	rep.BytesRead = r.acct.bytesIn
+	if r.global != nil {
+		rep.BytesRead += r.global.bytes
+	}
+	r.plan.describe(rep, r.dtypesOf(nil))
+	var total float64
+	for _, c := range r.clients {
+		if c.excluded == "" {
+			total += c.weight
+		}
+	}
+	rep.TotalWeight = total / r.weights.scale
+	rep.Weights = make([]float64, len(r.clients))
+	rep.PerClient = make([]ClientDiag, len(r.clients))
+	for k, c := range r.clients {
+		if c.excluded == "" {
+			rep.Weights[k] = c.weight / total
+		}
+		c.diag.Weight = rep.Weights[k]
+		rep.PerClient[k] = c.diag
+	}
+	if r.req.ExcludeNonFinite {
+		rep.Details = map[string]float64{"excluded": float64(len(r.clients) - r.counted())}
+	}
+	r.stage.Report(rep)
+	if _, plain := r.rule.(*FedAvg); plain {
+		rep.PerClient = nil // a client's weight is all FedAvg sees of it: Weights has it
+	}
+	seconds := (r.acct.busy + closing).Seconds()
+	rep.Seconds = seconds
+	stats := perDevice(r.acct.stats)
 	var elems int64
 	for _, s := range stats {
 		elems += s.Elements
@@ -89,13 +126,45 @@ func (r *Report) finish(seconds float64, stats []device.Stats) {
 		if elems > 0 {
 			share = float64(s.Elements) / float64(elems)
 		}
-		r.Devices = append(r.Devices, DeviceShare{Stats: s, Share: share})
+		rep.Devices = append(rep.Devices, DeviceShare{Stats: s, Share: share})
 	}
 	if seconds > 0 {
-		r.GBps = float64(r.BytesRead+r.BytesWritten) / seconds / 1e9
-		r.ParamsPerSec = float64(r.Params) / seconds
+		rep.GBps = float64(rep.BytesRead+rep.BytesWritten) / seconds / 1e9
+		rep.ParamsPerSec = float64(rep.Params) / seconds
 	}
-	if r.Joules == nil && r.JoulesReason == "" {
-		r.JoulesReason = noMeterReason
+	var pl *placement
+	if pl = r.acct.placed; pl == nil {
+		pl = &placement{}
 	}
+	rep.setEnergy(r.acct.energy, r.acct.meterErr, pl.plan, pl.learned)
+	if rep.Joules == nil && rep.JoulesReason == "" {
+		rep.JoulesReason = noMeterReason
+	}
+	return rep
 }
+
+// Detail sets one of the rule's figures in the report.
+func (r *Report) Detail(name string, v float64) {
+	if r.Details == nil {
+		r.Details = map[string]float64{}
+	}
+	r.Details[name] = v
+}
+
+// perDevice sums the stats of a round's passes device by device, in order of first use: the
+// report has one share per device, not one per pass.
+func perDevice(stats []device.Stats) []device.Stats {
+	var out []device.Stats
+	for _, st := range stats {
+		i := slices.IndexFunc(out, func(o device.Stats) bool { return o.Device == st.Device })
+		if i < 0 {
+			out = append(out, device.Stats{Device: st.Device})
+			i = len(out) - 1
+		}
+		out[i].Add(st)
+	}
+	return out
+}
+
+// Ptr returns a pointer to v, for the optional figures of ClientDiag.
+func Ptr[T any](v T) *T { return &v }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"runtime"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -154,9 +153,10 @@ func (c *CPU) getScratch(inputs int) *cpuScratch {
 	return s
 }
 
-// group is the inputs of one field that share a dtype, with their effective weights (job
-// weight · scale · I8 dequantisation scale). Mixed-dtype fields have several groups, applied
-// in the order of their first input; a field whose inputs share a dtype has one.
+// group is a run of consecutive inputs of one field that share a dtype, with their effective
+// weights (job weight · scale · I8 dequantisation scale). A field whose inputs share a dtype has
+// one group; mixed dtypes make one per run. Inputs are thus always applied in their order, so a
+// batch gives the bits of the same updates added one at a time.
 type group struct {
 	dtype  tensor.DType
 	inputs []int
@@ -168,10 +168,10 @@ func groupInputs(t int, acc tensor.DType, inputs [][]Span, weights []float64, sc
 	var gs []group
 	for i, in := range inputs {
 		sp := in[t]
-		k := slices.IndexFunc(gs, func(g group) bool { return g.dtype == sp.DType })
-		if k < 0 {
+		k := len(gs) - 1
+		if k < 0 || gs[k].dtype != sp.DType {
 			gs = append(gs, group{dtype: sp.DType})
-			k = len(gs) - 1
+			k++
 		}
 		w := weights[i] * scale
 		if sp.DType == tensor.I8 {

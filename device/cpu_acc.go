@@ -4,16 +4,19 @@ import (
 	"context"
 	"fmt"
 	"time"
+	"unsafe"
 
 	"github.com/wattagg/wattagg/tensor"
 )
 
-// cpuAccumulator is a running sum in host memory, one aligned buffer per field.
+// cpuAccumulator is a running sum in host memory, one aligned buffer per field: f32 or f64
+// weighted sums, or u32 sums modulo 2^32 (fields whose Acc and Out are U32: the secure sum).
 type cpuAccumulator struct {
 	c      *CPU
 	fields []AccField
-	acc32  [][]float32 // per field, nil where the accumulator is f64
+	acc32  [][]float32 // per field, nil where the accumulator is not f32
 	acc64  [][]float64
+	accU32 [][]uint32
 	work   []Piece // the fields cut into blocks that workers claim
 }
 
@@ -23,10 +26,18 @@ const addBlockElems = 64 << 10
 
 // NewAccumulator implements Device.
 func (c *CPU) NewAccumulator(fields []AccField) (Accumulator, error) {
-	a := &cpuAccumulator{c: c, fields: fields, acc32: make([][]float32, len(fields)), acc64: make([][]float64, len(fields))}
+	a := &cpuAccumulator{c: c, fields: fields, acc32: make([][]float32, len(fields)), acc64: make([][]float64, len(fields)),
+		accU32: make([][]uint32, len(fields))}
 	for t, f := range fields {
-		if err := c.supports(t, f, nil); err != nil {
-			return nil, err
+		switch {
+		case f.Acc == tensor.U32 && f.Out == tensor.U32:
+			a.accU32[t] = unsafe.Slice((*uint32)(unsafe.Pointer(unsafe.SliceData(tensor.AlignedF32(f.Len)))), f.Len)
+		case f.Acc == tensor.U32:
+			return nil, fmt.Errorf("%w: field %q: a u32 sum is output as u32, not %s", ErrUnsupported, f.Name, f.Out)
+		default:
+			if err := c.supports(t, f, nil); err != nil {
+				return nil, err
+			}
 		}
 		switch f.Acc {
 		case tensor.F32:
@@ -42,19 +53,23 @@ func (c *CPU) NewAccumulator(fields []AccField) (Accumulator, error) {
 }
 
 // Add implements Accumulator.
+//
+// A u32 field adds its u32 input modulo 2^32 and ignores w.
 func (a *cpuAccumulator) Add(ctx context.Context, x []Span, w float64) error {
-	if err := checkSpans(a.fields, x); err != nil {
+	if err := a.checkAdd(x); err != nil {
 		return err
-	}
-	for t, f := range a.fields {
-		if f.Acc == tensor.F32 && x[t].DType == tensor.F64 {
-			return fmt.Errorf("%w: field %q: f64 input needs an f64 accumulator", ErrUnsupported, f.Name)
-		}
 	}
 	return a.c.parallelChunks(ctx, len(a.work), func(s *cpuScratch, k int) error {
 		pc := a.work[k]
 		sp := x[pc.Field]
 		es := sp.DType.Size()
+		if acc := a.accU32[pc.Field]; acc != nil {
+			xs := s.xs[:1]
+			xs[0] = sp.Data[4*pc.Lo : 4*pc.Hi]
+			a.c.kern.ModSumU32(acc[pc.Lo:pc.Hi], xs)
+			xs[0] = nil
+			return nil
+		}
 		wt := w
 		if sp.DType == tensor.I8 {
 			wt *= float64(sp.Scale)
@@ -71,6 +86,32 @@ func (a *cpuAccumulator) Add(ctx context.Context, x []Span, w float64) error {
 		xs[0] = nil
 		return nil
 	}, 1)
+}
+
+// checkAdd checks an update's spans against the accumulator's fields.
+func (a *cpuAccumulator) checkAdd(x []Span) error {
+	if len(x) != len(a.fields) {
+		return fmt.Errorf("%w: %d spans for %d fields", ErrJob, len(x), len(a.fields))
+	}
+	for t, f := range a.fields {
+		sp := x[t]
+		switch {
+		case f.Acc == tensor.U32:
+			if sp.DType != tensor.U32 || len(sp.Data) != 4*f.Len {
+				return fmt.Errorf("%w: field %q: a u32 sum takes %d u32 elements, have %d bytes of %s", ErrJob, f.Name, f.Len, len(sp.Data), sp.DType)
+			}
+		case f.Acc == tensor.F32 && sp.DType == tensor.F64:
+			return fmt.Errorf("%w: field %q: f64 input needs an f64 accumulator", ErrUnsupported, f.Name)
+		}
+	}
+	for t, f := range a.fields {
+		if f.Acc != tensor.U32 {
+			if err := checkSpans(a.fields[t:t+1], x[t:t+1]); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // Emit implements Accumulator.
@@ -108,6 +149,10 @@ func (a *cpuAccumulator) Emit(ctx context.Context, scale float64, chunks []Chunk
 // is checked for values the output dtype cannot hold (scale > 1 or a narrower dtype can
 // overflow).
 func (a *cpuAccumulator) emitPiece(f AccField, pc Piece, scale float64, dst []byte) error {
+	if v := a.accU32[pc.Field]; v != nil {
+		copy(dst, unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(v[pc.Lo:pc.Hi]))), 4*(pc.Hi-pc.Lo)))
+		return nil
+	}
 	block := a.c.block
 	os := f.Out.Size()
 	for lo := pc.Lo; lo < pc.Hi; lo += block {
@@ -130,11 +175,12 @@ func (a *cpuAccumulator) Reset() {
 	for t := range a.fields {
 		clear(a.acc32[t])
 		clear(a.acc64[t])
+		clear(a.accU32[t])
 	}
 }
 
 // Close implements Accumulator.
 func (a *cpuAccumulator) Close() error {
-	a.acc32, a.acc64, a.work = nil, nil, nil
+	a.acc32, a.acc64, a.accU32, a.work = nil, nil, nil, nil
 	return nil
 }

@@ -5,17 +5,21 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/wattagg/wattagg/aggregate"
+	"github.com/wattagg/wattagg/aggregate/optim"
+	"github.com/wattagg/wattagg/aggregate/robust"
+	"github.com/wattagg/wattagg/aggregate/secagg"
 	"github.com/wattagg/wattagg/tensor"
 )
 
 // The rules find a device's capabilities with type assertions (device.Robust, device.Optimizer,
 // device.ModSummer) and fall back to the host for a device without them. Given the GPU with
-// aggregate.WithDevice — what `wattagg aggregate --device cuda:0` does — they must run their
+// aggregate.WithDevices — what `wattagg aggregate --device cuda:0` does — they must run their
 // device work on it, and give the CPU device's results: the order statistics, selections and
 // optimizer steps bit for bit, the geometric median (whose distances are f64 sums in another
 // order) within f32 rounding.
@@ -80,42 +84,38 @@ func TestRobustRulesOnGPU(t *testing.T) {
 			updates := ruleUpdates(r, 9, 0.5)
 			for _, tc := range []struct {
 				name   string
-				build  func(opts ...aggregate.Option) (aggregate.Rule, error)
+				build  func() (aggregate.Rule, error)
 				kernel string // the GPU kernels the rule must run
 				tol    float64
 			}{
-				{"median", func(o ...aggregate.Option) (aggregate.Rule, error) { return aggregate.NewMedian(o...) }, "wa_select_", 0},
-				{"trimmed-mean", func(o ...aggregate.Option) (aggregate.Rule, error) { return aggregate.NewTrimmedMean(0.2, o...) }, "wa_select_", 0},
-				{"krum", func(o ...aggregate.Option) (aggregate.Rule, error) { return aggregate.NewKrum(2, 1, o...) }, "wa_gram", 0},
-				{"multi-krum", func(o ...aggregate.Option) (aggregate.Rule, error) { return aggregate.NewKrum(2, 3, o...) }, "wa_gram", 0},
-				{"bulyan", func(o ...aggregate.Option) (aggregate.Rule, error) { return aggregate.NewBulyan(1, o...) }, "wa_select_", 0},
-				{"geomed", func(o ...aggregate.Option) (aggregate.Rule, error) {
-					return aggregate.NewGeometricMedian(1e-6, 20, 1e-7, o...)
+				{"median", func() (aggregate.Rule, error) { return robust.NewMedian(), nil }, "wa_select_", 0},
+				{"trimmed-mean", func() (aggregate.Rule, error) { return robust.NewTrimmedMean(0.2) }, "wa_select_", 0},
+				{"krum", func() (aggregate.Rule, error) { return robust.NewKrum(2, 1) }, "wa_gram", 0},
+				{"multi-krum", func() (aggregate.Rule, error) { return robust.NewKrum(2, 3) }, "wa_gram", 0},
+				{"bulyan", func() (aggregate.Rule, error) { return robust.NewBulyan(1) }, "wa_select_", 0},
+				{"geomed", func() (aggregate.Rule, error) {
+					return robust.NewGeometricMedian(robust.WithSmoothing(1e-6), robust.WithMaxIterations(20), robust.WithTolerance(1e-7))
 				}, "wa_sqdist", 1e-5},
 			} {
 				t.Run(tc.name, func(t *testing.T) {
-					cpuRule, err := tc.build()
+					rule, err := tc.build()
 					if err != nil {
 						t.Fatal(err)
 					}
-					want, _, err := cpuRule.Aggregate(context.Background(), updates, nil)
-					if err != nil {
-						t.Fatal(err)
-					}
-					gpuRule, err := tc.build(aggregate.WithDevice(d.g))
+					want, _, err := aggregate.Aggregate(context.Background(), rule, updates, nil)
 					if err != nil {
 						t.Fatal(err)
 					}
 					before := d.g.launched(tc.kernel)
-					got, rep, err := gpuRule.Aggregate(context.Background(), updates, nil)
+					got, rep, err := aggregate.Aggregate(context.Background(), rule, updates, nil, aggregate.WithDevices(d.g))
 					if err != nil {
 						t.Fatal(err)
 					}
 					if d.g.launched(tc.kernel) == before {
 						t.Fatalf("%s ran no %s* kernel on %s", tc.name, tc.kernel, d.g.Name())
 					}
-					if len(rep.Devices) == 0 || rep.Devices[0].Device != d.g.Name() {
-						t.Fatalf("report devices %+v, want %s", rep.Devices, d.g.Name())
+					if !slices.ContainsFunc(rep.Devices, func(s aggregate.DeviceShare) bool { return s.Device == d.g.Name() }) {
+						t.Fatalf("report devices %+v, want %s among them", rep.Devices, d.g.Name())
 					}
 					sameSets(t, got, want, tc.tol)
 				})
@@ -131,11 +131,12 @@ func TestServerOptimizerOnGPU(t *testing.T) {
 	for _, d := range gpus(t, fakePipeline) {
 		t.Run(d.name, func(t *testing.T) {
 			r := rand.New(rand.NewPCG(62, 63))
-			global := ruleUpdates(r, 1, 0)[0]
-			var rules []*aggregate.ServerOptimizer
-			for _, opts := range [][]aggregate.Option{nil, {aggregate.WithDevice(d.g), aggregate.WithChunkBytes(16 << 10)}} {
-				rule, err := aggregate.NewFedAdam(aggregate.WithGlobal(global), aggregate.WithServerLR(0.1), aggregate.WithTau(1e-3),
-					aggregate.WithRuleOptions(opts...))
+			globals := []*tensor.Set{ruleUpdates(r, 1, 0)[0], nil}
+			globals[1] = globals[0]
+			var rules []*optim.Optimizer
+			optsOf := [][]aggregate.Option{nil, {aggregate.WithDevices(d.g), aggregate.WithChunkBytes(16 << 10)}}
+			for range optsOf {
+				rule, err := optim.NewFedAdam(optim.WithServerLR(0.1), optim.WithTau(1e-3))
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -145,14 +146,15 @@ func TestServerOptimizerOnGPU(t *testing.T) {
 			sums, steps := d.g.launched("wa_acc_f64_f32"), d.g.launched("wa_optim")
 			for round := range 3 {
 				updates := ruleUpdates(r, 5, 0.1*float64(round+1))
-				want, _, err := rules[0].Aggregate(context.Background(), updates, nil)
+				want, _, err := aggregate.Aggregate(context.Background(), rules[0], updates, nil, aggregate.WithGlobal(globals[0]))
 				if err != nil {
 					t.Fatal(err)
 				}
 				var got *tensor.Set
 				var rep *aggregate.Report
 				within(t, 2*time.Minute, func() {
-					got, rep, err = rules[1].Aggregate(context.Background(), updates, nil)
+					got, rep, err = aggregate.Aggregate(context.Background(), rules[1], updates, nil,
+						append(optsOf[1], aggregate.WithGlobal(globals[1]))...)
 				})
 				if err != nil {
 					t.Fatal(err)
@@ -163,9 +165,10 @@ func TestServerOptimizerOnGPU(t *testing.T) {
 				sameSets(t, got, want, 0)
 				sameSets(t, rules[1].State().M, rules[0].State().M, 0)
 				sameSets(t, rules[1].State().V, rules[0].State().V, 0)
+				globals[0], globals[1] = want, got
 			}
 			// The sum runs on the GPU; the step runs on the host, where the sum's chunks land
-			// (aggregate's optimizerOf): a GPU step would copy every chunk there and back.
+			// (optim's stepperOf): a GPU step would copy every chunk there and back.
 			if d.g.launched("wa_acc_f64_f32") == sums {
 				t.Fatalf("fedadam summed nothing on %s", d.g.Name())
 			}
@@ -182,16 +185,16 @@ func TestSecureSumOnGPU(t *testing.T) {
 		t.Run(d.name, func(t *testing.T) {
 			ctx := context.Background()
 			r := rand.New(rand.NewPCG(64, 65))
-			q, err := aggregate.NewSecAggQuantizer(16, 1)
+			q, err := secagg.NewQuantizer(16, 1)
 			if err != nil {
 				t.Fatal(err)
 			}
 			src := rand.NewChaCha8([32]byte{7})
-			var s01, s02, s12 aggregate.Seed
+			var s01, s02, s12 secagg.Seed
 			src.Read(s01[:])
 			src.Read(s02[:])
 			src.Read(s12[:])
-			pairs := []map[int]aggregate.Seed{{1: s01, 2: s02}, {0: s01, 2: s12}, {0: s02, 1: s12}}
+			pairs := []map[int]secagg.Seed{{1: s01, 2: s02}, {0: s01, 2: s12}, {0: s02, 1: s12}}
 			var masked []*tensor.Set
 			for id, u := range ruleUpdates(r, 3, 0) {
 				// Updates within the quantiser's range [-1, 1].
@@ -205,19 +208,19 @@ func TestSecureSumOnGPU(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				if err := (&aggregate.SecAggClient{ID: id, Pairs: pairs[id]}).Mask(ctx, qu); err != nil {
+				if err := (&secagg.Client{ID: id, Pairs: pairs[id]}).Mask(ctx, qu); err != nil {
 					t.Fatal(err)
 				}
 				masked = append(masked, qu)
 			}
 			var results []*tensor.Set
 			before := d.g.launched("wa_modsum_u32")
-			for _, opts := range [][]aggregate.Option{nil, {aggregate.WithDevice(d.g)}} {
-				rule, err := aggregate.NewSecureSum(aggregate.WithSecAggBits(16), aggregate.WithSecAggRange(1), aggregate.WithSecAggRuleOptions(opts...))
+			for _, opts := range [][]aggregate.Option{nil, {aggregate.WithDevices(d.g)}} {
+				rule, err := secagg.New(secagg.WithBits(16), secagg.WithRange(1))
 				if err != nil {
 					t.Fatal(err)
 				}
-				mean, _, err := rule.Aggregate(ctx, masked, nil)
+				mean, _, err := aggregate.Aggregate(ctx, rule, masked, nil, opts...)
 				if err != nil {
 					t.Fatal(err)
 				}

@@ -100,9 +100,9 @@ func supportsResident(t int, f device.AccField, inputs []*resident) error {
 	return supports(t, f, spans)
 }
 
-// sumOp accumulates weighted inputs. Inputs of one field are grouped by dtype, groups in order
-// of their first input, exactly as the CPU device groups them, so that every element sees the
-// same additions in the same order.
+// sumOp accumulates weighted inputs. Inputs of one field are grouped in runs of consecutive
+// inputs of one dtype, exactly as the CPU device groups them, so that every element sees the
+// same additions in the same order: the inputs' order.
 type sumOp struct {
 	fields []device.AccField
 	groups [][]sumGroup
@@ -124,10 +124,10 @@ func newSumOp(fields []device.AccField, src *source, weights []float64, scale fl
 		gs := o.groups[t]
 		for i := range src.count() {
 			dt := src.dtype(i, t)
-			k := slices.IndexFunc(gs, func(g sumGroup) bool { return g.dtype == dt })
-			if k < 0 {
+			k := len(gs) - 1
+			if k < 0 || gs[k].dtype != dt {
 				gs = append(gs, sumGroup{dtype: dt})
-				k = len(gs) - 1
+				k++
 			}
 			w := weights[i] * scale
 			if dt == tensor.I8 {

@@ -1,0 +1,205 @@
+package robust
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"math"
+	"slices"
+
+	"github.com/wattagg/wattagg/aggregate"
+	"github.com/wattagg/wattagg/device"
+)
+
+// Krum is Krum and Multi-Krum (Blanchard et al., 2017, "Machine Learning with Adversaries:
+// Byzantine Tolerant Gradient Descent"), as Flower implements them. Each client's score is the
+// sum of its squared distances to its n-f-2 nearest other clients; Krum returns the update with
+// the lowest score, Multi-Krum the weighted mean of the m updates with the lowest scores
+// (weights as FedAvg takes them; Krum's single update needs none). It needs n > 2f+2 clients,
+// n counting those left after updates with NaN or Inf are excluded.
+//
+// The pairwise distances come from the Gram matrix of the updates, computed in one pass in f64
+// accumulation (‖a-b‖² = ‖a‖² + ‖b‖² - 2a·b). The report has every client's score, whether it
+// was selected, and its distance to the result.
+type Krum struct{ f, m int }
+
+// NewKrum returns Krum (m = 1) or Multi-Krum (m > 1, or m = 0 for n-f, Blanchard et al.'s
+// choice) tolerating f Byzantine clients.
+func NewKrum(f, m int) (*Krum, error) {
+	if f < 0 {
+		return nil, fmt.Errorf("%w: krum f=%d: want f >= 0 (the Byzantine clients tolerated)", aggregate.ErrOption, f)
+	}
+	if m < 0 {
+		return nil, fmt.Errorf("%w: krum m=%d: want m >= 1 (the updates averaged), or 0 for n-f", aggregate.ErrOption, m)
+	}
+	return &Krum{f: f, m: m}, nil
+}
+
+// Name is "krum" (m = 1) or "multi-krum".
+func (r *Krum) Name() string {
+	if r.m == 1 {
+		return "krum"
+	}
+	return "multi-krum"
+}
+
+// Requirements: every update at once; NaN or Inf excluded; f32, f16, bf16 or i8 updates.
+func (*Krum) Requirements() aggregate.Requirements { return wholeRequirements }
+
+// Begin begins a round.
+func (r *Krum) Begin(context.Context, *aggregate.Env) (aggregate.Stage, error) {
+	return &krumStage{Krum: r, details: map[string]float64{}}, nil
+}
+
+type krumStage struct {
+	*Krum
+	details map[string]float64
+}
+
+func (s *krumStage) Report(rep *aggregate.Report) {
+	for k, v := range s.details {
+		rep.Detail(k, v)
+	}
+}
+
+func (s *krumStage) Compute(ctx context.Context, in *aggregate.Inputs) error {
+	rd, err := newRound(in, s.Name())
+	if err != nil {
+		return err
+	}
+	// Enough clients before the Gram pass, and after it has excluded non-finite ones.
+	check := func() (n, m int, err error) {
+		if err := rd.need(2*s.f+3, fmt.Sprintf("f=%d (n > 2f+2)", s.f)); err != nil {
+			return 0, 0, err
+		}
+		n, m = len(rd.keep), s.m
+		if m == 0 {
+			m = n - s.f
+		}
+		if m > n {
+			return 0, 0, fmt.Errorf("%s: %w: m=%d updates to average, have %d clients", rd.rule, aggregate.ErrTooFewClients, m, n)
+		}
+		return n, m, nil
+	}
+	if _, _, err := check(); err != nil {
+		return err
+	}
+	d, gram, err := rd.distances(ctx)
+	if err != nil {
+		return err
+	}
+	n, m, err := check()
+	if err != nil {
+		return err
+	}
+	all := make([]int, n)
+	for i := range all {
+		all[i] = i
+	}
+	scores := krumScores(d, all, n-s.f-2)
+	order := slices.Clone(all)
+	slices.SortStableFunc(order, func(a, b int) int { return cmp.Compare(scores[a], scores[b]) })
+	chosen := slices.Sorted(slices.Values(order[:m])) // positions in keep, input order
+	for i, k := range rd.keep {
+		rd.clients[k].Diag().Score = aggregate.Ptr(scores[i])
+		rd.clients[k].Diag().Selected = aggregate.Ptr(slices.Contains(chosen, i))
+	}
+	clients := make([]int, m)
+	w := make([]float64, m)
+	var total float64
+	for i, c := range chosen {
+		clients[i] = rd.keep[c]
+		w[i] = rd.clients[clients[i]].Weight()
+		total += w[i]
+	}
+	err = in.Emit(ctx, func(out device.Output) (device.Stats, error) {
+		return rd.weightedJob(ctx, clients, w, 1/total, out)
+	})
+	if err != nil {
+		return err
+	}
+	// ‖x_i − Σ_s w_s x_s‖² from the Gram matrix, with w normalised: no further pass.
+	sq := make([]float64, n)
+	var self float64
+	for a, ca := range chosen {
+		for b, cb := range chosen {
+			self += w[a] / total * w[b] / total * gram[ca][cb]
+		}
+	}
+	for i := range sq {
+		var cross float64
+		for s, c := range chosen {
+			cross += w[s] / total * gram[i][c]
+		}
+		sq[i] = gram[i][i] - 2*cross + self
+	}
+	rd.setDistances(rd.keep, sq)
+	s.details["f"], s.details["m"], s.details["neighbours"] = float64(s.f), float64(m), float64(n-s.f-2)
+	return nil
+}
+
+// distances computes the Gram matrix of the usable clients on the device, excludes the clients
+// whose norm (the square root of their diagonal entry) is not finite, and returns the Gram
+// matrix of the others and their squared distances (clamped at 0: rounding can make a tiny
+// negative), indexed by position in r.keep.
+func (r *round) distances(ctx context.Context) (d, gram [][]float64, err error) {
+	cs := slices.Clone(r.keep)
+	g, stats, err := r.dev.Gram(ctx, r.in.Fields(), r.inputsOf(cs))
+	r.in.Record(stats)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: %w", r.rule, err)
+	}
+	sq := make([]float64, len(cs))
+	for i := range cs {
+		sq[i] = g[i][i]
+	}
+	r.setNorms(cs, sq)
+	var rows []int // positions in cs of the clients still kept
+	for i, k := range cs {
+		if slices.Contains(r.keep, k) {
+			rows = append(rows, i)
+		}
+	}
+	n := len(rows)
+	gram, d = make([][]float64, n), make([][]float64, n)
+	for a, ra := range rows {
+		gram[a], d[a] = make([]float64, n), make([]float64, n)
+		for b, rb := range rows {
+			gram[a][b] = g[ra][rb]
+		}
+	}
+	for a := range d {
+		for b := range d[a] {
+			if a != b {
+				d[a][b] = max(0, gram[a][a]+gram[b][b]-2*gram[a][b])
+			}
+		}
+	}
+	return d, gram, nil
+}
+
+// krumScores returns, for each member of set, the sum of its k smallest squared distances to
+// the other members (k clamped to the members there are).
+func krumScores(d [][]float64, set []int, k int) []float64 {
+	k = min(k, len(set)-1)
+	scores := make([]float64, len(d))
+	for i := range scores {
+		scores[i] = math.Inf(1)
+	}
+	near := make([]float64, 0, len(set))
+	for _, a := range set {
+		near = near[:0]
+		for _, b := range set {
+			if b != a {
+				near = append(near, d[a][b])
+			}
+		}
+		slices.Sort(near)
+		var s float64
+		for _, v := range near[:max(0, k)] {
+			s += v
+		}
+		scores[a] = s
+	}
+	return scores
+}

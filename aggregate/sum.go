@@ -1,0 +1,334 @@
+package aggregate
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync/atomic"
+
+	"github.com/wattagg/wattagg/device"
+	"github.com/wattagg/wattagg/tensor"
+)
+
+// The sums: FedAvg, the server optimizers, the private means, fixed-bound clipping and the
+// secure sum compute
+//
+//	result = (Σ_k a_k·x_k + b·x_t) / D,   a_k = w_k·f_k
+//
+// with w_k the client's weight, f_k the product of the weighers' factors (clipping), x_t the
+// global model (when the rule has one), D the denominator (the total weight, or a count), and
+// b = D − Σ a_k so that the result is the new model x_t + Δ, or b = −Σ a_k when a later stage
+// consumes the averaged delta Δ itself (a server optimizer). A mod-sum adds u32 updates modulo
+// 2^32 instead.
+//
+// A batch (WithRetainedUpdates) runs one device job over every update at the close, placed by
+// the planner. An incremental round adds each update to an accumulator on arrival, already
+// multiplied by 1/D when the round knows D in advance (WithExpected), and adds x_t last: every
+// element then sees the same operations in the same order as in the batch job, so the two give
+// the same bits.
+
+// sumState is a sum's progress.
+type sumState struct {
+	deferred bool               // batch: the clients' spans are kept and summed at the close
+	acc      device.Accumulator // incremental: the running sum
+	accDev   string
+	pre      float64 // what every a_k was multiplied by when added (1, or 1/D expected)
+	preD     float64 // the denominator pre was computed from (0: none)
+
+	inputs  [][]device.Span // deferred: the spans of the clients with a_k ≠ 0
+	names   []string        // deferred: their sources
+	a       []float64       // deferred: their a_k
+	sumA    float64         // Σ a_k over the counted clients, in arrival order
+	weight  float64         // Σ w_k over the counted clients
+	n       int             // counted clients
+	globalB bool            // incremental: b·x_t has been added
+}
+
+// addToSum adds an admitted client: counts it, and adds a_k·x_k to the running sum (or keeps it
+// for the batch job).
+func (r *Round) addToSum(ctx context.Context, c *Client) error {
+	s := r.sum
+	if c.excluded != "" {
+		return nil
+	}
+	a := c.weight * c.factor
+	if a != 0 {
+		if s.deferred {
+			s.inputs = append(s.inputs, c.spans)
+			s.names = append(s.names, c.Source)
+			s.a = append(s.a, a)
+		} else {
+			if err := r.ensureAccumulator(ctx, c); err != nil {
+				return err
+			}
+			if err := s.acc.Add(ctx, c.spans, a*s.pre); err != nil {
+				return err
+			}
+			r.acct.addElements(s.accDev, r.plan.ref.NumParams(), c.bytes)
+		}
+	}
+	s.sumA += a
+	s.weight += c.weight
+	s.n++
+	if !s.deferred {
+		r.progressAdd(c.bytes)
+	}
+	return nil
+}
+
+// ensureAccumulator makes the plan and the accumulator at the first update of an incremental
+// sum, and the pre-scale when the round knows its denominator.
+func (r *Round) ensureAccumulator(ctx context.Context, first *Client) error {
+	s := r.sum
+	if s.acc != nil {
+		return nil
+	}
+	if r.plan == nil {
+		p, err := newPlan(first.layout, r.expectedDTypes(first), r.cfg, r.req)
+		if err != nil {
+			return fmt.Errorf("%s: %w", first.Source, err)
+		}
+		r.plan = p
+	}
+	dev := r.cfg.dev()
+	acc, err := dev.NewAccumulator(r.plan.fields)
+	if err != nil && r.req.Kind == KindModSum {
+		// A device without a modular accumulator: the host CPU adds (the sums land there).
+		cpu, cerr := hostCPU()
+		if cerr != nil {
+			return cerr
+		}
+		dev = cpu
+		acc, err = cpu.NewAccumulator(r.plan.fields)
+	}
+	if err != nil {
+		return err
+	}
+	s.acc, s.accDev, s.pre = acc, dev.Name(), 1
+	if e := r.cfg.expected; e != nil && e.Weights != nil && r.req.Kind == KindSum {
+		var n int
+		var w float64
+		for _, x := range e.Weights {
+			if r.req.Weights == WeightsEqual {
+				x = 1
+			}
+			w += r.weights.scaled(x)
+			n++
+		}
+		if d := r.denominator(n, w); d > 0 {
+			s.pre, s.preD = 1/d, d
+		}
+	}
+	return nil
+}
+
+// expectedDTypes lists, per tensor, the dtypes the round expects (WithExpected), or the first
+// update's.
+func (r *Round) expectedDTypes(first *Client) func(t int) []tensor.DType {
+	var ls []tensor.Layout
+	if e := r.cfg.expected; e != nil {
+		ls = e.Layouts
+	}
+	return func(t int) []tensor.DType {
+		dts := []tensor.DType{first.dtypes[t]}
+		for _, l := range ls {
+			for _, f := range l {
+				if f.Name == first.layout[t].Name {
+					dts = append(dts, f.DType)
+				}
+			}
+		}
+		return dts
+	}
+}
+
+// denominator is D for n counted clients of total weight w.
+func (r *Round) denominator(n int, w float64) float64 {
+	for _, st := range r.stages {
+		if d, ok := st.(Denominator); ok {
+			return d.Denominator(n, w)
+		}
+	}
+	return w
+}
+
+// closeSum computes the sum's result into out.
+func (r *Round) closeSum(ctx context.Context, out *sink) error {
+	s := r.sum
+	if s.deferred && r.plan == nil {
+		p, err := newPlan(r.refLayout, r.dtypesOf(nil), r.cfg, r.req)
+		if err != nil {
+			return err
+		}
+		r.plan = p
+	}
+	if r.plan == nil { // incremental, every client weighed 0
+		if err := r.ensureAccumulator(ctx, r.firstCounted()); err != nil {
+			return err
+		}
+	}
+	d := r.denominator(s.n, s.weight)
+	info := &SumInfo{Layout: r.refLayout, Clients: r.clients, Weight: s.weight, Denominator: d}
+	for _, st := range r.stages {
+		if f, ok := st.(Finisher); ok {
+			if err := f.Finish(ctx, info); err != nil {
+				return err
+			}
+		}
+	}
+	out.info = info
+	if r.req.Kind == KindSum && !(d > 0) {
+		return fmt.Errorf("%s: %w: the sum's denominator is %v", r.rule.Name(), ErrWeight, d)
+	}
+	b := 0.0
+	if r.global != nil && r.req.Kind == KindSum {
+		b = d - s.sumA
+		if r.req.ConsumesDelta {
+			b = -s.sumA
+		}
+	}
+	dst, err := out.open(r.plan)
+	if err != nil {
+		return err
+	}
+	post, err := r.postOutput(ctx, out, dst)
+	if err != nil {
+		return err
+	}
+	var stats device.Stats
+	switch {
+	case s.deferred && r.req.Kind == KindModSum:
+		stats, err = r.modSumJob(ctx, post)
+	case s.deferred:
+		stats, err = r.sumJob(ctx, b, 1/d, post)
+	default:
+		stats, err = r.emitSum(ctx, b, d, post)
+	}
+	r.acct.record(stats)
+	if err != nil {
+		return err
+	}
+	return out.finish(ctx)
+}
+
+// firstCounted is the first client that is not excluded.
+func (r *Round) firstCounted() *Client {
+	for _, c := range r.clients {
+		if c.excluded == "" {
+			return c
+		}
+	}
+	return r.clients[0]
+}
+
+// dtypesOf lists, per tensor, the dtypes of the round's clients (every one when only is nil).
+func (r *Round) dtypesOf(only func(*Client) bool) func(t int) []tensor.DType {
+	return func(t int) []tensor.DType {
+		var dts []tensor.DType
+		for _, c := range r.clients {
+			if c.dtypes != nil && (only == nil || only(c)) {
+				dts = append(dts, c.dtypes[t])
+			}
+		}
+		return dts
+	}
+}
+
+// sumJob runs the batch: one weighted sum over every client with a_k ≠ 0 and b·x_t, scaled by
+// 1/D, on the planned devices.
+func (r *Round) sumJob(ctx context.Context, b, scale float64, out device.Output) (device.Stats, error) {
+	s := r.sum
+	inputs, weights, names := s.inputs, s.a, s.names
+	if b != 0 {
+		inputs = append(slices.Clone(inputs), r.global.spans)
+		weights = append(slices.Clone(weights), b)
+		names = append(slices.Clone(names), globalName(r.global.set))
+	}
+	job := &device.SumJob{
+		Fields:   r.plan.fields,
+		Inputs:   inputs,
+		Weights:  weights,
+		Scale:    scale,
+		Chunks:   r.plan.chunks,
+		Output:   out,
+		Progress: r.progressJob(inputs),
+	}
+	stats, err := r.execute(ctx, job)
+	if err != nil {
+		return stats, r.blame(err, inputs, names)
+	}
+	return stats, nil
+}
+
+// modSumJob runs the batch of a mod-sum: Σ x_k mod 2^32 on the device, or the host CPU.
+func (r *Round) modSumJob(ctx context.Context, out device.Output) (device.Stats, error) {
+	summer, ok := r.cfg.dev().(device.ModSummer)
+	if !ok {
+		cpu, err := hostCPU()
+		if err != nil {
+			return device.Stats{}, err
+		}
+		summer = cpu
+	}
+	return summer.ModSum(ctx, r.plan.fields, r.sum.inputs, r.plan.chunks, out)
+}
+
+// emitSum closes an incremental sum: b·x_t is added last (once, even if an emit is retried),
+// and the accumulator is written out scaled by what the pre-scale left of 1/D.
+func (r *Round) emitSum(ctx context.Context, b, d float64, out device.Output) (device.Stats, error) {
+	s := r.sum
+	if b != 0 && !s.globalB {
+		if err := s.acc.Add(ctx, r.global.spans, b*s.pre); err != nil {
+			return device.Stats{}, err
+		}
+		s.globalB = true
+	}
+	scale := 1.0
+	if r.req.Kind == KindSum {
+		scale = (1 / d) / s.pre
+		if s.preD == d {
+			scale = 1
+		}
+	}
+	stats, err := s.acc.Emit(ctx, scale, r.plan.chunks, out)
+	if err != nil {
+		return stats, r.overflow(err)
+	}
+	return stats, nil
+}
+
+// progressJob reports a job's input bytes to WithProgress.
+func (r *Round) progressJob(inputs [][]device.Span) func(int64) {
+	fn := r.cfg.progress
+	if fn == nil {
+		return nil
+	}
+	var total int64
+	for _, in := range inputs {
+		for _, sp := range in {
+			total += int64(len(sp.Data))
+		}
+	}
+	var done atomic.Int64 // jobs report from several goroutines
+	return func(n int64) { fn(done.Add(n), total) }
+}
+
+// progressAdd reports an incremental round's progress: bytes added against the expected total.
+func (r *Round) progressAdd(n int64) {
+	fn := r.cfg.progress
+	if fn == nil {
+		return
+	}
+	r.acct.added += n
+	total := r.acct.added
+	if e := r.cfg.expected; e != nil && e.Layouts != nil {
+		var t int64
+		for _, l := range e.Layouts {
+			for _, f := range l {
+				t += int64(f.Len()) * int64(f.DType.Size())
+			}
+		}
+		total = max(total, t)
+	}
+	fn(r.acct.added, total)
+}
