@@ -221,4 +221,3 @@ type subOutput struct {
 
 func (s *subOutput) Dest(c, p int) ([]byte, error) { return s.out.Dest(s.idx[c], p) }
 func (s *subOutput) Done(c int) error              { return s.out.Done(s.idx[c]) }
-

@@ -11,17 +11,17 @@ import (
 
 // Report says what an aggregation did and what it cost.
 type Report struct {
-	Rule        string    `json:"rule"`
-	Clients     int       `json:"clients"`
-	Tensors     int       `json:"tensors"`
-	Params      int64     `json:"params"`
-	InDTypes    []string  `json:"input_dtypes"`
-	AccDType    string    `json:"acc_dtype"` // "f32", "f64" or "mixed"
-	OutDType    string    `json:"out_dtype"` // one dtype or "mixed"
-	TotalWeight float64   `json:"total_weight"`
+	Rule        string       `json:"rule"`
+	Clients     int          `json:"clients"`
+	Tensors     int          `json:"tensors"`
+	Params      int64        `json:"params"`
+	InDTypes    []string     `json:"input_dtypes"`
+	AccDType    string       `json:"acc_dtype"` // "f32", "f64" or "mixed"
+	OutDType    string       `json:"out_dtype"` // one dtype or "mixed"
+	TotalWeight float64      `json:"total_weight"`
 	WeightsFrom WeightSource `json:"weights_from"`
-	Weights     []float64 `json:"weights"`      // normalised: the share of each client, in input order
-	Output      string    `json:"output,omitempty"`
+	Weights     []float64    `json:"weights"` // normalised: the share of each client, in input order
+	Output      string       `json:"output,omitempty"`
 
 	Seconds      float64 `json:"seconds"`
 	BytesRead    int64   `json:"bytes_read"`

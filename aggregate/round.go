@@ -33,16 +33,16 @@ type Round struct {
 	global    *globalModel // x_t matched to the plan (Requirements.Global)
 	ownGlobal *tensor.Set  // the global model the round mapped (WithGlobalFile), closed with it
 
-	mu      sync.Mutex
-	state   roundState
+	mu        sync.Mutex
+	state     roundState
 	plan      *plan
 	refLayout tensor.Layout // the round's tensors: the global model's, or the first update's
 	refName   string        // who fixed them
-	clients []*Client
-	weights weightTracker
-	sum     *sumState   // KindSum, KindModSum
-	whole   *wholeState // KindWhole
-	acct    accounting
+	clients   []*Client
+	weights   weightTracker
+	sum       *sumState   // KindSum, KindModSum
+	whole     *wholeState // KindWhole
+	acct      accounting
 }
 
 type roundState uint8

@@ -154,8 +154,8 @@ func (s *State) metadata() map[string]string {
 	md := map[string]string{
 		aggregate.StateKindKey:    stateKind,
 		aggregate.StateVersionKey: stateVersion,
-		aggregate.RuleKey:    s.Rule,
-		aggregate.RoundKey:   strconv.Itoa(s.Round),
+		aggregate.RuleKey:         s.Rule,
+		aggregate.RoundKey:        strconv.Itoa(s.Round),
 	}
 	kind := kinds[s.Rule]
 	for i, v := range s.values() {

@@ -195,4 +195,3 @@ func (s *quantileClipStage) Compute(ctx context.Context, in *aggregate.Inputs) e
 		return rd.weightedJob(ctx, clients, w, 1/total, out)
 	})
 }
-
