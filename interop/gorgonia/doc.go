@@ -13,6 +13,12 @@
 // included). This module requires the November 2023 version, which no longer panics; a
 // program that links gorgonia without this module must upgrade it the same way.
 //
+// The subpackages are the server-free half of the federation showcase: digits (the UCI
+// handwritten digits, a held-out split, non-IID client shards), mlp (a small perceptron
+// trained with gorgonia from a global tensor.Set, and inference over a mapped model), attack
+// (label flipping, update scaling), serving and cmd/digits-serve (HTTP inference with atomic
+// model reload).
+//
 // Views are only as writable and as long-lived as what they view: a Dense over a Set opened
 // from a file is read-only (writing to it faults) and becomes empty when the Set is closed.
 // Clone the Set first when a Dense must be written, as training does.

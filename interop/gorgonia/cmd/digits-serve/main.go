@@ -134,5 +134,8 @@ func run(ctx context.Context, args []string, stderr io.Writer, ready chan<- stri
 	}
 	cancel()
 	<-done
+	if err == nil {
+		log.Info("stopped")
+	}
 	return err
 }

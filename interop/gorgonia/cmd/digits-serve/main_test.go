@@ -132,7 +132,7 @@ func TestServe(t *testing.T) {
 	for len(logs.ch) > 0 {
 		all.Write(<-logs.ch)
 	}
-	for _, want := range []string{"model loaded", "listening", `msg="model reloaded" path=`, "model reloaded on SIGHUP"} {
+	for _, want := range []string{"model loaded", "listening", `msg="model reloaded" path=`, "model reloaded on SIGHUP", "msg=stopped"} {
 		if !strings.Contains(all.String(), want) {
 			t.Errorf("log lacks %q:\n%s", want, all.String())
 		}
