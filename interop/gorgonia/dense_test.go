@@ -3,6 +3,7 @@ package gorgonia
 import (
 	"errors"
 	"math"
+	"os"
 	"path/filepath"
 	"slices"
 	"testing"
@@ -138,6 +139,36 @@ func TestDenseOfMappedFile(t *testing.T) {
 		if !slices.Equal(v, want) {
 			t.Fatalf("%s: %v, want %v", m.At(i).Name, v, want)
 		}
+	}
+}
+
+// TestDenseOfPulledBytes: a model received as bytes (an HTTP body, an Arrow buffer) and parsed
+// in place is viewed the same way.
+func TestDenseOfPulledBytes(t *testing.T) {
+	s, err := tensor.NewSet(f32Tensor(t, "fc1.weight", 2, 5))
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "m.safetensors")
+	if err := safetensors.WriteFile(path, s); err != nil {
+		t.Fatal(err)
+	}
+	body, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := safetensors.Parse(body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ds, err := DenseSet(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := ds[0].Data().([]float32)
+	want, _ := s.At(0).F32()
+	if !slices.Equal(v, want) || !sameMemory(bytesOf(v), body[len(body)-len(bytesOf(v)):]) {
+		t.Fatal("the dense does not view the received bytes")
 	}
 }
 
