@@ -40,13 +40,13 @@ type StreamReader struct {
 	numel []int64 // elements per tensor
 	next  []int64 // elements received per tensor
 
-	batch int // batches read: the current one's number, counted from 1
-	row   int // next row of the current batch
-	rows  int
-	name  func(i int) (string, bool) // tensor name of row i; false if null
-	dict  []int                      // tensor column dictionary: dictionary index -> tensor or -1
-	offs  []int64
-	data  interface{ Value(int) []byte }
+	batch    int // batches read: the current one's number, counted from 1
+	row      int // next row of the current batch
+	rows     int
+	tensorOf func(i int) (int, string) // tensor of row i (-1 if unknown) and its name
+	dict     []int                     // tensor column dictionary: dictionary index -> tensor or -1
+	offs     []int64
+	data     interface{ Value(int) []byte }
 
 	err error // sticky: io.EOF at the end
 }
@@ -155,7 +155,7 @@ func (r *StreamReader) Close() error {
 }
 
 func (r *StreamReader) release() {
-	r.name, r.data, r.offs, r.dict = nil, nil, nil, nil
+	r.tensorOf, r.data, r.offs, r.dict = nil, nil, nil, nil
 	r.rows = 0
 	if r.rd != nil {
 		r.rd.Release()
@@ -166,7 +166,7 @@ func (r *StreamReader) release() {
 // nextBatch moves to the next record batch; at the end of the stream it checks completeness
 // and returns io.EOF.
 func (r *StreamReader) nextBatch() (err error) {
-	r.name, r.data, r.offs = nil, nil, nil
+	r.tensorOf, r.data, r.offs = nil, nil, nil
 	r.rows, r.row = 0, 0
 	if r.rd.Next() {
 		r.batch++
@@ -209,12 +209,12 @@ func (r *StreamReader) load(rec arrow.RecordBatch) (err error) {
 		if err := c.ValidateFull(); err != nil {
 			return r.batchError(ErrFormat, err.Error())
 		}
-		r.name = func(i int) (string, bool) { return c.Value(i), true }
+		r.tensorOf = r.byName(c.Value)
 	case *array.LargeString:
 		if err := c.ValidateFull(); err != nil {
 			return r.batchError(ErrFormat, err.Error())
 		}
-		r.name = func(i int) (string, bool) { return c.Value(i), true }
+		r.tensorOf = r.byName(c.Value)
 	case *array.Dictionary:
 		if err := r.loadDict(c); err != nil {
 			return err
@@ -276,17 +276,28 @@ func (r *StreamReader) loadDict(c *array.Dictionary) error {
 			}
 		}
 	}
-	r.name = func(i int) (string, bool) {
+	r.tensorOf = func(i int) (int, string) {
 		k := c.GetValueIndex(i)
-		if k < 0 || k >= len(r.dict) {
-			return fmt.Sprintf("<dictionary index %d of %d>", k, len(r.dict)), false
+		switch {
+		case k < 0 || k >= len(r.dict):
+			return -1, fmt.Sprintf("<dictionary index %d of %d>", k, len(r.dict))
+		case !dict.IsValid(k):
+			return -1, "<null>"
 		}
-		if !dict.IsValid(k) {
-			return "<null>", false
-		}
-		return value(k), true
+		return r.dict[k], value(k)
 	}
 	return nil
+}
+
+// byName maps rows of a plain tensor column to tensors by name.
+func (r *StreamReader) byName(value func(int) string) func(int) (int, string) {
+	return func(i int) (int, string) {
+		name := value(i)
+		if t, ok := r.names[name]; ok {
+			return t, name
+		}
+		return -1, name
+	}
 }
 
 func (r *StreamReader) batchError(sentinel error, msg string) error {
@@ -300,9 +311,8 @@ func (r *StreamReader) chunk(i int) (c Chunk, err error) {
 			err = r.batchError(ErrFormat, fmt.Sprintf("row %d: malformed batch: %v", i, p))
 		}
 	}()
-	name, ok := r.name(i)
-	t, known := r.names[name]
-	if !ok || !known {
+	t, name := r.tensorOf(i)
+	if t < 0 {
 		return c, fmt.Errorf("%s: %w: batch %d, row %d: tensor %s is not in the layout", r.o.source, ErrChunk, r.batch, i, quote(name))
 	}
 	off, d := r.offs[i], r.data.Value(i)

@@ -3,6 +3,7 @@ package arrowio
 import (
 	"fmt"
 	"sort"
+	"strings"
 	"unicode/utf8"
 
 	"github.com/apache/arrow-go/v18/arrow"
@@ -119,7 +120,8 @@ func readSchema(s *arrow.Schema, o *options) (columns, Header, error) {
 			layout, found = vals[i], true
 			continue
 		}
-		h.Metadata[k] = vals[i]
+		// Clones: the strings view the message's metadata, which may be a mapped file.
+		h.Metadata[strings.Clone(k)] = strings.Clone(vals[i])
 	}
 	if !found {
 		return c, h, fmt.Errorf("%w: no %q in the schema metadata: the layout must come before the data", ErrSchema, LayoutKey)

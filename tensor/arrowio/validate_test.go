@@ -27,14 +27,14 @@ var (
 // reading exactly msg (after the source name).
 type errorCase struct {
 	name   string
-	stream func(t *testing.T) []byte
+	stream func(t testing.TB) []byte
 	opts   []Option
 	want   []error
 	msg    string
 }
 
-func batches(schema *arrow.Schema, b ...[]rawRow) func(t *testing.T) []byte {
-	return func(t *testing.T) []byte { return rawStream(t, schema, b) }
+func batches(schema *arrow.Schema, b ...[]rawRow) func(t testing.TB) []byte {
+	return func(t testing.TB) []byte { return rawStream(t, schema, b) }
 }
 
 func layoutCase(name, js, msg string, want ...error) errorCase {
@@ -123,9 +123,13 @@ var errorCases = []errorCase{
 	{"tensor binary", batches(chunkSchema(map[string]arrow.DataType{ColTensor: arrow.BinaryTypes.Binary}, LayoutKey, abLayout)),
 		nil, []error{ErrSchema}, `bad schema: column "tensor" is binary, want utf8, large_utf8 or a dictionary of them`},
 	{"no data column", batches(chunkSchema(map[string]arrow.DataType{ColData: nil}, LayoutKey, abLayout)),
-		nil, []error{ErrSchema}, `bad schema: no column "data"`},
+		nil, []error{ErrSchema}, `message at byte 0: bad schema: the schema has 2 columns, want 3 (tensor, offset, data)`},
 	{"extra column", batches(chunkSchema(map[string]arrow.DataType{"checksum": arrow.PrimitiveTypes.Uint32}, LayoutKey, abLayout)),
-		nil, []error{ErrSchema}, `bad schema: unexpected column "checksum" (want tensor, offset, data)`},
+		nil, []error{ErrSchema}, `message at byte 0: bad schema: the schema has 4 columns, want 3 (tensor, offset, data)`},
+	{"offset float64", batches(chunkSchema(map[string]arrow.DataType{ColOffset: arrow.PrimitiveTypes.Float64}, LayoutKey, abLayout)),
+		nil, []error{ErrSchema}, `message at byte 0: bad schema: column "offset" has Arrow type FloatingPoint, which no column of an update has`},
+	{"data list", batches(chunkSchema(map[string]arrow.DataType{ColData: arrow.ListOf(arrow.PrimitiveTypes.Uint8)}, LayoutKey, abLayout)),
+		nil, []error{ErrSchema}, `message at byte 0: bad schema: column "data" has Arrow type List, which no column of an update has`},
 	// Limits.
 	{"too many tensors", batches(abSchema()), []Option{WithMaxTensors(1)},
 		[]error{ErrLimit}, `over limit: wattagg.layout lists more than 1 tensors`},
@@ -143,20 +147,20 @@ var errorCases = []errorCase{
 		LayoutKey, abLayout), []rawRow{{tensor: strings.Repeat("x", 2000), offset: 0, data: f32Bytes(1)}}),
 		[]Option{WithMaxMetadataBytes(1000)}, []error{ErrLimit}, `over limit: dictionaries of more than 1000 bytes`},
 	// Framing.
-	{"empty", func(*testing.T) []byte { return nil }, nil, []error{ErrFormat}, `malformed Arrow IPC data: the stream ends before its schema message`},
-	{"not Arrow", func(*testing.T) []byte { return []byte("PK\x03\x04 a zip file, not a stream") }, nil,
+	{"empty", func(testing.TB) []byte { return nil }, nil, []error{ErrFormat}, `malformed Arrow IPC data: the stream ends before its schema message`},
+	{"not Arrow", func(testing.TB) []byte { return []byte("PK\x03\x04 a zip file, not a stream") }, nil,
 		[]error{ErrFormat}, `malformed Arrow IPC data: no continuation marker at byte 0 (not an Arrow IPC stream, or one older than format 0.15)`},
-	{"compressed", func(t *testing.T) []byte { return rawStream(t, abSchema(), [][]rawRow{{aAll, bAll}}, ipc.WithZstd()) }, nil,
+	{"compressed", func(t testing.TB) []byte { return rawStream(t, abSchema(), [][]rawRow{{aAll, bAll}}, ipc.WithZstd()) }, nil,
 		[]error{ErrFormat}, `message at byte 416: malformed Arrow IPC data: compressed record batch (write uncompressed: tensor data barely compresses)`},
-	{"two schemas", func(t *testing.T) []byte {
+	{"two schemas", func(t testing.TB) []byte {
 		a := rawStream(t, abSchema(), [][]rawRow{{aAll, bAll}})
 		return append(a[:len(a)-8:len(a)-8], a...) // the second stream after the first's batches
 	}, nil, []error{ErrFormat}, `malformed Arrow IPC data: arrow/ipc: invalid message type (got=Schema, want=RecordBatch`},
-	{"truncated body", func(t *testing.T) []byte {
+	{"truncated body", func(t testing.TB) []byte {
 		a := rawStream(t, abSchema(), [][]rawRow{{aAll, bAll}})
 		return a[:len(a)-8-10]
 	}, nil, []error{ErrFormat}, `malformed Arrow IPC data: truncated in a message body after byte 688: unexpected EOF`},
-	{"negative length", func(t *testing.T) []byte { return []byte{0xff, 0xff, 0xff, 0xff, 0xf0, 0xff, 0xff, 0xff} }, nil,
+	{"negative length", func(testing.TB) []byte { return []byte{0xff, 0xff, 0xff, 0xff, 0xf0, 0xff, 0xff, 0xff} }, nil,
 		[]error{ErrFormat}, `malformed Arrow IPC data: negative message length -16 at byte 4`},
 }
 
