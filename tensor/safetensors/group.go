@@ -10,34 +10,6 @@ import (
 	"slices"
 )
 
-// The group commit publishes several files as one unit: after a crash at any point and a
-// RecoverGroup, either every destination holds its new file or every one holds what it held
-// before, never a mix. A server optimizer's model and its state, or a DP rule's privacy ledger
-// and the model it releases, are such units.
-//
-// CommitGroup does, in order:
-//
-//  1. Sync every writer: header written, temporary file fsynced (still locked, unpublished).
-//  2. Pin every temporary file: a symbolic link beside it, named after it with ".pin", points
-//     to the journal, so that CleanStale keeps the file once the journal exists even though
-//     its writer's lock died with a crash. Sync every directory involved, so the temporary
-//     names and pins are durable.
-//  3. Write the journal atomically (temporary file, fsync, rename, directory fsync). It lists
-//     the renames temp -> destination in order, with each temporary file's device and inode.
-//     This rename is the commit point.
-//  4. Rename every temporary file over its destination, in order, each followed by a sync of
-//     its directory.
-//  5. Remove the journal (and sync its directory), then the pins.
-//
-// A crash before step 3 completes leaves no journal: the group did not happen, the
-// destinations are untouched, and the temporary files are stale (RecoverGroup removes those
-// beside the journal; the next Create or CleanStale in another directory removes the rest).
-// A crash after it leaves the journal, and RecoverGroup completes step 4 and 5: a rename whose
-// temporary file is gone was done (the destination is then that very inode).
-//
-// One committer uses a journal path at a time; RecoverGroup runs before the next CommitGroup
-// on the same journal (CommitGroup runs it itself).
-
 // groupHook, when set by tests, is called after each step of CommitGroup, so that a child
 // process can be killed there: "synced" (steps 1-2 done), "journal" (3), "renamed N" (the
 // rename of writer N done), "done" (journal removed).
@@ -76,17 +48,39 @@ func (r rename) sameFile(path string, fi fs.FileInfo) bool {
 	return filepath.Clean(path) == filepath.Clean(r.From)
 }
 
-// CommitGroup publishes the files of ws as one unit, in the order given, with journal as the
-// record that makes it atomic across a crash (see the steps above). journal is a path of the
-// caller's choosing, on the same filesystem as the files is best (it lives only for the commit);
-// a caller recovers with RecoverGroup(journal) before it reads the files, for instance when a
-// rule opens its state.
+// CommitGroup publishes the files of ws as one unit, in the order given: after a crash at any
+// point and a RecoverGroup, either every destination holds its new file or every one holds
+// what it held before, never a mix. A server optimizer's model and its state, or a DP rule's
+// privacy ledger and the model it releases, are such units. journalPath is the caller's
+// choice (it lives only during the commit); the caller recovers with RecoverGroup(journalPath)
+// before it reads the files, for instance when a rule opens its state. One committer uses a
+// journal path at a time; CommitGroup first runs RecoverGroup on it, so that a group left
+// pending by a crash is completed before the next one starts.
+//
+// CommitGroup does, in order:
+//
+//  1. Sync every writer: header written, temporary file fsynced (still locked, unpublished).
+//  2. Pin every temporary file: a symbolic link beside it, named after it with ".pin", points
+//     to the journal, so that CleanStale keeps the file once the journal exists even though
+//     its writer's lock died with a crash. Sync every directory involved, so that the
+//     temporary names and pins are durable.
+//  3. Write the journal atomically (temporary file, fsync, rename, directory fsync). It lists
+//     the renames temp -> destination in order, with absolute paths and each temporary
+//     file's device and inode. This rename is the commit point.
+//  4. Rename every temporary file over its destination, in order, each followed by a sync of
+//     its directory.
+//  5. Remove the journal (and sync its directory), then the pins.
+//
+// A crash before step 3 completes leaves no journal: the group did not happen, the
+// destinations are untouched, and the temporary files are stale (RecoverGroup removes those
+// beside the journal; the next Create or CleanStale in another directory removes the rest).
+// A crash after it leaves the journal, and RecoverGroup completes steps 4 and 5.
 //
 // Bad arguments (no writer, a writer or a destination twice) are refused before anything is
 // done. Before the commit point, a failure aborts every writer (temporary files removed,
 // destinations untouched). After it, a failure leaves the journal for RecoverGroup, which
 // finishes the renames. Either way the writers are finished: Commit and Abort on them are
-// no-ops or errors afterwards.
+// errors or no-ops afterwards.
 func CommitGroup(journalPath string, ws ...*Writer) (err error) {
 	if len(ws) == 0 {
 		return fmt.Errorf("safetensors: %w: a group commit of no writers", ErrJournal)
@@ -140,7 +134,7 @@ func CommitGroup(journalPath string, ws ...*Writer) (err error) {
 				return err
 			}
 		}
-		r, err := w.rename()
+		r, err := w.journalEntry()
 		if err != nil {
 			return err
 		}
@@ -184,8 +178,8 @@ func CommitGroup(journalPath string, ws ...*Writer) (err error) {
 	return nil
 }
 
-// rename is the journal entry of a synced writer.
-func (w *Writer) rename() (rename, error) {
+// journalEntry is the rename of a synced writer, as the journal records it.
+func (w *Writer) journalEntry() (rename, error) {
 	from, err := filepath.Abs(w.tmp)
 	if err != nil {
 		return rename{}, err
@@ -293,6 +287,9 @@ func RecoverGroup(journalPath string) error {
 	j, err := readJournal(journalPath)
 	if errors.Is(err, fs.ErrNotExist) {
 		_, err := cleanStale(filepath.Dir(journalPath))
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil // no directory yet: nothing was ever committed there
+		}
 		return err
 	}
 	if err != nil {

@@ -202,6 +202,9 @@ func TestRecoverGroupBadJournal(t *testing.T) {
 	if err := RecoverGroup(filepath.Join(dir, "none")); err != nil {
 		t.Errorf("no journal: %v", err)
 	}
+	if err := RecoverGroup(filepath.Join(dir, "no-such-dir", "j")); err != nil {
+		t.Errorf("no journal directory: %v", err)
+	}
 	if err := os.Mkdir(filepath.Join(dir, "fifo-dir"), 0o755); err != nil {
 		t.Fatal(err)
 	}

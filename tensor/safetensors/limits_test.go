@@ -88,4 +88,7 @@ func TestLimitsAgree(t *testing.T) {
 	if err := WithLimits(Limits{HeaderSize: 1, NameLen: 0, Rank: 1})(&readOptions{}); err == nil {
 		t.Error("WithLimits accepted a zero limit")
 	}
+	if _, err := Create(filepath.Join(t.TempDir(), "z"), nil, nil, WithWriteLimits(Limits{HeaderSize: 1, NameLen: 1})); err == nil {
+		t.Error("WithWriteLimits accepted a zero limit")
+	}
 }

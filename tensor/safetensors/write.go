@@ -30,6 +30,7 @@ type WriterOption func(*writeOptions)
 type writeOptions struct {
 	direct bool
 	lim    Limits
+	err    error // an invalid option, returned by Create
 }
 
 // WithDirectIO says whether page-aligned writes bypass the page cache with O_DIRECT (the
@@ -42,12 +43,14 @@ func WithDirectIO(on bool) WriterOption {
 }
 
 // WithWriteLimits replaces DefaultLimits for what the writer refuses; a file written under
-// them is read back with WithLimits(l). Limits that are not all positive are ignored.
+// them is read back with WithLimits(l). Every limit must be positive.
 func WithWriteLimits(l Limits) WriterOption {
 	return func(o *writeOptions) {
-		if l.valid() == nil {
-			o.lim = l
+		if err := l.valid(); err != nil {
+			o.err = err
+			return
 		}
+		o.lim = l
 	}
 }
 
@@ -113,6 +116,9 @@ func create(path string, layout tensor.Layout, order []int, metadata map[string]
 	o := writeOptions{direct: true, lim: DefaultLimits()}
 	for _, opt := range opts {
 		opt(&o)
+	}
+	if o.err != nil {
+		return nil, o.err
 	}
 	w := &Writer{path: path, lim: o.lim, metadata: maps.Clone(metadata), scales: make([]float32, len(layout))}
 	if w.metadata == nil {
