@@ -136,7 +136,7 @@ func readMapped(data []byte, o *options) (*tensor.Set, error) {
 		return nil, err
 	}
 	src := newMappedSource(data[8:end], 8, o)
-	sr, err := newReader(src, o)
+	sr, err := newReader(src, o, newArena(o.mem))
 	if err != nil {
 		return nil, err
 	}

@@ -31,6 +31,7 @@ type Chunk struct {
 // A StreamReader is not safe for concurrent use.
 type StreamReader struct {
 	o     *options
+	arena *arena
 	src   source
 	rd    *ipc.Reader
 	hdr   Header
@@ -65,17 +66,21 @@ func NewStreamReader(r io.Reader, opts ...Option) (*StreamReader, error) {
 	if o.maxTotal == 0 {
 		o.maxTotal = DefaultMaxTotalBytes
 	}
-	return newReader(newStreamSource(r, o), o)
+	a := newArena(o.mem)
+	return newReader(newStreamSource(r, o, a), o, a)
 }
 
-func newReader(src source, o *options) (*StreamReader, error) {
-	rd, err := ipc.NewReaderFromMessageReader(src, ipc.WithAllocator(o.mem), ipc.WithEnsureNativeEndian(false))
+// newReader reads the schema from src; every allocation of the reader goes through a (which
+// src allocates from too), and closing the reader closes a.
+func newReader(src source, o *options, a *arena) (*StreamReader, error) {
+	rd, err := ipc.NewReaderFromMessageReader(src, ipc.WithAllocator(a), ipc.WithEnsureNativeEndian(false))
 	if err != nil { // the reader has released src
+		a.close()
 		return nil, arrowError(src, o, err)
 	}
-	r := &StreamReader{o: o, src: src, rd: rd}
+	r := &StreamReader{o: o, arena: a, src: src, rd: rd}
 	if r.cols, r.hdr, err = readSchema(rd.Schema(), o); err != nil {
-		rd.Release()
+		r.release()
 		return nil, fmt.Errorf("%s: %w", o.source, err)
 	}
 	n := len(r.hdr.Layout)
@@ -161,6 +166,7 @@ func (r *StreamReader) release() {
 		r.rd.Release()
 		r.rd = nil
 	}
+	r.arena.close()
 }
 
 // nextBatch moves to the next record batch; at the end of the stream it checks completeness

@@ -39,8 +39,8 @@ type streamSource struct {
 	prefix    [4]byte
 }
 
-func newStreamSource(r io.Reader, o *options) *streamSource {
-	s := &streamSource{r: r, o: o, pool: newSlabPool(o.mem)}
+func newStreamSource(r io.Reader, o *options, mem memory.Allocator) *streamSource {
+	s := &streamSource{r: r, o: o, pool: newSlabPool(mem)}
 	s.refs.Add(1)
 	return s
 }
