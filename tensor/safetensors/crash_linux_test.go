@@ -231,7 +231,7 @@ func TestGroupCommitCrash(t *testing.T) {
 		step string
 		want int // version after recovery
 	}{
-		{"synced", 0}, {"journal", 1}, {"renamed 0", 1}, {"renamed 1", 1}, {"renamed 2", 1}, {"done", 1},
+		{"synced", 0}, {"journal synced", 0}, {"journal", 1}, {"renamed 0", 1}, {"renamed 1", 1}, {"renamed 2", 1}, {"done", 1},
 	} {
 		t.Run(c.step, func(t *testing.T) {
 			dir := t.TempDir()

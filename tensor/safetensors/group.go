@@ -11,8 +11,9 @@ import (
 )
 
 // groupHook, when set by tests, is called after each step of CommitGroup, so that a child
-// process can be killed there: "synced" (steps 1-2 done), "journal" (3), "renamed N" (the
-// rename of writer N done), "done" (journal removed).
+// process can be killed there: "synced" (steps 1-2 done), "journal synced" (the journal's
+// temporary file written and synced, not renamed), "journal" (3), "renamed N" (the rename of
+// writer N done), "done" (journal removed).
 var groupHook func(step string)
 
 func hook(step string) {
@@ -218,6 +219,7 @@ func writeJournal(path string, j *journal) error {
 		err = f.Sync()
 	}
 	if err == nil {
+		hook("journal synced")
 		err = os.Rename(tmp, path)
 	}
 	if err != nil {

@@ -51,7 +51,7 @@ func TestCommitGroup(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkVersions(t, dir, 1)
-	if want := []string{"synced", "journal", "renamed 0", "renamed 1", "renamed 2", "done"}; !slices.Equal(steps, want) {
+	if want := []string{"synced", "journal synced", "journal", "renamed 0", "renamed 1", "renamed 2", "done"}; !slices.Equal(steps, want) {
 		t.Errorf("steps %q, want %q", steps, want)
 	}
 	for _, w := range ws {
