@@ -110,12 +110,11 @@ func parseHeader(src string, js []byte, dataSize int64, lim Limits, cache *layou
 // parse parses the whole header.
 func (p *headerParser) parse(js []byte) (*Header, error) {
 	p.sc = jsonScanner{js: js}
-	// Every entry has a data_offsets key, so this is about the tensor count (more if names
-	// hold the word, fewer if keys are escaped; append copes). Sizing up front keeps the
-	// allocations near the final sizes: append grows large slices by a quarter at a time,
-	// which allocated 5 times the final size of each array.
-	// The count is capped by the smallest entry, {"":{"dtype":"I8","shape":[],
-	// "data_offsets":[0,0]}}, so that names full of the word cannot inflate it.
+	// Every entry has a data_offsets key, so this is about the tensor count (fewer if keys
+	// are escaped; append copes). Sizing up front keeps the allocations near the final sizes:
+	// append grows large slices by a quarter at a time, which allocated 5 times the final size
+	// of each array. The count is capped by the size of the smallest entry, so that names full
+	// of the word cannot inflate it.
 	n := min(bytes.Count(js, []byte(`"data_offsets"`)), len(js)/minEntry)
 	p.e = entries{fields: make([]tensor.Field, 0, n), begin: make([]int64, 0, n), end: make([]int64, 0, n),
 		index: make(map[string]int, n)}
