@@ -1,6 +1,10 @@
 package aggregate
 
-import "context"
+import (
+	"context"
+
+	"github.com/wattagg/wattagg/tensor"
+)
 
 // FedAvg is federated averaging (McMahan et al., 2017, "Communication-Efficient Learning of
 // Deep Networks from Decentralized Data"): tensor by tensor, Σ_k w_k·x_k / Σ_k w_k, with the
@@ -24,3 +28,14 @@ type fedAvgStage struct{}
 
 // Report adds nothing: FedAvg's view of a client is its weight, which Report.Weights holds.
 func (fedAvgStage) Report(*Report) {}
+
+// WeightedMean is FedAvg over a batch of updates in memory: Aggregate(ctx, NewFedAvg(), ...).
+func WeightedMean(ctx context.Context, updates []*tensor.Set, weights []float64, opts ...Option) (*tensor.Set, *Report, error) {
+	return Aggregate(ctx, NewFedAvg(), updates, weights, opts...)
+}
+
+// WeightedMeanFile is FedAvg over a batch of updates written to path:
+// AggregateFile(ctx, NewFedAvg(), path, ...).
+func WeightedMeanFile(ctx context.Context, path string, updates []*tensor.Set, weights []float64, opts ...Option) (*Report, error) {
+	return AggregateFile(ctx, NewFedAvg(), path, updates, weights, opts...)
+}

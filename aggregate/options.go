@@ -309,3 +309,11 @@ func WithExpected(e Expected) Option {
 		return nil
 	}
 }
+
+// CheckOptions reports the first option that is invalid on its own (an output dtype that is
+// not real, a chunk size that is not a multiple of 4096, ...) as an ErrOption error, without
+// starting a round: a CLI checks its flags before any work.
+func CheckOptions(opts ...Option) error {
+	_, err := newConfig(opts)
+	return err
+}

@@ -182,20 +182,20 @@ func (r *Round) add(ctx context.Context, u *tensor.Set, weight float64, from Wei
 	if err := r.acceptingUpdates(); err != nil {
 		return err
 	}
+	win := r.cfg.startMeters() // validation costs energy too, whether the update is kept or not
+	defer r.acct.meter(win)
 	c, err := r.admit(ctx, u, weight, from)
 	if err != nil {
 		return err
 	}
 	// Validated: from here on nothing fails on account of the update.
 	ctx = context.WithoutCancel(ctx)
-	win := r.cfg.startMeters()
 	switch {
 	case r.sum != nil:
 		err = r.addToSum(ctx, c)
 	default:
 		err = r.keep(ctx, c)
 	}
-	r.acct.meter(win)
 	if err != nil {
 		return err
 	}
@@ -255,6 +255,7 @@ func (r *Round) close(ctx context.Context, path string) (*tensor.Set, *Report, e
 		return nil, nil, r.noInputs()
 	}
 	out := newSink(r, path)
+	win := r.cfg.startMeters()
 	var err error
 	if r.sum != nil {
 		err = r.closeSum(ctx, out)
@@ -264,6 +265,7 @@ func (r *Round) close(ctx context.Context, path string) (*tensor.Set, *Report, e
 	if err == nil {
 		err = r.commit(ctx, out)
 	}
+	r.acct.meter(win)
 	if err != nil {
 		out.abort()
 		return nil, nil, err

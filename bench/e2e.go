@@ -122,7 +122,7 @@ func aggregateFiles(ctx context.Context, out string, paths []string, dev device.
 		return err
 	}
 	defer safetensors.CloseAll(sets)
-	_, err = aggregate.WeightedMeanFile(ctx, out, sets, nil, aggregate.WithDevice(dev))
+	_, err = aggregate.WeightedMeanFile(ctx, out, sets, nil, aggregate.WithDevices(dev))
 	return err
 }
 

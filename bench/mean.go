@@ -61,11 +61,11 @@ func InMemoryUpdates(clients, params int, dt tensor.DType) ([]*tensor.Set, error
 // WeightedMean measures aggregate.WeightedMean on in-memory updates with a reused output (the
 // steady state of a server), median of runs, beside the read floor of the same memory.
 func WeightedMean(ctx context.Context, updates []*tensor.Set, dev device.Device, runs int, opts ...aggregate.Option) (Row, error) {
-	dst, _, err := aggregate.WeightedMean(ctx, updates, nil, append(opts, aggregate.WithDevice(dev))...)
+	dst, _, err := aggregate.WeightedMean(ctx, updates, nil, append(opts, aggregate.WithDevices(dev))...)
 	if err != nil {
 		return Row{}, err
 	}
-	opts = append(opts, aggregate.WithDevice(dev), aggregate.WithOutput(dst))
+	opts = append(opts, aggregate.WithDevices(dev), aggregate.WithOutput(dst))
 	times := make([]float64, 0, runs)
 	var rep *aggregate.Report
 	for range max(1, runs) {

@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/wattagg/wattagg/aggregate"
+	"github.com/wattagg/wattagg/aggregate/robust"
 	"github.com/wattagg/wattagg/bench"
 	"github.com/wattagg/wattagg/device"
 	"github.com/wattagg/wattagg/kernels"
@@ -110,32 +111,33 @@ func benchRobust(ctx context.Context, clients, params, runs, workers int) ([]ben
 		fmt.Sprintf("%.1f GFMA/s; numpy's Gram route ~4 GB/s", pairs*float64(params)/secs/1e9)))
 
 	dst := updates[0].Clone()
-	opts := []aggregate.Option{aggregate.WithDevice(dev), aggregate.WithOutput(dst)}
+	opts := []aggregate.Option{aggregate.WithDevices(dev), aggregate.WithOutput(dst)}
 	must := func(r aggregate.Rule, err error) aggregate.Rule {
 		if err != nil {
 			panic(err) // the parameters below are valid
 		}
 		return r
 	}
+	_ = must
 	f := max(0, (clients-3)/4) // Bulyan's largest f
 	for _, c := range []struct {
 		rule   aggregate.Rule
 		passes int
 		note   string
 	}{
-		{must(aggregate.NewMedian(opts...)), 1, "numpy's np.median ~0.2 GB/s"},
-		{must(aggregate.NewTrimmedMean(0.1, opts...)), 1, "beta 0.1"},
-		{must(aggregate.NewKrum(f, 1, opts...)), 2, fmt.Sprintf("f=%d: gram + copy", f)},
-		{must(aggregate.NewKrum(f, 0, opts...)), 2, fmt.Sprintf("f=%d, m=n-f: gram + mean", f)},
-		{must(aggregate.NewBulyan(f, opts...)), 2, fmt.Sprintf("f=%d: gram + closest mean", f)},
-		{must(aggregate.NewGeometricMedian(1e-6, 3, 0, opts...)), 9, "3 Weiszfeld iterations"},
-		{must(aggregate.NewCenteredClipping(1, 1, nil, opts...)), 3, "1 iteration"},
-		{must(aggregate.NewNormClipping(aggregate.QuantileBound(0.5), opts...)), 2, "median norm"},
+		{robust.NewMedian(), 1, "numpy's np.median ~0.2 GB/s"},
+		{must(robust.NewTrimmedMean(0.1)), 1, "beta 0.1"},
+		{must(robust.NewKrum(f, 1)), 2, fmt.Sprintf("f=%d: gram + copy", f)},
+		{must(robust.NewKrum(f, 0)), 2, fmt.Sprintf("f=%d, m=n-f: gram + mean", f)},
+		{must(robust.NewBulyan(f)), 2, fmt.Sprintf("f=%d: gram + closest mean", f)},
+		{must(robust.NewGeometricMedian(robust.WithSmoothing(1e-6), robust.WithMaxIterations(3), robust.WithTolerance(0))), 9, "3 Weiszfeld iterations"},
+		{must(robust.NewCenteredClipping(1)), 3, "1 iteration"},
+		{must(robust.NewNormClipping(robust.QuantileBound(0.5))), 2, "median norm"},
 	} {
 		if c.rule.Name() == "bulyan" && clients < 3 || (c.rule.Name() == "krum" || c.rule.Name() == "multi-krum") && clients <= 2*f+2 {
 			continue
 		}
-		secs, err := timed(func() error { _, _, err := c.rule.Aggregate(ctx, updates, nil); return err })
+		secs, err := timed(func() error { _, _, err := aggregate.Aggregate(ctx, c.rule, updates, nil, opts...); return err })
 		if err != nil {
 			return nil, err
 		}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -124,7 +125,7 @@ func runDemo(ctx context.Context, stdout, stderr io.Writer, f demoFlags) error {
 		return err
 	}
 	defer inv.Close()
-	opts := []aggregate.Option{aggregate.WithDevice(dev), aggregate.WithMixedDTypes(true), aggregate.WithMeters(inv.Meters()...)}
+	opts := []aggregate.Option{aggregate.WithDevices(dev), aggregate.WithMixedDTypes(true), aggregate.WithMeters(inv.Meters()...)}
 	batchOut := filepath.Join(dir, "global.safetensors")
 	bar = newProgress(stderr, f.progress, "aggregating")
 	batch, err := aggregate.WeightedMeanFile(ctx, batchOut, sets, nil, append(opts, aggregate.WithProgress(bar.set))...)
@@ -134,7 +135,11 @@ func runDemo(ctx context.Context, stdout, stderr io.Writer, f demoFlags) error {
 	}
 
 	streamOut := filepath.Join(dir, "global-stream.safetensors")
-	stream, err := demoStream(ctx, streamOut, paths, opts)
+	stream, err := demoStream(ctx, streamOut, sets, paths, opts)
+	if err != nil {
+		return err
+	}
+	same, err := sameFiles(batchOut, streamOut)
 	if err != nil {
 		return err
 	}
@@ -186,6 +191,11 @@ func runDemo(ctx context.Context, stdout, stderr io.Writer, f demoFlags) error {
 	tw.Flush()
 	fmt.Fprintf(stdout, "\n  accumulated in %s, written as %s; kernels: %s\n", batch.AccDType, batch.OutDType, dev.Info().Kernels)
 	fmt.Fprintf(stdout, "  check: max |error| against a float64 reference over sampled coordinates: %.2g (one pass), %.2g (streaming)\n", maxErr, streamErr)
+	if same {
+		fmt.Fprintln(stdout, "  check: the streaming result is bit for bit the one-pass result")
+	} else {
+		fmt.Fprintln(stdout, "  check: the streaming result DIFFERS from the one-pass result")
+	}
 	printEnergy(stdout, batch)
 	if f.keep {
 		fmt.Fprintf(stdout, "  output: %s\n", batchOut)
@@ -193,27 +203,58 @@ func runDemo(ctx context.Context, stdout, stderr io.Writer, f demoFlags) error {
 	return nil
 }
 
-func demoStream(ctx context.Context, out string, paths []string, opts []aggregate.Option) (*aggregate.Report, error) {
-	agg, err := aggregate.NewAggregator(opts...)
+// demoStream adds the files one at a time to a Round, as a server adds updates on arrival,
+// told first what will arrive (their layouts and weights), so that it gives the one-pass bits.
+func demoStream(ctx context.Context, out string, sets []*tensor.Set, paths []string, opts []aggregate.Option) (*aggregate.Report, error) {
+	w, _, err := aggregate.ResolveWeights(sets, nil)
 	if err != nil {
 		return nil, err
 	}
-	defer agg.Close()
+	exp := aggregate.Expected{Weights: w}
+	for _, s := range sets {
+		exp.Layouts = append(exp.Layouts, s.Layout())
+	}
+	r, err := aggregate.NewRound(ctx, aggregate.NewFedAvg(), append(opts, aggregate.WithExpected(exp))...)
+	if err != nil {
+		return nil, err
+	}
+	defer r.Close()
 	for _, p := range paths {
 		set, err := safetensors.Open(p)
 		if err != nil {
 			return nil, err
 		}
-		w, _, err := aggregate.WeightOf(set)
-		if err == nil {
-			err = agg.Add(ctx, set, w)
-		}
+		err = r.AddByExamples(ctx, set)
 		set.Close()
 		if err != nil {
 			return nil, err
 		}
 	}
-	return agg.WriteFile(ctx, out)
+	return r.WriteFile(ctx, out)
+}
+
+// sameFiles reports whether two results hold the same tensors with the same bytes.
+func sameFiles(a, b string) (bool, error) {
+	x, err := safetensors.Open(a)
+	if err != nil {
+		return false, err
+	}
+	defer x.Close()
+	y, err := safetensors.Open(b)
+	if err != nil {
+		return false, err
+	}
+	defer y.Close()
+	if x.Len() != y.Len() {
+		return false, nil
+	}
+	for _, t := range x.Tensors() {
+		u, ok := y.Tensor(t.Name)
+		if !ok || u.DType != t.DType || !bytes.Equal(u.Bytes(), t.Bytes()) {
+			return false, nil
+		}
+	}
+	return true, nil
 }
 
 // checkDemo compares the written aggregate with a float64 weighted mean computed plainly from

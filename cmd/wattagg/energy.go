@@ -242,46 +242,28 @@ func ensureProfile(ctx context.Context, stderr io.Writer, path string, m *sched.
 	return prof, note, nil
 }
 
-// options are the aggregate options of the run: the devices, the planner, the meters.
-func (r *energyRun) options() []aggregate.Option {
+// options are the round options of the run: the devices (the one --device names first: it runs
+// what the planner does not split), the planner, the meters. The engine meters every rule.
+func (r *energyRun) options(deviceFlag string) []aggregate.Option {
 	opts := []aggregate.Option{aggregate.WithMeters(r.machine.Meters()...)}
+	devs := r.machine.Devices
+	if dev, ok := r.machine.Device(deviceFlag); ok {
+		devs = append([]device.Device{dev}, slices.DeleteFunc(slices.Clone(devs), func(d device.Device) bool { return d.Name() == dev.Name() })...)
+	}
+	opts = append(opts, aggregate.WithDevices(devs...))
 	if r.planner != nil {
-		opts = append(opts, aggregate.WithDevices(r.machine.Devices...), aggregate.WithPlanner(r.planner))
+		opts = append(opts, aggregate.WithPlanner(r.planner))
 	}
 	return opts
 }
 
-// around runs fn under the meters; a rule that does not meter itself gets the measurement.
-func (r *energyRun) around(fn func() (*aggregate.Report, error)) (*aggregate.Report, error) {
-	w, werr := energy.Start(r.machine.Meters()...)
-	rep, err := fn()
-	var ms []energy.Measurement
-	if werr == nil {
-		ms, werr = w.Stop()
-	}
-	if err != nil || rep == nil || rep.Joules != nil {
-		return rep, err
-	}
-	if werr != nil {
-		rep.JoulesReason = "energy meter failed: " + werr.Error()
-		return rep, nil
-	}
-	t := energy.Total(ms)
-	j := t.Joules
-	rep.Joules, rep.JoulesReason, rep.Energy, rep.JoulesSource = &j, "", ms, string(t.Source)
-	if rep.Params > 0 {
-		jp := j / float64(rep.Params)
-		rep.JoulesPerParam = &jp
-	}
-	return rep, nil
-}
-
-// learn saves the profile when the run corrected it.
+// learn saves the profile when the round corrected it (the planner learns only from windows
+// long enough for its meters, and writes only what changed).
 func (r *energyRun) learn(stderr io.Writer, rep *aggregate.Report) {
 	if r.planner == nil || rep == nil || rep.Learning == nil || !rep.Learning.Applied {
 		return
 	}
-	if err := r.planner.Profile().Save(r.profilePath); err != nil {
+	if _, err := r.planner.SaveProfile(r.profilePath); err != nil {
 		fmt.Fprintf(stderr, "wattagg: warning: the corrected profile was not saved: %v\n", err)
 	}
 }

@@ -212,11 +212,16 @@ func TestAggregateBadArguments(t *testing.T) {
 	}{
 		{[]string{"aggregate", "-o", out}, 2, []string{"at least one input"}},
 		{[]string{"aggregate", a}, 2, []string{"-o OUT.safetensors"}},
-		{[]string{"aggregate", "-o", out, "--weights", "1,0", a, b}, 1, []string{"b.safetensors (weight 2): invalid weight 0"}},
-		{[]string{"aggregate", "-o", out, "--weights", "1,-2", a, b}, 1, []string{"invalid weight -2"}},
-		{[]string{"aggregate", "-o", out, "--weights", "1,NaN", a, b}, 1, []string{"invalid weight NaN"}},
+		// A bad flag value is a usage error (exit status 2), whichever way it is bad.
+		{[]string{"aggregate", "-o", out, "--weights", "1,0", a, b}, 2, []string{`--weights: value 2 "0": want a positive, finite number`}},
+		{[]string{"aggregate", "-o", out, "--weights", "1,-2", a, b}, 2, []string{`value 2 "-2"`}},
+		{[]string{"aggregate", "-o", out, "--weights", "1,NaN", a, b}, 2, []string{`value 2 "NaN"`}},
+		{[]string{"aggregate", "-o", out, "--weights", "1,1e400", a, b}, 2, []string{`value 2 "1e400"`}},
 		{[]string{"aggregate", "-o", out, "--weights", "1", a, b}, 2, []string{"--weights has 1 values for 2 input files"}},
-		{[]string{"aggregate", "-o", out, "--weights", "1,x", a, b}, 2, []string{`value 2 "x" is not a number`}},
+		{[]string{"aggregate", "-o", out, "--weights", "1,x", a, b}, 2, []string{`value 2 "x"`}},
+		{[]string{"aggregate", "-o", out, "--acc", "f16", a}, 2, []string{"accumulator dtype f16"}},
+		{[]string{"aggregate", "-o", out, "--acc", "f16", "--rule", "median", a}, 2, []string{"accumulator dtype f16"}},
+		{[]string{"aggregate", "-o", out, "--workers", "100000", a}, 2, []string{"--workers 100000: want 1 to"}},
 		{[]string{"aggregate", "-o", out, "--rule", "nope", a}, 2, []string{`unknown rule "nope"`}},
 		{[]string{"aggregate", "-o", out, "--out-dtype", "f8", a}, 2, []string{"--out-dtype", `"f8"`}},
 		{[]string{"aggregate", "-o", out, filepath.Join(dir, "missing.safetensors")}, 1, []string{"missing.safetensors", "no such file"}},
@@ -261,7 +266,7 @@ func TestStreamWeightsLikeBatch(t *testing.T) {
 		_, stderr, code := wattagg(t, "aggregate", stream, "-o", out, a, b)
 		checkFailure(t, stderr, code, 1, a+" has num_examples but "+b+" has none: give weights explicitly")
 		_, stderr, code = wattagg(t, "aggregate", stream, "--weights", "1,-1", "-o", out, a, b)
-		checkFailure(t, stderr, code, 1, b+" (weight 2): invalid weight -1")
+		checkFailure(t, stderr, code, 2, `--weights: value 2 "-1"`)
 	}
 	if _, err := os.Stat(out); !os.IsNotExist(err) {
 		t.Fatal("output written")

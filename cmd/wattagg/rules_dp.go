@@ -8,15 +8,20 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/wattagg/wattagg/aggregate"
+	"github.com/wattagg/wattagg/aggregate/dp"
 )
 
 // The private means: central differential privacy with fixed (dp-fixed) or adaptive
 // (dp-adaptive) clipping. They take full client models and --global as the server optimizers
-// do; --state keeps the privacy accountant (and the adaptive bound) between rounds, so that the
-// reported ε covers every round run with that state.
+// do; --state (--privacy-state when composed with a server optimizer, whose state --state is)
+// keeps the privacy accountant (and the adaptive bound) between rounds, so that the reported ε
+// covers every round run with that state. The state is recorded before the noised model is
+// released.
+
+var dpFlagNames = []string{"clip", "noise-multiplier", "sampling-rate", "delta", "target-quantile", "clip-lr",
+	"clipped-count-stddev", "expected-clients", "insecure-seed"}
 
 func registerDPFlags(fs *pflag.FlagSet) {
-	registerRoundFlags(fs)
 	addFloat(fs, "clip", 0, "dp-*: L2 bound each client's delta is clipped to (dp-adaptive: the initial bound, default 0.1)")
 	addFloat(fs, "noise-multiplier", 0, "dp-*: noise standard deviation in units of the clipping bound (required)")
 	addFloat(fs, "sampling-rate", 0, "dp-*: probability a client takes part in a round, in (0,1] (default 1: no amplification)")
@@ -28,23 +33,25 @@ func registerDPFlags(fs *pflag.FlagSet) {
 	addString(fs, "insecure-seed", "INSECURE: make the noise reproducible from this integer seed (experiments only: no privacy)")
 }
 
-func dpRule(name string) func(common []aggregate.Option) (aggregate.Rule, error) {
-	return func(common []aggregate.Option) (aggregate.Rule, error) {
-		if err := rejectFlags(name, optimFlagNames, secaggFlagNames); err != nil {
-			return nil, err
-		}
-		opts, err := roundOptions(name, common)
-		if err != nil {
-			return nil, err
+func dpRule(name string) func([]string) (aggregate.Rule, error) {
+	return func(chain []string) (aggregate.Rule, error) {
+		var opts []dp.Option
+		switch {
+		case given("privacy-state"):
+			opts = append(opts, dp.WithStateFile(flagString("privacy-state")))
+		case given("state") && !optimizerIn(chain):
+			opts = append(opts, dp.WithStateFile(flagString("state")))
+		case given("state"):
+			return nil, usagef("--rule %s composed with a server optimizer: --state is the optimizer's; give the privacy state with --privacy-state", name)
 		}
 		for _, f := range []struct {
 			flag string
-			opt  func(float64) aggregate.RoundOption
+			opt  func(float64) dp.Option
 		}{
-			{"clip", aggregate.WithClipBound}, {"noise-multiplier", aggregate.WithNoiseMultiplier},
-			{"sampling-rate", aggregate.WithSamplingRate}, {"delta", aggregate.WithTargetDelta},
-			{"target-quantile", aggregate.WithTargetQuantile}, {"clip-lr", aggregate.WithClipLearningRate},
-			{"clipped-count-stddev", aggregate.WithClippedCountStddev},
+			{"clip", dp.WithClipBound}, {"noise-multiplier", dp.WithNoiseMultiplier},
+			{"sampling-rate", dp.WithSamplingRate}, {"delta", dp.WithTargetDelta},
+			{"target-quantile", dp.WithTargetQuantile}, {"clip-lr", dp.WithClipLearningRate},
+			{"clipped-count-stddev", dp.WithClippedCountStddev},
 		} {
 			if !given(f.flag) {
 				continue
@@ -60,7 +67,7 @@ func dpRule(name string) func(common []aggregate.Option) (aggregate.Rule, error)
 			if err != nil {
 				return nil, err
 			}
-			opts = append(opts, aggregate.WithExpectedClients(n))
+			opts = append(opts, dp.WithExpectedClients(n))
 		}
 		if given("insecure-seed") {
 			seed, err := strconv.ParseUint(flagString("insecure-seed"), 10, 64)
@@ -68,26 +75,23 @@ func dpRule(name string) func(common []aggregate.Option) (aggregate.Rule, error)
 				return nil, usagef("--insecure-seed %q: want a non-negative integer", flagString("insecure-seed"))
 			}
 			fmt.Fprintln(os.Stderr, "wattagg: warning: --insecure-seed makes the noise reproducible: this round is NOT differentially private")
-			opts = append(opts, aggregate.WithInsecureNoiseSeed(seed))
+			opts = append(opts, dp.WithInsecureNoiseSeed(seed))
 		}
-		r, err := aggregate.NewPrivateMean(name, opts...)
-		if err != nil {
-			return nil, buildError(name, err)
-		}
-		return r, nil
+		return dp.New(name, opts...)
 	}
 }
 
 func init() {
+	registerFamily("dp", dpFlagNames, registerDPFlags)
+	takes := append([]string{"global", "state", "privacy-state"}, dpFlagNames...)
 	registerRule(&ruleSpec{
-		name:  "dp-adaptive",
-		usage: "DP mean with adaptive clipping (Andrew et al., 2021); --global, --noise-multiplier, --target-quantile, --state",
-		flags: registerDPFlags,
-		build: dpRule("dp-adaptive"),
+		name:   "dp-adaptive",
+		usage:  "DP mean with adaptive clipping (Andrew et al., 2021); --global, --noise-multiplier, --target-quantile, --state",
+		family: "dp", takes: takes, build: dpRule("dp-adaptive"),
 	})
 	registerRule(&ruleSpec{
-		name:  "dp-fixed",
-		usage: "DP mean with fixed clipping (DP-FedAvg, McMahan et al., 2018); --global, --clip, --noise-multiplier, --state",
-		build: dpRule("dp-fixed"),
+		name:   "dp-fixed",
+		usage:  "DP mean with fixed clipping (DP-FedAvg, McMahan et al., 2018); --global, --clip, --noise-multiplier, --state",
+		family: "dp", takes: takes, build: dpRule("dp-fixed"),
 	})
 }

@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/wattagg/wattagg/aggregate"
+	"github.com/wattagg/wattagg/aggregate/dp"
 )
 
 func TestDPCommand(t *testing.T) {
@@ -67,7 +67,7 @@ func TestDPCommand(t *testing.T) {
 	if rep2.Details["rounds"] != 2 || !(rep2.Details["epsilon"] > rep.Details["epsilon"]) || rep2.Details["clip_bound"] != rep.Details["next_clip_bound"] {
 		t.Fatalf("round 2 details %v after %v", rep2.Details, rep.Details)
 	}
-	st, err := aggregate.LoadPrivacyState(p("dp.safetensors"))
+	st, err := dp.LoadPrivacyState(p("dp.safetensors"))
 	if err != nil || st.Round != 2 {
 		t.Fatalf("state %+v, %v", st, err)
 	}

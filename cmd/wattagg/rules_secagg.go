@@ -11,7 +11,10 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/wattagg/wattagg/aggregate"
+	"github.com/wattagg/wattagg/aggregate/secagg"
 )
+
+var secaggFlagNames = []string{"secagg-bits", "secagg-range", "secagg-recovery"}
 
 // The server side of mask-based secure aggregation: the inputs are clients' masked, quantised
 // u32 files; the output is the f32 mean of what they quantised. --secagg-recovery gives the
@@ -28,10 +31,9 @@ func registerSecAggFlags(fs *pflag.FlagSet) {
 	addInt(fs, "secagg-bits", 16, "secagg: bit width the clients quantised with (1-32; clients x 2^bits must fit 32 bits)")
 	addFloat(fs, "secagg-range", 1, "secagg: clipping range c: clients quantised values in [-c, c]")
 	addString(fs, "secagg-recovery", "secagg: JSON file of the seeds revealed to unmask survivors and dropped clients")
-	registerTau(fs) // after the robust rules: see registerTau
 }
 
-// recoveryFile is the JSON form of aggregate.SecAggRecovery.
+// recoveryFile is the JSON form of secagg.Recovery.
 type recoveryFile struct {
 	Clients     []int                        `json:"clients"`
 	Self        map[string]string            `json:"self"`
@@ -39,7 +41,7 @@ type recoveryFile struct {
 	NoSelfMasks bool                         `json:"no_self_masks"`
 }
 
-func readRecovery(path string) (*aggregate.SecAggRecovery, error) {
+func readRecovery(path string) (*secagg.Recovery, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
@@ -50,8 +52,8 @@ func readRecovery(path string) (*aggregate.SecAggRecovery, error) {
 	if err := dec.Decode(&f); err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
-	seed := func(what, h string) (aggregate.Seed, error) {
-		var s aggregate.Seed
+	seed := func(what, h string) (secagg.Seed, error) {
+		var s secagg.Seed
 		b, err := hex.DecodeString(h)
 		if err != nil || len(b) != len(s) {
 			return s, fmt.Errorf("%s: %s: want 64 hex digits (32 bytes)", path, what)
@@ -66,7 +68,7 @@ func readRecovery(path string) (*aggregate.SecAggRecovery, error) {
 		}
 		return n, nil
 	}
-	r := &aggregate.SecAggRecovery{Clients: f.Clients, Self: map[int]aggregate.Seed{}, Dropped: map[int]map[int]aggregate.Seed{}, NoSelfMasks: f.NoSelfMasks}
+	r := &secagg.Recovery{Clients: f.Clients, Self: map[int]secagg.Seed{}, Dropped: map[int]map[int]secagg.Seed{}, NoSelfMasks: f.NoSelfMasks}
 	for k, v := range f.Self {
 		i, err := id("self", k)
 		if err != nil {
@@ -81,7 +83,7 @@ func readRecovery(path string) (*aggregate.SecAggRecovery, error) {
 		if err != nil {
 			return nil, err
 		}
-		r.Dropped[d] = map[int]aggregate.Seed{}
+		r.Dropped[d] = map[int]secagg.Seed{}
 		for k2, v := range m {
 			i, err := id("survivor", k2)
 			if err != nil {
@@ -95,10 +97,7 @@ func readRecovery(path string) (*aggregate.SecAggRecovery, error) {
 	return r, nil
 }
 
-func secaggRule(common []aggregate.Option) (aggregate.Rule, error) {
-	if err := rejectFlags("secagg", roundFlagNames, optimFlagNames, dpFlagNames); err != nil {
-		return nil, err
-	}
+func secaggRule([]string) (aggregate.Rule, error) {
 	bits, err := flagInt("secagg-bits")
 	if err != nil {
 		return nil, err
@@ -107,26 +106,22 @@ func secaggRule(common []aggregate.Option) (aggregate.Rule, error) {
 	if err != nil {
 		return nil, err
 	}
-	opts := []aggregate.SecAggOption{aggregate.WithSecAggBits(bits), aggregate.WithSecAggRange(c), aggregate.WithSecAggRuleOptions(common...)}
+	opts := []secagg.Option{secagg.WithBits(bits), secagg.WithRange(c)}
 	if given("secagg-recovery") {
 		rec, err := readRecovery(flagString("secagg-recovery"))
 		if err != nil {
 			return nil, err
 		}
-		opts = append(opts, aggregate.WithSecAggRecovery(rec))
+		opts = append(opts, secagg.WithRecovery(rec))
 	}
-	r, err := aggregate.NewSecureSum(opts...)
-	if err != nil {
-		return nil, buildError("secagg", err)
-	}
-	return r, nil
+	return secagg.New(opts...)
 }
 
 func init() {
+	registerFamily("secagg", secaggFlagNames, registerSecAggFlags)
 	registerRule(&ruleSpec{
-		name:  "secagg",
-		usage: "mean of masked, quantised u32 updates (Bonawitz et al., 2017); --secagg-bits, --secagg-range, --secagg-recovery",
-		flags: registerSecAggFlags,
-		build: secaggRule,
+		name:   "secagg",
+		usage:  "mean of masked, quantised u32 updates (Bonawitz et al., 2017); --secagg-bits, --secagg-range, --secagg-recovery",
+		family: "secagg", takes: secaggFlagNames, build: secaggRule,
 	})
 }

@@ -12,7 +12,7 @@ import (
 	"strconv"
 	"testing"
 
-	"github.com/wattagg/wattagg/aggregate"
+	"github.com/wattagg/wattagg/aggregate/secagg"
 	"github.com/wattagg/wattagg/tensor"
 	"github.com/wattagg/wattagg/tensor/safetensors"
 )
@@ -26,15 +26,15 @@ func TestSecAggCommand(t *testing.T) {
 	p := func(name string) string { return filepath.Join(dir, name) }
 	r := rand.NewChaCha8([32]byte{9})
 	const n = 4
-	seed := func() aggregate.Seed {
-		var s aggregate.Seed
+	seed := func() secagg.Seed {
+		var s secagg.Seed
 		r.Read(s[:])
 		return s
 	}
-	self := make([]aggregate.Seed, n)
-	pairs := make([]map[int]aggregate.Seed, n)
+	self := make([]secagg.Seed, n)
+	pairs := make([]map[int]secagg.Seed, n)
 	for i := range n {
-		self[i], pairs[i] = seed(), map[int]aggregate.Seed{}
+		self[i], pairs[i] = seed(), map[int]secagg.Seed{}
 	}
 	for i := range n {
 		for j := i + 1; j < n; j++ {
@@ -42,7 +42,7 @@ func TestSecAggCommand(t *testing.T) {
 			pairs[i][j], pairs[j][i] = s, s
 		}
 	}
-	q, _ := aggregate.NewSecAggQuantizer(12, 0.5)
+	q, _ := secagg.NewQuantizer(12, 0.5)
 	values := [][]float32{{0.1, -0.2, 0.3}, {0.4, 0.9, -0.1}, {0, 0, 0}, {-0.3, 0.2, 0.25}}
 	var inputs []string
 	for i, v := range values {
@@ -52,7 +52,7 @@ func TestSecAggCommand(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		c := &aggregate.SecAggClient{ID: i, Self: &self[i], Pairs: pairs[i]}
+		c := &secagg.Client{ID: i, Self: &self[i], Pairs: pairs[i]}
 		if err := c.Mask(context.Background(), u); err != nil {
 			t.Fatal(err)
 		}
