@@ -80,11 +80,15 @@ nocgo-check:
 ptx:
 	kernels/cuda/gen.sh
 
-# Build the GPU test and benchmark binary here (cgo, no GPU needed) and the script that runs it
-# on a machine with a GPU and driver but no Go: `bash .gpu/run.sh` there (README, GPU section).
-gpu-check:
+# Build, here (cgo, no GPU needed), what the GPU check runs on a machine with a GPU and driver but
+# no Go: the test and benchmark binary of cgo/cuda, the CLI (for the energy commands) and the
+# script, into .gpu/. There: `bash .gpu/run.sh` in the repository root (README, GPU section).
+# The test binary is stripped of its symbol table and DWARF (stack traces keep their names), so
+# that .gpu/ (about 20 MB) travels well within a device call's 64 MiB.
+gpu-check: build
 	rm -rf .gpu && mkdir -p .gpu
-	$(GO) test -c -o .gpu/cuda.test ./cgo/cuda
+	$(GO) test -c -ldflags='-s -w' -o .gpu/cuda.test ./cgo/cuda
+	cp $(BIN) .gpu/wattagg
 	cp cgo/cuda/gpu-check.sh .gpu/run.sh
 	chmod +x .gpu/run.sh
 	@echo "built .gpu/ ($$(du -sh .gpu | cut -f1)); on the GPU machine, in the repository root: bash .gpu/run.sh"

@@ -52,11 +52,14 @@ type regions struct {
 }
 
 func (r regions) devBytes() int64 { return r.devParams() + r.params }
+
+// hostBytes reaches the staging region's start even when nothing is staged: the pipeline takes
+// the (empty) staging slice of every slot.
 func (r regions) hostBytes() int64 {
 	if r.stage {
 		return r.hostStaging() + r.in
 	}
-	return r.hostParams() + r.params
+	return r.hostStaging()
 }
 
 // Offsets of the regions in a slot's buffers (the buffers themselves are at least 256-byte

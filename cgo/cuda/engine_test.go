@@ -32,9 +32,12 @@ func TestRegionsAligned(t *testing.T) {
 							r.devBytes() < r.devParams()+params {
 							t.Fatalf("%+v: device regions overlap: %d %d %d %d", r, r.devScratch(), r.devOut(), r.devParams(), r.devBytes())
 						}
-						host := r.hostParams() + params
+						// The staging region's start is in the buffer even when nothing is staged
+						// (enqueueSlab slices it): a fresh process's first job without staging
+						// panicked when the parameter area ended short of it.
+						host := r.hostStaging()
 						if stage {
-							host = r.hostStaging() + in
+							host += in
 						}
 						if r.hostParams() < out || r.hostStaging() < r.hostParams()+params || r.hostBytes() < host {
 							t.Fatalf("%+v: host regions overlap: %d %d %d", r, r.hostParams(), r.hostStaging(), r.hostBytes())

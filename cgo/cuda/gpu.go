@@ -13,18 +13,17 @@ import (
 	kcuda "github.com/wattagg/wattagg/kernels/cuda"
 )
 
-// GPU is one NVIDIA GPU as a device.Device — with the capabilities device.Robust,
-// device.Optimizer and device.ModSummer — plus the device-resident buffers and operations of
-// this package. Its methods are safe for concurrent use; jobs run one at a time (they share the
-// pipeline's streams and buffers) and every method returns when the GPU is done with the
-// caller's memory.
+// GPU is one NVIDIA GPU as a device.Device with the capabilities device.Robust,
+// device.Optimizer and device.ModSummer. Its methods are safe for concurrent use; jobs run one
+// at a time (they share the pipeline's streams and buffers) and every method returns when the
+// GPU is done with the caller's memory.
 //
 // A job's Output (and Progress) callbacks may themselves call methods that run no callbacks of
-// their own (Optimize, Gram, SqDistances, the device-resident operations) on the same GPU, as
-// the server optimizers step each finished chunk of their weighted sum: such calls run on a
-// second set of streams and buffers while the first is held by the job that called out. Methods
-// with callbacks (WeightedSum, Select, ModSum, Median, Accumulator.Emit, ...) and Close must not
-// be called from a callback of the same GPU: they wait for the job that is calling it.
+// their own (Optimize, Gram, SqDistances) on the same GPU, as a server optimizer may step each
+// finished chunk of its weighted sum: such calls run on a second set of streams and buffers
+// while the first is held by the job that called out. Methods with callbacks (WeightedSum,
+// Select, ModSum, Accumulator.Emit, ...) and Close must not be called from a callback of the
+// same GPU: they wait for the job that is calling it.
 type GPU struct {
 	drv     driver
 	index   int
@@ -262,8 +261,9 @@ func (g *GPU) Info() device.Info { return describe(g.index, g.attrs, g.version) 
 // memInfo returns the free and total device memory in bytes.
 func (g *GPU) memInfo() (free, total int64, err error) { return g.drv.memInfo(g.ctx) }
 
-// Close waits for the GPU, frees every buffer this device allocated (residents and pinned memory
-// still open included: their memory must not be used afterwards) and releases the context.
+// Close waits for the GPU, frees every buffer this device allocated (accumulators, residents and
+// page-locked memory still open included: their memory must not be used afterwards) and
+// releases the context.
 func (g *GPU) Close() error {
 	g.main.mu.Lock()
 	defer g.main.mu.Unlock()

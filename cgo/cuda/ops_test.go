@@ -365,6 +365,16 @@ func TestModSum(t *testing.T) {
 	}
 }
 
+// wa_optim numbers its rules (optim.cu's OPT_AVGM = 1 ... OPT_YOGI = 4) as device.OptimRule does:
+// the engine passes the rule through.
+func TestOptimRuleNumbers(t *testing.T) {
+	for want, r := range []device.OptimRule{device.OptimFedAvgM, device.OptimFedAdagrad, device.OptimFedAdam, device.OptimFedYogi} {
+		if int(r) != want+1 {
+			t.Fatalf("%s is %d; optim.cu has %d", r, int(r), want+1)
+		}
+	}
+}
+
 // The device-resident step is the kernel of Optimize on residents: three rounds with the state
 // carried over compute devicetest.StepReference's bits, device.OptimJob's arithmetic.
 func TestOptimizerStep(t *testing.T) {

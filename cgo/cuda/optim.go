@@ -11,11 +11,13 @@ import (
 	"github.com/wattagg/wattagg/tensor"
 )
 
-// step applies one server optimizer step in place, in one fused pass over device memory (the
-// kernel of Optimize, the arithmetic of device.OptimJob): x is the model, delta the aggregated
-// update, m and v the optimizer state (v is unused by FedAvgM and may be nil there), so that
-// x, m, v ← the step's X', m, v. All are f32 residents of one layout, none the same buffer;
-// delta is only read.
+// step applies one server optimizer step in place, in one fused pass over device memory: the
+// kernel of Optimize with the arithmetic of device.OptimJob, whose rule and hyperparameters it
+// takes (device.OptimRule, kernels.OptimParams). x is the model, delta the aggregated update, m
+// and v the optimizer state (v is unused by FedAvgM and may be nil there); x, m and v receive
+// XOut, MOut and VOut of the job. What differs from device.OptimJob: the operands are f32
+// residents of one layout rather than host slices, the update is always in place, and no two
+// operands may be the same buffer (the job allows XOut = D).
 func (g *GPU) step(ctx context.Context, rule device.OptimRule, p kernels.OptimParams, x, delta, m, v *resident) error {
 	if rule < device.OptimFedAvgM || rule > device.OptimFedYogi {
 		return fmt.Errorf("%w: optimizer %s", device.ErrUnsupported, rule)
@@ -70,7 +72,8 @@ func (g *GPU) step(ctx context.Context, rule device.OptimRule, p kernels.OptimPa
 // rounding rules of device.OptimJob; a NaN may come back with another payload). A slab's outputs
 // are written only after all its inputs were copied, and slabs are disjoint element ranges, so
 // an output may be its input (XOut = X or D, MOut = M, VOut = V) as the job allows. A cancelled
-// context stops the job between slabs, leaving the outputs partly written.
+// context stops the job between slabs and returns ctx.Err(), leaving the outputs partly written
+// (or all written, when it came after the last slab was queued).
 //
 // Called from an Output callback of this GPU's own job (a server optimizer stepping each chunk
 // of the weighted sum), it runs on the side lane (see GPU).
@@ -176,9 +179,11 @@ func f32Bytes(v []float32) []byte {
 // addNoise adds Gaussian noise of standard deviation sigma to every element of r (f32 or f64
 // tensors): element j of tensor t receives sigma·z where z is normal j mod 4 of Philox4x32-10
 // counter offset + Σ_{u<t} ⌈len_u/4⌉ + ⌊j/4⌋ under key seed (Box-Muller in f64; see
-// kernels/cuda/noise.cu). The noise depends only on (seed, counter), never on the device or the
-// launch. It returns the first counter the call did not use: pass it as the next call's offset so
-// that no noise is ever reused.
+// kernels/cuda/noise.cu). Which normal an element gets depends only on (seed, counter), never on
+// the launch; its last bits depend on the device's log and sincospi (libdevice's on a GPU, the C
+// library's on the fake: a few ulp from Go's math, see the package doc). It returns the first
+// counter the call did not use: pass it as the next call's offset so that no noise is ever
+// reused.
 //
 // Philox is a statistically good generator, not a cryptographic one, and its 64-bit key can be
 // searched: noise from it gives no differential privacy. The DP rules draw their noise on the

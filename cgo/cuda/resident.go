@@ -13,7 +13,9 @@ import (
 
 // resident is a set of tensors held in GPU memory: an update uploaded once and used by many
 // operations (a server that keeps the round's updates on the GPU), or a result kept there for
-// the next step (a server optimizer's state). It owns one device allocation, freed by Close.
+// the next step (a server optimizer's state). It owns one device allocation, freed by free (or
+// the GPU's Close). The device-resident operations are unexported (see the package doc): the
+// benchmark and the tests use them.
 type resident struct {
 	g      *GPU
 	fields []residentField
