@@ -171,14 +171,16 @@ func (r *Round) admit(ctx context.Context, u *tensor.Set, weight float64, from W
 	return c, nil
 }
 
-// checkDuplicate refuses an update already in the round (the same Set, or a Set viewing the
-// same memory: one file opened twice is caught by the CLI, which compares inodes).
+// checkDuplicate refuses an update already in the round: one from the same source (a file
+// path, a client id), or, while the round holds the updates (WithRetainedUpdates), the same Set
+// or a Set viewing the same memory. (A file opened twice under two names is caught by the CLI,
+// which compares inodes.)
 func (r *Round) checkDuplicate(u *tensor.Set, who string) error {
 	for _, c := range r.clients {
-		if c.set == nil {
-			continue
-		}
-		if c.set == u || sameData(c.set, u) {
+		switch {
+		case u.Source != "" && c.Source == u.Source:
+			return fmt.Errorf("%s: %w: an update from %s is already in the round", who, ErrDuplicate, u.Source)
+		case c.set != nil && (c.set == u || sameData(c.set, u)):
 			return fmt.Errorf("%s: %w: it is the update already added as %s", who, ErrDuplicate, c.Source)
 		}
 	}

@@ -69,3 +69,41 @@ func f32Bytes(v []float32) []byte {
 }
 
 func anyNonFinite32(v []float32) bool { return kernels.AnyNonFiniteF32(f32Bytes(v)) }
+
+// explainFault names the input whose memory a job could not read (a mapped file truncated while
+// the round reads it): one line naming the file, instead of a crash.
+func (r *Round) explainFault(err error) error {
+	var fe *device.FaultError
+	if !errors.As(err, &fe) {
+		return err
+	}
+	within := func(spans []device.Span) (string, int64, bool) {
+		for t, sp := range spans {
+			if len(sp.Data) == 0 {
+				continue
+			}
+			base := uintptr(unsafe.Pointer(unsafe.SliceData(sp.Data)))
+			if fe.Addr >= base && fe.Addr < base+uintptr(len(sp.Data)) {
+				name := fmt.Sprint(t)
+				if r.refLayout != nil && t < len(r.refLayout) {
+					name = r.refLayout[t].Name
+				}
+				return name, int64(fe.Addr - base), true
+			}
+		}
+		return "", 0, false
+	}
+	for _, c := range r.clients {
+		if name, off, ok := within(c.spans); ok {
+			return fmt.Errorf("%s: %w: byte %d of tensor %q could not be read: the file changed (was it truncated?) while the round read it",
+				c.Source, device.ErrFault, off, name)
+		}
+	}
+	if r.global != nil {
+		if name, off, ok := within(r.global.spans); ok {
+			return fmt.Errorf("%s: %w: byte %d of tensor %q could not be read: the file changed (was it truncated?) while the round read it",
+				globalName(r.global.set), device.ErrFault, off, name)
+		}
+	}
+	return err
+}

@@ -97,7 +97,7 @@ func (r *Round) report(out *sink, closing time.Duration) *Report {
 			total += c.weight
 		}
 	}
-	rep.TotalWeight = total / r.weights.scale
+	rep.TotalWeight = r.weights.unscaled(total)
 	rep.Weights = make([]float64, len(r.clients))
 	rep.PerClient = make([]ClientDiag, len(r.clients))
 	for k, c := range r.clients {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sync"
 	"time"
+	"unsafe"
 
 	"github.com/wattagg/wattagg/device"
 	"github.com/wattagg/wattagg/tensor"
@@ -184,23 +185,26 @@ func (r *Round) add(ctx context.Context, u *tensor.Set, weight float64, from Wei
 	}
 	win := r.cfg.startMeters() // validation costs energy too, whether the update is kept or not
 	defer r.acct.meter(win)
-	c, err := r.admit(ctx, u, weight, from)
+	var c *Client
+	err := device.Guard(func() error {
+		var err error
+		if c, err = r.admit(ctx, u, weight, from); err != nil {
+			return err
+		}
+		// Validated: from here on nothing fails on account of the update.
+		if r.sum != nil {
+			return r.addToSum(context.WithoutCancel(ctx), c)
+		}
+		return r.keep(context.WithoutCancel(ctx), c)
+	})
 	if err != nil {
-		return err
-	}
-	// Validated: from here on nothing fails on account of the update.
-	ctx = context.WithoutCancel(ctx)
-	switch {
-	case r.sum != nil:
-		err = r.addToSum(ctx, c)
-	default:
-		err = r.keep(ctx, c)
-	}
-	if err != nil {
-		return err
+		return r.faultOf(err, u)
 	}
 	if r.refLayout == nil {
 		r.refLayout, r.refName = c.layout, c.Source
+	}
+	if !r.cfg.retained {
+		c.set, c.spans = nil, nil // the caller may close the update once Add returns
 	}
 	r.clients = append(r.clients, c)
 	r.weights.add(c, from)
@@ -256,23 +260,44 @@ func (r *Round) close(ctx context.Context, path string) (*tensor.Set, *Report, e
 	}
 	out := newSink(r, path)
 	win := r.cfg.startMeters()
-	var err error
-	if r.sum != nil {
-		err = r.closeSum(ctx, out)
-	} else {
-		err = r.closeWhole(ctx, out)
-	}
+	err := device.Guard(func() error {
+		if r.sum != nil {
+			return r.closeSum(ctx, out)
+		}
+		return r.closeWhole(ctx, out)
+	})
 	if err == nil {
 		err = r.commit(ctx, out)
 	}
 	r.acct.meter(win)
 	if err != nil {
+		err = r.explainFault(err)
 		out.abort()
 		return nil, nil, err
 	}
 	r.state = roundDone
 	rep := r.report(out, time.Since(start))
 	return out.set, rep, nil // released by commit
+}
+
+// faultOf explains a fault while update u was added: in u (not yet among the clients), or in
+// what the round already holds.
+func (r *Round) faultOf(err error, u *tensor.Set) error {
+	var fe *device.FaultError
+	if !errors.As(err, &fe) {
+		return err
+	}
+	for _, t := range u.Tensors() {
+		b := t.Bytes()
+		if len(b) > 0 {
+			base := uintptr(unsafe.Pointer(unsafe.SliceData(b)))
+			if fe.Addr >= base && fe.Addr < base+uintptr(len(b)) {
+				return fmt.Errorf("%s: %w: byte %d of tensor %q could not be read: the file changed (was it truncated?) while the round read it",
+					sourceName(u, len(r.clients)), device.ErrFault, fe.Addr-base, t.Name)
+			}
+		}
+	}
+	return r.explainFault(err)
 }
 
 // noInputs explains a round with nothing to aggregate.

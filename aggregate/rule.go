@@ -2,6 +2,7 @@ package aggregate
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -288,6 +289,17 @@ func (c chain) requirements() (Requirements, error) {
 		return out, fmt.Errorf("%w: %s: a robust statistic cannot be combined with a rule that moves a global model", ErrOption, c.Name())
 	}
 	return out, nil
+}
+
+// Close releases what the links hold (a stateful rule's state).
+func (c chain) Close() error {
+	var errs []error
+	for _, r := range c {
+		if cl, ok := r.(interface{ Close() error }); ok {
+			errs = append(errs, cl.Close())
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // Begin begins every link; the engine calls the stages' hooks in order.

@@ -414,7 +414,7 @@ func (r *Round) metadata() map[string]string {
 		m[ExcludedKey] = strconv.Itoa(ex)
 	}
 	if r.req.Kind == KindSum && r.weights.source(r.req.Weights) == WeightsNumExamples {
-		m[NumExamplesKey] = strconv.FormatFloat(r.weights.total/r.weights.scale, 'g', -1, 64)
+		m[NumExamplesKey] = strconv.FormatFloat(r.weights.unscaled(r.weights.total), 'g', -1, 64)
 	}
 	for _, st := range r.stages {
 		if a, ok := st.(Annotator); ok {

@@ -102,17 +102,21 @@ type weightTracker struct {
 	from  WeightSource
 	who   string // the first client, for messages
 	first float64
-	scale float64 // 0 until the first weight
+	shift int  // the power of two weights are scaled by
+	fixed bool // shift is set (by the first weight)
 }
 
-// scaled is w times the round's power of two, fixing it from w when it is the first.
+// scaled is w·2^shift, fixing shift from w when it is the first weight.
 func (t *weightTracker) scaled(w float64) float64 {
-	if t.scale == 0 {
+	if !t.fixed {
 		_, e := math.Frexp(w)
-		t.scale = math.Ldexp(1, 1-e)
+		t.shift, t.fixed = 1-e, true
 	}
-	return w * t.scale
+	return math.Ldexp(w, t.shift)
 }
+
+// unscaled undoes scaled.
+func (t *weightTracker) unscaled(w float64) float64 { return math.Ldexp(w, -t.shift) }
 
 // check refuses weight w of client who from source from before anything is added, under the
 // rule's policy; it returns the weight the client enters the sum with (before scaling).

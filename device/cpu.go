@@ -314,7 +314,7 @@ func (c *CPU) parallelChunks(ctx context.Context, n int, fn func(s *cpuScratch, 
 					fail(err)
 					return
 				}
-				if err := fn(s, ci); err != nil {
+				if err := Guard(func() error { return fn(s, ci) }); err != nil {
 					fail(err)
 					return
 				}

@@ -24,28 +24,39 @@ const (
 )
 
 // parallelBlocks runs fn(k, scratch) for k in [0, n) on the device's workers, in order of
-// claim, until ctx is cancelled; scratch is a worker's block of deltaBlockElems f32.
+// claim, until ctx is cancelled or a worker faults; scratch is a worker's block of
+// deltaBlockElems f32.
 func (c *CPU) parallelBlocks(ctx context.Context, n int, fn func(k int, scratch []float32)) error {
 	var next atomic.Int64
 	var wg sync.WaitGroup
+	var fault atomic.Pointer[error]
 	for range min(c.workers, n) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			var scratch []float32
-			for ctx.Err() == nil {
-				k := int(next.Add(1) - 1)
-				if k >= n {
-					return
+			err := Guard(func() error {
+				for ctx.Err() == nil && fault.Load() == nil {
+					k := int(next.Add(1) - 1)
+					if k >= n {
+						return nil
+					}
+					if scratch == nil {
+						scratch = make([]float32, deltaBlockElems)
+					}
+					fn(k, scratch)
 				}
-				if scratch == nil {
-					scratch = make([]float32, deltaBlockElems)
-				}
-				fn(k, scratch)
+				return nil
+			})
+			if err != nil {
+				fault.CompareAndSwap(nil, &err)
 			}
 		}()
 	}
 	wg.Wait()
+	if e := fault.Load(); e != nil {
+		return *e
+	}
 	return ctx.Err()
 }
 

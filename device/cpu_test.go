@@ -345,13 +345,18 @@ func TestCheckFiniteFindsFirst(t *testing.T) {
 	r := rand.New(rand.NewPCG(11, 12))
 	fields := []AccField{{Name: "a", Len: 600000}, {Name: "b", Len: 1000}}
 	x := []Span{randSpan(r, tensor.F32, 600000, 1), randSpan(r, tensor.F16, 1000, 1)}
-	if err := CheckFinite(fields, x); err != nil {
+	cpu, err := NewCPU(WithWorkers(3))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := cpu.CheckFinite(ctx, fields, x); err != nil {
 		t.Fatal(err)
 	}
 	putU16(x[1].Data[2*10:], 0x7c00)         // +Inf in b
 	putU32(x[0].Data[4*500000:], 0xffc00000) // NaN late in a
 	putU32(x[0].Data[4*300000:], 0x7f800000) // +Inf earlier in a: the first
-	err := CheckFinite(fields, x)
+	err = cpu.CheckFinite(ctx, fields, x)
 	var nf *tensor.NonFiniteError
 	if !errors.As(err, &nf) || nf.Tensor != "a" || nf.Index != 300000 || !math.IsInf(nf.Value, 1) {
 		t.Fatalf("err = %v, want +Inf in a at 300000", err)
