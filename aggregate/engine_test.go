@@ -31,7 +31,9 @@ type engineCase struct {
 }
 
 // globalModel is the global model of the engine cases' rules that move one.
-func globalModel(t *testing.T) *tensor.Set { return pinSet(t, pinRNG(70), tensor.F32, nil, 1, "global") }
+func globalModel(t *testing.T) *tensor.Set {
+	return pinSet(t, pinRNG(70), tensor.F32, nil, 1, "global")
+}
 
 // engineCases are every rule and the compositions the papers use, each with inputs it accepts.
 func engineCases() []engineCase {
