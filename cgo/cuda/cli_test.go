@@ -52,7 +52,7 @@ func TestCLIOnFakeGPU(t *testing.T) {
 	if err := safetensors.WriteFile(global, ruleUpdates(r, 1, 0)[0]); err != nil {
 		t.Fatal(err)
 	}
-	run := func(dev, log string, args ...string) (devices []string) {
+	run := func(t *testing.T, dev, log string, args ...string) (devices []string) {
 		t.Helper()
 		out := filepath.Join(dir, dev+".safetensors")
 		cmd := exec.Command(bin, append(append([]string{"aggregate", "--device", dev, "--json", "-o", out}, args...), clients)...)
@@ -86,7 +86,7 @@ func TestCLIOnFakeGPU(t *testing.T) {
 	} {
 		t.Run(tc.rule, func(t *testing.T) {
 			log := filepath.Join(dir, tc.rule+".launches")
-			if devs := run("cuda:0", log, tc.args...); len(devs) != 1 || devs[0] != "cuda:0" {
+			if devs := run(t, "cuda:0", log, tc.args...); len(devs) != 1 || devs[0] != "cuda:0" {
 				t.Fatalf("report devices %v, want cuda:0", devs)
 			}
 			launched, err := os.ReadFile(log)
@@ -98,7 +98,7 @@ func TestCLIOnFakeGPU(t *testing.T) {
 					t.Fatalf("the CLI launched no %s on the GPU; it launched:\n%s", k, launched)
 				}
 			}
-			if devs := run("cpu", filepath.Join(dir, "cpu.launches"), tc.args...); len(devs) != 1 || devs[0] != "cpu" {
+			if devs := run(t, "cpu", filepath.Join(dir, "cpu.launches"), tc.args...); len(devs) != 1 || devs[0] != "cpu" {
 				t.Fatalf("report devices %v, want cpu", devs)
 			}
 			gpu, err := safetensors.Open(filepath.Join(dir, "cuda:0.safetensors"))
