@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/wattagg/wattagg/aggregate"
+	"github.com/wattagg/wattagg/device"
 	"github.com/wattagg/wattagg/energy"
 	"github.com/wattagg/wattagg/sched"
 	"github.com/wattagg/wattagg/tensor"
@@ -90,6 +91,12 @@ func EnergyPolicies(ctx context.Context, cfg EnergyConfig) ([]EnergyRow, error) 
 		if err != nil {
 			return nil, err
 		}
+		if _, err := pl.Plan(sched.Request{Op: sched.WeightedSum, Workload: sched.Workload{Clients: len(updates), Elements: 1, In: tensor.F32, Out: tensor.F32},
+			Chunks: []int64{1}, Devices: deviceNames(cfg.Machine.Devices)}); err != nil && p.name == "always-gpu" {
+			row.Skipped = err.Error() // an uncalibrated GPU (no meter to calibrate it with): the other rows still run
+			rows = append(rows, row)
+			continue
+		}
 		opts := []aggregate.Option{aggregate.WithDevices(cfg.Machine.Devices...), aggregate.WithPlanner(pl), aggregate.WithOutDType(tensor.F32)}
 		if out == nil {
 			// One output, reused by every round of every policy: no fresh pages measured.
@@ -138,4 +145,12 @@ func EnergyPolicies(ctx context.Context, cfg EnergyConfig) ([]EnergyRow, error) 
 		rows = append(rows, row)
 	}
 	return rows, nil
+}
+
+func deviceNames(devs []device.Device) []string {
+	names := make([]string, len(devs))
+	for i, d := range devs {
+		names[i] = d.Name()
+	}
+	return names
 }
