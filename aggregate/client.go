@@ -214,31 +214,69 @@ func checkUpdateKind(u *tensor.Set, who, rule string) error {
 // matchLayout matches the update's tensors to the round's layout (fixing it from the first
 // update when no global model did) and checks their dtypes; it sets c.spans and c.dtypes.
 func (r *Round) matchLayout(c *Client, u *tensor.Set) error {
-	ref, refName := r.layoutRef()
-	if ref == nil {
-		ref, refName = u.Layout(), c.Source
-	}
-	perm, err := ref.Match(u.Layout(), false)
+	ref, perm, err := r.matchHeader(c.Source, u.Layout())
 	if err != nil {
-		return fmt.Errorf("%s: %w (as in %s)", c.Source, err, refName)
+		return err
 	}
 	c.spans = make([]device.Span, len(perm))
 	c.dtypes = make([]tensor.DType, len(perm))
-	first := r.firstDTypes()
 	for t, j := range perm {
 		tt := u.At(j)
 		c.spans[t] = device.SpanOf(tt)
 		c.dtypes[t] = tt.DType
-		if err := r.checkDType(c, ref[t].Name, tt.DType); err != nil {
-			return err
-		}
-		if first != nil && !r.cfg.mixed && tt.DType != first[t] {
-			return fmt.Errorf("%s: %w: tensor %q has dtype %s, want %s (as in %s; --mixed-dtypes accepts it)",
-				c.Source, tensor.ErrLayoutMismatch, tt.Name, tt.DType, first[t], r.clients[0].Source)
-		}
 	}
 	c.layout = ref
 	return nil
+}
+
+// matchHeader checks an update's layout against the round's (or takes it as the round's, for
+// the first update of a round without a global model) and its dtypes against the rule's and the
+// first update's: everything about an update that its header says. It returns the round's
+// layout and, per field, the index of the update's tensor.
+func (r *Round) matchHeader(who string, layout tensor.Layout) (tensor.Layout, []int, error) {
+	ref, refName := r.layoutRef()
+	if ref == nil {
+		ref, refName = layout, who
+	}
+	perm, err := ref.Match(layout, false)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: %w (as in %s)", who, err, refName)
+	}
+	first := r.firstDTypes()
+	for t, j := range perm {
+		f := layout[j]
+		if err := r.checkDType(who, ref[t].Name, f.DType); err != nil {
+			return nil, nil, err
+		}
+		if first != nil && !r.cfg.mixed && f.DType != first[t] {
+			return nil, nil, fmt.Errorf("%s: %w: tensor %q has dtype %s, want %s (as in %s; --mixed-dtypes accepts it)",
+				who, tensor.ErrLayoutMismatch, f.Name, f.DType, first[t], r.clients[0].Source)
+		}
+	}
+	return ref, perm, nil
+}
+
+// CheckHeader checks what an update's header says — its source (not already in the round), its
+// layout and dtypes, what it holds (UpdateKindKey) — before any of its data is read: a server
+// refuses a bad update before it reads the body. Add checks all of it again, and the data.
+func (r *Round) CheckHeader(source string, layout tensor.Layout, metadata map[string]string) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if err := r.acceptingUpdates(); err != nil {
+		return err
+	}
+	u := &tensor.Set{Source: source, Metadata: metadata}
+	who := sourceName(u, len(r.clients))
+	if err := r.checkDuplicate(u, who); err != nil {
+		return err
+	}
+	if r.req.Global {
+		if err := checkUpdateKind(u, who, r.rule.Name()); err != nil {
+			return err
+		}
+	}
+	_, _, err := r.matchHeader(who, layout)
+	return err
 }
 
 // layoutRef is the round's layout and who fixed it (nil before the first update of a round
@@ -253,8 +291,8 @@ func (r *Round) firstDTypes() []tensor.DType {
 	return r.clients[0].dtypes
 }
 
-// checkDType refuses a dtype the rule cannot take, naming the file and the rule.
-func (r *Round) checkDType(c *Client, tensorName string, dt tensor.DType) error {
+// checkDType refuses a dtype the rule cannot take, naming the update and the rule.
+func (r *Round) checkDType(who, tensorName string, dt tensor.DType) error {
 	name := r.rule.Name()
 	switch {
 	case r.req.DTypes != nil && !slices.Contains(r.req.DTypes, dt):
@@ -262,14 +300,14 @@ func (r *Round) checkDType(c *Client, tensorName string, dt tensor.DType) error 
 		for _, d := range r.req.DTypes {
 			want = append(want, d.String())
 		}
-		return fmt.Errorf("%s: %w: tensor %q is %s: %s takes %v updates", c.Source, tensor.ErrDType, tensorName, dt, name, want)
+		return fmt.Errorf("%s: %w: tensor %q is %s: %s takes %v updates", who, tensor.ErrDType, tensorName, dt, name, want)
 	case r.req.DTypes == nil && !dt.Real():
 		return fmt.Errorf("%s: %w: tensor %q is %s: %s averages real values (u32 tensors are for the secure-sum rule)",
-			c.Source, tensor.ErrDType, tensorName, dt, name)
+			who, tensor.ErrDType, tensorName, dt, name)
 	case dt == tensor.F64 && r.plan != nil && r.plan.accOf(tensorName) == tensor.F32:
-		return fmt.Errorf("%s: %w: tensor %q is f64 but the round accumulates it in f32 (accumulate in f64)", c.Source, tensor.ErrLayoutMismatch, tensorName)
+		return fmt.Errorf("%s: %w: tensor %q is f64 but the round accumulates it in f32 (accumulate in f64)", who, tensor.ErrLayoutMismatch, tensorName)
 	case dt == tensor.F64 && r.cfg.acc == tensor.F32:
-		return fmt.Errorf("%s: %w: tensor %q has f64 inputs: accumulate in f64", c.Source, ErrOption, tensorName)
+		return fmt.Errorf("%s: %w: tensor %q has f64 inputs: accumulate in f64", who, ErrOption, tensorName)
 	}
 	return nil
 }

@@ -139,7 +139,7 @@ func (r *Round) Clients() int {
 func (r *Round) TotalWeight() float64 {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.weights.total
+	return r.weights.unscaled(r.weights.total)
 }
 
 // Add adds weight·u to the round (the rule decides what weights mean: FedAvg applies them,

@@ -204,7 +204,13 @@ func (r *Round) closeSum(ctx context.Context, out *sink) error {
 	default:
 		stats, err = r.emitSum(ctx, b, d, post)
 	}
-	r.acct.record(stats)
+	if pl := r.acct.placed; pl != nil && len(pl.stats) > 0 {
+		for _, st := range pl.stats { // one share per device the planner used
+			r.acct.record(st)
+		}
+	} else {
+		r.acct.record(stats)
+	}
 	if err != nil {
 		return err
 	}
