@@ -104,14 +104,14 @@ func printHost(w io.Writer, h sysinfo.Host, workers int) {
 		line += " (counted; the OS gives no list)"
 	}
 	if h.Cores > 0 {
-		line += fmt.Sprintf(", %d physical cores", h.Cores)
+		line += fmt.Sprintf(", %s", plural(h.Cores, "physical core"))
 		if h.CoresFrom != "sysfs" {
 			line += " (" + h.CoresFrom + ")"
 		}
 	} else {
 		line += ", physical cores unknown"
 	}
-	fmt.Fprintf(w, "%s; %d workers\n", line, workers)
+	fmt.Fprintf(w, "%s; %s\n", line, plural(workers, "worker"))
 	if len(h.Caches) == 0 {
 		fmt.Fprintln(w, "  caches: unknown")
 		return
@@ -135,6 +135,14 @@ func printHost(w io.Writer, h sysinfo.Host, workers int) {
 		from = "cpuid, one core's"
 	}
 	fmt.Fprintf(w, "  caches (%s): %s\n", from, strings.Join(parts, ", "))
+}
+
+// plural is "1 worker", "2 workers".
+func plural(n int, what string) string {
+	if n == 1 {
+		return "1 " + what
+	}
+	return fmt.Sprintf("%d %ss", n, what)
 }
 
 // printDeviceSizes prints the cores and caches a device other than the CPU reports, those it

@@ -30,6 +30,8 @@ func TestPrintDevicesShowsWhatTheOSGivesThisProcess(t *testing.T) {
 		{"cpuid's word only", sysinfo.Host{CPUs: []int{0, 1}, CPUsFrom: "runtime.NumCPU", Cores: 2, CoresFrom: "cpuid", CachesFrom: "cpuid",
 			Caches: []sysinfo.Cache{{Level: 2, Type: "Unified", Size: 512 << 10}}},
 			[]string{"  cpus: 2 (counted; the OS gives no list), 2 physical cores (cpuid); 2 workers\n", "  caches (cpuid, one core's): L2 512 KiB\n"}},
+		{"one CPU", sysinfo.Host{CPUs: []int{1}, CPUsFrom: "sched_getaffinity", Cores: 1, CoresFrom: "sysfs"},
+			[]string{"  cpus: 1 this process may run on (1), 1 physical core; 2 workers\n"}},
 		{"nothing known", sysinfo.Host{CPUs: []int{0, 1}, CPUsFrom: "sched_getaffinity"},
 			[]string{"  cpus: 2 this process may run on (0-1), physical cores unknown; 2 workers\n", "  caches: unknown\n"}},
 	} {
