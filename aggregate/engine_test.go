@@ -127,8 +127,8 @@ func closeRule(r aggregate.Rule) {
 }
 
 // Every rule, run through the engine with meters, reports joules with their provenance, names
-// the device it ran on, and gives back every buffer it took from the allocator, in memory and
-// to a file, batch and incremental.
+// the device it ran on, and gives back every buffer it took from the allocator and the device's
+// scratch pool, in memory and to a file, batch and incremental.
 func TestEveryRuleIsMeteredAndLeaksNothing(t *testing.T) {
 	meter, err := energy.NewCPUEstimate()
 	if err != nil {
@@ -139,8 +139,10 @@ func TestEveryRuleIsMeteredAndLeaksNothing(t *testing.T) {
 		for _, m := range []pinMode{modeBatch, modeFile, modeRound, modeRoundFile} {
 			t.Run(c.name+"/"+pinModes[m], func(t *testing.T) {
 				alloc := tensor.NewCheckedAllocator(nil)
+				cpu := must(device.NewCPU())(t)
 				rule := c.rule(t)
-				opts := append(c.opts(t), aggregate.WithMeters(meter), aggregate.WithAllocator(alloc), aggregate.WithChunkBytes(pinChunk))
+				opts := append(c.opts(t), aggregate.WithMeters(meter), aggregate.WithAllocator(alloc), aggregate.WithChunkBytes(pinChunk),
+					aggregate.WithDevices(cpu))
 				set, rep := runMode(t, m, rule, c.updates(t), nil, opts...)
 				if rep.Joules == nil || rep.JoulesSource != string(energy.SourceEstimate) || len(rep.Energy) == 0 || rep.Energy[0].Source != energy.SourceEstimate {
 					t.Fatalf("joules %v from %q (%s), energy %+v: want a measurement with its provenance", rep.Joules, rep.JoulesSource, rep.JoulesReason, rep.Energy)
@@ -154,6 +156,9 @@ func TestEveryRuleIsMeteredAndLeaksNothing(t *testing.T) {
 				set.Close()
 				closeRule(rule)
 				alloc.AssertSize(t, 0)
+				if n := cpu.ScratchInUse(); n != 0 {
+					t.Fatalf("%d pooled scratch buffers still held by the device", n)
+				}
 			})
 		}
 	}

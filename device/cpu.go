@@ -23,6 +23,7 @@ type CPU struct {
 	block   int           // accumulator block, elements
 	kern    *kernels.Impl // the kernel implementation every operation runs
 	scratch sync.Pool     // *cpuScratch
+	inUse   atomic.Int64  // scratch taken from the pool and not given back
 }
 
 // CPUOption configures a CPU device.
@@ -137,7 +138,17 @@ type cpuScratch struct {
 	w64   []float64
 }
 
+// ScratchInUse is the number of pooled scratch buffers the device's jobs hold: 0 whenever no
+// job runs (tests check that no job leaks one).
+func (c *CPU) ScratchInUse() int64 { return c.inUse.Load() }
+
+func (c *CPU) putScratch(s *cpuScratch) {
+	c.inUse.Add(-1)
+	c.scratch.Put(s)
+}
+
 func (c *CPU) getScratch(inputs int) *cpuScratch {
+	c.inUse.Add(1)
 	s, _ := c.scratch.Get().(*cpuScratch)
 	if s == nil {
 		s = &cpuScratch{
@@ -304,7 +315,7 @@ func (c *CPU) parallelChunks(ctx context.Context, n int, fn func(s *cpuScratch, 
 		go func() {
 			defer wg.Done()
 			s := c.getScratch(inputs)
-			defer c.scratch.Put(s)
+			defer c.putScratch(s)
 			for !failed.Load() {
 				ci := int(next.Add(1) - 1)
 				if ci >= n {
