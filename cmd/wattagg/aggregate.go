@@ -128,11 +128,9 @@ func runAggregate(ctx context.Context, stdout, stderr io.Writer, f aggregateFlag
 	if err != nil {
 		return err
 	}
-	// The planner places a batch over the devices (--device auto), or paces one device under a
-	// deadline or power cap; a device named without either runs the round as it is, calibrated
-	// or not.
-	plan := !f.stream && (f.device == "auto" || f.plan.deadline > 0 || f.plan.powerCap > 0)
-	en, err := openEnergyRun(ctx, stderr, f.energy, cpu, f.device, planOpts, plan, f.progress)
+	// The planner places a batch over the calibrated devices (--device auto) or predicts and
+	// paces the one named; a named device that could not be calibrated runs unplanned.
+	en, err := openEnergyRun(ctx, stderr, f.energy, cpu, f.device, planOpts, !f.stream, f.progress)
 	if err != nil {
 		return err
 	}

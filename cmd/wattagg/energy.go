@@ -189,6 +189,17 @@ func openEnergyRun(ctx context.Context, stderr io.Writer, ef energyFlags, cpu de
 		return nil, err
 	}
 	r.profileNote = note
+	if deviceFlag != "auto" {
+		if d := prof.Device(deviceFlag); d == nil {
+			// A device named on the command line that could not be calibrated (a GPU without
+			// an energy meter): run the round on it without a plan rather than refuse it.
+			r.profileNote += "; " + deviceFlag + " is not calibrated: the round runs on it unplanned"
+			return r, nil
+		} else if _, ok := d.Op(sched.WeightedSum, tensor.F32); !ok {
+			r.profileNote += "; " + deviceFlag + " is not calibrated: the round runs on it unplanned"
+			return r, nil
+		}
+	}
 	if r.planner, err = sched.NewPlanner(prof, planOpts...); err != nil {
 		r.close()
 		return nil, usagef("%v", err)
