@@ -311,6 +311,8 @@ func printEnergy(w io.Writer, r *aggregate.Report) {
 	}
 	if l := r.Learning; l != nil && l.Applied {
 		fmt.Fprintf(w, "  profile: %s\n", l.Why)
+	} else if l != nil && l.Why != "" {
+		fmt.Fprintf(w, "  profile: not corrected: %s\n", l.Why)
 	}
 }
 
