@@ -3,7 +3,7 @@ GO      ?= go
 BIN     := bin/wattagg
 PKGS    := ./...
 
-.PHONY: all build demo test vet fmt-check generate generate-check bench bench-go fuzz clean energy nocgo-check
+.PHONY: all build demo test test-interop vet fmt-check generate generate-check bench bench-go fuzz clean energy nocgo-check
 
 all: build
 
@@ -16,10 +16,14 @@ demo: build
 
 # Everything CI runs: formatting, vet (both tag sets), generated code up to date, the tests
 # with the assembly, under the race detector, and with the pure-Go kernels.
-test: fmt-check vet generate-check
+test: fmt-check vet generate-check test-interop
 	$(GO) test -count=1 $(PKGS)
 	$(GO) test -count=1 -race $(PKGS)
 	$(GO) test -count=1 -tags purego $(PKGS)
+
+# The gorgonia interop is a nested module (gorgonia stays out of the core's module graph).
+test-interop:
+	cd interop/gorgonia && $(GO) vet ./... && $(GO) test -count=1 ./... && $(GO) test -count=1 -race -short ./...
 
 vet:
 	$(GO) vet $(PKGS)
