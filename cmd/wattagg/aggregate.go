@@ -20,7 +20,6 @@ import (
 	"github.com/wattagg/wattagg/aggregate"
 	"github.com/wattagg/wattagg/device"
 	"github.com/wattagg/wattagg/tensor"
-	"github.com/wattagg/wattagg/tensor/safetensors"
 )
 
 type aggregateFlags struct {
@@ -45,7 +44,8 @@ func newAggregateCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "aggregate -o OUT.safetensors IN... ",
 		Short: "Aggregate client updates into one model",
-		Long: `Aggregate reads client updates (.safetensors files, or directories of them), computes
+		Long: `Aggregate reads client updates (.safetensors files, Arrow IPC files .arrow and streams .arrows,
+or directories of them), computes
 the weighted mean tensor by tensor (FedAvg), and writes it atomically to OUT: the file appears
 only when complete and synced, and a failure leaves nothing behind.
 
@@ -195,7 +195,8 @@ func aggregateOptions(f aggregateFlags) ([]aggregate.Option, error) {
 	return opts, nil
 }
 
-// expandInputs replaces directories by the .safetensors files they hold, sorted by name.
+// expandInputs replaces directories by the update files they hold (.safetensors, Arrow .arrow
+// and .arrows), sorted by name.
 // Anything that is not a regular file (a named pipe would block the run) is refused here, before
 // any file is opened.
 func expandInputs(args []string) ([]string, error) {
@@ -212,12 +213,16 @@ func expandInputs(args []string) ([]string, error) {
 			paths = append(paths, a)
 			continue
 		}
-		matches, err := filepath.Glob(filepath.Join(a, "*.safetensors"))
-		if err != nil {
-			return nil, err
+		var matches []string
+		for _, ext := range updateExts {
+			m, err := filepath.Glob(filepath.Join(a, "*"+ext))
+			if err != nil {
+				return nil, err
+			}
+			matches = append(matches, m...)
 		}
 		if len(matches) == 0 {
-			return nil, fmt.Errorf("%s: no .safetensors files in this directory", a)
+			return nil, fmt.Errorf("%s: no update files (.safetensors, .arrow, .arrows) in this directory", a)
 		}
 		slices.Sort(matches)
 		for _, m := range matches {
@@ -295,11 +300,11 @@ func parseWeights(s string, n int) ([]float64, error) {
 }
 
 func batchFiles(ctx context.Context, out string, rule aggregate.Rule, paths []string, weights []float64, opts []aggregate.Option) (*aggregate.Report, error) {
-	sets, err := safetensors.OpenAll(paths)
+	sets, err := openUpdates(paths)
 	if err != nil {
 		return nil, err
 	}
-	defer safetensors.CloseAll(sets)
+	defer closeUpdates(sets)
 	return aggregate.AggregateFile(ctx, rule, out, sets, weights, opts...)
 }
 
@@ -311,12 +316,12 @@ func streamFiles(ctx context.Context, f aggregateFlags, rule aggregate.Rule, pat
 	headers := make([]*tensor.Set, len(paths))
 	exp := aggregate.Expected{Layouts: make([]tensor.Layout, len(paths))}
 	for i, p := range paths {
-		h, err := safetensors.ReadHeader(p)
+		layout, md, err := headerOf(p)
 		if err != nil {
 			return nil, err
 		}
-		headers[i] = &tensor.Set{Source: p, Metadata: h.Metadata}
-		exp.Layouts[i] = h.Fields
+		headers[i] = &tensor.Set{Source: p, Metadata: md}
+		exp.Layouts[i] = layout
 	}
 	byExamples := weights == nil
 	if rule.Requirements().Weights != aggregate.WeightsEqual {
@@ -340,7 +345,7 @@ func streamFiles(ctx context.Context, f aggregateFlags, rule aggregate.Rule, pat
 	}
 	defer r.Close()
 	for i, p := range paths {
-		set, err := safetensors.Open(p)
+		set, err := openUpdate(p)
 		if err != nil {
 			return nil, err
 		}

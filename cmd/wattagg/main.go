@@ -57,6 +57,6 @@ throughput and energy for each round.`,
 		return usageError{fmt.Errorf("%w (see wattagg %s --help)", err, c.Name())}
 	})
 	root.AddCommand(newAggregateCmd(), newDevicesCmd(), newDemoCmd(), newBenchCmd())
-	root.AddCommand(newCalibrateCmd())
+	root.AddCommand(newCalibrateCmd(), newConvertCmd())
 	return root
 }
