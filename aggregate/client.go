@@ -140,7 +140,7 @@ func (r *Round) admit(ctx context.Context, u *tensor.Set, weight float64, from W
 	if err := r.matchLayout(c, u); err != nil {
 		return nil, err
 	}
-	if !r.req.ExcludeNonFinite && r.req.Kind != KindModSum { // u32 values are always finite
+	if r.scansOnAdmit() {
 		if err := r.checkFinite(ctx, c.layout, c.spans); err != nil {
 			return nil, c.blame(err)
 		}
@@ -169,6 +169,21 @@ func (r *Round) admit(ctx context.Context, u *tensor.Set, weight float64, from W
 		c.factor *= f
 	}
 	return c, nil
+}
+
+// scansOnAdmit reports whether an update is scanned for NaN and Inf when it is added. A sum that
+// adds on arrival must scan first (a rejected update must leave the sum as it was); a batch sum
+// does not, since it checks every converted block of its result anyway and then names the input
+// that holds the NaN or Inf: that saves a whole pass over the inputs. Rules that exclude such
+// updates find them from the norms they compute; u32 values are always finite.
+func (r *Round) scansOnAdmit() bool {
+	switch {
+	case r.req.ExcludeNonFinite, r.req.Kind == KindModSum:
+		return false
+	case r.sum != nil && r.sum.deferred:
+		return false
+	}
+	return true
 }
 
 // checkDuplicate refuses an update already in the round: one from the same source (a file
