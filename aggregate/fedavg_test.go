@@ -172,6 +172,9 @@ func TestWeightedMeanMatchesFloat64Reference(t *testing.T) {
 			if rep.Joules != nil || rep.JoulesReason == "" || rep.BytesRead == 0 || rep.GBps <= 0 || rep.WeightsFrom != WeightsGiven {
 				t.Fatalf("report %+v", rep)
 			}
+			if rep.PerClient != nil { // a client's weight is all FedAvg sees of it: Weights has it
+				t.Fatalf("FedAvg reports per-client diagnostics %+v", rep.PerClient)
+			}
 		})
 	}
 }

@@ -578,3 +578,48 @@ func TestServerOptimizerInMemoryFailure(t *testing.T) {
 		}
 	}
 }
+
+// An optimizer's rounds are serialised: a second round is refused while the first is open, and
+// an abandoned round (closed without a result) moves nothing.
+func TestServerOptimizerRoundsAreSerialised(t *testing.T) {
+	ctx := context.Background()
+	g := f32Set(t, "g", "w", []float32{1, -2})
+	rule := must(NewFedAdam())(t)
+	defer rule.Close()
+	first, err := aggregate.NewRound(ctx, rule, aggregate.WithGlobal(g))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := first.Add(ctx, f32Set(t, "a", "w", []float32{1.5, -2}), 1); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := aggregate.NewRound(ctx, rule, aggregate.WithGlobal(g)); !errors.Is(err, aggregate.ErrOption) || !strings.Contains(err.Error(), "in another round") {
+		t.Fatalf("second open round: %v", err)
+	}
+	if err := first.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if rule.Round() != 0 || rule.State() != nil {
+		t.Fatalf("an abandoned round moved the optimizer to round %d", rule.Round())
+	}
+	clients := func() []*tensor.Set {
+		return []*tensor.Set{f32Set(t, "a", "w", []float32{1.5, -2}), f32Set(t, "b", "w", []float32{1.1, -1.6})}
+	}
+	x1, _, err := aggregate.Aggregate(ctx, rule, clients(), []float64{1, 3}, aggregate.WithGlobal(g))
+	if err != nil {
+		t.Fatalf("a round after the abandoned one: %v", err)
+	}
+	if rule.Round() != 1 || x1.Metadata[aggregate.RoundKey] != "1" {
+		t.Fatalf("round %d, metadata %v", rule.Round(), x1.Metadata)
+	}
+	// Bit for bit the first round of an optimizer that never began another.
+	fresh := must(NewFedAdam())(t)
+	defer fresh.Close()
+	want, _, err := aggregate.Aggregate(ctx, fresh, clients(), []float64{1, 3}, aggregate.WithGlobal(g))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !equalF32(f32Of(t, x1, "w"), f32Of(t, want, "w")) || !equalF32(f32Of(t, rule.State().M, "w"), f32Of(t, fresh.State().M, "w")) {
+		t.Fatal("the round after an abandoned one differs from a first round")
+	}
+}
