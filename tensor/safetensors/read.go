@@ -171,6 +171,18 @@ func ReadHeader(path string, opts ...Option) (*Header, error) {
 	return readHeader(f, size, o)
 }
 
+// ReadHeaderAt reads and validates the header of a safetensors file of size bytes through r:
+// only the length prefix and the header JSON are read. A server that receives a file over the
+// network, its length known in advance, checks the header this way before any tensor byte
+// arrives (r holds the prefix received so far). Errors name WithSource, default "safetensors".
+func ReadHeaderAt(r io.ReaderAt, size int64, opts ...Option) (*Header, error) {
+	o, err := newReadOptions("safetensors", opts)
+	if err != nil {
+		return nil, err
+	}
+	return readHeader(r, size, o)
+}
+
 // openRegular opens path and returns its size; only regular files can be mapped. The open
 // does not block (O_NONBLOCK: opening a FIFO for reading would wait for a writer, forever,
 // and the blocked thread would not even see SIGTERM), and the check is an fstat of the

@@ -1,0 +1,203 @@
+package server
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// ackRecord is one acknowledged update, as the round's acknowledgement log keeps it: enough to
+// find its spool file, check it byte for byte and add it again with the same weight.
+type ackRecord struct {
+	Seq    int       `json:"seq"` // position in the round, from 0
+	Client string    `json:"client"`
+	File   string    `json:"file"`  // spool file, relative to the spool directory
+	Size   int64     `json:"size"`  // of the spool file
+	Bytes  int64     `json:"bytes"` // tensor data bytes
+	SHA256 string    `json:"sha256"`
+	Weight float64   `json:"weight"`
+	From   string    `json:"weight_from"` // given, num_examples or uniform
+	At     time.Time `json:"at"`
+}
+
+// The acknowledgement log is a sequence of frames, one per group commit:
+//
+//	magic uint32 LE | length uint32 LE | CRC-32C of the payload uint32 LE | payload
+//
+// the payload being the JSON array of the group's records. One write and one fdatasync per
+// group: concurrent uploads that finish together share them. As in etcd's wal and
+// Prometheus's wlog, a crash can tear only the frame being written, at the end of the file; on
+// open, a torn tail (a short frame, a zero-filled tail, a CRC mismatch of the last frame) is
+// cut, while a bad frame followed by more data is corruption and an error.
+const (
+	ackMagic      = 0x474c4157 // "WALG"
+	ackFrameHead  = 12
+	maxAckPayload = 64 << 20
+)
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// ackLog appends frames to a round's acknowledgement log.
+type ackLog struct {
+	f    *os.File
+	path string
+	size int64 // bytes of valid frames
+}
+
+// openAckLog opens (creating) the log at path, reads its records, and cuts a torn tail. A
+// created log's directory entry is made durable before it is used.
+func openAckLog(path string) (*ackLog, []ackRecord, error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, nil, err
+	}
+	b, err := io.ReadAll(f)
+	if err != nil {
+		f.Close()
+		return nil, nil, err
+	}
+	if len(b) == 0 {
+		if err := syncDir(filepath.Dir(path)); err != nil {
+			f.Close()
+			return nil, nil, err
+		}
+	}
+	recs, good, err := parseAckLog(b)
+	if err != nil {
+		f.Close()
+		return nil, nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if good < len(b) {
+		if err := f.Truncate(int64(good)); err != nil {
+			f.Close()
+			return nil, nil, err
+		}
+		if err := f.Sync(); err != nil {
+			f.Close()
+			return nil, nil, err
+		}
+	}
+	return &ackLog{f: f, path: path, size: int64(good)}, recs, nil
+}
+
+// parseAckLog decodes the frames of a log and returns their records and the length of the
+// valid prefix: what follows it is a torn tail. Corruption before the tail is an ErrCorrupt
+// error.
+func parseAckLog(b []byte) ([]ackRecord, int, error) {
+	var recs []ackRecord
+	off := 0
+	for off < len(b) {
+		rest := b[off:]
+		if len(rest) < ackFrameHead {
+			return recs, off, nil // a frame header cut short
+		}
+		magic := binary.LittleEndian.Uint32(rest)
+		n := int(binary.LittleEndian.Uint32(rest[4:]))
+		sum := binary.LittleEndian.Uint32(rest[8:])
+		if magic != ackMagic {
+			if allZero(rest) {
+				return recs, off, nil // space allocated but never written
+			}
+			return recs, off, fmt.Errorf("%w: acknowledgement log: no frame at byte %d", ErrCorrupt, off)
+		}
+		if n > maxAckPayload {
+			return recs, off, fmt.Errorf("%w: acknowledgement log: frame at byte %d claims %d bytes", ErrCorrupt, off, n)
+		}
+		if ackFrameHead+n > len(rest) {
+			return recs, off, nil // the last frame, cut short
+		}
+		payload := rest[ackFrameHead : ackFrameHead+n]
+		if crc32.Checksum(payload, castagnoli) != sum {
+			if ackFrameHead+n == len(rest) || allZero(rest[ackFrameHead+n:]) {
+				return recs, off, nil // the last frame, torn
+			}
+			return recs, off, fmt.Errorf("%w: acknowledgement log: checksum mismatch in the frame at byte %d, with frames after it", ErrCorrupt, off)
+		}
+		var group []ackRecord
+		if err := json.Unmarshal(payload, &group); err != nil {
+			return recs, off, fmt.Errorf("%w: acknowledgement log: frame at byte %d: %v", ErrCorrupt, off, err)
+		}
+		for _, r := range group {
+			if r.Seq != len(recs) {
+				return recs, off, fmt.Errorf("%w: acknowledgement log: record %d of the frame at byte %d has sequence %d, want %d",
+					ErrCorrupt, len(recs), off, r.Seq, len(recs))
+			}
+			recs = append(recs, r)
+		}
+		off += ackFrameHead + n
+	}
+	return recs, off, nil
+}
+
+func allZero(b []byte) bool { return len(bytes.Trim(b, "\x00")) == 0 }
+
+// encodeAckFrame makes the frame of a group of records.
+func encodeAckFrame(recs []ackRecord) ([]byte, error) {
+	payload, err := json.Marshal(recs)
+	if err != nil {
+		return nil, err
+	}
+	if len(payload) > maxAckPayload {
+		return nil, fmt.Errorf("acknowledgement group of %d bytes", len(payload))
+	}
+	frame := make([]byte, ackFrameHead+len(payload))
+	binary.LittleEndian.PutUint32(frame, ackMagic)
+	binary.LittleEndian.PutUint32(frame[4:], uint32(len(payload)))
+	binary.LittleEndian.PutUint32(frame[8:], crc32.Checksum(payload, castagnoli))
+	copy(frame[ackFrameHead:], payload)
+	return frame, nil
+}
+
+// append writes one group of records as one frame and makes it durable. On failure the log is
+// cut back to what it held, as far as the disk allows; the caller treats the group as not
+// acknowledged.
+func (l *ackLog) append(recs []ackRecord) error {
+	if l.f == nil {
+		return errors.New("acknowledgement log closed")
+	}
+	frame, err := encodeAckFrame(recs)
+	if err != nil {
+		return err
+	}
+	if _, err := l.f.WriteAt(frame, l.size); err != nil {
+		_ = l.f.Truncate(l.size)
+		return err
+	}
+	if err := unix.Fdatasync(int(l.f.Fd())); err != nil {
+		_ = l.f.Truncate(l.size)
+		return err
+	}
+	l.size += int64(len(frame))
+	return nil
+}
+
+func (l *ackLog) close() error {
+	if l.f == nil {
+		return nil
+	}
+	err := l.f.Close()
+	l.f = nil
+	return err
+}
+
+// syncDir makes the entries of directory dir durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}

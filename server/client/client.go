@@ -1,0 +1,445 @@
+// Package client is the Go client of a wattagg aggregation server (package server): it pushes
+// a client's update for a round (a .safetensors file or a tensor.Set), pulls a round's model
+// into a file atomically, and reads the rounds' status; with the admin token it closes and
+// opens rounds.
+//
+//	c, err := client.New("https://agg.example:8443", client.WithToken(token))
+//	ack, err := c.PushFile(ctx, round, "update.safetensors", client.WithWeight(1200))
+//	err = c.Pull(ctx, round, "global.safetensors")
+//
+// Errors from the server are *Error values; errors.Is matches them to ErrUnauthorized,
+// ErrForbidden, ErrNotFound, ErrConflict, ErrTooLarge, ErrBadUpdate, ErrStalled and ErrBusy.
+package client
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/wattagg/wattagg/server/api"
+	"github.com/wattagg/wattagg/tensor"
+	"github.com/wattagg/wattagg/tensor/safetensors"
+)
+
+// Sentinels that a server's *Error matches with errors.Is, by HTTP status.
+var (
+	ErrUnauthorized = errors.New("unauthorized")          // 401: no token, or not a valid one
+	ErrForbidden    = errors.New("forbidden")             // 403
+	ErrNotFound     = errors.New("not found")             // 404: unknown round, no model yet
+	ErrConflict     = errors.New("conflict")              // 409: round closed, a different update already sent
+	ErrTooLarge     = errors.New("update too large")      // 413
+	ErrBadUpdate    = errors.New("update refused")        // 400: layout, NaN/Inf, truncated, bad header
+	ErrStalled      = errors.New("stalled")               // 408
+	ErrBusy         = errors.New("server busy")           // 503: retry after a moment
+	ErrOption       = errors.New("invalid client option") // a bad option or argument
+)
+
+// Error is an error answer of the server.
+type Error struct {
+	StatusCode int
+	Code       string // the server's reason word: layout, non_finite, conflict, ...
+	Message    string
+}
+
+func (e *Error) Error() string {
+	return fmt.Sprintf("server: %d %s: %s", e.StatusCode, http.StatusText(e.StatusCode), e.Message)
+}
+
+// Is matches the sentinel of e's status.
+func (e *Error) Is(target error) bool {
+	switch e.StatusCode {
+	case http.StatusUnauthorized:
+		return target == ErrUnauthorized
+	case http.StatusForbidden:
+		return target == ErrForbidden
+	case http.StatusNotFound:
+		return target == ErrNotFound
+	case http.StatusConflict:
+		return target == ErrConflict
+	case http.StatusRequestEntityTooLarge:
+		return target == ErrTooLarge
+	case http.StatusBadRequest, http.StatusLengthRequired:
+		return target == ErrBadUpdate
+	case http.StatusRequestTimeout:
+		return target == ErrStalled
+	case http.StatusServiceUnavailable:
+		return target == ErrBusy
+	}
+	return false
+}
+
+// Client talks to one server.
+type Client struct {
+	base  *url.URL
+	token string
+	hc    *http.Client
+}
+
+// Option configures a Client.
+type Option func(*Client) error
+
+// WithToken authenticates every request with a bearer token (a client's, or the admin's).
+func WithToken(token string) Option {
+	return func(c *Client) error {
+		token = strings.TrimSpace(token)
+		if token == "" {
+			return fmt.Errorf("%w: empty token", ErrOption)
+		}
+		c.token = token
+		return nil
+	}
+}
+
+// WithHTTPClient sends requests through hc (default: a client of its own, whose transport
+// waits for the server's 100 Continue before it sends an update, so that a refused update
+// costs no upload).
+func WithHTTPClient(hc *http.Client) Option {
+	return func(c *Client) error {
+		if hc == nil {
+			return fmt.Errorf("%w: nil HTTP client", ErrOption)
+		}
+		c.hc = hc
+		return nil
+	}
+}
+
+// WithTLS uses cfg for HTTPS (a private CA's pool in RootCAs; a client certificate for mutual
+// TLS in Certificates).
+func WithTLS(cfg *tls.Config) Option {
+	return func(c *Client) error {
+		if cfg == nil {
+			return fmt.Errorf("%w: nil TLS configuration", ErrOption)
+		}
+		t := defaultTransport()
+		t.TLSClientConfig = cfg
+		c.hc = &http.Client{Transport: t}
+		return nil
+	}
+}
+
+func defaultTransport() *http.Transport {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.ExpectContinueTimeout = defaultExpectContinue
+	return t
+}
+
+// New returns a client of the server at base ("https://host:port").
+func New(base string, opts ...Option) (*Client, error) {
+	u, err := url.Parse(base)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("%w: server %q: want http://host:port or https://host:port", ErrOption, base)
+	}
+	c := &Client{base: u}
+	for _, o := range opts {
+		if o == nil {
+			return nil, fmt.Errorf("%w: nil option", ErrOption)
+		}
+		if err := o(c); err != nil {
+			return nil, err
+		}
+	}
+	if c.hc == nil {
+		c.hc = &http.Client{Transport: defaultTransport()}
+	}
+	return c, nil
+}
+
+func (c *Client) url(format string, args ...any) string {
+	u := *c.base
+	u.Path = strings.TrimSuffix(u.Path, "/") + fmt.Sprintf(format, args...)
+	return u.String()
+}
+
+func (c *Client) request(ctx context.Context, method, u string, body io.Reader) (*http.Request, error) {
+	req, err := http.NewRequestWithContext(ctx, method, u, body)
+	if err != nil {
+		return nil, err
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	return req, nil
+}
+
+// do sends req and decodes a JSON answer into out (nil: discard), or returns the server's
+// *Error.
+func (c *Client) do(req *http.Request, out any) error {
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		return errorOf(resp)
+	}
+	if out == nil {
+		_, err = io.Copy(io.Discard, resp.Body)
+		return err
+	}
+	return json.NewDecoder(resp.Body).Decode(out)
+}
+
+// errorOf reads an error answer.
+func errorOf(resp *http.Response) error {
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	var e api.Error
+	if json.Unmarshal(b, &e) != nil || e.Error == "" {
+		e.Error = strings.TrimSpace(string(b))
+	}
+	return &Error{StatusCode: resp.StatusCode, Code: e.Code, Message: e.Error}
+}
+
+// PushOption configures a push.
+type PushOption func(*pushConfig) error
+
+type pushConfig struct {
+	weight   *float64
+	progress func(done, total int64)
+}
+
+// WithWeight sends the update's weight (X-Wattagg-Weight); without it the server uses the
+// update's num_examples metadata, else 1.
+func WithWeight(w float64) PushOption {
+	return func(p *pushConfig) error {
+		p.weight = &w
+		return nil
+	}
+}
+
+// WithProgress calls fn as the update's bytes are sent.
+func WithProgress(fn func(done, total int64)) PushOption {
+	return func(p *pushConfig) error {
+		p.progress = fn
+		return nil
+	}
+}
+
+// PushFile sends the .safetensors file at path as this client's update for round. The answer
+// comes once the server has made the update durable; a retry of the same file gets the same
+// acknowledgement (Ack.Retry set).
+func (c *Client) PushFile(ctx context.Context, round int, path string, opts ...PushOption) (*api.Ack, error) {
+	var p pushConfig
+	for _, o := range opts {
+		if o == nil {
+			return nil, fmt.Errorf("%w: nil push option", ErrOption)
+		}
+		if err := o(&p); err != nil {
+			return nil, err
+		}
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	var body io.Reader = f
+	if p.progress != nil {
+		body = &progressReader{r: f, total: fi.Size(), fn: p.progress}
+	}
+	req, err := c.request(ctx, http.MethodPut, c.url("/v1/rounds/%d/update", round), body)
+	if err != nil {
+		return nil, err
+	}
+	req.ContentLength = fi.Size()
+	req.Header.Set("Content-Type", "application/octet-stream")
+	req.Header.Set("Expect", "100-continue")
+	if p.weight != nil {
+		req.Header.Set(api.WeightHeader, strconv.FormatFloat(*p.weight, 'g', -1, 64))
+	}
+	var ack api.Ack
+	if err := c.do(req, &ack); err != nil {
+		return nil, err
+	}
+	return &ack, nil
+}
+
+// PushSet sends s as this client's update for round (written to a temporary .safetensors file
+// first, so that its length is known).
+func (c *Client) PushSet(ctx context.Context, round int, s *tensor.Set, opts ...PushOption) (*api.Ack, error) {
+	if s == nil {
+		return nil, fmt.Errorf("%w: nil set", ErrOption)
+	}
+	dir, err := os.MkdirTemp("", "wattagg-push-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	path := filepath.Join(dir, "update.safetensors")
+	if err := safetensors.WriteFile(path, s, safetensors.WithDirectIO(false)); err != nil {
+		return nil, err
+	}
+	return c.PushFile(ctx, round, path, opts...)
+}
+
+// PullOption configures a pull.
+type PullOption func(*pullConfig) error
+
+type pullConfig struct{ progress func(done, total int64) }
+
+// WithPullProgress calls fn as the model's bytes arrive.
+func WithPullProgress(fn func(done, total int64)) PullOption {
+	return func(p *pullConfig) error {
+		p.progress = fn
+		return nil
+	}
+}
+
+// Pull downloads round's model (the latest model when round is 0) into path atomically: into
+// a temporary file beside it, checked to be a valid .safetensors file, synced, renamed over
+// path, and the directory synced. A failed pull leaves path as it was.
+func (c *Client) Pull(ctx context.Context, round int, path string, opts ...PullOption) error {
+	var p pullConfig
+	for _, o := range opts {
+		if o == nil {
+			return fmt.Errorf("%w: nil pull option", ErrOption)
+		}
+		if err := o(&p); err != nil {
+			return err
+		}
+	}
+	u := c.url("/v1/model")
+	if round > 0 {
+		u = c.url("/v1/rounds/%d/model", round)
+	}
+	req, err := c.request(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return errorOf(resp)
+	}
+	dir := filepath.Dir(path)
+	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".pull-*")
+	if err != nil {
+		return err
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			tmp.Close()
+			os.Remove(tmp.Name())
+		}
+	}()
+	var body io.Reader = resp.Body
+	if p.progress != nil {
+		body = &progressReader{r: resp.Body, total: resp.ContentLength, fn: p.progress}
+	}
+	n, err := io.Copy(tmp, body)
+	if err != nil {
+		return err
+	}
+	if resp.ContentLength >= 0 && n != resp.ContentLength {
+		return fmt.Errorf("%w: model ended after %d of %d bytes", ErrBadUpdate, n, resp.ContentLength)
+	}
+	if err := tmp.Sync(); err != nil {
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	if _, err := safetensors.ReadHeader(tmp.Name()); err != nil {
+		return fmt.Errorf("the server's model is not a valid .safetensors file: %w", err)
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return err
+	}
+	ok = true
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// Status is the status of round (with its acknowledged updates).
+func (c *Client) Status(ctx context.Context, round int) (*api.Round, error) {
+	req, err := c.request(ctx, http.MethodGet, c.url("/v1/rounds/%d", round), nil)
+	if err != nil {
+		return nil, err
+	}
+	var st api.Round
+	if err := c.do(req, &st); err != nil {
+		return nil, err
+	}
+	return &st, nil
+}
+
+// Rounds is the status of every round, and the latest with a model.
+func (c *Client) Rounds(ctx context.Context) (*api.Rounds, error) {
+	req, err := c.request(ctx, http.MethodGet, c.url("/v1/rounds"), nil)
+	if err != nil {
+		return nil, err
+	}
+	var rs api.Rounds
+	if err := c.do(req, &rs); err != nil {
+		return nil, err
+	}
+	return &rs, nil
+}
+
+// CloseRound closes round now (admin token).
+func (c *Client) CloseRound(ctx context.Context, round int) (*api.Round, error) {
+	req, err := c.request(ctx, http.MethodPost, c.url("/v1/rounds/%d/close", round), nil)
+	if err != nil {
+		return nil, err
+	}
+	var st api.Round
+	if err := c.do(req, &st); err != nil {
+		return nil, err
+	}
+	return &st, nil
+}
+
+// OpenRound opens the next round (admin token).
+func (c *Client) OpenRound(ctx context.Context) (*api.Round, error) {
+	req, err := c.request(ctx, http.MethodPost, c.url("/v1/rounds"), nil)
+	if err != nil {
+		return nil, err
+	}
+	var st api.Round
+	if err := c.do(req, &st); err != nil {
+		return nil, err
+	}
+	return &st, nil
+}
+
+// progressReader reports the bytes read through it.
+type progressReader struct {
+	r     io.Reader
+	done  int64
+	total int64
+	fn    func(done, total int64)
+}
+
+func (p *progressReader) Read(b []byte) (int, error) {
+	n, err := p.r.Read(b)
+	p.done += int64(n)
+	if n > 0 {
+		p.fn(p.done, p.total)
+	}
+	return n, err
+}
+
+// defaultExpectContinue is how long a push waits for the server's 100 Continue before it
+// sends the update anyway (servers that do not answer Expect).
+const defaultExpectContinue = 2 * time.Second

@@ -1,0 +1,264 @@
+package server
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"time"
+
+	"github.com/wattagg/wattagg/aggregate"
+	"github.com/wattagg/wattagg/server/api"
+	"github.com/wattagg/wattagg/tensor"
+	"github.com/wattagg/wattagg/tensor/arrowio"
+)
+
+// Upload is one update arriving from one client into one round: the ingest pipeline that every
+// protocol drives. BeginUpload is called once the client is authenticated and the round is
+// known, before any byte of the update is read; Ingest then takes the update as a Source
+// (header first, then chunks); Close always ends it.
+//
+//	u, err := srv.BeginUpload(ctx, clientID, round, "flight")
+//	if err != nil { ... }            // unknown round, closed, full, busy, already arriving
+//	defer u.Close()
+//	rd, err := arrowio.NewStreamReader(stream)    // the schema message: the header
+//	ack, err := u.Ingest(rd, weight)               // header checked, data spooled, durable, added
+type Upload struct {
+	srv      *Server
+	r        *round
+	client   string
+	protocol string
+	ctx      context.Context
+	cancel   context.CancelCauseFunc
+	dup      *ackRecord // the client's acknowledged update, when this is a second one
+	slot     bool
+	closed   bool
+}
+
+// BeginUpload reserves a stream slot and the client's place in round n. It fails with
+// ErrBusy (no stream slot), ErrUnknownRound, ErrRoundClosed (closed, failed, closing or full)
+// or ErrConflict (an update from the client is already arriving). A client whose update is
+// already acknowledged gets an Upload too: Ingest then compares the new update with it.
+func (s *Server) BeginUpload(ctx context.Context, client string, n int, protocol string) (*Upload, error) {
+	select {
+	case s.streams <- struct{}{}:
+	default:
+		return nil, fmt.Errorf("%w: %d uploads are in progress (limits.max_streams); retry shortly", ErrBusy, cap(s.streams))
+	}
+	u := &Upload{srv: s, client: client, protocol: protocol, slot: true}
+	s.metrics.streams.Inc()
+	r, err := s.round(n)
+	if err != nil {
+		u.Close()
+		return nil, err
+	}
+	u.r = r
+	u.ctx, u.cancel = context.WithCancelCause(ctx)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if i, ok := r.acked[client]; ok {
+		rec := r.records[i]
+		u.dup = &rec
+		return u, nil
+	}
+	if err := r.openLocked(); err != nil {
+		u.closeLocked()
+		return nil, err
+	}
+	if _, ok := r.arriving[client]; ok {
+		u.closeLocked()
+		return nil, fmt.Errorf("%w: an update from %s to round %d is already arriving", ErrConflict, client, n)
+	}
+	if len(r.records)+len(r.arriving) >= r.meta.MaxClients {
+		u.closeLocked()
+		return nil, fmt.Errorf("%w: round %d has its %d clients (max_clients), acknowledged or arriving", ErrRoundClosed, n, r.meta.MaxClients)
+	}
+	r.arriving[client] = u
+	return u, nil
+}
+
+// Context is cancelled when the round closes or fails while the update arrives, with the
+// reason as its cause: a protocol stops reading then (an HTTP handler cuts the read).
+func (u *Upload) Context() context.Context { return u.ctx }
+
+// Close releases the upload's stream slot and place in the round. It is safe to call twice.
+func (u *Upload) Close() {
+	if u.r != nil {
+		u.r.mu.Lock()
+		defer u.r.mu.Unlock()
+	}
+	u.closeLocked()
+}
+
+func (u *Upload) closeLocked() {
+	if u.closed {
+		return
+	}
+	u.closed = true
+	if u.r != nil && u.r.arriving[u.client] == u {
+		delete(u.r.arriving, u.client)
+	}
+	if u.cancel != nil {
+		u.cancel(context.Canceled)
+	}
+	if u.slot {
+		<-u.srv.streams
+		u.srv.metrics.streams.Dec()
+	}
+}
+
+// Ingest reads the update from src and adds it to the round: the header is checked against
+// the round (source not yet in it, layout, dtypes, update kind, weight) before any chunk is
+// read; chunks are checked for NaN and Inf, hashed and written to the spool as they arrive;
+// the spool file is made durable, handed to the round's group commit, added to the round in
+// acknowledgement order, and only then acknowledged. weight is the client's weight, or nil for
+// the update's num_examples (else 1). A refused update leaves the round as it was and its spool
+// file removed.
+func (u *Upload) Ingest(src Source, weight *float64) (api.Ack, error) {
+	if u.closed {
+		return api.Ack{}, fmt.Errorf("%w: upload already closed", ErrBadRequest)
+	}
+	hdr := src.Header()
+	w, from, err := resolveWeight(u.client, weight, hdr.Metadata)
+	if err != nil {
+		return api.Ack{}, err
+	}
+	r := u.r
+	if u.dup != nil {
+		return u.retry(src, w, from)
+	}
+	r.mu.Lock()
+	agg, open := r.agg, r.openLocked()
+	r.mu.Unlock()
+	if open != nil {
+		return api.Ack{}, open
+	}
+	if err := agg.CheckHeader(u.client, hdr.Layout, hdr.Metadata); err != nil {
+		return api.Ack{}, err
+	}
+	check := agg.Rule().Requirements().Kind != aggregate.KindModSum
+	name := spoolName(u.client)
+	sp, err := createSpool(r.spoolPath(name), hdr, u.client, check)
+	if err != nil {
+		return api.Ack{}, err
+	}
+	if err := u.pump(src, sp.write); err != nil {
+		sp.abort()
+		return api.Ack{}, err
+	}
+	last := time.Now()
+	digest, err := sp.finish()
+	if err != nil {
+		return api.Ack{}, err
+	}
+	req := &commitReq{up: u, rec: ackRecord{Client: u.client, File: name, Size: sp.size, Bytes: sp.got,
+		SHA256: hexDigest(digest), Weight: w, From: string(from)}, result: make(chan commitResult, 1)}
+	res, ok := u.await(req)
+	if !ok {
+		return api.Ack{}, fmt.Errorf("%w: round %d ended before the update was committed", ErrRoundClosed, r.n)
+	}
+	if res.err != nil {
+		return api.Ack{}, res.err
+	}
+	u.srv.metrics.ackLatency.Observe(time.Since(last).Seconds())
+	u.srv.metrics.accepted.Inc()
+	u.srv.log.Info("update acknowledged", "round", r.n, "client", u.client, "seq", res.rec.Seq,
+		"bytes", res.rec.Bytes, "weight", res.rec.Weight, "protocol", u.protocol)
+	return ackOf(r.n, res.rec, false), nil
+}
+
+// await submits a durable update to the committer and waits for its verdict.
+func (u *Upload) await(req *commitReq) (commitResult, bool) {
+	r := u.r
+	if !r.submit(req) {
+		os.Remove(r.spoolPath(req.rec.File))
+		return commitResult{}, false
+	}
+	select {
+	case res := <-req.result:
+		return res, true
+	case <-r.done:
+		select {
+		case res := <-req.result:
+			return res, true
+		default:
+			return commitResult{}, false
+		}
+	}
+}
+
+// pump feeds every chunk of src to sink, counting bytes, until io.EOF.
+func (u *Upload) pump(src Source, sink func(c arrowio.Chunk) error) error {
+	for {
+		if err := u.ctx.Err(); err != nil {
+			return context.Cause(u.ctx)
+		}
+		c, err := src.Next()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			if u.ctx.Err() != nil {
+				return context.Cause(u.ctx)
+			}
+			return err
+		}
+		if err := sink(c); err != nil {
+			return err
+		}
+		u.srv.metrics.received(u.protocol, len(c.Data))
+	}
+}
+
+// retry compares a second update from a client with its acknowledged one: the same update
+// (digest and weight) gets the same acknowledgement, anything else is a conflict. Nothing is
+// written.
+func (u *Upload) retry(src Source, w float64, from aggregate.WeightSource) (api.Ack, error) {
+	d := newDigester(src.Header(), u.client, false)
+	if err := u.pump(src, d.write); err != nil {
+		return api.Ack{}, err
+	}
+	if err := d.complete(); err != nil {
+		return api.Ack{}, err
+	}
+	rec := *u.dup
+	if got := hexDigest(d.digest()); got != rec.SHA256 || w != rec.Weight || string(from) != rec.From {
+		return api.Ack{}, fmt.Errorf("%w: %s already sent a different update to round %d (acknowledged as update %d, sha256 %s, weight %v): one update per client per round",
+			ErrConflict, u.client, u.r.n, rec.Seq, rec.SHA256[:16], rec.Weight)
+	}
+	return ackOf(u.r.n, rec, true), nil
+}
+
+func ackOf(n int, rec ackRecord, retry bool) api.Ack {
+	return api.Ack{Round: n, Client: rec.Client, Seq: rec.Seq, SHA256: rec.SHA256, Bytes: rec.Bytes,
+		Weight: rec.Weight, From: rec.From, At: rec.At, Retry: retry}
+}
+
+// resolveWeight is the weight an update enters the round with: the one given, else its
+// num_examples, else 1; checked now so that a bad one is refused before the body is read.
+func resolveWeight(client string, given *float64, md map[string]string) (float64, aggregate.WeightSource, error) {
+	if given != nil {
+		if w := *given; !(w > 0) || math.IsInf(w, 0) {
+			return 0, "", fmt.Errorf("%s: %w %v: weights must be positive and finite", client, aggregate.ErrWeight, w)
+		}
+		return *given, aggregate.WeightsGiven, nil
+	}
+	w, ok, err := aggregate.WeightOf(&tensor.Set{Source: client, Metadata: md})
+	switch {
+	case err != nil:
+		return 0, "", err
+	case ok:
+		return w, aggregate.WeightsNumExamples, nil
+	}
+	return 1, aggregate.WeightsUniform, nil
+}
+
+// spoolName is a fresh spool file name for a client's update.
+func spoolName(client string) string {
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	return client + "." + hex.EncodeToString(b[:]) + ".safetensors"
+}

@@ -1,0 +1,562 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/wattagg/wattagg/aggregate"
+	"github.com/wattagg/wattagg/server/api"
+	"github.com/wattagg/wattagg/tensor"
+	"github.com/wattagg/wattagg/tensor/safetensors"
+)
+
+// roundMeta is what round.json keeps of a round: enough to resume it after a restart (the
+// updates themselves are in its acknowledgement log) and to report on it once closed.
+type roundMeta struct {
+	Round      int        `json:"round"`
+	State      string     `json:"state"`
+	Rule       string     `json:"rule"`
+	Opened     time.Time  `json:"opened"`
+	Deadline   *time.Time `json:"deadline,omitempty"`
+	Closed     *time.Time `json:"closed,omitempty"`
+	Global     string     `json:"global,omitempty"` // relative to the data directory when inside it
+	Reason     string     `json:"reason,omitempty"`
+	MinClients int        `json:"min_clients"`
+	MaxClients int        `json:"max_clients"`
+	Quorum     int        `json:"quorum"`
+	Clients    int        `json:"clients"`
+	Bytes      int64      `json:"bytes"`
+}
+
+// Files of a round directory.
+const (
+	roundFile  = "round.json"
+	ackFile    = "acks.log"
+	spoolDir   = "spool"
+	modelFile  = "model.safetensors"
+	reportFile = "report.json"
+)
+
+// round is one round of the server: the engine's Round (derived state: rebuilt from the
+// acknowledgement log after a restart), the log, the spool, and who is in it. Updates reach
+// the engine only through the round's committer goroutine, in log order.
+type round struct {
+	srv  *Server
+	n    int
+	dir  string
+	log_ *slog.Logger
+
+	mu       sync.Mutex
+	meta     roundMeta
+	agg      *aggregate.Round // nil once closed
+	rule     aggregate.Rule   // the rule the engine's round runs (built per round)
+	whole    bool             // the rule needs every update at once: spools stay mapped
+	alog     *ackLog
+	records  []ackRecord
+	acked    map[string]int     // client -> index in records
+	arriving map[string]*Upload // uploads in progress, by client
+	sets     []*tensor.Set      // mapped spools the engine keeps (whole-set rules)
+	report   *aggregate.Report
+	closing  bool // a close is queued or running: no new uploads
+
+	queue chan any      // *commitReq and *closeReq, to the committer
+	done  chan struct{} // closed when the committer has exited
+	timer *time.Timer
+}
+
+// commitReq hands a durable spool file to the committer.
+type commitReq struct {
+	up     *Upload
+	rec    ackRecord // Seq and At are set by the committer
+	result chan commitResult
+}
+
+type commitResult struct {
+	rec ackRecord
+	err error
+}
+
+// closeReq asks the committer to close the round.
+type closeReq struct {
+	why    closeCause
+	result chan error
+}
+
+type closeCause int
+
+const (
+	closeAdmin closeCause = iota
+	closeDeadline
+	closeFull
+)
+
+func (c closeCause) String() string {
+	switch c {
+	case closeAdmin:
+		return "closed by the admin"
+	case closeDeadline:
+		return "closed at its deadline"
+	}
+	return "closed when max_clients updates had arrived"
+}
+
+func (r *round) spoolPath(name string) string { return filepath.Join(r.dir, spoolDir, name) }
+
+// status describes the round for the API and the status page.
+func (r *round) status(withUpdates bool) api.Round {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	m := r.meta
+	st := api.Round{Round: r.n, State: m.State, Rule: m.Rule, Clients: m.Clients, Bytes: m.Bytes,
+		MinClients: m.MinClients, MaxClients: m.MaxClients, Quorum: m.Quorum, Opened: m.Opened,
+		Deadline: m.Deadline, Closed: m.Closed, Global: m.Global, Reason: m.Reason, Report: r.report,
+		Arriving: len(r.arriving)}
+	if withUpdates {
+		for _, rec := range r.records {
+			st.Updates = append(st.Updates, api.ClientUpdate{Client: rec.Client, Seq: rec.Seq, Bytes: rec.Bytes, Weight: rec.Weight, At: rec.At})
+		}
+	}
+	return st
+}
+
+// open reports whether the round takes updates.
+func (r *round) openLocked() error {
+	switch {
+	case r.meta.State != api.StateOpen:
+		return fmt.Errorf("%w: round %d is %s%s", ErrRoundClosed, r.n, r.meta.State, reasonSuffix(r.meta.Reason))
+	case r.closing:
+		return fmt.Errorf("%w: round %d is closing", ErrRoundClosed, r.n)
+	}
+	return nil
+}
+
+func reasonSuffix(reason string) string {
+	if reason == "" {
+		return ""
+	}
+	return " (" + reason + ")"
+}
+
+// submit hands a request to the committer, unless it has exited.
+func (r *round) submit(req any) bool {
+	select {
+	case r.queue <- req:
+		return true
+	case <-r.done:
+		return false
+	}
+}
+
+// requestClose queues a close and waits for its outcome.
+func (r *round) requestClose(ctx context.Context, why closeCause) error {
+	req := &closeReq{why: why, result: make(chan error, 1)}
+	if !r.submit(req) {
+		return fmt.Errorf("%w: round %d is %s", ErrRoundClosed, r.n, r.state())
+	}
+	select {
+	case err := <-req.result:
+		return err
+	case <-r.done:
+		select {
+		case err := <-req.result:
+			return err
+		default:
+			return fmt.Errorf("%w: round %d is %s", ErrRoundClosed, r.n, r.state())
+		}
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (r *round) state() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.meta.State
+}
+
+// committer is the only goroutine that adds updates to the engine's round. It takes every
+// request queued at the time (a group), adds the group's updates to the round in order, makes
+// their spool entries and acknowledgement records durable with one directory fsync and one
+// log append + fdatasync, and only then acknowledges them. The engine validates each update
+// again as it adds it, so only updates the round accepted reach the log, and a replay of the
+// log never meets a refusal. If the log cannot be written, the round is rebuilt from the log
+// as it is on disk (the accumulator is derived state) and the group is refused.
+func (r *round) committer(stop <-chan struct{}) {
+	defer close(r.done)
+	for {
+		var first any
+		select {
+		case first = <-r.queue:
+		case <-stop:
+			return
+		}
+		group := []any{first}
+	drain:
+		for len(group) < 1024 {
+			if _, isClose := group[len(group)-1].(*closeReq); isClose {
+				break
+			}
+			select {
+			case req := <-r.queue:
+				group = append(group, req)
+			default:
+				break drain
+			}
+		}
+		var uploads []*commitReq
+		var closeReqs []*closeReq
+		for _, req := range group {
+			switch q := req.(type) {
+			case *commitReq:
+				uploads = append(uploads, q)
+			case *closeReq:
+				closeReqs = append(closeReqs, q)
+			}
+		}
+		full := r.commit(uploads)
+		for _, c := range closeReqs {
+			err := r.close(c.why)
+			c.result <- err
+		}
+		if full && len(closeReqs) == 0 {
+			if err := r.close(closeFull); err != nil && !errors.Is(err, ErrRoundClosed) {
+				r.log_.Error("closing a full round", "err", err)
+			}
+		}
+		r.mu.Lock()
+		over := r.meta.State != api.StateOpen
+		r.mu.Unlock()
+		if over {
+			r.drainRefusing()
+			return
+		}
+	}
+}
+
+// drainRefusing answers what is still queued once the round is over.
+func (r *round) drainRefusing() {
+	for {
+		select {
+		case req := <-r.queue:
+			err := fmt.Errorf("%w: round %d is %s", ErrRoundClosed, r.n, r.state())
+			switch q := req.(type) {
+			case *commitReq:
+				os.Remove(r.spoolPath(q.rec.File))
+				q.result <- commitResult{err: err}
+			case *closeReq:
+				q.result <- err
+			}
+		default:
+			return
+		}
+	}
+}
+
+// commit adds a group of durable spool files to the round and acknowledges them. It reports
+// whether the round has reached max_clients.
+func (r *round) commit(reqs []*commitReq) bool {
+	if len(reqs) == 0 {
+		return false
+	}
+	r.mu.Lock()
+	open := r.openLocked()
+	seq := len(r.records)
+	r.mu.Unlock()
+	var accepted []*commitReq
+	var sets []*tensor.Set
+	for _, q := range reqs {
+		if open != nil {
+			os.Remove(r.spoolPath(q.rec.File))
+			q.result <- commitResult{err: open}
+			continue
+		}
+		set, err := r.add(q.rec)
+		if err != nil {
+			os.Remove(r.spoolPath(q.rec.File))
+			q.result <- commitResult{err: err}
+			continue
+		}
+		q.rec.Seq = seq
+		seq++
+		accepted = append(accepted, q)
+		sets = append(sets, set)
+	}
+	if len(accepted) == 0 {
+		return false
+	}
+	start := time.Now()
+	recs := make([]ackRecord, len(accepted))
+	for i, q := range accepted {
+		q.rec.At = start.UTC()
+		recs[i] = q.rec
+	}
+	err := syncDir(filepath.Join(r.dir, spoolDir))
+	if err == nil {
+		err = r.alog.append(recs)
+	}
+	r.srv.metrics.commitSync.Observe(time.Since(start).Seconds())
+	r.srv.metrics.commitGroup.Observe(float64(len(recs)))
+	if err != nil {
+		r.log_.Error("acknowledgement log append failed: rebuilding the round from the log", "err", err, "group", len(recs))
+		for _, s := range sets {
+			if s != nil && !r.whole {
+				s.Close()
+			}
+		}
+		rerr := r.rebuild()
+		for _, q := range accepted {
+			os.Remove(r.spoolPath(q.rec.File))
+			q.result <- commitResult{err: fmt.Errorf("%s: the update could not be made durable: %w", q.rec.Client, err)}
+		}
+		if rerr != nil {
+			r.fail(fmt.Sprintf("the acknowledgement log failed (%v) and the round could not be rebuilt: %v", err, rerr))
+		}
+		return false
+	}
+	r.mu.Lock()
+	for i, q := range accepted {
+		r.acked[q.rec.Client] = len(r.records)
+		r.records = append(r.records, q.rec)
+		r.meta.Clients++
+		r.meta.Bytes += q.rec.Bytes
+		if r.whole {
+			r.sets = append(r.sets, sets[i])
+		}
+	}
+	full := len(r.records) >= r.meta.MaxClients
+	r.mu.Unlock()
+	for i, q := range accepted {
+		if !r.whole && sets[i] != nil {
+			sets[i].Close()
+		}
+		q.result <- commitResult{rec: q.rec}
+	}
+	return full
+}
+
+// add maps a spool file and adds it to the engine's round with its recorded weight. The
+// mapped Set is returned: a whole-set rule keeps it until the round closes.
+func (r *round) add(rec ackRecord) (*tensor.Set, error) {
+	set, err := safetensors.Open(r.spoolPath(rec.File), safetensors.WithSource(rec.Client))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w: reading back its spool file: %w", rec.Client, ErrCorrupt, err)
+	}
+	ctx := context.Background()
+	if rec.From == string(aggregate.WeightsGiven) {
+		err = r.agg.Add(ctx, set, rec.Weight)
+	} else {
+		err = r.agg.AddByExamples(ctx, set)
+	}
+	if err != nil {
+		set.Close()
+		return nil, err
+	}
+	return set, nil
+}
+
+// rebuild replaces the engine's round by a fresh one fed the acknowledged updates again, in log
+// order: the same operations in the same order, so the same bits.
+func (r *round) rebuild() error {
+	r.mu.Lock()
+	recs := append([]ackRecord(nil), r.records...)
+	old, oldSets := r.agg, r.sets
+	r.sets = nil
+	r.mu.Unlock()
+	if old != nil {
+		old.Close()
+	}
+	for _, s := range oldSets {
+		s.Close()
+	}
+	r.mu.Lock()
+	oldRule := r.rule
+	r.rule = nil
+	r.mu.Unlock()
+	if oldRule != nil {
+		closeRule(oldRule)
+	}
+	agg, rule, err := r.srv.newEngineRound(&r.meta)
+	if err != nil {
+		return err
+	}
+	r.mu.Lock()
+	r.agg, r.rule = agg, rule
+	r.mu.Unlock()
+	var sets []*tensor.Set
+	for _, rec := range recs {
+		set, err := r.replayOne(rec)
+		if err != nil {
+			return err
+		}
+		if r.whole {
+			sets = append(sets, set)
+		} else {
+			set.Close()
+		}
+	}
+	r.mu.Lock()
+	r.sets = sets
+	r.mu.Unlock()
+	return nil
+}
+
+// replayOne checks an acknowledged spool file against its record (size, digest) and adds it.
+func (r *round) replayOne(rec ackRecord) (*tensor.Set, error) {
+	path := r.spoolPath(rec.File)
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, fmt.Errorf("%w: acknowledged update %d (%s): %v", ErrCorrupt, rec.Seq, rec.Client, err)
+	}
+	if fi.Size() != rec.Size {
+		return nil, fmt.Errorf("%w: acknowledged update %d (%s): spool file of %d bytes, the log says %d", ErrCorrupt, rec.Seq, rec.Client, fi.Size(), rec.Size)
+	}
+	set, err := safetensors.Open(path, safetensors.WithSource(rec.Client))
+	if err != nil {
+		return nil, fmt.Errorf("%w: acknowledged update %d (%s): %w", ErrCorrupt, rec.Seq, rec.Client, err)
+	}
+	if d := hexDigest(verifySpool(set)); d != rec.SHA256 {
+		set.Close()
+		return nil, fmt.Errorf("%w: acknowledged update %d (%s): SHA-256 %s, the log says %s", ErrCorrupt, rec.Seq, rec.Client, d, rec.SHA256)
+	}
+	ctx := context.Background()
+	if rec.From == string(aggregate.WeightsGiven) {
+		err = r.agg.Add(ctx, set, rec.Weight)
+	} else {
+		err = r.agg.AddByExamples(ctx, set)
+	}
+	if err != nil {
+		set.Close()
+		return nil, fmt.Errorf("acknowledged update %d (%s) replayed: %w", rec.Seq, rec.Client, err)
+	}
+	return set, nil
+}
+
+// close ends the round: into its model and report when it may close, or into a failure. It
+// runs on the committer, after every update queued before the request.
+func (r *round) close(why closeCause) error {
+	r.mu.Lock()
+	if r.meta.State != api.StateOpen {
+		r.mu.Unlock()
+		return fmt.Errorf("%w: round %d is %s", ErrRoundClosed, r.n, r.meta.State)
+	}
+	n := len(r.records)
+	minimum := r.meta.MinClients
+	if why == closeDeadline {
+		minimum = r.meta.Quorum
+	}
+	if n < minimum {
+		r.closing = false
+		r.mu.Unlock()
+		if why == closeDeadline {
+			r.fail(fmt.Sprintf("the deadline passed with %d updates, short of the quorum of %d", n, minimum))
+			return nil
+		}
+		return fmt.Errorf("%w: round %d has %d updates; min_clients is %d", ErrConflict, r.n, n, minimum)
+	}
+	r.closing = true
+	arriving := make([]*Upload, 0, len(r.arriving))
+	for _, u := range r.arriving {
+		arriving = append(arriving, u)
+	}
+	r.mu.Unlock()
+	for _, u := range arriving {
+		u.cancel(fmt.Errorf("%w: round %d was %s while the update was arriving", ErrRoundClosed, r.n, why))
+	}
+	start := time.Now()
+	rep, err := r.agg.WriteFile(context.Background(), filepath.Join(r.dir, modelFile))
+	if err != nil {
+		r.fail(fmt.Sprintf("%s, but the rule failed: %v", why, err))
+		return nil
+	}
+	if err := writeJSONAtomic(filepath.Join(r.dir, reportFile), rep); err != nil {
+		r.log_.Error("writing the round's report", "err", err)
+	}
+	now := time.Now().UTC()
+	r.mu.Lock()
+	r.report = rep
+	r.meta.State, r.meta.Closed, r.meta.Reason = api.StateClosed, &now, why.String()
+	meta := r.meta
+	r.mu.Unlock()
+	if err := writeJSONAtomic(filepath.Join(r.dir, roundFile), meta); err != nil {
+		r.log_.Error("writing the round's state", "err", err)
+	}
+	r.log_.Info("round closed", "why", why.String(), "clients", n, "seconds", time.Since(start).Seconds(),
+		"joules", joulesOf(rep), "joules_source", rep.JoulesSource)
+	r.srv.metrics.roundEnded(api.StateClosed, now.Sub(meta.Opened), rep)
+	r.release()
+	r.srv.roundEnded(r)
+	return nil
+}
+
+// fail ends the round without a model.
+func (r *round) fail(reason string) {
+	now := time.Now().UTC()
+	r.mu.Lock()
+	r.meta.State, r.meta.Closed, r.meta.Reason = api.StateFailed, &now, reason
+	r.closing = false
+	meta := r.meta
+	arriving := make([]*Upload, 0, len(r.arriving))
+	for _, u := range r.arriving {
+		arriving = append(arriving, u)
+	}
+	r.mu.Unlock()
+	for _, u := range arriving {
+		u.cancel(fmt.Errorf("%w: round %d failed while the update was arriving: %s", ErrRoundClosed, r.n, reason))
+	}
+	if err := writeJSONAtomic(filepath.Join(r.dir, roundFile), meta); err != nil {
+		r.log_.Error("writing the round's state", "err", err)
+	}
+	r.log_.Warn("round failed", "reason", reason)
+	r.srv.metrics.roundEnded(api.StateFailed, now.Sub(meta.Opened), nil)
+	r.release()
+	r.srv.roundEnded(r)
+}
+
+// release frees what an ended round holds (see shutdown), and removes its spool files unless
+// they are kept.
+func (r *round) release() {
+	r.shutdown()
+	if !r.srv.cfg.Round.KeepSpool {
+		if err := os.RemoveAll(filepath.Join(r.dir, spoolDir)); err != nil {
+			r.log_.Warn("removing the spool", "err", err)
+		}
+	}
+}
+
+// shutdown releases the engine's round, the rule, mapped spools, the log and the deadline. An
+// open round resumes from its log at the next start.
+func (r *round) shutdown() {
+	r.mu.Lock()
+	agg, rule, sets, alog := r.agg, r.rule, r.sets, r.alog
+	r.agg, r.rule, r.sets, r.alog = nil, nil, nil, nil
+	if r.timer != nil && r.timer.Stop() {
+		r.srv.wg.Done() // the deadline will not run
+	}
+	r.timer = nil
+	r.mu.Unlock()
+	if agg != nil {
+		agg.Close()
+	}
+	if rule != nil {
+		closeRule(rule)
+	}
+	for _, s := range sets {
+		s.Close()
+	}
+	if alog != nil {
+		alog.close()
+	}
+}
+
+func joulesOf(rep *aggregate.Report) float64 {
+	if rep == nil || rep.Joules == nil {
+		return 0
+	}
+	return *rep.Joules
+}

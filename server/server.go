@@ -1,0 +1,579 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/wattagg/wattagg/aggregate"
+	"github.com/wattagg/wattagg/energy"
+	"github.com/wattagg/wattagg/server/api"
+)
+
+// Server runs rounds of a rule over updates that clients push: it owns the data directory, the
+// rounds (at most one open at a time), the ingest pipeline every protocol drives (BeginUpload,
+// Upload.Ingest), authentication, limits and metrics. Handler serves its HTTP API; Serve runs
+// it on a listener until its context is cancelled.
+type Server struct {
+	cfg        *Config
+	log        *slog.Logger
+	auth       *authenticator
+	rules      *ruleFactory
+	needGlobal bool
+	metrics    *metrics
+	meters     []energy.Meter
+	engineOpts []aggregate.Option
+	lock       *os.File
+	roundsDir  string
+	streams    chan struct{}
+	bufs       sync.Pool // upload receive buffers
+	stop       chan struct{}
+	wg         sync.WaitGroup
+
+	mu      sync.Mutex
+	rounds  []*round // round n is rounds[n-1]
+	current *round   // the open round, or nil
+	latest  int      // the last round with a model (0: none)
+	started bool
+	closed  bool
+}
+
+// Option configures a Server.
+type Option func(*Server) error
+
+// WithLogger sets the structured logger (default: slog.Default()). Tokens are never logged.
+func WithLogger(l *slog.Logger) Option {
+	return func(s *Server) error {
+		if l == nil {
+			return fmt.Errorf("%w: nil logger", ErrConfig)
+		}
+		s.log = l
+		return nil
+	}
+}
+
+// WithMeters meters every round (energy.Discover finds RAPL, NVML or the estimate): each
+// round's report carries its joules with their provenance.
+func WithMeters(ms ...energy.Meter) Option {
+	return func(s *Server) error {
+		for _, m := range ms {
+			if m == nil {
+				return fmt.Errorf("%w: nil meter", ErrConfig)
+			}
+		}
+		s.meters = ms
+		return nil
+	}
+}
+
+// WithEngineOptions adds options to every round of the engine (devices, chunk size, memory
+// budget). Options about global models and retained updates are the server's.
+func WithEngineOptions(opts ...aggregate.Option) Option {
+	return func(s *Server) error {
+		if err := aggregate.CheckOptions(opts...); err != nil {
+			return err
+		}
+		s.engineOpts = append(s.engineOpts, opts...)
+		return nil
+	}
+}
+
+// New opens the data directory (locking it), resumes the open round from its acknowledgement
+// log if the server stopped or crashed during one, and opens a round if none is open.
+func New(cfg *Config, opts ...Option) (*Server, error) {
+	if cfg == nil {
+		return nil, fmt.Errorf("%w: nil configuration", ErrConfig)
+	}
+	if err := cfg.check(); err != nil {
+		return nil, err
+	}
+	s := &Server{cfg: cfg, log: slog.Default(), stop: make(chan struct{})}
+	for _, o := range opts {
+		if o == nil {
+			return nil, fmt.Errorf("%w: nil option", ErrConfig)
+		}
+		if err := o(s); err != nil {
+			return nil, err
+		}
+	}
+	s.log = s.log.With("component", "wattagg-server")
+	var err error
+	if s.auth, err = newAuthenticator(cfg); err != nil {
+		return nil, err
+	}
+	s.roundsDir = filepath.Join(cfg.DataDir, "rounds")
+	stateDir := filepath.Join(cfg.DataDir, "state")
+	for _, d := range []string{cfg.DataDir, s.roundsDir, stateDir} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, fmt.Errorf("%w: data_dir: %v", ErrConfig, err)
+		}
+	}
+	if err := s.lockDataDir(); err != nil {
+		return nil, err
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			s.Close()
+		}
+	}()
+	if s.rules, err = newRuleFactory(cfg.Round, stateDir); err != nil {
+		return nil, err
+	}
+	probe, err := s.rules.build()
+	if err != nil {
+		return nil, err
+	}
+	s.needGlobal = probe.Requirements().Global
+	closeRule(probe)
+	if s.needGlobal && cfg.Round.InitialGlobal == "" {
+		return nil, fmt.Errorf("%w: round.rule %s moves a global model: round.initial_global must name the model round 1 starts from",
+			ErrConfig, cfg.Round.Rule)
+	}
+	s.streams = make(chan struct{}, cfg.Limits.MaxStreams)
+	s.metrics = newMetrics(s)
+	if err := s.recover(); err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	s.started = true
+	need := s.current == nil && !cfg.Round.ManualNext
+	s.mu.Unlock()
+	if need {
+		if _, err := s.OpenRound(); err != nil {
+			return nil, err
+		}
+	}
+	ok = true
+	return s, nil
+}
+
+// lockDataDir takes an exclusive lock on the data directory: two servers sharing one would
+// interleave their logs.
+func (s *Server) lockDataDir() error {
+	f, err := os.OpenFile(filepath.Join(s.cfg.DataDir, "LOCK"), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return fmt.Errorf("%w: data_dir: %v", ErrConfig, err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		return fmt.Errorf("%w: data_dir %s is in use by another server (%v)", ErrConfig, s.cfg.DataDir, err)
+	}
+	s.lock = f
+	return nil
+}
+
+// Close stops the rounds' committers and releases everything; an open round resumes from its
+// log at the next New. It does not stop an HTTP server running Handler (Serve does).
+func (s *Server) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	rounds := slices.Clone(s.rounds)
+	s.mu.Unlock()
+	close(s.stop)
+	for _, r := range rounds {
+		<-r.done
+	}
+	s.wg.Wait()
+	for _, r := range rounds {
+		r.shutdown()
+	}
+	if s.lock != nil {
+		s.lock.Close()
+		s.lock = nil
+	}
+	return nil
+}
+
+// round finds round n.
+func (s *Server) round(n int) (*round, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if n < 1 || n > len(s.rounds) {
+		return nil, fmt.Errorf("%w: round %d (rounds 1 to %d exist)", ErrUnknownRound, n, len(s.rounds))
+	}
+	return s.rounds[n-1], nil
+}
+
+// Current is the number of the open round (0: none).
+func (s *Server) Current() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.current == nil {
+		return 0
+	}
+	return s.current.n
+}
+
+// Latest is the last round that produced a model (0: none).
+func (s *Server) Latest() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.latest
+}
+
+// Rounds is the status of every round, oldest first.
+func (s *Server) Rounds() api.Rounds {
+	s.mu.Lock()
+	rounds := slices.Clone(s.rounds)
+	latest := s.latest
+	s.mu.Unlock()
+	out := api.Rounds{Latest: latest, Rounds: make([]api.Round, 0, len(rounds))}
+	for _, r := range rounds {
+		out.Rounds = append(out.Rounds, r.status(false))
+	}
+	return out
+}
+
+// Status is the status of round n, with its updates.
+func (s *Server) Status(n int) (api.Round, error) {
+	r, err := s.round(n)
+	if err != nil {
+		return api.Round{}, err
+	}
+	return r.status(true), nil
+}
+
+// ModelPath is the model file of round n (the latest with a model when n is 0).
+func (s *Server) ModelPath(n int) (string, error) {
+	if n == 0 {
+		if n = s.Latest(); n == 0 {
+			return "", fmt.Errorf("%w: no round has produced a model yet", ErrUnknownRound)
+		}
+	}
+	r, err := s.round(n)
+	if err != nil {
+		return "", err
+	}
+	if st := r.state(); st != api.StateClosed {
+		return "", fmt.Errorf("%w: round %d is %s: it has no model", ErrRoundClosed, n, st)
+	}
+	return filepath.Join(r.dir, modelFile), nil
+}
+
+// CloseRound closes round n now (admin): into its model if it has min_clients updates.
+func (s *Server) CloseRound(ctx context.Context, n int) (api.Round, error) {
+	r, err := s.round(n)
+	if err != nil {
+		return api.Round{}, err
+	}
+	if err := r.requestClose(ctx, closeAdmin); err != nil {
+		return api.Round{}, err
+	}
+	return r.status(false), nil
+}
+
+// OpenRound opens the next round (admin, or automatically when one ends). Rules that move a
+// global model start from the last round's model, or from round.initial_global.
+func (s *Server) OpenRound() (api.Round, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return api.Round{}, fmt.Errorf("%w: the server is stopping", ErrConflict)
+	}
+	if s.current != nil {
+		return api.Round{}, fmt.Errorf("%w: round %d is open: close it first", ErrConflict, s.current.n)
+	}
+	n := len(s.rounds) + 1
+	dir := filepath.Join(s.roundsDir, fmt.Sprintf("%06d", n))
+	if err := os.MkdirAll(filepath.Join(dir, spoolDir), 0o700); err != nil {
+		return api.Round{}, err
+	}
+	rc := s.cfg.Round
+	now := time.Now().UTC()
+	meta := roundMeta{Round: n, State: api.StateOpen, Rule: rc.Rule, Opened: now,
+		MinClients: rc.MinClients, MaxClients: rc.MaxClients, Quorum: rc.Quorum}
+	if rc.Deadline > 0 {
+		d := now.Add(time.Duration(rc.Deadline))
+		meta.Deadline = &d
+	}
+	if s.needGlobal {
+		meta.Global = rc.InitialGlobal
+		if s.latest > 0 {
+			meta.Global = filepath.Join("rounds", fmt.Sprintf("%06d", s.latest), modelFile)
+		}
+	}
+	r := s.newRoundStruct(n, dir, meta)
+	fail := func(err error) (api.Round, error) {
+		r.shutdown()
+		os.RemoveAll(dir)
+		return api.Round{}, err
+	}
+	var err error
+	if r.agg, r.rule, err = s.newEngineRound(&meta); err != nil {
+		return fail(err)
+	}
+	r.whole = r.rule.Requirements().Kind == aggregate.KindWhole
+	if r.alog, _, err = openAckLog(filepath.Join(dir, ackFile)); err != nil {
+		return fail(err)
+	}
+	if err := writeJSONAtomic(filepath.Join(dir, roundFile), meta); err != nil {
+		return fail(err)
+	}
+	if err := syncDir(s.roundsDir); err != nil {
+		return fail(err)
+	}
+	s.rounds = append(s.rounds, r)
+	s.current = r
+	s.startRound(r)
+	s.log.Info("round opened", "round", n, "rule", rc.Rule, "global", meta.Global, "deadline", meta.Deadline)
+	s.metrics.current.Set(float64(n))
+	return r.status(false), nil
+}
+
+func (s *Server) newRoundStruct(n int, dir string, meta roundMeta) *round {
+	return &round{srv: s, n: n, dir: dir, meta: meta, log_: s.log.With("round", n),
+		acked: map[string]int{}, arriving: map[string]*Upload{}, done: closedChan}
+}
+
+// closedChan is the done channel of a round whose committer is not running: submissions to
+// it are refused at once.
+var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
+
+// startRound starts an open round's committer and deadline.
+func (s *Server) startRound(r *round) {
+	r.queue = make(chan any, s.cfg.Limits.MaxStreams+16)
+	r.done = make(chan struct{})
+	go r.committer(s.stop)
+	if r.meta.Deadline != nil {
+		s.wg.Add(1)
+		r.timer = time.AfterFunc(max(time.Until(*r.meta.Deadline), 0), func() {
+			defer s.wg.Done()
+			if err := r.requestClose(context.Background(), closeDeadline); err != nil && !errors.Is(err, ErrRoundClosed) {
+				r.log_.Error("closing at the deadline", "err", err)
+			}
+		})
+	}
+}
+
+// newEngineRound begins the engine's round for a round of the server.
+func (s *Server) newEngineRound(meta *roundMeta) (*aggregate.Round, aggregate.Rule, error) {
+	rule, err := s.rules.build()
+	if err != nil {
+		return nil, nil, err
+	}
+	opts := []aggregate.Option{aggregate.WithMixedDTypes(s.cfg.Round.MixedDTypes)}
+	if len(s.meters) > 0 {
+		opts = append(opts, aggregate.WithMeters(s.meters...))
+	}
+	if rule.Requirements().Kind == aggregate.KindWhole {
+		opts = append(opts, aggregate.WithRetainedUpdates())
+	}
+	if meta.Global != "" {
+		opts = append(opts, aggregate.WithGlobalFile(s.dataPath(meta.Global)))
+	}
+	opts = append(opts, s.engineOpts...)
+	agg, err := aggregate.NewRound(context.Background(), rule, opts...)
+	if err != nil {
+		closeRule(rule)
+		return nil, nil, fmt.Errorf("round %d: %w", meta.Round, err)
+	}
+	return agg, rule, nil
+}
+
+// dataPath resolves a path kept relative to the data directory.
+func (s *Server) dataPath(p string) string {
+	if filepath.IsAbs(p) || p == s.cfg.Round.InitialGlobal {
+		return p
+	}
+	return filepath.Join(s.cfg.DataDir, p)
+}
+
+// roundEnded is told by a round that it closed or failed: the next one opens unless rounds
+// open by hand.
+func (s *Server) roundEnded(r *round) {
+	s.mu.Lock()
+	if r.state() == api.StateClosed && r.n > s.latest {
+		s.latest = r.n
+	}
+	if s.current == r {
+		s.current = nil
+	}
+	next := s.started && !s.closed && !s.cfg.Round.ManualNext
+	s.mu.Unlock()
+	if next {
+		if _, err := s.OpenRound(); err != nil {
+			s.log.Error("opening the next round", "err", err)
+		}
+	}
+}
+
+// recover loads every round of the data directory and resumes the open one.
+func (s *Server) recover() error {
+	entries, err := os.ReadDir(s.roundsDir)
+	if err != nil {
+		return err
+	}
+	var nums []int
+	for _, e := range entries {
+		n, err := strconv.Atoi(e.Name())
+		if err != nil || !e.IsDir() || n < 1 {
+			continue
+		}
+		dir := filepath.Join(s.roundsDir, e.Name())
+		if !exists(filepath.Join(dir, roundFile)) {
+			// A crash while the round was being created: it never opened.
+			s.log.Warn("removing a round that never opened", "dir", dir)
+			if err := os.RemoveAll(dir); err != nil {
+				return err
+			}
+			continue
+		}
+		nums = append(nums, n)
+	}
+	slices.Sort(nums)
+	for i, n := range nums {
+		if n != i+1 {
+			return fmt.Errorf("%w: %s holds round %d but not round %d", ErrCorrupt, s.roundsDir, n, i+1)
+		}
+		if err := s.loadRound(n); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// loadRound loads round n at startup: a closed or failed round for its status, an open one
+// resumed by replaying its acknowledgement log.
+func (s *Server) loadRound(n int) error {
+	dir := filepath.Join(s.roundsDir, fmt.Sprintf("%06d", n))
+	var meta roundMeta
+	if err := readJSON(filepath.Join(dir, roundFile), &meta); err != nil {
+		return fmt.Errorf("%w: round %d: %v", ErrCorrupt, n, err)
+	}
+	r := s.newRoundStruct(n, dir, meta)
+	s.rounds = append(s.rounds, r)
+	if b, err := os.ReadFile(filepath.Join(dir, ackFile)); err == nil {
+		recs, _, err := parseAckLog(b)
+		if err != nil {
+			return fmt.Errorf("round %d: %w", n, err)
+		}
+		r.setRecords(recs)
+	}
+	if exists(filepath.Join(dir, reportFile)) {
+		var rep aggregate.Report
+		if err := readJSON(filepath.Join(dir, reportFile), &rep); err == nil {
+			r.report = &rep
+		}
+	}
+	if meta.State == api.StateOpen && exists(filepath.Join(dir, modelFile)) {
+		// The model was published, then the server stopped before it recorded the close.
+		now := time.Now().UTC()
+		r.meta.State, r.meta.Closed = api.StateClosed, &now
+		r.meta.Reason = "closed; the server stopped before it recorded how"
+		if r.report == nil {
+			r.meta.Reason += " (its report was lost)"
+		}
+		if err := writeJSONAtomic(filepath.Join(dir, roundFile), r.meta); err != nil {
+			return err
+		}
+		r.release()
+	}
+	switch r.meta.State {
+	case api.StateClosed:
+		s.latest = n
+		return nil
+	case api.StateFailed:
+		return nil
+	}
+	return s.resume(r)
+}
+
+// resume replays an open round's acknowledgement log into a fresh engine round: every
+// acknowledged update, checked against its digest, added in log order with its weight. Spool
+// files that no record names (uploads never acknowledged) are removed.
+func (s *Server) resume(r *round) error {
+	start := time.Now()
+	var err error
+	r.alog, _, err = openAckLog(filepath.Join(r.dir, ackFile))
+	if err != nil {
+		return err
+	}
+	// The log may have lost a torn tail since it was first read.
+	b, err := os.ReadFile(filepath.Join(r.dir, ackFile))
+	if err != nil {
+		return err
+	}
+	recs, _, err := parseAckLog(b)
+	if err != nil {
+		return err
+	}
+	r.setRecords(recs)
+	keep := map[string]bool{}
+	for _, rec := range recs {
+		keep[rec.File] = true
+	}
+	spool := filepath.Join(r.dir, spoolDir)
+	if err := os.MkdirAll(spool, 0o700); err != nil {
+		return err
+	}
+	entries, err := os.ReadDir(spool)
+	if err != nil {
+		return err
+	}
+	removed := 0
+	for _, e := range entries {
+		if !keep[e.Name()] {
+			if err := os.Remove(filepath.Join(spool, e.Name())); err != nil {
+				return err
+			}
+			removed++
+		}
+	}
+	if removed > 0 {
+		if err := syncDir(spool); err != nil {
+			return err
+		}
+	}
+	r.agg, r.rule, err = s.newEngineRound(&r.meta)
+	if err != nil {
+		return err
+	}
+	r.whole = r.rule.Requirements().Kind == aggregate.KindWhole
+	// Nothing else adds to the round until the replay is done: its committer starts after.
+	for _, rec := range recs {
+		set, err := r.replayOne(rec)
+		if err != nil {
+			r.log_.Error("replay failed", "err", err)
+			r.fail(fmt.Sprintf("resuming after a restart: %v", err))
+			return nil
+		}
+		if r.whole {
+			r.sets = append(r.sets, set)
+		} else {
+			set.Close()
+		}
+	}
+	s.current = r
+	s.startRound(r)
+	r.log_.Info("round resumed from its acknowledgement log", "updates", len(recs), "removed_unacknowledged", removed,
+		"seconds", time.Since(start).Seconds())
+	return nil
+}
+
+// setRecords installs the acknowledged records of a loaded round.
+func (r *round) setRecords(recs []ackRecord) {
+	r.records = recs
+	r.acked = map[string]int{}
+	r.meta.Clients, r.meta.Bytes = len(recs), 0
+	for i, rec := range recs {
+		r.acked[rec.Client] = i
+		r.meta.Bytes += rec.Bytes
+	}
+}
+
+var _ io.Closer = (*Server)(nil)

@@ -1,0 +1,332 @@
+package server
+
+import (
+	"cmp"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"hash"
+	"math"
+	"os"
+	"slices"
+	"strconv"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/wattagg/wattagg/kernels"
+	"github.com/wattagg/wattagg/tensor"
+	"github.com/wattagg/wattagg/tensor/arrowio"
+	"github.com/wattagg/wattagg/tensor/safetensors"
+)
+
+// spoolWriter writes one update into a .safetensors file of the round's spool as its chunks
+// arrive, whatever protocol brought them: each chunk is checked for NaN and Inf, hashed and
+// written at its place in the file (pwrite from the receive buffer: nothing of the update is
+// held in memory). The file is allocated to its final size when the header arrives, so a full
+// disk is found before the body is read; writeback starts as the data arrives
+// (sync_file_range), so that the fdatasync that makes the update durable has little left to
+// do. The file's data section starts at a multiple of 4096 and lays tensors out widest element
+// first, so that every tensor of the mapped spool is aligned.
+//
+// With no file (newDigester) it only checks and hashes: the digest of a retried update is
+// compared with the acknowledged one without writing anything.
+type spoolWriter struct {
+	f        *os.File
+	path     string
+	hdr      arrowio.Header
+	dataOff  int64
+	offs     []int64 // where each tensor's bytes start in the data section
+	next     []int64 // the next element offset expected of each tensor
+	hash     []hash.Hash
+	size     int64 // of the whole file
+	want     int64 // data bytes the layout declares
+	got      int64 // data bytes received
+	finite   bool  // check values for NaN and Inf
+	unsynced int64 // bytes written since writeback was last started
+	source   string
+}
+
+// writebackEvery is how many bytes are written before writeback of the file is started.
+const writebackEvery = 8 << 20
+
+// createSpool creates the spool file at path for an update with header h. checkFinite refuses
+// NaN and Inf values as they pass.
+func createSpool(path string, h arrowio.Header, source string, checkFinite bool) (*spoolWriter, error) {
+	s := newDigester(h, source, checkFinite)
+	head, err := encodeSpoolHeader(h, s.offs)
+	if err != nil {
+		return nil, err
+	}
+	s.dataOff = int64(len(head))
+	s.size = s.dataOff + s.want
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	s.f, s.path = f, path
+	if s.size > 0 {
+		if err := unix.Fallocate(int(f.Fd()), 0, 0, s.size); err != nil && err != unix.EOPNOTSUPP {
+			s.abort()
+			return nil, fmt.Errorf("%s: allocating %d bytes for the spool: %w", source, s.size, err)
+		}
+	}
+	if _, err := f.WriteAt(head, 0); err != nil {
+		s.abort()
+		return nil, err
+	}
+	return s, nil
+}
+
+// newDigester checks and hashes an update without writing it.
+func newDigester(h arrowio.Header, source string, checkFinite bool) *spoolWriter {
+	s := &spoolWriter{hdr: h, finite: checkFinite, source: source}
+	n := len(h.Layout)
+	s.offs, s.next, s.hash = make([]int64, n), make([]int64, n), make([]hash.Hash, n)
+	order := make([]int, n)
+	for i := range order {
+		order[i] = i
+		s.hash[i] = sha256.New()
+	}
+	// Widest element first, stably: every tensor then starts at a multiple of its element size.
+	slices.SortStableFunc(order, func(a, b int) int {
+		return cmp.Compare(h.Layout[b].DType.Size(), h.Layout[a].DType.Size())
+	})
+	var off int64
+	for _, i := range order {
+		s.offs[i] = off
+		off += int64(h.Layout[i].Len()) * int64(h.Layout[i].DType.Size())
+	}
+	s.want = off
+	return s
+}
+
+// write checks, hashes and writes one chunk.
+func (s *spoolWriter) write(c arrowio.Chunk) error {
+	if c.Tensor < 0 || c.Tensor >= len(s.hdr.Layout) {
+		return fmt.Errorf("%s: %w: chunk of tensor %d of %d", s.source, arrowio.ErrChunk, c.Tensor, len(s.hdr.Layout))
+	}
+	f := s.hdr.Layout[c.Tensor]
+	es := int64(f.DType.Size())
+	if c.Offset != s.next[c.Tensor] || int64(len(c.Data))%es != 0 || c.Offset+int64(len(c.Data))/es > int64(f.Len()) {
+		return fmt.Errorf("%s: %w: tensor %q: chunk of %d bytes at element %d does not continue it (next element %d of %d)",
+			s.source, arrowio.ErrChunk, f.Name, len(c.Data), c.Offset, s.next[c.Tensor], f.Len())
+	}
+	if s.finite {
+		if err := checkFinite(f, c); err != nil {
+			return fmt.Errorf("%s: %w", s.source, err)
+		}
+	}
+	s.hash[c.Tensor].Write(c.Data)
+	if s.f != nil {
+		if _, err := s.f.WriteAt(c.Data, s.dataOff+s.offs[c.Tensor]+c.Offset*es); err != nil {
+			return err
+		}
+		s.unsynced += int64(len(c.Data))
+		if s.unsynced >= writebackEvery {
+			// Start writing back what is dirty without waiting for it; errors surface at fdatasync.
+			_ = unix.SyncFileRange(int(s.f.Fd()), 0, 0, unix.SYNC_FILE_RANGE_WRITE)
+			s.unsynced = 0
+		}
+	}
+	s.next[c.Tensor] += int64(len(c.Data)) / es
+	s.got += int64(len(c.Data))
+	return nil
+}
+
+// checkFinite finds the first NaN or Inf of a chunk (the fast scan first, the plain loop only
+// to name the element).
+func checkFinite(f tensor.Field, c arrowio.Chunk) error {
+	var any bool
+	switch f.DType {
+	case tensor.F32:
+		any = kernels.AnyNonFiniteF32(c.Data)
+	case tensor.F64:
+		any = kernels.AnyNonFiniteF64(c.Data)
+	case tensor.F16:
+		any = kernels.AnyNonFiniteF16(c.Data)
+	case tensor.BF16:
+		any = kernels.AnyNonFiniteBF16(c.Data)
+	default:
+		return nil // integers are always finite
+	}
+	if !any {
+		return nil
+	}
+	i := tensor.FirstNonFinite(f.DType, c.Data)
+	if i < 0 {
+		return fmt.Errorf("%w in tensor %q", tensor.ErrNonFinite, f.Name)
+	}
+	return &tensor.NonFiniteError{Tensor: f.Name, Index: int(c.Offset) + i, Value: valueAt(f.DType, c.Data, i)}
+}
+
+// valueAt decodes element i of little-endian data of a float dtype.
+func valueAt(dt tensor.DType, data []byte, i int) float64 {
+	switch dt {
+	case tensor.F32:
+		return float64(math.Float32frombits(binary.LittleEndian.Uint32(data[4*i:])))
+	case tensor.F64:
+		return math.Float64frombits(binary.LittleEndian.Uint64(data[8*i:]))
+	case tensor.F16:
+		return float64(tensor.F16ToF32(binary.LittleEndian.Uint16(data[2*i:])))
+	case tensor.BF16:
+		return float64(tensor.BF16ToF32(binary.LittleEndian.Uint16(data[2*i:])))
+	}
+	return math.NaN()
+}
+
+// digest is the update's identity: SHA-256 over its layout, scales, metadata and the SHA-256
+// of each tensor's bytes. It does not depend on how the update was framed (safetensors or
+// Arrow, chunk sizes, tensor order in the data), so a retry of the same update has the same
+// digest whichever protocol brings it.
+func (s *spoolWriter) digest() [32]byte {
+	h := sha256.New()
+	h.Write([]byte("wattagg.update.v1\x00"))
+	var b [8]byte
+	for i, f := range s.hdr.Layout {
+		h.Write([]byte(f.Name))
+		h.Write([]byte{0})
+		h.Write([]byte(f.DType.SafetensorsName()))
+		h.Write([]byte{0})
+		for _, d := range f.Shape {
+			binary.LittleEndian.PutUint64(b[:], uint64(d))
+			h.Write(b[:])
+		}
+		scale := float32(1)
+		if s.hdr.Scales != nil {
+			scale = s.hdr.Scales[i]
+		}
+		binary.LittleEndian.PutUint32(b[:4], math.Float32bits(scale))
+		h.Write(b[:4])
+		h.Write(s.hash[i].Sum(nil))
+	}
+	keys := make([]string, 0, len(s.hdr.Metadata))
+	for k := range s.hdr.Metadata {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	for _, k := range keys {
+		h.Write([]byte{1})
+		h.Write([]byte(k))
+		h.Write([]byte{0})
+		h.Write([]byte(s.hdr.Metadata[k]))
+	}
+	var d [32]byte
+	h.Sum(d[:0])
+	return d
+}
+
+// complete checks that every byte the layout declares arrived.
+func (s *spoolWriter) complete() error {
+	if s.got != s.want {
+		return fmt.Errorf("%s: %w: %d of the %d data bytes the header declares arrived", s.source, ErrTruncated, s.got, s.want)
+	}
+	for i, f := range s.hdr.Layout {
+		if s.next[i] != int64(f.Len()) {
+			return fmt.Errorf("%s: %w: tensor %q has %d of its %d elements", s.source, ErrTruncated, f.Name, s.next[i], f.Len())
+		}
+	}
+	return nil
+}
+
+// finish checks that the update is complete, makes the spool file durable (fdatasync: the
+// file was allocated to its size, so its data is all there is to sync) and closes it. The
+// directory entry is made durable by the group commit. It returns the update's digest.
+func (s *spoolWriter) finish() ([32]byte, error) {
+	if err := s.complete(); err != nil {
+		s.abort()
+		return [32]byte{}, err
+	}
+	if s.f != nil {
+		err := unix.Fdatasync(int(s.f.Fd()))
+		if cerr := s.f.Close(); err == nil {
+			err = cerr
+		}
+		s.f = nil
+		if err != nil {
+			os.Remove(s.path)
+			return [32]byte{}, fmt.Errorf("%s: syncing the spool: %w", s.source, err)
+		}
+	}
+	return s.digest(), nil
+}
+
+// abort removes the spool file of an update that failed.
+func (s *spoolWriter) abort() {
+	if s.f != nil {
+		s.f.Close()
+		s.f = nil
+		os.Remove(s.path)
+	}
+}
+
+// encodeSpoolHeader makes the length prefix and header JSON of a spool file: tensors listed in
+// layout order at the data offsets offs, metadata (with the I8 scales) in sorted key order,
+// padded with spaces so that the data section starts at a multiple of 4096.
+func encodeSpoolHeader(h arrowio.Header, offs []int64) ([]byte, error) {
+	js := []byte{'{'}
+	meta := map[string]string{}
+	for k, v := range h.Metadata {
+		meta[k] = v
+	}
+	for i, f := range h.Layout {
+		if f.DType == tensor.I8 {
+			scale := float32(1)
+			if h.Scales != nil {
+				scale = h.Scales[i]
+			}
+			meta[safetensors.ScaleKeyPrefix+f.Name] = strconv.FormatFloat(float64(scale), 'g', -1, 32)
+		}
+	}
+	if len(meta) > 0 {
+		b, err := json.Marshal(meta) // encoding/json sorts map keys
+		if err != nil {
+			return nil, err
+		}
+		js = append(js, `"__metadata__":`...)
+		js = append(js, b...)
+	}
+	for i, f := range h.Layout {
+		if len(js) > 1 {
+			js = append(js, ',')
+		}
+		name, err := json.Marshal(f.Name)
+		if err != nil {
+			return nil, err
+		}
+		shape := f.Shape
+		if shape == nil {
+			shape = []int{}
+		}
+		sh, err := json.Marshal(shape)
+		if err != nil {
+			return nil, err
+		}
+		n := int64(f.Len()) * int64(f.DType.Size())
+		js = append(js, name...)
+		js = fmt.Appendf(js, `:{"dtype":%q,"shape":%s,"data_offsets":[%d,%d]}`, f.DType.SafetensorsName(), sh, offs[i], offs[i]+n)
+	}
+	js = append(js, '}')
+	total := (8 + int64(len(js)) + 4095) / 4096 * 4096
+	out := make([]byte, total)
+	binary.LittleEndian.PutUint64(out, uint64(total-8))
+	copy(out[8:], js)
+	for i := 8 + len(js); i < len(out); i++ {
+		out[i] = ' '
+	}
+	return out, nil
+}
+
+// hexDigest spells a digest as the acknowledgement log and the API do.
+func hexDigest(d [32]byte) string { return hex.EncodeToString(d[:]) }
+
+// verifySpool recomputes the digest of a mapped spool file (replay after a restart).
+func verifySpool(set *tensor.Set) [32]byte {
+	h := arrowio.HeaderOf(set)
+	d := newDigester(h, set.Source, false)
+	for i, t := range set.Tensors() {
+		d.hash[i].Write(t.Bytes())
+	}
+	return d.digest()
+}
