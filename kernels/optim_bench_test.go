@@ -46,14 +46,14 @@ func BenchmarkOptimStep(b *testing.B) {
 				if !c.second {
 					read, rw = read[:3], int64(20*n)
 				}
-				b.Run(fmt.Sprintf("n=%d/impl=floor", n), func(b *testing.B) {
+				b.Run(fmt.Sprintf("n=%d/impl=floor", n), timed(func(b *testing.B) {
 					b.SetBytes(int64(len(read) * 4 * n))
 					for b.Loop() {
 						for _, in := range read {
 							XorFold(in)
 						}
 					}
-				})
+				}))
 				benchImpls(b, n, func(b *testing.B, k *Impl) {
 					b.SetBytes(rw)
 					fn := c.public(k)
@@ -75,14 +75,14 @@ func BenchmarkModSum(b *testing.B) {
 	acc := make([]uint32, fedElems)
 	const block = 32 << 10
 	x := make([][]byte, fedInputs)
-	b.Run(fmt.Sprintf("n=%d/impl=floor", fedElems), func(b *testing.B) {
+	b.Run(fmt.Sprintf("n=%d/impl=floor", fedElems), timed(func(b *testing.B) {
 		b.SetBytes(int64(fedInputs * fedElems * 4))
 		for b.Loop() {
 			for _, in := range fedData.f32 {
 				XorFold(in)
 			}
 		}
-	})
+	}))
 	benchImpls(b, fedElems, func(b *testing.B, k *Impl) {
 		b.SetBytes(int64(fedInputs*fedElems*4 + 4*fedElems))
 		for b.Loop() {
