@@ -23,6 +23,8 @@ type EnergyConfig struct {
 	Profile *sched.Profile
 	// Constraints are added to the planner's policies (a deadline, a power cap).
 	Constraints []sched.PlanOption
+	// Progress, if set, is told each policy as it starts: done of total, and what.
+	Progress func(done, total int, what string)
 }
 
 // EnergyRow is one policy's predicted and measured cost per round.
@@ -81,7 +83,10 @@ func EnergyPolicies(ctx context.Context, cfg EnergyConfig) ([]EnergyRow, error) 
 	var out []aggregate.Option
 	var rows []EnergyRow
 	meters := cfg.Machine.Meters()
-	for _, p := range policies {
+	for i, p := range policies {
+		if cfg.Progress != nil {
+			cfg.Progress(i, len(policies), p.name)
+		}
 		row := EnergyRow{Policy: p.name, Skipped: p.skip}
 		if p.skip != "" {
 			rows = append(rows, row)
@@ -153,4 +158,26 @@ func deviceNames(devs []device.Device) []string {
 		names[i] = d.Name()
 	}
 	return names
+}
+
+// EnergyResults turns the rows of EnergyPolicies into a report's results: energy per parameter
+// per round in nJ, the plan's prediction beside what the meters measured, and the source (an
+// estimate where no counter exists). Energy has no physical floor here: the prediction is the
+// figure to compare with.
+func EnergyResults(cfg EnergyConfig, rows []EnergyRow) []Result {
+	out := make([]Result, 0, len(rows))
+	for _, r := range rows {
+		x := Result{Name: r.Policy, Policy: r.Policy, Device: r.Devices, Clients: cfg.Clients, Params: int64(cfg.Params),
+			DType: cfg.DType.String(), Rule: "fedavg", Unit: "nJ/param", Source: r.Source, Seconds: r.Seconds,
+			Note: strings.TrimSpace(strings.Join([]string{r.Note, r.Why}, " ")), Skipped: r.Skipped}
+		if r.Skipped == "" {
+			x.Value = r.JoulesPerParam * 1e9
+			x.Predicted = r.PredictedJoules / float64(cfg.Params) * 1e9
+			if r.Seconds > 0 {
+				x.ParamsPerSecond = float64(cfg.Params) / r.Seconds
+			}
+		}
+		out = append(out, x)
+	}
+	return out
 }

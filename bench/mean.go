@@ -3,7 +3,9 @@ package bench
 import (
 	"context"
 	"fmt"
+	"runtime"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/wattagg/wattagg/aggregate"
@@ -14,6 +16,9 @@ import (
 // Row is one measured figure beside its floor.
 type Row struct {
 	Name      string  `json:"name"`
+	Rule      string  `json:"rule,omitempty"`
+	Clients   int     `json:"clients,omitempty"`
+	DType     string  `json:"dtype,omitempty"`
 	Seconds   float64 `json:"seconds"` // median of the runs
 	Bytes     int64   `json:"bytes"`   // counted bytes: read + written
 	GBps      float64 `json:"gb_per_s"`
@@ -21,7 +26,17 @@ type Row struct {
 	ParamsPS  float64 `json:"params_per_s"`
 	FloorGBps float64 `json:"floor_gb_per_s,omitempty"`
 	Ratio     float64 `json:"ratio_to_floor,omitempty"`
+	FloorName string  `json:"floor_name,omitempty"` // what bounds it: "read bandwidth / 2 passes"
 	Note      string  `json:"note,omitempty"`
+	Skipped   string  `json:"skipped,omitempty"`  // why it was not measured here
+	IsFloor   bool    `json:"is_floor,omitempty"` // the row is a floor itself
+}
+
+// Result is r as a report's result, in GB/s, along sweep ("" for a main row).
+func (r Row) Result(sweep string) Result {
+	return Result{Name: r.Name, Sweep: sweep, Rule: r.Rule, Clients: r.Clients, Params: r.Params, DType: r.DType,
+		Value: r.GBps, Unit: "GB/s", Floor: r.FloorGBps, FloorName: r.FloorName, Ratio: r.Ratio,
+		Seconds: r.Seconds, ParamsPerSecond: r.ParamsPS, Note: r.Note, Skipped: r.Skipped, IsFloor: r.IsFloor}
 }
 
 func (r *Row) set(seconds float64, floor float64) {
@@ -35,27 +50,47 @@ func (r *Row) set(seconds float64, floor float64) {
 }
 
 // InMemoryUpdates builds clients updates of one f32/bf16/f16 vector of params elements in
-// aligned, pre-touched memory, with values from a Federation.
+// aligned, pre-touched memory, with values from a Federation, on all cores.
 func InMemoryUpdates(clients, params int, dt tensor.DType) ([]*tensor.Set, error) {
 	fed := Federation{Model: Flat(params), Seed: 1}
 	sets := make([]*tensor.Set, clients)
+	errs := make([]error, clients)
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, runtime.GOMAXPROCS(0))
 	for k := range sets {
-		t, err := tensor.New("w", dt, params)
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			sets[k], errs[k] = inMemoryUpdate(&fed, k, params, dt)
+		}()
+	}
+	wg.Wait()
+	for _, err := range errs {
 		if err != nil {
 			return nil, err
 		}
-		b := t.Bytes()
-		for j := range params {
-			if err := encode(b, j, dt, fed.Value(k, int64(j))); err != nil {
-				return nil, err
-			}
-		}
-		if sets[k], err = tensor.NewSet(t); err != nil {
-			return nil, err
-		}
-		sets[k].Source = fmt.Sprintf("client-%03d", k)
 	}
 	return sets, nil
+}
+
+func inMemoryUpdate(fed *Federation, k, params int, dt tensor.DType) (*tensor.Set, error) {
+	t, err := tensor.New("w", dt, params)
+	if err != nil {
+		return nil, err
+	}
+	b := t.Bytes()
+	for j := range params {
+		if err := encode(b, j, dt, fed.Value(k, int64(j))); err != nil {
+			return nil, err
+		}
+	}
+	s, err := tensor.NewSet(t)
+	if err != nil {
+		return nil, err
+	}
+	s.Source = fmt.Sprintf("client-%03d", k)
+	return s, nil
 }
 
 // WeightedMean measures aggregate.WeightedMean on in-memory updates with a reused output (the
@@ -83,10 +118,14 @@ func WeightedMean(ctx context.Context, updates []*tensor.Set, dev device.Device,
 	}
 	floor := ReadFloor(bufs, max(1, dev.Info().Workers), 3)
 	row := Row{
-		Name:   fmt.Sprintf("fedavg %d x %s %s", len(updates), human(rep.Params), rep.InDTypes[0]),
-		Bytes:  rep.BytesRead + rep.BytesWritten,
-		Params: rep.Params,
-		Note:   fmt.Sprintf("acc %s, %d workers", rep.AccDType, dev.Info().Workers),
+		Name:      fmt.Sprintf("fedavg %d x %s %s", len(updates), ParamsLabel(rep.Params), rep.InDTypes[0]),
+		Rule:      "fedavg",
+		Clients:   len(updates),
+		DType:     rep.InDTypes[0],
+		Bytes:     rep.BytesRead + rep.BytesWritten,
+		Params:    rep.Params,
+		FloorName: "read bandwidth",
+		Note:      fmt.Sprintf("acc %s, %d workers", rep.AccDType, dev.Info().Workers),
 	}
 	row.set(median(times), floor)
 	return row, nil

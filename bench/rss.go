@@ -21,6 +21,9 @@ type RSSConfig struct {
 	Clients int
 	Params  int
 	CLI     string // the wattagg binary to run with --stream
+	Workers int    // its --workers; 0: its default
+	// Progress, if set, is told each step as it starts: done of total, and what.
+	Progress func(done, total int, what string)
 }
 
 // RSSResult is the peak anonymous memory of a streaming aggregation against its budget.
@@ -43,15 +46,25 @@ func StreamRSS(ctx context.Context, cfg RSSConfig) (RSSResult, error) {
 	for k := range cfg.Clients {
 		fed.Clients = append(fed.Clients, Client{DType: tensor.F32, NumExamples: 100 + 10*k})
 	}
+	if cfg.Progress != nil {
+		cfg.Progress(0, 2, "writing the inputs")
+	}
 	inputs, err := existingOrWrite(ctx, &fed, filepath.Join(cfg.Dir, "stream-inputs"))
 	if err != nil {
 		return RSSResult{}, err
+	}
+	if cfg.Progress != nil {
+		cfg.Progress(1, 2, "wattagg aggregate --stream")
 	}
 	if err := warm(inputs); err != nil {
 		return RSSResult{}, err
 	}
 	out := filepath.Join(cfg.Dir, "out-stream.safetensors")
-	args := append([]string{"aggregate", "--stream", "--progress", "never", "-o", out}, inputs...)
+	args := []string{"aggregate", "--stream", "--progress", "never", "-o", out}
+	if cfg.Workers > 0 {
+		args = append(args, "--workers", strconv.Itoa(cfg.Workers))
+	}
+	args = append(args, inputs...)
 	cmd := exec.CommandContext(ctx, cfg.CLI, args...)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
@@ -99,4 +112,19 @@ func rssAnon(path string) (int64, error) {
 		}
 	}
 	return 0, fmt.Errorf("%s: no RssAnon line", path)
+}
+
+// Result is r as a report's result: the peak anonymous memory in MiB against the budget, a
+// ceiling (a ratio of at most 1 is within it).
+func (r RSSResult) Result() Result {
+	const mib = 1 << 20
+	x := Result{Name: fmt.Sprintf("streaming fedavg %d x %s f32, peak RssAnon", r.Clients, human(r.Params)),
+		Rule: "fedavg --stream", Clients: r.Clients, Params: r.Params, DType: "f32",
+		Value: float64(r.PeakAnon) / mib, Unit: "MiB", Floor: float64(r.Budget) / mib, Ceiling: true,
+		FloorName: fmt.Sprintf("budget 1.3 x %.1f MiB + 96 MiB =", float64(r.OutputBytes)/mib), Seconds: r.Seconds,
+		Note: fmt.Sprintf("whole process %.2f s; %d samples, 1 ms apart", r.Seconds, r.Samples)}
+	if x.Floor > 0 {
+		x.Ratio = x.Value / x.Floor
+	}
+	return x
 }

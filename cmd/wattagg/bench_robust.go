@@ -17,11 +17,24 @@ import (
 	"github.com/wattagg/wattagg/tensor"
 )
 
+// robustSuite measures the robust rules on in-memory updates beside the floors measured in
+// the same run, at one configuration and along the sweeps.
+type robustSuite struct {
+	clients, params, runs int
+	sweep                 *bench.SweepSizes // nil: no sweep
+	sweepRuns             int
+}
+
+func (robustSuite) name() string { return "robust" }
+func (robustSuite) title() string {
+	return "robust rules (median, trimmed mean, Krum, ...) on in-memory f32 updates, beside the memory and FMA floors"
+}
+
 // newBenchRobustCmd is `wattagg bench robust`: the robust rules on in-memory updates beside the
 // floors measured in the same run.
 func newBenchRobustCmd() *cobra.Command {
 	var c benchCommon
-	var clients, params, runs int
+	var s robustSuite
 	cmd := &cobra.Command{
 		Use:   "robust",
 		Short: "Robust rules (median, trimmed mean, Krum, ...) beside the memory and FMA floors",
@@ -32,43 +45,114 @@ for Krum's distances (the Gram matrix, n(n+1)/2 f64 FMAs per coordinate) the FMA
 the cores, measured with a loop of independent VFMADD231PD.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			rows, err := benchRobust(cmd.Context(), clients, params, runs, c.workers)
+			env, err := c.env(cmd)
 			if err != nil {
 				return err
 			}
-			return c.print(cmd.OutOrStdout(), rows)
+			if s.clients < 1 || s.params < 1 || s.runs < 1 || s.sweepRuns < 1 {
+				return usagef("--clients, --params, --runs, --sweep-runs and --workers must be positive")
+			}
+			if c.sweeping(cmd) {
+				sizes := env.preset.sweep
+				s.sweep = &sizes
+			}
+			return c.runSuite(cmd, env, s)
 		},
 	}
 	c.flags(cmd)
-	cmd.Flags().IntVar(&clients, "clients", 32, "updates")
-	cmd.Flags().IntVar(&params, "params", 4<<20, "f32 parameters per update")
-	cmd.Flags().IntVar(&runs, "runs", 5, "runs of each (the median is reported)")
+	c.sweepFlag(cmd)
+	cmd.Flags().IntVar(&s.clients, "clients", fullPreset.robustClients, "updates")
+	cmd.Flags().IntVar(&s.params, "params", fullPreset.robustParams, "f32 parameters per update")
+	cmd.Flags().IntVar(&s.runs, "runs", fullPreset.robustRuns, "runs of each (the median is reported)")
+	cmd.Flags().IntVar(&s.sweepRuns, "sweep-runs", fullPreset.robustSweepRuns, "runs at each sweep point")
 	return cmd
 }
 
-func benchRobust(ctx context.Context, clients, params, runs, workers int) ([]bench.Row, error) {
-	if clients < 1 || params < 1 || runs < 1 || workers < 1 {
-		return nil, usagef("--clients, --params, --runs and --workers must be positive")
+func (s robustSuite) run(env *benchEnv) (*bench.Report, error) {
+	total := 1
+	if s.sweep != nil {
+		total += len(s.sweep.Points())
 	}
-	dev, err := device.NewCPU(device.WithWorkers(workers))
+	workers := env.cpu.Info().Workers
+	env.progress(0, total, "fma floor")
+	fma := fmaRate(workers)
+	env.progress(0, total, fmt.Sprintf("%d x %s f32", s.clients, bench.ParamsLabel(int64(s.params))))
+	updates, err := bench.InMemoryUpdates(s.clients, s.params, tensor.F32)
 	if err != nil {
 		return nil, err
 	}
-	updates, err := bench.InMemoryUpdates(clients, params, tensor.F32)
+	rows, err := benchRobust(env.ctx, env.cpu, updates, s.runs, fma, true)
 	if err != nil {
 		return nil, err
 	}
+	updates = nil // the sweeps need the memory
+	if err := env.printRows(rows, ""); err != nil {
+		return nil, err
+	}
+	rep := env.newReport(s)
+	rep.Config["clients"], rep.Config["params"], rep.Config["runs"] = fmt.Sprint(s.clients), fmt.Sprint(s.params), fmt.Sprint(s.runs)
+	for _, r := range rows {
+		res := r.Result("")
+		if r.Rule == "fma floor" {
+			res.Value, res.Unit = r.GBps, "GFMA/s" // benchRobust's table shows GFMA/s in the GB/s column
+		}
+		rep.Add(res)
+	}
+	rep.Notes = append(rep.Notes, "throughput is input bytes / seconds; each rule's floor is the read bandwidth of the same updates divided by the passes the rule makes over them, and Krum's distances' floor is the FMA throughput over n(n+1)/2 FMAs per coordinate")
+	if s.sweep == nil {
+		return rep, nil
+	}
+	rep.Config["sweep"], rep.Config["sweep_runs"] = s.sweep.String(), fmt.Sprint(s.sweepRuns)
+	done := 1
+	for _, sweep := range []string{bench.SweepClients, bench.SweepParams} {
+		var sweepRows []bench.Row
+		var heading string
+		err := bench.RunSweep(env.ctx, onlySweep(*s.sweep, sweep), tensor.F32, func(p bench.SweepPoint, updates []*tensor.Set) error {
+			env.progress(done, total, fmt.Sprintf("sweep %d x %s f32", p.Clients, bench.ParamsLabel(int64(p.Params))))
+			rows, err := benchRobust(env.ctx, env.cpu, updates, s.sweepRuns, fma, false)
+			if err != nil {
+				return err
+			}
+			done++
+			heading = sweepHeading(p, *s.sweep)
+			sweepRows = append(sweepRows, rows...)
+			for _, r := range rows {
+				rep.Add(r.Result(p.Sweep))
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, err
+		}
+		if len(sweepRows) > 0 {
+			if err := env.printRows(sweepRows, heading); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return rep, nil
+}
+
+// benchRobust measures every robust rule on updates (one f32 tensor each), each beside its
+// floor: the read bandwidth of the same updates over the passes the rule makes, and the FMA
+// rate fma for the Gram matrix. With floors, the floors themselves lead the rows.
+func benchRobust(ctx context.Context, dev *device.CPU, updates []*tensor.Set, runs int, fma float64, floors bool) ([]bench.Row, error) {
+	clients, params := len(updates), updates[0].At(0).Len()
+	workers := dev.Info().Workers
 	var bufs [][]byte
 	for _, u := range updates {
 		bufs = append(bufs, u.At(0).Bytes())
 	}
 	in := int64(4 * clients * params)
 	read := bench.ReadFloor(bufs, workers, 10) // best of 10: the VMs' read rate varies from pass to pass
-	fma := fmaRate(workers)
-	rows := []bench.Row{
-		{Name: fmt.Sprintf("read floor %d x %s f32", clients, human(float64(params), "")), Seconds: float64(in) / read,
-			Bytes: in, GBps: read / 1e9, Note: fmt.Sprintf("%d workers", workers)},
-		{Name: "fma floor", GBps: fma / 1e9, Note: fmt.Sprintf("GFMA/s (f64, %d workers) = %.2f GHz x 8 FMA/cycle/core", workers, fma/1e9/8/float64(workers))},
+	var rows []bench.Row
+	if floors {
+		rows = append(rows,
+			bench.Row{Name: fmt.Sprintf("read floor %d x %s f32", clients, bench.ParamsLabel(int64(params))), Rule: "read floor",
+				Clients: clients, DType: "f32", Params: int64(params), Seconds: float64(in) / read,
+				Bytes: in, GBps: read / 1e9, Note: fmt.Sprintf("%d workers", workers), IsFloor: true},
+			bench.Row{Name: "fma floor", Rule: "fma floor", GBps: fma / 1e9, IsFloor: true,
+				Note: fmt.Sprintf("GFMA/s (f64, %d workers) = %.2f GHz x 8 FMA/cycle/core", workers, fma/1e9/8/float64(workers))})
 	}
 	// timed runs f runs times and returns the median seconds.
 	timed := func(f func() error) (float64, error) {
@@ -86,9 +170,13 @@ func benchRobust(ctx context.Context, clients, params, runs, workers int) ([]ben
 		slices.Sort(ts)
 		return ts[len(ts)/2], nil
 	}
-	row := func(name string, secs, floor float64, note string) bench.Row {
-		r := bench.Row{Name: name, Seconds: secs, Bytes: in, Params: int64(params), GBps: float64(in) / secs / 1e9,
-			ParamsPS: float64(params) / secs, FloorGBps: floor / 1e9, Note: note}
+	row := func(rule string, secs, floor float64, floorName, note string) bench.Row {
+		name := rule
+		if !floors { // a sweep's rows: the table names the point
+			name = fmt.Sprintf("%s %d x %s", rule, clients, bench.ParamsLabel(int64(params)))
+		}
+		r := bench.Row{Name: name, Rule: rule, Clients: clients, DType: "f32", Seconds: secs, Bytes: in, Params: int64(params),
+			GBps: float64(in) / secs / 1e9, ParamsPS: float64(params) / secs, FloorGBps: floor / 1e9, FloorName: floorName, Note: note}
 		if floor > 0 {
 			r.Ratio = r.GBps / r.FloorGBps
 		}
@@ -107,45 +195,45 @@ func benchRobust(ctx context.Context, clients, params, runs, workers int) ([]ben
 	}
 	pairs := float64(clients*(clients+1)) / 2
 	gramFloor := fma * float64(4*clients) / pairs
-	rows = append(rows, row("krum distances (gram)", secs, gramFloor,
+	rows = append(rows, row("krum distances (gram)", secs, gramFloor, "FMA rate / (n+1)/2 FMAs per input float",
 		fmt.Sprintf("%.1f GFMA/s; numpy's Gram route ~4 GB/s", pairs*float64(params)/secs/1e9)))
 
 	dst := updates[0].Clone()
 	opts := []aggregate.Option{aggregate.WithDevices(dev), aggregate.WithOutput(dst)}
-	must := func(r aggregate.Rule, err error) aggregate.Rule {
-		if err != nil {
-			panic(err) // the parameters below are valid
-		}
-		return r
-	}
-	_ = must
 	f := max(0, (clients-3)/4) // Bulyan's largest f
-	for _, c := range []struct {
-		rule   aggregate.Rule
+	type rule struct {
+		make   func() (aggregate.Rule, error)
 		passes int
 		note   string
-	}{
-		{robust.NewMedian(), 1, "numpy's np.median ~0.2 GB/s"},
-		{must(robust.NewTrimmedMean(0.1)), 1, "beta 0.1"},
-		{must(robust.NewKrum(f, 1)), 2, fmt.Sprintf("f=%d: gram + copy", f)},
-		{must(robust.NewKrum(f, 0)), 2, fmt.Sprintf("f=%d, m=n-f: gram + mean", f)},
-		{must(robust.NewBulyan(f)), 2, fmt.Sprintf("f=%d: gram + closest mean", f)},
-		{must(robust.NewGeometricMedian(robust.WithSmoothing(1e-6), robust.WithMaxIterations(3), robust.WithTolerance(0))), 9, "3 Weiszfeld iterations"},
-		{must(robust.NewCenteredClipping(1)), 3, "1 iteration"},
-		{must(robust.NewNormClipping(robust.QuantileBound(0.5))), 2, "median norm"},
+	}
+	for _, c := range []rule{
+		{func() (aggregate.Rule, error) { return robust.NewMedian(), nil }, 1, "numpy's np.median ~0.2 GB/s"},
+		{func() (aggregate.Rule, error) { return robust.NewTrimmedMean(0.1) }, 1, "beta 0.1"},
+		{func() (aggregate.Rule, error) { return robust.NewKrum(f, 1) }, 2, fmt.Sprintf("f=%d: gram + copy", f)},
+		{func() (aggregate.Rule, error) { return robust.NewKrum(f, 0) }, 2, fmt.Sprintf("f=%d, m=n-f: gram + mean", f)},
+		{func() (aggregate.Rule, error) { return robust.NewBulyan(f) }, 2, fmt.Sprintf("f=%d: gram + closest mean", f)},
+		{func() (aggregate.Rule, error) {
+			return robust.NewGeometricMedian(robust.WithSmoothing(1e-6), robust.WithMaxIterations(3), robust.WithTolerance(0))
+		}, 9, "3 Weiszfeld iterations"},
+		{func() (aggregate.Rule, error) { return robust.NewCenteredClipping(1) }, 3, "1 iteration"},
+		{func() (aggregate.Rule, error) { return robust.NewNormClipping(robust.QuantileBound(0.5)) }, 2, "median norm"},
 	} {
-		if c.rule.Name() == "bulyan" && clients < 3 || (c.rule.Name() == "krum" || c.rule.Name() == "multi-krum") && clients <= 2*f+2 {
-			continue
-		}
-		secs, err := timed(func() error { _, _, err := aggregate.Aggregate(ctx, c.rule, updates, nil, opts...); return err })
+		r, err := c.make()
 		if err != nil {
 			return nil, err
 		}
-		note := fmt.Sprintf("%s; floor: read / %d pass", c.note, c.passes)
-		if c.passes > 1 {
-			note += "es"
+		if r.Name() == "bulyan" && clients < 3 || (r.Name() == "krum" || r.Name() == "multi-krum") && clients <= 2*f+2 {
+			continue
 		}
-		rows = append(rows, row(c.rule.Name(), secs, read/float64(c.passes), note))
+		secs, err := timed(func() error { _, _, err := aggregate.Aggregate(ctx, r, updates, nil, opts...); return err })
+		if err != nil {
+			return nil, err
+		}
+		floorName := fmt.Sprintf("read bandwidth / %d pass", c.passes)
+		if c.passes > 1 {
+			floorName += "es"
+		}
+		rows = append(rows, row(r.Name(), secs, read/float64(c.passes), floorName, c.note))
 	}
 	return rows, nil
 }

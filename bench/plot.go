@@ -1,0 +1,499 @@
+package bench
+
+import (
+	"cmp"
+	"fmt"
+	"image/color"
+	"io"
+	"math"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+
+	"gonum.org/v1/plot"
+	"gonum.org/v1/plot/plotter"
+	"gonum.org/v1/plot/plotutil"
+	"gonum.org/v1/plot/vg"
+	"gonum.org/v1/plot/vg/draw"
+	"gonum.org/v1/plot/vg/vgimg"
+)
+
+// plotDPI is the resolution of the PNGs: sizes below are in pixels at this resolution.
+const plotDPI = 96
+
+// Plot sizes in pixels: a sweep is a grid of panels (one per rule), bar charts grow with
+// their bars.
+const (
+	panelW, panelH   = 470, 340
+	sweepTitleH      = 80
+	barChartW        = 1000
+	barH, barChartH0 = 44, 170
+	energyW, energyH = 1000, 620
+)
+
+// Plot writes the report's PNG plots into dir and returns their names:
+//   - SUITE-clients.png, SUITE-params.png: throughput against the client count and the model
+//     size, a panel per rule with its floor dashed;
+//   - SUITE-ratio.png: each main figure's ratio to its floor, a bar per row;
+//   - SUITE-bandwidth.png (the floor suite, whose rows are floors): the floors as bars;
+//   - SUITE-joules.png (energy): joules per parameter per policy and device, predicted
+//     beside measured, labelled estimated where no counter measured them.
+func (r *Report) Plot(dir string) ([]string, error) {
+	var names []string
+	add := func(name string, w, h int, fn func(draw.Canvas) error) error {
+		if err := writePNG(filepath.Join(dir, name), w, h, fn); err != nil {
+			return err
+		}
+		names = append(names, name)
+		return nil
+	}
+	for _, sweep := range []string{SweepClients, SweepParams} {
+		series := sweepSeries(r.Sweep(sweep), sweep)
+		if len(series) == 0 {
+			continue
+		}
+		w, h := sweepSize(len(series))
+		if err := add(r.Suite+"-"+sweep+".png", w, h, func(dc draw.Canvas) error { return r.drawSweep(dc, sweep, series) }); err != nil {
+			return nil, err
+		}
+	}
+	main := plottable(r.Main())
+	var floored, bandwidth, energy []Result
+	for _, x := range main {
+		switch {
+		case x.Policy != "":
+		case x.Floor > 0:
+			floored = append(floored, x)
+		case x.IsFloor && x.Unit == "GB/s":
+			bandwidth = append(bandwidth, x)
+		}
+	}
+	// Energy rows in the report's order; those skipped here (no GPU) stay in the chart, so the
+	// reader sees what is missing.
+	for _, x := range r.Main() {
+		if x.Policy != "" && (x.Skipped != "" || slices.ContainsFunc(main, func(y Result) bool { return y.Name == x.Name })) {
+			energy = append(energy, x)
+		}
+	}
+	if len(floored) > 0 {
+		if err := add(r.Suite+"-ratio.png", barChartW, barChartSize(len(floored)), func(dc draw.Canvas) error { return r.drawRatio(dc, floored) }); err != nil {
+			return nil, err
+		}
+	}
+	// Rows that are floors themselves (the floor suite) as bars, when no row has a floor.
+	if len(floored) == 0 && len(bandwidth) > 0 {
+		if err := add(r.Suite+"-bandwidth.png", barChartW, barChartSize(len(bandwidth)), func(dc draw.Canvas) error { return r.drawBandwidth(dc, bandwidth) }); err != nil {
+			return nil, err
+		}
+	}
+	if slices.ContainsFunc(energy, func(x Result) bool { return x.Skipped == "" }) {
+		if err := add(r.Suite+"-joules.png", energyW, energyH, func(dc draw.Canvas) error { return r.drawJoules(dc, energy) }); err != nil {
+			return nil, err
+		}
+	}
+	return names, nil
+}
+
+func sweepSize(panels int) (w, h int) {
+	cols := min(3, panels)
+	rows := (panels + cols - 1) / cols
+	return cols * panelW, sweepTitleH + rows*panelH
+}
+
+func barChartSize(bars int) int { return barChartH0 + bars*barH }
+
+// plottable keeps the rows that were measured and hold finite, positive figures.
+func plottable(rows []Result) []Result {
+	return slices.DeleteFunc(slices.Clone(rows), func(x Result) bool {
+		return x.Skipped != "" || !(x.Value > 0) || math.IsInf(x.Value, 0) || math.IsNaN(x.Floor) || math.IsInf(x.Floor, 0)
+	})
+}
+
+type series struct {
+	name string
+	rows []Result
+}
+
+// sweepSeries groups a sweep's plottable rows by rule and dtype, in order of appearance,
+// each sorted along the sweep's axis.
+func sweepSeries(rows []Result, sweep string) []series {
+	var out []series
+	for _, x := range plottable(rows) {
+		if sweepX(x, sweep) <= 0 {
+			continue
+		}
+		i := slices.IndexFunc(out, func(s series) bool { return s.name == x.series() })
+		if i < 0 {
+			out = append(out, series{name: x.series()})
+			i = len(out) - 1
+		}
+		out[i].rows = append(out[i].rows, x)
+	}
+	for _, s := range out {
+		slices.SortStableFunc(s.rows, func(a, b Result) int { return cmp.Compare(sweepX(a, sweep), sweepX(b, sweep)) })
+	}
+	return out
+}
+
+func sweepX(x Result, sweep string) int64 {
+	if sweep == SweepClients {
+		return int64(x.Clients)
+	}
+	return x.Params
+}
+
+// drawSweep draws one panel per series: the measured figure against the sweep's axis (log
+// scale, the measured points as ticks) and its floor, dashed.
+func (r *Report) drawSweep(dc draw.Canvas, sweep string, ss []series) error {
+	first := ss[0].rows[0]
+	var axis, fixed string
+	if sweep == SweepClients {
+		axis = "clients (updates per round)"
+		fixed = fmt.Sprintf("%s params per update", ParamsLabel(first.Params))
+	} else {
+		axis = "parameters per update (M = 2^20)"
+		fixed = fmt.Sprintf("%d clients", first.Clients)
+	}
+	drawHeader(dc, fmt.Sprintf("wattagg bench %s: %s against %s (%s); dashed: the floor measured in the same run",
+		r.Suite, first.Unit, strings.Fields(axis)[0], fixed), r.subtitle())
+
+	cols := min(3, len(ss))
+	rows := (len(ss) + cols - 1) / cols
+	grid := make([][]*plot.Plot, rows)
+	for i := range grid {
+		grid[i] = make([]*plot.Plot, cols)
+	}
+	for i, s := range ss {
+		p, err := sweepPanel(s, sweep, axis, plotutil.Color(i))
+		if err != nil {
+			return err
+		}
+		grid[i/cols][i%cols] = p
+	}
+	tiles := draw.Tiles{Rows: rows, Cols: cols, PadTop: px(sweepTitleH), PadX: px(28), PadY: px(22),
+		PadLeft: px(10), PadRight: px(18), PadBottom: px(8)}
+	canvases := plot.Align(grid, tiles, dc)
+	for j := range grid {
+		for i, p := range grid[j] {
+			if p != nil {
+				p.Draw(canvases[j][i])
+			}
+		}
+	}
+	return nil
+}
+
+func sweepPanel(s series, sweep, axis string, c color.Color) (*plot.Plot, error) {
+	p := plot.New()
+	p.Title.Text = s.name
+	p.Title.TextStyle.Font.Size = vg.Points(12)
+	var pts, floor plotter.XYs
+	var ticks []plot.Tick
+	top := 0.0
+	for _, x := range s.rows {
+		v := float64(sweepX(x, sweep))
+		pts = append(pts, plotter.XY{X: v, Y: x.Value})
+		top = max(top, x.Value)
+		if x.Floor > 0 {
+			floor = append(floor, plotter.XY{X: v, Y: x.Floor})
+			top = max(top, x.Floor)
+		}
+		label := fmt.Sprint(x.Clients)
+		if sweep == SweepParams {
+			label = ParamsLabel(x.Params)
+		}
+		ticks = append(ticks, plot.Tick{Value: v, Label: label})
+	}
+	p.Add(plotter.NewGrid())
+	if len(floor) > 0 {
+		fl, err := plotter.NewLine(floor)
+		if err != nil {
+			return nil, err
+		}
+		fl.Color = color.Gray{Y: 70}
+		fl.Width = vg.Points(1.5)
+		fl.Dashes = []vg.Length{vg.Points(6), vg.Points(4)}
+		p.Add(fl)
+		name := "floor"
+		if f := s.rows[0].FloorName; f != "" {
+			name += ": " + f
+		}
+		p.Legend.Add(name, fl)
+	}
+	line, points, err := plotter.NewLinePoints(pts)
+	if err != nil {
+		return nil, err
+	}
+	line.Color, line.Width = c, vg.Points(2)
+	points.Color, points.Shape, points.Radius = c, draw.CircleGlyph{}, vg.Points(3)
+	p.Add(line, points)
+	p.Legend.Add("measured", line, points)
+	p.Legend.Top, p.Legend.Left = true, true
+	p.Legend.TextStyle.Font.Size = vg.Points(9)
+	p.Legend.Padding = vg.Points(1)
+
+	p.X.Label.Text = axis
+	p.X.Scale = plot.LogScale{}
+	p.X.Tick.Marker = plot.ConstantTicks(ticks)
+	p.X.Min, p.X.Max = pts[0].X/1.15, pts[len(pts)-1].X*1.15
+	p.Y.Label.Text = s.rows[0].Unit
+	p.Y.Tick.Marker = plainTicks{}
+	// Headroom above the data keeps the legend off the lines.
+	p.Y.Min, p.Y.Max = 0, top*1.45
+	return p, nil
+}
+
+// drawRatio draws each row's ratio to its floor as a horizontal bar, the floor as a line at 1.
+func (r *Report) drawRatio(dc draw.Canvas, rows []Result) error {
+	p := plot.New()
+	p.Title.Text = fmt.Sprintf("wattagg bench %s: ratio of each figure to its floor (measured in the same run)\n%s", r.Suite, r.subtitle())
+	n := len(rows)
+	vals := make(plotter.Values, n)
+	names := make([]string, n)
+	labels := plotter.XYLabels{XYs: make(plotter.XYs, n), Labels: make([]string, n)}
+	ceiling := true
+	top := 1.0
+	for i, x := range rows {
+		k := n - 1 - i // the first row on top
+		vals[k] = x.Ratio
+		names[k] = describe(x)
+		labels.XYs[k] = plotter.XY{X: x.Ratio, Y: float64(k)}
+		labels.Labels[k] = fmt.Sprintf("%.2f  (%s of %s)", x.Ratio, formatValue(x.Value, x.Unit), formatValue(x.Floor, x.Unit))
+		ceiling = ceiling && x.Ceiling
+		top = max(top, x.Ratio)
+	}
+	bars, err := plotter.NewBarChart(vals, px(24))
+	if err != nil {
+		return err
+	}
+	bars.Horizontal = true
+	bars.Color = plotutil.Color(0)
+	bars.LineStyle.Width = 0
+	one, err := plotter.NewLine(plotter.XYs{{X: 1, Y: -0.6}, {X: 1, Y: float64(n) - 0.4}})
+	if err != nil {
+		return err
+	}
+	one.Color = color.RGBA{R: 200, A: 255}
+	one.Width = vg.Points(1.5)
+	one.Dashes = []vg.Length{vg.Points(6), vg.Points(4)}
+	lab, err := plotter.NewLabels(labels)
+	if err != nil {
+		return err
+	}
+	for i := range lab.TextStyle {
+		lab.TextStyle[i].YAlign = draw.YCenter
+		lab.TextStyle[i].Font.Size = vg.Points(9)
+	}
+	lab.Offset = vg.Point{X: px(6)}
+	p.Add(plotter.NewGrid(), bars, one, lab)
+	p.NominalY(names...)
+	if ceiling {
+		p.X.Label.Text = "measured / budget (at most 1 is within the budget)"
+		p.Legend.Add("budget (1)", one)
+	} else {
+		p.X.Label.Text = "measured / floor (1 = at the floor; above 1 is faster than the yardstick)"
+		p.Legend.Add("floor (1)", one)
+	}
+	p.Legend.Top = true
+	p.X.Tick.Marker = plainTicks{}
+	// Room on the right for the labels.
+	p.X.Min, p.X.Max = 0, top*1.6
+	p.Y.Min, p.Y.Max = -0.7, float64(n)-0.3
+	p.Draw(padded(dc))
+	return nil
+}
+
+// drawBandwidth draws rows that are themselves floors (the floor suite) as horizontal bars.
+func (r *Report) drawBandwidth(dc draw.Canvas, rows []Result) error {
+	p := plot.New()
+	p.Title.Text = fmt.Sprintf("wattagg bench %s: the floors of this machine\n%s", r.Suite, r.subtitle())
+	n := len(rows)
+	vals := make(plotter.Values, n)
+	names := make([]string, n)
+	labels := plotter.XYLabels{XYs: make(plotter.XYs, n), Labels: make([]string, n)}
+	top := 0.0
+	for i, x := range rows {
+		k := n - 1 - i
+		vals[k], names[k] = x.Value, x.Name
+		labels.XYs[k] = plotter.XY{X: x.Value, Y: float64(k)}
+		labels.Labels[k] = formatValue(x.Value, x.Unit)
+		top = max(top, x.Value)
+	}
+	bars, err := plotter.NewBarChart(vals, px(24))
+	if err != nil {
+		return err
+	}
+	bars.Horizontal = true
+	bars.Color = plotutil.Color(2)
+	bars.LineStyle.Width = 0
+	lab, err := plotter.NewLabels(labels)
+	if err != nil {
+		return err
+	}
+	for i := range lab.TextStyle {
+		lab.TextStyle[i].YAlign = draw.YCenter
+	}
+	lab.Offset = vg.Point{X: px(6)}
+	p.Add(plotter.NewGrid(), bars, lab)
+	p.NominalY(names...)
+	p.X.Label.Text = rows[0].Unit
+	p.X.Tick.Marker = plainTicks{}
+	p.X.Min, p.X.Max = 0, top*1.25
+	p.Y.Min, p.Y.Max = -0.7, float64(n)-0.3
+	p.Draw(padded(dc))
+	return nil
+}
+
+// drawJoules draws, per policy and the devices it ran on, the predicted and the measured
+// energy per parameter side by side; measured bars say "estimated" when no counter measured
+// them.
+func (r *Report) drawJoules(dc draw.Canvas, rows []Result) error {
+	p := plot.New()
+	n := len(rows)
+	pred, meas := make(plotter.Values, n), make(plotter.Values, n)
+	names := make([]string, n)
+	var labels plotter.XYLabels
+	estimated, unit, top := false, rows[0].Unit, 0.0
+	var skipped []string
+	for i, x := range rows {
+		names[i] = x.Policy
+		if x.Skipped != "" {
+			names[i] += "\n(skipped)"
+			why, _, _ := strings.Cut(x.Skipped, " (")
+			skipped = append(skipped, x.Policy+": "+why)
+			continue
+		}
+		if x.Device != "" {
+			names[i] += "\n" + x.Device
+		}
+		pred[i], meas[i] = x.Predicted, x.Value
+		estimated = estimated || x.Estimated()
+		top = max(top, x.Predicted, x.Value)
+		labels.XYs = append(labels.XYs, plotter.XY{X: float64(i), Y: x.Predicted}, plotter.XY{X: float64(i), Y: x.Value})
+		labels.Labels = append(labels.Labels, fmt.Sprintf("%.3g", x.Predicted), fmt.Sprintf("%.3g", x.Value))
+	}
+	subject := ""
+	if x := rows[0]; x.Clients > 0 {
+		subject = fmt.Sprintf(", FedAvg of %d × %s %s params", x.Clients, ParamsLabel(x.Params), x.DType)
+	}
+	p.Title.Text = fmt.Sprintf("wattagg bench %s: energy per parameter by policy and device%s\n%s", r.Suite, subject, r.subtitle())
+	w := px(34)
+	pb, err := plotter.NewBarChart(pred, w)
+	if err != nil {
+		return err
+	}
+	pb.Color, pb.Offset, pb.LineStyle.Width = plotutil.Color(1), -w/2, 0
+	mb, err := plotter.NewBarChart(meas, w)
+	if err != nil {
+		return err
+	}
+	mb.Color, mb.Offset, mb.LineStyle.Width = plotutil.Color(0), w/2, 0
+	lab, err := plotter.NewLabels(labels)
+	if err != nil {
+		return err
+	}
+	for i := range lab.TextStyle {
+		lab.TextStyle[i].XAlign = draw.XCenter
+		lab.TextStyle[i].Font.Size = vg.Points(9)
+	}
+	lab.Offset = vg.Point{Y: px(4)}
+	// Labels sit over their bars: predicted left of the policy's centre, measured right.
+	lab2 := *lab
+	lab.XYs, lab.Labels, lab.TextStyle = evens(lab.XYs), evens(lab.Labels), evens(lab.TextStyle)
+	lab2.XYs, lab2.Labels, lab2.TextStyle = odds(lab2.XYs), odds(lab2.Labels), odds(lab2.TextStyle)
+	lab.Offset.X, lab2.Offset.X = -w/2, w/2
+	p.Add(plotter.NewGrid(), pb, mb, lab, &lab2)
+	p.NominalX(names...)
+	p.Legend.Add("predicted by the planner (profile)", pb)
+	if estimated {
+		p.Legend.Add("measured: ESTIMATED (no energy counter; TDP × utilisation)", mb)
+		p.Y.Label.Text = unit + " per round (estimated)"
+	} else {
+		p.Legend.Add("measured by the energy counters", mb)
+		p.Y.Label.Text = unit + " per round"
+	}
+	if len(skipped) > 0 {
+		p.X.Label.Text = "not run here: " + strings.Join(skipped, "; ")
+	}
+	p.Legend.Top = true
+	p.Y.Tick.Marker = plainTicks{}
+	p.X.Min, p.X.Max = -0.6, float64(n)-0.4 // room for the bars beside the outer policies
+	p.Y.Min, p.Y.Max = 0, top*1.35
+	p.Draw(padded(dc))
+	return nil
+}
+
+func evens[T any](v []T) []T {
+	var out []T
+	for i := 0; i < len(v); i += 2 {
+		out = append(out, v[i])
+	}
+	return out
+}
+
+func odds[T any](v []T) []T {
+	var out []T
+	for i := 1; i < len(v); i += 2 {
+		out = append(out, v[i])
+	}
+	return out
+}
+
+// plainTicks are gonum's default ticks labelled as briefly as the value allows (40, not 40.00).
+type plainTicks struct{}
+
+func (plainTicks) Ticks(lo, hi float64) []plot.Tick {
+	ts := plot.DefaultTicks{}.Ticks(lo, hi)
+	for i := range ts {
+		if ts[i].Label != "" {
+			ts[i].Label = strconv.FormatFloat(ts[i].Value, 'g', 4, 64)
+		}
+	}
+	return ts
+}
+
+// padded leaves a margin around a single plot, so that no label touches the image's edge.
+func padded(dc draw.Canvas) draw.Canvas {
+	return draw.Crop(dc, px(14), -px(24), px(10), -px(10))
+}
+
+// subtitle names the machine and the date in every plot.
+func (r *Report) subtitle() string {
+	s := r.Machine.String() + ", " + r.Date.Format("2006-01-02")
+	if r.Quick {
+		s += " (--quick)"
+	}
+	return s
+}
+
+// drawHeader writes a two-line title across the top of a canvas of several panels.
+func drawHeader(dc draw.Canvas, title, subtitle string) {
+	sty := plot.New().Title.TextStyle
+	sty.XAlign, sty.YAlign = draw.XCenter, draw.YTop
+	sty.Font.Size = vg.Points(14)
+	x := (dc.Min.X + dc.Max.X) / 2
+	dc.FillText(sty, vg.Point{X: x, Y: dc.Max.Y - px(12)}, title)
+	sty.Font.Size = vg.Points(11)
+	dc.FillText(sty, vg.Point{X: x, Y: dc.Max.Y - px(42)}, subtitle)
+}
+
+func px(n int) vg.Length { return vg.Length(n) * vg.Inch / plotDPI }
+
+// writePNG draws a w × h pixel white canvas with fn and writes it to path atomically. gonum
+// panics on some data (a log axis over zero): that becomes an ErrReport error, not a crash.
+func writePNG(path string, w, h int, fn func(draw.Canvas) error) (err error) {
+	c := vgimg.NewWith(vgimg.UseWH(px(w), px(h)), vgimg.UseDPI(plotDPI), vgimg.UseBackgroundColor(color.White))
+	defer func() {
+		if v := recover(); v != nil {
+			err = fmt.Errorf("%w: plotting %s: %v", ErrReport, filepath.Base(path), v)
+		}
+	}()
+	if err := fn(draw.New(c)); err != nil {
+		return fmt.Errorf("plotting %s: %w", filepath.Base(path), err)
+	}
+	return writeFileAtomic(path, func(wr io.Writer) error {
+		_, err := vgimg.PngCanvas{Canvas: c}.WriteTo(wr)
+		return err
+	})
+}

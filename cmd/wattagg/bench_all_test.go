@@ -1,0 +1,166 @@
+package main
+
+import (
+	"image/png"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/wattagg/wattagg/bench"
+)
+
+// readReports checks that every file the index links exists, that every JSON report reads
+// back, and that every PNG decodes with varying pixels; it returns the reports by suite.
+func readReports(t *testing.T, dir string) (string, map[string]*bench.Report) {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(dir, "index.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	index := string(b)
+	reports := map[string]*bench.Report{}
+	for _, m := range regexp.MustCompile(`\]\(([^)]+)\)`).FindAllStringSubmatch(index, -1) {
+		path := filepath.Join(dir, m[1])
+		f, err := os.Open(path)
+		if err != nil {
+			t.Fatalf("index.md links %s: %v", m[1], err)
+		}
+		switch filepath.Ext(path) {
+		case ".json":
+			r, err := bench.ReadReport(f)
+			if err != nil {
+				t.Fatalf("%s: %v", m[1], err)
+			}
+			reports[r.Suite] = r
+		case ".png":
+			img, err := png.Decode(f)
+			if err != nil {
+				t.Fatalf("%s: %v", m[1], err)
+			}
+			first, varies := img.At(0, 0), false
+			for y := img.Bounds().Min.Y; y < img.Bounds().Max.Y && !varies; y += 3 {
+				for x := img.Bounds().Min.X; x < img.Bounds().Max.X; x += 3 {
+					if img.At(x, y) != first {
+						varies = true
+						break
+					}
+				}
+			}
+			if !varies || img.Bounds().Dx() < 400 || img.Bounds().Dy() < 200 {
+				t.Fatalf("%s: %v, blank: %v", m[1], img.Bounds(), !varies)
+			}
+		}
+		f.Close()
+	}
+	return index, reports
+}
+
+func TestBenchAllQuickWritesFolder(t *testing.T) {
+	t.Setenv(envBenchTiny, "1")
+	dir := filepath.Join(t.TempDir(), "out")
+	work := t.TempDir()
+	stdout, stderr, code := wattagg(t, "bench", "all", "--quick", "--out", dir, "--dir", work, "--progress", "always",
+		"--profile", filepath.Join(t.TempDir(), "profile.json"))
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	for _, s := range benchSuiteNames {
+		if !strings.Contains(stdout, "\n== "+s+": ") {
+			t.Errorf("stdout lacks the %s table:\n%s", s, stdout)
+		}
+	}
+	if !strings.Contains(stderr, "[6/6] energy") || !strings.Contains(stderr, "wrote "+filepath.Join(dir, "index.md")) {
+		t.Errorf("stderr lacks the progress bars or the index:\n%s", stderr)
+	}
+	index, reports := readReports(t, dir)
+	cpu := reports["floor"].Machine
+	for _, want := range []string{"Measured on **" + cpu.String() + "**", "`--quick`", "| kernels | " + cpu.Kernels,
+		"## Not run on this machine", "- energy: always-gpu: no GPU device here"} {
+		if !strings.Contains(index, want) {
+			t.Errorf("index.md lacks %q:\n%s", want, index)
+		}
+	}
+	for _, s := range benchSuiteNames {
+		r := reports[s]
+		if r == nil {
+			t.Fatalf("no %s.json linked from index.md", s)
+		}
+		if !r.Quick || len(r.Results) == 0 || !slices.ContainsFunc(r.Notes, func(n string) bool { return strings.Contains(n, envBenchTiny) }) {
+			t.Errorf("%s: quick %v, %d results, notes %q", s, r.Quick, len(r.Results), r.Notes)
+		}
+	}
+	// Each throughput plot has its sweeps: 3 client counts and 2 model sizes per rule and dtype.
+	for _, s := range []string{"mean", "robust"} {
+		r := reports[s]
+		if n, p := len(r.Sweep(bench.SweepClients)), len(r.Sweep(bench.SweepParams)); n == 0 || n*2 != p*3 {
+			t.Errorf("%s: %d clients-sweep rows, %d params-sweep rows", s, n, p)
+		}
+		for _, f := range []string{s + "-clients.png", s + "-params.png", s + "-ratio.png"} {
+			if !strings.Contains(index, "]("+f+")") {
+				t.Errorf("index.md does not link %s", f)
+			}
+		}
+	}
+	for _, f := range []string{"floor-bandwidth.png", "stream-ratio.png", "energy-joules.png"} {
+		if !strings.Contains(index, "]("+f+")") {
+			t.Errorf("index.md does not link %s", f)
+		}
+	}
+	// The energy rows say they are estimated where no counter exists.
+	for _, x := range reports["energy"].Main() {
+		if x.Skipped == "" && (x.Unit != "nJ/param" || x.Source == "") {
+			t.Errorf("energy row %+v", x)
+		}
+	}
+	// The work directory is the caller's: kept.
+	if _, err := os.Stat(filepath.Join(work, "e2e", "inputs")); err != nil {
+		t.Errorf("work dir: %v", err)
+	}
+}
+
+func TestBenchSuiteOut(t *testing.T) {
+	t.Setenv(envBenchTiny, "1")
+	dir := t.TempDir()
+	stdout, stderr, code := wattagg(t, "bench", "mean", "--out", dir, "--clients", "2", "--params", "4096", "--runs", "1",
+		"--sweep-runs", "1", "--dtypes", "f32", "--progress", "never")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	if !strings.Contains(stdout, "fedavg 2 x 4k f32") || !strings.Contains(stdout, "sweep over clients [3 4 6], 4k params each") {
+		t.Errorf("stdout:\n%s", stdout)
+	}
+	for _, f := range []string{"mean.json", "mean.md", "mean-clients.png", "mean-params.png", "mean-ratio.png"} {
+		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
+			t.Error(err)
+		}
+	}
+	// Without --out there is no sweep and no file; --json prints the main rows.
+	stdout, stderr, code = wattagg(t, "bench", "mean", "--clients", "2", "--params", "4096", "--runs", "1", "--dtypes", "f32", "--json")
+	if code != 0 || !strings.HasPrefix(stdout, `[{"name":"fedavg 2 x 4k f32"`) || strings.Contains(stdout, "sweep") {
+		t.Fatalf("exit %d, stdout %s, stderr %s", code, stdout, stderr)
+	}
+}
+
+func TestBenchAllBadFlags(t *testing.T) {
+	out := filepath.Join(t.TempDir(), "out")
+	for _, tc := range []struct {
+		args []string
+		msg  string
+	}{
+		{[]string{"--suites", "floor,gpu"}, `--suites: unknown suite "gpu" (want some of floor, mean, e2e, stream, robust, energy)`},
+		{[]string{"--progress", "sometimes"}, `--progress "sometimes": want auto, always or never`},
+		{[]string{"--workers", "0"}, "--workers 0: want at least 1"},
+		{[]string{"--cpu-tdp", "-1"}, "--cpu-tdp -1"},
+	} {
+		_, stderr, code := wattagg(t, append([]string{"bench", "all", "--out", out}, tc.args...)...)
+		checkFailure(t, stderr, code, 2, tc.msg)
+		if _, err := os.Stat(out); !os.IsNotExist(err) {
+			t.Fatalf("%v: the folder was made", tc.args)
+		}
+	}
+	_, stderr, code := wattagg(t, "bench", "mean", "--dtypes", "f32,f64", "--progress", "never")
+	checkFailure(t, stderr, code, 2, "--dtypes: f64: synthetic updates are f32, bf16 or f16")
+}
