@@ -91,13 +91,17 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, grace time.Duration
 		s.Close()
 		return err
 	}
-	if hs.TLSConfig != nil {
-		ln = tls.NewListener(ln, hs.TLSConfig)
-	}
+	isTLS := hs.TLSConfig != nil
+	mtls := isTLS && hs.TLSConfig.ClientCAs != nil
 	errc := make(chan error, 1)
-	go func() { errc <- hs.Serve(ln) }()
-	s.log.Info("serving", "addr", ln.Addr().String(), "tls", hs.TLSConfig != nil,
-		"mtls", hs.TLSConfig != nil && hs.TLSConfig.ClientCAs != nil)
+	go func() {
+		if isTLS {
+			errc <- hs.ServeTLS(ln, "", "") // the certificate is in TLSConfig
+		} else {
+			errc <- hs.Serve(ln)
+		}
+	}()
+	s.log.Info("serving", "addr", ln.Addr().String(), "tls", isTLS, "mtls", mtls)
 	select {
 	case err = <-errc:
 	case <-ctx.Done():
@@ -166,6 +170,8 @@ func roundParam(r *http.Request) (int, error) {
 func (s *Server) handleUpdate(w http.ResponseWriter, r *http.Request) {
 	ack, err := s.receive(w, r)
 	if err != nil {
+		// The body may be unread: the connection cannot carry another request.
+		w.Header().Set("Connection", "close")
 		_, code := s.writeError(w, r, err)
 		s.metrics.rejected.WithLabelValues(code).Inc()
 		s.log.Info("update refused", "round", r.PathValue("round"), "client", clientOf(r), "reason", code, "err", err)
@@ -215,7 +221,8 @@ func (s *Server) receive(w http.ResponseWriter, r *http.Request) (api.Ack, error
 	}
 	defer u.Close()
 	body := newIdleReader(w, r.Body, time.Duration(lim.IdleTimeout))
-	defer body.stop()
+	complete := false
+	defer func() { body.stop(complete) }()
 	// A round that closes while the update arrives cuts the read at once.
 	stopCut := context.AfterFunc(u.Context(), body.cut)
 	defer stopCut()
@@ -229,6 +236,7 @@ func (s *Server) receive(w http.ResponseWriter, r *http.Request) (api.Ack, error
 	if err != nil {
 		return api.Ack{}, body.explain(u, err)
 	}
+	complete = true
 	return ack, nil
 }
 

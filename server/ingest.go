@@ -56,7 +56,9 @@ func (s *Server) BeginUpload(ctx context.Context, client string, n int, protocol
 		return nil, err
 	}
 	u.r = r
-	u.ctx, u.cancel = context.WithCancelCause(ctx)
+	// Only the round cancels the upload (its cause says why); a client that goes away shows as
+	// a failed read.
+	u.ctx, u.cancel = context.WithCancelCause(context.WithoutCancel(ctx))
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if i, ok := r.acked[client]; ok {
@@ -193,7 +195,7 @@ func (u *Upload) await(req *commitReq) (commitResult, bool) {
 // pump feeds every chunk of src to sink, counting bytes, until io.EOF.
 func (u *Upload) pump(src Source, sink func(c arrowio.Chunk) error) error {
 	for {
-		if err := u.ctx.Err(); err != nil {
+		if u.ctx.Err() != nil {
 			return context.Cause(u.ctx)
 		}
 		c, err := src.Next()

@@ -59,13 +59,18 @@ func (b *idleReader) cut() {
 	_ = b.rc.SetReadDeadline(time.Now().Add(-time.Second))
 }
 
-// stop clears the deadline once the body is done with.
-func (b *idleReader) stop() {
+// stop ends the reads once the handler is done with the body: a body read to its end clears
+// the deadline (the connection may carry the next request); one left unread gets a deadline in
+// the past, so that net/http's attempt to drain it cannot wait on a stalled client.
+func (b *idleReader) stop(complete bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if !b.cutOff {
+	if complete && !b.cutOff {
 		_ = b.rc.SetReadDeadline(time.Time{})
+		return
 	}
+	b.cutOff = true
+	_ = b.rc.SetReadDeadline(time.Now().Add(-time.Second))
 }
 
 // explain says why reading the upload failed: the round closed, the client stalled, or err.
