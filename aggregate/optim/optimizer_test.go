@@ -623,3 +623,65 @@ func TestServerOptimizerRoundsAreSerialised(t *testing.T) {
 		t.Fatal("the round after an abandoned one differs from a first round")
 	}
 }
+
+// The two rounds of TestServerOptimizerFiles through incremental rounds (NewRound, Add as the
+// updates arrive, WriteFile): the state file moves on with every model written, as with
+// AggregateFile.
+func TestServerOptimizerIncrementalFiles(t *testing.T) {
+	ctx := context.Background()
+	for _, c := range twoRounds {
+		t.Run(c.name, func(t *testing.T) {
+			dir := t.TempDir()
+			g0, g1, g2 := filepath.Join(dir, "g0.safetensors"), filepath.Join(dir, "g1.safetensors"), filepath.Join(dir, "g2.safetensors")
+			state := filepath.Join(dir, "state.safetensors")
+			if err := safetensors.WriteFile(g0, f32Set(t, "", "w", []float32{1, -2})); err != nil {
+				t.Fatal(err)
+			}
+			round := func(r *Optimizer, global, out string, clients ...*tensor.Set) {
+				t.Helper()
+				rd, err := aggregate.NewRound(ctx, r, aggregate.WithGlobalFile(global))
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer rd.Close()
+				for k, u := range clients {
+					if err := rd.Add(ctx, u, []float64{1, 3}[k]); err != nil {
+						t.Fatal(err)
+					}
+				}
+				if _, err := rd.WriteFile(ctx, out); err != nil {
+					t.Fatal(err)
+				}
+			}
+			r1 := must(New(c.name, append(c.opts, WithStateFile(state))...))(t)
+			round(r1, g0, g1, f32Set(t, "a", "w", []float32{1.5, -2.0}), f32Set(t, "b", "w", []float32{1.1, -1.6}))
+			if err := r1.Close(); err != nil {
+				t.Fatal(err)
+			}
+			x1, err := safetensors.Open(g1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer x1.Close()
+			st, err := LoadState(state)
+			if err != nil {
+				t.Fatalf("the state after round 1: %v", err)
+			}
+			checkRound(t, c.name, 1, f32Of(t, x1, "w"), st, c.x[0], c.m[0], c.v[0], c.second)
+			st.Close()
+			r2 := must(New(c.name, append(c.opts, WithStateFile(state))...))(t)
+			defer r2.Close()
+			round(r2, g1, g2, plus(t, "a", x1, -0.1, 0.2), plus(t, "b", x1, 0.3, 0))
+			x2, err := safetensors.Open(g2)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer x2.Close()
+			if st, err = LoadState(state); err != nil {
+				t.Fatalf("the state after round 2: %v", err)
+			}
+			defer st.Close()
+			checkRound(t, c.name, 2, f32Of(t, x2, "w"), st, c.x[1], c.m[1], c.v[1], c.second)
+		})
+	}
+}
