@@ -163,6 +163,9 @@ func (ts *testServer) put(t testing.TB, token string, round int, body io.Reader,
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
 	}
+	if length != 0 {
+		req.Header.Set("Expect", "100-continue")
+	}
 	for k, v := range hdr {
 		req.Header.Set(k, v)
 	}
@@ -177,7 +180,9 @@ func (ts *testServer) put(t testing.TB, token string, round int, body io.Reader,
 
 func (ts *testServer) httpClient() *http.Client { return testHTTPClient }
 
-var testHTTPClient = &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+// testHTTPClient waits for 100 Continue before it sends a body, as client.Client does, so that
+// a refusal answered before the body is read reaches it intact.
+var testHTTPClient = &http.Client{Transport: &http.Transport{DisableKeepAlives: true, ExpectContinueTimeout: 10 * time.Second}}
 
 // push sends an update and fails the test unless it is acknowledged.
 func (ts *testServer) push(t testing.TB, client string, round int, body []byte, hdr map[string]string) api.Ack {

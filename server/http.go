@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -57,7 +58,7 @@ func (s *Server) HTTPServer() (*http.Server, error) {
 		ReadHeaderTimeout: time.Duration(l.ReadHeaderTimeout),
 		IdleTimeout:       time.Duration(l.IdleTimeout),
 		MaxHeaderBytes:    64 << 10,
-		ErrorLog:          nil,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
 	if t := s.cfg.TLS; t != nil {
 		cert, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)

@@ -147,7 +147,7 @@ func New(cfg *Config, opts ...Option) (*Server, error) {
 	}
 	s.mu.Lock()
 	s.started = true
-	need := s.current == nil && !cfg.Round.ManualNext
+	need := s.current == nil && (!cfg.Round.ManualNext || len(s.rounds) == 0) // round 1 always opens
 	s.mu.Unlock()
 	if need {
 		if _, err := s.OpenRound(); err != nil {

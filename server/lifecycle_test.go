@@ -1,0 +1,204 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net/http"
+	"path/filepath"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/wattagg/wattagg/aggregate"
+	"github.com/wattagg/wattagg/aggregate/optim"
+	"github.com/wattagg/wattagg/server/api"
+	"github.com/wattagg/wattagg/tensor"
+	"github.com/wattagg/wattagg/tensor/safetensors"
+)
+
+// TestDeadlineQuorumAndChaining runs a server optimizer (FedAdam) round after round: a round
+// that misses its quorum at the deadline fails and the next starts from the same global model;
+// a round that meets it closes at the deadline; each round's model is the next one's global,
+// and has the bits of the engine run directly over the same updates in the same order.
+func TestDeadlineQuorumAndChaining(t *testing.T) {
+	leakCheck(t)
+	cfg, tokens, admin := testConfig(t, 3)
+	shapes := [][]int{{6, 4}, {5}}
+	initial := filepath.Join(t.TempDir(), "global.safetensors")
+	g := f32Set(t, shapes, func(tn, i int) float32 { return 0.5 + float32(tn*i)*0.01 })
+	if err := safetensors.WriteFile(initial, g, safetensors.WithDirectIO(false)); err != nil {
+		t.Fatal(err)
+	}
+	cfg.Round = RoundConfig{Rule: "fedadam", InitialGlobal: initial, Quorum: 2, Deadline: Duration(400 * time.Millisecond),
+		Params: map[string]float64{"server_lr": 0.05}}
+	ts := startServer(t, cfg, tokens, admin)
+	update := func(k, round int) []byte {
+		return encode(t, f32Set(t, shapes, func(tn, i int) float32 { return 0.5 + float32(k+round+tn+i)*0.03 }), nil)
+	}
+	// Round 1: one update, quorum 2: fails at the deadline.
+	ts.push(t, "c0", 1, update(0, 1), nil)
+	st := ts.waitState(t, 1, api.StateFailed)
+	if st.Reason != "the deadline passed with 1 updates, short of the quorum of 2" {
+		t.Fatalf("reason %q", st.Reason)
+	}
+	st2 := ts.waitState(t, 2, api.StateOpen)
+	if st2.Global != initial {
+		t.Fatalf("round 2 starts from %q, want the initial model again", st2.Global)
+	}
+	// Round 2: two updates: closes at the deadline.
+	u2 := [][]byte{update(0, 2), update(1, 2)}
+	ts.push(t, "c0", 2, u2[0], map[string]string{api.WeightHeader: "3"})
+	ts.push(t, "c1", 2, u2[1], map[string]string{api.WeightHeader: "1"})
+	st2 = ts.waitState(t, 2, api.StateClosed)
+	if st2.Reason != "closed at its deadline" || st2.Report == nil || st2.Report.Clients != 2 {
+		t.Fatalf("round 2: %+v", st2)
+	}
+	st3 := ts.waitState(t, 3, api.StateOpen)
+	if st3.Global != filepath.Join("rounds", "000002", modelFile) {
+		t.Fatalf("round 3 starts from %q, want round 2's model", st3.Global)
+	}
+	// The engine run directly gives the same bits.
+	state := filepath.Join(t.TempDir(), "opt.safetensors")
+	rule, err := optim.New("fedadam", optim.WithStateFile(state), optim.WithServerLR(0.05))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := aggregate.NewRound(context.Background(), rule, aggregate.WithGlobalFile(initial))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	for k, w := range []float64{3, 1} {
+		set, err := safetensors.Parse(u2[k])
+		if err != nil {
+			t.Fatal(err)
+		}
+		set.Source = fmt.Sprintf("c%d", k)
+		if err := r.Add(context.Background(), set, w); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := filepath.Join(t.TempDir(), "want.safetensors")
+	if _, err := r.WriteFile(context.Background(), want); err != nil {
+		t.Fatal(err)
+	}
+	wantSet, err := safetensors.Open(want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer wantSet.Close()
+	got := ts.readModel(t, 2)
+	for i := range got.Len() {
+		a, b := got.At(i), wantSet.At(i)
+		if a.Name != b.Name || !bytes.Equal(a.Bytes(), b.Bytes()) {
+			t.Fatalf("tensor %s: the server's model differs from the engine's", a.Name)
+		}
+	}
+}
+
+// TestMedianKeepsSpoolsMapped runs a rule that needs every update at once: the round maps the
+// spool files (WithRetainedUpdates) and computes the median at the close.
+func TestMedianKeepsSpoolsMapped(t *testing.T) {
+	leakCheck(t)
+	cfg, tokens, admin := testConfig(t, 5)
+	cfg.Round.Rule = "median"
+	ts := startServer(t, cfg, tokens, admin)
+	vals := []float32{3, -1, 7, 2, 100}
+	for k, v := range vals {
+		ts.push(t, fmt.Sprintf("c%d", k), 1, encode(t, f32Set(t, [][]int{{9}}, func(_, i int) float32 { return v + float32(i) }), nil), nil)
+	}
+	ts.waitState(t, 1, api.StateClosed)
+	m := ts.readModel(t, 1)
+	for i, v := range f32s(t, m.At(0)) {
+		if v != 3+float32(i) {
+			t.Fatalf("element %d: %v, want the median %v", i, v, 3+float32(i))
+		}
+	}
+}
+
+// TestStreamLimitAndFlood floods the server with 100 clients pushing 4 MiB updates at once
+// through 6 stream slots: the others are told 503 with Retry-After and retry (bounded in count
+// and time); every update ends up in the round, and the heap never grows by more than the
+// streams' buffers and a margin, far below the 400 MiB sent.
+func TestStreamLimitAndFlood(t *testing.T) {
+	if testing.Short() {
+		t.Skip("flood")
+	}
+	leakCheck(t)
+	const clients, streams = 100, 6
+	cfg, tokens, admin := testConfig(t, clients)
+	cfg.Limits.MaxStreams = streams
+	ts := startServer(t, cfg, tokens, admin)
+	body := encode(t, f32Set(t, [][]int{{1 << 20}}, func(_, i int) float32 { return float32(i % 7) }), nil)
+	runtime.GC()
+	var base runtime.MemStats
+	runtime.ReadMemStats(&base)
+	var peak atomic.Uint64
+	stop := make(chan struct{})
+	var sampler sync.WaitGroup
+	sampler.Add(1)
+	go func() {
+		defer sampler.Done()
+		for {
+			var m runtime.MemStats
+			runtime.ReadMemStats(&m)
+			if m.HeapInuse > peak.Load() {
+				peak.Store(m.HeapInuse)
+			}
+			select {
+			case <-stop:
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
+		}
+	}()
+	var busy atomic.Int64
+	var wg sync.WaitGroup
+	deadline := time.Now().Add(60 * time.Second)
+	errs := make(chan error, clients)
+	for k := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			id := fmt.Sprintf("c%d", k)
+			for try := 0; ; try++ {
+				code, b := ts.put(t, tokens[id], 1, bytes.NewReader(body), int64(len(body)), nil)
+				switch {
+				case code == http.StatusOK:
+					return
+				case code == http.StatusServiceUnavailable && try < 2000 && time.Now().Before(deadline):
+					busy.Add(1)
+					time.Sleep(time.Duration(5+k%10) * time.Millisecond)
+				default:
+					errs <- fmt.Errorf("%s: %d %s", id, code, b)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(stop)
+	sampler.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	st := ts.waitState(t, 1, api.StateClosed)
+	if st.Clients != clients {
+		t.Fatalf("%d updates in the round, want %d", st.Clients, clients)
+	}
+	if busy.Load() == 0 {
+		t.Fatal("no upload was told the server was busy")
+	}
+	grown := int64(peak.Load()) - int64(base.HeapInuse)
+	limit := int64(streams*cfg.Limits.ChunkBytes) + 48<<20
+	t.Logf("%d busy answers; heap grew by at most %d MiB (limit %d MiB) while %d MiB arrived",
+		busy.Load(), grown>>20, limit>>20, clients*len(body)>>20)
+	if grown > limit {
+		t.Fatalf("heap grew by %d MiB, over %d MiB", grown>>20, limit>>20)
+	}
+	_ = tensor.F32
+}
