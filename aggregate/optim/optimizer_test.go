@@ -542,7 +542,7 @@ func TestServerOptimizerInMemoryFailure(t *testing.T) {
 			t.Fatalf("a failed in-memory round (%s) changed the state or the model", what)
 		}
 	}
-	// A NaN client is refused before anything of the round is computed.
+	// A NaN client fails the round (found where its block is summed, or when it is added).
 	bad := aroundGlobal(t, r, global, 3, 0.1)
 	nt, _ := bad[1].Tensor("norm")
 	setValue(nt, 1000, math.NaN())
