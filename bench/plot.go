@@ -164,8 +164,18 @@ func (r *Report) drawSweep(dc draw.Canvas, sweep string, ss []series) error {
 	for i := range grid {
 		grid[i] = make([]*plot.Plot, cols)
 	}
+	// Panels share one y scale when their figures are of one magnitude (f32 beside bf16), so
+	// that heights compare across panels; rules an order of magnitude apart keep their own.
+	tops := make([]float64, len(ss))
 	for i, s := range ss {
-		p, err := sweepPanel(s, sweep, axis, plotutil.Color(i))
+		tops[i] = s.top()
+	}
+	shared := 0.0
+	if slices.Max(tops) <= 2*slices.Min(tops) {
+		shared = slices.Max(tops)
+	}
+	for i, s := range ss {
+		p, err := sweepPanel(s, sweep, axis, plotutil.Color(i), shared)
 		if err != nil {
 			return err
 		}
@@ -184,20 +194,30 @@ func (r *Report) drawSweep(dc draw.Canvas, sweep string, ss []series) error {
 	return nil
 }
 
-func sweepPanel(s series, sweep, axis string, c color.Color) (*plot.Plot, error) {
+// top is the largest figure or floor of the series.
+func (s series) top() float64 {
+	t := 0.0
+	for _, x := range s.rows {
+		t = max(t, x.Value, x.Floor)
+	}
+	return t
+}
+
+// sweepPanel draws one series; top, if positive, is the y scale's top shared by all panels.
+func sweepPanel(s series, sweep, axis string, c color.Color, top float64) (*plot.Plot, error) {
 	p := plot.New()
 	p.Title.Text = s.name
 	p.Title.TextStyle.Font.Size = vg.Points(12)
 	var pts, floor plotter.XYs
 	var ticks []plot.Tick
-	top := 0.0
+	if top <= 0 {
+		top = s.top()
+	}
 	for _, x := range s.rows {
 		v := float64(sweepX(x, sweep))
 		pts = append(pts, plotter.XY{X: v, Y: x.Value})
-		top = max(top, x.Value)
 		if x.Floor > 0 {
 			floor = append(floor, plotter.XY{X: v, Y: x.Floor})
-			top = max(top, x.Floor)
 		}
 		label := fmt.Sprint(x.Clients)
 		if sweep == SweepParams {
@@ -246,7 +266,7 @@ func sweepPanel(s series, sweep, axis string, c color.Color) (*plot.Plot, error)
 
 // drawRatio draws each row's ratio to its floor as a horizontal bar, the floor as a line at 1.
 func (r *Report) drawRatio(dc draw.Canvas, rows []Result) error {
-	p := plot.New()
+	p := newPlot()
 	p.Title.Text = fmt.Sprintf("wattagg bench %s: ratio of each figure to its floor (measured in the same run)\n%s", r.Suite, r.subtitle())
 	n := len(rows)
 	vals := make(plotter.Values, n)
@@ -259,7 +279,10 @@ func (r *Report) drawRatio(dc draw.Canvas, rows []Result) error {
 		vals[k] = x.Ratio
 		names[k] = describe(x)
 		labels.XYs[k] = plotter.XY{X: x.Ratio, Y: float64(k)}
-		labels.Labels[k] = fmt.Sprintf("%.2f  (%s of %s)", x.Ratio, formatValue(x.Value, x.Unit), formatValue(x.Floor, x.Unit))
+		labels.Labels[k] = fmt.Sprintf("%.2f = %s / %s", x.Ratio, formatValue(x.Value, x.Unit), formatValue(x.Floor, x.Unit))
+		if x.FloorName != "" {
+			labels.Labels[k] += " (" + strings.TrimSuffix(strings.TrimSpace(x.FloorName), " =") + ")"
+		}
 		ceiling = ceiling && x.Ceiling
 		top = max(top, x.Ratio)
 	}
@@ -298,7 +321,7 @@ func (r *Report) drawRatio(dc draw.Canvas, rows []Result) error {
 	p.Legend.Top = true
 	p.X.Tick.Marker = plainTicks{}
 	// Room on the right for the labels.
-	p.X.Min, p.X.Max = 0, top*1.6
+	p.X.Min, p.X.Max = 0, top*2.2
 	p.Y.Min, p.Y.Max = -0.7, float64(n)-0.3
 	p.Draw(padded(dc))
 	return nil
@@ -306,7 +329,7 @@ func (r *Report) drawRatio(dc draw.Canvas, rows []Result) error {
 
 // drawBandwidth draws rows that are themselves floors (the floor suite) as horizontal bars.
 func (r *Report) drawBandwidth(dc draw.Canvas, rows []Result) error {
-	p := plot.New()
+	p := newPlot()
 	p.Title.Text = fmt.Sprintf("wattagg bench %s: the floors of this machine\n%s", r.Suite, r.subtitle())
 	n := len(rows)
 	vals := make(plotter.Values, n)
@@ -349,7 +372,7 @@ func (r *Report) drawBandwidth(dc draw.Canvas, rows []Result) error {
 // energy per parameter side by side; measured bars say "estimated" when no counter measured
 // them.
 func (r *Report) drawJoules(dc draw.Canvas, rows []Result) error {
-	p := plot.New()
+	p := newPlot()
 	n := len(rows)
 	pred, meas := make(plotter.Values, n), make(plotter.Values, n)
 	names := make([]string, n)
@@ -456,6 +479,14 @@ func (plainTicks) Ticks(lo, hi float64) []plot.Tick {
 // padded leaves a margin around a single plot, so that no label touches the image's edge.
 func padded(dc draw.Canvas) draw.Canvas {
 	return draw.Crop(dc, px(14), -px(24), px(10), -px(10))
+}
+
+// newPlot is a single-chart plot: a larger title, kept clear of a legend at the top.
+func newPlot() *plot.Plot {
+	p := plot.New()
+	p.Title.TextStyle.Font.Size = vg.Points(13)
+	p.Title.Padding = px(18)
+	return p
 }
 
 // subtitle names the machine and the date in every plot.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 
 	"github.com/wattagg/wattagg/tensor"
 )
@@ -60,7 +61,7 @@ func (s SweepSizes) String() string {
 		}
 		parts = append(parts, fmt.Sprintf("params %v at %d clients", ps, s.ParamClients))
 	}
-	return fmt.Sprint(parts)
+	return strings.Join(parts, "; ")
 }
 
 // RunSweep calls measure at every point of s with updates in dtype dt. Each sweep's federation

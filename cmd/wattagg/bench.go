@@ -146,7 +146,7 @@ func (s floorSuite) run(env *benchEnv) (*bench.Report, error) {
 	var rows []bench.Row
 	for _, w := range []int{1, workers} {
 		if v, ok := res[w]; ok && (len(rows) == 0 || w != 1) {
-			r := bench.Row{Name: fmt.Sprintf("read %d MiB, %d workers", s.mib, w), Rule: "memory read", Bytes: int64(s.mib) << 20, IsFloor: true}
+			r := bench.Row{Name: fmt.Sprintf("read %d MiB, %s", s.mib, plural(w, "worker")), Rule: "memory read", Bytes: int64(s.mib) << 20, IsFloor: true}
 			r.Seconds = float64(r.Bytes) / v
 			r.GBps = v / 1e9
 			rows = append(rows, r)

@@ -189,7 +189,11 @@ func runBenchAll(env *benchEnv, suites []benchSuite, out, progressMode, command 
 func benchCommandLine(cmd *cobra.Command) string {
 	parts := []string{cmd.CommandPath()}
 	cmd.Flags().Visit(func(f *pflag.Flag) {
-		parts = append(parts, "--"+f.Name+"="+f.Value.String())
+		if f.Value.Type() == "bool" && f.Value.String() == "true" {
+			parts = append(parts, "--"+f.Name)
+		} else {
+			parts = append(parts, "--"+f.Name+" "+f.Value.String())
+		}
 	})
 	return strings.Join(parts, " ")
 }
