@@ -10,9 +10,10 @@ import (
 
 // The kernel registry, shaped like Go's crypto/internal/impl: each kernel family (core:
 // accumulate, store, scale, reductions and scans; robust: sorting networks and Gram tiles;
-// optim: optimizer steps and mod-sum) registers its implementations with register, and an Impl
-// bundles one table of every family. Callers that own a device hold the Impl it runs
-// (device.WithKernels); the package-level functions run Default(). Tests run once per Impl.
+// optim: optimizer steps and mod-sum; exact: order-independent sums) registers its
+// implementations with register, and an Impl bundles one table of every family. Callers that
+// own a device hold the Impl it runs (device.WithKernels); the package-level functions run
+// Default(). Tests run once per Impl.
 
 // ErrNoImpl is returned by Lookup for a name that is unknown, or that this CPU or build cannot
 // run.
@@ -45,6 +46,7 @@ var (
 	coreFamily   = &family[coreKernels]{name: "core"}
 	robustFamily = &family[robustKernels]{name: "robust"}
 	optimFamily  = &family[optimKernels]{name: "optim"}
+	exactFamily  = &family[exactKernels]{name: "exact"}
 )
 
 // register adds table as the implementation name of family f; available says whether this CPU
@@ -87,18 +89,19 @@ type Impl struct {
 	core   *coreKernels
 	robust *robustKernels
 	optim  *optimKernels
-	// runs names the table each family runs, in the order core, robust, optim.
-	runs [3]string
+	exact  *exactKernels
+	// runs names the table each family runs, in the order core, robust, optim, exact.
+	runs [4]string
 }
 
 // Name is the implementation's name: "avx512", "avx2" or "generic".
 func (k *Impl) Name() string { return k.name }
 
 // Description says what each family runs, for example
-// "core avx512, robust avx2 (no avx512 tables), optim avx512".
+// "core avx512, robust avx2 (no avx512 tables), optim avx512, exact avx512".
 func (k *Impl) Description() string {
 	var parts []string
-	for i, f := range []string{coreFamily.name, robustFamily.name, optimFamily.name} {
+	for i, f := range []string{coreFamily.name, robustFamily.name, optimFamily.name, exactFamily.name} {
 		p := f + " " + k.runs[i]
 		if k.runs[i] != k.name {
 			p += " (no " + k.name + " tables)"
@@ -128,13 +131,14 @@ var (
 
 func init() {
 	for _, name := range implRank {
-		if !coreFamily.has(name) && !robustFamily.has(name) && !optimFamily.has(name) && name != "generic" {
+		if !coreFamily.has(name) && !robustFamily.has(name) && !optimFamily.has(name) && !exactFamily.has(name) && name != "generic" {
 			continue
 		}
 		k := &Impl{name: name}
 		k.core, k.runs[0] = coreFamily.pick(name)
 		k.robust, k.runs[1] = robustFamily.pick(name)
 		k.optim, k.runs[2] = optimFamily.pick(name)
+		k.exact, k.runs[3] = exactFamily.pick(name)
 		impls = append(impls, k)
 	}
 	def = chooseDefault(impls)

@@ -34,7 +34,7 @@ func TestImpls(t *testing.T) {
 		names = append(names, k.Name())
 	}
 	if names[len(names)-1] != "generic" || refImpl().core != &coreGeneric ||
-		refImpl().robust != &robustGeneric || refImpl().optim != &optimGeneric {
+		refImpl().robust != &robustGeneric || refImpl().optim != &optimGeneric || refImpl().exact != &exactGeneric {
 		t.Errorf("Impls() = %v, want generic last, running the generic tables", names)
 	}
 	wantAVX2 := asmBuild && cpuid.CPU.Supports(cpuid.AVX2, cpuid.FMA3, cpuid.F16C)
@@ -52,20 +52,20 @@ func TestImpls(t *testing.T) {
 		t.Errorf("Impls() = %v, not in the order of %v", names, implRank)
 	}
 	for _, k := range all {
-		if k.core == nil || k.robust == nil || k.optim == nil {
+		if k.core == nil || k.robust == nil || k.optim == nil || k.exact == nil {
 			t.Fatalf("%s: a family has no table", k.Name())
 		}
 		// Each family runs its own table of that name when it has one.
-		for i, n := range []string{k.core.name, k.robust.name, k.optim.name} {
+		for i, n := range []string{k.core.name, k.robust.name, k.optim.name, k.exact.name} {
 			if n != k.runs[i] {
 				t.Errorf("%s: family %d runs table %q, recorded as %q", k.Name(), i, n, k.runs[i])
 			}
 		}
-		if k.Name() == "avx2" && k.runs != [3]string{"avx2", "avx2", "avx2"} {
+		if k.Name() == "avx2" && k.runs != [4]string{"avx2", "avx2", "avx2", "avx2"} {
 			t.Errorf("avx2 runs %s", k.Description())
 		}
 		// The robust family has no avx512 tables yet: the avx512 Impl runs its avx2 ones.
-		if k.Name() == "avx512" && k.runs != [3]string{"avx512", "avx2", "avx512"} {
+		if k.Name() == "avx512" && k.runs != [4]string{"avx512", "avx2", "avx512", "avx512"} {
 			t.Errorf("avx512 runs %s", k.Description())
 		}
 		if got, err := Lookup(k.Name()); err != nil || got != k {

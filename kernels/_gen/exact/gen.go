@@ -1,0 +1,508 @@
+// Command exact generates the assembly of package kernels' exact family with avo: weighted sums
+// whose terms are rounded to integers and added exactly, so that the result does not depend on
+// the order of the terms (kernels/exact.go holds the contracts and the reference loops).
+//
+// It is a generator of its own beside kernels/_gen and kernels/_gen/optim, with its own output
+// files (kernels/exact_amd64.s, kernels/exact_stubs_amd64.go). Per term the accumulation does
+// what kernels.ExactTerm does, with the same f64 operations in the same order: the fused
+// multiply-add of w·x and the magic constant 1.5·2^104, whose mantissa holds the high part, its
+// subtraction, the fused remainder w·x − h·2^52, and the addition of 1.5·2^52, whose mantissa
+// holds the low part. Fusing the products (rather than rounding w·x to f64 first) rounds each
+// term once to the grid, and puts two of the four operations on the FMA pipes beside the two
+// additions. The limbs take the bit patterns of the two sums (VPADDQ) rather than the parts
+// themselves: each term then adds the constants' bit patterns too, which exactFinish removes
+// once per call, with the normalisation of the low limb, modulo 2^64. The sums are integers,
+// so the assembly's limbs equal the reference's bit for bit whatever the grouping.
+package main
+
+//go:generate go run . -out ../../exact_amd64.s -stubs ../../exact_stubs_amd64.go -pkg kernels
+
+import (
+	"fmt"
+	"math"
+
+	. "github.com/mmcloughlin/avo/build"
+	. "github.com/mmcloughlin/avo/operand"
+	. "github.com/mmcloughlin/avo/reg"
+)
+
+func main() {
+	// avo v0.5.0 parses the old constraint syntax (a comma is an AND) and prints a //go:build
+	// line; the words are those of kernels/_gen.
+	ConstraintExpr("amd64,!purego,!noasm,gc")
+
+	genConsts()
+	for _, in := range inputs {
+		genAcc(in, avx2)
+	}
+	genFinish(avx2)
+	for _, out := range []output{outF32, outBF16, outF16} {
+		genStore(out)
+	}
+	for _, in := range []input{inF32, inBF16, inF16} {
+		genBeyond(in)
+	}
+	for _, in := range inputs {
+		genAcc(in, avx512)
+	}
+	genFinish(avx512)
+
+	Generate()
+}
+
+// input is the dtype of raw input bytes.
+type input struct {
+	name string
+	size int // bytes per element
+}
+
+var (
+	inF32  = input{"F32", 4}
+	inBF16 = input{"BF16", 2}
+	inF16  = input{"F16", 2}
+	inI8   = input{"I8", 1}
+	inputs = []input{inF32, inBF16, inF16, inI8}
+)
+
+// output is the dtype a store writes.
+type output struct {
+	name string
+	size int
+}
+
+var (
+	outF32  = output{"F32", 4}
+	outBF16 = output{"BF16", 2}
+	outF16  = output{"F16", 2}
+)
+
+// isa is the vector width a function is generated for.
+type isa struct {
+	wide   bool // AVX-512 (zmm) rather than AVX2 (ymm)
+	suffix string
+	lanes  int // int64 / f64 lanes per register
+	vec    func() VecVirtual
+	step   int // elements of the main step of the accumulation
+}
+
+var (
+	avx2   = isa{false, "AVX2", 4, YMM, 8}
+	avx512 = isa{true, "AVX512", 8, ZMM, 32}
+)
+
+// The magic constants of kernels.ExactTerm and the constants of the int64 conversion.
+const (
+	magicHi = 0x1.8p104
+	magicLo = 0x1.8p52
+)
+
+// maxGroup is the number of inputs applied per pass over the accumulator: their pointers, the
+// two limb pointers and the loop's registers take the 14 general registers avo allocates.
+const maxGroup = 7
+
+// elem addresses element j+off of an array at base whose elements are size bytes.
+func elem(base, j Register, size, off int) Mem {
+	return Mem{Base: base, Index: j, Scale: uint8(size), Disp: off * size}
+}
+
+// steps emits
+//
+//	for j = 0; j+big <= n; j += big { body(big) }
+//	for ; j < n; j += small { body(small) }
+//
+// for n a multiple of small and big a power of two. Labels are prefixed with prefix.
+func steps(prefix string, j Register, n Op, big, small int, body func(k int)) {
+	nbig := GP64()
+	MOVQ(n, nbig)
+	ANDQ(I32(-big), nbig)
+	XORQ(j, j)
+	CMPQ(j, nbig)
+	JAE(LabelRef(prefix + "small"))
+	Label(prefix + "big")
+	body(big)
+	ADDQ(U32(big), j)
+	CMPQ(j, nbig)
+	JB(LabelRef(prefix + "big"))
+	if small == big {
+		Label(prefix + "small")
+		return
+	}
+	Label(prefix + "small")
+	CMPQ(j, n)
+	JAE(LabelRef(prefix + "done"))
+	body(small)
+	ADDQ(U32(small), j)
+	JMP(LabelRef(prefix + "small"))
+	Label(prefix + "done")
+}
+
+// consts is the read-only table of 32-byte vector constants (each value in four 64-bit lanes):
+// memory operands for the functions that need more constants than registers.
+var consts Mem
+
+const (
+	cMagicLo   = iota // 1.5·2^52: its bits turn an int64 below 2^51 into a double, and back
+	cTwo52            // 2^52: the weight of the high limb
+	cC67              // bits of 3·2^67 (the high half of the int64 conversion)
+	cBits52           // bits of 2^52, whose top word replaces an int64's (the low half)
+	cC67Plus52        // 3·2^67 + 2^52, subtracted to leave hi as a double
+	cAbsF32           // 0x7fffffff in every 32-bit lane
+	cOne32            // 1 in every 32-bit lane (bf16 rounding)
+	cBias32           // 0x7fff in every 32-bit lane (bf16 rounding)
+	cQuiet32          // 0x40 in every 32-bit lane (bf16 NaN)
+	nConsts
+)
+
+func genConsts() {
+	consts = GLOBL("exactconsts", RODATA|NOPTR)
+	q := func(k int, v uint64) {
+		for l := range 4 {
+			DATA(32*k+8*l, U64(v))
+		}
+	}
+	d := func(k int, v uint32) { q(k, uint64(v)|uint64(v)<<32) }
+	q(cMagicLo, math.Float64bits(magicLo))
+	q(cTwo52, math.Float64bits(0x1p52))
+	q(cC67, math.Float64bits(0x1.8p68))
+	q(cBits52, math.Float64bits(0x1p52))
+	q(cC67Plus52, math.Float64bits(0x1.8p68+0x1p52))
+	d(cAbsF32, 0x7fffffff)
+	d(cOne32, 1)
+	d(cBias32, 0x7fff)
+	d(cQuiet32, 0x40)
+}
+
+func konst(k int) Mem { return consts.Offset(32 * k) }
+
+// broadcastQ returns a vector holding the 64-bit v in every lane.
+func broadcastQ(s isa, v uint64) VecVirtual {
+	r := GP64()
+	MOVQ(U64(v), r)
+	x := s.vec()
+	if s.wide {
+		VPBROADCASTQ(r, x)
+		return x
+	}
+	VMOVQ(r, x.AsX())
+	VPBROADCASTQ(x.AsX(), x)
+	return x
+}
+
+// ---------------------------------------------------------------------------------------------
+// Accumulation.
+
+// genAcc generates exactAcc<I><ISA>(hi, lo, w, x): the terms of every input added to the limbs
+// as bit patterns, without exactFinish, for len(hi) a multiple of 8 (and of the ISA's step).
+func genAcc(in input, s isa) {
+	name := fmt.Sprintf("exactAcc%s%s", in.name, s.suffix)
+	TEXT(name, NOSPLIT, "func(hi []int64, lo []int64, w []float64, x [][]byte)")
+	Pragma("noescape")
+	Doc(fmt.Sprintf("%s adds the terms of ExactAcc%s to the limbs as the bit patterns of the two magic sums, for len(hi) a multiple of 8; exactFinish%s completes the call.", name, in.name, s.suffix))
+	hip := Load(Param("hi").Base(), GP64())
+	lop := Load(Param("lo").Base(), GP64())
+	n, err := Param("hi").Len().Resolve()
+	if err != nil {
+		panic(err)
+	}
+	wp := Load(Param("w").Base(), GP64())
+	xp := Load(Param("x").Base(), GP64())
+	cnt := Load(Param("x").Len(), GP64())
+
+	const hdr = 24 // a slice header: ptr, len, cap
+	Label("groups")
+	CMPQ(cnt, U8(maxGroup))
+	JB(LabelRef("rest"))
+	accGroup(in, s, maxGroup, hip, lop, n.Addr, wp, xp)
+	ADDQ(U32(maxGroup*hdr), xp)
+	ADDQ(U32(maxGroup*8), wp)
+	SUBQ(U8(maxGroup), cnt)
+	JMP(LabelRef("groups"))
+
+	Label("rest")
+	for g := maxGroup - 1; g >= 1; g-- {
+		CMPQ(cnt, U8(g))
+		JE(LabelRef(fmt.Sprintf("group%d", g)))
+	}
+	JMP(LabelRef("ret"))
+	for g := maxGroup - 1; g >= 1; g-- {
+		Label(fmt.Sprintf("group%d", g))
+		accGroup(in, s, g, hip, lop, n.Addr, wp, xp)
+		JMP(LabelRef("ret"))
+	}
+	Label("ret")
+	VZEROUPPER()
+	RET()
+}
+
+// widen loads s.lanes input elements at m and widens them exactly to f64 in dst.
+func widen(in input, s isa, m Mem, dst VecVirtual) {
+	half := dst.AsX() // the f32 or int32 lanes before the last widening
+	if s.wide {
+		half = dst.AsY()
+	}
+	switch in {
+	case inF32:
+		VCVTPS2PD(m, dst)
+	case inBF16:
+		VPMOVZXWD(m, half)
+		VPSLLD(U8(16), half, half)
+		VCVTPS2PD(half, dst)
+	case inF16:
+		VCVTPH2PS(m, half)
+		VCVTPS2PD(half, dst)
+	case inI8:
+		VPMOVSXBD(m, half)
+		VCVTDQ2PD(half, dst)
+	default:
+		panic("widen: " + in.name)
+	}
+}
+
+// accGroup emits the pass of g inputs (headers at xp, weights at wp) over the n elements of the
+// limbs at hip and lop. Per step, each column of s.lanes elements keeps its two limbs in
+// registers while every input of the group adds its terms.
+func accGroup(in input, s isa, g int, hip, lop Register, n Mem, wp, xp Register) {
+	const hdr = 24
+	ptrs := make([]Register, g)
+	ws := make([]VecVirtual, g)
+	Commentf("%d inputs", g)
+	for i := range g {
+		ptrs[i] = GP64()
+		MOVQ(Mem{Base: xp, Disp: i * hdr}, ptrs[i])
+		ws[i] = s.vec()
+		VBROADCASTSD(Mem{Base: wp, Disp: 8 * i}, ws[i])
+	}
+	mhi := broadcastQ(s, math.Float64bits(magicHi))
+	mlo := broadcastQ(s, math.Float64bits(magicLo))
+	j := GP64()
+	steps(fmt.Sprintf("g%d_", g), j, n, s.step, 8, func(k int) {
+		cols := k / s.lanes
+		his, los := make([]VecVirtual, cols), make([]VecVirtual, cols)
+		for c := range cols {
+			his[c], los[c] = s.vec(), s.vec()
+			VMOVDQU64orU(elem(hip, j, 8, c*s.lanes), his[c], s)
+			VMOVDQU64orU(elem(lop, j, 8, c*s.lanes), los[c], s)
+		}
+		v, t := s.vec(), s.vec()
+		for i := range g {
+			for c := range cols {
+				widen(in, s, elem(ptrs[i], j, in.size, c*s.lanes), v)
+				VMOVAPD(mhi, t)
+				VFMADD231PD(ws[i], v, t)  // t = w·x + 1.5·2^104: w·x rounded to a multiple of 2^52
+				VPADDQ(t, his[c], his[c]) // its bits: magic + h
+				VSUBPD(mhi, t, t)         // h·2^52
+				VFMSUB231PD(ws[i], v, t)  // w·x − h·2^52, rounded once
+				VADDPD(mlo, t, t)         // rounded to an integer
+				VPADDQ(t, los[c], los[c]) // its bits: magic + l
+			}
+		}
+		for c := range cols {
+			VMOVDQU64orU(his[c], elem(hip, j, 8, c*s.lanes), s)
+			VMOVDQU64orU(los[c], elem(lop, j, 8, c*s.lanes), s)
+		}
+	})
+}
+
+// VMOVDQU64orU moves a vector: VMOVDQU64 on zmm registers, VMOVDQU on ymm ones.
+func VMOVDQU64orU(src, dst Op, s isa) {
+	if s.wide {
+		VMOVDQU64(src, dst)
+		return
+	}
+	VMOVDQU(src, dst)
+}
+
+// genFinish generates exactFinish<ISA>(hi, lo, c), for len(hi) a multiple of 8: with
+// c = {2^51 + 2^62 − n·bits(1.5·2^52), −n·bits(1.5·2^104) − 2^10, 2^52 − 1, −2^51} after n terms
+// were added as bit patterns, it removes the constants' bits and normalises:
+//
+//	t := lo[j] + c[0]            // the true lo + 2^51 + 2^62: positive
+//	hi[j] += t>>52 + c[1]        // logical shift: the carry + 2^10
+//	lo[j] = t&c[2] + c[3]        // in [-2^51, 2^51)
+func genFinish(s isa) {
+	name := "exactFinish" + s.suffix
+	TEXT(name, NOSPLIT, "func(hi []int64, lo []int64, c *[4]int64)")
+	Pragma("noescape")
+	Doc(fmt.Sprintf("%s removes the magic constants' bits from limbs that took n terms and normalises them, for len(hi) a multiple of 8 (kernels.exactFinishConsts(n) is c).", name))
+	hip := Load(Param("hi").Base(), GP64())
+	lop := Load(Param("lo").Base(), GP64())
+	n := Load(Param("hi").Len(), GP64())
+	cp := Load(Param("c"), GP64())
+	cs := make([]VecVirtual, 4)
+	for k := range cs {
+		cs[k] = s.vec()
+		VPBROADCASTQ(Mem{Base: cp, Disp: 8 * k}, cs[k])
+	}
+	j := GP64()
+	steps("", j, n, 8, 8, func(k int) {
+		for c := range k / s.lanes {
+			h, l, t := s.vec(), s.vec(), s.vec()
+			VMOVDQU64orU(elem(hip, j, 8, c*s.lanes), h, s)
+			VMOVDQU64orU(elem(lop, j, 8, c*s.lanes), l, s)
+			VPADDQ(cs[0], l, t)
+			VPSRLQ(U8(52), t, l)
+			VPADDQ(l, h, h)
+			VPADDQ(cs[1], h, h)
+			if s.wide {
+				VPANDQ(cs[2], t, t)
+			} else {
+				VPAND(cs[2], t, t)
+			}
+			VPADDQ(cs[3], t, t)
+			VMOVDQU64orU(h, elem(hip, j, 8, c*s.lanes), s)
+			VMOVDQU64orU(t, elem(lop, j, 8, c*s.lanes), s)
+		}
+	})
+	VZEROUPPER()
+	RET()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Stores.
+
+// toDouble converts the 4 int64 lanes of x to f64 in dst, correctly rounded as CVTSI2SDQ and Go's
+// float64(int64): the top 16 bits (sign-extended, scaled by 2^48) ride on 3·2^67, the low 48
+// bits on 2^52, and one addition rounds their sum.
+func toDouble(x, dst VecVirtual) {
+	h, l := YMM(), YMM()
+	zero := YMM()
+	VPXOR(zero, zero, zero)
+	VPSRAD(U8(16), x, h)
+	VPBLENDW(U8(0x33), zero, h, h)           // (x >> 48) << 32, as an int64
+	VPADDQ(konst(cC67), h, h)                // 3·2^67 + (x>>48)·2^48
+	VPBLENDW(U8(0x88), konst(cBits52), x, l) // 2^52 + (x mod 2^48)
+	VSUBPD(konst(cC67Plus52), h, h)
+	VADDPD(l, h, dst)
+}
+
+// genStore generates exactStore<O>AVX2(dst, hi, lo, s) for len(hi) a multiple of 8: per element
+// float64(hi)·2^52 + float64(lo), times s, to f32 (then to f16 or bf16), as the reference.
+func genStore(out output) {
+	name := fmt.Sprintf("exactStore%sAVX2", out.name)
+	TEXT(name, NOSPLIT, "func(dst []byte, hi []int64, lo []int64, s float64)")
+	Pragma("noescape")
+	Doc(fmt.Sprintf("%s is ExactStore%s for len(hi) a multiple of 8.", name, out.name))
+	dst := Load(Param("dst").Base(), GP64())
+	hip := Load(Param("hi").Base(), GP64())
+	lop := Load(Param("lo").Base(), GP64())
+	n := Load(Param("hi").Len(), GP64())
+	sc := YMM()
+	sa, err := Param("s").Resolve()
+	if err != nil {
+		panic(err)
+	}
+	VBROADCASTSD(sa.Addr, sc)
+	j := GP64()
+	// value returns the 4 f32 values of elements j+4c..j+4c+3.
+	value := func(c int) VecVirtual {
+		x, v, l := YMM(), YMM(), YMM()
+		VMOVDQU(elem(hip, j, 8, 4*c), x)
+		toDouble(x, v)
+		VMULPD(konst(cTwo52), v, v) // exact
+		VMOVDQU(elem(lop, j, 8, 4*c), l)
+		VPADDQ(konst(cMagicLo), l, l) // |lo| < 2^51: exact through the magic constant
+		VSUBPD(konst(cMagicLo), l, l)
+		VADDPD(l, v, v) // the sum, rounded once
+		VMULPD(sc, v, v)
+		f := XMM()
+		VCVTPD2PSY(v, f)
+		return f
+	}
+	steps("", j, n, 8, 8, func(int) {
+		a, b := value(0), value(1)
+		switch out {
+		case outF32:
+			VMOVUPS(a, elem(dst, j, 4, 0))
+			VMOVUPS(b, elem(dst, j, 4, 4))
+		case outF16:
+			y := YMM()
+			VINSERTF128(U8(1), b, a.AsY(), y)
+			VCVTPS2PH(U8(0), y, elem(dst, j, 2, 0))
+		case outBF16:
+			y := YMM()
+			VINSERTF128(U8(1), b, a.AsY(), y)
+			r := bf16Round(y)
+			hi := XMM()
+			VEXTRACTI128(U8(1), r, hi)
+			VPACKUSDW(hi, r.AsX(), hi)
+			VMOVDQU(hi, elem(dst, j, 2, 0))
+		}
+	})
+	VZEROUPPER()
+	RET()
+}
+
+// bf16Round returns the bfloat16 of each f32 lane of v in the low 16 bits of each 32-bit lane,
+// as half.F32ToBF16: round to nearest even on the bits, (b + 0x7fff + (b>>16)&1) >> 16, and for
+// a NaN its upper half with the quiet bit set, (b>>16) | 0x40.
+func bf16Round(v VecVirtual) VecVirtual {
+	hi, lsb, r, nan := YMM(), YMM(), YMM(), YMM()
+	VPSRLD(U8(16), v, hi)
+	VPAND(konst(cOne32), hi, lsb)
+	VPADDD(konst(cBias32), v, r)
+	VPADDD(lsb, r, r)
+	VPSRLD(U8(16), r, r)
+	VPOR(konst(cQuiet32), hi, hi)
+	VCMPPS(U8(3), v, v, nan) // unordered: v is NaN
+	VBLENDVPS(nan, hi, r, r)
+	return r
+}
+
+// ---------------------------------------------------------------------------------------------
+// Range checks.
+
+// genBeyond generates beyond<I>AVX2(x, bound) for len(x) a multiple of 32 bytes: whether some
+// element is NaN or beyond ±bound, by VCMPPS with NLE_UQ (true for >, and for unordered).
+func genBeyond(in input) {
+	name := fmt.Sprintf("beyond%sAVX2", in.name)
+	TEXT(name, NOSPLIT, "func(x []byte, bound float32) bool")
+	Pragma("noescape")
+	Doc(fmt.Sprintf("%s is Beyond%s for len(x) a multiple of 32.", name, in.name))
+	x := Load(Param("x").Base(), GP64())
+	n := Load(Param("x").Len(), GP64())
+	b := YMM()
+	ba, err := Param("bound").Resolve()
+	if err != nil {
+		panic(err)
+	}
+	VBROADCASTSS(ba.Addr, b)
+	hit := func(m Mem) VecVirtual {
+		v := YMM()
+		switch in {
+		case inF32:
+			VMOVUPS(m, v)
+			VANDPS(konst(cAbsF32), v, v)
+		case inBF16:
+			VPMOVZXWD(m, v)
+			VPSLLD(U8(16), v, v)
+			VANDPS(konst(cAbsF32), v, v)
+		case inF16:
+			VCVTPH2PS(m, v)
+			VANDPS(konst(cAbsF32), v, v)
+		}
+		VCMPPS(U8(0x16), b, v, v) // !(|x| <= bound)
+		return v
+	}
+	j := GP64()
+	steps("", j, n, 32, 32, func(int) {
+		var t []VecVirtual
+		for off := 0; off < 32; off += 8 * in.size {
+			t = append(t, hit(Mem{Base: x, Index: j, Scale: 1, Disp: off}))
+		}
+		if len(t) == 2 {
+			VORPS(t[1], t[0], t[0])
+		}
+		VPTEST(t[0], t[0])
+		JNZ(LabelRef("found"))
+	})
+	r := GP8()
+	XORB(r, r)
+	Store(r, ReturnIndex(0))
+	VZEROUPPER()
+	RET()
+	Label("found")
+	MOVB(U8(1), r)
+	Store(r, ReturnIndex(0))
+	VZEROUPPER()
+	RET()
+}
