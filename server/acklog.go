@@ -15,9 +15,10 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// ackRecord is one acknowledged update, as the round's acknowledgement log keeps it: enough to
-// find its spool file, check it byte for byte and add it again with the same weight.
-type ackRecord struct {
+// AckRecord is one acknowledged update, as a round's acknowledgement log (acks.log in the
+// round's directory) keeps it: enough to find its spool file, check it byte for byte and add it
+// again with the same weight.
+type AckRecord struct {
 	Seq    int       `json:"seq"` // position in the round, from 0
 	Client string    `json:"client"`
 	File   string    `json:"file"`  // spool file, relative to the spool directory
@@ -55,7 +56,7 @@ type ackLog struct {
 
 // openAckLog opens (creating) the log at path, reads its records, and cuts a torn tail. A
 // created log's directory entry is made durable before it is used.
-func openAckLog(path string) (*ackLog, []ackRecord, error) {
+func openAckLog(path string) (*ackLog, []AckRecord, error) {
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, nil, err
@@ -89,11 +90,26 @@ func openAckLog(path string) (*ackLog, []ackRecord, error) {
 	return &ackLog{f: f, path: path, size: int64(good)}, recs, nil
 }
 
+// ReadAckLog reads the records of an acknowledgement log, in acknowledgement order (a torn tail
+// is left out; corruption before it is an ErrCorrupt error). An audit, or a check that
+// recomputes a round from its spool, reads the log this way.
+func ReadAckLog(path string) ([]AckRecord, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	recs, _, err := parseAckLog(b)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return recs, nil
+}
+
 // parseAckLog decodes the frames of a log and returns their records and the length of the
 // valid prefix: what follows it is a torn tail. Corruption before the tail is an ErrCorrupt
 // error.
-func parseAckLog(b []byte) ([]ackRecord, int, error) {
-	var recs []ackRecord
+func parseAckLog(b []byte) ([]AckRecord, int, error) {
+	var recs []AckRecord
 	off := 0
 	for off < len(b) {
 		rest := b[off:]
@@ -122,7 +138,7 @@ func parseAckLog(b []byte) ([]ackRecord, int, error) {
 			}
 			return recs, off, fmt.Errorf("%w: acknowledgement log: checksum mismatch in the frame at byte %d, with frames after it", ErrCorrupt, off)
 		}
-		var group []ackRecord
+		var group []AckRecord
 		if err := json.Unmarshal(payload, &group); err != nil {
 			return recs, off, fmt.Errorf("%w: acknowledgement log: frame at byte %d: %v", ErrCorrupt, off, err)
 		}
@@ -141,7 +157,7 @@ func parseAckLog(b []byte) ([]ackRecord, int, error) {
 func allZero(b []byte) bool { return len(bytes.Trim(b, "\x00")) == 0 }
 
 // encodeAckFrame makes the frame of a group of records.
-func encodeAckFrame(recs []ackRecord) ([]byte, error) {
+func encodeAckFrame(recs []AckRecord) ([]byte, error) {
 	payload, err := json.Marshal(recs)
 	if err != nil {
 		return nil, err
@@ -160,7 +176,7 @@ func encodeAckFrame(recs []ackRecord) ([]byte, error) {
 // append writes one group of records as one frame and makes it durable. On failure the log is
 // cut back to what it held, as far as the disk allows; the caller treats the group as not
 // acknowledged.
-func (l *ackLog) append(recs []ackRecord) error {
+func (l *ackLog) append(recs []AckRecord) error {
 	if l.f == nil {
 		return errors.New("acknowledgement log closed")
 	}

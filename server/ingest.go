@@ -33,7 +33,7 @@ type Upload struct {
 	protocol string
 	ctx      context.Context
 	cancel   context.CancelCauseFunc
-	dup      *ackRecord // the client's acknowledged update, when this is a second one
+	dup      *AckRecord // the client's acknowledged update, when this is a second one
 	slot     bool
 	closed   bool
 }
@@ -156,7 +156,7 @@ func (u *Upload) Ingest(src Source, weight *float64) (api.Ack, error) {
 	if err != nil {
 		return api.Ack{}, err
 	}
-	req := &commitReq{up: u, rec: ackRecord{Client: u.client, File: name, Size: sp.size, Bytes: sp.got,
+	req := &commitReq{up: u, rec: AckRecord{Client: u.client, File: name, Size: sp.size, Bytes: sp.got,
 		SHA256: hexDigest(digest), Weight: w, From: string(from)}, result: make(chan commitResult, 1)}
 	res, ok := u.await(req)
 	if !ok {
@@ -234,7 +234,7 @@ func (u *Upload) retry(src Source, w float64, from aggregate.WeightSource) (api.
 	return ackOf(u.r.n, rec, true), nil
 }
 
-func ackOf(n int, rec ackRecord, retry bool) api.Ack {
+func ackOf(n int, rec AckRecord, retry bool) api.Ack {
 	return api.Ack{Round: n, Client: rec.Client, Seq: rec.Seq, SHA256: rec.SHA256, Bytes: rec.Bytes,
 		Weight: rec.Weight, From: rec.From, At: rec.At, Retry: retry}
 }

@@ -58,7 +58,7 @@ type round struct {
 	rule     aggregate.Rule   // the rule the engine's round runs (built per round)
 	whole    bool             // the rule needs every update at once: spools stay mapped
 	alog     *ackLog
-	records  []ackRecord
+	records  []AckRecord
 	acked    map[string]int     // client -> index in records
 	arriving map[string]*Upload // uploads in progress, by client
 	sets     []*tensor.Set      // mapped spools the engine keeps (whole-set rules)
@@ -73,12 +73,12 @@ type round struct {
 // commitReq hands a durable spool file to the committer.
 type commitReq struct {
 	up     *Upload
-	rec    ackRecord // Seq and At are set by the committer
+	rec    AckRecord // Seq and At are set by the committer
 	result chan commitResult
 }
 
 type commitResult struct {
-	rec ackRecord
+	rec AckRecord
 	err error
 }
 
@@ -291,7 +291,7 @@ func (r *round) commit(reqs []*commitReq) bool {
 		return false
 	}
 	start := time.Now()
-	recs := make([]ackRecord, len(accepted))
+	recs := make([]AckRecord, len(accepted))
 	for i, q := range accepted {
 		q.rec.At = start.UTC()
 		recs[i] = q.rec
@@ -342,7 +342,7 @@ func (r *round) commit(reqs []*commitReq) bool {
 
 // add maps a spool file and adds it to the engine's round with its recorded weight. The
 // mapped Set is returned: a whole-set rule keeps it until the round closes.
-func (r *round) add(rec ackRecord) (*tensor.Set, error) {
+func (r *round) add(rec AckRecord) (*tensor.Set, error) {
 	set, err := safetensors.Open(r.spoolPath(rec.File), safetensors.WithSource(rec.Client))
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w: reading back its spool file: %w", rec.Client, ErrCorrupt, err)
@@ -364,7 +364,7 @@ func (r *round) add(rec ackRecord) (*tensor.Set, error) {
 // order: the same operations in the same order, so the same bits.
 func (r *round) rebuild() error {
 	r.mu.Lock()
-	recs := append([]ackRecord(nil), r.records...)
+	recs := append([]AckRecord(nil), r.records...)
 	old, oldSets := r.agg, r.sets
 	r.sets = nil
 	r.mu.Unlock()
@@ -407,7 +407,7 @@ func (r *round) rebuild() error {
 }
 
 // replayOne checks an acknowledged spool file against its record (size, digest) and adds it.
-func (r *round) replayOne(rec ackRecord) (*tensor.Set, error) {
+func (r *round) replayOne(rec AckRecord) (*tensor.Set, error) {
 	path := r.spoolPath(rec.File)
 	fi, err := os.Stat(path)
 	if err != nil {

@@ -349,6 +349,10 @@ func (s *Server) startRound(r *round) {
 	r.queue = make(chan any, s.cfg.Limits.MaxStreams+16)
 	r.done = make(chan struct{})
 	go r.committer(s.stop)
+	if len(r.records) >= r.meta.MaxClients {
+		// Resumed full: the server stopped between the last acknowledgement and the close.
+		r.submit(&closeReq{why: closeFull, result: make(chan error, 1)})
+	}
 	if r.meta.Deadline != nil {
 		s.wg.Add(1)
 		r.timer = time.AfterFunc(max(time.Until(*r.meta.Deadline), 0), func() {
@@ -566,7 +570,7 @@ func (s *Server) resume(r *round) error {
 }
 
 // setRecords installs the acknowledged records of a loaded round.
-func (r *round) setRecords(recs []ackRecord) {
+func (r *round) setRecords(recs []AckRecord) {
 	r.records = recs
 	r.acked = map[string]int{}
 	r.meta.Clients, r.meta.Bytes = len(recs), 0

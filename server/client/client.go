@@ -228,15 +228,6 @@ func WithProgress(fn func(done, total int64)) PushOption {
 // comes once the server has made the update durable; a retry of the same file gets the same
 // acknowledgement (Ack.Retry set).
 func (c *Client) PushFile(ctx context.Context, round int, path string, opts ...PushOption) (*api.Ack, error) {
-	var p pushConfig
-	for _, o := range opts {
-		if o == nil {
-			return nil, fmt.Errorf("%w: nil push option", ErrOption)
-		}
-		if err := o(&p); err != nil {
-			return nil, err
-		}
-	}
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
@@ -246,15 +237,32 @@ func (c *Client) PushFile(ctx context.Context, round int, path string, opts ...P
 	if err != nil {
 		return nil, err
 	}
-	var body io.Reader = f
+	return c.Push(ctx, round, f, fi.Size(), opts...)
+}
+
+// Push sends size bytes of a .safetensors file read from r as this client's update for round.
+func (c *Client) Push(ctx context.Context, round int, r io.Reader, size int64, opts ...PushOption) (*api.Ack, error) {
+	var p pushConfig
+	for _, o := range opts {
+		if o == nil {
+			return nil, fmt.Errorf("%w: nil push option", ErrOption)
+		}
+		if err := o(&p); err != nil {
+			return nil, err
+		}
+	}
+	if size < 0 {
+		return nil, fmt.Errorf("%w: size %d", ErrOption, size)
+	}
+	body := io.Reader(io.NopCloser(r)) // the transport must not close the caller's reader
 	if p.progress != nil {
-		body = &progressReader{r: f, total: fi.Size(), fn: p.progress}
+		body = &progressReader{r: r, total: size, fn: p.progress}
 	}
 	req, err := c.request(ctx, http.MethodPut, c.url("/v1/rounds/%d/update", round), body)
 	if err != nil {
 		return nil, err
 	}
-	req.ContentLength = fi.Size()
+	req.ContentLength = size
 	req.Header.Set("Content-Type", "application/octet-stream")
 	req.Header.Set("Expect", "100-continue")
 	if p.weight != nil {
