@@ -20,7 +20,7 @@ import (
 // The updates must stay valid until Aggregate returns; the result's memory is the round's
 // allocator's (Close it when done).
 func Aggregate(ctx context.Context, rule Rule, updates []*tensor.Set, weights []float64, opts ...Option) (*tensor.Set, *Report, error) {
-	r, err := batchRound(ctx, rule, false, updates, weights, opts)
+	r, err := batchRound(ctx, rule, updates, weights, opts)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -36,7 +36,7 @@ func AggregateFile(ctx context.Context, rule Rule, path string, updates []*tenso
 	if path == "" {
 		return nil, fmt.Errorf("%w: empty output path", ErrOption)
 	}
-	r, err := batchRound(ctx, rule, true, updates, weights, opts)
+	r, err := batchRound(ctx, rule, updates, weights, opts)
 	if err != nil {
 		return nil, err
 	}
@@ -45,7 +45,7 @@ func AggregateFile(ctx context.Context, rule Rule, path string, updates []*tenso
 }
 
 // batchRound opens a round over updates and adds them all.
-func batchRound(ctx context.Context, rule Rule, file bool, updates []*tensor.Set, weights []float64, opts []Option) (*Round, error) {
+func batchRound(ctx context.Context, rule Rule, updates []*tensor.Set, weights []float64, opts []Option) (*Round, error) {
 	if len(updates) == 0 {
 		return nil, ErrNoInputs
 	}
@@ -59,7 +59,7 @@ func batchRound(ctx context.Context, rule Rule, file bool, updates []*tensor.Set
 			return nil, err
 		}
 	}
-	r, err := newRound(ctx, rule, file, append(opts[:len(opts):len(opts)], WithRetainedUpdates()))
+	r, err := newRound(ctx, rule, append(opts[:len(opts):len(opts)], WithRetainedUpdates()))
 	if err != nil {
 		return nil, err
 	}

@@ -58,12 +58,11 @@ const (
 // NewRound begins a round of rule. Rules that move a global model need WithGlobal or
 // WithGlobalFile; everything else about where and how the round runs is an Option.
 func NewRound(ctx context.Context, rule Rule, opts ...Option) (*Round, error) {
-	return newRound(ctx, rule, false, opts)
+	return newRound(ctx, rule, opts)
 }
 
-// newRound begins a round; file says its result goes to a file (stages write their state
-// beside it).
-func newRound(ctx context.Context, rule Rule, file bool, opts []Option) (*Round, error) {
+// newRound begins a round.
+func newRound(ctx context.Context, rule Rule, opts []Option) (*Round, error) {
 	if rule == nil {
 		return nil, fmt.Errorf("%w: nil rule", ErrOption)
 	}
@@ -84,7 +83,7 @@ func newRound(ctx context.Context, rule Rule, file bool, opts []Option) (*Round,
 			return nil, err
 		}
 	}
-	env := &Env{File: file, Device: cfg.dev()}
+	env := &Env{Device: cfg.dev()}
 	if r.global != nil {
 		env.Global, env.Layout, env.Chunks = r.global.set, r.plan.ref, len(r.plan.chunks)
 	}

@@ -94,8 +94,6 @@ type Env struct {
 	// Chunks is the number of output chunks when Layout is known (0 otherwise): the unit of
 	// Chunk processing.
 	Chunks int
-	// File says the round's result goes to a file: stages write their state files with it.
-	File bool
 	// Device is the round's device (stages run their own operations on it, or on the host
 	// CPU when it lacks them).
 	Device device.Device
@@ -164,7 +162,8 @@ type ChunkStage interface {
 type Sides struct {
 	Prefixes []string
 	// Path is the state file the sides are written to, chunk by chunk, when the round's result
-	// goes to a file; "" keeps them in memory (Outcome.Sides).
+	// goes to a file (published with it); an in-memory result, or "", keeps them in memory
+	// (Outcome.Sides).
 	Path     string
 	Metadata map[string]string
 	// Recycle are sets (one per prefix, or nil) whose memory may receive the sides of an
@@ -195,7 +194,7 @@ type Committer interface {
 type Outcome struct {
 	Result *tensor.Set    // the result in memory (nil when it went to a file)
 	Path   string         // the result's file ("" in memory)
-	Sides  []*tensor.Set  // the stage's in-memory sides (Sides.Path ""), one per prefix
+	Sides  []*tensor.Set  // the stage's sides in memory, one per prefix; nil when they went to Sides.Path
 	Info   *SumInfo       // the sum's totals (nil for whole-set rules)
 	Round  map[string]any // free for stages to pass figures from Prepare to Commit
 }

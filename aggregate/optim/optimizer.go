@@ -230,8 +230,7 @@ func (o *Optimizer) Begin(ctx context.Context, env *aggregate.Env) (aggregate.St
 		return nil, err
 	}
 	s := &step{o: o, mIn: mIn, vIn: vIn, stepper: stepper, deltaSq: make([]float64, env.Chunks),
-		next: &State{Rule: o.name, Round: o.round() + 1, LR: o.vals[0], Beta1: o.vals[1], Beta2: o.vals[2], Tau: o.vals[3]},
-		file: env.File && o.statePath != ""}
+		next: &State{Rule: o.name, Round: o.round() + 1, LR: o.vals[0], Beta1: o.vals[1], Beta2: o.vals[2], Tau: o.vals[3]}}
 	for _, f := range env.Layout {
 		s.size += 4 * int64(f.Len())
 	}
@@ -257,7 +256,6 @@ type step struct {
 	stepper  device.Optimizer
 	deltaSq  []float64 // per chunk, summed in chunk order: deterministic
 	next     *State
-	file     bool  // the moments go to the state file
 	size     int64 // bytes of the model
 }
 
@@ -272,10 +270,9 @@ func (s *step) Sides() *aggregate.Sides {
 	if s.o.kind.rule.SecondMoment() {
 		sd.Prefixes = append(sd.Prefixes, SecondMomentPrefix)
 	}
-	if s.file {
-		sd.Path = s.o.statePath
-	} else if r := s.o.retired; r != nil {
-		sd.Recycle = []*tensor.Set{r.M, r.V}
+	sd.Path = s.o.statePath // written there when the round's result goes to a file
+	if r := s.o.retired; r != nil {
+		sd.Recycle = []*tensor.Set{r.M, r.V} // an in-memory result's moments go there
 	}
 	return sd
 }
@@ -290,7 +287,7 @@ func (s *step) Process(ctx context.Context, c *aggregate.Chunk) error {
 		p := &c.Pieces[i]
 		t, lo, hi := p.Field, p.Lo, p.Hi
 		s.deltaSq[c.Index] += kernels.SumSquaresF32(f32Bytes(p.X))
-		j := &device.OptimJob{Rule: s.o.kind.rule, LR: kp.LR, Beta1: kp.Beta1, Beta2: kp.Beta2, Tau: kp.Tau,
+		j := &device.OptimJob{Rule: s.o.kind.rule, OptimParams: kp,
 			X: p.Global, D: p.X, XOut: p.X, MOut: p.Sides[0]}
 		if second {
 			j.VOut = p.Sides[1]
@@ -344,7 +341,8 @@ func (s *step) Commit(out *aggregate.Outcome) error {
 	defer o.mu.Unlock()
 	o.busy = false
 	next := s.next
-	if s.file {
+	file := out.Sides == nil // the moments went to the state file, published with the result
+	if file {
 		st, err := LoadState(o.statePath)
 		if err != nil {
 			return err
@@ -362,7 +360,7 @@ func (s *step) Commit(out *aggregate.Outcome) error {
 		r.Close()
 	}
 	o.retired = nil
-	if old != nil && old.closer == nil && !s.file {
+	if old != nil && old.closer == nil && !file {
 		o.retired = old // in memory, made by this optimizer: its buffers serve the next round
 	} else {
 		old.Close()
