@@ -6,7 +6,6 @@ import (
 	"time"
 	"unsafe"
 
-	"github.com/wattagg/wattagg/kernels"
 )
 
 // The CPU implements Optimizer and ModSummer with the kernels of the optimizer family.
@@ -28,7 +27,7 @@ func (c *CPU) Optimize(ctx context.Context, s *OptimJob) (Stats, error) {
 	if s.Rule.SecondMoment() {
 		read, written = 16, 12
 	}
-	p := kernels.OptimParams{LR: s.LR, Beta1: s.Beta1, Beta2: s.Beta2, Tau: s.Tau}
+	p := s.OptimParams
 	run := func(lo, hi int) {
 		switch s.Rule {
 		case OptimFedAvgM:

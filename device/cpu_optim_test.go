@@ -11,6 +11,7 @@ import (
 	"testing"
 	"unsafe"
 
+	"github.com/wattagg/wattagg/kernels"
 	"github.com/wattagg/wattagg/tensor"
 )
 
@@ -59,7 +60,7 @@ func TestCPUOptimize(t *testing.T) {
 			for j := range in[3] {
 				in[3][j] = float32(math.Abs(float64(in[3][j])))
 			}
-			s := &OptimJob{Rule: rule, LR: 0.1, Beta1: 0.9, Beta2: 0.99, Tau: 1e-3,
+			s := &OptimJob{Rule: rule, OptimParams: kernels.OptimParams{LR: 0.1, Beta1: 0.9, Beta2: 0.99, Tau: 1e-3},
 				X: in[0], D: in[1], M: in[2], V: in[3],
 				XOut: make([]float32, n), MOut: make([]float32, n), VOut: make([]float32, n)}
 			if !rule.SecondMoment() {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/wattagg/wattagg/kernels"
 	"github.com/wattagg/wattagg/tensor"
 )
 
@@ -62,10 +63,12 @@ func (r OptimRule) SecondMoment() bool { return r >= OptimFedAdagrad && r <= Opt
 // that are not also outputs are not written. NaN and Inf propagate as the formulas say; nothing
 // is checked.
 type OptimJob struct {
-	Rule                  OptimRule
-	LR, Beta1, Beta2, Tau float32
-	X, D, M, V            []float32
-	XOut, MOut, VOut      []float32
+	Rule OptimRule
+	// OptimParams are η, β1, β2 and τ: the one description of a step's hyperparameters that
+	// the kernels, the devices and the rules share.
+	kernels.OptimParams
+	X, D, M, V       []float32
+	XOut, MOut, VOut []float32
 }
 
 // Validate checks that the lengths agree, so that kernels (which trust their arguments) are safe

@@ -105,11 +105,11 @@ func TestResidentRoundTrip(t *testing.T) {
 			for k, dt := range []tensor.DType{tensor.F32, tensor.F64, tensor.F16, tensor.BF16, tensor.I8, tensor.U32, tensor.F32} {
 				n := []int{1, 1023, 0, 4097, 333, 70001, 5}[k]
 				sp := devicetest.RandSpan(r, dt, n, 1)
-				tt, _ := tensor.FromBytes(fmt.Sprintf("x%d", k), dt, []int{n}, sp.Data)
+				tt := must(tensor.FromBytes(fmt.Sprintf("x%d", k), dt, []int{n}, sp.Data))(t)
 				tt.Scale = sp.Scale
 				ts = append(ts, tt)
 			}
-			set, _ := tensor.NewSet(ts...)
+			set := must(tensor.NewSet(ts...))(t)
 			res, err := d.g.upload(context.Background(), set)
 			if err != nil {
 				t.Fatal(err)
@@ -169,7 +169,7 @@ func matchCPU(t *testing.T, g *GPU, fields []device.AccField, in [][]device.Span
 	if _, err := g.WeightedSum(context.Background(), job); err != nil {
 		t.Fatal(err)
 	}
-	cpu, _ := device.NewCPU()
+	cpu := must(device.NewCPU())(t)
 	job.Output = ref
 	if _, err := cpu.WeightedSum(context.Background(), job); err != nil {
 		t.Fatal(err)
@@ -206,7 +206,7 @@ func TestWeightedSumResident(t *testing.T) {
 			// The CPU device computes the same bits.
 			chunks, _ := device.CutChunks(fields, devicetest.Packed(fields), 8192)
 			ref := devicetest.NewOutput(fields, chunks)
-			cpu, _ := device.NewCPU()
+			cpu := must(device.NewCPU())(t)
 			if _, err := cpu.WeightedSum(context.Background(), &device.SumJob{Fields: fields, Inputs: in, Weights: w, Scale: 1.0 / 28, Chunks: chunks, Output: ref}); err != nil {
 				t.Fatal(err)
 			}
@@ -387,8 +387,8 @@ func TestOptimizerStep(t *testing.T) {
 					p := kernels.OptimParams{LR: 0.01, Beta1: 0.9, Beta2: 0.99, Tau: 1e-3}
 					state := clients(r, fields, 4, tensor.F32) // x, delta, m, v
 					for k := range fields {
-						d, _ := tensor.FromBytes("", tensor.F32, []int{fields[k].Len}, state[1][k].Data)
-						v, _ := tensor.FromBytes("", tensor.F32, []int{fields[k].Len}, state[3][k].Data)
+						d := must(tensor.FromBytes("", tensor.F32, []int{fields[k].Len}, state[1][k].Data))(t)
+						v := must(tensor.FromBytes("", tensor.F32, []int{fields[k].Len}, state[3][k].Data))(t)
 						ds, _ := d.F32()
 						vs, _ := v.F32()
 						for j := range vs {
@@ -408,15 +408,15 @@ func TestOptimizerStep(t *testing.T) {
 							t.Fatal(err)
 						}
 						for k, f := range fields {
-							x, _ := tensor.FromBytes("", tensor.F32, []int{f.Len}, state[0][k].Data)
-							dd, _ := tensor.FromBytes("", tensor.F32, []int{f.Len}, state[1][k].Data)
-							m, _ := tensor.FromBytes("", tensor.F32, []int{f.Len}, state[2][k].Data)
-							vv, _ := tensor.FromBytes("", tensor.F32, []int{f.Len}, state[3][k].Data)
+							x := must(tensor.FromBytes("", tensor.F32, []int{f.Len}, state[0][k].Data))(t)
+							dd := must(tensor.FromBytes("", tensor.F32, []int{f.Len}, state[1][k].Data))(t)
+							m := must(tensor.FromBytes("", tensor.F32, []int{f.Len}, state[2][k].Data))(t)
+							vv := must(tensor.FromBytes("", tensor.F32, []int{f.Len}, state[3][k].Data))(t)
 							xs, _ := x.F32()
 							ds, _ := dd.F32()
 							ms, _ := m.F32()
 							vs, _ := vv.F32()
-							ref := device.OptimJob{Rule: rule, LR: p.LR, Beta1: p.Beta1, Beta2: p.Beta2, Tau: p.Tau, X: xs, D: ds, M: ms, V: vs}
+							ref := device.OptimJob{Rule: rule, OptimParams: p, X: xs, D: ds, M: ms, V: vs}
 							for j := range xs {
 								x, m, v := devicetest.StepReference(&ref, j)
 								xs[j], ms[j] = x, m
@@ -430,7 +430,7 @@ func TestOptimizerStep(t *testing.T) {
 						got := download(t, res[q])
 						for k, f := range fields {
 							if i := firstDiff(got.At(k).Bytes(), state[q][k].Data, 4); i >= 0 {
-								want, _ := tensor.FromBytes("", tensor.F32, []int{f.Len}, state[q][k].Data)
+								want := must(tensor.FromBytes("", tensor.F32, []int{f.Len}, state[q][k].Data))(t)
 								t.Fatalf("%s %s[%d] = %v, want %v", name, f.Name, i, got.At(k).Value(i), want.Value(i))
 							}
 						}

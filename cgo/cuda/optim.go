@@ -114,7 +114,7 @@ func (g *GPU) Optimize(ctx context.Context, s *device.OptimJob) (device.Stats, e
 		return nil
 	}
 	fields := []device.AccField{{Name: "x", Len: n, Acc: tensor.F32, Out: tensor.F32}}
-	p := kernels.OptimParams{LR: s.LR, Beta1: s.Beta1, Beta2: s.Beta2, Tau: s.Tau}
+	p := s.OptimParams
 	j := &job{g: g, fields: fields, src: g.hostSource(inputs), op: &optimOp{rule: s.Rule, p: p, outs: len(outs)},
 		out: output{chunks: chunks, raw: raw, elemBytes: ob}}
 	return j.run(ctx)

@@ -149,7 +149,7 @@ func TestSelectGlobalColumns(t *testing.T) {
 							}
 						}
 						// The distances to the f32 result agree with the CPU's within rounding.
-						cpu, _ := device.NewCPU()
+						cpu := must(device.NewCPU())(t)
 						cj := job
 						cj.Output, cj.SqDist, cj.SqNorm = devicetest.NewOutput(fields, chunks), make([]float64, n), make([]float64, n)
 						if _, err := cpu.Select(context.Background(), &cj); err != nil {
@@ -285,7 +285,7 @@ func TestOptimizeFromOutputCallback(t *testing.T) {
 						mu.Unlock()
 					}()
 				}
-				s := &device.OptimJob{Rule: device.OptimFedAdam, LR: 0.1, Beta1: 0.9, Beta2: 0.99, Tau: 1e-3,
+				s := &device.OptimJob{Rule: device.OptimFedAdam, OptimParams: kernels.OptimParams{LR: 0.1, Beta1: 0.9, Beta2: 0.99, Tau: 1e-3},
 					X: x[pc.Lo:pc.Hi], D: delta, M: m[pc.Lo:pc.Hi], V: v[pc.Lo:pc.Hi],
 					XOut: x[pc.Lo:pc.Hi], MOut: m[pc.Lo:pc.Hi], VOut: v[pc.Lo:pc.Hi]}
 				_, err := d.g.Optimize(context.Background(), s)
@@ -309,13 +309,13 @@ func TestOptimizeFromOutputCallback(t *testing.T) {
 				t.Errorf("the concurrent Gram returned %d rows", len(gram))
 			}
 			// The CPU: the same sum, then the same steps.
-			cpu, _ := device.NewCPU()
+			cpu := must(device.NewCPU())(t)
 			ref := devicetest.NewOutput(fields, chunks)
 			if _, err := cpu.WeightedSum(context.Background(), &device.SumJob{Fields: fields, Inputs: in, Weights: []float64{1, -2, 0.5},
 				Scale: 1, Chunks: chunks, Output: ref}); err != nil {
 				t.Fatal(err)
 			}
-			s := &device.OptimJob{Rule: device.OptimFedAdam, LR: 0.1, Beta1: 0.9, Beta2: 0.99, Tau: 1e-3,
+			s := &device.OptimJob{Rule: device.OptimFedAdam, OptimParams: kernels.OptimParams{LR: 0.1, Beta1: 0.9, Beta2: 0.99, Tau: 1e-3},
 				X: x0, D: f32View(ref.Data(0)), M: m0, V: v0, XOut: x0, MOut: m0, VOut: v0}
 			if _, err := cpu.Optimize(context.Background(), s); err != nil {
 				t.Fatal(err)
@@ -362,7 +362,7 @@ func TestOptimizePinned(t *testing.T) {
 			for j := range buf[3] {
 				buf[3][j] = float32(math.Abs(float64(buf[3][j])))
 			}
-			s := &device.OptimJob{Rule: device.OptimFedYogi, LR: 0.01, Beta1: 0.9, Beta2: 0.99, Tau: 1e-3,
+			s := &device.OptimJob{Rule: device.OptimFedYogi, OptimParams: kernels.OptimParams{LR: 0.01, Beta1: 0.9, Beta2: 0.99, Tau: 1e-3},
 				X: buf[0], D: buf[1], M: buf[2], V: buf[3], XOut: buf[1], MOut: buf[2], VOut: buf[3]}
 			ref := *s
 			ref.X, ref.D, ref.M, ref.V = slices.Clone(s.X), slices.Clone(s.D), slices.Clone(s.M), slices.Clone(s.V)

@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/wattagg/wattagg/device"
+	"github.com/wattagg/wattagg/kernels"
 	"github.com/wattagg/wattagg/tensor"
 )
 
@@ -92,7 +93,7 @@ func (a aliasing) String() string { return [...]string{"separate", "in-place", "
 // optimJob returns a job of n elements: normal x, Δ and m, v >= 0 and, every fifth element,
 // v = Δ² (FedYogi's sign 0); outputs as a says, poisoned where they are not inputs.
 func optimJob(r *rand.Rand, rule device.OptimRule, n int, a aliasing) *device.OptimJob {
-	s := &device.OptimJob{Rule: rule, LR: 0.05, Beta1: 0.9, Beta2: 0.99, Tau: 1e-3}
+	s := &device.OptimJob{Rule: rule, OptimParams: kernels.OptimParams{LR: 0.05, Beta1: 0.9, Beta2: 0.99, Tau: 1e-3}}
 	in := make([][]float32, 4)
 	for k := range in {
 		in[k] = make([]float32, n)
