@@ -116,7 +116,7 @@ func TestCalibrateMeasuresTheRealKernels(t *testing.T) {
 }
 
 func TestCalibrateMeasuresTheHostLink(t *testing.T) {
-	cpu, _ := device.NewCPU()
+	cpu := must(device.NewCPU())(t)
 	m := &fixedMeter{name: "nvml:0", idleW: 40, busyW: 200, t0: time.Now()}
 	g := &linkGPU{meteredCPU: meteredCPU{cpu, m}}
 	p, err := Calibrate(context.Background(), []Target{{Device: g, Meter: m}}, quickOpts()...)
@@ -133,7 +133,7 @@ func TestCalibrateMeasuresTheHostLink(t *testing.T) {
 }
 
 func TestCalibrateHonoursCancellation(t *testing.T) {
-	cpu, _ := device.NewCPU()
+	cpu := must(device.NewCPU())(t)
 	m := &fixedMeter{name: "fixed", t0: time.Now()}
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()

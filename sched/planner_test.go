@@ -307,11 +307,11 @@ func TestPlannerRejectsBadOptionsAndRequests(t *testing.T) {
 	if _, err := ParsePolicy("fastest"); !errors.Is(err, ErrOption) || !strings.Contains(err.Error(), "min-energy, min-time, min-edp") {
 		t.Errorf("ParsePolicy: %v", err)
 	}
-	pl, _ := NewPlanner(prof, WithOnly("cuda:1"))
+	pl := must(NewPlanner(prof, WithOnly("cuda:1")))(t)
 	if _, err := pl.Plan(fedavg(4, 100)); !errors.Is(err, ErrOption) || !strings.Contains(err.Error(), `"cuda:1" is not present`) {
 		t.Errorf("forcing an absent device: %v", err)
 	}
-	pl, _ = NewPlanner(prof)
+	pl = must(NewPlanner(prof))(t)
 	if _, err := pl.Plan(Request{Op: "median", Workload: Workload{Clients: 4, Elements: 10, In: tensor.F32, Out: tensor.F32}}); !errors.Is(err, ErrUnknownOp) {
 		t.Errorf("unknown op: %v", err)
 	}
@@ -322,7 +322,7 @@ func TestPlannerRejectsBadOptionsAndRequests(t *testing.T) {
 		t.Errorf("chunks that do not add up: %v", err)
 	}
 	empty := synthProfile(&DeviceProfile{Name: "cpu", Ops: map[string]*OpProfile{}})
-	pl, _ = NewPlanner(empty)
+	pl = must(NewPlanner(empty))(t)
 	if _, err := pl.Plan(fedavg(4, 10)); !errors.Is(err, ErrUncalibrated) {
 		t.Errorf("uncalibrated: %v", err)
 	}
@@ -341,7 +341,7 @@ func TestWithOnlyForcesADevice(t *testing.T) {
 
 func TestObserveCorrectsTheProfile(t *testing.T) {
 	prof := synthProfile(synthCPU(opProf(WeightedSum, 20e9, 1e11, 3e-9, 2e-9)))
-	pl, _ := NewPlanner(prof, WithLearningRate(0.5))
+	pl := must(NewPlanner(prof, WithLearningRate(0.5)))(t)
 	p, err := pl.Plan(fedavg(16, 25_000_000))
 	if err != nil {
 		t.Fatal(err)

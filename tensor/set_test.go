@@ -14,9 +14,9 @@ func (c *countingCloser) Close() error { c.n++; return errors.New("closed") }
 
 func testSet(t *testing.T) *Set {
 	t.Helper()
-	a, _ := New("a", F32, 2, 3)
-	b, _ := New("b", BF16, 5)
-	q, _ := New("q", I8, 4)
+	a := must(New("a", F32, 2, 3))(t)
+	b := must(New("b", BF16, 5))(t)
+	q := must(New("q", I8, 4))(t)
 	s, err := NewSet(a, b, q)
 	if err != nil {
 		t.Fatal(err)
@@ -48,12 +48,12 @@ func TestSet(t *testing.T) {
 }
 
 func TestSetDuplicate(t *testing.T) {
-	a, _ := New("a", F32, 1)
-	a2, _ := New("a", F64, 1)
+	a := must(New("a", F32, 1))(t)
+	a2 := must(New("a", F64, 1))(t)
 	if _, err := NewSet(a, a2); !errors.Is(err, ErrDuplicateName) || err.Error() != `duplicate tensor name: "a"` {
 		t.Errorf("NewSet: %v", err)
 	}
-	s, _ := NewSet(a)
+	s := must(NewSet(a))(t)
 	if err := s.Add(a2); !errors.Is(err, ErrDuplicateName) {
 		t.Errorf("Add: %v", err)
 	}
@@ -84,7 +84,7 @@ func TestSetClose(t *testing.T) {
 	if c.n != 1 {
 		t.Errorf("closer called %d times, want 1", c.n)
 	}
-	x, _ := New("late", F32, 1)
+	x := must(New("late", F32, 1))(t)
 	if err := s.Add(x); !errors.Is(err, ErrClosed) {
 		t.Errorf("Add after Close: %v", err)
 	}

@@ -252,7 +252,7 @@ func TestValue(t *testing.T) {
 }
 
 func TestClone(t *testing.T) {
-	x, _ := New("x", I8, 2, 3)
+	x := must(New("x", I8, 2, 3))(t)
 	x.Scale = 0.5
 	x.Bytes()[4] = 9
 	c := x.Clone()
@@ -267,7 +267,7 @@ func TestClone(t *testing.T) {
 	}
 	// A clone of a view owns its bytes.
 	data := []byte{1, 2, 3, 4}
-	v, _ := FromBytes("v", U32, []int{1}, data)
+	v := must(FromBytes("v", U32, []int{1}, data))(t)
 	vc := v.Clone()
 	data[0] = 0
 	if vc.Value(0) != 0x04030201 {
@@ -293,7 +293,7 @@ func TestCheckFinite(t *testing.T) {
 	}
 	for _, c := range bad {
 		for _, at := range []int{0, 5, 16} {
-			x, _ := New("w", c.dt, 17)
+			x := must(New("w", c.dt, 17))(t)
 			// Largest finite values around it must not count.
 			for i := range 17 {
 				switch c.dt {
@@ -329,7 +329,7 @@ func TestCheckFinite(t *testing.T) {
 		}
 	}
 	for _, dt := range []DType{I8, U32} {
-		x, _ := New("q", dt, 8)
+		x := must(New("q", dt, 8))(t)
 		for i := range x.Bytes() {
 			x.Bytes()[i] = 0xff
 		}
@@ -337,8 +337,8 @@ func TestCheckFinite(t *testing.T) {
 			t.Errorf("%v: %v", dt, err)
 		}
 	}
-	x, _ := FromF32("w", []int{3}, []float32{1, float32(math.Inf(1)), 2})
-	s, _ := NewSet(x)
+	x := must(FromF32("w", []int{3}, []float32{1, float32(math.Inf(1)), 2}))(t)
+	s := must(NewSet(x))(t)
 	s.Source = "client-3"
 	if err := s.CheckFinite(); err == nil || err.Error() != `client-3: tensor "w": non-finite value +Inf at element 1` {
 		t.Errorf("Set.CheckFinite: %v", err)

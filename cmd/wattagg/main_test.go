@@ -57,9 +57,9 @@ func writeClient(t *testing.T, path string, base float32, numExamples string) {
 	for j := range b {
 		b[j] = -base
 	}
-	ta, _ := tensor.FromF32("layer.weight", []int{10, 100}, a)
-	tb, _ := tensor.FromF32("layer.bias", []int{7}, b)
-	s, _ := tensor.NewSet(ta, tb)
+	ta := must(tensor.FromF32("layer.weight", []int{10, 100}, a))(t)
+	tb := must(tensor.FromF32("layer.bias", []int{7}, b))(t)
+	s := must(tensor.NewSet(ta, tb))(t)
 	if numExamples != "" {
 		s.Metadata["num_examples"] = numExamples
 	}

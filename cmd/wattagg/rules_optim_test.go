@@ -21,7 +21,7 @@ func writeModel(t *testing.T, path string, v []float32, md ...string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, _ := tensor.NewSet(tt)
+	s := must(tensor.NewSet(tt))(t)
 	for i := 0; i+1 < len(md); i += 2 {
 		s.Metadata[md[i]] = md[i+1]
 	}

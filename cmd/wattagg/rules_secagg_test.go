@@ -42,12 +42,12 @@ func TestSecAggCommand(t *testing.T) {
 			pairs[i][j], pairs[j][i] = s, s
 		}
 	}
-	q, _ := secagg.NewQuantizer(12, 0.5)
+	q := must(secagg.NewQuantizer(12, 0.5))(t)
 	values := [][]float32{{0.1, -0.2, 0.3}, {0.4, 0.9, -0.1}, {0, 0, 0}, {-0.3, 0.2, 0.25}}
 	var inputs []string
 	for i, v := range values {
-		x, _ := tensor.FromF32("w", []int{3}, v)
-		s, _ := tensor.NewSet(x)
+		x := must(tensor.FromF32("w", []int{3}, v))(t)
+		s := must(tensor.NewSet(x))(t)
 		u, err := q.QuantizeSet(s, r)
 		if err != nil {
 			t.Fatal(err)

@@ -441,7 +441,7 @@ func TestHeaderRoom(t *testing.T) {
 }
 
 func TestEmptySet(t *testing.T) {
-	s, _ := tensor.NewSet()
+	s := must(tensor.NewSet())(t)
 	roundTrip(t, s)
 }
 
