@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"time"
 	"unsafe"
-
 )
 
 // The CPU implements Optimizer and ModSummer with the kernels of the optimizer family.
