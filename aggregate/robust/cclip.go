@@ -92,7 +92,6 @@ func (s *cclipStage) Compute(ctx context.Context, in *aggregate.Inputs) error {
 	}
 	// The first distances also give the norms, which exclude non-finite updates before any
 	// of them reaches v.
-	var n int
 	var inputs [][]device.Span
 	var clipped []bool
 	for it := range s.iters {
@@ -104,31 +103,10 @@ func (s *cclipStage) Compute(ctx context.Context, in *aggregate.Inputs) error {
 			if err := rd.need(1, rd.rule); err != nil {
 				return err
 			}
-			n = len(rd.keep)
 			inputs = rd.inputsOf(rd.keep)
-			clipped = make([]bool, n)
+			clipped = make([]bool, len(rd.keep))
 		}
-		// v' = Σ (c_i/n)·x_i + (1 − Σ c_i/n)·v: one weighted sum, v among the inputs.
-		w := make([]float64, 0, n+1)
-		xs := make([][]device.Span, 0, n+1)
-		var sum float64
-		for i, d := range dist {
-			c := 1.0
-			if d > s.tau {
-				c = s.tau / d
-				clipped[i] = true
-			}
-			if u := c / float64(n); u > 0 {
-				w = append(w, u)
-				xs = append(xs, inputs[i])
-				sum += u
-			}
-		}
-		if rest := 1 - sum; rest > 1e-12 {
-			w = append(w, rest)
-			xs = append(xs, v.spans)
-		}
-		if err := rd.sumInto(ctx, next, xs, w, 1); err != nil {
+		if err := s.step(ctx, rd, v, next, inputs, dist, clipped); err != nil {
 			return err
 		}
 		v, next = next, v
@@ -148,6 +126,32 @@ func (s *cclipStage) Compute(ctx context.Context, in *aggregate.Inputs) error {
 		}
 	}
 	return nil
+}
+
+// step computes one iteration into next: v' = Σ (c_i/n)·x_i + (1 − Σ c_i/n)·v, one weighted
+// sum with v among the inputs, c_i = min(1, τ/‖x_i − v‖); it marks the clients it clipped.
+func (s *cclipStage) step(ctx context.Context, rd *round, v, next *iterate, inputs [][]device.Span, dist []float64, clipped []bool) error {
+	n := len(inputs)
+	w := make([]float64, 0, n+1)
+	xs := make([][]device.Span, 0, n+1)
+	var sum float64
+	for i, d := range dist {
+		c := 1.0
+		if d > s.tau {
+			c = s.tau / d
+			clipped[i] = true
+		}
+		if u := c / float64(n); u > 0 {
+			w = append(w, u)
+			xs = append(xs, inputs[i])
+			sum += u
+		}
+	}
+	if rest := 1 - sum; rest > 1e-12 {
+		w = append(w, rest)
+		xs = append(xs, v.spans)
+	}
+	return rd.sumInto(ctx, next, xs, w, 1)
 }
 
 // startFrom copies the center into v, matched to the round's tensors.

@@ -67,43 +67,18 @@ func (s *krumStage) Compute(ctx context.Context, in *aggregate.Inputs) error {
 	if err != nil {
 		return err
 	}
-	// Enough clients before the Gram pass, and after it has excluded non-finite ones.
-	check := func() (n, m int, err error) {
-		if err := rd.need(2*s.f+3, fmt.Sprintf("f=%d (n > 2f+2)", s.f)); err != nil {
-			return 0, 0, err
-		}
-		n, m = len(rd.keep), s.m
-		if m == 0 {
-			m = n - s.f
-		}
-		if m > n {
-			return 0, 0, fmt.Errorf("%s: %w: m=%d updates to average, have %d clients", rd.rule, aggregate.ErrTooFewClients, m, n)
-		}
-		return n, m, nil
-	}
-	if _, _, err := check(); err != nil {
+	if _, _, err := s.sizes(rd); err != nil { // enough clients before the Gram pass
 		return err
 	}
 	d, gram, err := rd.distances(ctx)
 	if err != nil {
 		return err
 	}
-	n, m, err := check()
+	n, m, err := s.sizes(rd) // and after it has excluded non-finite ones
 	if err != nil {
 		return err
 	}
-	all := make([]int, n)
-	for i := range all {
-		all[i] = i
-	}
-	scores := krumScores(d, all, n-s.f-2)
-	order := slices.Clone(all)
-	slices.SortStableFunc(order, func(a, b int) int { return cmp.Compare(scores[a], scores[b]) })
-	chosen := slices.Sorted(slices.Values(order[:m])) // positions in keep, input order
-	for i, k := range rd.keep {
-		rd.clients[k].Diag().Score = aggregate.Ptr(scores[i])
-		rd.clients[k].Diag().Selected = aggregate.Ptr(slices.Contains(chosen, i))
-	}
+	chosen := s.choose(rd, d, n, m)
 	clients := make([]int, m)
 	w := make([]float64, m)
 	var total float64
@@ -118,8 +93,49 @@ func (s *krumStage) Compute(ctx context.Context, in *aggregate.Inputs) error {
 	if err != nil {
 		return err
 	}
-	// ‖x_i − Σ_s w_s x_s‖² from the Gram matrix, with w normalised: no further pass.
-	sq := make([]float64, n)
+	rd.setDistances(rd.keep, distancesToMean(gram, chosen, w, total))
+	s.details["f"], s.details["m"], s.details["neighbours"] = float64(s.f), float64(m), float64(n-s.f-2)
+	return nil
+}
+
+// sizes checks that enough clients are usable for f and returns their number n and the updates
+// m to average.
+func (s *krumStage) sizes(rd *round) (n, m int, err error) {
+	if err := rd.need(2*s.f+3, fmt.Sprintf("f=%d (n > 2f+2)", s.f)); err != nil {
+		return 0, 0, err
+	}
+	n, m = len(rd.keep), s.m
+	if m == 0 {
+		m = n - s.f
+	}
+	if m > n {
+		return 0, 0, fmt.Errorf("%s: %w: m=%d updates to average, have %d clients", rd.rule, aggregate.ErrTooFewClients, m, n)
+	}
+	return n, m, nil
+}
+
+// choose scores every usable client and returns the positions in keep of the m with the lowest
+// scores, in input order, recording scores and selection in the diagnostics.
+func (s *krumStage) choose(rd *round, d [][]float64, n, m int) []int {
+	all := make([]int, n)
+	for i := range all {
+		all[i] = i
+	}
+	scores := krumScores(d, all, n-s.f-2)
+	order := slices.Clone(all)
+	slices.SortStableFunc(order, func(a, b int) int { return cmp.Compare(scores[a], scores[b]) })
+	chosen := slices.Sorted(slices.Values(order[:m]))
+	for i, k := range rd.keep {
+		rd.clients[k].Diag().Score = aggregate.Ptr(scores[i])
+		rd.clients[k].Diag().Selected = aggregate.Ptr(slices.Contains(chosen, i))
+	}
+	return chosen
+}
+
+// distancesToMean is ‖x_i − Σ_s w_s x_s / total‖² for every usable client, from the Gram matrix:
+// no further pass over the updates.
+func distancesToMean(gram [][]float64, chosen []int, w []float64, total float64) []float64 {
+	sq := make([]float64, len(gram))
 	var self float64
 	for a, ca := range chosen {
 		for b, cb := range chosen {
@@ -133,9 +149,7 @@ func (s *krumStage) Compute(ctx context.Context, in *aggregate.Inputs) error {
 		}
 		sq[i] = gram[i][i] - 2*cross + self
 	}
-	rd.setDistances(rd.keep, sq)
-	s.details["f"], s.details["m"], s.details["neighbours"] = float64(s.f), float64(m), float64(n-s.f-2)
-	return nil
+	return sq
 }
 
 // distances computes the Gram matrix of the usable clients on the device, excludes the clients
