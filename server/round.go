@@ -322,6 +322,7 @@ func (r *round) commit(reqs []*commitReq) bool {
 	r.mu.Lock()
 	for i, q := range accepted {
 		r.acked[q.rec.Client] = len(r.records)
+		delete(r.arriving, q.rec.Client) // acknowledged: counted by records now, not twice toward max_clients
 		r.records = append(r.records, q.rec)
 		r.meta.Clients++
 		r.meta.Bytes += q.rec.Bytes
