@@ -212,6 +212,10 @@ func (c *CPU) WeightedSum(ctx context.Context, job *SumJob) (Stats, error) {
 	start := time.Now()
 	groups := make([][]group, len(job.Fields))
 	for t, f := range job.Fields {
+		if f.Acc == tensor.I64 { // exact sums: the scale multiplies the sum (cpu_exact.go)
+			groups[t] = exactGroups(t, f, job.Inputs, job.Weights)
+			continue
+		}
 		groups[t] = groupInputs(t, f.Acc, job.Inputs, job.Weights, job.Scale)
 	}
 	var inBytesPerElem []int64 // per field: bytes of all inputs per element
@@ -233,7 +237,12 @@ func (c *CPU) WeightedSum(ctx context.Context, job *SumJob) (Stats, error) {
 				return err
 			}
 			f := job.Fields[pc.Field]
-			if err := c.sumPiece(ctx, s, f, groups[pc.Field], job.Inputs, pc, dst); err != nil {
+			if f.Acc == tensor.I64 {
+				err = c.sumPieceExact(ctx, s, f, groups[pc.Field], job.Inputs, pc, dst, job.Scale)
+			} else {
+				err = c.sumPiece(ctx, s, f, groups[pc.Field], job.Inputs, pc, dst)
+			}
+			if err != nil {
 				return err
 			}
 			elems += int64(pc.Hi - pc.Lo)
@@ -276,6 +285,9 @@ func (c *chunkStats) total(device string, start time.Time) Stats {
 }
 
 func (c *CPU) supports(t int, f AccField, inputs [][]Span) error {
+	if f.Acc == tensor.I64 {
+		return checkExactField(t, f, inputs)
+	}
 	if f.Acc != tensor.F32 && f.Acc != tensor.F64 {
 		return fmt.Errorf("%w: field %q: accumulator dtype %s (want f32 or f64)", ErrUnsupported, f.Name, f.Acc)
 	}

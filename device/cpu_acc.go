@@ -24,8 +24,15 @@ type cpuAccumulator struct {
 // in cache and blocks only need to be large enough to amortise a claim.
 const addBlockElems = 64 << 10
 
-// NewAccumulator implements Device.
+// NewAccumulator implements Device. Exact fields (Acc I64) make an ExactAccumulator
+// (cpu_exact.go).
 func (c *CPU) NewAccumulator(fields []AccField) (Accumulator, error) {
+	if exact, err := exactFields(fields); err != nil || exact {
+		if err != nil {
+			return nil, err
+		}
+		return c.newExactAccumulator(fields)
+	}
 	a := &cpuAccumulator{c: c, fields: fields, acc32: make([][]float32, len(fields)), acc64: make([][]float64, len(fields)),
 		accU32: make([][]uint32, len(fields))}
 	for t, f := range fields {

@@ -63,8 +63,11 @@ type Accumulator interface {
 type AccField struct {
 	Name string
 	Len  int
-	Acc  tensor.DType // F32 or F64
+	Acc  tensor.DType // F32 or F64; U32 for modular sums; I64 for exact sums (exact.go)
 	Out  tensor.DType // dtype Emit converts to
+	// Grid is the unit of an exact sum (Acc I64), 2^Grid: each term w·x is rounded to a
+	// multiple of it. Other sums ignore it.
+	Grid int
 }
 
 // Info describes a device.

@@ -23,6 +23,7 @@ const (
 	BF16          // bfloat16: the upper half of a binary32
 	I8            // symmetric 8-bit integer; value = Tensor.Scale * q
 	U32           // unsigned 32-bit integer (secure-aggregation field elements)
+	I64           // signed 64-bit integer (the limbs of exact sums, saved as partial aggregates)
 )
 
 var dtypeInfo = [...]struct {
@@ -36,6 +37,7 @@ var dtypeInfo = [...]struct {
 	BF16:    {2, "bf16", "BF16"},
 	I8:      {1, "i8", "I8"},
 	U32:     {4, "u32", "U32"},
+	I64:     {8, "i64", "I64"},
 }
 
 // Size is the number of bytes of one element (0 for Invalid).
@@ -50,8 +52,9 @@ func (d DType) Size() int {
 func (d DType) Valid() bool { return d > Invalid && int(d) < len(dtypeInfo) }
 
 // Real reports whether elements of d encode real numbers that can be averaged: the float types
-// and I8 (with its scale). U32 elements are field elements and are summed, never averaged.
-func (d DType) Real() bool { return d.Valid() && d != U32 }
+// and I8 (with its scale). U32 elements are field elements and are summed, never averaged; I64
+// elements are the integer limbs of exact sums.
+func (d DType) Real() bool { return d.Valid() && d != U32 && d != I64 }
 
 // String is the lower-case name used by wattagg's flags and reports ("f32", "bf16", ...).
 func (d DType) String() string {
@@ -76,7 +79,7 @@ func ParseDType(s string) (DType, error) {
 			return d, nil
 		}
 	}
-	return Invalid, fmt.Errorf("%w: %q (want one of f32, f64, f16, bf16, i8, u32)", ErrDType, s)
+	return Invalid, fmt.Errorf("%w: %q (want one of f32, f64, f16, bf16, i8, u32, i64)", ErrDType, s)
 }
 
 // MarshalText writes the String form, so DTypes read well in JSON reports.

@@ -141,8 +141,8 @@ func asBytes[T float32 | float64 | uint16 | uint32](v []T) []byte {
 	return unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(v))), len(v)*int(unsafe.Sizeof(zero)))
 }
 
-// Value decodes element i as a float64 (I8 scaled, U32 as an integer). It is for tests and
-// inspection; the kernels package decodes in bulk.
+// Value decodes element i as a float64 (I8 scaled, U32 and I64 as integers). It is for tests
+// and inspection; the kernels package decodes in bulk.
 func (t *Tensor) Value(i int) float64 {
 	b := t.data
 	switch t.DType {
@@ -158,6 +158,8 @@ func (t *Tensor) Value(i int) float64 {
 		return float64(t.Scale) * float64(int8(b[i]))
 	case U32:
 		return float64(binary.LittleEndian.Uint32(b[4*i:]))
+	case I64:
+		return float64(int64(binary.LittleEndian.Uint64(b[8*i:])))
 	}
 	panic("tensor: Value of invalid dtype")
 }

@@ -24,6 +24,7 @@ func TestDType(t *testing.T) {
 		{BF16, 2, "bf16", "BF16", true, []string{"bf16", "BF16", "Bf16"}},
 		{I8, 1, "i8", "I8", true, []string{"i8", "I8"}},
 		{U32, 4, "u32", "U32", false, []string{"u32", "U32"}},
+		{I64, 8, "i64", "I64", false, []string{"i64", "I64"}},
 	}
 	for _, c := range cases {
 		if c.d.Size() != c.size || c.d.String() != c.name || c.d.SafetensorsName() != c.st || c.d.Real() != c.real || !c.d.Valid() {
@@ -35,7 +36,7 @@ func TestDType(t *testing.T) {
 			}
 		}
 	}
-	for _, d := range []DType{Invalid, DType(7), DType(255)} {
+	for _, d := range []DType{Invalid, DType(8), DType(255)} {
 		if d.Valid() || d.Real() || d.Size() != 0 || d.SafetensorsName() != "" {
 			t.Errorf("%v is valid", d)
 		}

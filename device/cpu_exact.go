@@ -1,0 +1,288 @@
+package device
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"sync/atomic"
+	"time"
+	"unsafe"
+
+	"github.com/wattagg/wattagg/tensor"
+)
+
+// The CPU's exact sums (see exact.go): the batch path of WeightedSum for exact fields, the exact
+// accumulator of incremental rounds and partial aggregates, and the range scan.
+
+// exactBlockElems is the block of a batch exact sum: two limbs of 8 bytes per element, so half
+// the f64 block keeps the same 256 KiB in L2, and each f32 input is still read in runs of 16
+// pages.
+func (c *CPU) exactBlockElems() int { return c.block / 2 }
+
+// asInt64 views an f64 scratch buffer as int64 limbs (same size and alignment).
+func asInt64(v []float64) []int64 {
+	return unsafe.Slice((*int64)(unsafe.Pointer(unsafe.SliceData(v))), len(v))
+}
+
+// exactGroups are the input groups of an exact field: runs of one dtype, in input order, with
+// the weights the kernels apply (ExactWeight: no job scale, which multiplies the sum).
+func exactGroups(t int, f AccField, inputs [][]Span, weights []float64) []group {
+	var gs []group
+	for i, in := range inputs {
+		sp := in[t]
+		k := len(gs) - 1
+		if k < 0 || gs[k].dtype != sp.DType {
+			gs = append(gs, group{dtype: sp.DType})
+			k++
+		}
+		gs[k].inputs = append(gs[k].inputs, i)
+		gs[k].w64 = append(gs[k].w64, ExactWeight(weights[i], sp, f.Grid))
+	}
+	return gs
+}
+
+// sumPieceExact is sumPiece for an exact field: zero the limbs of a block, add every input's
+// terms, write the sum times 2^Grid·scale. Addition is exact, so the order of the groups and of
+// the calls changes no bit.
+func (c *CPU) sumPieceExact(ctx context.Context, s *cpuScratch, f AccField, groups []group, inputs [][]Span, pc Piece, dst []byte, scale float64) error {
+	block := c.exactBlockElems()
+	limbs := asInt64(s.acc64)
+	store := exactStoreKernel(c.kern, f.Out)
+	sc := math.Ldexp(scale, f.Grid)
+	outSize := f.Out.Size()
+	for lo := pc.Lo; lo < pc.Hi; lo += block {
+		hi := min(lo+block, pc.Hi)
+		n := hi - lo
+		h, l := limbs[:n], limbs[block:block+n]
+		clear(h)
+		clear(l)
+		for _, g := range groups {
+			xs := s.xs[:len(g.inputs)]
+			fillBlock(xs, g, inputs, pc.Field, lo, hi)
+			k := exactAccKernel(c.kern, g.dtype)
+			for i := 0; i < len(xs); i += maxInputsPerCall {
+				e := min(i+maxInputsPerCall, len(xs))
+				k(h, l, g.w64[i:e], xs[i:e])
+			}
+		}
+		out := dst[(lo-pc.Lo)*outSize : (hi-pc.Lo)*outSize]
+		store(out, h, l, sc)
+		if err := checkOut(c.kern, f, lo, out); err != nil {
+			return err
+		}
+	}
+	clear(s.xs)
+	return ctx.Err()
+}
+
+// cpuExactAccumulator is a running exact sum in host memory: two limb arrays per field.
+type cpuExactAccumulator struct {
+	c      *CPU
+	fields []AccField
+	hi, lo [][]int64
+	work   []Piece // the fields cut into blocks that workers claim
+}
+
+func (c *CPU) newExactAccumulator(fields []AccField) (*cpuExactAccumulator, error) {
+	a := &cpuExactAccumulator{c: c, fields: fields, hi: make([][]int64, len(fields)), lo: make([][]int64, len(fields))}
+	for t, f := range fields {
+		if err := checkExactField(t, f, nil); err != nil {
+			return nil, err
+		}
+		if f.Len < 0 {
+			return nil, fmt.Errorf("%w: field %q: %d elements", ErrJob, f.Name, f.Len)
+		}
+		a.hi[t] = asInt64(tensor.AlignedF64(f.Len))
+		a.lo[t] = asInt64(tensor.AlignedF64(f.Len))
+		for lo := 0; lo < f.Len; lo += addBlockElems {
+			a.work = append(a.work, Piece{Field: t, Lo: lo, Hi: min(lo+addBlockElems, f.Len)})
+		}
+	}
+	return a, nil
+}
+
+// Add implements Accumulator: w·x·2^-Grid, each term rounded to an integer, added exactly.
+func (a *cpuExactAccumulator) Add(ctx context.Context, x []Span, w float64) error {
+	if len(x) != len(a.fields) {
+		return fmt.Errorf("%w: %d spans for %d fields", ErrJob, len(x), len(a.fields))
+	}
+	if err := checkSpans(a.fields, x); err != nil {
+		return err
+	}
+	for t, f := range a.fields {
+		if err := checkExactField(t, f, [][]Span{x}); err != nil {
+			return err
+		}
+	}
+	return a.c.parallelChunks(ctx, len(a.work), func(s *cpuScratch, k int) error {
+		pc := a.work[k]
+		sp := x[pc.Field]
+		es := sp.DType.Size()
+		xs := s.xs[:1]
+		xs[0] = sp.Data[pc.Lo*es : pc.Hi*es]
+		s.w64[0] = ExactWeight(w, sp, a.fields[pc.Field].Grid)
+		exactAccKernel(a.c.kern, sp.DType)(a.hi[pc.Field][pc.Lo:pc.Hi], a.lo[pc.Field][pc.Lo:pc.Hi], s.w64[:1], xs)
+		xs[0] = nil
+		return nil
+	}, 1)
+}
+
+// Emit implements Accumulator: the sums times 2^Grid·scale, in each field's output dtype.
+func (a *cpuExactAccumulator) Emit(ctx context.Context, scale float64, chunks []Chunk, out Output) (Stats, error) {
+	if err := checkChunks(a.fields, chunks); err != nil {
+		return Stats{}, err
+	}
+	start := time.Now()
+	var stats chunkStats
+	err := a.c.parallelChunks(ctx, len(chunks), func(_ *cpuScratch, ci int) error {
+		ch := chunks[ci]
+		var elems, read int64
+		for p, pc := range ch.Pieces {
+			dst, err := out.Dest(ci, p)
+			if err != nil {
+				return err
+			}
+			f := a.fields[pc.Field]
+			store := exactStoreKernel(a.c.kern, f.Out)
+			sc := math.Ldexp(scale, f.Grid)
+			os := f.Out.Size()
+			for lo := pc.Lo; lo < pc.Hi; lo += a.c.block {
+				hi := min(lo+a.c.block, pc.Hi)
+				o := dst[(lo-pc.Lo)*os : (hi-pc.Lo)*os]
+				store(o, a.hi[pc.Field][lo:hi], a.lo[pc.Field][lo:hi], sc)
+				if err := checkOut(a.c.kern, f, lo, o); err != nil {
+					return err
+				}
+			}
+			elems += int64(pc.Hi - pc.Lo)
+			read += 16 * int64(pc.Hi-pc.Lo)
+		}
+		if err := out.Done(ci); err != nil {
+			return err
+		}
+		stats.add(elems, read, ch.Len)
+		return nil
+	}, 0)
+	return stats.total(a.c.Name(), start), err
+}
+
+// ReadSums implements ExactAccumulator.
+func (a *cpuExactAccumulator) ReadSums(_ context.Context, t int, dst []int64) error {
+	if t < 0 || t >= len(a.fields) || len(dst) != 2*a.fields[t].Len {
+		return fmt.Errorf("%w: sums of field %d into %d words", ErrJob, t, len(dst))
+	}
+	ExactToInt128(a.hi[t], a.lo[t], dst)
+	return nil
+}
+
+// AddSums implements ExactAccumulator.
+func (a *cpuExactAccumulator) AddSums(_ context.Context, t int, src []int64) error {
+	if t < 0 || t >= len(a.fields) {
+		return fmt.Errorf("%w: field %d of %d", ErrJob, t, len(a.fields))
+	}
+	return ExactAddInt128(a.hi[t], a.lo[t], src, a.fields[t].Name)
+}
+
+// Reset implements Accumulator.
+func (a *cpuExactAccumulator) Reset() {
+	for t := range a.fields {
+		clear(a.hi[t])
+		clear(a.lo[t])
+	}
+}
+
+// Close implements Accumulator.
+func (a *cpuExactAccumulator) Close() error {
+	a.hi, a.lo, a.work = nil, nil, nil
+	return nil
+}
+
+// CheckRange implements RangeChecker: blocks of the update are scanned on the device's workers
+// (kernels.Beyond*, which also catch NaN and Inf), and only a bad block is examined element by
+// element to name the first culprit.
+func (c *CPU) CheckRange(ctx context.Context, fields []AccField, x []Span, bounds []float64) error {
+	if err := checkSpans(fields, x); err != nil {
+		return err
+	}
+	if len(bounds) != len(fields) {
+		return fmt.Errorf("%w: %d bounds for %d fields", ErrJob, len(bounds), len(fields))
+	}
+	for t, f := range fields {
+		if !exactInput(x[t].DType) {
+			return fmt.Errorf("%w: field %q: %s: exact sums take f32, bf16, f16 and i8", ErrUnsupported, f.Name, x[t].DType)
+		}
+		if !(bounds[t] > 0) || math.IsInf(bounds[t], 0) {
+			return fmt.Errorf("%w: field %q: bound %v", ErrJob, f.Name, bounds[t])
+		}
+	}
+	type block struct{ t, lo, hi int }
+	var blocks []block
+	for t, f := range fields {
+		for lo := 0; lo < f.Len; lo += scanBlockElems {
+			blocks = append(blocks, block{t, lo, min(lo+scanBlockElems, f.Len)})
+		}
+	}
+	var first atomic.Int64 // lowest bad block index + 1; 0 for none
+	err := c.parallelBlocks(ctx, len(blocks), func(k int, _ []float32) {
+		if f := first.Load(); f != 0 && int(f-1) < k {
+			return
+		}
+		b := blocks[k]
+		sp := x[b.t]
+		es := sp.DType.Size()
+		if !c.beyond(sp, sp.Data[b.lo*es:b.hi*es], bounds[b.t]) {
+			return
+		}
+		for {
+			f := first.Load()
+			if f != 0 && int(f-1) <= k || first.CompareAndSwap(f, int64(k+1)) {
+				return
+			}
+		}
+	})
+	if err != nil {
+		return err
+	}
+	f := first.Load()
+	if f == 0 {
+		return nil
+	}
+	b := blocks[f-1]
+	sp := x[b.t]
+	for i := b.lo; i < b.hi; i++ {
+		v := sp.Value(i)
+		switch {
+		case math.IsNaN(v) || math.IsInf(v, 0):
+			return &tensor.NonFiniteError{Tensor: fields[b.t].Name, Index: i, Value: v}
+		case !(math.Abs(v) <= bounds[b.t]):
+			return &RangeError{Tensor: fields[b.t].Name, Index: i, Value: v, Bound: bounds[b.t]}
+		}
+	}
+	return nil // unreachable: the block had a culprit
+}
+
+// beyond reports whether some element of the block b of span sp is NaN or beyond ±bound.
+func (c *CPU) beyond(sp Span, b []byte, bound float64) bool {
+	if sp.DType == tensor.I8 {
+		// |Scale·q| ≤ bound for every q with |q| ≤ m.
+		m := math.Floor(bound / math.Abs(float64(sp.Scale)))
+		for _, q := range b {
+			if v := math.Abs(float64(int8(q))); v > m && v*math.Abs(float64(sp.Scale)) > bound {
+				return true
+			}
+		}
+		return false
+	}
+	b32 := float32(bound)
+	if float64(b32) > bound {
+		b32 = math.Nextafter32(b32, 0) // the largest f32 within the bound
+	}
+	switch sp.DType {
+	case tensor.F32:
+		return c.kern.BeyondF32(b, b32)
+	case tensor.BF16:
+		return c.kern.BeyondBF16(b, b32)
+	default:
+		return c.kern.BeyondF16(b, b32)
+	}
+}
