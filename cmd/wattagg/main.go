@@ -58,5 +58,6 @@ throughput and energy for each round.`,
 	})
 	root.AddCommand(newAggregateCmd(), newDevicesCmd(), newDemoCmd(), newBenchCmd())
 	root.AddCommand(newCalibrateCmd(), newConvertCmd())
+	addServerCommands(root) // serve, push, pull, bench serve (serve.go)
 	return root
 }

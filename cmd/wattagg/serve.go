@@ -1,0 +1,154 @@
+package main
+
+import (
+	"bufio"
+	"cmp"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/wattagg/wattagg/energy"
+	"github.com/wattagg/wattagg/server"
+)
+
+// addServerCommands registers serve, push and pull, and `bench serve` under the bench command.
+func addServerCommands(root *cobra.Command) {
+	root.AddCommand(newServeCmd(), newPushCmd(), newPullCmd())
+	for _, c := range root.Commands() {
+		if c.Name() == "bench" {
+			c.AddCommand(newBenchServeCmd())
+		}
+	}
+}
+
+func newServeCmd() *cobra.Command {
+	var cfgPath, addrFile string
+	var grace time.Duration
+	var noMeters bool
+	cmd := &cobra.Command{
+		Use:   "serve --config FILE",
+		Short: "Run the aggregation server: clients push updates over HTTP, rounds close into models",
+		Long: `serve runs rounds of the configured rule over updates that clients push with HTTP PUT
+(.safetensors bodies, bearer tokens, optional TLS and mutual TLS). Each update is checked from its
+header before its body is read, streamed to a checksummed spool file, and acknowledged only once
+durable (fdatasync and a group-committed acknowledgement log). After a crash the open round
+resumes from its log: every acknowledged update exactly once, the same bits.
+
+The configuration is a JSON file:
+
+  {
+    "listen": "127.0.0.1:8443",
+    "data_dir": "/var/lib/wattagg",
+    "tls": {"cert_file": "server.pem", "key_file": "server.key", "client_ca_file": "clients-ca.pem"},
+    "admin_token_sha256": "<wattagg serve hash-token>",
+    "clients": [{"id": "site-a", "token_sha256": "<hash>", "cert_cn": "site-a"}],
+    "round": {"rule": "fedavg", "params": {}, "min_clients": 2, "max_clients": 64,
+              "quorum": 48, "deadline": "10m", "initial_global": "global.safetensors"},
+    "limits": {"max_update_bytes": 8589934592, "max_streams": 64, "idle_timeout": "30s"}
+  }
+
+Rules: fedavg, median, trimmed-mean (beta), krum and multi-krum (f, m), bulyan (f),
+geomed (nu, max_iter, tol), centered-clip (tau, iters), norm-clip and norm-zero (clip_bound or
+clip_quantile), fedavgm, fedadagrad, fedadam, fedyogi (server_lr, beta1, beta2, tau),
+dp-fixed and dp-adaptive (clip, noise_multiplier, sampling_rate, delta, target_quantile, clip_lr,
+clipped_count_stddev, expected_clients), and compositions such as "norm-clip,median".
+
+API: PUT /v1/rounds/{n}/update, GET /v1/rounds/{n}/model, GET /v1/model, GET /v1/rounds,
+GET /v1/rounds/{n}, POST /v1/rounds/{n}/close and POST /v1/rounds (admin), GET /metrics,
+GET / (status page), GET /healthz. SIGINT or SIGTERM stops the server gracefully.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if cfgPath == "" {
+				return usagef("serve needs --config FILE (see wattagg serve --help)")
+			}
+			cfg, err := server.LoadConfig(cfgPath)
+			if err != nil {
+				return err
+			}
+			level := slog.LevelInfo
+			if err := level.UnmarshalText([]byte(cmp.Or(cfg.LogLevel, "info"))); err != nil {
+				return fmt.Errorf("%w: log_level %q", server.ErrConfig, cfg.LogLevel)
+			}
+			logger := slog.New(slog.NewJSONHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: level}))
+			opts := []server.Option{server.WithLogger(logger)}
+			if !noMeters {
+				inv, err := energy.Discover()
+				if err != nil {
+					return err
+				}
+				defer inv.Close()
+				opts = append(opts, server.WithMeters(inv.Meters()...))
+				logger.Info("energy meters", "rapl", inv.RAPL.Detail, "nvml", inv.NVML.Detail, "cpu_estimate", inv.CPUEstimate)
+			}
+			return server.ListenAndServe(cmd.Context(), cfg, grace, func(a net.Addr) {
+				if addrFile != "" {
+					if err := writeAddrFile(addrFile, a); err != nil {
+						logger.Error("writing --addr-file", "err", err)
+					}
+				}
+			}, opts...)
+		},
+	}
+	cmd.Flags().StringVar(&cfgPath, "config", "", "the server's JSON configuration file")
+	cmd.Flags().StringVar(&addrFile, "addr-file", "", "write the address the server listens on to this file once it serves (for listen ports :0)")
+	cmd.Flags().DurationVar(&grace, "grace", 30*time.Second, "on SIGTERM, how long requests in progress may take to finish")
+	cmd.Flags().BoolVar(&noMeters, "no-meters", false, "do not meter rounds (reports say why joules are null)")
+	cmd.AddCommand(newHashTokenCmd())
+	return cmd
+}
+
+// writeAddrFile publishes the listening address atomically, with a final newline.
+func writeAddrFile(path string, a net.Addr) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(a.String()+"\n"), 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+func newHashTokenCmd() *cobra.Command {
+	var generate bool
+	cmd := &cobra.Command{
+		Use:   "hash-token",
+		Short: "Print the SHA-256 of a token read from stdin, as the configuration stores it",
+		Long: `hash-token reads a token from the first line of stdin and prints its hex SHA-256, the value
+of a client's token_sha256 (or of admin_token_sha256) in the server's configuration. The server
+keeps only hashes: tokens must be random secrets (--new makes one: 32 random bytes, hex).
+
+  wattagg serve hash-token --new          # prints "TOKEN HASH": give TOKEN to the client, HASH to the config
+  echo -n "$TOKEN" | wattagg serve hash-token`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if generate {
+				var b [32]byte
+				if _, err := rand.Read(b[:]); err != nil {
+					return err
+				}
+				tok := hex.EncodeToString(b[:])
+				fmt.Fprintln(cmd.OutOrStdout(), tok, server.HashToken(tok))
+				return nil
+			}
+			line, err := bufio.NewReader(io.LimitReader(cmd.InOrStdin(), 1<<16)).ReadString('\n')
+			if err != nil && !errors.Is(err, io.EOF) {
+				return err
+			}
+			tok := strings.TrimRight(line, "\r\n")
+			if tok == "" {
+				return usagef("hash-token: no token on stdin (or use --new)")
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), server.HashToken(tok))
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&generate, "new", false, "make a random token and print it with its hash")
+	return cmd
+}

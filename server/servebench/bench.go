@@ -1,0 +1,481 @@
+package servebench
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/wattagg/wattagg/server"
+	"github.com/wattagg/wattagg/server/client"
+)
+
+// Config is a `wattagg bench serve` run.
+type Config struct {
+	Dir   string  // scratch directory (data directories, spools, floors' files)
+	Start Starter // starts the server process
+
+	Clients int // concurrent clients of the ingest row
+	Params  int // f32 parameters of each of their updates
+
+	SmallClients int // clients of the many-small-clients row
+	SmallParams  int
+	SmallStreams int // of them pushing at once
+
+	Kills        int // crash row: SIGKILLs during a round of
+	CrashClients int // clients of
+	CrashParams  int // parameters each
+
+	Only []string // rows to run (ingest, small, crash); nil: all
+	Log  func(format string, args ...any)
+}
+
+// Row is one measured figure beside its floor.
+type Row struct {
+	What     string  `json:"what"`
+	Measured float64 `json:"measured"`
+	Unit     string  `json:"unit"`
+	Floor    float64 `json:"floor,omitempty"`
+	FloorIs  string  `json:"floor_is,omitempty"`
+	Ratio    float64 `json:"ratio,omitempty"`
+	Note     string  `json:"note,omitempty"`
+}
+
+// Result is every row of a run.
+type Result struct {
+	Rows  []Row        `json:"rows"`
+	Crash *CrashResult `json:"crash,omitempty"`
+}
+
+func (c *Config) wants(row string) bool { return len(c.Only) == 0 || slices.Contains(c.Only, row) }
+
+func (c *Config) logf(format string, args ...any) {
+	if c.Log != nil {
+		c.Log(format, args...)
+	}
+}
+
+// Run measures what Config asks, each figure with its floor from the same run.
+func Run(ctx context.Context, c Config) (*Result, error) {
+	res := &Result{}
+	if c.wants("ingest") {
+		rows, err := ingestRows(ctx, &c)
+		if err != nil {
+			return res, fmt.Errorf("ingest: %w", err)
+		}
+		res.Rows = append(res.Rows, rows...)
+	}
+	if c.wants("small") {
+		rows, err := smallRows(ctx, &c)
+		if err != nil {
+			return res, fmt.Errorf("small clients: %w", err)
+		}
+		res.Rows = append(res.Rows, rows...)
+	}
+	if c.wants("crash") {
+		dir := filepath.Join(c.Dir, "crash")
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return res, err
+		}
+		cr, err := Crash(ctx, CrashConfig{Dir: dir, Clients: c.CrashClients, Params: c.CrashParams, Kills: c.Kills,
+			Concurrency: 16, MaxKillWait: 30 * time.Millisecond, Seed: rand.Uint64(), Start: c.Start, Log: c.Log})
+		res.Crash = cr
+		if err != nil {
+			return res, fmt.Errorf("crash run: %w", err)
+		}
+		ok := 0.0
+		if cr.Lost == 0 && cr.Twice == 0 && cr.Mismatched == 0 && cr.BitsEqual {
+			ok = 1
+		}
+		var worst time.Duration
+		for _, d := range cr.Resumes {
+			worst = max(worst, d)
+		}
+		res.Rows = append(res.Rows, Row{What: fmt.Sprintf("crash: %d SIGKILLs in a %d-client round (%d params each)", cr.Kills, c.CrashClients, c.CrashParams),
+			Measured: ok, Unit: "all checks passed (1/0)",
+			Note: fmt.Sprintf("%d acknowledged, %d lost, %d counted twice, %d mismatched, bits equal %v; slowest restart %.2f s",
+				cr.Acked, cr.Lost, cr.Twice, cr.Mismatched, cr.BitsEqual, worst.Seconds())})
+	}
+	return res, nil
+}
+
+// serverConfig writes a configuration of n clients and returns its path and their tokens.
+func serverConfig(dir string, n, streams int, extra map[string]any) (string, []string, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", nil, err
+	}
+	tokens := make([]string, n)
+	clients := make([]map[string]string, n)
+	for k := range tokens {
+		tokens[k] = fmt.Sprintf("bench-%d-%x", k, rand.Uint64())
+		clients[k] = map[string]string{"id": clientID(k), "token_sha256": server.HashToken(tokens[k])}
+	}
+	round := map[string]any{"rule": "fedavg", "max_clients": n}
+	for k, v := range extra {
+		round[k] = v
+	}
+	cfg := map[string]any{"listen": "127.0.0.1:0", "data_dir": filepath.Join(dir, "data"), "clients": clients,
+		"round":  round,
+		"limits": map[string]any{"max_streams": streams, "max_update_bytes": 1 << 40}}
+	b, err := json.Marshal(cfg)
+	if err != nil {
+		return "", nil, err
+	}
+	path := filepath.Join(dir, "server.json")
+	return path, tokens, os.WriteFile(path, b, 0o600)
+}
+
+// ingestRows: Clients concurrent clients push a Params-parameter f32 update each over loopback
+// HTTP with durability on, against plain TCP streams into a discarding reader and the disk's
+// durable write rate for the same bytes; the server's peak RSS against the budget; and the
+// cost of checkpointing the accumulator per group (design B).
+func ingestRows(ctx context.Context, c *Config) ([]Row, error) {
+	dir := filepath.Join(c.Dir, "ingest")
+	body, err := updateBytes(c.Params, 0)
+	if err != nil {
+		return nil, err
+	}
+	total := float64(len(body)) * float64(c.Clients)
+	// Floor 1: the same bytes over the same number of TCP streams into io.Discard.
+	tcp, err := tcpFloor(body, c.Clients)
+	if err != nil {
+		return nil, err
+	}
+	c.logf("TCP floor: %.2f GB/s", total/tcp.Seconds()/1e9)
+	// Floor 2: the disk writing what design A writes: one file per update, fdatasync each.
+	disk, err := diskFloor(filepath.Join(dir, "floor"), len(body), c.Clients)
+	if err != nil {
+		return nil, err
+	}
+	c.logf("disk floor: %.2f GB/s", total/disk.Seconds()/1e9)
+	// Design B: a durable write of the accumulator (model-sized, f32) per group.
+	accWrite, err := durableWrite(filepath.Join(dir, "floor"), c.Params*4)
+	if err != nil {
+		return nil, err
+	}
+	cfgPath, tokens, err := serverConfig(dir, c.Clients, c.Clients, nil)
+	if err != nil {
+		return nil, err
+	}
+	p, err := startProcess(ctx, c.Start, cfgPath, filepath.Join(dir, "addr"))
+	if err != nil {
+		return nil, err
+	}
+	defer p.stop()
+	t0 := time.Now()
+	var wg sync.WaitGroup
+	errs := make(chan error, c.Clients)
+	for k := range c.Clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cl, err := client.New(p.url, client.WithToken(tokens[k]))
+			if err == nil {
+				_, err = cl.Push(ctx, 1, bytes.NewReader(body), int64(len(body)))
+			}
+			if err != nil {
+				errs <- err
+			}
+		}()
+	}
+	wg.Wait()
+	ingest := time.Since(t0)
+	close(errs)
+	for err := range errs {
+		return nil, err
+	}
+	if err := waitClosed(ctx, p.url, 1); err != nil {
+		return nil, err
+	}
+	closed := time.Since(t0)
+	groups, err := scrape(p.url, "wattagg_commit_group_updates_count")
+	if err != nil {
+		return nil, err
+	}
+	hwm, anon := peakRSS(p.cmd.Process.Pid)
+	// The floor is the slower of the two: the smaller rate, the longer time.
+	floor, floorIs := tcp, "loopback TCP"
+	if disk > tcp {
+		floor, floorIs = disk, "disk durable writes"
+	}
+	model := float64(c.Params * 4)
+	budget := 1.3*model + float64(c.Clients)*2*float64(server.DefaultChunkBytes) + 128<<20
+	gb := func(d time.Duration) float64 { return total / d.Seconds() / 1e9 }
+	g := max(groups, 1)
+	rows := []Row{
+		{What: fmt.Sprintf("HTTP ingest, %d clients × %d f32 params, durable", c.Clients, c.Params), Measured: gb(ingest), Unit: "GB/s",
+			Floor: gb(floor), FloorIs: "min(loopback TCP, disk durable): " + floorIs, Ratio: floor.Seconds() / ingest.Seconds(),
+			Note: fmt.Sprintf("TCP %.2f GB/s, disk %.2f GB/s; first byte to last acknowledgement %.2f s; round closed %.2f s after the start; %.0f group commits",
+				gb(tcp), gb(disk), ingest.Seconds(), closed.Seconds(), groups)},
+		{What: "server peak RSS (VmHWM) during the ingest round", Measured: hwm / (1 << 20), Unit: "MiB",
+			Floor: budget / (1 << 20), FloorIs: "budget 1.3 × model + streams × 2 chunks + 128 MiB", Ratio: hwm / budget,
+			Note: fmt.Sprintf("RssAnon at the end %.0f MiB; model %.0f MiB", anon/(1<<20), model/(1<<20))},
+		{What: "design B: accumulator checkpoint per group commit", Measured: accWrite.Seconds() * 1e3, Unit: "ms per group",
+			Note: fmt.Sprintf("a durable write of the %.0f MiB f32 accumulator; over this round's %.0f groups B would write %.2f GB (%.1f s of checkpoints) where A wrote %.2f GB of spool in the ingest itself",
+				model/(1<<20), g, g*model/1e9, g*accWrite.Seconds(), total/1e9)},
+	}
+	return rows, nil
+}
+
+// smallRows: many clients of a small model, pushing SmallStreams at a time: updates per
+// second and the time from an update's last byte to its acknowledgement.
+func smallRows(ctx context.Context, c *Config) ([]Row, error) {
+	dir := filepath.Join(c.Dir, "small")
+	body, err := updateBytes(c.SmallParams, 1)
+	if err != nil {
+		return nil, err
+	}
+	disk, err := diskFloor(filepath.Join(dir, "floor"), len(body), c.SmallStreams)
+	if err != nil {
+		return nil, err
+	}
+	cfgPath, tokens, err := serverConfig(dir, c.SmallClients, c.SmallStreams, nil)
+	if err != nil {
+		return nil, err
+	}
+	p, err := startProcess(ctx, c.Start, cfgPath, filepath.Join(dir, "addr"))
+	if err != nil {
+		return nil, err
+	}
+	defer p.stop()
+	lat := make([]time.Duration, c.SmallClients)
+	work := make(chan int, c.SmallClients)
+	for k := range c.SmallClients {
+		work <- k
+	}
+	close(work)
+	var wg sync.WaitGroup
+	errs := make(chan error, c.SmallClients)
+	t0 := time.Now()
+	for range c.SmallStreams {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for k := range work {
+				cl, err := client.New(p.url, client.WithToken(tokens[k]))
+				if err != nil {
+					errs <- err
+					return
+				}
+				var last time.Time
+				n := int64(len(body))
+				_, err = cl.Push(ctx, 1, bytes.NewReader(body), n, client.WithProgress(func(done, _ int64) {
+					if done == n {
+						last = time.Now()
+					}
+				}))
+				if err != nil {
+					errs <- err
+					return
+				}
+				lat[k] = time.Since(last)
+			}
+		}()
+	}
+	wg.Wait()
+	wall := time.Since(t0)
+	close(errs)
+	for err := range errs {
+		return nil, err
+	}
+	if err := waitClosed(ctx, p.url, 1); err != nil {
+		return nil, err
+	}
+	slices.Sort(lat)
+	p99 := lat[len(lat)*99/100]
+	p50 := lat[len(lat)/2]
+	perSec := float64(c.SmallClients) / wall.Seconds()
+	diskPerSec := float64(c.SmallStreams) / disk.Seconds()
+	return []Row{
+		{What: fmt.Sprintf("%d clients × %d f32 params, %d pushing at once", c.SmallClients, c.SmallParams, c.SmallStreams),
+			Measured: perSec, Unit: "updates/s", Floor: diskPerSec, FloorIs: "disk: files of one update written and fdatasynced, as many at once",
+			Ratio: perSec / diskPerSec, Note: fmt.Sprintf("%.2f GB/s of updates", perSec*float64(len(body))/1e9)},
+		{What: "last byte to acknowledgement", Measured: float64(p99.Microseconds()) / 1e3, Unit: "ms p99",
+			Note: fmt.Sprintf("p50 %.2f ms, max %.2f ms (client side: includes the answer's way back)",
+				float64(p50.Microseconds())/1e3, float64(lat[len(lat)-1].Microseconds())/1e3)},
+	}, nil
+}
+
+// tcpFloor sends body over n concurrent loopback TCP streams into io.Discard and returns the
+// time from the first byte to the last stream's end.
+func tcpFloor(body []byte, n int) (time.Duration, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer ln.Close()
+	var recv sync.WaitGroup
+	recv.Add(n)
+	go func() {
+		for range n {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer recv.Done()
+				io.Copy(io.Discard, conn)
+				conn.Close()
+			}()
+		}
+	}()
+	t0 := time.Now()
+	var send sync.WaitGroup
+	var sendErr error
+	var mu sync.Mutex
+	for range n {
+		send.Add(1)
+		go func() {
+			defer send.Done()
+			conn, err := net.Dial("tcp", ln.Addr().String())
+			if err == nil {
+				_, err = conn.Write(body)
+				conn.Close()
+			}
+			if err != nil {
+				mu.Lock()
+				sendErr = err
+				mu.Unlock()
+			}
+		}()
+	}
+	send.Wait()
+	recv.Wait()
+	return time.Since(t0), sendErr
+}
+
+// diskFloor writes n files of size bytes at once, in 1 MiB writes, each fdatasynced, as the
+// spool does, and returns the time it took.
+func diskFloor(dir string, size, n int) (time.Duration, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return 0, err
+	}
+	defer os.RemoveAll(dir)
+	buf := make([]byte, 1<<20)
+	for i := range buf {
+		buf[i] = byte(i * 7)
+	}
+	t0 := time.Now()
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for k := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			f, err := os.Create(filepath.Join(dir, strconv.Itoa(k)))
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer f.Close()
+			for off := 0; off < size; off += len(buf) {
+				if _, err := f.Write(buf[:min(len(buf), size-off)]); err != nil {
+					errs <- err
+					return
+				}
+			}
+			if err := unix.Fdatasync(int(f.Fd())); err != nil {
+				errs <- err
+			}
+		}()
+	}
+	wg.Wait()
+	d := time.Since(t0)
+	close(errs)
+	for err := range errs {
+		return 0, err
+	}
+	return d, nil
+}
+
+// durableWrite times one durable write of size bytes (write and fdatasync), as a checkpoint of
+// the accumulator would be.
+func durableWrite(dir string, size int) (time.Duration, error) {
+	return diskFloor(dir, size, 1)
+}
+
+// scrape reads the value of one metric from the server's /metrics.
+func scrape(url, name string) (float64, error) {
+	resp, err := httpGet(url + "/metrics")
+	if err != nil {
+		return 0, err
+	}
+	sc := bufio.NewScanner(bytes.NewReader(resp))
+	for sc.Scan() {
+		line := sc.Text()
+		if strings.HasPrefix(line, name+" ") {
+			return strconv.ParseFloat(strings.TrimSpace(strings.TrimPrefix(line, name)), 64)
+		}
+	}
+	return 0, fmt.Errorf("metric %s not found", name)
+}
+
+// peakRSS reads VmHWM and RssAnon of a process, in bytes.
+func peakRSS(pid int) (hwm, anon float64) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 {
+			continue
+		}
+		v, _ := strconv.ParseFloat(f[1], 64)
+		switch f[0] {
+		case "VmHWM:":
+			hwm = v * 1024
+		case "RssAnon:":
+			anon = v * 1024
+		}
+	}
+	return hwm, anon
+}
+
+// Print writes the rows as a table.
+func (r *Result) Print(w io.Writer) {
+	fmt.Fprintf(w, "%-64s %14s %-22s %12s %7s\n", "what", "measured", "unit", "floor", "ratio")
+	for _, row := range r.Rows {
+		floor, ratio := "", ""
+		if row.Floor != 0 {
+			floor = fmt.Sprintf("%.3g", row.Floor)
+		}
+		if row.Ratio != 0 {
+			ratio = fmt.Sprintf("%.2f", row.Ratio)
+		}
+		fmt.Fprintf(w, "%-64s %14.4g %-22s %12s %7s\n", row.What, row.Measured, row.Unit, floor, ratio)
+		if row.FloorIs != "" {
+			fmt.Fprintf(w, "    floor: %s\n", row.FloorIs)
+		}
+		if row.Note != "" {
+			fmt.Fprintf(w, "    %s\n", row.Note)
+		}
+	}
+}
+
+// httpGet reads the body at url.
+func httpGet(url string) ([]byte, error) {
+	resp, err := http.Get(url)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	return io.ReadAll(resp.Body)
+}
