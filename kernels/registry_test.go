@@ -64,8 +64,7 @@ func TestImpls(t *testing.T) {
 		if k.Name() == "avx2" && k.runs != [4]string{"avx2", "avx2", "avx2", "avx2"} {
 			t.Errorf("avx2 runs %s", k.Description())
 		}
-		// The robust family has no avx512 tables yet: the avx512 Impl runs its avx2 ones.
-		if k.Name() == "avx512" && k.runs != [4]string{"avx512", "avx2", "avx512", "avx512"} {
+		if k.Name() == "avx512" && k.runs != [4]string{"avx512", "avx512", "avx512", "avx512"} {
 			t.Errorf("avx512 runs %s", k.Description())
 		}
 		if got, err := Lookup(k.Name()); err != nil || got != k {

@@ -9,32 +9,27 @@ import "github.com/wattagg/wattagg/internal/race"
 // reference code of robust.go finishes the tails, so results are bitwise those of
 // robustGeneric.
 var robustAVX2 = robustKernels{
-	name:          "avx2",
-	sortGroups:    sortGroupsAVX2,
-	medianSorted:  medianSortedAVX2,
-	trimmedSorted: trimmedSortedAVX2,
-	closestSorted: closestSortedAVX2,
-	gram:          gramAVX2,
-	sqDist:        sqDistAVX2,
-	fmaLoop:       fmaLoopAVX2,
+	name:  "avx2",
+	width: 8,
+	sortGroups: func(tmp []float32, x [][]byte, off, groups int) {
+		sortGroupsAsm(tmp, x, off, groups, 8, sortSmallF32AVX2, sortNetF32AVX2)
+	},
+	medianSorted:  func(dst, tmp []float32, n int) { sortedAsm(dst, tmp, n, 8, medianSortedF32AVX2) },
+	trimmedSorted: func(dst, tmp []float32, n, k int) { trimmedAsm(dst, tmp, n, k, 8, trimmedSortedF32AVX2) },
+	closestSorted: func(dst, tmp []float32, n, beta int) { closestAsm(dst, tmp, n, beta, 8, closestSortedF32AVX2) },
+	gram: func(p, sq []float64, x [][]byte, elems int, tmp []float64) {
+		gramAsm(p, sq, x, elems, tmp, 3, gramPackF32AVX2, gramTilesAVX2)
+	},
+	sqDist:  sqDistAVX2,
+	fmaLoop: fmaLoopAVX2,
 }
 
-// robustAsm returns the assembly table when the CPU runs it (the same features as the avx2
-// variant of the accumulation kernels).
-func robustAsm() *robustKernels {
-	if hasAVX2 {
-		return &robustAVX2
-	}
-	return nil
-}
+var _ = register(robustFamily, "avx2", hasAVX2, &robustAVX2)
 
-func sortGroupsAVX2(tmp []float32, x [][]byte, off, groups int) {
-	n := len(x)
-	if groups <= 0 || n == 0 {
-		return
-	}
-	_ = tmp[groups*n*8-1]
-	end := 4 * (off + 8*groups)
+// checkGroups checks the inputs of a call that reads groups groups of width coordinates from
+// element off, and reports them to the race detector.
+func checkGroups(x [][]byte, off, groups, width int) {
+	end := 4 * (off + width*groups)
 	for _, xi := range x {
 		_ = xi[end-1]
 	}
@@ -43,65 +38,88 @@ func sortGroupsAVX2(tmp []float32, x [][]byte, off, groups int) {
 		for _, xi := range x {
 			race.ReadSlice(xi[4*off : end])
 		}
-		race.WriteSlice(tmp[:groups*n*8])
 	}
+}
+
+// sortGroupsAsm runs the straight-line sort up to smallSortMax inputs and the table-driven one
+// beyond.
+func sortGroupsAsm(tmp []float32, x [][]byte, off, groups, width int,
+	small func(tmp []float32, x [][]byte, off, groups int),
+	table func(tmp []float32, x [][]byte, off, groups int, net []uint32)) {
+	n := len(x)
+	if groups <= 0 || n == 0 {
+		return
+	}
+	_ = tmp[groups*n*width-1]
+	checkGroups(x, off, groups, width)
+	race.WriteSlice(tmp[:groups*n*width])
 	if n <= smallSortMax {
-		sortSmallF32AVX2(tmp, x, off, groups)
+		small(tmp, x, off, groups)
 		return
 	}
 	nw := networkFor(n)
-	if race.Enabled {
-		race.ReadSlice(nw.offsets)
-	}
-	sortNetF32AVX2(tmp, x, off, groups, nw.offsets)
+	race.ReadSlice(nw.offsets)
+	table(tmp, x, off, groups, nw.offsets)
 }
 
-// sortedArgs checks a reduction over the sorted slab and returns whether there is work.
-func sortedArgs(dst, tmp []float32, n int) bool {
-	g := len(dst) / 8
+// sortedArgs checks a reduction over the sorted slab and returns the length of dst it covers
+// (whole groups), 0 if none.
+func sortedArgs(dst, tmp []float32, n, width int) int {
+	g := len(dst) / width
 	if g == 0 {
-		return false
+		return 0
 	}
-	_ = dst[8*g-1]
-	_ = tmp[g*n*8-1]
+	_ = dst[width*g-1]
+	_ = tmp[g*n*width-1]
 	if race.Enabled {
-		race.ReadSlice(tmp[:g*n*8])
-		race.WriteSlice(dst[:8*g])
+		race.ReadSlice(tmp[:g*n*width])
+		race.WriteSlice(dst[:width*g])
 	}
-	return true
+	return width * g
 }
 
-func medianSortedAVX2(dst, tmp []float32, n int) {
-	if sortedArgs(dst, tmp, n) {
-		medianSortedF32AVX2(dst[:len(dst)&^7], tmp, n)
+func sortedAsm(dst, tmp []float32, n, width int, asm func(dst, tmp []float32, n int)) {
+	if m := sortedArgs(dst, tmp, n, width); m > 0 {
+		asm(dst[:m], tmp, n)
 	}
 }
 
-func trimmedSortedAVX2(dst, tmp []float32, n, k int) {
-	if 2*k >= n {
+func trimmedAsm(dst, tmp []float32, n, k, width int, asm func(dst, tmp []float32, n, k int, c float32)) {
+	if 2*k >= n || k < 0 {
 		panic("kernels: trimmed mean with 2k >= n")
 	}
-	if sortedArgs(dst, tmp, n) {
-		trimmedSortedF32AVX2(dst[:len(dst)&^7], tmp, n, k, float32(n-2*k))
+	if m := sortedArgs(dst, tmp, n, width); m > 0 {
+		asm(dst[:m], tmp, n, k, float32(n-2*k))
 	}
 }
 
-func closestSortedAVX2(dst, tmp []float32, n, beta int) {
+func closestAsm(dst, tmp []float32, n, beta, width int, asm func(dst, tmp []float32, n, beta int, c float32)) {
 	if beta < 1 || beta > n {
 		panic("kernels: closest mean with beta outside [1, n]")
 	}
-	if sortedArgs(dst, tmp, n) {
-		closestSortedF32AVX2(dst[:len(dst)&^7], tmp, n, beta, float32(beta))
+	if m := sortedArgs(dst, tmp, n, width); m > 0 {
+		asm(dst[:m], tmp, n, beta, float32(beta))
 	}
 }
 
-// gramAVX2 runs the tiles on the largest multiple of 8 elements and the reference on the rest;
-// the lane of element j stays j%4 either way.
-func gramAVX2(p []float64, x [][]byte, elems int) {
+// gramCallFMAs bounds the pair-updates one call of the tiles makes (about 0.1-0.2 ms on a core),
+// since the runtime cannot preempt a goroutine in assembly: the wrapper asks for row ranges of
+// that size.
+const gramCallFMAs = 4 << 20
+
+// gramAsm packs the largest multiple of 8 elements, runs the tiles over it in row ranges (rows
+// a multiple of the tiles' rows), and runs the reference on the rest; the lane of element j
+// stays j%4 either way.
+func gramAsm(p, sq []float64, x [][]byte, elems int, tmp []float64, rows int,
+	pack func(tmp, sq []float64, x [][]byte, elems int),
+	tiles func(p, tmp []float64, n, elems, r0, r1 int)) {
 	n := len(x)
 	m := elems &^ 7
 	if m > 0 && n > 0 {
-		_ = p[GramLanes*n*n-1]
+		_ = p[GramPartials(n)-1]
+		_ = sq[GramLanes*n-1]
+		scratch := GramScratch(n, m)
+		_ = tmp[scratch-1]
 		for _, xi := range x {
 			_ = xi[4*m-1]
 		}
@@ -110,13 +128,18 @@ func gramAVX2(p []float64, x [][]byte, elems int) {
 			for _, xi := range x {
 				race.ReadSlice(xi[:4*m])
 			}
-			race.ReadSlice(p[:GramLanes*n*n])
-			race.WriteSlice(p[:GramLanes*n*n])
+			race.WriteSlice(tmp[:scratch])
+			race.WriteSlice(sq[:GramLanes*n])
+			race.WriteSlice(p[:GramPartials(n)])
 		}
-		gramF32AVX2(p, x, m)
+		pack(tmp, sq, x, m)
+		step := max(rows, gramCallFMAs/(n*m)/rows*rows)
+		for r0 := 0; r0 < n; r0 += step {
+			tiles(p, tmp, n, m, r0, min(r0+step, n))
+		}
 	}
 	if m < elems {
-		gramGeneric(p, x, m, elems)
+		gramGeneric(p, sq, x, m, elems)
 	}
 }
 

@@ -8059,11 +8059,13 @@ gather:
 	MOVQ    net_len+72(FP), SI
 	LEAQ    (BX)(SI*4), SI
 	CMPQ    BX, SI
-	JAE     next
+	JAE     net_done
 
-cmp:
+net_cmp:
 	MOVL    (BX), R8
 	MOVL    4(BX), R9
+	SHLQ    $0x05, R8
+	SHLQ    $0x05, R9
 	VMOVUPS (AX)(R8*1), Y0
 	VMOVUPS (AX)(R9*1), Y1
 	VMINPS  Y1, Y0, Y2
@@ -8072,9 +8074,9 @@ cmp:
 	VMOVUPS Y1, (AX)(R9*1)
 	ADDQ    $0x08, BX
 	CMPQ    BX, SI
-	JB      cmp
+	JB      net_cmp
 
-next:
+net_done:
 	ADDQ $0x20, CX
 	MOVQ DI, AX
 	DECQ DX
@@ -8195,51 +8197,75 @@ TEXT ·closestSortedF32AVX2(SB), NOSPLIT, $0-68
 	JZ           even
 
 odd_loop:
-	VMOVUPS (CX)(DI*1), Y0
-	VXORPS  Y5, Y5, Y5
-	VMOVUPS Y1, Y6
+	VMOVUPS (CX)(DI*1), Y5
+	VXORPS  Y6, Y6, Y6
+	VXORPS  Y7, Y7, Y7
+	VMOVUPS Y1, Y8
 	MOVQ    CX, R8
 	MOVQ    R9, R11
 	TESTQ   R11, R11
 	JZ      odd_window
 
 odd_start:
-	VMOVUPS   (R8), Y7
-	VSUBPS    Y0, Y7, Y7
-	VANDPS    Y2, Y7, Y7
-	VMOVUPS   (R8)(R10*1), Y8
-	VSUBPS    Y0, Y8, Y8
-	VANDPS    Y2, Y8, Y8
-	VCMPPS    $0x01, Y7, Y8, Y8
-	VBLENDVPS Y8, Y6, Y5, Y5
-	VADDPS    Y1, Y6, Y6
+	VMOVUPS   (R8), Y9
+	VSUBPS    Y5, Y9, Y9
+	VANDPS    Y2, Y9, Y9
+	VMOVUPS   (R8)(R10*1), Y10
+	VSUBPS    Y5, Y10, Y10
+	VANDPS    Y2, Y10, Y10
+	VCMPPS    $0x01, Y9, Y10, Y11
+	VCMPPS    $0x00, Y9, Y10, Y10
+	VADDPS    Y1, Y7, Y9
+	VCMPPS    $0x00, Y8, Y9, Y9
+	VANDPS    Y9, Y10, Y10
+	VORPS     Y11, Y10, Y10
+	VBLENDVPS Y11, Y8, Y6, Y6
+	VBLENDVPS Y10, Y8, Y7, Y7
+	VADDPS    Y1, Y8, Y8
 	ADDQ      $0x20, R8
 	DECQ      R11
 	JNZ       odd_start
 
 odd_window:
-	VADDPS Y4, Y5, Y0
-	VXORPS Y6, Y6, Y6
-	VXORPS Y7, Y7, Y7
-	MOVQ   CX, R8
-	MOVQ   BX, R11
+	VADDPS   Y7, Y6, Y6
+	VMULPS   Y0, Y6, Y5
+	VROUNDPS $0x09, Y5, Y5
+	VSUBPS   Y5, Y6, Y6
+	VADDPS   Y4, Y5, Y7
+	VADDPS   Y4, Y6, Y8
+	VXORPS   Y9, Y9, Y9
+	VXORPS   Y10, Y10, Y10
+	VXORPS   Y11, Y11, Y11
+	MOVQ     CX, R8
+	MOVQ     BX, R11
 
 odd_sum:
-	VCMPPS  $0x0d, Y5, Y7, Y8
-	VCMPPS  $0x01, Y0, Y7, Y9
-	VANDPS  Y9, Y8, Y8
-	VANDPS  (R8), Y8, Y8
-	VADDPS  Y8, Y6, Y6
-	VADDPS  Y1, Y7, Y7
-	ADDQ    $0x20, R8
-	DECQ    R11
-	JNZ     odd_sum
-	VDIVPS  Y3, Y6, Y6
-	VMOVUPS Y6, (AX)
-	ADDQ    $0x20, AX
-	ADDQ    SI, CX
-	DECQ    DX
-	JNZ     odd_loop
+	VCMPPS    $0x0d, Y5, Y11, Y12
+	VCMPPS    $0x01, Y7, Y11, Y13
+	VANDPS    Y13, Y12, Y12
+	VANDPS    (R8), Y12, Y12
+	VADDPS    Y12, Y9, Y9
+	VCMPPS    $0x0d, Y6, Y11, Y12
+	VCMPPS    $0x01, Y8, Y11, Y13
+	VANDPS    Y13, Y12, Y12
+	VANDPS    (R8), Y12, Y12
+	VADDPS    Y12, Y10, Y10
+	VADDPS    Y1, Y11, Y11
+	ADDQ      $0x20, R8
+	DECQ      R11
+	JNZ       odd_sum
+	VDIVPS    Y3, Y9, Y9
+	VDIVPS    Y3, Y10, Y10
+	VCMPPS    $0x00, Y6, Y5, Y5
+	VMULPS    Y0, Y9, Y6
+	VMULPS    Y0, Y10, Y10
+	VADDPS    Y10, Y6, Y6
+	VBLENDVPS Y5, Y9, Y6, Y6
+	VMOVUPS   Y6, (AX)
+	ADDQ      $0x20, AX
+	ADDQ      SI, CX
+	DECQ      DX
+	JNZ       odd_loop
 	VZEROUPPER
 	RET
 
@@ -8249,694 +8275,1065 @@ even_loop:
 	VMULPS  (CX)(DI*1), Y0, Y5
 	VADDPS  Y5, Y6, Y5
 	VXORPS  Y6, Y6, Y6
-	VMOVUPS Y1, Y7
+	VXORPS  Y7, Y7, Y7
+	VMOVUPS Y1, Y8
 	MOVQ    CX, R8
 	MOVQ    R9, R11
 	TESTQ   R11, R11
 	JZ      even_window
 
 even_start:
-	VMOVUPS   (R8), Y8
-	VSUBPS    Y5, Y8, Y8
-	VANDPS    Y2, Y8, Y8
-	VMOVUPS   (R8)(R10*1), Y9
+	VMOVUPS   (R8), Y9
 	VSUBPS    Y5, Y9, Y9
 	VANDPS    Y2, Y9, Y9
-	VCMPPS    $0x01, Y8, Y9, Y9
-	VBLENDVPS Y9, Y7, Y6, Y6
-	VADDPS    Y1, Y7, Y7
+	VMOVUPS   (R8)(R10*1), Y10
+	VSUBPS    Y5, Y10, Y10
+	VANDPS    Y2, Y10, Y10
+	VCMPPS    $0x01, Y9, Y10, Y11
+	VCMPPS    $0x00, Y9, Y10, Y10
+	VADDPS    Y1, Y7, Y9
+	VCMPPS    $0x00, Y8, Y9, Y9
+	VANDPS    Y9, Y10, Y10
+	VORPS     Y11, Y10, Y10
+	VBLENDVPS Y11, Y8, Y6, Y6
+	VBLENDVPS Y10, Y8, Y7, Y7
+	VADDPS    Y1, Y8, Y8
 	ADDQ      $0x20, R8
 	DECQ      R11
 	JNZ       even_start
 
 even_window:
-	VADDPS Y4, Y6, Y5
-	VXORPS Y7, Y7, Y7
-	VXORPS Y8, Y8, Y8
-	MOVQ   CX, R8
-	MOVQ   BX, R11
+	VADDPS   Y7, Y6, Y6
+	VMULPS   Y0, Y6, Y5
+	VROUNDPS $0x09, Y5, Y5
+	VSUBPS   Y5, Y6, Y6
+	VADDPS   Y4, Y5, Y7
+	VADDPS   Y4, Y6, Y8
+	VXORPS   Y9, Y9, Y9
+	VXORPS   Y10, Y10, Y10
+	VXORPS   Y11, Y11, Y11
+	MOVQ     CX, R8
+	MOVQ     BX, R11
 
 even_sum:
-	VCMPPS  $0x0d, Y6, Y8, Y9
-	VCMPPS  $0x01, Y5, Y8, Y10
-	VANDPS  Y10, Y9, Y9
-	VANDPS  (R8), Y9, Y9
-	VADDPS  Y9, Y7, Y7
-	VADDPS  Y1, Y8, Y8
-	ADDQ    $0x20, R8
-	DECQ    R11
-	JNZ     even_sum
-	VDIVPS  Y3, Y7, Y7
-	VMOVUPS Y7, (AX)
-	ADDQ    $0x20, AX
-	ADDQ    SI, CX
-	DECQ    DX
-	JNZ     even_loop
+	VCMPPS    $0x0d, Y5, Y11, Y12
+	VCMPPS    $0x01, Y7, Y11, Y13
+	VANDPS    Y13, Y12, Y12
+	VANDPS    (R8), Y12, Y12
+	VADDPS    Y12, Y9, Y9
+	VCMPPS    $0x0d, Y6, Y11, Y12
+	VCMPPS    $0x01, Y8, Y11, Y13
+	VANDPS    Y13, Y12, Y12
+	VANDPS    (R8), Y12, Y12
+	VADDPS    Y12, Y10, Y10
+	VADDPS    Y1, Y11, Y11
+	ADDQ      $0x20, R8
+	DECQ      R11
+	JNZ       even_sum
+	VDIVPS    Y3, Y9, Y9
+	VDIVPS    Y3, Y10, Y10
+	VCMPPS    $0x00, Y6, Y5, Y5
+	VMULPS    Y0, Y9, Y6
+	VMULPS    Y0, Y10, Y10
+	VADDPS    Y10, Y6, Y6
+	VBLENDVPS Y5, Y9, Y6, Y6
+	VMOVUPS   Y6, (AX)
+	ADDQ      $0x20, AX
+	ADDQ      SI, CX
+	DECQ      DX
+	JNZ       even_loop
 	VZEROUPPER
 	RET
 
-// func gramF32AVX2(p []float64, x [][]byte, elems int)
-// Requires: AVX, FMA3, MMX+
-TEXT ·gramF32AVX2(SB), NOSPLIT, $0-56
-	MOVQ x_len+32(FP), AX
+// func gramPackF32AVX2(tmp []float64, sq []float64, x [][]byte, elems int)
+// Requires: AVX, AVX2, FMA3, MMX+
+TEXT ·gramPackF32AVX2(SB), NOSPLIT, $0-80
+	MOVQ         elems+72(FP), AX
+	MOVQ         x_len+56(FP), CX
+	MOVQ         tmp_base+0(FP), DX
+	MOVQ         AX, BX
+	SHLQ         $0x04, BX
+	MOVQ         CX, SI
+	INCQ         SI
+	ANDQ         $-2, SI
+	IMULQ        AX, SI
+	SHLQ         $0x03, SI
+	ADDQ         DX, SI
+	MOVQ         AX, DI
+	SHLQ         $0x02, DI
+	VCVTSI2SDQ   CX, X0, X0
+	VBROADCASTSD X0, Y0
+	VXORPD       Y1, Y1, Y1
+	MOVQ         SI, R8
+	XORQ         R9, R9
+
+centre:
+	VXORPD Y2, Y2, Y2
+	VXORPD Y3, Y3, Y3
+	MOVQ   x_base+48(FP), R10
+	MOVQ   CX, R11
+
+centre_in:
+	MOVQ       (R10), R12
+	VCVTPS2PD  (R12)(R9*1), Y4
+	VCVTPS2PD  16(R12)(R9*1), Y5
+	VADDPD     Y4, Y2, Y2
+	VADDPD     Y5, Y3, Y3
+	ADDQ       $0x18, R10
+	DECQ       R11
+	JNZ        centre_in
+	VDIVPD     Y0, Y2, Y2
+	VCVTPD2PSY Y2, X2
+	VCVTPS2PD  X2, Y2
+	VSUBPD     Y2, Y2, Y4
+	VCMPPD     $0x00, Y1, Y4, Y4
+	VANDPD     Y4, Y2, Y2
+	VMOVUPD    Y2, (R8)
+	VDIVPD     Y0, Y3, Y3
+	VCVTPD2PSY Y3, X2
+	VCVTPS2PD  X2, Y3
+	VSUBPD     Y3, Y3, Y2
+	VCMPPD     $0x00, Y1, Y2, Y2
+	VANDPD     Y2, Y3, Y3
+	VMOVUPD    Y3, 32(R8)
+	ADDQ       $0x40, R8
+	ADDQ       $0x20, R9
+	CMPQ       R9, DI
+	JB         centre
+	XORQ       R8, R8
+
+input:
+	MOVQ    x_base+48(FP), R9
+	LEAQ    (R8)(R8*2), R10
+	MOVQ    (R9)(R10*8), R9
+	LEAQ    (R9)(DI*1), R10
+	MOVQ    R8, R11
+	SHRQ    $0x01, R11
+	IMULQ   BX, R11
+	ADDQ    DX, R11
+	MOVQ    R8, R12
+	ANDQ    $0x00000001, R12
+	SHLQ    $0x05, R12
+	ADDQ    R12, R11
+	MOVQ    sq_base+24(FP), R12
+	MOVQ    R8, R13
+	SHLQ    $0x05, R13
+	ADDQ    R13, R12
+	VMOVUPD (R12), Y0
+	MOVQ    SI, R13
+
+pack:
+	PREFETCHT1  (R9)(DI*1)
+	VCVTPS2PD   (R9), Y2
+	VFMADD231PD Y2, Y2, Y0
+	VSUBPD      (R13), Y2, Y2
+	VMOVUPD     Y2, (R11)
+	VCVTPS2PD   16(R9), Y2
+	VFMADD231PD Y2, Y2, Y0
+	VSUBPD      32(R13), Y2, Y2
+	VMOVUPD     Y2, 64(R11)
+	ADDQ        $0x40, R13
+	ADDQ        $0x80, R11
+	ADDQ        $0x20, R9
+	CMPQ        R9, R10
+	JB          pack
+	VMOVUPD     Y0, (R12)
+	INCQ        R8
+	CMPQ        R8, CX
+	JB          input
+	TESTQ       $0x00000001, CX
+	JZ          done
+	MOVQ        CX, SI
+	SHRQ        $0x01, SI
+	IMULQ       BX, SI
+	ADDQ        DX, SI
+	ANDQ        $0x00000001, CX
+	SHLQ        $0x05, CX
+	ADDQ        CX, SI
+	SHRQ        $0x02, AX
+
+pad:
+	VMOVUPD Y1, (SI)
+	ADDQ    $0x40, SI
+	DECQ    AX
+	JNZ     pad
+
+done:
+	VZEROUPPER
+	RET
+
+// func gramTilesAVX2(p []float64, tmp []float64, n int, elems int, r0 int, r1 int)
+// Requires: AVX, FMA3
+TEXT ·gramTilesAVX2(SB), NOSPLIT, $0-80
+	MOVQ n+48(FP), AX
 	MOVQ AX, CX
+	INCQ CX
+	ANDQ $-2, CX
 	SHLQ $0x05, CX
-	XORQ DX, DX
+	MOVQ r0+64(FP), SI
+	MOVQ r1+72(FP), DX
+	CMPQ SI, DX
+	JAE  done
 
 rows:
-	MOVQ AX, SI
-	SUBQ DX, SI
-	CMPQ SI, $0x01
+	MOVQ AX, BX
+	SUBQ SI, BX
+	CMPQ BX, $0x01
 	JE   diag1_0
-	CMPQ SI, $0x02
+	CMPQ BX, $0x02
 	JE   diag2_0
-	CMPQ SI, $0x03
+	CMPQ BX, $0x03
 	JE   diag3_0
-	CMPQ SI, $0x04
+	CMPQ BX, $0x04
 	JE   diag3_1
 	JMP  diag3_2
 
 diag1_0:
-	MOVQ    x_base+24(FP), CX
-	MOVQ    elems+48(FP), BX
-	SHLQ    $0x02, BX
-	LEAQ    (DX)(DX*2), SI
-	MOVQ    (CX)(SI*8), CX
-	ADDQ    BX, CX
-	MOVQ    DX, SI
-	IMULQ   AX, SI
-	ADDQ    DX, SI
-	SHLQ    $0x05, SI
-	MOVQ    p_base+0(FP), AX
-	ADDQ    AX, SI
-	VMOVUPD (SI), Y0
+	MOVQ    tmp_base+24(FP), AX
+	MOVQ    elems+56(FP), DX
+	SHLQ    $0x04, DX
+	LEAQ    (SI), BX
+	MOVQ    BX, DI
+	SHRQ    $0x01, DI
+	IMULQ   DX, DI
+	ADDQ    AX, DI
 	MOVQ    BX, AX
-	NEGQ    AX
+	ANDQ    $0x00000001, AX
+	SHLQ    $0x05, AX
+	ADDQ    AX, DI
+	ADDQ    DX, DI
+	MOVQ    SI, AX
+	IMULQ   CX, AX
+	MOVQ    SI, CX
+	SHLQ    $0x05, CX
+	ADDQ    CX, AX
+	MOVQ    p_base+0(FP), CX
+	ADDQ    CX, AX
+	VMOVUPD (AX), Y0
+	MOVQ    DX, CX
+	NEGQ    CX
 
-t1x0_true_true_loop:
-	PREFETCHT1  8192(CX)(AX*1)
-	VCVTPS2PD   (CX)(AX*1), Y1
+t1x0_true_loop:
+	VMOVUPD     (DI)(CX*1), Y1
 	VFMADD231PD Y1, Y1, Y0
-	VCVTPS2PD   16(CX)(AX*1), Y1
+	VMOVUPD     64(DI)(CX*1), Y1
 	VFMADD231PD Y1, Y1, Y0
-	ADDQ        $0x20, AX
-	JNZ         t1x0_true_true_loop
-	VMOVUPD     Y0, (SI)
+	ADDQ        $0x80, CX
+	JNZ         t1x0_true_loop
+	VMOVUPD     Y0, (AX)
 	JMP         done
 
 diag2_0:
-	MOVQ    x_base+24(FP), BX
-	MOVQ    elems+48(FP), SI
-	SHLQ    $0x02, SI
-	LEAQ    (DX)(DX*2), DI
-	MOVQ    (BX)(DI*8), DI
-	ADDQ    SI, DI
-	LEAQ    (DX)(DX*2), R8
-	MOVQ    24(BX)(R8*8), BX
-	ADDQ    SI, BX
-	MOVQ    DX, R8
-	IMULQ   AX, R8
-	ADDQ    DX, R8
-	SHLQ    $0x05, R8
-	MOVQ    p_base+0(FP), AX
+	MOVQ    tmp_base+24(FP), AX
+	MOVQ    elems+56(FP), DX
+	SHLQ    $0x04, DX
+	LEAQ    (SI), BX
+	MOVQ    BX, DI
+	SHRQ    $0x01, DI
+	IMULQ   DX, DI
+	ADDQ    AX, DI
+	ANDQ    $0x00000001, BX
+	SHLQ    $0x05, BX
+	ADDQ    BX, DI
+	ADDQ    DX, DI
+	LEAQ    1(SI), BX
+	MOVQ    BX, R8
+	SHRQ    $0x01, R8
+	IMULQ   DX, R8
 	ADDQ    AX, R8
-	VMOVUPD (R8), Y0
-	VMOVUPD 32(R8), Y1
-	VMOVUPD 32(R8)(CX*1), Y2
+	MOVQ    BX, AX
+	ANDQ    $0x00000001, AX
+	SHLQ    $0x05, AX
+	ADDQ    AX, R8
+	ADDQ    DX, R8
 	MOVQ    SI, AX
-	NEGQ    AX
+	IMULQ   CX, AX
+	MOVQ    SI, BX
+	SHLQ    $0x05, BX
+	ADDQ    BX, AX
+	MOVQ    p_base+0(FP), BX
+	ADDQ    BX, AX
+	VMOVUPD (AX), Y0
+	VMOVUPD 32(AX), Y1
+	VMOVUPD 32(AX)(CX*1), Y2
+	NEGQ    DX
 
-t2x0_true_true_loop:
-	PREFETCHT1  8192(DI)(AX*1)
-	PREFETCHT1  8192(BX)(AX*1)
-	VCVTPS2PD   (DI)(AX*1), Y3
-	VCVTPS2PD   (BX)(AX*1), Y4
+t2x0_true_loop:
+	VMOVUPD     (DI)(DX*1), Y3
+	VMOVUPD     (R8)(DX*1), Y4
 	VFMADD231PD Y3, Y3, Y0
 	VFMADD231PD Y4, Y3, Y1
 	VFMADD231PD Y4, Y4, Y2
-	VCVTPS2PD   16(DI)(AX*1), Y3
-	VCVTPS2PD   16(BX)(AX*1), Y4
+	VMOVUPD     64(DI)(DX*1), Y3
+	VMOVUPD     64(R8)(DX*1), Y4
 	VFMADD231PD Y3, Y3, Y0
 	VFMADD231PD Y4, Y3, Y1
 	VFMADD231PD Y4, Y4, Y2
-	ADDQ        $0x20, AX
-	JNZ         t2x0_true_true_loop
-	VMOVUPD     Y0, (R8)
-	VMOVUPD     Y1, 32(R8)
-	VMOVUPD     Y2, 32(R8)(CX*1)
+	ADDQ        $0x80, DX
+	JNZ         t2x0_true_loop
+	VMOVUPD     Y0, (AX)
+	VMOVUPD     Y1, 32(AX)
+	VMOVUPD     Y2, 32(AX)(CX*1)
 	JMP         done
 
 diag3_0:
-	MOVQ    x_base+24(FP), BX
-	MOVQ    elems+48(FP), SI
-	SHLQ    $0x02, SI
-	LEAQ    (DX)(DX*2), DI
-	MOVQ    (BX)(DI*8), DI
-	ADDQ    SI, DI
-	LEAQ    (DX)(DX*2), R8
-	MOVQ    24(BX)(R8*8), R8
-	ADDQ    SI, R8
-	LEAQ    (DX)(DX*2), R9
-	MOVQ    48(BX)(R9*8), BX
-	ADDQ    SI, BX
-	MOVQ    DX, R9
-	IMULQ   AX, R9
+	MOVQ    tmp_base+24(FP), DX
+	MOVQ    elems+56(FP), BX
+	SHLQ    $0x04, BX
+	LEAQ    (SI), DI
+	MOVQ    DI, R8
+	SHRQ    $0x01, R8
+	IMULQ   BX, R8
+	ADDQ    DX, R8
+	ANDQ    $0x00000001, DI
+	SHLQ    $0x05, DI
+	ADDQ    DI, R8
+	ADDQ    BX, R8
+	LEAQ    1(SI), DI
+	MOVQ    DI, R9
+	SHRQ    $0x01, R9
+	IMULQ   BX, R9
 	ADDQ    DX, R9
-	SHLQ    $0x05, R9
-	MOVQ    p_base+0(FP), R10
-	ADDQ    R10, R9
-	VMOVUPD (R9), Y0
-	VMOVUPD 32(R9), Y1
-	VMOVUPD 64(R9), Y2
-	VMOVUPD 32(R9)(CX*1), Y3
-	VMOVUPD 64(R9)(CX*1), Y4
-	VMOVUPD 64(R9)(CX*2), Y5
-	NEGQ    SI
+	ANDQ    $0x00000001, DI
+	SHLQ    $0x05, DI
+	ADDQ    DI, R9
+	ADDQ    BX, R9
+	LEAQ    2(SI), DI
+	MOVQ    DI, R10
+	SHRQ    $0x01, R10
+	IMULQ   BX, R10
+	ADDQ    DX, R10
+	MOVQ    DI, DX
+	ANDQ    $0x00000001, DX
+	SHLQ    $0x05, DX
+	ADDQ    DX, R10
+	ADDQ    BX, R10
+	MOVQ    SI, DX
+	IMULQ   CX, DX
+	MOVQ    SI, DI
+	SHLQ    $0x05, DI
+	ADDQ    DI, DX
+	MOVQ    p_base+0(FP), DI
+	ADDQ    DI, DX
+	VMOVUPD (DX), Y0
+	VMOVUPD 32(DX), Y1
+	VMOVUPD 64(DX), Y2
+	VMOVUPD 32(DX)(CX*1), Y3
+	VMOVUPD 64(DX)(CX*1), Y4
+	VMOVUPD 64(DX)(CX*2), Y5
+	NEGQ    BX
 
-t3x0_true_true_loop:
-	PREFETCHT1  8192(DI)(SI*1)
-	PREFETCHT1  8192(R8)(SI*1)
-	PREFETCHT1  8192(BX)(SI*1)
-	VCVTPS2PD   (DI)(SI*1), Y6
-	VCVTPS2PD   (R8)(SI*1), Y7
-	VCVTPS2PD   (BX)(SI*1), Y8
+t3x0_true_loop:
+	VMOVUPD     (R8)(BX*1), Y6
+	VMOVUPD     (R9)(BX*1), Y7
+	VMOVUPD     (R10)(BX*1), Y8
 	VFMADD231PD Y6, Y6, Y0
 	VFMADD231PD Y7, Y6, Y1
 	VFMADD231PD Y7, Y7, Y3
 	VFMADD231PD Y8, Y6, Y2
 	VFMADD231PD Y8, Y7, Y4
 	VFMADD231PD Y8, Y8, Y5
-	VCVTPS2PD   16(DI)(SI*1), Y6
-	VCVTPS2PD   16(R8)(SI*1), Y7
-	VCVTPS2PD   16(BX)(SI*1), Y8
+	VMOVUPD     64(R8)(BX*1), Y6
+	VMOVUPD     64(R9)(BX*1), Y7
+	VMOVUPD     64(R10)(BX*1), Y8
 	VFMADD231PD Y6, Y6, Y0
 	VFMADD231PD Y7, Y6, Y1
 	VFMADD231PD Y7, Y7, Y3
 	VFMADD231PD Y8, Y6, Y2
 	VFMADD231PD Y8, Y7, Y4
 	VFMADD231PD Y8, Y8, Y5
-	ADDQ        $0x20, SI
-	JNZ         t3x0_true_true_loop
-	VMOVUPD     Y0, (R9)
-	VMOVUPD     Y1, 32(R9)
-	VMOVUPD     Y2, 64(R9)
-	VMOVUPD     Y3, 32(R9)(CX*1)
-	VMOVUPD     Y4, 64(R9)(CX*1)
-	VMOVUPD     Y5, 64(R9)(CX*2)
+	ADDQ        $0x80, BX
+	JNZ         t3x0_true_loop
+	VMOVUPD     Y0, (DX)
+	VMOVUPD     Y1, 32(DX)
+	VMOVUPD     Y2, 64(DX)
+	VMOVUPD     Y3, 32(DX)(CX*1)
+	VMOVUPD     Y4, 64(DX)(CX*1)
+	VMOVUPD     Y5, 64(DX)(CX*2)
 	JMP         rect
 
 diag3_1:
-	MOVQ    x_base+24(FP), BX
-	MOVQ    elems+48(FP), SI
-	SHLQ    $0x02, SI
-	LEAQ    (DX)(DX*2), DI
-	MOVQ    (BX)(DI*8), DI
-	ADDQ    SI, DI
-	LEAQ    (DX)(DX*2), R8
-	MOVQ    24(BX)(R8*8), R8
-	ADDQ    SI, R8
-	LEAQ    (DX)(DX*2), R9
-	MOVQ    48(BX)(R9*8), R9
-	ADDQ    SI, R9
-	LEAQ    (DX)(DX*2), R10
-	MOVQ    72(BX)(R10*8), BX
-	ADDQ    SI, BX
-	MOVQ    DX, R10
-	IMULQ   AX, R10
+	MOVQ    tmp_base+24(FP), DX
+	MOVQ    elems+56(FP), BX
+	SHLQ    $0x04, BX
+	LEAQ    (SI), DI
+	MOVQ    DI, R8
+	SHRQ    $0x01, R8
+	IMULQ   BX, R8
+	ADDQ    DX, R8
+	ANDQ    $0x00000001, DI
+	SHLQ    $0x05, DI
+	ADDQ    DI, R8
+	ADDQ    BX, R8
+	LEAQ    1(SI), DI
+	MOVQ    DI, R9
+	SHRQ    $0x01, R9
+	IMULQ   BX, R9
+	ADDQ    DX, R9
+	ANDQ    $0x00000001, DI
+	SHLQ    $0x05, DI
+	ADDQ    DI, R9
+	ADDQ    BX, R9
+	LEAQ    2(SI), DI
+	MOVQ    DI, R10
+	SHRQ    $0x01, R10
+	IMULQ   BX, R10
 	ADDQ    DX, R10
-	SHLQ    $0x05, R10
-	MOVQ    p_base+0(FP), R11
-	ADDQ    R11, R10
-	VMOVUPD (R10), Y0
-	VMOVUPD 32(R10), Y1
-	VMOVUPD 64(R10), Y2
-	VMOVUPD 96(R10), Y3
-	VMOVUPD 32(R10)(CX*1), Y4
-	VMOVUPD 64(R10)(CX*1), Y5
-	VMOVUPD 96(R10)(CX*1), Y6
-	VMOVUPD 64(R10)(CX*2), Y7
-	VMOVUPD 96(R10)(CX*2), Y8
-	NEGQ    SI
+	ANDQ    $0x00000001, DI
+	SHLQ    $0x05, DI
+	ADDQ    DI, R10
+	ADDQ    BX, R10
+	LEAQ    3(SI), DI
+	MOVQ    DI, R11
+	SHRQ    $0x01, R11
+	IMULQ   BX, R11
+	ADDQ    DX, R11
+	MOVQ    DI, DX
+	ANDQ    $0x00000001, DX
+	SHLQ    $0x05, DX
+	ADDQ    DX, R11
+	ADDQ    BX, R11
+	MOVQ    SI, DX
+	IMULQ   CX, DX
+	MOVQ    SI, DI
+	SHLQ    $0x05, DI
+	ADDQ    DI, DX
+	MOVQ    p_base+0(FP), DI
+	ADDQ    DI, DX
+	VMOVUPD (DX), Y0
+	VMOVUPD 32(DX), Y1
+	VMOVUPD 64(DX), Y2
+	VMOVUPD 96(DX), Y3
+	VMOVUPD 32(DX)(CX*1), Y4
+	VMOVUPD 64(DX)(CX*1), Y5
+	VMOVUPD 96(DX)(CX*1), Y6
+	VMOVUPD 64(DX)(CX*2), Y7
+	VMOVUPD 96(DX)(CX*2), Y8
+	NEGQ    BX
 
-t3x1_true_true_loop:
-	PREFETCHT1  8192(DI)(SI*1)
-	PREFETCHT1  8192(R8)(SI*1)
-	PREFETCHT1  8192(R9)(SI*1)
-	PREFETCHT1  8192(BX)(SI*1)
-	VCVTPS2PD   (DI)(SI*1), Y9
-	VCVTPS2PD   (R8)(SI*1), Y10
-	VCVTPS2PD   (R9)(SI*1), Y11
+t3x1_true_loop:
+	VMOVUPD     (R8)(BX*1), Y9
+	VMOVUPD     (R9)(BX*1), Y10
+	VMOVUPD     (R10)(BX*1), Y11
 	VFMADD231PD Y9, Y9, Y0
 	VFMADD231PD Y10, Y9, Y1
 	VFMADD231PD Y10, Y10, Y4
 	VFMADD231PD Y11, Y9, Y2
 	VFMADD231PD Y11, Y10, Y5
 	VFMADD231PD Y11, Y11, Y7
-	VCVTPS2PD   (BX)(SI*1), Y12
+	VMOVUPD     (R11)(BX*1), Y12
 	VFMADD231PD Y12, Y9, Y3
 	VFMADD231PD Y12, Y10, Y6
 	VFMADD231PD Y12, Y11, Y8
-	VCVTPS2PD   16(DI)(SI*1), Y9
-	VCVTPS2PD   16(R8)(SI*1), Y10
-	VCVTPS2PD   16(R9)(SI*1), Y11
+	VMOVUPD     64(R8)(BX*1), Y9
+	VMOVUPD     64(R9)(BX*1), Y10
+	VMOVUPD     64(R10)(BX*1), Y11
 	VFMADD231PD Y9, Y9, Y0
 	VFMADD231PD Y10, Y9, Y1
 	VFMADD231PD Y10, Y10, Y4
 	VFMADD231PD Y11, Y9, Y2
 	VFMADD231PD Y11, Y10, Y5
 	VFMADD231PD Y11, Y11, Y7
-	VCVTPS2PD   16(BX)(SI*1), Y12
+	VMOVUPD     64(R11)(BX*1), Y12
 	VFMADD231PD Y12, Y9, Y3
 	VFMADD231PD Y12, Y10, Y6
 	VFMADD231PD Y12, Y11, Y8
-	ADDQ        $0x20, SI
-	JNZ         t3x1_true_true_loop
-	VMOVUPD     Y0, (R10)
-	VMOVUPD     Y1, 32(R10)
-	VMOVUPD     Y2, 64(R10)
-	VMOVUPD     Y3, 96(R10)
-	VMOVUPD     Y4, 32(R10)(CX*1)
-	VMOVUPD     Y5, 64(R10)(CX*1)
-	VMOVUPD     Y6, 96(R10)(CX*1)
-	VMOVUPD     Y7, 64(R10)(CX*2)
-	VMOVUPD     Y8, 96(R10)(CX*2)
+	ADDQ        $0x80, BX
+	JNZ         t3x1_true_loop
+	VMOVUPD     Y0, (DX)
+	VMOVUPD     Y1, 32(DX)
+	VMOVUPD     Y2, 64(DX)
+	VMOVUPD     Y3, 96(DX)
+	VMOVUPD     Y4, 32(DX)(CX*1)
+	VMOVUPD     Y5, 64(DX)(CX*1)
+	VMOVUPD     Y6, 96(DX)(CX*1)
+	VMOVUPD     Y7, 64(DX)(CX*2)
+	VMOVUPD     Y8, 96(DX)(CX*2)
 	JMP         rect
 
 diag3_2:
-	MOVQ    x_base+24(FP), BX
-	MOVQ    elems+48(FP), SI
-	SHLQ    $0x02, SI
-	LEAQ    (DX)(DX*2), DI
-	MOVQ    (BX)(DI*8), DI
-	ADDQ    SI, DI
-	LEAQ    (DX)(DX*2), R8
-	MOVQ    24(BX)(R8*8), R8
-	ADDQ    SI, R8
-	LEAQ    (DX)(DX*2), R9
-	MOVQ    48(BX)(R9*8), R9
-	ADDQ    SI, R9
-	LEAQ    (DX)(DX*2), R10
-	MOVQ    72(BX)(R10*8), R10
-	ADDQ    SI, R10
-	LEAQ    (DX)(DX*2), R11
-	MOVQ    96(BX)(R11*8), BX
-	ADDQ    SI, BX
-	MOVQ    DX, R11
-	IMULQ   AX, R11
+	MOVQ    tmp_base+24(FP), DX
+	MOVQ    elems+56(FP), BX
+	SHLQ    $0x04, BX
+	LEAQ    (SI), DI
+	MOVQ    DI, R8
+	SHRQ    $0x01, R8
+	IMULQ   BX, R8
+	ADDQ    DX, R8
+	ANDQ    $0x00000001, DI
+	SHLQ    $0x05, DI
+	ADDQ    DI, R8
+	ADDQ    BX, R8
+	LEAQ    1(SI), DI
+	MOVQ    DI, R9
+	SHRQ    $0x01, R9
+	IMULQ   BX, R9
+	ADDQ    DX, R9
+	ANDQ    $0x00000001, DI
+	SHLQ    $0x05, DI
+	ADDQ    DI, R9
+	ADDQ    BX, R9
+	LEAQ    2(SI), DI
+	MOVQ    DI, R10
+	SHRQ    $0x01, R10
+	IMULQ   BX, R10
+	ADDQ    DX, R10
+	ANDQ    $0x00000001, DI
+	SHLQ    $0x05, DI
+	ADDQ    DI, R10
+	ADDQ    BX, R10
+	LEAQ    3(SI), DI
+	MOVQ    DI, R11
+	SHRQ    $0x01, R11
+	IMULQ   BX, R11
 	ADDQ    DX, R11
-	SHLQ    $0x05, R11
-	MOVQ    p_base+0(FP), R12
-	ADDQ    R12, R11
-	VMOVUPD (R11), Y0
-	VMOVUPD 32(R11), Y1
-	VMOVUPD 64(R11), Y2
-	VMOVUPD 96(R11), Y3
-	VMOVUPD 128(R11), Y4
-	VMOVUPD 32(R11)(CX*1), Y5
-	VMOVUPD 64(R11)(CX*1), Y6
-	VMOVUPD 96(R11)(CX*1), Y7
-	VMOVUPD 128(R11)(CX*1), Y8
-	VMOVUPD 64(R11)(CX*2), Y9
-	VMOVUPD 96(R11)(CX*2), Y10
-	VMOVUPD 128(R11)(CX*2), Y11
-	NEGQ    SI
+	ANDQ    $0x00000001, DI
+	SHLQ    $0x05, DI
+	ADDQ    DI, R11
+	ADDQ    BX, R11
+	LEAQ    4(SI), DI
+	MOVQ    DI, R12
+	SHRQ    $0x01, R12
+	IMULQ   BX, R12
+	ADDQ    DX, R12
+	MOVQ    DI, DX
+	ANDQ    $0x00000001, DX
+	SHLQ    $0x05, DX
+	ADDQ    DX, R12
+	ADDQ    BX, R12
+	MOVQ    SI, DX
+	IMULQ   CX, DX
+	MOVQ    SI, DI
+	SHLQ    $0x05, DI
+	ADDQ    DI, DX
+	MOVQ    p_base+0(FP), DI
+	ADDQ    DI, DX
+	VMOVUPD (DX), Y0
+	VMOVUPD 32(DX), Y1
+	VMOVUPD 64(DX), Y2
+	VMOVUPD 96(DX), Y3
+	VMOVUPD 128(DX), Y4
+	VMOVUPD 32(DX)(CX*1), Y5
+	VMOVUPD 64(DX)(CX*1), Y6
+	VMOVUPD 96(DX)(CX*1), Y7
+	VMOVUPD 128(DX)(CX*1), Y8
+	VMOVUPD 64(DX)(CX*2), Y9
+	VMOVUPD 96(DX)(CX*2), Y10
+	VMOVUPD 128(DX)(CX*2), Y11
+	NEGQ    BX
 
-t3x2_true_true_loop:
-	PREFETCHT1  8192(DI)(SI*1)
-	PREFETCHT1  8192(R8)(SI*1)
-	PREFETCHT1  8192(R9)(SI*1)
-	PREFETCHT1  8192(R10)(SI*1)
-	PREFETCHT1  8192(BX)(SI*1)
-	VCVTPS2PD   (DI)(SI*1), Y12
-	VCVTPS2PD   (R8)(SI*1), Y13
-	VCVTPS2PD   (R9)(SI*1), Y14
+t3x2_true_loop:
+	VMOVUPD     (R8)(BX*1), Y12
+	VMOVUPD     (R9)(BX*1), Y13
+	VMOVUPD     (R10)(BX*1), Y14
 	VFMADD231PD Y12, Y12, Y0
 	VFMADD231PD Y13, Y12, Y1
 	VFMADD231PD Y13, Y13, Y5
 	VFMADD231PD Y14, Y12, Y2
 	VFMADD231PD Y14, Y13, Y6
 	VFMADD231PD Y14, Y14, Y9
-	VCVTPS2PD   (R10)(SI*1), Y15
+	VMOVUPD     (R11)(BX*1), Y15
 	VFMADD231PD Y15, Y12, Y3
 	VFMADD231PD Y15, Y13, Y7
 	VFMADD231PD Y15, Y14, Y10
-	VCVTPS2PD   (BX)(SI*1), Y15
+	VMOVUPD     (R12)(BX*1), Y15
 	VFMADD231PD Y15, Y12, Y4
 	VFMADD231PD Y15, Y13, Y8
 	VFMADD231PD Y15, Y14, Y11
-	VCVTPS2PD   16(DI)(SI*1), Y12
-	VCVTPS2PD   16(R8)(SI*1), Y13
-	VCVTPS2PD   16(R9)(SI*1), Y14
+	VMOVUPD     64(R8)(BX*1), Y12
+	VMOVUPD     64(R9)(BX*1), Y13
+	VMOVUPD     64(R10)(BX*1), Y14
 	VFMADD231PD Y12, Y12, Y0
 	VFMADD231PD Y13, Y12, Y1
 	VFMADD231PD Y13, Y13, Y5
 	VFMADD231PD Y14, Y12, Y2
 	VFMADD231PD Y14, Y13, Y6
 	VFMADD231PD Y14, Y14, Y9
-	VCVTPS2PD   16(R10)(SI*1), Y15
+	VMOVUPD     64(R11)(BX*1), Y15
 	VFMADD231PD Y15, Y12, Y3
 	VFMADD231PD Y15, Y13, Y7
 	VFMADD231PD Y15, Y14, Y10
-	VCVTPS2PD   16(BX)(SI*1), Y15
+	VMOVUPD     64(R12)(BX*1), Y15
 	VFMADD231PD Y15, Y12, Y4
 	VFMADD231PD Y15, Y13, Y8
 	VFMADD231PD Y15, Y14, Y11
-	ADDQ        $0x20, SI
-	JNZ         t3x2_true_true_loop
-	VMOVUPD     Y0, (R11)
-	VMOVUPD     Y1, 32(R11)
-	VMOVUPD     Y2, 64(R11)
-	VMOVUPD     Y3, 96(R11)
-	VMOVUPD     Y4, 128(R11)
-	VMOVUPD     Y5, 32(R11)(CX*1)
-	VMOVUPD     Y6, 64(R11)(CX*1)
-	VMOVUPD     Y7, 96(R11)(CX*1)
-	VMOVUPD     Y8, 128(R11)(CX*1)
-	VMOVUPD     Y9, 64(R11)(CX*2)
-	VMOVUPD     Y10, 96(R11)(CX*2)
-	VMOVUPD     Y11, 128(R11)(CX*2)
+	ADDQ        $0x80, BX
+	JNZ         t3x2_true_loop
+	VMOVUPD     Y0, (DX)
+	VMOVUPD     Y1, 32(DX)
+	VMOVUPD     Y2, 64(DX)
+	VMOVUPD     Y3, 96(DX)
+	VMOVUPD     Y4, 128(DX)
+	VMOVUPD     Y5, 32(DX)(CX*1)
+	VMOVUPD     Y6, 64(DX)(CX*1)
+	VMOVUPD     Y7, 96(DX)(CX*1)
+	VMOVUPD     Y8, 128(DX)(CX*1)
+	VMOVUPD     Y9, 64(DX)(CX*2)
+	VMOVUPD     Y10, 96(DX)(CX*2)
+	VMOVUPD     Y11, 128(DX)(CX*2)
 
 rect:
-	LEAQ 5(DX), BX
+	LEAQ 5(SI), DX
 
 cols:
-	CMPQ BX, AX
+	CMPQ DX, AX
 	JAE  nextrow
-	MOVQ AX, SI
-	SUBQ BX, SI
-	CMPQ SI, $0x01
+	MOVQ AX, BX
+	SUBQ DX, BX
+	CMPQ BX, $0x01
 	JE   tile3x1
-	CMPQ SI, $0x02
+	CMPQ BX, $0x02
 	JE   tile3x2
-	CMPQ SI, $0x03
+	CMPQ BX, $0x03
 	JE   tile3x3
 	JMP  tile3x4
 
 tile3x1:
-	MOVQ    x_base+24(FP), SI
-	MOVQ    elems+48(FP), DI
-	SHLQ    $0x02, DI
-	LEAQ    (DX)(DX*2), R8
-	MOVQ    (SI)(R8*8), R8
-	ADDQ    DI, R8
-	LEAQ    (DX)(DX*2), R9
-	MOVQ    24(SI)(R9*8), R9
+	MOVQ    tmp_base+24(FP), BX
+	MOVQ    elems+56(FP), DI
+	SHLQ    $0x04, DI
+	LEAQ    (SI), R8
+	MOVQ    R8, R9
+	SHRQ    $0x01, R9
+	IMULQ   DI, R9
+	ADDQ    BX, R9
+	ANDQ    $0x00000001, R8
+	SHLQ    $0x05, R8
+	ADDQ    R8, R9
 	ADDQ    DI, R9
-	LEAQ    (DX)(DX*2), R10
-	MOVQ    48(SI)(R10*8), R10
+	LEAQ    1(SI), R8
+	MOVQ    R8, R10
+	SHRQ    $0x01, R10
+	IMULQ   DI, R10
+	ADDQ    BX, R10
+	ANDQ    $0x00000001, R8
+	SHLQ    $0x05, R8
+	ADDQ    R8, R10
 	ADDQ    DI, R10
-	LEAQ    (BX)(BX*2), R11
-	MOVQ    (SI)(R11*8), SI
-	ADDQ    DI, SI
-	MOVQ    DX, R11
-	IMULQ   AX, R11
+	LEAQ    2(SI), R8
+	MOVQ    R8, R11
+	SHRQ    $0x01, R11
+	IMULQ   DI, R11
 	ADDQ    BX, R11
-	SHLQ    $0x05, R11
-	MOVQ    p_base+0(FP), R12
-	ADDQ    R12, R11
-	VMOVUPD (R11), Y0
-	VMOVUPD (R11)(CX*1), Y1
-	VMOVUPD (R11)(CX*2), Y2
+	ANDQ    $0x00000001, R8
+	SHLQ    $0x05, R8
+	ADDQ    R8, R11
+	ADDQ    DI, R11
+	LEAQ    (DX), R8
+	MOVQ    R8, R12
+	SHRQ    $0x01, R12
+	IMULQ   DI, R12
+	ADDQ    BX, R12
+	MOVQ    R8, BX
+	ANDQ    $0x00000001, BX
+	SHLQ    $0x05, BX
+	ADDQ    BX, R12
+	ADDQ    DI, R12
+	MOVQ    SI, BX
+	IMULQ   CX, BX
+	MOVQ    DX, R8
+	SHLQ    $0x05, R8
+	ADDQ    R8, BX
+	MOVQ    p_base+0(FP), R8
+	ADDQ    R8, BX
+	VMOVUPD (BX), Y0
+	VMOVUPD (BX)(CX*1), Y1
+	VMOVUPD (BX)(CX*2), Y2
 	NEGQ    DI
 
-t3x1_false_false_loop:
-	VCVTPS2PD   (R8)(DI*1), Y3
-	VCVTPS2PD   (R9)(DI*1), Y4
-	VCVTPS2PD   (R10)(DI*1), Y5
-	VCVTPS2PD   (SI)(DI*1), Y6
+t3x1_false_loop:
+	VMOVUPD     (R9)(DI*1), Y3
+	VMOVUPD     (R10)(DI*1), Y4
+	VMOVUPD     (R11)(DI*1), Y5
+	VMOVUPD     (R12)(DI*1), Y6
 	VFMADD231PD Y6, Y3, Y0
 	VFMADD231PD Y6, Y4, Y1
 	VFMADD231PD Y6, Y5, Y2
-	VCVTPS2PD   16(R8)(DI*1), Y3
-	VCVTPS2PD   16(R9)(DI*1), Y4
-	VCVTPS2PD   16(R10)(DI*1), Y5
-	VCVTPS2PD   16(SI)(DI*1), Y6
+	VMOVUPD     64(R9)(DI*1), Y3
+	VMOVUPD     64(R10)(DI*1), Y4
+	VMOVUPD     64(R11)(DI*1), Y5
+	VMOVUPD     64(R12)(DI*1), Y6
 	VFMADD231PD Y6, Y3, Y0
 	VFMADD231PD Y6, Y4, Y1
 	VFMADD231PD Y6, Y5, Y2
-	ADDQ        $0x20, DI
-	JNZ         t3x1_false_false_loop
-	VMOVUPD     Y0, (R11)
-	VMOVUPD     Y1, (R11)(CX*1)
-	VMOVUPD     Y2, (R11)(CX*2)
-	ADDQ        $0x04, BX
+	ADDQ        $0x80, DI
+	JNZ         t3x1_false_loop
+	VMOVUPD     Y0, (BX)
+	VMOVUPD     Y1, (BX)(CX*1)
+	VMOVUPD     Y2, (BX)(CX*2)
+	ADDQ        $0x04, DX
 	JMP         cols
 
 tile3x2:
-	MOVQ    x_base+24(FP), SI
-	MOVQ    elems+48(FP), DI
-	SHLQ    $0x02, DI
-	LEAQ    (DX)(DX*2), R8
-	MOVQ    (SI)(R8*8), R8
-	ADDQ    DI, R8
-	LEAQ    (DX)(DX*2), R9
-	MOVQ    24(SI)(R9*8), R9
+	MOVQ    tmp_base+24(FP), BX
+	MOVQ    elems+56(FP), DI
+	SHLQ    $0x04, DI
+	LEAQ    (SI), R8
+	MOVQ    R8, R9
+	SHRQ    $0x01, R9
+	IMULQ   DI, R9
+	ADDQ    BX, R9
+	ANDQ    $0x00000001, R8
+	SHLQ    $0x05, R8
+	ADDQ    R8, R9
 	ADDQ    DI, R9
-	LEAQ    (DX)(DX*2), R10
-	MOVQ    48(SI)(R10*8), R10
+	LEAQ    1(SI), R8
+	MOVQ    R8, R10
+	SHRQ    $0x01, R10
+	IMULQ   DI, R10
+	ADDQ    BX, R10
+	ANDQ    $0x00000001, R8
+	SHLQ    $0x05, R8
+	ADDQ    R8, R10
 	ADDQ    DI, R10
-	LEAQ    (BX)(BX*2), R11
-	MOVQ    (SI)(R11*8), R11
+	LEAQ    2(SI), R8
+	MOVQ    R8, R11
+	SHRQ    $0x01, R11
+	IMULQ   DI, R11
+	ADDQ    BX, R11
+	ANDQ    $0x00000001, R8
+	SHLQ    $0x05, R8
+	ADDQ    R8, R11
 	ADDQ    DI, R11
-	LEAQ    (BX)(BX*2), R12
-	MOVQ    24(SI)(R12*8), SI
-	ADDQ    DI, SI
-	MOVQ    DX, R12
-	IMULQ   AX, R12
+	LEAQ    (DX), R8
+	MOVQ    R8, R12
+	SHRQ    $0x01, R12
+	IMULQ   DI, R12
 	ADDQ    BX, R12
-	SHLQ    $0x05, R12
-	MOVQ    p_base+0(FP), R13
-	ADDQ    R13, R12
-	VMOVUPD (R12), Y0
-	VMOVUPD 32(R12), Y1
-	VMOVUPD (R12)(CX*1), Y2
-	VMOVUPD 32(R12)(CX*1), Y3
-	VMOVUPD (R12)(CX*2), Y4
-	VMOVUPD 32(R12)(CX*2), Y5
+	ANDQ    $0x00000001, R8
+	SHLQ    $0x05, R8
+	ADDQ    R8, R12
+	ADDQ    DI, R12
+	LEAQ    1(DX), R8
+	MOVQ    R8, R13
+	SHRQ    $0x01, R13
+	IMULQ   DI, R13
+	ADDQ    BX, R13
+	MOVQ    R8, BX
+	ANDQ    $0x00000001, BX
+	SHLQ    $0x05, BX
+	ADDQ    BX, R13
+	ADDQ    DI, R13
+	MOVQ    SI, BX
+	IMULQ   CX, BX
+	MOVQ    DX, R8
+	SHLQ    $0x05, R8
+	ADDQ    R8, BX
+	MOVQ    p_base+0(FP), R8
+	ADDQ    R8, BX
+	VMOVUPD (BX), Y0
+	VMOVUPD 32(BX), Y1
+	VMOVUPD (BX)(CX*1), Y2
+	VMOVUPD 32(BX)(CX*1), Y3
+	VMOVUPD (BX)(CX*2), Y4
+	VMOVUPD 32(BX)(CX*2), Y5
 	NEGQ    DI
 
-t3x2_false_false_loop:
-	VCVTPS2PD   (R8)(DI*1), Y6
-	VCVTPS2PD   (R9)(DI*1), Y7
-	VCVTPS2PD   (R10)(DI*1), Y8
-	VCVTPS2PD   (R11)(DI*1), Y9
+t3x2_false_loop:
+	VMOVUPD     (R9)(DI*1), Y6
+	VMOVUPD     (R10)(DI*1), Y7
+	VMOVUPD     (R11)(DI*1), Y8
+	VMOVUPD     (R12)(DI*1), Y9
 	VFMADD231PD Y9, Y6, Y0
 	VFMADD231PD Y9, Y7, Y2
 	VFMADD231PD Y9, Y8, Y4
-	VCVTPS2PD   (SI)(DI*1), Y9
+	VMOVUPD     (R13)(DI*1), Y9
 	VFMADD231PD Y9, Y6, Y1
 	VFMADD231PD Y9, Y7, Y3
 	VFMADD231PD Y9, Y8, Y5
-	VCVTPS2PD   16(R8)(DI*1), Y6
-	VCVTPS2PD   16(R9)(DI*1), Y7
-	VCVTPS2PD   16(R10)(DI*1), Y8
-	VCVTPS2PD   16(R11)(DI*1), Y9
+	VMOVUPD     64(R9)(DI*1), Y6
+	VMOVUPD     64(R10)(DI*1), Y7
+	VMOVUPD     64(R11)(DI*1), Y8
+	VMOVUPD     64(R12)(DI*1), Y9
 	VFMADD231PD Y9, Y6, Y0
 	VFMADD231PD Y9, Y7, Y2
 	VFMADD231PD Y9, Y8, Y4
-	VCVTPS2PD   16(SI)(DI*1), Y9
+	VMOVUPD     64(R13)(DI*1), Y9
 	VFMADD231PD Y9, Y6, Y1
 	VFMADD231PD Y9, Y7, Y3
 	VFMADD231PD Y9, Y8, Y5
-	ADDQ        $0x20, DI
-	JNZ         t3x2_false_false_loop
-	VMOVUPD     Y0, (R12)
-	VMOVUPD     Y1, 32(R12)
-	VMOVUPD     Y2, (R12)(CX*1)
-	VMOVUPD     Y3, 32(R12)(CX*1)
-	VMOVUPD     Y4, (R12)(CX*2)
-	VMOVUPD     Y5, 32(R12)(CX*2)
-	ADDQ        $0x04, BX
+	ADDQ        $0x80, DI
+	JNZ         t3x2_false_loop
+	VMOVUPD     Y0, (BX)
+	VMOVUPD     Y1, 32(BX)
+	VMOVUPD     Y2, (BX)(CX*1)
+	VMOVUPD     Y3, 32(BX)(CX*1)
+	VMOVUPD     Y4, (BX)(CX*2)
+	VMOVUPD     Y5, 32(BX)(CX*2)
+	ADDQ        $0x04, DX
 	JMP         cols
 
 tile3x3:
-	MOVQ    x_base+24(FP), SI
-	MOVQ    elems+48(FP), DI
-	SHLQ    $0x02, DI
-	LEAQ    (DX)(DX*2), R8
-	MOVQ    (SI)(R8*8), R8
-	ADDQ    DI, R8
-	LEAQ    (DX)(DX*2), R9
-	MOVQ    24(SI)(R9*8), R9
+	MOVQ    tmp_base+24(FP), BX
+	MOVQ    elems+56(FP), DI
+	SHLQ    $0x04, DI
+	LEAQ    (SI), R8
+	MOVQ    R8, R9
+	SHRQ    $0x01, R9
+	IMULQ   DI, R9
+	ADDQ    BX, R9
+	ANDQ    $0x00000001, R8
+	SHLQ    $0x05, R8
+	ADDQ    R8, R9
 	ADDQ    DI, R9
-	LEAQ    (DX)(DX*2), R10
-	MOVQ    48(SI)(R10*8), R10
+	LEAQ    1(SI), R8
+	MOVQ    R8, R10
+	SHRQ    $0x01, R10
+	IMULQ   DI, R10
+	ADDQ    BX, R10
+	ANDQ    $0x00000001, R8
+	SHLQ    $0x05, R8
+	ADDQ    R8, R10
 	ADDQ    DI, R10
-	LEAQ    (BX)(BX*2), R11
-	MOVQ    (SI)(R11*8), R11
+	LEAQ    2(SI), R8
+	MOVQ    R8, R11
+	SHRQ    $0x01, R11
+	IMULQ   DI, R11
+	ADDQ    BX, R11
+	ANDQ    $0x00000001, R8
+	SHLQ    $0x05, R8
+	ADDQ    R8, R11
 	ADDQ    DI, R11
-	LEAQ    (BX)(BX*2), R12
-	MOVQ    24(SI)(R12*8), R12
+	LEAQ    (DX), R8
+	MOVQ    R8, R12
+	SHRQ    $0x01, R12
+	IMULQ   DI, R12
+	ADDQ    BX, R12
+	ANDQ    $0x00000001, R8
+	SHLQ    $0x05, R8
+	ADDQ    R8, R12
 	ADDQ    DI, R12
-	LEAQ    (BX)(BX*2), R13
-	MOVQ    48(SI)(R13*8), SI
-	ADDQ    DI, SI
-	MOVQ    DX, R13
-	IMULQ   AX, R13
+	LEAQ    1(DX), R8
+	MOVQ    R8, R13
+	SHRQ    $0x01, R13
+	IMULQ   DI, R13
 	ADDQ    BX, R13
-	SHLQ    $0x05, R13
-	MOVQ    p_base+0(FP), R14
-	ADDQ    R14, R13
-	VMOVUPD (R13), Y0
-	VMOVUPD 32(R13), Y1
-	VMOVUPD 64(R13), Y2
-	VMOVUPD (R13)(CX*1), Y3
-	VMOVUPD 32(R13)(CX*1), Y4
-	VMOVUPD 64(R13)(CX*1), Y5
-	VMOVUPD (R13)(CX*2), Y6
-	VMOVUPD 32(R13)(CX*2), Y7
-	VMOVUPD 64(R13)(CX*2), Y8
+	ANDQ    $0x00000001, R8
+	SHLQ    $0x05, R8
+	ADDQ    R8, R13
+	ADDQ    DI, R13
+	LEAQ    2(DX), R8
+	MOVQ    R8, R14
+	SHRQ    $0x01, R14
+	IMULQ   DI, R14
+	ADDQ    BX, R14
+	MOVQ    R8, BX
+	ANDQ    $0x00000001, BX
+	SHLQ    $0x05, BX
+	ADDQ    BX, R14
+	ADDQ    DI, R14
+	MOVQ    SI, BX
+	IMULQ   CX, BX
+	MOVQ    DX, R8
+	SHLQ    $0x05, R8
+	ADDQ    R8, BX
+	MOVQ    p_base+0(FP), R8
+	ADDQ    R8, BX
+	VMOVUPD (BX), Y0
+	VMOVUPD 32(BX), Y1
+	VMOVUPD 64(BX), Y2
+	VMOVUPD (BX)(CX*1), Y3
+	VMOVUPD 32(BX)(CX*1), Y4
+	VMOVUPD 64(BX)(CX*1), Y5
+	VMOVUPD (BX)(CX*2), Y6
+	VMOVUPD 32(BX)(CX*2), Y7
+	VMOVUPD 64(BX)(CX*2), Y8
 	NEGQ    DI
 
-t3x3_false_false_loop:
-	VCVTPS2PD   (R8)(DI*1), Y9
-	VCVTPS2PD   (R9)(DI*1), Y10
-	VCVTPS2PD   (R10)(DI*1), Y11
-	VCVTPS2PD   (R11)(DI*1), Y12
+t3x3_false_loop:
+	VMOVUPD     (R9)(DI*1), Y9
+	VMOVUPD     (R10)(DI*1), Y10
+	VMOVUPD     (R11)(DI*1), Y11
+	VMOVUPD     (R12)(DI*1), Y12
 	VFMADD231PD Y12, Y9, Y0
 	VFMADD231PD Y12, Y10, Y3
 	VFMADD231PD Y12, Y11, Y6
-	VCVTPS2PD   (R12)(DI*1), Y12
+	VMOVUPD     (R13)(DI*1), Y12
 	VFMADD231PD Y12, Y9, Y1
 	VFMADD231PD Y12, Y10, Y4
 	VFMADD231PD Y12, Y11, Y7
-	VCVTPS2PD   (SI)(DI*1), Y12
+	VMOVUPD     (R14)(DI*1), Y12
 	VFMADD231PD Y12, Y9, Y2
 	VFMADD231PD Y12, Y10, Y5
 	VFMADD231PD Y12, Y11, Y8
-	VCVTPS2PD   16(R8)(DI*1), Y9
-	VCVTPS2PD   16(R9)(DI*1), Y10
-	VCVTPS2PD   16(R10)(DI*1), Y11
-	VCVTPS2PD   16(R11)(DI*1), Y12
+	VMOVUPD     64(R9)(DI*1), Y9
+	VMOVUPD     64(R10)(DI*1), Y10
+	VMOVUPD     64(R11)(DI*1), Y11
+	VMOVUPD     64(R12)(DI*1), Y12
 	VFMADD231PD Y12, Y9, Y0
 	VFMADD231PD Y12, Y10, Y3
 	VFMADD231PD Y12, Y11, Y6
-	VCVTPS2PD   16(R12)(DI*1), Y12
+	VMOVUPD     64(R13)(DI*1), Y12
 	VFMADD231PD Y12, Y9, Y1
 	VFMADD231PD Y12, Y10, Y4
 	VFMADD231PD Y12, Y11, Y7
-	VCVTPS2PD   16(SI)(DI*1), Y12
+	VMOVUPD     64(R14)(DI*1), Y12
 	VFMADD231PD Y12, Y9, Y2
 	VFMADD231PD Y12, Y10, Y5
 	VFMADD231PD Y12, Y11, Y8
-	ADDQ        $0x20, DI
-	JNZ         t3x3_false_false_loop
-	VMOVUPD     Y0, (R13)
-	VMOVUPD     Y1, 32(R13)
-	VMOVUPD     Y2, 64(R13)
-	VMOVUPD     Y3, (R13)(CX*1)
-	VMOVUPD     Y4, 32(R13)(CX*1)
-	VMOVUPD     Y5, 64(R13)(CX*1)
-	VMOVUPD     Y6, (R13)(CX*2)
-	VMOVUPD     Y7, 32(R13)(CX*2)
-	VMOVUPD     Y8, 64(R13)(CX*2)
-	ADDQ        $0x04, BX
+	ADDQ        $0x80, DI
+	JNZ         t3x3_false_loop
+	VMOVUPD     Y0, (BX)
+	VMOVUPD     Y1, 32(BX)
+	VMOVUPD     Y2, 64(BX)
+	VMOVUPD     Y3, (BX)(CX*1)
+	VMOVUPD     Y4, 32(BX)(CX*1)
+	VMOVUPD     Y5, 64(BX)(CX*1)
+	VMOVUPD     Y6, (BX)(CX*2)
+	VMOVUPD     Y7, 32(BX)(CX*2)
+	VMOVUPD     Y8, 64(BX)(CX*2)
+	ADDQ        $0x04, DX
 	JMP         cols
 
 tile3x4:
-	MOVQ    x_base+24(FP), SI
-	MOVQ    elems+48(FP), DI
-	SHLQ    $0x02, DI
-	LEAQ    (DX)(DX*2), R8
-	MOVQ    (SI)(R8*8), R8
-	ADDQ    DI, R8
-	LEAQ    (DX)(DX*2), R9
-	MOVQ    24(SI)(R9*8), R9
+	MOVQ    tmp_base+24(FP), BX
+	MOVQ    elems+56(FP), DI
+	SHLQ    $0x04, DI
+	LEAQ    (SI), R8
+	MOVQ    R8, R9
+	SHRQ    $0x01, R9
+	IMULQ   DI, R9
+	ADDQ    BX, R9
+	ANDQ    $0x00000001, R8
+	SHLQ    $0x05, R8
+	ADDQ    R8, R9
 	ADDQ    DI, R9
-	LEAQ    (DX)(DX*2), R10
-	MOVQ    48(SI)(R10*8), R10
+	LEAQ    1(SI), R8
+	MOVQ    R8, R10
+	SHRQ    $0x01, R10
+	IMULQ   DI, R10
+	ADDQ    BX, R10
+	ANDQ    $0x00000001, R8
+	SHLQ    $0x05, R8
+	ADDQ    R8, R10
 	ADDQ    DI, R10
-	LEAQ    (BX)(BX*2), R11
-	MOVQ    (SI)(R11*8), R11
+	LEAQ    2(SI), R8
+	MOVQ    R8, R11
+	SHRQ    $0x01, R11
+	IMULQ   DI, R11
+	ADDQ    BX, R11
+	ANDQ    $0x00000001, R8
+	SHLQ    $0x05, R8
+	ADDQ    R8, R11
 	ADDQ    DI, R11
-	LEAQ    (BX)(BX*2), R12
-	MOVQ    24(SI)(R12*8), R12
+	LEAQ    (DX), R8
+	MOVQ    R8, R12
+	SHRQ    $0x01, R12
+	IMULQ   DI, R12
+	ADDQ    BX, R12
+	ANDQ    $0x00000001, R8
+	SHLQ    $0x05, R8
+	ADDQ    R8, R12
 	ADDQ    DI, R12
-	LEAQ    (BX)(BX*2), R13
-	MOVQ    48(SI)(R13*8), R13
+	LEAQ    1(DX), R8
+	MOVQ    R8, R13
+	SHRQ    $0x01, R13
+	IMULQ   DI, R13
+	ADDQ    BX, R13
+	ANDQ    $0x00000001, R8
+	SHLQ    $0x05, R8
+	ADDQ    R8, R13
 	ADDQ    DI, R13
-	LEAQ    (BX)(BX*2), R14
-	MOVQ    72(SI)(R14*8), SI
-	ADDQ    DI, SI
-	MOVQ    DX, R14
-	IMULQ   AX, R14
+	LEAQ    2(DX), R8
+	MOVQ    R8, R14
+	SHRQ    $0x01, R14
+	IMULQ   DI, R14
 	ADDQ    BX, R14
-	SHLQ    $0x05, R14
-	MOVQ    p_base+0(FP), R15
-	ADDQ    R15, R14
-	VMOVUPD (R14), Y0
-	VMOVUPD 32(R14), Y1
-	VMOVUPD 64(R14), Y2
-	VMOVUPD 96(R14), Y3
-	VMOVUPD (R14)(CX*1), Y4
-	VMOVUPD 32(R14)(CX*1), Y5
-	VMOVUPD 64(R14)(CX*1), Y6
-	VMOVUPD 96(R14)(CX*1), Y7
-	VMOVUPD (R14)(CX*2), Y8
-	VMOVUPD 32(R14)(CX*2), Y9
-	VMOVUPD 64(R14)(CX*2), Y10
-	VMOVUPD 96(R14)(CX*2), Y11
+	ANDQ    $0x00000001, R8
+	SHLQ    $0x05, R8
+	ADDQ    R8, R14
+	ADDQ    DI, R14
+	LEAQ    3(DX), R8
+	MOVQ    R8, R15
+	SHRQ    $0x01, R15
+	IMULQ   DI, R15
+	ADDQ    BX, R15
+	MOVQ    R8, BX
+	ANDQ    $0x00000001, BX
+	SHLQ    $0x05, BX
+	ADDQ    BX, R15
+	ADDQ    DI, R15
+	MOVQ    SI, BX
+	IMULQ   CX, BX
+	MOVQ    DX, R8
+	SHLQ    $0x05, R8
+	ADDQ    R8, BX
+	MOVQ    p_base+0(FP), R8
+	ADDQ    R8, BX
+	VMOVUPD (BX), Y0
+	VMOVUPD 32(BX), Y1
+	VMOVUPD 64(BX), Y2
+	VMOVUPD 96(BX), Y3
+	VMOVUPD (BX)(CX*1), Y4
+	VMOVUPD 32(BX)(CX*1), Y5
+	VMOVUPD 64(BX)(CX*1), Y6
+	VMOVUPD 96(BX)(CX*1), Y7
+	VMOVUPD (BX)(CX*2), Y8
+	VMOVUPD 32(BX)(CX*2), Y9
+	VMOVUPD 64(BX)(CX*2), Y10
+	VMOVUPD 96(BX)(CX*2), Y11
 	NEGQ    DI
 
-t3x4_false_false_loop:
-	VCVTPS2PD   (R8)(DI*1), Y12
-	VCVTPS2PD   (R9)(DI*1), Y13
-	VCVTPS2PD   (R10)(DI*1), Y14
-	VCVTPS2PD   (R11)(DI*1), Y15
+t3x4_false_loop:
+	VMOVUPD     (R9)(DI*1), Y12
+	VMOVUPD     (R10)(DI*1), Y13
+	VMOVUPD     (R11)(DI*1), Y14
+	VMOVUPD     (R12)(DI*1), Y15
 	VFMADD231PD Y15, Y12, Y0
 	VFMADD231PD Y15, Y13, Y4
 	VFMADD231PD Y15, Y14, Y8
-	VCVTPS2PD   (R12)(DI*1), Y15
+	VMOVUPD     (R13)(DI*1), Y15
 	VFMADD231PD Y15, Y12, Y1
 	VFMADD231PD Y15, Y13, Y5
 	VFMADD231PD Y15, Y14, Y9
-	VCVTPS2PD   (R13)(DI*1), Y15
+	VMOVUPD     (R14)(DI*1), Y15
 	VFMADD231PD Y15, Y12, Y2
 	VFMADD231PD Y15, Y13, Y6
 	VFMADD231PD Y15, Y14, Y10
-	VCVTPS2PD   (SI)(DI*1), Y15
+	VMOVUPD     (R15)(DI*1), Y15
 	VFMADD231PD Y15, Y12, Y3
 	VFMADD231PD Y15, Y13, Y7
 	VFMADD231PD Y15, Y14, Y11
-	VCVTPS2PD   16(R8)(DI*1), Y12
-	VCVTPS2PD   16(R9)(DI*1), Y13
-	VCVTPS2PD   16(R10)(DI*1), Y14
-	VCVTPS2PD   16(R11)(DI*1), Y15
+	VMOVUPD     64(R9)(DI*1), Y12
+	VMOVUPD     64(R10)(DI*1), Y13
+	VMOVUPD     64(R11)(DI*1), Y14
+	VMOVUPD     64(R12)(DI*1), Y15
 	VFMADD231PD Y15, Y12, Y0
 	VFMADD231PD Y15, Y13, Y4
 	VFMADD231PD Y15, Y14, Y8
-	VCVTPS2PD   16(R12)(DI*1), Y15
+	VMOVUPD     64(R13)(DI*1), Y15
 	VFMADD231PD Y15, Y12, Y1
 	VFMADD231PD Y15, Y13, Y5
 	VFMADD231PD Y15, Y14, Y9
-	VCVTPS2PD   16(R13)(DI*1), Y15
+	VMOVUPD     64(R14)(DI*1), Y15
 	VFMADD231PD Y15, Y12, Y2
 	VFMADD231PD Y15, Y13, Y6
 	VFMADD231PD Y15, Y14, Y10
-	VCVTPS2PD   16(SI)(DI*1), Y15
+	VMOVUPD     64(R15)(DI*1), Y15
 	VFMADD231PD Y15, Y12, Y3
 	VFMADD231PD Y15, Y13, Y7
 	VFMADD231PD Y15, Y14, Y11
-	ADDQ        $0x20, DI
-	JNZ         t3x4_false_false_loop
-	VMOVUPD     Y0, (R14)
-	VMOVUPD     Y1, 32(R14)
-	VMOVUPD     Y2, 64(R14)
-	VMOVUPD     Y3, 96(R14)
-	VMOVUPD     Y4, (R14)(CX*1)
-	VMOVUPD     Y5, 32(R14)(CX*1)
-	VMOVUPD     Y6, 64(R14)(CX*1)
-	VMOVUPD     Y7, 96(R14)(CX*1)
-	VMOVUPD     Y8, (R14)(CX*2)
-	VMOVUPD     Y9, 32(R14)(CX*2)
-	VMOVUPD     Y10, 64(R14)(CX*2)
-	VMOVUPD     Y11, 96(R14)(CX*2)
-	ADDQ        $0x04, BX
+	ADDQ        $0x80, DI
+	JNZ         t3x4_false_loop
+	VMOVUPD     Y0, (BX)
+	VMOVUPD     Y1, 32(BX)
+	VMOVUPD     Y2, 64(BX)
+	VMOVUPD     Y3, 96(BX)
+	VMOVUPD     Y4, (BX)(CX*1)
+	VMOVUPD     Y5, 32(BX)(CX*1)
+	VMOVUPD     Y6, 64(BX)(CX*1)
+	VMOVUPD     Y7, 96(BX)(CX*1)
+	VMOVUPD     Y8, (BX)(CX*2)
+	VMOVUPD     Y9, 32(BX)(CX*2)
+	VMOVUPD     Y10, 64(BX)(CX*2)
+	VMOVUPD     Y11, 96(BX)(CX*2)
+	ADDQ        $0x04, DX
 	JMP         cols
 
 nextrow:
-	ADDQ $0x03, DX
-	CMPQ DX, AX
+	ADDQ $0x03, SI
+	MOVQ r1+72(FP), DX
+	CMPQ SI, DX
 	JB   rows
 
 done:
@@ -9057,5 +9454,16956 @@ done:
 	VADDPD       X0, X2, X0
 	VHADDPD      X0, X0, X0
 	MOVSD        X0, ret+8(FP)
+	VZEROUPPER
+	RET
+
+// func sortSmallF32AVX512(tmp []float32, x [][]byte, off int, groups int)
+// Requires: AVX, AVX512F, MMX+
+TEXT ·sortSmallF32AVX512(SB), NOSPLIT, $0-64
+	MOVQ x_len+32(FP), AX
+	CMPQ AX, $0x01
+	JE   n1
+	CMPQ AX, $0x02
+	JE   n2
+	CMPQ AX, $0x03
+	JE   n3
+	CMPQ AX, $0x04
+	JE   n4
+	CMPQ AX, $0x05
+	JE   n5
+	CMPQ AX, $0x06
+	JE   n6
+	CMPQ AX, $0x07
+	JE   n7
+	CMPQ AX, $0x08
+	JE   n8
+	CMPQ AX, $0x09
+	JE   n9
+	CMPQ AX, $0x0a
+	JE   n10
+	CMPQ AX, $0x0b
+	JE   n11
+	CMPQ AX, $0x0c
+	JE   n12
+	CMPQ AX, $0x0d
+	JE   n13
+	CMPQ AX, $0x0e
+	JE   n14
+	CMPQ AX, $0x0f
+	JE   n15
+	CMPQ AX, $0x10
+	JE   n16
+	CMPQ AX, $0x11
+	JE   n17
+	CMPQ AX, $0x12
+	JE   n18
+	CMPQ AX, $0x13
+	JE   n19
+	CMPQ AX, $0x14
+	JE   n20
+	CMPQ AX, $0x15
+	JE   n21
+	CMPQ AX, $0x16
+	JE   n22
+	CMPQ AX, $0x17
+	JE   n23
+	CMPQ AX, $0x18
+	JE   n24
+	CMPQ AX, $0x19
+	JE   n25
+	CMPQ AX, $0x1a
+	JE   n26
+	CMPQ AX, $0x1b
+	JE   n27
+	CMPQ AX, $0x1c
+	JE   n28
+	CMPQ AX, $0x1d
+	JE   n29
+	CMPQ AX, $0x1e
+	JE   n30
+	CMPQ AX, $0x1f
+	JE   n31
+	CMPQ AX, $0x20
+	JE   n32
+	RET
+
+n1:
+	MOVQ x_base+24(FP), AX
+	MOVQ tmp_base+0(FP), CX
+	MOVQ off+48(FP), DX
+	SHLQ $0x02, DX
+	MOVQ groups+56(FP), BX
+
+n1_loop:
+	MOVQ       (AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	VMOVUPS    Z0, (CX)
+
+	// n=1: 0 comparators, 1 loads, 1 stores per group
+	ADDQ $0x40, DX
+	ADDQ $0x00000040, CX
+	DECQ BX
+	JNZ  n1_loop
+	VZEROUPPER
+	RET
+
+n2:
+	MOVQ x_base+24(FP), AX
+	MOVQ tmp_base+0(FP), CX
+	MOVQ off+48(FP), DX
+	SHLQ $0x02, DX
+	MOVQ groups+56(FP), BX
+
+n2_loop:
+	MOVQ       (AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       24(AX), SI
+	VMOVUPS    (SI)(DX*1), Z1
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z1, Z0, Z2
+	VMAXPS     Z1, Z0, Z1
+	VMOVUPS    Z2, (CX)
+	VMOVUPS    Z1, 64(CX)
+
+	// n=2: 1 comparators, 2 loads, 2 stores per group
+	ADDQ $0x40, DX
+	ADDQ $0x00000080, CX
+	DECQ BX
+	JNZ  n2_loop
+	VZEROUPPER
+	RET
+
+n3:
+	MOVQ x_base+24(FP), AX
+	MOVQ tmp_base+0(FP), CX
+	MOVQ off+48(FP), DX
+	SHLQ $0x02, DX
+	MOVQ groups+56(FP), BX
+
+n3_loop:
+	MOVQ       (AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       24(AX), SI
+	VMOVUPS    (SI)(DX*1), Z1
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z1, Z0, Z2
+	VMAXPS     Z1, Z0, Z1
+	MOVQ       48(AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z0, Z2, Z3
+	VMAXPS     Z0, Z2, Z0
+	VMINPS     Z0, Z1, Z2
+	VMAXPS     Z0, Z1, Z0
+	VMOVUPS    Z3, (CX)
+	VMOVUPS    Z2, 64(CX)
+	VMOVUPS    Z0, 128(CX)
+
+	// n=3: 3 comparators, 3 loads, 3 stores per group
+	ADDQ $0x40, DX
+	ADDQ $0x000000c0, CX
+	DECQ BX
+	JNZ  n3_loop
+	VZEROUPPER
+	RET
+
+n4:
+	MOVQ x_base+24(FP), AX
+	MOVQ tmp_base+0(FP), CX
+	MOVQ off+48(FP), DX
+	SHLQ $0x02, DX
+	MOVQ groups+56(FP), BX
+
+n4_loop:
+	MOVQ       (AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       24(AX), SI
+	VMOVUPS    (SI)(DX*1), Z1
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z1, Z0, Z2
+	VMAXPS     Z1, Z0, Z1
+	MOVQ       48(AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       72(AX), SI
+	VMOVUPS    (SI)(DX*1), Z3
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z4, Z2, Z0
+	VMAXPS     Z4, Z2, Z4
+	VMINPS     Z3, Z1, Z2
+	VMAXPS     Z3, Z1, Z3
+	VMINPS     Z4, Z2, Z1
+	VMAXPS     Z4, Z2, Z4
+	VMOVUPS    Z0, (CX)
+	VMOVUPS    Z1, 64(CX)
+	VMOVUPS    Z4, 128(CX)
+	VMOVUPS    Z3, 192(CX)
+
+	// n=4: 5 comparators, 4 loads, 4 stores per group
+	ADDQ $0x40, DX
+	ADDQ $0x00000100, CX
+	DECQ BX
+	JNZ  n4_loop
+	VZEROUPPER
+	RET
+
+n5:
+	MOVQ x_base+24(FP), AX
+	MOVQ tmp_base+0(FP), CX
+	MOVQ off+48(FP), DX
+	SHLQ $0x02, DX
+	MOVQ groups+56(FP), BX
+
+n5_loop:
+	MOVQ       (AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       24(AX), SI
+	VMOVUPS    (SI)(DX*1), Z1
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z1, Z0, Z2
+	VMAXPS     Z1, Z0, Z1
+	MOVQ       48(AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       72(AX), SI
+	VMOVUPS    (SI)(DX*1), Z3
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z4, Z2, Z0
+	VMAXPS     Z4, Z2, Z4
+	VMINPS     Z3, Z1, Z2
+	VMAXPS     Z3, Z1, Z3
+	VMINPS     Z4, Z2, Z1
+	VMAXPS     Z4, Z2, Z4
+	MOVQ       96(AX), SI
+	VMOVUPS    (SI)(DX*1), Z2
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z2, Z0, Z5
+	VMAXPS     Z2, Z0, Z2
+	VMINPS     Z2, Z4, Z0
+	VMAXPS     Z2, Z4, Z2
+	VMINPS     Z0, Z1, Z4
+	VMAXPS     Z0, Z1, Z0
+	VMINPS     Z2, Z3, Z1
+	VMAXPS     Z2, Z3, Z2
+	VMOVUPS    Z5, (CX)
+	VMOVUPS    Z4, 64(CX)
+	VMOVUPS    Z0, 128(CX)
+	VMOVUPS    Z1, 192(CX)
+	VMOVUPS    Z2, 256(CX)
+
+	// n=5: 9 comparators, 5 loads, 5 stores per group
+	ADDQ $0x40, DX
+	ADDQ $0x00000140, CX
+	DECQ BX
+	JNZ  n5_loop
+	VZEROUPPER
+	RET
+
+n6:
+	MOVQ x_base+24(FP), AX
+	MOVQ tmp_base+0(FP), CX
+	MOVQ off+48(FP), DX
+	SHLQ $0x02, DX
+	MOVQ groups+56(FP), BX
+
+n6_loop:
+	MOVQ       (AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       24(AX), SI
+	VMOVUPS    (SI)(DX*1), Z1
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z1, Z0, Z2
+	VMAXPS     Z1, Z0, Z1
+	MOVQ       48(AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       72(AX), SI
+	VMOVUPS    (SI)(DX*1), Z3
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z4, Z2, Z0
+	VMAXPS     Z4, Z2, Z4
+	VMINPS     Z3, Z1, Z2
+	VMAXPS     Z3, Z1, Z3
+	VMINPS     Z4, Z2, Z1
+	VMAXPS     Z4, Z2, Z4
+	MOVQ       96(AX), SI
+	VMOVUPS    (SI)(DX*1), Z2
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       120(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z5, Z2, Z6
+	VMAXPS     Z5, Z2, Z5
+	VMINPS     Z6, Z0, Z2
+	VMAXPS     Z6, Z0, Z6
+	VMINPS     Z5, Z1, Z0
+	VMAXPS     Z5, Z1, Z5
+	VMINPS     Z6, Z4, Z1
+	VMAXPS     Z6, Z4, Z6
+	VMINPS     Z5, Z3, Z4
+	VMAXPS     Z5, Z3, Z5
+	VMINPS     Z1, Z0, Z3
+	VMAXPS     Z1, Z0, Z1
+	VMINPS     Z6, Z4, Z0
+	VMAXPS     Z6, Z4, Z6
+	VMOVUPS    Z2, (CX)
+	VMOVUPS    Z3, 64(CX)
+	VMOVUPS    Z1, 128(CX)
+	VMOVUPS    Z0, 192(CX)
+	VMOVUPS    Z6, 256(CX)
+	VMOVUPS    Z5, 320(CX)
+
+	// n=6: 12 comparators, 6 loads, 6 stores per group
+	ADDQ $0x40, DX
+	ADDQ $0x00000180, CX
+	DECQ BX
+	JNZ  n6_loop
+	VZEROUPPER
+	RET
+
+n7:
+	MOVQ x_base+24(FP), AX
+	MOVQ tmp_base+0(FP), CX
+	MOVQ off+48(FP), DX
+	SHLQ $0x02, DX
+	MOVQ groups+56(FP), BX
+
+n7_loop:
+	MOVQ       (AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       24(AX), SI
+	VMOVUPS    (SI)(DX*1), Z1
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z1, Z0, Z2
+	VMAXPS     Z1, Z0, Z1
+	MOVQ       48(AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       72(AX), SI
+	VMOVUPS    (SI)(DX*1), Z3
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z4, Z2, Z0
+	VMAXPS     Z4, Z2, Z4
+	VMINPS     Z3, Z1, Z2
+	VMAXPS     Z3, Z1, Z3
+	VMINPS     Z4, Z2, Z1
+	VMAXPS     Z4, Z2, Z4
+	MOVQ       96(AX), SI
+	VMOVUPS    (SI)(DX*1), Z2
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       120(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z5, Z2, Z6
+	VMAXPS     Z5, Z2, Z5
+	MOVQ       144(AX), SI
+	VMOVUPS    (SI)(DX*1), Z2
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z2, Z6, Z7
+	VMAXPS     Z2, Z6, Z2
+	VMINPS     Z2, Z5, Z6
+	VMAXPS     Z2, Z5, Z2
+	VMINPS     Z7, Z0, Z5
+	VMAXPS     Z7, Z0, Z7
+	VMINPS     Z6, Z1, Z0
+	VMAXPS     Z6, Z1, Z6
+	VMINPS     Z2, Z4, Z1
+	VMAXPS     Z2, Z4, Z2
+	VMINPS     Z7, Z1, Z4
+	VMAXPS     Z7, Z1, Z7
+	VMINPS     Z6, Z3, Z1
+	VMAXPS     Z6, Z3, Z6
+	VMINPS     Z4, Z0, Z3
+	VMAXPS     Z4, Z0, Z4
+	VMINPS     Z7, Z1, Z0
+	VMAXPS     Z7, Z1, Z7
+	VMINPS     Z2, Z6, Z1
+	VMAXPS     Z2, Z6, Z2
+	VMOVUPS    Z5, (CX)
+	VMOVUPS    Z3, 64(CX)
+	VMOVUPS    Z4, 128(CX)
+	VMOVUPS    Z0, 192(CX)
+	VMOVUPS    Z7, 256(CX)
+	VMOVUPS    Z1, 320(CX)
+	VMOVUPS    Z2, 384(CX)
+
+	// n=7: 16 comparators, 7 loads, 7 stores per group
+	ADDQ $0x40, DX
+	ADDQ $0x000001c0, CX
+	DECQ BX
+	JNZ  n7_loop
+	VZEROUPPER
+	RET
+
+n8:
+	MOVQ x_base+24(FP), AX
+	MOVQ tmp_base+0(FP), CX
+	MOVQ off+48(FP), DX
+	SHLQ $0x02, DX
+	MOVQ groups+56(FP), BX
+
+n8_loop:
+	MOVQ       (AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       24(AX), SI
+	VMOVUPS    (SI)(DX*1), Z1
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z1, Z0, Z2
+	VMAXPS     Z1, Z0, Z1
+	MOVQ       48(AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       72(AX), SI
+	VMOVUPS    (SI)(DX*1), Z3
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z4, Z2, Z0
+	VMAXPS     Z4, Z2, Z4
+	VMINPS     Z3, Z1, Z2
+	VMAXPS     Z3, Z1, Z3
+	VMINPS     Z4, Z2, Z1
+	VMAXPS     Z4, Z2, Z4
+	MOVQ       96(AX), SI
+	VMOVUPS    (SI)(DX*1), Z2
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       120(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z5, Z2, Z6
+	VMAXPS     Z5, Z2, Z5
+	MOVQ       144(AX), SI
+	VMOVUPS    (SI)(DX*1), Z2
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       168(AX), SI
+	VMOVUPS    (SI)(DX*1), Z7
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z7, Z2, Z8
+	VMAXPS     Z7, Z2, Z7
+	VMINPS     Z8, Z6, Z2
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z5, Z6
+	VMAXPS     Z7, Z5, Z7
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z2, Z0, Z6
+	VMAXPS     Z2, Z0, Z2
+	VMINPS     Z5, Z1, Z0
+	VMAXPS     Z5, Z1, Z5
+	VMINPS     Z8, Z4, Z1
+	VMAXPS     Z8, Z4, Z8
+	VMINPS     Z7, Z3, Z4
+	VMAXPS     Z7, Z3, Z7
+	VMINPS     Z2, Z1, Z3
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z5, Z4, Z1
+	VMAXPS     Z5, Z4, Z5
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z2, Z1, Z0
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z8, Z5, Z1
+	VMAXPS     Z8, Z5, Z8
+	VMOVUPS    Z6, (CX)
+	VMOVUPS    Z4, 64(CX)
+	VMOVUPS    Z3, 128(CX)
+	VMOVUPS    Z0, 192(CX)
+	VMOVUPS    Z2, 256(CX)
+	VMOVUPS    Z1, 320(CX)
+	VMOVUPS    Z8, 384(CX)
+	VMOVUPS    Z7, 448(CX)
+
+	// n=8: 19 comparators, 8 loads, 8 stores per group
+	ADDQ $0x40, DX
+	ADDQ $0x00000200, CX
+	DECQ BX
+	JNZ  n8_loop
+	VZEROUPPER
+	RET
+
+n9:
+	MOVQ x_base+24(FP), AX
+	MOVQ tmp_base+0(FP), CX
+	MOVQ off+48(FP), DX
+	SHLQ $0x02, DX
+	MOVQ groups+56(FP), BX
+
+n9_loop:
+	MOVQ       (AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       24(AX), SI
+	VMOVUPS    (SI)(DX*1), Z1
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z1, Z0, Z2
+	VMAXPS     Z1, Z0, Z1
+	MOVQ       48(AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       72(AX), SI
+	VMOVUPS    (SI)(DX*1), Z3
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z4, Z2, Z0
+	VMAXPS     Z4, Z2, Z4
+	VMINPS     Z3, Z1, Z2
+	VMAXPS     Z3, Z1, Z3
+	VMINPS     Z4, Z2, Z1
+	VMAXPS     Z4, Z2, Z4
+	MOVQ       96(AX), SI
+	VMOVUPS    (SI)(DX*1), Z2
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       120(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z5, Z2, Z6
+	VMAXPS     Z5, Z2, Z5
+	MOVQ       144(AX), SI
+	VMOVUPS    (SI)(DX*1), Z2
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       168(AX), SI
+	VMOVUPS    (SI)(DX*1), Z7
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z7, Z2, Z8
+	VMAXPS     Z7, Z2, Z7
+	VMINPS     Z8, Z6, Z2
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z5, Z6
+	VMAXPS     Z7, Z5, Z7
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z2, Z0, Z6
+	VMAXPS     Z2, Z0, Z2
+	VMINPS     Z5, Z1, Z0
+	VMAXPS     Z5, Z1, Z5
+	VMINPS     Z8, Z4, Z1
+	VMAXPS     Z8, Z4, Z8
+	VMINPS     Z7, Z3, Z4
+	VMAXPS     Z7, Z3, Z7
+	VMINPS     Z2, Z1, Z3
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z5, Z4, Z1
+	VMAXPS     Z5, Z4, Z5
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z2, Z1, Z0
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z8, Z5, Z1
+	VMAXPS     Z8, Z5, Z8
+	VMINPS     Z1, Z0, Z5
+	VMAXPS     Z1, Z0, Z1
+	MOVQ       192(AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z0, Z6, Z9
+	VMAXPS     Z0, Z6, Z0
+	VMINPS     Z0, Z2, Z6
+	VMAXPS     Z0, Z2, Z0
+	VMINPS     Z6, Z3, Z2
+	VMAXPS     Z6, Z3, Z6
+	VMINPS     Z0, Z8, Z3
+	VMAXPS     Z0, Z8, Z0
+	VMINPS     Z2, Z4, Z8
+	VMAXPS     Z2, Z4, Z2
+	VMINPS     Z6, Z5, Z4
+	VMAXPS     Z6, Z5, Z6
+	VMINPS     Z3, Z1, Z5
+	VMAXPS     Z3, Z1, Z3
+	VMINPS     Z0, Z7, Z1
+	VMAXPS     Z0, Z7, Z0
+	VMOVUPS    Z9, (CX)
+	VMOVUPS    Z8, 64(CX)
+	VMOVUPS    Z2, 128(CX)
+	VMOVUPS    Z4, 192(CX)
+	VMOVUPS    Z6, 256(CX)
+	VMOVUPS    Z5, 320(CX)
+	VMOVUPS    Z3, 384(CX)
+	VMOVUPS    Z1, 448(CX)
+	VMOVUPS    Z0, 512(CX)
+
+	// n=9: 28 comparators, 9 loads, 9 stores per group
+	ADDQ $0x40, DX
+	ADDQ $0x00000240, CX
+	DECQ BX
+	JNZ  n9_loop
+	VZEROUPPER
+	RET
+
+n10:
+	MOVQ x_base+24(FP), AX
+	MOVQ tmp_base+0(FP), CX
+	MOVQ off+48(FP), DX
+	SHLQ $0x02, DX
+	MOVQ groups+56(FP), BX
+
+n10_loop:
+	MOVQ       (AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       24(AX), SI
+	VMOVUPS    (SI)(DX*1), Z1
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z1, Z0, Z2
+	VMAXPS     Z1, Z0, Z1
+	MOVQ       48(AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       72(AX), SI
+	VMOVUPS    (SI)(DX*1), Z3
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z4, Z2, Z0
+	VMAXPS     Z4, Z2, Z4
+	VMINPS     Z3, Z1, Z2
+	VMAXPS     Z3, Z1, Z3
+	VMINPS     Z4, Z2, Z1
+	VMAXPS     Z4, Z2, Z4
+	MOVQ       96(AX), SI
+	VMOVUPS    (SI)(DX*1), Z2
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       120(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z5, Z2, Z6
+	VMAXPS     Z5, Z2, Z5
+	MOVQ       144(AX), SI
+	VMOVUPS    (SI)(DX*1), Z2
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       168(AX), SI
+	VMOVUPS    (SI)(DX*1), Z7
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z7, Z2, Z8
+	VMAXPS     Z7, Z2, Z7
+	VMINPS     Z8, Z6, Z2
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z5, Z6
+	VMAXPS     Z7, Z5, Z7
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z2, Z0, Z6
+	VMAXPS     Z2, Z0, Z2
+	VMINPS     Z5, Z1, Z0
+	VMAXPS     Z5, Z1, Z5
+	VMINPS     Z8, Z4, Z1
+	VMAXPS     Z8, Z4, Z8
+	VMINPS     Z7, Z3, Z4
+	VMAXPS     Z7, Z3, Z7
+	VMINPS     Z2, Z1, Z3
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z5, Z4, Z1
+	VMAXPS     Z5, Z4, Z5
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z2, Z1, Z0
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z8, Z5, Z1
+	VMAXPS     Z8, Z5, Z8
+	MOVQ       192(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       216(AX), SI
+	VMOVUPS    (SI)(DX*1), Z9
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z9, Z5, Z10
+	VMAXPS     Z9, Z5, Z9
+	VMINPS     Z10, Z6, Z5
+	VMAXPS     Z10, Z6, Z10
+	VMINPS     Z9, Z4, Z6
+	VMAXPS     Z9, Z4, Z9
+	VMINPS     Z10, Z2, Z4
+	VMAXPS     Z10, Z2, Z10
+	VMINPS     Z9, Z1, Z2
+	VMAXPS     Z9, Z1, Z9
+	VMINPS     Z4, Z3, Z1
+	VMAXPS     Z4, Z3, Z4
+	VMINPS     Z2, Z0, Z3
+	VMAXPS     Z2, Z0, Z2
+	VMINPS     Z10, Z8, Z0
+	VMAXPS     Z10, Z8, Z10
+	VMINPS     Z9, Z7, Z8
+	VMAXPS     Z9, Z7, Z9
+	VMINPS     Z1, Z6, Z7
+	VMAXPS     Z1, Z6, Z1
+	VMINPS     Z4, Z3, Z6
+	VMAXPS     Z4, Z3, Z4
+	VMINPS     Z0, Z2, Z3
+	VMAXPS     Z0, Z2, Z0
+	VMINPS     Z10, Z8, Z2
+	VMAXPS     Z10, Z8, Z10
+	VMOVUPS    Z5, (CX)
+	VMOVUPS    Z7, 64(CX)
+	VMOVUPS    Z1, 128(CX)
+	VMOVUPS    Z6, 192(CX)
+	VMOVUPS    Z4, 256(CX)
+	VMOVUPS    Z3, 320(CX)
+	VMOVUPS    Z0, 384(CX)
+	VMOVUPS    Z2, 448(CX)
+	VMOVUPS    Z10, 512(CX)
+	VMOVUPS    Z9, 576(CX)
+
+	// n=10: 32 comparators, 10 loads, 10 stores per group
+	ADDQ $0x40, DX
+	ADDQ $0x00000280, CX
+	DECQ BX
+	JNZ  n10_loop
+	VZEROUPPER
+	RET
+
+n11:
+	MOVQ x_base+24(FP), AX
+	MOVQ tmp_base+0(FP), CX
+	MOVQ off+48(FP), DX
+	SHLQ $0x02, DX
+	MOVQ groups+56(FP), BX
+
+n11_loop:
+	MOVQ       (AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       24(AX), SI
+	VMOVUPS    (SI)(DX*1), Z1
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z1, Z0, Z2
+	VMAXPS     Z1, Z0, Z1
+	MOVQ       48(AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       72(AX), SI
+	VMOVUPS    (SI)(DX*1), Z3
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z4, Z2, Z0
+	VMAXPS     Z4, Z2, Z4
+	VMINPS     Z3, Z1, Z2
+	VMAXPS     Z3, Z1, Z3
+	VMINPS     Z4, Z2, Z1
+	VMAXPS     Z4, Z2, Z4
+	MOVQ       96(AX), SI
+	VMOVUPS    (SI)(DX*1), Z2
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       120(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z5, Z2, Z6
+	VMAXPS     Z5, Z2, Z5
+	MOVQ       144(AX), SI
+	VMOVUPS    (SI)(DX*1), Z2
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       168(AX), SI
+	VMOVUPS    (SI)(DX*1), Z7
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z7, Z2, Z8
+	VMAXPS     Z7, Z2, Z7
+	VMINPS     Z8, Z6, Z2
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z5, Z6
+	VMAXPS     Z7, Z5, Z7
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z2, Z0, Z6
+	VMAXPS     Z2, Z0, Z2
+	VMINPS     Z5, Z1, Z0
+	VMAXPS     Z5, Z1, Z5
+	VMINPS     Z8, Z4, Z1
+	VMAXPS     Z8, Z4, Z8
+	VMINPS     Z7, Z3, Z4
+	VMAXPS     Z7, Z3, Z7
+	VMINPS     Z2, Z1, Z3
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z5, Z4, Z1
+	VMAXPS     Z5, Z4, Z5
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z2, Z1, Z0
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z8, Z5, Z1
+	VMAXPS     Z8, Z5, Z8
+	MOVQ       192(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       216(AX), SI
+	VMOVUPS    (SI)(DX*1), Z9
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z9, Z5, Z10
+	VMAXPS     Z9, Z5, Z9
+	MOVQ       240(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z5, Z10, Z11
+	VMAXPS     Z5, Z10, Z5
+	VMINPS     Z5, Z9, Z10
+	VMAXPS     Z5, Z9, Z5
+	VMINPS     Z5, Z10, Z9
+	VMAXPS     Z5, Z10, Z5
+	VMINPS     Z11, Z6, Z10
+	VMAXPS     Z11, Z6, Z11
+	VMINPS     Z9, Z4, Z6
+	VMAXPS     Z9, Z4, Z9
+	VMINPS     Z5, Z3, Z4
+	VMAXPS     Z5, Z3, Z5
+	VMINPS     Z11, Z2, Z3
+	VMAXPS     Z11, Z2, Z11
+	VMINPS     Z9, Z1, Z2
+	VMAXPS     Z9, Z1, Z9
+	VMINPS     Z5, Z8, Z1
+	VMAXPS     Z5, Z8, Z5
+	VMINPS     Z3, Z4, Z8
+	VMAXPS     Z3, Z4, Z3
+	VMINPS     Z2, Z0, Z4
+	VMAXPS     Z2, Z0, Z2
+	VMINPS     Z11, Z1, Z0
+	VMAXPS     Z11, Z1, Z11
+	VMINPS     Z9, Z7, Z1
+	VMAXPS     Z9, Z7, Z9
+	VMINPS     Z8, Z6, Z7
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z3, Z4, Z6
+	VMAXPS     Z3, Z4, Z3
+	VMINPS     Z0, Z2, Z4
+	VMAXPS     Z0, Z2, Z0
+	VMINPS     Z11, Z1, Z2
+	VMAXPS     Z11, Z1, Z11
+	VMINPS     Z5, Z9, Z1
+	VMAXPS     Z5, Z9, Z5
+	VMOVUPS    Z10, (CX)
+	VMOVUPS    Z7, 64(CX)
+	VMOVUPS    Z8, 128(CX)
+	VMOVUPS    Z6, 192(CX)
+	VMOVUPS    Z3, 256(CX)
+	VMOVUPS    Z4, 320(CX)
+	VMOVUPS    Z0, 384(CX)
+	VMOVUPS    Z2, 448(CX)
+	VMOVUPS    Z11, 512(CX)
+	VMOVUPS    Z1, 576(CX)
+	VMOVUPS    Z5, 640(CX)
+
+	// n=11: 38 comparators, 11 loads, 11 stores per group
+	ADDQ $0x40, DX
+	ADDQ $0x000002c0, CX
+	DECQ BX
+	JNZ  n11_loop
+	VZEROUPPER
+	RET
+
+n12:
+	MOVQ x_base+24(FP), AX
+	MOVQ tmp_base+0(FP), CX
+	MOVQ off+48(FP), DX
+	SHLQ $0x02, DX
+	MOVQ groups+56(FP), BX
+
+n12_loop:
+	MOVQ       (AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       24(AX), SI
+	VMOVUPS    (SI)(DX*1), Z1
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z1, Z0, Z2
+	VMAXPS     Z1, Z0, Z1
+	MOVQ       48(AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       72(AX), SI
+	VMOVUPS    (SI)(DX*1), Z3
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z4, Z2, Z0
+	VMAXPS     Z4, Z2, Z4
+	VMINPS     Z3, Z1, Z2
+	VMAXPS     Z3, Z1, Z3
+	VMINPS     Z4, Z2, Z1
+	VMAXPS     Z4, Z2, Z4
+	MOVQ       96(AX), SI
+	VMOVUPS    (SI)(DX*1), Z2
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       120(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z5, Z2, Z6
+	VMAXPS     Z5, Z2, Z5
+	MOVQ       144(AX), SI
+	VMOVUPS    (SI)(DX*1), Z2
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       168(AX), SI
+	VMOVUPS    (SI)(DX*1), Z7
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z7, Z2, Z8
+	VMAXPS     Z7, Z2, Z7
+	VMINPS     Z8, Z6, Z2
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z5, Z6
+	VMAXPS     Z7, Z5, Z7
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z2, Z0, Z6
+	VMAXPS     Z2, Z0, Z2
+	VMINPS     Z5, Z1, Z0
+	VMAXPS     Z5, Z1, Z5
+	VMINPS     Z8, Z4, Z1
+	VMAXPS     Z8, Z4, Z8
+	VMINPS     Z7, Z3, Z4
+	VMAXPS     Z7, Z3, Z7
+	VMINPS     Z2, Z1, Z3
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z5, Z4, Z1
+	VMAXPS     Z5, Z4, Z5
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z2, Z1, Z0
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z8, Z5, Z1
+	VMAXPS     Z8, Z5, Z8
+	MOVQ       192(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       216(AX), SI
+	VMOVUPS    (SI)(DX*1), Z9
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z9, Z5, Z10
+	VMAXPS     Z9, Z5, Z9
+	MOVQ       240(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       264(AX), SI
+	VMOVUPS    (SI)(DX*1), Z11
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z12, Z10, Z5
+	VMAXPS     Z12, Z10, Z12
+	VMINPS     Z11, Z9, Z10
+	VMAXPS     Z11, Z9, Z11
+	VMINPS     Z12, Z10, Z9
+	VMAXPS     Z12, Z10, Z12
+	VMINPS     Z12, Z9, Z10
+	VMAXPS     Z12, Z9, Z12
+	VMINPS     Z5, Z6, Z9
+	VMAXPS     Z5, Z6, Z5
+	VMINPS     Z10, Z4, Z6
+	VMAXPS     Z10, Z4, Z10
+	VMINPS     Z12, Z3, Z4
+	VMAXPS     Z12, Z3, Z12
+	VMINPS     Z11, Z0, Z3
+	VMAXPS     Z11, Z0, Z11
+	VMINPS     Z5, Z2, Z0
+	VMAXPS     Z5, Z2, Z5
+	VMINPS     Z10, Z1, Z2
+	VMAXPS     Z10, Z1, Z10
+	VMINPS     Z12, Z8, Z1
+	VMAXPS     Z12, Z8, Z12
+	VMINPS     Z11, Z7, Z8
+	VMAXPS     Z11, Z7, Z11
+	VMINPS     Z0, Z4, Z7
+	VMAXPS     Z0, Z4, Z0
+	VMINPS     Z2, Z3, Z4
+	VMAXPS     Z2, Z3, Z2
+	VMINPS     Z5, Z1, Z3
+	VMAXPS     Z5, Z1, Z5
+	VMINPS     Z10, Z8, Z1
+	VMAXPS     Z10, Z8, Z10
+	VMINPS     Z7, Z6, Z8
+	VMAXPS     Z7, Z6, Z7
+	VMINPS     Z0, Z4, Z6
+	VMAXPS     Z0, Z4, Z0
+	VMINPS     Z3, Z2, Z4
+	VMAXPS     Z3, Z2, Z3
+	VMINPS     Z5, Z1, Z2
+	VMAXPS     Z5, Z1, Z5
+	VMINPS     Z12, Z10, Z1
+	VMAXPS     Z12, Z10, Z12
+	VMOVUPS    Z9, (CX)
+	VMOVUPS    Z8, 64(CX)
+	VMOVUPS    Z7, 128(CX)
+	VMOVUPS    Z6, 192(CX)
+	VMOVUPS    Z0, 256(CX)
+	VMOVUPS    Z4, 320(CX)
+	VMOVUPS    Z3, 384(CX)
+	VMOVUPS    Z2, 448(CX)
+	VMOVUPS    Z5, 512(CX)
+	VMOVUPS    Z1, 576(CX)
+	VMOVUPS    Z12, 640(CX)
+	VMOVUPS    Z11, 704(CX)
+
+	// n=12: 42 comparators, 12 loads, 12 stores per group
+	ADDQ $0x40, DX
+	ADDQ $0x00000300, CX
+	DECQ BX
+	JNZ  n12_loop
+	VZEROUPPER
+	RET
+
+n13:
+	MOVQ x_base+24(FP), AX
+	MOVQ tmp_base+0(FP), CX
+	MOVQ off+48(FP), DX
+	SHLQ $0x02, DX
+	MOVQ groups+56(FP), BX
+
+n13_loop:
+	MOVQ       (AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       24(AX), SI
+	VMOVUPS    (SI)(DX*1), Z1
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z1, Z0, Z2
+	VMAXPS     Z1, Z0, Z1
+	MOVQ       48(AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       72(AX), SI
+	VMOVUPS    (SI)(DX*1), Z3
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z4, Z2, Z0
+	VMAXPS     Z4, Z2, Z4
+	VMINPS     Z3, Z1, Z2
+	VMAXPS     Z3, Z1, Z3
+	VMINPS     Z4, Z2, Z1
+	VMAXPS     Z4, Z2, Z4
+	MOVQ       96(AX), SI
+	VMOVUPS    (SI)(DX*1), Z2
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       120(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z5, Z2, Z6
+	VMAXPS     Z5, Z2, Z5
+	MOVQ       144(AX), SI
+	VMOVUPS    (SI)(DX*1), Z2
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       168(AX), SI
+	VMOVUPS    (SI)(DX*1), Z7
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z7, Z2, Z8
+	VMAXPS     Z7, Z2, Z7
+	VMINPS     Z8, Z6, Z2
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z5, Z6
+	VMAXPS     Z7, Z5, Z7
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z2, Z0, Z6
+	VMAXPS     Z2, Z0, Z2
+	VMINPS     Z5, Z1, Z0
+	VMAXPS     Z5, Z1, Z5
+	VMINPS     Z8, Z4, Z1
+	VMAXPS     Z8, Z4, Z8
+	VMINPS     Z7, Z3, Z4
+	VMAXPS     Z7, Z3, Z7
+	VMINPS     Z2, Z1, Z3
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z5, Z4, Z1
+	VMAXPS     Z5, Z4, Z5
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z2, Z1, Z0
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z8, Z5, Z1
+	VMAXPS     Z8, Z5, Z8
+	MOVQ       192(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       216(AX), SI
+	VMOVUPS    (SI)(DX*1), Z9
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z9, Z5, Z10
+	VMAXPS     Z9, Z5, Z9
+	MOVQ       240(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       264(AX), SI
+	VMOVUPS    (SI)(DX*1), Z11
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z12, Z10, Z5
+	VMAXPS     Z12, Z10, Z12
+	VMINPS     Z11, Z9, Z10
+	VMAXPS     Z11, Z9, Z11
+	VMINPS     Z12, Z10, Z9
+	VMAXPS     Z12, Z10, Z12
+	MOVQ       288(AX), SI
+	VMOVUPS    (SI)(DX*1), Z10
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z10, Z5, Z13
+	VMAXPS     Z10, Z5, Z10
+	VMINPS     Z10, Z12, Z5
+	VMAXPS     Z10, Z12, Z10
+	VMINPS     Z5, Z9, Z12
+	VMAXPS     Z5, Z9, Z5
+	VMINPS     Z10, Z11, Z9
+	VMAXPS     Z10, Z11, Z10
+	VMINPS     Z13, Z6, Z11
+	VMAXPS     Z13, Z6, Z13
+	VMINPS     Z12, Z4, Z6
+	VMAXPS     Z12, Z4, Z12
+	VMINPS     Z5, Z3, Z4
+	VMAXPS     Z5, Z3, Z5
+	VMINPS     Z9, Z0, Z3
+	VMAXPS     Z9, Z0, Z9
+	VMINPS     Z10, Z2, Z0
+	VMAXPS     Z10, Z2, Z10
+	VMINPS     Z13, Z0, Z2
+	VMAXPS     Z13, Z0, Z13
+	VMINPS     Z12, Z1, Z0
+	VMAXPS     Z12, Z1, Z12
+	VMINPS     Z5, Z8, Z1
+	VMAXPS     Z5, Z8, Z5
+	VMINPS     Z9, Z7, Z8
+	VMAXPS     Z9, Z7, Z9
+	VMINPS     Z2, Z4, Z7
+	VMAXPS     Z2, Z4, Z2
+	VMINPS     Z0, Z3, Z4
+	VMAXPS     Z0, Z3, Z0
+	VMINPS     Z13, Z1, Z3
+	VMAXPS     Z13, Z1, Z13
+	VMINPS     Z12, Z8, Z1
+	VMAXPS     Z12, Z8, Z12
+	VMINPS     Z10, Z5, Z8
+	VMAXPS     Z10, Z5, Z10
+	VMINPS     Z7, Z6, Z5
+	VMAXPS     Z7, Z6, Z7
+	VMINPS     Z2, Z4, Z6
+	VMAXPS     Z2, Z4, Z2
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z13, Z1, Z0
+	VMAXPS     Z13, Z1, Z13
+	VMINPS     Z8, Z12, Z1
+	VMAXPS     Z8, Z12, Z8
+	VMINPS     Z10, Z9, Z12
+	VMAXPS     Z10, Z9, Z10
+	VMOVUPS    Z11, (CX)
+	VMOVUPS    Z5, 64(CX)
+	VMOVUPS    Z7, 128(CX)
+	VMOVUPS    Z6, 192(CX)
+	VMOVUPS    Z2, 256(CX)
+	VMOVUPS    Z4, 320(CX)
+	VMOVUPS    Z3, 384(CX)
+	VMOVUPS    Z0, 448(CX)
+	VMOVUPS    Z13, 512(CX)
+	VMOVUPS    Z1, 576(CX)
+	VMOVUPS    Z8, 640(CX)
+	VMOVUPS    Z12, 704(CX)
+	VMOVUPS    Z10, 768(CX)
+
+	// n=13: 48 comparators, 13 loads, 13 stores per group
+	ADDQ $0x40, DX
+	ADDQ $0x00000340, CX
+	DECQ BX
+	JNZ  n13_loop
+	VZEROUPPER
+	RET
+
+n14:
+	MOVQ x_base+24(FP), AX
+	MOVQ tmp_base+0(FP), CX
+	MOVQ off+48(FP), DX
+	SHLQ $0x02, DX
+	MOVQ groups+56(FP), BX
+
+n14_loop:
+	MOVQ       (AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       24(AX), SI
+	VMOVUPS    (SI)(DX*1), Z1
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z1, Z0, Z2
+	VMAXPS     Z1, Z0, Z1
+	MOVQ       48(AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       72(AX), SI
+	VMOVUPS    (SI)(DX*1), Z3
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z4, Z2, Z0
+	VMAXPS     Z4, Z2, Z4
+	VMINPS     Z3, Z1, Z2
+	VMAXPS     Z3, Z1, Z3
+	VMINPS     Z4, Z2, Z1
+	VMAXPS     Z4, Z2, Z4
+	MOVQ       96(AX), SI
+	VMOVUPS    (SI)(DX*1), Z2
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       120(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z5, Z2, Z6
+	VMAXPS     Z5, Z2, Z5
+	MOVQ       144(AX), SI
+	VMOVUPS    (SI)(DX*1), Z2
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       168(AX), SI
+	VMOVUPS    (SI)(DX*1), Z7
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z7, Z2, Z8
+	VMAXPS     Z7, Z2, Z7
+	VMINPS     Z8, Z6, Z2
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z5, Z6
+	VMAXPS     Z7, Z5, Z7
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z2, Z0, Z6
+	VMAXPS     Z2, Z0, Z2
+	VMINPS     Z5, Z1, Z0
+	VMAXPS     Z5, Z1, Z5
+	VMINPS     Z8, Z4, Z1
+	VMAXPS     Z8, Z4, Z8
+	VMINPS     Z7, Z3, Z4
+	VMAXPS     Z7, Z3, Z7
+	VMINPS     Z2, Z1, Z3
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z5, Z4, Z1
+	VMAXPS     Z5, Z4, Z5
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z2, Z1, Z0
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z8, Z5, Z1
+	VMAXPS     Z8, Z5, Z8
+	MOVQ       192(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       216(AX), SI
+	VMOVUPS    (SI)(DX*1), Z9
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z9, Z5, Z10
+	VMAXPS     Z9, Z5, Z9
+	MOVQ       240(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       264(AX), SI
+	VMOVUPS    (SI)(DX*1), Z11
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z12, Z10, Z5
+	VMAXPS     Z12, Z10, Z12
+	VMINPS     Z11, Z9, Z10
+	VMAXPS     Z11, Z9, Z11
+	VMINPS     Z12, Z10, Z9
+	VMAXPS     Z12, Z10, Z12
+	MOVQ       288(AX), SI
+	VMOVUPS    (SI)(DX*1), Z10
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       312(AX), SI
+	VMOVUPS    (SI)(DX*1), Z13
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z13, Z10, Z14
+	VMAXPS     Z13, Z10, Z13
+	VMINPS     Z14, Z5, Z10
+	VMAXPS     Z14, Z5, Z14
+	VMINPS     Z13, Z9, Z5
+	VMAXPS     Z13, Z9, Z13
+	VMINPS     Z14, Z12, Z9
+	VMAXPS     Z14, Z12, Z14
+	VMINPS     Z13, Z11, Z12
+	VMAXPS     Z13, Z11, Z13
+	VMINPS     Z9, Z5, Z11
+	VMAXPS     Z9, Z5, Z9
+	VMINPS     Z14, Z12, Z5
+	VMAXPS     Z14, Z12, Z14
+	VMINPS     Z10, Z6, Z12
+	VMAXPS     Z10, Z6, Z10
+	VMINPS     Z11, Z4, Z6
+	VMAXPS     Z11, Z4, Z11
+	VMINPS     Z9, Z3, Z4
+	VMAXPS     Z9, Z3, Z9
+	VMINPS     Z5, Z0, Z3
+	VMAXPS     Z5, Z0, Z5
+	VMINPS     Z14, Z2, Z0
+	VMAXPS     Z14, Z2, Z14
+	VMINPS     Z13, Z1, Z2
+	VMAXPS     Z13, Z1, Z13
+	VMINPS     Z10, Z0, Z1
+	VMAXPS     Z10, Z0, Z10
+	VMINPS     Z11, Z2, Z0
+	VMAXPS     Z11, Z2, Z11
+	VMINPS     Z9, Z8, Z2
+	VMAXPS     Z9, Z8, Z9
+	VMINPS     Z5, Z7, Z8
+	VMAXPS     Z5, Z7, Z5
+	VMINPS     Z1, Z4, Z7
+	VMAXPS     Z1, Z4, Z1
+	VMINPS     Z0, Z3, Z4
+	VMAXPS     Z0, Z3, Z0
+	VMINPS     Z10, Z2, Z3
+	VMAXPS     Z10, Z2, Z10
+	VMINPS     Z11, Z8, Z2
+	VMAXPS     Z11, Z8, Z11
+	VMINPS     Z14, Z9, Z8
+	VMAXPS     Z14, Z9, Z14
+	VMINPS     Z13, Z5, Z9
+	VMAXPS     Z13, Z5, Z13
+	VMINPS     Z7, Z6, Z5
+	VMAXPS     Z7, Z6, Z7
+	VMINPS     Z1, Z4, Z6
+	VMAXPS     Z1, Z4, Z1
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z10, Z2, Z0
+	VMAXPS     Z10, Z2, Z10
+	VMINPS     Z8, Z11, Z2
+	VMAXPS     Z8, Z11, Z8
+	VMINPS     Z14, Z9, Z11
+	VMAXPS     Z14, Z9, Z14
+	VMOVUPS    Z12, (CX)
+	VMOVUPS    Z5, 64(CX)
+	VMOVUPS    Z7, 128(CX)
+	VMOVUPS    Z6, 192(CX)
+	VMOVUPS    Z1, 256(CX)
+	VMOVUPS    Z4, 320(CX)
+	VMOVUPS    Z3, 384(CX)
+	VMOVUPS    Z0, 448(CX)
+	VMOVUPS    Z10, 512(CX)
+	VMOVUPS    Z2, 576(CX)
+	VMOVUPS    Z8, 640(CX)
+	VMOVUPS    Z11, 704(CX)
+	VMOVUPS    Z14, 768(CX)
+	VMOVUPS    Z13, 832(CX)
+
+	// n=14: 53 comparators, 14 loads, 14 stores per group
+	ADDQ $0x40, DX
+	ADDQ $0x00000380, CX
+	DECQ BX
+	JNZ  n14_loop
+	VZEROUPPER
+	RET
+
+n15:
+	MOVQ x_base+24(FP), AX
+	MOVQ tmp_base+0(FP), CX
+	MOVQ off+48(FP), DX
+	SHLQ $0x02, DX
+	MOVQ groups+56(FP), BX
+
+n15_loop:
+	MOVQ       (AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       24(AX), SI
+	VMOVUPS    (SI)(DX*1), Z1
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z1, Z0, Z2
+	VMAXPS     Z1, Z0, Z1
+	MOVQ       48(AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       72(AX), SI
+	VMOVUPS    (SI)(DX*1), Z3
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z4, Z2, Z0
+	VMAXPS     Z4, Z2, Z4
+	VMINPS     Z3, Z1, Z2
+	VMAXPS     Z3, Z1, Z3
+	VMINPS     Z4, Z2, Z1
+	VMAXPS     Z4, Z2, Z4
+	MOVQ       96(AX), SI
+	VMOVUPS    (SI)(DX*1), Z2
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       120(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z5, Z2, Z6
+	VMAXPS     Z5, Z2, Z5
+	MOVQ       144(AX), SI
+	VMOVUPS    (SI)(DX*1), Z2
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       168(AX), SI
+	VMOVUPS    (SI)(DX*1), Z7
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z7, Z2, Z8
+	VMAXPS     Z7, Z2, Z7
+	VMINPS     Z8, Z6, Z2
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z5, Z6
+	VMAXPS     Z7, Z5, Z7
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z2, Z0, Z6
+	VMAXPS     Z2, Z0, Z2
+	VMINPS     Z5, Z1, Z0
+	VMAXPS     Z5, Z1, Z5
+	VMINPS     Z8, Z4, Z1
+	VMAXPS     Z8, Z4, Z8
+	VMINPS     Z7, Z3, Z4
+	VMAXPS     Z7, Z3, Z7
+	VMINPS     Z2, Z1, Z3
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z5, Z4, Z1
+	VMAXPS     Z5, Z4, Z5
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z2, Z1, Z0
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z8, Z5, Z1
+	VMAXPS     Z8, Z5, Z8
+	MOVQ       192(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       216(AX), SI
+	VMOVUPS    (SI)(DX*1), Z9
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z9, Z5, Z10
+	VMAXPS     Z9, Z5, Z9
+	MOVQ       240(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       264(AX), SI
+	VMOVUPS    (SI)(DX*1), Z11
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z12, Z10, Z5
+	VMAXPS     Z12, Z10, Z12
+	VMINPS     Z11, Z9, Z10
+	VMAXPS     Z11, Z9, Z11
+	VMINPS     Z12, Z10, Z9
+	VMAXPS     Z12, Z10, Z12
+	MOVQ       288(AX), SI
+	VMOVUPS    (SI)(DX*1), Z10
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       312(AX), SI
+	VMOVUPS    (SI)(DX*1), Z13
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z13, Z10, Z14
+	VMAXPS     Z13, Z10, Z13
+	MOVQ       336(AX), SI
+	VMOVUPS    (SI)(DX*1), Z10
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z10, Z14, Z15
+	VMAXPS     Z10, Z14, Z10
+	VMINPS     Z10, Z13, Z14
+	VMAXPS     Z10, Z13, Z10
+	VMINPS     Z15, Z5, Z13
+	VMAXPS     Z15, Z5, Z15
+	VMINPS     Z14, Z9, Z5
+	VMAXPS     Z14, Z9, Z14
+	VMINPS     Z10, Z12, Z9
+	VMAXPS     Z10, Z12, Z10
+	VMINPS     Z15, Z9, Z12
+	VMAXPS     Z15, Z9, Z15
+	VMINPS     Z14, Z11, Z9
+	VMAXPS     Z14, Z11, Z14
+	VMINPS     Z12, Z5, Z11
+	VMAXPS     Z12, Z5, Z12
+	VMINPS     Z15, Z9, Z5
+	VMAXPS     Z15, Z9, Z15
+	VMINPS     Z10, Z14, Z9
+	VMAXPS     Z10, Z14, Z10
+	VMINPS     Z13, Z6, Z14
+	VMAXPS     Z13, Z6, Z13
+	VMINPS     Z11, Z4, Z6
+	VMAXPS     Z11, Z4, Z11
+	VMINPS     Z12, Z3, Z4
+	VMAXPS     Z12, Z3, Z12
+	VMINPS     Z5, Z0, Z3
+	VMAXPS     Z5, Z0, Z5
+	VMINPS     Z15, Z2, Z0
+	VMAXPS     Z15, Z2, Z15
+	VMINPS     Z9, Z1, Z2
+	VMAXPS     Z9, Z1, Z9
+	VMINPS     Z10, Z8, Z1
+	VMAXPS     Z10, Z8, Z10
+	VMINPS     Z13, Z0, Z8
+	VMAXPS     Z13, Z0, Z13
+	VMINPS     Z11, Z2, Z0
+	VMAXPS     Z11, Z2, Z11
+	VMINPS     Z12, Z1, Z2
+	VMAXPS     Z12, Z1, Z12
+	VMINPS     Z5, Z7, Z1
+	VMAXPS     Z5, Z7, Z5
+	VMINPS     Z8, Z4, Z7
+	VMAXPS     Z8, Z4, Z8
+	VMINPS     Z0, Z3, Z4
+	VMAXPS     Z0, Z3, Z0
+	VMINPS     Z13, Z2, Z3
+	VMAXPS     Z13, Z2, Z13
+	VMINPS     Z11, Z1, Z2
+	VMAXPS     Z11, Z1, Z11
+	VMINPS     Z15, Z12, Z1
+	VMAXPS     Z15, Z12, Z15
+	VMINPS     Z9, Z5, Z12
+	VMAXPS     Z9, Z5, Z9
+	VMINPS     Z7, Z6, Z5
+	VMAXPS     Z7, Z6, Z7
+	VMINPS     Z8, Z4, Z6
+	VMAXPS     Z8, Z4, Z8
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z13, Z2, Z0
+	VMAXPS     Z13, Z2, Z13
+	VMINPS     Z1, Z11, Z2
+	VMAXPS     Z1, Z11, Z1
+	VMINPS     Z15, Z12, Z11
+	VMAXPS     Z15, Z12, Z15
+	VMINPS     Z10, Z9, Z12
+	VMAXPS     Z10, Z9, Z10
+	VMOVUPS    Z14, (CX)
+	VMOVUPS    Z5, 64(CX)
+	VMOVUPS    Z7, 128(CX)
+	VMOVUPS    Z6, 192(CX)
+	VMOVUPS    Z8, 256(CX)
+	VMOVUPS    Z4, 320(CX)
+	VMOVUPS    Z3, 384(CX)
+	VMOVUPS    Z0, 448(CX)
+	VMOVUPS    Z13, 512(CX)
+	VMOVUPS    Z2, 576(CX)
+	VMOVUPS    Z1, 640(CX)
+	VMOVUPS    Z11, 704(CX)
+	VMOVUPS    Z15, 768(CX)
+	VMOVUPS    Z12, 832(CX)
+	VMOVUPS    Z10, 896(CX)
+
+	// n=15: 59 comparators, 15 loads, 15 stores per group
+	ADDQ $0x40, DX
+	ADDQ $0x000003c0, CX
+	DECQ BX
+	JNZ  n15_loop
+	VZEROUPPER
+	RET
+
+n16:
+	MOVQ x_base+24(FP), AX
+	MOVQ tmp_base+0(FP), CX
+	MOVQ off+48(FP), DX
+	SHLQ $0x02, DX
+	MOVQ groups+56(FP), BX
+
+n16_loop:
+	MOVQ       (AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       24(AX), SI
+	VMOVUPS    (SI)(DX*1), Z1
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z1, Z0, Z2
+	VMAXPS     Z1, Z0, Z1
+	MOVQ       48(AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       72(AX), SI
+	VMOVUPS    (SI)(DX*1), Z3
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z4, Z2, Z0
+	VMAXPS     Z4, Z2, Z4
+	VMINPS     Z3, Z1, Z2
+	VMAXPS     Z3, Z1, Z3
+	VMINPS     Z4, Z2, Z1
+	VMAXPS     Z4, Z2, Z4
+	MOVQ       96(AX), SI
+	VMOVUPS    (SI)(DX*1), Z2
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       120(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z5, Z2, Z6
+	VMAXPS     Z5, Z2, Z5
+	MOVQ       144(AX), SI
+	VMOVUPS    (SI)(DX*1), Z2
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       168(AX), SI
+	VMOVUPS    (SI)(DX*1), Z7
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z7, Z2, Z8
+	VMAXPS     Z7, Z2, Z7
+	VMINPS     Z8, Z6, Z2
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z5, Z6
+	VMAXPS     Z7, Z5, Z7
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z2, Z0, Z6
+	VMAXPS     Z2, Z0, Z2
+	VMINPS     Z5, Z1, Z0
+	VMAXPS     Z5, Z1, Z5
+	VMINPS     Z8, Z4, Z1
+	VMAXPS     Z8, Z4, Z8
+	VMINPS     Z7, Z3, Z4
+	VMAXPS     Z7, Z3, Z7
+	VMINPS     Z2, Z1, Z3
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z5, Z4, Z1
+	VMAXPS     Z5, Z4, Z5
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z2, Z1, Z0
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z8, Z5, Z1
+	VMAXPS     Z8, Z5, Z8
+	MOVQ       192(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       216(AX), SI
+	VMOVUPS    (SI)(DX*1), Z9
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z9, Z5, Z10
+	VMAXPS     Z9, Z5, Z9
+	MOVQ       240(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       264(AX), SI
+	VMOVUPS    (SI)(DX*1), Z11
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z12, Z10, Z5
+	VMAXPS     Z12, Z10, Z12
+	VMINPS     Z11, Z9, Z10
+	VMAXPS     Z11, Z9, Z11
+	VMINPS     Z12, Z10, Z9
+	VMAXPS     Z12, Z10, Z12
+	MOVQ       288(AX), SI
+	VMOVUPS    (SI)(DX*1), Z10
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       312(AX), SI
+	VMOVUPS    (SI)(DX*1), Z13
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z13, Z10, Z14
+	VMAXPS     Z13, Z10, Z13
+	MOVQ       336(AX), SI
+	VMOVUPS    (SI)(DX*1), Z10
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       360(AX), SI
+	VMOVUPS    (SI)(DX*1), Z15
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z15, Z10, Z16
+	VMAXPS     Z15, Z10, Z15
+	VMINPS     Z16, Z14, Z10
+	VMAXPS     Z16, Z14, Z16
+	VMINPS     Z15, Z13, Z14
+	VMAXPS     Z15, Z13, Z15
+	VMINPS     Z16, Z14, Z13
+	VMAXPS     Z16, Z14, Z16
+	VMINPS     Z10, Z5, Z14
+	VMAXPS     Z10, Z5, Z10
+	VMINPS     Z13, Z9, Z5
+	VMAXPS     Z13, Z9, Z13
+	VMINPS     Z16, Z12, Z9
+	VMAXPS     Z16, Z12, Z16
+	VMINPS     Z15, Z11, Z12
+	VMAXPS     Z15, Z11, Z15
+	VMINPS     Z10, Z9, Z11
+	VMAXPS     Z10, Z9, Z10
+	VMINPS     Z13, Z12, Z9
+	VMAXPS     Z13, Z12, Z13
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z10, Z9, Z5
+	VMAXPS     Z10, Z9, Z10
+	VMINPS     Z16, Z13, Z9
+	VMAXPS     Z16, Z13, Z16
+	VMINPS     Z14, Z6, Z13
+	VMAXPS     Z14, Z6, Z14
+	VMINPS     Z12, Z4, Z6
+	VMAXPS     Z12, Z4, Z12
+	VMINPS     Z11, Z3, Z4
+	VMAXPS     Z11, Z3, Z11
+	VMINPS     Z5, Z0, Z3
+	VMAXPS     Z5, Z0, Z5
+	VMINPS     Z10, Z2, Z0
+	VMAXPS     Z10, Z2, Z10
+	VMINPS     Z9, Z1, Z2
+	VMAXPS     Z9, Z1, Z9
+	VMINPS     Z16, Z8, Z1
+	VMAXPS     Z16, Z8, Z16
+	VMINPS     Z15, Z7, Z8
+	VMAXPS     Z15, Z7, Z15
+	VMINPS     Z14, Z0, Z7
+	VMAXPS     Z14, Z0, Z14
+	VMINPS     Z12, Z2, Z0
+	VMAXPS     Z12, Z2, Z12
+	VMINPS     Z11, Z1, Z2
+	VMAXPS     Z11, Z1, Z11
+	VMINPS     Z5, Z8, Z1
+	VMAXPS     Z5, Z8, Z5
+	VMINPS     Z7, Z4, Z8
+	VMAXPS     Z7, Z4, Z7
+	VMINPS     Z0, Z3, Z4
+	VMAXPS     Z0, Z3, Z0
+	VMINPS     Z14, Z2, Z3
+	VMAXPS     Z14, Z2, Z14
+	VMINPS     Z12, Z1, Z2
+	VMAXPS     Z12, Z1, Z12
+	VMINPS     Z10, Z11, Z1
+	VMAXPS     Z10, Z11, Z10
+	VMINPS     Z9, Z5, Z11
+	VMAXPS     Z9, Z5, Z9
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z4, Z6
+	VMAXPS     Z7, Z4, Z7
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z14, Z2, Z0
+	VMAXPS     Z14, Z2, Z14
+	VMINPS     Z1, Z12, Z2
+	VMAXPS     Z1, Z12, Z1
+	VMINPS     Z10, Z11, Z12
+	VMAXPS     Z10, Z11, Z10
+	VMINPS     Z16, Z9, Z11
+	VMAXPS     Z16, Z9, Z16
+	VMOVUPS    Z13, (CX)
+	VMOVUPS    Z5, 64(CX)
+	VMOVUPS    Z8, 128(CX)
+	VMOVUPS    Z6, 192(CX)
+	VMOVUPS    Z7, 256(CX)
+	VMOVUPS    Z4, 320(CX)
+	VMOVUPS    Z3, 384(CX)
+	VMOVUPS    Z0, 448(CX)
+	VMOVUPS    Z14, 512(CX)
+	VMOVUPS    Z2, 576(CX)
+	VMOVUPS    Z1, 640(CX)
+	VMOVUPS    Z12, 704(CX)
+	VMOVUPS    Z10, 768(CX)
+	VMOVUPS    Z11, 832(CX)
+	VMOVUPS    Z16, 896(CX)
+	VMOVUPS    Z15, 960(CX)
+
+	// n=16: 63 comparators, 16 loads, 16 stores per group
+	ADDQ $0x40, DX
+	ADDQ $0x00000400, CX
+	DECQ BX
+	JNZ  n16_loop
+	VZEROUPPER
+	RET
+
+n17:
+	MOVQ x_base+24(FP), AX
+	MOVQ tmp_base+0(FP), CX
+	MOVQ off+48(FP), DX
+	SHLQ $0x02, DX
+	MOVQ groups+56(FP), BX
+
+n17_loop:
+	MOVQ       (AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       24(AX), SI
+	VMOVUPS    (SI)(DX*1), Z1
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z1, Z0, Z2
+	VMAXPS     Z1, Z0, Z1
+	MOVQ       48(AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       72(AX), SI
+	VMOVUPS    (SI)(DX*1), Z3
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z4, Z2, Z0
+	VMAXPS     Z4, Z2, Z4
+	VMINPS     Z3, Z1, Z2
+	VMAXPS     Z3, Z1, Z3
+	VMINPS     Z4, Z2, Z1
+	VMAXPS     Z4, Z2, Z4
+	MOVQ       96(AX), SI
+	VMOVUPS    (SI)(DX*1), Z2
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       120(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z5, Z2, Z6
+	VMAXPS     Z5, Z2, Z5
+	MOVQ       144(AX), SI
+	VMOVUPS    (SI)(DX*1), Z2
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       168(AX), SI
+	VMOVUPS    (SI)(DX*1), Z7
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z7, Z2, Z8
+	VMAXPS     Z7, Z2, Z7
+	VMINPS     Z8, Z6, Z2
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z5, Z6
+	VMAXPS     Z7, Z5, Z7
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z2, Z0, Z6
+	VMAXPS     Z2, Z0, Z2
+	VMINPS     Z5, Z1, Z0
+	VMAXPS     Z5, Z1, Z5
+	VMINPS     Z8, Z4, Z1
+	VMAXPS     Z8, Z4, Z8
+	VMINPS     Z7, Z3, Z4
+	VMAXPS     Z7, Z3, Z7
+	VMINPS     Z2, Z1, Z3
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z5, Z4, Z1
+	VMAXPS     Z5, Z4, Z5
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z2, Z1, Z0
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z8, Z5, Z1
+	VMAXPS     Z8, Z5, Z8
+	MOVQ       192(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       216(AX), SI
+	VMOVUPS    (SI)(DX*1), Z9
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z9, Z5, Z10
+	VMAXPS     Z9, Z5, Z9
+	MOVQ       240(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       264(AX), SI
+	VMOVUPS    (SI)(DX*1), Z11
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z12, Z10, Z5
+	VMAXPS     Z12, Z10, Z12
+	VMINPS     Z11, Z9, Z10
+	VMAXPS     Z11, Z9, Z11
+	VMINPS     Z12, Z10, Z9
+	VMAXPS     Z12, Z10, Z12
+	MOVQ       288(AX), SI
+	VMOVUPS    (SI)(DX*1), Z10
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       312(AX), SI
+	VMOVUPS    (SI)(DX*1), Z13
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z13, Z10, Z14
+	VMAXPS     Z13, Z10, Z13
+	MOVQ       336(AX), SI
+	VMOVUPS    (SI)(DX*1), Z10
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       360(AX), SI
+	VMOVUPS    (SI)(DX*1), Z15
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z15, Z10, Z16
+	VMAXPS     Z15, Z10, Z15
+	VMINPS     Z16, Z14, Z10
+	VMAXPS     Z16, Z14, Z16
+	VMINPS     Z15, Z13, Z14
+	VMAXPS     Z15, Z13, Z15
+	VMINPS     Z16, Z14, Z13
+	VMAXPS     Z16, Z14, Z16
+	VMINPS     Z10, Z5, Z14
+	VMAXPS     Z10, Z5, Z10
+	VMINPS     Z13, Z9, Z5
+	VMAXPS     Z13, Z9, Z13
+	VMINPS     Z16, Z12, Z9
+	VMAXPS     Z16, Z12, Z16
+	VMINPS     Z15, Z11, Z12
+	VMAXPS     Z15, Z11, Z15
+	VMINPS     Z10, Z9, Z11
+	VMAXPS     Z10, Z9, Z10
+	VMINPS     Z13, Z12, Z9
+	VMAXPS     Z13, Z12, Z13
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z10, Z9, Z5
+	VMAXPS     Z10, Z9, Z10
+	VMINPS     Z16, Z13, Z9
+	VMAXPS     Z16, Z13, Z16
+	VMINPS     Z14, Z6, Z13
+	VMAXPS     Z14, Z6, Z14
+	VMINPS     Z12, Z4, Z6
+	VMAXPS     Z12, Z4, Z12
+	VMINPS     Z11, Z3, Z4
+	VMAXPS     Z11, Z3, Z11
+	VMINPS     Z5, Z0, Z3
+	VMAXPS     Z5, Z0, Z5
+	VMINPS     Z10, Z2, Z0
+	VMAXPS     Z10, Z2, Z10
+	VMINPS     Z9, Z1, Z2
+	VMAXPS     Z9, Z1, Z9
+	VMINPS     Z16, Z8, Z1
+	VMAXPS     Z16, Z8, Z16
+	VMINPS     Z15, Z7, Z8
+	VMAXPS     Z15, Z7, Z15
+	VMINPS     Z14, Z0, Z7
+	VMAXPS     Z14, Z0, Z14
+	VMINPS     Z12, Z2, Z0
+	VMAXPS     Z12, Z2, Z12
+	VMINPS     Z11, Z1, Z2
+	VMAXPS     Z11, Z1, Z11
+	VMINPS     Z5, Z8, Z1
+	VMAXPS     Z5, Z8, Z5
+	VMINPS     Z7, Z4, Z8
+	VMAXPS     Z7, Z4, Z7
+	VMINPS     Z0, Z3, Z4
+	VMAXPS     Z0, Z3, Z0
+	VMINPS     Z14, Z2, Z3
+	VMAXPS     Z14, Z2, Z14
+	VMINPS     Z12, Z1, Z2
+	VMAXPS     Z12, Z1, Z12
+	VMINPS     Z10, Z11, Z1
+	VMAXPS     Z10, Z11, Z10
+	VMINPS     Z9, Z5, Z11
+	VMAXPS     Z9, Z5, Z9
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z4, Z6
+	VMAXPS     Z7, Z4, Z7
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z14, Z2, Z0
+	VMAXPS     Z14, Z2, Z14
+	VMINPS     Z1, Z12, Z2
+	VMAXPS     Z1, Z12, Z1
+	VMINPS     Z10, Z11, Z12
+	VMAXPS     Z10, Z11, Z10
+	VMINPS     Z16, Z9, Z11
+	VMAXPS     Z16, Z9, Z16
+	VMINPS     Z2, Z4, Z9
+	VMAXPS     Z2, Z4, Z2
+	VMINPS     Z1, Z3, Z4
+	VMAXPS     Z1, Z3, Z1
+	VMINPS     Z12, Z0, Z3
+	VMAXPS     Z12, Z0, Z12
+	VMINPS     Z9, Z6, Z0
+	VMAXPS     Z9, Z6, Z9
+	VMINPS     Z2, Z3, Z6
+	VMAXPS     Z2, Z3, Z2
+	VMINPS     Z11, Z12, Z3
+	VMAXPS     Z11, Z12, Z11
+	MOVQ       384(AX), SI
+	VMOVUPS    (SI)(DX*1), Z12
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z12, Z13, Z17
+	VMAXPS     Z12, Z13, Z12
+	VMINPS     Z12, Z14, Z13
+	VMAXPS     Z12, Z14, Z12
+	VMINPS     Z13, Z7, Z14
+	VMAXPS     Z13, Z7, Z13
+	VMINPS     Z12, Z10, Z7
+	VMAXPS     Z12, Z10, Z12
+	VMINPS     Z14, Z8, Z10
+	VMAXPS     Z14, Z8, Z14
+	VMINPS     Z13, Z4, Z8
+	VMAXPS     Z13, Z4, Z13
+	VMINPS     Z7, Z1, Z4
+	VMAXPS     Z7, Z1, Z7
+	VMINPS     Z12, Z16, Z1
+	VMAXPS     Z12, Z16, Z12
+	VMINPS     Z10, Z5, Z16
+	VMAXPS     Z10, Z5, Z10
+	VMINPS     Z14, Z0, Z5
+	VMAXPS     Z14, Z0, Z14
+	VMINPS     Z8, Z9, Z0
+	VMAXPS     Z8, Z9, Z8
+	VMINPS     Z13, Z6, Z9
+	VMAXPS     Z13, Z6, Z13
+	VMINPS     Z4, Z2, Z6
+	VMAXPS     Z4, Z2, Z4
+	VMINPS     Z7, Z3, Z2
+	VMAXPS     Z7, Z3, Z7
+	VMINPS     Z1, Z11, Z3
+	VMAXPS     Z1, Z11, Z1
+	VMINPS     Z12, Z15, Z11
+	VMAXPS     Z12, Z15, Z12
+	VMOVUPS    Z17, (CX)
+	VMOVUPS    Z16, 64(CX)
+	VMOVUPS    Z10, 128(CX)
+	VMOVUPS    Z5, 192(CX)
+	VMOVUPS    Z14, 256(CX)
+	VMOVUPS    Z0, 320(CX)
+	VMOVUPS    Z8, 384(CX)
+	VMOVUPS    Z9, 448(CX)
+	VMOVUPS    Z13, 512(CX)
+	VMOVUPS    Z6, 576(CX)
+	VMOVUPS    Z4, 640(CX)
+	VMOVUPS    Z2, 704(CX)
+	VMOVUPS    Z7, 768(CX)
+	VMOVUPS    Z3, 832(CX)
+	VMOVUPS    Z1, 896(CX)
+	VMOVUPS    Z11, 960(CX)
+	VMOVUPS    Z12, 1024(CX)
+
+	// n=17: 85 comparators, 17 loads, 17 stores per group
+	ADDQ $0x40, DX
+	ADDQ $0x00000440, CX
+	DECQ BX
+	JNZ  n17_loop
+	VZEROUPPER
+	RET
+
+n18:
+	MOVQ x_base+24(FP), AX
+	MOVQ tmp_base+0(FP), CX
+	MOVQ off+48(FP), DX
+	SHLQ $0x02, DX
+	MOVQ groups+56(FP), BX
+
+n18_loop:
+	MOVQ       (AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       24(AX), SI
+	VMOVUPS    (SI)(DX*1), Z1
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z1, Z0, Z2
+	VMAXPS     Z1, Z0, Z1
+	MOVQ       48(AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       72(AX), SI
+	VMOVUPS    (SI)(DX*1), Z3
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z4, Z2, Z0
+	VMAXPS     Z4, Z2, Z4
+	VMINPS     Z3, Z1, Z2
+	VMAXPS     Z3, Z1, Z3
+	VMINPS     Z4, Z2, Z1
+	VMAXPS     Z4, Z2, Z4
+	MOVQ       96(AX), SI
+	VMOVUPS    (SI)(DX*1), Z2
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       120(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z5, Z2, Z6
+	VMAXPS     Z5, Z2, Z5
+	MOVQ       144(AX), SI
+	VMOVUPS    (SI)(DX*1), Z2
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       168(AX), SI
+	VMOVUPS    (SI)(DX*1), Z7
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z7, Z2, Z8
+	VMAXPS     Z7, Z2, Z7
+	VMINPS     Z8, Z6, Z2
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z5, Z6
+	VMAXPS     Z7, Z5, Z7
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z2, Z0, Z6
+	VMAXPS     Z2, Z0, Z2
+	VMINPS     Z5, Z1, Z0
+	VMAXPS     Z5, Z1, Z5
+	VMINPS     Z8, Z4, Z1
+	VMAXPS     Z8, Z4, Z8
+	VMINPS     Z7, Z3, Z4
+	VMAXPS     Z7, Z3, Z7
+	VMINPS     Z2, Z1, Z3
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z5, Z4, Z1
+	VMAXPS     Z5, Z4, Z5
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z2, Z1, Z0
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z8, Z5, Z1
+	VMAXPS     Z8, Z5, Z8
+	MOVQ       192(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       216(AX), SI
+	VMOVUPS    (SI)(DX*1), Z9
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z9, Z5, Z10
+	VMAXPS     Z9, Z5, Z9
+	MOVQ       240(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       264(AX), SI
+	VMOVUPS    (SI)(DX*1), Z11
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z12, Z10, Z5
+	VMAXPS     Z12, Z10, Z12
+	VMINPS     Z11, Z9, Z10
+	VMAXPS     Z11, Z9, Z11
+	VMINPS     Z12, Z10, Z9
+	VMAXPS     Z12, Z10, Z12
+	MOVQ       288(AX), SI
+	VMOVUPS    (SI)(DX*1), Z10
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       312(AX), SI
+	VMOVUPS    (SI)(DX*1), Z13
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z13, Z10, Z14
+	VMAXPS     Z13, Z10, Z13
+	MOVQ       336(AX), SI
+	VMOVUPS    (SI)(DX*1), Z10
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       360(AX), SI
+	VMOVUPS    (SI)(DX*1), Z15
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z15, Z10, Z16
+	VMAXPS     Z15, Z10, Z15
+	VMINPS     Z16, Z14, Z10
+	VMAXPS     Z16, Z14, Z16
+	VMINPS     Z15, Z13, Z14
+	VMAXPS     Z15, Z13, Z15
+	VMINPS     Z16, Z14, Z13
+	VMAXPS     Z16, Z14, Z16
+	VMINPS     Z10, Z5, Z14
+	VMAXPS     Z10, Z5, Z10
+	VMINPS     Z13, Z9, Z5
+	VMAXPS     Z13, Z9, Z13
+	VMINPS     Z16, Z12, Z9
+	VMAXPS     Z16, Z12, Z16
+	VMINPS     Z15, Z11, Z12
+	VMAXPS     Z15, Z11, Z15
+	VMINPS     Z10, Z9, Z11
+	VMAXPS     Z10, Z9, Z10
+	VMINPS     Z13, Z12, Z9
+	VMAXPS     Z13, Z12, Z13
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z10, Z9, Z5
+	VMAXPS     Z10, Z9, Z10
+	VMINPS     Z16, Z13, Z9
+	VMAXPS     Z16, Z13, Z16
+	VMINPS     Z14, Z6, Z13
+	VMAXPS     Z14, Z6, Z14
+	VMINPS     Z12, Z4, Z6
+	VMAXPS     Z12, Z4, Z12
+	VMINPS     Z11, Z3, Z4
+	VMAXPS     Z11, Z3, Z11
+	VMINPS     Z5, Z0, Z3
+	VMAXPS     Z5, Z0, Z5
+	VMINPS     Z10, Z2, Z0
+	VMAXPS     Z10, Z2, Z10
+	VMINPS     Z9, Z1, Z2
+	VMAXPS     Z9, Z1, Z9
+	VMINPS     Z16, Z8, Z1
+	VMAXPS     Z16, Z8, Z16
+	VMINPS     Z15, Z7, Z8
+	VMAXPS     Z15, Z7, Z15
+	VMINPS     Z14, Z0, Z7
+	VMAXPS     Z14, Z0, Z14
+	VMINPS     Z12, Z2, Z0
+	VMAXPS     Z12, Z2, Z12
+	VMINPS     Z11, Z1, Z2
+	VMAXPS     Z11, Z1, Z11
+	VMINPS     Z5, Z8, Z1
+	VMAXPS     Z5, Z8, Z5
+	VMINPS     Z7, Z4, Z8
+	VMAXPS     Z7, Z4, Z7
+	VMINPS     Z0, Z3, Z4
+	VMAXPS     Z0, Z3, Z0
+	VMINPS     Z14, Z2, Z3
+	VMAXPS     Z14, Z2, Z14
+	VMINPS     Z12, Z1, Z2
+	VMAXPS     Z12, Z1, Z12
+	VMINPS     Z10, Z11, Z1
+	VMAXPS     Z10, Z11, Z10
+	VMINPS     Z9, Z5, Z11
+	VMAXPS     Z9, Z5, Z9
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z4, Z6
+	VMAXPS     Z7, Z4, Z7
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z14, Z2, Z0
+	VMAXPS     Z14, Z2, Z14
+	VMINPS     Z1, Z12, Z2
+	VMAXPS     Z1, Z12, Z1
+	VMINPS     Z10, Z11, Z12
+	VMAXPS     Z10, Z11, Z10
+	VMINPS     Z16, Z9, Z11
+	VMAXPS     Z16, Z9, Z16
+	VMINPS     Z1, Z3, Z9
+	VMAXPS     Z1, Z3, Z1
+	VMINPS     Z12, Z0, Z3
+	VMAXPS     Z12, Z0, Z12
+	MOVQ       384(AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       408(AX), SI
+	VMOVUPS    (SI)(DX*1), Z17
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z17, Z0, Z18
+	VMAXPS     Z17, Z0, Z17
+	VMINPS     Z18, Z13, Z0
+	VMAXPS     Z18, Z13, Z18
+	VMINPS     Z17, Z5, Z13
+	VMAXPS     Z17, Z5, Z17
+	VMINPS     Z18, Z14, Z5
+	VMAXPS     Z18, Z14, Z18
+	VMINPS     Z17, Z2, Z14
+	VMAXPS     Z17, Z2, Z17
+	VMINPS     Z5, Z7, Z2
+	VMAXPS     Z5, Z7, Z5
+	VMINPS     Z14, Z4, Z7
+	VMAXPS     Z14, Z4, Z14
+	VMINPS     Z18, Z10, Z4
+	VMAXPS     Z18, Z10, Z18
+	VMINPS     Z17, Z11, Z10
+	VMAXPS     Z17, Z11, Z17
+	VMINPS     Z2, Z8, Z11
+	VMAXPS     Z2, Z8, Z2
+	VMINPS     Z7, Z6, Z8
+	VMAXPS     Z7, Z6, Z7
+	VMINPS     Z5, Z9, Z6
+	VMAXPS     Z5, Z9, Z5
+	VMINPS     Z14, Z3, Z9
+	VMAXPS     Z14, Z3, Z14
+	VMINPS     Z4, Z1, Z3
+	VMAXPS     Z4, Z1, Z4
+	VMINPS     Z10, Z12, Z1
+	VMAXPS     Z10, Z12, Z10
+	VMINPS     Z18, Z16, Z12
+	VMAXPS     Z18, Z16, Z18
+	VMINPS     Z17, Z15, Z16
+	VMAXPS     Z17, Z15, Z17
+	VMINPS     Z11, Z13, Z15
+	VMAXPS     Z11, Z13, Z11
+	VMINPS     Z2, Z8, Z13
+	VMAXPS     Z2, Z8, Z2
+	VMINPS     Z6, Z7, Z8
+	VMAXPS     Z6, Z7, Z6
+	VMINPS     Z5, Z9, Z7
+	VMAXPS     Z5, Z9, Z5
+	VMINPS     Z3, Z14, Z9
+	VMAXPS     Z3, Z14, Z3
+	VMINPS     Z4, Z1, Z14
+	VMAXPS     Z4, Z1, Z4
+	VMINPS     Z12, Z10, Z1
+	VMAXPS     Z12, Z10, Z12
+	VMINPS     Z18, Z16, Z10
+	VMAXPS     Z18, Z16, Z18
+	VMOVUPS    Z0, (CX)
+	VMOVUPS    Z15, 64(CX)
+	VMOVUPS    Z11, 128(CX)
+	VMOVUPS    Z13, 192(CX)
+	VMOVUPS    Z2, 256(CX)
+	VMOVUPS    Z8, 320(CX)
+	VMOVUPS    Z6, 384(CX)
+	VMOVUPS    Z7, 448(CX)
+	VMOVUPS    Z5, 512(CX)
+	VMOVUPS    Z9, 576(CX)
+	VMOVUPS    Z3, 640(CX)
+	VMOVUPS    Z14, 704(CX)
+	VMOVUPS    Z4, 768(CX)
+	VMOVUPS    Z1, 832(CX)
+	VMOVUPS    Z12, 896(CX)
+	VMOVUPS    Z10, 960(CX)
+	VMOVUPS    Z18, 1024(CX)
+	VMOVUPS    Z17, 1088(CX)
+
+	// n=18: 90 comparators, 18 loads, 18 stores per group
+	ADDQ $0x40, DX
+	ADDQ $0x00000480, CX
+	DECQ BX
+	JNZ  n18_loop
+	VZEROUPPER
+	RET
+
+n19:
+	MOVQ x_base+24(FP), AX
+	MOVQ tmp_base+0(FP), CX
+	MOVQ off+48(FP), DX
+	SHLQ $0x02, DX
+	MOVQ groups+56(FP), BX
+
+n19_loop:
+	MOVQ       (AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       24(AX), SI
+	VMOVUPS    (SI)(DX*1), Z1
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z1, Z0, Z2
+	VMAXPS     Z1, Z0, Z1
+	MOVQ       48(AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       72(AX), SI
+	VMOVUPS    (SI)(DX*1), Z3
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z4, Z2, Z0
+	VMAXPS     Z4, Z2, Z4
+	VMINPS     Z3, Z1, Z2
+	VMAXPS     Z3, Z1, Z3
+	VMINPS     Z4, Z2, Z1
+	VMAXPS     Z4, Z2, Z4
+	MOVQ       96(AX), SI
+	VMOVUPS    (SI)(DX*1), Z2
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       120(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z5, Z2, Z6
+	VMAXPS     Z5, Z2, Z5
+	MOVQ       144(AX), SI
+	VMOVUPS    (SI)(DX*1), Z2
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       168(AX), SI
+	VMOVUPS    (SI)(DX*1), Z7
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z7, Z2, Z8
+	VMAXPS     Z7, Z2, Z7
+	VMINPS     Z8, Z6, Z2
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z5, Z6
+	VMAXPS     Z7, Z5, Z7
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z2, Z0, Z6
+	VMAXPS     Z2, Z0, Z2
+	VMINPS     Z5, Z1, Z0
+	VMAXPS     Z5, Z1, Z5
+	VMINPS     Z8, Z4, Z1
+	VMAXPS     Z8, Z4, Z8
+	VMINPS     Z7, Z3, Z4
+	VMAXPS     Z7, Z3, Z7
+	VMINPS     Z2, Z1, Z3
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z5, Z4, Z1
+	VMAXPS     Z5, Z4, Z5
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z2, Z1, Z0
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z8, Z5, Z1
+	VMAXPS     Z8, Z5, Z8
+	MOVQ       192(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       216(AX), SI
+	VMOVUPS    (SI)(DX*1), Z9
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z9, Z5, Z10
+	VMAXPS     Z9, Z5, Z9
+	MOVQ       240(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       264(AX), SI
+	VMOVUPS    (SI)(DX*1), Z11
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z12, Z10, Z5
+	VMAXPS     Z12, Z10, Z12
+	VMINPS     Z11, Z9, Z10
+	VMAXPS     Z11, Z9, Z11
+	VMINPS     Z12, Z10, Z9
+	VMAXPS     Z12, Z10, Z12
+	MOVQ       288(AX), SI
+	VMOVUPS    (SI)(DX*1), Z10
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       312(AX), SI
+	VMOVUPS    (SI)(DX*1), Z13
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z13, Z10, Z14
+	VMAXPS     Z13, Z10, Z13
+	MOVQ       336(AX), SI
+	VMOVUPS    (SI)(DX*1), Z10
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       360(AX), SI
+	VMOVUPS    (SI)(DX*1), Z15
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z15, Z10, Z16
+	VMAXPS     Z15, Z10, Z15
+	VMINPS     Z16, Z14, Z10
+	VMAXPS     Z16, Z14, Z16
+	VMINPS     Z15, Z13, Z14
+	VMAXPS     Z15, Z13, Z15
+	VMINPS     Z16, Z14, Z13
+	VMAXPS     Z16, Z14, Z16
+	VMINPS     Z10, Z5, Z14
+	VMAXPS     Z10, Z5, Z10
+	VMINPS     Z13, Z9, Z5
+	VMAXPS     Z13, Z9, Z13
+	VMINPS     Z16, Z12, Z9
+	VMAXPS     Z16, Z12, Z16
+	VMINPS     Z15, Z11, Z12
+	VMAXPS     Z15, Z11, Z15
+	VMINPS     Z10, Z9, Z11
+	VMAXPS     Z10, Z9, Z10
+	VMINPS     Z13, Z12, Z9
+	VMAXPS     Z13, Z12, Z13
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z10, Z9, Z5
+	VMAXPS     Z10, Z9, Z10
+	VMINPS     Z16, Z13, Z9
+	VMAXPS     Z16, Z13, Z16
+	VMINPS     Z14, Z6, Z13
+	VMAXPS     Z14, Z6, Z14
+	VMINPS     Z12, Z4, Z6
+	VMAXPS     Z12, Z4, Z12
+	VMINPS     Z11, Z3, Z4
+	VMAXPS     Z11, Z3, Z11
+	VMINPS     Z5, Z0, Z3
+	VMAXPS     Z5, Z0, Z5
+	VMINPS     Z10, Z2, Z0
+	VMAXPS     Z10, Z2, Z10
+	VMINPS     Z9, Z1, Z2
+	VMAXPS     Z9, Z1, Z9
+	VMINPS     Z16, Z8, Z1
+	VMAXPS     Z16, Z8, Z16
+	VMINPS     Z15, Z7, Z8
+	VMAXPS     Z15, Z7, Z15
+	VMINPS     Z14, Z0, Z7
+	VMAXPS     Z14, Z0, Z14
+	VMINPS     Z12, Z2, Z0
+	VMAXPS     Z12, Z2, Z12
+	VMINPS     Z11, Z1, Z2
+	VMAXPS     Z11, Z1, Z11
+	VMINPS     Z5, Z8, Z1
+	VMAXPS     Z5, Z8, Z5
+	VMINPS     Z7, Z4, Z8
+	VMAXPS     Z7, Z4, Z7
+	VMINPS     Z0, Z3, Z4
+	VMAXPS     Z0, Z3, Z0
+	VMINPS     Z14, Z2, Z3
+	VMAXPS     Z14, Z2, Z14
+	VMINPS     Z12, Z1, Z2
+	VMAXPS     Z12, Z1, Z12
+	VMINPS     Z10, Z11, Z1
+	VMAXPS     Z10, Z11, Z10
+	VMINPS     Z9, Z5, Z11
+	VMAXPS     Z9, Z5, Z9
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z4, Z6
+	VMAXPS     Z7, Z4, Z7
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z14, Z2, Z0
+	VMAXPS     Z14, Z2, Z14
+	VMINPS     Z1, Z12, Z2
+	VMAXPS     Z1, Z12, Z1
+	VMINPS     Z10, Z11, Z12
+	VMAXPS     Z10, Z11, Z10
+	VMINPS     Z16, Z9, Z11
+	VMAXPS     Z16, Z9, Z16
+	VMINPS     Z12, Z0, Z9
+	VMAXPS     Z12, Z0, Z12
+	MOVQ       384(AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       408(AX), SI
+	VMOVUPS    (SI)(DX*1), Z17
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z17, Z0, Z18
+	VMAXPS     Z17, Z0, Z17
+	MOVQ       432(AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z0, Z18, Z19
+	VMAXPS     Z0, Z18, Z0
+	VMINPS     Z0, Z17, Z18
+	VMAXPS     Z0, Z17, Z0
+	VMINPS     Z0, Z18, Z17
+	VMAXPS     Z0, Z18, Z0
+	VMINPS     Z0, Z17, Z18
+	VMAXPS     Z0, Z17, Z0
+	VMINPS     Z19, Z13, Z17
+	VMAXPS     Z19, Z13, Z19
+	VMINPS     Z18, Z5, Z13
+	VMAXPS     Z18, Z5, Z18
+	VMINPS     Z0, Z8, Z5
+	VMAXPS     Z0, Z8, Z0
+	VMINPS     Z19, Z14, Z8
+	VMAXPS     Z19, Z14, Z19
+	VMINPS     Z18, Z2, Z14
+	VMAXPS     Z18, Z2, Z18
+	VMINPS     Z0, Z1, Z2
+	VMAXPS     Z0, Z1, Z0
+	VMINPS     Z8, Z7, Z1
+	VMAXPS     Z8, Z7, Z8
+	VMINPS     Z14, Z4, Z7
+	VMAXPS     Z14, Z4, Z14
+	VMINPS     Z2, Z3, Z4
+	VMAXPS     Z2, Z3, Z2
+	VMINPS     Z19, Z10, Z3
+	VMAXPS     Z19, Z10, Z19
+	VMINPS     Z18, Z11, Z10
+	VMAXPS     Z18, Z11, Z18
+	VMINPS     Z0, Z16, Z11
+	VMAXPS     Z0, Z16, Z0
+	VMINPS     Z1, Z5, Z16
+	VMAXPS     Z1, Z5, Z1
+	VMINPS     Z7, Z6, Z5
+	VMAXPS     Z7, Z6, Z7
+	VMINPS     Z8, Z4, Z6
+	VMAXPS     Z8, Z4, Z8
+	VMINPS     Z14, Z9, Z4
+	VMAXPS     Z14, Z9, Z14
+	VMINPS     Z3, Z2, Z9
+	VMAXPS     Z3, Z2, Z3
+	VMINPS     Z10, Z12, Z2
+	VMAXPS     Z10, Z12, Z10
+	VMINPS     Z19, Z11, Z12
+	VMAXPS     Z19, Z11, Z19
+	VMINPS     Z18, Z15, Z11
+	VMAXPS     Z18, Z15, Z18
+	VMINPS     Z16, Z13, Z15
+	VMAXPS     Z16, Z13, Z16
+	VMINPS     Z1, Z5, Z13
+	VMAXPS     Z1, Z5, Z1
+	VMINPS     Z6, Z7, Z5
+	VMAXPS     Z6, Z7, Z6
+	VMINPS     Z8, Z4, Z7
+	VMAXPS     Z8, Z4, Z8
+	VMINPS     Z9, Z14, Z4
+	VMAXPS     Z9, Z14, Z9
+	VMINPS     Z3, Z2, Z14
+	VMAXPS     Z3, Z2, Z3
+	VMINPS     Z12, Z10, Z2
+	VMAXPS     Z12, Z10, Z12
+	VMINPS     Z19, Z11, Z10
+	VMAXPS     Z19, Z11, Z19
+	VMINPS     Z0, Z18, Z11
+	VMAXPS     Z0, Z18, Z0
+	VMOVUPS    Z17, (CX)
+	VMOVUPS    Z15, 64(CX)
+	VMOVUPS    Z16, 128(CX)
+	VMOVUPS    Z13, 192(CX)
+	VMOVUPS    Z1, 256(CX)
+	VMOVUPS    Z5, 320(CX)
+	VMOVUPS    Z6, 384(CX)
+	VMOVUPS    Z7, 448(CX)
+	VMOVUPS    Z8, 512(CX)
+	VMOVUPS    Z4, 576(CX)
+	VMOVUPS    Z9, 640(CX)
+	VMOVUPS    Z14, 704(CX)
+	VMOVUPS    Z3, 768(CX)
+	VMOVUPS    Z2, 832(CX)
+	VMOVUPS    Z12, 896(CX)
+	VMOVUPS    Z10, 960(CX)
+	VMOVUPS    Z19, 1024(CX)
+	VMOVUPS    Z11, 1088(CX)
+	VMOVUPS    Z0, 1152(CX)
+
+	// n=19: 98 comparators, 19 loads, 19 stores per group
+	ADDQ $0x40, DX
+	ADDQ $0x000004c0, CX
+	DECQ BX
+	JNZ  n19_loop
+	VZEROUPPER
+	RET
+
+n20:
+	MOVQ x_base+24(FP), AX
+	MOVQ tmp_base+0(FP), CX
+	MOVQ off+48(FP), DX
+	SHLQ $0x02, DX
+	MOVQ groups+56(FP), BX
+
+n20_loop:
+	MOVQ       (AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       24(AX), SI
+	VMOVUPS    (SI)(DX*1), Z1
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z1, Z0, Z2
+	VMAXPS     Z1, Z0, Z1
+	MOVQ       48(AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       72(AX), SI
+	VMOVUPS    (SI)(DX*1), Z3
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z4, Z2, Z0
+	VMAXPS     Z4, Z2, Z4
+	VMINPS     Z3, Z1, Z2
+	VMAXPS     Z3, Z1, Z3
+	VMINPS     Z4, Z2, Z1
+	VMAXPS     Z4, Z2, Z4
+	MOVQ       96(AX), SI
+	VMOVUPS    (SI)(DX*1), Z2
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       120(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z5, Z2, Z6
+	VMAXPS     Z5, Z2, Z5
+	MOVQ       144(AX), SI
+	VMOVUPS    (SI)(DX*1), Z2
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       168(AX), SI
+	VMOVUPS    (SI)(DX*1), Z7
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z7, Z2, Z8
+	VMAXPS     Z7, Z2, Z7
+	VMINPS     Z8, Z6, Z2
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z5, Z6
+	VMAXPS     Z7, Z5, Z7
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z2, Z0, Z6
+	VMAXPS     Z2, Z0, Z2
+	VMINPS     Z5, Z1, Z0
+	VMAXPS     Z5, Z1, Z5
+	VMINPS     Z8, Z4, Z1
+	VMAXPS     Z8, Z4, Z8
+	VMINPS     Z7, Z3, Z4
+	VMAXPS     Z7, Z3, Z7
+	VMINPS     Z2, Z1, Z3
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z5, Z4, Z1
+	VMAXPS     Z5, Z4, Z5
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z2, Z1, Z0
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z8, Z5, Z1
+	VMAXPS     Z8, Z5, Z8
+	MOVQ       192(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       216(AX), SI
+	VMOVUPS    (SI)(DX*1), Z9
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z9, Z5, Z10
+	VMAXPS     Z9, Z5, Z9
+	MOVQ       240(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       264(AX), SI
+	VMOVUPS    (SI)(DX*1), Z11
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z12, Z10, Z5
+	VMAXPS     Z12, Z10, Z12
+	VMINPS     Z11, Z9, Z10
+	VMAXPS     Z11, Z9, Z11
+	VMINPS     Z12, Z10, Z9
+	VMAXPS     Z12, Z10, Z12
+	MOVQ       288(AX), SI
+	VMOVUPS    (SI)(DX*1), Z10
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       312(AX), SI
+	VMOVUPS    (SI)(DX*1), Z13
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z13, Z10, Z14
+	VMAXPS     Z13, Z10, Z13
+	MOVQ       336(AX), SI
+	VMOVUPS    (SI)(DX*1), Z10
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       360(AX), SI
+	VMOVUPS    (SI)(DX*1), Z15
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z15, Z10, Z16
+	VMAXPS     Z15, Z10, Z15
+	VMINPS     Z16, Z14, Z10
+	VMAXPS     Z16, Z14, Z16
+	VMINPS     Z15, Z13, Z14
+	VMAXPS     Z15, Z13, Z15
+	VMINPS     Z16, Z14, Z13
+	VMAXPS     Z16, Z14, Z16
+	VMINPS     Z10, Z5, Z14
+	VMAXPS     Z10, Z5, Z10
+	VMINPS     Z13, Z9, Z5
+	VMAXPS     Z13, Z9, Z13
+	VMINPS     Z16, Z12, Z9
+	VMAXPS     Z16, Z12, Z16
+	VMINPS     Z15, Z11, Z12
+	VMAXPS     Z15, Z11, Z15
+	VMINPS     Z10, Z9, Z11
+	VMAXPS     Z10, Z9, Z10
+	VMINPS     Z13, Z12, Z9
+	VMAXPS     Z13, Z12, Z13
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z10, Z9, Z5
+	VMAXPS     Z10, Z9, Z10
+	VMINPS     Z16, Z13, Z9
+	VMAXPS     Z16, Z13, Z16
+	VMINPS     Z14, Z6, Z13
+	VMAXPS     Z14, Z6, Z14
+	VMINPS     Z12, Z4, Z6
+	VMAXPS     Z12, Z4, Z12
+	VMINPS     Z11, Z3, Z4
+	VMAXPS     Z11, Z3, Z11
+	VMINPS     Z5, Z0, Z3
+	VMAXPS     Z5, Z0, Z5
+	VMINPS     Z10, Z2, Z0
+	VMAXPS     Z10, Z2, Z10
+	VMINPS     Z9, Z1, Z2
+	VMAXPS     Z9, Z1, Z9
+	VMINPS     Z16, Z8, Z1
+	VMAXPS     Z16, Z8, Z16
+	VMINPS     Z15, Z7, Z8
+	VMAXPS     Z15, Z7, Z15
+	VMINPS     Z14, Z0, Z7
+	VMAXPS     Z14, Z0, Z14
+	VMINPS     Z12, Z2, Z0
+	VMAXPS     Z12, Z2, Z12
+	VMINPS     Z11, Z1, Z2
+	VMAXPS     Z11, Z1, Z11
+	VMINPS     Z5, Z8, Z1
+	VMAXPS     Z5, Z8, Z5
+	VMINPS     Z7, Z4, Z8
+	VMAXPS     Z7, Z4, Z7
+	VMINPS     Z0, Z3, Z4
+	VMAXPS     Z0, Z3, Z0
+	VMINPS     Z14, Z2, Z3
+	VMAXPS     Z14, Z2, Z14
+	VMINPS     Z12, Z1, Z2
+	VMAXPS     Z12, Z1, Z12
+	VMINPS     Z10, Z11, Z1
+	VMAXPS     Z10, Z11, Z10
+	VMINPS     Z9, Z5, Z11
+	VMAXPS     Z9, Z5, Z9
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z4, Z6
+	VMAXPS     Z7, Z4, Z7
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z14, Z2, Z0
+	VMAXPS     Z14, Z2, Z14
+	VMINPS     Z1, Z12, Z2
+	VMAXPS     Z1, Z12, Z1
+	VMINPS     Z10, Z11, Z12
+	VMAXPS     Z10, Z11, Z10
+	VMINPS     Z16, Z9, Z11
+	VMAXPS     Z16, Z9, Z16
+	MOVQ       384(AX), SI
+	VMOVUPS    (SI)(DX*1), Z9
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       408(AX), SI
+	VMOVUPS    (SI)(DX*1), Z17
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z17, Z9, Z18
+	VMAXPS     Z17, Z9, Z17
+	MOVQ       432(AX), SI
+	VMOVUPS    (SI)(DX*1), Z9
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       456(AX), SI
+	VMOVUPS    (SI)(DX*1), Z19
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z19, Z9, Z20
+	VMAXPS     Z19, Z9, Z19
+	VMINPS     Z20, Z18, Z9
+	VMAXPS     Z20, Z18, Z20
+	VMINPS     Z19, Z17, Z18
+	VMAXPS     Z19, Z17, Z19
+	VMINPS     Z20, Z18, Z17
+	VMAXPS     Z20, Z18, Z20
+	VMINPS     Z20, Z17, Z18
+	VMAXPS     Z20, Z17, Z20
+	VMINPS     Z20, Z18, Z17
+	VMAXPS     Z20, Z18, Z20
+	VMINPS     Z9, Z13, Z18
+	VMAXPS     Z9, Z13, Z9
+	VMINPS     Z17, Z5, Z13
+	VMAXPS     Z17, Z5, Z17
+	VMINPS     Z20, Z8, Z5
+	VMAXPS     Z20, Z8, Z20
+	VMINPS     Z19, Z6, Z8
+	VMAXPS     Z19, Z6, Z19
+	VMINPS     Z9, Z14, Z6
+	VMAXPS     Z9, Z14, Z9
+	VMINPS     Z17, Z2, Z14
+	VMAXPS     Z17, Z2, Z17
+	VMINPS     Z20, Z1, Z2
+	VMAXPS     Z20, Z1, Z20
+	VMINPS     Z19, Z12, Z1
+	VMAXPS     Z19, Z12, Z19
+	VMINPS     Z6, Z7, Z12
+	VMAXPS     Z6, Z7, Z6
+	VMINPS     Z14, Z4, Z7
+	VMAXPS     Z14, Z4, Z14
+	VMINPS     Z2, Z3, Z4
+	VMAXPS     Z2, Z3, Z2
+	VMINPS     Z1, Z0, Z3
+	VMAXPS     Z1, Z0, Z1
+	VMINPS     Z9, Z10, Z0
+	VMAXPS     Z9, Z10, Z9
+	VMINPS     Z17, Z11, Z10
+	VMAXPS     Z17, Z11, Z17
+	VMINPS     Z20, Z16, Z11
+	VMAXPS     Z20, Z16, Z20
+	VMINPS     Z19, Z15, Z16
+	VMAXPS     Z19, Z15, Z19
+	VMINPS     Z12, Z5, Z15
+	VMAXPS     Z12, Z5, Z12
+	VMINPS     Z7, Z8, Z5
+	VMAXPS     Z7, Z8, Z7
+	VMINPS     Z6, Z4, Z8
+	VMAXPS     Z6, Z4, Z6
+	VMINPS     Z14, Z3, Z4
+	VMAXPS     Z14, Z3, Z14
+	VMINPS     Z0, Z2, Z3
+	VMAXPS     Z0, Z2, Z0
+	VMINPS     Z10, Z1, Z2
+	VMAXPS     Z10, Z1, Z10
+	VMINPS     Z9, Z11, Z1
+	VMAXPS     Z9, Z11, Z9
+	VMINPS     Z17, Z16, Z11
+	VMAXPS     Z17, Z16, Z17
+	VMINPS     Z15, Z13, Z16
+	VMAXPS     Z15, Z13, Z15
+	VMINPS     Z12, Z5, Z13
+	VMAXPS     Z12, Z5, Z12
+	VMINPS     Z8, Z7, Z5
+	VMAXPS     Z8, Z7, Z8
+	VMINPS     Z6, Z4, Z7
+	VMAXPS     Z6, Z4, Z6
+	VMINPS     Z3, Z14, Z4
+	VMAXPS     Z3, Z14, Z3
+	VMINPS     Z0, Z2, Z14
+	VMAXPS     Z0, Z2, Z0
+	VMINPS     Z1, Z10, Z2
+	VMAXPS     Z1, Z10, Z1
+	VMINPS     Z9, Z11, Z10
+	VMAXPS     Z9, Z11, Z9
+	VMINPS     Z20, Z17, Z11
+	VMAXPS     Z20, Z17, Z20
+	VMOVUPS    Z18, (CX)
+	VMOVUPS    Z16, 64(CX)
+	VMOVUPS    Z15, 128(CX)
+	VMOVUPS    Z13, 192(CX)
+	VMOVUPS    Z12, 256(CX)
+	VMOVUPS    Z5, 320(CX)
+	VMOVUPS    Z8, 384(CX)
+	VMOVUPS    Z7, 448(CX)
+	VMOVUPS    Z6, 512(CX)
+	VMOVUPS    Z4, 576(CX)
+	VMOVUPS    Z3, 640(CX)
+	VMOVUPS    Z14, 704(CX)
+	VMOVUPS    Z0, 768(CX)
+	VMOVUPS    Z2, 832(CX)
+	VMOVUPS    Z1, 896(CX)
+	VMOVUPS    Z10, 960(CX)
+	VMOVUPS    Z9, 1024(CX)
+	VMOVUPS    Z11, 1088(CX)
+	VMOVUPS    Z20, 1152(CX)
+	VMOVUPS    Z19, 1216(CX)
+
+	// n=20: 103 comparators, 20 loads, 20 stores per group
+	ADDQ $0x40, DX
+	ADDQ $0x00000500, CX
+	DECQ BX
+	JNZ  n20_loop
+	VZEROUPPER
+	RET
+
+n21:
+	MOVQ x_base+24(FP), AX
+	MOVQ tmp_base+0(FP), CX
+	MOVQ off+48(FP), DX
+	SHLQ $0x02, DX
+	MOVQ groups+56(FP), BX
+
+n21_loop:
+	MOVQ       (AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       24(AX), SI
+	VMOVUPS    (SI)(DX*1), Z1
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z1, Z0, Z2
+	VMAXPS     Z1, Z0, Z1
+	MOVQ       48(AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       72(AX), SI
+	VMOVUPS    (SI)(DX*1), Z3
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z4, Z2, Z0
+	VMAXPS     Z4, Z2, Z4
+	VMINPS     Z3, Z1, Z2
+	VMAXPS     Z3, Z1, Z3
+	VMINPS     Z4, Z2, Z1
+	VMAXPS     Z4, Z2, Z4
+	MOVQ       96(AX), SI
+	VMOVUPS    (SI)(DX*1), Z2
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       120(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z5, Z2, Z6
+	VMAXPS     Z5, Z2, Z5
+	MOVQ       144(AX), SI
+	VMOVUPS    (SI)(DX*1), Z2
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       168(AX), SI
+	VMOVUPS    (SI)(DX*1), Z7
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z7, Z2, Z8
+	VMAXPS     Z7, Z2, Z7
+	VMINPS     Z8, Z6, Z2
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z5, Z6
+	VMAXPS     Z7, Z5, Z7
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z2, Z0, Z6
+	VMAXPS     Z2, Z0, Z2
+	VMINPS     Z5, Z1, Z0
+	VMAXPS     Z5, Z1, Z5
+	VMINPS     Z8, Z4, Z1
+	VMAXPS     Z8, Z4, Z8
+	VMINPS     Z7, Z3, Z4
+	VMAXPS     Z7, Z3, Z7
+	VMINPS     Z2, Z1, Z3
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z5, Z4, Z1
+	VMAXPS     Z5, Z4, Z5
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z2, Z1, Z0
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z8, Z5, Z1
+	VMAXPS     Z8, Z5, Z8
+	MOVQ       192(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       216(AX), SI
+	VMOVUPS    (SI)(DX*1), Z9
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z9, Z5, Z10
+	VMAXPS     Z9, Z5, Z9
+	MOVQ       240(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       264(AX), SI
+	VMOVUPS    (SI)(DX*1), Z11
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z12, Z10, Z5
+	VMAXPS     Z12, Z10, Z12
+	VMINPS     Z11, Z9, Z10
+	VMAXPS     Z11, Z9, Z11
+	VMINPS     Z12, Z10, Z9
+	VMAXPS     Z12, Z10, Z12
+	MOVQ       288(AX), SI
+	VMOVUPS    (SI)(DX*1), Z10
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       312(AX), SI
+	VMOVUPS    (SI)(DX*1), Z13
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z13, Z10, Z14
+	VMAXPS     Z13, Z10, Z13
+	MOVQ       336(AX), SI
+	VMOVUPS    (SI)(DX*1), Z10
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       360(AX), SI
+	VMOVUPS    (SI)(DX*1), Z15
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z15, Z10, Z16
+	VMAXPS     Z15, Z10, Z15
+	VMINPS     Z16, Z14, Z10
+	VMAXPS     Z16, Z14, Z16
+	VMINPS     Z15, Z13, Z14
+	VMAXPS     Z15, Z13, Z15
+	VMINPS     Z16, Z14, Z13
+	VMAXPS     Z16, Z14, Z16
+	VMINPS     Z10, Z5, Z14
+	VMAXPS     Z10, Z5, Z10
+	VMINPS     Z13, Z9, Z5
+	VMAXPS     Z13, Z9, Z13
+	VMINPS     Z16, Z12, Z9
+	VMAXPS     Z16, Z12, Z16
+	VMINPS     Z15, Z11, Z12
+	VMAXPS     Z15, Z11, Z15
+	VMINPS     Z10, Z9, Z11
+	VMAXPS     Z10, Z9, Z10
+	VMINPS     Z13, Z12, Z9
+	VMAXPS     Z13, Z12, Z13
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z10, Z9, Z5
+	VMAXPS     Z10, Z9, Z10
+	VMINPS     Z16, Z13, Z9
+	VMAXPS     Z16, Z13, Z16
+	VMINPS     Z14, Z6, Z13
+	VMAXPS     Z14, Z6, Z14
+	VMINPS     Z12, Z4, Z6
+	VMAXPS     Z12, Z4, Z12
+	VMINPS     Z11, Z3, Z4
+	VMAXPS     Z11, Z3, Z11
+	VMINPS     Z5, Z0, Z3
+	VMAXPS     Z5, Z0, Z5
+	VMINPS     Z10, Z2, Z0
+	VMAXPS     Z10, Z2, Z10
+	VMINPS     Z9, Z1, Z2
+	VMAXPS     Z9, Z1, Z9
+	VMINPS     Z16, Z8, Z1
+	VMAXPS     Z16, Z8, Z16
+	VMINPS     Z15, Z7, Z8
+	VMAXPS     Z15, Z7, Z15
+	VMINPS     Z14, Z0, Z7
+	VMAXPS     Z14, Z0, Z14
+	VMINPS     Z12, Z2, Z0
+	VMAXPS     Z12, Z2, Z12
+	VMINPS     Z11, Z1, Z2
+	VMAXPS     Z11, Z1, Z11
+	VMINPS     Z5, Z8, Z1
+	VMAXPS     Z5, Z8, Z5
+	VMINPS     Z7, Z4, Z8
+	VMAXPS     Z7, Z4, Z7
+	VMINPS     Z0, Z3, Z4
+	VMAXPS     Z0, Z3, Z0
+	VMINPS     Z14, Z2, Z3
+	VMAXPS     Z14, Z2, Z14
+	VMINPS     Z12, Z1, Z2
+	VMAXPS     Z12, Z1, Z12
+	VMINPS     Z10, Z11, Z1
+	VMAXPS     Z10, Z11, Z10
+	VMINPS     Z9, Z5, Z11
+	VMAXPS     Z9, Z5, Z9
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z4, Z6
+	VMAXPS     Z7, Z4, Z7
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z14, Z2, Z0
+	VMAXPS     Z14, Z2, Z14
+	VMINPS     Z1, Z12, Z2
+	VMAXPS     Z1, Z12, Z1
+	VMINPS     Z10, Z11, Z12
+	VMAXPS     Z10, Z11, Z10
+	VMINPS     Z16, Z9, Z11
+	VMAXPS     Z16, Z9, Z16
+	MOVQ       384(AX), SI
+	VMOVUPS    (SI)(DX*1), Z9
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       408(AX), SI
+	VMOVUPS    (SI)(DX*1), Z17
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z17, Z9, Z18
+	VMAXPS     Z17, Z9, Z17
+	MOVQ       432(AX), SI
+	VMOVUPS    (SI)(DX*1), Z9
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       456(AX), SI
+	VMOVUPS    (SI)(DX*1), Z19
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z19, Z9, Z20
+	VMAXPS     Z19, Z9, Z19
+	VMINPS     Z20, Z18, Z9
+	VMAXPS     Z20, Z18, Z20
+	VMINPS     Z19, Z17, Z18
+	VMAXPS     Z19, Z17, Z19
+	VMINPS     Z20, Z18, Z17
+	VMAXPS     Z20, Z18, Z20
+	MOVQ       480(AX), SI
+	VMOVUPS    (SI)(DX*1), Z18
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z18, Z9, Z21
+	VMAXPS     Z18, Z9, Z18
+	VMINPS     Z18, Z20, Z9
+	VMAXPS     Z18, Z20, Z18
+	VMINPS     Z9, Z17, Z20
+	VMAXPS     Z9, Z17, Z9
+	VMINPS     Z18, Z19, Z17
+	VMAXPS     Z18, Z19, Z18
+	VMINPS     Z18, Z9, Z19
+	VMAXPS     Z18, Z9, Z18
+	VMINPS     Z19, Z20, Z9
+	VMAXPS     Z19, Z20, Z19
+	VMINPS     Z18, Z17, Z20
+	VMAXPS     Z18, Z17, Z18
+	VMINPS     Z21, Z13, Z17
+	VMAXPS     Z21, Z13, Z21
+	VMINPS     Z9, Z5, Z13
+	VMAXPS     Z9, Z5, Z9
+	VMINPS     Z19, Z8, Z5
+	VMAXPS     Z19, Z8, Z19
+	VMINPS     Z20, Z6, Z8
+	VMAXPS     Z20, Z6, Z20
+	VMINPS     Z18, Z7, Z6
+	VMAXPS     Z18, Z7, Z18
+	VMINPS     Z21, Z14, Z7
+	VMAXPS     Z21, Z14, Z21
+	VMINPS     Z9, Z2, Z14
+	VMAXPS     Z9, Z2, Z9
+	VMINPS     Z19, Z1, Z2
+	VMAXPS     Z19, Z1, Z19
+	VMINPS     Z20, Z12, Z1
+	VMAXPS     Z20, Z12, Z20
+	VMINPS     Z18, Z10, Z12
+	VMAXPS     Z18, Z10, Z18
+	VMINPS     Z7, Z6, Z10
+	VMAXPS     Z7, Z6, Z7
+	VMINPS     Z14, Z4, Z6
+	VMAXPS     Z14, Z4, Z14
+	VMINPS     Z2, Z3, Z4
+	VMAXPS     Z2, Z3, Z2
+	VMINPS     Z1, Z0, Z3
+	VMAXPS     Z1, Z0, Z1
+	VMINPS     Z21, Z12, Z0
+	VMAXPS     Z21, Z12, Z21
+	VMINPS     Z9, Z11, Z12
+	VMAXPS     Z9, Z11, Z9
+	VMINPS     Z19, Z16, Z11
+	VMAXPS     Z19, Z16, Z19
+	VMINPS     Z20, Z15, Z16
+	VMAXPS     Z20, Z15, Z20
+	VMINPS     Z10, Z5, Z15
+	VMAXPS     Z10, Z5, Z10
+	VMINPS     Z6, Z8, Z5
+	VMAXPS     Z6, Z8, Z6
+	VMINPS     Z7, Z4, Z8
+	VMAXPS     Z7, Z4, Z7
+	VMINPS     Z14, Z3, Z4
+	VMAXPS     Z14, Z3, Z14
+	VMINPS     Z0, Z2, Z3
+	VMAXPS     Z0, Z2, Z0
+	VMINPS     Z12, Z1, Z2
+	VMAXPS     Z12, Z1, Z12
+	VMINPS     Z21, Z11, Z1
+	VMAXPS     Z21, Z11, Z21
+	VMINPS     Z9, Z16, Z11
+	VMAXPS     Z9, Z16, Z9
+	VMINPS     Z18, Z19, Z16
+	VMAXPS     Z18, Z19, Z18
+	VMINPS     Z15, Z13, Z19
+	VMAXPS     Z15, Z13, Z15
+	VMINPS     Z10, Z5, Z13
+	VMAXPS     Z10, Z5, Z10
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z4, Z6
+	VMAXPS     Z7, Z4, Z7
+	VMINPS     Z3, Z14, Z4
+	VMAXPS     Z3, Z14, Z3
+	VMINPS     Z0, Z2, Z14
+	VMAXPS     Z0, Z2, Z0
+	VMINPS     Z1, Z12, Z2
+	VMAXPS     Z1, Z12, Z1
+	VMINPS     Z21, Z11, Z12
+	VMAXPS     Z21, Z11, Z21
+	VMINPS     Z16, Z9, Z11
+	VMAXPS     Z16, Z9, Z16
+	VMINPS     Z18, Z20, Z9
+	VMAXPS     Z18, Z20, Z18
+	VMOVUPS    Z17, (CX)
+	VMOVUPS    Z19, 64(CX)
+	VMOVUPS    Z15, 128(CX)
+	VMOVUPS    Z13, 192(CX)
+	VMOVUPS    Z10, 256(CX)
+	VMOVUPS    Z5, 320(CX)
+	VMOVUPS    Z8, 384(CX)
+	VMOVUPS    Z6, 448(CX)
+	VMOVUPS    Z7, 512(CX)
+	VMOVUPS    Z4, 576(CX)
+	VMOVUPS    Z3, 640(CX)
+	VMOVUPS    Z14, 704(CX)
+	VMOVUPS    Z0, 768(CX)
+	VMOVUPS    Z2, 832(CX)
+	VMOVUPS    Z1, 896(CX)
+	VMOVUPS    Z12, 960(CX)
+	VMOVUPS    Z21, 1024(CX)
+	VMOVUPS    Z11, 1088(CX)
+	VMOVUPS    Z16, 1152(CX)
+	VMOVUPS    Z9, 1216(CX)
+	VMOVUPS    Z18, 1280(CX)
+
+	// n=21: 112 comparators, 21 loads, 21 stores per group
+	ADDQ $0x40, DX
+	ADDQ $0x00000540, CX
+	DECQ BX
+	JNZ  n21_loop
+	VZEROUPPER
+	RET
+
+n22:
+	MOVQ x_base+24(FP), AX
+	MOVQ tmp_base+0(FP), CX
+	MOVQ off+48(FP), DX
+	SHLQ $0x02, DX
+	MOVQ groups+56(FP), BX
+
+n22_loop:
+	MOVQ       (AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       24(AX), SI
+	VMOVUPS    (SI)(DX*1), Z1
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z1, Z0, Z2
+	VMAXPS     Z1, Z0, Z1
+	MOVQ       48(AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       72(AX), SI
+	VMOVUPS    (SI)(DX*1), Z3
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z4, Z2, Z0
+	VMAXPS     Z4, Z2, Z4
+	VMINPS     Z3, Z1, Z2
+	VMAXPS     Z3, Z1, Z3
+	VMINPS     Z4, Z2, Z1
+	VMAXPS     Z4, Z2, Z4
+	MOVQ       96(AX), SI
+	VMOVUPS    (SI)(DX*1), Z2
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       120(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z5, Z2, Z6
+	VMAXPS     Z5, Z2, Z5
+	MOVQ       144(AX), SI
+	VMOVUPS    (SI)(DX*1), Z2
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       168(AX), SI
+	VMOVUPS    (SI)(DX*1), Z7
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z7, Z2, Z8
+	VMAXPS     Z7, Z2, Z7
+	VMINPS     Z8, Z6, Z2
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z5, Z6
+	VMAXPS     Z7, Z5, Z7
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z2, Z0, Z6
+	VMAXPS     Z2, Z0, Z2
+	VMINPS     Z5, Z1, Z0
+	VMAXPS     Z5, Z1, Z5
+	VMINPS     Z8, Z4, Z1
+	VMAXPS     Z8, Z4, Z8
+	VMINPS     Z7, Z3, Z4
+	VMAXPS     Z7, Z3, Z7
+	VMINPS     Z2, Z1, Z3
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z5, Z4, Z1
+	VMAXPS     Z5, Z4, Z5
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z2, Z1, Z0
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z8, Z5, Z1
+	VMAXPS     Z8, Z5, Z8
+	MOVQ       192(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       216(AX), SI
+	VMOVUPS    (SI)(DX*1), Z9
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z9, Z5, Z10
+	VMAXPS     Z9, Z5, Z9
+	MOVQ       240(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       264(AX), SI
+	VMOVUPS    (SI)(DX*1), Z11
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z12, Z10, Z5
+	VMAXPS     Z12, Z10, Z12
+	VMINPS     Z11, Z9, Z10
+	VMAXPS     Z11, Z9, Z11
+	VMINPS     Z12, Z10, Z9
+	VMAXPS     Z12, Z10, Z12
+	MOVQ       288(AX), SI
+	VMOVUPS    (SI)(DX*1), Z10
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       312(AX), SI
+	VMOVUPS    (SI)(DX*1), Z13
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z13, Z10, Z14
+	VMAXPS     Z13, Z10, Z13
+	MOVQ       336(AX), SI
+	VMOVUPS    (SI)(DX*1), Z10
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       360(AX), SI
+	VMOVUPS    (SI)(DX*1), Z15
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z15, Z10, Z16
+	VMAXPS     Z15, Z10, Z15
+	VMINPS     Z16, Z14, Z10
+	VMAXPS     Z16, Z14, Z16
+	VMINPS     Z15, Z13, Z14
+	VMAXPS     Z15, Z13, Z15
+	VMINPS     Z16, Z14, Z13
+	VMAXPS     Z16, Z14, Z16
+	VMINPS     Z10, Z5, Z14
+	VMAXPS     Z10, Z5, Z10
+	VMINPS     Z13, Z9, Z5
+	VMAXPS     Z13, Z9, Z13
+	VMINPS     Z16, Z12, Z9
+	VMAXPS     Z16, Z12, Z16
+	VMINPS     Z15, Z11, Z12
+	VMAXPS     Z15, Z11, Z15
+	VMINPS     Z10, Z9, Z11
+	VMAXPS     Z10, Z9, Z10
+	VMINPS     Z13, Z12, Z9
+	VMAXPS     Z13, Z12, Z13
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z10, Z9, Z5
+	VMAXPS     Z10, Z9, Z10
+	VMINPS     Z16, Z13, Z9
+	VMAXPS     Z16, Z13, Z16
+	VMINPS     Z14, Z6, Z13
+	VMAXPS     Z14, Z6, Z14
+	VMINPS     Z12, Z4, Z6
+	VMAXPS     Z12, Z4, Z12
+	VMINPS     Z11, Z3, Z4
+	VMAXPS     Z11, Z3, Z11
+	VMINPS     Z5, Z0, Z3
+	VMAXPS     Z5, Z0, Z5
+	VMINPS     Z10, Z2, Z0
+	VMAXPS     Z10, Z2, Z10
+	VMINPS     Z9, Z1, Z2
+	VMAXPS     Z9, Z1, Z9
+	VMINPS     Z16, Z8, Z1
+	VMAXPS     Z16, Z8, Z16
+	VMINPS     Z15, Z7, Z8
+	VMAXPS     Z15, Z7, Z15
+	VMINPS     Z14, Z0, Z7
+	VMAXPS     Z14, Z0, Z14
+	VMINPS     Z12, Z2, Z0
+	VMAXPS     Z12, Z2, Z12
+	VMINPS     Z11, Z1, Z2
+	VMAXPS     Z11, Z1, Z11
+	VMINPS     Z5, Z8, Z1
+	VMAXPS     Z5, Z8, Z5
+	VMINPS     Z7, Z4, Z8
+	VMAXPS     Z7, Z4, Z7
+	VMINPS     Z0, Z3, Z4
+	VMAXPS     Z0, Z3, Z0
+	VMINPS     Z14, Z2, Z3
+	VMAXPS     Z14, Z2, Z14
+	VMINPS     Z12, Z1, Z2
+	VMAXPS     Z12, Z1, Z12
+	VMINPS     Z10, Z11, Z1
+	VMAXPS     Z10, Z11, Z10
+	VMINPS     Z9, Z5, Z11
+	VMAXPS     Z9, Z5, Z9
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z4, Z6
+	VMAXPS     Z7, Z4, Z7
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z14, Z2, Z0
+	VMAXPS     Z14, Z2, Z14
+	VMINPS     Z1, Z12, Z2
+	VMAXPS     Z1, Z12, Z1
+	VMINPS     Z10, Z11, Z12
+	VMAXPS     Z10, Z11, Z10
+	VMINPS     Z16, Z9, Z11
+	VMAXPS     Z16, Z9, Z16
+	MOVQ       384(AX), SI
+	VMOVUPS    (SI)(DX*1), Z9
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       408(AX), SI
+	VMOVUPS    (SI)(DX*1), Z17
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z17, Z9, Z18
+	VMAXPS     Z17, Z9, Z17
+	MOVQ       432(AX), SI
+	VMOVUPS    (SI)(DX*1), Z9
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       456(AX), SI
+	VMOVUPS    (SI)(DX*1), Z19
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z19, Z9, Z20
+	VMAXPS     Z19, Z9, Z19
+	VMINPS     Z20, Z18, Z9
+	VMAXPS     Z20, Z18, Z20
+	VMINPS     Z19, Z17, Z18
+	VMAXPS     Z19, Z17, Z19
+	VMINPS     Z20, Z18, Z17
+	VMAXPS     Z20, Z18, Z20
+	MOVQ       480(AX), SI
+	VMOVUPS    (SI)(DX*1), Z18
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       504(AX), SI
+	VMOVUPS    (SI)(DX*1), Z21
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z21, Z18, Z22
+	VMAXPS     Z21, Z18, Z21
+	VMINPS     Z22, Z9, Z18
+	VMAXPS     Z22, Z9, Z22
+	VMINPS     Z21, Z17, Z9
+	VMAXPS     Z21, Z17, Z21
+	VMINPS     Z22, Z20, Z17
+	VMAXPS     Z22, Z20, Z22
+	VMINPS     Z21, Z19, Z20
+	VMAXPS     Z21, Z19, Z21
+	VMINPS     Z17, Z9, Z19
+	VMAXPS     Z17, Z9, Z17
+	VMINPS     Z22, Z20, Z9
+	VMAXPS     Z22, Z20, Z22
+	VMINPS     Z22, Z17, Z20
+	VMAXPS     Z22, Z17, Z22
+	VMINPS     Z21, Z9, Z17
+	VMAXPS     Z21, Z9, Z21
+	VMINPS     Z20, Z19, Z9
+	VMAXPS     Z20, Z19, Z20
+	VMINPS     Z22, Z17, Z19
+	VMAXPS     Z22, Z17, Z22
+	VMINPS     Z18, Z13, Z17
+	VMAXPS     Z18, Z13, Z18
+	VMINPS     Z9, Z5, Z13
+	VMAXPS     Z9, Z5, Z9
+	VMINPS     Z20, Z8, Z5
+	VMAXPS     Z20, Z8, Z20
+	VMINPS     Z19, Z6, Z8
+	VMAXPS     Z19, Z6, Z19
+	VMINPS     Z22, Z7, Z6
+	VMAXPS     Z22, Z7, Z22
+	VMINPS     Z21, Z4, Z7
+	VMAXPS     Z21, Z4, Z21
+	VMINPS     Z18, Z14, Z4
+	VMAXPS     Z18, Z14, Z18
+	VMINPS     Z9, Z2, Z14
+	VMAXPS     Z9, Z2, Z9
+	VMINPS     Z20, Z1, Z2
+	VMAXPS     Z20, Z1, Z20
+	VMINPS     Z19, Z12, Z1
+	VMAXPS     Z19, Z12, Z19
+	VMINPS     Z22, Z10, Z12
+	VMAXPS     Z22, Z10, Z22
+	VMINPS     Z21, Z11, Z10
+	VMAXPS     Z21, Z11, Z21
+	VMINPS     Z4, Z6, Z11
+	VMAXPS     Z4, Z6, Z4
+	VMINPS     Z14, Z7, Z6
+	VMAXPS     Z14, Z7, Z14
+	VMINPS     Z2, Z3, Z7
+	VMAXPS     Z2, Z3, Z2
+	VMINPS     Z1, Z0, Z3
+	VMAXPS     Z1, Z0, Z1
+	VMINPS     Z18, Z12, Z0
+	VMAXPS     Z18, Z12, Z18
+	VMINPS     Z9, Z10, Z12
+	VMAXPS     Z9, Z10, Z9
+	VMINPS     Z20, Z16, Z10
+	VMAXPS     Z20, Z16, Z20
+	VMINPS     Z19, Z15, Z16
+	VMAXPS     Z19, Z15, Z19
+	VMINPS     Z11, Z5, Z15
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z6, Z8, Z5
+	VMAXPS     Z6, Z8, Z6
+	VMINPS     Z4, Z7, Z8
+	VMAXPS     Z4, Z7, Z4
+	VMINPS     Z14, Z3, Z7
+	VMAXPS     Z14, Z3, Z14
+	VMINPS     Z0, Z2, Z3
+	VMAXPS     Z0, Z2, Z0
+	VMINPS     Z12, Z1, Z2
+	VMAXPS     Z12, Z1, Z12
+	VMINPS     Z18, Z10, Z1
+	VMAXPS     Z18, Z10, Z18
+	VMINPS     Z9, Z16, Z10
+	VMAXPS     Z9, Z16, Z9
+	VMINPS     Z22, Z20, Z16
+	VMAXPS     Z22, Z20, Z22
+	VMINPS     Z21, Z19, Z20
+	VMAXPS     Z21, Z19, Z21
+	VMINPS     Z15, Z13, Z19
+	VMAXPS     Z15, Z13, Z15
+	VMINPS     Z11, Z5, Z13
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z4, Z7, Z6
+	VMAXPS     Z4, Z7, Z4
+	VMINPS     Z3, Z14, Z7
+	VMAXPS     Z3, Z14, Z3
+	VMINPS     Z0, Z2, Z14
+	VMAXPS     Z0, Z2, Z0
+	VMINPS     Z1, Z12, Z2
+	VMAXPS     Z1, Z12, Z1
+	VMINPS     Z18, Z10, Z12
+	VMAXPS     Z18, Z10, Z18
+	VMINPS     Z16, Z9, Z10
+	VMAXPS     Z16, Z9, Z16
+	VMINPS     Z22, Z20, Z9
+	VMAXPS     Z22, Z20, Z22
+	VMOVUPS    Z17, (CX)
+	VMOVUPS    Z19, 64(CX)
+	VMOVUPS    Z15, 128(CX)
+	VMOVUPS    Z13, 192(CX)
+	VMOVUPS    Z11, 256(CX)
+	VMOVUPS    Z5, 320(CX)
+	VMOVUPS    Z8, 384(CX)
+	VMOVUPS    Z6, 448(CX)
+	VMOVUPS    Z4, 512(CX)
+	VMOVUPS    Z7, 576(CX)
+	VMOVUPS    Z3, 640(CX)
+	VMOVUPS    Z14, 704(CX)
+	VMOVUPS    Z0, 768(CX)
+	VMOVUPS    Z2, 832(CX)
+	VMOVUPS    Z1, 896(CX)
+	VMOVUPS    Z12, 960(CX)
+	VMOVUPS    Z18, 1024(CX)
+	VMOVUPS    Z10, 1088(CX)
+	VMOVUPS    Z16, 1152(CX)
+	VMOVUPS    Z9, 1216(CX)
+	VMOVUPS    Z22, 1280(CX)
+	VMOVUPS    Z21, 1344(CX)
+
+	// n=22: 119 comparators, 22 loads, 22 stores per group
+	ADDQ $0x40, DX
+	ADDQ $0x00000580, CX
+	DECQ BX
+	JNZ  n22_loop
+	VZEROUPPER
+	RET
+
+n23:
+	MOVQ x_base+24(FP), AX
+	MOVQ tmp_base+0(FP), CX
+	MOVQ off+48(FP), DX
+	SHLQ $0x02, DX
+	MOVQ groups+56(FP), BX
+
+n23_loop:
+	MOVQ       (AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       24(AX), SI
+	VMOVUPS    (SI)(DX*1), Z1
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z1, Z0, Z2
+	VMAXPS     Z1, Z0, Z1
+	MOVQ       48(AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       72(AX), SI
+	VMOVUPS    (SI)(DX*1), Z3
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z4, Z2, Z0
+	VMAXPS     Z4, Z2, Z4
+	VMINPS     Z3, Z1, Z2
+	VMAXPS     Z3, Z1, Z3
+	VMINPS     Z4, Z2, Z1
+	VMAXPS     Z4, Z2, Z4
+	MOVQ       96(AX), SI
+	VMOVUPS    (SI)(DX*1), Z2
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       120(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z5, Z2, Z6
+	VMAXPS     Z5, Z2, Z5
+	MOVQ       144(AX), SI
+	VMOVUPS    (SI)(DX*1), Z2
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       168(AX), SI
+	VMOVUPS    (SI)(DX*1), Z7
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z7, Z2, Z8
+	VMAXPS     Z7, Z2, Z7
+	VMINPS     Z8, Z6, Z2
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z5, Z6
+	VMAXPS     Z7, Z5, Z7
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z2, Z0, Z6
+	VMAXPS     Z2, Z0, Z2
+	VMINPS     Z5, Z1, Z0
+	VMAXPS     Z5, Z1, Z5
+	VMINPS     Z8, Z4, Z1
+	VMAXPS     Z8, Z4, Z8
+	VMINPS     Z7, Z3, Z4
+	VMAXPS     Z7, Z3, Z7
+	VMINPS     Z2, Z1, Z3
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z5, Z4, Z1
+	VMAXPS     Z5, Z4, Z5
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z2, Z1, Z0
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z8, Z5, Z1
+	VMAXPS     Z8, Z5, Z8
+	MOVQ       192(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       216(AX), SI
+	VMOVUPS    (SI)(DX*1), Z9
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z9, Z5, Z10
+	VMAXPS     Z9, Z5, Z9
+	MOVQ       240(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       264(AX), SI
+	VMOVUPS    (SI)(DX*1), Z11
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z12, Z10, Z5
+	VMAXPS     Z12, Z10, Z12
+	VMINPS     Z11, Z9, Z10
+	VMAXPS     Z11, Z9, Z11
+	VMINPS     Z12, Z10, Z9
+	VMAXPS     Z12, Z10, Z12
+	MOVQ       288(AX), SI
+	VMOVUPS    (SI)(DX*1), Z10
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       312(AX), SI
+	VMOVUPS    (SI)(DX*1), Z13
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z13, Z10, Z14
+	VMAXPS     Z13, Z10, Z13
+	MOVQ       336(AX), SI
+	VMOVUPS    (SI)(DX*1), Z10
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       360(AX), SI
+	VMOVUPS    (SI)(DX*1), Z15
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z15, Z10, Z16
+	VMAXPS     Z15, Z10, Z15
+	VMINPS     Z16, Z14, Z10
+	VMAXPS     Z16, Z14, Z16
+	VMINPS     Z15, Z13, Z14
+	VMAXPS     Z15, Z13, Z15
+	VMINPS     Z16, Z14, Z13
+	VMAXPS     Z16, Z14, Z16
+	VMINPS     Z10, Z5, Z14
+	VMAXPS     Z10, Z5, Z10
+	VMINPS     Z13, Z9, Z5
+	VMAXPS     Z13, Z9, Z13
+	VMINPS     Z16, Z12, Z9
+	VMAXPS     Z16, Z12, Z16
+	VMINPS     Z15, Z11, Z12
+	VMAXPS     Z15, Z11, Z15
+	VMINPS     Z10, Z9, Z11
+	VMAXPS     Z10, Z9, Z10
+	VMINPS     Z13, Z12, Z9
+	VMAXPS     Z13, Z12, Z13
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z10, Z9, Z5
+	VMAXPS     Z10, Z9, Z10
+	VMINPS     Z16, Z13, Z9
+	VMAXPS     Z16, Z13, Z16
+	VMINPS     Z14, Z6, Z13
+	VMAXPS     Z14, Z6, Z14
+	VMINPS     Z12, Z4, Z6
+	VMAXPS     Z12, Z4, Z12
+	VMINPS     Z11, Z3, Z4
+	VMAXPS     Z11, Z3, Z11
+	VMINPS     Z5, Z0, Z3
+	VMAXPS     Z5, Z0, Z5
+	VMINPS     Z10, Z2, Z0
+	VMAXPS     Z10, Z2, Z10
+	VMINPS     Z9, Z1, Z2
+	VMAXPS     Z9, Z1, Z9
+	VMINPS     Z16, Z8, Z1
+	VMAXPS     Z16, Z8, Z16
+	VMINPS     Z15, Z7, Z8
+	VMAXPS     Z15, Z7, Z15
+	VMINPS     Z14, Z0, Z7
+	VMAXPS     Z14, Z0, Z14
+	VMINPS     Z12, Z2, Z0
+	VMAXPS     Z12, Z2, Z12
+	VMINPS     Z11, Z1, Z2
+	VMAXPS     Z11, Z1, Z11
+	VMINPS     Z5, Z8, Z1
+	VMAXPS     Z5, Z8, Z5
+	VMINPS     Z7, Z4, Z8
+	VMAXPS     Z7, Z4, Z7
+	VMINPS     Z0, Z3, Z4
+	VMAXPS     Z0, Z3, Z0
+	VMINPS     Z14, Z2, Z3
+	VMAXPS     Z14, Z2, Z14
+	VMINPS     Z12, Z1, Z2
+	VMAXPS     Z12, Z1, Z12
+	VMINPS     Z10, Z11, Z1
+	VMAXPS     Z10, Z11, Z10
+	VMINPS     Z9, Z5, Z11
+	VMAXPS     Z9, Z5, Z9
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z4, Z6
+	VMAXPS     Z7, Z4, Z7
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z14, Z2, Z0
+	VMAXPS     Z14, Z2, Z14
+	VMINPS     Z1, Z12, Z2
+	VMAXPS     Z1, Z12, Z1
+	VMINPS     Z10, Z11, Z12
+	VMAXPS     Z10, Z11, Z10
+	VMINPS     Z16, Z9, Z11
+	VMAXPS     Z16, Z9, Z16
+	MOVQ       384(AX), SI
+	VMOVUPS    (SI)(DX*1), Z9
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       408(AX), SI
+	VMOVUPS    (SI)(DX*1), Z17
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z17, Z9, Z18
+	VMAXPS     Z17, Z9, Z17
+	MOVQ       432(AX), SI
+	VMOVUPS    (SI)(DX*1), Z9
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       456(AX), SI
+	VMOVUPS    (SI)(DX*1), Z19
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z19, Z9, Z20
+	VMAXPS     Z19, Z9, Z19
+	VMINPS     Z20, Z18, Z9
+	VMAXPS     Z20, Z18, Z20
+	VMINPS     Z19, Z17, Z18
+	VMAXPS     Z19, Z17, Z19
+	VMINPS     Z20, Z18, Z17
+	VMAXPS     Z20, Z18, Z20
+	MOVQ       480(AX), SI
+	VMOVUPS    (SI)(DX*1), Z18
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       504(AX), SI
+	VMOVUPS    (SI)(DX*1), Z21
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z21, Z18, Z22
+	VMAXPS     Z21, Z18, Z21
+	MOVQ       528(AX), SI
+	VMOVUPS    (SI)(DX*1), Z18
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z18, Z22, Z23
+	VMAXPS     Z18, Z22, Z18
+	VMINPS     Z18, Z21, Z22
+	VMAXPS     Z18, Z21, Z18
+	VMINPS     Z23, Z9, Z21
+	VMAXPS     Z23, Z9, Z23
+	VMINPS     Z22, Z17, Z9
+	VMAXPS     Z22, Z17, Z22
+	VMINPS     Z18, Z20, Z17
+	VMAXPS     Z18, Z20, Z18
+	VMINPS     Z23, Z17, Z20
+	VMAXPS     Z23, Z17, Z23
+	VMINPS     Z22, Z19, Z17
+	VMAXPS     Z22, Z19, Z22
+	VMINPS     Z20, Z9, Z19
+	VMAXPS     Z20, Z9, Z20
+	VMINPS     Z23, Z17, Z9
+	VMAXPS     Z23, Z17, Z23
+	VMINPS     Z18, Z22, Z17
+	VMAXPS     Z18, Z22, Z18
+	VMINPS     Z23, Z20, Z22
+	VMAXPS     Z23, Z20, Z23
+	VMINPS     Z17, Z9, Z20
+	VMAXPS     Z17, Z9, Z17
+	VMINPS     Z22, Z19, Z9
+	VMAXPS     Z22, Z19, Z22
+	VMINPS     Z23, Z20, Z19
+	VMAXPS     Z23, Z20, Z23
+	VMINPS     Z18, Z17, Z20
+	VMAXPS     Z18, Z17, Z18
+	VMINPS     Z21, Z13, Z17
+	VMAXPS     Z21, Z13, Z21
+	VMINPS     Z9, Z5, Z13
+	VMAXPS     Z9, Z5, Z9
+	VMINPS     Z22, Z8, Z5
+	VMAXPS     Z22, Z8, Z22
+	VMINPS     Z19, Z6, Z8
+	VMAXPS     Z19, Z6, Z19
+	VMINPS     Z23, Z7, Z6
+	VMAXPS     Z23, Z7, Z23
+	VMINPS     Z20, Z4, Z7
+	VMAXPS     Z20, Z4, Z20
+	VMINPS     Z18, Z3, Z4
+	VMAXPS     Z18, Z3, Z18
+	VMINPS     Z21, Z14, Z3
+	VMAXPS     Z21, Z14, Z21
+	VMINPS     Z9, Z2, Z14
+	VMAXPS     Z9, Z2, Z9
+	VMINPS     Z22, Z1, Z2
+	VMAXPS     Z22, Z1, Z22
+	VMINPS     Z19, Z12, Z1
+	VMAXPS     Z19, Z12, Z19
+	VMINPS     Z23, Z10, Z12
+	VMAXPS     Z23, Z10, Z23
+	VMINPS     Z20, Z11, Z10
+	VMAXPS     Z20, Z11, Z20
+	VMINPS     Z18, Z16, Z11
+	VMAXPS     Z18, Z16, Z18
+	VMINPS     Z3, Z6, Z16
+	VMAXPS     Z3, Z6, Z3
+	VMINPS     Z14, Z7, Z6
+	VMAXPS     Z14, Z7, Z14
+	VMINPS     Z2, Z4, Z7
+	VMAXPS     Z2, Z4, Z2
+	VMINPS     Z1, Z0, Z4
+	VMAXPS     Z1, Z0, Z1
+	VMINPS     Z21, Z12, Z0
+	VMAXPS     Z21, Z12, Z21
+	VMINPS     Z9, Z10, Z12
+	VMAXPS     Z9, Z10, Z9
+	VMINPS     Z22, Z11, Z10
+	VMAXPS     Z22, Z11, Z22
+	VMINPS     Z19, Z15, Z11
+	VMAXPS     Z19, Z15, Z19
+	VMINPS     Z16, Z5, Z15
+	VMAXPS     Z16, Z5, Z16
+	VMINPS     Z6, Z8, Z5
+	VMAXPS     Z6, Z8, Z6
+	VMINPS     Z3, Z7, Z8
+	VMAXPS     Z3, Z7, Z3
+	VMINPS     Z14, Z4, Z7
+	VMAXPS     Z14, Z4, Z14
+	VMINPS     Z0, Z2, Z4
+	VMAXPS     Z0, Z2, Z0
+	VMINPS     Z12, Z1, Z2
+	VMAXPS     Z12, Z1, Z12
+	VMINPS     Z21, Z10, Z1
+	VMAXPS     Z21, Z10, Z21
+	VMINPS     Z9, Z11, Z10
+	VMAXPS     Z9, Z11, Z9
+	VMINPS     Z23, Z22, Z11
+	VMAXPS     Z23, Z22, Z23
+	VMINPS     Z20, Z19, Z22
+	VMAXPS     Z20, Z19, Z20
+	VMINPS     Z15, Z13, Z19
+	VMAXPS     Z15, Z13, Z15
+	VMINPS     Z16, Z5, Z13
+	VMAXPS     Z16, Z5, Z16
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z3, Z7, Z6
+	VMAXPS     Z3, Z7, Z3
+	VMINPS     Z4, Z14, Z7
+	VMAXPS     Z4, Z14, Z4
+	VMINPS     Z0, Z2, Z14
+	VMAXPS     Z0, Z2, Z0
+	VMINPS     Z1, Z12, Z2
+	VMAXPS     Z1, Z12, Z1
+	VMINPS     Z21, Z10, Z12
+	VMAXPS     Z21, Z10, Z21
+	VMINPS     Z11, Z9, Z10
+	VMAXPS     Z11, Z9, Z11
+	VMINPS     Z23, Z22, Z9
+	VMAXPS     Z23, Z22, Z23
+	VMINPS     Z18, Z20, Z22
+	VMAXPS     Z18, Z20, Z18
+	VMOVUPS    Z17, (CX)
+	VMOVUPS    Z19, 64(CX)
+	VMOVUPS    Z15, 128(CX)
+	VMOVUPS    Z13, 192(CX)
+	VMOVUPS    Z16, 256(CX)
+	VMOVUPS    Z5, 320(CX)
+	VMOVUPS    Z8, 384(CX)
+	VMOVUPS    Z6, 448(CX)
+	VMOVUPS    Z3, 512(CX)
+	VMOVUPS    Z7, 576(CX)
+	VMOVUPS    Z4, 640(CX)
+	VMOVUPS    Z14, 704(CX)
+	VMOVUPS    Z0, 768(CX)
+	VMOVUPS    Z2, 832(CX)
+	VMOVUPS    Z1, 896(CX)
+	VMOVUPS    Z12, 960(CX)
+	VMOVUPS    Z21, 1024(CX)
+	VMOVUPS    Z10, 1088(CX)
+	VMOVUPS    Z11, 1152(CX)
+	VMOVUPS    Z9, 1216(CX)
+	VMOVUPS    Z23, 1280(CX)
+	VMOVUPS    Z22, 1344(CX)
+	VMOVUPS    Z18, 1408(CX)
+
+	// n=23: 127 comparators, 23 loads, 23 stores per group
+	ADDQ $0x40, DX
+	ADDQ $0x000005c0, CX
+	DECQ BX
+	JNZ  n23_loop
+	VZEROUPPER
+	RET
+
+n24:
+	MOVQ x_base+24(FP), AX
+	MOVQ tmp_base+0(FP), CX
+	MOVQ off+48(FP), DX
+	SHLQ $0x02, DX
+	MOVQ groups+56(FP), BX
+
+n24_loop:
+	MOVQ       (AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       24(AX), SI
+	VMOVUPS    (SI)(DX*1), Z1
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z1, Z0, Z2
+	VMAXPS     Z1, Z0, Z1
+	MOVQ       48(AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       72(AX), SI
+	VMOVUPS    (SI)(DX*1), Z3
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z4, Z2, Z0
+	VMAXPS     Z4, Z2, Z4
+	VMINPS     Z3, Z1, Z2
+	VMAXPS     Z3, Z1, Z3
+	VMINPS     Z4, Z2, Z1
+	VMAXPS     Z4, Z2, Z4
+	MOVQ       96(AX), SI
+	VMOVUPS    (SI)(DX*1), Z2
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       120(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z5, Z2, Z6
+	VMAXPS     Z5, Z2, Z5
+	MOVQ       144(AX), SI
+	VMOVUPS    (SI)(DX*1), Z2
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       168(AX), SI
+	VMOVUPS    (SI)(DX*1), Z7
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z7, Z2, Z8
+	VMAXPS     Z7, Z2, Z7
+	VMINPS     Z8, Z6, Z2
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z5, Z6
+	VMAXPS     Z7, Z5, Z7
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z2, Z0, Z6
+	VMAXPS     Z2, Z0, Z2
+	VMINPS     Z5, Z1, Z0
+	VMAXPS     Z5, Z1, Z5
+	VMINPS     Z8, Z4, Z1
+	VMAXPS     Z8, Z4, Z8
+	VMINPS     Z7, Z3, Z4
+	VMAXPS     Z7, Z3, Z7
+	VMINPS     Z2, Z1, Z3
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z5, Z4, Z1
+	VMAXPS     Z5, Z4, Z5
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z2, Z1, Z0
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z8, Z5, Z1
+	VMAXPS     Z8, Z5, Z8
+	MOVQ       192(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       216(AX), SI
+	VMOVUPS    (SI)(DX*1), Z9
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z9, Z5, Z10
+	VMAXPS     Z9, Z5, Z9
+	MOVQ       240(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       264(AX), SI
+	VMOVUPS    (SI)(DX*1), Z11
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z12, Z10, Z5
+	VMAXPS     Z12, Z10, Z12
+	VMINPS     Z11, Z9, Z10
+	VMAXPS     Z11, Z9, Z11
+	VMINPS     Z12, Z10, Z9
+	VMAXPS     Z12, Z10, Z12
+	MOVQ       288(AX), SI
+	VMOVUPS    (SI)(DX*1), Z10
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       312(AX), SI
+	VMOVUPS    (SI)(DX*1), Z13
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z13, Z10, Z14
+	VMAXPS     Z13, Z10, Z13
+	MOVQ       336(AX), SI
+	VMOVUPS    (SI)(DX*1), Z10
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       360(AX), SI
+	VMOVUPS    (SI)(DX*1), Z15
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z15, Z10, Z16
+	VMAXPS     Z15, Z10, Z15
+	VMINPS     Z16, Z14, Z10
+	VMAXPS     Z16, Z14, Z16
+	VMINPS     Z15, Z13, Z14
+	VMAXPS     Z15, Z13, Z15
+	VMINPS     Z16, Z14, Z13
+	VMAXPS     Z16, Z14, Z16
+	VMINPS     Z10, Z5, Z14
+	VMAXPS     Z10, Z5, Z10
+	VMINPS     Z13, Z9, Z5
+	VMAXPS     Z13, Z9, Z13
+	VMINPS     Z16, Z12, Z9
+	VMAXPS     Z16, Z12, Z16
+	VMINPS     Z15, Z11, Z12
+	VMAXPS     Z15, Z11, Z15
+	VMINPS     Z10, Z9, Z11
+	VMAXPS     Z10, Z9, Z10
+	VMINPS     Z13, Z12, Z9
+	VMAXPS     Z13, Z12, Z13
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z10, Z9, Z5
+	VMAXPS     Z10, Z9, Z10
+	VMINPS     Z16, Z13, Z9
+	VMAXPS     Z16, Z13, Z16
+	VMINPS     Z14, Z6, Z13
+	VMAXPS     Z14, Z6, Z14
+	VMINPS     Z12, Z4, Z6
+	VMAXPS     Z12, Z4, Z12
+	VMINPS     Z11, Z3, Z4
+	VMAXPS     Z11, Z3, Z11
+	VMINPS     Z5, Z0, Z3
+	VMAXPS     Z5, Z0, Z5
+	VMINPS     Z10, Z2, Z0
+	VMAXPS     Z10, Z2, Z10
+	VMINPS     Z9, Z1, Z2
+	VMAXPS     Z9, Z1, Z9
+	VMINPS     Z16, Z8, Z1
+	VMAXPS     Z16, Z8, Z16
+	VMINPS     Z15, Z7, Z8
+	VMAXPS     Z15, Z7, Z15
+	VMINPS     Z14, Z0, Z7
+	VMAXPS     Z14, Z0, Z14
+	VMINPS     Z12, Z2, Z0
+	VMAXPS     Z12, Z2, Z12
+	VMINPS     Z11, Z1, Z2
+	VMAXPS     Z11, Z1, Z11
+	VMINPS     Z5, Z8, Z1
+	VMAXPS     Z5, Z8, Z5
+	VMINPS     Z7, Z4, Z8
+	VMAXPS     Z7, Z4, Z7
+	VMINPS     Z0, Z3, Z4
+	VMAXPS     Z0, Z3, Z0
+	VMINPS     Z14, Z2, Z3
+	VMAXPS     Z14, Z2, Z14
+	VMINPS     Z12, Z1, Z2
+	VMAXPS     Z12, Z1, Z12
+	VMINPS     Z10, Z11, Z1
+	VMAXPS     Z10, Z11, Z10
+	VMINPS     Z9, Z5, Z11
+	VMAXPS     Z9, Z5, Z9
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z4, Z6
+	VMAXPS     Z7, Z4, Z7
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z14, Z2, Z0
+	VMAXPS     Z14, Z2, Z14
+	VMINPS     Z1, Z12, Z2
+	VMAXPS     Z1, Z12, Z1
+	VMINPS     Z10, Z11, Z12
+	VMAXPS     Z10, Z11, Z10
+	VMINPS     Z16, Z9, Z11
+	VMAXPS     Z16, Z9, Z16
+	MOVQ       384(AX), SI
+	VMOVUPS    (SI)(DX*1), Z9
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       408(AX), SI
+	VMOVUPS    (SI)(DX*1), Z17
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z17, Z9, Z18
+	VMAXPS     Z17, Z9, Z17
+	MOVQ       432(AX), SI
+	VMOVUPS    (SI)(DX*1), Z9
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       456(AX), SI
+	VMOVUPS    (SI)(DX*1), Z19
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z19, Z9, Z20
+	VMAXPS     Z19, Z9, Z19
+	VMINPS     Z20, Z18, Z9
+	VMAXPS     Z20, Z18, Z20
+	VMINPS     Z19, Z17, Z18
+	VMAXPS     Z19, Z17, Z19
+	VMINPS     Z20, Z18, Z17
+	VMAXPS     Z20, Z18, Z20
+	MOVQ       480(AX), SI
+	VMOVUPS    (SI)(DX*1), Z18
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       504(AX), SI
+	VMOVUPS    (SI)(DX*1), Z21
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z21, Z18, Z22
+	VMAXPS     Z21, Z18, Z21
+	MOVQ       528(AX), SI
+	VMOVUPS    (SI)(DX*1), Z18
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       552(AX), SI
+	VMOVUPS    (SI)(DX*1), Z23
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z23, Z18, Z24
+	VMAXPS     Z23, Z18, Z23
+	VMINPS     Z24, Z22, Z18
+	VMAXPS     Z24, Z22, Z24
+	VMINPS     Z23, Z21, Z22
+	VMAXPS     Z23, Z21, Z23
+	VMINPS     Z24, Z22, Z21
+	VMAXPS     Z24, Z22, Z24
+	VMINPS     Z18, Z9, Z22
+	VMAXPS     Z18, Z9, Z18
+	VMINPS     Z21, Z17, Z9
+	VMAXPS     Z21, Z17, Z21
+	VMINPS     Z24, Z20, Z17
+	VMAXPS     Z24, Z20, Z24
+	VMINPS     Z23, Z19, Z20
+	VMAXPS     Z23, Z19, Z23
+	VMINPS     Z18, Z17, Z19
+	VMAXPS     Z18, Z17, Z18
+	VMINPS     Z21, Z20, Z17
+	VMAXPS     Z21, Z20, Z21
+	VMINPS     Z19, Z9, Z20
+	VMAXPS     Z19, Z9, Z19
+	VMINPS     Z18, Z17, Z9
+	VMAXPS     Z18, Z17, Z18
+	VMINPS     Z24, Z21, Z17
+	VMAXPS     Z24, Z21, Z24
+	VMINPS     Z18, Z19, Z21
+	VMAXPS     Z18, Z19, Z18
+	VMINPS     Z17, Z9, Z19
+	VMAXPS     Z17, Z9, Z17
+	VMINPS     Z21, Z20, Z9
+	VMAXPS     Z21, Z20, Z21
+	VMINPS     Z18, Z19, Z20
+	VMAXPS     Z18, Z19, Z18
+	VMINPS     Z24, Z17, Z19
+	VMAXPS     Z24, Z17, Z24
+	VMINPS     Z22, Z13, Z17
+	VMAXPS     Z22, Z13, Z22
+	VMINPS     Z9, Z5, Z13
+	VMAXPS     Z9, Z5, Z9
+	VMINPS     Z21, Z8, Z5
+	VMAXPS     Z21, Z8, Z21
+	VMINPS     Z20, Z6, Z8
+	VMAXPS     Z20, Z6, Z20
+	VMINPS     Z18, Z7, Z6
+	VMAXPS     Z18, Z7, Z18
+	VMINPS     Z19, Z4, Z7
+	VMAXPS     Z19, Z4, Z19
+	VMINPS     Z24, Z3, Z4
+	VMAXPS     Z24, Z3, Z24
+	VMINPS     Z23, Z0, Z3
+	VMAXPS     Z23, Z0, Z23
+	VMINPS     Z22, Z14, Z0
+	VMAXPS     Z22, Z14, Z22
+	VMINPS     Z9, Z2, Z14
+	VMAXPS     Z9, Z2, Z9
+	VMINPS     Z21, Z1, Z2
+	VMAXPS     Z21, Z1, Z21
+	VMINPS     Z20, Z12, Z1
+	VMAXPS     Z20, Z12, Z20
+	VMINPS     Z18, Z10, Z12
+	VMAXPS     Z18, Z10, Z18
+	VMINPS     Z19, Z11, Z10
+	VMAXPS     Z19, Z11, Z19
+	VMINPS     Z24, Z16, Z11
+	VMAXPS     Z24, Z16, Z24
+	VMINPS     Z23, Z15, Z16
+	VMAXPS     Z23, Z15, Z23
+	VMINPS     Z0, Z6, Z15
+	VMAXPS     Z0, Z6, Z0
+	VMINPS     Z14, Z7, Z6
+	VMAXPS     Z14, Z7, Z14
+	VMINPS     Z2, Z4, Z7
+	VMAXPS     Z2, Z4, Z2
+	VMINPS     Z1, Z3, Z4
+	VMAXPS     Z1, Z3, Z1
+	VMINPS     Z22, Z12, Z3
+	VMAXPS     Z22, Z12, Z22
+	VMINPS     Z9, Z10, Z12
+	VMAXPS     Z9, Z10, Z9
+	VMINPS     Z21, Z11, Z10
+	VMAXPS     Z21, Z11, Z21
+	VMINPS     Z20, Z16, Z11
+	VMAXPS     Z20, Z16, Z20
+	VMINPS     Z15, Z5, Z16
+	VMAXPS     Z15, Z5, Z15
+	VMINPS     Z6, Z8, Z5
+	VMAXPS     Z6, Z8, Z6
+	VMINPS     Z0, Z7, Z8
+	VMAXPS     Z0, Z7, Z0
+	VMINPS     Z14, Z4, Z7
+	VMAXPS     Z14, Z4, Z14
+	VMINPS     Z3, Z2, Z4
+	VMAXPS     Z3, Z2, Z3
+	VMINPS     Z12, Z1, Z2
+	VMAXPS     Z12, Z1, Z12
+	VMINPS     Z22, Z10, Z1
+	VMAXPS     Z22, Z10, Z22
+	VMINPS     Z9, Z11, Z10
+	VMAXPS     Z9, Z11, Z9
+	VMINPS     Z18, Z21, Z11
+	VMAXPS     Z18, Z21, Z18
+	VMINPS     Z19, Z20, Z21
+	VMAXPS     Z19, Z20, Z19
+	VMINPS     Z16, Z13, Z20
+	VMAXPS     Z16, Z13, Z16
+	VMINPS     Z15, Z5, Z13
+	VMAXPS     Z15, Z5, Z15
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z0, Z7, Z6
+	VMAXPS     Z0, Z7, Z0
+	VMINPS     Z4, Z14, Z7
+	VMAXPS     Z4, Z14, Z4
+	VMINPS     Z3, Z2, Z14
+	VMAXPS     Z3, Z2, Z3
+	VMINPS     Z1, Z12, Z2
+	VMAXPS     Z1, Z12, Z1
+	VMINPS     Z22, Z10, Z12
+	VMAXPS     Z22, Z10, Z22
+	VMINPS     Z11, Z9, Z10
+	VMAXPS     Z11, Z9, Z11
+	VMINPS     Z18, Z21, Z9
+	VMAXPS     Z18, Z21, Z18
+	VMINPS     Z24, Z19, Z21
+	VMAXPS     Z24, Z19, Z24
+	VMOVUPS    Z17, (CX)
+	VMOVUPS    Z20, 64(CX)
+	VMOVUPS    Z16, 128(CX)
+	VMOVUPS    Z13, 192(CX)
+	VMOVUPS    Z15, 256(CX)
+	VMOVUPS    Z5, 320(CX)
+	VMOVUPS    Z8, 384(CX)
+	VMOVUPS    Z6, 448(CX)
+	VMOVUPS    Z0, 512(CX)
+	VMOVUPS    Z7, 576(CX)
+	VMOVUPS    Z4, 640(CX)
+	VMOVUPS    Z14, 704(CX)
+	VMOVUPS    Z3, 768(CX)
+	VMOVUPS    Z2, 832(CX)
+	VMOVUPS    Z1, 896(CX)
+	VMOVUPS    Z12, 960(CX)
+	VMOVUPS    Z22, 1024(CX)
+	VMOVUPS    Z10, 1088(CX)
+	VMOVUPS    Z11, 1152(CX)
+	VMOVUPS    Z9, 1216(CX)
+	VMOVUPS    Z18, 1280(CX)
+	VMOVUPS    Z21, 1344(CX)
+	VMOVUPS    Z24, 1408(CX)
+	VMOVUPS    Z23, 1472(CX)
+
+	// n=24: 132 comparators, 24 loads, 24 stores per group
+	ADDQ $0x40, DX
+	ADDQ $0x00000600, CX
+	DECQ BX
+	JNZ  n24_loop
+	VZEROUPPER
+	RET
+
+n25:
+	MOVQ x_base+24(FP), AX
+	MOVQ tmp_base+0(FP), CX
+	MOVQ off+48(FP), DX
+	SHLQ $0x02, DX
+	MOVQ groups+56(FP), BX
+
+n25_loop:
+	MOVQ       (AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       24(AX), SI
+	VMOVUPS    (SI)(DX*1), Z1
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z1, Z0, Z2
+	VMAXPS     Z1, Z0, Z1
+	MOVQ       48(AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       72(AX), SI
+	VMOVUPS    (SI)(DX*1), Z3
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z4, Z2, Z0
+	VMAXPS     Z4, Z2, Z4
+	VMINPS     Z3, Z1, Z2
+	VMAXPS     Z3, Z1, Z3
+	VMINPS     Z4, Z2, Z1
+	VMAXPS     Z4, Z2, Z4
+	MOVQ       96(AX), SI
+	VMOVUPS    (SI)(DX*1), Z2
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       120(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z5, Z2, Z6
+	VMAXPS     Z5, Z2, Z5
+	MOVQ       144(AX), SI
+	VMOVUPS    (SI)(DX*1), Z2
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       168(AX), SI
+	VMOVUPS    (SI)(DX*1), Z7
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z7, Z2, Z8
+	VMAXPS     Z7, Z2, Z7
+	VMINPS     Z8, Z6, Z2
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z5, Z6
+	VMAXPS     Z7, Z5, Z7
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z2, Z0, Z6
+	VMAXPS     Z2, Z0, Z2
+	VMINPS     Z5, Z1, Z0
+	VMAXPS     Z5, Z1, Z5
+	VMINPS     Z8, Z4, Z1
+	VMAXPS     Z8, Z4, Z8
+	VMINPS     Z7, Z3, Z4
+	VMAXPS     Z7, Z3, Z7
+	VMINPS     Z2, Z1, Z3
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z5, Z4, Z1
+	VMAXPS     Z5, Z4, Z5
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z2, Z1, Z0
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z8, Z5, Z1
+	VMAXPS     Z8, Z5, Z8
+	MOVQ       192(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       216(AX), SI
+	VMOVUPS    (SI)(DX*1), Z9
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z9, Z5, Z10
+	VMAXPS     Z9, Z5, Z9
+	MOVQ       240(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       264(AX), SI
+	VMOVUPS    (SI)(DX*1), Z11
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z12, Z10, Z5
+	VMAXPS     Z12, Z10, Z12
+	VMINPS     Z11, Z9, Z10
+	VMAXPS     Z11, Z9, Z11
+	VMINPS     Z12, Z10, Z9
+	VMAXPS     Z12, Z10, Z12
+	MOVQ       288(AX), SI
+	VMOVUPS    (SI)(DX*1), Z10
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       312(AX), SI
+	VMOVUPS    (SI)(DX*1), Z13
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z13, Z10, Z14
+	VMAXPS     Z13, Z10, Z13
+	MOVQ       336(AX), SI
+	VMOVUPS    (SI)(DX*1), Z10
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       360(AX), SI
+	VMOVUPS    (SI)(DX*1), Z15
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z15, Z10, Z16
+	VMAXPS     Z15, Z10, Z15
+	VMINPS     Z16, Z14, Z10
+	VMAXPS     Z16, Z14, Z16
+	VMINPS     Z15, Z13, Z14
+	VMAXPS     Z15, Z13, Z15
+	VMINPS     Z16, Z14, Z13
+	VMAXPS     Z16, Z14, Z16
+	VMINPS     Z10, Z5, Z14
+	VMAXPS     Z10, Z5, Z10
+	VMINPS     Z13, Z9, Z5
+	VMAXPS     Z13, Z9, Z13
+	VMINPS     Z16, Z12, Z9
+	VMAXPS     Z16, Z12, Z16
+	VMINPS     Z15, Z11, Z12
+	VMAXPS     Z15, Z11, Z15
+	VMINPS     Z10, Z9, Z11
+	VMAXPS     Z10, Z9, Z10
+	VMINPS     Z13, Z12, Z9
+	VMAXPS     Z13, Z12, Z13
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z10, Z9, Z5
+	VMAXPS     Z10, Z9, Z10
+	VMINPS     Z16, Z13, Z9
+	VMAXPS     Z16, Z13, Z16
+	VMINPS     Z14, Z6, Z13
+	VMAXPS     Z14, Z6, Z14
+	VMINPS     Z12, Z4, Z6
+	VMAXPS     Z12, Z4, Z12
+	VMINPS     Z11, Z3, Z4
+	VMAXPS     Z11, Z3, Z11
+	VMINPS     Z5, Z0, Z3
+	VMAXPS     Z5, Z0, Z5
+	VMINPS     Z10, Z2, Z0
+	VMAXPS     Z10, Z2, Z10
+	VMINPS     Z9, Z1, Z2
+	VMAXPS     Z9, Z1, Z9
+	VMINPS     Z16, Z8, Z1
+	VMAXPS     Z16, Z8, Z16
+	VMINPS     Z15, Z7, Z8
+	VMAXPS     Z15, Z7, Z15
+	VMINPS     Z14, Z0, Z7
+	VMAXPS     Z14, Z0, Z14
+	VMINPS     Z12, Z2, Z0
+	VMAXPS     Z12, Z2, Z12
+	VMINPS     Z11, Z1, Z2
+	VMAXPS     Z11, Z1, Z11
+	VMINPS     Z5, Z8, Z1
+	VMAXPS     Z5, Z8, Z5
+	VMINPS     Z7, Z4, Z8
+	VMAXPS     Z7, Z4, Z7
+	VMINPS     Z0, Z3, Z4
+	VMAXPS     Z0, Z3, Z0
+	VMINPS     Z14, Z2, Z3
+	VMAXPS     Z14, Z2, Z14
+	VMINPS     Z12, Z1, Z2
+	VMAXPS     Z12, Z1, Z12
+	VMINPS     Z10, Z11, Z1
+	VMAXPS     Z10, Z11, Z10
+	VMINPS     Z9, Z5, Z11
+	VMAXPS     Z9, Z5, Z9
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z4, Z6
+	VMAXPS     Z7, Z4, Z7
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z14, Z2, Z0
+	VMAXPS     Z14, Z2, Z14
+	VMINPS     Z1, Z12, Z2
+	VMAXPS     Z1, Z12, Z1
+	VMINPS     Z10, Z11, Z12
+	VMAXPS     Z10, Z11, Z10
+	VMINPS     Z16, Z9, Z11
+	VMAXPS     Z16, Z9, Z16
+	MOVQ       384(AX), SI
+	VMOVUPS    (SI)(DX*1), Z9
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       408(AX), SI
+	VMOVUPS    (SI)(DX*1), Z17
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z17, Z9, Z18
+	VMAXPS     Z17, Z9, Z17
+	MOVQ       432(AX), SI
+	VMOVUPS    (SI)(DX*1), Z9
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       456(AX), SI
+	VMOVUPS    (SI)(DX*1), Z19
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z19, Z9, Z20
+	VMAXPS     Z19, Z9, Z19
+	VMINPS     Z20, Z18, Z9
+	VMAXPS     Z20, Z18, Z20
+	VMINPS     Z19, Z17, Z18
+	VMAXPS     Z19, Z17, Z19
+	VMINPS     Z20, Z18, Z17
+	VMAXPS     Z20, Z18, Z20
+	MOVQ       480(AX), SI
+	VMOVUPS    (SI)(DX*1), Z18
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       504(AX), SI
+	VMOVUPS    (SI)(DX*1), Z21
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z21, Z18, Z22
+	VMAXPS     Z21, Z18, Z21
+	MOVQ       528(AX), SI
+	VMOVUPS    (SI)(DX*1), Z18
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       552(AX), SI
+	VMOVUPS    (SI)(DX*1), Z23
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z23, Z18, Z24
+	VMAXPS     Z23, Z18, Z23
+	VMINPS     Z24, Z22, Z18
+	VMAXPS     Z24, Z22, Z24
+	VMINPS     Z23, Z21, Z22
+	VMAXPS     Z23, Z21, Z23
+	VMINPS     Z24, Z22, Z21
+	VMAXPS     Z24, Z22, Z24
+	VMINPS     Z18, Z9, Z22
+	VMAXPS     Z18, Z9, Z18
+	VMINPS     Z21, Z17, Z9
+	VMAXPS     Z21, Z17, Z21
+	VMINPS     Z24, Z20, Z17
+	VMAXPS     Z24, Z20, Z24
+	VMINPS     Z23, Z19, Z20
+	VMAXPS     Z23, Z19, Z23
+	VMINPS     Z18, Z17, Z19
+	VMAXPS     Z18, Z17, Z18
+	VMINPS     Z21, Z20, Z17
+	VMAXPS     Z21, Z20, Z21
+	VMINPS     Z19, Z9, Z20
+	VMAXPS     Z19, Z9, Z19
+	VMINPS     Z18, Z17, Z9
+	VMAXPS     Z18, Z17, Z18
+	VMINPS     Z24, Z21, Z17
+	VMAXPS     Z24, Z21, Z24
+	VMINPS     Z17, Z9, Z21
+	VMAXPS     Z17, Z9, Z17
+	MOVQ       576(AX), SI
+	VMOVUPS    (SI)(DX*1), Z9
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z9, Z22, Z25
+	VMAXPS     Z9, Z22, Z9
+	VMINPS     Z9, Z18, Z22
+	VMAXPS     Z9, Z18, Z9
+	VMINPS     Z22, Z19, Z18
+	VMAXPS     Z22, Z19, Z22
+	VMINPS     Z9, Z24, Z19
+	VMAXPS     Z9, Z24, Z9
+	VMINPS     Z18, Z20, Z24
+	VMAXPS     Z18, Z20, Z18
+	VMINPS     Z22, Z21, Z20
+	VMAXPS     Z22, Z21, Z22
+	VMINPS     Z19, Z17, Z21
+	VMAXPS     Z19, Z17, Z19
+	VMINPS     Z9, Z23, Z17
+	VMAXPS     Z9, Z23, Z9
+	VMINPS     Z25, Z13, Z23
+	VMAXPS     Z25, Z13, Z25
+	VMINPS     Z24, Z5, Z13
+	VMAXPS     Z24, Z5, Z24
+	VMINPS     Z18, Z8, Z5
+	VMAXPS     Z18, Z8, Z18
+	VMINPS     Z20, Z6, Z8
+	VMAXPS     Z20, Z6, Z20
+	VMINPS     Z22, Z7, Z6
+	VMAXPS     Z22, Z7, Z22
+	VMINPS     Z21, Z4, Z7
+	VMAXPS     Z21, Z4, Z21
+	VMINPS     Z19, Z3, Z4
+	VMAXPS     Z19, Z3, Z19
+	VMINPS     Z17, Z0, Z3
+	VMAXPS     Z17, Z0, Z17
+	VMINPS     Z9, Z14, Z0
+	VMAXPS     Z9, Z14, Z9
+	VMINPS     Z25, Z0, Z14
+	VMAXPS     Z25, Z0, Z25
+	VMINPS     Z24, Z2, Z0
+	VMAXPS     Z24, Z2, Z24
+	VMINPS     Z18, Z1, Z2
+	VMAXPS     Z18, Z1, Z18
+	VMINPS     Z20, Z12, Z1
+	VMAXPS     Z20, Z12, Z20
+	VMINPS     Z22, Z10, Z12
+	VMAXPS     Z22, Z10, Z22
+	VMINPS     Z21, Z11, Z10
+	VMAXPS     Z21, Z11, Z21
+	VMINPS     Z19, Z16, Z11
+	VMAXPS     Z19, Z16, Z19
+	VMINPS     Z17, Z15, Z16
+	VMAXPS     Z17, Z15, Z17
+	VMINPS     Z14, Z6, Z15
+	VMAXPS     Z14, Z6, Z14
+	VMINPS     Z0, Z7, Z6
+	VMAXPS     Z0, Z7, Z0
+	VMINPS     Z2, Z4, Z7
+	VMAXPS     Z2, Z4, Z2
+	VMINPS     Z1, Z3, Z4
+	VMAXPS     Z1, Z3, Z1
+	VMINPS     Z25, Z12, Z3
+	VMAXPS     Z25, Z12, Z25
+	VMINPS     Z24, Z10, Z12
+	VMAXPS     Z24, Z10, Z24
+	VMINPS     Z18, Z11, Z10
+	VMAXPS     Z18, Z11, Z18
+	VMINPS     Z20, Z16, Z11
+	VMAXPS     Z20, Z16, Z20
+	VMINPS     Z9, Z22, Z16
+	VMAXPS     Z9, Z22, Z9
+	VMINPS     Z15, Z5, Z22
+	VMAXPS     Z15, Z5, Z15
+	VMINPS     Z6, Z8, Z5
+	VMAXPS     Z6, Z8, Z6
+	VMINPS     Z14, Z7, Z8
+	VMAXPS     Z14, Z7, Z14
+	VMINPS     Z0, Z4, Z7
+	VMAXPS     Z0, Z4, Z0
+	VMINPS     Z3, Z2, Z4
+	VMAXPS     Z3, Z2, Z3
+	VMINPS     Z12, Z1, Z2
+	VMAXPS     Z12, Z1, Z12
+	VMINPS     Z25, Z10, Z1
+	VMAXPS     Z25, Z10, Z25
+	VMINPS     Z24, Z11, Z10
+	VMAXPS     Z24, Z11, Z24
+	VMINPS     Z16, Z18, Z11
+	VMAXPS     Z16, Z18, Z16
+	VMINPS     Z21, Z20, Z18
+	VMAXPS     Z21, Z20, Z21
+	VMINPS     Z9, Z19, Z20
+	VMAXPS     Z9, Z19, Z9
+	VMINPS     Z22, Z13, Z19
+	VMAXPS     Z22, Z13, Z22
+	VMINPS     Z15, Z5, Z13
+	VMAXPS     Z15, Z5, Z15
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z14, Z7, Z6
+	VMAXPS     Z14, Z7, Z14
+	VMINPS     Z4, Z0, Z7
+	VMAXPS     Z4, Z0, Z4
+	VMINPS     Z3, Z2, Z0
+	VMAXPS     Z3, Z2, Z3
+	VMINPS     Z1, Z12, Z2
+	VMAXPS     Z1, Z12, Z1
+	VMINPS     Z25, Z10, Z12
+	VMAXPS     Z25, Z10, Z25
+	VMINPS     Z11, Z24, Z10
+	VMAXPS     Z11, Z24, Z11
+	VMINPS     Z16, Z18, Z24
+	VMAXPS     Z16, Z18, Z16
+	VMINPS     Z20, Z21, Z18
+	VMAXPS     Z20, Z21, Z20
+	VMINPS     Z9, Z17, Z21
+	VMAXPS     Z9, Z17, Z9
+	VMOVUPS    Z23, (CX)
+	VMOVUPS    Z19, 64(CX)
+	VMOVUPS    Z22, 128(CX)
+	VMOVUPS    Z13, 192(CX)
+	VMOVUPS    Z15, 256(CX)
+	VMOVUPS    Z5, 320(CX)
+	VMOVUPS    Z8, 384(CX)
+	VMOVUPS    Z6, 448(CX)
+	VMOVUPS    Z14, 512(CX)
+	VMOVUPS    Z7, 576(CX)
+	VMOVUPS    Z4, 640(CX)
+	VMOVUPS    Z0, 704(CX)
+	VMOVUPS    Z3, 768(CX)
+	VMOVUPS    Z2, 832(CX)
+	VMOVUPS    Z1, 896(CX)
+	VMOVUPS    Z12, 960(CX)
+	VMOVUPS    Z25, 1024(CX)
+	VMOVUPS    Z10, 1088(CX)
+	VMOVUPS    Z11, 1152(CX)
+	VMOVUPS    Z24, 1216(CX)
+	VMOVUPS    Z16, 1280(CX)
+	VMOVUPS    Z18, 1344(CX)
+	VMOVUPS    Z20, 1408(CX)
+	VMOVUPS    Z21, 1472(CX)
+	VMOVUPS    Z9, 1536(CX)
+
+	// n=25: 140 comparators, 25 loads, 25 stores per group
+	ADDQ $0x40, DX
+	ADDQ $0x00000640, CX
+	DECQ BX
+	JNZ  n25_loop
+	VZEROUPPER
+	RET
+
+n26:
+	MOVQ x_base+24(FP), AX
+	MOVQ tmp_base+0(FP), CX
+	MOVQ off+48(FP), DX
+	SHLQ $0x02, DX
+	MOVQ groups+56(FP), BX
+
+n26_loop:
+	MOVQ       (AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       24(AX), SI
+	VMOVUPS    (SI)(DX*1), Z1
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z1, Z0, Z2
+	VMAXPS     Z1, Z0, Z1
+	MOVQ       48(AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       72(AX), SI
+	VMOVUPS    (SI)(DX*1), Z3
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z4, Z2, Z0
+	VMAXPS     Z4, Z2, Z4
+	VMINPS     Z3, Z1, Z2
+	VMAXPS     Z3, Z1, Z3
+	VMINPS     Z4, Z2, Z1
+	VMAXPS     Z4, Z2, Z4
+	MOVQ       96(AX), SI
+	VMOVUPS    (SI)(DX*1), Z2
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       120(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z5, Z2, Z6
+	VMAXPS     Z5, Z2, Z5
+	MOVQ       144(AX), SI
+	VMOVUPS    (SI)(DX*1), Z2
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       168(AX), SI
+	VMOVUPS    (SI)(DX*1), Z7
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z7, Z2, Z8
+	VMAXPS     Z7, Z2, Z7
+	VMINPS     Z8, Z6, Z2
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z5, Z6
+	VMAXPS     Z7, Z5, Z7
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z2, Z0, Z6
+	VMAXPS     Z2, Z0, Z2
+	VMINPS     Z5, Z1, Z0
+	VMAXPS     Z5, Z1, Z5
+	VMINPS     Z8, Z4, Z1
+	VMAXPS     Z8, Z4, Z8
+	VMINPS     Z7, Z3, Z4
+	VMAXPS     Z7, Z3, Z7
+	VMINPS     Z2, Z1, Z3
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z5, Z4, Z1
+	VMAXPS     Z5, Z4, Z5
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z2, Z1, Z0
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z8, Z5, Z1
+	VMAXPS     Z8, Z5, Z8
+	MOVQ       192(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       216(AX), SI
+	VMOVUPS    (SI)(DX*1), Z9
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z9, Z5, Z10
+	VMAXPS     Z9, Z5, Z9
+	MOVQ       240(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       264(AX), SI
+	VMOVUPS    (SI)(DX*1), Z11
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z12, Z10, Z5
+	VMAXPS     Z12, Z10, Z12
+	VMINPS     Z11, Z9, Z10
+	VMAXPS     Z11, Z9, Z11
+	VMINPS     Z12, Z10, Z9
+	VMAXPS     Z12, Z10, Z12
+	MOVQ       288(AX), SI
+	VMOVUPS    (SI)(DX*1), Z10
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       312(AX), SI
+	VMOVUPS    (SI)(DX*1), Z13
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z13, Z10, Z14
+	VMAXPS     Z13, Z10, Z13
+	MOVQ       336(AX), SI
+	VMOVUPS    (SI)(DX*1), Z10
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       360(AX), SI
+	VMOVUPS    (SI)(DX*1), Z15
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z15, Z10, Z16
+	VMAXPS     Z15, Z10, Z15
+	VMINPS     Z16, Z14, Z10
+	VMAXPS     Z16, Z14, Z16
+	VMINPS     Z15, Z13, Z14
+	VMAXPS     Z15, Z13, Z15
+	VMINPS     Z16, Z14, Z13
+	VMAXPS     Z16, Z14, Z16
+	VMINPS     Z10, Z5, Z14
+	VMAXPS     Z10, Z5, Z10
+	VMINPS     Z13, Z9, Z5
+	VMAXPS     Z13, Z9, Z13
+	VMINPS     Z16, Z12, Z9
+	VMAXPS     Z16, Z12, Z16
+	VMINPS     Z15, Z11, Z12
+	VMAXPS     Z15, Z11, Z15
+	VMINPS     Z10, Z9, Z11
+	VMAXPS     Z10, Z9, Z10
+	VMINPS     Z13, Z12, Z9
+	VMAXPS     Z13, Z12, Z13
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z10, Z9, Z5
+	VMAXPS     Z10, Z9, Z10
+	VMINPS     Z16, Z13, Z9
+	VMAXPS     Z16, Z13, Z16
+	VMINPS     Z14, Z6, Z13
+	VMAXPS     Z14, Z6, Z14
+	VMINPS     Z12, Z4, Z6
+	VMAXPS     Z12, Z4, Z12
+	VMINPS     Z11, Z3, Z4
+	VMAXPS     Z11, Z3, Z11
+	VMINPS     Z5, Z0, Z3
+	VMAXPS     Z5, Z0, Z5
+	VMINPS     Z10, Z2, Z0
+	VMAXPS     Z10, Z2, Z10
+	VMINPS     Z9, Z1, Z2
+	VMAXPS     Z9, Z1, Z9
+	VMINPS     Z16, Z8, Z1
+	VMAXPS     Z16, Z8, Z16
+	VMINPS     Z15, Z7, Z8
+	VMAXPS     Z15, Z7, Z15
+	VMINPS     Z14, Z0, Z7
+	VMAXPS     Z14, Z0, Z14
+	VMINPS     Z12, Z2, Z0
+	VMAXPS     Z12, Z2, Z12
+	VMINPS     Z11, Z1, Z2
+	VMAXPS     Z11, Z1, Z11
+	VMINPS     Z5, Z8, Z1
+	VMAXPS     Z5, Z8, Z5
+	VMINPS     Z7, Z4, Z8
+	VMAXPS     Z7, Z4, Z7
+	VMINPS     Z0, Z3, Z4
+	VMAXPS     Z0, Z3, Z0
+	VMINPS     Z14, Z2, Z3
+	VMAXPS     Z14, Z2, Z14
+	VMINPS     Z12, Z1, Z2
+	VMAXPS     Z12, Z1, Z12
+	VMINPS     Z10, Z11, Z1
+	VMAXPS     Z10, Z11, Z10
+	VMINPS     Z9, Z5, Z11
+	VMAXPS     Z9, Z5, Z9
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z4, Z6
+	VMAXPS     Z7, Z4, Z7
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z14, Z2, Z0
+	VMAXPS     Z14, Z2, Z14
+	VMINPS     Z1, Z12, Z2
+	VMAXPS     Z1, Z12, Z1
+	VMINPS     Z10, Z11, Z12
+	VMAXPS     Z10, Z11, Z10
+	VMINPS     Z16, Z9, Z11
+	VMAXPS     Z16, Z9, Z16
+	MOVQ       384(AX), SI
+	VMOVUPS    (SI)(DX*1), Z9
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       408(AX), SI
+	VMOVUPS    (SI)(DX*1), Z17
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z17, Z9, Z18
+	VMAXPS     Z17, Z9, Z17
+	MOVQ       432(AX), SI
+	VMOVUPS    (SI)(DX*1), Z9
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       456(AX), SI
+	VMOVUPS    (SI)(DX*1), Z19
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z19, Z9, Z20
+	VMAXPS     Z19, Z9, Z19
+	VMINPS     Z20, Z18, Z9
+	VMAXPS     Z20, Z18, Z20
+	VMINPS     Z19, Z17, Z18
+	VMAXPS     Z19, Z17, Z19
+	VMINPS     Z20, Z18, Z17
+	VMAXPS     Z20, Z18, Z20
+	MOVQ       480(AX), SI
+	VMOVUPS    (SI)(DX*1), Z18
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       504(AX), SI
+	VMOVUPS    (SI)(DX*1), Z21
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z21, Z18, Z22
+	VMAXPS     Z21, Z18, Z21
+	MOVQ       528(AX), SI
+	VMOVUPS    (SI)(DX*1), Z18
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       552(AX), SI
+	VMOVUPS    (SI)(DX*1), Z23
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z23, Z18, Z24
+	VMAXPS     Z23, Z18, Z23
+	VMINPS     Z24, Z22, Z18
+	VMAXPS     Z24, Z22, Z24
+	VMINPS     Z23, Z21, Z22
+	VMAXPS     Z23, Z21, Z23
+	VMINPS     Z24, Z22, Z21
+	VMAXPS     Z24, Z22, Z24
+	VMINPS     Z18, Z9, Z22
+	VMAXPS     Z18, Z9, Z18
+	VMINPS     Z21, Z17, Z9
+	VMAXPS     Z21, Z17, Z21
+	VMINPS     Z24, Z20, Z17
+	VMAXPS     Z24, Z20, Z24
+	VMINPS     Z23, Z19, Z20
+	VMAXPS     Z23, Z19, Z23
+	VMINPS     Z18, Z17, Z19
+	VMAXPS     Z18, Z17, Z18
+	VMINPS     Z21, Z20, Z17
+	VMAXPS     Z21, Z20, Z21
+	VMINPS     Z19, Z9, Z20
+	VMAXPS     Z19, Z9, Z19
+	VMINPS     Z18, Z17, Z9
+	VMAXPS     Z18, Z17, Z18
+	VMINPS     Z24, Z21, Z17
+	VMAXPS     Z24, Z21, Z24
+	MOVQ       576(AX), SI
+	VMOVUPS    (SI)(DX*1), Z21
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       600(AX), SI
+	VMOVUPS    (SI)(DX*1), Z25
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z25, Z21, Z26
+	VMAXPS     Z25, Z21, Z25
+	VMINPS     Z26, Z22, Z21
+	VMAXPS     Z26, Z22, Z26
+	VMINPS     Z25, Z20, Z22
+	VMAXPS     Z25, Z20, Z25
+	VMINPS     Z26, Z18, Z20
+	VMAXPS     Z26, Z18, Z26
+	VMINPS     Z25, Z17, Z18
+	VMAXPS     Z25, Z17, Z25
+	VMINPS     Z20, Z19, Z17
+	VMAXPS     Z20, Z19, Z20
+	VMINPS     Z18, Z9, Z19
+	VMAXPS     Z18, Z9, Z18
+	VMINPS     Z26, Z24, Z9
+	VMAXPS     Z26, Z24, Z26
+	VMINPS     Z25, Z23, Z24
+	VMAXPS     Z25, Z23, Z25
+	VMINPS     Z17, Z22, Z23
+	VMAXPS     Z17, Z22, Z17
+	VMINPS     Z20, Z19, Z22
+	VMAXPS     Z20, Z19, Z20
+	VMINPS     Z9, Z18, Z19
+	VMAXPS     Z9, Z18, Z9
+	VMINPS     Z26, Z24, Z18
+	VMAXPS     Z26, Z24, Z26
+	VMINPS     Z21, Z13, Z24
+	VMAXPS     Z21, Z13, Z21
+	VMINPS     Z23, Z5, Z13
+	VMAXPS     Z23, Z5, Z23
+	VMINPS     Z17, Z8, Z5
+	VMAXPS     Z17, Z8, Z17
+	VMINPS     Z22, Z6, Z8
+	VMAXPS     Z22, Z6, Z22
+	VMINPS     Z20, Z7, Z6
+	VMAXPS     Z20, Z7, Z20
+	VMINPS     Z19, Z4, Z7
+	VMAXPS     Z19, Z4, Z19
+	VMINPS     Z9, Z3, Z4
+	VMAXPS     Z9, Z3, Z9
+	VMINPS     Z18, Z0, Z3
+	VMAXPS     Z18, Z0, Z18
+	VMINPS     Z26, Z14, Z0
+	VMAXPS     Z26, Z14, Z26
+	VMINPS     Z25, Z2, Z14
+	VMAXPS     Z25, Z2, Z25
+	VMINPS     Z21, Z0, Z2
+	VMAXPS     Z21, Z0, Z21
+	VMINPS     Z23, Z14, Z0
+	VMAXPS     Z23, Z14, Z23
+	VMINPS     Z17, Z1, Z14
+	VMAXPS     Z17, Z1, Z17
+	VMINPS     Z22, Z12, Z1
+	VMAXPS     Z22, Z12, Z22
+	VMINPS     Z20, Z10, Z12
+	VMAXPS     Z20, Z10, Z20
+	VMINPS     Z19, Z11, Z10
+	VMAXPS     Z19, Z11, Z19
+	VMINPS     Z9, Z16, Z11
+	VMAXPS     Z9, Z16, Z9
+	VMINPS     Z18, Z15, Z16
+	VMAXPS     Z18, Z15, Z18
+	VMINPS     Z2, Z6, Z15
+	VMAXPS     Z2, Z6, Z2
+	VMINPS     Z0, Z7, Z6
+	VMAXPS     Z0, Z7, Z0
+	VMINPS     Z14, Z4, Z7
+	VMAXPS     Z14, Z4, Z14
+	VMINPS     Z1, Z3, Z4
+	VMAXPS     Z1, Z3, Z1
+	VMINPS     Z21, Z12, Z3
+	VMAXPS     Z21, Z12, Z21
+	VMINPS     Z23, Z10, Z12
+	VMAXPS     Z23, Z10, Z23
+	VMINPS     Z17, Z11, Z10
+	VMAXPS     Z17, Z11, Z17
+	VMINPS     Z22, Z16, Z11
+	VMAXPS     Z22, Z16, Z22
+	VMINPS     Z26, Z20, Z16
+	VMAXPS     Z26, Z20, Z26
+	VMINPS     Z25, Z19, Z20
+	VMAXPS     Z25, Z19, Z25
+	VMINPS     Z15, Z5, Z19
+	VMAXPS     Z15, Z5, Z15
+	VMINPS     Z6, Z8, Z5
+	VMAXPS     Z6, Z8, Z6
+	VMINPS     Z2, Z7, Z8
+	VMAXPS     Z2, Z7, Z2
+	VMINPS     Z0, Z4, Z7
+	VMAXPS     Z0, Z4, Z0
+	VMINPS     Z3, Z14, Z4
+	VMAXPS     Z3, Z14, Z3
+	VMINPS     Z12, Z1, Z14
+	VMAXPS     Z12, Z1, Z12
+	VMINPS     Z21, Z10, Z1
+	VMAXPS     Z21, Z10, Z21
+	VMINPS     Z23, Z11, Z10
+	VMAXPS     Z23, Z11, Z23
+	VMINPS     Z16, Z17, Z11
+	VMAXPS     Z16, Z17, Z16
+	VMINPS     Z20, Z22, Z17
+	VMAXPS     Z20, Z22, Z20
+	VMINPS     Z26, Z9, Z22
+	VMAXPS     Z26, Z9, Z26
+	VMINPS     Z25, Z18, Z9
+	VMAXPS     Z25, Z18, Z25
+	VMINPS     Z19, Z13, Z18
+	VMAXPS     Z19, Z13, Z19
+	VMINPS     Z15, Z5, Z13
+	VMAXPS     Z15, Z5, Z15
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z2, Z7, Z6
+	VMAXPS     Z2, Z7, Z2
+	VMINPS     Z4, Z0, Z7
+	VMAXPS     Z4, Z0, Z4
+	VMINPS     Z3, Z14, Z0
+	VMAXPS     Z3, Z14, Z3
+	VMINPS     Z1, Z12, Z14
+	VMAXPS     Z1, Z12, Z1
+	VMINPS     Z21, Z10, Z12
+	VMAXPS     Z21, Z10, Z21
+	VMINPS     Z11, Z23, Z10
+	VMAXPS     Z11, Z23, Z11
+	VMINPS     Z16, Z17, Z23
+	VMAXPS     Z16, Z17, Z16
+	VMINPS     Z22, Z20, Z17
+	VMAXPS     Z22, Z20, Z22
+	VMINPS     Z26, Z9, Z20
+	VMAXPS     Z26, Z9, Z26
+	VMOVUPS    Z24, (CX)
+	VMOVUPS    Z18, 64(CX)
+	VMOVUPS    Z19, 128(CX)
+	VMOVUPS    Z13, 192(CX)
+	VMOVUPS    Z15, 256(CX)
+	VMOVUPS    Z5, 320(CX)
+	VMOVUPS    Z8, 384(CX)
+	VMOVUPS    Z6, 448(CX)
+	VMOVUPS    Z2, 512(CX)
+	VMOVUPS    Z7, 576(CX)
+	VMOVUPS    Z4, 640(CX)
+	VMOVUPS    Z0, 704(CX)
+	VMOVUPS    Z3, 768(CX)
+	VMOVUPS    Z14, 832(CX)
+	VMOVUPS    Z1, 896(CX)
+	VMOVUPS    Z12, 960(CX)
+	VMOVUPS    Z21, 1024(CX)
+	VMOVUPS    Z10, 1088(CX)
+	VMOVUPS    Z11, 1152(CX)
+	VMOVUPS    Z23, 1216(CX)
+	VMOVUPS    Z16, 1280(CX)
+	VMOVUPS    Z17, 1344(CX)
+	VMOVUPS    Z22, 1408(CX)
+	VMOVUPS    Z20, 1472(CX)
+	VMOVUPS    Z26, 1536(CX)
+	VMOVUPS    Z25, 1600(CX)
+
+	// n=26: 147 comparators, 26 loads, 26 stores per group
+	ADDQ $0x40, DX
+	ADDQ $0x00000680, CX
+	DECQ BX
+	JNZ  n26_loop
+	VZEROUPPER
+	RET
+
+n27:
+	MOVQ x_base+24(FP), AX
+	MOVQ tmp_base+0(FP), CX
+	MOVQ off+48(FP), DX
+	SHLQ $0x02, DX
+	MOVQ groups+56(FP), BX
+
+n27_loop:
+	MOVQ       (AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       24(AX), SI
+	VMOVUPS    (SI)(DX*1), Z1
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z1, Z0, Z2
+	VMAXPS     Z1, Z0, Z1
+	MOVQ       48(AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       72(AX), SI
+	VMOVUPS    (SI)(DX*1), Z3
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z4, Z2, Z0
+	VMAXPS     Z4, Z2, Z4
+	VMINPS     Z3, Z1, Z2
+	VMAXPS     Z3, Z1, Z3
+	VMINPS     Z4, Z2, Z1
+	VMAXPS     Z4, Z2, Z4
+	MOVQ       96(AX), SI
+	VMOVUPS    (SI)(DX*1), Z2
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       120(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z5, Z2, Z6
+	VMAXPS     Z5, Z2, Z5
+	MOVQ       144(AX), SI
+	VMOVUPS    (SI)(DX*1), Z2
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       168(AX), SI
+	VMOVUPS    (SI)(DX*1), Z7
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z7, Z2, Z8
+	VMAXPS     Z7, Z2, Z7
+	VMINPS     Z8, Z6, Z2
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z5, Z6
+	VMAXPS     Z7, Z5, Z7
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z2, Z0, Z6
+	VMAXPS     Z2, Z0, Z2
+	VMINPS     Z5, Z1, Z0
+	VMAXPS     Z5, Z1, Z5
+	VMINPS     Z8, Z4, Z1
+	VMAXPS     Z8, Z4, Z8
+	VMINPS     Z7, Z3, Z4
+	VMAXPS     Z7, Z3, Z7
+	VMINPS     Z2, Z1, Z3
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z5, Z4, Z1
+	VMAXPS     Z5, Z4, Z5
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z2, Z1, Z0
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z8, Z5, Z1
+	VMAXPS     Z8, Z5, Z8
+	MOVQ       192(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       216(AX), SI
+	VMOVUPS    (SI)(DX*1), Z9
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z9, Z5, Z10
+	VMAXPS     Z9, Z5, Z9
+	MOVQ       240(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       264(AX), SI
+	VMOVUPS    (SI)(DX*1), Z11
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z12, Z10, Z5
+	VMAXPS     Z12, Z10, Z12
+	VMINPS     Z11, Z9, Z10
+	VMAXPS     Z11, Z9, Z11
+	VMINPS     Z12, Z10, Z9
+	VMAXPS     Z12, Z10, Z12
+	MOVQ       288(AX), SI
+	VMOVUPS    (SI)(DX*1), Z10
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       312(AX), SI
+	VMOVUPS    (SI)(DX*1), Z13
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z13, Z10, Z14
+	VMAXPS     Z13, Z10, Z13
+	MOVQ       336(AX), SI
+	VMOVUPS    (SI)(DX*1), Z10
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       360(AX), SI
+	VMOVUPS    (SI)(DX*1), Z15
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z15, Z10, Z16
+	VMAXPS     Z15, Z10, Z15
+	VMINPS     Z16, Z14, Z10
+	VMAXPS     Z16, Z14, Z16
+	VMINPS     Z15, Z13, Z14
+	VMAXPS     Z15, Z13, Z15
+	VMINPS     Z16, Z14, Z13
+	VMAXPS     Z16, Z14, Z16
+	VMINPS     Z10, Z5, Z14
+	VMAXPS     Z10, Z5, Z10
+	VMINPS     Z13, Z9, Z5
+	VMAXPS     Z13, Z9, Z13
+	VMINPS     Z16, Z12, Z9
+	VMAXPS     Z16, Z12, Z16
+	VMINPS     Z15, Z11, Z12
+	VMAXPS     Z15, Z11, Z15
+	VMINPS     Z10, Z9, Z11
+	VMAXPS     Z10, Z9, Z10
+	VMINPS     Z13, Z12, Z9
+	VMAXPS     Z13, Z12, Z13
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z10, Z9, Z5
+	VMAXPS     Z10, Z9, Z10
+	VMINPS     Z16, Z13, Z9
+	VMAXPS     Z16, Z13, Z16
+	VMINPS     Z14, Z6, Z13
+	VMAXPS     Z14, Z6, Z14
+	VMINPS     Z12, Z4, Z6
+	VMAXPS     Z12, Z4, Z12
+	VMINPS     Z11, Z3, Z4
+	VMAXPS     Z11, Z3, Z11
+	VMINPS     Z5, Z0, Z3
+	VMAXPS     Z5, Z0, Z5
+	VMINPS     Z10, Z2, Z0
+	VMAXPS     Z10, Z2, Z10
+	VMINPS     Z9, Z1, Z2
+	VMAXPS     Z9, Z1, Z9
+	VMINPS     Z16, Z8, Z1
+	VMAXPS     Z16, Z8, Z16
+	VMINPS     Z15, Z7, Z8
+	VMAXPS     Z15, Z7, Z15
+	VMINPS     Z14, Z0, Z7
+	VMAXPS     Z14, Z0, Z14
+	VMINPS     Z12, Z2, Z0
+	VMAXPS     Z12, Z2, Z12
+	VMINPS     Z11, Z1, Z2
+	VMAXPS     Z11, Z1, Z11
+	VMINPS     Z5, Z8, Z1
+	VMAXPS     Z5, Z8, Z5
+	VMINPS     Z7, Z4, Z8
+	VMAXPS     Z7, Z4, Z7
+	VMINPS     Z0, Z3, Z4
+	VMAXPS     Z0, Z3, Z0
+	VMINPS     Z14, Z2, Z3
+	VMAXPS     Z14, Z2, Z14
+	VMINPS     Z12, Z1, Z2
+	VMAXPS     Z12, Z1, Z12
+	VMINPS     Z10, Z11, Z1
+	VMAXPS     Z10, Z11, Z10
+	VMINPS     Z9, Z5, Z11
+	VMAXPS     Z9, Z5, Z9
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z4, Z6
+	VMAXPS     Z7, Z4, Z7
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z14, Z2, Z0
+	VMAXPS     Z14, Z2, Z14
+	VMINPS     Z1, Z12, Z2
+	VMAXPS     Z1, Z12, Z1
+	VMINPS     Z10, Z11, Z12
+	VMAXPS     Z10, Z11, Z10
+	VMINPS     Z16, Z9, Z11
+	VMAXPS     Z16, Z9, Z16
+	MOVQ       384(AX), SI
+	VMOVUPS    (SI)(DX*1), Z9
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       408(AX), SI
+	VMOVUPS    (SI)(DX*1), Z17
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z17, Z9, Z18
+	VMAXPS     Z17, Z9, Z17
+	MOVQ       432(AX), SI
+	VMOVUPS    (SI)(DX*1), Z9
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       456(AX), SI
+	VMOVUPS    (SI)(DX*1), Z19
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z19, Z9, Z20
+	VMAXPS     Z19, Z9, Z19
+	VMINPS     Z20, Z18, Z9
+	VMAXPS     Z20, Z18, Z20
+	VMINPS     Z19, Z17, Z18
+	VMAXPS     Z19, Z17, Z19
+	VMINPS     Z20, Z18, Z17
+	VMAXPS     Z20, Z18, Z20
+	MOVQ       480(AX), SI
+	VMOVUPS    (SI)(DX*1), Z18
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       504(AX), SI
+	VMOVUPS    (SI)(DX*1), Z21
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z21, Z18, Z22
+	VMAXPS     Z21, Z18, Z21
+	MOVQ       528(AX), SI
+	VMOVUPS    (SI)(DX*1), Z18
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       552(AX), SI
+	VMOVUPS    (SI)(DX*1), Z23
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z23, Z18, Z24
+	VMAXPS     Z23, Z18, Z23
+	VMINPS     Z24, Z22, Z18
+	VMAXPS     Z24, Z22, Z24
+	VMINPS     Z23, Z21, Z22
+	VMAXPS     Z23, Z21, Z23
+	VMINPS     Z24, Z22, Z21
+	VMAXPS     Z24, Z22, Z24
+	VMINPS     Z18, Z9, Z22
+	VMAXPS     Z18, Z9, Z18
+	VMINPS     Z21, Z17, Z9
+	VMAXPS     Z21, Z17, Z21
+	VMINPS     Z24, Z20, Z17
+	VMAXPS     Z24, Z20, Z24
+	VMINPS     Z23, Z19, Z20
+	VMAXPS     Z23, Z19, Z23
+	VMINPS     Z18, Z17, Z19
+	VMAXPS     Z18, Z17, Z18
+	VMINPS     Z21, Z20, Z17
+	VMAXPS     Z21, Z20, Z21
+	VMINPS     Z19, Z9, Z20
+	VMAXPS     Z19, Z9, Z19
+	VMINPS     Z18, Z17, Z9
+	VMAXPS     Z18, Z17, Z18
+	VMINPS     Z24, Z21, Z17
+	VMAXPS     Z24, Z21, Z24
+	MOVQ       576(AX), SI
+	VMOVUPS    (SI)(DX*1), Z21
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       600(AX), SI
+	VMOVUPS    (SI)(DX*1), Z25
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z25, Z21, Z26
+	VMAXPS     Z25, Z21, Z25
+	MOVQ       624(AX), SI
+	VMOVUPS    (SI)(DX*1), Z21
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z21, Z26, Z27
+	VMAXPS     Z21, Z26, Z21
+	VMINPS     Z21, Z25, Z26
+	VMAXPS     Z21, Z25, Z21
+	VMINPS     Z21, Z26, Z25
+	VMAXPS     Z21, Z26, Z21
+	VMINPS     Z27, Z22, Z26
+	VMAXPS     Z27, Z22, Z27
+	VMINPS     Z25, Z20, Z22
+	VMAXPS     Z25, Z20, Z25
+	VMINPS     Z21, Z19, Z20
+	VMAXPS     Z21, Z19, Z21
+	VMINPS     Z27, Z18, Z19
+	VMAXPS     Z27, Z18, Z27
+	VMINPS     Z25, Z17, Z18
+	VMAXPS     Z25, Z17, Z25
+	VMINPS     Z21, Z24, Z17
+	VMAXPS     Z21, Z24, Z21
+	VMINPS     Z19, Z20, Z24
+	VMAXPS     Z19, Z20, Z19
+	VMINPS     Z18, Z9, Z20
+	VMAXPS     Z18, Z9, Z18
+	VMINPS     Z27, Z17, Z9
+	VMAXPS     Z27, Z17, Z27
+	VMINPS     Z25, Z23, Z17
+	VMAXPS     Z25, Z23, Z25
+	VMINPS     Z24, Z22, Z23
+	VMAXPS     Z24, Z22, Z24
+	VMINPS     Z19, Z20, Z22
+	VMAXPS     Z19, Z20, Z19
+	VMINPS     Z9, Z18, Z20
+	VMAXPS     Z9, Z18, Z9
+	VMINPS     Z27, Z17, Z18
+	VMAXPS     Z27, Z17, Z27
+	VMINPS     Z21, Z25, Z17
+	VMAXPS     Z21, Z25, Z21
+	VMINPS     Z26, Z13, Z25
+	VMAXPS     Z26, Z13, Z26
+	VMINPS     Z23, Z5, Z13
+	VMAXPS     Z23, Z5, Z23
+	VMINPS     Z24, Z8, Z5
+	VMAXPS     Z24, Z8, Z24
+	VMINPS     Z22, Z6, Z8
+	VMAXPS     Z22, Z6, Z22
+	VMINPS     Z19, Z7, Z6
+	VMAXPS     Z19, Z7, Z19
+	VMINPS     Z20, Z4, Z7
+	VMAXPS     Z20, Z4, Z20
+	VMINPS     Z9, Z3, Z4
+	VMAXPS     Z9, Z3, Z9
+	VMINPS     Z18, Z0, Z3
+	VMAXPS     Z18, Z0, Z18
+	VMINPS     Z27, Z14, Z0
+	VMAXPS     Z27, Z14, Z27
+	VMINPS     Z17, Z2, Z14
+	VMAXPS     Z17, Z2, Z17
+	VMINPS     Z21, Z1, Z2
+	VMAXPS     Z21, Z1, Z21
+	VMINPS     Z26, Z0, Z1
+	VMAXPS     Z26, Z0, Z26
+	VMINPS     Z23, Z14, Z0
+	VMAXPS     Z23, Z14, Z23
+	VMINPS     Z24, Z2, Z14
+	VMAXPS     Z24, Z2, Z24
+	VMINPS     Z22, Z12, Z2
+	VMAXPS     Z22, Z12, Z22
+	VMINPS     Z19, Z10, Z12
+	VMAXPS     Z19, Z10, Z19
+	VMINPS     Z20, Z11, Z10
+	VMAXPS     Z20, Z11, Z20
+	VMINPS     Z9, Z16, Z11
+	VMAXPS     Z9, Z16, Z9
+	VMINPS     Z18, Z15, Z16
+	VMAXPS     Z18, Z15, Z18
+	VMINPS     Z1, Z6, Z15
+	VMAXPS     Z1, Z6, Z1
+	VMINPS     Z0, Z7, Z6
+	VMAXPS     Z0, Z7, Z0
+	VMINPS     Z14, Z4, Z7
+	VMAXPS     Z14, Z4, Z14
+	VMINPS     Z2, Z3, Z4
+	VMAXPS     Z2, Z3, Z2
+	VMINPS     Z26, Z12, Z3
+	VMAXPS     Z26, Z12, Z26
+	VMINPS     Z23, Z10, Z12
+	VMAXPS     Z23, Z10, Z23
+	VMINPS     Z24, Z11, Z10
+	VMAXPS     Z24, Z11, Z24
+	VMINPS     Z22, Z16, Z11
+	VMAXPS     Z22, Z16, Z22
+	VMINPS     Z27, Z19, Z16
+	VMAXPS     Z27, Z19, Z27
+	VMINPS     Z17, Z20, Z19
+	VMAXPS     Z17, Z20, Z17
+	VMINPS     Z21, Z9, Z20
+	VMAXPS     Z21, Z9, Z21
+	VMINPS     Z15, Z5, Z9
+	VMAXPS     Z15, Z5, Z15
+	VMINPS     Z6, Z8, Z5
+	VMAXPS     Z6, Z8, Z6
+	VMINPS     Z1, Z7, Z8
+	VMAXPS     Z1, Z7, Z1
+	VMINPS     Z0, Z4, Z7
+	VMAXPS     Z0, Z4, Z0
+	VMINPS     Z3, Z14, Z4
+	VMAXPS     Z3, Z14, Z3
+	VMINPS     Z12, Z2, Z14
+	VMAXPS     Z12, Z2, Z12
+	VMINPS     Z26, Z10, Z2
+	VMAXPS     Z26, Z10, Z26
+	VMINPS     Z23, Z11, Z10
+	VMAXPS     Z23, Z11, Z23
+	VMINPS     Z16, Z24, Z11
+	VMAXPS     Z16, Z24, Z16
+	VMINPS     Z19, Z22, Z24
+	VMAXPS     Z19, Z22, Z19
+	VMINPS     Z27, Z20, Z22
+	VMAXPS     Z27, Z20, Z27
+	VMINPS     Z17, Z18, Z20
+	VMAXPS     Z17, Z18, Z17
+	VMINPS     Z9, Z13, Z18
+	VMAXPS     Z9, Z13, Z9
+	VMINPS     Z15, Z5, Z13
+	VMAXPS     Z15, Z5, Z15
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z1, Z7, Z6
+	VMAXPS     Z1, Z7, Z1
+	VMINPS     Z4, Z0, Z7
+	VMAXPS     Z4, Z0, Z4
+	VMINPS     Z3, Z14, Z0
+	VMAXPS     Z3, Z14, Z3
+	VMINPS     Z2, Z12, Z14
+	VMAXPS     Z2, Z12, Z2
+	VMINPS     Z26, Z10, Z12
+	VMAXPS     Z26, Z10, Z26
+	VMINPS     Z11, Z23, Z10
+	VMAXPS     Z11, Z23, Z11
+	VMINPS     Z16, Z24, Z23
+	VMAXPS     Z16, Z24, Z16
+	VMINPS     Z22, Z19, Z24
+	VMAXPS     Z22, Z19, Z22
+	VMINPS     Z27, Z20, Z19
+	VMAXPS     Z27, Z20, Z27
+	VMINPS     Z21, Z17, Z20
+	VMAXPS     Z21, Z17, Z21
+	VMOVUPS    Z25, (CX)
+	VMOVUPS    Z18, 64(CX)
+	VMOVUPS    Z9, 128(CX)
+	VMOVUPS    Z13, 192(CX)
+	VMOVUPS    Z15, 256(CX)
+	VMOVUPS    Z5, 320(CX)
+	VMOVUPS    Z8, 384(CX)
+	VMOVUPS    Z6, 448(CX)
+	VMOVUPS    Z1, 512(CX)
+	VMOVUPS    Z7, 576(CX)
+	VMOVUPS    Z4, 640(CX)
+	VMOVUPS    Z0, 704(CX)
+	VMOVUPS    Z3, 768(CX)
+	VMOVUPS    Z14, 832(CX)
+	VMOVUPS    Z2, 896(CX)
+	VMOVUPS    Z12, 960(CX)
+	VMOVUPS    Z26, 1024(CX)
+	VMOVUPS    Z10, 1088(CX)
+	VMOVUPS    Z11, 1152(CX)
+	VMOVUPS    Z23, 1216(CX)
+	VMOVUPS    Z16, 1280(CX)
+	VMOVUPS    Z24, 1344(CX)
+	VMOVUPS    Z22, 1408(CX)
+	VMOVUPS    Z19, 1472(CX)
+	VMOVUPS    Z27, 1536(CX)
+	VMOVUPS    Z20, 1600(CX)
+	VMOVUPS    Z21, 1664(CX)
+
+	// n=27: 156 comparators, 27 loads, 27 stores per group
+	ADDQ $0x40, DX
+	ADDQ $0x000006c0, CX
+	DECQ BX
+	JNZ  n27_loop
+	VZEROUPPER
+	RET
+
+n28:
+	MOVQ x_base+24(FP), AX
+	MOVQ tmp_base+0(FP), CX
+	MOVQ off+48(FP), DX
+	SHLQ $0x02, DX
+	MOVQ groups+56(FP), BX
+
+n28_loop:
+	MOVQ       (AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       24(AX), SI
+	VMOVUPS    (SI)(DX*1), Z1
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z1, Z0, Z2
+	VMAXPS     Z1, Z0, Z1
+	MOVQ       48(AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       72(AX), SI
+	VMOVUPS    (SI)(DX*1), Z3
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z4, Z2, Z0
+	VMAXPS     Z4, Z2, Z4
+	VMINPS     Z3, Z1, Z2
+	VMAXPS     Z3, Z1, Z3
+	VMINPS     Z4, Z2, Z1
+	VMAXPS     Z4, Z2, Z4
+	MOVQ       96(AX), SI
+	VMOVUPS    (SI)(DX*1), Z2
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       120(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z5, Z2, Z6
+	VMAXPS     Z5, Z2, Z5
+	MOVQ       144(AX), SI
+	VMOVUPS    (SI)(DX*1), Z2
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       168(AX), SI
+	VMOVUPS    (SI)(DX*1), Z7
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z7, Z2, Z8
+	VMAXPS     Z7, Z2, Z7
+	VMINPS     Z8, Z6, Z2
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z5, Z6
+	VMAXPS     Z7, Z5, Z7
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z2, Z0, Z6
+	VMAXPS     Z2, Z0, Z2
+	VMINPS     Z5, Z1, Z0
+	VMAXPS     Z5, Z1, Z5
+	VMINPS     Z8, Z4, Z1
+	VMAXPS     Z8, Z4, Z8
+	VMINPS     Z7, Z3, Z4
+	VMAXPS     Z7, Z3, Z7
+	VMINPS     Z2, Z1, Z3
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z5, Z4, Z1
+	VMAXPS     Z5, Z4, Z5
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z2, Z1, Z0
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z8, Z5, Z1
+	VMAXPS     Z8, Z5, Z8
+	MOVQ       192(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       216(AX), SI
+	VMOVUPS    (SI)(DX*1), Z9
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z9, Z5, Z10
+	VMAXPS     Z9, Z5, Z9
+	MOVQ       240(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       264(AX), SI
+	VMOVUPS    (SI)(DX*1), Z11
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z12, Z10, Z5
+	VMAXPS     Z12, Z10, Z12
+	VMINPS     Z11, Z9, Z10
+	VMAXPS     Z11, Z9, Z11
+	VMINPS     Z12, Z10, Z9
+	VMAXPS     Z12, Z10, Z12
+	MOVQ       288(AX), SI
+	VMOVUPS    (SI)(DX*1), Z10
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       312(AX), SI
+	VMOVUPS    (SI)(DX*1), Z13
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z13, Z10, Z14
+	VMAXPS     Z13, Z10, Z13
+	MOVQ       336(AX), SI
+	VMOVUPS    (SI)(DX*1), Z10
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       360(AX), SI
+	VMOVUPS    (SI)(DX*1), Z15
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z15, Z10, Z16
+	VMAXPS     Z15, Z10, Z15
+	VMINPS     Z16, Z14, Z10
+	VMAXPS     Z16, Z14, Z16
+	VMINPS     Z15, Z13, Z14
+	VMAXPS     Z15, Z13, Z15
+	VMINPS     Z16, Z14, Z13
+	VMAXPS     Z16, Z14, Z16
+	VMINPS     Z10, Z5, Z14
+	VMAXPS     Z10, Z5, Z10
+	VMINPS     Z13, Z9, Z5
+	VMAXPS     Z13, Z9, Z13
+	VMINPS     Z16, Z12, Z9
+	VMAXPS     Z16, Z12, Z16
+	VMINPS     Z15, Z11, Z12
+	VMAXPS     Z15, Z11, Z15
+	VMINPS     Z10, Z9, Z11
+	VMAXPS     Z10, Z9, Z10
+	VMINPS     Z13, Z12, Z9
+	VMAXPS     Z13, Z12, Z13
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z10, Z9, Z5
+	VMAXPS     Z10, Z9, Z10
+	VMINPS     Z16, Z13, Z9
+	VMAXPS     Z16, Z13, Z16
+	VMINPS     Z14, Z6, Z13
+	VMAXPS     Z14, Z6, Z14
+	VMINPS     Z12, Z4, Z6
+	VMAXPS     Z12, Z4, Z12
+	VMINPS     Z11, Z3, Z4
+	VMAXPS     Z11, Z3, Z11
+	VMINPS     Z5, Z0, Z3
+	VMAXPS     Z5, Z0, Z5
+	VMINPS     Z10, Z2, Z0
+	VMAXPS     Z10, Z2, Z10
+	VMINPS     Z9, Z1, Z2
+	VMAXPS     Z9, Z1, Z9
+	VMINPS     Z16, Z8, Z1
+	VMAXPS     Z16, Z8, Z16
+	VMINPS     Z15, Z7, Z8
+	VMAXPS     Z15, Z7, Z15
+	VMINPS     Z14, Z0, Z7
+	VMAXPS     Z14, Z0, Z14
+	VMINPS     Z12, Z2, Z0
+	VMAXPS     Z12, Z2, Z12
+	VMINPS     Z11, Z1, Z2
+	VMAXPS     Z11, Z1, Z11
+	VMINPS     Z5, Z8, Z1
+	VMAXPS     Z5, Z8, Z5
+	VMINPS     Z7, Z4, Z8
+	VMAXPS     Z7, Z4, Z7
+	VMINPS     Z0, Z3, Z4
+	VMAXPS     Z0, Z3, Z0
+	VMINPS     Z14, Z2, Z3
+	VMAXPS     Z14, Z2, Z14
+	VMINPS     Z12, Z1, Z2
+	VMAXPS     Z12, Z1, Z12
+	VMINPS     Z10, Z11, Z1
+	VMAXPS     Z10, Z11, Z10
+	VMINPS     Z9, Z5, Z11
+	VMAXPS     Z9, Z5, Z9
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z4, Z6
+	VMAXPS     Z7, Z4, Z7
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z14, Z2, Z0
+	VMAXPS     Z14, Z2, Z14
+	VMINPS     Z1, Z12, Z2
+	VMAXPS     Z1, Z12, Z1
+	VMINPS     Z10, Z11, Z12
+	VMAXPS     Z10, Z11, Z10
+	VMINPS     Z16, Z9, Z11
+	VMAXPS     Z16, Z9, Z16
+	MOVQ       384(AX), SI
+	VMOVUPS    (SI)(DX*1), Z9
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       408(AX), SI
+	VMOVUPS    (SI)(DX*1), Z17
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z17, Z9, Z18
+	VMAXPS     Z17, Z9, Z17
+	MOVQ       432(AX), SI
+	VMOVUPS    (SI)(DX*1), Z9
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       456(AX), SI
+	VMOVUPS    (SI)(DX*1), Z19
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z19, Z9, Z20
+	VMAXPS     Z19, Z9, Z19
+	VMINPS     Z20, Z18, Z9
+	VMAXPS     Z20, Z18, Z20
+	VMINPS     Z19, Z17, Z18
+	VMAXPS     Z19, Z17, Z19
+	VMINPS     Z20, Z18, Z17
+	VMAXPS     Z20, Z18, Z20
+	MOVQ       480(AX), SI
+	VMOVUPS    (SI)(DX*1), Z18
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       504(AX), SI
+	VMOVUPS    (SI)(DX*1), Z21
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z21, Z18, Z22
+	VMAXPS     Z21, Z18, Z21
+	MOVQ       528(AX), SI
+	VMOVUPS    (SI)(DX*1), Z18
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       552(AX), SI
+	VMOVUPS    (SI)(DX*1), Z23
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z23, Z18, Z24
+	VMAXPS     Z23, Z18, Z23
+	VMINPS     Z24, Z22, Z18
+	VMAXPS     Z24, Z22, Z24
+	VMINPS     Z23, Z21, Z22
+	VMAXPS     Z23, Z21, Z23
+	VMINPS     Z24, Z22, Z21
+	VMAXPS     Z24, Z22, Z24
+	VMINPS     Z18, Z9, Z22
+	VMAXPS     Z18, Z9, Z18
+	VMINPS     Z21, Z17, Z9
+	VMAXPS     Z21, Z17, Z21
+	VMINPS     Z24, Z20, Z17
+	VMAXPS     Z24, Z20, Z24
+	VMINPS     Z23, Z19, Z20
+	VMAXPS     Z23, Z19, Z23
+	VMINPS     Z18, Z17, Z19
+	VMAXPS     Z18, Z17, Z18
+	VMINPS     Z21, Z20, Z17
+	VMAXPS     Z21, Z20, Z21
+	VMINPS     Z19, Z9, Z20
+	VMAXPS     Z19, Z9, Z19
+	VMINPS     Z18, Z17, Z9
+	VMAXPS     Z18, Z17, Z18
+	VMINPS     Z24, Z21, Z17
+	VMAXPS     Z24, Z21, Z24
+	MOVQ       576(AX), SI
+	VMOVUPS    (SI)(DX*1), Z21
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       600(AX), SI
+	VMOVUPS    (SI)(DX*1), Z25
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z25, Z21, Z26
+	VMAXPS     Z25, Z21, Z25
+	MOVQ       624(AX), SI
+	VMOVUPS    (SI)(DX*1), Z21
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       648(AX), SI
+	VMOVUPS    (SI)(DX*1), Z27
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z27, Z21, Z28
+	VMAXPS     Z27, Z21, Z27
+	VMINPS     Z28, Z26, Z21
+	VMAXPS     Z28, Z26, Z28
+	VMINPS     Z27, Z25, Z26
+	VMAXPS     Z27, Z25, Z27
+	VMINPS     Z28, Z26, Z25
+	VMAXPS     Z28, Z26, Z28
+	VMINPS     Z28, Z25, Z26
+	VMAXPS     Z28, Z25, Z28
+	VMINPS     Z21, Z22, Z25
+	VMAXPS     Z21, Z22, Z21
+	VMINPS     Z26, Z20, Z22
+	VMAXPS     Z26, Z20, Z26
+	VMINPS     Z28, Z19, Z20
+	VMAXPS     Z28, Z19, Z28
+	VMINPS     Z27, Z9, Z19
+	VMAXPS     Z27, Z9, Z27
+	VMINPS     Z21, Z18, Z9
+	VMAXPS     Z21, Z18, Z21
+	VMINPS     Z26, Z17, Z18
+	VMAXPS     Z26, Z17, Z26
+	VMINPS     Z28, Z24, Z17
+	VMAXPS     Z28, Z24, Z28
+	VMINPS     Z27, Z23, Z24
+	VMAXPS     Z27, Z23, Z27
+	VMINPS     Z9, Z20, Z23
+	VMAXPS     Z9, Z20, Z9
+	VMINPS     Z18, Z19, Z20
+	VMAXPS     Z18, Z19, Z18
+	VMINPS     Z21, Z17, Z19
+	VMAXPS     Z21, Z17, Z21
+	VMINPS     Z26, Z24, Z17
+	VMAXPS     Z26, Z24, Z26
+	VMINPS     Z23, Z22, Z24
+	VMAXPS     Z23, Z22, Z23
+	VMINPS     Z9, Z20, Z22
+	VMAXPS     Z9, Z20, Z9
+	VMINPS     Z19, Z18, Z20
+	VMAXPS     Z19, Z18, Z19
+	VMINPS     Z21, Z17, Z18
+	VMAXPS     Z21, Z17, Z21
+	VMINPS     Z28, Z26, Z17
+	VMAXPS     Z28, Z26, Z28
+	VMINPS     Z25, Z13, Z26
+	VMAXPS     Z25, Z13, Z25
+	VMINPS     Z24, Z5, Z13
+	VMAXPS     Z24, Z5, Z24
+	VMINPS     Z23, Z8, Z5
+	VMAXPS     Z23, Z8, Z23
+	VMINPS     Z22, Z6, Z8
+	VMAXPS     Z22, Z6, Z22
+	VMINPS     Z9, Z7, Z6
+	VMAXPS     Z9, Z7, Z9
+	VMINPS     Z20, Z4, Z7
+	VMAXPS     Z20, Z4, Z20
+	VMINPS     Z19, Z3, Z4
+	VMAXPS     Z19, Z3, Z19
+	VMINPS     Z18, Z0, Z3
+	VMAXPS     Z18, Z0, Z18
+	VMINPS     Z21, Z14, Z0
+	VMAXPS     Z21, Z14, Z21
+	VMINPS     Z17, Z2, Z14
+	VMAXPS     Z17, Z2, Z17
+	VMINPS     Z28, Z1, Z2
+	VMAXPS     Z28, Z1, Z28
+	VMINPS     Z27, Z12, Z1
+	VMAXPS     Z27, Z12, Z27
+	VMINPS     Z25, Z0, Z12
+	VMAXPS     Z25, Z0, Z25
+	VMINPS     Z24, Z14, Z0
+	VMAXPS     Z24, Z14, Z24
+	VMINPS     Z23, Z2, Z14
+	VMAXPS     Z23, Z2, Z23
+	VMINPS     Z22, Z1, Z2
+	VMAXPS     Z22, Z1, Z22
+	VMINPS     Z9, Z10, Z1
+	VMAXPS     Z9, Z10, Z9
+	VMINPS     Z20, Z11, Z10
+	VMAXPS     Z20, Z11, Z20
+	VMINPS     Z19, Z16, Z11
+	VMAXPS     Z19, Z16, Z19
+	VMINPS     Z18, Z15, Z16
+	VMAXPS     Z18, Z15, Z18
+	VMINPS     Z12, Z6, Z15
+	VMAXPS     Z12, Z6, Z12
+	VMINPS     Z0, Z7, Z6
+	VMAXPS     Z0, Z7, Z0
+	VMINPS     Z14, Z4, Z7
+	VMAXPS     Z14, Z4, Z14
+	VMINPS     Z2, Z3, Z4
+	VMAXPS     Z2, Z3, Z2
+	VMINPS     Z25, Z1, Z3
+	VMAXPS     Z25, Z1, Z25
+	VMINPS     Z24, Z10, Z1
+	VMAXPS     Z24, Z10, Z24
+	VMINPS     Z23, Z11, Z10
+	VMAXPS     Z23, Z11, Z23
+	VMINPS     Z22, Z16, Z11
+	VMAXPS     Z22, Z16, Z22
+	VMINPS     Z21, Z9, Z16
+	VMAXPS     Z21, Z9, Z21
+	VMINPS     Z17, Z20, Z9
+	VMAXPS     Z17, Z20, Z17
+	VMINPS     Z28, Z19, Z20
+	VMAXPS     Z28, Z19, Z28
+	VMINPS     Z27, Z18, Z19
+	VMAXPS     Z27, Z18, Z27
+	VMINPS     Z15, Z5, Z18
+	VMAXPS     Z15, Z5, Z15
+	VMINPS     Z6, Z8, Z5
+	VMAXPS     Z6, Z8, Z6
+	VMINPS     Z12, Z7, Z8
+	VMAXPS     Z12, Z7, Z12
+	VMINPS     Z0, Z4, Z7
+	VMAXPS     Z0, Z4, Z0
+	VMINPS     Z3, Z14, Z4
+	VMAXPS     Z3, Z14, Z3
+	VMINPS     Z1, Z2, Z14
+	VMAXPS     Z1, Z2, Z1
+	VMINPS     Z25, Z10, Z2
+	VMAXPS     Z25, Z10, Z25
+	VMINPS     Z24, Z11, Z10
+	VMAXPS     Z24, Z11, Z24
+	VMINPS     Z16, Z23, Z11
+	VMAXPS     Z16, Z23, Z16
+	VMINPS     Z9, Z22, Z23
+	VMAXPS     Z9, Z22, Z9
+	VMINPS     Z21, Z20, Z22
+	VMAXPS     Z21, Z20, Z21
+	VMINPS     Z17, Z19, Z20
+	VMAXPS     Z17, Z19, Z17
+	VMINPS     Z18, Z13, Z19
+	VMAXPS     Z18, Z13, Z18
+	VMINPS     Z15, Z5, Z13
+	VMAXPS     Z15, Z5, Z15
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z12, Z7, Z6
+	VMAXPS     Z12, Z7, Z12
+	VMINPS     Z4, Z0, Z7
+	VMAXPS     Z4, Z0, Z4
+	VMINPS     Z3, Z14, Z0
+	VMAXPS     Z3, Z14, Z3
+	VMINPS     Z2, Z1, Z14
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z25, Z10, Z1
+	VMAXPS     Z25, Z10, Z25
+	VMINPS     Z11, Z24, Z10
+	VMAXPS     Z11, Z24, Z11
+	VMINPS     Z16, Z23, Z24
+	VMAXPS     Z16, Z23, Z16
+	VMINPS     Z22, Z9, Z23
+	VMAXPS     Z22, Z9, Z22
+	VMINPS     Z21, Z20, Z9
+	VMAXPS     Z21, Z20, Z21
+	VMINPS     Z28, Z17, Z20
+	VMAXPS     Z28, Z17, Z28
+	VMOVUPS    Z26, (CX)
+	VMOVUPS    Z19, 64(CX)
+	VMOVUPS    Z18, 128(CX)
+	VMOVUPS    Z13, 192(CX)
+	VMOVUPS    Z15, 256(CX)
+	VMOVUPS    Z5, 320(CX)
+	VMOVUPS    Z8, 384(CX)
+	VMOVUPS    Z6, 448(CX)
+	VMOVUPS    Z12, 512(CX)
+	VMOVUPS    Z7, 576(CX)
+	VMOVUPS    Z4, 640(CX)
+	VMOVUPS    Z0, 704(CX)
+	VMOVUPS    Z3, 768(CX)
+	VMOVUPS    Z14, 832(CX)
+	VMOVUPS    Z2, 896(CX)
+	VMOVUPS    Z1, 960(CX)
+	VMOVUPS    Z25, 1024(CX)
+	VMOVUPS    Z10, 1088(CX)
+	VMOVUPS    Z11, 1152(CX)
+	VMOVUPS    Z24, 1216(CX)
+	VMOVUPS    Z16, 1280(CX)
+	VMOVUPS    Z23, 1344(CX)
+	VMOVUPS    Z22, 1408(CX)
+	VMOVUPS    Z9, 1472(CX)
+	VMOVUPS    Z21, 1536(CX)
+	VMOVUPS    Z20, 1600(CX)
+	VMOVUPS    Z28, 1664(CX)
+	VMOVUPS    Z27, 1728(CX)
+
+	// n=28: 162 comparators, 28 loads, 28 stores per group
+	ADDQ $0x40, DX
+	ADDQ $0x00000700, CX
+	DECQ BX
+	JNZ  n28_loop
+	VZEROUPPER
+	RET
+
+n29:
+	MOVQ x_base+24(FP), AX
+	MOVQ tmp_base+0(FP), CX
+	MOVQ off+48(FP), DX
+	SHLQ $0x02, DX
+	MOVQ groups+56(FP), BX
+
+n29_loop:
+	MOVQ       (AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       24(AX), SI
+	VMOVUPS    (SI)(DX*1), Z1
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z1, Z0, Z2
+	VMAXPS     Z1, Z0, Z1
+	MOVQ       48(AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       72(AX), SI
+	VMOVUPS    (SI)(DX*1), Z3
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z4, Z2, Z0
+	VMAXPS     Z4, Z2, Z4
+	VMINPS     Z3, Z1, Z2
+	VMAXPS     Z3, Z1, Z3
+	VMINPS     Z4, Z2, Z1
+	VMAXPS     Z4, Z2, Z4
+	MOVQ       96(AX), SI
+	VMOVUPS    (SI)(DX*1), Z2
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       120(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z5, Z2, Z6
+	VMAXPS     Z5, Z2, Z5
+	MOVQ       144(AX), SI
+	VMOVUPS    (SI)(DX*1), Z2
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       168(AX), SI
+	VMOVUPS    (SI)(DX*1), Z7
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z7, Z2, Z8
+	VMAXPS     Z7, Z2, Z7
+	VMINPS     Z8, Z6, Z2
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z5, Z6
+	VMAXPS     Z7, Z5, Z7
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z2, Z0, Z6
+	VMAXPS     Z2, Z0, Z2
+	VMINPS     Z5, Z1, Z0
+	VMAXPS     Z5, Z1, Z5
+	VMINPS     Z8, Z4, Z1
+	VMAXPS     Z8, Z4, Z8
+	VMINPS     Z7, Z3, Z4
+	VMAXPS     Z7, Z3, Z7
+	VMINPS     Z2, Z1, Z3
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z5, Z4, Z1
+	VMAXPS     Z5, Z4, Z5
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z2, Z1, Z0
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z8, Z5, Z1
+	VMAXPS     Z8, Z5, Z8
+	MOVQ       192(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       216(AX), SI
+	VMOVUPS    (SI)(DX*1), Z9
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z9, Z5, Z10
+	VMAXPS     Z9, Z5, Z9
+	MOVQ       240(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       264(AX), SI
+	VMOVUPS    (SI)(DX*1), Z11
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z12, Z10, Z5
+	VMAXPS     Z12, Z10, Z12
+	VMINPS     Z11, Z9, Z10
+	VMAXPS     Z11, Z9, Z11
+	VMINPS     Z12, Z10, Z9
+	VMAXPS     Z12, Z10, Z12
+	MOVQ       288(AX), SI
+	VMOVUPS    (SI)(DX*1), Z10
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       312(AX), SI
+	VMOVUPS    (SI)(DX*1), Z13
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z13, Z10, Z14
+	VMAXPS     Z13, Z10, Z13
+	MOVQ       336(AX), SI
+	VMOVUPS    (SI)(DX*1), Z10
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       360(AX), SI
+	VMOVUPS    (SI)(DX*1), Z15
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z15, Z10, Z16
+	VMAXPS     Z15, Z10, Z15
+	VMINPS     Z16, Z14, Z10
+	VMAXPS     Z16, Z14, Z16
+	VMINPS     Z15, Z13, Z14
+	VMAXPS     Z15, Z13, Z15
+	VMINPS     Z16, Z14, Z13
+	VMAXPS     Z16, Z14, Z16
+	VMINPS     Z10, Z5, Z14
+	VMAXPS     Z10, Z5, Z10
+	VMINPS     Z13, Z9, Z5
+	VMAXPS     Z13, Z9, Z13
+	VMINPS     Z16, Z12, Z9
+	VMAXPS     Z16, Z12, Z16
+	VMINPS     Z15, Z11, Z12
+	VMAXPS     Z15, Z11, Z15
+	VMINPS     Z10, Z9, Z11
+	VMAXPS     Z10, Z9, Z10
+	VMINPS     Z13, Z12, Z9
+	VMAXPS     Z13, Z12, Z13
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z10, Z9, Z5
+	VMAXPS     Z10, Z9, Z10
+	VMINPS     Z16, Z13, Z9
+	VMAXPS     Z16, Z13, Z16
+	VMINPS     Z14, Z6, Z13
+	VMAXPS     Z14, Z6, Z14
+	VMINPS     Z12, Z4, Z6
+	VMAXPS     Z12, Z4, Z12
+	VMINPS     Z11, Z3, Z4
+	VMAXPS     Z11, Z3, Z11
+	VMINPS     Z5, Z0, Z3
+	VMAXPS     Z5, Z0, Z5
+	VMINPS     Z10, Z2, Z0
+	VMAXPS     Z10, Z2, Z10
+	VMINPS     Z9, Z1, Z2
+	VMAXPS     Z9, Z1, Z9
+	VMINPS     Z16, Z8, Z1
+	VMAXPS     Z16, Z8, Z16
+	VMINPS     Z15, Z7, Z8
+	VMAXPS     Z15, Z7, Z15
+	VMINPS     Z14, Z0, Z7
+	VMAXPS     Z14, Z0, Z14
+	VMINPS     Z12, Z2, Z0
+	VMAXPS     Z12, Z2, Z12
+	VMINPS     Z11, Z1, Z2
+	VMAXPS     Z11, Z1, Z11
+	VMINPS     Z5, Z8, Z1
+	VMAXPS     Z5, Z8, Z5
+	VMINPS     Z7, Z4, Z8
+	VMAXPS     Z7, Z4, Z7
+	VMINPS     Z0, Z3, Z4
+	VMAXPS     Z0, Z3, Z0
+	VMINPS     Z14, Z2, Z3
+	VMAXPS     Z14, Z2, Z14
+	VMINPS     Z12, Z1, Z2
+	VMAXPS     Z12, Z1, Z12
+	VMINPS     Z10, Z11, Z1
+	VMAXPS     Z10, Z11, Z10
+	VMINPS     Z9, Z5, Z11
+	VMAXPS     Z9, Z5, Z9
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z4, Z6
+	VMAXPS     Z7, Z4, Z7
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z14, Z2, Z0
+	VMAXPS     Z14, Z2, Z14
+	VMINPS     Z1, Z12, Z2
+	VMAXPS     Z1, Z12, Z1
+	VMINPS     Z10, Z11, Z12
+	VMAXPS     Z10, Z11, Z10
+	VMINPS     Z16, Z9, Z11
+	VMAXPS     Z16, Z9, Z16
+	MOVQ       384(AX), SI
+	VMOVUPS    (SI)(DX*1), Z9
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       408(AX), SI
+	VMOVUPS    (SI)(DX*1), Z17
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z17, Z9, Z18
+	VMAXPS     Z17, Z9, Z17
+	MOVQ       432(AX), SI
+	VMOVUPS    (SI)(DX*1), Z9
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       456(AX), SI
+	VMOVUPS    (SI)(DX*1), Z19
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z19, Z9, Z20
+	VMAXPS     Z19, Z9, Z19
+	VMINPS     Z20, Z18, Z9
+	VMAXPS     Z20, Z18, Z20
+	VMINPS     Z19, Z17, Z18
+	VMAXPS     Z19, Z17, Z19
+	VMINPS     Z20, Z18, Z17
+	VMAXPS     Z20, Z18, Z20
+	MOVQ       480(AX), SI
+	VMOVUPS    (SI)(DX*1), Z18
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       504(AX), SI
+	VMOVUPS    (SI)(DX*1), Z21
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z21, Z18, Z22
+	VMAXPS     Z21, Z18, Z21
+	MOVQ       528(AX), SI
+	VMOVUPS    (SI)(DX*1), Z18
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       552(AX), SI
+	VMOVUPS    (SI)(DX*1), Z23
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z23, Z18, Z24
+	VMAXPS     Z23, Z18, Z23
+	VMINPS     Z24, Z22, Z18
+	VMAXPS     Z24, Z22, Z24
+	VMINPS     Z23, Z21, Z22
+	VMAXPS     Z23, Z21, Z23
+	VMINPS     Z24, Z22, Z21
+	VMAXPS     Z24, Z22, Z24
+	VMINPS     Z18, Z9, Z22
+	VMAXPS     Z18, Z9, Z18
+	VMINPS     Z21, Z17, Z9
+	VMAXPS     Z21, Z17, Z21
+	VMINPS     Z24, Z20, Z17
+	VMAXPS     Z24, Z20, Z24
+	VMINPS     Z23, Z19, Z20
+	VMAXPS     Z23, Z19, Z23
+	VMINPS     Z18, Z17, Z19
+	VMAXPS     Z18, Z17, Z18
+	VMINPS     Z21, Z20, Z17
+	VMAXPS     Z21, Z20, Z21
+	VMINPS     Z19, Z9, Z20
+	VMAXPS     Z19, Z9, Z19
+	VMINPS     Z18, Z17, Z9
+	VMAXPS     Z18, Z17, Z18
+	VMINPS     Z24, Z21, Z17
+	VMAXPS     Z24, Z21, Z24
+	MOVQ       576(AX), SI
+	VMOVUPS    (SI)(DX*1), Z21
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       600(AX), SI
+	VMOVUPS    (SI)(DX*1), Z25
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z25, Z21, Z26
+	VMAXPS     Z25, Z21, Z25
+	MOVQ       624(AX), SI
+	VMOVUPS    (SI)(DX*1), Z21
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       648(AX), SI
+	VMOVUPS    (SI)(DX*1), Z27
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z27, Z21, Z28
+	VMAXPS     Z27, Z21, Z27
+	VMINPS     Z28, Z26, Z21
+	VMAXPS     Z28, Z26, Z28
+	VMINPS     Z27, Z25, Z26
+	VMAXPS     Z27, Z25, Z27
+	VMINPS     Z28, Z26, Z25
+	VMAXPS     Z28, Z26, Z28
+	MOVQ       672(AX), SI
+	VMOVUPS    (SI)(DX*1), Z26
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z26, Z21, Z29
+	VMAXPS     Z26, Z21, Z26
+	VMINPS     Z26, Z28, Z21
+	VMAXPS     Z26, Z28, Z26
+	VMINPS     Z21, Z25, Z28
+	VMAXPS     Z21, Z25, Z21
+	VMINPS     Z26, Z27, Z25
+	VMAXPS     Z26, Z27, Z26
+	VMINPS     Z29, Z22, Z27
+	VMAXPS     Z29, Z22, Z29
+	VMINPS     Z28, Z20, Z22
+	VMAXPS     Z28, Z20, Z28
+	VMINPS     Z21, Z19, Z20
+	VMAXPS     Z21, Z19, Z21
+	VMINPS     Z25, Z9, Z19
+	VMAXPS     Z25, Z9, Z25
+	VMINPS     Z26, Z18, Z9
+	VMAXPS     Z26, Z18, Z26
+	VMINPS     Z29, Z9, Z18
+	VMAXPS     Z29, Z9, Z29
+	VMINPS     Z28, Z17, Z9
+	VMAXPS     Z28, Z17, Z28
+	VMINPS     Z21, Z24, Z17
+	VMAXPS     Z21, Z24, Z21
+	VMINPS     Z25, Z23, Z24
+	VMAXPS     Z25, Z23, Z25
+	VMINPS     Z18, Z20, Z23
+	VMAXPS     Z18, Z20, Z18
+	VMINPS     Z9, Z19, Z20
+	VMAXPS     Z9, Z19, Z9
+	VMINPS     Z29, Z17, Z19
+	VMAXPS     Z29, Z17, Z29
+	VMINPS     Z28, Z24, Z17
+	VMAXPS     Z28, Z24, Z28
+	VMINPS     Z26, Z21, Z24
+	VMAXPS     Z26, Z21, Z26
+	VMINPS     Z23, Z22, Z21
+	VMAXPS     Z23, Z22, Z23
+	VMINPS     Z18, Z20, Z22
+	VMAXPS     Z18, Z20, Z18
+	VMINPS     Z19, Z9, Z20
+	VMAXPS     Z19, Z9, Z19
+	VMINPS     Z29, Z17, Z9
+	VMAXPS     Z29, Z17, Z29
+	VMINPS     Z24, Z28, Z17
+	VMAXPS     Z24, Z28, Z24
+	VMINPS     Z26, Z25, Z28
+	VMAXPS     Z26, Z25, Z26
+	VMINPS     Z27, Z13, Z25
+	VMAXPS     Z27, Z13, Z27
+	VMINPS     Z21, Z5, Z13
+	VMAXPS     Z21, Z5, Z21
+	VMINPS     Z23, Z8, Z5
+	VMAXPS     Z23, Z8, Z23
+	VMINPS     Z22, Z6, Z8
+	VMAXPS     Z22, Z6, Z22
+	VMINPS     Z18, Z7, Z6
+	VMAXPS     Z18, Z7, Z18
+	VMINPS     Z20, Z4, Z7
+	VMAXPS     Z20, Z4, Z20
+	VMINPS     Z19, Z3, Z4
+	VMAXPS     Z19, Z3, Z19
+	VMINPS     Z9, Z0, Z3
+	VMAXPS     Z9, Z0, Z9
+	VMINPS     Z29, Z14, Z0
+	VMAXPS     Z29, Z14, Z29
+	VMINPS     Z17, Z2, Z14
+	VMAXPS     Z17, Z2, Z17
+	VMINPS     Z24, Z1, Z2
+	VMAXPS     Z24, Z1, Z24
+	VMINPS     Z28, Z12, Z1
+	VMAXPS     Z28, Z12, Z28
+	VMINPS     Z26, Z10, Z12
+	VMAXPS     Z26, Z10, Z26
+	VMINPS     Z27, Z0, Z10
+	VMAXPS     Z27, Z0, Z27
+	VMINPS     Z21, Z14, Z0
+	VMAXPS     Z21, Z14, Z21
+	VMINPS     Z23, Z2, Z14
+	VMAXPS     Z23, Z2, Z23
+	VMINPS     Z22, Z1, Z2
+	VMAXPS     Z22, Z1, Z22
+	VMINPS     Z18, Z12, Z1
+	VMAXPS     Z18, Z12, Z18
+	VMINPS     Z20, Z11, Z12
+	VMAXPS     Z20, Z11, Z20
+	VMINPS     Z19, Z16, Z11
+	VMAXPS     Z19, Z16, Z19
+	VMINPS     Z9, Z15, Z16
+	VMAXPS     Z9, Z15, Z9
+	VMINPS     Z10, Z6, Z15
+	VMAXPS     Z10, Z6, Z10
+	VMINPS     Z0, Z7, Z6
+	VMAXPS     Z0, Z7, Z0
+	VMINPS     Z14, Z4, Z7
+	VMAXPS     Z14, Z4, Z14
+	VMINPS     Z2, Z3, Z4
+	VMAXPS     Z2, Z3, Z2
+	VMINPS     Z27, Z1, Z3
+	VMAXPS     Z27, Z1, Z27
+	VMINPS     Z21, Z12, Z1
+	VMAXPS     Z21, Z12, Z21
+	VMINPS     Z23, Z11, Z12
+	VMAXPS     Z23, Z11, Z23
+	VMINPS     Z22, Z16, Z11
+	VMAXPS     Z22, Z16, Z22
+	VMINPS     Z29, Z18, Z16
+	VMAXPS     Z29, Z18, Z29
+	VMINPS     Z17, Z20, Z18
+	VMAXPS     Z17, Z20, Z17
+	VMINPS     Z24, Z19, Z20
+	VMAXPS     Z24, Z19, Z24
+	VMINPS     Z28, Z9, Z19
+	VMAXPS     Z28, Z9, Z28
+	VMINPS     Z15, Z5, Z9
+	VMAXPS     Z15, Z5, Z15
+	VMINPS     Z6, Z8, Z5
+	VMAXPS     Z6, Z8, Z6
+	VMINPS     Z10, Z7, Z8
+	VMAXPS     Z10, Z7, Z10
+	VMINPS     Z0, Z4, Z7
+	VMAXPS     Z0, Z4, Z0
+	VMINPS     Z3, Z14, Z4
+	VMAXPS     Z3, Z14, Z3
+	VMINPS     Z1, Z2, Z14
+	VMAXPS     Z1, Z2, Z1
+	VMINPS     Z27, Z12, Z2
+	VMAXPS     Z27, Z12, Z27
+	VMINPS     Z21, Z11, Z12
+	VMAXPS     Z21, Z11, Z21
+	VMINPS     Z16, Z23, Z11
+	VMAXPS     Z16, Z23, Z16
+	VMINPS     Z18, Z22, Z23
+	VMAXPS     Z18, Z22, Z18
+	VMINPS     Z29, Z20, Z22
+	VMAXPS     Z29, Z20, Z29
+	VMINPS     Z17, Z19, Z20
+	VMAXPS     Z17, Z19, Z17
+	VMINPS     Z26, Z24, Z19
+	VMAXPS     Z26, Z24, Z26
+	VMINPS     Z9, Z13, Z24
+	VMAXPS     Z9, Z13, Z9
+	VMINPS     Z15, Z5, Z13
+	VMAXPS     Z15, Z5, Z15
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z10, Z7, Z6
+	VMAXPS     Z10, Z7, Z10
+	VMINPS     Z4, Z0, Z7
+	VMAXPS     Z4, Z0, Z4
+	VMINPS     Z3, Z14, Z0
+	VMAXPS     Z3, Z14, Z3
+	VMINPS     Z2, Z1, Z14
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z27, Z12, Z1
+	VMAXPS     Z27, Z12, Z27
+	VMINPS     Z11, Z21, Z12
+	VMAXPS     Z11, Z21, Z11
+	VMINPS     Z16, Z23, Z21
+	VMAXPS     Z16, Z23, Z16
+	VMINPS     Z22, Z18, Z23
+	VMAXPS     Z22, Z18, Z22
+	VMINPS     Z29, Z20, Z18
+	VMAXPS     Z29, Z20, Z29
+	VMINPS     Z19, Z17, Z20
+	VMAXPS     Z19, Z17, Z19
+	VMINPS     Z26, Z28, Z17
+	VMAXPS     Z26, Z28, Z26
+	VMOVUPS    Z25, (CX)
+	VMOVUPS    Z24, 64(CX)
+	VMOVUPS    Z9, 128(CX)
+	VMOVUPS    Z13, 192(CX)
+	VMOVUPS    Z15, 256(CX)
+	VMOVUPS    Z5, 320(CX)
+	VMOVUPS    Z8, 384(CX)
+	VMOVUPS    Z6, 448(CX)
+	VMOVUPS    Z10, 512(CX)
+	VMOVUPS    Z7, 576(CX)
+	VMOVUPS    Z4, 640(CX)
+	VMOVUPS    Z0, 704(CX)
+	VMOVUPS    Z3, 768(CX)
+	VMOVUPS    Z14, 832(CX)
+	VMOVUPS    Z2, 896(CX)
+	VMOVUPS    Z1, 960(CX)
+	VMOVUPS    Z27, 1024(CX)
+	VMOVUPS    Z12, 1088(CX)
+	VMOVUPS    Z11, 1152(CX)
+	VMOVUPS    Z21, 1216(CX)
+	VMOVUPS    Z16, 1280(CX)
+	VMOVUPS    Z23, 1344(CX)
+	VMOVUPS    Z22, 1408(CX)
+	VMOVUPS    Z18, 1472(CX)
+	VMOVUPS    Z29, 1536(CX)
+	VMOVUPS    Z20, 1600(CX)
+	VMOVUPS    Z19, 1664(CX)
+	VMOVUPS    Z17, 1728(CX)
+	VMOVUPS    Z26, 1792(CX)
+
+	// n=29: 171 comparators, 29 loads, 29 stores per group
+	ADDQ $0x40, DX
+	ADDQ $0x00000740, CX
+	DECQ BX
+	JNZ  n29_loop
+	VZEROUPPER
+	RET
+
+n30:
+	MOVQ x_base+24(FP), AX
+	MOVQ tmp_base+0(FP), CX
+	MOVQ off+48(FP), DX
+	SHLQ $0x02, DX
+	MOVQ groups+56(FP), BX
+
+n30_loop:
+	MOVQ       (AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       24(AX), SI
+	VMOVUPS    (SI)(DX*1), Z1
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z1, Z0, Z2
+	VMAXPS     Z1, Z0, Z1
+	MOVQ       48(AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       72(AX), SI
+	VMOVUPS    (SI)(DX*1), Z3
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z4, Z2, Z0
+	VMAXPS     Z4, Z2, Z4
+	VMINPS     Z3, Z1, Z2
+	VMAXPS     Z3, Z1, Z3
+	VMINPS     Z4, Z2, Z1
+	VMAXPS     Z4, Z2, Z4
+	MOVQ       96(AX), SI
+	VMOVUPS    (SI)(DX*1), Z2
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       120(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z5, Z2, Z6
+	VMAXPS     Z5, Z2, Z5
+	MOVQ       144(AX), SI
+	VMOVUPS    (SI)(DX*1), Z2
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       168(AX), SI
+	VMOVUPS    (SI)(DX*1), Z7
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z7, Z2, Z8
+	VMAXPS     Z7, Z2, Z7
+	VMINPS     Z8, Z6, Z2
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z5, Z6
+	VMAXPS     Z7, Z5, Z7
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z2, Z0, Z6
+	VMAXPS     Z2, Z0, Z2
+	VMINPS     Z5, Z1, Z0
+	VMAXPS     Z5, Z1, Z5
+	VMINPS     Z8, Z4, Z1
+	VMAXPS     Z8, Z4, Z8
+	VMINPS     Z7, Z3, Z4
+	VMAXPS     Z7, Z3, Z7
+	VMINPS     Z2, Z1, Z3
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z5, Z4, Z1
+	VMAXPS     Z5, Z4, Z5
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z2, Z1, Z0
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z8, Z5, Z1
+	VMAXPS     Z8, Z5, Z8
+	MOVQ       192(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       216(AX), SI
+	VMOVUPS    (SI)(DX*1), Z9
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z9, Z5, Z10
+	VMAXPS     Z9, Z5, Z9
+	MOVQ       240(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       264(AX), SI
+	VMOVUPS    (SI)(DX*1), Z11
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z12, Z10, Z5
+	VMAXPS     Z12, Z10, Z12
+	VMINPS     Z11, Z9, Z10
+	VMAXPS     Z11, Z9, Z11
+	VMINPS     Z12, Z10, Z9
+	VMAXPS     Z12, Z10, Z12
+	MOVQ       288(AX), SI
+	VMOVUPS    (SI)(DX*1), Z10
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       312(AX), SI
+	VMOVUPS    (SI)(DX*1), Z13
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z13, Z10, Z14
+	VMAXPS     Z13, Z10, Z13
+	MOVQ       336(AX), SI
+	VMOVUPS    (SI)(DX*1), Z10
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       360(AX), SI
+	VMOVUPS    (SI)(DX*1), Z15
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z15, Z10, Z16
+	VMAXPS     Z15, Z10, Z15
+	VMINPS     Z16, Z14, Z10
+	VMAXPS     Z16, Z14, Z16
+	VMINPS     Z15, Z13, Z14
+	VMAXPS     Z15, Z13, Z15
+	VMINPS     Z16, Z14, Z13
+	VMAXPS     Z16, Z14, Z16
+	VMINPS     Z10, Z5, Z14
+	VMAXPS     Z10, Z5, Z10
+	VMINPS     Z13, Z9, Z5
+	VMAXPS     Z13, Z9, Z13
+	VMINPS     Z16, Z12, Z9
+	VMAXPS     Z16, Z12, Z16
+	VMINPS     Z15, Z11, Z12
+	VMAXPS     Z15, Z11, Z15
+	VMINPS     Z10, Z9, Z11
+	VMAXPS     Z10, Z9, Z10
+	VMINPS     Z13, Z12, Z9
+	VMAXPS     Z13, Z12, Z13
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z10, Z9, Z5
+	VMAXPS     Z10, Z9, Z10
+	VMINPS     Z16, Z13, Z9
+	VMAXPS     Z16, Z13, Z16
+	VMINPS     Z14, Z6, Z13
+	VMAXPS     Z14, Z6, Z14
+	VMINPS     Z12, Z4, Z6
+	VMAXPS     Z12, Z4, Z12
+	VMINPS     Z11, Z3, Z4
+	VMAXPS     Z11, Z3, Z11
+	VMINPS     Z5, Z0, Z3
+	VMAXPS     Z5, Z0, Z5
+	VMINPS     Z10, Z2, Z0
+	VMAXPS     Z10, Z2, Z10
+	VMINPS     Z9, Z1, Z2
+	VMAXPS     Z9, Z1, Z9
+	VMINPS     Z16, Z8, Z1
+	VMAXPS     Z16, Z8, Z16
+	VMINPS     Z15, Z7, Z8
+	VMAXPS     Z15, Z7, Z15
+	VMINPS     Z14, Z0, Z7
+	VMAXPS     Z14, Z0, Z14
+	VMINPS     Z12, Z2, Z0
+	VMAXPS     Z12, Z2, Z12
+	VMINPS     Z11, Z1, Z2
+	VMAXPS     Z11, Z1, Z11
+	VMINPS     Z5, Z8, Z1
+	VMAXPS     Z5, Z8, Z5
+	VMINPS     Z7, Z4, Z8
+	VMAXPS     Z7, Z4, Z7
+	VMINPS     Z0, Z3, Z4
+	VMAXPS     Z0, Z3, Z0
+	VMINPS     Z14, Z2, Z3
+	VMAXPS     Z14, Z2, Z14
+	VMINPS     Z12, Z1, Z2
+	VMAXPS     Z12, Z1, Z12
+	VMINPS     Z10, Z11, Z1
+	VMAXPS     Z10, Z11, Z10
+	VMINPS     Z9, Z5, Z11
+	VMAXPS     Z9, Z5, Z9
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z4, Z6
+	VMAXPS     Z7, Z4, Z7
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z14, Z2, Z0
+	VMAXPS     Z14, Z2, Z14
+	VMINPS     Z1, Z12, Z2
+	VMAXPS     Z1, Z12, Z1
+	VMINPS     Z10, Z11, Z12
+	VMAXPS     Z10, Z11, Z10
+	VMINPS     Z16, Z9, Z11
+	VMAXPS     Z16, Z9, Z16
+	MOVQ       384(AX), SI
+	VMOVUPS    (SI)(DX*1), Z9
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       408(AX), SI
+	VMOVUPS    (SI)(DX*1), Z17
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z17, Z9, Z18
+	VMAXPS     Z17, Z9, Z17
+	MOVQ       432(AX), SI
+	VMOVUPS    (SI)(DX*1), Z9
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       456(AX), SI
+	VMOVUPS    (SI)(DX*1), Z19
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z19, Z9, Z20
+	VMAXPS     Z19, Z9, Z19
+	VMINPS     Z20, Z18, Z9
+	VMAXPS     Z20, Z18, Z20
+	VMINPS     Z19, Z17, Z18
+	VMAXPS     Z19, Z17, Z19
+	VMINPS     Z20, Z18, Z17
+	VMAXPS     Z20, Z18, Z20
+	MOVQ       480(AX), SI
+	VMOVUPS    (SI)(DX*1), Z18
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       504(AX), SI
+	VMOVUPS    (SI)(DX*1), Z21
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z21, Z18, Z22
+	VMAXPS     Z21, Z18, Z21
+	MOVQ       528(AX), SI
+	VMOVUPS    (SI)(DX*1), Z18
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       552(AX), SI
+	VMOVUPS    (SI)(DX*1), Z23
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z23, Z18, Z24
+	VMAXPS     Z23, Z18, Z23
+	VMINPS     Z24, Z22, Z18
+	VMAXPS     Z24, Z22, Z24
+	VMINPS     Z23, Z21, Z22
+	VMAXPS     Z23, Z21, Z23
+	VMINPS     Z24, Z22, Z21
+	VMAXPS     Z24, Z22, Z24
+	VMINPS     Z18, Z9, Z22
+	VMAXPS     Z18, Z9, Z18
+	VMINPS     Z21, Z17, Z9
+	VMAXPS     Z21, Z17, Z21
+	VMINPS     Z24, Z20, Z17
+	VMAXPS     Z24, Z20, Z24
+	VMINPS     Z23, Z19, Z20
+	VMAXPS     Z23, Z19, Z23
+	VMINPS     Z18, Z17, Z19
+	VMAXPS     Z18, Z17, Z18
+	VMINPS     Z21, Z20, Z17
+	VMAXPS     Z21, Z20, Z21
+	VMINPS     Z19, Z9, Z20
+	VMAXPS     Z19, Z9, Z19
+	VMINPS     Z18, Z17, Z9
+	VMAXPS     Z18, Z17, Z18
+	VMINPS     Z24, Z21, Z17
+	VMAXPS     Z24, Z21, Z24
+	MOVQ       576(AX), SI
+	VMOVUPS    (SI)(DX*1), Z21
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       600(AX), SI
+	VMOVUPS    (SI)(DX*1), Z25
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z25, Z21, Z26
+	VMAXPS     Z25, Z21, Z25
+	MOVQ       624(AX), SI
+	VMOVUPS    (SI)(DX*1), Z21
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       648(AX), SI
+	VMOVUPS    (SI)(DX*1), Z27
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z27, Z21, Z28
+	VMAXPS     Z27, Z21, Z27
+	VMINPS     Z28, Z26, Z21
+	VMAXPS     Z28, Z26, Z28
+	VMINPS     Z27, Z25, Z26
+	VMAXPS     Z27, Z25, Z27
+	VMINPS     Z28, Z26, Z25
+	VMAXPS     Z28, Z26, Z28
+	MOVQ       672(AX), SI
+	VMOVUPS    (SI)(DX*1), Z26
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       696(AX), SI
+	VMOVUPS    (SI)(DX*1), Z29
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z29, Z26, Z30
+	VMAXPS     Z29, Z26, Z29
+	VMINPS     Z30, Z21, Z26
+	VMAXPS     Z30, Z21, Z30
+	VMINPS     Z29, Z25, Z21
+	VMAXPS     Z29, Z25, Z29
+	VMINPS     Z30, Z28, Z25
+	VMAXPS     Z30, Z28, Z30
+	VMINPS     Z29, Z27, Z28
+	VMAXPS     Z29, Z27, Z29
+	VMINPS     Z25, Z21, Z27
+	VMAXPS     Z25, Z21, Z25
+	VMINPS     Z30, Z28, Z21
+	VMAXPS     Z30, Z28, Z30
+	VMINPS     Z26, Z22, Z28
+	VMAXPS     Z26, Z22, Z26
+	VMINPS     Z27, Z20, Z22
+	VMAXPS     Z27, Z20, Z27
+	VMINPS     Z25, Z19, Z20
+	VMAXPS     Z25, Z19, Z25
+	VMINPS     Z21, Z9, Z19
+	VMAXPS     Z21, Z9, Z21
+	VMINPS     Z30, Z18, Z9
+	VMAXPS     Z30, Z18, Z30
+	VMINPS     Z29, Z17, Z18
+	VMAXPS     Z29, Z17, Z29
+	VMINPS     Z26, Z9, Z17
+	VMAXPS     Z26, Z9, Z26
+	VMINPS     Z27, Z18, Z9
+	VMAXPS     Z27, Z18, Z27
+	VMINPS     Z25, Z24, Z18
+	VMAXPS     Z25, Z24, Z25
+	VMINPS     Z21, Z23, Z24
+	VMAXPS     Z21, Z23, Z21
+	VMINPS     Z17, Z20, Z23
+	VMAXPS     Z17, Z20, Z17
+	VMINPS     Z9, Z19, Z20
+	VMAXPS     Z9, Z19, Z9
+	VMINPS     Z26, Z18, Z19
+	VMAXPS     Z26, Z18, Z26
+	VMINPS     Z27, Z24, Z18
+	VMAXPS     Z27, Z24, Z27
+	VMINPS     Z30, Z25, Z24
+	VMAXPS     Z30, Z25, Z30
+	VMINPS     Z29, Z21, Z25
+	VMAXPS     Z29, Z21, Z29
+	VMINPS     Z23, Z22, Z21
+	VMAXPS     Z23, Z22, Z23
+	VMINPS     Z17, Z20, Z22
+	VMAXPS     Z17, Z20, Z17
+	VMINPS     Z19, Z9, Z20
+	VMAXPS     Z19, Z9, Z19
+	VMINPS     Z26, Z18, Z9
+	VMAXPS     Z26, Z18, Z26
+	VMINPS     Z24, Z27, Z18
+	VMAXPS     Z24, Z27, Z24
+	VMINPS     Z30, Z25, Z27
+	VMAXPS     Z30, Z25, Z30
+	VMINPS     Z28, Z13, Z25
+	VMAXPS     Z28, Z13, Z28
+	VMINPS     Z21, Z5, Z13
+	VMAXPS     Z21, Z5, Z21
+	VMINPS     Z23, Z8, Z5
+	VMAXPS     Z23, Z8, Z23
+	VMINPS     Z22, Z6, Z8
+	VMAXPS     Z22, Z6, Z22
+	VMINPS     Z17, Z7, Z6
+	VMAXPS     Z17, Z7, Z17
+	VMINPS     Z20, Z4, Z7
+	VMAXPS     Z20, Z4, Z20
+	VMINPS     Z19, Z3, Z4
+	VMAXPS     Z19, Z3, Z19
+	VMINPS     Z9, Z0, Z3
+	VMAXPS     Z9, Z0, Z9
+	VMINPS     Z26, Z14, Z0
+	VMAXPS     Z26, Z14, Z26
+	VMINPS     Z18, Z2, Z14
+	VMAXPS     Z18, Z2, Z18
+	VMINPS     Z24, Z1, Z2
+	VMAXPS     Z24, Z1, Z24
+	VMINPS     Z27, Z12, Z1
+	VMAXPS     Z27, Z12, Z27
+	VMINPS     Z30, Z10, Z12
+	VMAXPS     Z30, Z10, Z30
+	VMINPS     Z29, Z11, Z10
+	VMAXPS     Z29, Z11, Z29
+	VMINPS     Z28, Z0, Z11
+	VMAXPS     Z28, Z0, Z28
+	VMINPS     Z21, Z14, Z0
+	VMAXPS     Z21, Z14, Z21
+	VMINPS     Z23, Z2, Z14
+	VMAXPS     Z23, Z2, Z23
+	VMINPS     Z22, Z1, Z2
+	VMAXPS     Z22, Z1, Z22
+	VMINPS     Z17, Z12, Z1
+	VMAXPS     Z17, Z12, Z17
+	VMINPS     Z20, Z10, Z12
+	VMAXPS     Z20, Z10, Z20
+	VMINPS     Z19, Z16, Z10
+	VMAXPS     Z19, Z16, Z19
+	VMINPS     Z9, Z15, Z16
+	VMAXPS     Z9, Z15, Z9
+	VMINPS     Z11, Z6, Z15
+	VMAXPS     Z11, Z6, Z11
+	VMINPS     Z0, Z7, Z6
+	VMAXPS     Z0, Z7, Z0
+	VMINPS     Z14, Z4, Z7
+	VMAXPS     Z14, Z4, Z14
+	VMINPS     Z2, Z3, Z4
+	VMAXPS     Z2, Z3, Z2
+	VMINPS     Z28, Z1, Z3
+	VMAXPS     Z28, Z1, Z28
+	VMINPS     Z21, Z12, Z1
+	VMAXPS     Z21, Z12, Z21
+	VMINPS     Z23, Z10, Z12
+	VMAXPS     Z23, Z10, Z23
+	VMINPS     Z22, Z16, Z10
+	VMAXPS     Z22, Z16, Z22
+	VMINPS     Z26, Z17, Z16
+	VMAXPS     Z26, Z17, Z26
+	VMINPS     Z18, Z20, Z17
+	VMAXPS     Z18, Z20, Z18
+	VMINPS     Z24, Z19, Z20
+	VMAXPS     Z24, Z19, Z24
+	VMINPS     Z27, Z9, Z19
+	VMAXPS     Z27, Z9, Z27
+	VMINPS     Z15, Z5, Z9
+	VMAXPS     Z15, Z5, Z15
+	VMINPS     Z6, Z8, Z5
+	VMAXPS     Z6, Z8, Z6
+	VMINPS     Z11, Z7, Z8
+	VMAXPS     Z11, Z7, Z11
+	VMINPS     Z0, Z4, Z7
+	VMAXPS     Z0, Z4, Z0
+	VMINPS     Z3, Z14, Z4
+	VMAXPS     Z3, Z14, Z3
+	VMINPS     Z1, Z2, Z14
+	VMAXPS     Z1, Z2, Z1
+	VMINPS     Z28, Z12, Z2
+	VMAXPS     Z28, Z12, Z28
+	VMINPS     Z21, Z10, Z12
+	VMAXPS     Z21, Z10, Z21
+	VMINPS     Z16, Z23, Z10
+	VMAXPS     Z16, Z23, Z16
+	VMINPS     Z17, Z22, Z23
+	VMAXPS     Z17, Z22, Z17
+	VMINPS     Z26, Z20, Z22
+	VMAXPS     Z26, Z20, Z26
+	VMINPS     Z18, Z19, Z20
+	VMAXPS     Z18, Z19, Z18
+	VMINPS     Z30, Z24, Z19
+	VMAXPS     Z30, Z24, Z30
+	VMINPS     Z29, Z27, Z24
+	VMAXPS     Z29, Z27, Z29
+	VMINPS     Z9, Z13, Z27
+	VMAXPS     Z9, Z13, Z9
+	VMINPS     Z15, Z5, Z13
+	VMAXPS     Z15, Z5, Z15
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z11, Z7, Z6
+	VMAXPS     Z11, Z7, Z11
+	VMINPS     Z4, Z0, Z7
+	VMAXPS     Z4, Z0, Z4
+	VMINPS     Z3, Z14, Z0
+	VMAXPS     Z3, Z14, Z3
+	VMINPS     Z2, Z1, Z14
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z28, Z12, Z1
+	VMAXPS     Z28, Z12, Z28
+	VMINPS     Z10, Z21, Z12
+	VMAXPS     Z10, Z21, Z10
+	VMINPS     Z16, Z23, Z21
+	VMAXPS     Z16, Z23, Z16
+	VMINPS     Z22, Z17, Z23
+	VMAXPS     Z22, Z17, Z22
+	VMINPS     Z26, Z20, Z17
+	VMAXPS     Z26, Z20, Z26
+	VMINPS     Z19, Z18, Z20
+	VMAXPS     Z19, Z18, Z19
+	VMINPS     Z30, Z24, Z18
+	VMAXPS     Z30, Z24, Z30
+	VMOVUPS    Z25, (CX)
+	VMOVUPS    Z27, 64(CX)
+	VMOVUPS    Z9, 128(CX)
+	VMOVUPS    Z13, 192(CX)
+	VMOVUPS    Z15, 256(CX)
+	VMOVUPS    Z5, 320(CX)
+	VMOVUPS    Z8, 384(CX)
+	VMOVUPS    Z6, 448(CX)
+	VMOVUPS    Z11, 512(CX)
+	VMOVUPS    Z7, 576(CX)
+	VMOVUPS    Z4, 640(CX)
+	VMOVUPS    Z0, 704(CX)
+	VMOVUPS    Z3, 768(CX)
+	VMOVUPS    Z14, 832(CX)
+	VMOVUPS    Z2, 896(CX)
+	VMOVUPS    Z1, 960(CX)
+	VMOVUPS    Z28, 1024(CX)
+	VMOVUPS    Z12, 1088(CX)
+	VMOVUPS    Z10, 1152(CX)
+	VMOVUPS    Z21, 1216(CX)
+	VMOVUPS    Z16, 1280(CX)
+	VMOVUPS    Z23, 1344(CX)
+	VMOVUPS    Z22, 1408(CX)
+	VMOVUPS    Z17, 1472(CX)
+	VMOVUPS    Z26, 1536(CX)
+	VMOVUPS    Z20, 1600(CX)
+	VMOVUPS    Z19, 1664(CX)
+	VMOVUPS    Z18, 1728(CX)
+	VMOVUPS    Z30, 1792(CX)
+	VMOVUPS    Z29, 1856(CX)
+
+	// n=30: 178 comparators, 30 loads, 30 stores per group
+	ADDQ $0x40, DX
+	ADDQ $0x00000780, CX
+	DECQ BX
+	JNZ  n30_loop
+	VZEROUPPER
+	RET
+
+n31:
+	MOVQ x_base+24(FP), AX
+	MOVQ tmp_base+0(FP), CX
+	MOVQ off+48(FP), DX
+	SHLQ $0x02, DX
+	MOVQ groups+56(FP), BX
+
+n31_loop:
+	MOVQ       (AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       24(AX), SI
+	VMOVUPS    (SI)(DX*1), Z1
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z1, Z0, Z2
+	VMAXPS     Z1, Z0, Z1
+	MOVQ       48(AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       72(AX), SI
+	VMOVUPS    (SI)(DX*1), Z3
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z4, Z2, Z0
+	VMAXPS     Z4, Z2, Z4
+	VMINPS     Z3, Z1, Z2
+	VMAXPS     Z3, Z1, Z3
+	VMINPS     Z4, Z2, Z1
+	VMAXPS     Z4, Z2, Z4
+	MOVQ       96(AX), SI
+	VMOVUPS    (SI)(DX*1), Z2
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       120(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z5, Z2, Z6
+	VMAXPS     Z5, Z2, Z5
+	MOVQ       144(AX), SI
+	VMOVUPS    (SI)(DX*1), Z2
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       168(AX), SI
+	VMOVUPS    (SI)(DX*1), Z7
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z7, Z2, Z8
+	VMAXPS     Z7, Z2, Z7
+	VMINPS     Z8, Z6, Z2
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z5, Z6
+	VMAXPS     Z7, Z5, Z7
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z2, Z0, Z6
+	VMAXPS     Z2, Z0, Z2
+	VMINPS     Z5, Z1, Z0
+	VMAXPS     Z5, Z1, Z5
+	VMINPS     Z8, Z4, Z1
+	VMAXPS     Z8, Z4, Z8
+	VMINPS     Z7, Z3, Z4
+	VMAXPS     Z7, Z3, Z7
+	VMINPS     Z2, Z1, Z3
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z5, Z4, Z1
+	VMAXPS     Z5, Z4, Z5
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z2, Z1, Z0
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z8, Z5, Z1
+	VMAXPS     Z8, Z5, Z8
+	MOVQ       192(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       216(AX), SI
+	VMOVUPS    (SI)(DX*1), Z9
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z9, Z5, Z10
+	VMAXPS     Z9, Z5, Z9
+	MOVQ       240(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       264(AX), SI
+	VMOVUPS    (SI)(DX*1), Z11
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z12, Z10, Z5
+	VMAXPS     Z12, Z10, Z12
+	VMINPS     Z11, Z9, Z10
+	VMAXPS     Z11, Z9, Z11
+	VMINPS     Z12, Z10, Z9
+	VMAXPS     Z12, Z10, Z12
+	MOVQ       288(AX), SI
+	VMOVUPS    (SI)(DX*1), Z10
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       312(AX), SI
+	VMOVUPS    (SI)(DX*1), Z13
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z13, Z10, Z14
+	VMAXPS     Z13, Z10, Z13
+	MOVQ       336(AX), SI
+	VMOVUPS    (SI)(DX*1), Z10
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       360(AX), SI
+	VMOVUPS    (SI)(DX*1), Z15
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z15, Z10, Z16
+	VMAXPS     Z15, Z10, Z15
+	VMINPS     Z16, Z14, Z10
+	VMAXPS     Z16, Z14, Z16
+	VMINPS     Z15, Z13, Z14
+	VMAXPS     Z15, Z13, Z15
+	VMINPS     Z16, Z14, Z13
+	VMAXPS     Z16, Z14, Z16
+	VMINPS     Z10, Z5, Z14
+	VMAXPS     Z10, Z5, Z10
+	VMINPS     Z13, Z9, Z5
+	VMAXPS     Z13, Z9, Z13
+	VMINPS     Z16, Z12, Z9
+	VMAXPS     Z16, Z12, Z16
+	VMINPS     Z15, Z11, Z12
+	VMAXPS     Z15, Z11, Z15
+	VMINPS     Z10, Z9, Z11
+	VMAXPS     Z10, Z9, Z10
+	VMINPS     Z13, Z12, Z9
+	VMAXPS     Z13, Z12, Z13
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z10, Z9, Z5
+	VMAXPS     Z10, Z9, Z10
+	VMINPS     Z16, Z13, Z9
+	VMAXPS     Z16, Z13, Z16
+	VMINPS     Z14, Z6, Z13
+	VMAXPS     Z14, Z6, Z14
+	VMINPS     Z12, Z4, Z6
+	VMAXPS     Z12, Z4, Z12
+	VMINPS     Z11, Z3, Z4
+	VMAXPS     Z11, Z3, Z11
+	VMINPS     Z5, Z0, Z3
+	VMAXPS     Z5, Z0, Z5
+	VMINPS     Z10, Z2, Z0
+	VMAXPS     Z10, Z2, Z10
+	VMINPS     Z9, Z1, Z2
+	VMAXPS     Z9, Z1, Z9
+	VMINPS     Z16, Z8, Z1
+	VMAXPS     Z16, Z8, Z16
+	VMINPS     Z15, Z7, Z8
+	VMAXPS     Z15, Z7, Z15
+	VMINPS     Z14, Z0, Z7
+	VMAXPS     Z14, Z0, Z14
+	VMINPS     Z12, Z2, Z0
+	VMAXPS     Z12, Z2, Z12
+	VMINPS     Z11, Z1, Z2
+	VMAXPS     Z11, Z1, Z11
+	VMINPS     Z5, Z8, Z1
+	VMAXPS     Z5, Z8, Z5
+	VMINPS     Z7, Z4, Z8
+	VMAXPS     Z7, Z4, Z7
+	VMINPS     Z0, Z3, Z4
+	VMAXPS     Z0, Z3, Z0
+	VMINPS     Z14, Z2, Z3
+	VMAXPS     Z14, Z2, Z14
+	VMINPS     Z12, Z1, Z2
+	VMAXPS     Z12, Z1, Z12
+	VMINPS     Z10, Z11, Z1
+	VMAXPS     Z10, Z11, Z10
+	VMINPS     Z9, Z5, Z11
+	VMAXPS     Z9, Z5, Z9
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z4, Z6
+	VMAXPS     Z7, Z4, Z7
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z14, Z2, Z0
+	VMAXPS     Z14, Z2, Z14
+	VMINPS     Z1, Z12, Z2
+	VMAXPS     Z1, Z12, Z1
+	VMINPS     Z10, Z11, Z12
+	VMAXPS     Z10, Z11, Z10
+	VMINPS     Z16, Z9, Z11
+	VMAXPS     Z16, Z9, Z16
+	MOVQ       384(AX), SI
+	VMOVUPS    (SI)(DX*1), Z9
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       408(AX), SI
+	VMOVUPS    (SI)(DX*1), Z17
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z17, Z9, Z18
+	VMAXPS     Z17, Z9, Z17
+	MOVQ       432(AX), SI
+	VMOVUPS    (SI)(DX*1), Z9
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       456(AX), SI
+	VMOVUPS    (SI)(DX*1), Z19
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z19, Z9, Z20
+	VMAXPS     Z19, Z9, Z19
+	VMINPS     Z20, Z18, Z9
+	VMAXPS     Z20, Z18, Z20
+	VMINPS     Z19, Z17, Z18
+	VMAXPS     Z19, Z17, Z19
+	VMINPS     Z20, Z18, Z17
+	VMAXPS     Z20, Z18, Z20
+	MOVQ       480(AX), SI
+	VMOVUPS    (SI)(DX*1), Z18
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       504(AX), SI
+	VMOVUPS    (SI)(DX*1), Z21
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z21, Z18, Z22
+	VMAXPS     Z21, Z18, Z21
+	MOVQ       528(AX), SI
+	VMOVUPS    (SI)(DX*1), Z18
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       552(AX), SI
+	VMOVUPS    (SI)(DX*1), Z23
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z23, Z18, Z24
+	VMAXPS     Z23, Z18, Z23
+	VMINPS     Z24, Z22, Z18
+	VMAXPS     Z24, Z22, Z24
+	VMINPS     Z23, Z21, Z22
+	VMAXPS     Z23, Z21, Z23
+	VMINPS     Z24, Z22, Z21
+	VMAXPS     Z24, Z22, Z24
+	VMINPS     Z18, Z9, Z22
+	VMAXPS     Z18, Z9, Z18
+	VMINPS     Z21, Z17, Z9
+	VMAXPS     Z21, Z17, Z21
+	VMINPS     Z24, Z20, Z17
+	VMAXPS     Z24, Z20, Z24
+	VMINPS     Z23, Z19, Z20
+	VMAXPS     Z23, Z19, Z23
+	VMINPS     Z18, Z17, Z19
+	VMAXPS     Z18, Z17, Z18
+	VMINPS     Z21, Z20, Z17
+	VMAXPS     Z21, Z20, Z21
+	VMINPS     Z19, Z9, Z20
+	VMAXPS     Z19, Z9, Z19
+	VMINPS     Z18, Z17, Z9
+	VMAXPS     Z18, Z17, Z18
+	VMINPS     Z24, Z21, Z17
+	VMAXPS     Z24, Z21, Z24
+	MOVQ       576(AX), SI
+	VMOVUPS    (SI)(DX*1), Z21
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       600(AX), SI
+	VMOVUPS    (SI)(DX*1), Z25
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z25, Z21, Z26
+	VMAXPS     Z25, Z21, Z25
+	MOVQ       624(AX), SI
+	VMOVUPS    (SI)(DX*1), Z21
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       648(AX), SI
+	VMOVUPS    (SI)(DX*1), Z27
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z27, Z21, Z28
+	VMAXPS     Z27, Z21, Z27
+	VMINPS     Z28, Z26, Z21
+	VMAXPS     Z28, Z26, Z28
+	VMINPS     Z27, Z25, Z26
+	VMAXPS     Z27, Z25, Z27
+	VMINPS     Z28, Z26, Z25
+	VMAXPS     Z28, Z26, Z28
+	MOVQ       672(AX), SI
+	VMOVUPS    (SI)(DX*1), Z26
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       696(AX), SI
+	VMOVUPS    (SI)(DX*1), Z29
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z29, Z26, Z30
+	VMAXPS     Z29, Z26, Z29
+	MOVQ       720(AX), SI
+	VMOVUPS    (SI)(DX*1), Z26
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z26, Z30, Z31
+	VMAXPS     Z26, Z30, Z26
+	VMINPS     Z26, Z29, Z30
+	VMAXPS     Z26, Z29, Z26
+	VMINPS     Z31, Z21, Z29
+	VMAXPS     Z31, Z21, Z31
+	VMINPS     Z30, Z25, Z21
+	VMAXPS     Z30, Z25, Z30
+	VMINPS     Z26, Z28, Z25
+	VMAXPS     Z26, Z28, Z26
+	VMINPS     Z31, Z25, Z28
+	VMAXPS     Z31, Z25, Z31
+	VMINPS     Z30, Z27, Z25
+	VMAXPS     Z30, Z27, Z30
+	VMINPS     Z28, Z21, Z27
+	VMAXPS     Z28, Z21, Z28
+	VMINPS     Z31, Z25, Z21
+	VMAXPS     Z31, Z25, Z31
+	VMINPS     Z26, Z30, Z25
+	VMAXPS     Z26, Z30, Z26
+	VMINPS     Z29, Z22, Z30
+	VMAXPS     Z29, Z22, Z29
+	VMINPS     Z27, Z20, Z22
+	VMAXPS     Z27, Z20, Z27
+	VMINPS     Z28, Z19, Z20
+	VMAXPS     Z28, Z19, Z28
+	VMINPS     Z21, Z9, Z19
+	VMAXPS     Z21, Z9, Z21
+	VMINPS     Z31, Z18, Z9
+	VMAXPS     Z31, Z18, Z31
+	VMINPS     Z25, Z17, Z18
+	VMAXPS     Z25, Z17, Z25
+	VMINPS     Z26, Z24, Z17
+	VMAXPS     Z26, Z24, Z26
+	VMINPS     Z29, Z9, Z24
+	VMAXPS     Z29, Z9, Z29
+	VMINPS     Z27, Z18, Z9
+	VMAXPS     Z27, Z18, Z27
+	VMINPS     Z28, Z17, Z18
+	VMAXPS     Z28, Z17, Z28
+	VMINPS     Z21, Z23, Z17
+	VMAXPS     Z21, Z23, Z21
+	VMINPS     Z24, Z20, Z23
+	VMAXPS     Z24, Z20, Z24
+	VMINPS     Z9, Z19, Z20
+	VMAXPS     Z9, Z19, Z9
+	VMINPS     Z29, Z18, Z19
+	VMAXPS     Z29, Z18, Z29
+	VMINPS     Z27, Z17, Z18
+	VMAXPS     Z27, Z17, Z27
+	VMINPS     Z31, Z28, Z17
+	VMAXPS     Z31, Z28, Z31
+	VMINPS     Z25, Z21, Z28
+	VMAXPS     Z25, Z21, Z25
+	VMINPS     Z23, Z22, Z21
+	VMAXPS     Z23, Z22, Z23
+	VMINPS     Z24, Z20, Z22
+	VMAXPS     Z24, Z20, Z24
+	VMINPS     Z19, Z9, Z20
+	VMAXPS     Z19, Z9, Z19
+	VMINPS     Z29, Z18, Z9
+	VMAXPS     Z29, Z18, Z29
+	VMINPS     Z17, Z27, Z18
+	VMAXPS     Z17, Z27, Z17
+	VMINPS     Z31, Z28, Z27
+	VMAXPS     Z31, Z28, Z31
+	VMINPS     Z26, Z25, Z28
+	VMAXPS     Z26, Z25, Z26
+	VMINPS     Z30, Z13, Z25
+	VMAXPS     Z30, Z13, Z30
+	VMINPS     Z21, Z5, Z13
+	VMAXPS     Z21, Z5, Z21
+	VMINPS     Z23, Z8, Z5
+	VMAXPS     Z23, Z8, Z23
+	VMINPS     Z22, Z6, Z8
+	VMAXPS     Z22, Z6, Z22
+	VMINPS     Z24, Z7, Z6
+	VMAXPS     Z24, Z7, Z24
+	VMINPS     Z20, Z4, Z7
+	VMAXPS     Z20, Z4, Z20
+	VMINPS     Z19, Z3, Z4
+	VMAXPS     Z19, Z3, Z19
+	VMINPS     Z9, Z0, Z3
+	VMAXPS     Z9, Z0, Z9
+	VMINPS     Z29, Z14, Z0
+	VMAXPS     Z29, Z14, Z29
+	VMINPS     Z18, Z2, Z14
+	VMAXPS     Z18, Z2, Z18
+	VMINPS     Z17, Z1, Z2
+	VMAXPS     Z17, Z1, Z17
+	VMINPS     Z27, Z12, Z1
+	VMAXPS     Z27, Z12, Z27
+	VMINPS     Z31, Z10, Z12
+	VMAXPS     Z31, Z10, Z31
+	VMINPS     Z28, Z11, Z10
+	VMAXPS     Z28, Z11, Z28
+	VMINPS     Z26, Z16, Z11
+	VMAXPS     Z26, Z16, Z26
+	VMINPS     Z30, Z0, Z16
+	VMAXPS     Z30, Z0, Z30
+	VMINPS     Z21, Z14, Z0
+	VMAXPS     Z21, Z14, Z21
+	VMINPS     Z23, Z2, Z14
+	VMAXPS     Z23, Z2, Z23
+	VMINPS     Z22, Z1, Z2
+	VMAXPS     Z22, Z1, Z22
+	VMINPS     Z24, Z12, Z1
+	VMAXPS     Z24, Z12, Z24
+	VMINPS     Z20, Z10, Z12
+	VMAXPS     Z20, Z10, Z20
+	VMINPS     Z19, Z11, Z10
+	VMAXPS     Z19, Z11, Z19
+	VMINPS     Z9, Z15, Z11
+	VMAXPS     Z9, Z15, Z9
+	VMINPS     Z16, Z6, Z15
+	VMAXPS     Z16, Z6, Z16
+	VMINPS     Z0, Z7, Z6
+	VMAXPS     Z0, Z7, Z0
+	VMINPS     Z14, Z4, Z7
+	VMAXPS     Z14, Z4, Z14
+	VMINPS     Z2, Z3, Z4
+	VMAXPS     Z2, Z3, Z2
+	VMINPS     Z30, Z1, Z3
+	VMAXPS     Z30, Z1, Z30
+	VMINPS     Z21, Z12, Z1
+	VMAXPS     Z21, Z12, Z21
+	VMINPS     Z23, Z10, Z12
+	VMAXPS     Z23, Z10, Z23
+	VMINPS     Z22, Z11, Z10
+	VMAXPS     Z22, Z11, Z22
+	VMINPS     Z29, Z24, Z11
+	VMAXPS     Z29, Z24, Z29
+	VMINPS     Z18, Z20, Z24
+	VMAXPS     Z18, Z20, Z18
+	VMINPS     Z17, Z19, Z20
+	VMAXPS     Z17, Z19, Z17
+	VMINPS     Z27, Z9, Z19
+	VMAXPS     Z27, Z9, Z27
+	VMINPS     Z15, Z5, Z9
+	VMAXPS     Z15, Z5, Z15
+	VMINPS     Z6, Z8, Z5
+	VMAXPS     Z6, Z8, Z6
+	VMINPS     Z16, Z7, Z8
+	VMAXPS     Z16, Z7, Z16
+	VMINPS     Z0, Z4, Z7
+	VMAXPS     Z0, Z4, Z0
+	VMINPS     Z3, Z14, Z4
+	VMAXPS     Z3, Z14, Z3
+	VMINPS     Z1, Z2, Z14
+	VMAXPS     Z1, Z2, Z1
+	VMINPS     Z30, Z12, Z2
+	VMAXPS     Z30, Z12, Z30
+	VMINPS     Z21, Z10, Z12
+	VMAXPS     Z21, Z10, Z21
+	VMINPS     Z11, Z23, Z10
+	VMAXPS     Z11, Z23, Z11
+	VMINPS     Z24, Z22, Z23
+	VMAXPS     Z24, Z22, Z24
+	VMINPS     Z29, Z20, Z22
+	VMAXPS     Z29, Z20, Z29
+	VMINPS     Z18, Z19, Z20
+	VMAXPS     Z18, Z19, Z18
+	VMINPS     Z31, Z17, Z19
+	VMAXPS     Z31, Z17, Z31
+	VMINPS     Z28, Z27, Z17
+	VMAXPS     Z28, Z27, Z28
+	VMINPS     Z9, Z13, Z27
+	VMAXPS     Z9, Z13, Z9
+	VMINPS     Z15, Z5, Z13
+	VMAXPS     Z15, Z5, Z15
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z16, Z7, Z6
+	VMAXPS     Z16, Z7, Z16
+	VMINPS     Z4, Z0, Z7
+	VMAXPS     Z4, Z0, Z4
+	VMINPS     Z3, Z14, Z0
+	VMAXPS     Z3, Z14, Z3
+	VMINPS     Z2, Z1, Z14
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z30, Z12, Z1
+	VMAXPS     Z30, Z12, Z30
+	VMINPS     Z10, Z21, Z12
+	VMAXPS     Z10, Z21, Z10
+	VMINPS     Z11, Z23, Z21
+	VMAXPS     Z11, Z23, Z11
+	VMINPS     Z22, Z24, Z23
+	VMAXPS     Z22, Z24, Z22
+	VMINPS     Z29, Z20, Z24
+	VMAXPS     Z29, Z20, Z29
+	VMINPS     Z19, Z18, Z20
+	VMAXPS     Z19, Z18, Z19
+	VMINPS     Z31, Z17, Z18
+	VMAXPS     Z31, Z17, Z31
+	VMINPS     Z26, Z28, Z17
+	VMAXPS     Z26, Z28, Z26
+	VMOVUPS    Z25, (CX)
+	VMOVUPS    Z27, 64(CX)
+	VMOVUPS    Z9, 128(CX)
+	VMOVUPS    Z13, 192(CX)
+	VMOVUPS    Z15, 256(CX)
+	VMOVUPS    Z5, 320(CX)
+	VMOVUPS    Z8, 384(CX)
+	VMOVUPS    Z6, 448(CX)
+	VMOVUPS    Z16, 512(CX)
+	VMOVUPS    Z7, 576(CX)
+	VMOVUPS    Z4, 640(CX)
+	VMOVUPS    Z0, 704(CX)
+	VMOVUPS    Z3, 768(CX)
+	VMOVUPS    Z14, 832(CX)
+	VMOVUPS    Z2, 896(CX)
+	VMOVUPS    Z1, 960(CX)
+	VMOVUPS    Z30, 1024(CX)
+	VMOVUPS    Z12, 1088(CX)
+	VMOVUPS    Z10, 1152(CX)
+	VMOVUPS    Z21, 1216(CX)
+	VMOVUPS    Z11, 1280(CX)
+	VMOVUPS    Z23, 1344(CX)
+	VMOVUPS    Z22, 1408(CX)
+	VMOVUPS    Z24, 1472(CX)
+	VMOVUPS    Z29, 1536(CX)
+	VMOVUPS    Z20, 1600(CX)
+	VMOVUPS    Z19, 1664(CX)
+	VMOVUPS    Z18, 1728(CX)
+	VMOVUPS    Z31, 1792(CX)
+	VMOVUPS    Z17, 1856(CX)
+	VMOVUPS    Z26, 1920(CX)
+
+	// n=31: 186 comparators, 31 loads, 31 stores per group
+	ADDQ $0x40, DX
+	ADDQ $0x000007c0, CX
+	DECQ BX
+	JNZ  n31_loop
+	VZEROUPPER
+	RET
+
+n32:
+	MOVQ x_base+24(FP), AX
+	MOVQ tmp_base+0(FP), CX
+	MOVQ off+48(FP), DX
+	SHLQ $0x02, DX
+	MOVQ groups+56(FP), BX
+
+n32_loop:
+	MOVQ       (AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       24(AX), SI
+	VMOVUPS    (SI)(DX*1), Z1
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z1, Z0, Z2
+	VMAXPS     Z1, Z0, Z1
+	MOVQ       48(AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       72(AX), SI
+	VMOVUPS    (SI)(DX*1), Z3
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z4, Z2, Z0
+	VMAXPS     Z4, Z2, Z4
+	VMINPS     Z3, Z1, Z2
+	VMAXPS     Z3, Z1, Z3
+	VMINPS     Z4, Z2, Z1
+	VMAXPS     Z4, Z2, Z4
+	MOVQ       96(AX), SI
+	VMOVUPS    (SI)(DX*1), Z2
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       120(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z5, Z2, Z6
+	VMAXPS     Z5, Z2, Z5
+	MOVQ       144(AX), SI
+	VMOVUPS    (SI)(DX*1), Z2
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       168(AX), SI
+	VMOVUPS    (SI)(DX*1), Z7
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z7, Z2, Z8
+	VMAXPS     Z7, Z2, Z7
+	VMINPS     Z8, Z6, Z2
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z5, Z6
+	VMAXPS     Z7, Z5, Z7
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z2, Z0, Z6
+	VMAXPS     Z2, Z0, Z2
+	VMINPS     Z5, Z1, Z0
+	VMAXPS     Z5, Z1, Z5
+	VMINPS     Z8, Z4, Z1
+	VMAXPS     Z8, Z4, Z8
+	VMINPS     Z7, Z3, Z4
+	VMAXPS     Z7, Z3, Z7
+	VMINPS     Z2, Z1, Z3
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z5, Z4, Z1
+	VMAXPS     Z5, Z4, Z5
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z2, Z1, Z0
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z8, Z5, Z1
+	VMAXPS     Z8, Z5, Z8
+	MOVQ       192(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       216(AX), SI
+	VMOVUPS    (SI)(DX*1), Z9
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z9, Z5, Z10
+	VMAXPS     Z9, Z5, Z9
+	MOVQ       240(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       264(AX), SI
+	VMOVUPS    (SI)(DX*1), Z11
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z12, Z10, Z5
+	VMAXPS     Z12, Z10, Z12
+	VMINPS     Z11, Z9, Z10
+	VMAXPS     Z11, Z9, Z11
+	VMINPS     Z12, Z10, Z9
+	VMAXPS     Z12, Z10, Z12
+	MOVQ       288(AX), SI
+	VMOVUPS    (SI)(DX*1), Z10
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       312(AX), SI
+	VMOVUPS    (SI)(DX*1), Z13
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z13, Z10, Z14
+	VMAXPS     Z13, Z10, Z13
+	MOVQ       336(AX), SI
+	VMOVUPS    (SI)(DX*1), Z10
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       360(AX), SI
+	VMOVUPS    (SI)(DX*1), Z15
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z15, Z10, Z16
+	VMAXPS     Z15, Z10, Z15
+	VMINPS     Z16, Z14, Z10
+	VMAXPS     Z16, Z14, Z16
+	VMINPS     Z15, Z13, Z14
+	VMAXPS     Z15, Z13, Z15
+	VMINPS     Z16, Z14, Z13
+	VMAXPS     Z16, Z14, Z16
+	VMINPS     Z10, Z5, Z14
+	VMAXPS     Z10, Z5, Z10
+	VMINPS     Z13, Z9, Z5
+	VMAXPS     Z13, Z9, Z13
+	VMINPS     Z16, Z12, Z9
+	VMAXPS     Z16, Z12, Z16
+	VMINPS     Z15, Z11, Z12
+	VMAXPS     Z15, Z11, Z15
+	VMINPS     Z10, Z9, Z11
+	VMAXPS     Z10, Z9, Z10
+	VMINPS     Z13, Z12, Z9
+	VMAXPS     Z13, Z12, Z13
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z10, Z9, Z5
+	VMAXPS     Z10, Z9, Z10
+	VMINPS     Z16, Z13, Z9
+	VMAXPS     Z16, Z13, Z16
+	VMINPS     Z14, Z6, Z13
+	VMAXPS     Z14, Z6, Z14
+	VMINPS     Z12, Z4, Z6
+	VMAXPS     Z12, Z4, Z12
+	VMINPS     Z11, Z3, Z4
+	VMAXPS     Z11, Z3, Z11
+	VMINPS     Z5, Z0, Z3
+	VMAXPS     Z5, Z0, Z5
+	VMINPS     Z10, Z2, Z0
+	VMAXPS     Z10, Z2, Z10
+	VMINPS     Z9, Z1, Z2
+	VMAXPS     Z9, Z1, Z9
+	VMINPS     Z16, Z8, Z1
+	VMAXPS     Z16, Z8, Z16
+	VMINPS     Z15, Z7, Z8
+	VMAXPS     Z15, Z7, Z15
+	VMINPS     Z14, Z0, Z7
+	VMAXPS     Z14, Z0, Z14
+	VMINPS     Z12, Z2, Z0
+	VMAXPS     Z12, Z2, Z12
+	VMINPS     Z11, Z1, Z2
+	VMAXPS     Z11, Z1, Z11
+	VMINPS     Z5, Z8, Z1
+	VMAXPS     Z5, Z8, Z5
+	VMINPS     Z7, Z4, Z8
+	VMAXPS     Z7, Z4, Z7
+	VMINPS     Z0, Z3, Z4
+	VMAXPS     Z0, Z3, Z0
+	VMINPS     Z14, Z2, Z3
+	VMAXPS     Z14, Z2, Z14
+	VMINPS     Z12, Z1, Z2
+	VMAXPS     Z12, Z1, Z12
+	VMINPS     Z10, Z11, Z1
+	VMAXPS     Z10, Z11, Z10
+	VMINPS     Z9, Z5, Z11
+	VMAXPS     Z9, Z5, Z9
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z4, Z6
+	VMAXPS     Z7, Z4, Z7
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z14, Z2, Z0
+	VMAXPS     Z14, Z2, Z14
+	VMINPS     Z1, Z12, Z2
+	VMAXPS     Z1, Z12, Z1
+	VMINPS     Z10, Z11, Z12
+	VMAXPS     Z10, Z11, Z10
+	VMINPS     Z16, Z9, Z11
+	VMAXPS     Z16, Z9, Z16
+	MOVQ       384(AX), SI
+	VMOVUPS    (SI)(DX*1), Z9
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       408(AX), SI
+	VMOVUPS    (SI)(DX*1), Z17
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z17, Z9, Z18
+	VMAXPS     Z17, Z9, Z17
+	MOVQ       432(AX), SI
+	VMOVUPS    (SI)(DX*1), Z9
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       456(AX), SI
+	VMOVUPS    (SI)(DX*1), Z19
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z19, Z9, Z20
+	VMAXPS     Z19, Z9, Z19
+	VMINPS     Z20, Z18, Z9
+	VMAXPS     Z20, Z18, Z20
+	VMINPS     Z19, Z17, Z18
+	VMAXPS     Z19, Z17, Z19
+	VMINPS     Z20, Z18, Z17
+	VMAXPS     Z20, Z18, Z20
+	MOVQ       480(AX), SI
+	VMOVUPS    (SI)(DX*1), Z18
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       504(AX), SI
+	VMOVUPS    (SI)(DX*1), Z21
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z21, Z18, Z22
+	VMAXPS     Z21, Z18, Z21
+	MOVQ       528(AX), SI
+	VMOVUPS    (SI)(DX*1), Z18
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       552(AX), SI
+	VMOVUPS    (SI)(DX*1), Z23
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z23, Z18, Z24
+	VMAXPS     Z23, Z18, Z23
+	VMINPS     Z24, Z22, Z18
+	VMAXPS     Z24, Z22, Z24
+	VMINPS     Z23, Z21, Z22
+	VMAXPS     Z23, Z21, Z23
+	VMINPS     Z24, Z22, Z21
+	VMAXPS     Z24, Z22, Z24
+	VMINPS     Z18, Z9, Z22
+	VMAXPS     Z18, Z9, Z18
+	VMINPS     Z21, Z17, Z9
+	VMAXPS     Z21, Z17, Z21
+	VMINPS     Z24, Z20, Z17
+	VMAXPS     Z24, Z20, Z24
+	VMINPS     Z23, Z19, Z20
+	VMAXPS     Z23, Z19, Z23
+	VMINPS     Z18, Z17, Z19
+	VMAXPS     Z18, Z17, Z18
+	VMINPS     Z21, Z20, Z17
+	VMAXPS     Z21, Z20, Z21
+	VMINPS     Z19, Z9, Z20
+	VMAXPS     Z19, Z9, Z19
+	VMINPS     Z18, Z17, Z9
+	VMAXPS     Z18, Z17, Z18
+	VMINPS     Z24, Z21, Z17
+	VMAXPS     Z24, Z21, Z24
+	MOVQ       576(AX), SI
+	VMOVUPS    (SI)(DX*1), Z21
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       600(AX), SI
+	VMOVUPS    (SI)(DX*1), Z25
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z25, Z21, Z26
+	VMAXPS     Z25, Z21, Z25
+	MOVQ       624(AX), SI
+	VMOVUPS    (SI)(DX*1), Z21
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       648(AX), SI
+	VMOVUPS    (SI)(DX*1), Z27
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z27, Z21, Z28
+	VMAXPS     Z27, Z21, Z27
+	VMINPS     Z28, Z26, Z21
+	VMAXPS     Z28, Z26, Z28
+	VMINPS     Z27, Z25, Z26
+	VMAXPS     Z27, Z25, Z27
+	VMINPS     Z28, Z26, Z25
+	VMAXPS     Z28, Z26, Z28
+	MOVQ       672(AX), SI
+	VMOVUPS    (SI)(DX*1), Z26
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       696(AX), SI
+	VMOVUPS    (SI)(DX*1), Z29
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z29, Z26, Z30
+	VMAXPS     Z29, Z26, Z29
+	MOVQ       720(AX), SI
+	VMOVUPS    (SI)(DX*1), Z26
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       744(AX), SI
+	VMOVUPS    (SI)(DX*1), Z31
+	PREFETCHT0 512(SI)(DX*1)
+	VMOVUPS    Z15, 960(CX)
+	VMINPS     Z31, Z26, Z15
+	VMAXPS     Z31, Z26, Z31
+	VMINPS     Z15, Z30, Z26
+	VMAXPS     Z15, Z30, Z15
+	VMINPS     Z31, Z29, Z30
+	VMAXPS     Z31, Z29, Z31
+	VMINPS     Z15, Z30, Z29
+	VMAXPS     Z15, Z30, Z15
+	VMINPS     Z26, Z21, Z30
+	VMAXPS     Z26, Z21, Z26
+	VMINPS     Z29, Z25, Z21
+	VMAXPS     Z29, Z25, Z29
+	VMINPS     Z15, Z28, Z25
+	VMAXPS     Z15, Z28, Z15
+	VMINPS     Z31, Z27, Z28
+	VMAXPS     Z31, Z27, Z31
+	VMINPS     Z26, Z25, Z27
+	VMAXPS     Z26, Z25, Z26
+	VMINPS     Z29, Z28, Z25
+	VMAXPS     Z29, Z28, Z29
+	VMINPS     Z27, Z21, Z28
+	VMAXPS     Z27, Z21, Z27
+	VMINPS     Z26, Z25, Z21
+	VMAXPS     Z26, Z25, Z26
+	VMINPS     Z15, Z29, Z25
+	VMAXPS     Z15, Z29, Z15
+	VMINPS     Z30, Z22, Z29
+	VMAXPS     Z30, Z22, Z30
+	VMINPS     Z28, Z20, Z22
+	VMAXPS     Z28, Z20, Z28
+	VMINPS     Z27, Z19, Z20
+	VMAXPS     Z27, Z19, Z27
+	VMINPS     Z21, Z9, Z19
+	VMAXPS     Z21, Z9, Z21
+	VMINPS     Z26, Z18, Z9
+	VMAXPS     Z26, Z18, Z26
+	VMINPS     Z25, Z17, Z18
+	VMAXPS     Z25, Z17, Z25
+	VMINPS     Z15, Z24, Z17
+	VMAXPS     Z15, Z24, Z15
+	VMINPS     Z31, Z23, Z24
+	VMAXPS     Z31, Z23, Z31
+	VMINPS     Z30, Z9, Z23
+	VMAXPS     Z30, Z9, Z30
+	VMINPS     Z28, Z18, Z9
+	VMAXPS     Z28, Z18, Z28
+	VMINPS     Z27, Z17, Z18
+	VMAXPS     Z27, Z17, Z27
+	VMINPS     Z21, Z24, Z17
+	VMAXPS     Z21, Z24, Z21
+	VMINPS     Z23, Z20, Z24
+	VMAXPS     Z23, Z20, Z23
+	VMINPS     Z9, Z19, Z20
+	VMAXPS     Z9, Z19, Z9
+	VMINPS     Z30, Z18, Z19
+	VMAXPS     Z30, Z18, Z30
+	VMINPS     Z28, Z17, Z18
+	VMAXPS     Z28, Z17, Z28
+	VMINPS     Z26, Z27, Z17
+	VMAXPS     Z26, Z27, Z26
+	VMINPS     Z25, Z21, Z27
+	VMAXPS     Z25, Z21, Z25
+	VMINPS     Z24, Z22, Z21
+	VMAXPS     Z24, Z22, Z24
+	VMINPS     Z23, Z20, Z22
+	VMAXPS     Z23, Z20, Z23
+	VMINPS     Z19, Z9, Z20
+	VMAXPS     Z19, Z9, Z19
+	VMINPS     Z30, Z18, Z9
+	VMAXPS     Z30, Z18, Z30
+	VMINPS     Z17, Z28, Z18
+	VMAXPS     Z17, Z28, Z17
+	VMINPS     Z26, Z27, Z28
+	VMAXPS     Z26, Z27, Z26
+	VMINPS     Z15, Z25, Z27
+	VMAXPS     Z15, Z25, Z15
+	VMINPS     Z29, Z13, Z25
+	VMAXPS     Z29, Z13, Z29
+	VMINPS     Z21, Z5, Z13
+	VMAXPS     Z21, Z5, Z21
+	VMINPS     Z24, Z8, Z5
+	VMAXPS     Z24, Z8, Z24
+	VMINPS     Z22, Z6, Z8
+	VMAXPS     Z22, Z6, Z22
+	VMINPS     Z23, Z7, Z6
+	VMAXPS     Z23, Z7, Z23
+	VMINPS     Z20, Z4, Z7
+	VMAXPS     Z20, Z4, Z20
+	VMINPS     Z19, Z3, Z4
+	VMAXPS     Z19, Z3, Z19
+	VMINPS     Z9, Z0, Z3
+	VMAXPS     Z9, Z0, Z9
+	VMINPS     Z30, Z14, Z0
+	VMAXPS     Z30, Z14, Z30
+	VMINPS     Z18, Z2, Z14
+	VMAXPS     Z18, Z2, Z18
+	VMINPS     Z17, Z1, Z2
+	VMAXPS     Z17, Z1, Z17
+	VMINPS     Z28, Z12, Z1
+	VMAXPS     Z28, Z12, Z28
+	VMINPS     Z26, Z10, Z12
+	VMAXPS     Z26, Z10, Z26
+	VMINPS     Z27, Z11, Z10
+	VMAXPS     Z27, Z11, Z27
+	VMINPS     Z15, Z16, Z11
+	VMAXPS     Z15, Z16, Z15
+	VMINPS     Z29, Z0, Z16
+	VMAXPS     Z29, Z0, Z29
+	VMINPS     Z21, Z14, Z0
+	VMAXPS     Z21, Z14, Z21
+	VMINPS     Z24, Z2, Z14
+	VMAXPS     Z24, Z2, Z24
+	VMINPS     Z22, Z1, Z2
+	VMAXPS     Z22, Z1, Z22
+	VMINPS     Z23, Z12, Z1
+	VMAXPS     Z23, Z12, Z23
+	VMINPS     Z20, Z10, Z12
+	VMAXPS     Z20, Z10, Z20
+	VMINPS     Z19, Z11, Z10
+	VMAXPS     Z19, Z11, Z19
+	VMINPS     Z16, Z6, Z11
+	VMAXPS     Z16, Z6, Z16
+	VMINPS     Z0, Z7, Z6
+	VMAXPS     Z0, Z7, Z0
+	VMINPS     Z14, Z4, Z7
+	VMAXPS     Z14, Z4, Z14
+	VMINPS     Z2, Z3, Z4
+	VMAXPS     Z2, Z3, Z2
+	VMINPS     Z29, Z1, Z3
+	VMAXPS     Z29, Z1, Z29
+	VMINPS     Z21, Z12, Z1
+	VMAXPS     Z21, Z12, Z21
+	VMINPS     Z24, Z10, Z12
+	VMAXPS     Z24, Z10, Z24
+	VMINPS     Z30, Z23, Z10
+	VMAXPS     Z30, Z23, Z30
+	VMINPS     Z18, Z20, Z23
+	VMAXPS     Z18, Z20, Z18
+	VMINPS     Z17, Z19, Z20
+	VMAXPS     Z17, Z19, Z17
+	VMINPS     Z11, Z5, Z19
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z6, Z8, Z5
+	VMAXPS     Z6, Z8, Z6
+	VMINPS     Z16, Z7, Z8
+	VMAXPS     Z16, Z7, Z16
+	VMINPS     Z0, Z4, Z7
+	VMAXPS     Z0, Z4, Z0
+	VMINPS     Z3, Z14, Z4
+	VMAXPS     Z3, Z14, Z3
+	VMINPS     Z1, Z2, Z14
+	VMAXPS     Z1, Z2, Z1
+	VMINPS     Z29, Z12, Z2
+	VMAXPS     Z29, Z12, Z29
+	VMINPS     Z10, Z24, Z12
+	VMAXPS     Z10, Z24, Z10
+	VMINPS     Z30, Z20, Z24
+	VMAXPS     Z30, Z20, Z30
+	VMINPS     Z26, Z17, Z20
+	VMAXPS     Z26, Z17, Z26
+	VMINPS     Z19, Z13, Z17
+	VMAXPS     Z19, Z13, Z19
+	VMINPS     Z11, Z5, Z13
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z16, Z7, Z6
+	VMAXPS     Z16, Z7, Z16
+	VMINPS     Z4, Z0, Z7
+	VMAXPS     Z4, Z0, Z4
+	VMINPS     Z3, Z14, Z0
+	VMAXPS     Z3, Z14, Z3
+	VMINPS     Z2, Z1, Z14
+	VMAXPS     Z2, Z1, Z2
+	VMOVUPS    960(CX), Z1
+	VMOVUPS    Z0, 704(CX)
+	VMINPS     Z31, Z1, Z0
+	VMAXPS     Z31, Z1, Z31
+	VMINPS     Z9, Z0, Z1
+	VMAXPS     Z9, Z0, Z9
+	VMINPS     Z22, Z1, Z0
+	VMAXPS     Z22, Z1, Z22
+	VMINPS     Z28, Z9, Z1
+	VMAXPS     Z28, Z9, Z28
+	VMINPS     Z21, Z0, Z9
+	VMAXPS     Z21, Z0, Z21
+	VMINPS     Z23, Z22, Z0
+	VMAXPS     Z23, Z22, Z23
+	VMINPS     Z18, Z1, Z22
+	VMAXPS     Z18, Z1, Z18
+	VMINPS     Z27, Z28, Z1
+	VMAXPS     Z27, Z28, Z27
+	VMINPS     Z29, Z9, Z28
+	VMAXPS     Z29, Z9, Z29
+	VMINPS     Z12, Z21, Z9
+	VMAXPS     Z12, Z21, Z12
+	VMINPS     Z10, Z0, Z21
+	VMAXPS     Z10, Z0, Z10
+	VMINPS     Z24, Z23, Z0
+	VMAXPS     Z24, Z23, Z24
+	VMINPS     Z30, Z22, Z23
+	VMAXPS     Z30, Z22, Z30
+	VMINPS     Z20, Z18, Z22
+	VMAXPS     Z20, Z18, Z20
+	VMINPS     Z26, Z1, Z18
+	VMAXPS     Z26, Z1, Z26
+	VMINPS     Z15, Z27, Z1
+	VMAXPS     Z15, Z27, Z15
+	VMOVUPS    Z25, (CX)
+	VMOVUPS    Z17, 64(CX)
+	VMOVUPS    Z19, 128(CX)
+	VMOVUPS    Z13, 192(CX)
+	VMOVUPS    Z11, 256(CX)
+	VMOVUPS    Z5, 320(CX)
+	VMOVUPS    Z8, 384(CX)
+	VMOVUPS    Z6, 448(CX)
+	VMOVUPS    Z16, 512(CX)
+	VMOVUPS    Z7, 576(CX)
+	VMOVUPS    Z4, 640(CX)
+	VMOVUPS    Z3, 768(CX)
+	VMOVUPS    Z14, 832(CX)
+	VMOVUPS    Z2, 896(CX)
+	VMOVUPS    Z28, 960(CX)
+	VMOVUPS    Z29, 1024(CX)
+	VMOVUPS    Z9, 1088(CX)
+	VMOVUPS    Z12, 1152(CX)
+	VMOVUPS    Z21, 1216(CX)
+	VMOVUPS    Z10, 1280(CX)
+	VMOVUPS    Z0, 1344(CX)
+	VMOVUPS    Z24, 1408(CX)
+	VMOVUPS    Z23, 1472(CX)
+	VMOVUPS    Z30, 1536(CX)
+	VMOVUPS    Z22, 1600(CX)
+	VMOVUPS    Z20, 1664(CX)
+	VMOVUPS    Z18, 1728(CX)
+	VMOVUPS    Z26, 1792(CX)
+	VMOVUPS    Z1, 1856(CX)
+	VMOVUPS    Z15, 1920(CX)
+	VMOVUPS    Z31, 1984(CX)
+
+	// n=32: 191 comparators, 33 loads, 33 stores per group
+	ADDQ $0x40, DX
+	ADDQ $0x00000800, CX
+	DECQ BX
+	JNZ  n32_loop
+	VZEROUPPER
+	RET
+
+// func medianSmallF32AVX512(dst []float32, tmp []float32, x [][]byte, off int, groups int)
+// Requires: AVX, AVX512F, MMX+
+TEXT ·medianSmallF32AVX512(SB), NOSPLIT, $0-88
+	MOVQ x_len+56(FP), AX
+	CMPQ AX, $0x01
+	JE   n1
+	CMPQ AX, $0x02
+	JE   n2
+	CMPQ AX, $0x03
+	JE   n3
+	CMPQ AX, $0x04
+	JE   n4
+	CMPQ AX, $0x05
+	JE   n5
+	CMPQ AX, $0x06
+	JE   n6
+	CMPQ AX, $0x07
+	JE   n7
+	CMPQ AX, $0x08
+	JE   n8
+	CMPQ AX, $0x09
+	JE   n9
+	CMPQ AX, $0x0a
+	JE   n10
+	CMPQ AX, $0x0b
+	JE   n11
+	CMPQ AX, $0x0c
+	JE   n12
+	CMPQ AX, $0x0d
+	JE   n13
+	CMPQ AX, $0x0e
+	JE   n14
+	CMPQ AX, $0x0f
+	JE   n15
+	CMPQ AX, $0x10
+	JE   n16
+	CMPQ AX, $0x11
+	JE   n17
+	CMPQ AX, $0x12
+	JE   n18
+	CMPQ AX, $0x13
+	JE   n19
+	CMPQ AX, $0x14
+	JE   n20
+	CMPQ AX, $0x15
+	JE   n21
+	CMPQ AX, $0x16
+	JE   n22
+	CMPQ AX, $0x17
+	JE   n23
+	CMPQ AX, $0x18
+	JE   n24
+	CMPQ AX, $0x19
+	JE   n25
+	CMPQ AX, $0x1a
+	JE   n26
+	CMPQ AX, $0x1b
+	JE   n27
+	CMPQ AX, $0x1c
+	JE   n28
+	CMPQ AX, $0x1d
+	JE   n29
+	CMPQ AX, $0x1e
+	JE   n30
+	CMPQ AX, $0x1f
+	JE   n31
+	CMPQ AX, $0x20
+	JE   n32
+	RET
+
+n1:
+	MOVQ x_base+48(FP), AX
+	MOVQ tmp_base+24(FP), CX
+	MOVQ dst_base+0(FP), CX
+	MOVQ off+72(FP), DX
+	SHLQ $0x02, DX
+	MOVQ groups+80(FP), BX
+
+n1_loop:
+	MOVQ       (AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	VMOVUPS    Z0, (CX)
+
+	// n=1: 0 of 0 comparators, 1 loads, 0 stores per group
+	ADDQ $0x40, DX
+	ADDQ $0x40, CX
+	DECQ BX
+	JNZ  n1_loop
+	VZEROUPPER
+	RET
+
+n2:
+	MOVQ x_base+48(FP), AX
+	MOVQ tmp_base+24(FP), CX
+	MOVQ dst_base+0(FP), CX
+	MOVQ off+72(FP), DX
+	SHLQ $0x02, DX
+	MOVQ groups+80(FP), BX
+
+n2_loop:
+	MOVQ         (AX), SI
+	VMOVUPS      (SI)(DX*1), Z0
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         24(AX), SI
+	VMOVUPS      (SI)(DX*1), Z1
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z1, Z0, Z2
+	VMAXPS       Z1, Z0, Z1
+	MOVL         $0x3f000000, SI
+	VPBROADCASTD SI, Z0
+	VMULPS       Z0, Z2, Z2
+	VMULPS       Z0, Z1, Z1
+	VADDPS       Z1, Z2, Z2
+	VMOVUPS      Z2, (CX)
+
+	// n=2: 1 of 1 comparators, 2 loads, 0 stores per group
+	ADDQ $0x40, DX
+	ADDQ $0x40, CX
+	DECQ BX
+	JNZ  n2_loop
+	VZEROUPPER
+	RET
+
+n3:
+	MOVQ x_base+48(FP), AX
+	MOVQ tmp_base+24(FP), CX
+	MOVQ dst_base+0(FP), CX
+	MOVQ off+72(FP), DX
+	SHLQ $0x02, DX
+	MOVQ groups+80(FP), BX
+
+n3_loop:
+	MOVQ       (AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       24(AX), SI
+	VMOVUPS    (SI)(DX*1), Z1
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z1, Z0, Z2
+	VMAXPS     Z1, Z0, Z1
+	MOVQ       48(AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z0, Z2, Z3
+	VMAXPS     Z0, Z2, Z0
+	VMINPS     Z0, Z1, Z2
+	VMAXPS     Z0, Z1, Z0
+	VMOVUPS    Z2, (CX)
+
+	// n=3: 3 of 3 comparators, 3 loads, 0 stores per group
+	ADDQ $0x40, DX
+	ADDQ $0x40, CX
+	DECQ BX
+	JNZ  n3_loop
+	VZEROUPPER
+	RET
+
+n4:
+	MOVQ x_base+48(FP), AX
+	MOVQ tmp_base+24(FP), CX
+	MOVQ dst_base+0(FP), CX
+	MOVQ off+72(FP), DX
+	SHLQ $0x02, DX
+	MOVQ groups+80(FP), BX
+
+n4_loop:
+	MOVQ         (AX), SI
+	VMOVUPS      (SI)(DX*1), Z0
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         24(AX), SI
+	VMOVUPS      (SI)(DX*1), Z1
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z1, Z0, Z2
+	VMAXPS       Z1, Z0, Z1
+	MOVQ         48(AX), SI
+	VMOVUPS      (SI)(DX*1), Z0
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         72(AX), SI
+	VMOVUPS      (SI)(DX*1), Z3
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z3, Z0, Z4
+	VMAXPS       Z3, Z0, Z3
+	VMINPS       Z4, Z2, Z0
+	VMAXPS       Z4, Z2, Z4
+	VMINPS       Z3, Z1, Z2
+	VMAXPS       Z3, Z1, Z3
+	VMINPS       Z4, Z2, Z1
+	VMAXPS       Z4, Z2, Z4
+	MOVL         $0x3f000000, SI
+	VPBROADCASTD SI, Z2
+	VMULPS       Z2, Z1, Z1
+	VMULPS       Z2, Z4, Z4
+	VADDPS       Z4, Z1, Z1
+	VMOVUPS      Z1, (CX)
+
+	// n=4: 5 of 5 comparators, 4 loads, 0 stores per group
+	ADDQ $0x40, DX
+	ADDQ $0x40, CX
+	DECQ BX
+	JNZ  n4_loop
+	VZEROUPPER
+	RET
+
+n5:
+	MOVQ x_base+48(FP), AX
+	MOVQ tmp_base+24(FP), CX
+	MOVQ dst_base+0(FP), CX
+	MOVQ off+72(FP), DX
+	SHLQ $0x02, DX
+	MOVQ groups+80(FP), BX
+
+n5_loop:
+	MOVQ       (AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       24(AX), SI
+	VMOVUPS    (SI)(DX*1), Z1
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z1, Z0, Z2
+	VMAXPS     Z1, Z0, Z1
+	MOVQ       48(AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       72(AX), SI
+	VMOVUPS    (SI)(DX*1), Z3
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z4, Z2, Z0
+	VMAXPS     Z4, Z2, Z4
+	VMINPS     Z3, Z1, Z2
+	VMAXPS     Z3, Z1, Z3
+	VMINPS     Z4, Z2, Z1
+	VMAXPS     Z4, Z2, Z4
+	MOVQ       96(AX), SI
+	VMOVUPS    (SI)(DX*1), Z2
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z2, Z0, Z5
+	VMAXPS     Z2, Z0, Z2
+	VMINPS     Z2, Z4, Z0
+	VMAXPS     Z2, Z4, Z2
+	VMINPS     Z0, Z1, Z4
+	VMAXPS     Z0, Z1, Z0
+	VMOVUPS    Z0, (CX)
+
+	// n=5: 8 of 9 comparators, 5 loads, 0 stores per group
+	ADDQ $0x40, DX
+	ADDQ $0x40, CX
+	DECQ BX
+	JNZ  n5_loop
+	VZEROUPPER
+	RET
+
+n6:
+	MOVQ x_base+48(FP), AX
+	MOVQ tmp_base+24(FP), CX
+	MOVQ dst_base+0(FP), CX
+	MOVQ off+72(FP), DX
+	SHLQ $0x02, DX
+	MOVQ groups+80(FP), BX
+
+n6_loop:
+	MOVQ         (AX), SI
+	VMOVUPS      (SI)(DX*1), Z0
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         24(AX), SI
+	VMOVUPS      (SI)(DX*1), Z1
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z1, Z0, Z2
+	VMAXPS       Z1, Z0, Z1
+	MOVQ         48(AX), SI
+	VMOVUPS      (SI)(DX*1), Z0
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         72(AX), SI
+	VMOVUPS      (SI)(DX*1), Z3
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z3, Z0, Z4
+	VMAXPS       Z3, Z0, Z3
+	VMINPS       Z4, Z2, Z0
+	VMAXPS       Z4, Z2, Z4
+	VMINPS       Z3, Z1, Z2
+	VMAXPS       Z3, Z1, Z3
+	VMINPS       Z4, Z2, Z1
+	VMAXPS       Z4, Z2, Z4
+	MOVQ         96(AX), SI
+	VMOVUPS      (SI)(DX*1), Z2
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         120(AX), SI
+	VMOVUPS      (SI)(DX*1), Z5
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z5, Z2, Z6
+	VMAXPS       Z5, Z2, Z5
+	VMINPS       Z6, Z0, Z2
+	VMAXPS       Z6, Z0, Z6
+	VMINPS       Z5, Z1, Z0
+	VMAXPS       Z5, Z1, Z5
+	VMINPS       Z6, Z4, Z1
+	VMAXPS       Z6, Z4, Z6
+	VMINPS       Z5, Z3, Z4
+	VMAXPS       Z5, Z3, Z5
+	VMINPS       Z1, Z0, Z3
+	VMAXPS       Z1, Z0, Z1
+	VMINPS       Z6, Z4, Z0
+	VMAXPS       Z6, Z4, Z6
+	MOVL         $0x3f000000, SI
+	VPBROADCASTD SI, Z4
+	VMULPS       Z4, Z1, Z1
+	VMULPS       Z4, Z0, Z0
+	VADDPS       Z0, Z1, Z1
+	VMOVUPS      Z1, (CX)
+
+	// n=6: 12 of 12 comparators, 6 loads, 0 stores per group
+	ADDQ $0x40, DX
+	ADDQ $0x40, CX
+	DECQ BX
+	JNZ  n6_loop
+	VZEROUPPER
+	RET
+
+n7:
+	MOVQ x_base+48(FP), AX
+	MOVQ tmp_base+24(FP), CX
+	MOVQ dst_base+0(FP), CX
+	MOVQ off+72(FP), DX
+	SHLQ $0x02, DX
+	MOVQ groups+80(FP), BX
+
+n7_loop:
+	MOVQ       (AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       24(AX), SI
+	VMOVUPS    (SI)(DX*1), Z1
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z1, Z0, Z2
+	VMAXPS     Z1, Z0, Z1
+	MOVQ       48(AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       72(AX), SI
+	VMOVUPS    (SI)(DX*1), Z3
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z4, Z2, Z0
+	VMAXPS     Z4, Z2, Z4
+	VMINPS     Z3, Z1, Z2
+	VMAXPS     Z3, Z1, Z3
+	VMINPS     Z4, Z2, Z1
+	VMAXPS     Z4, Z2, Z4
+	MOVQ       96(AX), SI
+	VMOVUPS    (SI)(DX*1), Z2
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       120(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z5, Z2, Z6
+	VMAXPS     Z5, Z2, Z5
+	MOVQ       144(AX), SI
+	VMOVUPS    (SI)(DX*1), Z2
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z2, Z6, Z7
+	VMAXPS     Z2, Z6, Z2
+	VMINPS     Z2, Z5, Z6
+	VMAXPS     Z2, Z5, Z2
+	VMINPS     Z7, Z0, Z5
+	VMAXPS     Z7, Z0, Z7
+	VMINPS     Z6, Z1, Z0
+	VMAXPS     Z6, Z1, Z6
+	VMINPS     Z2, Z4, Z1
+	VMAXPS     Z2, Z4, Z2
+	VMINPS     Z7, Z1, Z4
+	VMAXPS     Z7, Z1, Z7
+	VMINPS     Z6, Z3, Z1
+	VMAXPS     Z6, Z3, Z6
+	VMINPS     Z7, Z1, Z3
+	VMAXPS     Z7, Z1, Z7
+	VMOVUPS    Z3, (CX)
+
+	// n=7: 14 of 16 comparators, 7 loads, 0 stores per group
+	ADDQ $0x40, DX
+	ADDQ $0x40, CX
+	DECQ BX
+	JNZ  n7_loop
+	VZEROUPPER
+	RET
+
+n8:
+	MOVQ x_base+48(FP), AX
+	MOVQ tmp_base+24(FP), CX
+	MOVQ dst_base+0(FP), CX
+	MOVQ off+72(FP), DX
+	SHLQ $0x02, DX
+	MOVQ groups+80(FP), BX
+
+n8_loop:
+	MOVQ         (AX), SI
+	VMOVUPS      (SI)(DX*1), Z0
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         24(AX), SI
+	VMOVUPS      (SI)(DX*1), Z1
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z1, Z0, Z2
+	VMAXPS       Z1, Z0, Z1
+	MOVQ         48(AX), SI
+	VMOVUPS      (SI)(DX*1), Z0
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         72(AX), SI
+	VMOVUPS      (SI)(DX*1), Z3
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z3, Z0, Z4
+	VMAXPS       Z3, Z0, Z3
+	VMINPS       Z4, Z2, Z0
+	VMAXPS       Z4, Z2, Z4
+	VMINPS       Z3, Z1, Z2
+	VMAXPS       Z3, Z1, Z3
+	VMINPS       Z4, Z2, Z1
+	VMAXPS       Z4, Z2, Z4
+	MOVQ         96(AX), SI
+	VMOVUPS      (SI)(DX*1), Z2
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         120(AX), SI
+	VMOVUPS      (SI)(DX*1), Z5
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z5, Z2, Z6
+	VMAXPS       Z5, Z2, Z5
+	MOVQ         144(AX), SI
+	VMOVUPS      (SI)(DX*1), Z2
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         168(AX), SI
+	VMOVUPS      (SI)(DX*1), Z7
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z7, Z2, Z8
+	VMAXPS       Z7, Z2, Z7
+	VMINPS       Z8, Z6, Z2
+	VMAXPS       Z8, Z6, Z8
+	VMINPS       Z7, Z5, Z6
+	VMAXPS       Z7, Z5, Z7
+	VMINPS       Z8, Z6, Z5
+	VMAXPS       Z8, Z6, Z8
+	VMINPS       Z2, Z0, Z6
+	VMAXPS       Z2, Z0, Z2
+	VMINPS       Z5, Z1, Z0
+	VMAXPS       Z5, Z1, Z5
+	VMINPS       Z8, Z4, Z1
+	VMAXPS       Z8, Z4, Z8
+	VMINPS       Z7, Z3, Z4
+	VMAXPS       Z7, Z3, Z7
+	VMINPS       Z2, Z1, Z3
+	VMAXPS       Z2, Z1, Z2
+	VMINPS       Z5, Z4, Z1
+	VMAXPS       Z5, Z4, Z5
+	VMINPS       Z2, Z1, Z4
+	VMAXPS       Z2, Z1, Z2
+	MOVL         $0x3f000000, SI
+	VPBROADCASTD SI, Z1
+	VMULPS       Z1, Z4, Z4
+	VMULPS       Z1, Z2, Z2
+	VADDPS       Z2, Z4, Z4
+	VMOVUPS      Z4, (CX)
+
+	// n=8: 17 of 19 comparators, 8 loads, 0 stores per group
+	ADDQ $0x40, DX
+	ADDQ $0x40, CX
+	DECQ BX
+	JNZ  n8_loop
+	VZEROUPPER
+	RET
+
+n9:
+	MOVQ x_base+48(FP), AX
+	MOVQ tmp_base+24(FP), CX
+	MOVQ dst_base+0(FP), CX
+	MOVQ off+72(FP), DX
+	SHLQ $0x02, DX
+	MOVQ groups+80(FP), BX
+
+n9_loop:
+	MOVQ       (AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       24(AX), SI
+	VMOVUPS    (SI)(DX*1), Z1
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z1, Z0, Z2
+	VMAXPS     Z1, Z0, Z1
+	MOVQ       48(AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       72(AX), SI
+	VMOVUPS    (SI)(DX*1), Z3
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z4, Z2, Z0
+	VMAXPS     Z4, Z2, Z4
+	VMINPS     Z3, Z1, Z2
+	VMAXPS     Z3, Z1, Z3
+	VMINPS     Z4, Z2, Z1
+	VMAXPS     Z4, Z2, Z4
+	MOVQ       96(AX), SI
+	VMOVUPS    (SI)(DX*1), Z2
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       120(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z5, Z2, Z6
+	VMAXPS     Z5, Z2, Z5
+	MOVQ       144(AX), SI
+	VMOVUPS    (SI)(DX*1), Z2
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       168(AX), SI
+	VMOVUPS    (SI)(DX*1), Z7
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z7, Z2, Z8
+	VMAXPS     Z7, Z2, Z7
+	VMINPS     Z8, Z6, Z2
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z5, Z6
+	VMAXPS     Z7, Z5, Z7
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z2, Z0, Z6
+	VMAXPS     Z2, Z0, Z2
+	VMINPS     Z5, Z1, Z0
+	VMAXPS     Z5, Z1, Z5
+	VMINPS     Z8, Z4, Z1
+	VMAXPS     Z8, Z4, Z8
+	VMINPS     Z7, Z3, Z4
+	VMAXPS     Z7, Z3, Z7
+	VMINPS     Z2, Z1, Z3
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z5, Z4, Z1
+	VMAXPS     Z5, Z4, Z5
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z2, Z1, Z0
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z8, Z5, Z1
+	VMAXPS     Z8, Z5, Z8
+	VMINPS     Z1, Z0, Z5
+	VMAXPS     Z1, Z0, Z1
+	MOVQ       192(AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z0, Z6, Z9
+	VMAXPS     Z0, Z6, Z0
+	VMINPS     Z0, Z2, Z6
+	VMAXPS     Z0, Z2, Z0
+	VMINPS     Z6, Z3, Z2
+	VMAXPS     Z6, Z3, Z6
+	VMINPS     Z6, Z5, Z3
+	VMAXPS     Z6, Z5, Z6
+	VMOVUPS    Z6, (CX)
+
+	// n=9: 24 of 28 comparators, 9 loads, 0 stores per group
+	ADDQ $0x40, DX
+	ADDQ $0x40, CX
+	DECQ BX
+	JNZ  n9_loop
+	VZEROUPPER
+	RET
+
+n10:
+	MOVQ x_base+48(FP), AX
+	MOVQ tmp_base+24(FP), CX
+	MOVQ dst_base+0(FP), CX
+	MOVQ off+72(FP), DX
+	SHLQ $0x02, DX
+	MOVQ groups+80(FP), BX
+
+n10_loop:
+	MOVQ         (AX), SI
+	VMOVUPS      (SI)(DX*1), Z0
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         24(AX), SI
+	VMOVUPS      (SI)(DX*1), Z1
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z1, Z0, Z2
+	VMAXPS       Z1, Z0, Z1
+	MOVQ         48(AX), SI
+	VMOVUPS      (SI)(DX*1), Z0
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         72(AX), SI
+	VMOVUPS      (SI)(DX*1), Z3
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z3, Z0, Z4
+	VMAXPS       Z3, Z0, Z3
+	VMINPS       Z4, Z2, Z0
+	VMAXPS       Z4, Z2, Z4
+	VMINPS       Z3, Z1, Z2
+	VMAXPS       Z3, Z1, Z3
+	VMINPS       Z4, Z2, Z1
+	VMAXPS       Z4, Z2, Z4
+	MOVQ         96(AX), SI
+	VMOVUPS      (SI)(DX*1), Z2
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         120(AX), SI
+	VMOVUPS      (SI)(DX*1), Z5
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z5, Z2, Z6
+	VMAXPS       Z5, Z2, Z5
+	MOVQ         144(AX), SI
+	VMOVUPS      (SI)(DX*1), Z2
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         168(AX), SI
+	VMOVUPS      (SI)(DX*1), Z7
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z7, Z2, Z8
+	VMAXPS       Z7, Z2, Z7
+	VMINPS       Z8, Z6, Z2
+	VMAXPS       Z8, Z6, Z8
+	VMINPS       Z7, Z5, Z6
+	VMAXPS       Z7, Z5, Z7
+	VMINPS       Z8, Z6, Z5
+	VMAXPS       Z8, Z6, Z8
+	VMINPS       Z2, Z0, Z6
+	VMAXPS       Z2, Z0, Z2
+	VMINPS       Z5, Z1, Z0
+	VMAXPS       Z5, Z1, Z5
+	VMINPS       Z8, Z4, Z1
+	VMAXPS       Z8, Z4, Z8
+	VMINPS       Z7, Z3, Z4
+	VMAXPS       Z7, Z3, Z7
+	VMINPS       Z2, Z1, Z3
+	VMAXPS       Z2, Z1, Z2
+	VMINPS       Z5, Z4, Z1
+	VMAXPS       Z5, Z4, Z5
+	VMINPS       Z3, Z0, Z4
+	VMAXPS       Z3, Z0, Z3
+	VMINPS       Z2, Z1, Z0
+	VMAXPS       Z2, Z1, Z2
+	VMINPS       Z8, Z5, Z1
+	VMAXPS       Z8, Z5, Z8
+	MOVQ         192(AX), SI
+	VMOVUPS      (SI)(DX*1), Z5
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         216(AX), SI
+	VMOVUPS      (SI)(DX*1), Z9
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z9, Z5, Z10
+	VMAXPS       Z9, Z5, Z9
+	VMINPS       Z10, Z6, Z5
+	VMAXPS       Z10, Z6, Z10
+	VMINPS       Z9, Z4, Z6
+	VMAXPS       Z9, Z4, Z9
+	VMINPS       Z10, Z2, Z4
+	VMAXPS       Z10, Z2, Z10
+	VMINPS       Z9, Z1, Z2
+	VMAXPS       Z9, Z1, Z9
+	VMINPS       Z4, Z3, Z1
+	VMAXPS       Z4, Z3, Z4
+	VMINPS       Z2, Z0, Z3
+	VMAXPS       Z2, Z0, Z2
+	VMINPS       Z10, Z8, Z0
+	VMAXPS       Z10, Z8, Z10
+	VMINPS       Z4, Z3, Z8
+	VMAXPS       Z4, Z3, Z4
+	VMINPS       Z0, Z2, Z3
+	VMAXPS       Z0, Z2, Z0
+	MOVL         $0x3f000000, SI
+	VPBROADCASTD SI, Z2
+	VMULPS       Z2, Z4, Z4
+	VMULPS       Z2, Z3, Z3
+	VADDPS       Z3, Z4, Z4
+	VMOVUPS      Z4, (CX)
+
+	// n=10: 29 of 32 comparators, 10 loads, 0 stores per group
+	ADDQ $0x40, DX
+	ADDQ $0x40, CX
+	DECQ BX
+	JNZ  n10_loop
+	VZEROUPPER
+	RET
+
+n11:
+	MOVQ x_base+48(FP), AX
+	MOVQ tmp_base+24(FP), CX
+	MOVQ dst_base+0(FP), CX
+	MOVQ off+72(FP), DX
+	SHLQ $0x02, DX
+	MOVQ groups+80(FP), BX
+
+n11_loop:
+	MOVQ       (AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       24(AX), SI
+	VMOVUPS    (SI)(DX*1), Z1
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z1, Z0, Z2
+	VMAXPS     Z1, Z0, Z1
+	MOVQ       48(AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       72(AX), SI
+	VMOVUPS    (SI)(DX*1), Z3
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z4, Z2, Z0
+	VMAXPS     Z4, Z2, Z4
+	VMINPS     Z3, Z1, Z2
+	VMAXPS     Z3, Z1, Z3
+	VMINPS     Z4, Z2, Z1
+	VMAXPS     Z4, Z2, Z4
+	MOVQ       96(AX), SI
+	VMOVUPS    (SI)(DX*1), Z2
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       120(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z5, Z2, Z6
+	VMAXPS     Z5, Z2, Z5
+	MOVQ       144(AX), SI
+	VMOVUPS    (SI)(DX*1), Z2
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       168(AX), SI
+	VMOVUPS    (SI)(DX*1), Z7
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z7, Z2, Z8
+	VMAXPS     Z7, Z2, Z7
+	VMINPS     Z8, Z6, Z2
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z5, Z6
+	VMAXPS     Z7, Z5, Z7
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z2, Z0, Z6
+	VMAXPS     Z2, Z0, Z2
+	VMINPS     Z5, Z1, Z0
+	VMAXPS     Z5, Z1, Z5
+	VMINPS     Z8, Z4, Z1
+	VMAXPS     Z8, Z4, Z8
+	VMINPS     Z7, Z3, Z4
+	VMAXPS     Z7, Z3, Z7
+	VMINPS     Z2, Z1, Z3
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z5, Z4, Z1
+	VMAXPS     Z5, Z4, Z5
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z2, Z1, Z0
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z8, Z5, Z1
+	VMAXPS     Z8, Z5, Z8
+	MOVQ       192(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       216(AX), SI
+	VMOVUPS    (SI)(DX*1), Z9
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z9, Z5, Z10
+	VMAXPS     Z9, Z5, Z9
+	MOVQ       240(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z5, Z10, Z11
+	VMAXPS     Z5, Z10, Z5
+	VMINPS     Z5, Z9, Z10
+	VMAXPS     Z5, Z9, Z5
+	VMINPS     Z5, Z10, Z9
+	VMAXPS     Z5, Z10, Z5
+	VMINPS     Z11, Z6, Z10
+	VMAXPS     Z11, Z6, Z11
+	VMINPS     Z9, Z4, Z6
+	VMAXPS     Z9, Z4, Z9
+	VMINPS     Z5, Z3, Z4
+	VMAXPS     Z5, Z3, Z5
+	VMINPS     Z11, Z2, Z3
+	VMAXPS     Z11, Z2, Z11
+	VMINPS     Z9, Z1, Z2
+	VMAXPS     Z9, Z1, Z9
+	VMINPS     Z5, Z8, Z1
+	VMAXPS     Z5, Z8, Z5
+	VMINPS     Z2, Z0, Z8
+	VMAXPS     Z2, Z0, Z2
+	VMINPS     Z11, Z1, Z0
+	VMAXPS     Z11, Z1, Z11
+	VMINPS     Z0, Z2, Z1
+	VMAXPS     Z0, Z2, Z0
+	VMOVUPS    Z1, (CX)
+
+	// n=11: 32 of 38 comparators, 11 loads, 0 stores per group
+	ADDQ $0x40, DX
+	ADDQ $0x40, CX
+	DECQ BX
+	JNZ  n11_loop
+	VZEROUPPER
+	RET
+
+n12:
+	MOVQ x_base+48(FP), AX
+	MOVQ tmp_base+24(FP), CX
+	MOVQ dst_base+0(FP), CX
+	MOVQ off+72(FP), DX
+	SHLQ $0x02, DX
+	MOVQ groups+80(FP), BX
+
+n12_loop:
+	MOVQ         (AX), SI
+	VMOVUPS      (SI)(DX*1), Z0
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         24(AX), SI
+	VMOVUPS      (SI)(DX*1), Z1
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z1, Z0, Z2
+	VMAXPS       Z1, Z0, Z1
+	MOVQ         48(AX), SI
+	VMOVUPS      (SI)(DX*1), Z0
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         72(AX), SI
+	VMOVUPS      (SI)(DX*1), Z3
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z3, Z0, Z4
+	VMAXPS       Z3, Z0, Z3
+	VMINPS       Z4, Z2, Z0
+	VMAXPS       Z4, Z2, Z4
+	VMINPS       Z3, Z1, Z2
+	VMAXPS       Z3, Z1, Z3
+	VMINPS       Z4, Z2, Z1
+	VMAXPS       Z4, Z2, Z4
+	MOVQ         96(AX), SI
+	VMOVUPS      (SI)(DX*1), Z2
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         120(AX), SI
+	VMOVUPS      (SI)(DX*1), Z5
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z5, Z2, Z6
+	VMAXPS       Z5, Z2, Z5
+	MOVQ         144(AX), SI
+	VMOVUPS      (SI)(DX*1), Z2
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         168(AX), SI
+	VMOVUPS      (SI)(DX*1), Z7
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z7, Z2, Z8
+	VMAXPS       Z7, Z2, Z7
+	VMINPS       Z8, Z6, Z2
+	VMAXPS       Z8, Z6, Z8
+	VMINPS       Z7, Z5, Z6
+	VMAXPS       Z7, Z5, Z7
+	VMINPS       Z8, Z6, Z5
+	VMAXPS       Z8, Z6, Z8
+	VMINPS       Z2, Z0, Z6
+	VMAXPS       Z2, Z0, Z2
+	VMINPS       Z5, Z1, Z0
+	VMAXPS       Z5, Z1, Z5
+	VMINPS       Z8, Z4, Z1
+	VMAXPS       Z8, Z4, Z8
+	VMINPS       Z7, Z3, Z4
+	VMAXPS       Z7, Z3, Z7
+	VMINPS       Z2, Z1, Z3
+	VMAXPS       Z2, Z1, Z2
+	VMINPS       Z5, Z4, Z1
+	VMAXPS       Z5, Z4, Z5
+	VMINPS       Z3, Z0, Z4
+	VMAXPS       Z3, Z0, Z3
+	VMINPS       Z2, Z1, Z0
+	VMAXPS       Z2, Z1, Z2
+	VMINPS       Z8, Z5, Z1
+	VMAXPS       Z8, Z5, Z8
+	MOVQ         192(AX), SI
+	VMOVUPS      (SI)(DX*1), Z5
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         216(AX), SI
+	VMOVUPS      (SI)(DX*1), Z9
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z9, Z5, Z10
+	VMAXPS       Z9, Z5, Z9
+	MOVQ         240(AX), SI
+	VMOVUPS      (SI)(DX*1), Z5
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         264(AX), SI
+	VMOVUPS      (SI)(DX*1), Z11
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z11, Z5, Z12
+	VMAXPS       Z11, Z5, Z11
+	VMINPS       Z12, Z10, Z5
+	VMAXPS       Z12, Z10, Z12
+	VMINPS       Z11, Z9, Z10
+	VMAXPS       Z11, Z9, Z11
+	VMINPS       Z12, Z10, Z9
+	VMAXPS       Z12, Z10, Z12
+	VMINPS       Z12, Z9, Z10
+	VMAXPS       Z12, Z9, Z12
+	VMINPS       Z5, Z6, Z9
+	VMAXPS       Z5, Z6, Z5
+	VMINPS       Z10, Z4, Z6
+	VMAXPS       Z10, Z4, Z10
+	VMINPS       Z12, Z3, Z4
+	VMAXPS       Z12, Z3, Z12
+	VMINPS       Z11, Z0, Z3
+	VMAXPS       Z11, Z0, Z11
+	VMINPS       Z5, Z2, Z0
+	VMAXPS       Z5, Z2, Z5
+	VMINPS       Z10, Z1, Z2
+	VMAXPS       Z10, Z1, Z10
+	VMINPS       Z12, Z8, Z1
+	VMAXPS       Z12, Z8, Z12
+	VMINPS       Z2, Z3, Z8
+	VMAXPS       Z2, Z3, Z2
+	VMINPS       Z5, Z1, Z3
+	VMAXPS       Z5, Z1, Z5
+	VMINPS       Z3, Z2, Z1
+	VMAXPS       Z3, Z2, Z3
+	MOVL         $0x3f000000, SI
+	VPBROADCASTD SI, Z2
+	VMULPS       Z2, Z1, Z1
+	VMULPS       Z2, Z3, Z3
+	VADDPS       Z3, Z1, Z1
+	VMOVUPS      Z1, (CX)
+
+	// n=12: 35 of 42 comparators, 12 loads, 0 stores per group
+	ADDQ $0x40, DX
+	ADDQ $0x40, CX
+	DECQ BX
+	JNZ  n12_loop
+	VZEROUPPER
+	RET
+
+n13:
+	MOVQ x_base+48(FP), AX
+	MOVQ tmp_base+24(FP), CX
+	MOVQ dst_base+0(FP), CX
+	MOVQ off+72(FP), DX
+	SHLQ $0x02, DX
+	MOVQ groups+80(FP), BX
+
+n13_loop:
+	MOVQ       (AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       24(AX), SI
+	VMOVUPS    (SI)(DX*1), Z1
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z1, Z0, Z2
+	VMAXPS     Z1, Z0, Z1
+	MOVQ       48(AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       72(AX), SI
+	VMOVUPS    (SI)(DX*1), Z3
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z4, Z2, Z0
+	VMAXPS     Z4, Z2, Z4
+	VMINPS     Z3, Z1, Z2
+	VMAXPS     Z3, Z1, Z3
+	VMINPS     Z4, Z2, Z1
+	VMAXPS     Z4, Z2, Z4
+	MOVQ       96(AX), SI
+	VMOVUPS    (SI)(DX*1), Z2
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       120(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z5, Z2, Z6
+	VMAXPS     Z5, Z2, Z5
+	MOVQ       144(AX), SI
+	VMOVUPS    (SI)(DX*1), Z2
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       168(AX), SI
+	VMOVUPS    (SI)(DX*1), Z7
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z7, Z2, Z8
+	VMAXPS     Z7, Z2, Z7
+	VMINPS     Z8, Z6, Z2
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z5, Z6
+	VMAXPS     Z7, Z5, Z7
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z2, Z0, Z6
+	VMAXPS     Z2, Z0, Z2
+	VMINPS     Z5, Z1, Z0
+	VMAXPS     Z5, Z1, Z5
+	VMINPS     Z8, Z4, Z1
+	VMAXPS     Z8, Z4, Z8
+	VMINPS     Z7, Z3, Z4
+	VMAXPS     Z7, Z3, Z7
+	VMINPS     Z2, Z1, Z3
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z5, Z4, Z1
+	VMAXPS     Z5, Z4, Z5
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z2, Z1, Z0
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z8, Z5, Z1
+	VMAXPS     Z8, Z5, Z8
+	MOVQ       192(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       216(AX), SI
+	VMOVUPS    (SI)(DX*1), Z9
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z9, Z5, Z10
+	VMAXPS     Z9, Z5, Z9
+	MOVQ       240(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       264(AX), SI
+	VMOVUPS    (SI)(DX*1), Z11
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z12, Z10, Z5
+	VMAXPS     Z12, Z10, Z12
+	VMINPS     Z11, Z9, Z10
+	VMAXPS     Z11, Z9, Z11
+	VMINPS     Z12, Z10, Z9
+	VMAXPS     Z12, Z10, Z12
+	MOVQ       288(AX), SI
+	VMOVUPS    (SI)(DX*1), Z10
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z10, Z5, Z13
+	VMAXPS     Z10, Z5, Z10
+	VMINPS     Z10, Z12, Z5
+	VMAXPS     Z10, Z12, Z10
+	VMINPS     Z5, Z9, Z12
+	VMAXPS     Z5, Z9, Z5
+	VMINPS     Z10, Z11, Z9
+	VMAXPS     Z10, Z11, Z10
+	VMINPS     Z13, Z6, Z11
+	VMAXPS     Z13, Z6, Z13
+	VMINPS     Z12, Z4, Z6
+	VMAXPS     Z12, Z4, Z12
+	VMINPS     Z5, Z3, Z4
+	VMAXPS     Z5, Z3, Z5
+	VMINPS     Z9, Z0, Z3
+	VMAXPS     Z9, Z0, Z9
+	VMINPS     Z10, Z2, Z0
+	VMAXPS     Z10, Z2, Z10
+	VMINPS     Z13, Z0, Z2
+	VMAXPS     Z13, Z0, Z13
+	VMINPS     Z12, Z1, Z0
+	VMAXPS     Z12, Z1, Z12
+	VMINPS     Z5, Z8, Z1
+	VMAXPS     Z5, Z8, Z5
+	VMINPS     Z0, Z3, Z8
+	VMAXPS     Z0, Z3, Z0
+	VMINPS     Z13, Z1, Z3
+	VMAXPS     Z13, Z1, Z13
+	VMINPS     Z3, Z0, Z1
+	VMAXPS     Z3, Z0, Z3
+	VMOVUPS    Z3, (CX)
+
+	// n=13: 39 of 48 comparators, 13 loads, 0 stores per group
+	ADDQ $0x40, DX
+	ADDQ $0x40, CX
+	DECQ BX
+	JNZ  n13_loop
+	VZEROUPPER
+	RET
+
+n14:
+	MOVQ x_base+48(FP), AX
+	MOVQ tmp_base+24(FP), CX
+	MOVQ dst_base+0(FP), CX
+	MOVQ off+72(FP), DX
+	SHLQ $0x02, DX
+	MOVQ groups+80(FP), BX
+
+n14_loop:
+	MOVQ         (AX), SI
+	VMOVUPS      (SI)(DX*1), Z0
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         24(AX), SI
+	VMOVUPS      (SI)(DX*1), Z1
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z1, Z0, Z2
+	VMAXPS       Z1, Z0, Z1
+	MOVQ         48(AX), SI
+	VMOVUPS      (SI)(DX*1), Z0
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         72(AX), SI
+	VMOVUPS      (SI)(DX*1), Z3
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z3, Z0, Z4
+	VMAXPS       Z3, Z0, Z3
+	VMINPS       Z4, Z2, Z0
+	VMAXPS       Z4, Z2, Z4
+	VMINPS       Z3, Z1, Z2
+	VMAXPS       Z3, Z1, Z3
+	VMINPS       Z4, Z2, Z1
+	VMAXPS       Z4, Z2, Z4
+	MOVQ         96(AX), SI
+	VMOVUPS      (SI)(DX*1), Z2
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         120(AX), SI
+	VMOVUPS      (SI)(DX*1), Z5
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z5, Z2, Z6
+	VMAXPS       Z5, Z2, Z5
+	MOVQ         144(AX), SI
+	VMOVUPS      (SI)(DX*1), Z2
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         168(AX), SI
+	VMOVUPS      (SI)(DX*1), Z7
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z7, Z2, Z8
+	VMAXPS       Z7, Z2, Z7
+	VMINPS       Z8, Z6, Z2
+	VMAXPS       Z8, Z6, Z8
+	VMINPS       Z7, Z5, Z6
+	VMAXPS       Z7, Z5, Z7
+	VMINPS       Z8, Z6, Z5
+	VMAXPS       Z8, Z6, Z8
+	VMINPS       Z2, Z0, Z6
+	VMAXPS       Z2, Z0, Z2
+	VMINPS       Z5, Z1, Z0
+	VMAXPS       Z5, Z1, Z5
+	VMINPS       Z8, Z4, Z1
+	VMAXPS       Z8, Z4, Z8
+	VMINPS       Z7, Z3, Z4
+	VMAXPS       Z7, Z3, Z7
+	VMINPS       Z2, Z1, Z3
+	VMAXPS       Z2, Z1, Z2
+	VMINPS       Z5, Z4, Z1
+	VMAXPS       Z5, Z4, Z5
+	VMINPS       Z3, Z0, Z4
+	VMAXPS       Z3, Z0, Z3
+	VMINPS       Z2, Z1, Z0
+	VMAXPS       Z2, Z1, Z2
+	VMINPS       Z8, Z5, Z1
+	VMAXPS       Z8, Z5, Z8
+	MOVQ         192(AX), SI
+	VMOVUPS      (SI)(DX*1), Z5
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         216(AX), SI
+	VMOVUPS      (SI)(DX*1), Z9
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z9, Z5, Z10
+	VMAXPS       Z9, Z5, Z9
+	MOVQ         240(AX), SI
+	VMOVUPS      (SI)(DX*1), Z5
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         264(AX), SI
+	VMOVUPS      (SI)(DX*1), Z11
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z11, Z5, Z12
+	VMAXPS       Z11, Z5, Z11
+	VMINPS       Z12, Z10, Z5
+	VMAXPS       Z12, Z10, Z12
+	VMINPS       Z11, Z9, Z10
+	VMAXPS       Z11, Z9, Z11
+	VMINPS       Z12, Z10, Z9
+	VMAXPS       Z12, Z10, Z12
+	MOVQ         288(AX), SI
+	VMOVUPS      (SI)(DX*1), Z10
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         312(AX), SI
+	VMOVUPS      (SI)(DX*1), Z13
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z13, Z10, Z14
+	VMAXPS       Z13, Z10, Z13
+	VMINPS       Z14, Z5, Z10
+	VMAXPS       Z14, Z5, Z14
+	VMINPS       Z13, Z9, Z5
+	VMAXPS       Z13, Z9, Z13
+	VMINPS       Z14, Z12, Z9
+	VMAXPS       Z14, Z12, Z14
+	VMINPS       Z13, Z11, Z12
+	VMAXPS       Z13, Z11, Z13
+	VMINPS       Z9, Z5, Z11
+	VMAXPS       Z9, Z5, Z9
+	VMINPS       Z14, Z12, Z5
+	VMAXPS       Z14, Z12, Z14
+	VMINPS       Z10, Z6, Z12
+	VMAXPS       Z10, Z6, Z10
+	VMINPS       Z11, Z4, Z6
+	VMAXPS       Z11, Z4, Z11
+	VMINPS       Z9, Z3, Z4
+	VMAXPS       Z9, Z3, Z9
+	VMINPS       Z5, Z0, Z3
+	VMAXPS       Z5, Z0, Z5
+	VMINPS       Z14, Z2, Z0
+	VMAXPS       Z14, Z2, Z14
+	VMINPS       Z13, Z1, Z2
+	VMAXPS       Z13, Z1, Z13
+	VMINPS       Z10, Z0, Z1
+	VMAXPS       Z10, Z0, Z10
+	VMINPS       Z11, Z2, Z0
+	VMAXPS       Z11, Z2, Z11
+	VMINPS       Z9, Z8, Z2
+	VMAXPS       Z9, Z8, Z9
+	VMINPS       Z5, Z7, Z8
+	VMAXPS       Z5, Z7, Z5
+	VMINPS       Z0, Z3, Z7
+	VMAXPS       Z0, Z3, Z0
+	VMINPS       Z10, Z2, Z3
+	VMAXPS       Z10, Z2, Z10
+	VMINPS       Z11, Z8, Z2
+	VMAXPS       Z11, Z8, Z11
+	VMINPS       Z3, Z0, Z8
+	VMAXPS       Z3, Z0, Z3
+	VMINPS       Z10, Z2, Z0
+	VMAXPS       Z10, Z2, Z10
+	MOVL         $0x3f000000, SI
+	VPBROADCASTD SI, Z2
+	VMULPS       Z2, Z3, Z3
+	VMULPS       Z2, Z0, Z0
+	VADDPS       Z0, Z3, Z3
+	VMOVUPS      Z3, (CX)
+
+	// n=14: 46 of 53 comparators, 14 loads, 0 stores per group
+	ADDQ $0x40, DX
+	ADDQ $0x40, CX
+	DECQ BX
+	JNZ  n14_loop
+	VZEROUPPER
+	RET
+
+n15:
+	MOVQ x_base+48(FP), AX
+	MOVQ tmp_base+24(FP), CX
+	MOVQ dst_base+0(FP), CX
+	MOVQ off+72(FP), DX
+	SHLQ $0x02, DX
+	MOVQ groups+80(FP), BX
+
+n15_loop:
+	MOVQ       (AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       24(AX), SI
+	VMOVUPS    (SI)(DX*1), Z1
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z1, Z0, Z2
+	VMAXPS     Z1, Z0, Z1
+	MOVQ       48(AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       72(AX), SI
+	VMOVUPS    (SI)(DX*1), Z3
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z4, Z2, Z0
+	VMAXPS     Z4, Z2, Z4
+	VMINPS     Z3, Z1, Z2
+	VMAXPS     Z3, Z1, Z3
+	VMINPS     Z4, Z2, Z1
+	VMAXPS     Z4, Z2, Z4
+	MOVQ       96(AX), SI
+	VMOVUPS    (SI)(DX*1), Z2
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       120(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z5, Z2, Z6
+	VMAXPS     Z5, Z2, Z5
+	MOVQ       144(AX), SI
+	VMOVUPS    (SI)(DX*1), Z2
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       168(AX), SI
+	VMOVUPS    (SI)(DX*1), Z7
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z7, Z2, Z8
+	VMAXPS     Z7, Z2, Z7
+	VMINPS     Z8, Z6, Z2
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z5, Z6
+	VMAXPS     Z7, Z5, Z7
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z2, Z0, Z6
+	VMAXPS     Z2, Z0, Z2
+	VMINPS     Z5, Z1, Z0
+	VMAXPS     Z5, Z1, Z5
+	VMINPS     Z8, Z4, Z1
+	VMAXPS     Z8, Z4, Z8
+	VMINPS     Z7, Z3, Z4
+	VMAXPS     Z7, Z3, Z7
+	VMINPS     Z2, Z1, Z3
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z5, Z4, Z1
+	VMAXPS     Z5, Z4, Z5
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z2, Z1, Z0
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z8, Z5, Z1
+	VMAXPS     Z8, Z5, Z8
+	MOVQ       192(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       216(AX), SI
+	VMOVUPS    (SI)(DX*1), Z9
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z9, Z5, Z10
+	VMAXPS     Z9, Z5, Z9
+	MOVQ       240(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       264(AX), SI
+	VMOVUPS    (SI)(DX*1), Z11
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z12, Z10, Z5
+	VMAXPS     Z12, Z10, Z12
+	VMINPS     Z11, Z9, Z10
+	VMAXPS     Z11, Z9, Z11
+	VMINPS     Z12, Z10, Z9
+	VMAXPS     Z12, Z10, Z12
+	MOVQ       288(AX), SI
+	VMOVUPS    (SI)(DX*1), Z10
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       312(AX), SI
+	VMOVUPS    (SI)(DX*1), Z13
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z13, Z10, Z14
+	VMAXPS     Z13, Z10, Z13
+	MOVQ       336(AX), SI
+	VMOVUPS    (SI)(DX*1), Z10
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z10, Z14, Z15
+	VMAXPS     Z10, Z14, Z10
+	VMINPS     Z10, Z13, Z14
+	VMAXPS     Z10, Z13, Z10
+	VMINPS     Z15, Z5, Z13
+	VMAXPS     Z15, Z5, Z15
+	VMINPS     Z14, Z9, Z5
+	VMAXPS     Z14, Z9, Z14
+	VMINPS     Z10, Z12, Z9
+	VMAXPS     Z10, Z12, Z10
+	VMINPS     Z15, Z9, Z12
+	VMAXPS     Z15, Z9, Z15
+	VMINPS     Z14, Z11, Z9
+	VMAXPS     Z14, Z11, Z14
+	VMINPS     Z12, Z5, Z11
+	VMAXPS     Z12, Z5, Z12
+	VMINPS     Z15, Z9, Z5
+	VMAXPS     Z15, Z9, Z15
+	VMINPS     Z10, Z14, Z9
+	VMAXPS     Z10, Z14, Z10
+	VMINPS     Z13, Z6, Z14
+	VMAXPS     Z13, Z6, Z13
+	VMINPS     Z11, Z4, Z6
+	VMAXPS     Z11, Z4, Z11
+	VMINPS     Z12, Z3, Z4
+	VMAXPS     Z12, Z3, Z12
+	VMINPS     Z5, Z0, Z3
+	VMAXPS     Z5, Z0, Z5
+	VMINPS     Z15, Z2, Z0
+	VMAXPS     Z15, Z2, Z15
+	VMINPS     Z9, Z1, Z2
+	VMAXPS     Z9, Z1, Z9
+	VMINPS     Z10, Z8, Z1
+	VMAXPS     Z10, Z8, Z10
+	VMINPS     Z13, Z0, Z8
+	VMAXPS     Z13, Z0, Z13
+	VMINPS     Z11, Z2, Z0
+	VMAXPS     Z11, Z2, Z11
+	VMINPS     Z12, Z1, Z2
+	VMAXPS     Z12, Z1, Z12
+	VMINPS     Z5, Z7, Z1
+	VMAXPS     Z5, Z7, Z5
+	VMINPS     Z13, Z2, Z7
+	VMAXPS     Z13, Z2, Z13
+	VMINPS     Z11, Z1, Z2
+	VMAXPS     Z11, Z1, Z11
+	VMINPS     Z13, Z2, Z1
+	VMAXPS     Z13, Z2, Z13
+	VMOVUPS    Z1, (CX)
+
+	// n=15: 49 of 59 comparators, 15 loads, 0 stores per group
+	ADDQ $0x40, DX
+	ADDQ $0x40, CX
+	DECQ BX
+	JNZ  n15_loop
+	VZEROUPPER
+	RET
+
+n16:
+	MOVQ x_base+48(FP), AX
+	MOVQ tmp_base+24(FP), CX
+	MOVQ dst_base+0(FP), CX
+	MOVQ off+72(FP), DX
+	SHLQ $0x02, DX
+	MOVQ groups+80(FP), BX
+
+n16_loop:
+	MOVQ         (AX), SI
+	VMOVUPS      (SI)(DX*1), Z0
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         24(AX), SI
+	VMOVUPS      (SI)(DX*1), Z1
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z1, Z0, Z2
+	VMAXPS       Z1, Z0, Z1
+	MOVQ         48(AX), SI
+	VMOVUPS      (SI)(DX*1), Z0
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         72(AX), SI
+	VMOVUPS      (SI)(DX*1), Z3
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z3, Z0, Z4
+	VMAXPS       Z3, Z0, Z3
+	VMINPS       Z4, Z2, Z0
+	VMAXPS       Z4, Z2, Z4
+	VMINPS       Z3, Z1, Z2
+	VMAXPS       Z3, Z1, Z3
+	VMINPS       Z4, Z2, Z1
+	VMAXPS       Z4, Z2, Z4
+	MOVQ         96(AX), SI
+	VMOVUPS      (SI)(DX*1), Z2
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         120(AX), SI
+	VMOVUPS      (SI)(DX*1), Z5
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z5, Z2, Z6
+	VMAXPS       Z5, Z2, Z5
+	MOVQ         144(AX), SI
+	VMOVUPS      (SI)(DX*1), Z2
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         168(AX), SI
+	VMOVUPS      (SI)(DX*1), Z7
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z7, Z2, Z8
+	VMAXPS       Z7, Z2, Z7
+	VMINPS       Z8, Z6, Z2
+	VMAXPS       Z8, Z6, Z8
+	VMINPS       Z7, Z5, Z6
+	VMAXPS       Z7, Z5, Z7
+	VMINPS       Z8, Z6, Z5
+	VMAXPS       Z8, Z6, Z8
+	VMINPS       Z2, Z0, Z6
+	VMAXPS       Z2, Z0, Z2
+	VMINPS       Z5, Z1, Z0
+	VMAXPS       Z5, Z1, Z5
+	VMINPS       Z8, Z4, Z1
+	VMAXPS       Z8, Z4, Z8
+	VMINPS       Z7, Z3, Z4
+	VMAXPS       Z7, Z3, Z7
+	VMINPS       Z2, Z1, Z3
+	VMAXPS       Z2, Z1, Z2
+	VMINPS       Z5, Z4, Z1
+	VMAXPS       Z5, Z4, Z5
+	VMINPS       Z3, Z0, Z4
+	VMAXPS       Z3, Z0, Z3
+	VMINPS       Z2, Z1, Z0
+	VMAXPS       Z2, Z1, Z2
+	VMINPS       Z8, Z5, Z1
+	VMAXPS       Z8, Z5, Z8
+	MOVQ         192(AX), SI
+	VMOVUPS      (SI)(DX*1), Z5
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         216(AX), SI
+	VMOVUPS      (SI)(DX*1), Z9
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z9, Z5, Z10
+	VMAXPS       Z9, Z5, Z9
+	MOVQ         240(AX), SI
+	VMOVUPS      (SI)(DX*1), Z5
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         264(AX), SI
+	VMOVUPS      (SI)(DX*1), Z11
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z11, Z5, Z12
+	VMAXPS       Z11, Z5, Z11
+	VMINPS       Z12, Z10, Z5
+	VMAXPS       Z12, Z10, Z12
+	VMINPS       Z11, Z9, Z10
+	VMAXPS       Z11, Z9, Z11
+	VMINPS       Z12, Z10, Z9
+	VMAXPS       Z12, Z10, Z12
+	MOVQ         288(AX), SI
+	VMOVUPS      (SI)(DX*1), Z10
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         312(AX), SI
+	VMOVUPS      (SI)(DX*1), Z13
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z13, Z10, Z14
+	VMAXPS       Z13, Z10, Z13
+	MOVQ         336(AX), SI
+	VMOVUPS      (SI)(DX*1), Z10
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         360(AX), SI
+	VMOVUPS      (SI)(DX*1), Z15
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z15, Z10, Z16
+	VMAXPS       Z15, Z10, Z15
+	VMINPS       Z16, Z14, Z10
+	VMAXPS       Z16, Z14, Z16
+	VMINPS       Z15, Z13, Z14
+	VMAXPS       Z15, Z13, Z15
+	VMINPS       Z16, Z14, Z13
+	VMAXPS       Z16, Z14, Z16
+	VMINPS       Z10, Z5, Z14
+	VMAXPS       Z10, Z5, Z10
+	VMINPS       Z13, Z9, Z5
+	VMAXPS       Z13, Z9, Z13
+	VMINPS       Z16, Z12, Z9
+	VMAXPS       Z16, Z12, Z16
+	VMINPS       Z15, Z11, Z12
+	VMAXPS       Z15, Z11, Z15
+	VMINPS       Z10, Z9, Z11
+	VMAXPS       Z10, Z9, Z10
+	VMINPS       Z13, Z12, Z9
+	VMAXPS       Z13, Z12, Z13
+	VMINPS       Z11, Z5, Z12
+	VMAXPS       Z11, Z5, Z11
+	VMINPS       Z10, Z9, Z5
+	VMAXPS       Z10, Z9, Z10
+	VMINPS       Z16, Z13, Z9
+	VMAXPS       Z16, Z13, Z16
+	VMINPS       Z14, Z6, Z13
+	VMAXPS       Z14, Z6, Z14
+	VMINPS       Z12, Z4, Z6
+	VMAXPS       Z12, Z4, Z12
+	VMINPS       Z11, Z3, Z4
+	VMAXPS       Z11, Z3, Z11
+	VMINPS       Z5, Z0, Z3
+	VMAXPS       Z5, Z0, Z5
+	VMINPS       Z10, Z2, Z0
+	VMAXPS       Z10, Z2, Z10
+	VMINPS       Z9, Z1, Z2
+	VMAXPS       Z9, Z1, Z9
+	VMINPS       Z16, Z8, Z1
+	VMAXPS       Z16, Z8, Z16
+	VMINPS       Z15, Z7, Z8
+	VMAXPS       Z15, Z7, Z15
+	VMINPS       Z14, Z0, Z7
+	VMAXPS       Z14, Z0, Z14
+	VMINPS       Z12, Z2, Z0
+	VMAXPS       Z12, Z2, Z12
+	VMINPS       Z11, Z1, Z2
+	VMAXPS       Z11, Z1, Z11
+	VMINPS       Z5, Z8, Z1
+	VMAXPS       Z5, Z8, Z5
+	VMINPS       Z14, Z2, Z8
+	VMAXPS       Z14, Z2, Z14
+	VMINPS       Z12, Z1, Z2
+	VMAXPS       Z12, Z1, Z12
+	VMINPS       Z14, Z2, Z1
+	VMAXPS       Z14, Z2, Z14
+	MOVL         $0x3f000000, SI
+	VPBROADCASTD SI, Z2
+	VMULPS       Z2, Z1, Z1
+	VMULPS       Z2, Z14, Z14
+	VADDPS       Z14, Z1, Z1
+	VMOVUPS      Z1, (CX)
+
+	// n=16: 53 of 63 comparators, 16 loads, 0 stores per group
+	ADDQ $0x40, DX
+	ADDQ $0x40, CX
+	DECQ BX
+	JNZ  n16_loop
+	VZEROUPPER
+	RET
+
+n17:
+	MOVQ x_base+48(FP), AX
+	MOVQ tmp_base+24(FP), CX
+	MOVQ dst_base+0(FP), CX
+	MOVQ off+72(FP), DX
+	SHLQ $0x02, DX
+	MOVQ groups+80(FP), BX
+
+n17_loop:
+	MOVQ       (AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       24(AX), SI
+	VMOVUPS    (SI)(DX*1), Z1
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z1, Z0, Z2
+	VMAXPS     Z1, Z0, Z1
+	MOVQ       48(AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       72(AX), SI
+	VMOVUPS    (SI)(DX*1), Z3
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z4, Z2, Z0
+	VMAXPS     Z4, Z2, Z4
+	VMINPS     Z3, Z1, Z2
+	VMAXPS     Z3, Z1, Z3
+	VMINPS     Z4, Z2, Z1
+	VMAXPS     Z4, Z2, Z4
+	MOVQ       96(AX), SI
+	VMOVUPS    (SI)(DX*1), Z2
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       120(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z5, Z2, Z6
+	VMAXPS     Z5, Z2, Z5
+	MOVQ       144(AX), SI
+	VMOVUPS    (SI)(DX*1), Z2
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       168(AX), SI
+	VMOVUPS    (SI)(DX*1), Z7
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z7, Z2, Z8
+	VMAXPS     Z7, Z2, Z7
+	VMINPS     Z8, Z6, Z2
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z5, Z6
+	VMAXPS     Z7, Z5, Z7
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z2, Z0, Z6
+	VMAXPS     Z2, Z0, Z2
+	VMINPS     Z5, Z1, Z0
+	VMAXPS     Z5, Z1, Z5
+	VMINPS     Z8, Z4, Z1
+	VMAXPS     Z8, Z4, Z8
+	VMINPS     Z7, Z3, Z4
+	VMAXPS     Z7, Z3, Z7
+	VMINPS     Z2, Z1, Z3
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z5, Z4, Z1
+	VMAXPS     Z5, Z4, Z5
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z2, Z1, Z0
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z8, Z5, Z1
+	VMAXPS     Z8, Z5, Z8
+	MOVQ       192(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       216(AX), SI
+	VMOVUPS    (SI)(DX*1), Z9
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z9, Z5, Z10
+	VMAXPS     Z9, Z5, Z9
+	MOVQ       240(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       264(AX), SI
+	VMOVUPS    (SI)(DX*1), Z11
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z12, Z10, Z5
+	VMAXPS     Z12, Z10, Z12
+	VMINPS     Z11, Z9, Z10
+	VMAXPS     Z11, Z9, Z11
+	VMINPS     Z12, Z10, Z9
+	VMAXPS     Z12, Z10, Z12
+	MOVQ       288(AX), SI
+	VMOVUPS    (SI)(DX*1), Z10
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       312(AX), SI
+	VMOVUPS    (SI)(DX*1), Z13
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z13, Z10, Z14
+	VMAXPS     Z13, Z10, Z13
+	MOVQ       336(AX), SI
+	VMOVUPS    (SI)(DX*1), Z10
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       360(AX), SI
+	VMOVUPS    (SI)(DX*1), Z15
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z15, Z10, Z16
+	VMAXPS     Z15, Z10, Z15
+	VMINPS     Z16, Z14, Z10
+	VMAXPS     Z16, Z14, Z16
+	VMINPS     Z15, Z13, Z14
+	VMAXPS     Z15, Z13, Z15
+	VMINPS     Z16, Z14, Z13
+	VMAXPS     Z16, Z14, Z16
+	VMINPS     Z10, Z5, Z14
+	VMAXPS     Z10, Z5, Z10
+	VMINPS     Z13, Z9, Z5
+	VMAXPS     Z13, Z9, Z13
+	VMINPS     Z16, Z12, Z9
+	VMAXPS     Z16, Z12, Z16
+	VMINPS     Z15, Z11, Z12
+	VMAXPS     Z15, Z11, Z15
+	VMINPS     Z10, Z9, Z11
+	VMAXPS     Z10, Z9, Z10
+	VMINPS     Z13, Z12, Z9
+	VMAXPS     Z13, Z12, Z13
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z10, Z9, Z5
+	VMAXPS     Z10, Z9, Z10
+	VMINPS     Z16, Z13, Z9
+	VMAXPS     Z16, Z13, Z16
+	VMINPS     Z14, Z6, Z13
+	VMAXPS     Z14, Z6, Z14
+	VMINPS     Z12, Z4, Z6
+	VMAXPS     Z12, Z4, Z12
+	VMINPS     Z11, Z3, Z4
+	VMAXPS     Z11, Z3, Z11
+	VMINPS     Z5, Z0, Z3
+	VMAXPS     Z5, Z0, Z5
+	VMINPS     Z10, Z2, Z0
+	VMAXPS     Z10, Z2, Z10
+	VMINPS     Z9, Z1, Z2
+	VMAXPS     Z9, Z1, Z9
+	VMINPS     Z16, Z8, Z1
+	VMAXPS     Z16, Z8, Z16
+	VMINPS     Z15, Z7, Z8
+	VMAXPS     Z15, Z7, Z15
+	VMINPS     Z14, Z0, Z7
+	VMAXPS     Z14, Z0, Z14
+	VMINPS     Z12, Z2, Z0
+	VMAXPS     Z12, Z2, Z12
+	VMINPS     Z11, Z1, Z2
+	VMAXPS     Z11, Z1, Z11
+	VMINPS     Z5, Z8, Z1
+	VMAXPS     Z5, Z8, Z5
+	VMINPS     Z7, Z4, Z8
+	VMAXPS     Z7, Z4, Z7
+	VMINPS     Z0, Z3, Z4
+	VMAXPS     Z0, Z3, Z0
+	VMINPS     Z14, Z2, Z3
+	VMAXPS     Z14, Z2, Z14
+	VMINPS     Z12, Z1, Z2
+	VMAXPS     Z12, Z1, Z12
+	VMINPS     Z10, Z11, Z1
+	VMAXPS     Z10, Z11, Z10
+	VMINPS     Z9, Z5, Z11
+	VMAXPS     Z9, Z5, Z9
+	VMINPS     Z7, Z4, Z5
+	VMAXPS     Z7, Z4, Z7
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z14, Z2, Z0
+	VMAXPS     Z14, Z2, Z14
+	VMINPS     Z1, Z12, Z2
+	VMAXPS     Z1, Z12, Z1
+	VMINPS     Z10, Z11, Z12
+	VMAXPS     Z10, Z11, Z10
+	VMINPS     Z2, Z4, Z11
+	VMAXPS     Z2, Z4, Z2
+	VMINPS     Z1, Z3, Z4
+	VMAXPS     Z1, Z3, Z1
+	VMINPS     Z12, Z0, Z3
+	VMAXPS     Z12, Z0, Z12
+	VMINPS     Z2, Z3, Z0
+	VMAXPS     Z2, Z3, Z2
+	MOVQ       384(AX), SI
+	VMOVUPS    (SI)(DX*1), Z3
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z3, Z13, Z17
+	VMAXPS     Z3, Z13, Z3
+	VMINPS     Z3, Z14, Z13
+	VMAXPS     Z3, Z14, Z3
+	VMINPS     Z13, Z7, Z14
+	VMAXPS     Z13, Z7, Z13
+	VMINPS     Z13, Z4, Z7
+	VMAXPS     Z13, Z4, Z13
+	VMINPS     Z13, Z0, Z4
+	VMAXPS     Z13, Z0, Z13
+	VMOVUPS    Z13, (CX)
+
+	// n=17: 70 of 85 comparators, 17 loads, 0 stores per group
+	ADDQ $0x40, DX
+	ADDQ $0x40, CX
+	DECQ BX
+	JNZ  n17_loop
+	VZEROUPPER
+	RET
+
+n18:
+	MOVQ x_base+48(FP), AX
+	MOVQ tmp_base+24(FP), CX
+	MOVQ dst_base+0(FP), CX
+	MOVQ off+72(FP), DX
+	SHLQ $0x02, DX
+	MOVQ groups+80(FP), BX
+
+n18_loop:
+	MOVQ         (AX), SI
+	VMOVUPS      (SI)(DX*1), Z0
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         24(AX), SI
+	VMOVUPS      (SI)(DX*1), Z1
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z1, Z0, Z2
+	VMAXPS       Z1, Z0, Z1
+	MOVQ         48(AX), SI
+	VMOVUPS      (SI)(DX*1), Z0
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         72(AX), SI
+	VMOVUPS      (SI)(DX*1), Z3
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z3, Z0, Z4
+	VMAXPS       Z3, Z0, Z3
+	VMINPS       Z4, Z2, Z0
+	VMAXPS       Z4, Z2, Z4
+	VMINPS       Z3, Z1, Z2
+	VMAXPS       Z3, Z1, Z3
+	VMINPS       Z4, Z2, Z1
+	VMAXPS       Z4, Z2, Z4
+	MOVQ         96(AX), SI
+	VMOVUPS      (SI)(DX*1), Z2
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         120(AX), SI
+	VMOVUPS      (SI)(DX*1), Z5
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z5, Z2, Z6
+	VMAXPS       Z5, Z2, Z5
+	MOVQ         144(AX), SI
+	VMOVUPS      (SI)(DX*1), Z2
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         168(AX), SI
+	VMOVUPS      (SI)(DX*1), Z7
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z7, Z2, Z8
+	VMAXPS       Z7, Z2, Z7
+	VMINPS       Z8, Z6, Z2
+	VMAXPS       Z8, Z6, Z8
+	VMINPS       Z7, Z5, Z6
+	VMAXPS       Z7, Z5, Z7
+	VMINPS       Z8, Z6, Z5
+	VMAXPS       Z8, Z6, Z8
+	VMINPS       Z2, Z0, Z6
+	VMAXPS       Z2, Z0, Z2
+	VMINPS       Z5, Z1, Z0
+	VMAXPS       Z5, Z1, Z5
+	VMINPS       Z8, Z4, Z1
+	VMAXPS       Z8, Z4, Z8
+	VMINPS       Z7, Z3, Z4
+	VMAXPS       Z7, Z3, Z7
+	VMINPS       Z2, Z1, Z3
+	VMAXPS       Z2, Z1, Z2
+	VMINPS       Z5, Z4, Z1
+	VMAXPS       Z5, Z4, Z5
+	VMINPS       Z3, Z0, Z4
+	VMAXPS       Z3, Z0, Z3
+	VMINPS       Z2, Z1, Z0
+	VMAXPS       Z2, Z1, Z2
+	VMINPS       Z8, Z5, Z1
+	VMAXPS       Z8, Z5, Z8
+	MOVQ         192(AX), SI
+	VMOVUPS      (SI)(DX*1), Z5
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         216(AX), SI
+	VMOVUPS      (SI)(DX*1), Z9
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z9, Z5, Z10
+	VMAXPS       Z9, Z5, Z9
+	MOVQ         240(AX), SI
+	VMOVUPS      (SI)(DX*1), Z5
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         264(AX), SI
+	VMOVUPS      (SI)(DX*1), Z11
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z11, Z5, Z12
+	VMAXPS       Z11, Z5, Z11
+	VMINPS       Z12, Z10, Z5
+	VMAXPS       Z12, Z10, Z12
+	VMINPS       Z11, Z9, Z10
+	VMAXPS       Z11, Z9, Z11
+	VMINPS       Z12, Z10, Z9
+	VMAXPS       Z12, Z10, Z12
+	MOVQ         288(AX), SI
+	VMOVUPS      (SI)(DX*1), Z10
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         312(AX), SI
+	VMOVUPS      (SI)(DX*1), Z13
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z13, Z10, Z14
+	VMAXPS       Z13, Z10, Z13
+	MOVQ         336(AX), SI
+	VMOVUPS      (SI)(DX*1), Z10
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         360(AX), SI
+	VMOVUPS      (SI)(DX*1), Z15
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z15, Z10, Z16
+	VMAXPS       Z15, Z10, Z15
+	VMINPS       Z16, Z14, Z10
+	VMAXPS       Z16, Z14, Z16
+	VMINPS       Z15, Z13, Z14
+	VMAXPS       Z15, Z13, Z15
+	VMINPS       Z16, Z14, Z13
+	VMAXPS       Z16, Z14, Z16
+	VMINPS       Z10, Z5, Z14
+	VMAXPS       Z10, Z5, Z10
+	VMINPS       Z13, Z9, Z5
+	VMAXPS       Z13, Z9, Z13
+	VMINPS       Z16, Z12, Z9
+	VMAXPS       Z16, Z12, Z16
+	VMINPS       Z15, Z11, Z12
+	VMAXPS       Z15, Z11, Z15
+	VMINPS       Z10, Z9, Z11
+	VMAXPS       Z10, Z9, Z10
+	VMINPS       Z13, Z12, Z9
+	VMAXPS       Z13, Z12, Z13
+	VMINPS       Z11, Z5, Z12
+	VMAXPS       Z11, Z5, Z11
+	VMINPS       Z10, Z9, Z5
+	VMAXPS       Z10, Z9, Z10
+	VMINPS       Z16, Z13, Z9
+	VMAXPS       Z16, Z13, Z16
+	VMINPS       Z14, Z6, Z13
+	VMAXPS       Z14, Z6, Z14
+	VMINPS       Z12, Z4, Z6
+	VMAXPS       Z12, Z4, Z12
+	VMINPS       Z11, Z3, Z4
+	VMAXPS       Z11, Z3, Z11
+	VMINPS       Z5, Z0, Z3
+	VMAXPS       Z5, Z0, Z5
+	VMINPS       Z10, Z2, Z0
+	VMAXPS       Z10, Z2, Z10
+	VMINPS       Z9, Z1, Z2
+	VMAXPS       Z9, Z1, Z9
+	VMINPS       Z16, Z8, Z1
+	VMAXPS       Z16, Z8, Z16
+	VMINPS       Z15, Z7, Z8
+	VMAXPS       Z15, Z7, Z15
+	VMINPS       Z14, Z0, Z7
+	VMAXPS       Z14, Z0, Z14
+	VMINPS       Z12, Z2, Z0
+	VMAXPS       Z12, Z2, Z12
+	VMINPS       Z11, Z1, Z2
+	VMAXPS       Z11, Z1, Z11
+	VMINPS       Z5, Z8, Z1
+	VMAXPS       Z5, Z8, Z5
+	VMINPS       Z7, Z4, Z8
+	VMAXPS       Z7, Z4, Z7
+	VMINPS       Z0, Z3, Z4
+	VMAXPS       Z0, Z3, Z0
+	VMINPS       Z14, Z2, Z3
+	VMAXPS       Z14, Z2, Z14
+	VMINPS       Z12, Z1, Z2
+	VMAXPS       Z12, Z1, Z12
+	VMINPS       Z10, Z11, Z1
+	VMAXPS       Z10, Z11, Z10
+	VMINPS       Z9, Z5, Z11
+	VMAXPS       Z9, Z5, Z9
+	VMINPS       Z8, Z6, Z5
+	VMAXPS       Z8, Z6, Z8
+	VMINPS       Z7, Z4, Z6
+	VMAXPS       Z7, Z4, Z7
+	VMINPS       Z3, Z0, Z4
+	VMAXPS       Z3, Z0, Z3
+	VMINPS       Z14, Z2, Z0
+	VMAXPS       Z14, Z2, Z14
+	VMINPS       Z1, Z12, Z2
+	VMAXPS       Z1, Z12, Z1
+	VMINPS       Z10, Z11, Z12
+	VMAXPS       Z10, Z11, Z10
+	VMINPS       Z1, Z3, Z11
+	VMAXPS       Z1, Z3, Z1
+	VMINPS       Z12, Z0, Z3
+	VMAXPS       Z12, Z0, Z12
+	MOVQ         384(AX), SI
+	VMOVUPS      (SI)(DX*1), Z0
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         408(AX), SI
+	VMOVUPS      (SI)(DX*1), Z17
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z17, Z0, Z18
+	VMAXPS       Z17, Z0, Z17
+	VMINPS       Z18, Z13, Z0
+	VMAXPS       Z18, Z13, Z18
+	VMINPS       Z17, Z5, Z13
+	VMAXPS       Z17, Z5, Z17
+	VMINPS       Z18, Z14, Z5
+	VMAXPS       Z18, Z14, Z18
+	VMINPS       Z17, Z2, Z14
+	VMAXPS       Z17, Z2, Z17
+	VMINPS       Z5, Z7, Z2
+	VMAXPS       Z5, Z7, Z5
+	VMINPS       Z14, Z4, Z7
+	VMAXPS       Z14, Z4, Z14
+	VMINPS       Z18, Z10, Z4
+	VMAXPS       Z18, Z10, Z18
+	VMINPS       Z5, Z11, Z10
+	VMAXPS       Z5, Z11, Z5
+	VMINPS       Z14, Z3, Z11
+	VMAXPS       Z14, Z3, Z14
+	VMINPS       Z4, Z1, Z3
+	VMAXPS       Z4, Z1, Z4
+	VMINPS       Z5, Z11, Z1
+	VMAXPS       Z5, Z11, Z5
+	VMINPS       Z3, Z14, Z11
+	VMAXPS       Z3, Z14, Z3
+	MOVL         $0x3f000000, SI
+	VPBROADCASTD SI, Z14
+	VMULPS       Z14, Z5, Z5
+	VMULPS       Z14, Z11, Z11
+	VADDPS       Z11, Z5, Z5
+	VMOVUPS      Z5, (CX)
+
+	// n=18: 77 of 90 comparators, 18 loads, 0 stores per group
+	ADDQ $0x40, DX
+	ADDQ $0x40, CX
+	DECQ BX
+	JNZ  n18_loop
+	VZEROUPPER
+	RET
+
+n19:
+	MOVQ x_base+48(FP), AX
+	MOVQ tmp_base+24(FP), CX
+	MOVQ dst_base+0(FP), CX
+	MOVQ off+72(FP), DX
+	SHLQ $0x02, DX
+	MOVQ groups+80(FP), BX
+
+n19_loop:
+	MOVQ       (AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       24(AX), SI
+	VMOVUPS    (SI)(DX*1), Z1
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z1, Z0, Z2
+	VMAXPS     Z1, Z0, Z1
+	MOVQ       48(AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       72(AX), SI
+	VMOVUPS    (SI)(DX*1), Z3
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z4, Z2, Z0
+	VMAXPS     Z4, Z2, Z4
+	VMINPS     Z3, Z1, Z2
+	VMAXPS     Z3, Z1, Z3
+	VMINPS     Z4, Z2, Z1
+	VMAXPS     Z4, Z2, Z4
+	MOVQ       96(AX), SI
+	VMOVUPS    (SI)(DX*1), Z2
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       120(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z5, Z2, Z6
+	VMAXPS     Z5, Z2, Z5
+	MOVQ       144(AX), SI
+	VMOVUPS    (SI)(DX*1), Z2
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       168(AX), SI
+	VMOVUPS    (SI)(DX*1), Z7
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z7, Z2, Z8
+	VMAXPS     Z7, Z2, Z7
+	VMINPS     Z8, Z6, Z2
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z5, Z6
+	VMAXPS     Z7, Z5, Z7
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z2, Z0, Z6
+	VMAXPS     Z2, Z0, Z2
+	VMINPS     Z5, Z1, Z0
+	VMAXPS     Z5, Z1, Z5
+	VMINPS     Z8, Z4, Z1
+	VMAXPS     Z8, Z4, Z8
+	VMINPS     Z7, Z3, Z4
+	VMAXPS     Z7, Z3, Z7
+	VMINPS     Z2, Z1, Z3
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z5, Z4, Z1
+	VMAXPS     Z5, Z4, Z5
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z2, Z1, Z0
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z8, Z5, Z1
+	VMAXPS     Z8, Z5, Z8
+	MOVQ       192(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       216(AX), SI
+	VMOVUPS    (SI)(DX*1), Z9
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z9, Z5, Z10
+	VMAXPS     Z9, Z5, Z9
+	MOVQ       240(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       264(AX), SI
+	VMOVUPS    (SI)(DX*1), Z11
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z12, Z10, Z5
+	VMAXPS     Z12, Z10, Z12
+	VMINPS     Z11, Z9, Z10
+	VMAXPS     Z11, Z9, Z11
+	VMINPS     Z12, Z10, Z9
+	VMAXPS     Z12, Z10, Z12
+	MOVQ       288(AX), SI
+	VMOVUPS    (SI)(DX*1), Z10
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       312(AX), SI
+	VMOVUPS    (SI)(DX*1), Z13
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z13, Z10, Z14
+	VMAXPS     Z13, Z10, Z13
+	MOVQ       336(AX), SI
+	VMOVUPS    (SI)(DX*1), Z10
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       360(AX), SI
+	VMOVUPS    (SI)(DX*1), Z15
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z15, Z10, Z16
+	VMAXPS     Z15, Z10, Z15
+	VMINPS     Z16, Z14, Z10
+	VMAXPS     Z16, Z14, Z16
+	VMINPS     Z15, Z13, Z14
+	VMAXPS     Z15, Z13, Z15
+	VMINPS     Z16, Z14, Z13
+	VMAXPS     Z16, Z14, Z16
+	VMINPS     Z10, Z5, Z14
+	VMAXPS     Z10, Z5, Z10
+	VMINPS     Z13, Z9, Z5
+	VMAXPS     Z13, Z9, Z13
+	VMINPS     Z16, Z12, Z9
+	VMAXPS     Z16, Z12, Z16
+	VMINPS     Z15, Z11, Z12
+	VMAXPS     Z15, Z11, Z15
+	VMINPS     Z10, Z9, Z11
+	VMAXPS     Z10, Z9, Z10
+	VMINPS     Z13, Z12, Z9
+	VMAXPS     Z13, Z12, Z13
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z10, Z9, Z5
+	VMAXPS     Z10, Z9, Z10
+	VMINPS     Z16, Z13, Z9
+	VMAXPS     Z16, Z13, Z16
+	VMINPS     Z14, Z6, Z13
+	VMAXPS     Z14, Z6, Z14
+	VMINPS     Z12, Z4, Z6
+	VMAXPS     Z12, Z4, Z12
+	VMINPS     Z11, Z3, Z4
+	VMAXPS     Z11, Z3, Z11
+	VMINPS     Z5, Z0, Z3
+	VMAXPS     Z5, Z0, Z5
+	VMINPS     Z10, Z2, Z0
+	VMAXPS     Z10, Z2, Z10
+	VMINPS     Z9, Z1, Z2
+	VMAXPS     Z9, Z1, Z9
+	VMINPS     Z16, Z8, Z1
+	VMAXPS     Z16, Z8, Z16
+	VMINPS     Z15, Z7, Z8
+	VMAXPS     Z15, Z7, Z15
+	VMINPS     Z14, Z0, Z7
+	VMAXPS     Z14, Z0, Z14
+	VMINPS     Z12, Z2, Z0
+	VMAXPS     Z12, Z2, Z12
+	VMINPS     Z11, Z1, Z2
+	VMAXPS     Z11, Z1, Z11
+	VMINPS     Z5, Z8, Z1
+	VMAXPS     Z5, Z8, Z5
+	VMINPS     Z7, Z4, Z8
+	VMAXPS     Z7, Z4, Z7
+	VMINPS     Z0, Z3, Z4
+	VMAXPS     Z0, Z3, Z0
+	VMINPS     Z14, Z2, Z3
+	VMAXPS     Z14, Z2, Z14
+	VMINPS     Z12, Z1, Z2
+	VMAXPS     Z12, Z1, Z12
+	VMINPS     Z10, Z11, Z1
+	VMAXPS     Z10, Z11, Z10
+	VMINPS     Z9, Z5, Z11
+	VMAXPS     Z9, Z5, Z9
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z3, Z0, Z6
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z14, Z2, Z0
+	VMAXPS     Z14, Z2, Z14
+	VMINPS     Z1, Z12, Z2
+	VMAXPS     Z1, Z12, Z1
+	VMINPS     Z10, Z11, Z12
+	VMAXPS     Z10, Z11, Z10
+	VMINPS     Z12, Z0, Z11
+	VMAXPS     Z12, Z0, Z12
+	MOVQ       384(AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       408(AX), SI
+	VMOVUPS    (SI)(DX*1), Z17
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z17, Z0, Z18
+	VMAXPS     Z17, Z0, Z17
+	MOVQ       432(AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z0, Z18, Z19
+	VMAXPS     Z0, Z18, Z0
+	VMINPS     Z0, Z17, Z18
+	VMAXPS     Z0, Z17, Z0
+	VMINPS     Z0, Z18, Z17
+	VMAXPS     Z0, Z18, Z0
+	VMINPS     Z0, Z17, Z18
+	VMAXPS     Z0, Z17, Z0
+	VMINPS     Z19, Z13, Z17
+	VMAXPS     Z19, Z13, Z19
+	VMINPS     Z18, Z5, Z13
+	VMAXPS     Z18, Z5, Z18
+	VMINPS     Z0, Z8, Z5
+	VMAXPS     Z0, Z8, Z0
+	VMINPS     Z19, Z14, Z8
+	VMAXPS     Z19, Z14, Z19
+	VMINPS     Z18, Z2, Z14
+	VMAXPS     Z18, Z2, Z18
+	VMINPS     Z0, Z1, Z2
+	VMAXPS     Z0, Z1, Z0
+	VMINPS     Z14, Z6, Z1
+	VMAXPS     Z14, Z6, Z14
+	VMINPS     Z2, Z3, Z6
+	VMAXPS     Z2, Z3, Z2
+	VMINPS     Z19, Z10, Z3
+	VMAXPS     Z19, Z10, Z19
+	VMINPS     Z14, Z11, Z10
+	VMAXPS     Z14, Z11, Z14
+	VMINPS     Z3, Z2, Z11
+	VMAXPS     Z3, Z2, Z3
+	VMINPS     Z11, Z14, Z2
+	VMAXPS     Z11, Z14, Z11
+	VMOVUPS    Z2, (CX)
+
+	// n=19: 79 of 98 comparators, 19 loads, 0 stores per group
+	ADDQ $0x40, DX
+	ADDQ $0x40, CX
+	DECQ BX
+	JNZ  n19_loop
+	VZEROUPPER
+	RET
+
+n20:
+	MOVQ x_base+48(FP), AX
+	MOVQ tmp_base+24(FP), CX
+	MOVQ dst_base+0(FP), CX
+	MOVQ off+72(FP), DX
+	SHLQ $0x02, DX
+	MOVQ groups+80(FP), BX
+
+n20_loop:
+	MOVQ         (AX), SI
+	VMOVUPS      (SI)(DX*1), Z0
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         24(AX), SI
+	VMOVUPS      (SI)(DX*1), Z1
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z1, Z0, Z2
+	VMAXPS       Z1, Z0, Z1
+	MOVQ         48(AX), SI
+	VMOVUPS      (SI)(DX*1), Z0
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         72(AX), SI
+	VMOVUPS      (SI)(DX*1), Z3
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z3, Z0, Z4
+	VMAXPS       Z3, Z0, Z3
+	VMINPS       Z4, Z2, Z0
+	VMAXPS       Z4, Z2, Z4
+	VMINPS       Z3, Z1, Z2
+	VMAXPS       Z3, Z1, Z3
+	VMINPS       Z4, Z2, Z1
+	VMAXPS       Z4, Z2, Z4
+	MOVQ         96(AX), SI
+	VMOVUPS      (SI)(DX*1), Z2
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         120(AX), SI
+	VMOVUPS      (SI)(DX*1), Z5
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z5, Z2, Z6
+	VMAXPS       Z5, Z2, Z5
+	MOVQ         144(AX), SI
+	VMOVUPS      (SI)(DX*1), Z2
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         168(AX), SI
+	VMOVUPS      (SI)(DX*1), Z7
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z7, Z2, Z8
+	VMAXPS       Z7, Z2, Z7
+	VMINPS       Z8, Z6, Z2
+	VMAXPS       Z8, Z6, Z8
+	VMINPS       Z7, Z5, Z6
+	VMAXPS       Z7, Z5, Z7
+	VMINPS       Z8, Z6, Z5
+	VMAXPS       Z8, Z6, Z8
+	VMINPS       Z2, Z0, Z6
+	VMAXPS       Z2, Z0, Z2
+	VMINPS       Z5, Z1, Z0
+	VMAXPS       Z5, Z1, Z5
+	VMINPS       Z8, Z4, Z1
+	VMAXPS       Z8, Z4, Z8
+	VMINPS       Z7, Z3, Z4
+	VMAXPS       Z7, Z3, Z7
+	VMINPS       Z2, Z1, Z3
+	VMAXPS       Z2, Z1, Z2
+	VMINPS       Z5, Z4, Z1
+	VMAXPS       Z5, Z4, Z5
+	VMINPS       Z3, Z0, Z4
+	VMAXPS       Z3, Z0, Z3
+	VMINPS       Z2, Z1, Z0
+	VMAXPS       Z2, Z1, Z2
+	VMINPS       Z8, Z5, Z1
+	VMAXPS       Z8, Z5, Z8
+	MOVQ         192(AX), SI
+	VMOVUPS      (SI)(DX*1), Z5
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         216(AX), SI
+	VMOVUPS      (SI)(DX*1), Z9
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z9, Z5, Z10
+	VMAXPS       Z9, Z5, Z9
+	MOVQ         240(AX), SI
+	VMOVUPS      (SI)(DX*1), Z5
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         264(AX), SI
+	VMOVUPS      (SI)(DX*1), Z11
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z11, Z5, Z12
+	VMAXPS       Z11, Z5, Z11
+	VMINPS       Z12, Z10, Z5
+	VMAXPS       Z12, Z10, Z12
+	VMINPS       Z11, Z9, Z10
+	VMAXPS       Z11, Z9, Z11
+	VMINPS       Z12, Z10, Z9
+	VMAXPS       Z12, Z10, Z12
+	MOVQ         288(AX), SI
+	VMOVUPS      (SI)(DX*1), Z10
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         312(AX), SI
+	VMOVUPS      (SI)(DX*1), Z13
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z13, Z10, Z14
+	VMAXPS       Z13, Z10, Z13
+	MOVQ         336(AX), SI
+	VMOVUPS      (SI)(DX*1), Z10
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         360(AX), SI
+	VMOVUPS      (SI)(DX*1), Z15
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z15, Z10, Z16
+	VMAXPS       Z15, Z10, Z15
+	VMINPS       Z16, Z14, Z10
+	VMAXPS       Z16, Z14, Z16
+	VMINPS       Z15, Z13, Z14
+	VMAXPS       Z15, Z13, Z15
+	VMINPS       Z16, Z14, Z13
+	VMAXPS       Z16, Z14, Z16
+	VMINPS       Z10, Z5, Z14
+	VMAXPS       Z10, Z5, Z10
+	VMINPS       Z13, Z9, Z5
+	VMAXPS       Z13, Z9, Z13
+	VMINPS       Z16, Z12, Z9
+	VMAXPS       Z16, Z12, Z16
+	VMINPS       Z15, Z11, Z12
+	VMAXPS       Z15, Z11, Z15
+	VMINPS       Z10, Z9, Z11
+	VMAXPS       Z10, Z9, Z10
+	VMINPS       Z13, Z12, Z9
+	VMAXPS       Z13, Z12, Z13
+	VMINPS       Z11, Z5, Z12
+	VMAXPS       Z11, Z5, Z11
+	VMINPS       Z10, Z9, Z5
+	VMAXPS       Z10, Z9, Z10
+	VMINPS       Z16, Z13, Z9
+	VMAXPS       Z16, Z13, Z16
+	VMINPS       Z14, Z6, Z13
+	VMAXPS       Z14, Z6, Z14
+	VMINPS       Z12, Z4, Z6
+	VMAXPS       Z12, Z4, Z12
+	VMINPS       Z11, Z3, Z4
+	VMAXPS       Z11, Z3, Z11
+	VMINPS       Z5, Z0, Z3
+	VMAXPS       Z5, Z0, Z5
+	VMINPS       Z10, Z2, Z0
+	VMAXPS       Z10, Z2, Z10
+	VMINPS       Z9, Z1, Z2
+	VMAXPS       Z9, Z1, Z9
+	VMINPS       Z16, Z8, Z1
+	VMAXPS       Z16, Z8, Z16
+	VMINPS       Z15, Z7, Z8
+	VMAXPS       Z15, Z7, Z15
+	VMINPS       Z14, Z0, Z7
+	VMAXPS       Z14, Z0, Z14
+	VMINPS       Z12, Z2, Z0
+	VMAXPS       Z12, Z2, Z12
+	VMINPS       Z11, Z1, Z2
+	VMAXPS       Z11, Z1, Z11
+	VMINPS       Z5, Z8, Z1
+	VMAXPS       Z5, Z8, Z5
+	VMINPS       Z7, Z4, Z8
+	VMAXPS       Z7, Z4, Z7
+	VMINPS       Z0, Z3, Z4
+	VMAXPS       Z0, Z3, Z0
+	VMINPS       Z14, Z2, Z3
+	VMAXPS       Z14, Z2, Z14
+	VMINPS       Z12, Z1, Z2
+	VMAXPS       Z12, Z1, Z12
+	VMINPS       Z10, Z11, Z1
+	VMAXPS       Z10, Z11, Z10
+	VMINPS       Z9, Z5, Z11
+	VMAXPS       Z9, Z5, Z9
+	VMINPS       Z8, Z6, Z5
+	VMAXPS       Z8, Z6, Z8
+	VMINPS       Z7, Z4, Z6
+	VMAXPS       Z7, Z4, Z7
+	VMINPS       Z3, Z0, Z4
+	VMAXPS       Z3, Z0, Z3
+	VMINPS       Z14, Z2, Z0
+	VMAXPS       Z14, Z2, Z14
+	VMINPS       Z1, Z12, Z2
+	VMAXPS       Z1, Z12, Z1
+	VMINPS       Z10, Z11, Z12
+	VMAXPS       Z10, Z11, Z10
+	MOVQ         384(AX), SI
+	VMOVUPS      (SI)(DX*1), Z11
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         408(AX), SI
+	VMOVUPS      (SI)(DX*1), Z17
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z17, Z11, Z18
+	VMAXPS       Z17, Z11, Z17
+	MOVQ         432(AX), SI
+	VMOVUPS      (SI)(DX*1), Z11
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         456(AX), SI
+	VMOVUPS      (SI)(DX*1), Z19
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z19, Z11, Z20
+	VMAXPS       Z19, Z11, Z19
+	VMINPS       Z20, Z18, Z11
+	VMAXPS       Z20, Z18, Z20
+	VMINPS       Z19, Z17, Z18
+	VMAXPS       Z19, Z17, Z19
+	VMINPS       Z20, Z18, Z17
+	VMAXPS       Z20, Z18, Z20
+	VMINPS       Z20, Z17, Z18
+	VMAXPS       Z20, Z17, Z20
+	VMINPS       Z20, Z18, Z17
+	VMAXPS       Z20, Z18, Z20
+	VMINPS       Z11, Z13, Z18
+	VMAXPS       Z11, Z13, Z11
+	VMINPS       Z17, Z5, Z13
+	VMAXPS       Z17, Z5, Z17
+	VMINPS       Z20, Z8, Z5
+	VMAXPS       Z20, Z8, Z20
+	VMINPS       Z19, Z6, Z8
+	VMAXPS       Z19, Z6, Z19
+	VMINPS       Z11, Z14, Z6
+	VMAXPS       Z11, Z14, Z11
+	VMINPS       Z17, Z2, Z14
+	VMAXPS       Z17, Z2, Z17
+	VMINPS       Z20, Z1, Z2
+	VMAXPS       Z20, Z1, Z20
+	VMINPS       Z19, Z12, Z1
+	VMAXPS       Z19, Z12, Z19
+	VMINPS       Z14, Z4, Z12
+	VMAXPS       Z14, Z4, Z14
+	VMINPS       Z2, Z3, Z4
+	VMAXPS       Z2, Z3, Z2
+	VMINPS       Z1, Z0, Z3
+	VMAXPS       Z1, Z0, Z1
+	VMINPS       Z11, Z10, Z0
+	VMAXPS       Z11, Z10, Z11
+	VMINPS       Z14, Z3, Z10
+	VMAXPS       Z14, Z3, Z14
+	VMINPS       Z0, Z2, Z3
+	VMAXPS       Z0, Z2, Z0
+	VMINPS       Z3, Z14, Z2
+	VMAXPS       Z3, Z14, Z3
+	MOVL         $0x3f000000, SI
+	VPBROADCASTD SI, Z14
+	VMULPS       Z14, Z2, Z2
+	VMULPS       Z14, Z3, Z3
+	VADDPS       Z3, Z2, Z2
+	VMOVUPS      Z2, (CX)
+
+	// n=20: 84 of 103 comparators, 20 loads, 0 stores per group
+	ADDQ $0x40, DX
+	ADDQ $0x40, CX
+	DECQ BX
+	JNZ  n20_loop
+	VZEROUPPER
+	RET
+
+n21:
+	MOVQ x_base+48(FP), AX
+	MOVQ tmp_base+24(FP), CX
+	MOVQ dst_base+0(FP), CX
+	MOVQ off+72(FP), DX
+	SHLQ $0x02, DX
+	MOVQ groups+80(FP), BX
+
+n21_loop:
+	MOVQ       (AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       24(AX), SI
+	VMOVUPS    (SI)(DX*1), Z1
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z1, Z0, Z2
+	VMAXPS     Z1, Z0, Z1
+	MOVQ       48(AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       72(AX), SI
+	VMOVUPS    (SI)(DX*1), Z3
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z4, Z2, Z0
+	VMAXPS     Z4, Z2, Z4
+	VMINPS     Z3, Z1, Z2
+	VMAXPS     Z3, Z1, Z3
+	VMINPS     Z4, Z2, Z1
+	VMAXPS     Z4, Z2, Z4
+	MOVQ       96(AX), SI
+	VMOVUPS    (SI)(DX*1), Z2
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       120(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z5, Z2, Z6
+	VMAXPS     Z5, Z2, Z5
+	MOVQ       144(AX), SI
+	VMOVUPS    (SI)(DX*1), Z2
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       168(AX), SI
+	VMOVUPS    (SI)(DX*1), Z7
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z7, Z2, Z8
+	VMAXPS     Z7, Z2, Z7
+	VMINPS     Z8, Z6, Z2
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z5, Z6
+	VMAXPS     Z7, Z5, Z7
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z2, Z0, Z6
+	VMAXPS     Z2, Z0, Z2
+	VMINPS     Z5, Z1, Z0
+	VMAXPS     Z5, Z1, Z5
+	VMINPS     Z8, Z4, Z1
+	VMAXPS     Z8, Z4, Z8
+	VMINPS     Z7, Z3, Z4
+	VMAXPS     Z7, Z3, Z7
+	VMINPS     Z2, Z1, Z3
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z5, Z4, Z1
+	VMAXPS     Z5, Z4, Z5
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z2, Z1, Z0
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z8, Z5, Z1
+	VMAXPS     Z8, Z5, Z8
+	MOVQ       192(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       216(AX), SI
+	VMOVUPS    (SI)(DX*1), Z9
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z9, Z5, Z10
+	VMAXPS     Z9, Z5, Z9
+	MOVQ       240(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       264(AX), SI
+	VMOVUPS    (SI)(DX*1), Z11
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z12, Z10, Z5
+	VMAXPS     Z12, Z10, Z12
+	VMINPS     Z11, Z9, Z10
+	VMAXPS     Z11, Z9, Z11
+	VMINPS     Z12, Z10, Z9
+	VMAXPS     Z12, Z10, Z12
+	MOVQ       288(AX), SI
+	VMOVUPS    (SI)(DX*1), Z10
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       312(AX), SI
+	VMOVUPS    (SI)(DX*1), Z13
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z13, Z10, Z14
+	VMAXPS     Z13, Z10, Z13
+	MOVQ       336(AX), SI
+	VMOVUPS    (SI)(DX*1), Z10
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       360(AX), SI
+	VMOVUPS    (SI)(DX*1), Z15
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z15, Z10, Z16
+	VMAXPS     Z15, Z10, Z15
+	VMINPS     Z16, Z14, Z10
+	VMAXPS     Z16, Z14, Z16
+	VMINPS     Z15, Z13, Z14
+	VMAXPS     Z15, Z13, Z15
+	VMINPS     Z16, Z14, Z13
+	VMAXPS     Z16, Z14, Z16
+	VMINPS     Z10, Z5, Z14
+	VMAXPS     Z10, Z5, Z10
+	VMINPS     Z13, Z9, Z5
+	VMAXPS     Z13, Z9, Z13
+	VMINPS     Z16, Z12, Z9
+	VMAXPS     Z16, Z12, Z16
+	VMINPS     Z15, Z11, Z12
+	VMAXPS     Z15, Z11, Z15
+	VMINPS     Z10, Z9, Z11
+	VMAXPS     Z10, Z9, Z10
+	VMINPS     Z13, Z12, Z9
+	VMAXPS     Z13, Z12, Z13
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z10, Z9, Z5
+	VMAXPS     Z10, Z9, Z10
+	VMINPS     Z16, Z13, Z9
+	VMAXPS     Z16, Z13, Z16
+	VMINPS     Z14, Z6, Z13
+	VMAXPS     Z14, Z6, Z14
+	VMINPS     Z12, Z4, Z6
+	VMAXPS     Z12, Z4, Z12
+	VMINPS     Z11, Z3, Z4
+	VMAXPS     Z11, Z3, Z11
+	VMINPS     Z5, Z0, Z3
+	VMAXPS     Z5, Z0, Z5
+	VMINPS     Z10, Z2, Z0
+	VMAXPS     Z10, Z2, Z10
+	VMINPS     Z9, Z1, Z2
+	VMAXPS     Z9, Z1, Z9
+	VMINPS     Z16, Z8, Z1
+	VMAXPS     Z16, Z8, Z16
+	VMINPS     Z15, Z7, Z8
+	VMAXPS     Z15, Z7, Z15
+	VMINPS     Z14, Z0, Z7
+	VMAXPS     Z14, Z0, Z14
+	VMINPS     Z12, Z2, Z0
+	VMAXPS     Z12, Z2, Z12
+	VMINPS     Z11, Z1, Z2
+	VMAXPS     Z11, Z1, Z11
+	VMINPS     Z5, Z8, Z1
+	VMAXPS     Z5, Z8, Z5
+	VMINPS     Z7, Z4, Z8
+	VMAXPS     Z7, Z4, Z7
+	VMINPS     Z0, Z3, Z4
+	VMAXPS     Z0, Z3, Z0
+	VMINPS     Z14, Z2, Z3
+	VMAXPS     Z14, Z2, Z14
+	VMINPS     Z12, Z1, Z2
+	VMAXPS     Z12, Z1, Z12
+	VMINPS     Z10, Z11, Z1
+	VMAXPS     Z10, Z11, Z10
+	VMINPS     Z9, Z5, Z11
+	VMAXPS     Z9, Z5, Z9
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z4, Z6
+	VMAXPS     Z7, Z4, Z7
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z14, Z2, Z0
+	VMAXPS     Z14, Z2, Z14
+	VMINPS     Z1, Z12, Z2
+	VMAXPS     Z1, Z12, Z1
+	VMINPS     Z10, Z11, Z12
+	VMAXPS     Z10, Z11, Z10
+	MOVQ       384(AX), SI
+	VMOVUPS    (SI)(DX*1), Z11
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       408(AX), SI
+	VMOVUPS    (SI)(DX*1), Z17
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z17, Z11, Z18
+	VMAXPS     Z17, Z11, Z17
+	MOVQ       432(AX), SI
+	VMOVUPS    (SI)(DX*1), Z11
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       456(AX), SI
+	VMOVUPS    (SI)(DX*1), Z19
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z19, Z11, Z20
+	VMAXPS     Z19, Z11, Z19
+	VMINPS     Z20, Z18, Z11
+	VMAXPS     Z20, Z18, Z20
+	VMINPS     Z19, Z17, Z18
+	VMAXPS     Z19, Z17, Z19
+	VMINPS     Z20, Z18, Z17
+	VMAXPS     Z20, Z18, Z20
+	MOVQ       480(AX), SI
+	VMOVUPS    (SI)(DX*1), Z18
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z18, Z11, Z21
+	VMAXPS     Z18, Z11, Z18
+	VMINPS     Z18, Z20, Z11
+	VMAXPS     Z18, Z20, Z18
+	VMINPS     Z11, Z17, Z20
+	VMAXPS     Z11, Z17, Z11
+	VMINPS     Z18, Z19, Z17
+	VMAXPS     Z18, Z19, Z18
+	VMINPS     Z18, Z11, Z19
+	VMAXPS     Z18, Z11, Z18
+	VMINPS     Z19, Z20, Z11
+	VMAXPS     Z19, Z20, Z19
+	VMINPS     Z18, Z17, Z20
+	VMAXPS     Z18, Z17, Z18
+	VMINPS     Z21, Z13, Z17
+	VMAXPS     Z21, Z13, Z21
+	VMINPS     Z11, Z5, Z13
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z19, Z8, Z5
+	VMAXPS     Z19, Z8, Z19
+	VMINPS     Z20, Z6, Z8
+	VMAXPS     Z20, Z6, Z20
+	VMINPS     Z18, Z7, Z6
+	VMAXPS     Z18, Z7, Z18
+	VMINPS     Z21, Z14, Z7
+	VMAXPS     Z21, Z14, Z21
+	VMINPS     Z11, Z2, Z14
+	VMAXPS     Z11, Z2, Z11
+	VMINPS     Z19, Z1, Z2
+	VMAXPS     Z19, Z1, Z19
+	VMINPS     Z20, Z12, Z1
+	VMAXPS     Z20, Z12, Z20
+	VMINPS     Z18, Z10, Z12
+	VMAXPS     Z18, Z10, Z18
+	VMINPS     Z14, Z4, Z10
+	VMAXPS     Z14, Z4, Z14
+	VMINPS     Z2, Z3, Z4
+	VMAXPS     Z2, Z3, Z2
+	VMINPS     Z1, Z0, Z3
+	VMAXPS     Z1, Z0, Z1
+	VMINPS     Z21, Z12, Z0
+	VMAXPS     Z21, Z12, Z21
+	VMINPS     Z14, Z3, Z12
+	VMAXPS     Z14, Z3, Z14
+	VMINPS     Z0, Z2, Z3
+	VMAXPS     Z0, Z2, Z0
+	VMINPS     Z3, Z14, Z2
+	VMAXPS     Z3, Z14, Z3
+	VMOVUPS    Z3, (CX)
+
+	// n=21: 91 of 112 comparators, 21 loads, 0 stores per group
+	ADDQ $0x40, DX
+	ADDQ $0x40, CX
+	DECQ BX
+	JNZ  n21_loop
+	VZEROUPPER
+	RET
+
+n22:
+	MOVQ x_base+48(FP), AX
+	MOVQ tmp_base+24(FP), CX
+	MOVQ dst_base+0(FP), CX
+	MOVQ off+72(FP), DX
+	SHLQ $0x02, DX
+	MOVQ groups+80(FP), BX
+
+n22_loop:
+	MOVQ         (AX), SI
+	VMOVUPS      (SI)(DX*1), Z0
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         24(AX), SI
+	VMOVUPS      (SI)(DX*1), Z1
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z1, Z0, Z2
+	VMAXPS       Z1, Z0, Z1
+	MOVQ         48(AX), SI
+	VMOVUPS      (SI)(DX*1), Z0
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         72(AX), SI
+	VMOVUPS      (SI)(DX*1), Z3
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z3, Z0, Z4
+	VMAXPS       Z3, Z0, Z3
+	VMINPS       Z4, Z2, Z0
+	VMAXPS       Z4, Z2, Z4
+	VMINPS       Z3, Z1, Z2
+	VMAXPS       Z3, Z1, Z3
+	VMINPS       Z4, Z2, Z1
+	VMAXPS       Z4, Z2, Z4
+	MOVQ         96(AX), SI
+	VMOVUPS      (SI)(DX*1), Z2
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         120(AX), SI
+	VMOVUPS      (SI)(DX*1), Z5
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z5, Z2, Z6
+	VMAXPS       Z5, Z2, Z5
+	MOVQ         144(AX), SI
+	VMOVUPS      (SI)(DX*1), Z2
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         168(AX), SI
+	VMOVUPS      (SI)(DX*1), Z7
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z7, Z2, Z8
+	VMAXPS       Z7, Z2, Z7
+	VMINPS       Z8, Z6, Z2
+	VMAXPS       Z8, Z6, Z8
+	VMINPS       Z7, Z5, Z6
+	VMAXPS       Z7, Z5, Z7
+	VMINPS       Z8, Z6, Z5
+	VMAXPS       Z8, Z6, Z8
+	VMINPS       Z2, Z0, Z6
+	VMAXPS       Z2, Z0, Z2
+	VMINPS       Z5, Z1, Z0
+	VMAXPS       Z5, Z1, Z5
+	VMINPS       Z8, Z4, Z1
+	VMAXPS       Z8, Z4, Z8
+	VMINPS       Z7, Z3, Z4
+	VMAXPS       Z7, Z3, Z7
+	VMINPS       Z2, Z1, Z3
+	VMAXPS       Z2, Z1, Z2
+	VMINPS       Z5, Z4, Z1
+	VMAXPS       Z5, Z4, Z5
+	VMINPS       Z3, Z0, Z4
+	VMAXPS       Z3, Z0, Z3
+	VMINPS       Z2, Z1, Z0
+	VMAXPS       Z2, Z1, Z2
+	VMINPS       Z8, Z5, Z1
+	VMAXPS       Z8, Z5, Z8
+	MOVQ         192(AX), SI
+	VMOVUPS      (SI)(DX*1), Z5
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         216(AX), SI
+	VMOVUPS      (SI)(DX*1), Z9
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z9, Z5, Z10
+	VMAXPS       Z9, Z5, Z9
+	MOVQ         240(AX), SI
+	VMOVUPS      (SI)(DX*1), Z5
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         264(AX), SI
+	VMOVUPS      (SI)(DX*1), Z11
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z11, Z5, Z12
+	VMAXPS       Z11, Z5, Z11
+	VMINPS       Z12, Z10, Z5
+	VMAXPS       Z12, Z10, Z12
+	VMINPS       Z11, Z9, Z10
+	VMAXPS       Z11, Z9, Z11
+	VMINPS       Z12, Z10, Z9
+	VMAXPS       Z12, Z10, Z12
+	MOVQ         288(AX), SI
+	VMOVUPS      (SI)(DX*1), Z10
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         312(AX), SI
+	VMOVUPS      (SI)(DX*1), Z13
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z13, Z10, Z14
+	VMAXPS       Z13, Z10, Z13
+	MOVQ         336(AX), SI
+	VMOVUPS      (SI)(DX*1), Z10
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         360(AX), SI
+	VMOVUPS      (SI)(DX*1), Z15
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z15, Z10, Z16
+	VMAXPS       Z15, Z10, Z15
+	VMINPS       Z16, Z14, Z10
+	VMAXPS       Z16, Z14, Z16
+	VMINPS       Z15, Z13, Z14
+	VMAXPS       Z15, Z13, Z15
+	VMINPS       Z16, Z14, Z13
+	VMAXPS       Z16, Z14, Z16
+	VMINPS       Z10, Z5, Z14
+	VMAXPS       Z10, Z5, Z10
+	VMINPS       Z13, Z9, Z5
+	VMAXPS       Z13, Z9, Z13
+	VMINPS       Z16, Z12, Z9
+	VMAXPS       Z16, Z12, Z16
+	VMINPS       Z15, Z11, Z12
+	VMAXPS       Z15, Z11, Z15
+	VMINPS       Z10, Z9, Z11
+	VMAXPS       Z10, Z9, Z10
+	VMINPS       Z13, Z12, Z9
+	VMAXPS       Z13, Z12, Z13
+	VMINPS       Z11, Z5, Z12
+	VMAXPS       Z11, Z5, Z11
+	VMINPS       Z10, Z9, Z5
+	VMAXPS       Z10, Z9, Z10
+	VMINPS       Z16, Z13, Z9
+	VMAXPS       Z16, Z13, Z16
+	VMINPS       Z14, Z6, Z13
+	VMAXPS       Z14, Z6, Z14
+	VMINPS       Z12, Z4, Z6
+	VMAXPS       Z12, Z4, Z12
+	VMINPS       Z11, Z3, Z4
+	VMAXPS       Z11, Z3, Z11
+	VMINPS       Z5, Z0, Z3
+	VMAXPS       Z5, Z0, Z5
+	VMINPS       Z10, Z2, Z0
+	VMAXPS       Z10, Z2, Z10
+	VMINPS       Z9, Z1, Z2
+	VMAXPS       Z9, Z1, Z9
+	VMINPS       Z16, Z8, Z1
+	VMAXPS       Z16, Z8, Z16
+	VMINPS       Z15, Z7, Z8
+	VMAXPS       Z15, Z7, Z15
+	VMINPS       Z14, Z0, Z7
+	VMAXPS       Z14, Z0, Z14
+	VMINPS       Z12, Z2, Z0
+	VMAXPS       Z12, Z2, Z12
+	VMINPS       Z11, Z1, Z2
+	VMAXPS       Z11, Z1, Z11
+	VMINPS       Z5, Z8, Z1
+	VMAXPS       Z5, Z8, Z5
+	VMINPS       Z7, Z4, Z8
+	VMAXPS       Z7, Z4, Z7
+	VMINPS       Z0, Z3, Z4
+	VMAXPS       Z0, Z3, Z0
+	VMINPS       Z14, Z2, Z3
+	VMAXPS       Z14, Z2, Z14
+	VMINPS       Z12, Z1, Z2
+	VMAXPS       Z12, Z1, Z12
+	VMINPS       Z10, Z11, Z1
+	VMAXPS       Z10, Z11, Z10
+	VMINPS       Z9, Z5, Z11
+	VMAXPS       Z9, Z5, Z9
+	VMINPS       Z8, Z6, Z5
+	VMAXPS       Z8, Z6, Z8
+	VMINPS       Z7, Z4, Z6
+	VMAXPS       Z7, Z4, Z7
+	VMINPS       Z3, Z0, Z4
+	VMAXPS       Z3, Z0, Z3
+	VMINPS       Z14, Z2, Z0
+	VMAXPS       Z14, Z2, Z14
+	VMINPS       Z1, Z12, Z2
+	VMAXPS       Z1, Z12, Z1
+	VMINPS       Z10, Z11, Z12
+	VMAXPS       Z10, Z11, Z10
+	VMINPS       Z16, Z9, Z11
+	VMAXPS       Z16, Z9, Z16
+	MOVQ         384(AX), SI
+	VMOVUPS      (SI)(DX*1), Z9
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         408(AX), SI
+	VMOVUPS      (SI)(DX*1), Z17
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z17, Z9, Z18
+	VMAXPS       Z17, Z9, Z17
+	MOVQ         432(AX), SI
+	VMOVUPS      (SI)(DX*1), Z9
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         456(AX), SI
+	VMOVUPS      (SI)(DX*1), Z19
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z19, Z9, Z20
+	VMAXPS       Z19, Z9, Z19
+	VMINPS       Z20, Z18, Z9
+	VMAXPS       Z20, Z18, Z20
+	VMINPS       Z19, Z17, Z18
+	VMAXPS       Z19, Z17, Z19
+	VMINPS       Z20, Z18, Z17
+	VMAXPS       Z20, Z18, Z20
+	MOVQ         480(AX), SI
+	VMOVUPS      (SI)(DX*1), Z18
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         504(AX), SI
+	VMOVUPS      (SI)(DX*1), Z21
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z21, Z18, Z22
+	VMAXPS       Z21, Z18, Z21
+	VMINPS       Z22, Z9, Z18
+	VMAXPS       Z22, Z9, Z22
+	VMINPS       Z21, Z17, Z9
+	VMAXPS       Z21, Z17, Z21
+	VMINPS       Z22, Z20, Z17
+	VMAXPS       Z22, Z20, Z22
+	VMINPS       Z21, Z19, Z20
+	VMAXPS       Z21, Z19, Z21
+	VMINPS       Z17, Z9, Z19
+	VMAXPS       Z17, Z9, Z17
+	VMINPS       Z22, Z20, Z9
+	VMAXPS       Z22, Z20, Z22
+	VMINPS       Z22, Z17, Z20
+	VMAXPS       Z22, Z17, Z22
+	VMINPS       Z21, Z9, Z17
+	VMAXPS       Z21, Z9, Z21
+	VMINPS       Z20, Z19, Z9
+	VMAXPS       Z20, Z19, Z20
+	VMINPS       Z22, Z17, Z19
+	VMAXPS       Z22, Z17, Z22
+	VMINPS       Z18, Z13, Z17
+	VMAXPS       Z18, Z13, Z18
+	VMINPS       Z9, Z5, Z13
+	VMAXPS       Z9, Z5, Z9
+	VMINPS       Z20, Z8, Z5
+	VMAXPS       Z20, Z8, Z20
+	VMINPS       Z19, Z6, Z8
+	VMAXPS       Z19, Z6, Z19
+	VMINPS       Z22, Z7, Z6
+	VMAXPS       Z22, Z7, Z22
+	VMINPS       Z21, Z4, Z7
+	VMAXPS       Z21, Z4, Z21
+	VMINPS       Z18, Z14, Z4
+	VMAXPS       Z18, Z14, Z18
+	VMINPS       Z9, Z2, Z14
+	VMAXPS       Z9, Z2, Z9
+	VMINPS       Z20, Z1, Z2
+	VMAXPS       Z20, Z1, Z20
+	VMINPS       Z19, Z12, Z1
+	VMAXPS       Z19, Z12, Z19
+	VMINPS       Z22, Z10, Z12
+	VMAXPS       Z22, Z10, Z22
+	VMINPS       Z21, Z11, Z10
+	VMAXPS       Z21, Z11, Z21
+	VMINPS       Z14, Z7, Z11
+	VMAXPS       Z14, Z7, Z14
+	VMINPS       Z2, Z3, Z7
+	VMAXPS       Z2, Z3, Z2
+	VMINPS       Z1, Z0, Z3
+	VMAXPS       Z1, Z0, Z1
+	VMINPS       Z18, Z12, Z0
+	VMAXPS       Z18, Z12, Z18
+	VMINPS       Z9, Z10, Z12
+	VMAXPS       Z9, Z10, Z9
+	VMINPS       Z14, Z3, Z10
+	VMAXPS       Z14, Z3, Z14
+	VMINPS       Z0, Z2, Z3
+	VMAXPS       Z0, Z2, Z0
+	VMINPS       Z12, Z1, Z2
+	VMAXPS       Z12, Z1, Z12
+	VMINPS       Z3, Z14, Z1
+	VMAXPS       Z3, Z14, Z3
+	VMINPS       Z0, Z2, Z14
+	VMAXPS       Z0, Z2, Z0
+	MOVL         $0x3f000000, SI
+	VPBROADCASTD SI, Z2
+	VMULPS       Z2, Z3, Z3
+	VMULPS       Z2, Z14, Z14
+	VADDPS       Z14, Z3, Z3
+	VMOVUPS      Z3, (CX)
+
+	// n=22: 101 of 119 comparators, 22 loads, 0 stores per group
+	ADDQ $0x40, DX
+	ADDQ $0x40, CX
+	DECQ BX
+	JNZ  n22_loop
+	VZEROUPPER
+	RET
+
+n23:
+	MOVQ x_base+48(FP), AX
+	MOVQ tmp_base+24(FP), CX
+	MOVQ dst_base+0(FP), CX
+	MOVQ off+72(FP), DX
+	SHLQ $0x02, DX
+	MOVQ groups+80(FP), BX
+
+n23_loop:
+	MOVQ       (AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       24(AX), SI
+	VMOVUPS    (SI)(DX*1), Z1
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z1, Z0, Z2
+	VMAXPS     Z1, Z0, Z1
+	MOVQ       48(AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       72(AX), SI
+	VMOVUPS    (SI)(DX*1), Z3
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z4, Z2, Z0
+	VMAXPS     Z4, Z2, Z4
+	VMINPS     Z3, Z1, Z2
+	VMAXPS     Z3, Z1, Z3
+	VMINPS     Z4, Z2, Z1
+	VMAXPS     Z4, Z2, Z4
+	MOVQ       96(AX), SI
+	VMOVUPS    (SI)(DX*1), Z2
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       120(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z5, Z2, Z6
+	VMAXPS     Z5, Z2, Z5
+	MOVQ       144(AX), SI
+	VMOVUPS    (SI)(DX*1), Z2
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       168(AX), SI
+	VMOVUPS    (SI)(DX*1), Z7
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z7, Z2, Z8
+	VMAXPS     Z7, Z2, Z7
+	VMINPS     Z8, Z6, Z2
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z5, Z6
+	VMAXPS     Z7, Z5, Z7
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z2, Z0, Z6
+	VMAXPS     Z2, Z0, Z2
+	VMINPS     Z5, Z1, Z0
+	VMAXPS     Z5, Z1, Z5
+	VMINPS     Z8, Z4, Z1
+	VMAXPS     Z8, Z4, Z8
+	VMINPS     Z7, Z3, Z4
+	VMAXPS     Z7, Z3, Z7
+	VMINPS     Z2, Z1, Z3
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z5, Z4, Z1
+	VMAXPS     Z5, Z4, Z5
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z2, Z1, Z0
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z8, Z5, Z1
+	VMAXPS     Z8, Z5, Z8
+	MOVQ       192(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       216(AX), SI
+	VMOVUPS    (SI)(DX*1), Z9
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z9, Z5, Z10
+	VMAXPS     Z9, Z5, Z9
+	MOVQ       240(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       264(AX), SI
+	VMOVUPS    (SI)(DX*1), Z11
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z12, Z10, Z5
+	VMAXPS     Z12, Z10, Z12
+	VMINPS     Z11, Z9, Z10
+	VMAXPS     Z11, Z9, Z11
+	VMINPS     Z12, Z10, Z9
+	VMAXPS     Z12, Z10, Z12
+	MOVQ       288(AX), SI
+	VMOVUPS    (SI)(DX*1), Z10
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       312(AX), SI
+	VMOVUPS    (SI)(DX*1), Z13
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z13, Z10, Z14
+	VMAXPS     Z13, Z10, Z13
+	MOVQ       336(AX), SI
+	VMOVUPS    (SI)(DX*1), Z10
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       360(AX), SI
+	VMOVUPS    (SI)(DX*1), Z15
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z15, Z10, Z16
+	VMAXPS     Z15, Z10, Z15
+	VMINPS     Z16, Z14, Z10
+	VMAXPS     Z16, Z14, Z16
+	VMINPS     Z15, Z13, Z14
+	VMAXPS     Z15, Z13, Z15
+	VMINPS     Z16, Z14, Z13
+	VMAXPS     Z16, Z14, Z16
+	VMINPS     Z10, Z5, Z14
+	VMAXPS     Z10, Z5, Z10
+	VMINPS     Z13, Z9, Z5
+	VMAXPS     Z13, Z9, Z13
+	VMINPS     Z16, Z12, Z9
+	VMAXPS     Z16, Z12, Z16
+	VMINPS     Z15, Z11, Z12
+	VMAXPS     Z15, Z11, Z15
+	VMINPS     Z10, Z9, Z11
+	VMAXPS     Z10, Z9, Z10
+	VMINPS     Z13, Z12, Z9
+	VMAXPS     Z13, Z12, Z13
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z10, Z9, Z5
+	VMAXPS     Z10, Z9, Z10
+	VMINPS     Z16, Z13, Z9
+	VMAXPS     Z16, Z13, Z16
+	VMINPS     Z14, Z6, Z13
+	VMAXPS     Z14, Z6, Z14
+	VMINPS     Z12, Z4, Z6
+	VMAXPS     Z12, Z4, Z12
+	VMINPS     Z11, Z3, Z4
+	VMAXPS     Z11, Z3, Z11
+	VMINPS     Z5, Z0, Z3
+	VMAXPS     Z5, Z0, Z5
+	VMINPS     Z10, Z2, Z0
+	VMAXPS     Z10, Z2, Z10
+	VMINPS     Z9, Z1, Z2
+	VMAXPS     Z9, Z1, Z9
+	VMINPS     Z16, Z8, Z1
+	VMAXPS     Z16, Z8, Z16
+	VMINPS     Z15, Z7, Z8
+	VMAXPS     Z15, Z7, Z15
+	VMINPS     Z14, Z0, Z7
+	VMAXPS     Z14, Z0, Z14
+	VMINPS     Z12, Z2, Z0
+	VMAXPS     Z12, Z2, Z12
+	VMINPS     Z11, Z1, Z2
+	VMAXPS     Z11, Z1, Z11
+	VMINPS     Z5, Z8, Z1
+	VMAXPS     Z5, Z8, Z5
+	VMINPS     Z7, Z4, Z8
+	VMAXPS     Z7, Z4, Z7
+	VMINPS     Z0, Z3, Z4
+	VMAXPS     Z0, Z3, Z0
+	VMINPS     Z14, Z2, Z3
+	VMAXPS     Z14, Z2, Z14
+	VMINPS     Z12, Z1, Z2
+	VMAXPS     Z12, Z1, Z12
+	VMINPS     Z10, Z11, Z1
+	VMAXPS     Z10, Z11, Z10
+	VMINPS     Z9, Z5, Z11
+	VMAXPS     Z9, Z5, Z9
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z4, Z6
+	VMAXPS     Z7, Z4, Z7
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z14, Z2, Z0
+	VMAXPS     Z14, Z2, Z14
+	VMINPS     Z1, Z12, Z2
+	VMAXPS     Z1, Z12, Z1
+	VMINPS     Z10, Z11, Z12
+	VMAXPS     Z10, Z11, Z10
+	VMINPS     Z16, Z9, Z11
+	VMAXPS     Z16, Z9, Z16
+	MOVQ       384(AX), SI
+	VMOVUPS    (SI)(DX*1), Z9
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       408(AX), SI
+	VMOVUPS    (SI)(DX*1), Z17
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z17, Z9, Z18
+	VMAXPS     Z17, Z9, Z17
+	MOVQ       432(AX), SI
+	VMOVUPS    (SI)(DX*1), Z9
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       456(AX), SI
+	VMOVUPS    (SI)(DX*1), Z19
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z19, Z9, Z20
+	VMAXPS     Z19, Z9, Z19
+	VMINPS     Z20, Z18, Z9
+	VMAXPS     Z20, Z18, Z20
+	VMINPS     Z19, Z17, Z18
+	VMAXPS     Z19, Z17, Z19
+	VMINPS     Z20, Z18, Z17
+	VMAXPS     Z20, Z18, Z20
+	MOVQ       480(AX), SI
+	VMOVUPS    (SI)(DX*1), Z18
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       504(AX), SI
+	VMOVUPS    (SI)(DX*1), Z21
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z21, Z18, Z22
+	VMAXPS     Z21, Z18, Z21
+	MOVQ       528(AX), SI
+	VMOVUPS    (SI)(DX*1), Z18
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z18, Z22, Z23
+	VMAXPS     Z18, Z22, Z18
+	VMINPS     Z18, Z21, Z22
+	VMAXPS     Z18, Z21, Z18
+	VMINPS     Z23, Z9, Z21
+	VMAXPS     Z23, Z9, Z23
+	VMINPS     Z22, Z17, Z9
+	VMAXPS     Z22, Z17, Z22
+	VMINPS     Z18, Z20, Z17
+	VMAXPS     Z18, Z20, Z18
+	VMINPS     Z23, Z17, Z20
+	VMAXPS     Z23, Z17, Z23
+	VMINPS     Z22, Z19, Z17
+	VMAXPS     Z22, Z19, Z22
+	VMINPS     Z20, Z9, Z19
+	VMAXPS     Z20, Z9, Z20
+	VMINPS     Z23, Z17, Z9
+	VMAXPS     Z23, Z17, Z23
+	VMINPS     Z18, Z22, Z17
+	VMAXPS     Z18, Z22, Z18
+	VMINPS     Z23, Z20, Z22
+	VMAXPS     Z23, Z20, Z23
+	VMINPS     Z17, Z9, Z20
+	VMAXPS     Z17, Z9, Z17
+	VMINPS     Z22, Z19, Z9
+	VMAXPS     Z22, Z19, Z22
+	VMINPS     Z23, Z20, Z19
+	VMAXPS     Z23, Z20, Z23
+	VMINPS     Z18, Z17, Z20
+	VMAXPS     Z18, Z17, Z18
+	VMINPS     Z21, Z13, Z17
+	VMAXPS     Z21, Z13, Z21
+	VMINPS     Z9, Z5, Z13
+	VMAXPS     Z9, Z5, Z9
+	VMINPS     Z22, Z8, Z5
+	VMAXPS     Z22, Z8, Z22
+	VMINPS     Z19, Z6, Z8
+	VMAXPS     Z19, Z6, Z19
+	VMINPS     Z23, Z7, Z6
+	VMAXPS     Z23, Z7, Z23
+	VMINPS     Z20, Z4, Z7
+	VMAXPS     Z20, Z4, Z20
+	VMINPS     Z18, Z3, Z4
+	VMAXPS     Z18, Z3, Z18
+	VMINPS     Z21, Z14, Z3
+	VMAXPS     Z21, Z14, Z21
+	VMINPS     Z9, Z2, Z14
+	VMAXPS     Z9, Z2, Z9
+	VMINPS     Z22, Z1, Z2
+	VMAXPS     Z22, Z1, Z22
+	VMINPS     Z19, Z12, Z1
+	VMAXPS     Z19, Z12, Z19
+	VMINPS     Z23, Z10, Z12
+	VMAXPS     Z23, Z10, Z23
+	VMINPS     Z20, Z11, Z10
+	VMAXPS     Z20, Z11, Z20
+	VMINPS     Z2, Z4, Z11
+	VMAXPS     Z2, Z4, Z2
+	VMINPS     Z1, Z0, Z4
+	VMAXPS     Z1, Z0, Z1
+	VMINPS     Z21, Z12, Z0
+	VMAXPS     Z21, Z12, Z21
+	VMINPS     Z9, Z10, Z12
+	VMAXPS     Z9, Z10, Z9
+	VMINPS     Z0, Z2, Z10
+	VMAXPS     Z0, Z2, Z0
+	VMINPS     Z12, Z1, Z2
+	VMAXPS     Z12, Z1, Z12
+	VMINPS     Z0, Z2, Z1
+	VMAXPS     Z0, Z2, Z0
+	VMOVUPS    Z1, (CX)
+
+	// n=23: 104 of 127 comparators, 23 loads, 0 stores per group
+	ADDQ $0x40, DX
+	ADDQ $0x40, CX
+	DECQ BX
+	JNZ  n23_loop
+	VZEROUPPER
+	RET
+
+n24:
+	MOVQ x_base+48(FP), AX
+	MOVQ tmp_base+24(FP), CX
+	MOVQ dst_base+0(FP), CX
+	MOVQ off+72(FP), DX
+	SHLQ $0x02, DX
+	MOVQ groups+80(FP), BX
+
+n24_loop:
+	MOVQ         (AX), SI
+	VMOVUPS      (SI)(DX*1), Z0
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         24(AX), SI
+	VMOVUPS      (SI)(DX*1), Z1
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z1, Z0, Z2
+	VMAXPS       Z1, Z0, Z1
+	MOVQ         48(AX), SI
+	VMOVUPS      (SI)(DX*1), Z0
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         72(AX), SI
+	VMOVUPS      (SI)(DX*1), Z3
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z3, Z0, Z4
+	VMAXPS       Z3, Z0, Z3
+	VMINPS       Z4, Z2, Z0
+	VMAXPS       Z4, Z2, Z4
+	VMINPS       Z3, Z1, Z2
+	VMAXPS       Z3, Z1, Z3
+	VMINPS       Z4, Z2, Z1
+	VMAXPS       Z4, Z2, Z4
+	MOVQ         96(AX), SI
+	VMOVUPS      (SI)(DX*1), Z2
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         120(AX), SI
+	VMOVUPS      (SI)(DX*1), Z5
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z5, Z2, Z6
+	VMAXPS       Z5, Z2, Z5
+	MOVQ         144(AX), SI
+	VMOVUPS      (SI)(DX*1), Z2
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         168(AX), SI
+	VMOVUPS      (SI)(DX*1), Z7
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z7, Z2, Z8
+	VMAXPS       Z7, Z2, Z7
+	VMINPS       Z8, Z6, Z2
+	VMAXPS       Z8, Z6, Z8
+	VMINPS       Z7, Z5, Z6
+	VMAXPS       Z7, Z5, Z7
+	VMINPS       Z8, Z6, Z5
+	VMAXPS       Z8, Z6, Z8
+	VMINPS       Z2, Z0, Z6
+	VMAXPS       Z2, Z0, Z2
+	VMINPS       Z5, Z1, Z0
+	VMAXPS       Z5, Z1, Z5
+	VMINPS       Z8, Z4, Z1
+	VMAXPS       Z8, Z4, Z8
+	VMINPS       Z7, Z3, Z4
+	VMAXPS       Z7, Z3, Z7
+	VMINPS       Z2, Z1, Z3
+	VMAXPS       Z2, Z1, Z2
+	VMINPS       Z5, Z4, Z1
+	VMAXPS       Z5, Z4, Z5
+	VMINPS       Z3, Z0, Z4
+	VMAXPS       Z3, Z0, Z3
+	VMINPS       Z2, Z1, Z0
+	VMAXPS       Z2, Z1, Z2
+	VMINPS       Z8, Z5, Z1
+	VMAXPS       Z8, Z5, Z8
+	MOVQ         192(AX), SI
+	VMOVUPS      (SI)(DX*1), Z5
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         216(AX), SI
+	VMOVUPS      (SI)(DX*1), Z9
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z9, Z5, Z10
+	VMAXPS       Z9, Z5, Z9
+	MOVQ         240(AX), SI
+	VMOVUPS      (SI)(DX*1), Z5
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         264(AX), SI
+	VMOVUPS      (SI)(DX*1), Z11
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z11, Z5, Z12
+	VMAXPS       Z11, Z5, Z11
+	VMINPS       Z12, Z10, Z5
+	VMAXPS       Z12, Z10, Z12
+	VMINPS       Z11, Z9, Z10
+	VMAXPS       Z11, Z9, Z11
+	VMINPS       Z12, Z10, Z9
+	VMAXPS       Z12, Z10, Z12
+	MOVQ         288(AX), SI
+	VMOVUPS      (SI)(DX*1), Z10
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         312(AX), SI
+	VMOVUPS      (SI)(DX*1), Z13
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z13, Z10, Z14
+	VMAXPS       Z13, Z10, Z13
+	MOVQ         336(AX), SI
+	VMOVUPS      (SI)(DX*1), Z10
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         360(AX), SI
+	VMOVUPS      (SI)(DX*1), Z15
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z15, Z10, Z16
+	VMAXPS       Z15, Z10, Z15
+	VMINPS       Z16, Z14, Z10
+	VMAXPS       Z16, Z14, Z16
+	VMINPS       Z15, Z13, Z14
+	VMAXPS       Z15, Z13, Z15
+	VMINPS       Z16, Z14, Z13
+	VMAXPS       Z16, Z14, Z16
+	VMINPS       Z10, Z5, Z14
+	VMAXPS       Z10, Z5, Z10
+	VMINPS       Z13, Z9, Z5
+	VMAXPS       Z13, Z9, Z13
+	VMINPS       Z16, Z12, Z9
+	VMAXPS       Z16, Z12, Z16
+	VMINPS       Z15, Z11, Z12
+	VMAXPS       Z15, Z11, Z15
+	VMINPS       Z10, Z9, Z11
+	VMAXPS       Z10, Z9, Z10
+	VMINPS       Z13, Z12, Z9
+	VMAXPS       Z13, Z12, Z13
+	VMINPS       Z11, Z5, Z12
+	VMAXPS       Z11, Z5, Z11
+	VMINPS       Z10, Z9, Z5
+	VMAXPS       Z10, Z9, Z10
+	VMINPS       Z16, Z13, Z9
+	VMAXPS       Z16, Z13, Z16
+	VMINPS       Z14, Z6, Z13
+	VMAXPS       Z14, Z6, Z14
+	VMINPS       Z12, Z4, Z6
+	VMAXPS       Z12, Z4, Z12
+	VMINPS       Z11, Z3, Z4
+	VMAXPS       Z11, Z3, Z11
+	VMINPS       Z5, Z0, Z3
+	VMAXPS       Z5, Z0, Z5
+	VMINPS       Z10, Z2, Z0
+	VMAXPS       Z10, Z2, Z10
+	VMINPS       Z9, Z1, Z2
+	VMAXPS       Z9, Z1, Z9
+	VMINPS       Z16, Z8, Z1
+	VMAXPS       Z16, Z8, Z16
+	VMINPS       Z15, Z7, Z8
+	VMAXPS       Z15, Z7, Z15
+	VMINPS       Z14, Z0, Z7
+	VMAXPS       Z14, Z0, Z14
+	VMINPS       Z12, Z2, Z0
+	VMAXPS       Z12, Z2, Z12
+	VMINPS       Z11, Z1, Z2
+	VMAXPS       Z11, Z1, Z11
+	VMINPS       Z5, Z8, Z1
+	VMAXPS       Z5, Z8, Z5
+	VMINPS       Z7, Z4, Z8
+	VMAXPS       Z7, Z4, Z7
+	VMINPS       Z0, Z3, Z4
+	VMAXPS       Z0, Z3, Z0
+	VMINPS       Z14, Z2, Z3
+	VMAXPS       Z14, Z2, Z14
+	VMINPS       Z12, Z1, Z2
+	VMAXPS       Z12, Z1, Z12
+	VMINPS       Z10, Z11, Z1
+	VMAXPS       Z10, Z11, Z10
+	VMINPS       Z9, Z5, Z11
+	VMAXPS       Z9, Z5, Z9
+	VMINPS       Z8, Z6, Z5
+	VMAXPS       Z8, Z6, Z8
+	VMINPS       Z7, Z4, Z6
+	VMAXPS       Z7, Z4, Z7
+	VMINPS       Z3, Z0, Z4
+	VMAXPS       Z3, Z0, Z3
+	VMINPS       Z14, Z2, Z0
+	VMAXPS       Z14, Z2, Z14
+	VMINPS       Z1, Z12, Z2
+	VMAXPS       Z1, Z12, Z1
+	VMINPS       Z10, Z11, Z12
+	VMAXPS       Z10, Z11, Z10
+	VMINPS       Z16, Z9, Z11
+	VMAXPS       Z16, Z9, Z16
+	MOVQ         384(AX), SI
+	VMOVUPS      (SI)(DX*1), Z9
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         408(AX), SI
+	VMOVUPS      (SI)(DX*1), Z17
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z17, Z9, Z18
+	VMAXPS       Z17, Z9, Z17
+	MOVQ         432(AX), SI
+	VMOVUPS      (SI)(DX*1), Z9
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         456(AX), SI
+	VMOVUPS      (SI)(DX*1), Z19
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z19, Z9, Z20
+	VMAXPS       Z19, Z9, Z19
+	VMINPS       Z20, Z18, Z9
+	VMAXPS       Z20, Z18, Z20
+	VMINPS       Z19, Z17, Z18
+	VMAXPS       Z19, Z17, Z19
+	VMINPS       Z20, Z18, Z17
+	VMAXPS       Z20, Z18, Z20
+	MOVQ         480(AX), SI
+	VMOVUPS      (SI)(DX*1), Z18
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         504(AX), SI
+	VMOVUPS      (SI)(DX*1), Z21
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z21, Z18, Z22
+	VMAXPS       Z21, Z18, Z21
+	MOVQ         528(AX), SI
+	VMOVUPS      (SI)(DX*1), Z18
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         552(AX), SI
+	VMOVUPS      (SI)(DX*1), Z23
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z23, Z18, Z24
+	VMAXPS       Z23, Z18, Z23
+	VMINPS       Z24, Z22, Z18
+	VMAXPS       Z24, Z22, Z24
+	VMINPS       Z23, Z21, Z22
+	VMAXPS       Z23, Z21, Z23
+	VMINPS       Z24, Z22, Z21
+	VMAXPS       Z24, Z22, Z24
+	VMINPS       Z18, Z9, Z22
+	VMAXPS       Z18, Z9, Z18
+	VMINPS       Z21, Z17, Z9
+	VMAXPS       Z21, Z17, Z21
+	VMINPS       Z24, Z20, Z17
+	VMAXPS       Z24, Z20, Z24
+	VMINPS       Z23, Z19, Z20
+	VMAXPS       Z23, Z19, Z23
+	VMINPS       Z18, Z17, Z19
+	VMAXPS       Z18, Z17, Z18
+	VMINPS       Z21, Z20, Z17
+	VMAXPS       Z21, Z20, Z21
+	VMINPS       Z19, Z9, Z20
+	VMAXPS       Z19, Z9, Z19
+	VMINPS       Z18, Z17, Z9
+	VMAXPS       Z18, Z17, Z18
+	VMINPS       Z24, Z21, Z17
+	VMAXPS       Z24, Z21, Z24
+	VMINPS       Z18, Z19, Z21
+	VMAXPS       Z18, Z19, Z18
+	VMINPS       Z17, Z9, Z19
+	VMAXPS       Z17, Z9, Z17
+	VMINPS       Z21, Z20, Z9
+	VMAXPS       Z21, Z20, Z21
+	VMINPS       Z18, Z19, Z20
+	VMAXPS       Z18, Z19, Z18
+	VMINPS       Z24, Z17, Z19
+	VMAXPS       Z24, Z17, Z24
+	VMINPS       Z22, Z13, Z17
+	VMAXPS       Z22, Z13, Z22
+	VMINPS       Z9, Z5, Z13
+	VMAXPS       Z9, Z5, Z9
+	VMINPS       Z21, Z8, Z5
+	VMAXPS       Z21, Z8, Z21
+	VMINPS       Z20, Z6, Z8
+	VMAXPS       Z20, Z6, Z20
+	VMINPS       Z18, Z7, Z6
+	VMAXPS       Z18, Z7, Z18
+	VMINPS       Z19, Z4, Z7
+	VMAXPS       Z19, Z4, Z19
+	VMINPS       Z24, Z3, Z4
+	VMAXPS       Z24, Z3, Z24
+	VMINPS       Z23, Z0, Z3
+	VMAXPS       Z23, Z0, Z23
+	VMINPS       Z22, Z14, Z0
+	VMAXPS       Z22, Z14, Z22
+	VMINPS       Z9, Z2, Z14
+	VMAXPS       Z9, Z2, Z9
+	VMINPS       Z21, Z1, Z2
+	VMAXPS       Z21, Z1, Z21
+	VMINPS       Z20, Z12, Z1
+	VMAXPS       Z20, Z12, Z20
+	VMINPS       Z18, Z10, Z12
+	VMAXPS       Z18, Z10, Z18
+	VMINPS       Z19, Z11, Z10
+	VMAXPS       Z19, Z11, Z19
+	VMINPS       Z2, Z4, Z11
+	VMAXPS       Z2, Z4, Z2
+	VMINPS       Z1, Z3, Z4
+	VMAXPS       Z1, Z3, Z1
+	VMINPS       Z22, Z12, Z3
+	VMAXPS       Z22, Z12, Z22
+	VMINPS       Z9, Z10, Z12
+	VMAXPS       Z9, Z10, Z9
+	VMINPS       Z3, Z2, Z10
+	VMAXPS       Z3, Z2, Z3
+	VMINPS       Z12, Z1, Z2
+	VMAXPS       Z12, Z1, Z12
+	VMINPS       Z3, Z2, Z1
+	VMAXPS       Z3, Z2, Z3
+	MOVL         $0x3f000000, SI
+	VPBROADCASTD SI, Z2
+	VMULPS       Z2, Z1, Z1
+	VMULPS       Z2, Z3, Z3
+	VADDPS       Z3, Z1, Z1
+	VMOVUPS      Z1, (CX)
+
+	// n=24: 108 of 132 comparators, 24 loads, 0 stores per group
+	ADDQ $0x40, DX
+	ADDQ $0x40, CX
+	DECQ BX
+	JNZ  n24_loop
+	VZEROUPPER
+	RET
+
+n25:
+	MOVQ x_base+48(FP), AX
+	MOVQ tmp_base+24(FP), CX
+	MOVQ dst_base+0(FP), CX
+	MOVQ off+72(FP), DX
+	SHLQ $0x02, DX
+	MOVQ groups+80(FP), BX
+
+n25_loop:
+	MOVQ       (AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       24(AX), SI
+	VMOVUPS    (SI)(DX*1), Z1
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z1, Z0, Z2
+	VMAXPS     Z1, Z0, Z1
+	MOVQ       48(AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       72(AX), SI
+	VMOVUPS    (SI)(DX*1), Z3
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z4, Z2, Z0
+	VMAXPS     Z4, Z2, Z4
+	VMINPS     Z3, Z1, Z2
+	VMAXPS     Z3, Z1, Z3
+	VMINPS     Z4, Z2, Z1
+	VMAXPS     Z4, Z2, Z4
+	MOVQ       96(AX), SI
+	VMOVUPS    (SI)(DX*1), Z2
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       120(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z5, Z2, Z6
+	VMAXPS     Z5, Z2, Z5
+	MOVQ       144(AX), SI
+	VMOVUPS    (SI)(DX*1), Z2
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       168(AX), SI
+	VMOVUPS    (SI)(DX*1), Z7
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z7, Z2, Z8
+	VMAXPS     Z7, Z2, Z7
+	VMINPS     Z8, Z6, Z2
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z5, Z6
+	VMAXPS     Z7, Z5, Z7
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z2, Z0, Z6
+	VMAXPS     Z2, Z0, Z2
+	VMINPS     Z5, Z1, Z0
+	VMAXPS     Z5, Z1, Z5
+	VMINPS     Z8, Z4, Z1
+	VMAXPS     Z8, Z4, Z8
+	VMINPS     Z7, Z3, Z4
+	VMAXPS     Z7, Z3, Z7
+	VMINPS     Z2, Z1, Z3
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z5, Z4, Z1
+	VMAXPS     Z5, Z4, Z5
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z2, Z1, Z0
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z8, Z5, Z1
+	VMAXPS     Z8, Z5, Z8
+	MOVQ       192(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       216(AX), SI
+	VMOVUPS    (SI)(DX*1), Z9
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z9, Z5, Z10
+	VMAXPS     Z9, Z5, Z9
+	MOVQ       240(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       264(AX), SI
+	VMOVUPS    (SI)(DX*1), Z11
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z12, Z10, Z5
+	VMAXPS     Z12, Z10, Z12
+	VMINPS     Z11, Z9, Z10
+	VMAXPS     Z11, Z9, Z11
+	VMINPS     Z12, Z10, Z9
+	VMAXPS     Z12, Z10, Z12
+	MOVQ       288(AX), SI
+	VMOVUPS    (SI)(DX*1), Z10
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       312(AX), SI
+	VMOVUPS    (SI)(DX*1), Z13
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z13, Z10, Z14
+	VMAXPS     Z13, Z10, Z13
+	MOVQ       336(AX), SI
+	VMOVUPS    (SI)(DX*1), Z10
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       360(AX), SI
+	VMOVUPS    (SI)(DX*1), Z15
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z15, Z10, Z16
+	VMAXPS     Z15, Z10, Z15
+	VMINPS     Z16, Z14, Z10
+	VMAXPS     Z16, Z14, Z16
+	VMINPS     Z15, Z13, Z14
+	VMAXPS     Z15, Z13, Z15
+	VMINPS     Z16, Z14, Z13
+	VMAXPS     Z16, Z14, Z16
+	VMINPS     Z10, Z5, Z14
+	VMAXPS     Z10, Z5, Z10
+	VMINPS     Z13, Z9, Z5
+	VMAXPS     Z13, Z9, Z13
+	VMINPS     Z16, Z12, Z9
+	VMAXPS     Z16, Z12, Z16
+	VMINPS     Z15, Z11, Z12
+	VMAXPS     Z15, Z11, Z15
+	VMINPS     Z10, Z9, Z11
+	VMAXPS     Z10, Z9, Z10
+	VMINPS     Z13, Z12, Z9
+	VMAXPS     Z13, Z12, Z13
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z10, Z9, Z5
+	VMAXPS     Z10, Z9, Z10
+	VMINPS     Z16, Z13, Z9
+	VMAXPS     Z16, Z13, Z16
+	VMINPS     Z14, Z6, Z13
+	VMAXPS     Z14, Z6, Z14
+	VMINPS     Z12, Z4, Z6
+	VMAXPS     Z12, Z4, Z12
+	VMINPS     Z11, Z3, Z4
+	VMAXPS     Z11, Z3, Z11
+	VMINPS     Z5, Z0, Z3
+	VMAXPS     Z5, Z0, Z5
+	VMINPS     Z10, Z2, Z0
+	VMAXPS     Z10, Z2, Z10
+	VMINPS     Z9, Z1, Z2
+	VMAXPS     Z9, Z1, Z9
+	VMINPS     Z16, Z8, Z1
+	VMAXPS     Z16, Z8, Z16
+	VMINPS     Z15, Z7, Z8
+	VMAXPS     Z15, Z7, Z15
+	VMINPS     Z14, Z0, Z7
+	VMAXPS     Z14, Z0, Z14
+	VMINPS     Z12, Z2, Z0
+	VMAXPS     Z12, Z2, Z12
+	VMINPS     Z11, Z1, Z2
+	VMAXPS     Z11, Z1, Z11
+	VMINPS     Z5, Z8, Z1
+	VMAXPS     Z5, Z8, Z5
+	VMINPS     Z7, Z4, Z8
+	VMAXPS     Z7, Z4, Z7
+	VMINPS     Z0, Z3, Z4
+	VMAXPS     Z0, Z3, Z0
+	VMINPS     Z14, Z2, Z3
+	VMAXPS     Z14, Z2, Z14
+	VMINPS     Z12, Z1, Z2
+	VMAXPS     Z12, Z1, Z12
+	VMINPS     Z10, Z11, Z1
+	VMAXPS     Z10, Z11, Z10
+	VMINPS     Z9, Z5, Z11
+	VMAXPS     Z9, Z5, Z9
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z4, Z6
+	VMAXPS     Z7, Z4, Z7
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z14, Z2, Z0
+	VMAXPS     Z14, Z2, Z14
+	VMINPS     Z1, Z12, Z2
+	VMAXPS     Z1, Z12, Z1
+	VMINPS     Z10, Z11, Z12
+	VMAXPS     Z10, Z11, Z10
+	VMINPS     Z16, Z9, Z11
+	VMAXPS     Z16, Z9, Z16
+	MOVQ       384(AX), SI
+	VMOVUPS    (SI)(DX*1), Z9
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       408(AX), SI
+	VMOVUPS    (SI)(DX*1), Z17
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z17, Z9, Z18
+	VMAXPS     Z17, Z9, Z17
+	MOVQ       432(AX), SI
+	VMOVUPS    (SI)(DX*1), Z9
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       456(AX), SI
+	VMOVUPS    (SI)(DX*1), Z19
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z19, Z9, Z20
+	VMAXPS     Z19, Z9, Z19
+	VMINPS     Z20, Z18, Z9
+	VMAXPS     Z20, Z18, Z20
+	VMINPS     Z19, Z17, Z18
+	VMAXPS     Z19, Z17, Z19
+	VMINPS     Z20, Z18, Z17
+	VMAXPS     Z20, Z18, Z20
+	MOVQ       480(AX), SI
+	VMOVUPS    (SI)(DX*1), Z18
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       504(AX), SI
+	VMOVUPS    (SI)(DX*1), Z21
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z21, Z18, Z22
+	VMAXPS     Z21, Z18, Z21
+	MOVQ       528(AX), SI
+	VMOVUPS    (SI)(DX*1), Z18
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       552(AX), SI
+	VMOVUPS    (SI)(DX*1), Z23
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z23, Z18, Z24
+	VMAXPS     Z23, Z18, Z23
+	VMINPS     Z24, Z22, Z18
+	VMAXPS     Z24, Z22, Z24
+	VMINPS     Z23, Z21, Z22
+	VMAXPS     Z23, Z21, Z23
+	VMINPS     Z24, Z22, Z21
+	VMAXPS     Z24, Z22, Z24
+	VMINPS     Z18, Z9, Z22
+	VMAXPS     Z18, Z9, Z18
+	VMINPS     Z21, Z17, Z9
+	VMAXPS     Z21, Z17, Z21
+	VMINPS     Z24, Z20, Z17
+	VMAXPS     Z24, Z20, Z24
+	VMINPS     Z23, Z19, Z20
+	VMAXPS     Z23, Z19, Z23
+	VMINPS     Z18, Z17, Z19
+	VMAXPS     Z18, Z17, Z18
+	VMINPS     Z21, Z20, Z17
+	VMAXPS     Z21, Z20, Z21
+	VMINPS     Z19, Z9, Z20
+	VMAXPS     Z19, Z9, Z19
+	VMINPS     Z18, Z17, Z9
+	VMAXPS     Z18, Z17, Z18
+	VMINPS     Z24, Z21, Z17
+	VMAXPS     Z24, Z21, Z24
+	VMINPS     Z17, Z9, Z21
+	VMAXPS     Z17, Z9, Z17
+	MOVQ       576(AX), SI
+	VMOVUPS    (SI)(DX*1), Z9
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z9, Z22, Z25
+	VMAXPS     Z9, Z22, Z9
+	VMINPS     Z9, Z18, Z22
+	VMAXPS     Z9, Z18, Z9
+	VMINPS     Z22, Z19, Z18
+	VMAXPS     Z22, Z19, Z22
+	VMINPS     Z9, Z24, Z19
+	VMAXPS     Z9, Z24, Z9
+	VMINPS     Z18, Z20, Z24
+	VMAXPS     Z18, Z20, Z18
+	VMINPS     Z22, Z21, Z20
+	VMAXPS     Z22, Z21, Z22
+	VMINPS     Z19, Z17, Z21
+	VMAXPS     Z19, Z17, Z19
+	VMINPS     Z9, Z23, Z17
+	VMAXPS     Z9, Z23, Z9
+	VMINPS     Z25, Z13, Z23
+	VMAXPS     Z25, Z13, Z25
+	VMINPS     Z24, Z5, Z13
+	VMAXPS     Z24, Z5, Z24
+	VMINPS     Z18, Z8, Z5
+	VMAXPS     Z18, Z8, Z18
+	VMINPS     Z20, Z6, Z8
+	VMAXPS     Z20, Z6, Z20
+	VMINPS     Z22, Z7, Z6
+	VMAXPS     Z22, Z7, Z22
+	VMINPS     Z21, Z4, Z7
+	VMAXPS     Z21, Z4, Z21
+	VMINPS     Z19, Z3, Z4
+	VMAXPS     Z19, Z3, Z19
+	VMINPS     Z17, Z0, Z3
+	VMAXPS     Z17, Z0, Z17
+	VMINPS     Z9, Z14, Z0
+	VMAXPS     Z9, Z14, Z9
+	VMINPS     Z25, Z0, Z14
+	VMAXPS     Z25, Z0, Z25
+	VMINPS     Z24, Z2, Z0
+	VMAXPS     Z24, Z2, Z24
+	VMINPS     Z18, Z1, Z2
+	VMAXPS     Z18, Z1, Z18
+	VMINPS     Z20, Z12, Z1
+	VMAXPS     Z20, Z12, Z20
+	VMINPS     Z22, Z10, Z12
+	VMAXPS     Z22, Z10, Z22
+	VMINPS     Z21, Z11, Z10
+	VMAXPS     Z21, Z11, Z21
+	VMINPS     Z2, Z4, Z11
+	VMAXPS     Z2, Z4, Z2
+	VMINPS     Z1, Z3, Z4
+	VMAXPS     Z1, Z3, Z1
+	VMINPS     Z25, Z12, Z3
+	VMAXPS     Z25, Z12, Z25
+	VMINPS     Z24, Z10, Z12
+	VMAXPS     Z24, Z10, Z24
+	VMINPS     Z3, Z2, Z10
+	VMAXPS     Z3, Z2, Z3
+	VMINPS     Z12, Z1, Z2
+	VMAXPS     Z12, Z1, Z12
+	VMINPS     Z3, Z2, Z1
+	VMAXPS     Z3, Z2, Z3
+	VMOVUPS    Z3, (CX)
+
+	// n=25: 113 of 140 comparators, 25 loads, 0 stores per group
+	ADDQ $0x40, DX
+	ADDQ $0x40, CX
+	DECQ BX
+	JNZ  n25_loop
+	VZEROUPPER
+	RET
+
+n26:
+	MOVQ x_base+48(FP), AX
+	MOVQ tmp_base+24(FP), CX
+	MOVQ dst_base+0(FP), CX
+	MOVQ off+72(FP), DX
+	SHLQ $0x02, DX
+	MOVQ groups+80(FP), BX
+
+n26_loop:
+	MOVQ         (AX), SI
+	VMOVUPS      (SI)(DX*1), Z0
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         24(AX), SI
+	VMOVUPS      (SI)(DX*1), Z1
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z1, Z0, Z2
+	VMAXPS       Z1, Z0, Z1
+	MOVQ         48(AX), SI
+	VMOVUPS      (SI)(DX*1), Z0
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         72(AX), SI
+	VMOVUPS      (SI)(DX*1), Z3
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z3, Z0, Z4
+	VMAXPS       Z3, Z0, Z3
+	VMINPS       Z4, Z2, Z0
+	VMAXPS       Z4, Z2, Z4
+	VMINPS       Z3, Z1, Z2
+	VMAXPS       Z3, Z1, Z3
+	VMINPS       Z4, Z2, Z1
+	VMAXPS       Z4, Z2, Z4
+	MOVQ         96(AX), SI
+	VMOVUPS      (SI)(DX*1), Z2
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         120(AX), SI
+	VMOVUPS      (SI)(DX*1), Z5
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z5, Z2, Z6
+	VMAXPS       Z5, Z2, Z5
+	MOVQ         144(AX), SI
+	VMOVUPS      (SI)(DX*1), Z2
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         168(AX), SI
+	VMOVUPS      (SI)(DX*1), Z7
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z7, Z2, Z8
+	VMAXPS       Z7, Z2, Z7
+	VMINPS       Z8, Z6, Z2
+	VMAXPS       Z8, Z6, Z8
+	VMINPS       Z7, Z5, Z6
+	VMAXPS       Z7, Z5, Z7
+	VMINPS       Z8, Z6, Z5
+	VMAXPS       Z8, Z6, Z8
+	VMINPS       Z2, Z0, Z6
+	VMAXPS       Z2, Z0, Z2
+	VMINPS       Z5, Z1, Z0
+	VMAXPS       Z5, Z1, Z5
+	VMINPS       Z8, Z4, Z1
+	VMAXPS       Z8, Z4, Z8
+	VMINPS       Z7, Z3, Z4
+	VMAXPS       Z7, Z3, Z7
+	VMINPS       Z2, Z1, Z3
+	VMAXPS       Z2, Z1, Z2
+	VMINPS       Z5, Z4, Z1
+	VMAXPS       Z5, Z4, Z5
+	VMINPS       Z3, Z0, Z4
+	VMAXPS       Z3, Z0, Z3
+	VMINPS       Z2, Z1, Z0
+	VMAXPS       Z2, Z1, Z2
+	VMINPS       Z8, Z5, Z1
+	VMAXPS       Z8, Z5, Z8
+	MOVQ         192(AX), SI
+	VMOVUPS      (SI)(DX*1), Z5
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         216(AX), SI
+	VMOVUPS      (SI)(DX*1), Z9
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z9, Z5, Z10
+	VMAXPS       Z9, Z5, Z9
+	MOVQ         240(AX), SI
+	VMOVUPS      (SI)(DX*1), Z5
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         264(AX), SI
+	VMOVUPS      (SI)(DX*1), Z11
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z11, Z5, Z12
+	VMAXPS       Z11, Z5, Z11
+	VMINPS       Z12, Z10, Z5
+	VMAXPS       Z12, Z10, Z12
+	VMINPS       Z11, Z9, Z10
+	VMAXPS       Z11, Z9, Z11
+	VMINPS       Z12, Z10, Z9
+	VMAXPS       Z12, Z10, Z12
+	MOVQ         288(AX), SI
+	VMOVUPS      (SI)(DX*1), Z10
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         312(AX), SI
+	VMOVUPS      (SI)(DX*1), Z13
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z13, Z10, Z14
+	VMAXPS       Z13, Z10, Z13
+	MOVQ         336(AX), SI
+	VMOVUPS      (SI)(DX*1), Z10
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         360(AX), SI
+	VMOVUPS      (SI)(DX*1), Z15
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z15, Z10, Z16
+	VMAXPS       Z15, Z10, Z15
+	VMINPS       Z16, Z14, Z10
+	VMAXPS       Z16, Z14, Z16
+	VMINPS       Z15, Z13, Z14
+	VMAXPS       Z15, Z13, Z15
+	VMINPS       Z16, Z14, Z13
+	VMAXPS       Z16, Z14, Z16
+	VMINPS       Z10, Z5, Z14
+	VMAXPS       Z10, Z5, Z10
+	VMINPS       Z13, Z9, Z5
+	VMAXPS       Z13, Z9, Z13
+	VMINPS       Z16, Z12, Z9
+	VMAXPS       Z16, Z12, Z16
+	VMINPS       Z15, Z11, Z12
+	VMAXPS       Z15, Z11, Z15
+	VMINPS       Z10, Z9, Z11
+	VMAXPS       Z10, Z9, Z10
+	VMINPS       Z13, Z12, Z9
+	VMAXPS       Z13, Z12, Z13
+	VMINPS       Z11, Z5, Z12
+	VMAXPS       Z11, Z5, Z11
+	VMINPS       Z10, Z9, Z5
+	VMAXPS       Z10, Z9, Z10
+	VMINPS       Z16, Z13, Z9
+	VMAXPS       Z16, Z13, Z16
+	VMINPS       Z14, Z6, Z13
+	VMAXPS       Z14, Z6, Z14
+	VMINPS       Z12, Z4, Z6
+	VMAXPS       Z12, Z4, Z12
+	VMINPS       Z11, Z3, Z4
+	VMAXPS       Z11, Z3, Z11
+	VMINPS       Z5, Z0, Z3
+	VMAXPS       Z5, Z0, Z5
+	VMINPS       Z10, Z2, Z0
+	VMAXPS       Z10, Z2, Z10
+	VMINPS       Z9, Z1, Z2
+	VMAXPS       Z9, Z1, Z9
+	VMINPS       Z16, Z8, Z1
+	VMAXPS       Z16, Z8, Z16
+	VMINPS       Z15, Z7, Z8
+	VMAXPS       Z15, Z7, Z15
+	VMINPS       Z14, Z0, Z7
+	VMAXPS       Z14, Z0, Z14
+	VMINPS       Z12, Z2, Z0
+	VMAXPS       Z12, Z2, Z12
+	VMINPS       Z11, Z1, Z2
+	VMAXPS       Z11, Z1, Z11
+	VMINPS       Z5, Z8, Z1
+	VMAXPS       Z5, Z8, Z5
+	VMINPS       Z7, Z4, Z8
+	VMAXPS       Z7, Z4, Z7
+	VMINPS       Z0, Z3, Z4
+	VMAXPS       Z0, Z3, Z0
+	VMINPS       Z14, Z2, Z3
+	VMAXPS       Z14, Z2, Z14
+	VMINPS       Z12, Z1, Z2
+	VMAXPS       Z12, Z1, Z12
+	VMINPS       Z10, Z11, Z1
+	VMAXPS       Z10, Z11, Z10
+	VMINPS       Z9, Z5, Z11
+	VMAXPS       Z9, Z5, Z9
+	VMINPS       Z8, Z6, Z5
+	VMAXPS       Z8, Z6, Z8
+	VMINPS       Z7, Z4, Z6
+	VMAXPS       Z7, Z4, Z7
+	VMINPS       Z3, Z0, Z4
+	VMAXPS       Z3, Z0, Z3
+	VMINPS       Z14, Z2, Z0
+	VMAXPS       Z14, Z2, Z14
+	VMINPS       Z1, Z12, Z2
+	VMAXPS       Z1, Z12, Z1
+	VMINPS       Z10, Z11, Z12
+	VMAXPS       Z10, Z11, Z10
+	VMINPS       Z16, Z9, Z11
+	VMAXPS       Z16, Z9, Z16
+	MOVQ         384(AX), SI
+	VMOVUPS      (SI)(DX*1), Z9
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         408(AX), SI
+	VMOVUPS      (SI)(DX*1), Z17
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z17, Z9, Z18
+	VMAXPS       Z17, Z9, Z17
+	MOVQ         432(AX), SI
+	VMOVUPS      (SI)(DX*1), Z9
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         456(AX), SI
+	VMOVUPS      (SI)(DX*1), Z19
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z19, Z9, Z20
+	VMAXPS       Z19, Z9, Z19
+	VMINPS       Z20, Z18, Z9
+	VMAXPS       Z20, Z18, Z20
+	VMINPS       Z19, Z17, Z18
+	VMAXPS       Z19, Z17, Z19
+	VMINPS       Z20, Z18, Z17
+	VMAXPS       Z20, Z18, Z20
+	MOVQ         480(AX), SI
+	VMOVUPS      (SI)(DX*1), Z18
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         504(AX), SI
+	VMOVUPS      (SI)(DX*1), Z21
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z21, Z18, Z22
+	VMAXPS       Z21, Z18, Z21
+	MOVQ         528(AX), SI
+	VMOVUPS      (SI)(DX*1), Z18
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         552(AX), SI
+	VMOVUPS      (SI)(DX*1), Z23
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z23, Z18, Z24
+	VMAXPS       Z23, Z18, Z23
+	VMINPS       Z24, Z22, Z18
+	VMAXPS       Z24, Z22, Z24
+	VMINPS       Z23, Z21, Z22
+	VMAXPS       Z23, Z21, Z23
+	VMINPS       Z24, Z22, Z21
+	VMAXPS       Z24, Z22, Z24
+	VMINPS       Z18, Z9, Z22
+	VMAXPS       Z18, Z9, Z18
+	VMINPS       Z21, Z17, Z9
+	VMAXPS       Z21, Z17, Z21
+	VMINPS       Z24, Z20, Z17
+	VMAXPS       Z24, Z20, Z24
+	VMINPS       Z23, Z19, Z20
+	VMAXPS       Z23, Z19, Z23
+	VMINPS       Z18, Z17, Z19
+	VMAXPS       Z18, Z17, Z18
+	VMINPS       Z21, Z20, Z17
+	VMAXPS       Z21, Z20, Z21
+	VMINPS       Z19, Z9, Z20
+	VMAXPS       Z19, Z9, Z19
+	VMINPS       Z18, Z17, Z9
+	VMAXPS       Z18, Z17, Z18
+	VMINPS       Z24, Z21, Z17
+	VMAXPS       Z24, Z21, Z24
+	MOVQ         576(AX), SI
+	VMOVUPS      (SI)(DX*1), Z21
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         600(AX), SI
+	VMOVUPS      (SI)(DX*1), Z25
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z25, Z21, Z26
+	VMAXPS       Z25, Z21, Z25
+	VMINPS       Z26, Z22, Z21
+	VMAXPS       Z26, Z22, Z26
+	VMINPS       Z25, Z20, Z22
+	VMAXPS       Z25, Z20, Z25
+	VMINPS       Z26, Z18, Z20
+	VMAXPS       Z26, Z18, Z26
+	VMINPS       Z25, Z17, Z18
+	VMAXPS       Z25, Z17, Z25
+	VMINPS       Z20, Z19, Z17
+	VMAXPS       Z20, Z19, Z20
+	VMINPS       Z18, Z9, Z19
+	VMAXPS       Z18, Z9, Z18
+	VMINPS       Z26, Z24, Z9
+	VMAXPS       Z26, Z24, Z26
+	VMINPS       Z25, Z23, Z24
+	VMAXPS       Z25, Z23, Z25
+	VMINPS       Z17, Z22, Z23
+	VMAXPS       Z17, Z22, Z17
+	VMINPS       Z20, Z19, Z22
+	VMAXPS       Z20, Z19, Z20
+	VMINPS       Z9, Z18, Z19
+	VMAXPS       Z9, Z18, Z9
+	VMINPS       Z26, Z24, Z18
+	VMAXPS       Z26, Z24, Z26
+	VMINPS       Z21, Z13, Z24
+	VMAXPS       Z21, Z13, Z21
+	VMINPS       Z23, Z5, Z13
+	VMAXPS       Z23, Z5, Z23
+	VMINPS       Z17, Z8, Z5
+	VMAXPS       Z17, Z8, Z17
+	VMINPS       Z22, Z6, Z8
+	VMAXPS       Z22, Z6, Z22
+	VMINPS       Z20, Z7, Z6
+	VMAXPS       Z20, Z7, Z20
+	VMINPS       Z19, Z4, Z7
+	VMAXPS       Z19, Z4, Z19
+	VMINPS       Z9, Z3, Z4
+	VMAXPS       Z9, Z3, Z9
+	VMINPS       Z18, Z0, Z3
+	VMAXPS       Z18, Z0, Z18
+	VMINPS       Z26, Z14, Z0
+	VMAXPS       Z26, Z14, Z26
+	VMINPS       Z25, Z2, Z14
+	VMAXPS       Z25, Z2, Z25
+	VMINPS       Z21, Z0, Z2
+	VMAXPS       Z21, Z0, Z21
+	VMINPS       Z23, Z14, Z0
+	VMAXPS       Z23, Z14, Z23
+	VMINPS       Z17, Z1, Z14
+	VMAXPS       Z17, Z1, Z17
+	VMINPS       Z22, Z12, Z1
+	VMAXPS       Z22, Z12, Z22
+	VMINPS       Z20, Z10, Z12
+	VMAXPS       Z20, Z10, Z20
+	VMINPS       Z19, Z11, Z10
+	VMAXPS       Z19, Z11, Z19
+	VMINPS       Z9, Z16, Z11
+	VMAXPS       Z9, Z16, Z9
+	VMINPS       Z14, Z4, Z16
+	VMAXPS       Z14, Z4, Z14
+	VMINPS       Z1, Z3, Z4
+	VMAXPS       Z1, Z3, Z1
+	VMINPS       Z21, Z12, Z3
+	VMAXPS       Z21, Z12, Z21
+	VMINPS       Z23, Z10, Z12
+	VMAXPS       Z23, Z10, Z23
+	VMINPS       Z17, Z11, Z10
+	VMAXPS       Z17, Z11, Z17
+	VMINPS       Z3, Z14, Z11
+	VMAXPS       Z3, Z14, Z3
+	VMINPS       Z12, Z1, Z14
+	VMAXPS       Z12, Z1, Z12
+	VMINPS       Z21, Z10, Z1
+	VMAXPS       Z21, Z10, Z21
+	VMINPS       Z3, Z14, Z10
+	VMAXPS       Z3, Z14, Z3
+	VMINPS       Z1, Z12, Z14
+	VMAXPS       Z1, Z12, Z1
+	MOVL         $0x3f000000, SI
+	VPBROADCASTD SI, Z12
+	VMULPS       Z12, Z3, Z3
+	VMULPS       Z12, Z14, Z14
+	VADDPS       Z14, Z3, Z3
+	VMOVUPS      Z3, (CX)
+
+	// n=26: 122 of 147 comparators, 26 loads, 0 stores per group
+	ADDQ $0x40, DX
+	ADDQ $0x40, CX
+	DECQ BX
+	JNZ  n26_loop
+	VZEROUPPER
+	RET
+
+n27:
+	MOVQ x_base+48(FP), AX
+	MOVQ tmp_base+24(FP), CX
+	MOVQ dst_base+0(FP), CX
+	MOVQ off+72(FP), DX
+	SHLQ $0x02, DX
+	MOVQ groups+80(FP), BX
+
+n27_loop:
+	MOVQ       (AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       24(AX), SI
+	VMOVUPS    (SI)(DX*1), Z1
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z1, Z0, Z2
+	VMAXPS     Z1, Z0, Z1
+	MOVQ       48(AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       72(AX), SI
+	VMOVUPS    (SI)(DX*1), Z3
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z4, Z2, Z0
+	VMAXPS     Z4, Z2, Z4
+	VMINPS     Z3, Z1, Z2
+	VMAXPS     Z3, Z1, Z3
+	VMINPS     Z4, Z2, Z1
+	VMAXPS     Z4, Z2, Z4
+	MOVQ       96(AX), SI
+	VMOVUPS    (SI)(DX*1), Z2
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       120(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z5, Z2, Z6
+	VMAXPS     Z5, Z2, Z5
+	MOVQ       144(AX), SI
+	VMOVUPS    (SI)(DX*1), Z2
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       168(AX), SI
+	VMOVUPS    (SI)(DX*1), Z7
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z7, Z2, Z8
+	VMAXPS     Z7, Z2, Z7
+	VMINPS     Z8, Z6, Z2
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z5, Z6
+	VMAXPS     Z7, Z5, Z7
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z2, Z0, Z6
+	VMAXPS     Z2, Z0, Z2
+	VMINPS     Z5, Z1, Z0
+	VMAXPS     Z5, Z1, Z5
+	VMINPS     Z8, Z4, Z1
+	VMAXPS     Z8, Z4, Z8
+	VMINPS     Z7, Z3, Z4
+	VMAXPS     Z7, Z3, Z7
+	VMINPS     Z2, Z1, Z3
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z5, Z4, Z1
+	VMAXPS     Z5, Z4, Z5
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z2, Z1, Z0
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z8, Z5, Z1
+	VMAXPS     Z8, Z5, Z8
+	MOVQ       192(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       216(AX), SI
+	VMOVUPS    (SI)(DX*1), Z9
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z9, Z5, Z10
+	VMAXPS     Z9, Z5, Z9
+	MOVQ       240(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       264(AX), SI
+	VMOVUPS    (SI)(DX*1), Z11
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z12, Z10, Z5
+	VMAXPS     Z12, Z10, Z12
+	VMINPS     Z11, Z9, Z10
+	VMAXPS     Z11, Z9, Z11
+	VMINPS     Z12, Z10, Z9
+	VMAXPS     Z12, Z10, Z12
+	MOVQ       288(AX), SI
+	VMOVUPS    (SI)(DX*1), Z10
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       312(AX), SI
+	VMOVUPS    (SI)(DX*1), Z13
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z13, Z10, Z14
+	VMAXPS     Z13, Z10, Z13
+	MOVQ       336(AX), SI
+	VMOVUPS    (SI)(DX*1), Z10
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       360(AX), SI
+	VMOVUPS    (SI)(DX*1), Z15
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z15, Z10, Z16
+	VMAXPS     Z15, Z10, Z15
+	VMINPS     Z16, Z14, Z10
+	VMAXPS     Z16, Z14, Z16
+	VMINPS     Z15, Z13, Z14
+	VMAXPS     Z15, Z13, Z15
+	VMINPS     Z16, Z14, Z13
+	VMAXPS     Z16, Z14, Z16
+	VMINPS     Z10, Z5, Z14
+	VMAXPS     Z10, Z5, Z10
+	VMINPS     Z13, Z9, Z5
+	VMAXPS     Z13, Z9, Z13
+	VMINPS     Z16, Z12, Z9
+	VMAXPS     Z16, Z12, Z16
+	VMINPS     Z15, Z11, Z12
+	VMAXPS     Z15, Z11, Z15
+	VMINPS     Z10, Z9, Z11
+	VMAXPS     Z10, Z9, Z10
+	VMINPS     Z13, Z12, Z9
+	VMAXPS     Z13, Z12, Z13
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z10, Z9, Z5
+	VMAXPS     Z10, Z9, Z10
+	VMINPS     Z16, Z13, Z9
+	VMAXPS     Z16, Z13, Z16
+	VMINPS     Z14, Z6, Z13
+	VMAXPS     Z14, Z6, Z14
+	VMINPS     Z12, Z4, Z6
+	VMAXPS     Z12, Z4, Z12
+	VMINPS     Z11, Z3, Z4
+	VMAXPS     Z11, Z3, Z11
+	VMINPS     Z5, Z0, Z3
+	VMAXPS     Z5, Z0, Z5
+	VMINPS     Z10, Z2, Z0
+	VMAXPS     Z10, Z2, Z10
+	VMINPS     Z9, Z1, Z2
+	VMAXPS     Z9, Z1, Z9
+	VMINPS     Z16, Z8, Z1
+	VMAXPS     Z16, Z8, Z16
+	VMINPS     Z15, Z7, Z8
+	VMAXPS     Z15, Z7, Z15
+	VMINPS     Z14, Z0, Z7
+	VMAXPS     Z14, Z0, Z14
+	VMINPS     Z12, Z2, Z0
+	VMAXPS     Z12, Z2, Z12
+	VMINPS     Z11, Z1, Z2
+	VMAXPS     Z11, Z1, Z11
+	VMINPS     Z5, Z8, Z1
+	VMAXPS     Z5, Z8, Z5
+	VMINPS     Z7, Z4, Z8
+	VMAXPS     Z7, Z4, Z7
+	VMINPS     Z0, Z3, Z4
+	VMAXPS     Z0, Z3, Z0
+	VMINPS     Z14, Z2, Z3
+	VMAXPS     Z14, Z2, Z14
+	VMINPS     Z12, Z1, Z2
+	VMAXPS     Z12, Z1, Z12
+	VMINPS     Z10, Z11, Z1
+	VMAXPS     Z10, Z11, Z10
+	VMINPS     Z9, Z5, Z11
+	VMAXPS     Z9, Z5, Z9
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z4, Z6
+	VMAXPS     Z7, Z4, Z7
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z14, Z2, Z0
+	VMAXPS     Z14, Z2, Z14
+	VMINPS     Z1, Z12, Z2
+	VMAXPS     Z1, Z12, Z1
+	VMINPS     Z10, Z11, Z12
+	VMAXPS     Z10, Z11, Z10
+	VMINPS     Z16, Z9, Z11
+	VMAXPS     Z16, Z9, Z16
+	MOVQ       384(AX), SI
+	VMOVUPS    (SI)(DX*1), Z9
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       408(AX), SI
+	VMOVUPS    (SI)(DX*1), Z17
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z17, Z9, Z18
+	VMAXPS     Z17, Z9, Z17
+	MOVQ       432(AX), SI
+	VMOVUPS    (SI)(DX*1), Z9
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       456(AX), SI
+	VMOVUPS    (SI)(DX*1), Z19
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z19, Z9, Z20
+	VMAXPS     Z19, Z9, Z19
+	VMINPS     Z20, Z18, Z9
+	VMAXPS     Z20, Z18, Z20
+	VMINPS     Z19, Z17, Z18
+	VMAXPS     Z19, Z17, Z19
+	VMINPS     Z20, Z18, Z17
+	VMAXPS     Z20, Z18, Z20
+	MOVQ       480(AX), SI
+	VMOVUPS    (SI)(DX*1), Z18
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       504(AX), SI
+	VMOVUPS    (SI)(DX*1), Z21
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z21, Z18, Z22
+	VMAXPS     Z21, Z18, Z21
+	MOVQ       528(AX), SI
+	VMOVUPS    (SI)(DX*1), Z18
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       552(AX), SI
+	VMOVUPS    (SI)(DX*1), Z23
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z23, Z18, Z24
+	VMAXPS     Z23, Z18, Z23
+	VMINPS     Z24, Z22, Z18
+	VMAXPS     Z24, Z22, Z24
+	VMINPS     Z23, Z21, Z22
+	VMAXPS     Z23, Z21, Z23
+	VMINPS     Z24, Z22, Z21
+	VMAXPS     Z24, Z22, Z24
+	VMINPS     Z18, Z9, Z22
+	VMAXPS     Z18, Z9, Z18
+	VMINPS     Z21, Z17, Z9
+	VMAXPS     Z21, Z17, Z21
+	VMINPS     Z24, Z20, Z17
+	VMAXPS     Z24, Z20, Z24
+	VMINPS     Z23, Z19, Z20
+	VMAXPS     Z23, Z19, Z23
+	VMINPS     Z18, Z17, Z19
+	VMAXPS     Z18, Z17, Z18
+	VMINPS     Z21, Z20, Z17
+	VMAXPS     Z21, Z20, Z21
+	VMINPS     Z19, Z9, Z20
+	VMAXPS     Z19, Z9, Z19
+	VMINPS     Z18, Z17, Z9
+	VMAXPS     Z18, Z17, Z18
+	VMINPS     Z24, Z21, Z17
+	VMAXPS     Z24, Z21, Z24
+	MOVQ       576(AX), SI
+	VMOVUPS    (SI)(DX*1), Z21
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       600(AX), SI
+	VMOVUPS    (SI)(DX*1), Z25
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z25, Z21, Z26
+	VMAXPS     Z25, Z21, Z25
+	MOVQ       624(AX), SI
+	VMOVUPS    (SI)(DX*1), Z21
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z21, Z26, Z27
+	VMAXPS     Z21, Z26, Z21
+	VMINPS     Z21, Z25, Z26
+	VMAXPS     Z21, Z25, Z21
+	VMINPS     Z21, Z26, Z25
+	VMAXPS     Z21, Z26, Z21
+	VMINPS     Z27, Z22, Z26
+	VMAXPS     Z27, Z22, Z27
+	VMINPS     Z25, Z20, Z22
+	VMAXPS     Z25, Z20, Z25
+	VMINPS     Z21, Z19, Z20
+	VMAXPS     Z21, Z19, Z21
+	VMINPS     Z27, Z18, Z19
+	VMAXPS     Z27, Z18, Z27
+	VMINPS     Z25, Z17, Z18
+	VMAXPS     Z25, Z17, Z25
+	VMINPS     Z21, Z24, Z17
+	VMAXPS     Z21, Z24, Z21
+	VMINPS     Z19, Z20, Z24
+	VMAXPS     Z19, Z20, Z19
+	VMINPS     Z18, Z9, Z20
+	VMAXPS     Z18, Z9, Z18
+	VMINPS     Z27, Z17, Z9
+	VMAXPS     Z27, Z17, Z27
+	VMINPS     Z25, Z23, Z17
+	VMAXPS     Z25, Z23, Z25
+	VMINPS     Z24, Z22, Z23
+	VMAXPS     Z24, Z22, Z24
+	VMINPS     Z19, Z20, Z22
+	VMAXPS     Z19, Z20, Z19
+	VMINPS     Z9, Z18, Z20
+	VMAXPS     Z9, Z18, Z9
+	VMINPS     Z27, Z17, Z18
+	VMAXPS     Z27, Z17, Z27
+	VMINPS     Z21, Z25, Z17
+	VMAXPS     Z21, Z25, Z21
+	VMINPS     Z26, Z13, Z25
+	VMAXPS     Z26, Z13, Z26
+	VMINPS     Z23, Z5, Z13
+	VMAXPS     Z23, Z5, Z23
+	VMINPS     Z24, Z8, Z5
+	VMAXPS     Z24, Z8, Z24
+	VMINPS     Z22, Z6, Z8
+	VMAXPS     Z22, Z6, Z22
+	VMINPS     Z19, Z7, Z6
+	VMAXPS     Z19, Z7, Z19
+	VMINPS     Z20, Z4, Z7
+	VMAXPS     Z20, Z4, Z20
+	VMINPS     Z9, Z3, Z4
+	VMAXPS     Z9, Z3, Z9
+	VMINPS     Z18, Z0, Z3
+	VMAXPS     Z18, Z0, Z18
+	VMINPS     Z27, Z14, Z0
+	VMAXPS     Z27, Z14, Z27
+	VMINPS     Z17, Z2, Z14
+	VMAXPS     Z17, Z2, Z17
+	VMINPS     Z21, Z1, Z2
+	VMAXPS     Z21, Z1, Z21
+	VMINPS     Z26, Z0, Z1
+	VMAXPS     Z26, Z0, Z26
+	VMINPS     Z23, Z14, Z0
+	VMAXPS     Z23, Z14, Z23
+	VMINPS     Z24, Z2, Z14
+	VMAXPS     Z24, Z2, Z24
+	VMINPS     Z22, Z12, Z2
+	VMAXPS     Z22, Z12, Z22
+	VMINPS     Z19, Z10, Z12
+	VMAXPS     Z19, Z10, Z19
+	VMINPS     Z20, Z11, Z10
+	VMAXPS     Z20, Z11, Z20
+	VMINPS     Z9, Z16, Z11
+	VMAXPS     Z9, Z16, Z9
+	VMINPS     Z2, Z3, Z16
+	VMAXPS     Z2, Z3, Z2
+	VMINPS     Z26, Z12, Z3
+	VMAXPS     Z26, Z12, Z26
+	VMINPS     Z23, Z10, Z12
+	VMAXPS     Z23, Z10, Z23
+	VMINPS     Z24, Z11, Z10
+	VMAXPS     Z24, Z11, Z24
+	VMINPS     Z12, Z2, Z11
+	VMAXPS     Z12, Z2, Z12
+	VMINPS     Z26, Z10, Z2
+	VMAXPS     Z26, Z10, Z26
+	VMINPS     Z2, Z12, Z10
+	VMAXPS     Z2, Z12, Z2
+	VMOVUPS    Z10, (CX)
+
+	// n=27: 126 of 156 comparators, 27 loads, 0 stores per group
+	ADDQ $0x40, DX
+	ADDQ $0x40, CX
+	DECQ BX
+	JNZ  n27_loop
+	VZEROUPPER
+	RET
+
+n28:
+	MOVQ x_base+48(FP), AX
+	MOVQ tmp_base+24(FP), CX
+	MOVQ dst_base+0(FP), CX
+	MOVQ off+72(FP), DX
+	SHLQ $0x02, DX
+	MOVQ groups+80(FP), BX
+
+n28_loop:
+	MOVQ         (AX), SI
+	VMOVUPS      (SI)(DX*1), Z0
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         24(AX), SI
+	VMOVUPS      (SI)(DX*1), Z1
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z1, Z0, Z2
+	VMAXPS       Z1, Z0, Z1
+	MOVQ         48(AX), SI
+	VMOVUPS      (SI)(DX*1), Z0
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         72(AX), SI
+	VMOVUPS      (SI)(DX*1), Z3
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z3, Z0, Z4
+	VMAXPS       Z3, Z0, Z3
+	VMINPS       Z4, Z2, Z0
+	VMAXPS       Z4, Z2, Z4
+	VMINPS       Z3, Z1, Z2
+	VMAXPS       Z3, Z1, Z3
+	VMINPS       Z4, Z2, Z1
+	VMAXPS       Z4, Z2, Z4
+	MOVQ         96(AX), SI
+	VMOVUPS      (SI)(DX*1), Z2
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         120(AX), SI
+	VMOVUPS      (SI)(DX*1), Z5
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z5, Z2, Z6
+	VMAXPS       Z5, Z2, Z5
+	MOVQ         144(AX), SI
+	VMOVUPS      (SI)(DX*1), Z2
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         168(AX), SI
+	VMOVUPS      (SI)(DX*1), Z7
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z7, Z2, Z8
+	VMAXPS       Z7, Z2, Z7
+	VMINPS       Z8, Z6, Z2
+	VMAXPS       Z8, Z6, Z8
+	VMINPS       Z7, Z5, Z6
+	VMAXPS       Z7, Z5, Z7
+	VMINPS       Z8, Z6, Z5
+	VMAXPS       Z8, Z6, Z8
+	VMINPS       Z2, Z0, Z6
+	VMAXPS       Z2, Z0, Z2
+	VMINPS       Z5, Z1, Z0
+	VMAXPS       Z5, Z1, Z5
+	VMINPS       Z8, Z4, Z1
+	VMAXPS       Z8, Z4, Z8
+	VMINPS       Z7, Z3, Z4
+	VMAXPS       Z7, Z3, Z7
+	VMINPS       Z2, Z1, Z3
+	VMAXPS       Z2, Z1, Z2
+	VMINPS       Z5, Z4, Z1
+	VMAXPS       Z5, Z4, Z5
+	VMINPS       Z3, Z0, Z4
+	VMAXPS       Z3, Z0, Z3
+	VMINPS       Z2, Z1, Z0
+	VMAXPS       Z2, Z1, Z2
+	VMINPS       Z8, Z5, Z1
+	VMAXPS       Z8, Z5, Z8
+	MOVQ         192(AX), SI
+	VMOVUPS      (SI)(DX*1), Z5
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         216(AX), SI
+	VMOVUPS      (SI)(DX*1), Z9
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z9, Z5, Z10
+	VMAXPS       Z9, Z5, Z9
+	MOVQ         240(AX), SI
+	VMOVUPS      (SI)(DX*1), Z5
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         264(AX), SI
+	VMOVUPS      (SI)(DX*1), Z11
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z11, Z5, Z12
+	VMAXPS       Z11, Z5, Z11
+	VMINPS       Z12, Z10, Z5
+	VMAXPS       Z12, Z10, Z12
+	VMINPS       Z11, Z9, Z10
+	VMAXPS       Z11, Z9, Z11
+	VMINPS       Z12, Z10, Z9
+	VMAXPS       Z12, Z10, Z12
+	MOVQ         288(AX), SI
+	VMOVUPS      (SI)(DX*1), Z10
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         312(AX), SI
+	VMOVUPS      (SI)(DX*1), Z13
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z13, Z10, Z14
+	VMAXPS       Z13, Z10, Z13
+	MOVQ         336(AX), SI
+	VMOVUPS      (SI)(DX*1), Z10
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         360(AX), SI
+	VMOVUPS      (SI)(DX*1), Z15
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z15, Z10, Z16
+	VMAXPS       Z15, Z10, Z15
+	VMINPS       Z16, Z14, Z10
+	VMAXPS       Z16, Z14, Z16
+	VMINPS       Z15, Z13, Z14
+	VMAXPS       Z15, Z13, Z15
+	VMINPS       Z16, Z14, Z13
+	VMAXPS       Z16, Z14, Z16
+	VMINPS       Z10, Z5, Z14
+	VMAXPS       Z10, Z5, Z10
+	VMINPS       Z13, Z9, Z5
+	VMAXPS       Z13, Z9, Z13
+	VMINPS       Z16, Z12, Z9
+	VMAXPS       Z16, Z12, Z16
+	VMINPS       Z15, Z11, Z12
+	VMAXPS       Z15, Z11, Z15
+	VMINPS       Z10, Z9, Z11
+	VMAXPS       Z10, Z9, Z10
+	VMINPS       Z13, Z12, Z9
+	VMAXPS       Z13, Z12, Z13
+	VMINPS       Z11, Z5, Z12
+	VMAXPS       Z11, Z5, Z11
+	VMINPS       Z10, Z9, Z5
+	VMAXPS       Z10, Z9, Z10
+	VMINPS       Z16, Z13, Z9
+	VMAXPS       Z16, Z13, Z16
+	VMINPS       Z14, Z6, Z13
+	VMAXPS       Z14, Z6, Z14
+	VMINPS       Z12, Z4, Z6
+	VMAXPS       Z12, Z4, Z12
+	VMINPS       Z11, Z3, Z4
+	VMAXPS       Z11, Z3, Z11
+	VMINPS       Z5, Z0, Z3
+	VMAXPS       Z5, Z0, Z5
+	VMINPS       Z10, Z2, Z0
+	VMAXPS       Z10, Z2, Z10
+	VMINPS       Z9, Z1, Z2
+	VMAXPS       Z9, Z1, Z9
+	VMINPS       Z16, Z8, Z1
+	VMAXPS       Z16, Z8, Z16
+	VMINPS       Z15, Z7, Z8
+	VMAXPS       Z15, Z7, Z15
+	VMINPS       Z14, Z0, Z7
+	VMAXPS       Z14, Z0, Z14
+	VMINPS       Z12, Z2, Z0
+	VMAXPS       Z12, Z2, Z12
+	VMINPS       Z11, Z1, Z2
+	VMAXPS       Z11, Z1, Z11
+	VMINPS       Z5, Z8, Z1
+	VMAXPS       Z5, Z8, Z5
+	VMINPS       Z7, Z4, Z8
+	VMAXPS       Z7, Z4, Z7
+	VMINPS       Z0, Z3, Z4
+	VMAXPS       Z0, Z3, Z0
+	VMINPS       Z14, Z2, Z3
+	VMAXPS       Z14, Z2, Z14
+	VMINPS       Z12, Z1, Z2
+	VMAXPS       Z12, Z1, Z12
+	VMINPS       Z10, Z11, Z1
+	VMAXPS       Z10, Z11, Z10
+	VMINPS       Z9, Z5, Z11
+	VMAXPS       Z9, Z5, Z9
+	VMINPS       Z8, Z6, Z5
+	VMAXPS       Z8, Z6, Z8
+	VMINPS       Z7, Z4, Z6
+	VMAXPS       Z7, Z4, Z7
+	VMINPS       Z3, Z0, Z4
+	VMAXPS       Z3, Z0, Z3
+	VMINPS       Z14, Z2, Z0
+	VMAXPS       Z14, Z2, Z14
+	VMINPS       Z1, Z12, Z2
+	VMAXPS       Z1, Z12, Z1
+	VMINPS       Z10, Z11, Z12
+	VMAXPS       Z10, Z11, Z10
+	VMINPS       Z16, Z9, Z11
+	VMAXPS       Z16, Z9, Z16
+	MOVQ         384(AX), SI
+	VMOVUPS      (SI)(DX*1), Z9
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         408(AX), SI
+	VMOVUPS      (SI)(DX*1), Z17
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z17, Z9, Z18
+	VMAXPS       Z17, Z9, Z17
+	MOVQ         432(AX), SI
+	VMOVUPS      (SI)(DX*1), Z9
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         456(AX), SI
+	VMOVUPS      (SI)(DX*1), Z19
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z19, Z9, Z20
+	VMAXPS       Z19, Z9, Z19
+	VMINPS       Z20, Z18, Z9
+	VMAXPS       Z20, Z18, Z20
+	VMINPS       Z19, Z17, Z18
+	VMAXPS       Z19, Z17, Z19
+	VMINPS       Z20, Z18, Z17
+	VMAXPS       Z20, Z18, Z20
+	MOVQ         480(AX), SI
+	VMOVUPS      (SI)(DX*1), Z18
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         504(AX), SI
+	VMOVUPS      (SI)(DX*1), Z21
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z21, Z18, Z22
+	VMAXPS       Z21, Z18, Z21
+	MOVQ         528(AX), SI
+	VMOVUPS      (SI)(DX*1), Z18
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         552(AX), SI
+	VMOVUPS      (SI)(DX*1), Z23
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z23, Z18, Z24
+	VMAXPS       Z23, Z18, Z23
+	VMINPS       Z24, Z22, Z18
+	VMAXPS       Z24, Z22, Z24
+	VMINPS       Z23, Z21, Z22
+	VMAXPS       Z23, Z21, Z23
+	VMINPS       Z24, Z22, Z21
+	VMAXPS       Z24, Z22, Z24
+	VMINPS       Z18, Z9, Z22
+	VMAXPS       Z18, Z9, Z18
+	VMINPS       Z21, Z17, Z9
+	VMAXPS       Z21, Z17, Z21
+	VMINPS       Z24, Z20, Z17
+	VMAXPS       Z24, Z20, Z24
+	VMINPS       Z23, Z19, Z20
+	VMAXPS       Z23, Z19, Z23
+	VMINPS       Z18, Z17, Z19
+	VMAXPS       Z18, Z17, Z18
+	VMINPS       Z21, Z20, Z17
+	VMAXPS       Z21, Z20, Z21
+	VMINPS       Z19, Z9, Z20
+	VMAXPS       Z19, Z9, Z19
+	VMINPS       Z18, Z17, Z9
+	VMAXPS       Z18, Z17, Z18
+	VMINPS       Z24, Z21, Z17
+	VMAXPS       Z24, Z21, Z24
+	MOVQ         576(AX), SI
+	VMOVUPS      (SI)(DX*1), Z21
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         600(AX), SI
+	VMOVUPS      (SI)(DX*1), Z25
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z25, Z21, Z26
+	VMAXPS       Z25, Z21, Z25
+	MOVQ         624(AX), SI
+	VMOVUPS      (SI)(DX*1), Z21
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         648(AX), SI
+	VMOVUPS      (SI)(DX*1), Z27
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z27, Z21, Z28
+	VMAXPS       Z27, Z21, Z27
+	VMINPS       Z28, Z26, Z21
+	VMAXPS       Z28, Z26, Z28
+	VMINPS       Z27, Z25, Z26
+	VMAXPS       Z27, Z25, Z27
+	VMINPS       Z28, Z26, Z25
+	VMAXPS       Z28, Z26, Z28
+	VMINPS       Z28, Z25, Z26
+	VMAXPS       Z28, Z25, Z28
+	VMINPS       Z21, Z22, Z25
+	VMAXPS       Z21, Z22, Z21
+	VMINPS       Z26, Z20, Z22
+	VMAXPS       Z26, Z20, Z26
+	VMINPS       Z28, Z19, Z20
+	VMAXPS       Z28, Z19, Z28
+	VMINPS       Z27, Z9, Z19
+	VMAXPS       Z27, Z9, Z27
+	VMINPS       Z21, Z18, Z9
+	VMAXPS       Z21, Z18, Z21
+	VMINPS       Z26, Z17, Z18
+	VMAXPS       Z26, Z17, Z26
+	VMINPS       Z28, Z24, Z17
+	VMAXPS       Z28, Z24, Z28
+	VMINPS       Z27, Z23, Z24
+	VMAXPS       Z27, Z23, Z27
+	VMINPS       Z9, Z20, Z23
+	VMAXPS       Z9, Z20, Z9
+	VMINPS       Z18, Z19, Z20
+	VMAXPS       Z18, Z19, Z18
+	VMINPS       Z21, Z17, Z19
+	VMAXPS       Z21, Z17, Z21
+	VMINPS       Z26, Z24, Z17
+	VMAXPS       Z26, Z24, Z26
+	VMINPS       Z23, Z22, Z24
+	VMAXPS       Z23, Z22, Z23
+	VMINPS       Z9, Z20, Z22
+	VMAXPS       Z9, Z20, Z9
+	VMINPS       Z19, Z18, Z20
+	VMAXPS       Z19, Z18, Z19
+	VMINPS       Z21, Z17, Z18
+	VMAXPS       Z21, Z17, Z21
+	VMINPS       Z28, Z26, Z17
+	VMAXPS       Z28, Z26, Z28
+	VMINPS       Z25, Z13, Z26
+	VMAXPS       Z25, Z13, Z25
+	VMINPS       Z24, Z5, Z13
+	VMAXPS       Z24, Z5, Z24
+	VMINPS       Z23, Z8, Z5
+	VMAXPS       Z23, Z8, Z23
+	VMINPS       Z22, Z6, Z8
+	VMAXPS       Z22, Z6, Z22
+	VMINPS       Z9, Z7, Z6
+	VMAXPS       Z9, Z7, Z9
+	VMINPS       Z20, Z4, Z7
+	VMAXPS       Z20, Z4, Z20
+	VMINPS       Z19, Z3, Z4
+	VMAXPS       Z19, Z3, Z19
+	VMINPS       Z18, Z0, Z3
+	VMAXPS       Z18, Z0, Z18
+	VMINPS       Z21, Z14, Z0
+	VMAXPS       Z21, Z14, Z21
+	VMINPS       Z17, Z2, Z14
+	VMAXPS       Z17, Z2, Z17
+	VMINPS       Z28, Z1, Z2
+	VMAXPS       Z28, Z1, Z28
+	VMINPS       Z27, Z12, Z1
+	VMAXPS       Z27, Z12, Z27
+	VMINPS       Z25, Z0, Z12
+	VMAXPS       Z25, Z0, Z25
+	VMINPS       Z24, Z14, Z0
+	VMAXPS       Z24, Z14, Z24
+	VMINPS       Z23, Z2, Z14
+	VMAXPS       Z23, Z2, Z23
+	VMINPS       Z22, Z1, Z2
+	VMAXPS       Z22, Z1, Z22
+	VMINPS       Z9, Z10, Z1
+	VMAXPS       Z9, Z10, Z9
+	VMINPS       Z20, Z11, Z10
+	VMAXPS       Z20, Z11, Z20
+	VMINPS       Z19, Z16, Z11
+	VMAXPS       Z19, Z16, Z19
+	VMINPS       Z2, Z3, Z16
+	VMAXPS       Z2, Z3, Z2
+	VMINPS       Z25, Z1, Z3
+	VMAXPS       Z25, Z1, Z25
+	VMINPS       Z24, Z10, Z1
+	VMAXPS       Z24, Z10, Z24
+	VMINPS       Z23, Z11, Z10
+	VMAXPS       Z23, Z11, Z23
+	VMINPS       Z1, Z2, Z11
+	VMAXPS       Z1, Z2, Z1
+	VMINPS       Z25, Z10, Z2
+	VMAXPS       Z25, Z10, Z25
+	VMINPS       Z2, Z1, Z10
+	VMAXPS       Z2, Z1, Z2
+	MOVL         $0x3f000000, SI
+	VPBROADCASTD SI, Z1
+	VMULPS       Z1, Z10, Z10
+	VMULPS       Z1, Z2, Z2
+	VADDPS       Z2, Z10, Z10
+	VMOVUPS      Z10, (CX)
+
+	// n=28: 131 of 162 comparators, 28 loads, 0 stores per group
+	ADDQ $0x40, DX
+	ADDQ $0x40, CX
+	DECQ BX
+	JNZ  n28_loop
+	VZEROUPPER
+	RET
+
+n29:
+	MOVQ x_base+48(FP), AX
+	MOVQ tmp_base+24(FP), CX
+	MOVQ dst_base+0(FP), CX
+	MOVQ off+72(FP), DX
+	SHLQ $0x02, DX
+	MOVQ groups+80(FP), BX
+
+n29_loop:
+	MOVQ       (AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       24(AX), SI
+	VMOVUPS    (SI)(DX*1), Z1
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z1, Z0, Z2
+	VMAXPS     Z1, Z0, Z1
+	MOVQ       48(AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       72(AX), SI
+	VMOVUPS    (SI)(DX*1), Z3
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z4, Z2, Z0
+	VMAXPS     Z4, Z2, Z4
+	VMINPS     Z3, Z1, Z2
+	VMAXPS     Z3, Z1, Z3
+	VMINPS     Z4, Z2, Z1
+	VMAXPS     Z4, Z2, Z4
+	MOVQ       96(AX), SI
+	VMOVUPS    (SI)(DX*1), Z2
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       120(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z5, Z2, Z6
+	VMAXPS     Z5, Z2, Z5
+	MOVQ       144(AX), SI
+	VMOVUPS    (SI)(DX*1), Z2
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       168(AX), SI
+	VMOVUPS    (SI)(DX*1), Z7
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z7, Z2, Z8
+	VMAXPS     Z7, Z2, Z7
+	VMINPS     Z8, Z6, Z2
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z5, Z6
+	VMAXPS     Z7, Z5, Z7
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z2, Z0, Z6
+	VMAXPS     Z2, Z0, Z2
+	VMINPS     Z5, Z1, Z0
+	VMAXPS     Z5, Z1, Z5
+	VMINPS     Z8, Z4, Z1
+	VMAXPS     Z8, Z4, Z8
+	VMINPS     Z7, Z3, Z4
+	VMAXPS     Z7, Z3, Z7
+	VMINPS     Z2, Z1, Z3
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z5, Z4, Z1
+	VMAXPS     Z5, Z4, Z5
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z2, Z1, Z0
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z8, Z5, Z1
+	VMAXPS     Z8, Z5, Z8
+	MOVQ       192(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       216(AX), SI
+	VMOVUPS    (SI)(DX*1), Z9
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z9, Z5, Z10
+	VMAXPS     Z9, Z5, Z9
+	MOVQ       240(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       264(AX), SI
+	VMOVUPS    (SI)(DX*1), Z11
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z12, Z10, Z5
+	VMAXPS     Z12, Z10, Z12
+	VMINPS     Z11, Z9, Z10
+	VMAXPS     Z11, Z9, Z11
+	VMINPS     Z12, Z10, Z9
+	VMAXPS     Z12, Z10, Z12
+	MOVQ       288(AX), SI
+	VMOVUPS    (SI)(DX*1), Z10
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       312(AX), SI
+	VMOVUPS    (SI)(DX*1), Z13
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z13, Z10, Z14
+	VMAXPS     Z13, Z10, Z13
+	MOVQ       336(AX), SI
+	VMOVUPS    (SI)(DX*1), Z10
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       360(AX), SI
+	VMOVUPS    (SI)(DX*1), Z15
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z15, Z10, Z16
+	VMAXPS     Z15, Z10, Z15
+	VMINPS     Z16, Z14, Z10
+	VMAXPS     Z16, Z14, Z16
+	VMINPS     Z15, Z13, Z14
+	VMAXPS     Z15, Z13, Z15
+	VMINPS     Z16, Z14, Z13
+	VMAXPS     Z16, Z14, Z16
+	VMINPS     Z10, Z5, Z14
+	VMAXPS     Z10, Z5, Z10
+	VMINPS     Z13, Z9, Z5
+	VMAXPS     Z13, Z9, Z13
+	VMINPS     Z16, Z12, Z9
+	VMAXPS     Z16, Z12, Z16
+	VMINPS     Z15, Z11, Z12
+	VMAXPS     Z15, Z11, Z15
+	VMINPS     Z10, Z9, Z11
+	VMAXPS     Z10, Z9, Z10
+	VMINPS     Z13, Z12, Z9
+	VMAXPS     Z13, Z12, Z13
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z10, Z9, Z5
+	VMAXPS     Z10, Z9, Z10
+	VMINPS     Z16, Z13, Z9
+	VMAXPS     Z16, Z13, Z16
+	VMINPS     Z14, Z6, Z13
+	VMAXPS     Z14, Z6, Z14
+	VMINPS     Z12, Z4, Z6
+	VMAXPS     Z12, Z4, Z12
+	VMINPS     Z11, Z3, Z4
+	VMAXPS     Z11, Z3, Z11
+	VMINPS     Z5, Z0, Z3
+	VMAXPS     Z5, Z0, Z5
+	VMINPS     Z10, Z2, Z0
+	VMAXPS     Z10, Z2, Z10
+	VMINPS     Z9, Z1, Z2
+	VMAXPS     Z9, Z1, Z9
+	VMINPS     Z16, Z8, Z1
+	VMAXPS     Z16, Z8, Z16
+	VMINPS     Z15, Z7, Z8
+	VMAXPS     Z15, Z7, Z15
+	VMINPS     Z14, Z0, Z7
+	VMAXPS     Z14, Z0, Z14
+	VMINPS     Z12, Z2, Z0
+	VMAXPS     Z12, Z2, Z12
+	VMINPS     Z11, Z1, Z2
+	VMAXPS     Z11, Z1, Z11
+	VMINPS     Z5, Z8, Z1
+	VMAXPS     Z5, Z8, Z5
+	VMINPS     Z7, Z4, Z8
+	VMAXPS     Z7, Z4, Z7
+	VMINPS     Z0, Z3, Z4
+	VMAXPS     Z0, Z3, Z0
+	VMINPS     Z14, Z2, Z3
+	VMAXPS     Z14, Z2, Z14
+	VMINPS     Z12, Z1, Z2
+	VMAXPS     Z12, Z1, Z12
+	VMINPS     Z10, Z11, Z1
+	VMAXPS     Z10, Z11, Z10
+	VMINPS     Z9, Z5, Z11
+	VMAXPS     Z9, Z5, Z9
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z4, Z6
+	VMAXPS     Z7, Z4, Z7
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z14, Z2, Z0
+	VMAXPS     Z14, Z2, Z14
+	VMINPS     Z1, Z12, Z2
+	VMAXPS     Z1, Z12, Z1
+	VMINPS     Z10, Z11, Z12
+	VMAXPS     Z10, Z11, Z10
+	VMINPS     Z16, Z9, Z11
+	VMAXPS     Z16, Z9, Z16
+	MOVQ       384(AX), SI
+	VMOVUPS    (SI)(DX*1), Z9
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       408(AX), SI
+	VMOVUPS    (SI)(DX*1), Z17
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z17, Z9, Z18
+	VMAXPS     Z17, Z9, Z17
+	MOVQ       432(AX), SI
+	VMOVUPS    (SI)(DX*1), Z9
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       456(AX), SI
+	VMOVUPS    (SI)(DX*1), Z19
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z19, Z9, Z20
+	VMAXPS     Z19, Z9, Z19
+	VMINPS     Z20, Z18, Z9
+	VMAXPS     Z20, Z18, Z20
+	VMINPS     Z19, Z17, Z18
+	VMAXPS     Z19, Z17, Z19
+	VMINPS     Z20, Z18, Z17
+	VMAXPS     Z20, Z18, Z20
+	MOVQ       480(AX), SI
+	VMOVUPS    (SI)(DX*1), Z18
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       504(AX), SI
+	VMOVUPS    (SI)(DX*1), Z21
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z21, Z18, Z22
+	VMAXPS     Z21, Z18, Z21
+	MOVQ       528(AX), SI
+	VMOVUPS    (SI)(DX*1), Z18
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       552(AX), SI
+	VMOVUPS    (SI)(DX*1), Z23
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z23, Z18, Z24
+	VMAXPS     Z23, Z18, Z23
+	VMINPS     Z24, Z22, Z18
+	VMAXPS     Z24, Z22, Z24
+	VMINPS     Z23, Z21, Z22
+	VMAXPS     Z23, Z21, Z23
+	VMINPS     Z24, Z22, Z21
+	VMAXPS     Z24, Z22, Z24
+	VMINPS     Z18, Z9, Z22
+	VMAXPS     Z18, Z9, Z18
+	VMINPS     Z21, Z17, Z9
+	VMAXPS     Z21, Z17, Z21
+	VMINPS     Z24, Z20, Z17
+	VMAXPS     Z24, Z20, Z24
+	VMINPS     Z23, Z19, Z20
+	VMAXPS     Z23, Z19, Z23
+	VMINPS     Z18, Z17, Z19
+	VMAXPS     Z18, Z17, Z18
+	VMINPS     Z21, Z20, Z17
+	VMAXPS     Z21, Z20, Z21
+	VMINPS     Z19, Z9, Z20
+	VMAXPS     Z19, Z9, Z19
+	VMINPS     Z18, Z17, Z9
+	VMAXPS     Z18, Z17, Z18
+	VMINPS     Z24, Z21, Z17
+	VMAXPS     Z24, Z21, Z24
+	MOVQ       576(AX), SI
+	VMOVUPS    (SI)(DX*1), Z21
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       600(AX), SI
+	VMOVUPS    (SI)(DX*1), Z25
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z25, Z21, Z26
+	VMAXPS     Z25, Z21, Z25
+	MOVQ       624(AX), SI
+	VMOVUPS    (SI)(DX*1), Z21
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       648(AX), SI
+	VMOVUPS    (SI)(DX*1), Z27
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z27, Z21, Z28
+	VMAXPS     Z27, Z21, Z27
+	VMINPS     Z28, Z26, Z21
+	VMAXPS     Z28, Z26, Z28
+	VMINPS     Z27, Z25, Z26
+	VMAXPS     Z27, Z25, Z27
+	VMINPS     Z28, Z26, Z25
+	VMAXPS     Z28, Z26, Z28
+	MOVQ       672(AX), SI
+	VMOVUPS    (SI)(DX*1), Z26
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z26, Z21, Z29
+	VMAXPS     Z26, Z21, Z26
+	VMINPS     Z26, Z28, Z21
+	VMAXPS     Z26, Z28, Z26
+	VMINPS     Z21, Z25, Z28
+	VMAXPS     Z21, Z25, Z21
+	VMINPS     Z26, Z27, Z25
+	VMAXPS     Z26, Z27, Z26
+	VMINPS     Z29, Z22, Z27
+	VMAXPS     Z29, Z22, Z29
+	VMINPS     Z28, Z20, Z22
+	VMAXPS     Z28, Z20, Z28
+	VMINPS     Z21, Z19, Z20
+	VMAXPS     Z21, Z19, Z21
+	VMINPS     Z25, Z9, Z19
+	VMAXPS     Z25, Z9, Z25
+	VMINPS     Z26, Z18, Z9
+	VMAXPS     Z26, Z18, Z26
+	VMINPS     Z29, Z9, Z18
+	VMAXPS     Z29, Z9, Z29
+	VMINPS     Z28, Z17, Z9
+	VMAXPS     Z28, Z17, Z28
+	VMINPS     Z21, Z24, Z17
+	VMAXPS     Z21, Z24, Z21
+	VMINPS     Z25, Z23, Z24
+	VMAXPS     Z25, Z23, Z25
+	VMINPS     Z18, Z20, Z23
+	VMAXPS     Z18, Z20, Z18
+	VMINPS     Z9, Z19, Z20
+	VMAXPS     Z9, Z19, Z9
+	VMINPS     Z29, Z17, Z19
+	VMAXPS     Z29, Z17, Z29
+	VMINPS     Z28, Z24, Z17
+	VMAXPS     Z28, Z24, Z28
+	VMINPS     Z26, Z21, Z24
+	VMAXPS     Z26, Z21, Z26
+	VMINPS     Z23, Z22, Z21
+	VMAXPS     Z23, Z22, Z23
+	VMINPS     Z18, Z20, Z22
+	VMAXPS     Z18, Z20, Z18
+	VMINPS     Z19, Z9, Z20
+	VMAXPS     Z19, Z9, Z19
+	VMINPS     Z29, Z17, Z9
+	VMAXPS     Z29, Z17, Z29
+	VMINPS     Z24, Z28, Z17
+	VMAXPS     Z24, Z28, Z24
+	VMINPS     Z26, Z25, Z28
+	VMAXPS     Z26, Z25, Z26
+	VMINPS     Z27, Z13, Z25
+	VMAXPS     Z27, Z13, Z27
+	VMINPS     Z21, Z5, Z13
+	VMAXPS     Z21, Z5, Z21
+	VMINPS     Z23, Z8, Z5
+	VMAXPS     Z23, Z8, Z23
+	VMINPS     Z22, Z6, Z8
+	VMAXPS     Z22, Z6, Z22
+	VMINPS     Z18, Z7, Z6
+	VMAXPS     Z18, Z7, Z18
+	VMINPS     Z20, Z4, Z7
+	VMAXPS     Z20, Z4, Z20
+	VMINPS     Z19, Z3, Z4
+	VMAXPS     Z19, Z3, Z19
+	VMINPS     Z9, Z0, Z3
+	VMAXPS     Z9, Z0, Z9
+	VMINPS     Z29, Z14, Z0
+	VMAXPS     Z29, Z14, Z29
+	VMINPS     Z17, Z2, Z14
+	VMAXPS     Z17, Z2, Z17
+	VMINPS     Z24, Z1, Z2
+	VMAXPS     Z24, Z1, Z24
+	VMINPS     Z28, Z12, Z1
+	VMAXPS     Z28, Z12, Z28
+	VMINPS     Z26, Z10, Z12
+	VMAXPS     Z26, Z10, Z26
+	VMINPS     Z27, Z0, Z10
+	VMAXPS     Z27, Z0, Z27
+	VMINPS     Z21, Z14, Z0
+	VMAXPS     Z21, Z14, Z21
+	VMINPS     Z23, Z2, Z14
+	VMAXPS     Z23, Z2, Z23
+	VMINPS     Z22, Z1, Z2
+	VMAXPS     Z22, Z1, Z22
+	VMINPS     Z18, Z12, Z1
+	VMAXPS     Z18, Z12, Z18
+	VMINPS     Z20, Z11, Z12
+	VMAXPS     Z20, Z11, Z20
+	VMINPS     Z19, Z16, Z11
+	VMAXPS     Z19, Z16, Z19
+	VMINPS     Z2, Z3, Z16
+	VMAXPS     Z2, Z3, Z2
+	VMINPS     Z27, Z1, Z3
+	VMAXPS     Z27, Z1, Z27
+	VMINPS     Z21, Z12, Z1
+	VMAXPS     Z21, Z12, Z21
+	VMINPS     Z23, Z11, Z12
+	VMAXPS     Z23, Z11, Z23
+	VMINPS     Z1, Z2, Z11
+	VMAXPS     Z1, Z2, Z1
+	VMINPS     Z27, Z12, Z2
+	VMAXPS     Z27, Z12, Z27
+	VMINPS     Z2, Z1, Z12
+	VMAXPS     Z2, Z1, Z2
+	VMOVUPS    Z2, (CX)
+
+	// n=29: 138 of 171 comparators, 29 loads, 0 stores per group
+	ADDQ $0x40, DX
+	ADDQ $0x40, CX
+	DECQ BX
+	JNZ  n29_loop
+	VZEROUPPER
+	RET
+
+n30:
+	MOVQ x_base+48(FP), AX
+	MOVQ tmp_base+24(FP), CX
+	MOVQ dst_base+0(FP), CX
+	MOVQ off+72(FP), DX
+	SHLQ $0x02, DX
+	MOVQ groups+80(FP), BX
+
+n30_loop:
+	MOVQ         (AX), SI
+	VMOVUPS      (SI)(DX*1), Z0
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         24(AX), SI
+	VMOVUPS      (SI)(DX*1), Z1
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z1, Z0, Z2
+	VMAXPS       Z1, Z0, Z1
+	MOVQ         48(AX), SI
+	VMOVUPS      (SI)(DX*1), Z0
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         72(AX), SI
+	VMOVUPS      (SI)(DX*1), Z3
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z3, Z0, Z4
+	VMAXPS       Z3, Z0, Z3
+	VMINPS       Z4, Z2, Z0
+	VMAXPS       Z4, Z2, Z4
+	VMINPS       Z3, Z1, Z2
+	VMAXPS       Z3, Z1, Z3
+	VMINPS       Z4, Z2, Z1
+	VMAXPS       Z4, Z2, Z4
+	MOVQ         96(AX), SI
+	VMOVUPS      (SI)(DX*1), Z2
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         120(AX), SI
+	VMOVUPS      (SI)(DX*1), Z5
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z5, Z2, Z6
+	VMAXPS       Z5, Z2, Z5
+	MOVQ         144(AX), SI
+	VMOVUPS      (SI)(DX*1), Z2
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         168(AX), SI
+	VMOVUPS      (SI)(DX*1), Z7
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z7, Z2, Z8
+	VMAXPS       Z7, Z2, Z7
+	VMINPS       Z8, Z6, Z2
+	VMAXPS       Z8, Z6, Z8
+	VMINPS       Z7, Z5, Z6
+	VMAXPS       Z7, Z5, Z7
+	VMINPS       Z8, Z6, Z5
+	VMAXPS       Z8, Z6, Z8
+	VMINPS       Z2, Z0, Z6
+	VMAXPS       Z2, Z0, Z2
+	VMINPS       Z5, Z1, Z0
+	VMAXPS       Z5, Z1, Z5
+	VMINPS       Z8, Z4, Z1
+	VMAXPS       Z8, Z4, Z8
+	VMINPS       Z7, Z3, Z4
+	VMAXPS       Z7, Z3, Z7
+	VMINPS       Z2, Z1, Z3
+	VMAXPS       Z2, Z1, Z2
+	VMINPS       Z5, Z4, Z1
+	VMAXPS       Z5, Z4, Z5
+	VMINPS       Z3, Z0, Z4
+	VMAXPS       Z3, Z0, Z3
+	VMINPS       Z2, Z1, Z0
+	VMAXPS       Z2, Z1, Z2
+	VMINPS       Z8, Z5, Z1
+	VMAXPS       Z8, Z5, Z8
+	MOVQ         192(AX), SI
+	VMOVUPS      (SI)(DX*1), Z5
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         216(AX), SI
+	VMOVUPS      (SI)(DX*1), Z9
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z9, Z5, Z10
+	VMAXPS       Z9, Z5, Z9
+	MOVQ         240(AX), SI
+	VMOVUPS      (SI)(DX*1), Z5
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         264(AX), SI
+	VMOVUPS      (SI)(DX*1), Z11
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z11, Z5, Z12
+	VMAXPS       Z11, Z5, Z11
+	VMINPS       Z12, Z10, Z5
+	VMAXPS       Z12, Z10, Z12
+	VMINPS       Z11, Z9, Z10
+	VMAXPS       Z11, Z9, Z11
+	VMINPS       Z12, Z10, Z9
+	VMAXPS       Z12, Z10, Z12
+	MOVQ         288(AX), SI
+	VMOVUPS      (SI)(DX*1), Z10
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         312(AX), SI
+	VMOVUPS      (SI)(DX*1), Z13
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z13, Z10, Z14
+	VMAXPS       Z13, Z10, Z13
+	MOVQ         336(AX), SI
+	VMOVUPS      (SI)(DX*1), Z10
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         360(AX), SI
+	VMOVUPS      (SI)(DX*1), Z15
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z15, Z10, Z16
+	VMAXPS       Z15, Z10, Z15
+	VMINPS       Z16, Z14, Z10
+	VMAXPS       Z16, Z14, Z16
+	VMINPS       Z15, Z13, Z14
+	VMAXPS       Z15, Z13, Z15
+	VMINPS       Z16, Z14, Z13
+	VMAXPS       Z16, Z14, Z16
+	VMINPS       Z10, Z5, Z14
+	VMAXPS       Z10, Z5, Z10
+	VMINPS       Z13, Z9, Z5
+	VMAXPS       Z13, Z9, Z13
+	VMINPS       Z16, Z12, Z9
+	VMAXPS       Z16, Z12, Z16
+	VMINPS       Z15, Z11, Z12
+	VMAXPS       Z15, Z11, Z15
+	VMINPS       Z10, Z9, Z11
+	VMAXPS       Z10, Z9, Z10
+	VMINPS       Z13, Z12, Z9
+	VMAXPS       Z13, Z12, Z13
+	VMINPS       Z11, Z5, Z12
+	VMAXPS       Z11, Z5, Z11
+	VMINPS       Z10, Z9, Z5
+	VMAXPS       Z10, Z9, Z10
+	VMINPS       Z16, Z13, Z9
+	VMAXPS       Z16, Z13, Z16
+	VMINPS       Z14, Z6, Z13
+	VMAXPS       Z14, Z6, Z14
+	VMINPS       Z12, Z4, Z6
+	VMAXPS       Z12, Z4, Z12
+	VMINPS       Z11, Z3, Z4
+	VMAXPS       Z11, Z3, Z11
+	VMINPS       Z5, Z0, Z3
+	VMAXPS       Z5, Z0, Z5
+	VMINPS       Z10, Z2, Z0
+	VMAXPS       Z10, Z2, Z10
+	VMINPS       Z9, Z1, Z2
+	VMAXPS       Z9, Z1, Z9
+	VMINPS       Z16, Z8, Z1
+	VMAXPS       Z16, Z8, Z16
+	VMINPS       Z15, Z7, Z8
+	VMAXPS       Z15, Z7, Z15
+	VMINPS       Z14, Z0, Z7
+	VMAXPS       Z14, Z0, Z14
+	VMINPS       Z12, Z2, Z0
+	VMAXPS       Z12, Z2, Z12
+	VMINPS       Z11, Z1, Z2
+	VMAXPS       Z11, Z1, Z11
+	VMINPS       Z5, Z8, Z1
+	VMAXPS       Z5, Z8, Z5
+	VMINPS       Z7, Z4, Z8
+	VMAXPS       Z7, Z4, Z7
+	VMINPS       Z0, Z3, Z4
+	VMAXPS       Z0, Z3, Z0
+	VMINPS       Z14, Z2, Z3
+	VMAXPS       Z14, Z2, Z14
+	VMINPS       Z12, Z1, Z2
+	VMAXPS       Z12, Z1, Z12
+	VMINPS       Z10, Z11, Z1
+	VMAXPS       Z10, Z11, Z10
+	VMINPS       Z9, Z5, Z11
+	VMAXPS       Z9, Z5, Z9
+	VMINPS       Z8, Z6, Z5
+	VMAXPS       Z8, Z6, Z8
+	VMINPS       Z7, Z4, Z6
+	VMAXPS       Z7, Z4, Z7
+	VMINPS       Z3, Z0, Z4
+	VMAXPS       Z3, Z0, Z3
+	VMINPS       Z14, Z2, Z0
+	VMAXPS       Z14, Z2, Z14
+	VMINPS       Z1, Z12, Z2
+	VMAXPS       Z1, Z12, Z1
+	VMINPS       Z10, Z11, Z12
+	VMAXPS       Z10, Z11, Z10
+	VMINPS       Z16, Z9, Z11
+	VMAXPS       Z16, Z9, Z16
+	MOVQ         384(AX), SI
+	VMOVUPS      (SI)(DX*1), Z9
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         408(AX), SI
+	VMOVUPS      (SI)(DX*1), Z17
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z17, Z9, Z18
+	VMAXPS       Z17, Z9, Z17
+	MOVQ         432(AX), SI
+	VMOVUPS      (SI)(DX*1), Z9
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         456(AX), SI
+	VMOVUPS      (SI)(DX*1), Z19
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z19, Z9, Z20
+	VMAXPS       Z19, Z9, Z19
+	VMINPS       Z20, Z18, Z9
+	VMAXPS       Z20, Z18, Z20
+	VMINPS       Z19, Z17, Z18
+	VMAXPS       Z19, Z17, Z19
+	VMINPS       Z20, Z18, Z17
+	VMAXPS       Z20, Z18, Z20
+	MOVQ         480(AX), SI
+	VMOVUPS      (SI)(DX*1), Z18
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         504(AX), SI
+	VMOVUPS      (SI)(DX*1), Z21
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z21, Z18, Z22
+	VMAXPS       Z21, Z18, Z21
+	MOVQ         528(AX), SI
+	VMOVUPS      (SI)(DX*1), Z18
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         552(AX), SI
+	VMOVUPS      (SI)(DX*1), Z23
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z23, Z18, Z24
+	VMAXPS       Z23, Z18, Z23
+	VMINPS       Z24, Z22, Z18
+	VMAXPS       Z24, Z22, Z24
+	VMINPS       Z23, Z21, Z22
+	VMAXPS       Z23, Z21, Z23
+	VMINPS       Z24, Z22, Z21
+	VMAXPS       Z24, Z22, Z24
+	VMINPS       Z18, Z9, Z22
+	VMAXPS       Z18, Z9, Z18
+	VMINPS       Z21, Z17, Z9
+	VMAXPS       Z21, Z17, Z21
+	VMINPS       Z24, Z20, Z17
+	VMAXPS       Z24, Z20, Z24
+	VMINPS       Z23, Z19, Z20
+	VMAXPS       Z23, Z19, Z23
+	VMINPS       Z18, Z17, Z19
+	VMAXPS       Z18, Z17, Z18
+	VMINPS       Z21, Z20, Z17
+	VMAXPS       Z21, Z20, Z21
+	VMINPS       Z19, Z9, Z20
+	VMAXPS       Z19, Z9, Z19
+	VMINPS       Z18, Z17, Z9
+	VMAXPS       Z18, Z17, Z18
+	VMINPS       Z24, Z21, Z17
+	VMAXPS       Z24, Z21, Z24
+	MOVQ         576(AX), SI
+	VMOVUPS      (SI)(DX*1), Z21
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         600(AX), SI
+	VMOVUPS      (SI)(DX*1), Z25
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z25, Z21, Z26
+	VMAXPS       Z25, Z21, Z25
+	MOVQ         624(AX), SI
+	VMOVUPS      (SI)(DX*1), Z21
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         648(AX), SI
+	VMOVUPS      (SI)(DX*1), Z27
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z27, Z21, Z28
+	VMAXPS       Z27, Z21, Z27
+	VMINPS       Z28, Z26, Z21
+	VMAXPS       Z28, Z26, Z28
+	VMINPS       Z27, Z25, Z26
+	VMAXPS       Z27, Z25, Z27
+	VMINPS       Z28, Z26, Z25
+	VMAXPS       Z28, Z26, Z28
+	MOVQ         672(AX), SI
+	VMOVUPS      (SI)(DX*1), Z26
+	PREFETCHT0   512(SI)(DX*1)
+	MOVQ         696(AX), SI
+	VMOVUPS      (SI)(DX*1), Z29
+	PREFETCHT0   512(SI)(DX*1)
+	VMINPS       Z29, Z26, Z30
+	VMAXPS       Z29, Z26, Z29
+	VMINPS       Z30, Z21, Z26
+	VMAXPS       Z30, Z21, Z30
+	VMINPS       Z29, Z25, Z21
+	VMAXPS       Z29, Z25, Z29
+	VMINPS       Z30, Z28, Z25
+	VMAXPS       Z30, Z28, Z30
+	VMINPS       Z29, Z27, Z28
+	VMAXPS       Z29, Z27, Z29
+	VMINPS       Z25, Z21, Z27
+	VMAXPS       Z25, Z21, Z25
+	VMINPS       Z30, Z28, Z21
+	VMAXPS       Z30, Z28, Z30
+	VMINPS       Z26, Z22, Z28
+	VMAXPS       Z26, Z22, Z26
+	VMINPS       Z27, Z20, Z22
+	VMAXPS       Z27, Z20, Z27
+	VMINPS       Z25, Z19, Z20
+	VMAXPS       Z25, Z19, Z25
+	VMINPS       Z21, Z9, Z19
+	VMAXPS       Z21, Z9, Z21
+	VMINPS       Z30, Z18, Z9
+	VMAXPS       Z30, Z18, Z30
+	VMINPS       Z29, Z17, Z18
+	VMAXPS       Z29, Z17, Z29
+	VMINPS       Z26, Z9, Z17
+	VMAXPS       Z26, Z9, Z26
+	VMINPS       Z27, Z18, Z9
+	VMAXPS       Z27, Z18, Z27
+	VMINPS       Z25, Z24, Z18
+	VMAXPS       Z25, Z24, Z25
+	VMINPS       Z21, Z23, Z24
+	VMAXPS       Z21, Z23, Z21
+	VMINPS       Z17, Z20, Z23
+	VMAXPS       Z17, Z20, Z17
+	VMINPS       Z9, Z19, Z20
+	VMAXPS       Z9, Z19, Z9
+	VMINPS       Z26, Z18, Z19
+	VMAXPS       Z26, Z18, Z26
+	VMINPS       Z27, Z24, Z18
+	VMAXPS       Z27, Z24, Z27
+	VMINPS       Z30, Z25, Z24
+	VMAXPS       Z30, Z25, Z30
+	VMINPS       Z29, Z21, Z25
+	VMAXPS       Z29, Z21, Z29
+	VMINPS       Z23, Z22, Z21
+	VMAXPS       Z23, Z22, Z23
+	VMINPS       Z17, Z20, Z22
+	VMAXPS       Z17, Z20, Z17
+	VMINPS       Z19, Z9, Z20
+	VMAXPS       Z19, Z9, Z19
+	VMINPS       Z26, Z18, Z9
+	VMAXPS       Z26, Z18, Z26
+	VMINPS       Z24, Z27, Z18
+	VMAXPS       Z24, Z27, Z24
+	VMINPS       Z30, Z25, Z27
+	VMAXPS       Z30, Z25, Z30
+	VMINPS       Z28, Z13, Z25
+	VMAXPS       Z28, Z13, Z28
+	VMINPS       Z21, Z5, Z13
+	VMAXPS       Z21, Z5, Z21
+	VMINPS       Z23, Z8, Z5
+	VMAXPS       Z23, Z8, Z23
+	VMINPS       Z22, Z6, Z8
+	VMAXPS       Z22, Z6, Z22
+	VMINPS       Z17, Z7, Z6
+	VMAXPS       Z17, Z7, Z17
+	VMINPS       Z20, Z4, Z7
+	VMAXPS       Z20, Z4, Z20
+	VMINPS       Z19, Z3, Z4
+	VMAXPS       Z19, Z3, Z19
+	VMINPS       Z9, Z0, Z3
+	VMAXPS       Z9, Z0, Z9
+	VMINPS       Z26, Z14, Z0
+	VMAXPS       Z26, Z14, Z26
+	VMINPS       Z18, Z2, Z14
+	VMAXPS       Z18, Z2, Z18
+	VMINPS       Z24, Z1, Z2
+	VMAXPS       Z24, Z1, Z24
+	VMINPS       Z27, Z12, Z1
+	VMAXPS       Z27, Z12, Z27
+	VMINPS       Z30, Z10, Z12
+	VMAXPS       Z30, Z10, Z30
+	VMINPS       Z29, Z11, Z10
+	VMAXPS       Z29, Z11, Z29
+	VMINPS       Z28, Z0, Z11
+	VMAXPS       Z28, Z0, Z28
+	VMINPS       Z21, Z14, Z0
+	VMAXPS       Z21, Z14, Z21
+	VMINPS       Z23, Z2, Z14
+	VMAXPS       Z23, Z2, Z23
+	VMINPS       Z22, Z1, Z2
+	VMAXPS       Z22, Z1, Z22
+	VMINPS       Z17, Z12, Z1
+	VMAXPS       Z17, Z12, Z17
+	VMINPS       Z20, Z10, Z12
+	VMAXPS       Z20, Z10, Z20
+	VMINPS       Z19, Z16, Z10
+	VMAXPS       Z19, Z16, Z19
+	VMINPS       Z9, Z15, Z16
+	VMAXPS       Z9, Z15, Z9
+	VMINPS       Z2, Z3, Z15
+	VMAXPS       Z2, Z3, Z2
+	VMINPS       Z28, Z1, Z3
+	VMAXPS       Z28, Z1, Z28
+	VMINPS       Z21, Z12, Z1
+	VMAXPS       Z21, Z12, Z21
+	VMINPS       Z23, Z10, Z12
+	VMAXPS       Z23, Z10, Z23
+	VMINPS       Z22, Z16, Z10
+	VMAXPS       Z22, Z16, Z22
+	VMINPS       Z1, Z2, Z16
+	VMAXPS       Z1, Z2, Z1
+	VMINPS       Z28, Z12, Z2
+	VMAXPS       Z28, Z12, Z28
+	VMINPS       Z21, Z10, Z12
+	VMAXPS       Z21, Z10, Z21
+	VMINPS       Z2, Z1, Z10
+	VMAXPS       Z2, Z1, Z2
+	VMINPS       Z28, Z12, Z1
+	VMAXPS       Z28, Z12, Z28
+	MOVL         $0x3f000000, SI
+	VPBROADCASTD SI, Z12
+	VMULPS       Z12, Z2, Z2
+	VMULPS       Z12, Z1, Z1
+	VADDPS       Z1, Z2, Z2
+	VMOVUPS      Z2, (CX)
+
+	// n=30: 148 of 178 comparators, 30 loads, 0 stores per group
+	ADDQ $0x40, DX
+	ADDQ $0x40, CX
+	DECQ BX
+	JNZ  n30_loop
+	VZEROUPPER
+	RET
+
+n31:
+	MOVQ x_base+48(FP), AX
+	MOVQ tmp_base+24(FP), CX
+	MOVQ dst_base+0(FP), CX
+	MOVQ off+72(FP), DX
+	SHLQ $0x02, DX
+	MOVQ groups+80(FP), BX
+
+n31_loop:
+	MOVQ       (AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       24(AX), SI
+	VMOVUPS    (SI)(DX*1), Z1
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z1, Z0, Z2
+	VMAXPS     Z1, Z0, Z1
+	MOVQ       48(AX), SI
+	VMOVUPS    (SI)(DX*1), Z0
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       72(AX), SI
+	VMOVUPS    (SI)(DX*1), Z3
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z4, Z2, Z0
+	VMAXPS     Z4, Z2, Z4
+	VMINPS     Z3, Z1, Z2
+	VMAXPS     Z3, Z1, Z3
+	VMINPS     Z4, Z2, Z1
+	VMAXPS     Z4, Z2, Z4
+	MOVQ       96(AX), SI
+	VMOVUPS    (SI)(DX*1), Z2
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       120(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z5, Z2, Z6
+	VMAXPS     Z5, Z2, Z5
+	MOVQ       144(AX), SI
+	VMOVUPS    (SI)(DX*1), Z2
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       168(AX), SI
+	VMOVUPS    (SI)(DX*1), Z7
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z7, Z2, Z8
+	VMAXPS     Z7, Z2, Z7
+	VMINPS     Z8, Z6, Z2
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z5, Z6
+	VMAXPS     Z7, Z5, Z7
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z2, Z0, Z6
+	VMAXPS     Z2, Z0, Z2
+	VMINPS     Z5, Z1, Z0
+	VMAXPS     Z5, Z1, Z5
+	VMINPS     Z8, Z4, Z1
+	VMAXPS     Z8, Z4, Z8
+	VMINPS     Z7, Z3, Z4
+	VMAXPS     Z7, Z3, Z7
+	VMINPS     Z2, Z1, Z3
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z5, Z4, Z1
+	VMAXPS     Z5, Z4, Z5
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z2, Z1, Z0
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z8, Z5, Z1
+	VMAXPS     Z8, Z5, Z8
+	MOVQ       192(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       216(AX), SI
+	VMOVUPS    (SI)(DX*1), Z9
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z9, Z5, Z10
+	VMAXPS     Z9, Z5, Z9
+	MOVQ       240(AX), SI
+	VMOVUPS    (SI)(DX*1), Z5
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       264(AX), SI
+	VMOVUPS    (SI)(DX*1), Z11
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z12, Z10, Z5
+	VMAXPS     Z12, Z10, Z12
+	VMINPS     Z11, Z9, Z10
+	VMAXPS     Z11, Z9, Z11
+	VMINPS     Z12, Z10, Z9
+	VMAXPS     Z12, Z10, Z12
+	MOVQ       288(AX), SI
+	VMOVUPS    (SI)(DX*1), Z10
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       312(AX), SI
+	VMOVUPS    (SI)(DX*1), Z13
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z13, Z10, Z14
+	VMAXPS     Z13, Z10, Z13
+	MOVQ       336(AX), SI
+	VMOVUPS    (SI)(DX*1), Z10
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       360(AX), SI
+	VMOVUPS    (SI)(DX*1), Z15
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z15, Z10, Z16
+	VMAXPS     Z15, Z10, Z15
+	VMINPS     Z16, Z14, Z10
+	VMAXPS     Z16, Z14, Z16
+	VMINPS     Z15, Z13, Z14
+	VMAXPS     Z15, Z13, Z15
+	VMINPS     Z16, Z14, Z13
+	VMAXPS     Z16, Z14, Z16
+	VMINPS     Z10, Z5, Z14
+	VMAXPS     Z10, Z5, Z10
+	VMINPS     Z13, Z9, Z5
+	VMAXPS     Z13, Z9, Z13
+	VMINPS     Z16, Z12, Z9
+	VMAXPS     Z16, Z12, Z16
+	VMINPS     Z15, Z11, Z12
+	VMAXPS     Z15, Z11, Z15
+	VMINPS     Z10, Z9, Z11
+	VMAXPS     Z10, Z9, Z10
+	VMINPS     Z13, Z12, Z9
+	VMAXPS     Z13, Z12, Z13
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z10, Z9, Z5
+	VMAXPS     Z10, Z9, Z10
+	VMINPS     Z16, Z13, Z9
+	VMAXPS     Z16, Z13, Z16
+	VMINPS     Z14, Z6, Z13
+	VMAXPS     Z14, Z6, Z14
+	VMINPS     Z12, Z4, Z6
+	VMAXPS     Z12, Z4, Z12
+	VMINPS     Z11, Z3, Z4
+	VMAXPS     Z11, Z3, Z11
+	VMINPS     Z5, Z0, Z3
+	VMAXPS     Z5, Z0, Z5
+	VMINPS     Z10, Z2, Z0
+	VMAXPS     Z10, Z2, Z10
+	VMINPS     Z9, Z1, Z2
+	VMAXPS     Z9, Z1, Z9
+	VMINPS     Z16, Z8, Z1
+	VMAXPS     Z16, Z8, Z16
+	VMINPS     Z15, Z7, Z8
+	VMAXPS     Z15, Z7, Z15
+	VMINPS     Z14, Z0, Z7
+	VMAXPS     Z14, Z0, Z14
+	VMINPS     Z12, Z2, Z0
+	VMAXPS     Z12, Z2, Z12
+	VMINPS     Z11, Z1, Z2
+	VMAXPS     Z11, Z1, Z11
+	VMINPS     Z5, Z8, Z1
+	VMAXPS     Z5, Z8, Z5
+	VMINPS     Z7, Z4, Z8
+	VMAXPS     Z7, Z4, Z7
+	VMINPS     Z0, Z3, Z4
+	VMAXPS     Z0, Z3, Z0
+	VMINPS     Z14, Z2, Z3
+	VMAXPS     Z14, Z2, Z14
+	VMINPS     Z12, Z1, Z2
+	VMAXPS     Z12, Z1, Z12
+	VMINPS     Z10, Z11, Z1
+	VMAXPS     Z10, Z11, Z10
+	VMINPS     Z9, Z5, Z11
+	VMAXPS     Z9, Z5, Z9
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z4, Z6
+	VMAXPS     Z7, Z4, Z7
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z14, Z2, Z0
+	VMAXPS     Z14, Z2, Z14
+	VMINPS     Z1, Z12, Z2
+	VMAXPS     Z1, Z12, Z1
+	VMINPS     Z10, Z11, Z12
+	VMAXPS     Z10, Z11, Z10
+	VMINPS     Z16, Z9, Z11
+	VMAXPS     Z16, Z9, Z16
+	MOVQ       384(AX), SI
+	VMOVUPS    (SI)(DX*1), Z9
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       408(AX), SI
+	VMOVUPS    (SI)(DX*1), Z17
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z17, Z9, Z18
+	VMAXPS     Z17, Z9, Z17
+	MOVQ       432(AX), SI
+	VMOVUPS    (SI)(DX*1), Z9
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       456(AX), SI
+	VMOVUPS    (SI)(DX*1), Z19
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z19, Z9, Z20
+	VMAXPS     Z19, Z9, Z19
+	VMINPS     Z20, Z18, Z9
+	VMAXPS     Z20, Z18, Z20
+	VMINPS     Z19, Z17, Z18
+	VMAXPS     Z19, Z17, Z19
+	VMINPS     Z20, Z18, Z17
+	VMAXPS     Z20, Z18, Z20
+	MOVQ       480(AX), SI
+	VMOVUPS    (SI)(DX*1), Z18
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       504(AX), SI
+	VMOVUPS    (SI)(DX*1), Z21
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z21, Z18, Z22
+	VMAXPS     Z21, Z18, Z21
+	MOVQ       528(AX), SI
+	VMOVUPS    (SI)(DX*1), Z18
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       552(AX), SI
+	VMOVUPS    (SI)(DX*1), Z23
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z23, Z18, Z24
+	VMAXPS     Z23, Z18, Z23
+	VMINPS     Z24, Z22, Z18
+	VMAXPS     Z24, Z22, Z24
+	VMINPS     Z23, Z21, Z22
+	VMAXPS     Z23, Z21, Z23
+	VMINPS     Z24, Z22, Z21
+	VMAXPS     Z24, Z22, Z24
+	VMINPS     Z18, Z9, Z22
+	VMAXPS     Z18, Z9, Z18
+	VMINPS     Z21, Z17, Z9
+	VMAXPS     Z21, Z17, Z21
+	VMINPS     Z24, Z20, Z17
+	VMAXPS     Z24, Z20, Z24
+	VMINPS     Z23, Z19, Z20
+	VMAXPS     Z23, Z19, Z23
+	VMINPS     Z18, Z17, Z19
+	VMAXPS     Z18, Z17, Z18
+	VMINPS     Z21, Z20, Z17
+	VMAXPS     Z21, Z20, Z21
+	VMINPS     Z19, Z9, Z20
+	VMAXPS     Z19, Z9, Z19
+	VMINPS     Z18, Z17, Z9
+	VMAXPS     Z18, Z17, Z18
+	VMINPS     Z24, Z21, Z17
+	VMAXPS     Z24, Z21, Z24
+	MOVQ       576(AX), SI
+	VMOVUPS    (SI)(DX*1), Z21
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       600(AX), SI
+	VMOVUPS    (SI)(DX*1), Z25
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z25, Z21, Z26
+	VMAXPS     Z25, Z21, Z25
+	MOVQ       624(AX), SI
+	VMOVUPS    (SI)(DX*1), Z21
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       648(AX), SI
+	VMOVUPS    (SI)(DX*1), Z27
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z27, Z21, Z28
+	VMAXPS     Z27, Z21, Z27
+	VMINPS     Z28, Z26, Z21
+	VMAXPS     Z28, Z26, Z28
+	VMINPS     Z27, Z25, Z26
+	VMAXPS     Z27, Z25, Z27
+	VMINPS     Z28, Z26, Z25
+	VMAXPS     Z28, Z26, Z28
+	MOVQ       672(AX), SI
+	VMOVUPS    (SI)(DX*1), Z26
+	PREFETCHT0 512(SI)(DX*1)
+	MOVQ       696(AX), SI
+	VMOVUPS    (SI)(DX*1), Z29
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z29, Z26, Z30
+	VMAXPS     Z29, Z26, Z29
+	MOVQ       720(AX), SI
+	VMOVUPS    (SI)(DX*1), Z26
+	PREFETCHT0 512(SI)(DX*1)
+	VMINPS     Z26, Z30, Z31
+	VMAXPS     Z26, Z30, Z26
+	VMINPS     Z26, Z29, Z30
+	VMAXPS     Z26, Z29, Z26
+	VMINPS     Z31, Z21, Z29
+	VMAXPS     Z31, Z21, Z31
+	VMINPS     Z30, Z25, Z21
+	VMAXPS     Z30, Z25, Z30
+	VMINPS     Z26, Z28, Z25
+	VMAXPS     Z26, Z28, Z26
+	VMINPS     Z31, Z25, Z28
+	VMAXPS     Z31, Z25, Z31
+	VMINPS     Z30, Z27, Z25
+	VMAXPS     Z30, Z27, Z30
+	VMINPS     Z28, Z21, Z27
+	VMAXPS     Z28, Z21, Z28
+	VMINPS     Z31, Z25, Z21
+	VMAXPS     Z31, Z25, Z31
+	VMINPS     Z26, Z30, Z25
+	VMAXPS     Z26, Z30, Z26
+	VMINPS     Z29, Z22, Z30
+	VMAXPS     Z29, Z22, Z29
+	VMINPS     Z27, Z20, Z22
+	VMAXPS     Z27, Z20, Z27
+	VMINPS     Z28, Z19, Z20
+	VMAXPS     Z28, Z19, Z28
+	VMINPS     Z21, Z9, Z19
+	VMAXPS     Z21, Z9, Z21
+	VMINPS     Z31, Z18, Z9
+	VMAXPS     Z31, Z18, Z31
+	VMINPS     Z25, Z17, Z18
+	VMAXPS     Z25, Z17, Z25
+	VMINPS     Z26, Z24, Z17
+	VMAXPS     Z26, Z24, Z26
+	VMINPS     Z29, Z9, Z24
+	VMAXPS     Z29, Z9, Z29
+	VMINPS     Z27, Z18, Z9
+	VMAXPS     Z27, Z18, Z27
+	VMINPS     Z28, Z17, Z18
+	VMAXPS     Z28, Z17, Z28
+	VMINPS     Z21, Z23, Z17
+	VMAXPS     Z21, Z23, Z21
+	VMINPS     Z24, Z20, Z23
+	VMAXPS     Z24, Z20, Z24
+	VMINPS     Z9, Z19, Z20
+	VMAXPS     Z9, Z19, Z9
+	VMINPS     Z29, Z18, Z19
+	VMAXPS     Z29, Z18, Z29
+	VMINPS     Z27, Z17, Z18
+	VMAXPS     Z27, Z17, Z27
+	VMINPS     Z31, Z28, Z17
+	VMAXPS     Z31, Z28, Z31
+	VMINPS     Z25, Z21, Z28
+	VMAXPS     Z25, Z21, Z25
+	VMINPS     Z23, Z22, Z21
+	VMAXPS     Z23, Z22, Z23
+	VMINPS     Z24, Z20, Z22
+	VMAXPS     Z24, Z20, Z24
+	VMINPS     Z19, Z9, Z20
+	VMAXPS     Z19, Z9, Z19
+	VMINPS     Z29, Z18, Z9
+	VMAXPS     Z29, Z18, Z29
+	VMINPS     Z17, Z27, Z18
+	VMAXPS     Z17, Z27, Z17
+	VMINPS     Z31, Z28, Z27
+	VMAXPS     Z31, Z28, Z31
+	VMINPS     Z26, Z25, Z28
+	VMAXPS     Z26, Z25, Z26
+	VMINPS     Z30, Z13, Z25
+	VMAXPS     Z30, Z13, Z30
+	VMINPS     Z21, Z5, Z13
+	VMAXPS     Z21, Z5, Z21
+	VMINPS     Z23, Z8, Z5
+	VMAXPS     Z23, Z8, Z23
+	VMINPS     Z22, Z6, Z8
+	VMAXPS     Z22, Z6, Z22
+	VMINPS     Z24, Z7, Z6
+	VMAXPS     Z24, Z7, Z24
+	VMINPS     Z20, Z4, Z7
+	VMAXPS     Z20, Z4, Z20
+	VMINPS     Z19, Z3, Z4
+	VMAXPS     Z19, Z3, Z19
+	VMINPS     Z9, Z0, Z3
+	VMAXPS     Z9, Z0, Z9
+	VMINPS     Z29, Z14, Z0
+	VMAXPS     Z29, Z14, Z29
+	VMINPS     Z18, Z2, Z14
+	VMAXPS     Z18, Z2, Z18
+	VMINPS     Z17, Z1, Z2
+	VMAXPS     Z17, Z1, Z17
+	VMINPS     Z27, Z12, Z1
+	VMAXPS     Z27, Z12, Z27
+	VMINPS     Z31, Z10, Z12
+	VMAXPS     Z31, Z10, Z31
+	VMINPS     Z28, Z11, Z10
+	VMAXPS     Z28, Z11, Z28
+	VMINPS     Z26, Z16, Z11
+	VMAXPS     Z26, Z16, Z26
+	VMINPS     Z30, Z0, Z16
+	VMAXPS     Z30, Z0, Z30
+	VMINPS     Z21, Z14, Z0
+	VMAXPS     Z21, Z14, Z21
+	VMINPS     Z23, Z2, Z14
+	VMAXPS     Z23, Z2, Z23
+	VMINPS     Z22, Z1, Z2
+	VMAXPS     Z22, Z1, Z22
+	VMINPS     Z24, Z12, Z1
+	VMAXPS     Z24, Z12, Z24
+	VMINPS     Z20, Z10, Z12
+	VMAXPS     Z20, Z10, Z20
+	VMINPS     Z19, Z11, Z10
+	VMAXPS     Z19, Z11, Z19
+	VMINPS     Z9, Z15, Z11
+	VMAXPS     Z9, Z15, Z9
+	VMINPS     Z30, Z1, Z15
+	VMAXPS     Z30, Z1, Z30
+	VMINPS     Z21, Z12, Z1
+	VMAXPS     Z21, Z12, Z21
+	VMINPS     Z23, Z10, Z12
+	VMAXPS     Z23, Z10, Z23
+	VMINPS     Z22, Z11, Z10
+	VMAXPS     Z22, Z11, Z22
+	VMINPS     Z30, Z12, Z11
+	VMAXPS     Z30, Z12, Z30
+	VMINPS     Z21, Z10, Z12
+	VMAXPS     Z21, Z10, Z21
+	VMINPS     Z30, Z12, Z10
+	VMAXPS     Z30, Z12, Z30
+	VMOVUPS    Z10, (CX)
+
+	// n=31: 152 of 186 comparators, 31 loads, 0 stores per group
+	ADDQ $0x40, DX
+	ADDQ $0x40, CX
+	DECQ BX
+	JNZ  n31_loop
+	VZEROUPPER
+	RET
+
+n32:
+	MOVQ x_base+48(FP), AX
+	MOVQ tmp_base+24(FP), CX
+	MOVQ dst_base+0(FP), DX
+	MOVQ off+72(FP), BX
+	SHLQ $0x02, BX
+	MOVQ groups+80(FP), SI
+
+n32_loop:
+	MOVQ         (AX), DI
+	VMOVUPS      (DI)(BX*1), Z0
+	PREFETCHT0   512(DI)(BX*1)
+	MOVQ         24(AX), DI
+	VMOVUPS      (DI)(BX*1), Z1
+	PREFETCHT0   512(DI)(BX*1)
+	VMINPS       Z1, Z0, Z2
+	VMAXPS       Z1, Z0, Z1
+	MOVQ         48(AX), DI
+	VMOVUPS      (DI)(BX*1), Z0
+	PREFETCHT0   512(DI)(BX*1)
+	MOVQ         72(AX), DI
+	VMOVUPS      (DI)(BX*1), Z3
+	PREFETCHT0   512(DI)(BX*1)
+	VMINPS       Z3, Z0, Z4
+	VMAXPS       Z3, Z0, Z3
+	VMINPS       Z4, Z2, Z0
+	VMAXPS       Z4, Z2, Z4
+	VMINPS       Z3, Z1, Z2
+	VMAXPS       Z3, Z1, Z3
+	VMINPS       Z4, Z2, Z1
+	VMAXPS       Z4, Z2, Z4
+	MOVQ         96(AX), DI
+	VMOVUPS      (DI)(BX*1), Z2
+	PREFETCHT0   512(DI)(BX*1)
+	MOVQ         120(AX), DI
+	VMOVUPS      (DI)(BX*1), Z5
+	PREFETCHT0   512(DI)(BX*1)
+	VMINPS       Z5, Z2, Z6
+	VMAXPS       Z5, Z2, Z5
+	MOVQ         144(AX), DI
+	VMOVUPS      (DI)(BX*1), Z2
+	PREFETCHT0   512(DI)(BX*1)
+	MOVQ         168(AX), DI
+	VMOVUPS      (DI)(BX*1), Z7
+	PREFETCHT0   512(DI)(BX*1)
+	VMINPS       Z7, Z2, Z8
+	VMAXPS       Z7, Z2, Z7
+	VMINPS       Z8, Z6, Z2
+	VMAXPS       Z8, Z6, Z8
+	VMINPS       Z7, Z5, Z6
+	VMAXPS       Z7, Z5, Z7
+	VMINPS       Z8, Z6, Z5
+	VMAXPS       Z8, Z6, Z8
+	VMINPS       Z2, Z0, Z6
+	VMAXPS       Z2, Z0, Z2
+	VMINPS       Z5, Z1, Z0
+	VMAXPS       Z5, Z1, Z5
+	VMINPS       Z8, Z4, Z1
+	VMAXPS       Z8, Z4, Z8
+	VMINPS       Z7, Z3, Z4
+	VMAXPS       Z7, Z3, Z7
+	VMINPS       Z2, Z1, Z3
+	VMAXPS       Z2, Z1, Z2
+	VMINPS       Z5, Z4, Z1
+	VMAXPS       Z5, Z4, Z5
+	VMINPS       Z3, Z0, Z4
+	VMAXPS       Z3, Z0, Z3
+	VMINPS       Z2, Z1, Z0
+	VMAXPS       Z2, Z1, Z2
+	VMINPS       Z8, Z5, Z1
+	VMAXPS       Z8, Z5, Z8
+	MOVQ         192(AX), DI
+	VMOVUPS      (DI)(BX*1), Z5
+	PREFETCHT0   512(DI)(BX*1)
+	MOVQ         216(AX), DI
+	VMOVUPS      (DI)(BX*1), Z9
+	PREFETCHT0   512(DI)(BX*1)
+	VMINPS       Z9, Z5, Z10
+	VMAXPS       Z9, Z5, Z9
+	MOVQ         240(AX), DI
+	VMOVUPS      (DI)(BX*1), Z5
+	PREFETCHT0   512(DI)(BX*1)
+	MOVQ         264(AX), DI
+	VMOVUPS      (DI)(BX*1), Z11
+	PREFETCHT0   512(DI)(BX*1)
+	VMINPS       Z11, Z5, Z12
+	VMAXPS       Z11, Z5, Z11
+	VMINPS       Z12, Z10, Z5
+	VMAXPS       Z12, Z10, Z12
+	VMINPS       Z11, Z9, Z10
+	VMAXPS       Z11, Z9, Z11
+	VMINPS       Z12, Z10, Z9
+	VMAXPS       Z12, Z10, Z12
+	MOVQ         288(AX), DI
+	VMOVUPS      (DI)(BX*1), Z10
+	PREFETCHT0   512(DI)(BX*1)
+	MOVQ         312(AX), DI
+	VMOVUPS      (DI)(BX*1), Z13
+	PREFETCHT0   512(DI)(BX*1)
+	VMINPS       Z13, Z10, Z14
+	VMAXPS       Z13, Z10, Z13
+	MOVQ         336(AX), DI
+	VMOVUPS      (DI)(BX*1), Z10
+	PREFETCHT0   512(DI)(BX*1)
+	MOVQ         360(AX), DI
+	VMOVUPS      (DI)(BX*1), Z15
+	PREFETCHT0   512(DI)(BX*1)
+	VMINPS       Z15, Z10, Z16
+	VMAXPS       Z15, Z10, Z15
+	VMINPS       Z16, Z14, Z10
+	VMAXPS       Z16, Z14, Z16
+	VMINPS       Z15, Z13, Z14
+	VMAXPS       Z15, Z13, Z15
+	VMINPS       Z16, Z14, Z13
+	VMAXPS       Z16, Z14, Z16
+	VMINPS       Z10, Z5, Z14
+	VMAXPS       Z10, Z5, Z10
+	VMINPS       Z13, Z9, Z5
+	VMAXPS       Z13, Z9, Z13
+	VMINPS       Z16, Z12, Z9
+	VMAXPS       Z16, Z12, Z16
+	VMINPS       Z15, Z11, Z12
+	VMAXPS       Z15, Z11, Z15
+	VMINPS       Z10, Z9, Z11
+	VMAXPS       Z10, Z9, Z10
+	VMINPS       Z13, Z12, Z9
+	VMAXPS       Z13, Z12, Z13
+	VMINPS       Z11, Z5, Z12
+	VMAXPS       Z11, Z5, Z11
+	VMINPS       Z10, Z9, Z5
+	VMAXPS       Z10, Z9, Z10
+	VMINPS       Z16, Z13, Z9
+	VMAXPS       Z16, Z13, Z16
+	VMINPS       Z14, Z6, Z13
+	VMAXPS       Z14, Z6, Z14
+	VMINPS       Z12, Z4, Z6
+	VMAXPS       Z12, Z4, Z12
+	VMINPS       Z11, Z3, Z4
+	VMAXPS       Z11, Z3, Z11
+	VMINPS       Z5, Z0, Z3
+	VMAXPS       Z5, Z0, Z5
+	VMINPS       Z10, Z2, Z0
+	VMAXPS       Z10, Z2, Z10
+	VMINPS       Z9, Z1, Z2
+	VMAXPS       Z9, Z1, Z9
+	VMINPS       Z16, Z8, Z1
+	VMAXPS       Z16, Z8, Z16
+	VMINPS       Z15, Z7, Z8
+	VMAXPS       Z15, Z7, Z15
+	VMINPS       Z14, Z0, Z7
+	VMAXPS       Z14, Z0, Z14
+	VMINPS       Z12, Z2, Z0
+	VMAXPS       Z12, Z2, Z12
+	VMINPS       Z11, Z1, Z2
+	VMAXPS       Z11, Z1, Z11
+	VMINPS       Z5, Z8, Z1
+	VMAXPS       Z5, Z8, Z5
+	VMINPS       Z7, Z4, Z8
+	VMAXPS       Z7, Z4, Z7
+	VMINPS       Z0, Z3, Z4
+	VMAXPS       Z0, Z3, Z0
+	VMINPS       Z14, Z2, Z3
+	VMAXPS       Z14, Z2, Z14
+	VMINPS       Z12, Z1, Z2
+	VMAXPS       Z12, Z1, Z12
+	VMINPS       Z10, Z11, Z1
+	VMAXPS       Z10, Z11, Z10
+	VMINPS       Z9, Z5, Z11
+	VMAXPS       Z9, Z5, Z9
+	VMINPS       Z8, Z6, Z5
+	VMAXPS       Z8, Z6, Z8
+	VMINPS       Z7, Z4, Z6
+	VMAXPS       Z7, Z4, Z7
+	VMINPS       Z3, Z0, Z4
+	VMAXPS       Z3, Z0, Z3
+	VMINPS       Z14, Z2, Z0
+	VMAXPS       Z14, Z2, Z14
+	VMINPS       Z1, Z12, Z2
+	VMAXPS       Z1, Z12, Z1
+	VMINPS       Z10, Z11, Z12
+	VMAXPS       Z10, Z11, Z10
+	VMINPS       Z16, Z9, Z11
+	VMAXPS       Z16, Z9, Z16
+	MOVQ         384(AX), DI
+	VMOVUPS      (DI)(BX*1), Z9
+	PREFETCHT0   512(DI)(BX*1)
+	MOVQ         408(AX), DI
+	VMOVUPS      (DI)(BX*1), Z17
+	PREFETCHT0   512(DI)(BX*1)
+	VMINPS       Z17, Z9, Z18
+	VMAXPS       Z17, Z9, Z17
+	MOVQ         432(AX), DI
+	VMOVUPS      (DI)(BX*1), Z9
+	PREFETCHT0   512(DI)(BX*1)
+	MOVQ         456(AX), DI
+	VMOVUPS      (DI)(BX*1), Z19
+	PREFETCHT0   512(DI)(BX*1)
+	VMINPS       Z19, Z9, Z20
+	VMAXPS       Z19, Z9, Z19
+	VMINPS       Z20, Z18, Z9
+	VMAXPS       Z20, Z18, Z20
+	VMINPS       Z19, Z17, Z18
+	VMAXPS       Z19, Z17, Z19
+	VMINPS       Z20, Z18, Z17
+	VMAXPS       Z20, Z18, Z20
+	MOVQ         480(AX), DI
+	VMOVUPS      (DI)(BX*1), Z18
+	PREFETCHT0   512(DI)(BX*1)
+	MOVQ         504(AX), DI
+	VMOVUPS      (DI)(BX*1), Z21
+	PREFETCHT0   512(DI)(BX*1)
+	VMINPS       Z21, Z18, Z22
+	VMAXPS       Z21, Z18, Z21
+	MOVQ         528(AX), DI
+	VMOVUPS      (DI)(BX*1), Z18
+	PREFETCHT0   512(DI)(BX*1)
+	MOVQ         552(AX), DI
+	VMOVUPS      (DI)(BX*1), Z23
+	PREFETCHT0   512(DI)(BX*1)
+	VMINPS       Z23, Z18, Z24
+	VMAXPS       Z23, Z18, Z23
+	VMINPS       Z24, Z22, Z18
+	VMAXPS       Z24, Z22, Z24
+	VMINPS       Z23, Z21, Z22
+	VMAXPS       Z23, Z21, Z23
+	VMINPS       Z24, Z22, Z21
+	VMAXPS       Z24, Z22, Z24
+	VMINPS       Z18, Z9, Z22
+	VMAXPS       Z18, Z9, Z18
+	VMINPS       Z21, Z17, Z9
+	VMAXPS       Z21, Z17, Z21
+	VMINPS       Z24, Z20, Z17
+	VMAXPS       Z24, Z20, Z24
+	VMINPS       Z23, Z19, Z20
+	VMAXPS       Z23, Z19, Z23
+	VMINPS       Z18, Z17, Z19
+	VMAXPS       Z18, Z17, Z18
+	VMINPS       Z21, Z20, Z17
+	VMAXPS       Z21, Z20, Z21
+	VMINPS       Z19, Z9, Z20
+	VMAXPS       Z19, Z9, Z19
+	VMINPS       Z18, Z17, Z9
+	VMAXPS       Z18, Z17, Z18
+	VMINPS       Z24, Z21, Z17
+	VMAXPS       Z24, Z21, Z24
+	MOVQ         576(AX), DI
+	VMOVUPS      (DI)(BX*1), Z21
+	PREFETCHT0   512(DI)(BX*1)
+	MOVQ         600(AX), DI
+	VMOVUPS      (DI)(BX*1), Z25
+	PREFETCHT0   512(DI)(BX*1)
+	VMINPS       Z25, Z21, Z26
+	VMAXPS       Z25, Z21, Z25
+	MOVQ         624(AX), DI
+	VMOVUPS      (DI)(BX*1), Z21
+	PREFETCHT0   512(DI)(BX*1)
+	MOVQ         648(AX), DI
+	VMOVUPS      (DI)(BX*1), Z27
+	PREFETCHT0   512(DI)(BX*1)
+	VMINPS       Z27, Z21, Z28
+	VMAXPS       Z27, Z21, Z27
+	VMINPS       Z28, Z26, Z21
+	VMAXPS       Z28, Z26, Z28
+	VMINPS       Z27, Z25, Z26
+	VMAXPS       Z27, Z25, Z27
+	VMINPS       Z28, Z26, Z25
+	VMAXPS       Z28, Z26, Z28
+	MOVQ         672(AX), DI
+	VMOVUPS      (DI)(BX*1), Z26
+	PREFETCHT0   512(DI)(BX*1)
+	MOVQ         696(AX), DI
+	VMOVUPS      (DI)(BX*1), Z29
+	PREFETCHT0   512(DI)(BX*1)
+	VMINPS       Z29, Z26, Z30
+	VMAXPS       Z29, Z26, Z29
+	MOVQ         720(AX), DI
+	VMOVUPS      (DI)(BX*1), Z26
+	PREFETCHT0   512(DI)(BX*1)
+	MOVQ         744(AX), DI
+	VMOVUPS      (DI)(BX*1), Z31
+	PREFETCHT0   512(DI)(BX*1)
+	VMOVUPS      Z15, 960(CX)
+	VMINPS       Z31, Z26, Z15
+	VMAXPS       Z31, Z26, Z31
+	VMINPS       Z15, Z30, Z26
+	VMAXPS       Z15, Z30, Z15
+	VMINPS       Z31, Z29, Z30
+	VMAXPS       Z31, Z29, Z31
+	VMINPS       Z15, Z30, Z29
+	VMAXPS       Z15, Z30, Z15
+	VMINPS       Z26, Z21, Z30
+	VMAXPS       Z26, Z21, Z26
+	VMINPS       Z29, Z25, Z21
+	VMAXPS       Z29, Z25, Z29
+	VMINPS       Z15, Z28, Z25
+	VMAXPS       Z15, Z28, Z15
+	VMINPS       Z31, Z27, Z28
+	VMAXPS       Z31, Z27, Z31
+	VMINPS       Z26, Z25, Z27
+	VMAXPS       Z26, Z25, Z26
+	VMINPS       Z29, Z28, Z25
+	VMAXPS       Z29, Z28, Z29
+	VMINPS       Z27, Z21, Z28
+	VMAXPS       Z27, Z21, Z27
+	VMINPS       Z26, Z25, Z21
+	VMAXPS       Z26, Z25, Z26
+	VMINPS       Z15, Z29, Z25
+	VMAXPS       Z15, Z29, Z15
+	VMINPS       Z30, Z22, Z29
+	VMAXPS       Z30, Z22, Z30
+	VMINPS       Z28, Z20, Z22
+	VMAXPS       Z28, Z20, Z28
+	VMINPS       Z27, Z19, Z20
+	VMAXPS       Z27, Z19, Z27
+	VMINPS       Z21, Z9, Z19
+	VMAXPS       Z21, Z9, Z21
+	VMINPS       Z26, Z18, Z9
+	VMAXPS       Z26, Z18, Z26
+	VMINPS       Z25, Z17, Z18
+	VMAXPS       Z25, Z17, Z25
+	VMINPS       Z15, Z24, Z17
+	VMAXPS       Z15, Z24, Z15
+	VMINPS       Z31, Z23, Z24
+	VMAXPS       Z31, Z23, Z31
+	VMINPS       Z30, Z9, Z23
+	VMAXPS       Z30, Z9, Z30
+	VMINPS       Z28, Z18, Z9
+	VMAXPS       Z28, Z18, Z28
+	VMINPS       Z27, Z17, Z18
+	VMAXPS       Z27, Z17, Z27
+	VMINPS       Z21, Z24, Z17
+	VMAXPS       Z21, Z24, Z21
+	VMINPS       Z23, Z20, Z24
+	VMAXPS       Z23, Z20, Z23
+	VMINPS       Z9, Z19, Z20
+	VMAXPS       Z9, Z19, Z9
+	VMINPS       Z30, Z18, Z19
+	VMAXPS       Z30, Z18, Z30
+	VMINPS       Z28, Z17, Z18
+	VMAXPS       Z28, Z17, Z28
+	VMINPS       Z26, Z27, Z17
+	VMAXPS       Z26, Z27, Z26
+	VMINPS       Z25, Z21, Z27
+	VMAXPS       Z25, Z21, Z25
+	VMINPS       Z24, Z22, Z21
+	VMAXPS       Z24, Z22, Z24
+	VMINPS       Z23, Z20, Z22
+	VMAXPS       Z23, Z20, Z23
+	VMINPS       Z19, Z9, Z20
+	VMAXPS       Z19, Z9, Z19
+	VMINPS       Z30, Z18, Z9
+	VMAXPS       Z30, Z18, Z30
+	VMINPS       Z17, Z28, Z18
+	VMAXPS       Z17, Z28, Z17
+	VMINPS       Z26, Z27, Z28
+	VMAXPS       Z26, Z27, Z26
+	VMINPS       Z15, Z25, Z27
+	VMAXPS       Z15, Z25, Z15
+	VMINPS       Z29, Z13, Z25
+	VMAXPS       Z29, Z13, Z29
+	VMINPS       Z21, Z5, Z13
+	VMAXPS       Z21, Z5, Z21
+	VMINPS       Z24, Z8, Z5
+	VMAXPS       Z24, Z8, Z24
+	VMINPS       Z22, Z6, Z8
+	VMAXPS       Z22, Z6, Z22
+	VMINPS       Z23, Z7, Z6
+	VMAXPS       Z23, Z7, Z23
+	VMINPS       Z20, Z4, Z7
+	VMAXPS       Z20, Z4, Z20
+	VMINPS       Z19, Z3, Z4
+	VMAXPS       Z19, Z3, Z19
+	VMINPS       Z9, Z0, Z3
+	VMAXPS       Z9, Z0, Z9
+	VMINPS       Z30, Z14, Z0
+	VMAXPS       Z30, Z14, Z30
+	VMINPS       Z18, Z2, Z14
+	VMAXPS       Z18, Z2, Z18
+	VMINPS       Z17, Z1, Z2
+	VMAXPS       Z17, Z1, Z17
+	VMINPS       Z28, Z12, Z1
+	VMAXPS       Z28, Z12, Z28
+	VMINPS       Z26, Z10, Z12
+	VMAXPS       Z26, Z10, Z26
+	VMINPS       Z27, Z11, Z10
+	VMAXPS       Z27, Z11, Z27
+	VMINPS       Z15, Z16, Z11
+	VMAXPS       Z15, Z16, Z15
+	VMINPS       Z29, Z0, Z16
+	VMAXPS       Z29, Z0, Z29
+	VMINPS       Z21, Z14, Z0
+	VMAXPS       Z21, Z14, Z21
+	VMINPS       Z24, Z2, Z14
+	VMAXPS       Z24, Z2, Z24
+	VMINPS       Z22, Z1, Z2
+	VMAXPS       Z22, Z1, Z22
+	VMINPS       Z23, Z12, Z1
+	VMAXPS       Z23, Z12, Z23
+	VMINPS       Z20, Z10, Z12
+	VMAXPS       Z20, Z10, Z20
+	VMINPS       Z19, Z11, Z10
+	VMAXPS       Z19, Z11, Z19
+	VMINPS       Z29, Z1, Z11
+	VMAXPS       Z29, Z1, Z29
+	VMINPS       Z21, Z12, Z1
+	VMAXPS       Z21, Z12, Z21
+	VMINPS       Z24, Z10, Z12
+	VMAXPS       Z24, Z10, Z24
+	VMINPS       Z29, Z12, Z10
+	VMAXPS       Z29, Z12, Z29
+	VMOVUPS      960(CX), Z12
+	VMOVUPS      Z0, 576(CX)
+	VMINPS       Z31, Z12, Z0
+	VMAXPS       Z31, Z12, Z31
+	VMINPS       Z9, Z0, Z12
+	VMAXPS       Z9, Z0, Z9
+	VMINPS       Z22, Z12, Z0
+	VMAXPS       Z22, Z12, Z22
+	VMINPS       Z21, Z0, Z12
+	VMAXPS       Z21, Z0, Z21
+	VMINPS       Z29, Z12, Z0
+	VMAXPS       Z29, Z12, Z29
+	MOVL         $0x3f000000, DI
+	VPBROADCASTD DI, Z12
+	VMULPS       Z12, Z0, Z0
+	VMULPS       Z12, Z29, Z29
+	VADDPS       Z29, Z0, Z0
+	VMOVUPS      Z0, (DX)
+
+	// n=32: 157 of 191 comparators, 33 loads, 2 stores per group
+	ADDQ $0x40, BX
+	ADDQ $0x40, DX
+	DECQ SI
+	JNZ  n32_loop
+	VZEROUPPER
+	RET
+
+// func sortNetF32AVX512(tmp []float32, x [][]byte, off int, groups int, net []uint32)
+// Requires: AVX, AVX512F, MMX+
+TEXT ·sortNetF32AVX512(SB), NOSPLIT, $0-88
+	MOVQ tmp_base+0(FP), AX
+	MOVQ off+48(FP), CX
+	SHLQ $0x02, CX
+	MOVQ groups+56(FP), DX
+
+group:
+	MOVQ x_base+24(FP), BX
+	MOVQ x_len+32(FP), SI
+	MOVQ AX, DI
+
+gather:
+	MOVQ       (BX), R8
+	VMOVUPS    (R8)(CX*1), Z0
+	PREFETCHT0 512(R8)(CX*1)
+	VMOVUPS    Z0, (DI)
+	ADDQ       $0x18, BX
+	ADDQ       $0x40, DI
+	DECQ       SI
+	JNZ        gather
+	MOVQ       net_base+64(FP), BX
+	MOVQ       net_len+72(FP), SI
+	LEAQ       (BX)(SI*4), SI
+	CMPQ       BX, SI
+	JAE        net_done
+
+net_cmp:
+	MOVL    (BX), R8
+	MOVL    4(BX), R9
+	SHLQ    $0x06, R8
+	SHLQ    $0x06, R9
+	VMOVUPS (AX)(R8*1), Z0
+	VMOVUPS (AX)(R9*1), Z1
+	VMINPS  Z1, Z0, Z2
+	VMAXPS  Z1, Z0, Z1
+	VMOVUPS Z2, (AX)(R8*1)
+	VMOVUPS Z1, (AX)(R9*1)
+	ADDQ    $0x08, BX
+	CMPQ    BX, SI
+	JB      net_cmp
+
+net_done:
+	ADDQ $0x40, CX
+	MOVQ DI, AX
+	DECQ DX
+	JNZ  group
+	VZEROUPPER
+	RET
+
+// func medianNetF32AVX512(dst []float32, tmp []float32, x [][]byte, off int, groups int, net []uint32, lo int, hi int)
+// Requires: AVX, AVX512F, MMX+
+TEXT ·medianNetF32AVX512(SB), NOSPLIT, $0-128
+	MOVQ tmp_base+24(FP), AX
+	MOVQ dst_base+0(FP), CX
+	MOVQ off+72(FP), DX
+	SHLQ $0x02, DX
+	MOVQ groups+80(FP), BX
+	MOVQ lo+112(FP), SI
+	SHLQ $0x06, SI
+	MOVQ hi+120(FP), DI
+	SHLQ $0x06, DI
+	MOVL $0x3f000000, R8
+
+group:
+	MOVQ x_base+48(FP), R9
+	MOVQ x_len+56(FP), R10
+	MOVQ AX, R11
+
+gather:
+	MOVQ       (R9), R12
+	VMOVUPS    (R12)(DX*1), Z0
+	PREFETCHT0 512(R12)(DX*1)
+	VMOVUPS    Z0, (R11)
+	ADDQ       $0x18, R9
+	ADDQ       $0x40, R11
+	DECQ       R10
+	JNZ        gather
+	MOVQ       net_base+88(FP), R9
+	MOVQ       net_len+96(FP), R10
+	LEAQ       (R9)(R10*4), R10
+	CMPQ       R9, R10
+	JAE        net_done
+
+net_cmp:
+	MOVL    (R9), R11
+	MOVL    4(R9), R12
+	SHLQ    $0x06, R11
+	SHLQ    $0x06, R12
+	VMOVUPS (AX)(R11*1), Z0
+	VMOVUPS (AX)(R12*1), Z1
+	VMINPS  Z1, Z0, Z2
+	VMAXPS  Z1, Z0, Z1
+	VMOVUPS Z2, (AX)(R11*1)
+	VMOVUPS Z1, (AX)(R12*1)
+	ADDQ    $0x08, R9
+	CMPQ    R9, R10
+	JB      net_cmp
+
+net_done:
+	CMPQ         SI, DI
+	JE           odd
+	VPBROADCASTD R8, Z3
+	VMULPS       (AX)(SI*1), Z3, Z0
+	VMULPS       (AX)(DI*1), Z3, Z1
+	VADDPS       Z1, Z0, Z0
+	JMP          store
+
+odd:
+	VMOVUPS (AX)(SI*1), Z0
+
+store:
+	VMOVUPS Z0, (CX)
+	ADDQ    $0x40, DX
+	ADDQ    $0x40, CX
+	DECQ    BX
+	JNZ     group
+	VZEROUPPER
+	RET
+
+// func trimmedSortedF32AVX512(dst []float32, tmp []float32, n int, k int, c float32)
+// Requires: AVX, AVX512DQ, AVX512F, SSE
+TEXT ·trimmedSortedF32AVX512(SB), NOSPLIT, $0-68
+	MOVQ         dst_base+0(FP), AX
+	MOVQ         tmp_base+24(FP), CX
+	MOVQ         dst_len+8(FP), DX
+	SHRQ         $0x04, DX
+	MOVQ         n+48(FP), BX
+	MOVQ         k+56(FP), SI
+	MOVQ         BX, DI
+	SHLQ         $0x06, DI
+	MOVQ         SI, R8
+	SHLQ         $0x06, R8
+	SUBQ         SI, BX
+	SHLQ         $0x06, BX
+	MOVSS        c+64(FP), X0
+	VBROADCASTSS X0, Z0
+
+loop:
+	VXORPS Z1, Z1, Z1
+	MOVQ   R8, SI
+
+sum:
+	VADDPS  (CX)(SI*1), Z1, Z1
+	ADDQ    $0x40, SI
+	CMPQ    SI, BX
+	JB      sum
+	VDIVPS  Z0, Z1, Z1
+	VMOVUPS Z1, (AX)
+	ADDQ    $0x40, AX
+	ADDQ    DI, CX
+	DECQ    DX
+	JNZ     loop
+	VZEROUPPER
+	RET
+
+// func closestSortedF32AVX512(dst []float32, tmp []float32, n int, beta int, c float32)
+// Requires: AVX, AVX512DQ, AVX512F, SSE
+TEXT ·closestSortedF32AVX512(SB), NOSPLIT, $0-68
+	MOVQ         dst_base+0(FP), AX
+	MOVQ         tmp_base+24(FP), CX
+	MOVQ         dst_len+8(FP), DX
+	SHRQ         $0x04, DX
+	MOVQ         n+48(FP), BX
+	MOVQ         BX, SI
+	SHLQ         $0x06, SI
+	MOVQ         BX, DI
+	SHRQ         $0x01, DI
+	SHLQ         $0x06, DI
+	MOVQ         beta+56(FP), R8
+	MOVQ         BX, R9
+	SUBQ         R8, R9
+	MOVQ         R8, R10
+	SHLQ         $0x06, R10
+	MOVL         $0x3f000000, R11
+	VPBROADCASTD R11, Z0
+	MOVL         $0x3f800000, R11
+	VPBROADCASTD R11, Z1
+	MOVL         $0x7fffffff, R11
+	VPBROADCASTD R11, Z2
+	MOVSS        c+64(FP), X3
+	VBROADCASTSS X3, Z3
+	VCVTSI2SSQ   R8, X4, X4
+	VBROADCASTSS X4, Z4
+	TESTQ        $0x00000001, BX
+	JZ           even
+
+odd_loop:
+	VMOVUPS (CX)(DI*1), Z5
+	VXORPS  Z6, Z6, Z6
+	VXORPS  Z7, Z7, Z7
+	VMOVUPS Z1, Z8
+	MOVQ    CX, R8
+	MOVQ    R9, R11
+	TESTQ   R11, R11
+	JZ      odd_window
+
+odd_start:
+	VSUBPS    (R8), Z5, Z9
+	VANDPS    Z2, Z9, Z9
+	VSUBPS    (R8)(R10*1), Z5, Z10
+	VANDPS    Z2, Z10, Z10
+	VCMPPS    $0x01, Z9, Z10, K1
+	VCMPPS    $0x00, Z9, Z10, K2
+	VADDPS    Z1, Z7, Z9
+	VCMPPS    $0x00, Z8, Z9, K2, K2
+	KORW      K1, K2, K2
+	VBLENDMPS Z8, Z6, K1, Z6
+	VBLENDMPS Z8, Z7, K2, Z7
+	VADDPS    Z1, Z8, Z8
+	ADDQ      $0x40, R8
+	DECQ      R11
+	JNZ       odd_start
+
+odd_window:
+	VADDPS      Z7, Z6, Z6
+	VMULPS      Z0, Z6, Z5
+	VRNDSCALEPS $0x09, Z5, Z5
+	VSUBPS      Z5, Z6, Z6
+	VADDPS      Z4, Z5, Z7
+	VADDPS      Z4, Z6, Z8
+	VXORPS      Z9, Z9, Z9
+	VXORPS      Z10, Z10, Z10
+	VXORPS      Z11, Z11, Z11
+	MOVQ        CX, R8
+	MOVQ        BX, R11
+
+odd_sum:
+	VCMPPS    $0x0d, Z5, Z11, K1
+	VCMPPS    $0x01, Z7, Z11, K1, K1
+	VADDPS    (R8), Z9, K1, Z9
+	VCMPPS    $0x0d, Z6, Z11, K1
+	VCMPPS    $0x01, Z8, Z11, K1, K1
+	VADDPS    (R8), Z10, K1, Z10
+	VADDPS    Z1, Z11, Z11
+	ADDQ      $0x40, R8
+	DECQ      R11
+	JNZ       odd_sum
+	VDIVPS    Z3, Z9, Z9
+	VDIVPS    Z3, Z10, Z10
+	VCMPPS    $0x00, Z6, Z5, K1
+	VMULPS    Z0, Z9, Z5
+	VMULPS    Z0, Z10, Z10
+	VADDPS    Z10, Z5, Z5
+	VBLENDMPS Z9, Z5, K1, Z5
+	VMOVUPS   Z5, (AX)
+	ADDQ      $0x40, AX
+	ADDQ      SI, CX
+	DECQ      DX
+	JNZ       odd_loop
+	VZEROUPPER
+	RET
+
+even:
+even_loop:
+	VMULPS  -64(CX)(DI*1), Z0, Z6
+	VMULPS  (CX)(DI*1), Z0, Z5
+	VADDPS  Z5, Z6, Z5
+	VXORPS  Z6, Z6, Z6
+	VXORPS  Z7, Z7, Z7
+	VMOVUPS Z1, Z8
+	MOVQ    CX, R8
+	MOVQ    R9, R11
+	TESTQ   R11, R11
+	JZ      even_window
+
+even_start:
+	VSUBPS    (R8), Z5, Z9
+	VANDPS    Z2, Z9, Z9
+	VSUBPS    (R8)(R10*1), Z5, Z10
+	VANDPS    Z2, Z10, Z10
+	VCMPPS    $0x01, Z9, Z10, K1
+	VCMPPS    $0x00, Z9, Z10, K2
+	VADDPS    Z1, Z7, Z9
+	VCMPPS    $0x00, Z8, Z9, K2, K2
+	KORW      K1, K2, K2
+	VBLENDMPS Z8, Z6, K1, Z6
+	VBLENDMPS Z8, Z7, K2, Z7
+	VADDPS    Z1, Z8, Z8
+	ADDQ      $0x40, R8
+	DECQ      R11
+	JNZ       even_start
+
+even_window:
+	VADDPS      Z7, Z6, Z6
+	VMULPS      Z0, Z6, Z5
+	VRNDSCALEPS $0x09, Z5, Z5
+	VSUBPS      Z5, Z6, Z6
+	VADDPS      Z4, Z5, Z7
+	VADDPS      Z4, Z6, Z8
+	VXORPS      Z9, Z9, Z9
+	VXORPS      Z10, Z10, Z10
+	VXORPS      Z11, Z11, Z11
+	MOVQ        CX, R8
+	MOVQ        BX, R11
+
+even_sum:
+	VCMPPS    $0x0d, Z5, Z11, K1
+	VCMPPS    $0x01, Z7, Z11, K1, K1
+	VADDPS    (R8), Z9, K1, Z9
+	VCMPPS    $0x0d, Z6, Z11, K1
+	VCMPPS    $0x01, Z8, Z11, K1, K1
+	VADDPS    (R8), Z10, K1, Z10
+	VADDPS    Z1, Z11, Z11
+	ADDQ      $0x40, R8
+	DECQ      R11
+	JNZ       even_sum
+	VDIVPS    Z3, Z9, Z9
+	VDIVPS    Z3, Z10, Z10
+	VCMPPS    $0x00, Z6, Z5, K1
+	VMULPS    Z0, Z9, Z5
+	VMULPS    Z0, Z10, Z10
+	VADDPS    Z10, Z5, Z5
+	VBLENDMPS Z9, Z5, K1, Z5
+	VMOVUPS   Z5, (AX)
+	ADDQ      $0x40, AX
+	ADDQ      SI, CX
+	DECQ      DX
+	JNZ       even_loop
+	VZEROUPPER
+	RET
+
+// func gramPackF32AVX512(tmp []float64, sq []float64, x [][]byte, elems int)
+// Requires: AVX, AVX2, FMA3, MMX+
+TEXT ·gramPackF32AVX512(SB), NOSPLIT, $0-80
+	MOVQ         elems+72(FP), AX
+	MOVQ         x_len+56(FP), CX
+	MOVQ         tmp_base+0(FP), DX
+	MOVQ         AX, BX
+	SHLQ         $0x04, BX
+	MOVQ         CX, BX
+	INCQ         BX
+	ANDQ         $-2, BX
+	IMULQ        AX, BX
+	SHLQ         $0x03, BX
+	ADDQ         DX, BX
+	MOVQ         AX, SI
+	SHLQ         $0x02, SI
+	MOVQ         CX, DI
+	INCQ         DI
+	ANDQ         $-2, DI
+	SHLQ         $0x05, DI
+	VCVTSI2SDQ   CX, X0, X0
+	VBROADCASTSD X0, Y0
+	VXORPD       Y1, Y1, Y1
+	MOVQ         BX, R8
+	XORQ         R9, R9
+
+centre:
+	VXORPD Y2, Y2, Y2
+	VXORPD Y3, Y3, Y3
+	MOVQ   x_base+48(FP), R10
+	MOVQ   CX, R11
+
+centre_in:
+	MOVQ       (R10), R12
+	VCVTPS2PD  (R12)(R9*1), Y4
+	VCVTPS2PD  16(R12)(R9*1), Y5
+	VADDPD     Y4, Y2, Y2
+	VADDPD     Y5, Y3, Y3
+	ADDQ       $0x18, R10
+	DECQ       R11
+	JNZ        centre_in
+	VDIVPD     Y0, Y2, Y2
+	VCVTPD2PSY Y2, X2
+	VCVTPS2PD  X2, Y2
+	VSUBPD     Y2, Y2, Y4
+	VCMPPD     $0x00, Y1, Y4, Y4
+	VANDPD     Y4, Y2, Y2
+	VMOVUPD    Y2, (R8)
+	VDIVPD     Y0, Y3, Y3
+	VCVTPD2PSY Y3, X2
+	VCVTPS2PD  X2, Y3
+	VSUBPD     Y3, Y3, Y2
+	VCMPPD     $0x00, Y1, Y2, Y2
+	VANDPD     Y2, Y3, Y3
+	VMOVUPD    Y3, 32(R8)
+	ADDQ       $0x40, R8
+	ADDQ       $0x20, R9
+	CMPQ       R9, SI
+	JB         centre
+	XORQ       R8, R8
+
+input:
+	MOVQ    x_base+48(FP), R9
+	LEAQ    (R8)(R8*2), R10
+	MOVQ    (R9)(R10*8), R9
+	LEAQ    (R9)(SI*1), R10
+	MOVQ    R8, R11
+	SHRQ    $0x01, R11
+	SHLQ    $0x06, R11
+	ADDQ    DX, R11
+	MOVQ    R8, R12
+	ANDQ    $0x00000001, R12
+	SHLQ    $0x05, R12
+	ADDQ    R12, R11
+	MOVQ    sq_base+24(FP), R12
+	MOVQ    R8, R13
+	SHLQ    $0x05, R13
+	ADDQ    R13, R12
+	VMOVUPD (R12), Y0
+	MOVQ    BX, R13
+
+pack:
+	PREFETCHT1  (R9)(SI*1)
+	VCVTPS2PD   (R9), Y2
+	VFMADD231PD Y2, Y2, Y0
+	VSUBPD      (R13), Y2, Y2
+	VMOVUPD     Y2, (R11)
+	ADDQ        DI, R11
+	VCVTPS2PD   16(R9), Y2
+	VFMADD231PD Y2, Y2, Y0
+	VSUBPD      32(R13), Y2, Y2
+	VMOVUPD     Y2, (R11)
+	ADDQ        DI, R11
+	ADDQ        $0x40, R13
+	ADDQ        $0x20, R9
+	CMPQ        R9, R10
+	JB          pack
+	VMOVUPD     Y0, (R12)
+	INCQ        R8
+	CMPQ        R8, CX
+	JB          input
+	TESTQ       $0x00000001, CX
+	JZ          done
+	MOVQ        CX, BX
+	SHRQ        $0x01, BX
+	SHLQ        $0x06, BX
+	ADDQ        DX, BX
+	ANDQ        $0x00000001, CX
+	SHLQ        $0x05, CX
+	ADDQ        CX, BX
+	SHRQ        $0x02, AX
+
+pad:
+	VMOVUPD Y1, (BX)
+	ADDQ    DI, BX
+	DECQ    AX
+	JNZ     pad
+
+done:
+	VZEROUPPER
+	RET
+
+// func gramTilesAVX512(p []float64, tmp []float64, n int, elems int, r0 int, r1 int)
+// Requires: AVX, AVX512F
+TEXT ·gramTilesAVX512(SB), NOSPLIT, $0-80
+	MOVQ n+48(FP), AX
+	MOVQ AX, CX
+	INCQ CX
+	SHRQ $0x01, CX
+	MOVQ r0+64(FP), DX
+
+rows:
+	MOVQ r1+72(FP), BX
+	CMPQ DX, BX
+	JAE  done
+	MOVQ AX, SI
+	SUBQ DX, SI
+	CMPQ SI, $0x01
+	JE   rows1
+	CMPQ SI, $0x02
+	JE   rows2
+	CMPQ SI, $0x03
+	JE   rows3
+	JMP  rows4
+
+rows1:
+	MOVQ DX, BX
+	SHRQ $0x01, BX
+
+r1_cols:
+	CMPQ BX, CX
+	JAE  nextrows
+	MOVQ CX, SI
+	SUBQ BX, SI
+	CMPQ SI, $0x01
+	JE   tile1x1
+	CMPQ SI, $0x02
+	JE   tile1x2
+	CMPQ SI, $0x03
+	JE   tile1x3
+	CMPQ SI, $0x04
+	JE   tile1x4
+	CMPQ SI, $0x05
+	JE   tile1x5
+	JMP  tile1x6
+
+tile1x1:
+	MOVQ    tmp_base+24(FP), SI
+	MOVQ    n+48(FP), DI
+	INCQ    DI
+	ANDQ    $-2, DI
+	SHLQ    $0x05, DI
+	MOVQ    elems+56(FP), R8
+	SHRQ    $0x02, R8
+	IMULQ   DI, R8
+	LEAQ    (SI)(R8*1), SI
+	NEGQ    R8
+	MOVQ    DX, R9
+	SHRQ    $0x01, R9
+	SHLQ    $0x06, R9
+	ADDQ    SI, R9
+	MOVQ    BX, R10
+	SHLQ    $0x06, R10
+	ADDQ    SI, R10
+	MOVQ    AX, SI
+	INCQ    SI
+	ANDQ    $-2, SI
+	SHLQ    $0x05, SI
+	MOVQ    DX, R11
+	IMULQ   SI, R11
+	MOVQ    BX, R12
+	SHLQ    $0x06, R12
+	ADDQ    R12, R11
+	MOVQ    p_base+0(FP), R12
+	ADDQ    R12, R11
+	LEAQ    (R11)(SI*2), SI
+	VMOVUPD (R11), Z0
+
+t1x1_loop:
+	VBROADCASTF64X4 (R9)(R8*1), Z1
+	VMOVUPD         (R10)(R8*1), Z2
+	VFMADD231PD     Z2, Z1, Z0
+	ADDQ            DI, R8
+	JNZ             t1x1_loop
+	VMOVUPD         Z0, (R11)
+	ADDQ            $0x06, BX
+	JMP             r1_cols
+
+tile1x2:
+	MOVQ    tmp_base+24(FP), SI
+	MOVQ    n+48(FP), DI
+	INCQ    DI
+	ANDQ    $-2, DI
+	SHLQ    $0x05, DI
+	MOVQ    elems+56(FP), R8
+	SHRQ    $0x02, R8
+	IMULQ   DI, R8
+	LEAQ    (SI)(R8*1), SI
+	NEGQ    R8
+	MOVQ    DX, R9
+	SHRQ    $0x01, R9
+	SHLQ    $0x06, R9
+	ADDQ    SI, R9
+	MOVQ    BX, R10
+	SHLQ    $0x06, R10
+	ADDQ    SI, R10
+	MOVQ    AX, SI
+	INCQ    SI
+	ANDQ    $-2, SI
+	SHLQ    $0x05, SI
+	MOVQ    DX, R11
+	IMULQ   SI, R11
+	MOVQ    BX, R12
+	SHLQ    $0x06, R12
+	ADDQ    R12, R11
+	MOVQ    p_base+0(FP), R12
+	ADDQ    R12, R11
+	LEAQ    (R11)(SI*2), SI
+	VMOVUPD (R11), Z0
+	VMOVUPD 64(R11), Z1
+
+t1x2_loop:
+	VBROADCASTF64X4 (R9)(R8*1), Z2
+	VMOVUPD         (R10)(R8*1), Z3
+	VFMADD231PD     Z3, Z2, Z0
+	VMOVUPD         64(R10)(R8*1), Z3
+	VFMADD231PD     Z3, Z2, Z1
+	ADDQ            DI, R8
+	JNZ             t1x2_loop
+	VMOVUPD         Z0, (R11)
+	VMOVUPD         Z1, 64(R11)
+	ADDQ            $0x06, BX
+	JMP             r1_cols
+
+tile1x3:
+	MOVQ    tmp_base+24(FP), SI
+	MOVQ    n+48(FP), DI
+	INCQ    DI
+	ANDQ    $-2, DI
+	SHLQ    $0x05, DI
+	MOVQ    elems+56(FP), R8
+	SHRQ    $0x02, R8
+	IMULQ   DI, R8
+	LEAQ    (SI)(R8*1), SI
+	NEGQ    R8
+	MOVQ    DX, R9
+	SHRQ    $0x01, R9
+	SHLQ    $0x06, R9
+	ADDQ    SI, R9
+	MOVQ    BX, R10
+	SHLQ    $0x06, R10
+	ADDQ    SI, R10
+	MOVQ    AX, SI
+	INCQ    SI
+	ANDQ    $-2, SI
+	SHLQ    $0x05, SI
+	MOVQ    DX, R11
+	IMULQ   SI, R11
+	MOVQ    BX, R12
+	SHLQ    $0x06, R12
+	ADDQ    R12, R11
+	MOVQ    p_base+0(FP), R12
+	ADDQ    R12, R11
+	LEAQ    (R11)(SI*2), SI
+	VMOVUPD (R11), Z0
+	VMOVUPD 64(R11), Z1
+	VMOVUPD 128(R11), Z2
+
+t1x3_loop:
+	VBROADCASTF64X4 (R9)(R8*1), Z3
+	VMOVUPD         (R10)(R8*1), Z4
+	VFMADD231PD     Z4, Z3, Z0
+	VMOVUPD         64(R10)(R8*1), Z4
+	VFMADD231PD     Z4, Z3, Z1
+	VMOVUPD         128(R10)(R8*1), Z4
+	VFMADD231PD     Z4, Z3, Z2
+	ADDQ            DI, R8
+	JNZ             t1x3_loop
+	VMOVUPD         Z0, (R11)
+	VMOVUPD         Z1, 64(R11)
+	VMOVUPD         Z2, 128(R11)
+	ADDQ            $0x06, BX
+	JMP             r1_cols
+
+tile1x4:
+	MOVQ    tmp_base+24(FP), SI
+	MOVQ    n+48(FP), DI
+	INCQ    DI
+	ANDQ    $-2, DI
+	SHLQ    $0x05, DI
+	MOVQ    elems+56(FP), R8
+	SHRQ    $0x02, R8
+	IMULQ   DI, R8
+	LEAQ    (SI)(R8*1), SI
+	NEGQ    R8
+	MOVQ    DX, R9
+	SHRQ    $0x01, R9
+	SHLQ    $0x06, R9
+	ADDQ    SI, R9
+	MOVQ    BX, R10
+	SHLQ    $0x06, R10
+	ADDQ    SI, R10
+	MOVQ    AX, SI
+	INCQ    SI
+	ANDQ    $-2, SI
+	SHLQ    $0x05, SI
+	MOVQ    DX, R11
+	IMULQ   SI, R11
+	MOVQ    BX, R12
+	SHLQ    $0x06, R12
+	ADDQ    R12, R11
+	MOVQ    p_base+0(FP), R12
+	ADDQ    R12, R11
+	LEAQ    (R11)(SI*2), SI
+	VMOVUPD (R11), Z0
+	VMOVUPD 64(R11), Z1
+	VMOVUPD 128(R11), Z2
+	VMOVUPD 192(R11), Z3
+
+t1x4_loop:
+	VBROADCASTF64X4 (R9)(R8*1), Z4
+	VMOVUPD         (R10)(R8*1), Z5
+	VFMADD231PD     Z5, Z4, Z0
+	VMOVUPD         64(R10)(R8*1), Z5
+	VFMADD231PD     Z5, Z4, Z1
+	VMOVUPD         128(R10)(R8*1), Z5
+	VFMADD231PD     Z5, Z4, Z2
+	VMOVUPD         192(R10)(R8*1), Z5
+	VFMADD231PD     Z5, Z4, Z3
+	ADDQ            DI, R8
+	JNZ             t1x4_loop
+	VMOVUPD         Z0, (R11)
+	VMOVUPD         Z1, 64(R11)
+	VMOVUPD         Z2, 128(R11)
+	VMOVUPD         Z3, 192(R11)
+	ADDQ            $0x06, BX
+	JMP             r1_cols
+
+tile1x5:
+	MOVQ    tmp_base+24(FP), SI
+	MOVQ    n+48(FP), DI
+	INCQ    DI
+	ANDQ    $-2, DI
+	SHLQ    $0x05, DI
+	MOVQ    elems+56(FP), R8
+	SHRQ    $0x02, R8
+	IMULQ   DI, R8
+	LEAQ    (SI)(R8*1), SI
+	NEGQ    R8
+	MOVQ    DX, R9
+	SHRQ    $0x01, R9
+	SHLQ    $0x06, R9
+	ADDQ    SI, R9
+	MOVQ    BX, R10
+	SHLQ    $0x06, R10
+	ADDQ    SI, R10
+	MOVQ    AX, SI
+	INCQ    SI
+	ANDQ    $-2, SI
+	SHLQ    $0x05, SI
+	MOVQ    DX, R11
+	IMULQ   SI, R11
+	MOVQ    BX, R12
+	SHLQ    $0x06, R12
+	ADDQ    R12, R11
+	MOVQ    p_base+0(FP), R12
+	ADDQ    R12, R11
+	LEAQ    (R11)(SI*2), SI
+	VMOVUPD (R11), Z0
+	VMOVUPD 64(R11), Z1
+	VMOVUPD 128(R11), Z2
+	VMOVUPD 192(R11), Z3
+	VMOVUPD 256(R11), Z4
+
+t1x5_loop:
+	VBROADCASTF64X4 (R9)(R8*1), Z5
+	VMOVUPD         (R10)(R8*1), Z6
+	VFMADD231PD     Z6, Z5, Z0
+	VMOVUPD         64(R10)(R8*1), Z6
+	VFMADD231PD     Z6, Z5, Z1
+	VMOVUPD         128(R10)(R8*1), Z6
+	VFMADD231PD     Z6, Z5, Z2
+	VMOVUPD         192(R10)(R8*1), Z6
+	VFMADD231PD     Z6, Z5, Z3
+	VMOVUPD         256(R10)(R8*1), Z6
+	VFMADD231PD     Z6, Z5, Z4
+	ADDQ            DI, R8
+	JNZ             t1x5_loop
+	VMOVUPD         Z0, (R11)
+	VMOVUPD         Z1, 64(R11)
+	VMOVUPD         Z2, 128(R11)
+	VMOVUPD         Z3, 192(R11)
+	VMOVUPD         Z4, 256(R11)
+	ADDQ            $0x06, BX
+	JMP             r1_cols
+
+tile1x6:
+	MOVQ    tmp_base+24(FP), SI
+	MOVQ    n+48(FP), DI
+	INCQ    DI
+	ANDQ    $-2, DI
+	SHLQ    $0x05, DI
+	MOVQ    elems+56(FP), R8
+	SHRQ    $0x02, R8
+	IMULQ   DI, R8
+	LEAQ    (SI)(R8*1), SI
+	NEGQ    R8
+	MOVQ    DX, R9
+	SHRQ    $0x01, R9
+	SHLQ    $0x06, R9
+	ADDQ    SI, R9
+	MOVQ    BX, R10
+	SHLQ    $0x06, R10
+	ADDQ    SI, R10
+	MOVQ    AX, SI
+	INCQ    SI
+	ANDQ    $-2, SI
+	SHLQ    $0x05, SI
+	MOVQ    DX, R11
+	IMULQ   SI, R11
+	MOVQ    BX, R12
+	SHLQ    $0x06, R12
+	ADDQ    R12, R11
+	MOVQ    p_base+0(FP), R12
+	ADDQ    R12, R11
+	LEAQ    (R11)(SI*2), SI
+	VMOVUPD (R11), Z0
+	VMOVUPD 64(R11), Z1
+	VMOVUPD 128(R11), Z2
+	VMOVUPD 192(R11), Z3
+	VMOVUPD 256(R11), Z4
+	VMOVUPD 320(R11), Z5
+
+t1x6_loop:
+	VBROADCASTF64X4 (R9)(R8*1), Z6
+	VMOVUPD         (R10)(R8*1), Z7
+	VFMADD231PD     Z7, Z6, Z0
+	VMOVUPD         64(R10)(R8*1), Z7
+	VFMADD231PD     Z7, Z6, Z1
+	VMOVUPD         128(R10)(R8*1), Z7
+	VFMADD231PD     Z7, Z6, Z2
+	VMOVUPD         192(R10)(R8*1), Z7
+	VFMADD231PD     Z7, Z6, Z3
+	VMOVUPD         256(R10)(R8*1), Z7
+	VFMADD231PD     Z7, Z6, Z4
+	VMOVUPD         320(R10)(R8*1), Z7
+	VFMADD231PD     Z7, Z6, Z5
+	ADDQ            DI, R8
+	JNZ             t1x6_loop
+	VMOVUPD         Z0, (R11)
+	VMOVUPD         Z1, 64(R11)
+	VMOVUPD         Z2, 128(R11)
+	VMOVUPD         Z3, 192(R11)
+	VMOVUPD         Z4, 256(R11)
+	VMOVUPD         Z5, 320(R11)
+	ADDQ            $0x06, BX
+	JMP             r1_cols
+
+rows2:
+	MOVQ DX, BX
+	SHRQ $0x01, BX
+
+r2_cols:
+	CMPQ BX, CX
+	JAE  nextrows
+	MOVQ CX, SI
+	SUBQ BX, SI
+	CMPQ SI, $0x01
+	JE   tile2x1
+	CMPQ SI, $0x02
+	JE   tile2x2
+	CMPQ SI, $0x03
+	JE   tile2x3
+	CMPQ SI, $0x04
+	JE   tile2x4
+	CMPQ SI, $0x05
+	JE   tile2x5
+	JMP  tile2x6
+
+tile2x1:
+	MOVQ    tmp_base+24(FP), SI
+	MOVQ    n+48(FP), DI
+	INCQ    DI
+	ANDQ    $-2, DI
+	SHLQ    $0x05, DI
+	MOVQ    elems+56(FP), R8
+	SHRQ    $0x02, R8
+	IMULQ   DI, R8
+	LEAQ    (SI)(R8*1), SI
+	NEGQ    R8
+	MOVQ    DX, R9
+	SHRQ    $0x01, R9
+	SHLQ    $0x06, R9
+	ADDQ    SI, R9
+	MOVQ    BX, R10
+	SHLQ    $0x06, R10
+	ADDQ    SI, R10
+	MOVQ    AX, SI
+	INCQ    SI
+	ANDQ    $-2, SI
+	SHLQ    $0x05, SI
+	MOVQ    DX, R11
+	IMULQ   SI, R11
+	MOVQ    BX, R12
+	SHLQ    $0x06, R12
+	ADDQ    R12, R11
+	MOVQ    p_base+0(FP), R12
+	ADDQ    R12, R11
+	LEAQ    (R11)(SI*2), R12
+	VMOVUPD (R11), Z0
+	VMOVUPD (R11)(SI*1), Z1
+
+t2x1_loop:
+	VBROADCASTF64X4 (R9)(R8*1), Z2
+	VBROADCASTF64X4 32(R9)(R8*1), Z3
+	VMOVUPD         (R10)(R8*1), Z4
+	VFMADD231PD     Z4, Z2, Z0
+	VFMADD231PD     Z4, Z3, Z1
+	ADDQ            DI, R8
+	JNZ             t2x1_loop
+	VMOVUPD         Z0, (R11)
+	VMOVUPD         Z1, (R11)(SI*1)
+	ADDQ            $0x06, BX
+	JMP             r2_cols
+
+tile2x2:
+	MOVQ    tmp_base+24(FP), SI
+	MOVQ    n+48(FP), DI
+	INCQ    DI
+	ANDQ    $-2, DI
+	SHLQ    $0x05, DI
+	MOVQ    elems+56(FP), R8
+	SHRQ    $0x02, R8
+	IMULQ   DI, R8
+	LEAQ    (SI)(R8*1), SI
+	NEGQ    R8
+	MOVQ    DX, R9
+	SHRQ    $0x01, R9
+	SHLQ    $0x06, R9
+	ADDQ    SI, R9
+	MOVQ    BX, R10
+	SHLQ    $0x06, R10
+	ADDQ    SI, R10
+	MOVQ    AX, SI
+	INCQ    SI
+	ANDQ    $-2, SI
+	SHLQ    $0x05, SI
+	MOVQ    DX, R11
+	IMULQ   SI, R11
+	MOVQ    BX, R12
+	SHLQ    $0x06, R12
+	ADDQ    R12, R11
+	MOVQ    p_base+0(FP), R12
+	ADDQ    R12, R11
+	LEAQ    (R11)(SI*2), R12
+	VMOVUPD (R11), Z0
+	VMOVUPD 64(R11), Z1
+	VMOVUPD (R11)(SI*1), Z2
+	VMOVUPD 64(R11)(SI*1), Z3
+
+t2x2_loop:
+	VBROADCASTF64X4 (R9)(R8*1), Z4
+	VBROADCASTF64X4 32(R9)(R8*1), Z5
+	VMOVUPD         (R10)(R8*1), Z6
+	VFMADD231PD     Z6, Z4, Z0
+	VFMADD231PD     Z6, Z5, Z2
+	VMOVUPD         64(R10)(R8*1), Z6
+	VFMADD231PD     Z6, Z4, Z1
+	VFMADD231PD     Z6, Z5, Z3
+	ADDQ            DI, R8
+	JNZ             t2x2_loop
+	VMOVUPD         Z0, (R11)
+	VMOVUPD         Z1, 64(R11)
+	VMOVUPD         Z2, (R11)(SI*1)
+	VMOVUPD         Z3, 64(R11)(SI*1)
+	ADDQ            $0x06, BX
+	JMP             r2_cols
+
+tile2x3:
+	MOVQ    tmp_base+24(FP), SI
+	MOVQ    n+48(FP), DI
+	INCQ    DI
+	ANDQ    $-2, DI
+	SHLQ    $0x05, DI
+	MOVQ    elems+56(FP), R8
+	SHRQ    $0x02, R8
+	IMULQ   DI, R8
+	LEAQ    (SI)(R8*1), SI
+	NEGQ    R8
+	MOVQ    DX, R9
+	SHRQ    $0x01, R9
+	SHLQ    $0x06, R9
+	ADDQ    SI, R9
+	MOVQ    BX, R10
+	SHLQ    $0x06, R10
+	ADDQ    SI, R10
+	MOVQ    AX, SI
+	INCQ    SI
+	ANDQ    $-2, SI
+	SHLQ    $0x05, SI
+	MOVQ    DX, R11
+	IMULQ   SI, R11
+	MOVQ    BX, R12
+	SHLQ    $0x06, R12
+	ADDQ    R12, R11
+	MOVQ    p_base+0(FP), R12
+	ADDQ    R12, R11
+	LEAQ    (R11)(SI*2), R12
+	VMOVUPD (R11), Z0
+	VMOVUPD 64(R11), Z1
+	VMOVUPD 128(R11), Z2
+	VMOVUPD (R11)(SI*1), Z3
+	VMOVUPD 64(R11)(SI*1), Z4
+	VMOVUPD 128(R11)(SI*1), Z5
+
+t2x3_loop:
+	VBROADCASTF64X4 (R9)(R8*1), Z6
+	VBROADCASTF64X4 32(R9)(R8*1), Z7
+	VMOVUPD         (R10)(R8*1), Z8
+	VFMADD231PD     Z8, Z6, Z0
+	VFMADD231PD     Z8, Z7, Z3
+	VMOVUPD         64(R10)(R8*1), Z8
+	VFMADD231PD     Z8, Z6, Z1
+	VFMADD231PD     Z8, Z7, Z4
+	VMOVUPD         128(R10)(R8*1), Z8
+	VFMADD231PD     Z8, Z6, Z2
+	VFMADD231PD     Z8, Z7, Z5
+	ADDQ            DI, R8
+	JNZ             t2x3_loop
+	VMOVUPD         Z0, (R11)
+	VMOVUPD         Z1, 64(R11)
+	VMOVUPD         Z2, 128(R11)
+	VMOVUPD         Z3, (R11)(SI*1)
+	VMOVUPD         Z4, 64(R11)(SI*1)
+	VMOVUPD         Z5, 128(R11)(SI*1)
+	ADDQ            $0x06, BX
+	JMP             r2_cols
+
+tile2x4:
+	MOVQ    tmp_base+24(FP), SI
+	MOVQ    n+48(FP), DI
+	INCQ    DI
+	ANDQ    $-2, DI
+	SHLQ    $0x05, DI
+	MOVQ    elems+56(FP), R8
+	SHRQ    $0x02, R8
+	IMULQ   DI, R8
+	LEAQ    (SI)(R8*1), SI
+	NEGQ    R8
+	MOVQ    DX, R9
+	SHRQ    $0x01, R9
+	SHLQ    $0x06, R9
+	ADDQ    SI, R9
+	MOVQ    BX, R10
+	SHLQ    $0x06, R10
+	ADDQ    SI, R10
+	MOVQ    AX, SI
+	INCQ    SI
+	ANDQ    $-2, SI
+	SHLQ    $0x05, SI
+	MOVQ    DX, R11
+	IMULQ   SI, R11
+	MOVQ    BX, R12
+	SHLQ    $0x06, R12
+	ADDQ    R12, R11
+	MOVQ    p_base+0(FP), R12
+	ADDQ    R12, R11
+	LEAQ    (R11)(SI*2), R12
+	VMOVUPD (R11), Z0
+	VMOVUPD 64(R11), Z1
+	VMOVUPD 128(R11), Z2
+	VMOVUPD 192(R11), Z3
+	VMOVUPD (R11)(SI*1), Z4
+	VMOVUPD 64(R11)(SI*1), Z5
+	VMOVUPD 128(R11)(SI*1), Z6
+	VMOVUPD 192(R11)(SI*1), Z7
+
+t2x4_loop:
+	VBROADCASTF64X4 (R9)(R8*1), Z8
+	VBROADCASTF64X4 32(R9)(R8*1), Z9
+	VMOVUPD         (R10)(R8*1), Z10
+	VFMADD231PD     Z10, Z8, Z0
+	VFMADD231PD     Z10, Z9, Z4
+	VMOVUPD         64(R10)(R8*1), Z10
+	VFMADD231PD     Z10, Z8, Z1
+	VFMADD231PD     Z10, Z9, Z5
+	VMOVUPD         128(R10)(R8*1), Z10
+	VFMADD231PD     Z10, Z8, Z2
+	VFMADD231PD     Z10, Z9, Z6
+	VMOVUPD         192(R10)(R8*1), Z10
+	VFMADD231PD     Z10, Z8, Z3
+	VFMADD231PD     Z10, Z9, Z7
+	ADDQ            DI, R8
+	JNZ             t2x4_loop
+	VMOVUPD         Z0, (R11)
+	VMOVUPD         Z1, 64(R11)
+	VMOVUPD         Z2, 128(R11)
+	VMOVUPD         Z3, 192(R11)
+	VMOVUPD         Z4, (R11)(SI*1)
+	VMOVUPD         Z5, 64(R11)(SI*1)
+	VMOVUPD         Z6, 128(R11)(SI*1)
+	VMOVUPD         Z7, 192(R11)(SI*1)
+	ADDQ            $0x06, BX
+	JMP             r2_cols
+
+tile2x5:
+	MOVQ    tmp_base+24(FP), SI
+	MOVQ    n+48(FP), DI
+	INCQ    DI
+	ANDQ    $-2, DI
+	SHLQ    $0x05, DI
+	MOVQ    elems+56(FP), R8
+	SHRQ    $0x02, R8
+	IMULQ   DI, R8
+	LEAQ    (SI)(R8*1), SI
+	NEGQ    R8
+	MOVQ    DX, R9
+	SHRQ    $0x01, R9
+	SHLQ    $0x06, R9
+	ADDQ    SI, R9
+	MOVQ    BX, R10
+	SHLQ    $0x06, R10
+	ADDQ    SI, R10
+	MOVQ    AX, SI
+	INCQ    SI
+	ANDQ    $-2, SI
+	SHLQ    $0x05, SI
+	MOVQ    DX, R11
+	IMULQ   SI, R11
+	MOVQ    BX, R12
+	SHLQ    $0x06, R12
+	ADDQ    R12, R11
+	MOVQ    p_base+0(FP), R12
+	ADDQ    R12, R11
+	LEAQ    (R11)(SI*2), R12
+	VMOVUPD (R11), Z0
+	VMOVUPD 64(R11), Z1
+	VMOVUPD 128(R11), Z2
+	VMOVUPD 192(R11), Z3
+	VMOVUPD 256(R11), Z4
+	VMOVUPD (R11)(SI*1), Z5
+	VMOVUPD 64(R11)(SI*1), Z6
+	VMOVUPD 128(R11)(SI*1), Z7
+	VMOVUPD 192(R11)(SI*1), Z8
+	VMOVUPD 256(R11)(SI*1), Z9
+
+t2x5_loop:
+	VBROADCASTF64X4 (R9)(R8*1), Z10
+	VBROADCASTF64X4 32(R9)(R8*1), Z11
+	VMOVUPD         (R10)(R8*1), Z12
+	VFMADD231PD     Z12, Z10, Z0
+	VFMADD231PD     Z12, Z11, Z5
+	VMOVUPD         64(R10)(R8*1), Z12
+	VFMADD231PD     Z12, Z10, Z1
+	VFMADD231PD     Z12, Z11, Z6
+	VMOVUPD         128(R10)(R8*1), Z12
+	VFMADD231PD     Z12, Z10, Z2
+	VFMADD231PD     Z12, Z11, Z7
+	VMOVUPD         192(R10)(R8*1), Z12
+	VFMADD231PD     Z12, Z10, Z3
+	VFMADD231PD     Z12, Z11, Z8
+	VMOVUPD         256(R10)(R8*1), Z12
+	VFMADD231PD     Z12, Z10, Z4
+	VFMADD231PD     Z12, Z11, Z9
+	ADDQ            DI, R8
+	JNZ             t2x5_loop
+	VMOVUPD         Z0, (R11)
+	VMOVUPD         Z1, 64(R11)
+	VMOVUPD         Z2, 128(R11)
+	VMOVUPD         Z3, 192(R11)
+	VMOVUPD         Z4, 256(R11)
+	VMOVUPD         Z5, (R11)(SI*1)
+	VMOVUPD         Z6, 64(R11)(SI*1)
+	VMOVUPD         Z7, 128(R11)(SI*1)
+	VMOVUPD         Z8, 192(R11)(SI*1)
+	VMOVUPD         Z9, 256(R11)(SI*1)
+	ADDQ            $0x06, BX
+	JMP             r2_cols
+
+tile2x6:
+	MOVQ    tmp_base+24(FP), SI
+	MOVQ    n+48(FP), DI
+	INCQ    DI
+	ANDQ    $-2, DI
+	SHLQ    $0x05, DI
+	MOVQ    elems+56(FP), R8
+	SHRQ    $0x02, R8
+	IMULQ   DI, R8
+	LEAQ    (SI)(R8*1), SI
+	NEGQ    R8
+	MOVQ    DX, R9
+	SHRQ    $0x01, R9
+	SHLQ    $0x06, R9
+	ADDQ    SI, R9
+	MOVQ    BX, R10
+	SHLQ    $0x06, R10
+	ADDQ    SI, R10
+	MOVQ    AX, SI
+	INCQ    SI
+	ANDQ    $-2, SI
+	SHLQ    $0x05, SI
+	MOVQ    DX, R11
+	IMULQ   SI, R11
+	MOVQ    BX, R12
+	SHLQ    $0x06, R12
+	ADDQ    R12, R11
+	MOVQ    p_base+0(FP), R12
+	ADDQ    R12, R11
+	LEAQ    (R11)(SI*2), R12
+	VMOVUPD (R11), Z0
+	VMOVUPD 64(R11), Z1
+	VMOVUPD 128(R11), Z2
+	VMOVUPD 192(R11), Z3
+	VMOVUPD 256(R11), Z4
+	VMOVUPD 320(R11), Z5
+	VMOVUPD (R11)(SI*1), Z6
+	VMOVUPD 64(R11)(SI*1), Z7
+	VMOVUPD 128(R11)(SI*1), Z8
+	VMOVUPD 192(R11)(SI*1), Z9
+	VMOVUPD 256(R11)(SI*1), Z10
+	VMOVUPD 320(R11)(SI*1), Z11
+
+t2x6_loop:
+	VBROADCASTF64X4 (R9)(R8*1), Z12
+	VBROADCASTF64X4 32(R9)(R8*1), Z13
+	VMOVUPD         (R10)(R8*1), Z14
+	VFMADD231PD     Z14, Z12, Z0
+	VFMADD231PD     Z14, Z13, Z6
+	VMOVUPD         64(R10)(R8*1), Z14
+	VFMADD231PD     Z14, Z12, Z1
+	VFMADD231PD     Z14, Z13, Z7
+	VMOVUPD         128(R10)(R8*1), Z14
+	VFMADD231PD     Z14, Z12, Z2
+	VFMADD231PD     Z14, Z13, Z8
+	VMOVUPD         192(R10)(R8*1), Z14
+	VFMADD231PD     Z14, Z12, Z3
+	VFMADD231PD     Z14, Z13, Z9
+	VMOVUPD         256(R10)(R8*1), Z14
+	VFMADD231PD     Z14, Z12, Z4
+	VFMADD231PD     Z14, Z13, Z10
+	VMOVUPD         320(R10)(R8*1), Z14
+	VFMADD231PD     Z14, Z12, Z5
+	VFMADD231PD     Z14, Z13, Z11
+	ADDQ            DI, R8
+	JNZ             t2x6_loop
+	VMOVUPD         Z0, (R11)
+	VMOVUPD         Z1, 64(R11)
+	VMOVUPD         Z2, 128(R11)
+	VMOVUPD         Z3, 192(R11)
+	VMOVUPD         Z4, 256(R11)
+	VMOVUPD         Z5, 320(R11)
+	VMOVUPD         Z6, (R11)(SI*1)
+	VMOVUPD         Z7, 64(R11)(SI*1)
+	VMOVUPD         Z8, 128(R11)(SI*1)
+	VMOVUPD         Z9, 192(R11)(SI*1)
+	VMOVUPD         Z10, 256(R11)(SI*1)
+	VMOVUPD         Z11, 320(R11)(SI*1)
+	ADDQ            $0x06, BX
+	JMP             r2_cols
+
+rows3:
+	MOVQ DX, BX
+	SHRQ $0x01, BX
+
+r3_cols:
+	CMPQ BX, CX
+	JAE  nextrows
+	MOVQ CX, SI
+	SUBQ BX, SI
+	CMPQ SI, $0x01
+	JE   tile3x1
+	CMPQ SI, $0x02
+	JE   tile3x2
+	CMPQ SI, $0x03
+	JE   tile3x3
+	CMPQ SI, $0x04
+	JE   tile3x4
+	CMPQ SI, $0x05
+	JE   tile3x5
+	JMP  tile3x6
+
+tile3x1:
+	MOVQ    tmp_base+24(FP), SI
+	MOVQ    n+48(FP), DI
+	INCQ    DI
+	ANDQ    $-2, DI
+	SHLQ    $0x05, DI
+	MOVQ    elems+56(FP), R8
+	SHRQ    $0x02, R8
+	IMULQ   DI, R8
+	LEAQ    (SI)(R8*1), SI
+	NEGQ    R8
+	MOVQ    DX, R9
+	SHRQ    $0x01, R9
+	SHLQ    $0x06, R9
+	ADDQ    SI, R9
+	MOVQ    BX, R10
+	SHLQ    $0x06, R10
+	ADDQ    SI, R10
+	MOVQ    AX, SI
+	INCQ    SI
+	ANDQ    $-2, SI
+	SHLQ    $0x05, SI
+	MOVQ    DX, R11
+	IMULQ   SI, R11
+	MOVQ    BX, R12
+	SHLQ    $0x06, R12
+	ADDQ    R12, R11
+	MOVQ    p_base+0(FP), R12
+	ADDQ    R12, R11
+	LEAQ    (R11)(SI*2), R12
+	VMOVUPD (R11), Z0
+	VMOVUPD (R11)(SI*1), Z1
+	VMOVUPD (R12), Z2
+
+t3x1_loop:
+	VBROADCASTF64X4 (R9)(R8*1), Z3
+	VBROADCASTF64X4 32(R9)(R8*1), Z4
+	VBROADCASTF64X4 64(R9)(R8*1), Z5
+	VMOVUPD         (R10)(R8*1), Z6
+	VFMADD231PD     Z6, Z3, Z0
+	VFMADD231PD     Z6, Z4, Z1
+	VFMADD231PD     Z6, Z5, Z2
+	ADDQ            DI, R8
+	JNZ             t3x1_loop
+	VMOVUPD         Z0, (R11)
+	VMOVUPD         Z1, (R11)(SI*1)
+	VMOVUPD         Z2, (R12)
+	ADDQ            $0x06, BX
+	JMP             r3_cols
+
+tile3x2:
+	MOVQ    tmp_base+24(FP), SI
+	MOVQ    n+48(FP), DI
+	INCQ    DI
+	ANDQ    $-2, DI
+	SHLQ    $0x05, DI
+	MOVQ    elems+56(FP), R8
+	SHRQ    $0x02, R8
+	IMULQ   DI, R8
+	LEAQ    (SI)(R8*1), SI
+	NEGQ    R8
+	MOVQ    DX, R9
+	SHRQ    $0x01, R9
+	SHLQ    $0x06, R9
+	ADDQ    SI, R9
+	MOVQ    BX, R10
+	SHLQ    $0x06, R10
+	ADDQ    SI, R10
+	MOVQ    AX, SI
+	INCQ    SI
+	ANDQ    $-2, SI
+	SHLQ    $0x05, SI
+	MOVQ    DX, R11
+	IMULQ   SI, R11
+	MOVQ    BX, R12
+	SHLQ    $0x06, R12
+	ADDQ    R12, R11
+	MOVQ    p_base+0(FP), R12
+	ADDQ    R12, R11
+	LEAQ    (R11)(SI*2), R12
+	VMOVUPD (R11), Z0
+	VMOVUPD 64(R11), Z1
+	VMOVUPD (R11)(SI*1), Z2
+	VMOVUPD 64(R11)(SI*1), Z3
+	VMOVUPD (R12), Z4
+	VMOVUPD 64(R12), Z5
+
+t3x2_loop:
+	VBROADCASTF64X4 (R9)(R8*1), Z6
+	VBROADCASTF64X4 32(R9)(R8*1), Z7
+	VBROADCASTF64X4 64(R9)(R8*1), Z8
+	VMOVUPD         (R10)(R8*1), Z9
+	VFMADD231PD     Z9, Z6, Z0
+	VFMADD231PD     Z9, Z7, Z2
+	VFMADD231PD     Z9, Z8, Z4
+	VMOVUPD         64(R10)(R8*1), Z9
+	VFMADD231PD     Z9, Z6, Z1
+	VFMADD231PD     Z9, Z7, Z3
+	VFMADD231PD     Z9, Z8, Z5
+	ADDQ            DI, R8
+	JNZ             t3x2_loop
+	VMOVUPD         Z0, (R11)
+	VMOVUPD         Z1, 64(R11)
+	VMOVUPD         Z2, (R11)(SI*1)
+	VMOVUPD         Z3, 64(R11)(SI*1)
+	VMOVUPD         Z4, (R12)
+	VMOVUPD         Z5, 64(R12)
+	ADDQ            $0x06, BX
+	JMP             r3_cols
+
+tile3x3:
+	MOVQ    tmp_base+24(FP), SI
+	MOVQ    n+48(FP), DI
+	INCQ    DI
+	ANDQ    $-2, DI
+	SHLQ    $0x05, DI
+	MOVQ    elems+56(FP), R8
+	SHRQ    $0x02, R8
+	IMULQ   DI, R8
+	LEAQ    (SI)(R8*1), SI
+	NEGQ    R8
+	MOVQ    DX, R9
+	SHRQ    $0x01, R9
+	SHLQ    $0x06, R9
+	ADDQ    SI, R9
+	MOVQ    BX, R10
+	SHLQ    $0x06, R10
+	ADDQ    SI, R10
+	MOVQ    AX, SI
+	INCQ    SI
+	ANDQ    $-2, SI
+	SHLQ    $0x05, SI
+	MOVQ    DX, R11
+	IMULQ   SI, R11
+	MOVQ    BX, R12
+	SHLQ    $0x06, R12
+	ADDQ    R12, R11
+	MOVQ    p_base+0(FP), R12
+	ADDQ    R12, R11
+	LEAQ    (R11)(SI*2), R12
+	VMOVUPD (R11), Z0
+	VMOVUPD 64(R11), Z1
+	VMOVUPD 128(R11), Z2
+	VMOVUPD (R11)(SI*1), Z3
+	VMOVUPD 64(R11)(SI*1), Z4
+	VMOVUPD 128(R11)(SI*1), Z5
+	VMOVUPD (R12), Z6
+	VMOVUPD 64(R12), Z7
+	VMOVUPD 128(R12), Z8
+
+t3x3_loop:
+	VBROADCASTF64X4 (R9)(R8*1), Z9
+	VBROADCASTF64X4 32(R9)(R8*1), Z10
+	VBROADCASTF64X4 64(R9)(R8*1), Z11
+	VMOVUPD         (R10)(R8*1), Z12
+	VFMADD231PD     Z12, Z9, Z0
+	VFMADD231PD     Z12, Z10, Z3
+	VFMADD231PD     Z12, Z11, Z6
+	VMOVUPD         64(R10)(R8*1), Z12
+	VFMADD231PD     Z12, Z9, Z1
+	VFMADD231PD     Z12, Z10, Z4
+	VFMADD231PD     Z12, Z11, Z7
+	VMOVUPD         128(R10)(R8*1), Z12
+	VFMADD231PD     Z12, Z9, Z2
+	VFMADD231PD     Z12, Z10, Z5
+	VFMADD231PD     Z12, Z11, Z8
+	ADDQ            DI, R8
+	JNZ             t3x3_loop
+	VMOVUPD         Z0, (R11)
+	VMOVUPD         Z1, 64(R11)
+	VMOVUPD         Z2, 128(R11)
+	VMOVUPD         Z3, (R11)(SI*1)
+	VMOVUPD         Z4, 64(R11)(SI*1)
+	VMOVUPD         Z5, 128(R11)(SI*1)
+	VMOVUPD         Z6, (R12)
+	VMOVUPD         Z7, 64(R12)
+	VMOVUPD         Z8, 128(R12)
+	ADDQ            $0x06, BX
+	JMP             r3_cols
+
+tile3x4:
+	MOVQ    tmp_base+24(FP), SI
+	MOVQ    n+48(FP), DI
+	INCQ    DI
+	ANDQ    $-2, DI
+	SHLQ    $0x05, DI
+	MOVQ    elems+56(FP), R8
+	SHRQ    $0x02, R8
+	IMULQ   DI, R8
+	LEAQ    (SI)(R8*1), SI
+	NEGQ    R8
+	MOVQ    DX, R9
+	SHRQ    $0x01, R9
+	SHLQ    $0x06, R9
+	ADDQ    SI, R9
+	MOVQ    BX, R10
+	SHLQ    $0x06, R10
+	ADDQ    SI, R10
+	MOVQ    AX, SI
+	INCQ    SI
+	ANDQ    $-2, SI
+	SHLQ    $0x05, SI
+	MOVQ    DX, R11
+	IMULQ   SI, R11
+	MOVQ    BX, R12
+	SHLQ    $0x06, R12
+	ADDQ    R12, R11
+	MOVQ    p_base+0(FP), R12
+	ADDQ    R12, R11
+	LEAQ    (R11)(SI*2), R12
+	VMOVUPD (R11), Z0
+	VMOVUPD 64(R11), Z1
+	VMOVUPD 128(R11), Z2
+	VMOVUPD 192(R11), Z3
+	VMOVUPD (R11)(SI*1), Z4
+	VMOVUPD 64(R11)(SI*1), Z5
+	VMOVUPD 128(R11)(SI*1), Z6
+	VMOVUPD 192(R11)(SI*1), Z7
+	VMOVUPD (R12), Z8
+	VMOVUPD 64(R12), Z9
+	VMOVUPD 128(R12), Z10
+	VMOVUPD 192(R12), Z11
+
+t3x4_loop:
+	VBROADCASTF64X4 (R9)(R8*1), Z12
+	VBROADCASTF64X4 32(R9)(R8*1), Z13
+	VBROADCASTF64X4 64(R9)(R8*1), Z14
+	VMOVUPD         (R10)(R8*1), Z15
+	VFMADD231PD     Z15, Z12, Z0
+	VFMADD231PD     Z15, Z13, Z4
+	VFMADD231PD     Z15, Z14, Z8
+	VMOVUPD         64(R10)(R8*1), Z15
+	VFMADD231PD     Z15, Z12, Z1
+	VFMADD231PD     Z15, Z13, Z5
+	VFMADD231PD     Z15, Z14, Z9
+	VMOVUPD         128(R10)(R8*1), Z15
+	VFMADD231PD     Z15, Z12, Z2
+	VFMADD231PD     Z15, Z13, Z6
+	VFMADD231PD     Z15, Z14, Z10
+	VMOVUPD         192(R10)(R8*1), Z15
+	VFMADD231PD     Z15, Z12, Z3
+	VFMADD231PD     Z15, Z13, Z7
+	VFMADD231PD     Z15, Z14, Z11
+	ADDQ            DI, R8
+	JNZ             t3x4_loop
+	VMOVUPD         Z0, (R11)
+	VMOVUPD         Z1, 64(R11)
+	VMOVUPD         Z2, 128(R11)
+	VMOVUPD         Z3, 192(R11)
+	VMOVUPD         Z4, (R11)(SI*1)
+	VMOVUPD         Z5, 64(R11)(SI*1)
+	VMOVUPD         Z6, 128(R11)(SI*1)
+	VMOVUPD         Z7, 192(R11)(SI*1)
+	VMOVUPD         Z8, (R12)
+	VMOVUPD         Z9, 64(R12)
+	VMOVUPD         Z10, 128(R12)
+	VMOVUPD         Z11, 192(R12)
+	ADDQ            $0x06, BX
+	JMP             r3_cols
+
+tile3x5:
+	MOVQ    tmp_base+24(FP), SI
+	MOVQ    n+48(FP), DI
+	INCQ    DI
+	ANDQ    $-2, DI
+	SHLQ    $0x05, DI
+	MOVQ    elems+56(FP), R8
+	SHRQ    $0x02, R8
+	IMULQ   DI, R8
+	LEAQ    (SI)(R8*1), SI
+	NEGQ    R8
+	MOVQ    DX, R9
+	SHRQ    $0x01, R9
+	SHLQ    $0x06, R9
+	ADDQ    SI, R9
+	MOVQ    BX, R10
+	SHLQ    $0x06, R10
+	ADDQ    SI, R10
+	MOVQ    AX, SI
+	INCQ    SI
+	ANDQ    $-2, SI
+	SHLQ    $0x05, SI
+	MOVQ    DX, R11
+	IMULQ   SI, R11
+	MOVQ    BX, R12
+	SHLQ    $0x06, R12
+	ADDQ    R12, R11
+	MOVQ    p_base+0(FP), R12
+	ADDQ    R12, R11
+	LEAQ    (R11)(SI*2), R12
+	VMOVUPD (R11), Z0
+	VMOVUPD 64(R11), Z1
+	VMOVUPD 128(R11), Z2
+	VMOVUPD 192(R11), Z3
+	VMOVUPD 256(R11), Z4
+	VMOVUPD (R11)(SI*1), Z5
+	VMOVUPD 64(R11)(SI*1), Z6
+	VMOVUPD 128(R11)(SI*1), Z7
+	VMOVUPD 192(R11)(SI*1), Z8
+	VMOVUPD 256(R11)(SI*1), Z9
+	VMOVUPD (R12), Z10
+	VMOVUPD 64(R12), Z11
+	VMOVUPD 128(R12), Z12
+	VMOVUPD 192(R12), Z13
+	VMOVUPD 256(R12), Z14
+
+t3x5_loop:
+	VBROADCASTF64X4 (R9)(R8*1), Z15
+	VBROADCASTF64X4 32(R9)(R8*1), Z16
+	VBROADCASTF64X4 64(R9)(R8*1), Z17
+	VMOVUPD         (R10)(R8*1), Z18
+	VFMADD231PD     Z18, Z15, Z0
+	VFMADD231PD     Z18, Z16, Z5
+	VFMADD231PD     Z18, Z17, Z10
+	VMOVUPD         64(R10)(R8*1), Z18
+	VFMADD231PD     Z18, Z15, Z1
+	VFMADD231PD     Z18, Z16, Z6
+	VFMADD231PD     Z18, Z17, Z11
+	VMOVUPD         128(R10)(R8*1), Z18
+	VFMADD231PD     Z18, Z15, Z2
+	VFMADD231PD     Z18, Z16, Z7
+	VFMADD231PD     Z18, Z17, Z12
+	VMOVUPD         192(R10)(R8*1), Z18
+	VFMADD231PD     Z18, Z15, Z3
+	VFMADD231PD     Z18, Z16, Z8
+	VFMADD231PD     Z18, Z17, Z13
+	VMOVUPD         256(R10)(R8*1), Z18
+	VFMADD231PD     Z18, Z15, Z4
+	VFMADD231PD     Z18, Z16, Z9
+	VFMADD231PD     Z18, Z17, Z14
+	ADDQ            DI, R8
+	JNZ             t3x5_loop
+	VMOVUPD         Z0, (R11)
+	VMOVUPD         Z1, 64(R11)
+	VMOVUPD         Z2, 128(R11)
+	VMOVUPD         Z3, 192(R11)
+	VMOVUPD         Z4, 256(R11)
+	VMOVUPD         Z5, (R11)(SI*1)
+	VMOVUPD         Z6, 64(R11)(SI*1)
+	VMOVUPD         Z7, 128(R11)(SI*1)
+	VMOVUPD         Z8, 192(R11)(SI*1)
+	VMOVUPD         Z9, 256(R11)(SI*1)
+	VMOVUPD         Z10, (R12)
+	VMOVUPD         Z11, 64(R12)
+	VMOVUPD         Z12, 128(R12)
+	VMOVUPD         Z13, 192(R12)
+	VMOVUPD         Z14, 256(R12)
+	ADDQ            $0x06, BX
+	JMP             r3_cols
+
+tile3x6:
+	MOVQ    tmp_base+24(FP), SI
+	MOVQ    n+48(FP), DI
+	INCQ    DI
+	ANDQ    $-2, DI
+	SHLQ    $0x05, DI
+	MOVQ    elems+56(FP), R8
+	SHRQ    $0x02, R8
+	IMULQ   DI, R8
+	LEAQ    (SI)(R8*1), SI
+	NEGQ    R8
+	MOVQ    DX, R9
+	SHRQ    $0x01, R9
+	SHLQ    $0x06, R9
+	ADDQ    SI, R9
+	MOVQ    BX, R10
+	SHLQ    $0x06, R10
+	ADDQ    SI, R10
+	MOVQ    AX, SI
+	INCQ    SI
+	ANDQ    $-2, SI
+	SHLQ    $0x05, SI
+	MOVQ    DX, R11
+	IMULQ   SI, R11
+	MOVQ    BX, R12
+	SHLQ    $0x06, R12
+	ADDQ    R12, R11
+	MOVQ    p_base+0(FP), R12
+	ADDQ    R12, R11
+	LEAQ    (R11)(SI*2), R12
+	VMOVUPD (R11), Z0
+	VMOVUPD 64(R11), Z1
+	VMOVUPD 128(R11), Z2
+	VMOVUPD 192(R11), Z3
+	VMOVUPD 256(R11), Z4
+	VMOVUPD 320(R11), Z5
+	VMOVUPD (R11)(SI*1), Z6
+	VMOVUPD 64(R11)(SI*1), Z7
+	VMOVUPD 128(R11)(SI*1), Z8
+	VMOVUPD 192(R11)(SI*1), Z9
+	VMOVUPD 256(R11)(SI*1), Z10
+	VMOVUPD 320(R11)(SI*1), Z11
+	VMOVUPD (R12), Z12
+	VMOVUPD 64(R12), Z13
+	VMOVUPD 128(R12), Z14
+	VMOVUPD 192(R12), Z15
+	VMOVUPD 256(R12), Z16
+	VMOVUPD 320(R12), Z17
+
+t3x6_loop:
+	VBROADCASTF64X4 (R9)(R8*1), Z18
+	VBROADCASTF64X4 32(R9)(R8*1), Z19
+	VBROADCASTF64X4 64(R9)(R8*1), Z20
+	VMOVUPD         (R10)(R8*1), Z21
+	VFMADD231PD     Z21, Z18, Z0
+	VFMADD231PD     Z21, Z19, Z6
+	VFMADD231PD     Z21, Z20, Z12
+	VMOVUPD         64(R10)(R8*1), Z21
+	VFMADD231PD     Z21, Z18, Z1
+	VFMADD231PD     Z21, Z19, Z7
+	VFMADD231PD     Z21, Z20, Z13
+	VMOVUPD         128(R10)(R8*1), Z21
+	VFMADD231PD     Z21, Z18, Z2
+	VFMADD231PD     Z21, Z19, Z8
+	VFMADD231PD     Z21, Z20, Z14
+	VMOVUPD         192(R10)(R8*1), Z21
+	VFMADD231PD     Z21, Z18, Z3
+	VFMADD231PD     Z21, Z19, Z9
+	VFMADD231PD     Z21, Z20, Z15
+	VMOVUPD         256(R10)(R8*1), Z21
+	VFMADD231PD     Z21, Z18, Z4
+	VFMADD231PD     Z21, Z19, Z10
+	VFMADD231PD     Z21, Z20, Z16
+	VMOVUPD         320(R10)(R8*1), Z21
+	VFMADD231PD     Z21, Z18, Z5
+	VFMADD231PD     Z21, Z19, Z11
+	VFMADD231PD     Z21, Z20, Z17
+	ADDQ            DI, R8
+	JNZ             t3x6_loop
+	VMOVUPD         Z0, (R11)
+	VMOVUPD         Z1, 64(R11)
+	VMOVUPD         Z2, 128(R11)
+	VMOVUPD         Z3, 192(R11)
+	VMOVUPD         Z4, 256(R11)
+	VMOVUPD         Z5, 320(R11)
+	VMOVUPD         Z6, (R11)(SI*1)
+	VMOVUPD         Z7, 64(R11)(SI*1)
+	VMOVUPD         Z8, 128(R11)(SI*1)
+	VMOVUPD         Z9, 192(R11)(SI*1)
+	VMOVUPD         Z10, 256(R11)(SI*1)
+	VMOVUPD         Z11, 320(R11)(SI*1)
+	VMOVUPD         Z12, (R12)
+	VMOVUPD         Z13, 64(R12)
+	VMOVUPD         Z14, 128(R12)
+	VMOVUPD         Z15, 192(R12)
+	VMOVUPD         Z16, 256(R12)
+	VMOVUPD         Z17, 320(R12)
+	ADDQ            $0x06, BX
+	JMP             r3_cols
+
+rows4:
+	MOVQ DX, BX
+	SHRQ $0x01, BX
+
+r4_cols:
+	CMPQ BX, CX
+	JAE  nextrows
+	MOVQ CX, SI
+	SUBQ BX, SI
+	CMPQ SI, $0x01
+	JE   tile4x1
+	CMPQ SI, $0x02
+	JE   tile4x2
+	CMPQ SI, $0x03
+	JE   tile4x3
+	CMPQ SI, $0x04
+	JE   tile4x4
+	CMPQ SI, $0x05
+	JE   tile4x5
+	JMP  tile4x6
+
+tile4x1:
+	MOVQ    tmp_base+24(FP), SI
+	MOVQ    n+48(FP), DI
+	INCQ    DI
+	ANDQ    $-2, DI
+	SHLQ    $0x05, DI
+	MOVQ    elems+56(FP), R8
+	SHRQ    $0x02, R8
+	IMULQ   DI, R8
+	LEAQ    (SI)(R8*1), SI
+	NEGQ    R8
+	MOVQ    DX, R9
+	SHRQ    $0x01, R9
+	SHLQ    $0x06, R9
+	ADDQ    SI, R9
+	MOVQ    BX, R10
+	SHLQ    $0x06, R10
+	ADDQ    SI, R10
+	MOVQ    AX, SI
+	INCQ    SI
+	ANDQ    $-2, SI
+	SHLQ    $0x05, SI
+	MOVQ    DX, R11
+	IMULQ   SI, R11
+	MOVQ    BX, R12
+	SHLQ    $0x06, R12
+	ADDQ    R12, R11
+	MOVQ    p_base+0(FP), R12
+	ADDQ    R12, R11
+	LEAQ    (R11)(SI*2), R12
+	VMOVUPD (R11), Z0
+	VMOVUPD (R11)(SI*1), Z1
+	VMOVUPD (R12), Z2
+	VMOVUPD (R12)(SI*1), Z3
+
+t4x1_loop:
+	VBROADCASTF64X4 (R9)(R8*1), Z4
+	VBROADCASTF64X4 32(R9)(R8*1), Z5
+	VBROADCASTF64X4 64(R9)(R8*1), Z6
+	VBROADCASTF64X4 96(R9)(R8*1), Z7
+	VMOVUPD         (R10)(R8*1), Z8
+	VFMADD231PD     Z8, Z4, Z0
+	VFMADD231PD     Z8, Z5, Z1
+	VFMADD231PD     Z8, Z6, Z2
+	VFMADD231PD     Z8, Z7, Z3
+	ADDQ            DI, R8
+	JNZ             t4x1_loop
+	VMOVUPD         Z0, (R11)
+	VMOVUPD         Z1, (R11)(SI*1)
+	VMOVUPD         Z2, (R12)
+	VMOVUPD         Z3, (R12)(SI*1)
+	ADDQ            $0x06, BX
+	JMP             r4_cols
+
+tile4x2:
+	MOVQ    tmp_base+24(FP), SI
+	MOVQ    n+48(FP), DI
+	INCQ    DI
+	ANDQ    $-2, DI
+	SHLQ    $0x05, DI
+	MOVQ    elems+56(FP), R8
+	SHRQ    $0x02, R8
+	IMULQ   DI, R8
+	LEAQ    (SI)(R8*1), SI
+	NEGQ    R8
+	MOVQ    DX, R9
+	SHRQ    $0x01, R9
+	SHLQ    $0x06, R9
+	ADDQ    SI, R9
+	MOVQ    BX, R10
+	SHLQ    $0x06, R10
+	ADDQ    SI, R10
+	MOVQ    AX, SI
+	INCQ    SI
+	ANDQ    $-2, SI
+	SHLQ    $0x05, SI
+	MOVQ    DX, R11
+	IMULQ   SI, R11
+	MOVQ    BX, R12
+	SHLQ    $0x06, R12
+	ADDQ    R12, R11
+	MOVQ    p_base+0(FP), R12
+	ADDQ    R12, R11
+	LEAQ    (R11)(SI*2), R12
+	VMOVUPD (R11), Z0
+	VMOVUPD 64(R11), Z1
+	VMOVUPD (R11)(SI*1), Z2
+	VMOVUPD 64(R11)(SI*1), Z3
+	VMOVUPD (R12), Z4
+	VMOVUPD 64(R12), Z5
+	VMOVUPD (R12)(SI*1), Z6
+	VMOVUPD 64(R12)(SI*1), Z7
+
+t4x2_loop:
+	VBROADCASTF64X4 (R9)(R8*1), Z8
+	VBROADCASTF64X4 32(R9)(R8*1), Z9
+	VBROADCASTF64X4 64(R9)(R8*1), Z10
+	VBROADCASTF64X4 96(R9)(R8*1), Z11
+	VMOVUPD         (R10)(R8*1), Z12
+	VFMADD231PD     Z12, Z8, Z0
+	VFMADD231PD     Z12, Z9, Z2
+	VFMADD231PD     Z12, Z10, Z4
+	VFMADD231PD     Z12, Z11, Z6
+	VMOVUPD         64(R10)(R8*1), Z12
+	VFMADD231PD     Z12, Z8, Z1
+	VFMADD231PD     Z12, Z9, Z3
+	VFMADD231PD     Z12, Z10, Z5
+	VFMADD231PD     Z12, Z11, Z7
+	ADDQ            DI, R8
+	JNZ             t4x2_loop
+	VMOVUPD         Z0, (R11)
+	VMOVUPD         Z1, 64(R11)
+	VMOVUPD         Z2, (R11)(SI*1)
+	VMOVUPD         Z3, 64(R11)(SI*1)
+	VMOVUPD         Z4, (R12)
+	VMOVUPD         Z5, 64(R12)
+	VMOVUPD         Z6, (R12)(SI*1)
+	VMOVUPD         Z7, 64(R12)(SI*1)
+	ADDQ            $0x06, BX
+	JMP             r4_cols
+
+tile4x3:
+	MOVQ    tmp_base+24(FP), SI
+	MOVQ    n+48(FP), DI
+	INCQ    DI
+	ANDQ    $-2, DI
+	SHLQ    $0x05, DI
+	MOVQ    elems+56(FP), R8
+	SHRQ    $0x02, R8
+	IMULQ   DI, R8
+	LEAQ    (SI)(R8*1), SI
+	NEGQ    R8
+	MOVQ    DX, R9
+	SHRQ    $0x01, R9
+	SHLQ    $0x06, R9
+	ADDQ    SI, R9
+	MOVQ    BX, R10
+	SHLQ    $0x06, R10
+	ADDQ    SI, R10
+	MOVQ    AX, SI
+	INCQ    SI
+	ANDQ    $-2, SI
+	SHLQ    $0x05, SI
+	MOVQ    DX, R11
+	IMULQ   SI, R11
+	MOVQ    BX, R12
+	SHLQ    $0x06, R12
+	ADDQ    R12, R11
+	MOVQ    p_base+0(FP), R12
+	ADDQ    R12, R11
+	LEAQ    (R11)(SI*2), R12
+	VMOVUPD (R11), Z0
+	VMOVUPD 64(R11), Z1
+	VMOVUPD 128(R11), Z2
+	VMOVUPD (R11)(SI*1), Z3
+	VMOVUPD 64(R11)(SI*1), Z4
+	VMOVUPD 128(R11)(SI*1), Z5
+	VMOVUPD (R12), Z6
+	VMOVUPD 64(R12), Z7
+	VMOVUPD 128(R12), Z8
+	VMOVUPD (R12)(SI*1), Z9
+	VMOVUPD 64(R12)(SI*1), Z10
+	VMOVUPD 128(R12)(SI*1), Z11
+
+t4x3_loop:
+	VBROADCASTF64X4 (R9)(R8*1), Z12
+	VBROADCASTF64X4 32(R9)(R8*1), Z13
+	VBROADCASTF64X4 64(R9)(R8*1), Z14
+	VBROADCASTF64X4 96(R9)(R8*1), Z15
+	VMOVUPD         (R10)(R8*1), Z16
+	VFMADD231PD     Z16, Z12, Z0
+	VFMADD231PD     Z16, Z13, Z3
+	VFMADD231PD     Z16, Z14, Z6
+	VFMADD231PD     Z16, Z15, Z9
+	VMOVUPD         64(R10)(R8*1), Z16
+	VFMADD231PD     Z16, Z12, Z1
+	VFMADD231PD     Z16, Z13, Z4
+	VFMADD231PD     Z16, Z14, Z7
+	VFMADD231PD     Z16, Z15, Z10
+	VMOVUPD         128(R10)(R8*1), Z16
+	VFMADD231PD     Z16, Z12, Z2
+	VFMADD231PD     Z16, Z13, Z5
+	VFMADD231PD     Z16, Z14, Z8
+	VFMADD231PD     Z16, Z15, Z11
+	ADDQ            DI, R8
+	JNZ             t4x3_loop
+	VMOVUPD         Z0, (R11)
+	VMOVUPD         Z1, 64(R11)
+	VMOVUPD         Z2, 128(R11)
+	VMOVUPD         Z3, (R11)(SI*1)
+	VMOVUPD         Z4, 64(R11)(SI*1)
+	VMOVUPD         Z5, 128(R11)(SI*1)
+	VMOVUPD         Z6, (R12)
+	VMOVUPD         Z7, 64(R12)
+	VMOVUPD         Z8, 128(R12)
+	VMOVUPD         Z9, (R12)(SI*1)
+	VMOVUPD         Z10, 64(R12)(SI*1)
+	VMOVUPD         Z11, 128(R12)(SI*1)
+	ADDQ            $0x06, BX
+	JMP             r4_cols
+
+tile4x4:
+	MOVQ    tmp_base+24(FP), SI
+	MOVQ    n+48(FP), DI
+	INCQ    DI
+	ANDQ    $-2, DI
+	SHLQ    $0x05, DI
+	MOVQ    elems+56(FP), R8
+	SHRQ    $0x02, R8
+	IMULQ   DI, R8
+	LEAQ    (SI)(R8*1), SI
+	NEGQ    R8
+	MOVQ    DX, R9
+	SHRQ    $0x01, R9
+	SHLQ    $0x06, R9
+	ADDQ    SI, R9
+	MOVQ    BX, R10
+	SHLQ    $0x06, R10
+	ADDQ    SI, R10
+	MOVQ    AX, SI
+	INCQ    SI
+	ANDQ    $-2, SI
+	SHLQ    $0x05, SI
+	MOVQ    DX, R11
+	IMULQ   SI, R11
+	MOVQ    BX, R12
+	SHLQ    $0x06, R12
+	ADDQ    R12, R11
+	MOVQ    p_base+0(FP), R12
+	ADDQ    R12, R11
+	LEAQ    (R11)(SI*2), R12
+	VMOVUPD (R11), Z0
+	VMOVUPD 64(R11), Z1
+	VMOVUPD 128(R11), Z2
+	VMOVUPD 192(R11), Z3
+	VMOVUPD (R11)(SI*1), Z4
+	VMOVUPD 64(R11)(SI*1), Z5
+	VMOVUPD 128(R11)(SI*1), Z6
+	VMOVUPD 192(R11)(SI*1), Z7
+	VMOVUPD (R12), Z8
+	VMOVUPD 64(R12), Z9
+	VMOVUPD 128(R12), Z10
+	VMOVUPD 192(R12), Z11
+	VMOVUPD (R12)(SI*1), Z12
+	VMOVUPD 64(R12)(SI*1), Z13
+	VMOVUPD 128(R12)(SI*1), Z14
+	VMOVUPD 192(R12)(SI*1), Z15
+
+t4x4_loop:
+	VBROADCASTF64X4 (R9)(R8*1), Z16
+	VBROADCASTF64X4 32(R9)(R8*1), Z17
+	VBROADCASTF64X4 64(R9)(R8*1), Z18
+	VBROADCASTF64X4 96(R9)(R8*1), Z19
+	VMOVUPD         (R10)(R8*1), Z20
+	VFMADD231PD     Z20, Z16, Z0
+	VFMADD231PD     Z20, Z17, Z4
+	VFMADD231PD     Z20, Z18, Z8
+	VFMADD231PD     Z20, Z19, Z12
+	VMOVUPD         64(R10)(R8*1), Z20
+	VFMADD231PD     Z20, Z16, Z1
+	VFMADD231PD     Z20, Z17, Z5
+	VFMADD231PD     Z20, Z18, Z9
+	VFMADD231PD     Z20, Z19, Z13
+	VMOVUPD         128(R10)(R8*1), Z20
+	VFMADD231PD     Z20, Z16, Z2
+	VFMADD231PD     Z20, Z17, Z6
+	VFMADD231PD     Z20, Z18, Z10
+	VFMADD231PD     Z20, Z19, Z14
+	VMOVUPD         192(R10)(R8*1), Z20
+	VFMADD231PD     Z20, Z16, Z3
+	VFMADD231PD     Z20, Z17, Z7
+	VFMADD231PD     Z20, Z18, Z11
+	VFMADD231PD     Z20, Z19, Z15
+	ADDQ            DI, R8
+	JNZ             t4x4_loop
+	VMOVUPD         Z0, (R11)
+	VMOVUPD         Z1, 64(R11)
+	VMOVUPD         Z2, 128(R11)
+	VMOVUPD         Z3, 192(R11)
+	VMOVUPD         Z4, (R11)(SI*1)
+	VMOVUPD         Z5, 64(R11)(SI*1)
+	VMOVUPD         Z6, 128(R11)(SI*1)
+	VMOVUPD         Z7, 192(R11)(SI*1)
+	VMOVUPD         Z8, (R12)
+	VMOVUPD         Z9, 64(R12)
+	VMOVUPD         Z10, 128(R12)
+	VMOVUPD         Z11, 192(R12)
+	VMOVUPD         Z12, (R12)(SI*1)
+	VMOVUPD         Z13, 64(R12)(SI*1)
+	VMOVUPD         Z14, 128(R12)(SI*1)
+	VMOVUPD         Z15, 192(R12)(SI*1)
+	ADDQ            $0x06, BX
+	JMP             r4_cols
+
+tile4x5:
+	MOVQ    tmp_base+24(FP), SI
+	MOVQ    n+48(FP), DI
+	INCQ    DI
+	ANDQ    $-2, DI
+	SHLQ    $0x05, DI
+	MOVQ    elems+56(FP), R8
+	SHRQ    $0x02, R8
+	IMULQ   DI, R8
+	LEAQ    (SI)(R8*1), SI
+	NEGQ    R8
+	MOVQ    DX, R9
+	SHRQ    $0x01, R9
+	SHLQ    $0x06, R9
+	ADDQ    SI, R9
+	MOVQ    BX, R10
+	SHLQ    $0x06, R10
+	ADDQ    SI, R10
+	MOVQ    AX, SI
+	INCQ    SI
+	ANDQ    $-2, SI
+	SHLQ    $0x05, SI
+	MOVQ    DX, R11
+	IMULQ   SI, R11
+	MOVQ    BX, R12
+	SHLQ    $0x06, R12
+	ADDQ    R12, R11
+	MOVQ    p_base+0(FP), R12
+	ADDQ    R12, R11
+	LEAQ    (R11)(SI*2), R12
+	VMOVUPD (R11), Z0
+	VMOVUPD 64(R11), Z1
+	VMOVUPD 128(R11), Z2
+	VMOVUPD 192(R11), Z3
+	VMOVUPD 256(R11), Z4
+	VMOVUPD (R11)(SI*1), Z5
+	VMOVUPD 64(R11)(SI*1), Z6
+	VMOVUPD 128(R11)(SI*1), Z7
+	VMOVUPD 192(R11)(SI*1), Z8
+	VMOVUPD 256(R11)(SI*1), Z9
+	VMOVUPD (R12), Z10
+	VMOVUPD 64(R12), Z11
+	VMOVUPD 128(R12), Z12
+	VMOVUPD 192(R12), Z13
+	VMOVUPD 256(R12), Z14
+	VMOVUPD (R12)(SI*1), Z15
+	VMOVUPD 64(R12)(SI*1), Z16
+	VMOVUPD 128(R12)(SI*1), Z17
+	VMOVUPD 192(R12)(SI*1), Z18
+	VMOVUPD 256(R12)(SI*1), Z19
+
+t4x5_loop:
+	VBROADCASTF64X4 (R9)(R8*1), Z20
+	VBROADCASTF64X4 32(R9)(R8*1), Z21
+	VBROADCASTF64X4 64(R9)(R8*1), Z22
+	VBROADCASTF64X4 96(R9)(R8*1), Z23
+	VMOVUPD         (R10)(R8*1), Z24
+	VFMADD231PD     Z24, Z20, Z0
+	VFMADD231PD     Z24, Z21, Z5
+	VFMADD231PD     Z24, Z22, Z10
+	VFMADD231PD     Z24, Z23, Z15
+	VMOVUPD         64(R10)(R8*1), Z24
+	VFMADD231PD     Z24, Z20, Z1
+	VFMADD231PD     Z24, Z21, Z6
+	VFMADD231PD     Z24, Z22, Z11
+	VFMADD231PD     Z24, Z23, Z16
+	VMOVUPD         128(R10)(R8*1), Z24
+	VFMADD231PD     Z24, Z20, Z2
+	VFMADD231PD     Z24, Z21, Z7
+	VFMADD231PD     Z24, Z22, Z12
+	VFMADD231PD     Z24, Z23, Z17
+	VMOVUPD         192(R10)(R8*1), Z24
+	VFMADD231PD     Z24, Z20, Z3
+	VFMADD231PD     Z24, Z21, Z8
+	VFMADD231PD     Z24, Z22, Z13
+	VFMADD231PD     Z24, Z23, Z18
+	VMOVUPD         256(R10)(R8*1), Z24
+	VFMADD231PD     Z24, Z20, Z4
+	VFMADD231PD     Z24, Z21, Z9
+	VFMADD231PD     Z24, Z22, Z14
+	VFMADD231PD     Z24, Z23, Z19
+	ADDQ            DI, R8
+	JNZ             t4x5_loop
+	VMOVUPD         Z0, (R11)
+	VMOVUPD         Z1, 64(R11)
+	VMOVUPD         Z2, 128(R11)
+	VMOVUPD         Z3, 192(R11)
+	VMOVUPD         Z4, 256(R11)
+	VMOVUPD         Z5, (R11)(SI*1)
+	VMOVUPD         Z6, 64(R11)(SI*1)
+	VMOVUPD         Z7, 128(R11)(SI*1)
+	VMOVUPD         Z8, 192(R11)(SI*1)
+	VMOVUPD         Z9, 256(R11)(SI*1)
+	VMOVUPD         Z10, (R12)
+	VMOVUPD         Z11, 64(R12)
+	VMOVUPD         Z12, 128(R12)
+	VMOVUPD         Z13, 192(R12)
+	VMOVUPD         Z14, 256(R12)
+	VMOVUPD         Z15, (R12)(SI*1)
+	VMOVUPD         Z16, 64(R12)(SI*1)
+	VMOVUPD         Z17, 128(R12)(SI*1)
+	VMOVUPD         Z18, 192(R12)(SI*1)
+	VMOVUPD         Z19, 256(R12)(SI*1)
+	ADDQ            $0x06, BX
+	JMP             r4_cols
+
+tile4x6:
+	MOVQ    tmp_base+24(FP), SI
+	MOVQ    n+48(FP), DI
+	INCQ    DI
+	ANDQ    $-2, DI
+	SHLQ    $0x05, DI
+	MOVQ    elems+56(FP), R8
+	SHRQ    $0x02, R8
+	IMULQ   DI, R8
+	LEAQ    (SI)(R8*1), SI
+	NEGQ    R8
+	MOVQ    DX, R9
+	SHRQ    $0x01, R9
+	SHLQ    $0x06, R9
+	ADDQ    SI, R9
+	MOVQ    BX, R10
+	SHLQ    $0x06, R10
+	ADDQ    SI, R10
+	MOVQ    AX, SI
+	INCQ    SI
+	ANDQ    $-2, SI
+	SHLQ    $0x05, SI
+	MOVQ    DX, R11
+	IMULQ   SI, R11
+	MOVQ    BX, R12
+	SHLQ    $0x06, R12
+	ADDQ    R12, R11
+	MOVQ    p_base+0(FP), R12
+	ADDQ    R12, R11
+	LEAQ    (R11)(SI*2), R12
+	VMOVUPD (R11), Z0
+	VMOVUPD 64(R11), Z1
+	VMOVUPD 128(R11), Z2
+	VMOVUPD 192(R11), Z3
+	VMOVUPD 256(R11), Z4
+	VMOVUPD 320(R11), Z5
+	VMOVUPD (R11)(SI*1), Z6
+	VMOVUPD 64(R11)(SI*1), Z7
+	VMOVUPD 128(R11)(SI*1), Z8
+	VMOVUPD 192(R11)(SI*1), Z9
+	VMOVUPD 256(R11)(SI*1), Z10
+	VMOVUPD 320(R11)(SI*1), Z11
+	VMOVUPD (R12), Z12
+	VMOVUPD 64(R12), Z13
+	VMOVUPD 128(R12), Z14
+	VMOVUPD 192(R12), Z15
+	VMOVUPD 256(R12), Z16
+	VMOVUPD 320(R12), Z17
+	VMOVUPD (R12)(SI*1), Z18
+	VMOVUPD 64(R12)(SI*1), Z19
+	VMOVUPD 128(R12)(SI*1), Z20
+	VMOVUPD 192(R12)(SI*1), Z21
+	VMOVUPD 256(R12)(SI*1), Z22
+	VMOVUPD 320(R12)(SI*1), Z23
+
+t4x6_loop:
+	VBROADCASTF64X4 (R9)(R8*1), Z24
+	VBROADCASTF64X4 32(R9)(R8*1), Z25
+	VBROADCASTF64X4 64(R9)(R8*1), Z26
+	VBROADCASTF64X4 96(R9)(R8*1), Z27
+	VMOVUPD         (R10)(R8*1), Z28
+	VFMADD231PD     Z28, Z24, Z0
+	VFMADD231PD     Z28, Z25, Z6
+	VFMADD231PD     Z28, Z26, Z12
+	VFMADD231PD     Z28, Z27, Z18
+	VMOVUPD         64(R10)(R8*1), Z28
+	VFMADD231PD     Z28, Z24, Z1
+	VFMADD231PD     Z28, Z25, Z7
+	VFMADD231PD     Z28, Z26, Z13
+	VFMADD231PD     Z28, Z27, Z19
+	VMOVUPD         128(R10)(R8*1), Z28
+	VFMADD231PD     Z28, Z24, Z2
+	VFMADD231PD     Z28, Z25, Z8
+	VFMADD231PD     Z28, Z26, Z14
+	VFMADD231PD     Z28, Z27, Z20
+	VMOVUPD         192(R10)(R8*1), Z28
+	VFMADD231PD     Z28, Z24, Z3
+	VFMADD231PD     Z28, Z25, Z9
+	VFMADD231PD     Z28, Z26, Z15
+	VFMADD231PD     Z28, Z27, Z21
+	VMOVUPD         256(R10)(R8*1), Z28
+	VFMADD231PD     Z28, Z24, Z4
+	VFMADD231PD     Z28, Z25, Z10
+	VFMADD231PD     Z28, Z26, Z16
+	VFMADD231PD     Z28, Z27, Z22
+	VMOVUPD         320(R10)(R8*1), Z28
+	VFMADD231PD     Z28, Z24, Z5
+	VFMADD231PD     Z28, Z25, Z11
+	VFMADD231PD     Z28, Z26, Z17
+	VFMADD231PD     Z28, Z27, Z23
+	ADDQ            DI, R8
+	JNZ             t4x6_loop
+	VMOVUPD         Z0, (R11)
+	VMOVUPD         Z1, 64(R11)
+	VMOVUPD         Z2, 128(R11)
+	VMOVUPD         Z3, 192(R11)
+	VMOVUPD         Z4, 256(R11)
+	VMOVUPD         Z5, 320(R11)
+	VMOVUPD         Z6, (R11)(SI*1)
+	VMOVUPD         Z7, 64(R11)(SI*1)
+	VMOVUPD         Z8, 128(R11)(SI*1)
+	VMOVUPD         Z9, 192(R11)(SI*1)
+	VMOVUPD         Z10, 256(R11)(SI*1)
+	VMOVUPD         Z11, 320(R11)(SI*1)
+	VMOVUPD         Z12, (R12)
+	VMOVUPD         Z13, 64(R12)
+	VMOVUPD         Z14, 128(R12)
+	VMOVUPD         Z15, 192(R12)
+	VMOVUPD         Z16, 256(R12)
+	VMOVUPD         Z17, 320(R12)
+	VMOVUPD         Z18, (R12)(SI*1)
+	VMOVUPD         Z19, 64(R12)(SI*1)
+	VMOVUPD         Z20, 128(R12)(SI*1)
+	VMOVUPD         Z21, 192(R12)(SI*1)
+	VMOVUPD         Z22, 256(R12)(SI*1)
+	VMOVUPD         Z23, 320(R12)(SI*1)
+	ADDQ            $0x06, BX
+	JMP             r4_cols
+
+nextrows:
+	ADDQ $0x04, DX
+	JMP  rows
+
+done:
+	VZEROUPPER
+	RET
+
+// func fmaLoopAVX512(iters int) float64
+// Requires: AVX, AVX512DQ, AVX512F, SSE2
+TEXT ·fmaLoopAVX512(SB), NOSPLIT, $0-16
+	MOVQ         iters+0(FP), AX
+	MOVQ         $0x3ff000001ad7f29b, CX
+	VPBROADCASTQ CX, Z0
+	MOVQ         $0x3fefffffca501acb, CX
+	VPBROADCASTQ CX, Z1
+	VXORPD       Z2, Z2, Z2
+	VXORPD       Z3, Z3, Z3
+	VXORPD       Z4, Z4, Z4
+	VXORPD       Z5, Z5, Z5
+	VXORPD       Z6, Z6, Z6
+	VXORPD       Z7, Z7, Z7
+	VXORPD       Z8, Z8, Z8
+	VXORPD       Z9, Z9, Z9
+	VXORPD       Z10, Z10, Z10
+	VXORPD       Z11, Z11, Z11
+	VXORPD       Z12, Z12, Z12
+	VXORPD       Z13, Z13, Z13
+	TESTQ        $0x00000001, AX
+	JZ           pairs
+	VFMADD231PD  Z0, Z1, Z2
+	VFMADD231PD  Z0, Z1, Z3
+	VFMADD231PD  Z0, Z1, Z4
+	VFMADD231PD  Z0, Z1, Z5
+	VFMADD231PD  Z0, Z1, Z6
+	VFMADD231PD  Z0, Z1, Z7
+
+pairs:
+	SHRQ $0x01, AX
+	JZ   done
+
+loop:
+	VFMADD231PD Z0, Z1, Z2
+	VFMADD231PD Z0, Z1, Z3
+	VFMADD231PD Z0, Z1, Z4
+	VFMADD231PD Z0, Z1, Z5
+	VFMADD231PD Z0, Z1, Z6
+	VFMADD231PD Z0, Z1, Z7
+	VFMADD231PD Z0, Z1, Z8
+	VFMADD231PD Z0, Z1, Z9
+	VFMADD231PD Z0, Z1, Z10
+	VFMADD231PD Z0, Z1, Z11
+	VFMADD231PD Z0, Z1, Z12
+	VFMADD231PD Z0, Z1, Z13
+	DECQ        AX
+	JNZ         loop
+
+done:
+	VADDPD        Z3, Z2, Z2
+	VADDPD        Z4, Z2, Z2
+	VADDPD        Z5, Z2, Z2
+	VADDPD        Z6, Z2, Z2
+	VADDPD        Z7, Z2, Z2
+	VADDPD        Z8, Z2, Z2
+	VADDPD        Z9, Z2, Z2
+	VADDPD        Z10, Z2, Z2
+	VADDPD        Z11, Z2, Z2
+	VADDPD        Z12, Z2, Z2
+	VADDPD        Z13, Z2, Z2
+	VEXTRACTF64X4 $0x01, Z2, Y0
+	VADDPD        Y0, Y2, Y0
+	VEXTRACTF128  $0x01, Y0, X1
+	VADDPD        X1, X0, X1
+	VHADDPD       X1, X1, X1
+	MOVSD         X1, ret+8(FP)
 	VZEROUPPER
 	RET

@@ -47,12 +47,44 @@ func SortNetwork(n int) [][2]int {
 	return net
 }
 
-// network is a sorting network with its table for the table-driven assembly.
+// selectNetwork returns the comparators of net that the values of wires out depend on, in
+// order: a selection network. The comparators it drops only move values that never reach those
+// wires, so the wires end with the bits the whole network gives them.
+func selectNetwork(net []comparator, out ...int) []comparator {
+	need := make(map[int]bool)
+	for _, w := range out {
+		need[w] = true
+	}
+	var keep []comparator
+	for i := len(net) - 1; i >= 0; i-- {
+		c := net[i]
+		if need[c.lo] || need[c.hi] {
+			keep = append(keep, c)
+			need[c.lo], need[c.hi] = true, true
+		}
+	}
+	for i, j := 0, len(keep)-1; i < j; i, j = i+1, j-1 {
+		keep[i], keep[j] = keep[j], keep[i]
+	}
+	return keep
+}
+
+// middleWires are the wires the median of n sorted values is taken from.
+func middleWires(n int) []int {
+	if n%2 == 1 {
+		return []int{n / 2}
+	}
+	return []int{n/2 - 1, n / 2}
+}
+
+// network is a sorting network with its tables for the table-driven assembly.
 type network struct {
 	comps []comparator
-	// offsets holds, per comparator, the byte offsets of its wires within a group's slab of
-	// sorted values (wire i at i*32): lo, hi, lo, hi, ...
+	// offsets holds, per comparator, the wire indices of its wires: lo, hi, lo, hi, ... (the
+	// assembly scales them by its slot size).
 	offsets []uint32
+	// median is the same for the selection network of the middle wires.
+	median []uint32
 }
 
 var networks sync.Map // n -> *network
@@ -63,10 +95,16 @@ func networkFor(n int) *network {
 		return v.(*network)
 	}
 	nw := &network{comps: sortNetwork(n)}
-	nw.offsets = make([]uint32, 0, 2*len(nw.comps))
-	for _, c := range nw.comps {
-		nw.offsets = append(nw.offsets, uint32(c.lo*slotBytes), uint32(c.hi*slotBytes))
-	}
+	nw.offsets = wireTable(nw.comps)
+	nw.median = wireTable(selectNetwork(nw.comps, middleWires(n)...))
 	v, _ := networks.LoadOrStore(n, nw)
 	return v.(*network)
+}
+
+func wireTable(net []comparator) []uint32 {
+	t := make([]uint32, 0, 2*len(net))
+	for _, c := range net {
+		t = append(t, uint32(c.lo), uint32(c.hi))
+	}
+	return t
 }

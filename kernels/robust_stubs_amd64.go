@@ -9,7 +9,7 @@ package kernels
 //go:noescape
 func sortSmallF32AVX2(tmp []float32, x [][]byte, off int, groups int)
 
-// sortNetF32AVX2 is sortGroupsGeneric for len(x) >= 1, groups > 0, net the byte offsets of sortNetwork(len(x)).
+// sortNetF32AVX2 is sortGroupsGeneric for len(x) >= 1, groups > 0, net the wires of sortNetwork(len(x)).
 //
 //go:noescape
 func sortNetF32AVX2(tmp []float32, x [][]byte, off int, groups int, net []uint32)
@@ -29,10 +29,15 @@ func trimmedSortedF32AVX2(dst []float32, tmp []float32, n int, k int, c float32)
 //go:noescape
 func closestSortedF32AVX2(dst []float32, tmp []float32, n int, beta int, c float32)
 
-// gramF32AVX2 is gramGeneric for elems a positive multiple of 8 and len(p) >= 4*len(x)*len(x).
+// gramPackF32AVX2 packs the centred block of gramGeneric into tmp (pair-major) and adds the squares to sq, for elems a positive multiple of 8.
 //
 //go:noescape
-func gramF32AVX2(p []float64, x [][]byte, elems int)
+func gramPackF32AVX2(tmp []float64, sq []float64, x [][]byte, elems int)
+
+// gramTilesAVX2 adds the pairs of rows [r0, r1) of the packed block in tmp to p (gramGeneric's), for elems a positive multiple of 8 and r0 a multiple of 3.
+//
+//go:noescape
+func gramTilesAVX2(p []float64, tmp []float64, n int, elems int, r0 int, r1 int)
 
 // sqDistNormF32AVX2 is sqDistNormGeneric(pd, pn, x, z, 0) for len(z) a multiple of 16.
 //
@@ -41,3 +46,46 @@ func sqDistNormF32AVX2(pd *[16]float64, pn *[16]float64, x []byte, z []float32)
 
 // fmaLoopAVX2 runs iters x 48 f64 fused multiply-adds and returns a value that depends on all of them.
 func fmaLoopAVX2(iters int) float64
+
+// sortSmallF32AVX512 is sortGroupsGeneric with width 16 for 1 <= len(x) <= 32, groups > 0.
+//
+//go:noescape
+func sortSmallF32AVX512(tmp []float32, x [][]byte, off int, groups int)
+
+// medianSmallF32AVX512 is the median of sortGroupsGeneric's groups with width 16 for 1 <= len(x) <= 32, groups > 0, len(dst) = 16*groups.
+//
+//go:noescape
+func medianSmallF32AVX512(dst []float32, tmp []float32, x [][]byte, off int, groups int)
+
+// sortNetF32AVX512 is sortGroupsGeneric with width 16 for len(x) >= 1, groups > 0, net the wires of sortNetwork(len(x)).
+//
+//go:noescape
+func sortNetF32AVX512(tmp []float32, x [][]byte, off int, groups int, net []uint32)
+
+// medianNetF32AVX512 is the median of sortGroupsGeneric's groups with width 16 for len(x) >= 1, groups > 0, net the wires of the selection network of the middle wires lo <= hi, len(dst) = 16*groups.
+//
+//go:noescape
+func medianNetF32AVX512(dst []float32, tmp []float32, x [][]byte, off int, groups int, net []uint32, lo int, hi int)
+
+// trimmedSortedF32AVX512 is trimmedSortedGeneric with width 16 for len(dst) a positive multiple of 16, 2k < n, c = n-2k.
+//
+//go:noescape
+func trimmedSortedF32AVX512(dst []float32, tmp []float32, n int, k int, c float32)
+
+// closestSortedF32AVX512 is closestSortedGeneric with width 16 for len(dst) a positive multiple of 16, 1 <= beta <= n, c = beta.
+//
+//go:noescape
+func closestSortedF32AVX512(dst []float32, tmp []float32, n int, beta int, c float32)
+
+// gramPackF32AVX512 packs the centred block of gramGeneric into tmp (group-major) and adds the squares to sq, for elems a positive multiple of 8.
+//
+//go:noescape
+func gramPackF32AVX512(tmp []float64, sq []float64, x [][]byte, elems int)
+
+// gramTilesAVX512 adds the pairs of rows [r0, r1) of the packed block in tmp to p (gramGeneric's), for elems a positive multiple of 8 and r0 a multiple of 4.
+//
+//go:noescape
+func gramTilesAVX512(p []float64, tmp []float64, n int, elems int, r0 int, r1 int)
+
+// fmaLoopAVX512 runs iters x 48 f64 fused multiply-adds on zmm registers and returns a value that depends on all of them.
+func fmaLoopAVX512(iters int) float64

@@ -227,20 +227,115 @@ func TestOrderStatsOracle(t *testing.T) {
 					best += d
 				}
 				got := closestOf(sv, beta)
-				// The window the kernel picks has the smallest sum of distances...
-				s := windowStart(sv, beta)
-				var sum, mean float64
-				for _, y := range sv[s : s+beta] {
-					sum += math.Abs(float64(y) - m)
-					mean += float64(y)
+				// Every tied window the kernel considers has the smallest sum of distances...
+				lo, hi := closestWindows(sv, beta, medianOf(sv))
+				mean := func(s int) float64 {
+					var sum, mean float64
+					for _, y := range sv[s : s+beta] {
+						sum += math.Abs(float64(y) - m)
+						mean += float64(y)
+					}
+					if sum > best*(1+1e-6)+1e-30 {
+						t.Fatalf("n=%d beta=%d: window at %d of [%d, %d] has distance sum %v, best %v", n, beta, s, lo, hi, sum, best)
+					}
+					return mean / float64(beta)
 				}
-				mean /= float64(beta)
-				if sum > best*(1+1e-6)+1e-30 {
-					t.Fatalf("n=%d beta=%d: window at %d has distance sum %v, best %v", n, beta, s, sum, best)
+				for s := lo; s <= hi; s++ {
+					mean(s)
 				}
-				// ...and its mean is the result.
-				if d := math.Abs(float64(got) - mean); d > 1e-5*math.Abs(mean)+1e-6*absSum(v)/float64(n)+1e-44 {
-					t.Fatalf("n=%d beta=%d: closest mean %v, window mean %v", n, beta, got, mean)
+				// ...and the result is the middle one's mean, or the mean of the middle two.
+				want := (mean((lo+hi)/2) + mean((lo+hi+1)/2)) / 2
+				if d := math.Abs(float64(got) - want); d > 1e-5*math.Abs(want)+1e-6*absSum(v)/float64(n)+1e-44 {
+					t.Fatalf("n=%d beta=%d: closest mean %v, mean of the middle windows %v", n, beta, got, want)
+				}
+			}
+		}
+	}
+}
+
+// TestClosestMeanTiesUnbiased measures the mean signed error of Bulyan's coordinate step over
+// coordinates where windows tie (issue 9.11): bf16 values drawn symmetrically around a point of
+// the bf16 grid (1.5, spread 0.1, where the grid is uniform), so that a value as far below the
+// median as another is above it at the cut-off is frequent. Taking the middle of the tied
+// windows leaves no bias beyond the sampling noise; the first window (the rule before) is
+// checked too, so that the test can fail: it errs low by several standard errors.
+func TestClosestMeanTiesUnbiased(t *testing.T) {
+	const mu, spread = 1.5, 0.1
+	r := rand.New(rand.NewPCG(16, 17))
+	type stat struct{ sum, sq float64 }
+	var sym, first stat
+	ties := 0
+	for _, nb := range [][2]int{{7, 3}, {9, 5}, {11, 3}, {15, 7}, {19, 11}} {
+		n, beta := nb[0], nb[1]
+		v := make([]float32, n)
+		for range 40000 {
+			for i := range v {
+				v[i] = bf16Round(float32(mu + spread*r.NormFloat64()))
+			}
+			sortValues(v, sortNetwork(n))
+			lo, hi := closestWindows(v, beta, medianOf(v))
+			if lo == hi {
+				continue
+			}
+			ties++
+			e := float64(closestOf(v, beta)) - mu
+			sym.sum += e
+			sym.sq += e * e
+			e = float64(windowMean(v[lo:lo+beta])) - mu
+			first.sum += e
+			first.sq += e * e
+		}
+	}
+	if ties < 5000 {
+		t.Fatalf("only %d coordinates with tied windows", ties)
+	}
+	k := float64(ties)
+	for _, c := range []struct {
+		name   string
+		s      stat
+		biased bool
+	}{{"middle of the tied windows", sym, false}, {"first tied window", first, true}} {
+		mean := c.s.sum / k
+		se := math.Sqrt((c.s.sq/k - mean*mean) / k)
+		t.Logf("%s: mean signed error %.3g ± %.2g (standard error) over %d ties", c.name, mean, se, ties)
+		if c.biased != (math.Abs(mean) > 4*se) {
+			t.Errorf("%s: mean signed error %.3g, %.1f standard errors", c.name, mean, math.Abs(mean)/se)
+		}
+	}
+}
+
+// bf16Round rounds f to the nearest bfloat16 (ties to even), as a client sending bf16 would.
+func bf16Round(f float32) float32 {
+	b := math.Float32bits(f)
+	b += 0x7fff + (b >> 16 & 1)
+	return math.Float32frombits(b &^ 0xffff)
+}
+
+// TestSelectNetwork checks that the selection network of the middle wires gives them the bits
+// the whole network gives, on values full of ties, zeros of both signs, NaNs and infinities.
+func TestSelectNetwork(t *testing.T) {
+	r := rand.New(rand.NewPCG(18, 19))
+	pool := []float32{0, float32(math.Copysign(0, -1)), 1, -1, float32(math.NaN()), float32(math.Inf(1)), float32(math.Inf(-1)), 2}
+	for n := 1; n <= 130; n++ {
+		full := sortNetwork(n)
+		sel := selectNetwork(full, middleWires(n)...)
+		if len(sel) > len(full) || n >= 16 && len(sel) == len(full) {
+			t.Fatalf("n=%d: selection network of %d comparators, full %d", n, len(sel), len(full))
+		}
+		v, w := make([]float32, n), make([]float32, n)
+		for range 200 {
+			for i := range v {
+				v[i] = pool[r.IntN(len(pool))]
+				if r.IntN(2) == 0 {
+					v[i] = float32(r.NormFloat64())
+				}
+			}
+			copy(w, v)
+			sortValues(v, full)
+			sortValues(w, sel)
+			for _, m := range middleWires(n) {
+				if math.Float32bits(v[m]) != math.Float32bits(w[m]) {
+					t.Fatalf("n=%d: wire %d = %v, full network %v", n, m, w[m], v[m])
 				}
 			}
 		}
@@ -256,17 +351,6 @@ func sortedF32(x [][]byte, j int) []float32 {
 	return v
 }
 
-func windowStart(v []float32, beta int) int {
-	m := medianOf(v)
-	s := 0
-	for t := 0; t < len(v)-beta; t++ {
-		if abs32(v[t+beta]-m) < abs32(v[t]-m) {
-			s = t + 1
-		}
-	}
-	return s
-}
-
 func absSum(v []float64) float64 {
 	var s float64
 	for _, y := range v {
@@ -278,7 +362,7 @@ func absSum(v []float64) float64 {
 func TestGram(t *testing.T) {
 	forImpls(t, func(t *testing.T, k *Impl) {
 		r := rand.New(rand.NewPCG(7, 8))
-		ns := []int{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 33, 64}
+		ns := []int{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 17, 24, 25, 33, 64}
 		for _, n := range ns {
 			ls := []int{0, 1, 3, 4, 7, 8, 9, 15, 16, 17, 31, 32, 33}
 			switch {
@@ -298,54 +382,219 @@ func TestGram(t *testing.T) {
 	})
 }
 
+// gramInputs returns n inputs of elems random f32 values (NaN and Inf unless finite), often
+// close to a common point (full models that differ slightly), at random alignments.
+func gramInputs(r *rand.Rand, n, elems int, finite bool) [][]byte {
+	x := make([][]byte, n)
+	near := r.IntN(2) == 0
+	base := randBytes(r, dtF32, elems, true)
+	for i := range x {
+		b := randBytes(r, dtF32, elems, finite)
+		if near {
+			for j := range elems {
+				v := ldF32(b, j)
+				if v == v && !math.IsInf(float64(v), 0) {
+					binary.LittleEndian.PutUint32(b[4*j:], math.Float32bits(ldF32(base, j)+1e-4*v))
+				}
+			}
+		}
+		x[i] = placed(r, b, r.IntN(8))
+	}
+	return x
+}
+
 func checkGram(t *testing.T, k *Impl, r *rand.Rand, n, elems int, finite bool) {
 	t.Helper()
-	x := make([][]byte, n)
+	x := gramInputs(r, n, elems, finite)
+	saved := make([][]byte, n)
 	for i := range x {
-		x[i] = placed(r, randBytes(r, dtF32, elems, finite), r.IntN(8))
+		saved[i] = slices.Clone(x[i])
 	}
 	// Start from nonzero partials: the kernel adds to them.
-	init := make([]float64, GramLanes*n*n)
+	init := make([]float64, GramPartials(n))
 	for k := range init {
 		init[k] = float64(r.IntN(9) - 4)
 	}
-	want := slices.Clone(init)
-	gramGeneric(want, x, 0, elems)
+	initSq := make([]float64, GramLanes*n)
+	for k := range initSq {
+		initSq[k] = float64(r.IntN(5))
+	}
+	want, wantSq := slices.Clone(init), slices.Clone(initSq)
+	gramGeneric(want, wantSq, x, 0, elems)
 	p, check := guardedF64(len(init), r.IntN(4))
+	sq, checkSq := guardedF64(len(initSq), r.IntN(4))
+	tmp, checkTmp := guardedF64(GramScratch(n, elems), r.IntN(4))
 	copy(p, init)
-	k.GramF32(p, x, elems)
+	copy(sq, initSq)
+	k.GramF32(p, sq, x, elems, tmp)
 	check(t)
+	checkSq(t)
+	checkTmp(t)
+	s := GramStride(n)
 	for a := range n {
 		for b := a; b < n; b++ {
 			for l := range GramLanes {
-				k := (a*n+b)*GramLanes + l
+				k := (a*s+b)*GramLanes + l
 				if !sameF64(p[k], want[k]) {
 					t.Fatalf("n=%d elems=%d: pair (%d,%d) lane %d = %v, reference %v", n, elems, a, b, l, p[k], want[k])
 				}
 			}
 		}
+		for l := range GramLanes {
+			if q := a*GramLanes + l; !sameF64(sq[q], wantSq[q]) {
+				t.Fatalf("n=%d elems=%d: square of %d lane %d = %v, reference %v", n, elems, a, l, sq[q], wantSq[q])
+			}
+		}
+	}
+	for i := range x {
+		if !slices.Equal(x[i], saved[i]) {
+			t.Fatalf("n=%d elems=%d: input %d modified", n, elems, i)
+		}
 	}
 	if !finite || n > 13 {
 		return
 	}
-	// The reference against plain dot products in f64.
-	g := make([]float64, n*n)
-	zero := make([]float64, len(init))
-	gramGeneric(zero, x, 0, elems)
-	GramSums(g, zero, n)
+	// The reference against plain sums in f64: the products of the centred values, whose
+	// centre is recomputed here from its definition, and the squares.
+	g, norm := make([]float64, n*n), make([]float64, n)
+	zero, zeroSq := make([]float64, len(init)), make([]float64, len(initSq))
+	gramGeneric(zero, zeroSq, x, 0, elems)
+	GramSums(g, norm, zero, zeroSq, n)
 	for a := range n {
 		for b := range n {
-			var s, sa float64
+			var s, sa, q float64
 			for j := range elems {
-				v := float64(ldF32(x[a], j)) * float64(ldF32(x[b], j))
+				var t float64
+				for i := range x {
+					t += float64(ldF32(x[i], j))
+				}
+				c := float64(float32(t / float64(n)))
+				va := float64(ldF32(x[a], j))
+				v := (va - c) * (float64(ldF32(x[b], j)) - c)
 				s += v
 				sa += math.Abs(v)
+				q += va * va
 			}
 			if d := math.Abs(g[a*n+b] - s); d > 1e-12*sa || math.IsNaN(d) != math.IsNaN(s) {
 				t.Fatalf("n=%d elems=%d: G[%d][%d] = %v, dot product %v", n, elems, a, b, g[a*n+b], s)
 			}
+			if d := math.Abs(norm[a] - q); a == b && d > 1e-12*q {
+				t.Fatalf("n=%d elems=%d: norm² of %d = %v, plain sum %v", n, elems, a, norm[a], q)
+			}
 		}
 	}
+}
+
+// TestGramDistancesPrecise checks the purpose of the centring: for clients that send full
+// models differing by 1e-6 (issue 9.6), the distances G[a][a] + G[b][b] - 2G[a][b] agree with
+// plain f64 sums of squared differences to 1e-9, where the uncentred Gram matrix (checked here
+// too, so that the test can fail) is off by more than 1e-4.
+func TestGramDistancesPrecise(t *testing.T) {
+	const n, elems = 6, 1 << 17
+	r := rand.New(rand.NewPCG(12, 13))
+	base := make([]float32, elems)
+	for j := range base {
+		base[j] = float32(r.NormFloat64())
+	}
+	x := make([][]byte, n)
+	for i := range x {
+		b := make([]byte, 4*elems)
+		for j := range elems {
+			binary.LittleEndian.PutUint32(b[4*j:], math.Float32bits(base[j]+float32(1e-6*r.NormFloat64())))
+		}
+		x[i] = b
+	}
+	exact := make([]float64, n*n) // Σ (x_a - x_b)², every difference exact in f64
+	for a := range n {
+		for b := range n {
+			var s float64
+			for j := range elems {
+				d := float64(ldF32(x[a], j)) - float64(ldF32(x[b], j))
+				s += d * d
+			}
+			exact[a*n+b] = s
+		}
+	}
+	forImpls(t, func(t *testing.T, k *Impl) {
+		p, sq := make([]float64, GramPartials(n)), make([]float64, GramLanes*n)
+		tmp := make([]float64, GramScratch(n, 4096))
+		xs := make([][]byte, n)
+		for lo := 0; lo < elems; lo += 4096 {
+			for i := range x {
+				xs[i] = x[i][4*lo : 4*(lo+4096)]
+			}
+			k.GramF32(p, sq, xs, 4096, tmp)
+		}
+		g, norm := make([]float64, n*n), make([]float64, n)
+		GramSums(g, norm, p, sq, n)
+		var worst float64
+		for a := range n {
+			for b := range n {
+				if a == b {
+					continue
+				}
+				d := g[a*n+a] + g[b*n+b] - 2*g[a*n+b]
+				worst = max(worst, math.Abs(d-exact[a*n+b])/exact[a*n+b])
+			}
+		}
+		if worst > 1e-9 {
+			t.Errorf("centred: distances off by %.3g (relative), want < 1e-9", worst)
+		}
+	})
+	// The uncentred route: the dot products of the values themselves, summed in the same lanes.
+	dots := make([]float64, n*n)
+	for a := range n {
+		for b := range n {
+			var q [GramLanes]float64
+			for j := range elems {
+				q[j%GramLanes] = math.FMA(float64(ldF32(x[a], j)), float64(ldF32(x[b], j)), q[j%GramLanes])
+			}
+			dots[a*n+b] = (q[0] + q[2]) + (q[1] + q[3])
+		}
+	}
+	var worst float64
+	for a := range n {
+		for b := range n {
+			if a != b {
+				d := dots[a*n+a] + dots[b*n+b] - 2*dots[a*n+b]
+				worst = max(worst, math.Abs(d-exact[a*n+b])/exact[a*n+b])
+			}
+		}
+	}
+	if worst < 1e-4 {
+		t.Errorf("uncentred: distances off by only %.3g: the data does not show the cancellation", worst)
+	}
+}
+
+// TestGramNonFinite checks that an input holding a NaN or Inf makes its own squared norm
+// non-finite and leaves every other input's pairs and norm finite.
+func TestGramNonFinite(t *testing.T) {
+	r := rand.New(rand.NewPCG(14, 15))
+	forImpls(t, func(t *testing.T, k *Impl) {
+		for _, bad := range []float32{float32(math.NaN()), float32(math.Inf(1)), float32(math.Inf(-1))} {
+			const n, elems = 9, 1000
+			x := gramInputs(r, n, elems, true)
+			x[4] = slices.Clone(x[4])
+			for _, j := range []int{3, 500, 999} {
+				binary.LittleEndian.PutUint32(x[4][4*j:], math.Float32bits(bad))
+			}
+			p, sq := make([]float64, GramPartials(n)), make([]float64, GramLanes*n)
+			k.GramF32(p, sq, x, elems, make([]float64, GramScratch(n, elems)))
+			g, norm := make([]float64, n*n), make([]float64, n)
+			GramSums(g, norm, p, sq, n)
+			finite := func(v float64) bool { return !math.IsNaN(v) && !math.IsInf(v, 0) }
+			for a := range n {
+				if finite(norm[a]) != (a != 4) {
+					t.Fatalf("%v in input 4: norm² of %d = %v", bad, a, norm[a])
+				}
+				for b := range n {
+					if a != 4 && b != 4 && !finite(g[a*n+b]) {
+						t.Fatalf("%v in input 4: G[%d][%d] = %v", bad, a, b, g[a*n+b])
+					}
+				}
+			}
+		}
+	})
 }
 
 func TestGramBlocksCompose(t *testing.T) {
@@ -353,30 +602,32 @@ func TestGramBlocksCompose(t *testing.T) {
 	r := rand.New(rand.NewPCG(9, 9))
 	forImpls(t, func(t *testing.T, k *Impl) {
 		n, elems := 7, 1000
-		x := make([][]byte, n)
-		for i := range x {
-			x[i] = randBytes(r, dtF32, elems, true)
-		}
-		whole := make([]float64, GramLanes*n*n)
-		k.GramF32(whole, x, elems)
-		parts := make([]float64, GramLanes*n*n)
+		x := gramInputs(r, n, elems, true)
+		whole, wholeSq := make([]float64, GramPartials(n)), make([]float64, GramLanes*n)
+		k.GramF32(whole, wholeSq, x, elems, make([]float64, GramScratch(n, elems)))
+		parts, partsSq := make([]float64, GramPartials(n)), make([]float64, GramLanes*n)
 		xs := make([][]byte, n)
+		tmp := make([]float64, GramScratch(n, 36))
 		for lo := 0; lo < elems; lo += 36 {
 			hi := min(lo+36, elems)
 			for i := range x {
 				xs[i] = x[i][4*lo : 4*hi]
 			}
-			k.GramF32(parts, xs, hi-lo)
+			k.GramF32(parts, partsSq, xs, hi-lo, tmp)
 		}
+		s := GramStride(n)
 		for a := range n {
 			for b := a; b < n; b++ {
 				for l := range GramLanes {
-					k := (a*n+b)*GramLanes + l
+					k := (a*s+b)*GramLanes + l
 					if parts[k] != whole[k] {
 						t.Fatalf("pair (%d,%d) lane %d: blocks %v, whole %v", a, b, l, parts[k], whole[k])
 					}
 				}
 			}
+		}
+		if !slices.Equal(partsSq, wholeSq) {
+			t.Fatalf("squares: blocks %v, whole %v", partsSq, wholeSq)
 		}
 	})
 }
@@ -444,7 +695,15 @@ func TestOrderStatsPanics(t *testing.T) {
 	dst := make([]float32, 16)
 	mustPanic(t, "input too short", func() { MedianF32(dst, [][]byte{make([]byte, 60), make([]byte, 64)}, tmp) })
 	mustPanic(t, "scratch too short", func() { MedianF32(dst, x, make([]float32, 10)) })
-	mustPanic(t, "p too short", func() { GramF32(make([]float64, 3), x, 16) })
+	mustPanic(t, "p too short", func() { GramF32(make([]float64, 3), make([]float64, 8), x, 16, make([]float64, GramScratch(2, 16))) })
+	mustPanic(t, "sq too short", func() {
+		GramF32(make([]float64, GramPartials(2)), make([]float64, 7), x, 16, make([]float64, GramScratch(2, 16)))
+	})
+	mustPanic(t, "gram scratch too short", func() {
+		GramF32(make([]float64, GramPartials(2)), make([]float64, 8), x, 16, make([]float64, GramScratch(2, 16)-1))
+	})
+	mustPanic(t, "trim too large", func() { TrimmedMeanF32(dst, x, 1, tmp) })
+	mustPanic(t, "beta too large", func() { ClosestMeanF32(dst, x, 3, tmp) })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -496,21 +755,27 @@ func FuzzGram(f *testing.F) {
 		for j := range z {
 			z[j] = fb.f32()
 		}
-		want := make([]float64, GramLanes*n*n)
-		gramGeneric(want, x, 0, elems)
+		want, wantSq := make([]float64, GramPartials(n)), make([]float64, GramLanes*n)
+		gramGeneric(want, wantSq, x, 0, elems)
 		var wantD, wantN [Lanes]float64
 		sqDistNormGeneric(&wantD, &wantN, x[0], z, 0)
+		s := GramStride(n)
 		for _, v := range Impls() {
-			p := make([]float64, len(want))
-			v.GramF32(p, x, elems)
+			p, sq := make([]float64, len(want)), make([]float64, len(wantSq))
+			v.GramF32(p, sq, x, elems, make([]float64, GramScratch(n, elems)))
 			for a := range n {
 				for b := a; b < n; b++ {
 					for l := range GramLanes {
-						k := (a*n+b)*GramLanes + l
+						k := (a*s+b)*GramLanes + l
 						if !sameF64(p[k], want[k]) {
 							t.Fatalf("%s n=%d elems=%d: pair (%d,%d) lane %d = %v, reference %v", v, n, elems, a, b, l, p[k], want[k])
 						}
 					}
+				}
+			}
+			for q := range sq {
+				if !sameF64(sq[q], wantSq[q]) {
+					t.Fatalf("%s n=%d elems=%d: square partial %d = %v, reference %v", v, n, elems, q, sq[q], wantSq[q])
 				}
 			}
 			var d, nn [Lanes]float64
@@ -550,7 +815,7 @@ func readRate(bufs [][]byte) float64 {
 // second, beside the rate one core reads them at. The network makes them compute-bound: n = 32
 // takes 191 comparators (382 VMINPS/VMAXPS) per 8 coordinates, 1.5 per input byte.
 func BenchmarkOrderStats(b *testing.B) {
-	for _, n := range []int{8, 32, 64} {
+	for _, n := range []int{8, 32, 64, 128} {
 		const elems = 64 << 10
 		r := rand.New(rand.NewPCG(1, 1))
 		x := make([][]byte, n)
@@ -576,37 +841,50 @@ func BenchmarkOrderStats(b *testing.B) {
 	}
 }
 
-// BenchmarkGram measures the Gram partials of 32 inputs of 1Ki elements (the L2-resident block
-// the CPU device hands the kernel) beside the FMA floor measured in the same run: the kernel
-// performs n(n+1)/2 FMAs per element.
-func BenchmarkGram(b *testing.B) {
-	const n, elems = 32, 1024
-	r := rand.New(rand.NewPCG(2, 2))
-	x := make([][]byte, n)
-	for i := range x {
-		x[i] = randBytes(r, dtF32, elems, true)
+// fmaFloor is the f64 FMAs per second one core performs in k's FMA loop, best of 3.
+func fmaFloor(k *Impl) float64 {
+	const iters = 1 << 16
+	k.FMALoop(iters)
+	floor := 0.0
+	for range 3 {
+		start := time.Now()
+		k.FMALoop(iters)
+		floor = max(floor, float64(iters*FMALoopFMAs)/time.Since(start).Seconds())
 	}
-	p := make([]float64, GramLanes*n*n)
-	fmas := float64(n*(n+1)/2) * elems
-	for _, k := range Impls() {
-		b.Run(fmt.Sprintf("n=%d/impl=%s", n, k), func(b *testing.B) {
-			const iters = 1 << 16
-			k.FMALoop(iters)
-			floor := 0.0
-			for range 3 {
-				start := time.Now()
-				k.FMALoop(iters)
-				floor = max(floor, float64(iters*FMALoopFMAs)/time.Since(start).Seconds())
-			}
-			b.SetBytes(4 * n * elems)
-			for b.Loop() {
-				k.GramF32(p, x, elems)
-			}
-			rate := fmas * float64(b.N) / b.Elapsed().Seconds()
-			b.ReportMetric(rate/1e9, "GFMA/s")
-			b.ReportMetric(floor/1e9, "floor-GFMA/s")
-			b.ReportMetric(rate/floor, "of-floor")
-		})
+	return floor
+}
+
+// BenchmarkGram measures the centred Gram partials of n inputs over one block of the size the
+// CPU device hands the kernel (its packed f64 copy stays in L2), beside the FMA floor measured
+// in the same run, the best of every implementation's FMA loop: the kernel performs n(n+1)/2
+// FMAs per element, plus the packing.
+func BenchmarkGram(b *testing.B) {
+	for _, n := range []int{8, 32, 128} {
+		elems := max(256, min(2048, (64<<10)/GramStride(n))&^15)
+		r := rand.New(rand.NewPCG(2, 2))
+		x := make([][]byte, n)
+		for i := range x {
+			x[i] = randBytes(r, dtF32, elems, true)
+		}
+		p, sq := make([]float64, GramPartials(n)), make([]float64, GramLanes*n)
+		tmp := make([]float64, GramScratch(n, elems))
+		fmas := float64(n*(n+1)/2) * float64(elems)
+		for _, k := range Impls() {
+			b.Run(fmt.Sprintf("n=%d/elems=%d/impl=%s", n, elems, k), func(b *testing.B) {
+				floor := 0.0
+				for _, f := range Impls() {
+					floor = max(floor, fmaFloor(f))
+				}
+				b.SetBytes(int64(4 * n * elems))
+				for b.Loop() {
+					k.GramF32(p, sq, x, elems, tmp)
+				}
+				rate := fmas * float64(b.N) / b.Elapsed().Seconds()
+				b.ReportMetric(rate/1e9, "GFMA/s")
+				b.ReportMetric(floor/1e9, "floor-GFMA/s")
+				b.ReportMetric(rate/floor, "of-floor")
+			})
+		}
 	}
 }
 

@@ -1,8 +1,10 @@
-// Command robust generates the AVX2+FMA assembly of the robust-aggregation kernels of package
-// kernels (robust.go) with avo: order statistics over the client axis (sorting networks
-// vectorised across coordinates), the Gram matrix of the updates in f64 accumulation (Krum,
-// Bulyan), squared distances to a point (geometric median, centered clipping, diagnostics) and
-// an FMA loop that measures the arithmetic floor.
+// Command robust generates the AVX2+FMA and AVX-512 assembly of the robust-aggregation kernels
+// of package kernels (robust.go, robust_gram.go) with avo: order statistics over the client axis
+// (sorting and selection networks vectorised across coordinates), the Gram matrix of the
+// updates centred on their mean in f64 accumulation (Krum, Bulyan), squared distances to a
+// point (geometric median, centered clipping, diagnostics) and an FMA loop that measures the
+// arithmetic floor. This file holds the AVX2 functions and what both sets share; avx512.go the
+// AVX-512 ones.
 //
 // It lives beside kernels/_gen/gen.go in the same module but is its own program, so that kernel
 // families are generated and reviewed independently. As there, every function performs exactly
@@ -30,9 +32,12 @@ func main() {
 	genTrimmedSorted()
 	genClosestSorted()
 
-	genGram()
+	genGramPack("gramPackF32AVX2", false)
+	genGramTiles()
 	genSqDist()
 	genFMALoop()
+
+	genAVX512()
 
 	Generate()
 }
@@ -77,15 +82,40 @@ func sortNetwork(n int) []comparator {
 	return net
 }
 
+// selectNetwork returns the comparators of net that the values of wires out depend on, in
+// order (selectNetwork in kernels/robust_network.go).
+func selectNetwork(net []comparator, out ...int) []comparator {
+	need := make(map[int]bool)
+	for _, w := range out {
+		need[w] = true
+	}
+	var keep []comparator
+	for i := len(net) - 1; i >= 0; i-- {
+		c := net[i]
+		if need[c.lo] || need[c.hi] {
+			keep = append(keep, c)
+			need[c.lo], need[c.hi] = true, true
+		}
+	}
+	for i, j := 0, len(keep)-1; i < j; i, j = i+1, j-1 {
+		keep[i], keep[j] = keep[j], keep[i]
+	}
+	return keep
+}
+
+// middleWires are the wires the median of n sorted values is taken from.
+func middleWires(n int) []int {
+	if n%2 == 1 {
+		return []int{n / 2}
+	}
+	return []int{n/2 - 1, n / 2}
+}
+
 // schedule reorders a network for register reuse without changing what it computes: every
 // comparator keeps its place among the comparators that share a wire with it (a topological
 // order of the same dependency graph), and among the ready ones the schedule prefers those
 // whose wires are already in registers.
-func schedule(net []comparator, inReg func(w int) bool) func() (comparator, bool) {
-	n := 0
-	for _, c := range net {
-		n = max(n, c.hi+1)
-	}
+func schedule(net []comparator, n int, inReg func(w int) bool) func() (comparator, bool) {
 	// next[w] is the index in net of the first comparator on wire w not yet scheduled.
 	pending := make([][]int, n)
 	for i, c := range net {
@@ -130,23 +160,29 @@ func schedule(net []comparator, inReg func(w int) bool) func() (comparator, bool
 
 var ymm = []VecPhysical{Y0, Y1, Y2, Y3, Y4, Y5, Y6, Y7, Y8, Y9, Y10, Y11, Y12, Y13, Y14, Y15}
 
-// regFile tracks which wire (sorted value) each ymm register holds while straight-line code is
-// generated, and spills to the group's slab in tmp when registers run out.
+// regFile tracks which wire (value of one input at a group of coordinates) each vector register
+// holds while straight-line code is generated, and spills to the group's slab in tmp when
+// registers run out.
 type regFile struct {
-	n      int
-	wire   [16]int // register -> wire, -1 if free
-	reg    []int   // wire -> register, -1 if not in a register
-	dirty  []bool  // the register holds a value tmp does not
-	loaded []bool  // the wire was read from its input
+	regs   []VecPhysical
+	slot   int    // bytes of one wire: a register
+	wire   []int  // register -> wire, -1 if free
+	reg    []int  // wire -> register, -1 if not in a register
+	dirty  []bool // the register holds a value tmp does not
+	loaded []bool // the wire was read from its input
 	xp, j  Register
 	tp     Register
-	uses   [][]int // per wire: positions (in the generated order) of its remaining uses
+	uses   [][]int // per wire: positions (in the canonical order) of its remaining uses
 	loads  int
 	stores int
+	// prefetch, if not 0, is how many bytes ahead of the group each input is prefetched at its
+	// first load.
+	prefetch int
 }
 
-func newRegFile(n int, xp, j, tp Register) *regFile {
-	r := &regFile{n: n, reg: make([]int, n), dirty: make([]bool, n), loaded: make([]bool, n), xp: xp, j: j, tp: tp}
+func newRegFile(regs []VecPhysical, slot, n int, xp, j, tp Register) *regFile {
+	r := &regFile{regs: regs, slot: slot, wire: make([]int, len(regs)), reg: make([]int, n),
+		dirty: make([]bool, n), loaded: make([]bool, n), xp: xp, j: j, tp: tp}
 	for i := range r.wire {
 		r.wire[i] = -1
 	}
@@ -156,7 +192,7 @@ func newRegFile(n int, xp, j, tp Register) *regFile {
 	return r
 }
 
-func (r *regFile) tmp(w int) Mem { return Mem{Base: r.tp, Disp: slot * w} }
+func (r *regFile) tmp(w int) Mem { return Mem{Base: r.tp, Disp: r.slot * w} }
 
 // free returns a free register, evicting the one whose wire is used furthest in the future
 // (Belady's choice) when none is free; pinned registers are kept.
@@ -186,7 +222,7 @@ func (r *regFile) free(pinned ...int) int {
 func (r *regFile) evict(i int) {
 	w := r.wire[i]
 	if r.dirty[w] {
-		VMOVUPS(ymm[i], r.tmp(w))
+		VMOVUPS(r.regs[i], r.tmp(w))
 		r.stores++
 		r.dirty[w] = false
 	}
@@ -201,12 +237,15 @@ func (r *regFile) ensure(w int, pinned ...int) int {
 	}
 	i := r.free(pinned...)
 	if r.loaded[w] {
-		VMOVUPS(r.tmp(w), ymm[i])
+		VMOVUPS(r.tmp(w), r.regs[i])
 		r.dirty[w] = false
 	} else {
 		p := GP64()
 		MOVQ(Mem{Base: r.xp, Disp: 24 * w}, p)
-		VMOVUPS(Mem{Base: p, Index: r.j, Scale: 1}, ymm[i])
+		VMOVUPS(Mem{Base: p, Index: r.j, Scale: 1}, r.regs[i])
+		if r.prefetch > 0 {
+			PREFETCHT0(Mem{Base: p, Index: r.j, Scale: 1, Disp: r.prefetch})
+		}
 		r.loaded[w] = true
 		r.dirty[w] = true
 	}
@@ -224,15 +263,13 @@ func containsInt(s []int, v int) bool {
 	return false
 }
 
-// emitSmallSort emits the straight-line sort of one group of 8 coordinates of n inputs into the
-// slab at tp, and returns the comparators in the order emitted.
-func emitSmallSort(n int, xp, j, tp Register) (loads, stores, comps int) {
-	net := sortNetwork(n)
-	r := newRegFile(n, xp, j, tp)
-	next := schedule(net, func(w int) bool { return r.reg[w] >= 0 })
+// emitNetwork emits the comparators of net (on the wires of r) in an order that reuses
+// registers, and returns how many it emitted.
+func emitNetwork(net []comparator, r *regFile) int {
+	n := len(r.reg)
+	next := schedule(net, n, func(w int) bool { return r.reg[w] >= 0 })
 	// The order is decided greedily, so the future uses that eviction looks at are those of the
 	// canonical order: a good estimate, since the schedule stays close to it.
-	var order []comparator
 	r.uses = make([][]int, n)
 	for i, c := range net {
 		r.uses[c.lo] = append(r.uses[c.lo], i)
@@ -242,12 +279,13 @@ func emitSmallSort(n int, xp, j, tp Register) (loads, stores, comps int) {
 	for i, c := range net {
 		pos[c] = append(pos[c], i)
 	}
+	count := 0
 	for {
 		c, ok := next()
 		if !ok {
 			break
 		}
-		order = append(order, c)
+		count++
 		// Consume this comparator's canonical position from the use lists.
 		p := pos[c][0]
 		pos[c] = pos[c][1:]
@@ -259,12 +297,20 @@ func emitSmallSort(n int, xp, j, tp Register) (loads, stores, comps int) {
 		rt := r.free(ra, rb)
 		// min(lo, hi) with VMINPS's choice: lo < hi ? lo : hi (hi when either is NaN or both
 		// are zeros); max likewise: lo > hi ? lo : hi.
-		VMINPS(ymm[rb], ymm[ra], ymm[rt])
-		VMAXPS(ymm[rb], ymm[ra], ymm[rb])
+		VMINPS(r.regs[rb], r.regs[ra], r.regs[rt])
+		VMAXPS(r.regs[rb], r.regs[ra], r.regs[rb])
 		r.wire[ra] = -1
 		r.reg[c.lo], r.wire[rt] = rt, c.lo
 		r.dirty[c.lo], r.dirty[c.hi] = true, true
 	}
+	return count
+}
+
+// emitSmallSort emits the straight-line sort of one group of n inputs into the slab at tp:
+// the network, then every wire stored (a wire no comparator touched is copied from its input).
+func emitSmallSort(regs []VecPhysical, slot, n int, xp, j, tp Register) (loads, stores, comps int) {
+	r := newRegFile(regs, slot, n, xp, j, tp)
+	comps = emitNetwork(sortNetwork(n), r)
 	for w := range n {
 		if r.reg[w] < 0 && !r.loaded[w] {
 			r.ensure(w)
@@ -273,7 +319,7 @@ func emitSmallSort(n int, xp, j, tp Register) (loads, stores, comps int) {
 			r.evict(i)
 		}
 	}
-	return r.loads, r.stores, len(order)
+	return r.loads, r.stores, comps
 }
 
 func removeInt(s []int, v int) []int {
@@ -306,7 +352,7 @@ func genSortSmall() {
 		SHLQ(U8(2), j)
 		g := Load(Param("groups"), GP64())
 		Label(fmt.Sprintf("n%d_loop", k))
-		loads, stores, comps := emitSmallSort(k, xp, j, tp)
+		loads, stores, comps := emitSmallSort(ymm, slot, k, xp, j, tp)
 		Commentf("n=%d: %d comparators, %d loads, %d stores per group", k, comps, loads, stores)
 		ADDQ(U8(slot), j)
 		ADDQ(U32(slot*k), tp)
@@ -318,11 +364,11 @@ func genSortSmall() {
 }
 
 // genSortNet generates sortNetF32AVX2(tmp, x, off, groups, net): sortSmallF32AVX2 for any
-// count, driven by a table of comparators given as byte offsets (lo, hi) within a group's slab.
+// count, driven by a table of comparators given as wire indices (lo, hi).
 func genSortNet() {
 	TEXT("sortNetF32AVX2", NOSPLIT, "func(tmp []float32, x [][]byte, off, groups int, net []uint32)")
 	Pragma("noescape")
-	Doc("sortNetF32AVX2 is sortGroupsGeneric for len(x) >= 1, groups > 0, net the byte offsets of sortNetwork(len(x)).")
+	Doc("sortNetF32AVX2 is sortGroupsGeneric for len(x) >= 1, groups > 0, net the wires of sortNetwork(len(x)).")
 	tp := Load(Param("tmp").Base(), GP64())
 	j := Load(Param("off"), GP64())
 	SHLQ(U8(2), j)
@@ -342,32 +388,41 @@ func genSortNet() {
 	ADDQ(U8(slot), d)
 	DECQ(cnt)
 	JNZ(LabelRef("gather"))
-	// Network.
-	q := Load(Param("net").Base(), GP64())
-	e := Load(Param("net").Len(), GP64())
-	LEAQ(Mem{Base: q, Index: e, Scale: 4}, e)
-	CMPQ(q, e)
-	JAE(LabelRef("next"))
-	Label("cmp")
-	a, b := GP64(), GP64()
-	MOVL(Mem{Base: q}, a.As32())
-	MOVL(Mem{Base: q, Disp: 4}, b.As32())
-	VMOVUPS(Mem{Base: tp, Index: a, Scale: 1}, Y0)
-	VMOVUPS(Mem{Base: tp, Index: b, Scale: 1}, Y1)
-	VMINPS(Y1, Y0, Y2)
-	VMAXPS(Y1, Y0, Y1)
-	VMOVUPS(Y2, Mem{Base: tp, Index: a, Scale: 1})
-	VMOVUPS(Y1, Mem{Base: tp, Index: b, Scale: 1})
-	ADDQ(U8(8), q)
-	CMPQ(q, e)
-	JB(LabelRef("cmp"))
-	Label("next")
+	tableNetwork("net", tp, 5, Y0, Y1, Y2)
 	ADDQ(U8(slot), j)
 	MOVQ(d, tp)
 	DECQ(g)
 	JNZ(LabelRef("group"))
 	VZEROUPPER()
 	RET()
+}
+
+// tableNetwork emits the loop that applies the comparators of the table param (wire indices
+// lo, hi, ...) to the slab at tp, whose wires are 1<<shift bytes apart; a, b and t are
+// scratch vector registers.
+func tableNetwork(param string, tp Register, shift uint8, a, b, t Register) {
+	q := Load(Param(param).Base(), GP64())
+	e := Load(Param(param).Len(), GP64())
+	LEAQ(Mem{Base: q, Index: e, Scale: 4}, e)
+	done := param + "_done"
+	CMPQ(q, e)
+	JAE(LabelRef(done))
+	Label(param + "_cmp")
+	lo, hi := GP64(), GP64()
+	MOVL(Mem{Base: q}, lo.As32())
+	MOVL(Mem{Base: q, Disp: 4}, hi.As32())
+	SHLQ(U8(shift), lo)
+	SHLQ(U8(shift), hi)
+	VMOVUPS(Mem{Base: tp, Index: lo, Scale: 1}, a)
+	VMOVUPS(Mem{Base: tp, Index: hi, Scale: 1}, b)
+	VMINPS(b, a, t)
+	VMAXPS(b, a, b)
+	VMOVUPS(t, Mem{Base: tp, Index: lo, Scale: 1})
+	VMOVUPS(b, Mem{Base: tp, Index: hi, Scale: 1})
+	ADDQ(U8(8), q)
+	CMPQ(q, e)
+	JB(LabelRef(param + "_cmp"))
+	Label(done)
 }
 
 // broadcastF32 returns a ymm register holding f in every lane.
@@ -487,10 +542,14 @@ func genTrimmedSorted() {
 }
 
 // genClosestSorted generates closestSortedF32AVX2(dst, tmp, n, beta, c): per sorted group, the
-// mean of the beta values closest to the median (Bulyan's coordinate step). The window start
-// is 1 + the last s in [0, n-beta) with |v[s+beta]-m| < |v[s]-m|, or 0; the window is summed
-// from +0 in ascending order (lanes outside it add +0, which changes nothing) and divided by
-// c = beta.
+// mean of the beta values closest to the median (Bulyan's coordinate step). The first and last
+// starts of the closest windows are lo = 1 + the last t in [0, n-beta) with |v[t+beta]-m| <
+// |v[t]-m| (or 0) and hi, which such a t resets to lo and a t = hi with equal distances moves
+// to t+1 (closestWindows); the windows at a = floor((lo+hi)/2) and b = lo+hi-a
+// are summed from +0 in ascending order (lanes outside a window add +0, which changes nothing:
+// the sums start at +0, so they are never -0) and divided by c = beta, and the result is a's
+// mean where a = b, else a's mean·0.5 + b's mean·0.5. Window starts are counted in f32 lanes
+// (exact small integers).
 func genClosestSorted() {
 	TEXT("closestSortedF32AVX2", NOSPLIT, "func(dst []float32, tmp []float32, n, beta int, c float32)")
 	Pragma("noescape")
@@ -529,8 +588,9 @@ func genClosestSorted() {
 		}
 		Label(lbl + "_loop")
 		m := median(tp, mid, odd, half)
-		sel, sv := YMM(), YMM()
-		VXORPS(sel, sel, sel)
+		lo, hi, sv := YMM(), YMM(), YMM() // sv = t+1
+		VXORPS(lo, lo, lo)
+		VXORPS(hi, hi, hi)
 		VMOVUPS(one, sv)
 		s := GP64()
 		MOVQ(tp, s)
@@ -539,40 +599,63 @@ func genClosestSorted() {
 		TESTQ(cnt, cnt)
 		JZ(LabelRef(lbl + "_window"))
 		Label(lbl + "_start")
-		d0, d1 := YMM(), YMM()
+		d0, d1, lt, at := YMM(), YMM(), YMM(), YMM()
 		VMOVUPS(Mem{Base: s}, d0)
 		VSUBPS(m, d0, d0)
 		VANDPS(abs, d0, d0)
 		VMOVUPS(Mem{Base: s, Index: bo, Scale: 1}, d1)
 		VSUBPS(m, d1, d1)
 		VANDPS(abs, d1, d1)
-		VCMPPS(U8(1), d0, d1, d1) // d1 < d0
-		VBLENDVPS(d1, sv, sel, sel)
+		VCMPPS(U8(1), d0, d1, lt) // dh < dl
+		VCMPPS(U8(0), d0, d1, d1) // dh == dl
+		VADDPS(one, hi, at)
+		VCMPPS(U8(0), sv, at, at) // hi == t
+		VANDPS(at, d1, d1)
+		VORPS(lt, d1, d1) // hi moves
+		VBLENDVPS(lt, sv, lo, lo)
+		VBLENDVPS(d1, sv, hi, hi)
 		VADDPS(one, sv, sv)
 		ADDQ(U8(slot), s)
 		DECQ(cnt)
 		JNZ(LabelRef(lbl + "_start"))
 		Label(lbl + "_window")
-		hi := YMM()
-		VADDPS(bv, sel, hi)
-		acc, iv := YMM(), YMM()
-		VXORPS(acc, acc, acc)
+		// a = floor((lo+hi)/2), b = lo+hi-a, and the ends of their windows.
+		a, b := YMM(), YMM()
+		VADDPS(hi, lo, b)
+		VMULPS(half, b, a)
+		VROUNDPS(U8(9), a, a) // floor, no precision exception
+		VSUBPS(a, b, b)
+		ae, be := YMM(), YMM()
+		VADDPS(bv, a, ae)
+		VADDPS(bv, b, be)
+		accA, accB, iv := YMM(), YMM(), YMM()
+		VXORPS(accA, accA, accA)
+		VXORPS(accB, accB, accB)
 		VXORPS(iv, iv, iv)
 		MOVQ(tp, s)
 		MOVQ(n, cnt)
 		Label(lbl + "_sum")
-		in, lt, t := YMM(), YMM(), YMM()
-		VCMPPS(U8(13), sel, iv, in) // iv >= sel
-		VCMPPS(U8(1), hi, iv, lt)   // iv < sel+beta
-		VANDPS(lt, in, in)
-		VANDPS(Mem{Base: s}, in, t)
-		VADDPS(t, acc, acc)
+		for _, w := range []struct{ start, end, acc VecVirtual }{{a, ae, accA}, {b, be, accB}} {
+			in, lt, t := YMM(), YMM(), YMM()
+			VCMPPS(U8(13), w.start, iv, in) // iv >= start
+			VCMPPS(U8(1), w.end, iv, lt)    // iv < start+beta
+			VANDPS(lt, in, in)
+			VANDPS(Mem{Base: s}, in, t)
+			VADDPS(t, w.acc, w.acc)
+		}
 		VADDPS(one, iv, iv)
 		ADDQ(U8(slot), s)
 		DECQ(cnt)
 		JNZ(LabelRef(lbl + "_sum"))
-		VDIVPS(c, acc, acc)
-		VMOVUPS(acc, Mem{Base: dst})
+		VDIVPS(c, accA, accA)
+		VDIVPS(c, accB, accB)
+		eq, t := YMM(), YMM()
+		VCMPPS(U8(0), b, a, eq) // a == b
+		VMULPS(half, accA, t)
+		VMULPS(half, accB, accB)
+		VADDPS(accB, t, t)
+		VBLENDVPS(eq, accA, t, t)
+		VMOVUPS(t, Mem{Base: dst})
 		ADDQ(U8(32), dst)
 		ADDQ(stride, tp)
 		DECQ(g)
@@ -585,8 +668,215 @@ func genClosestSorted() {
 // ---------------------------------------------------------------------------------------------
 // Gram matrix.
 
-// genGram generates gramF32AVX2(p, x, elems): for every pair a <= b of inputs,
-// p[(a*n+b)*4 + j%4] = FMA(x[a][j], x[b][j], p[...]) for j in [0, elems), elems a multiple of 8.
+// The Gram kernels work on a packed block (GramF32 in kernels/robust_gram.go): the centred f64
+// values of the inputs taken in pairs (2q, 2q+1), in groups of 4 coordinates, each group the 4
+// values of input 2q then the 4 of input 2q+1 (64 bytes), then the block's centre (elems f64).
+// An odd count gets a zero partner, so that a 64-byte load always holds two inputs. With G =
+// elems/4 groups and ne = n rounded up to even, input i's values of group g are at byte
+//
+//	pair-major (AVX2 tiles):   (i>>1)·G·64 + g·64 + (i&1)·32  (a pair's groups contiguous)
+//	group-major (AVX-512):     g·ne·32 + (i>>1)·64 + (i&1)·32 (a group's pairs contiguous)
+//
+// The AVX2 tiles keep a pointer per row and column; the AVX-512 tiles address all their rows
+// and columns from one pointer with constant displacements.
+
+// genGramPack generates name(tmp, sq, x, elems): the centre of each coordinate (the inputs' f64
+// sum in input order divided by n, rounded to f32, 0 where not finite), every input's centred
+// values packed into tmp (pair-major or group-major), and sq[4i + j%4] = FMA(x_i[j], x_i[j],
+// ...), for elems a positive multiple of 8 (AVX2 instructions either way). While it reads an
+// input it prefetches the input's next block (the elems elements after this one) into L2, for
+// the next call of a caller that walks the inputs block by block: the register tiles, which take
+// much longer than the packing, then hide it.
+func genGramPack(name string, groupMajor bool) {
+	TEXT(name, NOSPLIT, "func(tmp []float64, sq []float64, x [][]byte, elems int)")
+	Pragma("noescape")
+	layout := "pair-major"
+	if groupMajor {
+		layout = "group-major"
+	}
+	Doc(name + " packs the centred block of gramGeneric into tmp (" + layout + ") and adds the squares to sq, for elems a positive multiple of 8.")
+	elems := Load(Param("elems"), GP64())
+	n := Load(Param("x").Len(), GP64())
+	panel := Load(Param("tmp").Base(), GP64())
+	// g64 = G·64 = elems·16 bytes: a pair's row; centre at panel + ne·elems·8.
+	g64 := GP64()
+	MOVQ(elems, g64)
+	SHLQ(U8(4), g64)
+	centre := GP64()
+	MOVQ(n, centre)
+	INCQ(centre)
+	ANDQ(I8(-2), centre)
+	IMULQ(elems, centre)
+	SHLQ(U8(3), centre)
+	ADDQ(panel, centre)
+	end := GP64() // f32 bytes of the block
+	MOVQ(elems, end)
+	SHLQ(U8(2), end)
+	var stride Register // group-major: a group's bytes, ne·32
+	if groupMajor {
+		stride = GP64()
+		MOVQ(n, stride)
+		INCQ(stride)
+		ANDQ(I8(-2), stride)
+		SHLQ(U8(5), stride)
+	}
+	nf := YMM()
+	VCVTSI2SDQ(n, nf.AsX(), nf.AsX())
+	VBROADCASTSD(nf.AsX(), nf)
+	zero := YMM()
+	VXORPD(zero, zero, zero)
+
+	// Pass 1: the centre, 8 coordinates per step.
+	{
+		cp, j := GP64(), GP64()
+		MOVQ(centre, cp)
+		XORQ(j, j)
+		Label("centre")
+		t0, t1 := YMM(), YMM()
+		VXORPD(t0, t0, t0)
+		VXORPD(t1, t1, t1)
+		h := Load(Param("x").Base(), GP64())
+		cnt := GP64()
+		MOVQ(n, cnt)
+		Label("centre_in")
+		p := GP64()
+		MOVQ(Mem{Base: h}, p)
+		v0, v1 := YMM(), YMM()
+		VCVTPS2PD(Mem{Base: p, Index: j, Scale: 1}, v0)
+		VCVTPS2PD(Mem{Base: p, Index: j, Scale: 1, Disp: 16}, v1)
+		VADDPD(v0, t0, t0)
+		VADDPD(v1, t1, t1)
+		ADDQ(U8(24), h)
+		DECQ(cnt)
+		JNZ(LabelRef("centre_in"))
+		for k, t := range []VecVirtual{t0, t1} {
+			f, d := XMM(), YMM()
+			VDIVPD(nf, t, t)
+			VCVTPD2PSY(t, f)
+			VCVTPS2PD(f, t)
+			VSUBPD(t, t, d)
+			VCMPPD(U8(0), zero, d, d) // t-t == 0: t is finite
+			VANDPD(d, t, t)
+			VMOVUPD(t, Mem{Base: cp, Disp: 32 * k})
+		}
+		ADDQ(U8(64), cp)
+		ADDQ(U8(32), j)
+		CMPQ(j, end)
+		JB(LabelRef("centre"))
+	}
+
+	// Pass 2: input by input, the centred values and the squares, 8 coordinates per step.
+	{
+		i := GP64()
+		XORQ(i, i)
+		Label("input")
+		p, pend := inputPtr(i), GP64()
+		LEAQ(Mem{Base: p, Index: end, Scale: 1}, pend)
+		row := packRow(panel, i, g64, groupMajor)
+		sqp := Load(Param("sq").Base(), GP64())
+		sh := GP64()
+		MOVQ(i, sh)
+		SHLQ(U8(5), sh)
+		ADDQ(sh, sqp)
+		acc := YMM()
+		VMOVUPD(Mem{Base: sqp}, acc)
+		cp := GP64()
+		MOVQ(centre, cp)
+		Label("pack")
+		PREFETCHT1(Mem{Base: p, Index: end, Scale: 1})
+		for u := range 2 {
+			v, y := YMM(), YMM()
+			VCVTPS2PD(Mem{Base: p, Disp: 16 * u}, v)
+			VFMADD231PD(v, v, acc)
+			VSUBPD(Mem{Base: cp, Disp: 32 * u}, v, y)
+			if groupMajor {
+				VMOVUPD(y, Mem{Base: row})
+				ADDQ(stride, row)
+			} else {
+				VMOVUPD(y, Mem{Base: row, Disp: 64 * u})
+			}
+		}
+		ADDQ(U8(64), cp)
+		if !groupMajor {
+			ADDQ(U8(128), row)
+		}
+		ADDQ(U8(32), p)
+		CMPQ(p, pend)
+		JB(LabelRef("pack"))
+		VMOVUPD(acc, Mem{Base: sqp})
+		INCQ(i)
+		CMPQ(i, n)
+		JB(LabelRef("input"))
+	}
+	// An odd count's zero partner.
+	TESTQ(U32(1), n)
+	JZ(LabelRef("done"))
+	row := packRow(panel, n, g64, groupMajor)
+	cnt := GP64()
+	MOVQ(elems, cnt)
+	SHRQ(U8(2), cnt)
+	Label("pad")
+	VMOVUPD(zero, Mem{Base: row})
+	if groupMajor {
+		ADDQ(stride, row)
+	} else {
+		ADDQ(U8(64), row)
+	}
+	DECQ(cnt)
+	JNZ(LabelRef("pad"))
+	Label("done")
+	VZEROUPPER()
+	RET()
+}
+
+// inputPtr returns the address of element 0 of input i (x[i]'s data pointer).
+func inputPtr(i Register) Register {
+	h := Load(Param("x").Base(), GP64())
+	hi := GP64()
+	LEAQ(Mem{Base: i, Index: i, Scale: 2}, hi)
+	p := GP64()
+	MOVQ(Mem{Base: h, Index: hi, Scale: 8}, p)
+	return p
+}
+
+// packRow returns the address of input i's first group in the packed block at panel, in the
+// pair-major or the group-major layout.
+func packRow(panel, i, g64 Register, groupMajor bool) Register {
+	if !groupMajor {
+		return gramRow(panel, i, g64)
+	}
+	r, t := GP64(), GP64()
+	MOVQ(i, r)
+	SHRQ(U8(1), r)
+	SHLQ(U8(6), r)
+	ADDQ(panel, r)
+	MOVQ(i, t)
+	ANDQ(U32(1), t)
+	SHLQ(U8(5), t)
+	ADDQ(t, r)
+	return r
+}
+
+// gramRow returns the address of input i's first group in the packed block at panel, whose
+// pairs' rows are g64 bytes long: panel + (i>>1)·g64 + (i&1)·32.
+func gramRow(panel, i, g64 Register) Register {
+	r, t := GP64(), GP64()
+	MOVQ(i, r)
+	SHRQ(U8(1), r)
+	IMULQ(g64, r)
+	ADDQ(panel, r)
+	MOVQ(i, t)
+	ANDQ(U32(1), t)
+	SHLQ(U8(5), t)
+	ADDQ(t, r)
+	return r
+}
+
+// genGramTiles generates gramTilesAVX2(p, tmp, n, elems, r0, r1): for the rows a in [r0, r1)
+// (r0 a multiple of 3) and every b >= a, p[(a*s+b)*4 + j%4] = FMA(y_a[j], y_b[j], p[...]) over
+// the packed block in tmp (gramPackF32AVX2's), s = n rounded up to even, j in [0, elems),
+// elems a positive multiple of 8. A caller bounds the time spent in one call (the runtime
+// cannot preempt it) by the rows it asks for.
 //
 // Rows are taken 3 at a time (i0, i0+1, i0+2). Each row group starts with a diagonal tile: the
 // pairs among its rows and with the next 2 columns (5+4+3 = 12 pairs, the rows' own vectors
@@ -594,23 +884,22 @@ func genClosestSorted() {
 // 4 columns: 12 accumulators, 3 row vectors held in registers and one column vector streamed,
 // so each 4-element step loads 7 vectors for 12 FMAs and the two FMA pipes stay busy (12
 // independent chains cover the 4-cycle latency). Only the last tile of a row group may be
-// narrower, and no pair a > b is computed. The f32 values are converted to f64 in the loads
-// (VCVTPS2PD m128), which run beside the FMAs.
-func genGram() {
-	TEXT("gramF32AVX2", NOSPLIT, "func(p []float64, x [][]byte, elems int)")
+// narrower, and no pair a > b is computed.
+func genGramTiles() {
+	TEXT("gramTilesAVX2", NOSPLIT, "func(p []float64, tmp []float64, n, elems, r0, r1 int)")
 	Pragma("noescape")
-	Doc("gramF32AVX2 is gramGeneric for elems a positive multiple of 8 and len(p) >= 4*len(x)*len(x).")
-	n := Load(Param("x").Len(), GP64())
-	ns := GP64() // row stride of p in bytes: n*32
+	Doc("gramTilesAVX2 adds the pairs of rows [r0, r1) of the packed block in tmp to p (gramGeneric's), for elems a positive multiple of 8 and r0 a multiple of 3.")
+	n := Load(Param("n"), GP64())
+	ns := GP64() // row stride of p in bytes: s*32
 	MOVQ(n, ns)
+	INCQ(ns)
+	ANDQ(I8(-2), ns)
 	SHLQ(U8(5), ns)
-	i0, c0, left := GP64(), GP64(), GP64()
-	XORQ(i0, i0)
+	c0, left := GP64(), GP64()
+	i0 := Load(Param("r0"), GP64())
+	CMPQ(i0, Load(Param("r1"), GP64()))
+	JAE(LabelRef("done"))
 
-	// Each row group's diagonal tile also prefetches the following 8 KiB of its rows into L2:
-	// over a block, every input's next block is asked for once, spread over the block's work,
-	// so that the next block's first row group (which touches every input first) finds it in
-	// L2 instead of waiting for DRAM.
 	Label("rows")
 	// The diagonal tile: R = min(3, n-i0) rows, E = min(2, n-i0-R) more columns when R = 3.
 	MOVQ(n, left)
@@ -623,7 +912,7 @@ func genGram() {
 	JMP(LabelRef("diag3_2"))
 	for _, d := range append(diag, struct{ r, e, left int }{3, 2, 5}) {
 		Label(fmt.Sprintf("diag%d_%d", d.r, d.e))
-		gramTile(d.r, d.e, true, true, i0, i0, n, ns)
+		gramTile(d.r, d.e, true, i0, i0, ns)
 		if d.r < 3 {
 			JMP(LabelRef("done")) // these were the last rows
 		} else {
@@ -646,13 +935,13 @@ func genGram() {
 	JMP(LabelRef("tile3x4"))
 	for c := 1; c <= 4; c++ {
 		Label(fmt.Sprintf("tile3x%d", c))
-		gramTile(3, c, false, false, i0, c0, n, ns)
+		gramTile(3, c, false, i0, c0, ns)
 		ADDQ(U8(4), c0)
 		JMP(LabelRef("cols"))
 	}
 	Label("nextrow")
 	ADDQ(U8(3), i0)
-	CMPQ(i0, n)
+	CMPQ(i0, Load(Param("r1"), GP64()))
 	JB(LabelRef("rows"))
 
 	Label("done")
@@ -660,25 +949,20 @@ func genGram() {
 	RET()
 }
 
-// gramPrefetch is how far ahead the diagonal tiles prefetch: one block of the CPU device (2Ki
-// f32 elements). Half a block ahead measured 7% slower, two blocks ahead the same.
-const gramPrefetch = 8192
-
-// gramTile emits one tile over all elements: R rows from i0 and, for a rectangular tile, C
-// columns from c0; for a diagonal tile (c0 = i0), the pairs r <= c of the R rows and C more
-// columns after them. Pointers run from the end of the data with a negative index, so the loop
-// needs no bound register.
-func gramTile(R, C int, diagonal, prefetch bool, i0, c0, n, ns Register) {
-	xp := Load(Param("x").Base(), GP64())
-	elems := Load(Param("elems"), GP64())
-	SHLQ(U8(2), elems) // bytes
+// gramTile emits one tile over all groups of the packed block: R rows from i0 and, for a
+// rectangular tile, C columns from c0; for a diagonal tile (c0 = i0), the pairs r <= c of the R
+// rows and C more columns after them. Pointers run from the end of the rows with a negative
+// index, so the loop needs no bound register.
+func gramTile(R, C int, diagonal bool, i0, c0, ns Register) {
+	panel := Load(Param("tmp").Base(), GP64())
+	g64 := Load(Param("elems"), GP64())
+	SHLQ(U8(4), g64) // a pair's row: elems·16 bytes
 	ptr := func(idx Register, k int) Register {
-		h := GP64()
-		LEAQ(Mem{Base: idx, Index: idx, Scale: 2}, h) // idx*3
-		p := GP64()
-		MOVQ(Mem{Base: xp, Index: h, Scale: 8, Disp: 24 * k}, p)
-		ADDQ(elems, p)
-		return p
+		i := GP64()
+		LEAQ(Mem{Base: idx, Disp: k}, i)
+		r := gramRow(panel, i, g64)
+		ADDQ(g64, r)
+		return r
 	}
 	rows := make([]Register, R)
 	for r := range rows {
@@ -694,12 +978,14 @@ func gramTile(R, C int, diagonal, prefetch bool, i0, c0, n, ns Register) {
 	for c := first; c < cols; c++ {
 		colp[c] = ptr(c0, c)
 	}
-	// pt = &p[(i0*n + c0)*4]; pair (row r, column c) at pt + r*ns + c*32.
+	// pt = &p[(i0*s + c0)*4]; pair (row r, column c) at pt + r*ns + c*32.
 	pt := GP64()
 	MOVQ(i0, pt)
-	IMULQ(n, pt)
-	ADDQ(c0, pt)
-	SHLQ(U8(5), pt)
+	IMULQ(ns, pt)
+	t := GP64()
+	MOVQ(c0, t)
+	SHLQ(U8(5), t)
+	ADDQ(t, pt)
 	pb := Load(Param("p").Base(), GP64())
 	ADDQ(pb, pt)
 	pm := func(r, c int) Mem {
@@ -721,25 +1007,15 @@ func gramTile(R, C int, diagonal, prefetch bool, i0, c0, n, ns Register) {
 		}
 	}
 	j := GP64()
-	MOVQ(elems, j)
+	MOVQ(g64, j)
 	NEGQ(j)
-	loop := fmt.Sprintf("t%dx%d_%v_%v_loop", R, C, diagonal, prefetch)
+	loop := fmt.Sprintf("t%dx%d_%v_loop", R, C, diagonal)
 	Label(loop)
-	if prefetch {
-		// One prefetch per stream per 32 bytes: half of them hit a line already asked for,
-		// which costs a load slot and nothing else.
-		for r := range R {
-			PREFETCHT1(Mem{Base: rows[r], Index: j, Scale: 1, Disp: gramPrefetch})
-		}
-		for c := first; c < cols; c++ {
-			PREFETCHT1(Mem{Base: colp[c], Index: j, Scale: 1, Disp: gramPrefetch})
-		}
-	}
 	for u := range 2 {
 		av := make([]VecVirtual, R)
 		for r := range R {
 			av[r] = YMM()
-			VCVTPS2PD(Mem{Base: rows[r], Index: j, Scale: 1, Disp: 16 * u}, av[r])
+			VMOVUPD(Mem{Base: rows[r], Index: j, Scale: 1, Disp: 64 * u}, av[r])
 		}
 		for c := range cols {
 			var bv VecVirtual
@@ -747,7 +1023,7 @@ func gramTile(R, C int, diagonal, prefetch bool, i0, c0, n, ns Register) {
 				bv = av[c]
 			} else {
 				bv = YMM()
-				VCVTPS2PD(Mem{Base: colp[c], Index: j, Scale: 1, Disp: 16 * u}, bv)
+				VMOVUPD(Mem{Base: colp[c], Index: j, Scale: 1, Disp: 64 * u}, bv)
 			}
 			for r := range R {
 				if used(r, c) {
@@ -756,7 +1032,7 @@ func gramTile(R, C int, diagonal, prefetch bool, i0, c0, n, ns Register) {
 			}
 		}
 	}
-	ADDQ(U8(32), j)
+	ADDQ(U8(128), j)
 	JNZ(LabelRef(loop))
 	for r := range R {
 		for c := range cols {

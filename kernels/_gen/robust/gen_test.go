@@ -5,13 +5,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
 // TestGeneratedUpToDate regenerates the robust kernels' assembly and stubs in a copy of the
 // generator module laid out as the repository is (tmp/kernels/_gen/robust, so that the command
-// line recorded in the headers is the same) and fails if they differ from the committed
-// kernels/robust_amd64.s and kernels/robust_stubs_amd64.go.
+// line recorded in the headers is the same; every generator file is copied) and fails if they
+// differ from the committed kernels/robust_amd64.s and kernels/robust_stubs_amd64.go.
 func TestGeneratedUpToDate(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs the generator")
@@ -21,7 +22,17 @@ func TestGeneratedUpToDate(t *testing.T) {
 	if err := os.MkdirAll(gen, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	for src, dst := range map[string]string{"gen.go": gen, "../go.mod": mod, "../go.sum": mod} {
+	files := map[string]string{"../go.mod": mod, "../go.sum": mod}
+	srcs, err := filepath.Glob("*.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range srcs {
+		if !strings.HasSuffix(f, "_test.go") {
+			files[f] = gen
+		}
+	}
+	for src, dst := range files {
 		b, err := os.ReadFile(src)
 		if err != nil {
 			t.Fatal(err)

@@ -1,0 +1,624 @@
+package main
+
+// The AVX-512 (F, BW, VL, DQ) functions of the robust family. Per element they perform the
+// operations of the AVX2 functions and of the references, so the results are the same bits:
+//
+//   - The sorting networks run on 16 coordinates per zmm register, and up to 32 inputs stay in
+//     the 32 registers (spilling only where the network needs a 33rd). The median takes a
+//     selection network, the comparators the middle wires depend on, and writes its result
+//     straight to dst instead of storing every sorted value.
+//   - The Gram tiles hold 4 rows by 6 pairs of columns: 24 zmm accumulators, each the 4 lanes of
+//     two adjacent pairs (a, b) and (a, b+1), whose partials are adjacent in p; the row operand
+//     is input a's 4 values broadcast to both halves, the column operand the packed group of
+//     inputs b and b+1. Each group of 4 coordinates loads 4 broadcasts and 6 vectors for 24
+//     FMAs (48 f64 pair-updates), against 7 loads for 12 in the AVX2 tiles. Lane l of a pair
+//     still receives coordinates j ≡ l mod 4 in order, so the partials are the AVX2 ones.
+//
+// On Zen 4 a 512-bit operation occupies two 256-bit pipes, so zmm registers give no more
+// arithmetic per cycle than ymm ones: what they give is twice the registers, fewer spills and
+// loads, and half the instructions. The kernels registry picks by measurement (see
+// kernels/robust_avx512_amd64.go).
+
+import (
+	"fmt"
+	"math"
+
+	. "github.com/mmcloughlin/avo/build"
+	. "github.com/mmcloughlin/avo/operand"
+	. "github.com/mmcloughlin/avo/reg"
+)
+
+var zmm = []VecPhysical{
+	Z0, Z1, Z2, Z3, Z4, Z5, Z6, Z7, Z8, Z9, Z10, Z11, Z12, Z13, Z14, Z15,
+	Z16, Z17, Z18, Z19, Z20, Z21, Z22, Z23, Z24, Z25, Z26, Z27, Z28, Z29, Z30, Z31,
+}
+
+// slot512 is the byte size of one value of a group in the AVX-512 slabs: 16 f32 lanes.
+const slot512 = 64
+
+// sortPrefetch is how far ahead (bytes) the straight-line sorts prefetch each input: 8 groups
+// of 16 coordinates.
+const sortPrefetch = 512
+
+func genAVX512() {
+	genSortSmall512()
+	genMedianSmall512()
+	genSortNet512()
+	genMedianNet512()
+	genTrimmedSorted512()
+	genClosestSorted512()
+	genGramPack("gramPackF32AVX512", true)
+	genGramTiles512()
+	genFMALoop512()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sorting and selection networks.
+
+// dispatchCounts emits the jump to label prefix+"n<k>" for the input count in n (1..smallMax).
+func dispatchCounts(n Register, prefix string) {
+	for k := 1; k <= smallMax; k++ {
+		CMPQ(n, U8(k))
+		JE(LabelRef(fmt.Sprintf("%sn%d", prefix, k)))
+	}
+	RET()
+}
+
+// genSortSmall512 generates sortSmallF32AVX512(tmp, x, off, groups): sortSmallF32AVX2 on groups
+// of 16 coordinates (tmp[(g*n+i)*16+lane]).
+func genSortSmall512() {
+	TEXT("sortSmallF32AVX512", NOSPLIT, "func(tmp []float32, x [][]byte, off, groups int)")
+	Pragma("noescape")
+	Doc(fmt.Sprintf("sortSmallF32AVX512 is sortGroupsGeneric with width 16 for 1 <= len(x) <= %d, groups > 0.", smallMax))
+	dispatchCounts(Load(Param("x").Len(), GP64()), "")
+	for k := 1; k <= smallMax; k++ {
+		Label(fmt.Sprintf("n%d", k))
+		xp := Load(Param("x").Base(), GP64())
+		tp := Load(Param("tmp").Base(), GP64())
+		j := Load(Param("off"), GP64())
+		SHLQ(U8(2), j)
+		g := Load(Param("groups"), GP64())
+		Label(fmt.Sprintf("n%d_loop", k))
+		r := newRegFile(zmm, slot512, k, xp, j, tp)
+		r.prefetch = sortPrefetch
+		comps := emitNetwork(sortNetwork(k), r)
+		for w := range k {
+			if r.reg[w] < 0 && !r.loaded[w] {
+				r.ensure(w)
+			}
+			if i := r.reg[w]; i >= 0 {
+				r.evict(i)
+			}
+		}
+		Commentf("n=%d: %d comparators, %d loads, %d stores per group", k, comps, r.loads, r.stores)
+		ADDQ(U8(slot512), j)
+		ADDQ(U32(slot512*k), tp)
+		DECQ(g)
+		JNZ(LabelRef(fmt.Sprintf("n%d_loop", k)))
+		VZEROUPPER()
+		RET()
+	}
+}
+
+// genMedianSmall512 generates medianSmallF32AVX512(dst, tmp, x, off, groups): the median of
+// each of groups groups of 16 coordinates by the selection network of the middle wires, the
+// result written to dst (16 per group); tmp (len(x)·16 floats) holds the wires the network
+// spills.
+func genMedianSmall512() {
+	TEXT("medianSmallF32AVX512", NOSPLIT, "func(dst []float32, tmp []float32, x [][]byte, off, groups int)")
+	Pragma("noescape")
+	Doc(fmt.Sprintf("medianSmallF32AVX512 is the median of sortGroupsGeneric's groups with width 16 for 1 <= len(x) <= %d, groups > 0, len(dst) = 16*groups.", smallMax))
+	dispatchCounts(Load(Param("x").Len(), GP64()), "")
+	for k := 1; k <= smallMax; k++ {
+		Label(fmt.Sprintf("n%d", k))
+		xp := Load(Param("x").Base(), GP64())
+		tp := Load(Param("tmp").Base(), GP64())
+		dst := Load(Param("dst").Base(), GP64())
+		j := Load(Param("off"), GP64())
+		SHLQ(U8(2), j)
+		g := Load(Param("groups"), GP64())
+		Label(fmt.Sprintf("n%d_loop", k))
+		r := newRegFile(zmm, slot512, k, xp, j, tp)
+		r.prefetch = sortPrefetch
+		net := selectNetwork(sortNetwork(k), middleWires(k)...)
+		comps := emitNetwork(net, r)
+		// Every input feeds the median; one that no comparator reads (k = 1) is read here.
+		mw := middleWires(k)
+		if len(mw) == 1 {
+			VMOVUPS(r.regs[r.ensure(mw[0])], Mem{Base: dst})
+		} else {
+			a := r.ensure(mw[0])
+			b := r.ensure(mw[1], a)
+			h := r.free(a, b)
+			c := GP32()
+			MOVL(U32(0x3f000000), c) // 0.5
+			VPBROADCASTD(c, r.regs[h])
+			VMULPS(r.regs[h], r.regs[a], r.regs[a])
+			VMULPS(r.regs[h], r.regs[b], r.regs[b])
+			VADDPS(r.regs[b], r.regs[a], r.regs[a])
+			VMOVUPS(r.regs[a], Mem{Base: dst})
+		}
+		Commentf("n=%d: %d of %d comparators, %d loads, %d stores per group", k, comps, len(sortNetwork(k)), r.loads, r.stores)
+		ADDQ(U8(slot512), j)
+		ADDQ(U8(slot512), dst)
+		DECQ(g)
+		JNZ(LabelRef(fmt.Sprintf("n%d_loop", k)))
+		VZEROUPPER()
+		RET()
+	}
+}
+
+// gather512 copies the 16 values at byte j of every input into the slab at tp (value i at
+// tp + 64i) and returns the slab's end.
+func gather512(tp, j Register) Register {
+	h := Load(Param("x").Base(), GP64())
+	cnt := Load(Param("x").Len(), GP64())
+	d := GP64()
+	MOVQ(tp, d)
+	Label("gather")
+	p := GP64()
+	MOVQ(Mem{Base: h}, p)
+	VMOVUPS(Mem{Base: p, Index: j, Scale: 1}, Z0)
+	PREFETCHT0(Mem{Base: p, Index: j, Scale: 1, Disp: sortPrefetch})
+	VMOVUPS(Z0, Mem{Base: d})
+	ADDQ(U8(24), h)
+	ADDQ(U8(slot512), d)
+	DECQ(cnt)
+	JNZ(LabelRef("gather"))
+	return d
+}
+
+// genSortNet512 generates sortNetF32AVX512(tmp, x, off, groups, net): sortNetF32AVX2 on groups of
+// 16 coordinates.
+func genSortNet512() {
+	TEXT("sortNetF32AVX512", NOSPLIT, "func(tmp []float32, x [][]byte, off, groups int, net []uint32)")
+	Pragma("noescape")
+	Doc("sortNetF32AVX512 is sortGroupsGeneric with width 16 for len(x) >= 1, groups > 0, net the wires of sortNetwork(len(x)).")
+	tp := Load(Param("tmp").Base(), GP64())
+	j := Load(Param("off"), GP64())
+	SHLQ(U8(2), j)
+	g := Load(Param("groups"), GP64())
+	Label("group")
+	d := gather512(tp, j)
+	tableNetwork("net", tp, 6, Z0, Z1, Z2)
+	ADDQ(U8(slot512), j)
+	MOVQ(d, tp)
+	DECQ(g)
+	JNZ(LabelRef("group"))
+	VZEROUPPER()
+	RET()
+}
+
+// genMedianNet512 generates medianNetF32AVX512(dst, tmp, x, off, groups, net, lo, hi): per group of
+// 16 coordinates the inputs gathered into tmp (len(x)·16 floats, reused), the selection network
+// net applied, and the median of wires lo and hi (lo = hi for an odd count) written to dst.
+func genMedianNet512() {
+	TEXT("medianNetF32AVX512", NOSPLIT, "func(dst []float32, tmp []float32, x [][]byte, off, groups int, net []uint32, lo, hi int)")
+	Pragma("noescape")
+	Doc("medianNetF32AVX512 is the median of sortGroupsGeneric's groups with width 16 for len(x) >= 1, groups > 0, net the wires of the selection network of the middle wires lo <= hi, len(dst) = 16*groups.")
+	tp := Load(Param("tmp").Base(), GP64())
+	dst := Load(Param("dst").Base(), GP64())
+	j := Load(Param("off"), GP64())
+	SHLQ(U8(2), j)
+	g := Load(Param("groups"), GP64())
+	lo := Load(Param("lo"), GP64())
+	SHLQ(U8(6), lo)
+	hi := Load(Param("hi"), GP64())
+	SHLQ(U8(6), hi)
+	half := GP32()
+	MOVL(U32(0x3f000000), half)
+	Label("group")
+	gather512(tp, j)
+	tableNetwork("net", tp, 6, Z0, Z1, Z2)
+	CMPQ(lo, hi)
+	JE(LabelRef("odd"))
+	VPBROADCASTD(half, Z3)
+	VMULPS(Mem{Base: tp, Index: lo, Scale: 1}, Z3, Z0)
+	VMULPS(Mem{Base: tp, Index: hi, Scale: 1}, Z3, Z1)
+	VADDPS(Z1, Z0, Z0)
+	JMP(LabelRef("store"))
+	Label("odd")
+	VMOVUPS(Mem{Base: tp, Index: lo, Scale: 1}, Z0)
+	Label("store")
+	VMOVUPS(Z0, Mem{Base: dst})
+	ADDQ(U8(slot512), j)
+	ADDQ(U8(slot512), dst)
+	DECQ(g)
+	JNZ(LabelRef("group"))
+	VZEROUPPER()
+	RET()
+}
+
+// broadcastF32x16 returns a zmm register holding f in every lane.
+func broadcastF32x16(f uint32) VecVirtual {
+	r := GP32()
+	MOVL(U32(f), r)
+	z := ZMM()
+	VPBROADCASTD(r, z)
+	return z
+}
+
+// sortedArgs512 is sortedArgs for slabs of 16-coordinate groups.
+func sortedArgs512() (dst, tp, g, stride, mid, n Register) {
+	dst = Load(Param("dst").Base(), GP64())
+	tp = Load(Param("tmp").Base(), GP64())
+	g = Load(Param("dst").Len(), GP64())
+	SHRQ(U8(4), g)
+	n = Load(Param("n"), GP64())
+	stride = GP64()
+	MOVQ(n, stride)
+	SHLQ(U8(6), stride)
+	mid = GP64()
+	MOVQ(n, mid)
+	SHRQ(U8(1), mid)
+	SHLQ(U8(6), mid)
+	return
+}
+
+// median512 is median on a 16-coordinate slab.
+func median512(tp, mid Register, odd bool, half VecVirtual) VecVirtual {
+	m := ZMM()
+	if odd {
+		VMOVUPS(Mem{Base: tp, Index: mid, Scale: 1}, m)
+		return m
+	}
+	lo := ZMM()
+	VMULPS(Mem{Base: tp, Index: mid, Scale: 1, Disp: -slot512}, half, lo)
+	VMULPS(Mem{Base: tp, Index: mid, Scale: 1}, half, m)
+	VADDPS(m, lo, m)
+	return m
+}
+
+// genTrimmedSorted512 generates trimmedSortedF32AVX512(dst, tmp, n, k, c): trimmedSortedF32AVX2 on
+// 16-coordinate groups.
+func genTrimmedSorted512() {
+	TEXT("trimmedSortedF32AVX512", NOSPLIT, "func(dst []float32, tmp []float32, n, k int, c float32)")
+	Pragma("noescape")
+	Doc("trimmedSortedF32AVX512 is trimmedSortedGeneric with width 16 for len(dst) a positive multiple of 16, 2k < n, c = n-2k.")
+	dst := Load(Param("dst").Base(), GP64())
+	tp := Load(Param("tmp").Base(), GP64())
+	g := Load(Param("dst").Len(), GP64())
+	SHRQ(U8(4), g)
+	n := Load(Param("n"), GP64())
+	k := Load(Param("k"), GP64())
+	stride := GP64()
+	MOVQ(n, stride)
+	SHLQ(U8(6), stride)
+	first, end := GP64(), GP64()
+	MOVQ(k, first)
+	SHLQ(U8(6), first)
+	MOVQ(n, end)
+	SUBQ(k, end)
+	SHLQ(U8(6), end)
+	c := ZMM()
+	Load(Param("c"), c.AsX())
+	VBROADCASTSS(c.AsX(), c)
+	Label("loop")
+	acc := ZMM()
+	VXORPS(acc, acc, acc)
+	i := GP64()
+	MOVQ(first, i)
+	Label("sum")
+	VADDPS(Mem{Base: tp, Index: i, Scale: 1}, acc, acc)
+	ADDQ(U8(slot512), i)
+	CMPQ(i, end)
+	JB(LabelRef("sum"))
+	VDIVPS(c, acc, acc)
+	VMOVUPS(acc, Mem{Base: dst})
+	ADDQ(U8(64), dst)
+	ADDQ(stride, tp)
+	DECQ(g)
+	JNZ(LabelRef("loop"))
+	VZEROUPPER()
+	RET()
+}
+
+// genClosestSorted512 generates closestSortedF32AVX512(dst, tmp, n, beta, c): closestSortedF32AVX2
+// on 16-coordinate groups, with mask registers for the comparisons; the window sums add under a
+// mask (a lane outside the window keeps its sum, as adding +0 to a sum that is never -0 does).
+func genClosestSorted512() {
+	TEXT("closestSortedF32AVX512", NOSPLIT, "func(dst []float32, tmp []float32, n, beta int, c float32)")
+	Pragma("noescape")
+	Doc("closestSortedF32AVX512 is closestSortedGeneric with width 16 for len(dst) a positive multiple of 16, 1 <= beta <= n, c = beta.")
+	dst, tp, g, stride, mid, n := sortedArgs512()
+	beta := Load(Param("beta"), GP64())
+	last := GP64()
+	MOVQ(n, last)
+	SUBQ(beta, last)
+	bo := GP64()
+	MOVQ(beta, bo)
+	SHLQ(U8(6), bo)
+	half := broadcastF32x16(0x3f000000)
+	one := broadcastF32x16(0x3f800000)
+	abs := broadcastF32x16(0x7fffffff)
+	c := ZMM()
+	Load(Param("c"), c.AsX())
+	VBROADCASTSS(c.AsX(), c)
+	bv := ZMM()
+	VCVTSI2SSQ(beta, bv.AsX(), bv.AsX())
+	VBROADCASTSS(bv.AsX(), bv)
+	TESTQ(U32(1), n)
+	JZ(LabelRef("even"))
+	for _, odd := range []bool{true, false} {
+		lbl := "odd"
+		if !odd {
+			lbl = "even"
+			Label(lbl)
+		}
+		Label(lbl + "_loop")
+		m := median512(tp, mid, odd, half)
+		lo, hi, sv := ZMM(), ZMM(), ZMM()
+		VXORPS(lo, lo, lo)
+		VXORPS(hi, hi, hi)
+		VMOVUPS(one, sv)
+		s := GP64()
+		MOVQ(tp, s)
+		cnt := GP64()
+		MOVQ(last, cnt)
+		TESTQ(cnt, cnt)
+		JZ(LabelRef(lbl + "_window"))
+		Label(lbl + "_start")
+		d0, d1 := ZMM(), ZMM()
+		// |m - v| is |v - m| exactly (IEEE subtraction is antisymmetric), and lets the value
+		// be the memory operand.
+		VSUBPS(Mem{Base: s}, m, d0)
+		VANDPS(abs, d0, d0)
+		VSUBPS(Mem{Base: s, Index: bo, Scale: 1}, m, d1)
+		VANDPS(abs, d1, d1)
+		klt, keq, kat := K(), K(), K()
+		VCMPPS(U8(1), d0, d1, klt) // dh < dl
+		VCMPPS(U8(0), d0, d1, keq) // dh == dl
+		at := ZMM()
+		VADDPS(one, hi, at)
+		VCMPPS(U8(0), sv, at, keq, kat) // and hi == t
+		KORW(klt, kat, kat)             // hi moves
+		VBLENDMPS(sv, lo, klt, lo)
+		VBLENDMPS(sv, hi, kat, hi)
+		VADDPS(one, sv, sv)
+		ADDQ(U8(slot512), s)
+		DECQ(cnt)
+		JNZ(LabelRef(lbl + "_start"))
+		Label(lbl + "_window")
+		a, b := ZMM(), ZMM()
+		VADDPS(hi, lo, b)
+		VMULPS(half, b, a)
+		VRNDSCALEPS(U8(9), a, a) // floor, no precision exception
+		VSUBPS(a, b, b)
+		ae, be := ZMM(), ZMM()
+		VADDPS(bv, a, ae)
+		VADDPS(bv, b, be)
+		accA, accB, iv := ZMM(), ZMM(), ZMM()
+		VXORPS(accA, accA, accA)
+		VXORPS(accB, accB, accB)
+		VXORPS(iv, iv, iv)
+		MOVQ(tp, s)
+		MOVQ(n, cnt)
+		Label(lbl + "_sum")
+		for _, w := range []struct{ start, end, acc VecVirtual }{{a, ae, accA}, {b, be, accB}} {
+			in, both := K(), K()
+			VCMPPS(U8(13), w.start, iv, in)    // iv >= start
+			VCMPPS(U8(1), w.end, iv, in, both) // and iv < start+beta
+			VADDPS(Mem{Base: s}, w.acc, both, w.acc)
+		}
+		VADDPS(one, iv, iv)
+		ADDQ(U8(slot512), s)
+		DECQ(cnt)
+		JNZ(LabelRef(lbl + "_sum"))
+		VDIVPS(c, accA, accA)
+		VDIVPS(c, accB, accB)
+		eq := K()
+		VCMPPS(U8(0), b, a, eq) // a == b
+		t := ZMM()
+		VMULPS(half, accA, t)
+		VMULPS(half, accB, accB)
+		VADDPS(accB, t, t)
+		VBLENDMPS(accA, t, eq, t)
+		VMOVUPS(t, Mem{Base: dst})
+		ADDQ(U8(64), dst)
+		ADDQ(stride, tp)
+		DECQ(g)
+		JNZ(LabelRef(lbl + "_loop"))
+		VZEROUPPER()
+		RET()
+	}
+}
+
+// ---------------------------------------------------------------------------------------------
+// Gram tiles.
+
+// Tile shape: rows by pairs of columns (24 accumulators, 4 broadcasts, one column vector).
+const (
+	tileRows  = 4
+	tilePairs = 6
+)
+
+// genGramTiles512 generates gramTilesAVX512(p, tmp, n, elems, r0, r1): gramTilesAVX2 for r0 a
+// multiple of 4, with tiles of up to 4 rows by 6 pairs of columns. A row group from a0 covers the
+// column pairs from a0/2 on: its first tile computes a few pairs a > b, which p leaves
+// unspecified, and with an odd count the last pair holds the zero partner n.
+func genGramTiles512() {
+	TEXT("gramTilesAVX512", NOSPLIT, "func(p []float64, tmp []float64, n, elems, r0, r1 int)")
+	Pragma("noescape")
+	Doc("gramTilesAVX512 adds the pairs of rows [r0, r1) of the packed block in tmp to p (gramGeneric's), for elems a positive multiple of 8 and r0 a multiple of 4.")
+	n := Load(Param("n"), GP64())
+	np := GP64() // column pairs
+	MOVQ(n, np)
+	INCQ(np)
+	SHRQ(U8(1), np)
+	a0 := Load(Param("r0"), GP64())
+	cp, left := GP64(), GP64()
+	Label("rows")
+	CMPQ(a0, Load(Param("r1"), GP64()))
+	JAE(LabelRef("done"))
+	MOVQ(n, left)
+	SUBQ(a0, left)
+	for r := 1; r < tileRows; r++ {
+		CMPQ(left, U8(r))
+		JE(LabelRef(fmt.Sprintf("rows%d", r)))
+	}
+	JMP(LabelRef(fmt.Sprintf("rows%d", tileRows)))
+	for r := 1; r <= tileRows; r++ {
+		Label(fmt.Sprintf("rows%d", r))
+		MOVQ(a0, cp)
+		SHRQ(U8(1), cp)
+		cols := fmt.Sprintf("r%d_cols", r)
+		Label(cols)
+		CMPQ(cp, np)
+		JAE(LabelRef("nextrows"))
+		MOVQ(np, left)
+		SUBQ(cp, left)
+		for c := 1; c < tilePairs; c++ {
+			CMPQ(left, U8(c))
+			JE(LabelRef(fmt.Sprintf("tile%dx%d", r, c)))
+		}
+		JMP(LabelRef(fmt.Sprintf("tile%dx%d", r, tilePairs)))
+		for c := 1; c <= tilePairs; c++ {
+			Label(fmt.Sprintf("tile%dx%d", r, c))
+			gramTile512(r, c, n, a0, cp)
+			ADDQ(U8(tilePairs), cp)
+			JMP(LabelRef(cols))
+		}
+	}
+	Label("nextrows")
+	ADDQ(U8(tileRows), a0)
+	JMP(LabelRef("rows"))
+	Label("done")
+	VZEROUPPER()
+	RET()
+}
+
+// gramTile512 emits one tile over all groups of the packed block (group-major): R rows from a0
+// by C column pairs from cp. Every operand is one pointer, the group index and a constant
+// displacement away: row r of the tile at rp + j + 32r, column pair c at cpp + j + 64c.
+func gramTile512(R, C int, n, a0, cp Register) {
+	panel := Load(Param("tmp").Base(), GP64())
+	stride := Load(Param("n"), GP64()) // a group's bytes: ne·32
+	INCQ(stride)
+	ANDQ(I8(-2), stride)
+	SHLQ(U8(5), stride)
+	// end = panel + G·stride, G = elems/4; j runs from -G·stride to 0.
+	j := Load(Param("elems"), GP64())
+	SHRQ(U8(2), j)
+	IMULQ(stride, j)
+	end := GP64()
+	LEAQ(Mem{Base: panel, Index: j, Scale: 1}, end)
+	NEGQ(j)
+	rp, cpp := GP64(), GP64()
+	MOVQ(a0, rp)
+	SHRQ(U8(1), rp)
+	SHLQ(U8(6), rp)
+	ADDQ(end, rp)
+	MOVQ(cp, cpp)
+	SHLQ(U8(6), cpp)
+	ADDQ(end, cpp)
+	// pt = &p[(a0*s + 2cp)*4]; pair (row r, column pair c) at pt + r*s*32 + c*64.
+	ns := GP64()
+	MOVQ(n, ns)
+	INCQ(ns)
+	ANDQ(I8(-2), ns)
+	SHLQ(U8(5), ns)
+	pt := GP64()
+	MOVQ(a0, pt)
+	IMULQ(ns, pt)
+	t := GP64()
+	MOVQ(cp, t)
+	SHLQ(U8(6), t)
+	ADDQ(t, pt)
+	ADDQ(Load(Param("p").Base(), GP64()), pt)
+	// Rows 2 and 3 from pt2 = pt + 2·ns (an index scales by 1, 2, 4 or 8, not 3).
+	pt2 := GP64()
+	LEAQ(Mem{Base: pt, Index: ns, Scale: 2}, pt2)
+	pm := func(r, c int) Mem {
+		m := Mem{Base: pt, Disp: 64 * c}
+		if r >= 2 {
+			m.Base, r = pt2, r-2
+		}
+		if r > 0 {
+			m.Index, m.Scale = ns, uint8(r)
+		}
+		return m
+	}
+	acc := make([][]VecVirtual, R)
+	for r := range R {
+		acc[r] = make([]VecVirtual, C)
+		for c := range C {
+			acc[r][c] = ZMM()
+			VMOVUPD(pm(r, c), acc[r][c])
+		}
+	}
+	loop := fmt.Sprintf("t%dx%d_loop", R, C)
+	Label(loop)
+	av := make([]VecVirtual, R)
+	for r := range R {
+		av[r] = ZMM()
+		VBROADCASTF64X4(Mem{Base: rp, Index: j, Scale: 1, Disp: 32 * r}, av[r])
+	}
+	for c := range C {
+		bv := ZMM()
+		VMOVUPD(Mem{Base: cpp, Index: j, Scale: 1, Disp: 64 * c}, bv)
+		for r := range R {
+			VFMADD231PD(bv, av[r], acc[r][c])
+		}
+	}
+	ADDQ(stride, j)
+	JNZ(LabelRef(loop))
+	for r := range R {
+		for c := range C {
+			VMOVUPD(acc[r][c], pm(r, c))
+		}
+	}
+}
+
+// ---------------------------------------------------------------------------------------------
+// Floor.
+
+// genFMALoop512 generates fmaLoopAVX512(iters): fmaLoopAVX2 on zmm registers, 12 chains of 8
+// lanes: the loop runs iters/2 times 12 FMAs (96 f64 FMAs), after one of 6 when iters is odd,
+// so that iters·48 FMAs are performed with enough chains for two 512-bit FMA pipes.
+func genFMALoop512() {
+	TEXT("fmaLoopAVX512", NOSPLIT, "func(iters int) float64")
+	Doc("fmaLoopAVX512 runs iters x 48 f64 fused multiply-adds on zmm registers and returns a value that depends on all of them.")
+	n := Load(Param("iters"), GP64())
+	a, b := ZMM(), ZMM()
+	for _, c := range []struct {
+		z VecVirtual
+		f float64
+	}{{a, 1.0000001}, {b, 0.9999999}} {
+		r := GP64()
+		MOVQ(U64(math.Float64bits(c.f)), r)
+		VPBROADCASTQ(r, c.z)
+	}
+	acc := make([]VecVirtual, 12)
+	for k := range acc {
+		acc[k] = ZMM()
+		VXORPD(acc[k], acc[k], acc[k])
+	}
+	TESTQ(U32(1), n)
+	JZ(LabelRef("pairs"))
+	for k := range 6 {
+		VFMADD231PD(a, b, acc[k])
+	}
+	Label("pairs")
+	SHRQ(U8(1), n)
+	JZ(LabelRef("done"))
+	Label("loop")
+	for k := range acc {
+		VFMADD231PD(a, b, acc[k])
+	}
+	DECQ(n)
+	JNZ(LabelRef("loop"))
+	Label("done")
+	for k := 1; k < len(acc); k++ {
+		VADDPD(acc[k], acc[0], acc[0])
+	}
+	y := YMM()
+	VEXTRACTF64X4(U8(1), acc[0], y)
+	VADDPD(y, acc[0].AsY(), y)
+	x := XMM()
+	VEXTRACTF128(U8(1), y, x)
+	VADDPD(x, y.AsX(), x)
+	VHADDPD(x, x, x)
+	Store(x, ReturnIndex(0))
+	VZEROUPPER()
+	RET()
+}

@@ -1,0 +1,159 @@
+package kernels
+
+import "math"
+
+// Krum's pairwise distances come from a Gram matrix. ‖a−b‖² = ‖a‖² + ‖b‖² − 2a·b cancels
+// catastrophically when clients send full models that differ slightly: with ‖x‖² ≈ 10⁶ and
+// ‖a−b‖² ≈ 10⁻⁶ the rounding of the dot products (about √P·2⁻⁵³·‖x‖² over P coordinates) is a
+// percent of the distance, enough to pick the wrong client. So the Gram matrix is taken of the
+// inputs centred on their mean at each coordinate, y_a = x_a − r: distances do not change
+// (y_a − y_b = x_a − x_b), the rounding is then relative to ‖x − r‖², and with r an f32 value
+// the subtraction of two f32 values is exact in f64 (unless their exponents differ by more than
+// 29). The squared norms, which the rules need too (the reported norm, and finiteness: for f32
+// values a sum of squares in f64 is finite exactly when every value is), are summed from the
+// uncentred values in the same pass.
+//
+// The assembly first packs each block: the centre r, then y for every input as f64, laid out
+// for the register tiles (inputs in pairs, groups of 4 coordinates: see robust_amd64.go), then
+// runs the tiles over the packed block, which stays in L2 while every tile streams over it.
+
+// GramLanes is the number of partial sums per pair of inputs (and per input for the squared
+// norms) in GramF32: element j of a call goes to partial j%GramLanes.
+const GramLanes = 4
+
+// GramStride is the row stride of GramF32's partials for n inputs: n rounded up to even, so
+// that a register tile can add the pairs of two adjacent columns with one 64-byte store.
+func GramStride(n int) int { return (n + 1) &^ 1 }
+
+// GramPartials is the length of the partials GramF32 adds to for n inputs.
+func GramPartials(n int) int { return GramLanes * n * GramStride(n) }
+
+// GramScratch is the length of the scratch GramF32 needs for n inputs of elems elements: the
+// packed, centred block and its centre, in f64.
+func GramScratch(n, elems int) int { return (GramStride(n) + 1) * elems }
+
+// GramF32 adds the dot products of every pair of the f32 inputs, centred on their mean at each
+// coordinate, to the partials p, and the squares of the inputs to the partials sq, accumulated
+// in f64 with fused multiply-adds. For n = len(x), s = GramStride(n) and every a <= b it is
+//
+//	for j := range elems {
+//		var t float64
+//		for i := range n {
+//			t += float64(x[i][j])
+//		}
+//		r := float32(t / float64(n)) // the centre of coordinate j
+//		if r-r != 0 {                 // ±Inf or NaN: an input is not finite
+//			r = 0
+//		}
+//		y := func(i int) float64 { return float64(x[i][j]) - float64(r) }
+//		l := j % GramLanes
+//		p[(a*s+b)*GramLanes+l] = math.FMA(y(a), y(b), p[(a*s+b)*GramLanes+l])
+//		v := float64(x[a][j])
+//		sq[a*GramLanes+l] = math.FMA(v, v, sq[a*GramLanes+l])
+//	}
+//
+// len(p) >= GramPartials(n), len(sq) >= GramLanes·n, len(tmp) >= GramScratch(n, elems); the
+// entries of p for a > b, and for b = n when n is odd, are unspecified (the register tiles
+// compute some of them). A caller that calls GramF32 on consecutive blocks whose lengths are
+// multiples of GramLanes gets the same partials as one call over their concatenation (the
+// centre is a function of the coordinate); GramSums combines them. A non-finite input makes its
+// own squared norm non-finite and leaves every other input's row finite: the centre of a
+// coordinate where some input is not finite is 0.
+func GramF32(p, sq []float64, x [][]byte, elems int, tmp []float64) {
+	def.GramF32(p, sq, x, elems, tmp)
+}
+
+// GramF32 is the package-level GramF32 run by k.
+func (k *Impl) GramF32(p, sq []float64, x [][]byte, elems int, tmp []float64) {
+	n := len(x)
+	if n == 0 || elems <= 0 {
+		return
+	}
+	_ = p[GramPartials(n)-1]
+	_ = sq[GramLanes*n-1]
+	_ = tmp[GramScratch(n, elems)-1]
+	for _, xi := range x {
+		_ = xi[4*elems-1]
+	}
+	k.robust.gram(p, sq, x, elems, tmp)
+}
+
+// GramSums writes the Gram matrix g (n·n, symmetric) and the squared norms norm (n) from the
+// partials of GramF32: for a <= b, g[a*n+b] = g[b*n+a] = (q0+q2)+(q1+q3) where q is the pair's
+// partials, and norm[a] likewise from input a's partials in sq.
+func GramSums(g, norm, p, sq []float64, n int) {
+	s := GramStride(n)
+	for a := range n {
+		for b := a; b < n; b++ {
+			q := p[(a*s+b)*GramLanes:]
+			v := (q[0] + q[2]) + (q[1] + q[3])
+			g[a*n+b], g[b*n+a] = v, v
+		}
+		q := sq[a*GramLanes:]
+		norm[a] = (q[0] + q[2]) + (q[1] + q[3])
+	}
+}
+
+// gramCentre is the centre of coordinate j: the mean of the inputs' values in f64 rounded to
+// f32, or 0 where it is not finite.
+func gramCentre(x [][]byte, j int) float32 {
+	var t float64
+	for _, xi := range x {
+		t += float64(ldF32(xi, j))
+	}
+	r := float32(t / float64(len(x)))
+	if r-r != 0 {
+		return 0
+	}
+	return r
+}
+
+func gramGeneric(p, sq []float64, x [][]byte, from, elems int) {
+	n := len(x)
+	s := GramStride(n)
+	y := make([]float64, n)
+	for j := from; j < elems; j++ {
+		r := float64(gramCentre(x, j))
+		l := j % GramLanes
+		for a, xa := range x {
+			v := float64(ldF32(xa, j))
+			y[a] = v - r
+			sq[a*GramLanes+l] = math.FMA(v, v, sq[a*GramLanes+l])
+		}
+		for a := range n {
+			for b := a; b < n; b++ {
+				q := &p[(a*s+b)*GramLanes+l]
+				*q = math.FMA(y[a], y[b], *q)
+			}
+		}
+	}
+}
+
+// ---------------------------------------------------------------------------------------------
+// Floor.
+
+// FMALoopFMAs is the number of f64 fused multiply-adds FMALoop performs per iteration.
+const FMALoopFMAs = 48
+
+// FMALoop performs iters·FMALoopFMAs independent f64 fused multiply-adds (12 chains of 4-lane
+// vectors, or 6 of 8 lanes: as many as two FMA pipes with a 4-cycle latency need) and returns a
+// value that depends on all of them. Benchmarks run it on every core to measure the arithmetic
+// floor of the Gram kernel.
+func FMALoop(iters int) float64 { return def.FMALoop(iters) }
+
+// FMALoop is the package-level FMALoop run by k.
+func (k *Impl) FMALoop(iters int) float64 { return k.robust.fmaLoop(iters) }
+
+func fmaLoopGeneric(iters int) float64 {
+	var acc [FMALoopFMAs]float64
+	for range iters {
+		for k := range acc {
+			acc[k] = math.FMA(1.0000001, 0.9999999, acc[k])
+		}
+	}
+	var s float64
+	for _, v := range acc {
+		s += v
+	}
+	return s
+}
