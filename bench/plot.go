@@ -267,7 +267,6 @@ func sweepPanel(s series, sweep, axis string, c color.Color, top float64) (*plot
 // drawRatio draws each row's ratio to its floor as a horizontal bar, the floor as a line at 1.
 func (r *Report) drawRatio(dc draw.Canvas, rows []Result) error {
 	p := newPlot()
-	p.Title.Text = fmt.Sprintf("wattagg bench %s: ratio of each figure to its floor (measured in the same run)\n%s", r.Suite, r.subtitle())
 	n := len(rows)
 	vals := make(plotter.Values, n)
 	names := make([]string, n)
@@ -311,6 +310,11 @@ func (r *Report) drawRatio(dc draw.Canvas, rows []Result) error {
 	lab.Offset = vg.Point{X: px(6)}
 	p.Add(plotter.NewGrid(), bars, one, lab)
 	p.NominalY(names...)
+	what := "ratio of each figure to its floor (measured in the same run)"
+	if ceiling {
+		what = "each figure against its budget"
+	}
+	p.Title.Text = fmt.Sprintf("wattagg bench %s: %s\n%s", r.Suite, what, r.subtitle())
 	if ceiling {
 		p.X.Label.Text = "measured / budget (at most 1 is within the budget)"
 		p.Legend.Add("budget (1)", one)

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/debug"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -235,6 +236,7 @@ func (s meanSuite) run(env *benchEnv) (*bench.Report, error) {
 	var rows []bench.Row
 	for _, dt := range s.dtypes {
 		env.progress(done, total, fmt.Sprintf("%d x %s %s", s.clients, bench.ParamsLabel(int64(s.params)), dt))
+		debug.FreeOSMemory() // the previous dtype's updates
 		updates, err := bench.InMemoryUpdates(s.clients, s.params, dt)
 		if err != nil {
 			return nil, err

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"runtime/debug"
 	"slices"
 	"sync"
 	"time"
@@ -86,6 +87,7 @@ func (s robustSuite) run(env *benchEnv) (*bench.Report, error) {
 		return nil, err
 	}
 	updates = nil // the sweeps need the memory
+	debug.FreeOSMemory()
 	if err := env.printRows(rows, ""); err != nil {
 		return nil, err
 	}
