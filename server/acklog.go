@@ -113,30 +113,31 @@ func parseAckLog(b []byte) ([]AckRecord, int, error) {
 	off := 0
 	for off < len(b) {
 		rest := b[off:]
+		// A frame that is short, misplaced or fails its checksum is a torn tail when no valid
+		// frame follows it (the crash cut the last append), and corruption when one does.
+		torn := func(what string) ([]AckRecord, int, error) {
+			if frameAfter(rest[min(4, len(rest)):]) {
+				return recs, off, fmt.Errorf("%w: acknowledgement log: %s at byte %d, with valid frames after it", ErrCorrupt, what, off)
+			}
+			return recs, off, nil
+		}
 		if len(rest) < ackFrameHead {
-			return recs, off, nil // a frame header cut short
+			return torn("a frame header cut short")
 		}
 		magic := binary.LittleEndian.Uint32(rest)
 		n := int(binary.LittleEndian.Uint32(rest[4:]))
 		sum := binary.LittleEndian.Uint32(rest[8:])
-		if magic != ackMagic {
-			if allZero(rest) {
-				return recs, off, nil // space allocated but never written
-			}
-			return recs, off, fmt.Errorf("%w: acknowledgement log: no frame at byte %d", ErrCorrupt, off)
-		}
-		if n > maxAckPayload {
-			return recs, off, fmt.Errorf("%w: acknowledgement log: frame at byte %d claims %d bytes", ErrCorrupt, off, n)
-		}
-		if ackFrameHead+n > len(rest) {
-			return recs, off, nil // the last frame, cut short
+		switch {
+		case magic != ackMagic:
+			return torn("no frame")
+		case n < 2: // every frame holds at least "[]"; zeros after a torn header read as 0
+			return torn("an empty frame")
+		case n > maxAckPayload || ackFrameHead+n > len(rest):
+			return torn(fmt.Sprintf("a frame of %d bytes past the end", n))
 		}
 		payload := rest[ackFrameHead : ackFrameHead+n]
 		if crc32.Checksum(payload, castagnoli) != sum {
-			if ackFrameHead+n == len(rest) || allZero(rest[ackFrameHead+n:]) {
-				return recs, off, nil // the last frame, torn
-			}
-			return recs, off, fmt.Errorf("%w: acknowledgement log: checksum mismatch in the frame at byte %d, with frames after it", ErrCorrupt, off)
+			return torn("a checksum mismatch")
 		}
 		var group []AckRecord
 		if err := json.Unmarshal(payload, &group); err != nil {
@@ -154,7 +155,27 @@ func parseAckLog(b []byte) ([]AckRecord, int, error) {
 	return recs, off, nil
 }
 
-func allZero(b []byte) bool { return len(bytes.Trim(b, "\x00")) == 0 }
+// frameAfter reports whether b holds a whole valid frame anywhere: a frame that claims to run
+// past the end of the log is then a corrupt length, not a torn tail.
+func frameAfter(b []byte) bool {
+	var magic [4]byte
+	binary.LittleEndian.PutUint32(magic[:], ackMagic)
+	for i := 0; ; i++ {
+		j := bytes.Index(b[i:], magic[:])
+		if j < 0 {
+			return false
+		}
+		i += j
+		rest := b[i:]
+		if len(rest) >= ackFrameHead {
+			n := int(binary.LittleEndian.Uint32(rest[4:]))
+			if n <= maxAckPayload && ackFrameHead+n <= len(rest) &&
+				crc32.Checksum(rest[ackFrameHead:ackFrameHead+n], castagnoli) == binary.LittleEndian.Uint32(rest[8:]) {
+				return true
+			}
+		}
+	}
+}
 
 // encodeAckFrame makes the frame of a group of records.
 func encodeAckFrame(recs []AckRecord) ([]byte, error) {

@@ -39,11 +39,11 @@ func newSafetensorsSource(r io.Reader, size, maxHeader int64, source string, buf
 	if size < 8 {
 		return nil, fmt.Errorf("%s: %w: %d bytes: less than the 8-byte header length of a .safetensors file", source, ErrTruncated, size)
 	}
-	var prefix [8]byte
-	if _, err := io.ReadFull(r, prefix[:]); err != nil {
+	var lenBuf [8]byte
+	if _, err := io.ReadFull(r, lenBuf[:]); err != nil {
 		return nil, readErr(source, err, 0, size)
 	}
-	n := binary.LittleEndian.Uint64(prefix[:])
+	n := binary.LittleEndian.Uint64(lenBuf[:])
 	if n > uint64(maxHeader) {
 		return nil, fmt.Errorf("%s: %w: header of %d bytes, over the %d-byte limit (limits.max_header_bytes)", source, safetensors.ErrLimit, n, maxHeader)
 	}
@@ -51,13 +51,13 @@ func newSafetensorsSource(r io.Reader, size, maxHeader int64, source string, buf
 		return nil, fmt.Errorf("%s: %w: header length %d but the body is %d bytes", source, safetensors.ErrHeaderSize, n, size)
 	}
 	head := make([]byte, 8+n)
-	copy(head, prefix[:])
+	copy(head, lenBuf[:])
 	if _, err := io.ReadFull(r, head[8:]); err != nil {
 		return nil, readErr(source, err, 8, size)
 	}
 	lim := safetensors.DefaultLimits()
 	lim.HeaderSize = maxHeader
-	h, err := safetensors.ReadHeaderAt(bytes.NewReader(head), size, safetensors.WithSource(source), safetensors.WithLimits(lim))
+	h, err := safetensors.ReadHeaderAt(prefix(head), size, safetensors.WithSource(source), safetensors.WithLimits(lim))
 	if err != nil {
 		return nil, err
 	}
@@ -106,4 +106,15 @@ func (s *safetensorsSource) Next() (arrowio.Chunk, error) {
 	c := arrowio.Chunk{Tensor: t, Offset: (s.pos - s.begin[t]) / es, Data: data}
 	s.pos += n
 	return c, nil
+}
+
+// prefix is the received start of a body, read as a file: a read of nothing at its end is not
+// an error (bytes.Reader says io.EOF there, a file does not).
+type prefix []byte
+
+func (p prefix) ReadAt(b []byte, off int64) (int, error) {
+	if len(b) == 0 {
+		return 0, nil
+	}
+	return bytes.NewReader(p).ReadAt(b, off)
 }
