@@ -25,10 +25,12 @@ const (
 	// selectBlockElems is the block of an order statistic: 16 KiB of each input, so 32 inputs'
 	// blocks (512 KiB) are still in L2 when the distances to the result are taken.
 	selectBlockElems = 4 << 10
-	// gramBlockElems is the block of the Gram kernel: every register tile streams its rows over
-	// it, so all inputs' blocks (256 KiB for 32 f32 inputs) must stay in L2, beside the next
-	// block the kernel prefetches. 2Ki elements measured 6% faster than 1Ki and 4Ki.
-	gramBlockElems = 2 << 10
+	// gramPanelBytes bounds the Gram kernel's packed block (the centred f64 values of every
+	// input): every register tile streams over it, so it must stay in L2 beside the next
+	// block of inputs that the packing prefetches.
+	gramPanelBytes = 512 << 10
+	// gramBlockMax is the Gram kernel's block for a few inputs.
+	gramBlockMax = 4 << 10
 	// distBlockElems is the block of SqDistances (one input at a time over a cached z block).
 	distBlockElems = 16 << 10
 	// robustChunkElems is the unit of work that Gram and SqDistances hand to workers; per-chunk
@@ -44,7 +46,9 @@ type robustScratch struct {
 	xs   [][]byte
 	res  []float32 // the f32 result block of an order statistic
 	sort []float32 // the kernels' sorting slab
-	gram []float64 // Gram partials, n·n·4
+	gram []float64 // Gram partials, kernels.GramPartials(n)
+	sq   []float64 // squared norms' partials, kernels.GramLanes·n
+	pack []float64 // the Gram kernel's scratch
 }
 
 var robustScratchPool sync.Pool
@@ -252,41 +256,48 @@ func (c *CPU) checkRobustInputs(fields []AccField, inputs [][]Span) error {
 	return nil
 }
 
-// gramBlockFor is the block of one Gram kernel call for n inputs: gramBlockElems, or less when
-// n(n+1)/2 pairs would keep the goroutine in assembly (where the runtime cannot preempt it)
-// for more than about 2M FMAs (0.1 ms). A multiple of 8, so lanes stay j%4 across blocks.
+// gramBlockFor is the block of one Gram kernel call for n inputs: as many elements as keep the
+// packed block within gramPanelBytes, at most gramBlockMax, a multiple of 16 (so lanes stay j%4
+// across blocks and the assembly covers whole blocks). The kernel bounds the time it spends in
+// assembly by itself (row ranges of its tiles).
 func gramBlockFor(n int) int {
-	pairs := max(1, n*(n+1)/2)
-	return max(8, min(gramBlockElems, (2<<20)/pairs)&^7)
+	return max(16, min(gramBlockMax, gramPanelBytes/8/kernels.GramStride(n))&^15)
 }
 
 // Gram implements Robust.
-func (c *CPU) Gram(ctx context.Context, fields []AccField, inputs [][]Span) ([][]float64, Stats, error) {
+func (c *CPU) Gram(ctx context.Context, fields []AccField, inputs [][]Span) (GramMatrix, Stats, error) {
 	if err := c.checkRobustInputs(fields, inputs); err != nil {
-		return nil, Stats{}, err
+		return GramMatrix{}, Stats{}, err
 	}
 	start := time.Now()
 	n := len(inputs)
 	chunks, err := robustChunks(fields)
 	if err != nil {
-		return nil, Stats{}, err
+		return GramMatrix{}, Stats{}, err
 	}
-	sums := make([][]float64, len(chunks)) // per chunk: its n·n Gram matrix
+	sums := make([][]float64, len(chunks)) // per chunk: its n·n Gram matrix, then its n norms
+	block := gramBlockFor(n)
 	var stats chunkStats
 	err = c.parallelChunks(ctx, len(chunks), func(_ *cpuScratch, ci int) error {
 		s := getRobustScratch(n, 0)
 		defer putRobustScratch(s)
-		if len(s.gram) < kernels.GramLanes*n*n {
-			s.gram = make([]float64, kernels.GramLanes*n*n)
+		if len(s.gram) < kernels.GramPartials(n) {
+			s.gram = make([]float64, kernels.GramPartials(n))
 		}
-		p := s.gram[:kernels.GramLanes*n*n]
+		if len(s.sq) < kernels.GramLanes*n {
+			s.sq = make([]float64, kernels.GramLanes*n)
+		}
+		if m := kernels.GramScratch(n, block); len(s.pack) < m {
+			s.pack = make([]float64, m)
+		}
+		p, sq := s.gram[:kernels.GramPartials(n)], s.sq[:kernels.GramLanes*n]
 		clear(p)
+		clear(sq)
 		var read, elems int64
-		block := gramBlockFor(n)
 		for _, pc := range chunks[ci].Pieces {
 			for lo := pc.Lo; lo < pc.Hi; lo += block {
 				hi := min(lo+block, pc.Hi)
-				c.kern.GramF32(p, s.blockOf(c.kern, inputs, pc.Field, lo, hi), hi-lo)
+				c.kern.GramF32(p, sq, s.blockOf(c.kern, inputs, pc.Field, lo, hi), hi-lo, s.pack)
 				if err := ctx.Err(); err != nil {
 					return err
 				}
@@ -296,27 +307,28 @@ func (c *CPU) Gram(ctx context.Context, fields []AccField, inputs [][]Span) ([][
 				read += int64(pc.Hi-pc.Lo) * int64(in[pc.Field].DType.Size())
 			}
 		}
-		g := make([]float64, n*n)
-		kernels.GramSums(g, p, n)
+		g := make([]float64, n*n+n)
+		kernels.GramSums(g[:n*n], g[n*n:], p, sq, n)
 		sums[ci] = g
 		stats.add(elems, read, 0)
 		return nil
 	}, 0)
 	if err != nil {
-		return nil, stats.total(c.Name(), start), err
+		return GramMatrix{}, stats.total(c.Name(), start), err
 	}
-	gram := make([][]float64, n)
-	for a := range gram {
-		gram[a] = make([]float64, n)
+	gm := GramMatrix{Centred: make([][]float64, n), SqNorms: make([]float64, n)}
+	for a := range n {
+		gm.Centred[a] = make([]float64, n)
 	}
 	for _, g := range sums {
 		for a := range n {
 			for b := range n {
-				gram[a][b] += g[a*n+b]
+				gm.Centred[a][b] += g[a*n+b]
 			}
+			gm.SqNorms[a] += g[n*n+a]
 		}
 	}
-	return gram, stats.total(c.Name(), start), nil
+	return gm, stats.total(c.Name(), start), nil
 }
 
 // SqDistances implements Robust.

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/wattagg/wattagg/internal/race"
 	"github.com/wattagg/wattagg/kernels"
 	"github.com/wattagg/wattagg/tensor"
 )
@@ -186,29 +187,39 @@ func TestGramAndDistancesMatchFloat64(t *testing.T) {
 	for t, f := range fields {
 		z[t] = randSpan(r, tensor.F32, f.Len, 1)
 	}
-	// The references, once: dot products and distances in float64.
+	// The references, once: products of the centred values, norms and distances in float64.
 	n := len(inputs)
 	wantG, magG := make([][]float64, n), make([][]float64, n)
-	wantD := make([]float64, n)
+	wantD, wantN := make([]float64, n), make([]float64, n)
 	for a := range n {
 		wantG[a], magG[a] = make([]float64, n), make([]float64, n)
 	}
+	y := make([]float64, n)
 	for ft, f := range fields {
 		for j := range f.Len {
 			v := vals[ft][j]
+			var sum float64
+			for _, x := range v {
+				sum += float64(x)
+			}
+			centre := float64(float32(sum / float64(n)))
 			zj := z[ft].Value(j)
 			for a := range n {
 				d := float64(v[a]) - zj
 				wantD[a] += d * d
+				wantN[a] += float64(v[a]) * float64(v[a])
+				y[a] = float64(v[a]) - centre
+			}
+			for a := range n {
 				for b := range n {
-					p := float64(v[a]) * float64(v[b])
+					p := y[a] * y[b]
 					wantG[a][b] += p
 					magG[a][b] += math.Abs(p)
 				}
 			}
 		}
 	}
-	var gram0 [][]float64
+	var gram0 GramMatrix
 	var dist0 []float64
 	for _, w := range []int{1, 2, 3} {
 		dev := mustCPU(t, w, 64)
@@ -225,20 +236,159 @@ func TestGramAndDistancesMatchFloat64(t *testing.T) {
 		}
 		for a := range n {
 			for b := range n {
-				if math.Abs(gram[a][b]-wantG[a][b]) > 1e-12*magG[a][b] || gram[a][b] != gram[b][a] {
-					t.Fatalf("G[%d][%d] = %v (G[%d][%d] = %v), want %v", a, b, gram[a][b], b, a, gram[b][a], wantG[a][b])
+				g := gram.Centred[a][b]
+				if math.Abs(g-wantG[a][b]) > 1e-12*magG[a][b] || g != gram.Centred[b][a] {
+					t.Fatalf("G[%d][%d] = %v (G[%d][%d] = %v), want %v", a, b, g, b, a, gram.Centred[b][a], wantG[a][b])
 				}
 			}
-			if math.Abs(dist[a]-wantD[a]) > 1e-12*wantD[a] || math.Abs(norm[a]-gram[a][a]) > 1e-12*gram[a][a] {
-				t.Fatalf("input %d: distance² %v norm² %v, want %v %v", a, dist[a], norm[a], wantD[a], gram[a][a])
+			if math.Abs(dist[a]-wantD[a]) > 1e-12*wantD[a] || math.Abs(norm[a]-wantN[a]) > 1e-12*wantN[a] ||
+				math.Abs(gram.SqNorms[a]-wantN[a]) > 1e-12*wantN[a] {
+				t.Fatalf("input %d: distance² %v, norm² %v and %v (Gram); want %v, %v", a, dist[a], norm[a], gram.SqNorms[a], wantD[a], wantN[a])
 			}
 		}
 		// The same bits whatever the number of workers.
-		if gram0 == nil {
+		if gram0.Centred == nil {
 			gram0, dist0 = gram, dist
-		} else if !slices.EqualFunc(gram, gram0, slices.Equal) || !slices.Equal(dist, dist0) {
+		} else if !slices.EqualFunc(gram.Centred, gram0.Centred, slices.Equal) || !slices.Equal(gram.SqNorms, gram0.SqNorms) || !slices.Equal(dist, dist0) {
 			t.Fatalf("%d workers: results differ from 1 worker", w)
 		}
+	}
+}
+
+// krumPick is Krum's choice from squared distances d (n·n): the client whose n-f-2 smallest
+// distances to the others have the smallest sum, and every client's score.
+func krumPick(d [][]float64, set []int, f int) (int, []float64) {
+	k := max(1, len(set)-f-2)
+	scores := make([]float64, len(d))
+	best := -1
+	for _, a := range set {
+		var near []float64
+		for _, b := range set {
+			if b != a {
+				near = append(near, d[a][b])
+			}
+		}
+		slices.Sort(near)
+		for _, v := range near[:min(k, len(near))] {
+			scores[a] += v
+		}
+		if best < 0 || scores[a] < scores[best] {
+			best = a
+		}
+	}
+	return best, scores
+}
+
+// bulyanSelect is Bulyan's selection: n-2f applications of Krum, each removing its choice.
+func bulyanSelect(d [][]float64, f int) []int {
+	rest := make([]int, len(d))
+	for i := range rest {
+		rest[i] = i
+	}
+	var chosen []int
+	for len(chosen) < len(d)-2*f {
+		best, _ := krumPick(d, rest, f)
+		chosen = append(chosen, best)
+		rest = slices.DeleteFunc(rest, func(i int) bool { return i == best })
+	}
+	slices.Sort(chosen)
+	return chosen
+}
+
+// TestGramKrumFullModels is issue 9.6's repro: 11 clients of 1M f32 parameters,
+// x_k = x_t + 1e-6·N(0,1) with x_t ~ N(0,1), where the uncentred Gram matrix made Krum (f = 1)
+// and Bulyan (f = 2) select the wrong clients and every Krum score 1.7% high. Krum's choice,
+// its scores and Bulyan's selection from the device's Gram matrix must be those of plain f64
+// sums of squared differences (the data is generated here with a fixed seed, not numpy's, so
+// the clients are others than the issue's). The uncentred route is checked too, so that the
+// test can fail: its scores are off by more than 0.1%.
+func TestGramKrumFullModels(t *testing.T) {
+	const n = 11
+	elems := 1 << 20
+	if testing.Short() || race.Enabled {
+		elems = 1 << 16
+	}
+	r := rand.New(rand.NewPCG(9, 6))
+	xt := make([]float32, elems)
+	for j := range xt {
+		xt[j] = float32(r.NormFloat64())
+	}
+	fields := []AccField{{Name: "w", Len: elems, Acc: tensor.F32, Out: tensor.F32}}
+	inputs := make([][]Span, n)
+	vals := make([][]float32, n)
+	for i := range inputs {
+		vals[i] = make([]float32, elems)
+		for j := range elems {
+			vals[i][j] = xt[j] + float32(1e-6*r.NormFloat64())
+		}
+		inputs[i] = []Span{{DType: tensor.F32, Data: f32Bytes(vals[i])}}
+	}
+	exact, uncentred := make([][]float64, n), make([][]float64, n)
+	dots := make([][]float64, n)
+	for a := range n {
+		exact[a], uncentred[a], dots[a] = make([]float64, n), make([]float64, n), make([]float64, n)
+		for b := range n {
+			var s, p float64
+			for j := range elems {
+				d := float64(vals[a][j]) - float64(vals[b][j])
+				s += d * d
+				p = math.FMA(float64(vals[a][j]), float64(vals[b][j]), p)
+			}
+			exact[a][b], dots[a][b] = s, p
+		}
+	}
+	for a := range n {
+		for b := range n {
+			if a != b {
+				uncentred[a][b] = max(0, dots[a][a]+dots[b][b]-2*dots[a][b])
+			}
+		}
+	}
+	all := make([]int, n)
+	for i := range all {
+		all[i] = i
+	}
+	wantKrum, wantScores := krumPick(exact, all, 1)
+	wantBulyan := bulyanSelect(exact, 2)
+	for _, k := range kernels.Impls() {
+		t.Run(k.Name(), func(t *testing.T) {
+			dev, err := NewCPU(WithWorkers(2), WithKernels(k.Name()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			g, _, err := dev.Gram(context.Background(), fields, inputs)
+			if err != nil {
+				t.Fatal(err)
+			}
+			d := make([][]float64, n)
+			for a := range n {
+				d[a] = make([]float64, n)
+				for b := range n {
+					d[a][b] = g.SqDistance(a, b)
+				}
+			}
+			got, scores := krumPick(d, all, 1)
+			if got != wantKrum {
+				t.Errorf("Krum picks client %d, the exact distances client %d", got, wantKrum)
+			}
+			for i := range n {
+				if e := math.Abs(scores[i]-wantScores[i]) / wantScores[i]; e > 1e-9 {
+					t.Errorf("client %d: Krum score %v, exact %v (off by %.3g)", i, scores[i], wantScores[i], e)
+				}
+			}
+			if sel := bulyanSelect(d, 2); !slices.Equal(sel, wantBulyan) {
+				t.Errorf("Bulyan selects %v, the exact distances %v", sel, wantBulyan)
+			}
+		})
+	}
+	_, scores := krumPick(uncentred, all, 1)
+	var worst float64
+	for i := range n {
+		worst = max(worst, math.Abs(scores[i]-wantScores[i])/wantScores[i])
+	}
+	t.Logf("exact: Krum picks %d, Bulyan selects %v; the uncentred Gram matrix's scores are off by up to %.3g", wantKrum, wantBulyan, worst)
+	if worst < 1e-3 {
+		t.Errorf("the uncentred scores are off by only %.3g: the data does not show the cancellation", worst)
 	}
 }
 

@@ -28,6 +28,15 @@ import (
 //     +0 in ascending order in f32 and divided by n-2K (Flower and scipy cut K = floor(β·n)).
 //   - Closest mean (Bulyan): the mean of the K values nearest the median, the window of K
 //     sorted values that minimises their summed distance to it, summed as the trimmed mean.
+//   - Closest mean (Bulyan) when windows tie (values as far below the median as others are
+//     above it at the cut-off, frequent with 16-bit inputs): the tied windows are the starts
+//     lo..hi of kernels.ClosestMeanF32, and the result is the middle window's mean, or for an
+//     even number of them mean(a)·0.5 + mean(b)·0.5 of the middle two. Ties resolve to neither
+//     side: with the first window, as before, every tie erred low.
+//   - The Gram matrix is taken of the inputs centred at each coordinate j on
+//     r_j = float32(Σ_i x_i[j] / n) (the sum in f64 in input order; r_j = 0 where that is not
+//     finite), so that f32 inputs give exact f64 differences and distances between clients
+//     that differ slightly do not cancel.
 //   - Dot products and squared distances accumulate in f64 with fused multiply-adds: element j
 //     of a block goes to lane j mod 4 (Gram) or j mod 16 (distances), blocks are multiples of
 //     the lane count, lanes are combined pairwise ((l0+l2)+(l1+l3), or halves lane by lane),
@@ -39,15 +48,44 @@ type Robust interface {
 	// non-finite result (a trimmed mean beyond the f32 range, an output dtype too narrow) is a
 	// *tensor.NonFiniteError naming the field and element.
 	Select(ctx context.Context, job *SelectJob) (Stats, error)
-	// Gram returns the Gram matrix of the inputs, G[a][b] = Σ_t Σ_j x_a[t][j]·x_b[t][j] over all
-	// fields t, accumulated in f64: the squared distances Krum needs are
-	// G[a][a] + G[b][b] - 2·G[a][b], and the norms are the square roots of the diagonal.
-	Gram(ctx context.Context, fields []AccField, inputs [][]Span) ([][]float64, Stats, error)
+	// Gram returns the Gram matrix of the inputs centred on their mean and their squared norms
+	// (see GramMatrix), accumulated in f64 over all fields: Krum's squared distances are
+	// G.SqDistance(a, b).
+	Gram(ctx context.Context, fields []AccField, inputs [][]Span) (GramMatrix, Stats, error)
 	// SqDistances returns ‖x_i − z‖² and ‖x_i‖² for every input i over all fields, accumulated
 	// in f64 (each difference of two f32 values is exact in f64, and neither sum overflows for
 	// finite inputs, so a non-finite ‖x_i‖² says input i holds a NaN or Inf). z holds one F32
 	// span per field.
 	SqDistances(ctx context.Context, fields []AccField, inputs [][]Span, z []Span) (dist, norm []float64, _ Stats, _ error)
+}
+
+// GramMatrix is the result of Robust.Gram over n inputs x_i, the coordinates j running over all
+// fields, r_j the centre of coordinate j (see Robust).
+//
+// Distances come from the centred matrix because ‖a−b‖² = ‖a‖² + ‖b‖² − 2a·b cancels
+// catastrophically when clients send full models that differ slightly: the rounding of the
+// uncentred products is about √P·2⁻⁵³·‖x‖² over P coordinates, a percent of the distances
+// between such clients, where the centred one's is relative to ‖x − r‖². Any point common to
+// all inputs gives the same distances, so the centred matrix also gives each input's distance
+// to a weighted mean of inputs, Σ_s w_s x_s with Σ w_s = 1:
+// C[i][i] − 2Σ_s w_s C[i][s] + Σ_s Σ_t w_s w_t C[s][t].
+type GramMatrix struct {
+	// Centred[a][b] = Σ_j (x_a[j] − r_j)·(x_b[j] − r_j), symmetric bit for bit.
+	Centred [][]float64
+	// SqNorms[a] = Σ_j x_a[j]²: for f32, f16, bf16 and i8 values finite exactly when input a
+	// holds no NaN or Inf. A non-finite input leaves the other inputs' rows finite (the centre
+	// of a coordinate where some input is not finite is 0), but less precise: callers exclude
+	// it and compute the matrix again without it.
+	SqNorms []float64
+}
+
+// SqDistance returns ‖x_a − x_b‖² from the centred matrix, clamped at 0 (rounding can make a
+// tiny negative).
+func (g *GramMatrix) SqDistance(a, b int) float64 {
+	if a == b {
+		return 0
+	}
+	return max(0, g.Centred[a][a]+g.Centred[b][b]-2*g.Centred[a][b])
 }
 
 // SelectOp is the order statistic a SelectJob computes.

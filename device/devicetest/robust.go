@@ -34,6 +34,7 @@ func Robust(t *testing.T, dev device.Device) {
 	t.Run("SelectRejectsBadJobs", func(t *testing.T) { SelectRejectsBadJobs(t, dev) })
 	t.Run("SelectCancel", func(t *testing.T) { SelectCancel(t, dev) })
 	t.Run("Gram", func(t *testing.T) { Gram(t, dev) })
+	t.Run("GramDistancesPrecise", func(t *testing.T) { GramDistancesPrecise(t, dev) })
 	t.Run("SqDistances", func(t *testing.T) { SqDistances(t, dev) })
 	t.Run("RobustRejectsBadInputs", func(t *testing.T) { RobustRejectsBadInputs(t, dev) })
 }
@@ -133,8 +134,11 @@ func r32(x float64) float64 { return float64(float32(x)) }
 // them; finite) per device.Robust, in float64 with every operation rounded to f32: v sorted,
 // the median its middle value or lo·0.5 + hi·0.5 of the two middle ones, the trimmed mean the
 // sum from +0 in ascending order of all but the k smallest and k largest divided by n-2k, the
-// closest mean the same over the window of k values that starts at 1 + the last t < n-k with
-// |v[t+k] - m| < |v[t] - m| (or 0), divided by k. v is sorted in place.
+// closest mean the same over windows of k values: lo is 1 + the last t < n-k with
+// |v[t+k] - m| < |v[t] - m| (or 0), the tied windows run from lo to the end hi of the slides from
+// lo with equal distances, and the result is the mean of the window at (lo+hi)/2, or for an
+// even number of tied windows the means of the middle two halved and added. v is sorted in
+// place.
 func SelectReference(v []float64, op device.SelectOp, k int) float32 {
 	slices.Sort(v)
 	n := len(v)
@@ -142,25 +146,33 @@ func SelectReference(v []float64, op device.SelectOp, k int) float32 {
 	if n%2 == 0 {
 		m = r32(r32(v[n/2-1]*0.5) + r32(v[n/2]*0.5))
 	}
-	var lo, cnt int
+	mean := func(lo, cnt int) float64 {
+		var acc float64
+		for _, x := range v[lo : lo+cnt] {
+			acc = r32(acc + x)
+		}
+		return r32(acc / float64(cnt))
+	}
 	switch op {
 	case device.Median:
 		return float32(m)
 	case device.TrimmedMean:
-		lo, cnt = k, n-2*k
-	case device.ClosestMean:
-		for t := 0; t < n-k; t++ {
-			if math.Abs(r32(v[t+k]-m)) < math.Abs(r32(v[t]-m)) {
-				lo = t + 1
-			}
+		return float32(mean(k, n-2*k))
+	}
+	lo, hi := 0, 0
+	for t := 0; t < n-k; t++ {
+		dh, dl := math.Abs(r32(v[t+k]-m)), math.Abs(r32(v[t]-m))
+		if dh < dl {
+			lo, hi = t+1, t+1
+		} else if dh == dl && hi == t {
+			hi = t + 1
 		}
-		cnt = k
 	}
-	var acc float64
-	for _, x := range v[lo : lo+cnt] {
-		acc = r32(acc + x)
+	a, b := (lo+hi)/2, (lo+hi+1)/2
+	if a == b {
+		return float32(mean(a, k))
 	}
-	return float32(r32(acc / float64(cnt)))
+	return float32(r32(r32(mean(a, k)*0.5) + r32(mean(b, k)*0.5)))
 }
 
 // SumTolerance is how far two sums of the same terms, each added in any order of f64
@@ -447,9 +459,25 @@ func SelectCancel(t *testing.T, dev device.Device) {
 	}
 }
 
-// Gram checks the Gram matrix against a float64 reference (the products of f32 values are
-// exact in f64; only the order of the additions is free): every entry within SumTolerance of
-// the reference, the matrix symmetric bit for bit, and the statistics.
+// GramCentre is the centre device.Robust gives coordinate j of the Gram matrix, from the
+// inputs' values there (as RobustValues gives them): their f64 sum in input order divided by n,
+// rounded to f32, or 0 where that is not finite.
+func GramCentre(col []float64) float64 {
+	var t float64
+	for _, v := range col {
+		t += v
+	}
+	r := float32(t / float64(len(col)))
+	if math.IsNaN(float64(r)) || math.IsInf(float64(r), 0) {
+		return 0
+	}
+	return float64(r)
+}
+
+// Gram checks the centred Gram matrix and the squared norms against float64 references (the
+// centred f32 values are exact in f64 and so are their products; only the order of the
+// additions is free): every entry within SumTolerance of the reference, the matrix symmetric
+// bit for bit, and the statistics.
 func Gram(t *testing.T, dev device.Device) {
 	rd := dev.(device.Robust)
 	r := rand.New(rand.NewPCG(109, 110))
@@ -480,22 +508,44 @@ func Gram(t *testing.T, dev device.Device) {
 				}
 			}
 			elems := len(vals[0])
-			if len(g) != n {
-				t.Fatalf("%d rows, want %d", len(g), n)
+			// The centred values.
+			ys := make([][]float64, n)
+			col := make([]float64, n)
+			for i := range ys {
+				ys[i] = make([]float64, elems)
+			}
+			for j := range elems {
+				for i := range n {
+					col[i] = vals[i][j]
+				}
+				c := GramCentre(col)
+				for i := range n {
+					ys[i][j] = vals[i][j] - c
+				}
+			}
+			if len(g.Centred) != n || len(g.SqNorms) != n {
+				t.Fatalf("%d rows and %d norms, want %d", len(g.Centred), len(g.SqNorms), n)
 			}
 			for a := range n {
-				if len(g[a]) != n {
-					t.Fatalf("row %d has %d entries, want %d", a, len(g[a]), n)
+				if len(g.Centred[a]) != n {
+					t.Fatalf("row %d has %d entries, want %d", a, len(g.Centred[a]), n)
+				}
+				var norm float64
+				for _, x := range vals[a] {
+					norm += x * x
+				}
+				if math.Abs(g.SqNorms[a]-norm) > SumTolerance(elems, norm) {
+					t.Fatalf("‖x_%d‖² = %v, want %v ± %v", a, g.SqNorms[a], norm, SumTolerance(elems, norm))
 				}
 				for b := range n {
 					var want, mag float64
-					for j, x := range vals[a] {
-						p := x * vals[b][j]
+					for j, y := range ys[a] {
+						p := y * ys[b][j]
 						want += p
 						mag += math.Abs(p)
 					}
-					if math.Abs(g[a][b]-want) > SumTolerance(elems, mag) || g[a][b] != g[b][a] {
-						t.Fatalf("G[%d][%d] = %v, want %v ± %v (G[%d][%d] = %v)", a, b, g[a][b], want, SumTolerance(elems, mag), b, a, g[b][a])
+					if math.Abs(g.Centred[a][b]-want) > SumTolerance(elems, mag) || g.Centred[a][b] != g.Centred[b][a] {
+						t.Fatalf("G[%d][%d] = %v, want %v ± %v (G[%d][%d] = %v)", a, b, g.Centred[a][b], want, SumTolerance(elems, mag), b, a, g.Centred[b][a])
 					}
 				}
 			}
@@ -503,6 +553,69 @@ func Gram(t *testing.T, dev device.Device) {
 				t.Errorf("stats %+v: want %d elements, %d bytes read", stats, elems, read)
 			}
 		})
+	}
+}
+
+// GramDistancesPrecise checks Krum's distances where the uncentred Gram matrix fails them
+// (issue 9.6): clients that send full models differing by 1e-6 (x_k = x + 1e-6·N(0,1), x ~
+// N(0,1), f32), whose squared distances from the Gram matrix must agree with plain f64 sums of
+// squared differences to 1e-9 (the uncentred products were off by about a percent), and an
+// input holding a NaN, whose own norm is then non-finite while every other row stays finite.
+func GramDistancesPrecise(t *testing.T, dev device.Device) {
+	rd := dev.(device.Robust)
+	r := rand.New(rand.NewPCG(113, 114))
+	const n = 11
+	elems := 20000
+	if large() {
+		elems = 300000
+	}
+	fields := []device.AccField{{Name: "w", Len: elems, Acc: tensor.F32, Out: tensor.F32}}
+	base := make([]float32, elems)
+	for j := range base {
+		base[j] = float32(r.NormFloat64())
+	}
+	inputs := make([][]device.Span, n)
+	vals := make([][]float32, n)
+	for i := range inputs {
+		sp := device.Span{DType: tensor.F32, Data: make([]byte, 4*elems)}
+		vals[i] = make([]float32, elems)
+		for j := range elems {
+			vals[i][j] = base[j] + float32(1e-6*r.NormFloat64())
+			putU32(sp.Data[4*j:], math.Float32bits(vals[i][j]))
+		}
+		inputs[i] = []device.Span{sp}
+	}
+	g, _, err := rd.Gram(context.Background(), fields, inputs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for a := range n {
+		for b := range n {
+			var want float64
+			for j := range elems {
+				d := float64(vals[a][j]) - float64(vals[b][j])
+				want += d * d
+			}
+			if got := g.SqDistance(a, b); math.Abs(got-want) > 1e-9*want {
+				t.Fatalf("‖x_%d − x_%d‖² = %v, plain sum %v: off by %.3g", a, b, got, want, math.Abs(got-want)/want)
+			}
+		}
+	}
+	putU32(inputs[3][0].Data[4*(elems/2):], math.Float32bits(float32(math.NaN())))
+	g, _, err = rd.Gram(context.Background(), fields, inputs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	finite := func(v float64) bool { return !math.IsNaN(v) && !math.IsInf(v, 0) }
+	for a := range n {
+		if finite(g.SqNorms[a]) != (a != 3) {
+			t.Fatalf("NaN in input 3: ‖x_%d‖² = %v", a, g.SqNorms[a])
+		}
+		for b := range n {
+			if a != 3 && b != 3 && !finite(g.Centred[a][b]) {
+				t.Fatalf("NaN in input 3: G[%d][%d] = %v", a, b, g.Centred[a][b])
+			}
+		}
 	}
 }
 
