@@ -18,9 +18,10 @@ import (
 // (weights as FedAvg takes them; Krum's single update needs none). It needs n > 2f+2 clients,
 // n counting those left after updates with NaN or Inf are excluded.
 //
-// The pairwise distances come from the Gram matrix of the updates, computed in one pass in f64
-// accumulation (‖a-b‖² = ‖a‖² + ‖b‖² - 2a·b). The report has every client's score, whether it
-// was selected, and its distance to the result.
+// The pairwise distances come from the Gram matrix of the updates centred on their mean,
+// computed in one pass in f64 accumulation (‖a-b‖² = ‖a-r‖² + ‖b-r‖² - 2(a-r)·(b-r), which
+// does not cancel when clients send full models that differ slightly). The report has every
+// client's score, whether it was selected, and its distance to the result.
 type Krum struct{ f, m int }
 
 // NewKrum returns Krum (m = 1) or Multi-Krum (m > 1, or m = 0 for n-f, Blanchard et al.'s
@@ -152,10 +153,12 @@ func distancesToMean(gram [][]float64, chosen []int, w []float64, total float64)
 	return sq
 }
 
-// distances computes the Gram matrix of the usable clients on the device, excludes the clients
-// whose norm (the square root of their diagonal entry) is not finite, and returns the Gram
-// matrix of the others and their squared distances (clamped at 0: rounding can make a tiny
-// negative), indexed by position in r.keep.
+// distances computes the Gram matrix of the usable clients on the device (centred on their
+// mean: see device.GramMatrix), excludes the clients whose norm is not finite, and returns the
+// centred Gram matrix of the others and their squared distances (clamped at 0: rounding can
+// make a tiny negative), indexed by position in r.keep. A client holding a NaN or Inf leaves
+// the coordinates where it does uncentred (their centre is 0), so the others' matrix is
+// computed again without it: a rejected update must not cost the others their precision.
 func (r *round) distances(ctx context.Context) (d, gram [][]float64, err error) {
 	cs := slices.Clone(r.keep)
 	g, stats, err := r.dev.Gram(ctx, r.in.Fields(), r.inputsOf(cs))
@@ -163,11 +166,14 @@ func (r *round) distances(ctx context.Context) (d, gram [][]float64, err error) 
 	if err != nil {
 		return nil, nil, fmt.Errorf("%s: %w", r.rule, err)
 	}
-	sq := make([]float64, len(cs))
-	for i := range cs {
-		sq[i] = g[i][i]
+	if r.setNorms(cs, g.SqNorms) > 0 && len(r.keep) > 0 {
+		cs = slices.Clone(r.keep)
+		g, stats, err = r.dev.Gram(ctx, r.in.Fields(), r.inputsOf(cs))
+		r.in.Record(stats)
+		if err != nil {
+			return nil, nil, fmt.Errorf("%s: %w", r.rule, err)
+		}
 	}
-	r.setNorms(cs, sq)
 	var rows []int // positions in cs of the clients still kept
 	for i, k := range cs {
 		if slices.Contains(r.keep, k) {
@@ -179,14 +185,8 @@ func (r *round) distances(ctx context.Context) (d, gram [][]float64, err error) 
 	for a, ra := range rows {
 		gram[a], d[a] = make([]float64, n), make([]float64, n)
 		for b, rb := range rows {
-			gram[a][b] = g[ra][rb]
-		}
-	}
-	for a := range d {
-		for b := range d[a] {
-			if a != b {
-				d[a][b] = max(0, gram[a][a]+gram[b][b]-2*gram[a][b])
-			}
+			gram[a][b] = g.Centred[ra][rb]
+			d[a][b] = g.SqDistance(ra, rb)
 		}
 	}
 	return d, gram, nil

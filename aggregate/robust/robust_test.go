@@ -155,23 +155,30 @@ func refBulyan(x [][]float64, f int) ([]int, []float64) {
 	for i, k := range sel {
 		xs[i] = x[k]
 	}
-	// The β values nearest the median form a window of the sorted values; of the windows
-	// with the smallest summed distance (several when distances tie, as they do with bf16 or
-	// i8 values) take the one sliding right from the lowest stops at.
+	// The β values nearest the median form a window of the sorted values. When windows tie
+	// (as they do with bf16 or i8 values), the tied starts run from lo, after the last slide
+	// right that gets strictly closer, to hi, the end of the equally close slides from lo; the
+	// result is the middle tied window's mean, or the mean of the middle two's means.
 	return sel, coordinatewise(xs, func(v []float64) float64 {
 		s := slices.Sorted(slices.Values(v))
 		m := refMedian(s)
-		start := 0
+		lo, hi := 0, 0
 		for t := 0; t+beta < len(s); t++ {
-			if math.Abs(s[t+beta]-m) < math.Abs(s[t]-m) {
-				start = t + 1
+			dh, dl := math.Abs(s[t+beta]-m), math.Abs(s[t]-m)
+			if dh < dl {
+				lo, hi = t+1, t+1
+			} else if dh == dl && hi == t {
+				hi = t + 1
 			}
 		}
-		var sum float64
-		for _, y := range s[start : start+beta] {
-			sum += y
+		mean := func(start int) float64 {
+			var sum float64
+			for _, y := range s[start : start+beta] {
+				sum += y
+			}
+			return sum / float64(beta)
 		}
-		return sum / float64(beta)
+		return (mean((lo+hi)/2) + mean((lo+hi+1)/2)) / 2
 	})
 }
 

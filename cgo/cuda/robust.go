@@ -51,16 +51,28 @@ func robustInputs(fields []device.AccField, inputs [][]device.Span) error {
 // robustDType reports whether the robust operations take dt (device.Robust).
 func robustDType(dt tensor.DType) bool { return dt.Real() && dt != tensor.F64 }
 
-// Gram implements device.Robust: G[a][b] = Σ_t Σ_j x_a[t][j]·x_b[t][j] in f64, the values widened
-// to f32 as the CPU device widens them, so every product is exact. The matrix is computed in
-// 64×64 tiles through shared memory, each coordinate block's partial sums added in a fixed
-// order; it is symmetric bit for bit, and within f64 rounding of the CPU's (see above). Krum's
-// squared distances are G[a][a] + G[b][b] - 2·G[a][b].
-func (g *GPU) Gram(ctx context.Context, fields []device.AccField, inputs [][]device.Span) ([][]float64, device.Stats, error) {
+// Gram implements device.Robust with the GPU's Gram matrix of the inputs themselves,
+// G[a][b] = Σ_t Σ_j x_a[t][j]·x_b[t][j] in f64, the values widened to f32 as the CPU device widens
+// them, so every product is exact. The matrix is computed in 64×64 tiles through shared memory,
+// each coordinate block's partial sums added in a fixed order; it is symmetric bit for bit.
+//
+// It is not yet centred as device.Robust asks (wa_gram does not subtract each coordinate's
+// centre): it is returned as centred on 0, with the norms from its diagonal, so Krum's
+// distances between clients that differ slightly cancel on the GPU as they did everywhere
+// before (device.GramMatrix); the conformance tests Gram and GramDistancesPrecise say so.
+func (g *GPU) Gram(ctx context.Context, fields []device.AccField, inputs [][]device.Span) (device.GramMatrix, device.Stats, error) {
 	if err := robustInputs(fields, inputs); err != nil {
-		return nil, device.Stats{}, err
+		return device.GramMatrix{}, device.Stats{}, err
 	}
-	return g.gram(ctx, fields, g.hostSource(inputs))
+	m, stats, err := g.gram(ctx, fields, g.hostSource(inputs))
+	if err != nil {
+		return device.GramMatrix{}, stats, err
+	}
+	norms := make([]float64, len(m))
+	for a := range m {
+		norms[a] = m[a][a]
+	}
+	return device.GramMatrix{Centred: m, SqNorms: norms}, stats, nil
 }
 
 // gramResident is Gram over device-resident inputs (f32, f16, bf16 or i8 tensors).

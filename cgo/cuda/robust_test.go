@@ -281,7 +281,7 @@ func TestOptimizeFromOutputCallback(t *testing.T) {
 							t.Error(err)
 						}
 						mu.Lock()
-						gram = g
+						gram = g.Centred
 						mu.Unlock()
 					}()
 				}
