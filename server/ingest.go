@@ -134,9 +134,18 @@ func (u *Upload) Ingest(src Source, weight *float64) (api.Ack, error) {
 	}
 	r.mu.Lock()
 	agg, open := r.agg, r.openLocked()
+	var first *AckRecord
+	if len(r.records) > 0 {
+		first = &r.records[0]
+	}
 	r.mu.Unlock()
 	if open != nil {
 		return api.Ack{}, open
+	}
+	// The engine refuses weights of different sources in one round; say so before the body.
+	if first != nil && first.From != string(from) {
+		return api.Ack{}, fmt.Errorf("%s: %w: weighted by %s, but %s was weighted by %s: weight every update of a round the same way (%s header or num_examples metadata)",
+			u.client, aggregate.ErrWeight, from, first.Client, first.From, api.WeightHeader)
 	}
 	if err := agg.CheckHeader(u.client, hdr.Layout, hdr.Metadata); err != nil {
 		return api.Ack{}, err

@@ -219,18 +219,25 @@ func (s *Server) Current() int {
 	return s.current.n
 }
 
-// Latest is the last round that produced a model (0: none).
+// Latest is the last round that produced a model (0: none). It asks the rounds themselves, so
+// a round is the latest as soon as its state says closed.
 func (s *Server) Latest() int {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.latest
+	rounds := slices.Clone(s.rounds)
+	s.mu.Unlock()
+	for i := len(rounds) - 1; i >= 0; i-- {
+		if rounds[i].state() == api.StateClosed {
+			return rounds[i].n
+		}
+	}
+	return 0
 }
 
 // Rounds is the status of every round, oldest first.
 func (s *Server) Rounds() api.Rounds {
+	latest := s.Latest()
 	s.mu.Lock()
 	rounds := slices.Clone(s.rounds)
-	latest := s.latest
 	s.mu.Unlock()
 	out := api.Rounds{Latest: latest, Rounds: make([]api.Round, 0, len(rounds))}
 	for _, r := range rounds {
