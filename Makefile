@@ -21,6 +21,14 @@ test: fmt-check vet generate-check test-interop
 	$(GO) test -count=1 -race $(PKGS)
 	$(GO) test -count=1 -tags purego $(PKGS)
 
+# The federation showcase (interop/gorgonia/cmd/federation): 10 clients train the digits MLP
+# with gorgonia and push to wattagg's aggregation server on a loopback port, an inference node
+# answers each round's model over HTTP, then the attack table; plots, tables and results.json
+# in bin/federation/.
+.PHONY: federation
+federation:
+	cd interop/gorgonia && $(GO) run ./cmd/federation -out ../../bin/federation
+
 # The gorgonia interop is a nested module (gorgonia stays out of the core's module graph).
 test-interop:
 	cd interop/gorgonia && $(GO) vet ./... && $(GO) test -count=1 ./... && $(GO) test -count=1 -race -short ./...

@@ -1,0 +1,324 @@
+package federation
+
+import (
+	"errors"
+	"fmt"
+	"image/color"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+
+	"gonum.org/v1/plot"
+	"gonum.org/v1/plot/plotter"
+	"gonum.org/v1/plot/plotutil"
+	"gonum.org/v1/plot/vg"
+	"gonum.org/v1/plot/vg/draw"
+	"gonum.org/v1/plot/vg/vgimg"
+
+	"github.com/wattagg/wattagg/energy"
+)
+
+// ErrPlot is returned when a plot cannot be drawn from the results given.
+var ErrPlot = errors.New("federation: cannot plot")
+
+// plotDPI is the PNGs' resolution; sizes are in pixels at it.
+const plotDPI = 96
+
+func px(n int) vg.Length { return vg.Length(n) * vg.Inch / plotDPI }
+
+// PlotRun writes a PNG of one federation to path: held-out accuracy per round above, the
+// joules the server's round reports gave per round below, labelled with their source (an
+// estimate is called one), and a note for rounds without a measurement.
+func PlotRun(path string, res *Result, setup string) error {
+	if len(res.Rounds) == 0 {
+		return fmt.Errorf("%w: no rounds", ErrPlot)
+	}
+	acc := plot.New()
+	acc.Title.Text = "held-out accuracy of each round's global model (answered by the inference node)"
+	var pts plotter.XYs
+	for _, rd := range res.Rounds {
+		pts = append(pts, plotter.XY{X: float64(rd.Round), Y: rd.Accuracy})
+	}
+	target, err := hline(0, float64(len(res.Rounds)+1), 0.9, color.Gray{Y: 90})
+	if err != nil {
+		return err
+	}
+	acc.Add(plotter.NewGrid(), target)
+	acc.Legend.Add("0.90 (the target)", target)
+	label := fmt.Sprintf("%s: final %.3f", ruleAttackLabel(res), res.Final())
+	if r := res.FirstReaching(0.9); r > 0 {
+		label += fmt.Sprintf(", 0.90 first in round %d", r)
+	}
+	if err := addCurve(acc, pts, plotutil.Color(0), nil, label); err != nil {
+		return err
+	}
+	acc.Legend.Left, acc.Legend.Top = false, false
+	acc.Legend.XOffs, acc.Legend.YOffs = -px(8), px(8)
+	acc.Y.Label.Text = "accuracy"
+	acc.Y.Min, acc.Y.Max = 0, 1
+	roundAxis(acc, len(res.Rounds))
+
+	j := plot.New()
+	var bars plotter.Values
+	var sources []string
+	missing, total := 0, 0.0
+	for _, rd := range res.Rounds {
+		v := 0.0
+		if rd.Joules != nil {
+			v = *rd.Joules
+			total += v
+			if !slices.Contains(sources, rd.JoulesSource) {
+				sources = append(sources, rd.JoulesSource)
+			}
+		} else {
+			missing++
+		}
+		bars = append(bars, v)
+	}
+	measured := len(res.Rounds) - missing
+	switch {
+	case len(sources) == 0:
+		j.Title.Text = "joules per round: not measured (" + res.Rounds[0].JoulesReason + ")"
+	case len(sources) == 1 && sources[0] == string(energy.SourceEstimate):
+		// An estimate is W = idle + (TDP − idle)·u with u the whole machine's CPU use over the
+		// aggregation's window: other work on the machine shows in it.
+		j.Title.Text = fmt.Sprintf("joules of each round's aggregation: ESTIMATED, not measured (no energy counter here; a power model × the whole machine's CPU use); %.2f J in %d rounds",
+			total, measured)
+		j.Y.Label.Text = "joules (estimate)"
+	default:
+		j.Title.Text = fmt.Sprintf("joules of each round's aggregation, measured by %s; %.2f J in %d rounds", strings.Join(sources, ", "), total, measured)
+	}
+	if j.Y.Label.Text == "" {
+		j.Y.Label.Text = "joules"
+	}
+	if missing > 0 && len(sources) > 0 {
+		j.Title.Text += fmt.Sprintf("; %d rounds not measured (no bar)", missing)
+	}
+	bc, err := plotter.NewBarChart(bars, px(14))
+	if err != nil {
+		return err
+	}
+	bc.Color, bc.LineStyle.Width = plotutil.Color(1), 0
+	// Bars are drawn at 0, 1, ...: shift them onto the round numbers.
+	bc.XMin = 1
+	j.Add(plotter.NewGrid(), bc)
+	j.Y.Min = 0
+	j.Y.Tick.Marker = plainTicks{}
+	roundAxis(j, len(res.Rounds))
+
+	return writePNG(path, 1100, 820, func(dc draw.Canvas) {
+		drawHeader(dc, "wattagg federation: "+ruleAttackLabel(res), setup)
+		grid := [][]*plot.Plot{{acc}, {j}}
+		tiles := draw.Tiles{Rows: 2, Cols: 1, PadTop: px(70), PadY: px(26), PadLeft: px(12), PadRight: px(24), PadBottom: px(10)}
+		c := plot.Align(grid, tiles, dc)
+		acc.Draw(c[0][0])
+		j.Draw(c[1][0])
+	})
+}
+
+// PlotTable writes a PNG of the attack table's runs to path: a panel per attack, a curve of
+// held-out accuracy per round for every rule, the clean FedAvg run dashed in each for
+// reference.
+func PlotTable(path string, t *Table, setup string) error {
+	var clean *Result
+	if i, j := ruleIndex(t, "fedavg"), attackIndex(t, NoAttack); i >= 0 && j >= 0 {
+		clean = t.Results[i][j]
+	}
+	var panels []*plot.Plot
+	rounds := 0
+	for j, a := range t.Attacks {
+		if a == NoAttack {
+			continue
+		}
+		p := plot.New()
+		p.Title.Text = fmt.Sprintf("%s, %d poisoned clients", a, t.Poisoned)
+		p.Add(plotter.NewGrid())
+		if clean != nil {
+			if err := addCurve(p, accuracies(clean), color.Black, []vg.Length{px(6), px(4)}, "fedavg, no attack"); err != nil {
+				return err
+			}
+			rounds = max(rounds, len(clean.Rounds))
+		}
+		for i, r := range t.Rules {
+			res := t.Results[i][j]
+			if res == nil || len(res.Rounds) == 0 {
+				continue
+			}
+			label := r.Name
+			if res.Collapsed != "" {
+				label += fmt.Sprintf(" (collapsed in round %d)", len(res.Rounds)+1)
+			}
+			if err := addCurve(p, accuracies(res), plotutil.Color(i), nil, label); err != nil {
+				return err
+			}
+			rounds = max(rounds, len(res.Rounds))
+		}
+		p.Y.Label.Text = "held-out accuracy"
+		p.Y.Min, p.Y.Max = 0, 1
+		p.Legend.Left, p.Legend.Top = false, false
+		p.Legend.XOffs, p.Legend.YOffs = -px(8), px(8)
+		p.Legend.TextStyle.Font.Size = vg.Points(9)
+		panels = append(panels, p)
+	}
+	if len(panels) == 0 || rounds == 0 {
+		return fmt.Errorf("%w: the table has no attacked runs", ErrPlot)
+	}
+	for _, p := range panels {
+		roundAxis(p, rounds)
+	}
+	return writePNG(path, 1100, 460*len(panels)+80, func(dc draw.Canvas) {
+		drawHeader(dc, "wattagg federation under attack: held-out accuracy per round, by aggregation rule", setup)
+		grid := make([][]*plot.Plot, len(panels))
+		for i, p := range panels {
+			grid[i] = []*plot.Plot{p}
+		}
+		tiles := draw.Tiles{Rows: len(panels), Cols: 1, PadTop: px(70), PadY: px(26), PadLeft: px(12), PadRight: px(24), PadBottom: px(10)}
+		c := plot.Align(grid, tiles, dc)
+		for i, p := range panels {
+			p.Draw(c[i][0])
+		}
+	})
+}
+
+func ruleIndex(t *Table, name string) int {
+	for i, r := range t.Rules {
+		if r.Name == name {
+			return i
+		}
+	}
+	return -1
+}
+
+func attackIndex(t *Table, a Attack) int {
+	for j, x := range t.Attacks {
+		if x == a {
+			return j
+		}
+	}
+	return -1
+}
+
+func accuracies(res *Result) plotter.XYs {
+	pts := make(plotter.XYs, len(res.Rounds))
+	for i, rd := range res.Rounds {
+		pts[i] = plotter.XY{X: float64(rd.Round), Y: rd.Accuracy}
+	}
+	return pts
+}
+
+// ruleAttackLabel names a run: "fedavg", "median, 3 clients scaled ×−10".
+func ruleAttackLabel(res *Result) string {
+	s := ruleLabel(res.Rule)
+	if res.Attack != NoAttack {
+		s += fmt.Sprintf(", %d of %d clients %s", len(res.Poisoned), res.Clients, res.Attack)
+	}
+	return s
+}
+
+// addCurve adds a line with points (or dashed, without points) and its legend entry.
+func addCurve(p *plot.Plot, pts plotter.XYs, c color.Color, dashes []vg.Length, label string) error {
+	line, points, err := plotter.NewLinePoints(pts)
+	if err != nil {
+		return err
+	}
+	line.Color, line.Width, line.Dashes = c, vg.Points(2), dashes
+	if dashes != nil {
+		p.Add(line)
+		p.Legend.Add(label, line)
+		return nil
+	}
+	points.Color, points.Shape, points.Radius = c, draw.CircleGlyph{}, vg.Points(2.5)
+	p.Add(line, points)
+	p.Legend.Add(label, line, points)
+	return nil
+}
+
+// hline is a dashed horizontal line at y from x0 to x1.
+func hline(x0, x1, y float64, c color.Color) (*plotter.Line, error) {
+	l, err := plotter.NewLine(plotter.XYs{{X: x0, Y: y}, {X: x1, Y: y}})
+	if err != nil {
+		return nil, err
+	}
+	l.Color, l.Width, l.Dashes = c, vg.Points(1.5), []vg.Length{px(6), px(4)}
+	return l, nil
+}
+
+// roundAxis labels the x axis with whole rounds.
+func roundAxis(p *plot.Plot, rounds int) {
+	p.X.Label.Text = "round"
+	p.X.Min, p.X.Max = 0.5, float64(rounds)+0.5
+	step := max(1, (rounds+19)/20)
+	var ticks []plot.Tick
+	for r := 1; r <= rounds; r++ {
+		label := ""
+		if r%step == 0 || r == 1 {
+			label = strconv.Itoa(r)
+		}
+		ticks = append(ticks, plot.Tick{Value: float64(r), Label: label})
+	}
+	p.X.Tick.Marker = plot.ConstantTicks(ticks)
+}
+
+// plainTicks are gonum's default ticks labelled as briefly as the value allows.
+type plainTicks struct{}
+
+func (plainTicks) Ticks(lo, hi float64) []plot.Tick {
+	ts := plot.DefaultTicks{}.Ticks(lo, hi)
+	for i := range ts {
+		if ts[i].Label != "" {
+			ts[i].Label = strconv.FormatFloat(ts[i].Value, 'g', 4, 64)
+		}
+	}
+	return ts
+}
+
+// drawHeader writes a title and a subtitle across the top of the canvas.
+func drawHeader(dc draw.Canvas, title, subtitle string) {
+	sty := plot.New().Title.TextStyle
+	sty.XAlign, sty.YAlign = draw.XCenter, draw.YTop
+	sty.Font.Size = vg.Points(14)
+	x := (dc.Min.X + dc.Max.X) / 2
+	dc.FillText(sty, vg.Point{X: x, Y: dc.Max.Y - px(10)}, title)
+	sty.Font.Size = vg.Points(10)
+	dc.FillText(sty, vg.Point{X: x, Y: dc.Max.Y - px(38)}, subtitle)
+}
+
+// writePNG draws a w × h pixel white canvas with fn and writes it to path through a temporary
+// file renamed over it. gonum panics on some data: that becomes an ErrPlot error.
+func writePNG(path string, w, h int, fn func(draw.Canvas)) (err error) {
+	c := vgimg.NewWith(vgimg.UseWH(px(w), px(h)), vgimg.UseDPI(plotDPI), vgimg.UseBackgroundColor(color.White))
+	defer func() {
+		if v := recover(); v != nil {
+			err = fmt.Errorf("%w: %s: %v", ErrPlot, filepath.Base(path), v)
+		}
+	}()
+	fn(draw.New(c))
+	return writeFileAtomic(path, func(w io.Writer) error {
+		_, err := vgimg.PngCanvas{Canvas: c}.WriteTo(w)
+		return err
+	})
+}
+
+// writeFileAtomic writes path through a temporary file beside it, synced and renamed over it.
+func writeFileAtomic(path string, fn func(io.Writer) error) error {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name()) // after a successful rename, there is nothing to remove
+	if err := fn(f); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(f.Name(), path)
+}
