@@ -62,7 +62,12 @@ func (c *CPU) sumPieceExact(ctx context.Context, s *cpuScratch, f AccField, grou
 			k := exactAccKernel(c.kern, g.dtype)
 			for i := 0; i < len(xs); i += maxInputsPerCall {
 				e := min(i+maxInputsPerCall, len(xs))
-				k(h, l, g.w64[i:e], xs[i:e])
+				if m := k(h, l, g.w64[i:e], xs[i:e]); m > exactGroupLimit(f, pc.Field, g, inputs, i, e) {
+					if err := firstBeyond(f, g.inputs[i:e], inputs, pc.Field, lo, hi); err != nil {
+						clear(s.xs)
+						return err
+					}
+				}
 			}
 		}
 		out := dst[(lo-pc.Lo)*outSize : (hi-pc.Lo)*outSize]
@@ -73,6 +78,37 @@ func (c *CPU) sumPieceExact(ctx context.Context, s *cpuScratch, f AccField, grou
 	}
 	clear(s.xs)
 	return ctx.Err()
+}
+
+// exactGroupLimit is the magnitude limit of inputs [i, e) of group g (for i8, the strictest of
+// their scales: a false alarm only costs firstBeyond's scan).
+func exactGroupLimit(f AccField, t int, g group, inputs [][]Span, i, e int) uint32 {
+	if g.dtype != tensor.I8 {
+		return exactLimit(g.dtype, f.Bound, 0)
+	}
+	m := uint32(128)
+	for _, in := range g.inputs[i:e] {
+		m = min(m, exactLimit(tensor.I8, f.Bound, inputs[in][t].Scale))
+	}
+	return m
+}
+
+// firstBeyond returns the error for the first element of [lo, hi) of field t, over the inputs
+// listed (in their order), that is NaN or Inf (a *tensor.NonFiniteError) or beyond the field's
+// bound (a *RangeError), or nil if there is none.
+func firstBeyond(f AccField, list []int, inputs [][]Span, t, lo, hi int) error {
+	for j := lo; j < hi; j++ {
+		for _, i := range list {
+			v := inputs[i][t].Value(j)
+			switch {
+			case math.IsNaN(v) || math.IsInf(v, 0):
+				return &tensor.NonFiniteError{Tensor: f.Name, Index: j, Value: v}
+			case !(math.Abs(v) <= f.Bound):
+				return &RangeError{Tensor: f.Name, Index: j, Value: v, Bound: f.Bound}
+			}
+		}
+	}
+	return nil
 }
 
 // cpuExactAccumulator is a running exact sum in host memory: two limb arrays per field.
@@ -116,13 +152,19 @@ func (a *cpuExactAccumulator) Add(ctx context.Context, x []Span, w float64) erro
 	}
 	return a.c.parallelChunks(ctx, len(a.work), func(s *cpuScratch, k int) error {
 		pc := a.work[k]
+		f := a.fields[pc.Field]
 		sp := x[pc.Field]
 		es := sp.DType.Size()
 		xs := s.xs[:1]
 		xs[0] = sp.Data[pc.Lo*es : pc.Hi*es]
-		s.w64[0] = ExactWeight(w, sp, a.fields[pc.Field].Grid)
-		exactAccKernel(a.c.kern, sp.DType)(a.hi[pc.Field][pc.Lo:pc.Hi], a.lo[pc.Field][pc.Lo:pc.Hi], s.w64[:1], xs)
+		s.w64[0] = ExactWeight(w, sp, f.Grid)
+		m := exactAccKernel(a.c.kern, sp.DType)(a.hi[pc.Field][pc.Lo:pc.Hi], a.lo[pc.Field][pc.Lo:pc.Hi], s.w64[:1], xs)
 		xs[0] = nil
+		if m > exactLimit(sp.DType, f.Bound, sp.Scale) {
+			if err := firstBeyond(f, []int{0}, [][]Span{x}, pc.Field, pc.Lo, pc.Hi); err != nil {
+				return fmt.Errorf("%w (the update was added in part: the sum is no longer meaningful)", err)
+			}
+		}
 		return nil
 	}, 1)
 }
@@ -200,19 +242,16 @@ func (a *cpuExactAccumulator) Close() error {
 // CheckRange implements RangeChecker: blocks of the update are scanned on the device's workers
 // (kernels.Beyond*, which also catch NaN and Inf), and only a bad block is examined element by
 // element to name the first culprit.
-func (c *CPU) CheckRange(ctx context.Context, fields []AccField, x []Span, bounds []float64) error {
+func (c *CPU) CheckRange(ctx context.Context, fields []AccField, x []Span) error {
 	if err := checkSpans(fields, x); err != nil {
 		return err
-	}
-	if len(bounds) != len(fields) {
-		return fmt.Errorf("%w: %d bounds for %d fields", ErrJob, len(bounds), len(fields))
 	}
 	for t, f := range fields {
 		if !exactInput(x[t].DType) {
 			return fmt.Errorf("%w: field %q: %s: exact sums take f32, bf16, f16 and i8", ErrUnsupported, f.Name, x[t].DType)
 		}
-		if !(bounds[t] > 0) || math.IsInf(bounds[t], 0) {
-			return fmt.Errorf("%w: field %q: bound %v", ErrJob, f.Name, bounds[t])
+		if !(f.Bound > 0) || math.IsInf(f.Bound, 0) {
+			return fmt.Errorf("%w: field %q: bound %v", ErrJob, f.Name, f.Bound)
 		}
 	}
 	type block struct{ t, lo, hi int }
@@ -230,7 +269,7 @@ func (c *CPU) CheckRange(ctx context.Context, fields []AccField, x []Span, bound
 		b := blocks[k]
 		sp := x[b.t]
 		es := sp.DType.Size()
-		if !c.beyond(sp, sp.Data[b.lo*es:b.hi*es], bounds[b.t]) {
+		if !c.beyond(sp, sp.Data[b.lo*es:b.hi*es], fields[b.t].Bound) {
 			return
 		}
 		for {
@@ -248,17 +287,7 @@ func (c *CPU) CheckRange(ctx context.Context, fields []AccField, x []Span, bound
 		return nil
 	}
 	b := blocks[f-1]
-	sp := x[b.t]
-	for i := b.lo; i < b.hi; i++ {
-		v := sp.Value(i)
-		switch {
-		case math.IsNaN(v) || math.IsInf(v, 0):
-			return &tensor.NonFiniteError{Tensor: fields[b.t].Name, Index: i, Value: v}
-		case !(math.Abs(v) <= bounds[b.t]):
-			return &RangeError{Tensor: fields[b.t].Name, Index: i, Value: v, Bound: bounds[b.t]}
-		}
-	}
-	return nil // unreachable: the block had a culprit
+	return firstBeyond(fields[b.t], []int{0}, [][]Span{x}, b.t, b.lo, b.hi)
 }
 
 // beyond reports whether some element of the block b of span sp is NaN or beyond ±bound.

@@ -34,8 +34,8 @@ func TestExactConformance(t *testing.T) {
 func TestExactWorkersBlocksImpls(t *testing.T) {
 	r := rand.New(rand.NewPCG(1, 2))
 	fields := []device.AccField{
-		{Name: "a", Len: 100003, Acc: tensor.I64, Out: tensor.F32, Grid: -70},
-		{Name: "b", Len: 77, Acc: tensor.I64, Out: tensor.BF16, Grid: -60},
+		{Name: "a", Len: 100003, Acc: tensor.I64, Out: tensor.F32, Grid: -70, Bound: 16},
+		{Name: "b", Len: 77, Acc: tensor.I64, Out: tensor.BF16, Grid: -60, Bound: 16},
 	}
 	var inputs [][]device.Span
 	var weights []float64
@@ -180,7 +180,7 @@ func TestCheckRange(t *testing.T) {
 		}
 		for _, dt := range []tensor.DType{tensor.F32, tensor.BF16, tensor.F16, tensor.I8} {
 			r := rand.New(rand.NewPCG(5, uint64(dt)))
-			fields := []device.AccField{{Name: "a", Len: 300001}, {Name: "b", Len: 1000}}
+			fields := []device.AccField{{Name: "a", Len: 300001, Bound: 8}, {Name: "b", Len: 1000, Bound: 8}}
 			x := []device.Span{devicetest.RandSpan(r, dt, 300001, 1), devicetest.RandSpan(r, dt, 1000, 1)}
 			if dt == tensor.I8 { // values q/64 within ±1
 				for _, sp := range x {
@@ -189,8 +189,7 @@ func TestCheckRange(t *testing.T) {
 					}
 				}
 			}
-			bounds := []float64{8, 8}
-			if err := dev.CheckRange(ctx, fields, x, bounds); err != nil {
+			if err := dev.CheckRange(ctx, fields, x); err != nil {
 				t.Fatalf("%s %s: in range: %v", k.Name(), dt, err)
 			}
 			set := func(sp device.Span, j int, v float64) {
@@ -212,17 +211,16 @@ func TestCheckRange(t *testing.T) {
 			}
 			// Beyond in both fields: the first field's is reported.
 			x2 := []device.Span{clone(x[0]), clone(x[1])}
-			bounds2 := []float64{8, 8}
 			bad := 9.5
 			if dt == tensor.I8 {
-				bounds2 = []float64{1.2, 1.2}
+				fields[0].Bound, fields[1].Bound = 1.2, 1.2
 				bad = 1.5
 			}
 			set(x2[1], 3, bad)
 			set(x2[0], 250000, -bad)
 			set(x2[0], 290000, bad)
 			var re *device.RangeError
-			err := dev.CheckRange(ctx, fields, x2, bounds2)
+			err := dev.CheckRange(ctx, fields, x2)
 			if dt != tensor.I8 && (!errors.As(err, &re) || re.Tensor != "a" || re.Index != 250000 || re.Value != -bad || re.Bound != 8) {
 				t.Fatalf("%s %s: err = %v, want a RangeError at a[250000]", k.Name(), dt, err)
 			}
@@ -237,22 +235,23 @@ func TestCheckRange(t *testing.T) {
 			if dt != tensor.I8 {
 				set(x2[0], 100, math.NaN())
 				var nf *tensor.NonFiniteError
-				if err := dev.CheckRange(ctx, fields, x2, bounds2); !errors.As(err, &nf) || nf.Index != 100 || nf.Tensor != "a" {
+				if err := dev.CheckRange(ctx, fields, x2); !errors.As(err, &nf) || nf.Index != 100 || nf.Tensor != "a" {
 					t.Fatalf("%s %s: NaN: err = %v, want a NonFiniteError at a[100]", k.Name(), dt, err)
 				}
 			}
 		}
 	}
 	dev, _ := device.NewCPU()
-	fields := []device.AccField{{Name: "a", Len: 4}}
+	fields := []device.AccField{{Name: "a", Len: 4, Bound: 1}}
 	x := []device.Span{{DType: tensor.F64, Data: make([]byte, 32)}}
-	if err := dev.CheckRange(ctx, fields, x, []float64{1}); !errors.Is(err, device.ErrUnsupported) {
+	if err := dev.CheckRange(ctx, fields, x); !errors.Is(err, device.ErrUnsupported) {
 		t.Fatalf("f64: err = %v, want ErrUnsupported", err)
 	}
 	x = []device.Span{{DType: tensor.F32, Data: make([]byte, 16)}}
-	for _, b := range [][]float64{{0}, {math.Inf(1)}, {1, 2}} {
-		if err := dev.CheckRange(ctx, fields, x, b); !errors.Is(err, device.ErrJob) {
-			t.Fatalf("bounds %v: err = %v, want ErrJob", b, err)
+	for _, b := range []float64{0, -1, math.Inf(1), math.NaN()} {
+		fields[0].Bound = b
+		if err := dev.CheckRange(ctx, fields, x); !errors.Is(err, device.ErrJob) {
+			t.Fatalf("bound %v: err = %v, want ErrJob", b, err)
 		}
 	}
 }

@@ -66,8 +66,10 @@ type AccField struct {
 	Acc  tensor.DType // F32 or F64; U32 for modular sums; I64 for exact sums (exact.go)
 	Out  tensor.DType // dtype Emit converts to
 	// Grid is the unit of an exact sum (Acc I64), 2^Grid: each term w·x is rounded to a
-	// multiple of it. Other sums ignore it.
-	Grid int
+	// multiple of it. Bound is the magnitude no input element of an exact sum may exceed:
+	// what keeps every term within the limbs (exact.go). Other sums ignore both.
+	Grid  int
+	Bound float64
 }
 
 // Info describes a device.

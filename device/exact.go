@@ -18,9 +18,12 @@ import (
 // device, and sums of disjoint inputs add up (ExactAccumulator) to the sum of all of them. The
 // scale of a job, or of Emit, multiplies the sum (2^Grid·scale), not the terms.
 //
-// Exact fields take f32, bf16, f16 and i8 inputs and write f32, bf16 or f16; every term must
-// stay below kernels.ExactMaxTerm grid units (callers bound the inputs and weights: the CPU's
-// CheckRange is the scan that enforces a bound before an input reaches a sum).
+// Exact fields take f32, bf16, f16 and i8 inputs and write f32, bf16 or f16. Every term must stay
+// below kernels.ExactMaxTerm grid units: callers choose the grid and bound the weights so that
+// inputs within ±Bound keep it there, and the devices refuse inputs beyond: a job fails with a
+// *RangeError (or a *tensor.NonFiniteError for a NaN or Inf) found by the accumulation kernels
+// themselves at no extra pass; an accumulator's Add fails likewise, but only after adding, so a
+// caller that must keep the sum scans an update first (RangeChecker).
 
 // ErrOutOfRange reports a value beyond what an exact sum was set up for: an input element beyond
 // its bound, or a sum beyond what its limbs hold.
@@ -51,9 +54,9 @@ func (e *RangeError) Unwrap() error { return ErrOutOfRange }
 type RangeChecker interface {
 	// CheckRange scans one update (one span per field, f32, bf16, f16 or i8) and returns the
 	// first element (lowest field, then lowest element) that is NaN or infinite, as a
-	// *tensor.NonFiniteError, or finite beyond ±bounds[t], as a *RangeError; nil when every
-	// element is within. Sources are empty.
-	CheckRange(ctx context.Context, fields []AccField, x []Span, bounds []float64) error
+	// *tensor.NonFiniteError, or finite beyond ±fields[t].Bound, as a *RangeError; nil when
+	// every element is within. Sources are empty.
+	CheckRange(ctx context.Context, fields []AccField, x []Span) error
 }
 
 // ExactAccumulator is an Accumulator of exact fields whose integer sums can be read out and added
@@ -85,6 +88,9 @@ func exactFields(fields []AccField) (bool, error) {
 
 // checkExactField checks an exact field and the dtypes of its inputs.
 func checkExactField(t int, f AccField, inputs [][]Span) error {
+	if !(f.Bound > 0) || math.IsInf(f.Bound, 0) {
+		return fmt.Errorf("%w: field %q: an exact sum needs a positive finite bound, not %v", ErrJob, f.Name, f.Bound)
+	}
 	switch f.Out {
 	case tensor.F32, tensor.BF16, tensor.F16:
 	default:
@@ -166,8 +172,33 @@ func addInt64(a, b int64) (int64, bool) {
 	return s, (a >= 0) == (b >= 0) && (s >= 0) != (a >= 0)
 }
 
+// exactLimit is the largest magnitude within ±bound, as the exact kernels report magnitudes of
+// dtype dt (for i8, of |q| with dequantisation scale scale): the bits of the largest value of dt
+// that is at most bound. A NaN's bits exceed it.
+func exactLimit(dt tensor.DType, bound float64, scale float32) uint32 {
+	b32 := float32(bound)
+	if float64(b32) > bound {
+		b32 = math.Nextafter32(b32, 0)
+	}
+	switch dt {
+	case tensor.F32:
+		return math.Float32bits(b32)
+	case tensor.BF16:
+		return math.Float32bits(b32) >> 16 // truncation: the largest bfloat16 not above
+	case tensor.F16:
+		h := tensor.F32ToF16(b32)
+		if tensor.F16ToF32(h) > b32 {
+			h--
+		}
+		return uint32(h)
+	case tensor.I8:
+		return uint32(min(128, math.Floor(bound/math.Abs(float64(scale)))))
+	}
+	return 0
+}
+
 // exactAccKernel is the kernel that adds inputs of dtype dt to exact sums.
-func exactAccKernel(k *kernels.Impl, dt tensor.DType) func(hi, lo []int64, w []float64, x [][]byte) {
+func exactAccKernel(k *kernels.Impl, dt tensor.DType) func(hi, lo []int64, w []float64, x [][]byte) uint32 {
 	switch dt {
 	case tensor.F32:
 		return k.ExactAccF32

@@ -47,7 +47,7 @@ var (
 type exactKernels struct {
 	name string
 
-	accF32, accBF16, accF16, accI8 func(hi, lo []int64, w []float64, x [][]byte)
+	accF32, accBF16, accF16, accI8 func(hi, lo []int64, w []float64, x [][]byte) uint32
 
 	storeF32, storeBF16, storeF16 func(dst []byte, hi, lo []int64, s float64)
 
@@ -57,10 +57,18 @@ type exactKernels struct {
 var exactGeneric = exactKernels{
 	name: "generic",
 
-	accF32:  func(hi, lo []int64, w []float64, x [][]byte) { exactAccGeneric(hi, lo, w, x, ldF32, 0) },
-	accBF16: func(hi, lo []int64, w []float64, x [][]byte) { exactAccGeneric(hi, lo, w, x, ldBF16, 0) },
-	accF16:  func(hi, lo []int64, w []float64, x [][]byte) { exactAccGeneric(hi, lo, w, x, ldF16, 0) },
-	accI8:   func(hi, lo []int64, w []float64, x [][]byte) { exactAccGeneric(hi, lo, w, x, ldI8, 0) },
+	accF32: func(hi, lo []int64, w []float64, x [][]byte) uint32 {
+		return exactAccGeneric(hi, lo, w, x, ldF32, absF32, 0)
+	},
+	accBF16: func(hi, lo []int64, w []float64, x [][]byte) uint32 {
+		return exactAccGeneric(hi, lo, w, x, ldBF16, abs16, 0)
+	},
+	accF16: func(hi, lo []int64, w []float64, x [][]byte) uint32 {
+		return exactAccGeneric(hi, lo, w, x, ldF16, abs16, 0)
+	},
+	accI8: func(hi, lo []int64, w []float64, x [][]byte) uint32 {
+		return exactAccGeneric(hi, lo, w, x, ldI8, absI8, 0)
+	},
 
 	storeF32:  func(dst []byte, hi, lo []int64, s float64) { exactStoreF32Generic(dst, hi, lo, s, 0) },
 	storeBF16: func(dst []byte, hi, lo []int64, s float64) { exactStoreBF16Generic(dst, hi, lo, s, 0) },
@@ -74,43 +82,65 @@ var exactGeneric = exactKernels{
 var _ = register(exactFamily, "generic", true, &exactGeneric)
 
 // ExactAccF32 adds the weighted f32 inputs to the exact sums (hi, lo), rounding every term to an
-// integer. It is
+// integer, and returns the largest magnitude among the input elements it read, as the bits of an
+// f32 with the sign cleared (a NaN's are above every number's). It is
 //
 //	for i := range x {
 //		for j := range hi {
 //			h, l := ExactTerm(w[i], float64(x[i][j])) // w·x rounded to an integer
 //			hi[j] += h
 //			lo[j] += l
+//			maxAbs = max(maxAbs, math.Float32bits(x[i][j])&0x7fffffff)
 //		}
 //	}
 //	ExactNormalize(hi, lo)
 //
 // hi and lo have the same length and are normalised on entry; every |w[i]·x[i][j]| must be
-// below ExactMaxTerm and len(x) at most ExactMaxInputs. The result is a function of the
+// below ExactMaxTerm and len(x) at most ExactMaxInputs. A caller that bounds its inputs compares
+// maxAbs with its bound's bits: an element beyond the bound (or NaN, or Inf) may have made a
+// term beyond ExactMaxTerm, and the sums are then meaningless. The sums are a function of the
 // multiset of terms: the same bits in any order, blocking or grouping of the inputs.
-func ExactAccF32(hi, lo []int64, w []float64, x [][]byte) { def.ExactAccF32(hi, lo, w, x) }
+func ExactAccF32(hi, lo []int64, w []float64, x [][]byte) (maxAbs uint32) {
+	return def.ExactAccF32(hi, lo, w, x)
+}
 
 // ExactAccF32 is the package-level ExactAccF32 run by k.
-func (k *Impl) ExactAccF32(hi, lo []int64, w []float64, x [][]byte) { k.exact.accF32(hi, lo, w, x) }
+func (k *Impl) ExactAccF32(hi, lo []int64, w []float64, x [][]byte) uint32 {
+	return k.exact.accF32(hi, lo, w, x)
+}
 
-// ExactAccBF16 is ExactAccF32 for bfloat16 inputs (widened exactly).
-func ExactAccBF16(hi, lo []int64, w []float64, x [][]byte) { def.ExactAccBF16(hi, lo, w, x) }
+// ExactAccBF16 is ExactAccF32 for bfloat16 inputs (widened exactly); maxAbs is the largest
+// magnitude as the bits of a bfloat16 with the sign cleared (bits & 0x7fff).
+func ExactAccBF16(hi, lo []int64, w []float64, x [][]byte) (maxAbs uint32) {
+	return def.ExactAccBF16(hi, lo, w, x)
+}
 
 // ExactAccBF16 is the package-level ExactAccBF16 run by k.
-func (k *Impl) ExactAccBF16(hi, lo []int64, w []float64, x [][]byte) { k.exact.accBF16(hi, lo, w, x) }
+func (k *Impl) ExactAccBF16(hi, lo []int64, w []float64, x [][]byte) uint32 {
+	return k.exact.accBF16(hi, lo, w, x)
+}
 
-// ExactAccF16 is ExactAccF32 for binary16 inputs (widened exactly).
-func ExactAccF16(hi, lo []int64, w []float64, x [][]byte) { def.ExactAccF16(hi, lo, w, x) }
+// ExactAccF16 is ExactAccF32 for binary16 inputs (widened exactly); maxAbs is the largest
+// magnitude as the bits of a binary16 with the sign cleared (bits & 0x7fff).
+func ExactAccF16(hi, lo []int64, w []float64, x [][]byte) (maxAbs uint32) {
+	return def.ExactAccF16(hi, lo, w, x)
+}
 
 // ExactAccF16 is the package-level ExactAccF16 run by k.
-func (k *Impl) ExactAccF16(hi, lo []int64, w []float64, x [][]byte) { k.exact.accF16(hi, lo, w, x) }
+func (k *Impl) ExactAccF16(hi, lo []int64, w []float64, x [][]byte) uint32 {
+	return k.exact.accF16(hi, lo, w, x)
+}
 
 // ExactAccI8 is ExactAccF32 for int8 inputs; fold each input's dequantisation scale into its
-// weight (w[i] = weight · scale, rounded in f64).
-func ExactAccI8(hi, lo []int64, w []float64, x [][]byte) { def.ExactAccI8(hi, lo, w, x) }
+// weight (w[i] = weight · scale, rounded in f64). maxAbs is the largest |q| (128 for -128).
+func ExactAccI8(hi, lo []int64, w []float64, x [][]byte) (maxAbs uint32) {
+	return def.ExactAccI8(hi, lo, w, x)
+}
 
 // ExactAccI8 is the package-level ExactAccI8 run by k.
-func (k *Impl) ExactAccI8(hi, lo []int64, w []float64, x [][]byte) { k.exact.accI8(hi, lo, w, x) }
+func (k *Impl) ExactAccI8(hi, lo []int64, w []float64, x [][]byte) uint32 {
+	return k.exact.accI8(hi, lo, w, x)
+}
 
 // ExactStoreF32 writes the exact sums scaled by s as f32. It is
 //
@@ -201,16 +231,32 @@ func exactNormalizeFrom(hi, lo []int64, from int) {
 
 // The reference loops, from element from on (the assembly's tail handlers).
 
-func exactAccGeneric(hi, lo []int64, w []float64, x [][]byte, ld func([]byte, int) float32, from int) {
+func exactAccGeneric(hi, lo []int64, w []float64, x [][]byte, ld func([]byte, int) float32,
+	abs func([]byte, int) uint32, from int) uint32 {
+	var m uint32
 	for i, xi := range x {
 		wi := w[i]
 		for j := from; j < len(hi); j++ {
 			h, l := ExactTerm(wi, float64(ld(xi, j)))
 			hi[j] += h
 			lo[j] += l
+			m = max(m, abs(xi, j))
 		}
 	}
 	exactNormalizeFrom(hi, lo, from)
+	return m
+}
+
+// The magnitudes of elements as the bits of their dtype with the sign cleared.
+
+func absF32(b []byte, j int) uint32 { return binary.LittleEndian.Uint32(b[4*j:]) & 0x7fffffff }
+func abs16(b []byte, j int) uint32  { return uint32(binary.LittleEndian.Uint16(b[2*j:]) & 0x7fff) }
+func absI8(b []byte, j int) uint32 {
+	if q := int8(b[j]); q < 0 {
+		return uint32(-int32(q))
+	} else {
+		return uint32(q)
+	}
 }
 
 // exactValue is the sum hi·2^52 + lo rounded to f64 and scaled by s, each step rounded once.

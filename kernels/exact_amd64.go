@@ -9,17 +9,17 @@ import "github.com/wattagg/wattagg/internal/race"
 var exactAVX2 = exactKernels{
 	name: "avx2",
 
-	accF32: func(hi, lo []int64, w []float64, x [][]byte) {
-		exactAccAsm(hi, lo, w, x, 4, ldF32, exactAccF32AVX2, exactFinishAVX2)
+	accF32: func(hi, lo []int64, w []float64, x [][]byte) uint32 {
+		return exactAccAsm(hi, lo, w, x, 4, ldF32, absF32, exactAccF32AVX2, exactFinishAVX2)
 	},
-	accBF16: func(hi, lo []int64, w []float64, x [][]byte) {
-		exactAccAsm(hi, lo, w, x, 2, ldBF16, exactAccBF16AVX2, exactFinishAVX2)
+	accBF16: func(hi, lo []int64, w []float64, x [][]byte) uint32 {
+		return exactAccAsm(hi, lo, w, x, 2, ldBF16, abs16, exactAccBF16AVX2, exactFinishAVX2)
 	},
-	accF16: func(hi, lo []int64, w []float64, x [][]byte) {
-		exactAccAsm(hi, lo, w, x, 2, ldF16, exactAccF16AVX2, exactFinishAVX2)
+	accF16: func(hi, lo []int64, w []float64, x [][]byte) uint32 {
+		return exactAccAsm(hi, lo, w, x, 2, ldF16, abs16, exactAccF16AVX2, exactFinishAVX2)
 	},
-	accI8: func(hi, lo []int64, w []float64, x [][]byte) {
-		exactAccAsm(hi, lo, w, x, 1, ldI8, exactAccI8AVX2, exactFinishAVX2)
+	accI8: func(hi, lo []int64, w []float64, x [][]byte) uint32 {
+		return exactAccAsm(hi, lo, w, x, 1, ldI8, absI8, exactAccI8AVX2, exactFinishAVX2)
 	},
 
 	storeF32: func(dst []byte, hi, lo []int64, s float64) {
@@ -43,17 +43,17 @@ var exactAVX2 = exactKernels{
 var exactAVX512 = exactKernels{
 	name: "avx512",
 
-	accF32: func(hi, lo []int64, w []float64, x [][]byte) {
-		exactAccAsm(hi, lo, w, x, 4, ldF32, exactAccF32AVX512, exactFinishAVX512)
+	accF32: func(hi, lo []int64, w []float64, x [][]byte) uint32 {
+		return exactAccAsm(hi, lo, w, x, 4, ldF32, absF32, exactAccF32AVX512, exactFinishAVX512)
 	},
-	accBF16: func(hi, lo []int64, w []float64, x [][]byte) {
-		exactAccAsm(hi, lo, w, x, 2, ldBF16, exactAccBF16AVX512, exactFinishAVX512)
+	accBF16: func(hi, lo []int64, w []float64, x [][]byte) uint32 {
+		return exactAccAsm(hi, lo, w, x, 2, ldBF16, abs16, exactAccBF16AVX512, exactFinishAVX512)
 	},
-	accF16: func(hi, lo []int64, w []float64, x [][]byte) {
-		exactAccAsm(hi, lo, w, x, 2, ldF16, exactAccF16AVX512, exactFinishAVX512)
+	accF16: func(hi, lo []int64, w []float64, x [][]byte) uint32 {
+		return exactAccAsm(hi, lo, w, x, 2, ldF16, abs16, exactAccF16AVX512, exactFinishAVX512)
 	},
-	accI8: func(hi, lo []int64, w []float64, x [][]byte) {
-		exactAccAsm(hi, lo, w, x, 1, ldI8, exactAccI8AVX512, exactFinishAVX512)
+	accI8: func(hi, lo []int64, w []float64, x [][]byte) uint32 {
+		return exactAccAsm(hi, lo, w, x, 1, ldI8, absI8, exactAccI8AVX512, exactFinishAVX512)
 	},
 
 	storeF32:  exactAVX2.storeF32,
@@ -84,8 +84,9 @@ func exactFinishConsts(n int) [4]int64 {
 // exactAccAsm runs the assembly on the largest multiple of 8 elements and the reference on the
 // tail. It is not split into chunks: callers pass cache-sized blocks, as for the other
 // accumulation kernels.
-func exactAccAsm(hi, lo []int64, w []float64, x [][]byte, size int, ld func([]byte, int) float32,
-	asm func(hi, lo []int64, w []float64, x [][]byte), finish func(hi, lo []int64, c *[4]int64)) {
+func exactAccAsm(hi, lo []int64, w []float64, x [][]byte, size int, ld func([]byte, int) float32, abs func([]byte, int) uint32,
+	asm func(hi, lo []int64, w []float64, x [][]byte) uint32, finish func(hi, lo []int64, c *[4]int64)) uint32 {
+	var m uint32
 	n := len(hi) &^ 7
 	if n > 0 && len(x) > 0 {
 		_ = lo[len(hi)-1]
@@ -102,13 +103,14 @@ func exactAccAsm(hi, lo []int64, w []float64, x [][]byte, size int, ld func([]by
 				race.WriteSlice(s)
 			}
 		}
-		asm(hi[:n], lo[:n], w, x)
+		m = asm(hi[:n], lo[:n], w, x)
 		c := exactFinishConsts(len(x))
 		finish(hi[:n], lo[:n], &c)
 	}
 	if n < len(hi) {
-		exactAccGeneric(hi, lo, w, x, ld, n)
+		m = max(m, exactAccGeneric(hi, lo, w, x, ld, abs, n))
 	}
+	return m
 }
 
 func exactStoreAsm(dst []byte, hi, lo []int64, s float64, size int,

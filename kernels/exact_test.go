@@ -1,6 +1,7 @@
 package kernels
 
 import (
+	"encoding/binary"
 	"fmt"
 	"math"
 	"math/big"
@@ -15,14 +16,15 @@ import (
 type exactAccCase struct {
 	name string
 	in   dtype
-	fn   func(k *Impl, hi, lo []int64, w []float64, x [][]byte)
+	fn   func(k *Impl, hi, lo []int64, w []float64, x [][]byte) uint32
+	abs  func(b []byte, j int) uint32 // the magnitude's bits, as maxAbs reports them
 }
 
 var exactAccCases = []exactAccCase{
-	{"ExactAccF32", dtF32, (*Impl).ExactAccF32},
-	{"ExactAccBF16", dtBF16, (*Impl).ExactAccBF16},
-	{"ExactAccF16", dtF16, (*Impl).ExactAccF16},
-	{"ExactAccI8", dtI8, (*Impl).ExactAccI8},
+	{"ExactAccF32", dtF32, (*Impl).ExactAccF32, func(b []byte, j int) uint32 { return binary.LittleEndian.Uint32(b[4*j:]) &^ (1 << 31) }},
+	{"ExactAccBF16", dtBF16, (*Impl).ExactAccBF16, func(b []byte, j int) uint32 { return uint32(binary.LittleEndian.Uint16(b[2*j:]) &^ (1 << 15)) }},
+	{"ExactAccF16", dtF16, (*Impl).ExactAccF16, func(b []byte, j int) uint32 { return uint32(binary.LittleEndian.Uint16(b[2*j:]) &^ (1 << 15)) }},
+	{"ExactAccI8", dtI8, (*Impl).ExactAccI8, func(b []byte, j int) uint32 { return uint32(math.Abs(dtI8.get(b, j))) }},
 }
 
 // exactInput draws n elements of dt whose magnitudes stay below 2^40 (so that terms with the
@@ -194,8 +196,17 @@ func testExactAccOnce(t *testing.T, r *rand.Rand, c exactAccCase, k *Impl, n, cn
 		x[i] = buf[xoff:]
 	}
 	in := cloneAll(x)
-	c.fn(refImpl(), wantHi, wantLo, w, x)
-	c.fn(k, hi, lo, w, x)
+	wantMax := c.fn(refImpl(), wantHi, wantLo, w, x)
+	gotMax := c.fn(k, hi, lo, w, x)
+	var plainMax uint32 // the largest magnitude, plainly
+	for i := range x {
+		for j := range n {
+			plainMax = max(plainMax, c.abs(x[i], j))
+		}
+	}
+	if gotMax != plainMax || wantMax != plainMax {
+		t.Fatalf("n=%d inputs=%d: maxAbs %#x, reference %#x, want %#x", n, cnt, gotMax, wantMax, plainMax)
+	}
 	for j := range n {
 		if hi[j] != wantHi[j] || lo[j] != wantLo[j] {
 			t.Fatalf("n=%d inputs=%d: element %d is (%d, %d), want (%d, %d)", n, cnt, j, hi[j], lo[j], wantHi[j], wantLo[j])
@@ -424,5 +435,41 @@ func BenchmarkExactAcc(b *testing.B) {
 				}
 			})
 		}
+	}
+}
+
+// TestExactAccMaxAbsNonFinite checks that a NaN or an infinity anywhere among the inputs shows in
+// maxAbs above every finite magnitude, for every Impl, length and position: what lets a caller
+// refuse a sum whose terms it cannot trust without scanning the inputs again.
+func TestExactAccMaxAbsNonFinite(t *testing.T) {
+	cases := []struct {
+		c       exactAccCase
+		bad     []uint64
+		finites uint32 // the largest finite magnitude's bits
+	}{
+		{exactAccCases[0], []uint64{0x7fc00000, 0xff800000, 0x7f800001}, 0x7f7fffff},
+		{exactAccCases[1], []uint64{0x7fc0, 0xff80}, 0x7f7f},
+		{exactAccCases[2], []uint64{0x7e00, 0xfc00}, 0x7bff},
+	}
+	for _, tc := range cases {
+		forImpls(t, func(t *testing.T, k *Impl) {
+			r := rand.New(rand.NewPCG(7, uint64(tc.c.in.size)))
+			for _, n := range []int{1, 7, 8, 9, 31, 32, 33, 100} {
+				for _, cnt := range []int{1, 3, 8} {
+					x := make([][]byte, cnt)
+					w := make([]float64, cnt)
+					for i := range x {
+						x[i] = exactInput(r, tc.c.in, n)
+						w[i] = 1
+					}
+					i, j := r.IntN(cnt), r.IntN(n)
+					tc.c.in.putBits(x[i], j, tc.bad[r.IntN(len(tc.bad))])
+					hi, lo := make([]int64, n), make([]int64, n)
+					if m := tc.c.fn(k, hi, lo, w, x); m <= tc.finites {
+						t.Fatalf("%s n=%d inputs=%d: a non-finite element at %d of input %d: maxAbs %#x", tc.c.name, n, cnt, j, i, m)
+					}
+				}
+			}
+		})
 	}
 }

@@ -23,10 +23,11 @@ func Exact(t *testing.T, dev device.Device) {
 	t.Run("ExactSum", func(t *testing.T) { ExactSum(t, dev) })
 	t.Run("ExactOrderIndependent", func(t *testing.T) { ExactOrderIndependent(t, dev) })
 	t.Run("ExactRejectsBadJobs", func(t *testing.T) { ExactRejectsBadJobs(t, dev) })
+	t.Run("ExactOutOfRange", func(t *testing.T) { ExactOutOfRange(t, dev) })
 }
 
-// exactGrid is the grid of the exact tests' fields: values below 2^3, weights below 2^10, terms
-// below 2^(3+10-(-80)) = 2^93 grid units.
+// exactGrid is the grid of the exact tests' fields: values within their bound 8 = 2^3, weights
+// below 2^10, terms below 2^(3+10-(-80)) = 2^93 grid units.
 const exactGrid = -80
 
 // exactJob builds a job of exact fields (odd lengths, every output dtype) over inputs cycling
@@ -35,7 +36,7 @@ func exactJob(r *rand.Rand, inputs int, scale float64, chunkBytes int) (*device.
 	outs := []tensor.DType{tensor.F32, tensor.BF16, tensor.F16, tensor.F32}
 	var fields []device.AccField
 	for i, n := range lengths() {
-		fields = append(fields, device.AccField{Name: fmt.Sprintf("t%d", i), Len: n, Acc: tensor.I64, Out: outs[i%len(outs)], Grid: exactGrid})
+		fields = append(fields, device.AccField{Name: fmt.Sprintf("t%d", i), Len: n, Acc: tensor.I64, Out: outs[i%len(outs)], Grid: exactGrid, Bound: 8})
 	}
 	ins := []tensor.DType{tensor.F32, tensor.BF16, tensor.F16, tensor.I8, tensor.F32}
 	job := &device.SumJob{Fields: fields, Scale: scale}
@@ -232,7 +233,7 @@ func mergeExact(ctx context.Context, dst, src device.Accumulator, fields []devic
 func ExactRejectsBadJobs(t *testing.T, dev device.Device) {
 	ctx := context.Background()
 	r := rand.New(rand.NewPCG(25, 26))
-	f := device.AccField{Name: "x", Len: 10, Acc: tensor.I64, Out: tensor.F32, Grid: -40}
+	f := device.AccField{Name: "x", Len: 10, Acc: tensor.I64, Out: tensor.F32, Grid: -40, Bound: 8}
 	f64in := &device.SumJob{Fields: []device.AccField{f}, Inputs: [][]device.Span{{RandSpan(r, tensor.F64, 10, 1)}}, Weights: []float64{1}, Scale: 1}
 	if _, err := dev.WeightedSum(ctx, f64in); !errors.Is(err, device.ErrUnsupported) {
 		t.Errorf("f64 input: err = %v, want ErrUnsupported", err)
@@ -278,5 +279,61 @@ func ExactRejectsBadJobs(t *testing.T, dev device.Device) {
 	}
 	if err := ea.ReadSums(ctx, 0, make([]int64, 19)); !errors.Is(err, device.ErrJob) {
 		t.Errorf("ReadSums into a short buffer: err = %v, want ErrJob", err)
+	}
+}
+
+// ExactOutOfRange checks that a job whose input holds a value beyond its field's bound, or a NaN
+// or an infinity, fails with a *device.RangeError or a *tensor.NonFiniteError naming the tensor
+// and element, for every input dtype, in the middle of a field or in its tail.
+func ExactOutOfRange(t *testing.T, dev device.Device) {
+	r := rand.New(rand.NewPCG(27, 28))
+	for _, dt := range []tensor.DType{tensor.F32, tensor.BF16, tensor.F16, tensor.I8} {
+		for _, j := range []int{5, 64, 999} {
+			for _, v := range []float64{9.5, -12, math.NaN(), math.Inf(1)} {
+				if dt == tensor.I8 && (math.IsNaN(v) || math.IsInf(v, 0)) {
+					continue
+				}
+				f := device.AccField{Name: "w", Len: 1000, Acc: tensor.I64, Out: tensor.F32, Grid: exactGrid, Bound: 8}
+				var inputs [][]device.Span
+				for range 3 {
+					inputs = append(inputs, []device.Span{RandSpan(r, dt, f.Len, 1)})
+				}
+				bad := inputs[1][0]
+				tt, _ := tensor.FromBytes("", dt, []int{f.Len}, bad.Data)
+				switch dt {
+				case tensor.F32:
+					x, _ := tt.F32()
+					x[j] = float32(v)
+				case tensor.BF16:
+					h := tensor.F32ToBF16(float32(v))
+					bad.Data[2*j], bad.Data[2*j+1] = byte(h), byte(h>>8)
+				case tensor.F16:
+					h := tensor.F32ToF16(float32(v))
+					bad.Data[2*j], bad.Data[2*j+1] = byte(h), byte(h>>8)
+				case tensor.I8:
+					inputs[1][0].Scale = 1 // values q, within ±8 but at j
+					for k, q := range bad.Data {
+						bad.Data[k] = byte(int8(q) % 8)
+					}
+					bad.Data[j] = byte(int8(v))
+				}
+				chunks, _ := device.CutChunks([]device.AccField{f}, []int64{0}, 4096)
+				out := NewOutput([]device.AccField{f}, chunks)
+				job := &device.SumJob{Fields: []device.AccField{f}, Inputs: inputs, Weights: []float64{1, 2, 3}, Scale: 1, Chunks: chunks, Output: out}
+				_, err := dev.WeightedSum(context.Background(), job)
+				var re *device.RangeError
+				var nf *tensor.NonFiniteError
+				switch {
+				case math.IsNaN(v) || math.IsInf(v, 0):
+					if !errors.As(err, &nf) || nf.Tensor != "w" || nf.Index != j {
+						t.Fatalf("%s: %v at %d: err = %v, want a NonFiniteError at w[%d]", dt, v, j, err, j)
+					}
+				default:
+					if !errors.As(err, &re) || re.Tensor != "w" || re.Index != j || !errors.Is(err, device.ErrOutOfRange) {
+						t.Fatalf("%s: %v at %d: err = %v, want a RangeError at w[%d]", dt, v, j, err, j)
+					}
+				}
+			}
+		}
 	}
 }

@@ -147,6 +147,7 @@ const (
 	cBits52           // bits of 2^52, whose top word replaces an int64's (the low half)
 	cC67Plus52        // 3·2^67 + 2^52, subtracted to leave hi as a double
 	cAbsF32           // 0x7fffffff in every 32-bit lane
+	cAbs16            // 0x7fff in every 16-bit lane
 	cOne32            // 1 in every 32-bit lane (bf16 rounding)
 	cBias32           // 0x7fff in every 32-bit lane (bf16 rounding)
 	cQuiet32          // 0x40 in every 32-bit lane (bf16 NaN)
@@ -167,6 +168,7 @@ func genConsts() {
 	q(cBits52, math.Float64bits(0x1p52))
 	q(cC67Plus52, math.Float64bits(0x1.8p68+0x1p52))
 	d(cAbsF32, 0x7fffffff)
+	d(cAbs16, 0x7fff7fff)
 	d(cOne32, 1)
 	d(cBias32, 0x7fff)
 	d(cQuiet32, 0x40)
@@ -191,13 +193,15 @@ func broadcastQ(s isa, v uint64) VecVirtual {
 // ---------------------------------------------------------------------------------------------
 // Accumulation.
 
-// genAcc generates exactAcc<I><ISA>(hi, lo, w, x): the terms of every input added to the limbs
-// as bit patterns, without exactFinish, for len(hi) a multiple of 8 (and of the ISA's step).
+// genAcc generates exactAcc<I><ISA>(hi, lo, w, x) uint32: the terms of every input added to the
+// limbs as bit patterns, without exactFinish, for len(hi) a multiple of 8 (and of the ISA's
+// step); it returns the largest magnitude among the input elements, as the bits of its dtype
+// (|x| of a NaN above every number's), which the callers compare with their bound.
 func genAcc(in input, s isa) {
 	name := fmt.Sprintf("exactAcc%s%s", in.name, s.suffix)
-	TEXT(name, NOSPLIT, "func(hi []int64, lo []int64, w []float64, x [][]byte)")
+	TEXT(name, NOSPLIT, "func(hi []int64, lo []int64, w []float64, x [][]byte) uint32")
 	Pragma("noescape")
-	Doc(fmt.Sprintf("%s adds the terms of ExactAcc%s to the limbs as the bit patterns of the two magic sums, for len(hi) a multiple of 8; exactFinish%s completes the call.", name, in.name, s.suffix))
+	Doc(fmt.Sprintf("%s adds the terms of ExactAcc%s to the limbs as the bit patterns of the two magic sums, for len(hi) a multiple of 8, and returns the largest magnitude among the elements as the bits of their dtype; exactFinish%s completes the call.", name, in.name, s.suffix))
 	hip := Load(Param("hi").Base(), GP64())
 	lop := Load(Param("lo").Base(), GP64())
 	n, err := Param("hi").Len().Resolve()
@@ -207,12 +211,18 @@ func genAcc(in input, s isa) {
 	wp := Load(Param("w").Base(), GP64())
 	xp := Load(Param("x").Base(), GP64())
 	cnt := Load(Param("x").Len(), GP64())
+	var wst Mem // AVX2: the group's weights, broadcast, on the stack (registers are short)
+	if !s.wide {
+		wst = AllocLocal(32 * maxGroup)
+	}
+	mx := newMaxCheck(in, s)
+	rs := newAccRegs(s)
 
 	const hdr = 24 // a slice header: ptr, len, cap
 	Label("groups")
 	CMPQ(cnt, U8(maxGroup))
 	JB(LabelRef("rest"))
-	accGroup(in, s, maxGroup, hip, lop, n.Addr, wp, xp)
+	accGroup(in, s, maxGroup, hip, lop, n.Addr, wp, xp, wst, mx, rs)
 	ADDQ(U32(maxGroup*hdr), xp)
 	ADDQ(U32(maxGroup*8), wp)
 	SUBQ(U8(maxGroup), cnt)
@@ -226,12 +236,161 @@ func genAcc(in input, s isa) {
 	JMP(LabelRef("ret"))
 	for g := maxGroup - 1; g >= 1; g-- {
 		Label(fmt.Sprintf("group%d", g))
-		accGroup(in, s, g, hip, lop, n.Addr, wp, xp)
+		accGroup(in, s, g, hip, lop, n.Addr, wp, xp, wst, mx, rs)
 		JMP(LabelRef("ret"))
 	}
 	Label("ret")
+	Store(mx.reduce(), ReturnIndex(0))
 	VZEROUPPER()
 	RET()
+}
+
+// maxCheck tracks the largest magnitude of the input elements as unsigned integers of the
+// dtype's width: the sign bit cleared (VPAND; VPABSB for i8), then VPMAXU*. Non-negative floats,
+// subnormals to infinity and NaN, order as their bits do. It keeps one maximum per load width
+// (64, 32, 16 bytes; 8-byte loads go to the 16-byte one), each a register of exactly that width:
+// avo's liveness takes a narrower write to a wider virtual register for a partial one, which
+// keeps the register live before it and can make allocation fail.
+type maxCheck struct {
+	in   input
+	maxs map[int]VecVirtual // by register width in bytes
+}
+
+func newMaxCheck(in input, s isa) *maxCheck {
+	m := &maxCheck{in: in, maxs: map[int]VecVirtual{}}
+	for _, k := range []int{s.step, 8} {
+		for _, w := range loadWidths(k * in.size) {
+			rw := max(w, 16)
+			if m.maxs[rw] == nil {
+				m.maxs[rw] = vecOfWidth(rw)
+				zero(m.maxs[rw], rw)
+			}
+		}
+	}
+	return m
+}
+
+// loadWidths cuts n bytes into the loads of update: 64 bytes at a time, then what is left.
+func loadWidths(n int) []int {
+	var ws []int
+	for ; n > 0; n -= min(n, 64) {
+		ws = append(ws, min(n, 64))
+	}
+	return ws
+}
+
+func vecOfWidth(w int) VecVirtual {
+	switch w {
+	case 64:
+		return ZMM()
+	case 32:
+		return YMM()
+	}
+	return XMM()
+}
+
+func zero(v VecVirtual, w int) {
+	if w == 64 {
+		VPXORQ(v, v, v)
+	} else {
+		VPXOR(v, v, v)
+	}
+}
+
+// update folds the k elements at p into the maxima.
+func (m *maxCheck) update(p Mem, k int) {
+	off := 0
+	for _, w := range loadWidths(k * m.in.size) {
+		rw := max(w, 16)
+		raw, mx := vecOfWidth(rw), m.maxs[rw]
+		at := p.Offset(off)
+		off += w
+		switch w {
+		case 64:
+			VMOVDQU64(at, raw)
+		case 32, 16:
+			VMOVDQU(at, raw)
+		case 8:
+			VMOVQ(at, raw)
+		default:
+			panic(fmt.Sprintf("maxCheck: %d bytes", w))
+		}
+		switch {
+		case m.in == inI8:
+			VPABSB(raw, raw)
+		case rw == 64:
+			VPANDD_BCST(konst(m.absConst()), raw, raw)
+		default:
+			VPAND(konst(m.absConst()), raw, raw)
+		}
+		m.fold(raw, mx, mx)
+	}
+}
+
+func (m *maxCheck) absConst() int {
+	if m.in.size == 2 {
+		return cAbs16
+	}
+	return cAbsF32
+}
+
+// reduce returns the largest lane of the maxima, zero-extended to 32 bits.
+func (m *maxCheck) reduce() GPVirtual {
+	h := XMM()
+	if x := m.maxs[16]; x != nil {
+		VMOVDQU(x, h)
+	} else {
+		VPXOR(h, h, h)
+	}
+	if z := m.maxs[64]; z != nil {
+		y := YMM()
+		VEXTRACTI64X4(U8(1), z, y)
+		m.fold(y, z.AsY(), y)
+		t := XMM()
+		VEXTRACTI128(U8(1), y, t)
+		m.fold(t, y.AsX(), t)
+		m.fold(t, h, h)
+	}
+	if y := m.maxs[32]; y != nil {
+		t := XMM()
+		VEXTRACTI128(U8(1), y, t)
+		m.fold(t, y.AsX(), t)
+		m.fold(t, h, h)
+	}
+	t := XMM()
+	VPSHUFD(U8(0x4e), h, t)
+	m.fold(t, h, h)
+	VPSHUFD(U8(0xb1), h, t)
+	m.fold(t, h, h)
+	if m.in.size <= 2 {
+		VPSRLD(U8(16), h, t)
+		m.fold(t, h, h)
+	}
+	if m.in.size == 1 {
+		VPSRLW(U8(8), h, t)
+		m.fold(t, h, h)
+	}
+	r := GP32()
+	VMOVD(h, r)
+	switch m.in.size {
+	case 2:
+		ANDL(U32(0xffff), r)
+	case 1:
+		ANDL(U32(0xff), r)
+	}
+	return r
+}
+
+// fold is dst = max(a, b) in the lanes of the check's width.
+func (m *maxCheck) fold(a, b, dst Op) {
+	switch m.in.size {
+	case 4:
+		VPMAXUD(a, b, dst)
+	case 2:
+		VPMAXUW(a, b, dst)
+	default:
+		VPMAXUB(a, b, dst)
+	}
 }
 
 // widen loads s.lanes input elements at m and widens them exactly to f64 in dst.
@@ -260,38 +419,49 @@ func widen(in input, s isa, m Mem, dst VecVirtual) {
 
 // accGroup emits the pass of g inputs (headers at xp, weights at wp) over the n elements of the
 // limbs at hip and lop. Per step, each column of s.lanes elements keeps its two limbs in
-// registers while every input of the group adds its terms.
-func accGroup(in input, s isa, g int, hip, lop Register, n Mem, wp, xp Register) {
+// registers while every input of the group adds its terms and folds its magnitudes into the
+// check. The weights are memory operands: broadcast to the stack at wst on AVX2, embedded
+// broadcasts on AVX-512.
+func accGroup(in input, s isa, g int, hip, lop Register, n Mem, wp, xp Register, wst Mem, mx *maxCheck, rs *accRegs) {
 	const hdr = 24
 	ptrs := make([]Register, g)
-	ws := make([]VecVirtual, g)
+	ws := make([]Op, g)
 	Commentf("%d inputs", g)
 	for i := range g {
 		ptrs[i] = GP64()
 		MOVQ(Mem{Base: xp, Disp: i * hdr}, ptrs[i])
-		ws[i] = s.vec()
-		VBROADCASTSD(Mem{Base: wp, Disp: 8 * i}, ws[i])
+		if s.wide {
+			ws[i] = Mem{Base: wp, Disp: 8 * i} // embedded broadcast
+			continue
+		}
+		v := s.vec()
+		VBROADCASTSD(Mem{Base: wp, Disp: 8 * i}, v)
+		VMOVUPD(v, wst.Offset(32*i))
+		ws[i] = wst.Offset(32 * i)
 	}
-	mhi := broadcastQ(s, math.Float64bits(magicHi))
-	mlo := broadcastQ(s, math.Float64bits(magicLo))
+	mhi, mlo := rs.mhi, rs.mlo
 	j := GP64()
 	steps(fmt.Sprintf("g%d_", g), j, n, s.step, 8, func(k int) {
 		cols := k / s.lanes
-		his, los := make([]VecVirtual, cols), make([]VecVirtual, cols)
+		his, los := rs.his[:cols], rs.los[:cols]
 		for c := range cols {
-			his[c], los[c] = s.vec(), s.vec()
 			VMOVDQU64orU(elem(hip, j, 8, c*s.lanes), his[c], s)
 			VMOVDQU64orU(elem(lop, j, 8, c*s.lanes), los[c], s)
 		}
-		v, t := s.vec(), s.vec()
+		v, t := rs.v, rs.t
 		for i := range g {
+			mx.update(elem(ptrs[i], j, in.size, 0), k)
 			for c := range cols {
 				widen(in, s, elem(ptrs[i], j, in.size, c*s.lanes), v)
+				fma, fms := VFMADD231PD, VFMSUB231PD
+				if s.wide {
+					fma, fms = VFMADD231PD_BCST, VFMSUB231PD_BCST
+				}
 				VMOVAPD(mhi, t)
-				VFMADD231PD(ws[i], v, t)  // t = w·x + 1.5·2^104: w·x rounded to a multiple of 2^52
+				fma(ws[i], v, t)          // t = w·x + 1.5·2^104: w·x rounded to a multiple of 2^52
 				VPADDQ(t, his[c], his[c]) // its bits: magic + h
 				VSUBPD(mhi, t, t)         // h·2^52
-				VFMSUB231PD(ws[i], v, t)  // w·x − h·2^52, rounded once
+				fms(ws[i], v, t)          // w·x − h·2^52, rounded once
 				VADDPD(mlo, t, t)         // rounded to an integer
 				VPADDQ(t, los[c], los[c]) // its bits: magic + l
 			}
@@ -301,6 +471,26 @@ func accGroup(in input, s isa, g int, hip, lop Register, n Mem, wp, xp Register)
 			VMOVDQU64orU(los[c], elem(lop, j, 8, c*s.lanes), s)
 		}
 	})
+}
+
+// accRegs are the vector registers of the accumulation, allocated once per function so that
+// the passes of every group size share them (avo's greedy allocator fails on the interference
+// graph of a fresh set per pass once a check register lives across them all).
+type accRegs struct {
+	his, los []VecVirtual
+	v, t     VecVirtual
+	mhi, mlo VecVirtual
+}
+
+func newAccRegs(s isa) *accRegs {
+	cols := s.step / s.lanes
+	rs := &accRegs{his: make([]VecVirtual, cols), los: make([]VecVirtual, cols), v: s.vec(), t: s.vec()}
+	for c := range cols {
+		rs.his[c], rs.los[c] = s.vec(), s.vec()
+	}
+	rs.mhi = broadcastQ(s, math.Float64bits(magicHi))
+	rs.mlo = broadcastQ(s, math.Float64bits(magicLo))
+	return rs
 }
 
 // VMOVDQU64orU moves a vector: VMOVDQU64 on zmm registers, VMOVDQU on ymm ones.
