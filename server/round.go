@@ -285,6 +285,12 @@ func (r *round) commit(reqs []*commitReq) bool {
 		q.rec.Seq = seq
 		seq++
 		accepted = append(accepted, q)
+		if !r.whole {
+			// A sum is done with the update once it is added: unmap it now, so that a large
+			// group does not hold every update of the group mapped (resident) at once.
+			set.Close()
+			set = nil
+		}
 		sets = append(sets, set)
 	}
 	if len(accepted) == 0 {

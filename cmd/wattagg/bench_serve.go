@@ -46,6 +46,8 @@ under --dir for the default ingest row.`,
 					return err
 				}
 				defer os.RemoveAll(dir)
+			} else if err := os.MkdirAll(dir, 0o700); err != nil {
+				return err
 			}
 			logPath := filepath.Join(dir, "server.log")
 			logf, err := os.Create(logPath)
