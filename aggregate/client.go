@@ -109,11 +109,15 @@ func (c *Client) NonFinite(ctx context.Context, what string, v float64) error {
 	return fmt.Errorf("%s: %w: %s is %v", c.Source, ErrOverflow, what, v)
 }
 
-// blame puts the client's name on a non-finite error.
+// blame puts the client's name on a non-finite or out-of-range error.
 func (c *Client) blame(err error) error {
 	var nf *tensor.NonFiniteError
 	if errors.As(err, &nf) && nf.Source == "" {
 		nf.Source = c.Source
+	}
+	var re *device.RangeError
+	if errors.As(err, &re) && re.Source == "" {
+		re.Source = c.Source
 	}
 	return err
 }
@@ -141,7 +145,11 @@ func (r *Round) admit(ctx context.Context, u *tensor.Set, weight float64, from W
 		return nil, err
 	}
 	if r.scansOnAdmit() {
-		if err := r.checkFinite(ctx, c.layout, c.spans); err != nil {
+		check := r.checkFinite
+		if r.exactSum() {
+			check = r.checkExactRange // |x| ≤ the bound, which implies finite (exact.go)
+		}
+		if err := check(ctx, c.layout, c.spans); err != nil {
 			return nil, c.blame(err)
 		}
 	}
@@ -323,6 +331,8 @@ func (r *Round) checkDType(who, tensorName string, dt tensor.DType) error {
 		return fmt.Errorf("%s: %w: tensor %q is f64 but the round accumulates it in f32 (accumulate in f64)", who, tensor.ErrLayoutMismatch, tensorName)
 	case dt == tensor.F64 && r.cfg.acc == tensor.F32:
 		return fmt.Errorf("%s: %w: tensor %q has f64 inputs: accumulate in f64", who, ErrOption, tensorName)
+	case dt == tensor.F64 && r.exactSum():
+		return fmt.Errorf("%s: %w: tensor %q is f64: exact sums take f32, bf16, f16 and i8", who, tensor.ErrDType, tensorName)
 	}
 	return nil
 }

@@ -36,6 +36,7 @@ type config struct {
 	spoolDir   string
 	retained   bool
 	expected   *Expected
+	exact      *exactConfig // WithExactSum (exact.go); nil: floating-point sums
 }
 
 // DefaultMemoryBudget is the memory rules that need every update at once may fill with their
@@ -64,6 +65,9 @@ func newConfig(opts []Option) (*config, error) {
 	}
 	if c.global != nil && c.globalPath != "" {
 		return nil, fmt.Errorf("%w: both WithGlobal and WithGlobalFile", ErrOption)
+	}
+	if c.exact != nil && c.acc != tensor.Invalid {
+		return nil, fmt.Errorf("%w: both WithAccumulator and WithExactSum: an exact sum has its own accumulator", ErrOption)
 	}
 	if len(c.devs) == 0 {
 		cpu, err := hostCPU()

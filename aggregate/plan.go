@@ -17,6 +17,7 @@ type plan struct {
 	fields  []device.AccField // per tensor, in ref order; Out is what the device produces
 	quant   []bool            // per tensor: quantise the device's f32 output to i8 afterwards
 	decode  bool              // the device produces u32 sums that a stage decodes to f32 in place
+	exact   bool              // exact sums (WithExactSum, exact.go)
 	order   []int             // the fields in data-section order
 	offsets []int64           // per field: byte offset in the data section
 	size    int64             // bytes of the data section
@@ -29,6 +30,9 @@ type plan struct {
 // global model is a small difference of large numbers, and the accumulator block stays in
 // cache, so it is free) and output f32; a mod-sum adds u32 and decodes to f32.
 func newPlan(ref tensor.Layout, inputs func(t int) []tensor.DType, cfg *config, req Requirements) (*plan, error) {
+	if cfg.exact != nil && req.Kind == KindSum {
+		return newExactPlan(ref, inputs, cfg, req)
+	}
 	p := &plan{ref: ref, fields: make([]device.AccField, len(ref)), quant: make([]bool, len(ref))}
 	if req.Kind == KindModSum {
 		p.decode = true
@@ -151,6 +155,9 @@ func (p *plan) describe(r *Report, inputs func(t int) []tensor.DType) {
 		}
 	}
 	r.AccDType = summarise(p.fields, func(f device.AccField, _ int) tensor.DType { return f.Acc })
+	if p.exact {
+		r.AccDType = "exact"
+	}
 	r.OutDType = summarise(p.fields, func(f device.AccField, t int) tensor.DType {
 		if p.quant[t] {
 			return tensor.I8

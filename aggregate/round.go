@@ -121,7 +121,7 @@ func (r *Round) checkConfig() error {
 	case r.req.Kind == KindModSum && (r.cfg.out != tensor.Invalid || r.cfg.acc != tensor.Invalid || r.cfg.dst != nil):
 		return fmt.Errorf("%w: %s decodes its sum to f32: no output dtype, accumulator or output set", ErrOption, name)
 	}
-	return nil
+	return r.checkExactConfig() // exact sums (exact.go)
 }
 
 // Rule is the round's rule.

@@ -42,6 +42,7 @@ type sumState struct {
 	weight  float64         // Σ w_k over the counted clients
 	n       int             // counted clients
 	globalB bool            // incremental: b·x_t has been added
+	exact   *exactTotals    // exact sums: Σ w_k and Σ a_k exactly (exact.go); a holds unscaled weights
 }
 
 // addToSum adds an admitted client: counts it, and adds a_k·x_k to the running sum (or keeps it
@@ -52,6 +53,12 @@ func (r *Round) addToSum(ctx context.Context, c *Client) error {
 		return nil
 	}
 	a := c.weight * c.factor
+	if r.exactSum() { // exact sums take the weight as given, capped (exact.go)
+		var err error
+		if a, err = r.exactWeight(c); err != nil {
+			return err
+		}
+	}
 	if a != 0 {
 		if s.deferred {
 			s.inputs = append(s.inputs, c.spans)
@@ -66,6 +73,9 @@ func (r *Round) addToSum(ctx context.Context, c *Client) error {
 			}
 			r.acct.addElements(s.accDev, r.plan.ref.NumParams(), c.bytes)
 		}
+	}
+	if r.exactSum() {
+		s.exactTotals().add(r.weights.unscaled(c.weight), a)
 	}
 	s.sumA += a
 	s.weight += c.weight
@@ -105,7 +115,7 @@ func (r *Round) ensureAccumulator(ctx context.Context, first *Client) error {
 		return err
 	}
 	s.acc, s.accDev, s.pre = acc, dev.Name(), 1
-	if e := r.cfg.expected; e != nil && e.Weights != nil && r.req.Kind == KindSum {
+	if e := r.cfg.expected; e != nil && e.Weights != nil && r.req.Kind == KindSum && !r.exactSum() { // exact sums divide at the end
 		var n int
 		var w float64
 		for _, x := range e.Weights {
@@ -167,8 +177,12 @@ func (r *Round) closeSum(ctx context.Context, out *sink) error {
 			return err
 		}
 	}
-	d := r.denominator(s.n, s.weight)
-	info := &SumInfo{Layout: r.refLayout, Clients: r.clients, Weight: s.weight, Denominator: d}
+	weight := s.weight
+	if r.exactSum() {
+		weight = s.exactTotals().weight() // the exact total, rounded once
+	}
+	d := r.denominator(s.n, weight)
+	info := &SumInfo{Layout: r.refLayout, Clients: r.clients, Weight: weight, Denominator: d}
 	for _, st := range r.stages {
 		if f, ok := st.(Finisher); ok {
 			if err := f.Finish(ctx, info); err != nil {
@@ -185,6 +199,12 @@ func (r *Round) closeSum(ctx context.Context, out *sink) error {
 		b = d - s.sumA
 		if r.req.ConsumesDelta {
 			b = -s.sumA
+		}
+		if r.exactSum() { // from the exact Σ a_k, rounded once (exact.go)
+			var err error
+			if b, err = r.exactGlobalWeight(ctx, d); err != nil {
+				return err
+			}
 		}
 	}
 	dst, err := out.open(r.plan)
@@ -261,7 +281,7 @@ func (r *Round) sumJob(ctx context.Context, b, scale float64, out device.Output)
 	}
 	stats, err := r.execute(ctx, job)
 	if err != nil {
-		return stats, r.blame(err, inputs, names)
+		return stats, r.blame(r.blameRange(err, inputs, names), inputs, names)
 	}
 	return stats, nil
 }
