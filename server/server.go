@@ -292,7 +292,7 @@ func (s *Server) OpenRound() (api.Round, error) {
 	if s.closed {
 		return api.Round{}, fmt.Errorf("%w: the server is stopping", ErrConflict)
 	}
-	if s.current != nil {
+	if s.current != nil && s.current.state() == api.StateOpen {
 		return api.Round{}, fmt.Errorf("%w: round %d is open: close it first", ErrConflict, s.current.n)
 	}
 	n := len(s.rounds) + 1
@@ -414,7 +414,8 @@ func (s *Server) roundEnded(r *round) {
 	if s.current == r {
 		s.current = nil
 	}
-	next := s.started && !s.closed && !s.cfg.Round.ManualNext
+	// Unless an admin opened the next round already (between the close and this call).
+	next := s.started && !s.closed && !s.cfg.Round.ManualNext && s.current == nil
 	s.mu.Unlock()
 	if next {
 		if _, err := s.OpenRound(); err != nil {
