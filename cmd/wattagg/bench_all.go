@@ -47,8 +47,8 @@ suite on stderr and each suite's table on stdout, and writes one folder (--out, 
                    floor-bandwidth.png, energy-joules.png (joules per parameter per policy and
                    device, predicted and measured, labelled estimated without a counter)
 
-The full run takes about ten minutes on 2 cores and needs about 2.5 GiB of memory and 3 GB of
-disk in --dir; --quick (smaller sweeps, fewer runs) about a minute. Other work on the machine
+The full run takes about 4-6 minutes on 2 cores and needs about 3.5 GB of memory and 2.5 GB
+of disk in --dir; --quick (smaller sweeps, fewer runs) about a minute and 1.2 GB. Other work on the machine
 skews the figures: run it on an idle machine. A suite that fails is named in index.md and the
 others still run (exit status 1).`,
 		Args: cobra.NoArgs,
@@ -114,7 +114,7 @@ others still run (exit status 1).`,
 		},
 	}
 	fl := cmd.Flags()
-	fl.BoolVar(&quick, "quick", false, "smaller sweeps and fewer runs: about a minute on 2 cores instead of ten")
+	fl.BoolVar(&quick, "quick", false, "smaller sweeps and fewer runs: about a minute on 2 cores instead of five")
 	fl.StringVar(&out, "out", "", "the folder to write (default ./wattagg-bench-DATE-TIME)")
 	fl.StringVar(&dir, "dir", "", "working directory for the input files of e2e and stream (default: a temporary one, removed)")
 	fl.StringVar(&suites, "suites", strings.Join(benchSuiteNames, ","), "the suites to run, comma-separated")

@@ -24,7 +24,7 @@ type benchPreset struct {
 	energyClients, energyParams, energyRuns int
 }
 
-// The full run takes about ten minutes on 2 cores, the quick one about a minute. The main rows
+// The full run took 4-6 minutes on 2 busy cores, the quick one 75-100 s (40 s of CPU). The main rows
 // keep the README's configurations (32 × 4M f32); the sweeps are what the plots need: 8..128
 // clients, and 1M..64M parameters at 8 clients (2 GiB of f32 at the largest point of each).
 var (
