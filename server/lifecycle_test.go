@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"os"
 	"path/filepath"
 	"runtime"
 	"sync"
@@ -201,4 +202,46 @@ func TestStreamLimitAndFlood(t *testing.T) {
 		t.Fatalf("heap grew by %d MiB, over %d MiB", grown>>20, limit>>20)
 	}
 	_ = tensor.F32
+}
+
+// TestRestartResumesRound stops a server in the middle of a median round (the engine's round is
+// derived state and simply dropped) and starts another on the same data directory: the
+// acknowledged updates are replayed from the log, a spool file no record names (an upload
+// that never finished) is removed, and the round completes as if nothing had happened.
+func TestRestartResumesRound(t *testing.T) {
+	leakCheck(t)
+	cfg, tokens, admin := testConfig(t, 3)
+	cfg.Round.Rule = "median"
+	ts := startServer(t, cfg, tokens, admin)
+	vals := []float32{5, -3, 1}
+	body := func(k int) []byte {
+		return encode(t, f32Set(t, [][]int{{7}}, func(_, i int) float32 { return vals[k] * float32(i+1) }), nil)
+	}
+	ack0 := ts.push(t, "c0", 1, body(0), nil)
+	ack1 := ts.push(t, "c1", 1, body(1), nil)
+	ts.stop()
+	stray := filepath.Join(cfg.DataDir, "rounds", "000001", spoolDir, "c2.0123456789ab.safetensors")
+	if err := os.WriteFile(stray, []byte("half an upload"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ts2 := startServer(t, cfg, tokens, admin)
+	st, err := ts2.Status(1)
+	if err != nil || st.State != api.StateOpen || len(st.Updates) != 2 || st.Updates[0].Client != "c0" || st.Updates[1].Client != "c1" {
+		t.Fatalf("resumed round: %+v %v", st, err)
+	}
+	if _, err := os.Stat(stray); !os.IsNotExist(err) {
+		t.Fatalf("the unacknowledged spool file is still there: %v", err)
+	}
+	// A retry after the restart is still idempotent.
+	if again := ts2.push(t, "c0", 1, body(0), nil); !again.Retry || again.SHA256 != ack0.SHA256 || again.Seq != ack0.Seq {
+		t.Fatalf("retry after restart: %+v", again)
+	}
+	_ = ack1
+	ts2.push(t, "c2", 1, body(2), nil)
+	ts2.waitState(t, 1, api.StateClosed)
+	for i, v := range f32s(t, ts2.readModel(t, 1).At(0)) {
+		if want := float32(i + 1); v != want {
+			t.Fatalf("element %d: %v, want the median %v", i, v, want)
+		}
+	}
 }
