@@ -75,7 +75,9 @@ func (m *Model) Predict(x []float32) (logits []float32, classes []int, err error
 	}
 	n := len(x) / Inputs
 	graphMu.Lock()
-	nt, err := newNet(m.p, n, x)
+	xs := make([]float32, len(x))
+	columns(xs, x, n)
+	nt, err := newNet(m.p, n, xs)
 	var vm G.VM
 	if err == nil {
 		vm = G.NewTapeMachine(nt.g)

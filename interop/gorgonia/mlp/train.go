@@ -145,7 +145,7 @@ func Train(ctx context.Context, global *tensor.Set, data digits.Dataset, opts ..
 // -Σ T ⊙ log softmax(logits) and its gradients, a machine and a solver.
 type trainer struct {
 	net    *net
-	xs     []float32 // batch×Inputs, the x node's backing
+	xs     []float32 // Inputs×batch, the x node's backing (samples as columns)
 	ts     []float32 // batch×Outputs, the target node's backing
 	vm     G.VM
 	solver G.Solver
@@ -154,7 +154,7 @@ type trainer struct {
 func newTrainer(p *params, batch int, c config) (*trainer, error) {
 	graphMu.Lock()
 	defer graphMu.Unlock()
-	tr := &trainer{xs: make([]float32, batch*Inputs), ts: make([]float32, batch*Outputs)}
+	tr := &trainer{xs: make([]float32, Inputs*batch), ts: make([]float32, batch*Outputs)}
 	n, err := newNet(p, batch, tr.xs)
 	if err != nil {
 		return nil, err
@@ -198,8 +198,9 @@ func (tr *trainer) step(data digits.Dataset, idx []int) error {
 	clear(tr.xs)
 	clear(tr.ts)
 	w := float32(1) / float32(len(idx))
+	batch := len(tr.ts) / Outputs
 	for r, i := range idx {
-		copy(tr.xs[r*Inputs:(r+1)*Inputs], data.Row(i))
+		columns(tr.xs[r:], data.Row(i), batch)
 		tr.ts[r*Outputs+data.Y[i]] = w
 	}
 	defer tr.vm.Reset()
