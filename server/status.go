@@ -21,6 +21,12 @@ var statusHTML string
 
 var statusTmpl = template.Must(template.New("status").Funcs(template.FuncMap{
 	"bytes": formatBytes,
+	"joules": func(j *float64) string {
+		if j == nil {
+			return ""
+		}
+		return fmt.Sprintf("%.4g", *j)
+	},
 	"progress": func(n, of, width int) int {
 		if of <= 0 {
 			return 0
@@ -31,11 +37,11 @@ var statusTmpl = template.Must(template.New("status").Funcs(template.FuncMap{
 
 // bar is one round's bar of the energy chart.
 type bar struct {
-	Round      int
-	Joules     float64
-	Source     string
-	X, Y, W, H int
-	LabelY     int
+	Round           int
+	Joules          float64
+	Source          string
+	X, Y, W, H, Mid int
+	LabelY          int
 }
 
 type statusPage struct {
@@ -86,14 +92,14 @@ func energyBars(rounds []api.Round) ([]bar, int, string) {
 	for _, b := range bars {
 		peak = max(peak, b.Joules)
 	}
-	const top, bottom, w, gap = 20, 150, 28, 10
+	const top, bottom, w, gap = 20, 150, 40, 16
 	for i := range bars {
 		h := 1
 		if peak > 0 {
 			h = max(1, int(bars[i].Joules/peak*float64(bottom-top)))
 		}
 		bars[i].X, bars[i].W, bars[i].H, bars[i].Y = 40+i*(w+gap), w, h, bottom-h
-		bars[i].LabelY = bottom - h - 4
+		bars[i].LabelY, bars[i].Mid = bottom-h-4, bars[i].X+w/2
 	}
 	names := make([]string, 0, len(sources))
 	for s := range sources {

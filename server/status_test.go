@@ -89,6 +89,9 @@ func TestStatusPageInChromium(t *testing.T) {
 	if !strings.Contains(dom, `class="progress"`) || !strings.Contains(dom, "estimate") {
 		t.Fatalf("no progress bar or energy source:\n%s", dom)
 	}
+	if strings.Contains(dom, "%!") {
+		t.Fatalf("a value failed to format:\n%s", dom)
+	}
 	if strings.Contains(strings.ToLower(dom), "<script") {
 		t.Fatal("the status page has a script")
 	}

@@ -296,6 +296,13 @@ func smallRows(ctx context.Context, c *Config) ([]Row, error) {
 	if err := waitClosed(ctx, p.url, 1); err != nil {
 		return nil, err
 	}
+	var m [6]float64
+	for i, name := range []string{"wattagg_commit_group_updates_sum", "wattagg_commit_group_updates_count",
+		"wattagg_commit_sync_seconds_sum", "wattagg_commit_sync_seconds_count", "wattagg_ack_latency_seconds_sum", "wattagg_ack_latency_seconds_count"} {
+		if m[i], err = scrape(p.url, name); err != nil {
+			return nil, err
+		}
+	}
 	slices.Sort(lat)
 	p99 := lat[len(lat)*99/100]
 	p50 := lat[len(lat)/2]
@@ -306,8 +313,9 @@ func smallRows(ctx context.Context, c *Config) ([]Row, error) {
 			Measured: perSec, Unit: "updates/s", Floor: diskPerSec, FloorIs: "disk: as many files of one update, written and fdatasynced as many at a time",
 			Ratio: perSec / diskPerSec, Note: fmt.Sprintf("%.2f GB/s of updates", perSec*float64(len(body))/1e9)},
 		{What: "last byte to acknowledgement", Measured: float64(p99.Microseconds()) / 1e3, Unit: "ms p99",
-			Note: fmt.Sprintf("p50 %.2f ms, max %.2f ms (client side: includes the answer's way back)",
-				float64(p50.Microseconds())/1e3, float64(lat[len(lat)-1].Microseconds())/1e3)},
+			Note: fmt.Sprintf("p50 %.2f ms, max %.2f ms (client side: includes the answer's way back); server side: mean %.2f ms from last byte to acknowledgement, %.0f group commits of %.1f updates on average, %.2f ms each (directory fsync, log append and fdatasync)",
+				float64(p50.Microseconds())/1e3, float64(lat[len(lat)-1].Microseconds())/1e3,
+				1e3*m[4]/max(m[5], 1), m[1], m[0]/max(m[1], 1), 1e3*m[2]/max(m[3], 1))},
 	}, nil
 }
 
