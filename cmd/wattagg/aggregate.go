@@ -28,6 +28,7 @@ type aggregateFlags struct {
 	rule     string
 	outDType string
 	acc      string
+	exact    exactFlags // --exact-bound, --exact-max-weight (with --acc exact)
 	mixed    bool
 	stream   bool
 	spool    string
@@ -59,6 +60,12 @@ optimizers, dp-*, fixed-bound clipping, secagg) keep one model-sized running sum
 number of clients; rules that need every update at once (median, krum, ...) keep each in a
 spool directory and map it at the end. Both give the same bits.
 
+--acc exact makes a sum's result a function of the (update, weight) pairs alone: the same bits
+whatever the order of the inputs, with --stream or not, on any number of cores and on any
+device. Each weighted value is rounded to a fixed grid (from --exact-bound and
+--exact-max-weight) and the results are added as integers; a value beyond --exact-bound is an
+error naming the file, tensor and element. It costs 16 bytes per parameter of running sum.
+
 ` + rulesHelp(),
 		Example: `  wattagg aggregate -o global.safetensors clients/
   wattagg aggregate -o global.safetensors --weights 120,80,200 a.safetensors b.safetensors c.safetensors
@@ -81,7 +88,9 @@ spool directory and map it at the end. Both give the same bits.
 	fl.StringVar(&f.weights, "weights", "", "comma-separated client weights, one per input file, in order")
 	fl.StringVar(&f.rule, "rule", "fedavg", "aggregation rule: "+strings.Join(ruleNames(), ", "))
 	fl.StringVar(&f.outDType, "out-dtype", "", "output dtype: f32, f64, f16, bf16 or i8 (default: as the first input)")
-	fl.StringVar(&f.acc, "acc", "", "accumulator dtype: f32 or f64 (default: f32 for f32 inputs, f64 otherwise)")
+	fl.StringVar(&f.acc, "acc", "", "accumulator: f32, f64, or exact: order-independent sums, the same bits whatever the order of the inputs, the cores and devices, for sum rules (default: f32 for f32 inputs, f64 otherwise)")
+	fl.Float64Var(&f.exact.bound, "exact-bound", aggregate.DefaultExactBound, "--acc exact: every value within ±this (beyond is an error naming file, tensor and element); a smaller bound is a finer grid")
+	fl.Float64Var(&f.exact.maxWeight, "exact-max-weight", aggregate.DefaultExactMaxWeight, "--acc exact: the clients' weights total at most this; a smaller cap is a finer grid")
 	fl.BoolVar(&f.mixed, "mixed-dtypes", false, "accept clients that send a tensor in different dtypes (f32, bf16, f16, i8)")
 	fl.BoolVar(&f.stream, "stream", false, "add files one at a time, as a server receives them (memory: one model)")
 	fl.StringVar(&f.spool, "spool", "", "--stream with a rule that needs every update: spool directory (default: one beside -o, removed at the end)")
@@ -179,10 +188,15 @@ func aggregateOptions(f aggregateFlags) ([]aggregate.Option, error) {
 		}
 		opts = append(opts, aggregate.WithOutDType(dt))
 	}
-	if f.acc != "" {
+	switch {
+	case f.acc == "exact":
+		opts = append(opts, aggregate.WithExactSum(aggregate.ExactBound(f.exact.bound), aggregate.ExactMaxWeight(f.exact.maxWeight)))
+	case f.exact.changed():
+		return nil, usagef("--exact-bound and --exact-max-weight go with --acc exact")
+	case f.acc != "":
 		dt, err := tensor.ParseDType(f.acc)
 		if err != nil {
-			return nil, usagef("--acc: %v", err)
+			return nil, usagef("--acc: %v (or exact)", err)
 		}
 		opts = append(opts, aggregate.WithAccumulator(dt))
 	}
@@ -193,6 +207,16 @@ func aggregateOptions(f aggregateFlags) ([]aggregate.Option, error) {
 		return nil, usagef("%v", err)
 	}
 	return opts, nil
+}
+
+// exactFlags are the parameters of --acc exact.
+type exactFlags struct {
+	bound, maxWeight float64
+}
+
+// changed reports whether a parameter was set away from its default.
+func (e exactFlags) changed() bool {
+	return e.bound != aggregate.DefaultExactBound || e.maxWeight != aggregate.DefaultExactMaxWeight
 }
 
 // expandInputs replaces directories by the update files they hold (.safetensors, Arrow .arrow
