@@ -56,11 +56,7 @@ generate-check:
 
 # Benchmarks beside their floors, measured in the same run.
 bench: build bench-go
-	./$(BIN) bench floor
-	./$(BIN) bench mean
-	./$(BIN) bench e2e
-	./$(BIN) bench stream
-	./$(BIN) bench robust
+	./$(BIN) bench all --out bench-report
 
 bench-go:
 	$(GO) test -run '^$$' -bench . -benchtime 10x ./kernels/ ./aggregate/ ./tensor/...
