@@ -13,7 +13,6 @@ import (
 
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/plotter"
-	"gonum.org/v1/plot/plotutil"
 	"gonum.org/v1/plot/vg"
 	"gonum.org/v1/plot/vg/draw"
 	"gonum.org/v1/plot/vg/vgimg"
@@ -23,6 +22,24 @@ import (
 
 // ErrPlot is returned when a plot cannot be drawn from the results given.
 var ErrPlot = errors.New("federation: cannot plot")
+
+// palette gives each rule of the table its own colour (gonum's plotutil palette repeats after
+// seven, and the table has eight rules): Tableau 10, whose colours stay apart for readers
+// with the common colour-vision deficiencies.
+var palette = []color.Color{
+	color.RGBA{0xe1, 0x57, 0x59, 0xff}, // red
+	color.RGBA{0x4e, 0x79, 0xa7, 0xff}, // blue
+	color.RGBA{0x76, 0xb7, 0xb2, 0xff}, // teal
+	color.RGBA{0xf2, 0x8e, 0x2b, 0xff}, // orange
+	color.RGBA{0x59, 0xa1, 0x4f, 0xff}, // green
+	color.RGBA{0xb0, 0x7a, 0xa1, 0xff}, // purple
+	color.RGBA{0x9c, 0x75, 0x5f, 0xff}, // brown
+	color.RGBA{0xed, 0xc9, 0x48, 0xff}, // yellow
+	color.RGBA{0xff, 0x9d, 0xa7, 0xff}, // pink
+	color.RGBA{0xba, 0xb0, 0xac, 0xff}, // grey
+}
+
+func paletteColor(i int) color.Color { return palette[i%len(palette)] }
 
 // plotDPI is the PNGs' resolution; sizes are in pixels at it.
 const plotDPI = 96
@@ -52,7 +69,7 @@ func PlotRun(path string, res *Result, setup string) error {
 	if r := res.FirstReaching(0.9); r > 0 {
 		label += fmt.Sprintf(", 0.90 first in round %d", r)
 	}
-	if err := addCurve(acc, pts, plotutil.Color(0), nil, label); err != nil {
+	if err := addCurve(acc, pts, paletteColor(1), nil, label); err != nil {
 		return err
 	}
 	acc.Legend.Left, acc.Legend.Top = false, false
@@ -101,21 +118,40 @@ func PlotRun(path string, res *Result, setup string) error {
 	if err != nil {
 		return err
 	}
-	bc.Color, bc.LineStyle.Width = plotutil.Color(1), 0
+	bc.Color, bc.LineStyle.Width = paletteColor(4), 0
 	// Bars are drawn at 0, 1, ...: shift them onto the round numbers.
 	bc.XMin = 1
 	j.Add(plotter.NewGrid(), bc)
-	j.Y.Min = 0
+	j.Y.Min, j.Y.Max = 0, maxOf(bars)*1.15
 	j.Y.Tick.Marker = plainTicks{}
 	roundAxis(j, len(res.Rounds))
 
-	return writePNG(path, 1100, 820, func(dc draw.Canvas) {
+	// The aggregation's time, from the same reports: an estimate's joules follow it.
+	sec := plot.New()
+	sec.Title.Text = "time each round's aggregation took (the round report's seconds: closing the round, writing the model durably)"
+	var ms plotter.Values
+	for _, rd := range res.Rounds {
+		ms = append(ms, rd.Seconds*1e3)
+	}
+	sb, err := plotter.NewBarChart(ms, px(14))
+	if err != nil {
+		return err
+	}
+	sb.Color, sb.LineStyle.Width, sb.XMin = paletteColor(6), 0, 1
+	sec.Add(plotter.NewGrid(), sb)
+	sec.Y.Label.Text = "milliseconds"
+	sec.Y.Min, sec.Y.Max = 0, maxOf(ms)*1.15
+	sec.Y.Tick.Marker = plainTicks{}
+	roundAxis(sec, len(res.Rounds))
+
+	return writePNG(path, 1100, 1120, func(dc draw.Canvas) {
 		drawHeader(dc, "wattagg federation: "+ruleAttackLabel(res), setup)
-		grid := [][]*plot.Plot{{acc}, {j}}
-		tiles := draw.Tiles{Rows: 2, Cols: 1, PadTop: px(70), PadY: px(26), PadLeft: px(12), PadRight: px(24), PadBottom: px(10)}
+		grid := [][]*plot.Plot{{acc}, {j}, {sec}}
+		tiles := draw.Tiles{Rows: 3, Cols: 1, PadTop: px(70), PadY: px(26), PadLeft: px(12), PadRight: px(24), PadBottom: px(10)}
 		c := plot.Align(grid, tiles, dc)
-		acc.Draw(c[0][0])
-		j.Draw(c[1][0])
+		for i, row := range grid {
+			row[0].Draw(c[i][0])
+		}
 	})
 }
 
@@ -134,10 +170,10 @@ func PlotTable(path string, t *Table, setup string) error {
 			continue
 		}
 		p := plot.New()
-		p.Title.Text = fmt.Sprintf("%s, %d poisoned clients", a, t.Poisoned)
+		p.Title.Text = fmt.Sprintf("%s: %d of %d clients poisoned (legend: final accuracy)", a, t.Poisoned, clients(t))
 		p.Add(plotter.NewGrid())
 		if clean != nil {
-			if err := addCurve(p, accuracies(clean), color.Black, []vg.Length{px(6), px(4)}, "fedavg, no attack"); err != nil {
+			if err := addCurve(p, accuracies(clean), color.Black, []vg.Length{px(6), px(4)}, fmt.Sprintf("fedavg, no attack: %.3f", clean.Final())); err != nil {
 				return err
 			}
 			rounds = max(rounds, len(clean.Rounds))
@@ -147,20 +183,22 @@ func PlotTable(path string, t *Table, setup string) error {
 			if res == nil || len(res.Rounds) == 0 {
 				continue
 			}
-			label := r.Name
+			label := fmt.Sprintf("%s: %.3f", r.Name, res.Final())
 			if res.Collapsed != "" {
 				label += fmt.Sprintf(" (collapsed in round %d)", len(res.Rounds)+1)
 			}
-			if err := addCurve(p, accuracies(res), plotutil.Color(i), nil, label); err != nil {
+			if err := addCurve(p, accuracies(res), paletteColor(i), nil, label); err != nil {
 				return err
 			}
 			rounds = max(rounds, len(res.Rounds))
 		}
 		p.Y.Label.Text = "held-out accuracy"
 		p.Y.Min, p.Y.Max = 0, 1
+		// Lower right but lifted: every curve is high there by the last rounds, except a
+		// collapsed one, which lies along the bottom.
 		p.Legend.Left, p.Legend.Top = false, false
-		p.Legend.XOffs, p.Legend.YOffs = -px(8), px(8)
-		p.Legend.TextStyle.Font.Size = vg.Points(9)
+		p.Legend.XOffs, p.Legend.YOffs = -px(8), px(64)
+		p.Legend.TextStyle.Font.Size = vg.Points(10)
 		panels = append(panels, p)
 	}
 	if len(panels) == 0 || rounds == 0 {
@@ -209,13 +247,36 @@ func accuracies(res *Result) plotter.XYs {
 	return pts
 }
 
-// ruleAttackLabel names a run: "fedavg", "median, 3 clients scaled ×−10".
+// ruleAttackLabel names a run: "fedavg, no attack", "median, 3 of 10 clients scaled ×−10".
 func ruleAttackLabel(res *Result) string {
 	s := ruleLabel(res.Rule)
 	if res.Attack != NoAttack {
-		s += fmt.Sprintf(", %d of %d clients %s", len(res.Poisoned), res.Clients, res.Attack)
+		return s + fmt.Sprintf(", %d of %d clients %s", len(res.Poisoned), res.Clients, res.Attack)
 	}
-	return s
+	return s + ", no attack"
+}
+
+// clients is the table's client count, from its runs.
+func clients(t *Table) int {
+	for _, row := range t.Results {
+		for _, r := range row {
+			if r != nil {
+				return r.Clients
+			}
+		}
+	}
+	return 0
+}
+
+func maxOf(v plotter.Values) float64 {
+	m := 0.0
+	for _, x := range v {
+		m = max(m, x)
+	}
+	if m == 0 {
+		return 1
+	}
+	return m
 }
 
 // addCurve adds a line with points (or dashed, without points) and its legend entry.
