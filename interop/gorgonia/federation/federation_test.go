@@ -226,3 +226,36 @@ func TestProvenance(t *testing.T) {
 		t.Errorf("got  %q\nwant %q", got, want)
 	}
 }
+
+// withScale changes the scaling attack's factor.
+func withScale(s float64) Option {
+	return func(c *config) error { c.scale = s; return nil }
+}
+
+// TestDroppedClients: two clients scale their updates by 1e39, which overflows float32, so
+// the server refuses them (non-finite values) every round. The federation goes on without
+// them: the admin closes each round with the 8 updates acknowledged, and the honest clients
+// still train the model.
+func TestDroppedClients(t *testing.T) {
+	res, err := Run(context.Background(), WithRounds(3), WithAttack(ScaleAttack, 2), withScale(1e39))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Rounds) != 3 || res.Collapsed != "" {
+		t.Fatalf("%d rounds, collapsed %q", len(res.Rounds), res.Collapsed)
+	}
+	for _, rd := range res.Rounds {
+		if rd.Clients != 8 || len(rd.Dropped) != 2 {
+			t.Fatalf("round %d: %d clients, dropped %q: want 8 and the 2 attackers", rd.Round, rd.Clients, rd.Dropped)
+		}
+		for _, d := range rd.Dropped {
+			if !strings.HasPrefix(d, "client-0") || !strings.Contains(d, "400") {
+				t.Errorf("round %d: dropped %q: want client-00 and client-01 refused with 400", rd.Round, d)
+			}
+		}
+	}
+	t.Logf("accuracy %v; dropped in round 1: %q", accuracyList(res), res.Rounds[0].Dropped)
+	if res.Final() < 0.8 {
+		t.Errorf("8 honest clients reached %.3f in 3 rounds", res.Final())
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/wattagg/wattagg/energy"
+	"github.com/wattagg/wattagg/interop/gorgonia/attack"
 	"github.com/wattagg/wattagg/interop/gorgonia/mlp"
 )
 
@@ -93,8 +94,9 @@ type config struct {
 	train    []mlp.Option
 	attack   Attack
 	poisoned int
-	dir      string // kept
-	scratch  string // parent of a temporary directory, removed
+	scale    float64 // the scaling attack's factor (attack.DefaultScale; tests change it)
+	dir      string  // kept
+	scratch  string  // parent of a temporary directory, removed
 	meters   []energy.Meter
 	log      *slog.Logger
 	progress Progress
@@ -115,6 +117,7 @@ func defaults() config {
 		testFrac: 0.2,
 		seed:     42,
 		poll:     2 * time.Millisecond,
+		scale:    attack.DefaultScale,
 	}
 }
 

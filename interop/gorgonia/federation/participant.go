@@ -26,11 +26,11 @@ type participant struct {
 	train []mlp.Option
 }
 
-func newParticipant(id string, api *client.Client, data digits.Dataset, a Attack, dir string, seed uint64, train []mlp.Option) (*participant, error) {
+func newParticipant(id string, api *client.Client, data digits.Dataset, a Attack, scale float64, dir string, seed uint64, train []mlp.Option) (*participant, error) {
 	p := &participant{id: id, api: api, data: data, dir: dir, seed: seed, train: train}
 	switch a {
 	case ScaleAttack:
-		p.scale = attack.DefaultScale
+		p.scale = scale
 	case FlipAttack:
 		var err error
 		if p.data, err = attack.FlipLabels(data, attack.ReversedLabels()); err != nil {

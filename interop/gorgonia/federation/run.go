@@ -112,7 +112,7 @@ func Run(ctx context.Context, opts ...Option) (*Result, error) {
 			a = c.attack
 			res.Poisoned = append(res.Poisoned, agg.ids[k])
 		}
-		if parts[k], err = newParticipant(agg.ids[k], api, shards[k], a, filepath.Join(dir, "clients", agg.ids[k]),
+		if parts[k], err = newParticipant(agg.ids[k], api, shards[k], a, c.scale, filepath.Join(dir, "clients", agg.ids[k]),
 			c.seed*1000+uint64(k), c.train); err != nil {
 			return nil, err
 		}
