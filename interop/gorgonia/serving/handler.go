@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 
 	"github.com/wattagg/wattagg/interop/gorgonia/digits"
@@ -77,6 +78,15 @@ func (s *Service) predict(w http.ResponseWriter, r *http.Request) {
 	case err != nil:
 		writeJSON(w, http.StatusInternalServerError, errorResponse{err.Error()})
 		return
+	}
+	// JSON has no NaN or Inf: a model whose logits overflow cannot answer, and says so
+	// rather than sending a truncated body.
+	for i, v := range logits {
+		if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
+			writeJSON(w, http.StatusInternalServerError, errorResponse{fmt.Sprintf(
+				"model generation %d computed a non-finite logit (%v, row %d, class %d): it cannot answer", info.Generation, v, i/digits.Classes, i%digits.Classes)})
+			return
+		}
 	}
 	resp := PredictResponse{Logits: make([][]float32, len(classes)), Classes: classes, Model: info}
 	for i := range resp.Logits {

@@ -323,6 +323,42 @@ func TestHandlerErrors(t *testing.T) {
 	}
 }
 
+// TestNonFiniteLogits: a model whose finite weights overflow the logits answers 500 with the
+// reason, not a 200 with a body JSON cannot carry.
+func TestNonFiniteLogits(t *testing.T) {
+	set := model(t, 1)
+	for _, x := range set.Tensors() {
+		v, err := x.F32()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range v {
+			v[i] = 1e30
+		}
+	}
+	m, err := mlp.Load(set)
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc := newService(t)
+	svc.Install(m, "huge")
+	srv := httptest.NewServer(svc.Handler())
+	defer srv.Close()
+	rows, _ := testRows(t, 1)
+	body, err := json.Marshal(PredictRequest{Inputs: rows})
+	if err != nil {
+		t.Fatal(err)
+	}
+	code, b, err := post(srv.Client(), srv.URL, body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var e errorResponse
+	if code != http.StatusInternalServerError || json.Unmarshal(b, &e) != nil || !strings.Contains(e.Error, "non-finite logit (+Inf, row 0, class 0)") {
+		t.Fatalf("%d %s: want 500 naming the non-finite logit", code, b)
+	}
+}
+
 func TestOptions(t *testing.T) {
 	for name, o := range map[string]Option{
 		"rows 0":    WithMaxRows(0),
