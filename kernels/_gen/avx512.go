@@ -1,7 +1,8 @@
 package main
 
 // The AVX-512 (F, BW, VL, DQ) functions of the core family: accumulation, stores, scaling,
-// scans and XorFold on 512-bit registers, with the steps and contracts of the AVX2 functions
+// scans and XorFold with 32 vector registers, mask registers and, where it pays, 512-bit
+// registers, with the steps and contracts of the AVX2 functions
 // (a prefix whose length is a multiple of 8 elements, or of 32 bytes for the scans; the Go
 // wrappers finish the tail with the reference). Per element they perform the operations of the
 // AVX2 functions, so the results are the reference's bits. The f64 reductions (Dot,
@@ -10,6 +11,13 @@ package main
 //
 // AVX512_BF16 is not used: VCVTNEPS2BF16 flushes subnormal inputs and results to zero and
 // VDPBF16PS rounds its products differently from the references.
+//
+// Streams are read with loads of at most 256 bits. On the Zen 4 where these kernels were
+// measured, 512-bit loads read DRAM 20% slower than 256-bit ones (XorFold over 64 MiB,
+// alternating runs: 13.3 against 16.7 GB/s), so the kernels that only stream (f32 into f32,
+// f64 into f64, the scans, XorFold) work on ymm registers with the AVX-512 encodings, and the
+// converting kernels, whose inputs are narrower than their registers, load 256 bits or less
+// per instruction anyway.
 
 import (
 	"fmt"
@@ -104,7 +112,12 @@ func accGroup512(a accum, in input, g int, accp Register, n Mem, wp, xp Register
 		zero = ZMM()
 		VPXORQ(zero, zero, zero)
 	}
-	lanes := 64 / a.size // elements per zmm register
+	// Elements per register: a zmm register's worth, or a ymm register's where that measured
+	// faster on Zen 4 (see ymmLanes).
+	lanes := 64 / a.size
+	if ymmLanes(a, in) {
+		lanes = 32 / a.size
+	}
 	j := GP64()
 	steps(fmt.Sprintf("g%d_", g), j, n, accStep512, 8, func(k int) {
 		per := min(k, lanes) // elements per register in this step
@@ -160,8 +173,8 @@ func accGroup512(a accum, in input, g int, accp Register, n Mem, wp, xp Register
 				case in == inF64:
 					VFMADD231PD(m, w, acc)
 				default:
-					widen512F64(in, m, t)
-					VFMADD231PD(t, w, acc)
+					widen512F64(in, m, t, per)
+					VFMADD231PD(tv, w, acc)
 				}
 			}
 		}
@@ -181,6 +194,19 @@ func accGroup512(a accum, in input, g int, accp Register, n Mem, wp, xp Register
 	})
 }
 
+// ymmLanes reports whether the accumulation of in into a runs on ymm registers (with the
+// AVX-512 encodings and 32 registers) rather than zmm ones: the streams as wide as the
+// accumulator, loaded 256 bits at a time (see the top of the file), and f16 into f32, where
+// VCVTPH2PS into a zmm register converts fewer elements per cycle than into a ymm one on Zen 4
+// (8 inputs of 8Ki elements into an L2-resident accumulator, median thread CPU time of
+// alternating runs: zmm 0.81x the speed of the AVX2 loop, ymm 0.99x). f32 into f64 keeps zmm
+// registers although the AVX2 loop is faster on L2-resident data (zmm 0.74x, ymm 0.84x): in
+// the FedAvg-shaped benchmark (32 inputs of 4Mi elements from DRAM) zmm runs 1.11x the AVX2
+// loop's speed, ymm 0.98x.
+func ymmLanes(a accum, in input) bool {
+	return in.size == a.size || a == accF32 && in == inF16
+}
+
 // widen512F32 loads the input elements at m (16 for a zmm dst, 8 for a ymm one) and widens them
 // exactly to f32.
 func widen512F32(in input, m Mem, dst Register) {
@@ -198,12 +224,13 @@ func widen512F32(in input, m Mem, dst Register) {
 	}
 }
 
-// widen512F64 loads the 8 input elements at m and widens them exactly to f64 in the zmm dst
-// (16-bit floats and i8 through f32, as the reference does; every step is exact).
-func widen512F64(in input, m Mem, dst VecVirtual) {
+// widen512F64 loads the per (8, or 4 for f32 inputs on ymm registers) input elements at m and
+// widens them exactly to f64 in dst (16-bit floats and i8 through f32, as the reference does;
+// every step is exact).
+func widen512F64(in input, m Mem, dst VecVirtual, per int) {
 	switch in {
 	case inF32:
-		VCVTPS2PD(m, dst)
+		VCVTPS2PD(m, vec(dst, per, 8))
 	case inBF16:
 		VPMOVZXWD(m, dst.AsY())
 		VPSLLD(U8(16), dst.AsY(), dst.AsY())
@@ -396,7 +423,9 @@ func genScaleAVX512(a accum) {
 // Scans.
 
 // genAnyNonFiniteAVX512 generates anyNonFiniteXAVX512(x) for len(x) a multiple of 32: 256 bytes
-// per step (the hits of 4 zmm registers gathered in a mask register), then 32.
+// per step in 8 ymm loads, then 32. Each element's exponent bits (x & mask) are at most mask,
+// and equal to it exactly when the element is non-finite, so a step takes the unsigned maximum
+// of its 8 masked registers and compares that with mask once, into a mask register.
 func genAnyNonFiniteAVX512(name string, size int) {
 	fn := fmt.Sprintf("anyNonFinite%sAVX512", name)
 	TEXT(fn, NOSPLIT, "func(x []byte) bool")
@@ -421,37 +450,45 @@ func genAnyNonFiniteAVX512(name string, size int) {
 		mask = ZMM()
 		VPBROADCASTQ(r, mask)
 	}
-	// hit sets the bits of k for the elements at m (a zmm or ymm register's worth) that are
-	// non-finite.
-	hit := func(m Mem, bytes int, k Register) {
-		t := vec(ZMM(), bytes/4, 4)
-		mk := vec(mask, bytes/4, 4)
-		VPANDD(m, mk, t)
+	// masked returns the exponent bits of the 32 bytes at m.
+	masked := func(m Mem) Register {
+		t := ZMM().AsY()
+		VPANDD(m, mask.AsY(), t)
+		return t
+	}
+	maxU := func(a, b, dst Register) {
 		switch size {
 		case 2:
-			VPCMPEQW(mk, t, k)
+			VPMAXUW(a, b, dst)
 		case 4:
-			VPCMPEQD(mk, t, k)
+			VPMAXUD(a, b, dst)
 		case 8:
-			VPCMPEQQ(mk, t, k)
+			VPMAXUQ(a, b, dst)
 		}
 	}
 	j := GP64()
 	steps("", j, n, 256, 32, func(k int) {
-		if k == 32 {
-			h := K()
-			hit(Mem{Base: x, Index: j, Scale: 1}, 32, h)
-			KORTESTD(h, h)
-		} else {
-			h := make([]Register, 4)
-			for u := range h {
-				h[u] = K()
-				hit(Mem{Base: x, Index: j, Scale: 1, Disp: 64 * u}, 64, h[u])
-			}
-			KORD(h[1], h[0], h[0])
-			KORD(h[3], h[2], h[2])
-			KORTESTD(h[2], h[0])
+		ts := make([]Register, k/32)
+		for u := range ts {
+			ts[u] = masked(Mem{Base: x, Index: j, Scale: 1, Disp: 32 * u})
 		}
+		for w := 1; w < len(ts); w *= 2 { // a tree: 4, 2, 1 maxima
+			for u := 0; u+w < len(ts); u += 2 * w {
+				maxU(ts[u+w], ts[u], ts[u])
+			}
+		}
+		t := ts[0]
+		h := K()
+		mk := mask.AsY()
+		switch size {
+		case 2:
+			VPCMPEQW(mk, t, h)
+		case 4:
+			VPCMPEQD(mk, t, h)
+		case 8:
+			VPCMPEQQ(mk, t, h)
+		}
+		KORTESTD(h, h)
 		JNZ(LabelRef("found"))
 	})
 	r := GP8()
@@ -468,38 +505,32 @@ func genAnyNonFiniteAVX512(name string, size int) {
 }
 
 // genXorFoldAVX512 generates xorFoldAVX512(x) for len(x) a multiple of 32: the XOR of its 8-byte
-// words, 256 bytes per step into 4 zmm registers, then 32 bytes into a ymm register of its own
-// (a ymm operation clears the upper half of its destination).
+// words, 256 bytes per step into 8 ymm registers (256-bit loads, see above), then 32 bytes.
 func genXorFoldAVX512() {
 	TEXT("xorFoldAVX512", NOSPLIT, "func(x []byte) uint64")
 	Pragma("noescape")
 	Doc("xorFoldAVX512 is XorFold for len(x) a multiple of 32.")
 	x := Load(Param("x").Base(), GP64())
 	n := Load(Param("x").Len(), GP64())
-	acc := make([]VecVirtual, 5)
+	acc := make([]Register, 8)
 	for u := range acc {
-		acc[u] = ZMM()
+		acc[u] = ZMM().AsY()
 		VPXORQ(acc[u], acc[u], acc[u])
 	}
 	j := GP64()
 	steps("", j, n, 256, 32, func(k int) {
-		if k == 32 {
-			VPXORQ(Mem{Base: x, Index: j, Scale: 1}, acc[4].AsY(), acc[4].AsY())
-			return
-		}
-		for u := range 4 {
-			VPXORQ(Mem{Base: x, Index: j, Scale: 1, Disp: 64 * u}, acc[u], acc[u])
+		for u := range k / 32 {
+			VPXORQ(Mem{Base: x, Index: j, Scale: 1, Disp: 32 * u}, acc[u], acc[u])
 		}
 	})
-	VPXORQ(acc[1], acc[0], acc[0])
-	VPXORQ(acc[3], acc[2], acc[2])
-	VPXORQ(acc[4], acc[0], acc[0])
-	VPXORQ(acc[2], acc[0], acc[0])
+	for w := 1; w < len(acc); w *= 2 {
+		for u := 0; u+w < len(acc); u += 2 * w {
+			VPXORQ(acc[u+w], acc[u], acc[u])
+		}
+	}
 	hi := ZMM()
-	VEXTRACTI64X4(U8(1), acc[0], hi.AsY())
-	VPXORQ(hi.AsY(), acc[0].AsY(), hi.AsY())
-	VEXTRACTI32X4(U8(1), hi.AsY(), acc[1].AsX())
-	VPXORQ(acc[1].AsX(), hi.AsX(), hi.AsX())
+	VEXTRACTI32X4(U8(1), acc[0], hi.AsX())
+	VPXORQ(acc[0].(Vec).AsX(), hi.AsX(), hi.AsX())
 	r, r1 := GP64(), GP64()
 	VMOVQ(hi.AsX(), r)
 	VPEXTRQ(U8(1), hi.AsX(), r1)

@@ -1,11 +1,15 @@
 package main
 
-// The AVX-512 (F, VL) functions of the family: the fused optimizer steps and the mod-sum on
-// 512-bit registers, with the contracts of the AVX2 functions (lengths a multiple of 8, the
-// tails finished by the Go wrappers) and their operations per element, so the results are the
-// reference's bits. The optimizer constants are broadcast into registers once per call (32
-// vector registers leave room for them), and FedYogi's sign is built under the masks of two
-// compares.
+// The AVX-512 (F, VL) functions of the family: the fused optimizer steps and the mod-sum, with
+// the contracts of the AVX2 functions (lengths a multiple of 8, the tails finished by the Go
+// wrappers) and their operations per element, so the results are the reference's bits. The
+// optimizer constants are broadcast into registers once per call (32 vector registers leave
+// room for them), and FedYogi's sign is built under the masks of two compares.
+//
+// The adaptive steps (a square root and a division per element) work on zmm registers. The
+// kernels that only stream, FedAvgM and the mod-sum, load 256 bits at a time into ymm
+// registers: on the Zen 4 where they were measured, 512-bit loads read DRAM about 20% slower
+// (see kernels/_gen/avx512.go).
 
 import (
 	"fmt"
@@ -30,8 +34,9 @@ func view(z VecVirtual, elems int) Register {
 	return z
 }
 
-// genStepAVX512 generates <rule>StepAVX512, genStep's function on zmm registers: 16 elements per
-// register, 2 or 4 registers per main step (1 for FedYogi), then steps of 8 on ymm halves.
+// genStepAVX512 generates <rule>StepAVX512, genStep's function with twice its main step: for the
+// adaptive rules 16 elements per zmm register, 2 registers per main step (1 for FedYogi), then
+// steps of 8 on ymm halves; for FedAvgM 8 ymm registers of 8.
 func genStepAVX512(r rule) {
 	name := fmt.Sprintf("%sStepAVX512", lowerFirst(r.name))
 	sig := "func(xo, mo, x, d, m []float32, c *[8][8]float32)"
@@ -78,8 +83,12 @@ func genStepAVX512(r rule) {
 	}
 
 	j := GP64()
+	width := 16 // elements per register
+	if !r.second {
+		width = 8
+	}
 	steps("", j, n, 2*r.step, 8, func(step int) {
-		per := min(step, 16)
+		per := min(step, width)
 		kk := func(i int) Register { return view(k[i], per) }
 		for u := range step / per {
 			off := per * u
@@ -182,8 +191,7 @@ func genModSumAVX512() {
 	RET()
 }
 
-// modSumGroupAVX512 is modSumGroup with 64 elements per step in 4 zmm registers (then 8 in a
-// ymm register).
+// modSumGroupAVX512 is modSumGroup with 64 elements per step in 8 ymm registers (then 8).
 func modSumGroupAVX512(g int, accp Register, n Mem, xp Register) {
 	const hdr = 24
 	Commentf("%d inputs", g)
@@ -194,7 +202,7 @@ func modSumGroupAVX512(g int, accp Register, n Mem, xp Register) {
 	}
 	j := GP64()
 	steps(fmt.Sprintf("g%d_", g), j, n, 64, 8, func(k int) {
-		per := min(k, 16)
+		const per = 8
 		accs := make([]Register, k/per)
 		for u := range accs {
 			accs[u] = view(ZMM(), per)
