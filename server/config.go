@@ -94,6 +94,10 @@ type RoundConfig struct {
 	// KeepSpool keeps the updates' spool files of a closed round (default: removed once the
 	// round's model is published).
 	KeepSpool bool `json:"keep_spool,omitempty"`
+	// ModelRange [lo, hi) makes every round own only those coordinates of the model's flattened
+	// space (its tensors sorted by name, concatenated): clients push whole updates, the round
+	// keeps and aggregates its part, and its model is that part (see ModelRangeKey).
+	ModelRange *[2]int64 `json:"model_range,omitempty"`
 }
 
 // LimitsConfig bounds what clients can make the server hold.
@@ -253,6 +257,9 @@ func (r *RoundConfig) check(clients int) error {
 		return bad("min_clients %d is more than max_clients %d", r.MinClients, r.MaxClients)
 	case r.Quorum < r.MinClients || r.Quorum > r.MaxClients:
 		return bad("quorum %d must lie between min_clients %d and max_clients %d", r.Quorum, r.MinClients, r.MaxClients)
+	}
+	if m := r.ModelRange; m != nil && (m[0] < 0 || m[1] <= m[0]) {
+		return bad("model_range [%d, %d): want 0 <= lo < hi", m[0], m[1])
 	}
 	// The rule itself is checked by building it once (newRuleFactory), which needs the data
 	// directory for state files.

@@ -123,12 +123,19 @@ func (u *Upload) Ingest(src Source, weight *float64) (api.Ack, error) {
 	if u.closed {
 		return api.Ack{}, fmt.Errorf("%w: upload already closed", ErrBadRequest)
 	}
+	r := u.r
+	if m := r.meta.ModelRange; m != nil {
+		rs, err := newRangeSource(src, m[0], m[1], u.client)
+		if err != nil {
+			return api.Ack{}, err
+		}
+		src = rs
+	}
 	hdr := src.Header()
 	w, from, err := resolveWeight(u.client, weight, hdr.Metadata)
 	if err != nil {
 		return api.Ack{}, err
 	}
-	r := u.r
 	if u.dup != nil {
 		return u.retry(src, w, from)
 	}

@@ -32,6 +32,7 @@ type roundMeta struct {
 	Quorum     int        `json:"quorum"`
 	Clients    int        `json:"clients"`
 	Bytes      int64      `json:"bytes"`
+	ModelRange *[2]int64  `json:"model_range,omitempty"`
 }
 
 // Files of a round directory.
@@ -116,7 +117,7 @@ func (r *round) status(withUpdates bool) api.Round {
 	st := api.Round{Round: r.n, State: m.State, Rule: m.Rule, Clients: m.Clients, Bytes: m.Bytes,
 		MinClients: m.MinClients, MaxClients: m.MaxClients, Quorum: m.Quorum, Opened: m.Opened,
 		Deadline: m.Deadline, Closed: m.Closed, Global: m.Global, Reason: m.Reason, Report: r.report,
-		Arriving: len(r.arriving)}
+		Arriving: len(r.arriving), ModelRange: m.ModelRange}
 	if withUpdates {
 		for _, rec := range r.records {
 			st.Updates = append(st.Updates, api.ClientUpdate{Client: rec.Client, Seq: rec.Seq, Bytes: rec.Bytes, Weight: rec.Weight, At: rec.At})
@@ -485,6 +486,8 @@ func (r *round) close(why closeCause) error {
 		r.log_.Error("writing the round's report", "err", err)
 	}
 	now := time.Now().UTC()
+	// Metrics first, so that whoever sees the round closed sees it counted.
+	r.srv.metrics.roundEnded(api.StateClosed, now.Sub(r.meta.Opened), rep)
 	r.mu.Lock()
 	r.report = rep
 	r.meta.State, r.meta.Closed, r.meta.Reason = api.StateClosed, &now, why.String()
@@ -495,7 +498,6 @@ func (r *round) close(why closeCause) error {
 	}
 	r.log_.Info("round closed", "why", why.String(), "clients", n, "seconds", time.Since(start).Seconds(),
 		"joules", joulesOf(rep), "joules_source", rep.JoulesSource)
-	r.srv.metrics.roundEnded(api.StateClosed, now.Sub(meta.Opened), rep)
 	r.release()
 	r.srv.roundEnded(r)
 	return nil
@@ -504,6 +506,7 @@ func (r *round) close(why closeCause) error {
 // fail ends the round without a model.
 func (r *round) fail(reason string) {
 	now := time.Now().UTC()
+	r.srv.metrics.roundEnded(api.StateFailed, now.Sub(r.meta.Opened), nil)
 	r.mu.Lock()
 	r.meta.State, r.meta.Closed, r.meta.Reason = api.StateFailed, &now, reason
 	r.closing = false
@@ -520,7 +523,6 @@ func (r *round) fail(reason string) {
 		r.log_.Error("writing the round's state", "err", err)
 	}
 	r.log_.Warn("round failed", "reason", reason)
-	r.srv.metrics.roundEnded(api.StateFailed, now.Sub(meta.Opened), nil)
 	r.release()
 	r.srv.roundEnded(r)
 }

@@ -303,7 +303,7 @@ func (s *Server) OpenRound() (api.Round, error) {
 	rc := s.cfg.Round
 	now := time.Now().UTC()
 	meta := roundMeta{Round: n, State: api.StateOpen, Rule: rc.Rule, Opened: now,
-		MinClients: rc.MinClients, MaxClients: rc.MaxClients, Quorum: rc.Quorum}
+		MinClients: rc.MinClients, MaxClients: rc.MaxClients, Quorum: rc.Quorum, ModelRange: rc.ModelRange}
 	if rc.Deadline > 0 {
 		d := now.Add(time.Duration(rc.Deadline))
 		meta.Deadline = &d
@@ -319,6 +319,16 @@ func (s *Server) OpenRound() (api.Round, error) {
 		r.shutdown()
 		os.RemoveAll(dir)
 		return api.Round{}, err
+	}
+	if rc.ModelRange != nil && meta.Global == rc.InitialGlobal && meta.Global != "" {
+		// The initial model is whole: the round starts from its part (later rounds from the
+		// previous round's model, a part already).
+		part, err := writeGlobalPart(dir, rc.InitialGlobal, *rc.ModelRange)
+		if err != nil {
+			return fail(err)
+		}
+		meta.Global = filepath.Join("rounds", fmt.Sprintf("%06d", n), part)
+		r.meta.Global = meta.Global
 	}
 	var err error
 	if r.agg, r.rule, err = s.newEngineRound(&meta); err != nil {

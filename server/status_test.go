@@ -124,6 +124,7 @@ func TestMetrics(t *testing.T) {
 	}
 	ts.push(t, "c1", 1, body, nil)
 	ts.waitState(t, 1, api.StateClosed)
+	ts.waitState(t, 2, api.StateOpen)
 	resp, err := http.Get(ts.url + "/metrics")
 	if err != nil {
 		t.Fatal(err)
