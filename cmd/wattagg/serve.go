@@ -61,6 +61,8 @@ geomed (nu, max_iter, tol), centered-clip (tau, iters), norm-clip and norm-zero 
 clip_quantile), fedavgm, fedadagrad, fedadam, fedyogi (server_lr, beta1, beta2, tau),
 dp-fixed and dp-adaptive (clip, noise_multiplier, sampling_rate, delta, target_quantile, clip_lr,
 clipped_count_stddev, expected_clients), and compositions such as "norm-clip,median".
+"model_range": [lo, hi] makes every round own only those coordinates of the model (its tensors
+sorted by name, concatenated): clients push whole updates, the round's model is its part.
 
 API: PUT /v1/rounds/{n}/update, GET /v1/rounds/{n}/model, GET /v1/model, GET /v1/rounds,
 GET /v1/rounds/{n}, POST /v1/rounds/{n}/close and POST /v1/rounds (admin), GET /metrics,
