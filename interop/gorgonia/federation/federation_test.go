@@ -57,9 +57,9 @@ func checkRounds(t *testing.T, res *Result, clients int) {
 // the first round to the last, every round must report joules with a source, and the
 // requests kept on the inference node while it reloaded every round's model must all succeed.
 func TestFederationLoopback(t *testing.T) {
-	rounds := 4
-	if testing.Short() {
-		rounds = 3
+	rounds, floor := 4, 0.85
+	if testing.Short() { // the race detector slows gorgonia's training tenfold
+		rounds, floor = 2, 0.6
 	}
 	for _, rule := range []Rule{{Name: "fedavg"}, {Name: "median"}} {
 		t.Run(rule.Name, func(t *testing.T) {
@@ -77,8 +77,8 @@ func TestFederationLoopback(t *testing.T) {
 			checkRounds(t, res, 10)
 			first, last := res.Rounds[0].Accuracy, res.Final()
 			t.Logf("%s: accuracy by round %v; inference load %+v; %v", rule.Name, accuracyList(res), res.Load, res.Wall.Round(time.Millisecond))
-			if !(last > first) || last < 0.8 {
-				t.Errorf("accuracy went from %.3f to %.3f in %d rounds: want a rise to at least 0.8", first, last, rounds)
+			if !(last > first) || last < floor {
+				t.Errorf("accuracy went from %.3f to %.3f in %d rounds: want a rise to at least %.2f", first, last, rounds, floor)
 			}
 			if res.Load.Requests == 0 || res.Load.Failed != 0 {
 				t.Errorf("inference load: %+v: want requests, none failed", res.Load)
@@ -237,11 +237,15 @@ func withScale(s float64) Option {
 // them: the admin closes each round with the 8 updates acknowledged, and the honest clients
 // still train the model.
 func TestDroppedClients(t *testing.T) {
-	res, err := Run(context.Background(), WithRounds(3), WithAttack(ScaleAttack, 2), withScale(1e39))
+	rounds := 3
+	if testing.Short() {
+		rounds = 2
+	}
+	res, err := Run(context.Background(), WithRounds(rounds), WithAttack(ScaleAttack, 2), withScale(1e39))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(res.Rounds) != 3 || res.Collapsed != "" {
+	if len(res.Rounds) != rounds || res.Collapsed != "" {
 		t.Fatalf("%d rounds, collapsed %q", len(res.Rounds), res.Collapsed)
 	}
 	for _, rd := range res.Rounds {
@@ -256,6 +260,6 @@ func TestDroppedClients(t *testing.T) {
 	}
 	t.Logf("accuracy %v; dropped in round 1: %q", accuracyList(res), res.Rounds[0].Dropped)
 	if res.Final() < 0.8 {
-		t.Errorf("8 honest clients reached %.3f in 3 rounds", res.Final())
+		t.Errorf("8 honest clients reached %.3f in %d rounds", res.Final(), rounds)
 	}
 }
