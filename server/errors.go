@@ -2,7 +2,6 @@ package server
 
 import (
 	"errors"
-	"fmt"
 	"net/http"
 
 	"github.com/wattagg/wattagg/aggregate"
@@ -46,34 +45,8 @@ var (
 	ErrLengthRequired = errors.New("content length required")
 )
 
-// requestError is an error with the HTTP status and reason word it is answered with.
-type requestError struct {
-	status int
-	code   string
-	err    error
-}
-
-func (e *requestError) Error() string { return e.err.Error() }
-func (e *requestError) Unwrap() error { return e.err }
-
-// reject wraps err with the status and reason it is answered with.
-func reject(status int, code string, err error) error {
-	return &requestError{status: status, code: code, err: err}
-}
-
-// rejectf is reject with a formatted error wrapping sentinel.
-func rejectf(status int, code string, sentinel error, format string, args ...any) error {
-	return reject(status, code, fmt.Errorf("%w: %s", sentinel, fmt.Sprintf(format, args...)))
-}
-
 // statusOf is the HTTP status and reason word of err.
-func statusOf(err error) (int, string) {
-	var re *requestError
-	if errors.As(err, &re) {
-		return re.status, re.code
-	}
-	return classify(err)
-}
+func statusOf(err error) (int, string) { return classify(err) }
 
 // classify maps the sentinels of the server and of the packages below it to a status.
 func classify(err error) (int, string) {

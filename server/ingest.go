@@ -172,7 +172,7 @@ func (u *Upload) Ingest(src Source, weight *float64) (api.Ack, error) {
 	if err != nil {
 		return api.Ack{}, err
 	}
-	req := &commitReq{up: u, rec: AckRecord{Client: u.client, File: name, Size: sp.size, Bytes: sp.got,
+	req := &commitReq{rec: AckRecord{Client: u.client, File: name, Size: sp.size, Bytes: sp.got,
 		SHA256: hexDigest(digest), Weight: w, From: string(from)}, result: make(chan commitResult, 1)}
 	res, ok := u.await(req)
 	if !ok {

@@ -48,10 +48,10 @@ const (
 // acknowledgement log after a restart), the log, the spool, and who is in it. Updates reach
 // the engine only through the round's committer goroutine, in log order.
 type round struct {
-	srv  *Server
-	n    int
-	dir  string
-	log_ *slog.Logger
+	srv    *Server
+	n      int
+	dir    string
+	logger *slog.Logger
 
 	mu       sync.Mutex
 	meta     roundMeta
@@ -73,7 +73,6 @@ type round struct {
 
 // commitReq hands a durable spool file to the committer.
 type commitReq struct {
-	up     *Upload
 	rec    AckRecord // Seq and At are set by the committer
 	result chan commitResult
 }
@@ -227,7 +226,7 @@ func (r *round) committer(stop <-chan struct{}) {
 		}
 		if full && len(closeReqs) == 0 {
 			if err := r.close(closeFull); err != nil && !errors.Is(err, ErrRoundClosed) {
-				r.log_.Error("closing a full round", "err", err)
+				r.logger.Error("closing a full round", "err", err)
 			}
 		}
 		r.mu.Lock()
@@ -310,7 +309,7 @@ func (r *round) commit(reqs []*commitReq) bool {
 	r.srv.metrics.commitSync.Observe(time.Since(start).Seconds())
 	r.srv.metrics.commitGroup.Observe(float64(len(recs)))
 	if err != nil {
-		r.log_.Error("acknowledgement log append failed: rebuilding the round from the log", "err", err, "group", len(recs))
+		r.logger.Error("acknowledgement log append failed: rebuilding the round from the log", "err", err, "group", len(recs))
 		for _, s := range sets {
 			if s != nil && !r.whole {
 				s.Close()
@@ -483,7 +482,7 @@ func (r *round) close(why closeCause) error {
 		return nil
 	}
 	if err := writeJSONAtomic(filepath.Join(r.dir, reportFile), rep); err != nil {
-		r.log_.Error("writing the round's report", "err", err)
+		r.logger.Error("writing the round's report", "err", err)
 	}
 	now := time.Now().UTC()
 	// Metrics first, so that whoever sees the round closed sees it counted.
@@ -494,9 +493,9 @@ func (r *round) close(why closeCause) error {
 	meta := r.meta
 	r.mu.Unlock()
 	if err := writeJSONAtomic(filepath.Join(r.dir, roundFile), meta); err != nil {
-		r.log_.Error("writing the round's state", "err", err)
+		r.logger.Error("writing the round's state", "err", err)
 	}
-	r.log_.Info("round closed", "why", why.String(), "clients", n, "seconds", time.Since(start).Seconds(),
+	r.logger.Info("round closed", "why", why.String(), "clients", n, "seconds", time.Since(start).Seconds(),
 		"joules", joulesOf(rep), "joules_source", rep.JoulesSource)
 	r.release()
 	r.srv.roundEnded(r)
@@ -520,9 +519,9 @@ func (r *round) fail(reason string) {
 		u.cancel(fmt.Errorf("%w: round %d failed while the update was arriving: %s", ErrRoundClosed, r.n, reason))
 	}
 	if err := writeJSONAtomic(filepath.Join(r.dir, roundFile), meta); err != nil {
-		r.log_.Error("writing the round's state", "err", err)
+		r.logger.Error("writing the round's state", "err", err)
 	}
-	r.log_.Warn("round failed", "reason", reason)
+	r.logger.Warn("round failed", "reason", reason)
 	r.release()
 	r.srv.roundEnded(r)
 }
@@ -533,7 +532,7 @@ func (r *round) release() {
 	r.shutdown()
 	if !r.srv.cfg.Round.KeepSpool {
 		if err := os.RemoveAll(filepath.Join(r.dir, spoolDir)); err != nil {
-			r.log_.Warn("removing the spool", "err", err)
+			r.logger.Warn("removing the spool", "err", err)
 		}
 	}
 }

@@ -353,7 +353,7 @@ func (s *Server) OpenRound() (api.Round, error) {
 }
 
 func (s *Server) newRoundStruct(n int, dir string, meta roundMeta) *round {
-	return &round{srv: s, n: n, dir: dir, meta: meta, log_: s.log.With("round", n),
+	return &round{srv: s, n: n, dir: dir, meta: meta, logger: s.log.With("round", n),
 		acked: map[string]int{}, arriving: map[string]*Upload{}, done: closedChan}
 }
 
@@ -375,7 +375,7 @@ func (s *Server) startRound(r *round) {
 		r.timer = time.AfterFunc(max(time.Until(*r.meta.Deadline), 0), func() {
 			defer s.wg.Done()
 			if err := r.requestClose(context.Background(), closeDeadline); err != nil && !errors.Is(err, ErrRoundClosed) {
-				r.log_.Error("closing at the deadline", "err", err)
+				r.logger.Error("closing at the deadline", "err", err)
 			}
 		})
 	}
@@ -570,7 +570,7 @@ func (s *Server) resume(r *round) error {
 	for _, rec := range recs {
 		set, err := r.replayOne(rec)
 		if err != nil {
-			r.log_.Error("replay failed", "err", err)
+			r.logger.Error("replay failed", "err", err)
 			r.fail(fmt.Sprintf("resuming after a restart: %v", err))
 			return nil
 		}
@@ -582,7 +582,7 @@ func (s *Server) resume(r *round) error {
 	}
 	s.current = r
 	s.startRound(r)
-	r.log_.Info("round resumed from its acknowledgement log", "updates", len(recs), "removed_unacknowledged", removed,
+	r.logger.Info("round resumed from its acknowledgement log", "updates", len(recs), "removed_unacknowledged", removed,
 		"seconds", time.Since(start).Seconds())
 	return nil
 }
