@@ -27,7 +27,7 @@ test: fmt-check vet generate-check test-interop
 # in bin/federation/.
 .PHONY: federation
 federation:
-	cd interop/gorgonia && $(GO) run ./cmd/federation -out ../../bin/federation
+	cd interop/gorgonia && $(GO) run ./cmd/federation -out $(CURDIR)/bin/federation
 
 # The gorgonia interop is a nested module (gorgonia stays out of the core's module graph).
 test-interop:

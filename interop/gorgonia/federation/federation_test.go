@@ -195,6 +195,7 @@ func TestTableMarkdown(t *testing.T) {
 		{Rule: Rule{Name: "fedavg"}, Attack: NoAttack, Rounds: rounds(0.5, 0.9667)},
 		{Rule: Rule{Name: "fedavg"}, Attack: ScaleAttack, Rounds: rounds(0.2, 0.097), Collapsed: "federation collapsed: round 3: ..."},
 		{Rule: Rule{Name: "krum"}, Attack: ScaleAttack, Rounds: rounds(0.4, 0.8)},
+		{Rule: Rule{Name: "krum"}, Attack: NoAttack, Rounds: append(rounds(0.4), Round{Round: 2, Accuracy: 0.1, Dropped: []string{"x"}})},
 	} {
 		if !tab.Set(r) {
 			t.Fatalf("%s/%s not in the table", r.Rule, r.Attack)
@@ -210,7 +211,7 @@ func TestTableMarkdown(t *testing.T) {
 	want := "| rule (parameters) | no attack | scaled ×−10 (3 clients) |\n" +
 		"|---|---:|---:|\n" +
 		"| fedavg | 0.967 | 0.097 (collapsed in round 3) |\n" +
-		"| krum (f=3, m=1) | — | 0.800 |\n"
+		"| krum (f=3, m=1) | 0.100 (clients drop out from round 2) | 0.800 |\n"
 	if b.String() != want {
 		t.Errorf("markdown:\n%s\nwant:\n%s", b.String(), want)
 	}

@@ -74,6 +74,17 @@ func (r *Result) FirstReaching(acc float64) int {
 	return 0
 }
 
+// FirstDropped is the first round in which a client sent nothing (its training diverged or
+// its update was refused), or 0.
+func (r *Result) FirstDropped() int {
+	for _, rd := range r.Rounds {
+		if len(rd.Dropped) > 0 {
+			return rd.Round
+		}
+	}
+	return 0
+}
+
 // Provenance says in one line where a round's joules come from: each meter's source, the
 // domains it covers and, for an estimate, its formula.
 func Provenance(ms []energy.Measurement) string {

@@ -139,7 +139,7 @@ cells:
 }
 
 // WriteMarkdown writes the table: a row per rule, a column per attack, each cell the final
-// held-out accuracy (and the first round at which the run reached 0.90, if it did).
+// held-out accuracy, with a note when the run collapsed or clients dropped out of rounds.
 func (t *Table) WriteMarkdown(w io.Writer) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "| rule (parameters) |")
@@ -165,6 +165,8 @@ func (t *Table) WriteMarkdown(w io.Writer) error {
 				b.WriteString(" — |")
 			case res.Collapsed != "":
 				fmt.Fprintf(&b, " %.3f (collapsed in round %d) |", res.Final(), len(res.Rounds)+1)
+			case res.FirstDropped() > 0:
+				fmt.Fprintf(&b, " %.3f (clients drop out from round %d) |", res.Final(), res.FirstDropped())
 			default:
 				fmt.Fprintf(&b, " %.3f |", res.Final())
 			}

@@ -209,8 +209,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			defer mu.Unlock()
 			results = append(results, r)
 			note := ""
-			if r.Collapsed != "" {
+			switch {
+			case r.Collapsed != "":
 				note = " — " + r.Collapsed
+			case r.FirstDropped() > 0:
+				note = fmt.Sprintf(" — clients drop out from round %d", r.FirstDropped())
 			}
 			fmt.Fprintf(stdout, "  %-14s %-12s final accuracy %.3f (%.1f s)%s\n", r.Rule.Name, r.Attack, r.Final(), r.Wall.Seconds(), note)
 		}, common...)
