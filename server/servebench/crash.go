@@ -231,9 +231,10 @@ func encodeSet(s *tensor.Set) ([]byte, error) {
 
 // process is a server child process.
 type process struct {
-	cmd  *exec.Cmd
-	url  string
-	done chan error
+	cmd   *exec.Cmd
+	url   string
+	done  chan error
+	ended sync.Once // kill and stop wait for the process once
 }
 
 func startProcess(ctx context.Context, start Starter, cfgPath, addrFile string) (*process, error) {
@@ -267,18 +268,23 @@ func startProcess(ctx context.Context, start Starter, cfgPath, addrFile string) 
 
 // kill sends SIGKILL and waits for the process to die.
 func (p *process) kill() {
-	_ = p.cmd.Process.Kill()
-	<-p.done
+	p.ended.Do(func() {
+		_ = p.cmd.Process.Kill()
+		<-p.done
+	})
 }
 
-// stop asks the server to shut down (SIGTERM) and waits.
+// stop asks the server to shut down (SIGINT) and waits; it is a no-op once the process ended.
 func (p *process) stop() {
-	_ = p.cmd.Process.Signal(os.Interrupt)
-	select {
-	case <-p.done:
-	case <-time.After(60 * time.Second):
-		p.kill()
-	}
+	p.ended.Do(func() {
+		_ = p.cmd.Process.Signal(os.Interrupt)
+		select {
+		case <-p.done:
+		case <-time.After(60 * time.Second):
+			_ = p.cmd.Process.Kill()
+			<-p.done
+		}
+	})
 }
 
 // checkAcked checks that the server's round 1 holds every acknowledged update exactly once, at
