@@ -302,8 +302,23 @@ func (r *Round) exactGlobalWeight(ctx context.Context, d float64) (float64, erro
 }
 
 // blameRange names the input of a batch job that holds the value a device found beyond its
-// bound (inputs[k] is names[k]).
+// bound (inputs[k] is names[k]). A GPU writes the element as NaN: a non-finite result of an exact
+// sum whose inputs are finite there is such a value.
 func (r *Round) blameRange(err error, inputs [][]device.Span, names []string) error {
+	var nf *tensor.NonFiniteError
+	if r.exactSum() && errors.As(err, &nf) && nf.Source == "" {
+		if t := r.plan.field(nf.Tensor); t >= 0 {
+			f := r.plan.fields[t]
+			for k, in := range inputs {
+				switch v := in[t].Value(nf.Index); {
+				case math.IsNaN(v) || math.IsInf(v, 0):
+					return err // blame names it
+				case !(math.Abs(v) <= f.Bound):
+					return &device.RangeError{Source: names[k], Tensor: f.Name, Index: nf.Index, Value: v, Bound: f.Bound}
+				}
+			}
+		}
+	}
 	var re *device.RangeError
 	if !errors.As(err, &re) || re.Source != "" {
 		return err

@@ -84,11 +84,11 @@ func (c *CPU) sumPieceExact(ctx context.Context, s *cpuScratch, f AccField, grou
 // their scales: a false alarm only costs firstBeyond's scan).
 func exactGroupLimit(f AccField, t int, g group, inputs [][]Span, i, e int) uint32 {
 	if g.dtype != tensor.I8 {
-		return exactLimit(g.dtype, f.Bound, 0)
+		return ExactLimit(g.dtype, f.Bound, 0)
 	}
 	m := uint32(128)
 	for _, in := range g.inputs[i:e] {
-		m = min(m, exactLimit(tensor.I8, f.Bound, inputs[in][t].Scale))
+		m = min(m, ExactLimit(tensor.I8, f.Bound, inputs[in][t].Scale))
 	}
 	return m
 }
@@ -160,7 +160,7 @@ func (a *cpuExactAccumulator) Add(ctx context.Context, x []Span, w float64) erro
 		s.w64[0] = ExactWeight(w, sp, f.Grid)
 		m := exactAccKernel(a.c.kern, sp.DType)(a.hi[pc.Field][pc.Lo:pc.Hi], a.lo[pc.Field][pc.Lo:pc.Hi], s.w64[:1], xs)
 		xs[0] = nil
-		if m > exactLimit(sp.DType, f.Bound, sp.Scale) {
+		if m > ExactLimit(sp.DType, f.Bound, sp.Scale) {
 			if err := firstBeyond(f, []int{0}, [][]Span{x}, pc.Field, pc.Lo, pc.Hi); err != nil {
 				return fmt.Errorf("%w (the update was added in part: the sum is no longer meaningful)", err)
 			}

@@ -15,20 +15,6 @@ import (
 	"github.com/wattagg/wattagg/tensor"
 )
 
-// TestExactConformance runs the exact sums' conformance tests on the CPU with every kernel
-// implementation, small blocks and several workers.
-func TestExactConformance(t *testing.T) {
-	for _, k := range kernels.Impls() {
-		t.Run(k.Name(), func(t *testing.T) {
-			dev, err := device.NewCPU(device.WithWorkers(3), device.WithBlockElems(256), device.WithKernels(k.Name()))
-			if err != nil {
-				t.Fatal(err)
-			}
-			devicetest.Exact(t, dev)
-		})
-	}
-}
-
 // TestExactWorkersBlocksImpls checks that an exact sum's bits do not depend on the CPU's
 // workers, block size or kernels, and that the batch and the accumulator agree.
 func TestExactWorkersBlocksImpls(t *testing.T) {

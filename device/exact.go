@@ -172,10 +172,10 @@ func addInt64(a, b int64) (int64, bool) {
 	return s, (a >= 0) == (b >= 0) && (s >= 0) != (a >= 0)
 }
 
-// exactLimit is the largest magnitude within ±bound, as the exact kernels report magnitudes of
+// ExactLimit is the largest magnitude within ±bound, as the exact kernels report magnitudes of
 // dtype dt (for i8, of |q| with dequantisation scale scale): the bits of the largest value of dt
-// that is at most bound. A NaN's bits exceed it.
-func exactLimit(dt tensor.DType, bound float64, scale float32) uint32 {
+// that is at most bound. A NaN's bits exceed it. Every device compares with it.
+func ExactLimit(dt tensor.DType, bound float64, scale float32) uint32 {
 	b32 := float32(bound)
 	if float64(b32) > bound {
 		b32 = math.Nextafter32(b32, 0)

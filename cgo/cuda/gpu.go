@@ -84,6 +84,8 @@ var kernelModules = map[string]string{
 	"wa_select_r2": "order", "wa_select_r4": "order", "wa_select_r8": "order", "wa_select_r16": "order",
 	"wa_select_r32": "order", "wa_select_net": "order",
 	"wa_optim": "optim", "wa_noise": "noise",
+	"wa_exact_acc_f32": "exact", "wa_exact_acc_bf16": "exact", "wa_exact_acc_f16": "exact", "wa_exact_acc_i8": "exact",
+	"wa_exact_store": "exact",
 }
 
 var (

@@ -27,7 +27,8 @@ func (g *GPU) WeightedSum(ctx context.Context, sj *device.SumJob) (device.Stats,
 	j := &job{g: g, fields: sj.Fields, src: src,
 		op:  newSumOp(sj.Fields, &src, sj.Weights, sj.Scale, false),
 		out: output{chunks: sj.Chunks, out: sj.Output, check: true, progress: sj.Progress}}
-	return j.run(ctx)
+	stats, err := j.run(ctx)
+	return stats, exactRangeError(err, sj) // exact.go
 }
 
 // weightedSumResident is WeightedSum over device-resident inputs into a device-resident output:
@@ -69,6 +70,9 @@ func (g *GPU) weightedSumResident(ctx context.Context, fields []device.AccField,
 
 // supports checks what the CPU device checks, with the same messages.
 func supports(t int, f device.AccField, inputs [][]device.Span) error {
+	if f.Acc == tensor.I64 {
+		return exactSupports(t, f, inputs) // exact.go
+	}
 	if f.Acc != tensor.F32 && f.Acc != tensor.F64 {
 		return fmt.Errorf("%w: field %q: accumulator dtype %s (want f32 or f64)", device.ErrUnsupported, f.Name, f.Acc)
 	}
@@ -106,8 +110,9 @@ func supportsResident(t int, f device.AccField, inputs []*resident) error {
 type sumOp struct {
 	fields []device.AccField
 	groups [][]sumGroup
-	add    bool   // add into the output (Accumulator.Add) instead of writing it
-	direct []bool // per field: accumulate in the output itself (same dtype), no scratch
+	add    bool    // add into the output (Accumulator.Add) instead of writing it
+	direct []bool  // per field: accumulate in the output itself (same dtype), no scratch
+	scale  float64 // exact fields: the job's scale, which multiplies their sums (exact.go)
 }
 
 type sumGroup struct {
@@ -115,10 +120,11 @@ type sumGroup struct {
 	inputs []int
 	w32    []float32
 	w64    []float64
+	lim    []int32 // exact fields: each input's magnitude limit, as the kernel's u32 (exact.go)
 }
 
 func newSumOp(fields []device.AccField, src *source, weights []float64, scale float64, add bool) *sumOp {
-	o := &sumOp{fields: fields, groups: make([][]sumGroup, len(fields)), add: add, direct: make([]bool, len(fields))}
+	o := &sumOp{fields: fields, groups: make([][]sumGroup, len(fields)), add: add, direct: make([]bool, len(fields)), scale: scale}
 	for t, f := range fields {
 		o.direct[t] = add || f.Acc == f.Out
 		gs := o.groups[t]
@@ -129,11 +135,16 @@ func newSumOp(fields []device.AccField, src *source, weights []float64, scale fl
 				gs = append(gs, sumGroup{dtype: dt})
 				k++
 			}
+			gr := &gs[k]
+			if f.Acc == tensor.I64 {
+				gr.inputs = append(gr.inputs, i)
+				exactGroup(gr, f, weights[i], device.Span{DType: dt, Scale: src.scale(i, t)})
+				continue
+			}
 			w := weights[i] * scale
 			if dt == tensor.I8 {
 				w *= float64(src.scale(i, t))
 			}
-			gr := &gs[k]
 			gr.inputs = append(gr.inputs, i)
 			if f.Acc == tensor.F32 {
 				gr.w32 = append(gr.w32, float32(w))
@@ -150,10 +161,16 @@ func (o *sumOp) scratch(t int) int {
 	if o.direct[t] {
 		return 0
 	}
+	if o.fields[t].Acc == tensor.I64 {
+		return 16 // two limbs
+	}
 	return o.fields[t].Acc.Size()
 }
 
 func (o *sumOp) segment(b *batch, k int) error {
+	if o.fields[b.sl.segs[k].field].Acc == tensor.I64 {
+		return o.exactSegment(b, k)
+	}
 	g := b.j.g
 	sg := b.sl.segs[k]
 	f := o.fields[sg.field]
@@ -222,6 +239,9 @@ type storeOp struct {
 func (storeOp) scratch(int) int { return 0 }
 
 func (o storeOp) segment(b *batch, k int) error {
+	if o.fields[b.sl.segs[k].field].Acc == tensor.I64 {
+		return o.exactStore(b, k)
+	}
 	g := b.j.g
 	sg := b.sl.segs[k]
 	f := o.fields[sg.field]
@@ -253,6 +273,7 @@ type gpuAccumulator struct {
 // and copies the chunks back.
 func (g *GPU) NewAccumulator(fields []device.AccField) (device.Accumulator, error) {
 	rf := make([]residentField, len(fields))
+	exact := 0
 	for t, f := range fields {
 		if err := supports(t, f, nil); err != nil {
 			return nil, err
@@ -261,6 +282,16 @@ func (g *GPU) NewAccumulator(fields []device.AccField) (device.Accumulator, erro
 			return nil, fmt.Errorf("%w: field %q: %d elements", device.ErrJob, f.Name, f.Len)
 		}
 		rf[t] = residentField{Name: f.Name, DType: f.Acc, Shape: []int{f.Len}}
+		if f.Acc == tensor.I64 {
+			exact++
+		}
+	}
+	switch exact { // exact sums (exact.go): all fields or none
+	case len(fields):
+		rf = exactResidentFields(fields)
+	case 0:
+	default:
+		return nil, fmt.Errorf("%w: %d of %d fields are exact: all or none", device.ErrUnsupported, exact, len(fields))
 	}
 	sum, err := g.newResident(rf)
 	if err != nil {
@@ -280,6 +311,11 @@ func (a *gpuAccumulator) Add(ctx context.Context, x []device.Span, w float64) er
 	for t, f := range a.fields {
 		if f.Acc == tensor.F32 && x[t].DType == tensor.F64 {
 			return fmt.Errorf("%w: field %q: f64 input needs an f64 accumulator", device.ErrUnsupported, f.Name)
+		}
+		if f.Acc == tensor.I64 {
+			if err := exactSupports(t, f, [][]device.Span{x}); err != nil {
+				return err
+			}
 		}
 	}
 	src := a.g.hostSource([][]device.Span{x})

@@ -41,6 +41,7 @@ func All(t *testing.T, dev device.Device) {
 	t.Run("WeightedSumCancel", func(t *testing.T) { WeightedSumCancel(t, dev) })
 	t.Run("Accumulator", func(t *testing.T) { Accumulator(t, dev) })
 	t.Run("AccumulatorNonFinite", func(t *testing.T) { AccumulatorNonFinite(t, dev) })
+	t.Run("Exact", func(t *testing.T) { Exact(t, dev) })
 	if _, ok := dev.(device.Robust); ok {
 		t.Run("Robust", func(t *testing.T) { Robust(t, dev) })
 	} else {

@@ -16,7 +16,7 @@ import (
 var ptxFiles embed.FS
 
 // Modules are the kernel modules, one per source file: acc.cu is module "acc".
-var Modules = []string{"acc", "reduce", "order", "optim", "noise"}
+var Modules = []string{"acc", "reduce", "order", "optim", "noise", "exact"}
 
 // Arches are the compute capabilities (major·10 + minor) PTX is generated for, oldest first.
 var Arches = []int{80, 90}

@@ -71,6 +71,7 @@ inline double __dadd_rn(double a, double b) { return a + b; }
 inline double __dmul_rn(double a, double b) { return a * b; }
 inline double __ddiv_rn(double a, double b) { return a / b; }
 inline float __double2float_rn(double d) { return (float)d; }
+inline double __ll2double_rn(long long v) { return (double)v; }
 using std::fma;
 using std::log;
 using std::sqrt;
