@@ -66,6 +66,7 @@ func TestBadInputOverTheWire(t *testing.T) {
 	spool := filepath.Join(cfg.DataDir, "rounds", "000001", spoolDir)
 	unchanged := func(t *testing.T) {
 		t.Helper()
+		waitFor(t, func() bool { return ts.bufsOut.Load() == 0 }) // every receive buffer given back
 		st, err := ts.Status(1)
 		if err != nil || st.Clients != 1 || st.State != api.StateOpen || st.Arriving != 0 {
 			t.Fatalf("round changed: %+v %v", st, err)

@@ -107,10 +107,14 @@ func (w *idleWriter) Write(p []byte) (int, error) {
 // getBuffer lends an upload's receive buffer (limits.chunk_bytes, aligned): the server holds
 // at most max_streams of them, whatever the number or size of the updates.
 func (s *Server) getBuffer() []byte {
+	s.bufsOut.Add(1)
 	if b, ok := s.bufs.Get().(*[]byte); ok {
 		return *b
 	}
 	return tensor.AlignedBytes(s.cfg.Limits.ChunkBytes)
 }
 
-func (s *Server) putBuffer(b []byte) { s.bufs.Put(&b) }
+func (s *Server) putBuffer(b []byte) {
+	s.bufsOut.Add(-1)
+	s.bufs.Put(&b)
+}

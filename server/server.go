@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -36,7 +37,8 @@ type Server struct {
 	lock       *os.File
 	roundsDir  string
 	streams    chan struct{}
-	bufs       sync.Pool // upload receive buffers
+	bufs       sync.Pool    // upload receive buffers
+	bufsOut    atomic.Int64 // buffers lent and not yet given back
 	stop       chan struct{}
 	wg         sync.WaitGroup
 
