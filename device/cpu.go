@@ -136,6 +136,8 @@ type cpuScratch struct {
 	xs    [][]byte
 	w32   []float32
 	w64   []float64
+
+	rd blockReader // read buffers for inputs copied from their files (fileread.go)
 }
 
 // ScratchInUse is the number of pooled scratch buffers the device's jobs hold: 0 whenever no
@@ -143,6 +145,7 @@ type cpuScratch struct {
 func (c *CPU) ScratchInUse() int64 { return c.inUse.Load() }
 
 func (c *CPU) putScratch(s *cpuScratch) {
+	s.rd.release()
 	c.inUse.Add(-1)
 	c.scratch.Put(s)
 }
@@ -227,6 +230,9 @@ func (c *CPU) WeightedSum(ctx context.Context, job *SumJob) (Stats, error) {
 		inBytesPerElem = append(inBytesPerElem, b)
 	}
 
+	// Inputs whose files are to be copied from rather than mapped (fileread.go).
+	files := lookupFiles(job.Inputs)
+
 	var stats chunkStats
 	err := c.parallelChunks(ctx, len(job.Chunks), func(s *cpuScratch, ci int) error {
 		ch := job.Chunks[ci]
@@ -240,7 +246,7 @@ func (c *CPU) WeightedSum(ctx context.Context, job *SumJob) (Stats, error) {
 			if f.Acc == tensor.I64 {
 				err = c.sumPieceExact(ctx, s, f, groups[pc.Field], job.Inputs, pc, dst, job.Scale)
 			} else {
-				err = c.sumPiece(ctx, s, f, groups[pc.Field], job.Inputs, pc, dst)
+				err = c.sumPiece(ctx, s, f, groups[pc.Field], job.Inputs, files, pc, dst)
 			}
 			if err != nil {
 				return err
@@ -355,8 +361,10 @@ func (c *CPU) parallelChunks(ctx context.Context, n int, fn func(s *cpuScratch, 
 const maxInputsPerCall = 64
 
 // sumPiece computes one piece block by block: zero the accumulator block, apply every input
-// group, check the sum is finite, convert it into dst.
-func (c *CPU) sumPiece(ctx context.Context, s *cpuScratch, f AccField, groups []group, inputs [][]Span, pc Piece, dst []byte) error {
+// group, check the sum is finite, convert it into dst. Inputs read from their files (files)
+// are read a few at a time into the worker's buffers, each kernel call applying what was just
+// read while it is in L2; inputs are applied in order either way, so the bits do not change.
+func (c *CPU) sumPiece(ctx context.Context, s *cpuScratch, f AccField, groups []group, inputs [][]Span, files *fileInputs, pc Piece, dst []byte) error {
 	block := c.block
 	outSize := f.Out.Size()
 	for lo := pc.Lo; lo < pc.Hi; lo += block {
@@ -368,10 +376,13 @@ func (c *CPU) sumPiece(ctx context.Context, s *cpuScratch, f AccField, groups []
 			clear(acc)
 			for _, g := range groups {
 				xs := s.xs[:len(g.inputs)]
-				fillBlock(xs, g, inputs, pc.Field, lo, hi)
 				k := acc32Kernel(c.kern, g.dtype)
-				for i := 0; i < len(xs); i += maxInputsPerCall {
-					e := min(i+maxInputsPerCall, len(xs))
+				per := inputsPerCall(files, g.dtype.Size()*n)
+				for i := 0; i < len(xs); i += per {
+					e := min(i+per, len(xs))
+					if err := readBlock(&s.rd, xs[i:e], g.inputs[i:e], g.dtype, inputs, files, pc.Field, lo, hi); err != nil {
+						return err
+					}
 					k(acc, g.w32[i:e], xs[i:e])
 				}
 			}
@@ -381,10 +392,13 @@ func (c *CPU) sumPiece(ctx context.Context, s *cpuScratch, f AccField, groups []
 			clear(acc)
 			for _, g := range groups {
 				xs := s.xs[:len(g.inputs)]
-				fillBlock(xs, g, inputs, pc.Field, lo, hi)
 				k := acc64Kernel(c.kern, g.dtype)
-				for i := 0; i < len(xs); i += maxInputsPerCall {
-					e := min(i+maxInputsPerCall, len(xs))
+				per := inputsPerCall(files, g.dtype.Size()*n)
+				for i := 0; i < len(xs); i += per {
+					e := min(i+per, len(xs))
+					if err := readBlock(&s.rd, xs[i:e], g.inputs[i:e], g.dtype, inputs, files, pc.Field, lo, hi); err != nil {
+						return err
+					}
 					k(acc, g.w64[i:e], xs[i:e])
 				}
 			}
@@ -403,6 +417,29 @@ func fillBlock(xs [][]byte, g group, inputs [][]Span, field, lo, hi int) {
 	for k, i := range g.inputs {
 		xs[k] = inputs[i][field].Data[lo*es : hi*es]
 	}
+}
+
+// inputsPerCall is how many inputs one kernel call applies: maxInputsPerCall of inputs read in
+// place; readGroup's few when some are read from their files into L2-sized buffers.
+func inputsPerCall(files *fileInputs, blockBytes int) int {
+	if files == nil {
+		return maxInputsPerCall
+	}
+	return min(maxInputsPerCall, readGroup(blockBytes))
+}
+
+// readBlock sets xs[k] to elements [lo, hi) of input ins[k]'s field: a view of its span, or a
+// copy read from its file into slot k of rd.
+func readBlock(rd *blockReader, xs [][]byte, ins []int, dt tensor.DType, inputs [][]Span, files *fileInputs, field, lo, hi int) error {
+	es := dt.Size()
+	for k, i := range ins {
+		b, err := rd.bytes(k, files.of(i, field), inputs[i][field], lo*es, hi*es, 0)
+		if err != nil {
+			return err
+		}
+		xs[k] = b
+	}
+	return nil
 }
 
 // checkOut reports the first non-finite value of a converted block. Checking the output is

@@ -49,6 +49,8 @@ type robustScratch struct {
 	gram []float64 // Gram partials, kernels.GramPartials(n)
 	sq   []float64 // squared norms' partials, kernels.GramLanes·n
 	pack []float64 // the Gram kernel's scratch
+
+	rd blockReader // read buffers for inputs copied from their files (fileread.go)
 }
 
 var robustScratchPool sync.Pool
@@ -73,28 +75,47 @@ func getRobustScratch(n, block int) *robustScratch {
 
 func putRobustScratch(s *robustScratch) {
 	clear(s.xs) // do not keep inputs (mapped files) reachable from the pool
+	s.rd.release()
 	robustScratchPool.Put(s)
 }
 
 // blockOf returns elements [lo, hi) of every input's field t as f32 bytes: f32 data where it
-// is, other dtypes widened into the scratch.
-func (s *robustScratch) blockOf(k *kernels.Impl, inputs [][]Span, t, lo, hi int) [][]byte {
+// is (or read from its file, files, into the worker's buffers, a window at a time), other
+// dtypes widened into the scratch.
+func (s *robustScratch) blockOf(k *kernels.Impl, inputs [][]Span, files *fileInputs, t, lo, hi int) ([][]byte, error) {
 	n := len(inputs)
 	xs := s.xs[:n]
+	window := robustWindow(n)
 	for i, in := range inputs {
 		sp := in[t]
+		es := sp.DType.Size()
+		b, err := s.rd.bytes(i, files.of(i, t), sp, es*lo, es*hi, window)
+		if err != nil {
+			return nil, err
+		}
 		if sp.DType == tensor.F32 {
-			xs[i] = sp.Data[4*lo : 4*hi]
+			xs[i] = b
 			continue
 		}
 		if cap(s.wide[i]) < hi-lo {
 			s.wide[i] = tensor.AlignedF32(max(hi-lo, selectBlockElems))
 		}
 		w := s.wide[i][:hi-lo]
-		widen(k, w, sp, lo, hi)
+		widen(k, w, Span{DType: sp.DType, Data: b, Scale: sp.Scale}, 0, hi-lo)
 		xs[i] = f32Bytes(w)
 	}
-	return xs
+	return xs, nil
+}
+
+// robustReadBytes bounds a worker's read buffers for inputs read from their files: the robust
+// kernels take small blocks of every input at once, so each input is read a window ahead
+// (robustWindow), n windows in all.
+const robustReadBytes = 4 << 20
+
+// robustWindow is the bytes read ahead per input of n: robustReadBytes shared by n, between
+// 16 KiB and 256 KiB.
+func robustWindow(n int) int {
+	return max(16<<10, min(256<<10, robustReadBytes/max(1, n))) &^ (directAlign - 1)
 }
 
 // widen converts elements [lo, hi) of a 16-bit or i8 span to f32 exactly (i8 as
@@ -138,6 +159,7 @@ func (c *CPU) Select(ctx context.Context, job *SelectJob) (Stats, error) {
 	if lanesWanted {
 		dist, norm = make([][]float64, len(job.Chunks)), make([][]float64, len(job.Chunks))
 	}
+	files := lookupFiles(job.Inputs) // inputs read from their files (fileread.go)
 	var stats chunkStats
 	err := c.parallelChunks(ctx, len(job.Chunks), func(_ *cpuScratch, ci int) error {
 		s := getRobustScratch(n, selectBlockElems)
@@ -157,7 +179,10 @@ func (c *CPU) Select(ctx context.Context, job *SelectJob) (Stats, error) {
 			os := f.Out.Size()
 			for lo := pc.Lo; lo < pc.Hi; lo += selectBlockElems {
 				hi := min(lo+selectBlockElems, pc.Hi)
-				xs := s.blockOf(c.kern, job.Inputs, pc.Field, lo, hi)
+				xs, err := s.blockOf(c.kern, job.Inputs, files, pc.Field, lo, hi)
+				if err != nil {
+					return err
+				}
 				res := s.res[:hi-lo]
 				switch job.Op {
 				case Median:
@@ -277,6 +302,7 @@ func (c *CPU) Gram(ctx context.Context, fields []AccField, inputs [][]Span) (Gra
 	}
 	sums := make([][]float64, len(chunks)) // per chunk: its n·n Gram matrix, then its n norms
 	block := gramBlockFor(n)
+	files := lookupFiles(inputs) // inputs read from their files (fileread.go)
 	var stats chunkStats
 	err = c.parallelChunks(ctx, len(chunks), func(_ *cpuScratch, ci int) error {
 		s := getRobustScratch(n, 0)
@@ -297,7 +323,11 @@ func (c *CPU) Gram(ctx context.Context, fields []AccField, inputs [][]Span) (Gra
 		for _, pc := range chunks[ci].Pieces {
 			for lo := pc.Lo; lo < pc.Hi; lo += block {
 				hi := min(lo+block, pc.Hi)
-				c.kern.GramF32(p, sq, s.blockOf(c.kern, inputs, pc.Field, lo, hi), hi-lo, s.pack)
+				xs, err := s.blockOf(c.kern, inputs, files, pc.Field, lo, hi)
+				if err != nil {
+					return err
+				}
+				c.kern.GramF32(p, sq, xs, hi-lo, s.pack)
 				if err := ctx.Err(); err != nil {
 					return err
 				}
@@ -353,6 +383,8 @@ func (c *CPU) SqDistances(ctx context.Context, fields []AccField, inputs [][]Spa
 		return nil, nil, Stats{}, err
 	}
 	dist, norm := make([][]float64, len(chunks)), make([][]float64, len(chunks))
+	files := lookupFiles(inputs) // inputs read from their files (fileread.go)
+	window := robustWindow(n)
 	var stats chunkStats
 	err = c.parallelChunks(ctx, len(chunks), func(_ *cpuScratch, ci int) error {
 		s := getRobustScratch(n, 0)
@@ -365,15 +397,17 @@ func (c *CPU) SqDistances(ctx context.Context, fields []AccField, inputs [][]Spa
 				zb := zs[pc.Field][lo:hi]
 				for i, in := range inputs {
 					sp := in[pc.Field]
-					var xb []byte
-					if sp.DType == tensor.F32 {
-						xb = sp.Data[4*lo : 4*hi]
-					} else {
+					es := sp.DType.Size()
+					xb, err := s.rd.bytes(i, files.of(i, pc.Field), sp, es*lo, es*hi, window)
+					if err != nil {
+						return err
+					}
+					if sp.DType != tensor.F32 {
 						if cap(s.wide[0]) < hi-lo {
 							s.wide[0] = tensor.AlignedF32(distBlockElems)
 						}
 						w := s.wide[0][:hi-lo]
-						widen(c.kern, w, sp, lo, hi)
+						widen(c.kern, w, Span{DType: sp.DType, Data: xb, Scale: sp.Scale}, 0, hi-lo)
 						xb = f32Bytes(w)
 					}
 					c.kern.SqDistNormF32(&dl[i], &nl[i], xb, zb)

@@ -16,3 +16,8 @@ func mapFile(f *os.File, size int64, _ bool) ([]byte, io.Closer, error) {
 	}
 	return b, io.NopCloser(nil), nil
 }
+
+// planReads reads every file in place: here it is in memory already.
+func planReads(_ *os.File, _ []byte, _ int64, _ ReadMode, m io.Closer) (io.Closer, ReadMode, bool) {
+	return m, ReadMap, false
+}

@@ -16,6 +16,7 @@ type Option func(*readOptions) error
 
 type readOptions struct {
 	populate bool
+	mode     ReadMode
 	lim      Limits
 	source   string
 	cache    *layoutCache // shares identical layouts across the files OpenAll opens
@@ -82,7 +83,9 @@ func newReadOptions(source string, opts []Option) (*readOptions, error) {
 
 // Open maps the file at path read-only and parses it. The tensors of the returned Set view
 // the mapping (no copy) and are read-only: writing to them faults. They stay valid until
-// Set.Close, which unmaps the file; Set.Source is path.
+// Set.Close, which unmaps the file; Set.Source is path. WithReadMode says how the CPU device
+// reads them: in place, or copied from the file (the default, ReadAuto, chooses per file from
+// what is in the page cache; ReadModeOf tells the choice).
 //
 // The header is read and validated before anything is mapped, so a malformed file is
 // rejected without being paged in. A file truncated by someone else while it is mapped
@@ -98,7 +101,12 @@ func Open(path string, opts ...Option) (*tensor.Set, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer f.Close() // the mapping outlives the descriptor
+	keepFile := false
+	defer func() {
+		if !keepFile {
+			f.Close() // the mapping outlives the descriptor
+		}
+	}()
 	var h *Header
 	if o.populate || size < 8 {
 		// Validated before MAP_POPULATE reads the whole file in (and a file of under 8 bytes
@@ -125,6 +133,9 @@ func Open(path string, opts ...Option) (*tensor.Set, error) {
 		closer.Close()
 		return nil, err
 	}
+	// How the CPU device will read the tensors (ReadMode): the mapping in place, or copies
+	// from the file, which then stays open until Close.
+	closer, _, keepFile = planReads(f, b, h.DataOffset, o.mode, closer)
 	s.SetCloser(closer)
 	return s, nil
 }

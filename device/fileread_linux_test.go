@@ -1,0 +1,346 @@
+package device
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/wattagg/wattagg/tensor"
+)
+
+// fileHeader is the bytes before the first span in a test file: not a multiple of the O_DIRECT
+// alignment, so that direct reads start and end inside blocks.
+const fileHeader = 4096 + 24
+
+// mappedInputs writes each input's spans one after another into a file of its own, maps the
+// files and registers them to be read with pread (and O_DIRECT when direct), and returns spans
+// viewing the mappings: the same bytes as inputs, read from files. It skips the test where
+// the file system refuses O_DIRECT and direct is asked.
+func mappedInputs(t *testing.T, inputs [][]Span, direct bool) ([][]Span, []*os.File) {
+	t.Helper()
+	dir := t.TempDir()
+	out := make([][]Span, len(inputs))
+	var files []*os.File
+	for i, in := range inputs {
+		path := filepath.Join(dir, fmt.Sprintf("in%d", i))
+		data := make([]byte, fileHeader)
+		for _, sp := range in {
+			data = append(data, sp.Data...)
+		}
+		if err := os.WriteFile(path, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		f, err := os.Open(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { f.Close() })
+		mem, err := unix.Mmap(int(f.Fd()), 0, len(data), unix.PROT_READ, unix.MAP_SHARED)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fb := tensor.FileBacking{Name: path, File: f, Size: int64(len(data))}
+		if direct {
+			d, err := os.OpenFile(path, os.O_RDONLY|unix.O_DIRECT, 0)
+			if err != nil {
+				t.Skipf("O_DIRECT refused here: %v", err)
+			}
+			t.Cleanup(func() { d.Close() })
+			fb.Direct = d
+		}
+		unregister := tensor.RegisterFileBacking(mem, fb)
+		t.Cleanup(func() {
+			unregister()
+			unix.Munmap(mem)
+		})
+		off := fileHeader
+		for _, sp := range in {
+			out[i] = append(out[i], Span{DType: sp.DType, Data: mem[off : off+len(sp.Data) : off+len(sp.Data)], Scale: sp.Scale})
+			off += len(sp.Data)
+		}
+		files = append(files, f)
+	}
+	return out, files
+}
+
+// residentKiB is the resident memory of the mapping that holds b, from /proc/self/smaps: what
+// walking it has faulted in.
+func residentKiB(t *testing.T, b []byte) int {
+	t.Helper()
+	f, err := os.Open("/proc/self/smaps")
+	if err != nil {
+		t.Skipf("no smaps: %v", err)
+	}
+	defer f.Close()
+	a := uintptr(unsafe.Pointer(unsafe.SliceData(b)))
+	sc := bufio.NewScanner(f)
+	in := false
+	for sc.Scan() {
+		line := sc.Text()
+		var lo, hi uintptr
+		if n, _ := fmt.Sscanf(line, "%x-%x", &lo, &hi); n == 2 && strings.Contains(line, " ") {
+			in = a >= lo && a < hi
+			continue
+		}
+		if in && strings.HasPrefix(line, "Rss:") {
+			var kb int
+			fmt.Sscanf(strings.TrimPrefix(line, "Rss:"), "%d", &kb)
+			return kb
+		}
+	}
+	t.Fatal("mapping not found in smaps")
+	return 0
+}
+
+var readModes = []struct {
+	name   string
+	direct bool
+}{{"pread", false}, {"direct", true}}
+
+// The weighted sum of inputs read from their files (pread, O_DIRECT) is bit for bit the sum of
+// the same bytes in memory, for f32 and f64 accumulators and mixed dtypes, with odd lengths
+// and blocks, and the mappings are never walked.
+func TestFileInputsSumSameBits(t *testing.T) {
+	r := rand.New(rand.NewPCG(5, 6))
+	for _, mode := range readModes {
+		for _, acc := range []tensor.DType{tensor.F32, tensor.F64} {
+			t.Run(mode.name+"/acc="+acc.String(), func(t *testing.T) {
+				fields := []AccField{
+					{Name: "a", Len: 70001, Acc: acc, Out: tensor.F32},
+					{Name: "b", Len: 3, Acc: acc, Out: tensor.BF16},
+					{Name: "c", Len: 40000, Acc: acc, Out: acc},
+				}
+				dts := []tensor.DType{tensor.F32, tensor.F32, tensor.BF16, tensor.F16, tensor.F32, tensor.I8, tensor.F32, tensor.F32, tensor.F32}
+				if acc == tensor.F64 {
+					dts = append(dts, tensor.F64)
+				}
+				var inputs [][]Span
+				var weights []float64
+				for _, dt := range dts {
+					var in []Span
+					for _, f := range fields {
+						in = append(in, randSpan(r, dt, f.Len, 1))
+					}
+					inputs = append(inputs, in)
+					weights = append(weights, r.Float64()+0.1)
+				}
+				files, _ := mappedInputs(t, inputs, mode.direct)
+				chunks, err := CutChunks(fields, packed(fields), 24<<10)
+				if err != nil {
+					t.Fatal(err)
+				}
+				c := mustCPU(t, 3, 4096)
+				run := func(in [][]Span) [][]byte {
+					out := newTestOutput(fields, chunks)
+					job := &SumJob{Fields: fields, Inputs: in, Weights: weights, Scale: 0.37, Chunks: chunks, Output: out}
+					if _, err := c.WeightedSum(context.Background(), job); err != nil {
+						t.Fatal(err)
+					}
+					return out.dst
+				}
+				want, got := run(inputs), run(files)
+				for k := range fields {
+					if !bytes.Equal(want[k], got[k]) {
+						t.Fatalf("field %s: the sum read from files differs from the sum in memory", fields[k].Name)
+					}
+				}
+				for i := range files {
+					if kb := residentKiB(t, files[i][0].Data); kb != 0 {
+						t.Fatalf("input %d: %d KiB of its mapping were faulted in: the mapping was walked", i, kb)
+					}
+				}
+				if c.ScratchInUse() != 0 {
+					t.Fatalf("%d scratch buffers not given back", c.ScratchInUse())
+				}
+			})
+		}
+	}
+}
+
+// Order statistics, Gram matrices and distances of inputs read from their files are the bits of
+// the same inputs in memory (the windows read ahead cover blocks, chunks and fields).
+func TestFileInputsRobustSameBits(t *testing.T) {
+	r := rand.New(rand.NewPCG(7, 8))
+	for _, mode := range readModes {
+		t.Run(mode.name, func(t *testing.T) {
+			fields, inputs, chunks := robustJobSized(r, 9, []tensor.DType{tensor.F32, tensor.BF16, tensor.F32, tensor.I8}, tensor.F32, 150001, 40<<10)
+			files, _ := mappedInputs(t, inputs, mode.direct)
+			c := mustCPU(t, 2, 4096)
+			ctx := context.Background()
+			for _, op := range []struct {
+				op SelectOp
+				k  int
+			}{{Median, 0}, {TrimmedMean, 2}, {ClosestMean, 5}} {
+				run := func(in [][]Span) ([][]byte, []float64, []float64) {
+					out := newTestOutput(fields, chunks)
+					job := &SelectJob{Fields: fields, Inputs: in, Op: op.op, K: op.k, Chunks: chunks, Output: out,
+						SqDist: make([]float64, len(in)), SqNorm: make([]float64, len(in))}
+					if _, err := c.Select(ctx, job); err != nil {
+						t.Fatal(err)
+					}
+					return out.dst, job.SqDist, job.SqNorm
+				}
+				w, wd, wn := run(inputs)
+				g, gd, gn := run(files)
+				for k := range w {
+					if !bytes.Equal(w[k], g[k]) {
+						t.Fatalf("%s: field %d differs when read from files", op.op, k)
+					}
+				}
+				if !equalBits(wd, gd) || !equalBits(wn, gn) {
+					t.Fatalf("%s: distances or norms differ when read from files", op.op)
+				}
+			}
+			wg, _, err := c.Gram(ctx, fields, inputs)
+			if err != nil {
+				t.Fatal(err)
+			}
+			gg, _, err := c.Gram(ctx, fields, files)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for a := range wg.Centred {
+				if !equalBits(wg.Centred[a], gg.Centred[a]) {
+					t.Fatalf("Gram row %d differs when read from files", a)
+				}
+			}
+			if !equalBits(wg.SqNorms, gg.SqNorms) {
+				t.Fatal("Gram norms differ when read from files")
+			}
+			z := make([]Span, len(fields))
+			for k, f := range fields {
+				z[k] = randSpan(r, tensor.F32, f.Len, 1)
+			}
+			wd, wn, _, err := c.SqDistances(ctx, fields, inputs, z)
+			if err != nil {
+				t.Fatal(err)
+			}
+			gd, gn, _, err := c.SqDistances(ctx, fields, files, z)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !equalBits(wd, gd) || !equalBits(wn, gn) {
+				t.Fatal("SqDistances differ when read from files")
+			}
+			for i := range files {
+				if kb := residentKiB(t, files[i][0].Data); kb != 0 {
+					t.Fatalf("input %d: %d KiB of its mapping were faulted in", i, kb)
+				}
+			}
+		})
+	}
+}
+
+func equalBits(a, b []float64) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if *(*uint64)(unsafe.Pointer(&a[i])) != *(*uint64)(unsafe.Pointer(&b[i])) {
+			return false
+		}
+	}
+	return true
+}
+
+// A file truncated after it was mapped is a *FaultError at an address inside the input that
+// lost its bytes, as a fault on the mapping would be (the engine names the update from it);
+// nothing crashes.
+func TestFileInputsTruncated(t *testing.T) {
+	r := rand.New(rand.NewPCG(9, 10))
+	for _, mode := range readModes {
+		t.Run(mode.name, func(t *testing.T) {
+			fields, inputs, chunks := robustJobSized(r, 4, []tensor.DType{tensor.F32}, tensor.F32, 100000, 64<<10)
+			files, osFiles := mappedInputs(t, inputs, mode.direct)
+			if err := os.Truncate(osFiles[2].Name(), fileHeader+4*60000); err != nil {
+				t.Fatal(err)
+			}
+			victim := files[2]
+			inVictim := func(err error) bool {
+				var fe *FaultError
+				if !errors.As(err, &fe) || !errors.Is(err, ErrFault) {
+					return false
+				}
+				for _, sp := range victim {
+					lo := uintptr(unsafe.Pointer(unsafe.SliceData(sp.Data)))
+					if fe.Addr >= lo && fe.Addr < lo+uintptr(len(sp.Data)) {
+						return fe.Addr-lo >= 4*60000 // the first lost byte or later
+					}
+				}
+				return false
+			}
+			c := mustCPU(t, 2, 4096)
+			ctx := context.Background()
+			sum := &SumJob{Fields: fields, Inputs: files, Weights: []float64{1, 1, 1, 1}, Scale: 1, Chunks: chunks, Output: newTestOutput(fields, chunks)}
+			if _, err := c.WeightedSum(ctx, sum); !inVictim(err) {
+				t.Fatalf("sum: %v: want a FaultError in the truncated input", err)
+			}
+			sel := &SelectJob{Fields: fields, Inputs: files, Op: Median, Chunks: chunks, Output: newTestOutput(fields, chunks)}
+			if _, err := c.Select(ctx, sel); !inVictim(err) {
+				t.Fatalf("median: %v: want a FaultError in the truncated input", err)
+			}
+			if _, _, err := c.Gram(ctx, fields, files); !inVictim(err) {
+				t.Fatalf("gram: %v: want a FaultError in the truncated input", err)
+			}
+			if c.ScratchInUse() != 0 {
+				t.Fatalf("%d scratch buffers not given back", c.ScratchInUse())
+			}
+		})
+	}
+}
+
+// A window serves every block inside it from one read, and a block past it reads again; what
+// comes back is always the span's bytes, whatever the alignment of direct reads.
+func TestBlockReaderWindows(t *testing.T) {
+	r := rand.New(rand.NewPCG(11, 12))
+	sp := randSpan(r, tensor.F32, 50000, 1)
+	for _, mode := range readModes {
+		t.Run(mode.name, func(t *testing.T) {
+			files, _ := mappedInputs(t, [][]Span{{sp}}, mode.direct)
+			fs := lookupFiles(files).of(0, 0)
+			if fs == nil {
+				t.Fatal("the mapped span was not found registered")
+			}
+			if mode.direct != (fs.direct >= 0) {
+				t.Fatalf("direct descriptor %d for mode %s", fs.direct, mode.name)
+			}
+			var rd blockReader
+			check := func(lo, hi, window int) []byte {
+				t.Helper()
+				b, err := rd.bytes(0, fs, files[0][0], lo, hi, window)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !bytes.Equal(b, sp.Data[lo:hi]) {
+					t.Fatalf("[%d,%d) window %d: wrong bytes", lo, hi, window)
+				}
+				return b
+			}
+			a := check(100, 300, 64<<10)
+			b := check(4000, 60000, 64<<10) // inside the window read for the first: same buffer
+			if uintptr(unsafe.Pointer(&b[0]))-uintptr(unsafe.Pointer(&a[0])) != 4000-100 {
+				t.Fatal("a block inside the window was read again")
+			}
+			check(64<<10+50, 64<<10+51, 64<<10)         // past the window: read again
+			check(len(sp.Data)-7, len(sp.Data), 64<<10) // the span's last bytes
+			check(0, len(sp.Data), 0)                   // a block larger than the window
+			rd.release()
+			if rd.held[0].fs != nil {
+				t.Fatal("release kept a window")
+			}
+		})
+	}
+	if fi := lookupFiles([][]Span{{sp}}); fi != nil {
+		t.Fatal("a span in Go memory was found registered")
+	}
+}

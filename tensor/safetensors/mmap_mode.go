@@ -1,0 +1,97 @@
+package safetensors
+
+import (
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/wattagg/wattagg/tensor"
+)
+
+// ReadMode says how the tensors of a file that Open maps are read by the CPU device (the
+// mapping is made either way, and anything else that reads the tensors reads it).
+type ReadMode int
+
+const (
+	// ReadAuto chooses per file, from what Open finds in the page cache (the rule in
+	// chooseRead): mostly uncached, ReadDirect; cached in large folios, ReadMap; cached in small
+	// folios, ReadCopy. It is the default.
+	ReadAuto ReadMode = iota
+	// ReadMap reads the mapping in place: no copy, but every page is mapped at first touch and
+	// unmapped at Close, which costs a fault per folio and page-table work per 4 KiB page.
+	ReadMap
+	// ReadCopy reads blocks with pread into the workers' reused, cache-sized buffers: a copy
+	// through the kernel, and no page-table work at all.
+	ReadCopy
+	// ReadDirect reads blocks with O_DIRECT, from the disk into the workers' buffers without
+	// filling the page cache with a file read once; where the file system refuses O_DIRECT
+	// (tmpfs) it is ReadCopy.
+	ReadDirect
+)
+
+var readModeNames = [...]string{ReadAuto: "auto", ReadMap: "map", ReadCopy: "copy", ReadDirect: "direct"}
+
+func (m ReadMode) String() string {
+	if m >= 0 && int(m) < len(readModeNames) {
+		return readModeNames[m]
+	}
+	return fmt.Sprintf("ReadMode(%d)", int(m))
+}
+
+// ParseReadMode parses "auto", "map", "copy" or "direct".
+func ParseReadMode(s string) (ReadMode, error) {
+	for m, name := range readModeNames {
+		if s == name {
+			return ReadMode(m), nil
+		}
+	}
+	return 0, fmt.Errorf("safetensors: read mode %q: want auto, map, copy or direct", s)
+}
+
+// WithReadMode sets how Open's tensors are read (default ReadAuto).
+func WithReadMode(m ReadMode) Option {
+	return func(o *readOptions) error {
+		if m < ReadAuto || m > ReadDirect {
+			return fmt.Errorf("safetensors: %v is not a read mode", m)
+		}
+		o.mode = m
+		return nil
+	}
+}
+
+// ReadModeOf reports how the tensors of a Set that Open returned are read: ReadMap unless the
+// set's data is registered to be copied (ReadCopy) or read directly (ReadDirect). A set in
+// memory (Parse) reports ReadMap: it is read where it is.
+func ReadModeOf(s *tensor.Set) ReadMode {
+	for _, t := range s.Tensors() {
+		if fb, _, ok := tensor.FileBackingOf(t.Bytes()); ok {
+			if fb.Direct != nil {
+				return ReadDirect
+			}
+			return ReadCopy
+		}
+	}
+	return ReadMap
+}
+
+// fileReads is what Open keeps for a file read with ReadCopy or ReadDirect: the registration
+// of its mapping and the open files. Close undoes them before the mapping goes.
+type fileReads struct {
+	unregister func()
+	files      []*os.File
+	mapping    io.Closer
+}
+
+func (r *fileReads) Close() error {
+	r.unregister()
+	var first error
+	for _, f := range r.files {
+		if err := f.Close(); err != nil && first == nil {
+			first = err
+		}
+	}
+	if err := r.mapping.Close(); err != nil && first == nil {
+		first = err
+	}
+	return first
+}

@@ -1,0 +1,167 @@
+package safetensors
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/wattagg/wattagg/tensor"
+)
+
+// bigUpdate writes a file of one f32 tensor of n elements (values i) with large writes (as
+// WriteFile does: the page cache then holds it in large folios where the kernel has them).
+func bigUpdate(t *testing.T, n int) string {
+	t.Helper()
+	w, err := tensor.New("w", tensor.F32, n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, _ := w.F32()
+	for i := range v {
+		v[i] = float32(i)
+	}
+	s, err := tensor.NewSet(w)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(t.TempDir(), "u.safetensors")
+	if err := WriteFile(p, s); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// openFDs counts this process's open descriptors.
+func openFDs(t *testing.T) int {
+	t.Helper()
+	es, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Skipf("no /proc/self/fd: %v", err)
+	}
+	return len(es)
+}
+
+// Each explicit mode is what ReadModeOf reports; the tensors hold the file's bytes whatever the
+// mode; copy and direct reads keep their descriptors open until Close and register the
+// mapping, and Close gives both back.
+func TestReadModeOpen(t *testing.T) {
+	p := bigUpdate(t, 300000)
+	want, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range []ReadMode{ReadMap, ReadCopy, ReadDirect} {
+		before := openFDs(t)
+		s, err := Open(p, WithReadMode(m))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := ReadModeOf(s)
+		if got != m && !(m == ReadDirect && got == ReadCopy) { // a file system without O_DIRECT
+			t.Fatalf("opened for %s, reads as %s", m, got)
+		}
+		b := s.At(0).Bytes()
+		if !bytes.Equal(b, want[len(want)-len(b):]) {
+			t.Fatalf("%s: the tensor does not hold the file's bytes", m)
+		}
+		fb, off, registered := tensor.FileBackingOf(b)
+		if registered != (got != ReadMap) {
+			t.Fatalf("%s: registered %v", m, registered)
+		}
+		if registered && (off != int64(len(want)-len(b)) || fb.Name != p || (fb.Direct != nil) != (got == ReadDirect)) {
+			t.Fatalf("%s: backing %+v at offset %d", m, fb, off)
+		}
+		fds := map[ReadMode]int{ReadMap: 0, ReadCopy: 1, ReadDirect: 2}[got]
+		if n := openFDs(t) - before; n != fds {
+			t.Fatalf("%s: %d descriptors open, want %d", m, n, fds)
+		}
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if n := openFDs(t) - before; n != 0 {
+			t.Fatalf("%s: %d descriptors left open after Close", m, n)
+		}
+		if _, _, ok := tensor.FileBackingOf(b); ok { // b dangles: only its address is looked up
+			t.Fatalf("%s: still registered after Close", m)
+		}
+	}
+}
+
+// ReadAuto maps small files, reads files that are not in the page cache with O_DIRECT, and
+// copies files cached in small folios (read back 4 KiB at a time after eviction, as DAMON's
+// proactive reclaim leaves them); the tensors read the same either way.
+func TestReadModeAuto(t *testing.T) {
+	small := bigUpdate(t, 1000)
+	s, err := Open(small)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m := ReadModeOf(s); m != ReadMap {
+		t.Fatalf("a small file reads as %s, want map", m)
+	}
+	s.Close()
+
+	p := bigUpdate(t, 3<<20) // 12 MiB of data
+	var st unix.Statfs_t
+	if err := unix.Statfs(p, &st); err != nil || st.Type == unix.TMPFS_MAGIC {
+		t.Skip("the test directory is on tmpfs: nothing can be evicted")
+	}
+	f, err := os.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	evict := func() {
+		if err := unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED); err != nil {
+			t.Skipf("fadvise: %v", err)
+		}
+	}
+	want, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	evict()
+	check := func(what string, want ReadMode, alt ReadMode) {
+		t.Helper()
+		s, err := Open(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		if m := ReadModeOf(s); m != want && m != alt {
+			t.Fatalf("%s: reads as %s, want %s", what, m, want)
+		}
+	}
+	check("evicted", ReadDirect, ReadDirect)
+	// Read back in 4 KiB folios: no readahead, one page per read.
+	if err := unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_RANDOM); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 4096)
+	for off := 0; off < len(want); off += 4096 {
+		if _, err := f.ReadAt(buf[:min(4096, len(want)-off)], int64(off)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	check("in small folios", ReadCopy, ReadCopy)
+}
+
+func TestReadModeOptions(t *testing.T) {
+	for _, c := range []struct {
+		s    string
+		m    ReadMode
+		fail bool
+	}{{"auto", ReadAuto, false}, {"map", ReadMap, false}, {"copy", ReadCopy, false}, {"direct", ReadDirect, false}, {"mmap", 0, true}, {"", 0, true}} {
+		m, err := ParseReadMode(c.s)
+		if (err != nil) != c.fail || (!c.fail && (m != c.m || m.String() != c.s)) {
+			t.Fatalf("ParseReadMode(%q) = %v, %v", c.s, m, err)
+		}
+	}
+	p := bigUpdate(t, 10)
+	if _, err := Open(p, WithReadMode(ReadMode(9))); err == nil || err.Error() != "safetensors: ReadMode(9) is not a read mode" {
+		t.Fatalf("bad mode: %v", err)
+	}
+}
