@@ -66,6 +66,16 @@ func bearer(r *http.Request) (string, bool) {
 // a request without a valid token is refused before any byte of its body is read.
 func (a *authenticator) authenticate(r *http.Request) (principal, error) {
 	tok, ok := bearer(r)
+	cn := ""
+	if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
+		cn = r.TLS.PeerCertificates[0].Subject.CommonName
+	}
+	return a.check(tok, ok, cn)
+}
+
+// check finds whose token tok is; certCN is the common name of the client certificate the
+// connection presented ("" without one).
+func (a *authenticator) check(tok string, ok bool, certCN string) (principal, error) {
 	if !ok {
 		return principal{}, fmt.Errorf("%w: no bearer token (Authorization: Bearer TOKEN)", ErrUnauthorized)
 	}
@@ -84,14 +94,8 @@ func (a *authenticator) authenticate(r *http.Request) (principal, error) {
 		return principal{}, fmt.Errorf("%w: the token is not valid", ErrUnauthorized)
 	}
 	id := a.clients[match].id
-	if cn, ok := a.certCN[id]; ok {
-		got := ""
-		if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
-			got = r.TLS.PeerCertificates[0].Subject.CommonName
-		}
-		if got != cn {
-			return principal{}, fmt.Errorf("%w: client %s must present its own certificate (CN %q), got CN %q", ErrForbidden, id, cn, got)
-		}
+	if cn, ok := a.certCN[id]; ok && certCN != cn {
+		return principal{}, fmt.Errorf("%w: client %s must present its own certificate (CN %q), got CN %q", ErrForbidden, id, cn, certCN)
 	}
 	return principal{client: id}, nil
 }
@@ -102,6 +106,11 @@ func (a *authenticator) client(r *http.Request) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	return p.pusher()
+}
+
+// pusher is the client that may push, or why the principal may not.
+func (p principal) pusher() (string, error) {
 	if p.admin {
 		return "", fmt.Errorf("%w: the admin token controls rounds; updates come with a client's token", ErrForbidden)
 	}
@@ -110,12 +119,17 @@ func (a *authenticator) client(r *http.Request) (string, error) {
 
 // requireAdmin authenticates the admin.
 func (a *authenticator) requireAdmin(r *http.Request) error {
-	if a.admin == nil {
-		return fmt.Errorf("%w: no admin token is configured (admin_token_sha256)", ErrForbidden)
-	}
 	p, err := a.authenticate(r)
 	if err != nil {
 		return err
+	}
+	return a.admits(p)
+}
+
+// admits says whether p may control rounds.
+func (a *authenticator) admits(p principal) error {
+	if a.admin == nil {
+		return fmt.Errorf("%w: no admin token is configured (admin_token_sha256)", ErrForbidden)
 	}
 	if !p.admin {
 		return fmt.Errorf("%w: client %s is not the admin", ErrForbidden, p.client)
