@@ -3,6 +3,8 @@ package federation
 import (
 	"context"
 	"errors"
+	"io"
+	"log/slog"
 	"math"
 	"os"
 	"path/filepath"
@@ -262,5 +264,37 @@ func TestDroppedClients(t *testing.T) {
 	t.Logf("accuracy %v; dropped in round 1: %q", accuracyList(res), res.Rounds[0].Dropped)
 	if res.Final() < 0.8 {
 		t.Errorf("8 honest clients reached %.3f in %d rounds", res.Final(), rounds)
+	}
+}
+
+// TestTableRunFailure: a run that fails (Krum told to tolerate 9 attackers among 10 clients,
+// which the server refuses) marks its cell, the other runs go on, and Run returns the failure.
+func TestTableRunFailure(t *testing.T) {
+	tab, err := NewTable([]Rule{{Name: "fedavg"}, {Name: "krum", Params: map[string]float64{"f": 9}}}, []Attack{NoAttack}, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var done []string
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil)) // the server logs the failed round
+	err = tab.Run(context.Background(), 2, func(r *Result) { done = append(done, r.Rule.Name) }, WithRounds(1), WithLogger(quiet))
+	if err == nil || !strings.Contains(err.Error(), "rule krum, attack none") {
+		t.Fatalf("Run: %v, want krum's failure", err)
+	}
+	ok, bad := tab.Results[0][0], tab.Results[1][0]
+	if ok == nil || ok.Error != "" || len(ok.Rounds) != 1 {
+		t.Errorf("fedavg's run: %+v", ok)
+	}
+	if bad == nil || bad.Error == "" || len(bad.Rounds) != 0 {
+		t.Fatalf("krum's run: %+v", bad)
+	}
+	if len(done) != 2 {
+		t.Errorf("done called for %v", done)
+	}
+	var b strings.Builder
+	if err := tab.WriteMarkdown(&b); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(b.String(), "| krum (f=9) | failed (see the run's error) |") {
+		t.Errorf("markdown:\n%s", b.String())
 	}
 }

@@ -208,6 +208,21 @@ func (n *inferenceNode) startLoad(test digits.Dataset, pause time.Duration) (*lo
 	return g, nil
 }
 
+// await waits, at most timeout, until model generation gen has answered a request: so that a
+// run's last reload happens under load too.
+func (g *loadGenerator) await(gen uint64, timeout time.Duration) {
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		g.mu.Lock()
+		seen := g.gens[gen]
+		g.mu.Unlock()
+		if seen {
+			return
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
 // stop ends the load and returns what it counted.
 func (g *loadGenerator) stop() LoadStats {
 	g.cancel()

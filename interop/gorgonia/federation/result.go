@@ -51,6 +51,8 @@ type Result struct {
 	Load     LoadStats `json:"inference_load"`
 	// Collapsed says why the run ended before its last round, if it did.
 	Collapsed string `json:"collapsed,omitempty"`
+	// Error is why the run failed, in a Table (Run returns it as an error).
+	Error string `json:"error,omitempty"`
 	// Server is the address the server listened on.
 	Server string        `json:"server"`
 	Wall   time.Duration `json:"wall_ns"`

@@ -122,6 +122,9 @@ func Run(ctx context.Context, opts ...Option) (*Result, error) {
 	var load *loadGenerator
 	defer func() {
 		if load != nil {
+			if len(res.Rounds) > 0 {
+				load.await(res.Rounds[len(res.Rounds)-1].Generation, 2*time.Second)
+			}
 			res.Load = load.stop()
 		}
 		res.Wall = time.Since(start)

@@ -2,6 +2,7 @@ package federation
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"slices"
@@ -79,20 +80,20 @@ func (t *Table) Set(res *Result) bool {
 
 // Run runs a federation, with opts, for every empty cell, parallel at a time: each has its
 // own server, clients and inference node, and they share nothing but the machine. done, if
-// not nil, is called (from one goroutine at a time) as each run ends.
+// not nil, is called (from one goroutine at a time) as each run ends. A run that fails takes
+// its cell with Result.Error set, and the others go on: Run returns every failure, joined,
+// once all have ended. Cancelling ctx stops them all.
 func (t *Table) Run(ctx context.Context, parallel int, done func(*Result), opts ...Option) error {
 	if parallel < 1 || parallel > 64 {
 		return fmt.Errorf("%w: %d parallel runs", ErrOption, parallel)
 	}
 	start := time.Now()
 	defer func() { t.Wall = time.Since(start) }()
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	sem := make(chan struct{}, parallel)
 	var (
-		wg    sync.WaitGroup
-		mu    sync.Mutex
-		first error
+		wg   sync.WaitGroup
+		mu   sync.Mutex
+		errs []error
 	)
 cells:
 	for i, r := range t.Rules {
@@ -118,11 +119,14 @@ cells:
 				mu.Lock()
 				defer mu.Unlock()
 				if err != nil {
-					if first == nil {
-						first = fmt.Errorf("rule %s, attack %s: %w", r.Name, a, err)
-						cancel()
+					if ctx.Err() != nil {
+						return // cancelled: not a result
 					}
-					return
+					if res == nil {
+						res = &Result{Rule: r, Attack: a}
+					}
+					res.Error = err.Error()
+					errs = append(errs, fmt.Errorf("rule %s, attack %s: %w", r.Name, a, err))
 				}
 				t.Results[i][j] = res
 				if done != nil {
@@ -132,10 +136,10 @@ cells:
 		}
 	}
 	wg.Wait()
-	if first != nil {
-		return first
+	if err := ctx.Err(); err != nil {
+		return err
 	}
-	return ctx.Err()
+	return errors.Join(errs...)
 }
 
 // WriteMarkdown writes the table: a row per rule, a column per attack, each cell the final
@@ -161,7 +165,13 @@ func (t *Table) WriteMarkdown(w io.Writer) error {
 		for j := range t.Attacks {
 			res := t.Results[i][j]
 			switch {
-			case res == nil || len(res.Rounds) == 0:
+			case res == nil:
+				b.WriteString(" — |")
+			case res.Error != "" && len(res.Rounds) == 0:
+				b.WriteString(" failed (see the run's error) |")
+			case res.Error != "":
+				fmt.Fprintf(&b, " %.3f (failed in round %d) |", res.Final(), len(res.Rounds)+1)
+			case len(res.Rounds) == 0:
 				b.WriteString(" — |")
 			case res.Collapsed != "":
 				fmt.Fprintf(&b, " %.3f (collapsed in round %d) |", res.Final(), len(res.Rounds)+1)

@@ -192,6 +192,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fmt.Fprintf(stdout, "main run: %.1f s; wrote %s and %s\n", time.Since(start).Seconds(),
 		filepath.Join(f.out, "federation.png"), filepath.Join(f.out, "federation.md"))
 
+	var failed error // the attack table's failed runs
 	if f.table {
 		attacks := federation.DefaultAttacks()
 		if !f.clean {
@@ -210,6 +211,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			results = append(results, r)
 			note := ""
 			switch {
+			case r.Error != "":
+				note = " — FAILED: " + r.Error
 			case r.Collapsed != "":
 				note = " — " + r.Collapsed
 			case r.FirstDropped() > 0:
@@ -217,9 +220,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			}
 			fmt.Fprintf(stdout, "  %-14s %-12s final accuracy %.3f (%.1f s)%s\n", r.Rule.Name, r.Attack, r.Final(), r.Wall.Seconds(), note)
 		}, common...)
-		if err != nil {
-			return err
+		if ctx.Err() != nil {
+			return ctx.Err()
 		}
+		// A failed run has its cell marked; the table and plots are written, then the
+		// failures returned.
+		failed = err
 		var md strings.Builder
 		fmt.Fprintf(&md, "# Attack table\n\n%s. Final held-out accuracy after the last round; %d of %d clients poisoned in the attack columns.\n\n",
 			setup, f.poisoned, f.clients)
@@ -244,7 +250,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	fmt.Fprintf(stdout, "showcase: %.1f s in all\n", time.Since(start).Seconds())
-	return nil
+	return failed
 }
 
 // meterLine says which meter the rounds are measured with, and why a better one is absent.
