@@ -31,7 +31,20 @@ const smallSortMax = 32
 
 // SortScratch is the length of the scratch that MedianF32, TrimmedMeanF32 and ClosestMeanF32
 // need for n inputs.
-func SortScratch(n int) int { return batchCoords * n }
+func SortScratch(n int) int { return batchCoords * paddedWires(n) }
+
+// paddedWires is the wires a group of n inputs may take in the sorting slab: the size of the
+// straight-line network that sorts more than smallSortMax of them (the wires from n on +Inf), or
+// n.
+func paddedWires(n int) int {
+	switch {
+	case n <= smallSortMax || n > 128:
+		return n
+	case n <= 64:
+		return 64
+	}
+	return 128
+}
 
 // robustKernels is one implementation of the robust kernels, a family of the registry.
 type robustKernels struct {
@@ -40,17 +53,21 @@ type robustKernels struct {
 	// on. The reference's width is 8.
 	width int
 	// sortGroups sorts groups groups of width coordinates, from element off of every input,
-	// into tmp: value i of coordinate off+width·g+l at tmp[(g·n+i)·width+l].
-	sortGroups func(tmp []float32, x [][]byte, off, groups int)
+	// into tmp and returns the wires w of a group's slab (n, or the padded network's size):
+	// value i of coordinate off+width·g+l at tmp[(g·w+i)·width+l]. pf is a hint: the bytes
+	// ahead of what it reads that the caller will read next (its block), which the assembly
+	// prefetches.
+	sortGroups func(tmp []float32, x [][]byte, off, groups, pf int) int
 	// medianGroups, where not nil, writes the medians of groups groups of width coordinates
 	// from element off straight to dst (len(dst) = groups·width) with a selection network
 	// (the comparators of the sort that the middle values depend on), tmp (width·n floats)
 	// holding the wires it spills, and reports whether it did: it may decline input counts it
 	// has no network for.
-	medianGroups  func(dst, tmp []float32, x [][]byte, off, groups int) bool
-	medianSorted  func(dst, tmp []float32, n int)
-	trimmedSorted func(dst, tmp []float32, n, k int)
-	closestSorted func(dst, tmp []float32, n, beta int)
+	medianGroups func(dst, tmp []float32, x [][]byte, off, groups, pf int) bool
+	// The reductions take the sorted slab of n values per coordinate, groups wires apart.
+	medianSorted  func(dst, tmp []float32, n, wires int)
+	trimmedSorted func(dst, tmp []float32, n, wires, k int)
+	closestSorted func(dst, tmp []float32, n, wires, beta int)
 
 	gram    func(p, sq []float64, x [][]byte, elems int, tmp []float64)
 	sqDist  func(pd, pn *[Lanes]float64, x []byte, z []float32)
@@ -58,12 +75,15 @@ type robustKernels struct {
 }
 
 var robustGeneric = robustKernels{
-	name:          "generic",
-	width:         8,
-	sortGroups:    func(tmp []float32, x [][]byte, off, groups int) { sortGroupsGeneric(tmp, x, off, groups, 8) },
-	medianSorted:  func(dst, tmp []float32, n int) { sortedReduce(dst, tmp, n, 8, medianOf) },
-	trimmedSorted: func(dst, tmp []float32, n, k int) { sortedReduce(dst, tmp, n, 8, trimmedFor(k)) },
-	closestSorted: func(dst, tmp []float32, n, beta int) { sortedReduce(dst, tmp, n, 8, closestFor(beta)) },
+	name:  "generic",
+	width: 8,
+	sortGroups: func(tmp []float32, x [][]byte, off, groups, _ int) int {
+		sortGroupsGeneric(tmp, x, off, groups, 8)
+		return len(x)
+	},
+	medianSorted:  func(dst, tmp []float32, n, w int) { sortedReduce(dst, tmp, n, w, 8, medianOf) },
+	trimmedSorted: func(dst, tmp []float32, n, w, k int) { sortedReduce(dst, tmp, n, w, 8, trimmedFor(k)) },
+	closestSorted: func(dst, tmp []float32, n, w, beta int) { sortedReduce(dst, tmp, n, w, 8, closestFor(beta)) },
 	gram: func(p, sq []float64, x [][]byte, elems int, _ []float64) {
 		gramGeneric(p, sq, x, 0, elems)
 	},
@@ -187,14 +207,14 @@ func sortGroupsGeneric(tmp []float32, x [][]byte, off, groups, width int) {
 	}
 }
 
-// sortedReduce applies op to the sorted values of every coordinate of the groups of width
-// coordinates in tmp.
-func sortedReduce(dst, tmp []float32, n, width int, op func(v []float32) float32) {
+// sortedReduce applies op to the n sorted values of every coordinate of the groups of width
+// coordinates in tmp, wires apart.
+func sortedReduce(dst, tmp []float32, n, wires, width int, op func(v []float32) float32) {
 	v := make([]float32, n)
 	for g := range len(dst) / width {
 		for l := range width {
 			for i := range v {
-				v[i] = tmp[(g*n+i)*width+l]
+				v[i] = tmp[(g*wires+i)*width+l]
 			}
 			dst[width*g+l] = op(v)
 		}
@@ -205,20 +225,21 @@ func sortedReduce(dst, tmp []float32, n, width int, op func(v []float32) float32
 // variant's selection network (the median, where it has one) or its sort and reduction, in
 // batches that keep the scratch slab in cache and bound the time spent in one assembly call,
 // and the last len(dst)%width coordinates one by one with the reference (the same network and
-// operations, so the same bits).
-func orderStat(k *robustKernels, dst []float32, x [][]byte, tmp []float32, median bool, reduce func(dst, tmp []float32), op func(v []float32) float32) {
+// operations, so the same bits). The kernels prefetch each input len(dst) elements ahead: the
+// block a caller walking the inputs block by block reads next.
+func orderStat(k *robustKernels, dst []float32, x [][]byte, tmp []float32, median bool, reduce func(dst, tmp []float32, wires int), op func(v []float32) float32) {
 	n, w := len(x), k.width
 	groups := len(dst) / w
 	per := max(1, batchCoords/w)
+	pf := 4 * len(dst)
 	for g := 0; g < groups; g += per {
 		b := min(per, groups-g)
 		d := dst[w*g : w*(g+b)]
-		if median && k.medianGroups != nil && k.medianGroups(d, tmp, x, w*g, b) {
+		if median && k.medianGroups != nil && k.medianGroups(d, tmp, x, w*g, b, pf) {
 			continue
 		}
-		slab := tmp[:b*n*w]
-		k.sortGroups(slab, x, w*g, b)
-		reduce(d, slab)
+		wires := k.sortGroups(tmp, x, w*g, b, pf)
+		reduce(d, tmp[:b*wires*w], wires)
 	}
 	if t := w * groups; t < len(dst) {
 		net := networkFor(n).comps
@@ -251,7 +272,7 @@ func MedianF32(dst []float32, x [][]byte, tmp []float32) { def.MedianF32(dst, x,
 func (k *Impl) MedianF32(dst []float32, x [][]byte, tmp []float32) {
 	n, r := len(x), k.robust
 	_ = tmp[SortScratch(n)-1]
-	orderStat(r, dst, x, tmp, true, func(d, s []float32) { r.medianSorted(d, s, n) }, medianOf)
+	orderStat(r, dst, x, tmp, true, func(d, s []float32, w int) { r.medianSorted(d, s, n, w) }, medianOf)
 }
 
 // TrimmedMeanF32 writes the coordinate-wise trimmed mean of the f32 inputs to dst: per
@@ -274,7 +295,7 @@ func (k *Impl) TrimmedMeanF32(dst []float32, x [][]byte, trim int, tmp []float32
 		panic("kernels: trimmed mean with 2k >= n")
 	}
 	_ = tmp[SortScratch(n)-1]
-	orderStat(r, dst, x, tmp, false, func(d, s []float32) { r.trimmedSorted(d, s, n, trim) }, trimmedFor(trim))
+	orderStat(r, dst, x, tmp, false, func(d, s []float32, w int) { r.trimmedSorted(d, s, n, w, trim) }, trimmedFor(trim))
 }
 
 // ClosestMeanF32 writes, per coordinate, the mean of the beta values (1 <= beta <= n) closest to
@@ -317,7 +338,7 @@ func (k *Impl) ClosestMeanF32(dst []float32, x [][]byte, beta int, tmp []float32
 		panic("kernels: closest mean with beta outside [1, n]")
 	}
 	_ = tmp[SortScratch(n)-1]
-	orderStat(r, dst, x, tmp, false, func(d, s []float32) { r.closestSorted(d, s, n, beta) }, closestFor(beta))
+	orderStat(r, dst, x, tmp, false, func(d, s []float32, w int) { r.closestSorted(d, s, n, w, beta) }, closestFor(beta))
 }
 
 // ---------------------------------------------------------------------------------------------

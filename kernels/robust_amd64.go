@@ -11,14 +11,22 @@ import "github.com/wattagg/wattagg/internal/race"
 var robustAVX2 = robustKernels{
 	name:  "avx2",
 	width: 8,
-	sortGroups: func(tmp []float32, x [][]byte, off, groups int) {
+	sortGroups: func(tmp []float32, x [][]byte, off, groups, _ int) int {
 		sortGroupsAsm(tmp, x, off, groups, 8, sortSmallF32AVX2, sortNetF32AVX2)
+		return len(x)
 	},
-	medianSorted:  func(dst, tmp []float32, n int) { sortedAsm(dst, tmp, n, 8, medianSortedF32AVX2) },
-	trimmedSorted: func(dst, tmp []float32, n, k int) { trimmedAsm(dst, tmp, n, k, 8, trimmedSortedF32AVX2) },
-	closestSorted: func(dst, tmp []float32, n, beta int) { closestAsm(dst, tmp, n, beta, 8, closestSortedF32AVX2) },
+	// The avx2 sorts leave n wires per group.
+	medianSorted: func(dst, tmp []float32, n, _ int) {
+		sortedAsm(dst, tmp, n, n, 8, func(dst, tmp []float32, n, _ int) { medianSortedF32AVX2(dst, tmp, n) })
+	},
+	trimmedSorted: func(dst, tmp []float32, n, _, k int) {
+		trimmedAsm(dst, tmp, n, n, k, 8, func(dst, tmp []float32, n, _, k int, c float32) { trimmedSortedF32AVX2(dst, tmp, n, k, c) })
+	},
+	closestSorted: func(dst, tmp []float32, n, _, beta int) {
+		closestAsm(dst, tmp, n, n, beta, 8, func(dst, tmp []float32, n, _, beta int, c float32) { closestSortedF32AVX2(dst, tmp, n, beta, c) })
+	},
 	gram: func(p, sq []float64, x [][]byte, elems int, tmp []float64) {
-		gramAsm(p, sq, x, elems, tmp, 3, gramPackF32AVX2, gramTilesAVX2)
+		gramAsm(p, sq, x, elems, tmp, 3, 64, gramPackF32AVX2, gramTilesAVX2)
 	},
 	sqDist:  sqDistAVX2,
 	fmaLoop: fmaLoopAVX2,
@@ -62,43 +70,46 @@ func sortGroupsAsm(tmp []float32, x [][]byte, off, groups, width int,
 	table(tmp, x, off, groups, nw.offsets)
 }
 
-// sortedArgs checks a reduction over the sorted slab and returns the length of dst it covers
-// (whole groups), 0 if none.
-func sortedArgs(dst, tmp []float32, n, width int) int {
+// sortedArgs checks a reduction over the sorted slab (groups wires apart, wires >= n) and
+// returns the length of dst it covers (whole groups), 0 if none.
+func sortedArgs(dst, tmp []float32, n, wires, width int) int {
 	g := len(dst) / width
 	if g == 0 {
 		return 0
 	}
+	if wires < n {
+		panic("kernels: sorted slab with fewer wires than values")
+	}
 	_ = dst[width*g-1]
-	_ = tmp[g*n*width-1]
+	_ = tmp[g*wires*width-1]
 	if race.Enabled {
-		race.ReadSlice(tmp[:g*n*width])
+		race.ReadSlice(tmp[:g*wires*width])
 		race.WriteSlice(dst[:width*g])
 	}
 	return width * g
 }
 
-func sortedAsm(dst, tmp []float32, n, width int, asm func(dst, tmp []float32, n int)) {
-	if m := sortedArgs(dst, tmp, n, width); m > 0 {
-		asm(dst[:m], tmp, n)
+func sortedAsm(dst, tmp []float32, n, wires, width int, asm func(dst, tmp []float32, n, wires int)) {
+	if m := sortedArgs(dst, tmp, n, wires, width); m > 0 {
+		asm(dst[:m], tmp, n, wires)
 	}
 }
 
-func trimmedAsm(dst, tmp []float32, n, k, width int, asm func(dst, tmp []float32, n, k int, c float32)) {
+func trimmedAsm(dst, tmp []float32, n, wires, k, width int, asm func(dst, tmp []float32, n, wires, k int, c float32)) {
 	if 2*k >= n || k < 0 {
 		panic("kernels: trimmed mean with 2k >= n")
 	}
-	if m := sortedArgs(dst, tmp, n, width); m > 0 {
-		asm(dst[:m], tmp, n, k, float32(n-2*k))
+	if m := sortedArgs(dst, tmp, n, wires, width); m > 0 {
+		asm(dst[:m], tmp, n, wires, k, float32(n-2*k))
 	}
 }
 
-func closestAsm(dst, tmp []float32, n, beta, width int, asm func(dst, tmp []float32, n, beta int, c float32)) {
+func closestAsm(dst, tmp []float32, n, wires, beta, width int, asm func(dst, tmp []float32, n, wires, beta int, c float32)) {
 	if beta < 1 || beta > n {
 		panic("kernels: closest mean with beta outside [1, n]")
 	}
-	if m := sortedArgs(dst, tmp, n, width); m > 0 {
-		asm(dst[:m], tmp, n, beta, float32(beta))
+	if m := sortedArgs(dst, tmp, n, wires, width); m > 0 {
+		asm(dst[:m], tmp, n, wires, beta, float32(beta))
 	}
 }
 
@@ -107,17 +118,20 @@ func closestAsm(dst, tmp []float32, n, beta, width int, asm func(dst, tmp []floa
 // that size.
 const gramCallFMAs = 4 << 20
 
-// gramAsm packs the largest multiple of 8 elements, runs the tiles over it in row ranges (rows
-// a multiple of the tiles' rows), and runs the reference on the rest; the lane of element j
-// stays j%4 either way.
-func gramAsm(p, sq []float64, x [][]byte, elems int, tmp []float64, rows int,
+// gramAsm packs the largest multiple of 8 elements, runs the tiles over it chunk by chunk of
+// coordinates (chunk groups of 4: a row group's rows stay in L1 while its tiles stream the
+// chunk's columns from L2, instead of both coming from L2; the avx2 tiles measured 64 groups
+// 20% faster than unchunked, the avx512 ones 128 as fast) and, within a chunk, in row ranges
+// (rows a multiple of the tiles' rows), and runs the reference on the rest; the lane of element
+// j stays j%4 and receives the elements in order either way.
+func gramAsm(p, sq []float64, x [][]byte, elems int, tmp []float64, rows, chunk int,
 	pack func(tmp, sq []float64, x [][]byte, elems int),
-	tiles func(p, tmp []float64, n, elems, r0, r1 int)) {
+	tiles func(p, tmp []float64, n, elems, r0, r1, g0, g1 int)) {
 	n := len(x)
 	m := elems &^ 7
 	if m > 0 && n > 0 {
 		_ = p[GramPartials(n)-1]
-		_ = sq[GramLanes*n-1]
+		_ = sq[Lanes*n-1]
 		scratch := GramScratch(n, m)
 		_ = tmp[scratch-1]
 		for _, xi := range x {
@@ -129,13 +143,17 @@ func gramAsm(p, sq []float64, x [][]byte, elems int, tmp []float64, rows int,
 				race.ReadSlice(xi[:4*m])
 			}
 			race.WriteSlice(tmp[:scratch])
-			race.WriteSlice(sq[:GramLanes*n])
+			race.WriteSlice(sq[:Lanes*n])
 			race.WriteSlice(p[:GramPartials(n)])
 		}
 		pack(tmp, sq, x, m)
-		step := max(rows, gramCallFMAs/(n*m)/rows*rows)
-		for r0 := 0; r0 < n; r0 += step {
-			tiles(p, tmp, n, m, r0, min(r0+step, n))
+		groups := m / 4
+		for g0 := 0; g0 < groups; g0 += chunk {
+			g1 := min(g0+chunk, groups)
+			step := max(rows, gramCallFMAs/(n*4*(g1-g0))/rows*rows)
+			for r0 := 0; r0 < n; r0 += step {
+				tiles(p, tmp, n, m, r0, min(r0+step, n), g0, g1)
+			}
 		}
 	}
 	if m < elems {

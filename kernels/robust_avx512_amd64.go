@@ -11,18 +11,15 @@ import "github.com/wattagg/wattagg/internal/race"
 // serial FMA chains that ymm registers already keep busy), and so does the Gram packing, whose
 // layout only differs. Results are the reference's bits.
 var robustAVX512 = robustKernels{
-	name:  "avx512",
-	width: 16,
-	sortGroups: func(tmp []float32, x [][]byte, off, groups int) {
-		sortGroupsAsm(tmp, x, off, groups, 16, sortSmallF32AVX512, sortNetF32AVX512)
-	},
-	medianGroups: medianGroupsAVX512,
-	// Never reached (medianGroups takes every count); the reference on 16-coordinate groups.
-	medianSorted:  func(dst, tmp []float32, n int) { sortedReduce(dst, tmp, n, 16, medianOf) },
-	trimmedSorted: func(dst, tmp []float32, n, k int) { trimmedAsm(dst, tmp, n, k, 16, trimmedSortedF32AVX512) },
-	closestSorted: func(dst, tmp []float32, n, beta int) { closestAsm(dst, tmp, n, beta, 16, closestSortedF32AVX512) },
+	name:          "avx512",
+	width:         16,
+	sortGroups:    sortGroupsAVX512,
+	medianGroups:  medianGroupsAVX512,
+	medianSorted:  func(dst, tmp []float32, n, w int) { sortedAsm(dst, tmp, n, w, 16, medianSortedF32AVX512) },
+	trimmedSorted: func(dst, tmp []float32, n, w, k int) { trimmedAsm(dst, tmp, n, w, k, 16, trimmedSortedF32AVX512) },
+	closestSorted: func(dst, tmp []float32, n, w, beta int) { closestAsm(dst, tmp, n, w, beta, 16, closestSortedF32AVX512) },
 	gram: func(p, sq []float64, x [][]byte, elems int, tmp []float64) {
-		gramAsm(p, sq, x, elems, tmp, tileRows512, gramPackF32AVX512, gramTilesAVX512)
+		gramAsm(p, sq, x, elems, tmp, tileRows512, 128, gramPackF32AVX512, gramTilesAVX512)
 	},
 	sqDist:  sqDistAVX2,
 	fmaLoop: fmaLoopAVX512,
@@ -33,25 +30,74 @@ const tileRows512 = 4
 
 var _ = register(robustFamily, "avx512", hasAVX512, &robustAVX512)
 
-// medianGroupsAVX512 runs the straight-line selection network up to smallSortMax inputs and the
-// table-driven one beyond, the spilled or gathered wires in tmp.
-func medianGroupsAVX512(dst, tmp []float32, x [][]byte, off, groups int) bool {
+// sortPadded512 returns the straight-line padded sort for n inputs, nil where there is none.
+func sortPadded512(n int) func(tmp []float32, x [][]byte, off, groups, pf int) bool {
+	switch paddedWires(n) {
+	case 64:
+		if n > smallSortMax {
+			return sortPaddedF32AVX512_64
+		}
+	case 128:
+		return sortPaddedF32AVX512_128
+	}
+	return nil
+}
+
+// sortGroupsAVX512 runs the straight-line sort up to smallSortMax inputs, the straight-line
+// padded networks up to 128, and the table-driven one beyond, or where a padded network read a
+// NaN (which the +Inf wires would move: see paddedSizes in kernels/_gen/robust/avx512.go).
+func sortGroupsAVX512(tmp []float32, x [][]byte, off, groups, pf int) int {
+	n := len(x)
+	if groups <= 0 || n == 0 {
+		return n
+	}
+	if padded := sortPadded512(n); padded != nil {
+		w := paddedWires(n)
+		_ = tmp[groups*w*16-1]
+		checkGroups(x, off, groups, 16)
+		race.WriteSlice(tmp[:groups*w*16])
+		if padded(tmp, x, off, groups, pf) {
+			return w
+		}
+	}
+	sortGroupsAsm(tmp, x, off, groups, 16,
+		func(tmp []float32, x [][]byte, off, groups int) { sortSmallF32AVX512(tmp, x, off, groups, pf) },
+		func(tmp []float32, x [][]byte, off, groups int, net []uint32) {
+			sortNetF32AVX512(tmp, x, off, groups, pf, net)
+		})
+	return n
+}
+
+// medianGroupsAVX512 runs the straight-line selection network up to smallSortMax inputs, the
+// padded sorts and the median of their slab up to 128, and the table-driven selection network
+// beyond (or where a padded sort read a NaN), the spilled or gathered wires in tmp.
+func medianGroupsAVX512(dst, tmp []float32, x [][]byte, off, groups, pf int) bool {
 	n := len(x)
 	if groups <= 0 || n == 0 {
 		return true
 	}
 	_ = dst[16*groups-1]
+	if padded := sortPadded512(n); padded != nil {
+		w := paddedWires(n)
+		_ = tmp[groups*w*16-1]
+		checkGroups(x, off, groups, 16)
+		race.WriteSlice(tmp[:groups*w*16])
+		if padded(tmp, x, off, groups, pf) {
+			sortedAsm(dst[:16*groups], tmp, n, w, 16, medianSortedF32AVX512)
+			return true
+		}
+	}
 	_ = tmp[16*n-1]
 	checkGroups(x, off, groups, 16)
 	race.WriteSlice(dst[:16*groups])
 	race.WriteSlice(tmp[:16*n])
 	if n <= smallSortMax {
-		medianSmallF32AVX512(dst, tmp, x, off, groups)
+		medianSmallF32AVX512(dst, tmp, x, off, groups, pf)
 		return true
 	}
 	nw := networkFor(n)
 	race.ReadSlice(nw.median)
 	mw := middleWires(n)
-	medianNetF32AVX512(dst, tmp, x, off, groups, nw.median, mw[0], mw[len(mw)-1])
+	medianNetF32AVX512(dst, tmp, x, off, groups, pf, nw.median, mw[0], mw[len(mw)-1])
 	return true
 }

@@ -17,8 +17,9 @@ import "math"
 // for the register tiles (inputs in pairs, groups of 4 coordinates: see robust_amd64.go), then
 // runs the tiles over the packed block, which stays in L2 while every tile streams over it.
 
-// GramLanes is the number of partial sums per pair of inputs (and per input for the squared
-// norms) in GramF32: element j of a call goes to partial j%GramLanes.
+// GramLanes is the number of partial sums per pair of inputs in GramF32: element j of a call
+// goes to partial j%GramLanes. The squared norms have Lanes partials per input (element j to
+// j%Lanes): four chains of FMAs per input keep the packing from waiting on one.
 const GramLanes = 4
 
 // GramStride is the row stride of GramF32's partials for n inputs: n rounded up to even, so
@@ -29,8 +30,9 @@ func GramStride(n int) int { return (n + 1) &^ 1 }
 func GramPartials(n int) int { return GramLanes * n * GramStride(n) }
 
 // GramScratch is the length of the scratch GramF32 needs for n inputs of elems elements: the
-// packed, centred block and its centre, in f64.
-func GramScratch(n, elems int) int { return (GramStride(n) + 1) * elems }
+// packed, centred block (with room for a cache line of padding per 4 coordinates) and its
+// centre, in f64.
+func GramScratch(n, elems int) int { return (GramStride(n) + 3) * elems }
 
 // GramF32 adds the dot products of every pair of the f32 inputs, centred on their mean at each
 // coordinate, to the partials p, and the squares of the inputs to the partials sq, accumulated
@@ -49,14 +51,14 @@ func GramScratch(n, elems int) int { return (GramStride(n) + 1) * elems }
 //		l := j % GramLanes
 //		p[(a*s+b)*GramLanes+l] = math.FMA(y(a), y(b), p[(a*s+b)*GramLanes+l])
 //		v := float64(x[a][j])
-//		sq[a*GramLanes+l] = math.FMA(v, v, sq[a*GramLanes+l])
+//		sq[a*Lanes+j%Lanes] = math.FMA(v, v, sq[a*Lanes+j%Lanes])
 //	}
 //
-// len(p) >= GramPartials(n), len(sq) >= GramLanes·n, len(tmp) >= GramScratch(n, elems); the
+// len(p) >= GramPartials(n), len(sq) >= Lanes·n, len(tmp) >= GramScratch(n, elems); the
 // entries of p for a > b, and for b = n when n is odd, are unspecified (the register tiles
 // compute some of them). A caller that calls GramF32 on consecutive blocks whose lengths are
-// multiples of GramLanes gets the same partials as one call over their concatenation (the
-// centre is a function of the coordinate); GramSums combines them. A non-finite input makes its
+// multiples of Lanes gets the same partials as one call over their concatenation (the centre is
+// a function of the coordinate); GramSums combines them. A non-finite input makes its
 // own squared norm non-finite and leaves every other input's row finite: the centre of a
 // coordinate where some input is not finite is 0.
 func GramF32(p, sq []float64, x [][]byte, elems int, tmp []float64) {
@@ -70,7 +72,7 @@ func (k *Impl) GramF32(p, sq []float64, x [][]byte, elems int, tmp []float64) {
 		return
 	}
 	_ = p[GramPartials(n)-1]
-	_ = sq[GramLanes*n-1]
+	_ = sq[Lanes*n-1]
 	_ = tmp[GramScratch(n, elems)-1]
 	for _, xi := range x {
 		_ = xi[4*elems-1]
@@ -80,7 +82,7 @@ func (k *Impl) GramF32(p, sq []float64, x [][]byte, elems int, tmp []float64) {
 
 // GramSums writes the Gram matrix g (n·n, symmetric) and the squared norms norm (n) from the
 // partials of GramF32: for a <= b, g[a*n+b] = g[b*n+a] = (q0+q2)+(q1+q3) where q is the pair's
-// partials, and norm[a] likewise from input a's partials in sq.
+// partials, and norm[a] = SumLanes of input a's partials in sq.
 func GramSums(g, norm, p, sq []float64, n int) {
 	s := GramStride(n)
 	for a := range n {
@@ -89,8 +91,7 @@ func GramSums(g, norm, p, sq []float64, n int) {
 			v := (q[0] + q[2]) + (q[1] + q[3])
 			g[a*n+b], g[b*n+a] = v, v
 		}
-		q := sq[a*GramLanes:]
-		norm[a] = (q[0] + q[2]) + (q[1] + q[3])
+		norm[a] = SumLanes((*[Lanes]float64)(sq[a*Lanes:]))
 	}
 }
 
@@ -118,7 +119,7 @@ func gramGeneric(p, sq []float64, x [][]byte, from, elems int) {
 		for a, xa := range x {
 			v := float64(ldF32(xa, j))
 			y[a] = v - r
-			sq[a*GramLanes+l] = math.FMA(v, v, sq[a*GramLanes+l])
+			sq[a*Lanes+j%Lanes] = math.FMA(v, v, sq[a*Lanes+j%Lanes])
 		}
 		for a := range n {
 			for b := a; b < n; b++ {

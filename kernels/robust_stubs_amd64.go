@@ -34,10 +34,10 @@ func closestSortedF32AVX2(dst []float32, tmp []float32, n int, beta int, c float
 //go:noescape
 func gramPackF32AVX2(tmp []float64, sq []float64, x [][]byte, elems int)
 
-// gramTilesAVX2 adds the pairs of rows [r0, r1) of the packed block in tmp to p (gramGeneric's), for elems a positive multiple of 8 and r0 a multiple of 3.
+// gramTilesAVX2 adds the pairs of rows [r0, r1) over the groups [g0, g1) of the packed block in tmp to p (gramGeneric's), for elems a positive multiple of 8, r0 a multiple of 3 and g1-g0 a positive even count.
 //
 //go:noescape
-func gramTilesAVX2(p []float64, tmp []float64, n int, elems int, r0 int, r1 int)
+func gramTilesAVX2(p []float64, tmp []float64, n int, elems int, r0 int, r1 int, g0 int, g1 int)
 
 // sqDistNormF32AVX2 is sqDistNormGeneric(pd, pn, x, z, 0) for len(z) a multiple of 16.
 //
@@ -47,45 +47,60 @@ func sqDistNormF32AVX2(pd *[16]float64, pn *[16]float64, x []byte, z []float32)
 // fmaLoopAVX2 runs iters x 48 f64 fused multiply-adds and returns a value that depends on all of them.
 func fmaLoopAVX2(iters int) float64
 
-// sortSmallF32AVX512 is sortGroupsGeneric with width 16 for 1 <= len(x) <= 32, groups > 0.
+// sortSmallF32AVX512 is sortGroupsGeneric with width 16 for 1 <= len(x) <= 32, groups > 0, prefetching pf bytes ahead.
 //
 //go:noescape
-func sortSmallF32AVX512(tmp []float32, x [][]byte, off int, groups int)
+func sortSmallF32AVX512(tmp []float32, x [][]byte, off int, groups int, pf int)
 
-// medianSmallF32AVX512 is the median of sortGroupsGeneric's groups with width 16 for 1 <= len(x) <= 32, groups > 0, len(dst) = 16*groups.
+// medianSmallF32AVX512 is the median of sortGroupsGeneric's groups with width 16 for 1 <= len(x) <= 32, groups > 0, len(dst) = 16*groups, prefetching pf bytes ahead.
 //
 //go:noescape
-func medianSmallF32AVX512(dst []float32, tmp []float32, x [][]byte, off int, groups int)
+func medianSmallF32AVX512(dst []float32, tmp []float32, x [][]byte, off int, groups int, pf int)
 
-// sortNetF32AVX512 is sortGroupsGeneric with width 16 for len(x) >= 1, groups > 0, net the wires of sortNetwork(len(x)).
+// sortPaddedF32AVX512_64 sorts groups of 16 coordinates of 32 < len(x) <= 64 inputs by the network of 64 wires, the wires from len(x) on +Inf, into slabs of 64 wires, prefetching pf bytes ahead; it returns false if a value read was NaN.
 //
 //go:noescape
-func sortNetF32AVX512(tmp []float32, x [][]byte, off int, groups int, net []uint32)
+func sortPaddedF32AVX512_64(tmp []float32, x [][]byte, off int, groups int, pf int) bool
 
-// medianNetF32AVX512 is the median of sortGroupsGeneric's groups with width 16 for len(x) >= 1, groups > 0, net the wires of the selection network of the middle wires lo <= hi, len(dst) = 16*groups.
+// sortPaddedF32AVX512_128 sorts groups of 16 coordinates of 32 < len(x) <= 128 inputs by the network of 128 wires, the wires from len(x) on +Inf, into slabs of 128 wires, prefetching pf bytes ahead; it returns false if a value read was NaN.
 //
 //go:noescape
-func medianNetF32AVX512(dst []float32, tmp []float32, x [][]byte, off int, groups int, net []uint32, lo int, hi int)
+func sortPaddedF32AVX512_128(tmp []float32, x [][]byte, off int, groups int, pf int) bool
 
-// trimmedSortedF32AVX512 is trimmedSortedGeneric with width 16 for len(dst) a positive multiple of 16, 2k < n, c = n-2k.
+// sortNetF32AVX512 is sortGroupsGeneric with width 16 for len(x) >= 1, groups > 0, net the wires of sortNetwork(len(x)), prefetching pf bytes ahead.
 //
 //go:noescape
-func trimmedSortedF32AVX512(dst []float32, tmp []float32, n int, k int, c float32)
+func sortNetF32AVX512(tmp []float32, x [][]byte, off int, groups int, pf int, net []uint32)
 
-// closestSortedF32AVX512 is closestSortedGeneric with width 16 for len(dst) a positive multiple of 16, 1 <= beta <= n, c = beta.
+// medianNetF32AVX512 is the median of sortGroupsGeneric's groups with width 16 for len(x) >= 1, groups > 0, net the wires of the selection network of the middle wires lo <= hi, len(dst) = 16*groups, prefetching pf bytes ahead.
 //
 //go:noescape
-func closestSortedF32AVX512(dst []float32, tmp []float32, n int, beta int, c float32)
+func medianNetF32AVX512(dst []float32, tmp []float32, x [][]byte, off int, groups int, pf int, net []uint32, lo int, hi int)
+
+// medianSortedF32AVX512 is medianSortedGeneric with width 16 for len(dst) a positive multiple of 16, the groups wires apart.
+//
+//go:noescape
+func medianSortedF32AVX512(dst []float32, tmp []float32, n int, wires int)
+
+// trimmedSortedF32AVX512 is trimmedSortedGeneric with width 16 for len(dst) a positive multiple of 16, the groups wires apart, 2k < n, c = n-2k.
+//
+//go:noescape
+func trimmedSortedF32AVX512(dst []float32, tmp []float32, n int, wires int, k int, c float32)
+
+// closestSortedF32AVX512 is closestSortedGeneric with width 16 for len(dst) a positive multiple of 16, the groups wires apart, 1 <= beta <= n, c = beta.
+//
+//go:noescape
+func closestSortedF32AVX512(dst []float32, tmp []float32, n int, wires int, beta int, c float32)
 
 // gramPackF32AVX512 packs the centred block of gramGeneric into tmp (group-major) and adds the squares to sq, for elems a positive multiple of 8.
 //
 //go:noescape
 func gramPackF32AVX512(tmp []float64, sq []float64, x [][]byte, elems int)
 
-// gramTilesAVX512 adds the pairs of rows [r0, r1) of the packed block in tmp to p (gramGeneric's), for elems a positive multiple of 8 and r0 a multiple of 4.
+// gramTilesAVX512 adds the pairs of rows [r0, r1) over the groups [g0, g1) of the packed block in tmp to p (gramGeneric's), for elems a positive multiple of 8, r0 a multiple of 4 and g1 > g0.
 //
 //go:noescape
-func gramTilesAVX512(p []float64, tmp []float64, n int, elems int, r0 int, r1 int)
+func gramTilesAVX512(p []float64, tmp []float64, n int, elems int, r0 int, r1 int, g0 int, g1 int)
 
 // fmaLoopAVX512 runs iters x 48 f64 fused multiply-adds on zmm registers and returns a value that depends on all of them.
 func fmaLoopAVX512(iters int) float64

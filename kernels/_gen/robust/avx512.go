@@ -36,15 +36,20 @@ var zmm = []VecPhysical{
 // slot512 is the byte size of one value of a group in the AVX-512 slabs: 16 f32 lanes.
 const slot512 = 64
 
-// sortPrefetch is how far ahead (bytes) the straight-line sorts prefetch each input: 8 groups
-// of 16 coordinates.
-const sortPrefetch = 512
+// The order-statistic functions take pf, how many bytes ahead each input is prefetched into L2
+// as it is read: a caller that walks the inputs block by block passes the block's bytes, so
+// that the next block's lines are on their way while this block is sorted (the hardware
+// prefetchers follow a few dozen streams at most, and a group reads one line of each input).
 
 func genAVX512() {
 	genSortSmall512()
 	genMedianSmall512()
+	for _, p := range paddedSizes {
+		genSortPadded512(p)
+	}
 	genSortNet512()
 	genMedianNet512()
+	genMedianSorted512()
 	genTrimmedSorted512()
 	genClosestSorted512()
 	genGramPack("gramPackF32AVX512", true)
@@ -67,9 +72,9 @@ func dispatchCounts(n Register, prefix string) {
 // genSortSmall512 generates sortSmallF32AVX512(tmp, x, off, groups): sortSmallF32AVX2 on groups
 // of 16 coordinates (tmp[(g*n+i)*16+lane]).
 func genSortSmall512() {
-	TEXT("sortSmallF32AVX512", NOSPLIT, "func(tmp []float32, x [][]byte, off, groups int)")
+	TEXT("sortSmallF32AVX512", NOSPLIT, "func(tmp []float32, x [][]byte, off, groups, pf int)")
 	Pragma("noescape")
-	Doc(fmt.Sprintf("sortSmallF32AVX512 is sortGroupsGeneric with width 16 for 1 <= len(x) <= %d, groups > 0.", smallMax))
+	Doc(fmt.Sprintf("sortSmallF32AVX512 is sortGroupsGeneric with width 16 for 1 <= len(x) <= %d, groups > 0, prefetching pf bytes ahead.", smallMax))
 	dispatchCounts(Load(Param("x").Len(), GP64()), "")
 	for k := 1; k <= smallMax; k++ {
 		Label(fmt.Sprintf("n%d", k))
@@ -78,9 +83,10 @@ func genSortSmall512() {
 		j := Load(Param("off"), GP64())
 		SHLQ(U8(2), j)
 		g := Load(Param("groups"), GP64())
+		pf := Load(Param("pf"), GP64())
 		Label(fmt.Sprintf("n%d_loop", k))
 		r := newRegFile(zmm, slot512, k, xp, j, tp)
-		r.prefetch = sortPrefetch
+		r.prefetch = pf
 		comps := emitNetwork(sortNetwork(k), r)
 		for w := range k {
 			if r.reg[w] < 0 && !r.loaded[w] {
@@ -105,9 +111,9 @@ func genSortSmall512() {
 // result written to dst (16 per group); tmp (len(x)·16 floats) holds the wires the network
 // spills.
 func genMedianSmall512() {
-	TEXT("medianSmallF32AVX512", NOSPLIT, "func(dst []float32, tmp []float32, x [][]byte, off, groups int)")
+	TEXT("medianSmallF32AVX512", NOSPLIT, "func(dst []float32, tmp []float32, x [][]byte, off, groups, pf int)")
 	Pragma("noescape")
-	Doc(fmt.Sprintf("medianSmallF32AVX512 is the median of sortGroupsGeneric's groups with width 16 for 1 <= len(x) <= %d, groups > 0, len(dst) = 16*groups.", smallMax))
+	Doc(fmt.Sprintf("medianSmallF32AVX512 is the median of sortGroupsGeneric's groups with width 16 for 1 <= len(x) <= %d, groups > 0, len(dst) = 16*groups, prefetching pf bytes ahead.", smallMax))
 	dispatchCounts(Load(Param("x").Len(), GP64()), "")
 	for k := 1; k <= smallMax; k++ {
 		Label(fmt.Sprintf("n%d", k))
@@ -117,9 +123,10 @@ func genMedianSmall512() {
 		j := Load(Param("off"), GP64())
 		SHLQ(U8(2), j)
 		g := Load(Param("groups"), GP64())
+		pf := Load(Param("pf"), GP64())
 		Label(fmt.Sprintf("n%d_loop", k))
 		r := newRegFile(zmm, slot512, k, xp, j, tp)
-		r.prefetch = sortPrefetch
+		r.prefetch = pf
 		net := selectNetwork(sortNetwork(k), middleWires(k)...)
 		comps := emitNetwork(net, r)
 		// Every input feeds the median; one that no comparator reads (k = 1) is read here.
@@ -148,9 +155,123 @@ func genMedianSmall512() {
 	}
 }
 
+// paddedSizes are the wire counts of the straight-line networks for more than smallMax inputs:
+// n inputs run the network of the next size up, the wires from n on holding +Inf. For inputs
+// without NaN that is the network of n wires itself (sortNetwork prunes exactly the
+// comparators that touch a wire >= n, and a comparator of a finite or infinite value with +Inf
+// leaves both where they are); a NaN would be moved by them, so the kernel reports a NaN it
+// reads and the caller sorts those groups again with the table of the pruned network.
+var paddedSizes = []int{64, 128}
+
+// genSortPadded512 generates sortPaddedF32AVX512_P(tmp, x, off, groups, pf) (clean bool): for
+// each group of 16 coordinates, the len(x) (smallMax < len(x) <= P) inputs' values gathered
+// into the group's slab (P wires of 64 bytes, tmp[(g*P+i)*16+lane]) and the wires from len(x)
+// on set to +Inf, then sorted by the straight-line network of P wires, registers allocated at
+// generation time. clean is false when an input value read was NaN (the sum of every value
+// read, in f32, is NaN then; it may also be for an Inf beside a -Inf, which costs only the
+// exact sort).
+func genSortPadded512(P int) {
+	name := fmt.Sprintf("sortPaddedF32AVX512_%d", P)
+	TEXT(name, NOSPLIT, "func(tmp []float32, x [][]byte, off, groups, pf int) bool")
+	Pragma("noescape")
+	Doc(fmt.Sprintf("%s sorts groups of 16 coordinates of %d < len(x) <= %d inputs by the network of %d wires, the wires from len(x) on +Inf, into slabs of %d wires, prefetching pf bytes ahead; it returns false if a value read was NaN.", name, smallMax, P, P, P))
+	tp := Load(Param("tmp").Base(), GP64())
+	j := Load(Param("off"), GP64())
+	SHLQ(U8(2), j)
+	g := Load(Param("groups"), GP64())
+	pf := Load(Param("pf"), GP64())
+	n := Load(Param("x").Len(), GP64())
+	inf, sum := Z0, Z1 // the network's registers are Z2..Z31
+	{
+		r := GP32()
+		MOVL(U32(0x7f800000), r)
+		VPBROADCASTD(r, inf)
+	}
+	VXORPS(sum, sum, sum)
+	Label("group")
+	{
+		h := Load(Param("x").Base(), GP64())
+		d, w := GP64(), GP64()
+		MOVQ(tp, d)
+		XORQ(w, w)
+		Label("gather")
+		p := GP64()
+		MOVQ(Mem{Base: h}, p)
+		VMOVUPS(Mem{Base: p, Index: j, Scale: 1}, Z2)
+		ADDQ(pf, p)
+		PREFETCHT1(Mem{Base: p, Index: j, Scale: 1})
+		VADDPS(Z2, sum, sum)
+		VMOVUPS(Z2, Mem{Base: d})
+		ADDQ(U8(24), h)
+		ADDQ(U8(slot512), d)
+		INCQ(w)
+		CMPQ(w, n)
+		JB(LabelRef("gather"))
+		Label("pad")
+		CMPQ(w, U32(P))
+		JAE(LabelRef("sort"))
+		VMOVUPS(inf, Mem{Base: d})
+		ADDQ(U8(slot512), d)
+		INCQ(w)
+		JMP(LabelRef("pad"))
+	}
+	Label("sort")
+	r := newRegFile(zmm[2:], slot512, P, nil, j, tp)
+	for w := range r.loaded {
+		r.loaded[w] = true // every wire starts in the slab
+	}
+	comps := emitNetwork(sortNetwork(P), r)
+	for w := range P {
+		if i := r.reg[w]; i >= 0 {
+			r.evict(i)
+		}
+	}
+	Commentf("%d wires: %d comparators, %d loads, %d stores per group", P, comps, r.loads, r.stores)
+	ADDQ(U8(slot512), j)
+	ADDQ(U32(slot512*P), tp)
+	DECQ(g)
+	JNZ(LabelRef("group"))
+	k := K()
+	VCMPPS(U8(3), sum, sum, k) // unordered: NaN
+	ok := GP8()
+	KORTESTW(k, k)
+	SETEQ(ok)
+	Store(ok, ReturnIndex(0))
+	VZEROUPPER()
+	RET()
+}
+
+// genMedianSorted512 generates medianSortedF32AVX512(dst, tmp, n, wires): medianSortedF32AVX2 on
+// 16-coordinate groups wires·64 bytes apart.
+func genMedianSorted512() {
+	TEXT("medianSortedF32AVX512", NOSPLIT, "func(dst []float32, tmp []float32, n, wires int)")
+	Pragma("noescape")
+	Doc("medianSortedF32AVX512 is medianSortedGeneric with width 16 for len(dst) a positive multiple of 16, the groups wires apart.")
+	dst, tp, g, stride, mid, n := sortedArgs512()
+	half := broadcastF32x16(0x3f000000)
+	TESTQ(U32(1), n)
+	JZ(LabelRef("even"))
+	for _, odd := range []bool{true, false} {
+		lbl := "odd"
+		if !odd {
+			lbl = "even"
+			Label(lbl)
+		}
+		Label(lbl + "_loop")
+		m := median512(tp, mid, odd, half)
+		VMOVUPS(m, Mem{Base: dst})
+		ADDQ(U8(64), dst)
+		ADDQ(stride, tp)
+		DECQ(g)
+		JNZ(LabelRef(lbl + "_loop"))
+		VZEROUPPER()
+		RET()
+	}
+}
+
 // gather512 copies the 16 values at byte j of every input into the slab at tp (value i at
-// tp + 64i) and returns the slab's end.
-func gather512(tp, j Register) Register {
+// tp + 64i), prefetching pf bytes ahead, and returns the slab's end.
+func gather512(tp, j, pf Register) Register {
 	h := Load(Param("x").Base(), GP64())
 	cnt := Load(Param("x").Len(), GP64())
 	d := GP64()
@@ -159,7 +280,8 @@ func gather512(tp, j Register) Register {
 	p := GP64()
 	MOVQ(Mem{Base: h}, p)
 	VMOVUPS(Mem{Base: p, Index: j, Scale: 1}, Z0)
-	PREFETCHT0(Mem{Base: p, Index: j, Scale: 1, Disp: sortPrefetch})
+	ADDQ(pf, p)
+	PREFETCHT1(Mem{Base: p, Index: j, Scale: 1})
 	VMOVUPS(Z0, Mem{Base: d})
 	ADDQ(U8(24), h)
 	ADDQ(U8(slot512), d)
@@ -171,15 +293,16 @@ func gather512(tp, j Register) Register {
 // genSortNet512 generates sortNetF32AVX512(tmp, x, off, groups, net): sortNetF32AVX2 on groups of
 // 16 coordinates.
 func genSortNet512() {
-	TEXT("sortNetF32AVX512", NOSPLIT, "func(tmp []float32, x [][]byte, off, groups int, net []uint32)")
+	TEXT("sortNetF32AVX512", NOSPLIT, "func(tmp []float32, x [][]byte, off, groups, pf int, net []uint32)")
 	Pragma("noescape")
-	Doc("sortNetF32AVX512 is sortGroupsGeneric with width 16 for len(x) >= 1, groups > 0, net the wires of sortNetwork(len(x)).")
+	Doc("sortNetF32AVX512 is sortGroupsGeneric with width 16 for len(x) >= 1, groups > 0, net the wires of sortNetwork(len(x)), prefetching pf bytes ahead.")
 	tp := Load(Param("tmp").Base(), GP64())
 	j := Load(Param("off"), GP64())
 	SHLQ(U8(2), j)
 	g := Load(Param("groups"), GP64())
+	pf := Load(Param("pf"), GP64())
 	Label("group")
-	d := gather512(tp, j)
+	d := gather512(tp, j, pf)
 	tableNetwork("net", tp, 6, Z0, Z1, Z2)
 	ADDQ(U8(slot512), j)
 	MOVQ(d, tp)
@@ -193,9 +316,9 @@ func genSortNet512() {
 // 16 coordinates the inputs gathered into tmp (len(x)·16 floats, reused), the selection network
 // net applied, and the median of wires lo and hi (lo = hi for an odd count) written to dst.
 func genMedianNet512() {
-	TEXT("medianNetF32AVX512", NOSPLIT, "func(dst []float32, tmp []float32, x [][]byte, off, groups int, net []uint32, lo, hi int)")
+	TEXT("medianNetF32AVX512", NOSPLIT, "func(dst []float32, tmp []float32, x [][]byte, off, groups, pf int, net []uint32, lo, hi int)")
 	Pragma("noescape")
-	Doc("medianNetF32AVX512 is the median of sortGroupsGeneric's groups with width 16 for len(x) >= 1, groups > 0, net the wires of the selection network of the middle wires lo <= hi, len(dst) = 16*groups.")
+	Doc("medianNetF32AVX512 is the median of sortGroupsGeneric's groups with width 16 for len(x) >= 1, groups > 0, net the wires of the selection network of the middle wires lo <= hi, len(dst) = 16*groups, prefetching pf bytes ahead.")
 	tp := Load(Param("tmp").Base(), GP64())
 	dst := Load(Param("dst").Base(), GP64())
 	j := Load(Param("off"), GP64())
@@ -207,8 +330,9 @@ func genMedianNet512() {
 	SHLQ(U8(6), hi)
 	half := GP32()
 	MOVL(U32(0x3f000000), half)
+	pf := Load(Param("pf"), GP64())
 	Label("group")
-	gather512(tp, j)
+	gather512(tp, j, pf)
 	tableNetwork("net", tp, 6, Z0, Z1, Z2)
 	CMPQ(lo, hi)
 	JE(LabelRef("odd"))
@@ -238,15 +362,15 @@ func broadcastF32x16(f uint32) VecVirtual {
 	return z
 }
 
-// sortedArgs512 is sortedArgs for slabs of 16-coordinate groups.
+// sortedArgs512 is sortedArgs for slabs of 16-coordinate groups of the given wires (n, or the
+// padded network's size).
 func sortedArgs512() (dst, tp, g, stride, mid, n Register) {
 	dst = Load(Param("dst").Base(), GP64())
 	tp = Load(Param("tmp").Base(), GP64())
 	g = Load(Param("dst").Len(), GP64())
 	SHRQ(U8(4), g)
 	n = Load(Param("n"), GP64())
-	stride = GP64()
-	MOVQ(n, stride)
+	stride = Load(Param("wires"), GP64())
 	SHLQ(U8(6), stride)
 	mid = GP64()
 	MOVQ(n, mid)
@@ -269,20 +393,19 @@ func median512(tp, mid Register, odd bool, half VecVirtual) VecVirtual {
 	return m
 }
 
-// genTrimmedSorted512 generates trimmedSortedF32AVX512(dst, tmp, n, k, c): trimmedSortedF32AVX2 on
-// 16-coordinate groups.
+// genTrimmedSorted512 generates trimmedSortedF32AVX512(dst, tmp, n, wires, k, c):
+// trimmedSortedF32AVX2 on 16-coordinate groups wires·64 bytes apart.
 func genTrimmedSorted512() {
-	TEXT("trimmedSortedF32AVX512", NOSPLIT, "func(dst []float32, tmp []float32, n, k int, c float32)")
+	TEXT("trimmedSortedF32AVX512", NOSPLIT, "func(dst []float32, tmp []float32, n, wires, k int, c float32)")
 	Pragma("noescape")
-	Doc("trimmedSortedF32AVX512 is trimmedSortedGeneric with width 16 for len(dst) a positive multiple of 16, 2k < n, c = n-2k.")
+	Doc("trimmedSortedF32AVX512 is trimmedSortedGeneric with width 16 for len(dst) a positive multiple of 16, the groups wires apart, 2k < n, c = n-2k.")
 	dst := Load(Param("dst").Base(), GP64())
 	tp := Load(Param("tmp").Base(), GP64())
 	g := Load(Param("dst").Len(), GP64())
 	SHRQ(U8(4), g)
 	n := Load(Param("n"), GP64())
 	k := Load(Param("k"), GP64())
-	stride := GP64()
-	MOVQ(n, stride)
+	stride := Load(Param("wires"), GP64())
 	SHLQ(U8(6), stride)
 	first, end := GP64(), GP64()
 	MOVQ(k, first)
@@ -293,33 +416,56 @@ func genTrimmedSorted512() {
 	c := ZMM()
 	Load(Param("c"), c.AsX())
 	VBROADCASTSS(c.AsX(), c)
-	Label("loop")
-	acc := ZMM()
-	VXORPS(acc, acc, acc)
-	i := GP64()
-	MOVQ(first, i)
-	Label("sum")
-	VADDPS(Mem{Base: tp, Index: i, Scale: 1}, acc, acc)
-	ADDQ(U8(slot512), i)
-	CMPQ(i, end)
-	JB(LabelRef("sum"))
-	VDIVPS(c, acc, acc)
-	VMOVUPS(acc, Mem{Base: dst})
-	ADDQ(U8(64), dst)
-	ADDQ(stride, tp)
-	DECQ(g)
-	JNZ(LabelRef("loop"))
+	// Four groups at a time: each sum is a chain of n-2k dependent additions, so four keep the
+	// adder busy; then the groups left one at a time.
+	for _, u := range []int{4, 1} {
+		lbl := fmt.Sprintf("loop%d", u)
+		Label(lbl)
+		CMPQ(g, U8(u))
+		JB(LabelRef(lbl + "_done"))
+		acc := make([]VecVirtual, u)
+		for q := range acc {
+			acc[q] = ZMM()
+			VXORPS(acc[q], acc[q], acc[q])
+		}
+		i := GP64()
+		MOVQ(first, i)
+		ADDQ(tp, i)
+		e := GP64()
+		LEAQ(Mem{Base: tp, Index: end, Scale: 1}, e)
+		Label(lbl + "_sum")
+		s := GP64()
+		MOVQ(i, s)
+		for q := range acc {
+			VADDPS(Mem{Base: s}, acc[q], acc[q])
+			if q+1 < u {
+				ADDQ(stride, s)
+			}
+		}
+		ADDQ(U8(slot512), i)
+		CMPQ(i, e)
+		JB(LabelRef(lbl + "_sum"))
+		for q := range acc {
+			VDIVPS(c, acc[q], acc[q])
+			VMOVUPS(acc[q], Mem{Base: dst, Disp: 64 * q})
+			ADDQ(stride, tp)
+		}
+		ADDQ(U32(64*u), dst)
+		SUBQ(U8(u), g)
+		JMP(LabelRef(lbl))
+		Label(lbl + "_done")
+	}
 	VZEROUPPER()
 	RET()
 }
 
-// genClosestSorted512 generates closestSortedF32AVX512(dst, tmp, n, beta, c): closestSortedF32AVX2
-// on 16-coordinate groups, with mask registers for the comparisons; the window sums add under a
+// genClosestSorted512 generates closestSortedF32AVX512(dst, tmp, n, wires, beta, c):
+// closestSortedF32AVX2 on 16-coordinate groups wires·64 bytes apart, with mask registers for the comparisons; the window sums add under a
 // mask (a lane outside the window keeps its sum, as adding +0 to a sum that is never -0 does).
 func genClosestSorted512() {
-	TEXT("closestSortedF32AVX512", NOSPLIT, "func(dst []float32, tmp []float32, n, beta int, c float32)")
+	TEXT("closestSortedF32AVX512", NOSPLIT, "func(dst []float32, tmp []float32, n, wires, beta int, c float32)")
 	Pragma("noescape")
-	Doc("closestSortedF32AVX512 is closestSortedGeneric with width 16 for len(dst) a positive multiple of 16, 1 <= beta <= n, c = beta.")
+	Doc("closestSortedF32AVX512 is closestSortedGeneric with width 16 for len(dst) a positive multiple of 16, the groups wires apart, 1 <= beta <= n, c = beta.")
 	dst, tp, g, stride, mid, n := sortedArgs512()
 	beta := Load(Param("beta"), GP64())
 	last := GP64()
@@ -432,14 +578,14 @@ const (
 	tilePairs = 6
 )
 
-// genGramTiles512 generates gramTilesAVX512(p, tmp, n, elems, r0, r1): gramTilesAVX2 for r0 a
-// multiple of 4, with tiles of up to 4 rows by 6 pairs of columns. A row group from a0 covers the
+// genGramTiles512 generates gramTilesAVX512(p, tmp, n, elems, r0, r1, g0, g1): gramTilesAVX2
+// for r0 a multiple of 4, with tiles of up to 4 rows by 6 pairs of columns. A row group from a0 covers the
 // column pairs from a0/2 on: its first tile computes a few pairs a > b, which p leaves
 // unspecified, and with an odd count the last pair holds the zero partner n.
 func genGramTiles512() {
-	TEXT("gramTilesAVX512", NOSPLIT, "func(p []float64, tmp []float64, n, elems, r0, r1 int)")
+	TEXT("gramTilesAVX512", NOSPLIT, "func(p []float64, tmp []float64, n, elems, r0, r1, g0, g1 int)")
 	Pragma("noescape")
-	Doc("gramTilesAVX512 adds the pairs of rows [r0, r1) of the packed block in tmp to p (gramGeneric's), for elems a positive multiple of 8 and r0 a multiple of 4.")
+	Doc("gramTilesAVX512 adds the pairs of rows [r0, r1) over the groups [g0, g1) of the packed block in tmp to p (gramGeneric's), for elems a positive multiple of 8, r0 a multiple of 4 and g1 > g0.")
 	n := Load(Param("n"), GP64())
 	np := GP64() // column pairs
 	MOVQ(n, np)
@@ -492,16 +638,14 @@ func genGramTiles512() {
 // displacement away: row r of the tile at rp + j + 32r, column pair c at cpp + j + 64c.
 func gramTile512(R, C int, n, a0, cp Register) {
 	panel := Load(Param("tmp").Base(), GP64())
-	stride := Load(Param("n"), GP64()) // a group's bytes: ne·32
-	INCQ(stride)
-	ANDQ(I8(-2), stride)
-	SHLQ(U8(5), stride)
-	// end = panel + G·stride, G = elems/4; j runs from -G·stride to 0.
-	j := Load(Param("elems"), GP64())
-	SHRQ(U8(2), j)
+	stride := groupStride(Load(Param("n"), GP64())) // a group's bytes
+	// end = panel + g1·stride; j runs from -(g1-g0)·stride to 0.
+	end := Load(Param("g1"), GP64())
+	IMULQ(stride, end)
+	ADDQ(panel, end)
+	j := Load(Param("g1"), GP64())
+	SUBQ(Load(Param("g0"), GP64()), j)
 	IMULQ(stride, j)
-	end := GP64()
-	LEAQ(Mem{Base: panel, Index: j, Scale: 1}, end)
 	NEGQ(j)
 	rp, cpp := GP64(), GP64()
 	MOVQ(a0, rp)

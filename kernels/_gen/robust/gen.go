@@ -175,9 +175,9 @@ type regFile struct {
 	uses   [][]int // per wire: positions (in the canonical order) of its remaining uses
 	loads  int
 	stores int
-	// prefetch, if not 0, is how many bytes ahead of the group each input is prefetched at its
-	// first load.
-	prefetch int
+	// prefetch, if not nil, holds how many bytes ahead of the group each input is prefetched
+	// into L2 at its first load.
+	prefetch Register
 }
 
 func newRegFile(regs []VecPhysical, slot, n int, xp, j, tp Register) *regFile {
@@ -243,8 +243,10 @@ func (r *regFile) ensure(w int, pinned ...int) int {
 		p := GP64()
 		MOVQ(Mem{Base: r.xp, Disp: 24 * w}, p)
 		VMOVUPS(Mem{Base: p, Index: r.j, Scale: 1}, r.regs[i])
-		if r.prefetch > 0 {
-			PREFETCHT0(Mem{Base: p, Index: r.j, Scale: 1, Disp: r.prefetch})
+		if r.prefetch != nil {
+			q := GP64()
+			LEAQ(Mem{Base: p, Index: r.prefetch, Scale: 1}, q)
+			PREFETCHT1(Mem{Base: q, Index: r.j, Scale: 1})
 		}
 		r.loaded[w] = true
 		r.dirty[w] = true
@@ -670,19 +672,20 @@ func genClosestSorted() {
 
 // The Gram kernels work on a packed block (GramF32 in kernels/robust_gram.go): the centred f64
 // values of the inputs taken in pairs (2q, 2q+1), in groups of 4 coordinates, each group the 4
-// values of input 2q then the 4 of input 2q+1 (64 bytes), then the block's centre (elems f64).
-// An odd count gets a zero partner, so that a 64-byte load always holds two inputs. With G =
-// elems/4 groups and ne = n rounded up to even, input i's values of group g are at byte
+// values of input 2q then the 4 of input 2q+1 (64 bytes), then the block's centre (elems f64,
+// at (ne+2)·elems f64). An odd count gets a zero partner, so that a 64-byte load always holds
+// two inputs. With G = elems/4 groups and ne = n rounded up to even, input i's values of
+// group g are at byte
 //
-//	pair-major (AVX2 tiles):   (i>>1)·G·64 + g·64 + (i&1)·32  (a pair's groups contiguous)
-//	group-major (AVX-512):     g·ne·32 + (i>>1)·64 + (i&1)·32 (a group's pairs contiguous)
+//	pair-major (AVX2 tiles):   (i>>1)·G·64 + g·64 + (i&1)·32       (a pair's groups contiguous)
+//	group-major (AVX-512):     g·(ne·32+64) + (i>>1)·64 + (i&1)·32 (a group's pairs contiguous)
 //
 // The AVX2 tiles keep a pointer per row and column; the AVX-512 tiles address all their rows
 // and columns from one pointer with constant displacements.
 
 // genGramPack generates name(tmp, sq, x, elems): the centre of each coordinate (the inputs' f64
 // sum in input order divided by n, rounded to f32, 0 where not finite), every input's centred
-// values packed into tmp (pair-major or group-major), and sq[4i + j%4] = FMA(x_i[j], x_i[j],
+// values packed into tmp (pair-major or group-major), and sq[16i + j%16] = FMA(x_i[j], x_i[j],
 // ...), for elems a positive multiple of 8 (AVX2 instructions either way). While it reads an
 // input it prefetches the input's next block (the elems elements after this one) into L2, for
 // the next call of a caller that walks the inputs block by block: the register tiles, which take
@@ -702,23 +705,20 @@ func genGramPack(name string, groupMajor bool) {
 	g64 := GP64()
 	MOVQ(elems, g64)
 	SHLQ(U8(4), g64)
-	centre := GP64()
+	centre := GP64() // after the panel: (ne+2)·elems f64 (room for either layout)
 	MOVQ(n, centre)
 	INCQ(centre)
 	ANDQ(I8(-2), centre)
+	ADDQ(U8(2), centre)
 	IMULQ(elems, centre)
 	SHLQ(U8(3), centre)
 	ADDQ(panel, centre)
 	end := GP64() // f32 bytes of the block
 	MOVQ(elems, end)
 	SHLQ(U8(2), end)
-	var stride Register // group-major: a group's bytes, ne·32
+	var stride Register // group-major: a group's bytes, ne·32 + 64
 	if groupMajor {
-		stride = GP64()
-		MOVQ(n, stride)
-		INCQ(stride)
-		ANDQ(I8(-2), stride)
-		SHLQ(U8(5), stride)
+		stride = groupStride(n)
 	}
 	nf := YMM()
 	VCVTSI2SDQ(n, nf.AsX(), nf.AsX())
@@ -726,46 +726,58 @@ func genGramPack(name string, groupMajor bool) {
 	zero := YMM()
 	VXORPD(zero, zero, zero)
 
-	// Pass 1: the centre, 8 coordinates per step.
+	// Pass 1: the centre, 32 coordinates per step (8 sums in flight: each is a chain of n
+	// additions in input order), then 8 per step for the rest.
 	{
 		cp, j := GP64(), GP64()
 		MOVQ(centre, cp)
 		XORQ(j, j)
-		Label("centre")
-		t0, t1 := YMM(), YMM()
-		VXORPD(t0, t0, t0)
-		VXORPD(t1, t1, t1)
-		h := Load(Param("x").Base(), GP64())
-		cnt := GP64()
-		MOVQ(n, cnt)
-		Label("centre_in")
-		p := GP64()
-		MOVQ(Mem{Base: h}, p)
-		v0, v1 := YMM(), YMM()
-		VCVTPS2PD(Mem{Base: p, Index: j, Scale: 1}, v0)
-		VCVTPS2PD(Mem{Base: p, Index: j, Scale: 1, Disp: 16}, v1)
-		VADDPD(v0, t0, t0)
-		VADDPD(v1, t1, t1)
-		ADDQ(U8(24), h)
-		DECQ(cnt)
-		JNZ(LabelRef("centre_in"))
-		for k, t := range []VecVirtual{t0, t1} {
-			f, d := XMM(), YMM()
-			VDIVPD(nf, t, t)
-			VCVTPD2PSY(t, f)
-			VCVTPS2PD(f, t)
-			VSUBPD(t, t, d)
-			VCMPPD(U8(0), zero, d, d) // t-t == 0: t is finite
-			VANDPD(d, t, t)
-			VMOVUPD(t, Mem{Base: cp, Disp: 32 * k})
+		for _, w := range []int{4, 1} { // ymm pairs of 8 coordinates per step
+			lbl := fmt.Sprintf("centre%d", w)
+			lim := GP64()
+			MOVQ(end, lim)
+			SUBQ(U32(32*w-32), lim) // steps start below end-32w+32 (signed: may be negative)
+			Label(lbl)
+			CMPQ(j, lim)
+			JGE(LabelRef(lbl + "_done"))
+			t := make([]VecVirtual, 2*w)
+			for k := range t {
+				t[k] = YMM()
+				VXORPD(t[k], t[k], t[k])
+			}
+			h := Load(Param("x").Base(), GP64())
+			cnt := GP64()
+			MOVQ(n, cnt)
+			Label(lbl + "_in")
+			p := GP64()
+			MOVQ(Mem{Base: h}, p)
+			for k := range t {
+				v := YMM()
+				VCVTPS2PD(Mem{Base: p, Index: j, Scale: 1, Disp: 16 * k}, v)
+				VADDPD(v, t[k], t[k])
+			}
+			ADDQ(U8(24), h)
+			DECQ(cnt)
+			JNZ(LabelRef(lbl + "_in"))
+			for k := range t {
+				f, d := XMM(), YMM()
+				VDIVPD(nf, t[k], t[k])
+				VCVTPD2PSY(t[k], f)
+				VCVTPS2PD(f, t[k])
+				VSUBPD(t[k], t[k], d)
+				VCMPPD(U8(0), zero, d, d) // t-t == 0: t is finite
+				VANDPD(d, t[k], t[k])
+				VMOVUPD(t[k], Mem{Base: cp, Disp: 32 * k})
+			}
+			ADDQ(U32(64*w), cp)
+			ADDQ(U32(32*w), j)
+			JMP(LabelRef(lbl))
+			Label(lbl + "_done")
 		}
-		ADDQ(U8(64), cp)
-		ADDQ(U8(32), j)
-		CMPQ(j, end)
-		JB(LabelRef("centre"))
 	}
 
-	// Pass 2: input by input, the centred values and the squares, 8 coordinates per step.
+	// Pass 2: input by input, the centred values and the squares (16 lanes: four chains of
+	// FMAs), 16 coordinates per step, then 8.
 	{
 		i := GP64()
 		XORQ(i, i)
@@ -776,34 +788,49 @@ func genGramPack(name string, groupMajor bool) {
 		sqp := Load(Param("sq").Base(), GP64())
 		sh := GP64()
 		MOVQ(i, sh)
-		SHLQ(U8(5), sh)
+		SHLQ(U8(7), sh) // 16 f64 per input
 		ADDQ(sh, sqp)
-		acc := YMM()
-		VMOVUPD(Mem{Base: sqp}, acc)
+		acc := make([]VecVirtual, 4)
+		for k := range acc {
+			acc[k] = YMM()
+			VMOVUPD(Mem{Base: sqp, Disp: 32 * k}, acc[k])
+		}
 		cp := GP64()
 		MOVQ(centre, cp)
-		Label("pack")
-		PREFETCHT1(Mem{Base: p, Index: end, Scale: 1})
-		for u := range 2 {
-			v, y := YMM(), YMM()
-			VCVTPS2PD(Mem{Base: p, Disp: 16 * u}, v)
-			VFMADD231PD(v, v, acc)
-			VSUBPD(Mem{Base: cp, Disp: 32 * u}, v, y)
-			if groupMajor {
-				VMOVUPD(y, Mem{Base: row})
-				ADDQ(stride, row)
-			} else {
-				VMOVUPD(y, Mem{Base: row, Disp: 64 * u})
+		for _, w := range []int{4, 2} { // groups of 4 coordinates per step
+			lbl := fmt.Sprintf("pack%d", w)
+			lim := GP64()
+			LEAQ(Mem{Base: pend, Disp: -16*w + 16}, lim)
+			Label(lbl)
+			CMPQ(p, lim)
+			JAE(LabelRef(lbl + "_done"))
+			PREFETCHT1(Mem{Base: p, Index: end, Scale: 1})
+			if w == 4 {
+				PREFETCHT1(Mem{Base: p, Index: end, Scale: 1, Disp: 32})
 			}
+			for u := range w {
+				v, y := YMM(), YMM()
+				VCVTPS2PD(Mem{Base: p, Disp: 16 * u}, v)
+				VFMADD231PD(v, v, acc[u])
+				VSUBPD(Mem{Base: cp, Disp: 32 * u}, v, y)
+				if groupMajor {
+					VMOVUPD(y, Mem{Base: row})
+					ADDQ(stride, row)
+				} else {
+					VMOVUPD(y, Mem{Base: row, Disp: 64 * u})
+				}
+			}
+			ADDQ(U32(32*w), cp)
+			if !groupMajor {
+				ADDQ(U32(64*w), row)
+			}
+			ADDQ(U32(16*w), p)
+			JMP(LabelRef(lbl))
+			Label(lbl + "_done")
 		}
-		ADDQ(U8(64), cp)
-		if !groupMajor {
-			ADDQ(U8(128), row)
+		for k := range acc {
+			VMOVUPD(acc[k], Mem{Base: sqp, Disp: 32 * k})
 		}
-		ADDQ(U8(32), p)
-		CMPQ(p, pend)
-		JB(LabelRef("pack"))
-		VMOVUPD(acc, Mem{Base: sqp})
 		INCQ(i)
 		CMPQ(i, n)
 		JB(LabelRef("input"))
@@ -839,6 +866,19 @@ func inputPtr(i Register) Register {
 	return p
 }
 
+// groupStride returns the bytes of one group of the group-major layout for the count in n:
+// ne·32, padded by a cache line so that the groups of one input, which the packing writes one
+// after the other, do not all fall in the same L1 set when ne·32 is a multiple of 4 KiB.
+func groupStride(n Register) Register {
+	s := GP64()
+	MOVQ(n, s)
+	INCQ(s)
+	ANDQ(I8(-2), s)
+	ADDQ(U8(2), s)
+	SHLQ(U8(5), s)
+	return s
+}
+
 // packRow returns the address of input i's first group in the packed block at panel, in the
 // pair-major or the group-major layout.
 func packRow(panel, i, g64 Register, groupMajor bool) Register {
@@ -872,11 +912,14 @@ func gramRow(panel, i, g64 Register) Register {
 	return r
 }
 
-// genGramTiles generates gramTilesAVX2(p, tmp, n, elems, r0, r1): for the rows a in [r0, r1)
-// (r0 a multiple of 3) and every b >= a, p[(a*s+b)*4 + j%4] = FMA(y_a[j], y_b[j], p[...]) over
-// the packed block in tmp (gramPackF32AVX2's), s = n rounded up to even, j in [0, elems),
-// elems a positive multiple of 8. A caller bounds the time spent in one call (the runtime
-// cannot preempt it) by the rows it asks for.
+// genGramTiles generates gramTilesAVX2(p, tmp, n, elems, r0, r1, g0, g1): for the rows a in
+// [r0, r1) (r0 a multiple of 3) and every b >= a, p[(a*s+b)*4 + j%4] = FMA(y_a[j], y_b[j],
+// p[...]) over the packed block in tmp (gramPackF32AVX2's), s = n rounded up to even, j in the
+// groups of 4 coordinates [g0, g1) of the block (elems a positive multiple of 8). A caller
+// walks the groups in chunks small enough that a row group's rows stay in L1 while its tiles
+// stream the columns from L2, in order (lane l of a pair receives coordinates j ≡ l mod 4 in
+// order either way), and bounds the time spent in one call (the runtime cannot preempt it) by
+// the rows it asks for.
 //
 // Rows are taken 3 at a time (i0, i0+1, i0+2). Each row group starts with a diagonal tile: the
 // pairs among its rows and with the next 2 columns (5+4+3 = 12 pairs, the rows' own vectors
@@ -886,9 +929,9 @@ func gramRow(panel, i, g64 Register) Register {
 // independent chains cover the 4-cycle latency). Only the last tile of a row group may be
 // narrower, and no pair a > b is computed.
 func genGramTiles() {
-	TEXT("gramTilesAVX2", NOSPLIT, "func(p []float64, tmp []float64, n, elems, r0, r1 int)")
+	TEXT("gramTilesAVX2", NOSPLIT, "func(p []float64, tmp []float64, n, elems, r0, r1, g0, g1 int)")
 	Pragma("noescape")
-	Doc("gramTilesAVX2 adds the pairs of rows [r0, r1) of the packed block in tmp to p (gramGeneric's), for elems a positive multiple of 8 and r0 a multiple of 3.")
+	Doc("gramTilesAVX2 adds the pairs of rows [r0, r1) over the groups [g0, g1) of the packed block in tmp to p (gramGeneric's), for elems a positive multiple of 8, r0 a multiple of 3 and g1-g0 a positive even count.")
 	n := Load(Param("n"), GP64())
 	ns := GP64() // row stride of p in bytes: s*32
 	MOVQ(n, ns)
@@ -957,11 +1000,14 @@ func gramTile(R, C int, diagonal bool, i0, c0, ns Register) {
 	panel := Load(Param("tmp").Base(), GP64())
 	g64 := Load(Param("elems"), GP64())
 	SHLQ(U8(4), g64) // a pair's row: elems·16 bytes
+	// Rows end at group g1; j runs from -(g1-g0)·64.
+	g1 := Load(Param("g1"), GP64())
+	SHLQ(U8(6), g1)
 	ptr := func(idx Register, k int) Register {
 		i := GP64()
 		LEAQ(Mem{Base: idx, Disp: k}, i)
 		r := gramRow(panel, i, g64)
-		ADDQ(g64, r)
+		ADDQ(g1, r)
 		return r
 	}
 	rows := make([]Register, R)
@@ -1006,9 +1052,9 @@ func gramTile(R, C int, diagonal bool, i0, c0, ns Register) {
 			}
 		}
 	}
-	j := GP64()
-	MOVQ(g64, j)
-	NEGQ(j)
+	j := Load(Param("g0"), GP64())
+	SHLQ(U8(6), j)
+	SUBQ(g1, j)
 	loop := fmt.Sprintf("t%dx%d_%v_loop", R, C, diagonal)
 	Label(loop)
 	for u := range 2 {
