@@ -17,7 +17,8 @@
 // handwritten digits, a held-out split, non-IID client shards), mlp (a small perceptron
 // trained with gorgonia from a global tensor.Set, and inference over a mapped model), attack
 // (label flipping, update scaling), serving and cmd/digits-serve (HTTP inference with atomic
-// model reload).
+// model reload). federation and cmd/federation (make federation) put them together with
+// wattagg's aggregation server: a federation run end to end on loopback, and the attack table.
 //
 // Views are only as writable and as long-lived as what they view: a Dense over a Set opened
 // from a file is read-only (writing to it faults) and becomes empty when the Set is closed.
