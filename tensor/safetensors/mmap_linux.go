@@ -73,23 +73,30 @@ func openDirectRead(f *os.File) *os.File {
 }
 
 // The rule of ReadAuto, from measurements on the 2-core development VMs (AMD EPYC, KVM, Linux
-// 6.18, ext4; 32 files of 16 MiB summed on 2 threads, CPU time, min of 9 runs):
-//   - A file whose pages were written with large writes sits in the page cache in large folios,
-//     and each fault maps a whole folio (~200 KiB of the files `wattagg bench` writes): walking
-//     the mapping took 51 ms against 59 ms for pread into reused 256 KiB buffers.
-//   - A file read back after eviction (DAMON proactive reclaim on these VMs), or written in
-//     small pieces, or cached by a kernel without large folios for its file system, sits in 4 KiB
-//     folios, and each fault maps only the 64 KiB fault-around window: the mapping took 129 ms
-//     (2.5x, most of it mapping and unmapping 4 KiB pages), pread 109 ms.
+// 6.18, ext4, page cache shared with other work; 32 files of 16 MiB summed on 2 threads, CPU
+// time, min of 9 runs), and on the VM of the issue:
+//   - A file written with large writes sits in the page cache in large folios, and a fault
+//     maps a whole folio (~200 KiB of the files wattagg writes). Walking the mapping then beat
+//     copying with pread here by a third (60 against 90 ms): the file is mapped.
+//   - A file read back after eviction (DAMON proactive reclaim on these VMs), written in small
+//     pieces, or cached by a kernel without large folios for its file system (ext4 has them
+//     from Linux 6.16) sits in 4 KiB folios, and a fault maps only the 64 KiB fault-around
+//     window. Here wattagg's parallel first-touch mapping and its copies then cost about the
+//     same (122 and 133 ms) while e2efloor.c's pread beat its mapping (109 against 129 ms);
+//     on the issue's VM pread beat mapping 2.25x (0.12 against 0.27 s). Copying is the choice
+//     that loses least where it is wrong: the file is copied.
+//   - A file mostly not in the page cache is mapped: the kernel's readahead then reads it in
+//     large requests. O_DIRECT reads of the blocks the workers need (ReadDirect) took 1.9-2.4 s
+//     for 512 MiB here against 0.8-1.1 s mapped and 0.9-1.4 s copied: one synchronous request
+//     of 128 KiB per input and worker cannot keep the disk busy.
 //
-// So the probe measures what decides: the bytes one fault maps, over the first and the middle
-// MiB of the data section (MADV_POPULATE_READ on a thread locked for the count, so the
-// counted faults are the probe's own). Files mostly not in the page cache are read with
-// O_DIRECT: nothing to map, and no page cache filled with a file read once.
+// The probe measures what decides: the bytes one fault maps, over a window at the start and
+// one in the middle of the data section (MADV_POPULATE_READ on a thread locked for the count,
+// so the counted faults are the probe's own; those pages are read by the job anyway).
 const (
 	probeMinData   = 4 << 20   // less data than this is mapped: either way is fast, and a mapping needs no open file
-	probeBytes     = 1 << 20   // each of the two probes
-	largeFolioMaps = 128 << 10 // bytes per fault from which the mapping is walked
+	probeBytes     = 512 << 10 // each of the two windows
+	largeFolioMaps = 128 << 10 // bytes per fault from which the file is mapped
 )
 
 func chooseRead(mem []byte, dataOff int64) ReadMode {
@@ -99,17 +106,20 @@ func chooseRead(mem []byte, dataOff int64) ReadMode {
 	}
 	data := mem[lo:]
 	if !mostlyResident(data) {
-		return ReadDirect
+		return ReadMap
 	}
 	mid := (len(data) / 2) &^ (pageSize - 1)
 	a, aok := faultsToMap(data[:probeBytes])
 	b, bok := faultsToMap(data[mid : mid+probeBytes])
-	switch {
-	case !aok || !bok:
-		return ReadMap // no MADV_POPULATE_READ (Linux < 5.14): map, as before
-	case a+b == 0:
-		return ReadMap // mapped already (by another Open of the file in this process)
-	case 2*probeBytes/(a+b) >= largeFolioMaps:
+	return decide(2*probeBytes, a+b, aok && bok)
+}
+
+// decide is ReadAuto's choice for a cached file whose probe mapped bytes with faults: copy
+// when a fault maps less than largeFolioMaps. Without a probe (ok false: Linux before 5.14
+// has no MADV_POPULATE_READ), or when the probe took no fault (the pages were mapped already,
+// by another Open of the file), the file is mapped, as before the probe existed.
+func decide(bytes int, faults int64, ok bool) ReadMode {
+	if !ok || faults == 0 || int64(bytes)/faults >= largeFolioMaps {
 		return ReadMap
 	}
 	return ReadCopy

@@ -13,9 +13,9 @@ import (
 type ReadMode int
 
 const (
-	// ReadAuto chooses per file, from what Open finds in the page cache (the rule in
-	// chooseRead): mostly uncached, ReadDirect; cached in large folios, ReadMap; cached in small
-	// folios, ReadCopy. It is the default.
+	// ReadAuto chooses per file (chooseRead): a file cached in small folios (a fault maps less
+	// than 128 KiB of it) is copied; a file of a few MiB, one cached in large folios and one
+	// mostly not in the page cache are mapped. It is the default.
 	ReadAuto ReadMode = iota
 	// ReadMap reads the mapping in place: no copy, but every page is mapped at first touch and
 	// unmapped at Close, which costs a fault per folio and page-table work per 4 KiB page.
@@ -25,7 +25,8 @@ const (
 	ReadCopy
 	// ReadDirect reads blocks with O_DIRECT, from the disk into the workers' buffers without
 	// filling the page cache with a file read once; where the file system refuses O_DIRECT
-	// (tmpfs) it is ReadCopy.
+	// (tmpfs) it is ReadCopy. One synchronous request per block and worker is slower than the
+	// kernel's readahead for a mapped or copied file (2x here), so ReadAuto never chooses it.
 	ReadDirect
 )
 
