@@ -19,6 +19,7 @@ import (
 //
 //	{
 //	  "listen": "127.0.0.1:8443",
+//	  "flight_listen": "127.0.0.1:8815",
 //	  "data_dir": "/var/lib/wattagg",
 //	  "tls": {"cert_file": "server.pem", "key_file": "server.key", "client_ca_file": "clients-ca.pem"},
 //	  "admin_token_sha256": "5e88...",
@@ -27,8 +28,10 @@ import (
 //	  "limits": {"max_update_bytes": 4294967296, "max_streams": 64, "idle_timeout": "30s"}
 //	}
 type Config struct {
-	// Listen is the address to listen on (host:port).
+	// Listen is the address of the HTTP API (host:port).
 	Listen string `json:"listen"`
+	// FlightListen is the address of the Arrow Flight service (host:port; empty: none).
+	FlightListen string `json:"flight_listen,omitempty"`
 	// DataDir holds the rounds (acknowledgement logs, spools, models, reports) and the rules'
 	// state. One server at a time may use it (it is locked).
 	DataDir string `json:"data_dir"`
@@ -188,6 +191,11 @@ func (c *Config) check() error {
 	}
 	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
 		return bad("listen %q: %v", c.Listen, err)
+	}
+	if c.FlightListen != "" {
+		if _, _, err := net.SplitHostPort(c.FlightListen); err != nil {
+			return bad("flight_listen %q: %v", c.FlightListen, err)
+		}
 	}
 	if c.DataDir == "" {
 		return bad("data_dir: missing")

@@ -33,7 +33,7 @@ func TestServerProcess(t *testing.T) {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	err = server.ListenAndServe(ctx, cfg, 10*time.Second, func(a net.Addr) {
+	err = server.ListenAndServe(ctx, cfg, 10*time.Second, func(a, _ net.Addr) {
 		writeAddr(os.Getenv("WATTAGG_TEST_SERVER_ADDR"), a)
 	}, server.WithLogger(slog.New(slog.NewTextHandler(os.Stderr, nil))))
 	if err != nil {

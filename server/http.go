@@ -60,26 +60,38 @@ func (s *Server) HTTPServer() (*http.Server, error) {
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
-	if t := s.cfg.TLS; t != nil {
-		cert, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
-		if err != nil {
-			return nil, fmt.Errorf("%w: tls: %v", ErrConfig, err)
-		}
-		tc := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
-		if t.ClientCAFile != "" {
-			pem, err := os.ReadFile(t.ClientCAFile)
-			if err != nil {
-				return nil, fmt.Errorf("%w: tls.client_ca_file: %v", ErrConfig, err)
-			}
-			pool := x509.NewCertPool()
-			if !pool.AppendCertsFromPEM(pem) {
-				return nil, fmt.Errorf("%w: tls.client_ca_file %s holds no PEM certificate", ErrConfig, t.ClientCAFile)
-			}
-			tc.ClientCAs, tc.ClientAuth = pool, tls.RequireAndVerifyClientCert
-		}
-		hs.TLSConfig = tc
+	tc, err := s.tlsConfig()
+	if err != nil {
+		return nil, err
 	}
+	hs.TLSConfig = tc
 	return hs, nil
+}
+
+// tlsConfig is the configured TLS (nil: none): the server's certificate and, with a client CA,
+// client certificates required and verified against it.
+func (s *Server) tlsConfig() (*tls.Config, error) {
+	t := s.cfg.TLS
+	if t == nil {
+		return nil, nil
+	}
+	cert, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("%w: tls: %v", ErrConfig, err)
+	}
+	tc := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	if t.ClientCAFile != "" {
+		pem, err := os.ReadFile(t.ClientCAFile)
+		if err != nil {
+			return nil, fmt.Errorf("%w: tls.client_ca_file: %v", ErrConfig, err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("%w: tls.client_ca_file %s holds no PEM certificate", ErrConfig, t.ClientCAFile)
+		}
+		tc.ClientCAs, tc.ClientAuth = pool, tls.RequireAndVerifyClientCert
+	}
+	return tc, nil
 }
 
 // Serve serves the API on ln until ctx is cancelled, then shuts down gracefully: no new

@@ -28,6 +28,7 @@ func newBenchServeCmd() *cobra.Command {
           durable write rate for the same files; the server's peak RSS against
           1.3 × model + streams × 2 chunks + 128 MiB; and what checkpointing the accumulator
           per group commit (design B) would write instead
+  flight  the ingest row over Arrow Flight DoPut
   small   --small-clients clients of a --small-params model, --small-streams at a time:
           updates per second and p99 time from last byte to acknowledgement
   crash   --kills SIGKILLs at random moments of a --crash-clients round: acknowledged
@@ -83,7 +84,7 @@ under --dir for the default ingest row.`,
 	}
 	f := cmd.Flags()
 	f.StringVar(&dir, "dir", "", "scratch directory (default: a temporary directory, removed after)")
-	f.StringVar(&only, "only", "", "comma-separated rows to run: ingest, small, crash (default: all)")
+	f.StringVar(&only, "only", "", "comma-separated rows to run: ingest, flight, small, crash (default: all)")
 	f.BoolVar(&asJSON, "json", false, "print the rows as JSON")
 	f.IntVar(&c.Clients, "clients", c.Clients, "ingest: concurrent clients")
 	f.IntVar(&c.Params, "params", c.Params, "ingest: f32 parameters per update")

@@ -64,7 +64,11 @@ clipped_count_stddev, expected_clients), and compositions such as "norm-clip,med
 "model_range": [lo, hi] makes every round own only those coordinates of the model (its tensors
 sorted by name, concatenated): clients push whole updates, the round's model is its part.
 
-API: PUT /v1/rounds/{n}/update, GET /v1/rounds/{n}/model, GET /v1/model, GET /v1/rounds,
+Arrow Flight ("flight_listen"): DoPut of an update (tensor/arrowio's chunk schema; descriptor
+path ["rounds", "N"]; metadata authorization: Bearer TOKEN and x-wattagg-weight), DoGet of a model
+(ticket "rounds/N" or "latest"), ListFlights, DoAction status/close/open.
+
+HTTP API: PUT /v1/rounds/{n}/update, GET /v1/rounds/{n}/model, GET /v1/model, GET /v1/rounds,
 GET /v1/rounds/{n}, POST /v1/rounds/{n}/close and POST /v1/rounds (admin), GET /metrics,
 GET / (status page), GET /healthz. SIGINT or SIGTERM stops the server gracefully.`,
 		Args: cobra.NoArgs,
@@ -91,9 +95,9 @@ GET / (status page), GET /healthz. SIGINT or SIGTERM stops the server gracefully
 				opts = append(opts, server.WithMeters(inv.Meters()...))
 				logger.Info("energy meters", "rapl", inv.RAPL.Detail, "nvml", inv.NVML.Detail, "cpu_estimate", inv.CPUEstimate)
 			}
-			return server.ListenAndServe(cmd.Context(), cfg, grace, func(a net.Addr) {
+			return server.ListenAndServe(cmd.Context(), cfg, grace, func(a, flight net.Addr) {
 				if addrFile != "" {
-					if err := writeAddrFile(addrFile, a); err != nil {
+					if err := writeAddrFile(addrFile, a, flight); err != nil {
 						logger.Error("writing --addr-file", "err", err)
 					}
 				}
@@ -101,17 +105,22 @@ GET / (status page), GET /healthz. SIGINT or SIGTERM stops the server gracefully
 		},
 	}
 	cmd.Flags().StringVar(&cfgPath, "config", "", "the server's JSON configuration file")
-	cmd.Flags().StringVar(&addrFile, "addr-file", "", "write the address the server listens on to this file once it serves (for listen ports :0)")
+	cmd.Flags().StringVar(&addrFile, "addr-file", "", "write the addresses the server listens on to this file once it serves, HTTP then Flight, one a line (for ports :0)")
 	cmd.Flags().DurationVar(&grace, "grace", 30*time.Second, "on SIGTERM, how long requests in progress may take to finish")
 	cmd.Flags().BoolVar(&noMeters, "no-meters", false, "do not meter rounds (reports say why joules are null)")
 	cmd.AddCommand(newHashTokenCmd())
 	return cmd
 }
 
-// writeAddrFile publishes the listening address atomically, with a final newline.
-func writeAddrFile(path string, a net.Addr) error {
+// writeAddrFile publishes the listening addresses atomically: the HTTP API's on the first
+// line, Arrow Flight's (when served) on the second.
+func writeAddrFile(path string, a, flight net.Addr) error {
+	text := a.String() + "\n"
+	if flight != nil {
+		text += flight.String() + "\n"
+	}
 	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, []byte(a.String()+"\n"), 0o600); err != nil {
+	if err := os.WriteFile(tmp, []byte(text), 0o600); err != nil {
 		return err
 	}
 	return os.Rename(tmp, path)

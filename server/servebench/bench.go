@@ -79,6 +79,13 @@ func Run(ctx context.Context, c Config) (*Result, error) {
 		}
 		res.Rows = append(res.Rows, rows...)
 	}
+	if c.wants("flight") {
+		rows, err := flightRows(ctx, &c)
+		if err != nil {
+			return res, fmt.Errorf("flight: %w", err)
+		}
+		res.Rows = append(res.Rows, rows...)
+	}
 	if c.wants("small") {
 		rows, err := smallRows(ctx, &c)
 		if err != nil {
@@ -114,7 +121,7 @@ func Run(ctx context.Context, c Config) (*Result, error) {
 }
 
 // serverConfig writes a configuration of n clients and returns its path and their tokens.
-func serverConfig(dir string, n, streams int, extra map[string]any) (string, []string, error) {
+func serverConfig(dir string, n, streams int, extra, top map[string]any) (string, []string, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return "", nil, err
 	}
@@ -131,6 +138,9 @@ func serverConfig(dir string, n, streams int, extra map[string]any) (string, []s
 	cfg := map[string]any{"listen": "127.0.0.1:0", "data_dir": filepath.Join(dir, "data"), "clients": clients,
 		"round":  round,
 		"limits": map[string]any{"max_streams": streams, "max_update_bytes": 1 << 40}}
+	for k, v := range top {
+		cfg[k] = v
+	}
 	b, err := json.Marshal(cfg)
 	if err != nil {
 		return "", nil, err
@@ -167,7 +177,7 @@ func ingestRows(ctx context.Context, c *Config) ([]Row, error) {
 	if err != nil {
 		return nil, err
 	}
-	cfgPath, tokens, err := serverConfig(dir, c.Clients, c.Clients, nil)
+	cfgPath, tokens, err := serverConfig(dir, c.Clients, c.Clients, nil, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -258,7 +268,7 @@ func smallRows(ctx context.Context, c *Config) ([]Row, error) {
 	if err != nil {
 		return nil, err
 	}
-	cfgPath, tokens, err := serverConfig(dir, c.SmallClients, c.SmallStreams, nil)
+	cfgPath, tokens, err := serverConfig(dir, c.SmallClients, c.SmallStreams, nil, nil)
 	if err != nil {
 		return nil, err
 	}

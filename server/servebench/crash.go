@@ -231,8 +231,9 @@ func encodeSet(s *tensor.Set) ([]byte, error) {
 
 // process is a server child process.
 type process struct {
-	cmd   *exec.Cmd
-	url   string
+	cmd    *exec.Cmd
+	url    string
+	flight string // the Flight address, when served
 	done  chan error
 	ended sync.Once // kill and stop wait for the process once
 }
@@ -248,7 +249,11 @@ func startProcess(ctx context.Context, start Starter, cfgPath, addrFile string) 
 	deadline := time.Now().Add(120 * time.Second)
 	for {
 		if b, err := os.ReadFile(addrFile); err == nil && bytes.HasSuffix(b, []byte("\n")) {
-			p.url = "http://" + strings.TrimSpace(string(b))
+			lines := strings.Fields(string(b))
+			p.url = "http://" + lines[0]
+			if len(lines) > 1 {
+				p.flight = lines[1]
+			}
 			return p, nil
 		}
 		select {
