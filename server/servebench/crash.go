@@ -234,8 +234,8 @@ type process struct {
 	cmd    *exec.Cmd
 	url    string
 	flight string // the Flight address, when served
-	done  chan error
-	ended sync.Once // kill and stop wait for the process once
+	done   chan error
+	ended  sync.Once // kill and stop wait for the process once
 }
 
 func startProcess(ctx context.Context, start Starter, cfgPath, addrFile string) (*process, error) {
