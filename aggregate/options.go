@@ -54,7 +54,9 @@ const DefaultChunkBytes = 1 << 20
 var hostCPU = sync.OnceValues(func() (*device.CPU, error) { return device.NewCPU() })
 
 func newConfig(opts []Option) (*config, error) {
-	c := &config{chunkBytes: DefaultChunkBytes, memBudget: DefaultMemoryBudget, alloc: tensor.DefaultAllocator}
+	// Results and buffers come from the process's pool by default (tensor.PoolAllocator): a
+	// result closed by its caller serves the next round instead of fresh pages.
+	c := &config{chunkBytes: DefaultChunkBytes, memBudget: DefaultMemoryBudget, alloc: tensor.SharedPool}
 	for _, o := range opts {
 		if o == nil {
 			return nil, fmt.Errorf("%w: nil option", ErrOption)
@@ -225,7 +227,8 @@ func WithMemoryBudget(bytes int64) Option {
 }
 
 // WithAllocator allocates the round's results, iterates and output buffers from a (default
-// tensor.DefaultAllocator). A result Set's Close gives its memory back.
+// tensor.SharedPool, which keeps what is given back for the next round; tensor.DefaultAllocator
+// leaves everything to the garbage collector). A result Set's Close gives its memory back.
 func WithAllocator(a tensor.Allocator) Option {
 	return func(c *config) error {
 		if a == nil {

@@ -33,12 +33,9 @@ func (c *CPU) NewAccumulator(fields []AccField) (Accumulator, error) {
 		}
 		return c.newExactAccumulator(fields)
 	}
-	a := &cpuAccumulator{c: c, fields: fields, acc32: make([][]float32, len(fields)), acc64: make([][]float64, len(fields)),
-		accU32: make([][]uint32, len(fields))}
-	for t, f := range fields {
+	for t, f := range fields { // checked before any (pooled) buffer is taken
 		switch {
 		case f.Acc == tensor.U32 && f.Out == tensor.U32:
-			a.accU32[t] = unsafe.Slice((*uint32)(unsafe.Pointer(unsafe.SliceData(tensor.AlignedF32(f.Len)))), f.Len)
 		case f.Acc == tensor.U32:
 			return nil, fmt.Errorf("%w: field %q: a u32 sum is output as u32, not %s", ErrUnsupported, f.Name, f.Out)
 		default:
@@ -46,11 +43,18 @@ func (c *CPU) NewAccumulator(fields []AccField) (Accumulator, error) {
 				return nil, err
 			}
 		}
+	}
+	a := &cpuAccumulator{c: c, fields: fields, acc32: make([][]float32, len(fields)), acc64: make([][]float64, len(fields)),
+		accU32: make([][]uint32, len(fields))}
+	for t, f := range fields {
+		// The buffers come from tensor.SharedPool (accmem.go); Close gives them back.
 		switch f.Acc {
+		case tensor.U32:
+			a.accU32[t] = unsafe.Slice((*uint32)(unsafe.Pointer(unsafe.SliceData(accF32(f.Len)))), f.Len)
 		case tensor.F32:
-			a.acc32[t] = tensor.AlignedF32(f.Len)
+			a.acc32[t] = accF32(f.Len)
 		case tensor.F64:
-			a.acc64[t] = tensor.AlignedF64(f.Len)
+			a.acc64[t] = accF64(f.Len)
 		}
 		for lo := 0; lo < f.Len; lo += addBlockElems {
 			a.work = append(a.work, Piece{Field: t, Lo: lo, Hi: min(lo+addBlockElems, f.Len)})
@@ -186,8 +190,13 @@ func (a *cpuAccumulator) Reset() {
 	}
 }
 
-// Close implements Accumulator.
+// Close implements Accumulator: the buffers go back to the pool.
 func (a *cpuAccumulator) Close() error {
+	for t := range a.acc32 {
+		freeAcc(a.acc32[t])
+		freeAcc(a.acc64[t])
+		freeAcc(a.accU32[t])
+	}
 	a.acc32, a.acc64, a.accU32, a.work = nil, nil, nil, nil
 	return nil
 }

@@ -27,16 +27,24 @@ type PoolAllocator struct {
 	limit   int64
 
 	mu    sync.Mutex
-	live  map[uintptr]*pooled // handed out, by address of the first byte
-	idle  map[int64][]*pooled // given back, by size class
-	lru   []*pooled           // given back, oldest first (evicted first past limit)
-	kept  int64               // bytes of the idle buffers
+	live  map[uintptr]pooledLive // handed out, by address of the first byte
+	gen   uint64                 // numbers the buffers handed out
+	idle  map[int64][]*pooled    // given back, by size class
+	lru   []*pooled              // given back, oldest first (evicted first past limit)
+	kept  int64                  // bytes of the idle buffers
 	stats PoolStats
 }
 
-// pooled is one buffer of the pool: raw is what make returned, data its aligned class bytes.
+// pooledLive is what the pool remembers of a buffer it handed out: not the memory (a buffer
+// never given back must stay collectable), only its class, and the number that tells it from
+// a later buffer at the same address.
+type pooledLive struct {
+	class int64
+	gen   uint64
+}
+
+// pooled is an idle buffer of the pool: data is its class bytes.
 type pooled struct {
-	raw   []byte
 	data  []byte
 	class int64
 }
@@ -45,10 +53,25 @@ type pooled struct {
 // (a few pages) and plentiful, and go to the Go heap.
 const MinPooledBytes = 256 << 10
 
-// poolClass is the granularity of size classes and the alignment of pooled buffers: a huge
-// page, so a buffer can be backed by huge pages when asked, and a model of any size reuses the
-// buffer of the previous round of the same model.
-const poolClass = 2 << 20
+// poolClass is the granularity of the size classes from hugeFrom bytes, and their alignment: a
+// huge page, so that such a buffer can be backed by huge pages when asked. Smaller buffers
+// (a file writer's ring, a model of a few MiB) round to smallClass and are page-aligned, so
+// that rounding does not double what they touch. A model of any size reuses the buffer of the
+// previous round of the same model.
+const (
+	poolClass  = 2 << 20
+	hugeFrom   = 4 << 20
+	smallClass = 64 << 10
+	pageBytes  = 4096
+)
+
+// classOf is the size class of an n-byte buffer and its alignment.
+func classOf(n int) (class int64, align int) {
+	if n < hugeFrom {
+		return (int64(n) + smallClass - 1) / smallClass * smallClass, pageBytes
+	}
+	return (int64(n) + poolClass - 1) / poolClass * poolClass, poolClass
+}
 
 // PoolOption configures a PoolAllocator.
 type PoolOption func(*PoolAllocator) error
@@ -92,7 +115,7 @@ const DefaultPoolLimit = 2 << 30
 // NewPoolAllocator returns an empty pool.
 func NewPoolAllocator(opts ...PoolOption) (*PoolAllocator, error) {
 	p := &PoolAllocator{workers: runtime.GOMAXPROCS(0), limit: DefaultPoolLimit,
-		live: map[uintptr]*pooled{}, idle: map[int64][]*pooled{}}
+		live: map[uintptr]pooledLive{}, idle: map[int64][]*pooled{}}
 	for _, o := range opts {
 		if err := o(p); err != nil {
 			return nil, err
@@ -137,7 +160,7 @@ func (p *PoolAllocator) Allocate(n int) []byte {
 	if n < MinPooledBytes {
 		return AlignedBytes(n)
 	}
-	class := (int64(n) + poolClass - 1) / poolClass * poolClass
+	class, align := classOf(n)
 	p.mu.Lock()
 	b := p.takeIdle(class)
 	if b != nil {
@@ -148,17 +171,41 @@ func (p *PoolAllocator) Allocate(n int) []byte {
 	}
 	p.stats.LiveBytes += class
 	p.mu.Unlock()
+	var data []byte
 	if b != nil {
 		// Touched before: clearing it runs at memory speed, spread over the workers.
-		parallelRanges(b.data[:n], p.workers, func(r []byte) { clear(r) })
+		data = b.data
+		parallelRanges(data[:n], p.workers, func(r []byte) { clear(r) })
 	} else {
-		b = p.fresh(class)
+		data = p.fresh(class, align)
 	}
-	out := b.data[:n:n]
 	p.mu.Lock()
-	p.live[addr(out)] = b
+	p.gen++
+	gen := p.gen
+	p.live[addr(data)] = pooledLive{class: class, gen: gen}
 	p.mu.Unlock()
-	return out
+	if b == nil {
+		// A buffer never given back is collected with its memory; then forget it, unless its
+		// address has been handed out again since.
+		runtime.AddCleanup(unsafe.SliceData(data), p.forget, liveKey{addr(data), gen})
+	}
+	return data[:n:n]
+}
+
+// liveKey names a buffer handed out: its address and number.
+type liveKey struct {
+	addr uintptr
+	gen  uint64
+}
+
+// forget drops the record of a buffer that was collected while handed out.
+func (p *PoolAllocator) forget(k liveKey) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if lb, ok := p.live[k.addr]; ok && lb.gen == k.gen {
+		delete(p.live, k.addr)
+		p.stats.LiveBytes -= lb.class
+	}
 }
 
 // takeIdle pops the most recently given back buffer of class (nil if none). p.mu is held.
@@ -179,21 +226,21 @@ func (p *PoolAllocator) takeIdle(class int64) *pooled {
 	return b
 }
 
-// fresh makes a new buffer of class bytes, aligned to poolClass, and pre-faults it in
-// parallel. Go hands out large allocations zeroed (new memory from the OS is zero and is not
-// cleared again), so the pre-fault writes nothing.
-func (p *PoolAllocator) fresh(class int64) *pooled {
-	raw := make([]byte, class+poolClass)
+// fresh makes a new buffer of class bytes, aligned to align, and pre-faults it in parallel. Go
+// hands out large allocations zeroed (new memory from the OS is zero and is not cleared
+// again), so the pre-fault writes nothing.
+func (p *PoolAllocator) fresh(class int64, align int) []byte {
+	raw := make([]byte, class+int64(align))
 	off := 0
-	if mis := int(addr(raw) % poolClass); mis != 0 {
-		off = poolClass - mis
+	if mis := int(addr(raw) % uintptr(align)); mis != 0 {
+		off = align - mis
 	}
-	b := &pooled{raw: raw, data: raw[off : off+int(class) : off+int(class)], class: class}
-	if p.huge {
-		adviseHuge(b.data)
+	data := raw[off : off+int(class) : off+int(class)]
+	if p.huge && align == poolClass {
+		adviseHuge(data)
 	}
-	parallelRanges(b.data, p.workers, prefault)
-	return b
+	parallelRanges(data, p.workers, prefault)
+	return data
 }
 
 // Free implements Allocator: a pooled buffer is kept for the next Allocate of its class (or,
@@ -206,12 +253,14 @@ func (p *PoolAllocator) Free(b []byte) {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	x, ok := p.live[addr(b)]
+	lb, ok := p.live[addr(b)]
 	if !ok {
 		panic(fmt.Sprintf("tensor: PoolAllocator: free of %d bytes it did not allocate (or freed twice)", len(b)))
 	}
 	delete(p.live, addr(b))
-	p.stats.LiveBytes -= x.class
+	p.stats.LiveBytes -= lb.class
+	// The whole class: b's allocation holds it (b's length is what was asked for).
+	x := &pooled{data: unsafe.Slice(unsafe.SliceData(b), lb.class), class: lb.class}
 	if x.class > p.limit {
 		p.stats.Evicted++
 		return

@@ -1,9 +1,11 @@
 package tensor_test
 
 import (
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/wattagg/wattagg/tensor"
 )
@@ -26,8 +28,9 @@ func allZero(b []byte) int {
 	return -1
 }
 
-// A reused buffer is zeroed again, aligned, of the length asked, and it is the same memory
-// (the point of the pool); sizes in the same 2 MiB class share buffers.
+// A reused buffer is zeroed again, aligned (to a page, and to a huge page from 4 MiB), of the
+// length asked, and it is the same memory (the point of the pool); sizes in the same class
+// (64 KiB steps, 2 MiB from 4 MiB) share buffers.
 func TestPoolReusesZeroedAlignedMemory(t *testing.T) {
 	p := newPool(t, tensor.WithPoolWorkers(3))
 	for _, n := range []int{tensor.MinPooledBytes + 3, 3<<20 + 5, 16 << 20} {
@@ -35,8 +38,8 @@ func TestPoolReusesZeroedAlignedMemory(t *testing.T) {
 		if len(a) != n || cap(a) != n {
 			t.Fatalf("n=%d: len %d cap %d", n, len(a), cap(a))
 		}
-		if !tensor.IsAligned(a, 2<<20) {
-			t.Fatalf("n=%d: not 2 MiB aligned", n)
+		if align := map[bool]int{true: 2 << 20, false: 4096}[n >= 4<<20]; !tensor.IsAligned(a, align) {
+			t.Fatalf("n=%d: not %d-byte aligned", n, align)
 		}
 		if i := allZero(a); i >= 0 {
 			t.Fatalf("n=%d: new buffer byte %d is %d", n, i, a[i])
@@ -45,7 +48,7 @@ func TestPoolReusesZeroedAlignedMemory(t *testing.T) {
 			a[i] = byte(i*7 + 1)
 		}
 		p.Free(a)
-		b := p.Allocate(n - 3) // same class
+		b := p.Allocate(n - 1) // same class
 		if &a[0] != &b[0] {
 			t.Fatalf("n=%d: the freed buffer was not reused", n)
 		}
@@ -58,7 +61,7 @@ func TestPoolReusesZeroedAlignedMemory(t *testing.T) {
 	if st.New != 3 || st.Reused != 3 || st.LiveBytes != 0 {
 		t.Fatalf("stats %+v: want 3 new, 3 reused, nothing live", st)
 	}
-	if want := int64(2<<20 + 4<<20 + 16<<20); st.IdleBytes != want {
+	if want := int64(320<<10 + 3<<20 + 64<<10 + 16<<20); st.IdleBytes != want {
 		t.Fatalf("idle %d bytes, want %d", st.IdleBytes, want)
 	}
 }
@@ -196,4 +199,26 @@ func TestPoolUnderCheckedAllocator(t *testing.T) {
 	c.AssertSize(t, 3<<20)
 	c.Free(b)
 	c.AssertSize(t, 0)
+}
+
+// A buffer that is never given back is collected like any Go memory (the pool keeps no
+// reference to it) and then forgotten: nothing is counted live any more.
+func TestPoolForgetsCollectedBuffers(t *testing.T) {
+	p := newPool(t)
+	for range 4 {
+		b := p.Allocate(4 << 20)
+		b[0] = 1
+	}
+	for try := 0; p.Stats().LiveBytes != 0; try++ {
+		if try == 200 {
+			t.Fatalf("%d bytes still counted live after the buffers became garbage", p.Stats().LiveBytes)
+		}
+		runtime.GC()
+		time.Sleep(5 * time.Millisecond)
+	}
+	b := p.Allocate(4 << 20) // possibly at a collected buffer's address
+	p.Free(b)
+	if st := p.Stats(); st.LiveBytes != 0 || st.IdleBytes != 4<<20 {
+		t.Fatalf("stats %+v after the last Free", st)
+	}
 }
