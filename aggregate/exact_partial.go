@@ -91,7 +91,7 @@ func (r *Round) Partial(ctx context.Context) (*Partial, error) {
 		}
 	}
 	acc := s.acc
-	if s.deferred { // a batch holds its clients' spans: add them up now
+	if s.deferred { // a batch holds its clients' spans: add them up now, each scanned first
 		dev := r.cfg.dev()
 		a, err := dev.NewAccumulator(r.plan.fields)
 		if err != nil {
@@ -99,6 +99,10 @@ func (r *Round) Partial(ctx context.Context) (*Partial, error) {
 		}
 		defer a.Close()
 		for k, in := range s.inputs {
+			if err := r.checkExactRange(ctx, r.plan.ref, in); err != nil {
+				c := &Client{Source: s.names[k]}
+				return nil, c.blame(err)
+			}
 			if err := a.Add(ctx, in, s.a[k]); err != nil {
 				return nil, r.blameRange(r.blame(err, s.inputs[k:k+1], s.names[k:k+1]), s.inputs[k:k+1], s.names[k:k+1])
 			}

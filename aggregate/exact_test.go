@@ -593,6 +593,12 @@ func TestExactErrors(t *testing.T) {
 	if err := batch.AddPartial(ctx, p2); !errors.Is(err, aggregate.ErrOption) {
 		t.Errorf("a partial into a batch round: err = %v", err)
 	}
+	if err := batch.Add(ctx, bad, 1); err != nil { // a batch finds it when it sums
+		t.Fatal(err)
+	}
+	if _, err := batch.Partial(ctx); !errors.As(err, &re) || re.Source != "bad.safetensors" || re.Index != 1234 {
+		t.Errorf("a partial of a batch holding a value beyond the bound: err = %v", err)
+	}
 	clip := must(aggregate.NewRound(ctx, must(robust.NewNormClipping(robust.FixedBound(3)))(t), opts...))(t)
 	defer clip.Close()
 	if err := clip.AddPartial(ctx, p2); !errors.Is(err, aggregate.ErrOption) {

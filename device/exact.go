@@ -22,8 +22,9 @@ import (
 // below kernels.ExactMaxTerm grid units: callers choose the grid and bound the weights so that
 // inputs within ±Bound keep it there, and the devices refuse inputs beyond: a job fails with a
 // *RangeError (or a *tensor.NonFiniteError for a NaN or Inf) found by the accumulation kernels
-// themselves at no extra pass; an accumulator's Add fails likewise, but only after adding, so a
-// caller that must keep the sum scans an update first (RangeChecker).
+// themselves at no extra pass. An accumulator finds them only while adding (the CPU's Add fails,
+// a GPU's Emit writes NaN there), when the sum is already spoilt: a caller that must keep the
+// sum scans an update first (RangeChecker).
 
 // ErrOutOfRange reports a value beyond what an exact sum was set up for: an input element beyond
 // its bound, or a sum beyond what its limbs hold.

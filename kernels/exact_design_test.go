@@ -1,7 +1,9 @@
 package kernels
 
 import (
+	"crypto/sha256"
 	"fmt"
+	"hash/maphash"
 	"math"
 	"math/big"
 	"math/rand/v2"
@@ -12,7 +14,10 @@ import (
 // The design measurement behind the exact family (README, design notes): the same work — 32
 // weighted inputs added to an accumulator block that stays in cache — as a floating-point sum
 // (today's order-dependent kernels), as fixed-point limbs (the exact family), and as binned
-// summation in the manner of ReproBLAS (Demmel & Nguyen), with 2 and 3 folds per coordinate.
+// summation in the manner of ReproBLAS (Demmel & Nguyen), with 2 and 3 folds per coordinate;
+// and the extra work of canonical-order recomputation, which sums in an order fixed by the
+// updates' contents: hashing every input (SHA-256, since clients choose their bytes, or
+// maphash as a lower bound), on top of an ordinary sum.
 // Binned summation needs no declared bound (each coordinate's bins follow its largest term)
 // but keeps K primary and K carry words plus a bin index per coordinate, and its deposit is a
 // serial chain of K extractions through each fold; it is written here in Go only, so it is
@@ -209,6 +214,21 @@ func BenchmarkExactDesigns(b *testing.B) {
 				k.ExactAccF32(hi, lo, sw, x)
 			}
 			report(b, 16)
+		})
+	}
+	for _, h := range []string{"sha256", "maphash"} {
+		b.Run(fmt.Sprintf("design=canonical-hash-%s/impl=generic", h), func(b *testing.B) {
+			seed := maphash.MakeSeed()
+			for b.Loop() {
+				for _, xi := range x {
+					if h == "sha256" {
+						sha256.Sum256(xi)
+					} else {
+						maphash.Bytes(seed, xi)
+					}
+				}
+			}
+			report(b, 0)
 		})
 	}
 	for _, folds := range []int{2, 3} {
