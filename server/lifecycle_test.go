@@ -195,7 +195,8 @@ func TestStreamLimitAndFlood(t *testing.T) {
 		t.Fatal("no upload was told the server was busy")
 	}
 	grown := int64(peak.Load()) - int64(base.HeapInuse)
-	limit := int64(streams*cfg.Limits.ChunkBytes) + 48<<20
+	// The margin covers the test's own 100 clients (same process) and the runtime.
+	limit := int64(streams*cfg.Limits.ChunkBytes) + 96<<20
 	t.Logf("%d busy answers; heap grew by at most %d MiB (limit %d MiB) while %d MiB arrived",
 		busy.Load(), grown>>20, limit>>20, clients*len(body)>>20)
 	if grown > limit {

@@ -47,6 +47,7 @@ func TestStatusPageInChromium(t *testing.T) {
 	}
 	ts := startServer(t, cfg, tokens, admin, WithMeters(meter))
 	for round := 1; round <= 2; round++ {
+		ts.waitState(t, round, api.StateOpen) // the next round opens just after the last closes
 		for k := range 2 {
 			ts.push(t, fmt.Sprintf("c%d", k), round, encode(t, f32Set(t, [][]int{{256, 64}}, func(_, i int) float32 { return float32(i * (round + k)) }), nil), nil)
 		}
