@@ -20,6 +20,7 @@ import (
 	"github.com/wattagg/wattagg/aggregate"
 	"github.com/wattagg/wattagg/device"
 	"github.com/wattagg/wattagg/tensor"
+	"github.com/wattagg/wattagg/tensor/safetensors"
 )
 
 type aggregateFlags struct {
@@ -32,6 +33,7 @@ type aggregateFlags struct {
 	mixed    bool
 	stream   bool
 	spool    string
+	read     string // --read: how the CPU reads .safetensors inputs (safetensors.ReadMode)
 	json     bool
 	workers  int
 	device   string
@@ -94,6 +96,7 @@ error naming the file, tensor and element. It costs 16 bytes per parameter of ru
 	fl.BoolVar(&f.mixed, "mixed-dtypes", false, "accept clients that send a tensor in different dtypes (f32, bf16, f16, i8)")
 	fl.BoolVar(&f.stream, "stream", false, "add files one at a time, as a server receives them (memory: one model)")
 	fl.StringVar(&f.spool, "spool", "", "--stream with a rule that needs every update: spool directory (default: one beside -o, removed at the end)")
+	fl.StringVar(&f.read, "read", "auto", "how .safetensors inputs are read: auto (per file, from the page cache), map, copy (pread), direct (O_DIRECT)")
 	fl.BoolVar(&f.json, "json", false, "print the report as one JSON object on stdout")
 	fl.IntVar(&f.workers, "workers", runtime.GOMAXPROCS(0), "goroutines running kernels")
 	fl.StringVar(&f.device, "device", "auto", "device to run on: auto (the planner splits the work over the devices), cpu, or KIND:INDEX such as cuda:0 (see wattagg devices)")
@@ -121,6 +124,11 @@ func runAggregate(ctx context.Context, stdout, stderr io.Writer, f aggregateFlag
 	if err := f.energy.validate(); err != nil {
 		return err
 	}
+	readMode, err := safetensors.ParseReadMode(f.read)
+	if err != nil {
+		return usagef("--read: %v", err)
+	}
+	readOpts := []safetensors.Option{safetensors.WithReadMode(readMode)}
 	paths, err := expandInputs(args)
 	if err != nil {
 		return err
@@ -152,9 +160,9 @@ func runAggregate(ctx context.Context, stdout, stderr io.Writer, f aggregateFlag
 	}
 	var rep *aggregate.Report
 	if f.stream {
-		rep, err = streamFiles(ctx, f, rule, paths, weights, opts)
+		rep, err = streamFiles(ctx, f, rule, paths, weights, opts, readOpts)
 	} else {
-		rep, err = batchFiles(ctx, f.output, rule, paths, weights, opts)
+		rep, err = batchFiles(ctx, f.output, rule, paths, weights, opts, readOpts)
 	}
 	if err != nil {
 		return err
@@ -323,8 +331,8 @@ func parseWeights(s string, n int) ([]float64, error) {
 	return w, nil
 }
 
-func batchFiles(ctx context.Context, out string, rule aggregate.Rule, paths []string, weights []float64, opts []aggregate.Option) (*aggregate.Report, error) {
-	sets, err := openUpdates(paths)
+func batchFiles(ctx context.Context, out string, rule aggregate.Rule, paths []string, weights []float64, opts []aggregate.Option, readOpts []safetensors.Option) (*aggregate.Report, error) {
+	sets, err := openUpdates(paths, readOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -336,7 +344,7 @@ func batchFiles(ctx context.Context, out string, rule aggregate.Rule, paths []st
 // adds updates on arrival. The round is told first what will arrive (the headers' layouts and
 // the weights resolved from them by the batch rules, so a bad weight fails before any work),
 // so that it gives the bits of the batch over the same files in the same order.
-func streamFiles(ctx context.Context, f aggregateFlags, rule aggregate.Rule, paths []string, weights []float64, opts []aggregate.Option) (*aggregate.Report, error) {
+func streamFiles(ctx context.Context, f aggregateFlags, rule aggregate.Rule, paths []string, weights []float64, opts []aggregate.Option, readOpts []safetensors.Option) (*aggregate.Report, error) {
 	headers := make([]*tensor.Set, len(paths))
 	exp := aggregate.Expected{Layouts: make([]tensor.Layout, len(paths))}
 	for i, p := range paths {
@@ -369,7 +377,7 @@ func streamFiles(ctx context.Context, f aggregateFlags, rule aggregate.Rule, pat
 	}
 	defer r.Close()
 	for i, p := range paths {
-		set, err := openUpdate(p)
+		set, err := openUpdate(p, readOpts...)
 		if err != nil {
 			return nil, err
 		}

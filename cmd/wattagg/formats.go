@@ -27,8 +27,8 @@ func isArrow(path string) bool {
 }
 
 // openUpdate opens an update file by its extension: mapped (.safetensors, .arrow) or read
-// (.arrows). Close releases it.
-func openUpdate(path string) (*tensor.Set, error) {
+// (.arrows). Close releases it. opts apply to .safetensors (the read mode).
+func openUpdate(path string, opts ...safetensors.Option) (*tensor.Set, error) {
 	switch strings.ToLower(filepath.Ext(path)) {
 	case ".arrow":
 		return arrowio.ReadFile(path)
@@ -40,11 +40,11 @@ func openUpdate(path string) (*tensor.Set, error) {
 		defer f.Close()
 		return arrowio.ReadStream(f, arrowio.WithSource(path))
 	}
-	return safetensors.Open(path)
+	return safetensors.Open(path, opts...)
 }
 
-// openUpdates opens every path, closing those opened on error.
-func openUpdates(paths []string) ([]*tensor.Set, error) {
+// openUpdates opens every path, closing those opened on error. opts apply to .safetensors.
+func openUpdates(paths []string, opts ...safetensors.Option) ([]*tensor.Set, error) {
 	sets := make([]*tensor.Set, 0, len(paths))
 	var arrowPaths []string
 	for _, p := range paths {
@@ -53,10 +53,10 @@ func openUpdates(paths []string) ([]*tensor.Set, error) {
 		}
 	}
 	if len(arrowPaths) == 0 {
-		return safetensors.OpenAll(paths) // layouts shared between identical headers
+		return safetensors.OpenAll(paths, opts...) // layouts shared between identical headers
 	}
 	for _, p := range paths {
-		s, err := openUpdate(p)
+		s, err := openUpdate(p, opts...)
 		if err != nil {
 			closeUpdates(sets)
 			return nil, err
