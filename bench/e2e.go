@@ -32,9 +32,9 @@ type E2EConfig struct {
 
 func (cfg *E2EConfig) step(done int, what string) {
 	if cfg.Progress != nil {
-		total := 5
+		total := 8
 		if cfg.CLI == "" {
-			total--
+			total -= 4
 		}
 		cfg.Progress(done, total, what)
 	}
@@ -119,28 +119,42 @@ func E2E(ctx context.Context, cfg E2EConfig, log io.Writer) ([]Row, error) {
 		}
 		times = append(times, time.Since(start).Seconds())
 	}
-	r := Row{Name: "wattagg in-process (map, fedavg, direct-I/O write+fsync)", Rule: "wattagg in-process",
+	r := Row{Name: "wattagg in-process (open, fedavg, direct-I/O write+fsync)", Rule: "wattagg in-process",
 		Clients: cfg.Clients, DType: "f32", Bytes: bytes, Params: int64(cfg.Params)}
 	r.set(median(times), 0)
 	rows = append(rows, r)
 
-	if cfg.CLI != "" {
-		cfg.step(4, "wattagg aggregate")
+	// The CLI as a process: as it runs by default, streaming, and with each way of reading
+	// forced (--read: the default chooses per file; these rows show what it chose between).
+	for k, v := range []struct{ name, rule string }{
+		{"", "wattagg aggregate"},
+		{"--stream", "wattagg aggregate --stream"},
+		{"--read map", "wattagg aggregate --read map"},
+		{"--read copy", "wattagg aggregate --read copy"},
+	} {
+		if cfg.CLI == "" {
+			break
+		}
+		cfg.step(4+k, v.rule)
 		if err := warm(inputs); err != nil {
 			return nil, err
 		}
 		times = times[:0]
 		for range max(1, cfg.Runs) {
 			// --device cpu as e2efloor: no GPU driver is initialised (tens of ms where one is installed).
-			args := append([]string{"aggregate", "--progress", "never", "--device", "cpu", "--workers", fmt.Sprint(cfg.Workers), "-o", out}, inputs...)
+			args := append([]string{"aggregate", "--progress", "never", "--device", "cpu", "--workers", fmt.Sprint(cfg.Workers), "-o", out}, strings.Fields(v.name)...)
+			args = append(args, inputs...)
 			start := time.Now()
 			if b, err := exec.CommandContext(ctx, cfg.CLI, args...).CombinedOutput(); err != nil {
 				return nil, fmt.Errorf("%s: %v: %s", cfg.CLI, err, b)
 			}
 			times = append(times, time.Since(start).Seconds())
 		}
-		r := Row{Name: "wattagg aggregate --device cpu (whole process)", Rule: "wattagg aggregate",
-			Clients: cfg.Clients, DType: "f32", Bytes: bytes, Params: int64(cfg.Params)}
+		name := "wattagg aggregate --device cpu (whole process)"
+		if v.name != "" {
+			name = "wattagg aggregate --device cpu " + v.name + " (whole process)"
+		}
+		r := Row{Name: name, Rule: v.rule, Clients: cfg.Clients, DType: "f32", Bytes: bytes, Params: int64(cfg.Params)}
 		r.set(median(times), 0)
 		rows = append(rows, r)
 	}
@@ -155,7 +169,8 @@ func E2E(ctx context.Context, cfg E2EConfig, log io.Writer) ([]Row, error) {
 	return rows, nil
 }
 
-// aggregateFiles is what `wattagg aggregate` does: map in parallel, reduce, write, unmap.
+// aggregateFiles is what `wattagg aggregate` does: open in parallel (each file mapped or read
+// as safetensors.ReadAuto chooses), reduce, write, close.
 func aggregateFiles(ctx context.Context, out string, paths []string, dev device.Device) error {
 	sets, err := safetensors.OpenAll(paths)
 	if err != nil {
