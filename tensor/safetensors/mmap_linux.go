@@ -90,9 +90,9 @@ func openDirectRead(f *os.File) *os.File {
 //     for 512 MiB here against 0.8-1.1 s mapped and 0.9-1.4 s copied: one synchronous request
 //     of 128 KiB per input and worker cannot keep the disk busy.
 //
-// The probe measures what decides: the bytes one fault maps, over a window at the start and
-// one in the middle of the data section (MADV_POPULATE_READ on a thread locked for the count,
-// so the counted faults are the probe's own; those pages are read by the job anyway).
+// The probe measures what decides: the bytes one fault maps, over two windows of the data
+// section (MADV_POPULATE_READ on a thread locked for the count, so the counted faults are the
+// probe's own; those pages are read by the job anyway).
 const (
 	probeMinData   = 4 << 20   // less data than this is mapped: either way is fast, and a mapping needs no open file
 	probeBytes     = 512 << 10 // each of the two windows
@@ -108,10 +108,22 @@ func chooseRead(mem []byte, dataOff int64) ReadMode {
 	if !mostlyResident(data) {
 		return ReadMap
 	}
-	mid := (len(data) / 2) &^ (pageSize - 1)
-	a, aok := faultsToMap(data[:probeBytes])
-	b, bok := faultsToMap(data[mid : mid+probeBytes])
-	return decide(2*probeBytes, a+b, aok && bok)
+	// Two windows, at a third and two thirds of the data, aligned to their size in the file:
+	// folios are aligned to their size in the file, so an aligned window splits none, and the
+	// start of a file (small folios wherever a write began) says nothing of the rest.
+	var faults int64
+	for k := 1; k <= 2; k++ {
+		at := (lo + k*len(data)/3) &^ (probeBytes - 1)
+		if at < lo || at+probeBytes > len(mem) {
+			return ReadMap
+		}
+		n, ok := faultsToMap(mem[at : at+probeBytes])
+		if !ok {
+			return ReadMap
+		}
+		faults += n
+	}
+	return decide(2*probeBytes, faults, true)
 }
 
 // decide is ReadAuto's choice for a cached file whose probe mapped bytes with faults: copy
