@@ -226,9 +226,9 @@ func (p *PoolAllocator) takeIdle(class int64) *pooled {
 	return b
 }
 
-// fresh makes a new buffer of class bytes, aligned to align, and pre-faults it in parallel. Go
-// hands out large allocations zeroed (new memory from the OS is zero and is not cleared
-// again), so the pre-fault writes nothing.
+// fresh makes a new buffer of class bytes, aligned to align, and pre-faults it in parallel when
+// it is of a huge-page class. Go hands out large allocations zeroed (new memory from the OS is
+// zero and is not cleared again), so the pre-fault writes nothing.
 func (p *PoolAllocator) fresh(class int64, align int) []byte {
 	raw := make([]byte, class+int64(align))
 	off := 0
@@ -236,10 +236,12 @@ func (p *PoolAllocator) fresh(class int64, align int) []byte {
 		off = align - mis
 	}
 	data := raw[off : off+int(class) : off+int(class)]
-	if p.huge && align == poolClass {
-		adviseHuge(data)
+	if align == poolClass { // small buffers are faulted where they are written: all of a ring is, not all of a tiny result's
+		if p.huge {
+			adviseHuge(data)
+		}
+		parallelRanges(data, p.workers, prefault)
 	}
-	parallelRanges(data, p.workers, prefault)
 	return data
 }
 
