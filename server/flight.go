@@ -302,6 +302,9 @@ func (r *flightReader) Read(p []byte) (int, error) {
 	} else {
 		n = copy(p, r.body)
 		r.body = r.body[n:]
+		if len(r.body) == 0 {
+			r.body = nil // let the message's memory go now, not at the next message
+		}
 	}
 	r.n += int64(n)
 	return n, nil

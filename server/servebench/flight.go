@@ -111,7 +111,8 @@ func flightPush(ctx context.Context, addr, token string, round int, s *tensor.Se
 		return err
 	}
 	pr, pw := io.Pipe()
-	go func() { pw.CloseWithError(arrowio.WriteSet(pw, s)) }()
+	// 1 MiB batches: the server holds about two messages per stream.
+	go func() { pw.CloseWithError(arrowio.WriteSet(pw, s, arrowio.WithBatchBytes(1<<20))) }()
 	defer pr.Close()
 	first := true
 	err = server.SendIPC(pr, func(d *flight.FlightData) error {
