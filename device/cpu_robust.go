@@ -48,13 +48,14 @@ const (
 
 // robustScratch is one worker's memory for the robust operations.
 type robustScratch struct {
-	wide [][]float32 // per input: a widened block (only inputs that are not f32 use theirs)
-	xs   [][]byte
-	res  []float32 // the f32 result block of an order statistic
-	sort []float32 // the kernels' sorting slab
-	gram []float64 // Gram partials, kernels.GramPartials(n)
-	sq   []float64 // squared norms' partials, kernels.Lanes·n
-	pack []float64 // the Gram kernel's scratch
+	wide  [][]float32 // per input: a widened block (only inputs that are not f32 use theirs)
+	xs    [][]byte
+	res   []float32 // the f32 result block of an order statistic
+	res64 []float64 // the same in f64, the point of the distances
+	sort  []float32 // the kernels' sorting slab
+	gram  []float64 // Gram partials, kernels.GramPartials(n)
+	sq    []float64 // squared norms' partials, kernels.Lanes·n
+	pack  []float64 // the Gram kernel's scratch
 
 	rd blockReader // read buffers for inputs copied from their files (fileread.go)
 }
@@ -72,6 +73,7 @@ func getRobustScratch(n, block int) *robustScratch {
 	}
 	if len(s.res) < block {
 		s.res = tensor.AlignedF32(block)
+		s.res64 = make([]float64, block)
 	}
 	if m := kernels.SortScratch(n); len(s.sort) < m {
 		s.sort = tensor.AlignedF32(m)
@@ -205,8 +207,15 @@ func (c *CPU) Select(ctx context.Context, job *SelectJob) (Stats, error) {
 				case ClosestMean:
 					c.kern.ClosestMeanF32(res, xs, job.K, s.sort)
 				}
-				for i := range dl {
-					c.kern.SqDistNormF32(&dl[i], &nl[i], xs[i], res)
+				if lanesWanted {
+					// The result converted once for every input's distance.
+					r64 := s.res64[:hi-lo]
+					for j, v := range res {
+						r64[j] = float64(v)
+					}
+					for i := range dl {
+						c.kern.SqDistNormF32F64(&dl[i], &nl[i], xs[i], r64)
+					}
 				}
 				out := dst[(lo-pc.Lo)*os : (hi-pc.Lo)*os]
 				storeF32(c.kern, f.Out, out, res)

@@ -64,14 +64,19 @@ type robustKernels struct {
 	// holding the wires it spills, and reports whether it did: it may decline input counts it
 	// has no network for.
 	medianGroups func(dst, tmp []float32, x [][]byte, off, groups, pf int) bool
+	// trimmedGroups, where not nil, is medianGroups for the trimmed mean without the k
+	// smallest and k largest values: the sorted values are summed where the network leaves
+	// them instead of being stored first.
+	trimmedGroups func(dst, tmp []float32, x [][]byte, off, groups, pf, k int) bool
 	// The reductions take the sorted slab of n values per coordinate, groups wires apart.
 	medianSorted  func(dst, tmp []float32, n, wires int)
 	trimmedSorted func(dst, tmp []float32, n, wires, k int)
 	closestSorted func(dst, tmp []float32, n, wires, beta int)
 
-	gram    func(p, sq []float64, x [][]byte, elems int, tmp []float64)
-	sqDist  func(pd, pn *[Lanes]float64, x []byte, z []float32)
-	fmaLoop func(iters int) float64
+	gram     func(p, sq []float64, x [][]byte, elems int, tmp []float64)
+	sqDist   func(pd, pn *[Lanes]float64, x []byte, z []float32)
+	sqDist64 func(pd, pn *[Lanes]float64, x []byte, z []float64)
+	fmaLoop  func(iters int) float64
 }
 
 var robustGeneric = robustKernels{
@@ -87,8 +92,9 @@ var robustGeneric = robustKernels{
 	gram: func(p, sq []float64, x [][]byte, elems int, _ []float64) {
 		gramGeneric(p, sq, x, 0, elems)
 	},
-	sqDist:  func(pd, pn *[Lanes]float64, x []byte, z []float32) { sqDistNormGeneric(pd, pn, x, z, 0) },
-	fmaLoop: fmaLoopGeneric,
+	sqDist:   func(pd, pn *[Lanes]float64, x []byte, z []float32) { sqDistNormGeneric(pd, pn, x, z, 0) },
+	sqDist64: func(pd, pn *[Lanes]float64, x []byte, z []float64) { sqDistNormF64Generic(pd, pn, x, z, 0) },
+	fmaLoop:  fmaLoopGeneric,
 }
 
 var _ = register(robustFamily, "generic", true, &robustGeneric)
@@ -222,12 +228,13 @@ func sortedReduce(dst, tmp []float32, n, wires, width int, op func(v []float32) 
 }
 
 // orderStat runs op over every coordinate of dst: groups of width coordinates through the
-// variant's selection network (the median, where it has one) or its sort and reduction, in
+// variant's fused kernel (fused, where it has one and takes the count) or its sort and
+// reduction, in
 // batches that keep the scratch slab in cache and bound the time spent in one assembly call,
 // and the last len(dst)%width coordinates one by one with the reference (the same network and
 // operations, so the same bits). The kernels prefetch each input len(dst) elements ahead: the
 // block a caller walking the inputs block by block reads next.
-func orderStat(k *robustKernels, dst []float32, x [][]byte, tmp []float32, median bool, reduce func(dst, tmp []float32, wires int), op func(v []float32) float32) {
+func orderStat(k *robustKernels, dst []float32, x [][]byte, tmp []float32, fused func(dst, tmp []float32, x [][]byte, off, groups, pf int) bool, reduce func(dst, tmp []float32, wires int), op func(v []float32) float32) {
 	n, w := len(x), k.width
 	groups := len(dst) / w
 	per := max(1, batchCoords/w)
@@ -235,7 +242,7 @@ func orderStat(k *robustKernels, dst []float32, x [][]byte, tmp []float32, media
 	for g := 0; g < groups; g += per {
 		b := min(per, groups-g)
 		d := dst[w*g : w*(g+b)]
-		if median && k.medianGroups != nil && k.medianGroups(d, tmp, x, w*g, b, pf) {
+		if fused != nil && fused(d, tmp, x, w*g, b, pf) {
 			continue
 		}
 		wires := k.sortGroups(tmp, x, w*g, b, pf)
@@ -272,7 +279,7 @@ func MedianF32(dst []float32, x [][]byte, tmp []float32) { def.MedianF32(dst, x,
 func (k *Impl) MedianF32(dst []float32, x [][]byte, tmp []float32) {
 	n, r := len(x), k.robust
 	_ = tmp[SortScratch(n)-1]
-	orderStat(r, dst, x, tmp, true, func(d, s []float32, w int) { r.medianSorted(d, s, n, w) }, medianOf)
+	orderStat(r, dst, x, tmp, r.medianGroups, func(d, s []float32, w int) { r.medianSorted(d, s, n, w) }, medianOf)
 }
 
 // TrimmedMeanF32 writes the coordinate-wise trimmed mean of the f32 inputs to dst: per
@@ -295,7 +302,13 @@ func (k *Impl) TrimmedMeanF32(dst []float32, x [][]byte, trim int, tmp []float32
 		panic("kernels: trimmed mean with 2k >= n")
 	}
 	_ = tmp[SortScratch(n)-1]
-	orderStat(r, dst, x, tmp, false, func(d, s []float32, w int) { r.trimmedSorted(d, s, n, w, trim) }, trimmedFor(trim))
+	var fused func(dst, tmp []float32, x [][]byte, off, groups, pf int) bool
+	if r.trimmedGroups != nil {
+		fused = func(d, s []float32, x [][]byte, off, groups, pf int) bool {
+			return r.trimmedGroups(d, s, x, off, groups, pf, trim)
+		}
+	}
+	orderStat(r, dst, x, tmp, fused, func(d, s []float32, w int) { r.trimmedSorted(d, s, n, w, trim) }, trimmedFor(trim))
 }
 
 // ClosestMeanF32 writes, per coordinate, the mean of the beta values (1 <= beta <= n) closest to
@@ -338,7 +351,7 @@ func (k *Impl) ClosestMeanF32(dst []float32, x [][]byte, beta int, tmp []float32
 		panic("kernels: closest mean with beta outside [1, n]")
 	}
 	_ = tmp[SortScratch(n)-1]
-	orderStat(r, dst, x, tmp, false, func(d, s []float32, w int) { r.closestSorted(d, s, n, w, beta) }, closestFor(beta))
+	orderStat(r, dst, x, tmp, nil, func(d, s []float32, w int) { r.closestSorted(d, s, n, w, beta) }, closestFor(beta))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -363,6 +376,34 @@ func SqDistNormF32(pd, pn *[Lanes]float64, x []byte, z []float32) { def.SqDistNo
 // SqDistNormF32 is the package-level SqDistNormF32 run by k.
 func (k *Impl) SqDistNormF32(pd, pn *[Lanes]float64, x []byte, z []float32) {
 	k.robust.sqDist(pd, pn, x, z)
+}
+
+// SqDistNormF32F64 is SqDistNormF32 with the point in f64 (z[j] = float64 of an f32 value gives
+// SqDistNormF32's bits): a point converted once for many inputs saves a conversion per element
+// and input.
+//
+//	for j := range z {
+//		v := float64(x[j])
+//		d := v - z[j]
+//		pd[j%Lanes] = math.FMA(d, d, pd[j%Lanes])
+//		pn[j%Lanes] = math.FMA(v, v, pn[j%Lanes])
+//	}
+func SqDistNormF32F64(pd, pn *[Lanes]float64, x []byte, z []float64) {
+	def.SqDistNormF32F64(pd, pn, x, z)
+}
+
+// SqDistNormF32F64 is the package-level SqDistNormF32F64 run by k.
+func (k *Impl) SqDistNormF32F64(pd, pn *[Lanes]float64, x []byte, z []float64) {
+	k.robust.sqDist64(pd, pn, x, z)
+}
+
+func sqDistNormF64Generic(pd, pn *[Lanes]float64, x []byte, z []float64, from int) {
+	for j := from; j < len(z); j++ {
+		v := float64(ldF32(x, j))
+		d := v - z[j]
+		pd[j%Lanes] = math.FMA(d, d, pd[j%Lanes])
+		pn[j%Lanes] = math.FMA(v, v, pn[j%Lanes])
+	}
 }
 
 // SumLanes combines partial sums as the reductions of this package do: halves added lane by

@@ -28,8 +28,9 @@ var robustAVX2 = robustKernels{
 	gram: func(p, sq []float64, x [][]byte, elems int, tmp []float64) {
 		gramAsm(p, sq, x, elems, tmp, 3, 64, gramPackF32AVX2, gramTilesAVX2)
 	},
-	sqDist:  sqDistAVX2,
-	fmaLoop: fmaLoopAVX2,
+	sqDist:   sqDistAVX2,
+	sqDist64: sqDist64AVX2,
+	fmaLoop:  fmaLoopAVX2,
 }
 
 var _ = register(robustFamily, "avx2", hasAVX2, &robustAVX2)
@@ -118,6 +119,10 @@ func closestAsm(dst, tmp []float32, n, wires, beta, width int, asm func(dst, tmp
 // that size.
 const gramCallFMAs = 4 << 20
 
+// gramPrefetchParts is the fewest calls of the tiles per block, between which the next block is
+// prefetched.
+const gramPrefetchParts = 8
+
 // gramAsm packs the largest multiple of 8 elements, runs the tiles over it chunk by chunk of
 // coordinates (chunk groups of 4: a row group's rows stay in L1 while its tiles stream the
 // chunk's columns from L2, instead of both coming from L2; the avx2 tiles measured 64 groups
@@ -147,13 +152,21 @@ func gramAsm(p, sq []float64, x [][]byte, elems int, tmp []float64, rows, chunk 
 			race.WriteSlice(p[:GramPartials(n)])
 		}
 		pack(tmp, sq, x, m)
+		// The tiles' calls, each preceded by the prefetch of a share of the inputs' next
+		// block (the m elements after this one, which a caller walking the inputs block by
+		// block passes next): at least gramPrefetchParts calls per block.
 		groups := m / 4
+		var calls [][4]int
 		for g0 := 0; g0 < groups; g0 += chunk {
 			g1 := min(g0+chunk, groups)
-			step := max(rows, gramCallFMAs/(n*4*(g1-g0))/rows*rows)
+			step := max(rows, min(gramCallFMAs/(n*4*(g1-g0)), (n+gramPrefetchParts-1)/gramPrefetchParts)/rows*rows)
 			for r0 := 0; r0 < n; r0 += step {
-				tiles(p, tmp, n, m, r0, min(r0+step, n), g0, g1)
+				calls = append(calls, [4]int{r0, min(r0+step, n), g0, g1})
 			}
+		}
+		for c, call := range calls {
+			prefetchBlocksT1(x, c*n/len(calls), (c+1)*n/len(calls), 4*m, 4*m)
+			tiles(p, tmp, n, m, call[0], call[1], call[2], call[3])
 		}
 	}
 	if m < elems {
@@ -176,4 +189,20 @@ func sqDistAVX2(pd, pn *[Lanes]float64, x []byte, z []float32) {
 		sqDistNormF32AVX2(pd, pn, x[4*j:4*e], z[j:e])
 	}
 	sqDistNormGeneric(pd, pn, x, z, m)
+}
+
+// sqDist64AVX2 is sqDistAVX2 with the point in f64.
+func sqDist64AVX2(pd, pn *[Lanes]float64, x []byte, z []float64) {
+	n := len(z)
+	m := n &^ (Lanes - 1)
+	if m > 0 {
+		_ = x[4*m-1]
+	}
+	for j := 0; j < m; j += chunk / 8 {
+		e := min(j+chunk/8, m)
+		race.ReadSlice(x[4*j : 4*e])
+		race.ReadSlice(z[j:e])
+		sqDistNormF32F64AVX2(pd, pn, x[4*j:4*e], z[j:e])
+	}
+	sqDistNormF64Generic(pd, pn, x, z, m)
 }

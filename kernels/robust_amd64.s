@@ -8346,7 +8346,7 @@ even_sum:
 	RET
 
 // func gramPackF32AVX2(tmp []float64, sq []float64, x [][]byte, elems int)
-// Requires: AVX, AVX2, FMA3, MMX+
+// Requires: AVX, AVX2, FMA3
 TEXT ·gramPackF32AVX2(SB), NOSPLIT, $0-80
 	MOVQ         elems+72(FP), AX
 	MOVQ         x_len+56(FP), CX
@@ -8534,8 +8534,6 @@ input:
 pack4:
 	CMPQ        R9, R14
 	JAE         pack4_done
-	PREFETCHT1  (R9)(DI*1)
-	PREFETCHT1  32(R9)(DI*1)
 	VCVTPS2PD   (R9), Y5
 	VFMADD231PD Y5, Y5, Y0
 	VSUBPD      (R13), Y5, Y5
@@ -8563,7 +8561,6 @@ pack4_done:
 pack2:
 	CMPQ        R9, R10
 	JAE         pack2_done
-	PREFETCHT1  (R9)(DI*1)
 	VCVTPS2PD   (R9), Y5
 	VFMADD231PD Y5, Y5, Y0
 	VSUBPD      (R13), Y5, Y5
@@ -9519,6 +9516,36 @@ done:
 	VZEROUPPER
 	RET
 
+// func prefetchBlocksT1(x [][]byte, from int, to int, off int, bytes int)
+// Requires: MMX+
+TEXT ·prefetchBlocksT1(SB), NOSPLIT, $0-56
+	MOVQ from+24(FP), AX
+	MOVQ to+32(FP), CX
+	CMPQ AX, CX
+	JAE  done
+
+input:
+	MOVQ x_base+0(FP), DX
+	LEAQ (AX)(AX*2), BX
+	MOVQ (DX)(BX*8), DX
+	MOVQ off+40(FP), BX
+	ADDQ BX, DX
+	MOVQ DX, BX
+	MOVQ bytes+48(FP), SI
+	ADDQ SI, BX
+
+line:
+	PREFETCHT1 (DX)
+	ADDQ       $0x40, DX
+	CMPQ       DX, BX
+	JB         line
+	INCQ       AX
+	CMPQ       AX, CX
+	JB         input
+
+done:
+	RET
+
 // func sqDistNormF32AVX2(pd *[16]float64, pn *[16]float64, x []byte, z []float32)
 // Requires: AVX, FMA3
 TEXT ·sqDistNormF32AVX2(SB), NOSPLIT, $0-64
@@ -9537,34 +9564,87 @@ TEXT ·sqDistNormF32AVX2(SB), NOSPLIT, $0-64
 	VMOVUPD 96(CX), Y7
 	XORQ    DI, DI
 	TESTQ   SI, SI
-	JZ      done
+	JZ      sqDistNormF32AVX2_done
 
-loop:
+sqDistNormF32AVX2_loop:
 	VCVTPS2PD   (DX)(DI*4), Y8
-	VCVTPS2PD   (BX)(DI*4), Y9
 	VFMADD231PD Y8, Y8, Y1
+	VCVTPS2PD   (BX)(DI*4), Y9
 	VSUBPD      Y9, Y8, Y8
 	VFMADD231PD Y8, Y8, Y0
 	VCVTPS2PD   16(DX)(DI*4), Y8
-	VCVTPS2PD   16(BX)(DI*4), Y9
 	VFMADD231PD Y8, Y8, Y3
+	VCVTPS2PD   16(BX)(DI*4), Y9
 	VSUBPD      Y9, Y8, Y8
 	VFMADD231PD Y8, Y8, Y2
 	VCVTPS2PD   32(DX)(DI*4), Y8
-	VCVTPS2PD   32(BX)(DI*4), Y9
 	VFMADD231PD Y8, Y8, Y5
+	VCVTPS2PD   32(BX)(DI*4), Y9
 	VSUBPD      Y9, Y8, Y8
 	VFMADD231PD Y8, Y8, Y4
 	VCVTPS2PD   48(DX)(DI*4), Y8
-	VCVTPS2PD   48(BX)(DI*4), Y9
 	VFMADD231PD Y8, Y8, Y7
+	VCVTPS2PD   48(BX)(DI*4), Y9
 	VSUBPD      Y9, Y8, Y8
 	VFMADD231PD Y8, Y8, Y6
 	ADDQ        $0x10, DI
 	CMPQ        DI, SI
-	JB          loop
+	JB          sqDistNormF32AVX2_loop
 
-done:
+sqDistNormF32AVX2_done:
+	VMOVUPD Y0, (AX)
+	VMOVUPD Y1, (CX)
+	VMOVUPD Y2, 32(AX)
+	VMOVUPD Y3, 32(CX)
+	VMOVUPD Y4, 64(AX)
+	VMOVUPD Y5, 64(CX)
+	VMOVUPD Y6, 96(AX)
+	VMOVUPD Y7, 96(CX)
+	VZEROUPPER
+	RET
+
+// func sqDistNormF32F64AVX2(pd *[16]float64, pn *[16]float64, x []byte, z []float64)
+// Requires: AVX, FMA3
+TEXT ·sqDistNormF32F64AVX2(SB), NOSPLIT, $0-64
+	MOVQ    pd+0(FP), AX
+	MOVQ    pn+8(FP), CX
+	MOVQ    x_base+16(FP), DX
+	MOVQ    z_base+40(FP), BX
+	MOVQ    z_len+48(FP), SI
+	VMOVUPD (AX), Y0
+	VMOVUPD (CX), Y1
+	VMOVUPD 32(AX), Y2
+	VMOVUPD 32(CX), Y3
+	VMOVUPD 64(AX), Y4
+	VMOVUPD 64(CX), Y5
+	VMOVUPD 96(AX), Y6
+	VMOVUPD 96(CX), Y7
+	XORQ    DI, DI
+	TESTQ   SI, SI
+	JZ      sqDistNormF32F64AVX2_done
+
+sqDistNormF32F64AVX2_loop:
+	VCVTPS2PD   (DX)(DI*4), Y8
+	VFMADD231PD Y8, Y8, Y1
+	VSUBPD      (BX)(DI*8), Y8, Y8
+	VFMADD231PD Y8, Y8, Y0
+	VCVTPS2PD   16(DX)(DI*4), Y8
+	VFMADD231PD Y8, Y8, Y3
+	VSUBPD      32(BX)(DI*8), Y8, Y8
+	VFMADD231PD Y8, Y8, Y2
+	VCVTPS2PD   32(DX)(DI*4), Y8
+	VFMADD231PD Y8, Y8, Y5
+	VSUBPD      64(BX)(DI*8), Y8, Y8
+	VFMADD231PD Y8, Y8, Y4
+	VCVTPS2PD   48(DX)(DI*4), Y8
+	VFMADD231PD Y8, Y8, Y7
+	VSUBPD      96(BX)(DI*8), Y8, Y8
+	VFMADD231PD Y8, Y8, Y6
+	ADDQ        $0x10, DI
+	CMPQ        DI, SI
+	JB          sqDistNormF32F64AVX2_loop
+
+sqDistNormF32F64AVX2_done:
 	VMOVUPD Y0, (AX)
 	VMOVUPD Y1, (CX)
 	VMOVUPD Y2, 32(AX)
@@ -25415,6 +25495,11984 @@ n32_loop:
 	VZEROUPPER
 	RET
 
+// func trimmedSmallF32AVX512(dst []float32, tmp []float32, x [][]byte, off int, groups int, pf int, k int, c float32)
+// Requires: AVX, AVX512DQ, AVX512F, MMX+
+TEXT ·trimmedSmallF32AVX512(SB), NOSPLIT, $0-108
+	MOVQ x_len+56(FP), AX
+	CMPQ AX, $0x01
+	JE   n1
+	CMPQ AX, $0x02
+	JE   n2
+	CMPQ AX, $0x03
+	JE   n3
+	CMPQ AX, $0x04
+	JE   n4
+	CMPQ AX, $0x05
+	JE   n5
+	CMPQ AX, $0x06
+	JE   n6
+	CMPQ AX, $0x07
+	JE   n7
+	CMPQ AX, $0x08
+	JE   n8
+	CMPQ AX, $0x09
+	JE   n9
+	CMPQ AX, $0x0a
+	JE   n10
+	CMPQ AX, $0x0b
+	JE   n11
+	CMPQ AX, $0x0c
+	JE   n12
+	CMPQ AX, $0x0d
+	JE   n13
+	CMPQ AX, $0x0e
+	JE   n14
+	CMPQ AX, $0x0f
+	JE   n15
+	CMPQ AX, $0x10
+	JE   n16
+	CMPQ AX, $0x11
+	JE   n17
+	CMPQ AX, $0x12
+	JE   n18
+	CMPQ AX, $0x13
+	JE   n19
+	CMPQ AX, $0x14
+	JE   n20
+	CMPQ AX, $0x15
+	JE   n21
+	CMPQ AX, $0x16
+	JE   n22
+	CMPQ AX, $0x17
+	JE   n23
+	CMPQ AX, $0x18
+	JE   n24
+	CMPQ AX, $0x19
+	JE   n25
+	CMPQ AX, $0x1a
+	JE   n26
+	CMPQ AX, $0x1b
+	JE   n27
+	CMPQ AX, $0x1c
+	JE   n28
+	CMPQ AX, $0x1d
+	JE   n29
+	CMPQ AX, $0x1e
+	JE   n30
+	CMPQ AX, $0x1f
+	JE   n31
+	CMPQ AX, $0x20
+	JE   n32
+	RET
+
+n1:
+	MOVQ         x_base+48(FP), AX
+	MOVQ         tmp_base+24(FP), CX
+	MOVQ         dst_base+0(FP), CX
+	MOVQ         off+72(FP), DX
+	SHLQ         $0x02, DX
+	MOVQ         groups+80(FP), BX
+	MOVQ         pf+88(FP), SI
+	MOVQ         k+96(FP), DI
+	MOVQ         $0x00000001, R8
+	SUBQ         DI, R8
+	VBROADCASTSS c+104(FP), Z31
+
+n1_loop:
+	MOVQ       (AX), R9
+	VMOVUPS    (R9)(DX*1), Z0
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VXORPS     Z30, Z30, Z30
+	CMPQ       DI, $0x00000000
+	JA         n1_w0
+	CMPQ       R8, $0x00000000
+	JBE        n1_w0
+	VADDPS     Z0, Z30, Z30
+
+n1_w0:
+	VDIVPS  Z31, Z30, Z30
+	VMOVUPS Z30, (CX)
+
+	// n=1: 0 comparators, 1 loads, 0 stores per group
+	ADDQ $0x40, DX
+	ADDQ $0x40, CX
+	DECQ BX
+	JNZ  n1_loop
+	VZEROUPPER
+	RET
+
+n2:
+	MOVQ         x_base+48(FP), AX
+	MOVQ         tmp_base+24(FP), CX
+	MOVQ         dst_base+0(FP), CX
+	MOVQ         off+72(FP), DX
+	SHLQ         $0x02, DX
+	MOVQ         groups+80(FP), BX
+	MOVQ         pf+88(FP), SI
+	MOVQ         k+96(FP), DI
+	MOVQ         $0x00000002, R8
+	SUBQ         DI, R8
+	VBROADCASTSS c+104(FP), Z31
+
+n2_loop:
+	MOVQ       (AX), R9
+	VMOVUPS    (R9)(DX*1), Z0
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       24(AX), R9
+	VMOVUPS    (R9)(DX*1), Z1
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z1, Z0, Z2
+	VMAXPS     Z1, Z0, Z1
+	VXORPS     Z30, Z30, Z30
+	CMPQ       DI, $0x00000000
+	JA         n2_w0
+	CMPQ       R8, $0x00000000
+	JBE        n2_w0
+	VADDPS     Z2, Z30, Z30
+
+n2_w0:
+	CMPQ   DI, $0x00000001
+	JA     n2_w1
+	CMPQ   R8, $0x00000001
+	JBE    n2_w1
+	VADDPS Z1, Z30, Z30
+
+n2_w1:
+	VDIVPS  Z31, Z30, Z30
+	VMOVUPS Z30, (CX)
+
+	// n=2: 1 comparators, 2 loads, 0 stores per group
+	ADDQ $0x40, DX
+	ADDQ $0x40, CX
+	DECQ BX
+	JNZ  n2_loop
+	VZEROUPPER
+	RET
+
+n3:
+	MOVQ         x_base+48(FP), AX
+	MOVQ         tmp_base+24(FP), CX
+	MOVQ         dst_base+0(FP), CX
+	MOVQ         off+72(FP), DX
+	SHLQ         $0x02, DX
+	MOVQ         groups+80(FP), BX
+	MOVQ         pf+88(FP), SI
+	MOVQ         k+96(FP), DI
+	MOVQ         $0x00000003, R8
+	SUBQ         DI, R8
+	VBROADCASTSS c+104(FP), Z31
+
+n3_loop:
+	MOVQ       (AX), R9
+	VMOVUPS    (R9)(DX*1), Z0
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       24(AX), R9
+	VMOVUPS    (R9)(DX*1), Z1
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z1, Z0, Z2
+	VMAXPS     Z1, Z0, Z1
+	MOVQ       48(AX), R9
+	VMOVUPS    (R9)(DX*1), Z0
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z0, Z2, Z3
+	VMAXPS     Z0, Z2, Z0
+	VMINPS     Z0, Z1, Z2
+	VMAXPS     Z0, Z1, Z0
+	VXORPS     Z30, Z30, Z30
+	CMPQ       DI, $0x00000000
+	JA         n3_w0
+	CMPQ       R8, $0x00000000
+	JBE        n3_w0
+	VADDPS     Z3, Z30, Z30
+
+n3_w0:
+	CMPQ   DI, $0x00000001
+	JA     n3_w1
+	CMPQ   R8, $0x00000001
+	JBE    n3_w1
+	VADDPS Z2, Z30, Z30
+
+n3_w1:
+	CMPQ   DI, $0x00000002
+	JA     n3_w2
+	CMPQ   R8, $0x00000002
+	JBE    n3_w2
+	VADDPS Z0, Z30, Z30
+
+n3_w2:
+	VDIVPS  Z31, Z30, Z30
+	VMOVUPS Z30, (CX)
+
+	// n=3: 3 comparators, 3 loads, 0 stores per group
+	ADDQ $0x40, DX
+	ADDQ $0x40, CX
+	DECQ BX
+	JNZ  n3_loop
+	VZEROUPPER
+	RET
+
+n4:
+	MOVQ         x_base+48(FP), AX
+	MOVQ         tmp_base+24(FP), CX
+	MOVQ         dst_base+0(FP), CX
+	MOVQ         off+72(FP), DX
+	SHLQ         $0x02, DX
+	MOVQ         groups+80(FP), BX
+	MOVQ         pf+88(FP), SI
+	MOVQ         k+96(FP), DI
+	MOVQ         $0x00000004, R8
+	SUBQ         DI, R8
+	VBROADCASTSS c+104(FP), Z31
+
+n4_loop:
+	MOVQ       (AX), R9
+	VMOVUPS    (R9)(DX*1), Z0
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       24(AX), R9
+	VMOVUPS    (R9)(DX*1), Z1
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z1, Z0, Z2
+	VMAXPS     Z1, Z0, Z1
+	MOVQ       48(AX), R9
+	VMOVUPS    (R9)(DX*1), Z0
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       72(AX), R9
+	VMOVUPS    (R9)(DX*1), Z3
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z4, Z2, Z0
+	VMAXPS     Z4, Z2, Z4
+	VMINPS     Z3, Z1, Z2
+	VMAXPS     Z3, Z1, Z3
+	VMINPS     Z4, Z2, Z1
+	VMAXPS     Z4, Z2, Z4
+	VXORPS     Z30, Z30, Z30
+	CMPQ       DI, $0x00000000
+	JA         n4_w0
+	CMPQ       R8, $0x00000000
+	JBE        n4_w0
+	VADDPS     Z0, Z30, Z30
+
+n4_w0:
+	CMPQ   DI, $0x00000001
+	JA     n4_w1
+	CMPQ   R8, $0x00000001
+	JBE    n4_w1
+	VADDPS Z1, Z30, Z30
+
+n4_w1:
+	CMPQ   DI, $0x00000002
+	JA     n4_w2
+	CMPQ   R8, $0x00000002
+	JBE    n4_w2
+	VADDPS Z4, Z30, Z30
+
+n4_w2:
+	CMPQ   DI, $0x00000003
+	JA     n4_w3
+	CMPQ   R8, $0x00000003
+	JBE    n4_w3
+	VADDPS Z3, Z30, Z30
+
+n4_w3:
+	VDIVPS  Z31, Z30, Z30
+	VMOVUPS Z30, (CX)
+
+	// n=4: 5 comparators, 4 loads, 0 stores per group
+	ADDQ $0x40, DX
+	ADDQ $0x40, CX
+	DECQ BX
+	JNZ  n4_loop
+	VZEROUPPER
+	RET
+
+n5:
+	MOVQ         x_base+48(FP), AX
+	MOVQ         tmp_base+24(FP), CX
+	MOVQ         dst_base+0(FP), CX
+	MOVQ         off+72(FP), DX
+	SHLQ         $0x02, DX
+	MOVQ         groups+80(FP), BX
+	MOVQ         pf+88(FP), SI
+	MOVQ         k+96(FP), DI
+	MOVQ         $0x00000005, R8
+	SUBQ         DI, R8
+	VBROADCASTSS c+104(FP), Z31
+
+n5_loop:
+	MOVQ       (AX), R9
+	VMOVUPS    (R9)(DX*1), Z0
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       24(AX), R9
+	VMOVUPS    (R9)(DX*1), Z1
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z1, Z0, Z2
+	VMAXPS     Z1, Z0, Z1
+	MOVQ       48(AX), R9
+	VMOVUPS    (R9)(DX*1), Z0
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       72(AX), R9
+	VMOVUPS    (R9)(DX*1), Z3
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z4, Z2, Z0
+	VMAXPS     Z4, Z2, Z4
+	VMINPS     Z3, Z1, Z2
+	VMAXPS     Z3, Z1, Z3
+	VMINPS     Z4, Z2, Z1
+	VMAXPS     Z4, Z2, Z4
+	MOVQ       96(AX), R9
+	VMOVUPS    (R9)(DX*1), Z2
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z2, Z0, Z5
+	VMAXPS     Z2, Z0, Z2
+	VMINPS     Z2, Z4, Z0
+	VMAXPS     Z2, Z4, Z2
+	VMINPS     Z0, Z1, Z4
+	VMAXPS     Z0, Z1, Z0
+	VMINPS     Z2, Z3, Z1
+	VMAXPS     Z2, Z3, Z2
+	VXORPS     Z30, Z30, Z30
+	CMPQ       DI, $0x00000000
+	JA         n5_w0
+	CMPQ       R8, $0x00000000
+	JBE        n5_w0
+	VADDPS     Z5, Z30, Z30
+
+n5_w0:
+	CMPQ   DI, $0x00000001
+	JA     n5_w1
+	CMPQ   R8, $0x00000001
+	JBE    n5_w1
+	VADDPS Z4, Z30, Z30
+
+n5_w1:
+	CMPQ   DI, $0x00000002
+	JA     n5_w2
+	CMPQ   R8, $0x00000002
+	JBE    n5_w2
+	VADDPS Z0, Z30, Z30
+
+n5_w2:
+	CMPQ   DI, $0x00000003
+	JA     n5_w3
+	CMPQ   R8, $0x00000003
+	JBE    n5_w3
+	VADDPS Z1, Z30, Z30
+
+n5_w3:
+	CMPQ   DI, $0x00000004
+	JA     n5_w4
+	CMPQ   R8, $0x00000004
+	JBE    n5_w4
+	VADDPS Z2, Z30, Z30
+
+n5_w4:
+	VDIVPS  Z31, Z30, Z30
+	VMOVUPS Z30, (CX)
+
+	// n=5: 9 comparators, 5 loads, 0 stores per group
+	ADDQ $0x40, DX
+	ADDQ $0x40, CX
+	DECQ BX
+	JNZ  n5_loop
+	VZEROUPPER
+	RET
+
+n6:
+	MOVQ         x_base+48(FP), AX
+	MOVQ         tmp_base+24(FP), CX
+	MOVQ         dst_base+0(FP), CX
+	MOVQ         off+72(FP), DX
+	SHLQ         $0x02, DX
+	MOVQ         groups+80(FP), BX
+	MOVQ         pf+88(FP), SI
+	MOVQ         k+96(FP), DI
+	MOVQ         $0x00000006, R8
+	SUBQ         DI, R8
+	VBROADCASTSS c+104(FP), Z31
+
+n6_loop:
+	MOVQ       (AX), R9
+	VMOVUPS    (R9)(DX*1), Z0
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       24(AX), R9
+	VMOVUPS    (R9)(DX*1), Z1
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z1, Z0, Z2
+	VMAXPS     Z1, Z0, Z1
+	MOVQ       48(AX), R9
+	VMOVUPS    (R9)(DX*1), Z0
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       72(AX), R9
+	VMOVUPS    (R9)(DX*1), Z3
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z4, Z2, Z0
+	VMAXPS     Z4, Z2, Z4
+	VMINPS     Z3, Z1, Z2
+	VMAXPS     Z3, Z1, Z3
+	VMINPS     Z4, Z2, Z1
+	VMAXPS     Z4, Z2, Z4
+	MOVQ       96(AX), R9
+	VMOVUPS    (R9)(DX*1), Z2
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       120(AX), R9
+	VMOVUPS    (R9)(DX*1), Z5
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z5, Z2, Z6
+	VMAXPS     Z5, Z2, Z5
+	VMINPS     Z6, Z0, Z2
+	VMAXPS     Z6, Z0, Z6
+	VMINPS     Z5, Z1, Z0
+	VMAXPS     Z5, Z1, Z5
+	VMINPS     Z6, Z4, Z1
+	VMAXPS     Z6, Z4, Z6
+	VMINPS     Z5, Z3, Z4
+	VMAXPS     Z5, Z3, Z5
+	VMINPS     Z1, Z0, Z3
+	VMAXPS     Z1, Z0, Z1
+	VMINPS     Z6, Z4, Z0
+	VMAXPS     Z6, Z4, Z6
+	VXORPS     Z30, Z30, Z30
+	CMPQ       DI, $0x00000000
+	JA         n6_w0
+	CMPQ       R8, $0x00000000
+	JBE        n6_w0
+	VADDPS     Z2, Z30, Z30
+
+n6_w0:
+	CMPQ   DI, $0x00000001
+	JA     n6_w1
+	CMPQ   R8, $0x00000001
+	JBE    n6_w1
+	VADDPS Z3, Z30, Z30
+
+n6_w1:
+	CMPQ   DI, $0x00000002
+	JA     n6_w2
+	CMPQ   R8, $0x00000002
+	JBE    n6_w2
+	VADDPS Z1, Z30, Z30
+
+n6_w2:
+	CMPQ   DI, $0x00000003
+	JA     n6_w3
+	CMPQ   R8, $0x00000003
+	JBE    n6_w3
+	VADDPS Z0, Z30, Z30
+
+n6_w3:
+	CMPQ   DI, $0x00000004
+	JA     n6_w4
+	CMPQ   R8, $0x00000004
+	JBE    n6_w4
+	VADDPS Z6, Z30, Z30
+
+n6_w4:
+	CMPQ   DI, $0x00000005
+	JA     n6_w5
+	CMPQ   R8, $0x00000005
+	JBE    n6_w5
+	VADDPS Z5, Z30, Z30
+
+n6_w5:
+	VDIVPS  Z31, Z30, Z30
+	VMOVUPS Z30, (CX)
+
+	// n=6: 12 comparators, 6 loads, 0 stores per group
+	ADDQ $0x40, DX
+	ADDQ $0x40, CX
+	DECQ BX
+	JNZ  n6_loop
+	VZEROUPPER
+	RET
+
+n7:
+	MOVQ         x_base+48(FP), AX
+	MOVQ         tmp_base+24(FP), CX
+	MOVQ         dst_base+0(FP), CX
+	MOVQ         off+72(FP), DX
+	SHLQ         $0x02, DX
+	MOVQ         groups+80(FP), BX
+	MOVQ         pf+88(FP), SI
+	MOVQ         k+96(FP), DI
+	MOVQ         $0x00000007, R8
+	SUBQ         DI, R8
+	VBROADCASTSS c+104(FP), Z31
+
+n7_loop:
+	MOVQ       (AX), R9
+	VMOVUPS    (R9)(DX*1), Z0
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       24(AX), R9
+	VMOVUPS    (R9)(DX*1), Z1
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z1, Z0, Z2
+	VMAXPS     Z1, Z0, Z1
+	MOVQ       48(AX), R9
+	VMOVUPS    (R9)(DX*1), Z0
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       72(AX), R9
+	VMOVUPS    (R9)(DX*1), Z3
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z4, Z2, Z0
+	VMAXPS     Z4, Z2, Z4
+	VMINPS     Z3, Z1, Z2
+	VMAXPS     Z3, Z1, Z3
+	VMINPS     Z4, Z2, Z1
+	VMAXPS     Z4, Z2, Z4
+	MOVQ       96(AX), R9
+	VMOVUPS    (R9)(DX*1), Z2
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       120(AX), R9
+	VMOVUPS    (R9)(DX*1), Z5
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z5, Z2, Z6
+	VMAXPS     Z5, Z2, Z5
+	MOVQ       144(AX), R9
+	VMOVUPS    (R9)(DX*1), Z2
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z2, Z6, Z7
+	VMAXPS     Z2, Z6, Z2
+	VMINPS     Z2, Z5, Z6
+	VMAXPS     Z2, Z5, Z2
+	VMINPS     Z7, Z0, Z5
+	VMAXPS     Z7, Z0, Z7
+	VMINPS     Z6, Z1, Z0
+	VMAXPS     Z6, Z1, Z6
+	VMINPS     Z2, Z4, Z1
+	VMAXPS     Z2, Z4, Z2
+	VMINPS     Z7, Z1, Z4
+	VMAXPS     Z7, Z1, Z7
+	VMINPS     Z6, Z3, Z1
+	VMAXPS     Z6, Z3, Z6
+	VMINPS     Z4, Z0, Z3
+	VMAXPS     Z4, Z0, Z4
+	VMINPS     Z7, Z1, Z0
+	VMAXPS     Z7, Z1, Z7
+	VMINPS     Z2, Z6, Z1
+	VMAXPS     Z2, Z6, Z2
+	VXORPS     Z30, Z30, Z30
+	CMPQ       DI, $0x00000000
+	JA         n7_w0
+	CMPQ       R8, $0x00000000
+	JBE        n7_w0
+	VADDPS     Z5, Z30, Z30
+
+n7_w0:
+	CMPQ   DI, $0x00000001
+	JA     n7_w1
+	CMPQ   R8, $0x00000001
+	JBE    n7_w1
+	VADDPS Z3, Z30, Z30
+
+n7_w1:
+	CMPQ   DI, $0x00000002
+	JA     n7_w2
+	CMPQ   R8, $0x00000002
+	JBE    n7_w2
+	VADDPS Z4, Z30, Z30
+
+n7_w2:
+	CMPQ   DI, $0x00000003
+	JA     n7_w3
+	CMPQ   R8, $0x00000003
+	JBE    n7_w3
+	VADDPS Z0, Z30, Z30
+
+n7_w3:
+	CMPQ   DI, $0x00000004
+	JA     n7_w4
+	CMPQ   R8, $0x00000004
+	JBE    n7_w4
+	VADDPS Z7, Z30, Z30
+
+n7_w4:
+	CMPQ   DI, $0x00000005
+	JA     n7_w5
+	CMPQ   R8, $0x00000005
+	JBE    n7_w5
+	VADDPS Z1, Z30, Z30
+
+n7_w5:
+	CMPQ   DI, $0x00000006
+	JA     n7_w6
+	CMPQ   R8, $0x00000006
+	JBE    n7_w6
+	VADDPS Z2, Z30, Z30
+
+n7_w6:
+	VDIVPS  Z31, Z30, Z30
+	VMOVUPS Z30, (CX)
+
+	// n=7: 16 comparators, 7 loads, 0 stores per group
+	ADDQ $0x40, DX
+	ADDQ $0x40, CX
+	DECQ BX
+	JNZ  n7_loop
+	VZEROUPPER
+	RET
+
+n8:
+	MOVQ         x_base+48(FP), AX
+	MOVQ         tmp_base+24(FP), CX
+	MOVQ         dst_base+0(FP), CX
+	MOVQ         off+72(FP), DX
+	SHLQ         $0x02, DX
+	MOVQ         groups+80(FP), BX
+	MOVQ         pf+88(FP), SI
+	MOVQ         k+96(FP), DI
+	MOVQ         $0x00000008, R8
+	SUBQ         DI, R8
+	VBROADCASTSS c+104(FP), Z31
+
+n8_loop:
+	MOVQ       (AX), R9
+	VMOVUPS    (R9)(DX*1), Z0
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       24(AX), R9
+	VMOVUPS    (R9)(DX*1), Z1
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z1, Z0, Z2
+	VMAXPS     Z1, Z0, Z1
+	MOVQ       48(AX), R9
+	VMOVUPS    (R9)(DX*1), Z0
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       72(AX), R9
+	VMOVUPS    (R9)(DX*1), Z3
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z4, Z2, Z0
+	VMAXPS     Z4, Z2, Z4
+	VMINPS     Z3, Z1, Z2
+	VMAXPS     Z3, Z1, Z3
+	VMINPS     Z4, Z2, Z1
+	VMAXPS     Z4, Z2, Z4
+	MOVQ       96(AX), R9
+	VMOVUPS    (R9)(DX*1), Z2
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       120(AX), R9
+	VMOVUPS    (R9)(DX*1), Z5
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z5, Z2, Z6
+	VMAXPS     Z5, Z2, Z5
+	MOVQ       144(AX), R9
+	VMOVUPS    (R9)(DX*1), Z2
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       168(AX), R9
+	VMOVUPS    (R9)(DX*1), Z7
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z7, Z2, Z8
+	VMAXPS     Z7, Z2, Z7
+	VMINPS     Z8, Z6, Z2
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z5, Z6
+	VMAXPS     Z7, Z5, Z7
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z2, Z0, Z6
+	VMAXPS     Z2, Z0, Z2
+	VMINPS     Z5, Z1, Z0
+	VMAXPS     Z5, Z1, Z5
+	VMINPS     Z8, Z4, Z1
+	VMAXPS     Z8, Z4, Z8
+	VMINPS     Z7, Z3, Z4
+	VMAXPS     Z7, Z3, Z7
+	VMINPS     Z2, Z1, Z3
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z5, Z4, Z1
+	VMAXPS     Z5, Z4, Z5
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z2, Z1, Z0
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z8, Z5, Z1
+	VMAXPS     Z8, Z5, Z8
+	VXORPS     Z30, Z30, Z30
+	CMPQ       DI, $0x00000000
+	JA         n8_w0
+	CMPQ       R8, $0x00000000
+	JBE        n8_w0
+	VADDPS     Z6, Z30, Z30
+
+n8_w0:
+	CMPQ   DI, $0x00000001
+	JA     n8_w1
+	CMPQ   R8, $0x00000001
+	JBE    n8_w1
+	VADDPS Z4, Z30, Z30
+
+n8_w1:
+	CMPQ   DI, $0x00000002
+	JA     n8_w2
+	CMPQ   R8, $0x00000002
+	JBE    n8_w2
+	VADDPS Z3, Z30, Z30
+
+n8_w2:
+	CMPQ   DI, $0x00000003
+	JA     n8_w3
+	CMPQ   R8, $0x00000003
+	JBE    n8_w3
+	VADDPS Z0, Z30, Z30
+
+n8_w3:
+	CMPQ   DI, $0x00000004
+	JA     n8_w4
+	CMPQ   R8, $0x00000004
+	JBE    n8_w4
+	VADDPS Z2, Z30, Z30
+
+n8_w4:
+	CMPQ   DI, $0x00000005
+	JA     n8_w5
+	CMPQ   R8, $0x00000005
+	JBE    n8_w5
+	VADDPS Z1, Z30, Z30
+
+n8_w5:
+	CMPQ   DI, $0x00000006
+	JA     n8_w6
+	CMPQ   R8, $0x00000006
+	JBE    n8_w6
+	VADDPS Z8, Z30, Z30
+
+n8_w6:
+	CMPQ   DI, $0x00000007
+	JA     n8_w7
+	CMPQ   R8, $0x00000007
+	JBE    n8_w7
+	VADDPS Z7, Z30, Z30
+
+n8_w7:
+	VDIVPS  Z31, Z30, Z30
+	VMOVUPS Z30, (CX)
+
+	// n=8: 19 comparators, 8 loads, 0 stores per group
+	ADDQ $0x40, DX
+	ADDQ $0x40, CX
+	DECQ BX
+	JNZ  n8_loop
+	VZEROUPPER
+	RET
+
+n9:
+	MOVQ         x_base+48(FP), AX
+	MOVQ         tmp_base+24(FP), CX
+	MOVQ         dst_base+0(FP), CX
+	MOVQ         off+72(FP), DX
+	SHLQ         $0x02, DX
+	MOVQ         groups+80(FP), BX
+	MOVQ         pf+88(FP), SI
+	MOVQ         k+96(FP), DI
+	MOVQ         $0x00000009, R8
+	SUBQ         DI, R8
+	VBROADCASTSS c+104(FP), Z31
+
+n9_loop:
+	MOVQ       (AX), R9
+	VMOVUPS    (R9)(DX*1), Z0
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       24(AX), R9
+	VMOVUPS    (R9)(DX*1), Z1
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z1, Z0, Z2
+	VMAXPS     Z1, Z0, Z1
+	MOVQ       48(AX), R9
+	VMOVUPS    (R9)(DX*1), Z0
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       72(AX), R9
+	VMOVUPS    (R9)(DX*1), Z3
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z4, Z2, Z0
+	VMAXPS     Z4, Z2, Z4
+	VMINPS     Z3, Z1, Z2
+	VMAXPS     Z3, Z1, Z3
+	VMINPS     Z4, Z2, Z1
+	VMAXPS     Z4, Z2, Z4
+	MOVQ       96(AX), R9
+	VMOVUPS    (R9)(DX*1), Z2
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       120(AX), R9
+	VMOVUPS    (R9)(DX*1), Z5
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z5, Z2, Z6
+	VMAXPS     Z5, Z2, Z5
+	MOVQ       144(AX), R9
+	VMOVUPS    (R9)(DX*1), Z2
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       168(AX), R9
+	VMOVUPS    (R9)(DX*1), Z7
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z7, Z2, Z8
+	VMAXPS     Z7, Z2, Z7
+	VMINPS     Z8, Z6, Z2
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z5, Z6
+	VMAXPS     Z7, Z5, Z7
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z2, Z0, Z6
+	VMAXPS     Z2, Z0, Z2
+	VMINPS     Z5, Z1, Z0
+	VMAXPS     Z5, Z1, Z5
+	VMINPS     Z8, Z4, Z1
+	VMAXPS     Z8, Z4, Z8
+	VMINPS     Z7, Z3, Z4
+	VMAXPS     Z7, Z3, Z7
+	VMINPS     Z2, Z1, Z3
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z5, Z4, Z1
+	VMAXPS     Z5, Z4, Z5
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z2, Z1, Z0
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z8, Z5, Z1
+	VMAXPS     Z8, Z5, Z8
+	VMINPS     Z1, Z0, Z5
+	VMAXPS     Z1, Z0, Z1
+	MOVQ       192(AX), R9
+	VMOVUPS    (R9)(DX*1), Z0
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z0, Z6, Z9
+	VMAXPS     Z0, Z6, Z0
+	VMINPS     Z0, Z2, Z6
+	VMAXPS     Z0, Z2, Z0
+	VMINPS     Z6, Z3, Z2
+	VMAXPS     Z6, Z3, Z6
+	VMINPS     Z0, Z8, Z3
+	VMAXPS     Z0, Z8, Z0
+	VMINPS     Z2, Z4, Z8
+	VMAXPS     Z2, Z4, Z2
+	VMINPS     Z6, Z5, Z4
+	VMAXPS     Z6, Z5, Z6
+	VMINPS     Z3, Z1, Z5
+	VMAXPS     Z3, Z1, Z3
+	VMINPS     Z0, Z7, Z1
+	VMAXPS     Z0, Z7, Z0
+	VXORPS     Z30, Z30, Z30
+	CMPQ       DI, $0x00000000
+	JA         n9_w0
+	CMPQ       R8, $0x00000000
+	JBE        n9_w0
+	VADDPS     Z9, Z30, Z30
+
+n9_w0:
+	CMPQ   DI, $0x00000001
+	JA     n9_w1
+	CMPQ   R8, $0x00000001
+	JBE    n9_w1
+	VADDPS Z8, Z30, Z30
+
+n9_w1:
+	CMPQ   DI, $0x00000002
+	JA     n9_w2
+	CMPQ   R8, $0x00000002
+	JBE    n9_w2
+	VADDPS Z2, Z30, Z30
+
+n9_w2:
+	CMPQ   DI, $0x00000003
+	JA     n9_w3
+	CMPQ   R8, $0x00000003
+	JBE    n9_w3
+	VADDPS Z4, Z30, Z30
+
+n9_w3:
+	CMPQ   DI, $0x00000004
+	JA     n9_w4
+	CMPQ   R8, $0x00000004
+	JBE    n9_w4
+	VADDPS Z6, Z30, Z30
+
+n9_w4:
+	CMPQ   DI, $0x00000005
+	JA     n9_w5
+	CMPQ   R8, $0x00000005
+	JBE    n9_w5
+	VADDPS Z5, Z30, Z30
+
+n9_w5:
+	CMPQ   DI, $0x00000006
+	JA     n9_w6
+	CMPQ   R8, $0x00000006
+	JBE    n9_w6
+	VADDPS Z3, Z30, Z30
+
+n9_w6:
+	CMPQ   DI, $0x00000007
+	JA     n9_w7
+	CMPQ   R8, $0x00000007
+	JBE    n9_w7
+	VADDPS Z1, Z30, Z30
+
+n9_w7:
+	CMPQ   DI, $0x00000008
+	JA     n9_w8
+	CMPQ   R8, $0x00000008
+	JBE    n9_w8
+	VADDPS Z0, Z30, Z30
+
+n9_w8:
+	VDIVPS  Z31, Z30, Z30
+	VMOVUPS Z30, (CX)
+
+	// n=9: 28 comparators, 9 loads, 0 stores per group
+	ADDQ $0x40, DX
+	ADDQ $0x40, CX
+	DECQ BX
+	JNZ  n9_loop
+	VZEROUPPER
+	RET
+
+n10:
+	MOVQ         x_base+48(FP), AX
+	MOVQ         tmp_base+24(FP), CX
+	MOVQ         dst_base+0(FP), CX
+	MOVQ         off+72(FP), DX
+	SHLQ         $0x02, DX
+	MOVQ         groups+80(FP), BX
+	MOVQ         pf+88(FP), SI
+	MOVQ         k+96(FP), DI
+	MOVQ         $0x0000000a, R8
+	SUBQ         DI, R8
+	VBROADCASTSS c+104(FP), Z31
+
+n10_loop:
+	MOVQ       (AX), R9
+	VMOVUPS    (R9)(DX*1), Z0
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       24(AX), R9
+	VMOVUPS    (R9)(DX*1), Z1
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z1, Z0, Z2
+	VMAXPS     Z1, Z0, Z1
+	MOVQ       48(AX), R9
+	VMOVUPS    (R9)(DX*1), Z0
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       72(AX), R9
+	VMOVUPS    (R9)(DX*1), Z3
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z4, Z2, Z0
+	VMAXPS     Z4, Z2, Z4
+	VMINPS     Z3, Z1, Z2
+	VMAXPS     Z3, Z1, Z3
+	VMINPS     Z4, Z2, Z1
+	VMAXPS     Z4, Z2, Z4
+	MOVQ       96(AX), R9
+	VMOVUPS    (R9)(DX*1), Z2
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       120(AX), R9
+	VMOVUPS    (R9)(DX*1), Z5
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z5, Z2, Z6
+	VMAXPS     Z5, Z2, Z5
+	MOVQ       144(AX), R9
+	VMOVUPS    (R9)(DX*1), Z2
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       168(AX), R9
+	VMOVUPS    (R9)(DX*1), Z7
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z7, Z2, Z8
+	VMAXPS     Z7, Z2, Z7
+	VMINPS     Z8, Z6, Z2
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z5, Z6
+	VMAXPS     Z7, Z5, Z7
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z2, Z0, Z6
+	VMAXPS     Z2, Z0, Z2
+	VMINPS     Z5, Z1, Z0
+	VMAXPS     Z5, Z1, Z5
+	VMINPS     Z8, Z4, Z1
+	VMAXPS     Z8, Z4, Z8
+	VMINPS     Z7, Z3, Z4
+	VMAXPS     Z7, Z3, Z7
+	VMINPS     Z2, Z1, Z3
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z5, Z4, Z1
+	VMAXPS     Z5, Z4, Z5
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z2, Z1, Z0
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z8, Z5, Z1
+	VMAXPS     Z8, Z5, Z8
+	MOVQ       192(AX), R9
+	VMOVUPS    (R9)(DX*1), Z5
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       216(AX), R9
+	VMOVUPS    (R9)(DX*1), Z9
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z9, Z5, Z10
+	VMAXPS     Z9, Z5, Z9
+	VMINPS     Z10, Z6, Z5
+	VMAXPS     Z10, Z6, Z10
+	VMINPS     Z9, Z4, Z6
+	VMAXPS     Z9, Z4, Z9
+	VMINPS     Z10, Z2, Z4
+	VMAXPS     Z10, Z2, Z10
+	VMINPS     Z9, Z1, Z2
+	VMAXPS     Z9, Z1, Z9
+	VMINPS     Z4, Z3, Z1
+	VMAXPS     Z4, Z3, Z4
+	VMINPS     Z2, Z0, Z3
+	VMAXPS     Z2, Z0, Z2
+	VMINPS     Z10, Z8, Z0
+	VMAXPS     Z10, Z8, Z10
+	VMINPS     Z9, Z7, Z8
+	VMAXPS     Z9, Z7, Z9
+	VMINPS     Z1, Z6, Z7
+	VMAXPS     Z1, Z6, Z1
+	VMINPS     Z4, Z3, Z6
+	VMAXPS     Z4, Z3, Z4
+	VMINPS     Z0, Z2, Z3
+	VMAXPS     Z0, Z2, Z0
+	VMINPS     Z10, Z8, Z2
+	VMAXPS     Z10, Z8, Z10
+	VXORPS     Z30, Z30, Z30
+	CMPQ       DI, $0x00000000
+	JA         n10_w0
+	CMPQ       R8, $0x00000000
+	JBE        n10_w0
+	VADDPS     Z5, Z30, Z30
+
+n10_w0:
+	CMPQ   DI, $0x00000001
+	JA     n10_w1
+	CMPQ   R8, $0x00000001
+	JBE    n10_w1
+	VADDPS Z7, Z30, Z30
+
+n10_w1:
+	CMPQ   DI, $0x00000002
+	JA     n10_w2
+	CMPQ   R8, $0x00000002
+	JBE    n10_w2
+	VADDPS Z1, Z30, Z30
+
+n10_w2:
+	CMPQ   DI, $0x00000003
+	JA     n10_w3
+	CMPQ   R8, $0x00000003
+	JBE    n10_w3
+	VADDPS Z6, Z30, Z30
+
+n10_w3:
+	CMPQ   DI, $0x00000004
+	JA     n10_w4
+	CMPQ   R8, $0x00000004
+	JBE    n10_w4
+	VADDPS Z4, Z30, Z30
+
+n10_w4:
+	CMPQ   DI, $0x00000005
+	JA     n10_w5
+	CMPQ   R8, $0x00000005
+	JBE    n10_w5
+	VADDPS Z3, Z30, Z30
+
+n10_w5:
+	CMPQ   DI, $0x00000006
+	JA     n10_w6
+	CMPQ   R8, $0x00000006
+	JBE    n10_w6
+	VADDPS Z0, Z30, Z30
+
+n10_w6:
+	CMPQ   DI, $0x00000007
+	JA     n10_w7
+	CMPQ   R8, $0x00000007
+	JBE    n10_w7
+	VADDPS Z2, Z30, Z30
+
+n10_w7:
+	CMPQ   DI, $0x00000008
+	JA     n10_w8
+	CMPQ   R8, $0x00000008
+	JBE    n10_w8
+	VADDPS Z10, Z30, Z30
+
+n10_w8:
+	CMPQ   DI, $0x00000009
+	JA     n10_w9
+	CMPQ   R8, $0x00000009
+	JBE    n10_w9
+	VADDPS Z9, Z30, Z30
+
+n10_w9:
+	VDIVPS  Z31, Z30, Z30
+	VMOVUPS Z30, (CX)
+
+	// n=10: 32 comparators, 10 loads, 0 stores per group
+	ADDQ $0x40, DX
+	ADDQ $0x40, CX
+	DECQ BX
+	JNZ  n10_loop
+	VZEROUPPER
+	RET
+
+n11:
+	MOVQ         x_base+48(FP), AX
+	MOVQ         tmp_base+24(FP), CX
+	MOVQ         dst_base+0(FP), CX
+	MOVQ         off+72(FP), DX
+	SHLQ         $0x02, DX
+	MOVQ         groups+80(FP), BX
+	MOVQ         pf+88(FP), SI
+	MOVQ         k+96(FP), DI
+	MOVQ         $0x0000000b, R8
+	SUBQ         DI, R8
+	VBROADCASTSS c+104(FP), Z31
+
+n11_loop:
+	MOVQ       (AX), R9
+	VMOVUPS    (R9)(DX*1), Z0
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       24(AX), R9
+	VMOVUPS    (R9)(DX*1), Z1
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z1, Z0, Z2
+	VMAXPS     Z1, Z0, Z1
+	MOVQ       48(AX), R9
+	VMOVUPS    (R9)(DX*1), Z0
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       72(AX), R9
+	VMOVUPS    (R9)(DX*1), Z3
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z4, Z2, Z0
+	VMAXPS     Z4, Z2, Z4
+	VMINPS     Z3, Z1, Z2
+	VMAXPS     Z3, Z1, Z3
+	VMINPS     Z4, Z2, Z1
+	VMAXPS     Z4, Z2, Z4
+	MOVQ       96(AX), R9
+	VMOVUPS    (R9)(DX*1), Z2
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       120(AX), R9
+	VMOVUPS    (R9)(DX*1), Z5
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z5, Z2, Z6
+	VMAXPS     Z5, Z2, Z5
+	MOVQ       144(AX), R9
+	VMOVUPS    (R9)(DX*1), Z2
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       168(AX), R9
+	VMOVUPS    (R9)(DX*1), Z7
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z7, Z2, Z8
+	VMAXPS     Z7, Z2, Z7
+	VMINPS     Z8, Z6, Z2
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z5, Z6
+	VMAXPS     Z7, Z5, Z7
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z2, Z0, Z6
+	VMAXPS     Z2, Z0, Z2
+	VMINPS     Z5, Z1, Z0
+	VMAXPS     Z5, Z1, Z5
+	VMINPS     Z8, Z4, Z1
+	VMAXPS     Z8, Z4, Z8
+	VMINPS     Z7, Z3, Z4
+	VMAXPS     Z7, Z3, Z7
+	VMINPS     Z2, Z1, Z3
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z5, Z4, Z1
+	VMAXPS     Z5, Z4, Z5
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z2, Z1, Z0
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z8, Z5, Z1
+	VMAXPS     Z8, Z5, Z8
+	MOVQ       192(AX), R9
+	VMOVUPS    (R9)(DX*1), Z5
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       216(AX), R9
+	VMOVUPS    (R9)(DX*1), Z9
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z9, Z5, Z10
+	VMAXPS     Z9, Z5, Z9
+	MOVQ       240(AX), R9
+	VMOVUPS    (R9)(DX*1), Z5
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z5, Z10, Z11
+	VMAXPS     Z5, Z10, Z5
+	VMINPS     Z5, Z9, Z10
+	VMAXPS     Z5, Z9, Z5
+	VMINPS     Z5, Z10, Z9
+	VMAXPS     Z5, Z10, Z5
+	VMINPS     Z11, Z6, Z10
+	VMAXPS     Z11, Z6, Z11
+	VMINPS     Z9, Z4, Z6
+	VMAXPS     Z9, Z4, Z9
+	VMINPS     Z5, Z3, Z4
+	VMAXPS     Z5, Z3, Z5
+	VMINPS     Z11, Z2, Z3
+	VMAXPS     Z11, Z2, Z11
+	VMINPS     Z9, Z1, Z2
+	VMAXPS     Z9, Z1, Z9
+	VMINPS     Z5, Z8, Z1
+	VMAXPS     Z5, Z8, Z5
+	VMINPS     Z3, Z4, Z8
+	VMAXPS     Z3, Z4, Z3
+	VMINPS     Z2, Z0, Z4
+	VMAXPS     Z2, Z0, Z2
+	VMINPS     Z11, Z1, Z0
+	VMAXPS     Z11, Z1, Z11
+	VMINPS     Z9, Z7, Z1
+	VMAXPS     Z9, Z7, Z9
+	VMINPS     Z8, Z6, Z7
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z3, Z4, Z6
+	VMAXPS     Z3, Z4, Z3
+	VMINPS     Z0, Z2, Z4
+	VMAXPS     Z0, Z2, Z0
+	VMINPS     Z11, Z1, Z2
+	VMAXPS     Z11, Z1, Z11
+	VMINPS     Z5, Z9, Z1
+	VMAXPS     Z5, Z9, Z5
+	VXORPS     Z30, Z30, Z30
+	CMPQ       DI, $0x00000000
+	JA         n11_w0
+	CMPQ       R8, $0x00000000
+	JBE        n11_w0
+	VADDPS     Z10, Z30, Z30
+
+n11_w0:
+	CMPQ   DI, $0x00000001
+	JA     n11_w1
+	CMPQ   R8, $0x00000001
+	JBE    n11_w1
+	VADDPS Z7, Z30, Z30
+
+n11_w1:
+	CMPQ   DI, $0x00000002
+	JA     n11_w2
+	CMPQ   R8, $0x00000002
+	JBE    n11_w2
+	VADDPS Z8, Z30, Z30
+
+n11_w2:
+	CMPQ   DI, $0x00000003
+	JA     n11_w3
+	CMPQ   R8, $0x00000003
+	JBE    n11_w3
+	VADDPS Z6, Z30, Z30
+
+n11_w3:
+	CMPQ   DI, $0x00000004
+	JA     n11_w4
+	CMPQ   R8, $0x00000004
+	JBE    n11_w4
+	VADDPS Z3, Z30, Z30
+
+n11_w4:
+	CMPQ   DI, $0x00000005
+	JA     n11_w5
+	CMPQ   R8, $0x00000005
+	JBE    n11_w5
+	VADDPS Z4, Z30, Z30
+
+n11_w5:
+	CMPQ   DI, $0x00000006
+	JA     n11_w6
+	CMPQ   R8, $0x00000006
+	JBE    n11_w6
+	VADDPS Z0, Z30, Z30
+
+n11_w6:
+	CMPQ   DI, $0x00000007
+	JA     n11_w7
+	CMPQ   R8, $0x00000007
+	JBE    n11_w7
+	VADDPS Z2, Z30, Z30
+
+n11_w7:
+	CMPQ   DI, $0x00000008
+	JA     n11_w8
+	CMPQ   R8, $0x00000008
+	JBE    n11_w8
+	VADDPS Z11, Z30, Z30
+
+n11_w8:
+	CMPQ   DI, $0x00000009
+	JA     n11_w9
+	CMPQ   R8, $0x00000009
+	JBE    n11_w9
+	VADDPS Z1, Z30, Z30
+
+n11_w9:
+	CMPQ   DI, $0x0000000a
+	JA     n11_w10
+	CMPQ   R8, $0x0000000a
+	JBE    n11_w10
+	VADDPS Z5, Z30, Z30
+
+n11_w10:
+	VDIVPS  Z31, Z30, Z30
+	VMOVUPS Z30, (CX)
+
+	// n=11: 38 comparators, 11 loads, 0 stores per group
+	ADDQ $0x40, DX
+	ADDQ $0x40, CX
+	DECQ BX
+	JNZ  n11_loop
+	VZEROUPPER
+	RET
+
+n12:
+	MOVQ         x_base+48(FP), AX
+	MOVQ         tmp_base+24(FP), CX
+	MOVQ         dst_base+0(FP), CX
+	MOVQ         off+72(FP), DX
+	SHLQ         $0x02, DX
+	MOVQ         groups+80(FP), BX
+	MOVQ         pf+88(FP), SI
+	MOVQ         k+96(FP), DI
+	MOVQ         $0x0000000c, R8
+	SUBQ         DI, R8
+	VBROADCASTSS c+104(FP), Z31
+
+n12_loop:
+	MOVQ       (AX), R9
+	VMOVUPS    (R9)(DX*1), Z0
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       24(AX), R9
+	VMOVUPS    (R9)(DX*1), Z1
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z1, Z0, Z2
+	VMAXPS     Z1, Z0, Z1
+	MOVQ       48(AX), R9
+	VMOVUPS    (R9)(DX*1), Z0
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       72(AX), R9
+	VMOVUPS    (R9)(DX*1), Z3
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z4, Z2, Z0
+	VMAXPS     Z4, Z2, Z4
+	VMINPS     Z3, Z1, Z2
+	VMAXPS     Z3, Z1, Z3
+	VMINPS     Z4, Z2, Z1
+	VMAXPS     Z4, Z2, Z4
+	MOVQ       96(AX), R9
+	VMOVUPS    (R9)(DX*1), Z2
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       120(AX), R9
+	VMOVUPS    (R9)(DX*1), Z5
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z5, Z2, Z6
+	VMAXPS     Z5, Z2, Z5
+	MOVQ       144(AX), R9
+	VMOVUPS    (R9)(DX*1), Z2
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       168(AX), R9
+	VMOVUPS    (R9)(DX*1), Z7
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z7, Z2, Z8
+	VMAXPS     Z7, Z2, Z7
+	VMINPS     Z8, Z6, Z2
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z5, Z6
+	VMAXPS     Z7, Z5, Z7
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z2, Z0, Z6
+	VMAXPS     Z2, Z0, Z2
+	VMINPS     Z5, Z1, Z0
+	VMAXPS     Z5, Z1, Z5
+	VMINPS     Z8, Z4, Z1
+	VMAXPS     Z8, Z4, Z8
+	VMINPS     Z7, Z3, Z4
+	VMAXPS     Z7, Z3, Z7
+	VMINPS     Z2, Z1, Z3
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z5, Z4, Z1
+	VMAXPS     Z5, Z4, Z5
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z2, Z1, Z0
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z8, Z5, Z1
+	VMAXPS     Z8, Z5, Z8
+	MOVQ       192(AX), R9
+	VMOVUPS    (R9)(DX*1), Z5
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       216(AX), R9
+	VMOVUPS    (R9)(DX*1), Z9
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z9, Z5, Z10
+	VMAXPS     Z9, Z5, Z9
+	MOVQ       240(AX), R9
+	VMOVUPS    (R9)(DX*1), Z5
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       264(AX), R9
+	VMOVUPS    (R9)(DX*1), Z11
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z12, Z10, Z5
+	VMAXPS     Z12, Z10, Z12
+	VMINPS     Z11, Z9, Z10
+	VMAXPS     Z11, Z9, Z11
+	VMINPS     Z12, Z10, Z9
+	VMAXPS     Z12, Z10, Z12
+	VMINPS     Z12, Z9, Z10
+	VMAXPS     Z12, Z9, Z12
+	VMINPS     Z5, Z6, Z9
+	VMAXPS     Z5, Z6, Z5
+	VMINPS     Z10, Z4, Z6
+	VMAXPS     Z10, Z4, Z10
+	VMINPS     Z12, Z3, Z4
+	VMAXPS     Z12, Z3, Z12
+	VMINPS     Z11, Z0, Z3
+	VMAXPS     Z11, Z0, Z11
+	VMINPS     Z5, Z2, Z0
+	VMAXPS     Z5, Z2, Z5
+	VMINPS     Z10, Z1, Z2
+	VMAXPS     Z10, Z1, Z10
+	VMINPS     Z12, Z8, Z1
+	VMAXPS     Z12, Z8, Z12
+	VMINPS     Z11, Z7, Z8
+	VMAXPS     Z11, Z7, Z11
+	VMINPS     Z0, Z4, Z7
+	VMAXPS     Z0, Z4, Z0
+	VMINPS     Z2, Z3, Z4
+	VMAXPS     Z2, Z3, Z2
+	VMINPS     Z5, Z1, Z3
+	VMAXPS     Z5, Z1, Z5
+	VMINPS     Z10, Z8, Z1
+	VMAXPS     Z10, Z8, Z10
+	VMINPS     Z7, Z6, Z8
+	VMAXPS     Z7, Z6, Z7
+	VMINPS     Z0, Z4, Z6
+	VMAXPS     Z0, Z4, Z0
+	VMINPS     Z3, Z2, Z4
+	VMAXPS     Z3, Z2, Z3
+	VMINPS     Z5, Z1, Z2
+	VMAXPS     Z5, Z1, Z5
+	VMINPS     Z12, Z10, Z1
+	VMAXPS     Z12, Z10, Z12
+	VXORPS     Z30, Z30, Z30
+	CMPQ       DI, $0x00000000
+	JA         n12_w0
+	CMPQ       R8, $0x00000000
+	JBE        n12_w0
+	VADDPS     Z9, Z30, Z30
+
+n12_w0:
+	CMPQ   DI, $0x00000001
+	JA     n12_w1
+	CMPQ   R8, $0x00000001
+	JBE    n12_w1
+	VADDPS Z8, Z30, Z30
+
+n12_w1:
+	CMPQ   DI, $0x00000002
+	JA     n12_w2
+	CMPQ   R8, $0x00000002
+	JBE    n12_w2
+	VADDPS Z7, Z30, Z30
+
+n12_w2:
+	CMPQ   DI, $0x00000003
+	JA     n12_w3
+	CMPQ   R8, $0x00000003
+	JBE    n12_w3
+	VADDPS Z6, Z30, Z30
+
+n12_w3:
+	CMPQ   DI, $0x00000004
+	JA     n12_w4
+	CMPQ   R8, $0x00000004
+	JBE    n12_w4
+	VADDPS Z0, Z30, Z30
+
+n12_w4:
+	CMPQ   DI, $0x00000005
+	JA     n12_w5
+	CMPQ   R8, $0x00000005
+	JBE    n12_w5
+	VADDPS Z4, Z30, Z30
+
+n12_w5:
+	CMPQ   DI, $0x00000006
+	JA     n12_w6
+	CMPQ   R8, $0x00000006
+	JBE    n12_w6
+	VADDPS Z3, Z30, Z30
+
+n12_w6:
+	CMPQ   DI, $0x00000007
+	JA     n12_w7
+	CMPQ   R8, $0x00000007
+	JBE    n12_w7
+	VADDPS Z2, Z30, Z30
+
+n12_w7:
+	CMPQ   DI, $0x00000008
+	JA     n12_w8
+	CMPQ   R8, $0x00000008
+	JBE    n12_w8
+	VADDPS Z5, Z30, Z30
+
+n12_w8:
+	CMPQ   DI, $0x00000009
+	JA     n12_w9
+	CMPQ   R8, $0x00000009
+	JBE    n12_w9
+	VADDPS Z1, Z30, Z30
+
+n12_w9:
+	CMPQ   DI, $0x0000000a
+	JA     n12_w10
+	CMPQ   R8, $0x0000000a
+	JBE    n12_w10
+	VADDPS Z12, Z30, Z30
+
+n12_w10:
+	CMPQ   DI, $0x0000000b
+	JA     n12_w11
+	CMPQ   R8, $0x0000000b
+	JBE    n12_w11
+	VADDPS Z11, Z30, Z30
+
+n12_w11:
+	VDIVPS  Z31, Z30, Z30
+	VMOVUPS Z30, (CX)
+
+	// n=12: 42 comparators, 12 loads, 0 stores per group
+	ADDQ $0x40, DX
+	ADDQ $0x40, CX
+	DECQ BX
+	JNZ  n12_loop
+	VZEROUPPER
+	RET
+
+n13:
+	MOVQ         x_base+48(FP), AX
+	MOVQ         tmp_base+24(FP), CX
+	MOVQ         dst_base+0(FP), CX
+	MOVQ         off+72(FP), DX
+	SHLQ         $0x02, DX
+	MOVQ         groups+80(FP), BX
+	MOVQ         pf+88(FP), SI
+	MOVQ         k+96(FP), DI
+	MOVQ         $0x0000000d, R8
+	SUBQ         DI, R8
+	VBROADCASTSS c+104(FP), Z31
+
+n13_loop:
+	MOVQ       (AX), R9
+	VMOVUPS    (R9)(DX*1), Z0
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       24(AX), R9
+	VMOVUPS    (R9)(DX*1), Z1
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z1, Z0, Z2
+	VMAXPS     Z1, Z0, Z1
+	MOVQ       48(AX), R9
+	VMOVUPS    (R9)(DX*1), Z0
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       72(AX), R9
+	VMOVUPS    (R9)(DX*1), Z3
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z4, Z2, Z0
+	VMAXPS     Z4, Z2, Z4
+	VMINPS     Z3, Z1, Z2
+	VMAXPS     Z3, Z1, Z3
+	VMINPS     Z4, Z2, Z1
+	VMAXPS     Z4, Z2, Z4
+	MOVQ       96(AX), R9
+	VMOVUPS    (R9)(DX*1), Z2
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       120(AX), R9
+	VMOVUPS    (R9)(DX*1), Z5
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z5, Z2, Z6
+	VMAXPS     Z5, Z2, Z5
+	MOVQ       144(AX), R9
+	VMOVUPS    (R9)(DX*1), Z2
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       168(AX), R9
+	VMOVUPS    (R9)(DX*1), Z7
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z7, Z2, Z8
+	VMAXPS     Z7, Z2, Z7
+	VMINPS     Z8, Z6, Z2
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z5, Z6
+	VMAXPS     Z7, Z5, Z7
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z2, Z0, Z6
+	VMAXPS     Z2, Z0, Z2
+	VMINPS     Z5, Z1, Z0
+	VMAXPS     Z5, Z1, Z5
+	VMINPS     Z8, Z4, Z1
+	VMAXPS     Z8, Z4, Z8
+	VMINPS     Z7, Z3, Z4
+	VMAXPS     Z7, Z3, Z7
+	VMINPS     Z2, Z1, Z3
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z5, Z4, Z1
+	VMAXPS     Z5, Z4, Z5
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z2, Z1, Z0
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z8, Z5, Z1
+	VMAXPS     Z8, Z5, Z8
+	MOVQ       192(AX), R9
+	VMOVUPS    (R9)(DX*1), Z5
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       216(AX), R9
+	VMOVUPS    (R9)(DX*1), Z9
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z9, Z5, Z10
+	VMAXPS     Z9, Z5, Z9
+	MOVQ       240(AX), R9
+	VMOVUPS    (R9)(DX*1), Z5
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       264(AX), R9
+	VMOVUPS    (R9)(DX*1), Z11
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z12, Z10, Z5
+	VMAXPS     Z12, Z10, Z12
+	VMINPS     Z11, Z9, Z10
+	VMAXPS     Z11, Z9, Z11
+	VMINPS     Z12, Z10, Z9
+	VMAXPS     Z12, Z10, Z12
+	MOVQ       288(AX), R9
+	VMOVUPS    (R9)(DX*1), Z10
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z10, Z5, Z13
+	VMAXPS     Z10, Z5, Z10
+	VMINPS     Z10, Z12, Z5
+	VMAXPS     Z10, Z12, Z10
+	VMINPS     Z5, Z9, Z12
+	VMAXPS     Z5, Z9, Z5
+	VMINPS     Z10, Z11, Z9
+	VMAXPS     Z10, Z11, Z10
+	VMINPS     Z13, Z6, Z11
+	VMAXPS     Z13, Z6, Z13
+	VMINPS     Z12, Z4, Z6
+	VMAXPS     Z12, Z4, Z12
+	VMINPS     Z5, Z3, Z4
+	VMAXPS     Z5, Z3, Z5
+	VMINPS     Z9, Z0, Z3
+	VMAXPS     Z9, Z0, Z9
+	VMINPS     Z10, Z2, Z0
+	VMAXPS     Z10, Z2, Z10
+	VMINPS     Z13, Z0, Z2
+	VMAXPS     Z13, Z0, Z13
+	VMINPS     Z12, Z1, Z0
+	VMAXPS     Z12, Z1, Z12
+	VMINPS     Z5, Z8, Z1
+	VMAXPS     Z5, Z8, Z5
+	VMINPS     Z9, Z7, Z8
+	VMAXPS     Z9, Z7, Z9
+	VMINPS     Z2, Z4, Z7
+	VMAXPS     Z2, Z4, Z2
+	VMINPS     Z0, Z3, Z4
+	VMAXPS     Z0, Z3, Z0
+	VMINPS     Z13, Z1, Z3
+	VMAXPS     Z13, Z1, Z13
+	VMINPS     Z12, Z8, Z1
+	VMAXPS     Z12, Z8, Z12
+	VMINPS     Z10, Z5, Z8
+	VMAXPS     Z10, Z5, Z10
+	VMINPS     Z7, Z6, Z5
+	VMAXPS     Z7, Z6, Z7
+	VMINPS     Z2, Z4, Z6
+	VMAXPS     Z2, Z4, Z2
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z13, Z1, Z0
+	VMAXPS     Z13, Z1, Z13
+	VMINPS     Z8, Z12, Z1
+	VMAXPS     Z8, Z12, Z8
+	VMINPS     Z10, Z9, Z12
+	VMAXPS     Z10, Z9, Z10
+	VXORPS     Z30, Z30, Z30
+	CMPQ       DI, $0x00000000
+	JA         n13_w0
+	CMPQ       R8, $0x00000000
+	JBE        n13_w0
+	VADDPS     Z11, Z30, Z30
+
+n13_w0:
+	CMPQ   DI, $0x00000001
+	JA     n13_w1
+	CMPQ   R8, $0x00000001
+	JBE    n13_w1
+	VADDPS Z5, Z30, Z30
+
+n13_w1:
+	CMPQ   DI, $0x00000002
+	JA     n13_w2
+	CMPQ   R8, $0x00000002
+	JBE    n13_w2
+	VADDPS Z7, Z30, Z30
+
+n13_w2:
+	CMPQ   DI, $0x00000003
+	JA     n13_w3
+	CMPQ   R8, $0x00000003
+	JBE    n13_w3
+	VADDPS Z6, Z30, Z30
+
+n13_w3:
+	CMPQ   DI, $0x00000004
+	JA     n13_w4
+	CMPQ   R8, $0x00000004
+	JBE    n13_w4
+	VADDPS Z2, Z30, Z30
+
+n13_w4:
+	CMPQ   DI, $0x00000005
+	JA     n13_w5
+	CMPQ   R8, $0x00000005
+	JBE    n13_w5
+	VADDPS Z4, Z30, Z30
+
+n13_w5:
+	CMPQ   DI, $0x00000006
+	JA     n13_w6
+	CMPQ   R8, $0x00000006
+	JBE    n13_w6
+	VADDPS Z3, Z30, Z30
+
+n13_w6:
+	CMPQ   DI, $0x00000007
+	JA     n13_w7
+	CMPQ   R8, $0x00000007
+	JBE    n13_w7
+	VADDPS Z0, Z30, Z30
+
+n13_w7:
+	CMPQ   DI, $0x00000008
+	JA     n13_w8
+	CMPQ   R8, $0x00000008
+	JBE    n13_w8
+	VADDPS Z13, Z30, Z30
+
+n13_w8:
+	CMPQ   DI, $0x00000009
+	JA     n13_w9
+	CMPQ   R8, $0x00000009
+	JBE    n13_w9
+	VADDPS Z1, Z30, Z30
+
+n13_w9:
+	CMPQ   DI, $0x0000000a
+	JA     n13_w10
+	CMPQ   R8, $0x0000000a
+	JBE    n13_w10
+	VADDPS Z8, Z30, Z30
+
+n13_w10:
+	CMPQ   DI, $0x0000000b
+	JA     n13_w11
+	CMPQ   R8, $0x0000000b
+	JBE    n13_w11
+	VADDPS Z12, Z30, Z30
+
+n13_w11:
+	CMPQ   DI, $0x0000000c
+	JA     n13_w12
+	CMPQ   R8, $0x0000000c
+	JBE    n13_w12
+	VADDPS Z10, Z30, Z30
+
+n13_w12:
+	VDIVPS  Z31, Z30, Z30
+	VMOVUPS Z30, (CX)
+
+	// n=13: 48 comparators, 13 loads, 0 stores per group
+	ADDQ $0x40, DX
+	ADDQ $0x40, CX
+	DECQ BX
+	JNZ  n13_loop
+	VZEROUPPER
+	RET
+
+n14:
+	MOVQ         x_base+48(FP), AX
+	MOVQ         tmp_base+24(FP), CX
+	MOVQ         dst_base+0(FP), CX
+	MOVQ         off+72(FP), DX
+	SHLQ         $0x02, DX
+	MOVQ         groups+80(FP), BX
+	MOVQ         pf+88(FP), SI
+	MOVQ         k+96(FP), DI
+	MOVQ         $0x0000000e, R8
+	SUBQ         DI, R8
+	VBROADCASTSS c+104(FP), Z31
+
+n14_loop:
+	MOVQ       (AX), R9
+	VMOVUPS    (R9)(DX*1), Z0
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       24(AX), R9
+	VMOVUPS    (R9)(DX*1), Z1
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z1, Z0, Z2
+	VMAXPS     Z1, Z0, Z1
+	MOVQ       48(AX), R9
+	VMOVUPS    (R9)(DX*1), Z0
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       72(AX), R9
+	VMOVUPS    (R9)(DX*1), Z3
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z4, Z2, Z0
+	VMAXPS     Z4, Z2, Z4
+	VMINPS     Z3, Z1, Z2
+	VMAXPS     Z3, Z1, Z3
+	VMINPS     Z4, Z2, Z1
+	VMAXPS     Z4, Z2, Z4
+	MOVQ       96(AX), R9
+	VMOVUPS    (R9)(DX*1), Z2
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       120(AX), R9
+	VMOVUPS    (R9)(DX*1), Z5
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z5, Z2, Z6
+	VMAXPS     Z5, Z2, Z5
+	MOVQ       144(AX), R9
+	VMOVUPS    (R9)(DX*1), Z2
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       168(AX), R9
+	VMOVUPS    (R9)(DX*1), Z7
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z7, Z2, Z8
+	VMAXPS     Z7, Z2, Z7
+	VMINPS     Z8, Z6, Z2
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z5, Z6
+	VMAXPS     Z7, Z5, Z7
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z2, Z0, Z6
+	VMAXPS     Z2, Z0, Z2
+	VMINPS     Z5, Z1, Z0
+	VMAXPS     Z5, Z1, Z5
+	VMINPS     Z8, Z4, Z1
+	VMAXPS     Z8, Z4, Z8
+	VMINPS     Z7, Z3, Z4
+	VMAXPS     Z7, Z3, Z7
+	VMINPS     Z2, Z1, Z3
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z5, Z4, Z1
+	VMAXPS     Z5, Z4, Z5
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z2, Z1, Z0
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z8, Z5, Z1
+	VMAXPS     Z8, Z5, Z8
+	MOVQ       192(AX), R9
+	VMOVUPS    (R9)(DX*1), Z5
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       216(AX), R9
+	VMOVUPS    (R9)(DX*1), Z9
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z9, Z5, Z10
+	VMAXPS     Z9, Z5, Z9
+	MOVQ       240(AX), R9
+	VMOVUPS    (R9)(DX*1), Z5
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       264(AX), R9
+	VMOVUPS    (R9)(DX*1), Z11
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z12, Z10, Z5
+	VMAXPS     Z12, Z10, Z12
+	VMINPS     Z11, Z9, Z10
+	VMAXPS     Z11, Z9, Z11
+	VMINPS     Z12, Z10, Z9
+	VMAXPS     Z12, Z10, Z12
+	MOVQ       288(AX), R9
+	VMOVUPS    (R9)(DX*1), Z10
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       312(AX), R9
+	VMOVUPS    (R9)(DX*1), Z13
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z13, Z10, Z14
+	VMAXPS     Z13, Z10, Z13
+	VMINPS     Z14, Z5, Z10
+	VMAXPS     Z14, Z5, Z14
+	VMINPS     Z13, Z9, Z5
+	VMAXPS     Z13, Z9, Z13
+	VMINPS     Z14, Z12, Z9
+	VMAXPS     Z14, Z12, Z14
+	VMINPS     Z13, Z11, Z12
+	VMAXPS     Z13, Z11, Z13
+	VMINPS     Z9, Z5, Z11
+	VMAXPS     Z9, Z5, Z9
+	VMINPS     Z14, Z12, Z5
+	VMAXPS     Z14, Z12, Z14
+	VMINPS     Z10, Z6, Z12
+	VMAXPS     Z10, Z6, Z10
+	VMINPS     Z11, Z4, Z6
+	VMAXPS     Z11, Z4, Z11
+	VMINPS     Z9, Z3, Z4
+	VMAXPS     Z9, Z3, Z9
+	VMINPS     Z5, Z0, Z3
+	VMAXPS     Z5, Z0, Z5
+	VMINPS     Z14, Z2, Z0
+	VMAXPS     Z14, Z2, Z14
+	VMINPS     Z13, Z1, Z2
+	VMAXPS     Z13, Z1, Z13
+	VMINPS     Z10, Z0, Z1
+	VMAXPS     Z10, Z0, Z10
+	VMINPS     Z11, Z2, Z0
+	VMAXPS     Z11, Z2, Z11
+	VMINPS     Z9, Z8, Z2
+	VMAXPS     Z9, Z8, Z9
+	VMINPS     Z5, Z7, Z8
+	VMAXPS     Z5, Z7, Z5
+	VMINPS     Z1, Z4, Z7
+	VMAXPS     Z1, Z4, Z1
+	VMINPS     Z0, Z3, Z4
+	VMAXPS     Z0, Z3, Z0
+	VMINPS     Z10, Z2, Z3
+	VMAXPS     Z10, Z2, Z10
+	VMINPS     Z11, Z8, Z2
+	VMAXPS     Z11, Z8, Z11
+	VMINPS     Z14, Z9, Z8
+	VMAXPS     Z14, Z9, Z14
+	VMINPS     Z13, Z5, Z9
+	VMAXPS     Z13, Z5, Z13
+	VMINPS     Z7, Z6, Z5
+	VMAXPS     Z7, Z6, Z7
+	VMINPS     Z1, Z4, Z6
+	VMAXPS     Z1, Z4, Z1
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z10, Z2, Z0
+	VMAXPS     Z10, Z2, Z10
+	VMINPS     Z8, Z11, Z2
+	VMAXPS     Z8, Z11, Z8
+	VMINPS     Z14, Z9, Z11
+	VMAXPS     Z14, Z9, Z14
+	VXORPS     Z30, Z30, Z30
+	CMPQ       DI, $0x00000000
+	JA         n14_w0
+	CMPQ       R8, $0x00000000
+	JBE        n14_w0
+	VADDPS     Z12, Z30, Z30
+
+n14_w0:
+	CMPQ   DI, $0x00000001
+	JA     n14_w1
+	CMPQ   R8, $0x00000001
+	JBE    n14_w1
+	VADDPS Z5, Z30, Z30
+
+n14_w1:
+	CMPQ   DI, $0x00000002
+	JA     n14_w2
+	CMPQ   R8, $0x00000002
+	JBE    n14_w2
+	VADDPS Z7, Z30, Z30
+
+n14_w2:
+	CMPQ   DI, $0x00000003
+	JA     n14_w3
+	CMPQ   R8, $0x00000003
+	JBE    n14_w3
+	VADDPS Z6, Z30, Z30
+
+n14_w3:
+	CMPQ   DI, $0x00000004
+	JA     n14_w4
+	CMPQ   R8, $0x00000004
+	JBE    n14_w4
+	VADDPS Z1, Z30, Z30
+
+n14_w4:
+	CMPQ   DI, $0x00000005
+	JA     n14_w5
+	CMPQ   R8, $0x00000005
+	JBE    n14_w5
+	VADDPS Z4, Z30, Z30
+
+n14_w5:
+	CMPQ   DI, $0x00000006
+	JA     n14_w6
+	CMPQ   R8, $0x00000006
+	JBE    n14_w6
+	VADDPS Z3, Z30, Z30
+
+n14_w6:
+	CMPQ   DI, $0x00000007
+	JA     n14_w7
+	CMPQ   R8, $0x00000007
+	JBE    n14_w7
+	VADDPS Z0, Z30, Z30
+
+n14_w7:
+	CMPQ   DI, $0x00000008
+	JA     n14_w8
+	CMPQ   R8, $0x00000008
+	JBE    n14_w8
+	VADDPS Z10, Z30, Z30
+
+n14_w8:
+	CMPQ   DI, $0x00000009
+	JA     n14_w9
+	CMPQ   R8, $0x00000009
+	JBE    n14_w9
+	VADDPS Z2, Z30, Z30
+
+n14_w9:
+	CMPQ   DI, $0x0000000a
+	JA     n14_w10
+	CMPQ   R8, $0x0000000a
+	JBE    n14_w10
+	VADDPS Z8, Z30, Z30
+
+n14_w10:
+	CMPQ   DI, $0x0000000b
+	JA     n14_w11
+	CMPQ   R8, $0x0000000b
+	JBE    n14_w11
+	VADDPS Z11, Z30, Z30
+
+n14_w11:
+	CMPQ   DI, $0x0000000c
+	JA     n14_w12
+	CMPQ   R8, $0x0000000c
+	JBE    n14_w12
+	VADDPS Z14, Z30, Z30
+
+n14_w12:
+	CMPQ   DI, $0x0000000d
+	JA     n14_w13
+	CMPQ   R8, $0x0000000d
+	JBE    n14_w13
+	VADDPS Z13, Z30, Z30
+
+n14_w13:
+	VDIVPS  Z31, Z30, Z30
+	VMOVUPS Z30, (CX)
+
+	// n=14: 53 comparators, 14 loads, 0 stores per group
+	ADDQ $0x40, DX
+	ADDQ $0x40, CX
+	DECQ BX
+	JNZ  n14_loop
+	VZEROUPPER
+	RET
+
+n15:
+	MOVQ         x_base+48(FP), AX
+	MOVQ         tmp_base+24(FP), CX
+	MOVQ         dst_base+0(FP), CX
+	MOVQ         off+72(FP), DX
+	SHLQ         $0x02, DX
+	MOVQ         groups+80(FP), BX
+	MOVQ         pf+88(FP), SI
+	MOVQ         k+96(FP), DI
+	MOVQ         $0x0000000f, R8
+	SUBQ         DI, R8
+	VBROADCASTSS c+104(FP), Z31
+
+n15_loop:
+	MOVQ       (AX), R9
+	VMOVUPS    (R9)(DX*1), Z0
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       24(AX), R9
+	VMOVUPS    (R9)(DX*1), Z1
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z1, Z0, Z2
+	VMAXPS     Z1, Z0, Z1
+	MOVQ       48(AX), R9
+	VMOVUPS    (R9)(DX*1), Z0
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       72(AX), R9
+	VMOVUPS    (R9)(DX*1), Z3
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z4, Z2, Z0
+	VMAXPS     Z4, Z2, Z4
+	VMINPS     Z3, Z1, Z2
+	VMAXPS     Z3, Z1, Z3
+	VMINPS     Z4, Z2, Z1
+	VMAXPS     Z4, Z2, Z4
+	MOVQ       96(AX), R9
+	VMOVUPS    (R9)(DX*1), Z2
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       120(AX), R9
+	VMOVUPS    (R9)(DX*1), Z5
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z5, Z2, Z6
+	VMAXPS     Z5, Z2, Z5
+	MOVQ       144(AX), R9
+	VMOVUPS    (R9)(DX*1), Z2
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       168(AX), R9
+	VMOVUPS    (R9)(DX*1), Z7
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z7, Z2, Z8
+	VMAXPS     Z7, Z2, Z7
+	VMINPS     Z8, Z6, Z2
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z5, Z6
+	VMAXPS     Z7, Z5, Z7
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z2, Z0, Z6
+	VMAXPS     Z2, Z0, Z2
+	VMINPS     Z5, Z1, Z0
+	VMAXPS     Z5, Z1, Z5
+	VMINPS     Z8, Z4, Z1
+	VMAXPS     Z8, Z4, Z8
+	VMINPS     Z7, Z3, Z4
+	VMAXPS     Z7, Z3, Z7
+	VMINPS     Z2, Z1, Z3
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z5, Z4, Z1
+	VMAXPS     Z5, Z4, Z5
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z2, Z1, Z0
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z8, Z5, Z1
+	VMAXPS     Z8, Z5, Z8
+	MOVQ       192(AX), R9
+	VMOVUPS    (R9)(DX*1), Z5
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       216(AX), R9
+	VMOVUPS    (R9)(DX*1), Z9
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z9, Z5, Z10
+	VMAXPS     Z9, Z5, Z9
+	MOVQ       240(AX), R9
+	VMOVUPS    (R9)(DX*1), Z5
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       264(AX), R9
+	VMOVUPS    (R9)(DX*1), Z11
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z12, Z10, Z5
+	VMAXPS     Z12, Z10, Z12
+	VMINPS     Z11, Z9, Z10
+	VMAXPS     Z11, Z9, Z11
+	VMINPS     Z12, Z10, Z9
+	VMAXPS     Z12, Z10, Z12
+	MOVQ       288(AX), R9
+	VMOVUPS    (R9)(DX*1), Z10
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       312(AX), R9
+	VMOVUPS    (R9)(DX*1), Z13
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z13, Z10, Z14
+	VMAXPS     Z13, Z10, Z13
+	MOVQ       336(AX), R9
+	VMOVUPS    (R9)(DX*1), Z10
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z10, Z14, Z15
+	VMAXPS     Z10, Z14, Z10
+	VMINPS     Z10, Z13, Z14
+	VMAXPS     Z10, Z13, Z10
+	VMINPS     Z15, Z5, Z13
+	VMAXPS     Z15, Z5, Z15
+	VMINPS     Z14, Z9, Z5
+	VMAXPS     Z14, Z9, Z14
+	VMINPS     Z10, Z12, Z9
+	VMAXPS     Z10, Z12, Z10
+	VMINPS     Z15, Z9, Z12
+	VMAXPS     Z15, Z9, Z15
+	VMINPS     Z14, Z11, Z9
+	VMAXPS     Z14, Z11, Z14
+	VMINPS     Z12, Z5, Z11
+	VMAXPS     Z12, Z5, Z12
+	VMINPS     Z15, Z9, Z5
+	VMAXPS     Z15, Z9, Z15
+	VMINPS     Z10, Z14, Z9
+	VMAXPS     Z10, Z14, Z10
+	VMINPS     Z13, Z6, Z14
+	VMAXPS     Z13, Z6, Z13
+	VMINPS     Z11, Z4, Z6
+	VMAXPS     Z11, Z4, Z11
+	VMINPS     Z12, Z3, Z4
+	VMAXPS     Z12, Z3, Z12
+	VMINPS     Z5, Z0, Z3
+	VMAXPS     Z5, Z0, Z5
+	VMINPS     Z15, Z2, Z0
+	VMAXPS     Z15, Z2, Z15
+	VMINPS     Z9, Z1, Z2
+	VMAXPS     Z9, Z1, Z9
+	VMINPS     Z10, Z8, Z1
+	VMAXPS     Z10, Z8, Z10
+	VMINPS     Z13, Z0, Z8
+	VMAXPS     Z13, Z0, Z13
+	VMINPS     Z11, Z2, Z0
+	VMAXPS     Z11, Z2, Z11
+	VMINPS     Z12, Z1, Z2
+	VMAXPS     Z12, Z1, Z12
+	VMINPS     Z5, Z7, Z1
+	VMAXPS     Z5, Z7, Z5
+	VMINPS     Z8, Z4, Z7
+	VMAXPS     Z8, Z4, Z8
+	VMINPS     Z0, Z3, Z4
+	VMAXPS     Z0, Z3, Z0
+	VMINPS     Z13, Z2, Z3
+	VMAXPS     Z13, Z2, Z13
+	VMINPS     Z11, Z1, Z2
+	VMAXPS     Z11, Z1, Z11
+	VMINPS     Z15, Z12, Z1
+	VMAXPS     Z15, Z12, Z15
+	VMINPS     Z9, Z5, Z12
+	VMAXPS     Z9, Z5, Z9
+	VMINPS     Z7, Z6, Z5
+	VMAXPS     Z7, Z6, Z7
+	VMINPS     Z8, Z4, Z6
+	VMAXPS     Z8, Z4, Z8
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z13, Z2, Z0
+	VMAXPS     Z13, Z2, Z13
+	VMINPS     Z1, Z11, Z2
+	VMAXPS     Z1, Z11, Z1
+	VMINPS     Z15, Z12, Z11
+	VMAXPS     Z15, Z12, Z15
+	VMINPS     Z10, Z9, Z12
+	VMAXPS     Z10, Z9, Z10
+	VXORPS     Z30, Z30, Z30
+	CMPQ       DI, $0x00000000
+	JA         n15_w0
+	CMPQ       R8, $0x00000000
+	JBE        n15_w0
+	VADDPS     Z14, Z30, Z30
+
+n15_w0:
+	CMPQ   DI, $0x00000001
+	JA     n15_w1
+	CMPQ   R8, $0x00000001
+	JBE    n15_w1
+	VADDPS Z5, Z30, Z30
+
+n15_w1:
+	CMPQ   DI, $0x00000002
+	JA     n15_w2
+	CMPQ   R8, $0x00000002
+	JBE    n15_w2
+	VADDPS Z7, Z30, Z30
+
+n15_w2:
+	CMPQ   DI, $0x00000003
+	JA     n15_w3
+	CMPQ   R8, $0x00000003
+	JBE    n15_w3
+	VADDPS Z6, Z30, Z30
+
+n15_w3:
+	CMPQ   DI, $0x00000004
+	JA     n15_w4
+	CMPQ   R8, $0x00000004
+	JBE    n15_w4
+	VADDPS Z8, Z30, Z30
+
+n15_w4:
+	CMPQ   DI, $0x00000005
+	JA     n15_w5
+	CMPQ   R8, $0x00000005
+	JBE    n15_w5
+	VADDPS Z4, Z30, Z30
+
+n15_w5:
+	CMPQ   DI, $0x00000006
+	JA     n15_w6
+	CMPQ   R8, $0x00000006
+	JBE    n15_w6
+	VADDPS Z3, Z30, Z30
+
+n15_w6:
+	CMPQ   DI, $0x00000007
+	JA     n15_w7
+	CMPQ   R8, $0x00000007
+	JBE    n15_w7
+	VADDPS Z0, Z30, Z30
+
+n15_w7:
+	CMPQ   DI, $0x00000008
+	JA     n15_w8
+	CMPQ   R8, $0x00000008
+	JBE    n15_w8
+	VADDPS Z13, Z30, Z30
+
+n15_w8:
+	CMPQ   DI, $0x00000009
+	JA     n15_w9
+	CMPQ   R8, $0x00000009
+	JBE    n15_w9
+	VADDPS Z2, Z30, Z30
+
+n15_w9:
+	CMPQ   DI, $0x0000000a
+	JA     n15_w10
+	CMPQ   R8, $0x0000000a
+	JBE    n15_w10
+	VADDPS Z1, Z30, Z30
+
+n15_w10:
+	CMPQ   DI, $0x0000000b
+	JA     n15_w11
+	CMPQ   R8, $0x0000000b
+	JBE    n15_w11
+	VADDPS Z11, Z30, Z30
+
+n15_w11:
+	CMPQ   DI, $0x0000000c
+	JA     n15_w12
+	CMPQ   R8, $0x0000000c
+	JBE    n15_w12
+	VADDPS Z15, Z30, Z30
+
+n15_w12:
+	CMPQ   DI, $0x0000000d
+	JA     n15_w13
+	CMPQ   R8, $0x0000000d
+	JBE    n15_w13
+	VADDPS Z12, Z30, Z30
+
+n15_w13:
+	CMPQ   DI, $0x0000000e
+	JA     n15_w14
+	CMPQ   R8, $0x0000000e
+	JBE    n15_w14
+	VADDPS Z10, Z30, Z30
+
+n15_w14:
+	VDIVPS  Z31, Z30, Z30
+	VMOVUPS Z30, (CX)
+
+	// n=15: 59 comparators, 15 loads, 0 stores per group
+	ADDQ $0x40, DX
+	ADDQ $0x40, CX
+	DECQ BX
+	JNZ  n15_loop
+	VZEROUPPER
+	RET
+
+n16:
+	MOVQ         x_base+48(FP), AX
+	MOVQ         tmp_base+24(FP), CX
+	MOVQ         dst_base+0(FP), CX
+	MOVQ         off+72(FP), DX
+	SHLQ         $0x02, DX
+	MOVQ         groups+80(FP), BX
+	MOVQ         pf+88(FP), SI
+	MOVQ         k+96(FP), DI
+	MOVQ         $0x00000010, R8
+	SUBQ         DI, R8
+	VBROADCASTSS c+104(FP), Z31
+
+n16_loop:
+	MOVQ       (AX), R9
+	VMOVUPS    (R9)(DX*1), Z0
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       24(AX), R9
+	VMOVUPS    (R9)(DX*1), Z1
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z1, Z0, Z2
+	VMAXPS     Z1, Z0, Z1
+	MOVQ       48(AX), R9
+	VMOVUPS    (R9)(DX*1), Z0
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       72(AX), R9
+	VMOVUPS    (R9)(DX*1), Z3
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z4, Z2, Z0
+	VMAXPS     Z4, Z2, Z4
+	VMINPS     Z3, Z1, Z2
+	VMAXPS     Z3, Z1, Z3
+	VMINPS     Z4, Z2, Z1
+	VMAXPS     Z4, Z2, Z4
+	MOVQ       96(AX), R9
+	VMOVUPS    (R9)(DX*1), Z2
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       120(AX), R9
+	VMOVUPS    (R9)(DX*1), Z5
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z5, Z2, Z6
+	VMAXPS     Z5, Z2, Z5
+	MOVQ       144(AX), R9
+	VMOVUPS    (R9)(DX*1), Z2
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       168(AX), R9
+	VMOVUPS    (R9)(DX*1), Z7
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z7, Z2, Z8
+	VMAXPS     Z7, Z2, Z7
+	VMINPS     Z8, Z6, Z2
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z5, Z6
+	VMAXPS     Z7, Z5, Z7
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z2, Z0, Z6
+	VMAXPS     Z2, Z0, Z2
+	VMINPS     Z5, Z1, Z0
+	VMAXPS     Z5, Z1, Z5
+	VMINPS     Z8, Z4, Z1
+	VMAXPS     Z8, Z4, Z8
+	VMINPS     Z7, Z3, Z4
+	VMAXPS     Z7, Z3, Z7
+	VMINPS     Z2, Z1, Z3
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z5, Z4, Z1
+	VMAXPS     Z5, Z4, Z5
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z2, Z1, Z0
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z8, Z5, Z1
+	VMAXPS     Z8, Z5, Z8
+	MOVQ       192(AX), R9
+	VMOVUPS    (R9)(DX*1), Z5
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       216(AX), R9
+	VMOVUPS    (R9)(DX*1), Z9
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z9, Z5, Z10
+	VMAXPS     Z9, Z5, Z9
+	MOVQ       240(AX), R9
+	VMOVUPS    (R9)(DX*1), Z5
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       264(AX), R9
+	VMOVUPS    (R9)(DX*1), Z11
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z12, Z10, Z5
+	VMAXPS     Z12, Z10, Z12
+	VMINPS     Z11, Z9, Z10
+	VMAXPS     Z11, Z9, Z11
+	VMINPS     Z12, Z10, Z9
+	VMAXPS     Z12, Z10, Z12
+	MOVQ       288(AX), R9
+	VMOVUPS    (R9)(DX*1), Z10
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       312(AX), R9
+	VMOVUPS    (R9)(DX*1), Z13
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z13, Z10, Z14
+	VMAXPS     Z13, Z10, Z13
+	MOVQ       336(AX), R9
+	VMOVUPS    (R9)(DX*1), Z10
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       360(AX), R9
+	VMOVUPS    (R9)(DX*1), Z15
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z15, Z10, Z16
+	VMAXPS     Z15, Z10, Z15
+	VMINPS     Z16, Z14, Z10
+	VMAXPS     Z16, Z14, Z16
+	VMINPS     Z15, Z13, Z14
+	VMAXPS     Z15, Z13, Z15
+	VMINPS     Z16, Z14, Z13
+	VMAXPS     Z16, Z14, Z16
+	VMINPS     Z10, Z5, Z14
+	VMAXPS     Z10, Z5, Z10
+	VMINPS     Z13, Z9, Z5
+	VMAXPS     Z13, Z9, Z13
+	VMINPS     Z16, Z12, Z9
+	VMAXPS     Z16, Z12, Z16
+	VMINPS     Z15, Z11, Z12
+	VMAXPS     Z15, Z11, Z15
+	VMINPS     Z10, Z9, Z11
+	VMAXPS     Z10, Z9, Z10
+	VMINPS     Z13, Z12, Z9
+	VMAXPS     Z13, Z12, Z13
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z10, Z9, Z5
+	VMAXPS     Z10, Z9, Z10
+	VMINPS     Z16, Z13, Z9
+	VMAXPS     Z16, Z13, Z16
+	VMINPS     Z14, Z6, Z13
+	VMAXPS     Z14, Z6, Z14
+	VMINPS     Z12, Z4, Z6
+	VMAXPS     Z12, Z4, Z12
+	VMINPS     Z11, Z3, Z4
+	VMAXPS     Z11, Z3, Z11
+	VMINPS     Z5, Z0, Z3
+	VMAXPS     Z5, Z0, Z5
+	VMINPS     Z10, Z2, Z0
+	VMAXPS     Z10, Z2, Z10
+	VMINPS     Z9, Z1, Z2
+	VMAXPS     Z9, Z1, Z9
+	VMINPS     Z16, Z8, Z1
+	VMAXPS     Z16, Z8, Z16
+	VMINPS     Z15, Z7, Z8
+	VMAXPS     Z15, Z7, Z15
+	VMINPS     Z14, Z0, Z7
+	VMAXPS     Z14, Z0, Z14
+	VMINPS     Z12, Z2, Z0
+	VMAXPS     Z12, Z2, Z12
+	VMINPS     Z11, Z1, Z2
+	VMAXPS     Z11, Z1, Z11
+	VMINPS     Z5, Z8, Z1
+	VMAXPS     Z5, Z8, Z5
+	VMINPS     Z7, Z4, Z8
+	VMAXPS     Z7, Z4, Z7
+	VMINPS     Z0, Z3, Z4
+	VMAXPS     Z0, Z3, Z0
+	VMINPS     Z14, Z2, Z3
+	VMAXPS     Z14, Z2, Z14
+	VMINPS     Z12, Z1, Z2
+	VMAXPS     Z12, Z1, Z12
+	VMINPS     Z10, Z11, Z1
+	VMAXPS     Z10, Z11, Z10
+	VMINPS     Z9, Z5, Z11
+	VMAXPS     Z9, Z5, Z9
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z4, Z6
+	VMAXPS     Z7, Z4, Z7
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z14, Z2, Z0
+	VMAXPS     Z14, Z2, Z14
+	VMINPS     Z1, Z12, Z2
+	VMAXPS     Z1, Z12, Z1
+	VMINPS     Z10, Z11, Z12
+	VMAXPS     Z10, Z11, Z10
+	VMINPS     Z16, Z9, Z11
+	VMAXPS     Z16, Z9, Z16
+	VXORPS     Z30, Z30, Z30
+	CMPQ       DI, $0x00000000
+	JA         n16_w0
+	CMPQ       R8, $0x00000000
+	JBE        n16_w0
+	VADDPS     Z13, Z30, Z30
+
+n16_w0:
+	CMPQ   DI, $0x00000001
+	JA     n16_w1
+	CMPQ   R8, $0x00000001
+	JBE    n16_w1
+	VADDPS Z5, Z30, Z30
+
+n16_w1:
+	CMPQ   DI, $0x00000002
+	JA     n16_w2
+	CMPQ   R8, $0x00000002
+	JBE    n16_w2
+	VADDPS Z8, Z30, Z30
+
+n16_w2:
+	CMPQ   DI, $0x00000003
+	JA     n16_w3
+	CMPQ   R8, $0x00000003
+	JBE    n16_w3
+	VADDPS Z6, Z30, Z30
+
+n16_w3:
+	CMPQ   DI, $0x00000004
+	JA     n16_w4
+	CMPQ   R8, $0x00000004
+	JBE    n16_w4
+	VADDPS Z7, Z30, Z30
+
+n16_w4:
+	CMPQ   DI, $0x00000005
+	JA     n16_w5
+	CMPQ   R8, $0x00000005
+	JBE    n16_w5
+	VADDPS Z4, Z30, Z30
+
+n16_w5:
+	CMPQ   DI, $0x00000006
+	JA     n16_w6
+	CMPQ   R8, $0x00000006
+	JBE    n16_w6
+	VADDPS Z3, Z30, Z30
+
+n16_w6:
+	CMPQ   DI, $0x00000007
+	JA     n16_w7
+	CMPQ   R8, $0x00000007
+	JBE    n16_w7
+	VADDPS Z0, Z30, Z30
+
+n16_w7:
+	CMPQ   DI, $0x00000008
+	JA     n16_w8
+	CMPQ   R8, $0x00000008
+	JBE    n16_w8
+	VADDPS Z14, Z30, Z30
+
+n16_w8:
+	CMPQ   DI, $0x00000009
+	JA     n16_w9
+	CMPQ   R8, $0x00000009
+	JBE    n16_w9
+	VADDPS Z2, Z30, Z30
+
+n16_w9:
+	CMPQ   DI, $0x0000000a
+	JA     n16_w10
+	CMPQ   R8, $0x0000000a
+	JBE    n16_w10
+	VADDPS Z1, Z30, Z30
+
+n16_w10:
+	CMPQ   DI, $0x0000000b
+	JA     n16_w11
+	CMPQ   R8, $0x0000000b
+	JBE    n16_w11
+	VADDPS Z12, Z30, Z30
+
+n16_w11:
+	CMPQ   DI, $0x0000000c
+	JA     n16_w12
+	CMPQ   R8, $0x0000000c
+	JBE    n16_w12
+	VADDPS Z10, Z30, Z30
+
+n16_w12:
+	CMPQ   DI, $0x0000000d
+	JA     n16_w13
+	CMPQ   R8, $0x0000000d
+	JBE    n16_w13
+	VADDPS Z11, Z30, Z30
+
+n16_w13:
+	CMPQ   DI, $0x0000000e
+	JA     n16_w14
+	CMPQ   R8, $0x0000000e
+	JBE    n16_w14
+	VADDPS Z16, Z30, Z30
+
+n16_w14:
+	CMPQ   DI, $0x0000000f
+	JA     n16_w15
+	CMPQ   R8, $0x0000000f
+	JBE    n16_w15
+	VADDPS Z15, Z30, Z30
+
+n16_w15:
+	VDIVPS  Z31, Z30, Z30
+	VMOVUPS Z30, (CX)
+
+	// n=16: 63 comparators, 16 loads, 0 stores per group
+	ADDQ $0x40, DX
+	ADDQ $0x40, CX
+	DECQ BX
+	JNZ  n16_loop
+	VZEROUPPER
+	RET
+
+n17:
+	MOVQ         x_base+48(FP), AX
+	MOVQ         tmp_base+24(FP), CX
+	MOVQ         dst_base+0(FP), CX
+	MOVQ         off+72(FP), DX
+	SHLQ         $0x02, DX
+	MOVQ         groups+80(FP), BX
+	MOVQ         pf+88(FP), SI
+	MOVQ         k+96(FP), DI
+	MOVQ         $0x00000011, R8
+	SUBQ         DI, R8
+	VBROADCASTSS c+104(FP), Z31
+
+n17_loop:
+	MOVQ       (AX), R9
+	VMOVUPS    (R9)(DX*1), Z0
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       24(AX), R9
+	VMOVUPS    (R9)(DX*1), Z1
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z1, Z0, Z2
+	VMAXPS     Z1, Z0, Z1
+	MOVQ       48(AX), R9
+	VMOVUPS    (R9)(DX*1), Z0
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       72(AX), R9
+	VMOVUPS    (R9)(DX*1), Z3
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z4, Z2, Z0
+	VMAXPS     Z4, Z2, Z4
+	VMINPS     Z3, Z1, Z2
+	VMAXPS     Z3, Z1, Z3
+	VMINPS     Z4, Z2, Z1
+	VMAXPS     Z4, Z2, Z4
+	MOVQ       96(AX), R9
+	VMOVUPS    (R9)(DX*1), Z2
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       120(AX), R9
+	VMOVUPS    (R9)(DX*1), Z5
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z5, Z2, Z6
+	VMAXPS     Z5, Z2, Z5
+	MOVQ       144(AX), R9
+	VMOVUPS    (R9)(DX*1), Z2
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       168(AX), R9
+	VMOVUPS    (R9)(DX*1), Z7
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z7, Z2, Z8
+	VMAXPS     Z7, Z2, Z7
+	VMINPS     Z8, Z6, Z2
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z5, Z6
+	VMAXPS     Z7, Z5, Z7
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z2, Z0, Z6
+	VMAXPS     Z2, Z0, Z2
+	VMINPS     Z5, Z1, Z0
+	VMAXPS     Z5, Z1, Z5
+	VMINPS     Z8, Z4, Z1
+	VMAXPS     Z8, Z4, Z8
+	VMINPS     Z7, Z3, Z4
+	VMAXPS     Z7, Z3, Z7
+	VMINPS     Z2, Z1, Z3
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z5, Z4, Z1
+	VMAXPS     Z5, Z4, Z5
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z2, Z1, Z0
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z8, Z5, Z1
+	VMAXPS     Z8, Z5, Z8
+	MOVQ       192(AX), R9
+	VMOVUPS    (R9)(DX*1), Z5
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       216(AX), R9
+	VMOVUPS    (R9)(DX*1), Z9
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z9, Z5, Z10
+	VMAXPS     Z9, Z5, Z9
+	MOVQ       240(AX), R9
+	VMOVUPS    (R9)(DX*1), Z5
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       264(AX), R9
+	VMOVUPS    (R9)(DX*1), Z11
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z12, Z10, Z5
+	VMAXPS     Z12, Z10, Z12
+	VMINPS     Z11, Z9, Z10
+	VMAXPS     Z11, Z9, Z11
+	VMINPS     Z12, Z10, Z9
+	VMAXPS     Z12, Z10, Z12
+	MOVQ       288(AX), R9
+	VMOVUPS    (R9)(DX*1), Z10
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       312(AX), R9
+	VMOVUPS    (R9)(DX*1), Z13
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z13, Z10, Z14
+	VMAXPS     Z13, Z10, Z13
+	MOVQ       336(AX), R9
+	VMOVUPS    (R9)(DX*1), Z10
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       360(AX), R9
+	VMOVUPS    (R9)(DX*1), Z15
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z15, Z10, Z16
+	VMAXPS     Z15, Z10, Z15
+	VMINPS     Z16, Z14, Z10
+	VMAXPS     Z16, Z14, Z16
+	VMINPS     Z15, Z13, Z14
+	VMAXPS     Z15, Z13, Z15
+	VMINPS     Z16, Z14, Z13
+	VMAXPS     Z16, Z14, Z16
+	VMINPS     Z10, Z5, Z14
+	VMAXPS     Z10, Z5, Z10
+	VMINPS     Z13, Z9, Z5
+	VMAXPS     Z13, Z9, Z13
+	VMINPS     Z16, Z12, Z9
+	VMAXPS     Z16, Z12, Z16
+	VMINPS     Z15, Z11, Z12
+	VMAXPS     Z15, Z11, Z15
+	VMINPS     Z10, Z9, Z11
+	VMAXPS     Z10, Z9, Z10
+	VMINPS     Z13, Z12, Z9
+	VMAXPS     Z13, Z12, Z13
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z10, Z9, Z5
+	VMAXPS     Z10, Z9, Z10
+	VMINPS     Z16, Z13, Z9
+	VMAXPS     Z16, Z13, Z16
+	VMINPS     Z14, Z6, Z13
+	VMAXPS     Z14, Z6, Z14
+	VMINPS     Z12, Z4, Z6
+	VMAXPS     Z12, Z4, Z12
+	VMINPS     Z11, Z3, Z4
+	VMAXPS     Z11, Z3, Z11
+	VMINPS     Z5, Z0, Z3
+	VMAXPS     Z5, Z0, Z5
+	VMINPS     Z10, Z2, Z0
+	VMAXPS     Z10, Z2, Z10
+	VMINPS     Z9, Z1, Z2
+	VMAXPS     Z9, Z1, Z9
+	VMINPS     Z16, Z8, Z1
+	VMAXPS     Z16, Z8, Z16
+	VMINPS     Z15, Z7, Z8
+	VMAXPS     Z15, Z7, Z15
+	VMINPS     Z14, Z0, Z7
+	VMAXPS     Z14, Z0, Z14
+	VMINPS     Z12, Z2, Z0
+	VMAXPS     Z12, Z2, Z12
+	VMINPS     Z11, Z1, Z2
+	VMAXPS     Z11, Z1, Z11
+	VMINPS     Z5, Z8, Z1
+	VMAXPS     Z5, Z8, Z5
+	VMINPS     Z7, Z4, Z8
+	VMAXPS     Z7, Z4, Z7
+	VMINPS     Z0, Z3, Z4
+	VMAXPS     Z0, Z3, Z0
+	VMINPS     Z14, Z2, Z3
+	VMAXPS     Z14, Z2, Z14
+	VMINPS     Z12, Z1, Z2
+	VMAXPS     Z12, Z1, Z12
+	VMINPS     Z10, Z11, Z1
+	VMAXPS     Z10, Z11, Z10
+	VMINPS     Z9, Z5, Z11
+	VMAXPS     Z9, Z5, Z9
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z4, Z6
+	VMAXPS     Z7, Z4, Z7
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z14, Z2, Z0
+	VMAXPS     Z14, Z2, Z14
+	VMINPS     Z1, Z12, Z2
+	VMAXPS     Z1, Z12, Z1
+	VMINPS     Z10, Z11, Z12
+	VMAXPS     Z10, Z11, Z10
+	VMINPS     Z16, Z9, Z11
+	VMAXPS     Z16, Z9, Z16
+	VMINPS     Z2, Z4, Z9
+	VMAXPS     Z2, Z4, Z2
+	VMINPS     Z1, Z3, Z4
+	VMAXPS     Z1, Z3, Z1
+	VMINPS     Z12, Z0, Z3
+	VMAXPS     Z12, Z0, Z12
+	VMINPS     Z9, Z6, Z0
+	VMAXPS     Z9, Z6, Z9
+	VMINPS     Z2, Z3, Z6
+	VMAXPS     Z2, Z3, Z2
+	VMINPS     Z11, Z12, Z3
+	VMAXPS     Z11, Z12, Z11
+	MOVQ       384(AX), R9
+	VMOVUPS    (R9)(DX*1), Z12
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z12, Z13, Z17
+	VMAXPS     Z12, Z13, Z12
+	VMINPS     Z12, Z14, Z13
+	VMAXPS     Z12, Z14, Z12
+	VMINPS     Z13, Z7, Z14
+	VMAXPS     Z13, Z7, Z13
+	VMINPS     Z12, Z10, Z7
+	VMAXPS     Z12, Z10, Z12
+	VMINPS     Z14, Z8, Z10
+	VMAXPS     Z14, Z8, Z14
+	VMINPS     Z13, Z4, Z8
+	VMAXPS     Z13, Z4, Z13
+	VMINPS     Z7, Z1, Z4
+	VMAXPS     Z7, Z1, Z7
+	VMINPS     Z12, Z16, Z1
+	VMAXPS     Z12, Z16, Z12
+	VMINPS     Z10, Z5, Z16
+	VMAXPS     Z10, Z5, Z10
+	VMINPS     Z14, Z0, Z5
+	VMAXPS     Z14, Z0, Z14
+	VMINPS     Z8, Z9, Z0
+	VMAXPS     Z8, Z9, Z8
+	VMINPS     Z13, Z6, Z9
+	VMAXPS     Z13, Z6, Z13
+	VMINPS     Z4, Z2, Z6
+	VMAXPS     Z4, Z2, Z4
+	VMINPS     Z7, Z3, Z2
+	VMAXPS     Z7, Z3, Z7
+	VMINPS     Z1, Z11, Z3
+	VMAXPS     Z1, Z11, Z1
+	VMINPS     Z12, Z15, Z11
+	VMAXPS     Z12, Z15, Z12
+	VXORPS     Z30, Z30, Z30
+	CMPQ       DI, $0x00000000
+	JA         n17_w0
+	CMPQ       R8, $0x00000000
+	JBE        n17_w0
+	VADDPS     Z17, Z30, Z30
+
+n17_w0:
+	CMPQ   DI, $0x00000001
+	JA     n17_w1
+	CMPQ   R8, $0x00000001
+	JBE    n17_w1
+	VADDPS Z16, Z30, Z30
+
+n17_w1:
+	CMPQ   DI, $0x00000002
+	JA     n17_w2
+	CMPQ   R8, $0x00000002
+	JBE    n17_w2
+	VADDPS Z10, Z30, Z30
+
+n17_w2:
+	CMPQ   DI, $0x00000003
+	JA     n17_w3
+	CMPQ   R8, $0x00000003
+	JBE    n17_w3
+	VADDPS Z5, Z30, Z30
+
+n17_w3:
+	CMPQ   DI, $0x00000004
+	JA     n17_w4
+	CMPQ   R8, $0x00000004
+	JBE    n17_w4
+	VADDPS Z14, Z30, Z30
+
+n17_w4:
+	CMPQ   DI, $0x00000005
+	JA     n17_w5
+	CMPQ   R8, $0x00000005
+	JBE    n17_w5
+	VADDPS Z0, Z30, Z30
+
+n17_w5:
+	CMPQ   DI, $0x00000006
+	JA     n17_w6
+	CMPQ   R8, $0x00000006
+	JBE    n17_w6
+	VADDPS Z8, Z30, Z30
+
+n17_w6:
+	CMPQ   DI, $0x00000007
+	JA     n17_w7
+	CMPQ   R8, $0x00000007
+	JBE    n17_w7
+	VADDPS Z9, Z30, Z30
+
+n17_w7:
+	CMPQ   DI, $0x00000008
+	JA     n17_w8
+	CMPQ   R8, $0x00000008
+	JBE    n17_w8
+	VADDPS Z13, Z30, Z30
+
+n17_w8:
+	CMPQ   DI, $0x00000009
+	JA     n17_w9
+	CMPQ   R8, $0x00000009
+	JBE    n17_w9
+	VADDPS Z6, Z30, Z30
+
+n17_w9:
+	CMPQ   DI, $0x0000000a
+	JA     n17_w10
+	CMPQ   R8, $0x0000000a
+	JBE    n17_w10
+	VADDPS Z4, Z30, Z30
+
+n17_w10:
+	CMPQ   DI, $0x0000000b
+	JA     n17_w11
+	CMPQ   R8, $0x0000000b
+	JBE    n17_w11
+	VADDPS Z2, Z30, Z30
+
+n17_w11:
+	CMPQ   DI, $0x0000000c
+	JA     n17_w12
+	CMPQ   R8, $0x0000000c
+	JBE    n17_w12
+	VADDPS Z7, Z30, Z30
+
+n17_w12:
+	CMPQ   DI, $0x0000000d
+	JA     n17_w13
+	CMPQ   R8, $0x0000000d
+	JBE    n17_w13
+	VADDPS Z3, Z30, Z30
+
+n17_w13:
+	CMPQ   DI, $0x0000000e
+	JA     n17_w14
+	CMPQ   R8, $0x0000000e
+	JBE    n17_w14
+	VADDPS Z1, Z30, Z30
+
+n17_w14:
+	CMPQ   DI, $0x0000000f
+	JA     n17_w15
+	CMPQ   R8, $0x0000000f
+	JBE    n17_w15
+	VADDPS Z11, Z30, Z30
+
+n17_w15:
+	CMPQ   DI, $0x00000010
+	JA     n17_w16
+	CMPQ   R8, $0x00000010
+	JBE    n17_w16
+	VADDPS Z12, Z30, Z30
+
+n17_w16:
+	VDIVPS  Z31, Z30, Z30
+	VMOVUPS Z30, (CX)
+
+	// n=17: 85 comparators, 17 loads, 0 stores per group
+	ADDQ $0x40, DX
+	ADDQ $0x40, CX
+	DECQ BX
+	JNZ  n17_loop
+	VZEROUPPER
+	RET
+
+n18:
+	MOVQ         x_base+48(FP), AX
+	MOVQ         tmp_base+24(FP), CX
+	MOVQ         dst_base+0(FP), CX
+	MOVQ         off+72(FP), DX
+	SHLQ         $0x02, DX
+	MOVQ         groups+80(FP), BX
+	MOVQ         pf+88(FP), SI
+	MOVQ         k+96(FP), DI
+	MOVQ         $0x00000012, R8
+	SUBQ         DI, R8
+	VBROADCASTSS c+104(FP), Z31
+
+n18_loop:
+	MOVQ       (AX), R9
+	VMOVUPS    (R9)(DX*1), Z0
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       24(AX), R9
+	VMOVUPS    (R9)(DX*1), Z1
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z1, Z0, Z2
+	VMAXPS     Z1, Z0, Z1
+	MOVQ       48(AX), R9
+	VMOVUPS    (R9)(DX*1), Z0
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       72(AX), R9
+	VMOVUPS    (R9)(DX*1), Z3
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z4, Z2, Z0
+	VMAXPS     Z4, Z2, Z4
+	VMINPS     Z3, Z1, Z2
+	VMAXPS     Z3, Z1, Z3
+	VMINPS     Z4, Z2, Z1
+	VMAXPS     Z4, Z2, Z4
+	MOVQ       96(AX), R9
+	VMOVUPS    (R9)(DX*1), Z2
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       120(AX), R9
+	VMOVUPS    (R9)(DX*1), Z5
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z5, Z2, Z6
+	VMAXPS     Z5, Z2, Z5
+	MOVQ       144(AX), R9
+	VMOVUPS    (R9)(DX*1), Z2
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       168(AX), R9
+	VMOVUPS    (R9)(DX*1), Z7
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z7, Z2, Z8
+	VMAXPS     Z7, Z2, Z7
+	VMINPS     Z8, Z6, Z2
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z5, Z6
+	VMAXPS     Z7, Z5, Z7
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z2, Z0, Z6
+	VMAXPS     Z2, Z0, Z2
+	VMINPS     Z5, Z1, Z0
+	VMAXPS     Z5, Z1, Z5
+	VMINPS     Z8, Z4, Z1
+	VMAXPS     Z8, Z4, Z8
+	VMINPS     Z7, Z3, Z4
+	VMAXPS     Z7, Z3, Z7
+	VMINPS     Z2, Z1, Z3
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z5, Z4, Z1
+	VMAXPS     Z5, Z4, Z5
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z2, Z1, Z0
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z8, Z5, Z1
+	VMAXPS     Z8, Z5, Z8
+	MOVQ       192(AX), R9
+	VMOVUPS    (R9)(DX*1), Z5
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       216(AX), R9
+	VMOVUPS    (R9)(DX*1), Z9
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z9, Z5, Z10
+	VMAXPS     Z9, Z5, Z9
+	MOVQ       240(AX), R9
+	VMOVUPS    (R9)(DX*1), Z5
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       264(AX), R9
+	VMOVUPS    (R9)(DX*1), Z11
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z12, Z10, Z5
+	VMAXPS     Z12, Z10, Z12
+	VMINPS     Z11, Z9, Z10
+	VMAXPS     Z11, Z9, Z11
+	VMINPS     Z12, Z10, Z9
+	VMAXPS     Z12, Z10, Z12
+	MOVQ       288(AX), R9
+	VMOVUPS    (R9)(DX*1), Z10
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       312(AX), R9
+	VMOVUPS    (R9)(DX*1), Z13
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z13, Z10, Z14
+	VMAXPS     Z13, Z10, Z13
+	MOVQ       336(AX), R9
+	VMOVUPS    (R9)(DX*1), Z10
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       360(AX), R9
+	VMOVUPS    (R9)(DX*1), Z15
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z15, Z10, Z16
+	VMAXPS     Z15, Z10, Z15
+	VMINPS     Z16, Z14, Z10
+	VMAXPS     Z16, Z14, Z16
+	VMINPS     Z15, Z13, Z14
+	VMAXPS     Z15, Z13, Z15
+	VMINPS     Z16, Z14, Z13
+	VMAXPS     Z16, Z14, Z16
+	VMINPS     Z10, Z5, Z14
+	VMAXPS     Z10, Z5, Z10
+	VMINPS     Z13, Z9, Z5
+	VMAXPS     Z13, Z9, Z13
+	VMINPS     Z16, Z12, Z9
+	VMAXPS     Z16, Z12, Z16
+	VMINPS     Z15, Z11, Z12
+	VMAXPS     Z15, Z11, Z15
+	VMINPS     Z10, Z9, Z11
+	VMAXPS     Z10, Z9, Z10
+	VMINPS     Z13, Z12, Z9
+	VMAXPS     Z13, Z12, Z13
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z10, Z9, Z5
+	VMAXPS     Z10, Z9, Z10
+	VMINPS     Z16, Z13, Z9
+	VMAXPS     Z16, Z13, Z16
+	VMINPS     Z14, Z6, Z13
+	VMAXPS     Z14, Z6, Z14
+	VMINPS     Z12, Z4, Z6
+	VMAXPS     Z12, Z4, Z12
+	VMINPS     Z11, Z3, Z4
+	VMAXPS     Z11, Z3, Z11
+	VMINPS     Z5, Z0, Z3
+	VMAXPS     Z5, Z0, Z5
+	VMINPS     Z10, Z2, Z0
+	VMAXPS     Z10, Z2, Z10
+	VMINPS     Z9, Z1, Z2
+	VMAXPS     Z9, Z1, Z9
+	VMINPS     Z16, Z8, Z1
+	VMAXPS     Z16, Z8, Z16
+	VMINPS     Z15, Z7, Z8
+	VMAXPS     Z15, Z7, Z15
+	VMINPS     Z14, Z0, Z7
+	VMAXPS     Z14, Z0, Z14
+	VMINPS     Z12, Z2, Z0
+	VMAXPS     Z12, Z2, Z12
+	VMINPS     Z11, Z1, Z2
+	VMAXPS     Z11, Z1, Z11
+	VMINPS     Z5, Z8, Z1
+	VMAXPS     Z5, Z8, Z5
+	VMINPS     Z7, Z4, Z8
+	VMAXPS     Z7, Z4, Z7
+	VMINPS     Z0, Z3, Z4
+	VMAXPS     Z0, Z3, Z0
+	VMINPS     Z14, Z2, Z3
+	VMAXPS     Z14, Z2, Z14
+	VMINPS     Z12, Z1, Z2
+	VMAXPS     Z12, Z1, Z12
+	VMINPS     Z10, Z11, Z1
+	VMAXPS     Z10, Z11, Z10
+	VMINPS     Z9, Z5, Z11
+	VMAXPS     Z9, Z5, Z9
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z4, Z6
+	VMAXPS     Z7, Z4, Z7
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z14, Z2, Z0
+	VMAXPS     Z14, Z2, Z14
+	VMINPS     Z1, Z12, Z2
+	VMAXPS     Z1, Z12, Z1
+	VMINPS     Z10, Z11, Z12
+	VMAXPS     Z10, Z11, Z10
+	VMINPS     Z16, Z9, Z11
+	VMAXPS     Z16, Z9, Z16
+	VMINPS     Z1, Z3, Z9
+	VMAXPS     Z1, Z3, Z1
+	VMINPS     Z12, Z0, Z3
+	VMAXPS     Z12, Z0, Z12
+	MOVQ       384(AX), R9
+	VMOVUPS    (R9)(DX*1), Z0
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       408(AX), R9
+	VMOVUPS    (R9)(DX*1), Z17
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z17, Z0, Z18
+	VMAXPS     Z17, Z0, Z17
+	VMINPS     Z18, Z13, Z0
+	VMAXPS     Z18, Z13, Z18
+	VMINPS     Z17, Z5, Z13
+	VMAXPS     Z17, Z5, Z17
+	VMINPS     Z18, Z14, Z5
+	VMAXPS     Z18, Z14, Z18
+	VMINPS     Z17, Z2, Z14
+	VMAXPS     Z17, Z2, Z17
+	VMINPS     Z5, Z7, Z2
+	VMAXPS     Z5, Z7, Z5
+	VMINPS     Z14, Z4, Z7
+	VMAXPS     Z14, Z4, Z14
+	VMINPS     Z18, Z10, Z4
+	VMAXPS     Z18, Z10, Z18
+	VMINPS     Z17, Z11, Z10
+	VMAXPS     Z17, Z11, Z17
+	VMINPS     Z2, Z8, Z11
+	VMAXPS     Z2, Z8, Z2
+	VMINPS     Z7, Z6, Z8
+	VMAXPS     Z7, Z6, Z7
+	VMINPS     Z5, Z9, Z6
+	VMAXPS     Z5, Z9, Z5
+	VMINPS     Z14, Z3, Z9
+	VMAXPS     Z14, Z3, Z14
+	VMINPS     Z4, Z1, Z3
+	VMAXPS     Z4, Z1, Z4
+	VMINPS     Z10, Z12, Z1
+	VMAXPS     Z10, Z12, Z10
+	VMINPS     Z18, Z16, Z12
+	VMAXPS     Z18, Z16, Z18
+	VMINPS     Z17, Z15, Z16
+	VMAXPS     Z17, Z15, Z17
+	VMINPS     Z11, Z13, Z15
+	VMAXPS     Z11, Z13, Z11
+	VMINPS     Z2, Z8, Z13
+	VMAXPS     Z2, Z8, Z2
+	VMINPS     Z6, Z7, Z8
+	VMAXPS     Z6, Z7, Z6
+	VMINPS     Z5, Z9, Z7
+	VMAXPS     Z5, Z9, Z5
+	VMINPS     Z3, Z14, Z9
+	VMAXPS     Z3, Z14, Z3
+	VMINPS     Z4, Z1, Z14
+	VMAXPS     Z4, Z1, Z4
+	VMINPS     Z12, Z10, Z1
+	VMAXPS     Z12, Z10, Z12
+	VMINPS     Z18, Z16, Z10
+	VMAXPS     Z18, Z16, Z18
+	VXORPS     Z30, Z30, Z30
+	CMPQ       DI, $0x00000000
+	JA         n18_w0
+	CMPQ       R8, $0x00000000
+	JBE        n18_w0
+	VADDPS     Z0, Z30, Z30
+
+n18_w0:
+	CMPQ   DI, $0x00000001
+	JA     n18_w1
+	CMPQ   R8, $0x00000001
+	JBE    n18_w1
+	VADDPS Z15, Z30, Z30
+
+n18_w1:
+	CMPQ   DI, $0x00000002
+	JA     n18_w2
+	CMPQ   R8, $0x00000002
+	JBE    n18_w2
+	VADDPS Z11, Z30, Z30
+
+n18_w2:
+	CMPQ   DI, $0x00000003
+	JA     n18_w3
+	CMPQ   R8, $0x00000003
+	JBE    n18_w3
+	VADDPS Z13, Z30, Z30
+
+n18_w3:
+	CMPQ   DI, $0x00000004
+	JA     n18_w4
+	CMPQ   R8, $0x00000004
+	JBE    n18_w4
+	VADDPS Z2, Z30, Z30
+
+n18_w4:
+	CMPQ   DI, $0x00000005
+	JA     n18_w5
+	CMPQ   R8, $0x00000005
+	JBE    n18_w5
+	VADDPS Z8, Z30, Z30
+
+n18_w5:
+	CMPQ   DI, $0x00000006
+	JA     n18_w6
+	CMPQ   R8, $0x00000006
+	JBE    n18_w6
+	VADDPS Z6, Z30, Z30
+
+n18_w6:
+	CMPQ   DI, $0x00000007
+	JA     n18_w7
+	CMPQ   R8, $0x00000007
+	JBE    n18_w7
+	VADDPS Z7, Z30, Z30
+
+n18_w7:
+	CMPQ   DI, $0x00000008
+	JA     n18_w8
+	CMPQ   R8, $0x00000008
+	JBE    n18_w8
+	VADDPS Z5, Z30, Z30
+
+n18_w8:
+	CMPQ   DI, $0x00000009
+	JA     n18_w9
+	CMPQ   R8, $0x00000009
+	JBE    n18_w9
+	VADDPS Z9, Z30, Z30
+
+n18_w9:
+	CMPQ   DI, $0x0000000a
+	JA     n18_w10
+	CMPQ   R8, $0x0000000a
+	JBE    n18_w10
+	VADDPS Z3, Z30, Z30
+
+n18_w10:
+	CMPQ   DI, $0x0000000b
+	JA     n18_w11
+	CMPQ   R8, $0x0000000b
+	JBE    n18_w11
+	VADDPS Z14, Z30, Z30
+
+n18_w11:
+	CMPQ   DI, $0x0000000c
+	JA     n18_w12
+	CMPQ   R8, $0x0000000c
+	JBE    n18_w12
+	VADDPS Z4, Z30, Z30
+
+n18_w12:
+	CMPQ   DI, $0x0000000d
+	JA     n18_w13
+	CMPQ   R8, $0x0000000d
+	JBE    n18_w13
+	VADDPS Z1, Z30, Z30
+
+n18_w13:
+	CMPQ   DI, $0x0000000e
+	JA     n18_w14
+	CMPQ   R8, $0x0000000e
+	JBE    n18_w14
+	VADDPS Z12, Z30, Z30
+
+n18_w14:
+	CMPQ   DI, $0x0000000f
+	JA     n18_w15
+	CMPQ   R8, $0x0000000f
+	JBE    n18_w15
+	VADDPS Z10, Z30, Z30
+
+n18_w15:
+	CMPQ   DI, $0x00000010
+	JA     n18_w16
+	CMPQ   R8, $0x00000010
+	JBE    n18_w16
+	VADDPS Z18, Z30, Z30
+
+n18_w16:
+	CMPQ   DI, $0x00000011
+	JA     n18_w17
+	CMPQ   R8, $0x00000011
+	JBE    n18_w17
+	VADDPS Z17, Z30, Z30
+
+n18_w17:
+	VDIVPS  Z31, Z30, Z30
+	VMOVUPS Z30, (CX)
+
+	// n=18: 90 comparators, 18 loads, 0 stores per group
+	ADDQ $0x40, DX
+	ADDQ $0x40, CX
+	DECQ BX
+	JNZ  n18_loop
+	VZEROUPPER
+	RET
+
+n19:
+	MOVQ         x_base+48(FP), AX
+	MOVQ         tmp_base+24(FP), CX
+	MOVQ         dst_base+0(FP), CX
+	MOVQ         off+72(FP), DX
+	SHLQ         $0x02, DX
+	MOVQ         groups+80(FP), BX
+	MOVQ         pf+88(FP), SI
+	MOVQ         k+96(FP), DI
+	MOVQ         $0x00000013, R8
+	SUBQ         DI, R8
+	VBROADCASTSS c+104(FP), Z31
+
+n19_loop:
+	MOVQ       (AX), R9
+	VMOVUPS    (R9)(DX*1), Z0
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       24(AX), R9
+	VMOVUPS    (R9)(DX*1), Z1
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z1, Z0, Z2
+	VMAXPS     Z1, Z0, Z1
+	MOVQ       48(AX), R9
+	VMOVUPS    (R9)(DX*1), Z0
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       72(AX), R9
+	VMOVUPS    (R9)(DX*1), Z3
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z4, Z2, Z0
+	VMAXPS     Z4, Z2, Z4
+	VMINPS     Z3, Z1, Z2
+	VMAXPS     Z3, Z1, Z3
+	VMINPS     Z4, Z2, Z1
+	VMAXPS     Z4, Z2, Z4
+	MOVQ       96(AX), R9
+	VMOVUPS    (R9)(DX*1), Z2
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       120(AX), R9
+	VMOVUPS    (R9)(DX*1), Z5
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z5, Z2, Z6
+	VMAXPS     Z5, Z2, Z5
+	MOVQ       144(AX), R9
+	VMOVUPS    (R9)(DX*1), Z2
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       168(AX), R9
+	VMOVUPS    (R9)(DX*1), Z7
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z7, Z2, Z8
+	VMAXPS     Z7, Z2, Z7
+	VMINPS     Z8, Z6, Z2
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z5, Z6
+	VMAXPS     Z7, Z5, Z7
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z2, Z0, Z6
+	VMAXPS     Z2, Z0, Z2
+	VMINPS     Z5, Z1, Z0
+	VMAXPS     Z5, Z1, Z5
+	VMINPS     Z8, Z4, Z1
+	VMAXPS     Z8, Z4, Z8
+	VMINPS     Z7, Z3, Z4
+	VMAXPS     Z7, Z3, Z7
+	VMINPS     Z2, Z1, Z3
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z5, Z4, Z1
+	VMAXPS     Z5, Z4, Z5
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z2, Z1, Z0
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z8, Z5, Z1
+	VMAXPS     Z8, Z5, Z8
+	MOVQ       192(AX), R9
+	VMOVUPS    (R9)(DX*1), Z5
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       216(AX), R9
+	VMOVUPS    (R9)(DX*1), Z9
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z9, Z5, Z10
+	VMAXPS     Z9, Z5, Z9
+	MOVQ       240(AX), R9
+	VMOVUPS    (R9)(DX*1), Z5
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       264(AX), R9
+	VMOVUPS    (R9)(DX*1), Z11
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z12, Z10, Z5
+	VMAXPS     Z12, Z10, Z12
+	VMINPS     Z11, Z9, Z10
+	VMAXPS     Z11, Z9, Z11
+	VMINPS     Z12, Z10, Z9
+	VMAXPS     Z12, Z10, Z12
+	MOVQ       288(AX), R9
+	VMOVUPS    (R9)(DX*1), Z10
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       312(AX), R9
+	VMOVUPS    (R9)(DX*1), Z13
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z13, Z10, Z14
+	VMAXPS     Z13, Z10, Z13
+	MOVQ       336(AX), R9
+	VMOVUPS    (R9)(DX*1), Z10
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       360(AX), R9
+	VMOVUPS    (R9)(DX*1), Z15
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z15, Z10, Z16
+	VMAXPS     Z15, Z10, Z15
+	VMINPS     Z16, Z14, Z10
+	VMAXPS     Z16, Z14, Z16
+	VMINPS     Z15, Z13, Z14
+	VMAXPS     Z15, Z13, Z15
+	VMINPS     Z16, Z14, Z13
+	VMAXPS     Z16, Z14, Z16
+	VMINPS     Z10, Z5, Z14
+	VMAXPS     Z10, Z5, Z10
+	VMINPS     Z13, Z9, Z5
+	VMAXPS     Z13, Z9, Z13
+	VMINPS     Z16, Z12, Z9
+	VMAXPS     Z16, Z12, Z16
+	VMINPS     Z15, Z11, Z12
+	VMAXPS     Z15, Z11, Z15
+	VMINPS     Z10, Z9, Z11
+	VMAXPS     Z10, Z9, Z10
+	VMINPS     Z13, Z12, Z9
+	VMAXPS     Z13, Z12, Z13
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z10, Z9, Z5
+	VMAXPS     Z10, Z9, Z10
+	VMINPS     Z16, Z13, Z9
+	VMAXPS     Z16, Z13, Z16
+	VMINPS     Z14, Z6, Z13
+	VMAXPS     Z14, Z6, Z14
+	VMINPS     Z12, Z4, Z6
+	VMAXPS     Z12, Z4, Z12
+	VMINPS     Z11, Z3, Z4
+	VMAXPS     Z11, Z3, Z11
+	VMINPS     Z5, Z0, Z3
+	VMAXPS     Z5, Z0, Z5
+	VMINPS     Z10, Z2, Z0
+	VMAXPS     Z10, Z2, Z10
+	VMINPS     Z9, Z1, Z2
+	VMAXPS     Z9, Z1, Z9
+	VMINPS     Z16, Z8, Z1
+	VMAXPS     Z16, Z8, Z16
+	VMINPS     Z15, Z7, Z8
+	VMAXPS     Z15, Z7, Z15
+	VMINPS     Z14, Z0, Z7
+	VMAXPS     Z14, Z0, Z14
+	VMINPS     Z12, Z2, Z0
+	VMAXPS     Z12, Z2, Z12
+	VMINPS     Z11, Z1, Z2
+	VMAXPS     Z11, Z1, Z11
+	VMINPS     Z5, Z8, Z1
+	VMAXPS     Z5, Z8, Z5
+	VMINPS     Z7, Z4, Z8
+	VMAXPS     Z7, Z4, Z7
+	VMINPS     Z0, Z3, Z4
+	VMAXPS     Z0, Z3, Z0
+	VMINPS     Z14, Z2, Z3
+	VMAXPS     Z14, Z2, Z14
+	VMINPS     Z12, Z1, Z2
+	VMAXPS     Z12, Z1, Z12
+	VMINPS     Z10, Z11, Z1
+	VMAXPS     Z10, Z11, Z10
+	VMINPS     Z9, Z5, Z11
+	VMAXPS     Z9, Z5, Z9
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z4, Z6
+	VMAXPS     Z7, Z4, Z7
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z14, Z2, Z0
+	VMAXPS     Z14, Z2, Z14
+	VMINPS     Z1, Z12, Z2
+	VMAXPS     Z1, Z12, Z1
+	VMINPS     Z10, Z11, Z12
+	VMAXPS     Z10, Z11, Z10
+	VMINPS     Z16, Z9, Z11
+	VMAXPS     Z16, Z9, Z16
+	VMINPS     Z12, Z0, Z9
+	VMAXPS     Z12, Z0, Z12
+	MOVQ       384(AX), R9
+	VMOVUPS    (R9)(DX*1), Z0
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       408(AX), R9
+	VMOVUPS    (R9)(DX*1), Z17
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z17, Z0, Z18
+	VMAXPS     Z17, Z0, Z17
+	MOVQ       432(AX), R9
+	VMOVUPS    (R9)(DX*1), Z0
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z0, Z18, Z19
+	VMAXPS     Z0, Z18, Z0
+	VMINPS     Z0, Z17, Z18
+	VMAXPS     Z0, Z17, Z0
+	VMINPS     Z0, Z18, Z17
+	VMAXPS     Z0, Z18, Z0
+	VMINPS     Z0, Z17, Z18
+	VMAXPS     Z0, Z17, Z0
+	VMINPS     Z19, Z13, Z17
+	VMAXPS     Z19, Z13, Z19
+	VMINPS     Z18, Z5, Z13
+	VMAXPS     Z18, Z5, Z18
+	VMINPS     Z0, Z8, Z5
+	VMAXPS     Z0, Z8, Z0
+	VMINPS     Z19, Z14, Z8
+	VMAXPS     Z19, Z14, Z19
+	VMINPS     Z18, Z2, Z14
+	VMAXPS     Z18, Z2, Z18
+	VMINPS     Z0, Z1, Z2
+	VMAXPS     Z0, Z1, Z0
+	VMINPS     Z8, Z7, Z1
+	VMAXPS     Z8, Z7, Z8
+	VMINPS     Z14, Z4, Z7
+	VMAXPS     Z14, Z4, Z14
+	VMINPS     Z2, Z3, Z4
+	VMAXPS     Z2, Z3, Z2
+	VMINPS     Z19, Z10, Z3
+	VMAXPS     Z19, Z10, Z19
+	VMINPS     Z18, Z11, Z10
+	VMAXPS     Z18, Z11, Z18
+	VMINPS     Z0, Z16, Z11
+	VMAXPS     Z0, Z16, Z0
+	VMINPS     Z1, Z5, Z16
+	VMAXPS     Z1, Z5, Z1
+	VMINPS     Z7, Z6, Z5
+	VMAXPS     Z7, Z6, Z7
+	VMINPS     Z8, Z4, Z6
+	VMAXPS     Z8, Z4, Z8
+	VMINPS     Z14, Z9, Z4
+	VMAXPS     Z14, Z9, Z14
+	VMINPS     Z3, Z2, Z9
+	VMAXPS     Z3, Z2, Z3
+	VMINPS     Z10, Z12, Z2
+	VMAXPS     Z10, Z12, Z10
+	VMINPS     Z19, Z11, Z12
+	VMAXPS     Z19, Z11, Z19
+	VMINPS     Z18, Z15, Z11
+	VMAXPS     Z18, Z15, Z18
+	VMINPS     Z16, Z13, Z15
+	VMAXPS     Z16, Z13, Z16
+	VMINPS     Z1, Z5, Z13
+	VMAXPS     Z1, Z5, Z1
+	VMINPS     Z6, Z7, Z5
+	VMAXPS     Z6, Z7, Z6
+	VMINPS     Z8, Z4, Z7
+	VMAXPS     Z8, Z4, Z8
+	VMINPS     Z9, Z14, Z4
+	VMAXPS     Z9, Z14, Z9
+	VMINPS     Z3, Z2, Z14
+	VMAXPS     Z3, Z2, Z3
+	VMINPS     Z12, Z10, Z2
+	VMAXPS     Z12, Z10, Z12
+	VMINPS     Z19, Z11, Z10
+	VMAXPS     Z19, Z11, Z19
+	VMINPS     Z0, Z18, Z11
+	VMAXPS     Z0, Z18, Z0
+	VXORPS     Z30, Z30, Z30
+	CMPQ       DI, $0x00000000
+	JA         n19_w0
+	CMPQ       R8, $0x00000000
+	JBE        n19_w0
+	VADDPS     Z17, Z30, Z30
+
+n19_w0:
+	CMPQ   DI, $0x00000001
+	JA     n19_w1
+	CMPQ   R8, $0x00000001
+	JBE    n19_w1
+	VADDPS Z15, Z30, Z30
+
+n19_w1:
+	CMPQ   DI, $0x00000002
+	JA     n19_w2
+	CMPQ   R8, $0x00000002
+	JBE    n19_w2
+	VADDPS Z16, Z30, Z30
+
+n19_w2:
+	CMPQ   DI, $0x00000003
+	JA     n19_w3
+	CMPQ   R8, $0x00000003
+	JBE    n19_w3
+	VADDPS Z13, Z30, Z30
+
+n19_w3:
+	CMPQ   DI, $0x00000004
+	JA     n19_w4
+	CMPQ   R8, $0x00000004
+	JBE    n19_w4
+	VADDPS Z1, Z30, Z30
+
+n19_w4:
+	CMPQ   DI, $0x00000005
+	JA     n19_w5
+	CMPQ   R8, $0x00000005
+	JBE    n19_w5
+	VADDPS Z5, Z30, Z30
+
+n19_w5:
+	CMPQ   DI, $0x00000006
+	JA     n19_w6
+	CMPQ   R8, $0x00000006
+	JBE    n19_w6
+	VADDPS Z6, Z30, Z30
+
+n19_w6:
+	CMPQ   DI, $0x00000007
+	JA     n19_w7
+	CMPQ   R8, $0x00000007
+	JBE    n19_w7
+	VADDPS Z7, Z30, Z30
+
+n19_w7:
+	CMPQ   DI, $0x00000008
+	JA     n19_w8
+	CMPQ   R8, $0x00000008
+	JBE    n19_w8
+	VADDPS Z8, Z30, Z30
+
+n19_w8:
+	CMPQ   DI, $0x00000009
+	JA     n19_w9
+	CMPQ   R8, $0x00000009
+	JBE    n19_w9
+	VADDPS Z4, Z30, Z30
+
+n19_w9:
+	CMPQ   DI, $0x0000000a
+	JA     n19_w10
+	CMPQ   R8, $0x0000000a
+	JBE    n19_w10
+	VADDPS Z9, Z30, Z30
+
+n19_w10:
+	CMPQ   DI, $0x0000000b
+	JA     n19_w11
+	CMPQ   R8, $0x0000000b
+	JBE    n19_w11
+	VADDPS Z14, Z30, Z30
+
+n19_w11:
+	CMPQ   DI, $0x0000000c
+	JA     n19_w12
+	CMPQ   R8, $0x0000000c
+	JBE    n19_w12
+	VADDPS Z3, Z30, Z30
+
+n19_w12:
+	CMPQ   DI, $0x0000000d
+	JA     n19_w13
+	CMPQ   R8, $0x0000000d
+	JBE    n19_w13
+	VADDPS Z2, Z30, Z30
+
+n19_w13:
+	CMPQ   DI, $0x0000000e
+	JA     n19_w14
+	CMPQ   R8, $0x0000000e
+	JBE    n19_w14
+	VADDPS Z12, Z30, Z30
+
+n19_w14:
+	CMPQ   DI, $0x0000000f
+	JA     n19_w15
+	CMPQ   R8, $0x0000000f
+	JBE    n19_w15
+	VADDPS Z10, Z30, Z30
+
+n19_w15:
+	CMPQ   DI, $0x00000010
+	JA     n19_w16
+	CMPQ   R8, $0x00000010
+	JBE    n19_w16
+	VADDPS Z19, Z30, Z30
+
+n19_w16:
+	CMPQ   DI, $0x00000011
+	JA     n19_w17
+	CMPQ   R8, $0x00000011
+	JBE    n19_w17
+	VADDPS Z11, Z30, Z30
+
+n19_w17:
+	CMPQ   DI, $0x00000012
+	JA     n19_w18
+	CMPQ   R8, $0x00000012
+	JBE    n19_w18
+	VADDPS Z0, Z30, Z30
+
+n19_w18:
+	VDIVPS  Z31, Z30, Z30
+	VMOVUPS Z30, (CX)
+
+	// n=19: 98 comparators, 19 loads, 0 stores per group
+	ADDQ $0x40, DX
+	ADDQ $0x40, CX
+	DECQ BX
+	JNZ  n19_loop
+	VZEROUPPER
+	RET
+
+n20:
+	MOVQ         x_base+48(FP), AX
+	MOVQ         tmp_base+24(FP), CX
+	MOVQ         dst_base+0(FP), CX
+	MOVQ         off+72(FP), DX
+	SHLQ         $0x02, DX
+	MOVQ         groups+80(FP), BX
+	MOVQ         pf+88(FP), SI
+	MOVQ         k+96(FP), DI
+	MOVQ         $0x00000014, R8
+	SUBQ         DI, R8
+	VBROADCASTSS c+104(FP), Z31
+
+n20_loop:
+	MOVQ       (AX), R9
+	VMOVUPS    (R9)(DX*1), Z0
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       24(AX), R9
+	VMOVUPS    (R9)(DX*1), Z1
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z1, Z0, Z2
+	VMAXPS     Z1, Z0, Z1
+	MOVQ       48(AX), R9
+	VMOVUPS    (R9)(DX*1), Z0
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       72(AX), R9
+	VMOVUPS    (R9)(DX*1), Z3
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z4, Z2, Z0
+	VMAXPS     Z4, Z2, Z4
+	VMINPS     Z3, Z1, Z2
+	VMAXPS     Z3, Z1, Z3
+	VMINPS     Z4, Z2, Z1
+	VMAXPS     Z4, Z2, Z4
+	MOVQ       96(AX), R9
+	VMOVUPS    (R9)(DX*1), Z2
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       120(AX), R9
+	VMOVUPS    (R9)(DX*1), Z5
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z5, Z2, Z6
+	VMAXPS     Z5, Z2, Z5
+	MOVQ       144(AX), R9
+	VMOVUPS    (R9)(DX*1), Z2
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       168(AX), R9
+	VMOVUPS    (R9)(DX*1), Z7
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z7, Z2, Z8
+	VMAXPS     Z7, Z2, Z7
+	VMINPS     Z8, Z6, Z2
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z5, Z6
+	VMAXPS     Z7, Z5, Z7
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z2, Z0, Z6
+	VMAXPS     Z2, Z0, Z2
+	VMINPS     Z5, Z1, Z0
+	VMAXPS     Z5, Z1, Z5
+	VMINPS     Z8, Z4, Z1
+	VMAXPS     Z8, Z4, Z8
+	VMINPS     Z7, Z3, Z4
+	VMAXPS     Z7, Z3, Z7
+	VMINPS     Z2, Z1, Z3
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z5, Z4, Z1
+	VMAXPS     Z5, Z4, Z5
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z2, Z1, Z0
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z8, Z5, Z1
+	VMAXPS     Z8, Z5, Z8
+	MOVQ       192(AX), R9
+	VMOVUPS    (R9)(DX*1), Z5
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       216(AX), R9
+	VMOVUPS    (R9)(DX*1), Z9
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z9, Z5, Z10
+	VMAXPS     Z9, Z5, Z9
+	MOVQ       240(AX), R9
+	VMOVUPS    (R9)(DX*1), Z5
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       264(AX), R9
+	VMOVUPS    (R9)(DX*1), Z11
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z12, Z10, Z5
+	VMAXPS     Z12, Z10, Z12
+	VMINPS     Z11, Z9, Z10
+	VMAXPS     Z11, Z9, Z11
+	VMINPS     Z12, Z10, Z9
+	VMAXPS     Z12, Z10, Z12
+	MOVQ       288(AX), R9
+	VMOVUPS    (R9)(DX*1), Z10
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       312(AX), R9
+	VMOVUPS    (R9)(DX*1), Z13
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z13, Z10, Z14
+	VMAXPS     Z13, Z10, Z13
+	MOVQ       336(AX), R9
+	VMOVUPS    (R9)(DX*1), Z10
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       360(AX), R9
+	VMOVUPS    (R9)(DX*1), Z15
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z15, Z10, Z16
+	VMAXPS     Z15, Z10, Z15
+	VMINPS     Z16, Z14, Z10
+	VMAXPS     Z16, Z14, Z16
+	VMINPS     Z15, Z13, Z14
+	VMAXPS     Z15, Z13, Z15
+	VMINPS     Z16, Z14, Z13
+	VMAXPS     Z16, Z14, Z16
+	VMINPS     Z10, Z5, Z14
+	VMAXPS     Z10, Z5, Z10
+	VMINPS     Z13, Z9, Z5
+	VMAXPS     Z13, Z9, Z13
+	VMINPS     Z16, Z12, Z9
+	VMAXPS     Z16, Z12, Z16
+	VMINPS     Z15, Z11, Z12
+	VMAXPS     Z15, Z11, Z15
+	VMINPS     Z10, Z9, Z11
+	VMAXPS     Z10, Z9, Z10
+	VMINPS     Z13, Z12, Z9
+	VMAXPS     Z13, Z12, Z13
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z10, Z9, Z5
+	VMAXPS     Z10, Z9, Z10
+	VMINPS     Z16, Z13, Z9
+	VMAXPS     Z16, Z13, Z16
+	VMINPS     Z14, Z6, Z13
+	VMAXPS     Z14, Z6, Z14
+	VMINPS     Z12, Z4, Z6
+	VMAXPS     Z12, Z4, Z12
+	VMINPS     Z11, Z3, Z4
+	VMAXPS     Z11, Z3, Z11
+	VMINPS     Z5, Z0, Z3
+	VMAXPS     Z5, Z0, Z5
+	VMINPS     Z10, Z2, Z0
+	VMAXPS     Z10, Z2, Z10
+	VMINPS     Z9, Z1, Z2
+	VMAXPS     Z9, Z1, Z9
+	VMINPS     Z16, Z8, Z1
+	VMAXPS     Z16, Z8, Z16
+	VMINPS     Z15, Z7, Z8
+	VMAXPS     Z15, Z7, Z15
+	VMINPS     Z14, Z0, Z7
+	VMAXPS     Z14, Z0, Z14
+	VMINPS     Z12, Z2, Z0
+	VMAXPS     Z12, Z2, Z12
+	VMINPS     Z11, Z1, Z2
+	VMAXPS     Z11, Z1, Z11
+	VMINPS     Z5, Z8, Z1
+	VMAXPS     Z5, Z8, Z5
+	VMINPS     Z7, Z4, Z8
+	VMAXPS     Z7, Z4, Z7
+	VMINPS     Z0, Z3, Z4
+	VMAXPS     Z0, Z3, Z0
+	VMINPS     Z14, Z2, Z3
+	VMAXPS     Z14, Z2, Z14
+	VMINPS     Z12, Z1, Z2
+	VMAXPS     Z12, Z1, Z12
+	VMINPS     Z10, Z11, Z1
+	VMAXPS     Z10, Z11, Z10
+	VMINPS     Z9, Z5, Z11
+	VMAXPS     Z9, Z5, Z9
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z4, Z6
+	VMAXPS     Z7, Z4, Z7
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z14, Z2, Z0
+	VMAXPS     Z14, Z2, Z14
+	VMINPS     Z1, Z12, Z2
+	VMAXPS     Z1, Z12, Z1
+	VMINPS     Z10, Z11, Z12
+	VMAXPS     Z10, Z11, Z10
+	VMINPS     Z16, Z9, Z11
+	VMAXPS     Z16, Z9, Z16
+	MOVQ       384(AX), R9
+	VMOVUPS    (R9)(DX*1), Z9
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       408(AX), R9
+	VMOVUPS    (R9)(DX*1), Z17
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z17, Z9, Z18
+	VMAXPS     Z17, Z9, Z17
+	MOVQ       432(AX), R9
+	VMOVUPS    (R9)(DX*1), Z9
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       456(AX), R9
+	VMOVUPS    (R9)(DX*1), Z19
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z19, Z9, Z20
+	VMAXPS     Z19, Z9, Z19
+	VMINPS     Z20, Z18, Z9
+	VMAXPS     Z20, Z18, Z20
+	VMINPS     Z19, Z17, Z18
+	VMAXPS     Z19, Z17, Z19
+	VMINPS     Z20, Z18, Z17
+	VMAXPS     Z20, Z18, Z20
+	VMINPS     Z20, Z17, Z18
+	VMAXPS     Z20, Z17, Z20
+	VMINPS     Z20, Z18, Z17
+	VMAXPS     Z20, Z18, Z20
+	VMINPS     Z9, Z13, Z18
+	VMAXPS     Z9, Z13, Z9
+	VMINPS     Z17, Z5, Z13
+	VMAXPS     Z17, Z5, Z17
+	VMINPS     Z20, Z8, Z5
+	VMAXPS     Z20, Z8, Z20
+	VMINPS     Z19, Z6, Z8
+	VMAXPS     Z19, Z6, Z19
+	VMINPS     Z9, Z14, Z6
+	VMAXPS     Z9, Z14, Z9
+	VMINPS     Z17, Z2, Z14
+	VMAXPS     Z17, Z2, Z17
+	VMINPS     Z20, Z1, Z2
+	VMAXPS     Z20, Z1, Z20
+	VMINPS     Z19, Z12, Z1
+	VMAXPS     Z19, Z12, Z19
+	VMINPS     Z6, Z7, Z12
+	VMAXPS     Z6, Z7, Z6
+	VMINPS     Z14, Z4, Z7
+	VMAXPS     Z14, Z4, Z14
+	VMINPS     Z2, Z3, Z4
+	VMAXPS     Z2, Z3, Z2
+	VMINPS     Z1, Z0, Z3
+	VMAXPS     Z1, Z0, Z1
+	VMINPS     Z9, Z10, Z0
+	VMAXPS     Z9, Z10, Z9
+	VMINPS     Z17, Z11, Z10
+	VMAXPS     Z17, Z11, Z17
+	VMINPS     Z20, Z16, Z11
+	VMAXPS     Z20, Z16, Z20
+	VMINPS     Z19, Z15, Z16
+	VMAXPS     Z19, Z15, Z19
+	VMINPS     Z12, Z5, Z15
+	VMAXPS     Z12, Z5, Z12
+	VMINPS     Z7, Z8, Z5
+	VMAXPS     Z7, Z8, Z7
+	VMINPS     Z6, Z4, Z8
+	VMAXPS     Z6, Z4, Z6
+	VMINPS     Z14, Z3, Z4
+	VMAXPS     Z14, Z3, Z14
+	VMINPS     Z0, Z2, Z3
+	VMAXPS     Z0, Z2, Z0
+	VMINPS     Z10, Z1, Z2
+	VMAXPS     Z10, Z1, Z10
+	VMINPS     Z9, Z11, Z1
+	VMAXPS     Z9, Z11, Z9
+	VMINPS     Z17, Z16, Z11
+	VMAXPS     Z17, Z16, Z17
+	VMINPS     Z15, Z13, Z16
+	VMAXPS     Z15, Z13, Z15
+	VMINPS     Z12, Z5, Z13
+	VMAXPS     Z12, Z5, Z12
+	VMINPS     Z8, Z7, Z5
+	VMAXPS     Z8, Z7, Z8
+	VMINPS     Z6, Z4, Z7
+	VMAXPS     Z6, Z4, Z6
+	VMINPS     Z3, Z14, Z4
+	VMAXPS     Z3, Z14, Z3
+	VMINPS     Z0, Z2, Z14
+	VMAXPS     Z0, Z2, Z0
+	VMINPS     Z1, Z10, Z2
+	VMAXPS     Z1, Z10, Z1
+	VMINPS     Z9, Z11, Z10
+	VMAXPS     Z9, Z11, Z9
+	VMINPS     Z20, Z17, Z11
+	VMAXPS     Z20, Z17, Z20
+	VXORPS     Z30, Z30, Z30
+	CMPQ       DI, $0x00000000
+	JA         n20_w0
+	CMPQ       R8, $0x00000000
+	JBE        n20_w0
+	VADDPS     Z18, Z30, Z30
+
+n20_w0:
+	CMPQ   DI, $0x00000001
+	JA     n20_w1
+	CMPQ   R8, $0x00000001
+	JBE    n20_w1
+	VADDPS Z16, Z30, Z30
+
+n20_w1:
+	CMPQ   DI, $0x00000002
+	JA     n20_w2
+	CMPQ   R8, $0x00000002
+	JBE    n20_w2
+	VADDPS Z15, Z30, Z30
+
+n20_w2:
+	CMPQ   DI, $0x00000003
+	JA     n20_w3
+	CMPQ   R8, $0x00000003
+	JBE    n20_w3
+	VADDPS Z13, Z30, Z30
+
+n20_w3:
+	CMPQ   DI, $0x00000004
+	JA     n20_w4
+	CMPQ   R8, $0x00000004
+	JBE    n20_w4
+	VADDPS Z12, Z30, Z30
+
+n20_w4:
+	CMPQ   DI, $0x00000005
+	JA     n20_w5
+	CMPQ   R8, $0x00000005
+	JBE    n20_w5
+	VADDPS Z5, Z30, Z30
+
+n20_w5:
+	CMPQ   DI, $0x00000006
+	JA     n20_w6
+	CMPQ   R8, $0x00000006
+	JBE    n20_w6
+	VADDPS Z8, Z30, Z30
+
+n20_w6:
+	CMPQ   DI, $0x00000007
+	JA     n20_w7
+	CMPQ   R8, $0x00000007
+	JBE    n20_w7
+	VADDPS Z7, Z30, Z30
+
+n20_w7:
+	CMPQ   DI, $0x00000008
+	JA     n20_w8
+	CMPQ   R8, $0x00000008
+	JBE    n20_w8
+	VADDPS Z6, Z30, Z30
+
+n20_w8:
+	CMPQ   DI, $0x00000009
+	JA     n20_w9
+	CMPQ   R8, $0x00000009
+	JBE    n20_w9
+	VADDPS Z4, Z30, Z30
+
+n20_w9:
+	CMPQ   DI, $0x0000000a
+	JA     n20_w10
+	CMPQ   R8, $0x0000000a
+	JBE    n20_w10
+	VADDPS Z3, Z30, Z30
+
+n20_w10:
+	CMPQ   DI, $0x0000000b
+	JA     n20_w11
+	CMPQ   R8, $0x0000000b
+	JBE    n20_w11
+	VADDPS Z14, Z30, Z30
+
+n20_w11:
+	CMPQ   DI, $0x0000000c
+	JA     n20_w12
+	CMPQ   R8, $0x0000000c
+	JBE    n20_w12
+	VADDPS Z0, Z30, Z30
+
+n20_w12:
+	CMPQ   DI, $0x0000000d
+	JA     n20_w13
+	CMPQ   R8, $0x0000000d
+	JBE    n20_w13
+	VADDPS Z2, Z30, Z30
+
+n20_w13:
+	CMPQ   DI, $0x0000000e
+	JA     n20_w14
+	CMPQ   R8, $0x0000000e
+	JBE    n20_w14
+	VADDPS Z1, Z30, Z30
+
+n20_w14:
+	CMPQ   DI, $0x0000000f
+	JA     n20_w15
+	CMPQ   R8, $0x0000000f
+	JBE    n20_w15
+	VADDPS Z10, Z30, Z30
+
+n20_w15:
+	CMPQ   DI, $0x00000010
+	JA     n20_w16
+	CMPQ   R8, $0x00000010
+	JBE    n20_w16
+	VADDPS Z9, Z30, Z30
+
+n20_w16:
+	CMPQ   DI, $0x00000011
+	JA     n20_w17
+	CMPQ   R8, $0x00000011
+	JBE    n20_w17
+	VADDPS Z11, Z30, Z30
+
+n20_w17:
+	CMPQ   DI, $0x00000012
+	JA     n20_w18
+	CMPQ   R8, $0x00000012
+	JBE    n20_w18
+	VADDPS Z20, Z30, Z30
+
+n20_w18:
+	CMPQ   DI, $0x00000013
+	JA     n20_w19
+	CMPQ   R8, $0x00000013
+	JBE    n20_w19
+	VADDPS Z19, Z30, Z30
+
+n20_w19:
+	VDIVPS  Z31, Z30, Z30
+	VMOVUPS Z30, (CX)
+
+	// n=20: 103 comparators, 20 loads, 0 stores per group
+	ADDQ $0x40, DX
+	ADDQ $0x40, CX
+	DECQ BX
+	JNZ  n20_loop
+	VZEROUPPER
+	RET
+
+n21:
+	MOVQ         x_base+48(FP), AX
+	MOVQ         tmp_base+24(FP), CX
+	MOVQ         dst_base+0(FP), CX
+	MOVQ         off+72(FP), DX
+	SHLQ         $0x02, DX
+	MOVQ         groups+80(FP), BX
+	MOVQ         pf+88(FP), SI
+	MOVQ         k+96(FP), DI
+	MOVQ         $0x00000015, R8
+	SUBQ         DI, R8
+	VBROADCASTSS c+104(FP), Z31
+
+n21_loop:
+	MOVQ       (AX), R9
+	VMOVUPS    (R9)(DX*1), Z0
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       24(AX), R9
+	VMOVUPS    (R9)(DX*1), Z1
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z1, Z0, Z2
+	VMAXPS     Z1, Z0, Z1
+	MOVQ       48(AX), R9
+	VMOVUPS    (R9)(DX*1), Z0
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       72(AX), R9
+	VMOVUPS    (R9)(DX*1), Z3
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z4, Z2, Z0
+	VMAXPS     Z4, Z2, Z4
+	VMINPS     Z3, Z1, Z2
+	VMAXPS     Z3, Z1, Z3
+	VMINPS     Z4, Z2, Z1
+	VMAXPS     Z4, Z2, Z4
+	MOVQ       96(AX), R9
+	VMOVUPS    (R9)(DX*1), Z2
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       120(AX), R9
+	VMOVUPS    (R9)(DX*1), Z5
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z5, Z2, Z6
+	VMAXPS     Z5, Z2, Z5
+	MOVQ       144(AX), R9
+	VMOVUPS    (R9)(DX*1), Z2
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       168(AX), R9
+	VMOVUPS    (R9)(DX*1), Z7
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z7, Z2, Z8
+	VMAXPS     Z7, Z2, Z7
+	VMINPS     Z8, Z6, Z2
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z5, Z6
+	VMAXPS     Z7, Z5, Z7
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z2, Z0, Z6
+	VMAXPS     Z2, Z0, Z2
+	VMINPS     Z5, Z1, Z0
+	VMAXPS     Z5, Z1, Z5
+	VMINPS     Z8, Z4, Z1
+	VMAXPS     Z8, Z4, Z8
+	VMINPS     Z7, Z3, Z4
+	VMAXPS     Z7, Z3, Z7
+	VMINPS     Z2, Z1, Z3
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z5, Z4, Z1
+	VMAXPS     Z5, Z4, Z5
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z2, Z1, Z0
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z8, Z5, Z1
+	VMAXPS     Z8, Z5, Z8
+	MOVQ       192(AX), R9
+	VMOVUPS    (R9)(DX*1), Z5
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       216(AX), R9
+	VMOVUPS    (R9)(DX*1), Z9
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z9, Z5, Z10
+	VMAXPS     Z9, Z5, Z9
+	MOVQ       240(AX), R9
+	VMOVUPS    (R9)(DX*1), Z5
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       264(AX), R9
+	VMOVUPS    (R9)(DX*1), Z11
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z12, Z10, Z5
+	VMAXPS     Z12, Z10, Z12
+	VMINPS     Z11, Z9, Z10
+	VMAXPS     Z11, Z9, Z11
+	VMINPS     Z12, Z10, Z9
+	VMAXPS     Z12, Z10, Z12
+	MOVQ       288(AX), R9
+	VMOVUPS    (R9)(DX*1), Z10
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       312(AX), R9
+	VMOVUPS    (R9)(DX*1), Z13
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z13, Z10, Z14
+	VMAXPS     Z13, Z10, Z13
+	MOVQ       336(AX), R9
+	VMOVUPS    (R9)(DX*1), Z10
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       360(AX), R9
+	VMOVUPS    (R9)(DX*1), Z15
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z15, Z10, Z16
+	VMAXPS     Z15, Z10, Z15
+	VMINPS     Z16, Z14, Z10
+	VMAXPS     Z16, Z14, Z16
+	VMINPS     Z15, Z13, Z14
+	VMAXPS     Z15, Z13, Z15
+	VMINPS     Z16, Z14, Z13
+	VMAXPS     Z16, Z14, Z16
+	VMINPS     Z10, Z5, Z14
+	VMAXPS     Z10, Z5, Z10
+	VMINPS     Z13, Z9, Z5
+	VMAXPS     Z13, Z9, Z13
+	VMINPS     Z16, Z12, Z9
+	VMAXPS     Z16, Z12, Z16
+	VMINPS     Z15, Z11, Z12
+	VMAXPS     Z15, Z11, Z15
+	VMINPS     Z10, Z9, Z11
+	VMAXPS     Z10, Z9, Z10
+	VMINPS     Z13, Z12, Z9
+	VMAXPS     Z13, Z12, Z13
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z10, Z9, Z5
+	VMAXPS     Z10, Z9, Z10
+	VMINPS     Z16, Z13, Z9
+	VMAXPS     Z16, Z13, Z16
+	VMINPS     Z14, Z6, Z13
+	VMAXPS     Z14, Z6, Z14
+	VMINPS     Z12, Z4, Z6
+	VMAXPS     Z12, Z4, Z12
+	VMINPS     Z11, Z3, Z4
+	VMAXPS     Z11, Z3, Z11
+	VMINPS     Z5, Z0, Z3
+	VMAXPS     Z5, Z0, Z5
+	VMINPS     Z10, Z2, Z0
+	VMAXPS     Z10, Z2, Z10
+	VMINPS     Z9, Z1, Z2
+	VMAXPS     Z9, Z1, Z9
+	VMINPS     Z16, Z8, Z1
+	VMAXPS     Z16, Z8, Z16
+	VMINPS     Z15, Z7, Z8
+	VMAXPS     Z15, Z7, Z15
+	VMINPS     Z14, Z0, Z7
+	VMAXPS     Z14, Z0, Z14
+	VMINPS     Z12, Z2, Z0
+	VMAXPS     Z12, Z2, Z12
+	VMINPS     Z11, Z1, Z2
+	VMAXPS     Z11, Z1, Z11
+	VMINPS     Z5, Z8, Z1
+	VMAXPS     Z5, Z8, Z5
+	VMINPS     Z7, Z4, Z8
+	VMAXPS     Z7, Z4, Z7
+	VMINPS     Z0, Z3, Z4
+	VMAXPS     Z0, Z3, Z0
+	VMINPS     Z14, Z2, Z3
+	VMAXPS     Z14, Z2, Z14
+	VMINPS     Z12, Z1, Z2
+	VMAXPS     Z12, Z1, Z12
+	VMINPS     Z10, Z11, Z1
+	VMAXPS     Z10, Z11, Z10
+	VMINPS     Z9, Z5, Z11
+	VMAXPS     Z9, Z5, Z9
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z4, Z6
+	VMAXPS     Z7, Z4, Z7
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z14, Z2, Z0
+	VMAXPS     Z14, Z2, Z14
+	VMINPS     Z1, Z12, Z2
+	VMAXPS     Z1, Z12, Z1
+	VMINPS     Z10, Z11, Z12
+	VMAXPS     Z10, Z11, Z10
+	VMINPS     Z16, Z9, Z11
+	VMAXPS     Z16, Z9, Z16
+	MOVQ       384(AX), R9
+	VMOVUPS    (R9)(DX*1), Z9
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       408(AX), R9
+	VMOVUPS    (R9)(DX*1), Z17
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z17, Z9, Z18
+	VMAXPS     Z17, Z9, Z17
+	MOVQ       432(AX), R9
+	VMOVUPS    (R9)(DX*1), Z9
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       456(AX), R9
+	VMOVUPS    (R9)(DX*1), Z19
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z19, Z9, Z20
+	VMAXPS     Z19, Z9, Z19
+	VMINPS     Z20, Z18, Z9
+	VMAXPS     Z20, Z18, Z20
+	VMINPS     Z19, Z17, Z18
+	VMAXPS     Z19, Z17, Z19
+	VMINPS     Z20, Z18, Z17
+	VMAXPS     Z20, Z18, Z20
+	MOVQ       480(AX), R9
+	VMOVUPS    (R9)(DX*1), Z18
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z18, Z9, Z21
+	VMAXPS     Z18, Z9, Z18
+	VMINPS     Z18, Z20, Z9
+	VMAXPS     Z18, Z20, Z18
+	VMINPS     Z9, Z17, Z20
+	VMAXPS     Z9, Z17, Z9
+	VMINPS     Z18, Z19, Z17
+	VMAXPS     Z18, Z19, Z18
+	VMINPS     Z18, Z9, Z19
+	VMAXPS     Z18, Z9, Z18
+	VMINPS     Z19, Z20, Z9
+	VMAXPS     Z19, Z20, Z19
+	VMINPS     Z18, Z17, Z20
+	VMAXPS     Z18, Z17, Z18
+	VMINPS     Z21, Z13, Z17
+	VMAXPS     Z21, Z13, Z21
+	VMINPS     Z9, Z5, Z13
+	VMAXPS     Z9, Z5, Z9
+	VMINPS     Z19, Z8, Z5
+	VMAXPS     Z19, Z8, Z19
+	VMINPS     Z20, Z6, Z8
+	VMAXPS     Z20, Z6, Z20
+	VMINPS     Z18, Z7, Z6
+	VMAXPS     Z18, Z7, Z18
+	VMINPS     Z21, Z14, Z7
+	VMAXPS     Z21, Z14, Z21
+	VMINPS     Z9, Z2, Z14
+	VMAXPS     Z9, Z2, Z9
+	VMINPS     Z19, Z1, Z2
+	VMAXPS     Z19, Z1, Z19
+	VMINPS     Z20, Z12, Z1
+	VMAXPS     Z20, Z12, Z20
+	VMINPS     Z18, Z10, Z12
+	VMAXPS     Z18, Z10, Z18
+	VMINPS     Z7, Z6, Z10
+	VMAXPS     Z7, Z6, Z7
+	VMINPS     Z14, Z4, Z6
+	VMAXPS     Z14, Z4, Z14
+	VMINPS     Z2, Z3, Z4
+	VMAXPS     Z2, Z3, Z2
+	VMINPS     Z1, Z0, Z3
+	VMAXPS     Z1, Z0, Z1
+	VMINPS     Z21, Z12, Z0
+	VMAXPS     Z21, Z12, Z21
+	VMINPS     Z9, Z11, Z12
+	VMAXPS     Z9, Z11, Z9
+	VMINPS     Z19, Z16, Z11
+	VMAXPS     Z19, Z16, Z19
+	VMINPS     Z20, Z15, Z16
+	VMAXPS     Z20, Z15, Z20
+	VMINPS     Z10, Z5, Z15
+	VMAXPS     Z10, Z5, Z10
+	VMINPS     Z6, Z8, Z5
+	VMAXPS     Z6, Z8, Z6
+	VMINPS     Z7, Z4, Z8
+	VMAXPS     Z7, Z4, Z7
+	VMINPS     Z14, Z3, Z4
+	VMAXPS     Z14, Z3, Z14
+	VMINPS     Z0, Z2, Z3
+	VMAXPS     Z0, Z2, Z0
+	VMINPS     Z12, Z1, Z2
+	VMAXPS     Z12, Z1, Z12
+	VMINPS     Z21, Z11, Z1
+	VMAXPS     Z21, Z11, Z21
+	VMINPS     Z9, Z16, Z11
+	VMAXPS     Z9, Z16, Z9
+	VMINPS     Z18, Z19, Z16
+	VMAXPS     Z18, Z19, Z18
+	VMINPS     Z15, Z13, Z19
+	VMAXPS     Z15, Z13, Z15
+	VMINPS     Z10, Z5, Z13
+	VMAXPS     Z10, Z5, Z10
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z4, Z6
+	VMAXPS     Z7, Z4, Z7
+	VMINPS     Z3, Z14, Z4
+	VMAXPS     Z3, Z14, Z3
+	VMINPS     Z0, Z2, Z14
+	VMAXPS     Z0, Z2, Z0
+	VMINPS     Z1, Z12, Z2
+	VMAXPS     Z1, Z12, Z1
+	VMINPS     Z21, Z11, Z12
+	VMAXPS     Z21, Z11, Z21
+	VMINPS     Z16, Z9, Z11
+	VMAXPS     Z16, Z9, Z16
+	VMINPS     Z18, Z20, Z9
+	VMAXPS     Z18, Z20, Z18
+	VXORPS     Z30, Z30, Z30
+	CMPQ       DI, $0x00000000
+	JA         n21_w0
+	CMPQ       R8, $0x00000000
+	JBE        n21_w0
+	VADDPS     Z17, Z30, Z30
+
+n21_w0:
+	CMPQ   DI, $0x00000001
+	JA     n21_w1
+	CMPQ   R8, $0x00000001
+	JBE    n21_w1
+	VADDPS Z19, Z30, Z30
+
+n21_w1:
+	CMPQ   DI, $0x00000002
+	JA     n21_w2
+	CMPQ   R8, $0x00000002
+	JBE    n21_w2
+	VADDPS Z15, Z30, Z30
+
+n21_w2:
+	CMPQ   DI, $0x00000003
+	JA     n21_w3
+	CMPQ   R8, $0x00000003
+	JBE    n21_w3
+	VADDPS Z13, Z30, Z30
+
+n21_w3:
+	CMPQ   DI, $0x00000004
+	JA     n21_w4
+	CMPQ   R8, $0x00000004
+	JBE    n21_w4
+	VADDPS Z10, Z30, Z30
+
+n21_w4:
+	CMPQ   DI, $0x00000005
+	JA     n21_w5
+	CMPQ   R8, $0x00000005
+	JBE    n21_w5
+	VADDPS Z5, Z30, Z30
+
+n21_w5:
+	CMPQ   DI, $0x00000006
+	JA     n21_w6
+	CMPQ   R8, $0x00000006
+	JBE    n21_w6
+	VADDPS Z8, Z30, Z30
+
+n21_w6:
+	CMPQ   DI, $0x00000007
+	JA     n21_w7
+	CMPQ   R8, $0x00000007
+	JBE    n21_w7
+	VADDPS Z6, Z30, Z30
+
+n21_w7:
+	CMPQ   DI, $0x00000008
+	JA     n21_w8
+	CMPQ   R8, $0x00000008
+	JBE    n21_w8
+	VADDPS Z7, Z30, Z30
+
+n21_w8:
+	CMPQ   DI, $0x00000009
+	JA     n21_w9
+	CMPQ   R8, $0x00000009
+	JBE    n21_w9
+	VADDPS Z4, Z30, Z30
+
+n21_w9:
+	CMPQ   DI, $0x0000000a
+	JA     n21_w10
+	CMPQ   R8, $0x0000000a
+	JBE    n21_w10
+	VADDPS Z3, Z30, Z30
+
+n21_w10:
+	CMPQ   DI, $0x0000000b
+	JA     n21_w11
+	CMPQ   R8, $0x0000000b
+	JBE    n21_w11
+	VADDPS Z14, Z30, Z30
+
+n21_w11:
+	CMPQ   DI, $0x0000000c
+	JA     n21_w12
+	CMPQ   R8, $0x0000000c
+	JBE    n21_w12
+	VADDPS Z0, Z30, Z30
+
+n21_w12:
+	CMPQ   DI, $0x0000000d
+	JA     n21_w13
+	CMPQ   R8, $0x0000000d
+	JBE    n21_w13
+	VADDPS Z2, Z30, Z30
+
+n21_w13:
+	CMPQ   DI, $0x0000000e
+	JA     n21_w14
+	CMPQ   R8, $0x0000000e
+	JBE    n21_w14
+	VADDPS Z1, Z30, Z30
+
+n21_w14:
+	CMPQ   DI, $0x0000000f
+	JA     n21_w15
+	CMPQ   R8, $0x0000000f
+	JBE    n21_w15
+	VADDPS Z12, Z30, Z30
+
+n21_w15:
+	CMPQ   DI, $0x00000010
+	JA     n21_w16
+	CMPQ   R8, $0x00000010
+	JBE    n21_w16
+	VADDPS Z21, Z30, Z30
+
+n21_w16:
+	CMPQ   DI, $0x00000011
+	JA     n21_w17
+	CMPQ   R8, $0x00000011
+	JBE    n21_w17
+	VADDPS Z11, Z30, Z30
+
+n21_w17:
+	CMPQ   DI, $0x00000012
+	JA     n21_w18
+	CMPQ   R8, $0x00000012
+	JBE    n21_w18
+	VADDPS Z16, Z30, Z30
+
+n21_w18:
+	CMPQ   DI, $0x00000013
+	JA     n21_w19
+	CMPQ   R8, $0x00000013
+	JBE    n21_w19
+	VADDPS Z9, Z30, Z30
+
+n21_w19:
+	CMPQ   DI, $0x00000014
+	JA     n21_w20
+	CMPQ   R8, $0x00000014
+	JBE    n21_w20
+	VADDPS Z18, Z30, Z30
+
+n21_w20:
+	VDIVPS  Z31, Z30, Z30
+	VMOVUPS Z30, (CX)
+
+	// n=21: 112 comparators, 21 loads, 0 stores per group
+	ADDQ $0x40, DX
+	ADDQ $0x40, CX
+	DECQ BX
+	JNZ  n21_loop
+	VZEROUPPER
+	RET
+
+n22:
+	MOVQ         x_base+48(FP), AX
+	MOVQ         tmp_base+24(FP), CX
+	MOVQ         dst_base+0(FP), CX
+	MOVQ         off+72(FP), DX
+	SHLQ         $0x02, DX
+	MOVQ         groups+80(FP), BX
+	MOVQ         pf+88(FP), SI
+	MOVQ         k+96(FP), DI
+	MOVQ         $0x00000016, R8
+	SUBQ         DI, R8
+	VBROADCASTSS c+104(FP), Z31
+
+n22_loop:
+	MOVQ       (AX), R9
+	VMOVUPS    (R9)(DX*1), Z0
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       24(AX), R9
+	VMOVUPS    (R9)(DX*1), Z1
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z1, Z0, Z2
+	VMAXPS     Z1, Z0, Z1
+	MOVQ       48(AX), R9
+	VMOVUPS    (R9)(DX*1), Z0
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       72(AX), R9
+	VMOVUPS    (R9)(DX*1), Z3
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z4, Z2, Z0
+	VMAXPS     Z4, Z2, Z4
+	VMINPS     Z3, Z1, Z2
+	VMAXPS     Z3, Z1, Z3
+	VMINPS     Z4, Z2, Z1
+	VMAXPS     Z4, Z2, Z4
+	MOVQ       96(AX), R9
+	VMOVUPS    (R9)(DX*1), Z2
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       120(AX), R9
+	VMOVUPS    (R9)(DX*1), Z5
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z5, Z2, Z6
+	VMAXPS     Z5, Z2, Z5
+	MOVQ       144(AX), R9
+	VMOVUPS    (R9)(DX*1), Z2
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       168(AX), R9
+	VMOVUPS    (R9)(DX*1), Z7
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z7, Z2, Z8
+	VMAXPS     Z7, Z2, Z7
+	VMINPS     Z8, Z6, Z2
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z5, Z6
+	VMAXPS     Z7, Z5, Z7
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z2, Z0, Z6
+	VMAXPS     Z2, Z0, Z2
+	VMINPS     Z5, Z1, Z0
+	VMAXPS     Z5, Z1, Z5
+	VMINPS     Z8, Z4, Z1
+	VMAXPS     Z8, Z4, Z8
+	VMINPS     Z7, Z3, Z4
+	VMAXPS     Z7, Z3, Z7
+	VMINPS     Z2, Z1, Z3
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z5, Z4, Z1
+	VMAXPS     Z5, Z4, Z5
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z2, Z1, Z0
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z8, Z5, Z1
+	VMAXPS     Z8, Z5, Z8
+	MOVQ       192(AX), R9
+	VMOVUPS    (R9)(DX*1), Z5
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       216(AX), R9
+	VMOVUPS    (R9)(DX*1), Z9
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z9, Z5, Z10
+	VMAXPS     Z9, Z5, Z9
+	MOVQ       240(AX), R9
+	VMOVUPS    (R9)(DX*1), Z5
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       264(AX), R9
+	VMOVUPS    (R9)(DX*1), Z11
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z12, Z10, Z5
+	VMAXPS     Z12, Z10, Z12
+	VMINPS     Z11, Z9, Z10
+	VMAXPS     Z11, Z9, Z11
+	VMINPS     Z12, Z10, Z9
+	VMAXPS     Z12, Z10, Z12
+	MOVQ       288(AX), R9
+	VMOVUPS    (R9)(DX*1), Z10
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       312(AX), R9
+	VMOVUPS    (R9)(DX*1), Z13
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z13, Z10, Z14
+	VMAXPS     Z13, Z10, Z13
+	MOVQ       336(AX), R9
+	VMOVUPS    (R9)(DX*1), Z10
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       360(AX), R9
+	VMOVUPS    (R9)(DX*1), Z15
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z15, Z10, Z16
+	VMAXPS     Z15, Z10, Z15
+	VMINPS     Z16, Z14, Z10
+	VMAXPS     Z16, Z14, Z16
+	VMINPS     Z15, Z13, Z14
+	VMAXPS     Z15, Z13, Z15
+	VMINPS     Z16, Z14, Z13
+	VMAXPS     Z16, Z14, Z16
+	VMINPS     Z10, Z5, Z14
+	VMAXPS     Z10, Z5, Z10
+	VMINPS     Z13, Z9, Z5
+	VMAXPS     Z13, Z9, Z13
+	VMINPS     Z16, Z12, Z9
+	VMAXPS     Z16, Z12, Z16
+	VMINPS     Z15, Z11, Z12
+	VMAXPS     Z15, Z11, Z15
+	VMINPS     Z10, Z9, Z11
+	VMAXPS     Z10, Z9, Z10
+	VMINPS     Z13, Z12, Z9
+	VMAXPS     Z13, Z12, Z13
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z10, Z9, Z5
+	VMAXPS     Z10, Z9, Z10
+	VMINPS     Z16, Z13, Z9
+	VMAXPS     Z16, Z13, Z16
+	VMINPS     Z14, Z6, Z13
+	VMAXPS     Z14, Z6, Z14
+	VMINPS     Z12, Z4, Z6
+	VMAXPS     Z12, Z4, Z12
+	VMINPS     Z11, Z3, Z4
+	VMAXPS     Z11, Z3, Z11
+	VMINPS     Z5, Z0, Z3
+	VMAXPS     Z5, Z0, Z5
+	VMINPS     Z10, Z2, Z0
+	VMAXPS     Z10, Z2, Z10
+	VMINPS     Z9, Z1, Z2
+	VMAXPS     Z9, Z1, Z9
+	VMINPS     Z16, Z8, Z1
+	VMAXPS     Z16, Z8, Z16
+	VMINPS     Z15, Z7, Z8
+	VMAXPS     Z15, Z7, Z15
+	VMINPS     Z14, Z0, Z7
+	VMAXPS     Z14, Z0, Z14
+	VMINPS     Z12, Z2, Z0
+	VMAXPS     Z12, Z2, Z12
+	VMINPS     Z11, Z1, Z2
+	VMAXPS     Z11, Z1, Z11
+	VMINPS     Z5, Z8, Z1
+	VMAXPS     Z5, Z8, Z5
+	VMINPS     Z7, Z4, Z8
+	VMAXPS     Z7, Z4, Z7
+	VMINPS     Z0, Z3, Z4
+	VMAXPS     Z0, Z3, Z0
+	VMINPS     Z14, Z2, Z3
+	VMAXPS     Z14, Z2, Z14
+	VMINPS     Z12, Z1, Z2
+	VMAXPS     Z12, Z1, Z12
+	VMINPS     Z10, Z11, Z1
+	VMAXPS     Z10, Z11, Z10
+	VMINPS     Z9, Z5, Z11
+	VMAXPS     Z9, Z5, Z9
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z4, Z6
+	VMAXPS     Z7, Z4, Z7
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z14, Z2, Z0
+	VMAXPS     Z14, Z2, Z14
+	VMINPS     Z1, Z12, Z2
+	VMAXPS     Z1, Z12, Z1
+	VMINPS     Z10, Z11, Z12
+	VMAXPS     Z10, Z11, Z10
+	VMINPS     Z16, Z9, Z11
+	VMAXPS     Z16, Z9, Z16
+	MOVQ       384(AX), R9
+	VMOVUPS    (R9)(DX*1), Z9
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       408(AX), R9
+	VMOVUPS    (R9)(DX*1), Z17
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z17, Z9, Z18
+	VMAXPS     Z17, Z9, Z17
+	MOVQ       432(AX), R9
+	VMOVUPS    (R9)(DX*1), Z9
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       456(AX), R9
+	VMOVUPS    (R9)(DX*1), Z19
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z19, Z9, Z20
+	VMAXPS     Z19, Z9, Z19
+	VMINPS     Z20, Z18, Z9
+	VMAXPS     Z20, Z18, Z20
+	VMINPS     Z19, Z17, Z18
+	VMAXPS     Z19, Z17, Z19
+	VMINPS     Z20, Z18, Z17
+	VMAXPS     Z20, Z18, Z20
+	MOVQ       480(AX), R9
+	VMOVUPS    (R9)(DX*1), Z18
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       504(AX), R9
+	VMOVUPS    (R9)(DX*1), Z21
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z21, Z18, Z22
+	VMAXPS     Z21, Z18, Z21
+	VMINPS     Z22, Z9, Z18
+	VMAXPS     Z22, Z9, Z22
+	VMINPS     Z21, Z17, Z9
+	VMAXPS     Z21, Z17, Z21
+	VMINPS     Z22, Z20, Z17
+	VMAXPS     Z22, Z20, Z22
+	VMINPS     Z21, Z19, Z20
+	VMAXPS     Z21, Z19, Z21
+	VMINPS     Z17, Z9, Z19
+	VMAXPS     Z17, Z9, Z17
+	VMINPS     Z22, Z20, Z9
+	VMAXPS     Z22, Z20, Z22
+	VMINPS     Z22, Z17, Z20
+	VMAXPS     Z22, Z17, Z22
+	VMINPS     Z21, Z9, Z17
+	VMAXPS     Z21, Z9, Z21
+	VMINPS     Z20, Z19, Z9
+	VMAXPS     Z20, Z19, Z20
+	VMINPS     Z22, Z17, Z19
+	VMAXPS     Z22, Z17, Z22
+	VMINPS     Z18, Z13, Z17
+	VMAXPS     Z18, Z13, Z18
+	VMINPS     Z9, Z5, Z13
+	VMAXPS     Z9, Z5, Z9
+	VMINPS     Z20, Z8, Z5
+	VMAXPS     Z20, Z8, Z20
+	VMINPS     Z19, Z6, Z8
+	VMAXPS     Z19, Z6, Z19
+	VMINPS     Z22, Z7, Z6
+	VMAXPS     Z22, Z7, Z22
+	VMINPS     Z21, Z4, Z7
+	VMAXPS     Z21, Z4, Z21
+	VMINPS     Z18, Z14, Z4
+	VMAXPS     Z18, Z14, Z18
+	VMINPS     Z9, Z2, Z14
+	VMAXPS     Z9, Z2, Z9
+	VMINPS     Z20, Z1, Z2
+	VMAXPS     Z20, Z1, Z20
+	VMINPS     Z19, Z12, Z1
+	VMAXPS     Z19, Z12, Z19
+	VMINPS     Z22, Z10, Z12
+	VMAXPS     Z22, Z10, Z22
+	VMINPS     Z21, Z11, Z10
+	VMAXPS     Z21, Z11, Z21
+	VMINPS     Z4, Z6, Z11
+	VMAXPS     Z4, Z6, Z4
+	VMINPS     Z14, Z7, Z6
+	VMAXPS     Z14, Z7, Z14
+	VMINPS     Z2, Z3, Z7
+	VMAXPS     Z2, Z3, Z2
+	VMINPS     Z1, Z0, Z3
+	VMAXPS     Z1, Z0, Z1
+	VMINPS     Z18, Z12, Z0
+	VMAXPS     Z18, Z12, Z18
+	VMINPS     Z9, Z10, Z12
+	VMAXPS     Z9, Z10, Z9
+	VMINPS     Z20, Z16, Z10
+	VMAXPS     Z20, Z16, Z20
+	VMINPS     Z19, Z15, Z16
+	VMAXPS     Z19, Z15, Z19
+	VMINPS     Z11, Z5, Z15
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z6, Z8, Z5
+	VMAXPS     Z6, Z8, Z6
+	VMINPS     Z4, Z7, Z8
+	VMAXPS     Z4, Z7, Z4
+	VMINPS     Z14, Z3, Z7
+	VMAXPS     Z14, Z3, Z14
+	VMINPS     Z0, Z2, Z3
+	VMAXPS     Z0, Z2, Z0
+	VMINPS     Z12, Z1, Z2
+	VMAXPS     Z12, Z1, Z12
+	VMINPS     Z18, Z10, Z1
+	VMAXPS     Z18, Z10, Z18
+	VMINPS     Z9, Z16, Z10
+	VMAXPS     Z9, Z16, Z9
+	VMINPS     Z22, Z20, Z16
+	VMAXPS     Z22, Z20, Z22
+	VMINPS     Z21, Z19, Z20
+	VMAXPS     Z21, Z19, Z21
+	VMINPS     Z15, Z13, Z19
+	VMAXPS     Z15, Z13, Z15
+	VMINPS     Z11, Z5, Z13
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z4, Z7, Z6
+	VMAXPS     Z4, Z7, Z4
+	VMINPS     Z3, Z14, Z7
+	VMAXPS     Z3, Z14, Z3
+	VMINPS     Z0, Z2, Z14
+	VMAXPS     Z0, Z2, Z0
+	VMINPS     Z1, Z12, Z2
+	VMAXPS     Z1, Z12, Z1
+	VMINPS     Z18, Z10, Z12
+	VMAXPS     Z18, Z10, Z18
+	VMINPS     Z16, Z9, Z10
+	VMAXPS     Z16, Z9, Z16
+	VMINPS     Z22, Z20, Z9
+	VMAXPS     Z22, Z20, Z22
+	VXORPS     Z30, Z30, Z30
+	CMPQ       DI, $0x00000000
+	JA         n22_w0
+	CMPQ       R8, $0x00000000
+	JBE        n22_w0
+	VADDPS     Z17, Z30, Z30
+
+n22_w0:
+	CMPQ   DI, $0x00000001
+	JA     n22_w1
+	CMPQ   R8, $0x00000001
+	JBE    n22_w1
+	VADDPS Z19, Z30, Z30
+
+n22_w1:
+	CMPQ   DI, $0x00000002
+	JA     n22_w2
+	CMPQ   R8, $0x00000002
+	JBE    n22_w2
+	VADDPS Z15, Z30, Z30
+
+n22_w2:
+	CMPQ   DI, $0x00000003
+	JA     n22_w3
+	CMPQ   R8, $0x00000003
+	JBE    n22_w3
+	VADDPS Z13, Z30, Z30
+
+n22_w3:
+	CMPQ   DI, $0x00000004
+	JA     n22_w4
+	CMPQ   R8, $0x00000004
+	JBE    n22_w4
+	VADDPS Z11, Z30, Z30
+
+n22_w4:
+	CMPQ   DI, $0x00000005
+	JA     n22_w5
+	CMPQ   R8, $0x00000005
+	JBE    n22_w5
+	VADDPS Z5, Z30, Z30
+
+n22_w5:
+	CMPQ   DI, $0x00000006
+	JA     n22_w6
+	CMPQ   R8, $0x00000006
+	JBE    n22_w6
+	VADDPS Z8, Z30, Z30
+
+n22_w6:
+	CMPQ   DI, $0x00000007
+	JA     n22_w7
+	CMPQ   R8, $0x00000007
+	JBE    n22_w7
+	VADDPS Z6, Z30, Z30
+
+n22_w7:
+	CMPQ   DI, $0x00000008
+	JA     n22_w8
+	CMPQ   R8, $0x00000008
+	JBE    n22_w8
+	VADDPS Z4, Z30, Z30
+
+n22_w8:
+	CMPQ   DI, $0x00000009
+	JA     n22_w9
+	CMPQ   R8, $0x00000009
+	JBE    n22_w9
+	VADDPS Z7, Z30, Z30
+
+n22_w9:
+	CMPQ   DI, $0x0000000a
+	JA     n22_w10
+	CMPQ   R8, $0x0000000a
+	JBE    n22_w10
+	VADDPS Z3, Z30, Z30
+
+n22_w10:
+	CMPQ   DI, $0x0000000b
+	JA     n22_w11
+	CMPQ   R8, $0x0000000b
+	JBE    n22_w11
+	VADDPS Z14, Z30, Z30
+
+n22_w11:
+	CMPQ   DI, $0x0000000c
+	JA     n22_w12
+	CMPQ   R8, $0x0000000c
+	JBE    n22_w12
+	VADDPS Z0, Z30, Z30
+
+n22_w12:
+	CMPQ   DI, $0x0000000d
+	JA     n22_w13
+	CMPQ   R8, $0x0000000d
+	JBE    n22_w13
+	VADDPS Z2, Z30, Z30
+
+n22_w13:
+	CMPQ   DI, $0x0000000e
+	JA     n22_w14
+	CMPQ   R8, $0x0000000e
+	JBE    n22_w14
+	VADDPS Z1, Z30, Z30
+
+n22_w14:
+	CMPQ   DI, $0x0000000f
+	JA     n22_w15
+	CMPQ   R8, $0x0000000f
+	JBE    n22_w15
+	VADDPS Z12, Z30, Z30
+
+n22_w15:
+	CMPQ   DI, $0x00000010
+	JA     n22_w16
+	CMPQ   R8, $0x00000010
+	JBE    n22_w16
+	VADDPS Z18, Z30, Z30
+
+n22_w16:
+	CMPQ   DI, $0x00000011
+	JA     n22_w17
+	CMPQ   R8, $0x00000011
+	JBE    n22_w17
+	VADDPS Z10, Z30, Z30
+
+n22_w17:
+	CMPQ   DI, $0x00000012
+	JA     n22_w18
+	CMPQ   R8, $0x00000012
+	JBE    n22_w18
+	VADDPS Z16, Z30, Z30
+
+n22_w18:
+	CMPQ   DI, $0x00000013
+	JA     n22_w19
+	CMPQ   R8, $0x00000013
+	JBE    n22_w19
+	VADDPS Z9, Z30, Z30
+
+n22_w19:
+	CMPQ   DI, $0x00000014
+	JA     n22_w20
+	CMPQ   R8, $0x00000014
+	JBE    n22_w20
+	VADDPS Z22, Z30, Z30
+
+n22_w20:
+	CMPQ   DI, $0x00000015
+	JA     n22_w21
+	CMPQ   R8, $0x00000015
+	JBE    n22_w21
+	VADDPS Z21, Z30, Z30
+
+n22_w21:
+	VDIVPS  Z31, Z30, Z30
+	VMOVUPS Z30, (CX)
+
+	// n=22: 119 comparators, 22 loads, 0 stores per group
+	ADDQ $0x40, DX
+	ADDQ $0x40, CX
+	DECQ BX
+	JNZ  n22_loop
+	VZEROUPPER
+	RET
+
+n23:
+	MOVQ         x_base+48(FP), AX
+	MOVQ         tmp_base+24(FP), CX
+	MOVQ         dst_base+0(FP), CX
+	MOVQ         off+72(FP), DX
+	SHLQ         $0x02, DX
+	MOVQ         groups+80(FP), BX
+	MOVQ         pf+88(FP), SI
+	MOVQ         k+96(FP), DI
+	MOVQ         $0x00000017, R8
+	SUBQ         DI, R8
+	VBROADCASTSS c+104(FP), Z31
+
+n23_loop:
+	MOVQ       (AX), R9
+	VMOVUPS    (R9)(DX*1), Z0
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       24(AX), R9
+	VMOVUPS    (R9)(DX*1), Z1
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z1, Z0, Z2
+	VMAXPS     Z1, Z0, Z1
+	MOVQ       48(AX), R9
+	VMOVUPS    (R9)(DX*1), Z0
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       72(AX), R9
+	VMOVUPS    (R9)(DX*1), Z3
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z4, Z2, Z0
+	VMAXPS     Z4, Z2, Z4
+	VMINPS     Z3, Z1, Z2
+	VMAXPS     Z3, Z1, Z3
+	VMINPS     Z4, Z2, Z1
+	VMAXPS     Z4, Z2, Z4
+	MOVQ       96(AX), R9
+	VMOVUPS    (R9)(DX*1), Z2
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       120(AX), R9
+	VMOVUPS    (R9)(DX*1), Z5
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z5, Z2, Z6
+	VMAXPS     Z5, Z2, Z5
+	MOVQ       144(AX), R9
+	VMOVUPS    (R9)(DX*1), Z2
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       168(AX), R9
+	VMOVUPS    (R9)(DX*1), Z7
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z7, Z2, Z8
+	VMAXPS     Z7, Z2, Z7
+	VMINPS     Z8, Z6, Z2
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z5, Z6
+	VMAXPS     Z7, Z5, Z7
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z2, Z0, Z6
+	VMAXPS     Z2, Z0, Z2
+	VMINPS     Z5, Z1, Z0
+	VMAXPS     Z5, Z1, Z5
+	VMINPS     Z8, Z4, Z1
+	VMAXPS     Z8, Z4, Z8
+	VMINPS     Z7, Z3, Z4
+	VMAXPS     Z7, Z3, Z7
+	VMINPS     Z2, Z1, Z3
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z5, Z4, Z1
+	VMAXPS     Z5, Z4, Z5
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z2, Z1, Z0
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z8, Z5, Z1
+	VMAXPS     Z8, Z5, Z8
+	MOVQ       192(AX), R9
+	VMOVUPS    (R9)(DX*1), Z5
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       216(AX), R9
+	VMOVUPS    (R9)(DX*1), Z9
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z9, Z5, Z10
+	VMAXPS     Z9, Z5, Z9
+	MOVQ       240(AX), R9
+	VMOVUPS    (R9)(DX*1), Z5
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       264(AX), R9
+	VMOVUPS    (R9)(DX*1), Z11
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z12, Z10, Z5
+	VMAXPS     Z12, Z10, Z12
+	VMINPS     Z11, Z9, Z10
+	VMAXPS     Z11, Z9, Z11
+	VMINPS     Z12, Z10, Z9
+	VMAXPS     Z12, Z10, Z12
+	MOVQ       288(AX), R9
+	VMOVUPS    (R9)(DX*1), Z10
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       312(AX), R9
+	VMOVUPS    (R9)(DX*1), Z13
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z13, Z10, Z14
+	VMAXPS     Z13, Z10, Z13
+	MOVQ       336(AX), R9
+	VMOVUPS    (R9)(DX*1), Z10
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       360(AX), R9
+	VMOVUPS    (R9)(DX*1), Z15
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z15, Z10, Z16
+	VMAXPS     Z15, Z10, Z15
+	VMINPS     Z16, Z14, Z10
+	VMAXPS     Z16, Z14, Z16
+	VMINPS     Z15, Z13, Z14
+	VMAXPS     Z15, Z13, Z15
+	VMINPS     Z16, Z14, Z13
+	VMAXPS     Z16, Z14, Z16
+	VMINPS     Z10, Z5, Z14
+	VMAXPS     Z10, Z5, Z10
+	VMINPS     Z13, Z9, Z5
+	VMAXPS     Z13, Z9, Z13
+	VMINPS     Z16, Z12, Z9
+	VMAXPS     Z16, Z12, Z16
+	VMINPS     Z15, Z11, Z12
+	VMAXPS     Z15, Z11, Z15
+	VMINPS     Z10, Z9, Z11
+	VMAXPS     Z10, Z9, Z10
+	VMINPS     Z13, Z12, Z9
+	VMAXPS     Z13, Z12, Z13
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z10, Z9, Z5
+	VMAXPS     Z10, Z9, Z10
+	VMINPS     Z16, Z13, Z9
+	VMAXPS     Z16, Z13, Z16
+	VMINPS     Z14, Z6, Z13
+	VMAXPS     Z14, Z6, Z14
+	VMINPS     Z12, Z4, Z6
+	VMAXPS     Z12, Z4, Z12
+	VMINPS     Z11, Z3, Z4
+	VMAXPS     Z11, Z3, Z11
+	VMINPS     Z5, Z0, Z3
+	VMAXPS     Z5, Z0, Z5
+	VMINPS     Z10, Z2, Z0
+	VMAXPS     Z10, Z2, Z10
+	VMINPS     Z9, Z1, Z2
+	VMAXPS     Z9, Z1, Z9
+	VMINPS     Z16, Z8, Z1
+	VMAXPS     Z16, Z8, Z16
+	VMINPS     Z15, Z7, Z8
+	VMAXPS     Z15, Z7, Z15
+	VMINPS     Z14, Z0, Z7
+	VMAXPS     Z14, Z0, Z14
+	VMINPS     Z12, Z2, Z0
+	VMAXPS     Z12, Z2, Z12
+	VMINPS     Z11, Z1, Z2
+	VMAXPS     Z11, Z1, Z11
+	VMINPS     Z5, Z8, Z1
+	VMAXPS     Z5, Z8, Z5
+	VMINPS     Z7, Z4, Z8
+	VMAXPS     Z7, Z4, Z7
+	VMINPS     Z0, Z3, Z4
+	VMAXPS     Z0, Z3, Z0
+	VMINPS     Z14, Z2, Z3
+	VMAXPS     Z14, Z2, Z14
+	VMINPS     Z12, Z1, Z2
+	VMAXPS     Z12, Z1, Z12
+	VMINPS     Z10, Z11, Z1
+	VMAXPS     Z10, Z11, Z10
+	VMINPS     Z9, Z5, Z11
+	VMAXPS     Z9, Z5, Z9
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z4, Z6
+	VMAXPS     Z7, Z4, Z7
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z14, Z2, Z0
+	VMAXPS     Z14, Z2, Z14
+	VMINPS     Z1, Z12, Z2
+	VMAXPS     Z1, Z12, Z1
+	VMINPS     Z10, Z11, Z12
+	VMAXPS     Z10, Z11, Z10
+	VMINPS     Z16, Z9, Z11
+	VMAXPS     Z16, Z9, Z16
+	MOVQ       384(AX), R9
+	VMOVUPS    (R9)(DX*1), Z9
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       408(AX), R9
+	VMOVUPS    (R9)(DX*1), Z17
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z17, Z9, Z18
+	VMAXPS     Z17, Z9, Z17
+	MOVQ       432(AX), R9
+	VMOVUPS    (R9)(DX*1), Z9
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       456(AX), R9
+	VMOVUPS    (R9)(DX*1), Z19
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z19, Z9, Z20
+	VMAXPS     Z19, Z9, Z19
+	VMINPS     Z20, Z18, Z9
+	VMAXPS     Z20, Z18, Z20
+	VMINPS     Z19, Z17, Z18
+	VMAXPS     Z19, Z17, Z19
+	VMINPS     Z20, Z18, Z17
+	VMAXPS     Z20, Z18, Z20
+	MOVQ       480(AX), R9
+	VMOVUPS    (R9)(DX*1), Z18
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       504(AX), R9
+	VMOVUPS    (R9)(DX*1), Z21
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z21, Z18, Z22
+	VMAXPS     Z21, Z18, Z21
+	MOVQ       528(AX), R9
+	VMOVUPS    (R9)(DX*1), Z18
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z18, Z22, Z23
+	VMAXPS     Z18, Z22, Z18
+	VMINPS     Z18, Z21, Z22
+	VMAXPS     Z18, Z21, Z18
+	VMINPS     Z23, Z9, Z21
+	VMAXPS     Z23, Z9, Z23
+	VMINPS     Z22, Z17, Z9
+	VMAXPS     Z22, Z17, Z22
+	VMINPS     Z18, Z20, Z17
+	VMAXPS     Z18, Z20, Z18
+	VMINPS     Z23, Z17, Z20
+	VMAXPS     Z23, Z17, Z23
+	VMINPS     Z22, Z19, Z17
+	VMAXPS     Z22, Z19, Z22
+	VMINPS     Z20, Z9, Z19
+	VMAXPS     Z20, Z9, Z20
+	VMINPS     Z23, Z17, Z9
+	VMAXPS     Z23, Z17, Z23
+	VMINPS     Z18, Z22, Z17
+	VMAXPS     Z18, Z22, Z18
+	VMINPS     Z23, Z20, Z22
+	VMAXPS     Z23, Z20, Z23
+	VMINPS     Z17, Z9, Z20
+	VMAXPS     Z17, Z9, Z17
+	VMINPS     Z22, Z19, Z9
+	VMAXPS     Z22, Z19, Z22
+	VMINPS     Z23, Z20, Z19
+	VMAXPS     Z23, Z20, Z23
+	VMINPS     Z18, Z17, Z20
+	VMAXPS     Z18, Z17, Z18
+	VMINPS     Z21, Z13, Z17
+	VMAXPS     Z21, Z13, Z21
+	VMINPS     Z9, Z5, Z13
+	VMAXPS     Z9, Z5, Z9
+	VMINPS     Z22, Z8, Z5
+	VMAXPS     Z22, Z8, Z22
+	VMINPS     Z19, Z6, Z8
+	VMAXPS     Z19, Z6, Z19
+	VMINPS     Z23, Z7, Z6
+	VMAXPS     Z23, Z7, Z23
+	VMINPS     Z20, Z4, Z7
+	VMAXPS     Z20, Z4, Z20
+	VMINPS     Z18, Z3, Z4
+	VMAXPS     Z18, Z3, Z18
+	VMINPS     Z21, Z14, Z3
+	VMAXPS     Z21, Z14, Z21
+	VMINPS     Z9, Z2, Z14
+	VMAXPS     Z9, Z2, Z9
+	VMINPS     Z22, Z1, Z2
+	VMAXPS     Z22, Z1, Z22
+	VMINPS     Z19, Z12, Z1
+	VMAXPS     Z19, Z12, Z19
+	VMINPS     Z23, Z10, Z12
+	VMAXPS     Z23, Z10, Z23
+	VMINPS     Z20, Z11, Z10
+	VMAXPS     Z20, Z11, Z20
+	VMINPS     Z18, Z16, Z11
+	VMAXPS     Z18, Z16, Z18
+	VMINPS     Z3, Z6, Z16
+	VMAXPS     Z3, Z6, Z3
+	VMINPS     Z14, Z7, Z6
+	VMAXPS     Z14, Z7, Z14
+	VMINPS     Z2, Z4, Z7
+	VMAXPS     Z2, Z4, Z2
+	VMINPS     Z1, Z0, Z4
+	VMAXPS     Z1, Z0, Z1
+	VMINPS     Z21, Z12, Z0
+	VMAXPS     Z21, Z12, Z21
+	VMINPS     Z9, Z10, Z12
+	VMAXPS     Z9, Z10, Z9
+	VMINPS     Z22, Z11, Z10
+	VMAXPS     Z22, Z11, Z22
+	VMINPS     Z19, Z15, Z11
+	VMAXPS     Z19, Z15, Z19
+	VMINPS     Z16, Z5, Z15
+	VMAXPS     Z16, Z5, Z16
+	VMINPS     Z6, Z8, Z5
+	VMAXPS     Z6, Z8, Z6
+	VMINPS     Z3, Z7, Z8
+	VMAXPS     Z3, Z7, Z3
+	VMINPS     Z14, Z4, Z7
+	VMAXPS     Z14, Z4, Z14
+	VMINPS     Z0, Z2, Z4
+	VMAXPS     Z0, Z2, Z0
+	VMINPS     Z12, Z1, Z2
+	VMAXPS     Z12, Z1, Z12
+	VMINPS     Z21, Z10, Z1
+	VMAXPS     Z21, Z10, Z21
+	VMINPS     Z9, Z11, Z10
+	VMAXPS     Z9, Z11, Z9
+	VMINPS     Z23, Z22, Z11
+	VMAXPS     Z23, Z22, Z23
+	VMINPS     Z20, Z19, Z22
+	VMAXPS     Z20, Z19, Z20
+	VMINPS     Z15, Z13, Z19
+	VMAXPS     Z15, Z13, Z15
+	VMINPS     Z16, Z5, Z13
+	VMAXPS     Z16, Z5, Z16
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z3, Z7, Z6
+	VMAXPS     Z3, Z7, Z3
+	VMINPS     Z4, Z14, Z7
+	VMAXPS     Z4, Z14, Z4
+	VMINPS     Z0, Z2, Z14
+	VMAXPS     Z0, Z2, Z0
+	VMINPS     Z1, Z12, Z2
+	VMAXPS     Z1, Z12, Z1
+	VMINPS     Z21, Z10, Z12
+	VMAXPS     Z21, Z10, Z21
+	VMINPS     Z11, Z9, Z10
+	VMAXPS     Z11, Z9, Z11
+	VMINPS     Z23, Z22, Z9
+	VMAXPS     Z23, Z22, Z23
+	VMINPS     Z18, Z20, Z22
+	VMAXPS     Z18, Z20, Z18
+	VXORPS     Z30, Z30, Z30
+	CMPQ       DI, $0x00000000
+	JA         n23_w0
+	CMPQ       R8, $0x00000000
+	JBE        n23_w0
+	VADDPS     Z17, Z30, Z30
+
+n23_w0:
+	CMPQ   DI, $0x00000001
+	JA     n23_w1
+	CMPQ   R8, $0x00000001
+	JBE    n23_w1
+	VADDPS Z19, Z30, Z30
+
+n23_w1:
+	CMPQ   DI, $0x00000002
+	JA     n23_w2
+	CMPQ   R8, $0x00000002
+	JBE    n23_w2
+	VADDPS Z15, Z30, Z30
+
+n23_w2:
+	CMPQ   DI, $0x00000003
+	JA     n23_w3
+	CMPQ   R8, $0x00000003
+	JBE    n23_w3
+	VADDPS Z13, Z30, Z30
+
+n23_w3:
+	CMPQ   DI, $0x00000004
+	JA     n23_w4
+	CMPQ   R8, $0x00000004
+	JBE    n23_w4
+	VADDPS Z16, Z30, Z30
+
+n23_w4:
+	CMPQ   DI, $0x00000005
+	JA     n23_w5
+	CMPQ   R8, $0x00000005
+	JBE    n23_w5
+	VADDPS Z5, Z30, Z30
+
+n23_w5:
+	CMPQ   DI, $0x00000006
+	JA     n23_w6
+	CMPQ   R8, $0x00000006
+	JBE    n23_w6
+	VADDPS Z8, Z30, Z30
+
+n23_w6:
+	CMPQ   DI, $0x00000007
+	JA     n23_w7
+	CMPQ   R8, $0x00000007
+	JBE    n23_w7
+	VADDPS Z6, Z30, Z30
+
+n23_w7:
+	CMPQ   DI, $0x00000008
+	JA     n23_w8
+	CMPQ   R8, $0x00000008
+	JBE    n23_w8
+	VADDPS Z3, Z30, Z30
+
+n23_w8:
+	CMPQ   DI, $0x00000009
+	JA     n23_w9
+	CMPQ   R8, $0x00000009
+	JBE    n23_w9
+	VADDPS Z7, Z30, Z30
+
+n23_w9:
+	CMPQ   DI, $0x0000000a
+	JA     n23_w10
+	CMPQ   R8, $0x0000000a
+	JBE    n23_w10
+	VADDPS Z4, Z30, Z30
+
+n23_w10:
+	CMPQ   DI, $0x0000000b
+	JA     n23_w11
+	CMPQ   R8, $0x0000000b
+	JBE    n23_w11
+	VADDPS Z14, Z30, Z30
+
+n23_w11:
+	CMPQ   DI, $0x0000000c
+	JA     n23_w12
+	CMPQ   R8, $0x0000000c
+	JBE    n23_w12
+	VADDPS Z0, Z30, Z30
+
+n23_w12:
+	CMPQ   DI, $0x0000000d
+	JA     n23_w13
+	CMPQ   R8, $0x0000000d
+	JBE    n23_w13
+	VADDPS Z2, Z30, Z30
+
+n23_w13:
+	CMPQ   DI, $0x0000000e
+	JA     n23_w14
+	CMPQ   R8, $0x0000000e
+	JBE    n23_w14
+	VADDPS Z1, Z30, Z30
+
+n23_w14:
+	CMPQ   DI, $0x0000000f
+	JA     n23_w15
+	CMPQ   R8, $0x0000000f
+	JBE    n23_w15
+	VADDPS Z12, Z30, Z30
+
+n23_w15:
+	CMPQ   DI, $0x00000010
+	JA     n23_w16
+	CMPQ   R8, $0x00000010
+	JBE    n23_w16
+	VADDPS Z21, Z30, Z30
+
+n23_w16:
+	CMPQ   DI, $0x00000011
+	JA     n23_w17
+	CMPQ   R8, $0x00000011
+	JBE    n23_w17
+	VADDPS Z10, Z30, Z30
+
+n23_w17:
+	CMPQ   DI, $0x00000012
+	JA     n23_w18
+	CMPQ   R8, $0x00000012
+	JBE    n23_w18
+	VADDPS Z11, Z30, Z30
+
+n23_w18:
+	CMPQ   DI, $0x00000013
+	JA     n23_w19
+	CMPQ   R8, $0x00000013
+	JBE    n23_w19
+	VADDPS Z9, Z30, Z30
+
+n23_w19:
+	CMPQ   DI, $0x00000014
+	JA     n23_w20
+	CMPQ   R8, $0x00000014
+	JBE    n23_w20
+	VADDPS Z23, Z30, Z30
+
+n23_w20:
+	CMPQ   DI, $0x00000015
+	JA     n23_w21
+	CMPQ   R8, $0x00000015
+	JBE    n23_w21
+	VADDPS Z22, Z30, Z30
+
+n23_w21:
+	CMPQ   DI, $0x00000016
+	JA     n23_w22
+	CMPQ   R8, $0x00000016
+	JBE    n23_w22
+	VADDPS Z18, Z30, Z30
+
+n23_w22:
+	VDIVPS  Z31, Z30, Z30
+	VMOVUPS Z30, (CX)
+
+	// n=23: 127 comparators, 23 loads, 0 stores per group
+	ADDQ $0x40, DX
+	ADDQ $0x40, CX
+	DECQ BX
+	JNZ  n23_loop
+	VZEROUPPER
+	RET
+
+n24:
+	MOVQ         x_base+48(FP), AX
+	MOVQ         tmp_base+24(FP), CX
+	MOVQ         dst_base+0(FP), CX
+	MOVQ         off+72(FP), DX
+	SHLQ         $0x02, DX
+	MOVQ         groups+80(FP), BX
+	MOVQ         pf+88(FP), SI
+	MOVQ         k+96(FP), DI
+	MOVQ         $0x00000018, R8
+	SUBQ         DI, R8
+	VBROADCASTSS c+104(FP), Z31
+
+n24_loop:
+	MOVQ       (AX), R9
+	VMOVUPS    (R9)(DX*1), Z0
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       24(AX), R9
+	VMOVUPS    (R9)(DX*1), Z1
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z1, Z0, Z2
+	VMAXPS     Z1, Z0, Z1
+	MOVQ       48(AX), R9
+	VMOVUPS    (R9)(DX*1), Z0
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       72(AX), R9
+	VMOVUPS    (R9)(DX*1), Z3
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z4, Z2, Z0
+	VMAXPS     Z4, Z2, Z4
+	VMINPS     Z3, Z1, Z2
+	VMAXPS     Z3, Z1, Z3
+	VMINPS     Z4, Z2, Z1
+	VMAXPS     Z4, Z2, Z4
+	MOVQ       96(AX), R9
+	VMOVUPS    (R9)(DX*1), Z2
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       120(AX), R9
+	VMOVUPS    (R9)(DX*1), Z5
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z5, Z2, Z6
+	VMAXPS     Z5, Z2, Z5
+	MOVQ       144(AX), R9
+	VMOVUPS    (R9)(DX*1), Z2
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       168(AX), R9
+	VMOVUPS    (R9)(DX*1), Z7
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z7, Z2, Z8
+	VMAXPS     Z7, Z2, Z7
+	VMINPS     Z8, Z6, Z2
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z5, Z6
+	VMAXPS     Z7, Z5, Z7
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z2, Z0, Z6
+	VMAXPS     Z2, Z0, Z2
+	VMINPS     Z5, Z1, Z0
+	VMAXPS     Z5, Z1, Z5
+	VMINPS     Z8, Z4, Z1
+	VMAXPS     Z8, Z4, Z8
+	VMINPS     Z7, Z3, Z4
+	VMAXPS     Z7, Z3, Z7
+	VMINPS     Z2, Z1, Z3
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z5, Z4, Z1
+	VMAXPS     Z5, Z4, Z5
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z2, Z1, Z0
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z8, Z5, Z1
+	VMAXPS     Z8, Z5, Z8
+	MOVQ       192(AX), R9
+	VMOVUPS    (R9)(DX*1), Z5
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       216(AX), R9
+	VMOVUPS    (R9)(DX*1), Z9
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z9, Z5, Z10
+	VMAXPS     Z9, Z5, Z9
+	MOVQ       240(AX), R9
+	VMOVUPS    (R9)(DX*1), Z5
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       264(AX), R9
+	VMOVUPS    (R9)(DX*1), Z11
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z12, Z10, Z5
+	VMAXPS     Z12, Z10, Z12
+	VMINPS     Z11, Z9, Z10
+	VMAXPS     Z11, Z9, Z11
+	VMINPS     Z12, Z10, Z9
+	VMAXPS     Z12, Z10, Z12
+	MOVQ       288(AX), R9
+	VMOVUPS    (R9)(DX*1), Z10
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       312(AX), R9
+	VMOVUPS    (R9)(DX*1), Z13
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z13, Z10, Z14
+	VMAXPS     Z13, Z10, Z13
+	MOVQ       336(AX), R9
+	VMOVUPS    (R9)(DX*1), Z10
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       360(AX), R9
+	VMOVUPS    (R9)(DX*1), Z15
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z15, Z10, Z16
+	VMAXPS     Z15, Z10, Z15
+	VMINPS     Z16, Z14, Z10
+	VMAXPS     Z16, Z14, Z16
+	VMINPS     Z15, Z13, Z14
+	VMAXPS     Z15, Z13, Z15
+	VMINPS     Z16, Z14, Z13
+	VMAXPS     Z16, Z14, Z16
+	VMINPS     Z10, Z5, Z14
+	VMAXPS     Z10, Z5, Z10
+	VMINPS     Z13, Z9, Z5
+	VMAXPS     Z13, Z9, Z13
+	VMINPS     Z16, Z12, Z9
+	VMAXPS     Z16, Z12, Z16
+	VMINPS     Z15, Z11, Z12
+	VMAXPS     Z15, Z11, Z15
+	VMINPS     Z10, Z9, Z11
+	VMAXPS     Z10, Z9, Z10
+	VMINPS     Z13, Z12, Z9
+	VMAXPS     Z13, Z12, Z13
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z10, Z9, Z5
+	VMAXPS     Z10, Z9, Z10
+	VMINPS     Z16, Z13, Z9
+	VMAXPS     Z16, Z13, Z16
+	VMINPS     Z14, Z6, Z13
+	VMAXPS     Z14, Z6, Z14
+	VMINPS     Z12, Z4, Z6
+	VMAXPS     Z12, Z4, Z12
+	VMINPS     Z11, Z3, Z4
+	VMAXPS     Z11, Z3, Z11
+	VMINPS     Z5, Z0, Z3
+	VMAXPS     Z5, Z0, Z5
+	VMINPS     Z10, Z2, Z0
+	VMAXPS     Z10, Z2, Z10
+	VMINPS     Z9, Z1, Z2
+	VMAXPS     Z9, Z1, Z9
+	VMINPS     Z16, Z8, Z1
+	VMAXPS     Z16, Z8, Z16
+	VMINPS     Z15, Z7, Z8
+	VMAXPS     Z15, Z7, Z15
+	VMINPS     Z14, Z0, Z7
+	VMAXPS     Z14, Z0, Z14
+	VMINPS     Z12, Z2, Z0
+	VMAXPS     Z12, Z2, Z12
+	VMINPS     Z11, Z1, Z2
+	VMAXPS     Z11, Z1, Z11
+	VMINPS     Z5, Z8, Z1
+	VMAXPS     Z5, Z8, Z5
+	VMINPS     Z7, Z4, Z8
+	VMAXPS     Z7, Z4, Z7
+	VMINPS     Z0, Z3, Z4
+	VMAXPS     Z0, Z3, Z0
+	VMINPS     Z14, Z2, Z3
+	VMAXPS     Z14, Z2, Z14
+	VMINPS     Z12, Z1, Z2
+	VMAXPS     Z12, Z1, Z12
+	VMINPS     Z10, Z11, Z1
+	VMAXPS     Z10, Z11, Z10
+	VMINPS     Z9, Z5, Z11
+	VMAXPS     Z9, Z5, Z9
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z4, Z6
+	VMAXPS     Z7, Z4, Z7
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z14, Z2, Z0
+	VMAXPS     Z14, Z2, Z14
+	VMINPS     Z1, Z12, Z2
+	VMAXPS     Z1, Z12, Z1
+	VMINPS     Z10, Z11, Z12
+	VMAXPS     Z10, Z11, Z10
+	VMINPS     Z16, Z9, Z11
+	VMAXPS     Z16, Z9, Z16
+	MOVQ       384(AX), R9
+	VMOVUPS    (R9)(DX*1), Z9
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       408(AX), R9
+	VMOVUPS    (R9)(DX*1), Z17
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z17, Z9, Z18
+	VMAXPS     Z17, Z9, Z17
+	MOVQ       432(AX), R9
+	VMOVUPS    (R9)(DX*1), Z9
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       456(AX), R9
+	VMOVUPS    (R9)(DX*1), Z19
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z19, Z9, Z20
+	VMAXPS     Z19, Z9, Z19
+	VMINPS     Z20, Z18, Z9
+	VMAXPS     Z20, Z18, Z20
+	VMINPS     Z19, Z17, Z18
+	VMAXPS     Z19, Z17, Z19
+	VMINPS     Z20, Z18, Z17
+	VMAXPS     Z20, Z18, Z20
+	MOVQ       480(AX), R9
+	VMOVUPS    (R9)(DX*1), Z18
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       504(AX), R9
+	VMOVUPS    (R9)(DX*1), Z21
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z21, Z18, Z22
+	VMAXPS     Z21, Z18, Z21
+	MOVQ       528(AX), R9
+	VMOVUPS    (R9)(DX*1), Z18
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       552(AX), R9
+	VMOVUPS    (R9)(DX*1), Z23
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z23, Z18, Z24
+	VMAXPS     Z23, Z18, Z23
+	VMINPS     Z24, Z22, Z18
+	VMAXPS     Z24, Z22, Z24
+	VMINPS     Z23, Z21, Z22
+	VMAXPS     Z23, Z21, Z23
+	VMINPS     Z24, Z22, Z21
+	VMAXPS     Z24, Z22, Z24
+	VMINPS     Z18, Z9, Z22
+	VMAXPS     Z18, Z9, Z18
+	VMINPS     Z21, Z17, Z9
+	VMAXPS     Z21, Z17, Z21
+	VMINPS     Z24, Z20, Z17
+	VMAXPS     Z24, Z20, Z24
+	VMINPS     Z23, Z19, Z20
+	VMAXPS     Z23, Z19, Z23
+	VMINPS     Z18, Z17, Z19
+	VMAXPS     Z18, Z17, Z18
+	VMINPS     Z21, Z20, Z17
+	VMAXPS     Z21, Z20, Z21
+	VMINPS     Z19, Z9, Z20
+	VMAXPS     Z19, Z9, Z19
+	VMINPS     Z18, Z17, Z9
+	VMAXPS     Z18, Z17, Z18
+	VMINPS     Z24, Z21, Z17
+	VMAXPS     Z24, Z21, Z24
+	VMINPS     Z18, Z19, Z21
+	VMAXPS     Z18, Z19, Z18
+	VMINPS     Z17, Z9, Z19
+	VMAXPS     Z17, Z9, Z17
+	VMINPS     Z21, Z20, Z9
+	VMAXPS     Z21, Z20, Z21
+	VMINPS     Z18, Z19, Z20
+	VMAXPS     Z18, Z19, Z18
+	VMINPS     Z24, Z17, Z19
+	VMAXPS     Z24, Z17, Z24
+	VMINPS     Z22, Z13, Z17
+	VMAXPS     Z22, Z13, Z22
+	VMINPS     Z9, Z5, Z13
+	VMAXPS     Z9, Z5, Z9
+	VMINPS     Z21, Z8, Z5
+	VMAXPS     Z21, Z8, Z21
+	VMINPS     Z20, Z6, Z8
+	VMAXPS     Z20, Z6, Z20
+	VMINPS     Z18, Z7, Z6
+	VMAXPS     Z18, Z7, Z18
+	VMINPS     Z19, Z4, Z7
+	VMAXPS     Z19, Z4, Z19
+	VMINPS     Z24, Z3, Z4
+	VMAXPS     Z24, Z3, Z24
+	VMINPS     Z23, Z0, Z3
+	VMAXPS     Z23, Z0, Z23
+	VMINPS     Z22, Z14, Z0
+	VMAXPS     Z22, Z14, Z22
+	VMINPS     Z9, Z2, Z14
+	VMAXPS     Z9, Z2, Z9
+	VMINPS     Z21, Z1, Z2
+	VMAXPS     Z21, Z1, Z21
+	VMINPS     Z20, Z12, Z1
+	VMAXPS     Z20, Z12, Z20
+	VMINPS     Z18, Z10, Z12
+	VMAXPS     Z18, Z10, Z18
+	VMINPS     Z19, Z11, Z10
+	VMAXPS     Z19, Z11, Z19
+	VMINPS     Z24, Z16, Z11
+	VMAXPS     Z24, Z16, Z24
+	VMINPS     Z23, Z15, Z16
+	VMAXPS     Z23, Z15, Z23
+	VMINPS     Z0, Z6, Z15
+	VMAXPS     Z0, Z6, Z0
+	VMINPS     Z14, Z7, Z6
+	VMAXPS     Z14, Z7, Z14
+	VMINPS     Z2, Z4, Z7
+	VMAXPS     Z2, Z4, Z2
+	VMINPS     Z1, Z3, Z4
+	VMAXPS     Z1, Z3, Z1
+	VMINPS     Z22, Z12, Z3
+	VMAXPS     Z22, Z12, Z22
+	VMINPS     Z9, Z10, Z12
+	VMAXPS     Z9, Z10, Z9
+	VMINPS     Z21, Z11, Z10
+	VMAXPS     Z21, Z11, Z21
+	VMINPS     Z20, Z16, Z11
+	VMAXPS     Z20, Z16, Z20
+	VMINPS     Z15, Z5, Z16
+	VMAXPS     Z15, Z5, Z15
+	VMINPS     Z6, Z8, Z5
+	VMAXPS     Z6, Z8, Z6
+	VMINPS     Z0, Z7, Z8
+	VMAXPS     Z0, Z7, Z0
+	VMINPS     Z14, Z4, Z7
+	VMAXPS     Z14, Z4, Z14
+	VMINPS     Z3, Z2, Z4
+	VMAXPS     Z3, Z2, Z3
+	VMINPS     Z12, Z1, Z2
+	VMAXPS     Z12, Z1, Z12
+	VMINPS     Z22, Z10, Z1
+	VMAXPS     Z22, Z10, Z22
+	VMINPS     Z9, Z11, Z10
+	VMAXPS     Z9, Z11, Z9
+	VMINPS     Z18, Z21, Z11
+	VMAXPS     Z18, Z21, Z18
+	VMINPS     Z19, Z20, Z21
+	VMAXPS     Z19, Z20, Z19
+	VMINPS     Z16, Z13, Z20
+	VMAXPS     Z16, Z13, Z16
+	VMINPS     Z15, Z5, Z13
+	VMAXPS     Z15, Z5, Z15
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z0, Z7, Z6
+	VMAXPS     Z0, Z7, Z0
+	VMINPS     Z4, Z14, Z7
+	VMAXPS     Z4, Z14, Z4
+	VMINPS     Z3, Z2, Z14
+	VMAXPS     Z3, Z2, Z3
+	VMINPS     Z1, Z12, Z2
+	VMAXPS     Z1, Z12, Z1
+	VMINPS     Z22, Z10, Z12
+	VMAXPS     Z22, Z10, Z22
+	VMINPS     Z11, Z9, Z10
+	VMAXPS     Z11, Z9, Z11
+	VMINPS     Z18, Z21, Z9
+	VMAXPS     Z18, Z21, Z18
+	VMINPS     Z24, Z19, Z21
+	VMAXPS     Z24, Z19, Z24
+	VXORPS     Z30, Z30, Z30
+	CMPQ       DI, $0x00000000
+	JA         n24_w0
+	CMPQ       R8, $0x00000000
+	JBE        n24_w0
+	VADDPS     Z17, Z30, Z30
+
+n24_w0:
+	CMPQ   DI, $0x00000001
+	JA     n24_w1
+	CMPQ   R8, $0x00000001
+	JBE    n24_w1
+	VADDPS Z20, Z30, Z30
+
+n24_w1:
+	CMPQ   DI, $0x00000002
+	JA     n24_w2
+	CMPQ   R8, $0x00000002
+	JBE    n24_w2
+	VADDPS Z16, Z30, Z30
+
+n24_w2:
+	CMPQ   DI, $0x00000003
+	JA     n24_w3
+	CMPQ   R8, $0x00000003
+	JBE    n24_w3
+	VADDPS Z13, Z30, Z30
+
+n24_w3:
+	CMPQ   DI, $0x00000004
+	JA     n24_w4
+	CMPQ   R8, $0x00000004
+	JBE    n24_w4
+	VADDPS Z15, Z30, Z30
+
+n24_w4:
+	CMPQ   DI, $0x00000005
+	JA     n24_w5
+	CMPQ   R8, $0x00000005
+	JBE    n24_w5
+	VADDPS Z5, Z30, Z30
+
+n24_w5:
+	CMPQ   DI, $0x00000006
+	JA     n24_w6
+	CMPQ   R8, $0x00000006
+	JBE    n24_w6
+	VADDPS Z8, Z30, Z30
+
+n24_w6:
+	CMPQ   DI, $0x00000007
+	JA     n24_w7
+	CMPQ   R8, $0x00000007
+	JBE    n24_w7
+	VADDPS Z6, Z30, Z30
+
+n24_w7:
+	CMPQ   DI, $0x00000008
+	JA     n24_w8
+	CMPQ   R8, $0x00000008
+	JBE    n24_w8
+	VADDPS Z0, Z30, Z30
+
+n24_w8:
+	CMPQ   DI, $0x00000009
+	JA     n24_w9
+	CMPQ   R8, $0x00000009
+	JBE    n24_w9
+	VADDPS Z7, Z30, Z30
+
+n24_w9:
+	CMPQ   DI, $0x0000000a
+	JA     n24_w10
+	CMPQ   R8, $0x0000000a
+	JBE    n24_w10
+	VADDPS Z4, Z30, Z30
+
+n24_w10:
+	CMPQ   DI, $0x0000000b
+	JA     n24_w11
+	CMPQ   R8, $0x0000000b
+	JBE    n24_w11
+	VADDPS Z14, Z30, Z30
+
+n24_w11:
+	CMPQ   DI, $0x0000000c
+	JA     n24_w12
+	CMPQ   R8, $0x0000000c
+	JBE    n24_w12
+	VADDPS Z3, Z30, Z30
+
+n24_w12:
+	CMPQ   DI, $0x0000000d
+	JA     n24_w13
+	CMPQ   R8, $0x0000000d
+	JBE    n24_w13
+	VADDPS Z2, Z30, Z30
+
+n24_w13:
+	CMPQ   DI, $0x0000000e
+	JA     n24_w14
+	CMPQ   R8, $0x0000000e
+	JBE    n24_w14
+	VADDPS Z1, Z30, Z30
+
+n24_w14:
+	CMPQ   DI, $0x0000000f
+	JA     n24_w15
+	CMPQ   R8, $0x0000000f
+	JBE    n24_w15
+	VADDPS Z12, Z30, Z30
+
+n24_w15:
+	CMPQ   DI, $0x00000010
+	JA     n24_w16
+	CMPQ   R8, $0x00000010
+	JBE    n24_w16
+	VADDPS Z22, Z30, Z30
+
+n24_w16:
+	CMPQ   DI, $0x00000011
+	JA     n24_w17
+	CMPQ   R8, $0x00000011
+	JBE    n24_w17
+	VADDPS Z10, Z30, Z30
+
+n24_w17:
+	CMPQ   DI, $0x00000012
+	JA     n24_w18
+	CMPQ   R8, $0x00000012
+	JBE    n24_w18
+	VADDPS Z11, Z30, Z30
+
+n24_w18:
+	CMPQ   DI, $0x00000013
+	JA     n24_w19
+	CMPQ   R8, $0x00000013
+	JBE    n24_w19
+	VADDPS Z9, Z30, Z30
+
+n24_w19:
+	CMPQ   DI, $0x00000014
+	JA     n24_w20
+	CMPQ   R8, $0x00000014
+	JBE    n24_w20
+	VADDPS Z18, Z30, Z30
+
+n24_w20:
+	CMPQ   DI, $0x00000015
+	JA     n24_w21
+	CMPQ   R8, $0x00000015
+	JBE    n24_w21
+	VADDPS Z21, Z30, Z30
+
+n24_w21:
+	CMPQ   DI, $0x00000016
+	JA     n24_w22
+	CMPQ   R8, $0x00000016
+	JBE    n24_w22
+	VADDPS Z24, Z30, Z30
+
+n24_w22:
+	CMPQ   DI, $0x00000017
+	JA     n24_w23
+	CMPQ   R8, $0x00000017
+	JBE    n24_w23
+	VADDPS Z23, Z30, Z30
+
+n24_w23:
+	VDIVPS  Z31, Z30, Z30
+	VMOVUPS Z30, (CX)
+
+	// n=24: 132 comparators, 24 loads, 0 stores per group
+	ADDQ $0x40, DX
+	ADDQ $0x40, CX
+	DECQ BX
+	JNZ  n24_loop
+	VZEROUPPER
+	RET
+
+n25:
+	MOVQ         x_base+48(FP), AX
+	MOVQ         tmp_base+24(FP), CX
+	MOVQ         dst_base+0(FP), CX
+	MOVQ         off+72(FP), DX
+	SHLQ         $0x02, DX
+	MOVQ         groups+80(FP), BX
+	MOVQ         pf+88(FP), SI
+	MOVQ         k+96(FP), DI
+	MOVQ         $0x00000019, R8
+	SUBQ         DI, R8
+	VBROADCASTSS c+104(FP), Z31
+
+n25_loop:
+	MOVQ       (AX), R9
+	VMOVUPS    (R9)(DX*1), Z0
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       24(AX), R9
+	VMOVUPS    (R9)(DX*1), Z1
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z1, Z0, Z2
+	VMAXPS     Z1, Z0, Z1
+	MOVQ       48(AX), R9
+	VMOVUPS    (R9)(DX*1), Z0
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       72(AX), R9
+	VMOVUPS    (R9)(DX*1), Z3
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z4, Z2, Z0
+	VMAXPS     Z4, Z2, Z4
+	VMINPS     Z3, Z1, Z2
+	VMAXPS     Z3, Z1, Z3
+	VMINPS     Z4, Z2, Z1
+	VMAXPS     Z4, Z2, Z4
+	MOVQ       96(AX), R9
+	VMOVUPS    (R9)(DX*1), Z2
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       120(AX), R9
+	VMOVUPS    (R9)(DX*1), Z5
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z5, Z2, Z6
+	VMAXPS     Z5, Z2, Z5
+	MOVQ       144(AX), R9
+	VMOVUPS    (R9)(DX*1), Z2
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       168(AX), R9
+	VMOVUPS    (R9)(DX*1), Z7
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z7, Z2, Z8
+	VMAXPS     Z7, Z2, Z7
+	VMINPS     Z8, Z6, Z2
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z5, Z6
+	VMAXPS     Z7, Z5, Z7
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z2, Z0, Z6
+	VMAXPS     Z2, Z0, Z2
+	VMINPS     Z5, Z1, Z0
+	VMAXPS     Z5, Z1, Z5
+	VMINPS     Z8, Z4, Z1
+	VMAXPS     Z8, Z4, Z8
+	VMINPS     Z7, Z3, Z4
+	VMAXPS     Z7, Z3, Z7
+	VMINPS     Z2, Z1, Z3
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z5, Z4, Z1
+	VMAXPS     Z5, Z4, Z5
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z2, Z1, Z0
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z8, Z5, Z1
+	VMAXPS     Z8, Z5, Z8
+	MOVQ       192(AX), R9
+	VMOVUPS    (R9)(DX*1), Z5
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       216(AX), R9
+	VMOVUPS    (R9)(DX*1), Z9
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z9, Z5, Z10
+	VMAXPS     Z9, Z5, Z9
+	MOVQ       240(AX), R9
+	VMOVUPS    (R9)(DX*1), Z5
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       264(AX), R9
+	VMOVUPS    (R9)(DX*1), Z11
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z12, Z10, Z5
+	VMAXPS     Z12, Z10, Z12
+	VMINPS     Z11, Z9, Z10
+	VMAXPS     Z11, Z9, Z11
+	VMINPS     Z12, Z10, Z9
+	VMAXPS     Z12, Z10, Z12
+	MOVQ       288(AX), R9
+	VMOVUPS    (R9)(DX*1), Z10
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       312(AX), R9
+	VMOVUPS    (R9)(DX*1), Z13
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z13, Z10, Z14
+	VMAXPS     Z13, Z10, Z13
+	MOVQ       336(AX), R9
+	VMOVUPS    (R9)(DX*1), Z10
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       360(AX), R9
+	VMOVUPS    (R9)(DX*1), Z15
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z15, Z10, Z16
+	VMAXPS     Z15, Z10, Z15
+	VMINPS     Z16, Z14, Z10
+	VMAXPS     Z16, Z14, Z16
+	VMINPS     Z15, Z13, Z14
+	VMAXPS     Z15, Z13, Z15
+	VMINPS     Z16, Z14, Z13
+	VMAXPS     Z16, Z14, Z16
+	VMINPS     Z10, Z5, Z14
+	VMAXPS     Z10, Z5, Z10
+	VMINPS     Z13, Z9, Z5
+	VMAXPS     Z13, Z9, Z13
+	VMINPS     Z16, Z12, Z9
+	VMAXPS     Z16, Z12, Z16
+	VMINPS     Z15, Z11, Z12
+	VMAXPS     Z15, Z11, Z15
+	VMINPS     Z10, Z9, Z11
+	VMAXPS     Z10, Z9, Z10
+	VMINPS     Z13, Z12, Z9
+	VMAXPS     Z13, Z12, Z13
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z10, Z9, Z5
+	VMAXPS     Z10, Z9, Z10
+	VMINPS     Z16, Z13, Z9
+	VMAXPS     Z16, Z13, Z16
+	VMINPS     Z14, Z6, Z13
+	VMAXPS     Z14, Z6, Z14
+	VMINPS     Z12, Z4, Z6
+	VMAXPS     Z12, Z4, Z12
+	VMINPS     Z11, Z3, Z4
+	VMAXPS     Z11, Z3, Z11
+	VMINPS     Z5, Z0, Z3
+	VMAXPS     Z5, Z0, Z5
+	VMINPS     Z10, Z2, Z0
+	VMAXPS     Z10, Z2, Z10
+	VMINPS     Z9, Z1, Z2
+	VMAXPS     Z9, Z1, Z9
+	VMINPS     Z16, Z8, Z1
+	VMAXPS     Z16, Z8, Z16
+	VMINPS     Z15, Z7, Z8
+	VMAXPS     Z15, Z7, Z15
+	VMINPS     Z14, Z0, Z7
+	VMAXPS     Z14, Z0, Z14
+	VMINPS     Z12, Z2, Z0
+	VMAXPS     Z12, Z2, Z12
+	VMINPS     Z11, Z1, Z2
+	VMAXPS     Z11, Z1, Z11
+	VMINPS     Z5, Z8, Z1
+	VMAXPS     Z5, Z8, Z5
+	VMINPS     Z7, Z4, Z8
+	VMAXPS     Z7, Z4, Z7
+	VMINPS     Z0, Z3, Z4
+	VMAXPS     Z0, Z3, Z0
+	VMINPS     Z14, Z2, Z3
+	VMAXPS     Z14, Z2, Z14
+	VMINPS     Z12, Z1, Z2
+	VMAXPS     Z12, Z1, Z12
+	VMINPS     Z10, Z11, Z1
+	VMAXPS     Z10, Z11, Z10
+	VMINPS     Z9, Z5, Z11
+	VMAXPS     Z9, Z5, Z9
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z4, Z6
+	VMAXPS     Z7, Z4, Z7
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z14, Z2, Z0
+	VMAXPS     Z14, Z2, Z14
+	VMINPS     Z1, Z12, Z2
+	VMAXPS     Z1, Z12, Z1
+	VMINPS     Z10, Z11, Z12
+	VMAXPS     Z10, Z11, Z10
+	VMINPS     Z16, Z9, Z11
+	VMAXPS     Z16, Z9, Z16
+	MOVQ       384(AX), R9
+	VMOVUPS    (R9)(DX*1), Z9
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       408(AX), R9
+	VMOVUPS    (R9)(DX*1), Z17
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z17, Z9, Z18
+	VMAXPS     Z17, Z9, Z17
+	MOVQ       432(AX), R9
+	VMOVUPS    (R9)(DX*1), Z9
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       456(AX), R9
+	VMOVUPS    (R9)(DX*1), Z19
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z19, Z9, Z20
+	VMAXPS     Z19, Z9, Z19
+	VMINPS     Z20, Z18, Z9
+	VMAXPS     Z20, Z18, Z20
+	VMINPS     Z19, Z17, Z18
+	VMAXPS     Z19, Z17, Z19
+	VMINPS     Z20, Z18, Z17
+	VMAXPS     Z20, Z18, Z20
+	MOVQ       480(AX), R9
+	VMOVUPS    (R9)(DX*1), Z18
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       504(AX), R9
+	VMOVUPS    (R9)(DX*1), Z21
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z21, Z18, Z22
+	VMAXPS     Z21, Z18, Z21
+	MOVQ       528(AX), R9
+	VMOVUPS    (R9)(DX*1), Z18
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       552(AX), R9
+	VMOVUPS    (R9)(DX*1), Z23
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z23, Z18, Z24
+	VMAXPS     Z23, Z18, Z23
+	VMINPS     Z24, Z22, Z18
+	VMAXPS     Z24, Z22, Z24
+	VMINPS     Z23, Z21, Z22
+	VMAXPS     Z23, Z21, Z23
+	VMINPS     Z24, Z22, Z21
+	VMAXPS     Z24, Z22, Z24
+	VMINPS     Z18, Z9, Z22
+	VMAXPS     Z18, Z9, Z18
+	VMINPS     Z21, Z17, Z9
+	VMAXPS     Z21, Z17, Z21
+	VMINPS     Z24, Z20, Z17
+	VMAXPS     Z24, Z20, Z24
+	VMINPS     Z23, Z19, Z20
+	VMAXPS     Z23, Z19, Z23
+	VMINPS     Z18, Z17, Z19
+	VMAXPS     Z18, Z17, Z18
+	VMINPS     Z21, Z20, Z17
+	VMAXPS     Z21, Z20, Z21
+	VMINPS     Z19, Z9, Z20
+	VMAXPS     Z19, Z9, Z19
+	VMINPS     Z18, Z17, Z9
+	VMAXPS     Z18, Z17, Z18
+	VMINPS     Z24, Z21, Z17
+	VMAXPS     Z24, Z21, Z24
+	VMINPS     Z17, Z9, Z21
+	VMAXPS     Z17, Z9, Z17
+	MOVQ       576(AX), R9
+	VMOVUPS    (R9)(DX*1), Z9
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z9, Z22, Z25
+	VMAXPS     Z9, Z22, Z9
+	VMINPS     Z9, Z18, Z22
+	VMAXPS     Z9, Z18, Z9
+	VMINPS     Z22, Z19, Z18
+	VMAXPS     Z22, Z19, Z22
+	VMINPS     Z9, Z24, Z19
+	VMAXPS     Z9, Z24, Z9
+	VMINPS     Z18, Z20, Z24
+	VMAXPS     Z18, Z20, Z18
+	VMINPS     Z22, Z21, Z20
+	VMAXPS     Z22, Z21, Z22
+	VMINPS     Z19, Z17, Z21
+	VMAXPS     Z19, Z17, Z19
+	VMINPS     Z9, Z23, Z17
+	VMAXPS     Z9, Z23, Z9
+	VMINPS     Z25, Z13, Z23
+	VMAXPS     Z25, Z13, Z25
+	VMINPS     Z24, Z5, Z13
+	VMAXPS     Z24, Z5, Z24
+	VMINPS     Z18, Z8, Z5
+	VMAXPS     Z18, Z8, Z18
+	VMINPS     Z20, Z6, Z8
+	VMAXPS     Z20, Z6, Z20
+	VMINPS     Z22, Z7, Z6
+	VMAXPS     Z22, Z7, Z22
+	VMINPS     Z21, Z4, Z7
+	VMAXPS     Z21, Z4, Z21
+	VMINPS     Z19, Z3, Z4
+	VMAXPS     Z19, Z3, Z19
+	VMINPS     Z17, Z0, Z3
+	VMAXPS     Z17, Z0, Z17
+	VMINPS     Z9, Z14, Z0
+	VMAXPS     Z9, Z14, Z9
+	VMINPS     Z25, Z0, Z14
+	VMAXPS     Z25, Z0, Z25
+	VMINPS     Z24, Z2, Z0
+	VMAXPS     Z24, Z2, Z24
+	VMINPS     Z18, Z1, Z2
+	VMAXPS     Z18, Z1, Z18
+	VMINPS     Z20, Z12, Z1
+	VMAXPS     Z20, Z12, Z20
+	VMINPS     Z22, Z10, Z12
+	VMAXPS     Z22, Z10, Z22
+	VMINPS     Z21, Z11, Z10
+	VMAXPS     Z21, Z11, Z21
+	VMINPS     Z19, Z16, Z11
+	VMAXPS     Z19, Z16, Z19
+	VMINPS     Z17, Z15, Z16
+	VMAXPS     Z17, Z15, Z17
+	VMINPS     Z14, Z6, Z15
+	VMAXPS     Z14, Z6, Z14
+	VMINPS     Z0, Z7, Z6
+	VMAXPS     Z0, Z7, Z0
+	VMINPS     Z2, Z4, Z7
+	VMAXPS     Z2, Z4, Z2
+	VMINPS     Z1, Z3, Z4
+	VMAXPS     Z1, Z3, Z1
+	VMINPS     Z25, Z12, Z3
+	VMAXPS     Z25, Z12, Z25
+	VMINPS     Z24, Z10, Z12
+	VMAXPS     Z24, Z10, Z24
+	VMINPS     Z18, Z11, Z10
+	VMAXPS     Z18, Z11, Z18
+	VMINPS     Z20, Z16, Z11
+	VMAXPS     Z20, Z16, Z20
+	VMINPS     Z9, Z22, Z16
+	VMAXPS     Z9, Z22, Z9
+	VMINPS     Z15, Z5, Z22
+	VMAXPS     Z15, Z5, Z15
+	VMINPS     Z6, Z8, Z5
+	VMAXPS     Z6, Z8, Z6
+	VMINPS     Z14, Z7, Z8
+	VMAXPS     Z14, Z7, Z14
+	VMINPS     Z0, Z4, Z7
+	VMAXPS     Z0, Z4, Z0
+	VMINPS     Z3, Z2, Z4
+	VMAXPS     Z3, Z2, Z3
+	VMINPS     Z12, Z1, Z2
+	VMAXPS     Z12, Z1, Z12
+	VMINPS     Z25, Z10, Z1
+	VMAXPS     Z25, Z10, Z25
+	VMINPS     Z24, Z11, Z10
+	VMAXPS     Z24, Z11, Z24
+	VMINPS     Z16, Z18, Z11
+	VMAXPS     Z16, Z18, Z16
+	VMINPS     Z21, Z20, Z18
+	VMAXPS     Z21, Z20, Z21
+	VMINPS     Z9, Z19, Z20
+	VMAXPS     Z9, Z19, Z9
+	VMINPS     Z22, Z13, Z19
+	VMAXPS     Z22, Z13, Z22
+	VMINPS     Z15, Z5, Z13
+	VMAXPS     Z15, Z5, Z15
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z14, Z7, Z6
+	VMAXPS     Z14, Z7, Z14
+	VMINPS     Z4, Z0, Z7
+	VMAXPS     Z4, Z0, Z4
+	VMINPS     Z3, Z2, Z0
+	VMAXPS     Z3, Z2, Z3
+	VMINPS     Z1, Z12, Z2
+	VMAXPS     Z1, Z12, Z1
+	VMINPS     Z25, Z10, Z12
+	VMAXPS     Z25, Z10, Z25
+	VMINPS     Z11, Z24, Z10
+	VMAXPS     Z11, Z24, Z11
+	VMINPS     Z16, Z18, Z24
+	VMAXPS     Z16, Z18, Z16
+	VMINPS     Z20, Z21, Z18
+	VMAXPS     Z20, Z21, Z20
+	VMINPS     Z9, Z17, Z21
+	VMAXPS     Z9, Z17, Z9
+	VXORPS     Z30, Z30, Z30
+	CMPQ       DI, $0x00000000
+	JA         n25_w0
+	CMPQ       R8, $0x00000000
+	JBE        n25_w0
+	VADDPS     Z23, Z30, Z30
+
+n25_w0:
+	CMPQ   DI, $0x00000001
+	JA     n25_w1
+	CMPQ   R8, $0x00000001
+	JBE    n25_w1
+	VADDPS Z19, Z30, Z30
+
+n25_w1:
+	CMPQ   DI, $0x00000002
+	JA     n25_w2
+	CMPQ   R8, $0x00000002
+	JBE    n25_w2
+	VADDPS Z22, Z30, Z30
+
+n25_w2:
+	CMPQ   DI, $0x00000003
+	JA     n25_w3
+	CMPQ   R8, $0x00000003
+	JBE    n25_w3
+	VADDPS Z13, Z30, Z30
+
+n25_w3:
+	CMPQ   DI, $0x00000004
+	JA     n25_w4
+	CMPQ   R8, $0x00000004
+	JBE    n25_w4
+	VADDPS Z15, Z30, Z30
+
+n25_w4:
+	CMPQ   DI, $0x00000005
+	JA     n25_w5
+	CMPQ   R8, $0x00000005
+	JBE    n25_w5
+	VADDPS Z5, Z30, Z30
+
+n25_w5:
+	CMPQ   DI, $0x00000006
+	JA     n25_w6
+	CMPQ   R8, $0x00000006
+	JBE    n25_w6
+	VADDPS Z8, Z30, Z30
+
+n25_w6:
+	CMPQ   DI, $0x00000007
+	JA     n25_w7
+	CMPQ   R8, $0x00000007
+	JBE    n25_w7
+	VADDPS Z6, Z30, Z30
+
+n25_w7:
+	CMPQ   DI, $0x00000008
+	JA     n25_w8
+	CMPQ   R8, $0x00000008
+	JBE    n25_w8
+	VADDPS Z14, Z30, Z30
+
+n25_w8:
+	CMPQ   DI, $0x00000009
+	JA     n25_w9
+	CMPQ   R8, $0x00000009
+	JBE    n25_w9
+	VADDPS Z7, Z30, Z30
+
+n25_w9:
+	CMPQ   DI, $0x0000000a
+	JA     n25_w10
+	CMPQ   R8, $0x0000000a
+	JBE    n25_w10
+	VADDPS Z4, Z30, Z30
+
+n25_w10:
+	CMPQ   DI, $0x0000000b
+	JA     n25_w11
+	CMPQ   R8, $0x0000000b
+	JBE    n25_w11
+	VADDPS Z0, Z30, Z30
+
+n25_w11:
+	CMPQ   DI, $0x0000000c
+	JA     n25_w12
+	CMPQ   R8, $0x0000000c
+	JBE    n25_w12
+	VADDPS Z3, Z30, Z30
+
+n25_w12:
+	CMPQ   DI, $0x0000000d
+	JA     n25_w13
+	CMPQ   R8, $0x0000000d
+	JBE    n25_w13
+	VADDPS Z2, Z30, Z30
+
+n25_w13:
+	CMPQ   DI, $0x0000000e
+	JA     n25_w14
+	CMPQ   R8, $0x0000000e
+	JBE    n25_w14
+	VADDPS Z1, Z30, Z30
+
+n25_w14:
+	CMPQ   DI, $0x0000000f
+	JA     n25_w15
+	CMPQ   R8, $0x0000000f
+	JBE    n25_w15
+	VADDPS Z12, Z30, Z30
+
+n25_w15:
+	CMPQ   DI, $0x00000010
+	JA     n25_w16
+	CMPQ   R8, $0x00000010
+	JBE    n25_w16
+	VADDPS Z25, Z30, Z30
+
+n25_w16:
+	CMPQ   DI, $0x00000011
+	JA     n25_w17
+	CMPQ   R8, $0x00000011
+	JBE    n25_w17
+	VADDPS Z10, Z30, Z30
+
+n25_w17:
+	CMPQ   DI, $0x00000012
+	JA     n25_w18
+	CMPQ   R8, $0x00000012
+	JBE    n25_w18
+	VADDPS Z11, Z30, Z30
+
+n25_w18:
+	CMPQ   DI, $0x00000013
+	JA     n25_w19
+	CMPQ   R8, $0x00000013
+	JBE    n25_w19
+	VADDPS Z24, Z30, Z30
+
+n25_w19:
+	CMPQ   DI, $0x00000014
+	JA     n25_w20
+	CMPQ   R8, $0x00000014
+	JBE    n25_w20
+	VADDPS Z16, Z30, Z30
+
+n25_w20:
+	CMPQ   DI, $0x00000015
+	JA     n25_w21
+	CMPQ   R8, $0x00000015
+	JBE    n25_w21
+	VADDPS Z18, Z30, Z30
+
+n25_w21:
+	CMPQ   DI, $0x00000016
+	JA     n25_w22
+	CMPQ   R8, $0x00000016
+	JBE    n25_w22
+	VADDPS Z20, Z30, Z30
+
+n25_w22:
+	CMPQ   DI, $0x00000017
+	JA     n25_w23
+	CMPQ   R8, $0x00000017
+	JBE    n25_w23
+	VADDPS Z21, Z30, Z30
+
+n25_w23:
+	CMPQ   DI, $0x00000018
+	JA     n25_w24
+	CMPQ   R8, $0x00000018
+	JBE    n25_w24
+	VADDPS Z9, Z30, Z30
+
+n25_w24:
+	VDIVPS  Z31, Z30, Z30
+	VMOVUPS Z30, (CX)
+
+	// n=25: 140 comparators, 25 loads, 0 stores per group
+	ADDQ $0x40, DX
+	ADDQ $0x40, CX
+	DECQ BX
+	JNZ  n25_loop
+	VZEROUPPER
+	RET
+
+n26:
+	MOVQ         x_base+48(FP), AX
+	MOVQ         tmp_base+24(FP), CX
+	MOVQ         dst_base+0(FP), CX
+	MOVQ         off+72(FP), DX
+	SHLQ         $0x02, DX
+	MOVQ         groups+80(FP), BX
+	MOVQ         pf+88(FP), SI
+	MOVQ         k+96(FP), DI
+	MOVQ         $0x0000001a, R8
+	SUBQ         DI, R8
+	VBROADCASTSS c+104(FP), Z31
+
+n26_loop:
+	MOVQ       (AX), R9
+	VMOVUPS    (R9)(DX*1), Z0
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       24(AX), R9
+	VMOVUPS    (R9)(DX*1), Z1
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z1, Z0, Z2
+	VMAXPS     Z1, Z0, Z1
+	MOVQ       48(AX), R9
+	VMOVUPS    (R9)(DX*1), Z0
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       72(AX), R9
+	VMOVUPS    (R9)(DX*1), Z3
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z4, Z2, Z0
+	VMAXPS     Z4, Z2, Z4
+	VMINPS     Z3, Z1, Z2
+	VMAXPS     Z3, Z1, Z3
+	VMINPS     Z4, Z2, Z1
+	VMAXPS     Z4, Z2, Z4
+	MOVQ       96(AX), R9
+	VMOVUPS    (R9)(DX*1), Z2
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       120(AX), R9
+	VMOVUPS    (R9)(DX*1), Z5
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z5, Z2, Z6
+	VMAXPS     Z5, Z2, Z5
+	MOVQ       144(AX), R9
+	VMOVUPS    (R9)(DX*1), Z2
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       168(AX), R9
+	VMOVUPS    (R9)(DX*1), Z7
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z7, Z2, Z8
+	VMAXPS     Z7, Z2, Z7
+	VMINPS     Z8, Z6, Z2
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z5, Z6
+	VMAXPS     Z7, Z5, Z7
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z2, Z0, Z6
+	VMAXPS     Z2, Z0, Z2
+	VMINPS     Z5, Z1, Z0
+	VMAXPS     Z5, Z1, Z5
+	VMINPS     Z8, Z4, Z1
+	VMAXPS     Z8, Z4, Z8
+	VMINPS     Z7, Z3, Z4
+	VMAXPS     Z7, Z3, Z7
+	VMINPS     Z2, Z1, Z3
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z5, Z4, Z1
+	VMAXPS     Z5, Z4, Z5
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z2, Z1, Z0
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z8, Z5, Z1
+	VMAXPS     Z8, Z5, Z8
+	MOVQ       192(AX), R9
+	VMOVUPS    (R9)(DX*1), Z5
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       216(AX), R9
+	VMOVUPS    (R9)(DX*1), Z9
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z9, Z5, Z10
+	VMAXPS     Z9, Z5, Z9
+	MOVQ       240(AX), R9
+	VMOVUPS    (R9)(DX*1), Z5
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       264(AX), R9
+	VMOVUPS    (R9)(DX*1), Z11
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z12, Z10, Z5
+	VMAXPS     Z12, Z10, Z12
+	VMINPS     Z11, Z9, Z10
+	VMAXPS     Z11, Z9, Z11
+	VMINPS     Z12, Z10, Z9
+	VMAXPS     Z12, Z10, Z12
+	MOVQ       288(AX), R9
+	VMOVUPS    (R9)(DX*1), Z10
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       312(AX), R9
+	VMOVUPS    (R9)(DX*1), Z13
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z13, Z10, Z14
+	VMAXPS     Z13, Z10, Z13
+	MOVQ       336(AX), R9
+	VMOVUPS    (R9)(DX*1), Z10
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       360(AX), R9
+	VMOVUPS    (R9)(DX*1), Z15
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z15, Z10, Z16
+	VMAXPS     Z15, Z10, Z15
+	VMINPS     Z16, Z14, Z10
+	VMAXPS     Z16, Z14, Z16
+	VMINPS     Z15, Z13, Z14
+	VMAXPS     Z15, Z13, Z15
+	VMINPS     Z16, Z14, Z13
+	VMAXPS     Z16, Z14, Z16
+	VMINPS     Z10, Z5, Z14
+	VMAXPS     Z10, Z5, Z10
+	VMINPS     Z13, Z9, Z5
+	VMAXPS     Z13, Z9, Z13
+	VMINPS     Z16, Z12, Z9
+	VMAXPS     Z16, Z12, Z16
+	VMINPS     Z15, Z11, Z12
+	VMAXPS     Z15, Z11, Z15
+	VMINPS     Z10, Z9, Z11
+	VMAXPS     Z10, Z9, Z10
+	VMINPS     Z13, Z12, Z9
+	VMAXPS     Z13, Z12, Z13
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z10, Z9, Z5
+	VMAXPS     Z10, Z9, Z10
+	VMINPS     Z16, Z13, Z9
+	VMAXPS     Z16, Z13, Z16
+	VMINPS     Z14, Z6, Z13
+	VMAXPS     Z14, Z6, Z14
+	VMINPS     Z12, Z4, Z6
+	VMAXPS     Z12, Z4, Z12
+	VMINPS     Z11, Z3, Z4
+	VMAXPS     Z11, Z3, Z11
+	VMINPS     Z5, Z0, Z3
+	VMAXPS     Z5, Z0, Z5
+	VMINPS     Z10, Z2, Z0
+	VMAXPS     Z10, Z2, Z10
+	VMINPS     Z9, Z1, Z2
+	VMAXPS     Z9, Z1, Z9
+	VMINPS     Z16, Z8, Z1
+	VMAXPS     Z16, Z8, Z16
+	VMINPS     Z15, Z7, Z8
+	VMAXPS     Z15, Z7, Z15
+	VMINPS     Z14, Z0, Z7
+	VMAXPS     Z14, Z0, Z14
+	VMINPS     Z12, Z2, Z0
+	VMAXPS     Z12, Z2, Z12
+	VMINPS     Z11, Z1, Z2
+	VMAXPS     Z11, Z1, Z11
+	VMINPS     Z5, Z8, Z1
+	VMAXPS     Z5, Z8, Z5
+	VMINPS     Z7, Z4, Z8
+	VMAXPS     Z7, Z4, Z7
+	VMINPS     Z0, Z3, Z4
+	VMAXPS     Z0, Z3, Z0
+	VMINPS     Z14, Z2, Z3
+	VMAXPS     Z14, Z2, Z14
+	VMINPS     Z12, Z1, Z2
+	VMAXPS     Z12, Z1, Z12
+	VMINPS     Z10, Z11, Z1
+	VMAXPS     Z10, Z11, Z10
+	VMINPS     Z9, Z5, Z11
+	VMAXPS     Z9, Z5, Z9
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z4, Z6
+	VMAXPS     Z7, Z4, Z7
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z14, Z2, Z0
+	VMAXPS     Z14, Z2, Z14
+	VMINPS     Z1, Z12, Z2
+	VMAXPS     Z1, Z12, Z1
+	VMINPS     Z10, Z11, Z12
+	VMAXPS     Z10, Z11, Z10
+	VMINPS     Z16, Z9, Z11
+	VMAXPS     Z16, Z9, Z16
+	MOVQ       384(AX), R9
+	VMOVUPS    (R9)(DX*1), Z9
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       408(AX), R9
+	VMOVUPS    (R9)(DX*1), Z17
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z17, Z9, Z18
+	VMAXPS     Z17, Z9, Z17
+	MOVQ       432(AX), R9
+	VMOVUPS    (R9)(DX*1), Z9
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       456(AX), R9
+	VMOVUPS    (R9)(DX*1), Z19
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z19, Z9, Z20
+	VMAXPS     Z19, Z9, Z19
+	VMINPS     Z20, Z18, Z9
+	VMAXPS     Z20, Z18, Z20
+	VMINPS     Z19, Z17, Z18
+	VMAXPS     Z19, Z17, Z19
+	VMINPS     Z20, Z18, Z17
+	VMAXPS     Z20, Z18, Z20
+	MOVQ       480(AX), R9
+	VMOVUPS    (R9)(DX*1), Z18
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       504(AX), R9
+	VMOVUPS    (R9)(DX*1), Z21
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z21, Z18, Z22
+	VMAXPS     Z21, Z18, Z21
+	MOVQ       528(AX), R9
+	VMOVUPS    (R9)(DX*1), Z18
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       552(AX), R9
+	VMOVUPS    (R9)(DX*1), Z23
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z23, Z18, Z24
+	VMAXPS     Z23, Z18, Z23
+	VMINPS     Z24, Z22, Z18
+	VMAXPS     Z24, Z22, Z24
+	VMINPS     Z23, Z21, Z22
+	VMAXPS     Z23, Z21, Z23
+	VMINPS     Z24, Z22, Z21
+	VMAXPS     Z24, Z22, Z24
+	VMINPS     Z18, Z9, Z22
+	VMAXPS     Z18, Z9, Z18
+	VMINPS     Z21, Z17, Z9
+	VMAXPS     Z21, Z17, Z21
+	VMINPS     Z24, Z20, Z17
+	VMAXPS     Z24, Z20, Z24
+	VMINPS     Z23, Z19, Z20
+	VMAXPS     Z23, Z19, Z23
+	VMINPS     Z18, Z17, Z19
+	VMAXPS     Z18, Z17, Z18
+	VMINPS     Z21, Z20, Z17
+	VMAXPS     Z21, Z20, Z21
+	VMINPS     Z19, Z9, Z20
+	VMAXPS     Z19, Z9, Z19
+	VMINPS     Z18, Z17, Z9
+	VMAXPS     Z18, Z17, Z18
+	VMINPS     Z24, Z21, Z17
+	VMAXPS     Z24, Z21, Z24
+	MOVQ       576(AX), R9
+	VMOVUPS    (R9)(DX*1), Z21
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       600(AX), R9
+	VMOVUPS    (R9)(DX*1), Z25
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z25, Z21, Z26
+	VMAXPS     Z25, Z21, Z25
+	VMINPS     Z26, Z22, Z21
+	VMAXPS     Z26, Z22, Z26
+	VMINPS     Z25, Z20, Z22
+	VMAXPS     Z25, Z20, Z25
+	VMINPS     Z26, Z18, Z20
+	VMAXPS     Z26, Z18, Z26
+	VMINPS     Z25, Z17, Z18
+	VMAXPS     Z25, Z17, Z25
+	VMINPS     Z20, Z19, Z17
+	VMAXPS     Z20, Z19, Z20
+	VMINPS     Z18, Z9, Z19
+	VMAXPS     Z18, Z9, Z18
+	VMINPS     Z26, Z24, Z9
+	VMAXPS     Z26, Z24, Z26
+	VMINPS     Z25, Z23, Z24
+	VMAXPS     Z25, Z23, Z25
+	VMINPS     Z17, Z22, Z23
+	VMAXPS     Z17, Z22, Z17
+	VMINPS     Z20, Z19, Z22
+	VMAXPS     Z20, Z19, Z20
+	VMINPS     Z9, Z18, Z19
+	VMAXPS     Z9, Z18, Z9
+	VMINPS     Z26, Z24, Z18
+	VMAXPS     Z26, Z24, Z26
+	VMINPS     Z21, Z13, Z24
+	VMAXPS     Z21, Z13, Z21
+	VMINPS     Z23, Z5, Z13
+	VMAXPS     Z23, Z5, Z23
+	VMINPS     Z17, Z8, Z5
+	VMAXPS     Z17, Z8, Z17
+	VMINPS     Z22, Z6, Z8
+	VMAXPS     Z22, Z6, Z22
+	VMINPS     Z20, Z7, Z6
+	VMAXPS     Z20, Z7, Z20
+	VMINPS     Z19, Z4, Z7
+	VMAXPS     Z19, Z4, Z19
+	VMINPS     Z9, Z3, Z4
+	VMAXPS     Z9, Z3, Z9
+	VMINPS     Z18, Z0, Z3
+	VMAXPS     Z18, Z0, Z18
+	VMINPS     Z26, Z14, Z0
+	VMAXPS     Z26, Z14, Z26
+	VMINPS     Z25, Z2, Z14
+	VMAXPS     Z25, Z2, Z25
+	VMINPS     Z21, Z0, Z2
+	VMAXPS     Z21, Z0, Z21
+	VMINPS     Z23, Z14, Z0
+	VMAXPS     Z23, Z14, Z23
+	VMINPS     Z17, Z1, Z14
+	VMAXPS     Z17, Z1, Z17
+	VMINPS     Z22, Z12, Z1
+	VMAXPS     Z22, Z12, Z22
+	VMINPS     Z20, Z10, Z12
+	VMAXPS     Z20, Z10, Z20
+	VMINPS     Z19, Z11, Z10
+	VMAXPS     Z19, Z11, Z19
+	VMINPS     Z9, Z16, Z11
+	VMAXPS     Z9, Z16, Z9
+	VMINPS     Z18, Z15, Z16
+	VMAXPS     Z18, Z15, Z18
+	VMINPS     Z2, Z6, Z15
+	VMAXPS     Z2, Z6, Z2
+	VMINPS     Z0, Z7, Z6
+	VMAXPS     Z0, Z7, Z0
+	VMINPS     Z14, Z4, Z7
+	VMAXPS     Z14, Z4, Z14
+	VMINPS     Z1, Z3, Z4
+	VMAXPS     Z1, Z3, Z1
+	VMINPS     Z21, Z12, Z3
+	VMAXPS     Z21, Z12, Z21
+	VMINPS     Z23, Z10, Z12
+	VMAXPS     Z23, Z10, Z23
+	VMINPS     Z17, Z11, Z10
+	VMAXPS     Z17, Z11, Z17
+	VMINPS     Z22, Z16, Z11
+	VMAXPS     Z22, Z16, Z22
+	VMINPS     Z26, Z20, Z16
+	VMAXPS     Z26, Z20, Z26
+	VMINPS     Z25, Z19, Z20
+	VMAXPS     Z25, Z19, Z25
+	VMINPS     Z15, Z5, Z19
+	VMAXPS     Z15, Z5, Z15
+	VMINPS     Z6, Z8, Z5
+	VMAXPS     Z6, Z8, Z6
+	VMINPS     Z2, Z7, Z8
+	VMAXPS     Z2, Z7, Z2
+	VMINPS     Z0, Z4, Z7
+	VMAXPS     Z0, Z4, Z0
+	VMINPS     Z3, Z14, Z4
+	VMAXPS     Z3, Z14, Z3
+	VMINPS     Z12, Z1, Z14
+	VMAXPS     Z12, Z1, Z12
+	VMINPS     Z21, Z10, Z1
+	VMAXPS     Z21, Z10, Z21
+	VMINPS     Z23, Z11, Z10
+	VMAXPS     Z23, Z11, Z23
+	VMINPS     Z16, Z17, Z11
+	VMAXPS     Z16, Z17, Z16
+	VMINPS     Z20, Z22, Z17
+	VMAXPS     Z20, Z22, Z20
+	VMINPS     Z26, Z9, Z22
+	VMAXPS     Z26, Z9, Z26
+	VMINPS     Z25, Z18, Z9
+	VMAXPS     Z25, Z18, Z25
+	VMINPS     Z19, Z13, Z18
+	VMAXPS     Z19, Z13, Z19
+	VMINPS     Z15, Z5, Z13
+	VMAXPS     Z15, Z5, Z15
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z2, Z7, Z6
+	VMAXPS     Z2, Z7, Z2
+	VMINPS     Z4, Z0, Z7
+	VMAXPS     Z4, Z0, Z4
+	VMINPS     Z3, Z14, Z0
+	VMAXPS     Z3, Z14, Z3
+	VMINPS     Z1, Z12, Z14
+	VMAXPS     Z1, Z12, Z1
+	VMINPS     Z21, Z10, Z12
+	VMAXPS     Z21, Z10, Z21
+	VMINPS     Z11, Z23, Z10
+	VMAXPS     Z11, Z23, Z11
+	VMINPS     Z16, Z17, Z23
+	VMAXPS     Z16, Z17, Z16
+	VMINPS     Z22, Z20, Z17
+	VMAXPS     Z22, Z20, Z22
+	VMINPS     Z26, Z9, Z20
+	VMAXPS     Z26, Z9, Z26
+	VXORPS     Z30, Z30, Z30
+	CMPQ       DI, $0x00000000
+	JA         n26_w0
+	CMPQ       R8, $0x00000000
+	JBE        n26_w0
+	VADDPS     Z24, Z30, Z30
+
+n26_w0:
+	CMPQ   DI, $0x00000001
+	JA     n26_w1
+	CMPQ   R8, $0x00000001
+	JBE    n26_w1
+	VADDPS Z18, Z30, Z30
+
+n26_w1:
+	CMPQ   DI, $0x00000002
+	JA     n26_w2
+	CMPQ   R8, $0x00000002
+	JBE    n26_w2
+	VADDPS Z19, Z30, Z30
+
+n26_w2:
+	CMPQ   DI, $0x00000003
+	JA     n26_w3
+	CMPQ   R8, $0x00000003
+	JBE    n26_w3
+	VADDPS Z13, Z30, Z30
+
+n26_w3:
+	CMPQ   DI, $0x00000004
+	JA     n26_w4
+	CMPQ   R8, $0x00000004
+	JBE    n26_w4
+	VADDPS Z15, Z30, Z30
+
+n26_w4:
+	CMPQ   DI, $0x00000005
+	JA     n26_w5
+	CMPQ   R8, $0x00000005
+	JBE    n26_w5
+	VADDPS Z5, Z30, Z30
+
+n26_w5:
+	CMPQ   DI, $0x00000006
+	JA     n26_w6
+	CMPQ   R8, $0x00000006
+	JBE    n26_w6
+	VADDPS Z8, Z30, Z30
+
+n26_w6:
+	CMPQ   DI, $0x00000007
+	JA     n26_w7
+	CMPQ   R8, $0x00000007
+	JBE    n26_w7
+	VADDPS Z6, Z30, Z30
+
+n26_w7:
+	CMPQ   DI, $0x00000008
+	JA     n26_w8
+	CMPQ   R8, $0x00000008
+	JBE    n26_w8
+	VADDPS Z2, Z30, Z30
+
+n26_w8:
+	CMPQ   DI, $0x00000009
+	JA     n26_w9
+	CMPQ   R8, $0x00000009
+	JBE    n26_w9
+	VADDPS Z7, Z30, Z30
+
+n26_w9:
+	CMPQ   DI, $0x0000000a
+	JA     n26_w10
+	CMPQ   R8, $0x0000000a
+	JBE    n26_w10
+	VADDPS Z4, Z30, Z30
+
+n26_w10:
+	CMPQ   DI, $0x0000000b
+	JA     n26_w11
+	CMPQ   R8, $0x0000000b
+	JBE    n26_w11
+	VADDPS Z0, Z30, Z30
+
+n26_w11:
+	CMPQ   DI, $0x0000000c
+	JA     n26_w12
+	CMPQ   R8, $0x0000000c
+	JBE    n26_w12
+	VADDPS Z3, Z30, Z30
+
+n26_w12:
+	CMPQ   DI, $0x0000000d
+	JA     n26_w13
+	CMPQ   R8, $0x0000000d
+	JBE    n26_w13
+	VADDPS Z14, Z30, Z30
+
+n26_w13:
+	CMPQ   DI, $0x0000000e
+	JA     n26_w14
+	CMPQ   R8, $0x0000000e
+	JBE    n26_w14
+	VADDPS Z1, Z30, Z30
+
+n26_w14:
+	CMPQ   DI, $0x0000000f
+	JA     n26_w15
+	CMPQ   R8, $0x0000000f
+	JBE    n26_w15
+	VADDPS Z12, Z30, Z30
+
+n26_w15:
+	CMPQ   DI, $0x00000010
+	JA     n26_w16
+	CMPQ   R8, $0x00000010
+	JBE    n26_w16
+	VADDPS Z21, Z30, Z30
+
+n26_w16:
+	CMPQ   DI, $0x00000011
+	JA     n26_w17
+	CMPQ   R8, $0x00000011
+	JBE    n26_w17
+	VADDPS Z10, Z30, Z30
+
+n26_w17:
+	CMPQ   DI, $0x00000012
+	JA     n26_w18
+	CMPQ   R8, $0x00000012
+	JBE    n26_w18
+	VADDPS Z11, Z30, Z30
+
+n26_w18:
+	CMPQ   DI, $0x00000013
+	JA     n26_w19
+	CMPQ   R8, $0x00000013
+	JBE    n26_w19
+	VADDPS Z23, Z30, Z30
+
+n26_w19:
+	CMPQ   DI, $0x00000014
+	JA     n26_w20
+	CMPQ   R8, $0x00000014
+	JBE    n26_w20
+	VADDPS Z16, Z30, Z30
+
+n26_w20:
+	CMPQ   DI, $0x00000015
+	JA     n26_w21
+	CMPQ   R8, $0x00000015
+	JBE    n26_w21
+	VADDPS Z17, Z30, Z30
+
+n26_w21:
+	CMPQ   DI, $0x00000016
+	JA     n26_w22
+	CMPQ   R8, $0x00000016
+	JBE    n26_w22
+	VADDPS Z22, Z30, Z30
+
+n26_w22:
+	CMPQ   DI, $0x00000017
+	JA     n26_w23
+	CMPQ   R8, $0x00000017
+	JBE    n26_w23
+	VADDPS Z20, Z30, Z30
+
+n26_w23:
+	CMPQ   DI, $0x00000018
+	JA     n26_w24
+	CMPQ   R8, $0x00000018
+	JBE    n26_w24
+	VADDPS Z26, Z30, Z30
+
+n26_w24:
+	CMPQ   DI, $0x00000019
+	JA     n26_w25
+	CMPQ   R8, $0x00000019
+	JBE    n26_w25
+	VADDPS Z25, Z30, Z30
+
+n26_w25:
+	VDIVPS  Z31, Z30, Z30
+	VMOVUPS Z30, (CX)
+
+	// n=26: 147 comparators, 26 loads, 0 stores per group
+	ADDQ $0x40, DX
+	ADDQ $0x40, CX
+	DECQ BX
+	JNZ  n26_loop
+	VZEROUPPER
+	RET
+
+n27:
+	MOVQ         x_base+48(FP), AX
+	MOVQ         tmp_base+24(FP), CX
+	MOVQ         dst_base+0(FP), CX
+	MOVQ         off+72(FP), DX
+	SHLQ         $0x02, DX
+	MOVQ         groups+80(FP), BX
+	MOVQ         pf+88(FP), SI
+	MOVQ         k+96(FP), DI
+	MOVQ         $0x0000001b, R8
+	SUBQ         DI, R8
+	VBROADCASTSS c+104(FP), Z31
+
+n27_loop:
+	MOVQ       (AX), R9
+	VMOVUPS    (R9)(DX*1), Z0
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       24(AX), R9
+	VMOVUPS    (R9)(DX*1), Z1
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z1, Z0, Z2
+	VMAXPS     Z1, Z0, Z1
+	MOVQ       48(AX), R9
+	VMOVUPS    (R9)(DX*1), Z0
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       72(AX), R9
+	VMOVUPS    (R9)(DX*1), Z3
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z4, Z2, Z0
+	VMAXPS     Z4, Z2, Z4
+	VMINPS     Z3, Z1, Z2
+	VMAXPS     Z3, Z1, Z3
+	VMINPS     Z4, Z2, Z1
+	VMAXPS     Z4, Z2, Z4
+	MOVQ       96(AX), R9
+	VMOVUPS    (R9)(DX*1), Z2
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       120(AX), R9
+	VMOVUPS    (R9)(DX*1), Z5
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z5, Z2, Z6
+	VMAXPS     Z5, Z2, Z5
+	MOVQ       144(AX), R9
+	VMOVUPS    (R9)(DX*1), Z2
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       168(AX), R9
+	VMOVUPS    (R9)(DX*1), Z7
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z7, Z2, Z8
+	VMAXPS     Z7, Z2, Z7
+	VMINPS     Z8, Z6, Z2
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z5, Z6
+	VMAXPS     Z7, Z5, Z7
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z2, Z0, Z6
+	VMAXPS     Z2, Z0, Z2
+	VMINPS     Z5, Z1, Z0
+	VMAXPS     Z5, Z1, Z5
+	VMINPS     Z8, Z4, Z1
+	VMAXPS     Z8, Z4, Z8
+	VMINPS     Z7, Z3, Z4
+	VMAXPS     Z7, Z3, Z7
+	VMINPS     Z2, Z1, Z3
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z5, Z4, Z1
+	VMAXPS     Z5, Z4, Z5
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z2, Z1, Z0
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z8, Z5, Z1
+	VMAXPS     Z8, Z5, Z8
+	MOVQ       192(AX), R9
+	VMOVUPS    (R9)(DX*1), Z5
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       216(AX), R9
+	VMOVUPS    (R9)(DX*1), Z9
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z9, Z5, Z10
+	VMAXPS     Z9, Z5, Z9
+	MOVQ       240(AX), R9
+	VMOVUPS    (R9)(DX*1), Z5
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       264(AX), R9
+	VMOVUPS    (R9)(DX*1), Z11
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z12, Z10, Z5
+	VMAXPS     Z12, Z10, Z12
+	VMINPS     Z11, Z9, Z10
+	VMAXPS     Z11, Z9, Z11
+	VMINPS     Z12, Z10, Z9
+	VMAXPS     Z12, Z10, Z12
+	MOVQ       288(AX), R9
+	VMOVUPS    (R9)(DX*1), Z10
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       312(AX), R9
+	VMOVUPS    (R9)(DX*1), Z13
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z13, Z10, Z14
+	VMAXPS     Z13, Z10, Z13
+	MOVQ       336(AX), R9
+	VMOVUPS    (R9)(DX*1), Z10
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       360(AX), R9
+	VMOVUPS    (R9)(DX*1), Z15
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z15, Z10, Z16
+	VMAXPS     Z15, Z10, Z15
+	VMINPS     Z16, Z14, Z10
+	VMAXPS     Z16, Z14, Z16
+	VMINPS     Z15, Z13, Z14
+	VMAXPS     Z15, Z13, Z15
+	VMINPS     Z16, Z14, Z13
+	VMAXPS     Z16, Z14, Z16
+	VMINPS     Z10, Z5, Z14
+	VMAXPS     Z10, Z5, Z10
+	VMINPS     Z13, Z9, Z5
+	VMAXPS     Z13, Z9, Z13
+	VMINPS     Z16, Z12, Z9
+	VMAXPS     Z16, Z12, Z16
+	VMINPS     Z15, Z11, Z12
+	VMAXPS     Z15, Z11, Z15
+	VMINPS     Z10, Z9, Z11
+	VMAXPS     Z10, Z9, Z10
+	VMINPS     Z13, Z12, Z9
+	VMAXPS     Z13, Z12, Z13
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z10, Z9, Z5
+	VMAXPS     Z10, Z9, Z10
+	VMINPS     Z16, Z13, Z9
+	VMAXPS     Z16, Z13, Z16
+	VMINPS     Z14, Z6, Z13
+	VMAXPS     Z14, Z6, Z14
+	VMINPS     Z12, Z4, Z6
+	VMAXPS     Z12, Z4, Z12
+	VMINPS     Z11, Z3, Z4
+	VMAXPS     Z11, Z3, Z11
+	VMINPS     Z5, Z0, Z3
+	VMAXPS     Z5, Z0, Z5
+	VMINPS     Z10, Z2, Z0
+	VMAXPS     Z10, Z2, Z10
+	VMINPS     Z9, Z1, Z2
+	VMAXPS     Z9, Z1, Z9
+	VMINPS     Z16, Z8, Z1
+	VMAXPS     Z16, Z8, Z16
+	VMINPS     Z15, Z7, Z8
+	VMAXPS     Z15, Z7, Z15
+	VMINPS     Z14, Z0, Z7
+	VMAXPS     Z14, Z0, Z14
+	VMINPS     Z12, Z2, Z0
+	VMAXPS     Z12, Z2, Z12
+	VMINPS     Z11, Z1, Z2
+	VMAXPS     Z11, Z1, Z11
+	VMINPS     Z5, Z8, Z1
+	VMAXPS     Z5, Z8, Z5
+	VMINPS     Z7, Z4, Z8
+	VMAXPS     Z7, Z4, Z7
+	VMINPS     Z0, Z3, Z4
+	VMAXPS     Z0, Z3, Z0
+	VMINPS     Z14, Z2, Z3
+	VMAXPS     Z14, Z2, Z14
+	VMINPS     Z12, Z1, Z2
+	VMAXPS     Z12, Z1, Z12
+	VMINPS     Z10, Z11, Z1
+	VMAXPS     Z10, Z11, Z10
+	VMINPS     Z9, Z5, Z11
+	VMAXPS     Z9, Z5, Z9
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z4, Z6
+	VMAXPS     Z7, Z4, Z7
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z14, Z2, Z0
+	VMAXPS     Z14, Z2, Z14
+	VMINPS     Z1, Z12, Z2
+	VMAXPS     Z1, Z12, Z1
+	VMINPS     Z10, Z11, Z12
+	VMAXPS     Z10, Z11, Z10
+	VMINPS     Z16, Z9, Z11
+	VMAXPS     Z16, Z9, Z16
+	MOVQ       384(AX), R9
+	VMOVUPS    (R9)(DX*1), Z9
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       408(AX), R9
+	VMOVUPS    (R9)(DX*1), Z17
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z17, Z9, Z18
+	VMAXPS     Z17, Z9, Z17
+	MOVQ       432(AX), R9
+	VMOVUPS    (R9)(DX*1), Z9
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       456(AX), R9
+	VMOVUPS    (R9)(DX*1), Z19
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z19, Z9, Z20
+	VMAXPS     Z19, Z9, Z19
+	VMINPS     Z20, Z18, Z9
+	VMAXPS     Z20, Z18, Z20
+	VMINPS     Z19, Z17, Z18
+	VMAXPS     Z19, Z17, Z19
+	VMINPS     Z20, Z18, Z17
+	VMAXPS     Z20, Z18, Z20
+	MOVQ       480(AX), R9
+	VMOVUPS    (R9)(DX*1), Z18
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       504(AX), R9
+	VMOVUPS    (R9)(DX*1), Z21
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z21, Z18, Z22
+	VMAXPS     Z21, Z18, Z21
+	MOVQ       528(AX), R9
+	VMOVUPS    (R9)(DX*1), Z18
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       552(AX), R9
+	VMOVUPS    (R9)(DX*1), Z23
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z23, Z18, Z24
+	VMAXPS     Z23, Z18, Z23
+	VMINPS     Z24, Z22, Z18
+	VMAXPS     Z24, Z22, Z24
+	VMINPS     Z23, Z21, Z22
+	VMAXPS     Z23, Z21, Z23
+	VMINPS     Z24, Z22, Z21
+	VMAXPS     Z24, Z22, Z24
+	VMINPS     Z18, Z9, Z22
+	VMAXPS     Z18, Z9, Z18
+	VMINPS     Z21, Z17, Z9
+	VMAXPS     Z21, Z17, Z21
+	VMINPS     Z24, Z20, Z17
+	VMAXPS     Z24, Z20, Z24
+	VMINPS     Z23, Z19, Z20
+	VMAXPS     Z23, Z19, Z23
+	VMINPS     Z18, Z17, Z19
+	VMAXPS     Z18, Z17, Z18
+	VMINPS     Z21, Z20, Z17
+	VMAXPS     Z21, Z20, Z21
+	VMINPS     Z19, Z9, Z20
+	VMAXPS     Z19, Z9, Z19
+	VMINPS     Z18, Z17, Z9
+	VMAXPS     Z18, Z17, Z18
+	VMINPS     Z24, Z21, Z17
+	VMAXPS     Z24, Z21, Z24
+	MOVQ       576(AX), R9
+	VMOVUPS    (R9)(DX*1), Z21
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       600(AX), R9
+	VMOVUPS    (R9)(DX*1), Z25
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z25, Z21, Z26
+	VMAXPS     Z25, Z21, Z25
+	MOVQ       624(AX), R9
+	VMOVUPS    (R9)(DX*1), Z21
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z21, Z26, Z27
+	VMAXPS     Z21, Z26, Z21
+	VMINPS     Z21, Z25, Z26
+	VMAXPS     Z21, Z25, Z21
+	VMINPS     Z21, Z26, Z25
+	VMAXPS     Z21, Z26, Z21
+	VMINPS     Z27, Z22, Z26
+	VMAXPS     Z27, Z22, Z27
+	VMINPS     Z25, Z20, Z22
+	VMAXPS     Z25, Z20, Z25
+	VMINPS     Z21, Z19, Z20
+	VMAXPS     Z21, Z19, Z21
+	VMINPS     Z27, Z18, Z19
+	VMAXPS     Z27, Z18, Z27
+	VMINPS     Z25, Z17, Z18
+	VMAXPS     Z25, Z17, Z25
+	VMINPS     Z21, Z24, Z17
+	VMAXPS     Z21, Z24, Z21
+	VMINPS     Z19, Z20, Z24
+	VMAXPS     Z19, Z20, Z19
+	VMINPS     Z18, Z9, Z20
+	VMAXPS     Z18, Z9, Z18
+	VMINPS     Z27, Z17, Z9
+	VMAXPS     Z27, Z17, Z27
+	VMINPS     Z25, Z23, Z17
+	VMAXPS     Z25, Z23, Z25
+	VMINPS     Z24, Z22, Z23
+	VMAXPS     Z24, Z22, Z24
+	VMINPS     Z19, Z20, Z22
+	VMAXPS     Z19, Z20, Z19
+	VMINPS     Z9, Z18, Z20
+	VMAXPS     Z9, Z18, Z9
+	VMINPS     Z27, Z17, Z18
+	VMAXPS     Z27, Z17, Z27
+	VMINPS     Z21, Z25, Z17
+	VMAXPS     Z21, Z25, Z21
+	VMINPS     Z26, Z13, Z25
+	VMAXPS     Z26, Z13, Z26
+	VMINPS     Z23, Z5, Z13
+	VMAXPS     Z23, Z5, Z23
+	VMINPS     Z24, Z8, Z5
+	VMAXPS     Z24, Z8, Z24
+	VMINPS     Z22, Z6, Z8
+	VMAXPS     Z22, Z6, Z22
+	VMINPS     Z19, Z7, Z6
+	VMAXPS     Z19, Z7, Z19
+	VMINPS     Z20, Z4, Z7
+	VMAXPS     Z20, Z4, Z20
+	VMINPS     Z9, Z3, Z4
+	VMAXPS     Z9, Z3, Z9
+	VMINPS     Z18, Z0, Z3
+	VMAXPS     Z18, Z0, Z18
+	VMINPS     Z27, Z14, Z0
+	VMAXPS     Z27, Z14, Z27
+	VMINPS     Z17, Z2, Z14
+	VMAXPS     Z17, Z2, Z17
+	VMINPS     Z21, Z1, Z2
+	VMAXPS     Z21, Z1, Z21
+	VMINPS     Z26, Z0, Z1
+	VMAXPS     Z26, Z0, Z26
+	VMINPS     Z23, Z14, Z0
+	VMAXPS     Z23, Z14, Z23
+	VMINPS     Z24, Z2, Z14
+	VMAXPS     Z24, Z2, Z24
+	VMINPS     Z22, Z12, Z2
+	VMAXPS     Z22, Z12, Z22
+	VMINPS     Z19, Z10, Z12
+	VMAXPS     Z19, Z10, Z19
+	VMINPS     Z20, Z11, Z10
+	VMAXPS     Z20, Z11, Z20
+	VMINPS     Z9, Z16, Z11
+	VMAXPS     Z9, Z16, Z9
+	VMINPS     Z18, Z15, Z16
+	VMAXPS     Z18, Z15, Z18
+	VMINPS     Z1, Z6, Z15
+	VMAXPS     Z1, Z6, Z1
+	VMINPS     Z0, Z7, Z6
+	VMAXPS     Z0, Z7, Z0
+	VMINPS     Z14, Z4, Z7
+	VMAXPS     Z14, Z4, Z14
+	VMINPS     Z2, Z3, Z4
+	VMAXPS     Z2, Z3, Z2
+	VMINPS     Z26, Z12, Z3
+	VMAXPS     Z26, Z12, Z26
+	VMINPS     Z23, Z10, Z12
+	VMAXPS     Z23, Z10, Z23
+	VMINPS     Z24, Z11, Z10
+	VMAXPS     Z24, Z11, Z24
+	VMINPS     Z22, Z16, Z11
+	VMAXPS     Z22, Z16, Z22
+	VMINPS     Z27, Z19, Z16
+	VMAXPS     Z27, Z19, Z27
+	VMINPS     Z17, Z20, Z19
+	VMAXPS     Z17, Z20, Z17
+	VMINPS     Z21, Z9, Z20
+	VMAXPS     Z21, Z9, Z21
+	VMINPS     Z15, Z5, Z9
+	VMAXPS     Z15, Z5, Z15
+	VMINPS     Z6, Z8, Z5
+	VMAXPS     Z6, Z8, Z6
+	VMINPS     Z1, Z7, Z8
+	VMAXPS     Z1, Z7, Z1
+	VMINPS     Z0, Z4, Z7
+	VMAXPS     Z0, Z4, Z0
+	VMINPS     Z3, Z14, Z4
+	VMAXPS     Z3, Z14, Z3
+	VMINPS     Z12, Z2, Z14
+	VMAXPS     Z12, Z2, Z12
+	VMINPS     Z26, Z10, Z2
+	VMAXPS     Z26, Z10, Z26
+	VMINPS     Z23, Z11, Z10
+	VMAXPS     Z23, Z11, Z23
+	VMINPS     Z16, Z24, Z11
+	VMAXPS     Z16, Z24, Z16
+	VMINPS     Z19, Z22, Z24
+	VMAXPS     Z19, Z22, Z19
+	VMINPS     Z27, Z20, Z22
+	VMAXPS     Z27, Z20, Z27
+	VMINPS     Z17, Z18, Z20
+	VMAXPS     Z17, Z18, Z17
+	VMINPS     Z9, Z13, Z18
+	VMAXPS     Z9, Z13, Z9
+	VMINPS     Z15, Z5, Z13
+	VMAXPS     Z15, Z5, Z15
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z1, Z7, Z6
+	VMAXPS     Z1, Z7, Z1
+	VMINPS     Z4, Z0, Z7
+	VMAXPS     Z4, Z0, Z4
+	VMINPS     Z3, Z14, Z0
+	VMAXPS     Z3, Z14, Z3
+	VMINPS     Z2, Z12, Z14
+	VMAXPS     Z2, Z12, Z2
+	VMINPS     Z26, Z10, Z12
+	VMAXPS     Z26, Z10, Z26
+	VMINPS     Z11, Z23, Z10
+	VMAXPS     Z11, Z23, Z11
+	VMINPS     Z16, Z24, Z23
+	VMAXPS     Z16, Z24, Z16
+	VMINPS     Z22, Z19, Z24
+	VMAXPS     Z22, Z19, Z22
+	VMINPS     Z27, Z20, Z19
+	VMAXPS     Z27, Z20, Z27
+	VMINPS     Z21, Z17, Z20
+	VMAXPS     Z21, Z17, Z21
+	VXORPS     Z30, Z30, Z30
+	CMPQ       DI, $0x00000000
+	JA         n27_w0
+	CMPQ       R8, $0x00000000
+	JBE        n27_w0
+	VADDPS     Z25, Z30, Z30
+
+n27_w0:
+	CMPQ   DI, $0x00000001
+	JA     n27_w1
+	CMPQ   R8, $0x00000001
+	JBE    n27_w1
+	VADDPS Z18, Z30, Z30
+
+n27_w1:
+	CMPQ   DI, $0x00000002
+	JA     n27_w2
+	CMPQ   R8, $0x00000002
+	JBE    n27_w2
+	VADDPS Z9, Z30, Z30
+
+n27_w2:
+	CMPQ   DI, $0x00000003
+	JA     n27_w3
+	CMPQ   R8, $0x00000003
+	JBE    n27_w3
+	VADDPS Z13, Z30, Z30
+
+n27_w3:
+	CMPQ   DI, $0x00000004
+	JA     n27_w4
+	CMPQ   R8, $0x00000004
+	JBE    n27_w4
+	VADDPS Z15, Z30, Z30
+
+n27_w4:
+	CMPQ   DI, $0x00000005
+	JA     n27_w5
+	CMPQ   R8, $0x00000005
+	JBE    n27_w5
+	VADDPS Z5, Z30, Z30
+
+n27_w5:
+	CMPQ   DI, $0x00000006
+	JA     n27_w6
+	CMPQ   R8, $0x00000006
+	JBE    n27_w6
+	VADDPS Z8, Z30, Z30
+
+n27_w6:
+	CMPQ   DI, $0x00000007
+	JA     n27_w7
+	CMPQ   R8, $0x00000007
+	JBE    n27_w7
+	VADDPS Z6, Z30, Z30
+
+n27_w7:
+	CMPQ   DI, $0x00000008
+	JA     n27_w8
+	CMPQ   R8, $0x00000008
+	JBE    n27_w8
+	VADDPS Z1, Z30, Z30
+
+n27_w8:
+	CMPQ   DI, $0x00000009
+	JA     n27_w9
+	CMPQ   R8, $0x00000009
+	JBE    n27_w9
+	VADDPS Z7, Z30, Z30
+
+n27_w9:
+	CMPQ   DI, $0x0000000a
+	JA     n27_w10
+	CMPQ   R8, $0x0000000a
+	JBE    n27_w10
+	VADDPS Z4, Z30, Z30
+
+n27_w10:
+	CMPQ   DI, $0x0000000b
+	JA     n27_w11
+	CMPQ   R8, $0x0000000b
+	JBE    n27_w11
+	VADDPS Z0, Z30, Z30
+
+n27_w11:
+	CMPQ   DI, $0x0000000c
+	JA     n27_w12
+	CMPQ   R8, $0x0000000c
+	JBE    n27_w12
+	VADDPS Z3, Z30, Z30
+
+n27_w12:
+	CMPQ   DI, $0x0000000d
+	JA     n27_w13
+	CMPQ   R8, $0x0000000d
+	JBE    n27_w13
+	VADDPS Z14, Z30, Z30
+
+n27_w13:
+	CMPQ   DI, $0x0000000e
+	JA     n27_w14
+	CMPQ   R8, $0x0000000e
+	JBE    n27_w14
+	VADDPS Z2, Z30, Z30
+
+n27_w14:
+	CMPQ   DI, $0x0000000f
+	JA     n27_w15
+	CMPQ   R8, $0x0000000f
+	JBE    n27_w15
+	VADDPS Z12, Z30, Z30
+
+n27_w15:
+	CMPQ   DI, $0x00000010
+	JA     n27_w16
+	CMPQ   R8, $0x00000010
+	JBE    n27_w16
+	VADDPS Z26, Z30, Z30
+
+n27_w16:
+	CMPQ   DI, $0x00000011
+	JA     n27_w17
+	CMPQ   R8, $0x00000011
+	JBE    n27_w17
+	VADDPS Z10, Z30, Z30
+
+n27_w17:
+	CMPQ   DI, $0x00000012
+	JA     n27_w18
+	CMPQ   R8, $0x00000012
+	JBE    n27_w18
+	VADDPS Z11, Z30, Z30
+
+n27_w18:
+	CMPQ   DI, $0x00000013
+	JA     n27_w19
+	CMPQ   R8, $0x00000013
+	JBE    n27_w19
+	VADDPS Z23, Z30, Z30
+
+n27_w19:
+	CMPQ   DI, $0x00000014
+	JA     n27_w20
+	CMPQ   R8, $0x00000014
+	JBE    n27_w20
+	VADDPS Z16, Z30, Z30
+
+n27_w20:
+	CMPQ   DI, $0x00000015
+	JA     n27_w21
+	CMPQ   R8, $0x00000015
+	JBE    n27_w21
+	VADDPS Z24, Z30, Z30
+
+n27_w21:
+	CMPQ   DI, $0x00000016
+	JA     n27_w22
+	CMPQ   R8, $0x00000016
+	JBE    n27_w22
+	VADDPS Z22, Z30, Z30
+
+n27_w22:
+	CMPQ   DI, $0x00000017
+	JA     n27_w23
+	CMPQ   R8, $0x00000017
+	JBE    n27_w23
+	VADDPS Z19, Z30, Z30
+
+n27_w23:
+	CMPQ   DI, $0x00000018
+	JA     n27_w24
+	CMPQ   R8, $0x00000018
+	JBE    n27_w24
+	VADDPS Z27, Z30, Z30
+
+n27_w24:
+	CMPQ   DI, $0x00000019
+	JA     n27_w25
+	CMPQ   R8, $0x00000019
+	JBE    n27_w25
+	VADDPS Z20, Z30, Z30
+
+n27_w25:
+	CMPQ   DI, $0x0000001a
+	JA     n27_w26
+	CMPQ   R8, $0x0000001a
+	JBE    n27_w26
+	VADDPS Z21, Z30, Z30
+
+n27_w26:
+	VDIVPS  Z31, Z30, Z30
+	VMOVUPS Z30, (CX)
+
+	// n=27: 156 comparators, 27 loads, 0 stores per group
+	ADDQ $0x40, DX
+	ADDQ $0x40, CX
+	DECQ BX
+	JNZ  n27_loop
+	VZEROUPPER
+	RET
+
+n28:
+	MOVQ         x_base+48(FP), AX
+	MOVQ         tmp_base+24(FP), CX
+	MOVQ         dst_base+0(FP), CX
+	MOVQ         off+72(FP), DX
+	SHLQ         $0x02, DX
+	MOVQ         groups+80(FP), BX
+	MOVQ         pf+88(FP), SI
+	MOVQ         k+96(FP), DI
+	MOVQ         $0x0000001c, R8
+	SUBQ         DI, R8
+	VBROADCASTSS c+104(FP), Z31
+
+n28_loop:
+	MOVQ       (AX), R9
+	VMOVUPS    (R9)(DX*1), Z0
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       24(AX), R9
+	VMOVUPS    (R9)(DX*1), Z1
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z1, Z0, Z2
+	VMAXPS     Z1, Z0, Z1
+	MOVQ       48(AX), R9
+	VMOVUPS    (R9)(DX*1), Z0
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       72(AX), R9
+	VMOVUPS    (R9)(DX*1), Z3
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z4, Z2, Z0
+	VMAXPS     Z4, Z2, Z4
+	VMINPS     Z3, Z1, Z2
+	VMAXPS     Z3, Z1, Z3
+	VMINPS     Z4, Z2, Z1
+	VMAXPS     Z4, Z2, Z4
+	MOVQ       96(AX), R9
+	VMOVUPS    (R9)(DX*1), Z2
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       120(AX), R9
+	VMOVUPS    (R9)(DX*1), Z5
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z5, Z2, Z6
+	VMAXPS     Z5, Z2, Z5
+	MOVQ       144(AX), R9
+	VMOVUPS    (R9)(DX*1), Z2
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       168(AX), R9
+	VMOVUPS    (R9)(DX*1), Z7
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z7, Z2, Z8
+	VMAXPS     Z7, Z2, Z7
+	VMINPS     Z8, Z6, Z2
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z5, Z6
+	VMAXPS     Z7, Z5, Z7
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z2, Z0, Z6
+	VMAXPS     Z2, Z0, Z2
+	VMINPS     Z5, Z1, Z0
+	VMAXPS     Z5, Z1, Z5
+	VMINPS     Z8, Z4, Z1
+	VMAXPS     Z8, Z4, Z8
+	VMINPS     Z7, Z3, Z4
+	VMAXPS     Z7, Z3, Z7
+	VMINPS     Z2, Z1, Z3
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z5, Z4, Z1
+	VMAXPS     Z5, Z4, Z5
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z2, Z1, Z0
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z8, Z5, Z1
+	VMAXPS     Z8, Z5, Z8
+	MOVQ       192(AX), R9
+	VMOVUPS    (R9)(DX*1), Z5
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       216(AX), R9
+	VMOVUPS    (R9)(DX*1), Z9
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z9, Z5, Z10
+	VMAXPS     Z9, Z5, Z9
+	MOVQ       240(AX), R9
+	VMOVUPS    (R9)(DX*1), Z5
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       264(AX), R9
+	VMOVUPS    (R9)(DX*1), Z11
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z12, Z10, Z5
+	VMAXPS     Z12, Z10, Z12
+	VMINPS     Z11, Z9, Z10
+	VMAXPS     Z11, Z9, Z11
+	VMINPS     Z12, Z10, Z9
+	VMAXPS     Z12, Z10, Z12
+	MOVQ       288(AX), R9
+	VMOVUPS    (R9)(DX*1), Z10
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       312(AX), R9
+	VMOVUPS    (R9)(DX*1), Z13
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z13, Z10, Z14
+	VMAXPS     Z13, Z10, Z13
+	MOVQ       336(AX), R9
+	VMOVUPS    (R9)(DX*1), Z10
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       360(AX), R9
+	VMOVUPS    (R9)(DX*1), Z15
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z15, Z10, Z16
+	VMAXPS     Z15, Z10, Z15
+	VMINPS     Z16, Z14, Z10
+	VMAXPS     Z16, Z14, Z16
+	VMINPS     Z15, Z13, Z14
+	VMAXPS     Z15, Z13, Z15
+	VMINPS     Z16, Z14, Z13
+	VMAXPS     Z16, Z14, Z16
+	VMINPS     Z10, Z5, Z14
+	VMAXPS     Z10, Z5, Z10
+	VMINPS     Z13, Z9, Z5
+	VMAXPS     Z13, Z9, Z13
+	VMINPS     Z16, Z12, Z9
+	VMAXPS     Z16, Z12, Z16
+	VMINPS     Z15, Z11, Z12
+	VMAXPS     Z15, Z11, Z15
+	VMINPS     Z10, Z9, Z11
+	VMAXPS     Z10, Z9, Z10
+	VMINPS     Z13, Z12, Z9
+	VMAXPS     Z13, Z12, Z13
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z10, Z9, Z5
+	VMAXPS     Z10, Z9, Z10
+	VMINPS     Z16, Z13, Z9
+	VMAXPS     Z16, Z13, Z16
+	VMINPS     Z14, Z6, Z13
+	VMAXPS     Z14, Z6, Z14
+	VMINPS     Z12, Z4, Z6
+	VMAXPS     Z12, Z4, Z12
+	VMINPS     Z11, Z3, Z4
+	VMAXPS     Z11, Z3, Z11
+	VMINPS     Z5, Z0, Z3
+	VMAXPS     Z5, Z0, Z5
+	VMINPS     Z10, Z2, Z0
+	VMAXPS     Z10, Z2, Z10
+	VMINPS     Z9, Z1, Z2
+	VMAXPS     Z9, Z1, Z9
+	VMINPS     Z16, Z8, Z1
+	VMAXPS     Z16, Z8, Z16
+	VMINPS     Z15, Z7, Z8
+	VMAXPS     Z15, Z7, Z15
+	VMINPS     Z14, Z0, Z7
+	VMAXPS     Z14, Z0, Z14
+	VMINPS     Z12, Z2, Z0
+	VMAXPS     Z12, Z2, Z12
+	VMINPS     Z11, Z1, Z2
+	VMAXPS     Z11, Z1, Z11
+	VMINPS     Z5, Z8, Z1
+	VMAXPS     Z5, Z8, Z5
+	VMINPS     Z7, Z4, Z8
+	VMAXPS     Z7, Z4, Z7
+	VMINPS     Z0, Z3, Z4
+	VMAXPS     Z0, Z3, Z0
+	VMINPS     Z14, Z2, Z3
+	VMAXPS     Z14, Z2, Z14
+	VMINPS     Z12, Z1, Z2
+	VMAXPS     Z12, Z1, Z12
+	VMINPS     Z10, Z11, Z1
+	VMAXPS     Z10, Z11, Z10
+	VMINPS     Z9, Z5, Z11
+	VMAXPS     Z9, Z5, Z9
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z4, Z6
+	VMAXPS     Z7, Z4, Z7
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z14, Z2, Z0
+	VMAXPS     Z14, Z2, Z14
+	VMINPS     Z1, Z12, Z2
+	VMAXPS     Z1, Z12, Z1
+	VMINPS     Z10, Z11, Z12
+	VMAXPS     Z10, Z11, Z10
+	VMINPS     Z16, Z9, Z11
+	VMAXPS     Z16, Z9, Z16
+	MOVQ       384(AX), R9
+	VMOVUPS    (R9)(DX*1), Z9
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       408(AX), R9
+	VMOVUPS    (R9)(DX*1), Z17
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z17, Z9, Z18
+	VMAXPS     Z17, Z9, Z17
+	MOVQ       432(AX), R9
+	VMOVUPS    (R9)(DX*1), Z9
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       456(AX), R9
+	VMOVUPS    (R9)(DX*1), Z19
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z19, Z9, Z20
+	VMAXPS     Z19, Z9, Z19
+	VMINPS     Z20, Z18, Z9
+	VMAXPS     Z20, Z18, Z20
+	VMINPS     Z19, Z17, Z18
+	VMAXPS     Z19, Z17, Z19
+	VMINPS     Z20, Z18, Z17
+	VMAXPS     Z20, Z18, Z20
+	MOVQ       480(AX), R9
+	VMOVUPS    (R9)(DX*1), Z18
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       504(AX), R9
+	VMOVUPS    (R9)(DX*1), Z21
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z21, Z18, Z22
+	VMAXPS     Z21, Z18, Z21
+	MOVQ       528(AX), R9
+	VMOVUPS    (R9)(DX*1), Z18
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       552(AX), R9
+	VMOVUPS    (R9)(DX*1), Z23
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z23, Z18, Z24
+	VMAXPS     Z23, Z18, Z23
+	VMINPS     Z24, Z22, Z18
+	VMAXPS     Z24, Z22, Z24
+	VMINPS     Z23, Z21, Z22
+	VMAXPS     Z23, Z21, Z23
+	VMINPS     Z24, Z22, Z21
+	VMAXPS     Z24, Z22, Z24
+	VMINPS     Z18, Z9, Z22
+	VMAXPS     Z18, Z9, Z18
+	VMINPS     Z21, Z17, Z9
+	VMAXPS     Z21, Z17, Z21
+	VMINPS     Z24, Z20, Z17
+	VMAXPS     Z24, Z20, Z24
+	VMINPS     Z23, Z19, Z20
+	VMAXPS     Z23, Z19, Z23
+	VMINPS     Z18, Z17, Z19
+	VMAXPS     Z18, Z17, Z18
+	VMINPS     Z21, Z20, Z17
+	VMAXPS     Z21, Z20, Z21
+	VMINPS     Z19, Z9, Z20
+	VMAXPS     Z19, Z9, Z19
+	VMINPS     Z18, Z17, Z9
+	VMAXPS     Z18, Z17, Z18
+	VMINPS     Z24, Z21, Z17
+	VMAXPS     Z24, Z21, Z24
+	MOVQ       576(AX), R9
+	VMOVUPS    (R9)(DX*1), Z21
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       600(AX), R9
+	VMOVUPS    (R9)(DX*1), Z25
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z25, Z21, Z26
+	VMAXPS     Z25, Z21, Z25
+	MOVQ       624(AX), R9
+	VMOVUPS    (R9)(DX*1), Z21
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       648(AX), R9
+	VMOVUPS    (R9)(DX*1), Z27
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z27, Z21, Z28
+	VMAXPS     Z27, Z21, Z27
+	VMINPS     Z28, Z26, Z21
+	VMAXPS     Z28, Z26, Z28
+	VMINPS     Z27, Z25, Z26
+	VMAXPS     Z27, Z25, Z27
+	VMINPS     Z28, Z26, Z25
+	VMAXPS     Z28, Z26, Z28
+	VMINPS     Z28, Z25, Z26
+	VMAXPS     Z28, Z25, Z28
+	VMINPS     Z21, Z22, Z25
+	VMAXPS     Z21, Z22, Z21
+	VMINPS     Z26, Z20, Z22
+	VMAXPS     Z26, Z20, Z26
+	VMINPS     Z28, Z19, Z20
+	VMAXPS     Z28, Z19, Z28
+	VMINPS     Z27, Z9, Z19
+	VMAXPS     Z27, Z9, Z27
+	VMINPS     Z21, Z18, Z9
+	VMAXPS     Z21, Z18, Z21
+	VMINPS     Z26, Z17, Z18
+	VMAXPS     Z26, Z17, Z26
+	VMINPS     Z28, Z24, Z17
+	VMAXPS     Z28, Z24, Z28
+	VMINPS     Z27, Z23, Z24
+	VMAXPS     Z27, Z23, Z27
+	VMINPS     Z9, Z20, Z23
+	VMAXPS     Z9, Z20, Z9
+	VMINPS     Z18, Z19, Z20
+	VMAXPS     Z18, Z19, Z18
+	VMINPS     Z21, Z17, Z19
+	VMAXPS     Z21, Z17, Z21
+	VMINPS     Z26, Z24, Z17
+	VMAXPS     Z26, Z24, Z26
+	VMINPS     Z23, Z22, Z24
+	VMAXPS     Z23, Z22, Z23
+	VMINPS     Z9, Z20, Z22
+	VMAXPS     Z9, Z20, Z9
+	VMINPS     Z19, Z18, Z20
+	VMAXPS     Z19, Z18, Z19
+	VMINPS     Z21, Z17, Z18
+	VMAXPS     Z21, Z17, Z21
+	VMINPS     Z28, Z26, Z17
+	VMAXPS     Z28, Z26, Z28
+	VMINPS     Z25, Z13, Z26
+	VMAXPS     Z25, Z13, Z25
+	VMINPS     Z24, Z5, Z13
+	VMAXPS     Z24, Z5, Z24
+	VMINPS     Z23, Z8, Z5
+	VMAXPS     Z23, Z8, Z23
+	VMINPS     Z22, Z6, Z8
+	VMAXPS     Z22, Z6, Z22
+	VMINPS     Z9, Z7, Z6
+	VMAXPS     Z9, Z7, Z9
+	VMINPS     Z20, Z4, Z7
+	VMAXPS     Z20, Z4, Z20
+	VMINPS     Z19, Z3, Z4
+	VMAXPS     Z19, Z3, Z19
+	VMINPS     Z18, Z0, Z3
+	VMAXPS     Z18, Z0, Z18
+	VMINPS     Z21, Z14, Z0
+	VMAXPS     Z21, Z14, Z21
+	VMINPS     Z17, Z2, Z14
+	VMAXPS     Z17, Z2, Z17
+	VMINPS     Z28, Z1, Z2
+	VMAXPS     Z28, Z1, Z28
+	VMINPS     Z27, Z12, Z1
+	VMAXPS     Z27, Z12, Z27
+	VMINPS     Z25, Z0, Z12
+	VMAXPS     Z25, Z0, Z25
+	VMINPS     Z24, Z14, Z0
+	VMAXPS     Z24, Z14, Z24
+	VMINPS     Z23, Z2, Z14
+	VMAXPS     Z23, Z2, Z23
+	VMINPS     Z22, Z1, Z2
+	VMAXPS     Z22, Z1, Z22
+	VMINPS     Z9, Z10, Z1
+	VMAXPS     Z9, Z10, Z9
+	VMINPS     Z20, Z11, Z10
+	VMAXPS     Z20, Z11, Z20
+	VMINPS     Z19, Z16, Z11
+	VMAXPS     Z19, Z16, Z19
+	VMINPS     Z18, Z15, Z16
+	VMAXPS     Z18, Z15, Z18
+	VMINPS     Z12, Z6, Z15
+	VMAXPS     Z12, Z6, Z12
+	VMINPS     Z0, Z7, Z6
+	VMAXPS     Z0, Z7, Z0
+	VMINPS     Z14, Z4, Z7
+	VMAXPS     Z14, Z4, Z14
+	VMINPS     Z2, Z3, Z4
+	VMAXPS     Z2, Z3, Z2
+	VMINPS     Z25, Z1, Z3
+	VMAXPS     Z25, Z1, Z25
+	VMINPS     Z24, Z10, Z1
+	VMAXPS     Z24, Z10, Z24
+	VMINPS     Z23, Z11, Z10
+	VMAXPS     Z23, Z11, Z23
+	VMINPS     Z22, Z16, Z11
+	VMAXPS     Z22, Z16, Z22
+	VMINPS     Z21, Z9, Z16
+	VMAXPS     Z21, Z9, Z21
+	VMINPS     Z17, Z20, Z9
+	VMAXPS     Z17, Z20, Z17
+	VMINPS     Z28, Z19, Z20
+	VMAXPS     Z28, Z19, Z28
+	VMINPS     Z27, Z18, Z19
+	VMAXPS     Z27, Z18, Z27
+	VMINPS     Z15, Z5, Z18
+	VMAXPS     Z15, Z5, Z15
+	VMINPS     Z6, Z8, Z5
+	VMAXPS     Z6, Z8, Z6
+	VMINPS     Z12, Z7, Z8
+	VMAXPS     Z12, Z7, Z12
+	VMINPS     Z0, Z4, Z7
+	VMAXPS     Z0, Z4, Z0
+	VMINPS     Z3, Z14, Z4
+	VMAXPS     Z3, Z14, Z3
+	VMINPS     Z1, Z2, Z14
+	VMAXPS     Z1, Z2, Z1
+	VMINPS     Z25, Z10, Z2
+	VMAXPS     Z25, Z10, Z25
+	VMINPS     Z24, Z11, Z10
+	VMAXPS     Z24, Z11, Z24
+	VMINPS     Z16, Z23, Z11
+	VMAXPS     Z16, Z23, Z16
+	VMINPS     Z9, Z22, Z23
+	VMAXPS     Z9, Z22, Z9
+	VMINPS     Z21, Z20, Z22
+	VMAXPS     Z21, Z20, Z21
+	VMINPS     Z17, Z19, Z20
+	VMAXPS     Z17, Z19, Z17
+	VMINPS     Z18, Z13, Z19
+	VMAXPS     Z18, Z13, Z18
+	VMINPS     Z15, Z5, Z13
+	VMAXPS     Z15, Z5, Z15
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z12, Z7, Z6
+	VMAXPS     Z12, Z7, Z12
+	VMINPS     Z4, Z0, Z7
+	VMAXPS     Z4, Z0, Z4
+	VMINPS     Z3, Z14, Z0
+	VMAXPS     Z3, Z14, Z3
+	VMINPS     Z2, Z1, Z14
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z25, Z10, Z1
+	VMAXPS     Z25, Z10, Z25
+	VMINPS     Z11, Z24, Z10
+	VMAXPS     Z11, Z24, Z11
+	VMINPS     Z16, Z23, Z24
+	VMAXPS     Z16, Z23, Z16
+	VMINPS     Z22, Z9, Z23
+	VMAXPS     Z22, Z9, Z22
+	VMINPS     Z21, Z20, Z9
+	VMAXPS     Z21, Z20, Z21
+	VMINPS     Z28, Z17, Z20
+	VMAXPS     Z28, Z17, Z28
+	VXORPS     Z30, Z30, Z30
+	CMPQ       DI, $0x00000000
+	JA         n28_w0
+	CMPQ       R8, $0x00000000
+	JBE        n28_w0
+	VADDPS     Z26, Z30, Z30
+
+n28_w0:
+	CMPQ   DI, $0x00000001
+	JA     n28_w1
+	CMPQ   R8, $0x00000001
+	JBE    n28_w1
+	VADDPS Z19, Z30, Z30
+
+n28_w1:
+	CMPQ   DI, $0x00000002
+	JA     n28_w2
+	CMPQ   R8, $0x00000002
+	JBE    n28_w2
+	VADDPS Z18, Z30, Z30
+
+n28_w2:
+	CMPQ   DI, $0x00000003
+	JA     n28_w3
+	CMPQ   R8, $0x00000003
+	JBE    n28_w3
+	VADDPS Z13, Z30, Z30
+
+n28_w3:
+	CMPQ   DI, $0x00000004
+	JA     n28_w4
+	CMPQ   R8, $0x00000004
+	JBE    n28_w4
+	VADDPS Z15, Z30, Z30
+
+n28_w4:
+	CMPQ   DI, $0x00000005
+	JA     n28_w5
+	CMPQ   R8, $0x00000005
+	JBE    n28_w5
+	VADDPS Z5, Z30, Z30
+
+n28_w5:
+	CMPQ   DI, $0x00000006
+	JA     n28_w6
+	CMPQ   R8, $0x00000006
+	JBE    n28_w6
+	VADDPS Z8, Z30, Z30
+
+n28_w6:
+	CMPQ   DI, $0x00000007
+	JA     n28_w7
+	CMPQ   R8, $0x00000007
+	JBE    n28_w7
+	VADDPS Z6, Z30, Z30
+
+n28_w7:
+	CMPQ   DI, $0x00000008
+	JA     n28_w8
+	CMPQ   R8, $0x00000008
+	JBE    n28_w8
+	VADDPS Z12, Z30, Z30
+
+n28_w8:
+	CMPQ   DI, $0x00000009
+	JA     n28_w9
+	CMPQ   R8, $0x00000009
+	JBE    n28_w9
+	VADDPS Z7, Z30, Z30
+
+n28_w9:
+	CMPQ   DI, $0x0000000a
+	JA     n28_w10
+	CMPQ   R8, $0x0000000a
+	JBE    n28_w10
+	VADDPS Z4, Z30, Z30
+
+n28_w10:
+	CMPQ   DI, $0x0000000b
+	JA     n28_w11
+	CMPQ   R8, $0x0000000b
+	JBE    n28_w11
+	VADDPS Z0, Z30, Z30
+
+n28_w11:
+	CMPQ   DI, $0x0000000c
+	JA     n28_w12
+	CMPQ   R8, $0x0000000c
+	JBE    n28_w12
+	VADDPS Z3, Z30, Z30
+
+n28_w12:
+	CMPQ   DI, $0x0000000d
+	JA     n28_w13
+	CMPQ   R8, $0x0000000d
+	JBE    n28_w13
+	VADDPS Z14, Z30, Z30
+
+n28_w13:
+	CMPQ   DI, $0x0000000e
+	JA     n28_w14
+	CMPQ   R8, $0x0000000e
+	JBE    n28_w14
+	VADDPS Z2, Z30, Z30
+
+n28_w14:
+	CMPQ   DI, $0x0000000f
+	JA     n28_w15
+	CMPQ   R8, $0x0000000f
+	JBE    n28_w15
+	VADDPS Z1, Z30, Z30
+
+n28_w15:
+	CMPQ   DI, $0x00000010
+	JA     n28_w16
+	CMPQ   R8, $0x00000010
+	JBE    n28_w16
+	VADDPS Z25, Z30, Z30
+
+n28_w16:
+	CMPQ   DI, $0x00000011
+	JA     n28_w17
+	CMPQ   R8, $0x00000011
+	JBE    n28_w17
+	VADDPS Z10, Z30, Z30
+
+n28_w17:
+	CMPQ   DI, $0x00000012
+	JA     n28_w18
+	CMPQ   R8, $0x00000012
+	JBE    n28_w18
+	VADDPS Z11, Z30, Z30
+
+n28_w18:
+	CMPQ   DI, $0x00000013
+	JA     n28_w19
+	CMPQ   R8, $0x00000013
+	JBE    n28_w19
+	VADDPS Z24, Z30, Z30
+
+n28_w19:
+	CMPQ   DI, $0x00000014
+	JA     n28_w20
+	CMPQ   R8, $0x00000014
+	JBE    n28_w20
+	VADDPS Z16, Z30, Z30
+
+n28_w20:
+	CMPQ   DI, $0x00000015
+	JA     n28_w21
+	CMPQ   R8, $0x00000015
+	JBE    n28_w21
+	VADDPS Z23, Z30, Z30
+
+n28_w21:
+	CMPQ   DI, $0x00000016
+	JA     n28_w22
+	CMPQ   R8, $0x00000016
+	JBE    n28_w22
+	VADDPS Z22, Z30, Z30
+
+n28_w22:
+	CMPQ   DI, $0x00000017
+	JA     n28_w23
+	CMPQ   R8, $0x00000017
+	JBE    n28_w23
+	VADDPS Z9, Z30, Z30
+
+n28_w23:
+	CMPQ   DI, $0x00000018
+	JA     n28_w24
+	CMPQ   R8, $0x00000018
+	JBE    n28_w24
+	VADDPS Z21, Z30, Z30
+
+n28_w24:
+	CMPQ   DI, $0x00000019
+	JA     n28_w25
+	CMPQ   R8, $0x00000019
+	JBE    n28_w25
+	VADDPS Z20, Z30, Z30
+
+n28_w25:
+	CMPQ   DI, $0x0000001a
+	JA     n28_w26
+	CMPQ   R8, $0x0000001a
+	JBE    n28_w26
+	VADDPS Z28, Z30, Z30
+
+n28_w26:
+	CMPQ   DI, $0x0000001b
+	JA     n28_w27
+	CMPQ   R8, $0x0000001b
+	JBE    n28_w27
+	VADDPS Z27, Z30, Z30
+
+n28_w27:
+	VDIVPS  Z31, Z30, Z30
+	VMOVUPS Z30, (CX)
+
+	// n=28: 162 comparators, 28 loads, 0 stores per group
+	ADDQ $0x40, DX
+	ADDQ $0x40, CX
+	DECQ BX
+	JNZ  n28_loop
+	VZEROUPPER
+	RET
+
+n29:
+	MOVQ         x_base+48(FP), AX
+	MOVQ         tmp_base+24(FP), CX
+	MOVQ         dst_base+0(FP), CX
+	MOVQ         off+72(FP), DX
+	SHLQ         $0x02, DX
+	MOVQ         groups+80(FP), BX
+	MOVQ         pf+88(FP), SI
+	MOVQ         k+96(FP), DI
+	MOVQ         $0x0000001d, R8
+	SUBQ         DI, R8
+	VBROADCASTSS c+104(FP), Z31
+
+n29_loop:
+	MOVQ       (AX), R9
+	VMOVUPS    (R9)(DX*1), Z0
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       24(AX), R9
+	VMOVUPS    (R9)(DX*1), Z1
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z1, Z0, Z2
+	VMAXPS     Z1, Z0, Z1
+	MOVQ       48(AX), R9
+	VMOVUPS    (R9)(DX*1), Z0
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       72(AX), R9
+	VMOVUPS    (R9)(DX*1), Z3
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z4, Z2, Z0
+	VMAXPS     Z4, Z2, Z4
+	VMINPS     Z3, Z1, Z2
+	VMAXPS     Z3, Z1, Z3
+	VMINPS     Z4, Z2, Z1
+	VMAXPS     Z4, Z2, Z4
+	MOVQ       96(AX), R9
+	VMOVUPS    (R9)(DX*1), Z2
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       120(AX), R9
+	VMOVUPS    (R9)(DX*1), Z5
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z5, Z2, Z6
+	VMAXPS     Z5, Z2, Z5
+	MOVQ       144(AX), R9
+	VMOVUPS    (R9)(DX*1), Z2
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       168(AX), R9
+	VMOVUPS    (R9)(DX*1), Z7
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z7, Z2, Z8
+	VMAXPS     Z7, Z2, Z7
+	VMINPS     Z8, Z6, Z2
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z5, Z6
+	VMAXPS     Z7, Z5, Z7
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z2, Z0, Z6
+	VMAXPS     Z2, Z0, Z2
+	VMINPS     Z5, Z1, Z0
+	VMAXPS     Z5, Z1, Z5
+	VMINPS     Z8, Z4, Z1
+	VMAXPS     Z8, Z4, Z8
+	VMINPS     Z7, Z3, Z4
+	VMAXPS     Z7, Z3, Z7
+	VMINPS     Z2, Z1, Z3
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z5, Z4, Z1
+	VMAXPS     Z5, Z4, Z5
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z2, Z1, Z0
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z8, Z5, Z1
+	VMAXPS     Z8, Z5, Z8
+	MOVQ       192(AX), R9
+	VMOVUPS    (R9)(DX*1), Z5
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       216(AX), R9
+	VMOVUPS    (R9)(DX*1), Z9
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z9, Z5, Z10
+	VMAXPS     Z9, Z5, Z9
+	MOVQ       240(AX), R9
+	VMOVUPS    (R9)(DX*1), Z5
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       264(AX), R9
+	VMOVUPS    (R9)(DX*1), Z11
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z12, Z10, Z5
+	VMAXPS     Z12, Z10, Z12
+	VMINPS     Z11, Z9, Z10
+	VMAXPS     Z11, Z9, Z11
+	VMINPS     Z12, Z10, Z9
+	VMAXPS     Z12, Z10, Z12
+	MOVQ       288(AX), R9
+	VMOVUPS    (R9)(DX*1), Z10
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       312(AX), R9
+	VMOVUPS    (R9)(DX*1), Z13
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z13, Z10, Z14
+	VMAXPS     Z13, Z10, Z13
+	MOVQ       336(AX), R9
+	VMOVUPS    (R9)(DX*1), Z10
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       360(AX), R9
+	VMOVUPS    (R9)(DX*1), Z15
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z15, Z10, Z16
+	VMAXPS     Z15, Z10, Z15
+	VMINPS     Z16, Z14, Z10
+	VMAXPS     Z16, Z14, Z16
+	VMINPS     Z15, Z13, Z14
+	VMAXPS     Z15, Z13, Z15
+	VMINPS     Z16, Z14, Z13
+	VMAXPS     Z16, Z14, Z16
+	VMINPS     Z10, Z5, Z14
+	VMAXPS     Z10, Z5, Z10
+	VMINPS     Z13, Z9, Z5
+	VMAXPS     Z13, Z9, Z13
+	VMINPS     Z16, Z12, Z9
+	VMAXPS     Z16, Z12, Z16
+	VMINPS     Z15, Z11, Z12
+	VMAXPS     Z15, Z11, Z15
+	VMINPS     Z10, Z9, Z11
+	VMAXPS     Z10, Z9, Z10
+	VMINPS     Z13, Z12, Z9
+	VMAXPS     Z13, Z12, Z13
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z10, Z9, Z5
+	VMAXPS     Z10, Z9, Z10
+	VMINPS     Z16, Z13, Z9
+	VMAXPS     Z16, Z13, Z16
+	VMINPS     Z14, Z6, Z13
+	VMAXPS     Z14, Z6, Z14
+	VMINPS     Z12, Z4, Z6
+	VMAXPS     Z12, Z4, Z12
+	VMINPS     Z11, Z3, Z4
+	VMAXPS     Z11, Z3, Z11
+	VMINPS     Z5, Z0, Z3
+	VMAXPS     Z5, Z0, Z5
+	VMINPS     Z10, Z2, Z0
+	VMAXPS     Z10, Z2, Z10
+	VMINPS     Z9, Z1, Z2
+	VMAXPS     Z9, Z1, Z9
+	VMINPS     Z16, Z8, Z1
+	VMAXPS     Z16, Z8, Z16
+	VMINPS     Z15, Z7, Z8
+	VMAXPS     Z15, Z7, Z15
+	VMINPS     Z14, Z0, Z7
+	VMAXPS     Z14, Z0, Z14
+	VMINPS     Z12, Z2, Z0
+	VMAXPS     Z12, Z2, Z12
+	VMINPS     Z11, Z1, Z2
+	VMAXPS     Z11, Z1, Z11
+	VMINPS     Z5, Z8, Z1
+	VMAXPS     Z5, Z8, Z5
+	VMINPS     Z7, Z4, Z8
+	VMAXPS     Z7, Z4, Z7
+	VMINPS     Z0, Z3, Z4
+	VMAXPS     Z0, Z3, Z0
+	VMINPS     Z14, Z2, Z3
+	VMAXPS     Z14, Z2, Z14
+	VMINPS     Z12, Z1, Z2
+	VMAXPS     Z12, Z1, Z12
+	VMINPS     Z10, Z11, Z1
+	VMAXPS     Z10, Z11, Z10
+	VMINPS     Z9, Z5, Z11
+	VMAXPS     Z9, Z5, Z9
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z4, Z6
+	VMAXPS     Z7, Z4, Z7
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z14, Z2, Z0
+	VMAXPS     Z14, Z2, Z14
+	VMINPS     Z1, Z12, Z2
+	VMAXPS     Z1, Z12, Z1
+	VMINPS     Z10, Z11, Z12
+	VMAXPS     Z10, Z11, Z10
+	VMINPS     Z16, Z9, Z11
+	VMAXPS     Z16, Z9, Z16
+	MOVQ       384(AX), R9
+	VMOVUPS    (R9)(DX*1), Z9
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       408(AX), R9
+	VMOVUPS    (R9)(DX*1), Z17
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z17, Z9, Z18
+	VMAXPS     Z17, Z9, Z17
+	MOVQ       432(AX), R9
+	VMOVUPS    (R9)(DX*1), Z9
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       456(AX), R9
+	VMOVUPS    (R9)(DX*1), Z19
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z19, Z9, Z20
+	VMAXPS     Z19, Z9, Z19
+	VMINPS     Z20, Z18, Z9
+	VMAXPS     Z20, Z18, Z20
+	VMINPS     Z19, Z17, Z18
+	VMAXPS     Z19, Z17, Z19
+	VMINPS     Z20, Z18, Z17
+	VMAXPS     Z20, Z18, Z20
+	MOVQ       480(AX), R9
+	VMOVUPS    (R9)(DX*1), Z18
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       504(AX), R9
+	VMOVUPS    (R9)(DX*1), Z21
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z21, Z18, Z22
+	VMAXPS     Z21, Z18, Z21
+	MOVQ       528(AX), R9
+	VMOVUPS    (R9)(DX*1), Z18
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       552(AX), R9
+	VMOVUPS    (R9)(DX*1), Z23
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z23, Z18, Z24
+	VMAXPS     Z23, Z18, Z23
+	VMINPS     Z24, Z22, Z18
+	VMAXPS     Z24, Z22, Z24
+	VMINPS     Z23, Z21, Z22
+	VMAXPS     Z23, Z21, Z23
+	VMINPS     Z24, Z22, Z21
+	VMAXPS     Z24, Z22, Z24
+	VMINPS     Z18, Z9, Z22
+	VMAXPS     Z18, Z9, Z18
+	VMINPS     Z21, Z17, Z9
+	VMAXPS     Z21, Z17, Z21
+	VMINPS     Z24, Z20, Z17
+	VMAXPS     Z24, Z20, Z24
+	VMINPS     Z23, Z19, Z20
+	VMAXPS     Z23, Z19, Z23
+	VMINPS     Z18, Z17, Z19
+	VMAXPS     Z18, Z17, Z18
+	VMINPS     Z21, Z20, Z17
+	VMAXPS     Z21, Z20, Z21
+	VMINPS     Z19, Z9, Z20
+	VMAXPS     Z19, Z9, Z19
+	VMINPS     Z18, Z17, Z9
+	VMAXPS     Z18, Z17, Z18
+	VMINPS     Z24, Z21, Z17
+	VMAXPS     Z24, Z21, Z24
+	MOVQ       576(AX), R9
+	VMOVUPS    (R9)(DX*1), Z21
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       600(AX), R9
+	VMOVUPS    (R9)(DX*1), Z25
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z25, Z21, Z26
+	VMAXPS     Z25, Z21, Z25
+	MOVQ       624(AX), R9
+	VMOVUPS    (R9)(DX*1), Z21
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	MOVQ       648(AX), R9
+	VMOVUPS    (R9)(DX*1), Z27
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z27, Z21, Z28
+	VMAXPS     Z27, Z21, Z27
+	VMINPS     Z28, Z26, Z21
+	VMAXPS     Z28, Z26, Z28
+	VMINPS     Z27, Z25, Z26
+	VMAXPS     Z27, Z25, Z27
+	VMINPS     Z28, Z26, Z25
+	VMAXPS     Z28, Z26, Z28
+	MOVQ       672(AX), R9
+	VMOVUPS    (R9)(DX*1), Z26
+	LEAQ       (R9)(SI*1), R9
+	PREFETCHT1 (R9)(DX*1)
+	VMINPS     Z26, Z21, Z29
+	VMAXPS     Z26, Z21, Z26
+	VMINPS     Z26, Z28, Z21
+	VMAXPS     Z26, Z28, Z26
+	VMINPS     Z21, Z25, Z28
+	VMAXPS     Z21, Z25, Z21
+	VMINPS     Z26, Z27, Z25
+	VMAXPS     Z26, Z27, Z26
+	VMINPS     Z29, Z22, Z27
+	VMAXPS     Z29, Z22, Z29
+	VMINPS     Z28, Z20, Z22
+	VMAXPS     Z28, Z20, Z28
+	VMINPS     Z21, Z19, Z20
+	VMAXPS     Z21, Z19, Z21
+	VMINPS     Z25, Z9, Z19
+	VMAXPS     Z25, Z9, Z25
+	VMINPS     Z26, Z18, Z9
+	VMAXPS     Z26, Z18, Z26
+	VMINPS     Z29, Z9, Z18
+	VMAXPS     Z29, Z9, Z29
+	VMINPS     Z28, Z17, Z9
+	VMAXPS     Z28, Z17, Z28
+	VMINPS     Z21, Z24, Z17
+	VMAXPS     Z21, Z24, Z21
+	VMINPS     Z25, Z23, Z24
+	VMAXPS     Z25, Z23, Z25
+	VMINPS     Z18, Z20, Z23
+	VMAXPS     Z18, Z20, Z18
+	VMINPS     Z9, Z19, Z20
+	VMAXPS     Z9, Z19, Z9
+	VMINPS     Z29, Z17, Z19
+	VMAXPS     Z29, Z17, Z29
+	VMINPS     Z28, Z24, Z17
+	VMAXPS     Z28, Z24, Z28
+	VMINPS     Z26, Z21, Z24
+	VMAXPS     Z26, Z21, Z26
+	VMINPS     Z23, Z22, Z21
+	VMAXPS     Z23, Z22, Z23
+	VMINPS     Z18, Z20, Z22
+	VMAXPS     Z18, Z20, Z18
+	VMINPS     Z19, Z9, Z20
+	VMAXPS     Z19, Z9, Z19
+	VMINPS     Z29, Z17, Z9
+	VMAXPS     Z29, Z17, Z29
+	VMINPS     Z24, Z28, Z17
+	VMAXPS     Z24, Z28, Z24
+	VMINPS     Z26, Z25, Z28
+	VMAXPS     Z26, Z25, Z26
+	VMINPS     Z27, Z13, Z25
+	VMAXPS     Z27, Z13, Z27
+	VMINPS     Z21, Z5, Z13
+	VMAXPS     Z21, Z5, Z21
+	VMINPS     Z23, Z8, Z5
+	VMAXPS     Z23, Z8, Z23
+	VMINPS     Z22, Z6, Z8
+	VMAXPS     Z22, Z6, Z22
+	VMINPS     Z18, Z7, Z6
+	VMAXPS     Z18, Z7, Z18
+	VMINPS     Z20, Z4, Z7
+	VMAXPS     Z20, Z4, Z20
+	VMINPS     Z19, Z3, Z4
+	VMAXPS     Z19, Z3, Z19
+	VMINPS     Z9, Z0, Z3
+	VMAXPS     Z9, Z0, Z9
+	VMINPS     Z29, Z14, Z0
+	VMAXPS     Z29, Z14, Z29
+	VMINPS     Z17, Z2, Z14
+	VMAXPS     Z17, Z2, Z17
+	VMINPS     Z24, Z1, Z2
+	VMAXPS     Z24, Z1, Z24
+	VMINPS     Z28, Z12, Z1
+	VMAXPS     Z28, Z12, Z28
+	VMINPS     Z26, Z10, Z12
+	VMAXPS     Z26, Z10, Z26
+	VMINPS     Z27, Z0, Z10
+	VMAXPS     Z27, Z0, Z27
+	VMINPS     Z21, Z14, Z0
+	VMAXPS     Z21, Z14, Z21
+	VMINPS     Z23, Z2, Z14
+	VMAXPS     Z23, Z2, Z23
+	VMINPS     Z22, Z1, Z2
+	VMAXPS     Z22, Z1, Z22
+	VMINPS     Z18, Z12, Z1
+	VMAXPS     Z18, Z12, Z18
+	VMINPS     Z20, Z11, Z12
+	VMAXPS     Z20, Z11, Z20
+	VMINPS     Z19, Z16, Z11
+	VMAXPS     Z19, Z16, Z19
+	VMINPS     Z9, Z15, Z16
+	VMAXPS     Z9, Z15, Z9
+	VMINPS     Z10, Z6, Z15
+	VMAXPS     Z10, Z6, Z10
+	VMINPS     Z0, Z7, Z6
+	VMAXPS     Z0, Z7, Z0
+	VMINPS     Z14, Z4, Z7
+	VMAXPS     Z14, Z4, Z14
+	VMINPS     Z2, Z3, Z4
+	VMAXPS     Z2, Z3, Z2
+	VMINPS     Z27, Z1, Z3
+	VMAXPS     Z27, Z1, Z27
+	VMINPS     Z21, Z12, Z1
+	VMAXPS     Z21, Z12, Z21
+	VMINPS     Z23, Z11, Z12
+	VMAXPS     Z23, Z11, Z23
+	VMINPS     Z22, Z16, Z11
+	VMAXPS     Z22, Z16, Z22
+	VMINPS     Z29, Z18, Z16
+	VMAXPS     Z29, Z18, Z29
+	VMINPS     Z17, Z20, Z18
+	VMAXPS     Z17, Z20, Z17
+	VMINPS     Z24, Z19, Z20
+	VMAXPS     Z24, Z19, Z24
+	VMINPS     Z28, Z9, Z19
+	VMAXPS     Z28, Z9, Z28
+	VMINPS     Z15, Z5, Z9
+	VMAXPS     Z15, Z5, Z15
+	VMINPS     Z6, Z8, Z5
+	VMAXPS     Z6, Z8, Z6
+	VMINPS     Z10, Z7, Z8
+	VMAXPS     Z10, Z7, Z10
+	VMINPS     Z0, Z4, Z7
+	VMAXPS     Z0, Z4, Z0
+	VMINPS     Z3, Z14, Z4
+	VMAXPS     Z3, Z14, Z3
+	VMINPS     Z1, Z2, Z14
+	VMAXPS     Z1, Z2, Z1
+	VMINPS     Z27, Z12, Z2
+	VMAXPS     Z27, Z12, Z27
+	VMINPS     Z21, Z11, Z12
+	VMAXPS     Z21, Z11, Z21
+	VMINPS     Z16, Z23, Z11
+	VMAXPS     Z16, Z23, Z16
+	VMINPS     Z18, Z22, Z23
+	VMAXPS     Z18, Z22, Z18
+	VMINPS     Z29, Z20, Z22
+	VMAXPS     Z29, Z20, Z29
+	VMINPS     Z17, Z19, Z20
+	VMAXPS     Z17, Z19, Z17
+	VMINPS     Z26, Z24, Z19
+	VMAXPS     Z26, Z24, Z26
+	VMINPS     Z9, Z13, Z24
+	VMAXPS     Z9, Z13, Z9
+	VMINPS     Z15, Z5, Z13
+	VMAXPS     Z15, Z5, Z15
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z10, Z7, Z6
+	VMAXPS     Z10, Z7, Z10
+	VMINPS     Z4, Z0, Z7
+	VMAXPS     Z4, Z0, Z4
+	VMINPS     Z3, Z14, Z0
+	VMAXPS     Z3, Z14, Z3
+	VMINPS     Z2, Z1, Z14
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z27, Z12, Z1
+	VMAXPS     Z27, Z12, Z27
+	VMINPS     Z11, Z21, Z12
+	VMAXPS     Z11, Z21, Z11
+	VMINPS     Z16, Z23, Z21
+	VMAXPS     Z16, Z23, Z16
+	VMINPS     Z22, Z18, Z23
+	VMAXPS     Z22, Z18, Z22
+	VMINPS     Z29, Z20, Z18
+	VMAXPS     Z29, Z20, Z29
+	VMINPS     Z19, Z17, Z20
+	VMAXPS     Z19, Z17, Z19
+	VMINPS     Z26, Z28, Z17
+	VMAXPS     Z26, Z28, Z26
+	VXORPS     Z30, Z30, Z30
+	CMPQ       DI, $0x00000000
+	JA         n29_w0
+	CMPQ       R8, $0x00000000
+	JBE        n29_w0
+	VADDPS     Z25, Z30, Z30
+
+n29_w0:
+	CMPQ   DI, $0x00000001
+	JA     n29_w1
+	CMPQ   R8, $0x00000001
+	JBE    n29_w1
+	VADDPS Z24, Z30, Z30
+
+n29_w1:
+	CMPQ   DI, $0x00000002
+	JA     n29_w2
+	CMPQ   R8, $0x00000002
+	JBE    n29_w2
+	VADDPS Z9, Z30, Z30
+
+n29_w2:
+	CMPQ   DI, $0x00000003
+	JA     n29_w3
+	CMPQ   R8, $0x00000003
+	JBE    n29_w3
+	VADDPS Z13, Z30, Z30
+
+n29_w3:
+	CMPQ   DI, $0x00000004
+	JA     n29_w4
+	CMPQ   R8, $0x00000004
+	JBE    n29_w4
+	VADDPS Z15, Z30, Z30
+
+n29_w4:
+	CMPQ   DI, $0x00000005
+	JA     n29_w5
+	CMPQ   R8, $0x00000005
+	JBE    n29_w5
+	VADDPS Z5, Z30, Z30
+
+n29_w5:
+	CMPQ   DI, $0x00000006
+	JA     n29_w6
+	CMPQ   R8, $0x00000006
+	JBE    n29_w6
+	VADDPS Z8, Z30, Z30
+
+n29_w6:
+	CMPQ   DI, $0x00000007
+	JA     n29_w7
+	CMPQ   R8, $0x00000007
+	JBE    n29_w7
+	VADDPS Z6, Z30, Z30
+
+n29_w7:
+	CMPQ   DI, $0x00000008
+	JA     n29_w8
+	CMPQ   R8, $0x00000008
+	JBE    n29_w8
+	VADDPS Z10, Z30, Z30
+
+n29_w8:
+	CMPQ   DI, $0x00000009
+	JA     n29_w9
+	CMPQ   R8, $0x00000009
+	JBE    n29_w9
+	VADDPS Z7, Z30, Z30
+
+n29_w9:
+	CMPQ   DI, $0x0000000a
+	JA     n29_w10
+	CMPQ   R8, $0x0000000a
+	JBE    n29_w10
+	VADDPS Z4, Z30, Z30
+
+n29_w10:
+	CMPQ   DI, $0x0000000b
+	JA     n29_w11
+	CMPQ   R8, $0x0000000b
+	JBE    n29_w11
+	VADDPS Z0, Z30, Z30
+
+n29_w11:
+	CMPQ   DI, $0x0000000c
+	JA     n29_w12
+	CMPQ   R8, $0x0000000c
+	JBE    n29_w12
+	VADDPS Z3, Z30, Z30
+
+n29_w12:
+	CMPQ   DI, $0x0000000d
+	JA     n29_w13
+	CMPQ   R8, $0x0000000d
+	JBE    n29_w13
+	VADDPS Z14, Z30, Z30
+
+n29_w13:
+	CMPQ   DI, $0x0000000e
+	JA     n29_w14
+	CMPQ   R8, $0x0000000e
+	JBE    n29_w14
+	VADDPS Z2, Z30, Z30
+
+n29_w14:
+	CMPQ   DI, $0x0000000f
+	JA     n29_w15
+	CMPQ   R8, $0x0000000f
+	JBE    n29_w15
+	VADDPS Z1, Z30, Z30
+
+n29_w15:
+	CMPQ   DI, $0x00000010
+	JA     n29_w16
+	CMPQ   R8, $0x00000010
+	JBE    n29_w16
+	VADDPS Z27, Z30, Z30
+
+n29_w16:
+	CMPQ   DI, $0x00000011
+	JA     n29_w17
+	CMPQ   R8, $0x00000011
+	JBE    n29_w17
+	VADDPS Z12, Z30, Z30
+
+n29_w17:
+	CMPQ   DI, $0x00000012
+	JA     n29_w18
+	CMPQ   R8, $0x00000012
+	JBE    n29_w18
+	VADDPS Z11, Z30, Z30
+
+n29_w18:
+	CMPQ   DI, $0x00000013
+	JA     n29_w19
+	CMPQ   R8, $0x00000013
+	JBE    n29_w19
+	VADDPS Z21, Z30, Z30
+
+n29_w19:
+	CMPQ   DI, $0x00000014
+	JA     n29_w20
+	CMPQ   R8, $0x00000014
+	JBE    n29_w20
+	VADDPS Z16, Z30, Z30
+
+n29_w20:
+	CMPQ   DI, $0x00000015
+	JA     n29_w21
+	CMPQ   R8, $0x00000015
+	JBE    n29_w21
+	VADDPS Z23, Z30, Z30
+
+n29_w21:
+	CMPQ   DI, $0x00000016
+	JA     n29_w22
+	CMPQ   R8, $0x00000016
+	JBE    n29_w22
+	VADDPS Z22, Z30, Z30
+
+n29_w22:
+	CMPQ   DI, $0x00000017
+	JA     n29_w23
+	CMPQ   R8, $0x00000017
+	JBE    n29_w23
+	VADDPS Z18, Z30, Z30
+
+n29_w23:
+	CMPQ   DI, $0x00000018
+	JA     n29_w24
+	CMPQ   R8, $0x00000018
+	JBE    n29_w24
+	VADDPS Z29, Z30, Z30
+
+n29_w24:
+	CMPQ   DI, $0x00000019
+	JA     n29_w25
+	CMPQ   R8, $0x00000019
+	JBE    n29_w25
+	VADDPS Z20, Z30, Z30
+
+n29_w25:
+	CMPQ   DI, $0x0000001a
+	JA     n29_w26
+	CMPQ   R8, $0x0000001a
+	JBE    n29_w26
+	VADDPS Z19, Z30, Z30
+
+n29_w26:
+	CMPQ   DI, $0x0000001b
+	JA     n29_w27
+	CMPQ   R8, $0x0000001b
+	JBE    n29_w27
+	VADDPS Z17, Z30, Z30
+
+n29_w27:
+	CMPQ   DI, $0x0000001c
+	JA     n29_w28
+	CMPQ   R8, $0x0000001c
+	JBE    n29_w28
+	VADDPS Z26, Z30, Z30
+
+n29_w28:
+	VDIVPS  Z31, Z30, Z30
+	VMOVUPS Z30, (CX)
+
+	// n=29: 171 comparators, 29 loads, 0 stores per group
+	ADDQ $0x40, DX
+	ADDQ $0x40, CX
+	DECQ BX
+	JNZ  n29_loop
+	VZEROUPPER
+	RET
+
+n30:
+	MOVQ         x_base+48(FP), AX
+	MOVQ         tmp_base+24(FP), CX
+	MOVQ         dst_base+0(FP), DX
+	MOVQ         off+72(FP), BX
+	SHLQ         $0x02, BX
+	MOVQ         groups+80(FP), SI
+	MOVQ         pf+88(FP), DI
+	MOVQ         k+96(FP), R8
+	MOVQ         $0x0000001e, R9
+	SUBQ         R8, R9
+	VBROADCASTSS c+104(FP), Z31
+
+n30_loop:
+	MOVQ       (AX), R10
+	VMOVUPS    (R10)(BX*1), Z0
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	MOVQ       24(AX), R10
+	VMOVUPS    (R10)(BX*1), Z1
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	VMINPS     Z1, Z0, Z2
+	VMAXPS     Z1, Z0, Z1
+	MOVQ       48(AX), R10
+	VMOVUPS    (R10)(BX*1), Z0
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	MOVQ       72(AX), R10
+	VMOVUPS    (R10)(BX*1), Z3
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z4, Z2, Z0
+	VMAXPS     Z4, Z2, Z4
+	VMINPS     Z3, Z1, Z2
+	VMAXPS     Z3, Z1, Z3
+	VMINPS     Z4, Z2, Z1
+	VMAXPS     Z4, Z2, Z4
+	MOVQ       96(AX), R10
+	VMOVUPS    (R10)(BX*1), Z2
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	MOVQ       120(AX), R10
+	VMOVUPS    (R10)(BX*1), Z5
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	VMINPS     Z5, Z2, Z6
+	VMAXPS     Z5, Z2, Z5
+	MOVQ       144(AX), R10
+	VMOVUPS    (R10)(BX*1), Z2
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	MOVQ       168(AX), R10
+	VMOVUPS    (R10)(BX*1), Z7
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	VMINPS     Z7, Z2, Z8
+	VMAXPS     Z7, Z2, Z7
+	VMINPS     Z8, Z6, Z2
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z5, Z6
+	VMAXPS     Z7, Z5, Z7
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z2, Z0, Z6
+	VMAXPS     Z2, Z0, Z2
+	VMINPS     Z5, Z1, Z0
+	VMAXPS     Z5, Z1, Z5
+	VMINPS     Z8, Z4, Z1
+	VMAXPS     Z8, Z4, Z8
+	VMINPS     Z7, Z3, Z4
+	VMAXPS     Z7, Z3, Z7
+	VMINPS     Z2, Z1, Z3
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z5, Z4, Z1
+	VMAXPS     Z5, Z4, Z5
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z2, Z1, Z0
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z8, Z5, Z1
+	VMAXPS     Z8, Z5, Z8
+	MOVQ       192(AX), R10
+	VMOVUPS    (R10)(BX*1), Z5
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	MOVQ       216(AX), R10
+	VMOVUPS    (R10)(BX*1), Z9
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	VMINPS     Z9, Z5, Z10
+	VMAXPS     Z9, Z5, Z9
+	MOVQ       240(AX), R10
+	VMOVUPS    (R10)(BX*1), Z5
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	MOVQ       264(AX), R10
+	VMOVUPS    (R10)(BX*1), Z11
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z12, Z10, Z5
+	VMAXPS     Z12, Z10, Z12
+	VMINPS     Z11, Z9, Z10
+	VMAXPS     Z11, Z9, Z11
+	VMINPS     Z12, Z10, Z9
+	VMAXPS     Z12, Z10, Z12
+	MOVQ       288(AX), R10
+	VMOVUPS    (R10)(BX*1), Z10
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	MOVQ       312(AX), R10
+	VMOVUPS    (R10)(BX*1), Z13
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	VMINPS     Z13, Z10, Z14
+	VMAXPS     Z13, Z10, Z13
+	MOVQ       336(AX), R10
+	VMOVUPS    (R10)(BX*1), Z10
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	MOVQ       360(AX), R10
+	VMOVUPS    (R10)(BX*1), Z15
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	VMINPS     Z15, Z10, Z16
+	VMAXPS     Z15, Z10, Z15
+	VMINPS     Z16, Z14, Z10
+	VMAXPS     Z16, Z14, Z16
+	VMINPS     Z15, Z13, Z14
+	VMAXPS     Z15, Z13, Z15
+	VMINPS     Z16, Z14, Z13
+	VMAXPS     Z16, Z14, Z16
+	VMINPS     Z10, Z5, Z14
+	VMAXPS     Z10, Z5, Z10
+	VMINPS     Z13, Z9, Z5
+	VMAXPS     Z13, Z9, Z13
+	VMINPS     Z16, Z12, Z9
+	VMAXPS     Z16, Z12, Z16
+	VMINPS     Z15, Z11, Z12
+	VMAXPS     Z15, Z11, Z15
+	VMINPS     Z10, Z9, Z11
+	VMAXPS     Z10, Z9, Z10
+	VMINPS     Z13, Z12, Z9
+	VMAXPS     Z13, Z12, Z13
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z10, Z9, Z5
+	VMAXPS     Z10, Z9, Z10
+	VMINPS     Z16, Z13, Z9
+	VMAXPS     Z16, Z13, Z16
+	VMINPS     Z14, Z6, Z13
+	VMAXPS     Z14, Z6, Z14
+	VMINPS     Z12, Z4, Z6
+	VMAXPS     Z12, Z4, Z12
+	VMINPS     Z11, Z3, Z4
+	VMAXPS     Z11, Z3, Z11
+	VMINPS     Z5, Z0, Z3
+	VMAXPS     Z5, Z0, Z5
+	VMINPS     Z10, Z2, Z0
+	VMAXPS     Z10, Z2, Z10
+	VMINPS     Z9, Z1, Z2
+	VMAXPS     Z9, Z1, Z9
+	VMINPS     Z16, Z8, Z1
+	VMAXPS     Z16, Z8, Z16
+	VMINPS     Z15, Z7, Z8
+	VMAXPS     Z15, Z7, Z15
+	VMINPS     Z14, Z0, Z7
+	VMAXPS     Z14, Z0, Z14
+	VMINPS     Z12, Z2, Z0
+	VMAXPS     Z12, Z2, Z12
+	VMINPS     Z11, Z1, Z2
+	VMAXPS     Z11, Z1, Z11
+	VMINPS     Z5, Z8, Z1
+	VMAXPS     Z5, Z8, Z5
+	VMINPS     Z7, Z4, Z8
+	VMAXPS     Z7, Z4, Z7
+	VMINPS     Z0, Z3, Z4
+	VMAXPS     Z0, Z3, Z0
+	VMINPS     Z14, Z2, Z3
+	VMAXPS     Z14, Z2, Z14
+	VMINPS     Z12, Z1, Z2
+	VMAXPS     Z12, Z1, Z12
+	VMINPS     Z10, Z11, Z1
+	VMAXPS     Z10, Z11, Z10
+	VMINPS     Z9, Z5, Z11
+	VMAXPS     Z9, Z5, Z9
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z4, Z6
+	VMAXPS     Z7, Z4, Z7
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z14, Z2, Z0
+	VMAXPS     Z14, Z2, Z14
+	VMINPS     Z1, Z12, Z2
+	VMAXPS     Z1, Z12, Z1
+	VMINPS     Z10, Z11, Z12
+	VMAXPS     Z10, Z11, Z10
+	VMINPS     Z16, Z9, Z11
+	VMAXPS     Z16, Z9, Z16
+	MOVQ       384(AX), R10
+	VMOVUPS    (R10)(BX*1), Z9
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	MOVQ       408(AX), R10
+	VMOVUPS    (R10)(BX*1), Z17
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	VMINPS     Z17, Z9, Z18
+	VMAXPS     Z17, Z9, Z17
+	MOVQ       432(AX), R10
+	VMOVUPS    (R10)(BX*1), Z9
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	MOVQ       456(AX), R10
+	VMOVUPS    (R10)(BX*1), Z19
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	VMINPS     Z19, Z9, Z20
+	VMAXPS     Z19, Z9, Z19
+	VMINPS     Z20, Z18, Z9
+	VMAXPS     Z20, Z18, Z20
+	VMINPS     Z19, Z17, Z18
+	VMAXPS     Z19, Z17, Z19
+	VMINPS     Z20, Z18, Z17
+	VMAXPS     Z20, Z18, Z20
+	MOVQ       480(AX), R10
+	VMOVUPS    (R10)(BX*1), Z18
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	MOVQ       504(AX), R10
+	VMOVUPS    (R10)(BX*1), Z21
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	VMINPS     Z21, Z18, Z22
+	VMAXPS     Z21, Z18, Z21
+	MOVQ       528(AX), R10
+	VMOVUPS    (R10)(BX*1), Z18
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	MOVQ       552(AX), R10
+	VMOVUPS    (R10)(BX*1), Z23
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	VMINPS     Z23, Z18, Z24
+	VMAXPS     Z23, Z18, Z23
+	VMINPS     Z24, Z22, Z18
+	VMAXPS     Z24, Z22, Z24
+	VMINPS     Z23, Z21, Z22
+	VMAXPS     Z23, Z21, Z23
+	VMINPS     Z24, Z22, Z21
+	VMAXPS     Z24, Z22, Z24
+	VMINPS     Z18, Z9, Z22
+	VMAXPS     Z18, Z9, Z18
+	VMINPS     Z21, Z17, Z9
+	VMAXPS     Z21, Z17, Z21
+	VMINPS     Z24, Z20, Z17
+	VMAXPS     Z24, Z20, Z24
+	VMINPS     Z23, Z19, Z20
+	VMAXPS     Z23, Z19, Z23
+	VMINPS     Z18, Z17, Z19
+	VMAXPS     Z18, Z17, Z18
+	VMINPS     Z21, Z20, Z17
+	VMAXPS     Z21, Z20, Z21
+	VMINPS     Z19, Z9, Z20
+	VMAXPS     Z19, Z9, Z19
+	VMINPS     Z18, Z17, Z9
+	VMAXPS     Z18, Z17, Z18
+	VMINPS     Z24, Z21, Z17
+	VMAXPS     Z24, Z21, Z24
+	MOVQ       576(AX), R10
+	VMOVUPS    (R10)(BX*1), Z21
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	MOVQ       600(AX), R10
+	VMOVUPS    (R10)(BX*1), Z25
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	VMINPS     Z25, Z21, Z26
+	VMAXPS     Z25, Z21, Z25
+	MOVQ       624(AX), R10
+	VMOVUPS    (R10)(BX*1), Z21
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	MOVQ       648(AX), R10
+	VMOVUPS    (R10)(BX*1), Z27
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	VMINPS     Z27, Z21, Z28
+	VMAXPS     Z27, Z21, Z27
+	VMINPS     Z28, Z26, Z21
+	VMAXPS     Z28, Z26, Z28
+	VMINPS     Z27, Z25, Z26
+	VMAXPS     Z27, Z25, Z27
+	VMINPS     Z28, Z26, Z25
+	VMAXPS     Z28, Z26, Z28
+	MOVQ       672(AX), R10
+	VMOVUPS    (R10)(BX*1), Z26
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	MOVQ       696(AX), R10
+	VMOVUPS    (R10)(BX*1), Z29
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	VMOVUPS    Z15, 960(CX)
+	VMINPS     Z29, Z26, Z15
+	VMAXPS     Z29, Z26, Z29
+	VMINPS     Z15, Z21, Z26
+	VMAXPS     Z15, Z21, Z15
+	VMINPS     Z29, Z25, Z21
+	VMAXPS     Z29, Z25, Z29
+	VMINPS     Z15, Z28, Z25
+	VMAXPS     Z15, Z28, Z15
+	VMINPS     Z29, Z27, Z28
+	VMAXPS     Z29, Z27, Z29
+	VMINPS     Z25, Z21, Z27
+	VMAXPS     Z25, Z21, Z25
+	VMINPS     Z15, Z28, Z21
+	VMAXPS     Z15, Z28, Z15
+	VMINPS     Z26, Z22, Z28
+	VMAXPS     Z26, Z22, Z26
+	VMINPS     Z27, Z20, Z22
+	VMAXPS     Z27, Z20, Z27
+	VMINPS     Z25, Z19, Z20
+	VMAXPS     Z25, Z19, Z25
+	VMINPS     Z21, Z9, Z19
+	VMAXPS     Z21, Z9, Z21
+	VMINPS     Z15, Z18, Z9
+	VMAXPS     Z15, Z18, Z15
+	VMINPS     Z29, Z17, Z18
+	VMAXPS     Z29, Z17, Z29
+	VMINPS     Z26, Z9, Z17
+	VMAXPS     Z26, Z9, Z26
+	VMINPS     Z27, Z18, Z9
+	VMAXPS     Z27, Z18, Z27
+	VMINPS     Z25, Z24, Z18
+	VMAXPS     Z25, Z24, Z25
+	VMINPS     Z21, Z23, Z24
+	VMAXPS     Z21, Z23, Z21
+	VMINPS     Z17, Z20, Z23
+	VMAXPS     Z17, Z20, Z17
+	VMINPS     Z9, Z19, Z20
+	VMAXPS     Z9, Z19, Z9
+	VMINPS     Z26, Z18, Z19
+	VMAXPS     Z26, Z18, Z26
+	VMINPS     Z27, Z24, Z18
+	VMAXPS     Z27, Z24, Z27
+	VMINPS     Z15, Z25, Z24
+	VMAXPS     Z15, Z25, Z15
+	VMINPS     Z29, Z21, Z25
+	VMAXPS     Z29, Z21, Z29
+	VMINPS     Z23, Z22, Z21
+	VMAXPS     Z23, Z22, Z23
+	VMINPS     Z17, Z20, Z22
+	VMAXPS     Z17, Z20, Z17
+	VMINPS     Z19, Z9, Z20
+	VMAXPS     Z19, Z9, Z19
+	VMINPS     Z26, Z18, Z9
+	VMAXPS     Z26, Z18, Z26
+	VMINPS     Z24, Z27, Z18
+	VMAXPS     Z24, Z27, Z24
+	VMINPS     Z15, Z25, Z27
+	VMAXPS     Z15, Z25, Z15
+	VMINPS     Z28, Z13, Z25
+	VMAXPS     Z28, Z13, Z28
+	VMINPS     Z21, Z5, Z13
+	VMAXPS     Z21, Z5, Z21
+	VMINPS     Z23, Z8, Z5
+	VMAXPS     Z23, Z8, Z23
+	VMINPS     Z22, Z6, Z8
+	VMAXPS     Z22, Z6, Z22
+	VMINPS     Z17, Z7, Z6
+	VMAXPS     Z17, Z7, Z17
+	VMINPS     Z20, Z4, Z7
+	VMAXPS     Z20, Z4, Z20
+	VMINPS     Z19, Z3, Z4
+	VMAXPS     Z19, Z3, Z19
+	VMINPS     Z9, Z0, Z3
+	VMAXPS     Z9, Z0, Z9
+	VMINPS     Z26, Z14, Z0
+	VMAXPS     Z26, Z14, Z26
+	VMINPS     Z18, Z2, Z14
+	VMAXPS     Z18, Z2, Z18
+	VMINPS     Z24, Z1, Z2
+	VMAXPS     Z24, Z1, Z24
+	VMINPS     Z27, Z12, Z1
+	VMAXPS     Z27, Z12, Z27
+	VMINPS     Z15, Z10, Z12
+	VMAXPS     Z15, Z10, Z15
+	VMINPS     Z29, Z11, Z10
+	VMAXPS     Z29, Z11, Z29
+	VMINPS     Z28, Z0, Z11
+	VMAXPS     Z28, Z0, Z28
+	VMINPS     Z21, Z14, Z0
+	VMAXPS     Z21, Z14, Z21
+	VMINPS     Z23, Z2, Z14
+	VMAXPS     Z23, Z2, Z23
+	VMINPS     Z22, Z1, Z2
+	VMAXPS     Z22, Z1, Z22
+	VMINPS     Z17, Z12, Z1
+	VMAXPS     Z17, Z12, Z17
+	VMINPS     Z20, Z10, Z12
+	VMAXPS     Z20, Z10, Z20
+	VMINPS     Z19, Z16, Z10
+	VMAXPS     Z19, Z16, Z19
+	VMINPS     Z11, Z6, Z16
+	VMAXPS     Z11, Z6, Z11
+	VMINPS     Z0, Z7, Z6
+	VMAXPS     Z0, Z7, Z0
+	VMINPS     Z14, Z4, Z7
+	VMAXPS     Z14, Z4, Z14
+	VMINPS     Z2, Z3, Z4
+	VMAXPS     Z2, Z3, Z2
+	VMINPS     Z28, Z1, Z3
+	VMAXPS     Z28, Z1, Z28
+	VMINPS     Z21, Z12, Z1
+	VMAXPS     Z21, Z12, Z21
+	VMINPS     Z23, Z10, Z12
+	VMAXPS     Z23, Z10, Z23
+	VMINPS     Z26, Z17, Z10
+	VMAXPS     Z26, Z17, Z26
+	VMINPS     Z18, Z20, Z17
+	VMAXPS     Z18, Z20, Z18
+	VMINPS     Z24, Z19, Z20
+	VMAXPS     Z24, Z19, Z24
+	VMINPS     Z16, Z5, Z19
+	VMAXPS     Z16, Z5, Z16
+	VMINPS     Z6, Z8, Z5
+	VMAXPS     Z6, Z8, Z6
+	VMINPS     Z11, Z7, Z8
+	VMAXPS     Z11, Z7, Z11
+	VMINPS     Z0, Z4, Z7
+	VMAXPS     Z0, Z4, Z0
+	VMINPS     Z3, Z14, Z4
+	VMAXPS     Z3, Z14, Z3
+	VMINPS     Z1, Z2, Z14
+	VMAXPS     Z1, Z2, Z1
+	VMINPS     Z28, Z12, Z2
+	VMAXPS     Z28, Z12, Z28
+	VMINPS     Z10, Z23, Z12
+	VMAXPS     Z10, Z23, Z10
+	VMINPS     Z26, Z20, Z23
+	VMAXPS     Z26, Z20, Z26
+	VMINPS     Z15, Z24, Z20
+	VMAXPS     Z15, Z24, Z15
+	VMINPS     Z19, Z13, Z24
+	VMAXPS     Z19, Z13, Z19
+	VMINPS     Z16, Z5, Z13
+	VMAXPS     Z16, Z5, Z16
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z11, Z7, Z6
+	VMAXPS     Z11, Z7, Z11
+	VMINPS     Z4, Z0, Z7
+	VMAXPS     Z4, Z0, Z4
+	VMINPS     Z3, Z14, Z0
+	VMAXPS     Z3, Z14, Z3
+	VMINPS     Z2, Z1, Z14
+	VMAXPS     Z2, Z1, Z2
+	VMOVUPS    960(CX), Z1
+	VMOVUPS    Z0, 704(CX)
+	VMINPS     Z9, Z1, Z0
+	VMAXPS     Z9, Z1, Z9
+	VMINPS     Z22, Z0, Z1
+	VMAXPS     Z22, Z0, Z22
+	VMINPS     Z27, Z9, Z0
+	VMAXPS     Z27, Z9, Z27
+	VMINPS     Z21, Z1, Z9
+	VMAXPS     Z21, Z1, Z21
+	VMINPS     Z17, Z22, Z1
+	VMAXPS     Z17, Z22, Z17
+	VMINPS     Z18, Z0, Z22
+	VMAXPS     Z18, Z0, Z18
+	VMINPS     Z29, Z27, Z0
+	VMAXPS     Z29, Z27, Z29
+	VMINPS     Z28, Z9, Z27
+	VMAXPS     Z28, Z9, Z28
+	VMINPS     Z12, Z21, Z9
+	VMAXPS     Z12, Z21, Z12
+	VMINPS     Z10, Z1, Z21
+	VMAXPS     Z10, Z1, Z10
+	VMINPS     Z23, Z17, Z1
+	VMAXPS     Z23, Z17, Z23
+	VMINPS     Z26, Z22, Z17
+	VMAXPS     Z26, Z22, Z26
+	VMINPS     Z20, Z18, Z22
+	VMAXPS     Z20, Z18, Z20
+	VMINPS     Z15, Z0, Z18
+	VMAXPS     Z15, Z0, Z15
+	VXORPS     Z30, Z30, Z30
+	CMPQ       R8, $0x00000000
+	JA         n30_w0
+	CMPQ       R9, $0x00000000
+	JBE        n30_w0
+	VADDPS     Z25, Z30, Z30
+
+n30_w0:
+	CMPQ   R8, $0x00000001
+	JA     n30_w1
+	CMPQ   R9, $0x00000001
+	JBE    n30_w1
+	VADDPS Z24, Z30, Z30
+
+n30_w1:
+	CMPQ   R8, $0x00000002
+	JA     n30_w2
+	CMPQ   R9, $0x00000002
+	JBE    n30_w2
+	VADDPS Z19, Z30, Z30
+
+n30_w2:
+	CMPQ   R8, $0x00000003
+	JA     n30_w3
+	CMPQ   R9, $0x00000003
+	JBE    n30_w3
+	VADDPS Z13, Z30, Z30
+
+n30_w3:
+	CMPQ   R8, $0x00000004
+	JA     n30_w4
+	CMPQ   R9, $0x00000004
+	JBE    n30_w4
+	VADDPS Z16, Z30, Z30
+
+n30_w4:
+	CMPQ   R8, $0x00000005
+	JA     n30_w5
+	CMPQ   R9, $0x00000005
+	JBE    n30_w5
+	VADDPS Z5, Z30, Z30
+
+n30_w5:
+	CMPQ   R8, $0x00000006
+	JA     n30_w6
+	CMPQ   R9, $0x00000006
+	JBE    n30_w6
+	VADDPS Z8, Z30, Z30
+
+n30_w6:
+	CMPQ   R8, $0x00000007
+	JA     n30_w7
+	CMPQ   R9, $0x00000007
+	JBE    n30_w7
+	VADDPS Z6, Z30, Z30
+
+n30_w7:
+	CMPQ   R8, $0x00000008
+	JA     n30_w8
+	CMPQ   R9, $0x00000008
+	JBE    n30_w8
+	VADDPS Z11, Z30, Z30
+
+n30_w8:
+	CMPQ   R8, $0x00000009
+	JA     n30_w9
+	CMPQ   R9, $0x00000009
+	JBE    n30_w9
+	VADDPS Z7, Z30, Z30
+
+n30_w9:
+	CMPQ   R8, $0x0000000a
+	JA     n30_w10
+	CMPQ   R9, $0x0000000a
+	JBE    n30_w10
+	VADDPS Z4, Z30, Z30
+
+n30_w10:
+	CMPQ   R8, $0x0000000b
+	JA     n30_w11
+	CMPQ   R9, $0x0000000b
+	JBE    n30_w11
+	VADDPS 704(CX), Z30, Z30
+
+n30_w11:
+	CMPQ   R8, $0x0000000c
+	JA     n30_w12
+	CMPQ   R9, $0x0000000c
+	JBE    n30_w12
+	VADDPS Z3, Z30, Z30
+
+n30_w12:
+	CMPQ   R8, $0x0000000d
+	JA     n30_w13
+	CMPQ   R9, $0x0000000d
+	JBE    n30_w13
+	VADDPS Z14, Z30, Z30
+
+n30_w13:
+	CMPQ   R8, $0x0000000e
+	JA     n30_w14
+	CMPQ   R9, $0x0000000e
+	JBE    n30_w14
+	VADDPS Z2, Z30, Z30
+
+n30_w14:
+	CMPQ   R8, $0x0000000f
+	JA     n30_w15
+	CMPQ   R9, $0x0000000f
+	JBE    n30_w15
+	VADDPS Z27, Z30, Z30
+
+n30_w15:
+	CMPQ   R8, $0x00000010
+	JA     n30_w16
+	CMPQ   R9, $0x00000010
+	JBE    n30_w16
+	VADDPS Z28, Z30, Z30
+
+n30_w16:
+	CMPQ   R8, $0x00000011
+	JA     n30_w17
+	CMPQ   R9, $0x00000011
+	JBE    n30_w17
+	VADDPS Z9, Z30, Z30
+
+n30_w17:
+	CMPQ   R8, $0x00000012
+	JA     n30_w18
+	CMPQ   R9, $0x00000012
+	JBE    n30_w18
+	VADDPS Z12, Z30, Z30
+
+n30_w18:
+	CMPQ   R8, $0x00000013
+	JA     n30_w19
+	CMPQ   R9, $0x00000013
+	JBE    n30_w19
+	VADDPS Z21, Z30, Z30
+
+n30_w19:
+	CMPQ   R8, $0x00000014
+	JA     n30_w20
+	CMPQ   R9, $0x00000014
+	JBE    n30_w20
+	VADDPS Z10, Z30, Z30
+
+n30_w20:
+	CMPQ   R8, $0x00000015
+	JA     n30_w21
+	CMPQ   R9, $0x00000015
+	JBE    n30_w21
+	VADDPS Z1, Z30, Z30
+
+n30_w21:
+	CMPQ   R8, $0x00000016
+	JA     n30_w22
+	CMPQ   R9, $0x00000016
+	JBE    n30_w22
+	VADDPS Z23, Z30, Z30
+
+n30_w22:
+	CMPQ   R8, $0x00000017
+	JA     n30_w23
+	CMPQ   R9, $0x00000017
+	JBE    n30_w23
+	VADDPS Z17, Z30, Z30
+
+n30_w23:
+	CMPQ   R8, $0x00000018
+	JA     n30_w24
+	CMPQ   R9, $0x00000018
+	JBE    n30_w24
+	VADDPS Z26, Z30, Z30
+
+n30_w24:
+	CMPQ   R8, $0x00000019
+	JA     n30_w25
+	CMPQ   R9, $0x00000019
+	JBE    n30_w25
+	VADDPS Z22, Z30, Z30
+
+n30_w25:
+	CMPQ   R8, $0x0000001a
+	JA     n30_w26
+	CMPQ   R9, $0x0000001a
+	JBE    n30_w26
+	VADDPS Z20, Z30, Z30
+
+n30_w26:
+	CMPQ   R8, $0x0000001b
+	JA     n30_w27
+	CMPQ   R9, $0x0000001b
+	JBE    n30_w27
+	VADDPS Z18, Z30, Z30
+
+n30_w27:
+	CMPQ   R8, $0x0000001c
+	JA     n30_w28
+	CMPQ   R9, $0x0000001c
+	JBE    n30_w28
+	VADDPS Z15, Z30, Z30
+
+n30_w28:
+	CMPQ   R8, $0x0000001d
+	JA     n30_w29
+	CMPQ   R9, $0x0000001d
+	JBE    n30_w29
+	VADDPS Z29, Z30, Z30
+
+n30_w29:
+	VDIVPS  Z31, Z30, Z30
+	VMOVUPS Z30, (DX)
+
+	// n=30: 178 comparators, 31 loads, 2 stores per group
+	ADDQ $0x40, BX
+	ADDQ $0x40, DX
+	DECQ SI
+	JNZ  n30_loop
+	VZEROUPPER
+	RET
+
+n31:
+	MOVQ         x_base+48(FP), AX
+	MOVQ         tmp_base+24(FP), CX
+	MOVQ         dst_base+0(FP), DX
+	MOVQ         off+72(FP), BX
+	SHLQ         $0x02, BX
+	MOVQ         groups+80(FP), SI
+	MOVQ         pf+88(FP), DI
+	MOVQ         k+96(FP), R8
+	MOVQ         $0x0000001f, R9
+	SUBQ         R8, R9
+	VBROADCASTSS c+104(FP), Z31
+
+n31_loop:
+	MOVQ       (AX), R10
+	VMOVUPS    (R10)(BX*1), Z0
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	MOVQ       24(AX), R10
+	VMOVUPS    (R10)(BX*1), Z1
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	VMINPS     Z1, Z0, Z2
+	VMAXPS     Z1, Z0, Z1
+	MOVQ       48(AX), R10
+	VMOVUPS    (R10)(BX*1), Z0
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	MOVQ       72(AX), R10
+	VMOVUPS    (R10)(BX*1), Z3
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z4, Z2, Z0
+	VMAXPS     Z4, Z2, Z4
+	VMINPS     Z3, Z1, Z2
+	VMAXPS     Z3, Z1, Z3
+	VMINPS     Z4, Z2, Z1
+	VMAXPS     Z4, Z2, Z4
+	MOVQ       96(AX), R10
+	VMOVUPS    (R10)(BX*1), Z2
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	MOVQ       120(AX), R10
+	VMOVUPS    (R10)(BX*1), Z5
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	VMINPS     Z5, Z2, Z6
+	VMAXPS     Z5, Z2, Z5
+	MOVQ       144(AX), R10
+	VMOVUPS    (R10)(BX*1), Z2
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	MOVQ       168(AX), R10
+	VMOVUPS    (R10)(BX*1), Z7
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	VMINPS     Z7, Z2, Z8
+	VMAXPS     Z7, Z2, Z7
+	VMINPS     Z8, Z6, Z2
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z5, Z6
+	VMAXPS     Z7, Z5, Z7
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z2, Z0, Z6
+	VMAXPS     Z2, Z0, Z2
+	VMINPS     Z5, Z1, Z0
+	VMAXPS     Z5, Z1, Z5
+	VMINPS     Z8, Z4, Z1
+	VMAXPS     Z8, Z4, Z8
+	VMINPS     Z7, Z3, Z4
+	VMAXPS     Z7, Z3, Z7
+	VMINPS     Z2, Z1, Z3
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z5, Z4, Z1
+	VMAXPS     Z5, Z4, Z5
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z2, Z1, Z0
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z8, Z5, Z1
+	VMAXPS     Z8, Z5, Z8
+	MOVQ       192(AX), R10
+	VMOVUPS    (R10)(BX*1), Z5
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	MOVQ       216(AX), R10
+	VMOVUPS    (R10)(BX*1), Z9
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	VMINPS     Z9, Z5, Z10
+	VMAXPS     Z9, Z5, Z9
+	MOVQ       240(AX), R10
+	VMOVUPS    (R10)(BX*1), Z5
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	MOVQ       264(AX), R10
+	VMOVUPS    (R10)(BX*1), Z11
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z12, Z10, Z5
+	VMAXPS     Z12, Z10, Z12
+	VMINPS     Z11, Z9, Z10
+	VMAXPS     Z11, Z9, Z11
+	VMINPS     Z12, Z10, Z9
+	VMAXPS     Z12, Z10, Z12
+	MOVQ       288(AX), R10
+	VMOVUPS    (R10)(BX*1), Z10
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	MOVQ       312(AX), R10
+	VMOVUPS    (R10)(BX*1), Z13
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	VMINPS     Z13, Z10, Z14
+	VMAXPS     Z13, Z10, Z13
+	MOVQ       336(AX), R10
+	VMOVUPS    (R10)(BX*1), Z10
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	MOVQ       360(AX), R10
+	VMOVUPS    (R10)(BX*1), Z15
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	VMINPS     Z15, Z10, Z16
+	VMAXPS     Z15, Z10, Z15
+	VMINPS     Z16, Z14, Z10
+	VMAXPS     Z16, Z14, Z16
+	VMINPS     Z15, Z13, Z14
+	VMAXPS     Z15, Z13, Z15
+	VMINPS     Z16, Z14, Z13
+	VMAXPS     Z16, Z14, Z16
+	VMINPS     Z10, Z5, Z14
+	VMAXPS     Z10, Z5, Z10
+	VMINPS     Z13, Z9, Z5
+	VMAXPS     Z13, Z9, Z13
+	VMINPS     Z16, Z12, Z9
+	VMAXPS     Z16, Z12, Z16
+	VMINPS     Z15, Z11, Z12
+	VMAXPS     Z15, Z11, Z15
+	VMINPS     Z10, Z9, Z11
+	VMAXPS     Z10, Z9, Z10
+	VMINPS     Z13, Z12, Z9
+	VMAXPS     Z13, Z12, Z13
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z10, Z9, Z5
+	VMAXPS     Z10, Z9, Z10
+	VMINPS     Z16, Z13, Z9
+	VMAXPS     Z16, Z13, Z16
+	VMINPS     Z14, Z6, Z13
+	VMAXPS     Z14, Z6, Z14
+	VMINPS     Z12, Z4, Z6
+	VMAXPS     Z12, Z4, Z12
+	VMINPS     Z11, Z3, Z4
+	VMAXPS     Z11, Z3, Z11
+	VMINPS     Z5, Z0, Z3
+	VMAXPS     Z5, Z0, Z5
+	VMINPS     Z10, Z2, Z0
+	VMAXPS     Z10, Z2, Z10
+	VMINPS     Z9, Z1, Z2
+	VMAXPS     Z9, Z1, Z9
+	VMINPS     Z16, Z8, Z1
+	VMAXPS     Z16, Z8, Z16
+	VMINPS     Z15, Z7, Z8
+	VMAXPS     Z15, Z7, Z15
+	VMINPS     Z14, Z0, Z7
+	VMAXPS     Z14, Z0, Z14
+	VMINPS     Z12, Z2, Z0
+	VMAXPS     Z12, Z2, Z12
+	VMINPS     Z11, Z1, Z2
+	VMAXPS     Z11, Z1, Z11
+	VMINPS     Z5, Z8, Z1
+	VMAXPS     Z5, Z8, Z5
+	VMINPS     Z7, Z4, Z8
+	VMAXPS     Z7, Z4, Z7
+	VMINPS     Z0, Z3, Z4
+	VMAXPS     Z0, Z3, Z0
+	VMINPS     Z14, Z2, Z3
+	VMAXPS     Z14, Z2, Z14
+	VMINPS     Z12, Z1, Z2
+	VMAXPS     Z12, Z1, Z12
+	VMINPS     Z10, Z11, Z1
+	VMAXPS     Z10, Z11, Z10
+	VMINPS     Z9, Z5, Z11
+	VMAXPS     Z9, Z5, Z9
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z4, Z6
+	VMAXPS     Z7, Z4, Z7
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z14, Z2, Z0
+	VMAXPS     Z14, Z2, Z14
+	VMINPS     Z1, Z12, Z2
+	VMAXPS     Z1, Z12, Z1
+	VMINPS     Z10, Z11, Z12
+	VMAXPS     Z10, Z11, Z10
+	VMINPS     Z16, Z9, Z11
+	VMAXPS     Z16, Z9, Z16
+	MOVQ       384(AX), R10
+	VMOVUPS    (R10)(BX*1), Z9
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	MOVQ       408(AX), R10
+	VMOVUPS    (R10)(BX*1), Z17
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	VMINPS     Z17, Z9, Z18
+	VMAXPS     Z17, Z9, Z17
+	MOVQ       432(AX), R10
+	VMOVUPS    (R10)(BX*1), Z9
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	MOVQ       456(AX), R10
+	VMOVUPS    (R10)(BX*1), Z19
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	VMINPS     Z19, Z9, Z20
+	VMAXPS     Z19, Z9, Z19
+	VMINPS     Z20, Z18, Z9
+	VMAXPS     Z20, Z18, Z20
+	VMINPS     Z19, Z17, Z18
+	VMAXPS     Z19, Z17, Z19
+	VMINPS     Z20, Z18, Z17
+	VMAXPS     Z20, Z18, Z20
+	MOVQ       480(AX), R10
+	VMOVUPS    (R10)(BX*1), Z18
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	MOVQ       504(AX), R10
+	VMOVUPS    (R10)(BX*1), Z21
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	VMINPS     Z21, Z18, Z22
+	VMAXPS     Z21, Z18, Z21
+	MOVQ       528(AX), R10
+	VMOVUPS    (R10)(BX*1), Z18
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	MOVQ       552(AX), R10
+	VMOVUPS    (R10)(BX*1), Z23
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	VMINPS     Z23, Z18, Z24
+	VMAXPS     Z23, Z18, Z23
+	VMINPS     Z24, Z22, Z18
+	VMAXPS     Z24, Z22, Z24
+	VMINPS     Z23, Z21, Z22
+	VMAXPS     Z23, Z21, Z23
+	VMINPS     Z24, Z22, Z21
+	VMAXPS     Z24, Z22, Z24
+	VMINPS     Z18, Z9, Z22
+	VMAXPS     Z18, Z9, Z18
+	VMINPS     Z21, Z17, Z9
+	VMAXPS     Z21, Z17, Z21
+	VMINPS     Z24, Z20, Z17
+	VMAXPS     Z24, Z20, Z24
+	VMINPS     Z23, Z19, Z20
+	VMAXPS     Z23, Z19, Z23
+	VMINPS     Z18, Z17, Z19
+	VMAXPS     Z18, Z17, Z18
+	VMINPS     Z21, Z20, Z17
+	VMAXPS     Z21, Z20, Z21
+	VMINPS     Z19, Z9, Z20
+	VMAXPS     Z19, Z9, Z19
+	VMINPS     Z18, Z17, Z9
+	VMAXPS     Z18, Z17, Z18
+	VMINPS     Z24, Z21, Z17
+	VMAXPS     Z24, Z21, Z24
+	MOVQ       576(AX), R10
+	VMOVUPS    (R10)(BX*1), Z21
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	MOVQ       600(AX), R10
+	VMOVUPS    (R10)(BX*1), Z25
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	VMINPS     Z25, Z21, Z26
+	VMAXPS     Z25, Z21, Z25
+	MOVQ       624(AX), R10
+	VMOVUPS    (R10)(BX*1), Z21
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	MOVQ       648(AX), R10
+	VMOVUPS    (R10)(BX*1), Z27
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	VMINPS     Z27, Z21, Z28
+	VMAXPS     Z27, Z21, Z27
+	VMINPS     Z28, Z26, Z21
+	VMAXPS     Z28, Z26, Z28
+	VMINPS     Z27, Z25, Z26
+	VMAXPS     Z27, Z25, Z27
+	VMINPS     Z28, Z26, Z25
+	VMAXPS     Z28, Z26, Z28
+	MOVQ       672(AX), R10
+	VMOVUPS    (R10)(BX*1), Z26
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	MOVQ       696(AX), R10
+	VMOVUPS    (R10)(BX*1), Z29
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	VMOVUPS    Z15, 960(CX)
+	VMINPS     Z29, Z26, Z15
+	VMAXPS     Z29, Z26, Z29
+	MOVQ       720(AX), R10
+	VMOVUPS    (R10)(BX*1), Z26
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	VMOVUPS    Z16, 896(CX)
+	VMINPS     Z26, Z15, Z16
+	VMAXPS     Z26, Z15, Z26
+	VMINPS     Z26, Z29, Z15
+	VMAXPS     Z26, Z29, Z26
+	VMINPS     Z16, Z21, Z29
+	VMAXPS     Z16, Z21, Z16
+	VMINPS     Z15, Z25, Z21
+	VMAXPS     Z15, Z25, Z15
+	VMINPS     Z26, Z28, Z25
+	VMAXPS     Z26, Z28, Z26
+	VMINPS     Z16, Z25, Z28
+	VMAXPS     Z16, Z25, Z16
+	VMINPS     Z15, Z27, Z25
+	VMAXPS     Z15, Z27, Z15
+	VMINPS     Z28, Z21, Z27
+	VMAXPS     Z28, Z21, Z28
+	VMINPS     Z16, Z25, Z21
+	VMAXPS     Z16, Z25, Z16
+	VMINPS     Z26, Z15, Z25
+	VMAXPS     Z26, Z15, Z26
+	VMINPS     Z29, Z22, Z15
+	VMAXPS     Z29, Z22, Z29
+	VMINPS     Z27, Z20, Z22
+	VMAXPS     Z27, Z20, Z27
+	VMINPS     Z28, Z19, Z20
+	VMAXPS     Z28, Z19, Z28
+	VMINPS     Z21, Z9, Z19
+	VMAXPS     Z21, Z9, Z21
+	VMINPS     Z16, Z18, Z9
+	VMAXPS     Z16, Z18, Z16
+	VMINPS     Z25, Z17, Z18
+	VMAXPS     Z25, Z17, Z25
+	VMINPS     Z26, Z24, Z17
+	VMAXPS     Z26, Z24, Z26
+	VMINPS     Z29, Z9, Z24
+	VMAXPS     Z29, Z9, Z29
+	VMINPS     Z27, Z18, Z9
+	VMAXPS     Z27, Z18, Z27
+	VMINPS     Z28, Z17, Z18
+	VMAXPS     Z28, Z17, Z28
+	VMINPS     Z21, Z23, Z17
+	VMAXPS     Z21, Z23, Z21
+	VMINPS     Z24, Z20, Z23
+	VMAXPS     Z24, Z20, Z24
+	VMINPS     Z9, Z19, Z20
+	VMAXPS     Z9, Z19, Z9
+	VMINPS     Z29, Z18, Z19
+	VMAXPS     Z29, Z18, Z29
+	VMINPS     Z27, Z17, Z18
+	VMAXPS     Z27, Z17, Z27
+	VMINPS     Z16, Z28, Z17
+	VMAXPS     Z16, Z28, Z16
+	VMINPS     Z25, Z21, Z28
+	VMAXPS     Z25, Z21, Z25
+	VMINPS     Z23, Z22, Z21
+	VMAXPS     Z23, Z22, Z23
+	VMINPS     Z24, Z20, Z22
+	VMAXPS     Z24, Z20, Z24
+	VMINPS     Z19, Z9, Z20
+	VMAXPS     Z19, Z9, Z19
+	VMINPS     Z29, Z18, Z9
+	VMAXPS     Z29, Z18, Z29
+	VMINPS     Z17, Z27, Z18
+	VMAXPS     Z17, Z27, Z17
+	VMINPS     Z16, Z28, Z27
+	VMAXPS     Z16, Z28, Z16
+	VMINPS     Z26, Z25, Z28
+	VMAXPS     Z26, Z25, Z26
+	VMINPS     Z15, Z13, Z25
+	VMAXPS     Z15, Z13, Z15
+	VMINPS     Z21, Z5, Z13
+	VMAXPS     Z21, Z5, Z21
+	VMINPS     Z23, Z8, Z5
+	VMAXPS     Z23, Z8, Z23
+	VMINPS     Z22, Z6, Z8
+	VMAXPS     Z22, Z6, Z22
+	VMINPS     Z24, Z7, Z6
+	VMAXPS     Z24, Z7, Z24
+	VMINPS     Z20, Z4, Z7
+	VMAXPS     Z20, Z4, Z20
+	VMINPS     Z19, Z3, Z4
+	VMAXPS     Z19, Z3, Z19
+	VMINPS     Z9, Z0, Z3
+	VMAXPS     Z9, Z0, Z9
+	VMINPS     Z29, Z14, Z0
+	VMAXPS     Z29, Z14, Z29
+	VMINPS     Z18, Z2, Z14
+	VMAXPS     Z18, Z2, Z18
+	VMINPS     Z17, Z1, Z2
+	VMAXPS     Z17, Z1, Z17
+	VMINPS     Z27, Z12, Z1
+	VMAXPS     Z27, Z12, Z27
+	VMINPS     Z16, Z10, Z12
+	VMAXPS     Z16, Z10, Z16
+	VMINPS     Z28, Z11, Z10
+	VMAXPS     Z28, Z11, Z28
+	VMINPS     Z15, Z0, Z11
+	VMAXPS     Z15, Z0, Z15
+	VMINPS     Z21, Z14, Z0
+	VMAXPS     Z21, Z14, Z21
+	VMINPS     Z23, Z2, Z14
+	VMAXPS     Z23, Z2, Z23
+	VMINPS     Z22, Z1, Z2
+	VMAXPS     Z22, Z1, Z22
+	VMINPS     Z24, Z12, Z1
+	VMAXPS     Z24, Z12, Z24
+	VMINPS     Z20, Z10, Z12
+	VMAXPS     Z20, Z10, Z20
+	VMINPS     Z11, Z6, Z10
+	VMAXPS     Z11, Z6, Z11
+	VMINPS     Z0, Z7, Z6
+	VMAXPS     Z0, Z7, Z0
+	VMINPS     Z14, Z4, Z7
+	VMAXPS     Z14, Z4, Z14
+	VMINPS     Z2, Z3, Z4
+	VMAXPS     Z2, Z3, Z2
+	VMINPS     Z15, Z1, Z3
+	VMAXPS     Z15, Z1, Z15
+	VMINPS     Z21, Z12, Z1
+	VMAXPS     Z21, Z12, Z21
+	VMINPS     Z29, Z24, Z12
+	VMAXPS     Z29, Z24, Z29
+	VMINPS     Z18, Z20, Z24
+	VMAXPS     Z18, Z20, Z18
+	VMINPS     Z10, Z5, Z20
+	VMAXPS     Z10, Z5, Z10
+	VMINPS     Z6, Z8, Z5
+	VMAXPS     Z6, Z8, Z6
+	VMINPS     Z11, Z7, Z8
+	VMAXPS     Z11, Z7, Z11
+	VMINPS     Z0, Z4, Z7
+	VMAXPS     Z0, Z4, Z0
+	VMINPS     Z3, Z14, Z4
+	VMAXPS     Z3, Z14, Z3
+	VMINPS     Z1, Z2, Z14
+	VMAXPS     Z1, Z2, Z1
+	VMINPS     Z20, Z13, Z2
+	VMAXPS     Z20, Z13, Z20
+	VMINPS     Z10, Z5, Z13
+	VMAXPS     Z10, Z5, Z10
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z11, Z7, Z6
+	VMAXPS     Z11, Z7, Z11
+	VMINPS     Z4, Z0, Z7
+	VMAXPS     Z4, Z0, Z4
+	VMINPS     Z3, Z14, Z0
+	VMAXPS     Z3, Z14, Z3
+	VMOVUPS    896(CX), Z14
+	VMOVUPS    Z0, 704(CX)
+	VMINPS     Z26, Z14, Z0
+	VMAXPS     Z26, Z14, Z26
+	VMINPS     Z19, Z0, Z14
+	VMAXPS     Z19, Z0, Z19
+	VMINPS     Z23, Z14, Z0
+	VMAXPS     Z23, Z14, Z23
+	VMINPS     Z17, Z19, Z14
+	VMAXPS     Z17, Z19, Z17
+	VMINPS     Z15, Z0, Z19
+	VMAXPS     Z15, Z0, Z15
+	VMINPS     Z12, Z23, Z0
+	VMAXPS     Z12, Z23, Z12
+	VMINPS     Z29, Z14, Z23
+	VMAXPS     Z29, Z14, Z29
+	VMINPS     Z16, Z17, Z14
+	VMAXPS     Z16, Z17, Z16
+	VMINPS     Z19, Z1, Z17
+	VMAXPS     Z19, Z1, Z19
+	VMOVUPS    960(CX), Z1
+	VMOVUPS    Z2, 64(CX)
+	VMINPS     Z9, Z1, Z2
+	VMAXPS     Z9, Z1, Z9
+	VMINPS     Z22, Z2, Z1
+	VMAXPS     Z22, Z2, Z22
+	VMINPS     Z27, Z9, Z2
+	VMAXPS     Z27, Z9, Z27
+	VMINPS     Z21, Z1, Z9
+	VMAXPS     Z21, Z1, Z21
+	VMINPS     Z24, Z22, Z1
+	VMAXPS     Z24, Z22, Z24
+	VMINPS     Z18, Z2, Z22
+	VMAXPS     Z18, Z2, Z18
+	VMINPS     Z28, Z27, Z2
+	VMAXPS     Z28, Z27, Z28
+	VMINPS     Z15, Z9, Z27
+	VMAXPS     Z15, Z9, Z15
+	VMINPS     Z0, Z21, Z9
+	VMAXPS     Z0, Z21, Z0
+	VMINPS     Z12, Z1, Z21
+	VMAXPS     Z12, Z1, Z12
+	VMINPS     Z23, Z24, Z1
+	VMAXPS     Z23, Z24, Z23
+	VMINPS     Z29, Z22, Z24
+	VMAXPS     Z29, Z22, Z29
+	VMINPS     Z14, Z18, Z22
+	VMAXPS     Z14, Z18, Z14
+	VMINPS     Z16, Z2, Z18
+	VMAXPS     Z16, Z2, Z16
+	VMINPS     Z26, Z28, Z2
+	VMAXPS     Z26, Z28, Z26
+	VXORPS     Z30, Z30, Z30
+	CMPQ       R8, $0x00000000
+	JA         n31_w0
+	CMPQ       R9, $0x00000000
+	JBE        n31_w0
+	VADDPS     Z25, Z30, Z30
+
+n31_w0:
+	CMPQ   R8, $0x00000001
+	JA     n31_w1
+	CMPQ   R9, $0x00000001
+	JBE    n31_w1
+	VADDPS 64(CX), Z30, Z30
+
+n31_w1:
+	CMPQ   R8, $0x00000002
+	JA     n31_w2
+	CMPQ   R9, $0x00000002
+	JBE    n31_w2
+	VADDPS Z20, Z30, Z30
+
+n31_w2:
+	CMPQ   R8, $0x00000003
+	JA     n31_w3
+	CMPQ   R9, $0x00000003
+	JBE    n31_w3
+	VADDPS Z13, Z30, Z30
+
+n31_w3:
+	CMPQ   R8, $0x00000004
+	JA     n31_w4
+	CMPQ   R9, $0x00000004
+	JBE    n31_w4
+	VADDPS Z10, Z30, Z30
+
+n31_w4:
+	CMPQ   R8, $0x00000005
+	JA     n31_w5
+	CMPQ   R9, $0x00000005
+	JBE    n31_w5
+	VADDPS Z5, Z30, Z30
+
+n31_w5:
+	CMPQ   R8, $0x00000006
+	JA     n31_w6
+	CMPQ   R9, $0x00000006
+	JBE    n31_w6
+	VADDPS Z8, Z30, Z30
+
+n31_w6:
+	CMPQ   R8, $0x00000007
+	JA     n31_w7
+	CMPQ   R9, $0x00000007
+	JBE    n31_w7
+	VADDPS Z6, Z30, Z30
+
+n31_w7:
+	CMPQ   R8, $0x00000008
+	JA     n31_w8
+	CMPQ   R9, $0x00000008
+	JBE    n31_w8
+	VADDPS Z11, Z30, Z30
+
+n31_w8:
+	CMPQ   R8, $0x00000009
+	JA     n31_w9
+	CMPQ   R9, $0x00000009
+	JBE    n31_w9
+	VADDPS Z7, Z30, Z30
+
+n31_w9:
+	CMPQ   R8, $0x0000000a
+	JA     n31_w10
+	CMPQ   R9, $0x0000000a
+	JBE    n31_w10
+	VADDPS Z4, Z30, Z30
+
+n31_w10:
+	CMPQ   R8, $0x0000000b
+	JA     n31_w11
+	CMPQ   R9, $0x0000000b
+	JBE    n31_w11
+	VADDPS 704(CX), Z30, Z30
+
+n31_w11:
+	CMPQ   R8, $0x0000000c
+	JA     n31_w12
+	CMPQ   R9, $0x0000000c
+	JBE    n31_w12
+	VADDPS Z3, Z30, Z30
+
+n31_w12:
+	CMPQ   R8, $0x0000000d
+	JA     n31_w13
+	CMPQ   R9, $0x0000000d
+	JBE    n31_w13
+	VADDPS Z17, Z30, Z30
+
+n31_w13:
+	CMPQ   R8, $0x0000000e
+	JA     n31_w14
+	CMPQ   R9, $0x0000000e
+	JBE    n31_w14
+	VADDPS Z19, Z30, Z30
+
+n31_w14:
+	CMPQ   R8, $0x0000000f
+	JA     n31_w15
+	CMPQ   R9, $0x0000000f
+	JBE    n31_w15
+	VADDPS Z27, Z30, Z30
+
+n31_w15:
+	CMPQ   R8, $0x00000010
+	JA     n31_w16
+	CMPQ   R9, $0x00000010
+	JBE    n31_w16
+	VADDPS Z15, Z30, Z30
+
+n31_w16:
+	CMPQ   R8, $0x00000011
+	JA     n31_w17
+	CMPQ   R9, $0x00000011
+	JBE    n31_w17
+	VADDPS Z9, Z30, Z30
+
+n31_w17:
+	CMPQ   R8, $0x00000012
+	JA     n31_w18
+	CMPQ   R9, $0x00000012
+	JBE    n31_w18
+	VADDPS Z0, Z30, Z30
+
+n31_w18:
+	CMPQ   R8, $0x00000013
+	JA     n31_w19
+	CMPQ   R9, $0x00000013
+	JBE    n31_w19
+	VADDPS Z21, Z30, Z30
+
+n31_w19:
+	CMPQ   R8, $0x00000014
+	JA     n31_w20
+	CMPQ   R9, $0x00000014
+	JBE    n31_w20
+	VADDPS Z12, Z30, Z30
+
+n31_w20:
+	CMPQ   R8, $0x00000015
+	JA     n31_w21
+	CMPQ   R9, $0x00000015
+	JBE    n31_w21
+	VADDPS Z1, Z30, Z30
+
+n31_w21:
+	CMPQ   R8, $0x00000016
+	JA     n31_w22
+	CMPQ   R9, $0x00000016
+	JBE    n31_w22
+	VADDPS Z23, Z30, Z30
+
+n31_w22:
+	CMPQ   R8, $0x00000017
+	JA     n31_w23
+	CMPQ   R9, $0x00000017
+	JBE    n31_w23
+	VADDPS Z24, Z30, Z30
+
+n31_w23:
+	CMPQ   R8, $0x00000018
+	JA     n31_w24
+	CMPQ   R9, $0x00000018
+	JBE    n31_w24
+	VADDPS Z29, Z30, Z30
+
+n31_w24:
+	CMPQ   R8, $0x00000019
+	JA     n31_w25
+	CMPQ   R9, $0x00000019
+	JBE    n31_w25
+	VADDPS Z22, Z30, Z30
+
+n31_w25:
+	CMPQ   R8, $0x0000001a
+	JA     n31_w26
+	CMPQ   R9, $0x0000001a
+	JBE    n31_w26
+	VADDPS Z14, Z30, Z30
+
+n31_w26:
+	CMPQ   R8, $0x0000001b
+	JA     n31_w27
+	CMPQ   R9, $0x0000001b
+	JBE    n31_w27
+	VADDPS Z18, Z30, Z30
+
+n31_w27:
+	CMPQ   R8, $0x0000001c
+	JA     n31_w28
+	CMPQ   R9, $0x0000001c
+	JBE    n31_w28
+	VADDPS Z16, Z30, Z30
+
+n31_w28:
+	CMPQ   R8, $0x0000001d
+	JA     n31_w29
+	CMPQ   R9, $0x0000001d
+	JBE    n31_w29
+	VADDPS Z2, Z30, Z30
+
+n31_w29:
+	CMPQ   R8, $0x0000001e
+	JA     n31_w30
+	CMPQ   R9, $0x0000001e
+	JBE    n31_w30
+	VADDPS Z26, Z30, Z30
+
+n31_w30:
+	VDIVPS  Z31, Z30, Z30
+	VMOVUPS Z30, (DX)
+
+	// n=31: 186 comparators, 33 loads, 4 stores per group
+	ADDQ $0x40, BX
+	ADDQ $0x40, DX
+	DECQ SI
+	JNZ  n31_loop
+	VZEROUPPER
+	RET
+
+n32:
+	MOVQ         x_base+48(FP), AX
+	MOVQ         tmp_base+24(FP), CX
+	MOVQ         dst_base+0(FP), DX
+	MOVQ         off+72(FP), BX
+	SHLQ         $0x02, BX
+	MOVQ         groups+80(FP), SI
+	MOVQ         pf+88(FP), DI
+	MOVQ         k+96(FP), R8
+	MOVQ         $0x00000020, R9
+	SUBQ         R8, R9
+	VBROADCASTSS c+104(FP), Z31
+
+n32_loop:
+	MOVQ       (AX), R10
+	VMOVUPS    (R10)(BX*1), Z0
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	MOVQ       24(AX), R10
+	VMOVUPS    (R10)(BX*1), Z1
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	VMINPS     Z1, Z0, Z2
+	VMAXPS     Z1, Z0, Z1
+	MOVQ       48(AX), R10
+	VMOVUPS    (R10)(BX*1), Z0
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	MOVQ       72(AX), R10
+	VMOVUPS    (R10)(BX*1), Z3
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z4, Z2, Z0
+	VMAXPS     Z4, Z2, Z4
+	VMINPS     Z3, Z1, Z2
+	VMAXPS     Z3, Z1, Z3
+	VMINPS     Z4, Z2, Z1
+	VMAXPS     Z4, Z2, Z4
+	MOVQ       96(AX), R10
+	VMOVUPS    (R10)(BX*1), Z2
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	MOVQ       120(AX), R10
+	VMOVUPS    (R10)(BX*1), Z5
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	VMINPS     Z5, Z2, Z6
+	VMAXPS     Z5, Z2, Z5
+	MOVQ       144(AX), R10
+	VMOVUPS    (R10)(BX*1), Z2
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	MOVQ       168(AX), R10
+	VMOVUPS    (R10)(BX*1), Z7
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	VMINPS     Z7, Z2, Z8
+	VMAXPS     Z7, Z2, Z7
+	VMINPS     Z8, Z6, Z2
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z5, Z6
+	VMAXPS     Z7, Z5, Z7
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z2, Z0, Z6
+	VMAXPS     Z2, Z0, Z2
+	VMINPS     Z5, Z1, Z0
+	VMAXPS     Z5, Z1, Z5
+	VMINPS     Z8, Z4, Z1
+	VMAXPS     Z8, Z4, Z8
+	VMINPS     Z7, Z3, Z4
+	VMAXPS     Z7, Z3, Z7
+	VMINPS     Z2, Z1, Z3
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z5, Z4, Z1
+	VMAXPS     Z5, Z4, Z5
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z2, Z1, Z0
+	VMAXPS     Z2, Z1, Z2
+	VMINPS     Z8, Z5, Z1
+	VMAXPS     Z8, Z5, Z8
+	MOVQ       192(AX), R10
+	VMOVUPS    (R10)(BX*1), Z5
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	MOVQ       216(AX), R10
+	VMOVUPS    (R10)(BX*1), Z9
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	VMINPS     Z9, Z5, Z10
+	VMAXPS     Z9, Z5, Z9
+	MOVQ       240(AX), R10
+	VMOVUPS    (R10)(BX*1), Z5
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	MOVQ       264(AX), R10
+	VMOVUPS    (R10)(BX*1), Z11
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z12, Z10, Z5
+	VMAXPS     Z12, Z10, Z12
+	VMINPS     Z11, Z9, Z10
+	VMAXPS     Z11, Z9, Z11
+	VMINPS     Z12, Z10, Z9
+	VMAXPS     Z12, Z10, Z12
+	MOVQ       288(AX), R10
+	VMOVUPS    (R10)(BX*1), Z10
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	MOVQ       312(AX), R10
+	VMOVUPS    (R10)(BX*1), Z13
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	VMINPS     Z13, Z10, Z14
+	VMAXPS     Z13, Z10, Z13
+	MOVQ       336(AX), R10
+	VMOVUPS    (R10)(BX*1), Z10
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	MOVQ       360(AX), R10
+	VMOVUPS    (R10)(BX*1), Z15
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	VMINPS     Z15, Z10, Z16
+	VMAXPS     Z15, Z10, Z15
+	VMINPS     Z16, Z14, Z10
+	VMAXPS     Z16, Z14, Z16
+	VMINPS     Z15, Z13, Z14
+	VMAXPS     Z15, Z13, Z15
+	VMINPS     Z16, Z14, Z13
+	VMAXPS     Z16, Z14, Z16
+	VMINPS     Z10, Z5, Z14
+	VMAXPS     Z10, Z5, Z10
+	VMINPS     Z13, Z9, Z5
+	VMAXPS     Z13, Z9, Z13
+	VMINPS     Z16, Z12, Z9
+	VMAXPS     Z16, Z12, Z16
+	VMINPS     Z15, Z11, Z12
+	VMAXPS     Z15, Z11, Z15
+	VMINPS     Z10, Z9, Z11
+	VMAXPS     Z10, Z9, Z10
+	VMINPS     Z13, Z12, Z9
+	VMAXPS     Z13, Z12, Z13
+	VMINPS     Z11, Z5, Z12
+	VMAXPS     Z11, Z5, Z11
+	VMINPS     Z10, Z9, Z5
+	VMAXPS     Z10, Z9, Z10
+	VMINPS     Z16, Z13, Z9
+	VMAXPS     Z16, Z13, Z16
+	VMINPS     Z14, Z6, Z13
+	VMAXPS     Z14, Z6, Z14
+	VMINPS     Z12, Z4, Z6
+	VMAXPS     Z12, Z4, Z12
+	VMINPS     Z11, Z3, Z4
+	VMAXPS     Z11, Z3, Z11
+	VMINPS     Z5, Z0, Z3
+	VMAXPS     Z5, Z0, Z5
+	VMINPS     Z10, Z2, Z0
+	VMAXPS     Z10, Z2, Z10
+	VMINPS     Z9, Z1, Z2
+	VMAXPS     Z9, Z1, Z9
+	VMINPS     Z16, Z8, Z1
+	VMAXPS     Z16, Z8, Z16
+	VMINPS     Z15, Z7, Z8
+	VMAXPS     Z15, Z7, Z15
+	VMINPS     Z14, Z0, Z7
+	VMAXPS     Z14, Z0, Z14
+	VMINPS     Z12, Z2, Z0
+	VMAXPS     Z12, Z2, Z12
+	VMINPS     Z11, Z1, Z2
+	VMAXPS     Z11, Z1, Z11
+	VMINPS     Z5, Z8, Z1
+	VMAXPS     Z5, Z8, Z5
+	VMINPS     Z7, Z4, Z8
+	VMAXPS     Z7, Z4, Z7
+	VMINPS     Z0, Z3, Z4
+	VMAXPS     Z0, Z3, Z0
+	VMINPS     Z14, Z2, Z3
+	VMAXPS     Z14, Z2, Z14
+	VMINPS     Z12, Z1, Z2
+	VMAXPS     Z12, Z1, Z12
+	VMINPS     Z10, Z11, Z1
+	VMAXPS     Z10, Z11, Z10
+	VMINPS     Z9, Z5, Z11
+	VMAXPS     Z9, Z5, Z9
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z7, Z4, Z6
+	VMAXPS     Z7, Z4, Z7
+	VMINPS     Z3, Z0, Z4
+	VMAXPS     Z3, Z0, Z3
+	VMINPS     Z14, Z2, Z0
+	VMAXPS     Z14, Z2, Z14
+	VMINPS     Z1, Z12, Z2
+	VMAXPS     Z1, Z12, Z1
+	VMINPS     Z10, Z11, Z12
+	VMAXPS     Z10, Z11, Z10
+	VMINPS     Z16, Z9, Z11
+	VMAXPS     Z16, Z9, Z16
+	MOVQ       384(AX), R10
+	VMOVUPS    (R10)(BX*1), Z9
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	MOVQ       408(AX), R10
+	VMOVUPS    (R10)(BX*1), Z17
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	VMINPS     Z17, Z9, Z18
+	VMAXPS     Z17, Z9, Z17
+	MOVQ       432(AX), R10
+	VMOVUPS    (R10)(BX*1), Z9
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	MOVQ       456(AX), R10
+	VMOVUPS    (R10)(BX*1), Z19
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	VMINPS     Z19, Z9, Z20
+	VMAXPS     Z19, Z9, Z19
+	VMINPS     Z20, Z18, Z9
+	VMAXPS     Z20, Z18, Z20
+	VMINPS     Z19, Z17, Z18
+	VMAXPS     Z19, Z17, Z19
+	VMINPS     Z20, Z18, Z17
+	VMAXPS     Z20, Z18, Z20
+	MOVQ       480(AX), R10
+	VMOVUPS    (R10)(BX*1), Z18
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	MOVQ       504(AX), R10
+	VMOVUPS    (R10)(BX*1), Z21
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	VMINPS     Z21, Z18, Z22
+	VMAXPS     Z21, Z18, Z21
+	MOVQ       528(AX), R10
+	VMOVUPS    (R10)(BX*1), Z18
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	MOVQ       552(AX), R10
+	VMOVUPS    (R10)(BX*1), Z23
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	VMINPS     Z23, Z18, Z24
+	VMAXPS     Z23, Z18, Z23
+	VMINPS     Z24, Z22, Z18
+	VMAXPS     Z24, Z22, Z24
+	VMINPS     Z23, Z21, Z22
+	VMAXPS     Z23, Z21, Z23
+	VMINPS     Z24, Z22, Z21
+	VMAXPS     Z24, Z22, Z24
+	VMINPS     Z18, Z9, Z22
+	VMAXPS     Z18, Z9, Z18
+	VMINPS     Z21, Z17, Z9
+	VMAXPS     Z21, Z17, Z21
+	VMINPS     Z24, Z20, Z17
+	VMAXPS     Z24, Z20, Z24
+	VMINPS     Z23, Z19, Z20
+	VMAXPS     Z23, Z19, Z23
+	VMINPS     Z18, Z17, Z19
+	VMAXPS     Z18, Z17, Z18
+	VMINPS     Z21, Z20, Z17
+	VMAXPS     Z21, Z20, Z21
+	VMINPS     Z19, Z9, Z20
+	VMAXPS     Z19, Z9, Z19
+	VMINPS     Z18, Z17, Z9
+	VMAXPS     Z18, Z17, Z18
+	VMINPS     Z24, Z21, Z17
+	VMAXPS     Z24, Z21, Z24
+	MOVQ       576(AX), R10
+	VMOVUPS    (R10)(BX*1), Z21
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	MOVQ       600(AX), R10
+	VMOVUPS    (R10)(BX*1), Z25
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	VMINPS     Z25, Z21, Z26
+	VMAXPS     Z25, Z21, Z25
+	MOVQ       624(AX), R10
+	VMOVUPS    (R10)(BX*1), Z21
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	MOVQ       648(AX), R10
+	VMOVUPS    (R10)(BX*1), Z27
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	VMINPS     Z27, Z21, Z28
+	VMAXPS     Z27, Z21, Z27
+	VMINPS     Z28, Z26, Z21
+	VMAXPS     Z28, Z26, Z28
+	VMINPS     Z27, Z25, Z26
+	VMAXPS     Z27, Z25, Z27
+	VMINPS     Z28, Z26, Z25
+	VMAXPS     Z28, Z26, Z28
+	MOVQ       672(AX), R10
+	VMOVUPS    (R10)(BX*1), Z26
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	MOVQ       696(AX), R10
+	VMOVUPS    (R10)(BX*1), Z29
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	VMOVUPS    Z15, 960(CX)
+	VMINPS     Z29, Z26, Z15
+	VMAXPS     Z29, Z26, Z29
+	MOVQ       720(AX), R10
+	VMOVUPS    (R10)(BX*1), Z26
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	VMOVUPS    Z16, 896(CX)
+	MOVQ       744(AX), R10
+	VMOVUPS    (R10)(BX*1), Z16
+	LEAQ       (R10)(DI*1), R10
+	PREFETCHT1 (R10)(BX*1)
+	VMOVUPS    Z11, 832(CX)
+	VMINPS     Z16, Z26, Z11
+	VMAXPS     Z16, Z26, Z16
+	VMINPS     Z11, Z15, Z26
+	VMAXPS     Z11, Z15, Z11
+	VMINPS     Z16, Z29, Z15
+	VMAXPS     Z16, Z29, Z16
+	VMINPS     Z11, Z15, Z29
+	VMAXPS     Z11, Z15, Z11
+	VMINPS     Z26, Z21, Z15
+	VMAXPS     Z26, Z21, Z26
+	VMINPS     Z29, Z25, Z21
+	VMAXPS     Z29, Z25, Z29
+	VMINPS     Z11, Z28, Z25
+	VMAXPS     Z11, Z28, Z11
+	VMINPS     Z16, Z27, Z28
+	VMAXPS     Z16, Z27, Z16
+	VMINPS     Z26, Z25, Z27
+	VMAXPS     Z26, Z25, Z26
+	VMINPS     Z29, Z28, Z25
+	VMAXPS     Z29, Z28, Z29
+	VMINPS     Z27, Z21, Z28
+	VMAXPS     Z27, Z21, Z27
+	VMINPS     Z26, Z25, Z21
+	VMAXPS     Z26, Z25, Z26
+	VMINPS     Z11, Z29, Z25
+	VMAXPS     Z11, Z29, Z11
+	VMINPS     Z15, Z22, Z29
+	VMAXPS     Z15, Z22, Z15
+	VMINPS     Z28, Z20, Z22
+	VMAXPS     Z28, Z20, Z28
+	VMINPS     Z27, Z19, Z20
+	VMAXPS     Z27, Z19, Z27
+	VMINPS     Z21, Z9, Z19
+	VMAXPS     Z21, Z9, Z21
+	VMINPS     Z26, Z18, Z9
+	VMAXPS     Z26, Z18, Z26
+	VMINPS     Z25, Z17, Z18
+	VMAXPS     Z25, Z17, Z25
+	VMINPS     Z11, Z24, Z17
+	VMAXPS     Z11, Z24, Z11
+	VMINPS     Z16, Z23, Z24
+	VMAXPS     Z16, Z23, Z16
+	VMINPS     Z15, Z9, Z23
+	VMAXPS     Z15, Z9, Z15
+	VMINPS     Z28, Z18, Z9
+	VMAXPS     Z28, Z18, Z28
+	VMINPS     Z27, Z17, Z18
+	VMAXPS     Z27, Z17, Z27
+	VMINPS     Z21, Z24, Z17
+	VMAXPS     Z21, Z24, Z21
+	VMINPS     Z23, Z20, Z24
+	VMAXPS     Z23, Z20, Z23
+	VMINPS     Z9, Z19, Z20
+	VMAXPS     Z9, Z19, Z9
+	VMINPS     Z15, Z18, Z19
+	VMAXPS     Z15, Z18, Z15
+	VMINPS     Z28, Z17, Z18
+	VMAXPS     Z28, Z17, Z28
+	VMINPS     Z26, Z27, Z17
+	VMAXPS     Z26, Z27, Z26
+	VMINPS     Z25, Z21, Z27
+	VMAXPS     Z25, Z21, Z25
+	VMINPS     Z24, Z22, Z21
+	VMAXPS     Z24, Z22, Z24
+	VMINPS     Z23, Z20, Z22
+	VMAXPS     Z23, Z20, Z23
+	VMINPS     Z19, Z9, Z20
+	VMAXPS     Z19, Z9, Z19
+	VMINPS     Z15, Z18, Z9
+	VMAXPS     Z15, Z18, Z15
+	VMINPS     Z17, Z28, Z18
+	VMAXPS     Z17, Z28, Z17
+	VMINPS     Z26, Z27, Z28
+	VMAXPS     Z26, Z27, Z26
+	VMINPS     Z11, Z25, Z27
+	VMAXPS     Z11, Z25, Z11
+	VMINPS     Z29, Z13, Z25
+	VMAXPS     Z29, Z13, Z29
+	VMINPS     Z21, Z5, Z13
+	VMAXPS     Z21, Z5, Z21
+	VMINPS     Z24, Z8, Z5
+	VMAXPS     Z24, Z8, Z24
+	VMINPS     Z22, Z6, Z8
+	VMAXPS     Z22, Z6, Z22
+	VMINPS     Z23, Z7, Z6
+	VMAXPS     Z23, Z7, Z23
+	VMINPS     Z20, Z4, Z7
+	VMAXPS     Z20, Z4, Z20
+	VMINPS     Z19, Z3, Z4
+	VMAXPS     Z19, Z3, Z19
+	VMINPS     Z9, Z0, Z3
+	VMAXPS     Z9, Z0, Z9
+	VMINPS     Z15, Z14, Z0
+	VMAXPS     Z15, Z14, Z15
+	VMINPS     Z18, Z2, Z14
+	VMAXPS     Z18, Z2, Z18
+	VMINPS     Z17, Z1, Z2
+	VMAXPS     Z17, Z1, Z17
+	VMINPS     Z28, Z12, Z1
+	VMAXPS     Z28, Z12, Z28
+	VMINPS     Z26, Z10, Z12
+	VMAXPS     Z26, Z10, Z26
+	VMINPS     Z29, Z0, Z10
+	VMAXPS     Z29, Z0, Z29
+	VMINPS     Z21, Z14, Z0
+	VMAXPS     Z21, Z14, Z21
+	VMINPS     Z24, Z2, Z14
+	VMAXPS     Z24, Z2, Z24
+	VMINPS     Z22, Z1, Z2
+	VMAXPS     Z22, Z1, Z22
+	VMINPS     Z23, Z12, Z1
+	VMAXPS     Z23, Z12, Z23
+	VMINPS     Z10, Z6, Z12
+	VMAXPS     Z10, Z6, Z10
+	VMINPS     Z0, Z7, Z6
+	VMAXPS     Z0, Z7, Z0
+	VMINPS     Z14, Z4, Z7
+	VMAXPS     Z14, Z4, Z14
+	VMINPS     Z2, Z3, Z4
+	VMAXPS     Z2, Z3, Z2
+	VMINPS     Z29, Z1, Z3
+	VMAXPS     Z29, Z1, Z29
+	VMINPS     Z15, Z23, Z1
+	VMAXPS     Z15, Z23, Z15
+	VMINPS     Z12, Z5, Z23
+	VMAXPS     Z12, Z5, Z12
+	VMINPS     Z6, Z8, Z5
+	VMAXPS     Z6, Z8, Z6
+	VMINPS     Z10, Z7, Z8
+	VMAXPS     Z10, Z7, Z10
+	VMINPS     Z0, Z4, Z7
+	VMAXPS     Z0, Z4, Z0
+	VMINPS     Z3, Z14, Z4
+	VMAXPS     Z3, Z14, Z3
+	VMINPS     Z23, Z13, Z14
+	VMAXPS     Z23, Z13, Z23
+	VMINPS     Z12, Z5, Z13
+	VMAXPS     Z12, Z5, Z12
+	VMINPS     Z8, Z6, Z5
+	VMAXPS     Z8, Z6, Z8
+	VMINPS     Z10, Z7, Z6
+	VMAXPS     Z10, Z7, Z10
+	VMINPS     Z4, Z0, Z7
+	VMAXPS     Z4, Z0, Z4
+	VMOVUPS    832(CX), Z0
+	VMOVUPS    Z4, 640(CX)
+	VMINPS     Z27, Z0, Z4
+	VMAXPS     Z27, Z0, Z27
+	VMINPS     Z20, Z4, Z0
+	VMAXPS     Z20, Z4, Z20
+	VMINPS     Z21, Z0, Z4
+	VMAXPS     Z21, Z0, Z21
+	VMINPS     Z18, Z20, Z0
+	VMAXPS     Z18, Z20, Z18
+	VMINPS     Z4, Z2, Z20
+	VMAXPS     Z4, Z2, Z4
+	VMINPS     Z3, Z20, Z2
+	VMAXPS     Z3, Z20, Z3
+	VMOVUPS    896(CX), Z20
+	VMOVUPS    Z2, 704(CX)
+	VMINPS     Z11, Z20, Z2
+	VMAXPS     Z11, Z20, Z11
+	VMINPS     Z19, Z2, Z20
+	VMAXPS     Z19, Z2, Z19
+	VMINPS     Z24, Z20, Z2
+	VMAXPS     Z24, Z20, Z24
+	VMINPS     Z17, Z19, Z20
+	VMAXPS     Z17, Z19, Z17
+	VMINPS     Z29, Z2, Z19
+	VMAXPS     Z29, Z2, Z29
+	VMINPS     Z1, Z24, Z2
+	VMAXPS     Z1, Z24, Z1
+	VMINPS     Z15, Z20, Z24
+	VMAXPS     Z15, Z20, Z15
+	VMINPS     Z26, Z17, Z20
+	VMAXPS     Z26, Z17, Z26
+	VMINPS     Z19, Z4, Z17
+	VMAXPS     Z19, Z4, Z19
+	VMOVUPS    960(CX), Z4
+	VMOVUPS    Z3, 768(CX)
+	VMINPS     Z16, Z4, Z3
+	VMAXPS     Z16, Z4, Z16
+	VMINPS     Z9, Z3, Z4
+	VMAXPS     Z9, Z3, Z9
+	VMINPS     Z22, Z4, Z3
+	VMAXPS     Z22, Z4, Z22
+	VMINPS     Z28, Z9, Z4
+	VMAXPS     Z28, Z9, Z28
+	VMINPS     Z21, Z3, Z9
+	VMAXPS     Z21, Z3, Z21
+	VMINPS     Z0, Z22, Z3
+	VMAXPS     Z0, Z22, Z0
+	VMINPS     Z18, Z4, Z22
+	VMAXPS     Z18, Z4, Z18
+	VMINPS     Z27, Z28, Z4
+	VMAXPS     Z27, Z28, Z27
+	VMINPS     Z29, Z9, Z28
+	VMAXPS     Z29, Z9, Z29
+	VMINPS     Z2, Z21, Z9
+	VMAXPS     Z2, Z21, Z2
+	VMINPS     Z1, Z3, Z21
+	VMAXPS     Z1, Z3, Z1
+	VMINPS     Z24, Z0, Z3
+	VMAXPS     Z24, Z0, Z24
+	VMINPS     Z15, Z22, Z0
+	VMAXPS     Z15, Z22, Z15
+	VMINPS     Z20, Z18, Z22
+	VMAXPS     Z20, Z18, Z20
+	VMINPS     Z26, Z4, Z18
+	VMAXPS     Z26, Z4, Z26
+	VMINPS     Z11, Z27, Z4
+	VMAXPS     Z11, Z27, Z11
+	VXORPS     Z30, Z30, Z30
+	CMPQ       R8, $0x00000000
+	JA         n32_w0
+	CMPQ       R9, $0x00000000
+	JBE        n32_w0
+	VADDPS     Z25, Z30, Z30
+
+n32_w0:
+	CMPQ   R8, $0x00000001
+	JA     n32_w1
+	CMPQ   R9, $0x00000001
+	JBE    n32_w1
+	VADDPS Z14, Z30, Z30
+
+n32_w1:
+	CMPQ   R8, $0x00000002
+	JA     n32_w2
+	CMPQ   R9, $0x00000002
+	JBE    n32_w2
+	VADDPS Z23, Z30, Z30
+
+n32_w2:
+	CMPQ   R8, $0x00000003
+	JA     n32_w3
+	CMPQ   R9, $0x00000003
+	JBE    n32_w3
+	VADDPS Z13, Z30, Z30
+
+n32_w3:
+	CMPQ   R8, $0x00000004
+	JA     n32_w4
+	CMPQ   R9, $0x00000004
+	JBE    n32_w4
+	VADDPS Z12, Z30, Z30
+
+n32_w4:
+	CMPQ   R8, $0x00000005
+	JA     n32_w5
+	CMPQ   R9, $0x00000005
+	JBE    n32_w5
+	VADDPS Z5, Z30, Z30
+
+n32_w5:
+	CMPQ   R8, $0x00000006
+	JA     n32_w6
+	CMPQ   R9, $0x00000006
+	JBE    n32_w6
+	VADDPS Z8, Z30, Z30
+
+n32_w6:
+	CMPQ   R8, $0x00000007
+	JA     n32_w7
+	CMPQ   R9, $0x00000007
+	JBE    n32_w7
+	VADDPS Z6, Z30, Z30
+
+n32_w7:
+	CMPQ   R8, $0x00000008
+	JA     n32_w8
+	CMPQ   R9, $0x00000008
+	JBE    n32_w8
+	VADDPS Z10, Z30, Z30
+
+n32_w8:
+	CMPQ   R8, $0x00000009
+	JA     n32_w9
+	CMPQ   R9, $0x00000009
+	JBE    n32_w9
+	VADDPS Z7, Z30, Z30
+
+n32_w9:
+	CMPQ   R8, $0x0000000a
+	JA     n32_w10
+	CMPQ   R9, $0x0000000a
+	JBE    n32_w10
+	VADDPS 640(CX), Z30, Z30
+
+n32_w10:
+	CMPQ   R8, $0x0000000b
+	JA     n32_w11
+	CMPQ   R9, $0x0000000b
+	JBE    n32_w11
+	VADDPS 704(CX), Z30, Z30
+
+n32_w11:
+	CMPQ   R8, $0x0000000c
+	JA     n32_w12
+	CMPQ   R9, $0x0000000c
+	JBE    n32_w12
+	VADDPS 768(CX), Z30, Z30
+
+n32_w12:
+	CMPQ   R8, $0x0000000d
+	JA     n32_w13
+	CMPQ   R9, $0x0000000d
+	JBE    n32_w13
+	VADDPS Z17, Z30, Z30
+
+n32_w13:
+	CMPQ   R8, $0x0000000e
+	JA     n32_w14
+	CMPQ   R9, $0x0000000e
+	JBE    n32_w14
+	VADDPS Z19, Z30, Z30
+
+n32_w14:
+	CMPQ   R8, $0x0000000f
+	JA     n32_w15
+	CMPQ   R9, $0x0000000f
+	JBE    n32_w15
+	VADDPS Z28, Z30, Z30
+
+n32_w15:
+	CMPQ   R8, $0x00000010
+	JA     n32_w16
+	CMPQ   R9, $0x00000010
+	JBE    n32_w16
+	VADDPS Z29, Z30, Z30
+
+n32_w16:
+	CMPQ   R8, $0x00000011
+	JA     n32_w17
+	CMPQ   R9, $0x00000011
+	JBE    n32_w17
+	VADDPS Z9, Z30, Z30
+
+n32_w17:
+	CMPQ   R8, $0x00000012
+	JA     n32_w18
+	CMPQ   R9, $0x00000012
+	JBE    n32_w18
+	VADDPS Z2, Z30, Z30
+
+n32_w18:
+	CMPQ   R8, $0x00000013
+	JA     n32_w19
+	CMPQ   R9, $0x00000013
+	JBE    n32_w19
+	VADDPS Z21, Z30, Z30
+
+n32_w19:
+	CMPQ   R8, $0x00000014
+	JA     n32_w20
+	CMPQ   R9, $0x00000014
+	JBE    n32_w20
+	VADDPS Z1, Z30, Z30
+
+n32_w20:
+	CMPQ   R8, $0x00000015
+	JA     n32_w21
+	CMPQ   R9, $0x00000015
+	JBE    n32_w21
+	VADDPS Z3, Z30, Z30
+
+n32_w21:
+	CMPQ   R8, $0x00000016
+	JA     n32_w22
+	CMPQ   R9, $0x00000016
+	JBE    n32_w22
+	VADDPS Z24, Z30, Z30
+
+n32_w22:
+	CMPQ   R8, $0x00000017
+	JA     n32_w23
+	CMPQ   R9, $0x00000017
+	JBE    n32_w23
+	VADDPS Z0, Z30, Z30
+
+n32_w23:
+	CMPQ   R8, $0x00000018
+	JA     n32_w24
+	CMPQ   R9, $0x00000018
+	JBE    n32_w24
+	VADDPS Z15, Z30, Z30
+
+n32_w24:
+	CMPQ   R8, $0x00000019
+	JA     n32_w25
+	CMPQ   R9, $0x00000019
+	JBE    n32_w25
+	VADDPS Z22, Z30, Z30
+
+n32_w25:
+	CMPQ   R8, $0x0000001a
+	JA     n32_w26
+	CMPQ   R9, $0x0000001a
+	JBE    n32_w26
+	VADDPS Z20, Z30, Z30
+
+n32_w26:
+	CMPQ   R8, $0x0000001b
+	JA     n32_w27
+	CMPQ   R9, $0x0000001b
+	JBE    n32_w27
+	VADDPS Z18, Z30, Z30
+
+n32_w27:
+	CMPQ   R8, $0x0000001c
+	JA     n32_w28
+	CMPQ   R9, $0x0000001c
+	JBE    n32_w28
+	VADDPS Z26, Z30, Z30
+
+n32_w28:
+	CMPQ   R8, $0x0000001d
+	JA     n32_w29
+	CMPQ   R9, $0x0000001d
+	JBE    n32_w29
+	VADDPS Z4, Z30, Z30
+
+n32_w29:
+	CMPQ   R8, $0x0000001e
+	JA     n32_w30
+	CMPQ   R9, $0x0000001e
+	JBE    n32_w30
+	VADDPS Z11, Z30, Z30
+
+n32_w30:
+	CMPQ   R8, $0x0000001f
+	JA     n32_w31
+	CMPQ   R9, $0x0000001f
+	JBE    n32_w31
+	VADDPS Z16, Z30, Z30
+
+n32_w31:
+	VDIVPS  Z31, Z30, Z30
+	VMOVUPS Z30, (DX)
+
+	// n=32: 191 comparators, 35 loads, 6 stores per group
+	ADDQ $0x40, BX
+	ADDQ $0x40, DX
+	DECQ SI
+	JNZ  n32_loop
+	VZEROUPPER
+	RET
+
 // func sortPaddedF32AVX512_64(tmp []float32, x [][]byte, off int, groups int, pf int) bool
 // Requires: AVX, AVX512DQ, AVX512F, MMX+
 TEXT ·sortPaddedF32AVX512_64(SB), NOSPLIT, $0-73
@@ -31565,7 +43623,7 @@ even_sum:
 	RET
 
 // func gramPackF32AVX512(tmp []float64, sq []float64, x [][]byte, elems int)
-// Requires: AVX, AVX2, FMA3, MMX+
+// Requires: AVX, AVX2, FMA3
 TEXT ·gramPackF32AVX512(SB), NOSPLIT, $0-80
 	MOVQ         elems+72(FP), AX
 	MOVQ         x_len+56(FP), CX
@@ -31758,8 +43816,6 @@ input:
 pack4:
 	CMPQ        R9, R14
 	JAE         pack4_done
-	PREFETCHT1  (R9)(SI*1)
-	PREFETCHT1  32(R9)(SI*1)
 	VCVTPS2PD   (R9), Y5
 	VFMADD231PD Y5, Y5, Y0
 	VSUBPD      (R13), Y5, Y5
@@ -31790,7 +43846,6 @@ pack4_done:
 pack2:
 	CMPQ        R9, R10
 	JAE         pack2_done
-	PREFETCHT1  (R9)(SI*1)
 	VCVTPS2PD   (R9), Y5
 	VFMADD231PD Y5, Y5, Y0
 	VSUBPD      (R13), Y5, Y5

@@ -15,14 +15,16 @@ var robustAVX512 = robustKernels{
 	width:         16,
 	sortGroups:    sortGroupsAVX512,
 	medianGroups:  medianGroupsAVX512,
+	trimmedGroups: trimmedGroupsAVX512,
 	medianSorted:  func(dst, tmp []float32, n, w int) { sortedAsm(dst, tmp, n, w, 16, medianSortedF32AVX512) },
 	trimmedSorted: func(dst, tmp []float32, n, w, k int) { trimmedAsm(dst, tmp, n, w, k, 16, trimmedSortedF32AVX512) },
 	closestSorted: func(dst, tmp []float32, n, w, beta int) { closestAsm(dst, tmp, n, w, beta, 16, closestSortedF32AVX512) },
 	gram: func(p, sq []float64, x [][]byte, elems int, tmp []float64) {
 		gramAsm(p, sq, x, elems, tmp, tileRows512, 128, gramPackF32AVX512, gramTilesAVX512)
 	},
-	sqDist:  sqDistAVX2,
-	fmaLoop: fmaLoopAVX512,
+	sqDist:   sqDistAVX2,
+	sqDist64: sqDist64AVX2,
+	fmaLoop:  fmaLoopAVX512,
 }
 
 // tileRows512 is the rows of the AVX-512 Gram tiles: row ranges start at multiples of it.
@@ -99,5 +101,27 @@ func medianGroupsAVX512(dst, tmp []float32, x [][]byte, off, groups, pf int) boo
 	race.ReadSlice(nw.median)
 	mw := middleWires(n)
 	medianNetF32AVX512(dst, tmp, x, off, groups, pf, nw.median, mw[0], mw[len(mw)-1])
+	return true
+}
+
+// trimmedGroupsAVX512 runs the straight-line network with the trimmed sum fused up to
+// smallSortMax inputs, and declines more (they are sorted into the slab and reduced).
+func trimmedGroupsAVX512(dst, tmp []float32, x [][]byte, off, groups, pf, k int) bool {
+	n := len(x)
+	if n > smallSortMax {
+		return false
+	}
+	if groups <= 0 || n == 0 {
+		return true
+	}
+	if 2*k >= n || k < 0 {
+		panic("kernels: trimmed mean with 2k >= n")
+	}
+	_ = dst[16*groups-1]
+	_ = tmp[16*n-1]
+	checkGroups(x, off, groups, 16)
+	race.WriteSlice(dst[:16*groups])
+	race.WriteSlice(tmp[:16*n])
+	trimmedSmallF32AVX512(dst, tmp, x, off, groups, pf, k, float32(n-2*k))
 	return true
 }

@@ -39,10 +39,20 @@ func gramPackF32AVX2(tmp []float64, sq []float64, x [][]byte, elems int)
 //go:noescape
 func gramTilesAVX2(p []float64, tmp []float64, n int, elems int, r0 int, r1 int, g0 int, g1 int)
 
+// prefetchBlocksT1 prefetches bytes [off, off+bytes) of the inputs x[from:to] into L2.
+//
+//go:noescape
+func prefetchBlocksT1(x [][]byte, from int, to int, off int, bytes int)
+
 // sqDistNormF32AVX2 is sqDistNormGeneric(pd, pn, x, z, 0) for len(z) a multiple of 16.
 //
 //go:noescape
 func sqDistNormF32AVX2(pd *[16]float64, pn *[16]float64, x []byte, z []float32)
+
+// sqDistNormF32F64AVX2 is sqDistNormF64Generic(pd, pn, x, z, 0) for len(z) a multiple of 16.
+//
+//go:noescape
+func sqDistNormF32F64AVX2(pd *[16]float64, pn *[16]float64, x []byte, z []float64)
 
 // fmaLoopAVX2 runs iters x 48 f64 fused multiply-adds and returns a value that depends on all of them.
 func fmaLoopAVX2(iters int) float64
@@ -56,6 +66,11 @@ func sortSmallF32AVX512(tmp []float32, x [][]byte, off int, groups int, pf int)
 //
 //go:noescape
 func medianSmallF32AVX512(dst []float32, tmp []float32, x [][]byte, off int, groups int, pf int)
+
+// trimmedSmallF32AVX512 is the trimmed mean of sortGroupsGeneric's groups with width 16 for 1 <= len(x) <= 32, groups > 0, 2k < len(x), c = len(x)-2k, len(dst) = 16*groups, prefetching pf bytes ahead.
+//
+//go:noescape
+func trimmedSmallF32AVX512(dst []float32, tmp []float32, x [][]byte, off int, groups int, pf int, k int, c float32)
 
 // sortPaddedF32AVX512_64 sorts groups of 16 coordinates of 32 < len(x) <= 64 inputs by the network of 64 wires, the wires from len(x) on +Inf, into slabs of 64 wires, prefetching pf bytes ahead; it returns false if a value read was NaN.
 //

@@ -655,11 +655,22 @@ func TestSqDistNorm(t *testing.T) {
 				wantD[l], wantN[l] = float64(l), float64(-l)
 			}
 			sqDistNormGeneric(&wantD, &wantN, x, z, 0)
+			pd64, pn64 := pd, pn
 			k.SqDistNormF32(&pd, &pn, x, z)
 			checkZ(t)
+			// The point in f64 gives the same bits.
+			z64, checkZ64 := guardedF64(n, i%3)
+			for j, v := range z {
+				z64[j] = float64(v)
+			}
+			k.SqDistNormF32F64(&pd64, &pn64, x, z64)
+			checkZ64(t)
 			for l := range pd {
 				if !sameF64(pd[l], wantD[l]) || !sameF64(pn[l], wantN[l]) {
 					t.Fatalf("len %d: lane %d = %v, %v; reference %v, %v", n, l, pd[l], pn[l], wantD[l], wantN[l])
+				}
+				if !sameF64(pd64[l], wantD[l]) || !sameF64(pn64[l], wantN[l]) {
+					t.Fatalf("len %d, f64 point: lane %d = %v, %v; reference %v, %v", n, l, pd64[l], pn64[l], wantD[l], wantN[l])
 				}
 			}
 			if finite {

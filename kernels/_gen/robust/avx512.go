@@ -44,6 +44,7 @@ const slot512 = 64
 func genAVX512() {
 	genSortSmall512()
 	genMedianSmall512()
+	genTrimmedSmall512()
 	for _, p := range paddedSizes {
 		genSortPadded512(p)
 	}
@@ -264,6 +265,73 @@ func genMedianSorted512() {
 		ADDQ(stride, tp)
 		DECQ(g)
 		JNZ(LabelRef(lbl + "_loop"))
+		VZEROUPPER()
+		RET()
+	}
+}
+
+// genTrimmedSmall512 generates trimmedSmallF32AVX512(dst, tmp, x, off, groups, pf, k, c): the
+// trimmed mean of each group of 16 coordinates straight from the network's registers: values
+// k..n-k-1 added from +0 in ascending order and divided by c = n-2k, without storing the sorted
+// values. Which wires are added is decided by a branch per wire on k, the same for every group
+// (so predicted), and adds a wire from its register or, when spilled, from tmp; no register
+// moves under a branch, so the code after it knows where every wire is. tmp (len(x)·16 floats)
+// holds the spilled wires.
+func genTrimmedSmall512() {
+	TEXT("trimmedSmallF32AVX512", NOSPLIT, "func(dst []float32, tmp []float32, x [][]byte, off, groups, pf, k int, c float32)")
+	Pragma("noescape")
+	Doc(fmt.Sprintf("trimmedSmallF32AVX512 is the trimmed mean of sortGroupsGeneric's groups with width 16 for 1 <= len(x) <= %d, groups > 0, 2k < len(x), c = len(x)-2k, len(dst) = 16*groups, prefetching pf bytes ahead.", smallMax))
+	dispatchCounts(Load(Param("x").Len(), GP64()), "")
+	acc, cz := Z30, Z31 // the network's registers are Z0..Z29
+	for n := 1; n <= smallMax; n++ {
+		Label(fmt.Sprintf("n%d", n))
+		xp := Load(Param("x").Base(), GP64())
+		tp := Load(Param("tmp").Base(), GP64())
+		dst := Load(Param("dst").Base(), GP64())
+		j := Load(Param("off"), GP64())
+		SHLQ(U8(2), j)
+		g := Load(Param("groups"), GP64())
+		pf := Load(Param("pf"), GP64())
+		k := Load(Param("k"), GP64())
+		end := GP64() // n-k
+		MOVQ(U32(n), end)
+		SUBQ(k, end)
+		cp, err := Param("c").Resolve()
+		if err != nil {
+			panic(err)
+		}
+		VBROADCASTSS(cp.Addr, cz) // X31 has no SSE encoding: broadcast from memory
+
+		Label(fmt.Sprintf("n%d_loop", n))
+		r := newRegFile(zmm[:30], slot512, n, xp, j, tp)
+		r.prefetch = pf
+		comps := emitNetwork(sortNetwork(n), r)
+		for w := range n {
+			if !r.loaded[w] {
+				r.ensure(w)
+			}
+		}
+		VXORPS(acc, acc, acc)
+		for w := range n {
+			skip := fmt.Sprintf("n%d_w%d", n, w)
+			CMPQ(k, U32(w))
+			JA(LabelRef(skip))
+			CMPQ(end, U32(w))
+			JBE(LabelRef(skip))
+			if i := r.reg[w]; i >= 0 {
+				VADDPS(r.regs[i], acc, acc)
+			} else {
+				VADDPS(r.tmp(w), acc, acc)
+			}
+			Label(skip)
+		}
+		VDIVPS(cz, acc, acc)
+		VMOVUPS(acc, Mem{Base: dst})
+		Commentf("n=%d: %d comparators, %d loads, %d stores per group", n, comps, r.loads, r.stores)
+		ADDQ(U8(slot512), j)
+		ADDQ(U8(slot512), dst)
+		DECQ(g)
+		JNZ(LabelRef(fmt.Sprintf("n%d_loop", n)))
 		VZEROUPPER()
 		RET()
 	}

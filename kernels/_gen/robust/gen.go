@@ -34,6 +34,7 @@ func main() {
 
 	genGramPack("gramPackF32AVX2", false)
 	genGramTiles()
+	genPrefetchBlocks()
 	genSqDist()
 	genFMALoop()
 
@@ -686,10 +687,7 @@ func genClosestSorted() {
 // genGramPack generates name(tmp, sq, x, elems): the centre of each coordinate (the inputs' f64
 // sum in input order divided by n, rounded to f32, 0 where not finite), every input's centred
 // values packed into tmp (pair-major or group-major), and sq[16i + j%16] = FMA(x_i[j], x_i[j],
-// ...), for elems a positive multiple of 8 (AVX2 instructions either way). While it reads an
-// input it prefetches the input's next block (the elems elements after this one) into L2, for
-// the next call of a caller that walks the inputs block by block: the register tiles, which take
-// much longer than the packing, then hide it.
+// ...), for elems a positive multiple of 8 (AVX2 instructions either way).
 func genGramPack(name string, groupMajor bool) {
 	TEXT(name, NOSPLIT, "func(tmp []float64, sq []float64, x [][]byte, elems int)")
 	Pragma("noescape")
@@ -804,10 +802,6 @@ func genGramPack(name string, groupMajor bool) {
 			Label(lbl)
 			CMPQ(p, lim)
 			JAE(LabelRef(lbl + "_done"))
-			PREFETCHT1(Mem{Base: p, Index: end, Scale: 1})
-			if w == 4 {
-				PREFETCHT1(Mem{Base: p, Index: end, Scale: 1, Disp: 32})
-			}
 			for u := range w {
 				v, y := YMM(), YMM()
 				VCVTPS2PD(Mem{Base: p, Disp: 16 * u}, v)
@@ -853,6 +847,37 @@ func genGramPack(name string, groupMajor bool) {
 	JNZ(LabelRef("pad"))
 	Label("done")
 	VZEROUPPER()
+	RET()
+}
+
+// genPrefetchBlocks generates prefetchBlocksT1(x, from, to, off, bytes): a prefetch into L2 of
+// every 64-byte line of bytes [off, off+bytes) past the start of the inputs x[from:to] (which
+// may lie beyond their lengths: a prefetch does not fault). The Gram kernels call it between
+// their tiles to bring the next block in while the tiles compute, spread over the block so
+// that the prefetches do not queue up at once.
+func genPrefetchBlocks() {
+	TEXT("prefetchBlocksT1", NOSPLIT, "func(x [][]byte, from, to, off, bytes int)")
+	Pragma("noescape")
+	Doc("prefetchBlocksT1 prefetches bytes [off, off+bytes) of the inputs x[from:to] into L2.")
+	i := Load(Param("from"), GP64())
+	to := Load(Param("to"), GP64())
+	CMPQ(i, to)
+	JAE(LabelRef("done"))
+	Label("input")
+	p := inputPtr(i)
+	ADDQ(Load(Param("off"), GP64()), p)
+	e := GP64()
+	MOVQ(p, e)
+	ADDQ(Load(Param("bytes"), GP64()), e)
+	Label("line")
+	PREFETCHT1(Mem{Base: p})
+	ADDQ(U8(64), p)
+	CMPQ(p, e)
+	JB(LabelRef("line"))
+	INCQ(i)
+	CMPQ(i, to)
+	JB(LabelRef("input"))
+	Label("done")
 	RET()
 }
 
@@ -1094,45 +1119,60 @@ func gramTile(R, C int, diagonal bool, i0, c0, ns Register) {
 
 // genSqDist generates sqDistNormF32AVX2(pd, pn, x, z): with v = float64(x[j]) and
 // d = v - float64(z[j]) (exact), pd[j%16] = FMA(d, d, pd[j%16]) and pn[j%16] = FMA(v, v,
-// pn[j%16]), for len(z) a multiple of 16.
+// pn[j%16]), for len(z) a multiple of 16; and sqDistNormF32F64AVX2(pd, pn, x, z), the same with
+// z already in f64 (a point converted once for many inputs: each step then converts one vector
+// instead of two, which unloads the pipes conversions and subtractions share).
 func genSqDist() {
-	TEXT("sqDistNormF32AVX2", NOSPLIT, "func(pd, pn *[16]float64, x []byte, z []float32)")
-	Pragma("noescape")
-	Doc("sqDistNormF32AVX2 is sqDistNormGeneric(pd, pn, x, z, 0) for len(z) a multiple of 16.")
-	pd := Load(Param("pd"), GP64())
-	pn := Load(Param("pn"), GP64())
-	x := Load(Param("x").Base(), GP64())
-	z := Load(Param("z").Base(), GP64())
-	n := Load(Param("z").Len(), GP64())
-	acc, nacc := make([]VecVirtual, 4), make([]VecVirtual, 4)
-	for k := range acc {
-		acc[k], nacc[k] = YMM(), YMM()
-		VMOVUPD(Mem{Base: pd, Disp: 32 * k}, acc[k])
-		VMOVUPD(Mem{Base: pn, Disp: 32 * k}, nacc[k])
+	for _, z64 := range []bool{false, true} {
+		name, zt, zs := "sqDistNormF32AVX2", "[]float32", 4
+		doc := name + " is sqDistNormGeneric(pd, pn, x, z, 0) for len(z) a multiple of 16."
+		if z64 {
+			name, zt, zs = "sqDistNormF32F64AVX2", "[]float64", 8
+			doc = name + " is sqDistNormF64Generic(pd, pn, x, z, 0) for len(z) a multiple of 16."
+		}
+		TEXT(name, NOSPLIT, "func(pd, pn *[16]float64, x []byte, z "+zt+")")
+		Pragma("noescape")
+		Doc(doc)
+		pd := Load(Param("pd"), GP64())
+		pn := Load(Param("pn"), GP64())
+		x := Load(Param("x").Base(), GP64())
+		z := Load(Param("z").Base(), GP64())
+		n := Load(Param("z").Len(), GP64())
+		acc, nacc := make([]VecVirtual, 4), make([]VecVirtual, 4)
+		for k := range acc {
+			acc[k], nacc[k] = YMM(), YMM()
+			VMOVUPD(Mem{Base: pd, Disp: 32 * k}, acc[k])
+			VMOVUPD(Mem{Base: pn, Disp: 32 * k}, nacc[k])
+		}
+		j := GP64()
+		XORQ(j, j)
+		TESTQ(n, n)
+		JZ(LabelRef(name + "_done"))
+		Label(name + "_loop")
+		for k := range acc {
+			xv := YMM()
+			VCVTPS2PD(Mem{Base: x, Index: j, Scale: 4, Disp: 16 * k}, xv)
+			VFMADD231PD(xv, xv, nacc[k])
+			if z64 {
+				VSUBPD(Mem{Base: z, Index: j, Scale: uint8(zs), Disp: 32 * k}, xv, xv)
+			} else {
+				zv := YMM()
+				VCVTPS2PD(Mem{Base: z, Index: j, Scale: uint8(zs), Disp: 16 * k}, zv)
+				VSUBPD(zv, xv, xv)
+			}
+			VFMADD231PD(xv, xv, acc[k])
+		}
+		ADDQ(U8(16), j)
+		CMPQ(j, n)
+		JB(LabelRef(name + "_loop"))
+		Label(name + "_done")
+		for k := range acc {
+			VMOVUPD(acc[k], Mem{Base: pd, Disp: 32 * k})
+			VMOVUPD(nacc[k], Mem{Base: pn, Disp: 32 * k})
+		}
+		VZEROUPPER()
+		RET()
 	}
-	j := GP64()
-	XORQ(j, j)
-	TESTQ(n, n)
-	JZ(LabelRef("done"))
-	Label("loop")
-	for k := range acc {
-		xv, zv := YMM(), YMM()
-		VCVTPS2PD(Mem{Base: x, Index: j, Scale: 4, Disp: 16 * k}, xv)
-		VCVTPS2PD(Mem{Base: z, Index: j, Scale: 4, Disp: 16 * k}, zv)
-		VFMADD231PD(xv, xv, nacc[k])
-		VSUBPD(zv, xv, xv)
-		VFMADD231PD(xv, xv, acc[k])
-	}
-	ADDQ(U8(16), j)
-	CMPQ(j, n)
-	JB(LabelRef("loop"))
-	Label("done")
-	for k := range acc {
-		VMOVUPD(acc[k], Mem{Base: pd, Disp: 32 * k})
-		VMOVUPD(nacc[k], Mem{Base: pn, Disp: 32 * k})
-	}
-	VZEROUPPER()
-	RET()
 }
 
 // ---------------------------------------------------------------------------------------------
