@@ -35,9 +35,9 @@ func (m mapping) Close() error { return unix.Munmap(m) }
 // (tensor.RegisterFileBacking) so that the CPU device preads it. It returns the Set's closer
 // (which unregisters, closes the files and unmaps, in that order), what was chosen, and whether
 // it kept f open: Open must not close it then.
-func planReads(f *os.File, mem []byte, dataOff int64, mode ReadMode, m io.Closer) (io.Closer, ReadMode, bool) {
+func planReads(f *os.File, mem []byte, dataOff int64, mode ReadMode, vote *readVote, m io.Closer) (io.Closer, ReadMode, bool) {
 	if mode == ReadAuto {
-		mode = chooseRead(mem, dataOff)
+		mode = chooseRead(mem, dataOff, vote)
 	}
 	if mode == ReadMap {
 		return m, ReadMap, false
@@ -90,40 +90,46 @@ func openDirectRead(f *os.File) *os.File {
 //     for 512 MiB here against 0.8-1.1 s mapped and 0.9-1.4 s copied: one synchronous request
 //     of 128 KiB per input and worker cannot keep the disk busy.
 //
-// The probe measures what decides: the bytes one fault maps, over two windows of the data
-// section (MADV_POPULATE_READ on a thread locked for the count, so the counted faults are the
-// probe's own; those pages are read by the job anyway).
+// The probe measures what decides: the bytes one fault maps, over two windows of 128 KiB of
+// the data section (MADV_POPULATE_READ on a thread locked for the count, so the counted faults
+// are the probe's own). It costs little but not nothing (a few hundred 4 KiB pages mapped in
+// small folios), so the files that OpenAll opens together vote: once the first probes agree,
+// the others take their answer unprobed (readVote).
 const (
 	probeMinData   = 4 << 20   // less data than this is mapped: either way is fast, and a mapping needs no open file
-	probeBytes     = 512 << 10 // each of the two windows
+	probeWindow    = 128 << 10 // each of the probe's windows
+	probeWindows   = 2
 	largeFolioMaps = 128 << 10 // bytes per fault from which the file is mapped
 )
 
-func chooseRead(mem []byte, dataOff int64) ReadMode {
+func chooseRead(mem []byte, dataOff int64, vote *readVote) ReadMode {
 	lo := (int(dataOff) + pageSize - 1) &^ (pageSize - 1)
 	if lo > len(mem) || len(mem)-lo < probeMinData {
 		return ReadMap
 	}
+	if m, ok := vote.decided(); ok {
+		return m
+	}
 	data := mem[lo:]
 	if !mostlyResident(data) {
-		return ReadMap
+		return vote.cast(ReadMap)
 	}
-	// Two windows, at a third and two thirds of the data, aligned to their size in the file:
+	// Windows at a third and two thirds of the data, aligned to their size in the file:
 	// folios are aligned to their size in the file, so an aligned window splits none, and the
 	// start of a file (small folios wherever a write began) says nothing of the rest.
 	var faults int64
-	for k := 1; k <= 2; k++ {
-		at := (lo + k*len(data)/3) &^ (probeBytes - 1)
-		if at < lo || at+probeBytes > len(mem) {
+	for k := 1; k <= probeWindows; k++ {
+		at := (lo + k*len(data)/(probeWindows+1)) &^ (probeWindow - 1)
+		if at < lo || at+probeWindow > len(mem) {
 			return ReadMap
 		}
-		n, ok := faultsToMap(mem[at : at+probeBytes])
+		n, ok := faultsToMap(mem[at : at+probeWindow])
 		if !ok {
-			return ReadMap
+			return vote.cast(ReadMap)
 		}
 		faults += n
 	}
-	return decide(2*probeBytes, faults, true)
+	return vote.cast(decide(probeWindows*probeWindow, faults, true))
 }
 
 // decide is ReadAuto's choice for a cached file whose probe mapped bytes with faults: copy
@@ -138,13 +144,13 @@ func decide(bytes int, faults int64, ok bool) ReadMode {
 }
 
 // mostlyResident reports whether at least half of b's pages are in the page cache (mincore),
-// looking at up to 16 windows of 1 MiB spread over b.
+// looking at 8 windows of 64 KiB spread over b.
 func mostlyResident(b []byte) bool {
-	const window, windows = 1 << 20, 16
-	vec := make([]byte, window/pageSize)
+	const window, windows = 64 << 10, 8
+	var vec [window / pageSize]byte
 	var in, all int
-	step := max(window, (len(b)/windows)&^(pageSize-1))
-	for lo := 0; lo < len(b); lo += step {
+	for k := range windows {
+		lo := (k * len(b) / windows) &^ (pageSize - 1)
 		w := b[lo:min(lo+window, len(b))]
 		v := vec[:(len(w)+pageSize-1)/pageSize]
 		if err := mincore(w, v); err != nil {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sync"
 
 	"github.com/wattagg/wattagg/tensor"
 )
@@ -95,4 +96,49 @@ func (r *fileReads) Close() error {
 		first = err
 	}
 	return first
+}
+
+// readVote shares ReadAuto's choice between the files OpenAll opens together: files of one
+// federation sit in the page cache alike, so once readVoters probes have agreed, later files
+// take their answer without a probe of their own. A nil vote decides nothing.
+type readVote struct {
+	mu     sync.Mutex
+	votes  int
+	choice ReadMode
+	split  bool // the probes disagreed: every file is probed
+}
+
+// readVoters is how many agreeing probes decide for the rest.
+const readVoters = 3
+
+func newReadVote() *readVote { return &readVote{} }
+
+// decided returns the agreed choice, if there is one.
+func (v *readVote) decided() (ReadMode, bool) {
+	if v == nil {
+		return 0, false
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.choice, !v.split && v.votes >= readVoters
+}
+
+// cast records a probe's choice and returns it.
+func (v *readVote) cast(m ReadMode) ReadMode {
+	if v == nil {
+		return m
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.votes > 0 && m != v.choice {
+		v.split = true
+	}
+	v.choice = m
+	v.votes++
+	return m
+}
+
+// withReadVote makes Open's ReadAuto take part in vote.
+func withReadVote(v *readVote) Option {
+	return func(o *readOptions) error { o.vote = v; return nil }
 }

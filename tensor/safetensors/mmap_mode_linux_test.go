@@ -157,7 +157,7 @@ func TestReadModeAuto(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if a, ok := faultsToMap(m[8<<20 : 8<<20+probeBytes]); !ok || a == 0 {
+	if a, ok := faultsToMap(m[8<<20 : 8<<20+probeWindow]); !ok || a == 0 {
 		t.Skipf("no fault probe here (%d faults, ok %v)", a, ok)
 	}
 	open("cached in small folios", ReadCopy)
@@ -189,5 +189,33 @@ func TestReadModeOptions(t *testing.T) {
 	p := bigUpdate(t, 10)
 	if _, err := Open(p, WithReadMode(ReadMode(9))); err == nil || err.Error() != "safetensors: ReadMode(9) is not a read mode" {
 		t.Fatalf("bad mode: %v", err)
+	}
+}
+
+// Files opened together vote: once readVoters probes agree the others take the answer; a
+// disagreement makes every file probe; no vote decides nothing.
+func TestReadVote(t *testing.T) {
+	var none *readVote
+	if _, ok := none.decided(); ok || none.cast(ReadCopy) != ReadCopy {
+		t.Fatal("a nil vote decided")
+	}
+	v := newReadVote()
+	for k := range readVoters {
+		if _, ok := v.decided(); ok {
+			t.Fatalf("decided after %d votes", k)
+		}
+		v.cast(ReadCopy)
+	}
+	if m, ok := v.decided(); !ok || m != ReadCopy {
+		t.Fatalf("after %d agreeing votes: %s, %v", readVoters, m, ok)
+	}
+	w := newReadVote()
+	w.cast(ReadCopy)
+	w.cast(ReadMap)
+	for range readVoters {
+		w.cast(ReadMap)
+	}
+	if _, ok := w.decided(); ok {
+		t.Fatal("a split vote decided")
 	}
 }

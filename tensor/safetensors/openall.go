@@ -14,7 +14,8 @@ import (
 // layout's names and shapes, not one per client. On error it closes what it opened and returns
 // every file's error joined.
 func OpenAll(paths []string, opts ...Option) ([]*tensor.Set, error) {
-	opts = append(opts[:len(opts):len(opts)], withLayoutCache(newLayoutCache()))
+	// One parsed layout for identical headers, and one ReadAuto probe for files that agree.
+	opts = append(opts[:len(opts):len(opts)], withLayoutCache(newLayoutCache()), withReadVote(newReadVote()))
 	sets := make([]*tensor.Set, len(paths))
 	errs := make([]error, len(paths))
 	var wg sync.WaitGroup

@@ -17,6 +17,7 @@ type Option func(*readOptions) error
 type readOptions struct {
 	populate bool
 	mode     ReadMode
+	vote     *readVote // ReadAuto's choice shared by the files of one OpenAll
 	lim      Limits
 	source   string
 	cache    *layoutCache // shares identical layouts across the files OpenAll opens
@@ -135,7 +136,7 @@ func Open(path string, opts ...Option) (*tensor.Set, error) {
 	}
 	// How the CPU device will read the tensors (ReadMode): the mapping in place, or copies
 	// from the file, which then stays open until Close.
-	closer, _, keepFile = planReads(f, b, h.DataOffset, o.mode, closer)
+	closer, _, keepFile = planReads(f, b, h.DataOffset, o.mode, o.vote, closer)
 	s.SetCloser(closer)
 	return s, nil
 }
