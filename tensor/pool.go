@@ -12,15 +12,16 @@ import (
 // development VMs: the first write to each new page costs a fault and, under their balloon's
 // free-page reporting, often a fault on the host too (1.4-2.3 GB/s for new 4 KiB pages here,
 // 0.3-0.6 GB/s for new 2 MiB pages, against 35 GB/s for rewriting memory already touched). So
-// buffers given back with Free are kept, touched, and handed out again by the next Allocate of
-// the same size class, cleared in parallel; only what the pool cannot serve is new, and that is
-// pre-faulted in parallel (MADV_POPULATE_WRITE, one call per range per goroutine) rather than
-// faulted page by page by whoever writes it first.
+// buffers given back with Free are kept, and handed out again by the next Allocate of the same
+// size class, cleared in parallel; only what the pool cannot serve is new, and new buffers of
+// 4 MiB and more are pre-faulted in parallel (MADV_POPULATE_WRITE, one call per range per
+// goroutine) rather than faulted page by page by whoever writes them first.
 //
-// The memory is Go memory (2 MiB-aligned inside a larger make), so a buffer that is never
-// given back is collected like any other instead of leaking, and a slice kept past Free cannot
-// fault: it can only see the next owner's data, which is the bug Free's contract forbids.
-// Buffers under MinPooledBytes come straight from AlignedBytes. It is safe for concurrent use.
+// The memory is Go memory (aligned inside a larger make), and the pool remembers only the
+// address, size class and number of what it hands out, so a buffer that is never given back
+// is collected like any other instead of leaking, and a slice kept past Free cannot fault: it
+// can only see the next owner's data, which is the bug Free's contract forbids. Buffers under
+// MinPooledBytes come straight from AlignedBytes. It is safe for concurrent use.
 type PoolAllocator struct {
 	huge    bool
 	workers int
