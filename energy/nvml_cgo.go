@@ -87,6 +87,8 @@ import (
 	"fmt"
 	"sync"
 	"unsafe"
+
+	"github.com/wattagg/wattagg/internal/sysinfo"
 )
 
 // nvmlLibrary is the name the dynamic loader finds the NVIDIA Management Library by.
@@ -143,6 +145,9 @@ func (g *dlNVML) Init() error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.api == nil {
+		if ok, why := sysinfo.NVIDIADriver(); g.path == nvmlLibrary && !ok {
+			return fmt.Errorf("%w: nvmlInit: %s", ErrUnavailable, why)
+		}
 		a, err := openNVML(g.path)
 		if err != nil {
 			return err

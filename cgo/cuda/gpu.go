@@ -10,6 +10,7 @@ import (
 	"unsafe"
 
 	"github.com/wattagg/wattagg/device"
+	"github.com/wattagg/wattagg/internal/sysinfo"
 	kcuda "github.com/wattagg/wattagg/kernels/cuda"
 )
 
@@ -105,7 +106,13 @@ func loadDriver(path string) (driver, error) {
 	defer driversMu.Unlock()
 	l, ok := drivers[path]
 	if !ok {
-		d, err := openDriver(path)
+		var d driver
+		var err error
+		if ok, why := sysinfo.NVIDIADriver(); path == DefaultLibrary && !ok {
+			err = fmt.Errorf("%w: %s", ErrNoDriver, why)
+		} else {
+			d, err = openDriver(path)
+		}
 		l = &loadedDriver{drv: d, err: err}
 		drivers[path] = l
 	}

@@ -1,6 +1,8 @@
 package sysinfo
 
 import (
+	"os"
+	"path/filepath"
 	"reflect"
 	"runtime"
 	"strings"
@@ -174,5 +176,21 @@ func TestParseCacheSize(t *testing.T) {
 		if _, err := ParseCacheSize(in); err == nil || err.Error() != `cache size "`+in+`": want bytes, or a number with K, M or G` {
 			t.Errorf("ParseCacheSize(%q): %v", in, err)
 		}
+	}
+}
+
+func TestNVIDIADriver(t *testing.T) {
+	ok, why := NVIDIADriver()
+	if ok != (why == "") {
+		t.Fatalf("NVIDIADriver() = %v, %q: a reason exactly when there is no driver", ok, why)
+	}
+	if runtime.GOOS != "linux" {
+		return
+	}
+	_, errProc := os.Stat("/proc/driver/nvidia")
+	_, errDxg := os.Stat("/dev/dxg")
+	nodes, _ := filepath.Glob("/dev/nvidia[0-9]*")
+	if want := errProc == nil || errDxg == nil || len(nodes) > 0; ok != want {
+		t.Fatalf("NVIDIADriver() = %v, the files say %v", ok, want)
 	}
 }
