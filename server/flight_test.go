@@ -128,6 +128,21 @@ func TestFlight(t *testing.T) {
 	_, err = flightPut(t, c, tokens["c0"], "1", u0, "", true)
 	wantCode(t, err, codes.DeadlineExceeded, "idle_timeout")
 
+	// Garbage where the schema message should be.
+	md := metadata.Pairs("authorization", "Bearer "+tokens["c0"])
+	gs, err := c.DoPut(metadata.NewOutgoingContext(context.Background(), md))
+	if err != nil {
+		t.Fatal(err)
+	}
+	gs.Send(&flight.FlightData{FlightDescriptor: &flight.FlightDescriptor{Type: flight.DescriptorPATH, Path: []string{"rounds", "1"}},
+		DataHeader: []byte("definitely not a flatbuffer"), DataBody: []byte{1, 2, 3}})
+	gs.CloseSend()
+	_, err = gs.Recv()
+	wantCode(t, err, codes.InvalidArgument, "c0")
+	if st, _ := ts.Status(1); st.Clients != 0 || st.Arriving != 0 {
+		t.Fatalf("round changed: %+v", st)
+	}
+
 	ack, err := flightPut(t, c, tokens["c0"], "1", u0, "2", false)
 	if err != nil || ack.Client != "c0" || ack.Weight != 2 || ack.Seq != 0 {
 		t.Fatalf("flight push: %+v %v", ack, err)
