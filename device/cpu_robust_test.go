@@ -198,11 +198,11 @@ func TestGramAndDistancesMatchFloat64(t *testing.T) {
 	for ft, f := range fields {
 		for j := range f.Len {
 			v := vals[ft][j]
-			var sum float64
+			var sum float32
 			for _, x := range v {
-				sum += float64(x)
+				sum += x
 			}
-			centre := float64(float32(sum / float64(n)))
+			centre := float64(sum / float32(n))
 			zj := z[ft].Value(j)
 			for a := range n {
 				d := float64(v[a]) - zj

@@ -33,10 +33,10 @@ import (
 //     lo..hi of kernels.ClosestMeanF32, and the result is the middle window's mean, or for an
 //     even number of them mean(a)·0.5 + mean(b)·0.5 of the middle two. Ties resolve to neither
 //     side: with the first window, as before, every tie erred low.
-//   - The Gram matrix is taken of the inputs centred at each coordinate j on
-//     r_j = float32(Σ_i x_i[j] / n) (the sum in f64 in input order; r_j = 0 where that is not
-//     finite), so that f32 inputs give exact f64 differences and distances between clients
-//     that differ slightly do not cancel.
+//   - The Gram matrix is taken of the inputs centred at each coordinate j on their mean
+//     r_j = (Σ_i x_i[j]) / n in f32 arithmetic (the sum from +0 in input order; r_j = 0 where it
+//     is not finite), so that f32 inputs give exact f64 differences x_i[j] − r_j and distances
+//     between clients that differ slightly do not cancel.
 //   - Dot products and squared distances accumulate in f64 with fused multiply-adds: element j
 //     of a block goes to lane j mod 4 (Gram) or j mod 16 (distances), blocks are multiples of
 //     the lane count, lanes are combined pairwise ((l0+l2)+(l1+l3), or halves lane by lane),

@@ -9,7 +9,8 @@ import "math"
 // inputs centred on their mean at each coordinate, y_a = x_a − r: distances do not change
 // (y_a − y_b = x_a − x_b), the rounding is then relative to ‖x − r‖², and with r an f32 value
 // the subtraction of two f32 values is exact in f64 (unless their exponents differ by more than
-// 29). The squared norms, which the rules need too (the reported norm, and finiteness: for f32
+// 29). The mean is taken in f32: any point close to the inputs serves, and an f32 mean is
+// within n·2⁻²⁴ of them relatively, far closer than the spread that matters. The squared norms, which the rules need too (the reported norm, and finiteness: for f32
 // values a sum of squares in f64 is finite exactly when every value is), are summed from the
 // uncentred values in the same pass.
 //
@@ -39,12 +40,12 @@ func GramScratch(n, elems int) int { return (GramStride(n) + 3) * elems }
 // in f64 with fused multiply-adds. For n = len(x), s = GramStride(n) and every a <= b it is
 //
 //	for j := range elems {
-//		var t float64
+//		var t float32
 //		for i := range n {
-//			t += float64(x[i][j])
+//			t += x[i][j]
 //		}
-//		r := float32(t / float64(n)) // the centre of coordinate j
-//		if r-r != 0 {                 // ±Inf or NaN: an input is not finite
+//		r := t / float32(n) // the centre of coordinate j, f32 arithmetic
+//		if r-r != 0 {       // ±Inf or NaN: an input is not finite (or the sum overflowed)
 //			r = 0
 //		}
 //		y := func(i int) float64 { return float64(x[i][j]) - float64(r) }
@@ -95,14 +96,16 @@ func GramSums(g, norm, p, sq []float64, n int) {
 	}
 }
 
-// gramCentre is the centre of coordinate j: the mean of the inputs' values in f64 rounded to
-// f32, or 0 where it is not finite.
+// gramCentre is the centre of coordinate j: the mean of the inputs' values in f32 (any point
+// near them serves: it is summed in f32, in input order, because the packing then adds 16
+// coordinates per instruction instead of converting each value to f64 first), or 0 where it is
+// not finite.
 func gramCentre(x [][]byte, j int) float32 {
-	var t float64
+	var t float32
 	for _, xi := range x {
-		t += float64(ldF32(xi, j))
+		t += ldF32(xi, j)
 	}
-	r := float32(t / float64(len(x)))
+	r := t / float32(len(x))
 	if r-r != 0 {
 		return 0
 	}

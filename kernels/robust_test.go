@@ -471,11 +471,11 @@ func checkGram(t *testing.T, k *Impl, r *rand.Rand, n, elems int, finite bool) {
 		for b := range n {
 			var s, sa, q float64
 			for j := range elems {
-				var t float64
+				var t float32
 				for i := range x {
-					t += float64(ldF32(x[i], j))
+					t += ldF32(x[i], j)
 				}
-				c := float64(float32(t / float64(n)))
+				c := float64(t / float32(n))
 				va := float64(ldF32(x[a], j))
 				v := (va - c) * (float64(ldF32(x[b], j)) - c)
 				s += v

@@ -460,18 +460,18 @@ func SelectCancel(t *testing.T, dev device.Device) {
 }
 
 // GramCentre is the centre device.Robust gives coordinate j of the Gram matrix, from the
-// inputs' values there (as RobustValues gives them): their f64 sum in input order divided by n,
-// rounded to f32, or 0 where that is not finite.
+// inputs' values there (as RobustValues gives them): their sum from +0 in input order divided by
+// n, every operation rounded to f32, or 0 where that is not finite.
 func GramCentre(col []float64) float64 {
 	var t float64
 	for _, v := range col {
-		t += v
+		t = r32(t + v)
 	}
-	r := float32(t / float64(len(col)))
-	if math.IsNaN(float64(r)) || math.IsInf(float64(r), 0) {
+	r := r32(t / float64(len(col)))
+	if math.IsNaN(r) || math.IsInf(r, 0) {
 		return 0
 	}
-	return float64(r)
+	return r
 }
 
 // Gram checks the centred Gram matrix and the squared norms against float64 references (the

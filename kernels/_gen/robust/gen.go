@@ -684,8 +684,8 @@ func genClosestSorted() {
 // The AVX2 tiles keep a pointer per row and column; the AVX-512 tiles address all their rows
 // and columns from one pointer with constant displacements.
 
-// genGramPack generates name(tmp, sq, x, elems): the centre of each coordinate (the inputs' f64
-// sum in input order divided by n, rounded to f32, 0 where not finite), every input's centred
+// genGramPack generates name(tmp, sq, x, elems): the centre of each coordinate (the inputs' f32
+// sum in input order divided by n in f32, 0 where not finite), every input's centred
 // values packed into tmp (pair-major or group-major), and sq[16i + j%16] = FMA(x_i[j], x_i[j],
 // ...), for elems a positive multiple of 8 (AVX2 instructions either way).
 func genGramPack(name string, groupMajor bool) {
@@ -718,19 +718,20 @@ func genGramPack(name string, groupMajor bool) {
 	if groupMajor {
 		stride = groupStride(n)
 	}
-	nf := YMM()
-	VCVTSI2SDQ(n, nf.AsX(), nf.AsX())
-	VBROADCASTSD(nf.AsX(), nf)
+	nf := YMM() // n in f32 lanes
+	VCVTSI2SSQ(n, nf.AsX(), nf.AsX())
+	VBROADCASTSS(nf.AsX(), nf)
 	zero := YMM()
 	VXORPD(zero, zero, zero)
 
-	// Pass 1: the centre, 32 coordinates per step (8 sums in flight: each is a chain of n
-	// additions in input order), then 8 per step for the rest.
+	// Pass 1: the centre, the f32 sum of the inputs in input order divided by n in f32, 64
+	// coordinates per step (8 sums in flight: each is a chain of n additions), then 8 per step
+	// for the rest; stored in f64 for pass 2.
 	{
 		cp, j := GP64(), GP64()
 		MOVQ(centre, cp)
 		XORQ(j, j)
-		for _, w := range []int{4, 1} { // ymm pairs of 8 coordinates per step
+		for _, w := range []int{8, 1} { // ymm registers of 8 coordinates per step
 			lbl := fmt.Sprintf("centre%d", w)
 			lim := GP64()
 			MOVQ(end, lim)
@@ -738,10 +739,10 @@ func genGramPack(name string, groupMajor bool) {
 			Label(lbl)
 			CMPQ(j, lim)
 			JGE(LabelRef(lbl + "_done"))
-			t := make([]VecVirtual, 2*w)
+			t := make([]VecVirtual, w)
 			for k := range t {
 				t[k] = YMM()
-				VXORPD(t[k], t[k], t[k])
+				VXORPS(t[k], t[k], t[k])
 			}
 			h := Load(Param("x").Base(), GP64())
 			cnt := GP64()
@@ -750,22 +751,28 @@ func genGramPack(name string, groupMajor bool) {
 			p := GP64()
 			MOVQ(Mem{Base: h}, p)
 			for k := range t {
-				v := YMM()
-				VCVTPS2PD(Mem{Base: p, Index: j, Scale: 1, Disp: 16 * k}, v)
-				VADDPD(v, t[k], t[k])
+				VADDPS(Mem{Base: p, Index: j, Scale: 1, Disp: 32 * k}, t[k], t[k])
 			}
 			ADDQ(U8(24), h)
 			DECQ(cnt)
 			JNZ(LabelRef(lbl + "_in"))
 			for k := range t {
-				f, d := XMM(), YMM()
-				VDIVPD(nf, t[k], t[k])
-				VCVTPD2PSY(t[k], f)
-				VCVTPS2PD(f, t[k])
-				VSUBPD(t[k], t[k], d)
-				VCMPPD(U8(0), zero, d, d) // t-t == 0: t is finite
-				VANDPD(d, t[k], t[k])
-				VMOVUPD(t[k], Mem{Base: cp, Disp: 32 * k})
+				d := YMM()
+				VDIVPS(nf, t[k], t[k])
+				VSUBPS(t[k], t[k], d)
+				VCMPPS(U8(0), zero, d, d) // t-t == 0: t is finite
+				VANDPS(d, t[k], t[k])
+				for h := range 2 {
+					c := YMM()
+					if h == 0 {
+						VCVTPS2PD(t[k].AsX(), c)
+					} else {
+						hi := XMM()
+						VEXTRACTF128(U8(1), t[k], hi)
+						VCVTPS2PD(hi, c)
+					}
+					VMOVUPD(c, Mem{Base: cp, Disp: 64*k + 32*h})
+				}
 			}
 			ADDQ(U32(64*w), cp)
 			ADDQ(U32(32*w), j)
