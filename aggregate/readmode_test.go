@@ -75,7 +75,7 @@ func TestReadModesSameBits(t *testing.T) {
 	for _, c := range cases {
 		for _, m := range modes {
 			t.Run(c.name+"/"+pinModes[m], func(t *testing.T) {
-				run := func(rm safetensors.ReadMode) string {
+				run := func(rm safetensors.ReadMode) pin {
 					var base *tensor.Set
 					opts := append([]aggregate.Option{aggregate.WithChunkBytes(pinChunk)}, c.opts...)
 					if c.global {
