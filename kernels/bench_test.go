@@ -147,45 +147,8 @@ func BenchmarkStore(b *testing.B) {
 	}
 }
 
-func BenchmarkScale(b *testing.B) {
-	b.Run("ScaleF32", func(b *testing.B) {
-		for _, size := range benchSizes {
-			x := make([]float32, size/4)
-			benchImpls(b, size, func(b *testing.B, k *Impl) {
-				b.SetBytes(int64(2 * size))
-				for b.Loop() {
-					k.ScaleF32(x, 1)
-				}
-			})
-		}
-	})
-	b.Run("ScaleF64", func(b *testing.B) {
-		for _, size := range benchSizes {
-			x := make([]float64, size/8)
-			benchImpls(b, size, func(b *testing.B, k *Impl) {
-				b.SetBytes(int64(2 * size))
-				for b.Loop() {
-					k.ScaleF64(x, 1)
-				}
-			})
-		}
-	})
-}
-
 func BenchmarkReduce(b *testing.B) {
-	for _, size := range benchSizes {
-		x := benchData(dtF32, size)
-		y := benchData(dtF32, size+4)[4:]
-		b.Run("DotF32", func(b *testing.B) {
-			benchImpls(b, size, func(b *testing.B, k *Impl) {
-				b.SetBytes(int64(2 * size))
-				for b.Loop() {
-					k.DotF32(x, y)
-				}
-			})
-		})
-	}
-	for _, c := range reduceCases[1:] {
+	for _, c := range reduceCases {
 		b.Run(c.name, func(b *testing.B) {
 			for _, size := range benchSizes {
 				x := benchData(c.in, size)

@@ -42,10 +42,6 @@ var coreAVX2 = coreKernels{
 		storeAsm(dst, src, s, 2, storeF16FromF64Generic, storeF16FromF64AVX2)
 	},
 
-	scaleF32: func(x []float32, s float32) { scaleAsm(x, s, scaleF32Generic, scaleF32AVX2) },
-	scaleF64: func(x []float64, s float64) { scaleAsm(x, s, scaleF64Generic, scaleF64AVX2) },
-
-	dotF32:         dotF32Wrapped,
 	sumSquaresF32:  func(p *[Lanes]float64, x []byte) { sumSquaresAVX2(p, x, 4, ldF32, sumSquaresF32AVX2) },
 	sumSquaresBF16: func(p *[Lanes]float64, x []byte) { sumSquaresAVX2(p, x, 2, ldBF16, sumSquaresBF16AVX2) },
 	sumSquaresF16:  func(p *[Lanes]float64, x []byte) { sumSquaresAVX2(p, x, 2, ldF16, sumSquaresF16AVX2) },
@@ -134,34 +130,8 @@ func storeAsm[T float32 | float64](dst []byte, src []T, s T, size int, tail func
 	}
 }
 
-func scaleAsm[T float32 | float64](x []T, s T, tail func([]T, T, int), asm func([]T, T)) {
-	n := len(x) &^ 7
-	step := chunk / 8
-	for j := 0; j < n; j += step {
-		e := min(j+step, n)
-		race.ReadSlice(x[j:e])
-		race.WriteSlice(x[j:e])
-		asm(x[j:e], s)
-	}
-	if n < len(x) {
-		tail(x, s, n)
-	}
-}
-
 // The reductions call the assembly on whole multiples of Lanes elements, so element j still goes
 // to partial j%Lanes when the range is split into chunks and a tail.
-
-func dotF32Wrapped(p *[Lanes]float64, x, y []byte) {
-	n := len(x) / 4
-	m := n &^ (Lanes - 1)
-	for j := 0; j < m; j += chunk / 4 {
-		e := min(j+chunk/4, m)
-		race.ReadSlice(x[4*j : 4*e])
-		race.ReadSlice(y[4*j : 4*e])
-		dotF32AVX2(p, x[4*j:4*e], y[4*j:4*e])
-	}
-	dotF32Generic(p, x, y, m, n)
-}
 
 func sumSquaresAVX2(p *[Lanes]float64, x []byte, size int, ld func([]byte, int) float32, asm func(*[Lanes]float64, []byte)) {
 	n := len(x) / size

@@ -41,10 +41,6 @@ var coreAVX512 = coreKernels{
 		storeAsm(dst, src, s, 2, storeF16FromF64Generic, storeF16FromF64AVX512)
 	},
 
-	scaleF32: func(x []float32, s float32) { scaleAsm(x, s, scaleF32Generic, scaleF32AVX512) },
-	scaleF64: func(x []float64, s float64) { scaleAsm(x, s, scaleF64Generic, scaleF64AVX512) },
-
-	dotF32:         coreAVX2.dotF32,
 	sumSquaresF32:  coreAVX2.sumSquaresF32,
 	sumSquaresBF16: coreAVX2.sumSquaresBF16,
 	sumSquaresF16:  coreAVX2.sumSquaresF16,

@@ -116,23 +116,10 @@ func fuzzCompare[T float32 | float64](t *testing.T, acc0, w []T, x [][]byte, fn 
 	}
 }
 
-var fuzzStoreF32 = append(slices.Clone(storeF32Cases), storeCase[float32]{"ScaleF32", dtF32,
-	func(k *Impl, dst []byte, src []float32, s float32) { // its result as bytes
-		x := slices.Clone(src)
-		k.ScaleF32(x, s)
-		for j := range x {
-			binary.LittleEndian.PutUint32(dst[4*j:], math.Float32bits(x[j]))
-		}
-	}})
-
-var fuzzStoreF64 = append(slices.Clone(storeF64Cases), storeCase[float64]{"ScaleF64", dtF64,
-	func(k *Impl, dst []byte, src []float64, s float64) {
-		x := slices.Clone(src)
-		k.ScaleF64(x, s)
-		for j := range x {
-			binary.LittleEndian.PutUint64(dst[8*j:], math.Float64bits(x[j]))
-		}
-	}})
+var (
+	fuzzStoreF32 = storeF32Cases
+	fuzzStoreF64 = storeF64Cases
+)
 
 func FuzzStore(f *testing.F) {
 	fuzzSeeds(f)

@@ -87,28 +87,10 @@ func storeF16FromF64Generic(dst []byte, src []float64, s float64, from int) {
 	}
 }
 
-func scaleF32Generic(x []float32, s float32, from int) {
-	for j := from; j < len(x); j++ {
-		x[j] *= s
-	}
-}
-
-func scaleF64Generic(x []float64, s float64, from int) {
-	for j := from; j < len(x); j++ {
-		x[j] *= s
-	}
-}
-
-// Lanes is the number of partial sums of the f64 reductions (Dot, SumSquares): element j is
+// Lanes is the number of partial sums of the f64 reductions (SumSquares): element j is
 // accumulated into partial j%Lanes, and the partials are combined by reducePartials. The order is
 // fixed so that results are identical run to run, implementation to implementation.
 const Lanes = 16
-
-func dotF32Generic(p *[Lanes]float64, x, y []byte, from, n int) {
-	for j := from; j < n; j++ {
-		p[j%Lanes] = math.FMA(float64(ldF32(x, j)), float64(ldF32(y, j)), p[j%Lanes])
-	}
-}
 
 func sumSquaresGeneric(p *[Lanes]float64, x []byte, ld func([]byte, int) float32, from, n int) {
 	for j := from; j < n; j++ {

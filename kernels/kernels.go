@@ -30,10 +30,6 @@ type coreKernels struct {
 	storeF64FromF64, storeF32FromF64, storeBF16FromF64 func(dst []byte, src []float64, s float64)
 	storeF16FromF64                                    func(dst []byte, src []float64, s float64)
 
-	scaleF32 func(x []float32, s float32)
-	scaleF64 func(x []float64, s float64)
-
-	dotF32                                       func(p *[Lanes]float64, x, y []byte)
 	sumSquaresF32, sumSquaresBF16, sumSquaresF16 func(p *[Lanes]float64, x []byte)
 	anyNonFiniteF32, anyNonFiniteF64             func(x []byte) bool
 	anyNonFiniteF16, anyNonFiniteBF16            func(x []byte) bool
@@ -62,10 +58,6 @@ var coreGeneric = coreKernels{
 	storeBF16FromF64: func(dst []byte, src []float64, s float64) { storeBF16FromF64Generic(dst, src, s, 0) },
 	storeF16FromF64:  func(dst []byte, src []float64, s float64) { storeF16FromF64Generic(dst, src, s, 0) },
 
-	scaleF32: func(x []float32, s float32) { scaleF32Generic(x, s, 0) },
-	scaleF64: func(x []float64, s float64) { scaleF64Generic(x, s, 0) },
-
-	dotF32:         func(p *[Lanes]float64, x, y []byte) { dotF32Generic(p, x, y, 0, len(x)/4) },
 	sumSquaresF32:  func(p *[Lanes]float64, x []byte) { sumSquaresGeneric(p, x, ldF32, 0, len(x)/4) },
 	sumSquaresBF16: func(p *[Lanes]float64, x []byte) { sumSquaresGeneric(p, x, ldBF16, 0, len(x)/2) },
 	sumSquaresF16:  func(p *[Lanes]float64, x []byte) { sumSquaresGeneric(p, x, ldF16, 0, len(x)/2) },
@@ -221,35 +213,13 @@ func (k *Impl) StoreF16FromF64(dst []byte, src []float64, s float64) {
 	k.core.storeF16FromF64(dst, src, s)
 }
 
-// ScaleF32 multiplies in place: x[j] *= s.
-func ScaleF32(x []float32, s float32) { def.ScaleF32(x, s) }
-
-// ScaleF32 is the package-level ScaleF32 run by k.
-func (k *Impl) ScaleF32(x []float32, s float32) { k.core.scaleF32(x, s) }
-
-// ScaleF64 multiplies in place: x[j] *= s.
-func ScaleF64(x []float64, s float64) { def.ScaleF64(x, s) }
-
-// ScaleF64 is the package-level ScaleF64 run by k.
-func (k *Impl) ScaleF64(x []float64, s float64) { k.core.scaleF64(x, s) }
-
-// DotF32 is the dot product of two f32 vectors (len(x)/4 elements of each) accumulated in f64:
+// SumSquaresF32 is the squared L2 norm of len(x)/4 f32 values, accumulated in f64:
 //
 //	var p [Lanes]float64
 //	for j := range x {
-//		p[j%Lanes] = math.FMA(float64(x[j]), float64(y[j]), p[j%Lanes])
+//		p[j%Lanes] = math.FMA(float64(x[j]), float64(x[j]), p[j%Lanes])
 //	}
 //	return reducePartials(&p) // halves added lane by lane
-func DotF32(x, y []byte) float64 { return def.DotF32(x, y) }
-
-// DotF32 is the package-level DotF32 run by k.
-func (k *Impl) DotF32(x, y []byte) float64 {
-	var p [Lanes]float64
-	k.core.dotF32(&p, x, y)
-	return reducePartials(&p)
-}
-
-// SumSquaresF32 is DotF32(x, x) (the squared L2 norm) with one load per element.
 func SumSquaresF32(x []byte) float64 { return def.SumSquaresF32(x) }
 
 // SumSquaresF32 is the package-level SumSquaresF32 run by k.

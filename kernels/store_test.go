@@ -127,35 +127,6 @@ func testStore[T float32 | float64](t *testing.T, c storeCase[T]) {
 	})
 }
 
-func TestScale(t *testing.T) {
-	t.Run("ScaleF32", func(t *testing.T) { testScale(t, (*Impl).ScaleF32) })
-	t.Run("ScaleF64", func(t *testing.T) { testScale(t, (*Impl).ScaleF64) })
-}
-
-func testScale[T float32 | float64](t *testing.T, fn func(*Impl, []T, T)) {
-	forImpls(t, func(t *testing.T, k *Impl) {
-		r := rand.New(rand.NewPCG(5, 0))
-		for i, n := range lengths() {
-			x, check := guarded[T](n, i%8)
-			for j := range x {
-				x[j] = randStoreSrc[T](r)
-			}
-			s := T(scales[i%len(scales)])
-			want := slices.Clone(x)
-			fn(refImpl(), want, s)
-
-			fn(k, x, s)
-
-			check(t)
-			for j := range x {
-				if bitsOf(x[j]) != bitsOf(want[j]) {
-					t.Fatalf("n=%d s=%v: x[%d] = %#x, want %#x", n, s, j, bitsOf(x[j]), bitsOf(want[j]))
-				}
-			}
-		}
-	})
-}
-
 // TestStoreExhaustive converts every float32 bit pattern with the 16-bit stores of every Impl
 // (s = 1, so only NaNs change on the way: they are quieted) and compares them with the reference.
 // It takes tens of seconds: run it with WATTAGG_EXHAUSTIVE=1.

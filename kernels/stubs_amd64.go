@@ -84,21 +84,6 @@ func storeBF16FromF64AVX2(dst []byte, src []float64, s float64)
 //go:noescape
 func storeF16FromF64AVX2(dst []byte, src []float64, s float64)
 
-// scaleF32AVX2 is ScaleF32 for len(x) a multiple of 8.
-//
-//go:noescape
-func scaleF32AVX2(x []float32, s float32)
-
-// scaleF64AVX2 is ScaleF64 for len(x) a multiple of 8.
-//
-//go:noescape
-func scaleF64AVX2(x []float64, s float64)
-
-// dotF32AVX2 is dotF32Generic(p, x, y, 0, len(x)/4) for len(x)/4 a multiple of 16.
-//
-//go:noescape
-func dotF32AVX2(p *[16]float64, x []byte, y []byte)
-
 // sumSquaresF32AVX2 is SumSquaresF32's partial sums for len(x)/4 a multiple of 16.
 //
 //go:noescape
@@ -218,16 +203,6 @@ func storeBF16FromF64AVX512(dst []byte, src []float64, s float64)
 //
 //go:noescape
 func storeF16FromF64AVX512(dst []byte, src []float64, s float64)
-
-// scaleF32AVX512 is ScaleF32 for len(x) a multiple of 8.
-//
-//go:noescape
-func scaleF32AVX512(x []float32, s float32)
-
-// scaleF64AVX512 is ScaleF64 for len(x) a multiple of 8.
-//
-//go:noescape
-func scaleF64AVX512(x []float64, s float64)
 
 // anyNonFiniteF32AVX512 is AnyNonFiniteF32 for len(x) a multiple of 32.
 //

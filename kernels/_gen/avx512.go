@@ -43,9 +43,6 @@ func genAVX512() {
 	genStoreF64AVX512(outBF16)
 	genStoreF64AVX512(outF16)
 
-	genScaleAVX512(accF32)
-	genScaleAVX512(accF64)
-
 	genAnyNonFiniteAVX512("F32", 4)
 	genAnyNonFiniteAVX512("F64", 8)
 	genAnyNonFiniteAVX512("F16", 2)
@@ -375,43 +372,6 @@ func genStoreF64AVX512(out output) {
 				VCVTPS2PH(U8(0), narrowed(u).AsY(), elem(dst, j, 2, u))
 			case outBF16:
 				storeBF16AVX512(elem(dst, j, 2, u), bf16Round512(narrowed(u).AsY(), c))
-			}
-		}
-	})
-	VZEROUPPER()
-	RET()
-}
-
-// genScaleAVX512 generates scaleXAVX512(x, s): x[j] *= s for len(x) a multiple of 8.
-func genScaleAVX512(a accum) {
-	name := fmt.Sprintf("scale%sAVX512", a.name)
-	TEXT(name, NOSPLIT, fmt.Sprintf("func(x []%s, s %s)", a.goType, a.goType))
-	Pragma("noescape")
-	Doc(fmt.Sprintf("%s is Scale%s for len(x) a multiple of 8.", name, a.name))
-	x := Load(Param("x").Base(), GP64())
-	n := Load(Param("x").Len(), GP64())
-	s := ZMM()
-	Load(Param("s"), s.AsX())
-	if a == accF32 {
-		VBROADCASTSS(s.AsX(), s)
-	} else {
-		VBROADCASTSD(s.AsX(), s)
-	}
-	lanes := 64 / a.size
-	j := GP64()
-	steps("", j, n, 4*lanes, 8, func(k int) {
-		per := min(k, lanes)
-		for u := range k / per {
-			t := vec(ZMM(), per, a.size)
-			m := elem(x, j, a.size, u*per)
-			if a == accF32 {
-				VMOVUPS(m, t)
-				VMULPS(vec(s, per, 4), t, t)
-				VMOVUPS(t, m)
-			} else {
-				VMOVUPD(m, t)
-				VMULPD(s, t, t)
-				VMOVUPD(t, m)
 			}
 		}
 	})

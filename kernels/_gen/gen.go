@@ -37,10 +37,6 @@ func main() {
 	genStoreF64(outBF16)
 	genStoreF64(outF16)
 
-	genScale(accF32)
-	genScale(accF64)
-
-	genDotF32()
 	for _, in := range []input{inF32, inBF16, inF16} {
 		genSumSquares(in)
 	}
@@ -500,41 +496,6 @@ func genStoreF64(out output) {
 	RET()
 }
 
-// genScale generates scaleXAVX2(x, s): x[j] *= s for len(x) a multiple of 8.
-func genScale(a accum) {
-	name := fmt.Sprintf("scale%sAVX2", a.name)
-	TEXT(name, NOSPLIT, fmt.Sprintf("func(x []%s, s %s)", a.goType, a.goType))
-	Pragma("noescape")
-	Doc(fmt.Sprintf("%s is Scale%s for len(x) a multiple of 8.", name, a.name))
-	x := Load(Param("x").Base(), GP64())
-	n := Load(Param("x").Len(), GP64())
-	s := YMM()
-	Load(Param("s"), s.AsX())
-	if a == accF32 {
-		VBROADCASTSS(s.AsX(), s)
-	} else {
-		VBROADCASTSD(s.AsX(), s)
-	}
-	j := GP64()
-	steps("", j, n, 32, 8, func(k int) {
-		for u := range k / a.lanes {
-			t := YMM()
-			m := elem(x, j, a.size, u*a.lanes)
-			if a == accF32 {
-				VMOVUPS(m, t)
-				VMULPS(s, t, t)
-				VMOVUPS(t, m)
-			} else {
-				VMOVUPD(m, t)
-				VMULPD(s, t, t)
-				VMOVUPD(t, m)
-			}
-		}
-	})
-	VZEROUPPER()
-	RET()
-}
-
 // ---------------------------------------------------------------------------------------------
 // Reductions.
 
@@ -553,32 +514,6 @@ func storePartials(p Register, acc []VecVirtual) {
 	for k := range acc {
 		VMOVUPD(acc[k], Mem{Base: p, Disp: 32 * k})
 	}
-}
-
-// genDotF32 generates dotF32AVX2(p, x, y): p[j%16] = FMA(x[j], y[j], p[j%16]) for the len(x)/4
-// elements of x, a multiple of 16.
-func genDotF32() {
-	TEXT("dotF32AVX2", NOSPLIT, "func(p *[16]float64, x, y []byte)")
-	Pragma("noescape")
-	Doc("dotF32AVX2 is dotF32Generic(p, x, y, 0, len(x)/4) for len(x)/4 a multiple of 16.")
-	p := Load(Param("p"), GP64())
-	x := Load(Param("x").Base(), GP64())
-	y := Load(Param("y").Base(), GP64())
-	n := Load(Param("x").Len(), GP64())
-	SHRQ(U8(2), n)
-	acc := partials(p)
-	j := GP64()
-	steps("", j, n, 16, 16, func(int) {
-		for k := range acc {
-			xv, yv := YMM(), YMM()
-			VCVTPS2PD(elem(x, j, 4, 4*k), xv)
-			VCVTPS2PD(elem(y, j, 4, 4*k), yv)
-			VFMADD231PD(yv, xv, acc[k])
-		}
-	})
-	storePartials(p, acc)
-	VZEROUPPER()
-	RET()
 }
 
 // genSumSquares generates sumSquaresXAVX2(p, x): p[j%16] = FMA(x[j], x[j], p[j%16]) for the
