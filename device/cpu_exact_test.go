@@ -227,7 +227,10 @@ func TestCheckRange(t *testing.T) {
 			}
 		}
 	}
-	dev, _ := device.NewCPU()
+	dev, err := device.NewCPU()
+	if err != nil {
+		t.Fatal(err)
+	}
 	fields := []device.AccField{{Name: "a", Len: 4, Bound: 1}}
 	x := []device.Span{{DType: tensor.F64, Data: make([]byte, 32)}}
 	if err := dev.CheckRange(ctx, fields, x); !errors.Is(err, device.ErrUnsupported) {

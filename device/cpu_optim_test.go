@@ -84,7 +84,10 @@ func TestCPUOptimize(t *testing.T) {
 }
 
 func TestCPUOptimizeRejects(t *testing.T) {
-	c, _ := NewCPU()
+	c, err := NewCPU()
+	if err != nil {
+		t.Fatal(err)
+	}
 	five := make([]float32, 5)
 	for _, s := range []*OptimJob{
 		{Rule: 0, X: five, D: five, M: five, XOut: five, MOut: five},
@@ -177,7 +180,7 @@ func TestCPUModSum(t *testing.T) {
 		}
 	}
 	fields := []AccField{{Name: "w", Len: 4, Out: tensor.U32}}
-	chunks, _ := CutChunks(fields, []int64{0}, 256)
+	chunks := must(CutChunks(fields, []int64{0}, 256))(t)
 	out := &u32Output{dst: [][]uint32{make([]uint32, 4)}, chunks: chunks, done: make([]bool, 1)}
 	for _, in := range []Span{{DType: tensor.U32, Data: make([]byte, 15)}, {DType: tensor.F32, Data: make([]byte, 16)}} {
 		if _, err := c.ModSum(context.Background(), fields, [][]Span{{in}}, chunks, out); !errors.Is(err, ErrJob) && !errors.Is(err, ErrUnsupported) {

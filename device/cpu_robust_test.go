@@ -120,7 +120,7 @@ func TestSelectMatchesKernels(t *testing.T) {
 					}
 					wantD, wantN := make([]float64, n), make([]float64, n)
 					for ft, f := range fields {
-						got, _ := tensor.FromBytes(f.Name, f.Out, []int{f.Len}, out.dst[ft])
+						got := must(tensor.FromBytes(f.Name, f.Out, []int{f.Len}, out.dst[ft]))(t)
 						for j := range f.Len {
 							v, want := vals[ft][j], want[ft][j]
 							conv := float64(want)
@@ -438,7 +438,7 @@ func TestRobustOpsRejectBadJobs(t *testing.T) {
 
 func TestSelectReportsOverflow(t *testing.T) {
 	fields := []AccField{{Name: "w", Len: 20, Acc: tensor.F32, Out: tensor.F16}}
-	chunks, _ := CutChunks(fields, []int64{0}, 4096)
+	chunks := must(CutChunks(fields, []int64{0}, 4096))(t)
 	var inputs [][]Span
 	for range 3 {
 		sp := randSpan(rand.New(rand.NewPCG(1, 1)), tensor.F32, 20, 1)

@@ -147,7 +147,10 @@ func TestWeightedSumMatchesFloat64Reference(t *testing.T) {
 				job.Chunks = chunks
 				out := newTestOutput(fields, chunks)
 				job.Output = out
-				dev, _ := NewCPU(WithWorkers(3), WithBlockElems(128))
+				dev, err := NewCPU(WithWorkers(3), WithBlockElems(128))
+				if err != nil {
+					t.Fatal(err)
+				}
 				stats, err := dev.WeightedSum(context.Background(), job)
 				if err != nil {
 					t.Fatal(err)
@@ -161,7 +164,7 @@ func TestWeightedSumMatchesFloat64Reference(t *testing.T) {
 				for ti, f := range fields {
 					elems += int64(f.Len)
 					want := reference(job, ti)
-					got, _ := tensor.FromBytes(f.Name, f.Out, []int{f.Len}, out.dst[ti])
+					got := must(tensor.FromBytes(f.Name, f.Out, []int{f.Len}, out.dst[ti]))(t)
 					for j := range want {
 						var mag float64
 						for i, in := range job.Inputs {
@@ -233,11 +236,14 @@ func TestWeightedSumReportsNonFinite(t *testing.T) {
 			fields := []AccField{{Name: "w", Len: 2000, Acc: tensor.F64, Out: tc.out}}
 			x := randSpan(r, tc.in, 2000, 1)
 			tc.poison(x.Data)
-			chunks, _ := CutChunks(fields, []int64{0}, 4096)
+			chunks := must(CutChunks(fields, []int64{0}, 4096))(t)
 			job := &SumJob{Fields: fields, Inputs: [][]Span{{randSpan(r, tc.in, 2000, 1)}, {x}}, Weights: []float64{1, 1}, Scale: 1,
 				Chunks: chunks, Output: newTestOutput(fields, chunks)}
-			dev, _ := NewCPU()
-			_, err := dev.WeightedSum(context.Background(), job)
+			dev, err := NewCPU()
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = dev.WeightedSum(context.Background(), job)
 			var nf *tensor.NonFiniteError
 			if !errors.As(err, &nf) || !errors.Is(err, tensor.ErrNonFinite) {
 				t.Fatalf("err = %v, want a NonFiniteError", err)
@@ -250,10 +256,13 @@ func TestWeightedSumReportsNonFinite(t *testing.T) {
 }
 
 func TestWeightedSumRejectsBadJobs(t *testing.T) {
-	dev, _ := NewCPU()
+	dev, err := NewCPU()
+	if err != nil {
+		t.Fatal(err)
+	}
 	f := []AccField{{Name: "w", Len: 4, Acc: tensor.F32, Out: tensor.F32}}
 	ok := Span{DType: tensor.F32, Data: make([]byte, 16)}
-	chunks, _ := CutChunks(f, []int64{0}, 4096)
+	chunks := must(CutChunks(f, []int64{0}, 4096))(t)
 	for _, tc := range []struct {
 		name string
 		job  SumJob
@@ -278,11 +287,14 @@ func TestWeightedSumRejectsBadJobs(t *testing.T) {
 func TestWeightedSumStopsOnCancel(t *testing.T) {
 	r := rand.New(rand.NewPCG(7, 8))
 	fields := []AccField{{Name: "w", Len: 1 << 16, Acc: tensor.F32, Out: tensor.F32}}
-	chunks, _ := CutChunks(fields, []int64{0}, 4096)
+	chunks := must(CutChunks(fields, []int64{0}, 4096))(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	dev, _ := NewCPU()
-	_, err := dev.WeightedSum(ctx, &SumJob{Fields: fields, Inputs: [][]Span{{randSpan(r, tensor.F32, 1<<16, 1)}}, Weights: []float64{1}, Scale: 1,
+	dev, err := NewCPU()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = dev.WeightedSum(ctx, &SumJob{Fields: fields, Inputs: [][]Span{{randSpan(r, tensor.F32, 1<<16, 1)}}, Weights: []float64{1}, Scale: 1,
 		Chunks: chunks, Output: newTestOutput(fields, chunks)})
 	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("err = %v, want context.Canceled", err)
@@ -296,7 +308,10 @@ func TestAccumulatorMatchesReference(t *testing.T) {
 		{Name: "b", Len: 333, Acc: tensor.F64, Out: tensor.BF16},
 		{Name: "c", Len: 0, Acc: tensor.F64, Out: tensor.F16},
 	}
-	dev, _ := NewCPU(WithWorkers(2))
+	dev, err := NewCPU(WithWorkers(2))
+	if err != nil {
+		t.Fatal(err)
+	}
 	acc, err := dev.NewAccumulator(fields)
 	if err != nil {
 		t.Fatal(err)
@@ -312,7 +327,7 @@ func TestAccumulatorMatchesReference(t *testing.T) {
 		job.Inputs = append(job.Inputs, x)
 		job.Weights = append(job.Weights, w)
 	}
-	chunks, _ := CutChunks(fields, packed(fields), 8192)
+	chunks := must(CutChunks(fields, packed(fields), 8192))(t)
 	out := newTestOutput(fields, chunks)
 	const scale = 0.25
 	if _, err := acc.Emit(context.Background(), scale, chunks, out); err != nil {
@@ -321,7 +336,7 @@ func TestAccumulatorMatchesReference(t *testing.T) {
 	job.Scale = scale
 	for ti, f := range fields {
 		want := reference(job, ti)
-		got, _ := tensor.FromBytes(f.Name, f.Out, []int{f.Len}, out.dst[ti])
+		got := must(tensor.FromBytes(f.Name, f.Out, []int{f.Len}, out.dst[ti]))(t)
 		for j := range want {
 			if d := math.Abs(got.Value(j) - want[j]); d > tolerance(f, 5, want[j], 3) {
 				t.Fatalf("%s[%d] = %v, want %v", f.Name, j, got.Value(j), want[j])
@@ -422,14 +437,17 @@ func TestWeightedSumManyInputsMatchOneKernelCall(t *testing.T) {
 		ws, xs = append(ws, float32(w)), append(xs, x.Data)
 	}
 	kernels.AccF32FromF32(want, ws, xs)
-	chunks, _ := CutChunks(fields, []int64{0}, 4096)
+	chunks := must(CutChunks(fields, []int64{0}, 4096))(t)
 	out := newTestOutput(fields, chunks)
 	job.Chunks, job.Output = chunks, out
-	dev, _ := NewCPU()
+	dev, err := NewCPU()
+	if err != nil {
+		t.Fatal(err)
+	}
 	if _, err := dev.WeightedSum(context.Background(), job); err != nil {
 		t.Fatal(err)
 	}
-	got, _ := tensor.FromBytes("w", tensor.F32, []int{n}, out.dst[0])
+	got := must(tensor.FromBytes("w", tensor.F32, []int{n}, out.dst[0]))(t)
 	for j := range n {
 		if float32(got.Value(j)) != want[j] {
 			t.Fatalf("element %d: %v, want %v", j, got.Value(j), want[j])

@@ -155,8 +155,16 @@ func newFederation(g *GPU, n, p int) (*federation, error) {
 		copy(pin, b)
 		f.pinMem = append(f.pinMem, pin)
 		f.pinned = append(f.pinned, []device.Span{{DType: tensor.F32, Data: pin, Scale: 1}})
-		tt, _ := tensor.FromBytes("w", tensor.F32, []int{p}, b)
-		set, _ := tensor.NewSet(tt)
+		tt, err := tensor.FromBytes("w", tensor.F32, []int{p}, b)
+		if err != nil {
+			f.close()
+			return nil, err
+		}
+		set, err := tensor.NewSet(tt)
+		if err != nil {
+			f.close()
+			return nil, err
+		}
 		r, err := g.upload(context.Background(), set)
 		if err != nil {
 			f.close()

@@ -167,7 +167,7 @@ func TestMemoryLimits(t *testing.T) {
 	in := clients(r, fields, 8, tensor.F32) // 32 MiB of inputs: only small slabs fit
 	matchCPU(t, g, fields, in)
 
-	chunks, _ := device.CutChunks(fields, []int64{0}, 4<<20) // one chunk of every input: 36 MiB a stage
+	chunks := must(device.CutChunks(fields, []int64{0}, 4<<20))(t) // one chunk of every input: 36 MiB a stage
 	_, err = g.WeightedSum(context.Background(), &device.SumJob{Fields: fields, Inputs: in, Weights: make([]float64, 8), Scale: 1,
 		Chunks: chunks, Output: devicetest.NewOutput(fields, chunks)})
 	if !errors.Is(err, ErrOutOfMemory) || !strings.Contains(err.Error(), "MiB free") {
@@ -182,7 +182,7 @@ func TestCancelInFlight(t *testing.T) {
 		t.Run(d.name, func(t *testing.T) {
 			fields := []device.AccField{{Name: "w", Len: 1 << 20, Acc: tensor.F32, Out: tensor.F32}}
 			in := clients(r, fields, 3, tensor.F32)
-			chunks, _ := device.CutChunks(fields, []int64{0}, 16<<10)
+			chunks := must(device.CutChunks(fields, []int64{0}, 16<<10))(t)
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
 			out := devicetest.NewOutput(fields, chunks)

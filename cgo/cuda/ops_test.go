@@ -204,7 +204,7 @@ func TestWeightedSumResident(t *testing.T) {
 				t.Errorf("stats: %d elements", stats.Elements)
 			}
 			// The CPU device computes the same bits.
-			chunks, _ := device.CutChunks(fields, devicetest.Packed(fields), 8192)
+			chunks := must(device.CutChunks(fields, devicetest.Packed(fields), 8192))(t)
 			ref := devicetest.NewOutput(fields, chunks)
 			cpu := must(device.NewCPU())(t)
 			if _, err := cpu.WeightedSum(context.Background(), &device.SumJob{Fields: fields, Inputs: in, Weights: w, Scale: 1.0 / 28, Chunks: chunks, Output: ref}); err != nil {
@@ -308,8 +308,7 @@ func firstDiff(a, b []byte, size int) int {
 
 // encode converts a float64 result to dt as the kernels do (16-bit formats through f32).
 func encode(dt tensor.DType, v float64) []byte {
-	t, _ := tensor.New("", dt, 1)
-	b := t.Bytes()
+	b := make([]byte, dt.Size())
 	switch dt {
 	case tensor.F64:
 		putU64(b, math.Float64bits(v))
@@ -333,7 +332,7 @@ func TestModSum(t *testing.T) {
 		t.Run(d.name, func(t *testing.T) {
 			fields := robustFields(tensor.U32)
 			in := clients(r, fields, 11, tensor.U32)
-			chunks, _ := device.CutChunks(fields, devicetest.Packed(fields), 4096)
+			chunks := must(device.CutChunks(fields, devicetest.Packed(fields), 4096))(t)
 			out := devicetest.NewOutput(fields, chunks)
 			if _, err := d.g.ModSum(context.Background(), fields, in, chunks, out); err != nil {
 				t.Fatal(err)
