@@ -8345,33 +8345,22 @@ even_sum:
 	VZEROUPPER
 	RET
 
-// func gramPackF32AVX2(tmp []float64, sq []float64, x [][]byte, elems int)
-// Requires: AVX, AVX2, FMA3
-TEXT ·gramPackF32AVX2(SB), NOSPLIT, $0-80
-	MOVQ         elems+72(FP), AX
-	MOVQ         x_len+56(FP), CX
-	MOVQ         tmp_base+0(FP), DX
-	MOVQ         AX, BX
-	SHLQ         $0x04, BX
-	MOVQ         CX, SI
-	INCQ         SI
-	ANDQ         $-2, SI
-	ADDQ         $0x02, SI
-	IMULQ        AX, SI
-	SHLQ         $0x03, SI
-	ADDQ         DX, SI
-	MOVQ         AX, DI
-	SHLQ         $0x02, DI
-	VCVTSI2SSQ   CX, X0, X0
+// func gramCentreF32AVX2(c []float64, x [][]byte, elems int)
+// Requires: AVX, AVX2
+TEXT ·gramCentreF32AVX2(SB), NOSPLIT, $0-56
+	MOVQ         x_len+32(FP), AX
+	MOVQ         c_base+0(FP), CX
+	MOVQ         elems+48(FP), DX
+	SHLQ         $0x02, DX
+	VCVTSI2SSQ   AX, X0, X0
 	VBROADCASTSS X0, Y0
 	VXORPD       Y1, Y1, Y1
-	MOVQ         SI, R8
-	XORQ         R9, R9
-	MOVQ         DI, R10
-	SUBQ         $0x000000e0, R10
+	XORQ         BX, BX
+	MOVQ         DX, SI
+	SUBQ         $0x000000e0, SI
 
 centre8:
-	CMPQ   R9, R10
+	CMPQ   BX, SI
 	JGE    centre8_done
 	VXORPS Y2, Y2, Y2
 	VXORPS Y3, Y3, Y3
@@ -8381,237 +8370,141 @@ centre8:
 	VXORPS Y7, Y7, Y7
 	VXORPS Y8, Y8, Y8
 	VXORPS Y9, Y9, Y9
-	MOVQ   x_base+48(FP), R11
-	MOVQ   CX, R12
+	MOVQ   x_base+24(FP), DI
+	MOVQ   AX, R8
 
 centre8_in:
-	MOVQ         (R11), R13
-	VADDPS       (R13)(R9*1), Y2, Y2
-	VADDPS       32(R13)(R9*1), Y3, Y3
-	VADDPS       64(R13)(R9*1), Y4, Y4
-	VADDPS       96(R13)(R9*1), Y5, Y5
-	VADDPS       128(R13)(R9*1), Y6, Y6
-	VADDPS       160(R13)(R9*1), Y7, Y7
-	VADDPS       192(R13)(R9*1), Y8, Y8
-	VADDPS       224(R13)(R9*1), Y9, Y9
-	ADDQ         $0x18, R11
-	DECQ         R12
+	MOVQ         (DI), R9
+	VADDPS       (R9)(BX*1), Y2, Y2
+	VADDPS       32(R9)(BX*1), Y3, Y3
+	VADDPS       64(R9)(BX*1), Y4, Y4
+	VADDPS       96(R9)(BX*1), Y5, Y5
+	VADDPS       128(R9)(BX*1), Y6, Y6
+	VADDPS       160(R9)(BX*1), Y7, Y7
+	VADDPS       192(R9)(BX*1), Y8, Y8
+	VADDPS       224(R9)(BX*1), Y9, Y9
+	ADDQ         $0x18, DI
+	DECQ         R8
 	JNZ          centre8_in
 	VDIVPS       Y0, Y2, Y2
 	VSUBPS       Y2, Y2, Y10
 	VCMPPS       $0x00, Y1, Y10, Y10
 	VANDPS       Y10, Y2, Y2
 	VCVTPS2PD    X2, Y10
-	VMOVUPD      Y10, (R8)
+	VMOVUPD      Y10, (CX)
 	VEXTRACTF128 $0x01, Y2, X2
 	VCVTPS2PD    X2, Y2
-	VMOVUPD      Y2, 32(R8)
+	VMOVUPD      Y2, 32(CX)
 	VDIVPS       Y0, Y3, Y3
 	VSUBPS       Y3, Y3, Y2
 	VCMPPS       $0x00, Y1, Y2, Y2
 	VANDPS       Y2, Y3, Y3
 	VCVTPS2PD    X3, Y2
-	VMOVUPD      Y2, 64(R8)
+	VMOVUPD      Y2, 64(CX)
 	VEXTRACTF128 $0x01, Y3, X2
 	VCVTPS2PD    X2, Y2
-	VMOVUPD      Y2, 96(R8)
+	VMOVUPD      Y2, 96(CX)
 	VDIVPS       Y0, Y4, Y4
 	VSUBPS       Y4, Y4, Y2
 	VCMPPS       $0x00, Y1, Y2, Y2
 	VANDPS       Y2, Y4, Y4
 	VCVTPS2PD    X4, Y2
-	VMOVUPD      Y2, 128(R8)
+	VMOVUPD      Y2, 128(CX)
 	VEXTRACTF128 $0x01, Y4, X2
 	VCVTPS2PD    X2, Y2
-	VMOVUPD      Y2, 160(R8)
+	VMOVUPD      Y2, 160(CX)
 	VDIVPS       Y0, Y5, Y5
 	VSUBPS       Y5, Y5, Y2
 	VCMPPS       $0x00, Y1, Y2, Y2
 	VANDPS       Y2, Y5, Y5
 	VCVTPS2PD    X5, Y2
-	VMOVUPD      Y2, 192(R8)
+	VMOVUPD      Y2, 192(CX)
 	VEXTRACTF128 $0x01, Y5, X2
 	VCVTPS2PD    X2, Y2
-	VMOVUPD      Y2, 224(R8)
+	VMOVUPD      Y2, 224(CX)
 	VDIVPS       Y0, Y6, Y6
 	VSUBPS       Y6, Y6, Y2
 	VCMPPS       $0x00, Y1, Y2, Y2
 	VANDPS       Y2, Y6, Y6
 	VCVTPS2PD    X6, Y2
-	VMOVUPD      Y2, 256(R8)
+	VMOVUPD      Y2, 256(CX)
 	VEXTRACTF128 $0x01, Y6, X2
 	VCVTPS2PD    X2, Y2
-	VMOVUPD      Y2, 288(R8)
+	VMOVUPD      Y2, 288(CX)
 	VDIVPS       Y0, Y7, Y7
 	VSUBPS       Y7, Y7, Y2
 	VCMPPS       $0x00, Y1, Y2, Y2
 	VANDPS       Y2, Y7, Y7
 	VCVTPS2PD    X7, Y2
-	VMOVUPD      Y2, 320(R8)
+	VMOVUPD      Y2, 320(CX)
 	VEXTRACTF128 $0x01, Y7, X2
 	VCVTPS2PD    X2, Y2
-	VMOVUPD      Y2, 352(R8)
+	VMOVUPD      Y2, 352(CX)
 	VDIVPS       Y0, Y8, Y8
 	VSUBPS       Y8, Y8, Y2
 	VCMPPS       $0x00, Y1, Y2, Y2
 	VANDPS       Y2, Y8, Y8
 	VCVTPS2PD    X8, Y2
-	VMOVUPD      Y2, 384(R8)
+	VMOVUPD      Y2, 384(CX)
 	VEXTRACTF128 $0x01, Y8, X2
 	VCVTPS2PD    X2, Y2
-	VMOVUPD      Y2, 416(R8)
+	VMOVUPD      Y2, 416(CX)
 	VDIVPS       Y0, Y9, Y9
 	VSUBPS       Y9, Y9, Y2
 	VCMPPS       $0x00, Y1, Y2, Y2
 	VANDPS       Y2, Y9, Y9
 	VCVTPS2PD    X9, Y2
-	VMOVUPD      Y2, 448(R8)
+	VMOVUPD      Y2, 448(CX)
 	VEXTRACTF128 $0x01, Y9, X2
 	VCVTPS2PD    X2, Y2
-	VMOVUPD      Y2, 480(R8)
-	ADDQ         $0x00000200, R8
-	ADDQ         $0x00000100, R9
+	VMOVUPD      Y2, 480(CX)
+	ADDQ         $0x00000200, CX
+	ADDQ         $0x00000100, BX
 	JMP          centre8
 
 centre8_done:
-	MOVQ DI, R10
-	SUBQ $0x00000000, R10
+	SUBQ $0x00000000, DX
 
 centre1:
-	CMPQ   R9, R10
+	CMPQ   BX, DX
 	JGE    centre1_done
 	VXORPS Y2, Y2, Y2
-	MOVQ   x_base+48(FP), R11
-	MOVQ   CX, R12
+	MOVQ   x_base+24(FP), SI
+	MOVQ   AX, DI
 
 centre1_in:
-	MOVQ         (R11), R13
-	VADDPS       (R13)(R9*1), Y2, Y2
-	ADDQ         $0x18, R11
-	DECQ         R12
+	MOVQ         (SI), R8
+	VADDPS       (R8)(BX*1), Y2, Y2
+	ADDQ         $0x18, SI
+	DECQ         DI
 	JNZ          centre1_in
 	VDIVPS       Y0, Y2, Y2
 	VSUBPS       Y2, Y2, Y3
 	VCMPPS       $0x00, Y1, Y3, Y3
 	VANDPS       Y3, Y2, Y2
 	VCVTPS2PD    X2, Y3
-	VMOVUPD      Y3, (R8)
+	VMOVUPD      Y3, (CX)
 	VEXTRACTF128 $0x01, Y2, X2
 	VCVTPS2PD    X2, Y2
-	VMOVUPD      Y2, 32(R8)
-	ADDQ         $0x00000040, R8
-	ADDQ         $0x00000020, R9
+	VMOVUPD      Y2, 32(CX)
+	ADDQ         $0x00000040, CX
+	ADDQ         $0x00000020, BX
 	JMP          centre1
 
 centre1_done:
-	XORQ R8, R8
-
-input:
-	MOVQ    x_base+48(FP), R9
-	LEAQ    (R8)(R8*2), R10
-	MOVQ    (R9)(R10*8), R9
-	LEAQ    (R9)(DI*1), R10
-	MOVQ    R8, R11
-	SHRQ    $0x01, R11
-	IMULQ   BX, R11
-	ADDQ    DX, R11
-	MOVQ    R8, R12
-	ANDQ    $0x00000001, R12
-	SHLQ    $0x05, R12
-	ADDQ    R12, R11
-	MOVQ    sq_base+24(FP), R12
-	MOVQ    R8, R13
-	SHLQ    $0x07, R13
-	ADDQ    R13, R12
-	VMOVUPD (R12), Y0
-	VMOVUPD 32(R12), Y2
-	VMOVUPD 64(R12), Y3
-	VMOVUPD 96(R12), Y4
-	MOVQ    SI, R13
-	LEAQ    -48(R10), R14
-
-pack4:
-	CMPQ        R9, R14
-	JAE         pack4_done
-	VCVTPS2PD   (R9), Y5
-	VFMADD231PD Y5, Y5, Y0
-	VSUBPD      (R13), Y5, Y5
-	VMOVUPD     Y5, (R11)
-	VCVTPS2PD   16(R9), Y5
-	VFMADD231PD Y5, Y5, Y2
-	VSUBPD      32(R13), Y5, Y5
-	VMOVUPD     Y5, 64(R11)
-	VCVTPS2PD   32(R9), Y5
-	VFMADD231PD Y5, Y5, Y3
-	VSUBPD      64(R13), Y5, Y5
-	VMOVUPD     Y5, 128(R11)
-	VCVTPS2PD   48(R9), Y5
-	VFMADD231PD Y5, Y5, Y4
-	VSUBPD      96(R13), Y5, Y5
-	VMOVUPD     Y5, 192(R11)
-	ADDQ        $0x00000080, R13
-	ADDQ        $0x00000100, R11
-	ADDQ        $0x00000040, R9
-	JMP         pack4
-
-pack4_done:
-	LEAQ -16(R10), R10
-
-pack2:
-	CMPQ        R9, R10
-	JAE         pack2_done
-	VCVTPS2PD   (R9), Y5
-	VFMADD231PD Y5, Y5, Y0
-	VSUBPD      (R13), Y5, Y5
-	VMOVUPD     Y5, (R11)
-	VCVTPS2PD   16(R9), Y5
-	VFMADD231PD Y5, Y5, Y2
-	VSUBPD      32(R13), Y5, Y5
-	VMOVUPD     Y5, 64(R11)
-	ADDQ        $0x00000040, R13
-	ADDQ        $0x00000080, R11
-	ADDQ        $0x00000020, R9
-	JMP         pack2
-
-pack2_done:
-	VMOVUPD Y0, (R12)
-	VMOVUPD Y2, 32(R12)
-	VMOVUPD Y3, 64(R12)
-	VMOVUPD Y4, 96(R12)
-	INCQ    R8
-	CMPQ    R8, CX
-	JB      input
-	TESTQ   $0x00000001, CX
-	JZ      done
-	MOVQ    CX, SI
-	SHRQ    $0x01, SI
-	IMULQ   BX, SI
-	ADDQ    DX, SI
-	ANDQ    $0x00000001, CX
-	SHLQ    $0x05, CX
-	ADDQ    CX, SI
-	SHRQ    $0x02, AX
-
-pad:
-	VMOVUPD Y1, (SI)
-	ADDQ    $0x40, SI
-	DECQ    AX
-	JNZ     pad
-
-done:
 	VZEROUPPER
 	RET
 
-// func gramTilesAVX2(p []float64, tmp []float64, n int, elems int, r0 int, r1 int, g0 int, g1 int)
+// func gramDirectF32AVX2(p []float64, c []float64, x [][]byte, elems int, r0 int, r1 int)
 // Requires: AVX, FMA3
-TEXT ·gramTilesAVX2(SB), NOSPLIT, $8-96
-	MOVQ n+48(FP), AX
+TEXT ·gramDirectF32AVX2(SB), NOSPLIT, $0-96
+	MOVQ x_len+56(FP), AX
 	MOVQ AX, CX
 	INCQ CX
 	ANDQ $-2, CX
 	SHLQ $0x05, CX
-	MOVQ r0+64(FP), SI
-	MOVQ r1+72(FP), DX
+	MOVQ r0+80(FP), SI
+	MOVQ r1+88(FP), DX
 	CMPQ SI, DX
 	JAE  done
 
@@ -8629,407 +8522,331 @@ rows:
 	JMP  diag3_2
 
 diag1_0:
-	MOVQ    tmp_base+24(FP), AX
-	MOVQ    elems+56(FP), DX
-	SHLQ    $0x04, DX
-	MOVQ    g1+88(FP), BX
-	SHLQ    $0x06, BX
-	LEAQ    (SI), DI
-	MOVQ    DI, R8
-	SHRQ    $0x01, R8
-	IMULQ   DX, R8
-	ADDQ    AX, R8
-	MOVQ    DI, AX
-	ANDQ    $0x00000001, AX
-	SHLQ    $0x05, AX
-	ADDQ    AX, R8
-	ADDQ    BX, R8
-	MOVQ    SI, AX
-	IMULQ   CX, AX
+	MOVQ    x_base+48(FP), AX
+	MOVQ    elems+72(FP), DX
+	SHLQ    $0x02, DX
+	LEAQ    (SI)(SI*2), BX
+	MOVQ    (AX)(BX*8), AX
+	ADDQ    DX, AX
+	MOVQ    SI, BX
+	IMULQ   CX, BX
 	MOVQ    SI, CX
 	SHLQ    $0x05, CX
-	ADDQ    CX, AX
+	ADDQ    CX, BX
 	MOVQ    p_base+0(FP), CX
-	ADDQ    CX, AX
-	VMOVUPD (AX), Y0
-	MOVQ    g0+80(FP), CX
-	SHLQ    $0x06, CX
-	SUBQ    BX, CX
+	ADDQ    CX, BX
+	MOVQ    c_base+24(FP), CX
+	LEAQ    (CX)(DX*2), CX
+	VMOVUPD (BX), Y0
+	NEGQ    DX
 
-t1x0_true_loop:
-	VMOVUPD     (R8)(CX*1), Y1
+d1x0_true_loop:
+	VCVTPS2PD   (AX)(DX*1), Y1
+	VSUBPD      (CX)(DX*2), Y1, Y1
 	VFMADD231PD Y1, Y1, Y0
-	VMOVUPD     64(R8)(CX*1), Y1
+	VCVTPS2PD   16(AX)(DX*1), Y1
+	VSUBPD      32(CX)(DX*2), Y1, Y1
 	VFMADD231PD Y1, Y1, Y0
-	ADDQ        $0x80, CX
-	JNZ         t1x0_true_loop
-	VMOVUPD     Y0, (AX)
+	ADDQ        $0x20, DX
+	JNZ         d1x0_true_loop
+	VMOVUPD     Y0, (BX)
 	JMP         done
 
 diag2_0:
-	MOVQ    tmp_base+24(FP), AX
-	MOVQ    elems+56(FP), DX
-	SHLQ    $0x04, DX
-	MOVQ    g1+88(FP), BX
-	SHLQ    $0x06, BX
-	LEAQ    (SI), DI
-	MOVQ    DI, R8
-	SHRQ    $0x01, R8
-	IMULQ   DX, R8
-	ADDQ    AX, R8
-	ANDQ    $0x00000001, DI
-	SHLQ    $0x05, DI
-	ADDQ    DI, R8
-	ADDQ    BX, R8
-	LEAQ    1(SI), DI
-	MOVQ    DI, R9
-	SHRQ    $0x01, R9
-	IMULQ   DX, R9
-	ADDQ    AX, R9
-	MOVQ    DI, AX
-	ANDQ    $0x00000001, AX
-	SHLQ    $0x05, AX
-	ADDQ    AX, R9
-	ADDQ    BX, R9
-	MOVQ    SI, AX
-	IMULQ   CX, AX
-	MOVQ    SI, DX
-	SHLQ    $0x05, DX
+	MOVQ    x_base+48(FP), AX
+	MOVQ    elems+72(FP), DX
+	SHLQ    $0x02, DX
+	LEAQ    (SI)(SI*2), BX
+	MOVQ    (AX)(BX*8), BX
+	ADDQ    DX, BX
+	LEAQ    (SI)(SI*2), DI
+	MOVQ    24(AX)(DI*8), AX
 	ADDQ    DX, AX
-	MOVQ    p_base+0(FP), DX
-	ADDQ    DX, AX
-	VMOVUPD (AX), Y0
-	VMOVUPD 32(AX), Y1
-	VMOVUPD 32(AX)(CX*1), Y2
-	MOVQ    g0+80(FP), DX
-	SHLQ    $0x06, DX
-	SUBQ    BX, DX
+	MOVQ    SI, DI
+	IMULQ   CX, DI
+	SHLQ    $0x05, SI
+	ADDQ    SI, DI
+	MOVQ    p_base+0(FP), SI
+	ADDQ    SI, DI
+	MOVQ    c_base+24(FP), SI
+	LEAQ    (SI)(DX*2), SI
+	VMOVUPD (DI), Y0
+	VMOVUPD 32(DI), Y1
+	VMOVUPD 32(DI)(CX*1), Y2
+	NEGQ    DX
 
-t2x0_true_loop:
-	VMOVUPD     (R8)(DX*1), Y3
-	VMOVUPD     (R9)(DX*1), Y4
+d2x0_true_loop:
+	VCVTPS2PD   (BX)(DX*1), Y3
+	VSUBPD      (SI)(DX*2), Y3, Y3
+	VCVTPS2PD   (AX)(DX*1), Y4
+	VSUBPD      (SI)(DX*2), Y4, Y4
 	VFMADD231PD Y3, Y3, Y0
 	VFMADD231PD Y4, Y3, Y1
 	VFMADD231PD Y4, Y4, Y2
-	VMOVUPD     64(R8)(DX*1), Y3
-	VMOVUPD     64(R9)(DX*1), Y4
+	VCVTPS2PD   16(BX)(DX*1), Y3
+	VSUBPD      32(SI)(DX*2), Y3, Y3
+	VCVTPS2PD   16(AX)(DX*1), Y4
+	VSUBPD      32(SI)(DX*2), Y4, Y4
 	VFMADD231PD Y3, Y3, Y0
 	VFMADD231PD Y4, Y3, Y1
 	VFMADD231PD Y4, Y4, Y2
-	ADDQ        $0x80, DX
-	JNZ         t2x0_true_loop
-	VMOVUPD     Y0, (AX)
-	VMOVUPD     Y1, 32(AX)
-	VMOVUPD     Y2, 32(AX)(CX*1)
+	ADDQ        $0x20, DX
+	JNZ         d2x0_true_loop
+	VMOVUPD     Y0, (DI)
+	VMOVUPD     Y1, 32(DI)
+	VMOVUPD     Y2, 32(DI)(CX*1)
 	JMP         done
 
 diag3_0:
-	MOVQ    tmp_base+24(FP), DX
-	MOVQ    elems+56(FP), BX
-	SHLQ    $0x04, BX
-	MOVQ    g1+88(FP), DI
-	SHLQ    $0x06, DI
-	LEAQ    (SI), R8
-	MOVQ    R8, R9
-	SHRQ    $0x01, R9
-	IMULQ   BX, R9
-	ADDQ    DX, R9
-	ANDQ    $0x00000001, R8
-	SHLQ    $0x05, R8
-	ADDQ    R8, R9
-	ADDQ    DI, R9
-	LEAQ    1(SI), R8
-	MOVQ    R8, R10
-	SHRQ    $0x01, R10
-	IMULQ   BX, R10
-	ADDQ    DX, R10
-	ANDQ    $0x00000001, R8
-	SHLQ    $0x05, R8
-	ADDQ    R8, R10
-	ADDQ    DI, R10
-	LEAQ    2(SI), R8
-	MOVQ    R8, R11
-	SHRQ    $0x01, R11
-	IMULQ   BX, R11
-	ADDQ    DX, R11
-	MOVQ    R8, DX
-	ANDQ    $0x00000001, DX
-	SHLQ    $0x05, DX
-	ADDQ    DX, R11
-	ADDQ    DI, R11
-	MOVQ    SI, DX
-	IMULQ   CX, DX
-	MOVQ    SI, BX
-	SHLQ    $0x05, BX
+	MOVQ    x_base+48(FP), DX
+	MOVQ    elems+72(FP), BX
+	SHLQ    $0x02, BX
+	LEAQ    (SI)(SI*2), DI
+	MOVQ    (DX)(DI*8), DI
+	ADDQ    BX, DI
+	LEAQ    (SI)(SI*2), R8
+	MOVQ    24(DX)(R8*8), R8
+	ADDQ    BX, R8
+	LEAQ    (SI)(SI*2), R9
+	MOVQ    48(DX)(R9*8), DX
 	ADDQ    BX, DX
-	MOVQ    p_base+0(FP), BX
-	ADDQ    BX, DX
-	VMOVUPD (DX), Y0
-	VMOVUPD 32(DX), Y1
-	VMOVUPD 64(DX), Y2
-	VMOVUPD 32(DX)(CX*1), Y3
-	VMOVUPD 64(DX)(CX*1), Y4
-	VMOVUPD 64(DX)(CX*2), Y5
-	MOVQ    g0+80(FP), BX
-	SHLQ    $0x06, BX
-	SUBQ    DI, BX
+	MOVQ    SI, R9
+	IMULQ   CX, R9
+	MOVQ    SI, R10
+	SHLQ    $0x05, R10
+	ADDQ    R10, R9
+	MOVQ    p_base+0(FP), R10
+	ADDQ    R10, R9
+	MOVQ    c_base+24(FP), R10
+	LEAQ    (R10)(BX*2), R10
+	VMOVUPD (R9), Y0
+	VMOVUPD 32(R9), Y1
+	VMOVUPD 64(R9), Y2
+	VMOVUPD 32(R9)(CX*1), Y3
+	VMOVUPD 64(R9)(CX*1), Y4
+	VMOVUPD 64(R9)(CX*2), Y5
+	NEGQ    BX
 
-t3x0_true_loop:
-	VMOVUPD     (R9)(BX*1), Y6
-	VMOVUPD     (R10)(BX*1), Y7
-	VMOVUPD     (R11)(BX*1), Y8
+d3x0_true_loop:
+	VCVTPS2PD   (DI)(BX*1), Y6
+	VSUBPD      (R10)(BX*2), Y6, Y6
+	VCVTPS2PD   (R8)(BX*1), Y7
+	VSUBPD      (R10)(BX*2), Y7, Y7
+	VCVTPS2PD   (DX)(BX*1), Y8
+	VSUBPD      (R10)(BX*2), Y8, Y8
 	VFMADD231PD Y6, Y6, Y0
 	VFMADD231PD Y7, Y6, Y1
 	VFMADD231PD Y7, Y7, Y3
 	VFMADD231PD Y8, Y6, Y2
 	VFMADD231PD Y8, Y7, Y4
 	VFMADD231PD Y8, Y8, Y5
-	VMOVUPD     64(R9)(BX*1), Y6
-	VMOVUPD     64(R10)(BX*1), Y7
-	VMOVUPD     64(R11)(BX*1), Y8
+	VCVTPS2PD   16(DI)(BX*1), Y6
+	VSUBPD      32(R10)(BX*2), Y6, Y6
+	VCVTPS2PD   16(R8)(BX*1), Y7
+	VSUBPD      32(R10)(BX*2), Y7, Y7
+	VCVTPS2PD   16(DX)(BX*1), Y8
+	VSUBPD      32(R10)(BX*2), Y8, Y8
 	VFMADD231PD Y6, Y6, Y0
 	VFMADD231PD Y7, Y6, Y1
 	VFMADD231PD Y7, Y7, Y3
 	VFMADD231PD Y8, Y6, Y2
 	VFMADD231PD Y8, Y7, Y4
 	VFMADD231PD Y8, Y8, Y5
-	ADDQ        $0x80, BX
-	JNZ         t3x0_true_loop
-	VMOVUPD     Y0, (DX)
-	VMOVUPD     Y1, 32(DX)
-	VMOVUPD     Y2, 64(DX)
-	VMOVUPD     Y3, 32(DX)(CX*1)
-	VMOVUPD     Y4, 64(DX)(CX*1)
-	VMOVUPD     Y5, 64(DX)(CX*2)
+	ADDQ        $0x20, BX
+	JNZ         d3x0_true_loop
+	VMOVUPD     Y0, (R9)
+	VMOVUPD     Y1, 32(R9)
+	VMOVUPD     Y2, 64(R9)
+	VMOVUPD     Y3, 32(R9)(CX*1)
+	VMOVUPD     Y4, 64(R9)(CX*1)
+	VMOVUPD     Y5, 64(R9)(CX*2)
 	JMP         rect
 
 diag3_1:
-	MOVQ    tmp_base+24(FP), DX
-	MOVQ    elems+56(FP), BX
-	SHLQ    $0x04, BX
-	MOVQ    g1+88(FP), DI
-	SHLQ    $0x06, DI
-	LEAQ    (SI), R8
-	MOVQ    R8, R9
-	SHRQ    $0x01, R9
-	IMULQ   BX, R9
-	ADDQ    DX, R9
-	ANDQ    $0x00000001, R8
-	SHLQ    $0x05, R8
-	ADDQ    R8, R9
-	ADDQ    DI, R9
-	LEAQ    1(SI), R8
-	MOVQ    R8, R10
-	SHRQ    $0x01, R10
-	IMULQ   BX, R10
-	ADDQ    DX, R10
-	ANDQ    $0x00000001, R8
-	SHLQ    $0x05, R8
-	ADDQ    R8, R10
-	ADDQ    DI, R10
-	LEAQ    2(SI), R8
-	MOVQ    R8, R11
-	SHRQ    $0x01, R11
-	IMULQ   BX, R11
-	ADDQ    DX, R11
-	ANDQ    $0x00000001, R8
-	SHLQ    $0x05, R8
-	ADDQ    R8, R11
-	ADDQ    DI, R11
-	LEAQ    3(SI), R8
-	MOVQ    R8, R12
-	SHRQ    $0x01, R12
-	IMULQ   BX, R12
-	ADDQ    DX, R12
-	MOVQ    R8, DX
-	ANDQ    $0x00000001, DX
-	SHLQ    $0x05, DX
-	ADDQ    DX, R12
-	ADDQ    DI, R12
-	MOVQ    SI, DX
-	IMULQ   CX, DX
-	MOVQ    SI, BX
-	SHLQ    $0x05, BX
+	MOVQ    x_base+48(FP), DX
+	MOVQ    elems+72(FP), BX
+	SHLQ    $0x02, BX
+	LEAQ    (SI)(SI*2), DI
+	MOVQ    (DX)(DI*8), DI
+	ADDQ    BX, DI
+	LEAQ    (SI)(SI*2), R8
+	MOVQ    24(DX)(R8*8), R8
+	ADDQ    BX, R8
+	LEAQ    (SI)(SI*2), R9
+	MOVQ    48(DX)(R9*8), R9
+	ADDQ    BX, R9
+	LEAQ    (SI)(SI*2), R10
+	MOVQ    72(DX)(R10*8), DX
 	ADDQ    BX, DX
-	MOVQ    p_base+0(FP), BX
-	ADDQ    BX, DX
-	VMOVUPD (DX), Y0
-	VMOVUPD 32(DX), Y1
-	VMOVUPD 64(DX), Y2
-	VMOVUPD 96(DX), Y3
-	VMOVUPD 32(DX)(CX*1), Y4
-	VMOVUPD 64(DX)(CX*1), Y5
-	VMOVUPD 96(DX)(CX*1), Y6
-	VMOVUPD 64(DX)(CX*2), Y7
-	VMOVUPD 96(DX)(CX*2), Y8
-	MOVQ    g0+80(FP), BX
-	SHLQ    $0x06, BX
-	SUBQ    DI, BX
+	MOVQ    SI, R10
+	IMULQ   CX, R10
+	MOVQ    SI, R11
+	SHLQ    $0x05, R11
+	ADDQ    R11, R10
+	MOVQ    p_base+0(FP), R11
+	ADDQ    R11, R10
+	MOVQ    c_base+24(FP), R11
+	LEAQ    (R11)(BX*2), R11
+	VMOVUPD (R10), Y0
+	VMOVUPD 32(R10), Y1
+	VMOVUPD 64(R10), Y2
+	VMOVUPD 96(R10), Y3
+	VMOVUPD 32(R10)(CX*1), Y4
+	VMOVUPD 64(R10)(CX*1), Y5
+	VMOVUPD 96(R10)(CX*1), Y6
+	VMOVUPD 64(R10)(CX*2), Y7
+	VMOVUPD 96(R10)(CX*2), Y8
+	NEGQ    BX
 
-t3x1_true_loop:
-	VMOVUPD     (R9)(BX*1), Y9
-	VMOVUPD     (R10)(BX*1), Y10
-	VMOVUPD     (R11)(BX*1), Y11
+d3x1_true_loop:
+	VCVTPS2PD   (DI)(BX*1), Y9
+	VSUBPD      (R11)(BX*2), Y9, Y9
+	VCVTPS2PD   (R8)(BX*1), Y10
+	VSUBPD      (R11)(BX*2), Y10, Y10
+	VCVTPS2PD   (R9)(BX*1), Y11
+	VSUBPD      (R11)(BX*2), Y11, Y11
 	VFMADD231PD Y9, Y9, Y0
 	VFMADD231PD Y10, Y9, Y1
 	VFMADD231PD Y10, Y10, Y4
 	VFMADD231PD Y11, Y9, Y2
 	VFMADD231PD Y11, Y10, Y5
 	VFMADD231PD Y11, Y11, Y7
-	VMOVUPD     (R12)(BX*1), Y12
+	VCVTPS2PD   (DX)(BX*1), Y12
+	VSUBPD      (R11)(BX*2), Y12, Y12
 	VFMADD231PD Y12, Y9, Y3
 	VFMADD231PD Y12, Y10, Y6
 	VFMADD231PD Y12, Y11, Y8
-	VMOVUPD     64(R9)(BX*1), Y9
-	VMOVUPD     64(R10)(BX*1), Y10
-	VMOVUPD     64(R11)(BX*1), Y11
+	VCVTPS2PD   16(DI)(BX*1), Y9
+	VSUBPD      32(R11)(BX*2), Y9, Y9
+	VCVTPS2PD   16(R8)(BX*1), Y10
+	VSUBPD      32(R11)(BX*2), Y10, Y10
+	VCVTPS2PD   16(R9)(BX*1), Y11
+	VSUBPD      32(R11)(BX*2), Y11, Y11
 	VFMADD231PD Y9, Y9, Y0
 	VFMADD231PD Y10, Y9, Y1
 	VFMADD231PD Y10, Y10, Y4
 	VFMADD231PD Y11, Y9, Y2
 	VFMADD231PD Y11, Y10, Y5
 	VFMADD231PD Y11, Y11, Y7
-	VMOVUPD     64(R12)(BX*1), Y12
+	VCVTPS2PD   16(DX)(BX*1), Y12
+	VSUBPD      32(R11)(BX*2), Y12, Y12
 	VFMADD231PD Y12, Y9, Y3
 	VFMADD231PD Y12, Y10, Y6
 	VFMADD231PD Y12, Y11, Y8
-	ADDQ        $0x80, BX
-	JNZ         t3x1_true_loop
-	VMOVUPD     Y0, (DX)
-	VMOVUPD     Y1, 32(DX)
-	VMOVUPD     Y2, 64(DX)
-	VMOVUPD     Y3, 96(DX)
-	VMOVUPD     Y4, 32(DX)(CX*1)
-	VMOVUPD     Y5, 64(DX)(CX*1)
-	VMOVUPD     Y6, 96(DX)(CX*1)
-	VMOVUPD     Y7, 64(DX)(CX*2)
-	VMOVUPD     Y8, 96(DX)(CX*2)
+	ADDQ        $0x20, BX
+	JNZ         d3x1_true_loop
+	VMOVUPD     Y0, (R10)
+	VMOVUPD     Y1, 32(R10)
+	VMOVUPD     Y2, 64(R10)
+	VMOVUPD     Y3, 96(R10)
+	VMOVUPD     Y4, 32(R10)(CX*1)
+	VMOVUPD     Y5, 64(R10)(CX*1)
+	VMOVUPD     Y6, 96(R10)(CX*1)
+	VMOVUPD     Y7, 64(R10)(CX*2)
+	VMOVUPD     Y8, 96(R10)(CX*2)
 	JMP         rect
 
 diag3_2:
-	MOVQ    tmp_base+24(FP), DX
-	MOVQ    elems+56(FP), BX
-	SHLQ    $0x04, BX
-	MOVQ    g1+88(FP), DI
-	SHLQ    $0x06, DI
-	LEAQ    (SI), R8
-	MOVQ    R8, R9
-	SHRQ    $0x01, R9
-	IMULQ   BX, R9
-	ADDQ    DX, R9
-	ANDQ    $0x00000001, R8
-	SHLQ    $0x05, R8
-	ADDQ    R8, R9
-	ADDQ    DI, R9
-	LEAQ    1(SI), R8
-	MOVQ    R8, R10
-	SHRQ    $0x01, R10
-	IMULQ   BX, R10
-	ADDQ    DX, R10
-	ANDQ    $0x00000001, R8
-	SHLQ    $0x05, R8
-	ADDQ    R8, R10
-	ADDQ    DI, R10
-	LEAQ    2(SI), R8
-	MOVQ    R8, R11
-	SHRQ    $0x01, R11
-	IMULQ   BX, R11
-	ADDQ    DX, R11
-	ANDQ    $0x00000001, R8
-	SHLQ    $0x05, R8
-	ADDQ    R8, R11
-	ADDQ    DI, R11
-	LEAQ    3(SI), R8
-	MOVQ    R8, R12
-	SHRQ    $0x01, R12
-	IMULQ   BX, R12
-	ADDQ    DX, R12
-	ANDQ    $0x00000001, R8
-	SHLQ    $0x05, R8
-	ADDQ    R8, R12
-	ADDQ    DI, R12
-	LEAQ    4(SI), R8
-	MOVQ    R8, R13
-	SHRQ    $0x01, R13
-	IMULQ   BX, R13
-	ADDQ    DX, R13
-	MOVQ    R8, DX
-	ANDQ    $0x00000001, DX
-	SHLQ    $0x05, DX
-	ADDQ    DX, R13
-	ADDQ    DI, R13
-	MOVQ    SI, DX
-	IMULQ   CX, DX
-	MOVQ    SI, BX
-	SHLQ    $0x05, BX
+	MOVQ    x_base+48(FP), DX
+	MOVQ    elems+72(FP), BX
+	SHLQ    $0x02, BX
+	LEAQ    (SI)(SI*2), DI
+	MOVQ    (DX)(DI*8), DI
+	ADDQ    BX, DI
+	LEAQ    (SI)(SI*2), R8
+	MOVQ    24(DX)(R8*8), R8
+	ADDQ    BX, R8
+	LEAQ    (SI)(SI*2), R9
+	MOVQ    48(DX)(R9*8), R9
+	ADDQ    BX, R9
+	LEAQ    (SI)(SI*2), R10
+	MOVQ    72(DX)(R10*8), R10
+	ADDQ    BX, R10
+	LEAQ    (SI)(SI*2), R11
+	MOVQ    96(DX)(R11*8), DX
 	ADDQ    BX, DX
-	MOVQ    p_base+0(FP), BX
-	ADDQ    BX, DX
-	VMOVUPD (DX), Y0
-	VMOVUPD 32(DX), Y1
-	VMOVUPD 64(DX), Y2
-	VMOVUPD 96(DX), Y3
-	VMOVUPD 128(DX), Y4
-	VMOVUPD 32(DX)(CX*1), Y5
-	VMOVUPD 64(DX)(CX*1), Y6
-	VMOVUPD 96(DX)(CX*1), Y7
-	VMOVUPD 128(DX)(CX*1), Y8
-	VMOVUPD 64(DX)(CX*2), Y9
-	VMOVUPD 96(DX)(CX*2), Y10
-	VMOVUPD 128(DX)(CX*2), Y11
-	MOVQ    g0+80(FP), BX
-	SHLQ    $0x06, BX
-	SUBQ    DI, BX
+	MOVQ    SI, R11
+	IMULQ   CX, R11
+	MOVQ    SI, R12
+	SHLQ    $0x05, R12
+	ADDQ    R12, R11
+	MOVQ    p_base+0(FP), R12
+	ADDQ    R12, R11
+	MOVQ    c_base+24(FP), R12
+	LEAQ    (R12)(BX*2), R12
+	VMOVUPD (R11), Y0
+	VMOVUPD 32(R11), Y1
+	VMOVUPD 64(R11), Y2
+	VMOVUPD 96(R11), Y3
+	VMOVUPD 128(R11), Y4
+	VMOVUPD 32(R11)(CX*1), Y5
+	VMOVUPD 64(R11)(CX*1), Y6
+	VMOVUPD 96(R11)(CX*1), Y7
+	VMOVUPD 128(R11)(CX*1), Y8
+	VMOVUPD 64(R11)(CX*2), Y9
+	VMOVUPD 96(R11)(CX*2), Y10
+	VMOVUPD 128(R11)(CX*2), Y11
+	NEGQ    BX
 
-t3x2_true_loop:
-	VMOVUPD     (R9)(BX*1), Y12
-	VMOVUPD     (R10)(BX*1), Y13
-	VMOVUPD     (R11)(BX*1), Y14
+d3x2_true_loop:
+	VCVTPS2PD   (DI)(BX*1), Y12
+	VSUBPD      (R12)(BX*2), Y12, Y12
+	VCVTPS2PD   (R8)(BX*1), Y13
+	VSUBPD      (R12)(BX*2), Y13, Y13
+	VCVTPS2PD   (R9)(BX*1), Y14
+	VSUBPD      (R12)(BX*2), Y14, Y14
 	VFMADD231PD Y12, Y12, Y0
 	VFMADD231PD Y13, Y12, Y1
 	VFMADD231PD Y13, Y13, Y5
 	VFMADD231PD Y14, Y12, Y2
 	VFMADD231PD Y14, Y13, Y6
 	VFMADD231PD Y14, Y14, Y9
-	VMOVUPD     (R12)(BX*1), Y15
+	VCVTPS2PD   (R10)(BX*1), Y15
+	VSUBPD      (R12)(BX*2), Y15, Y15
 	VFMADD231PD Y15, Y12, Y3
 	VFMADD231PD Y15, Y13, Y7
 	VFMADD231PD Y15, Y14, Y10
-	VMOVUPD     (R13)(BX*1), Y15
+	VCVTPS2PD   (DX)(BX*1), Y15
+	VSUBPD      (R12)(BX*2), Y15, Y15
 	VFMADD231PD Y15, Y12, Y4
 	VFMADD231PD Y15, Y13, Y8
 	VFMADD231PD Y15, Y14, Y11
-	VMOVUPD     64(R9)(BX*1), Y12
-	VMOVUPD     64(R10)(BX*1), Y13
-	VMOVUPD     64(R11)(BX*1), Y14
+	VCVTPS2PD   16(DI)(BX*1), Y12
+	VSUBPD      32(R12)(BX*2), Y12, Y12
+	VCVTPS2PD   16(R8)(BX*1), Y13
+	VSUBPD      32(R12)(BX*2), Y13, Y13
+	VCVTPS2PD   16(R9)(BX*1), Y14
+	VSUBPD      32(R12)(BX*2), Y14, Y14
 	VFMADD231PD Y12, Y12, Y0
 	VFMADD231PD Y13, Y12, Y1
 	VFMADD231PD Y13, Y13, Y5
 	VFMADD231PD Y14, Y12, Y2
 	VFMADD231PD Y14, Y13, Y6
 	VFMADD231PD Y14, Y14, Y9
-	VMOVUPD     64(R12)(BX*1), Y15
+	VCVTPS2PD   16(R10)(BX*1), Y15
+	VSUBPD      32(R12)(BX*2), Y15, Y15
 	VFMADD231PD Y15, Y12, Y3
 	VFMADD231PD Y15, Y13, Y7
 	VFMADD231PD Y15, Y14, Y10
-	VMOVUPD     64(R13)(BX*1), Y15
+	VCVTPS2PD   16(DX)(BX*1), Y15
+	VSUBPD      32(R12)(BX*2), Y15, Y15
 	VFMADD231PD Y15, Y12, Y4
 	VFMADD231PD Y15, Y13, Y8
 	VFMADD231PD Y15, Y14, Y11
-	ADDQ        $0x80, BX
-	JNZ         t3x2_true_loop
-	VMOVUPD     Y0, (DX)
-	VMOVUPD     Y1, 32(DX)
-	VMOVUPD     Y2, 64(DX)
-	VMOVUPD     Y3, 96(DX)
-	VMOVUPD     Y4, 128(DX)
-	VMOVUPD     Y5, 32(DX)(CX*1)
-	VMOVUPD     Y6, 64(DX)(CX*1)
-	VMOVUPD     Y7, 96(DX)(CX*1)
-	VMOVUPD     Y8, 128(DX)(CX*1)
-	VMOVUPD     Y9, 64(DX)(CX*2)
-	VMOVUPD     Y10, 96(DX)(CX*2)
-	VMOVUPD     Y11, 128(DX)(CX*2)
+	ADDQ        $0x20, BX
+	JNZ         d3x2_true_loop
+	VMOVUPD     Y0, (R11)
+	VMOVUPD     Y1, 32(R11)
+	VMOVUPD     Y2, 64(R11)
+	VMOVUPD     Y3, 96(R11)
+	VMOVUPD     Y4, 128(R11)
+	VMOVUPD     Y5, 32(R11)(CX*1)
+	VMOVUPD     Y6, 64(R11)(CX*1)
+	VMOVUPD     Y7, 96(R11)(CX*1)
+	VMOVUPD     Y8, 128(R11)(CX*1)
+	VMOVUPD     Y9, 64(R11)(CX*2)
+	VMOVUPD     Y10, 96(R11)(CX*2)
+	VMOVUPD     Y11, 128(R11)(CX*2)
 
 rect:
 	LEAQ 5(SI), DX
@@ -9048,466 +8865,366 @@ cols:
 	JMP  tile3x4
 
 tile3x1:
-	MOVQ    tmp_base+24(FP), BX
-	MOVQ    elems+56(FP), DI
-	SHLQ    $0x04, DI
-	MOVQ    g1+88(FP), R8
-	SHLQ    $0x06, R8
-	LEAQ    (SI), R9
-	MOVQ    R9, R10
-	SHRQ    $0x01, R10
-	IMULQ   DI, R10
-	ADDQ    BX, R10
-	ANDQ    $0x00000001, R9
-	SHLQ    $0x05, R9
-	ADDQ    R9, R10
-	ADDQ    R8, R10
-	LEAQ    1(SI), R9
-	MOVQ    R9, R11
-	SHRQ    $0x01, R11
-	IMULQ   DI, R11
-	ADDQ    BX, R11
-	ANDQ    $0x00000001, R9
-	SHLQ    $0x05, R9
-	ADDQ    R9, R11
-	ADDQ    R8, R11
-	LEAQ    2(SI), R9
-	MOVQ    R9, R12
-	SHRQ    $0x01, R12
-	IMULQ   DI, R12
-	ADDQ    BX, R12
-	ANDQ    $0x00000001, R9
-	SHLQ    $0x05, R9
-	ADDQ    R9, R12
-	ADDQ    R8, R12
-	LEAQ    (DX), R9
-	MOVQ    R9, R13
-	SHRQ    $0x01, R13
-	IMULQ   DI, R13
-	ADDQ    BX, R13
-	MOVQ    R9, BX
-	ANDQ    $0x00000001, BX
-	SHLQ    $0x05, BX
-	ADDQ    BX, R13
-	ADDQ    R8, R13
-	MOVQ    SI, BX
-	IMULQ   CX, BX
-	MOVQ    DX, DI
-	SHLQ    $0x05, DI
+	MOVQ    x_base+48(FP), BX
+	MOVQ    elems+72(FP), DI
+	SHLQ    $0x02, DI
+	LEAQ    (SI)(SI*2), R8
+	MOVQ    (BX)(R8*8), R8
+	ADDQ    DI, R8
+	LEAQ    (SI)(SI*2), R9
+	MOVQ    24(BX)(R9*8), R9
+	ADDQ    DI, R9
+	LEAQ    (SI)(SI*2), R10
+	MOVQ    48(BX)(R10*8), R10
+	ADDQ    DI, R10
+	LEAQ    (DX)(DX*2), R11
+	MOVQ    (BX)(R11*8), BX
 	ADDQ    DI, BX
-	MOVQ    p_base+0(FP), DI
-	ADDQ    DI, BX
-	VMOVUPD (BX), Y0
-	VMOVUPD (BX)(CX*1), Y1
-	VMOVUPD (BX)(CX*2), Y2
-	MOVQ    g0+80(FP), DI
-	SHLQ    $0x06, DI
-	SUBQ    R8, DI
+	MOVQ    SI, R11
+	IMULQ   CX, R11
+	MOVQ    DX, R12
+	SHLQ    $0x05, R12
+	ADDQ    R12, R11
+	MOVQ    p_base+0(FP), R12
+	ADDQ    R12, R11
+	MOVQ    c_base+24(FP), R12
+	LEAQ    (R12)(DI*2), R12
+	VMOVUPD (R11), Y0
+	VMOVUPD (R11)(CX*1), Y1
+	VMOVUPD (R11)(CX*2), Y2
+	NEGQ    DI
 
-t3x1_false_loop:
-	VMOVUPD     (R10)(DI*1), Y3
-	VMOVUPD     (R11)(DI*1), Y4
-	VMOVUPD     (R12)(DI*1), Y5
-	VMOVUPD     (R13)(DI*1), Y6
+d3x1_false_loop:
+	VCVTPS2PD   (R8)(DI*1), Y3
+	VSUBPD      (R12)(DI*2), Y3, Y3
+	VCVTPS2PD   (R9)(DI*1), Y4
+	VSUBPD      (R12)(DI*2), Y4, Y4
+	VCVTPS2PD   (R10)(DI*1), Y5
+	VSUBPD      (R12)(DI*2), Y5, Y5
+	VCVTPS2PD   (BX)(DI*1), Y6
+	VSUBPD      (R12)(DI*2), Y6, Y6
 	VFMADD231PD Y6, Y3, Y0
 	VFMADD231PD Y6, Y4, Y1
 	VFMADD231PD Y6, Y5, Y2
-	VMOVUPD     64(R10)(DI*1), Y3
-	VMOVUPD     64(R11)(DI*1), Y4
-	VMOVUPD     64(R12)(DI*1), Y5
-	VMOVUPD     64(R13)(DI*1), Y6
+	VCVTPS2PD   16(R8)(DI*1), Y3
+	VSUBPD      32(R12)(DI*2), Y3, Y3
+	VCVTPS2PD   16(R9)(DI*1), Y4
+	VSUBPD      32(R12)(DI*2), Y4, Y4
+	VCVTPS2PD   16(R10)(DI*1), Y5
+	VSUBPD      32(R12)(DI*2), Y5, Y5
+	VCVTPS2PD   16(BX)(DI*1), Y6
+	VSUBPD      32(R12)(DI*2), Y6, Y6
 	VFMADD231PD Y6, Y3, Y0
 	VFMADD231PD Y6, Y4, Y1
 	VFMADD231PD Y6, Y5, Y2
-	ADDQ        $0x80, DI
-	JNZ         t3x1_false_loop
-	VMOVUPD     Y0, (BX)
-	VMOVUPD     Y1, (BX)(CX*1)
-	VMOVUPD     Y2, (BX)(CX*2)
+	ADDQ        $0x20, DI
+	JNZ         d3x1_false_loop
+	VMOVUPD     Y0, (R11)
+	VMOVUPD     Y1, (R11)(CX*1)
+	VMOVUPD     Y2, (R11)(CX*2)
 	ADDQ        $0x04, DX
 	JMP         cols
 
 tile3x2:
-	MOVQ    tmp_base+24(FP), BX
-	MOVQ    elems+56(FP), DI
-	SHLQ    $0x04, DI
-	MOVQ    g1+88(FP), R8
-	SHLQ    $0x06, R8
-	LEAQ    (SI), R9
-	MOVQ    R9, R10
-	SHRQ    $0x01, R10
-	IMULQ   DI, R10
-	ADDQ    BX, R10
-	ANDQ    $0x00000001, R9
-	SHLQ    $0x05, R9
-	ADDQ    R9, R10
-	ADDQ    R8, R10
-	LEAQ    1(SI), R9
-	MOVQ    R9, R11
-	SHRQ    $0x01, R11
-	IMULQ   DI, R11
-	ADDQ    BX, R11
-	ANDQ    $0x00000001, R9
-	SHLQ    $0x05, R9
-	ADDQ    R9, R11
-	ADDQ    R8, R11
-	LEAQ    2(SI), R9
-	MOVQ    R9, R12
-	SHRQ    $0x01, R12
-	IMULQ   DI, R12
-	ADDQ    BX, R12
-	ANDQ    $0x00000001, R9
-	SHLQ    $0x05, R9
-	ADDQ    R9, R12
-	ADDQ    R8, R12
-	LEAQ    (DX), R9
-	MOVQ    R9, R13
-	SHRQ    $0x01, R13
-	IMULQ   DI, R13
-	ADDQ    BX, R13
-	ANDQ    $0x00000001, R9
-	SHLQ    $0x05, R9
-	ADDQ    R9, R13
-	ADDQ    R8, R13
-	LEAQ    1(DX), R9
-	MOVQ    R9, R14
-	SHRQ    $0x01, R14
-	IMULQ   DI, R14
-	ADDQ    BX, R14
-	MOVQ    R9, BX
-	ANDQ    $0x00000001, BX
-	SHLQ    $0x05, BX
-	ADDQ    BX, R14
-	ADDQ    R8, R14
-	MOVQ    SI, BX
-	IMULQ   CX, BX
-	MOVQ    DX, DI
-	SHLQ    $0x05, DI
+	MOVQ    x_base+48(FP), BX
+	MOVQ    elems+72(FP), DI
+	SHLQ    $0x02, DI
+	LEAQ    (SI)(SI*2), R8
+	MOVQ    (BX)(R8*8), R8
+	ADDQ    DI, R8
+	LEAQ    (SI)(SI*2), R9
+	MOVQ    24(BX)(R9*8), R9
+	ADDQ    DI, R9
+	LEAQ    (SI)(SI*2), R10
+	MOVQ    48(BX)(R10*8), R10
+	ADDQ    DI, R10
+	LEAQ    (DX)(DX*2), R11
+	MOVQ    (BX)(R11*8), R11
+	ADDQ    DI, R11
+	LEAQ    (DX)(DX*2), R12
+	MOVQ    24(BX)(R12*8), BX
 	ADDQ    DI, BX
-	MOVQ    p_base+0(FP), DI
-	ADDQ    DI, BX
-	VMOVUPD (BX), Y0
-	VMOVUPD 32(BX), Y1
-	VMOVUPD (BX)(CX*1), Y2
-	VMOVUPD 32(BX)(CX*1), Y3
-	VMOVUPD (BX)(CX*2), Y4
-	VMOVUPD 32(BX)(CX*2), Y5
-	MOVQ    g0+80(FP), DI
-	SHLQ    $0x06, DI
-	SUBQ    R8, DI
+	MOVQ    SI, R12
+	IMULQ   CX, R12
+	MOVQ    DX, R13
+	SHLQ    $0x05, R13
+	ADDQ    R13, R12
+	MOVQ    p_base+0(FP), R13
+	ADDQ    R13, R12
+	MOVQ    c_base+24(FP), R13
+	LEAQ    (R13)(DI*2), R13
+	VMOVUPD (R12), Y0
+	VMOVUPD 32(R12), Y1
+	VMOVUPD (R12)(CX*1), Y2
+	VMOVUPD 32(R12)(CX*1), Y3
+	VMOVUPD (R12)(CX*2), Y4
+	VMOVUPD 32(R12)(CX*2), Y5
+	NEGQ    DI
 
-t3x2_false_loop:
-	VMOVUPD     (R10)(DI*1), Y6
-	VMOVUPD     (R11)(DI*1), Y7
-	VMOVUPD     (R12)(DI*1), Y8
-	VMOVUPD     (R13)(DI*1), Y9
+d3x2_false_loop:
+	VCVTPS2PD   (R8)(DI*1), Y6
+	VSUBPD      (R13)(DI*2), Y6, Y6
+	VCVTPS2PD   (R9)(DI*1), Y7
+	VSUBPD      (R13)(DI*2), Y7, Y7
+	VCVTPS2PD   (R10)(DI*1), Y8
+	VSUBPD      (R13)(DI*2), Y8, Y8
+	VCVTPS2PD   (R11)(DI*1), Y9
+	VSUBPD      (R13)(DI*2), Y9, Y9
 	VFMADD231PD Y9, Y6, Y0
 	VFMADD231PD Y9, Y7, Y2
 	VFMADD231PD Y9, Y8, Y4
-	VMOVUPD     (R14)(DI*1), Y9
+	VCVTPS2PD   (BX)(DI*1), Y9
+	VSUBPD      (R13)(DI*2), Y9, Y9
 	VFMADD231PD Y9, Y6, Y1
 	VFMADD231PD Y9, Y7, Y3
 	VFMADD231PD Y9, Y8, Y5
-	VMOVUPD     64(R10)(DI*1), Y6
-	VMOVUPD     64(R11)(DI*1), Y7
-	VMOVUPD     64(R12)(DI*1), Y8
-	VMOVUPD     64(R13)(DI*1), Y9
+	VCVTPS2PD   16(R8)(DI*1), Y6
+	VSUBPD      32(R13)(DI*2), Y6, Y6
+	VCVTPS2PD   16(R9)(DI*1), Y7
+	VSUBPD      32(R13)(DI*2), Y7, Y7
+	VCVTPS2PD   16(R10)(DI*1), Y8
+	VSUBPD      32(R13)(DI*2), Y8, Y8
+	VCVTPS2PD   16(R11)(DI*1), Y9
+	VSUBPD      32(R13)(DI*2), Y9, Y9
 	VFMADD231PD Y9, Y6, Y0
 	VFMADD231PD Y9, Y7, Y2
 	VFMADD231PD Y9, Y8, Y4
-	VMOVUPD     64(R14)(DI*1), Y9
+	VCVTPS2PD   16(BX)(DI*1), Y9
+	VSUBPD      32(R13)(DI*2), Y9, Y9
 	VFMADD231PD Y9, Y6, Y1
 	VFMADD231PD Y9, Y7, Y3
 	VFMADD231PD Y9, Y8, Y5
-	ADDQ        $0x80, DI
-	JNZ         t3x2_false_loop
-	VMOVUPD     Y0, (BX)
-	VMOVUPD     Y1, 32(BX)
-	VMOVUPD     Y2, (BX)(CX*1)
-	VMOVUPD     Y3, 32(BX)(CX*1)
-	VMOVUPD     Y4, (BX)(CX*2)
-	VMOVUPD     Y5, 32(BX)(CX*2)
+	ADDQ        $0x20, DI
+	JNZ         d3x2_false_loop
+	VMOVUPD     Y0, (R12)
+	VMOVUPD     Y1, 32(R12)
+	VMOVUPD     Y2, (R12)(CX*1)
+	VMOVUPD     Y3, 32(R12)(CX*1)
+	VMOVUPD     Y4, (R12)(CX*2)
+	VMOVUPD     Y5, 32(R12)(CX*2)
 	ADDQ        $0x04, DX
 	JMP         cols
 
 tile3x3:
-	MOVQ    tmp_base+24(FP), BX
-	MOVQ    elems+56(FP), DI
-	SHLQ    $0x04, DI
-	MOVQ    g1+88(FP), R8
-	SHLQ    $0x06, R8
-	LEAQ    (SI), R9
-	MOVQ    R9, R10
-	SHRQ    $0x01, R10
-	IMULQ   DI, R10
-	ADDQ    BX, R10
-	ANDQ    $0x00000001, R9
-	SHLQ    $0x05, R9
-	ADDQ    R9, R10
-	ADDQ    R8, R10
-	LEAQ    1(SI), R9
-	MOVQ    R9, R11
-	SHRQ    $0x01, R11
-	IMULQ   DI, R11
-	ADDQ    BX, R11
-	ANDQ    $0x00000001, R9
-	SHLQ    $0x05, R9
-	ADDQ    R9, R11
-	ADDQ    R8, R11
-	LEAQ    2(SI), R9
-	MOVQ    R9, R12
-	SHRQ    $0x01, R12
-	IMULQ   DI, R12
-	ADDQ    BX, R12
-	ANDQ    $0x00000001, R9
-	SHLQ    $0x05, R9
-	ADDQ    R9, R12
-	ADDQ    R8, R12
-	LEAQ    (DX), R9
-	MOVQ    R9, R13
-	SHRQ    $0x01, R13
-	IMULQ   DI, R13
-	ADDQ    BX, R13
-	ANDQ    $0x00000001, R9
-	SHLQ    $0x05, R9
-	ADDQ    R9, R13
-	ADDQ    R8, R13
-	LEAQ    1(DX), R9
-	MOVQ    R9, R14
-	SHRQ    $0x01, R14
-	IMULQ   DI, R14
-	ADDQ    BX, R14
-	ANDQ    $0x00000001, R9
-	SHLQ    $0x05, R9
-	ADDQ    R9, R14
-	ADDQ    R8, R14
-	LEAQ    2(DX), R9
-	MOVQ    R9, R15
-	SHRQ    $0x01, R15
-	IMULQ   DI, R15
-	ADDQ    BX, R15
-	MOVQ    R9, BX
-	ANDQ    $0x00000001, BX
-	SHLQ    $0x05, BX
-	ADDQ    BX, R15
-	ADDQ    R8, R15
-	MOVQ    SI, BX
-	IMULQ   CX, BX
-	MOVQ    DX, DI
-	SHLQ    $0x05, DI
+	MOVQ    x_base+48(FP), BX
+	MOVQ    elems+72(FP), DI
+	SHLQ    $0x02, DI
+	LEAQ    (SI)(SI*2), R8
+	MOVQ    (BX)(R8*8), R8
+	ADDQ    DI, R8
+	LEAQ    (SI)(SI*2), R9
+	MOVQ    24(BX)(R9*8), R9
+	ADDQ    DI, R9
+	LEAQ    (SI)(SI*2), R10
+	MOVQ    48(BX)(R10*8), R10
+	ADDQ    DI, R10
+	LEAQ    (DX)(DX*2), R11
+	MOVQ    (BX)(R11*8), R11
+	ADDQ    DI, R11
+	LEAQ    (DX)(DX*2), R12
+	MOVQ    24(BX)(R12*8), R12
+	ADDQ    DI, R12
+	LEAQ    (DX)(DX*2), R13
+	MOVQ    48(BX)(R13*8), BX
 	ADDQ    DI, BX
-	MOVQ    p_base+0(FP), DI
-	ADDQ    DI, BX
-	VMOVUPD (BX), Y0
-	VMOVUPD 32(BX), Y1
-	VMOVUPD 64(BX), Y2
-	VMOVUPD (BX)(CX*1), Y3
-	VMOVUPD 32(BX)(CX*1), Y4
-	VMOVUPD 64(BX)(CX*1), Y5
-	VMOVUPD (BX)(CX*2), Y6
-	VMOVUPD 32(BX)(CX*2), Y7
-	VMOVUPD 64(BX)(CX*2), Y8
-	MOVQ    g0+80(FP), DI
-	SHLQ    $0x06, DI
-	SUBQ    R8, DI
+	MOVQ    SI, R13
+	IMULQ   CX, R13
+	MOVQ    DX, R14
+	SHLQ    $0x05, R14
+	ADDQ    R14, R13
+	MOVQ    p_base+0(FP), R14
+	ADDQ    R14, R13
+	MOVQ    c_base+24(FP), R14
+	LEAQ    (R14)(DI*2), R14
+	VMOVUPD (R13), Y0
+	VMOVUPD 32(R13), Y1
+	VMOVUPD 64(R13), Y2
+	VMOVUPD (R13)(CX*1), Y3
+	VMOVUPD 32(R13)(CX*1), Y4
+	VMOVUPD 64(R13)(CX*1), Y5
+	VMOVUPD (R13)(CX*2), Y6
+	VMOVUPD 32(R13)(CX*2), Y7
+	VMOVUPD 64(R13)(CX*2), Y8
+	NEGQ    DI
 
-t3x3_false_loop:
-	VMOVUPD     (R10)(DI*1), Y9
-	VMOVUPD     (R11)(DI*1), Y10
-	VMOVUPD     (R12)(DI*1), Y11
-	VMOVUPD     (R13)(DI*1), Y12
+d3x3_false_loop:
+	VCVTPS2PD   (R8)(DI*1), Y9
+	VSUBPD      (R14)(DI*2), Y9, Y9
+	VCVTPS2PD   (R9)(DI*1), Y10
+	VSUBPD      (R14)(DI*2), Y10, Y10
+	VCVTPS2PD   (R10)(DI*1), Y11
+	VSUBPD      (R14)(DI*2), Y11, Y11
+	VCVTPS2PD   (R11)(DI*1), Y12
+	VSUBPD      (R14)(DI*2), Y12, Y12
 	VFMADD231PD Y12, Y9, Y0
 	VFMADD231PD Y12, Y10, Y3
 	VFMADD231PD Y12, Y11, Y6
-	VMOVUPD     (R14)(DI*1), Y12
+	VCVTPS2PD   (R12)(DI*1), Y12
+	VSUBPD      (R14)(DI*2), Y12, Y12
 	VFMADD231PD Y12, Y9, Y1
 	VFMADD231PD Y12, Y10, Y4
 	VFMADD231PD Y12, Y11, Y7
-	VMOVUPD     (R15)(DI*1), Y12
+	VCVTPS2PD   (BX)(DI*1), Y12
+	VSUBPD      (R14)(DI*2), Y12, Y12
 	VFMADD231PD Y12, Y9, Y2
 	VFMADD231PD Y12, Y10, Y5
 	VFMADD231PD Y12, Y11, Y8
-	VMOVUPD     64(R10)(DI*1), Y9
-	VMOVUPD     64(R11)(DI*1), Y10
-	VMOVUPD     64(R12)(DI*1), Y11
-	VMOVUPD     64(R13)(DI*1), Y12
+	VCVTPS2PD   16(R8)(DI*1), Y9
+	VSUBPD      32(R14)(DI*2), Y9, Y9
+	VCVTPS2PD   16(R9)(DI*1), Y10
+	VSUBPD      32(R14)(DI*2), Y10, Y10
+	VCVTPS2PD   16(R10)(DI*1), Y11
+	VSUBPD      32(R14)(DI*2), Y11, Y11
+	VCVTPS2PD   16(R11)(DI*1), Y12
+	VSUBPD      32(R14)(DI*2), Y12, Y12
 	VFMADD231PD Y12, Y9, Y0
 	VFMADD231PD Y12, Y10, Y3
 	VFMADD231PD Y12, Y11, Y6
-	VMOVUPD     64(R14)(DI*1), Y12
+	VCVTPS2PD   16(R12)(DI*1), Y12
+	VSUBPD      32(R14)(DI*2), Y12, Y12
 	VFMADD231PD Y12, Y9, Y1
 	VFMADD231PD Y12, Y10, Y4
 	VFMADD231PD Y12, Y11, Y7
-	VMOVUPD     64(R15)(DI*1), Y12
+	VCVTPS2PD   16(BX)(DI*1), Y12
+	VSUBPD      32(R14)(DI*2), Y12, Y12
 	VFMADD231PD Y12, Y9, Y2
 	VFMADD231PD Y12, Y10, Y5
 	VFMADD231PD Y12, Y11, Y8
-	ADDQ        $0x80, DI
-	JNZ         t3x3_false_loop
-	VMOVUPD     Y0, (BX)
-	VMOVUPD     Y1, 32(BX)
-	VMOVUPD     Y2, 64(BX)
-	VMOVUPD     Y3, (BX)(CX*1)
-	VMOVUPD     Y4, 32(BX)(CX*1)
-	VMOVUPD     Y5, 64(BX)(CX*1)
-	VMOVUPD     Y6, (BX)(CX*2)
-	VMOVUPD     Y7, 32(BX)(CX*2)
-	VMOVUPD     Y8, 64(BX)(CX*2)
+	ADDQ        $0x20, DI
+	JNZ         d3x3_false_loop
+	VMOVUPD     Y0, (R13)
+	VMOVUPD     Y1, 32(R13)
+	VMOVUPD     Y2, 64(R13)
+	VMOVUPD     Y3, (R13)(CX*1)
+	VMOVUPD     Y4, 32(R13)(CX*1)
+	VMOVUPD     Y5, 64(R13)(CX*1)
+	VMOVUPD     Y6, (R13)(CX*2)
+	VMOVUPD     Y7, 32(R13)(CX*2)
+	VMOVUPD     Y8, 64(R13)(CX*2)
 	ADDQ        $0x04, DX
 	JMP         cols
 
 tile3x4:
-	MOVQ    tmp_base+24(FP), BX
-	MOVQ    elems+56(FP), DI
-	SHLQ    $0x04, DI
-	MOVQ    g1+88(FP), R8
-	SHLQ    $0x06, R8
-	LEAQ    (SI), R9
-	MOVQ    R9, R10
-	SHRQ    $0x01, R10
-	IMULQ   DI, R10
-	ADDQ    BX, R10
-	ANDQ    $0x00000001, R9
-	SHLQ    $0x05, R9
-	ADDQ    R9, R10
-	ADDQ    R8, R10
-	LEAQ    1(SI), R9
-	MOVQ    R9, R11
-	SHRQ    $0x01, R11
-	IMULQ   DI, R11
-	ADDQ    BX, R11
-	ANDQ    $0x00000001, R9
-	SHLQ    $0x05, R9
-	ADDQ    R9, R11
-	ADDQ    R8, R11
-	LEAQ    2(SI), R9
-	MOVQ    R9, R12
-	SHRQ    $0x01, R12
-	IMULQ   DI, R12
-	ADDQ    BX, R12
-	ANDQ    $0x00000001, R9
-	SHLQ    $0x05, R9
-	ADDQ    R9, R12
-	ADDQ    R8, R12
-	LEAQ    (DX), R9
-	MOVQ    R9, R13
-	SHRQ    $0x01, R13
-	IMULQ   DI, R13
-	ADDQ    BX, R13
-	ANDQ    $0x00000001, R9
-	SHLQ    $0x05, R9
-	ADDQ    R9, R13
-	ADDQ    R8, R13
-	LEAQ    1(DX), R9
-	MOVQ    R9, R14
-	SHRQ    $0x01, R14
-	IMULQ   DI, R14
-	ADDQ    BX, R14
-	ANDQ    $0x00000001, R9
-	SHLQ    $0x05, R9
-	ADDQ    R9, R14
-	ADDQ    R8, R14
-	LEAQ    2(DX), R9
-	MOVQ    R9, R15
-	SHRQ    $0x01, R15
-	IMULQ   DI, R15
-	ADDQ    BX, R15
-	ANDQ    $0x00000001, R9
-	SHLQ    $0x05, R9
-	ADDQ    R9, R15
-	ADDQ    R8, R15
-	LEAQ    3(DX), R9
-	MOVQ    R9, BP
-	SHRQ    $0x01, BP
-	IMULQ   DI, BP
-	ADDQ    BX, BP
-	MOVQ    R9, BX
-	ANDQ    $0x00000001, BX
-	SHLQ    $0x05, BX
-	ADDQ    BX, BP
-	ADDQ    R8, BP
-	MOVQ    SI, BX
-	IMULQ   CX, BX
-	MOVQ    DX, DI
-	SHLQ    $0x05, DI
+	MOVQ    x_base+48(FP), BX
+	MOVQ    elems+72(FP), DI
+	SHLQ    $0x02, DI
+	LEAQ    (SI)(SI*2), R8
+	MOVQ    (BX)(R8*8), R8
+	ADDQ    DI, R8
+	LEAQ    (SI)(SI*2), R9
+	MOVQ    24(BX)(R9*8), R9
+	ADDQ    DI, R9
+	LEAQ    (SI)(SI*2), R10
+	MOVQ    48(BX)(R10*8), R10
+	ADDQ    DI, R10
+	LEAQ    (DX)(DX*2), R11
+	MOVQ    (BX)(R11*8), R11
+	ADDQ    DI, R11
+	LEAQ    (DX)(DX*2), R12
+	MOVQ    24(BX)(R12*8), R12
+	ADDQ    DI, R12
+	LEAQ    (DX)(DX*2), R13
+	MOVQ    48(BX)(R13*8), R13
+	ADDQ    DI, R13
+	LEAQ    (DX)(DX*2), R14
+	MOVQ    72(BX)(R14*8), BX
 	ADDQ    DI, BX
-	MOVQ    p_base+0(FP), DI
-	ADDQ    DI, BX
-	VMOVUPD (BX), Y0
-	VMOVUPD 32(BX), Y1
-	VMOVUPD 64(BX), Y2
-	VMOVUPD 96(BX), Y3
-	VMOVUPD (BX)(CX*1), Y4
-	VMOVUPD 32(BX)(CX*1), Y5
-	VMOVUPD 64(BX)(CX*1), Y6
-	VMOVUPD 96(BX)(CX*1), Y7
-	VMOVUPD (BX)(CX*2), Y8
-	VMOVUPD 32(BX)(CX*2), Y9
-	VMOVUPD 64(BX)(CX*2), Y10
-	VMOVUPD 96(BX)(CX*2), Y11
-	MOVQ    g0+80(FP), DI
-	SHLQ    $0x06, DI
-	SUBQ    R8, DI
+	MOVQ    SI, R14
+	IMULQ   CX, R14
+	MOVQ    DX, R15
+	SHLQ    $0x05, R15
+	ADDQ    R15, R14
+	MOVQ    p_base+0(FP), R15
+	ADDQ    R15, R14
+	MOVQ    c_base+24(FP), R15
+	LEAQ    (R15)(DI*2), R15
+	VMOVUPD (R14), Y0
+	VMOVUPD 32(R14), Y1
+	VMOVUPD 64(R14), Y2
+	VMOVUPD 96(R14), Y3
+	VMOVUPD (R14)(CX*1), Y4
+	VMOVUPD 32(R14)(CX*1), Y5
+	VMOVUPD 64(R14)(CX*1), Y6
+	VMOVUPD 96(R14)(CX*1), Y7
+	VMOVUPD (R14)(CX*2), Y8
+	VMOVUPD 32(R14)(CX*2), Y9
+	VMOVUPD 64(R14)(CX*2), Y10
+	VMOVUPD 96(R14)(CX*2), Y11
+	NEGQ    DI
 
-t3x4_false_loop:
-	VMOVUPD     (R10)(DI*1), Y12
-	VMOVUPD     (R11)(DI*1), Y13
-	VMOVUPD     (R12)(DI*1), Y14
-	VMOVUPD     (R13)(DI*1), Y15
+d3x4_false_loop:
+	VCVTPS2PD   (R8)(DI*1), Y12
+	VSUBPD      (R15)(DI*2), Y12, Y12
+	VCVTPS2PD   (R9)(DI*1), Y13
+	VSUBPD      (R15)(DI*2), Y13, Y13
+	VCVTPS2PD   (R10)(DI*1), Y14
+	VSUBPD      (R15)(DI*2), Y14, Y14
+	VCVTPS2PD   (R11)(DI*1), Y15
+	VSUBPD      (R15)(DI*2), Y15, Y15
 	VFMADD231PD Y15, Y12, Y0
 	VFMADD231PD Y15, Y13, Y4
 	VFMADD231PD Y15, Y14, Y8
-	VMOVUPD     (R14)(DI*1), Y15
+	VCVTPS2PD   (R12)(DI*1), Y15
+	VSUBPD      (R15)(DI*2), Y15, Y15
 	VFMADD231PD Y15, Y12, Y1
 	VFMADD231PD Y15, Y13, Y5
 	VFMADD231PD Y15, Y14, Y9
-	VMOVUPD     (R15)(DI*1), Y15
+	VCVTPS2PD   (R13)(DI*1), Y15
+	VSUBPD      (R15)(DI*2), Y15, Y15
 	VFMADD231PD Y15, Y12, Y2
 	VFMADD231PD Y15, Y13, Y6
 	VFMADD231PD Y15, Y14, Y10
-	VMOVUPD     (BP)(DI*1), Y15
+	VCVTPS2PD   (BX)(DI*1), Y15
+	VSUBPD      (R15)(DI*2), Y15, Y15
 	VFMADD231PD Y15, Y12, Y3
 	VFMADD231PD Y15, Y13, Y7
 	VFMADD231PD Y15, Y14, Y11
-	VMOVUPD     64(R10)(DI*1), Y12
-	VMOVUPD     64(R11)(DI*1), Y13
-	VMOVUPD     64(R12)(DI*1), Y14
-	VMOVUPD     64(R13)(DI*1), Y15
+	VCVTPS2PD   16(R8)(DI*1), Y12
+	VSUBPD      32(R15)(DI*2), Y12, Y12
+	VCVTPS2PD   16(R9)(DI*1), Y13
+	VSUBPD      32(R15)(DI*2), Y13, Y13
+	VCVTPS2PD   16(R10)(DI*1), Y14
+	VSUBPD      32(R15)(DI*2), Y14, Y14
+	VCVTPS2PD   16(R11)(DI*1), Y15
+	VSUBPD      32(R15)(DI*2), Y15, Y15
 	VFMADD231PD Y15, Y12, Y0
 	VFMADD231PD Y15, Y13, Y4
 	VFMADD231PD Y15, Y14, Y8
-	VMOVUPD     64(R14)(DI*1), Y15
+	VCVTPS2PD   16(R12)(DI*1), Y15
+	VSUBPD      32(R15)(DI*2), Y15, Y15
 	VFMADD231PD Y15, Y12, Y1
 	VFMADD231PD Y15, Y13, Y5
 	VFMADD231PD Y15, Y14, Y9
-	VMOVUPD     64(R15)(DI*1), Y15
+	VCVTPS2PD   16(R13)(DI*1), Y15
+	VSUBPD      32(R15)(DI*2), Y15, Y15
 	VFMADD231PD Y15, Y12, Y2
 	VFMADD231PD Y15, Y13, Y6
 	VFMADD231PD Y15, Y14, Y10
-	VMOVUPD     64(BP)(DI*1), Y15
+	VCVTPS2PD   16(BX)(DI*1), Y15
+	VSUBPD      32(R15)(DI*2), Y15, Y15
 	VFMADD231PD Y15, Y12, Y3
 	VFMADD231PD Y15, Y13, Y7
 	VFMADD231PD Y15, Y14, Y11
-	ADDQ        $0x80, DI
-	JNZ         t3x4_false_loop
-	VMOVUPD     Y0, (BX)
-	VMOVUPD     Y1, 32(BX)
-	VMOVUPD     Y2, 64(BX)
-	VMOVUPD     Y3, 96(BX)
-	VMOVUPD     Y4, (BX)(CX*1)
-	VMOVUPD     Y5, 32(BX)(CX*1)
-	VMOVUPD     Y6, 64(BX)(CX*1)
-	VMOVUPD     Y7, 96(BX)(CX*1)
-	VMOVUPD     Y8, (BX)(CX*2)
-	VMOVUPD     Y9, 32(BX)(CX*2)
-	VMOVUPD     Y10, 64(BX)(CX*2)
-	VMOVUPD     Y11, 96(BX)(CX*2)
+	ADDQ        $0x20, DI
+	JNZ         d3x4_false_loop
+	VMOVUPD     Y0, (R14)
+	VMOVUPD     Y1, 32(R14)
+	VMOVUPD     Y2, 64(R14)
+	VMOVUPD     Y3, 96(R14)
+	VMOVUPD     Y4, (R14)(CX*1)
+	VMOVUPD     Y5, 32(R14)(CX*1)
+	VMOVUPD     Y6, 64(R14)(CX*1)
+	VMOVUPD     Y7, 96(R14)(CX*1)
+	VMOVUPD     Y8, (R14)(CX*2)
+	VMOVUPD     Y9, 32(R14)(CX*2)
+	VMOVUPD     Y10, 64(R14)(CX*2)
+	VMOVUPD     Y11, 96(R14)(CX*2)
 	ADDQ        $0x04, DX
 	JMP         cols
 
 nextrow:
 	ADDQ $0x03, SI
-	MOVQ r1+72(FP), DX
+	MOVQ r1+88(FP), DX
 	CMPQ SI, DX
 	JB   rows
 
@@ -43627,8 +43344,6 @@ TEXT ·gramPackF32AVX512(SB), NOSPLIT, $0-80
 	MOVQ         elems+72(FP), AX
 	MOVQ         x_len+56(FP), CX
 	MOVQ         tmp_base+0(FP), DX
-	MOVQ         AX, BX
-	SHLQ         $0x04, BX
 	MOVQ         CX, BX
 	INCQ         BX
 	ANDQ         $-2, BX

@@ -19,16 +19,31 @@ var robustAVX512 = robustKernels{
 	medianSorted:  func(dst, tmp []float32, n, w int) { sortedAsm(dst, tmp, n, w, 16, medianSortedF32AVX512) },
 	trimmedSorted: func(dst, tmp []float32, n, w, k int) { trimmedAsm(dst, tmp, n, w, k, 16, trimmedSortedF32AVX512) },
 	closestSorted: func(dst, tmp []float32, n, w, beta int) { closestAsm(dst, tmp, n, w, beta, 16, closestSortedF32AVX512) },
-	gram: func(p, sq []float64, x [][]byte, elems int, tmp []float64) {
-		gramAsm(p, sq, x, elems, tmp, tileRows512, 128, gramPackF32AVX512, gramTilesAVX512)
-	},
-	sqDist:   sqDistAVX2,
-	sqDist64: sqDist64AVX2,
-	fmaLoop:  fmaLoopAVX512,
+	gram:          gramAVX512,
+	sqDist:        sqDistAVX2,
+	sqDist64:      sqDist64AVX2,
+	fmaLoop:       fmaLoopAVX512,
 }
 
 // tileRows512 is the rows of the AVX-512 Gram tiles: row ranges start at multiples of it.
 const tileRows512 = 4
+
+// gramPackedMin is the fewest inputs for which the AVX-512 Gram packs its blocks for the zmm
+// tiles; fewer run the avx2 tiles on the f32 inputs directly, whose centring costs no packing
+// pass. Measured on Zen 4 per core in cache: 8 inputs 13.8 GFMA/s direct against 7.1 packed,
+// 32 inputs 17.9-19.2 against 16.7-19.2, 128 inputs 21.2 against 24.5-25.0. Both give the
+// reference's bits.
+const gramPackedMin = 64
+
+// gramAVX512 is GramF32: the zmm tiles over packed blocks from gramPackedMin inputs on, the avx2
+// direct tiles below.
+func gramAVX512(p, sq []float64, x [][]byte, elems int, tmp []float64) {
+	if len(x) < gramPackedMin {
+		gramDirectAVX2(p, sq, x, elems, tmp)
+		return
+	}
+	gramAsm(p, sq, x, elems, tmp, tileRows512, 128, gramPackF32AVX512, gramTilesAVX512)
+}
 
 var _ = register(robustFamily, "avx512", hasAVX512, &robustAVX512)
 

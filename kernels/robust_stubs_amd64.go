@@ -29,15 +29,15 @@ func trimmedSortedF32AVX2(dst []float32, tmp []float32, n int, k int, c float32)
 //go:noescape
 func closestSortedF32AVX2(dst []float32, tmp []float32, n int, beta int, c float32)
 
-// gramPackF32AVX2 packs the centred block of gramGeneric into tmp (pair-major) and adds the squares to sq, for elems a positive multiple of 8.
+// gramCentreF32AVX2 writes gramGeneric's centre of each of the elems coordinates to c, for elems a positive multiple of 8.
 //
 //go:noescape
-func gramPackF32AVX2(tmp []float64, sq []float64, x [][]byte, elems int)
+func gramCentreF32AVX2(c []float64, x [][]byte, elems int)
 
-// gramTilesAVX2 adds the pairs of rows [r0, r1) over the groups [g0, g1) of the packed block in tmp to p (gramGeneric's), for elems a positive multiple of 8, r0 a multiple of 3 and g1-g0 a positive even count.
+// gramDirectF32AVX2 adds the pairs of rows [r0, r1) of gramGeneric's centred inputs to p, c the block's centre in f64, for elems a positive multiple of 8 and r0 a multiple of 3.
 //
 //go:noescape
-func gramTilesAVX2(p []float64, tmp []float64, n int, elems int, r0 int, r1 int, g0 int, g1 int)
+func gramDirectF32AVX2(p []float64, c []float64, x [][]byte, elems int, r0 int, r1 int)
 
 // prefetchBlocksT1 prefetches bytes [off, off+bytes) of the inputs x[from:to] into L2.
 //
@@ -107,7 +107,7 @@ func trimmedSortedF32AVX512(dst []float32, tmp []float32, n int, wires int, k in
 //go:noescape
 func closestSortedF32AVX512(dst []float32, tmp []float32, n int, wires int, beta int, c float32)
 
-// gramPackF32AVX512 packs the centred block of gramGeneric into tmp (group-major) and adds the squares to sq, for elems a positive multiple of 8.
+// gramPackF32AVX512 packs the centred block of gramGeneric into tmp and adds the squares to sq, for elems a positive multiple of 8.
 //
 //go:noescape
 func gramPackF32AVX512(tmp []float64, sq []float64, x [][]byte, elems int)

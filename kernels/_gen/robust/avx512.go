@@ -53,7 +53,7 @@ func genAVX512() {
 	genMedianSorted512()
 	genTrimmedSorted512()
 	genClosestSorted512()
-	genGramPack("gramPackF32AVX512", true)
+	genGramPack()
 	genGramTiles512()
 	genFMALoop512()
 }
@@ -639,6 +639,169 @@ func genClosestSorted512() {
 
 // ---------------------------------------------------------------------------------------------
 // Gram tiles.
+
+// The zmm Gram tiles work on a packed block (GramF32 in kernels/robust_gram.go): the centred f64
+// values of the inputs taken in pairs (2q, 2q+1), in groups of 4 coordinates, each group the 4
+// values of input 2q then the 4 of input 2q+1 (64 bytes), then the block's centre (elems f64,
+// at (ne+2)·elems f64). An odd count gets a zero partner, so that a 64-byte load always holds
+// two inputs. With ne = n rounded up to even, input i's values of group g are at byte
+// g·(ne·32+64) + (i>>1)·64 + (i&1)·32: a group's pairs are contiguous, so the tiles address all
+// their rows and columns from one pointer with constant displacements.
+
+// genGramPack generates gramPackF32AVX512(tmp, sq, x, elems): the centre of each coordinate (the
+// inputs' f32 sum in input order divided by n in f32, 0 where not finite), every input's
+// centred values packed into tmp, and sq[16i + j%16] = FMA(x_i[j], x_i[j], ...), for elems a
+// positive multiple of 8 (AVX2 instructions: the zmm tiles are what the packing is for).
+func genGramPack() {
+	TEXT("gramPackF32AVX512", NOSPLIT, "func(tmp []float64, sq []float64, x [][]byte, elems int)")
+	Pragma("noescape")
+	Doc("gramPackF32AVX512 packs the centred block of gramGeneric into tmp and adds the squares to sq, for elems a positive multiple of 8.")
+	elems := Load(Param("elems"), GP64())
+	n := Load(Param("x").Len(), GP64())
+	panel := Load(Param("tmp").Base(), GP64())
+	centre := GP64() // after the panel: (ne+2)·elems f64
+	MOVQ(n, centre)
+	INCQ(centre)
+	ANDQ(I8(-2), centre)
+	ADDQ(U8(2), centre)
+	IMULQ(elems, centre)
+	SHLQ(U8(3), centre)
+	ADDQ(panel, centre)
+	end := GP64() // f32 bytes of the block
+	MOVQ(elems, end)
+	SHLQ(U8(2), end)
+	stride := groupStride(n) // a group's bytes, ne·32 + 64
+	nf := YMM()              // n in f32 lanes
+	VCVTSI2SSQ(n, nf.AsX(), nf.AsX())
+	VBROADCASTSS(nf.AsX(), nf)
+	zero := YMM()
+	VXORPD(zero, zero, zero)
+
+	emitCentre(centre, n, end, nf, zero)
+
+	// Pass 2: input by input, the centred values and the squares (16 lanes: four chains of
+	// FMAs), 16 coordinates per step, then 8.
+	{
+		i := GP64()
+		XORQ(i, i)
+		Label("input")
+		p, pend := inputPtr(i), GP64()
+		LEAQ(Mem{Base: p, Index: end, Scale: 1}, pend)
+		row := packRow(panel, i)
+		sqp := Load(Param("sq").Base(), GP64())
+		sh := GP64()
+		MOVQ(i, sh)
+		SHLQ(U8(7), sh) // 16 f64 per input
+		ADDQ(sh, sqp)
+		acc := make([]VecVirtual, 4)
+		for k := range acc {
+			acc[k] = YMM()
+			VMOVUPD(Mem{Base: sqp, Disp: 32 * k}, acc[k])
+		}
+		cp := GP64()
+		MOVQ(centre, cp)
+		for _, w := range []int{4, 2} { // groups of 4 coordinates per step
+			lbl := fmt.Sprintf("pack%d", w)
+			lim := GP64()
+			LEAQ(Mem{Base: pend, Disp: -16*w + 16}, lim)
+			Label(lbl)
+			CMPQ(p, lim)
+			JAE(LabelRef(lbl + "_done"))
+			for u := range w {
+				v, y := YMM(), YMM()
+				VCVTPS2PD(Mem{Base: p, Disp: 16 * u}, v)
+				VFMADD231PD(v, v, acc[u])
+				VSUBPD(Mem{Base: cp, Disp: 32 * u}, v, y)
+				VMOVUPD(y, Mem{Base: row})
+				ADDQ(stride, row)
+			}
+			ADDQ(U32(32*w), cp)
+			ADDQ(U32(16*w), p)
+			JMP(LabelRef(lbl))
+			Label(lbl + "_done")
+		}
+		for k := range acc {
+			VMOVUPD(acc[k], Mem{Base: sqp, Disp: 32 * k})
+		}
+		INCQ(i)
+		CMPQ(i, n)
+		JB(LabelRef("input"))
+	}
+	// An odd count's zero partner.
+	TESTQ(U32(1), n)
+	JZ(LabelRef("done"))
+	row := packRow(panel, n)
+	cnt := GP64()
+	MOVQ(elems, cnt)
+	SHRQ(U8(2), cnt)
+	Label("pad")
+	VMOVUPD(zero, Mem{Base: row})
+	ADDQ(stride, row)
+	DECQ(cnt)
+	JNZ(LabelRef("pad"))
+	Label("done")
+	VZEROUPPER()
+	RET()
+}
+
+// genPrefetchBlocks generates prefetchBlocksT1(x, from, to, off, bytes): a prefetch into L2 of
+// every 64-byte line of bytes [off, off+bytes) past the start of the inputs x[from:to] (which
+// may lie beyond their lengths: a prefetch does not fault). The Gram kernels call it between
+// their tiles to bring the next block in while the tiles compute, spread over the block so
+// that the prefetches do not queue up at once.
+func genPrefetchBlocks() {
+	TEXT("prefetchBlocksT1", NOSPLIT, "func(x [][]byte, from, to, off, bytes int)")
+	Pragma("noescape")
+	Doc("prefetchBlocksT1 prefetches bytes [off, off+bytes) of the inputs x[from:to] into L2.")
+	i := Load(Param("from"), GP64())
+	to := Load(Param("to"), GP64())
+	CMPQ(i, to)
+	JAE(LabelRef("done"))
+	Label("input")
+	p := inputPtr(i)
+	ADDQ(Load(Param("off"), GP64()), p)
+	e := GP64()
+	MOVQ(p, e)
+	ADDQ(Load(Param("bytes"), GP64()), e)
+	Label("line")
+	PREFETCHT1(Mem{Base: p})
+	ADDQ(U8(64), p)
+	CMPQ(p, e)
+	JB(LabelRef("line"))
+	INCQ(i)
+	CMPQ(i, to)
+	JB(LabelRef("input"))
+	Label("done")
+	RET()
+}
+
+// groupStride returns the bytes of one group of the group-major layout for the count in n:
+// ne·32, padded by a cache line so that the groups of one input, which the packing writes one
+// after the other, do not all fall in the same L1 set when ne·32 is a multiple of 4 KiB.
+func groupStride(n Register) Register {
+	s := GP64()
+	MOVQ(n, s)
+	INCQ(s)
+	ANDQ(I8(-2), s)
+	ADDQ(U8(2), s)
+	SHLQ(U8(5), s)
+	return s
+}
+
+// packRow returns the address of input i's first group in the packed block at panel:
+// panel + (i>>1)·64 + (i&1)·32.
+func packRow(panel, i Register) Register {
+	r, t := GP64(), GP64()
+	MOVQ(i, r)
+	SHRQ(U8(1), r)
+	SHLQ(U8(6), r)
+	ADDQ(panel, r)
+	MOVQ(i, t)
+	ANDQ(U32(1), t)
+	SHLQ(U8(5), t)
+	ADDQ(t, r)
+	return r
+}
 
 // Tile shape: rows by pairs of columns (24 accumulators, 4 broadcasts, one column vector).
 const (

@@ -32,8 +32,8 @@ func main() {
 	genTrimmedSorted()
 	genClosestSorted()
 
-	genGramPack("gramPackF32AVX2", false)
-	genGramTiles()
+	genGramCentre()
+	genGramDirect()
 	genPrefetchBlocks()
 	genSqDist()
 	genFMALoop()
@@ -671,60 +671,11 @@ func genClosestSorted() {
 // ---------------------------------------------------------------------------------------------
 // Gram matrix.
 
-// The Gram kernels work on a packed block (GramF32 in kernels/robust_gram.go): the centred f64
-// values of the inputs taken in pairs (2q, 2q+1), in groups of 4 coordinates, each group the 4
-// values of input 2q then the 4 of input 2q+1 (64 bytes), then the block's centre (elems f64,
-// at (ne+2)·elems f64). An odd count gets a zero partner, so that a 64-byte load always holds
-// two inputs. With G = elems/4 groups and ne = n rounded up to even, input i's values of
-// group g are at byte
-//
-//	pair-major (AVX2 tiles):   (i>>1)·G·64 + g·64 + (i&1)·32       (a pair's groups contiguous)
-//	group-major (AVX-512):     g·(ne·32+64) + (i>>1)·64 + (i&1)·32 (a group's pairs contiguous)
-//
-// The AVX2 tiles keep a pointer per row and column; the AVX-512 tiles address all their rows
-// and columns from one pointer with constant displacements.
-
-// genGramPack generates name(tmp, sq, x, elems): the centre of each coordinate (the inputs' f32
-// sum in input order divided by n in f32, 0 where not finite), every input's centred
-// values packed into tmp (pair-major or group-major), and sq[16i + j%16] = FMA(x_i[j], x_i[j],
-// ...), for elems a positive multiple of 8 (AVX2 instructions either way).
-func genGramPack(name string, groupMajor bool) {
-	TEXT(name, NOSPLIT, "func(tmp []float64, sq []float64, x [][]byte, elems int)")
-	Pragma("noescape")
-	layout := "pair-major"
-	if groupMajor {
-		layout = "group-major"
-	}
-	Doc(name + " packs the centred block of gramGeneric into tmp (" + layout + ") and adds the squares to sq, for elems a positive multiple of 8.")
-	elems := Load(Param("elems"), GP64())
-	n := Load(Param("x").Len(), GP64())
-	panel := Load(Param("tmp").Base(), GP64())
-	// g64 = G·64 = elems·16 bytes: a pair's row; centre at panel + ne·elems·8.
-	g64 := GP64()
-	MOVQ(elems, g64)
-	SHLQ(U8(4), g64)
-	centre := GP64() // after the panel: (ne+2)·elems f64 (room for either layout)
-	MOVQ(n, centre)
-	INCQ(centre)
-	ANDQ(I8(-2), centre)
-	ADDQ(U8(2), centre)
-	IMULQ(elems, centre)
-	SHLQ(U8(3), centre)
-	ADDQ(panel, centre)
-	end := GP64() // f32 bytes of the block
-	MOVQ(elems, end)
-	SHLQ(U8(2), end)
-	var stride Register // group-major: a group's bytes, ne·32 + 64
-	if groupMajor {
-		stride = groupStride(n)
-	}
-	nf := YMM() // n in f32 lanes
-	VCVTSI2SSQ(n, nf.AsX(), nf.AsX())
-	VBROADCASTSS(nf.AsX(), nf)
-	zero := YMM()
-	VXORPD(zero, zero, zero)
-
-	// Pass 1: the centre, the f32 sum of the inputs in input order divided by n in f32, 64
+// emitCentre emits the centre pass: at centre (f64), for each coordinate below end (bytes of
+// f32) of the n inputs, their f32 sum in input order divided by nf (n in f32 lanes), 0 where
+// not finite; zero is a zero register.
+func emitCentre(centre, n, end Register, nf, zero VecVirtual) {
+	// The centre, the f32 sum of the inputs in input order divided by n in f32, 64
 	// coordinates per step (8 sums in flight: each is a chain of n additions), then 8 per step
 	// for the rest; stored in f64 for pass 2.
 	{
@@ -781,110 +732,25 @@ func genGramPack(name string, groupMajor bool) {
 		}
 	}
 
-	// Pass 2: input by input, the centred values and the squares (16 lanes: four chains of
-	// FMAs), 16 coordinates per step, then 8.
-	{
-		i := GP64()
-		XORQ(i, i)
-		Label("input")
-		p, pend := inputPtr(i), GP64()
-		LEAQ(Mem{Base: p, Index: end, Scale: 1}, pend)
-		row := packRow(panel, i, g64, groupMajor)
-		sqp := Load(Param("sq").Base(), GP64())
-		sh := GP64()
-		MOVQ(i, sh)
-		SHLQ(U8(7), sh) // 16 f64 per input
-		ADDQ(sh, sqp)
-		acc := make([]VecVirtual, 4)
-		for k := range acc {
-			acc[k] = YMM()
-			VMOVUPD(Mem{Base: sqp, Disp: 32 * k}, acc[k])
-		}
-		cp := GP64()
-		MOVQ(centre, cp)
-		for _, w := range []int{4, 2} { // groups of 4 coordinates per step
-			lbl := fmt.Sprintf("pack%d", w)
-			lim := GP64()
-			LEAQ(Mem{Base: pend, Disp: -16*w + 16}, lim)
-			Label(lbl)
-			CMPQ(p, lim)
-			JAE(LabelRef(lbl + "_done"))
-			for u := range w {
-				v, y := YMM(), YMM()
-				VCVTPS2PD(Mem{Base: p, Disp: 16 * u}, v)
-				VFMADD231PD(v, v, acc[u])
-				VSUBPD(Mem{Base: cp, Disp: 32 * u}, v, y)
-				if groupMajor {
-					VMOVUPD(y, Mem{Base: row})
-					ADDQ(stride, row)
-				} else {
-					VMOVUPD(y, Mem{Base: row, Disp: 64 * u})
-				}
-			}
-			ADDQ(U32(32*w), cp)
-			if !groupMajor {
-				ADDQ(U32(64*w), row)
-			}
-			ADDQ(U32(16*w), p)
-			JMP(LabelRef(lbl))
-			Label(lbl + "_done")
-		}
-		for k := range acc {
-			VMOVUPD(acc[k], Mem{Base: sqp, Disp: 32 * k})
-		}
-		INCQ(i)
-		CMPQ(i, n)
-		JB(LabelRef("input"))
-	}
-	// An odd count's zero partner.
-	TESTQ(U32(1), n)
-	JZ(LabelRef("done"))
-	row := packRow(panel, n, g64, groupMajor)
-	cnt := GP64()
-	MOVQ(elems, cnt)
-	SHRQ(U8(2), cnt)
-	Label("pad")
-	VMOVUPD(zero, Mem{Base: row})
-	if groupMajor {
-		ADDQ(stride, row)
-	} else {
-		ADDQ(U8(64), row)
-	}
-	DECQ(cnt)
-	JNZ(LabelRef("pad"))
-	Label("done")
-	VZEROUPPER()
-	RET()
 }
 
-// genPrefetchBlocks generates prefetchBlocksT1(x, from, to, off, bytes): a prefetch into L2 of
-// every 64-byte line of bytes [off, off+bytes) past the start of the inputs x[from:to] (which
-// may lie beyond their lengths: a prefetch does not fault). The Gram kernels call it between
-// their tiles to bring the next block in while the tiles compute, spread over the block so
-// that the prefetches do not queue up at once.
-func genPrefetchBlocks() {
-	TEXT("prefetchBlocksT1", NOSPLIT, "func(x [][]byte, from, to, off, bytes int)")
+// genGramCentre generates gramCentreF32AVX2(c, x, elems): the centre pass of gramPackF32AVX2
+// alone, for gramDirectF32AVX2, elems a positive multiple of 8.
+func genGramCentre() {
+	TEXT("gramCentreF32AVX2", NOSPLIT, "func(c []float64, x [][]byte, elems int)")
 	Pragma("noescape")
-	Doc("prefetchBlocksT1 prefetches bytes [off, off+bytes) of the inputs x[from:to] into L2.")
-	i := Load(Param("from"), GP64())
-	to := Load(Param("to"), GP64())
-	CMPQ(i, to)
-	JAE(LabelRef("done"))
-	Label("input")
-	p := inputPtr(i)
-	ADDQ(Load(Param("off"), GP64()), p)
-	e := GP64()
-	MOVQ(p, e)
-	ADDQ(Load(Param("bytes"), GP64()), e)
-	Label("line")
-	PREFETCHT1(Mem{Base: p})
-	ADDQ(U8(64), p)
-	CMPQ(p, e)
-	JB(LabelRef("line"))
-	INCQ(i)
-	CMPQ(i, to)
-	JB(LabelRef("input"))
-	Label("done")
+	Doc("gramCentreF32AVX2 writes gramGeneric's centre of each of the elems coordinates to c, for elems a positive multiple of 8.")
+	n := Load(Param("x").Len(), GP64())
+	centre := Load(Param("c").Base(), GP64())
+	end := Load(Param("elems"), GP64())
+	SHLQ(U8(2), end)
+	nf := YMM()
+	VCVTSI2SSQ(n, nf.AsX(), nf.AsX())
+	VBROADCASTSS(nf.AsX(), nf)
+	zero := YMM()
+	VXORPD(zero, zero, zero)
+	emitCentre(centre, n, end, nf, zero)
+	VZEROUPPER()
 	RET()
 }
 
@@ -898,60 +764,13 @@ func inputPtr(i Register) Register {
 	return p
 }
 
-// groupStride returns the bytes of one group of the group-major layout for the count in n:
-// ne·32, padded by a cache line so that the groups of one input, which the packing writes one
-// after the other, do not all fall in the same L1 set when ne·32 is a multiple of 4 KiB.
-func groupStride(n Register) Register {
-	s := GP64()
-	MOVQ(n, s)
-	INCQ(s)
-	ANDQ(I8(-2), s)
-	ADDQ(U8(2), s)
-	SHLQ(U8(5), s)
-	return s
-}
-
-// packRow returns the address of input i's first group in the packed block at panel, in the
-// pair-major or the group-major layout.
-func packRow(panel, i, g64 Register, groupMajor bool) Register {
-	if !groupMajor {
-		return gramRow(panel, i, g64)
-	}
-	r, t := GP64(), GP64()
-	MOVQ(i, r)
-	SHRQ(U8(1), r)
-	SHLQ(U8(6), r)
-	ADDQ(panel, r)
-	MOVQ(i, t)
-	ANDQ(U32(1), t)
-	SHLQ(U8(5), t)
-	ADDQ(t, r)
-	return r
-}
-
-// gramRow returns the address of input i's first group in the packed block at panel, whose
-// pairs' rows are g64 bytes long: panel + (i>>1)·g64 + (i&1)·32.
-func gramRow(panel, i, g64 Register) Register {
-	r, t := GP64(), GP64()
-	MOVQ(i, r)
-	SHRQ(U8(1), r)
-	IMULQ(g64, r)
-	ADDQ(panel, r)
-	MOVQ(i, t)
-	ANDQ(U32(1), t)
-	SHLQ(U8(5), t)
-	ADDQ(t, r)
-	return r
-}
-
-// genGramTiles generates gramTilesAVX2(p, tmp, n, elems, r0, r1, g0, g1): for the rows a in
-// [r0, r1) (r0 a multiple of 3) and every b >= a, p[(a*s+b)*4 + j%4] = FMA(y_a[j], y_b[j],
-// p[...]) over the packed block in tmp (gramPackF32AVX2's), s = n rounded up to even, j in the
-// groups of 4 coordinates [g0, g1) of the block (elems a positive multiple of 8). A caller
-// walks the groups in chunks small enough that a row group's rows stay in L1 while its tiles
-// stream the columns from L2, in order (lane l of a pair receives coordinates j ≡ l mod 4 in
-// order either way), and bounds the time spent in one call (the runtime cannot preempt it) by
-// the rows it asks for.
+// genGramDirect generates gramDirectF32AVX2(p, c, x, elems, r0, r1): for the rows a in [r0, r1)
+// (r0 a multiple of 3) and every b >= a, p[(a*s+b)*4 + j%4] = FMA(y_a[j], y_b[j], p[...]) with
+// y_i[j] = float64(x[i][j]) - c[j], s = n rounded up to even, j in [0, elems), elems a multiple
+// of 8: the tiles of the packed kernels' AVX2 shape taken straight from the f32 inputs, each
+// loaded vector converted (in the load) and centred (one subtraction, the centre a memory
+// operand). Conversions and subtractions run on the two pipes the FMAs do not use, so this
+// costs no packing pass: on Zen 4 it beat packing for every count measured.
 //
 // Rows are taken 3 at a time (i0, i0+1, i0+2). Each row group starts with a diagonal tile: the
 // pairs among its rows and with the next 2 columns (5+4+3 = 12 pairs, the rows' own vectors
@@ -959,12 +778,13 @@ func gramRow(panel, i, g64 Register) Register {
 // 4 columns: 12 accumulators, 3 row vectors held in registers and one column vector streamed,
 // so each 4-element step loads 7 vectors for 12 FMAs and the two FMA pipes stay busy (12
 // independent chains cover the 4-cycle latency). Only the last tile of a row group may be
-// narrower, and no pair a > b is computed.
-func genGramTiles() {
-	TEXT("gramTilesAVX2", NOSPLIT, "func(p []float64, tmp []float64, n, elems, r0, r1, g0, g1 int)")
+// narrower, and no pair a > b is computed. The f32 values are converted to f64 in the loads
+// (VCVTPS2PD m128), which run beside the FMAs.
+func genGramDirect() {
+	TEXT("gramDirectF32AVX2", NOSPLIT, "func(p []float64, c []float64, x [][]byte, elems, r0, r1 int)")
 	Pragma("noescape")
-	Doc("gramTilesAVX2 adds the pairs of rows [r0, r1) over the groups [g0, g1) of the packed block in tmp to p (gramGeneric's), for elems a positive multiple of 8, r0 a multiple of 3 and g1-g0 a positive even count.")
-	n := Load(Param("n"), GP64())
+	Doc("gramDirectF32AVX2 adds the pairs of rows [r0, r1) of gramGeneric's centred inputs to p, c the block's centre in f64, for elems a positive multiple of 8 and r0 a multiple of 3.")
+	n := Load(Param("x").Len(), GP64())
 	ns := GP64() // row stride of p in bytes: s*32
 	MOVQ(n, ns)
 	INCQ(ns)
@@ -987,7 +807,7 @@ func genGramTiles() {
 	JMP(LabelRef("diag3_2"))
 	for _, d := range append(diag, struct{ r, e, left int }{3, 2, 5}) {
 		Label(fmt.Sprintf("diag%d_%d", d.r, d.e))
-		gramTile(d.r, d.e, true, i0, i0, ns)
+		gramDirectTile(d.r, d.e, true, i0, i0, ns)
 		if d.r < 3 {
 			JMP(LabelRef("done")) // these were the last rows
 		} else {
@@ -1010,7 +830,7 @@ func genGramTiles() {
 	JMP(LabelRef("tile3x4"))
 	for c := 1; c <= 4; c++ {
 		Label(fmt.Sprintf("tile3x%d", c))
-		gramTile(3, c, false, i0, c0, ns)
+		gramDirectTile(3, c, false, i0, c0, ns)
 		ADDQ(U8(4), c0)
 		JMP(LabelRef("cols"))
 	}
@@ -1024,23 +844,21 @@ func genGramTiles() {
 	RET()
 }
 
-// gramTile emits one tile over all groups of the packed block: R rows from i0 and, for a
-// rectangular tile, C columns from c0; for a diagonal tile (c0 = i0), the pairs r <= c of the R
-// rows and C more columns after them. Pointers run from the end of the rows with a negative
-// index, so the loop needs no bound register.
-func gramTile(R, C int, diagonal bool, i0, c0, ns Register) {
-	panel := Load(Param("tmp").Base(), GP64())
-	g64 := Load(Param("elems"), GP64())
-	SHLQ(U8(4), g64) // a pair's row: elems·16 bytes
-	// Rows end at group g1; j runs from -(g1-g0)·64.
-	g1 := Load(Param("g1"), GP64())
-	SHLQ(U8(6), g1)
+// gramDirectTile emits one tile over all elements: R rows from i0 and, for a rectangular tile, C
+// columns from c0; for a diagonal tile (c0 = i0), the pairs r <= c of the R rows and C more
+// columns after them. Pointers run from the end of the data with a negative index (the centre's
+// at twice the inputs' scale), so the loop needs no bound register.
+func gramDirectTile(R, C int, diagonal bool, i0, c0, ns Register) {
+	xp := Load(Param("x").Base(), GP64())
+	elems := Load(Param("elems"), GP64())
+	SHLQ(U8(2), elems) // bytes
 	ptr := func(idx Register, k int) Register {
-		i := GP64()
-		LEAQ(Mem{Base: idx, Disp: k}, i)
-		r := gramRow(panel, i, g64)
-		ADDQ(g1, r)
-		return r
+		h := GP64()
+		LEAQ(Mem{Base: idx, Index: idx, Scale: 2}, h) // idx*3
+		p := GP64()
+		MOVQ(Mem{Base: xp, Index: h, Scale: 8, Disp: 24 * k}, p)
+		ADDQ(elems, p)
+		return p
 	}
 	rows := make([]Register, R)
 	for r := range rows {
@@ -1056,7 +874,7 @@ func gramTile(R, C int, diagonal bool, i0, c0, ns Register) {
 	for c := first; c < cols; c++ {
 		colp[c] = ptr(c0, c)
 	}
-	// pt = &p[(i0*s + c0)*4]; pair (row r, column c) at pt + r*ns + c*32.
+	// pt = &p[(i0*n + c0)*4]; pair (row r, column c) at pt + r*ns + c*32.
 	pt := GP64()
 	MOVQ(i0, pt)
 	IMULQ(ns, pt)
@@ -1066,6 +884,9 @@ func gramTile(R, C int, diagonal bool, i0, c0, ns Register) {
 	ADDQ(t, pt)
 	pb := Load(Param("p").Base(), GP64())
 	ADDQ(pb, pt)
+	// The centre's end: c + elems·8; element j's centre at ce + 2·jx for the f32 byte index jx.
+	ce := Load(Param("c").Base(), GP64())
+	LEAQ(Mem{Base: ce, Index: elems, Scale: 2}, ce)
 	pm := func(r, c int) Mem {
 		m := Mem{Base: pt, Disp: 32 * c}
 		if r > 0 {
@@ -1084,16 +905,18 @@ func gramTile(R, C int, diagonal bool, i0, c0, ns Register) {
 			}
 		}
 	}
-	j := Load(Param("g0"), GP64())
-	SHLQ(U8(6), j)
-	SUBQ(g1, j)
-	loop := fmt.Sprintf("t%dx%d_%v_loop", R, C, diagonal)
+	j := GP64()
+	MOVQ(elems, j)
+	NEGQ(j)
+	loop := fmt.Sprintf("d%dx%d_%v_loop", R, C, diagonal)
 	Label(loop)
 	for u := range 2 {
+		cm := Mem{Base: ce, Index: j, Scale: 2, Disp: 32 * u}
 		av := make([]VecVirtual, R)
 		for r := range R {
 			av[r] = YMM()
-			VMOVUPD(Mem{Base: rows[r], Index: j, Scale: 1, Disp: 64 * u}, av[r])
+			VCVTPS2PD(Mem{Base: rows[r], Index: j, Scale: 1, Disp: 16 * u}, av[r])
+			VSUBPD(cm, av[r], av[r])
 		}
 		for c := range cols {
 			var bv VecVirtual
@@ -1101,7 +924,8 @@ func gramTile(R, C int, diagonal bool, i0, c0, ns Register) {
 				bv = av[c]
 			} else {
 				bv = YMM()
-				VMOVUPD(Mem{Base: colp[c], Index: j, Scale: 1, Disp: 64 * u}, bv)
+				VCVTPS2PD(Mem{Base: colp[c], Index: j, Scale: 1, Disp: 16 * u}, bv)
+				VSUBPD(cm, bv, bv)
 			}
 			for r := range R {
 				if used(r, c) {
@@ -1110,7 +934,7 @@ func gramTile(R, C int, diagonal bool, i0, c0, ns Register) {
 			}
 		}
 	}
-	ADDQ(U8(128), j)
+	ADDQ(U8(32), j)
 	JNZ(LabelRef(loop))
 	for r := range R {
 		for c := range cols {
