@@ -30,11 +30,11 @@ const (
 	selectBlockBytes = 256 << 10
 	// selectBlockElems is the largest block of an order statistic.
 	selectBlockElems = 4 << 10
-	// gramPanelBytes bounds the Gram kernel's packed block (the centred f64 values of every
-	// input): every register tile streams over it, so it must stay in L2 beside the next
-	// block of inputs that the packing prefetches. 256 KiB (1Ki elements of 32 inputs, 256 of
-	// 128) measured 10% faster than 512 KiB for 32 inputs and as fast for 128.
-	gramPanelBytes = 256 << 10
+	// gramPanelBytes bounds the Gram kernel's block as f64 values of every input (what the
+	// packed kernels copy it to): every register tile streams over it, so it must stay in L2
+	// beside the next block, which the kernels prefetch. 512 KiB: 2Ki elements of 32 inputs
+	// (the direct avx2 tiles measured 2Ki 7% faster than 1Ki), 512 of 128 (as fast as 256).
+	gramPanelBytes = 512 << 10
 	// gramBlockMax is the Gram kernel's block for a few inputs.
 	gramBlockMax = 2 << 10
 	// distBlockElems is the block of SqDistances (one input at a time over a cached z block).
