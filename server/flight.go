@@ -4,12 +4,14 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"os"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/apache/arrow-go/v18/arrow/flight"
@@ -17,6 +19,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/encoding"
+	"google.golang.org/grpc/experimental"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
@@ -39,32 +43,60 @@ import (
 // is read, and batches stream into the spool as they arrive (one message in memory at a time).
 type flightService struct {
 	flight.BaseFlightServer
-	s *Server
+	s      *Server
+	bodies *bodyAllocator
+	held   atomic.Int64 // frames held by DoPut messages
 }
 
 // FlightServer is a gRPC server serving Arrow Flight for s, with the configured TLS and mutual
 // TLS.
+//
+// Its memory per upload is bounded whatever clients send: a message is at most
+// limits.chunk_bytes + 64 KiB (gRPC refuses a longer one from its length prefix, before
+// reading it), a stream's window is 64 KiB beyond the message being read (gRPC's automatic
+// windows grow to 16 MiB per stream, and 64 streams could then hold a GiB the server has not
+// asked for), and messages are received one at a time, when the update's reader needs the
+// next. The codec (FlightCodec) reads a message's body where gRPC received it.
 func (s *Server) FlightServer() (*grpc.Server, error) {
-	// Fixed flow-control windows: gRPC's automatic ones grow to 16 MiB per stream, and 64
-	// streams could then hold a GiB the server has not asked for. With 1 MiB windows a stream
-	// holds at most a window and the message being assembled (a record batch, 4 MiB as
-	// arrowio writes them); loopback and LAN round trips keep the link busy with that.
-	opts := []grpc.ServerOption{grpc.MaxRecvMsgSize(maxFlightMessage),
-		grpc.InitialWindowSize(1 << 20), grpc.InitialConnWindowSize(1 << 20)}
+	gs, _, err := s.flightServer()
+	return gs, err
+}
+
+// flightServer is FlightServer, with its service (whose buffer counts tests read).
+func (s *Server) flightServer() (*grpc.Server, *flightService, error) {
+	svc := &flightService{s: s, bodies: newBodyAllocator(s.flightMessageLimit())}
+	opts := []grpc.ServerOption{
+		grpc.ForceServerCodecV2(flightCodec{proto: encoding.GetCodecV2("proto"), held: &svc.held}),
+		grpc.MaxRecvMsgSize(s.flightMessageLimit()),
+		grpc.InitialWindowSize(flightWindow),
+		grpc.InitialConnWindowSize(flightConnWindow),
+		grpc.ReadBufferSize(flightReadBuffer),
+		experimental.BufferPool(&framePool{}),
+	}
 	tc, err := s.tlsConfig()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if tc != nil {
 		opts = append(opts, grpc.Creds(credentials.NewTLS(tc)))
 	}
 	gs := grpc.NewServer(opts...)
-	flight.RegisterFlightServiceServer(gs, &flightService{s: s})
-	return gs, nil
+	flight.RegisterFlightServiceServer(gs, svc)
+	return gs, svc, nil
 }
 
-// maxFlightMessage bounds one gRPC message: a record batch (arrowio writes 4 MiB ones) with
-// its framing.
+// flightConnWindow is a connection's window. gRPC gives it back as data arrives, whether or
+// not a stream reads it (stream windows bound the memory), so it only needs to keep the
+// connection's streams sending between two window updates.
+const flightConnWindow = 1 << 20
+
+// flightReadBuffer is the read buffer of a connection: each read system call takes up to this
+// much from the socket (gRPC's default, 32 KiB, is two 16 KiB frames).
+const flightReadBuffer = 256 << 10
+
+// maxFlightMessage bounds the IPC messages SendIPC cuts from a stream: a sanity bound on
+// what a corrupt stream's lengths may make it allocate, not the server's limit
+// (flightMessageLimit).
 const maxFlightMessage = 64 << 20
 
 // ServeFlight serves Arrow Flight on ln until ctx is cancelled, then stops gracefully within
@@ -164,14 +196,6 @@ func (f *flightService) put(stream flight.FlightService_DoPutServer) (api.Ack, e
 	if err != nil {
 		return api.Ack{}, err
 	}
-	first, err := stream.Recv()
-	if err != nil {
-		return api.Ack{}, fmt.Errorf("%w: %s: the stream ended before its descriptor: %v", ErrBadRequest, client, err)
-	}
-	n, err := roundOfDescriptor(first.GetFlightDescriptor())
-	if err != nil {
-		return api.Ack{}, err
-	}
 	var weight *float64
 	md, _ := metadata.FromIncomingContext(ctx)
 	if v := md.Get(strings.ToLower(api.WeightHeader)); len(v) > 0 {
@@ -181,16 +205,42 @@ func (f *flightService) put(stream flight.FlightService_DoPutServer) (api.Ack, e
 		}
 		weight = &w
 	}
-	u, err := f.s.BeginUpload(ctx, client, n, "flight")
+	// The first message names the round: the stream slot is taken before it is read, so that
+	// what streams hold is bounded by limits.max_streams from their first byte.
+	if err := f.s.takeStream(); err != nil {
+		return api.Ack{}, err
+	}
+	recv := newPutReceiver(stream, time.Duration(f.s.cfg.Limits.IdleTimeout))
+	defer recv.stop()
+	first, err := recv.next(nil)
+	var n int
+	if err == nil {
+		if n, err = roundOfDescriptor(first.desc); err != nil {
+			first.free()
+		}
+	}
 	if err != nil {
+		f.s.releaseStream()
+		switch {
+		case errors.Is(err, errIdle):
+			return api.Ack{}, fmt.Errorf("%w: %s: no message arrived for %s (limits.idle_timeout)", ErrStalled, client, recv.idle)
+		case err == io.EOF:
+			return api.Ack{}, fmt.Errorf("%w: %s: the stream ended before its descriptor", ErrBadRequest, client)
+		}
+		return api.Ack{}, fmt.Errorf("%s: %w", client, f.s.recvError(err))
+	}
+	u, err := f.s.beginUpload(ctx, client, n, "flight")
+	if err != nil {
+		first.free()
 		return api.Ack{}, err
 	}
 	defer u.Close()
-	lim := f.s.cfg.Limits
-	rd := newFlightReader(stream, first, time.Duration(lim.IdleTimeout), u.Context())
-	defer rd.stop()
-	src, err := arrowio.NewStreamReader(rd, arrowio.WithSource(client), arrowio.WithMaxTotalBytes(lim.MaxUpdateBytes),
-		arrowio.WithMaxMetadataBytes(lim.MaxHeaderBytes))
+	rd, err := newFlightReader(f.s, recv, first, u.Context().Done())
+	if err != nil {
+		return api.Ack{}, fmt.Errorf("%s: %w", client, err)
+	}
+	defer rd.close()
+	src, err := arrowio.NewStreamReader(rd, f.readerOptions(client)...)
 	if err != nil {
 		return api.Ack{}, rd.explain(u, err)
 	}
@@ -212,115 +262,6 @@ func roundOfDescriptor(d *flight.FlightDescriptor) (int, error) {
 		return 0, fmt.Errorf("%w: round %q is not a round number", ErrBadRequest, d.GetPath()[1])
 	}
 	return n, nil
-}
-
-// flightReader turns the FlightData messages of a DoPut into the bytes of an Arrow IPC stream
-// (continuation marker, metadata length, metadata padded to 8 bytes, body), for
-// arrowio.NewStreamReader. Messages are received by one goroutine, one at a time; a message
-// that does not come within the idle timeout ends the stream (the client stalled), and so does
-// the round's closing.
-type flightReader struct {
-	msgs    chan flightMsg
-	done    chan struct{}
-	idle    time.Duration
-	cancel  <-chan struct{}
-	head    []byte
-	body    []byte
-	eof     bool
-	stalled bool
-	n       int64
-}
-
-type flightMsg struct {
-	d   *flight.FlightData
-	err error
-}
-
-func newFlightReader(stream flight.FlightService_DoPutServer, first *flight.FlightData, idle time.Duration, roundCtx context.Context) *flightReader {
-	r := &flightReader{msgs: make(chan flightMsg), done: make(chan struct{}), idle: idle, cancel: roundCtx.Done()}
-	r.frame(first)
-	go func() {
-		for {
-			d, err := stream.Recv()
-			select {
-			case r.msgs <- flightMsg{d, err}:
-			case <-r.done:
-				return
-			}
-			if err != nil {
-				return
-			}
-		}
-	}()
-	return r
-}
-
-// frame queues the IPC framing and body of one message.
-func (r *flightReader) frame(d *flight.FlightData) {
-	h := d.GetDataHeader()
-	if len(h) == 0 {
-		return
-	}
-	pad := (8 - len(h)%8) % 8
-	r.head = make([]byte, 8, 8+len(h)+pad)
-	binary.LittleEndian.PutUint32(r.head, 0xFFFFFFFF)
-	binary.LittleEndian.PutUint32(r.head[4:], uint32(len(h)+pad))
-	r.head = append(append(r.head, h...), make([]byte, pad)...)
-	r.body = d.GetDataBody()
-}
-
-func (r *flightReader) Read(p []byte) (int, error) {
-	for len(r.head) == 0 && len(r.body) == 0 {
-		if r.eof {
-			return 0, io.EOF
-		}
-		t := time.NewTimer(r.idle)
-		var m flightMsg
-		select {
-		case m = <-r.msgs:
-		case <-t.C:
-			r.stalled = true
-			return 0, ErrStalled
-		case <-r.cancel:
-			t.Stop()
-			return 0, errCut
-		}
-		t.Stop()
-		switch {
-		case m.err == io.EOF:
-			r.head, r.eof = []byte{0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0, 0}, true // end of stream
-		case m.err != nil:
-			return 0, m.err
-		default:
-			r.frame(m.d)
-		}
-	}
-	var n int
-	if len(r.head) > 0 {
-		n = copy(p, r.head)
-		r.head = r.head[n:]
-	} else {
-		n = copy(p, r.body)
-		r.body = r.body[n:]
-		if len(r.body) == 0 {
-			r.body = nil // let the message's memory go now, not at the next message
-		}
-	}
-	r.n += int64(n)
-	return n, nil
-}
-
-func (r *flightReader) stop() { close(r.done) }
-
-// explain says why reading a DoPut failed: the round closed, the client stalled, or err.
-func (r *flightReader) explain(u *Upload, err error) error {
-	if u.ctx.Err() != nil && context.Cause(u.ctx) != context.Canceled {
-		return context.Cause(u.ctx)
-	}
-	if r.stalled {
-		return fmt.Errorf("%w: no message arrived for %s (limits.idle_timeout); the upload was cut after %d bytes", ErrStalled, r.idle, r.n)
-	}
-	return err
 }
 
 // DoGet sends a round's model ("rounds/N", or "latest") as an Arrow IPC stream.

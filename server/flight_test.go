@@ -5,10 +5,16 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
+	"fmt"
 	"io"
 	"math"
 	"net"
+	"os"
+	"path/filepath"
+	"runtime"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -16,6 +22,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/encoding"
+	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
@@ -46,6 +54,36 @@ func flightClient(t *testing.T, ts *testServer) flight.Client {
 // stall stops after the schema message and waits for the server.
 func flightPut(t *testing.T, c flight.Client, token string, round string, s *tensor.Set, weight string, stall bool) (api.Ack, error) {
 	t.Helper()
+	msgs := flightMessages(t, s, round, 4096)
+	if stall {
+		msgs = msgs[:1]
+	}
+	return flightSend(t, c, token, msgs, weight, !stall)
+}
+
+// flightMessages cuts s's IPC stream, in batches of batch bytes of tensor data, into Flight
+// messages, the first with round's descriptor.
+func flightMessages(t testing.TB, s *tensor.Set, round string, batch int) []*flight.FlightData {
+	t.Helper()
+	var buf bytes.Buffer
+	if err := arrowio.WriteSet(&buf, s, arrowio.WithBatchBytes(batch)); err != nil {
+		t.Fatal(err)
+	}
+	var msgs []*flight.FlightData
+	if err := SendIPC(&buf, func(d *flight.FlightData) error {
+		msgs = append(msgs, d)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	msgs[0].FlightDescriptor = &flight.FlightDescriptor{Type: flight.DescriptorPATH, Path: []string{"rounds", round}}
+	return msgs
+}
+
+// flightSend sends msgs on a DoPut with token (and weight, when not "") and returns the
+// acknowledgement or the call's status; without end, it does not close its side and waits.
+func flightSend(t testing.TB, c flight.Client, token string, msgs []*flight.FlightData, weight string, end bool) (api.Ack, error) {
+	t.Helper()
 	md := metadata.New(nil)
 	if token != "" {
 		md.Set("authorization", "Bearer "+token)
@@ -53,31 +91,22 @@ func flightPut(t *testing.T, c flight.Client, token string, round string, s *ten
 	if weight != "" {
 		md.Set("x-wattagg-weight", weight)
 	}
-	ctx := metadata.NewOutgoingContext(context.Background(), md)
+	ctx, cancel := context.WithCancel(metadata.NewOutgoingContext(context.Background(), md))
+	defer cancel()
 	stream, err := c.DoPut(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var buf bytes.Buffer
-	if err := arrowio.WriteSet(&buf, s, arrowio.WithBatchBytes(4096)); err != nil {
-		t.Fatal(err)
-	}
-	first := true
-	err = SendIPC(&buf, func(d *flight.FlightData) error {
-		if first {
-			d.FlightDescriptor = &flight.FlightDescriptor{Type: flight.DescriptorPATH, Path: []string{"rounds", round}}
-		} else if stall {
-			return io.EOF
+	for _, d := range msgs {
+		// A Send that fails (io.EOF) means the server ended the call: Recv tells why.
+		if err := stream.Send(d); err != nil {
+			if err != io.EOF {
+				t.Fatal(err)
+			}
+			break
 		}
-		first = false
-		return stream.Send(d)
-	})
-	// A Send that fails with io.EOF means the server ended the call (a refusal before the
-	// body): Recv tells why.
-	if err != nil && err != io.EOF {
-		t.Fatal(err)
 	}
-	if !stall {
+	if end {
 		stream.CloseSend()
 	}
 	res, err := stream.Recv()
@@ -223,4 +252,266 @@ func TestFlight(t *testing.T) {
 		_, err = act.Recv()
 	}
 	wantCode(t, err, codes.PermissionDenied, "not the admin")
+}
+
+// flightServe serves ts's Flight on a loopback port until the test ends, and returns a client
+// (dialled with opts) and the service, whose buffers the test can count.
+func flightServe(t *testing.T, ts *testServer, opts ...grpc.DialOption) (flight.Client, *flightService) {
+	t.Helper()
+	gs, svc, err := ts.flightServer()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- gs.Serve(ln) }()
+	opts = append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, opts...)
+	c, err := flight.NewClientWithMiddleware(ln.Addr().String(), nil, nil, opts...)
+	if err != nil {
+		gs.Stop()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close(); gs.Stop(); <-done })
+	return c, svc
+}
+
+// waitBuffers waits until DoPut messages hold no frame and readers no body buffer.
+func waitBuffers(t *testing.T, svc *flightService) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for svc.held.Load() != 0 || svc.bodies.out.Load() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("buffers not given back: %d frames, %d bodies", svc.held.Load(), svc.bodies.out.Load())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// waitUnchanged waits until round 1 has no upload arriving and checks it has no update.
+func waitUnchanged(t *testing.T, ts *testServer) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		st, err := ts.Status(1)
+		if err != nil || st.Clients != 0 {
+			t.Fatalf("round changed: %+v %v", st, err)
+		}
+		if st.Arriving == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("an upload still arriving: %+v", st)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestFlightBatchOverLimit sends batches, and a schema, larger than a Flight message may be
+// (limits.chunk_bytes + 64 KiB): the call is refused with ResourceExhausted naming the limit,
+// from the message's length prefix (nothing of it is read), and the round is unchanged; the
+// same update in batches within the limit is then accepted.
+func TestFlightBatchOverLimit(t *testing.T) {
+	leakCheck(t)
+	cfg, tokens, admin := testConfig(t, 2)
+	cfg.Limits.ChunkBytes = 64 << 10
+	ts := startServer(t, cfg, tokens, admin)
+	c, svc := flightServe(t, ts)
+	u := f32Set(t, [][]int{{256 << 10}}, func(_, i int) float32 { return float32(i % 13) })
+
+	_, err := flightSend(t, c, tokens["c0"], flightMessages(t, u, "1", 256<<10), "", true)
+	wantCode(t, err, codes.ResourceExhausted, "received message larger than max (262")
+	// gRPC answers from the length prefix, while the handler lets the upload go.
+	waitUnchanged(t, ts)
+	spool, err := os.ReadDir(filepath.Join(cfg.DataDir, "rounds", "000001", "spool"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(spool) != 0 {
+		t.Fatalf("spool files left: %v", spool)
+	}
+
+	// A layout whose schema message is over the limit (3000 tensors of long names).
+	shapes := make([][]int, 3000)
+	for i := range shapes {
+		shapes[i] = []int{1}
+	}
+	many := f32Set(t, shapes, func(int, int) float32 { return 1 })
+	for i := range many.Len() {
+		many.At(i).Name = fmt.Sprintf("encoder.layers.%04d.self_attention.query_key_value.weight", i)
+	}
+	_, err = flightSend(t, c, tokens["c1"], flightMessages(t, many, "1", 4096), "", true)
+	wantCode(t, err, codes.ResourceExhausted, "received message larger than max")
+	waitUnchanged(t, ts)
+
+	ack, err := flightSend(t, c, tokens["c0"], flightMessages(t, u, "1", 64<<10), "", true)
+	if err != nil || ack.Client != "c0" || ack.Seq != 0 {
+		t.Fatalf("push within the limit: %+v %v", ack, err)
+	}
+	waitBuffers(t, svc)
+}
+
+// TestFlightFloodHeap floods the server with 48 Flight clients pushing 4 MiB updates in 1 MiB
+// batches at once through 6 stream slots: the others are told ResourceExhausted (busy) and
+// retry; every update ends up in the round, every buffer is given back, and the heap never
+// grows by more than the streams' messages and buffers and a margin, far below the 192 MiB
+// sent.
+func TestFlightFloodHeap(t *testing.T) {
+	if testing.Short() {
+		t.Skip("flood")
+	}
+	leakCheck(t)
+	const clients, streams = 48, 6
+	cfg, tokens, admin := testConfig(t, clients)
+	cfg.Limits.MaxStreams = streams
+	ts := startServer(t, cfg, tokens, admin)
+	c, svc := flightServe(t, ts, grpc.WithDefaultCallOptions(grpc.ForceCodecV2(FlightCodec())))
+	u := f32Set(t, [][]int{{1 << 20}}, func(_, i int) float32 { return float32(i % 7) })
+	msgs := flightMessages(t, u, "1", DefaultChunkBytes)
+	runtime.GC()
+	var base runtime.MemStats
+	runtime.ReadMemStats(&base)
+	var peak atomic.Uint64
+	stop := make(chan struct{})
+	var sampler sync.WaitGroup
+	sampler.Add(1)
+	go func() {
+		defer sampler.Done()
+		for {
+			var m runtime.MemStats
+			runtime.ReadMemStats(&m)
+			if m.HeapInuse > peak.Load() {
+				peak.Store(m.HeapInuse)
+			}
+			select {
+			case <-stop:
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
+		}
+	}()
+	var busy atomic.Int64
+	var wg sync.WaitGroup
+	deadline := time.Now().Add(60 * time.Second)
+	errs := make(chan error, clients)
+	for k := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			id := fmt.Sprintf("c%d", k)
+			for try := 0; ; try++ {
+				_, err := flightSend(t, c, tokens[id], msgs, "", true)
+				st, _ := status.FromError(err)
+				switch {
+				case err == nil:
+					return
+				case st.Code() == codes.ResourceExhausted && strings.Contains(st.Message(), "max_streams") && try < 2000 && time.Now().Before(deadline):
+					busy.Add(1)
+					time.Sleep(time.Duration(5+k%10) * time.Millisecond)
+				default:
+					errs <- fmt.Errorf("%s: %v", id, err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(stop)
+	sampler.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	st := ts.waitState(t, 1, api.StateClosed)
+	if st.Clients != clients {
+		t.Fatalf("%d updates in the round, want %d", st.Clients, clients)
+	}
+	if busy.Load() == 0 {
+		t.Fatal("no upload was told the server was busy")
+	}
+	waitBuffers(t, svc)
+	grown := int64(peak.Load()) - int64(base.HeapInuse)
+	// Per stream: the message being read, the batch buffer it is copied into, the window of
+	// the next. The margin covers the test's own clients (same process) and the runtime.
+	limit := int64(streams*(2*ts.flightMessageLimit()+flightWindow)) + 48<<20
+	t.Logf("%d busy answers; heap grew by at most %d MiB (limit %d MiB) while %d MiB arrived",
+		busy.Load(), grown>>20, limit>>20, clients*4)
+	if grown > limit {
+		t.Fatalf("heap grew by %d MiB, over %d MiB", grown>>20, limit>>20)
+	}
+}
+
+// rawMessage is sent as it is by rawCodec: bytes that need not be a FlightData.
+type rawMessage []byte
+
+type rawCodec struct{ encoding.CodecV2 }
+
+func (c rawCodec) Marshal(v any) (mem.BufferSlice, error) {
+	if r, ok := v.(rawMessage); ok {
+		return mem.BufferSlice{mem.SliceBuffer(r)}, nil
+	}
+	return c.CodecV2.Marshal(v)
+}
+
+// TestFlightBadMessages: messages that cannot be part of an update are refused with
+// InvalidArgument naming what is wrong, a client that sends nothing is cut at the idle
+// timeout, and none of them changes the round or keeps a buffer; a message of app_metadata
+// alone is passed over.
+func TestFlightBadMessages(t *testing.T) {
+	leakCheck(t)
+	cfg, tokens, admin := testConfig(t, 2)
+	cfg.Limits.IdleTimeout = Duration(300 * time.Millisecond)
+	ts := startServer(t, cfg, tokens, admin)
+	c, svc := flightServe(t, ts)
+	u := f32Set(t, [][]int{{3000}}, func(_, i int) float32 { return float32(i) })
+	msgs := flightMessages(t, u, "1", 4096)
+	if len(msgs) < 3 {
+		t.Fatalf("%d messages, want a schema and at least 2 batches", len(msgs))
+	}
+	with := func(i int, d *flight.FlightData) []*flight.FlightData {
+		out := append([]*flight.FlightData(nil), msgs...)
+		out[i] = d
+		return out
+	}
+	n := len(msgs[1].DataBody)
+	_, err := flightSend(t, c, tokens["c0"], with(1, &flight.FlightData{DataHeader: msgs[1].DataHeader, DataBody: msgs[1].DataBody[:n-8]}), "", true)
+	wantCode(t, err, codes.InvalidArgument, fmt.Sprintf("Flight message 2 has a data_body of %d bytes, its data_header declares %d", n-8, n))
+	_, err = flightSend(t, c, tokens["c0"], with(1, &flight.FlightData{DataBody: msgs[1].DataBody}), "", true)
+	wantCode(t, err, codes.InvalidArgument, "Flight message 2 has a data_body but no data_header")
+
+	// Not protobuf at all, as the second message.
+	md := metadata.Pairs("authorization", "Bearer "+tokens["c0"])
+	stream, err := c.DoPut(metadata.NewOutgoingContext(context.Background(), md), grpc.ForceCodecV2(rawCodec{FlightCodec()}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(msgs[0]); err != nil {
+		t.Fatal(err)
+	}
+	stream.SendMsg(rawMessage{0xC2, 0x3E, 0x7F, 1, 2})
+	stream.CloseSend()
+	_, err = stream.Recv()
+	wantCode(t, err, codes.InvalidArgument, "malformed FlightData: field 1000 of 127 bytes, 2 left")
+
+	// Nothing after the call's headers: cut at the idle timeout, the stream slot given back.
+	stream, err = c.DoPut(metadata.NewOutgoingContext(context.Background(), md))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = stream.Recv()
+	wantCode(t, err, codes.DeadlineExceeded, "no message arrived for 300ms")
+	waitUnchanged(t, ts)
+	if n := len(ts.streams); n != 0 {
+		t.Fatalf("%d stream slots still taken", n)
+	}
+
+	// app_metadata alone, between batches, is no part of the update.
+	out := append(append(append([]*flight.FlightData(nil), msgs[:2]...), &flight.FlightData{AppMetadata: []byte("progress")}), msgs[2:]...)
+	ack, err := flightSend(t, c, tokens["c0"], out, "", true)
+	if err != nil || ack.Client != "c0" {
+		t.Fatalf("push with app_metadata: %+v %v", ack, err)
+	}
+	waitBuffers(t, svc)
 }

@@ -43,13 +43,35 @@ type Upload struct {
 // or ErrConflict (an update from the client is already arriving). A client whose update is
 // already acknowledged gets an Upload too: Ingest then compares the new update with it.
 func (s *Server) BeginUpload(ctx context.Context, client string, n int, protocol string) (*Upload, error) {
+	if err := s.takeStream(); err != nil {
+		return nil, err
+	}
+	return s.beginUpload(ctx, client, n, protocol)
+}
+
+// takeStream reserves a stream slot (limits.max_streams) or fails with ErrBusy. A protocol that
+// must read before it knows the round (Flight's first message carries it) takes the slot first,
+// so that what it reads is bounded by the slots too, and hands it to beginUpload.
+func (s *Server) takeStream() error {
 	select {
 	case s.streams <- struct{}{}:
 	default:
-		return nil, fmt.Errorf("%w: %d uploads are in progress (limits.max_streams); retry shortly", ErrBusy, cap(s.streams))
+		return fmt.Errorf("%w: %d uploads are in progress (limits.max_streams); retry shortly", ErrBusy, cap(s.streams))
 	}
-	u := &Upload{srv: s, client: client, protocol: protocol, slot: true}
 	s.metrics.streams.Inc()
+	return nil
+}
+
+// releaseStream gives back a slot of takeStream.
+func (s *Server) releaseStream() {
+	<-s.streams
+	s.metrics.streams.Dec()
+}
+
+// beginUpload is BeginUpload with the stream slot taken: the Upload owns it from here, and
+// gives it back when it fails or closes.
+func (s *Server) beginUpload(ctx context.Context, client string, n int, protocol string) (*Upload, error) {
+	u := &Upload{srv: s, client: client, protocol: protocol, slot: true}
 	r, err := s.round(n)
 	if err != nil {
 		u.Close()
@@ -107,8 +129,7 @@ func (u *Upload) closeLocked() {
 		u.cancel(context.Canceled)
 	}
 	if u.slot {
-		<-u.srv.streams
-		u.srv.metrics.streams.Dec()
+		u.srv.releaseStream()
 	}
 }
 
