@@ -70,7 +70,6 @@ func (s *Server) flightServer() (*grpc.Server, *flightService, error) {
 		grpc.MaxRecvMsgSize(s.flightMessageLimit()),
 		grpc.InitialWindowSize(flightWindow),
 		grpc.InitialConnWindowSize(flightConnWindow),
-		grpc.ReadBufferSize(flightReadBuffer),
 		experimental.BufferPool(&framePool{}),
 	}
 	tc, err := s.tlsConfig()
@@ -89,10 +88,6 @@ func (s *Server) flightServer() (*grpc.Server, *flightService, error) {
 // not a stream reads it (stream windows bound the memory), so it only needs to keep the
 // connection's streams sending between two window updates.
 const flightConnWindow = 1 << 20
-
-// flightReadBuffer is the read buffer of a connection: each read system call takes up to this
-// much from the socket (gRPC's default, 32 KiB, is two 16 KiB frames).
-const flightReadBuffer = 256 << 10
 
 // maxFlightMessage bounds the IPC messages SendIPC cuts from a stream: a sanity bound on
 // what a corrupt stream's lengths may make it allocate, not the server's limit

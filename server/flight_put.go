@@ -29,7 +29,11 @@ func (s *Server) flightMessageLimit() int { return s.cfg.Limits.ChunkBytes + fli
 // flightWindow is the flow-control window of a stream: what a client may send beyond the
 // message the server is reading. gRPC widens it for the message being read (the whole message
 // may come at once), so a small window costs no round trips within a message; it only bounds
-// how much of the next message waits while the current one is processed.
+// how much of the next message waits while the current one is processed. Measured here (64
+// clients × 5M f32 in 1 MiB batches, loopback): windows of 64 KiB, 256 KiB and 1 MiB ingested
+// at the same rate (0.72-0.77 GB/s) and the server's peak RSS grew with the window (158, 165
+// and 179 MiB). gRPC's default read buffer (32 KiB) was kept on the same evidence: 256 KiB
+// was 2% faster, within the noise, for 8 MiB more.
 const flightWindow = 64 << 10
 
 // putReceiver receives a DoPut's messages one at a time, when asked: gRPC reads a message

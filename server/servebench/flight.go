@@ -141,7 +141,9 @@ func flightMessages(s *tensor.Set) ([]*flight.FlightData, error) {
 
 // flightPush sends msgs as an update over Flight DoPut, the first with the round's descriptor,
 // and waits for the acknowledgement. The messages are shared between clients and only read:
-// the Flight codec sends bodies from where they are.
+// the Flight codec sends bodies from where they are. A 256 KiB write buffer (gRPC's default is
+// 32 KiB: more write system calls) made a 64 × 5M-parameter row faster here: 0.71-0.73
+// against 0.60-0.66 GB/s.
 func flightPush(ctx context.Context, addr, token string, round int, msgs []*flight.FlightData) error {
 	c, err := flight.NewClientWithMiddleware(addr, nil, nil, grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithDefaultCallOptions(grpc.ForceCodecV2(server.FlightCodec())), grpc.WithWriteBufferSize(256<<10))
