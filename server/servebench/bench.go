@@ -125,6 +125,12 @@ func serverConfig(dir string, n, streams int, extra, top map[string]any) (string
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return "", nil, err
 	}
+	// A data directory an earlier run left under the same --dir holds round 1 closed with the
+	// same clients' updates: every push would be an idempotent retry, acknowledged without
+	// writing anything, and the row would measure that.
+	if err := os.RemoveAll(filepath.Join(dir, "data")); err != nil {
+		return "", nil, err
+	}
 	tokens := make([]string, n)
 	clients := make([]map[string]string, n)
 	for k := range tokens {
