@@ -209,8 +209,9 @@ func sqDist64AVX2(pd, pn *[Lanes]float64, x []byte, z []float64) {
 // largest multiple of 8 elements: the centre first (into tmp), the squared norms by the core
 // family's sum of squares (the same lanes and FMAs as gramGeneric's), the tiles in row ranges
 // each preceded by the prefetch of a share of the inputs' next block, and the reference on the
-// rest. It measured 1.5-1.9x the packed avx2 kernels (16-24 against 12.5 GFMA/s per core for 32
-// inputs in cache on Zen 4), whose packing pass costs as much as a quarter of the tiles.
+// rest. It measured 1.4-1.5x the packed avx2 kernels it replaced (17.9-19.2 against 12.5-13.0
+// GFMA/s per core for 32 inputs in cache on Zen 4), whose packing pass cost a quarter of the
+// tiles' time.
 func gramDirectAVX2(p, sq []float64, x [][]byte, elems int, tmp []float64) {
 	n := len(x)
 	m := elems &^ 7
