@@ -18,8 +18,8 @@ import (
 //
 // Each term a_k·x_k is rounded to a grid of 2^G per tensor and added as an integer
 // (device.AccField with Acc I64: two int64 limbs per parameter, 16 bytes). The grid depends on
-// what the round declares, never on what arrives: a bound B on every value (ExactBound,
-// ExactTensorBound) and a cap T on the total weight (ExactMaxWeight) give
+// what the round declares, never on what arrives: a bound B on every value (ExactSum.Bound,
+// ExactSum.TensorBounds) and a cap T on the total weight (ExactSum.MaxWeight) give
 //
 //	G = ⌈log2 B⌉ + ⌈log2 T⌉ − 101,
 //
@@ -49,8 +49,18 @@ const (
 // 2^103), and a round's sum below 2^103 (the limbs hold 2^115).
 const exactTermBits = 101
 
-// ExactOption configures WithExactSum.
-type ExactOption func(*exactConfig) error
+// ExactSum is what a round's exact sums are set up for (WithExactSum); a zero field takes its
+// default.
+type ExactSum struct {
+	// Bound bounds every value of every tensor: |x| ≤ Bound (default DefaultExactBound). A
+	// smaller bound is a finer grid.
+	Bound float64
+	// TensorBounds bound the values of the named tensors, overriding Bound for them.
+	TensorBounds map[string]float64
+	// MaxWeight caps the total weight of a round's clients, and the weight a global model
+	// enters the sum with (default DefaultExactMaxWeight). A smaller cap is a finer grid.
+	MaxWeight float64
+}
 
 type exactConfig struct {
 	bound     float64
@@ -63,57 +73,32 @@ type exactConfig struct {
 // through. It applies to FedAvg, the server optimizers and the private means, in batch and
 // incremental rounds; a secure sum is exact already (its modular sum), and rules that need every
 // update at once (median, Krum, ...) refuse it. Updates must be f32, bf16, f16 or i8, the output
-// f32, bf16, f16 or i8.
-func WithExactSum(opts ...ExactOption) Option {
+// f32, bf16, f16 or i8. A bound or cap that is not a positive finite number is an ErrOption.
+func WithExactSum(set ExactSum) Option {
 	return func(c *config) error {
 		e := &exactConfig{bound: DefaultExactBound, maxWeight: DefaultExactMaxWeight}
-		for _, o := range opts {
-			if o == nil {
-				return fmt.Errorf("%w: nil exact-sum option", ErrOption)
-			}
-			if err := o(e); err != nil {
+		if set.Bound != 0 {
+			if err := checkPositive("exact-sum bound", set.Bound); err != nil {
 				return err
 			}
+			e.bound = set.Bound
+		}
+		if set.MaxWeight != 0 {
+			if err := checkPositive("exact-sum weight cap", set.MaxWeight); err != nil {
+				return err
+			}
+			e.maxWeight = set.MaxWeight
+		}
+		for name, b := range set.TensorBounds {
+			if err := checkPositive(fmt.Sprintf("exact-sum bound of %q", name), b); err != nil {
+				return err
+			}
+			if e.bounds == nil {
+				e.bounds = map[string]float64{}
+			}
+			e.bounds[name] = b
 		}
 		c.exact = e
-		return nil
-	}
-}
-
-// ExactBound bounds every value of every tensor: |x| ≤ b (default DefaultExactBound). A smaller
-// bound is a finer grid.
-func ExactBound(b float64) ExactOption {
-	return func(e *exactConfig) error {
-		if err := checkPositive("exact-sum bound", b); err != nil {
-			return err
-		}
-		e.bound = b
-		return nil
-	}
-}
-
-// ExactTensorBound bounds the values of the named tensor, overriding ExactBound for it.
-func ExactTensorBound(name string, b float64) ExactOption {
-	return func(e *exactConfig) error {
-		if err := checkPositive(fmt.Sprintf("exact-sum bound of %q", name), b); err != nil {
-			return err
-		}
-		if e.bounds == nil {
-			e.bounds = map[string]float64{}
-		}
-		e.bounds[name] = b
-		return nil
-	}
-}
-
-// ExactMaxWeight caps the total weight of a round's clients, and the weight a global model
-// enters the sum with (default DefaultExactMaxWeight). A smaller cap is a finer grid.
-func ExactMaxWeight(w float64) ExactOption {
-	return func(e *exactConfig) error {
-		if err := checkPositive("exact-sum weight cap", w); err != nil {
-			return err
-		}
-		e.maxWeight = w
 		return nil
 	}
 }
@@ -262,7 +247,7 @@ func (r *Round) exactWeight(c *Client) (float64, error) {
 	total := new(big.Float).SetPrec(exactPrec).Add(r.sum.exactTotals().sumA, new(big.Float).SetFloat64(a))
 	if total.Cmp(big.NewFloat(r.cfg.exact.maxWeight)) > 0 {
 		t, _ := total.Float64()
-		return 0, fmt.Errorf("%s: %w: weight %v takes the round's total to %v, beyond the exact sums' cap %v (ExactMaxWeight, --exact-max-weight)",
+		return 0, fmt.Errorf("%s: %w: weight %v takes the round's total to %v, beyond the exact sums' cap %v (ExactSum.MaxWeight, --exact-max-weight)",
 			c.Source, ErrOutOfRange, a, t, r.cfg.exact.maxWeight)
 	}
 	return a, nil
@@ -281,7 +266,7 @@ func (r *Round) exactGlobalWeight(ctx context.Context, d float64) (float64, erro
 	}
 	bf, _ := b.Float64()
 	if math.Abs(bf) > r.cfg.exact.maxWeight {
-		return 0, fmt.Errorf("%s: %w: it enters the sum with weight %v, beyond the exact sums' cap %v (ExactMaxWeight, --exact-max-weight)",
+		return 0, fmt.Errorf("%s: %w: it enters the sum with weight %v, beyond the exact sums' cap %v (ExactSum.MaxWeight, --exact-max-weight)",
 			globalName(r.global.set), ErrOutOfRange, bf, r.cfg.exact.maxWeight)
 	}
 	if s.deferred {

@@ -32,7 +32,7 @@ func BenchmarkExactMean(b *testing.B) {
 		b.Run(fmt.Sprintf("clients=%d/params=%d/sum=%s", clients, params, mode), func(b *testing.B) {
 			opts := []aggregate.Option{aggregate.WithDevices(dev), aggregate.WithOutDType(tensor.F32)}
 			if mode == "exact" {
-				opts = append(opts, aggregate.WithExactSum())
+				opts = append(opts, aggregate.WithExactSum(aggregate.ExactSum{}))
 			} else {
 				opts = append(opts, aggregate.WithAccumulator(tensor.F32))
 			}

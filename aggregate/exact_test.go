@@ -164,7 +164,7 @@ func exactDevices(t *testing.T) []device.Device {
 func runExact(t *testing.T, c exactCase, mode int, dev device.Device, global *tensor.Set, updates []*tensor.Set, weights []float64, extra ...aggregate.Option) *tensor.Set {
 	t.Helper()
 	ctx := context.Background()
-	opts := append(slices.Clone(c.options), aggregate.WithExactSum(), aggregate.WithDevices(dev), aggregate.WithChunkBytes(8192))
+	opts := append(slices.Clone(c.options), aggregate.WithExactSum(aggregate.ExactSum{}), aggregate.WithDevices(dev), aggregate.WithChunkBytes(8192))
 	if global != nil {
 		opts = append(opts, aggregate.WithGlobal(global))
 	}
@@ -271,7 +271,7 @@ func TestExactPartials(t *testing.T) {
 			weights := exactWeights(r, n, c.counts)
 			want := runExact(t, c, 0, devs[0], global, updates, weights)
 			opts := func(dev device.Device) []aggregate.Option {
-				o := append(slices.Clone(c.options), aggregate.WithExactSum(), aggregate.WithDevices(dev), aggregate.WithChunkBytes(8192))
+				o := append(slices.Clone(c.options), aggregate.WithExactSum(aggregate.ExactSum{}), aggregate.WithDevices(dev), aggregate.WithChunkBytes(8192))
 				if global != nil {
 					o = append(o, aggregate.WithGlobal(global))
 				}
@@ -354,12 +354,12 @@ func TestExactAccuracy(t *testing.T) {
 	ctx := context.Background()
 	configs := []struct {
 		name  string
-		opts  []aggregate.ExactOption
+		set   aggregate.ExactSum
 		bound float64 // the grid: 2^(⌈log2 bound⌉ + ⌈log2 cap⌉ − 101)
 		cap   float64
 	}{
-		{"default-grid", nil, aggregate.DefaultExactBound, aggregate.DefaultExactMaxWeight},
-		{"fine-grid", []aggregate.ExactOption{aggregate.ExactBound(16), aggregate.ExactMaxWeight(1 << 24)}, 16, 1 << 24},
+		{"default-grid", aggregate.ExactSum{}, aggregate.DefaultExactBound, aggregate.DefaultExactMaxWeight},
+		{"fine-grid", aggregate.ExactSum{Bound: 16, MaxWeight: 1 << 24}, 16, 1 << 24},
 	}
 	for _, cfg := range configs {
 		t.Run(cfg.name, func(t *testing.T) {
@@ -383,7 +383,7 @@ func TestExactAccuracy(t *testing.T) {
 					updates[k].Source = fmt.Sprintf("c%d", k)
 				}
 				weights := exactWeights(r, n, trial%2 == 0)
-				mean, _, err := aggregate.WeightedMean(ctx, updates, weights, aggregate.WithExactSum(cfg.opts...))
+				mean, _, err := aggregate.WeightedMean(ctx, updates, weights, aggregate.WithExactSum(cfg.set))
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -454,7 +454,7 @@ func TestExactErrors(t *testing.T) {
 	bad.Source = "bad.safetensors"
 	w := must(bad.At(0).F32())(t)
 	w[1234] = 9
-	opts := []aggregate.Option{aggregate.WithExactSum(aggregate.ExactBound(8))}
+	opts := []aggregate.Option{aggregate.WithExactSum(aggregate.ExactSum{Bound: 8})}
 
 	// Batch: the job finds it as it sums, and names the file.
 	_, _, err := aggregate.WeightedMean(ctx, []*tensor.Set{updates[0], updates[1], bad}, nil, opts...)
@@ -508,7 +508,7 @@ func TestExactErrors(t *testing.T) {
 	}
 
 	// Weights beyond the cap: the round's total, then the one that would pass it.
-	capped := round(aggregate.WithExactSum(aggregate.ExactMaxWeight(100)))
+	capped := round(aggregate.WithExactSum(aggregate.ExactSum{MaxWeight: 100}))
 	if err := capped.Add(ctx, updates[0], 60); err != nil {
 		t.Fatal(err)
 	}
@@ -524,7 +524,7 @@ func TestExactErrors(t *testing.T) {
 	g.Source = "global.safetensors"
 	must(g.At(1).F32())(t)[2] = -100
 	rule := must(optim.New("fedavgm"))(t)
-	gr := must(aggregate.NewRound(ctx, rule, aggregate.WithGlobal(g), aggregate.WithExactSum(aggregate.ExactBound(8))))(t)
+	gr := must(aggregate.NewRound(ctx, rule, aggregate.WithGlobal(g), aggregate.WithExactSum(aggregate.ExactSum{Bound: 8})))(t)
 	defer gr.Close()
 	if err := gr.Add(ctx, updates[1], 1); err != nil {
 		t.Fatal(err)
@@ -539,21 +539,23 @@ func TestExactErrors(t *testing.T) {
 		run  func() error
 	}{
 		{"with an accumulator", func() error {
-			return aggregate.CheckOptions(aggregate.WithExactSum(), aggregate.WithAccumulator(tensor.F64))
+			return aggregate.CheckOptions(aggregate.WithExactSum(aggregate.ExactSum{}), aggregate.WithAccumulator(tensor.F64))
 		}},
 		{"f64 output", func() error {
-			_, _, err := aggregate.WeightedMean(ctx, updates, nil, aggregate.WithExactSum(), aggregate.WithOutDType(tensor.F64))
+			_, _, err := aggregate.WeightedMean(ctx, updates, nil, aggregate.WithExactSum(aggregate.ExactSum{}), aggregate.WithOutDType(tensor.F64))
 			return err
 		}},
 		{"median", func() error {
-			_, err := aggregate.NewRound(ctx, robust.NewMedian(), aggregate.WithExactSum())
+			_, err := aggregate.NewRound(ctx, robust.NewMedian(), aggregate.WithExactSum(aggregate.ExactSum{}))
 			return err
 		}},
-		{"bound 0", func() error { return aggregate.CheckOptions(aggregate.WithExactSum(aggregate.ExactBound(0))) }},
+		{"bound -1", func() error { return aggregate.CheckOptions(aggregate.WithExactSum(aggregate.ExactSum{Bound: -1})) }},
 		{"infinite cap", func() error {
-			return aggregate.CheckOptions(aggregate.WithExactSum(aggregate.ExactMaxWeight(math.Inf(1))))
+			return aggregate.CheckOptions(aggregate.WithExactSum(aggregate.ExactSum{MaxWeight: math.Inf(1)}))
 		}},
-		{"nil option", func() error { return aggregate.CheckOptions(aggregate.WithExactSum(nil)) }},
+		{"tensor bound NaN", func() error {
+			return aggregate.CheckOptions(aggregate.WithExactSum(aggregate.ExactSum{TensorBounds: map[string]float64{"w": math.NaN()}}))
+		}},
 	} {
 		if err := c.run(); !errors.Is(err, aggregate.ErrOption) {
 			t.Errorf("%s: err = %v, want ErrOption", c.name, err)
@@ -575,7 +577,7 @@ func TestExactErrors(t *testing.T) {
 	if _, err := aggregate.MergePartials(p1, p2); !errors.Is(err, aggregate.ErrDuplicate) {
 		t.Errorf("merging partials that share a client: err = %v", err)
 	}
-	other := part([]aggregate.Option{aggregate.WithExactSum(aggregate.ExactBound(4))}, updates[3])
+	other := part([]aggregate.Option{aggregate.WithExactSum(aggregate.ExactSum{Bound: 4})}, updates[3])
 	if _, err := aggregate.MergePartials(p1, other); !errors.Is(err, aggregate.ErrOption) {
 		t.Errorf("merging partials on different grids: err = %v", err)
 	}
@@ -646,7 +648,7 @@ func TestExactSecureSum(t *testing.T) {
 	}
 	rev := slices.Clone(masked)
 	slices.Reverse(rev)
-	got, _, err := aggregate.Aggregate(ctx, rule(), rev, nil, aggregate.WithExactSum())
+	got, _, err := aggregate.Aggregate(ctx, rule(), rev, nil, aggregate.WithExactSum(aggregate.ExactSum{}))
 	if err != nil {
 		t.Fatal(err)
 	}

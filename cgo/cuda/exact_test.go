@@ -34,7 +34,7 @@ func TestExactSumsOnGPU(t *testing.T) {
 				}
 				return us, ws
 			}
-			exact := aggregate.WithExactSum(aggregate.ExactBound(64))
+			exact := aggregate.WithExactSum(aggregate.ExactSum{Bound: 64})
 			for _, rule := range []string{"fedavg", "fedadam"} {
 				t.Run(rule, func(t *testing.T) {
 					build := func() aggregate.Rule {

@@ -198,7 +198,11 @@ func aggregateOptions(f aggregateFlags) ([]aggregate.Option, error) {
 	}
 	switch {
 	case f.acc == "exact":
-		opts = append(opts, aggregate.WithExactSum(aggregate.ExactBound(f.exact.bound), aggregate.ExactMaxWeight(f.exact.maxWeight)))
+		// Zero would mean "the default" to the library: on the command line it is a bad value.
+		if !(f.exact.bound > 0) || !(f.exact.maxWeight > 0) {
+			return nil, usagef("--exact-bound %v, --exact-max-weight %v: want positive finite numbers", f.exact.bound, f.exact.maxWeight)
+		}
+		opts = append(opts, aggregate.WithExactSum(aggregate.ExactSum{Bound: f.exact.bound, MaxWeight: f.exact.maxWeight}))
 	case f.exact.changed():
 		return nil, usagef("--exact-bound and --exact-max-weight go with --acc exact")
 	case f.acc != "":

@@ -61,4 +61,9 @@ func TestAggregateExact(t *testing.T) {
 	}
 	_, stderr, code := wattagg(t, "aggregate", "-o", filepath.Join(dir, "y.safetensors"), "--exact-bound", "4", files[0])
 	checkFailure(t, stderr, code, 2, "--acc exact")
+	for _, bad := range [][]string{{"--exact-bound", "0"}, {"--exact-bound", "-1"}, {"--exact-max-weight", "0"}, {"--exact-max-weight", "NaN"}} {
+		args := append([]string{"aggregate", "-o", filepath.Join(dir, "y.safetensors"), "--acc", "exact"}, bad...)
+		_, stderr, code := wattagg(t, append(args, files[0])...)
+		checkFailure(t, stderr, code, 2, bad[0])
+	}
 }
