@@ -51,38 +51,30 @@ func robustInputs(fields []device.AccField, inputs [][]device.Span) error {
 // robustDType reports whether the robust operations take dt (device.Robust).
 func robustDType(dt tensor.DType) bool { return dt.Real() && dt != tensor.F64 }
 
-// Gram implements device.Robust with the GPU's Gram matrix of the inputs themselves,
-// G[a][b] = Σ_t Σ_j x_a[t][j]·x_b[t][j] in f64, the values widened to f32 as the CPU device widens
-// them, so every product is exact. The matrix is computed in 64×64 tiles through shared memory,
-// each coordinate block's partial sums added in a fixed order; it is symmetric bit for bit.
-//
-// It is not yet centred as device.Robust asks (wa_gram does not subtract each coordinate's
-// centre): it is returned as centred on 0, with the norms from its diagonal, so Krum's
-// distances between clients that differ slightly cancel on the GPU as they did everywhere
-// before (device.GramMatrix); the conformance tests Gram and GramDistancesPrecise say so.
+// Gram implements device.Robust: the Gram matrix of the inputs centred on their mean at each
+// coordinate, and their squared norms (device.GramMatrix), the values widened to f32 as the CPU
+// device widens them. Per segment, wa_gram_centre computes the centres r_j as kernels.GramF32
+// does (the same f32 operations in the same order, so the same bits), wa_gram subtracts them as it
+// loads, so every difference and product is the CPU's exact f64 value, and computes the matrix in
+// 64×64 tiles through shared memory; it is symmetric bit for bit. The norms Σ x_a[j]² come from
+// wa_sqdist with the centres as its point (its squared norms; the distances to the centres are
+// not used): a third read of the inputs on the GPU, where host inputs already cost a PCIe copy.
+// Only the order of the f64 additions differs from the CPU's (see above).
 func (g *GPU) Gram(ctx context.Context, fields []device.AccField, inputs [][]device.Span) (device.GramMatrix, device.Stats, error) {
 	if err := robustInputs(fields, inputs); err != nil {
 		return device.GramMatrix{}, device.Stats{}, err
 	}
-	m, stats, err := g.gram(ctx, fields, g.hostSource(inputs))
-	if err != nil {
-		return device.GramMatrix{}, stats, err
-	}
-	norms := make([]float64, len(m))
-	for a := range m {
-		norms[a] = m[a][a]
-	}
-	return device.GramMatrix{Centred: m, SqNorms: norms}, stats, nil
+	return g.gram(ctx, fields, g.hostSource(inputs))
 }
 
 // gramResident is Gram over device-resident inputs (f32, f16, bf16 or i8 tensors).
-func (g *GPU) gramResident(ctx context.Context, inputs []*resident) ([][]float64, device.Stats, error) {
+func (g *GPU) gramResident(ctx context.Context, inputs []*resident) (device.GramMatrix, device.Stats, error) {
 	fields, err := residentFields(g, inputs, nil)
 	if err != nil {
-		return nil, device.Stats{}, err
+		return device.GramMatrix{}, device.Stats{}, err
 	}
 	if err := checkResidentDTypes(inputs, robustDType, "multiplied (the robust operations take f32, f16, bf16 and i8)"); err != nil {
-		return nil, device.Stats{}, err
+		return device.GramMatrix{}, device.Stats{}, err
 	}
 	return g.gram(ctx, fields, source{res: inputs})
 }
@@ -90,33 +82,42 @@ func (g *GPU) gramResident(ctx context.Context, inputs []*resident) ([][]float64
 // Gram kernel geometry (reduce.cu).
 const gramTile = 64
 
-func (g *GPU) gram(ctx context.Context, fields []device.AccField, src source) ([][]float64, device.Stats, error) {
+func (g *GPU) gram(ctx context.Context, fields []device.AccField, src source) (device.GramMatrix, device.Stats, error) {
 	n := src.count()
 	if n == 0 {
-		return [][]float64{}, device.Stats{Device: g.Name()}, ctx.Err()
+		return device.GramMatrix{Centred: [][]float64{}, SqNorms: []float64{}}, device.Stats{Device: g.Name()}, ctx.Err()
 	}
 	tiles := (n + gramTile - 1) / gramTile
 	pairs := tiles * (tiles + 1) / 2
 	if pairs > 65535 {
-		return nil, device.Stats{}, fmt.Errorf("%s: %w: Gram matrix of %d inputs (at most %d)", g.Name(), device.ErrUnsupported, n, 361*gramTile)
+		return device.GramMatrix{}, device.Stats{}, fmt.Errorf("%s: %w: Gram matrix of %d inputs (at most %d)", g.Name(), device.ErrUnsupported, n, 361*gramTile)
 	}
 	// Enough blocks to fill the GPU four times over, each covering a share of the coordinates.
 	parts := max(1, min(1024, 4*g.attrs.sms/pairs))
 	m := int64(pairs * gramTile * gramTile)
 	partial := int64(parts) * m * 8
-	v := make([]float64, m)
+	// Device scratch: the partial tiles, the summed tiles, then wa_sqdist's partial distances
+	// and norms (n·sumsqBlocks f64 each); the last three are fetched with one copy.
+	sq := int64(n) * sumsqBlocks
+	fetched := m + 2*sq
+	v := make([]float64, fetched)
 	op := &gramOp{slices: parts, pairs: pairs}
 	j := &job{g: g, fields: fields, src: src, op: op, ordered: true,
 		begin: func(ln *lane, s cuStream) error {
-			dev, _, err := g.scratchBuffers(ln, partial+m*8, m*8)
+			dev, _, err := g.scratchBuffers(ln, partial+fetched*8, fetched*8)
 			if err != nil {
 				return err
 			}
 			op.partial = dev
-			return g.memsetErr(dev, partial, s)
+			op.pd = dev + uint64(partial+m*8)
+			op.pn = op.pd + uint64(sq*8)
+			if err := g.memsetErr(dev, partial, s); err != nil {
+				return err
+			}
+			return g.memsetErr(op.pd, 2*sq*8, s)
 		},
 		end: func(ln *lane, s cuStream) error {
-			dev, _, err := g.scratchBuffers(ln, partial+m*8, m*8)
+			dev, _, err := g.scratchBuffers(ln, partial+fetched*8, fetched*8)
 			if err != nil {
 				return err
 			}
@@ -132,11 +133,11 @@ func (g *GPU) gram(ctx context.Context, fields []device.AccField, src source) ([
 		}}
 	stats, err := j.run(ctx)
 	if err != nil {
-		return nil, stats, err
+		return device.GramMatrix{}, stats, err
 	}
-	gm := make([][]float64, n)
-	for a := range gm {
-		gm[a] = make([]float64, n)
+	gm := device.GramMatrix{Centred: make([][]float64, n), SqNorms: make([]float64, n)}
+	for a := range gm.Centred {
+		gm.Centred[a] = make([]float64, n)
 	}
 	p := 0
 	for ta := range tiles {
@@ -146,30 +147,55 @@ func (g *GPU) gram(ctx context.Context, fields []device.AccField, src source) ([
 					ra, rb := ta*gramTile+a, tb*gramTile+b
 					if ra < n && rb < n {
 						x := v[p*gramTile*gramTile+a*gramTile+b]
-						gm[ra][rb], gm[rb][ra] = x, x
+						gm.Centred[ra][rb], gm.Centred[rb][ra] = x, x
 					}
 				}
 			}
 			p++
 		}
 	}
+	norms := v[m+sq:]
+	for a := range n {
+		for _, x := range norms[a*sumsqBlocks : (a+1)*sumsqBlocks] {
+			gm.SqNorms[a] += x
+		}
+	}
 	return gm, stats, nil
 }
 
+// gramOp runs, per segment, wa_gram_centre into the segment's scratch (an f32 centre per
+// element), wa_gram over the centred values, and wa_sqdist for the squared norms.
 type gramOp struct {
 	slices, pairs int
-	partial       uint64
+	partial       uint64 // the partial tiles: slices·pairs·64·64 f64
+	pd, pn        uint64 // wa_sqdist's partial sums: n·sumsqBlocks f64 each
 }
 
-func (*gramOp) scratch(int) int { return 0 }
+func (*gramOp) scratch(int) int { return 4 }
 
 func (o *gramOp) segment(b *batch, k int) error {
 	g := b.j.g
 	sg := b.sl.segs[k]
+	n := int64(sg.hi - sg.lo)
 	rows, dts, scales := describeInputs(b, k, b.j.src.count())
-	args := []uint64{param(b, rows), param(b, dts), param(b, scales), argInt(len(rows)), uint64(sg.hi - sg.lo), o.partial}
-	grid := [3]uint32{uint32(o.slices), uint32(o.pairs), 1}
-	b.enqueue(func(s cuStream) error { return g.launch2(s, "wa_gram", grid, 256, 0, args...) })
+	prow, pdt, psc := param(b, rows), param(b, dts), param(b, scales)
+	cen := b.scratchAt(k)
+	cgrid, err := blocks(n, 256)
+	if err != nil {
+		return err
+	}
+	dgrid, err := blocks(n, sqdistPerBlock)
+	if err != nil {
+		return err
+	}
+	cargs := []uint64{prow, pdt, psc, argInt(len(rows)), uint64(n), cen}
+	gargs := []uint64{prow, pdt, psc, argInt(len(rows)), uint64(n), cen, o.partial}
+	dargs := []uint64{prow, pdt, psc, cen, uint64(n), o.pd, o.pn, argInt(sumsqBlocks)}
+	ggrid := [3]uint32{uint32(o.slices), uint32(o.pairs), 1}
+	dgrid2 := [3]uint32{min(dgrid, sumsqBlocks), uint32(len(rows)), 1}
+	b.enqueue(func(s cuStream) error { return g.launch(s, "wa_gram_centre", cgrid, 256, 0, cargs...) })
+	b.enqueue(func(s cuStream) error { return g.launch2(s, "wa_gram", ggrid, 256, 0, gargs...) })
+	b.enqueue(func(s cuStream) error { return g.launch2(s, "wa_sqdist", dgrid2, 256, 0, dargs...) })
 	return nil
 }
 

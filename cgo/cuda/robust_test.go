@@ -172,8 +172,10 @@ func TestSelectGlobalColumns(t *testing.T) {
 	}
 }
 
-// gramResident is Gram over device-resident inputs: the same values (f32-widened), within f64
-// rounding of the reference; f64 residents are refused as the robust operations refuse f64.
+// gramResident is Gram over device-resident inputs: the matrix of the same values (f32-widened)
+// centred on devicetest.GramCentre's centres and the squared norms of the uncentred values, each
+// within f64 rounding of a plain reference, the matrix symmetric bit for bit; f64 residents are
+// refused as the robust operations refuse f64.
 func TestGramResident(t *testing.T) {
 	r := rand.New(rand.NewPCG(54, 55))
 	for _, d := range gpus(t, fakePlain, fakePipeline) {
@@ -190,6 +192,21 @@ func TestGramResident(t *testing.T) {
 							}
 						}
 					}
+					elems := len(vals[0])
+					ys := make([][]float64, n)
+					for i := range ys {
+						ys[i] = make([]float64, elems)
+					}
+					col := make([]float64, n)
+					for j := range elems {
+						for i := range n {
+							col[i] = vals[i][j]
+						}
+						c := devicetest.GramCentre(col)
+						for i := range n {
+							ys[i][j] = vals[i][j] - c
+						}
+					}
 					got, stats, err := d.g.gramResident(context.Background(), uploadAll(t, d.g, fields, in))
 					if err != nil {
 						t.Fatal(err)
@@ -197,15 +214,25 @@ func TestGramResident(t *testing.T) {
 					if stats.Elements != 308 || stats.Device != d.g.Name() {
 						t.Errorf("stats %+v", stats)
 					}
+					if len(got.Centred) != n || len(got.SqNorms) != n {
+						t.Fatalf("%d rows and %d norms, want %d", len(got.Centred), len(got.SqNorms), n)
+					}
 					for a := range n {
+						var norm float64
+						for _, x := range vals[a] {
+							norm += x * x
+						}
+						if math.Abs(got.SqNorms[a]-norm) > devicetest.SumTolerance(elems, norm) {
+							t.Fatalf("‖x_%d‖² = %v, want %v", a, got.SqNorms[a], norm)
+						}
 						for b := range n {
 							var want, mag float64
-							for j, x := range vals[a] {
-								want += x * vals[b][j]
-								mag += math.Abs(x * vals[b][j])
+							for j, y := range ys[a] {
+								want += y * ys[b][j]
+								mag += math.Abs(y * ys[b][j])
 							}
-							if math.Abs(got[a][b]-want) > devicetest.SumTolerance(len(vals[a]), mag) || got[a][b] != got[b][a] {
-								t.Fatalf("G[%d][%d] = %v, want %v (G[%d][%d] = %v)", a, b, got[a][b], want, b, a, got[b][a])
+							if math.Abs(got.Centred[a][b]-want) > devicetest.SumTolerance(elems, mag) || got.Centred[a][b] != got.Centred[b][a] {
+								t.Fatalf("G[%d][%d] = %v, want %v (G[%d][%d] = %v)", a, b, got.Centred[a][b], want, b, a, got.Centred[b][a])
 							}
 						}
 					}

@@ -13,8 +13,16 @@
 //
 //	median        m = v[N/2] (N odd), v[N/2-1]·0.5 + v[N/2]·0.5 (N even)
 //	trimmed mean  (((+0 + v[k]) + v[k+1]) + ... + v[N-k-1]) / (N-2k)        2k < N
-//	closest mean  the same sum over v[s .. s+k) divided by k, where s is 1 + the last t < N-k with
-//	              |v[t+k] - m| < |v[t] - m|, or 0                          1 <= k <= N
+//	closest mean  mean(s) = (((+0 + v[s]) + v[s+1]) + ... + v[s+k-1]) / k over the window of k
+//	              values starting at s, for the starts lo .. hi of the tied closest windows:
+//	              lo = 1 + the last t < N-k with |v[t+k] - m| < |v[t] - m| (or 0), hi = the end of
+//	              the run of slides from lo with |v[t+k] - m| = |v[t] - m|; with a = (lo+hi)/2 and
+//	              b = (lo+hi+1)/2 the result is mean(a) if a = b, else
+//	              mean(a)·0.5 + mean(b)·0.5                                 1 <= k <= N
+//
+//     Every start in lo .. hi has the same sum of distances to m; the middle one resolves ties to
+//     neither side (kernels.ClosestMeanF32's rule, issue 9.11: the first one biased every tie
+//     downwards).
 //
 // The f32 result r is written to y in the output dtype (f64 widened exactly, f16 and bf16 rounded
 // to nearest even as half.F32ToF16 and F32ToBF16) and, when res is not null, to res as f32 (the
@@ -38,20 +46,29 @@ __device__ __forceinline__ float wa_half_sum(float lo, float hi) {
 	return __fadd_rn(__fmul_rn(lo, 0.5f), __fmul_rn(hi, 0.5f));
 }
 
+// wa_mean is the mean of the sorted values c[lo·s] .. c[(lo+cnt-1)·s]: their sum from +0 in
+// ascending order divided by cnt, in f32 (kernels' windowMean).
+__device__ __forceinline__ float wa_mean(const float *c, u64 s, int lo, int cnt) {
+	float acc = 0.0f;
+	for (int i = lo; i < lo + cnt; i++) acc = __fadd_rn(acc, c[(u64)i * s]);
+	return __fdiv_rn(acc, (float)cnt);
+}
+
 // wa_pick computes the statistic of the sorted values c[0], c[s], ..., c[(nin-1)·s].
 __device__ __forceinline__ float wa_pick(const float *c, u64 s, int nin, int op, int k) {
 	float m = nin % 2 ? c[(u64)(nin / 2) * s] : wa_half_sum(c[(u64)(nin / 2 - 1) * s], c[(u64)(nin / 2) * s]);
 	if (op == OP_MEDIAN) return m;
-	int lo = k, cnt = nin - 2 * k;
-	if (op == OP_CLOSEST) {
-		lo = 0;
-		for (int t = 0; t < nin - k; t++)
-			if (fabsf(__fsub_rn(c[(u64)(t + k) * s], m)) < fabsf(__fsub_rn(c[(u64)t * s], m))) lo = t + 1;
-		cnt = k;
+	if (op != OP_CLOSEST) return wa_mean(c, s, k, nin - 2 * k);
+	// kernels.closestWindows: lo and hi are the first and last start of the tied closest windows.
+	int lo = 0, hi = 0;
+	for (int t = 0; t < nin - k; t++) {
+		float dh = fabsf(__fsub_rn(c[(u64)(t + k) * s], m)), dl = fabsf(__fsub_rn(c[(u64)t * s], m));
+		if (dh < dl) lo = hi = t + 1;
+		else if (dh == dl && hi == t) hi = t + 1;
 	}
-	float acc = 0.0f;
-	for (int i = lo; i < lo + cnt; i++) acc = __fadd_rn(acc, c[(u64)i * s]);
-	return __fdiv_rn(acc, (float)cnt);
+	int a = (lo + hi) / 2, b = (lo + hi + 1) / 2;
+	float ma = wa_mean(c, s, a, k);
+	return a == b ? ma : wa_half_sum(ma, wa_mean(c, s, b, k));
 }
 
 // wa_put writes the result r of coordinate j.

@@ -1,6 +1,6 @@
 // reduce.cu: f64-accumulated reductions: sums of squares (norms), squared distances to a point,
-// the Gram matrix of N client vectors (Krum's pairwise distances), and the search for the first
-// non-finite element.
+// the Gram matrix of N client vectors centred on their mean (Krum's pairwise distances), and the
+// search for the first non-finite element.
 //
 // Reductions are deterministic: every thread and block covers a fixed set of elements for a
 // given launch shape, partial sums are combined in a fixed tree order inside a block and added to
@@ -69,14 +69,22 @@ WA_ENTRY void wa_sqdist(const u64 *xs, const int *dts, const float *scales, cons
 	}
 }
 
-// The Gram matrix G[a][b] = Σ_j x_a[j]·x_b[j] of nrows vectors is computed in 64×64 tiles: block
-// (s, p) handles tile pair p = (ta, tb), ta <= tb (pairs numbered row by row), over the k-tiles
-// s, s+S, s+2S, ... (S = gridDim.x) of 32 elements each, staging both 64×32 slices in shared
-// memory as f64 so that one load feeds 64 FMAs. Values are widened to f32 by wa_ld32 (the
-// semantics of device.Robust: f32, f16, bf16 and i8 vectors), so every product is exact in f64. Each of the 256
-// threads owns a 4×4 block of the tile (rows ty+16i, columns tx+16k) in registers and adds it to
-// partial[s][p][64·64] at the end, so successive launches (segments of the coordinate space)
-// accumulate in order. wa_gram_sum then adds the S partials of every entry in order.
+// The Gram matrix is taken of the vectors centred on their mean at each coordinate, as
+// device.Robust defines it: G[a][b] = Σ_j (x_a[j] − r[j])·(x_b[j] − r[j]). ‖a−b‖² = ‖a‖² + ‖b‖² −
+// 2a·b cancels catastrophically for clients that send full models differing slightly (issue
+// 9.6); centred, the rounding is relative to ‖x − r‖² instead of ‖x‖², and the distances are the
+// same. wa_gram_centre computes r for a segment first; wa_gram subtracts it as it loads.
+//
+// G is computed in 64×64 tiles: block (s, p) handles tile pair p = (ta, tb), ta <= tb (pairs
+// numbered row by row), over the k-tiles s, s+S, s+2S, ... (S = gridDim.x) of 32 elements each,
+// staging both 64×32 slices in shared memory as f64 so that one load feeds 64 FMAs. Values are
+// widened to f32 by wa_ld32 (the semantics of device.Robust: f32, f16, bf16 and i8 vectors) and
+// then to f64, where r[j] is subtracted: the difference of two f32 values is exact in f64 (unless
+// their exponents are more than 29 apart, when it is rounded as the CPU's is), and so is every
+// product. Each of the 256 threads owns a 4×4 block of the tile (rows ty+16i, columns tx+16k) in
+// registers and adds it to partial[s][p][64·64] at the end, so successive launches (segments of
+// the coordinate space) accumulate in order. wa_gram_sum then adds the S partials of every entry
+// in order.
 #define GT 64
 #define GK 32
 
@@ -90,11 +98,26 @@ __device__ __forceinline__ void wa_pair(int p, int tiles, int *ta, int *tb) {
 	*tb = a + p;
 }
 
+// wa_gram_centre writes r[j], the centre of coordinate j < n, as kernels.GramF32 takes it: the
+// vectors' values widened by wa_ld32 and added from +0 in vector order, divided by nrows, every
+// operation in f32; 0 where that is not finite (a vector holds a NaN or Inf there, or the sum
+// overflowed), so that only such a vector's own row of G is not finite. rows, dts and scales as
+// wa_gram's. One thread per coordinate: the loads of a vector are coalesced.
+WA_ENTRY void wa_gram_centre(const u64 *rows, const int *dts, const float *scales, int nrows, u64 n, float *r) {
+	u64 j = wa_gid();
+	if (j >= n) return;
+	float t = 0.0f;
+	for (int i = 0; i < nrows; i++) t = __fadd_rn(t, wa_ld32((const void *)rows[i], dts[i], scales[i], j));
+	float c = __fdiv_rn(t, (float)nrows);
+	r[j] = (__float_as_uint(c) & 0x7f800000u) == 0x7f800000u ? 0.0f : c;
+}
+
 // wa_gram: rows[r] is the device address of element 0 of vector r, dts[r] its dtype and
-// scales[r] its I8 scale; n is the number of elements. Launch with blockDim.x = 256,
-// gridDim = (S, tiles·(tiles+1)/2) where tiles = ceil(nrows/64).
+// scales[r] its I8 scale; n is the number of elements and cen the centres wa_gram_centre wrote for
+// them. Launch with blockDim.x = 256, gridDim = (S, tiles·(tiles+1)/2) where
+// tiles = ceil(nrows/64).
 WA_ENTRY void __launch_bounds__(WA_THREADS, 2)
-wa_gram(const u64 *rows, const int *dts, const float *scales, int nrows, u64 n, double *partial) {
+wa_gram(const u64 *rows, const int *dts, const float *scales, int nrows, u64 n, const float *cen, double *partial) {
 	// st[0] holds tile ta's slice, st[1] tile tb's; a diagonal pair (ta = tb, the only one for
 	// N <= 64) loads one slice and reads it twice.
 	__shared__ double st[2][GK][GT + 1];
@@ -111,16 +134,22 @@ wa_gram(const u64 *rows, const int *dts, const float *scales, int nrows, u64 n, 
 
 	u64 nk = (n + GK - 1) / GK;
 	for (u64 kt = blockIdx.x; kt < nk; kt += gridDim.x) {
-		u64 k0 = kt * GK;
+		// A thread loads column col = tid % GK of every slice row it covers (WA_THREADS is a
+		// multiple of GK): one centre per k-tile. Padding (rows >= nrows, j >= n) stays 0.
+		const int col = tid % GK;
+		const u64 j = kt * GK + col;
+		const double mr = j < n ? -(double)cen[j] : 0.0;
 #pragma unroll 1
 		for (int q = 0; q < GT * GK / WA_THREADS; q++) {
-			int idx = tid + WA_THREADS * q, r = idx / GK, c = idx % GK;
-			u64 k = k0 + c;
+			int r = (tid + WA_THREADS * q) / GK;
 			int ra = ta * GT + r, rb = tb * GT + r;
-			st[0][c][r] = ra < nrows && k < n ? (double)wa_ld32((const void *)rows[ra], dts[ra], scales[ra], k) : 0.0;
+			st[0][col][r] = ra < nrows && j < n
+					  ? __dadd_rn((double)wa_ld32((const void *)rows[ra], dts[ra], scales[ra], j), mr)
+					  : 0.0;
 			if (bi)
-				st[1][c][r] =
-				    rb < nrows && k < n ? (double)wa_ld32((const void *)rows[rb], dts[rb], scales[rb], k) : 0.0;
+				st[1][col][r] = rb < nrows && j < n
+						  ? __dadd_rn((double)wa_ld32((const void *)rows[rb], dts[rb], scales[rb], j), mr)
+						  : 0.0;
 		}
 		__syncthreads();
 #pragma unroll 4
