@@ -20,8 +20,9 @@ import (
 var ErrNoImpl = errors.New("kernels: no such implementation")
 
 // implRank lists every implementation name, best first. A family that has no table of some name
-// runs its best available table ranked below it (an "avx512" Impl runs the avx2 robust kernels
-// until robust ones for AVX-512 exist).
+// runs its best available table ranked below it. On amd64 every family now has avx512, avx2 and
+// generic tables (an avx512 table may still call AVX2 code where that is faster: the robust
+// Gram below 64 inputs), so the rule serves a family that gains a name later.
 var implRank = []string{"avx512", "avx2", "generic"}
 
 // implFeatures are the CPU features that the tables of each name use.
@@ -98,7 +99,8 @@ type Impl struct {
 func (k *Impl) Name() string { return k.name }
 
 // Description says what each family runs, for example
-// "core avx512, robust avx2 (no avx512 tables), optim avx512, exact avx512".
+// "core avx512, robust avx512, optim avx512, exact avx512"; a family that runs a table ranked
+// below the Impl's name says so: "robust avx2 (no avx512 tables)".
 func (k *Impl) Description() string {
 	var parts []string
 	for i, f := range []string{coreFamily.name, robustFamily.name, optimFamily.name, exactFamily.name} {
