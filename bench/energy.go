@@ -22,7 +22,7 @@ type EnergyConfig struct {
 	Machine *sched.Machine
 	Profile *sched.Profile
 	// Constraints are added to the planner's policies (a deadline, a power cap).
-	Constraints []sched.PlanOption
+	Constraints []sched.Option
 	// Progress, if set, is told each policy as it starts: done of total, and what.
 	Progress func(done, total int, what string)
 }
@@ -63,15 +63,15 @@ func EnergyPolicies(ctx context.Context, cfg EnergyConfig) ([]EnergyRow, error) 
 	}
 	type policy struct {
 		name string
-		opts []sched.PlanOption
+		opts []sched.Option
 		skip string
 	}
 	policies := []policy{
-		{name: "always-cpu", opts: []sched.PlanOption{sched.WithOnly("cpu")}},
-		{name: "always-gpu", opts: []sched.PlanOption{sched.WithOnly(gpu)}},
-		{name: "planner min-energy", opts: append([]sched.PlanOption{sched.WithPolicy(sched.MinEnergy)}, cfg.Constraints...)},
-		{name: "planner min-time", opts: append([]sched.PlanOption{sched.WithPolicy(sched.MinTime)}, cfg.Constraints...)},
-		{name: "planner min-edp", opts: append([]sched.PlanOption{sched.WithPolicy(sched.MinEDP)}, cfg.Constraints...)},
+		{name: "always-cpu", opts: []sched.Option{sched.WithOnly("cpu")}},
+		{name: "always-gpu", opts: []sched.Option{sched.WithOnly(gpu)}},
+		{name: "planner min-energy", opts: append([]sched.Option{sched.WithPolicy(sched.MinEnergy)}, cfg.Constraints...)},
+		{name: "planner min-time", opts: append([]sched.Option{sched.WithPolicy(sched.MinTime)}, cfg.Constraints...)},
+		{name: "planner min-edp", opts: append([]sched.Option{sched.WithPolicy(sched.MinEDP)}, cfg.Constraints...)},
 	}
 	if gpu == "" {
 		why := "no GPU device here"

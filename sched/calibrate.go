@@ -28,9 +28,7 @@ type HostLink interface {
 	CopyToDevice(ctx context.Context, src []byte) error
 }
 
-// CalibrateOption configures Calibrate.
-type CalibrateOption func(*calibration) error
-
+// calibration is what Calibrate's options set, and the state of a run.
 type calibration struct {
 	quick    bool
 	window   time.Duration
@@ -38,7 +36,6 @@ type calibration struct {
 	inBytes  int64 // input bytes of the large workload
 	ops      []string
 	dtypes   []tensor.DType
-	reg      *Registry
 	progress func(done, total int, step string)
 	others   []energy.Meter
 }
@@ -55,104 +52,96 @@ const (
 )
 
 // WithQuick makes a CI-sized calibration: short windows, small workloads, the reference dtype
-// of each op only.
-func WithQuick() CalibrateOption {
-	return func(c *calibration) error { c.quick = true; return nil }
+// of each op only. It applies to Calibrate.
+func WithQuick() Option {
+	return option("WithQuick", forCalibrate, func(o *options) error { o.cal.quick = true; return nil })
 }
 
 // WithWindow sets how long each op is measured (longer windows average out the meter's
-// granularity).
-func WithWindow(d time.Duration) CalibrateOption {
-	return func(c *calibration) error {
+// granularity). It applies to Calibrate.
+func WithWindow(d time.Duration) Option {
+	return option("WithWindow", forCalibrate, func(o *options) error {
 		if d <= 0 {
 			return fmt.Errorf("%w: calibration window %v: want a positive duration", ErrOption, d)
 		}
-		c.window = d
+		o.cal.window = d
 		return nil
-	}
+	})
 }
 
-// WithIdleWindow sets how long idle power is measured.
-func WithIdleWindow(d time.Duration) CalibrateOption {
-	return func(c *calibration) error {
+// WithIdleWindow sets how long idle power is measured. It applies to Calibrate.
+func WithIdleWindow(d time.Duration) Option {
+	return option("WithIdleWindow", forCalibrate, func(o *options) error {
 		if d <= 0 {
 			return fmt.Errorf("%w: idle window %v: want a positive duration", ErrOption, d)
 		}
-		c.idle = d
+		o.cal.idle = d
 		return nil
-	}
+	})
 }
 
-// WithWorkloadBytes sets the input bytes of the calibration workload (at least 64 KiB).
-func WithWorkloadBytes(n int64) CalibrateOption {
-	return func(c *calibration) error {
+// WithWorkloadBytes sets the input bytes of the calibration workload (at least 64 KiB). It
+// applies to Calibrate.
+func WithWorkloadBytes(n int64) Option {
+	return option("WithWorkloadBytes", forCalibrate, func(o *options) error {
 		if n < 64<<10 {
 			return fmt.Errorf("%w: calibration workload of %d bytes: want at least 64 KiB", ErrOption, n)
 		}
-		c.inBytes = n
+		o.cal.inBytes = n
 		return nil
-	}
+	})
 }
 
-// WithOps calibrates only the named op classes.
-func WithOps(names ...string) CalibrateOption {
-	return func(c *calibration) error { c.ops = names; return nil }
+// WithOps calibrates only the named op classes. It applies to Calibrate.
+func WithOps(names ...string) Option {
+	return option("WithOps", forCalibrate, func(o *options) error { o.cal.ops = names; return nil })
 }
 
-// WithDTypes calibrates these input dtypes instead of each op's own list.
-func WithDTypes(dts ...tensor.DType) CalibrateOption {
-	return func(c *calibration) error {
+// WithDTypes calibrates these input dtypes instead of each op's own list. It applies to
+// Calibrate.
+func WithDTypes(dts ...tensor.DType) Option {
+	return option("WithDTypes", forCalibrate, func(o *options) error {
 		for _, dt := range dts {
 			if !dt.Real() {
 				return fmt.Errorf("%w: calibration dtype %s", ErrOption, dt)
 			}
 		}
-		c.dtypes = dts
+		o.cal.dtypes = dts
 		return nil
-	}
+	})
 }
 
-// WithCalibrationRegistry takes op classes from r instead of Default.
-func WithCalibrationRegistry(r *Registry) CalibrateOption {
-	return func(c *calibration) error {
-		if r == nil {
-			return fmt.Errorf("%w: nil registry", ErrOption)
-		}
-		c.reg = r
-		return nil
-	}
-}
-
-// WithProgress calls fn after each step with the steps done and in all.
-func WithProgress(fn func(done, total int, step string)) CalibrateOption {
-	return func(c *calibration) error { c.progress = fn; return nil }
+// WithProgress calls fn after each calibration step with the steps done and in all. It
+// applies to Calibrate.
+func WithProgress(fn func(done, total int, step string)) Option {
+	return option("WithProgress", forCalibrate, func(o *options) error { o.cal.progress = fn; return nil })
 }
 
 // WithOtherMeters adds meters that cover no target (a GPU no device backend drives): their
-// idle power is recorded, and their energy counts in every measurement.
-func WithOtherMeters(ms ...energy.Meter) CalibrateOption {
-	return func(c *calibration) error {
+// idle power is recorded, and their energy counts in every measurement. It applies to
+// Calibrate.
+func WithOtherMeters(ms ...energy.Meter) Option {
+	return option("WithOtherMeters", forCalibrate, func(o *options) error {
 		for _, m := range ms {
 			if m == nil {
 				return fmt.Errorf("%w: nil meter", ErrOption)
 			}
 		}
-		c.others = ms
+		o.cal.others = ms
 		return nil
-	}
+	})
 }
 
 // Calibrate measures every target for every op class (and dtype) with the real kernels: idle
 // power of each meter first, then for each op a timed tiny workload (the fixed cost of a call)
 // and a metered large one from DRAM (the rates and the joules). The energy of a run is what all meters
 // count (the host drives a GPU too), minus their idle power over the window.
-func Calibrate(ctx context.Context, targets []Target, opts ...CalibrateOption) (*Profile, error) {
-	c := &calibration{reg: Default}
-	for _, o := range opts {
-		if err := o(c); err != nil {
-			return nil, err
-		}
+func Calibrate(ctx context.Context, targets []Target, opts ...Option) (*Profile, error) {
+	cfg, err := applyOptions(forCalibrate, opts)
+	if err != nil {
+		return nil, err
 	}
+	c := &cfg.cal
 	if c.window == 0 {
 		c.window = map[bool]time.Duration{false: FullWindow, true: QuickWindow}[c.quick]
 	}
@@ -182,11 +171,11 @@ func Calibrate(ctx context.Context, targets []Target, opts ...CalibrateOption) (
 	meters = append(meters, c.others...)
 	names := c.ops
 	if names == nil {
-		names = c.reg.Names()
+		names = cfg.reg.Names()
 	}
 	var ops []OpClass
 	for _, n := range names {
-		op, err := c.reg.Lookup(n)
+		op, err := cfg.reg.Lookup(n)
 		if err != nil {
 			return nil, err
 		}

@@ -66,8 +66,8 @@ func (g *linkGPU) CopyToDevice(ctx context.Context, src []byte) error {
 	return ctx.Err()
 }
 
-func quickOpts() []CalibrateOption {
-	return []CalibrateOption{WithQuick(), WithWindow(30 * time.Millisecond), WithIdleWindow(10 * time.Millisecond), WithWorkloadBytes(4 << 20)}
+func quickOpts() []Option {
+	return []Option{WithQuick(), WithWindow(30 * time.Millisecond), WithIdleWindow(10 * time.Millisecond), WithWorkloadBytes(4 << 20)}
 }
 
 func TestCalibrateMeasuresTheRealKernels(t *testing.T) {

@@ -26,46 +26,48 @@ type Machine struct {
 	owned   []device.Device         // devices Discover opened (closed by Close)
 }
 
-// DiscoverOption configures Discover.
-type DiscoverOption func(*discovery) error
-
+// discovery is what Discover's options set.
 type discovery struct {
 	cpu    device.Device
 	energy []energy.Option
 	noGPUs bool
 }
 
-// WithCPU uses cpu (say with a chosen number of workers) instead of a default CPU device.
-func WithCPU(cpu device.Device) DiscoverOption {
-	return func(d *discovery) error {
+// WithCPU uses cpu (say with a chosen number of workers) instead of a default CPU device. It
+// applies to Discover.
+func WithCPU(cpu device.Device) Option {
+	return option("WithCPU", forDiscover, func(o *options) error {
 		if cpu == nil {
 			return fmt.Errorf("%w: nil CPU device", ErrOption)
 		}
-		d.cpu = cpu
+		o.disc.cpu = cpu
 		return nil
-	}
+	})
 }
 
-// WithEnergyOptions passes options to energy.Discover (sysfs root, CPU TDP, a fake NVML).
-func WithEnergyOptions(opts ...energy.Option) DiscoverOption {
-	return func(d *discovery) error { d.energy = append(d.energy, opts...); return nil }
+// WithEnergyOptions passes options to energy.Discover (sysfs root, CPU TDP, a fake NVML). It
+// applies to Discover.
+func WithEnergyOptions(opts ...energy.Option) Option {
+	return option("WithEnergyOptions", forDiscover, func(o *options) error {
+		o.disc.energy = append(o.disc.energy, opts...)
+		return nil
+	})
 }
 
-// WithoutGPUs uses the CPU only.
-func WithoutGPUs() DiscoverOption {
-	return func(d *discovery) error { d.noGPUs = true; return nil }
+// WithoutGPUs uses the CPU only. It applies to Discover.
+func WithoutGPUs() Option {
+	return option("WithoutGPUs", forDiscover, func(o *options) error { o.disc.noGPUs = true; return nil })
 }
 
 // Discover finds the devices and meters. A GPU device "cuda:N" is metered by NVML's GPU N
 // (both count GPUs in PCI bus order when CUDA_DEVICE_ORDER=PCI_BUS_ID); GPUs that NVML sees
 // but no backend drives still count for their idle power.
-func Discover(opts ...DiscoverOption) (*Machine, error) {
-	d := &discovery{}
-	for _, o := range opts {
-		if err := o(d); err != nil {
-			return nil, err
-		}
+func Discover(opts ...Option) (*Machine, error) {
+	cfg, err := applyOptions(forDiscover, opts)
+	if err != nil {
+		return nil, err
 	}
+	d := &cfg.disc
 	inv, err := energy.Discover(d.energy...)
 	if err != nil {
 		return nil, err

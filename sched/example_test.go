@@ -1,6 +1,7 @@
 package sched_test
 
 import (
+	"errors"
 	"fmt"
 	"time"
 
@@ -21,7 +22,7 @@ func ExamplePlanner() {
 		{Name: "cuda:0", Kind: "gpu", IdleWatts: 60, Ops: sum(2e12, 1e-10), Link: &sched.Link{BytesPerSec: 25e9, JoulesPerByte: 2e-8}},
 	}}
 	job := sched.Request{Op: sched.WeightedSum, Workload: sched.Workload{Clients: 16, Elements: 25_000_000, In: tensor.F32, Out: tensor.F32}}
-	for _, opts := range [][]sched.PlanOption{nil, {sched.WithDeadline(50 * time.Millisecond)}} {
+	for _, opts := range [][]sched.Option{nil, {sched.WithDeadline(50 * time.Millisecond)}} {
 		planner, err := sched.NewPlanner(profile, opts...)
 		if err != nil {
 			panic(err)
@@ -35,4 +36,16 @@ func ExamplePlanner() {
 	// Output:
 	// min-energy: cpu alone, 12.8 J in 85 ms; vs cuda:0 alone 40.3 J in 68 ms
 	// min-energy: cpu 59% + cuda:0 41%, 21.6 J in 50 ms; vs cpu alone 12.8 J in 85 ms (infeasible), cuda:0 alone 40.3 J in 68 ms (infeasible)
+}
+
+// Discover, Calibrate and NewPlanner take the same Option type; an option given to a function
+// it does not apply to is refused, by name, rather than ignored.
+func ExampleOption() {
+	profile := &sched.Profile{Version: sched.ProfileVersion}
+	_, err := sched.NewPlanner(profile, sched.WithPolicy(sched.MinTime), sched.WithQuick())
+	fmt.Println(err)
+	fmt.Println(errors.Is(err, sched.ErrOption))
+	// Output:
+	// invalid scheduler option: WithQuick is an option of Calibrate; NewPlanner does not take it
+	// true
 }

@@ -6,6 +6,9 @@
 // energy-delay product, under an optional deadline and power cap, and predicts the time and
 // joules. After a run it compares the prediction with what the meters measured and corrects
 // the profile.
+//
+// Discover, Calibrate and NewPlanner share one functional Option type; each option's doc says
+// which of them takes it, and an option given to another is an ErrOption error naming it.
 package sched
 
 import (

@@ -48,95 +48,88 @@ func ParsePolicy(s string) (Policy, error) {
 	return MinEnergy, fmt.Errorf("%w: policy %q: want %s", ErrOption, s, strings.Join(policyNames[:], ", "))
 }
 
-// PlanOption configures a Planner.
-type PlanOption func(*Planner) error
-
-// WithPolicy sets what the planner minimises (default MinEnergy).
-func WithPolicy(p Policy) PlanOption {
-	return func(pl *Planner) error {
-		if p < MinEnergy || p > MinEDP {
-			return fmt.Errorf("%w: policy %d", ErrOption, int(p))
-		}
-		pl.policy = p
-		return nil
-	}
-}
-
-// WithDeadline makes plans finish within d (0: no deadline). A plan that cannot is returned
-// with Feasible false and the fastest plan found.
-func WithDeadline(d time.Duration) PlanOption {
-	return func(pl *Planner) error {
-		if d < 0 {
-			return fmt.Errorf("%w: deadline %v: want a positive duration, or 0 for none", ErrOption, d)
-		}
-		pl.deadline = d
-		return nil
-	}
-}
-
-// WithPowerCap keeps the machine's predicted draw at or below watts while a plan runs (0: no
-// cap). Devices are slowed (duty-cycled) or work moved to more frugal ones to fit.
-func WithPowerCap(watts float64) PlanOption {
-	return func(pl *Planner) error {
-		if watts < 0 || math.IsNaN(watts) || math.IsInf(watts, 0) {
-			return fmt.Errorf("%w: power cap %v W: want a positive number of watts, or 0 for none", ErrOption, watts)
-		}
-		pl.capW = watts
-		return nil
-	}
-}
-
-// WithOnly restricts plans to the named devices ("cpu", "cuda:0"): to force a device.
-func WithOnly(devices ...string) PlanOption {
-	return func(pl *Planner) error {
-		for _, d := range devices {
-			if d == "" {
-				return fmt.Errorf("%w: empty device name", ErrOption)
-			}
-		}
-		pl.only = slices.Clone(devices)
-		return nil
-	}
-}
-
-// WithRegistry takes op classes from r instead of Default.
-func WithRegistry(r *Registry) PlanOption {
-	return func(pl *Planner) error {
-		if r == nil {
-			return fmt.Errorf("%w: nil registry", ErrOption)
-		}
-		pl.reg = r
-		return nil
-	}
-}
-
-// WithLearningRate sets the weight of each new observation in the profile's corrections
-// (default 0.25; 0 < a ≤ 1).
-func WithLearningRate(a float64) PlanOption {
-	return func(pl *Planner) error {
-		if !(a > 0 && a <= 1) {
-			return fmt.Errorf("%w: learning rate %v: want (0, 1]", ErrOption, a)
-		}
-		pl.alpha = a
-		return nil
-	}
-}
-
-// WithoutLearning keeps the profile as it is: Observe reports and changes nothing (for
-// benchmarks that compare predictions with measurements).
-func WithoutLearning() PlanOption {
-	return func(pl *Planner) error { pl.frozen = true; return nil }
-}
-
-// Planner places jobs on devices by a Profile. It is safe for concurrent use.
-type Planner struct {
-	reg      *Registry
+// planning is what NewPlanner's options set.
+type planning struct {
 	policy   Policy
 	deadline time.Duration
 	capW     float64
 	only     []string
 	alpha    float64
 	frozen   bool
+}
+
+// WithPolicy sets what the planner minimises (default MinEnergy). It applies to NewPlanner.
+func WithPolicy(p Policy) Option {
+	return option("WithPolicy", forNewPlanner, func(o *options) error {
+		if p < MinEnergy || p > MinEDP {
+			return fmt.Errorf("%w: policy %d", ErrOption, int(p))
+		}
+		o.plan.policy = p
+		return nil
+	})
+}
+
+// WithDeadline makes plans finish within d (0: no deadline). A plan that cannot is returned
+// with Feasible false and the fastest plan found. It applies to NewPlanner.
+func WithDeadline(d time.Duration) Option {
+	return option("WithDeadline", forNewPlanner, func(o *options) error {
+		if d < 0 {
+			return fmt.Errorf("%w: deadline %v: want a positive duration, or 0 for none", ErrOption, d)
+		}
+		o.plan.deadline = d
+		return nil
+	})
+}
+
+// WithPowerCap keeps the machine's predicted draw at or below watts while a plan runs (0: no
+// cap). Devices are slowed (duty-cycled) or work moved to more frugal ones to fit. It applies
+// to NewPlanner.
+func WithPowerCap(watts float64) Option {
+	return option("WithPowerCap", forNewPlanner, func(o *options) error {
+		if watts < 0 || math.IsNaN(watts) || math.IsInf(watts, 0) {
+			return fmt.Errorf("%w: power cap %v W: want a positive number of watts, or 0 for none", ErrOption, watts)
+		}
+		o.plan.capW = watts
+		return nil
+	})
+}
+
+// WithOnly restricts plans to the named devices ("cpu", "cuda:0"): to force a device. It
+// applies to NewPlanner.
+func WithOnly(devices ...string) Option {
+	return option("WithOnly", forNewPlanner, func(o *options) error {
+		for _, d := range devices {
+			if d == "" {
+				return fmt.Errorf("%w: empty device name", ErrOption)
+			}
+		}
+		o.plan.only = slices.Clone(devices)
+		return nil
+	})
+}
+
+// WithLearningRate sets the weight of each new observation in the profile's corrections
+// (default 0.25; 0 < a ≤ 1). It applies to NewPlanner.
+func WithLearningRate(a float64) Option {
+	return option("WithLearningRate", forNewPlanner, func(o *options) error {
+		if !(a > 0 && a <= 1) {
+			return fmt.Errorf("%w: learning rate %v: want (0, 1]", ErrOption, a)
+		}
+		o.plan.alpha = a
+		return nil
+	})
+}
+
+// WithoutLearning keeps the profile as it is: Observe reports and changes nothing (for
+// benchmarks that compare predictions with measurements). It applies to NewPlanner.
+func WithoutLearning() Option {
+	return option("WithoutLearning", forNewPlanner, func(o *options) error { o.plan.frozen = true; return nil })
+}
+
+// Planner places jobs on devices by a Profile. It is safe for concurrent use.
+type Planner struct {
+	reg *Registry
+	planning
 
 	mu      sync.Mutex
 	profile *Profile
@@ -146,17 +139,15 @@ type Planner struct {
 
 // NewPlanner returns a planner over profile (which it updates as it learns; Profile returns
 // a copy to save).
-func NewPlanner(profile *Profile, opts ...PlanOption) (*Planner, error) {
+func NewPlanner(profile *Profile, opts ...Option) (*Planner, error) {
 	if profile == nil {
 		return nil, fmt.Errorf("%w: the planner needs a profile", ErrNoProfile)
 	}
-	pl := &Planner{reg: Default, alpha: 0.25, profile: profile}
-	for _, o := range opts {
-		if err := o(pl); err != nil {
-			return nil, err
-		}
+	o, err := applyOptions(forNewPlanner, opts)
+	if err != nil {
+		return nil, err
 	}
-	return pl, nil
+	return &Planner{reg: o.reg, planning: o.plan, profile: profile}, nil
 }
 
 // Profile returns a copy of the profile as learned so far.

@@ -73,9 +73,9 @@ func fedavgProfile() *Profile {
 	)
 }
 
-func plan(t *testing.T, p *Profile, req Request, opts ...PlanOption) *Plan {
+func plan(t *testing.T, p *Profile, req Request, opts ...Option) *Plan {
 	t.Helper()
-	pl, err := NewPlanner(p, append([]PlanOption{WithRegistry(testRegistry(t))}, opts...)...)
+	pl, err := NewPlanner(p, append([]Option{WithRegistry(testRegistry(t))}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -288,7 +288,7 @@ func TestPlanAssignsWholeContiguousChunks(t *testing.T) {
 
 func TestPlannerRejectsBadOptionsAndRequests(t *testing.T) {
 	prof := fedavgProfile()
-	for name, o := range map[string]PlanOption{
+	for name, o := range map[string]Option{
 		"negative deadline": WithDeadline(-time.Second),
 		"negative cap":      WithPowerCap(-1),
 		"NaN cap":           WithPowerCap(math.NaN()),

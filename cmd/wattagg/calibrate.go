@@ -47,7 +47,7 @@ A full calibration takes about ` + fmt.Sprintf("%.0f", (sched.FullIdle+2*sched.F
 				return err
 			}
 			bar := newStepBar(cmd.ErrOrStderr(), progressMode, "calibrating")
-			opts := []sched.CalibrateOption{sched.WithOtherMeters(m.Others()...), sched.WithProgress(bar.step)}
+			opts := []sched.Option{sched.WithOtherMeters(m.Others()...), sched.WithProgress(bar.step)}
 			if quick {
 				opts = append(opts, sched.WithQuick())
 			}

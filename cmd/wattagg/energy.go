@@ -70,11 +70,11 @@ func (e *energyFlags) profilePath() (string, error) {
 // openMachine discovers the devices and meters, with cpu as the CPU device. more are extra
 // discovery options (sched.WithoutGPUs when the CPU alone is asked for: initialising a GPU
 // driver costs tens of milliseconds that a CPU-only round should not pay).
-func (e *energyFlags) openMachine(cpu device.Device, more ...sched.DiscoverOption) (*sched.Machine, error) {
+func (e *energyFlags) openMachine(cpu device.Device, more ...sched.Option) (*sched.Machine, error) {
 	if err := e.validate(); err != nil {
 		return nil, err
 	}
-	opts := append([]sched.DiscoverOption{sched.WithEnergyOptions(e.options()...)}, more...)
+	opts := append([]sched.Option{sched.WithEnergyOptions(e.options()...)}, more...)
 	if cpu != nil {
 		opts = append(opts, sched.WithCPU(cpu))
 	}
@@ -99,7 +99,7 @@ func (p *planFlags) register(fs *pflag.FlagSet) {
 }
 
 // options checks the flags and turns them into planner options; a bad value is a usage error.
-func (p *planFlags) options() ([]sched.PlanOption, error) {
+func (p *planFlags) options() ([]sched.Option, error) {
 	pol, err := sched.ParsePolicy(p.policy)
 	if err != nil {
 		return nil, usagef("--policy %q: want min-energy, min-time or min-edp", p.policy)
@@ -110,7 +110,7 @@ func (p *planFlags) options() ([]sched.PlanOption, error) {
 	if p.powerCap < 0 || math.IsNaN(p.powerCap) || math.IsInf(p.powerCap, 0) {
 		return nil, usagef("--power-cap %v: want a positive number of watts, or 0 for none", p.powerCap)
 	}
-	return []sched.PlanOption{sched.WithPolicy(pol), sched.WithDeadline(p.deadline), sched.WithPowerCap(p.powerCap)}, nil
+	return []sched.Option{sched.WithPolicy(pol), sched.WithDeadline(p.deadline), sched.WithPowerCap(p.powerCap)}, nil
 }
 
 // checkDeviceFlag accepts "auto", "cpu" or KIND:INDEX; whether the device is present is
@@ -159,8 +159,8 @@ func (r *energyRun) close() {
 // openEnergyRun discovers the machine and, when plan is set, loads the profile (calibrating
 // quickly what is missing) and builds the planner: everything `aggregate` needs to place work
 // and meter it.
-func openEnergyRun(ctx context.Context, stderr io.Writer, ef energyFlags, cpu device.Device, deviceFlag string, planOpts []sched.PlanOption, plan bool, progressMode string) (*energyRun, error) {
-	var more []sched.DiscoverOption
+func openEnergyRun(ctx context.Context, stderr io.Writer, ef energyFlags, cpu device.Device, deviceFlag string, planOpts []sched.Option, plan bool, progressMode string) (*energyRun, error) {
+	var more []sched.Option
 	if deviceFlag == "cpu" {
 		more = append(more, sched.WithoutGPUs())
 	}
