@@ -36,7 +36,7 @@ open has no model (the server says which).`,
 				desc = fmt.Sprintf("round %d", round)
 			}
 			bar := newProgress(cmd.ErrOrStderr(), cf.progress, desc)
-			err = c.Pull(cmd.Context(), round, out, clientPullProgress(bar))
+			err = c.Pull(cmd.Context(), round, out, client.WithProgress(bar.set))
 			bar.finish()
 			if err != nil {
 				return fmt.Errorf("pull %s: %w", desc, err)
@@ -50,6 +50,3 @@ open has no model (the server says which).`,
 	cmd.Flags().StringVarP(&out, "output", "o", "", "the file to write the model to")
 	return cmd
 }
-
-// clientPullProgress reports a download on a bar.
-func clientPullProgress(bar *progress) client.PullOption { return client.WithPullProgress(bar.set) }

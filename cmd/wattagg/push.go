@@ -82,7 +82,7 @@ The weight is --weight, else the file's num_examples metadata, else 1.`,
 				return err
 			}
 			bar := newProgress(cmd.ErrOrStderr(), cf.progress, fmt.Sprintf("round %d", round))
-			opts := []client.PushOption{client.WithProgress(bar.set)}
+			opts := []client.Option{client.WithProgress(bar.set)}
 			if cmd.Flags().Changed("weight") {
 				opts = append(opts, client.WithWeight(weight))
 			}

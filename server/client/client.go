@@ -5,7 +5,11 @@
 //
 //	c, err := client.New("https://agg.example:8443", client.WithToken(token))
 //	ack, err := c.PushFile(ctx, round, "update.safetensors", client.WithWeight(1200))
-//	err = c.Pull(ctx, round, "global.safetensors")
+//	err = c.Pull(ctx, round, "global.safetensors", client.WithProgress(fn))
+//
+// New and each call take the one Option type: New the connection's (WithToken, WithHTTPClient,
+// WithTLS), the pushes and Pull a call's (WithWeight, WithProgress). An option given where it
+// does not apply, such as WithWeight to Pull, is an ErrOption error naming it.
 //
 // Errors from the server are *Error values; errors.Is matches them to ErrUnauthorized,
 // ErrForbidden, ErrNotFound, ErrConflict, ErrTooLarge, ErrBadUpdate, ErrStalled and ErrBusy.
@@ -13,7 +17,6 @@ package client
 
 import (
 	"context"
-	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -85,48 +88,6 @@ type Client struct {
 	hc    *http.Client
 }
 
-// Option configures a Client.
-type Option func(*Client) error
-
-// WithToken authenticates every request with a bearer token (a client's, or the admin's).
-func WithToken(token string) Option {
-	return func(c *Client) error {
-		token = strings.TrimSpace(token)
-		if token == "" {
-			return fmt.Errorf("%w: empty token", ErrOption)
-		}
-		c.token = token
-		return nil
-	}
-}
-
-// WithHTTPClient sends requests through hc (default: a client of its own, whose transport
-// waits for the server's 100 Continue before it sends an update, so that a refused update
-// costs no upload).
-func WithHTTPClient(hc *http.Client) Option {
-	return func(c *Client) error {
-		if hc == nil {
-			return fmt.Errorf("%w: nil HTTP client", ErrOption)
-		}
-		c.hc = hc
-		return nil
-	}
-}
-
-// WithTLS uses cfg for HTTPS (a private CA's pool in RootCAs; a client certificate for mutual
-// TLS in Certificates).
-func WithTLS(cfg *tls.Config) Option {
-	return func(c *Client) error {
-		if cfg == nil {
-			return fmt.Errorf("%w: nil TLS configuration", ErrOption)
-		}
-		t := defaultTransport()
-		t.TLSClientConfig = cfg
-		c.hc = &http.Client{Transport: t}
-		return nil
-	}
-}
-
 func defaultTransport() *http.Transport {
 	t := http.DefaultTransport.(*http.Transport).Clone()
 	t.ExpectContinueTimeout = defaultExpectContinue
@@ -139,15 +100,11 @@ func New(base string, opts ...Option) (*Client, error) {
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return nil, fmt.Errorf("%w: server %q: want http://host:port or https://host:port", ErrOption, base)
 	}
-	c := &Client{base: u}
-	for _, o := range opts {
-		if o == nil {
-			return nil, fmt.Errorf("%w: nil option", ErrOption)
-		}
-		if err := o(c); err != nil {
-			return nil, err
-		}
+	o, err := applyOptions(forNew, opts)
+	if err != nil {
+		return nil, err
 	}
+	c := &Client{base: u, token: o.token, hc: o.hc}
 	if c.hc == nil {
 		c.hc = &http.Client{Transport: defaultTransport()}
 	}
@@ -199,35 +156,18 @@ func errorOf(resp *http.Response) error {
 	return &Error{StatusCode: resp.StatusCode, Code: e.Code, Message: e.Error}
 }
 
-// PushOption configures a push.
-type PushOption func(*pushConfig) error
-
-type pushConfig struct {
-	weight   *float64
-	progress func(done, total int64)
-}
-
-// WithWeight sends the update's weight (X-Wattagg-Weight); without it the server uses the
-// update's num_examples metadata, else 1.
-func WithWeight(w float64) PushOption {
-	return func(p *pushConfig) error {
-		p.weight = &w
-		return nil
-	}
-}
-
-// WithProgress calls fn as the update's bytes are sent.
-func WithProgress(fn func(done, total int64)) PushOption {
-	return func(p *pushConfig) error {
-		p.progress = fn
-		return nil
-	}
-}
-
 // PushFile sends the .safetensors file at path as this client's update for round. The answer
 // comes once the server has made the update durable; a retry of the same file gets the same
 // acknowledgement (Ack.Retry set).
-func (c *Client) PushFile(ctx context.Context, round int, path string, opts ...PushOption) (*api.Ack, error) {
+func (c *Client) PushFile(ctx context.Context, round int, path string, opts ...Option) (*api.Ack, error) {
+	o, err := applyOptions(forPushFile, opts)
+	if err != nil {
+		return nil, err
+	}
+	return c.pushFile(ctx, round, path, o)
+}
+
+func (c *Client) pushFile(ctx context.Context, round int, path string, o *options) (*api.Ack, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
@@ -237,20 +177,19 @@ func (c *Client) PushFile(ctx context.Context, round int, path string, opts ...P
 	if err != nil {
 		return nil, err
 	}
-	return c.Push(ctx, round, f, fi.Size(), opts...)
+	return c.push(ctx, round, f, fi.Size(), o)
 }
 
 // Push sends size bytes of a .safetensors file read from r as this client's update for round.
-func (c *Client) Push(ctx context.Context, round int, r io.Reader, size int64, opts ...PushOption) (*api.Ack, error) {
-	var p pushConfig
-	for _, o := range opts {
-		if o == nil {
-			return nil, fmt.Errorf("%w: nil push option", ErrOption)
-		}
-		if err := o(&p); err != nil {
-			return nil, err
-		}
+func (c *Client) Push(ctx context.Context, round int, r io.Reader, size int64, opts ...Option) (*api.Ack, error) {
+	o, err := applyOptions(forPush, opts)
+	if err != nil {
+		return nil, err
 	}
+	return c.push(ctx, round, r, size, o)
+}
+
+func (c *Client) push(ctx context.Context, round int, r io.Reader, size int64, p *options) (*api.Ack, error) {
 	if size < 0 {
 		return nil, fmt.Errorf("%w: size %d", ErrOption, size)
 	}
@@ -277,7 +216,11 @@ func (c *Client) Push(ctx context.Context, round int, r io.Reader, size int64, o
 
 // PushSet sends s as this client's update for round (written to a temporary .safetensors file
 // first, so that its length is known).
-func (c *Client) PushSet(ctx context.Context, round int, s *tensor.Set, opts ...PushOption) (*api.Ack, error) {
+func (c *Client) PushSet(ctx context.Context, round int, s *tensor.Set, opts ...Option) (*api.Ack, error) {
+	o, err := applyOptions(forPushSet, opts)
+	if err != nil {
+		return nil, err
+	}
 	if s == nil {
 		return nil, fmt.Errorf("%w: nil set", ErrOption)
 	}
@@ -290,34 +233,16 @@ func (c *Client) PushSet(ctx context.Context, round int, s *tensor.Set, opts ...
 	if err := safetensors.WriteFile(path, s, safetensors.WithDirectIO(false)); err != nil {
 		return nil, err
 	}
-	return c.PushFile(ctx, round, path, opts...)
-}
-
-// PullOption configures a pull.
-type PullOption func(*pullConfig) error
-
-type pullConfig struct{ progress func(done, total int64) }
-
-// WithPullProgress calls fn as the model's bytes arrive.
-func WithPullProgress(fn func(done, total int64)) PullOption {
-	return func(p *pullConfig) error {
-		p.progress = fn
-		return nil
-	}
+	return c.pushFile(ctx, round, path, o)
 }
 
 // Pull downloads round's model (the latest model when round is 0) into path atomically: into
 // a temporary file beside it, checked to be a valid .safetensors file, synced, renamed over
 // path, and the directory synced. A failed pull leaves path as it was.
-func (c *Client) Pull(ctx context.Context, round int, path string, opts ...PullOption) error {
-	var p pullConfig
-	for _, o := range opts {
-		if o == nil {
-			return fmt.Errorf("%w: nil pull option", ErrOption)
-		}
-		if err := o(&p); err != nil {
-			return err
-		}
+func (c *Client) Pull(ctx context.Context, round int, path string, opts ...Option) error {
+	p, err := applyOptions(forPull, opts)
+	if err != nil {
+		return err
 	}
 	u := c.url("/v1/model")
 	if round > 0 {

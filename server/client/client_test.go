@@ -3,6 +3,7 @@ package client_test
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -10,8 +11,12 @@ import (
 	"log/slog"
 	"math"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -126,7 +131,7 @@ func TestPushPullStatus(t *testing.T) {
 		t.Fatalf("status %+v", st)
 	}
 	var done int64
-	if err := c1.Pull(ctx, 0, out, client.WithPullProgress(func(d, _ int64) { done = d })); err != nil {
+	if err := c1.Pull(ctx, 0, out, client.WithProgress(func(d, _ int64) { done = d })); err != nil {
 		t.Fatal(err)
 	}
 	m, err := safetensors.Open(out)
@@ -184,3 +189,83 @@ func TestNewErrors(t *testing.T) {
 }
 
 func float32frombytes(b []byte) float32 { return math.Float32frombits(binary.LittleEndian.Uint32(b)) }
+
+// TestOptionGivenWhereItDoesNotApply gives every option to each function that does not take it:
+// each refuses it with ErrOption, naming the option and the functions it belongs to, before a
+// request is sent or a file written.
+func TestOptionGivenWhereItDoesNotApply(t *testing.T) {
+	var requests atomic.Int64
+	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { requests.Add(1) }))
+	defer ts.Close()
+	c, err := client.New(ts.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	dir := t.TempDir()
+	update := filepath.Join(dir, "update.safetensors")
+	if err := safetensors.WriteFile(update, set(t, 1, 2), safetensors.WithDirectIO(false)); err != nil {
+		t.Fatal(err)
+	}
+	pulled := filepath.Join(dir, "model.safetensors")
+	call := map[string]func(client.Option) error{
+		"New": func(o client.Option) error {
+			_, err := client.New(ts.URL, o)
+			return err
+		},
+		"Push": func(o client.Option) error {
+			_, err := c.Push(ctx, 1, bytes.NewReader([]byte("x")), 1, o)
+			return err
+		},
+		"PushFile": func(o client.Option) error {
+			_, err := c.PushFile(ctx, 1, update, o)
+			return err
+		},
+		"PushSet": func(o client.Option) error {
+			_, err := c.PushSet(ctx, 1, set(t, 1, 2), o)
+			return err
+		},
+		"Pull": func(o client.Option) error { return c.Pull(ctx, 0, pulled, o) },
+	}
+	pushes := []string{"Push", "PushFile", "PushSet"}
+	cases := []struct {
+		name  string
+		opt   client.Option
+		takes []string
+		list  string
+	}{
+		{"WithToken", client.WithToken("t"), []string{"New"}, "New"},
+		{"WithHTTPClient", client.WithHTTPClient(ts.Client()), []string{"New"}, "New"},
+		{"WithTLS", client.WithTLS(&tls.Config{}), []string{"New"}, "New"},
+		{"WithWeight", client.WithWeight(2), pushes, "Push, PushFile and PushSet"},
+		{"WithProgress", client.WithProgress(func(int64, int64) {}), append(pushes, "Pull"), "Push, PushFile, PushSet and Pull"},
+	}
+	refused := 0
+	for _, tc := range cases {
+		for _, fn := range []string{"New", "Push", "PushFile", "PushSet", "Pull"} {
+			if slices.Contains(tc.takes, fn) {
+				continue
+			}
+			err := call[fn](tc.opt)
+			want := "invalid client option: " + tc.name + " is an option of " + tc.list + "; " + fn + " does not take it"
+			if !errors.Is(err, client.ErrOption) || err.Error() != want {
+				t.Errorf("%s(%s): %v, want %q", fn, tc.name, err, want)
+			}
+			refused++
+		}
+	}
+	if refused != 3*4+2+1 {
+		t.Errorf("%d refusals checked, want 15", refused)
+	}
+	if n := requests.Load(); n != 0 {
+		t.Errorf("%d requests reached the server", n)
+	}
+	if _, err := os.Stat(pulled); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a refused pull left %s: %v", pulled, err)
+	}
+	for fn, call := range call {
+		if err := call(nil); !errors.Is(err, client.ErrOption) || err.Error() != "invalid client option: nil option given to "+fn {
+			t.Errorf("%s(nil): %v", fn, err)
+		}
+	}
+}
