@@ -32,6 +32,12 @@
 // CommitGroup publishes several files as one unit across crashes, with a journal that
 // RecoverGroup rolls forward.
 //
+// The readers (Open, OpenAll, Parse, ReadHeader, ReadHeaderAt) and the writers (Create,
+// WriteFile) take one functional Option type; each option's doc says which functions take it,
+// and an option given to another is refused with ErrOption, naming it. WithLimits and
+// WithMaxHeaderSize apply to both sides, so that a file is read under the limits it was
+// written with.
+//
 // The I8 dtype of wattagg is symmetric quantisation with one positive float32 scale per
 // tensor. The format has no field for it, so the scale is stored in __metadata__ under
 // ScaleKeyPrefix followed by the tensor name; readers set tensor.Tensor.Scale from it and leave

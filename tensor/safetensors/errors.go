@@ -24,4 +24,7 @@ var (
 	ErrNotRegular = errors.New("not a regular file")
 	// ErrJournal: a group-commit journal is malformed or cannot be rolled forward.
 	ErrJournal = errors.New("bad group-commit journal")
+	// ErrOption: an option out of range (a limit that is not positive, an unknown read
+	// mode), or given to a function it does not apply to (WithDirectIO to Open).
+	ErrOption = errors.New("invalid safetensors option")
 )

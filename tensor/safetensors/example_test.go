@@ -106,3 +106,40 @@ func ExampleParse() {
 	// client-17: bad data offsets: data_offsets [0, 12] hold 12 bytes, shape [2 2] of F32 needs 16 (tensor "w")
 	// true
 }
+
+// Readers and writers take the same Option type. One limit serves both sides, so a file is
+// read back under the limits it was written with; an option given to a function it does not
+// apply to is refused by name.
+func ExampleOption() {
+	dir, err := os.MkdirTemp("", "safetensors-example-")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	w, err := tensor.FromF32("w", []int{2}, []float32{1, 2})
+	if err != nil {
+		log.Fatal(err)
+	}
+	set, err := tensor.NewSet(w)
+	if err != nil {
+		log.Fatal(err)
+	}
+	path := filepath.Join(dir, "model.safetensors")
+	lim := safetensors.Limits{HeaderSize: 1 << 16, NameLen: 256, Rank: 8}
+	if err := safetensors.WriteFile(path, set, safetensors.WithLimits(lim)); err != nil {
+		log.Fatal(err)
+	}
+	h, err := safetensors.ReadHeader(path, safetensors.WithLimits(lim))
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(h.Fields[0].Name, h.Fields[0].Shape)
+
+	_, err = safetensors.ReadHeader(path, safetensors.WithReadMode(safetensors.ReadCopy))
+	fmt.Println(err)
+	fmt.Println(errors.Is(err, safetensors.ErrOption))
+	// Output:
+	// w [2]
+	// invalid safetensors option: WithReadMode is an option of Open and OpenAll; ReadHeader does not take it
+	// true
+}

@@ -31,10 +31,36 @@ func DefaultLimits() Limits {
 	return Limits{HeaderSize: DefaultMaxHeaderSize, NameLen: 4096, Rank: 64}
 }
 
+// WithLimits replaces DefaultLimits, for reading and writing alike: a file written with
+// WithLimits(l) is read back with WithLimits(l). Every limit must be positive. It applies to
+// every reader and writer (Open, OpenAll, Parse, ReadHeader, ReadHeaderAt, Create, WriteFile).
+func WithLimits(l Limits) Option {
+	return option("WithLimits", forReaders|forWriters, func(o *options) error {
+		if err := l.valid(); err != nil {
+			return err
+		}
+		o.lim = l
+		return nil
+	})
+}
+
+// WithMaxHeaderSize sets Limits.HeaderSize (default DefaultMaxHeaderSize bytes), so that a
+// hostile length prefix cannot make a reader allocate or parse gigabytes, and a writer does
+// not write a header its readers refuse. It applies to every reader and writer, as WithLimits.
+func WithMaxHeaderSize(n int64) Option {
+	return option("WithMaxHeaderSize", forReaders|forWriters, func(o *options) error {
+		if n <= 0 {
+			return fmt.Errorf("%w: header size limit %d is not positive", ErrOption, n)
+		}
+		o.lim.HeaderSize = n
+		return nil
+	})
+}
+
 // valid checks that every limit is positive.
 func (l Limits) valid() error {
 	if l.HeaderSize <= 0 || l.NameLen <= 0 || l.Rank <= 0 {
-		return fmt.Errorf("safetensors: limits %+v: every limit must be positive", l)
+		return fmt.Errorf("%w: limits %+v: every limit must be positive", ErrOption, l)
 	}
 	return nil
 }

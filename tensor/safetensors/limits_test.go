@@ -40,7 +40,7 @@ func TestLimitsAgree(t *testing.T) {
 			dir := t.TempDir()
 			rng := rand.New(rand.NewPCG(1, 1))
 			okPath := filepath.Join(dir, "ok.safetensors")
-			if err := WriteFile(okPath, randomSet(t, rng, c.ok, c.okMeta), WithWriteLimits(lim)); err != nil {
+			if err := WriteFile(okPath, randomSet(t, rng, c.ok, c.okMeta), WithLimits(lim)); err != nil {
 				t.Fatalf("at the limit, the writer refuses: %v", err)
 			}
 			if s, err := Open(okPath, WithLimits(lim)); err != nil {
@@ -50,11 +50,11 @@ func TestLimitsAgree(t *testing.T) {
 			}
 
 			overPath := filepath.Join(dir, "over.safetensors")
-			_, err := Create(overPath, c.over, c.overMeta, WithWriteLimits(lim))
+			_, err := Create(overPath, c.over, c.overMeta, WithLimits(lim))
 			if !errors.Is(err, ErrLimit) || !strings.Contains(err.Error(), c.msg) {
 				t.Errorf("writer: %v, want ErrLimit saying %q", err, c.msg)
 			}
-			if err := WriteFile(overPath, randomSet(t, rng, c.over, c.overMeta), WithWriteLimits(loose)); err != nil {
+			if err := WriteFile(overPath, randomSet(t, rng, c.over, c.overMeta), WithLimits(loose)); err != nil {
 				t.Fatal(err)
 			}
 			_, err = Open(overPath, WithLimits(lim))
@@ -85,10 +85,11 @@ func TestLimitsAgree(t *testing.T) {
 	if !errors.Is(err, ErrLimit) || len(err.Error()) > maxErrorLen {
 		t.Errorf("a 10 MB name: %.300v (%d bytes), want a short ErrLimit", err, len(err.Error()))
 	}
-	if err := WithLimits(Limits{HeaderSize: 1, NameLen: 0, Rank: 1})(&readOptions{}); err == nil {
-		t.Error("WithLimits accepted a zero limit")
+	zero := "invalid safetensors option: limits {HeaderSize:1 NameLen:0 Rank:1}: every limit must be positive"
+	if _, err := Parse(fileOf(`{}`, nil), WithLimits(Limits{HeaderSize: 1, NameLen: 0, Rank: 1})); !errors.Is(err, ErrOption) || err.Error() != zero {
+		t.Errorf("reading under a zero limit: %v, want %q", err, zero)
 	}
-	if _, err := Create(filepath.Join(t.TempDir(), "z"), nil, nil, WithWriteLimits(Limits{HeaderSize: 1, NameLen: 1})); err == nil {
-		t.Error("WithWriteLimits accepted a zero limit")
+	if _, err := Create(filepath.Join(t.TempDir(), "z"), nil, nil, WithLimits(Limits{HeaderSize: 1, NameLen: 0, Rank: 1})); !errors.Is(err, ErrOption) || err.Error() != zero {
+		t.Errorf("writing under a zero limit: %v, want %q", err, zero)
 	}
 }

@@ -47,18 +47,20 @@ func ParseReadMode(s string) (ReadMode, error) {
 			return ReadMode(m), nil
 		}
 	}
-	return 0, fmt.Errorf("safetensors: read mode %q: want auto, map, copy or direct", s)
+	return 0, fmt.Errorf("%w: read mode %q: want auto, map, copy or direct", ErrOption, s)
 }
 
-// WithReadMode sets how Open's tensors are read (default ReadAuto).
+// WithReadMode sets how the tensors of a mapped file are read (default ReadAuto). It applies
+// to Open and OpenAll: Parse's set is read where it is in memory, and ReadHeader reads no
+// tensor.
 func WithReadMode(m ReadMode) Option {
-	return func(o *readOptions) error {
+	return option("WithReadMode", forOpen|forOpenAll, func(o *options) error {
 		if m < ReadAuto || m > ReadDirect {
-			return fmt.Errorf("safetensors: %v is not a read mode", m)
+			return fmt.Errorf("%w: %v is not a read mode", ErrOption, m)
 		}
 		o.mode = m
 		return nil
-	}
+	})
 }
 
 // ReadModeOf reports how the tensors of a Set that Open returned are read: ReadMap unless the
@@ -136,9 +138,4 @@ func (v *readVote) cast(m ReadMode) ReadMode {
 	v.choice = m
 	v.votes++
 	return m
-}
-
-// withReadVote makes Open's ReadAuto take part in vote.
-func withReadVote(v *readVote) Option {
-	return func(o *readOptions) error { o.vote = v; return nil }
 }

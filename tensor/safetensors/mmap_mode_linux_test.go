@@ -2,6 +2,7 @@ package safetensors
 
 import (
 	"bytes"
+	"errors"
 	"os"
 	"path/filepath"
 	"testing"
@@ -182,12 +183,12 @@ func TestReadModeOptions(t *testing.T) {
 		fail bool
 	}{{"auto", ReadAuto, false}, {"map", ReadMap, false}, {"copy", ReadCopy, false}, {"direct", ReadDirect, false}, {"mmap", 0, true}, {"", 0, true}} {
 		m, err := ParseReadMode(c.s)
-		if (err != nil) != c.fail || (!c.fail && (m != c.m || m.String() != c.s)) {
+		if (err != nil) != c.fail || (c.fail && !errors.Is(err, ErrOption)) || (!c.fail && (m != c.m || m.String() != c.s)) {
 			t.Fatalf("ParseReadMode(%q) = %v, %v", c.s, m, err)
 		}
 	}
 	p := bigUpdate(t, 10)
-	if _, err := Open(p, WithReadMode(ReadMode(9))); err == nil || err.Error() != "safetensors: ReadMode(9) is not a read mode" {
+	if _, err := Open(p, WithReadMode(ReadMode(9))); !errors.Is(err, ErrOption) || err.Error() != "invalid safetensors option: ReadMode(9) is not a read mode" {
 		t.Fatalf("bad mode: %v", err)
 	}
 }

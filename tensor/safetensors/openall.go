@@ -14,8 +14,12 @@ import (
 // layout's names and shapes, not one per client. On error it closes what it opened and returns
 // every file's error joined.
 func OpenAll(paths []string, opts ...Option) ([]*tensor.Set, error) {
+	o, err := applyOptions(forOpenAll, "", opts)
+	if err != nil {
+		return nil, err
+	}
 	// One parsed layout for identical headers, and one ReadAuto probe for files that agree.
-	opts = append(opts[:len(opts):len(opts)], withLayoutCache(newLayoutCache()), withReadVote(newReadVote()))
+	o.cache, o.vote = newLayoutCache(), newReadVote()
 	sets := make([]*tensor.Set, len(paths))
 	errs := make([]error, len(paths))
 	var wg sync.WaitGroup
@@ -25,7 +29,9 @@ func OpenAll(paths []string, opts ...Option) ([]*tensor.Set, error) {
 		sem <- struct{}{}
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			sets[i], errs[i] = Open(p, opts...)
+			po := *o
+			po.source = p
+			sets[i], errs[i] = open(p, &po)
 		}()
 	}
 	wg.Wait()

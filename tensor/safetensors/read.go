@@ -11,18 +11,6 @@ import (
 	"github.com/wattagg/wattagg/tensor"
 )
 
-// Option configures Open, Parse and ReadHeader.
-type Option func(*readOptions) error
-
-type readOptions struct {
-	populate bool
-	mode     ReadMode
-	vote     *readVote // ReadAuto's choice shared by the files of one OpenAll
-	lim      Limits
-	source   string
-	cache    *layoutCache // shares identical layouts across the files OpenAll opens
-}
-
 // WithPopulate says whether Open pre-faults the whole mapping (MAP_POPULATE), so that the file
 // is read in, if it is not cached, and mapped during Open. The default is off: each page is
 // mapped at first touch, by whichever goroutine reads it, so the mapping work is spread over
@@ -31,55 +19,27 @@ type readOptions struct {
 // ~1.5-2.8 ms of faults to touch every page (each fault maps the neighbouring cached pages too,
 // by default 64 KiB); mapping 32 updates of 16 MiB and aggregating them took 44-46 ms without
 // populate against 59 ms with it. Turn it on when the file may not be cached and the reads
-// that follow must not stall on the disk.
+// that follow must not stall on the disk. It applies to Open and OpenAll, the functions that
+// map a file.
 func WithPopulate(on bool) Option {
-	return func(o *readOptions) error { o.populate = on; return nil }
-}
-
-// WithMaxHeaderSize bounds the header JSON (default DefaultMaxHeaderSize bytes), so that a
-// hostile length prefix cannot make a reader allocate or parse gigabytes. It sets
-// Limits.HeaderSize.
-func WithMaxHeaderSize(n int64) Option {
-	return func(o *readOptions) error {
-		if n <= 0 {
-			return fmt.Errorf("safetensors: header size limit %d is not positive", n)
-		}
-		o.lim.HeaderSize = n
-		return nil
-	}
-}
-
-// WithLimits replaces DefaultLimits. A file written with WithWriteLimits(l) is read back
-// with WithLimits(l).
-func WithLimits(l Limits) Option {
-	return func(o *readOptions) error {
-		if err := l.valid(); err != nil {
-			return err
-		}
-		o.lim = l
-		return nil
-	}
-}
-
-// withLayoutCache makes headers of the same layout share their tensor entries.
-func withLayoutCache(c *layoutCache) Option {
-	return func(o *readOptions) error { o.cache = c; return nil }
+	return option("WithPopulate", forOpen|forOpenAll, func(o *options) error { o.populate = on; return nil })
 }
 
 // WithSource names the data for errors and Set.Source (Open and ReadHeader use the path
-// unless this is given; Parse uses "safetensors").
+// unless this is given; Parse and ReadHeaderAt use "safetensors"). It applies to Open, Parse,
+// ReadHeader and ReadHeaderAt; not to OpenAll, whose sets and errors are each named by their
+// own path, so that an error says which file it is about.
 func WithSource(name string) Option {
-	return func(o *readOptions) error { o.source = name; return nil }
+	return option("WithSource", forOpen|forParse|forReadHeader|forReadHeaderAt, func(o *options) error {
+		o.source = name
+		return nil
+	})
 }
 
-func newReadOptions(source string, opts []Option) (*readOptions, error) {
-	o := &readOptions{lim: DefaultLimits(), source: source}
-	for _, opt := range opts {
-		if err := opt(o); err != nil {
-			return nil, err
-		}
-	}
-	return o, nil
+// withLayoutCache makes headers of the same layout share their tensor entries (OpenAll sets
+// its cache itself; the fuzz test gives one to Parse).
+func withLayoutCache(c *layoutCache) Option {
+	return option("withLayoutCache", forOpen|forParse, func(o *options) error { o.cache = c; return nil })
 }
 
 // Open maps the file at path read-only and parses it. The tensors of the returned Set view
@@ -94,10 +54,15 @@ func newReadOptions(source string, opts []Option) (*readOptions, error) {
 // replaced by rename, never rewritten in place, so they are safe to map while a new
 // version is written.
 func Open(path string, opts ...Option) (*tensor.Set, error) {
-	o, err := newReadOptions(path, opts)
+	o, err := applyOptions(forOpen, path, opts)
 	if err != nil {
 		return nil, err
 	}
+	return open(path, o)
+}
+
+// open is Open with its options applied.
+func open(path string, o *options) (*tensor.Set, error) {
 	f, size, err := openRegular(path)
 	if err != nil {
 		return nil, err
@@ -143,7 +108,7 @@ func Open(path string, opts ...Option) (*tensor.Set, error) {
 
 // Parse parses a whole file held in memory. The tensors of the returned Set view b (no copy).
 func Parse(b []byte, opts ...Option) (*tensor.Set, error) {
-	o, err := newReadOptions("safetensors", opts)
+	o, err := applyOptions(forParse, "safetensors", opts)
 	if err != nil {
 		return nil, err
 	}
@@ -156,7 +121,7 @@ func Parse(b []byte, opts ...Option) (*tensor.Set, error) {
 
 // parseFile parses the header of a whole file held in memory. The Header copies what it
 // keeps, so it outlives b.
-func parseFile(b []byte, o *readOptions) (*Header, error) {
+func parseFile(b []byte, o *options) (*Header, error) {
 	n, err := headerLength(b, int64(len(b)), o)
 	if err != nil {
 		return nil, err
@@ -171,7 +136,7 @@ func parseFile(b []byte, o *readOptions) (*Header, error) {
 
 // ReadHeader reads and validates the header of the file at path; no data is read or mapped.
 func ReadHeader(path string, opts ...Option) (*Header, error) {
-	o, err := newReadOptions(path, opts)
+	o, err := applyOptions(forReadHeader, path, opts)
 	if err != nil {
 		return nil, err
 	}
@@ -188,7 +153,7 @@ func ReadHeader(path string, opts ...Option) (*Header, error) {
 // network, its length known in advance, checks the header this way before any tensor byte
 // arrives (r holds the prefix received so far). Errors name WithSource, default "safetensors".
 func ReadHeaderAt(r io.ReaderAt, size int64, opts ...Option) (*Header, error) {
-	o, err := newReadOptions("safetensors", opts)
+	o, err := applyOptions(forReadHeaderAt, "safetensors", opts)
 	if err != nil {
 		return nil, err
 	}
@@ -242,7 +207,7 @@ func notRegular(path string, m fs.FileMode) error {
 }
 
 // readHeader reads the length prefix and the header of a file of size bytes.
-func readHeader(f io.ReaderAt, size int64, o *readOptions) (*Header, error) {
+func readHeader(f io.ReaderAt, size int64, o *options) (*Header, error) {
 	var prefix [8]byte
 	if size >= 8 {
 		if _, err := f.ReadAt(prefix[:], 0); err != nil {
@@ -267,7 +232,7 @@ func readHeader(f io.ReaderAt, size int64, o *readOptions) (*Header, error) {
 
 // headerLength decodes and bounds the length prefix of a file of size bytes; prefix holds at
 // least its first 8 bytes when size >= 8.
-func headerLength(prefix []byte, size int64, o *readOptions) (int64, error) {
+func headerLength(prefix []byte, size int64, o *options) (int64, error) {
 	if size < 8 {
 		return 0, fmt.Errorf("%s: %w: truncated: %d bytes, less than the 8-byte length prefix", o.source, ErrHeaderSize, size)
 	}

@@ -224,8 +224,8 @@ func TestHeaderSize(t *testing.T) {
 			checkError(t, err, ErrHeaderSize, path, "", c.msg)
 		})
 	}
-	if _, err := Parse(fileOf(`{}`, nil), WithMaxHeaderSize(0)); err == nil {
-		t.Error("WithMaxHeaderSize(0) accepted")
+	if _, err := Parse(fileOf(`{}`, nil), WithMaxHeaderSize(0)); !errors.Is(err, ErrOption) || err.Error() != "invalid safetensors option: header size limit 0 is not positive" {
+		t.Errorf("WithMaxHeaderSize(0): %v", err)
 	}
 }
 

@@ -24,34 +24,14 @@ const pageSize = 4096
 // maxDataSize bounds the data section far below int64 overflow of file offsets.
 const maxDataSize = 1 << 62
 
-// WriterOption configures Create and WriteFile.
-type WriterOption func(*writeOptions)
-
-type writeOptions struct {
-	direct bool
-	lim    Limits
-	err    error // an invalid option, returned by Create
-}
-
 // WithDirectIO says whether page-aligned writes bypass the page cache with O_DIRECT (the
 // default). Direct writes cost about the same CPU as buffered ones but leave nothing for the
 // final fsync to flush: on the development VMs 16 MiB took ~8 ms direct plus a ~0.3 ms fsync,
 // against ~3 ms buffered plus a ~9 ms fsync. Where the filesystem refuses O_DIRECT (tmpfs on
 // old kernels, some network filesystems) the writer falls back to buffered writes silently.
-func WithDirectIO(on bool) WriterOption {
-	return func(o *writeOptions) { o.direct = on }
-}
-
-// WithWriteLimits replaces DefaultLimits for what the writer refuses; a file written under
-// them is read back with WithLimits(l). Every limit must be positive.
-func WithWriteLimits(l Limits) WriterOption {
-	return func(o *writeOptions) {
-		if err := l.valid(); err != nil {
-			o.err = err
-			return
-		}
-		o.lim = l
-	}
+// It applies to Create and WriteFile.
+func WithDirectIO(on bool) Option {
+	return option("WithDirectIO", forWriters, func(o *options) error { o.direct = on; return nil })
 }
 
 // fileWriter is what the direct descriptor does; an interface so that tests can play a
@@ -107,19 +87,16 @@ type Writer struct {
 // (WriteFile does it for the data while keeping the Set's order in the header). Names, shapes
 // and the header size are checked against the same Limits the reader applies, so a file
 // Create accepts is a file Open accepts.
-func Create(path string, layout tensor.Layout, metadata map[string]string, opts ...WriterOption) (*Writer, error) {
-	return create(path, layout, nil, metadata, opts)
+func Create(path string, layout tensor.Layout, metadata map[string]string, opts ...Option) (*Writer, error) {
+	o, err := applyOptions(forCreate, path, opts)
+	if err != nil {
+		return nil, err
+	}
+	return create(path, layout, nil, metadata, o)
 }
 
 // create is Create with the data laid out in order (nil: layout order).
-func create(path string, layout tensor.Layout, order []int, metadata map[string]string, opts []WriterOption) (*Writer, error) {
-	o := writeOptions{direct: true, lim: DefaultLimits()}
-	for _, opt := range opts {
-		opt(&o)
-	}
-	if o.err != nil {
-		return nil, o.err
-	}
+func create(path string, layout tensor.Layout, order []int, metadata map[string]string, o *options) (*Writer, error) {
 	w := &Writer{path: path, lim: o.lim, metadata: maps.Clone(metadata), scales: make([]float32, len(layout))}
 	if w.metadata == nil {
 		w.metadata = map[string]string{}
@@ -511,9 +488,13 @@ const stageSize = 1 << 20
 // at a multiple of its element size whatever the mix of dtypes; the safetensors format allows
 // no holes that could align them otherwise. A Set read from path itself may be written back:
 // the old file stays mapped until the Set is closed.
-func WriteFile(path string, s *tensor.Set, opts ...WriterOption) error {
+func WriteFile(path string, s *tensor.Set, opts ...Option) error {
+	o, err := applyOptions(forWriteFile, path, opts)
+	if err != nil {
+		return err
+	}
 	layout := s.Layout()
-	w, err := create(path, layout, widestFirst(layout), s.Metadata, opts)
+	w, err := create(path, layout, widestFirst(layout), s.Metadata, o)
 	if err != nil {
 		return err
 	}
