@@ -113,6 +113,68 @@ func TestSelectResident(t *testing.T) {
 	}
 }
 
+// Bulyan's closest mean takes the middle of the tied closest windows (issue 9.11), in the
+// register kernels (n <= 32) and the table-driven one (n > 32), where the first tied window
+// (the rule before) erred low. Each coordinate holds the case's values in another order of the
+// inputs; the wants are worked out by hand in f32.
+func TestClosestMeanTiesMiddle(t *testing.T) {
+	steps := func(n int, lo float32) []float32 {
+		v := make([]float32, n)
+		for i := range v {
+			v[i] = lo + float32(i)
+		}
+		return v
+	}
+	cases := []struct {
+		name string
+		vals []float32
+		k    int
+		want float32
+	}{
+		// m = 0.5; starts 2 and 3 tie: mean(-0.5, 0.5)·0.5 + mean(0.5, 1.5)·0.5 (first: 0).
+		{"two tied", steps(7, -2.5), 2, 0.5},
+		// m = 0.25; starts 2, 3 and 4 tie: the middle window {-0.75, 1.25} (first: -0.75).
+		{"three tied", []float32{-2.75, -1.75, -0.75, -0.75, 1.25, 1.25, 2.25, 3.25}, 2, 0.25},
+		// 35 inputs, m = 0.5; starts 16 and 17 tie, as in the first case (first: 0).
+		{"two tied, network table", steps(35, -16.5), 2, 0.5},
+	}
+	r := rand.New(rand.NewPCG(58, 59))
+	for _, d := range gpus(t, fakePlain, fakePipeline) {
+		for _, c := range cases {
+			t.Run(d.name+"/"+c.name, func(t *testing.T) {
+				n, elems := len(c.vals), 600
+				fields := []device.AccField{{Name: "w", Len: elems, Acc: tensor.F32, Out: tensor.F32}}
+				in := make([][]device.Span, n)
+				for i := range in {
+					in[i] = []device.Span{{DType: tensor.F32, Data: make([]byte, 4*elems)}}
+				}
+				for j := range elems {
+					for i, p := range r.Perm(n) {
+						putU32(in[i][0].Data[4*j:], math.Float32bits(c.vals[p]))
+					}
+				}
+				chunks, err := device.CutChunks(fields, devicetest.Packed(fields), 1024)
+				if err != nil {
+					t.Fatal(err)
+				}
+				job := device.SelectJob{Fields: fields, Inputs: in, Op: device.ClosestMean, K: c.k, Chunks: chunks}
+				ref := cpuSelect(t, job)
+				out := devicetest.NewOutput(fields, chunks)
+				job.Output = out
+				if _, err := d.g.Select(context.Background(), &job); err != nil {
+					t.Fatal(err)
+				}
+				gpu, cpu := f32View(out.Data(0)), f32View(ref.Data(0))
+				for j := range elems {
+					if got := gpu[j]; got != c.want || cpu[j] != c.want {
+						t.Fatalf("w[%d] = %v on the GPU, %v on the CPU, want %v", j, got, cpu[j], c.want)
+					}
+				}
+			})
+		}
+	}
+}
+
 // More inputs than a block's shared memory holds keep their columns in global scratch: the same
 // network, the same bits, the same distances.
 func TestSelectGlobalColumns(t *testing.T) {
