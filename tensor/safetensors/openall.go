@@ -11,8 +11,9 @@ import (
 // OpenAll opens files with Open on all cores at once: mapping and page-table population are
 // real work when many client updates are read together. Files with the same tensors (names,
 // dtypes, shapes, offsets) share one parsed layout, so a federation of clients costs one
-// layout's names and shapes, not one per client. On error it closes what it opened and returns
-// every file's error joined.
+// layout's names and shapes, not one per client. It takes Open's options but WithSource: each
+// set is named by its path. On error it closes what it opened and returns every file's error
+// joined.
 func OpenAll(paths []string, opts ...Option) ([]*tensor.Set, error) {
 	o, err := applyOptions(forOpenAll, "", opts)
 	if err != nil {
