@@ -56,7 +56,7 @@ func TestCLIOnFakeGPU(t *testing.T) {
 		t.Helper()
 		out := filepath.Join(dir, dev+".safetensors")
 		cmd := exec.Command(bin, append(append([]string{"aggregate", "--device", dev, "--json", "-o", out}, args...), clients)...)
-		cmd.Env = append(os.Environ(), "LD_LIBRARY_PATH="+filepath.Dir(lib), "WATTAGG_PROFILE="+filepath.Join(dir, "profile.json"),
+		cmd.Env = append(os.Environ(), EnvLibrary+"="+lib, "WATTAGG_PROFILE="+filepath.Join(dir, "profile.json"),
 			"FAKECUDA_LAUNCH_LOG="+log)
 		var stdout, stderr bytes.Buffer
 		cmd.Stdout, cmd.Stderr = &stdout, &stderr

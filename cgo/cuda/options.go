@@ -2,6 +2,7 @@ package cuda
 
 import (
 	"fmt"
+	"os"
 	"runtime"
 )
 
@@ -16,12 +17,22 @@ type options struct {
 	stagers   int
 }
 
-// DefaultLibrary is the driver library Discover and Open load unless WithLibraryPath says
-// otherwise: the soname the NVIDIA driver installs.
+// DefaultLibrary is the driver library Discover and Open load unless WithLibraryPath or
+// EnvLibrary says otherwise: the soname the NVIDIA driver installs. It is loaded only when an
+// NVIDIA kernel driver is there (sysinfo.NVIDIADriver); a library named by path always is.
 const DefaultLibrary = "libcuda.so.1"
 
+// EnvLibrary names an environment variable holding the path of the driver library to load
+// instead of DefaultLibrary, for programs that cannot pass WithLibraryPath (the CLI run against
+// a driver outside the loader's search path, or a simulated one in tests).
+const EnvLibrary = "WATTAGG_LIBCUDA"
+
 func newOptions(opts []Option) (options, error) {
-	o := options{libPath: DefaultLibrary, streams: 3, slabBytes: 64 << 20, stagers: min(runtime.GOMAXPROCS(0), 8)}
+	lib := DefaultLibrary
+	if p := os.Getenv(EnvLibrary); p != "" {
+		lib = p
+	}
+	o := options{libPath: lib, streams: 3, slabBytes: 64 << 20, stagers: min(runtime.GOMAXPROCS(0), 8)}
 	for _, f := range opts {
 		if err := f(&o); err != nil {
 			return o, err
