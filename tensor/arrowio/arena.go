@@ -18,6 +18,7 @@ type arena struct {
 	mu     sync.Mutex
 	live   map[*byte][]byte
 	closed bool
+	with   []*arena // closed with this one
 }
 
 func newArena(mem memory.Allocator) *arena {
@@ -60,6 +61,9 @@ func (a *arena) Free(b []byte) {
 	}
 }
 
+// closeWith makes closing a close b too (a reader's bodies from WithBodyAllocator).
+func (a *arena) closeWith(b *arena) { a.with = append(a.with, b) }
+
 // close frees every allocation still live.
 func (a *arena) close() {
 	a.mu.Lock()
@@ -68,6 +72,9 @@ func (a *arena) close() {
 		return
 	}
 	a.closed = true
+	for _, b := range a.with {
+		b.close()
+	}
 	for p, b := range a.live {
 		a.mem.Free(b)
 		delete(a.live, p)

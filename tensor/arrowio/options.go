@@ -39,6 +39,7 @@ type options struct {
 	maxBatch   int64
 	maxTotal   int64 // 0: the default of the reader (stream or file)
 	batchBytes int
+	bodies     memory.Allocator // nil: bodies from mem, one kept for the next message
 }
 
 func newOptions(source string, opts []Option) (*options, error) {
@@ -66,6 +67,24 @@ func WithAllocator(mem memory.Allocator) Option {
 			return fmt.Errorf("arrowio: %w: nil allocator", ErrOption)
 		}
 		o.mem = mem
+		return nil
+	}
+}
+
+// WithBodyAllocator makes a stream reader take message bodies from mem and give each back as
+// soon as Arrow releases it, instead of keeping one (from WithAllocator's allocator) for the
+// next message: the reader then holds no body while it waits for the next message, so that a
+// server whose readers mostly wait on the network can lend one pool of bodies to all of them.
+// mem's buffers must be 64-byte aligned, as Arrow's allocators make them, but need not be
+// zeroed: a body is read over completely. Bodies still lent when the reader closes are freed
+// then, as every allocation of a reader is. ReadFile does not use it: its bodies are the
+// mapping.
+func WithBodyAllocator(mem memory.Allocator) Option {
+	return func(o *options) error {
+		if mem == nil {
+			return fmt.Errorf("arrowio: %w: nil body allocator", ErrOption)
+		}
+		o.bodies = mem
 		return nil
 	}
 }

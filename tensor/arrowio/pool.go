@@ -17,6 +17,7 @@ import (
 // comes back through Free when Arrow releases its last reference, whoever held it.
 type slabPool struct {
 	mem    memory.Allocator
+	keep   bool // keep a spare (WithBodyAllocator: every body goes back to mem)
 	mu     sync.Mutex
 	spare  []byte           // a whole slab, as mem allocated it
 	lent   map[*byte][]byte // first byte of a lent body -> its whole slab
@@ -24,7 +25,7 @@ type slabPool struct {
 }
 
 func newSlabPool(mem memory.Allocator) *slabPool {
-	return &slabPool{mem: mem, lent: map[*byte][]byte{}}
+	return &slabPool{mem: mem, keep: true, lent: map[*byte][]byte{}}
 }
 
 // Allocate returns n bytes (n > 0) starting on a 64-byte boundary; their content is undefined
@@ -62,7 +63,7 @@ func (p *slabPool) Free(b []byte) {
 		return
 	}
 	delete(p.lent, unsafe.SliceData(b))
-	if p.closed || len(slab) < len(p.spare) {
+	if p.closed || !p.keep || len(slab) < len(p.spare) {
 		p.mem.Free(slab)
 		return
 	}

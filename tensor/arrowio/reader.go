@@ -67,7 +67,12 @@ func NewStreamReader(r io.Reader, opts ...Option) (*StreamReader, error) {
 		o.maxTotal = DefaultMaxTotalBytes
 	}
 	a := newArena(o.mem)
-	return newReader(newStreamSource(r, o, a), o, a)
+	bodies := a
+	if o.bodies != nil {
+		bodies = newArena(o.bodies)
+		a.closeWith(bodies)
+	}
+	return newReader(newStreamSource(r, o, bodies, o.bodies == nil), o, a)
 }
 
 // newReader reads the schema from src; every allocation of the reader goes through a (which

@@ -39,8 +39,9 @@ type streamSource struct {
 	prefix    [4]byte
 }
 
-func newStreamSource(r io.Reader, o *options, mem memory.Allocator) *streamSource {
+func newStreamSource(r io.Reader, o *options, mem memory.Allocator, keep bool) *streamSource {
 	s := &streamSource{r: r, o: o, pool: newSlabPool(mem)}
+	s.pool.keep = keep
 	s.refs.Add(1)
 	return s
 }
