@@ -53,10 +53,13 @@ type flightService struct {
 //
 // Its memory per upload is bounded whatever clients send: a message is at most
 // limits.chunk_bytes + 64 KiB (gRPC refuses a longer one from its length prefix, before
-// reading it), a stream's window is 64 KiB beyond the message being read (gRPC's automatic
-// windows grow to 16 MiB per stream, and 64 streams could then hold a GiB the server has not
-// asked for), and messages are received one at a time, when the update's reader needs the
-// next. The codec (FlightCodec) reads a message's body where gRPC received it.
+// reading it, with ResourceExhausted "grpc: received message larger than max (N vs. M)"), a
+// stream's window is 64 KiB beyond the message being read (gRPC's automatic windows grow to
+// 16 MiB per stream, and 64 streams could then hold a GiB the server has not asked for), and
+// messages are received one at a time, when the update's reader needs the next. The codec
+// (FlightCodec) reads a message's body where gRPC received it; the reader copies it into a
+// body buffer lent only while the batch is decoded (bodyAllocator). A stream thus holds at
+// most two messages' worth: the one arriving and the body being decoded.
 func (s *Server) FlightServer() (*grpc.Server, error) {
 	gs, _, err := s.flightServer()
 	return gs, err

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -38,32 +39,40 @@ func (f *framePool) Put(b *[]byte) {
 	}
 }
 
-// bodyAllocator is the memory.Allocator of the Flight readers: a reader reads each message's
-// body into a buffer it keeps for the next (arrowio's slabPool), and the buffers of uploads
-// that ended serve the next uploads, instead of a new MiB of garbage per upload (with a
-// thousand small clients, that garbage is what would make the collector let the heap double).
-// Buffers of other sizes are Arrow's GoAllocator's.
+// bodyAllocator lends message bodies to the Flight readers (arrowio.WithBodyAllocator): a
+// reader reads a message's body into one, decodes the batch, and gives it back before it waits
+// for the next message, so the bodies serve whichever streams are decoding instead of one
+// being kept by every stream, and an upload that ends leaves no garbage. Measured here (64
+// clients × 25M f32 in 1 MiB batches): the server's peak RSS was 394-415 MiB with a body kept
+// per reader, 351-367 MiB with this. Classes are powers of two from 64 KiB up to the largest
+// body; a body is read over completely, so buffers are not cleared.
 type bodyAllocator struct {
-	size int // a buffer's capacity: the largest body, 64-byte rounded
-	p    sync.Pool
-	out  atomic.Int64 // buffers of size handed out and not given back
+	classes []int // capacities, ascending; the last is the largest body, 64-byte rounded
+	pools   []sync.Pool
+	out     atomic.Int64 // bodies lent and not given back
 }
 
 func newBodyAllocator(maxBody int) *bodyAllocator {
-	return &bodyAllocator{size: (maxBody + 63) &^ 63}
+	a := &bodyAllocator{}
+	for c := 64 << 10; c < maxBody; c *= 2 {
+		a.classes = append(a.classes, c)
+	}
+	a.classes = append(a.classes, (maxBody+63)&^63)
+	a.pools = make([]sync.Pool, len(a.classes))
+	return a
 }
 
-// Allocate returns n bytes, 64-byte aligned; a reused buffer is cleared, as Arrow expects.
+// Allocate returns n bytes, 64-byte aligned, not cleared.
 func (a *bodyAllocator) Allocate(n int) []byte {
-	if n <= a.size/2 || n > a.size {
-		return memory.DefaultAllocator.Allocate(n)
+	k, ok := slices.BinarySearch(a.classes, n)
+	if !ok && k == len(a.classes) {
+		return memory.DefaultAllocator.Allocate(n) // no such body passes gRPC's limit
 	}
 	a.out.Add(1)
-	if b, ok := a.p.Get().(*[]byte); ok {
-		clear(*b)
+	if b, ok := a.pools[k].Get().(*[]byte); ok {
 		return (*b)[:n]
 	}
-	return tensor.AlignedBytes(a.size)[:n]
+	return tensor.AlignedBytes(a.classes[k])[:n]
 }
 
 func (a *bodyAllocator) Reallocate(n int, b []byte) []byte {
@@ -74,13 +83,13 @@ func (a *bodyAllocator) Reallocate(n int, b []byte) []byte {
 }
 
 func (a *bodyAllocator) Free(b []byte) {
-	if cap(b) != a.size {
-		memory.DefaultAllocator.Free(b)
-		return
+	k, ok := slices.BinarySearch(a.classes, cap(b))
+	if !ok {
+		return // the default allocator's: the collector has it
 	}
 	a.out.Add(-1)
 	b = b[:cap(b)]
-	a.p.Put(&b)
+	a.pools[k].Put(&b)
 }
 
 var _ memory.Allocator = (*bodyAllocator)(nil)

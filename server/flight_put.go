@@ -256,6 +256,6 @@ var _ io.Reader = (*flightReader)(nil)
 func (f *flightService) readerOptions(client string) []arrowio.Option {
 	lim := f.s.cfg.Limits
 	msg := int64(f.s.flightMessageLimit())
-	return []arrowio.Option{arrowio.WithSource(client), arrowio.WithAllocator(f.bodies), arrowio.WithMaxTotalBytes(lim.MaxUpdateBytes),
+	return []arrowio.Option{arrowio.WithSource(client), arrowio.WithBodyAllocator(f.bodies), arrowio.WithMaxTotalBytes(lim.MaxUpdateBytes),
 		arrowio.WithMaxMetadataBytes(max(64, min(lim.MaxHeaderBytes, msg))), arrowio.WithMaxBatchBytes(msg)}
 }
