@@ -7,10 +7,14 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"os"
+	"slices"
 	"strings"
 	"time"
+
+	"github.com/wattagg/wattagg/aggregate"
 )
 
 // Config is what `wattagg serve --config FILE` reads: a JSON document. Unknown fields are
@@ -24,7 +28,8 @@ import (
 //	  "tls": {"cert_file": "server.pem", "key_file": "server.key", "client_ca_file": "clients-ca.pem"},
 //	  "admin_token_sha256": "5e88...",
 //	  "clients": [{"id": "hospital-a", "token_sha256": "9f86...", "cert_cn": "hospital-a"}],
-//	  "round": {"rule": "fedavg", "min_clients": 2, "max_clients": 64, "quorum": 48, "deadline": "10m"},
+//	  "round": {"rule": "fedavg", "min_clients": 2, "max_clients": 64, "quorum": 48, "deadline": "10m",
+//	            "sum": "auto", "exact": {"bound": 65536, "max_weight": 1099511627776}},
 //	  "limits": {"max_update_bytes": 4294967296, "max_streams": 64, "idle_timeout": "30s"}
 //	}
 type Config struct {
@@ -101,6 +106,72 @@ type RoundConfig struct {
 	// space (its tensors sorted by name, concatenated): clients push whole updates, the round
 	// keeps and aggregates its part, and its model is that part (see ModelRangeKey).
 	ModelRange *[2]int64 `json:"model_range,omitempty"`
+	// Sum is how the rounds of a sum rule add their updates: "auto" (the default: exact sums
+	// for every rule the round engine takes them for, float sums for the others), "exact"
+	// (a rule that refuses exact sums is a configuration error) or "float" (sums in the order
+	// the updates are acknowledged). Exact sums make a round's model a function of its
+	// (update, weight) pairs alone, whatever their arrival order, so that anyone holding the
+	// acknowledged updates can recompute it bit for bit: what an audit of a federated round
+	// needs. They refuse f64 updates and values beyond round.exact's bounds.
+	Sum string `json:"sum,omitempty"`
+	// Exact sets up exact sums (aggregate.ExactSum); nil takes the defaults. It is an error
+	// where the rounds do not sum exactly.
+	Exact *ExactConfig `json:"exact,omitempty"`
+}
+
+// The values of RoundConfig.Sum.
+const (
+	SumAuto  = "auto"
+	SumExact = "exact"
+	SumFloat = "float"
+)
+
+// ExactConfig is what a round's exact sums are set up for (aggregate.ExactSum): the grid each
+// product is rounded to follows from the bound and the cap, so a smaller bound or cap is a
+// finer grid. A field left out (or 0) takes the engine's default.
+type ExactConfig struct {
+	// Bound bounds every value of every tensor, |x| ≤ Bound (default
+	// aggregate.DefaultExactBound, 65536). An update with a value beyond it is refused.
+	Bound float64 `json:"bound,omitempty"`
+	// MaxWeight caps the total weight of a round's clients (default
+	// aggregate.DefaultExactMaxWeight, 2^40). An update whose weight takes the total past it is
+	// refused.
+	MaxWeight float64 `json:"max_weight,omitempty"`
+	// TensorBounds bound the values of the named tensors, in place of Bound.
+	TensorBounds map[string]float64 `json:"tensor_bounds,omitempty"`
+}
+
+// exactSum is the engine's setting.
+func (e *ExactConfig) exactSum() aggregate.ExactSum {
+	if e == nil {
+		return aggregate.ExactSum{}
+	}
+	return aggregate.ExactSum{Bound: e.Bound, MaxWeight: e.MaxWeight, TensorBounds: e.TensorBounds}
+}
+
+// check asks the engine about each value (a bound or cap that is not a positive finite f32
+// is refused there), naming the configuration's field.
+func (e *ExactConfig) check() error {
+	if e == nil {
+		return nil
+	}
+	fields := []struct {
+		name string
+		set  aggregate.ExactSum
+	}{{"bound", aggregate.ExactSum{Bound: e.Bound}}, {"max_weight", aggregate.ExactSum{MaxWeight: e.MaxWeight}}}
+	names := slices.Sorted(maps.Keys(e.TensorBounds))
+	for _, n := range names {
+		fields = append(fields, struct {
+			name string
+			set  aggregate.ExactSum
+		}{fmt.Sprintf("tensor_bounds[%q]", n), aggregate.ExactSum{TensorBounds: map[string]float64{n: e.TensorBounds[n]}}})
+	}
+	for _, f := range fields {
+		if err := aggregate.CheckOptions(aggregate.WithExactSum(f.set)); err != nil {
+			return fmt.Errorf("%w: round.exact.%s: %w", ErrConfig, f.name, err)
+		}
+	}
+	return nil
 }
 
 // LimitsConfig bounds what clients can make the server hold.
@@ -269,8 +340,22 @@ func (r *RoundConfig) check(clients int) error {
 	if m := r.ModelRange; m != nil && (m[0] < 0 || m[1] <= m[0]) {
 		return bad("model_range [%d, %d): want 0 <= lo < hi", m[0], m[1])
 	}
+	switch r.Sum {
+	case "":
+		r.Sum = SumAuto
+	case SumAuto, SumExact, SumFloat:
+	default:
+		return bad("sum %q: want \"auto\" (the default), \"exact\" or \"float\"", r.Sum)
+	}
+	if r.Exact != nil && r.Sum == SumFloat {
+		return bad("exact is set but sum is \"float\": exact sums are not in effect")
+	}
+	if err := r.Exact.check(); err != nil {
+		return err
+	}
 	// The rule itself is checked by building it once (newRuleFactory), which needs the data
-	// directory for state files.
+	// directory for state files; whether it takes exact sums is asked of the engine then
+	// (Server.resolveSum).
 	return nil
 }
 

@@ -87,6 +87,9 @@ func classifyEngine(err error) (int, string) {
 		return http.StatusConflict, "round_closed"
 	case errors.Is(err, tensor.ErrNonFinite):
 		return http.StatusBadRequest, "non_finite"
+	case errors.Is(err, aggregate.ErrOutOfRange):
+		// A value beyond the bound of the round's exact sums, or a weight past their cap.
+		return http.StatusBadRequest, "out_of_range"
 	case errors.Is(err, tensor.ErrLayoutMismatch), errors.Is(err, tensor.ErrShapeMismatch),
 		errors.Is(err, tensor.ErrDuplicateName), errors.Is(err, tensor.ErrShape):
 		return http.StatusBadRequest, "layout"

@@ -46,7 +46,6 @@ type putReceiver struct {
 	want   chan struct{}
 	got    chan received
 	done   chan struct{}
-	ended  chan struct{}
 	asked  bool // a message was asked for and not yet taken
 }
 
@@ -57,13 +56,12 @@ type received struct {
 
 func newPutReceiver(stream grpc.ServerStream, idle time.Duration) *putReceiver {
 	r := &putReceiver{stream: stream, idle: idle, want: make(chan struct{}, 1), got: make(chan received),
-		done: make(chan struct{}), ended: make(chan struct{})}
+		done: make(chan struct{})}
 	go r.run()
 	return r
 }
 
 func (r *putReceiver) run() {
-	defer close(r.ended)
 	for {
 		select {
 		case <-r.want:

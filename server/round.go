@@ -33,6 +33,19 @@ type roundMeta struct {
 	Clients    int        `json:"clients"`
 	Bytes      int64      `json:"bytes"`
 	ModelRange *[2]int64  `json:"model_range,omitempty"`
+	// Sum is how the round sums ("exact" or "float"; empty in rounds opened before the server
+	// summed exactly: float), and Exact what its exact sums were set up for. A round keeps
+	// both for its life, across restarts: its acknowledged updates were checked against them.
+	Sum   string       `json:"sum,omitempty"`
+	Exact *ExactConfig `json:"exact,omitempty"`
+}
+
+// sum is how the round sums.
+func (m *roundMeta) sum() string {
+	if m.Sum == "" {
+		return SumFloat
+	}
+	return m.Sum
 }
 
 // Files of a round directory.
@@ -55,9 +68,9 @@ type round struct {
 
 	mu       sync.Mutex
 	meta     roundMeta
-	agg      *aggregate.Round // nil once closed
-	rule     aggregate.Rule   // the rule the engine's round runs (built per round)
-	whole    bool             // the rule needs every update at once: spools stay mapped
+	agg      *engineRound   // nil once closed
+	rule     aggregate.Rule // the rule the engine's round runs (built per round)
+	whole    bool           // the rule needs every update at once: spools stay mapped
 	alog     *ackLog
 	records  []AckRecord
 	acked    map[string]int     // client -> index in records
@@ -116,7 +129,7 @@ func (r *round) status(withUpdates bool) api.Round {
 	st := api.Round{Round: r.n, State: m.State, Rule: m.Rule, Clients: m.Clients, Bytes: m.Bytes,
 		MinClients: m.MinClients, MaxClients: m.MaxClients, Quorum: m.Quorum, Opened: m.Opened,
 		Deadline: m.Deadline, Closed: m.Closed, Global: m.Global, Reason: m.Reason, Report: r.report,
-		Arriving: len(r.arriving), ModelRange: m.ModelRange}
+		Arriving: len(r.arriving), ModelRange: m.ModelRange, Sum: m.sum(), Exact: apiExact(m.Exact)}
 	if withUpdates {
 		for _, rec := range r.records {
 			st.Updates = append(st.Updates, api.ClientUpdate{Client: rec.Client, Seq: rec.Seq, Bytes: rec.Bytes, Weight: rec.Weight, At: rec.At})

@@ -229,10 +229,14 @@ func newRuleFactory(rc RoundConfig, stateDir string) (*ruleFactory, error) {
 }
 
 // build makes the rule (a composition when several names are given).
-func (f *ruleFactory) build() (aggregate.Rule, error) {
+func (f *ruleFactory) build() (aggregate.Rule, error) { return f.buildIn(f.stateDir) }
+
+// buildIn makes the rule with its state in stateDir: the server's state directory, or an empty
+// one for a rule that must not see the server's state (probeRound).
+func (f *ruleFactory) buildIn(stateDir string) (aggregate.Rule, error) {
 	var rules []aggregate.Rule
 	for _, n := range f.names {
-		r, err := ruleBuilders[n].build(f.params, f.stateDir, f.names)
+		r, err := ruleBuilders[n].build(f.params, stateDir, f.names)
 		if err != nil {
 			for _, r := range rules {
 				closeRule(r)

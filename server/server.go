@@ -31,6 +31,7 @@ type Server struct {
 	auth       *authenticator
 	rules      *ruleFactory
 	needGlobal bool
+	sum        string // SumExact or SumFloat: what round.sum resolved to for the rule
 	metrics    *metrics
 	meters     []energy.Meter
 	engineOpts []aggregate.Option
@@ -141,6 +142,9 @@ func New(cfg *Config, opts ...Option) (*Server, error) {
 	if s.needGlobal && cfg.Round.InitialGlobal == "" {
 		return nil, fmt.Errorf("%w: round.rule %s moves a global model: round.initial_global must name the model round 1 starts from",
 			ErrConfig, cfg.Round.Rule)
+	}
+	if s.sum, err = s.resolveSum(); err != nil {
+		return nil, err
 	}
 	s.streams = make(chan struct{}, cfg.Limits.MaxStreams)
 	s.metrics = newMetrics(s)
@@ -305,7 +309,10 @@ func (s *Server) OpenRound() (api.Round, error) {
 	rc := s.cfg.Round
 	now := time.Now().UTC()
 	meta := roundMeta{Round: n, State: api.StateOpen, Rule: rc.Rule, Opened: now,
-		MinClients: rc.MinClients, MaxClients: rc.MaxClients, Quorum: rc.Quorum, ModelRange: rc.ModelRange}
+		MinClients: rc.MinClients, MaxClients: rc.MaxClients, Quorum: rc.Quorum, ModelRange: rc.ModelRange, Sum: s.sum}
+	if s.sum == SumExact {
+		meta.Exact = exactSettings(rc.Exact)
+	}
 	if rc.Deadline > 0 {
 		d := now.Add(time.Duration(rc.Deadline))
 		meta.Deadline = &d
@@ -349,7 +356,7 @@ func (s *Server) OpenRound() (api.Round, error) {
 	s.rounds = append(s.rounds, r)
 	s.current = r
 	s.startRound(r)
-	s.log.Info("round opened", "round", n, "rule", rc.Rule, "global", meta.Global, "deadline", meta.Deadline)
+	s.log.Info("round opened", "round", n, "rule", rc.Rule, "sum", meta.Sum, "global", meta.Global, "deadline", meta.Deadline)
 	s.metrics.current.Set(float64(n))
 	return r.status(false), nil
 }
@@ -383,29 +390,27 @@ func (s *Server) startRound(r *round) {
 	}
 }
 
-// newEngineRound begins the engine's round for a round of the server.
-func (s *Server) newEngineRound(meta *roundMeta) (*aggregate.Round, aggregate.Rule, error) {
+// newEngineRound begins the engine's round for a round of the server, summing as the round
+// opened to (meta.Sum, meta.Exact).
+func (s *Server) newEngineRound(meta *roundMeta) (*engineRound, aggregate.Rule, error) {
 	rule, err := s.rules.build()
 	if err != nil {
 		return nil, nil, err
 	}
-	opts := []aggregate.Option{aggregate.WithMixedDTypes(s.cfg.Round.MixedDTypes)}
-	if len(s.meters) > 0 {
-		opts = append(opts, aggregate.WithMeters(s.meters...))
-	}
-	if rule.Requirements().Kind == aggregate.KindWhole {
-		opts = append(opts, aggregate.WithRetainedUpdates())
-	}
+	opts := s.roundOptions(rule)
 	if meta.Global != "" {
 		opts = append(opts, aggregate.WithGlobalFile(s.dataPath(meta.Global)))
 	}
-	opts = append(opts, s.engineOpts...)
+	exact := meta.sum() == SumExact
+	if exact {
+		opts = append(opts, aggregate.WithExactSum(meta.Exact.exactSum()))
+	}
 	agg, err := aggregate.NewRound(context.Background(), rule, opts...)
 	if err != nil {
 		closeRule(rule)
 		return nil, nil, fmt.Errorf("round %d: %w", meta.Round, err)
 	}
-	return agg, rule, nil
+	return &engineRound{Round: agg, exact: exact}, rule, nil
 }
 
 // dataPath resolves a path kept relative to the data directory.

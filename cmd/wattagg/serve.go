@@ -64,6 +64,12 @@ clipped_count_stddev, expected_clients), and compositions such as "norm-clip,med
 "model_range": [lo, hi] makes every round own only those coordinates of the model (its tensors
 sorted by name, concatenated): clients push whole updates, the round's model is its part.
 
+Sums: "sum": "auto" (the default) sums exactly wherever the rule allows (fedavg, the server
+optimizers, dp-*, norm-clip with clip_bound): a round's model is then the same bits whatever
+order its updates arrived in. "exact": {"bound": 65536, "max_weight": 1099511627776,
+"tensor_bounds": {"name": bound}} sets the range (an update beyond it gets 400 out_of_range);
+"sum": "float" sums in arrival order and takes f64 updates.
+
 Arrow Flight ("flight_listen"): DoPut of an update (tensor/arrowio's chunk schema; descriptor
 path ["rounds", "N"]; metadata authorization: Bearer TOKEN and x-wattagg-weight), DoGet of a model
 (ticket "rounds/N" or "latest"), ListFlights, DoAction status/close/open.

@@ -66,6 +66,21 @@ type Round struct {
 	Updates    []ClientUpdate    `json:"updates,omitempty"`
 	Report     *aggregate.Report `json:"report,omitempty"`
 	ModelRange *[2]int64         `json:"model_range,omitempty"`
+	// Sum is how the round adds its updates: "exact" (its model is a function of its updates
+	// and weights alone, whatever their arrival order) or "float" (in acknowledgement order,
+	// and for rules that need every update at once). The report's acc_dtype says "exact" too.
+	Sum string `json:"sum,omitempty"`
+	// Exact is what the round's exact sums were set up for: with the acknowledged updates,
+	// what recomputing its model bit for bit needs (aggregate.WithExactSum).
+	Exact *ExactSum `json:"exact,omitempty"`
+}
+
+// ExactSum is a round's exact-sum setting (aggregate.ExactSum): every value within ±Bound
+// (TensorBounds for the named tensors), the clients' weights totalling at most MaxWeight.
+type ExactSum struct {
+	Bound        float64            `json:"bound"`
+	MaxWeight    float64            `json:"max_weight"`
+	TensorBounds map[string]float64 `json:"tensor_bounds,omitempty"`
 }
 
 // Rounds is the answer of GET /v1/rounds: every round, oldest first.

@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -346,8 +347,30 @@ func waitClosed(ctx context.Context, url string, n int) error {
 	return fmt.Errorf("round %d did not close", n)
 }
 
-// verifyBits recomputes the round from its acknowledged spool files in log order with the
-// engine alone, and compares the bits with the server's model.
+// roundSums reads how the round in dir summed (its round.json: "sum" and "exact") and gives
+// the engine options that sum the same way.
+func roundSums(dir string) ([]aggregate.Option, bool, error) {
+	b, err := os.ReadFile(filepath.Join(dir, "round.json"))
+	if err != nil {
+		return nil, false, err
+	}
+	var meta struct {
+		Sum   string              `json:"sum"`
+		Exact *server.ExactConfig `json:"exact"`
+	}
+	if err := json.Unmarshal(b, &meta); err != nil {
+		return nil, false, fmt.Errorf("%s: %w", filepath.Join(dir, "round.json"), err)
+	}
+	if meta.Sum != server.SumExact || meta.Exact == nil {
+		return nil, false, nil
+	}
+	e := aggregate.ExactSum{Bound: meta.Exact.Bound, MaxWeight: meta.Exact.MaxWeight, TensorBounds: meta.Exact.TensorBounds}
+	return []aggregate.Option{aggregate.WithExactSum(e)}, true, nil
+}
+
+// verifyBits recomputes the round from its acknowledged spool files with the engine alone
+// (in log order for float sums, in reverse for exact ones), and compares the bits with the
+// server's model.
 func verifyBits(dir string, acked map[string]api.Ack, res *CrashResult) error {
 	recs, err := server.ReadAckLog(filepath.Join(dir, "acks.log"))
 	if err != nil {
@@ -358,7 +381,15 @@ func verifyBits(dir string, acked map[string]api.Ack, res *CrashResult) error {
 			res.Mismatched++
 		}
 	}
-	r, err := aggregate.NewRound(context.Background(), aggregate.NewFedAvg())
+	opts, exact, err := roundSums(dir)
+	if err != nil {
+		return err
+	}
+	if exact {
+		// Exact sums do not depend on the order: recompute in the reverse of the log's.
+		slices.Reverse(recs)
+	}
+	r, err := aggregate.NewRound(context.Background(), aggregate.NewFedAvg(), opts...)
 	if err != nil {
 		return err
 	}
