@@ -86,11 +86,18 @@ func TestRuleConfigErrors(t *testing.T) {
 		{"norm-clip", nil, false, "clip_bound or clip_quantile"},
 		{"fedadam", nil, false, "round.initial_global must name the model round 1 starts from"},
 		{"median,fedavg", nil, false, "must come last"},
+		{"krum", map[string]float64{"f": 1}, false, "f=1 (n > 2f+2) needs at least 5 clients, but a round takes at most 4"},
+		{"multi-krum", map[string]float64{"f": 0, "m": 5}, false, "m=5 updates to average needs at least 5 clients"},
+		{"bulyan", map[string]float64{"f": 1}, false, "f=1 (n >= 4f+3) needs at least 7 clients"},
+		{"norm-clip,bulyan", map[string]float64{"f": 0, "clip_bound": 1}, false, "needs at least 3 clients"},
 	} {
-		cfg, tokens, admin := testConfig(t, 2)
+		cfg, tokens, admin := testConfig(t, 4)
 		_ = tokens
 		_ = admin
 		cfg.Round.Rule, cfg.Round.Params = c.rule, c.params
+		if strings.Contains(c.rule, "bulyan") && c.params["f"] == 0 {
+			cfg.Round.MaxClients = 2
+		}
 		_, err := New(cfg)
 		if !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), c.msg) {
 			t.Errorf("rule %s %v: error %v, want ErrConfig mentioning %q", c.rule, c.params, err, c.msg)

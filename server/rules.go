@@ -19,6 +19,10 @@ import (
 type ruleBuilder struct {
 	params []string // the parameters it reads
 	build  func(p ruleParams, stateDir string, chain []string) (aggregate.Rule, error)
+	// needs, when set, is the fewest clients a round of the rule can close with, and why:
+	// checked against round.max_clients when the server starts, so that a configuration whose
+	// every round would fail is refused (the parameters are valid: build accepted them).
+	needs func(p ruleParams) (int, string)
 }
 
 // ruleParams reads the configured parameters, remembering which were read.
@@ -58,14 +62,17 @@ var ruleBuilders = map[string]ruleBuilder{
 	"trimmed-mean": {params: []string{"beta"}, build: func(p ruleParams, _ string, _ []string) (aggregate.Rule, error) {
 		return robust.NewTrimmedMean(p.float("beta", 0.1))
 	}},
-	"krum":       {params: []string{"f", "m"}, build: krumBuilder(1)},
-	"multi-krum": {params: []string{"f", "m"}, build: krumBuilder(0)},
+	"krum":       {params: []string{"f", "m"}, build: krumBuilder(1), needs: krumNeeds(1)},
+	"multi-krum": {params: []string{"f", "m"}, build: krumBuilder(0), needs: krumNeeds(0)},
 	"bulyan": {params: []string{"f"}, build: func(p ruleParams, _ string, _ []string) (aggregate.Rule, error) {
 		f, err := p.int("f", 0)
 		if err != nil {
 			return nil, err
 		}
 		return robust.NewBulyan(f)
+	}, needs: func(p ruleParams) (int, string) {
+		f, _ := p.int("f", 0)
+		return 4*f + 3, fmt.Sprintf("f=%d (n >= 4f+3)", f)
 	}},
 	"geomed": {params: []string{"nu", "max_iter", "tol"}, build: func(p ruleParams, _ string, _ []string) (aggregate.Rule, error) {
 		var opts []robust.Option
@@ -119,6 +126,18 @@ func krumBuilder(m int) func(ruleParams, string, []string) (aggregate.Rule, erro
 			return nil, err
 		}
 		return robust.NewKrum(f, m)
+	}
+}
+
+// krumNeeds is Krum's n > 2f+2, and m updates to average (m = 0: n−f).
+func krumNeeds(m int) func(ruleParams) (int, string) {
+	return func(p ruleParams) (int, string) {
+		f, _ := p.int("f", 0)
+		m, _ := p.int("m", m)
+		if m > 2*f+3 {
+			return m, fmt.Sprintf("m=%d updates to average", m)
+		}
+		return 2*f + 3, fmt.Sprintf("f=%d (n > 2f+2)", f)
 	}
 }
 
@@ -225,7 +244,25 @@ func newRuleFactory(rc RoundConfig, stateDir string) (*ruleFactory, error) {
 		return nil, err
 	}
 	closeRule(r)
+	if err := f.checkClients(rc.MaxClients); err != nil {
+		return nil, err
+	}
 	return f, nil
+}
+
+// checkClients refuses a rule that needs more clients than a round takes.
+func (f *ruleFactory) checkClients(maxClients int) error {
+	for _, n := range f.names {
+		b := ruleBuilders[n]
+		if b.needs == nil {
+			continue
+		}
+		if min, why := b.needs(f.params); maxClients < min {
+			return fmt.Errorf("%w: round.rule %s: %s needs at least %d clients, but a round takes at most %d (round.max_clients, or the number of clients): every round would fail",
+				ErrConfig, n, why, min, maxClients)
+		}
+	}
+	return nil
 }
 
 // build makes the rule (a composition when several names are given).

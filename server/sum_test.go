@@ -148,7 +148,7 @@ func TestSumConfig(t *testing.T) {
 		{"fedavg", "", &ExactConfig{MaxWeight: math.Inf(1)}, "round.exact.max_weight"},
 		{"fedavg", "", &ExactConfig{TensorBounds: map[string]float64{"w0": 0}}, `round.exact.tensor_bounds["w0"]`},
 	} {
-		cfg, _, _ := testConfig(t, 2)
+		cfg, _, _ := testConfig(t, 3)
 		cfg.Round.Rule, cfg.Round.Sum, cfg.Round.Exact = c.rule, c.sum, c.exact
 		if c.rule == "norm-clip,fedavg" {
 			cfg.Round.Params = map[string]float64{"clip_bound": 1}
