@@ -40,6 +40,10 @@ type Config struct {
 	CrashClients int // clients of
 	CrashParams  int // parameters each
 
+	// Sum is the rounds' round.sum ("auto", "exact" or "float"; "" leaves the server's
+	// default, auto: exact sums for fedavg, whose accumulator takes 16 bytes per parameter).
+	Sum string
+
 	Only []string // rows to run (ingest, small, crash); nil: all
 	Log  func(format string, args ...any)
 }
@@ -120,8 +124,20 @@ func Run(ctx context.Context, c Config) (*Result, error) {
 	return res, nil
 }
 
+// sumNote says how the rounds summed and what their accumulator held.
+func (c *Config) sumNote() string {
+	switch c.Sum {
+	case "float":
+		return "round.sum float: an f32 accumulator, 4 bytes per parameter"
+	case "", "auto", "exact":
+		return "round.sum " + map[string]string{"": "auto (the default)", "auto": "auto", "exact": "exact"}[c.Sum] +
+			": exact sums, a 16-byte accumulator per parameter (4 × the f32 model)"
+	}
+	return "round.sum " + c.Sum
+}
+
 // serverConfig writes a configuration of n clients and returns its path and their tokens.
-func serverConfig(dir string, n, streams int, extra, top map[string]any) (string, []string, error) {
+func serverConfig(dir string, n, streams int, sum string, extra, top map[string]any) (string, []string, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return "", nil, err
 	}
@@ -138,6 +154,9 @@ func serverConfig(dir string, n, streams int, extra, top map[string]any) (string
 		clients[k] = map[string]string{"id": clientID(k), "token_sha256": server.HashToken(tokens[k])}
 	}
 	round := map[string]any{"rule": "fedavg", "max_clients": n}
+	if sum != "" {
+		round["sum"] = sum
+	}
 	for k, v := range extra {
 		round[k] = v
 	}
@@ -183,7 +202,7 @@ func ingestRows(ctx context.Context, c *Config) ([]Row, error) {
 	if err != nil {
 		return nil, err
 	}
-	cfgPath, tokens, err := serverConfig(dir, c.Clients, c.Clients, nil, nil)
+	cfgPath, tokens, err := serverConfig(dir, c.Clients, c.Clients, c.Sum, nil, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -253,7 +272,7 @@ func ingestRows(ctx context.Context, c *Config) ([]Row, error) {
 				gb(tcp), gb(tcpBefore), gb(tcp2), gb(disk), gb(diskBefore), gb(disk2), ingest.Seconds(), closed.Seconds(), groups)},
 		{What: "server peak RSS (VmHWM) during the ingest round", Measured: hwm / (1 << 20), Unit: "MiB",
 			Floor: budget / (1 << 20), FloorIs: "budget 1.3 × model + streams × 2 chunks + 128 MiB", Ratio: hwm / budget,
-			Note: fmt.Sprintf("RssAnon at the end %.0f MiB; model %.0f MiB", anon/(1<<20), model/(1<<20))},
+			Note: fmt.Sprintf("RssAnon at the end %.0f MiB; model %.0f MiB; %s", anon/(1<<20), model/(1<<20), c.sumNote())},
 		{What: "design B: accumulator checkpoint per group commit", Measured: accWrite.Seconds() * 1e3, Unit: "ms per group",
 			Note: fmt.Sprintf("a durable write of the %.0f MiB f32 accumulator; over this round's %.0f groups B would write %.2f GB (%.1f s of checkpoints) where A wrote %.2f GB of spool in the ingest itself",
 				model/(1<<20), g, g*model/1e9, g*accWrite.Seconds(), total/1e9)},
@@ -274,7 +293,7 @@ func smallRows(ctx context.Context, c *Config) ([]Row, error) {
 	if err != nil {
 		return nil, err
 	}
-	cfgPath, tokens, err := serverConfig(dir, c.SmallClients, c.SmallStreams, nil, nil)
+	cfgPath, tokens, err := serverConfig(dir, c.SmallClients, c.SmallStreams, c.Sum, nil, nil)
 	if err != nil {
 		return nil, err
 	}

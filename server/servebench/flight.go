@@ -47,7 +47,7 @@ func flightRows(ctx context.Context, c *Config) ([]Row, error) {
 	if err != nil {
 		return nil, err
 	}
-	cfgPath, tokens, err := serverConfig(dir, c.Clients, c.Clients, nil, map[string]any{"flight_listen": "127.0.0.1:0"})
+	cfgPath, tokens, err := serverConfig(dir, c.Clients, c.Clients, c.Sum, nil, map[string]any{"flight_listen": "127.0.0.1:0"})
 	if err != nil {
 		return nil, err
 	}
@@ -106,7 +106,7 @@ func flightRows(ctx context.Context, c *Config) ([]Row, error) {
 				gb(tcp), gb(tcpBefore), gb(tcp2), gb(disk), gb(diskBefore), gb(disk2))},
 		{What: "server peak RSS (VmHWM) during the Flight round", Measured: hwm / (1 << 20), Unit: "MiB",
 			Floor: budget / (1 << 20), FloorIs: "budget 1.3 × model + streams × 2 chunks + 128 MiB", Ratio: hwm / budget,
-			Note: fmt.Sprintf("RssAnon at the end %.0f MiB; model %.0f MiB", anon/(1<<20), model/(1<<20))},
+			Note: fmt.Sprintf("RssAnon at the end %.0f MiB; model %.0f MiB; %s", anon/(1<<20), model/(1<<20), c.sumNote())},
 	}, nil
 }
 
