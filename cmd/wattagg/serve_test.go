@@ -1,0 +1,199 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"math"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/wattagg/wattagg/server"
+	"github.com/wattagg/wattagg/server/api"
+	"github.com/wattagg/wattagg/tensor/safetensors"
+)
+
+// serveProcess starts `wattagg serve` on a loopback port as a child process and returns its
+// HTTP URL; the test stops it with SIGTERM and checks that it exits 0.
+func serveProcess(t *testing.T, cfg map[string]any) string {
+	t.Helper()
+	dir := t.TempDir()
+	cfgPath, addrPath := filepath.Join(dir, "server.json"), filepath.Join(dir, "addr")
+	b, err := json.Marshal(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(cfgPath, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(os.Args[0], "serve", "--config", cfgPath, "--addr-file", addrPath, "--no-meters", "--grace", "5s")
+	cmd.Env = append(os.Environ(), "WATTAGG_TEST_MAIN=1")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("wattagg serve after SIGTERM: %v\n%s", err, stderr.String())
+			}
+		case <-time.After(20 * time.Second):
+			cmd.Process.Kill()
+			t.Errorf("wattagg serve did not stop on SIGTERM\n%s", stderr.String())
+		}
+	})
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if b, err := os.ReadFile(addrPath); err == nil && len(b) > 0 {
+			addr, _, _ := strings.Cut(string(b), "\n")
+			return "http://" + strings.TrimSpace(addr)
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("wattagg serve exited: %v\n%s", err, stderr.String())
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("wattagg serve did not write --addr-file\n%s", stderr.String())
+		}
+	}
+}
+
+// TestServePushPull runs the three server commands as a user does: `wattagg serve` in its own
+// process, two clients' `wattagg push`, then `wattagg pull` of the round's model, which must be
+// the weighted mean (within one f32 ulp of a float64 reference: the server sums exactly). Bad
+// pushes and pulls exit non-zero with one line saying what is wrong, and leave the round as it
+// was.
+func TestServePushPull(t *testing.T) {
+	dir := t.TempDir()
+	tokens := []string{"token-client-a-3f9c1e", "token-client-b-77d02a"}
+	var clients []map[string]string
+	for k, id := range []string{"a", "b"} {
+		clients = append(clients, map[string]string{"id": id, "token_sha256": server.HashToken(tokens[k])})
+		if err := os.WriteFile(filepath.Join(dir, id+".token"), []byte(tokens[k]+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(dir, "bad.token"), []byte("not-a-token\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	url := serveProcess(t, map[string]any{"listen": "127.0.0.1:0", "data_dir": filepath.Join(dir, "data"),
+		"clients": clients, "round": map[string]any{"rule": "fedavg"}})
+	writeClient(t, filepath.Join(dir, "a.safetensors"), 1, "")
+	writeClient(t, filepath.Join(dir, "a2.safetensors"), 5, "")
+	writeClient(t, filepath.Join(dir, "b.safetensors"), 3, "300")
+	push := func(token, file string, extra ...string) (string, string, int) {
+		args := append([]string{"push", "--server", url, "--token-file", filepath.Join(dir, token), "--round", "1", "--progress", "never"}, extra...)
+		return wattagg(t, append(args, filepath.Join(dir, file))...)
+	}
+	oneLine := func(stderr, want string) {
+		t.Helper()
+		if s := strings.TrimSpace(stderr); strings.Contains(s, "\n") || !strings.Contains(s, want) {
+			t.Fatalf("stderr %q: want one line containing %q", stderr, want)
+		}
+	}
+
+	_, stderr, code := wattagg(t, "push", "--server", url, "--token-file", filepath.Join(dir, "a.token"), filepath.Join(dir, "a.safetensors"))
+	if code != 2 {
+		t.Fatalf("push without --round: exit %d, want 2: %s", code, stderr)
+	}
+	oneLine(stderr, "--round N is required")
+
+	_, stderr, code = push("bad.token", "a.safetensors")
+	if code != 1 {
+		t.Fatalf("push with a bad token: exit %d, want 1: %s", code, stderr)
+	}
+	oneLine(stderr, "401")
+
+	stdout, stderr, code := push("a.token", "a.safetensors", "--weight", "100")
+	var ack api.Ack
+	if code != 0 || json.Unmarshal([]byte(stdout), &ack) != nil || ack.Client != "a" || ack.Round != 1 || ack.Weight != 100 {
+		t.Fatalf("push a: exit %d, ack %q: %s", code, stdout, stderr)
+	}
+	// The same bytes again are acknowledged the same; another update from a is refused.
+	stdout, _, code = push("a.token", "a.safetensors", "--weight", "100")
+	var again api.Ack
+	if code != 0 || json.Unmarshal([]byte(stdout), &again) != nil || again.SHA256 != ack.SHA256 || again.Seq != ack.Seq {
+		t.Fatalf("retry of a: exit %d, ack %q", code, stdout)
+	}
+	_, stderr, code = push("a.token", "a2.safetensors", "--weight", "100")
+	if code != 1 {
+		t.Fatalf("a second update from a: exit %d, want 1: %s", code, stderr)
+	}
+	oneLine(stderr, "409")
+
+	_, stderr, code = wattagg(t, "pull", "--server", url, "--round", "1", "--progress", "never", "-o", filepath.Join(dir, "early.safetensors"))
+	if code != 1 {
+		t.Fatalf("pull of an open round: exit %d, want 1: %s", code, stderr)
+	}
+	oneLine(stderr, "round 1")
+	if _, err := os.Stat(filepath.Join(dir, "early.safetensors")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("a failed pull left a file: %v", err)
+	}
+
+	// b's file carries num_examples, but a's weight was given: a round weighs every update the
+	// same way.
+	_, stderr, code = push("b.token", "b.safetensors")
+	if code != 1 {
+		t.Fatalf("push b weighted by num_examples after a given weight: exit %d, want 1: %s", code, stderr)
+	}
+	oneLine(stderr, "weight every update of a round the same way")
+	if _, stderr, code = push("b.token", "b.safetensors", "--weight", "300"); code != 0 {
+		t.Fatalf("push b: exit %d: %s", code, stderr)
+	}
+	out := filepath.Join(dir, "model.safetensors")
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		_, stderr, code = wattagg(t, "pull", "--server", url, "--round", "1", "--progress", "never", "-o", out)
+		if code == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pull round 1: exit %d: %s", code, stderr)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	m, err := safetensors.Open(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	for i, want := range map[string]func(j int) float64{
+		"layer.weight": func(j int) float64 {
+			a, b := float64(float32(1+float32(j)/1000)), float64(float32(3+float32(j)/1000))
+			return (100*a + 300*b) / 400
+		},
+		"layer.bias": func(int) float64 { return (100*-1 + 300*-3) / 400.0 },
+	} {
+		x, ok := m.Tensor(i)
+		if !ok {
+			t.Fatalf("model has no tensor %s", i)
+		}
+		got, err := x.F32()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for j, g := range got {
+			w := want(j)
+			ulp := float64(math.Nextafter32(float32(math.Abs(w)), float32(math.Inf(1))) - float32(math.Abs(w)))
+			if math.Abs(float64(g)-w) > ulp {
+				t.Fatalf("%s[%d] = %v, want %v within one ulp", i, j, g, w)
+			}
+		}
+	}
+	_, stderr, code = wattagg(t, "pull", "--server", url, "--round", "9", "--progress", "never", "-o", filepath.Join(dir, "none.safetensors"))
+	if code != 1 {
+		t.Fatalf("pull of an unknown round: exit %d, want 1: %s", code, stderr)
+	}
+	oneLine(stderr, "round 9")
+}
