@@ -3,7 +3,10 @@ package arrowio
 import (
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/apache/arrow-go/v18/arrow"
 	"github.com/apache/arrow-go/v18/arrow/array"
@@ -105,7 +108,7 @@ func arrowError(src source, o *options, err error) error {
 	if e := src.failure(); e != nil {
 		return e
 	}
-	return fmt.Errorf("%s: %w: %s", o.source, ErrFormat, strings.ReplaceAll(err.Error(), "\n", " "))
+	return fmt.Errorf("%s: %w: %s", o.source, ErrFormat, foreign(err.Error()))
 }
 
 // Header returns the layout, scales and metadata of the update. They belong to the reader: do
@@ -312,7 +315,35 @@ func (r *StreamReader) byName(value func(int) string) func(int) (int, string) {
 }
 
 func (r *StreamReader) batchError(sentinel error, msg string) error {
-	return fmt.Errorf("%s: %w: batch %d: %s", r.o.source, sentinel, r.batch, msg)
+	return fmt.Errorf("%s: %w: batch %d: %s", r.o.source, sentinel, r.batch, foreign(msg))
+}
+
+// foreignMax bounds what an error quotes of a message it did not write.
+const foreignMax = 200
+
+// foreign makes a message that may quote the input (Arrow's errors quote invalid strings
+// whole) one printable line of at most about foreignMax bytes: control characters and invalid
+// UTF-8 escaped as Go escapes them (\n, \x87), the rest cut with "...".
+func foreign(msg string) string {
+	var b strings.Builder
+	for i := 0; i < len(msg); {
+		if b.Len() >= foreignMax {
+			b.WriteString("...")
+			break
+		}
+		r, size := utf8.DecodeRuneInString(msg[i:])
+		switch {
+		case r == utf8.RuneError && size == 1:
+			fmt.Fprintf(&b, `\x%02x`, msg[i])
+		case unicode.IsPrint(r):
+			b.WriteString(msg[i : i+size])
+		default:
+			q := strconv.QuoteRune(r)
+			b.WriteString(q[1 : len(q)-1])
+		}
+		i += size
+	}
+	return b.String()
 }
 
 // chunk decodes and checks row i of the current batch.
