@@ -3,6 +3,7 @@ package servebench
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -124,16 +125,12 @@ func Run(ctx context.Context, c Config) (*Result, error) {
 	return res, nil
 }
 
-// sumNote says how the rounds summed and what their accumulator held.
+// sumNote says how the rounds summed and what their accumulator held (fedavg: "auto" is exact).
 func (c *Config) sumNote() string {
-	switch c.Sum {
-	case "float":
+	if c.Sum == "float" {
 		return "round.sum float: an f32 accumulator, 4 bytes per parameter"
-	case "", "auto", "exact":
-		return "round.sum " + map[string]string{"": "auto (the default)", "auto": "auto", "exact": "exact"}[c.Sum] +
-			": exact sums, a 16-byte accumulator per parameter (4 × the f32 model)"
 	}
-	return "round.sum " + c.Sum
+	return "round.sum " + cmp.Or(c.Sum, "auto (the default)") + ": exact sums, a 16-byte accumulator per parameter (4 × the f32 model)"
 }
 
 // serverConfig writes a configuration of n clients and returns its path and their tokens.
