@@ -16,7 +16,7 @@ import (
 // order a restart replays them in, or the machine that recomputes the round from its
 // acknowledged updates. The server sums exactly by default because it can afford to: an exact
 // add of a 4M-parameter update took 3.9–5.1 ms on the 2-core development VM (3–4 GB/s of
-// update bytes), above the 0.4–0.85 GB/s the server's durable ingest reaches there, so the
+// update bytes), above the 0.4–0.9 GB/s the server's durable ingest reached there, so the
 // disk, not the sum, still sets the pace.
 
 // resolveSum decides what round.sum means for the configured rule, by asking the engine
