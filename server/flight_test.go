@@ -11,7 +11,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"runtime"
 	"runtime/debug"
 	"strings"
 	"sync"
@@ -375,28 +374,7 @@ func TestFlightFloodHeap(t *testing.T) {
 	// leave garbage that a loaded machine (CI running other tests) collects late, which the
 	// default GOGC lets grow to the size of the live heap.
 	defer debug.SetGCPercent(debug.SetGCPercent(20))
-	runtime.GC()
-	var base runtime.MemStats
-	runtime.ReadMemStats(&base)
-	var peak atomic.Uint64
-	stop := make(chan struct{})
-	var sampler sync.WaitGroup
-	sampler.Add(1)
-	go func() {
-		defer sampler.Done()
-		for {
-			var m runtime.MemStats
-			runtime.ReadMemStats(&m)
-			if m.HeapInuse > peak.Load() {
-				peak.Store(m.HeapInuse)
-			}
-			select {
-			case <-stop:
-				return
-			case <-time.After(5 * time.Millisecond):
-			}
-		}
-	}()
+	growth := sampleHeapGrowth()
 	var busy atomic.Int64
 	var wg sync.WaitGroup
 	deadline := time.Now().Add(60 * time.Second)
@@ -423,8 +401,7 @@ func TestFlightFloodHeap(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	close(stop)
-	sampler.Wait()
+	grown := growth()
 	close(errs)
 	for err := range errs {
 		t.Fatal(err)
@@ -437,7 +414,6 @@ func TestFlightFloodHeap(t *testing.T) {
 		t.Fatal("no upload was told the server was busy")
 	}
 	waitBuffers(t, svc)
-	grown := int64(peak.Load()) - int64(base.HeapInuse)
 	// Per stream: the message being read, the batch buffer it is copied into, the window of
 	// the next. The margin covers the test's own clients (same process) and the runtime.
 	limit := int64(streams*(2*ts.flightMessageLimit()+flightWindow)) + 48<<20

@@ -15,6 +15,8 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -326,4 +328,36 @@ func openFDs(t testing.TB) int {
 		t.Skip("no /proc/self/fd")
 	}
 	return len(es)
+}
+
+// sampleHeapGrowth collects garbage, then samples the heap in use every 5 ms until the returned
+// function is called, which gives the largest growth seen over the starting heap.
+func sampleHeapGrowth() func() int64 {
+	runtime.GC()
+	var base runtime.MemStats
+	runtime.ReadMemStats(&base)
+	var peak atomic.Uint64
+	stop := make(chan struct{})
+	var sampler sync.WaitGroup
+	sampler.Add(1)
+	go func() {
+		defer sampler.Done()
+		for {
+			var m runtime.MemStats
+			runtime.ReadMemStats(&m)
+			if m.HeapInuse > peak.Load() {
+				peak.Store(m.HeapInuse)
+			}
+			select {
+			case <-stop:
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
+		}
+	}()
+	return func() int64 {
+		close(stop)
+		sampler.Wait()
+		return int64(peak.Load()) - int64(base.HeapInuse)
+	}
 }

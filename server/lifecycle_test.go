@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -134,28 +133,7 @@ func TestStreamLimitAndFlood(t *testing.T) {
 	cfg.Limits.MaxStreams = streams
 	ts := startServer(t, cfg, tokens, admin)
 	body := encode(t, f32Set(t, [][]int{{1 << 20}}, func(_, i int) float32 { return float32(i % 7) }), nil)
-	runtime.GC()
-	var base runtime.MemStats
-	runtime.ReadMemStats(&base)
-	var peak atomic.Uint64
-	stop := make(chan struct{})
-	var sampler sync.WaitGroup
-	sampler.Add(1)
-	go func() {
-		defer sampler.Done()
-		for {
-			var m runtime.MemStats
-			runtime.ReadMemStats(&m)
-			if m.HeapInuse > peak.Load() {
-				peak.Store(m.HeapInuse)
-			}
-			select {
-			case <-stop:
-				return
-			case <-time.After(5 * time.Millisecond):
-			}
-		}
-	}()
+	growth := sampleHeapGrowth()
 	var busy atomic.Int64
 	var wg sync.WaitGroup
 	deadline := time.Now().Add(60 * time.Second)
@@ -181,8 +159,7 @@ func TestStreamLimitAndFlood(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	close(stop)
-	sampler.Wait()
+	grown := growth()
 	close(errs)
 	for err := range errs {
 		t.Fatal(err)
@@ -194,7 +171,6 @@ func TestStreamLimitAndFlood(t *testing.T) {
 	if busy.Load() == 0 {
 		t.Fatal("no upload was told the server was busy")
 	}
-	grown := int64(peak.Load()) - int64(base.HeapInuse)
 	// The margin covers the test's own 100 clients (same process) and the runtime.
 	limit := int64(streams*cfg.Limits.ChunkBytes) + 96<<20
 	t.Logf("%d busy answers; heap grew by at most %d MiB (limit %d MiB) while %d MiB arrived",
