@@ -2,7 +2,8 @@ package sched
 
 import (
 	"fmt"
-	"strings"
+
+	"github.com/wattagg/wattagg/internal/optnames"
 )
 
 // Option configures Discover, Calibrate or NewPlanner: the package has one option type, and
@@ -33,18 +34,7 @@ const (
 var consumerNames = [...]string{"Discover", "Calibrate", "NewPlanner"}
 
 // String lists the functions of c: "Calibrate", "Calibrate and NewPlanner".
-func (c consumer) String() string {
-	var names []string
-	for i, n := range consumerNames {
-		if c&(1<<i) != 0 {
-			names = append(names, n)
-		}
-	}
-	if len(names) < 2 {
-		return strings.Join(names, "")
-	}
-	return strings.Join(names[:len(names)-1], ", ") + " and " + names[len(names)-1]
-}
+func (c consumer) String() string { return optnames.Of(uint(c), consumerNames[:]) }
 
 // option makes the Option called name, which the functions of takes accept: given to another
 // it is an ErrOption naming it, before set sees its value.

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+
+	"github.com/wattagg/wattagg/internal/optnames"
 )
 
 // Option configures New (the connection: WithToken, WithHTTPClient, WithTLS) or one call of
@@ -39,18 +41,7 @@ const (
 var consumerNames = [...]string{"New", "Push", "PushFile", "PushSet", "Pull"}
 
 // String lists the functions of c: "New", "Push, PushFile and PushSet".
-func (c consumer) String() string {
-	var names []string
-	for i, n := range consumerNames {
-		if c&(1<<i) != 0 {
-			names = append(names, n)
-		}
-	}
-	if len(names) < 2 {
-		return strings.Join(names, "")
-	}
-	return strings.Join(names[:len(names)-1], ", ") + " and " + names[len(names)-1]
-}
+func (c consumer) String() string { return optnames.Of(uint(c), consumerNames[:]) }
 
 // option makes the Option called name, which the functions of takes accept: given to another
 // it is an ErrOption naming it, before set sees its value.

@@ -2,7 +2,8 @@ package safetensors
 
 import (
 	"fmt"
-	"strings"
+
+	"github.com/wattagg/wattagg/internal/optnames"
 )
 
 // Option configures the readers (Open, OpenAll, Parse, ReadHeader, ReadHeaderAt) and the
@@ -45,18 +46,7 @@ const (
 var consumerNames = [...]string{"Open", "OpenAll", "Parse", "ReadHeader", "ReadHeaderAt", "Create", "WriteFile"}
 
 // String lists the functions of c: "Open and OpenAll", "Create and WriteFile".
-func (c consumer) String() string {
-	var names []string
-	for i, n := range consumerNames {
-		if c&(1<<i) != 0 {
-			names = append(names, n)
-		}
-	}
-	if len(names) < 2 {
-		return strings.Join(names, "")
-	}
-	return strings.Join(names[:len(names)-1], ", ") + " and " + names[len(names)-1]
-}
+func (c consumer) String() string { return optnames.Of(uint(c), consumerNames[:]) }
 
 // option makes the Option called name, which the functions of takes accept: given to another
 // it is an ErrOption naming it, before set sees its value.
