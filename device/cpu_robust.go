@@ -311,22 +311,91 @@ func gramBlockFor(n int) int {
 	return max(16, min(gramBlockMax, gramPanelBytes/8/kernels.GramStride(n))&^15)
 }
 
-// Gram implements Robust.
+// Gram implements Robust. It computes the raw Gram matrix first (the inputs as they are: one
+// read of each block, whose diagonal holds the squared norms) and keeps it when every squared
+// distance it gives is within rawGramTolerance of the exact one by the error bound of its sums
+// (rawGramPrecise); otherwise (inputs close to each other relative to their norms: full models
+// that differ slightly, issue 9.6) it computes the matrix centred on the inputs' mean
+// (kernels.GramF32), whose distances do not cancel.
 func (c *CPU) Gram(ctx context.Context, fields []AccField, inputs [][]Span) (GramMatrix, Stats, error) {
 	if err := c.checkRobustInputs(fields, inputs); err != nil {
 		return GramMatrix{}, Stats{}, err
 	}
 	start := time.Now()
-	n := len(inputs)
 	chunks, err := robustChunks(fields)
 	if err != nil {
 		return GramMatrix{}, Stats{}, err
 	}
+	var raw chunkStats
+	gm, err := c.gramPass(ctx, chunks, inputs, true, &raw)
+	if err != nil {
+		return GramMatrix{}, raw.total(c.Name(), start), err
+	}
+	if rawGramPrecise(gm, chunks) {
+		gm.Raw = true
+		return gm, raw.total(c.Name(), start), nil
+	}
+	var centred chunkStats
+	gm, err = c.gramPass(ctx, chunks, inputs, false, &centred)
+	stats := centred.total(c.Name(), start)
+	stats.BytesRead += raw.s.BytesRead
+	stats.Chunks += raw.s.Chunks
+	return gm, stats, err
+}
+
+// rawGramTolerance is the relative error of the squared distances that the raw Gram matrix
+// may have, by its error bound, for Gram to keep it: 2⁻²⁰ (about 1e-6). Krum's scores are sums
+// of these distances; what matters is that they are not percents off (the uncentred matrix of
+// full models that differ by 1e-6 was 1.7% off and picked the wrong client).
+const rawGramTolerance = 0x1p-20
+
+// rawGramPrecise reports whether every squared distance d = G_aa + G_bb − 2G_ab of the raw
+// matrix g, between inputs of finite norm, is within rawGramTolerance of the exact distance.
+// Each entry is an f64 sum of exact products (f32 values), at most m = e/4 + 2 + k roundings
+// deep for chunks of at most e elements (a chain of FMAs per lane, the lanes' tree, the chunks
+// in order): |ΔG_ab| ≤ γ_m Σ|x_a x_b| ≤ γ_m (G_aa + G_bb)/2 (Higham, Accuracy and Stability of
+// Numerical Algorithms, §4.2), so |Δd| ≤ (2γ_m + 8u)(G_aa + G_bb) with the 3 operations of d.
+func rawGramPrecise(g GramMatrix, chunks []Chunk) bool {
+	e := 0
+	for _, c := range chunks {
+		k := 0
+		for _, pc := range c.Pieces {
+			k += pc.Hi - pc.Lo
+		}
+		e = max(e, k)
+	}
+	const u = 0x1p-53
+	m := float64(e/4 + 2 + len(chunks))
+	gamma := m * u / (1 - m*u)
+	n := len(g.SqNorms)
+	for a := range n {
+		na := g.SqNorms[a]
+		if math.IsInf(na, 0) || math.IsNaN(na) {
+			continue
+		}
+		for b := a + 1; b < n; b++ {
+			nb := g.SqNorms[b]
+			if math.IsInf(nb, 0) || math.IsNaN(nb) {
+				continue
+			}
+			d := na + nb - 2*g.Centred[a][b]
+			if !((2*gamma+8*u)*(na+nb) <= rawGramTolerance*d) {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// gramPass computes the Gram matrix of the inputs over chunks, raw (kernels.GramRawF32) or
+// centred (kernels.GramF32), chunk by chunk on the workers, the chunks' sums added in chunk
+// order.
+func (c *CPU) gramPass(ctx context.Context, chunks []Chunk, inputs [][]Span, raw bool, stats *chunkStats) (GramMatrix, error) {
+	n := len(inputs)
 	sums := make([][]float64, len(chunks)) // per chunk: its n·n Gram matrix, then its n norms
 	block := gramBlockFor(n)
 	files := lookupFiles(inputs) // inputs read from their files (fileread.go)
-	var stats chunkStats
-	err = c.parallelChunks(ctx, len(chunks), func(_ *cpuScratch, ci int) error {
+	err := c.parallelChunks(ctx, len(chunks), func(_ *cpuScratch, ci int) error {
 		s := getRobustScratch(n, 0)
 		defer putRobustScratch(s)
 		if len(s.gram) < kernels.GramPartials(n) {
@@ -335,7 +404,7 @@ func (c *CPU) Gram(ctx context.Context, fields []AccField, inputs [][]Span) (Gra
 		if len(s.sq) < kernels.Lanes*n {
 			s.sq = make([]float64, kernels.Lanes*n)
 		}
-		if m := kernels.GramScratch(n, block); len(s.pack) < m {
+		if m := kernels.GramScratch(n, block); !raw && len(s.pack) < m {
 			s.pack = make([]float64, m)
 		}
 		p, sq := s.gram[:kernels.GramPartials(n)], s.sq[:kernels.Lanes*n]
@@ -349,7 +418,11 @@ func (c *CPU) Gram(ctx context.Context, fields []AccField, inputs [][]Span) (Gra
 				if err != nil {
 					return err
 				}
-				c.kern.GramF32(p, sq, xs, hi-lo, s.pack)
+				if raw {
+					c.kern.GramRawF32(p, xs, hi-lo)
+				} else {
+					c.kern.GramF32(p, sq, xs, hi-lo, s.pack)
+				}
 				if err := ctx.Err(); err != nil {
 					return err
 				}
@@ -360,13 +433,17 @@ func (c *CPU) Gram(ctx context.Context, fields []AccField, inputs [][]Span) (Gra
 			}
 		}
 		g := make([]float64, n*n+n)
-		kernels.GramSums(g[:n*n], g[n*n:], p, sq, n)
+		if raw {
+			kernels.GramRawSums(g[:n*n], g[n*n:], p, n)
+		} else {
+			kernels.GramSums(g[:n*n], g[n*n:], p, sq, n)
+		}
 		sums[ci] = g
 		stats.add(elems, read, 0)
 		return nil
 	}, 0)
 	if err != nil {
-		return GramMatrix{}, stats.total(c.Name(), start), err
+		return GramMatrix{}, err
 	}
 	gm := GramMatrix{Centred: make([][]float64, n), SqNorms: make([]float64, n)}
 	for a := range n {
@@ -380,7 +457,7 @@ func (c *CPU) Gram(ctx context.Context, fields []AccField, inputs [][]Span) (Gra
 			gm.SqNorms[a] += g[n*n+a]
 		}
 	}
-	return gm, stats.total(c.Name(), start), nil
+	return gm, nil
 }
 
 // SqDistances implements Robust.

@@ -190,9 +190,11 @@ func TestGramAndDistancesMatchFloat64(t *testing.T) {
 	// The references, once: products of the centred values, norms and distances in float64.
 	n := len(inputs)
 	wantG, magG := make([][]float64, n), make([][]float64, n)
+	rawG, magRaw := make([][]float64, n), make([][]float64, n) // the same without the centre
 	wantD, wantN := make([]float64, n), make([]float64, n)
 	for a := range n {
 		wantG[a], magG[a] = make([]float64, n), make([]float64, n)
+		rawG[a], magRaw[a] = make([]float64, n), make([]float64, n)
 	}
 	y := make([]float64, n)
 	for ft, f := range fields {
@@ -215,6 +217,9 @@ func TestGramAndDistancesMatchFloat64(t *testing.T) {
 					p := y[a] * y[b]
 					wantG[a][b] += p
 					magG[a][b] += math.Abs(p)
+					p = float64(v[a]) * float64(v[b])
+					rawG[a][b] += p
+					magRaw[a][b] += math.Abs(p)
 				}
 			}
 		}
@@ -234,11 +239,15 @@ func TestGramAndDistancesMatchFloat64(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		want, mag := wantG, magG
+		if gram.Raw {
+			want, mag = rawG, magRaw
+		}
 		for a := range n {
 			for b := range n {
 				g := gram.Centred[a][b]
-				if math.Abs(g-wantG[a][b]) > 1e-12*magG[a][b] || g != gram.Centred[b][a] {
-					t.Fatalf("G[%d][%d] = %v (G[%d][%d] = %v), want %v", a, b, g, b, a, gram.Centred[b][a], wantG[a][b])
+				if math.Abs(g-want[a][b]) > 1e-12*mag[a][b] || g != gram.Centred[b][a] {
+					t.Fatalf("G[%d][%d] = %v (G[%d][%d] = %v), want %v (raw %v)", a, b, g, b, a, gram.Centred[b][a], want[a][b], gram.Raw)
 				}
 			}
 			if math.Abs(dist[a]-wantD[a]) > 1e-12*wantD[a] || math.Abs(norm[a]-wantN[a]) > 1e-12*wantN[a] ||
@@ -449,5 +458,72 @@ func TestSelectReportsOverflow(t *testing.T) {
 	var nf *tensor.NonFiniteError
 	if !errors.As(err, &nf) || nf.Tensor != "w" || nf.Index != 13 {
 		t.Fatalf("median beyond the f16 range: %v", err)
+	}
+}
+
+// TestGramRawOrCentred checks Gram's choice between the raw and the centred matrix: inputs
+// whose distances are of the order of their norms (independent updates) keep the raw matrix,
+// read once, with every squared distance within rawGramTolerance of plain f64 sums of squared
+// differences; inputs at 1e-3 of a common point (relative distances of 1e-6, under the bound's
+// 4e-6 here) get the centred one, read twice, distances within 1e-9.
+func TestGramRawOrCentred(t *testing.T) {
+	const n, elems = 6, 300000
+	r := rand.New(rand.NewPCG(21, 22))
+	base := make([]float32, elems)
+	for j := range base {
+		base[j] = float32(r.NormFloat64())
+	}
+	for _, tc := range []struct {
+		name   string
+		spread float64 // clients are base·(spread < 1) + spread·N(0,1)
+		raw    bool
+		tol    float64
+	}{
+		{"independent", 1, true, rawGramTolerance},
+		{"close", 1e-3, false, 1e-9},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			fields := []AccField{{Name: "w", Len: elems, Acc: tensor.F32, Out: tensor.F32}}
+			inputs := make([][]Span, n)
+			vals := make([][]float32, n)
+			for i := range inputs {
+				vals[i] = make([]float32, elems)
+				for j := range elems {
+					v := tc.spread * r.NormFloat64()
+					if tc.spread < 1 {
+						v += float64(base[j])
+					}
+					vals[i][j] = float32(v)
+				}
+				inputs[i] = []Span{{DType: tensor.F32, Data: f32Bytes(vals[i])}}
+			}
+			dev := mustCPU(t, 2, 64)
+			g, stats, err := dev.Gram(context.Background(), fields, inputs)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if g.Raw != tc.raw {
+				t.Fatalf("raw matrix kept: %v, want %v", g.Raw, tc.raw)
+			}
+			passes := int64(1)
+			if !tc.raw {
+				passes = 2
+			}
+			if stats.Elements != elems || stats.BytesRead != passes*n*4*elems {
+				t.Errorf("stats %+v: want %d elements, %d passes over the inputs", stats, elems, passes)
+			}
+			for a := range n {
+				for b := a + 1; b < n; b++ {
+					var want float64
+					for j := range elems {
+						d := float64(vals[a][j]) - float64(vals[b][j])
+						want += d * d
+					}
+					if got := g.SqDistance(a, b); math.Abs(got-want) > tc.tol*want {
+						t.Fatalf("‖x_%d − x_%d‖² = %v, plain sum %v: off by %.3g", a, b, got, want, math.Abs(got-want)/want)
+					}
+				}
+			}
+		})
 	}
 }

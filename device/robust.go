@@ -70,13 +70,18 @@ type Robust interface {
 // to a weighted mean of inputs, Σ_s w_s x_s with Σ w_s = 1:
 // C[i][i] − 2Σ_s w_s C[i][s] + Σ_s Σ_t w_s w_t C[s][t].
 type GramMatrix struct {
-	// Centred[a][b] = Σ_j (x_a[j] − r_j)·(x_b[j] − r_j), symmetric bit for bit.
+	// Centred[a][b] = Σ_j (x_a[j] − r_j)·(x_b[j] − r_j), symmetric bit for bit, for a point r
+	// common to all inputs: 0 where Raw, else the inputs' mean at each coordinate. Distances do
+	// not depend on r (see SqDistance); r only decides how much the sums cancel.
 	Centred [][]float64
 	// SqNorms[a] = Σ_j x_a[j]²: for f32, f16, bf16 and i8 values finite exactly when input a
-	// holds no NaN or Inf. A non-finite input leaves the other inputs' rows finite (the centre
-	// of a coordinate where some input is not finite is 0), but less precise: callers exclude
-	// it and compute the matrix again without it.
+	// holds no NaN or Inf. A non-finite input leaves the other inputs' rows finite (raw, or the
+	// centre of a coordinate where some input is not finite is 0), but perhaps less precise:
+	// callers exclude it and compute the matrix again without it.
 	SqNorms []float64
+	// Raw is whether r = 0: the device found the raw matrix's distances precise enough (the
+	// CPU device: CPU.Gram; devices that always centre leave it false).
+	Raw bool
 }
 
 // SqDistance returns ‖x_a − x_b‖² from the centred matrix, clamped at 0 (rounding can make a

@@ -20,6 +20,7 @@ var robustAVX512 = robustKernels{
 	trimmedSorted: func(dst, tmp []float32, n, w, k int) { trimmedAsm(dst, tmp, n, w, k, 16, trimmedSortedF32AVX512) },
 	closestSorted: func(dst, tmp []float32, n, w, beta int) { closestAsm(dst, tmp, n, w, beta, 16, closestSortedF32AVX512) },
 	gram:          gramAVX512,
+	gramRaw:       gramRawAVX2,
 	sqDist:        sqDistAVX2,
 	sqDist64:      sqDist64AVX2,
 	fmaLoop:       fmaLoopAVX512,

@@ -81,6 +81,58 @@ func (k *Impl) GramF32(p, sq []float64, x [][]byte, elems int, tmp []float64) {
 	k.robust.gram(p, sq, x, elems, tmp)
 }
 
+// GramRawF32 adds the dot products of every pair of the f32 inputs, as they are (no centre),
+// to the partials p, accumulated in f64 with fused multiply-adds: for n = len(x),
+// s = GramStride(n) and every a <= b (a = b included: the squared norms),
+//
+//	for j := range elems {
+//		l := j % GramLanes
+//		p[(a*s+b)*GramLanes+l] = math.FMA(float64(x[a][j]), float64(x[b][j]), p[(a*s+b)*GramLanes+l])
+//	}
+//
+// len(p) >= GramPartials(n); the entries for a > b, and for b = n when n is odd, are
+// unspecified. Calls on consecutive blocks whose lengths are multiples of 8 give the same
+// partials as one call over their concatenation; GramRawSums combines them. Products of f32 values are exact in f64, so
+// every pair's error is that of an f64 sum of its products; ‖a−b‖² taken from the raw matrix
+// cancels when the inputs are close relative to their norms, which the caller checks
+// (device.CPU.Gram falls back to GramF32, centred).
+//
+// The assembly reads each block once, where it is; its diagonal tiles prefetch the next block
+// (the elems values after each input's block), which a caller walking the inputs block by block
+// passes next.
+func GramRawF32(p []float64, x [][]byte, elems int) { def.GramRawF32(p, x, elems) }
+
+// GramRawF32 is the package-level GramRawF32 run by k.
+func (k *Impl) GramRawF32(p []float64, x [][]byte, elems int) {
+	n := len(x)
+	if n == 0 || elems <= 0 {
+		return
+	}
+	_ = p[GramPartials(n)-1]
+	for _, xi := range x {
+		_ = xi[4*elems-1]
+	}
+	k.robust.gramRaw(p, x, elems)
+}
+
+func gramRawGeneric(p []float64, x [][]byte, from, elems int) {
+	n := len(x)
+	s := GramStride(n)
+	y := make([]float64, n)
+	for j := from; j < elems; j++ {
+		l := j % GramLanes
+		for a, xa := range x {
+			y[a] = float64(ldF32(xa, j))
+		}
+		for a := range n {
+			for b := a; b < n; b++ {
+				q := &p[(a*s+b)*GramLanes+l]
+				*q = math.FMA(y[a], y[b], *q)
+			}
+		}
+	}
+}
+
 // GramSums writes the Gram matrix g (n·n, symmetric) and the squared norms norm (n) from the
 // partials of GramF32: for a <= b, g[a*n+b] = g[b*n+a] = (q0+q2)+(q1+q3) where q is the pair's
 // partials, and norm[a] = SumLanes of input a's partials in sq.
@@ -93,6 +145,20 @@ func GramSums(g, norm, p, sq []float64, n int) {
 			g[a*n+b], g[b*n+a] = v, v
 		}
 		norm[a] = SumLanes((*[Lanes]float64)(sq[a*Lanes:]))
+	}
+}
+
+// GramRawSums is GramSums for the partials of GramRawF32: the Gram matrix g (n·n, symmetric)
+// and the squared norms norm (n), the matrix's diagonal.
+func GramRawSums(g, norm, p []float64, n int) {
+	s := GramStride(n)
+	for a := range n {
+		for b := a; b < n; b++ {
+			q := p[(a*s+b)*GramLanes:]
+			v := (q[0] + q[2]) + (q[1] + q[3])
+			g[a*n+b], g[b*n+a] = v, v
+		}
+		norm[a] = g[a*n+a]
 	}
 }
 

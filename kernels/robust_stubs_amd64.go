@@ -34,10 +34,15 @@ func closestSortedF32AVX2(dst []float32, tmp []float32, n int, beta int, c float
 //go:noescape
 func gramCentreF32AVX2(c []float64, x [][]byte, elems int)
 
-// gramDirectF32AVX2 adds the pairs of rows [r0, r1) of gramGeneric's centred inputs to p, c the block's centre in f64, for elems a positive multiple of 8 and r0 a multiple of 3.
+// gramDirectF32AVX2 adds the pairs of rows [r0, r1) of gramGeneric's centred inputs to p, c the block's centre in f64, for elems a positive multiple of 8 and r0 a multiple of 3, and prefetches the elems values after pf[i][:elems] for those rows.
 //
 //go:noescape
-func gramDirectF32AVX2(p []float64, c []float64, x [][]byte, elems int, r0 int, r1 int)
+func gramDirectF32AVX2(p []float64, c []float64, x [][]byte, pf [][]byte, elems int, r0 int, r1 int)
+
+// gramRawF32AVX2 adds the pairs of rows [r0, r1) of gramRawGeneric's inputs to p, for elems a positive multiple of 8 and r0 a multiple of 3, and prefetches the elems values after pf[i][:elems] for those rows.
+//
+//go:noescape
+func gramRawF32AVX2(p []float64, x [][]byte, pf [][]byte, elems int, r0 int, r1 int)
 
 // prefetchBlocksT1 prefetches bytes [off, off+bytes) of the inputs x[from:to] into L2.
 //

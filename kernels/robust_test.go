@@ -604,6 +604,111 @@ func TestGramNonFinite(t *testing.T) {
 	})
 }
 
+// TestGramRaw checks GramRawF32 against its reference bit for bit (every implementation, the
+// counts and lengths of TestGram, NaN and Inf included), and the reference against plain f64
+// sums of the products.
+func TestGramRaw(t *testing.T) {
+	forImpls(t, func(t *testing.T, k *Impl) {
+		r := rand.New(rand.NewPCG(7, 9))
+		for _, n := range []int{1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 13, 17, 25, 33, 64} {
+			ls := []int{0, 1, 7, 8, 9, 16, 17, 33, 1001}
+			if n <= 5 {
+				ls = append(ls, 2, 3, 4, 5, 6, 15, 24, 31, 32, 4099)
+			}
+			for i, l := range ls {
+				checkGramRaw(t, k, r, n, l, i%3 != 0)
+			}
+		}
+	})
+}
+
+func checkGramRaw(t *testing.T, k *Impl, r *rand.Rand, n, elems int, finite bool) {
+	t.Helper()
+	x := gramInputs(r, n, elems, finite)
+	saved := make([][]byte, n)
+	for i := range x {
+		saved[i] = slices.Clone(x[i])
+	}
+	init := make([]float64, GramPartials(n))
+	for k := range init {
+		init[k] = float64(r.IntN(9) - 4)
+	}
+	want := slices.Clone(init)
+	gramRawGeneric(want, x, 0, elems)
+	p, check := guardedF64(len(init), r.IntN(4))
+	copy(p, init)
+	k.GramRawF32(p, x, elems)
+	check(t)
+	s := GramStride(n)
+	for a := range n {
+		for b := a; b < n; b++ {
+			for l := range GramLanes {
+				k := (a*s+b)*GramLanes + l
+				if !sameF64(p[k], want[k]) {
+					t.Fatalf("n=%d elems=%d: pair (%d,%d) lane %d = %v, reference %v", n, elems, a, b, l, p[k], want[k])
+				}
+			}
+		}
+	}
+	for i := range x {
+		if !slices.Equal(x[i], saved[i]) {
+			t.Fatalf("n=%d elems=%d: input %d modified", n, elems, i)
+		}
+	}
+	if !finite || n > 9 {
+		return
+	}
+	g, norm := make([]float64, n*n), make([]float64, n)
+	zero := make([]float64, len(init))
+	gramRawGeneric(zero, x, 0, elems)
+	GramRawSums(g, norm, zero, n)
+	for a := range n {
+		for b := range n {
+			var s, sa float64
+			for j := range elems {
+				v := float64(ldF32(x[a], j)) * float64(ldF32(x[b], j))
+				s += v
+				sa += math.Abs(v)
+			}
+			if d := math.Abs(g[a*n+b] - s); d > 1e-12*sa {
+				t.Fatalf("n=%d elems=%d: G[%d][%d] = %v, dot product %v", n, elems, a, b, g[a*n+b], s)
+			}
+		}
+		if norm[a] != g[a*n+a] {
+			t.Fatalf("n=%d elems=%d: norm² of %d = %v, diagonal %v", n, elems, a, norm[a], g[a*n+a])
+		}
+	}
+}
+
+func TestGramRawBlocksCompose(t *testing.T) {
+	r := rand.New(rand.NewPCG(9, 10))
+	forImpls(t, func(t *testing.T, k *Impl) {
+		n, elems := 8, 1000
+		x := gramInputs(r, n, elems, true)
+		whole := make([]float64, GramPartials(n))
+		k.GramRawF32(whole, x, elems)
+		parts := make([]float64, GramPartials(n))
+		xs := make([][]byte, n)
+		for lo := 0; lo < elems; lo += 48 {
+			hi := min(lo+48, elems)
+			for i := range x {
+				xs[i] = x[i][4*lo : 4*hi]
+			}
+			k.GramRawF32(parts, xs, hi-lo)
+		}
+		s := GramStride(n)
+		for a := range n {
+			for b := a; b < n; b++ {
+				for l := range GramLanes {
+					if k := (a*s+b)*GramLanes + l; parts[k] != whole[k] {
+						t.Fatalf("pair (%d,%d) lane %d: blocks %v, whole %v", a, b, l, parts[k], whole[k])
+					}
+				}
+			}
+		}
+	})
+}
+
 func TestGramBlocksCompose(t *testing.T) {
 	// Calls on consecutive blocks of multiples of Lanes give one call's partials.
 	r := rand.New(rand.NewPCG(9, 9))
@@ -759,7 +864,7 @@ func FuzzOrderStats(f *testing.F) {
 	})
 }
 
-// FuzzGram compares the Gram partials and squared distances of every variant with the
+// FuzzGram compares the Gram partials (centred and raw) and squared distances of every variant with the
 // reference on raw f32 values.
 func FuzzGram(f *testing.F) {
 	fuzzSeeds(f)
@@ -777,6 +882,8 @@ func FuzzGram(f *testing.F) {
 		}
 		want, wantSq := make([]float64, GramPartials(n)), make([]float64, Lanes*n)
 		gramGeneric(want, wantSq, x, 0, elems)
+		wantRaw := make([]float64, GramPartials(n))
+		gramRawGeneric(wantRaw, x, 0, elems)
 		var wantD, wantN [Lanes]float64
 		sqDistNormGeneric(&wantD, &wantN, x[0], z, 0)
 		s := GramStride(n)
@@ -796,6 +903,17 @@ func FuzzGram(f *testing.F) {
 			for q := range sq {
 				if !sameF64(sq[q], wantSq[q]) {
 					t.Fatalf("%s n=%d elems=%d: square partial %d = %v, reference %v", v, n, elems, q, sq[q], wantSq[q])
+				}
+			}
+			raw := make([]float64, len(wantRaw))
+			v.GramRawF32(raw, x, elems)
+			for a := range n {
+				for b := a; b < n; b++ {
+					for l := range GramLanes {
+						if k := (a*s+b)*GramLanes + l; !sameF64(raw[k], wantRaw[k]) {
+							t.Fatalf("%s n=%d elems=%d: raw pair (%d,%d) lane %d = %v, reference %v", v, n, elems, a, b, l, raw[k], wantRaw[k])
+						}
+					}
 				}
 			}
 			var d, nn [Lanes]float64
@@ -890,20 +1008,27 @@ func BenchmarkGram(b *testing.B) {
 		tmp := make([]float64, GramScratch(n, elems))
 		fmas := float64(n*(n+1)/2) * float64(elems)
 		for _, k := range Impls() {
-			b.Run(fmt.Sprintf("n=%d/elems=%d/impl=%s", n, elems, k), func(b *testing.B) {
-				floor := 0.0
-				for _, f := range Impls() {
-					floor = max(floor, fmaFloor(f))
-				}
-				b.SetBytes(int64(4 * n * elems))
-				for b.Loop() {
-					k.GramF32(p, sq, x, elems, tmp)
-				}
-				rate := fmas * float64(b.N) / b.Elapsed().Seconds()
-				b.ReportMetric(rate/1e9, "GFMA/s")
-				b.ReportMetric(floor/1e9, "floor-GFMA/s")
-				b.ReportMetric(rate/floor, "of-floor")
-			})
+			for _, raw := range []bool{false, true} {
+				kind := map[bool]string{false: "centred", true: "raw"}[raw]
+				b.Run(fmt.Sprintf("n=%d/elems=%d/%s/impl=%s", n, elems, kind, k), func(b *testing.B) {
+					floor := 0.0
+					for _, f := range Impls() {
+						floor = max(floor, fmaFloor(f))
+					}
+					b.SetBytes(int64(4 * n * elems))
+					for b.Loop() {
+						if raw {
+							k.GramRawF32(p, x, elems)
+						} else {
+							k.GramF32(p, sq, x, elems, tmp)
+						}
+					}
+					rate := fmas * float64(b.N) / b.Elapsed().Seconds()
+					b.ReportMetric(rate/1e9, "GFMA/s")
+					b.ReportMetric(floor/1e9, "floor-GFMA/s")
+					b.ReportMetric(rate/floor, "of-floor")
+				})
+			}
 		}
 	}
 }

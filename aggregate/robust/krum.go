@@ -18,9 +18,10 @@ import (
 // (weights as FedAvg takes them; Krum's single update needs none). It needs n > 2f+2 clients,
 // n counting those left after updates with NaN or Inf are excluded.
 //
-// The pairwise distances come from the Gram matrix of the updates centred on their mean,
-// computed in one pass in f64 accumulation (‖a-b‖² = ‖a-r‖² + ‖b-r‖² - 2(a-r)·(b-r), which
-// does not cancel when clients send full models that differ slightly). The report has every
+// The pairwise distances come from the Gram matrix of the updates less a common point r,
+// accumulated in f64 (‖a-b‖² = ‖a-r‖² + ‖b-r‖² - 2(a-r)·(b-r)): r = 0 where the error bound
+// of the raw matrix keeps every distance within 2⁻²⁰, else their mean, which does not cancel
+// when clients send full models that differ slightly (device.CPU.Gram). The report has every
 // client's score, whether it was selected, and its distance to the result.
 type Krum struct{ f, m int }
 
@@ -153,12 +154,13 @@ func distancesToMean(gram [][]float64, chosen []int, w []float64, total float64)
 	return sq
 }
 
-// distances computes the Gram matrix of the usable clients on the device (centred on their
-// mean: see device.GramMatrix), excludes the clients whose norm is not finite, and returns the
-// centred Gram matrix of the others and their squared distances (clamped at 0: rounding can
-// make a tiny negative), indexed by position in r.keep. A client holding a NaN or Inf leaves
-// the coordinates where it does uncentred (their centre is 0), so the others' matrix is
-// computed again without it: a rejected update must not cost the others their precision.
+// distances computes the Gram matrix of the usable clients on the device (less a common
+// point: see device.GramMatrix), excludes the clients whose norm is not finite, and returns the
+// Gram matrix of the others and their squared distances (clamped at 0: rounding can make a
+// tiny negative), indexed by position in r.keep. A client holding a NaN or Inf leaves the
+// coordinates where it does uncentred (their centre is 0), and its norm out of the raw
+// matrix's check, so the others' matrix is computed again without it: a rejected update must
+// not cost the others their precision.
 func (r *round) distances(ctx context.Context) (d, gram [][]float64, err error) {
 	cs := slices.Clone(r.keep)
 	g, stats, err := r.dev.Gram(ctx, r.in.Fields(), r.inputsOf(cs))

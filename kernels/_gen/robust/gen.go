@@ -33,7 +33,8 @@ func main() {
 	genClosestSorted()
 
 	genGramCentre()
-	genGramDirect()
+	genGramDirect(false)
+	genGramDirect(true)
 	genPrefetchBlocks()
 	genSqDist()
 	genFMALoop()
@@ -764,13 +765,15 @@ func inputPtr(i Register) Register {
 	return p
 }
 
-// genGramDirect generates gramDirectF32AVX2(p, c, x, elems, r0, r1): for the rows a in [r0, r1)
-// (r0 a multiple of 3) and every b >= a, p[(a*s+b)*4 + j%4] = FMA(y_a[j], y_b[j], p[...]) with
-// y_i[j] = float64(x[i][j]) - c[j], s = n rounded up to even, j in [0, elems), elems a multiple
-// of 8: the tiles of the packed kernels' AVX2 shape taken straight from the f32 inputs, each
-// loaded vector converted (in the load) and centred (one subtraction, the centre a memory
-// operand). Conversions and subtractions run on the two pipes the FMAs do not use, so this
-// costs no packing pass: on Zen 4 it beat packing for every count measured.
+// genGramDirect generates gramDirectF32AVX2(p, c, x, pf, elems, r0, r1): for the rows a in
+// [r0, r1) (r0 a multiple of 3) and every b >= a, p[(a*s+b)*4 + j%4] = FMA(y_a[j], y_b[j],
+// p[...]) with y_i[j] = float64(x[i][j]) - c[j], s = n rounded up to even, j in [0, elems),
+// elems a multiple of 8: the tiles of the packed kernels' AVX2 shape taken straight from the f32
+// inputs, each loaded vector converted (in the load) and centred (one subtraction, the centre a
+// memory operand). Conversions and subtractions run on the two pipes the FMAs do not use, so
+// this costs no packing pass: on Zen 4 it beat packing for every count measured. With raw, it
+// generates gramRawF32AVX2(p, x, pf, elems, r0, r1), the same with y_i = float64(x[i][j]) (no
+// centre, no subtraction: the raw Gram matrix, whose diagonal holds the squared norms).
 //
 // Rows are taken 3 at a time (i0, i0+1, i0+2). Each row group starts with a diagonal tile: the
 // pairs among its rows and with the next 2 columns (5+4+3 = 12 pairs, the rows' own vectors
@@ -779,11 +782,19 @@ func inputPtr(i Register) Register {
 // so each 4-element step loads 7 vectors for 12 FMAs and the two FMA pipes stay busy (12
 // independent chains cover the 4-cycle latency). Only the last tile of a row group may be
 // narrower, and no pair a > b is computed. The f32 values are converted to f64 in the loads
-// (VCVTPS2PD m128), which run beside the FMAs.
-func genGramDirect() {
-	TEXT("gramDirectF32AVX2", NOSPLIT, "func(p []float64, c []float64, x [][]byte, elems, r0, r1 int)")
-	Pragma("noescape")
-	Doc("gramDirectF32AVX2 adds the pairs of rows [r0, r1) of gramGeneric's centred inputs to p, c the block's centre in f64, for elems a positive multiple of 8 and r0 a multiple of 3.")
+// (VCVTPS2PD m128), which run beside the FMAs. The diagonal tiles prefetch their rows' next
+// block (the elems values after pf[i]'s block) one line per row per step, so that over a block
+// every input's next block is asked for once, spread over the block's work.
+func genGramDirect(raw bool) {
+	if raw {
+		TEXT("gramRawF32AVX2", NOSPLIT, "func(p []float64, x [][]byte, pf [][]byte, elems, r0, r1 int)")
+		Pragma("noescape")
+		Doc("gramRawF32AVX2 adds the pairs of rows [r0, r1) of gramRawGeneric's inputs to p, for elems a positive multiple of 8 and r0 a multiple of 3, and prefetches the elems values after pf[i][:elems] for those rows.")
+	} else {
+		TEXT("gramDirectF32AVX2", NOSPLIT, "func(p []float64, c []float64, x [][]byte, pf [][]byte, elems, r0, r1 int)")
+		Pragma("noescape")
+		Doc("gramDirectF32AVX2 adds the pairs of rows [r0, r1) of gramGeneric's centred inputs to p, c the block's centre in f64, for elems a positive multiple of 8 and r0 a multiple of 3, and prefetches the elems values after pf[i][:elems] for those rows.")
+	}
 	n := Load(Param("x").Len(), GP64())
 	ns := GP64() // row stride of p in bytes: s*32
 	MOVQ(n, ns)
@@ -807,7 +818,7 @@ func genGramDirect() {
 	JMP(LabelRef("diag3_2"))
 	for _, d := range append(diag, struct{ r, e, left int }{3, 2, 5}) {
 		Label(fmt.Sprintf("diag%d_%d", d.r, d.e))
-		gramDirectTile(d.r, d.e, true, i0, i0, ns)
+		gramDirectTile(d.r, d.e, true, raw, i0, i0, ns)
 		if d.r < 3 {
 			JMP(LabelRef("done")) // these were the last rows
 		} else {
@@ -830,7 +841,7 @@ func genGramDirect() {
 	JMP(LabelRef("tile3x4"))
 	for c := 1; c <= 4; c++ {
 		Label(fmt.Sprintf("tile3x%d", c))
-		gramDirectTile(3, c, false, i0, c0, ns)
+		gramDirectTile(3, c, false, raw, i0, c0, ns)
 		ADDQ(U8(4), c0)
 		JMP(LabelRef("cols"))
 	}
@@ -848,7 +859,7 @@ func genGramDirect() {
 // columns from c0; for a diagonal tile (c0 = i0), the pairs r <= c of the R rows and C more
 // columns after them. Pointers run from the end of the data with a negative index (the centre's
 // at twice the inputs' scale), so the loop needs no bound register.
-func gramDirectTile(R, C int, diagonal bool, i0, c0, ns Register) {
+func gramDirectTile(R, C int, diagonal, raw bool, i0, c0, ns Register) {
 	xp := Load(Param("x").Base(), GP64())
 	elems := Load(Param("elems"), GP64())
 	SHLQ(U8(2), elems) // bytes
@@ -874,6 +885,20 @@ func gramDirectTile(R, C int, diagonal bool, i0, c0, ns Register) {
 	for c := first; c < cols; c++ {
 		colp[c] = ptr(c0, c)
 	}
+	// A diagonal tile prefetches its rows' next block from pf (the same inputs where they
+	// are not staged): the end of pf[i]'s block plus elems bytes, with the loop's index.
+	var pfp []Register
+	if diagonal {
+		pfb := Load(Param("pf").Base(), GP64())
+		for r := range R {
+			h := GP64()
+			LEAQ(Mem{Base: i0, Index: i0, Scale: 2}, h)
+			q := GP64()
+			MOVQ(Mem{Base: pfb, Index: h, Scale: 8, Disp: 24 * r}, q)
+			LEAQ(Mem{Base: q, Index: elems, Scale: 2}, q)
+			pfp = append(pfp, q)
+		}
+	}
 	// pt = &p[(i0*n + c0)*4]; pair (row r, column c) at pt + r*ns + c*32.
 	pt := GP64()
 	MOVQ(i0, pt)
@@ -885,8 +910,11 @@ func gramDirectTile(R, C int, diagonal bool, i0, c0, ns Register) {
 	pb := Load(Param("p").Base(), GP64())
 	ADDQ(pb, pt)
 	// The centre's end: c + elems·8; element j's centre at ce + 2·jx for the f32 byte index jx.
-	ce := Load(Param("c").Base(), GP64())
-	LEAQ(Mem{Base: ce, Index: elems, Scale: 2}, ce)
+	var ce Register
+	if !raw {
+		ce = Load(Param("c").Base(), GP64())
+		LEAQ(Mem{Base: ce, Index: elems, Scale: 2}, ce)
+	}
 	pm := func(r, c int) Mem {
 		m := Mem{Base: pt, Disp: 32 * c}
 		if r > 0 {
@@ -908,15 +936,25 @@ func gramDirectTile(R, C int, diagonal bool, i0, c0, ns Register) {
 	j := GP64()
 	MOVQ(elems, j)
 	NEGQ(j)
-	loop := fmt.Sprintf("d%dx%d_%v_loop", R, C, diagonal)
+	loop := fmt.Sprintf("d%dx%d_%v_%v_loop", R, C, diagonal, raw)
 	Label(loop)
+	// One prefetch per row per 32 bytes: half of them ask for a line already asked for,
+	// which costs a load slot. Spread over the loop, they overlap the next block's DRAM
+	// reads with the FMAs (a burst between calls fills the miss buffers and stalls the loads).
+	for _, q := range pfp {
+		PREFETCHT1(Mem{Base: q, Index: j, Scale: 1})
+	}
 	for u := range 2 {
-		cm := Mem{Base: ce, Index: j, Scale: 2, Disp: 32 * u}
+		centre := func(v VecVirtual) {
+			if !raw {
+				VSUBPD(Mem{Base: ce, Index: j, Scale: 2, Disp: 32 * u}, v, v)
+			}
+		}
 		av := make([]VecVirtual, R)
 		for r := range R {
 			av[r] = YMM()
 			VCVTPS2PD(Mem{Base: rows[r], Index: j, Scale: 1, Disp: 16 * u}, av[r])
-			VSUBPD(cm, av[r], av[r])
+			centre(av[r])
 		}
 		for c := range cols {
 			var bv VecVirtual
@@ -925,7 +963,7 @@ func gramDirectTile(R, C int, diagonal bool, i0, c0, ns Register) {
 			} else {
 				bv = YMM()
 				VCVTPS2PD(Mem{Base: colp[c], Index: j, Scale: 1, Disp: 16 * u}, bv)
-				VSUBPD(cm, bv, bv)
+				centre(bv)
 			}
 			for r := range R {
 				if used(r, c) {
