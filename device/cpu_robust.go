@@ -404,7 +404,7 @@ func (c *CPU) gramPass(ctx context.Context, chunks []Chunk, inputs [][]Span, raw
 		if len(s.sq) < kernels.Lanes*n {
 			s.sq = make([]float64, kernels.Lanes*n)
 		}
-		if m := kernels.GramScratch(n, block); !raw && len(s.pack) < m {
+		if m := kernels.GramScratch(n, block); len(s.pack) < m {
 			s.pack = make([]float64, m)
 		}
 		p, sq := s.gram[:kernels.GramPartials(n)], s.sq[:kernels.Lanes*n]
@@ -419,7 +419,7 @@ func (c *CPU) gramPass(ctx context.Context, chunks []Chunk, inputs [][]Span, raw
 					return err
 				}
 				if raw {
-					c.kern.GramRawF32(p, xs, hi-lo)
+					c.kern.GramRawF32(p, xs, hi-lo, s.pack)
 				} else {
 					c.kern.GramF32(p, sq, xs, hi-lo, s.pack)
 				}

@@ -74,7 +74,7 @@ type robustKernels struct {
 	closestSorted func(dst, tmp []float32, n, wires, beta int)
 
 	gram     func(p, sq []float64, x [][]byte, elems int, tmp []float64)
-	gramRaw  func(p []float64, x [][]byte, elems int)
+	gramRaw  func(p []float64, x [][]byte, elems int, tmp []float64)
 	sqDist   func(pd, pn *[Lanes]float64, x []byte, z []float32)
 	sqDist64 func(pd, pn *[Lanes]float64, x []byte, z []float64)
 	fmaLoop  func(iters int) float64
@@ -93,7 +93,7 @@ var robustGeneric = robustKernels{
 	gram: func(p, sq []float64, x [][]byte, elems int, _ []float64) {
 		gramGeneric(p, sq, x, 0, elems)
 	},
-	gramRaw:  func(p []float64, x [][]byte, elems int) { gramRawGeneric(p, x, 0, elems) },
+	gramRaw:  func(p []float64, x [][]byte, elems int, _ []float64) { gramRawGeneric(p, x, 0, elems) },
 	sqDist:   func(pd, pn *[Lanes]float64, x []byte, z []float32) { sqDistNormGeneric(pd, pn, x, z, 0) },
 	sqDist64: func(pd, pn *[Lanes]float64, x []byte, z []float64) { sqDistNormF64Generic(pd, pn, x, z, 0) },
 	fmaLoop:  fmaLoopGeneric,

@@ -90,8 +90,8 @@ func (k *Impl) GramF32(p, sq []float64, x [][]byte, elems int, tmp []float64) {
 //		p[(a*s+b)*GramLanes+l] = math.FMA(float64(x[a][j]), float64(x[b][j]), p[(a*s+b)*GramLanes+l])
 //	}
 //
-// len(p) >= GramPartials(n); the entries for a > b, and for b = n when n is odd, are
-// unspecified. Calls on consecutive blocks whose lengths are multiples of 8 give the same
+// len(p) >= GramPartials(n), len(tmp) >= GramScratch(n, elems); the entries for a > b, and
+// for b = n when n is odd, are unspecified. Calls on consecutive blocks whose lengths are multiples of 8 give the same
 // partials as one call over their concatenation; GramRawSums combines them. Products of f32 values are exact in f64, so
 // every pair's error is that of an f64 sum of its products; ‖a−b‖² taken from the raw matrix
 // cancels when the inputs are close relative to their norms, which the caller checks
@@ -100,10 +100,12 @@ func (k *Impl) GramF32(p, sq []float64, x [][]byte, elems int, tmp []float64) {
 // The assembly reads each block once, where it is; its diagonal tiles prefetch the next block
 // (the elems values after each input's block), which a caller walking the inputs block by block
 // passes next.
-func GramRawF32(p []float64, x [][]byte, elems int) { def.GramRawF32(p, x, elems) }
+func GramRawF32(p []float64, x [][]byte, elems int, tmp []float64) {
+	def.GramRawF32(p, x, elems, tmp)
+}
 
 // GramRawF32 is the package-level GramRawF32 run by k.
-func (k *Impl) GramRawF32(p []float64, x [][]byte, elems int) {
+func (k *Impl) GramRawF32(p []float64, x [][]byte, elems int, tmp []float64) {
 	n := len(x)
 	if n == 0 || elems <= 0 {
 		return
@@ -112,7 +114,8 @@ func (k *Impl) GramRawF32(p []float64, x [][]byte, elems int) {
 	for _, xi := range x {
 		_ = xi[4*elems-1]
 	}
-	k.robust.gramRaw(p, x, elems)
+	_ = tmp[GramScratch(n, elems)-1]
+	k.robust.gramRaw(p, x, elems, tmp)
 }
 
 func gramRawGeneric(p []float64, x [][]byte, from, elems int) {

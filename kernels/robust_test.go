@@ -637,7 +637,7 @@ func checkGramRaw(t *testing.T, k *Impl, r *rand.Rand, n, elems int, finite bool
 	gramRawGeneric(want, x, 0, elems)
 	p, check := guardedF64(len(init), r.IntN(4))
 	copy(p, init)
-	k.GramRawF32(p, x, elems)
+	k.GramRawF32(p, x, elems, make([]float64, GramScratch(n, elems)))
 	check(t)
 	s := GramStride(n)
 	for a := range n {
@@ -686,7 +686,7 @@ func TestGramRawBlocksCompose(t *testing.T) {
 		n, elems := 8, 1000
 		x := gramInputs(r, n, elems, true)
 		whole := make([]float64, GramPartials(n))
-		k.GramRawF32(whole, x, elems)
+		k.GramRawF32(whole, x, elems, make([]float64, GramScratch(n, elems)))
 		parts := make([]float64, GramPartials(n))
 		xs := make([][]byte, n)
 		for lo := 0; lo < elems; lo += 48 {
@@ -694,7 +694,7 @@ func TestGramRawBlocksCompose(t *testing.T) {
 			for i := range x {
 				xs[i] = x[i][4*lo : 4*hi]
 			}
-			k.GramRawF32(parts, xs, hi-lo)
+			k.GramRawF32(parts, xs, hi-lo, make([]float64, GramScratch(n, 48)))
 		}
 		s := GramStride(n)
 		for a := range n {
@@ -906,7 +906,7 @@ func FuzzGram(f *testing.F) {
 				}
 			}
 			raw := make([]float64, len(wantRaw))
-			v.GramRawF32(raw, x, elems)
+			v.GramRawF32(raw, x, elems, make([]float64, GramScratch(n, elems)))
 			for a := range n {
 				for b := a; b < n; b++ {
 					for l := range GramLanes {
@@ -1018,7 +1018,7 @@ func BenchmarkGram(b *testing.B) {
 					b.SetBytes(int64(4 * n * elems))
 					for b.Loop() {
 						if raw {
-							k.GramRawF32(p, x, elems)
+							k.GramRawF32(p, x, elems, make([]float64, GramScratch(n, elems)))
 						} else {
 							k.GramF32(p, sq, x, elems, tmp)
 						}
