@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"image/png"
 	"os"
 	"path/filepath"
@@ -163,4 +164,33 @@ func TestBenchAllBadFlags(t *testing.T) {
 	}
 	_, stderr, code := wattagg(t, "bench", "mean", "--dtypes", "f32,f64", "--progress", "never")
 	checkFailure(t, stderr, code, 2, "--dtypes: f64: synthetic updates are f32, bf16 or f16")
+}
+
+// TestNumpyGram checks the --numpy row: numpyGram runs the script with the given interpreter and
+// sizes, reads its seconds and numpy's version, and compares them with the Gram row; a failing
+// interpreter is an error with its last line. The interpreter here is a shell script standing
+// in for python3 (numpy is not a test dependency); `bench robust --numpy /usr/bin/python3` runs
+// the real one.
+func TestNumpyGram(t *testing.T) {
+	dir := t.TempDir()
+	fake := filepath.Join(dir, "python3")
+	if err := os.WriteFile(fake, []byte("#!/bin/sh\n[ \"$1\" = -c ] && [ \"$3\" = 128 ] && [ \"$4\" = 4096 ] && echo 0.5 1.24.2\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	gram := bench.Row{Rule: "krum distances (gram)", Seconds: 0.25, FloorGBps: 10, FloorName: "FMA"}
+	r, err := numpyGram(context.Background(), fake, 128, 4096, []bench.Row{gram})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Seconds != 0.5 || r.Bytes != 4*128*4096 || r.FloorGBps != 10 || !strings.Contains(r.Note, "numpy 1.24.2") || !strings.Contains(r.Note, "2.00x faster") {
+		t.Fatalf("row %+v", r)
+	}
+	broken := filepath.Join(dir, "broken")
+	if err := os.WriteFile(broken, []byte("#!/bin/sh\necho Traceback >&2\necho \"ModuleNotFoundError: No module named 'numpy'\" >&2\nexit 1\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	_, err = numpyGram(context.Background(), broken, 8, 16, nil)
+	if err == nil || !strings.HasSuffix(err.Error(), "exit status 1: ModuleNotFoundError: No module named 'numpy'") {
+		t.Fatalf("err = %v", err)
+	}
 }

@@ -3,9 +3,11 @@ package main
 import (
 	"context"
 	"fmt"
+	"os/exec"
 	"runtime"
 	"runtime/debug"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -23,6 +25,7 @@ import (
 // the same run, at one configuration and along the sweeps.
 type robustSuite struct {
 	clients, params, runs int
+	numpy                 string            // a python3 with numpy: its Gram route is timed beside
 	sweep                 *bench.SweepSizes // nil: no sweep
 	sweepRuns             int
 }
@@ -67,7 +70,54 @@ the cores, measured with a loop of independent VFMADD231PD.`,
 	cmd.Flags().IntVar(&s.params, "params", fullPreset.robustParams, "f32 parameters per update")
 	cmd.Flags().IntVar(&s.runs, "runs", fullPreset.robustRuns, "runs of each (the median is reported)")
 	cmd.Flags().IntVar(&s.sweepRuns, "sweep-runs", fullPreset.robustSweepRuns, "runs at each sweep point")
+	cmd.Flags().StringVar(&s.numpy, "numpy", "", "python3 with numpy (e.g. /usr/bin/python3): time numpy's Gram route, X @ X.T in f32, on the same sizes")
 	return cmd
+}
+
+// numpyGramScript times X @ X.T for an n x p f32 matrix of normal values (best of 3) and
+// prints the seconds: the Gram route a numpy user takes (f32, BLAS sgemm), which wattagg's
+// f64-accumulated Gram matrix is compared with.
+const numpyGramScript = `import sys, time, numpy as np
+n, p = int(sys.argv[1]), int(sys.argv[2])
+X = np.random.default_rng(1).standard_normal((n, p), dtype=np.float32)
+best = 1e9
+for _ in range(3):
+    t = time.perf_counter(); G = X @ X.T; best = min(best, time.perf_counter() - t)
+print(best, np.__version__)
+`
+
+// numpyGram runs numpyGramScript with python and returns its row beside wattagg's Gram row of
+// rows (their ratio in the note; the floor is the Gram row's).
+func numpyGram(ctx context.Context, python string, n, p int, rows []bench.Row) (bench.Row, error) {
+	out, err := exec.CommandContext(ctx, python, "-c", numpyGramScript, fmt.Sprint(n), fmt.Sprint(p)).CombinedOutput()
+	if err != nil {
+		if msg := lastLine(string(out)); msg != "" {
+			return bench.Row{}, fmt.Errorf("--numpy %s: %w: %s", python, err, msg)
+		}
+		return bench.Row{}, fmt.Errorf("--numpy %s: %w", python, err)
+	}
+	var secs float64
+	var version string
+	if _, err := fmt.Sscan(string(out), &secs, &version); err != nil || secs <= 0 {
+		return bench.Row{}, fmt.Errorf("--numpy %s: unexpected output %q", python, lastLine(string(out)))
+	}
+	in := int64(4 * n * p)
+	r := bench.Row{Name: "numpy X @ X.T (f32)", Rule: "numpy gram", Clients: n, DType: "f32", Seconds: secs, Bytes: in,
+		Params: int64(p), GBps: float64(in) / secs / 1e9, ParamsPS: float64(p) / secs}
+	for _, g := range rows {
+		if g.Rule == "krum distances (gram)" {
+			r.FloorGBps, r.FloorName = g.FloorGBps, g.FloorName
+			r.Ratio = r.GBps / r.FloorGBps
+			r.Note = fmt.Sprintf("numpy %s, best of 3; wattagg's Gram %.2fx faster", version, secs/g.Seconds)
+		}
+	}
+	return r, nil
+}
+
+// lastLine is the last line of s, trimmed (a Python traceback's error), "" for none.
+func lastLine(s string) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	return strings.TrimSpace(lines[len(lines)-1])
 }
 
 func (s robustSuite) run(env *benchEnv) (*bench.Report, error) {
@@ -87,8 +137,16 @@ func (s robustSuite) run(env *benchEnv) (*bench.Report, error) {
 	if err != nil {
 		return nil, err
 	}
-	updates = nil // the sweeps need the memory
+	updates = nil // the sweeps and numpy need the memory
 	debug.FreeOSMemory()
+	if s.numpy != "" {
+		env.progress(0, total, "numpy X @ X.T")
+		np, err := numpyGram(env.ctx, s.numpy, s.clients, s.params, rows)
+		if err != nil {
+			return nil, err
+		}
+		rows = append(rows, np)
+	}
 	if err := env.printRows(rows, ""); err != nil {
 		return nil, err
 	}
@@ -203,7 +261,7 @@ func benchRobust(ctx context.Context, dev *device.CPU, updates []*tensor.Set, ru
 	pairs := float64(clients*(clients+1)) / 2
 	gramFloor := fma * float64(4*clients) / pairs
 	rows = append(rows, row("krum distances (gram)", secs, gramFloor, "FMA rate / (n+1)/2 FMAs per input float",
-		fmt.Sprintf("%.1f GFMA/s; numpy's Gram route ~4 GB/s", pairs*float64(params)/secs/1e9)))
+		fmt.Sprintf("%.1f GFMA/s", pairs*float64(params)/secs/1e9)))
 
 	dst := updates[0].Clone()
 	opts := []aggregate.Option{aggregate.WithDevices(dev), aggregate.WithOutput(dst)}
