@@ -122,8 +122,8 @@ func closestAsm(dst, tmp []float32, n, wires, beta, width int, asm func(dst, tmp
 // that size.
 const gramCallFMAs = 4 << 20
 
-// gramPrefetchParts is the fewest calls of the tiles per block, between which the next block is
-// prefetched.
+// gramPrefetchParts is the fewest calls of the tiles per block: the packed tiles (gramAsm)
+// prefetch the next block between them; the direct ones prefetch it in their diagonal tiles.
 const gramPrefetchParts = 8
 
 // gramAsm packs the largest multiple of 8 elements, runs the tiles over it chunk by chunk of
