@@ -48,8 +48,9 @@ type Robust interface {
 	// non-finite result (a trimmed mean beyond the f32 range, an output dtype too narrow) is a
 	// *tensor.NonFiniteError naming the field and element.
 	Select(ctx context.Context, job *SelectJob) (Stats, error)
-	// Gram returns the Gram matrix of the inputs centred on their mean and their squared norms
-	// (see GramMatrix), accumulated in f64 over all fields: Krum's squared distances are
+	// Gram returns the Gram matrix of the inputs less a common point (their mean at each
+	// coordinate, or 0 where the device finds the raw matrix precise enough: see GramMatrix) and
+	// their squared norms, accumulated in f64 over all fields: Krum's squared distances are
 	// G.SqDistance(a, b).
 	Gram(ctx context.Context, fields []AccField, inputs [][]Span) (GramMatrix, Stats, error)
 	// SqDistances returns ‖x_i − z‖² and ‖x_i‖² for every input i over all fields, accumulated

@@ -474,9 +474,9 @@ func GramCentre(col []float64) float64 {
 	return r
 }
 
-// Gram checks the centred Gram matrix and the squared norms against float64 references (the
-// centred f32 values are exact in f64 and so are their products; only the order of the
-// additions is free): every entry within SumTolerance of the reference, the matrix symmetric
+// Gram checks the Gram matrix (centred, or raw where the device says so) and the squared norms
+// against float64 references (the centred f32 values are exact in f64 and so are their
+// products; only the order of the additions is free): every entry within SumTolerance of the reference, the matrix symmetric
 // bit for bit, and the statistics.
 func Gram(t *testing.T, dev device.Device) {
 	rd := dev.(device.Robust)
