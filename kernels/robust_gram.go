@@ -127,12 +127,7 @@ func gramRawGeneric(p []float64, x [][]byte, from, elems int) {
 		for a, xa := range x {
 			y[a] = float64(ldF32(xa, j))
 		}
-		for a := range n {
-			for b := a; b < n; b++ {
-				q := &p[(a*s+b)*GramLanes+l]
-				*q = math.FMA(y[a], y[b], *q)
-			}
-		}
+		addPairs(p[l:], y, s)
 	}
 }
 
@@ -193,11 +188,16 @@ func gramGeneric(p, sq []float64, x [][]byte, from, elems int) {
 			y[a] = v - r
 			sq[a*Lanes+j%Lanes] = math.FMA(v, v, sq[a*Lanes+j%Lanes])
 		}
-		for a := range n {
-			for b := a; b < n; b++ {
-				q := &p[(a*s+b)*GramLanes+l]
-				*q = math.FMA(y[a], y[b], *q)
-			}
+		addPairs(p[l:], y, s)
+	}
+}
+
+// addPairs adds y_a·y_b to p[(a*s+b)*GramLanes] for every a <= b < len(y), with one FMA each.
+func addPairs(p, y []float64, s int) {
+	for a := range y {
+		for b := a; b < len(y); b++ {
+			q := &p[(a*s+b)*GramLanes]
+			*q = math.FMA(y[a], y[b], *q)
 		}
 	}
 }

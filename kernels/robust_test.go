@@ -410,6 +410,22 @@ func gramInputs(r *rand.Rand, n, elems int, finite bool) [][]byte {
 	return x
 }
 
+// checkPairs fails unless the Gram partials p of n inputs equal want bit for bit (NaN payloads
+// aside) for every pair a <= b and lane: the entries GramF32 and GramRawF32 specify.
+func checkPairs(t *testing.T, what string, n int, p, want []float64) {
+	t.Helper()
+	s := GramStride(n)
+	for a := range n {
+		for b := a; b < n; b++ {
+			for l := range GramLanes {
+				if k := (a*s+b)*GramLanes + l; !sameF64(p[k], want[k]) {
+					t.Fatalf("%s: pair (%d,%d) lane %d = %v, want %v", what, a, b, l, p[k], want[k])
+				}
+			}
+		}
+	}
+}
+
 func checkGram(t *testing.T, k *Impl, r *rand.Rand, n, elems int, finite bool) {
 	t.Helper()
 	x := gramInputs(r, n, elems, finite)
@@ -437,16 +453,8 @@ func checkGram(t *testing.T, k *Impl, r *rand.Rand, n, elems int, finite bool) {
 	check(t)
 	checkSq(t)
 	checkTmp(t)
-	s := GramStride(n)
+	checkPairs(t, fmt.Sprintf("n=%d elems=%d", n, elems), n, p, want)
 	for a := range n {
-		for b := a; b < n; b++ {
-			for l := range GramLanes {
-				k := (a*s+b)*GramLanes + l
-				if !sameF64(p[k], want[k]) {
-					t.Fatalf("n=%d elems=%d: pair (%d,%d) lane %d = %v, reference %v", n, elems, a, b, l, p[k], want[k])
-				}
-			}
-		}
 		for l := range Lanes {
 			if q := a*Lanes + l; !sameF64(sq[q], wantSq[q]) {
 				t.Fatalf("n=%d elems=%d: square of %d lane %d = %v, reference %v", n, elems, a, l, sq[q], wantSq[q])
@@ -639,17 +647,7 @@ func checkGramRaw(t *testing.T, k *Impl, r *rand.Rand, n, elems int, finite bool
 	copy(p, init)
 	k.GramRawF32(p, x, elems, make([]float64, GramScratch(n, elems)))
 	check(t)
-	s := GramStride(n)
-	for a := range n {
-		for b := a; b < n; b++ {
-			for l := range GramLanes {
-				k := (a*s+b)*GramLanes + l
-				if !sameF64(p[k], want[k]) {
-					t.Fatalf("n=%d elems=%d: pair (%d,%d) lane %d = %v, reference %v", n, elems, a, b, l, p[k], want[k])
-				}
-			}
-		}
-	}
+	checkPairs(t, fmt.Sprintf("n=%d elems=%d", n, elems), n, p, want)
 	for i := range x {
 		if !slices.Equal(x[i], saved[i]) {
 			t.Fatalf("n=%d elems=%d: input %d modified", n, elems, i)
@@ -696,16 +694,7 @@ func TestGramRawBlocksCompose(t *testing.T) {
 			}
 			k.GramRawF32(parts, xs, hi-lo, make([]float64, GramScratch(n, 48)))
 		}
-		s := GramStride(n)
-		for a := range n {
-			for b := a; b < n; b++ {
-				for l := range GramLanes {
-					if k := (a*s+b)*GramLanes + l; parts[k] != whole[k] {
-						t.Fatalf("pair (%d,%d) lane %d: blocks %v, whole %v", a, b, l, parts[k], whole[k])
-					}
-				}
-			}
-		}
+		checkPairs(t, "blocks against one call", n, parts, whole)
 	})
 }
 
@@ -727,17 +716,7 @@ func TestGramBlocksCompose(t *testing.T) {
 			}
 			k.GramF32(parts, partsSq, xs, hi-lo, tmp)
 		}
-		s := GramStride(n)
-		for a := range n {
-			for b := a; b < n; b++ {
-				for l := range GramLanes {
-					k := (a*s+b)*GramLanes + l
-					if parts[k] != whole[k] {
-						t.Fatalf("pair (%d,%d) lane %d: blocks %v, whole %v", a, b, l, parts[k], whole[k])
-					}
-				}
-			}
-		}
+		checkPairs(t, "blocks against one call", n, parts, whole)
 		if !slices.Equal(partsSq, wholeSq) {
 			t.Fatalf("squares: blocks %v, whole %v", partsSq, wholeSq)
 		}
@@ -886,20 +865,10 @@ func FuzzGram(f *testing.F) {
 		gramRawGeneric(wantRaw, x, 0, elems)
 		var wantD, wantN [Lanes]float64
 		sqDistNormGeneric(&wantD, &wantN, x[0], z, 0)
-		s := GramStride(n)
 		for _, v := range Impls() {
 			p, sq := make([]float64, len(want)), make([]float64, len(wantSq))
 			v.GramF32(p, sq, x, elems, make([]float64, GramScratch(n, elems)))
-			for a := range n {
-				for b := a; b < n; b++ {
-					for l := range GramLanes {
-						k := (a*s+b)*GramLanes + l
-						if !sameF64(p[k], want[k]) {
-							t.Fatalf("%s n=%d elems=%d: pair (%d,%d) lane %d = %v, reference %v", v, n, elems, a, b, l, p[k], want[k])
-						}
-					}
-				}
-			}
+			checkPairs(t, fmt.Sprintf("%s n=%d elems=%d", v, n, elems), n, p, want)
 			for q := range sq {
 				if !sameF64(sq[q], wantSq[q]) {
 					t.Fatalf("%s n=%d elems=%d: square partial %d = %v, reference %v", v, n, elems, q, sq[q], wantSq[q])
@@ -907,15 +876,7 @@ func FuzzGram(f *testing.F) {
 			}
 			raw := make([]float64, len(wantRaw))
 			v.GramRawF32(raw, x, elems, make([]float64, GramScratch(n, elems)))
-			for a := range n {
-				for b := a; b < n; b++ {
-					for l := range GramLanes {
-						if k := (a*s+b)*GramLanes + l; !sameF64(raw[k], wantRaw[k]) {
-							t.Fatalf("%s n=%d elems=%d: raw pair (%d,%d) lane %d = %v, reference %v", v, n, elems, a, b, l, raw[k], wantRaw[k])
-						}
-					}
-				}
-			}
+			checkPairs(t, fmt.Sprintf("%s raw n=%d elems=%d", v, n, elems), n, raw, wantRaw)
 			var d, nn [Lanes]float64
 			v.SqDistNormF32(&d, &nn, x[0], z)
 			for l := range d {
