@@ -135,13 +135,8 @@ func gramRawGeneric(p []float64, x [][]byte, from, elems int) {
 // partials of GramF32: for a <= b, g[a*n+b] = g[b*n+a] = (q0+q2)+(q1+q3) where q is the pair's
 // partials, and norm[a] = SumLanes of input a's partials in sq.
 func GramSums(g, norm, p, sq []float64, n int) {
-	s := GramStride(n)
+	gramMatrix(g, p, n)
 	for a := range n {
-		for b := a; b < n; b++ {
-			q := p[(a*s+b)*GramLanes:]
-			v := (q[0] + q[2]) + (q[1] + q[3])
-			g[a*n+b], g[b*n+a] = v, v
-		}
 		norm[a] = SumLanes((*[Lanes]float64)(sq[a*Lanes:]))
 	}
 }
@@ -149,6 +144,15 @@ func GramSums(g, norm, p, sq []float64, n int) {
 // GramRawSums is GramSums for the partials of GramRawF32: the Gram matrix g (n·n, symmetric)
 // and the squared norms norm (n), the matrix's diagonal.
 func GramRawSums(g, norm, p []float64, n int) {
+	gramMatrix(g, p, n)
+	for a := range n {
+		norm[a] = g[a*n+a]
+	}
+}
+
+// gramMatrix writes g[a*n+b] = g[b*n+a] = (q0+q2)+(q1+q3) for the partials q of every pair
+// a <= b in p.
+func gramMatrix(g, p []float64, n int) {
 	s := GramStride(n)
 	for a := range n {
 		for b := a; b < n; b++ {
@@ -156,7 +160,6 @@ func GramRawSums(g, norm, p []float64, n int) {
 			v := (q[0] + q[2]) + (q[1] + q[3])
 			g[a*n+b], g[b*n+a] = v, v
 		}
-		norm[a] = g[a*n+a]
 	}
 }
 

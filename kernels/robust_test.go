@@ -426,18 +426,24 @@ func checkPairs(t *testing.T, what string, n int, p, want []float64) {
 	}
 }
 
-func checkGram(t *testing.T, k *Impl, r *rand.Rand, n, elems int, finite bool) {
-	t.Helper()
-	x := gramInputs(r, n, elems, finite)
-	saved := make([][]byte, n)
+// gramCase returns gramInputs, a copy of them (to check that the kernel leaves them alone) and
+// nonzero starting partials (the kernels add to them).
+func gramCase(r *rand.Rand, n, elems int, finite bool) (x, saved [][]byte, init []float64) {
+	x = gramInputs(r, n, elems, finite)
+	saved = make([][]byte, n)
 	for i := range x {
 		saved[i] = slices.Clone(x[i])
 	}
-	// Start from nonzero partials: the kernel adds to them.
-	init := make([]float64, GramPartials(n))
+	init = make([]float64, GramPartials(n))
 	for k := range init {
 		init[k] = float64(r.IntN(9) - 4)
 	}
+	return x, saved, init
+}
+
+func checkGram(t *testing.T, k *Impl, r *rand.Rand, n, elems int, finite bool) {
+	t.Helper()
+	x, saved, init := gramCase(r, n, elems, finite)
 	initSq := make([]float64, Lanes*n)
 	for k := range initSq {
 		initSq[k] = float64(r.IntN(5))
@@ -632,15 +638,7 @@ func TestGramRaw(t *testing.T) {
 
 func checkGramRaw(t *testing.T, k *Impl, r *rand.Rand, n, elems int, finite bool) {
 	t.Helper()
-	x := gramInputs(r, n, elems, finite)
-	saved := make([][]byte, n)
-	for i := range x {
-		saved[i] = slices.Clone(x[i])
-	}
-	init := make([]float64, GramPartials(n))
-	for k := range init {
-		init[k] = float64(r.IntN(9) - 4)
-	}
+	x, saved, init := gramCase(r, n, elems, finite)
 	want := slices.Clone(init)
 	gramRawGeneric(want, x, 0, elems)
 	p, check := guardedF64(len(init), r.IntN(4))
