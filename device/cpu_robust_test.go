@@ -322,16 +322,7 @@ func TestGramKrumFullModels(t *testing.T) {
 	for j := range xt {
 		xt[j] = float32(r.NormFloat64())
 	}
-	fields := []AccField{{Name: "w", Len: elems, Acc: tensor.F32, Out: tensor.F32}}
-	inputs := make([][]Span, n)
-	vals := make([][]float32, n)
-	for i := range inputs {
-		vals[i] = make([]float32, elems)
-		for j := range elems {
-			vals[i][j] = xt[j] + float32(1e-6*r.NormFloat64())
-		}
-		inputs[i] = []Span{{DType: tensor.F32, Data: f32Bytes(vals[i])}}
-	}
+	fields, inputs, vals := inputsAround(r, n, xt, 1e-6)
 	exact, uncentred := make([][]float64, n), make([][]float64, n)
 	dots := make([][]float64, n)
 	for a := range n {
@@ -475,28 +466,16 @@ func TestGramRawOrCentred(t *testing.T) {
 	}
 	for _, tc := range []struct {
 		name   string
-		spread float64 // clients are base·(spread < 1) + spread·N(0,1)
+		centre []float32 // clients are centre + spread·N(0,1)
+		spread float64
 		raw    bool
 		tol    float64
 	}{
-		{"independent", 1, true, rawGramTolerance},
-		{"close", 1e-3, false, 1e-9},
+		{"independent", make([]float32, elems), 1, true, rawGramTolerance},
+		{"close", base, 1e-3, false, 1e-9},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			fields := []AccField{{Name: "w", Len: elems, Acc: tensor.F32, Out: tensor.F32}}
-			inputs := make([][]Span, n)
-			vals := make([][]float32, n)
-			for i := range inputs {
-				vals[i] = make([]float32, elems)
-				for j := range elems {
-					v := tc.spread * r.NormFloat64()
-					if tc.spread < 1 {
-						v += float64(base[j])
-					}
-					vals[i][j] = float32(v)
-				}
-				inputs[i] = []Span{{DType: tensor.F32, Data: f32Bytes(vals[i])}}
-			}
+			fields, inputs, vals := inputsAround(r, n, tc.centre, tc.spread)
 			dev := mustCPU(t, 2, 64)
 			g, stats, err := dev.Gram(context.Background(), fields, inputs)
 			if err != nil {
@@ -526,4 +505,20 @@ func TestGramRawOrCentred(t *testing.T) {
 			}
 		})
 	}
+}
+
+// inputsAround returns n f32 inputs of one field, x_i[j] = centre[j] + float32(spread·N(0,1)),
+// with their values.
+func inputsAround(r *rand.Rand, n int, centre []float32, spread float64) ([]AccField, [][]Span, [][]float32) {
+	fields := []AccField{{Name: "w", Len: len(centre), Acc: tensor.F32, Out: tensor.F32}}
+	inputs := make([][]Span, n)
+	vals := make([][]float32, n)
+	for i := range inputs {
+		vals[i] = make([]float32, len(centre))
+		for j, c := range centre {
+			vals[i][j] = c + float32(spread*r.NormFloat64())
+		}
+		inputs[i] = []Span{{DType: tensor.F32, Data: f32Bytes(vals[i])}}
+	}
+	return fields, inputs, vals
 }
