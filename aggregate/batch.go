@@ -63,18 +63,18 @@ func batchRound(ctx context.Context, rule Rule, updates []*tensor.Set, weights [
 	if err != nil {
 		return nil, err
 	}
-	for k, u := range updates {
-		w, src := 1.0, WeightsUniform
+	err = r.addAll(ctx, updates, func(k int) (float64, WeightSource) {
 		switch {
 		case from != "":
-			w, src = weights[k], from
+			return weights[k], from
 		case weights != nil:
-			w, src = weights[k], WeightsGiven
+			return weights[k], WeightsGiven
 		}
-		if err := r.add(ctx, u, w, src); err != nil {
-			r.Close()
-			return nil, err
-		}
+		return 1, WeightsUniform
+	})
+	if err != nil {
+		r.Close()
+		return nil, err
 	}
 	return r, nil
 }

@@ -25,7 +25,7 @@ type placement struct {
 func (r *Round) workers() int {
 	n := 0
 	for _, d := range r.cfg.devs {
-		n += max(1, d.Info().Workers)
+		n += max(1, device.WorkersOf(d))
 	}
 	return n
 }

@@ -234,6 +234,7 @@ func (r *Round) closeSum(ctx context.Context, out *sink) error {
 	if err != nil {
 		return err
 	}
+	r.cfg.inputsRead()
 	return out.finish(ctx)
 }
 

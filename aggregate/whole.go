@@ -257,7 +257,8 @@ func (in *Inputs) Overflow(err error) error { return in.r.overflow(err) }
 
 // Emit runs compute — a device job writing the result to an Output, chunk by chunk — into the
 // round's result (memory, the WithOutput set, or the file written as the chunks finish). If
-// compute fails, what it wrote is discarded and Emit may be called again.
+// compute fails, what it wrote is discarded and Emit may be called again. Once compute has
+// succeeded the updates may be released (WithInputsDone): a Computer reads none of them after.
 func (in *Inputs) Emit(ctx context.Context, compute func(out device.Output) (device.Stats, error)) error {
 	dst, err := in.out.open(in.r.plan)
 	if err != nil {
@@ -266,6 +267,7 @@ func (in *Inputs) Emit(ctx context.Context, compute func(out device.Output) (dev
 	st, err := compute(dst)
 	in.r.acct.record(st)
 	if err == nil {
+		in.r.cfg.inputsRead()
 		err = in.out.finish(ctx)
 	}
 	if err != nil {

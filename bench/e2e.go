@@ -170,14 +170,16 @@ func E2E(ctx context.Context, cfg E2EConfig, log io.Writer) ([]Row, error) {
 }
 
 // aggregateFiles is what `wattagg aggregate` does: open in parallel (each file mapped or read
-// as safetensors.ReadAuto chooses), reduce, write, close.
+// as safetensors.ReadAuto chooses), reduce, write, and close the inputs while the result is
+// synced.
 func aggregateFiles(ctx context.Context, out string, paths []string, dev device.Device) error {
 	sets, err := safetensors.OpenAll(paths)
 	if err != nil {
 		return err
 	}
-	defer safetensors.CloseAll(sets)
-	_, err = aggregate.WeightedMeanFile(ctx, out, sets, nil, aggregate.WithDevices(dev))
+	rel := tensor.NewRelease(sets) // unmapped while the result is synced, as the CLI does
+	defer rel.Wait()
+	_, err = aggregate.WeightedMeanFile(ctx, out, sets, nil, aggregate.WithDevices(dev), aggregate.WithInputsDone(rel.Start))
 	return err
 }
 

@@ -44,6 +44,15 @@ type Device interface {
 	Close() error
 }
 
+// WorkersOf is the number of goroutines d runs: from its Workers method where it has one (the
+// CPU's, which does not describe the host as Info does), else from Info.
+func WorkersOf(d Device) int {
+	if w, ok := d.(interface{ Workers() int }); ok {
+		return w.Workers()
+	}
+	return d.Info().Workers
+}
+
 // Accumulator is a running weighted sum held by a device (host memory for the CPU, device
 // memory for a GPU).
 type Accumulator interface {

@@ -340,8 +340,11 @@ func batchFiles(ctx context.Context, out string, rule aggregate.Rule, paths []st
 	if err != nil {
 		return nil, err
 	}
-	defer closeUpdates(sets)
-	return aggregate.AggregateFile(ctx, rule, out, sets, weights, opts...)
+	// The files are unmapped as soon as the round has read them for the last time, while the
+	// result's last chunks are written and synced.
+	rel := tensor.NewRelease(sets)
+	defer rel.Wait()
+	return aggregate.AggregateFile(ctx, rule, out, sets, weights, append(opts, aggregate.WithInputsDone(rel.Start))...)
 }
 
 // streamFiles adds the files one at a time, each mapped only while it is added, as a server

@@ -58,18 +58,12 @@ func openUpdates(paths []string, opts ...safetensors.Option) ([]*tensor.Set, err
 	for _, p := range paths {
 		s, err := openUpdate(p, opts...)
 		if err != nil {
-			closeUpdates(sets)
+			_ = tensor.CloseAll(sets)
 			return nil, err
 		}
 		sets = append(sets, s)
 	}
 	return sets, nil
-}
-
-func closeUpdates(sets []*tensor.Set) {
-	for _, s := range sets {
-		s.Close()
-	}
 }
 
 // headerOf returns an update's layout and metadata without reading its data where the format

@@ -43,11 +43,5 @@ func OpenAll(paths []string, opts ...Option) ([]*tensor.Set, error) {
 	return sets, nil
 }
 
-// CloseAll closes every non-nil set.
-func CloseAll(sets []*tensor.Set) {
-	for _, s := range sets {
-		if s != nil {
-			_ = s.Close()
-		}
-	}
-}
+// CloseAll closes every non-nil set, on all cores at once (tensor.CloseAll).
+func CloseAll(sets []*tensor.Set) { _ = tensor.CloseAll(sets) }
