@@ -7,8 +7,9 @@ PKGS    := ./...
 
 all: build
 
+# Two binaries: wattagg, and wattagg-server beside it, which `wattagg serve|push|pull` run.
 build:
-	$(GO) build -o $(BIN) ./cmd/wattagg
+	$(GO) build -o bin/ ./cmd/wattagg ./cmd/wattagg-server
 
 # The main job: a 16-client federation of a 25M-parameter model, aggregated and reported.
 demo: build
@@ -86,7 +87,7 @@ energy: build
 
 # The energy, planner and CLI packages build without cgo (NVML then reports unavailable).
 nocgo-check:
-	CGO_ENABLED=0 $(GO) build ./energy/ ./sched/ ./aggregate/ ./cmd/wattagg/
+	CGO_ENABLED=0 $(GO) build ./energy/ ./sched/ ./aggregate/ ./cmd/wattagg/ ./cmd/wattagg-server/
 	CGO_ENABLED=0 $(GO) test -count=1 ./energy/ ./sched/
 
 .PHONY: ptx gpu-check

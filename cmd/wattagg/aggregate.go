@@ -19,6 +19,7 @@ import (
 
 	"github.com/wattagg/wattagg/aggregate"
 	"github.com/wattagg/wattagg/device"
+	"github.com/wattagg/wattagg/internal/cli"
 	"github.com/wattagg/wattagg/tensor"
 	"github.com/wattagg/wattagg/tensor/safetensors"
 )
@@ -153,10 +154,10 @@ func runAggregate(ctx context.Context, stdout, stderr io.Writer, f aggregateFlag
 	}
 	defer en.close()
 	opts = append(opts, en.options(f.device)...)
-	bar := newProgress(stderr, f.progress, "aggregating")
+	bar := cli.NewProgress(stderr, f.progress, "aggregating")
 	if bar != nil {
-		opts = append(opts, aggregate.WithProgress(bar.set))
-		defer bar.finish()
+		opts = append(opts, aggregate.WithProgress(bar.Set))
+		defer bar.Finish()
 	}
 	var rep *aggregate.Report
 	if f.stream {
@@ -168,7 +169,7 @@ func runAggregate(ctx context.Context, stdout, stderr io.Writer, f aggregateFlag
 		return err
 	}
 	en.learn(stderr, rep)
-	bar.finish()
+	bar.Finish()
 	if f.json {
 		enc := json.NewEncoder(stdout)
 		return enc.Encode(rep)

@@ -18,6 +18,7 @@ import (
 	"github.com/wattagg/wattagg/bench"
 	"github.com/wattagg/wattagg/device"
 	"github.com/wattagg/wattagg/energy"
+	"github.com/wattagg/wattagg/internal/cli"
 	"github.com/wattagg/wattagg/tensor"
 	"github.com/wattagg/wattagg/tensor/safetensors"
 )
@@ -86,10 +87,10 @@ func runDemo(ctx context.Context, stdout, stderr io.Writer, f demoFlags) error {
 		dtypes[dt]++
 		fed.Clients = append(fed.Clients, bench.Client{DType: dt, NumExamples: 200 + rng.IntN(1800)})
 	}
-	bar := newProgress(stderr, f.progress, "generating")
+	bar := cli.NewProgress(stderr, f.progress, "generating")
 	start := time.Now()
-	paths, err := fed.Write(ctx, filepath.Join(dir, "clients"), bar.set)
-	bar.finish()
+	paths, err := fed.Write(ctx, filepath.Join(dir, "clients"), bar.Set)
+	bar.Finish()
 	if err != nil {
 		return err
 	}
@@ -127,9 +128,9 @@ func runDemo(ctx context.Context, stdout, stderr io.Writer, f demoFlags) error {
 	defer inv.Close()
 	opts := []aggregate.Option{aggregate.WithDevices(dev), aggregate.WithMixedDTypes(true), aggregate.WithMeters(inv.Meters()...)}
 	batchOut := filepath.Join(dir, "global.safetensors")
-	bar = newProgress(stderr, f.progress, "aggregating")
-	batch, err := aggregate.WeightedMeanFile(ctx, batchOut, sets, nil, append(opts, aggregate.WithProgress(bar.set))...)
-	bar.finish()
+	bar = cli.NewProgress(stderr, f.progress, "aggregating")
+	batch, err := aggregate.WeightedMeanFile(ctx, batchOut, sets, nil, append(opts, aggregate.WithProgress(bar.Set))...)
+	bar.Finish()
 	if err != nil {
 		return err
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/wattagg/wattagg/aggregate"
 	"github.com/wattagg/wattagg/device"
 	"github.com/wattagg/wattagg/energy"
+	"github.com/wattagg/wattagg/internal/cli"
 	"github.com/wattagg/wattagg/sched"
 	"github.com/wattagg/wattagg/tensor"
 )
@@ -356,7 +357,7 @@ type stepBar struct {
 }
 
 func newStepBar(w io.Writer, mode, desc string) *stepBar {
-	if newProgress(w, mode, desc) == nil { // not a terminal, or --progress never
+	if cli.NewProgress(w, mode, desc) == nil { // not a terminal, or --progress never
 		return nil
 	}
 	return &stepBar{w: w, desc: desc}

@@ -5,43 +5,25 @@
 //	wattagg devices
 //	wattagg demo
 //	wattagg bench floor|mean|e2e|stream
+//	wattagg serve --config server.json   (runs wattagg-server)
 //
 // Run `wattagg help COMMAND` for the flags of each command.
 package main
 
 import (
-	"context"
-	"errors"
-	"fmt"
-	"os"
-	"os/signal"
-	"syscall"
-
 	"github.com/spf13/cobra"
+
+	"github.com/wattagg/wattagg/internal/cli"
 
 	// The CUDA backend registers itself: `--device cuda:0`, and GPUs in `wattagg devices`. It
 	// loads the driver with dlopen only when a GPU is asked for, so it costs nothing elsewhere.
 	_ "github.com/wattagg/wattagg/cgo/cuda"
 )
 
-// usageError marks errors in how the command was called (exit status 2).
-type usageError struct{ error }
+// usagef is an error in how the command was called (exit status 2).
+var usagef = cli.Usagef
 
-func usagef(format string, args ...any) error { return usageError{fmt.Errorf(format, args...)} }
-
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := newRoot().ExecuteContext(ctx)
-	stop()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "wattagg:", err)
-		var u usageError
-		if errors.As(err, &u) {
-			os.Exit(2)
-		}
-		os.Exit(1)
-	}
-}
+func main() { cli.Main(newRoot()) }
 
 func newRoot() *cobra.Command {
 	root := &cobra.Command{
@@ -50,14 +32,38 @@ func newRoot() *cobra.Command {
 		Long: `wattagg aggregates federated-learning model updates (.safetensors files) with FedAvg on
 every core, using AVX2 kernels that run at the speed of memory, and reports time, bytes,
 throughput and energy for each round.`,
-		SilenceUsage:  true,
-		SilenceErrors: true,
 	}
-	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
-		return usageError{fmt.Errorf("%w (see wattagg %s --help)", err, c.Name())}
-	})
+	cli.Setup(root)
 	root.AddCommand(newAggregateCmd(), newDevicesCmd(), newDemoCmd(), newBenchCmd())
 	root.AddCommand(newCalibrateCmd(), newConvertCmd())
-	addServerCommands(root) // serve, push, pull, bench serve (serve.go)
+	addServerCommands(root)
 	return root
+}
+
+// addServerCommands adds serve, push, pull and bench serve: each hands its command line to the
+// wattagg-server binary (internal/cli: why two binaries), which replaces this process.
+func addServerCommands(root *cobra.Command) {
+	root.AddCommand(
+		serverCmd("serve --config FILE", "Run the aggregation server (HTTP and Arrow Flight; wattagg-server serve)", "serve"),
+		serverCmd("push FILE", "Push an update to a round of wattagg serve (wattagg-server push)", "push"),
+		serverCmd("pull -o FILE", "Pull the model of a closed round from wattagg serve (wattagg-server pull)", "pull"),
+	)
+	for _, c := range root.Commands() {
+		if c.Name() == "bench" {
+			c.AddCommand(serverCmd("serve", "Measure the server on loopback (wattagg-server bench serve)", "bench", "serve"))
+		}
+	}
+}
+
+// serverCmd is a command that runs `wattagg-server path... args...` in this process's place,
+// flags and --help included.
+func serverCmd(use, short string, path ...string) *cobra.Command {
+	return &cobra.Command{
+		Use:                use,
+		Short:              short,
+		DisableFlagParsing: true,
+		RunE: func(_ *cobra.Command, args []string) error {
+			return cli.RunSibling(cli.ServerBinary, cli.ServerEnv, append(path, args...))
+		},
+	}
 }

@@ -1,72 +1,35 @@
 package main
 
 import (
-	"bytes"
 	"encoding/binary"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"math"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/wattagg/wattagg/aggregate"
-	"github.com/wattagg/wattagg/tensor"
+	"github.com/wattagg/wattagg/internal/clitest"
 	"github.com/wattagg/wattagg/tensor/safetensors"
 )
 
 // TestMain lets the test binary act as the wattagg command, so that tests can check real exit
 // statuses and stderr.
 func TestMain(m *testing.M) {
-	if os.Getenv("WATTAGG_TEST_MAIN") == "1" {
-		main()
-		os.Exit(0)
-	}
+	clitest.Main(main)
 	os.Exit(m.Run())
 }
 
 // wattagg runs the command and returns stdout, stderr and the exit status.
 func wattagg(t *testing.T, args ...string) (string, string, int) {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], args...)
-	cmd.Env = append(os.Environ(), "WATTAGG_TEST_MAIN=1")
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
-	code := 0
-	var exit *exec.ExitError
-	if errors.As(err, &exit) {
-		code = exit.ExitCode()
-	} else if err != nil {
-		t.Fatal(err)
-	}
-	return stdout.String(), stderr.String(), code
+	return clitest.Run(t, nil, args...)
 }
 
 // writeClient writes a two-tensor f32 client file with values base+k·j/1000.
-func writeClient(t *testing.T, path string, base float32, numExamples string) {
-	t.Helper()
-	a := make([]float32, 1000)
-	b := make([]float32, 7)
-	for j := range a {
-		a[j] = base + float32(j)/1000
-	}
-	for j := range b {
-		b[j] = -base
-	}
-	ta := must(tensor.FromF32("layer.weight", []int{10, 100}, a))(t)
-	tb := must(tensor.FromF32("layer.bias", []int{7}, b))(t)
-	s := must(tensor.NewSet(ta, tb))(t)
-	if numExamples != "" {
-		s.Metadata["num_examples"] = numExamples
-	}
-	if err := safetensors.WriteFile(path, s); err != nil {
-		t.Fatal(err)
-	}
-}
+var writeClient = clitest.WriteClient
 
 // rawFile writes a .safetensors file byte by byte: header JSON then data.
 func rawFile(t *testing.T, path, header string, data []byte) {

@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/wattagg/wattagg/aggregate"
+	"github.com/wattagg/wattagg/internal/cli"
 )
 
 // ruleSpec is one choice of `aggregate --rule`: the flags it reads and how to build it. Each
@@ -217,7 +218,7 @@ func flagInt(name string) (int, error) {
 // buildError makes an invalid parameter a usage error (exit status 2); other errors (a state
 // file of another rule, a missing file) stay runtime errors (1).
 func buildError(rule string, err error) error {
-	var u usageError
+	var u cli.UsageError
 	if errors.As(err, &u) {
 		return err
 	}

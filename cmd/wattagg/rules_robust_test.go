@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/wattagg/wattagg/aggregate"
+	"github.com/wattagg/wattagg/internal/clitest"
 	"github.com/wattagg/wattagg/internal/race"
 	"github.com/wattagg/wattagg/tensor"
 	"github.com/wattagg/wattagg/tensor/safetensors"
@@ -259,7 +260,7 @@ func peakRSSAnon(t *testing.T, args ...string) (int64, float64) {
 	last := args[len(args)-1]
 	args = append(args[:len(args)-1], strings.Split(last, "\x00")...)
 	cmd := exec.Command(os.Args[0], args...)
-	cmd.Env = append(os.Environ(), "WATTAGG_TEST_MAIN=1")
+	cmd.Env = append(os.Environ(), clitest.MainEnv)
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
 	start := time.Now()

@@ -36,8 +36,8 @@ open has no model (the server says which).`,
 				desc = fmt.Sprintf("round %d", round)
 			}
 			bar := newProgress(cmd.ErrOrStderr(), cf.progress, desc)
-			err = c.Pull(cmd.Context(), round, out, client.WithProgress(bar.set))
-			bar.finish()
+			err = c.Pull(cmd.Context(), round, out, client.WithProgress(bar.Set))
+			bar.Finish()
 			if err != nil {
 				return fmt.Errorf("pull %s: %w", desc, err)
 			}

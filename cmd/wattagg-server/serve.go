@@ -20,16 +20,6 @@ import (
 	"github.com/wattagg/wattagg/server"
 )
 
-// addServerCommands registers serve, push and pull, and `bench serve` under the bench command.
-func addServerCommands(root *cobra.Command) {
-	root.AddCommand(newServeCmd(), newPushCmd(), newPullCmd())
-	for _, c := range root.Commands() {
-		if c.Name() == "bench" {
-			c.AddCommand(newBenchServeCmd())
-		}
-	}
-}
-
 func newServeCmd() *cobra.Command {
 	var cfgPath, addrFile string
 	var grace time.Duration

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wattagg/wattagg/internal/clitest"
 	"github.com/wattagg/wattagg/server"
 	"github.com/wattagg/wattagg/server/api"
 	"github.com/wattagg/wattagg/tensor/safetensors"
@@ -32,7 +33,7 @@ func serveProcess(t *testing.T, cfg map[string]any) string {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(os.Args[0], "serve", "--config", cfgPath, "--addr-file", addrPath, "--no-meters", "--grace", "5s")
-	cmd.Env = append(os.Environ(), "WATTAGG_TEST_MAIN=1")
+	cmd.Env = append(os.Environ(), clitest.MainEnv)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {

@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"io"
@@ -9,9 +9,9 @@ import (
 	"golang.org/x/term"
 )
 
-// progress is a byte progress bar on stderr. A nil *progress does nothing, so callers need not
+// Progress is a byte progress bar on stderr. A nil *Progress does nothing, so callers need not
 // care whether one is shown.
-type progress struct {
+type Progress struct {
 	mu   sync.Mutex
 	bar  *progressbar.ProgressBar
 	w    io.Writer
@@ -19,8 +19,8 @@ type progress struct {
 	done int64
 }
 
-// newProgress returns a bar when mode is "always", or "auto" and w is a terminal.
-func newProgress(w io.Writer, mode, desc string) *progress {
+// NewProgress returns a bar when mode is "always", or "auto" and w is a terminal.
+func NewProgress(w io.Writer, mode, desc string) *Progress {
 	switch mode {
 	case "never":
 		return nil
@@ -31,11 +31,11 @@ func newProgress(w io.Writer, mode, desc string) *progress {
 			return nil
 		}
 	}
-	return &progress{w: w, desc: desc}
+	return &Progress{w: w, desc: desc}
 }
 
-// set reports done of total bytes. Calls may come from several goroutines and out of order.
-func (p *progress) set(done, total int64) {
+// Set reports done of total bytes. Calls may come from several goroutines and out of order.
+func (p *Progress) Set(done, total int64) {
 	if p == nil {
 		return
 	}
@@ -57,8 +57,8 @@ func (p *progress) set(done, total int64) {
 	}
 }
 
-// finish clears the bar.
-func (p *progress) finish() {
+// Finish clears the bar.
+func (p *Progress) Finish() {
 	if p == nil {
 		return
 	}

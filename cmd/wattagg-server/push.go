@@ -82,12 +82,12 @@ The weight is --weight, else the file's num_examples metadata, else 1.`,
 				return err
 			}
 			bar := newProgress(cmd.ErrOrStderr(), cf.progress, fmt.Sprintf("round %d", round))
-			opts := []client.Option{client.WithProgress(bar.set)}
+			opts := []client.Option{client.WithProgress(bar.Set)}
 			if cmd.Flags().Changed("weight") {
 				opts = append(opts, client.WithWeight(weight))
 			}
 			ack, err := c.PushFile(cmd.Context(), round, args[0], opts...)
-			bar.finish()
+			bar.Finish()
 			if err != nil {
 				return fmt.Errorf("push %s (%d bytes) to round %d: %w", args[0], fi.Size(), round, err)
 			}
