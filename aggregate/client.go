@@ -188,10 +188,16 @@ func (r *Round) scansOnAdmit() bool {
 	switch {
 	case r.req.ExcludeNonFinite, r.req.Kind == KindModSum:
 		return false
-	case r.sum != nil && r.sum.deferred:
+	case r.sum != nil && r.sum.deferred, r.checksOnAdd():
 		return false
 	}
 	return true
+}
+
+// checksOnAdd reports whether updates are checked for NaN and Inf while they are added
+// (WithFailFast) rather than scanned first: a float sum that adds on arrival.
+func (r *Round) checksOnAdd() bool {
+	return r.cfg.failFast && r.sum != nil && !r.sum.deferred && r.req.Kind == KindSum && !r.exactSum()
 }
 
 // checkDuplicate refuses an update already in the round: one from the same source (a file

@@ -44,6 +44,7 @@ type Round struct {
 	sum       *sumState   // KindSum, KindModSum
 	whole     *wholeState // KindWhole
 	acct      accounting
+	broken    error // why the round is roundBroken
 }
 
 type roundState uint8
@@ -53,6 +54,7 @@ const (
 	roundClosing            // Result or WriteFile called: no more updates
 	roundDone               // a result was committed
 	roundClosed             // Close called
+	roundBroken             // WithFailFast: an update was refused midway through its add
 )
 
 // NewRound begins a round of rule. Rules that move a global model need WithGlobal or
@@ -249,6 +251,8 @@ func (r *Round) acceptingUpdates() error {
 		return nil
 	case roundClosed:
 		return fmt.Errorf("%w: the round of %s was closed", ErrClosed, r.rule.Name())
+	case roundBroken:
+		return r.brokenErr()
 	}
 	return fmt.Errorf("%w: the round of %s has been closed into its result: add updates to a new round", ErrClosed, r.rule.Name())
 }
@@ -280,6 +284,8 @@ func (r *Round) close(ctx context.Context, path string) (*tensor.Set, *Report, e
 		return nil, nil, fmt.Errorf("%w: the round of %s already produced its result", ErrClosed, r.rule.Name())
 	case roundClosed:
 		return nil, nil, fmt.Errorf("%w: the round of %s was closed", ErrClosed, r.rule.Name())
+	case roundBroken:
+		return nil, nil, r.brokenErr()
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, nil, err

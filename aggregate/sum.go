@@ -2,6 +2,7 @@ package aggregate
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"sync/atomic"
@@ -68,7 +69,7 @@ func (r *Round) addToSum(ctx context.Context, c *Client) error {
 			if err := r.ensureAccumulator(ctx, c); err != nil {
 				return err
 			}
-			if err := s.acc.Add(ctx, c.spans, a*s.pre); err != nil {
+			if err := r.addSpans(ctx, c, a*s.pre); err != nil {
 				return err
 			}
 			r.acct.addElements(s.accDev, r.plan.ref.NumParams(), c.bytes)
@@ -84,6 +85,34 @@ func (r *Round) addToSum(ctx context.Context, c *Client) error {
 		r.progressAdd(c.bytes)
 	}
 	return nil
+}
+
+// addSpans adds w·c to the accumulator, checking c's values while adding where the round does
+// (WithFailFast): a non-finite value then breaks the round, which holds part of c.
+func (r *Round) addSpans(ctx context.Context, c *Client, w float64) error {
+	acc := r.sum.acc
+	if !r.checksOnAdd() {
+		return acc.Add(ctx, c.spans, w)
+	}
+	ca, ok := acc.(device.CheckingAccumulator)
+	if !ok { // the device cannot: scan, then add
+		if err := r.checkFinite(ctx, c.layout, c.spans); err != nil {
+			return c.blame(err)
+		}
+		return acc.Add(ctx, c.spans, w)
+	}
+	err := ca.AddChecked(ctx, c.spans, w)
+	var nf *tensor.NonFiniteError
+	if errors.As(err, &nf) {
+		err = c.blame(err)
+		r.state, r.broken = roundBroken, err
+	}
+	return err
+}
+
+// brokenErr explains why a round broken by WithFailFast takes no more calls.
+func (r *Round) brokenErr() error {
+	return fmt.Errorf("%w: the round of %s was given up at a refused update (WithFailFast): %v", ErrClosed, r.rule.Name(), r.broken)
 }
 
 // ensureAccumulator makes the plan and the accumulator at the first update of an incremental

@@ -2,6 +2,7 @@ package device
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 	"unsafe"
@@ -72,31 +73,63 @@ func (a *cpuAccumulator) Add(ctx context.Context, x []Span, w float64) error {
 	}
 	return a.c.parallelChunks(ctx, len(a.work), func(s *cpuScratch, k int) error {
 		pc := a.work[k]
-		sp := x[pc.Field]
-		es := sp.DType.Size()
-		if acc := a.accU32[pc.Field]; acc != nil {
-			xs := s.xs[:1]
-			xs[0] = sp.Data[4*pc.Lo : 4*pc.Hi]
-			a.c.kern.ModSumU32(acc[pc.Lo:pc.Hi], xs)
-			xs[0] = nil
-			return nil
-		}
-		wt := w
-		if sp.DType == tensor.I8 {
-			wt *= float64(sp.Scale)
-		}
-		xs := s.xs[:1]
-		xs[0] = sp.Data[pc.Lo*es : pc.Hi*es]
-		if acc := a.acc32[pc.Field]; acc != nil {
-			s.w32[0] = float32(wt)
-			acc32Kernel(a.c.kern, sp.DType)(acc[pc.Lo:pc.Hi], s.w32[:1], xs)
-		} else {
-			s.w64[0] = wt
-			acc64Kernel(a.c.kern, sp.DType)(a.acc64[pc.Field][pc.Lo:pc.Hi], s.w64[:1], xs)
-		}
-		xs[0] = nil
+		a.addPiece(s, pc, x[pc.Field], w)
 		return nil
 	}, 1)
+}
+
+// addPiece adds w·sp to the accumulator over piece pc (a u32 field: sp modulo 2^32, no w).
+func (a *cpuAccumulator) addPiece(s *cpuScratch, pc Piece, sp Span, w float64) {
+	es := sp.DType.Size()
+	xs := s.xs[:1]
+	defer func() { xs[0] = nil }()
+	if acc := a.accU32[pc.Field]; acc != nil {
+		xs[0] = sp.Data[4*pc.Lo : 4*pc.Hi]
+		a.c.kern.ModSumU32(acc[pc.Lo:pc.Hi], xs)
+		return
+	}
+	wt := w
+	if sp.DType == tensor.I8 {
+		wt *= float64(sp.Scale)
+	}
+	xs[0] = sp.Data[pc.Lo*es : pc.Hi*es]
+	if acc := a.acc32[pc.Field]; acc != nil {
+		s.w32[0] = float32(wt)
+		acc32Kernel(a.c.kern, sp.DType)(acc[pc.Lo:pc.Hi], s.w32[:1], xs)
+	} else {
+		s.w64[0] = wt
+		acc64Kernel(a.c.kern, sp.DType)(a.acc64[pc.Field][pc.Lo:pc.Hi], s.w64[:1], xs)
+	}
+}
+
+// errBadBlock stops a checked add at a block with a NaN or Inf.
+var errBadBlock = errors.New("non-finite block")
+
+// AddChecked implements CheckingAccumulator: each block of x is checked for NaN and Inf right
+// before it is added, while it is in cache, so the update is read from memory once (a scan and
+// an add read it twice: 20% of a streaming FedAvg's time). A bad block stops the add; the
+// error names the first non-finite element of the update, whatever block a worker met first.
+func (a *cpuAccumulator) AddChecked(ctx context.Context, x []Span, w float64) error {
+	if err := a.checkAdd(x); err != nil {
+		return err
+	}
+	err := a.c.parallelChunks(ctx, len(a.work), func(s *cpuScratch, k int) error {
+		pc := a.work[k]
+		sp := x[pc.Field]
+		es := sp.DType.Size()
+		if anyNonFiniteBy(a.c.kern, sp.DType, sp.Data[pc.Lo*es:pc.Hi*es]) {
+			return errBadBlock
+		}
+		a.addPiece(s, pc, sp, w)
+		return nil
+	}, 1)
+	if errors.Is(err, errBadBlock) {
+		if err := a.c.CheckFinite(ctx, a.fields, x); err != nil {
+			return err
+		}
+		return fmt.Errorf("%w: a block was found non-finite and then finite: was the update modified while it was added?", ErrJob)
+	}
+	return err
 }
 
 // checkAdd checks an update's spans against the accumulator's fields.

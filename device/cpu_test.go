@@ -454,3 +454,57 @@ func TestWeightedSumManyInputsMatchOneKernelCall(t *testing.T) {
 		}
 	}
 }
+
+// AddChecked adds exactly what Add adds when the update is finite (same bits, every dtype, every
+// kernel implementation), and otherwise names the update's first NaN or Inf, whichever block a
+// worker met first.
+func TestAddCheckedIsAddThatChecks(t *testing.T) {
+	ctx := context.Background()
+	fields := []AccField{
+		{Name: "a", Len: 300001, Acc: tensor.F32, Out: tensor.F32},
+		{Name: "b", Len: 1000, Acc: tensor.F64, Out: tensor.F64},
+		{Name: "c", Len: 70000, Acc: tensor.F64, Out: tensor.F32},
+	}
+	for _, k := range kernels.Impls() {
+		dev := must(NewCPU(WithKernels(k.Name()), WithWorkers(3)))(t)
+		r := rand.New(rand.NewPCG(13, 14))
+		plain := must(dev.NewAccumulator(fields))(t)
+		checked := must(dev.NewAccumulator(fields))(t)
+		ca, ok := checked.(CheckingAccumulator)
+		if !ok {
+			t.Fatal("the CPU accumulator is not a CheckingAccumulator")
+		}
+		for i := range 4 {
+			x := []Span{randSpan(r, tensor.F32, 300001, 1), randSpan(r, []tensor.DType{tensor.F16, tensor.BF16}[i%2], 1000, 1),
+				randSpan(r, []tensor.DType{tensor.I8, tensor.F32}[i%2], 70000, 1)}
+			w := 0.5 + r.Float64()
+			if err := plain.Add(ctx, x, w); err != nil {
+				t.Fatal(err)
+			}
+			if err := ca.AddChecked(ctx, x, w); err != nil {
+				t.Fatalf("%s: %v", k.Name(), err)
+			}
+		}
+		chunks := must(CutChunks(fields, packed(fields), 8192))(t)
+		a, b := newTestOutput(fields, chunks), newTestOutput(fields, chunks)
+		must(plain.Emit(ctx, 1, chunks, a))(t)
+		must(checked.Emit(ctx, 1, chunks, b))(t)
+		for ti := range fields {
+			if !slices.Equal(a.dst[ti], b.dst[ti]) {
+				t.Fatalf("%s: field %s: AddChecked's sum differs from Add's", k.Name(), fields[ti].Name)
+			}
+		}
+		x := []Span{randSpan(r, tensor.F32, 300001, 1), randSpan(r, tensor.F16, 1000, 1), randSpan(r, tensor.F32, 70000, 1)}
+		putU32(x[2].Data[4*5:], 0x7f800000)      // +Inf in c
+		putU16(x[1].Data[2*999:], 0x7e00)        // NaN in b
+		putU32(x[0].Data[4*290000:], 0xff800000) // -Inf late in a
+		putU32(x[0].Data[4*70000:], 0xffc00000)  // NaN earlier in a: the first
+		err := ca.AddChecked(ctx, x, 1)
+		var nf *tensor.NonFiniteError
+		if !errors.As(err, &nf) || nf.Tensor != "a" || nf.Index != 70000 || !math.IsNaN(nf.Value) {
+			t.Fatalf("%s: err = %v, want NaN in a at 70000", k.Name(), err)
+		}
+		plain.Close()
+		checked.Close()
+	}
+}

@@ -44,6 +44,14 @@ type Device interface {
 	Close() error
 }
 
+// CheckingAccumulator is an Accumulator that checks an update for NaN and Inf while it adds it,
+// reading it once: a non-finite value stops the add with a *tensor.NonFiniteError naming the
+// update's first one, and the sum is then partly added — only for a caller that discards it.
+type CheckingAccumulator interface {
+	Accumulator
+	AddChecked(ctx context.Context, x []Span, w float64) error
+}
+
 // WorkersOf is the number of goroutines d runs: from its Workers method where it has one (the
 // CPU's, which does not describe the host as Info does), else from Info.
 func WorkersOf(d Device) int {

@@ -379,7 +379,9 @@ func streamFiles(ctx context.Context, f aggregateFlags, rule aggregate.Rule, pat
 		defer os.RemoveAll(dir)
 		opts = append(opts, aggregate.WithSpoolDir(dir))
 	}
-	r, err := aggregate.NewRound(ctx, rule, append(opts, aggregate.WithExpected(exp))...)
+	// The command gives up on the first bad file anyway: each update is checked while it is
+	// added instead of scanned first (one read of it, not two).
+	r, err := aggregate.NewRound(ctx, rule, append(opts, aggregate.WithExpected(exp), aggregate.WithFailFast())...)
 	if err != nil {
 		return nil, err
 	}
