@@ -70,3 +70,56 @@ func TestFailFast(t *testing.T) {
 		t.Fatalf("an exact sum scans first and goes on: %v", err)
 	}
 }
+
+// AddGroup stops at the first update it refuses: those before it are added, the refusal is the
+// one Add gives, and the round goes on (a refusal before any value is read) or, WithFailFast
+// and a NaN found while adding, is given up.
+func TestAddGroupRefusals(t *testing.T) {
+	ctx := context.Background()
+	updates := pinClients(t, 95, 4, []tensor.DType{tensor.F32}, nil, 1)
+	other := pinClients(t, 96, 1, []tensor.DType{tensor.F64}, nil, 1)[0] // another dtype: refused from its header
+	other.Source = "other"
+	poisoned := pinClients(t, 97, 1, []tensor.DType{tensor.F32}, nil, 1)[0]
+	poisoned.Source = "poisoned"
+	must(poisoned.At(0).F32())(t)[100] = float32(math.Inf(-1))
+
+	seq := must(aggregate.NewRound(ctx, aggregate.NewFedAvg()))(t)
+	defer seq.Close()
+	grp := must(aggregate.NewRound(ctx, aggregate.NewFedAvg()))(t)
+	defer grp.Close()
+	if err := grp.AddGroup(ctx, updates[:2], []float64{1}); !errors.Is(err, aggregate.ErrWeight) {
+		t.Fatalf("1 weight for 2 updates: %v, want ErrWeight", err)
+	}
+	want := seq.Add(ctx, updates[0], 2)
+	if want == nil {
+		want = seq.Add(ctx, other, 1)
+	}
+	err := grp.AddGroup(ctx, []*tensor.Set{updates[0], other, updates[1]}, []float64{2, 1, 3})
+	if err == nil || err.Error() != want.Error() {
+		t.Fatalf("group refusal %v, want Add's %v", err, want)
+	}
+	for k, u := range updates[1:] {
+		if err := seq.Add(ctx, u, float64(k+3)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := grp.AddGroup(ctx, updates[1:], []float64{3, 4, 5}); err != nil {
+		t.Fatal(err)
+	}
+	a, _ := must2(seq.Result(ctx))(t)
+	defer a.Close()
+	b, _ := must2(grp.Result(ctx))(t)
+	defer b.Close()
+	sameBits(t, "groups after a refusal", a, b)
+
+	fast := must(aggregate.NewRound(ctx, aggregate.NewFedAvg(), aggregate.WithFailFast()))(t)
+	defer fast.Close()
+	err = fast.AddGroup(ctx, []*tensor.Set{updates[0], poisoned, updates[1]}, nil)
+	var nf *tensor.NonFiniteError
+	if !errors.As(err, &nf) || !strings.HasPrefix(err.Error(), "poisoned: ") || nf.Index != 100 {
+		t.Fatalf("fail-fast group: %v, want poisoned's -Inf at 100", err)
+	}
+	if _, _, err := fast.Result(ctx); !errors.Is(err, aggregate.ErrClosed) {
+		t.Fatalf("Result after a fail-fast refusal in a group: %v, want ErrClosed", err)
+	}
+}

@@ -292,7 +292,7 @@ func WithRetainedUpdates() Option {
 
 // WithFailFast gives up the round at the first update refused for its values, in exchange for
 // reading each update once: a sum that adds on arrival checks an update for NaN and Inf while it
-// adds it (device.CheckingAccumulator) instead of scanning it first, so an update found
+// adds it (device.GroupAccumulator) instead of scanning it first, so an update found
 // non-finite midway has been partly added, and every later call on the round fails with
 // ErrClosed naming it. Updates refused for anything else (layout, weight, a duplicate) are
 // refused before their values are read and leave the round as it was. For callers that give up

@@ -38,13 +38,15 @@ type pinCase struct {
 type pinMode int
 
 const (
-	modeBatch     pinMode = iota // aggregate.Aggregate
-	modeFile                     // aggregate.AggregateFile, read back
-	modeRound                    // a Round fed one update at a time (WithExpected), Result
-	modeRoundFile                // the same, WriteFile, read back
+	modeBatch       pinMode = iota // aggregate.Aggregate
+	modeFile                       // aggregate.AggregateFile, read back
+	modeRound                      // a Round fed one update at a time (WithExpected), Result
+	modeRoundFile                  // the same, WriteFile, read back
+	modeRoundGroups                // a Round fed groups of 3 updates (AddGroup), Result
 )
 
-var pinModes = map[pinMode]string{modeBatch: "batch", modeFile: "file", modeRound: "round", modeRoundFile: "round-file"}
+var pinModes = map[pinMode]string{modeBatch: "batch", modeFile: "file", modeRound: "round", modeRoundFile: "round-file",
+	modeRoundGroups: "round-groups"}
 
 // runMode runs one round of rule over updates in mode m.
 func runMode(t *testing.T, m pinMode, rule aggregate.Rule, updates []*tensor.Set, weights []float64, opts ...aggregate.Option) (*tensor.Set, *aggregate.Report) {
@@ -60,7 +62,7 @@ func runMode(t *testing.T, m pinMode, rule aggregate.Rule, updates []*tensor.Set
 	case modeFile:
 		rep, err = aggregate.AggregateFile(ctx, rule, path, updates, weights, opts...)
 	default:
-		set, rep, err = incremental(ctx, rule, m == modeRoundFile, path, updates, weights, opts)
+		set, rep, err = incremental(ctx, rule, m == modeRoundFile, m == modeRoundGroups, path, updates, weights, opts)
 	}
 	if err != nil {
 		t.Fatal(err)
@@ -74,8 +76,8 @@ func runMode(t *testing.T, m pinMode, rule aggregate.Rule, updates []*tensor.Set
 	return set, rep
 }
 
-// incremental feeds updates one at a time to a Round told what to expect.
-func incremental(ctx context.Context, rule aggregate.Rule, file bool, path string, updates []*tensor.Set, weights []float64, opts []aggregate.Option) (*tensor.Set, *aggregate.Report, error) {
+// incremental feeds updates one at a time (or in groups of 3) to a Round told what to expect.
+func incremental(ctx context.Context, rule aggregate.Rule, file, groups bool, path string, updates []*tensor.Set, weights []float64, opts []aggregate.Option) (*tensor.Set, *aggregate.Report, error) {
 	exp := aggregate.Expected{Weights: weights}
 	for _, u := range updates {
 		exp.Layouts = append(exp.Layouts, u.Layout())
@@ -93,9 +95,16 @@ func incremental(ctx context.Context, rule aggregate.Rule, file bool, path strin
 	}
 	defer r.Close()
 	for k, u := range updates {
-		if weights != nil {
+		switch {
+		case groups && k%3 != 0:
+			continue
+		case groups && weights != nil:
+			err = r.AddGroup(ctx, updates[k:min(k+3, len(updates))], weights[k:min(k+3, len(updates))])
+		case groups:
+			err = r.AddGroup(ctx, updates[k:min(k+3, len(updates))], nil)
+		case weights != nil:
 			err = r.Add(ctx, u, weights[k])
-		} else {
+		default:
 			err = r.AddByExamples(ctx, u)
 		}
 		if err != nil {
@@ -232,7 +241,7 @@ func TestPinned(t *testing.T) {
 	}
 	got := map[string]pin{}
 	for _, c := range pinCases() {
-		for _, m := range []pinMode{modeBatch, modeFile, modeRound, modeRoundFile} {
+		for _, m := range []pinMode{modeBatch, modeFile, modeRound, modeRoundFile, modeRoundGroups} {
 			t.Run(c.name+"/"+pinModes[m], func(t *testing.T) {
 				sets, reps := c.run(t, m)
 				fp := fingerprint(t, sets, reps)

@@ -160,15 +160,69 @@ func (r *Round) AddByExamples(ctx context.Context, u *tensor.Set) error {
 	if u == nil {
 		return fmt.Errorf("%w: nil update", ErrOption)
 	}
-	w, ok, err := WeightOf(u)
+	w, from, err := examplesWeight(u)
 	if err != nil {
 		return err
 	}
-	from := WeightsNumExamples
-	if !ok {
-		w, from = 1, WeightsUniform
-	}
 	return r.add(ctx, u, w, from)
+}
+
+// examplesWeight is u's num_examples, or 1 when it has none.
+func examplesWeight(u *tensor.Set) (float64, WeightSource, error) {
+	w, ok, err := WeightOf(u)
+	if err != nil || !ok {
+		return 1, WeightsUniform, err
+	}
+	return w, WeightsNumExamples, nil
+}
+
+// AddGroup adds updates as Add (weights[k] each) or, when weights is nil, AddByExamples would
+// one after the other, with the same bits, but a float sum that adds on arrival adds them in one
+// pass over its accumulator (device.GroupAccumulator): a group of k reads and writes the sum
+// once instead of k times. Updates are validated in order; at the first one refused, those
+// before it are added and its error returned, and the rest are not added. Where a group gains
+// nothing (a batch, an exact sum, a whole-set rule) the updates are added one by one.
+func (r *Round) AddGroup(ctx context.Context, updates []*tensor.Set, weights []float64) error {
+	if weights != nil && len(weights) != len(updates) {
+		return fmt.Errorf("%w: %d weights for %d updates", ErrWeight, len(weights), len(updates))
+	}
+	weight := func(k int) (float64, WeightSource, error) {
+		if weights != nil {
+			return weights[k], WeightsGiven, nil
+		}
+		return examplesWeight(updates[k])
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if err := r.acceptingUpdates(); err != nil {
+		return err
+	}
+	win := r.cfg.startMeters()
+	defer r.acct.meter(win)
+	if !r.addsInGroups() {
+		for k, u := range updates {
+			if err := r.addOne(ctx, u, func() (float64, WeightSource, error) { return weight(k) }); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	return r.addGroupLocked(ctx, updates, weight)
+}
+
+// addOne adds u under r.mu with the weight weigh gives it.
+func (r *Round) addOne(ctx context.Context, u *tensor.Set, weigh func() (float64, WeightSource, error)) error {
+	if u == nil {
+		return fmt.Errorf("%w: nil update", ErrOption)
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	w, from, err := weigh()
+	if err != nil {
+		return err
+	}
+	return r.addLocked(ctx, u, w, from)
 }
 
 func (r *Round) add(ctx context.Context, u *tensor.Set, weight float64, from WeightSource) error {
@@ -200,14 +254,11 @@ func (r *Round) addAll(ctx context.Context, updates []*tensor.Set, weight func(k
 	win := r.cfg.startMeters()
 	defer r.acct.meter(win)
 	for k, u := range updates {
-		if u == nil {
-			return fmt.Errorf("%w: nil update", ErrOption)
-		}
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		w, from := weight(k)
-		if err := r.addLocked(ctx, u, w, from); err != nil {
+		err := r.addOne(ctx, u, func() (float64, WeightSource, error) {
+			w, from := weight(k)
+			return w, from, nil
+		})
+		if err != nil {
 			return err
 		}
 	}
@@ -232,17 +283,22 @@ func (r *Round) addLocked(ctx context.Context, u *tensor.Set, weight float64, fr
 	if err != nil {
 		return r.faultOf(err, u)
 	}
-	if r.refLayout == nil {
-		r.refLayout, r.refName = c.layout, c.Source
-	}
+	r.record(c, from)
 	if !r.cfg.retained {
 		c.set, c.spans = nil, nil // the caller may close the update once Add returns
+	}
+	r.acct.busy += time.Since(start)
+	return nil
+}
+
+// record makes admitted client c one of the round's.
+func (r *Round) record(c *Client, from WeightSource) {
+	if r.refLayout == nil {
+		r.refLayout, r.refName = c.layout, c.Source
 	}
 	r.clients = append(r.clients, c)
 	r.weights.add(c, from)
 	r.acct.bytesIn += c.bytes
-	r.acct.busy += time.Since(start)
-	return nil
 }
 
 func (r *Round) acceptingUpdates() error {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"sync/atomic"
+	"time"
 
 	"github.com/wattagg/wattagg/device"
 	"github.com/wattagg/wattagg/tensor"
@@ -50,15 +51,9 @@ type sumState struct {
 // for the batch job).
 func (r *Round) addToSum(ctx context.Context, c *Client) error {
 	s := r.sum
-	if c.excluded != "" {
-		return nil
-	}
-	a := c.weight * c.factor
-	if r.exactSum() { // exact sums take the weight as given, capped (exact.go)
-		var err error
-		if a, err = r.exactWeight(c); err != nil {
-			return err
-		}
+	a, err := r.term(c)
+	if err != nil {
+		return err
 	}
 	if a != 0 {
 		if s.deferred {
@@ -69,11 +64,35 @@ func (r *Round) addToSum(ctx context.Context, c *Client) error {
 			if err := r.ensureAccumulator(ctx, c); err != nil {
 				return err
 			}
-			if err := r.addSpans(ctx, c, a*s.pre); err != nil {
+			if err := r.addSpans(ctx, []*Client{c}, []float64{a * s.pre}); err != nil {
 				return err
 			}
-			r.acct.addElements(s.accDev, r.plan.ref.NumParams(), c.bytes)
 		}
+	}
+	r.summed(c, a)
+	return nil
+}
+
+// term is a_k, what client c's update is weighed by in the sum: its weight times its stages'
+// factor (an exact sum's capped weight, exact.go), 0 for an excluded client.
+func (r *Round) term(c *Client) (float64, error) {
+	if c.excluded != "" {
+		return 0, nil
+	}
+	if r.exactSum() {
+		return r.exactWeight(c)
+	}
+	return c.weight * c.factor, nil
+}
+
+// summed counts client c, whose a·x_c the sum now holds (or keeps for the batch job).
+func (r *Round) summed(c *Client, a float64) {
+	s := r.sum
+	if c.excluded != "" {
+		return
+	}
+	if a != 0 && !s.deferred {
+		r.acct.addElements(s.accDev, r.plan.ref.NumParams(), c.bytes)
 	}
 	if r.exactSum() {
 		s.exactTotals().add(r.weights.unscaled(c.weight), a)
@@ -84,30 +103,123 @@ func (r *Round) addToSum(ctx context.Context, c *Client) error {
 	if !s.deferred {
 		r.progressAdd(c.bytes)
 	}
-	return nil
 }
 
-// addSpans adds w·c to the accumulator, checking c's values while adding where the round does
-// (WithFailFast): a non-finite value then breaks the round, which holds part of c.
-func (r *Round) addSpans(ctx context.Context, c *Client, w float64) error {
+// addSpans adds ws[i]·cs[i] to the accumulator, in one pass where the device can
+// (device.GroupAccumulator), checking the values while adding where the round does
+// (WithFailFast): an update found non-finite midway has been partly added, so the refusal,
+// blamed on it, breaks the round.
+func (r *Round) addSpans(ctx context.Context, cs []*Client, ws []float64) error {
 	acc := r.sum.acc
-	if !r.checksOnAdd() {
-		return acc.Add(ctx, c.spans, w)
-	}
-	ca, ok := acc.(device.CheckingAccumulator)
-	if !ok { // the device cannot: scan, then add
-		if err := r.checkFinite(ctx, c.layout, c.spans); err != nil {
-			return c.blame(err)
+	check := r.checksOnAdd()
+	ga, ok := acc.(device.GroupAccumulator)
+	if !ok { // one by one, scanned first where the round checks
+		for i, c := range cs {
+			if check {
+				if err := r.checkFinite(ctx, c.layout, c.spans); err != nil {
+					return c.blame(err)
+				}
+			}
+			if err := acc.Add(ctx, c.spans, ws[i]); err != nil {
+				return err
+			}
 		}
-		return acc.Add(ctx, c.spans, w)
+		return nil
 	}
-	err := ca.AddChecked(ctx, c.spans, w)
-	var nf *tensor.NonFiniteError
-	if errors.As(err, &nf) {
-		err = c.blame(err)
+	xs := make([][]device.Span, len(cs))
+	for i, c := range cs {
+		xs[i] = c.spans
+	}
+	err := ga.AddGroup(ctx, xs, ws, check)
+	var ie *device.InputError
+	if errors.As(err, &ie) {
+		err = cs[ie.Input].blame(ie.Err)
 		r.state, r.broken = roundBroken, err
 	}
 	return err
+}
+
+// addsInGroups reports whether AddGroup adds a group in one pass: a float sum that adds on
+// arrival.
+func (r *Round) addsInGroups() bool {
+	return r.sum != nil && !r.sum.deferred && r.req.Kind == KindSum && !r.exactSum()
+}
+
+// addGroupLocked admits updates in order, each made one of the round's before the next is
+// admitted (its layout is the round's; another update from its source is a duplicate), then
+// adds those admitted in one pass. At the first refusal it adds those before and returns the
+// refusal. r.mu is held.
+func (r *Round) addGroupLocked(ctx context.Context, updates []*tensor.Set, weight func(k int) (float64, WeightSource, error)) error {
+	start := time.Now()
+	var cs []*Client
+	var terms []float64
+	var refused error
+	for k, u := range updates {
+		c, a, err := r.admitToGroup(ctx, u, func() (float64, WeightSource, error) { return weight(k) })
+		if err != nil {
+			refused = err
+			break
+		}
+		cs, terms = append(cs, c), append(terms, a)
+	}
+	var add []*Client
+	var ws []float64
+	for i, c := range cs {
+		if terms[i] != 0 {
+			add, ws = append(add, c), append(ws, terms[i]*r.sum.pre)
+		}
+	}
+	if len(add) > 0 {
+		// Validated and made the round's: from here on nothing fails on account of an update,
+		// and a failure (a fault) leaves the sum partly added, so it breaks the round.
+		err := device.Guard(func() error { return r.addSpans(context.WithoutCancel(ctx), add, ws) })
+		if err != nil {
+			if r.state != roundBroken {
+				r.state, r.broken = roundBroken, err
+			}
+			return err
+		}
+	}
+	for i, c := range cs {
+		r.summed(c, terms[i])
+		if !r.cfg.retained {
+			c.set, c.spans = nil, nil
+		}
+	}
+	r.acct.busy += time.Since(start)
+	return refused
+}
+
+// admitToGroup validates u for AddGroup and makes it one of the round's, the accumulator made
+// for the first update that adds anything. It returns the client and its term a_k.
+func (r *Round) admitToGroup(ctx context.Context, u *tensor.Set, weigh func() (float64, WeightSource, error)) (*Client, float64, error) {
+	if u == nil {
+		return nil, 0, fmt.Errorf("%w: nil update", ErrOption)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, 0, err
+	}
+	w, from, err := weigh()
+	if err != nil {
+		return nil, 0, err
+	}
+	var c *Client
+	var a float64
+	err = device.Guard(func() error {
+		var err error
+		if c, err = r.admit(ctx, u, w, from); err != nil {
+			return err
+		}
+		if a, err = r.term(c); err != nil || a == 0 {
+			return err
+		}
+		return r.ensureAccumulator(ctx, c)
+	})
+	if err != nil {
+		return nil, 0, r.faultOf(err, u)
+	}
+	r.record(c, from)
+	return c, a, nil
 }
 
 // brokenErr explains why a round broken by WithFailFast takes no more calls.

@@ -455,56 +455,71 @@ func TestWeightedSumManyInputsMatchOneKernelCall(t *testing.T) {
 	}
 }
 
-// AddChecked adds exactly what Add adds when the update is finite (same bits, every dtype, every
-// kernel implementation), and otherwise names the update's first NaN or Inf, whichever block a
-// worker met first.
-func TestAddCheckedIsAddThatChecks(t *testing.T) {
+// AddGroup adds exactly what Add adds for each update in order (same bits, mixed dtypes, every
+// kernel implementation, checked or not), and with check names the first update with a NaN or
+// Inf and its first one, whichever block a worker met first.
+func TestAddGroupIsAddInOrder(t *testing.T) {
 	ctx := context.Background()
 	fields := []AccField{
 		{Name: "a", Len: 300001, Acc: tensor.F32, Out: tensor.F32},
 		{Name: "b", Len: 1000, Acc: tensor.F64, Out: tensor.F64},
 		{Name: "c", Len: 70000, Acc: tensor.F64, Out: tensor.F32},
 	}
+	update := func(r *rand.Rand, i int) []Span {
+		return []Span{randSpan(r, tensor.F32, 300001, 1), randSpan(r, []tensor.DType{tensor.F16, tensor.BF16, tensor.F16}[i%3], 1000, 1),
+			randSpan(r, []tensor.DType{tensor.I8, tensor.F32, tensor.F32}[i%3], 70000, 1)}
+	}
+	chunks := must(CutChunks(fields, packed(fields), 8192))(t)
 	for _, k := range kernels.Impls() {
 		dev := must(NewCPU(WithKernels(k.Name()), WithWorkers(3)))(t)
 		r := rand.New(rand.NewPCG(13, 14))
-		plain := must(dev.NewAccumulator(fields))(t)
-		checked := must(dev.NewAccumulator(fields))(t)
-		ca, ok := checked.(CheckingAccumulator)
-		if !ok {
-			t.Fatal("the CPU accumulator is not a CheckingAccumulator")
+		var xs [][]Span
+		var ws []float64
+		for i := range 7 {
+			xs, ws = append(xs, update(r, i)), append(ws, 0.5+r.Float64())
 		}
-		for i := range 4 {
-			x := []Span{randSpan(r, tensor.F32, 300001, 1), randSpan(r, []tensor.DType{tensor.F16, tensor.BF16}[i%2], 1000, 1),
-				randSpan(r, []tensor.DType{tensor.I8, tensor.F32}[i%2], 70000, 1)}
-			w := 0.5 + r.Float64()
-			if err := plain.Add(ctx, x, w); err != nil {
+		one := must(dev.NewAccumulator(fields))(t)
+		for i := range xs {
+			if err := one.Add(ctx, xs[i], ws[i]); err != nil {
 				t.Fatal(err)
 			}
-			if err := ca.AddChecked(ctx, x, w); err != nil {
-				t.Fatalf("%s: %v", k.Name(), err)
-			}
 		}
-		chunks := must(CutChunks(fields, packed(fields), 8192))(t)
-		a, b := newTestOutput(fields, chunks), newTestOutput(fields, chunks)
-		must(plain.Emit(ctx, 1, chunks, a))(t)
-		must(checked.Emit(ctx, 1, chunks, b))(t)
-		for ti := range fields {
-			if !slices.Equal(a.dst[ti], b.dst[ti]) {
-				t.Fatalf("%s: field %s: AddChecked's sum differs from Add's", k.Name(), fields[ti].Name)
+		want := newTestOutput(fields, chunks)
+		must(one.Emit(ctx, 1, chunks, want))(t)
+		one.Close()
+		for _, check := range []bool{false, true} {
+			acc := must(dev.NewAccumulator(fields))(t)
+			ga, ok := acc.(GroupAccumulator)
+			if !ok {
+				t.Fatal("the CPU accumulator is not a GroupAccumulator")
 			}
+			for lo := 0; lo < len(xs); lo += 3 { // groups of 3, 3 and 1
+				hi := min(lo+3, len(xs))
+				if err := ga.AddGroup(ctx, xs[lo:hi], ws[lo:hi], check); err != nil {
+					t.Fatalf("%s: %v", k.Name(), err)
+				}
+			}
+			got := newTestOutput(fields, chunks)
+			must(acc.Emit(ctx, 1, chunks, got))(t)
+			for ti := range fields {
+				if !slices.Equal(want.dst[ti], got.dst[ti]) {
+					t.Fatalf("%s, check %v: field %s: the groups' sum differs from Add's", k.Name(), check, fields[ti].Name)
+				}
+			}
+			acc.Close()
 		}
-		x := []Span{randSpan(r, tensor.F32, 300001, 1), randSpan(r, tensor.F16, 1000, 1), randSpan(r, tensor.F32, 70000, 1)}
-		putU32(x[2].Data[4*5:], 0x7f800000)      // +Inf in c
-		putU16(x[1].Data[2*999:], 0x7e00)        // NaN in b
-		putU32(x[0].Data[4*290000:], 0xff800000) // -Inf late in a
-		putU32(x[0].Data[4*70000:], 0xffc00000)  // NaN earlier in a: the first
-		err := ca.AddChecked(ctx, x, 1)
+		bad := update(r, 1)
+		putU32(bad[2].Data[4*5:], 0x7f800000)      // +Inf in c
+		putU16(bad[1].Data[2*999:], 0x7e00)        // NaN in b
+		putU32(bad[0].Data[4*290000:], 0xff800000) // -Inf late in a
+		putU32(bad[0].Data[4*70000:], 0xffc00000)  // NaN earlier in a: the first
+		acc := must(dev.NewAccumulator(fields))(t)
+		err := acc.(GroupAccumulator).AddGroup(ctx, [][]Span{xs[0], bad, xs[1]}, []float64{1, 1, 1}, true)
+		var ie *InputError
 		var nf *tensor.NonFiniteError
-		if !errors.As(err, &nf) || nf.Tensor != "a" || nf.Index != 70000 || !math.IsNaN(nf.Value) {
-			t.Fatalf("%s: err = %v, want NaN in a at 70000", k.Name(), err)
+		if !errors.As(err, &ie) || ie.Input != 1 || !errors.As(err, &nf) || nf.Tensor != "a" || nf.Index != 70000 || !math.IsNaN(nf.Value) {
+			t.Fatalf("%s: err = %v, want input 1's NaN in a at 70000", k.Name(), err)
 		}
-		plain.Close()
-		checked.Close()
+		acc.Close()
 	}
 }

@@ -44,13 +44,26 @@ type Device interface {
 	Close() error
 }
 
-// CheckingAccumulator is an Accumulator that checks an update for NaN and Inf while it adds it,
-// reading it once: a non-finite value stops the add with a *tensor.NonFiniteError naming the
-// update's first one, and the sum is then partly added — only for a caller that discards it.
-type CheckingAccumulator interface {
+// GroupAccumulator is an Accumulator that adds several updates in one pass over the sum: k
+// updates read and write it once instead of k times, with the bits of Add called for each in
+// order. With check, each block of each update is checked for NaN and Inf right before it is
+// added, while it is in cache, so an update is read once rather than scanned and then added: a
+// non-finite value stops the add with an *InputError naming the update and its first
+// non-finite element (a *tensor.NonFiniteError), and the sum is then partly added — for a
+// caller that discards it.
+type GroupAccumulator interface {
 	Accumulator
-	AddChecked(ctx context.Context, x []Span, w float64) error
+	AddGroup(ctx context.Context, xs [][]Span, ws []float64, check bool) error
 }
+
+// InputError is an error in input Input of a job or group.
+type InputError struct {
+	Input int
+	Err   error
+}
+
+func (e *InputError) Error() string { return fmt.Sprintf("input %d: %v", e.Input, e.Err) }
+func (e *InputError) Unwrap() error { return e.Err }
 
 // WorkersOf is the number of goroutines d runs: from its Workers method where it has one (the
 // CPU's, which does not describe the host as Info does), else from Info.

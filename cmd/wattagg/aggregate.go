@@ -58,10 +58,11 @@ Every update must hold the same tensors with the same shapes (and dtypes, unless
 --mixed-dtypes). Any NaN or Inf is an error naming the file, tensor and element.
 
 By default all files are mapped at once and reduced in one pass over memory (the fastest way).
---stream adds them one at a time, as a server receives them: sums (fedavg, the server
-optimizers, dp-*, fixed-bound clipping, secagg) keep one model-sized running sum whatever the
-number of clients; rules that need every update at once (median, krum, ...) keep each in a
-spool directory and map it at the end. Both give the same bits.
+--stream adds them as a server receives them, a few at a time (8 files mapped, added in one
+pass over the sum): sums (fedavg, the server optimizers, dp-*, fixed-bound clipping, secagg)
+keep one model-sized running sum whatever the number of clients; rules that need every update
+at once (median, krum, ...) keep each in a spool directory and map it at the end. Both give the
+same bits; --stream stops at the first bad file.
 
 --acc exact makes a sum's result a function of the (update, weight) pairs alone: the same bits
 whatever the order of the inputs, with --stream or not, on any number of cores and on any
@@ -95,7 +96,7 @@ error naming the file, tensor and element. It costs 16 bytes per parameter of ru
 	fl.Float64Var(&f.exact.bound, "exact-bound", aggregate.DefaultExactBound, "--acc exact: every value within ±this (beyond is an error naming file, tensor and element); a smaller bound is a finer grid")
 	fl.Float64Var(&f.exact.maxWeight, "exact-max-weight", aggregate.DefaultExactMaxWeight, "--acc exact: the clients' weights total at most this; a smaller cap is a finer grid")
 	fl.BoolVar(&f.mixed, "mixed-dtypes", false, "accept clients that send a tensor in different dtypes (f32, bf16, f16, i8)")
-	fl.BoolVar(&f.stream, "stream", false, "add files one at a time, as a server receives them (memory: one model)")
+	fl.BoolVar(&f.stream, "stream", false, "add files as a server receives them, 8 at a time (memory: one model)")
 	fl.StringVar(&f.spool, "spool", "", "--stream with a rule that needs every update: spool directory (default: one beside -o, removed at the end)")
 	fl.StringVar(&f.read, "read", "auto", "how .safetensors inputs are read: auto (per file, from the page cache), map, copy (pread), direct (O_DIRECT)")
 	fl.BoolVar(&f.json, "json", false, "print the report as one JSON object on stdout")
@@ -348,8 +349,8 @@ func batchFiles(ctx context.Context, out string, rule aggregate.Rule, paths []st
 	return aggregate.AggregateFile(ctx, rule, out, sets, weights, append(opts, aggregate.WithInputsDone(rel.Start))...)
 }
 
-// streamFiles adds the files one at a time, each mapped only while it is added, as a server
-// adds updates on arrival. The round is told first what will arrive (the headers' layouts and
+// streamFiles adds the files in groups of streamGroup, each mapped only while its group is
+// added, as a server adds updates on arrival. The round is told first what will arrive (the headers' layouts and
 // the weights resolved from them by the batch rules, so a bad weight fails before any work),
 // so that it gives the bits of the batch over the same files in the same order.
 func streamFiles(ctx context.Context, f aggregateFlags, rule aggregate.Rule, paths []string, weights []float64, opts []aggregate.Option, readOpts []safetensors.Option) (*aggregate.Report, error) {
@@ -386,23 +387,38 @@ func streamFiles(ctx context.Context, f aggregateFlags, rule aggregate.Rule, pat
 		return nil, err
 	}
 	defer r.Close()
-	for i, p := range paths {
-		set, err := openUpdate(p, readOpts...)
+	var released []*tensor.Release
+	defer func() {
+		for _, rel := range released {
+			rel.Wait()
+		}
+	}()
+	for lo := 0; lo < len(paths); lo += streamGroup {
+		hi := min(lo+streamGroup, len(paths))
+		sets, err := openUpdates(paths[lo:hi], readOpts...)
 		if err != nil {
 			return nil, err
 		}
-		if byExamples {
-			err = r.AddByExamples(ctx, set)
-		} else {
-			err = r.Add(ctx, set, weights[i])
+		var w []float64
+		if !byExamples {
+			w = weights[lo:hi]
 		}
-		set.Close()
+		err = r.AddGroup(ctx, sets, w)
+		rel := tensor.NewRelease(sets) // unmapped while the next group is added
+		rel.Start()
+		released = append(released, rel)
 		if err != nil {
 			return nil, err
 		}
 	}
 	return r.WriteFile(ctx, f.output)
 }
+
+// streamGroup is how many files --stream opens and adds at a time: a group is added in one pass
+// over the sum (aggregate.Round.AddGroup), so the sum is read and written once per group, not
+// once per file, with the same bits. The mapped files are page cache, not the process's own
+// memory: the streaming memory stays one sum however many files.
+var streamGroup = 8
 
 func printReport(w io.Writer, r *aggregate.Report) {
 	fmt.Fprintf(w, "%s of %d updates: %s params in %d tensors, %s -> %s (accumulated in %s)\n",
