@@ -90,6 +90,9 @@ func TestRuleConfigErrors(t *testing.T) {
 		{"multi-krum", map[string]float64{"f": 0, "m": 5}, false, "m=5 updates to average needs at least 5 clients"},
 		{"bulyan", map[string]float64{"f": 1}, false, "f=1 (n >= 4f+3) needs at least 7 clients"},
 		{"norm-clip,bulyan", map[string]float64{"f": 0, "clip_bound": 1}, false, "needs at least 3 clients"},
+		{"median", map[string]float64{"nnm": 1.5}, false, "round.params.nnm = 1.5: want an integer"},
+		{"median", map[string]float64{"nnm": -1}, false, "nnm f=-1: want f >= 1"},
+		{"geomed", map[string]float64{"nnm": 2}, false, "round.params.nnm does not apply to rule geomed"},
 	} {
 		cfg, tokens, admin := testConfig(t, 4)
 		_ = tokens

@@ -58,19 +58,19 @@ func Rules() map[string][]string {
 
 var ruleBuilders = map[string]ruleBuilder{
 	"fedavg": {build: func(ruleParams, string, []string) (aggregate.Rule, error) { return aggregate.NewFedAvg(), nil }},
-	"median": {build: func(ruleParams, string, []string) (aggregate.Rule, error) { return robust.NewMedian(), nil }},
-	"trimmed-mean": {params: []string{"beta"}, build: func(p ruleParams, _ string, _ []string) (aggregate.Rule, error) {
+	"median": {params: []string{"nnm"}, build: mixable(func(ruleParams) (aggregate.Rule, error) { return robust.NewMedian(), nil })},
+	"trimmed-mean": {params: []string{"beta", "nnm"}, build: mixable(func(p ruleParams) (aggregate.Rule, error) {
 		return robust.NewTrimmedMean(p.float("beta", 0.1))
-	}},
-	"krum":       {params: []string{"f", "m"}, build: krumBuilder(1), needs: krumNeeds(1)},
-	"multi-krum": {params: []string{"f", "m"}, build: krumBuilder(0), needs: krumNeeds(0)},
-	"bulyan": {params: []string{"f"}, build: func(p ruleParams, _ string, _ []string) (aggregate.Rule, error) {
+	})},
+	"krum":       {params: []string{"f", "m", "nnm"}, build: mixable(krumBuilder(1)), needs: krumNeeds(1)},
+	"multi-krum": {params: []string{"f", "m", "nnm"}, build: mixable(krumBuilder(0)), needs: krumNeeds(0)},
+	"bulyan": {params: []string{"f", "nnm"}, build: mixable(func(p ruleParams) (aggregate.Rule, error) {
 		f, err := p.int("f", 0)
 		if err != nil {
 			return nil, err
 		}
 		return robust.NewBulyan(f)
-	}, needs: func(p ruleParams) (int, string) {
+	}), needs: func(p ruleParams) (int, string) {
 		f, _ := p.int("f", 0)
 		return 4*f + 3, fmt.Sprintf("f=%d (n >= 4f+3)", f)
 	}},
@@ -116,8 +116,24 @@ func init() {
 	}
 }
 
-func krumBuilder(m int) func(ruleParams, string, []string) (aggregate.Rule, error) {
+// mixable builds a rule that takes the nnm parameter: when it is given and positive, each update
+// is first replaced by the mean of its n−nnm nearest (robust.NNM: nearest-neighbour mixing).
+func mixable(build func(ruleParams) (aggregate.Rule, error)) func(ruleParams, string, []string) (aggregate.Rule, error) {
 	return func(p ruleParams, _ string, _ []string) (aggregate.Rule, error) {
+		r, err := build(p)
+		if err != nil {
+			return nil, err
+		}
+		f, err := p.int("nnm", 0)
+		if err != nil || f == 0 {
+			return r, err
+		}
+		return robust.NewNNM(r, f)
+	}
+}
+
+func krumBuilder(m int) func(ruleParams) (aggregate.Rule, error) {
+	return func(p ruleParams) (aggregate.Rule, error) {
 		f, err := p.int("f", 0)
 		if err != nil {
 			return nil, err

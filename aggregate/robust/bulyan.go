@@ -43,10 +43,12 @@ func (r *Bulyan) Begin(context.Context, *aggregate.Env) (aggregate.Stage, error)
 }
 
 type bulyanStage struct {
+	mixing
 	f, theta, beta int
 }
 
 func (s *bulyanStage) Report(rep *aggregate.Report) {
+	s.report(rep)
 	rep.Detail("f", float64(s.f))
 	rep.Detail("theta", float64(s.theta))
 	rep.Detail("beta", float64(s.beta))
@@ -61,6 +63,11 @@ func (s *bulyanStage) Compute(ctx context.Context, in *aggregate.Inputs) error {
 	if err := rd.need(4*s.f+3, why); err != nil {
 		return err
 	}
+	free, err := s.apply(ctx, rd)
+	if err != nil {
+		return err
+	}
+	defer free()
 	d, _, err := rd.distances(ctx)
 	if err != nil {
 		return err

@@ -55,10 +55,12 @@ func (r *Krum) Begin(context.Context, *aggregate.Env) (aggregate.Stage, error) {
 
 type krumStage struct {
 	*Krum
+	mixing
 	details map[string]float64
 }
 
 func (s *krumStage) Report(rep *aggregate.Report) {
+	s.report(rep)
 	for k, v := range s.details {
 		rep.Detail(k, v)
 	}
@@ -72,6 +74,11 @@ func (s *krumStage) Compute(ctx context.Context, in *aggregate.Inputs) error {
 	if _, _, err := s.sizes(rd); err != nil { // enough clients before the Gram pass
 		return err
 	}
+	free, err := s.apply(ctx, rd)
+	if err != nil {
+		return err
+	}
+	defer free()
 	d, gram, err := rd.distances(ctx)
 	if err != nil {
 		return err

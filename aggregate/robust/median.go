@@ -37,6 +37,7 @@ func (m *Median) Begin(context.Context, *aggregate.Env) (aggregate.Stage, error)
 // orderStage computes a coordinate-wise order statistic: one pass for the statistic, the norms
 // and the distances (again without the clients it found non-finite, if any).
 type orderStage struct {
+	mixing
 	rule    string
 	op      device.SelectOp
 	trim    func(n int) int // TrimmedMean: values cut from each end of n
@@ -49,6 +50,11 @@ func (s *orderStage) Compute(ctx context.Context, in *aggregate.Inputs) error {
 	if err != nil {
 		return err
 	}
+	free, err := s.apply(ctx, r)
+	if err != nil {
+		return err
+	}
+	defer free()
 	kOf := func(int) int { return 0 }
 	if s.trim != nil {
 		kOf = s.trim
@@ -65,6 +71,7 @@ func (s *orderStage) Compute(ctx context.Context, in *aggregate.Inputs) error {
 }
 
 func (s *orderStage) Report(rep *aggregate.Report) {
+	s.report(rep)
 	if s.trim != nil {
 		rep.Detail("beta", s.beta)
 		rep.Detail("trimmed_per_end", float64(s.trimmed))

@@ -27,7 +27,8 @@ type round struct {
 	rule    string
 	dev     device.Robust
 	clients []*aggregate.Client
-	keep    []int // the clients the rule uses, by index, in arrival order
+	keep    []int                 // the clients the rule uses, by index, in arrival order
+	mixed   map[int][]device.Span // NNM: the mixed update of each kept client (nnm.go)
 }
 
 func newRound(in *aggregate.Inputs, rule string) (*round, error) {
@@ -122,11 +123,15 @@ func (r *round) need(min int, why string) error {
 		r.rule, aggregate.ErrTooFewClients, why, min, len(r.keep), excluded)
 }
 
-// inputsOf returns the device spans of the given clients.
+// inputsOf returns the device spans of the given clients (their mixed updates after NNM).
 func (r *round) inputsOf(clients []int) [][]device.Span {
 	x := make([][]device.Span, len(clients))
 	for i, k := range clients {
-		x[i] = r.clients[k].Spans()
+		if m, ok := r.mixed[k]; ok {
+			x[i] = m
+		} else {
+			x[i] = r.clients[k].Spans()
+		}
 	}
 	return x
 }

@@ -19,7 +19,7 @@ import (
 
 // robustFlagNames are the flags of the family; memory-budget applies to every rule of it.
 var robustFlagNames = []string{"f", "m", "beta", "nu", "max-iter", "tol", "tau", "iters", "center",
-	"clip-bound", "clip-quantile", "memory-budget"}
+	"clip-bound", "clip-quantile", "nnm", "memory-budget"}
 
 func registerRobustFlags(fs *pflag.FlagSet) {
 	addInt(fs, "f", 0, "krum, multi-krum, bulyan: Byzantine clients tolerated")
@@ -33,6 +33,7 @@ func registerRobustFlags(fs *pflag.FlagSet) {
 	addString(fs, "center", "centered-clip: .safetensors file to start from (default: zero)")
 	addFloat(fs, "clip-bound", 0, "norm-clip, norm-zero: fixed L2 bound")
 	addFloat(fs, "clip-quantile", 0, "norm-clip, norm-zero: bound = this quantile (0,1] of the round's norms")
+	addInt(fs, "nnm", 0, "median, trimmed-mean, krum, multi-krum, bulyan: first replace each update by the mean of its n-F nearest (nearest-neighbour mixing, Allouah et al., 2023), F >= 1")
 	addString(fs, "memory-budget", "robust rules: bytes of model-sized iterates they may hold, e.g. 8GiB (default "+
 		formatBytes(aggregate.DefaultMemoryBudget)+")")
 }
@@ -43,11 +44,26 @@ func robustSpec(name, usage string, takes []string, build func() (aggregate.Rule
 		build: func([]string) (aggregate.Rule, error) { return build() }})
 }
 
+// mixableSpec is robustSpec for a rule that also takes --nnm: nearest-neighbour mixing first.
+func mixableSpec(name, usage string, takes []string, build func() (aggregate.Rule, error)) {
+	robustSpec(name, usage+"; --nnm F mixes first", append(takes, "nnm"), func() (aggregate.Rule, error) {
+		r, err := build()
+		if err != nil || !given("nnm") {
+			return r, err
+		}
+		f, err := flagInt("nnm")
+		if err != nil {
+			return nil, err
+		}
+		return robust.NewNNM(r, f)
+	})
+}
+
 func init() {
 	registerFamily("robust", robustFlagNames, registerRobustFlags)
-	robustSpec("median", "coordinate-wise median (Yin et al., 2018); ignores weights", nil,
+	mixableSpec("median", "coordinate-wise median (Yin et al., 2018); ignores weights", nil,
 		func() (aggregate.Rule, error) { return robust.NewMedian(), nil })
-	robustSpec("trimmed-mean", "coordinate-wise mean without floor(beta*n) values at each end (--beta); ignores weights",
+	mixableSpec("trimmed-mean", "coordinate-wise mean without floor(beta*n) values at each end (--beta); ignores weights",
 		[]string{"beta"}, func() (aggregate.Rule, error) {
 			b, err := flagFloat("beta")
 			if err != nil {
@@ -55,11 +71,11 @@ func init() {
 			}
 			return robust.NewTrimmedMean(b)
 		})
-	robustSpec("krum", "the update with the lowest Krum score (Blanchard et al., 2017); --f, --m for Multi-Krum",
+	mixableSpec("krum", "the update with the lowest Krum score (Blanchard et al., 2017); --f, --m for Multi-Krum",
 		[]string{"f", "m"}, func() (aggregate.Rule, error) { return krum(1) })
-	robustSpec("multi-krum", "weighted mean of the --m (default n-f) updates with the lowest Krum scores; --f",
+	mixableSpec("multi-krum", "weighted mean of the --m (default n-f) updates with the lowest Krum scores; --f",
 		[]string{"f", "m"}, func() (aggregate.Rule, error) { return krum(0) })
-	robustSpec("bulyan", "Bulyan over Krum (El Mhamdi et al., 2018), needs n >= 4f+3; --f; ignores weights",
+	mixableSpec("bulyan", "Bulyan over Krum (El Mhamdi et al., 2018), needs n >= 4f+3; --f; ignores weights",
 		[]string{"f"}, func() (aggregate.Rule, error) {
 			f, err := flagInt("f")
 			if err != nil {

@@ -109,7 +109,8 @@ func accuracyList(res *Result) []float64 {
 
 // TestFederationTargets checks the targets on the full-length runs: FedAvg reaches
 // 0.90 held-out accuracy within 20 rounds; with 3 of 10 clients scaling their updates by −10
-// FedAvg collapses while the median keeps most of the clean accuracy.
+// FedAvg collapses while the median keeps most of the clean accuracy, and the median, trimmed
+// mean and Krum after nearest-neighbour mixing end within 3 points of clean FedAvg.
 func TestFederationTargets(t *testing.T) {
 	if testing.Short() {
 		t.Skip("20-round federations")
@@ -123,7 +124,10 @@ func TestFederationTargets(t *testing.T) {
 	if r := clean.FirstReaching(0.90); r == 0 || r > 20 {
 		t.Errorf("fedavg never reached 0.90 in %d rounds", len(clean.Rounds))
 	}
-	tab, err := NewTable([]Rule{{Name: "fedavg"}, {Name: "median"}}, []Attack{ScaleAttack}, 3)
+	mixed := []Rule{{Name: "median", Params: map[string]float64{"nnm": 3}},
+		{Name: "trimmed-mean", Params: map[string]float64{"beta": 0.3, "nnm": 3}},
+		{Name: "krum", Params: map[string]float64{"f": 3, "m": 1, "nnm": 3}}}
+	tab, err := NewTable(append([]Rule{{Name: "fedavg"}, {Name: "median"}}, mixed...), []Attack{ScaleAttack}, 3)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -141,6 +145,13 @@ func TestFederationTargets(t *testing.T) {
 	}
 	if poisoned := median.Poisoned; len(poisoned) != 3 || poisoned[0] != "client-00" {
 		t.Errorf("poisoned clients %v", poisoned)
+	}
+	for i, r := range mixed {
+		res := tab.Results[2+i][0]
+		t.Logf("%s under attack: %v", ruleLabel(r), accuracyList(res))
+		if res.Final() < clean.Final()-0.03 {
+			t.Errorf("%s with 3 clients scaled by −10 ends at %.3f, more than 3 points below clean fedavg's %.3f", ruleLabel(r), res.Final(), clean.Final())
+		}
 	}
 }
 

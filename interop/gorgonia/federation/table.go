@@ -23,7 +23,10 @@ import (
 //   - centered clipping starts from zero (the server has no option to center it on the
 //     previous global model), so it runs enough iterations for the clipped iterate to reach
 //     its fixed point, which does not depend on the start; τ is about the spread of the honest
-//     clients' models, well below the attackers' distance from them.
+//     clients' models, well below the attackers' distance from them;
+//   - median, trimmed mean and Krum run again after nearest-neighbour mixing (nnm = 3: each
+//     update replaced by the mean of its 7 nearest; robust.NNM, Allouah et al., 2023), which
+//     is what keeps them close to clean FedAvg on label-skewed shards.
 func DefaultRules() []Rule {
 	return []Rule{
 		{Name: "fedavg"},
@@ -34,6 +37,9 @@ func DefaultRules() []Rule {
 		{Name: "bulyan", Params: map[string]float64{"f": 1}},
 		{Name: "geomed"},
 		{Name: "centered-clip", Params: map[string]float64{"tau": 0.5, "iters": 100}},
+		{Name: "median", Params: map[string]float64{"nnm": 3}},
+		{Name: "trimmed-mean", Params: map[string]float64{"beta": 0.3, "nnm": 3}},
+		{Name: "krum", Params: map[string]float64{"f": 3, "m": 1, "nnm": 3}},
 	}
 }
 
