@@ -80,6 +80,9 @@ type Rule struct {
 
 func (r Rule) String() string { return r.Name }
 
+// Label is the rule with its parameters, as tables and plots name it: "krum (f=3, m=1)".
+func (r Rule) Label() string { return ruleLabel(r) }
+
 // Progress is told about every round as it ends.
 type Progress func(Round)
 

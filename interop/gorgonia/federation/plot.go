@@ -183,7 +183,7 @@ func PlotTable(path string, t *Table, setup string) error {
 			if res == nil || len(res.Rounds) == 0 {
 				continue
 			}
-			label := fmt.Sprintf("%s: %.3f", r.Name, res.Final())
+			label := fmt.Sprintf("%s: %.3f", r.Label(), res.Final())
 			if res.Collapsed != "" {
 				label += fmt.Sprintf(" (collapsed in round %d)", len(res.Rounds)+1)
 			}

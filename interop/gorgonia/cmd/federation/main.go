@@ -218,7 +218,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			case r.FirstDropped() > 0:
 				note = fmt.Sprintf(" — clients drop out from round %d", r.FirstDropped())
 			}
-			fmt.Fprintf(stdout, "  %-14s %-12s final accuracy %.3f (%.1f s)%s\n", r.Rule.Name, r.Attack, r.Final(), r.Wall.Seconds(), note)
+			fmt.Fprintf(stdout, "  %-34s %-12s final accuracy %.3f (%.1f s)%s\n", r.Rule.Label(), r.Attack, r.Final(), r.Wall.Seconds(), note)
 		}, common...)
 		if ctx.Err() != nil {
 			return ctx.Err()
