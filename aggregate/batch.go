@@ -63,14 +63,14 @@ func batchRound(ctx context.Context, rule Rule, updates []*tensor.Set, weights [
 	if err != nil {
 		return nil, err
 	}
-	err = r.addAll(ctx, updates, func(k int) (float64, WeightSource) {
+	err = r.addAll(ctx, updates, func(k int) (float64, WeightSource, error) {
 		switch {
 		case from != "":
-			return weights[k], from
+			return weights[k], from, nil
 		case weights != nil:
-			return weights[k], WeightsGiven
+			return weights[k], WeightsGiven, nil
 		}
-		return 1, WeightsUniform
+		return 1, WeightsUniform, nil
 	})
 	if err != nil {
 		r.Close()

@@ -192,6 +192,30 @@ func (r *Round) AddGroup(ctx context.Context, updates []*tensor.Set, weights []f
 		}
 		return examplesWeight(updates[k])
 	}
+	return r.metered(func() error {
+		if !r.addsInGroups() {
+			return r.addEach(ctx, updates, weight)
+		}
+		return r.addGroupLocked(ctx, updates, weight)
+	})
+}
+
+func (r *Round) add(ctx context.Context, u *tensor.Set, weight float64, from WeightSource) error {
+	return r.metered(func() error {
+		return r.addOne(ctx, u, func() (float64, WeightSource, error) { return weight, from, nil })
+	})
+}
+
+// addAll adds a batch's updates under one meter window (a window per update read the meters
+// 64 times for 32 files: 2-3 ms of /proc/stat before any work). weight gives update k's weight
+// and its source.
+func (r *Round) addAll(ctx context.Context, updates []*tensor.Set, weight func(k int) (float64, WeightSource, error)) error {
+	return r.metered(func() error { return r.addEach(ctx, updates, weight) })
+}
+
+// metered runs fn under r.mu, if the round takes updates, in one meter window: validation costs
+// energy too, whether an update is kept or not.
+func (r *Round) metered(fn func() error) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if err := r.acceptingUpdates(); err != nil {
@@ -199,15 +223,17 @@ func (r *Round) AddGroup(ctx context.Context, updates []*tensor.Set, weights []f
 	}
 	win := r.cfg.startMeters()
 	defer r.acct.meter(win)
-	if !r.addsInGroups() {
-		for k, u := range updates {
-			if err := r.addOne(ctx, u, func() (float64, WeightSource, error) { return weight(k) }); err != nil {
-				return err
-			}
+	return fn()
+}
+
+// addEach adds updates one by one (r.mu held), stopping at the first refused.
+func (r *Round) addEach(ctx context.Context, updates []*tensor.Set, weight func(k int) (float64, WeightSource, error)) error {
+	for k, u := range updates {
+		if err := r.addOne(ctx, u, func() (float64, WeightSource, error) { return weight(k) }); err != nil {
+			return err
 		}
-		return nil
 	}
-	return r.addGroupLocked(ctx, updates, weight)
+	return nil
 }
 
 // addOne adds u under r.mu with the weight weigh gives it.
@@ -223,46 +249,6 @@ func (r *Round) addOne(ctx context.Context, u *tensor.Set, weigh func() (float64
 		return err
 	}
 	return r.addLocked(ctx, u, w, from)
-}
-
-func (r *Round) add(ctx context.Context, u *tensor.Set, weight float64, from WeightSource) error {
-	if u == nil {
-		return fmt.Errorf("%w: nil update", ErrOption)
-	}
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if err := r.acceptingUpdates(); err != nil {
-		return err
-	}
-	win := r.cfg.startMeters() // validation costs energy too, whether the update is kept or not
-	defer r.acct.meter(win)
-	return r.addLocked(ctx, u, weight, from)
-}
-
-// addAll adds a batch's updates under one meter window (a window per update read the meters
-// 64 times for 32 files: 2-3 ms of /proc/stat before any work). weight gives update k's weight
-// and its source.
-func (r *Round) addAll(ctx context.Context, updates []*tensor.Set, weight func(k int) (float64, WeightSource)) error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if err := r.acceptingUpdates(); err != nil {
-		return err
-	}
-	win := r.cfg.startMeters()
-	defer r.acct.meter(win)
-	for k, u := range updates {
-		err := r.addOne(ctx, u, func() (float64, WeightSource, error) {
-			w, from := weight(k)
-			return w, from, nil
-		})
-		if err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 // addLocked validates u and adds it to the round; r.mu is held and the round accepts updates.

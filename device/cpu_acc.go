@@ -68,14 +68,7 @@ func (c *CPU) NewAccumulator(fields []AccField) (Accumulator, error) {
 //
 // A u32 field adds its u32 input modulo 2^32 and ignores w.
 func (a *cpuAccumulator) Add(ctx context.Context, x []Span, w float64) error {
-	if err := a.checkAdd(x); err != nil {
-		return err
-	}
-	xs, ws := [][]Span{x}, []float64{w}
-	return a.c.parallelChunks(ctx, len(a.work), func(s *cpuScratch, k int) error {
-		a.addPiece(s, a.work[k], xs, ws)
-		return nil
-	}, 1)
+	return a.AddGroup(ctx, [][]Span{x}, []float64{w}, false)
 }
 
 // addPiece adds ws[i]·xs[i] to the accumulator over piece pc, input after input (runs of
