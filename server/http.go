@@ -300,7 +300,14 @@ func (s *Server) handleRound(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	st, err := s.Status(n)
+	var wait time.Duration
+	if v := r.URL.Query().Get("wait"); v != "" {
+		if wait, err = time.ParseDuration(v); err != nil {
+			s.writeError(w, r, fmt.Errorf("%w: wait %q is not a duration (30s, 2m)", ErrBadRequest, v))
+			return
+		}
+	}
+	st, err := s.WaitStatus(r.Context(), n, wait)
 	if err != nil {
 		s.writeError(w, r, err)
 		return

@@ -82,7 +82,13 @@ type round struct {
 	queue chan any      // *commitReq and *closeReq, to the committer
 	done  chan struct{} // closed when the committer has exited
 	timer *time.Timer
+
+	ended     chan struct{} // closed once the round is closed or failed (WaitStatus)
+	endedOnce sync.Once
 }
+
+// markEnded wakes those waiting for the round to end.
+func (r *round) markEnded() { r.endedOnce.Do(func() { close(r.ended) }) }
 
 // commitReq hands a durable spool file to the committer.
 type commitReq struct {
@@ -511,6 +517,7 @@ func (r *round) close(why closeCause) error {
 	r.logger.Info("round closed", "why", why.String(), "clients", n, "seconds", time.Since(start).Seconds(),
 		"joules", joulesOf(rep), "joules_source", rep.JoulesSource)
 	r.release()
+	r.markEnded()
 	r.srv.roundEnded(r)
 	return nil
 }
@@ -536,6 +543,7 @@ func (r *round) fail(reason string) {
 	}
 	r.logger.Warn("round failed", "reason", reason)
 	r.release()
+	r.markEnded()
 	r.srv.roundEnded(r)
 }
 

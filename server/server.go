@@ -261,6 +261,32 @@ func (s *Server) Status(n int) (api.Round, error) {
 	return r.status(true), nil
 }
 
+// MaxWait bounds how long WaitStatus (GET /v1/rounds/N?wait=D) may wait for a round to end.
+const MaxWait = 10 * time.Minute
+
+// WaitStatus is Status once round n has ended (closed or failed), or after wait, or when ctx
+// is done, whichever comes first: what a client that polls for the model calls instead of
+// polling. A wait beyond MaxWait, or negative, is ErrBadRequest.
+func (s *Server) WaitStatus(ctx context.Context, n int, wait time.Duration) (api.Round, error) {
+	if wait < 0 || wait > MaxWait {
+		return api.Round{}, fmt.Errorf("%w: wait %v: want 0 to %v", ErrBadRequest, wait, MaxWait)
+	}
+	r, err := s.round(n)
+	if err != nil {
+		return api.Round{}, err
+	}
+	if wait > 0 {
+		t := time.NewTimer(wait)
+		defer t.Stop()
+		select {
+		case <-r.ended:
+		case <-t.C:
+		case <-ctx.Done():
+		}
+	}
+	return r.status(true), nil
+}
+
 // ModelPath is the model file of round n (the latest with a model when n is 0).
 func (s *Server) ModelPath(n int) (string, error) {
 	if n == 0 {
@@ -363,7 +389,7 @@ func (s *Server) OpenRound() (api.Round, error) {
 
 func (s *Server) newRoundStruct(n int, dir string, meta roundMeta) *round {
 	return &round{srv: s, n: n, dir: dir, meta: meta, logger: s.log.With("round", n),
-		acked: map[string]int{}, arriving: map[string]*Upload{}, done: closedChan}
+		acked: map[string]int{}, arriving: map[string]*Upload{}, done: closedChan, ended: make(chan struct{})}
 }
 
 // closedChan is the done channel of a round whose committer is not running: submissions to
@@ -515,8 +541,10 @@ func (s *Server) loadRound(n int) error {
 	switch r.meta.State {
 	case api.StateClosed:
 		s.latest = n
+		r.markEnded()
 		return nil
 	case api.StateFailed:
+		r.markEnded()
 		return nil
 	}
 	return s.resume(r)

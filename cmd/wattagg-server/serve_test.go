@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"fmt"
 	"encoding/json"
 	"errors"
 	"math"
@@ -149,20 +150,28 @@ func TestServePushPull(t *testing.T) {
 		t.Fatalf("push b weighted by num_examples after a given weight: exit %d, want 1: %s", code, stderr)
 	}
 	oneLine(stderr, "weight every update of a round the same way")
+	_, stderr, code = wattagg(t, "pull", "--server", url, "--wait", "--progress", "never", "-o", filepath.Join(dir, "x.safetensors"))
+	if code != 2 {
+		t.Fatalf("pull --wait without --round: exit %d, want 2: %s", code, stderr)
+	}
+	oneLine(stderr, "--wait needs --round N")
+	// A pull --wait started while the round is open returns its model once b's update closes it.
+	out := filepath.Join(dir, "model.safetensors")
+	pulled := make(chan string, 1)
+	go func() {
+		_, stderr, code := wattagg(t, "pull", "--server", url, "--round", "1", "--wait", "--progress", "never", "-o", out)
+		pulled <- fmt.Sprintf("exit %d: %s", code, stderr)
+	}()
 	if _, stderr, code = push("b.token", "b.safetensors", "--weight", "300"); code != 0 {
 		t.Fatalf("push b: exit %d: %s", code, stderr)
 	}
-	out := filepath.Join(dir, "model.safetensors")
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		_, stderr, code = wattagg(t, "pull", "--server", url, "--round", "1", "--progress", "never", "-o", out)
-		if code == 0 {
-			break
+	select {
+	case res := <-pulled:
+		if res != "exit 0: " {
+			t.Fatalf("pull --wait of round 1: %s", res)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("pull round 1: exit %d: %s", code, stderr)
-		}
-		time.Sleep(50 * time.Millisecond)
+	case <-time.After(30 * time.Second):
+		t.Fatal("pull --wait did not return after the round closed")
 	}
 	m, err := safetensors.Open(out)
 	if err != nil {

@@ -317,6 +317,28 @@ func (c *Client) Status(ctx context.Context, round int) (*api.Round, error) {
 	return &st, nil
 }
 
+// WaitEnded waits until round has ended — closed with its model, or failed — and returns its
+// status, in long polls of the server (GET /v1/rounds/N?wait=60s) rather than repeated status
+// requests; it returns ctx's error if ctx ends first.
+func (c *Client) WaitEnded(ctx context.Context, round int) (*api.Round, error) {
+	for {
+		req, err := c.request(ctx, http.MethodGet, c.url("/v1/rounds/%d", round)+"?wait=60s", nil)
+		if err != nil {
+			return nil, err
+		}
+		var st api.Round
+		if err := c.do(req, &st); err != nil {
+			return nil, err
+		}
+		if st.State != api.StateOpen {
+			return &st, nil
+		}
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+	}
+}
+
 // Rounds is the status of every round, and the latest with a model.
 func (c *Client) Rounds(ctx context.Context) (*api.Rounds, error) {
 	req, err := c.request(ctx, http.MethodGet, c.url("/v1/rounds"), nil)

@@ -111,27 +111,20 @@ func (a *aggregator) awaitOpen(ctx context.Context, n int, poll time.Duration) e
 	}
 }
 
-// awaitClosed waits until round n has ended and returns its status, with the report, or
-// ErrRound if it failed.
-func (a *aggregator) awaitClosed(ctx context.Context, n int, poll time.Duration) (*api.Round, error) {
-	for {
-		st, err := a.api.Status(ctx, n)
-		if err != nil {
-			return nil, err
-		}
-		switch st.State {
-		case api.StateClosed:
-			if st.Report == nil {
-				return nil, fmt.Errorf("%w: round %d closed without a report", ErrRound, n)
-			}
-			return st, nil
-		case api.StateFailed:
-			return nil, fmt.Errorf("%w: round %d failed: %s", ErrRound, n, st.Reason)
-		}
-		if err := sleep(ctx, poll); err != nil {
-			return nil, fmt.Errorf("waiting for round %d to close: %w", n, err)
-		}
+// awaitClosed waits until round n has ended, in long polls of the server (client.WaitEnded),
+// and returns its status, with the report, or ErrRound if it failed.
+func (a *aggregator) awaitClosed(ctx context.Context, n int) (*api.Round, error) {
+	st, err := a.api.WaitEnded(ctx, n)
+	if err != nil {
+		return nil, fmt.Errorf("waiting for round %d to close: %w", n, err)
 	}
+	switch {
+	case st.State == api.StateFailed:
+		return nil, fmt.Errorf("%w: round %d failed: %s", ErrRound, n, st.Reason)
+	case st.Report == nil:
+		return nil, fmt.Errorf("%w: round %d closed without a report", ErrRound, n)
+	}
+	return st, nil
 }
 
 func sleep(ctx context.Context, d time.Duration) error {

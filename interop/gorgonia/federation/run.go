@@ -199,7 +199,7 @@ func runRound(ctx context.Context, c *config, n int, agg *aggregator, node *infe
 			return Round{}, fmt.Errorf("closing round %d without its %d dropped clients: %w", n, len(dropped), err)
 		}
 	}
-	st, err := agg.awaitClosed(ctx, n, c.poll)
+	st, err := agg.awaitClosed(ctx, n)
 	if err != nil {
 		return Round{}, err
 	}
