@@ -41,6 +41,22 @@ var palette = []color.Color{
 
 func paletteColor(i int) color.Color { return palette[i%len(palette)] }
 
+// ruleStyle is rule i's colour and dashes in a table's plot: a rule run after
+// nearest-neighbour mixing is drawn dashed in the colour of the same rule without it, where the
+// table has that rule.
+func ruleStyle(rules []Rule, i int) (color.Color, []vg.Length) {
+	r := rules[i]
+	if r.Params["nnm"] == 0 {
+		return paletteColor(i), nil
+	}
+	for k, o := range rules {
+		if o.Name == r.Name && o.Params["nnm"] == 0 {
+			return paletteColor(k), []vg.Length{px(5), px(3)}
+		}
+	}
+	return paletteColor(i), []vg.Length{px(5), px(3)}
+}
+
 // plotDPI is the PNGs' resolution; sizes are in pixels at it.
 const plotDPI = 96
 
@@ -187,7 +203,8 @@ func PlotTable(path string, t *Table, setup string) error {
 			if res.Collapsed != "" {
 				label += fmt.Sprintf(" (collapsed in round %d)", len(res.Rounds)+1)
 			}
-			if err := addCurve(p, accuracies(res), paletteColor(i), nil, label); err != nil {
+			c, dashes := ruleStyle(t.Rules, i)
+			if err := addCurve(p, accuracies(res), c, dashes, label); err != nil {
 				return err
 			}
 			rounds = max(rounds, len(res.Rounds))
