@@ -523,3 +523,66 @@ func TestAddGroupIsAddInOrder(t *testing.T) {
 		acc.Close()
 	}
 }
+
+// Mix gives each output the bits of a WeightedSum over the inputs its row weighs (every kernel
+// implementation, mixed input dtypes, f32 and f64 accumulators, several block sizes), and
+// refuses rows that do not match the inputs.
+func TestMixIsWeightedSumPerOutput(t *testing.T) {
+	ctx := context.Background()
+	fields := []AccField{
+		{Name: "a", Len: 100003, Acc: tensor.F32, Out: tensor.F32},
+		{Name: "b", Len: 5000, Acc: tensor.F64, Out: tensor.F32},
+		{Name: "c", Len: 0, Acc: tensor.F32, Out: tensor.F32},
+	}
+	chunks := must(CutChunks(fields, packed(fields), 64<<10))(t)
+	for _, k := range kernels.Impls() {
+		dev := must(NewCPU(WithKernels(k.Name()), WithWorkers(3)))(t)
+		r := rand.New(rand.NewPCG(41, 42))
+		const n = 9
+		inputs := make([][]Span, n)
+		for i := range inputs {
+			dt := []tensor.DType{tensor.F32, tensor.BF16, tensor.F16}[i%3]
+			inputs[i] = []Span{randSpan(r, dt, 100003, 1), randSpan(r, dt, 5000, 1), {DType: dt, Data: []byte{}}}
+		}
+		weights := make([][]float64, n)
+		outs := make([]*testOutput, n)
+		job := &MixJob{Fields: fields, Inputs: inputs, Weights: weights, Chunks: chunks}
+		for o := range weights {
+			weights[o] = make([]float64, n)
+			for i := range n {
+				if (i+o)%3 != 0 {
+					weights[o][i] = r.Float64() - 0.3
+				}
+			}
+			outs[o] = newTestOutput(fields, chunks)
+			job.Outputs = append(job.Outputs, outs[o])
+		}
+		if _, err := dev.Mix(ctx, job); err != nil {
+			t.Fatalf("%s: %v", k.Name(), err)
+		}
+		for o := range weights {
+			sj := &SumJob{Fields: fields, Scale: 1, Chunks: chunks}
+			for i, w := range weights[o] {
+				if w != 0 {
+					sj.Inputs, sj.Weights = append(sj.Inputs, inputs[i]), append(sj.Weights, w)
+				}
+			}
+			want := newTestOutput(fields, chunks)
+			sj.Output = want
+			must(dev.WeightedSum(ctx, sj))(t)
+			for ti := range fields {
+				if !slices.Equal(want.dst[ti], outs[o].dst[ti]) {
+					t.Fatalf("%s: output %d, field %s: Mix differs from WeightedSum", k.Name(), o, fields[ti].Name)
+				}
+			}
+		}
+		job.Weights = weights[1:]
+		if _, err := dev.Mix(ctx, job); !errors.Is(err, ErrJob) {
+			t.Fatalf("%d weight rows for %d outputs: %v, want ErrJob", len(job.Weights), len(job.Outputs), err)
+		}
+		job.Weights = append([][]float64{make([]float64, n)}, weights[1:]...)
+		if _, err := dev.Mix(ctx, job); !errors.Is(err, ErrJob) {
+			t.Fatalf("an output weighing no input: %v, want ErrJob", err)
+		}
+	}
+}

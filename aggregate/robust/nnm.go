@@ -24,8 +24,9 @@ import (
 // attack (README: the federation showcase).
 //
 // Mixing holds n model-sized f32 vectors (within the memory budget,
-// aggregate.WithMemoryBudget) and costs a Gram pass and n·(n−f) update reads: for large n and
-// models it costs several times the rule it feeds. Clients' weights do not enter the mixing;
+// aggregate.WithMemoryBudget) and costs a Gram pass and, on a device.Mixer (the CPU), one more
+// read of every update, all n mixtures summed while each block is in cache (elsewhere one
+// weighted sum per mixture: n·(n−f) update reads). Clients' weights do not enter the mixing;
 // per-client distances in the report are the mixed updates' distances to the result.
 type NNM struct {
 	inner aggregate.Rule
@@ -110,25 +111,55 @@ func (m *mixing) apply(ctx context.Context, rd *round) (free func(), err error) 
 	if err != nil {
 		return nil, err
 	}
-	w := make([]float64, k)
-	for j := range w {
-		w[j] = 1 / float64(k)
+	weights := make([][]float64, n) // weights[i][p]: 1/k where kept client p is among i's nearest
+	for i := range n {
+		weights[i] = make([]float64, n)
+		for _, p := range nearestOf(d[i], k) {
+			weights[i][p] = 1 / float64(k)
+		}
+	}
+	if err := rd.mixInto(ctx, its, weights); err != nil {
+		free()
+		return nil, err
 	}
 	mixed := make(map[int][]device.Span, n)
-	for i := range n {
-		nearest := nearestOf(d[i], k)
-		clients := make([]int, k)
-		for j, p := range nearest {
-			clients[j] = rd.keep[p]
-		}
-		if err := rd.sumInto(ctx, its[i], rd.inputsOf(clients), w, 1); err != nil {
-			free()
-			return nil, err
-		}
-		mixed[rd.keep[i]] = its[i].spans
+	for i, c := range rd.keep {
+		mixed[c] = its[i].spans
 	}
 	rd.mixed = mixed
 	return free, nil
+}
+
+// mixInto computes its[i] = Σ_p weights[i][p]·x_p over the kept clients: in one pass where the
+// device mixes (device.Mixer: each update read once for all outputs), else one weighted sum per
+// output (the same bits).
+func (r *round) mixInto(ctx context.Context, its []*iterate, weights [][]float64) error {
+	inputs := r.inputsOf(r.keep)
+	if mx, ok := r.in.Device().(device.Mixer); ok {
+		job := &device.MixJob{Fields: its[0].fields, Inputs: inputs, Weights: weights, Chunks: its[0].chunks}
+		for _, it := range its {
+			job.Outputs = append(job.Outputs, it.output())
+		}
+		stats, err := mx.Mix(ctx, job)
+		r.in.Record(stats)
+		if err != nil {
+			return r.in.Overflow(err)
+		}
+		return nil
+	}
+	for i, row := range weights {
+		var in [][]device.Span
+		var w []float64
+		for p, v := range row {
+			if v != 0 {
+				in, w = append(in, inputs[p]), append(w, v)
+			}
+		}
+		if err := r.sumInto(ctx, its[i], in, w, 1); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // nearestOf returns the positions of the k smallest squared distances in d, nearest first
