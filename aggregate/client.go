@@ -197,7 +197,7 @@ func (r *Round) scansOnAdmit() bool {
 // checksOnAdd reports whether updates are checked for NaN and Inf while they are added
 // (WithFailFast) rather than scanned first: a float sum that adds on arrival.
 func (r *Round) checksOnAdd() bool {
-	return r.cfg.failFast && r.sum != nil && !r.sum.deferred && r.req.Kind == KindSum && !r.exactSum()
+	return r.cfg.failFast && r.addsInGroups()
 }
 
 // checkDuplicate refuses an update already in the round: one from the same source (a file
