@@ -290,6 +290,10 @@ func (r *Round) AddPartial(ctx context.Context, p *Partial) error {
 	if !ok {
 		return fmt.Errorf("%w: %s cannot add exact sums", device.ErrUnsupported, r.cfg.dev().Name())
 	}
+	if r.pieces != nil {
+		unlock := r.pieces.lockAll()
+		defer unlock()
+	}
 	// Every check is done; AddSums refuses a field beyond the limbs before changing it, and the
 	// partial's totals are below the cap, so only a device failure can stop this half-way.
 	for t, j := range perm {

@@ -45,6 +45,8 @@ type Round struct {
 	whole     *wholeState // KindWhole
 	acct      accounting
 	broken    error // why the round is roundBroken
+	arrivals  map[string]*Arrival // begun, neither committed nor cancelled (arrival.go)
+	pieces    *pieceLocks         // the sum's stripes, once an update arrives in pieces
 }
 
 type roundState uint8
@@ -332,6 +334,9 @@ func (r *Round) close(ctx context.Context, path string) (*tensor.Set, *Report, e
 	if err := ctx.Err(); err != nil {
 		return nil, nil, err
 	}
+	if err := r.closePieces(); err != nil {
+		return nil, nil, err
+	}
 	r.state = roundClosing
 	if r.counted() == 0 {
 		return nil, nil, r.noInputs()
@@ -410,6 +415,11 @@ func (r *Round) Close() error {
 		stageList(r.stages).abort()
 	}
 	r.state = roundClosed
+	if r.pieces != nil { // wait out a piece being added; none is added after this
+		unlock := r.pieces.lockAll()
+		r.pieces.closed = true
+		defer unlock()
+	}
 	var errs []error
 	if r.sum != nil && r.sum.acc != nil {
 		errs = append(errs, r.sum.acc.Close())

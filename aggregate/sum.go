@@ -111,6 +111,10 @@ func (r *Round) summed(c *Client, a float64) {
 // blamed on it, breaks the round.
 func (r *Round) addSpans(ctx context.Context, cs []*Client, ws []float64) error {
 	acc := r.sum.acc
+	if r.pieces != nil { // pieces of arriving updates are being added: take the whole sum
+		unlock := r.pieces.lockAll()
+		defer unlock()
+	}
 	check := r.checksOnAdd()
 	ga, ok := acc.(device.GroupAccumulator)
 	if !ok { // one by one, scanned first where the round checks

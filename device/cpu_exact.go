@@ -2,6 +2,7 @@ package device
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"sync/atomic"
@@ -314,4 +315,47 @@ func (c *CPU) beyond(sp Span, b []byte, bound float64) bool {
 	default:
 		return c.kern.BeyondF16(b, b32)
 	}
+}
+
+// AddPiece implements PieceAccumulator on the calling goroutine: a piece is one update's
+// few MiB, and the pieces of concurrent uploads keep the cores busy.
+func (a *cpuExactAccumulator) AddPiece(ctx context.Context, t, lo int, x Span, w float64) error {
+	if t < 0 || t >= len(a.fields) {
+		return fmt.Errorf("%w: field %d of %d", ErrJob, t, len(a.fields))
+	}
+	f := a.fields[t]
+	es := x.DType.Size()
+	if !exactInput(x.DType) || es == 0 || len(x.Data)%es != 0 {
+		return fmt.Errorf("%w: field %q: a piece of %d bytes of %s: exact sums take f32, bf16, f16 and i8", ErrUnsupported, f.Name, len(x.Data), x.DType)
+	}
+	n := len(x.Data) / es
+	if lo < 0 || lo+n > f.Len {
+		return fmt.Errorf("%w: field %q: elements [%d, %d) of %d", ErrJob, f.Name, lo, lo+n, f.Len)
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if a.c.beyond(x, x.Data, f.Bound) {
+		if err := firstBeyond(AccField{Name: f.Name, Len: n, Bound: f.Bound}, []int{0}, [][]Span{{x}}, 0, 0, n); err != nil {
+			return shiftIndex(err, lo)
+		}
+	}
+	xs := [][]byte{x.Data}
+	w64 := []float64{ExactWeight(w, x, f.Grid)}
+	exactAccKernel(a.c.kern, x.DType)(a.hi[t][lo:lo+n], a.lo[t][lo:lo+n], w64, xs)
+	return nil
+}
+
+// shiftIndex moves the element index of a range or non-finite error found in a piece to the
+// field's count.
+func shiftIndex(err error, lo int) error {
+	var re *RangeError
+	var ne *tensor.NonFiniteError
+	switch {
+	case errors.As(err, &re):
+		re.Index += lo
+	case errors.As(err, &ne):
+		ne.Index += lo
+	}
+	return err
 }

@@ -225,3 +225,18 @@ func exactStoreKernel(k *kernels.Impl, dt tensor.DType) func(dst []byte, hi, lo 
 	}
 	return nil
 }
+
+// PieceAccumulator is an exact accumulator that takes an update a piece at a time: a run of
+// elements of one field, as the update's bytes arrive from the network, so that no whole update
+// is ever held. Pieces of different updates may be added concurrently as long as they do not
+// overlap (the caller locks what they share). A piece that would leave the sum meaningless is
+// refused before anything is added, so a refused update can be taken out again exactly: an
+// exact sum of w·x and (−w)·x is 0 term for term (ExactTerm rounds to nearest, ties to even,
+// which is symmetric), so adding the pieces again with −w restores the sum's bits.
+type PieceAccumulator interface {
+	ExactAccumulator
+	// AddPiece adds w·x to elements [lo, lo+n) of field t (x holds n elements). It first scans
+	// x: an element that is NaN, infinite (*tensor.NonFiniteError) or beyond the field's bound
+	// (*RangeError) refuses the piece, Index counted from the field's start, and nothing is added.
+	AddPiece(ctx context.Context, t, lo int, x Span, w float64) error
+}
