@@ -44,7 +44,7 @@ type Round struct {
 	sum       *sumState   // KindSum, KindModSum
 	whole     *wholeState // KindWhole
 	acct      accounting
-	broken    error // why the round is roundBroken
+	broken    error               // why the round is roundBroken
 	arrivals  map[string]*Arrival // begun, neither committed nor cancelled (arrival.go)
 	pieces    *pieceLocks         // the sum's stripes, once an update arrives in pieces
 }
