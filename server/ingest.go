@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"os"
 	"time"
 
 	"github.com/wattagg/wattagg/aggregate"
@@ -178,9 +177,12 @@ func (u *Upload) Ingest(src Source, weight *float64) (api.Ack, error) {
 	if err := agg.CheckHeader(u.client, hdr.Layout, hdr.Metadata); err != nil {
 		return api.Ack{}, err
 	}
+	if agg.TakesArrivals() {
+		return u.arrive(agg, src, hdr, w, from)
+	}
 	check := agg.Rule().Requirements().Kind != aggregate.KindModSum
 	name := spoolName(u.client)
-	sp, err := createSpool(r.spoolPath(name), hdr, u.client, check)
+	sp, err := createSpool(r.spoolPath(name), hdr, u.client, check, false)
 	if err != nil {
 		return api.Ack{}, err
 	}
@@ -191,10 +193,10 @@ func (u *Upload) Ingest(src Source, weight *float64) (api.Ack, error) {
 	last := time.Now()
 	digest, err := sp.finish()
 	if err != nil {
+		sp.abort()
 		return api.Ack{}, err
 	}
-	req := &commitReq{rec: AckRecord{Client: u.client, File: name, Size: sp.size, Bytes: sp.got,
-		SHA256: hexDigest(digest), Weight: w, From: string(from)}, result: make(chan commitResult, 1)}
+	req := &commitReq{rec: sp.record(u.client, name, digest, w, from), result: make(chan commitResult, 1)}
 	res, ok := u.await(req)
 	if !ok {
 		return api.Ack{}, fmt.Errorf("%w: round %d ended before the update was committed", ErrRoundClosed, r.n)
@@ -202,18 +204,79 @@ func (u *Upload) Ingest(src Source, weight *float64) (api.Ack, error) {
 	if res.err != nil {
 		return api.Ack{}, res.err
 	}
+	return u.acknowledged(res.rec, last), nil
+}
+
+// arrive takes an update into a round whose sum adds it as it arrives (an exact sum: the
+// default): each chunk is checked, hashed and written to the spool with O_DIRECT, then added
+// to the engine's sum at once (aggregate.Arrival), so that no update is held and the spool is
+// never read back. Once the spool file is durable the committer counts the update in
+// acknowledgement order. An update refused at any step is subtracted again, from its spool
+// file, exactly; the round is then as it was.
+func (u *Upload) arrive(agg *engineRound, src Source, hdr arrowio.Header, w float64, from aggregate.WeightSource) (api.Ack, error) {
+	r := u.r
+	arr, err := agg.BeginArrival(u.ctx, u.client, hdr.Layout, hdr.Metadata, hdr.Scales, w, from)
+	if err != nil {
+		return api.Ack{}, agg.explain(err, hdr.Layout)
+	}
+	name := spoolName(u.client)
+	sp, err := createSpool(r.spoolPath(name), hdr, u.client, false, true)
+	if err != nil {
+		arr.Cancel(context.Background(), nil) // nothing added: nothing to read
+		return api.Ack{}, err
+	}
+	fail := func(err error) (api.Ack, error) {
+		if cerr := arr.Cancel(context.Background(), sp.readBack); cerr != nil {
+			u.srv.log.Error("taking a refused update out of the sum", "round", r.n, "client", u.client, "err", cerr)
+			err = fmt.Errorf("%w (and taking it out of the sum failed: %v)", err, cerr)
+		}
+		sp.abort()
+		return api.Ack{}, err
+	}
+	sink := func(c arrowio.Chunk) error {
+		if err := sp.write(c); err != nil {
+			return err
+		}
+		return agg.explain(arr.Add(context.Background(), c.Tensor, int(c.Offset), c.Data), hdr.Layout)
+	}
+	if err := u.pump(src, sink); err != nil {
+		return fail(err)
+	}
+	last := time.Now()
+	digest, err := sp.finish()
+	if err != nil {
+		return fail(err)
+	}
+	req := &commitReq{rec: sp.record(u.client, name, digest, w, from), arr: arr, result: make(chan commitResult, 1)}
+	res, ok := u.await(req)
+	if !ok {
+		return fail(fmt.Errorf("%w: round %d ended before the update was committed", ErrRoundClosed, r.n))
+	}
+	if res.err != nil {
+		return fail(res.err)
+	}
+	return u.acknowledged(res.rec, last), nil
+}
+
+// acknowledged counts and logs an update the round committed; last is when its last byte came.
+func (u *Upload) acknowledged(rec AckRecord, last time.Time) api.Ack {
 	u.srv.metrics.ackLatency.Observe(time.Since(last).Seconds())
 	u.srv.metrics.accepted.Inc()
-	u.srv.log.Info("update acknowledged", "round", r.n, "client", u.client, "seq", res.rec.Seq,
-		"bytes", res.rec.Bytes, "weight", res.rec.Weight, "protocol", u.protocol)
-	return ackOf(r.n, res.rec, false), nil
+	u.srv.log.Info("update acknowledged", "round", u.r.n, "client", u.client, "seq", rec.Seq,
+		"bytes", rec.Bytes, "weight", rec.Weight, "protocol", u.protocol)
+	return ackOf(u.r.n, rec, false)
+}
+
+// record is the acknowledgement record of a finished spool file (Seq and At: the committer's).
+func (s *spoolWriter) record(client, name string, digest [32]byte, w float64, from aggregate.WeightSource) AckRecord {
+	return AckRecord{Client: client, File: name, Size: s.size, Bytes: s.got, SHA256: hexDigest(digest), Weight: w, From: string(from)}
 }
 
 // await submits a durable update to the committer and waits for its verdict.
 func (u *Upload) await(req *commitReq) (commitResult, bool) {
 	r := u.r
 	if !r.submit(req) {
-		os.Remove(r.spoolPath(req.rec.File))
+		req.discard(r)
 		return commitResult{}, false
 	}
 	select {

@@ -143,7 +143,7 @@ func writeGlobalPart(dir, path string, m [2]int64) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	sp, err := createSpool(filepath.Join(dir, globalPartFile), rs.Header(), path, false)
+	sp, err := createSpool(filepath.Join(dir, globalPartFile), rs.Header(), path, false, false)
 	if err != nil {
 		return "", err
 	}
@@ -161,6 +161,7 @@ func writeGlobalPart(dir, path string, m [2]int64) (string, error) {
 		}
 	}
 	if _, err := sp.finish(); err != nil {
+		sp.abort()
 		return "", err
 	}
 	return globalPartFile, syncDir(dir)

@@ -92,8 +92,17 @@ func (r *round) markEnded() { r.endedOnce.Do(func() { close(r.ended) }) }
 
 // commitReq hands a durable spool file to the committer.
 type commitReq struct {
-	rec    AckRecord // Seq and At are set by the committer
+	rec    AckRecord          // Seq and At are set by the committer
+	arr    *aggregate.Arrival // the update's pieces, in the sum already (nil: add the spool file)
 	result chan commitResult
+}
+
+// discard removes the spool file of a request that is refused. An arrival's stays: its upload
+// reads its pieces back from it to take them out of the sum, and then removes it.
+func (q *commitReq) discard(r *round) {
+	if q.arr == nil {
+		os.Remove(r.spoolPath(q.rec.File))
+	}
 }
 
 type commitResult struct {
@@ -266,7 +275,7 @@ func (r *round) drainRefusing() {
 			err := fmt.Errorf("%w: round %d is %s", ErrRoundClosed, r.n, r.state())
 			switch q := req.(type) {
 			case *commitReq:
-				os.Remove(r.spoolPath(q.rec.File))
+				q.discard(r)
 				q.result <- commitResult{err: err}
 			case *closeReq:
 				q.result <- err
@@ -291,20 +300,20 @@ func (r *round) commit(reqs []*commitReq) bool {
 	var sets []*tensor.Set
 	for _, q := range reqs {
 		if open != nil {
-			os.Remove(r.spoolPath(q.rec.File))
+			q.discard(r)
 			q.result <- commitResult{err: open}
 			continue
 		}
-		set, err := r.add(q.rec)
+		set, err := r.admit(q)
 		if err != nil {
-			os.Remove(r.spoolPath(q.rec.File))
+			q.discard(r)
 			q.result <- commitResult{err: err}
 			continue
 		}
 		q.rec.Seq = seq
 		seq++
 		accepted = append(accepted, q)
-		if !r.whole {
+		if !r.whole && set != nil {
 			// A sum is done with the update once it is added: unmap it now, so that a large
 			// group does not hold every update of the group mapped (resident) at once.
 			set.Close()
@@ -336,7 +345,7 @@ func (r *round) commit(reqs []*commitReq) bool {
 		}
 		rerr := r.rebuild()
 		for _, q := range accepted {
-			os.Remove(r.spoolPath(q.rec.File))
+			q.discard(r)
 			q.result <- commitResult{err: fmt.Errorf("%s: the update could not be made durable: %w", q.rec.Client, err)}
 		}
 		if rerr != nil {
@@ -364,6 +373,15 @@ func (r *round) commit(reqs []*commitReq) bool {
 		q.result <- commitResult{rec: q.rec}
 	}
 	return full
+}
+
+// admit puts a request's update in the engine's round: an arrival, whose pieces are in the
+// sum already, is counted (Commit); a spool file is added (add).
+func (r *round) admit(q *commitReq) (*tensor.Set, error) {
+	if q.arr != nil {
+		return nil, r.agg.explain(q.arr.Commit(), nil)
+	}
+	return r.add(q.rec)
 }
 
 // add maps a spool file and adds it to the engine's round with its recorded weight. The
@@ -494,6 +512,7 @@ func (r *round) close(why closeCause) error {
 	for _, u := range arriving {
 		u.cancel(fmt.Errorf("%w: round %d was %s while the update was arriving", ErrRoundClosed, r.n, why))
 	}
+	r.settleArrivals()
 	start := time.Now()
 	rep, err := r.agg.WriteFile(context.Background(), filepath.Join(r.dir, modelFile))
 	if err != nil {
@@ -520,6 +539,19 @@ func (r *round) close(why closeCause) error {
 	r.markEnded()
 	r.srv.roundEnded(r)
 	return nil
+}
+
+// settleArrivals waits, once the uploads still arriving were told to stop, until none has
+// pieces in the engine's sum: each takes its pieces out again (aggregate.Arrival.Cancel). The
+// commits they queue meanwhile are refused here, since the committer is the one waiting. After
+// a minute the engine's close refuses to make a result with pieces of uncounted updates in it,
+// and the round fails.
+func (r *round) settleArrivals() {
+	deadline := time.Now().Add(time.Minute)
+	for r.agg.Arriving() > 0 && time.Now().Before(deadline) {
+		r.drainRefusing()
+		time.Sleep(time.Millisecond)
+	}
 }
 
 // fail ends the round without a model.

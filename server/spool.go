@@ -46,14 +46,18 @@ type spoolWriter struct {
 	finite   bool  // check values for NaN and Inf
 	unsynced int64 // bytes written since writeback was last started
 	source   string
+	direct   *directFile // O_DIRECT writes (createSpool's direct): f is direct.f
+	failed   bool        // a write failed: what the file holds is not what arrived
+	back     *os.File    // the file opened again to read what was written (readBack)
 }
 
 // writebackEvery is how many bytes are written before writeback of the file is started.
 const writebackEvery = 8 << 20
 
 // createSpool creates the spool file at path for an update with header h. checkFinite refuses
-// NaN and Inf values as they pass.
-func createSpool(path string, h arrowio.Header, source string, checkFinite bool) (*spoolWriter, error) {
+// NaN and Inf values as they pass. direct writes it with O_DIRECT (directFile) where the file
+// system takes it: for a spool that is not read back while the round runs.
+func createSpool(path string, h arrowio.Header, source string, checkFinite, direct bool) (*spoolWriter, error) {
 	s := newDigester(h, source, checkFinite)
 	head, err := encodeSpoolHeader(h, s.offs)
 	if err != nil {
@@ -61,22 +65,43 @@ func createSpool(path string, h arrowio.Header, source string, checkFinite bool)
 	}
 	s.dataOff = int64(len(head))
 	s.size = s.dataOff + s.want
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return nil, err
+	if direct {
+		d, err := openDirect(path)
+		switch {
+		case err == nil:
+			s.direct, s.f = d, d.f
+		case err != unix.EINVAL:
+			return nil, err
+		}
 	}
-	s.f, s.path = f, path
+	if s.f == nil {
+		f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+		if err != nil {
+			return nil, err
+		}
+		s.f = f
+	}
+	s.path = path
 	if s.size > 0 {
-		if err := unix.Fallocate(int(f.Fd()), 0, 0, s.size); err != nil && err != unix.EOPNOTSUPP {
+		if err := unix.Fallocate(int(s.f.Fd()), 0, 0, s.size); err != nil && err != unix.EOPNOTSUPP {
 			s.abort()
 			return nil, fmt.Errorf("%s: allocating %d bytes for the spool: %w", source, s.size, err)
 		}
 	}
-	if _, err := f.WriteAt(head, 0); err != nil {
+	if err := s.writeAt(head, 0); err != nil {
 		s.abort()
 		return nil, err
 	}
 	return s, nil
+}
+
+// writeAt writes b at file offset off, directly or through the page cache.
+func (s *spoolWriter) writeAt(b []byte, off int64) error {
+	if s.direct != nil {
+		return s.direct.writeAt(b, off)
+	}
+	_, err := s.f.WriteAt(b, off)
+	return err
 }
 
 // newDigester checks and hashes an update without writing it.
@@ -120,11 +145,12 @@ func (s *spoolWriter) write(c arrowio.Chunk) error {
 	}
 	s.hash[c.Tensor].Write(c.Data)
 	if s.f != nil {
-		if _, err := s.f.WriteAt(c.Data, s.dataOff+s.offs[c.Tensor]+c.Offset*es); err != nil {
+		if err := s.writeAt(c.Data, s.dataOff+s.offs[c.Tensor]+c.Offset*es); err != nil {
+			s.failed = true
 			return err
 		}
 		s.unsynced += int64(len(c.Data))
-		if s.unsynced >= writebackEvery {
+		if s.direct == nil && s.unsynced >= writebackEvery {
 			// Start writing back what is dirty without waiting for it; errors surface at fdatasync.
 			_ = unix.SyncFileRange(int(s.f.Fd()), 0, 0, unix.SYNC_FILE_RANGE_WRITE)
 			s.unsynced = 0
@@ -232,20 +258,25 @@ func (s *spoolWriter) complete() error {
 
 // finish checks that the update is complete, makes the spool file durable (fdatasync: the
 // file was allocated to its size, so its data is all there is to sync) and closes it. The
-// directory entry is made durable by the group commit. It returns the update's digest.
+// directory entry is made durable by the group commit. It returns the update's digest. On an
+// error the file stays, for readBack: the caller aborts.
 func (s *spoolWriter) finish() ([32]byte, error) {
 	if err := s.complete(); err != nil {
-		s.abort()
 		return [32]byte{}, err
 	}
 	if s.f != nil {
-		err := unix.Fdatasync(int(s.f.Fd()))
-		if cerr := s.f.Close(); err == nil {
+		var err error
+		if s.direct != nil {
+			err = s.direct.flushAll(s.size)
+		}
+		if err == nil {
+			err = unix.Fdatasync(int(s.f.Fd()))
+		}
+		if cerr := s.closeFile(); err == nil {
 			err = cerr
 		}
-		s.f = nil
 		if err != nil {
-			os.Remove(s.path)
+			s.failed = true
 			return [32]byte{}, fmt.Errorf("%s: syncing the spool: %w", s.source, err)
 		}
 	}
@@ -254,11 +285,57 @@ func (s *spoolWriter) finish() ([32]byte, error) {
 
 // abort removes the spool file of an update that failed.
 func (s *spoolWriter) abort() {
-	if s.f != nil {
-		s.f.Close()
-		s.f = nil
-		os.Remove(s.path)
+	if s.back != nil {
+		s.back.Close()
+		s.back = nil
 	}
+	if s.f != nil {
+		s.closeFile()
+	}
+	if s.path != "" {
+		os.Remove(s.path)
+		s.path = ""
+	}
+}
+
+// closeFile closes the file being written.
+func (s *spoolWriter) closeFile() error {
+	var err error
+	if s.direct != nil {
+		err = s.direct.close()
+		s.direct = nil
+	} else {
+		err = s.f.Close()
+	}
+	s.f = nil
+	return err
+}
+
+// readBack reads elements from off of the update's tensor j, as written, into dst: what an
+// arrival that fails takes out of the sum again (aggregate.Arrival.Cancel). What is still
+// staged is written first.
+func (s *spoolWriter) readBack(j, off int, dst []byte) error {
+	if s.failed {
+		return fmt.Errorf("%s: %w: the spool could not be written, so what was added cannot be read back", s.source, ErrCorrupt)
+	}
+	if s.direct != nil {
+		if err := s.direct.flushAll(s.size); err != nil {
+			s.failed = true
+			return err
+		}
+	}
+	if s.back == nil {
+		f, err := os.Open(s.path)
+		if err != nil {
+			return fmt.Errorf("%s: reading the spool back: %w", s.source, err)
+		}
+		s.back = f
+	}
+	es := int64(s.hdr.Layout[j].DType.Size())
+	if _, err := s.back.ReadAt(dst, s.dataOff+s.offs[j]+int64(off)*es); err != nil {
+		return fmt.Errorf("%s: reading the spool back: %w", s.source, err)
+	}
+	return nil
 }
 
 // encodeSpoolHeader makes the length prefix and header JSON of a spool file: tensors listed in

@@ -43,7 +43,7 @@ func flightRows(ctx context.Context, c *Config) ([]Row, error) {
 	if err != nil {
 		return nil, err
 	}
-	disk, err := diskFloor(filepath.Join(dir, "floor"), len(body), c.Clients)
+	disk, err := diskFloor(filepath.Join(dir, "floor"), len(body), c.Clients, c.direct())
 	if err != nil {
 		return nil, err
 	}
@@ -86,7 +86,7 @@ func flightRows(ctx context.Context, c *Config) ([]Row, error) {
 	if err != nil {
 		return nil, err
 	}
-	disk2, err := diskFloor(filepath.Join(dir, "floor"), len(body), c.Clients)
+	disk2, err := diskFloor(filepath.Join(dir, "floor"), len(body), c.Clients, c.direct())
 	if err != nil {
 		return nil, err
 	}
@@ -102,8 +102,8 @@ func flightRows(ctx context.Context, c *Config) ([]Row, error) {
 	return []Row{
 		{What: fmt.Sprintf("Flight DoPut ingest, %d clients × %d f32 params, durable (%d KiB batches)", c.Clients, c.Params, server.DefaultChunkBytes>>10),
 			Measured: gb(took), Unit: "GB/s", Floor: gb(floor), FloorIs: "min(loopback TCP, disk durable): " + floorIs, Ratio: floor.Seconds() / took.Seconds(),
-			Note: fmt.Sprintf("TCP %.2f GB/s (before %.2f, after %.2f), disk %.2f GB/s (before %.2f, after %.2f); tensor bytes counted",
-				gb(tcp), gb(tcpBefore), gb(tcp2), gb(disk), gb(diskBefore), gb(disk2))},
+			Note: fmt.Sprintf("TCP %.2f GB/s (before %.2f, after %.2f), disk %.2f GB/s (before %.2f, after %.2f; %s); tensor bytes counted",
+				gb(tcp), gb(tcpBefore), gb(tcp2), gb(disk), gb(diskBefore), gb(disk2), c.diskWay())},
 		{What: "server peak RSS (VmHWM) during the Flight round", Measured: hwm / (1 << 20), Unit: "MiB",
 			Floor: budget / (1 << 20), FloorIs: "budget 1.3 × model + streams × 2 chunks + 128 MiB", Ratio: hwm / budget,
 			Note: fmt.Sprintf("RssAnon at the end %.0f MiB; model %.0f MiB; %s", anon/(1<<20), model/(1<<20), c.sumNote())},
