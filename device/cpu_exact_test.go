@@ -2,6 +2,7 @@ package device_test
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"math"
 	"math/big"
@@ -248,4 +249,90 @@ func TestCheckRange(t *testing.T) {
 func clone(sp device.Span) device.Span {
 	sp.Data = slices.Clone(sp.Data)
 	return sp
+}
+
+// TestAddPieceIsAdd: an update added in pieces of any length, in any order, with every kernel
+// implementation, has the bits of the update added whole; a piece with an element beyond the
+// bound or non-finite is refused, naming the element from the field's start, and adds nothing;
+// adding the pieces again with the opposite weight leaves zero sums.
+func TestAddPieceIsAdd(t *testing.T) {
+	ctx := context.Background()
+	r := rand.New(rand.NewPCG(8, 9))
+	fields := []device.AccField{
+		{Name: "a", Len: 70001, Acc: tensor.I64, Out: tensor.F32, Grid: -70, Bound: 16},
+		{Name: "b", Len: 33, Acc: tensor.I64, Out: tensor.F32, Grid: -60, Bound: 16},
+	}
+	sums := func(a device.Accumulator) [][]int64 {
+		var out [][]int64
+		for t2, f := range fields {
+			s := make([]int64, 2*f.Len)
+			if err := a.(device.ExactAccumulator).ReadSums(ctx, t2, s); err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, s)
+		}
+		return out
+	}
+	for _, k := range kernels.Impls() {
+		cpu, err := device.NewCPU(device.WithKernels(k.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, dt := range []tensor.DType{tensor.F32, tensor.BF16, tensor.F16, tensor.I8} {
+			x := []device.Span{devicetest.RandSpan(r, dt, fields[0].Len, 1), devicetest.RandSpan(r, dt, fields[1].Len, 2)}
+			whole, _ := cpu.NewAccumulator(fields)
+			if err := whole.Add(ctx, x, 3.5); err != nil {
+				t.Fatal(err)
+			}
+			acc, _ := cpu.NewAccumulator(fields)
+			pa := acc.(device.PieceAccumulator)
+			addAll := func(w float64) {
+				for t2, sp := range x {
+					es := dt.Size()
+					for lo := 0; lo < fields[t2].Len; {
+						n := 1 + r.IntN(5000)
+						if r.IntN(4) == 0 {
+							n = 1 + r.IntN(fields[t2].Len) // beyond the CPU's block too
+						}
+						n = min(n, fields[t2].Len-lo)
+						p := sp
+						p.Data = sp.Data[lo*es : (lo+n)*es]
+						if err := pa.AddPiece(ctx, t2, lo, p, w); err != nil {
+							t.Fatal(err)
+						}
+						lo += n
+					}
+				}
+			}
+			addAll(3.5)
+			if !slices.EqualFunc(sums(whole), sums(acc), slices.Equal) {
+				t.Fatalf("%s %s: pieces differ from the whole update", k.Name(), dt)
+			}
+			if dt == tensor.F32 {
+				bad := clone(x[0])
+				binary.LittleEndian.PutUint32(bad.Data[4*10:], math.Float32bits(100))
+				bad.Data = bad.Data[4*7 : 4*20]
+				var re *device.RangeError
+				if err := pa.AddPiece(ctx, 0, 7, bad, 1); !errors.As(err, &re) || re.Index != 10 {
+					t.Fatalf("a piece with 100 beyond ±16 at element 10: %v", err)
+				}
+				binary.LittleEndian.PutUint32(bad.Data[4*3:], math.Float32bits(float32(math.NaN())))
+				var ne *tensor.NonFiniteError
+				if err := pa.AddPiece(ctx, 0, 7, bad, 1); !errors.As(err, &ne) || ne.Index != 10 {
+					t.Fatalf("a piece with NaN at element 10: %v", err)
+				}
+				if !slices.EqualFunc(sums(whole), sums(acc), slices.Equal) {
+					t.Fatalf("%s: a refused piece changed the sums", k.Name())
+				}
+			}
+			addAll(-3.5)
+			for t2, s := range sums(acc) {
+				if slices.ContainsFunc(s, func(v int64) bool { return v != 0 }) {
+					t.Fatalf("%s %s: field %d not zero after adding the pieces with the opposite weight", k.Name(), dt, t2)
+				}
+			}
+			whole.Close()
+			acc.Close()
+		}
+	}
 }

@@ -299,7 +299,7 @@ func smallRows(ctx context.Context, c *Config) ([]Row, error) {
 		return nil, err
 	}
 	// The disk floor writes the same files: SmallClients of them, SmallStreams at a time.
-	disk, err := diskFloorFiles(filepath.Join(dir, "floor"), len(body), c.SmallClients, c.SmallStreams)
+	disk, err := diskFloorFiles(filepath.Join(dir, "floor"), len(body), c.SmallClients, c.SmallStreams, c.direct())
 	if err != nil {
 		return nil, err
 	}
@@ -369,7 +369,7 @@ func smallRows(ctx context.Context, c *Config) ([]Row, error) {
 	diskPerSec := float64(c.SmallClients) / disk.Seconds()
 	return []Row{
 		{What: fmt.Sprintf("%d clients × %d f32 params, %d pushing at once", c.SmallClients, c.SmallParams, c.SmallStreams),
-			Measured: perSec, Unit: "updates/s", Floor: diskPerSec, FloorIs: "disk: as many files of one update, written and fdatasynced as many at a time",
+			Measured: perSec, Unit: "updates/s", Floor: diskPerSec, FloorIs: "disk: as many files of one update, written and fdatasynced as many at a time, " + c.diskWay(),
 			Ratio: perSec / diskPerSec, Note: fmt.Sprintf("%.2f GB/s of updates", perSec*float64(len(body))/1e9)},
 		{What: "last byte to acknowledgement", Measured: float64(p99.Microseconds()) / 1e3, Unit: "ms p99",
 			Note: fmt.Sprintf("p50 %.2f ms, max %.2f ms (client side: includes the answer's way back); server side: mean %.2f ms from last byte to acknowledgement, %.0f group commits of %.1f updates on average, %.2f ms each (directory fsync, log append and fdatasync)",
@@ -500,13 +500,13 @@ func floorBuffer() []byte {
 }
 
 // diskFloorFiles writes n files of size bytes from conc writers at once (each takes the next
-// file as soon as its last one is fdatasynced), and returns the time it took.
-func diskFloorFiles(dir string, size, n, conc int) (time.Duration, error) {
+// file as soon as its last one is fdatasynced), directly or not (diskFloor), and returns the
+// time it took.
+func diskFloorFiles(dir string, size, n, conc int, direct bool) (time.Duration, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return 0, err
 	}
 	defer removeSynced(dir)
-	buf := make([]byte, 1<<20)
 	work := make(chan int, n)
 	for k := range n {
 		work <- k
@@ -516,16 +516,14 @@ func diskFloorFiles(dir string, size, n, conc int) (time.Duration, error) {
 	var wg sync.WaitGroup
 	errs := make(chan error, conc)
 	for range conc {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			for k := range work {
-				if err := writeSynced(filepath.Join(dir, strconv.Itoa(k)), buf, size); err != nil {
+				if err := writeFloorFile(filepath.Join(dir, strconv.Itoa(k)), size, direct); err != nil {
 					errs <- err
 					return
 				}
 			}
-		}()
+		})
 	}
 	wg.Wait()
 	d := time.Since(t0)
@@ -534,21 +532,6 @@ func diskFloorFiles(dir string, size, n, conc int) (time.Duration, error) {
 		return 0, err
 	}
 	return d, nil
-}
-
-// writeSynced writes size bytes to a new file at path in writes of buf, and fdatasyncs it.
-func writeSynced(path string, buf []byte, size int) error {
-	f, err := os.Create(path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	for off := 0; off < size; off += len(buf) {
-		if _, err := f.Write(buf[:min(len(buf), size-off)]); err != nil {
-			return err
-		}
-	}
-	return unix.Fdatasync(int(f.Fd()))
 }
 
 // removeSynced removes a floor's files and waits until the file system has committed the
