@@ -26,6 +26,11 @@ import (
 //	// or, on any failure:
 //	a.Cancel(ctx, readBack)                // the pieces added are subtracted again
 //
+// The round's meters (WithMeters) measure from the first arrival to the close: with pieces added
+// on the callers' goroutines, many at once, that window is what the arrivals cost, and it takes
+// in whatever else the machine did meanwhile (for a server, its ingest: the network, the hashing,
+// the spool).
+//
 // Arrivals need a round that sums exactly and adds on arrival (WithExactSum, not a batch), on a
 // device whose accumulator takes pieces (the CPU's), and a rule whose stages neither weigh nor
 // admit clients one by one (clipping needs the whole update before its first element is added).
@@ -162,6 +167,9 @@ func (r *Round) BeginArrival(ctx context.Context, source string, layout tensor.L
 	}
 	if r.pieces == nil {
 		r.pieces = newPieceLocks(r.plan.fields)
+		// Pieces are added on the callers' goroutines, many at once, between the round's own
+		// calls: the meters run from the first arrival to the close and take in all of it.
+		r.arrivalW = r.cfg.startMeters()
 	}
 	if r.arrivals == nil {
 		r.arrivals = map[string]*Arrival{}
@@ -371,5 +379,7 @@ func (r *Round) closePieces() error {
 		return fmt.Errorf("%w: %d updates are still arriving (%s): commit or cancel them first", ErrOption, len(busy), busy[0])
 	}
 	r.pieces.closed = true
+	r.acct.meter(r.arrivalW)
+	r.arrivalW = nil
 	return nil
 }

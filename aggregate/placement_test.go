@@ -246,3 +246,36 @@ func TestPlacementOptionsRejectBadValues(t *testing.T) {
 		t.Fatalf("uncalibrated planner: %v", err)
 	}
 }
+
+// TestArrivalsAreMetered: a round whose updates arrive in pieces reports the meters' energy from
+// the first arrival to the close.
+func TestArrivalsAreMetered(t *testing.T) {
+	ctx := context.Background()
+	meter := &wattMeter{watts: 50, t0: time.Now()}
+	round, err := NewRound(ctx, NewFedAvg(), WithMeters(meter), WithExactSum(ExactSum{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer round.Close()
+	u := bigUpdates(t, 1, 50_000)[0]
+	a, err := round.BeginArrival(ctx, "c1", u.Layout(), nil, nil, 1, WeightsGiven)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for j := range u.Len() {
+		time.Sleep(20 * time.Millisecond) // the bytes take their time to arrive
+		if err := a.Add(ctx, j, 0, u.At(j).Bytes()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := a.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	_, rep, err := round.Result(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Joules == nil || *rep.Joules < 50*0.02*float64(u.Len()) {
+		t.Fatalf("joules %v, want at least 50 W over the %d × 20 ms of arrival", rep.Joules, u.Len())
+	}
+}

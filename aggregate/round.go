@@ -47,6 +47,7 @@ type Round struct {
 	broken    error               // why the round is roundBroken
 	arrivals  map[string]*Arrival // begun, neither committed nor cancelled (arrival.go)
 	pieces    *pieceLocks         // the sum's stripes, once an update arrives in pieces
+	arrivalW  *meterWindow        // the meters since the first arrival (arrival.go)
 }
 
 type roundState uint8
@@ -419,6 +420,8 @@ func (r *Round) Close() error {
 		unlock := r.pieces.lockAll()
 		r.pieces.closed = true
 		defer unlock()
+		r.arrivalW.stop() // nothing to report: the round ends without a result
+		r.arrivalW = nil
 	}
 	var errs []error
 	if r.sum != nil && r.sum.acc != nil {
