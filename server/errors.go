@@ -13,21 +13,23 @@ import (
 // Sentinel errors of the server. Every refusal of an update or a request wraps one of them
 // (or a sentinel of the round engine, tensor or safetensors package that says more), and each
 // maps to one HTTP status (statusOf) and one reason word for the metrics and the error body.
+// Their texts are not the reason words, so that "401 unauthorized: " and the message do not
+// repeat each other.
 var (
 	// ErrConfig: the configuration file is invalid (the message names the field).
 	ErrConfig = errors.New("invalid server configuration")
 	// ErrUnauthorized: no token, or a token that belongs to nobody.
-	ErrUnauthorized = errors.New("unauthorized")
+	ErrUnauthorized = errors.New("not authenticated")
 	// ErrForbidden: a valid token that may not do this (a client's token on an admin action,
 	// a client certificate that is not the token's).
-	ErrForbidden = errors.New("forbidden")
+	ErrForbidden = errors.New("not permitted")
 	// ErrUnknownRound: no such round.
 	ErrUnknownRound = errors.New("unknown round")
 	// ErrRoundClosed: the round takes no more updates (closed, failed, full or closing).
 	ErrRoundClosed = errors.New("round not open")
 	// ErrConflict: a second, different update from a client already in the round, or one sent
 	// while its first is still arriving; or an admin action the round's state forbids.
-	ErrConflict = errors.New("conflict")
+	ErrConflict = errors.New("in conflict with the round")
 	// ErrTooLarge: an update over the configured maximum size.
 	ErrTooLarge = errors.New("update too large")
 	// ErrBusy: every stream slot is taken; retry later.

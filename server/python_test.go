@@ -86,7 +86,7 @@ try:
 except RuntimeError as e:
     print(e, file=sys.stderr); sys.exit(3)`, ts.url, files[0])
 	var exit *exec.ExitError
-	if !errors.As(err, &exit) || exit.ExitCode() != 3 || !strings.HasPrefix(stderr, "401 unauthorized: ") {
+	if !errors.As(err, &exit) || exit.ExitCode() != 3 || strings.TrimSpace(stderr) != "401 unauthorized: not authenticated: the token is not valid" {
 		t.Fatalf("push with a wrong token: %v, stderr %q", err, stderr)
 	}
 
