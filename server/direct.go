@@ -41,7 +41,8 @@ type partBlock struct {
 // of it (the logical block size of the disks here is 512; 4096 covers 4Kn disks too).
 const directBlock = 4096
 
-// directStage is the staging buffer's size: a chunk of the upload (limits.chunk_bytes' default).
+// directStage is the staging buffer's size: half a chunk of the default limits.chunk_bytes, so
+// that the two an upload holds (one filling, one being written) are one chunk together.
 const directStage = DefaultChunkBytes / 2
 
 // stagePool recycles staging buffers across uploads: 64 concurrent uploads hold 64 MiB.
