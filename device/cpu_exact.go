@@ -340,9 +340,8 @@ func (a *cpuExactAccumulator) AddPiece(ctx context.Context, t, lo int, x Span, w
 			return shiftIndex(err, lo)
 		}
 	}
-	// In blocks whose limbs stay in L2: the kernel adds the terms, then normalises the limbs
-	// in a second pass, which must not find them gone to memory (a 1 MiB f32 piece has 4 MiB of
-	// limbs; one call over it ran the ingest of `wattagg bench serve` at 0.59 GB/s, blocks at ...).
+	// Block by block, so that the kernel's second pass over the limbs (normalising them) finds
+	// them in L2: a 1 MiB f32 piece has 4 MiB of limbs.
 	k := exactAccKernel(a.c.kern, x.DType)
 	w64 := []float64{ExactWeight(w, x, f.Grid)}
 	xs := make([][]byte, 1)
