@@ -17,7 +17,10 @@ import (
 // acknowledged updates. The server sums exactly by default because it can afford to: an exact
 // add of a 4M-parameter update took 3.9–5.1 ms on the 2-core development VM (3–4 GB/s of
 // update bytes), above the 0.4–0.9 GB/s the server's durable ingest reached there, so the
-// disk, not the sum, still sets the pace.
+// disk, not the sum, still sets the pace. Exact sums are also what lets a round add each chunk
+// of an update as it arrives (aggregate.Arrival: any interleaving of the uploads gives the same
+// bits) and take a refused update out again exactly; a round of float sums adds whole spool
+// files in log order instead.
 
 // resolveSum decides what round.sum means for the configured rule, by asking the engine
 // (probeRound) rather than keeping a list: "auto" is exact sums where a round of the rule with
