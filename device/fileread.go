@@ -110,7 +110,7 @@ func (r *blockReader) bytes(slot int, fs *fileSpan, sp Span, lo, hi, window int)
 	}
 	need := int(fileHi - fileLo)
 	if cap(r.raw[slot]) < need {
-		r.raw[slot] = alignedBuf(max(need, window+2*directAlign))
+		r.raw[slot] = tensor.PageAligned(max(need, window+2*directAlign))
 	}
 	buf := r.raw[slot][:need]
 	*h = heldWindow{} // invalid until the read succeeds
@@ -130,16 +130,6 @@ func (r *blockReader) bytes(slot int, fs *fileSpan, sp Span, lo, hi, window int)
 // release forgets the windows (the next job's spans may reuse the addresses).
 func (r *blockReader) release() {
 	clear(r.held)
-}
-
-// alignedBuf returns n bytes starting at a multiple of directAlign.
-func alignedBuf(n int) []byte {
-	b := make([]byte, n+directAlign)
-	off := 0
-	if mis := int(uintptr(unsafe.Pointer(unsafe.SliceData(b))) % directAlign); mis != 0 {
-		off = directAlign - mis
-	}
-	return b[off : off+n : off+n]
 }
 
 // errShortRead is a read that found the end of the file before the bytes it wanted.

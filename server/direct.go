@@ -4,9 +4,10 @@ import (
 	"fmt"
 	"os"
 	"sync"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/wattagg/wattagg/tensor"
 )
 
 // directFile writes a file with O_DIRECT: from an aligned staging buffer that is reused, to the
@@ -46,17 +47,7 @@ const directBlock = 4096
 const directStage = DefaultChunkBytes / 2
 
 // stagePool recycles staging buffers across uploads: 64 concurrent uploads hold 64 MiB.
-var stagePool = sync.Pool{New: func() any { return alignedBytes(directStage) }}
-
-// alignedBytes allocates n bytes at a multiple of directBlock.
-func alignedBytes(n int) []byte {
-	b := make([]byte, n+directBlock)
-	off := int(uintptr(unsafe.Pointer(unsafe.SliceData(b))) & (directBlock - 1))
-	if off != 0 {
-		off = directBlock - off
-	}
-	return b[off : off+n : off+n]
-}
+var stagePool = sync.Pool{New: func() any { return tensor.PageAligned(directStage) }}
 
 // openDirect creates the file at path for O_DIRECT writes. It fails with EINVAL where the file
 // system does not take them (tmpfs): the caller writes through the page cache then.
@@ -154,7 +145,7 @@ func (d *directFile) wait() error {
 func (d *directFile) merge(off int64, src []byte, at int) error {
 	pb := d.pending[off]
 	if pb == nil {
-		pb = &partBlock{data: alignedBytes(directBlock)}
+		pb = &partBlock{data: tensor.PageAligned(directBlock)}
 		d.pending[off] = pb
 	}
 	copy(pb.data[at:], src)

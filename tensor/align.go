@@ -29,6 +29,21 @@ func aligned[T byte | float32 | float64](n int) []T {
 	return s[off : off+n : off+n]
 }
 
+// PageSize is the alignment of PageAligned: a memory page, and what O_DIRECT asks of a
+// buffer's address on every disk here (logical blocks of 512 or 4096 bytes).
+const PageSize = 4096
+
+// PageAligned returns n zeroed bytes whose first byte is on a page boundary: a buffer for
+// O_DIRECT reads and writes.
+func PageAligned(n int) []byte {
+	if n < 0 {
+		panic("tensor: negative buffer length")
+	}
+	b := make([]byte, n+PageSize)
+	off := -int(uintptr(unsafe.Pointer(unsafe.SliceData(b)))) & (PageSize - 1)
+	return b[off : off+n : off+n]
+}
+
 // IsAligned reports whether b starts at a multiple of align bytes (align a power of two).
 func IsAligned(b []byte, align int) bool {
 	return uintptr(unsafe.Pointer(unsafe.SliceData(b)))&uintptr(align-1) == 0

@@ -359,6 +359,12 @@ func TestAligned(t *testing.T) {
 			t.Fatalf("n=%d: not %d-byte aligned", n, Alignment)
 		}
 	}
+	for _, n := range []int{1, 100, PageSize - 1, PageSize, 3*PageSize + 5} {
+		p := PageAligned(n)
+		if len(p) != n || cap(p) != n || !IsAligned(p, PageSize) || slices.ContainsFunc(p, func(v byte) bool { return v != 0 }) {
+			t.Fatalf("PageAligned(%d): %d bytes, cap %d, page-aligned %v", n, len(p), cap(p), IsAligned(p, PageSize))
+		}
+	}
 	b := AlignedBytes(8)
 	if IsAligned(b[1:], 2) || !IsAligned(b[2:], 2) || IsAligned(b[4:], 8) || !IsAligned(b[8:], 8) {
 		t.Error("IsAligned")

@@ -18,12 +18,12 @@ import (
 	"strings"
 	"sync"
 	"time"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/wattagg/wattagg/server"
 	"github.com/wattagg/wattagg/server/client"
+	"github.com/wattagg/wattagg/tensor"
 )
 
 // Config is a `wattagg bench serve` run.
@@ -485,14 +485,9 @@ func writeFloorFile(path string, size int, direct bool) error {
 	return unix.Fdatasync(int(f.Fd()))
 }
 
-// floorBuffer is 1 MiB of data at a 4096-byte boundary (what O_DIRECT needs).
+// floorBuffer is 1 MiB of data at a page boundary (what O_DIRECT needs).
 func floorBuffer() []byte {
-	b := make([]byte, 1<<20+4096)
-	off := int(uintptr(unsafe.Pointer(unsafe.SliceData(b))) & 4095)
-	if off != 0 {
-		off = 4096 - off
-	}
-	b = b[off : off+1<<20]
+	b := tensor.PageAligned(1 << 20)
 	for i := range b {
 		b[i] = byte(i * 7)
 	}

@@ -65,7 +65,7 @@ func BenchmarkWriter(b *testing.B) {
 	layout := benchLayout()
 	path := filepath.Join(b.TempDir(), "bench.safetensors")
 	const chunk = 1 << 20
-	src := pageAligned(chunk)
+	src := tensor.PageAligned(chunk)
 	for _, direct := range []bool{true, false} {
 		b.Run(fmt.Sprintf("direct=%v", direct), func(b *testing.B) {
 			for b.Loop() {

@@ -33,7 +33,7 @@ func TestDirectRefusedFallsBack(t *testing.T) {
 	fake := &refusingDirect{}
 	w.direct = fake
 	w.directOK.Store(true)
-	src := pageAligned(len(want.At(0).Bytes()))
+	src := tensor.PageAligned(len(want.At(0).Bytes()))
 	copy(src, want.At(0).Bytes())
 	for off := 0; off < len(src); off += 4096 {
 		if _, err := w.WriteAt(src[off:min(off+4096, len(src))], int64(off)); err != nil {

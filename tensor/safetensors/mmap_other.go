@@ -5,12 +5,14 @@ package safetensors
 import (
 	"io"
 	"os"
+
+	"github.com/wattagg/wattagg/tensor"
 )
 
 // mapFile reads the first size bytes of f into a page-aligned buffer: wattagg only runs on
 // Linux, where the file is mapped, and this keeps the package building elsewhere.
 func mapFile(f *os.File, size int64, _ bool) ([]byte, io.Closer, error) {
-	b := pageAligned(int(size))
+	b := tensor.PageAligned(int(size))
 	if _, err := f.ReadAt(b, 0); err != nil {
 		return nil, nil, err
 	}

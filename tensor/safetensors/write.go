@@ -12,7 +12,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"unicode/utf8"
-	"unsafe"
 
 	"github.com/wattagg/wattagg/tensor"
 )
@@ -534,7 +533,7 @@ func widestFirst(layout tensor.Layout) []int {
 func (w *Writer) writeTensors(ts []*tensor.Tensor) error {
 	s := stage{w: w}
 	if w.directOK.Load() {
-		s.buf = pageAligned(int(min(stageSize, (w.DataSize()+pageSize-1)&^(pageSize-1))))
+		s.buf = tensor.PageAligned(int(min(stageSize, (w.DataSize()+pageSize-1)&^(pageSize-1))))
 	}
 	for _, i := range w.order {
 		if err := s.write(ts[i].Bytes(), w.offsets[i]); err != nil {
@@ -585,11 +584,4 @@ func (s *stage) flush() error {
 	s.off += int64(s.n)
 	s.n = 0
 	return err
-}
-
-// pageAligned returns n zeroed bytes starting on a page boundary, as O_DIRECT requires.
-func pageAligned(n int) []byte {
-	b := make([]byte, n+pageSize)
-	off := -int(uintptr(unsafe.Pointer(unsafe.SliceData(b)))) & (pageSize - 1)
-	return b[off : off+n : off+n]
 }

@@ -306,9 +306,9 @@ func TestWriteTensorsStaging(t *testing.T) {
 	ts := make([]*tensor.Tensor, len(layout))
 	for i, f := range layout {
 		n := f.Len() * 4
-		mem := pageAligned(n)
+		mem := tensor.PageAligned(n)
 		if f.Name == "view" {
-			mem = pageAligned(n + 4)[4:]
+			mem = tensor.PageAligned(n + 4)[4:]
 		}
 		for j := range mem {
 			mem[j] = byte(rng.Uint32())
@@ -467,7 +467,7 @@ func TestConcurrentWriteAt(t *testing.T) {
 			case !got && direct:
 				t.Log("no O_DIRECT on the temp dir's filesystem: all writes buffered")
 			}
-			src := pageAligned(size)
+			src := tensor.PageAligned(size)
 			copy(src, want.At(0).Bytes())
 			// Chunks of 64 KiB, then the last one split at an unaligned point.
 			type chunk struct{ lo, hi int }
@@ -516,7 +516,7 @@ func TestDirectLen(t *testing.T) {
 	if !w.directOK.Load() {
 		t.Skip("no O_DIRECT on the temp dir's filesystem")
 	}
-	buf := pageAligned(4 * 4096)
+	buf := tensor.PageAligned(4 * 4096)
 	d := w.dataOffset
 	cases := []struct {
 		p    []byte
