@@ -96,27 +96,70 @@ func inMemoryUpdate(fed *Federation, k, params int, dt tensor.DType) (*tensor.Se
 // WeightedMean measures aggregate.WeightedMean on in-memory updates with a reused output (the
 // steady state of a server), median of runs, beside the read floor of the same memory.
 func WeightedMean(ctx context.Context, updates []*tensor.Set, dev device.Device, runs int, opts ...aggregate.Option) (Row, error) {
-	dst, _, err := aggregate.WeightedMean(ctx, updates, nil, append(opts, aggregate.WithDevices(dev))...)
+	rows, _, err := WeightedMeans(ctx, []MeanCase{{Updates: updates, Options: opts}}, dev, runs)
 	if err != nil {
 		return Row{}, err
 	}
-	opts = append(opts, aggregate.WithDevices(dev), aggregate.WithOutput(dst))
-	times := make([]float64, 0, runs)
-	var rep *aggregate.Report
+	return rows[0], nil
+}
+
+// MeanCase is one set of updates WeightedMeans measures, with its options.
+type MeanCase struct {
+	Updates []*tensor.Set
+	Options []aggregate.Option
+}
+
+// WeightedMeans is WeightedMean for several cases (the same model in several dtypes, say)
+// measured in interleaved runs: run r of every case, then its read floor, before run r+1 of
+// any. On a machine whose memory bandwidth drifts (other tenants of a VM: the read floor here
+// moves between 27 and 46 GB/s from one minute to the next), cases measured one after the
+// other compare the drift as much as the cases; interleaved, the drift falls on all of them
+// alike. It returns a row per case (median time, best floor) and every run's time:
+// times[k][r] is case k's run r.
+func WeightedMeans(ctx context.Context, cases []MeanCase, dev device.Device, runs int) ([]Row, [][]float64, error) {
+	type state struct {
+		opts   []aggregate.Option
+		bufs   [][]byte
+		rep    *aggregate.Report
+		floors []float64
+	}
+	st := make([]state, len(cases))
+	workers := max(1, dev.Info().Workers)
+	for k, c := range cases {
+		dst, _, err := aggregate.WeightedMean(ctx, c.Updates, nil, append(slices.Clone(c.Options), aggregate.WithDevices(dev))...)
+		if err != nil {
+			return nil, nil, err
+		}
+		st[k].opts = append(slices.Clone(c.Options), aggregate.WithDevices(dev), aggregate.WithOutput(dst))
+		for _, u := range c.Updates {
+			for _, t := range u.Tensors() {
+				st[k].bufs = append(st[k].bufs, t.Bytes())
+			}
+		}
+	}
+	times := make([][]float64, len(cases))
 	for range max(1, runs) {
-		start := time.Now()
-		if _, rep, err = aggregate.WeightedMean(ctx, updates, nil, opts...); err != nil {
-			return Row{}, err
+		for k, c := range cases {
+			start := time.Now()
+			_, rep, err := aggregate.WeightedMean(ctx, c.Updates, nil, st[k].opts...)
+			if err != nil {
+				return nil, nil, err
+			}
+			times[k] = append(times[k], time.Since(start).Seconds())
+			st[k].rep = rep
+			st[k].floors = append(st[k].floors, ReadFloor(st[k].bufs, workers, (3+runs-1)/max(1, runs)))
 		}
-		times = append(times, time.Since(start).Seconds())
 	}
-	bufs := make([][]byte, 0, len(updates))
-	for _, u := range updates {
-		for _, t := range u.Tensors() {
-			bufs = append(bufs, t.Bytes())
-		}
+	rows := make([]Row, len(cases))
+	for k, c := range cases {
+		rows[k] = meanRow(c.Updates, st[k].rep, dev, median(times[k]), slices.Max(st[k].floors))
 	}
-	floor := ReadFloor(bufs, max(1, dev.Info().Workers), 3)
+	return rows, times, nil
+}
+
+// meanRow is the row of a WeightedMean measurement: seconds the median run, floor the read
+// bandwidth.
+func meanRow(updates []*tensor.Set, rep *aggregate.Report, dev device.Device, seconds, floor float64) Row {
 	row := Row{
 		Name:      fmt.Sprintf("fedavg %d x %s %s", len(updates), ParamsLabel(rep.Params), rep.InDTypes[0]),
 		Rule:      "fedavg",
@@ -127,8 +170,8 @@ func WeightedMean(ctx context.Context, updates []*tensor.Set, dev device.Device,
 		FloorName: "read bandwidth",
 		Note:      fmt.Sprintf("acc %s, %d workers", rep.AccDType, dev.Info().Workers),
 	}
-	row.set(median(times), floor)
-	return row, nil
+	row.set(seconds, floor)
+	return row
 }
 
 func median(v []float64) float64 {

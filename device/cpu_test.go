@@ -586,3 +586,33 @@ func TestMixIsWeightedSumPerOutput(t *testing.T) {
 		}
 	}
 }
+
+// TestSumBlockKeepsRunsLong checks the block of a weighted sum: the device's for inputs of 4
+// bytes or more, twice the default where every input is narrower, and whatever WithBlockElems
+// chose as is.
+func TestSumBlockKeepsRunsLong(t *testing.T) {
+	c, err := NewCPU()
+	if err != nil {
+		t.Fatal(err)
+	}
+	set, err := NewCPU(WithBlockElems(256))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bf16, f32, i8 := group{dtype: tensor.BF16}, group{dtype: tensor.F32}, group{dtype: tensor.I8}
+	for _, tc := range []struct {
+		c      *CPU
+		groups []group
+		want   int
+	}{
+		{c, []group{f32}, DefaultBlockElems},
+		{c, []group{bf16}, 2 * DefaultBlockElems},
+		{c, []group{bf16, i8}, 2 * DefaultBlockElems},
+		{c, []group{bf16, f32}, DefaultBlockElems},
+		{set, []group{bf16}, 256},
+	} {
+		if got := tc.c.sumBlock(tc.groups); got != tc.want {
+			t.Errorf("%v: block %d, want %d", tc.groups, got, tc.want)
+		}
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
+	"slices"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -226,31 +227,37 @@ func (s meanSuite) run(env *benchEnv) (*bench.Report, error) {
 	}
 	done := 0
 	measure := func(updates []*tensor.Set, dt tensor.DType, runs int) (bench.Row, error) {
-		var opts []aggregate.Option
-		if dt != tensor.F32 {
-			opts = append(opts, aggregate.WithOutDType(tensor.F32))
-		}
-		return bench.WeightedMean(env.ctx, updates, env.cpu, runs, opts...)
+		return bench.WeightedMean(env.ctx, updates, env.cpu, runs, meanOptions(dt)...)
 	}
 	rep := env.newReport(s)
-	var rows []bench.Row
-	for _, dt := range s.dtypes {
-		env.progress(done, total, fmt.Sprintf("%d x %s %s", s.clients, bench.ParamsLabel(int64(s.params)), dt))
-		debug.FreeOSMemory() // the previous dtype's updates
+	// The main rows: every dtype's updates in memory at once, measured in interleaved runs,
+	// so that the dtypes' params/s compare on the same machine state.
+	env.progress(done, total, fmt.Sprintf("%d x %s %s", s.clients, bench.ParamsLabel(int64(s.params)), dtypeList(s.dtypes)))
+	cases := make([]bench.MeanCase, len(s.dtypes))
+	for k, dt := range s.dtypes {
 		updates, err := bench.InMemoryUpdates(s.clients, s.params, dt)
 		if err != nil {
 			return nil, err
 		}
-		r, err := measure(updates, dt, s.runs)
-		if err != nil {
-			return nil, err
-		}
-		done++
-		rows = append(rows, r)
+		cases[k] = bench.MeanCase{Updates: updates, Options: meanOptions(dt)}
+	}
+	rows, times, err := bench.WeightedMeans(env.ctx, cases, env.cpu, s.runs)
+	if err != nil {
+		return nil, err
+	}
+	cases = nil
+	debug.FreeOSMemory()
+	done += len(rows)
+	for _, r := range rows {
 		rep.Add(r.Result(""))
 	}
 	if err := env.printRows(rows, ""); err != nil {
 		return nil, err
+	}
+	for k := 1; k < len(rows) && !env.json; k++ {
+		line := speedup(rows[k].DType, rows[0].DType, times[0], times[k])
+		fmt.Fprintln(env.stdout, line)
+		rep.Notes = append(rep.Notes, line)
 	}
 	s.config(rep)
 	if s.sweep == nil {
@@ -283,6 +290,34 @@ func (s meanSuite) run(env *benchEnv) (*bench.Report, error) {
 		}
 	}
 	return rep, nil
+}
+
+// meanOptions are the options of the mean suite's FedAvg of dt inputs: an f32 result.
+func meanOptions(dt tensor.DType) []aggregate.Option {
+	if dt == tensor.F32 {
+		return nil
+	}
+	return []aggregate.Option{aggregate.WithOutDType(tensor.F32)}
+}
+
+func dtypeList(dts []tensor.DType) string {
+	names := make([]string, len(dts))
+	for i, dt := range dts {
+		names[i] = dt.String()
+	}
+	return strings.Join(names, ", ")
+}
+
+// speedup says how many times base's params/s dt's runs reach: the median of the ratios of
+// interleaved runs (same params, so base's time over dt's), with their range.
+func speedup(dt, base string, baseTimes, times []float64) string {
+	ratios := make([]float64, min(len(baseTimes), len(times)))
+	for r := range ratios {
+		ratios[r] = baseTimes[r] / times[r]
+	}
+	slices.Sort(ratios)
+	return fmt.Sprintf("%s / %s params/s: %.2fx (median of %d interleaved runs, %.2f-%.2f)",
+		dt, base, ratios[len(ratios)/2], len(ratios), ratios[0], ratios[len(ratios)-1])
 }
 
 func (s meanSuite) config(rep *bench.Report) {

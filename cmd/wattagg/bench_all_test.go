@@ -145,6 +145,32 @@ func TestBenchSuiteOut(t *testing.T) {
 	}
 }
 
+// TestBenchMeanComparesDTypes checks that the mean suite measures its dtypes in interleaved
+// runs and says how their params/s compare, run by run.
+func TestBenchMeanComparesDTypes(t *testing.T) {
+	t.Setenv(envBenchTiny, "1")
+	stdout, stderr, code := wattagg(t, "bench", "mean", "--clients", "2", "--params", "4096", "--runs", "3", "--dtypes", "f32,bf16", "--progress", "never")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	for _, want := range []string{"fedavg 2 x 4k f32", "fedavg 2 x 4k bf16", "bf16 / f32 params/s: "} {
+		if !strings.Contains(stdout, want) {
+			t.Errorf("stdout has no %q:\n%s", want, stdout)
+		}
+	}
+	if !strings.Contains(stdout, "(median of 3 interleaved runs, ") {
+		t.Errorf("stdout:\n%s", stdout)
+	}
+}
+
+func TestSpeedupIsTheMedianRatio(t *testing.T) {
+	// Times of interleaved runs: the base takes 2, 3, 4 s, the other 1, 1, 1 s.
+	got := speedup("bf16", "f32", []float64{2, 3, 4}, []float64{1, 1, 1})
+	if want := "bf16 / f32 params/s: 3.00x (median of 3 interleaved runs, 2.00-4.00)"; got != want {
+		t.Errorf("got %q, want %q", got, want)
+	}
+}
+
 func TestBenchAllBadFlags(t *testing.T) {
 	out := filepath.Join(t.TempDir(), "out")
 	for _, tc := range []struct {
