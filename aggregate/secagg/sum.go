@@ -52,6 +52,17 @@ func WithRecovery(r *Recovery) Option {
 	}
 }
 
+// WithLateRecovery makes the rule take its recovery at the end of the round instead of at New:
+// a server learns the seeds in the unmasking round, after the updates arrived. Every update must
+// then carry its client ID (ClientKey, as Client.Mask records it), and Recover must give the
+// seeds before the round's result is made.
+func WithLateRecovery() Option {
+	return func(s *Sum) error {
+		s.late = true
+		return nil
+	}
+}
+
 // Sum is the server side of mask-based secure aggregation (Bonawitz et al., 2017) as a Rule:
 // the updates are clients' masked, quantised vectors (u32 tensors from Quantizer.QuantizeSet
 // and Client.Mask); the engine adds them modulo 2^32 as they arrive (VPADDD, device.ModSummer;
@@ -62,8 +73,33 @@ func WithRecovery(r *Recovery) Option {
 // equal. Composed before a server optimizer ("secagg,fedadam") the decoded mean is the
 // optimizer's averaged delta: clients then mask their deltas.
 type Sum struct {
-	q   *Quantizer
-	rec *Recovery
+	q    *Quantizer
+	rec  *Recovery
+	late bool
+	// cur is the round Begin began last: Recover checks a late recovery against the clients
+	// it admitted.
+	cur *sumRound
+}
+
+// Recover gives a rule built WithLateRecovery the seeds of its round's unmasking, once every
+// update of the round is in: it checks that rec unmasks exactly the clients admitted (a
+// self-mask seed for each unless NoSelfMasks, and for each client of rec.Clients that sent no
+// update the seeds it shared with every one that did) and keeps it for the result. An error
+// says what is missing and leaves the rule as it was, so that a corrected recovery can follow.
+func (s *Sum) Recover(rec *Recovery) error {
+	switch {
+	case !s.late:
+		return fmt.Errorf("%w: secure sum built without WithLateRecovery", aggregate.ErrOption)
+	case rec == nil:
+		return fmt.Errorf("%w: nil secure-sum recovery", aggregate.ErrOption)
+	case s.cur == nil:
+		return fmt.Errorf("%w: secure-sum recovery before the round began", aggregate.ErrOption)
+	}
+	if _, _, err := rec.removal(s.cur.order); err != nil {
+		return err
+	}
+	s.rec = rec
+	return nil
 }
 
 // New builds the rule (16 bits over [-1, 1] unless WithBits and WithRange).
@@ -90,7 +126,11 @@ func (*Sum) Requirements() aggregate.Requirements {
 
 // Begin begins a round.
 func (s *Sum) Begin(context.Context, *aggregate.Env) (aggregate.Stage, error) {
-	return &sumRound{s: s, ids: map[int]string{}, scratch: sync.Pool{New: func() any { return new([2][]uint32) }}}, nil
+	r := &sumRound{s: s, ids: map[int]string{}, scratch: sync.Pool{New: func() any { return new([2][]uint32) }}}
+	if s.late {
+		s.rec, s.cur = nil, r
+	}
+	return r, nil
 }
 
 // sumRound is one round of the secure sum.
@@ -118,7 +158,7 @@ func (r *sumRound) Admit(_ context.Context, c *aggregate.Client) error {
 		return fmt.Errorf("%s: %w: quantised with %d bits over ±%v, the rule decodes %d bits over ±%v",
 			c.Source, aggregate.ErrOption, bits, rng, q.bits, q.c)
 	}
-	if r.s.rec != nil {
+	if r.s.rec != nil || r.s.late {
 		v, ok := c.Metadata[ClientKey]
 		id, err := strconv.Atoi(v)
 		if !ok || err != nil {
@@ -137,6 +177,9 @@ func (r *sumRound) Admit(_ context.Context, c *aggregate.Client) error {
 // Finish works out the masks to remove from the survivors and where each tensor starts in the
 // mask order.
 func (r *sumRound) Finish(_ context.Context, info *aggregate.SumInfo) error {
+	if r.s.late && r.s.rec == nil {
+		return fmt.Errorf("%w: secure sum without its recovery: Recover gives the seeds of the unmasking round", aggregate.ErrOption)
+	}
 	if r.s.rec != nil {
 		var err error
 		if r.terms, r.dropped, err = r.s.rec.removal(r.order); err != nil {

@@ -383,3 +383,68 @@ func TestMaskStreamSeek(t *testing.T) {
 		t.Fatal("applyMasks does not add the stream in flat order")
 	}
 }
+
+// TestLateRecovery checks the server's way: the rule built without seeds, the updates added to
+// a round one by one, the recovery given once they are in (checked against who arrived, a
+// wrong one refused without harm), then the result.
+func TestLateRecovery(t *testing.T) {
+	ctx := context.Background()
+	r := rand.NewChaCha8([32]byte{9})
+	const n = 5
+	self, pairs := seeds(r, n)
+	q := must(NewQuantizer(16, 1))(t)
+	rule := must(New(WithBits(16), WithRange(1), WithLateRecovery()))(t)
+	round := must(aggregate.NewRound(ctx, rule))(t)
+	rec := &Recovery{Clients: []int{0, 1, 2, 3, 4}, Self: map[int]Seed{}, Dropped: map[int]map[int]Seed{2: {}}}
+	var reals [][]float32
+	for k := range n {
+		x := f32Set(t, fmt.Sprintf("client%d", k), "w", []float32{float32(k) / 8, -float32(k) / 16, 0.5})
+		u := must(q.QuantizeSet(x, r))(t)
+		u.Source = x.Source
+		if err := (&Client{ID: k, Self: &self[k], Pairs: pairs[k]}).Mask(ctx, u); err != nil {
+			t.Fatal(err)
+		}
+		if k == 2 {
+			continue // dropped out
+		}
+		if err := round.Add(ctx, u, 1); err != nil {
+			t.Fatal(err)
+		}
+		reals = append(reals, f32Of(t, x, "w"))
+		rec.Self[k] = self[k]
+		rec.Dropped[2][k] = pairs[2][k]
+	}
+	// An update without its client ID cannot be unmasked: refused at Add.
+	anon := must(q.QuantizeSet(f32Set(t, "anon", "w", []float32{0, 0, 0}), r))(t)
+	if err := round.Add(ctx, anon, 1); !errors.Is(err, aggregate.ErrOption) || !strings.Contains(err.Error(), "no client ID") {
+		t.Fatalf("update without a client ID: %v", err)
+	}
+	// A recovery short of a seed is refused and changes nothing; the full one is taken.
+	short := &Recovery{Clients: rec.Clients, Self: rec.Self, Dropped: map[int]map[int]Seed{2: {0: pairs[2][0]}}}
+	if err := rule.Recover(short); !errors.Is(err, aggregate.ErrOption) || !strings.Contains(err.Error(), "no seed shared by dropped client 2 and survivor 1") {
+		t.Fatalf("short recovery: %v", err)
+	}
+	if err := rule.Recover(rec); err != nil {
+		t.Fatal(err)
+	}
+	got, _, err := round.Result(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := f32Of(t, got, "w")
+	step := 2.0 / q.levels()
+	for j := range g {
+		var want float64
+		for _, x := range reals {
+			want += float64(x[j])
+		}
+		want /= float64(len(reals))
+		if math.Abs(float64(g[j])-want) > step+1e-7 {
+			t.Errorf("w[%d] = %v, mean of the survivors' inputs %v (step %v)", j, g[j], want, step)
+		}
+	}
+	// Built without WithLateRecovery, Recover is an error.
+	if err := must(New())(t).Recover(rec); !errors.Is(err, aggregate.ErrOption) {
+		t.Errorf("Recover without WithLateRecovery: %v", err)
+	}
+}
