@@ -2,6 +2,7 @@ package secagg
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
@@ -446,5 +447,33 @@ func TestLateRecovery(t *testing.T) {
 	// Built without WithLateRecovery, Recover is an error.
 	if err := must(New())(t).Recover(rec); !errors.Is(err, aggregate.ErrOption) {
 		t.Errorf("Recover without WithLateRecovery: %v", err)
+	}
+}
+
+func TestRecoveryJSON(t *testing.T) {
+	r := rand.NewChaCha8([32]byte{5})
+	self, pairs := seeds(r, 3)
+	rec := &Recovery{Clients: []int{0, 1, 2}, Self: map[int]Seed{0: self[0], 1: self[1]}, Dropped: map[int]map[int]Seed{2: {0: pairs[2][0], 1: pairs[2][1]}}}
+	b, err := json.Marshal(rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var back Recovery
+	if err := json.Unmarshal(b, &back); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(back.Clients, rec.Clients) || back.Self[1] != self[1] || back.Dropped[2][1] != pairs[2][1] || len(back.Self) != 2 || back.NoSelfMasks {
+		t.Fatalf("round trip: %s -> %+v", b, back)
+	}
+	for _, c := range []struct{ in, msg string }{
+		{`{"clients": [0], "self": {"0": "abcd"}}`, "self seed of client 0: want 64 hex digits"},
+		{`{"clients": [0], "self": {"x": "00"}}`, `self "x" is not a client ID`},
+		{`{"clients": [0], "dropped": {"1": {"y": "00"}}}`, `survivor "y" is not a client ID`},
+		{`{"clients": [0], "selfs": {}}`, `unknown field "selfs"`},
+	} {
+		var got Recovery
+		if err := json.Unmarshal([]byte(c.in), &got); !errors.Is(err, aggregate.ErrOption) || !strings.Contains(err.Error(), c.msg) {
+			t.Errorf("%s: %v, want %q", c.in, err, c.msg)
+		}
 	}
 }
