@@ -79,7 +79,8 @@ func TestRuleConfigErrors(t *testing.T) {
 		msg    string
 	}{
 		{"fedmedian", nil, false, `unknown rule "fedmedian"`},
-		{"secagg", nil, false, "secagg needs per-round recovery seeds"},
+		{"secagg", map[string]float64{"bits": 0}, false, "bit width 0"},
+		{"secagg", map[string]float64{"beta": 0.1}, false, "round.params.beta does not apply to rule secagg"},
 		{"median", map[string]float64{"beta": 0.1}, false, "round.params.beta does not apply to rule median"},
 		{"krum", map[string]float64{"f": 1.5}, false, "want an integer"},
 		{"trimmed-mean", map[string]float64{"beta": 0.7}, false, "trimmed-mean"},

@@ -376,6 +376,7 @@ func (f *flightService) ListActions(_ *flight.Empty, stream flight.FlightService
 		{Type: "status", Description: "the status of round N (body: N) as JSON"},
 		{Type: "close", Description: "close round N now (body: N; admin token)"},
 		{Type: "open", Description: "open the next round (admin token)"},
+		{Type: "recovery", Description: "the recovery of secure-sum round N (body: N, a newline, the recovery's JSON; admin token)"},
 	} {
 		if err := stream.Send(a); err != nil {
 			return err
@@ -412,7 +413,7 @@ func (f *flightService) action(ctx context.Context, a *flight.Action) (api.Round
 			return api.Round{}, err
 		}
 		return f.s.Status(n)
-	case "close", "open":
+	case "close", "open", "recovery":
 		p, err := f.s.flightPrincipal(ctx)
 		if err == nil {
 			err = f.s.auth.admits(p)
@@ -420,8 +421,20 @@ func (f *flightService) action(ctx context.Context, a *flight.Action) (api.Round
 		if err != nil {
 			return api.Round{}, err
 		}
-		if a.GetType() == "open" {
+		switch a.GetType() {
+		case "open":
 			return f.s.OpenRound()
+		case "recovery":
+			num, js, _ := strings.Cut(string(a.GetBody()), "\n")
+			n, err := strconv.Atoi(strings.TrimSpace(num))
+			if err != nil || n < 1 {
+				return api.Round{}, fmt.Errorf("%w: action recovery: body %q does not start with a round number and a newline", ErrBadRequest, num)
+			}
+			rec, err := decodeRecovery(strings.NewReader(js))
+			if err != nil {
+				return api.Round{}, err
+			}
+			return f.s.SetRecovery(ctx, n, rec)
 		}
 		n, err := roundOf()
 		if err != nil {
@@ -429,5 +442,5 @@ func (f *flightService) action(ctx context.Context, a *flight.Action) (api.Round
 		}
 		return f.s.CloseRound(ctx, n)
 	}
-	return api.Round{}, fmt.Errorf("%w: unknown action %q (status, close, open)", ErrBadRequest, a.GetType())
+	return api.Round{}, fmt.Errorf("%w: unknown action %q (status, close, open, recovery)", ErrBadRequest, a.GetType())
 }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/wattagg/wattagg/aggregate/secagg"
 	"github.com/wattagg/wattagg/server/api"
 )
 
@@ -38,6 +39,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /v1/rounds", s.handleRounds)
 	mux.HandleFunc("GET /v1/rounds/{round}", s.handleRound)
 	mux.HandleFunc("POST /v1/rounds/{round}/close", s.handleClose)
+	mux.HandleFunc("PUT /v1/rounds/{round}/recovery", s.handleRecovery)
 	mux.HandleFunc("POST /v1/rounds", s.handleOpen)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
@@ -332,6 +334,52 @@ func (s *Server) handleClose(w http.ResponseWriter, r *http.Request) {
 	}
 	s.log.Info("admin closed a round", "round", n, "state", st.State)
 	writeJSON(w, http.StatusOK, st)
+}
+
+// maxRecoveryBytes bounds a recovery's JSON: seeds for 1000 clients, each dropped one's shared
+// with 1000 survivors, are about 70 bytes per (dropped, survivor) pair.
+const maxRecoveryBytes = 64 << 20
+
+// handleRecovery stores the recovery of a secure-sum round (admin token): the seeds of its
+// unmasking round, in secagg.Recovery's JSON form.
+func (s *Server) handleRecovery(w http.ResponseWriter, r *http.Request) {
+	if err := s.auth.requireAdmin(r); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	n, err := roundParam(r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	rec, err := decodeRecovery(http.MaxBytesReader(w, r.Body, maxRecoveryBytes))
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	st, err := s.SetRecovery(r.Context(), n, rec)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, st)
+}
+
+// decodeRecovery reads a recovery's JSON; what is wrong with it is a bad request.
+func decodeRecovery(body io.Reader) (*secagg.Recovery, error) {
+	b, err := io.ReadAll(body)
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			return nil, fmt.Errorf("%w: recovery of more than %d bytes", ErrBadRequest, tooBig.Limit)
+		}
+		return nil, err
+	}
+	var rec secagg.Recovery
+	if err := json.Unmarshal(b, &rec); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrBadRequest, err)
+	}
+	return &rec, nil
 }
 
 func (s *Server) handleOpen(w http.ResponseWriter, r *http.Request) {

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -253,7 +254,9 @@ func (r *round) committer(stop <-chan struct{}) {
 			c.result <- err
 		}
 		if full && len(closeReqs) == 0 {
-			if err := r.close(closeFull); err != nil && !errors.Is(err, ErrRoundClosed) {
+			if err := r.close(closeFull); errors.Is(err, errNoRecovery) {
+				r.logger.Info("a full secure-sum round waits for its recovery")
+			} else if err != nil && !errors.Is(err, ErrRoundClosed) {
 				r.logger.Error("closing a full round", "err", err)
 			}
 		}
@@ -502,6 +505,17 @@ func (r *round) close(why closeCause) error {
 			return nil
 		}
 		return fmt.Errorf("%w: round %d has %d updates; min_clients is %d", ErrConflict, r.n, n, minimum)
+	}
+	if sec := r.agg.sec; sec != nil {
+		if err := r.unmask(sec); err != nil {
+			r.closing = false
+			r.mu.Unlock()
+			if why == closeDeadline {
+				r.fail(fmt.Sprintf("the deadline passed with %d updates, but %s", n, strings.TrimPrefix(err.Error(), ErrConflict.Error()+": ")))
+				return nil
+			}
+			return err
+		}
 	}
 	r.closing = true
 	arriving := make([]*Upload, 0, len(r.arriving))

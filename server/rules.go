@@ -12,6 +12,7 @@ import (
 	"github.com/wattagg/wattagg/aggregate/dp"
 	"github.com/wattagg/wattagg/aggregate/optim"
 	"github.com/wattagg/wattagg/aggregate/robust"
+	"github.com/wattagg/wattagg/aggregate/secagg"
 )
 
 // ruleBuilder makes one rule from the round's parameters; stateDir is where a stateful rule
@@ -58,6 +59,16 @@ func Rules() map[string][]string {
 
 var ruleBuilders = map[string]ruleBuilder{
 	"fedavg": {build: func(ruleParams, string, []string) (aggregate.Rule, error) { return aggregate.NewFedAvg(), nil }},
+	// Mask-based secure aggregation: clients push masked, quantised u32 updates (secagg.Client
+	// with the quantiser's bits and range); the seeds that unmask the sum come after the
+	// updates, with the round's recovery (PUT /v1/rounds/{round}/recovery).
+	"secagg": {params: []string{"bits", "range"}, build: func(p ruleParams, _ string, _ []string) (aggregate.Rule, error) {
+		bits, err := p.int("bits", 16)
+		if err != nil {
+			return nil, err
+		}
+		return secagg.New(secagg.WithBits(bits), secagg.WithRange(p.float("range", 1)), secagg.WithLateRecovery())
+	}},
 	"median": {params: []string{"nnm"}, build: mixable(func(ruleParams) (aggregate.Rule, error) { return robust.NewMedian(), nil })},
 	"trimmed-mean": {params: []string{"beta", "nnm"}, build: mixable(func(p ruleParams) (aggregate.Rule, error) {
 		return robust.NewTrimmedMean(p.float("beta", 0.1))
@@ -242,7 +253,7 @@ func newRuleFactory(rc RoundConfig, stateDir string) (*ruleFactory, error) {
 				names = append(names, k)
 			}
 			sort.Strings(names)
-			return nil, fmt.Errorf("%w: round.rule: unknown rule %q (the server builds %s; secagg needs per-round recovery seeds and is not served yet)",
+			return nil, fmt.Errorf("%w: round.rule: unknown rule %q (the server builds %s)",
 				ErrConfig, n, strings.Join(names, ", "))
 		}
 		for _, p := range b.params {
@@ -282,11 +293,15 @@ func (f *ruleFactory) checkClients(maxClients int) error {
 }
 
 // build makes the rule (a composition when several names are given).
-func (f *ruleFactory) build() (aggregate.Rule, error) { return f.buildIn(f.stateDir) }
+func (f *ruleFactory) build() (aggregate.Rule, error) {
+	r, _, err := f.buildIn(f.stateDir)
+	return r, err
+}
 
 // buildIn makes the rule with its state in stateDir: the server's state directory, or an empty
-// one for a rule that must not see the server's state (probeRound).
-func (f *ruleFactory) buildIn(stateDir string) (aggregate.Rule, error) {
+// one for a rule that must not see the server's state (probeRound). sec is its secure sum, the
+// part that takes the round's recovery, nil if it has none.
+func (f *ruleFactory) buildIn(stateDir string) (rule aggregate.Rule, sec *secagg.Sum, err error) {
 	var rules []aggregate.Rule
 	for _, n := range f.names {
 		r, err := ruleBuilders[n].build(f.params, stateDir, f.names)
@@ -294,7 +309,10 @@ func (f *ruleFactory) buildIn(stateDir string) (aggregate.Rule, error) {
 			for _, r := range rules {
 				closeRule(r)
 			}
-			return nil, fmt.Errorf("%w: round.rule %s: %w", ErrConfig, n, err)
+			return nil, nil, fmt.Errorf("%w: round.rule %s: %w", ErrConfig, n, err)
+		}
+		if s, ok := r.(*secagg.Sum); ok {
+			sec = s
 		}
 		rules = append(rules, r)
 	}
@@ -303,9 +321,9 @@ func (f *ruleFactory) buildIn(stateDir string) (aggregate.Rule, error) {
 		for _, r := range rules {
 			closeRule(r)
 		}
-		return nil, fmt.Errorf("%w: round.rule %s: %w", ErrConfig, strings.Join(f.names, ","), err)
+		return nil, nil, fmt.Errorf("%w: round.rule %s: %w", ErrConfig, strings.Join(f.names, ","), err)
 	}
-	return r, nil
+	return r, sec, nil
 }
 
 // closeRule releases what a rule holds, for rules that hold something.

@@ -419,7 +419,7 @@ func (s *Server) startRound(r *round) {
 // newEngineRound begins the engine's round for a round of the server, summing as the round
 // opened to (meta.Sum, meta.Exact).
 func (s *Server) newEngineRound(meta *roundMeta) (*engineRound, aggregate.Rule, error) {
-	rule, err := s.rules.build()
+	rule, sec, err := s.rules.buildIn(s.rules.stateDir)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -436,7 +436,7 @@ func (s *Server) newEngineRound(meta *roundMeta) (*engineRound, aggregate.Rule, 
 		closeRule(rule)
 		return nil, nil, fmt.Errorf("round %d: %w", meta.Round, err)
 	}
-	return &engineRound{Round: agg, exact: exact}, rule, nil
+	return &engineRound{Round: agg, exact: exact, sec: sec}, rule, nil
 }
 
 // dataPath resolves a path kept relative to the data directory.

@@ -7,6 +7,7 @@ import (
 	"os"
 
 	"github.com/wattagg/wattagg/aggregate"
+	"github.com/wattagg/wattagg/aggregate/secagg"
 	"github.com/wattagg/wattagg/server/api"
 	"github.com/wattagg/wattagg/tensor"
 )
@@ -62,7 +63,7 @@ func (s *Server) probeRound(extra ...aggregate.Option) error {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	rule, err := s.rules.buildIn(dir)
+	rule, _, err := s.rules.buildIn(dir)
 	if err != nil {
 		return err
 	}
@@ -140,6 +141,7 @@ func apiExact(c *ExactConfig) *api.ExactSum {
 type engineRound struct {
 	*aggregate.Round
 	exact bool
+	sec   *secagg.Sum // the rule's secure sum, which the round's recovery unmasks; nil if none
 }
 
 // CheckHeader is the engine's, explained.

@@ -50,7 +50,9 @@ Rules: fedavg, median, trimmed-mean (beta), krum and multi-krum (f, m), bulyan (
 geomed (nu, max_iter, tol), centered-clip (tau, iters), norm-clip and norm-zero (clip_bound or
 clip_quantile), fedavgm, fedadagrad, fedadam, fedyogi (server_lr, beta1, beta2, tau),
 dp-fixed and dp-adaptive (clip, noise_multiplier, sampling_rate, delta, target_quantile, clip_lr,
-clipped_count_stddev, expected_clients), and compositions such as "norm-clip,median".
+clipped_count_stddev, expected_clients), secagg (bits, range: a secure sum of masked u32
+updates, unmasked with the recovery an admin PUTs to /v1/rounds/{n}/recovery once the updates
+are in), and compositions such as "norm-clip,median".
 "model_range": [lo, hi] makes every round own only those coordinates of the model (its tensors
 sorted by name, concatenated): clients push whole updates, the round's model is its part.
 
@@ -62,10 +64,11 @@ order its updates arrived in. "exact": {"bound": 65536, "max_weight": 1099511627
 
 Arrow Flight ("flight_listen"): DoPut of an update (tensor/arrowio's chunk schema; descriptor
 path ["rounds", "N"]; metadata authorization: Bearer TOKEN and x-wattagg-weight), DoGet of a model
-(ticket "rounds/N" or "latest"), ListFlights, DoAction status/close/open.
+(ticket "rounds/N" or "latest"), ListFlights, DoAction status/close/open/recovery.
 
 HTTP API: PUT /v1/rounds/{n}/update, GET /v1/rounds/{n}/model, GET /v1/model, GET /v1/rounds,
-GET /v1/rounds/{n}, POST /v1/rounds/{n}/close and POST /v1/rounds (admin), GET /metrics,
+GET /v1/rounds/{n}, POST /v1/rounds/{n}/close, POST /v1/rounds and PUT /v1/rounds/{n}/recovery
+(admin), GET /metrics,
 GET / (status page), GET /healthz. SIGINT or SIGTERM stops the server gracefully.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {

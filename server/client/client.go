@@ -16,6 +16,7 @@
 package client
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -29,6 +30,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/wattagg/wattagg/aggregate/secagg"
 	"github.com/wattagg/wattagg/server/api"
 	"github.com/wattagg/wattagg/tensor"
 	"github.com/wattagg/wattagg/tensor/safetensors"
@@ -358,6 +360,25 @@ func (c *Client) CloseRound(ctx context.Context, round int) (*api.Round, error) 
 	if err != nil {
 		return nil, err
 	}
+	var st api.Round
+	if err := c.do(req, &st); err != nil {
+		return nil, err
+	}
+	return &st, nil
+}
+
+// SetRecovery gives secure-sum round round its recovery, the seeds of the unmasking round
+// (admin token), and returns the round's status; a full round closes with it.
+func (c *Client) SetRecovery(ctx context.Context, round int, rec *secagg.Recovery) (*api.Round, error) {
+	b, err := json.Marshal(rec)
+	if err != nil {
+		return nil, err
+	}
+	req, err := c.request(ctx, http.MethodPut, c.url("/v1/rounds/%d/recovery", round), bytes.NewReader(b))
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Content-Type", "application/json")
 	var st api.Round
 	if err := c.do(req, &st); err != nil {
 		return nil, err
