@@ -241,7 +241,13 @@ func (ts *testServer) getJSON(t testing.TB, path string, out any) int {
 // post sends an admin POST.
 func (ts *testServer) post(t testing.TB, token, path string) (int, []byte) {
 	t.Helper()
-	req, err := http.NewRequest(http.MethodPost, ts.url+path, nil)
+	return ts.send(t, http.MethodPost, token, path, nil)
+}
+
+// send sends a request with token (none if empty) and returns the status and body.
+func (ts *testServer) send(t testing.TB, method, token, path string, body io.Reader) (int, []byte) {
+	t.Helper()
+	req, err := http.NewRequest(method, ts.url+path, body)
 	if err != nil {
 		t.Fatal(err)
 	}

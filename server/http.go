@@ -317,14 +317,24 @@ func (s *Server) handleRound(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, st)
 }
 
-func (s *Server) handleClose(w http.ResponseWriter, r *http.Request) {
-	if err := s.auth.requireAdmin(r); err != nil {
-		s.writeError(w, r, err)
-		return
+// adminRound checks an admin request on round {round}: its number, or false once the refusal
+// is written.
+func (s *Server) adminRound(w http.ResponseWriter, r *http.Request) (int, bool) {
+	err := s.auth.requireAdmin(r)
+	n := 0
+	if err == nil {
+		n, err = roundParam(r)
 	}
-	n, err := roundParam(r)
 	if err != nil {
 		s.writeError(w, r, err)
+		return 0, false
+	}
+	return n, true
+}
+
+func (s *Server) handleClose(w http.ResponseWriter, r *http.Request) {
+	n, ok := s.adminRound(w, r)
+	if !ok {
 		return
 	}
 	st, err := s.CloseRound(r.Context(), n)
@@ -343,13 +353,8 @@ const maxRecoveryBytes = 64 << 20
 // handleRecovery stores the recovery of a secure-sum round (admin token): the seeds of its
 // unmasking round, in secagg.Recovery's JSON form.
 func (s *Server) handleRecovery(w http.ResponseWriter, r *http.Request) {
-	if err := s.auth.requireAdmin(r); err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	n, err := roundParam(r)
-	if err != nil {
-		s.writeError(w, r, err)
+	n, ok := s.adminRound(w, r)
+	if !ok {
 		return
 	}
 	rec, err := decodeRecovery(http.MaxBytesReader(w, r.Body, maxRecoveryBytes))
