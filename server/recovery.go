@@ -70,6 +70,14 @@ func (r *round) setRecovery(rec *secagg.Recovery) (full bool, err error) {
 	return len(r.records) >= r.meta.MaxClients, nil
 }
 
+// recoveryState is "stored" once the round's recovery is in its directory, else "waiting".
+func (r *round) recoveryState() string {
+	if _, err := os.Stat(filepath.Join(r.dir, recoveryFile)); err == nil {
+		return "stored"
+	}
+	return "waiting"
+}
+
 // unmask gives the round's secure sum its recovery, checked against the updates in it; r.mu is
 // held and the committer is the caller, so no update is added meanwhile.
 func (r *round) unmask(sec *secagg.Sum) error {

@@ -146,6 +146,9 @@ func (r *round) status(withUpdates bool) api.Round {
 		MinClients: m.MinClients, MaxClients: m.MaxClients, Quorum: m.Quorum, Opened: m.Opened,
 		Deadline: m.Deadline, Closed: m.Closed, Global: m.Global, Reason: m.Reason, Report: r.report,
 		Arriving: len(r.arriving), ModelRange: m.ModelRange, Sum: m.sum(), Exact: apiExact(m.Exact)}
+	if m.State == api.StateOpen && r.agg != nil && r.agg.sec != nil {
+		st.Recovery = r.recoveryState()
+	}
 	if withUpdates {
 		for _, rec := range r.records {
 			st.Updates = append(st.Updates, api.ClientUpdate{Client: rec.Client, Seq: rec.Seq, Bytes: rec.Bytes, Weight: rec.Weight, At: rec.At})

@@ -91,7 +91,13 @@ func TestSecureSumRound(t *testing.T) {
 		survivors = append(survivors, k)
 	}
 
-	// No close without a recovery; the round stays open.
+	// No close without a recovery; the round stays open, and says what it waits for.
+	if st, _ := ts.Status(1); st.Recovery != "waiting" {
+		t.Fatalf("before its recovery: %+v", st)
+	}
+	if code, page := ts.send(t, http.MethodGet, "", "/", nil); code != http.StatusOK || !bytes.Contains(page, []byte("secure sum: waiting for the recovery that unmasks it")) {
+		t.Fatalf("status page (%d) does not say the round waits for its recovery", code)
+	}
 	code, b := ts.post(t, admin, "/v1/rounds/1/close")
 	wantRefused(t, code, b, http.StatusConflict, "conflict", "round 1 is a secure sum with 3 updates: PUT the seeds of its unmasking round to /v1/rounds/1/recovery first")
 	// A recovery is an admin's, and JSON.
@@ -116,7 +122,7 @@ func TestSecureSumRound(t *testing.T) {
 	}
 	code, b = ts.post(t, admin, "/v1/rounds/1/close")
 	wantRefused(t, code, b, http.StatusConflict, "conflict", "the recovery does not unmask its 3 updates: invalid option: no seed shared by dropped client 2 and survivor 1")
-	if st, _ := ts.Status(1); st.State != api.StateOpen || st.Clients != 3 {
+	if st, _ := ts.Status(1); st.State != api.StateOpen || st.Clients != 3 || st.Recovery != "stored" {
 		t.Fatalf("after a refused close: %+v", st)
 	}
 

@@ -73,6 +73,9 @@ type Round struct {
 	// Exact is what the round's exact sums were set up for: with the acknowledged updates,
 	// what recomputing its model bit for bit needs (aggregate.WithExactSum).
 	Exact *ExactSum `json:"exact,omitempty"`
+	// Recovery is, for an open secure-sum round, whether the recovery that unmasks its sum was
+	// given: "stored" or "waiting" (the round does not close without it).
+	Recovery string `json:"recovery,omitempty"`
 }
 
 // ExactSum is a round's exact-sum setting (aggregate.ExactSum): every value within ±Bound
