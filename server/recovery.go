@@ -43,7 +43,9 @@ func (s *Server) SetRecovery(ctx context.Context, n int, rec *secagg.Recovery) (
 		return api.Round{}, err
 	}
 	if full {
-		if err := r.requestClose(ctx, closeFull); err != nil {
+		// The committer may have closed it already with this recovery (a full round tries
+		// after each commit): closed is what was asked for.
+		if err := r.requestClose(ctx, closeFull); err != nil && !(errors.Is(err, ErrRoundClosed) && r.state() == api.StateClosed) {
 			return api.Round{}, err
 		}
 	}
