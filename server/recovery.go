@@ -74,7 +74,7 @@ func (r *round) setRecovery(rec *secagg.Recovery) (full bool, err error) {
 
 // recoveryState is "stored" once the round's recovery is in its directory, else "waiting".
 func (r *round) recoveryState() string {
-	if _, err := os.Stat(filepath.Join(r.dir, recoveryFile)); err == nil {
+	if exists(filepath.Join(r.dir, recoveryFile)) {
 		return "stored"
 	}
 	return "waiting"
