@@ -113,6 +113,9 @@ func New(opts ...Option) (*Sum, error) {
 			return nil, err
 		}
 	}
+	if s.late && s.rec != nil {
+		return nil, fmt.Errorf("%w: secure sum with both WithRecovery and WithLateRecovery: give the seeds at New or with Recover", aggregate.ErrOption)
+	}
 	return s, nil
 }
 

@@ -444,9 +444,12 @@ func TestLateRecovery(t *testing.T) {
 			t.Errorf("w[%d] = %v, mean of the survivors' inputs %v (step %v)", j, g[j], want, step)
 		}
 	}
-	// Built without WithLateRecovery, Recover is an error.
+	// Built without WithLateRecovery, Recover is an error; with both ways, New is.
 	if err := must(New())(t).Recover(rec); !errors.Is(err, aggregate.ErrOption) {
 		t.Errorf("Recover without WithLateRecovery: %v", err)
+	}
+	if _, err := New(WithRecovery(rec), WithLateRecovery()); !errors.Is(err, aggregate.ErrOption) || !strings.Contains(err.Error(), "both WithRecovery and WithLateRecovery") {
+		t.Errorf("both recoveries: %v", err)
 	}
 }
 
