@@ -4,18 +4,25 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"math"
 	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/wattagg/wattagg/aggregate/secagg"
 	"github.com/wattagg/wattagg/server"
+	"github.com/wattagg/wattagg/server/api"
+	"github.com/wattagg/wattagg/server/client"
 	"github.com/wattagg/wattagg/server/servebench"
+	"github.com/wattagg/wattagg/tensor"
+	"github.com/wattagg/wattagg/tensor/safetensors"
 )
 
 // TestServerProcess is not a test: the crash tests run the test binary again with
@@ -84,5 +91,159 @@ func TestCrashKill9(t *testing.T) {
 	t.Logf("seed %d: %+v", seed, res)
 	if res.Kills != 5 || res.Lost != 0 || res.Twice != 0 || res.Mismatched != 0 || res.Updates != 16 || !res.BitsEqual {
 		t.Fatalf("seed %d: %+v", seed, res)
+	}
+}
+
+// TestSecureSumRecoverySurvivesKill9 kills a server process with SIGKILL right after it
+// acknowledged a secure-sum round's recovery, restarts it and closes the round: the recovery
+// and the three masked updates acknowledged before it unmask into the mean of what the
+// survivors quantised (one of four clients dropped out).
+func TestSecureSumRecoverySurvivesKill9(t *testing.T) {
+	if testing.Short() {
+		t.Skip("crash test")
+	}
+	dir := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	admin := fmt.Sprintf("admin-%x", rand.Uint64())
+	tokens := make([]string, 4)
+	var clients []string
+	for k := range tokens {
+		tokens[k] = fmt.Sprintf("token-%d-%x", k, rand.Uint64())
+		clients = append(clients, fmt.Sprintf(`{"id": "c%d", "token_sha256": %q}`, k, server.HashToken(tokens[k])))
+	}
+	cfgPath := filepath.Join(dir, "config.json")
+	cfg := fmt.Sprintf(`{"listen": "127.0.0.1:0", "data_dir": %q, "admin_token_sha256": %q, "clients": [%s],
+		"round": {"rule": "secagg", "params": {"bits": 16, "range": 1}}}`,
+		filepath.Join(dir, "data"), server.HashToken(admin), strings.Join(clients, ", "))
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	logf, err := os.Create(filepath.Join(dir, "server.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logf.Close()
+	// start runs the server process and returns it and its URL.
+	start := func() (*exec.Cmd, string) {
+		t.Helper()
+		addrFile := filepath.Join(dir, "addr")
+		os.Remove(addrFile)
+		cmd := exec.Command(os.Args[0], "-test.run=^TestServerProcess$", "-test.count=1")
+		cmd.Env = append(os.Environ(), "WATTAGG_TEST_SERVER_CONFIG="+cfgPath, "WATTAGG_TEST_SERVER_ADDR="+addrFile)
+		cmd.Stdout, cmd.Stderr = logf, logf
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		for {
+			if b, err := os.ReadFile(addrFile); err == nil && strings.HasSuffix(string(b), "\n") {
+				return cmd, "http://" + strings.Fields(string(b))[0]
+			}
+			if ctx.Err() != nil {
+				cmd.Process.Kill()
+				t.Fatal("the server did not start")
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	cmd, url := start()
+
+	r := rand.NewChaCha8([32]byte{7})
+	self := make([]secagg.Seed, 4)
+	pairs := make([]map[int]secagg.Seed, 4)
+	for i := range 4 {
+		r.Read(self[i][:])
+		pairs[i] = map[int]secagg.Seed{}
+	}
+	for i := range 4 {
+		for j := i + 1; j < 4; j++ {
+			var s secagg.Seed
+			r.Read(s[:])
+			pairs[i][j], pairs[j][i] = s, s
+		}
+	}
+	q, err := secagg.NewQuantizer(16, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	values := func(k int) []float32 {
+		v := make([]float32, 513)
+		for j := range v {
+			v[j] = float32(math.Cos(float64(j+k))) * 0.9
+		}
+		return v
+	}
+	rec := &secagg.Recovery{Clients: []int{0, 1, 2, 3}, Self: map[int]secagg.Seed{}, Dropped: map[int]map[int]secagg.Seed{2: {}}}
+	for _, k := range []int{0, 1, 3} { // client 2 drops out
+		x, err := tensor.FromF32("w", []int{513}, values(k))
+		if err != nil {
+			t.Fatal(err)
+		}
+		set, err := tensor.NewSet(x)
+		if err != nil {
+			t.Fatal(err)
+		}
+		u, err := q.QuantizeSet(set, r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := (&secagg.Client{ID: k, Self: &self[k], Pairs: pairs[k]}).Mask(ctx, u); err != nil {
+			t.Fatal(err)
+		}
+		c, err := client.New(url, client.WithToken(tokens[k]))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.PushSet(ctx, 1, u); err != nil {
+			t.Fatal(err)
+		}
+		rec.Self[k], rec.Dropped[2][k] = self[k], pairs[2][k]
+	}
+	ac, err := client.New(url, client.WithToken(admin))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ac.SetRecovery(ctx, 1, rec); err != nil {
+		t.Fatal(err)
+	}
+	cmd.Process.Kill() // SIGKILL: no shutdown
+	cmd.Wait()
+
+	cmd, url = start()
+	defer func() { cmd.Process.Signal(os.Interrupt); cmd.Wait() }()
+	ac, err = client.New(url, client.WithToken(admin))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := ac.CloseRound(ctx, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.State != api.StateClosed || st.Clients != 3 {
+		t.Fatalf("after the restart: %+v", st)
+	}
+	out := filepath.Join(dir, "model.safetensors")
+	if err := ac.Pull(ctx, 1, out); err != nil {
+		t.Fatal(err)
+	}
+	model, err := safetensors.Open(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer model.Close()
+	got, err := model.At(0).F32()
+	if err != nil {
+		t.Fatal(err)
+	}
+	step := 2.0 / float64(uint64(1)<<16-1)
+	for j, g := range got {
+		var want float64
+		for _, k := range []int{0, 1, 3} {
+			want += float64(values(k)[j])
+		}
+		want /= 3
+		if math.Abs(float64(g)-want) > step+1e-7 {
+			t.Fatalf("w[%d] = %v, mean of the survivors' values %v (step %v)", j, g, want, step)
+		}
 	}
 }
