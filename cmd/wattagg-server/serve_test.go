@@ -207,3 +207,55 @@ func TestServePushPull(t *testing.T) {
 	}
 	oneLine(stderr, "round 9")
 }
+
+// TestRoundCommands runs an admin's round commands against a server process: status, close
+// (refused without the admin token), open, and a recovery refused by a round that is no secure
+// sum, each answer JSON on stdout and each refusal one line with the right exit status.
+func TestRoundCommands(t *testing.T) {
+	dir := t.TempDir()
+	admin := "admin-token-5d1e07"
+	adminFile := filepath.Join(dir, "admin.token")
+	if err := os.WriteFile(adminFile, []byte(admin+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	url := serveProcess(t, map[string]any{"listen": "127.0.0.1:0", "data_dir": filepath.Join(dir, "data"),
+		"admin_token_sha256": server.HashToken(admin),
+		"clients":            []map[string]string{{"id": "a", "token_sha256": server.HashToken("token-a-0192")}},
+		"round":              map[string]any{"rule": "fedavg", "manual_next": true}})
+	stdout, stderr, code := wattagg(t, "round", "status", "--server", url, "--round", "1")
+	var st api.Round
+	if code != 0 || json.Unmarshal([]byte(stdout), &st) != nil || st.Round != 1 || st.State != api.StateOpen {
+		t.Fatalf("status: exit %d, %q: %s", code, stdout, stderr)
+	}
+	if _, stderr, code = wattagg(t, "round", "close", "--server", url); code != 2 || !strings.Contains(stderr, "--round N is required") {
+		t.Fatalf("close without --round: exit %d: %s", code, stderr)
+	}
+	if _, stderr, code = wattagg(t, "round", "close", "--server", url, "--round", "1"); code != 2 || !strings.Contains(stderr, "--token-file FILE is required") {
+		t.Fatalf("close without the admin token: exit %d: %s", code, stderr)
+	}
+	if _, stderr, code = wattagg(t, "round", "close", "--server", url, "--round", "1", "--token-file", adminFile); code != 1 || !strings.Contains(stderr, "min_clients is 1") {
+		t.Fatalf("close of an empty round: exit %d: %s", code, stderr)
+	}
+	rec := filepath.Join(dir, "recovery.json")
+	if err := os.WriteFile(rec, []byte(`{"clients": [0], "no_self_masks": true}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, stderr, code = wattagg(t, "round", "recovery", "--server", url, "--round", "1", "--token-file", adminFile, rec); code != 1 || !strings.Contains(stderr, "takes no recovery") {
+		t.Fatalf("recovery of a fedavg round: exit %d: %s", code, stderr)
+	}
+	writeClient(t, filepath.Join(dir, "a.safetensors"), 1, "")
+	if err := os.WriteFile(filepath.Join(dir, "a.token"), []byte("token-a-0192\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, stderr, code = wattagg(t, "push", "--server", url, "--token-file", filepath.Join(dir, "a.token"), "--round", "1", "--progress", "never", filepath.Join(dir, "a.safetensors")); code != 0 {
+		t.Fatalf("push: exit %d: %s", code, stderr)
+	}
+	// manual_next: the full round closed, and the next opens only when asked.
+	if stdout, stderr, code = wattagg(t, "round", "open", "--server", url, "--token-file", adminFile); code != 0 || json.Unmarshal([]byte(stdout), &st) != nil || st.Round != 2 {
+		t.Fatalf("open: exit %d, %q: %s", code, stdout, stderr)
+	}
+	var all api.Rounds
+	if stdout, stderr, code = wattagg(t, "round", "status", "--server", url); code != 0 || json.Unmarshal([]byte(stdout), &all) != nil || len(all.Rounds) != 2 || all.Rounds[0].State != api.StateClosed {
+		t.Fatalf("status of every round: exit %d, %q: %s", code, stdout, stderr)
+	}
+}

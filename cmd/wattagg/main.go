@@ -40,13 +40,14 @@ throughput and energy for each round.`,
 	return root
 }
 
-// addServerCommands adds serve, push, pull and bench serve: each hands its command line to the
+// addServerCommands adds serve, push, pull, round and bench serve: each hands its command line to the
 // wattagg-server binary (internal/cli: why two binaries), which replaces this process.
 func addServerCommands(root *cobra.Command) {
 	root.AddCommand(
 		serverCmd("serve --config FILE", "Run the aggregation server (HTTP and Arrow Flight; wattagg-server serve)", "serve"),
 		serverCmd("push FILE", "Push an update to a round of wattagg serve (wattagg-server push)", "push"),
 		serverCmd("pull -o FILE", "Pull the model of a closed round from wattagg serve (wattagg-server pull)", "pull"),
+		serverCmd("round status|open|close|recovery", "Show, open or close rounds of wattagg serve; a secure-sum round's recovery (wattagg-server round)", "round"),
 	)
 	for _, c := range root.Commands() {
 		if c.Name() == "bench" {
