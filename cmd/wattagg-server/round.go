@@ -4,11 +4,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"os"
 
 	"github.com/spf13/cobra"
 
-	"github.com/wattagg/wattagg/aggregate/secagg"
+	"github.com/wattagg/wattagg/internal/cli"
 	"github.com/wattagg/wattagg/server/client"
 )
 
@@ -44,7 +43,7 @@ rounds); a full round closes with it. Each prints the server's answer as JSON.`,
 				if len(args) != 1 {
 					return nil, usagef("recovery needs one FILE: the recovery's JSON")
 				}
-				rec, err := readRecovery(args[0])
+				rec, err := cli.ReadRecovery(args[0])
 				if err != nil {
 					return nil, err
 				}
@@ -94,19 +93,6 @@ func roundAction(use, short string, admin bool, rf roundFlag, run func(*cobra.Co
 		cmd.Flags().IntVar(&round, "round", 0, "the round")
 	}
 	return cmd
-}
-
-// readRecovery reads a secure-sum recovery's JSON file (secagg.Recovery's form).
-func readRecovery(path string) (*secagg.Recovery, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	var rec secagg.Recovery
-	if err := json.Unmarshal(b, &rec); err != nil {
-		return nil, fmt.Errorf("%s: %v", path, err)
-	}
-	return &rec, nil
 }
 
 func printJSON(w io.Writer, v any) error {

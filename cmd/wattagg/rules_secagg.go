@@ -1,14 +1,11 @@
 package main
 
 import (
-	"encoding/json"
-	"fmt"
-	"os"
-
 	"github.com/spf13/pflag"
 
 	"github.com/wattagg/wattagg/aggregate"
 	"github.com/wattagg/wattagg/aggregate/secagg"
+	"github.com/wattagg/wattagg/internal/cli"
 )
 
 var secaggFlagNames = []string{"secagg-bits", "secagg-range", "secagg-recovery"}
@@ -30,20 +27,6 @@ func registerSecAggFlags(fs *pflag.FlagSet) {
 	addString(fs, "secagg-recovery", "secagg: JSON file of the seeds revealed to unmask survivors and dropped clients")
 }
 
-// readRecovery reads the JSON form of secagg.Recovery from path.
-func readRecovery(path string) (*secagg.Recovery, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	var r secagg.Recovery
-	if err := json.Unmarshal(b, &r); err != nil {
-		// The file's contents are input, not a flag: exit 1, as for a bad update file.
-		return nil, fmt.Errorf("%s: %v", path, err)
-	}
-	return &r, nil
-}
-
 func secaggRule([]string) (aggregate.Rule, error) {
 	bits, err := flagInt("secagg-bits")
 	if err != nil {
@@ -55,7 +38,7 @@ func secaggRule([]string) (aggregate.Rule, error) {
 	}
 	opts := []secagg.Option{secagg.WithBits(bits), secagg.WithRange(c)}
 	if given("secagg-recovery") {
-		rec, err := readRecovery(flagString("secagg-recovery"))
+		rec, err := cli.ReadRecovery(flagString("secagg-recovery"))
 		if err != nil {
 			return nil, err
 		}
