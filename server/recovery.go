@@ -81,13 +81,15 @@ func (r *round) recoveryState() string {
 }
 
 // unmask gives the round's secure sum its recovery, checked against the updates in it; r.mu is
-// held and the committer is the caller, so no update is added meanwhile.
+// held and the committer is the caller, so no update is added meanwhile. Its error says why the
+// round cannot close (a close wraps it in ErrConflict; at the deadline it is the failure's
+// reason), or wraps ErrCorrupt for a recovery file that cannot be read back.
 func (r *round) unmask(sec *secagg.Sum) error {
 	path := filepath.Join(r.dir, recoveryFile)
 	b, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("%w: round %d is a secure sum with %d updates: PUT the seeds of its unmasking round to /v1/rounds/%d/recovery first (%w)",
-			ErrConflict, r.n, len(r.records), r.n, errNoRecovery)
+		return fmt.Errorf("round %d is a secure sum with %d updates: PUT the seeds of its unmasking round to /v1/rounds/%d/recovery first (%w)",
+			r.n, len(r.records), r.n, errNoRecovery)
 	}
 	if err != nil {
 		return err
@@ -97,7 +99,7 @@ func (r *round) unmask(sec *secagg.Sum) error {
 		return fmt.Errorf("%w: round %d: %s: %v", ErrCorrupt, r.n, path, err)
 	}
 	if err := sec.Recover(&rec); err != nil {
-		return fmt.Errorf("%w: round %d: the recovery does not unmask its %d updates: %v", ErrConflict, r.n, len(r.records), err)
+		return fmt.Errorf("round %d: the recovery does not unmask its %d updates: %v", r.n, len(r.records), err)
 	}
 	return nil
 }

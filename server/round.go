@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"time"
 
@@ -514,10 +513,13 @@ func (r *round) close(why closeCause) error {
 			r.closing = false
 			r.mu.Unlock()
 			if why == closeDeadline {
-				r.fail(fmt.Sprintf("the deadline passed with %d updates, but %s", n, strings.TrimPrefix(err.Error(), ErrConflict.Error()+": ")))
+				r.fail(fmt.Sprintf("the deadline passed with %d updates, but %v", n, err))
 				return nil
 			}
-			return err
+			if errors.Is(err, ErrCorrupt) {
+				return err
+			}
+			return fmt.Errorf("%w: %w", ErrConflict, err)
 		}
 	}
 	r.closing = true
