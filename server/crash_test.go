@@ -21,7 +21,6 @@ import (
 	"github.com/wattagg/wattagg/server/api"
 	"github.com/wattagg/wattagg/server/client"
 	"github.com/wattagg/wattagg/server/servebench"
-	"github.com/wattagg/wattagg/tensor"
 	"github.com/wattagg/wattagg/tensor/safetensors"
 )
 
@@ -149,19 +148,7 @@ func TestSecureSumRecoverySurvivesKill9(t *testing.T) {
 	cmd, url := start()
 
 	r := rand.NewChaCha8([32]byte{7})
-	self := make([]secagg.Seed, 4)
-	pairs := make([]map[int]secagg.Seed, 4)
-	for i := range 4 {
-		r.Read(self[i][:])
-		pairs[i] = map[int]secagg.Seed{}
-	}
-	for i := range 4 {
-		for j := i + 1; j < 4; j++ {
-			var s secagg.Seed
-			r.Read(s[:])
-			pairs[i][j], pairs[j][i] = s, s
-		}
-	}
+	self, pairs := server.SecaggSeeds(r, 4)
 	q, err := secagg.NewQuantizer(16, 1)
 	if err != nil {
 		t.Fatal(err)
@@ -175,21 +162,7 @@ func TestSecureSumRecoverySurvivesKill9(t *testing.T) {
 	}
 	rec := &secagg.Recovery{Clients: []int{0, 1, 2, 3}, Self: map[int]secagg.Seed{}, Dropped: map[int]map[int]secagg.Seed{2: {}}}
 	for _, k := range []int{0, 1, 3} { // client 2 drops out
-		x, err := tensor.FromF32("w", []int{513}, values(k))
-		if err != nil {
-			t.Fatal(err)
-		}
-		set, err := tensor.NewSet(x)
-		if err != nil {
-			t.Fatal(err)
-		}
-		u, err := q.QuantizeSet(set, r)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := (&secagg.Client{ID: k, Self: &self[k], Pairs: pairs[k]}).Mask(ctx, u); err != nil {
-			t.Fatal(err)
-		}
+		u := server.MaskedUpdate(t, q, r, &secagg.Client{ID: k, Self: &self[k], Pairs: pairs[k]}, values(k))
 		c, err := client.New(url, client.WithToken(tokens[k]))
 		if err != nil {
 			t.Fatal(err)

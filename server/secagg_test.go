@@ -2,6 +2,7 @@ package server
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"math"
@@ -26,6 +27,47 @@ func (ts *testServer) putRecovery(t testing.TB, token string, n int, body []byte
 	return ts.send(t, http.MethodPut, token, fmt.Sprintf("/v1/rounds/%d/recovery", n), bytes.NewReader(body))
 }
 
+// secaggSeeds draws what a key agreement would give n clients: a self-mask seed each and a seed
+// per pair, the same in both of its clients' maps.
+func secaggSeeds(r *rand.ChaCha8, n int) (self []secagg.Seed, pairs []map[int]secagg.Seed) {
+	self = make([]secagg.Seed, n)
+	pairs = make([]map[int]secagg.Seed, n)
+	for i := range n {
+		r.Read(self[i][:])
+		pairs[i] = map[int]secagg.Seed{}
+	}
+	for i := range n {
+		for j := i + 1; j < n; j++ {
+			var s secagg.Seed
+			r.Read(s[:])
+			pairs[i][j], pairs[j][i] = s, s
+		}
+	}
+	return self, pairs
+}
+
+// maskedUpdate is what client c pushes to a secure-sum round: one f32 tensor "w" of values,
+// quantised with q (drawing from r) and masked.
+func maskedUpdate(t testing.TB, q *secagg.Quantizer, r *rand.ChaCha8, c *secagg.Client, values []float32) *tensor.Set {
+	t.Helper()
+	x, err := tensor.FromF32("w", []int{len(values)}, values)
+	if err != nil {
+		t.Fatal(err)
+	}
+	set, err := tensor.NewSet(x)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, err := q.QuantizeSet(set, r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Mask(context.Background(), u); err != nil {
+		t.Fatal(err)
+	}
+	return u
+}
+
 // TestSecureSumRound runs a secure-sum round over HTTP: four clients mask their quantised
 // updates with self and pairwise seeds, one drops out, and the round closes only once a
 // recovery that unmasks exactly the three that arrived is given — kept across a restart. The
@@ -42,19 +84,7 @@ func TestSecureSumRound(t *testing.T) {
 
 	r := rand.NewChaCha8([32]byte{11})
 	const n = 4
-	self := make([]secagg.Seed, n)
-	pairs := make([]map[int]secagg.Seed, n)
-	for i := range n {
-		r.Read(self[i][:])
-		pairs[i] = map[int]secagg.Seed{}
-	}
-	for i := range n {
-		for j := i + 1; j < n; j++ {
-			var s secagg.Seed
-			r.Read(s[:])
-			pairs[i][j], pairs[j][i] = s, s
-		}
-	}
+	self, pairs := secaggSeeds(r, n)
 	q, err := secagg.NewQuantizer(16, 0.5)
 	if err != nil {
 		t.Fatal(err)
@@ -69,21 +99,7 @@ func TestSecureSumRound(t *testing.T) {
 	const dropped = 2
 	var survivors []int
 	for k := range n {
-		x, err := tensor.FromF32("w", []int{1001}, values(k))
-		if err != nil {
-			t.Fatal(err)
-		}
-		set, err := tensor.NewSet(x)
-		if err != nil {
-			t.Fatal(err)
-		}
-		u, err := q.QuantizeSet(set, r)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := (&secagg.Client{ID: k, Self: &self[k], Pairs: pairs[k]}).Mask(t.Context(), u); err != nil {
-			t.Fatal(err)
-		}
+		u := maskedUpdate(t, q, r, &secagg.Client{ID: k, Self: &self[k], Pairs: pairs[k]}, values(k))
 		if k == dropped {
 			continue // masked, then lost
 		}
@@ -176,21 +192,7 @@ func TestSecureSumDeadlineWithoutRecovery(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	x, err := tensor.FromF32("w", []int{3}, []float32{0.25, -0.5, 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	set, err := tensor.NewSet(x)
-	if err != nil {
-		t.Fatal(err)
-	}
-	u, err := q.QuantizeSet(set, rand.NewChaCha8([32]byte{1}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := (&secagg.Client{ID: 0}).Mask(t.Context(), u); err != nil {
-		t.Fatal(err)
-	}
+	u := maskedUpdate(t, q, rand.NewChaCha8([32]byte{1}), &secagg.Client{ID: 0}, []float32{0.25, -0.5, 1})
 	ts.push(t, "c0", 1, encode(t, u, u.Metadata), nil)
 	st := ts.waitState(t, 1, api.StateFailed)
 	if want := "the deadline passed with 1 updates, but round 1 is a secure sum with 1 updates: PUT the seeds of its unmasking round to /v1/rounds/1/recovery first"; !strings.Contains(st.Reason, want) {
@@ -219,15 +221,7 @@ func TestSecureSumRecoveryByFlightAndClient(t *testing.T) {
 		var pair secagg.Seed
 		r.Read(pair[:])
 		for k := range 2 {
-			x, _ := tensor.FromF32("w", []int{2}, []float32{0.25 * float32(k+1), -0.5})
-			set, _ := tensor.NewSet(x)
-			u, err := q.QuantizeSet(set, r)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := (&secagg.Client{ID: k, Pairs: map[int]secagg.Seed{1 - k: pair}}).Mask(t.Context(), u); err != nil {
-				t.Fatal(err)
-			}
+			u := maskedUpdate(t, q, r, &secagg.Client{ID: k, Pairs: map[int]secagg.Seed{1 - k: pair}}, []float32{0.25 * float32(k+1), -0.5})
 			ts.push(t, fmt.Sprintf("c%d", k), round, encode(t, u, u.Metadata), nil)
 		}
 		if st, _ := ts.Status(round); st.State != api.StateOpen || st.Clients != 2 {
