@@ -250,7 +250,20 @@ func TestRoundCommands(t *testing.T) {
 	if _, stderr, code = wattagg(t, "push", "--server", url, "--token-file", filepath.Join(dir, "a.token"), "--round", "1", "--progress", "never", filepath.Join(dir, "a.safetensors")); code != 0 {
 		t.Fatalf("push: exit %d: %s", code, stderr)
 	}
-	// manual_next: the full round closed, and the next opens only when asked.
+	// manual_next: the full round closes (on the committer's own time, after the push's
+	// acknowledgement), and the next opens only when asked.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		stdout, stderr, code = wattagg(t, "round", "status", "--server", url, "--round", "1")
+		if code != 0 || json.Unmarshal([]byte(stdout), &st) != nil {
+			t.Fatalf("status after the push: exit %d, %q: %s", code, stdout, stderr)
+		}
+		if st.State == api.StateClosed {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("round 1 is %s 10 s after its last client's push, want closed", st.State)
+		}
+	}
 	if stdout, stderr, code = wattagg(t, "round", "open", "--server", url, "--token-file", adminFile); code != 0 || json.Unmarshal([]byte(stdout), &st) != nil || st.Round != 2 {
 		t.Fatalf("open: exit %d, %q: %s", code, stdout, stderr)
 	}
