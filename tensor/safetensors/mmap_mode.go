@@ -15,7 +15,8 @@ type ReadMode int
 
 const (
 	// ReadAuto chooses per file (chooseRead): a file cached in small folios (a fault maps less
-	// than 128 KiB of it) is copied; a file of a few MiB, one cached in large folios and one
+	// than 128 KiB of it) is copied; a file cached in large folios goes to the faster of
+	// mapping and copying in a race the probe runs (raceCopy); a file of a few MiB and one
 	// mostly not in the page cache are mapped. It is the default.
 	ReadAuto ReadMode = iota
 	// ReadMap reads the mapping in place: no copy, but every page is mapped at first touch and

@@ -92,9 +92,10 @@ func TestReadModeOpen(t *testing.T) {
 	}
 }
 
-// ReadAuto maps small files, files cached in large folios (where the kernel has them for the
-// file system) and files not in the page cache, and copies files cached in small folios (read
-// back 4 KiB at a time after eviction, as DAMON's proactive reclaim leaves them).
+// ReadAuto maps small files and files not in the page cache, and copies files cached in small
+// folios (read back 4 KiB at a time after eviction, as DAMON's proactive reclaim leaves them);
+// files cached in large folios (where the kernel has them for the file system) go to the faster
+// of mapping and copying in the probe's race (TestRaceCopy).
 func TestReadModeAuto(t *testing.T) {
 	small := bigUpdate(t, 1000)
 	s, err := Open(small)
@@ -237,5 +238,35 @@ func TestReadVote(t *testing.T) {
 	}
 	if _, ok := w.decided(); ok {
 		t.Fatal("a split vote decided")
+	}
+}
+
+// TestRaceCopy: the probe's race maps where the mapped windows took at most mapFavour of the
+// copy's time, copies where they took longer, and maps where it cannot pread its windows (a
+// closed file, windows beyond the data).
+func TestRaceCopy(t *testing.T) {
+	p := bigUpdate(t, 3<<20)
+	f, err := os.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	size := 3<<20*4 + 4096
+	for _, c := range []struct {
+		what   string
+		lo     int
+		mapped time.Duration
+		want   ReadMode
+	}{
+		{"mapping took no time", 4096, 0, ReadMap},
+		{"mapping took an hour", 4096, time.Hour, ReadCopy},
+		{"windows beyond the data", size - probeWindow, time.Hour, ReadMap},
+	} {
+		if got := raceCopy(f, c.lo, size, c.mapped); got != c.want {
+			t.Errorf("%s: %s, want %s", c.what, got, c.want)
+		}
+	}
+	f.Close()
+	if got := raceCopy(f, 4096, size, time.Hour); got != ReadMap {
+		t.Errorf("closed file: %s, want map", got)
 	}
 }
