@@ -71,38 +71,70 @@ func (a *cpuAccumulator) Add(ctx context.Context, x []Span, w float64) error {
 	return a.AddGroup(ctx, [][]Span{x}, []float64{w}, false)
 }
 
-// addPiece adds ws[i]·xs[i] to the accumulator over piece pc, input after input (runs of
-// inputs of one dtype in one kernel call: the bits of one call per input). A u32 field adds
-// its inputs modulo 2^32 and ignores the weights.
-func (a *cpuAccumulator) addPiece(s *cpuScratch, pc Piece, xs [][]Span, ws []float64) {
-	defer clear(s.xs[:len(xs)])
+// addBlock adds ws[i]·xs[i] to the accumulator over elements [lo, hi) of field, data[i] holding
+// input i's bytes of them, input after input (runs of inputs of one dtype in one kernel call:
+// the bits of one call per input). A u32 field adds its inputs modulo 2^32 and ignores the
+// weights.
+func (a *cpuAccumulator) addBlock(s *cpuScratch, field, lo, hi int, xs [][]Span, data [][]byte, ws []float64) {
 	for i := 0; i < len(xs); {
-		dt := xs[i][pc.Field].DType
+		dt := xs[i][field].DType
 		j := i + 1
-		for j < len(xs) && j-i < maxInputsPerCall && xs[j][pc.Field].DType == dt {
+		for j < len(xs) && j-i < maxInputsPerCall && xs[j][field].DType == dt {
 			j++
 		}
-		in := s.xs[:j-i]
-		es := dt.Size()
 		for k := i; k < j; k++ {
-			sp := xs[k][pc.Field]
-			in[k-i] = sp.Data[pc.Lo*es : pc.Hi*es]
 			wt := ws[k]
 			if dt == tensor.I8 {
-				wt *= float64(sp.Scale)
+				wt *= float64(xs[k][field].Scale)
 			}
 			s.w32[k-i], s.w64[k-i] = float32(wt), wt
 		}
+		in := data[i:j]
 		switch {
-		case a.accU32[pc.Field] != nil:
-			a.c.kern.ModSumU32(a.accU32[pc.Field][pc.Lo:pc.Hi], in)
-		case a.acc32[pc.Field] != nil:
-			acc32Kernel(a.c.kern, dt)(a.acc32[pc.Field][pc.Lo:pc.Hi], s.w32[:j-i], in)
+		case a.accU32[field] != nil:
+			a.c.kern.ModSumU32(a.accU32[field][lo:hi], in)
+		case a.acc32[field] != nil:
+			acc32Kernel(a.c.kern, dt)(a.acc32[field][lo:hi], s.w32[:j-i], in)
 		default:
-			acc64Kernel(a.c.kern, dt)(a.acc64[pc.Field][pc.Lo:pc.Hi], s.w64[:j-i], in)
+			acc64Kernel(a.c.kern, dt)(a.acc64[field][lo:hi], s.w64[:j-i], in)
 		}
 		i = j
 	}
+}
+
+// addPiece adds the group's piece pc: each input's bytes viewed in place, or, for inputs read
+// from their files (files), read into the worker's buffers in sub-blocks whose bytes of every
+// input fit in half the L2 cache (a mapping registered to be copied is never walked). With
+// check, a block of an input holding a NaN or Inf stops it (errBadBlock) before that block is
+// added.
+func (a *cpuAccumulator) addPiece(s *cpuScratch, pc Piece, xs [][]Span, ws []float64, files *fileInputs, check bool) error {
+	data := s.xs[:len(xs)]
+	defer clear(data) // do not keep inputs (mapped files) reachable from the pool
+	step := pc.Hi - pc.Lo
+	if files != nil {
+		width := 0
+		for _, x := range xs {
+			width += x[pc.Field].DType.Size()
+		}
+		step = max(1024, readL2()/2/max(1, width)&^63)
+	}
+	for lo := pc.Lo; lo < pc.Hi; lo += step {
+		hi := min(lo+step, pc.Hi)
+		for i, x := range xs {
+			sp := x[pc.Field]
+			es := sp.DType.Size()
+			b, err := s.rd.bytes(i, files.of(i, pc.Field), sp, lo*es, hi*es, 0)
+			if err != nil {
+				return err
+			}
+			if check && anyNonFiniteBy(a.c.kern, sp.DType, b) {
+				return errBadBlock
+			}
+			data[i] = b
+		}
+		a.addBlock(s, pc.Field, lo, hi, xs, data, ws)
+	}
+	return nil
 }
 
 // errBadBlock stops a checked add at a block with a NaN or Inf.
@@ -120,19 +152,9 @@ func (a *cpuAccumulator) AddGroup(ctx context.Context, xs [][]Span, ws []float64
 			return err
 		}
 	}
+	files := lookupFiles(xs) // inputs read from their files (fileread.go)
 	err := a.c.parallelChunks(ctx, len(a.work), func(s *cpuScratch, k int) error {
-		pc := a.work[k]
-		if check {
-			for _, x := range xs {
-				sp := x[pc.Field]
-				es := sp.DType.Size()
-				if anyNonFiniteBy(a.c.kern, sp.DType, sp.Data[pc.Lo*es:pc.Hi*es]) {
-					return errBadBlock
-				}
-			}
-		}
-		a.addPiece(s, pc, xs, ws)
-		return nil
+		return a.addPiece(s, a.work[k], xs, ws, files, check)
 	}, len(xs))
 	if errors.Is(err, errBadBlock) {
 		for i, x := range xs {

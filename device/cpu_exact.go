@@ -151,13 +151,18 @@ func (a *cpuExactAccumulator) Add(ctx context.Context, x []Span, w float64) erro
 			return err
 		}
 	}
+	files := lookupFiles([][]Span{x}) // read from its file when so registered (fileread.go)
 	return a.c.parallelChunks(ctx, len(a.work), func(s *cpuScratch, k int) error {
 		pc := a.work[k]
 		f := a.fields[pc.Field]
 		sp := x[pc.Field]
 		es := sp.DType.Size()
 		xs := s.xs[:1]
-		xs[0] = sp.Data[pc.Lo*es : pc.Hi*es]
+		b, err := s.rd.bytes(0, files.of(0, pc.Field), sp, pc.Lo*es, pc.Hi*es, 0)
+		if err != nil {
+			return err
+		}
+		xs[0] = b
 		s.w64[0] = ExactWeight(w, sp, f.Grid)
 		m := exactAccKernel(a.c.kern, sp.DType)(a.hi[pc.Field][pc.Lo:pc.Hi], a.lo[pc.Field][pc.Lo:pc.Hi], s.w64[:1], xs)
 		xs[0] = nil

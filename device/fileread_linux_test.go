@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"unsafe"
@@ -342,5 +343,103 @@ func TestBlockReaderWindows(t *testing.T) {
 	}
 	if fi := lookupFiles([][]Span{{sp}}); fi != nil {
 		t.Fatal("a span in Go memory was found registered")
+	}
+}
+
+// A running sum's groups (AddGroup, as `wattagg aggregate --stream` and the server add updates)
+// of inputs read from their files are bit for bit the groups of the same inputs in memory,
+// checked or not; the mappings are never walked; and a checked group names a NaN in an input
+// read from its file.
+func TestFileInputsAccumulatorSameBits(t *testing.T) {
+	ctx := context.Background()
+	fields := []AccField{
+		{Name: "a", Len: 300001, Acc: tensor.F32, Out: tensor.F32},
+		{Name: "b", Len: 1000, Acc: tensor.F64, Out: tensor.F64},
+		{Name: "c", Len: 70000, Acc: tensor.F64, Out: tensor.F32},
+	}
+	chunks := must(CutChunks(fields, packed(fields), 8192))(t)
+	r := rand.New(rand.NewPCG(15, 16))
+	var inputs [][]Span
+	var ws []float64
+	for i := range 7 {
+		inputs = append(inputs, []Span{randSpan(r, tensor.F32, 300001, 1),
+			randSpan(r, []tensor.DType{tensor.F16, tensor.BF16, tensor.F16}[i%3], 1000, 1),
+			randSpan(r, []tensor.DType{tensor.I8, tensor.F32, tensor.F32}[i%3], 70000, 1)})
+		ws = append(ws, 0.5+r.Float64())
+	}
+	for _, mode := range readModes {
+		t.Run(mode.name, func(t *testing.T) {
+			files, _ := mappedInputs(t, inputs, mode.direct)
+			c := mustCPU(t, 3, 4096)
+			sum := func(xs [][]Span, check bool) [][]byte {
+				acc := must(c.NewAccumulator(fields))(t)
+				defer acc.Close()
+				for lo := 0; lo < len(xs); lo += 3 {
+					hi := min(lo+3, len(xs))
+					if err := acc.(GroupAccumulator).AddGroup(ctx, xs[lo:hi], ws[lo:hi], check); err != nil {
+						t.Fatal(err)
+					}
+				}
+				out := newTestOutput(fields, chunks)
+				must(acc.Emit(ctx, 1, chunks, out))(t)
+				return out.dst
+			}
+			want := sum(inputs, false)
+			for _, check := range []bool{false, true} {
+				got := sum(files, check)
+				for k := range fields {
+					if !bytes.Equal(want[k], got[k]) {
+						t.Fatalf("check %v: field %s: the sum read from files differs from the sum in memory", check, fields[k].Name)
+					}
+				}
+			}
+			for i := range files {
+				if kb := residentKiB(t, files[i][0].Data); kb != 0 {
+					t.Fatalf("input %d: %d KiB of its mapping were faulted in: the mapping was walked", i, kb)
+				}
+			}
+			if c.ScratchInUse() != 0 {
+				t.Fatalf("%d scratch buffers not given back", c.ScratchInUse())
+			}
+		})
+	}
+	// The exact running sum (the server's default) adds an update read from its file to the
+	// bits of the same update in memory.
+	exactFields := []AccField{{Name: "a", Len: 300001, Acc: tensor.I64, Out: tensor.F32, Grid: -40, Bound: 1 << 16}}
+	exactIn := [][]Span{{inputs[0][0]}, {inputs[1][0]}}
+	exactFiles, _ := mappedInputs(t, exactIn, false)
+	exactChunks := must(CutChunks(exactFields, packed(exactFields), 8192))(t)
+	exactSum := func(xs [][]Span) []byte {
+		c := mustCPU(t, 3, 4096)
+		acc := must(c.NewAccumulator(exactFields))(t)
+		defer acc.Close()
+		for i, x := range xs {
+			if err := acc.Add(ctx, x, ws[i]); err != nil {
+				t.Fatal(err)
+			}
+		}
+		out := newTestOutput(exactFields, exactChunks)
+		must(acc.Emit(ctx, 1, exactChunks, out))(t)
+		return out.dst[0]
+	}
+	if !bytes.Equal(exactSum(exactIn), exactSum(exactFiles)) {
+		t.Fatal("exact sum: the sum read from files differs from the sum in memory")
+	}
+	for i := range exactFiles {
+		if kb := residentKiB(t, exactFiles[i][0].Data); kb != 0 {
+			t.Fatalf("exact sum: input %d: %d KiB of its mapping were faulted in", i, kb)
+		}
+	}
+	bad := slices.Clone(inputs[1])
+	bad[0] = Span{DType: tensor.F32, Data: slices.Clone(bad[0].Data)}
+	putU32(bad[0].Data[4*123456:], 0x7fc00000) // NaN in a
+	files, _ := mappedInputs(t, [][]Span{inputs[0], bad}, false)
+	acc := must(mustCPU(t, 3, 4096).NewAccumulator(fields))(t)
+	defer acc.Close()
+	err := acc.(GroupAccumulator).AddGroup(ctx, files, []float64{1, 1}, true)
+	var ie *InputError
+	var nf *tensor.NonFiniteError
+	if !errors.As(err, &ie) || ie.Input != 1 || !errors.As(err, &nf) || nf.Tensor != "a" || nf.Index != 123456 {
+		t.Fatalf("err = %v, want input 1's NaN in a at 123456", err)
 	}
 }
