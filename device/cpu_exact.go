@@ -267,23 +267,22 @@ func (c *CPU) CheckRange(ctx context.Context, fields []AccField, x []Span) error
 			blocks = append(blocks, block{t, lo, min(lo+scanBlockElems, f.Len)})
 		}
 	}
+	files := lookupFiles([][]Span{x})
 	var first atomic.Int64 // lowest bad block index + 1; 0 for none
-	err := c.parallelBlocks(ctx, len(blocks), func(k int, _ []float32) {
+	err := c.parallelBlocks(ctx, len(blocks), func(k int, w *blockWorker) error {
 		if f := first.Load(); f != 0 && int(f-1) < k {
-			return
+			return nil
 		}
 		b := blocks[k]
 		sp := x[b.t]
-		es := sp.DType.Size()
-		if !c.beyond(sp, sp.Data[b.lo*es:b.hi*es], fields[b.t].Bound) {
-			return
+		data, err := w.span(files, 0, b.t, sp, b.lo, b.hi)
+		if err != nil {
+			return err
 		}
-		for {
-			f := first.Load()
-			if f != 0 && int(f-1) <= k || first.CompareAndSwap(f, int64(k+1)) {
-				return
-			}
+		if c.beyond(sp, data, fields[b.t].Bound) {
+			lowerFirst(&first, k)
 		}
+		return nil
 	})
 	if err != nil {
 		return err

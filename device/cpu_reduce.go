@@ -23,10 +23,32 @@ const (
 	deltaBlockElems = 32 << 10
 )
 
-// parallelBlocks runs fn(k, scratch) for k in [0, n) on the device's workers, in order of
-// claim, until ctx is cancelled or a worker faults; scratch is a worker's block of
-// deltaBlockElems f32.
-func (c *CPU) parallelBlocks(ctx context.Context, n int, fn func(k int, scratch []float32)) error {
+// blockWorker is what parallelBlocks gives each worker: a scratch block of deltaBlockElems f32
+// (made at first use) and read buffers for inputs read from their files (fileread.go).
+type blockWorker struct {
+	scratch []float32
+	rd      blockReader
+}
+
+// f32 returns the worker's scratch block.
+func (w *blockWorker) f32() []float32 {
+	if w.scratch == nil {
+		w.scratch = make([]float32, deltaBlockElems)
+	}
+	return w.scratch
+}
+
+// span returns elements [lo, hi) of input i's field t (sp): a view of the span, or a copy
+// read from its file into the worker's buffer (one slot: the bytes are used before the next
+// call).
+func (w *blockWorker) span(files *fileInputs, i, t int, sp Span, lo, hi int) ([]byte, error) {
+	es := sp.DType.Size()
+	return w.rd.bytes(0, files.of(i, t), sp, lo*es, hi*es, 0)
+}
+
+// parallelBlocks runs fn(k, w) for k in [0, n) on the device's workers, in order of claim,
+// until ctx is cancelled, a worker faults or fn returns an error.
+func (c *CPU) parallelBlocks(ctx context.Context, n int, fn func(k int, w *blockWorker) error) error {
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	var fault atomic.Pointer[error]
@@ -34,17 +56,16 @@ func (c *CPU) parallelBlocks(ctx context.Context, n int, fn func(k int, scratch 
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			var scratch []float32
+			var w blockWorker
 			err := Guard(func() error {
 				for ctx.Err() == nil && fault.Load() == nil {
 					k := int(next.Add(1) - 1)
 					if k >= n {
 						return nil
 					}
-					if scratch == nil {
-						scratch = make([]float32, deltaBlockElems)
+					if err := fn(k, &w); err != nil {
+						return err
 					}
-					fn(k, scratch)
 				}
 				return nil
 			})
@@ -73,23 +94,23 @@ func (c *CPU) CheckFinite(ctx context.Context, fields []AccField, x []Span) erro
 			blocks = append(blocks, block{t, lo, min(lo+scanBlockElems, f.Len)})
 		}
 	}
+	files := lookupFiles([][]Span{x})
 	var first atomic.Int64 // lowest bad block index + 1; 0 for none
-	err := c.parallelBlocks(ctx, len(blocks), func(k int, _ []float32) {
+	err := c.parallelBlocks(ctx, len(blocks), func(k int, w *blockWorker) error {
 		if f := first.Load(); f != 0 && int(f-1) < k {
-			return // a lower block is already bad
+			return nil // a lower block is already bad
 		}
 		b := blocks[k]
 		sp := x[b.t]
-		es := sp.DType.Size()
-		if !anyNonFiniteBy(c.kern, sp.DType, sp.Data[b.lo*es:b.hi*es]) {
-			return
+		data, err := w.span(files, 0, b.t, sp, b.lo, b.hi)
+		if err != nil {
+			return err
 		}
-		for {
-			f := first.Load()
-			if f != 0 && int(f-1) <= k || first.CompareAndSwap(f, int64(k+1)) {
-				return
-			}
+		if !anyNonFiniteBy(c.kern, sp.DType, data) {
+			return nil
 		}
+		lowerFirst(&first, k)
+		return nil
 	})
 	if err != nil {
 		return err
@@ -103,6 +124,17 @@ func (c *CPU) CheckFinite(ctx context.Context, fields []AccField, x []Span) erro
 	es := sp.DType.Size()
 	i := b.lo + tensor.FirstNonFinite(sp.DType, sp.Data[b.lo*es:b.hi*es])
 	return &tensor.NonFiniteError{Tensor: fields[b.t].Name, Index: i, Value: sp.Value(i)}
+}
+
+// lowerFirst lowers first (the lowest bad block index + 1, 0 for none) to k + 1 unless a
+// lower block is already there.
+func lowerFirst(first *atomic.Int64, k int) {
+	for {
+		f := first.Load()
+		if f != 0 && int(f-1) <= k || first.CompareAndSwap(f, int64(k+1)) {
+			return
+		}
+	}
 }
 
 // SqNorms implements Reducer. Without a reference each field of each input is cut into blocks
@@ -133,18 +165,22 @@ func (c *CPU) SqNorms(ctx context.Context, fields []AccField, inputs [][]Span, r
 			}
 		}
 	}
+	files := lookupFiles(inputs)
 	sums := make([]float64, len(blocks))
-	err := c.parallelBlocks(ctx, len(blocks), func(i int, scratch []float32) {
+	err := c.parallelBlocks(ctx, len(blocks), func(i int, w *blockWorker) error {
 		b := blocks[i]
 		sp := inputs[b.k][b.t]
-		es := sp.DType.Size()
-		data := sp.Data[b.lo*es : b.hi*es]
+		data, err := w.span(files, b.k, b.t, sp, b.lo, b.hi)
+		if err != nil {
+			return err
+		}
 		if ref == nil {
 			sums[i] = sumSquares(c.kern, sp.DType, data, float64(sp.Scale))
-			return
+			return nil
 		}
 		g := ref[b.t].Data[4*b.lo : 4*b.hi]
-		sums[i] = sqDiff(c.kern, sp, data, g, scratch[:b.hi-b.lo])
+		sums[i] = sqDiff(c.kern, sp, data, g, w.f32()[:b.hi-b.lo])
+		return nil
 	})
 	if err != nil {
 		return nil, Stats{}, err

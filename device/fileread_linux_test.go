@@ -443,3 +443,60 @@ func TestFileInputsAccumulatorSameBits(t *testing.T) {
 		t.Fatalf("err = %v, want input 1's NaN in a at 123456", err)
 	}
 }
+
+// The scans of an update (CheckFinite, CheckRange) and the norms and distances (SqNorms) of
+// inputs read from their files give what they give for the same inputs in memory, and never
+// walk the mappings; a NaN is named alike either way.
+func TestFileInputsScansSameResults(t *testing.T) {
+	ctx := context.Background()
+	fields := []AccField{
+		{Name: "a", Len: 300001, Acc: tensor.F32, Out: tensor.F32},
+		{Name: "b", Len: 1000, Acc: tensor.F32, Out: tensor.F32},
+	}
+	r := rand.New(rand.NewPCG(17, 18))
+	var inputs [][]Span
+	for _, dt := range []tensor.DType{tensor.F32, tensor.BF16, tensor.F16, tensor.I8} {
+		inputs = append(inputs, []Span{randSpan(r, dt, 300001, 1), randSpan(r, tensor.F32, 1000, 1)})
+	}
+	ref := []Span{randSpan(r, tensor.F32, 300001, 1), randSpan(r, tensor.F32, 1000, 1)}
+	bad := []Span{{DType: tensor.F32, Data: slices.Clone(inputs[0][0].Data)}, inputs[0][1]}
+	putU32(bad[0].Data[4*200003:], 0xff800000) // -Inf in a
+	files, _ := mappedInputs(t, append(slices.Clone(inputs), bad), false)
+	c := mustCPU(t, 3, 4096)
+	for i := range inputs {
+		if err := c.CheckFinite(ctx, fields, files[i]); err != nil {
+			t.Fatalf("input %d: %v", i, err)
+		}
+	}
+	exact := []AccField{{Name: "a", Len: 300001, Acc: tensor.I64, Out: tensor.F32, Grid: -40, Bound: 1 << 16}, {Name: "b", Len: 1000, Acc: tensor.I64, Out: tensor.F32, Grid: -40, Bound: 1 << 16}}
+	if err := c.CheckRange(ctx, exact, files[0]); err != nil {
+		t.Fatalf("CheckRange: %v", err)
+	}
+	for _, rf := range [][]Span{nil, ref} {
+		want, _, err := c.SqNorms(ctx, fields, inputs, rf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, _, err := c.SqNorms(ctx, fields, files[:len(inputs)], rf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !equalBits(want, got) {
+			t.Fatalf("reference %v: norms %v from files, %v in memory", rf != nil, got, want)
+		}
+	}
+	for i := range files {
+		if kb := residentKiB(t, files[i][0].Data); kb != 0 {
+			t.Fatalf("input %d: %d KiB of its mapping were faulted in: the mapping was walked", i, kb)
+		}
+	}
+	want := c.CheckFinite(ctx, fields, bad)
+	got := c.CheckFinite(ctx, fields, files[len(inputs)])
+	var nf *tensor.NonFiniteError
+	if want == nil || got == nil || want.Error() != got.Error() || !errors.As(got, &nf) || nf.Index != 200003 {
+		t.Fatalf("a -Inf read from its file: %v; in memory: %v", got, want)
+	}
+	if err := c.CheckRange(ctx, exact, files[len(inputs)]); err == nil {
+		t.Fatal("CheckRange passed a -Inf read from its file")
+	}
+}
