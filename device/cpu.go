@@ -252,7 +252,7 @@ func (c *CPU) WeightedSum(ctx context.Context, job *SumJob) (Stats, error) {
 			}
 			f := job.Fields[pc.Field]
 			if f.Acc == tensor.I64 {
-				err = c.sumPieceExact(ctx, s, f, groups[pc.Field], job.Inputs, pc, dst, job.Scale)
+				err = c.sumPieceExact(ctx, s, f, groups[pc.Field], job.Inputs, files, pc, dst, job.Scale)
 			} else {
 				err = c.sumPiece(ctx, s, f, groups[pc.Field], job.Inputs, files, pc, dst)
 			}
@@ -442,13 +442,6 @@ func (c *CPU) sumPiece(ctx context.Context, s *cpuScratch, f AccField, groups []
 	}
 	clear(s.xs) // do not keep inputs (mapped files) reachable from the pool
 	return ctx.Err()
-}
-
-func fillBlock(xs [][]byte, g group, inputs [][]Span, field, lo, hi int) {
-	es := g.dtype.Size()
-	for k, i := range g.inputs {
-		xs[k] = inputs[i][field].Data[lo*es : hi*es]
-	}
 }
 
 // inputsPerCall is how many inputs one kernel call applies: maxInputsPerCall of inputs read in

@@ -45,7 +45,7 @@ func exactGroups(t int, f AccField, inputs [][]Span, weights []float64) []group 
 // sumPieceExact is sumPiece for an exact field: zero the limbs of a block, add every input's
 // terms, write the sum times 2^Grid·scale. Addition is exact, so the order of the groups and of
 // the calls changes no bit.
-func (c *CPU) sumPieceExact(ctx context.Context, s *cpuScratch, f AccField, groups []group, inputs [][]Span, pc Piece, dst []byte, scale float64) error {
+func (c *CPU) sumPieceExact(ctx context.Context, s *cpuScratch, f AccField, groups []group, inputs [][]Span, files *fileInputs, pc Piece, dst []byte, scale float64) error {
 	block := c.exactBlockElems()
 	limbs := asInt64(s.acc64)
 	store := exactStoreKernel(c.kern, f.Out)
@@ -59,10 +59,14 @@ func (c *CPU) sumPieceExact(ctx context.Context, s *cpuScratch, f AccField, grou
 		clear(l)
 		for _, g := range groups {
 			xs := s.xs[:len(g.inputs)]
-			fillBlock(xs, g, inputs, pc.Field, lo, hi)
 			k := exactAccKernel(c.kern, g.dtype)
-			for i := 0; i < len(xs); i += maxInputsPerCall {
-				e := min(i+maxInputsPerCall, len(xs))
+			per := inputsPerCall(files, g.dtype.Size()*n)
+			for i := 0; i < len(xs); i += per {
+				e := min(i+per, len(xs))
+				if err := readBlock(&s.rd, xs[i:e], g.inputs[i:e], g.dtype, inputs, files, pc.Field, lo, hi); err != nil {
+					clear(s.xs)
+					return err
+				}
 				if m := k(h, l, g.w64[i:e], xs[i:e]); m > exactGroupLimit(f, pc.Field, g, inputs, i, e) {
 					if err := firstBeyond(f, g.inputs[i:e], inputs, pc.Field, lo, hi); err != nil {
 						clear(s.xs)

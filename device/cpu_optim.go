@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"time"
 	"unsafe"
+
+	"github.com/wattagg/wattagg/tensor"
 )
 
 // The CPU implements Optimizer and ModSummer with the kernels of the optimizer family.
@@ -58,6 +60,15 @@ func (c *CPU) Optimize(ctx context.Context, s *OptimJob) (Stats, error) {
 	return stats.total(c.Name(), start), err
 }
 
+// allInputs is the input indices 0..n-1, for readBlock.
+func allInputs(n int) []int {
+	ins := make([]int, n)
+	for k := range ins {
+		ins[k] = k
+	}
+	return ins
+}
+
 // ModSum implements ModSummer. Each piece is summed in blocks of the device's block size
 // (128 KiB of u32, L2-resident) straight in its destination: the block is zeroed and every
 // input added to it, eight per pass of the assembly, so each input byte is read once and the
@@ -67,6 +78,8 @@ func (c *CPU) ModSum(ctx context.Context, fields []AccField, inputs [][]Span, ch
 		return Stats{}, err
 	}
 	start := time.Now()
+	files := lookupFiles(inputs) // inputs read from their files (fileread.go)
+	all := allInputs(len(inputs))
 	var stats chunkStats
 	err := c.parallelChunks(ctx, len(chunks), func(s *cpuScratch, ci int) error {
 		var elems, read int64
@@ -83,11 +96,16 @@ func (c *CPU) ModSum(ctx context.Context, fields []AccField, inputs [][]Span, ch
 			xs := s.xs[:len(inputs)]
 			for lo := 0; lo < n; lo += c.block {
 				hi := min(lo+c.block, n)
-				for i, in := range inputs {
-					xs[i] = in[pc.Field].Data[4*(pc.Lo+lo) : 4*(pc.Lo+hi)]
-				}
 				clear(acc[lo:hi])
-				c.kern.ModSumU32(acc[lo:hi], xs)
+				per := inputsPerCall(files, 4*(hi-lo))
+				for i := 0; i < len(inputs); i += per {
+					e := min(i+per, len(inputs))
+					if err := readBlock(&s.rd, xs[i:e], all[i:e], tensor.U32, inputs, files, pc.Field, pc.Lo+lo, pc.Lo+hi); err != nil {
+						clear(xs)
+						return err
+					}
+					c.kern.ModSumU32(acc[lo:hi], xs[i:e])
+				}
 			}
 			clear(xs) // do not keep inputs (mapped files) reachable from the pool
 			elems += int64(n)

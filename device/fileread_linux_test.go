@@ -114,12 +114,18 @@ var readModes = []struct {
 func TestFileInputsSumSameBits(t *testing.T) {
 	r := rand.New(rand.NewPCG(5, 6))
 	for _, mode := range readModes {
-		for _, acc := range []tensor.DType{tensor.F32, tensor.F64} {
+		for _, acc := range []tensor.DType{tensor.F32, tensor.F64, tensor.I64} {
 			t.Run(mode.name+"/acc="+acc.String(), func(t *testing.T) {
 				fields := []AccField{
 					{Name: "a", Len: 70001, Acc: acc, Out: tensor.F32},
 					{Name: "b", Len: 3, Acc: acc, Out: tensor.BF16},
 					{Name: "c", Len: 40000, Acc: acc, Out: acc},
+				}
+				if acc == tensor.I64 { // an exact sum
+					fields[2].Out = tensor.F32
+					for k := range fields {
+						fields[k].Grid, fields[k].Bound = -40, 1<<16
+					}
 				}
 				dts := []tensor.DType{tensor.F32, tensor.F32, tensor.BF16, tensor.F16, tensor.F32, tensor.I8, tensor.F32, tensor.F32, tensor.F32}
 				if acc == tensor.F64 {
@@ -498,5 +504,45 @@ func TestFileInputsScansSameResults(t *testing.T) {
 	}
 	if err := c.CheckRange(ctx, exact, files[len(inputs)]); err == nil {
 		t.Fatal("CheckRange passed a -Inf read from its file")
+	}
+}
+
+// A secure sum's modular sum (ModSum) of inputs read from their files is the sum of the same
+// inputs in memory, and never walks the mappings.
+func TestFileInputsModSum(t *testing.T) {
+	fields := []AccField{{Name: "a", Len: 100003, Out: tensor.U32}, {Name: "b", Len: 17, Out: tensor.U32}}
+	chunks := must(CutChunks(fields, packed(fields), 24<<10))(t)
+	r := rand.New(rand.NewPCG(19, 20))
+	var inputs [][]Span
+	for range 11 {
+		var in []Span
+		for _, f := range fields {
+			b := make([]byte, 4*f.Len)
+			for j := 0; j < len(b); j += 4 {
+				putU32(b[j:], r.Uint32())
+			}
+			in = append(in, Span{DType: tensor.U32, Data: b})
+		}
+		inputs = append(inputs, in)
+	}
+	files, _ := mappedInputs(t, inputs, false)
+	c := mustCPU(t, 3, 4096)
+	sum := func(in [][]Span) [][]uint32 {
+		out := &u32Output{dst: [][]uint32{make([]uint32, 100003), make([]uint32, 17)}, chunks: chunks, done: make([]bool, len(chunks))}
+		if _, err := c.ModSum(context.Background(), fields, in, chunks, out); err != nil {
+			t.Fatal(err)
+		}
+		return out.dst
+	}
+	want, got := sum(inputs), sum(files)
+	for f := range fields {
+		if !slices.Equal(want[f], got[f]) {
+			t.Fatalf("field %s: the modular sum read from files differs from the sum in memory", fields[f].Name)
+		}
+	}
+	for i := range files {
+		if kb := residentKiB(t, files[i][0].Data); kb != 0 {
+			t.Fatalf("input %d: %d KiB of its mapping were faulted in: the mapping was walked", i, kb)
+		}
 	}
 }
