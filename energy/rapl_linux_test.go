@@ -162,7 +162,7 @@ func TestRAPLRejectsImpossibleDeltas(t *testing.T) {
 	if !near(r.Joules, 12) {
 		t.Fatalf("after resuming: %v J, want 12", r.Joules)
 	}
-	ms := Between(Reading{Provenance: Provenance{Resets: 0}, Time: c.t.Add(-3 * time.Second)}, r)
+	ms := Between(Reading{Provenance: Provenance{Resets: 0}, Time: c.now().Add(-3 * time.Second)}, r)
 	if !strings.Contains(strings.Join(ms.Notes, ";"), "lower bound") {
 		t.Fatalf("a window with resets must say its joules are a lower bound: %v", ms.Notes)
 	}
