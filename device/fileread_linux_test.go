@@ -103,6 +103,17 @@ func residentKiB(t *testing.T, b []byte) int {
 	return 0
 }
 
+// notWalked fails the test if any page of the mappings behind inputs (from mappedInputs) was
+// faulted in: a device that reads them from their files never touches the mappings.
+func notWalked(t *testing.T, inputs [][]Span) {
+	t.Helper()
+	for i := range inputs {
+		if kb := residentKiB(t, inputs[i][0].Data); kb != 0 {
+			t.Fatalf("input %d: %d KiB of its mapping were faulted in: the mapping was walked", i, kb)
+		}
+	}
+}
+
 var readModes = []struct {
 	name   string
 	direct bool
@@ -161,11 +172,7 @@ func TestFileInputsSumSameBits(t *testing.T) {
 						t.Fatalf("field %s: the sum read from files differs from the sum in memory", fields[k].Name)
 					}
 				}
-				for i := range files {
-					if kb := residentKiB(t, files[i][0].Data); kb != 0 {
-						t.Fatalf("input %d: %d KiB of its mapping were faulted in: the mapping was walked", i, kb)
-					}
-				}
+				notWalked(t, files)
 				if c.ScratchInUse() != 0 {
 					t.Fatalf("%d scratch buffers not given back", c.ScratchInUse())
 				}
@@ -239,11 +246,7 @@ func TestFileInputsRobustSameBits(t *testing.T) {
 			if !equalBits(wd, gd) || !equalBits(wn, gn) {
 				t.Fatal("SqDistances differ when read from files")
 			}
-			for i := range files {
-				if kb := residentKiB(t, files[i][0].Data); kb != 0 {
-					t.Fatalf("input %d: %d KiB of its mapping were faulted in", i, kb)
-				}
-			}
+			notWalked(t, files)
 		})
 	}
 }
@@ -399,11 +402,7 @@ func TestFileInputsAccumulatorSameBits(t *testing.T) {
 					}
 				}
 			}
-			for i := range files {
-				if kb := residentKiB(t, files[i][0].Data); kb != 0 {
-					t.Fatalf("input %d: %d KiB of its mapping were faulted in: the mapping was walked", i, kb)
-				}
-			}
+			notWalked(t, files)
 			if c.ScratchInUse() != 0 {
 				t.Fatalf("%d scratch buffers not given back", c.ScratchInUse())
 			}
@@ -431,11 +430,7 @@ func TestFileInputsAccumulatorSameBits(t *testing.T) {
 	if !bytes.Equal(exactSum(exactIn), exactSum(exactFiles)) {
 		t.Fatal("exact sum: the sum read from files differs from the sum in memory")
 	}
-	for i := range exactFiles {
-		if kb := residentKiB(t, exactFiles[i][0].Data); kb != 0 {
-			t.Fatalf("exact sum: input %d: %d KiB of its mapping were faulted in", i, kb)
-		}
-	}
+	notWalked(t, exactFiles)
 	bad := slices.Clone(inputs[1])
 	bad[0] = Span{DType: tensor.F32, Data: slices.Clone(bad[0].Data)}
 	putU32(bad[0].Data[4*123456:], 0x7fc00000) // NaN in a
@@ -491,11 +486,7 @@ func TestFileInputsScansSameResults(t *testing.T) {
 			t.Fatalf("reference %v: norms %v from files, %v in memory", rf != nil, got, want)
 		}
 	}
-	for i := range files {
-		if kb := residentKiB(t, files[i][0].Data); kb != 0 {
-			t.Fatalf("input %d: %d KiB of its mapping were faulted in: the mapping was walked", i, kb)
-		}
-	}
+	notWalked(t, files)
 	want := c.CheckFinite(ctx, fields, bad)
 	got := c.CheckFinite(ctx, fields, files[len(inputs)])
 	var nf *tensor.NonFiniteError
@@ -540,9 +531,5 @@ func TestFileInputsModSum(t *testing.T) {
 			t.Fatalf("field %s: the modular sum read from files differs from the sum in memory", fields[f].Name)
 		}
 	}
-	for i := range files {
-		if kb := residentKiB(t, files[i][0].Data); kb != 0 {
-			t.Fatalf("input %d: %d KiB of its mapping were faulted in: the mapping was walked", i, kb)
-		}
-	}
+	notWalked(t, files)
 }
