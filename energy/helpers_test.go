@@ -24,7 +24,7 @@ func (c *clock) advance(d time.Duration) {
 	defer c.mu.Unlock()
 	c.t = c.t.Add(d)
 }
-func withClock(c *clock) Option          { return func(cfg *config) error { cfg.now = c.now; return nil } }
+func withClock(c *clock) Option { return func(cfg *config) error { cfg.now = c.now; return nil } }
 func withCPUFlags(flags ...string) Option {
 	return func(cfg *config) error { cfg.cpuinfoOverride = flags; return nil }
 }
