@@ -30,8 +30,8 @@ func accF64(n int) []float64 {
 	return unsafe.Slice((*float64)(unsafe.Pointer(unsafe.SliceData(b))), n)
 }
 
-// freeAcc gives an accF32 or accF64 buffer back (nil is ignored).
-func freeAcc[T float32 | float64 | uint32](v []T) {
+// freeAcc gives an accF32 or accF64 buffer back, or a view of one (nil is ignored).
+func freeAcc[T float32 | float64 | uint32 | int64](v []T) {
 	if len(v) == 0 {
 		return
 	}

@@ -133,8 +133,10 @@ func (c *CPU) newExactAccumulator(fields []AccField) (*cpuExactAccumulator, erro
 		if f.Len < 0 {
 			return nil, fmt.Errorf("%w: field %q: %d elements", ErrJob, f.Name, f.Len)
 		}
-		a.hi[t] = asInt64(tensor.AlignedF64(f.Len))
-		a.lo[t] = asInt64(tensor.AlignedF64(f.Len))
+		// From the pool, like the float accumulators (accmem.go): 16 bytes per parameter of
+		// fresh memory would otherwise take a fault per page at the first adds.
+		a.hi[t] = asInt64(accF64(f.Len))
+		a.lo[t] = asInt64(accF64(f.Len))
 		for lo := 0; lo < f.Len; lo += addBlockElems {
 			a.work = append(a.work, Piece{Field: t, Lo: lo, Hi: min(lo+addBlockElems, f.Len)})
 		}
@@ -245,6 +247,10 @@ func (a *cpuExactAccumulator) Reset() {
 
 // Close implements Accumulator.
 func (a *cpuExactAccumulator) Close() error {
+	for t := range a.hi {
+		freeAcc(a.hi[t])
+		freeAcc(a.lo[t])
+	}
 	a.hi, a.lo, a.work = nil, nil, nil
 	return nil
 }

@@ -616,3 +616,21 @@ func TestSumBlockKeepsRunsLong(t *testing.T) {
 		}
 	}
 }
+
+// An exact running sum's limbs come from tensor.SharedPool (pre-faulted, and the next round's
+// are the last one's pages) and go back at Close.
+func TestExactAccumulatorPooled(t *testing.T) {
+	fields := []AccField{{Name: "a", Len: 1 << 20, Acc: tensor.I64, Out: tensor.F32, Grid: -40, Bound: 1 << 16}}
+	c := mustCPU(t, 2, 4096)
+	before := tensor.SharedPool.Stats().LiveBytes
+	acc := must(c.NewAccumulator(fields))(t)
+	if got := tensor.SharedPool.Stats().LiveBytes - before; got < 16<<20 {
+		t.Fatalf("%d bytes of the pool live with an exact sum of 1Mi elements open, want its 16 MiB of limbs", got)
+	}
+	if err := acc.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if got := tensor.SharedPool.Stats().LiveBytes; got != before {
+		t.Fatalf("%d bytes of the pool live after Close, want %d", got, before)
+	}
+}
