@@ -455,20 +455,26 @@ func TestWeightedSumManyInputsMatchOneKernelCall(t *testing.T) {
 	}
 }
 
+// groupFields are the fields of the running-sum group tests: an f32 sum, and f64 sums of 16-bit
+// and of i8 and f32 inputs, with odd lengths.
+var groupFields = []AccField{
+	{Name: "a", Len: 300001, Acc: tensor.F32, Out: tensor.F32},
+	{Name: "b", Len: 1000, Acc: tensor.F64, Out: tensor.F64},
+	{Name: "c", Len: 70000, Acc: tensor.F64, Out: tensor.F32},
+}
+
+// groupUpdate draws update i of groupFields: f32 a, f16 or bf16 b, i8 or f32 c by i.
+func groupUpdate(r *rand.Rand, i int) []Span {
+	return []Span{randSpan(r, tensor.F32, 300001, 1), randSpan(r, []tensor.DType{tensor.F16, tensor.BF16, tensor.F16}[i%3], 1000, 1),
+		randSpan(r, []tensor.DType{tensor.I8, tensor.F32, tensor.F32}[i%3], 70000, 1)}
+}
+
 // AddGroup adds exactly what Add adds for each update in order (same bits, mixed dtypes, every
 // kernel implementation, checked or not), and with check names the first update with a NaN or
 // Inf and its first one, whichever block a worker met first.
 func TestAddGroupIsAddInOrder(t *testing.T) {
 	ctx := context.Background()
-	fields := []AccField{
-		{Name: "a", Len: 300001, Acc: tensor.F32, Out: tensor.F32},
-		{Name: "b", Len: 1000, Acc: tensor.F64, Out: tensor.F64},
-		{Name: "c", Len: 70000, Acc: tensor.F64, Out: tensor.F32},
-	}
-	update := func(r *rand.Rand, i int) []Span {
-		return []Span{randSpan(r, tensor.F32, 300001, 1), randSpan(r, []tensor.DType{tensor.F16, tensor.BF16, tensor.F16}[i%3], 1000, 1),
-			randSpan(r, []tensor.DType{tensor.I8, tensor.F32, tensor.F32}[i%3], 70000, 1)}
-	}
+	fields, update := groupFields, groupUpdate
 	chunks := must(CutChunks(fields, packed(fields), 8192))(t)
 	for _, k := range kernels.Impls() {
 		dev := must(NewCPU(WithKernels(k.Name()), WithWorkers(3)))(t)

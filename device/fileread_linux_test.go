@@ -361,19 +361,13 @@ func TestBlockReaderWindows(t *testing.T) {
 // read from its file.
 func TestFileInputsAccumulatorSameBits(t *testing.T) {
 	ctx := context.Background()
-	fields := []AccField{
-		{Name: "a", Len: 300001, Acc: tensor.F32, Out: tensor.F32},
-		{Name: "b", Len: 1000, Acc: tensor.F64, Out: tensor.F64},
-		{Name: "c", Len: 70000, Acc: tensor.F64, Out: tensor.F32},
-	}
+	fields := groupFields
 	chunks := must(CutChunks(fields, packed(fields), 8192))(t)
 	r := rand.New(rand.NewPCG(15, 16))
 	var inputs [][]Span
 	var ws []float64
 	for i := range 7 {
-		inputs = append(inputs, []Span{randSpan(r, tensor.F32, 300001, 1),
-			randSpan(r, []tensor.DType{tensor.F16, tensor.BF16, tensor.F16}[i%3], 1000, 1),
-			randSpan(r, []tensor.DType{tensor.I8, tensor.F32, tensor.F32}[i%3], 70000, 1)})
+		inputs = append(inputs, groupUpdate(r, i))
 		ws = append(ws, 0.5+r.Float64())
 	}
 	for _, mode := range readModes {
