@@ -51,7 +51,7 @@ func newResultSet(p *plan, alloc tensor.Allocator) (*tensor.Set, *memOutput, []b
 // buffer is ever touched (fresh pages are the most expensive memory there is).
 type pipeOutput struct {
 	alloc  tensor.Allocator
-	raw    [][]byte // the ring's buffers as allocated, freed by close
+	raw    []byte // the ring as allocated, freed by close
 	w      io.WriterAt
 	fields []device.AccField
 	chunks []device.Chunk
@@ -75,10 +75,13 @@ func newPipeOutput(w io.WriterAt, p *plan, chunkBytes, buffers, writers int, all
 		bufs:  make([][]byte, len(p.chunks)),
 		queue: make(chan int, buffers),
 	}
-	for range buffers {
-		raw := alloc.Allocate(chunkBytes + pageSize)
-		o.raw = append(o.raw, raw)
-		o.free <- pageAligned(raw, chunkBytes)
+	// One allocation for the whole ring: from 4 MiB it is of a huge-page class, which the
+	// pool may back with huge pages (tensor.PoolAllocator), where 6 buffers of 1 MiB first
+	// touched page by page took 13 ms of the Zen 5 VM's 0.12 s `wattagg aggregate`.
+	o.raw = alloc.Allocate(buffers*chunkBytes + pageSize)
+	ring := pageAligned(o.raw, buffers*chunkBytes)
+	for i := range buffers {
+		o.free <- ring[i*chunkBytes : (i+1)*chunkBytes : (i+1)*chunkBytes]
 	}
 	for range writers {
 		o.wg.Add(1)
@@ -150,8 +153,8 @@ func (o *pipeOutput) failed() error {
 func (o *pipeOutput) close() error {
 	close(o.queue)
 	o.wg.Wait()
-	for _, b := range o.raw {
-		o.alloc.Free(b)
+	if o.raw != nil {
+		o.alloc.Free(o.raw)
 	}
 	o.raw = nil
 	return o.failed()

@@ -43,7 +43,7 @@ func PageAligned(n int) []byte {
 	off := -int(uintptr(unsafe.Pointer(unsafe.SliceData(b)))) & (PageSize - 1)
 	b = b[off : off+n : off+n]
 	if n >= prefaultFrom {
-		prefault(b) // see PoolAllocator.fresh: one call instead of a fault per page
+		firstTouch(b) // see PoolAllocator.fresh
 	}
 	return b
 }

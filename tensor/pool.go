@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"runtime"
 	"sync"
+	"time"
 	"unsafe"
 )
 
@@ -14,8 +15,9 @@ import (
 // 0.3-0.6 GB/s for new 2 MiB pages, against 35 GB/s for rewriting memory already touched). So
 // buffers given back with Free are kept, and handed out again by the next Allocate of the same
 // size class, cleared in parallel; only what the pool cannot serve is new, and new buffers are
-// pre-faulted (MADV_POPULATE_WRITE, in parallel from 4 MiB, one call per range per goroutine)
-// rather than faulted page by page by whoever writes them first.
+// first-touched by the pool (MADV_POPULATE_WRITE and a write to each page, in parallel from 4
+// MiB) rather than faulted page by page by whoever writes them first, with huge pages or not
+// as the pool measured (hugeMode).
 //
 // The memory is Go memory (aligned inside a larger make), and the pool remembers only the
 // address, size class and number of what it hands out, so a buffer that is never given back
@@ -23,7 +25,7 @@ import (
 // can only see the next owner's data, which is the bug Free's contract forbids. Buffers under
 // MinPooledBytes come straight from AlignedBytes. It is safe for concurrent use.
 type PoolAllocator struct {
-	huge    bool
+	huge    hugeMode
 	workers int
 	limit   int64
 
@@ -77,12 +79,18 @@ func classOf(n int) (class int64, align int) {
 // PoolOption configures a PoolAllocator.
 type PoolOption func(*PoolAllocator) error
 
-// WithHugePages asks for transparent huge pages (MADV_HUGEPAGE) on new pooled buffers, which
-// matters where THP is in madvise mode. Off by default: on the development VMs a new huge page
-// was 3-5x slower to fault in than the same bytes of small pages (the host backs freshly
-// reported free memory lazily), and the pool makes later uses cheap either way.
+// WithHugePages says whether new pooled buffers of the huge-page classes (from 4 MiB) ask for
+// transparent huge pages (MADV_HUGEPAGE, which matters where THP is in madvise mode). Without
+// it the pool measures which is cheaper here (see hugeMode): no rule held on both kinds of
+// development VM.
 func WithHugePages(on bool) PoolOption {
-	return func(p *PoolAllocator) error { p.huge = on; return nil }
+	return func(p *PoolAllocator) error {
+		p.huge = hugeOff
+		if on {
+			p.huge = hugeOn
+		}
+		return nil
+	}
 }
 
 // WithPoolWorkers sets how many goroutines pre-fault and clear a buffer (default GOMAXPROCS).
@@ -145,6 +153,13 @@ type PoolStats struct {
 	Evicted   int64 // idle buffers left to the collector past the limit
 	LiveBytes int64 // class bytes handed out and not given back
 	IdleBytes int64 // class bytes kept for reuse
+
+	// HugePages says whether new buffers of the huge-page classes ask for huge pages: set by
+	// WithHugePages, or by the probe of the first such buffer (HugeProbed), which made half of
+	// it each way and timed them: HugeGBps and SmallGBps, first touch included.
+	HugePages           bool
+	HugeProbed          bool
+	HugeGBps, SmallGBps float64
 }
 
 // Stats reports the pool's counters.
@@ -153,6 +168,7 @@ func (p *PoolAllocator) Stats() PoolStats {
 	defer p.mu.Unlock()
 	s := p.stats
 	s.IdleBytes = p.kept
+	s.HugePages = p.huge == hugeOn
 	return s
 }
 
@@ -243,14 +259,76 @@ func (p *PoolAllocator) fresh(class int64, align int) []byte {
 		off = align - mis
 	}
 	data := raw[off : off+int(class) : off+int(class)]
-	if align == poolClass && p.huge {
-		adviseHuge(data)
+	if align == poolClass {
+		switch p.hugeChoice() {
+		case hugeOn:
+			adviseHuge(data)
+		case hugeAuto:
+			p.probeHuge(data)
+			return data
+		}
 	}
-	// Small classes too: a fault per page costs 10.5 µs on the Zen 5 VM of 2026-12-02 (0.39
-	// GB/s), MADV_POPULATE_WRITE 0.6 µs (6.3-7.1 GB/s); the class's rounding (under 64 KiB)
-	// is the most it can map for nothing.
-	parallelRanges(data, p.workers, prefault)
+	// Small classes too: the class's rounding (under 64 KiB) is the most it maps for nothing.
+	parallelRanges(data, p.workers, firstTouch)
 	return data
+}
+
+// hugeMode is whether new buffers of the huge-page classes ask for huge pages: hugeAuto
+// (the default) measures it on the first such buffer (probeHuge), which decides for the rest.
+//
+// Neither way wins everywhere. On the Zen 4 development VMs (KVM) a new huge page was 3-5x
+// slower to fault in than the same bytes of small pages (0.3-0.6 against 1.4-2.3 GB/s: the
+// host backs freshly reported free memory lazily). On the Zen 5 VM of 2026-12-02 (a PVM guest:
+// shadow page tables, so the first write to each new 4 KiB mapping traps to the hypervisor)
+// small pages first-touched at 0.43-0.63 GB/s, MADV_POPULATE_WRITE included, and huge pages at
+// 0.85-6.2 GB/s: 25-27 ms against 1-19 ms for a 16 MiB accumulator, which was the extra
+// time of `wattagg aggregate --stream`'s first group.
+type hugeMode uint8
+
+const (
+	hugeAuto hugeMode = iota
+	hugeOn
+	hugeOff
+	hugeProbing // one goroutine is probing; the others take small pages meanwhile
+)
+
+// hugeChoice is the mode for a new buffer of a huge-page class: hugeAuto tells the caller to
+// probe (and marks the probe as begun).
+func (p *PoolAllocator) hugeChoice() hugeMode {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	switch p.huge {
+	case hugeAuto:
+		p.huge = hugeProbing
+		return hugeAuto
+	case hugeProbing:
+		return hugeOff
+	}
+	return p.huge
+}
+
+// probeHuge first-touches data (at least 4 MiB, in whole huge pages) half with huge pages and
+// half without, each half spread over the workers, and chooses for the pool's later buffers
+// the way that took less time per byte. Both halves are the buffer's own memory, so the probe
+// costs nothing the buffer did not need anyway.
+func (p *PoolAllocator) probeHuge(data []byte) {
+	half := len(data) / 2 &^ (poolClass - 1)
+	huge, small := data[:half], data[half:]
+	adviseHuge(huge)
+	t0 := time.Now()
+	parallelRanges(huge, p.workers, firstTouch)
+	t1 := time.Now()
+	parallelRanges(small, p.workers, firstTouch)
+	t2 := time.Now()
+	hugeRate := float64(len(huge)) / max(t1.Sub(t0).Seconds(), 1e-9) / 1e9
+	smallRate := float64(len(small)) / max(t2.Sub(t1).Seconds(), 1e-9) / 1e9
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.huge = hugeOff
+	if hugeRate > smallRate {
+		p.huge = hugeOn
+	}
+	p.stats.HugeProbed, p.stats.HugeGBps, p.stats.SmallGBps = true, hugeRate, smallRate
 }
 
 // Free implements Allocator: a pooled buffer is kept for the next Allocate of its class (or,

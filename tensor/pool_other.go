@@ -6,5 +6,8 @@ package tensor
 // parallel instead of by whoever writes the buffer first.
 func prefault(b []byte) { touchPages(b) }
 
+// firstTouch is prefault: the write to each page is the touch.
+func firstTouch(b []byte) { touchPages(b) }
+
 // adviseHuge does nothing: transparent huge pages are a Linux feature.
 func adviseHuge([]byte) {}

@@ -222,3 +222,45 @@ func TestPoolForgetsCollectedBuffers(t *testing.T) {
 		t.Fatalf("stats %+v after the last Free", st)
 	}
 }
+
+// Without WithHugePages the first buffer of a huge-page class is first-touched half with huge
+// pages and half without, and the faster way per byte decides for the later buffers; with
+// the option nothing is probed.
+func TestPoolProbesHugePages(t *testing.T) {
+	p := newPool(t)
+	if st := p.Stats(); st.HugeProbed {
+		t.Fatalf("probed before any buffer: %+v", st)
+	}
+	small := p.Allocate(3 << 20) // not a huge-page class: no probe
+	if st := p.Stats(); st.HugeProbed {
+		t.Fatalf("a %d-byte buffer probed huge pages: %+v", len(small), st)
+	}
+	b := p.Allocate(8 << 20)
+	if allZero(b) >= 0 {
+		t.Fatal("the probed buffer is not zero")
+	}
+	for i := range b { // the two halves are one buffer: write all of it
+		b[i] = byte(i)
+	}
+	st := p.Stats()
+	if !st.HugeProbed || !(st.HugeGBps > 0) || !(st.SmallGBps > 0) {
+		t.Fatalf("no probe after an 8 MiB buffer: %+v", st)
+	}
+	if st.HugePages != (st.HugeGBps > st.SmallGBps) {
+		t.Fatalf("chose huge pages %v with huge %.2f GB/s against small %.2f GB/s", st.HugePages, st.HugeGBps, st.SmallGBps)
+	}
+	c := p.Allocate(6 << 20) // decided: not probed again
+	if st2 := p.Stats(); st2.HugeGBps != st.HugeGBps || st2.SmallGBps != st.SmallGBps {
+		t.Fatalf("probed twice: %+v then %+v", st, st2)
+	}
+	p.Free(b)
+	p.Free(c)
+	p.Free(small)
+	for _, on := range []bool{false, true} {
+		q := newPool(t, tensor.WithHugePages(on))
+		q.Free(q.Allocate(8 << 20))
+		if st := q.Stats(); st.HugeProbed || st.HugePages != on {
+			t.Fatalf("WithHugePages(%v): %+v", on, st)
+		}
+	}
+}
