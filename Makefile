@@ -7,9 +7,10 @@ PKGS    := ./...
 
 all: build
 
-# Two binaries: wattagg, and wattagg-server beside it, which `wattagg serve|push|pull` run.
+# Three binaries: wattagg, and beside it wattagg-server, which `wattagg serve|push|pull` run, and
+# wattagg-plot, which draws the plots of `wattagg bench --out`.
 build:
-	$(GO) build -o bin/ ./cmd/wattagg ./cmd/wattagg-server
+	$(GO) build -o bin/ ./cmd/wattagg ./cmd/wattagg-server ./cmd/wattagg-plot
 
 # The main job: a 16-client federation of a 25M-parameter model, aggregated and reported.
 demo: build

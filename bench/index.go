@@ -31,7 +31,7 @@ type IndexEntry struct {
 
 // Write writes idx as dir/index.md, atomically.
 func (idx Index) Write(dir string) error {
-	return writeFileAtomic(filepath.Join(dir, "index.md"), func(w io.Writer) error { return WriteIndex(w, idx) })
+	return WriteFileAtomic(filepath.Join(dir, "index.md"), func(w io.Writer) error { return WriteIndex(w, idx) })
 }
 
 // WriteIndex writes idx as Markdown: the machine, a table of the suites linking every file,

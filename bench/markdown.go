@@ -90,7 +90,7 @@ func writeMainTable(b *strings.Builder, rows []Result) {
 	writeRow(b, head...)
 	writeRow(b, slices.Repeat([]string{"---"}, len(head))...)
 	for _, r := range rows {
-		cells := []string{describe(r)}
+		cells := []string{Describe(r)}
 		if r.Skipped != "" {
 			cells = append(cells, "skipped: "+r.Skipped, "—", "—")
 			if predicted {
@@ -104,7 +104,7 @@ func writeMainTable(b *strings.Builder, rows []Result) {
 		}
 		cells = append(cells, measured(r), floorCell(r), ratioCell(r))
 		if predicted {
-			cells = append(cells, formatValue(r.Predicted, r.Unit))
+			cells = append(cells, FormatValue(r.Predicted, r.Unit))
 		}
 		if source {
 			src := r.Source
@@ -140,8 +140,8 @@ func writeRow(b *strings.Builder, cells ...string) {
 	b.WriteString("\n")
 }
 
-// describe is a row's "what": its name, and the policy's devices for energy rows.
-func describe(r Result) string {
+// Describe is a row's "what": its name, and the policy's devices for energy rows.
+func Describe(r Result) string {
 	if r.Device != "" && r.Policy != "" {
 		return r.Name + " (" + r.Device + ")"
 	}
@@ -149,7 +149,7 @@ func describe(r Result) string {
 }
 
 func measured(r Result) string {
-	s := formatValue(r.Value, r.Unit)
+	s := FormatValue(r.Value, r.Unit)
 	if r.ParamsPerSecond > 0 {
 		s += fmt.Sprintf(" (%s params/s)", humanCount(int64(r.ParamsPerSecond)))
 	}
@@ -163,7 +163,7 @@ func floorCell(r Result) string {
 	if r.Floor <= 0 {
 		return "—"
 	}
-	return strings.TrimSpace(r.FloorName + " " + formatValue(r.Floor, r.Unit))
+	return strings.TrimSpace(r.FloorName + " " + FormatValue(r.Floor, r.Unit))
 }
 
 func ratioCell(r Result) string {
@@ -181,8 +181,8 @@ func ratioCell(r Result) string {
 	return s
 }
 
-// formatValue prints v with three significant digits and its unit.
-func formatValue(v float64, unit string) string {
+// FormatValue prints v with three significant digits and its unit.
+func FormatValue(v float64, unit string) string {
 	var s string
 	switch a := math.Abs(v); {
 	case a == 0:

@@ -103,8 +103,8 @@ func TestFormatValue(t *testing.T) {
 		{0, "GB/s", "0 GB/s"}, {0.000123456, "nJ/param", "0.000123 nJ/param"}, {1.005, "GB/s", "1.00 GB/s"},
 		{35.24, "GB/s", "35.2 GB/s"}, {219.6, "MiB", "220 MiB"}, {-2.5, "", "-2.50"},
 	} {
-		if got := formatValue(tc.v, tc.unit); got != tc.want {
-			t.Errorf("formatValue(%v, %q) = %q, want %q", tc.v, tc.unit, got, tc.want)
+		if got := FormatValue(tc.v, tc.unit); got != tc.want {
+			t.Errorf("FormatValue(%v, %q) = %q, want %q", tc.v, tc.unit, got, tc.want)
 		}
 	}
 	for n, want := range map[int64]string{4 << 20: "4M", 64 << 20: "64M", 4096: "4k", 25_000_000: "25M", 100_352: "98k", 100_000: "100k", 0: "—", 1000: "1k", 999: "999"} {

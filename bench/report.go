@@ -78,8 +78,8 @@ type Result struct {
 // Estimated reports whether the joules of r come from the estimate (no energy counter).
 func (r Result) Estimated() bool { return strings.Contains(r.Source, "estimate") }
 
-// series names the line a result belongs to in a sweep plot: its rule and dtype.
-func (r Result) series() string {
+// Series names the line a result belongs to in a sweep plot: its rule and dtype.
+func (r Result) Series() string {
 	return strings.TrimSpace(r.Rule + " " + r.DType)
 }
 
@@ -154,33 +154,50 @@ func ReadReport(rd io.Reader) (*Report, error) {
 	return &r, nil
 }
 
-// Write writes dir/SUITE.json, dir/SUITE.md and the suite's plots (dir/SUITE-*.png), each
-// replaced atomically, and returns the names of the files written, relative to dir: the JSON,
-// the Markdown, then the plots.
-func (r *Report) Write(dir string) ([]string, error) {
+// Plotter draws a report's plots into dir, once dir/SUITE.json is written, and returns their
+// names (relative to dir): charts.Write in a process that links the charts, or a command that
+// runs the wattagg-plot binary over the JSON.
+type Plotter func(r *Report, dir string) ([]string, error)
+
+// Write writes dir/SUITE.json, then the suite's plots (dir/SUITE-*.png, by plot; none when it
+// is nil), then dir/SUITE.md showing them, each replaced atomically, and returns the names of
+// the files written, relative to dir: the JSON, the Markdown, then the plots.
+func (r *Report) Write(dir string, plot Plotter) ([]string, error) {
 	if err := r.check(); err != nil {
 		return nil, err
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
-	plots, err := r.Plot(dir)
-	if err != nil {
-		return nil, err
-	}
 	files := []string{r.Suite + ".json", r.Suite + ".md"}
-	if err := writeFileAtomic(filepath.Join(dir, files[0]), r.WriteJSON); err != nil {
+	if err := WriteFileAtomic(filepath.Join(dir, files[0]), r.WriteJSON); err != nil {
 		return nil, err
 	}
-	if err := writeFileAtomic(filepath.Join(dir, files[1]), func(w io.Writer) error { return r.WriteMarkdown(w, plots) }); err != nil {
+	var plots []string
+	if plot != nil {
+		var err error
+		if plots, err = plot(r, dir); err != nil {
+			return nil, err
+		}
+	}
+	if err := WriteFileAtomic(filepath.Join(dir, files[1]), func(w io.Writer) error { return r.WriteMarkdown(w, plots) }); err != nil {
 		return nil, err
 	}
 	return append(files, plots...), nil
 }
 
-// writeFileAtomic writes name through a temporary file in its directory, renamed when
+// Subtitle names the machine and the date, under the title of every plot.
+func (r *Report) Subtitle() string {
+	s := r.Machine.String() + ", " + r.Date.Format("2006-01-02")
+	if r.Quick {
+		s += " (--quick)"
+	}
+	return s
+}
+
+// WriteFileAtomic writes name through a temporary file in its directory, renamed when
 // complete, so that a reader (or a crash) never sees half a report.
-func writeFileAtomic(name string, write func(io.Writer) error) error {
+func WriteFileAtomic(name string, write func(io.Writer) error) error {
 	f, err := os.CreateTemp(filepath.Dir(name), "."+filepath.Base(name)+".*")
 	if err != nil {
 		return err

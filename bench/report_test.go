@@ -57,6 +57,7 @@ func energyReport() *Report {
 		Result{Name: "planner min-energy", Policy: "planner min-energy", Device: "cpu 100%", Rule: "fedavg", Clients: 16, Params: 4 << 20,
 			DType: "f32", Value: 0.49, Unit: "nJ/param", Predicted: 0.6, Source: "estimate"},
 	)
+	r.Date = time.Date(2026, 11, 25, 10, 30, 0, 0, time.UTC) // fixed, like sampleReport's
 	return r
 }
 
@@ -99,7 +100,7 @@ func TestWriteRefusesBadSuite(t *testing.T) {
 	dir := t.TempDir()
 	r := sampleReport()
 	r.Suite = "a/b"
-	if _, err := r.Write(dir); !errors.Is(err, ErrReport) || err.Error() != `bench: bad report: suite name "a/b" is not a plain file name` {
+	if _, err := r.Write(dir, nil); !errors.Is(err, ErrReport) || err.Error() != `bench: bad report: suite name "a/b" is not a plain file name` {
 		t.Fatalf("got %v", err)
 	}
 	if err := r.WriteJSON(&bytes.Buffer{}); !errors.Is(err, ErrReport) {
@@ -110,10 +111,32 @@ func TestWriteRefusesBadSuite(t *testing.T) {
 	}
 }
 
+// fakePlotter stands in for charts.Write (which imports this package): it checks that the
+// JSON it would read is already written, and writes placeholder files under the plots' names.
+func fakePlotter(t *testing.T, names ...string) Plotter {
+	return func(r *Report, dir string) ([]string, error) {
+		f, err := os.Open(filepath.Join(dir, r.Suite+".json"))
+		if err != nil {
+			t.Errorf("plotter called before %s.json was written: %v", r.Suite, err)
+			return nil, err
+		}
+		defer f.Close()
+		if _, err := ReadReport(f); err != nil {
+			t.Errorf("plotter read %s.json: %v", r.Suite, err)
+		}
+		for _, n := range names {
+			if err := os.WriteFile(filepath.Join(dir, n), []byte("png"), 0o644); err != nil {
+				return nil, err
+			}
+		}
+		return names, nil
+	}
+}
+
 func TestWriteFiles(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "new")
 	r := sampleReport()
-	files, err := r.Write(dir)
+	files, err := r.Write(dir, fakePlotter(t, "robust-clients.png", "robust-params.png", "robust-ratio.png"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -153,6 +176,45 @@ func TestWriteFiles(t *testing.T) {
 	for _, p := range want[2:] {
 		if !bytes.Contains(md, []byte("]("+p+")")) {
 			t.Errorf("robust.md does not link %s", p)
+		}
+	}
+}
+
+// A plotter's failure fails Write (the JSON stays: it is what the plots are drawn from); no
+// plotter writes the JSON and the Markdown alone.
+func TestWritePlotter(t *testing.T) {
+	dir := t.TempDir()
+	r := sampleReport()
+	boom := errors.New("plotter failed")
+	if _, err := r.Write(dir, func(*Report, string) ([]string, error) { return nil, boom }); !errors.Is(err, boom) {
+		t.Fatalf("got %v, want the plotter's error", err)
+	}
+	files, err := r.Write(dir, nil)
+	if err != nil || !slices.Equal(files, []string{"robust.json", "robust.md"}) {
+		t.Fatalf("without a plotter: %v, %v", files, err)
+	}
+}
+
+// The charts package draws from testdata copies of these sample reports (it cannot import this
+// package's tests); they must stay the same reports.
+func TestChartsTestdataIsTheSampleReports(t *testing.T) {
+	for name, r := range map[string]*Report{"robust": sampleReport(), "energy": energyReport()} {
+		var buf bytes.Buffer
+		if err := r.WriteJSON(&buf); err != nil {
+			t.Fatal(err)
+		}
+		path := filepath.Join("charts", "testdata", name+".json")
+		if os.Getenv("WATTAGG_UPDATE_TESTDATA") != "" {
+			if err := os.WriteFile(path, buf.Bytes(), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		got, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, buf.Bytes()) {
+			t.Errorf("%s differs from the %s sample report (WATTAGG_UPDATE_TESTDATA=1 go test ./bench rewrites it)", path, name)
 		}
 	}
 }

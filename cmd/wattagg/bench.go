@@ -116,7 +116,7 @@ func (b *benchCommon) runSuite(cmd *cobra.Command, env *benchEnv, s benchSuite) 
 		return err
 	}
 	if b.out != "" {
-		_, err = writeReport(env.stderr, rep, b.out)
+		_, err = writeReport(env.ctx, env.stderr, rep, b.out)
 	}
 	return err
 }

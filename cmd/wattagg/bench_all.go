@@ -158,7 +158,7 @@ func runBenchAll(env *benchEnv, suites []benchSuite, out, progressMode, command 
 		bar.finish()
 		entry := bench.IndexEntry{Suite: s.name(), Title: s.title(), Seconds: time.Since(t0).Seconds()}
 		if err == nil {
-			entry.Files, err = writeReport(env.stderr, rep, out)
+			entry.Files, err = writeReport(env.ctx, env.stderr, rep, out)
 			entry.Skipped = rep.Skipped()
 		}
 		if err != nil {

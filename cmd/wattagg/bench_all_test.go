@@ -11,6 +11,8 @@ import (
 	"testing"
 
 	"github.com/wattagg/wattagg/bench"
+	"github.com/wattagg/wattagg/internal/cli"
+	"github.com/wattagg/wattagg/internal/clitest"
 )
 
 // readReports checks that every file the index links exists, that every JSON report reads
@@ -63,7 +65,7 @@ func TestBenchAllQuickWritesFolder(t *testing.T) {
 	t.Setenv(envBenchTiny, "1")
 	dir := filepath.Join(t.TempDir(), "out")
 	work := t.TempDir()
-	stdout, stderr, code := wattagg(t, "bench", "all", "--quick", "--out", dir, "--dir", work, "--progress", "always",
+	stdout, stderr, code := clitest.Run(t, []string{plotter(t)}, "bench", "all", "--quick", "--out", dir, "--dir", work, "--progress", "always",
 		"--profile", filepath.Join(t.TempDir(), "profile.json"))
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, stderr)
@@ -125,8 +127,9 @@ func TestBenchAllQuickWritesFolder(t *testing.T) {
 func TestBenchSuiteOut(t *testing.T) {
 	t.Setenv(envBenchTiny, "1")
 	dir := t.TempDir()
-	stdout, stderr, code := wattagg(t, "bench", "mean", "--out", dir, "--clients", "2", "--params", "4096", "--runs", "1",
-		"--sweep-runs", "1", "--dtypes", "f32", "--progress", "never")
+	args := []string{"bench", "mean", "--out", dir, "--clients", "2", "--params", "4096", "--runs", "1",
+		"--sweep-runs", "1", "--dtypes", "f32", "--progress", "never"}
+	stdout, stderr, code := clitest.Run(t, []string{plotter(t)}, args...)
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, stderr)
 	}
@@ -136,6 +139,17 @@ func TestBenchSuiteOut(t *testing.T) {
 	for _, f := range []string{"mean.json", "mean.md", "mean-clients.png", "mean-params.png", "mean-ratio.png"} {
 		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
 			t.Error(err)
+		}
+	}
+	// Without wattagg-plot the report is written without plots, and one line says why.
+	bare := t.TempDir()
+	_, stderr, code = clitest.Run(t, []string{cli.PlotEnv + "=" + filepath.Join(bare, "nothing-here")}, append(args[:3:3], append([]string{bare}, args[4:]...)...)...)
+	if code != 0 || !strings.Contains(stderr, "wattagg: mean: no plots: ") || !strings.Contains(stderr, "$"+cli.PlotEnv+"=") {
+		t.Fatalf("without wattagg-plot: exit %d, stderr %s", code, stderr)
+	}
+	for f, want := range map[string]bool{"mean.json": true, "mean.md": true, "mean-ratio.png": false} {
+		if _, err := os.Stat(filepath.Join(bare, f)); (err == nil) != want {
+			t.Errorf("without wattagg-plot, %s: %v", f, err)
 		}
 	}
 	// Without --out there is no sweep and no file; --json prints the main rows.

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"path/filepath"
@@ -9,6 +10,7 @@ import (
 
 	"github.com/wattagg/wattagg/bench"
 	"github.com/wattagg/wattagg/device"
+	"github.com/wattagg/wattagg/internal/cli"
 )
 
 // benchSuite is one `wattagg bench` suite. run measures, prints the suite's table on
@@ -60,9 +62,9 @@ func (e *benchEnv) printRows(rows []bench.Row, heading string) error {
 	return c.print(e.stdout, rows)
 }
 
-// writeReport writes rep into dir and says so on stderr.
-func writeReport(stderr io.Writer, rep *bench.Report, dir string) ([]string, error) {
-	files, err := rep.Write(dir)
+// writeReport writes rep into dir, its plots drawn by wattagg-plot, and says so on stderr.
+func writeReport(ctx context.Context, stderr io.Writer, rep *bench.Report, dir string) ([]string, error) {
+	files, err := rep.Write(dir, siblingPlotter(ctx, stderr))
 	if err != nil {
 		return nil, err
 	}
@@ -84,4 +86,27 @@ func sweepHeading(p bench.SweepPoint, s bench.SweepSizes) string {
 		ps = append(ps, bench.ParamsLabel(int64(v)))
 	}
 	return fmt.Sprintf("sweep over params %v, %d clients", ps, s.ParamClients)
+}
+
+// siblingPlotter draws a report's plots with the wattagg-plot binary, beside this one (see
+// bench/charts for why the plots are not drawn in this process). Without it the report is
+// written without plots, and one line on stderr says where it was looked for.
+func siblingPlotter(ctx context.Context, stderr io.Writer) bench.Plotter {
+	return func(r *bench.Report, dir string) ([]string, error) {
+		out, err := cli.OutputOfSibling(ctx, cli.PlotBinary, cli.PlotEnv, []string{filepath.Join(dir, r.Suite+".json")})
+		if errors.Is(err, cli.ErrNoSibling) {
+			fmt.Fprintf(stderr, "wattagg: %s: no plots: %v\n", r.Suite, err)
+			return nil, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("plots of %s: %w", r.Suite, err)
+		}
+		var names []string
+		for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+			if line != "" {
+				names = append(names, filepath.Base(line))
+			}
+		}
+		return names, nil
+	}
 }

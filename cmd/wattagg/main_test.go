@@ -19,7 +19,11 @@ import (
 // statuses and stderr.
 func TestMain(m *testing.M) {
 	clitest.Main(main)
-	os.Exit(m.Run())
+	code := m.Run()
+	if plotDir != "" {
+		os.RemoveAll(plotDir)
+	}
+	os.Exit(code)
 }
 
 // wattagg runs the command and returns stdout, stderr and the exit status.

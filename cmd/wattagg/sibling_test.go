@@ -1,9 +1,12 @@
 package main
 
 import (
+	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/wattagg/wattagg/internal/cli"
@@ -20,6 +23,32 @@ func buildBoth(t *testing.T) string {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
 	return dir
+}
+
+var (
+	plotOnce sync.Once
+	plotDir  string
+	plotErr  error
+)
+
+// plotter builds wattagg-plot once for the package's tests and returns the variable that
+// names it, for the commands that draw plots (the test binary that runs as wattagg has no
+// sibling beside it).
+func plotter(t *testing.T) string {
+	t.Helper()
+	plotOnce.Do(func() {
+		if plotDir, plotErr = os.MkdirTemp("", "wattagg-plot-"); plotErr != nil {
+			return
+		}
+		out, err := exec.Command("go", "build", "-o", plotDir+"/", "github.com/wattagg/wattagg/cmd/wattagg-plot").CombinedOutput()
+		if err != nil {
+			plotErr = fmt.Errorf("go build wattagg-plot: %v\n%s", err, out)
+		}
+	})
+	if plotErr != nil {
+		t.Fatal(plotErr)
+	}
+	return cli.PlotEnv + "=" + filepath.Join(plotDir, cli.PlotBinary)
 }
 
 // The server commands of wattagg run wattagg-server in its place: found beside wattagg or named

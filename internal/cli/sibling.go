@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -13,6 +14,13 @@ import (
 const (
 	ServerBinary = "wattagg-server"
 	ServerEnv    = "WATTAGG_SERVER"
+)
+
+// PlotBinary is the sibling that draws bench reports' plots (bench/charts), and PlotEnv the
+// variable that names it explicitly.
+const (
+	PlotBinary = "wattagg-plot"
+	PlotEnv    = "WATTAGG_PLOT"
 )
 
 // ErrNoSibling is returned when the sibling binary cannot be found.
@@ -51,4 +59,20 @@ func RunSibling(name, env string, args []string) error {
 		return err
 	}
 	return execve(path, append([]string{path}, args...))
+}
+
+// OutputOfSibling runs the sibling binary name with args as a child, its stderr passed through,
+// and returns what it wrote on stdout. A failure names the sibling and its exit status.
+func OutputOfSibling(ctx context.Context, name, env string, args []string) ([]byte, error) {
+	path, err := Sibling(name, env)
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.CommandContext(ctx, path, args...)
+	cmd.Stderr = os.Stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return out, nil
 }

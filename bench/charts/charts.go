@@ -1,4 +1,9 @@
-package bench
+// Package charts draws the PNG plots of a bench.Report (gonum/plot). It is its own package, and
+// the wattagg-plot binary its only user in the commands, because gonum/plot and what it pulls in
+// (fonts parsed at start-up, LaTeX tables, PDF and SVG back ends) cost every run of a binary
+// that links it 4-5 ms of package initialisers: `wattagg bench --out` runs wattagg-plot for its
+// plots, and `wattagg aggregate` starts without them (README: design notes).
+package charts
 
 import (
 	"cmp"
@@ -17,6 +22,8 @@ import (
 	"gonum.org/v1/plot/vg"
 	"gonum.org/v1/plot/vg/draw"
 	"gonum.org/v1/plot/vg/vgimg"
+
+	"github.com/wattagg/wattagg/bench"
 )
 
 // plotDPI is the resolution of the PNGs: sizes below are in pixels at this resolution.
@@ -32,14 +39,14 @@ const (
 	energyW, energyH = 1000, 620
 )
 
-// Plot writes the report's PNG plots into dir and returns their names:
+// Write writes the report's PNG plots into dir and returns their names:
 //   - SUITE-clients.png, SUITE-params.png: throughput against the client count and the model
 //     size, a panel per rule with its floor dashed;
 //   - SUITE-ratio.png: each main figure's ratio to its floor, a bar per row;
 //   - SUITE-bandwidth.png (the floor suite, whose rows are floors): the floors as bars;
 //   - SUITE-joules.png (energy): joules per parameter per policy and device, predicted
 //     beside measured, labelled estimated where no counter measured them.
-func (r *Report) Plot(dir string) ([]string, error) {
+func Write(r *bench.Report, dir string) ([]string, error) {
 	var names []string
 	add := func(name string, w, h int, fn func(draw.Canvas) error) error {
 		if err := writePNG(filepath.Join(dir, name), w, h, fn); err != nil {
@@ -48,18 +55,18 @@ func (r *Report) Plot(dir string) ([]string, error) {
 		names = append(names, name)
 		return nil
 	}
-	for _, sweep := range []string{SweepClients, SweepParams} {
+	for _, sweep := range []string{bench.SweepClients, bench.SweepParams} {
 		series := sweepSeries(r.Sweep(sweep), sweep)
 		if len(series) == 0 {
 			continue
 		}
 		w, h := sweepSize(len(series))
-		if err := add(r.Suite+"-"+sweep+".png", w, h, func(dc draw.Canvas) error { return r.drawSweep(dc, sweep, series) }); err != nil {
+		if err := add(r.Suite+"-"+sweep+".png", w, h, func(dc draw.Canvas) error { return drawSweep(r, dc, sweep, series) }); err != nil {
 			return nil, err
 		}
 	}
 	main := plottable(r.Main())
-	var floored, bandwidth, energy []Result
+	var floored, bandwidth, energy []bench.Result
 	for _, x := range main {
 		switch {
 		case x.Policy != "":
@@ -72,23 +79,23 @@ func (r *Report) Plot(dir string) ([]string, error) {
 	// Energy rows in the report's order; those skipped here (no GPU) stay in the chart, so the
 	// reader sees what is missing.
 	for _, x := range r.Main() {
-		if x.Policy != "" && (x.Skipped != "" || slices.ContainsFunc(main, func(y Result) bool { return y.Name == x.Name })) {
+		if x.Policy != "" && (x.Skipped != "" || slices.ContainsFunc(main, func(y bench.Result) bool { return y.Name == x.Name })) {
 			energy = append(energy, x)
 		}
 	}
 	if len(floored) > 0 {
-		if err := add(r.Suite+"-ratio.png", barChartW, barChartSize(len(floored)), func(dc draw.Canvas) error { return r.drawRatio(dc, floored) }); err != nil {
+		if err := add(r.Suite+"-ratio.png", barChartW, barChartSize(len(floored)), func(dc draw.Canvas) error { return drawRatio(r, dc, floored) }); err != nil {
 			return nil, err
 		}
 	}
 	// Rows that are floors themselves (the floor suite) as bars, when no row has a floor.
 	if len(floored) == 0 && len(bandwidth) > 0 {
-		if err := add(r.Suite+"-bandwidth.png", barChartW, barChartSize(len(bandwidth)), func(dc draw.Canvas) error { return r.drawBandwidth(dc, bandwidth) }); err != nil {
+		if err := add(r.Suite+"-bandwidth.png", barChartW, barChartSize(len(bandwidth)), func(dc draw.Canvas) error { return drawBandwidth(r, dc, bandwidth) }); err != nil {
 			return nil, err
 		}
 	}
-	if slices.ContainsFunc(energy, func(x Result) bool { return x.Skipped == "" }) {
-		if err := add(r.Suite+"-joules.png", energyW, energyH, func(dc draw.Canvas) error { return r.drawJoules(dc, energy) }); err != nil {
+	if slices.ContainsFunc(energy, func(x bench.Result) bool { return x.Skipped == "" }) {
+		if err := add(r.Suite+"-joules.png", energyW, energyH, func(dc draw.Canvas) error { return drawJoules(r, dc, energy) }); err != nil {
 			return nil, err
 		}
 	}
@@ -104,40 +111,40 @@ func sweepSize(panels int) (w, h int) {
 func barChartSize(bars int) int { return barChartH0 + bars*barH }
 
 // plottable keeps the rows that were measured and hold finite, positive figures.
-func plottable(rows []Result) []Result {
-	return slices.DeleteFunc(slices.Clone(rows), func(x Result) bool {
+func plottable(rows []bench.Result) []bench.Result {
+	return slices.DeleteFunc(slices.Clone(rows), func(x bench.Result) bool {
 		return x.Skipped != "" || !(x.Value > 0) || math.IsInf(x.Value, 0) || math.IsNaN(x.Floor) || math.IsInf(x.Floor, 0)
 	})
 }
 
 type series struct {
 	name string
-	rows []Result
+	rows []bench.Result
 }
 
 // sweepSeries groups a sweep's plottable rows by rule and dtype, in order of appearance,
 // each sorted along the sweep's axis.
-func sweepSeries(rows []Result, sweep string) []series {
+func sweepSeries(rows []bench.Result, sweep string) []series {
 	var out []series
 	for _, x := range plottable(rows) {
 		if sweepX(x, sweep) <= 0 {
 			continue
 		}
-		i := slices.IndexFunc(out, func(s series) bool { return s.name == x.series() })
+		i := slices.IndexFunc(out, func(s series) bool { return s.name == x.Series() })
 		if i < 0 {
-			out = append(out, series{name: x.series()})
+			out = append(out, series{name: x.Series()})
 			i = len(out) - 1
 		}
 		out[i].rows = append(out[i].rows, x)
 	}
 	for _, s := range out {
-		slices.SortStableFunc(s.rows, func(a, b Result) int { return cmp.Compare(sweepX(a, sweep), sweepX(b, sweep)) })
+		slices.SortStableFunc(s.rows, func(a, b bench.Result) int { return cmp.Compare(sweepX(a, sweep), sweepX(b, sweep)) })
 	}
 	return out
 }
 
-func sweepX(x Result, sweep string) int64 {
-	if sweep == SweepClients {
+func sweepX(x bench.Result, sweep string) int64 {
+	if sweep == bench.SweepClients {
 		return int64(x.Clients)
 	}
 	return x.Params
@@ -145,18 +152,18 @@ func sweepX(x Result, sweep string) int64 {
 
 // drawSweep draws one panel per series: the measured figure against the sweep's axis (log
 // scale, the measured points as ticks) and its floor, dashed.
-func (r *Report) drawSweep(dc draw.Canvas, sweep string, ss []series) error {
+func drawSweep(r *bench.Report, dc draw.Canvas, sweep string, ss []series) error {
 	first := ss[0].rows[0]
 	var axis, fixed string
-	if sweep == SweepClients {
+	if sweep == bench.SweepClients {
 		axis = "clients (updates per round)"
-		fixed = fmt.Sprintf("%s params per update", ParamsLabel(first.Params))
+		fixed = fmt.Sprintf("%s params per update", bench.ParamsLabel(first.Params))
 	} else {
 		axis = "parameters per update (M = 2^20)"
 		fixed = fmt.Sprintf("%d clients", first.Clients)
 	}
 	drawHeader(dc, fmt.Sprintf("wattagg bench %s: %s against %s (%s); dashed: the floor measured in the same run",
-		r.Suite, first.Unit, strings.Fields(axis)[0], fixed), r.subtitle())
+		r.Suite, first.Unit, strings.Fields(axis)[0], fixed), r.Subtitle())
 
 	cols := min(3, len(ss))
 	rows := (len(ss) + cols - 1) / cols
@@ -220,8 +227,8 @@ func sweepPanel(s series, sweep, axis string, c color.Color, top float64) (*plot
 			floor = append(floor, plotter.XY{X: v, Y: x.Floor})
 		}
 		label := fmt.Sprint(x.Clients)
-		if sweep == SweepParams {
-			label = ParamsLabel(x.Params)
+		if sweep == bench.SweepParams {
+			label = bench.ParamsLabel(x.Params)
 		}
 		ticks = append(ticks, plot.Tick{Value: v, Label: label})
 	}
@@ -265,7 +272,7 @@ func sweepPanel(s series, sweep, axis string, c color.Color, top float64) (*plot
 }
 
 // drawRatio draws each row's ratio to its floor as a horizontal bar, the floor as a line at 1.
-func (r *Report) drawRatio(dc draw.Canvas, rows []Result) error {
+func drawRatio(r *bench.Report, dc draw.Canvas, rows []bench.Result) error {
 	p := newPlot()
 	n := len(rows)
 	vals := make(plotter.Values, n)
@@ -276,9 +283,9 @@ func (r *Report) drawRatio(dc draw.Canvas, rows []Result) error {
 	for i, x := range rows {
 		k := n - 1 - i // the first row on top
 		vals[k] = x.Ratio
-		names[k] = describe(x)
+		names[k] = bench.Describe(x)
 		labels.XYs[k] = plotter.XY{X: x.Ratio, Y: float64(k)}
-		labels.Labels[k] = fmt.Sprintf("%.2f = %s / %s", x.Ratio, formatValue(x.Value, x.Unit), formatValue(x.Floor, x.Unit))
+		labels.Labels[k] = fmt.Sprintf("%.2f = %s / %s", x.Ratio, bench.FormatValue(x.Value, x.Unit), bench.FormatValue(x.Floor, x.Unit))
 		if x.FloorName != "" {
 			labels.Labels[k] += " (" + strings.TrimSuffix(strings.TrimSpace(x.FloorName), " =") + ")"
 		}
@@ -314,7 +321,7 @@ func (r *Report) drawRatio(dc draw.Canvas, rows []Result) error {
 	if ceiling {
 		what = "each figure against its budget"
 	}
-	p.Title.Text = fmt.Sprintf("wattagg bench %s: %s\n%s", r.Suite, what, r.subtitle())
+	p.Title.Text = fmt.Sprintf("wattagg bench %s: %s\n%s", r.Suite, what, r.Subtitle())
 	if ceiling {
 		p.X.Label.Text = "measured / budget (at most 1 is within the budget)"
 		p.Legend.Add("budget (1)", one)
@@ -332,9 +339,9 @@ func (r *Report) drawRatio(dc draw.Canvas, rows []Result) error {
 }
 
 // drawBandwidth draws rows that are themselves floors (the floor suite) as horizontal bars.
-func (r *Report) drawBandwidth(dc draw.Canvas, rows []Result) error {
+func drawBandwidth(r *bench.Report, dc draw.Canvas, rows []bench.Result) error {
 	p := newPlot()
-	p.Title.Text = fmt.Sprintf("wattagg bench %s: the floors of this machine\n%s", r.Suite, r.subtitle())
+	p.Title.Text = fmt.Sprintf("wattagg bench %s: the floors of this machine\n%s", r.Suite, r.Subtitle())
 	n := len(rows)
 	vals := make(plotter.Values, n)
 	names := make([]string, n)
@@ -344,7 +351,7 @@ func (r *Report) drawBandwidth(dc draw.Canvas, rows []Result) error {
 		k := n - 1 - i
 		vals[k], names[k] = x.Value, x.Name
 		labels.XYs[k] = plotter.XY{X: x.Value, Y: float64(k)}
-		labels.Labels[k] = formatValue(x.Value, x.Unit)
+		labels.Labels[k] = bench.FormatValue(x.Value, x.Unit)
 		top = max(top, x.Value)
 	}
 	bars, err := plotter.NewBarChart(vals, px(24))
@@ -375,7 +382,7 @@ func (r *Report) drawBandwidth(dc draw.Canvas, rows []Result) error {
 // drawJoules draws, per policy and the devices it ran on, the predicted and the measured
 // energy per parameter side by side; measured bars say "estimated" when no counter measured
 // them.
-func (r *Report) drawJoules(dc draw.Canvas, rows []Result) error {
+func drawJoules(r *bench.Report, dc draw.Canvas, rows []bench.Result) error {
 	p := newPlot()
 	n := len(rows)
 	pred, meas := make(plotter.Values, n), make(plotter.Values, n)
@@ -402,9 +409,9 @@ func (r *Report) drawJoules(dc draw.Canvas, rows []Result) error {
 	}
 	subject := ""
 	if x := rows[0]; x.Clients > 0 {
-		subject = fmt.Sprintf(", FedAvg of %d × %s %s params", x.Clients, ParamsLabel(x.Params), x.DType)
+		subject = fmt.Sprintf(", FedAvg of %d × %s %s params", x.Clients, bench.ParamsLabel(x.Params), x.DType)
 	}
-	p.Title.Text = fmt.Sprintf("wattagg bench %s: energy per parameter by policy and device%s\n%s", r.Suite, subject, r.subtitle())
+	p.Title.Text = fmt.Sprintf("wattagg bench %s: energy per parameter by policy and device%s\n%s", r.Suite, subject, r.Subtitle())
 	w := px(34)
 	pb, err := plotter.NewBarChart(pred, w)
 	if err != nil {
@@ -493,15 +500,6 @@ func newPlot() *plot.Plot {
 	return p
 }
 
-// subtitle names the machine and the date in every plot.
-func (r *Report) subtitle() string {
-	s := r.Machine.String() + ", " + r.Date.Format("2006-01-02")
-	if r.Quick {
-		s += " (--quick)"
-	}
-	return s
-}
-
 // drawHeader writes a two-line title across the top of a canvas of several panels.
 func drawHeader(dc draw.Canvas, title, subtitle string) {
 	sty := plot.New().Title.TextStyle
@@ -516,18 +514,18 @@ func drawHeader(dc draw.Canvas, title, subtitle string) {
 func px(n int) vg.Length { return vg.Length(n) * vg.Inch / plotDPI }
 
 // writePNG draws a w × h pixel white canvas with fn and writes it to path atomically. gonum
-// panics on some data (a log axis over zero): that becomes an ErrReport error, not a crash.
+// panics on some data (a log axis over zero): that becomes an bench.ErrReport error, not a crash.
 func writePNG(path string, w, h int, fn func(draw.Canvas) error) (err error) {
 	c := vgimg.NewWith(vgimg.UseWH(px(w), px(h)), vgimg.UseDPI(plotDPI), vgimg.UseBackgroundColor(color.White))
 	defer func() {
 		if v := recover(); v != nil {
-			err = fmt.Errorf("%w: plotting %s: %v", ErrReport, filepath.Base(path), v)
+			err = fmt.Errorf("%w: plotting %s: %v", bench.ErrReport, filepath.Base(path), v)
 		}
 	}()
 	if err := fn(draw.New(c)); err != nil {
 		return fmt.Errorf("plotting %s: %w", filepath.Base(path), err)
 	}
-	return writeFileAtomic(path, func(wr io.Writer) error {
+	return bench.WriteFileAtomic(path, func(wr io.Writer) error {
 		_, err := vgimg.PngCanvas{Canvas: c}.WriteTo(wr)
 		return err
 	})

@@ -1,4 +1,4 @@
-package bench
+package charts
 
 import (
 	"errors"
@@ -9,7 +9,25 @@ import (
 	"path/filepath"
 	"slices"
 	"testing"
+
+	"github.com/wattagg/wattagg/bench"
 )
+
+// testReport reads testdata/NAME.json: the bench package's sample reports (its
+// TestChartsTestdataIsTheSampleReports keeps them the same).
+func testReport(t *testing.T, name string) *bench.Report {
+	t.Helper()
+	f, err := os.Open(filepath.Join("testdata", name+".json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	r, err := bench.ReadReport(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
 
 // checkPNG decodes path as a PNG of w × h pixels and checks that it is a picture, not a blank:
 // many colours, and a share of non-white pixels that text and lines alone reach.
@@ -45,8 +63,8 @@ func checkPNG(t *testing.T, path string, w, h int) {
 
 func TestPlots(t *testing.T) {
 	dir := t.TempDir()
-	r := sampleReport()
-	names, err := r.Plot(dir)
+	r := testReport(t, "robust")
+	names, err := Write(r, dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -58,8 +76,8 @@ func TestPlots(t *testing.T) {
 	checkPNG(t, filepath.Join(dir, "robust-params.png"), 2*panelW, sweepTitleH+panelH)
 	checkPNG(t, filepath.Join(dir, "robust-ratio.png"), barChartW, barChartH0+3*barH)
 
-	e := energyReport()
-	if names, err = e.Plot(dir); err != nil {
+	e := testReport(t, "energy")
+	if names, err = Write(e, dir); err != nil {
 		t.Fatal(err)
 	}
 	if !slices.Equal(names, []string{"energy-joules.png"}) {
@@ -67,10 +85,10 @@ func TestPlots(t *testing.T) {
 	}
 	checkPNG(t, filepath.Join(dir, "energy-joules.png"), energyW, energyH)
 
-	f := NewReport("floor", "the floors", Machine{CPU: "Test CPU", Workers: 2, Kernels: "avx2"})
-	f.Add(Result{Name: "read 512 MiB, 1 workers", Value: 20, Unit: "GB/s", IsFloor: true},
-		Result{Name: "read 512 MiB, 2 workers", Value: 35, Unit: "GB/s", IsFloor: true})
-	if names, err = f.Plot(dir); err != nil {
+	f := bench.NewReport("floor", "the floors", bench.Machine{CPU: "Test CPU", Workers: 2, Kernels: "avx2"})
+	f.Add(bench.Result{Name: "read 512 MiB, 1 workers", Value: 20, Unit: "GB/s", IsFloor: true},
+		bench.Result{Name: "read 512 MiB, 2 workers", Value: 35, Unit: "GB/s", IsFloor: true})
+	if names, err = Write(f, dir); err != nil {
 		t.Fatal(err)
 	}
 	if !slices.Equal(names, []string{"floor-bandwidth.png"}) {
@@ -88,14 +106,14 @@ func TestSweepGrid(t *testing.T) {
 		}
 	}
 	dir := t.TempDir()
-	r := NewReport("robust", "nine rules", Machine{CPU: "Test CPU", Workers: 2, Kernels: "avx2"})
+	r := bench.NewReport("robust", "nine rules", bench.Machine{CPU: "Test CPU", Workers: 2, Kernels: "avx2"})
 	for i := range 9 {
 		for _, c := range []int{8, 128} {
-			r.Add(Result{Name: "r", Sweep: SweepClients, Rule: string(rune('a' + i)), Clients: c, Params: 1 << 20,
+			r.Add(bench.Result{Name: "r", Sweep: bench.SweepClients, Rule: string(rune('a' + i)), Clients: c, Params: 1 << 20,
 				Value: float64(c) / 8, Unit: "GB/s", Floor: 20, Ratio: float64(c) / 160})
 		}
 	}
-	if _, err := r.Plot(dir); err != nil {
+	if _, err := Write(r, dir); err != nil {
 		t.Fatal(err)
 	}
 	checkPNG(t, filepath.Join(dir, "robust-clients.png"), 3*panelW, sweepTitleH+3*panelH)
@@ -105,12 +123,12 @@ func TestSweepGrid(t *testing.T) {
 // to draw writes no plot rather than a blank one.
 func TestPlotsSkipUndrawable(t *testing.T) {
 	dir := t.TempDir()
-	r := NewReport("mean", "nothing to draw", Machine{CPU: "Test CPU", Workers: 2, Kernels: "avx2"})
-	r.Add(Result{Name: "skipped", Sweep: SweepClients, Rule: "fedavg", Clients: 8, Params: 1 << 20, Unit: "GB/s", Skipped: "no GPU"},
-		Result{Name: "nan", Sweep: SweepParams, Rule: "fedavg", Clients: 8, Params: 1 << 20, Value: math.NaN(), Unit: "GB/s", Floor: 1},
-		Result{Name: "inf floor", Rule: "fedavg", Value: 1, Unit: "GB/s", Floor: math.Inf(1)},
-		Result{Name: "no clients", Sweep: SweepClients, Rule: "fedavg", Params: 1 << 20, Value: 1, Unit: "GB/s", Floor: 2})
-	names, err := r.Plot(dir)
+	r := bench.NewReport("mean", "nothing to draw", bench.Machine{CPU: "Test CPU", Workers: 2, Kernels: "avx2"})
+	r.Add(bench.Result{Name: "skipped", Sweep: bench.SweepClients, Rule: "fedavg", Clients: 8, Params: 1 << 20, Unit: "GB/s", Skipped: "no GPU"},
+		bench.Result{Name: "nan", Sweep: bench.SweepParams, Rule: "fedavg", Clients: 8, Params: 1 << 20, Value: math.NaN(), Unit: "GB/s", Floor: 1},
+		bench.Result{Name: "inf floor", Rule: "fedavg", Value: 1, Unit: "GB/s", Floor: math.Inf(1)},
+		bench.Result{Name: "no clients", Sweep: bench.SweepClients, Rule: "fedavg", Params: 1 << 20, Value: 1, Unit: "GB/s", Floor: 2})
+	names, err := Write(r, dir)
 	if err != nil || len(names) != 0 {
 		t.Fatalf("plots %v, err %v", names, err)
 	}
@@ -122,16 +140,16 @@ func TestPlotsSkipUndrawable(t *testing.T) {
 // One point of a sweep still draws (a log axis needs a range around it).
 func TestPlotOnePoint(t *testing.T) {
 	dir := t.TempDir()
-	r := NewReport("mean", "one point", Machine{CPU: "Test CPU", Workers: 2, Kernels: "avx2"})
-	r.Add(Result{Name: "fedavg", Sweep: SweepParams, Rule: "fedavg", DType: "f32", Clients: 8, Params: 1 << 20, Value: 10, Unit: "GB/s", Floor: 20, Ratio: 0.5})
-	if _, err := r.Plot(dir); err != nil {
+	r := bench.NewReport("mean", "one point", bench.Machine{CPU: "Test CPU", Workers: 2, Kernels: "avx2"})
+	r.Add(bench.Result{Name: "fedavg", Sweep: bench.SweepParams, Rule: "fedavg", DType: "f32", Clients: 8, Params: 1 << 20, Value: 10, Unit: "GB/s", Floor: 20, Ratio: 0.5})
+	if _, err := Write(r, dir); err != nil {
 		t.Fatal(err)
 	}
 	checkPNG(t, filepath.Join(dir, "mean-params.png"), panelW, sweepTitleH+panelH)
 }
 
 func TestPlotIntoMissingDir(t *testing.T) {
-	_, err := sampleReport().Plot(filepath.Join(t.TempDir(), "no", "such"))
+	_, err := Write(testReport(t, "robust"), filepath.Join(t.TempDir(), "no", "such"))
 	if !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("got %v, want a not-exist error", err)
 	}
