@@ -11,6 +11,9 @@
 package main
 
 import (
+	"os"
+	"runtime/debug"
+
 	"github.com/spf13/cobra"
 
 	"github.com/wattagg/wattagg/internal/cli"
@@ -23,7 +26,25 @@ import (
 // usagef is an error in how the command was called (exit status 2).
 var usagef = cli.Usagef
 
-func main() { cli.Main(newRoot()) }
+func main() {
+	setGC()
+	cli.Main(newRoot())
+}
+
+// setGC sets gcPercent unless $GOGC says otherwise.
+func setGC() {
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(gcPercent)
+	}
+}
+
+// gcPercent is wattagg's GOGC unless the environment sets one. A run's large buffers are pooled
+// Go memory, made once and live to the end, and its garbage is small; at the default (100) the
+// first pooled buffer (the output ring, 6 MiB) set off a collection that cost `wattagg
+// aggregate` of 32 × 4M f32 9 ms of its 0.12 s on the Zen 5 VM (median of 21 alternating runs:
+// 128.2 ms at GOGC=100, 119.6 at 400, 117.7 with no collector). The server keeps the default:
+// it runs for days, under a memory budget.
+const gcPercent = 400
 
 func newRoot() *cobra.Command {
 	root := &cobra.Command{

@@ -7,6 +7,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"testing"
 
@@ -237,5 +238,20 @@ func TestStreamWeightsLikeBatch(t *testing.T) {
 	}
 	if _, err := os.Stat(out); !os.IsNotExist(err) {
 		t.Fatal("output written")
+	}
+}
+
+// wattagg collects garbage at gcPercent unless $GOGC is set, which wins.
+func TestSetGC(t *testing.T) {
+	defer debug.SetGCPercent(debug.SetGCPercent(100))
+	t.Setenv("GOGC", "")
+	setGC()
+	if got := debug.SetGCPercent(100); got != gcPercent {
+		t.Fatalf("GOGC unset: GC percent %d, want %d", got, gcPercent)
+	}
+	t.Setenv("GOGC", "50")
+	setGC()
+	if got := debug.SetGCPercent(100); got != 100 {
+		t.Fatalf("GOGC=50: setGC changed the GC percent to %d", got)
 	}
 }
