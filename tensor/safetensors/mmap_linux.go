@@ -144,8 +144,8 @@ func chooseRead(f *os.File, mem []byte, dataOff int64, vote *readVote) ReadMode 
 }
 
 // raceCopy is the second half of the probe of a file cached in large folios: it preads as many
-// bytes as the probe mapped, from windows of the data between the mapped ones (at a sixth, a
-// half and five sixths: none the probe touched), into a reused buffer, walks them as it walked
+// bytes as the probe mapped, from windows of the data between the mapped ones (at a sixth and a
+// half, after an untimed read at five sixths: none the probe touched), into a reused buffer, walks them as it walked
 // the mapped windows, and chooses ReadCopy unless mapping took at most mapFavour of the copy's
 // time. Whether a mapped walk beats a copy through the kernel depends on the machine, not only
 // on the folios: on the Zen 4 VMs above the mapping won by a third; on a Zen 5 VM (2026-12-02,
@@ -156,8 +156,14 @@ func raceCopy(f *os.File, lo, size int, mapped time.Duration) ReadMode {
 	buf := probeBuffer()
 	var copied time.Duration
 	data := size - lo
+	window := func(k int) int { return (lo + (2*k+1)*data/(2*(probeWindows+1))) &^ (probeWindow - 1) }
+	// One untimed read first, of a window the race does not time (at five sixths), so that a
+	// process's first reads do not count their cold start against the copy.
+	if at := window(probeWindows); at >= lo && at+probeWindow <= size {
+		_, _ = f.ReadAt(buf, int64(at))
+	}
 	for k := 0; k < probeWindows; k++ {
-		at := (lo + (2*k+1)*data/(2*(probeWindows+1))) &^ (probeWindow - 1)
+		at := window(k)
 		if at < lo || at+probeWindow > size {
 			return ReadMap
 		}

@@ -213,8 +213,8 @@ func TestReadModeOptions(t *testing.T) {
 	}
 }
 
-// Files opened together vote: once readVoters probes agree the others take the answer; a
-// disagreement makes every file probe; no vote decides nothing.
+// Files opened together vote: the first answer readVoters probes give decides for the others,
+// however many probes disagreed before; no vote decides nothing.
 func TestReadVote(t *testing.T) {
 	var none *readVote
 	if _, ok := none.decided(); ok || none.cast(ReadCopy) != ReadCopy {
@@ -231,13 +231,21 @@ func TestReadVote(t *testing.T) {
 		t.Fatalf("after %d agreeing votes: %s, %v", readVoters, m, ok)
 	}
 	w := newReadVote()
-	w.cast(ReadCopy)
-	w.cast(ReadMap)
-	for range readVoters {
+	w.cast(ReadMap) // an outlier
+	for k := range readVoters {
+		if _, ok := w.decided(); ok {
+			t.Fatalf("decided after an outlier and %d other votes", k)
+		}
+		w.cast(ReadCopy)
+	}
+	if m, ok := w.decided(); !ok || m != ReadCopy {
+		t.Fatalf("an outlier then %d copies: %s, %v", readVoters, m, ok)
+	}
+	for range 2 * readVoters { // later votes change nothing
 		w.cast(ReadMap)
 	}
-	if _, ok := w.decided(); ok {
-		t.Fatal("a split vote decided")
+	if m, ok := w.decided(); !ok || m != ReadCopy {
+		t.Fatalf("decided, then outvoted: %s, %v", m, ok)
 	}
 }
 
