@@ -134,6 +134,8 @@ const gramPrefetchParts = 8
 // fast as unchunked, packed ymm tiles 64 groups 20% faster) and, within a chunk, in row ranges
 // (rows a multiple of the tiles' rows), and runs the reference on the rest; the lane of element
 // j stays j%4 and receives the elements in order either way.
+//
+// sq nil is the raw Gram (GramRawF32): pack takes no squares and the rest runs gramRawGeneric.
 func gramAsm(p, sq []float64, x [][]byte, elems int, tmp []float64, rows, chunk int,
 	pack func(tmp, sq []float64, x [][]byte, elems int),
 	tiles func(p, tmp []float64, n, elems, r0, r1, g0, g1 int)) {
@@ -141,7 +143,9 @@ func gramAsm(p, sq []float64, x [][]byte, elems int, tmp []float64, rows, chunk 
 	m := elems &^ 7
 	if m > 0 && n > 0 {
 		_ = p[GramPartials(n)-1]
-		_ = sq[Lanes*n-1]
+		if sq != nil {
+			_ = sq[Lanes*n-1]
+		}
 		scratch := GramScratch(n, m)
 		_ = tmp[scratch-1]
 		for _, xi := range x {
@@ -153,7 +157,9 @@ func gramAsm(p, sq []float64, x [][]byte, elems int, tmp []float64, rows, chunk 
 				race.ReadSlice(xi[:4*m])
 			}
 			race.WriteSlice(tmp[:scratch])
-			race.WriteSlice(sq[:Lanes*n])
+			if sq != nil {
+				race.WriteSlice(sq[:Lanes*n])
+			}
 			race.WriteSlice(p[:GramPartials(n)])
 		}
 		pack(tmp, sq, x, m)
@@ -175,7 +181,11 @@ func gramAsm(p, sq []float64, x [][]byte, elems int, tmp []float64, rows, chunk 
 		}
 	}
 	if m < elems {
-		gramGeneric(p, sq, x, m, elems)
+		if sq == nil {
+			gramRawGeneric(p, x, m, elems)
+		} else {
+			gramGeneric(p, sq, x, m, elems)
+		}
 	}
 }
 

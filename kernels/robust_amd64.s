@@ -44354,6 +44354,95 @@ done:
 	VZEROUPPER
 	RET
 
+// func gramPackRawF32AVX512(tmp []float64, x [][]byte, elems int)
+// Requires: AVX
+TEXT ·gramPackRawF32AVX512(SB), NOSPLIT, $0-56
+	MOVQ elems+48(FP), AX
+	MOVQ x_len+32(FP), CX
+	MOVQ tmp_base+0(FP), DX
+	MOVQ AX, BX
+	SHLQ $0x02, BX
+	MOVQ CX, SI
+	INCQ SI
+	ANDQ $-2, SI
+	ADDQ $0x02, SI
+	SHLQ $0x05, SI
+	XORQ DI, DI
+
+raw_input:
+	MOVQ x_base+24(FP), R8
+	LEAQ (DI)(DI*2), R9
+	MOVQ (R8)(R9*8), R8
+	LEAQ (R8)(BX*1), R9
+	MOVQ DI, R10
+	SHRQ $0x01, R10
+	SHLQ $0x06, R10
+	ADDQ DX, R10
+	MOVQ DI, R11
+	ANDQ $0x00000001, R11
+	SHLQ $0x05, R11
+	ADDQ R11, R10
+	LEAQ -48(R9), R11
+
+raw_pack4:
+	CMPQ      R8, R11
+	JAE       raw_pack4_done
+	VCVTPS2PD (R8), Y0
+	VMOVUPD   Y0, (R10)
+	ADDQ      SI, R10
+	VCVTPS2PD 16(R8), Y0
+	VMOVUPD   Y0, (R10)
+	ADDQ      SI, R10
+	VCVTPS2PD 32(R8), Y0
+	VMOVUPD   Y0, (R10)
+	ADDQ      SI, R10
+	VCVTPS2PD 48(R8), Y0
+	VMOVUPD   Y0, (R10)
+	ADDQ      SI, R10
+	ADDQ      $0x00000040, R8
+	JMP       raw_pack4
+
+raw_pack4_done:
+	LEAQ -16(R9), R9
+
+raw_pack2:
+	CMPQ      R8, R9
+	JAE       raw_pack2_done
+	VCVTPS2PD (R8), Y0
+	VMOVUPD   Y0, (R10)
+	ADDQ      SI, R10
+	VCVTPS2PD 16(R8), Y0
+	VMOVUPD   Y0, (R10)
+	ADDQ      SI, R10
+	ADDQ      $0x00000020, R8
+	JMP       raw_pack2
+
+raw_pack2_done:
+	INCQ   DI
+	CMPQ   DI, CX
+	JB     raw_input
+	TESTQ  $0x00000001, CX
+	JZ     raw_done
+	VXORPD Y0, Y0, Y0
+	MOVQ   CX, BX
+	SHRQ   $0x01, BX
+	SHLQ   $0x06, BX
+	ADDQ   DX, BX
+	ANDQ   $0x00000001, CX
+	SHLQ   $0x05, CX
+	ADDQ   CX, BX
+	SHRQ   $0x02, AX
+
+raw_pad:
+	VMOVUPD Y0, (BX)
+	ADDQ    SI, BX
+	DECQ    AX
+	JNZ     raw_pad
+
+raw_done:
+	VZEROUPPER
+	RET
+
 // func gramTilesAVX512(p []float64, tmp []float64, n int, elems int, r0 int, r1 int, g0 int, g1 int)
 // Requires: AVX, AVX512F
 TEXT ·gramTilesAVX512(SB), NOSPLIT, $0-96

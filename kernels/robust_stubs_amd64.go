@@ -117,6 +117,11 @@ func closestSortedF32AVX512(dst []float32, tmp []float32, n int, wires int, beta
 //go:noescape
 func gramPackF32AVX512(tmp []float64, sq []float64, x [][]byte, elems int)
 
+// gramPackRawF32AVX512 packs the block of gramRawGeneric (the inputs as they are) into tmp as gramPackF32AVX512 packs the centred one, for elems a positive multiple of 8.
+//
+//go:noescape
+func gramPackRawF32AVX512(tmp []float64, x [][]byte, elems int)
+
 // gramTilesAVX512 adds the pairs of rows [r0, r1) over the groups [g0, g1) of the packed block in tmp to p (gramGeneric's), for elems a positive multiple of 8, r0 a multiple of 4 and g1 > g0.
 //
 //go:noescape

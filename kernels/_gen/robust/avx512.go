@@ -54,6 +54,7 @@ func genAVX512() {
 	genTrimmedSorted512()
 	genClosestSorted512()
 	genGramPack()
+	genGramPackRaw()
 	genGramTiles512()
 	genFMALoop512()
 }
@@ -740,6 +741,67 @@ func genGramPack() {
 	DECQ(cnt)
 	JNZ(LabelRef("pad"))
 	Label("done")
+	VZEROUPPER()
+	RET()
+}
+
+// genGramPackRaw generates gramPackRawF32AVX512(tmp, x, elems): every input's values as they
+// are (no centre), converted to f64 and packed into tmp as genGramPack packs the centred ones,
+// an odd count's partner zero, for elems a positive multiple of 8. The zmm tiles over this
+// block give GramRawF32's partials: each pair's lane j%4 receives FMA(x_a[j], x_b[j], ·) in
+// element order, as in gramRawGeneric.
+func genGramPackRaw() {
+	TEXT("gramPackRawF32AVX512", NOSPLIT, "func(tmp []float64, x [][]byte, elems int)")
+	Pragma("noescape")
+	Doc("gramPackRawF32AVX512 packs the block of gramRawGeneric (the inputs as they are) into tmp as gramPackF32AVX512 packs the centred one, for elems a positive multiple of 8.")
+	elems := Load(Param("elems"), GP64())
+	n := Load(Param("x").Len(), GP64())
+	panel := Load(Param("tmp").Base(), GP64())
+	end := GP64() // f32 bytes of the block
+	MOVQ(elems, end)
+	SHLQ(U8(2), end)
+	stride := groupStride(n)
+	i := GP64()
+	XORQ(i, i)
+	Label("raw_input")
+	p, pend := inputPtr(i), GP64()
+	LEAQ(Mem{Base: p, Index: end, Scale: 1}, pend)
+	row := packRow(panel, i)
+	for _, w := range []int{4, 2} { // groups of 4 coordinates per step
+		lbl := fmt.Sprintf("raw_pack%d", w)
+		lim := GP64()
+		LEAQ(Mem{Base: pend, Disp: -16*w + 16}, lim)
+		Label(lbl)
+		CMPQ(p, lim)
+		JAE(LabelRef(lbl + "_done"))
+		for u := range w {
+			v := YMM()
+			VCVTPS2PD(Mem{Base: p, Disp: 16 * u}, v)
+			VMOVUPD(v, Mem{Base: row})
+			ADDQ(stride, row)
+		}
+		ADDQ(U32(16*w), p)
+		JMP(LabelRef(lbl))
+		Label(lbl + "_done")
+	}
+	INCQ(i)
+	CMPQ(i, n)
+	JB(LabelRef("raw_input"))
+	// An odd count's zero partner.
+	TESTQ(U32(1), n)
+	JZ(LabelRef("raw_done"))
+	zero := YMM()
+	VXORPD(zero, zero, zero)
+	prow := packRow(panel, n)
+	cnt := GP64()
+	MOVQ(elems, cnt)
+	SHRQ(U8(2), cnt)
+	Label("raw_pad")
+	VMOVUPD(zero, Mem{Base: prow})
+	ADDQ(stride, prow)
+	DECQ(cnt)
+	JNZ(LabelRef("raw_pad"))
+	Label("raw_done")
 	VZEROUPPER()
 	RET()
 }
