@@ -44421,9 +44421,9 @@ raw_pack2_done:
 	INCQ   DI
 	CMPQ   DI, CX
 	JB     raw_input
+	VXORPD Y0, Y0, Y0
 	TESTQ  $0x00000001, CX
 	JZ     raw_done
-	VXORPD Y0, Y0, Y0
 	MOVQ   CX, BX
 	SHRQ   $0x01, BX
 	SHLQ   $0x06, BX

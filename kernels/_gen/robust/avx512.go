@@ -728,21 +728,26 @@ func genGramPack() {
 		CMPQ(i, n)
 		JB(LabelRef("input"))
 	}
-	// An odd count's zero partner.
+	packZeroPartner("", panel, n, elems, stride, zero)
+	VZEROUPPER()
+	RET()
+}
+
+// packZeroPartner emits the zero partner of an odd count n: the packed rows of input n, elems
+// values, all zero (labels prefix+"pad" and prefix+"done").
+func packZeroPartner(prefix string, panel, n, elems, stride Register, zero VecVirtual) {
 	TESTQ(U32(1), n)
-	JZ(LabelRef("done"))
+	JZ(LabelRef(prefix + "done"))
 	row := packRow(panel, n)
 	cnt := GP64()
 	MOVQ(elems, cnt)
 	SHRQ(U8(2), cnt)
-	Label("pad")
+	Label(prefix + "pad")
 	VMOVUPD(zero, Mem{Base: row})
 	ADDQ(stride, row)
 	DECQ(cnt)
-	JNZ(LabelRef("pad"))
-	Label("done")
-	VZEROUPPER()
-	RET()
+	JNZ(LabelRef(prefix + "pad"))
+	Label(prefix + "done")
 }
 
 // genGramPackRaw generates gramPackRawF32AVX512(tmp, x, elems): every input's values as they
@@ -787,21 +792,9 @@ func genGramPackRaw() {
 	INCQ(i)
 	CMPQ(i, n)
 	JB(LabelRef("raw_input"))
-	// An odd count's zero partner.
-	TESTQ(U32(1), n)
-	JZ(LabelRef("raw_done"))
 	zero := YMM()
 	VXORPD(zero, zero, zero)
-	prow := packRow(panel, n)
-	cnt := GP64()
-	MOVQ(elems, cnt)
-	SHRQ(U8(2), cnt)
-	Label("raw_pad")
-	VMOVUPD(zero, Mem{Base: prow})
-	ADDQ(stride, prow)
-	DECQ(cnt)
-	JNZ(LabelRef("raw_pad"))
-	Label("raw_done")
+	packZeroPartner("raw_", panel, n, elems, stride, zero)
 	VZEROUPPER()
 	RET()
 }
