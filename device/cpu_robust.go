@@ -213,9 +213,7 @@ func (c *CPU) Select(ctx context.Context, job *SelectJob) (Stats, error) {
 					for j, v := range res {
 						r64[j] = float64(v)
 					}
-					for i := range dl {
-						c.kern.SqDistNormF32F64(&dl[i], &nl[i], xs[i], r64)
-					}
+					c.kern.SqDistNormF32F64Many(dl, nl, xs, r64)
 				}
 				out := dst[(lo-pc.Lo)*os : (hi-pc.Lo)*os]
 				storeF32(c.kern, f.Out, out, res)

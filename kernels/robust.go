@@ -77,7 +77,9 @@ type robustKernels struct {
 	gramRaw  func(p []float64, x [][]byte, elems int, tmp []float64)
 	sqDist   func(pd, pn *[Lanes]float64, x []byte, z []float32)
 	sqDist64 func(pd, pn *[Lanes]float64, x []byte, z []float64)
-	fmaLoop  func(iters int) float64
+	// sqDist64Many, where not nil, is sqDist64 for every input of x at once (pd[i], pn[i]).
+	sqDist64Many func(pd, pn [][Lanes]float64, x [][]byte, z []float64)
+	fmaLoop      func(iters int) float64
 }
 
 var robustGeneric = robustKernels{
@@ -405,6 +407,28 @@ func sqDistNormF64Generic(pd, pn *[Lanes]float64, x []byte, z []float64, from in
 		d := v - z[j]
 		pd[j%Lanes] = math.FMA(d, d, pd[j%Lanes])
 		pn[j%Lanes] = math.FMA(v, v, pn[j%Lanes])
+	}
+}
+
+// SqDistNormF32F64Many is SqDistNormF32F64(&pd[i], &pn[i], x[i], z) for every input of x:
+// the same bits, in fewer passes over z where the implementation takes several inputs at once
+// (the avx512 one takes four).
+func SqDistNormF32F64Many(pd, pn [][Lanes]float64, x [][]byte, z []float64) {
+	def.SqDistNormF32F64Many(pd, pn, x, z)
+}
+
+// SqDistNormF32F64Many is the package-level SqDistNormF32F64Many run by k.
+func (k *Impl) SqDistNormF32F64Many(pd, pn [][Lanes]float64, x [][]byte, z []float64) {
+	if len(x) == 0 {
+		return
+	}
+	_, _ = pd[len(x)-1], pn[len(x)-1]
+	if k.robust.sqDist64Many != nil {
+		k.robust.sqDist64Many(pd[:len(x)], pn[:len(x)], x, z)
+		return
+	}
+	for i := range x {
+		k.robust.sqDist64(&pd[i], &pn[i], x[i], z)
 	}
 }
 

@@ -129,3 +129,8 @@ func gramTilesAVX512(p []float64, tmp []float64, n int, elems int, r0 int, r1 in
 
 // fmaLoopAVX512 runs iters x 48 f64 fused multiply-adds on zmm registers and returns a value that depends on all of them.
 func fmaLoopAVX512(iters int) float64
+
+// sqDistNormF32F64x4AVX512 is sqDistNormF64Generic(&pd[16k], &pn[16k], x[k], z, 0) for k = 0..3, for len(z) a multiple of 16 and len(x) >= 4.
+//
+//go:noescape
+func sqDistNormF32F64x4AVX512(pd *[64]float64, pn *[64]float64, x [][]byte, z []float64)

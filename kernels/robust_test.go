@@ -721,6 +721,45 @@ func TestGramBlocksCompose(t *testing.T) {
 	})
 }
 
+// SqDistNormF32F64Many gives every input the bits of SqDistNormF32F64 alone, for counts that
+// do and do not fill the avx512 kernel's groups of four, NaN and Inf included.
+func TestSqDistNormMany(t *testing.T) {
+	forImpls(t, func(t *testing.T, k *Impl) {
+		r := rand.New(rand.NewPCG(12, 13))
+		for _, cnt := range []int{0, 1, 3, 4, 5, 8, 9, 32} {
+			for i, n := range []int{0, 1, 15, 16, 17, 1001, 4096 + 24} {
+				finite := (i+cnt)%3 != 0
+				x := make([][]byte, cnt)
+				for q := range x {
+					x[q] = randBytes(r, dtF32, n, finite)
+				}
+				z := make([]float64, n)
+				for j := range z {
+					z[j] = float64(math.Float32frombits(randF32Bits(r, finite)))
+				}
+				pd, pn := make([][Lanes]float64, cnt), make([][Lanes]float64, cnt)
+				want, wantN := make([][Lanes]float64, cnt), make([][Lanes]float64, cnt)
+				for q := range pd {
+					for l := range Lanes {
+						pd[q][l], pn[q][l] = float64(q+l), float64(-l)
+					}
+					want[q], wantN[q] = pd[q], pn[q]
+					sqDistNormF64Generic(&want[q], &wantN[q], x[q], z, 0)
+				}
+				k.SqDistNormF32F64Many(pd, pn, x, z)
+				for q := range pd {
+					for l := range Lanes {
+						if !sameF64(pd[q][l], want[q][l]) || !sameF64(pn[q][l], wantN[q][l]) {
+							t.Fatalf("%d inputs, len %d: input %d lane %d = %v, %v; reference %v, %v",
+								cnt, n, q, l, pd[q][l], pn[q][l], want[q][l], wantN[q][l])
+						}
+					}
+				}
+			}
+		}
+	})
+}
+
 func TestSqDistNorm(t *testing.T) {
 	forImpls(t, func(t *testing.T, k *Impl) {
 		r := rand.New(rand.NewPCG(10, 11))

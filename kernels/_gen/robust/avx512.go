@@ -57,6 +57,7 @@ func genAVX512() {
 	genGramPackRaw()
 	genGramTiles512()
 	genFMALoop512()
+	genSqDist64x4()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1049,6 +1050,67 @@ func genFMALoop512() {
 	VADDPD(x, y.AsX(), x)
 	VHADDPD(x, x, x)
 	Store(x, ReturnIndex(0))
+	VZEROUPPER()
+	RET()
+}
+
+// genSqDist64x4 generates sqDistNormF32F64x4AVX512(pd, pn, x, z): sqDistNormF32F64AVX2 for the
+// inputs x[0..3] at once, input k's partials at pd[16k:16k+16] and pn[16k:16k+16], for len(z)
+// a multiple of 16. One input's 16 lanes are 16 serial FMA chains, latency-bound whatever the
+// register width; four inputs' chains are independent, so the zmm conversions and FMAs of four
+// inputs fill the pipes, and the point z is loaded once for the four. Per lane the operations
+// and their order are those of the reference.
+func genSqDist64x4() {
+	TEXT("sqDistNormF32F64x4AVX512", NOSPLIT, "func(pd, pn *[64]float64, x [][]byte, z []float64)")
+	Pragma("noescape")
+	Doc("sqDistNormF32F64x4AVX512 is sqDistNormF64Generic(&pd[16k], &pn[16k], x[k], z, 0) for k = 0..3, for len(z) a multiple of 16 and len(x) >= 4.")
+	pd := Load(Param("pd"), GP64())
+	pn := Load(Param("pn"), GP64())
+	xh := Load(Param("x").Base(), GP64())
+	z := Load(Param("z").Base(), GP64())
+	n := Load(Param("z").Len(), GP64())
+	var xs [4]Register
+	for k := range xs {
+		xs[k] = GP64()
+		MOVQ(Mem{Base: xh, Disp: 24 * k}, xs[k])
+	}
+	var acc, nacc [4][2]VecVirtual
+	for k := range 4 {
+		for h := range 2 {
+			acc[k][h], nacc[k][h] = ZMM(), ZMM()
+			VMOVUPD(Mem{Base: pd, Disp: 128*k + 64*h}, acc[k][h])
+			VMOVUPD(Mem{Base: pn, Disp: 128*k + 64*h}, nacc[k][h])
+		}
+	}
+	j := GP64()
+	XORQ(j, j)
+	TESTQ(n, n)
+	JZ(LabelRef("sqd4_done"))
+	Label("sqd4_loop")
+	var zv [2]VecVirtual
+	for h := range 2 {
+		zv[h] = ZMM()
+		VMOVUPD(Mem{Base: z, Index: j, Scale: 8, Disp: 64 * h}, zv[h])
+	}
+	for k := range 4 {
+		for h := range 2 {
+			v := ZMM()
+			VCVTPS2PD(Mem{Base: xs[k], Index: j, Scale: 4, Disp: 32 * h}, v)
+			VFMADD231PD(v, v, nacc[k][h])
+			VSUBPD(zv[h], v, v)
+			VFMADD231PD(v, v, acc[k][h])
+		}
+	}
+	ADDQ(U8(16), j)
+	CMPQ(j, n)
+	JB(LabelRef("sqd4_loop"))
+	Label("sqd4_done")
+	for k := range 4 {
+		for h := range 2 {
+			VMOVUPD(acc[k][h], Mem{Base: pd, Disp: 128*k + 64*h})
+			VMOVUPD(nacc[k][h], Mem{Base: pn, Disp: 128*k + 64*h})
+		}
+	}
 	VZEROUPPER()
 	RET()
 }
