@@ -93,7 +93,7 @@ func sweepHeading(p bench.SweepPoint, s bench.SweepSizes) string {
 // written without plots, and one line on stderr says where it was looked for.
 func siblingPlotter(ctx context.Context, stderr io.Writer) bench.Plotter {
 	return func(r *bench.Report, dir string) ([]string, error) {
-		out, err := cli.OutputOfSibling(ctx, cli.PlotBinary, cli.PlotEnv, []string{filepath.Join(dir, r.Suite+".json")})
+		out, err := cli.OutputOfSibling(ctx, stderr, cli.PlotBinary, cli.PlotEnv, []string{filepath.Join(dir, r.Suite+".json")})
 		if errors.Is(err, cli.ErrNoSibling) {
 			fmt.Fprintf(stderr, "wattagg: %s: no plots: %v\n", r.Suite, err)
 			return nil, nil

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -61,15 +62,15 @@ func RunSibling(name, env string, args []string) error {
 	return execve(path, append([]string{path}, args...))
 }
 
-// OutputOfSibling runs the sibling binary name with args as a child, its stderr passed through,
-// and returns what it wrote on stdout. A failure names the sibling and its exit status.
-func OutputOfSibling(ctx context.Context, name, env string, args []string) ([]byte, error) {
+// OutputOfSibling runs the sibling binary name with args as a child, its stderr written to
+// stderr, and returns what it wrote on stdout. A failure names the sibling and its exit status.
+func OutputOfSibling(ctx context.Context, stderr io.Writer, name, env string, args []string) ([]byte, error) {
 	path, err := Sibling(name, env)
 	if err != nil {
 		return nil, err
 	}
 	cmd := exec.CommandContext(ctx, path, args...)
-	cmd.Stderr = os.Stderr
+	cmd.Stderr = stderr
 	out, err := cmd.Output()
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)

@@ -702,26 +702,14 @@ func genGramPack() {
 		}
 		cp := GP64()
 		MOVQ(centre, cp)
-		for _, w := range []int{4, 2} { // groups of 4 coordinates per step
-			lbl := fmt.Sprintf("pack%d", w)
-			lim := GP64()
-			LEAQ(Mem{Base: pend, Disp: -16*w + 16}, lim)
-			Label(lbl)
-			CMPQ(p, lim)
-			JAE(LabelRef(lbl + "_done"))
-			for u := range w {
-				v, y := YMM(), YMM()
-				VCVTPS2PD(Mem{Base: p, Disp: 16 * u}, v)
-				VFMADD231PD(v, v, acc[u])
-				VSUBPD(Mem{Base: cp, Disp: 32 * u}, v, y)
-				VMOVUPD(y, Mem{Base: row})
-				ADDQ(stride, row)
-			}
-			ADDQ(U32(32*w), cp)
-			ADDQ(U32(16*w), p)
-			JMP(LabelRef(lbl))
-			Label(lbl + "_done")
-		}
+		packSteps("", p, pend, func(u int) {
+			v, y := YMM(), YMM()
+			VCVTPS2PD(Mem{Base: p, Disp: 16 * u}, v)
+			VFMADD231PD(v, v, acc[u])
+			VSUBPD(Mem{Base: cp, Disp: 32 * u}, v, y)
+			VMOVUPD(y, Mem{Base: row})
+			ADDQ(stride, row)
+		}, func(w int) { ADDQ(U32(32*w), cp) })
 		for k := range acc {
 			VMOVUPD(acc[k], Mem{Base: sqp, Disp: 32 * k})
 		}
@@ -732,6 +720,28 @@ func genGramPack() {
 	packZeroPartner("", panel, n, elems, stride, zero)
 	VZEROUPPER()
 	RET()
+}
+
+// packSteps emits the walk over one input's f32 values from p to pend, groups of 4 coordinates
+// at a time, 4 groups per step and then 2: pack(u) packs group u of the step (16 bytes at
+// p + 16u), advance(w) moves the caller's other pointers past a step of w groups, then p moves
+// (labels prefix+"pack4", prefix+"pack2").
+func packSteps(prefix string, p, pend Register, pack func(u int), advance func(w int)) {
+	for _, w := range []int{4, 2} {
+		lbl := fmt.Sprintf("%spack%d", prefix, w)
+		lim := GP64()
+		LEAQ(Mem{Base: pend, Disp: -16*w + 16}, lim)
+		Label(lbl)
+		CMPQ(p, lim)
+		JAE(LabelRef(lbl + "_done"))
+		for u := range w {
+			pack(u)
+		}
+		advance(w)
+		ADDQ(U32(16*w), p)
+		JMP(LabelRef(lbl))
+		Label(lbl + "_done")
+	}
 }
 
 // packZeroPartner emits the zero partner of an odd count n: the packed rows of input n, elems
@@ -773,23 +783,12 @@ func genGramPackRaw() {
 	p, pend := inputPtr(i), GP64()
 	LEAQ(Mem{Base: p, Index: end, Scale: 1}, pend)
 	row := packRow(panel, i)
-	for _, w := range []int{4, 2} { // groups of 4 coordinates per step
-		lbl := fmt.Sprintf("raw_pack%d", w)
-		lim := GP64()
-		LEAQ(Mem{Base: pend, Disp: -16*w + 16}, lim)
-		Label(lbl)
-		CMPQ(p, lim)
-		JAE(LabelRef(lbl + "_done"))
-		for u := range w {
-			v := YMM()
-			VCVTPS2PD(Mem{Base: p, Disp: 16 * u}, v)
-			VMOVUPD(v, Mem{Base: row})
-			ADDQ(stride, row)
-		}
-		ADDQ(U32(16*w), p)
-		JMP(LabelRef(lbl))
-		Label(lbl + "_done")
-	}
+	packSteps("raw_", p, pend, func(u int) {
+		v := YMM()
+		VCVTPS2PD(Mem{Base: p, Disp: 16 * u}, v)
+		VMOVUPD(v, Mem{Base: row})
+		ADDQ(stride, row)
+	}, func(int) {})
 	INCQ(i)
 	CMPQ(i, n)
 	JB(LabelRef("raw_input"))
