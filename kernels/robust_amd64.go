@@ -120,74 +120,13 @@ func closestAsm(dst, tmp []float32, n, wires, beta, width int, asm func(dst, tmp
 }
 
 // gramCallFMAs bounds the pair-updates one call of the tiles makes (about 0.1-0.2 ms on a core),
-// since the runtime cannot preempt a goroutine in assembly: the wrapper asks for row ranges of
-// that size.
+// since the runtime cannot preempt a goroutine in assembly: the wrappers ask for row (avx2) or
+// column (avx512) ranges of that size.
 const gramCallFMAs = 4 << 20
 
 // gramPrefetchParts is the fewest calls of the tiles per block: the packed tiles (gramAsm)
 // prefetch the next block between them; the direct ones prefetch it in their diagonal tiles.
 const gramPrefetchParts = 8
-
-// gramAsm packs the largest multiple of 8 elements, runs the tiles over it chunk by chunk of
-// coordinates (chunk groups of 4: a row group's rows stay in L1 while its tiles stream the
-// chunk's columns from L2, instead of both coming from L2; the zmm tiles measured 128 groups as
-// fast as unchunked, packed ymm tiles 64 groups 20% faster) and, within a chunk, in row ranges
-// (rows a multiple of the tiles' rows), and runs the reference on the rest; the lane of element
-// j stays j%4 and receives the elements in order either way.
-//
-// sq nil is the raw Gram (GramRawF32): pack takes no squares and the rest runs gramRawGeneric.
-func gramAsm(p, sq []float64, x [][]byte, elems int, tmp []float64, rows, chunk int,
-	pack func(tmp, sq []float64, x [][]byte, elems int),
-	tiles func(p, tmp []float64, n, elems, r0, r1, g0, g1 int)) {
-	n := len(x)
-	m := elems &^ 7
-	if m > 0 && n > 0 {
-		_ = p[GramPartials(n)-1]
-		if sq != nil {
-			_ = sq[Lanes*n-1]
-		}
-		scratch := GramScratch(n, m)
-		_ = tmp[scratch-1]
-		for _, xi := range x {
-			_ = xi[4*m-1]
-		}
-		if race.Enabled {
-			race.ReadSlice(x)
-			for _, xi := range x {
-				race.ReadSlice(xi[:4*m])
-			}
-			race.WriteSlice(tmp[:scratch])
-			if sq != nil {
-				race.WriteSlice(sq[:Lanes*n])
-			}
-			race.WriteSlice(p[:GramPartials(n)])
-		}
-		pack(tmp, sq, x, m)
-		// The tiles' calls, each preceded by the prefetch of a share of the inputs' next
-		// block (the m elements after this one, which a caller walking the inputs block by
-		// block passes next): at least gramPrefetchParts calls per block.
-		groups := m / 4
-		var calls [][4]int
-		for g0 := 0; g0 < groups; g0 += chunk {
-			g1 := min(g0+chunk, groups)
-			step := max(rows, min(gramCallFMAs/(n*4*(g1-g0)), (n+gramPrefetchParts-1)/gramPrefetchParts)/rows*rows)
-			for r0 := 0; r0 < n; r0 += step {
-				calls = append(calls, [4]int{r0, min(r0+step, n), g0, g1})
-			}
-		}
-		for c, call := range calls {
-			prefetchBlocksT1(x, c*n/len(calls), (c+1)*n/len(calls), 4*m, 4*m)
-			tiles(p, tmp, n, m, call[0], call[1], call[2], call[3])
-		}
-	}
-	if m < elems {
-		if sq == nil {
-			gramRawGeneric(p, x, m, elems)
-		} else {
-			gramGeneric(p, sq, x, m, elems)
-		}
-	}
-}
 
 // sqDistAVX2 runs the assembly on whole multiples of Lanes elements, in bounded calls, so
 // element j still goes to partial j%Lanes.
@@ -334,3 +273,4 @@ func gramRawAVX2(p []float64, x [][]byte, elems int, tmp []float64) {
 		gramRawGeneric(p, x, m, elems)
 	}
 }
+

@@ -44443,49 +44443,52 @@ raw_done:
 	VZEROUPPER
 	RET
 
-// func gramTilesAVX512(p []float64, tmp []float64, n int, elems int, r0 int, r1 int, g0 int, g1 int)
-// Requires: AVX, AVX512F
+// func gramTilesAVX512(p []float64, tmp []float64, n int, elems int, c0 int, c1 int, g0 int, g1 int)
+// Requires: AVX, AVX512F, CMOV
 TEXT ·gramTilesAVX512(SB), NOSPLIT, $0-96
 	MOVQ n+48(FP), AX
 	MOVQ AX, CX
 	INCQ CX
 	SHRQ $0x01, CX
-	MOVQ r0+64(FP), DX
+	MOVQ c0+64(FP), DX
 
-rows:
-	MOVQ r1+72(FP), BX
+cols:
+	MOVQ c1+72(FP), BX
 	CMPQ DX, BX
 	JAE  done
-	MOVQ AX, SI
+	MOVQ CX, SI
 	SUBQ DX, SI
 	CMPQ SI, $0x01
-	JE   rows1
+	JE   cols1
 	CMPQ SI, $0x02
-	JE   rows2
+	JE   cols2
 	CMPQ SI, $0x03
-	JE   rows3
-	JMP  rows4
-
-rows1:
-	MOVQ DX, BX
-	SHRQ $0x01, BX
-
-r1_cols:
-	CMPQ BX, CX
-	JAE  nextrows
-	MOVQ CX, SI
-	SUBQ BX, SI
-	CMPQ SI, $0x01
-	JE   tile1x1
-	CMPQ SI, $0x02
-	JE   tile1x2
-	CMPQ SI, $0x03
-	JE   tile1x3
+	JE   cols3
 	CMPQ SI, $0x04
-	JE   tile1x4
+	JE   cols4
 	CMPQ SI, $0x05
-	JE   tile1x5
-	JMP  tile1x6
+	JE   cols5
+	JMP  cols6
+
+cols1:
+	XORQ BX, BX
+
+c1_rows:
+	LEAQ    1(DX), SI
+	SHLQ    $0x01, SI
+	CMPQ    SI, AX
+	CMOVQGT AX, SI
+	CMPQ    BX, SI
+	JAE     nextcols
+	MOVQ    AX, SI
+	SUBQ    BX, SI
+	CMPQ    SI, $0x01
+	JE      tile1x1
+	CMPQ    SI, $0x02
+	JE      tile2x1
+	CMPQ    SI, $0x03
+	JE      tile3x1
+	JMP     tile4x1
 
 tile1x1:
 	MOVQ    tmp_base+24(FP), SI
@@ -44502,20 +44505,20 @@ tile1x1:
 	SUBQ    R9, SI
 	IMULQ   DI, SI
 	NEGQ    SI
-	MOVQ    DX, R9
+	MOVQ    BX, R9
 	SHRQ    $0x01, R9
 	SHLQ    $0x06, R9
 	ADDQ    R8, R9
-	MOVQ    BX, R10
+	MOVQ    DX, R10
 	SHLQ    $0x06, R10
 	ADDQ    R8, R10
 	MOVQ    AX, R8
 	INCQ    R8
 	ANDQ    $-2, R8
 	SHLQ    $0x05, R8
-	MOVQ    DX, R11
+	MOVQ    BX, R11
 	IMULQ   R8, R11
-	MOVQ    BX, R12
+	MOVQ    DX, R12
 	SHLQ    $0x06, R12
 	ADDQ    R12, R11
 	MOVQ    p_base+0(FP), R12
@@ -44530,319 +44533,8 @@ t1x1_loop:
 	ADDQ            DI, SI
 	JNZ             t1x1_loop
 	VMOVUPD         Z0, (R11)
-	ADDQ            $0x06, BX
-	JMP             r1_cols
-
-tile1x2:
-	MOVQ    tmp_base+24(FP), SI
-	MOVQ    n+48(FP), DI
-	INCQ    DI
-	ANDQ    $-2, DI
-	ADDQ    $0x02, DI
-	SHLQ    $0x05, DI
-	MOVQ    g1+88(FP), R8
-	IMULQ   DI, R8
-	ADDQ    SI, R8
-	MOVQ    g1+88(FP), SI
-	MOVQ    g0+80(FP), R9
-	SUBQ    R9, SI
-	IMULQ   DI, SI
-	NEGQ    SI
-	MOVQ    DX, R9
-	SHRQ    $0x01, R9
-	SHLQ    $0x06, R9
-	ADDQ    R8, R9
-	MOVQ    BX, R10
-	SHLQ    $0x06, R10
-	ADDQ    R8, R10
-	MOVQ    AX, R8
-	INCQ    R8
-	ANDQ    $-2, R8
-	SHLQ    $0x05, R8
-	MOVQ    DX, R11
-	IMULQ   R8, R11
-	MOVQ    BX, R12
-	SHLQ    $0x06, R12
-	ADDQ    R12, R11
-	MOVQ    p_base+0(FP), R12
-	ADDQ    R12, R11
-	LEAQ    (R11)(R8*2), R8
-	VMOVUPD (R11), Z0
-	VMOVUPD 64(R11), Z1
-
-t1x2_loop:
-	VBROADCASTF64X4 (R9)(SI*1), Z2
-	VMOVUPD         (R10)(SI*1), Z3
-	VFMADD231PD     Z3, Z2, Z0
-	VMOVUPD         64(R10)(SI*1), Z3
-	VFMADD231PD     Z3, Z2, Z1
-	ADDQ            DI, SI
-	JNZ             t1x2_loop
-	VMOVUPD         Z0, (R11)
-	VMOVUPD         Z1, 64(R11)
-	ADDQ            $0x06, BX
-	JMP             r1_cols
-
-tile1x3:
-	MOVQ    tmp_base+24(FP), SI
-	MOVQ    n+48(FP), DI
-	INCQ    DI
-	ANDQ    $-2, DI
-	ADDQ    $0x02, DI
-	SHLQ    $0x05, DI
-	MOVQ    g1+88(FP), R8
-	IMULQ   DI, R8
-	ADDQ    SI, R8
-	MOVQ    g1+88(FP), SI
-	MOVQ    g0+80(FP), R9
-	SUBQ    R9, SI
-	IMULQ   DI, SI
-	NEGQ    SI
-	MOVQ    DX, R9
-	SHRQ    $0x01, R9
-	SHLQ    $0x06, R9
-	ADDQ    R8, R9
-	MOVQ    BX, R10
-	SHLQ    $0x06, R10
-	ADDQ    R8, R10
-	MOVQ    AX, R8
-	INCQ    R8
-	ANDQ    $-2, R8
-	SHLQ    $0x05, R8
-	MOVQ    DX, R11
-	IMULQ   R8, R11
-	MOVQ    BX, R12
-	SHLQ    $0x06, R12
-	ADDQ    R12, R11
-	MOVQ    p_base+0(FP), R12
-	ADDQ    R12, R11
-	LEAQ    (R11)(R8*2), R8
-	VMOVUPD (R11), Z0
-	VMOVUPD 64(R11), Z1
-	VMOVUPD 128(R11), Z2
-
-t1x3_loop:
-	VBROADCASTF64X4 (R9)(SI*1), Z3
-	VMOVUPD         (R10)(SI*1), Z4
-	VFMADD231PD     Z4, Z3, Z0
-	VMOVUPD         64(R10)(SI*1), Z4
-	VFMADD231PD     Z4, Z3, Z1
-	VMOVUPD         128(R10)(SI*1), Z4
-	VFMADD231PD     Z4, Z3, Z2
-	ADDQ            DI, SI
-	JNZ             t1x3_loop
-	VMOVUPD         Z0, (R11)
-	VMOVUPD         Z1, 64(R11)
-	VMOVUPD         Z2, 128(R11)
-	ADDQ            $0x06, BX
-	JMP             r1_cols
-
-tile1x4:
-	MOVQ    tmp_base+24(FP), SI
-	MOVQ    n+48(FP), DI
-	INCQ    DI
-	ANDQ    $-2, DI
-	ADDQ    $0x02, DI
-	SHLQ    $0x05, DI
-	MOVQ    g1+88(FP), R8
-	IMULQ   DI, R8
-	ADDQ    SI, R8
-	MOVQ    g1+88(FP), SI
-	MOVQ    g0+80(FP), R9
-	SUBQ    R9, SI
-	IMULQ   DI, SI
-	NEGQ    SI
-	MOVQ    DX, R9
-	SHRQ    $0x01, R9
-	SHLQ    $0x06, R9
-	ADDQ    R8, R9
-	MOVQ    BX, R10
-	SHLQ    $0x06, R10
-	ADDQ    R8, R10
-	MOVQ    AX, R8
-	INCQ    R8
-	ANDQ    $-2, R8
-	SHLQ    $0x05, R8
-	MOVQ    DX, R11
-	IMULQ   R8, R11
-	MOVQ    BX, R12
-	SHLQ    $0x06, R12
-	ADDQ    R12, R11
-	MOVQ    p_base+0(FP), R12
-	ADDQ    R12, R11
-	LEAQ    (R11)(R8*2), R8
-	VMOVUPD (R11), Z0
-	VMOVUPD 64(R11), Z1
-	VMOVUPD 128(R11), Z2
-	VMOVUPD 192(R11), Z3
-
-t1x4_loop:
-	VBROADCASTF64X4 (R9)(SI*1), Z4
-	VMOVUPD         (R10)(SI*1), Z5
-	VFMADD231PD     Z5, Z4, Z0
-	VMOVUPD         64(R10)(SI*1), Z5
-	VFMADD231PD     Z5, Z4, Z1
-	VMOVUPD         128(R10)(SI*1), Z5
-	VFMADD231PD     Z5, Z4, Z2
-	VMOVUPD         192(R10)(SI*1), Z5
-	VFMADD231PD     Z5, Z4, Z3
-	ADDQ            DI, SI
-	JNZ             t1x4_loop
-	VMOVUPD         Z0, (R11)
-	VMOVUPD         Z1, 64(R11)
-	VMOVUPD         Z2, 128(R11)
-	VMOVUPD         Z3, 192(R11)
-	ADDQ            $0x06, BX
-	JMP             r1_cols
-
-tile1x5:
-	MOVQ    tmp_base+24(FP), SI
-	MOVQ    n+48(FP), DI
-	INCQ    DI
-	ANDQ    $-2, DI
-	ADDQ    $0x02, DI
-	SHLQ    $0x05, DI
-	MOVQ    g1+88(FP), R8
-	IMULQ   DI, R8
-	ADDQ    SI, R8
-	MOVQ    g1+88(FP), SI
-	MOVQ    g0+80(FP), R9
-	SUBQ    R9, SI
-	IMULQ   DI, SI
-	NEGQ    SI
-	MOVQ    DX, R9
-	SHRQ    $0x01, R9
-	SHLQ    $0x06, R9
-	ADDQ    R8, R9
-	MOVQ    BX, R10
-	SHLQ    $0x06, R10
-	ADDQ    R8, R10
-	MOVQ    AX, R8
-	INCQ    R8
-	ANDQ    $-2, R8
-	SHLQ    $0x05, R8
-	MOVQ    DX, R11
-	IMULQ   R8, R11
-	MOVQ    BX, R12
-	SHLQ    $0x06, R12
-	ADDQ    R12, R11
-	MOVQ    p_base+0(FP), R12
-	ADDQ    R12, R11
-	LEAQ    (R11)(R8*2), R8
-	VMOVUPD (R11), Z0
-	VMOVUPD 64(R11), Z1
-	VMOVUPD 128(R11), Z2
-	VMOVUPD 192(R11), Z3
-	VMOVUPD 256(R11), Z4
-
-t1x5_loop:
-	VBROADCASTF64X4 (R9)(SI*1), Z5
-	VMOVUPD         (R10)(SI*1), Z6
-	VFMADD231PD     Z6, Z5, Z0
-	VMOVUPD         64(R10)(SI*1), Z6
-	VFMADD231PD     Z6, Z5, Z1
-	VMOVUPD         128(R10)(SI*1), Z6
-	VFMADD231PD     Z6, Z5, Z2
-	VMOVUPD         192(R10)(SI*1), Z6
-	VFMADD231PD     Z6, Z5, Z3
-	VMOVUPD         256(R10)(SI*1), Z6
-	VFMADD231PD     Z6, Z5, Z4
-	ADDQ            DI, SI
-	JNZ             t1x5_loop
-	VMOVUPD         Z0, (R11)
-	VMOVUPD         Z1, 64(R11)
-	VMOVUPD         Z2, 128(R11)
-	VMOVUPD         Z3, 192(R11)
-	VMOVUPD         Z4, 256(R11)
-	ADDQ            $0x06, BX
-	JMP             r1_cols
-
-tile1x6:
-	MOVQ    tmp_base+24(FP), SI
-	MOVQ    n+48(FP), DI
-	INCQ    DI
-	ANDQ    $-2, DI
-	ADDQ    $0x02, DI
-	SHLQ    $0x05, DI
-	MOVQ    g1+88(FP), R8
-	IMULQ   DI, R8
-	ADDQ    SI, R8
-	MOVQ    g1+88(FP), SI
-	MOVQ    g0+80(FP), R9
-	SUBQ    R9, SI
-	IMULQ   DI, SI
-	NEGQ    SI
-	MOVQ    DX, R9
-	SHRQ    $0x01, R9
-	SHLQ    $0x06, R9
-	ADDQ    R8, R9
-	MOVQ    BX, R10
-	SHLQ    $0x06, R10
-	ADDQ    R8, R10
-	MOVQ    AX, R8
-	INCQ    R8
-	ANDQ    $-2, R8
-	SHLQ    $0x05, R8
-	MOVQ    DX, R11
-	IMULQ   R8, R11
-	MOVQ    BX, R12
-	SHLQ    $0x06, R12
-	ADDQ    R12, R11
-	MOVQ    p_base+0(FP), R12
-	ADDQ    R12, R11
-	LEAQ    (R11)(R8*2), R8
-	VMOVUPD (R11), Z0
-	VMOVUPD 64(R11), Z1
-	VMOVUPD 128(R11), Z2
-	VMOVUPD 192(R11), Z3
-	VMOVUPD 256(R11), Z4
-	VMOVUPD 320(R11), Z5
-
-t1x6_loop:
-	VBROADCASTF64X4 (R9)(SI*1), Z6
-	VMOVUPD         (R10)(SI*1), Z7
-	VFMADD231PD     Z7, Z6, Z0
-	VMOVUPD         64(R10)(SI*1), Z7
-	VFMADD231PD     Z7, Z6, Z1
-	VMOVUPD         128(R10)(SI*1), Z7
-	VFMADD231PD     Z7, Z6, Z2
-	VMOVUPD         192(R10)(SI*1), Z7
-	VFMADD231PD     Z7, Z6, Z3
-	VMOVUPD         256(R10)(SI*1), Z7
-	VFMADD231PD     Z7, Z6, Z4
-	VMOVUPD         320(R10)(SI*1), Z7
-	VFMADD231PD     Z7, Z6, Z5
-	ADDQ            DI, SI
-	JNZ             t1x6_loop
-	VMOVUPD         Z0, (R11)
-	VMOVUPD         Z1, 64(R11)
-	VMOVUPD         Z2, 128(R11)
-	VMOVUPD         Z3, 192(R11)
-	VMOVUPD         Z4, 256(R11)
-	VMOVUPD         Z5, 320(R11)
-	ADDQ            $0x06, BX
-	JMP             r1_cols
-
-rows2:
-	MOVQ DX, BX
-	SHRQ $0x01, BX
-
-r2_cols:
-	CMPQ BX, CX
-	JAE  nextrows
-	MOVQ CX, SI
-	SUBQ BX, SI
-	CMPQ SI, $0x01
-	JE   tile2x1
-	CMPQ SI, $0x02
-	JE   tile2x2
-	CMPQ SI, $0x03
-	JE   tile2x3
-	CMPQ SI, $0x04
-	JE   tile2x4
-	CMPQ SI, $0x05
-	JE   tile2x5
-	JMP  tile2x6
+	ADDQ            $0x04, BX
+	JMP             c1_rows
 
 tile2x1:
 	MOVQ    tmp_base+24(FP), SI
@@ -44859,20 +44551,20 @@ tile2x1:
 	SUBQ    R9, SI
 	IMULQ   DI, SI
 	NEGQ    SI
-	MOVQ    DX, R9
+	MOVQ    BX, R9
 	SHRQ    $0x01, R9
 	SHLQ    $0x06, R9
 	ADDQ    R8, R9
-	MOVQ    BX, R10
+	MOVQ    DX, R10
 	SHLQ    $0x06, R10
 	ADDQ    R8, R10
 	MOVQ    AX, R8
 	INCQ    R8
 	ANDQ    $-2, R8
 	SHLQ    $0x05, R8
-	MOVQ    DX, R11
+	MOVQ    BX, R11
 	IMULQ   R8, R11
-	MOVQ    BX, R12
+	MOVQ    DX, R12
 	SHLQ    $0x06, R12
 	ADDQ    R12, R11
 	MOVQ    p_base+0(FP), R12
@@ -44891,8 +44583,190 @@ t2x1_loop:
 	JNZ             t2x1_loop
 	VMOVUPD         Z0, (R11)
 	VMOVUPD         Z1, (R11)(R8*1)
-	ADDQ            $0x06, BX
-	JMP             r2_cols
+	ADDQ            $0x04, BX
+	JMP             c1_rows
+
+tile3x1:
+	MOVQ    tmp_base+24(FP), SI
+	MOVQ    n+48(FP), DI
+	INCQ    DI
+	ANDQ    $-2, DI
+	ADDQ    $0x02, DI
+	SHLQ    $0x05, DI
+	MOVQ    g1+88(FP), R8
+	IMULQ   DI, R8
+	ADDQ    SI, R8
+	MOVQ    g1+88(FP), SI
+	MOVQ    g0+80(FP), R9
+	SUBQ    R9, SI
+	IMULQ   DI, SI
+	NEGQ    SI
+	MOVQ    BX, R9
+	SHRQ    $0x01, R9
+	SHLQ    $0x06, R9
+	ADDQ    R8, R9
+	MOVQ    DX, R10
+	SHLQ    $0x06, R10
+	ADDQ    R8, R10
+	MOVQ    AX, R8
+	INCQ    R8
+	ANDQ    $-2, R8
+	SHLQ    $0x05, R8
+	MOVQ    BX, R11
+	IMULQ   R8, R11
+	MOVQ    DX, R12
+	SHLQ    $0x06, R12
+	ADDQ    R12, R11
+	MOVQ    p_base+0(FP), R12
+	ADDQ    R12, R11
+	LEAQ    (R11)(R8*2), R12
+	VMOVUPD (R11), Z0
+	VMOVUPD (R11)(R8*1), Z1
+	VMOVUPD (R12), Z2
+
+t3x1_loop:
+	VBROADCASTF64X4 (R9)(SI*1), Z3
+	VBROADCASTF64X4 32(R9)(SI*1), Z4
+	VBROADCASTF64X4 64(R9)(SI*1), Z5
+	VMOVUPD         (R10)(SI*1), Z6
+	VFMADD231PD     Z6, Z3, Z0
+	VFMADD231PD     Z6, Z4, Z1
+	VFMADD231PD     Z6, Z5, Z2
+	ADDQ            DI, SI
+	JNZ             t3x1_loop
+	VMOVUPD         Z0, (R11)
+	VMOVUPD         Z1, (R11)(R8*1)
+	VMOVUPD         Z2, (R12)
+	ADDQ            $0x04, BX
+	JMP             c1_rows
+
+tile4x1:
+	MOVQ    tmp_base+24(FP), SI
+	MOVQ    n+48(FP), DI
+	INCQ    DI
+	ANDQ    $-2, DI
+	ADDQ    $0x02, DI
+	SHLQ    $0x05, DI
+	MOVQ    g1+88(FP), R8
+	IMULQ   DI, R8
+	ADDQ    SI, R8
+	MOVQ    g1+88(FP), SI
+	MOVQ    g0+80(FP), R9
+	SUBQ    R9, SI
+	IMULQ   DI, SI
+	NEGQ    SI
+	MOVQ    BX, R9
+	SHRQ    $0x01, R9
+	SHLQ    $0x06, R9
+	ADDQ    R8, R9
+	MOVQ    DX, R10
+	SHLQ    $0x06, R10
+	ADDQ    R8, R10
+	MOVQ    AX, R8
+	INCQ    R8
+	ANDQ    $-2, R8
+	SHLQ    $0x05, R8
+	MOVQ    BX, R11
+	IMULQ   R8, R11
+	MOVQ    DX, R12
+	SHLQ    $0x06, R12
+	ADDQ    R12, R11
+	MOVQ    p_base+0(FP), R12
+	ADDQ    R12, R11
+	LEAQ    (R11)(R8*2), R12
+	VMOVUPD (R11), Z0
+	VMOVUPD (R11)(R8*1), Z1
+	VMOVUPD (R12), Z2
+	VMOVUPD (R12)(R8*1), Z3
+
+t4x1_loop:
+	VBROADCASTF64X4 (R9)(SI*1), Z4
+	VBROADCASTF64X4 32(R9)(SI*1), Z5
+	VBROADCASTF64X4 64(R9)(SI*1), Z6
+	VBROADCASTF64X4 96(R9)(SI*1), Z7
+	VMOVUPD         (R10)(SI*1), Z8
+	VFMADD231PD     Z8, Z4, Z0
+	VFMADD231PD     Z8, Z5, Z1
+	VFMADD231PD     Z8, Z6, Z2
+	VFMADD231PD     Z8, Z7, Z3
+	ADDQ            DI, SI
+	JNZ             t4x1_loop
+	VMOVUPD         Z0, (R11)
+	VMOVUPD         Z1, (R11)(R8*1)
+	VMOVUPD         Z2, (R12)
+	VMOVUPD         Z3, (R12)(R8*1)
+	ADDQ            $0x04, BX
+	JMP             c1_rows
+
+cols2:
+	XORQ BX, BX
+
+c2_rows:
+	LEAQ    2(DX), SI
+	SHLQ    $0x01, SI
+	CMPQ    SI, AX
+	CMOVQGT AX, SI
+	CMPQ    BX, SI
+	JAE     nextcols
+	MOVQ    AX, SI
+	SUBQ    BX, SI
+	CMPQ    SI, $0x01
+	JE      tile1x2
+	CMPQ    SI, $0x02
+	JE      tile2x2
+	CMPQ    SI, $0x03
+	JE      tile3x2
+	JMP     tile4x2
+
+tile1x2:
+	MOVQ    tmp_base+24(FP), SI
+	MOVQ    n+48(FP), DI
+	INCQ    DI
+	ANDQ    $-2, DI
+	ADDQ    $0x02, DI
+	SHLQ    $0x05, DI
+	MOVQ    g1+88(FP), R8
+	IMULQ   DI, R8
+	ADDQ    SI, R8
+	MOVQ    g1+88(FP), SI
+	MOVQ    g0+80(FP), R9
+	SUBQ    R9, SI
+	IMULQ   DI, SI
+	NEGQ    SI
+	MOVQ    BX, R9
+	SHRQ    $0x01, R9
+	SHLQ    $0x06, R9
+	ADDQ    R8, R9
+	MOVQ    DX, R10
+	SHLQ    $0x06, R10
+	ADDQ    R8, R10
+	MOVQ    AX, R8
+	INCQ    R8
+	ANDQ    $-2, R8
+	SHLQ    $0x05, R8
+	MOVQ    BX, R11
+	IMULQ   R8, R11
+	MOVQ    DX, R12
+	SHLQ    $0x06, R12
+	ADDQ    R12, R11
+	MOVQ    p_base+0(FP), R12
+	ADDQ    R12, R11
+	LEAQ    (R11)(R8*2), R8
+	VMOVUPD (R11), Z0
+	VMOVUPD 64(R11), Z1
+
+t1x2_loop:
+	VBROADCASTF64X4 (R9)(SI*1), Z2
+	VMOVUPD         (R10)(SI*1), Z3
+	VFMADD231PD     Z3, Z2, Z0
+	VMOVUPD         64(R10)(SI*1), Z3
+	VFMADD231PD     Z3, Z2, Z1
+	ADDQ            DI, SI
+	JNZ             t1x2_loop
+	VMOVUPD         Z0, (R11)
+	VMOVUPD         Z1, 64(R11)
+	ADDQ            $0x04, BX
+	JMP             c2_rows
 
 tile2x2:
 	MOVQ    tmp_base+24(FP), SI
@@ -44909,20 +44783,20 @@ tile2x2:
 	SUBQ    R9, SI
 	IMULQ   DI, SI
 	NEGQ    SI
-	MOVQ    DX, R9
+	MOVQ    BX, R9
 	SHRQ    $0x01, R9
 	SHLQ    $0x06, R9
 	ADDQ    R8, R9
-	MOVQ    BX, R10
+	MOVQ    DX, R10
 	SHLQ    $0x06, R10
 	ADDQ    R8, R10
 	MOVQ    AX, R8
 	INCQ    R8
 	ANDQ    $-2, R8
 	SHLQ    $0x05, R8
-	MOVQ    DX, R11
+	MOVQ    BX, R11
 	IMULQ   R8, R11
-	MOVQ    BX, R12
+	MOVQ    DX, R12
 	SHLQ    $0x06, R12
 	ADDQ    R12, R11
 	MOVQ    p_base+0(FP), R12
@@ -44948,381 +44822,8 @@ t2x2_loop:
 	VMOVUPD         Z1, 64(R11)
 	VMOVUPD         Z2, (R11)(R8*1)
 	VMOVUPD         Z3, 64(R11)(R8*1)
-	ADDQ            $0x06, BX
-	JMP             r2_cols
-
-tile2x3:
-	MOVQ    tmp_base+24(FP), SI
-	MOVQ    n+48(FP), DI
-	INCQ    DI
-	ANDQ    $-2, DI
-	ADDQ    $0x02, DI
-	SHLQ    $0x05, DI
-	MOVQ    g1+88(FP), R8
-	IMULQ   DI, R8
-	ADDQ    SI, R8
-	MOVQ    g1+88(FP), SI
-	MOVQ    g0+80(FP), R9
-	SUBQ    R9, SI
-	IMULQ   DI, SI
-	NEGQ    SI
-	MOVQ    DX, R9
-	SHRQ    $0x01, R9
-	SHLQ    $0x06, R9
-	ADDQ    R8, R9
-	MOVQ    BX, R10
-	SHLQ    $0x06, R10
-	ADDQ    R8, R10
-	MOVQ    AX, R8
-	INCQ    R8
-	ANDQ    $-2, R8
-	SHLQ    $0x05, R8
-	MOVQ    DX, R11
-	IMULQ   R8, R11
-	MOVQ    BX, R12
-	SHLQ    $0x06, R12
-	ADDQ    R12, R11
-	MOVQ    p_base+0(FP), R12
-	ADDQ    R12, R11
-	LEAQ    (R11)(R8*2), R12
-	VMOVUPD (R11), Z0
-	VMOVUPD 64(R11), Z1
-	VMOVUPD 128(R11), Z2
-	VMOVUPD (R11)(R8*1), Z3
-	VMOVUPD 64(R11)(R8*1), Z4
-	VMOVUPD 128(R11)(R8*1), Z5
-
-t2x3_loop:
-	VBROADCASTF64X4 (R9)(SI*1), Z6
-	VBROADCASTF64X4 32(R9)(SI*1), Z7
-	VMOVUPD         (R10)(SI*1), Z8
-	VFMADD231PD     Z8, Z6, Z0
-	VFMADD231PD     Z8, Z7, Z3
-	VMOVUPD         64(R10)(SI*1), Z8
-	VFMADD231PD     Z8, Z6, Z1
-	VFMADD231PD     Z8, Z7, Z4
-	VMOVUPD         128(R10)(SI*1), Z8
-	VFMADD231PD     Z8, Z6, Z2
-	VFMADD231PD     Z8, Z7, Z5
-	ADDQ            DI, SI
-	JNZ             t2x3_loop
-	VMOVUPD         Z0, (R11)
-	VMOVUPD         Z1, 64(R11)
-	VMOVUPD         Z2, 128(R11)
-	VMOVUPD         Z3, (R11)(R8*1)
-	VMOVUPD         Z4, 64(R11)(R8*1)
-	VMOVUPD         Z5, 128(R11)(R8*1)
-	ADDQ            $0x06, BX
-	JMP             r2_cols
-
-tile2x4:
-	MOVQ    tmp_base+24(FP), SI
-	MOVQ    n+48(FP), DI
-	INCQ    DI
-	ANDQ    $-2, DI
-	ADDQ    $0x02, DI
-	SHLQ    $0x05, DI
-	MOVQ    g1+88(FP), R8
-	IMULQ   DI, R8
-	ADDQ    SI, R8
-	MOVQ    g1+88(FP), SI
-	MOVQ    g0+80(FP), R9
-	SUBQ    R9, SI
-	IMULQ   DI, SI
-	NEGQ    SI
-	MOVQ    DX, R9
-	SHRQ    $0x01, R9
-	SHLQ    $0x06, R9
-	ADDQ    R8, R9
-	MOVQ    BX, R10
-	SHLQ    $0x06, R10
-	ADDQ    R8, R10
-	MOVQ    AX, R8
-	INCQ    R8
-	ANDQ    $-2, R8
-	SHLQ    $0x05, R8
-	MOVQ    DX, R11
-	IMULQ   R8, R11
-	MOVQ    BX, R12
-	SHLQ    $0x06, R12
-	ADDQ    R12, R11
-	MOVQ    p_base+0(FP), R12
-	ADDQ    R12, R11
-	LEAQ    (R11)(R8*2), R12
-	VMOVUPD (R11), Z0
-	VMOVUPD 64(R11), Z1
-	VMOVUPD 128(R11), Z2
-	VMOVUPD 192(R11), Z3
-	VMOVUPD (R11)(R8*1), Z4
-	VMOVUPD 64(R11)(R8*1), Z5
-	VMOVUPD 128(R11)(R8*1), Z6
-	VMOVUPD 192(R11)(R8*1), Z7
-
-t2x4_loop:
-	VBROADCASTF64X4 (R9)(SI*1), Z8
-	VBROADCASTF64X4 32(R9)(SI*1), Z9
-	VMOVUPD         (R10)(SI*1), Z10
-	VFMADD231PD     Z10, Z8, Z0
-	VFMADD231PD     Z10, Z9, Z4
-	VMOVUPD         64(R10)(SI*1), Z10
-	VFMADD231PD     Z10, Z8, Z1
-	VFMADD231PD     Z10, Z9, Z5
-	VMOVUPD         128(R10)(SI*1), Z10
-	VFMADD231PD     Z10, Z8, Z2
-	VFMADD231PD     Z10, Z9, Z6
-	VMOVUPD         192(R10)(SI*1), Z10
-	VFMADD231PD     Z10, Z8, Z3
-	VFMADD231PD     Z10, Z9, Z7
-	ADDQ            DI, SI
-	JNZ             t2x4_loop
-	VMOVUPD         Z0, (R11)
-	VMOVUPD         Z1, 64(R11)
-	VMOVUPD         Z2, 128(R11)
-	VMOVUPD         Z3, 192(R11)
-	VMOVUPD         Z4, (R11)(R8*1)
-	VMOVUPD         Z5, 64(R11)(R8*1)
-	VMOVUPD         Z6, 128(R11)(R8*1)
-	VMOVUPD         Z7, 192(R11)(R8*1)
-	ADDQ            $0x06, BX
-	JMP             r2_cols
-
-tile2x5:
-	MOVQ    tmp_base+24(FP), SI
-	MOVQ    n+48(FP), DI
-	INCQ    DI
-	ANDQ    $-2, DI
-	ADDQ    $0x02, DI
-	SHLQ    $0x05, DI
-	MOVQ    g1+88(FP), R8
-	IMULQ   DI, R8
-	ADDQ    SI, R8
-	MOVQ    g1+88(FP), SI
-	MOVQ    g0+80(FP), R9
-	SUBQ    R9, SI
-	IMULQ   DI, SI
-	NEGQ    SI
-	MOVQ    DX, R9
-	SHRQ    $0x01, R9
-	SHLQ    $0x06, R9
-	ADDQ    R8, R9
-	MOVQ    BX, R10
-	SHLQ    $0x06, R10
-	ADDQ    R8, R10
-	MOVQ    AX, R8
-	INCQ    R8
-	ANDQ    $-2, R8
-	SHLQ    $0x05, R8
-	MOVQ    DX, R11
-	IMULQ   R8, R11
-	MOVQ    BX, R12
-	SHLQ    $0x06, R12
-	ADDQ    R12, R11
-	MOVQ    p_base+0(FP), R12
-	ADDQ    R12, R11
-	LEAQ    (R11)(R8*2), R12
-	VMOVUPD (R11), Z0
-	VMOVUPD 64(R11), Z1
-	VMOVUPD 128(R11), Z2
-	VMOVUPD 192(R11), Z3
-	VMOVUPD 256(R11), Z4
-	VMOVUPD (R11)(R8*1), Z5
-	VMOVUPD 64(R11)(R8*1), Z6
-	VMOVUPD 128(R11)(R8*1), Z7
-	VMOVUPD 192(R11)(R8*1), Z8
-	VMOVUPD 256(R11)(R8*1), Z9
-
-t2x5_loop:
-	VBROADCASTF64X4 (R9)(SI*1), Z10
-	VBROADCASTF64X4 32(R9)(SI*1), Z11
-	VMOVUPD         (R10)(SI*1), Z12
-	VFMADD231PD     Z12, Z10, Z0
-	VFMADD231PD     Z12, Z11, Z5
-	VMOVUPD         64(R10)(SI*1), Z12
-	VFMADD231PD     Z12, Z10, Z1
-	VFMADD231PD     Z12, Z11, Z6
-	VMOVUPD         128(R10)(SI*1), Z12
-	VFMADD231PD     Z12, Z10, Z2
-	VFMADD231PD     Z12, Z11, Z7
-	VMOVUPD         192(R10)(SI*1), Z12
-	VFMADD231PD     Z12, Z10, Z3
-	VFMADD231PD     Z12, Z11, Z8
-	VMOVUPD         256(R10)(SI*1), Z12
-	VFMADD231PD     Z12, Z10, Z4
-	VFMADD231PD     Z12, Z11, Z9
-	ADDQ            DI, SI
-	JNZ             t2x5_loop
-	VMOVUPD         Z0, (R11)
-	VMOVUPD         Z1, 64(R11)
-	VMOVUPD         Z2, 128(R11)
-	VMOVUPD         Z3, 192(R11)
-	VMOVUPD         Z4, 256(R11)
-	VMOVUPD         Z5, (R11)(R8*1)
-	VMOVUPD         Z6, 64(R11)(R8*1)
-	VMOVUPD         Z7, 128(R11)(R8*1)
-	VMOVUPD         Z8, 192(R11)(R8*1)
-	VMOVUPD         Z9, 256(R11)(R8*1)
-	ADDQ            $0x06, BX
-	JMP             r2_cols
-
-tile2x6:
-	MOVQ    tmp_base+24(FP), SI
-	MOVQ    n+48(FP), DI
-	INCQ    DI
-	ANDQ    $-2, DI
-	ADDQ    $0x02, DI
-	SHLQ    $0x05, DI
-	MOVQ    g1+88(FP), R8
-	IMULQ   DI, R8
-	ADDQ    SI, R8
-	MOVQ    g1+88(FP), SI
-	MOVQ    g0+80(FP), R9
-	SUBQ    R9, SI
-	IMULQ   DI, SI
-	NEGQ    SI
-	MOVQ    DX, R9
-	SHRQ    $0x01, R9
-	SHLQ    $0x06, R9
-	ADDQ    R8, R9
-	MOVQ    BX, R10
-	SHLQ    $0x06, R10
-	ADDQ    R8, R10
-	MOVQ    AX, R8
-	INCQ    R8
-	ANDQ    $-2, R8
-	SHLQ    $0x05, R8
-	MOVQ    DX, R11
-	IMULQ   R8, R11
-	MOVQ    BX, R12
-	SHLQ    $0x06, R12
-	ADDQ    R12, R11
-	MOVQ    p_base+0(FP), R12
-	ADDQ    R12, R11
-	LEAQ    (R11)(R8*2), R12
-	VMOVUPD (R11), Z0
-	VMOVUPD 64(R11), Z1
-	VMOVUPD 128(R11), Z2
-	VMOVUPD 192(R11), Z3
-	VMOVUPD 256(R11), Z4
-	VMOVUPD 320(R11), Z5
-	VMOVUPD (R11)(R8*1), Z6
-	VMOVUPD 64(R11)(R8*1), Z7
-	VMOVUPD 128(R11)(R8*1), Z8
-	VMOVUPD 192(R11)(R8*1), Z9
-	VMOVUPD 256(R11)(R8*1), Z10
-	VMOVUPD 320(R11)(R8*1), Z11
-
-t2x6_loop:
-	VBROADCASTF64X4 (R9)(SI*1), Z12
-	VBROADCASTF64X4 32(R9)(SI*1), Z13
-	VMOVUPD         (R10)(SI*1), Z14
-	VFMADD231PD     Z14, Z12, Z0
-	VFMADD231PD     Z14, Z13, Z6
-	VMOVUPD         64(R10)(SI*1), Z14
-	VFMADD231PD     Z14, Z12, Z1
-	VFMADD231PD     Z14, Z13, Z7
-	VMOVUPD         128(R10)(SI*1), Z14
-	VFMADD231PD     Z14, Z12, Z2
-	VFMADD231PD     Z14, Z13, Z8
-	VMOVUPD         192(R10)(SI*1), Z14
-	VFMADD231PD     Z14, Z12, Z3
-	VFMADD231PD     Z14, Z13, Z9
-	VMOVUPD         256(R10)(SI*1), Z14
-	VFMADD231PD     Z14, Z12, Z4
-	VFMADD231PD     Z14, Z13, Z10
-	VMOVUPD         320(R10)(SI*1), Z14
-	VFMADD231PD     Z14, Z12, Z5
-	VFMADD231PD     Z14, Z13, Z11
-	ADDQ            DI, SI
-	JNZ             t2x6_loop
-	VMOVUPD         Z0, (R11)
-	VMOVUPD         Z1, 64(R11)
-	VMOVUPD         Z2, 128(R11)
-	VMOVUPD         Z3, 192(R11)
-	VMOVUPD         Z4, 256(R11)
-	VMOVUPD         Z5, 320(R11)
-	VMOVUPD         Z6, (R11)(R8*1)
-	VMOVUPD         Z7, 64(R11)(R8*1)
-	VMOVUPD         Z8, 128(R11)(R8*1)
-	VMOVUPD         Z9, 192(R11)(R8*1)
-	VMOVUPD         Z10, 256(R11)(R8*1)
-	VMOVUPD         Z11, 320(R11)(R8*1)
-	ADDQ            $0x06, BX
-	JMP             r2_cols
-
-rows3:
-	MOVQ DX, BX
-	SHRQ $0x01, BX
-
-r3_cols:
-	CMPQ BX, CX
-	JAE  nextrows
-	MOVQ CX, SI
-	SUBQ BX, SI
-	CMPQ SI, $0x01
-	JE   tile3x1
-	CMPQ SI, $0x02
-	JE   tile3x2
-	CMPQ SI, $0x03
-	JE   tile3x3
-	CMPQ SI, $0x04
-	JE   tile3x4
-	CMPQ SI, $0x05
-	JE   tile3x5
-	JMP  tile3x6
-
-tile3x1:
-	MOVQ    tmp_base+24(FP), SI
-	MOVQ    n+48(FP), DI
-	INCQ    DI
-	ANDQ    $-2, DI
-	ADDQ    $0x02, DI
-	SHLQ    $0x05, DI
-	MOVQ    g1+88(FP), R8
-	IMULQ   DI, R8
-	ADDQ    SI, R8
-	MOVQ    g1+88(FP), SI
-	MOVQ    g0+80(FP), R9
-	SUBQ    R9, SI
-	IMULQ   DI, SI
-	NEGQ    SI
-	MOVQ    DX, R9
-	SHRQ    $0x01, R9
-	SHLQ    $0x06, R9
-	ADDQ    R8, R9
-	MOVQ    BX, R10
-	SHLQ    $0x06, R10
-	ADDQ    R8, R10
-	MOVQ    AX, R8
-	INCQ    R8
-	ANDQ    $-2, R8
-	SHLQ    $0x05, R8
-	MOVQ    DX, R11
-	IMULQ   R8, R11
-	MOVQ    BX, R12
-	SHLQ    $0x06, R12
-	ADDQ    R12, R11
-	MOVQ    p_base+0(FP), R12
-	ADDQ    R12, R11
-	LEAQ    (R11)(R8*2), R12
-	VMOVUPD (R11), Z0
-	VMOVUPD (R11)(R8*1), Z1
-	VMOVUPD (R12), Z2
-
-t3x1_loop:
-	VBROADCASTF64X4 (R9)(SI*1), Z3
-	VBROADCASTF64X4 32(R9)(SI*1), Z4
-	VBROADCASTF64X4 64(R9)(SI*1), Z5
-	VMOVUPD         (R10)(SI*1), Z6
-	VFMADD231PD     Z6, Z3, Z0
-	VFMADD231PD     Z6, Z4, Z1
-	VFMADD231PD     Z6, Z5, Z2
-	ADDQ            DI, SI
-	JNZ             t3x1_loop
-	VMOVUPD         Z0, (R11)
-	VMOVUPD         Z1, (R11)(R8*1)
-	VMOVUPD         Z2, (R12)
-	ADDQ            $0x06, BX
-	JMP             r3_cols
+	ADDQ            $0x04, BX
+	JMP             c2_rows
 
 tile3x2:
 	MOVQ    tmp_base+24(FP), SI
@@ -45339,20 +44840,20 @@ tile3x2:
 	SUBQ    R9, SI
 	IMULQ   DI, SI
 	NEGQ    SI
-	MOVQ    DX, R9
+	MOVQ    BX, R9
 	SHRQ    $0x01, R9
 	SHLQ    $0x06, R9
 	ADDQ    R8, R9
-	MOVQ    BX, R10
+	MOVQ    DX, R10
 	SHLQ    $0x06, R10
 	ADDQ    R8, R10
 	MOVQ    AX, R8
 	INCQ    R8
 	ANDQ    $-2, R8
 	SHLQ    $0x05, R8
-	MOVQ    DX, R11
+	MOVQ    BX, R11
 	IMULQ   R8, R11
-	MOVQ    BX, R12
+	MOVQ    DX, R12
 	SHLQ    $0x06, R12
 	ADDQ    R12, R11
 	MOVQ    p_base+0(FP), R12
@@ -45385,8 +44886,217 @@ t3x2_loop:
 	VMOVUPD         Z3, 64(R11)(R8*1)
 	VMOVUPD         Z4, (R12)
 	VMOVUPD         Z5, 64(R12)
-	ADDQ            $0x06, BX
-	JMP             r3_cols
+	ADDQ            $0x04, BX
+	JMP             c2_rows
+
+tile4x2:
+	MOVQ    tmp_base+24(FP), SI
+	MOVQ    n+48(FP), DI
+	INCQ    DI
+	ANDQ    $-2, DI
+	ADDQ    $0x02, DI
+	SHLQ    $0x05, DI
+	MOVQ    g1+88(FP), R8
+	IMULQ   DI, R8
+	ADDQ    SI, R8
+	MOVQ    g1+88(FP), SI
+	MOVQ    g0+80(FP), R9
+	SUBQ    R9, SI
+	IMULQ   DI, SI
+	NEGQ    SI
+	MOVQ    BX, R9
+	SHRQ    $0x01, R9
+	SHLQ    $0x06, R9
+	ADDQ    R8, R9
+	MOVQ    DX, R10
+	SHLQ    $0x06, R10
+	ADDQ    R8, R10
+	MOVQ    AX, R8
+	INCQ    R8
+	ANDQ    $-2, R8
+	SHLQ    $0x05, R8
+	MOVQ    BX, R11
+	IMULQ   R8, R11
+	MOVQ    DX, R12
+	SHLQ    $0x06, R12
+	ADDQ    R12, R11
+	MOVQ    p_base+0(FP), R12
+	ADDQ    R12, R11
+	LEAQ    (R11)(R8*2), R12
+	VMOVUPD (R11), Z0
+	VMOVUPD 64(R11), Z1
+	VMOVUPD (R11)(R8*1), Z2
+	VMOVUPD 64(R11)(R8*1), Z3
+	VMOVUPD (R12), Z4
+	VMOVUPD 64(R12), Z5
+	VMOVUPD (R12)(R8*1), Z6
+	VMOVUPD 64(R12)(R8*1), Z7
+
+t4x2_loop:
+	VBROADCASTF64X4 (R9)(SI*1), Z8
+	VBROADCASTF64X4 32(R9)(SI*1), Z9
+	VBROADCASTF64X4 64(R9)(SI*1), Z10
+	VBROADCASTF64X4 96(R9)(SI*1), Z11
+	VMOVUPD         (R10)(SI*1), Z12
+	VFMADD231PD     Z12, Z8, Z0
+	VFMADD231PD     Z12, Z9, Z2
+	VFMADD231PD     Z12, Z10, Z4
+	VFMADD231PD     Z12, Z11, Z6
+	VMOVUPD         64(R10)(SI*1), Z12
+	VFMADD231PD     Z12, Z8, Z1
+	VFMADD231PD     Z12, Z9, Z3
+	VFMADD231PD     Z12, Z10, Z5
+	VFMADD231PD     Z12, Z11, Z7
+	ADDQ            DI, SI
+	JNZ             t4x2_loop
+	VMOVUPD         Z0, (R11)
+	VMOVUPD         Z1, 64(R11)
+	VMOVUPD         Z2, (R11)(R8*1)
+	VMOVUPD         Z3, 64(R11)(R8*1)
+	VMOVUPD         Z4, (R12)
+	VMOVUPD         Z5, 64(R12)
+	VMOVUPD         Z6, (R12)(R8*1)
+	VMOVUPD         Z7, 64(R12)(R8*1)
+	ADDQ            $0x04, BX
+	JMP             c2_rows
+
+cols3:
+	XORQ BX, BX
+
+c3_rows:
+	LEAQ    3(DX), SI
+	SHLQ    $0x01, SI
+	CMPQ    SI, AX
+	CMOVQGT AX, SI
+	CMPQ    BX, SI
+	JAE     nextcols
+	MOVQ    AX, SI
+	SUBQ    BX, SI
+	CMPQ    SI, $0x01
+	JE      tile1x3
+	CMPQ    SI, $0x02
+	JE      tile2x3
+	CMPQ    SI, $0x03
+	JE      tile3x3
+	JMP     tile4x3
+
+tile1x3:
+	MOVQ    tmp_base+24(FP), SI
+	MOVQ    n+48(FP), DI
+	INCQ    DI
+	ANDQ    $-2, DI
+	ADDQ    $0x02, DI
+	SHLQ    $0x05, DI
+	MOVQ    g1+88(FP), R8
+	IMULQ   DI, R8
+	ADDQ    SI, R8
+	MOVQ    g1+88(FP), SI
+	MOVQ    g0+80(FP), R9
+	SUBQ    R9, SI
+	IMULQ   DI, SI
+	NEGQ    SI
+	MOVQ    BX, R9
+	SHRQ    $0x01, R9
+	SHLQ    $0x06, R9
+	ADDQ    R8, R9
+	MOVQ    DX, R10
+	SHLQ    $0x06, R10
+	ADDQ    R8, R10
+	MOVQ    AX, R8
+	INCQ    R8
+	ANDQ    $-2, R8
+	SHLQ    $0x05, R8
+	MOVQ    BX, R11
+	IMULQ   R8, R11
+	MOVQ    DX, R12
+	SHLQ    $0x06, R12
+	ADDQ    R12, R11
+	MOVQ    p_base+0(FP), R12
+	ADDQ    R12, R11
+	LEAQ    (R11)(R8*2), R8
+	VMOVUPD (R11), Z0
+	VMOVUPD 64(R11), Z1
+	VMOVUPD 128(R11), Z2
+
+t1x3_loop:
+	VBROADCASTF64X4 (R9)(SI*1), Z3
+	VMOVUPD         (R10)(SI*1), Z4
+	VFMADD231PD     Z4, Z3, Z0
+	VMOVUPD         64(R10)(SI*1), Z4
+	VFMADD231PD     Z4, Z3, Z1
+	VMOVUPD         128(R10)(SI*1), Z4
+	VFMADD231PD     Z4, Z3, Z2
+	ADDQ            DI, SI
+	JNZ             t1x3_loop
+	VMOVUPD         Z0, (R11)
+	VMOVUPD         Z1, 64(R11)
+	VMOVUPD         Z2, 128(R11)
+	ADDQ            $0x04, BX
+	JMP             c3_rows
+
+tile2x3:
+	MOVQ    tmp_base+24(FP), SI
+	MOVQ    n+48(FP), DI
+	INCQ    DI
+	ANDQ    $-2, DI
+	ADDQ    $0x02, DI
+	SHLQ    $0x05, DI
+	MOVQ    g1+88(FP), R8
+	IMULQ   DI, R8
+	ADDQ    SI, R8
+	MOVQ    g1+88(FP), SI
+	MOVQ    g0+80(FP), R9
+	SUBQ    R9, SI
+	IMULQ   DI, SI
+	NEGQ    SI
+	MOVQ    BX, R9
+	SHRQ    $0x01, R9
+	SHLQ    $0x06, R9
+	ADDQ    R8, R9
+	MOVQ    DX, R10
+	SHLQ    $0x06, R10
+	ADDQ    R8, R10
+	MOVQ    AX, R8
+	INCQ    R8
+	ANDQ    $-2, R8
+	SHLQ    $0x05, R8
+	MOVQ    BX, R11
+	IMULQ   R8, R11
+	MOVQ    DX, R12
+	SHLQ    $0x06, R12
+	ADDQ    R12, R11
+	MOVQ    p_base+0(FP), R12
+	ADDQ    R12, R11
+	LEAQ    (R11)(R8*2), R12
+	VMOVUPD (R11), Z0
+	VMOVUPD 64(R11), Z1
+	VMOVUPD 128(R11), Z2
+	VMOVUPD (R11)(R8*1), Z3
+	VMOVUPD 64(R11)(R8*1), Z4
+	VMOVUPD 128(R11)(R8*1), Z5
+
+t2x3_loop:
+	VBROADCASTF64X4 (R9)(SI*1), Z6
+	VBROADCASTF64X4 32(R9)(SI*1), Z7
+	VMOVUPD         (R10)(SI*1), Z8
+	VFMADD231PD     Z8, Z6, Z0
+	VFMADD231PD     Z8, Z7, Z3
+	VMOVUPD         64(R10)(SI*1), Z8
+	VFMADD231PD     Z8, Z6, Z1
+	VFMADD231PD     Z8, Z7, Z4
+	VMOVUPD         128(R10)(SI*1), Z8
+	VFMADD231PD     Z8, Z6, Z2
+	VFMADD231PD     Z8, Z7, Z5
+	ADDQ            DI, SI
+	JNZ             t2x3_loop
+	VMOVUPD         Z0, (R11)
+	VMOVUPD         Z1, 64(R11)
+	VMOVUPD         Z2, 128(R11)
+	VMOVUPD         Z3, (R11)(R8*1)
+	VMOVUPD         Z4, 64(R11)(R8*1)
+	VMOVUPD         Z5, 128(R11)(R8*1)
+	ADDQ            $0x04, BX
+	JMP             c3_rows
 
 tile3x3:
 	MOVQ    tmp_base+24(FP), SI
@@ -45403,20 +45113,20 @@ tile3x3:
 	SUBQ    R9, SI
 	IMULQ   DI, SI
 	NEGQ    SI
-	MOVQ    DX, R9
+	MOVQ    BX, R9
 	SHRQ    $0x01, R9
 	SHLQ    $0x06, R9
 	ADDQ    R8, R9
-	MOVQ    BX, R10
+	MOVQ    DX, R10
 	SHLQ    $0x06, R10
 	ADDQ    R8, R10
 	MOVQ    AX, R8
 	INCQ    R8
 	ANDQ    $-2, R8
 	SHLQ    $0x05, R8
-	MOVQ    DX, R11
+	MOVQ    BX, R11
 	IMULQ   R8, R11
-	MOVQ    BX, R12
+	MOVQ    DX, R12
 	SHLQ    $0x06, R12
 	ADDQ    R12, R11
 	MOVQ    p_base+0(FP), R12
@@ -45459,440 +45169,8 @@ t3x3_loop:
 	VMOVUPD         Z6, (R12)
 	VMOVUPD         Z7, 64(R12)
 	VMOVUPD         Z8, 128(R12)
-	ADDQ            $0x06, BX
-	JMP             r3_cols
-
-tile3x4:
-	MOVQ    tmp_base+24(FP), SI
-	MOVQ    n+48(FP), DI
-	INCQ    DI
-	ANDQ    $-2, DI
-	ADDQ    $0x02, DI
-	SHLQ    $0x05, DI
-	MOVQ    g1+88(FP), R8
-	IMULQ   DI, R8
-	ADDQ    SI, R8
-	MOVQ    g1+88(FP), SI
-	MOVQ    g0+80(FP), R9
-	SUBQ    R9, SI
-	IMULQ   DI, SI
-	NEGQ    SI
-	MOVQ    DX, R9
-	SHRQ    $0x01, R9
-	SHLQ    $0x06, R9
-	ADDQ    R8, R9
-	MOVQ    BX, R10
-	SHLQ    $0x06, R10
-	ADDQ    R8, R10
-	MOVQ    AX, R8
-	INCQ    R8
-	ANDQ    $-2, R8
-	SHLQ    $0x05, R8
-	MOVQ    DX, R11
-	IMULQ   R8, R11
-	MOVQ    BX, R12
-	SHLQ    $0x06, R12
-	ADDQ    R12, R11
-	MOVQ    p_base+0(FP), R12
-	ADDQ    R12, R11
-	LEAQ    (R11)(R8*2), R12
-	VMOVUPD (R11), Z0
-	VMOVUPD 64(R11), Z1
-	VMOVUPD 128(R11), Z2
-	VMOVUPD 192(R11), Z3
-	VMOVUPD (R11)(R8*1), Z4
-	VMOVUPD 64(R11)(R8*1), Z5
-	VMOVUPD 128(R11)(R8*1), Z6
-	VMOVUPD 192(R11)(R8*1), Z7
-	VMOVUPD (R12), Z8
-	VMOVUPD 64(R12), Z9
-	VMOVUPD 128(R12), Z10
-	VMOVUPD 192(R12), Z11
-
-t3x4_loop:
-	VBROADCASTF64X4 (R9)(SI*1), Z12
-	VBROADCASTF64X4 32(R9)(SI*1), Z13
-	VBROADCASTF64X4 64(R9)(SI*1), Z14
-	VMOVUPD         (R10)(SI*1), Z15
-	VFMADD231PD     Z15, Z12, Z0
-	VFMADD231PD     Z15, Z13, Z4
-	VFMADD231PD     Z15, Z14, Z8
-	VMOVUPD         64(R10)(SI*1), Z15
-	VFMADD231PD     Z15, Z12, Z1
-	VFMADD231PD     Z15, Z13, Z5
-	VFMADD231PD     Z15, Z14, Z9
-	VMOVUPD         128(R10)(SI*1), Z15
-	VFMADD231PD     Z15, Z12, Z2
-	VFMADD231PD     Z15, Z13, Z6
-	VFMADD231PD     Z15, Z14, Z10
-	VMOVUPD         192(R10)(SI*1), Z15
-	VFMADD231PD     Z15, Z12, Z3
-	VFMADD231PD     Z15, Z13, Z7
-	VFMADD231PD     Z15, Z14, Z11
-	ADDQ            DI, SI
-	JNZ             t3x4_loop
-	VMOVUPD         Z0, (R11)
-	VMOVUPD         Z1, 64(R11)
-	VMOVUPD         Z2, 128(R11)
-	VMOVUPD         Z3, 192(R11)
-	VMOVUPD         Z4, (R11)(R8*1)
-	VMOVUPD         Z5, 64(R11)(R8*1)
-	VMOVUPD         Z6, 128(R11)(R8*1)
-	VMOVUPD         Z7, 192(R11)(R8*1)
-	VMOVUPD         Z8, (R12)
-	VMOVUPD         Z9, 64(R12)
-	VMOVUPD         Z10, 128(R12)
-	VMOVUPD         Z11, 192(R12)
-	ADDQ            $0x06, BX
-	JMP             r3_cols
-
-tile3x5:
-	MOVQ    tmp_base+24(FP), SI
-	MOVQ    n+48(FP), DI
-	INCQ    DI
-	ANDQ    $-2, DI
-	ADDQ    $0x02, DI
-	SHLQ    $0x05, DI
-	MOVQ    g1+88(FP), R8
-	IMULQ   DI, R8
-	ADDQ    SI, R8
-	MOVQ    g1+88(FP), SI
-	MOVQ    g0+80(FP), R9
-	SUBQ    R9, SI
-	IMULQ   DI, SI
-	NEGQ    SI
-	MOVQ    DX, R9
-	SHRQ    $0x01, R9
-	SHLQ    $0x06, R9
-	ADDQ    R8, R9
-	MOVQ    BX, R10
-	SHLQ    $0x06, R10
-	ADDQ    R8, R10
-	MOVQ    AX, R8
-	INCQ    R8
-	ANDQ    $-2, R8
-	SHLQ    $0x05, R8
-	MOVQ    DX, R11
-	IMULQ   R8, R11
-	MOVQ    BX, R12
-	SHLQ    $0x06, R12
-	ADDQ    R12, R11
-	MOVQ    p_base+0(FP), R12
-	ADDQ    R12, R11
-	LEAQ    (R11)(R8*2), R12
-	VMOVUPD (R11), Z0
-	VMOVUPD 64(R11), Z1
-	VMOVUPD 128(R11), Z2
-	VMOVUPD 192(R11), Z3
-	VMOVUPD 256(R11), Z4
-	VMOVUPD (R11)(R8*1), Z5
-	VMOVUPD 64(R11)(R8*1), Z6
-	VMOVUPD 128(R11)(R8*1), Z7
-	VMOVUPD 192(R11)(R8*1), Z8
-	VMOVUPD 256(R11)(R8*1), Z9
-	VMOVUPD (R12), Z10
-	VMOVUPD 64(R12), Z11
-	VMOVUPD 128(R12), Z12
-	VMOVUPD 192(R12), Z13
-	VMOVUPD 256(R12), Z14
-
-t3x5_loop:
-	VBROADCASTF64X4 (R9)(SI*1), Z15
-	VBROADCASTF64X4 32(R9)(SI*1), Z16
-	VBROADCASTF64X4 64(R9)(SI*1), Z17
-	VMOVUPD         (R10)(SI*1), Z18
-	VFMADD231PD     Z18, Z15, Z0
-	VFMADD231PD     Z18, Z16, Z5
-	VFMADD231PD     Z18, Z17, Z10
-	VMOVUPD         64(R10)(SI*1), Z18
-	VFMADD231PD     Z18, Z15, Z1
-	VFMADD231PD     Z18, Z16, Z6
-	VFMADD231PD     Z18, Z17, Z11
-	VMOVUPD         128(R10)(SI*1), Z18
-	VFMADD231PD     Z18, Z15, Z2
-	VFMADD231PD     Z18, Z16, Z7
-	VFMADD231PD     Z18, Z17, Z12
-	VMOVUPD         192(R10)(SI*1), Z18
-	VFMADD231PD     Z18, Z15, Z3
-	VFMADD231PD     Z18, Z16, Z8
-	VFMADD231PD     Z18, Z17, Z13
-	VMOVUPD         256(R10)(SI*1), Z18
-	VFMADD231PD     Z18, Z15, Z4
-	VFMADD231PD     Z18, Z16, Z9
-	VFMADD231PD     Z18, Z17, Z14
-	ADDQ            DI, SI
-	JNZ             t3x5_loop
-	VMOVUPD         Z0, (R11)
-	VMOVUPD         Z1, 64(R11)
-	VMOVUPD         Z2, 128(R11)
-	VMOVUPD         Z3, 192(R11)
-	VMOVUPD         Z4, 256(R11)
-	VMOVUPD         Z5, (R11)(R8*1)
-	VMOVUPD         Z6, 64(R11)(R8*1)
-	VMOVUPD         Z7, 128(R11)(R8*1)
-	VMOVUPD         Z8, 192(R11)(R8*1)
-	VMOVUPD         Z9, 256(R11)(R8*1)
-	VMOVUPD         Z10, (R12)
-	VMOVUPD         Z11, 64(R12)
-	VMOVUPD         Z12, 128(R12)
-	VMOVUPD         Z13, 192(R12)
-	VMOVUPD         Z14, 256(R12)
-	ADDQ            $0x06, BX
-	JMP             r3_cols
-
-tile3x6:
-	MOVQ    tmp_base+24(FP), SI
-	MOVQ    n+48(FP), DI
-	INCQ    DI
-	ANDQ    $-2, DI
-	ADDQ    $0x02, DI
-	SHLQ    $0x05, DI
-	MOVQ    g1+88(FP), R8
-	IMULQ   DI, R8
-	ADDQ    SI, R8
-	MOVQ    g1+88(FP), SI
-	MOVQ    g0+80(FP), R9
-	SUBQ    R9, SI
-	IMULQ   DI, SI
-	NEGQ    SI
-	MOVQ    DX, R9
-	SHRQ    $0x01, R9
-	SHLQ    $0x06, R9
-	ADDQ    R8, R9
-	MOVQ    BX, R10
-	SHLQ    $0x06, R10
-	ADDQ    R8, R10
-	MOVQ    AX, R8
-	INCQ    R8
-	ANDQ    $-2, R8
-	SHLQ    $0x05, R8
-	MOVQ    DX, R11
-	IMULQ   R8, R11
-	MOVQ    BX, R12
-	SHLQ    $0x06, R12
-	ADDQ    R12, R11
-	MOVQ    p_base+0(FP), R12
-	ADDQ    R12, R11
-	LEAQ    (R11)(R8*2), R12
-	VMOVUPD (R11), Z0
-	VMOVUPD 64(R11), Z1
-	VMOVUPD 128(R11), Z2
-	VMOVUPD 192(R11), Z3
-	VMOVUPD 256(R11), Z4
-	VMOVUPD 320(R11), Z5
-	VMOVUPD (R11)(R8*1), Z6
-	VMOVUPD 64(R11)(R8*1), Z7
-	VMOVUPD 128(R11)(R8*1), Z8
-	VMOVUPD 192(R11)(R8*1), Z9
-	VMOVUPD 256(R11)(R8*1), Z10
-	VMOVUPD 320(R11)(R8*1), Z11
-	VMOVUPD (R12), Z12
-	VMOVUPD 64(R12), Z13
-	VMOVUPD 128(R12), Z14
-	VMOVUPD 192(R12), Z15
-	VMOVUPD 256(R12), Z16
-	VMOVUPD 320(R12), Z17
-
-t3x6_loop:
-	VBROADCASTF64X4 (R9)(SI*1), Z18
-	VBROADCASTF64X4 32(R9)(SI*1), Z19
-	VBROADCASTF64X4 64(R9)(SI*1), Z20
-	VMOVUPD         (R10)(SI*1), Z21
-	VFMADD231PD     Z21, Z18, Z0
-	VFMADD231PD     Z21, Z19, Z6
-	VFMADD231PD     Z21, Z20, Z12
-	VMOVUPD         64(R10)(SI*1), Z21
-	VFMADD231PD     Z21, Z18, Z1
-	VFMADD231PD     Z21, Z19, Z7
-	VFMADD231PD     Z21, Z20, Z13
-	VMOVUPD         128(R10)(SI*1), Z21
-	VFMADD231PD     Z21, Z18, Z2
-	VFMADD231PD     Z21, Z19, Z8
-	VFMADD231PD     Z21, Z20, Z14
-	VMOVUPD         192(R10)(SI*1), Z21
-	VFMADD231PD     Z21, Z18, Z3
-	VFMADD231PD     Z21, Z19, Z9
-	VFMADD231PD     Z21, Z20, Z15
-	VMOVUPD         256(R10)(SI*1), Z21
-	VFMADD231PD     Z21, Z18, Z4
-	VFMADD231PD     Z21, Z19, Z10
-	VFMADD231PD     Z21, Z20, Z16
-	VMOVUPD         320(R10)(SI*1), Z21
-	VFMADD231PD     Z21, Z18, Z5
-	VFMADD231PD     Z21, Z19, Z11
-	VFMADD231PD     Z21, Z20, Z17
-	ADDQ            DI, SI
-	JNZ             t3x6_loop
-	VMOVUPD         Z0, (R11)
-	VMOVUPD         Z1, 64(R11)
-	VMOVUPD         Z2, 128(R11)
-	VMOVUPD         Z3, 192(R11)
-	VMOVUPD         Z4, 256(R11)
-	VMOVUPD         Z5, 320(R11)
-	VMOVUPD         Z6, (R11)(R8*1)
-	VMOVUPD         Z7, 64(R11)(R8*1)
-	VMOVUPD         Z8, 128(R11)(R8*1)
-	VMOVUPD         Z9, 192(R11)(R8*1)
-	VMOVUPD         Z10, 256(R11)(R8*1)
-	VMOVUPD         Z11, 320(R11)(R8*1)
-	VMOVUPD         Z12, (R12)
-	VMOVUPD         Z13, 64(R12)
-	VMOVUPD         Z14, 128(R12)
-	VMOVUPD         Z15, 192(R12)
-	VMOVUPD         Z16, 256(R12)
-	VMOVUPD         Z17, 320(R12)
-	ADDQ            $0x06, BX
-	JMP             r3_cols
-
-rows4:
-	MOVQ DX, BX
-	SHRQ $0x01, BX
-
-r4_cols:
-	CMPQ BX, CX
-	JAE  nextrows
-	MOVQ CX, SI
-	SUBQ BX, SI
-	CMPQ SI, $0x01
-	JE   tile4x1
-	CMPQ SI, $0x02
-	JE   tile4x2
-	CMPQ SI, $0x03
-	JE   tile4x3
-	CMPQ SI, $0x04
-	JE   tile4x4
-	CMPQ SI, $0x05
-	JE   tile4x5
-	JMP  tile4x6
-
-tile4x1:
-	MOVQ    tmp_base+24(FP), SI
-	MOVQ    n+48(FP), DI
-	INCQ    DI
-	ANDQ    $-2, DI
-	ADDQ    $0x02, DI
-	SHLQ    $0x05, DI
-	MOVQ    g1+88(FP), R8
-	IMULQ   DI, R8
-	ADDQ    SI, R8
-	MOVQ    g1+88(FP), SI
-	MOVQ    g0+80(FP), R9
-	SUBQ    R9, SI
-	IMULQ   DI, SI
-	NEGQ    SI
-	MOVQ    DX, R9
-	SHRQ    $0x01, R9
-	SHLQ    $0x06, R9
-	ADDQ    R8, R9
-	MOVQ    BX, R10
-	SHLQ    $0x06, R10
-	ADDQ    R8, R10
-	MOVQ    AX, R8
-	INCQ    R8
-	ANDQ    $-2, R8
-	SHLQ    $0x05, R8
-	MOVQ    DX, R11
-	IMULQ   R8, R11
-	MOVQ    BX, R12
-	SHLQ    $0x06, R12
-	ADDQ    R12, R11
-	MOVQ    p_base+0(FP), R12
-	ADDQ    R12, R11
-	LEAQ    (R11)(R8*2), R12
-	VMOVUPD (R11), Z0
-	VMOVUPD (R11)(R8*1), Z1
-	VMOVUPD (R12), Z2
-	VMOVUPD (R12)(R8*1), Z3
-
-t4x1_loop:
-	VBROADCASTF64X4 (R9)(SI*1), Z4
-	VBROADCASTF64X4 32(R9)(SI*1), Z5
-	VBROADCASTF64X4 64(R9)(SI*1), Z6
-	VBROADCASTF64X4 96(R9)(SI*1), Z7
-	VMOVUPD         (R10)(SI*1), Z8
-	VFMADD231PD     Z8, Z4, Z0
-	VFMADD231PD     Z8, Z5, Z1
-	VFMADD231PD     Z8, Z6, Z2
-	VFMADD231PD     Z8, Z7, Z3
-	ADDQ            DI, SI
-	JNZ             t4x1_loop
-	VMOVUPD         Z0, (R11)
-	VMOVUPD         Z1, (R11)(R8*1)
-	VMOVUPD         Z2, (R12)
-	VMOVUPD         Z3, (R12)(R8*1)
-	ADDQ            $0x06, BX
-	JMP             r4_cols
-
-tile4x2:
-	MOVQ    tmp_base+24(FP), SI
-	MOVQ    n+48(FP), DI
-	INCQ    DI
-	ANDQ    $-2, DI
-	ADDQ    $0x02, DI
-	SHLQ    $0x05, DI
-	MOVQ    g1+88(FP), R8
-	IMULQ   DI, R8
-	ADDQ    SI, R8
-	MOVQ    g1+88(FP), SI
-	MOVQ    g0+80(FP), R9
-	SUBQ    R9, SI
-	IMULQ   DI, SI
-	NEGQ    SI
-	MOVQ    DX, R9
-	SHRQ    $0x01, R9
-	SHLQ    $0x06, R9
-	ADDQ    R8, R9
-	MOVQ    BX, R10
-	SHLQ    $0x06, R10
-	ADDQ    R8, R10
-	MOVQ    AX, R8
-	INCQ    R8
-	ANDQ    $-2, R8
-	SHLQ    $0x05, R8
-	MOVQ    DX, R11
-	IMULQ   R8, R11
-	MOVQ    BX, R12
-	SHLQ    $0x06, R12
-	ADDQ    R12, R11
-	MOVQ    p_base+0(FP), R12
-	ADDQ    R12, R11
-	LEAQ    (R11)(R8*2), R12
-	VMOVUPD (R11), Z0
-	VMOVUPD 64(R11), Z1
-	VMOVUPD (R11)(R8*1), Z2
-	VMOVUPD 64(R11)(R8*1), Z3
-	VMOVUPD (R12), Z4
-	VMOVUPD 64(R12), Z5
-	VMOVUPD (R12)(R8*1), Z6
-	VMOVUPD 64(R12)(R8*1), Z7
-
-t4x2_loop:
-	VBROADCASTF64X4 (R9)(SI*1), Z8
-	VBROADCASTF64X4 32(R9)(SI*1), Z9
-	VBROADCASTF64X4 64(R9)(SI*1), Z10
-	VBROADCASTF64X4 96(R9)(SI*1), Z11
-	VMOVUPD         (R10)(SI*1), Z12
-	VFMADD231PD     Z12, Z8, Z0
-	VFMADD231PD     Z12, Z9, Z2
-	VFMADD231PD     Z12, Z10, Z4
-	VFMADD231PD     Z12, Z11, Z6
-	VMOVUPD         64(R10)(SI*1), Z12
-	VFMADD231PD     Z12, Z8, Z1
-	VFMADD231PD     Z12, Z9, Z3
-	VFMADD231PD     Z12, Z10, Z5
-	VFMADD231PD     Z12, Z11, Z7
-	ADDQ            DI, SI
-	JNZ             t4x2_loop
-	VMOVUPD         Z0, (R11)
-	VMOVUPD         Z1, 64(R11)
-	VMOVUPD         Z2, (R11)(R8*1)
-	VMOVUPD         Z3, 64(R11)(R8*1)
-	VMOVUPD         Z4, (R12)
-	VMOVUPD         Z5, 64(R12)
-	VMOVUPD         Z6, (R12)(R8*1)
-	VMOVUPD         Z7, 64(R12)(R8*1)
-	ADDQ            $0x06, BX
-	JMP             r4_cols
+	ADDQ            $0x04, BX
+	JMP             c3_rows
 
 tile4x3:
 	MOVQ    tmp_base+24(FP), SI
@@ -45909,20 +45187,20 @@ tile4x3:
 	SUBQ    R9, SI
 	IMULQ   DI, SI
 	NEGQ    SI
-	MOVQ    DX, R9
+	MOVQ    BX, R9
 	SHRQ    $0x01, R9
 	SHLQ    $0x06, R9
 	ADDQ    R8, R9
-	MOVQ    BX, R10
+	MOVQ    DX, R10
 	SHLQ    $0x06, R10
 	ADDQ    R8, R10
 	MOVQ    AX, R8
 	INCQ    R8
 	ANDQ    $-2, R8
 	SHLQ    $0x05, R8
-	MOVQ    DX, R11
+	MOVQ    BX, R11
 	IMULQ   R8, R11
-	MOVQ    BX, R12
+	MOVQ    DX, R12
 	SHLQ    $0x06, R12
 	ADDQ    R12, R11
 	MOVQ    p_base+0(FP), R12
@@ -45975,8 +45253,241 @@ t4x3_loop:
 	VMOVUPD         Z9, (R12)(R8*1)
 	VMOVUPD         Z10, 64(R12)(R8*1)
 	VMOVUPD         Z11, 128(R12)(R8*1)
-	ADDQ            $0x06, BX
-	JMP             r4_cols
+	ADDQ            $0x04, BX
+	JMP             c3_rows
+
+cols4:
+	XORQ BX, BX
+
+c4_rows:
+	LEAQ    4(DX), SI
+	SHLQ    $0x01, SI
+	CMPQ    SI, AX
+	CMOVQGT AX, SI
+	CMPQ    BX, SI
+	JAE     nextcols
+	MOVQ    AX, SI
+	SUBQ    BX, SI
+	CMPQ    SI, $0x01
+	JE      tile1x4
+	CMPQ    SI, $0x02
+	JE      tile2x4
+	CMPQ    SI, $0x03
+	JE      tile3x4
+	JMP     tile4x4
+
+tile1x4:
+	MOVQ    tmp_base+24(FP), SI
+	MOVQ    n+48(FP), DI
+	INCQ    DI
+	ANDQ    $-2, DI
+	ADDQ    $0x02, DI
+	SHLQ    $0x05, DI
+	MOVQ    g1+88(FP), R8
+	IMULQ   DI, R8
+	ADDQ    SI, R8
+	MOVQ    g1+88(FP), SI
+	MOVQ    g0+80(FP), R9
+	SUBQ    R9, SI
+	IMULQ   DI, SI
+	NEGQ    SI
+	MOVQ    BX, R9
+	SHRQ    $0x01, R9
+	SHLQ    $0x06, R9
+	ADDQ    R8, R9
+	MOVQ    DX, R10
+	SHLQ    $0x06, R10
+	ADDQ    R8, R10
+	MOVQ    AX, R8
+	INCQ    R8
+	ANDQ    $-2, R8
+	SHLQ    $0x05, R8
+	MOVQ    BX, R11
+	IMULQ   R8, R11
+	MOVQ    DX, R12
+	SHLQ    $0x06, R12
+	ADDQ    R12, R11
+	MOVQ    p_base+0(FP), R12
+	ADDQ    R12, R11
+	LEAQ    (R11)(R8*2), R8
+	VMOVUPD (R11), Z0
+	VMOVUPD 64(R11), Z1
+	VMOVUPD 128(R11), Z2
+	VMOVUPD 192(R11), Z3
+
+t1x4_loop:
+	VBROADCASTF64X4 (R9)(SI*1), Z4
+	VMOVUPD         (R10)(SI*1), Z5
+	VFMADD231PD     Z5, Z4, Z0
+	VMOVUPD         64(R10)(SI*1), Z5
+	VFMADD231PD     Z5, Z4, Z1
+	VMOVUPD         128(R10)(SI*1), Z5
+	VFMADD231PD     Z5, Z4, Z2
+	VMOVUPD         192(R10)(SI*1), Z5
+	VFMADD231PD     Z5, Z4, Z3
+	ADDQ            DI, SI
+	JNZ             t1x4_loop
+	VMOVUPD         Z0, (R11)
+	VMOVUPD         Z1, 64(R11)
+	VMOVUPD         Z2, 128(R11)
+	VMOVUPD         Z3, 192(R11)
+	ADDQ            $0x04, BX
+	JMP             c4_rows
+
+tile2x4:
+	MOVQ    tmp_base+24(FP), SI
+	MOVQ    n+48(FP), DI
+	INCQ    DI
+	ANDQ    $-2, DI
+	ADDQ    $0x02, DI
+	SHLQ    $0x05, DI
+	MOVQ    g1+88(FP), R8
+	IMULQ   DI, R8
+	ADDQ    SI, R8
+	MOVQ    g1+88(FP), SI
+	MOVQ    g0+80(FP), R9
+	SUBQ    R9, SI
+	IMULQ   DI, SI
+	NEGQ    SI
+	MOVQ    BX, R9
+	SHRQ    $0x01, R9
+	SHLQ    $0x06, R9
+	ADDQ    R8, R9
+	MOVQ    DX, R10
+	SHLQ    $0x06, R10
+	ADDQ    R8, R10
+	MOVQ    AX, R8
+	INCQ    R8
+	ANDQ    $-2, R8
+	SHLQ    $0x05, R8
+	MOVQ    BX, R11
+	IMULQ   R8, R11
+	MOVQ    DX, R12
+	SHLQ    $0x06, R12
+	ADDQ    R12, R11
+	MOVQ    p_base+0(FP), R12
+	ADDQ    R12, R11
+	LEAQ    (R11)(R8*2), R12
+	VMOVUPD (R11), Z0
+	VMOVUPD 64(R11), Z1
+	VMOVUPD 128(R11), Z2
+	VMOVUPD 192(R11), Z3
+	VMOVUPD (R11)(R8*1), Z4
+	VMOVUPD 64(R11)(R8*1), Z5
+	VMOVUPD 128(R11)(R8*1), Z6
+	VMOVUPD 192(R11)(R8*1), Z7
+
+t2x4_loop:
+	VBROADCASTF64X4 (R9)(SI*1), Z8
+	VBROADCASTF64X4 32(R9)(SI*1), Z9
+	VMOVUPD         (R10)(SI*1), Z10
+	VFMADD231PD     Z10, Z8, Z0
+	VFMADD231PD     Z10, Z9, Z4
+	VMOVUPD         64(R10)(SI*1), Z10
+	VFMADD231PD     Z10, Z8, Z1
+	VFMADD231PD     Z10, Z9, Z5
+	VMOVUPD         128(R10)(SI*1), Z10
+	VFMADD231PD     Z10, Z8, Z2
+	VFMADD231PD     Z10, Z9, Z6
+	VMOVUPD         192(R10)(SI*1), Z10
+	VFMADD231PD     Z10, Z8, Z3
+	VFMADD231PD     Z10, Z9, Z7
+	ADDQ            DI, SI
+	JNZ             t2x4_loop
+	VMOVUPD         Z0, (R11)
+	VMOVUPD         Z1, 64(R11)
+	VMOVUPD         Z2, 128(R11)
+	VMOVUPD         Z3, 192(R11)
+	VMOVUPD         Z4, (R11)(R8*1)
+	VMOVUPD         Z5, 64(R11)(R8*1)
+	VMOVUPD         Z6, 128(R11)(R8*1)
+	VMOVUPD         Z7, 192(R11)(R8*1)
+	ADDQ            $0x04, BX
+	JMP             c4_rows
+
+tile3x4:
+	MOVQ    tmp_base+24(FP), SI
+	MOVQ    n+48(FP), DI
+	INCQ    DI
+	ANDQ    $-2, DI
+	ADDQ    $0x02, DI
+	SHLQ    $0x05, DI
+	MOVQ    g1+88(FP), R8
+	IMULQ   DI, R8
+	ADDQ    SI, R8
+	MOVQ    g1+88(FP), SI
+	MOVQ    g0+80(FP), R9
+	SUBQ    R9, SI
+	IMULQ   DI, SI
+	NEGQ    SI
+	MOVQ    BX, R9
+	SHRQ    $0x01, R9
+	SHLQ    $0x06, R9
+	ADDQ    R8, R9
+	MOVQ    DX, R10
+	SHLQ    $0x06, R10
+	ADDQ    R8, R10
+	MOVQ    AX, R8
+	INCQ    R8
+	ANDQ    $-2, R8
+	SHLQ    $0x05, R8
+	MOVQ    BX, R11
+	IMULQ   R8, R11
+	MOVQ    DX, R12
+	SHLQ    $0x06, R12
+	ADDQ    R12, R11
+	MOVQ    p_base+0(FP), R12
+	ADDQ    R12, R11
+	LEAQ    (R11)(R8*2), R12
+	VMOVUPD (R11), Z0
+	VMOVUPD 64(R11), Z1
+	VMOVUPD 128(R11), Z2
+	VMOVUPD 192(R11), Z3
+	VMOVUPD (R11)(R8*1), Z4
+	VMOVUPD 64(R11)(R8*1), Z5
+	VMOVUPD 128(R11)(R8*1), Z6
+	VMOVUPD 192(R11)(R8*1), Z7
+	VMOVUPD (R12), Z8
+	VMOVUPD 64(R12), Z9
+	VMOVUPD 128(R12), Z10
+	VMOVUPD 192(R12), Z11
+
+t3x4_loop:
+	VBROADCASTF64X4 (R9)(SI*1), Z12
+	VBROADCASTF64X4 32(R9)(SI*1), Z13
+	VBROADCASTF64X4 64(R9)(SI*1), Z14
+	VMOVUPD         (R10)(SI*1), Z15
+	VFMADD231PD     Z15, Z12, Z0
+	VFMADD231PD     Z15, Z13, Z4
+	VFMADD231PD     Z15, Z14, Z8
+	VMOVUPD         64(R10)(SI*1), Z15
+	VFMADD231PD     Z15, Z12, Z1
+	VFMADD231PD     Z15, Z13, Z5
+	VFMADD231PD     Z15, Z14, Z9
+	VMOVUPD         128(R10)(SI*1), Z15
+	VFMADD231PD     Z15, Z12, Z2
+	VFMADD231PD     Z15, Z13, Z6
+	VFMADD231PD     Z15, Z14, Z10
+	VMOVUPD         192(R10)(SI*1), Z15
+	VFMADD231PD     Z15, Z12, Z3
+	VFMADD231PD     Z15, Z13, Z7
+	VFMADD231PD     Z15, Z14, Z11
+	ADDQ            DI, SI
+	JNZ             t3x4_loop
+	VMOVUPD         Z0, (R11)
+	VMOVUPD         Z1, 64(R11)
+	VMOVUPD         Z2, 128(R11)
+	VMOVUPD         Z3, 192(R11)
+	VMOVUPD         Z4, (R11)(R8*1)
+	VMOVUPD         Z5, 64(R11)(R8*1)
+	VMOVUPD         Z6, 128(R11)(R8*1)
+	VMOVUPD         Z7, 192(R11)(R8*1)
+	VMOVUPD         Z8, (R12)
+	VMOVUPD         Z9, 64(R12)
+	VMOVUPD         Z10, 128(R12)
+	VMOVUPD         Z11, 192(R12)
+	ADDQ            $0x04, BX
+	JMP             c4_rows
 
 tile4x4:
 	MOVQ    tmp_base+24(FP), SI
@@ -45993,20 +45504,20 @@ tile4x4:
 	SUBQ    R9, SI
 	IMULQ   DI, SI
 	NEGQ    SI
-	MOVQ    DX, R9
+	MOVQ    BX, R9
 	SHRQ    $0x01, R9
 	SHLQ    $0x06, R9
 	ADDQ    R8, R9
-	MOVQ    BX, R10
+	MOVQ    DX, R10
 	SHLQ    $0x06, R10
 	ADDQ    R8, R10
 	MOVQ    AX, R8
 	INCQ    R8
 	ANDQ    $-2, R8
 	SHLQ    $0x05, R8
-	MOVQ    DX, R11
+	MOVQ    BX, R11
 	IMULQ   R8, R11
-	MOVQ    BX, R12
+	MOVQ    DX, R12
 	SHLQ    $0x06, R12
 	ADDQ    R12, R11
 	MOVQ    p_base+0(FP), R12
@@ -46072,8 +45583,262 @@ t4x4_loop:
 	VMOVUPD         Z13, 64(R12)(R8*1)
 	VMOVUPD         Z14, 128(R12)(R8*1)
 	VMOVUPD         Z15, 192(R12)(R8*1)
-	ADDQ            $0x06, BX
-	JMP             r4_cols
+	ADDQ            $0x04, BX
+	JMP             c4_rows
+
+cols5:
+	XORQ BX, BX
+
+c5_rows:
+	LEAQ    5(DX), SI
+	SHLQ    $0x01, SI
+	CMPQ    SI, AX
+	CMOVQGT AX, SI
+	CMPQ    BX, SI
+	JAE     nextcols
+	MOVQ    AX, SI
+	SUBQ    BX, SI
+	CMPQ    SI, $0x01
+	JE      tile1x5
+	CMPQ    SI, $0x02
+	JE      tile2x5
+	CMPQ    SI, $0x03
+	JE      tile3x5
+	JMP     tile4x5
+
+tile1x5:
+	MOVQ    tmp_base+24(FP), SI
+	MOVQ    n+48(FP), DI
+	INCQ    DI
+	ANDQ    $-2, DI
+	ADDQ    $0x02, DI
+	SHLQ    $0x05, DI
+	MOVQ    g1+88(FP), R8
+	IMULQ   DI, R8
+	ADDQ    SI, R8
+	MOVQ    g1+88(FP), SI
+	MOVQ    g0+80(FP), R9
+	SUBQ    R9, SI
+	IMULQ   DI, SI
+	NEGQ    SI
+	MOVQ    BX, R9
+	SHRQ    $0x01, R9
+	SHLQ    $0x06, R9
+	ADDQ    R8, R9
+	MOVQ    DX, R10
+	SHLQ    $0x06, R10
+	ADDQ    R8, R10
+	MOVQ    AX, R8
+	INCQ    R8
+	ANDQ    $-2, R8
+	SHLQ    $0x05, R8
+	MOVQ    BX, R11
+	IMULQ   R8, R11
+	MOVQ    DX, R12
+	SHLQ    $0x06, R12
+	ADDQ    R12, R11
+	MOVQ    p_base+0(FP), R12
+	ADDQ    R12, R11
+	LEAQ    (R11)(R8*2), R8
+	VMOVUPD (R11), Z0
+	VMOVUPD 64(R11), Z1
+	VMOVUPD 128(R11), Z2
+	VMOVUPD 192(R11), Z3
+	VMOVUPD 256(R11), Z4
+
+t1x5_loop:
+	VBROADCASTF64X4 (R9)(SI*1), Z5
+	VMOVUPD         (R10)(SI*1), Z6
+	VFMADD231PD     Z6, Z5, Z0
+	VMOVUPD         64(R10)(SI*1), Z6
+	VFMADD231PD     Z6, Z5, Z1
+	VMOVUPD         128(R10)(SI*1), Z6
+	VFMADD231PD     Z6, Z5, Z2
+	VMOVUPD         192(R10)(SI*1), Z6
+	VFMADD231PD     Z6, Z5, Z3
+	VMOVUPD         256(R10)(SI*1), Z6
+	VFMADD231PD     Z6, Z5, Z4
+	ADDQ            DI, SI
+	JNZ             t1x5_loop
+	VMOVUPD         Z0, (R11)
+	VMOVUPD         Z1, 64(R11)
+	VMOVUPD         Z2, 128(R11)
+	VMOVUPD         Z3, 192(R11)
+	VMOVUPD         Z4, 256(R11)
+	ADDQ            $0x04, BX
+	JMP             c5_rows
+
+tile2x5:
+	MOVQ    tmp_base+24(FP), SI
+	MOVQ    n+48(FP), DI
+	INCQ    DI
+	ANDQ    $-2, DI
+	ADDQ    $0x02, DI
+	SHLQ    $0x05, DI
+	MOVQ    g1+88(FP), R8
+	IMULQ   DI, R8
+	ADDQ    SI, R8
+	MOVQ    g1+88(FP), SI
+	MOVQ    g0+80(FP), R9
+	SUBQ    R9, SI
+	IMULQ   DI, SI
+	NEGQ    SI
+	MOVQ    BX, R9
+	SHRQ    $0x01, R9
+	SHLQ    $0x06, R9
+	ADDQ    R8, R9
+	MOVQ    DX, R10
+	SHLQ    $0x06, R10
+	ADDQ    R8, R10
+	MOVQ    AX, R8
+	INCQ    R8
+	ANDQ    $-2, R8
+	SHLQ    $0x05, R8
+	MOVQ    BX, R11
+	IMULQ   R8, R11
+	MOVQ    DX, R12
+	SHLQ    $0x06, R12
+	ADDQ    R12, R11
+	MOVQ    p_base+0(FP), R12
+	ADDQ    R12, R11
+	LEAQ    (R11)(R8*2), R12
+	VMOVUPD (R11), Z0
+	VMOVUPD 64(R11), Z1
+	VMOVUPD 128(R11), Z2
+	VMOVUPD 192(R11), Z3
+	VMOVUPD 256(R11), Z4
+	VMOVUPD (R11)(R8*1), Z5
+	VMOVUPD 64(R11)(R8*1), Z6
+	VMOVUPD 128(R11)(R8*1), Z7
+	VMOVUPD 192(R11)(R8*1), Z8
+	VMOVUPD 256(R11)(R8*1), Z9
+
+t2x5_loop:
+	VBROADCASTF64X4 (R9)(SI*1), Z10
+	VBROADCASTF64X4 32(R9)(SI*1), Z11
+	VMOVUPD         (R10)(SI*1), Z12
+	VFMADD231PD     Z12, Z10, Z0
+	VFMADD231PD     Z12, Z11, Z5
+	VMOVUPD         64(R10)(SI*1), Z12
+	VFMADD231PD     Z12, Z10, Z1
+	VFMADD231PD     Z12, Z11, Z6
+	VMOVUPD         128(R10)(SI*1), Z12
+	VFMADD231PD     Z12, Z10, Z2
+	VFMADD231PD     Z12, Z11, Z7
+	VMOVUPD         192(R10)(SI*1), Z12
+	VFMADD231PD     Z12, Z10, Z3
+	VFMADD231PD     Z12, Z11, Z8
+	VMOVUPD         256(R10)(SI*1), Z12
+	VFMADD231PD     Z12, Z10, Z4
+	VFMADD231PD     Z12, Z11, Z9
+	ADDQ            DI, SI
+	JNZ             t2x5_loop
+	VMOVUPD         Z0, (R11)
+	VMOVUPD         Z1, 64(R11)
+	VMOVUPD         Z2, 128(R11)
+	VMOVUPD         Z3, 192(R11)
+	VMOVUPD         Z4, 256(R11)
+	VMOVUPD         Z5, (R11)(R8*1)
+	VMOVUPD         Z6, 64(R11)(R8*1)
+	VMOVUPD         Z7, 128(R11)(R8*1)
+	VMOVUPD         Z8, 192(R11)(R8*1)
+	VMOVUPD         Z9, 256(R11)(R8*1)
+	ADDQ            $0x04, BX
+	JMP             c5_rows
+
+tile3x5:
+	MOVQ    tmp_base+24(FP), SI
+	MOVQ    n+48(FP), DI
+	INCQ    DI
+	ANDQ    $-2, DI
+	ADDQ    $0x02, DI
+	SHLQ    $0x05, DI
+	MOVQ    g1+88(FP), R8
+	IMULQ   DI, R8
+	ADDQ    SI, R8
+	MOVQ    g1+88(FP), SI
+	MOVQ    g0+80(FP), R9
+	SUBQ    R9, SI
+	IMULQ   DI, SI
+	NEGQ    SI
+	MOVQ    BX, R9
+	SHRQ    $0x01, R9
+	SHLQ    $0x06, R9
+	ADDQ    R8, R9
+	MOVQ    DX, R10
+	SHLQ    $0x06, R10
+	ADDQ    R8, R10
+	MOVQ    AX, R8
+	INCQ    R8
+	ANDQ    $-2, R8
+	SHLQ    $0x05, R8
+	MOVQ    BX, R11
+	IMULQ   R8, R11
+	MOVQ    DX, R12
+	SHLQ    $0x06, R12
+	ADDQ    R12, R11
+	MOVQ    p_base+0(FP), R12
+	ADDQ    R12, R11
+	LEAQ    (R11)(R8*2), R12
+	VMOVUPD (R11), Z0
+	VMOVUPD 64(R11), Z1
+	VMOVUPD 128(R11), Z2
+	VMOVUPD 192(R11), Z3
+	VMOVUPD 256(R11), Z4
+	VMOVUPD (R11)(R8*1), Z5
+	VMOVUPD 64(R11)(R8*1), Z6
+	VMOVUPD 128(R11)(R8*1), Z7
+	VMOVUPD 192(R11)(R8*1), Z8
+	VMOVUPD 256(R11)(R8*1), Z9
+	VMOVUPD (R12), Z10
+	VMOVUPD 64(R12), Z11
+	VMOVUPD 128(R12), Z12
+	VMOVUPD 192(R12), Z13
+	VMOVUPD 256(R12), Z14
+
+t3x5_loop:
+	VBROADCASTF64X4 (R9)(SI*1), Z15
+	VBROADCASTF64X4 32(R9)(SI*1), Z16
+	VBROADCASTF64X4 64(R9)(SI*1), Z17
+	VMOVUPD         (R10)(SI*1), Z18
+	VFMADD231PD     Z18, Z15, Z0
+	VFMADD231PD     Z18, Z16, Z5
+	VFMADD231PD     Z18, Z17, Z10
+	VMOVUPD         64(R10)(SI*1), Z18
+	VFMADD231PD     Z18, Z15, Z1
+	VFMADD231PD     Z18, Z16, Z6
+	VFMADD231PD     Z18, Z17, Z11
+	VMOVUPD         128(R10)(SI*1), Z18
+	VFMADD231PD     Z18, Z15, Z2
+	VFMADD231PD     Z18, Z16, Z7
+	VFMADD231PD     Z18, Z17, Z12
+	VMOVUPD         192(R10)(SI*1), Z18
+	VFMADD231PD     Z18, Z15, Z3
+	VFMADD231PD     Z18, Z16, Z8
+	VFMADD231PD     Z18, Z17, Z13
+	VMOVUPD         256(R10)(SI*1), Z18
+	VFMADD231PD     Z18, Z15, Z4
+	VFMADD231PD     Z18, Z16, Z9
+	VFMADD231PD     Z18, Z17, Z14
+	ADDQ            DI, SI
+	JNZ             t3x5_loop
+	VMOVUPD         Z0, (R11)
+	VMOVUPD         Z1, 64(R11)
+	VMOVUPD         Z2, 128(R11)
+	VMOVUPD         Z3, 192(R11)
+	VMOVUPD         Z4, 256(R11)
+	VMOVUPD         Z5, (R11)(R8*1)
+	VMOVUPD         Z6, 64(R11)(R8*1)
+	VMOVUPD         Z7, 128(R11)(R8*1)
+	VMOVUPD         Z8, 192(R11)(R8*1)
+	VMOVUPD         Z9, 256(R11)(R8*1)
+	VMOVUPD         Z10, (R12)
+	VMOVUPD         Z11, 64(R12)
+	VMOVUPD         Z12, 128(R12)
+	VMOVUPD         Z13, 192(R12)
+	VMOVUPD         Z14, 256(R12)
+	ADDQ            $0x04, BX
+	JMP             c5_rows
 
 tile4x5:
 	MOVQ    tmp_base+24(FP), SI
@@ -46090,20 +45855,20 @@ tile4x5:
 	SUBQ    R9, SI
 	IMULQ   DI, SI
 	NEGQ    SI
-	MOVQ    DX, R9
+	MOVQ    BX, R9
 	SHRQ    $0x01, R9
 	SHLQ    $0x06, R9
 	ADDQ    R8, R9
-	MOVQ    BX, R10
+	MOVQ    DX, R10
 	SHLQ    $0x06, R10
 	ADDQ    R8, R10
 	MOVQ    AX, R8
 	INCQ    R8
 	ANDQ    $-2, R8
 	SHLQ    $0x05, R8
-	MOVQ    DX, R11
+	MOVQ    BX, R11
 	IMULQ   R8, R11
-	MOVQ    BX, R12
+	MOVQ    DX, R12
 	SHLQ    $0x06, R12
 	ADDQ    R12, R11
 	MOVQ    p_base+0(FP), R12
@@ -46182,8 +45947,283 @@ t4x5_loop:
 	VMOVUPD         Z17, 128(R12)(R8*1)
 	VMOVUPD         Z18, 192(R12)(R8*1)
 	VMOVUPD         Z19, 256(R12)(R8*1)
-	ADDQ            $0x06, BX
-	JMP             r4_cols
+	ADDQ            $0x04, BX
+	JMP             c5_rows
+
+cols6:
+	XORQ BX, BX
+
+c6_rows:
+	LEAQ    6(DX), SI
+	SHLQ    $0x01, SI
+	CMPQ    SI, AX
+	CMOVQGT AX, SI
+	CMPQ    BX, SI
+	JAE     nextcols
+	MOVQ    AX, SI
+	SUBQ    BX, SI
+	CMPQ    SI, $0x01
+	JE      tile1x6
+	CMPQ    SI, $0x02
+	JE      tile2x6
+	CMPQ    SI, $0x03
+	JE      tile3x6
+	JMP     tile4x6
+
+tile1x6:
+	MOVQ    tmp_base+24(FP), SI
+	MOVQ    n+48(FP), DI
+	INCQ    DI
+	ANDQ    $-2, DI
+	ADDQ    $0x02, DI
+	SHLQ    $0x05, DI
+	MOVQ    g1+88(FP), R8
+	IMULQ   DI, R8
+	ADDQ    SI, R8
+	MOVQ    g1+88(FP), SI
+	MOVQ    g0+80(FP), R9
+	SUBQ    R9, SI
+	IMULQ   DI, SI
+	NEGQ    SI
+	MOVQ    BX, R9
+	SHRQ    $0x01, R9
+	SHLQ    $0x06, R9
+	ADDQ    R8, R9
+	MOVQ    DX, R10
+	SHLQ    $0x06, R10
+	ADDQ    R8, R10
+	MOVQ    AX, R8
+	INCQ    R8
+	ANDQ    $-2, R8
+	SHLQ    $0x05, R8
+	MOVQ    BX, R11
+	IMULQ   R8, R11
+	MOVQ    DX, R12
+	SHLQ    $0x06, R12
+	ADDQ    R12, R11
+	MOVQ    p_base+0(FP), R12
+	ADDQ    R12, R11
+	LEAQ    (R11)(R8*2), R8
+	VMOVUPD (R11), Z0
+	VMOVUPD 64(R11), Z1
+	VMOVUPD 128(R11), Z2
+	VMOVUPD 192(R11), Z3
+	VMOVUPD 256(R11), Z4
+	VMOVUPD 320(R11), Z5
+
+t1x6_loop:
+	VBROADCASTF64X4 (R9)(SI*1), Z6
+	VMOVUPD         (R10)(SI*1), Z7
+	VFMADD231PD     Z7, Z6, Z0
+	VMOVUPD         64(R10)(SI*1), Z7
+	VFMADD231PD     Z7, Z6, Z1
+	VMOVUPD         128(R10)(SI*1), Z7
+	VFMADD231PD     Z7, Z6, Z2
+	VMOVUPD         192(R10)(SI*1), Z7
+	VFMADD231PD     Z7, Z6, Z3
+	VMOVUPD         256(R10)(SI*1), Z7
+	VFMADD231PD     Z7, Z6, Z4
+	VMOVUPD         320(R10)(SI*1), Z7
+	VFMADD231PD     Z7, Z6, Z5
+	ADDQ            DI, SI
+	JNZ             t1x6_loop
+	VMOVUPD         Z0, (R11)
+	VMOVUPD         Z1, 64(R11)
+	VMOVUPD         Z2, 128(R11)
+	VMOVUPD         Z3, 192(R11)
+	VMOVUPD         Z4, 256(R11)
+	VMOVUPD         Z5, 320(R11)
+	ADDQ            $0x04, BX
+	JMP             c6_rows
+
+tile2x6:
+	MOVQ    tmp_base+24(FP), SI
+	MOVQ    n+48(FP), DI
+	INCQ    DI
+	ANDQ    $-2, DI
+	ADDQ    $0x02, DI
+	SHLQ    $0x05, DI
+	MOVQ    g1+88(FP), R8
+	IMULQ   DI, R8
+	ADDQ    SI, R8
+	MOVQ    g1+88(FP), SI
+	MOVQ    g0+80(FP), R9
+	SUBQ    R9, SI
+	IMULQ   DI, SI
+	NEGQ    SI
+	MOVQ    BX, R9
+	SHRQ    $0x01, R9
+	SHLQ    $0x06, R9
+	ADDQ    R8, R9
+	MOVQ    DX, R10
+	SHLQ    $0x06, R10
+	ADDQ    R8, R10
+	MOVQ    AX, R8
+	INCQ    R8
+	ANDQ    $-2, R8
+	SHLQ    $0x05, R8
+	MOVQ    BX, R11
+	IMULQ   R8, R11
+	MOVQ    DX, R12
+	SHLQ    $0x06, R12
+	ADDQ    R12, R11
+	MOVQ    p_base+0(FP), R12
+	ADDQ    R12, R11
+	LEAQ    (R11)(R8*2), R12
+	VMOVUPD (R11), Z0
+	VMOVUPD 64(R11), Z1
+	VMOVUPD 128(R11), Z2
+	VMOVUPD 192(R11), Z3
+	VMOVUPD 256(R11), Z4
+	VMOVUPD 320(R11), Z5
+	VMOVUPD (R11)(R8*1), Z6
+	VMOVUPD 64(R11)(R8*1), Z7
+	VMOVUPD 128(R11)(R8*1), Z8
+	VMOVUPD 192(R11)(R8*1), Z9
+	VMOVUPD 256(R11)(R8*1), Z10
+	VMOVUPD 320(R11)(R8*1), Z11
+
+t2x6_loop:
+	VBROADCASTF64X4 (R9)(SI*1), Z12
+	VBROADCASTF64X4 32(R9)(SI*1), Z13
+	VMOVUPD         (R10)(SI*1), Z14
+	VFMADD231PD     Z14, Z12, Z0
+	VFMADD231PD     Z14, Z13, Z6
+	VMOVUPD         64(R10)(SI*1), Z14
+	VFMADD231PD     Z14, Z12, Z1
+	VFMADD231PD     Z14, Z13, Z7
+	VMOVUPD         128(R10)(SI*1), Z14
+	VFMADD231PD     Z14, Z12, Z2
+	VFMADD231PD     Z14, Z13, Z8
+	VMOVUPD         192(R10)(SI*1), Z14
+	VFMADD231PD     Z14, Z12, Z3
+	VFMADD231PD     Z14, Z13, Z9
+	VMOVUPD         256(R10)(SI*1), Z14
+	VFMADD231PD     Z14, Z12, Z4
+	VFMADD231PD     Z14, Z13, Z10
+	VMOVUPD         320(R10)(SI*1), Z14
+	VFMADD231PD     Z14, Z12, Z5
+	VFMADD231PD     Z14, Z13, Z11
+	ADDQ            DI, SI
+	JNZ             t2x6_loop
+	VMOVUPD         Z0, (R11)
+	VMOVUPD         Z1, 64(R11)
+	VMOVUPD         Z2, 128(R11)
+	VMOVUPD         Z3, 192(R11)
+	VMOVUPD         Z4, 256(R11)
+	VMOVUPD         Z5, 320(R11)
+	VMOVUPD         Z6, (R11)(R8*1)
+	VMOVUPD         Z7, 64(R11)(R8*1)
+	VMOVUPD         Z8, 128(R11)(R8*1)
+	VMOVUPD         Z9, 192(R11)(R8*1)
+	VMOVUPD         Z10, 256(R11)(R8*1)
+	VMOVUPD         Z11, 320(R11)(R8*1)
+	ADDQ            $0x04, BX
+	JMP             c6_rows
+
+tile3x6:
+	MOVQ    tmp_base+24(FP), SI
+	MOVQ    n+48(FP), DI
+	INCQ    DI
+	ANDQ    $-2, DI
+	ADDQ    $0x02, DI
+	SHLQ    $0x05, DI
+	MOVQ    g1+88(FP), R8
+	IMULQ   DI, R8
+	ADDQ    SI, R8
+	MOVQ    g1+88(FP), SI
+	MOVQ    g0+80(FP), R9
+	SUBQ    R9, SI
+	IMULQ   DI, SI
+	NEGQ    SI
+	MOVQ    BX, R9
+	SHRQ    $0x01, R9
+	SHLQ    $0x06, R9
+	ADDQ    R8, R9
+	MOVQ    DX, R10
+	SHLQ    $0x06, R10
+	ADDQ    R8, R10
+	MOVQ    AX, R8
+	INCQ    R8
+	ANDQ    $-2, R8
+	SHLQ    $0x05, R8
+	MOVQ    BX, R11
+	IMULQ   R8, R11
+	MOVQ    DX, R12
+	SHLQ    $0x06, R12
+	ADDQ    R12, R11
+	MOVQ    p_base+0(FP), R12
+	ADDQ    R12, R11
+	LEAQ    (R11)(R8*2), R12
+	VMOVUPD (R11), Z0
+	VMOVUPD 64(R11), Z1
+	VMOVUPD 128(R11), Z2
+	VMOVUPD 192(R11), Z3
+	VMOVUPD 256(R11), Z4
+	VMOVUPD 320(R11), Z5
+	VMOVUPD (R11)(R8*1), Z6
+	VMOVUPD 64(R11)(R8*1), Z7
+	VMOVUPD 128(R11)(R8*1), Z8
+	VMOVUPD 192(R11)(R8*1), Z9
+	VMOVUPD 256(R11)(R8*1), Z10
+	VMOVUPD 320(R11)(R8*1), Z11
+	VMOVUPD (R12), Z12
+	VMOVUPD 64(R12), Z13
+	VMOVUPD 128(R12), Z14
+	VMOVUPD 192(R12), Z15
+	VMOVUPD 256(R12), Z16
+	VMOVUPD 320(R12), Z17
+
+t3x6_loop:
+	VBROADCASTF64X4 (R9)(SI*1), Z18
+	VBROADCASTF64X4 32(R9)(SI*1), Z19
+	VBROADCASTF64X4 64(R9)(SI*1), Z20
+	VMOVUPD         (R10)(SI*1), Z21
+	VFMADD231PD     Z21, Z18, Z0
+	VFMADD231PD     Z21, Z19, Z6
+	VFMADD231PD     Z21, Z20, Z12
+	VMOVUPD         64(R10)(SI*1), Z21
+	VFMADD231PD     Z21, Z18, Z1
+	VFMADD231PD     Z21, Z19, Z7
+	VFMADD231PD     Z21, Z20, Z13
+	VMOVUPD         128(R10)(SI*1), Z21
+	VFMADD231PD     Z21, Z18, Z2
+	VFMADD231PD     Z21, Z19, Z8
+	VFMADD231PD     Z21, Z20, Z14
+	VMOVUPD         192(R10)(SI*1), Z21
+	VFMADD231PD     Z21, Z18, Z3
+	VFMADD231PD     Z21, Z19, Z9
+	VFMADD231PD     Z21, Z20, Z15
+	VMOVUPD         256(R10)(SI*1), Z21
+	VFMADD231PD     Z21, Z18, Z4
+	VFMADD231PD     Z21, Z19, Z10
+	VFMADD231PD     Z21, Z20, Z16
+	VMOVUPD         320(R10)(SI*1), Z21
+	VFMADD231PD     Z21, Z18, Z5
+	VFMADD231PD     Z21, Z19, Z11
+	VFMADD231PD     Z21, Z20, Z17
+	ADDQ            DI, SI
+	JNZ             t3x6_loop
+	VMOVUPD         Z0, (R11)
+	VMOVUPD         Z1, 64(R11)
+	VMOVUPD         Z2, 128(R11)
+	VMOVUPD         Z3, 192(R11)
+	VMOVUPD         Z4, 256(R11)
+	VMOVUPD         Z5, 320(R11)
+	VMOVUPD         Z6, (R11)(R8*1)
+	VMOVUPD         Z7, 64(R11)(R8*1)
+	VMOVUPD         Z8, 128(R11)(R8*1)
+	VMOVUPD         Z9, 192(R11)(R8*1)
+	VMOVUPD         Z10, 256(R11)(R8*1)
+	VMOVUPD         Z11, 320(R11)(R8*1)
+	VMOVUPD         Z12, (R12)
+	VMOVUPD         Z13, 64(R12)
+	VMOVUPD         Z14, 128(R12)
+	VMOVUPD         Z15, 192(R12)
+	VMOVUPD         Z16, 256(R12)
+	VMOVUPD         Z17, 320(R12)
+	ADDQ            $0x04, BX
+	JMP             c6_rows
 
 tile4x6:
 	MOVQ    tmp_base+24(FP), SI
@@ -46200,20 +46240,20 @@ tile4x6:
 	SUBQ    R9, SI
 	IMULQ   DI, SI
 	NEGQ    SI
-	MOVQ    DX, R9
+	MOVQ    BX, R9
 	SHRQ    $0x01, R9
 	SHLQ    $0x06, R9
 	ADDQ    R8, R9
-	MOVQ    BX, R10
+	MOVQ    DX, R10
 	SHLQ    $0x06, R10
 	ADDQ    R8, R10
 	MOVQ    AX, R8
 	INCQ    R8
 	ANDQ    $-2, R8
 	SHLQ    $0x05, R8
-	MOVQ    DX, R11
+	MOVQ    BX, R11
 	IMULQ   R8, R11
-	MOVQ    BX, R12
+	MOVQ    DX, R12
 	SHLQ    $0x06, R12
 	ADDQ    R12, R11
 	MOVQ    p_base+0(FP), R12
@@ -46305,12 +46345,12 @@ t4x6_loop:
 	VMOVUPD         Z21, 192(R12)(R8*1)
 	VMOVUPD         Z22, 256(R12)(R8*1)
 	VMOVUPD         Z23, 320(R12)(R8*1)
-	ADDQ            $0x06, BX
-	JMP             r4_cols
+	ADDQ            $0x04, BX
+	JMP             c6_rows
 
-nextrows:
-	ADDQ $0x04, DX
-	JMP  rows
+nextcols:
+	ADDQ $0x06, DX
+	JMP  cols
 
 done:
 	VZEROUPPER

@@ -122,10 +122,10 @@ func gramPackF32AVX512(tmp []float64, sq []float64, x [][]byte, elems int)
 //go:noescape
 func gramPackRawF32AVX512(tmp []float64, x [][]byte, elems int)
 
-// gramTilesAVX512 adds the pairs of rows [r0, r1) over the groups [g0, g1) of the packed block in tmp to p (gramGeneric's), for elems a positive multiple of 8, r0 a multiple of 4 and g1 > g0.
+// gramTilesAVX512 adds the pairs of the column pairs [c0, c1) over the groups [g0, g1) of the packed block in tmp to p (gramGeneric's), for elems a positive multiple of 8, c0 a multiple of 6 and g1 > g0.
 //
 //go:noescape
-func gramTilesAVX512(p []float64, tmp []float64, n int, elems int, r0 int, r1 int, g0 int, g1 int)
+func gramTilesAVX512(p []float64, tmp []float64, n int, elems int, c0 int, c1 int, g0 int, g1 int)
 
 // fmaLoopAVX512 runs iters x 48 f64 fused multiply-adds on zmm registers and returns a value that depends on all of them.
 func fmaLoopAVX512(iters int) float64

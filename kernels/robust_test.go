@@ -1016,7 +1016,7 @@ func BenchmarkGram(b *testing.B) {
 					b.SetBytes(int64(4 * n * elems))
 					for b.Loop() {
 						if raw {
-							k.GramRawF32(p, x, elems, make([]float64, GramScratch(n, elems)))
+							k.GramRawF32(p, x, elems, tmp)
 						} else {
 							k.GramF32(p, sq, x, elems, tmp)
 						}

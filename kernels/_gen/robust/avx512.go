@@ -864,56 +864,64 @@ const (
 	tilePairs = 6
 )
 
-// genGramTiles512 generates gramTilesAVX512(p, tmp, n, elems, r0, r1, g0, g1): gramTilesAVX2
-// for r0 a multiple of 4, with tiles of up to 4 rows by 6 pairs of columns. A row group from a0 covers the
-// column pairs from a0/2 on: its first tile computes a few pairs a > b, which p leaves
-// unspecified, and with an odd count the last pair holds the zero partner n.
+// genGramTiles512 generates gramTilesAVX512(p, tmp, n, elems, c0, c1, g0, g1): the pairs of
+// the column pairs [c0, c1) (c0 a multiple of 6) over the groups [g0, g1), in tiles of up to 4
+// rows by 6 pairs of columns taken column-major: for each group of up to 6 column pairs, every
+// row group from 0 that meets a pair a <= b. Its first tiles compute pairs a > b, which p leaves
+// unspecified, and with an odd count the last pair holds the zero partner n. A column group's
+// values over the chunk of groups stay in L1 while the row groups stream from L2 past them: 4
+// broadcasts of 32 bytes per 24 FMAs come from L2, against 6 vectors of 64 bytes when the rows
+// stay and the columns stream (the order before 2026-12-02: 5-7% slower at 128 inputs on Zen 5).
 func genGramTiles512() {
-	TEXT("gramTilesAVX512", NOSPLIT, "func(p []float64, tmp []float64, n, elems, r0, r1, g0, g1 int)")
+	TEXT("gramTilesAVX512", NOSPLIT, "func(p []float64, tmp []float64, n, elems, c0, c1, g0, g1 int)")
 	Pragma("noescape")
-	Doc("gramTilesAVX512 adds the pairs of rows [r0, r1) over the groups [g0, g1) of the packed block in tmp to p (gramGeneric's), for elems a positive multiple of 8, r0 a multiple of 4 and g1 > g0.")
+	Doc("gramTilesAVX512 adds the pairs of the column pairs [c0, c1) over the groups [g0, g1) of the packed block in tmp to p (gramGeneric's), for elems a positive multiple of 8, c0 a multiple of 6 and g1 > g0.")
 	n := Load(Param("n"), GP64())
 	np := GP64() // column pairs
 	MOVQ(n, np)
 	INCQ(np)
 	SHRQ(U8(1), np)
-	a0 := Load(Param("r0"), GP64())
-	cp, left := GP64(), GP64()
-	Label("rows")
-	CMPQ(a0, Load(Param("r1"), GP64()))
+	cp := Load(Param("c0"), GP64())
+	a0, left, lim := GP64(), GP64(), GP64()
+	Label("cols")
+	CMPQ(cp, Load(Param("c1"), GP64()))
 	JAE(LabelRef("done"))
-	MOVQ(n, left)
-	SUBQ(a0, left)
-	for r := 1; r < tileRows; r++ {
-		CMPQ(left, U8(r))
-		JE(LabelRef(fmt.Sprintf("rows%d", r)))
+	MOVQ(np, left)
+	SUBQ(cp, left)
+	for c := 1; c < tilePairs; c++ {
+		CMPQ(left, U8(c))
+		JE(LabelRef(fmt.Sprintf("cols%d", c)))
 	}
-	JMP(LabelRef(fmt.Sprintf("rows%d", tileRows)))
-	for r := 1; r <= tileRows; r++ {
-		Label(fmt.Sprintf("rows%d", r))
-		MOVQ(a0, cp)
-		SHRQ(U8(1), cp)
-		cols := fmt.Sprintf("r%d_cols", r)
-		Label(cols)
-		CMPQ(cp, np)
-		JAE(LabelRef("nextrows"))
-		MOVQ(np, left)
-		SUBQ(cp, left)
-		for c := 1; c < tilePairs; c++ {
-			CMPQ(left, U8(c))
+	JMP(LabelRef(fmt.Sprintf("cols%d", tilePairs)))
+	for c := 1; c <= tilePairs; c++ {
+		Label(fmt.Sprintf("cols%d", c))
+		XORQ(a0, a0)
+		rows := fmt.Sprintf("c%d_rows", c)
+		Label(rows)
+		// rows a0 < min(n, 2(cp+c))
+		LEAQ(Mem{Base: cp, Disp: c}, lim)
+		SHLQ(U8(1), lim)
+		CMPQ(lim, n)
+		CMOVQGT(n, lim)
+		CMPQ(a0, lim)
+		JAE(LabelRef("nextcols"))
+		MOVQ(n, left)
+		SUBQ(a0, left)
+		for r := 1; r < tileRows; r++ {
+			CMPQ(left, U8(r))
 			JE(LabelRef(fmt.Sprintf("tile%dx%d", r, c)))
 		}
-		JMP(LabelRef(fmt.Sprintf("tile%dx%d", r, tilePairs)))
-		for c := 1; c <= tilePairs; c++ {
+		JMP(LabelRef(fmt.Sprintf("tile%dx%d", tileRows, c)))
+		for r := 1; r <= tileRows; r++ {
 			Label(fmt.Sprintf("tile%dx%d", r, c))
 			gramTile512(r, c, n, a0, cp)
-			ADDQ(U8(tilePairs), cp)
-			JMP(LabelRef(cols))
+			ADDQ(U8(tileRows), a0)
+			JMP(LabelRef(rows))
 		}
 	}
-	Label("nextrows")
-	ADDQ(U8(tileRows), a0)
-	JMP(LabelRef("rows"))
+	Label("nextcols")
+	ADDQ(U8(tilePairs), cp)
+	JMP(LabelRef("cols"))
 	Label("done")
 	VZEROUPPER()
 	RET()
