@@ -273,4 +273,3 @@ func gramRawAVX2(p []float64, x [][]byte, elems int, tmp []float64) {
 		gramRawGeneric(p, x, m, elems)
 	}
 }
-
