@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/wattagg/wattagg/aggregate"
 	"github.com/wattagg/wattagg/bench"
@@ -52,6 +53,57 @@ func BenchmarkWeightedMean(b *testing.B) {
 			b.ReportMetric(floor/1e9, "floor_GB/s")
 			b.ReportMetric(perSec/floor, "of_floor")
 			b.ReportMetric(float64(params)*float64(b.N)/b.Elapsed().Seconds()/1e6, "Mparams/s")
+		})
+	}
+}
+
+// BenchmarkWeightedMeanFresh is FedAvg into a new result each call (no WithOutput; the result
+// closed after each call, so the shared pool serves the next one), beside the same call into a
+// reused output, alternating in the same loop: fresh_of_reused is the ratio of their params/s.
+// The first call of the process is reported too (first_of_reused): the pool has nothing then,
+// and every page of the result is new.
+func BenchmarkWeightedMeanFresh(b *testing.B) {
+	dev, err := device.NewCPU()
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, c := range []struct{ clients, params int }{{32, 4 << 20}, {8, 50 << 20}} {
+		b.Run(fmt.Sprintf("clients=%d/params=%d", c.clients, c.params), func(b *testing.B) {
+			updates, err := bench.InMemoryUpdates(c.clients, c.params, tensor.F32)
+			if err != nil {
+				b.Fatal(err)
+			}
+			ctx := context.Background()
+			opts := []aggregate.Option{aggregate.WithDevices(dev)}
+			// A result of a size no earlier benchmark pooled: this call's pages are all new.
+			start := time.Now()
+			dst, _, err := aggregate.WeightedMean(ctx, updates, nil, opts...)
+			if err != nil {
+				b.Fatal(err)
+			}
+			first := time.Since(start)
+			reusedOpts := append(opts[:len(opts):len(opts)], aggregate.WithOutput(dst))
+			var fresh, reused time.Duration
+			for b.Loop() {
+				start := time.Now()
+				out, _, err := aggregate.WeightedMean(ctx, updates, nil, opts...)
+				if err != nil {
+					b.Fatal(err)
+				}
+				out.Close()
+				fresh += time.Since(start)
+				start = time.Now()
+				if _, _, err := aggregate.WeightedMean(ctx, updates, nil, reusedOpts...); err != nil {
+					b.Fatal(err)
+				}
+				reused += time.Since(start)
+			}
+			dst.Close()
+			perCall := reused.Seconds() / float64(b.N)
+			b.ReportMetric(float64(c.params)/fresh.Seconds()*float64(b.N)/1e6, "fresh_Mparams/s")
+			b.ReportMetric(float64(c.params)/perCall/1e6, "reused_Mparams/s")
+			b.ReportMetric(reused.Seconds()/fresh.Seconds(), "fresh_of_reused")
+			b.ReportMetric(perCall/first.Seconds(), "first_of_reused")
 		})
 	}
 }

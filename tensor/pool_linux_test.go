@@ -35,6 +35,16 @@ func TestFreshBuffersArePrefaulted(t *testing.T) {
 		}
 		p.Free(b)
 	}
+	// The first buffer of a huge-page class probes the two ways on its first 2 × hugeProbeBytes
+	// and maps the rest the chosen way.
+	q, err := NewPoolAllocator()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 4*hugeProbeBytes + 5<<20
+	if in, all := resident(t, q.Allocate(n)[:n]); in != all || !q.Stats().HugeProbed {
+		t.Errorf("the first %d-byte buffer (probed: %v): %d of %d pages mapped before its first write", n, q.Stats().HugeProbed, in, all)
+	}
 	b := PageAligned(prefaultFrom)
 	if in, all := resident(t, b); in != all {
 		t.Errorf("PageAligned(%d): %d of %d pages mapped before its first write", prefaultFrom, in, all)
