@@ -632,12 +632,10 @@ func genClosestSorted() {
 		ae, be := YMM(), YMM()
 		VADDPS(bv, a, ae)
 		VADDPS(bv, b, be)
-		accA, accB, iv := YMM(), YMM(), YMM()
+		accA, accB := YMM(), YMM()
 		VXORPS(accA, accA, accA)
 		VXORPS(accB, accB, accB)
-		VXORPS(iv, iv, iv)
-		MOVQ(tp, s)
-		MOVQ(n, cnt)
+		iv := windowSpan(a, be, tp, s, cnt, 8)
 		Label(lbl + "_sum")
 		for _, w := range []struct{ start, end, acc VecVirtual }{{a, ae, accA}, {b, be, accB}} {
 			in, lt, t := YMM(), YMM(), YMM()
@@ -667,6 +665,51 @@ func genClosestSorted() {
 		VZEROUPPER()
 		RET()
 	}
+}
+
+// windowSpan emits the walk of the closest-mean sums over the values that some lane's window
+// holds, instead of all n: from the least window start of the lanes, first (a, lanes of f32
+// integers), to the greatest window end, end (exclusive). It sets s to the first value's slot
+// in the group at tp (slots of 4·width bytes), cnt to the values to walk (at least beta, at
+// least 1) and returns the index of the first one in every lane (f32). The values outside every
+// window would add +0 to both sums, which changes nothing, so the bits are those of the walk
+// over all n: at n = 32, beta = 4, a window's span is 4-8 values against 32.
+func windowSpan(first, end VecVirtual, tp, s, cnt Register, width int) VecVirtual {
+	lo := hReduce(first, width, VMINPS)
+	hi := hReduce(end, width, VMAXPS)
+	MOVQ(hi, cnt)
+	SUBQ(lo, cnt)
+	MOVQ(lo, s)
+	SHLQ(U8(map[int]uint8{8: 5, 16: 6}[width]), s)
+	ADDQ(tp, s)
+	iv := YMM()
+	if width == 16 {
+		iv = ZMM()
+	}
+	VCVTSI2SSQ(lo, iv.AsX(), iv.AsX())
+	VBROADCASTSS(iv.AsX(), iv)
+	return iv
+}
+
+// hReduce returns in a general register the least (op VMINPS) or greatest (VMAXPS) of the
+// width f32 lanes of v, which hold integers.
+func hReduce(v VecVirtual, width int, op func(...Op)) Register {
+	cur := v
+	if width == 16 {
+		cur = YMM()
+		VEXTRACTF32X8(U8(1), v, cur)
+		op(v.AsY(), cur, cur)
+	}
+	x, t := XMM(), XMM()
+	VEXTRACTF128(U8(1), cur, x)
+	op(cur.AsX(), x, x)
+	VPERMILPS(U8(0x4e), x, t)
+	op(t, x, x)
+	VPERMILPS(U8(0xb1), x, t)
+	op(t, x, x)
+	r := GP64()
+	VCVTTSS2SIQ(x, r)
+	return r
 }
 
 // ---------------------------------------------------------------------------------------------
