@@ -25,7 +25,8 @@ func newBenchServeCmd() *cobra.Command {
 
   ingest  --clients clients push a --params f32 update each over HTTP at once, durably; against
           the same bytes over as many plain TCP streams into a discarding reader and the disk's
-          durable write rate for the same files; the server's peak RSS against
+          durable write rate for the same files (the floor: the smaller), and beside it the two
+          at once (each stream written durably as it arrives); the server's peak RSS against
           1.3 × model + streams × 2 chunks + 128 MiB; and what checkpointing the accumulator
           per group commit (design B) would write instead
   flight  the ingest row over Arrow Flight DoPut
