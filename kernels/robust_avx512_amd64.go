@@ -208,6 +208,20 @@ func sortPadded512(n int) func(tmp []float32, x [][]byte, off, groups, pf int) b
 	return nil
 }
 
+// medianPadded512 is sortPadded512 for the median: the padded network pruned to the middle
+// wires of the counts it serves, which are all the slab then holds sorted.
+func medianPadded512(n int) func(tmp []float32, x [][]byte, off, groups, pf int) bool {
+	switch paddedWires(n) {
+	case 64:
+		if n > smallSortMax {
+			return medianPaddedF32AVX512_64
+		}
+	case 128:
+		return medianPaddedF32AVX512_128
+	}
+	return nil
+}
+
 // sortGroupsAVX512 runs the straight-line sort up to smallSortMax inputs, the straight-line
 // padded networks up to 128, and the table-driven one beyond, or where a padded network read a
 // NaN (which the +Inf wires would move: see paddedSizes in kernels/_gen/robust/avx512.go).
@@ -242,7 +256,7 @@ func medianGroupsAVX512(dst, tmp []float32, x [][]byte, off, groups, pf int) boo
 		return true
 	}
 	_ = dst[16*groups-1]
-	if padded := sortPadded512(n); padded != nil {
+	if padded := medianPadded512(n); padded != nil {
 		w := paddedWires(n)
 		_ = tmp[groups*w*16-1]
 		checkGroups(x, off, groups, 16)

@@ -82,10 +82,20 @@ func trimmedSmallF32AVX512(dst []float32, tmp []float32, x [][]byte, off int, gr
 //go:noescape
 func sortPaddedF32AVX512_64(tmp []float32, x [][]byte, off int, groups int, pf int) bool
 
+// medianPaddedF32AVX512_64 is sortPaddedF32AVX512_64 with the slab's middle wires only: those medianSortedF32AVX512 reads for 33 < len(x) <= 64.
+//
+//go:noescape
+func medianPaddedF32AVX512_64(tmp []float32, x [][]byte, off int, groups int, pf int) bool
+
 // sortPaddedF32AVX512_128 sorts groups of 16 coordinates of 32 < len(x) <= 128 inputs by the network of 128 wires, the wires from len(x) on +Inf, into slabs of 128 wires, prefetching pf bytes ahead; it returns false if a value read was NaN.
 //
 //go:noescape
 func sortPaddedF32AVX512_128(tmp []float32, x [][]byte, off int, groups int, pf int) bool
+
+// medianPaddedF32AVX512_128 is sortPaddedF32AVX512_128 with the slab's middle wires only: those medianSortedF32AVX512 reads for 65 < len(x) <= 128.
+//
+//go:noescape
+func medianPaddedF32AVX512_128(tmp []float32, x [][]byte, off int, groups int, pf int) bool
 
 // sortNetF32AVX512 is sortGroupsGeneric with width 16 for len(x) >= 1, groups > 0, net the wires of sortNetwork(len(x)), prefetching pf bytes ahead.
 //

@@ -46,7 +46,8 @@ func genAVX512() {
 	genMedianSmall512()
 	genTrimmedSmall512()
 	for _, p := range paddedSizes {
-		genSortPadded512(p)
+		genSortPadded512(p, false)
+		genSortPadded512(p, true)
 	}
 	genSortNet512()
 	genMedianNet512()
@@ -173,11 +174,22 @@ var paddedSizes = []int{64, 128}
 // generation time. clean is false when an input value read was NaN (the sum of every value
 // read, in f32, is NaN then; it may also be for an Inf beside a -Inf, which costs only the
 // exact sort).
-func genSortPadded512(P int) {
+//
+// With median, medianPaddedF32AVX512_P runs only the comparators that the middle wires of every
+// count it serves depend on (selectNetwork: P/2+1 to P inputs, or smallMax+1 to 64 for P = 64;
+// 1293 of 1471 comparators at 128, 477 of 543 at 64) and stores only those wires, so that the
+// slab holds the median's wires sorted as the full network leaves them (the same bits) and the
+// other wires unspecified.
+func genSortPadded512(P int, median bool) {
 	name := fmt.Sprintf("sortPaddedF32AVX512_%d", P)
+	doc := fmt.Sprintf("%s sorts groups of 16 coordinates of %d < len(x) <= %d inputs by the network of %d wires, the wires from len(x) on +Inf, into slabs of %d wires, prefetching pf bytes ahead; it returns false if a value read was NaN.", name, smallMax, P, P, P)
+	if median {
+		name = fmt.Sprintf("medianPaddedF32AVX512_%d", P)
+		doc = fmt.Sprintf("%s is sortPaddedF32AVX512_%d with the slab's middle wires only: those medianSortedF32AVX512 reads for %d < len(x) <= %d.", name, P, paddedFrom(P), P)
+	}
 	TEXT(name, NOSPLIT, "func(tmp []float32, x [][]byte, off, groups, pf int) bool")
 	Pragma("noescape")
-	Doc(fmt.Sprintf("%s sorts groups of 16 coordinates of %d < len(x) <= %d inputs by the network of %d wires, the wires from len(x) on +Inf, into slabs of %d wires, prefetching pf bytes ahead; it returns false if a value read was NaN.", name, smallMax, P, P, P))
+	Doc(doc)
 	tp := Load(Param("tmp").Base(), GP64())
 	j := Load(Param("off"), GP64())
 	SHLQ(U8(2), j)
@@ -223,7 +235,19 @@ func genSortPadded512(P int) {
 	for w := range r.loaded {
 		r.loaded[w] = true // every wire starts in the slab
 	}
-	comps := emitNetwork(sortNetwork(P), r)
+	net := sortNetwork(P)
+	if median {
+		var outs []int
+		for n := paddedFrom(P); n <= P; n++ {
+			outs = append(outs, middleWires(n)...)
+		}
+		net = selectNetwork(net, outs...)
+		r.keep = make([]bool, P)
+		for _, w := range outs {
+			r.keep[w] = true
+		}
+	}
+	comps := emitNetwork(net, r)
 	for w := range P {
 		if i := r.reg[w]; i >= 0 {
 			r.evict(i)
@@ -242,6 +266,15 @@ func genSortPadded512(P int) {
 	Store(ok, ReturnIndex(0))
 	VZEROUPPER()
 	RET()
+}
+
+// paddedFrom is the fewest inputs the padded network of P wires serves (paddedWires in
+// kernels/robust.go).
+func paddedFrom(P int) int {
+	if P == 64 {
+		return smallMax + 1
+	}
+	return P/2 + 1
 }
 
 // genMedianSorted512 generates medianSortedF32AVX512(dst, tmp, n, wires): medianSortedF32AVX2 on

@@ -175,6 +175,9 @@ type regFile struct {
 	xp, j  Register
 	tp     Register
 	uses   [][]int // per wire: positions (in the canonical order) of its remaining uses
+	// keep, if not nil, marks the wires whose final values are wanted: a wire not marked whose
+	// uses are over is dead, and leaving its register stores nothing.
+	keep   []bool
 	loads  int
 	stores int
 	// prefetch, if not nil, holds how many bytes ahead of the group each input is prefetched
@@ -223,7 +226,8 @@ func (r *regFile) free(pinned ...int) int {
 
 func (r *regFile) evict(i int) {
 	w := r.wire[i]
-	if r.dirty[w] {
+	dead := r.keep != nil && !r.keep[w] && len(r.uses[w]) == 0
+	if r.dirty[w] && !dead {
 		VMOVUPS(r.regs[i], r.tmp(w))
 		r.stores++
 		r.dirty[w] = false
