@@ -203,38 +203,12 @@ func genSortPadded512(P int, median bool) {
 		VPBROADCASTD(r, inf)
 	}
 	VXORPS(sum, sum, sum)
+	xp := Load(Param("x").Base(), GP64())
 	Label("group")
-	{
-		h := Load(Param("x").Base(), GP64())
-		d, w := GP64(), GP64()
-		MOVQ(tp, d)
-		XORQ(w, w)
-		Label("gather")
-		p := GP64()
-		MOVQ(Mem{Base: h}, p)
-		VMOVUPS(Mem{Base: p, Index: j, Scale: 1}, Z2)
-		ADDQ(pf, p)
-		PREFETCHT1(Mem{Base: p, Index: j, Scale: 1})
-		VADDPS(Z2, sum, sum)
-		VMOVUPS(Z2, Mem{Base: d})
-		ADDQ(U8(24), h)
-		ADDQ(U8(slot512), d)
-		INCQ(w)
-		CMPQ(w, n)
-		JB(LabelRef("gather"))
-		Label("pad")
-		CMPQ(w, U32(P))
-		JAE(LabelRef("sort"))
-		VMOVUPS(inf, Mem{Base: d})
-		ADDQ(U8(slot512), d)
-		INCQ(w)
-		JMP(LabelRef("pad"))
-	}
-	Label("sort")
-	r := newRegFile(zmm[2:], slot512, P, nil, j, tp)
-	for w := range r.loaded {
-		r.loaded[w] = true // every wire starts in the slab
-	}
+	// Each wire comes from its input at its first use (+Inf from len(x) on), straight into a
+	// register: no copy of every input into the slab first.
+	r := newRegFile(zmm[2:], slot512, P, xp, j, tp)
+	r.prefetch, r.count, r.inf, r.sum = pf, n, inf, sum
 	net := sortNetwork(P)
 	if median {
 		var outs []int
@@ -249,6 +223,9 @@ func genSortPadded512(P int, median bool) {
 	}
 	comps := emitNetwork(net, r)
 	for w := range P {
+		if !r.loaded[w] && (r.keep == nil || r.keep[w]) { // a wanted wire no comparator touched
+			r.ensure(w)
+		}
 		if i := r.reg[w]; i >= 0 {
 			r.evict(i)
 		}

@@ -177,9 +177,14 @@ type regFile struct {
 	uses   [][]int // per wire: positions (in the canonical order) of its remaining uses
 	// keep, if not nil, marks the wires whose final values are wanted: a wire not marked whose
 	// uses are over is dead, and leaving its register stores nothing.
-	keep   []bool
-	loads  int
-	stores int
+	keep []bool
+	// count, if not nil, holds the number of inputs: a wire from count on is first loaded as
+	// inf (a register) instead of from its input, and every value loaded from an input is
+	// added to sum (whose NaN tells that one was NaN).
+	count    Register
+	inf, sum VecPhysical
+	loads    int
+	stores   int
 	// prefetch, if not nil, holds how many bytes ahead of the group each input is prefetched
 	// into L2 at its first load.
 	prefetch Register
@@ -246,6 +251,11 @@ func (r *regFile) ensure(w int, pinned ...int) int {
 		VMOVUPS(r.tmp(w), r.regs[i])
 		r.dirty[w] = false
 	} else {
+		pad, done := fmt.Sprintf("w%d_pad", w), fmt.Sprintf("w%d_loaded", w)
+		if r.count != nil {
+			CMPQ(r.count, U32(w))
+			JBE(LabelRef(pad))
+		}
 		p := GP64()
 		MOVQ(Mem{Base: r.xp, Disp: 24 * w}, p)
 		VMOVUPS(Mem{Base: p, Index: r.j, Scale: 1}, r.regs[i])
@@ -253,6 +263,13 @@ func (r *regFile) ensure(w int, pinned ...int) int {
 			q := GP64()
 			LEAQ(Mem{Base: p, Index: r.prefetch, Scale: 1}, q)
 			PREFETCHT1(Mem{Base: q, Index: r.j, Scale: 1})
+		}
+		if r.count != nil {
+			VADDPS(r.regs[i], r.sum, r.sum)
+			JMP(LabelRef(done))
+			Label(pad)
+			VMOVAPS(r.inf, r.regs[i])
+			Label(done)
 		}
 		r.loaded[w] = true
 		r.dirty[w] = true
