@@ -195,29 +195,24 @@ const fullWidthSpeedup = 1.25
 
 var _ = register(robustFamily, "avx512", hasAVX512, &robustAVX512)
 
-// sortPadded512 returns the straight-line padded sort for n inputs, nil where there is none.
-func sortPadded512(n int) func(tmp []float32, x [][]byte, off, groups, pf int) bool {
-	switch paddedWires(n) {
-	case 64:
-		if n > smallSortMax {
-			return sortPaddedF32AVX512_64
-		}
-	case 128:
-		return sortPaddedF32AVX512_128
+// sortPadded512 is the padded network of paddedWires(n) wires for smallSortMax < n <= 128, nil
+// elsewhere: the whole sort, or with median the network pruned to the middle wires of the
+// counts it serves, which are all the slab then holds sorted.
+func sortPadded512(n int, median bool) func(tmp []float32, x [][]byte, off, groups, pf int) bool {
+	if n <= smallSortMax {
+		return nil
 	}
-	return nil
-}
-
-// medianPadded512 is sortPadded512 for the median: the padded network pruned to the middle
-// wires of the counts it serves, which are all the slab then holds sorted.
-func medianPadded512(n int) func(tmp []float32, x [][]byte, off, groups, pf int) bool {
 	switch paddedWires(n) {
 	case 64:
-		if n > smallSortMax {
+		if median {
 			return medianPaddedF32AVX512_64
 		}
+		return sortPaddedF32AVX512_64
 	case 128:
-		return medianPaddedF32AVX512_128
+		if median {
+			return medianPaddedF32AVX512_128
+		}
+		return sortPaddedF32AVX512_128
 	}
 	return nil
 }
@@ -230,7 +225,7 @@ func sortGroupsAVX512(tmp []float32, x [][]byte, off, groups, pf int) int {
 	if groups <= 0 || n == 0 {
 		return n
 	}
-	if padded := sortPadded512(n); padded != nil {
+	if padded := sortPadded512(n, false); padded != nil {
 		w := paddedWires(n)
 		_ = tmp[groups*w*16-1]
 		checkGroups(x, off, groups, 16)
@@ -256,7 +251,7 @@ func medianGroupsAVX512(dst, tmp []float32, x [][]byte, off, groups, pf int) boo
 		return true
 	}
 	_ = dst[16*groups-1]
-	if padded := medianPadded512(n); padded != nil {
+	if padded := sortPadded512(n, true); padded != nil {
 		w := paddedWires(n)
 		_ = tmp[groups*w*16-1]
 		checkGroups(x, off, groups, 16)

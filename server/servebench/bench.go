@@ -394,49 +394,10 @@ func smallRows(ctx context.Context, c *Config) ([]Row, error) {
 // tcpFloor sends body over n concurrent loopback TCP streams into io.Discard and returns the
 // time from the first byte to the last stream's end.
 func tcpFloor(body []byte, n int) (time.Duration, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer ln.Close()
-	var recv sync.WaitGroup
-	recv.Add(n)
-	go func() {
-		for range n {
-			conn, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer recv.Done()
-				io.Copy(io.Discard, conn)
-				conn.Close()
-			}()
-		}
-	}()
-	t0 := time.Now()
-	var send sync.WaitGroup
-	var sendErr error
-	var mu sync.Mutex
-	for range n {
-		send.Add(1)
-		go func() {
-			defer send.Done()
-			conn, err := net.Dial("tcp", ln.Addr().String())
-			if err == nil {
-				_, err = conn.Write(body)
-				conn.Close()
-			}
-			if err != nil {
-				mu.Lock()
-				sendErr = err
-				mu.Unlock()
-			}
-		}()
-	}
-	send.Wait()
-	recv.Wait()
-	return time.Since(t0), sendErr
+	return tcpStreams(body, n, func(_ int, conn net.Conn) error {
+		_, err := io.Copy(io.Discard, conn)
+		return err
+	})
 }
 
 // tcpDiskFloor sends body over n concurrent loopback TCP streams, each received into its own
@@ -452,13 +413,21 @@ func tcpDiskFloor(dir string, body []byte, n int, direct bool) (time.Duration, e
 		return 0, err
 	}
 	defer removeSynced(dir)
+	return tcpStreams(body, n, func(k int, conn net.Conn) error {
+		return receiveFile(filepath.Join(dir, strconv.Itoa(k)), conn, direct)
+	})
+}
+
+// tcpStreams sends body over n concurrent loopback TCP streams, the k-th accepted one received
+// by recv(k, conn), and returns the time from the first byte to the last receiver's return.
+func tcpStreams(body []byte, n int, recv func(k int, conn net.Conn) error) (time.Duration, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return 0, err
 	}
 	defer ln.Close()
-	var recv sync.WaitGroup
-	recv.Add(n)
+	var received sync.WaitGroup
+	received.Add(n)
 	errs := make(chan error, 2*n)
 	go func() {
 		for k := range n {
@@ -466,14 +435,14 @@ func tcpDiskFloor(dir string, body []byte, n int, direct bool) (time.Duration, e
 			if err != nil {
 				errs <- err
 				for range n - k {
-					recv.Done()
+					received.Done()
 				}
 				return
 			}
 			go func() {
-				defer recv.Done()
+				defer received.Done()
 				defer conn.Close()
-				if err := receiveFile(filepath.Join(dir, strconv.Itoa(k)), conn, direct); err != nil {
+				if err := recv(k, conn); err != nil {
 					errs <- err
 				}
 			}()
@@ -494,7 +463,7 @@ func tcpDiskFloor(dir string, body []byte, n int, direct bool) (time.Duration, e
 		})
 	}
 	send.Wait()
-	recv.Wait()
+	received.Wait()
 	d := time.Since(t0)
 	close(errs)
 	for err := range errs {
@@ -506,11 +475,7 @@ func tcpDiskFloor(dir string, body []byte, n int, direct bool) (time.Duration, e
 // receiveFile writes what r sends to a new file at path in 512 KiB writes, O_DIRECT where direct,
 // and fdatasyncs it.
 func receiveFile(path string, r io.Reader, direct bool) error {
-	flags := os.O_WRONLY | os.O_CREATE | os.O_TRUNC
-	if direct {
-		flags |= unix.O_DIRECT
-	}
-	f, err := os.OpenFile(path, flags, 0o600)
+	f, err := createFloorFile(path, direct)
 	if err != nil {
 		return err
 	}
@@ -537,6 +502,21 @@ func receiveFile(path string, r io.Reader, direct bool) error {
 			return err
 		}
 	}
+	return syncFloorFile(f, size, direct)
+}
+
+// createFloorFile creates (or truncates) a floor's file at path, for O_DIRECT writes where
+// direct.
+func createFloorFile(path string, direct bool) (*os.File, error) {
+	flags := os.O_WRONLY | os.O_CREATE | os.O_TRUNC
+	if direct {
+		flags |= unix.O_DIRECT
+	}
+	return os.OpenFile(path, flags, 0o600)
+}
+
+// syncFloorFile cuts a file written in whole blocks (direct) back to size and fdatasyncs it.
+func syncFloorFile(f *os.File, size int, direct bool) error {
 	if direct && size%4096 != 0 {
 		if err := f.Truncate(int64(size)); err != nil {
 			return err
@@ -577,11 +557,7 @@ func diskFloor(dir string, size, n int, direct bool) (time.Duration, error) {
 // With O_DIRECT every write is whole blocks from an aligned buffer, the last one rounded up
 // and the file cut back to size, as the spool does.
 func writeFloorFile(path string, size int, direct bool) error {
-	flags := os.O_WRONLY | os.O_CREATE | os.O_TRUNC
-	if direct {
-		flags |= unix.O_DIRECT
-	}
-	f, err := os.OpenFile(path, flags, 0o600)
+	f, err := createFloorFile(path, direct)
 	if err != nil {
 		return err
 	}
@@ -596,12 +572,7 @@ func writeFloorFile(path string, size int, direct bool) error {
 			return err
 		}
 	}
-	if direct && size%4096 != 0 {
-		if err := f.Truncate(int64(size)); err != nil {
-			return err
-		}
-	}
-	return unix.Fdatasync(int(f.Fd()))
+	return syncFloorFile(f, size, direct)
 }
 
 // floorBuffer is 1 MiB of data at a page boundary (what O_DIRECT needs).
