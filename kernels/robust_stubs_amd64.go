@@ -14,20 +14,40 @@ func sortSmallF32AVX2(tmp []float32, x [][]byte, off int, groups int)
 //go:noescape
 func sortNetF32AVX2(tmp []float32, x [][]byte, off int, groups int, net []uint32)
 
-// medianSortedF32AVX2 is medianSortedGeneric for len(dst) a positive multiple of 8.
+// sortPaddedF32AVX2_64 sorts groups of 8 coordinates of 32 < len(x) <= 64 inputs by the network of 64 wires, the wires from len(x) on +Inf, into slabs of 64 wires, prefetching pf bytes ahead; it returns false if a value read was NaN.
 //
 //go:noescape
-func medianSortedF32AVX2(dst []float32, tmp []float32, n int)
+func sortPaddedF32AVX2_64(tmp []float32, x [][]byte, off int, groups int, pf int) bool
 
-// trimmedSortedF32AVX2 is trimmedSortedGeneric for len(dst) a positive multiple of 8, 2k < n, c = n-2k.
+// medianPaddedF32AVX2_64 is sortPaddedF32AVX2_64 with the slab's middle wires only: those medianSortedF32AVX2 reads for 33 < len(x) <= 64.
 //
 //go:noescape
-func trimmedSortedF32AVX2(dst []float32, tmp []float32, n int, k int, c float32)
+func medianPaddedF32AVX2_64(tmp []float32, x [][]byte, off int, groups int, pf int) bool
 
-// closestSortedF32AVX2 is closestSortedGeneric for len(dst) a positive multiple of 8, 1 <= beta <= n, c = beta.
+// sortPaddedF32AVX2_128 sorts groups of 8 coordinates of 32 < len(x) <= 128 inputs by the network of 128 wires, the wires from len(x) on +Inf, into slabs of 128 wires, prefetching pf bytes ahead; it returns false if a value read was NaN.
 //
 //go:noescape
-func closestSortedF32AVX2(dst []float32, tmp []float32, n int, beta int, c float32)
+func sortPaddedF32AVX2_128(tmp []float32, x [][]byte, off int, groups int, pf int) bool
+
+// medianPaddedF32AVX2_128 is sortPaddedF32AVX2_128 with the slab's middle wires only: those medianSortedF32AVX2 reads for 65 < len(x) <= 128.
+//
+//go:noescape
+func medianPaddedF32AVX2_128(tmp []float32, x [][]byte, off int, groups int, pf int) bool
+
+// medianSortedF32AVX2 is medianSortedGeneric for len(dst) a positive multiple of 8, the groups wires apart.
+//
+//go:noescape
+func medianSortedF32AVX2(dst []float32, tmp []float32, n int, wires int)
+
+// trimmedSortedF32AVX2 is trimmedSortedGeneric for len(dst) a positive multiple of 8, the groups wires apart, 2k < n, c = n-2k.
+//
+//go:noescape
+func trimmedSortedF32AVX2(dst []float32, tmp []float32, n int, wires int, k int, c float32)
+
+// closestSortedF32AVX2 is closestSortedGeneric for len(dst) a positive multiple of 8, the groups wires apart, 1 <= beta <= n, c = beta.
+//
+//go:noescape
+func closestSortedF32AVX2(dst []float32, tmp []float32, n int, wires int, beta int, c float32)
 
 // gramCentreF32AVX2 writes gramGeneric's centre of each of the elems coordinates to c, for elems a positive multiple of 8.
 //

@@ -46,8 +46,8 @@ func genAVX512() {
 	genMedianSmall512()
 	genTrimmedSmall512()
 	for _, p := range paddedSizes {
-		genSortPadded512(p, false)
-		genSortPadded512(p, true)
+		genSortPadded(p, false, 16)
+		genSortPadded(p, true, 16)
 	}
 	genSortNet512()
 	genMedianNet512()
@@ -166,84 +166,6 @@ func genMedianSmall512() {
 // leaves both where they are); a NaN would be moved by them, so the kernel reports a NaN it
 // reads and the caller sorts those groups again with the table of the pruned network.
 var paddedSizes = []int{64, 128}
-
-// genSortPadded512 generates sortPaddedF32AVX512_P(tmp, x, off, groups, pf) (clean bool): for
-// each group of 16 coordinates, the len(x) (smallMax < len(x) <= P) inputs' values gathered
-// into the group's slab (P wires of 64 bytes, tmp[(g*P+i)*16+lane]) and the wires from len(x)
-// on set to +Inf, then sorted by the straight-line network of P wires, registers allocated at
-// generation time. clean is false when an input value read was NaN (the sum of every value
-// read, in f32, is NaN then; it may also be for an Inf beside a -Inf, which costs only the
-// exact sort).
-//
-// With median, medianPaddedF32AVX512_P runs only the comparators that the middle wires of every
-// count it serves depend on (selectNetwork: P/2+1 to P inputs, or smallMax+1 to 64 for P = 64;
-// 1293 of 1471 comparators at 128, 477 of 543 at 64) and stores only those wires, so that the
-// slab holds the median's wires sorted as the full network leaves them (the same bits) and the
-// other wires unspecified.
-func genSortPadded512(P int, median bool) {
-	name := fmt.Sprintf("sortPaddedF32AVX512_%d", P)
-	doc := fmt.Sprintf("%s sorts groups of 16 coordinates of %d < len(x) <= %d inputs by the network of %d wires, the wires from len(x) on +Inf, into slabs of %d wires, prefetching pf bytes ahead; it returns false if a value read was NaN.", name, smallMax, P, P, P)
-	if median {
-		name = fmt.Sprintf("medianPaddedF32AVX512_%d", P)
-		doc = fmt.Sprintf("%s is sortPaddedF32AVX512_%d with the slab's middle wires only: those medianSortedF32AVX512 reads for %d < len(x) <= %d.", name, P, paddedFrom(P), P)
-	}
-	TEXT(name, NOSPLIT, "func(tmp []float32, x [][]byte, off, groups, pf int) bool")
-	Pragma("noescape")
-	Doc(doc)
-	tp := Load(Param("tmp").Base(), GP64())
-	j := Load(Param("off"), GP64())
-	SHLQ(U8(2), j)
-	g := Load(Param("groups"), GP64())
-	pf := Load(Param("pf"), GP64())
-	n := Load(Param("x").Len(), GP64())
-	inf, sum := Z0, Z1 // the network's registers are Z2..Z31
-	{
-		r := GP32()
-		MOVL(U32(0x7f800000), r)
-		VPBROADCASTD(r, inf)
-	}
-	VXORPS(sum, sum, sum)
-	xp := Load(Param("x").Base(), GP64())
-	Label("group")
-	// Each wire comes from its input at its first use (+Inf from len(x) on), straight into a
-	// register: no copy of every input into the slab first.
-	r := newRegFile(zmm[2:], slot512, P, xp, j, tp)
-	r.prefetch, r.count, r.inf, r.sum = pf, n, inf, sum
-	net := sortNetwork(P)
-	if median {
-		var outs []int
-		for n := paddedFrom(P); n <= P; n++ {
-			outs = append(outs, middleWires(n)...)
-		}
-		net = selectNetwork(net, outs...)
-		r.keep = make([]bool, P)
-		for _, w := range outs {
-			r.keep[w] = true
-		}
-	}
-	comps := emitNetwork(net, r)
-	for w := range P {
-		if !r.loaded[w] && (r.keep == nil || r.keep[w]) { // a wanted wire no comparator touched
-			r.ensure(w)
-		}
-		if i := r.reg[w]; i >= 0 {
-			r.evict(i)
-		}
-	}
-	Commentf("%d wires: %d comparators, %d loads, %d stores per group", P, comps, r.loads, r.stores)
-	ADDQ(U8(slot512), j)
-	ADDQ(U32(slot512*P), tp)
-	DECQ(g)
-	JNZ(LabelRef("group"))
-	k := K()
-	VCMPPS(U8(3), sum, sum, k) // unordered: NaN
-	ok := GP8()
-	KORTESTW(k, k)
-	SETEQ(ok)
-	Store(ok, ReturnIndex(0))
-	VZEROUPPER()
-	RET()
-}
 
 // paddedFrom is the fewest inputs the padded network of P wires serves (paddedWires in
 // kernels/robust.go).
