@@ -15,8 +15,8 @@ import (
 // reference code of robust.go finishes the tails, so results are bitwise those of
 // robustGeneric.
 var robustAVX2 = robustKernels{
-	name:  "avx2",
-	width: 8,
+	name:         "avx2",
+	width:        8,
 	sortGroups:   sortGroupsAVX2,
 	medianGroups: medianGroupsAVX2,
 	medianSorted: func(dst, tmp []float32, n, w int) {
