@@ -38,12 +38,14 @@ func SortScratch(n int) int { return batchCoords * paddedWires(n) }
 // n.
 func paddedWires(n int) int {
 	switch {
-	case n <= smallSortMax || n > 128:
+	case n <= smallSortMax || n > 256:
 		return n
 	case n <= 64:
 		return 64
+	case n <= 128:
+		return 128
 	}
-	return 128
+	return 256
 }
 
 // robustKernels is one implementation of the robust kernels, a family of the registry.

@@ -37,7 +37,7 @@ var robustAVX2 = robustKernels{
 
 var _ = register(robustFamily, "avx2", hasAVX2, &robustAVX2)
 
-// sortPaddedAVX2 is the padded network of paddedWires(n) wires for smallSortMax < n <= 128, nil
+// sortPaddedAVX2 is the padded network of paddedWires(n) wires for smallSortMax < n <= 256, nil
 // elsewhere: the whole sort, or with median the network pruned to the middle wires of the
 // counts it serves (sortPadded512's, on ymm registers).
 func sortPaddedAVX2(n int, median bool) func(tmp []float32, x [][]byte, off, groups, pf int) bool {
@@ -55,6 +55,11 @@ func sortPaddedAVX2(n int, median bool) func(tmp []float32, x [][]byte, off, gro
 			return medianPaddedF32AVX2_128
 		}
 		return sortPaddedF32AVX2_128
+	case 256:
+		if median {
+			return medianPaddedF32AVX2_256
+		}
+		return sortPaddedF32AVX2_256
 	}
 	return nil
 }
@@ -70,7 +75,7 @@ func paddedAsm(padded func(tmp []float32, x [][]byte, off, groups, pf int) bool,
 }
 
 // sortGroupsAVX2 runs the straight-line sort up to smallSortMax inputs, the straight-line
-// padded networks up to 128, and the table-driven one beyond, or where a padded network read a
+// padded networks up to 256, and the table-driven one beyond, or where a padded network read a
 // NaN. On the Zen 5 VM of 2026-12-02 (`WATTAGG_KERNELS=avx2 wattagg bench robust --sweep`) the
 // table-driven network ran the median of 64 and 128 clients × 4M at 5.8 and 4.6 GB/s, 0.37 and
 // 0.29 of the 32-client figure.
@@ -87,7 +92,7 @@ func sortGroupsAVX2(tmp []float32, x [][]byte, off, groups, pf int) int {
 }
 
 // medianGroupsAVX2 runs the padded networks pruned to the middle wires and the median of their
-// slab, for smallSortMax < len(x) <= 128; it declines other counts, and groups where a value
+// slab, for smallSortMax < len(x) <= 256; it declines other counts, and groups where a value
 // read was NaN (sortGroupsAVX2 then sorts them with the exact table).
 func medianGroupsAVX2(dst, tmp []float32, x [][]byte, off, groups, pf int) bool {
 	n := len(x)

@@ -195,7 +195,7 @@ const fullWidthSpeedup = 1.25
 
 var _ = register(robustFamily, "avx512", hasAVX512, &robustAVX512)
 
-// sortPadded512 is the padded network of paddedWires(n) wires for smallSortMax < n <= 128, nil
+// sortPadded512 is the padded network of paddedWires(n) wires for smallSortMax < n <= 256, nil
 // elsewhere: the whole sort, or with median the network pruned to the middle wires of the
 // counts it serves, which are all the slab then holds sorted.
 func sortPadded512(n int, median bool) func(tmp []float32, x [][]byte, off, groups, pf int) bool {
@@ -213,12 +213,17 @@ func sortPadded512(n int, median bool) func(tmp []float32, x [][]byte, off, grou
 			return medianPaddedF32AVX512_128
 		}
 		return sortPaddedF32AVX512_128
+	case 256:
+		if median {
+			return medianPaddedF32AVX512_256
+		}
+		return sortPaddedF32AVX512_256
 	}
 	return nil
 }
 
 // sortGroupsAVX512 runs the straight-line sort up to smallSortMax inputs, the straight-line
-// padded networks up to 128, and the table-driven one beyond, or where a padded network read a
+// padded networks up to 256, and the table-driven one beyond, or where a padded network read a
 // NaN (which the +Inf wires would move: see paddedSizes in kernels/_gen/robust/avx512.go).
 func sortGroupsAVX512(tmp []float32, x [][]byte, off, groups, pf int) int {
 	n := len(x)
@@ -243,7 +248,7 @@ func sortGroupsAVX512(tmp []float32, x [][]byte, off, groups, pf int) int {
 }
 
 // medianGroupsAVX512 runs the straight-line selection network up to smallSortMax inputs, the
-// padded sorts and the median of their slab up to 128, and the table-driven selection network
+// padded sorts and the median of their slab up to 256, and the table-driven selection network
 // beyond (or where a padded sort read a NaN), the spilled or gathered wires in tmp.
 func medianGroupsAVX512(dst, tmp []float32, x [][]byte, off, groups, pf int) bool {
 	n := len(x)

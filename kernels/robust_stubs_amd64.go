@@ -14,25 +14,35 @@ func sortSmallF32AVX2(tmp []float32, x [][]byte, off int, groups int)
 //go:noescape
 func sortNetF32AVX2(tmp []float32, x [][]byte, off int, groups int, net []uint32)
 
-// sortPaddedF32AVX2_64 sorts groups of 8 coordinates of 32 < len(x) <= 64 inputs by the network of 64 wires, the wires from len(x) on +Inf, into slabs of 64 wires, prefetching pf bytes ahead; it returns false if a value read was NaN.
+// sortPaddedF32AVX2_64 sorts groups of 8 coordinates of 33 <= len(x) <= 64 inputs by the network of 64 wires, the wires from len(x) on +Inf, into slabs of 64 wires, prefetching pf bytes ahead; it returns false if a value read was NaN.
 //
 //go:noescape
 func sortPaddedF32AVX2_64(tmp []float32, x [][]byte, off int, groups int, pf int) bool
 
-// medianPaddedF32AVX2_64 is sortPaddedF32AVX2_64 with the slab's middle wires only: those medianSortedF32AVX2 reads for 33 < len(x) <= 64.
+// medianPaddedF32AVX2_64 is sortPaddedF32AVX2_64 with the slab's middle wires only: those medianSortedF32AVX2 reads for 33 <= len(x) <= 64.
 //
 //go:noescape
 func medianPaddedF32AVX2_64(tmp []float32, x [][]byte, off int, groups int, pf int) bool
 
-// sortPaddedF32AVX2_128 sorts groups of 8 coordinates of 32 < len(x) <= 128 inputs by the network of 128 wires, the wires from len(x) on +Inf, into slabs of 128 wires, prefetching pf bytes ahead; it returns false if a value read was NaN.
+// sortPaddedF32AVX2_128 sorts groups of 8 coordinates of 65 <= len(x) <= 128 inputs by the network of 128 wires, the wires from len(x) on +Inf, into slabs of 128 wires, prefetching pf bytes ahead; it returns false if a value read was NaN.
 //
 //go:noescape
 func sortPaddedF32AVX2_128(tmp []float32, x [][]byte, off int, groups int, pf int) bool
 
-// medianPaddedF32AVX2_128 is sortPaddedF32AVX2_128 with the slab's middle wires only: those medianSortedF32AVX2 reads for 65 < len(x) <= 128.
+// medianPaddedF32AVX2_128 is sortPaddedF32AVX2_128 with the slab's middle wires only: those medianSortedF32AVX2 reads for 65 <= len(x) <= 128.
 //
 //go:noescape
 func medianPaddedF32AVX2_128(tmp []float32, x [][]byte, off int, groups int, pf int) bool
+
+// sortPaddedF32AVX2_256 sorts groups of 8 coordinates of 129 <= len(x) <= 256 inputs by the network of 256 wires, the wires from len(x) on +Inf, into slabs of 256 wires, prefetching pf bytes ahead; it returns false if a value read was NaN.
+//
+//go:noescape
+func sortPaddedF32AVX2_256(tmp []float32, x [][]byte, off int, groups int, pf int) bool
+
+// medianPaddedF32AVX2_256 is sortPaddedF32AVX2_256 with the slab's middle wires only: those medianSortedF32AVX2 reads for 129 <= len(x) <= 256.
+//
+//go:noescape
+func medianPaddedF32AVX2_256(tmp []float32, x [][]byte, off int, groups int, pf int) bool
 
 // medianSortedF32AVX2 is medianSortedGeneric for len(dst) a positive multiple of 8, the groups wires apart.
 //
@@ -97,25 +107,35 @@ func medianSmallF32AVX512(dst []float32, tmp []float32, x [][]byte, off int, gro
 //go:noescape
 func trimmedSmallF32AVX512(dst []float32, tmp []float32, x [][]byte, off int, groups int, pf int, k int, c float32)
 
-// sortPaddedF32AVX512_64 sorts groups of 16 coordinates of 32 < len(x) <= 64 inputs by the network of 64 wires, the wires from len(x) on +Inf, into slabs of 64 wires, prefetching pf bytes ahead; it returns false if a value read was NaN.
+// sortPaddedF32AVX512_64 sorts groups of 16 coordinates of 33 <= len(x) <= 64 inputs by the network of 64 wires, the wires from len(x) on +Inf, into slabs of 64 wires, prefetching pf bytes ahead; it returns false if a value read was NaN.
 //
 //go:noescape
 func sortPaddedF32AVX512_64(tmp []float32, x [][]byte, off int, groups int, pf int) bool
 
-// medianPaddedF32AVX512_64 is sortPaddedF32AVX512_64 with the slab's middle wires only: those medianSortedF32AVX512 reads for 33 < len(x) <= 64.
+// medianPaddedF32AVX512_64 is sortPaddedF32AVX512_64 with the slab's middle wires only: those medianSortedF32AVX512 reads for 33 <= len(x) <= 64.
 //
 //go:noescape
 func medianPaddedF32AVX512_64(tmp []float32, x [][]byte, off int, groups int, pf int) bool
 
-// sortPaddedF32AVX512_128 sorts groups of 16 coordinates of 32 < len(x) <= 128 inputs by the network of 128 wires, the wires from len(x) on +Inf, into slabs of 128 wires, prefetching pf bytes ahead; it returns false if a value read was NaN.
+// sortPaddedF32AVX512_128 sorts groups of 16 coordinates of 65 <= len(x) <= 128 inputs by the network of 128 wires, the wires from len(x) on +Inf, into slabs of 128 wires, prefetching pf bytes ahead; it returns false if a value read was NaN.
 //
 //go:noescape
 func sortPaddedF32AVX512_128(tmp []float32, x [][]byte, off int, groups int, pf int) bool
 
-// medianPaddedF32AVX512_128 is sortPaddedF32AVX512_128 with the slab's middle wires only: those medianSortedF32AVX512 reads for 65 < len(x) <= 128.
+// medianPaddedF32AVX512_128 is sortPaddedF32AVX512_128 with the slab's middle wires only: those medianSortedF32AVX512 reads for 65 <= len(x) <= 128.
 //
 //go:noescape
 func medianPaddedF32AVX512_128(tmp []float32, x [][]byte, off int, groups int, pf int) bool
+
+// sortPaddedF32AVX512_256 sorts groups of 16 coordinates of 129 <= len(x) <= 256 inputs by the network of 256 wires, the wires from len(x) on +Inf, into slabs of 256 wires, prefetching pf bytes ahead; it returns false if a value read was NaN.
+//
+//go:noescape
+func sortPaddedF32AVX512_256(tmp []float32, x [][]byte, off int, groups int, pf int) bool
+
+// medianPaddedF32AVX512_256 is sortPaddedF32AVX512_256 with the slab's middle wires only: those medianSortedF32AVX512 reads for 129 <= len(x) <= 256.
+//
+//go:noescape
+func medianPaddedF32AVX512_256(tmp []float32, x [][]byte, off int, groups int, pf int) bool
 
 // sortNetF32AVX512 is sortGroupsGeneric with width 16 for len(x) >= 1, groups > 0, net the wires of sortNetwork(len(x)), prefetching pf bytes ahead.
 //

@@ -19,7 +19,7 @@ func counts() []int {
 	for n := 1; n <= 33; n++ {
 		ns = append(ns, n)
 	}
-	return append(ns, 47, 64, 65, 100, 128, 129)
+	return append(ns, 47, 64, 65, 100, 128, 129, 200, 256, 257)
 }
 
 func TestSortNetworkSorts(t *testing.T) {

@@ -521,10 +521,10 @@ func genSortPadded(P int, median bool, width int) {
 	}
 	slotBytes := 4 * width
 	name := fmt.Sprintf("sortPaddedF32%s_%d", isa, P)
-	doc := fmt.Sprintf("%s sorts groups of %d coordinates of %d < len(x) <= %d inputs by the network of %d wires, the wires from len(x) on +Inf, into slabs of %d wires, prefetching pf bytes ahead; it returns false if a value read was NaN.", name, width, smallMax, P, P, P)
+	doc := fmt.Sprintf("%s sorts groups of %d coordinates of %d <= len(x) <= %d inputs by the network of %d wires, the wires from len(x) on +Inf, into slabs of %d wires, prefetching pf bytes ahead; it returns false if a value read was NaN.", name, width, paddedFrom(P), P, P, P)
 	if median {
 		name = fmt.Sprintf("medianPaddedF32%s_%d", isa, P)
-		doc = fmt.Sprintf("%s is sortPaddedF32%s_%d with the slab's middle wires only: those medianSortedF32%s reads for %d < len(x) <= %d.", name, isa, P, isa, paddedFrom(P), P)
+		doc = fmt.Sprintf("%s is sortPaddedF32%s_%d with the slab's middle wires only: those medianSortedF32%s reads for %d <= len(x) <= %d.", name, isa, P, isa, paddedFrom(P), P)
 	}
 	TEXT(name, NOSPLIT, "func(tmp []float32, x [][]byte, off, groups, pf int) bool")
 	Pragma("noescape")
