@@ -37,36 +37,35 @@ var robustAVX2 = robustKernels{
 
 var _ = register(robustFamily, "avx2", hasAVX2, &robustAVX2)
 
-// sortPaddedAVX2 is the padded network of paddedWires(n) wires for smallSortMax < n <= 256, nil
-// elsewhere: the whole sort, or with median the network pruned to the middle wires of the
-// counts it serves (sortPadded512's, on ymm registers).
-func sortPaddedAVX2(n int, median bool) func(tmp []float32, x [][]byte, off, groups, pf int) bool {
+// paddedKernel is a padded network's assembly: groups sorted into slabs of paddedWires(n)
+// wires, false if a value read was NaN.
+type paddedKernel = func(tmp []float32, x [][]byte, off, groups, pf int) bool
+
+// paddedNets are one width's padded networks by their wires: the whole sort, and the median's,
+// pruned to the middle wires of the counts it serves.
+type paddedNets map[int][2]paddedKernel
+
+// pick is the network for n inputs (smallSortMax < n <= 256), nil for other counts.
+func (p paddedNets) pick(n int, median bool) paddedKernel {
 	if n <= smallSortMax {
 		return nil
 	}
-	switch paddedWires(n) {
-	case 64:
-		if median {
-			return medianPaddedF32AVX2_64
-		}
-		return sortPaddedF32AVX2_64
-	case 128:
-		if median {
-			return medianPaddedF32AVX2_128
-		}
-		return sortPaddedF32AVX2_128
-	case 256:
-		if median {
-			return medianPaddedF32AVX2_256
-		}
-		return sortPaddedF32AVX2_256
+	k := p[paddedWires(n)]
+	if median {
+		return k[1]
 	}
-	return nil
+	return k[0]
+}
+
+var paddedAVX2 = paddedNets{
+	64:  {sortPaddedF32AVX2_64, medianPaddedF32AVX2_64},
+	128: {sortPaddedF32AVX2_128, medianPaddedF32AVX2_128},
+	256: {sortPaddedF32AVX2_256, medianPaddedF32AVX2_256},
 }
 
 // paddedAsm runs a padded network on groups groups of width coordinates into tmp (paddedWires(n)
 // wires a group) and reports whether it read no NaN.
-func paddedAsm(padded func(tmp []float32, x [][]byte, off, groups, pf int) bool, tmp []float32, x [][]byte, off, groups, pf, width int) bool {
+func paddedAsm(padded paddedKernel, tmp []float32, x [][]byte, off, groups, pf, width int) bool {
 	w := paddedWires(len(x))
 	_ = tmp[groups*w*width-1]
 	checkGroups(x, off, groups, width)
@@ -84,7 +83,7 @@ func sortGroupsAVX2(tmp []float32, x [][]byte, off, groups, pf int) int {
 	if groups <= 0 || n == 0 {
 		return n
 	}
-	if padded := sortPaddedAVX2(n, false); padded != nil && paddedAsm(padded, tmp, x, off, groups, pf, 8) {
+	if padded := paddedAVX2.pick(n, false); padded != nil && paddedAsm(padded, tmp, x, off, groups, pf, 8) {
 		return paddedWires(n)
 	}
 	sortGroupsAsm(tmp, x, off, groups, 8, sortSmallF32AVX2, sortNetF32AVX2)
@@ -96,7 +95,7 @@ func sortGroupsAVX2(tmp []float32, x [][]byte, off, groups, pf int) int {
 // read was NaN (sortGroupsAVX2 then sorts them with the exact table).
 func medianGroupsAVX2(dst, tmp []float32, x [][]byte, off, groups, pf int) bool {
 	n := len(x)
-	padded := sortPaddedAVX2(n, true)
+	padded := paddedAVX2.pick(n, true)
 	if padded == nil || groups <= 0 {
 		return false
 	}

@@ -195,31 +195,10 @@ const fullWidthSpeedup = 1.25
 
 var _ = register(robustFamily, "avx512", hasAVX512, &robustAVX512)
 
-// sortPadded512 is the padded network of paddedWires(n) wires for smallSortMax < n <= 256, nil
-// elsewhere: the whole sort, or with median the network pruned to the middle wires of the
-// counts it serves, which are all the slab then holds sorted.
-func sortPadded512(n int, median bool) func(tmp []float32, x [][]byte, off, groups, pf int) bool {
-	if n <= smallSortMax {
-		return nil
-	}
-	switch paddedWires(n) {
-	case 64:
-		if median {
-			return medianPaddedF32AVX512_64
-		}
-		return sortPaddedF32AVX512_64
-	case 128:
-		if median {
-			return medianPaddedF32AVX512_128
-		}
-		return sortPaddedF32AVX512_128
-	case 256:
-		if median {
-			return medianPaddedF32AVX512_256
-		}
-		return sortPaddedF32AVX512_256
-	}
-	return nil
+var padded512 = paddedNets{
+	64:  {sortPaddedF32AVX512_64, medianPaddedF32AVX512_64},
+	128: {sortPaddedF32AVX512_128, medianPaddedF32AVX512_128},
+	256: {sortPaddedF32AVX512_256, medianPaddedF32AVX512_256},
 }
 
 // sortGroupsAVX512 runs the straight-line sort up to smallSortMax inputs, the straight-line
@@ -230,14 +209,8 @@ func sortGroupsAVX512(tmp []float32, x [][]byte, off, groups, pf int) int {
 	if groups <= 0 || n == 0 {
 		return n
 	}
-	if padded := sortPadded512(n, false); padded != nil {
-		w := paddedWires(n)
-		_ = tmp[groups*w*16-1]
-		checkGroups(x, off, groups, 16)
-		race.WriteSlice(tmp[:groups*w*16])
-		if padded(tmp, x, off, groups, pf) {
-			return w
-		}
+	if padded := padded512.pick(n, false); padded != nil && paddedAsm(padded, tmp, x, off, groups, pf, 16) {
+		return paddedWires(n)
 	}
 	sortGroupsAsm(tmp, x, off, groups, 16,
 		func(tmp []float32, x [][]byte, off, groups int) { sortSmallF32AVX512(tmp, x, off, groups, pf) },
@@ -256,15 +229,9 @@ func medianGroupsAVX512(dst, tmp []float32, x [][]byte, off, groups, pf int) boo
 		return true
 	}
 	_ = dst[16*groups-1]
-	if padded := sortPadded512(n, true); padded != nil {
-		w := paddedWires(n)
-		_ = tmp[groups*w*16-1]
-		checkGroups(x, off, groups, 16)
-		race.WriteSlice(tmp[:groups*w*16])
-		if padded(tmp, x, off, groups, pf) {
-			sortedAsm(dst[:16*groups], tmp, n, w, 16, medianSortedF32AVX512)
-			return true
-		}
+	if padded := padded512.pick(n, true); padded != nil && paddedAsm(padded, tmp, x, off, groups, pf, 16) {
+		sortedAsm(dst[:16*groups], tmp, n, paddedWires(n), 16, medianSortedF32AVX512)
+		return true
 	}
 	_ = tmp[16*n-1]
 	checkGroups(x, off, groups, 16)
