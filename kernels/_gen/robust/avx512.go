@@ -92,14 +92,7 @@ func genSortSmall512() {
 		r := newRegFile(zmm, slot512, k, xp, j, tp)
 		r.prefetch = pf
 		comps := emitNetwork(sortNetwork(k), r)
-		for w := range k {
-			if r.reg[w] < 0 && !r.loaded[w] {
-				r.ensure(w)
-			}
-			if i := r.reg[w]; i >= 0 {
-				r.evict(i)
-			}
-		}
+		r.storeAll()
 		Commentf("n=%d: %d comparators, %d loads, %d stores per group", k, comps, r.loads, r.stores)
 		ADDQ(U8(slot512), j)
 		ADDQ(U32(slot512*k), tp)

@@ -283,6 +283,19 @@ func (r *regFile) ensure(w int, pinned ...int) int {
 	return i
 }
 
+// storeAll leaves every wanted wire of the network in the slab (tmp): a wire no comparator
+// touched is first read from its input, and each register still holding a wire is evicted.
+func (r *regFile) storeAll() {
+	for w := range r.reg {
+		if !r.loaded[w] && (r.keep == nil || r.keep[w]) {
+			r.ensure(w)
+		}
+		if i := r.reg[w]; i >= 0 {
+			r.evict(i)
+		}
+	}
+}
+
 func containsInt(s []int, v int) bool {
 	for _, x := range s {
 		if x == v {
@@ -340,14 +353,7 @@ func emitNetwork(net []comparator, r *regFile) int {
 func emitSmallSort(regs []VecPhysical, slot, n int, xp, j, tp Register) (loads, stores, comps int) {
 	r := newRegFile(regs, slot, n, xp, j, tp)
 	comps = emitNetwork(sortNetwork(n), r)
-	for w := range n {
-		if r.reg[w] < 0 && !r.loaded[w] {
-			r.ensure(w)
-		}
-		if i := r.reg[w]; i >= 0 {
-			r.evict(i)
-		}
-	}
+	r.storeAll()
 	return r.loads, r.stores, comps
 }
 
@@ -564,14 +570,7 @@ func genSortPadded(P int, median bool, width int) {
 		}
 	}
 	comps := emitNetwork(net, r)
-	for w := range P {
-		if !r.loaded[w] && (r.keep == nil || r.keep[w]) { // a wanted wire no comparator touched
-			r.ensure(w)
-		}
-		if i := r.reg[w]; i >= 0 {
-			r.evict(i)
-		}
-	}
+	r.storeAll()
 	Commentf("%d wires: %d comparators, %d loads, %d stores per group", P, comps, r.loads, r.stores)
 	ADDQ(U8(slotBytes), j)
 	ADDQ(U32(slotBytes*P), tp)
