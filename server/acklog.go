@@ -21,13 +21,23 @@ import (
 type AckRecord struct {
 	Seq    int       `json:"seq"` // position in the round, from 0
 	Client string    `json:"client"`
-	File   string    `json:"file"`  // spool file, relative to the spool directory
-	Size   int64     `json:"size"`  // of the spool file
-	Bytes  int64     `json:"bytes"` // tensor data bytes
-	SHA256 string    `json:"sha256"`
+	File   string    `json:"file"`             // spool file, relative to the spool directory
+	Size   int64     `json:"size"`             // of the spool file
+	Bytes  int64     `json:"bytes"`            // tensor data bytes
+	Digest string    `json:"digest,omitempty"` // the update's digest (spoolWriter.digest), hex
+	SHA256 string    `json:"sha256,omitempty"` // the digest of logs written before XXH3 (digestV1)
 	Weight float64   `json:"weight"`
 	From   string    `json:"weight_from"` // given, num_examples or uniform
 	At     time.Time `json:"at"`
+}
+
+// digest is the record's digest and whether it is in the legacy scheme (digestV1): a log
+// written before XXH3 keeps its records' sha256, and they are checked as they were made.
+func (r AckRecord) digest() (hex string, legacy bool) {
+	if r.Digest == "" && r.SHA256 != "" {
+		return r.SHA256, true
+	}
+	return r.Digest, false
 }
 
 // The acknowledgement log is a sequence of frames, one per group commit:

@@ -13,7 +13,7 @@ func testRecords(from, n int) []AckRecord {
 	var recs []AckRecord
 	for i := range n {
 		recs = append(recs, AckRecord{Seq: from + i, Client: "c" + string(rune('a'+from+i)), File: "f", Size: int64(100 + i),
-			Bytes: 64, SHA256: "00ff", Weight: float64(i + 1), From: "given", At: time.Unix(1700000000, int64(i)).UTC()})
+			Bytes: 64, Digest: "00ff", Weight: float64(i + 1), From: "given", At: time.Unix(1700000000, int64(i)).UTC()})
 	}
 	return recs
 }

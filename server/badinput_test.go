@@ -195,7 +195,7 @@ func TestBadInputOverTheWire(t *testing.T) {
 	}
 	t.Run("replayed update", func(t *testing.T) {
 		ack := ts.push(t, "c0", 1, g0, nil)
-		if !ack.Retry || ack.Seq != ack0.Seq || ack.SHA256 != ack0.SHA256 || !ack.At.Equal(ack0.At) {
+		if !ack.Retry || ack.Seq != ack0.Seq || ack.Digest != ack0.Digest || !ack.At.Equal(ack0.At) {
 			t.Fatalf("retry ack %+v, first %+v", ack, ack0)
 		}
 		unchanged(t)

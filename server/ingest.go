@@ -269,7 +269,7 @@ func (u *Upload) acknowledged(rec AckRecord, last time.Time) api.Ack {
 
 // record is the acknowledgement record of a finished spool file (Seq and At: the committer's).
 func (s *spoolWriter) record(client, name string, digest [32]byte, w float64, from aggregate.WeightSource) AckRecord {
-	return AckRecord{Client: client, File: name, Size: s.size, Bytes: s.got, SHA256: hexDigest(digest), Weight: w, From: string(from)}
+	return AckRecord{Client: client, File: name, Size: s.size, Bytes: s.got, Digest: hexDigest(digest), Weight: w, From: string(from)}
 }
 
 // await submits a durable update to the committer and waits for its verdict.
@@ -319,23 +319,25 @@ func (u *Upload) pump(src Source, sink func(c arrowio.Chunk) error) error {
 // (digest and weight) gets the same acknowledgement, anything else is a conflict. Nothing is
 // written.
 func (u *Upload) retry(src Source, w float64, from aggregate.WeightSource) (api.Ack, error) {
-	d := newDigester(src.Header(), u.client, false)
+	rec := *u.dup
+	want, legacy := rec.digest()
+	d := newDigesterOf(src.Header(), u.client, false, legacy)
 	if err := u.pump(src, d.write); err != nil {
 		return api.Ack{}, err
 	}
 	if err := d.complete(); err != nil {
 		return api.Ack{}, err
 	}
-	rec := *u.dup
-	if got := hexDigest(d.digest()); got != rec.SHA256 || w != rec.Weight || string(from) != rec.From {
-		return api.Ack{}, fmt.Errorf("%w: %s already sent a different update to round %d (acknowledged as update %d, sha256 %s, weight %v): one update per client per round",
-			ErrConflict, u.client, u.r.n, rec.Seq, rec.SHA256[:16], rec.Weight)
+	if got := hexDigest(d.digest()); got != want || w != rec.Weight || string(from) != rec.From {
+		return api.Ack{}, fmt.Errorf("%w: %s already sent a different update to round %d (acknowledged as update %d, digest %s, weight %v): one update per client per round",
+			ErrConflict, u.client, u.r.n, rec.Seq, want[:min(16, len(want))], rec.Weight)
 	}
 	return ackOf(u.r.n, rec, true), nil
 }
 
 func ackOf(n int, rec AckRecord, retry bool) api.Ack {
-	return api.Ack{Round: n, Client: rec.Client, Seq: rec.Seq, SHA256: rec.SHA256, Bytes: rec.Bytes,
+	d, _ := rec.digest()
+	return api.Ack{Round: n, Client: rec.Client, Seq: rec.Seq, Digest: d, Bytes: rec.Bytes,
 		Weight: rec.Weight, From: rec.From, At: rec.At, Retry: retry}
 }
 

@@ -210,7 +210,7 @@ func TestRestartResumesRound(t *testing.T) {
 		t.Fatalf("the unacknowledged spool file is still there: %v", err)
 	}
 	// A retry after the restart is still idempotent.
-	if again := ts2.push(t, "c0", 1, body(0), nil); !again.Retry || again.SHA256 != ack0.SHA256 || again.Seq != ack0.Seq {
+	if again := ts2.push(t, "c0", 1, body(0), nil); !again.Retry || again.Digest != ack0.Digest || again.Seq != ack0.Seq {
 		t.Fatalf("retry after restart: %+v", again)
 	}
 	_ = ack1

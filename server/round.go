@@ -469,9 +469,10 @@ func (r *round) replayOne(rec AckRecord) (*tensor.Set, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: acknowledged update %d (%s): %w", ErrCorrupt, rec.Seq, rec.Client, err)
 	}
-	if d := hexDigest(verifySpool(set)); d != rec.SHA256 {
+	want, legacy := rec.digest()
+	if d := hexDigest(verifySpool(set, legacy)); d != want {
 		set.Close()
-		return nil, fmt.Errorf("%w: acknowledged update %d (%s): SHA-256 %s, the log says %s", ErrCorrupt, rec.Seq, rec.Client, d, rec.SHA256)
+		return nil, fmt.Errorf("%w: acknowledged update %d (%s): digest %s, the log says %s", ErrCorrupt, rec.Seq, rec.Client, d, want)
 	}
 	ctx := context.Background()
 	if rec.From == string(aggregate.WeightsGiven) {

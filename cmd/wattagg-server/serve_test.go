@@ -125,7 +125,7 @@ func TestServePushPull(t *testing.T) {
 	// The same bytes again are acknowledged the same; another update from a is refused.
 	stdout, _, code = push("a.token", "a.safetensors", "--weight", "100")
 	var again api.Ack
-	if code != 0 || json.Unmarshal([]byte(stdout), &again) != nil || again.SHA256 != ack.SHA256 || again.Seq != ack.Seq {
+	if code != 0 || json.Unmarshal([]byte(stdout), &again) != nil || again.Digest != ack.Digest || again.Seq != ack.Seq {
 		t.Fatalf("retry of a: exit %d, ack %q", code, stdout)
 	}
 	_, stderr, code = push("a.token", "a2.safetensors", "--weight", "100")

@@ -29,7 +29,7 @@ type Ack struct {
 	Round  int       `json:"round"`
 	Client string    `json:"client"`
 	Seq    int       `json:"seq"`    // position of the update in the round, from 0, in acknowledgement order
-	SHA256 string    `json:"sha256"` // digest of the update (tensors, layout, metadata), hex
+	Digest string    `json:"digest"` // of the update (tensors, layout, metadata), hex: the same for a retry
 	Bytes  int64     `json:"bytes"`  // tensor data bytes
 	Weight float64   `json:"weight"`
 	From   string    `json:"weight_from"` // "given", "num_examples" or "uniform"

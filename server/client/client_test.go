@@ -89,7 +89,7 @@ func TestPushPullStatus(t *testing.T) {
 	}
 	// A retry of the same update gets the same acknowledgement.
 	again, err := c0.PushSet(ctx, 1, set(t, 1, 2, 3, 4), client.WithWeight(3))
-	if err != nil || !again.Retry || again.Seq != ack.Seq || again.SHA256 != ack.SHA256 {
+	if err != nil || !again.Retry || again.Seq != ack.Seq || again.Digest != ack.Digest {
 		t.Fatalf("retry: %+v %v", again, err)
 	}
 	// A different one is a conflict.

@@ -377,7 +377,7 @@ func verifyBits(dir string, acked map[string]api.Ack, res *CrashResult) error {
 		return err
 	}
 	for _, rec := range recs {
-		if a, ok := acked[rec.Client]; ok && (a.SHA256 != rec.SHA256 || a.Seq != rec.Seq) {
+		if a, ok := acked[rec.Client]; ok && (a.Digest != rec.Digest || a.Seq != rec.Seq) {
 			res.Mismatched++
 		}
 	}
