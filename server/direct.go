@@ -59,8 +59,33 @@ func openDirect(path string) (*directFile, error) {
 	return &directFile{f: f, buf: stagePool.Get().([]byte), pending: map[int64]*partBlock{}}, nil
 }
 
+// lend returns the staging buffer's room for the bytes at file offset p, at most max of them,
+// so that they can be received straight into it (a flush first if p does not continue the run
+// being staged). A writeAt of a prefix of that slice at p then takes it without a copy.
+func (d *directFile) lend(p int64, max int) ([]byte, error) {
+	if d.hi > d.lo && p != d.start+int64(d.hi) {
+		if err := d.flush(); err != nil {
+			return nil, err
+		}
+	}
+	if d.hi == d.lo {
+		d.start = p &^ (directBlock - 1)
+		d.lo = int(p - d.start)
+		d.hi = d.lo
+	}
+	return d.buf[d.hi:min(len(d.buf), d.hi+max)], nil
+}
+
 // writeAt writes data at file offset p.
 func (d *directFile) writeAt(data []byte, p int64) error {
+	if len(data) > 0 && d.hi < len(d.buf) && &data[0] == &d.buf[d.hi] && p == d.start+int64(d.hi) && len(data) <= len(d.buf)-d.hi {
+		// Received in place (lend): the bytes are already staged.
+		d.hi += len(data)
+		if d.hi == len(d.buf) {
+			return d.flush()
+		}
+		return nil
+	}
 	for len(data) > 0 {
 		if d.hi > d.lo && p != d.start+int64(d.hi) {
 			if err := d.flush(); err != nil {

@@ -12,8 +12,9 @@ import (
 )
 
 // TestDirectFileWritesWhatArrived: regions of every size (inside one block, across blocks,
-// longer than the staging buffer) written in interleaved pieces of random length make the file
-// a plain write of the same bytes would, cut to its size.
+// longer than the staging buffer) written in interleaved pieces of random length, half of them
+// received in place (lend: into the staging buffer, then written without a copy), make the
+// file a plain write of the same bytes would, cut to its size.
 func TestDirectFileWritesWhatArrived(t *testing.T) {
 	for seed := range uint64(6) {
 		r := rand.New(rand.NewPCG(seed, 77))
@@ -55,7 +56,16 @@ func TestDirectFileWritesWhatArrived(t *testing.T) {
 			k := r.IntN(len(cs))
 			c := &cs[k]
 			n := min(1+r.IntN(directStage/2), c.end-c.at)
-			if err := d.writeAt(want[c.at:c.at+n], int64(c.at)); err != nil {
+			piece := want[c.at : c.at+n]
+			if r.IntN(2) == 0 { // received in place, as the HTTP body is (lend)
+				b, err := d.lend(int64(c.at), n)
+				if err != nil {
+					t.Fatal(err)
+				}
+				n = copy(b, piece)
+				piece = b[:n]
+			}
+			if err := d.writeAt(piece, int64(c.at)); err != nil {
 				t.Fatal(err)
 			}
 			if c.at += n; c.at == c.end {

@@ -186,7 +186,7 @@ func (u *Upload) Ingest(src Source, weight *float64) (api.Ack, error) {
 	if err != nil {
 		return api.Ack{}, err
 	}
-	if err := u.pump(src, sp.write); err != nil {
+	if err := u.pump(src, nil, sp.write); err != nil {
 		sp.abort()
 		return api.Ack{}, err
 	}
@@ -239,7 +239,7 @@ func (u *Upload) arrive(agg *engineRound, src Source, hdr arrowio.Header, w floa
 		}
 		return agg.explain(arr.Add(context.Background(), c.Tensor, int(c.Offset), c.Data), hdr.Layout)
 	}
-	if err := u.pump(src, sink); err != nil {
+	if err := u.pump(src, sp.lend, sink); err != nil {
 		return fail(err)
 	}
 	last := time.Now()
@@ -292,13 +292,18 @@ func (u *Upload) await(req *commitReq) (commitResult, bool) {
 	}
 }
 
-// pump feeds every chunk of src to sink, counting bytes, until io.EOF.
-func (u *Upload) pump(src Source, sink func(c arrowio.Chunk) error) error {
+// pump feeds every chunk of src to sink, counting bytes, until io.EOF. A source that can
+// (lendingSource) reads each chunk into the buffer lend gives, if lend is not nil.
+func (u *Upload) pump(src Source, lend lendFunc, sink func(c arrowio.Chunk) error) error {
+	next := src.Next
+	if ls, ok := src.(lendingSource); ok && lend != nil {
+		next = func() (arrowio.Chunk, error) { return ls.NextInto(lend) }
+	}
 	for {
 		if u.ctx.Err() != nil {
 			return context.Cause(u.ctx)
 		}
-		c, err := src.Next()
+		c, err := next()
 		if err == io.EOF {
 			return nil
 		}
@@ -322,7 +327,7 @@ func (u *Upload) retry(src Source, w float64, from aggregate.WeightSource) (api.
 	rec := *u.dup
 	want, legacy := rec.digest()
 	d := newDigesterOf(src.Header(), u.client, false, legacy)
-	if err := u.pump(src, d.write); err != nil {
+	if err := u.pump(src, nil, d.write); err != nil {
 		return api.Ack{}, err
 	}
 	if err := d.complete(); err != nil {

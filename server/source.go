@@ -23,3 +23,19 @@ type Source interface {
 }
 
 var _ Source = (*arrowio.StreamReader)(nil)
+
+// lendFunc gives a Source the buffer the next chunk's bytes belong in: those of tensor t from
+// element off, at most max bytes (spoolWriter.lend). It may return nil: no room to lend.
+type lendFunc func(t int, off, max int64) ([]byte, error)
+
+// lendingSource is a Source that can read a chunk into a buffer its consumer lends, so that
+// the bytes go from the socket to where they are written with no copy in between. The
+// .safetensors body is one; an Arrow stream is not (gRPC has already assembled its messages).
+type lendingSource interface {
+	Source
+	// NextInto is Next, with the chunk's data read into what lend returns when that is not
+	// empty, else into the source's own buffer.
+	NextInto(lend lendFunc) (arrowio.Chunk, error)
+}
+
+var _ lendingSource = (*safetensorsSource)(nil)

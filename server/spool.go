@@ -140,6 +140,23 @@ func newDigesterOf(h arrowio.Header, source string, checkFinite, legacy bool) *s
 	return s
 }
 
+// lend returns where the next bytes of tensor t, from element off, go in the spool's staging
+// buffer, at most max bytes and whole elements: a Source that reads them there (lendingSource)
+// spares write its copy. It returns nil when the spool has no staging buffer (a file written
+// through the page cache, a digester) or no whole element fits.
+func (s *spoolWriter) lend(t int, off, max int64) ([]byte, error) {
+	if s.direct == nil || t < 0 || t >= len(s.hdr.Layout) {
+		return nil, nil
+	}
+	es := int64(s.hdr.Layout[t].DType.Size())
+	b, err := s.direct.lend(s.dataOff+s.offs[t]+off*es, int(min(max, 1<<30)))
+	if err != nil {
+		s.failed = true
+		return nil, err
+	}
+	return b[:int64(len(b))/es*es], nil
+}
+
 // write checks, hashes and writes one chunk.
 func (s *spoolWriter) write(c arrowio.Chunk) error {
 	if c.Tensor < 0 || c.Tensor >= len(s.hdr.Layout) {

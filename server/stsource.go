@@ -84,7 +84,10 @@ func readErr(source string, err error, off, size int64) error {
 func (s *safetensorsSource) Header() arrowio.Header { return s.hdr }
 
 // Next reads the next chunk of the data section.
-func (s *safetensorsSource) Next() (arrowio.Chunk, error) {
+func (s *safetensorsSource) Next() (arrowio.Chunk, error) { return s.NextInto(nil) }
+
+// NextInto reads the next chunk of the data section into the buffer lend gives, if any.
+func (s *safetensorsSource) NextInto(lend lendFunc) (arrowio.Chunk, error) {
 	if s.err != nil {
 		return arrowio.Chunk{}, s.err
 	}
@@ -99,6 +102,17 @@ func (s *safetensorsSource) Next() (arrowio.Chunk, error) {
 	es := int64(s.hdr.Layout[t].DType.Size())
 	n := min(int64(len(s.buf))/8*8, s.end[t]-s.pos) // buffer lengths are multiples of 8: whole elements
 	data := s.buf[:n]
+	if lend != nil {
+		b, err := lend(t, (s.pos-s.begin[t])/es, n)
+		if err != nil {
+			s.err = err
+			return arrowio.Chunk{}, err
+		}
+		if len(b) > 0 {
+			data = b
+			n = int64(len(b))
+		}
+	}
 	if _, err := io.ReadFull(s.r, data); err != nil {
 		s.err = readErr(s.source, err, s.off+s.pos, s.size)
 		return arrowio.Chunk{}, s.err
