@@ -13,6 +13,7 @@ import (
 
 	"github.com/wattagg/wattagg/aggregate"
 	"github.com/wattagg/wattagg/device"
+	"github.com/wattagg/wattagg/sched"
 	"github.com/wattagg/wattagg/tensor"
 	"github.com/wattagg/wattagg/tensor/safetensors"
 )
@@ -155,6 +156,9 @@ func E2E(ctx context.Context, cfg E2EConfig, log io.Writer) ([]Row, error) {
 			name = "wattagg aggregate --device cpu " + v.name + " (whole process)"
 		}
 		r := Row{Name: name, Rule: v.rule, Clients: cfg.Clients, DType: "f32", Bytes: bytes, Params: int64(cfg.Params)}
+		if v.name == "" {
+			r.Note = autoReadNote()
+		}
 		r.set(median(times), 0)
 		rows = append(rows, r)
 	}
@@ -256,4 +260,19 @@ func runFloor(ctx context.Context, bin, mode string, cfg E2EConfig, inputs []str
 		return floorResult{}, fmt.Errorf("%s printed %q: %v", bin, b, err)
 	}
 	return fr, nil
+}
+
+// autoReadNote says how the default (--read auto) reads files in large folios: as the profile
+// the CLI loads says (`wattagg calibrate` measures it), or by the probe's race.
+func autoReadNote() string {
+	path, err := sched.DefaultProfilePath()
+	if err != nil {
+		return "--read auto: the probe's race (no profile)"
+	}
+	p, err := sched.LoadProfile(path)
+	if err != nil || p.Read == nil {
+		return "--read auto: the probe's race (the profile has no read: wattagg calibrate measures it)"
+	}
+	return fmt.Sprintf("--read auto: files in large folios %s, as calibrated (mapped %.1f ms, copied %.1f ms)",
+		map[string]string{"map": "mapped", "copy": "copied"}[p.Read.LargeFolios], p.Read.MapSec*1e3, p.Read.CopySec*1e3)
 }

@@ -444,6 +444,9 @@ func (p *Profile) Merge(q *Profile) {
 			pd.Ops[k] = o
 		}
 	}
+	if q.Read != nil {
+		p.Read = q.Read
+	}
 	p.Quick = p.Quick || q.Quick
 	p.Updated = q.Updated
 }

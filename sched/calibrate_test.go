@@ -156,6 +156,7 @@ func TestProfileRoundTripAndVersion(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "sub", "profile.json")
 	p := fedavgProfile()
+	p.Read = &ReadProfile{LargeFolios: "map", MapSec: 0.035, CopySec: 0.046, Files: 8, Bytes: 128 << 20}
 	if err := p.Save(path); err != nil {
 		t.Fatal(err)
 	}
@@ -165,6 +166,13 @@ func TestProfileRoundTripAndVersion(t *testing.T) {
 	}
 	if q.Device("cuda:0").Link.JoulesPerByte != 2e-8 || q.Device("cpu").Ops[OpKey(WeightedSum, tensor.F32)].BytesPerSec != 20e9 {
 		t.Fatalf("round trip lost data: %+v", q.Devices)
+	}
+	if q.Read == nil || *q.Read != *p.Read {
+		t.Fatalf("round trip of the read: %+v", q.Read)
+	}
+	os.WriteFile(path, []byte(`{"version": 1, "devices": [], "read": {"large_folios": "direct", "map_s": 1, "copy_s": 1}}`), 0o644)
+	if _, err := LoadProfile(path); !errors.Is(err, ErrProfile) || !strings.Contains(err.Error(), `read: large_folios "direct"`) {
+		t.Fatalf("bad read: %v", err)
 	}
 	if _, err := LoadProfile(filepath.Join(dir, "none.json")); !errors.Is(err, ErrNoProfile) {
 		t.Fatalf("missing: %v", err)
@@ -186,6 +194,14 @@ func TestProfileRoundTripAndVersion(t *testing.T) {
 	a.Merge(synthProfile(synthGPU(opProf(WeightedSum, 2e9, 2e9, 1e-9, 1e-9))))
 	if len(a.Devices) != 2 {
 		t.Fatalf("merged %d devices", len(a.Devices))
+	}
+	// A later calibration's read replaces the earlier; one that did not measure reads keeps it.
+	b := synthProfile(synthCPU(opProf(WeightedSum, 1e9, 1e9, 1e-9, 1e-9)))
+	b.Read = &ReadProfile{LargeFolios: "copy", MapSec: 2, CopySec: 1}
+	a.Merge(b)
+	a.Merge(synthProfile(synthCPU(opProf(WeightedSum, 1e9, 1e9, 1e-9, 1e-9))))
+	if a.Read == nil || a.Read.LargeFolios != "copy" {
+		t.Fatalf("merged read: %+v", a.Read)
 	}
 }
 

@@ -33,6 +33,19 @@ type Profile struct {
 	// Others are meters of this machine that no device uses (a GPU that NVML sees but no
 	// device backend drives): their idle power is part of every round's energy.
 	Others []MeterIdle `json:"others,omitempty"`
+	// Read is how this machine reads cached update files fastest (`wattagg calibrate`); nil
+	// where it was not measured.
+	Read *ReadProfile `json:"read,omitempty"`
+}
+
+// ReadProfile is what calibration measured of the two ways the CPU reads cached .safetensors
+// files (bench.MeasureReadModes): mapped in place, or copied with pread into reused buffers.
+type ReadProfile struct {
+	LargeFolios string  `json:"large_folios"` // "map" or "copy": the choice for files cached in large folios
+	MapSec      float64 `json:"map_s"`        // the best time mapped
+	CopySec     float64 `json:"copy_s"`       // the best time copied
+	Files       int     `json:"files"`
+	Bytes       int64   `json:"bytes"` // of all the files' tensors
 }
 
 // Host identifies the machine a profile was measured on.
@@ -213,6 +226,9 @@ func (p *Profile) validate() error {
 				o.TimeCorrection = 1
 			}
 		}
+	}
+	if r := p.Read; r != nil && (r.LargeFolios != "map" && r.LargeFolios != "copy" || !(r.MapSec > 0) || !(r.CopySec > 0)) {
+		return fmt.Errorf("read: large_folios %q (want map or copy), map_s %v and copy_s %v (want positive)", r.LargeFolios, r.MapSec, r.CopySec)
 	}
 	return nil
 }

@@ -154,6 +154,9 @@ func runAggregate(ctx context.Context, stdout, stderr io.Writer, f aggregateFlag
 		return err
 	}
 	defer en.close()
+	if readMode == safetensors.ReadAuto {
+		readOpts = append(readOpts, safetensors.WithLargeFolioRead(en.largeFolioRead(f.energy)))
+	}
 	opts = append(opts, en.options(f.device)...)
 	bar := cli.NewProgress(stderr, f.progress, "aggregating")
 	if bar != nil {

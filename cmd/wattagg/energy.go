@@ -20,6 +20,7 @@ import (
 	"github.com/wattagg/wattagg/internal/cli"
 	"github.com/wattagg/wattagg/sched"
 	"github.com/wattagg/wattagg/tensor"
+	"github.com/wattagg/wattagg/tensor/safetensors"
 )
 
 // energyFlags are the flags of every command that meters: where the counters are, what the
@@ -145,6 +146,7 @@ func whyMissing(name string) string {
 
 // energyRun is the machine, meters, profile and planner of one command.
 type energyRun struct {
+	profile     *sched.Profile // when the run plans
 	machine     *sched.Machine
 	planner     *sched.Planner
 	profilePath string
@@ -189,7 +191,7 @@ func openEnergyRun(ctx context.Context, stderr io.Writer, ef energyFlags, cpu de
 		r.close()
 		return nil, err
 	}
-	r.profileNote = note
+	r.profileNote, r.profile = note, prof
 	if deviceFlag != "auto" {
 		if d := prof.Device(deviceFlag); d == nil {
 			// A device named on the command line that could not be calibrated (a GPU without
@@ -343,6 +345,10 @@ func printProfile(w io.Writer, path string, p *sched.Profile) {
 		}
 	}
 	tw.Flush()
+	if r := p.Read; r != nil {
+		fmt.Fprintf(w, "  reads: files cached in large folios are %s (%d files of %.0f MiB: mapped %.1f ms, copied %.1f ms)\n",
+			map[string]string{"map": "mapped", "copy": "copied"}[r.LargeFolios], r.Files, float64(r.Bytes)/float64(r.Files)/(1<<20), r.MapSec*1e3, r.CopySec*1e3)
+	}
 	for _, o := range p.Others {
 		fmt.Fprintf(w, "  %s: idle %.1f W (no device drives it)\n", o.Meter, o.IdleWatts)
 	}
@@ -473,4 +479,28 @@ func printMeters(w io.Writer, r devicesReport) {
 		return
 	}
 	printProfile(w, r.ProfilePath, r.Profile)
+}
+
+// largeFolioRead is how `--read auto` reads files cached in large folios: as calibration
+// measured on this machine (the profile's read), else by the probe's race (ReadAuto). A run
+// that does not plan (--stream) reads the profile for it alone.
+func (r *energyRun) largeFolioRead(ef energyFlags) safetensors.ReadMode {
+	prof := r.profile
+	if prof == nil {
+		path, err := ef.profilePath()
+		if err != nil {
+			return safetensors.ReadAuto
+		}
+		if prof, err = sched.LoadProfile(path); err != nil {
+			return safetensors.ReadAuto
+		}
+	}
+	if prof.Read == nil {
+		return safetensors.ReadAuto
+	}
+	m, err := safetensors.ParseReadMode(prof.Read.LargeFolios)
+	if err != nil || (m != safetensors.ReadMap && m != safetensors.ReadCopy) {
+		return safetensors.ReadAuto
+	}
+	return m
 }

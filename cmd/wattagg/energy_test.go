@@ -12,6 +12,7 @@ import (
 	"github.com/wattagg/wattagg/aggregate"
 	"github.com/wattagg/wattagg/energy"
 	"github.com/wattagg/wattagg/sched"
+	"github.com/wattagg/wattagg/tensor/safetensors"
 )
 
 // The CLI's tests must not write the user's profile: they share one in the temp dir (the
@@ -54,11 +55,28 @@ func TestCalibrateQuickThenAggregatePlansAndMeters(t *testing.T) {
 	profile := filepath.Join(dir, "profile.json")
 	t.Setenv(sched.EnvProfile, profile)
 	stdout, stderr, code := wattagg(t, "calibrate", "--quick")
-	if code != 0 || !strings.Contains(stdout, "weighted-sum/f32") || !strings.Contains(stdout, profile) {
+	if code != 0 || !strings.Contains(stdout, "weighted-sum/f32") || !strings.Contains(stdout, profile) ||
+		!regexp.MustCompile(`reads: files cached in large folios are (mapped|copied) \(4 files of 16 MiB: mapped [0-9.]+ ms, copied [0-9.]+ ms\)`).MatchString(stdout) {
 		t.Fatalf("calibrate: exit %d\n%s\n%s", code, stdout, stderr)
 	}
-	if _, err := sched.LoadProfile(profile); err != nil {
+	prof, err := sched.LoadProfile(profile)
+	if err != nil {
 		t.Fatal(err)
+	}
+	if left, _ := filepath.Glob(filepath.Join(dir, "wattagg-read-*")); prof.Read == nil || len(left) != 0 {
+		t.Fatalf("read: %+v; left behind: %v", prof.Read, left)
+	}
+	// --read auto takes the measured choice for files in large folios; without one, the race.
+	for _, c := range []struct {
+		read *sched.ReadProfile
+		want safetensors.ReadMode
+	}{{&sched.ReadProfile{LargeFolios: "copy"}, safetensors.ReadCopy}, {&sched.ReadProfile{LargeFolios: "map"}, safetensors.ReadMap},
+		{nil, safetensors.ReadAuto}, {&sched.ReadProfile{LargeFolios: "direct"}, safetensors.ReadAuto}} {
+		p := *prof
+		p.Read = c.read
+		if got := (&energyRun{profile: &p}).largeFolioRead(energyFlags{}); got != c.want {
+			t.Fatalf("read %+v: %s, want %s", c.read, got, c.want)
+		}
 	}
 	writeClient(t, filepath.Join(dir, "a.safetensors"), 1, "100")
 	writeClient(t, filepath.Join(dir, "b.safetensors"), 2, "300")

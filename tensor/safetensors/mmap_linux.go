@@ -34,13 +34,13 @@ type mapping []byte
 func (m mapping) Close() error { return unix.Munmap(m) }
 
 // planReads decides how mem, the mapping of all of f, is read (mode, or chooseRead's choice for
-// ReadAuto) and, for ReadCopy and ReadDirect, registers it with its open files
+// ReadAuto, with large for files in large folios) and, for ReadCopy and ReadDirect, registers it with its open files
 // (tensor.RegisterFileBacking) so that the CPU device preads it. It returns the Set's closer
 // (which unregisters, closes the files and unmaps, in that order), what was chosen, and whether
 // it kept f open: Open must not close it then.
-func planReads(f *os.File, mem []byte, dataOff int64, mode ReadMode, vote *readVote, m io.Closer) (io.Closer, ReadMode, bool) {
+func planReads(f *os.File, mem []byte, dataOff int64, mode, large ReadMode, vote *readVote, m io.Closer) (io.Closer, ReadMode, bool) {
 	if mode == ReadAuto {
-		mode = chooseRead(f, mem, dataOff, vote)
+		mode = chooseRead(f, mem, dataOff, large, vote)
 	}
 	if mode == ReadMap {
 		return m, ReadMap, false
@@ -105,7 +105,7 @@ const (
 	largeFolioMaps = 128 << 10 // bytes per fault from which the file is mapped
 )
 
-func chooseRead(f *os.File, mem []byte, dataOff int64, vote *readVote) ReadMode {
+func chooseRead(f *os.File, mem []byte, dataOff int64, large ReadMode, vote *readVote) ReadMode {
 	lo := (int(dataOff) + pageSize - 1) &^ (pageSize - 1)
 	if lo > len(mem) || len(mem)-lo < probeMinData {
 		return ReadMap
@@ -137,7 +137,11 @@ func chooseRead(f *os.File, mem []byte, dataOff int64, vote *readVote) ReadMode 
 		faults += n
 	}
 	mode := decide(probeWindows*probeWindow, faults, true)
-	if mode == ReadMap && faults > 0 {
+	switch {
+	case mode != ReadMap || faults == 0:
+	case large != ReadAuto:
+		mode = large // measured at scale on this machine (WithLargeFolioRead)
+	default:
 		mode = raceCopy(f, lo, len(mem), mapped)
 	}
 	return vote.cast(mode)

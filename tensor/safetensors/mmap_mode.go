@@ -64,6 +64,21 @@ func WithReadMode(m ReadMode) Option {
 	})
 }
 
+// WithLargeFolioRead gives ReadAuto the choice for files cached in large folios, which it
+// otherwise makes by a race between mapping and copying two small windows of the file
+// (raceCopy): m is ReadMap or ReadCopy as measured on this machine at scale (`wattagg
+// calibrate` records it in the profile), or ReadAuto for the race. Files in small folios are
+// still copied, and small or uncached files mapped. It applies to Open and OpenAll.
+func WithLargeFolioRead(m ReadMode) Option {
+	return option("WithLargeFolioRead", forOpen|forOpenAll, func(o *options) error {
+		if m != ReadAuto && m != ReadMap && m != ReadCopy {
+			return fmt.Errorf("%w: large-folio read %v: want auto, map or copy", ErrOption, m)
+		}
+		o.large = m
+		return nil
+	})
+}
+
 // ReadModeOf reports how the tensors of a Set that Open returned are read: ReadMap unless the
 // set's data is registered to be copied (ReadCopy) or read directly (ReadDirect). A set in
 // memory (Parse) reports ReadMap: it is read where it is.

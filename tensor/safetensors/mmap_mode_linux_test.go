@@ -278,3 +278,79 @@ func TestRaceCopy(t *testing.T) {
 		t.Errorf("closed file: %s, want map", got)
 	}
 }
+
+// TestLargeFolioRead: WithLargeFolioRead decides for a file cached in large folios instead of
+// the race (map or copy, as calibration measured), leaves a file in small folios copied and a
+// small file mapped, and refuses a mode that is not map, copy or auto.
+func TestLargeFolioRead(t *testing.T) {
+	if _, err := Open(bigUpdate(t, 10), WithLargeFolioRead(ReadDirect)); !errors.Is(err, ErrOption) ||
+		err.Error() != "invalid safetensors option: large-folio read direct: want auto, map or copy" {
+		t.Fatalf("direct: %v", err)
+	}
+	small := bigUpdate(t, 1000)
+	if s, err := Open(small, WithLargeFolioRead(ReadCopy)); err != nil || ReadModeOf(s) != ReadMap {
+		t.Fatalf("a small file: %v", err)
+	} else {
+		s.Close()
+	}
+	// Written again through the page cache in one write: large folios, as updates written with
+	// large writes are cached (the direct write of bigUpdate leaves nothing cached).
+	b, err := os.ReadFile(bigUpdate(t, 3<<20))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(t.TempDir(), "large.safetensors")
+	if err := os.WriteFile(p, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	m, err := unix.Mmap(int(f.Fd()), 0, len(b), unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Munmap(m)
+	faults, ok := faultsToMap(m[4<<20 : 4<<20+probeWindow])
+	if !ok || faults == 0 || decide(probeWindow, faults, ok) != ReadMap {
+		t.Skipf("the file is not cached in large folios here (%d faults for %d KiB, probe %v)", faults, probeWindow>>10, ok)
+	}
+	for _, want := range []ReadMode{ReadMap, ReadCopy} {
+		s, err := Open(p, WithLargeFolioRead(want))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := ReadModeOf(s)
+		s.Close()
+		if got != want {
+			t.Fatalf("WithLargeFolioRead(%s): reads as %s", want, got)
+		}
+	}
+	// In small folios it is copied whatever the preference (written back first: dirty pages
+	// are not dropped).
+	if err := unix.Fdatasync(int(f.Fd())); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_RANDOM); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 4096)
+	for off := 0; off < len(b); off += 4096 {
+		if _, err := f.ReadAt(buf[:min(4096, len(b)-off)], int64(off)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if faults, ok := faultsToMap(m[8<<20 : 8<<20+probeWindow]); !ok || decide(probeWindow, faults, ok) != ReadCopy {
+		t.Skipf("not in small folios after 4 KiB reads (%d faults)", faults)
+	}
+	if s, err := Open(p, WithLargeFolioRead(ReadMap)); err != nil || ReadModeOf(s) != ReadCopy {
+		t.Fatalf("small folios with a map preference: %v", err)
+	} else {
+		s.Close()
+	}
+}

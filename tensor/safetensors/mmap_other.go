@@ -20,6 +20,6 @@ func mapFile(f *os.File, size int64, _ bool) ([]byte, io.Closer, error) {
 }
 
 // planReads reads every file in place: here it is in memory already.
-func planReads(_ *os.File, _ []byte, _ int64, _ ReadMode, _ *readVote, m io.Closer) (io.Closer, ReadMode, bool) {
+func planReads(_ *os.File, _ []byte, _ int64, _, _ ReadMode, _ *readVote, m io.Closer) (io.Closer, ReadMode, bool) {
 	return m, ReadMap, false
 }

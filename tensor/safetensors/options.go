@@ -22,6 +22,7 @@ type options struct {
 	source   string
 	populate bool
 	mode     ReadMode
+	large    ReadMode // ReadAuto's choice for files in large folios, if not ReadAuto (WithLargeFolioRead)
 	direct   bool
 	vote     *readVote    // ReadAuto's choice shared by the files of one OpenAll
 	cache    *layoutCache // shares identical layouts across the files OpenAll opens

@@ -101,7 +101,7 @@ func open(path string, o *options) (*tensor.Set, error) {
 	}
 	// How the CPU device will read the tensors (ReadMode): the mapping in place, or copies
 	// from the file, which then stays open until Close.
-	closer, _, keepFile = planReads(f, b, h.DataOffset, o.mode, o.vote, closer)
+	closer, _, keepFile = planReads(f, b, h.DataOffset, o.mode, o.large, o.vote, closer)
 	s.SetCloser(closer)
 	return s, nil
 }
