@@ -10,16 +10,16 @@ var exactAVX2 = exactKernels{
 	name: "avx2",
 
 	accF32: func(hi, lo []int64, w []float64, x [][]byte) uint32 {
-		return exactAccAsm(hi, lo, w, x, 4, ldF32, absF32, exactAccF32AVX2, exactFinishAVX2)
+		return exactAccAsm(hi, lo, w, x, 4, ldF32, absF32, exactAccF32AVX2)
 	},
 	accBF16: func(hi, lo []int64, w []float64, x [][]byte) uint32 {
-		return exactAccAsm(hi, lo, w, x, 2, ldBF16, abs16, exactAccBF16AVX2, exactFinishAVX2)
+		return exactAccAsm(hi, lo, w, x, 2, ldBF16, abs16, exactAccBF16AVX2)
 	},
 	accF16: func(hi, lo []int64, w []float64, x [][]byte) uint32 {
-		return exactAccAsm(hi, lo, w, x, 2, ldF16, abs16, exactAccF16AVX2, exactFinishAVX2)
+		return exactAccAsm(hi, lo, w, x, 2, ldF16, abs16, exactAccF16AVX2)
 	},
 	accI8: func(hi, lo []int64, w []float64, x [][]byte) uint32 {
-		return exactAccAsm(hi, lo, w, x, 1, ldI8, absI8, exactAccI8AVX2, exactFinishAVX2)
+		return exactAccAsm(hi, lo, w, x, 1, ldI8, absI8, exactAccI8AVX2)
 	},
 
 	storeF32: func(dst []byte, hi, lo []int64, s float64) {
@@ -44,16 +44,16 @@ var exactAVX512 = exactKernels{
 	name: "avx512",
 
 	accF32: func(hi, lo []int64, w []float64, x [][]byte) uint32 {
-		return exactAccAsm(hi, lo, w, x, 4, ldF32, absF32, exactAccF32AVX512, exactFinishAVX512)
+		return exactAccAsm(hi, lo, w, x, 4, ldF32, absF32, exactAccF32AVX512)
 	},
 	accBF16: func(hi, lo []int64, w []float64, x [][]byte) uint32 {
-		return exactAccAsm(hi, lo, w, x, 2, ldBF16, abs16, exactAccBF16AVX512, exactFinishAVX512)
+		return exactAccAsm(hi, lo, w, x, 2, ldBF16, abs16, exactAccBF16AVX512)
 	},
 	accF16: func(hi, lo []int64, w []float64, x [][]byte) uint32 {
-		return exactAccAsm(hi, lo, w, x, 2, ldF16, abs16, exactAccF16AVX512, exactFinishAVX512)
+		return exactAccAsm(hi, lo, w, x, 2, ldF16, abs16, exactAccF16AVX512)
 	},
 	accI8: func(hi, lo []int64, w []float64, x [][]byte) uint32 {
-		return exactAccAsm(hi, lo, w, x, 1, ldI8, absI8, exactAccI8AVX512, exactFinishAVX512)
+		return exactAccAsm(hi, lo, w, x, 1, ldI8, absI8, exactAccI8AVX512)
 	},
 
 	storeF32:  exactAVX2.storeF32,
@@ -70,8 +70,8 @@ var (
 	_ = register(exactFamily, "avx512", hasAVX512, &exactAVX512)
 )
 
-// exactFinishConsts are the constants of exactFinish after n terms per element (see the
-// generator): the magic constants' bit patterns n times, modulo 2^64, and the normalisation's.
+// exactFinishConsts are the constants that finish limbs after n terms per element (the
+// generator's finish): the magic constants' bit patterns n times, modulo 2^64, and the normalisation's.
 func exactFinishConsts(n int) [4]int64 {
 	return [4]int64{
 		int64(1<<51 + 1<<62 - uint64(n)*exactMagicLoBits),
@@ -85,7 +85,7 @@ func exactFinishConsts(n int) [4]int64 {
 // tail. It is not split into chunks: callers pass cache-sized blocks, as for the other
 // accumulation kernels.
 func exactAccAsm(hi, lo []int64, w []float64, x [][]byte, size int, ld func([]byte, int) float32, abs func([]byte, int) uint32,
-	asm func(hi, lo []int64, w []float64, x [][]byte) uint32, finish func(hi, lo []int64, c *[4]int64)) uint32 {
+	asm func(hi, lo []int64, w []float64, x [][]byte, c *[4]int64) uint32) uint32 {
 	var m uint32
 	n := len(hi) &^ 7
 	if n > 0 && len(x) > 0 {
@@ -103,9 +103,8 @@ func exactAccAsm(hi, lo []int64, w []float64, x [][]byte, size int, ld func([]by
 				race.WriteSlice(s)
 			}
 		}
-		m = asm(hi[:n], lo[:n], w, x)
 		c := exactFinishConsts(len(x))
-		finish(hi[:n], lo[:n], &c)
+		m = asm(hi[:n], lo[:n], w, x, &c)
 	}
 	if n < len(hi) {
 		m = max(m, exactAccGeneric(hi, lo, w, x, ld, abs, n))

@@ -46,9 +46,9 @@ DATA exactconsts<>+304(SB)/8, $0x0000004000000040
 DATA exactconsts<>+312(SB)/8, $0x0000004000000040
 GLOBL exactconsts<>(SB), RODATA|NOPTR, $320
 
-// func exactAccF32AVX2(hi []int64, lo []int64, w []float64, x [][]byte) uint32
+// func exactAccF32AVX2(hi []int64, lo []int64, w []float64, x [][]byte, c *[4]int64) uint32
 // Requires: AVX, AVX2, FMA3
-TEXT ·exactAccF32AVX2(SB), NOSPLIT, $224-100
+TEXT ·exactAccF32AVX2(SB), NOSPLIT, $352-108
 	MOVQ         hi_base+0(FP), AX
 	MOVQ         lo_base+24(FP), CX
 	MOVQ         w_base+48(FP), DX
@@ -61,10 +61,19 @@ TEXT ·exactAccF32AVX2(SB), NOSPLIT, $224-100
 	MOVQ         $0x4338000000000000, DI
 	VMOVQ        DI, X8
 	VPBROADCASTQ X8, Y8
+	MOVQ         c+96(FP), DI
+	VPBROADCASTQ (DI), Y1
+	VMOVDQU      Y1, 224(SP)
+	VPBROADCASTQ 8(DI), Y1
+	VMOVDQU      Y1, 256(SP)
+	VPBROADCASTQ 16(DI), Y1
+	VMOVDQU      Y1, 288(SP)
+	VPBROADCASTQ 24(DI), Y1
+	VMOVDQU      Y1, 320(SP)
 
 groups:
 	CMPQ SI, $0x07
-	JB   rest
+	JBE  rest
 
 	// 7 inputs
 	MOVQ         (BX), DI
@@ -247,6 +256,8 @@ g7_small:
 	JMP  groups
 
 rest:
+	CMPQ SI, $0x07
+	JE   group7
 	CMPQ SI, $0x06
 	JE   group6
 	CMPQ SI, $0x05
@@ -260,6 +271,196 @@ rest:
 	CMPQ SI, $0x01
 	JE   group1
 	JMP  ret
+
+group7:
+	// 7 inputs
+	MOVQ         (BX), SI
+	VBROADCASTSD (DX), Y1
+	VMOVUPD      Y1, (SP)
+	MOVQ         24(BX), DI
+	VBROADCASTSD 8(DX), Y1
+	VMOVUPD      Y1, 32(SP)
+	MOVQ         48(BX), R8
+	VBROADCASTSD 16(DX), Y1
+	VMOVUPD      Y1, 64(SP)
+	MOVQ         72(BX), R9
+	VBROADCASTSD 24(DX), Y1
+	VMOVUPD      Y1, 96(SP)
+	MOVQ         96(BX), R10
+	VBROADCASTSD 32(DX), Y1
+	VMOVUPD      Y1, 128(SP)
+	MOVQ         120(BX), R11
+	VBROADCASTSD 40(DX), Y1
+	VMOVUPD      Y1, 160(SP)
+	MOVQ         144(BX), BX
+	VBROADCASTSD 48(DX), Y1
+	VMOVUPD      Y1, 192(SP)
+	MOVQ         hi_len+8(FP), R12
+	ANDQ         $-8, R12
+	XORQ         DX, DX
+	CMPQ         DX, R12
+	JAE          g7fin_small
+
+g7fin_big:
+	VMOVDQU     (AX)(DX*8), Y3
+	VMOVDQU     (CX)(DX*8), Y4
+	VMOVDQU     32(AX)(DX*8), Y5
+	VMOVDQU     32(CX)(DX*8), Y6
+	VMOVDQU     (SI)(DX*4), Y1
+	VPAND       exactconsts<>+160(SB), Y1, Y1
+	VPMAXUD     Y1, Y0, Y0
+	VCVTPS2PD   (SI)(DX*4), Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD (SP), Y1, Y2
+	VPADDQ      Y2, Y3, Y3
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD (SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y4, Y4
+	VCVTPS2PD   16(SI)(DX*4), Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD (SP), Y1, Y2
+	VPADDQ      Y2, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD (SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (DI)(DX*4), Y1
+	VPAND       exactconsts<>+160(SB), Y1, Y1
+	VPMAXUD     Y1, Y0, Y0
+	VCVTPS2PD   (DI)(DX*4), Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 32(SP), Y1, Y2
+	VPADDQ      Y2, Y3, Y3
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 32(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y4, Y4
+	VCVTPS2PD   16(DI)(DX*4), Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 32(SP), Y1, Y2
+	VPADDQ      Y2, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 32(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (R8)(DX*4), Y1
+	VPAND       exactconsts<>+160(SB), Y1, Y1
+	VPMAXUD     Y1, Y0, Y0
+	VCVTPS2PD   (R8)(DX*4), Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 64(SP), Y1, Y2
+	VPADDQ      Y2, Y3, Y3
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 64(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y4, Y4
+	VCVTPS2PD   16(R8)(DX*4), Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 64(SP), Y1, Y2
+	VPADDQ      Y2, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 64(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (R9)(DX*4), Y1
+	VPAND       exactconsts<>+160(SB), Y1, Y1
+	VPMAXUD     Y1, Y0, Y0
+	VCVTPS2PD   (R9)(DX*4), Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 96(SP), Y1, Y2
+	VPADDQ      Y2, Y3, Y3
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 96(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y4, Y4
+	VCVTPS2PD   16(R9)(DX*4), Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 96(SP), Y1, Y2
+	VPADDQ      Y2, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 96(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (R10)(DX*4), Y1
+	VPAND       exactconsts<>+160(SB), Y1, Y1
+	VPMAXUD     Y1, Y0, Y0
+	VCVTPS2PD   (R10)(DX*4), Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 128(SP), Y1, Y2
+	VPADDQ      Y2, Y3, Y3
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 128(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y4, Y4
+	VCVTPS2PD   16(R10)(DX*4), Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 128(SP), Y1, Y2
+	VPADDQ      Y2, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 128(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (R11)(DX*4), Y1
+	VPAND       exactconsts<>+160(SB), Y1, Y1
+	VPMAXUD     Y1, Y0, Y0
+	VCVTPS2PD   (R11)(DX*4), Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 160(SP), Y1, Y2
+	VPADDQ      Y2, Y3, Y3
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 160(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y4, Y4
+	VCVTPS2PD   16(R11)(DX*4), Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 160(SP), Y1, Y2
+	VPADDQ      Y2, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 160(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (BX)(DX*4), Y1
+	VPAND       exactconsts<>+160(SB), Y1, Y1
+	VPMAXUD     Y1, Y0, Y0
+	VCVTPS2PD   (BX)(DX*4), Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 192(SP), Y1, Y2
+	VPADDQ      Y2, Y3, Y3
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 192(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y4, Y4
+	VCVTPS2PD   16(BX)(DX*4), Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 192(SP), Y1, Y2
+	VPADDQ      Y2, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 192(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VPADDQ      224(SP), Y4, Y2
+	VPSRLQ      $0x34, Y2, Y4
+	VPADDQ      Y4, Y3, Y3
+	VPADDQ      256(SP), Y3, Y3
+	VPAND       288(SP), Y2, Y2
+	VPADDQ      320(SP), Y2, Y4
+	VPADDQ      224(SP), Y6, Y2
+	VPSRLQ      $0x34, Y2, Y6
+	VPADDQ      Y6, Y5, Y5
+	VPADDQ      256(SP), Y5, Y5
+	VPAND       288(SP), Y2, Y2
+	VPADDQ      320(SP), Y2, Y6
+	VMOVDQU     Y3, (AX)(DX*8)
+	VMOVDQU     Y4, (CX)(DX*8)
+	VMOVDQU     Y5, 32(AX)(DX*8)
+	VMOVDQU     Y6, 32(CX)(DX*8)
+	ADDQ        $0x00000008, DX
+	CMPQ        DX, R12
+	JB          g7fin_big
+
+g7fin_small:
+	JMP ret
 
 group6:
 	// 6 inputs
@@ -285,9 +486,9 @@ group6:
 	ANDQ         $-8, R11
 	XORQ         DX, DX
 	CMPQ         DX, R11
-	JAE          g6_small
+	JAE          g6fin_small
 
-g6_big:
+g6fin_big:
 	VMOVDQU     (AX)(DX*8), Y3
 	VMOVDQU     (CX)(DX*8), Y4
 	VMOVDQU     32(AX)(DX*8), Y5
@@ -406,15 +607,27 @@ g6_big:
 	VFMSUB231PD 160(SP), Y1, Y2
 	VADDPD      Y8, Y2, Y2
 	VPADDQ      Y2, Y6, Y6
+	VPADDQ      224(SP), Y4, Y2
+	VPSRLQ      $0x34, Y2, Y4
+	VPADDQ      Y4, Y3, Y3
+	VPADDQ      256(SP), Y3, Y3
+	VPAND       288(SP), Y2, Y2
+	VPADDQ      320(SP), Y2, Y4
+	VPADDQ      224(SP), Y6, Y2
+	VPSRLQ      $0x34, Y2, Y6
+	VPADDQ      Y6, Y5, Y5
+	VPADDQ      256(SP), Y5, Y5
+	VPAND       288(SP), Y2, Y2
+	VPADDQ      320(SP), Y2, Y6
 	VMOVDQU     Y3, (AX)(DX*8)
 	VMOVDQU     Y4, (CX)(DX*8)
 	VMOVDQU     Y5, 32(AX)(DX*8)
 	VMOVDQU     Y6, 32(CX)(DX*8)
 	ADDQ        $0x00000008, DX
 	CMPQ        DX, R11
-	JB          g6_big
+	JB          g6fin_big
 
-g6_small:
+g6fin_small:
 	JMP ret
 
 group5:
@@ -438,9 +651,9 @@ group5:
 	ANDQ         $-8, R10
 	XORQ         DX, DX
 	CMPQ         DX, R10
-	JAE          g5_small
+	JAE          g5fin_small
 
-g5_big:
+g5fin_big:
 	VMOVDQU     (AX)(DX*8), Y3
 	VMOVDQU     (CX)(DX*8), Y4
 	VMOVDQU     32(AX)(DX*8), Y5
@@ -540,15 +753,27 @@ g5_big:
 	VFMSUB231PD 128(SP), Y1, Y2
 	VADDPD      Y8, Y2, Y2
 	VPADDQ      Y2, Y6, Y6
+	VPADDQ      224(SP), Y4, Y2
+	VPSRLQ      $0x34, Y2, Y4
+	VPADDQ      Y4, Y3, Y3
+	VPADDQ      256(SP), Y3, Y3
+	VPAND       288(SP), Y2, Y2
+	VPADDQ      320(SP), Y2, Y4
+	VPADDQ      224(SP), Y6, Y2
+	VPSRLQ      $0x34, Y2, Y6
+	VPADDQ      Y6, Y5, Y5
+	VPADDQ      256(SP), Y5, Y5
+	VPAND       288(SP), Y2, Y2
+	VPADDQ      320(SP), Y2, Y6
 	VMOVDQU     Y3, (AX)(DX*8)
 	VMOVDQU     Y4, (CX)(DX*8)
 	VMOVDQU     Y5, 32(AX)(DX*8)
 	VMOVDQU     Y6, 32(CX)(DX*8)
 	ADDQ        $0x00000008, DX
 	CMPQ        DX, R10
-	JB          g5_big
+	JB          g5fin_big
 
-g5_small:
+g5fin_small:
 	JMP ret
 
 group4:
@@ -569,9 +794,9 @@ group4:
 	ANDQ         $-8, R9
 	XORQ         DX, DX
 	CMPQ         DX, R9
-	JAE          g4_small
+	JAE          g4fin_small
 
-g4_big:
+g4fin_big:
 	VMOVDQU     (AX)(DX*8), Y3
 	VMOVDQU     (CX)(DX*8), Y4
 	VMOVDQU     32(AX)(DX*8), Y5
@@ -652,15 +877,27 @@ g4_big:
 	VFMSUB231PD 96(SP), Y1, Y2
 	VADDPD      Y8, Y2, Y2
 	VPADDQ      Y2, Y6, Y6
+	VPADDQ      224(SP), Y4, Y2
+	VPSRLQ      $0x34, Y2, Y4
+	VPADDQ      Y4, Y3, Y3
+	VPADDQ      256(SP), Y3, Y3
+	VPAND       288(SP), Y2, Y2
+	VPADDQ      320(SP), Y2, Y4
+	VPADDQ      224(SP), Y6, Y2
+	VPSRLQ      $0x34, Y2, Y6
+	VPADDQ      Y6, Y5, Y5
+	VPADDQ      256(SP), Y5, Y5
+	VPAND       288(SP), Y2, Y2
+	VPADDQ      320(SP), Y2, Y6
 	VMOVDQU     Y3, (AX)(DX*8)
 	VMOVDQU     Y4, (CX)(DX*8)
 	VMOVDQU     Y5, 32(AX)(DX*8)
 	VMOVDQU     Y6, 32(CX)(DX*8)
 	ADDQ        $0x00000008, DX
 	CMPQ        DX, R9
-	JB          g4_big
+	JB          g4fin_big
 
-g4_small:
+g4fin_small:
 	JMP ret
 
 group3:
@@ -678,9 +915,9 @@ group3:
 	ANDQ         $-8, R8
 	XORQ         DX, DX
 	CMPQ         DX, R8
-	JAE          g3_small
+	JAE          g3fin_small
 
-g3_big:
+g3fin_big:
 	VMOVDQU     (AX)(DX*8), Y3
 	VMOVDQU     (CX)(DX*8), Y4
 	VMOVDQU     32(AX)(DX*8), Y5
@@ -742,15 +979,27 @@ g3_big:
 	VFMSUB231PD 64(SP), Y1, Y2
 	VADDPD      Y8, Y2, Y2
 	VPADDQ      Y2, Y6, Y6
+	VPADDQ      224(SP), Y4, Y2
+	VPSRLQ      $0x34, Y2, Y4
+	VPADDQ      Y4, Y3, Y3
+	VPADDQ      256(SP), Y3, Y3
+	VPAND       288(SP), Y2, Y2
+	VPADDQ      320(SP), Y2, Y4
+	VPADDQ      224(SP), Y6, Y2
+	VPSRLQ      $0x34, Y2, Y6
+	VPADDQ      Y6, Y5, Y5
+	VPADDQ      256(SP), Y5, Y5
+	VPAND       288(SP), Y2, Y2
+	VPADDQ      320(SP), Y2, Y6
 	VMOVDQU     Y3, (AX)(DX*8)
 	VMOVDQU     Y4, (CX)(DX*8)
 	VMOVDQU     Y5, 32(AX)(DX*8)
 	VMOVDQU     Y6, 32(CX)(DX*8)
 	ADDQ        $0x00000008, DX
 	CMPQ        DX, R8
-	JB          g3_big
+	JB          g3fin_big
 
-g3_small:
+g3fin_small:
 	JMP ret
 
 group2:
@@ -765,9 +1014,9 @@ group2:
 	ANDQ         $-8, DI
 	XORQ         DX, DX
 	CMPQ         DX, DI
-	JAE          g2_small
+	JAE          g2fin_small
 
-g2_big:
+g2fin_big:
 	VMOVDQU     (AX)(DX*8), Y3
 	VMOVDQU     (CX)(DX*8), Y4
 	VMOVDQU     32(AX)(DX*8), Y5
@@ -810,15 +1059,27 @@ g2_big:
 	VFMSUB231PD 32(SP), Y1, Y2
 	VADDPD      Y8, Y2, Y2
 	VPADDQ      Y2, Y6, Y6
+	VPADDQ      224(SP), Y4, Y2
+	VPSRLQ      $0x34, Y2, Y4
+	VPADDQ      Y4, Y3, Y3
+	VPADDQ      256(SP), Y3, Y3
+	VPAND       288(SP), Y2, Y2
+	VPADDQ      320(SP), Y2, Y4
+	VPADDQ      224(SP), Y6, Y2
+	VPSRLQ      $0x34, Y2, Y6
+	VPADDQ      Y6, Y5, Y5
+	VPADDQ      256(SP), Y5, Y5
+	VPAND       288(SP), Y2, Y2
+	VPADDQ      320(SP), Y2, Y6
 	VMOVDQU     Y3, (AX)(DX*8)
 	VMOVDQU     Y4, (CX)(DX*8)
 	VMOVDQU     Y5, 32(AX)(DX*8)
 	VMOVDQU     Y6, 32(CX)(DX*8)
 	ADDQ        $0x00000008, DX
 	CMPQ        DX, DI
-	JB          g2_big
+	JB          g2fin_big
 
-g2_small:
+g2fin_small:
 	JMP ret
 
 group1:
@@ -830,9 +1091,9 @@ group1:
 	ANDQ         $-8, SI
 	XORQ         DX, DX
 	CMPQ         DX, SI
-	JAE          g1_small
+	JAE          g1fin_small
 
-g1_big:
+g1fin_big:
 	VMOVDQU     (AX)(DX*8), Y3
 	VMOVDQU     (CX)(DX*8), Y4
 	VMOVDQU     32(AX)(DX*8), Y5
@@ -856,15 +1117,27 @@ g1_big:
 	VFMSUB231PD (SP), Y1, Y2
 	VADDPD      Y8, Y2, Y2
 	VPADDQ      Y2, Y6, Y6
+	VPADDQ      224(SP), Y4, Y2
+	VPSRLQ      $0x34, Y2, Y4
+	VPADDQ      Y4, Y3, Y3
+	VPADDQ      256(SP), Y3, Y3
+	VPAND       288(SP), Y2, Y2
+	VPADDQ      320(SP), Y2, Y4
+	VPADDQ      224(SP), Y6, Y2
+	VPSRLQ      $0x34, Y2, Y6
+	VPADDQ      Y6, Y5, Y5
+	VPADDQ      256(SP), Y5, Y5
+	VPAND       288(SP), Y2, Y2
+	VPADDQ      320(SP), Y2, Y6
 	VMOVDQU     Y3, (AX)(DX*8)
 	VMOVDQU     Y4, (CX)(DX*8)
 	VMOVDQU     Y5, 32(AX)(DX*8)
 	VMOVDQU     Y6, 32(CX)(DX*8)
 	ADDQ        $0x00000008, DX
 	CMPQ        DX, SI
-	JB          g1_big
+	JB          g1fin_big
 
-g1_small:
+g1fin_small:
 ret:
 	VPXOR        X1, X1, X1
 	VEXTRACTI128 $0x01, Y0, X2
@@ -875,13 +1148,13 @@ ret:
 	VPSHUFD      $0xb1, X1, X0
 	VPMAXUD      X0, X1, X1
 	VMOVD        X1, AX
-	MOVL         AX, ret+96(FP)
+	MOVL         AX, ret+104(FP)
 	VZEROUPPER
 	RET
 
-// func exactAccBF16AVX2(hi []int64, lo []int64, w []float64, x [][]byte) uint32
+// func exactAccBF16AVX2(hi []int64, lo []int64, w []float64, x [][]byte, c *[4]int64) uint32
 // Requires: AVX, AVX2, FMA3
-TEXT ·exactAccBF16AVX2(SB), NOSPLIT, $224-100
+TEXT ·exactAccBF16AVX2(SB), NOSPLIT, $352-108
 	MOVQ         hi_base+0(FP), AX
 	MOVQ         lo_base+24(FP), CX
 	MOVQ         w_base+48(FP), DX
@@ -894,10 +1167,19 @@ TEXT ·exactAccBF16AVX2(SB), NOSPLIT, $224-100
 	MOVQ         $0x4338000000000000, DI
 	VMOVQ        DI, X8
 	VPBROADCASTQ X8, Y8
+	MOVQ         c+96(FP), DI
+	VPBROADCASTQ (DI), Y1
+	VMOVDQU      Y1, 224(SP)
+	VPBROADCASTQ 8(DI), Y1
+	VMOVDQU      Y1, 256(SP)
+	VPBROADCASTQ 16(DI), Y1
+	VMOVDQU      Y1, 288(SP)
+	VPBROADCASTQ 24(DI), Y1
+	VMOVDQU      Y1, 320(SP)
 
 groups:
 	CMPQ SI, $0x07
-	JB   rest
+	JBE  rest
 
 	// 7 inputs
 	MOVQ         (BX), DI
@@ -1108,6 +1390,8 @@ g7_small:
 	JMP  groups
 
 rest:
+	CMPQ SI, $0x07
+	JE   group7
 	CMPQ SI, $0x06
 	JE   group6
 	CMPQ SI, $0x05
@@ -1121,6 +1405,224 @@ rest:
 	CMPQ SI, $0x01
 	JE   group1
 	JMP  ret
+
+group7:
+	// 7 inputs
+	MOVQ         (BX), SI
+	VBROADCASTSD (DX), Y1
+	VMOVUPD      Y1, (SP)
+	MOVQ         24(BX), DI
+	VBROADCASTSD 8(DX), Y1
+	VMOVUPD      Y1, 32(SP)
+	MOVQ         48(BX), R8
+	VBROADCASTSD 16(DX), Y1
+	VMOVUPD      Y1, 64(SP)
+	MOVQ         72(BX), R9
+	VBROADCASTSD 24(DX), Y1
+	VMOVUPD      Y1, 96(SP)
+	MOVQ         96(BX), R10
+	VBROADCASTSD 32(DX), Y1
+	VMOVUPD      Y1, 128(SP)
+	MOVQ         120(BX), R11
+	VBROADCASTSD 40(DX), Y1
+	VMOVUPD      Y1, 160(SP)
+	MOVQ         144(BX), BX
+	VBROADCASTSD 48(DX), Y1
+	VMOVUPD      Y1, 192(SP)
+	MOVQ         hi_len+8(FP), R12
+	ANDQ         $-8, R12
+	XORQ         DX, DX
+	CMPQ         DX, R12
+	JAE          g7fin_small
+
+g7fin_big:
+	VMOVDQU     (AX)(DX*8), Y3
+	VMOVDQU     (CX)(DX*8), Y4
+	VMOVDQU     32(AX)(DX*8), Y5
+	VMOVDQU     32(CX)(DX*8), Y6
+	VMOVDQU     (SI)(DX*2), X1
+	VPAND       exactconsts<>+192(SB), X1, X1
+	VPMAXUW     X1, X0, X0
+	VPMOVZXWD   (SI)(DX*2), X1
+	VPSLLD      $0x10, X1, X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD (SP), Y1, Y2
+	VPADDQ      Y2, Y3, Y3
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD (SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y4, Y4
+	VPMOVZXWD   8(SI)(DX*2), X1
+	VPSLLD      $0x10, X1, X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD (SP), Y1, Y2
+	VPADDQ      Y2, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD (SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (DI)(DX*2), X1
+	VPAND       exactconsts<>+192(SB), X1, X1
+	VPMAXUW     X1, X0, X0
+	VPMOVZXWD   (DI)(DX*2), X1
+	VPSLLD      $0x10, X1, X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 32(SP), Y1, Y2
+	VPADDQ      Y2, Y3, Y3
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 32(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y4, Y4
+	VPMOVZXWD   8(DI)(DX*2), X1
+	VPSLLD      $0x10, X1, X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 32(SP), Y1, Y2
+	VPADDQ      Y2, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 32(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (R8)(DX*2), X1
+	VPAND       exactconsts<>+192(SB), X1, X1
+	VPMAXUW     X1, X0, X0
+	VPMOVZXWD   (R8)(DX*2), X1
+	VPSLLD      $0x10, X1, X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 64(SP), Y1, Y2
+	VPADDQ      Y2, Y3, Y3
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 64(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y4, Y4
+	VPMOVZXWD   8(R8)(DX*2), X1
+	VPSLLD      $0x10, X1, X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 64(SP), Y1, Y2
+	VPADDQ      Y2, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 64(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (R9)(DX*2), X1
+	VPAND       exactconsts<>+192(SB), X1, X1
+	VPMAXUW     X1, X0, X0
+	VPMOVZXWD   (R9)(DX*2), X1
+	VPSLLD      $0x10, X1, X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 96(SP), Y1, Y2
+	VPADDQ      Y2, Y3, Y3
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 96(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y4, Y4
+	VPMOVZXWD   8(R9)(DX*2), X1
+	VPSLLD      $0x10, X1, X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 96(SP), Y1, Y2
+	VPADDQ      Y2, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 96(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (R10)(DX*2), X1
+	VPAND       exactconsts<>+192(SB), X1, X1
+	VPMAXUW     X1, X0, X0
+	VPMOVZXWD   (R10)(DX*2), X1
+	VPSLLD      $0x10, X1, X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 128(SP), Y1, Y2
+	VPADDQ      Y2, Y3, Y3
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 128(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y4, Y4
+	VPMOVZXWD   8(R10)(DX*2), X1
+	VPSLLD      $0x10, X1, X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 128(SP), Y1, Y2
+	VPADDQ      Y2, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 128(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (R11)(DX*2), X1
+	VPAND       exactconsts<>+192(SB), X1, X1
+	VPMAXUW     X1, X0, X0
+	VPMOVZXWD   (R11)(DX*2), X1
+	VPSLLD      $0x10, X1, X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 160(SP), Y1, Y2
+	VPADDQ      Y2, Y3, Y3
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 160(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y4, Y4
+	VPMOVZXWD   8(R11)(DX*2), X1
+	VPSLLD      $0x10, X1, X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 160(SP), Y1, Y2
+	VPADDQ      Y2, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 160(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (BX)(DX*2), X1
+	VPAND       exactconsts<>+192(SB), X1, X1
+	VPMAXUW     X1, X0, X0
+	VPMOVZXWD   (BX)(DX*2), X1
+	VPSLLD      $0x10, X1, X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 192(SP), Y1, Y2
+	VPADDQ      Y2, Y3, Y3
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 192(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y4, Y4
+	VPMOVZXWD   8(BX)(DX*2), X1
+	VPSLLD      $0x10, X1, X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 192(SP), Y1, Y2
+	VPADDQ      Y2, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 192(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VPADDQ      224(SP), Y4, Y2
+	VPSRLQ      $0x34, Y2, Y4
+	VPADDQ      Y4, Y3, Y3
+	VPADDQ      256(SP), Y3, Y3
+	VPAND       288(SP), Y2, Y2
+	VPADDQ      320(SP), Y2, Y4
+	VPADDQ      224(SP), Y6, Y2
+	VPSRLQ      $0x34, Y2, Y6
+	VPADDQ      Y6, Y5, Y5
+	VPADDQ      256(SP), Y5, Y5
+	VPAND       288(SP), Y2, Y2
+	VPADDQ      320(SP), Y2, Y6
+	VMOVDQU     Y3, (AX)(DX*8)
+	VMOVDQU     Y4, (CX)(DX*8)
+	VMOVDQU     Y5, 32(AX)(DX*8)
+	VMOVDQU     Y6, 32(CX)(DX*8)
+	ADDQ        $0x00000008, DX
+	CMPQ        DX, R12
+	JB          g7fin_big
+
+g7fin_small:
+	JMP ret
 
 group6:
 	// 6 inputs
@@ -1146,9 +1648,9 @@ group6:
 	ANDQ         $-8, R11
 	XORQ         DX, DX
 	CMPQ         DX, R11
-	JAE          g6_small
+	JAE          g6fin_small
 
-g6_big:
+g6fin_big:
 	VMOVDQU     (AX)(DX*8), Y3
 	VMOVDQU     (CX)(DX*8), Y4
 	VMOVDQU     32(AX)(DX*8), Y5
@@ -1291,15 +1793,27 @@ g6_big:
 	VFMSUB231PD 160(SP), Y1, Y2
 	VADDPD      Y8, Y2, Y2
 	VPADDQ      Y2, Y6, Y6
+	VPADDQ      224(SP), Y4, Y2
+	VPSRLQ      $0x34, Y2, Y4
+	VPADDQ      Y4, Y3, Y3
+	VPADDQ      256(SP), Y3, Y3
+	VPAND       288(SP), Y2, Y2
+	VPADDQ      320(SP), Y2, Y4
+	VPADDQ      224(SP), Y6, Y2
+	VPSRLQ      $0x34, Y2, Y6
+	VPADDQ      Y6, Y5, Y5
+	VPADDQ      256(SP), Y5, Y5
+	VPAND       288(SP), Y2, Y2
+	VPADDQ      320(SP), Y2, Y6
 	VMOVDQU     Y3, (AX)(DX*8)
 	VMOVDQU     Y4, (CX)(DX*8)
 	VMOVDQU     Y5, 32(AX)(DX*8)
 	VMOVDQU     Y6, 32(CX)(DX*8)
 	ADDQ        $0x00000008, DX
 	CMPQ        DX, R11
-	JB          g6_big
+	JB          g6fin_big
 
-g6_small:
+g6fin_small:
 	JMP ret
 
 group5:
@@ -1323,9 +1837,9 @@ group5:
 	ANDQ         $-8, R10
 	XORQ         DX, DX
 	CMPQ         DX, R10
-	JAE          g5_small
+	JAE          g5fin_small
 
-g5_big:
+g5fin_big:
 	VMOVDQU     (AX)(DX*8), Y3
 	VMOVDQU     (CX)(DX*8), Y4
 	VMOVDQU     32(AX)(DX*8), Y5
@@ -1445,15 +1959,27 @@ g5_big:
 	VFMSUB231PD 128(SP), Y1, Y2
 	VADDPD      Y8, Y2, Y2
 	VPADDQ      Y2, Y6, Y6
+	VPADDQ      224(SP), Y4, Y2
+	VPSRLQ      $0x34, Y2, Y4
+	VPADDQ      Y4, Y3, Y3
+	VPADDQ      256(SP), Y3, Y3
+	VPAND       288(SP), Y2, Y2
+	VPADDQ      320(SP), Y2, Y4
+	VPADDQ      224(SP), Y6, Y2
+	VPSRLQ      $0x34, Y2, Y6
+	VPADDQ      Y6, Y5, Y5
+	VPADDQ      256(SP), Y5, Y5
+	VPAND       288(SP), Y2, Y2
+	VPADDQ      320(SP), Y2, Y6
 	VMOVDQU     Y3, (AX)(DX*8)
 	VMOVDQU     Y4, (CX)(DX*8)
 	VMOVDQU     Y5, 32(AX)(DX*8)
 	VMOVDQU     Y6, 32(CX)(DX*8)
 	ADDQ        $0x00000008, DX
 	CMPQ        DX, R10
-	JB          g5_big
+	JB          g5fin_big
 
-g5_small:
+g5fin_small:
 	JMP ret
 
 group4:
@@ -1474,9 +2000,9 @@ group4:
 	ANDQ         $-8, R9
 	XORQ         DX, DX
 	CMPQ         DX, R9
-	JAE          g4_small
+	JAE          g4fin_small
 
-g4_big:
+g4fin_big:
 	VMOVDQU     (AX)(DX*8), Y3
 	VMOVDQU     (CX)(DX*8), Y4
 	VMOVDQU     32(AX)(DX*8), Y5
@@ -1573,15 +2099,27 @@ g4_big:
 	VFMSUB231PD 96(SP), Y1, Y2
 	VADDPD      Y8, Y2, Y2
 	VPADDQ      Y2, Y6, Y6
+	VPADDQ      224(SP), Y4, Y2
+	VPSRLQ      $0x34, Y2, Y4
+	VPADDQ      Y4, Y3, Y3
+	VPADDQ      256(SP), Y3, Y3
+	VPAND       288(SP), Y2, Y2
+	VPADDQ      320(SP), Y2, Y4
+	VPADDQ      224(SP), Y6, Y2
+	VPSRLQ      $0x34, Y2, Y6
+	VPADDQ      Y6, Y5, Y5
+	VPADDQ      256(SP), Y5, Y5
+	VPAND       288(SP), Y2, Y2
+	VPADDQ      320(SP), Y2, Y6
 	VMOVDQU     Y3, (AX)(DX*8)
 	VMOVDQU     Y4, (CX)(DX*8)
 	VMOVDQU     Y5, 32(AX)(DX*8)
 	VMOVDQU     Y6, 32(CX)(DX*8)
 	ADDQ        $0x00000008, DX
 	CMPQ        DX, R9
-	JB          g4_big
+	JB          g4fin_big
 
-g4_small:
+g4fin_small:
 	JMP ret
 
 group3:
@@ -1599,9 +2137,9 @@ group3:
 	ANDQ         $-8, R8
 	XORQ         DX, DX
 	CMPQ         DX, R8
-	JAE          g3_small
+	JAE          g3fin_small
 
-g3_big:
+g3fin_big:
 	VMOVDQU     (AX)(DX*8), Y3
 	VMOVDQU     (CX)(DX*8), Y4
 	VMOVDQU     32(AX)(DX*8), Y5
@@ -1675,15 +2213,27 @@ g3_big:
 	VFMSUB231PD 64(SP), Y1, Y2
 	VADDPD      Y8, Y2, Y2
 	VPADDQ      Y2, Y6, Y6
+	VPADDQ      224(SP), Y4, Y2
+	VPSRLQ      $0x34, Y2, Y4
+	VPADDQ      Y4, Y3, Y3
+	VPADDQ      256(SP), Y3, Y3
+	VPAND       288(SP), Y2, Y2
+	VPADDQ      320(SP), Y2, Y4
+	VPADDQ      224(SP), Y6, Y2
+	VPSRLQ      $0x34, Y2, Y6
+	VPADDQ      Y6, Y5, Y5
+	VPADDQ      256(SP), Y5, Y5
+	VPAND       288(SP), Y2, Y2
+	VPADDQ      320(SP), Y2, Y6
 	VMOVDQU     Y3, (AX)(DX*8)
 	VMOVDQU     Y4, (CX)(DX*8)
 	VMOVDQU     Y5, 32(AX)(DX*8)
 	VMOVDQU     Y6, 32(CX)(DX*8)
 	ADDQ        $0x00000008, DX
 	CMPQ        DX, R8
-	JB          g3_big
+	JB          g3fin_big
 
-g3_small:
+g3fin_small:
 	JMP ret
 
 group2:
@@ -1698,9 +2248,9 @@ group2:
 	ANDQ         $-8, DI
 	XORQ         DX, DX
 	CMPQ         DX, DI
-	JAE          g2_small
+	JAE          g2fin_small
 
-g2_big:
+g2fin_big:
 	VMOVDQU     (AX)(DX*8), Y3
 	VMOVDQU     (CX)(DX*8), Y4
 	VMOVDQU     32(AX)(DX*8), Y5
@@ -1751,15 +2301,27 @@ g2_big:
 	VFMSUB231PD 32(SP), Y1, Y2
 	VADDPD      Y8, Y2, Y2
 	VPADDQ      Y2, Y6, Y6
+	VPADDQ      224(SP), Y4, Y2
+	VPSRLQ      $0x34, Y2, Y4
+	VPADDQ      Y4, Y3, Y3
+	VPADDQ      256(SP), Y3, Y3
+	VPAND       288(SP), Y2, Y2
+	VPADDQ      320(SP), Y2, Y4
+	VPADDQ      224(SP), Y6, Y2
+	VPSRLQ      $0x34, Y2, Y6
+	VPADDQ      Y6, Y5, Y5
+	VPADDQ      256(SP), Y5, Y5
+	VPAND       288(SP), Y2, Y2
+	VPADDQ      320(SP), Y2, Y6
 	VMOVDQU     Y3, (AX)(DX*8)
 	VMOVDQU     Y4, (CX)(DX*8)
 	VMOVDQU     Y5, 32(AX)(DX*8)
 	VMOVDQU     Y6, 32(CX)(DX*8)
 	ADDQ        $0x00000008, DX
 	CMPQ        DX, DI
-	JB          g2_big
+	JB          g2fin_big
 
-g2_small:
+g2fin_small:
 	JMP ret
 
 group1:
@@ -1771,9 +2333,9 @@ group1:
 	ANDQ         $-8, SI
 	XORQ         DX, DX
 	CMPQ         DX, SI
-	JAE          g1_small
+	JAE          g1fin_small
 
-g1_big:
+g1fin_big:
 	VMOVDQU     (AX)(DX*8), Y3
 	VMOVDQU     (CX)(DX*8), Y4
 	VMOVDQU     32(AX)(DX*8), Y5
@@ -1801,15 +2363,27 @@ g1_big:
 	VFMSUB231PD (SP), Y1, Y2
 	VADDPD      Y8, Y2, Y2
 	VPADDQ      Y2, Y6, Y6
+	VPADDQ      224(SP), Y4, Y2
+	VPSRLQ      $0x34, Y2, Y4
+	VPADDQ      Y4, Y3, Y3
+	VPADDQ      256(SP), Y3, Y3
+	VPAND       288(SP), Y2, Y2
+	VPADDQ      320(SP), Y2, Y4
+	VPADDQ      224(SP), Y6, Y2
+	VPSRLQ      $0x34, Y2, Y6
+	VPADDQ      Y6, Y5, Y5
+	VPADDQ      256(SP), Y5, Y5
+	VPAND       288(SP), Y2, Y2
+	VPADDQ      320(SP), Y2, Y6
 	VMOVDQU     Y3, (AX)(DX*8)
 	VMOVDQU     Y4, (CX)(DX*8)
 	VMOVDQU     Y5, 32(AX)(DX*8)
 	VMOVDQU     Y6, 32(CX)(DX*8)
 	ADDQ        $0x00000008, DX
 	CMPQ        DX, SI
-	JB          g1_big
+	JB          g1fin_big
 
-g1_small:
+g1fin_small:
 ret:
 	VMOVDQU X0, X0
 	VPSHUFD $0x4e, X0, X1
@@ -1820,13 +2394,13 @@ ret:
 	VPMAXUW X1, X0, X0
 	VMOVD   X0, AX
 	ANDL    $0x0000ffff, AX
-	MOVL    AX, ret+96(FP)
+	MOVL    AX, ret+104(FP)
 	VZEROUPPER
 	RET
 
-// func exactAccF16AVX2(hi []int64, lo []int64, w []float64, x [][]byte) uint32
+// func exactAccF16AVX2(hi []int64, lo []int64, w []float64, x [][]byte, c *[4]int64) uint32
 // Requires: AVX, AVX2, F16C, FMA3
-TEXT ·exactAccF16AVX2(SB), NOSPLIT, $224-100
+TEXT ·exactAccF16AVX2(SB), NOSPLIT, $352-108
 	MOVQ         hi_base+0(FP), AX
 	MOVQ         lo_base+24(FP), CX
 	MOVQ         w_base+48(FP), DX
@@ -1839,10 +2413,19 @@ TEXT ·exactAccF16AVX2(SB), NOSPLIT, $224-100
 	MOVQ         $0x4338000000000000, DI
 	VMOVQ        DI, X8
 	VPBROADCASTQ X8, Y8
+	MOVQ         c+96(FP), DI
+	VPBROADCASTQ (DI), Y1
+	VMOVDQU      Y1, 224(SP)
+	VPBROADCASTQ 8(DI), Y1
+	VMOVDQU      Y1, 256(SP)
+	VPBROADCASTQ 16(DI), Y1
+	VMOVDQU      Y1, 288(SP)
+	VPBROADCASTQ 24(DI), Y1
+	VMOVDQU      Y1, 320(SP)
 
 groups:
 	CMPQ SI, $0x07
-	JB   rest
+	JBE  rest
 
 	// 7 inputs
 	MOVQ         (BX), DI
@@ -2039,6 +2622,8 @@ g7_small:
 	JMP  groups
 
 rest:
+	CMPQ SI, $0x07
+	JE   group7
 	CMPQ SI, $0x06
 	JE   group6
 	CMPQ SI, $0x05
@@ -2052,6 +2637,210 @@ rest:
 	CMPQ SI, $0x01
 	JE   group1
 	JMP  ret
+
+group7:
+	// 7 inputs
+	MOVQ         (BX), SI
+	VBROADCASTSD (DX), Y1
+	VMOVUPD      Y1, (SP)
+	MOVQ         24(BX), DI
+	VBROADCASTSD 8(DX), Y1
+	VMOVUPD      Y1, 32(SP)
+	MOVQ         48(BX), R8
+	VBROADCASTSD 16(DX), Y1
+	VMOVUPD      Y1, 64(SP)
+	MOVQ         72(BX), R9
+	VBROADCASTSD 24(DX), Y1
+	VMOVUPD      Y1, 96(SP)
+	MOVQ         96(BX), R10
+	VBROADCASTSD 32(DX), Y1
+	VMOVUPD      Y1, 128(SP)
+	MOVQ         120(BX), R11
+	VBROADCASTSD 40(DX), Y1
+	VMOVUPD      Y1, 160(SP)
+	MOVQ         144(BX), BX
+	VBROADCASTSD 48(DX), Y1
+	VMOVUPD      Y1, 192(SP)
+	MOVQ         hi_len+8(FP), R12
+	ANDQ         $-8, R12
+	XORQ         DX, DX
+	CMPQ         DX, R12
+	JAE          g7fin_small
+
+g7fin_big:
+	VMOVDQU     (AX)(DX*8), Y3
+	VMOVDQU     (CX)(DX*8), Y4
+	VMOVDQU     32(AX)(DX*8), Y5
+	VMOVDQU     32(CX)(DX*8), Y6
+	VMOVDQU     (SI)(DX*2), X1
+	VPAND       exactconsts<>+192(SB), X1, X1
+	VPMAXUW     X1, X0, X0
+	VCVTPH2PS   (SI)(DX*2), X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD (SP), Y1, Y2
+	VPADDQ      Y2, Y3, Y3
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD (SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y4, Y4
+	VCVTPH2PS   8(SI)(DX*2), X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD (SP), Y1, Y2
+	VPADDQ      Y2, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD (SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (DI)(DX*2), X1
+	VPAND       exactconsts<>+192(SB), X1, X1
+	VPMAXUW     X1, X0, X0
+	VCVTPH2PS   (DI)(DX*2), X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 32(SP), Y1, Y2
+	VPADDQ      Y2, Y3, Y3
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 32(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y4, Y4
+	VCVTPH2PS   8(DI)(DX*2), X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 32(SP), Y1, Y2
+	VPADDQ      Y2, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 32(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (R8)(DX*2), X1
+	VPAND       exactconsts<>+192(SB), X1, X1
+	VPMAXUW     X1, X0, X0
+	VCVTPH2PS   (R8)(DX*2), X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 64(SP), Y1, Y2
+	VPADDQ      Y2, Y3, Y3
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 64(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y4, Y4
+	VCVTPH2PS   8(R8)(DX*2), X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 64(SP), Y1, Y2
+	VPADDQ      Y2, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 64(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (R9)(DX*2), X1
+	VPAND       exactconsts<>+192(SB), X1, X1
+	VPMAXUW     X1, X0, X0
+	VCVTPH2PS   (R9)(DX*2), X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 96(SP), Y1, Y2
+	VPADDQ      Y2, Y3, Y3
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 96(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y4, Y4
+	VCVTPH2PS   8(R9)(DX*2), X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 96(SP), Y1, Y2
+	VPADDQ      Y2, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 96(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (R10)(DX*2), X1
+	VPAND       exactconsts<>+192(SB), X1, X1
+	VPMAXUW     X1, X0, X0
+	VCVTPH2PS   (R10)(DX*2), X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 128(SP), Y1, Y2
+	VPADDQ      Y2, Y3, Y3
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 128(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y4, Y4
+	VCVTPH2PS   8(R10)(DX*2), X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 128(SP), Y1, Y2
+	VPADDQ      Y2, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 128(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (R11)(DX*2), X1
+	VPAND       exactconsts<>+192(SB), X1, X1
+	VPMAXUW     X1, X0, X0
+	VCVTPH2PS   (R11)(DX*2), X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 160(SP), Y1, Y2
+	VPADDQ      Y2, Y3, Y3
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 160(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y4, Y4
+	VCVTPH2PS   8(R11)(DX*2), X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 160(SP), Y1, Y2
+	VPADDQ      Y2, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 160(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (BX)(DX*2), X1
+	VPAND       exactconsts<>+192(SB), X1, X1
+	VPMAXUW     X1, X0, X0
+	VCVTPH2PS   (BX)(DX*2), X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 192(SP), Y1, Y2
+	VPADDQ      Y2, Y3, Y3
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 192(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y4, Y4
+	VCVTPH2PS   8(BX)(DX*2), X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 192(SP), Y1, Y2
+	VPADDQ      Y2, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 192(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VPADDQ      224(SP), Y4, Y2
+	VPSRLQ      $0x34, Y2, Y4
+	VPADDQ      Y4, Y3, Y3
+	VPADDQ      256(SP), Y3, Y3
+	VPAND       288(SP), Y2, Y2
+	VPADDQ      320(SP), Y2, Y4
+	VPADDQ      224(SP), Y6, Y2
+	VPSRLQ      $0x34, Y2, Y6
+	VPADDQ      Y6, Y5, Y5
+	VPADDQ      256(SP), Y5, Y5
+	VPAND       288(SP), Y2, Y2
+	VPADDQ      320(SP), Y2, Y6
+	VMOVDQU     Y3, (AX)(DX*8)
+	VMOVDQU     Y4, (CX)(DX*8)
+	VMOVDQU     Y5, 32(AX)(DX*8)
+	VMOVDQU     Y6, 32(CX)(DX*8)
+	ADDQ        $0x00000008, DX
+	CMPQ        DX, R12
+	JB          g7fin_big
+
+g7fin_small:
+	JMP ret
 
 group6:
 	// 6 inputs
@@ -2077,9 +2866,9 @@ group6:
 	ANDQ         $-8, R11
 	XORQ         DX, DX
 	CMPQ         DX, R11
-	JAE          g6_small
+	JAE          g6fin_small
 
-g6_big:
+g6fin_big:
 	VMOVDQU     (AX)(DX*8), Y3
 	VMOVDQU     (CX)(DX*8), Y4
 	VMOVDQU     32(AX)(DX*8), Y5
@@ -2210,15 +2999,27 @@ g6_big:
 	VFMSUB231PD 160(SP), Y1, Y2
 	VADDPD      Y8, Y2, Y2
 	VPADDQ      Y2, Y6, Y6
+	VPADDQ      224(SP), Y4, Y2
+	VPSRLQ      $0x34, Y2, Y4
+	VPADDQ      Y4, Y3, Y3
+	VPADDQ      256(SP), Y3, Y3
+	VPAND       288(SP), Y2, Y2
+	VPADDQ      320(SP), Y2, Y4
+	VPADDQ      224(SP), Y6, Y2
+	VPSRLQ      $0x34, Y2, Y6
+	VPADDQ      Y6, Y5, Y5
+	VPADDQ      256(SP), Y5, Y5
+	VPAND       288(SP), Y2, Y2
+	VPADDQ      320(SP), Y2, Y6
 	VMOVDQU     Y3, (AX)(DX*8)
 	VMOVDQU     Y4, (CX)(DX*8)
 	VMOVDQU     Y5, 32(AX)(DX*8)
 	VMOVDQU     Y6, 32(CX)(DX*8)
 	ADDQ        $0x00000008, DX
 	CMPQ        DX, R11
-	JB          g6_big
+	JB          g6fin_big
 
-g6_small:
+g6fin_small:
 	JMP ret
 
 group5:
@@ -2242,9 +3043,9 @@ group5:
 	ANDQ         $-8, R10
 	XORQ         DX, DX
 	CMPQ         DX, R10
-	JAE          g5_small
+	JAE          g5fin_small
 
-g5_big:
+g5fin_big:
 	VMOVDQU     (AX)(DX*8), Y3
 	VMOVDQU     (CX)(DX*8), Y4
 	VMOVDQU     32(AX)(DX*8), Y5
@@ -2354,15 +3155,27 @@ g5_big:
 	VFMSUB231PD 128(SP), Y1, Y2
 	VADDPD      Y8, Y2, Y2
 	VPADDQ      Y2, Y6, Y6
+	VPADDQ      224(SP), Y4, Y2
+	VPSRLQ      $0x34, Y2, Y4
+	VPADDQ      Y4, Y3, Y3
+	VPADDQ      256(SP), Y3, Y3
+	VPAND       288(SP), Y2, Y2
+	VPADDQ      320(SP), Y2, Y4
+	VPADDQ      224(SP), Y6, Y2
+	VPSRLQ      $0x34, Y2, Y6
+	VPADDQ      Y6, Y5, Y5
+	VPADDQ      256(SP), Y5, Y5
+	VPAND       288(SP), Y2, Y2
+	VPADDQ      320(SP), Y2, Y6
 	VMOVDQU     Y3, (AX)(DX*8)
 	VMOVDQU     Y4, (CX)(DX*8)
 	VMOVDQU     Y5, 32(AX)(DX*8)
 	VMOVDQU     Y6, 32(CX)(DX*8)
 	ADDQ        $0x00000008, DX
 	CMPQ        DX, R10
-	JB          g5_big
+	JB          g5fin_big
 
-g5_small:
+g5fin_small:
 	JMP ret
 
 group4:
@@ -2383,9 +3196,9 @@ group4:
 	ANDQ         $-8, R9
 	XORQ         DX, DX
 	CMPQ         DX, R9
-	JAE          g4_small
+	JAE          g4fin_small
 
-g4_big:
+g4fin_big:
 	VMOVDQU     (AX)(DX*8), Y3
 	VMOVDQU     (CX)(DX*8), Y4
 	VMOVDQU     32(AX)(DX*8), Y5
@@ -2474,15 +3287,27 @@ g4_big:
 	VFMSUB231PD 96(SP), Y1, Y2
 	VADDPD      Y8, Y2, Y2
 	VPADDQ      Y2, Y6, Y6
+	VPADDQ      224(SP), Y4, Y2
+	VPSRLQ      $0x34, Y2, Y4
+	VPADDQ      Y4, Y3, Y3
+	VPADDQ      256(SP), Y3, Y3
+	VPAND       288(SP), Y2, Y2
+	VPADDQ      320(SP), Y2, Y4
+	VPADDQ      224(SP), Y6, Y2
+	VPSRLQ      $0x34, Y2, Y6
+	VPADDQ      Y6, Y5, Y5
+	VPADDQ      256(SP), Y5, Y5
+	VPAND       288(SP), Y2, Y2
+	VPADDQ      320(SP), Y2, Y6
 	VMOVDQU     Y3, (AX)(DX*8)
 	VMOVDQU     Y4, (CX)(DX*8)
 	VMOVDQU     Y5, 32(AX)(DX*8)
 	VMOVDQU     Y6, 32(CX)(DX*8)
 	ADDQ        $0x00000008, DX
 	CMPQ        DX, R9
-	JB          g4_big
+	JB          g4fin_big
 
-g4_small:
+g4fin_small:
 	JMP ret
 
 group3:
@@ -2500,9 +3325,9 @@ group3:
 	ANDQ         $-8, R8
 	XORQ         DX, DX
 	CMPQ         DX, R8
-	JAE          g3_small
+	JAE          g3fin_small
 
-g3_big:
+g3fin_big:
 	VMOVDQU     (AX)(DX*8), Y3
 	VMOVDQU     (CX)(DX*8), Y4
 	VMOVDQU     32(AX)(DX*8), Y5
@@ -2570,15 +3395,27 @@ g3_big:
 	VFMSUB231PD 64(SP), Y1, Y2
 	VADDPD      Y8, Y2, Y2
 	VPADDQ      Y2, Y6, Y6
+	VPADDQ      224(SP), Y4, Y2
+	VPSRLQ      $0x34, Y2, Y4
+	VPADDQ      Y4, Y3, Y3
+	VPADDQ      256(SP), Y3, Y3
+	VPAND       288(SP), Y2, Y2
+	VPADDQ      320(SP), Y2, Y4
+	VPADDQ      224(SP), Y6, Y2
+	VPSRLQ      $0x34, Y2, Y6
+	VPADDQ      Y6, Y5, Y5
+	VPADDQ      256(SP), Y5, Y5
+	VPAND       288(SP), Y2, Y2
+	VPADDQ      320(SP), Y2, Y6
 	VMOVDQU     Y3, (AX)(DX*8)
 	VMOVDQU     Y4, (CX)(DX*8)
 	VMOVDQU     Y5, 32(AX)(DX*8)
 	VMOVDQU     Y6, 32(CX)(DX*8)
 	ADDQ        $0x00000008, DX
 	CMPQ        DX, R8
-	JB          g3_big
+	JB          g3fin_big
 
-g3_small:
+g3fin_small:
 	JMP ret
 
 group2:
@@ -2593,9 +3430,9 @@ group2:
 	ANDQ         $-8, DI
 	XORQ         DX, DX
 	CMPQ         DX, DI
-	JAE          g2_small
+	JAE          g2fin_small
 
-g2_big:
+g2fin_big:
 	VMOVDQU     (AX)(DX*8), Y3
 	VMOVDQU     (CX)(DX*8), Y4
 	VMOVDQU     32(AX)(DX*8), Y5
@@ -2642,15 +3479,27 @@ g2_big:
 	VFMSUB231PD 32(SP), Y1, Y2
 	VADDPD      Y8, Y2, Y2
 	VPADDQ      Y2, Y6, Y6
+	VPADDQ      224(SP), Y4, Y2
+	VPSRLQ      $0x34, Y2, Y4
+	VPADDQ      Y4, Y3, Y3
+	VPADDQ      256(SP), Y3, Y3
+	VPAND       288(SP), Y2, Y2
+	VPADDQ      320(SP), Y2, Y4
+	VPADDQ      224(SP), Y6, Y2
+	VPSRLQ      $0x34, Y2, Y6
+	VPADDQ      Y6, Y5, Y5
+	VPADDQ      256(SP), Y5, Y5
+	VPAND       288(SP), Y2, Y2
+	VPADDQ      320(SP), Y2, Y6
 	VMOVDQU     Y3, (AX)(DX*8)
 	VMOVDQU     Y4, (CX)(DX*8)
 	VMOVDQU     Y5, 32(AX)(DX*8)
 	VMOVDQU     Y6, 32(CX)(DX*8)
 	ADDQ        $0x00000008, DX
 	CMPQ        DX, DI
-	JB          g2_big
+	JB          g2fin_big
 
-g2_small:
+g2fin_small:
 	JMP ret
 
 group1:
@@ -2662,9 +3511,9 @@ group1:
 	ANDQ         $-8, SI
 	XORQ         DX, DX
 	CMPQ         DX, SI
-	JAE          g1_small
+	JAE          g1fin_small
 
-g1_big:
+g1fin_big:
 	VMOVDQU     (AX)(DX*8), Y3
 	VMOVDQU     (CX)(DX*8), Y4
 	VMOVDQU     32(AX)(DX*8), Y5
@@ -2690,15 +3539,27 @@ g1_big:
 	VFMSUB231PD (SP), Y1, Y2
 	VADDPD      Y8, Y2, Y2
 	VPADDQ      Y2, Y6, Y6
+	VPADDQ      224(SP), Y4, Y2
+	VPSRLQ      $0x34, Y2, Y4
+	VPADDQ      Y4, Y3, Y3
+	VPADDQ      256(SP), Y3, Y3
+	VPAND       288(SP), Y2, Y2
+	VPADDQ      320(SP), Y2, Y4
+	VPADDQ      224(SP), Y6, Y2
+	VPSRLQ      $0x34, Y2, Y6
+	VPADDQ      Y6, Y5, Y5
+	VPADDQ      256(SP), Y5, Y5
+	VPAND       288(SP), Y2, Y2
+	VPADDQ      320(SP), Y2, Y6
 	VMOVDQU     Y3, (AX)(DX*8)
 	VMOVDQU     Y4, (CX)(DX*8)
 	VMOVDQU     Y5, 32(AX)(DX*8)
 	VMOVDQU     Y6, 32(CX)(DX*8)
 	ADDQ        $0x00000008, DX
 	CMPQ        DX, SI
-	JB          g1_big
+	JB          g1fin_big
 
-g1_small:
+g1fin_small:
 ret:
 	VMOVDQU X0, X0
 	VPSHUFD $0x4e, X0, X1
@@ -2709,13 +3570,13 @@ ret:
 	VPMAXUW X1, X0, X0
 	VMOVD   X0, AX
 	ANDL    $0x0000ffff, AX
-	MOVL    AX, ret+96(FP)
+	MOVL    AX, ret+104(FP)
 	VZEROUPPER
 	RET
 
-// func exactAccI8AVX2(hi []int64, lo []int64, w []float64, x [][]byte) uint32
+// func exactAccI8AVX2(hi []int64, lo []int64, w []float64, x [][]byte, c *[4]int64) uint32
 // Requires: AVX, AVX2, FMA3
-TEXT ·exactAccI8AVX2(SB), NOSPLIT, $224-100
+TEXT ·exactAccI8AVX2(SB), NOSPLIT, $352-108
 	MOVQ         hi_base+0(FP), AX
 	MOVQ         lo_base+24(FP), CX
 	MOVQ         w_base+48(FP), DX
@@ -2728,10 +3589,19 @@ TEXT ·exactAccI8AVX2(SB), NOSPLIT, $224-100
 	MOVQ         $0x4338000000000000, DI
 	VMOVQ        DI, X8
 	VPBROADCASTQ X8, Y8
+	MOVQ         c+96(FP), DI
+	VPBROADCASTQ (DI), Y1
+	VMOVDQU      Y1, 224(SP)
+	VPBROADCASTQ 8(DI), Y1
+	VMOVDQU      Y1, 256(SP)
+	VPBROADCASTQ 16(DI), Y1
+	VMOVDQU      Y1, 288(SP)
+	VPBROADCASTQ 24(DI), Y1
+	VMOVDQU      Y1, 320(SP)
 
 groups:
 	CMPQ SI, $0x07
-	JB   rest
+	JBE  rest
 
 	// 7 inputs
 	MOVQ         (BX), DI
@@ -2928,6 +3798,8 @@ g7_small:
 	JMP  groups
 
 rest:
+	CMPQ SI, $0x07
+	JE   group7
 	CMPQ SI, $0x06
 	JE   group6
 	CMPQ SI, $0x05
@@ -2941,6 +3813,210 @@ rest:
 	CMPQ SI, $0x01
 	JE   group1
 	JMP  ret
+
+group7:
+	// 7 inputs
+	MOVQ         (BX), SI
+	VBROADCASTSD (DX), Y1
+	VMOVUPD      Y1, (SP)
+	MOVQ         24(BX), DI
+	VBROADCASTSD 8(DX), Y1
+	VMOVUPD      Y1, 32(SP)
+	MOVQ         48(BX), R8
+	VBROADCASTSD 16(DX), Y1
+	VMOVUPD      Y1, 64(SP)
+	MOVQ         72(BX), R9
+	VBROADCASTSD 24(DX), Y1
+	VMOVUPD      Y1, 96(SP)
+	MOVQ         96(BX), R10
+	VBROADCASTSD 32(DX), Y1
+	VMOVUPD      Y1, 128(SP)
+	MOVQ         120(BX), R11
+	VBROADCASTSD 40(DX), Y1
+	VMOVUPD      Y1, 160(SP)
+	MOVQ         144(BX), BX
+	VBROADCASTSD 48(DX), Y1
+	VMOVUPD      Y1, 192(SP)
+	MOVQ         hi_len+8(FP), R12
+	ANDQ         $-8, R12
+	XORQ         DX, DX
+	CMPQ         DX, R12
+	JAE          g7fin_small
+
+g7fin_big:
+	VMOVDQU     (AX)(DX*8), Y3
+	VMOVDQU     (CX)(DX*8), Y4
+	VMOVDQU     32(AX)(DX*8), Y5
+	VMOVDQU     32(CX)(DX*8), Y6
+	VMOVQ       (SI)(DX*1), X1
+	VPABSB      X1, X1
+	VPMAXUB     X1, X0, X0
+	VPMOVSXBD   (SI)(DX*1), X1
+	VCVTDQ2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD (SP), Y1, Y2
+	VPADDQ      Y2, Y3, Y3
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD (SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y4, Y4
+	VPMOVSXBD   4(SI)(DX*1), X1
+	VCVTDQ2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD (SP), Y1, Y2
+	VPADDQ      Y2, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD (SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVQ       (DI)(DX*1), X1
+	VPABSB      X1, X1
+	VPMAXUB     X1, X0, X0
+	VPMOVSXBD   (DI)(DX*1), X1
+	VCVTDQ2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 32(SP), Y1, Y2
+	VPADDQ      Y2, Y3, Y3
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 32(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y4, Y4
+	VPMOVSXBD   4(DI)(DX*1), X1
+	VCVTDQ2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 32(SP), Y1, Y2
+	VPADDQ      Y2, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 32(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVQ       (R8)(DX*1), X1
+	VPABSB      X1, X1
+	VPMAXUB     X1, X0, X0
+	VPMOVSXBD   (R8)(DX*1), X1
+	VCVTDQ2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 64(SP), Y1, Y2
+	VPADDQ      Y2, Y3, Y3
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 64(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y4, Y4
+	VPMOVSXBD   4(R8)(DX*1), X1
+	VCVTDQ2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 64(SP), Y1, Y2
+	VPADDQ      Y2, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 64(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVQ       (R9)(DX*1), X1
+	VPABSB      X1, X1
+	VPMAXUB     X1, X0, X0
+	VPMOVSXBD   (R9)(DX*1), X1
+	VCVTDQ2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 96(SP), Y1, Y2
+	VPADDQ      Y2, Y3, Y3
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 96(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y4, Y4
+	VPMOVSXBD   4(R9)(DX*1), X1
+	VCVTDQ2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 96(SP), Y1, Y2
+	VPADDQ      Y2, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 96(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVQ       (R10)(DX*1), X1
+	VPABSB      X1, X1
+	VPMAXUB     X1, X0, X0
+	VPMOVSXBD   (R10)(DX*1), X1
+	VCVTDQ2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 128(SP), Y1, Y2
+	VPADDQ      Y2, Y3, Y3
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 128(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y4, Y4
+	VPMOVSXBD   4(R10)(DX*1), X1
+	VCVTDQ2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 128(SP), Y1, Y2
+	VPADDQ      Y2, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 128(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVQ       (R11)(DX*1), X1
+	VPABSB      X1, X1
+	VPMAXUB     X1, X0, X0
+	VPMOVSXBD   (R11)(DX*1), X1
+	VCVTDQ2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 160(SP), Y1, Y2
+	VPADDQ      Y2, Y3, Y3
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 160(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y4, Y4
+	VPMOVSXBD   4(R11)(DX*1), X1
+	VCVTDQ2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 160(SP), Y1, Y2
+	VPADDQ      Y2, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 160(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVQ       (BX)(DX*1), X1
+	VPABSB      X1, X1
+	VPMAXUB     X1, X0, X0
+	VPMOVSXBD   (BX)(DX*1), X1
+	VCVTDQ2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 192(SP), Y1, Y2
+	VPADDQ      Y2, Y3, Y3
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 192(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y4, Y4
+	VPMOVSXBD   4(BX)(DX*1), X1
+	VCVTDQ2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 192(SP), Y1, Y2
+	VPADDQ      Y2, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 192(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VPADDQ      224(SP), Y4, Y2
+	VPSRLQ      $0x34, Y2, Y4
+	VPADDQ      Y4, Y3, Y3
+	VPADDQ      256(SP), Y3, Y3
+	VPAND       288(SP), Y2, Y2
+	VPADDQ      320(SP), Y2, Y4
+	VPADDQ      224(SP), Y6, Y2
+	VPSRLQ      $0x34, Y2, Y6
+	VPADDQ      Y6, Y5, Y5
+	VPADDQ      256(SP), Y5, Y5
+	VPAND       288(SP), Y2, Y2
+	VPADDQ      320(SP), Y2, Y6
+	VMOVDQU     Y3, (AX)(DX*8)
+	VMOVDQU     Y4, (CX)(DX*8)
+	VMOVDQU     Y5, 32(AX)(DX*8)
+	VMOVDQU     Y6, 32(CX)(DX*8)
+	ADDQ        $0x00000008, DX
+	CMPQ        DX, R12
+	JB          g7fin_big
+
+g7fin_small:
+	JMP ret
 
 group6:
 	// 6 inputs
@@ -2966,9 +4042,9 @@ group6:
 	ANDQ         $-8, R11
 	XORQ         DX, DX
 	CMPQ         DX, R11
-	JAE          g6_small
+	JAE          g6fin_small
 
-g6_big:
+g6fin_big:
 	VMOVDQU     (AX)(DX*8), Y3
 	VMOVDQU     (CX)(DX*8), Y4
 	VMOVDQU     32(AX)(DX*8), Y5
@@ -3099,15 +4175,27 @@ g6_big:
 	VFMSUB231PD 160(SP), Y1, Y2
 	VADDPD      Y8, Y2, Y2
 	VPADDQ      Y2, Y6, Y6
+	VPADDQ      224(SP), Y4, Y2
+	VPSRLQ      $0x34, Y2, Y4
+	VPADDQ      Y4, Y3, Y3
+	VPADDQ      256(SP), Y3, Y3
+	VPAND       288(SP), Y2, Y2
+	VPADDQ      320(SP), Y2, Y4
+	VPADDQ      224(SP), Y6, Y2
+	VPSRLQ      $0x34, Y2, Y6
+	VPADDQ      Y6, Y5, Y5
+	VPADDQ      256(SP), Y5, Y5
+	VPAND       288(SP), Y2, Y2
+	VPADDQ      320(SP), Y2, Y6
 	VMOVDQU     Y3, (AX)(DX*8)
 	VMOVDQU     Y4, (CX)(DX*8)
 	VMOVDQU     Y5, 32(AX)(DX*8)
 	VMOVDQU     Y6, 32(CX)(DX*8)
 	ADDQ        $0x00000008, DX
 	CMPQ        DX, R11
-	JB          g6_big
+	JB          g6fin_big
 
-g6_small:
+g6fin_small:
 	JMP ret
 
 group5:
@@ -3131,9 +4219,9 @@ group5:
 	ANDQ         $-8, R10
 	XORQ         DX, DX
 	CMPQ         DX, R10
-	JAE          g5_small
+	JAE          g5fin_small
 
-g5_big:
+g5fin_big:
 	VMOVDQU     (AX)(DX*8), Y3
 	VMOVDQU     (CX)(DX*8), Y4
 	VMOVDQU     32(AX)(DX*8), Y5
@@ -3243,15 +4331,27 @@ g5_big:
 	VFMSUB231PD 128(SP), Y1, Y2
 	VADDPD      Y8, Y2, Y2
 	VPADDQ      Y2, Y6, Y6
+	VPADDQ      224(SP), Y4, Y2
+	VPSRLQ      $0x34, Y2, Y4
+	VPADDQ      Y4, Y3, Y3
+	VPADDQ      256(SP), Y3, Y3
+	VPAND       288(SP), Y2, Y2
+	VPADDQ      320(SP), Y2, Y4
+	VPADDQ      224(SP), Y6, Y2
+	VPSRLQ      $0x34, Y2, Y6
+	VPADDQ      Y6, Y5, Y5
+	VPADDQ      256(SP), Y5, Y5
+	VPAND       288(SP), Y2, Y2
+	VPADDQ      320(SP), Y2, Y6
 	VMOVDQU     Y3, (AX)(DX*8)
 	VMOVDQU     Y4, (CX)(DX*8)
 	VMOVDQU     Y5, 32(AX)(DX*8)
 	VMOVDQU     Y6, 32(CX)(DX*8)
 	ADDQ        $0x00000008, DX
 	CMPQ        DX, R10
-	JB          g5_big
+	JB          g5fin_big
 
-g5_small:
+g5fin_small:
 	JMP ret
 
 group4:
@@ -3272,9 +4372,9 @@ group4:
 	ANDQ         $-8, R9
 	XORQ         DX, DX
 	CMPQ         DX, R9
-	JAE          g4_small
+	JAE          g4fin_small
 
-g4_big:
+g4fin_big:
 	VMOVDQU     (AX)(DX*8), Y3
 	VMOVDQU     (CX)(DX*8), Y4
 	VMOVDQU     32(AX)(DX*8), Y5
@@ -3363,15 +4463,27 @@ g4_big:
 	VFMSUB231PD 96(SP), Y1, Y2
 	VADDPD      Y8, Y2, Y2
 	VPADDQ      Y2, Y6, Y6
+	VPADDQ      224(SP), Y4, Y2
+	VPSRLQ      $0x34, Y2, Y4
+	VPADDQ      Y4, Y3, Y3
+	VPADDQ      256(SP), Y3, Y3
+	VPAND       288(SP), Y2, Y2
+	VPADDQ      320(SP), Y2, Y4
+	VPADDQ      224(SP), Y6, Y2
+	VPSRLQ      $0x34, Y2, Y6
+	VPADDQ      Y6, Y5, Y5
+	VPADDQ      256(SP), Y5, Y5
+	VPAND       288(SP), Y2, Y2
+	VPADDQ      320(SP), Y2, Y6
 	VMOVDQU     Y3, (AX)(DX*8)
 	VMOVDQU     Y4, (CX)(DX*8)
 	VMOVDQU     Y5, 32(AX)(DX*8)
 	VMOVDQU     Y6, 32(CX)(DX*8)
 	ADDQ        $0x00000008, DX
 	CMPQ        DX, R9
-	JB          g4_big
+	JB          g4fin_big
 
-g4_small:
+g4fin_small:
 	JMP ret
 
 group3:
@@ -3389,9 +4501,9 @@ group3:
 	ANDQ         $-8, R8
 	XORQ         DX, DX
 	CMPQ         DX, R8
-	JAE          g3_small
+	JAE          g3fin_small
 
-g3_big:
+g3fin_big:
 	VMOVDQU     (AX)(DX*8), Y3
 	VMOVDQU     (CX)(DX*8), Y4
 	VMOVDQU     32(AX)(DX*8), Y5
@@ -3459,15 +4571,27 @@ g3_big:
 	VFMSUB231PD 64(SP), Y1, Y2
 	VADDPD      Y8, Y2, Y2
 	VPADDQ      Y2, Y6, Y6
+	VPADDQ      224(SP), Y4, Y2
+	VPSRLQ      $0x34, Y2, Y4
+	VPADDQ      Y4, Y3, Y3
+	VPADDQ      256(SP), Y3, Y3
+	VPAND       288(SP), Y2, Y2
+	VPADDQ      320(SP), Y2, Y4
+	VPADDQ      224(SP), Y6, Y2
+	VPSRLQ      $0x34, Y2, Y6
+	VPADDQ      Y6, Y5, Y5
+	VPADDQ      256(SP), Y5, Y5
+	VPAND       288(SP), Y2, Y2
+	VPADDQ      320(SP), Y2, Y6
 	VMOVDQU     Y3, (AX)(DX*8)
 	VMOVDQU     Y4, (CX)(DX*8)
 	VMOVDQU     Y5, 32(AX)(DX*8)
 	VMOVDQU     Y6, 32(CX)(DX*8)
 	ADDQ        $0x00000008, DX
 	CMPQ        DX, R8
-	JB          g3_big
+	JB          g3fin_big
 
-g3_small:
+g3fin_small:
 	JMP ret
 
 group2:
@@ -3482,9 +4606,9 @@ group2:
 	ANDQ         $-8, DI
 	XORQ         DX, DX
 	CMPQ         DX, DI
-	JAE          g2_small
+	JAE          g2fin_small
 
-g2_big:
+g2fin_big:
 	VMOVDQU     (AX)(DX*8), Y3
 	VMOVDQU     (CX)(DX*8), Y4
 	VMOVDQU     32(AX)(DX*8), Y5
@@ -3531,15 +4655,27 @@ g2_big:
 	VFMSUB231PD 32(SP), Y1, Y2
 	VADDPD      Y8, Y2, Y2
 	VPADDQ      Y2, Y6, Y6
+	VPADDQ      224(SP), Y4, Y2
+	VPSRLQ      $0x34, Y2, Y4
+	VPADDQ      Y4, Y3, Y3
+	VPADDQ      256(SP), Y3, Y3
+	VPAND       288(SP), Y2, Y2
+	VPADDQ      320(SP), Y2, Y4
+	VPADDQ      224(SP), Y6, Y2
+	VPSRLQ      $0x34, Y2, Y6
+	VPADDQ      Y6, Y5, Y5
+	VPADDQ      256(SP), Y5, Y5
+	VPAND       288(SP), Y2, Y2
+	VPADDQ      320(SP), Y2, Y6
 	VMOVDQU     Y3, (AX)(DX*8)
 	VMOVDQU     Y4, (CX)(DX*8)
 	VMOVDQU     Y5, 32(AX)(DX*8)
 	VMOVDQU     Y6, 32(CX)(DX*8)
 	ADDQ        $0x00000008, DX
 	CMPQ        DX, DI
-	JB          g2_big
+	JB          g2fin_big
 
-g2_small:
+g2fin_small:
 	JMP ret
 
 group1:
@@ -3551,9 +4687,9 @@ group1:
 	ANDQ         $-8, SI
 	XORQ         DX, DX
 	CMPQ         DX, SI
-	JAE          g1_small
+	JAE          g1fin_small
 
-g1_big:
+g1fin_big:
 	VMOVDQU     (AX)(DX*8), Y3
 	VMOVDQU     (CX)(DX*8), Y4
 	VMOVDQU     32(AX)(DX*8), Y5
@@ -3579,15 +4715,27 @@ g1_big:
 	VFMSUB231PD (SP), Y1, Y2
 	VADDPD      Y8, Y2, Y2
 	VPADDQ      Y2, Y6, Y6
+	VPADDQ      224(SP), Y4, Y2
+	VPSRLQ      $0x34, Y2, Y4
+	VPADDQ      Y4, Y3, Y3
+	VPADDQ      256(SP), Y3, Y3
+	VPAND       288(SP), Y2, Y2
+	VPADDQ      320(SP), Y2, Y4
+	VPADDQ      224(SP), Y6, Y2
+	VPSRLQ      $0x34, Y2, Y6
+	VPADDQ      Y6, Y5, Y5
+	VPADDQ      256(SP), Y5, Y5
+	VPAND       288(SP), Y2, Y2
+	VPADDQ      320(SP), Y2, Y6
 	VMOVDQU     Y3, (AX)(DX*8)
 	VMOVDQU     Y4, (CX)(DX*8)
 	VMOVDQU     Y5, 32(AX)(DX*8)
 	VMOVDQU     Y6, 32(CX)(DX*8)
 	ADDQ        $0x00000008, DX
 	CMPQ        DX, SI
-	JB          g1_big
+	JB          g1fin_big
 
-g1_small:
+g1fin_small:
 ret:
 	VMOVDQU X0, X0
 	VPSHUFD $0x4e, X0, X1
@@ -3600,53 +4748,7 @@ ret:
 	VPMAXUB X1, X0, X0
 	VMOVD   X0, AX
 	ANDL    $0x000000ff, AX
-	MOVL    AX, ret+96(FP)
-	VZEROUPPER
-	RET
-
-// func exactFinishAVX2(hi []int64, lo []int64, c *[4]int64)
-// Requires: AVX, AVX2
-TEXT ·exactFinishAVX2(SB), NOSPLIT, $0-56
-	MOVQ         hi_base+0(FP), AX
-	MOVQ         lo_base+24(FP), CX
-	MOVQ         hi_len+8(FP), DX
-	MOVQ         c+48(FP), BX
-	VPBROADCASTQ (BX), Y0
-	VPBROADCASTQ 8(BX), Y1
-	VPBROADCASTQ 16(BX), Y2
-	VPBROADCASTQ 24(BX), Y3
-	MOVQ         DX, BX
-	ANDQ         $-8, BX
-	XORQ         DX, DX
-	CMPQ         DX, BX
-	JAE          small
-
-big:
-	VMOVDQU (AX)(DX*8), Y4
-	VMOVDQU (CX)(DX*8), Y5
-	VPADDQ  Y0, Y5, Y6
-	VPSRLQ  $0x34, Y6, Y5
-	VPADDQ  Y5, Y4, Y4
-	VPADDQ  Y1, Y4, Y4
-	VPAND   Y2, Y6, Y6
-	VPADDQ  Y3, Y6, Y6
-	VMOVDQU Y4, (AX)(DX*8)
-	VMOVDQU Y6, (CX)(DX*8)
-	VMOVDQU 32(AX)(DX*8), Y4
-	VMOVDQU 32(CX)(DX*8), Y5
-	VPADDQ  Y0, Y5, Y6
-	VPSRLQ  $0x34, Y6, Y5
-	VPADDQ  Y5, Y4, Y4
-	VPADDQ  Y1, Y4, Y4
-	VPAND   Y2, Y6, Y6
-	VPADDQ  Y3, Y6, Y6
-	VMOVDQU Y4, 32(AX)(DX*8)
-	VMOVDQU Y6, 32(CX)(DX*8)
-	ADDQ    $0x00000008, DX
-	CMPQ    DX, BX
-	JB      big
-
-small:
+	MOVL    AX, ret+104(FP)
 	VZEROUPPER
 	RET
 
@@ -3937,9 +5039,9 @@ found:
 	VZEROUPPER
 	RET
 
-// func exactAccF32AVX512(hi []int64, lo []int64, w []float64, x [][]byte) uint32
+// func exactAccF32AVX512(hi []int64, lo []int64, w []float64, x [][]byte, c *[4]int64) uint32
 // Requires: AVX, AVX2, AVX512F
-TEXT ·exactAccF32AVX512(SB), NOSPLIT, $0-100
+TEXT ·exactAccF32AVX512(SB), NOSPLIT, $0-108
 	MOVQ         hi_base+0(FP), AX
 	MOVQ         lo_base+24(FP), CX
 	MOVQ         w_base+48(FP), DX
@@ -3951,10 +5053,15 @@ TEXT ·exactAccF32AVX512(SB), NOSPLIT, $0-100
 	VPBROADCASTQ DI, Z12
 	MOVQ         $0x4338000000000000, DI
 	VPBROADCASTQ DI, Z13
+	MOVQ         c+96(FP), DI
+	VPBROADCASTQ (DI), Z14
+	VPBROADCASTQ 8(DI), Z15
+	VPBROADCASTQ 16(DI), Z16
+	VPBROADCASTQ 24(DI), Z17
 
 groups:
 	CMPQ SI, $0x07
-	JB   rest
+	JBE  rest
 
 	// 7 inputs
 	MOVQ (BX), DI
@@ -4351,6 +5458,8 @@ g7_done:
 	JMP  groups
 
 rest:
+	CMPQ SI, $0x07
+	JE   group7
 	CMPQ SI, $0x06
 	JE   group6
 	CMPQ SI, $0x05
@@ -4365,6 +5474,428 @@ rest:
 	JE   group1
 	JMP  ret
 
+group7:
+	// 7 inputs
+	MOVQ (BX), SI
+	MOVQ 24(BX), DI
+	MOVQ 48(BX), R8
+	MOVQ 72(BX), R9
+	MOVQ 96(BX), R10
+	MOVQ 120(BX), R11
+	MOVQ 144(BX), BX
+	MOVQ hi_len+8(FP), R13
+	ANDQ $-32, R13
+	XORQ R12, R12
+	CMPQ R12, R13
+	JAE  g7fin_small
+
+g7fin_big:
+	VMOVDQU64        (AX)(R12*8), Z4
+	VMOVDQU64        (CX)(R12*8), Z5
+	VMOVDQU64        64(AX)(R12*8), Z6
+	VMOVDQU64        64(CX)(R12*8), Z7
+	VMOVDQU64        128(AX)(R12*8), Z8
+	VMOVDQU64        128(CX)(R12*8), Z9
+	VMOVDQU64        192(AX)(R12*8), Z10
+	VMOVDQU64        192(CX)(R12*8), Z11
+	VMOVDQU64        (SI)(R12*4), Z2
+	VPANDD.BCST      exactconsts<>+160(SB), Z2, Z2
+	VPMAXUD          Z2, Z0, Z0
+	VMOVDQU64        64(SI)(R12*4), Z2
+	VPANDD.BCST      exactconsts<>+160(SB), Z2, Z2
+	VPMAXUD          Z2, Z0, Z0
+	VCVTPS2PD        (SI)(R12*4), Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST (DX), Z2, Z3
+	VPADDQ           Z3, Z4, Z4
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST (DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z5, Z5
+	VCVTPS2PD        32(SI)(R12*4), Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST (DX), Z2, Z3
+	VPADDQ           Z3, Z6, Z6
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST (DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VCVTPS2PD        64(SI)(R12*4), Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST (DX), Z2, Z3
+	VPADDQ           Z3, Z8, Z8
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST (DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VCVTPS2PD        96(SI)(R12*4), Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST (DX), Z2, Z3
+	VPADDQ           Z3, Z10, Z10
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST (DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z11, Z11
+	VMOVDQU64        (DI)(R12*4), Z2
+	VPANDD.BCST      exactconsts<>+160(SB), Z2, Z2
+	VPMAXUD          Z2, Z0, Z0
+	VMOVDQU64        64(DI)(R12*4), Z2
+	VPANDD.BCST      exactconsts<>+160(SB), Z2, Z2
+	VPMAXUD          Z2, Z0, Z0
+	VCVTPS2PD        (DI)(R12*4), Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 8(DX), Z2, Z3
+	VPADDQ           Z3, Z4, Z4
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 8(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z5, Z5
+	VCVTPS2PD        32(DI)(R12*4), Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 8(DX), Z2, Z3
+	VPADDQ           Z3, Z6, Z6
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 8(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VCVTPS2PD        64(DI)(R12*4), Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 8(DX), Z2, Z3
+	VPADDQ           Z3, Z8, Z8
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 8(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VCVTPS2PD        96(DI)(R12*4), Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 8(DX), Z2, Z3
+	VPADDQ           Z3, Z10, Z10
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 8(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z11, Z11
+	VMOVDQU64        (R8)(R12*4), Z2
+	VPANDD.BCST      exactconsts<>+160(SB), Z2, Z2
+	VPMAXUD          Z2, Z0, Z0
+	VMOVDQU64        64(R8)(R12*4), Z2
+	VPANDD.BCST      exactconsts<>+160(SB), Z2, Z2
+	VPMAXUD          Z2, Z0, Z0
+	VCVTPS2PD        (R8)(R12*4), Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 16(DX), Z2, Z3
+	VPADDQ           Z3, Z4, Z4
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 16(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z5, Z5
+	VCVTPS2PD        32(R8)(R12*4), Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 16(DX), Z2, Z3
+	VPADDQ           Z3, Z6, Z6
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 16(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VCVTPS2PD        64(R8)(R12*4), Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 16(DX), Z2, Z3
+	VPADDQ           Z3, Z8, Z8
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 16(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VCVTPS2PD        96(R8)(R12*4), Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 16(DX), Z2, Z3
+	VPADDQ           Z3, Z10, Z10
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 16(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z11, Z11
+	VMOVDQU64        (R9)(R12*4), Z2
+	VPANDD.BCST      exactconsts<>+160(SB), Z2, Z2
+	VPMAXUD          Z2, Z0, Z0
+	VMOVDQU64        64(R9)(R12*4), Z2
+	VPANDD.BCST      exactconsts<>+160(SB), Z2, Z2
+	VPMAXUD          Z2, Z0, Z0
+	VCVTPS2PD        (R9)(R12*4), Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 24(DX), Z2, Z3
+	VPADDQ           Z3, Z4, Z4
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 24(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z5, Z5
+	VCVTPS2PD        32(R9)(R12*4), Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 24(DX), Z2, Z3
+	VPADDQ           Z3, Z6, Z6
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 24(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VCVTPS2PD        64(R9)(R12*4), Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 24(DX), Z2, Z3
+	VPADDQ           Z3, Z8, Z8
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 24(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VCVTPS2PD        96(R9)(R12*4), Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 24(DX), Z2, Z3
+	VPADDQ           Z3, Z10, Z10
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 24(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z11, Z11
+	VMOVDQU64        (R10)(R12*4), Z2
+	VPANDD.BCST      exactconsts<>+160(SB), Z2, Z2
+	VPMAXUD          Z2, Z0, Z0
+	VMOVDQU64        64(R10)(R12*4), Z2
+	VPANDD.BCST      exactconsts<>+160(SB), Z2, Z2
+	VPMAXUD          Z2, Z0, Z0
+	VCVTPS2PD        (R10)(R12*4), Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 32(DX), Z2, Z3
+	VPADDQ           Z3, Z4, Z4
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 32(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z5, Z5
+	VCVTPS2PD        32(R10)(R12*4), Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 32(DX), Z2, Z3
+	VPADDQ           Z3, Z6, Z6
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 32(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VCVTPS2PD        64(R10)(R12*4), Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 32(DX), Z2, Z3
+	VPADDQ           Z3, Z8, Z8
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 32(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VCVTPS2PD        96(R10)(R12*4), Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 32(DX), Z2, Z3
+	VPADDQ           Z3, Z10, Z10
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 32(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z11, Z11
+	VMOVDQU64        (R11)(R12*4), Z2
+	VPANDD.BCST      exactconsts<>+160(SB), Z2, Z2
+	VPMAXUD          Z2, Z0, Z0
+	VMOVDQU64        64(R11)(R12*4), Z2
+	VPANDD.BCST      exactconsts<>+160(SB), Z2, Z2
+	VPMAXUD          Z2, Z0, Z0
+	VCVTPS2PD        (R11)(R12*4), Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 40(DX), Z2, Z3
+	VPADDQ           Z3, Z4, Z4
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 40(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z5, Z5
+	VCVTPS2PD        32(R11)(R12*4), Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 40(DX), Z2, Z3
+	VPADDQ           Z3, Z6, Z6
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 40(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VCVTPS2PD        64(R11)(R12*4), Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 40(DX), Z2, Z3
+	VPADDQ           Z3, Z8, Z8
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 40(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VCVTPS2PD        96(R11)(R12*4), Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 40(DX), Z2, Z3
+	VPADDQ           Z3, Z10, Z10
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 40(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z11, Z11
+	VMOVDQU64        (BX)(R12*4), Z2
+	VPANDD.BCST      exactconsts<>+160(SB), Z2, Z2
+	VPMAXUD          Z2, Z0, Z0
+	VMOVDQU64        64(BX)(R12*4), Z2
+	VPANDD.BCST      exactconsts<>+160(SB), Z2, Z2
+	VPMAXUD          Z2, Z0, Z0
+	VCVTPS2PD        (BX)(R12*4), Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 48(DX), Z2, Z3
+	VPADDQ           Z3, Z4, Z4
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 48(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z5, Z5
+	VCVTPS2PD        32(BX)(R12*4), Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 48(DX), Z2, Z3
+	VPADDQ           Z3, Z6, Z6
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 48(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VCVTPS2PD        64(BX)(R12*4), Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 48(DX), Z2, Z3
+	VPADDQ           Z3, Z8, Z8
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 48(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VCVTPS2PD        96(BX)(R12*4), Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 48(DX), Z2, Z3
+	VPADDQ           Z3, Z10, Z10
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 48(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z11, Z11
+	VPADDQ           Z14, Z5, Z3
+	VPSRLQ           $0x34, Z3, Z5
+	VPADDQ           Z5, Z4, Z4
+	VPADDQ           Z15, Z4, Z4
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z5
+	VPADDQ           Z14, Z7, Z3
+	VPSRLQ           $0x34, Z3, Z7
+	VPADDQ           Z7, Z6, Z6
+	VPADDQ           Z15, Z6, Z6
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z7
+	VPADDQ           Z14, Z9, Z3
+	VPSRLQ           $0x34, Z3, Z9
+	VPADDQ           Z9, Z8, Z8
+	VPADDQ           Z15, Z8, Z8
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z9
+	VPADDQ           Z14, Z11, Z3
+	VPSRLQ           $0x34, Z3, Z11
+	VPADDQ           Z11, Z10, Z10
+	VPADDQ           Z15, Z10, Z10
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z11
+	VMOVDQU64        Z4, (AX)(R12*8)
+	VMOVDQU64        Z5, (CX)(R12*8)
+	VMOVDQU64        Z6, 64(AX)(R12*8)
+	VMOVDQU64        Z7, 64(CX)(R12*8)
+	VMOVDQU64        Z8, 128(AX)(R12*8)
+	VMOVDQU64        Z9, 128(CX)(R12*8)
+	VMOVDQU64        Z10, 192(AX)(R12*8)
+	VMOVDQU64        Z11, 192(CX)(R12*8)
+	ADDQ             $0x00000020, R12
+	CMPQ             R12, R13
+	JB               g7fin_big
+
+g7fin_small:
+	CMPQ             R12, hi_len+8(FP)
+	JAE              g7fin_done
+	VMOVDQU64        (AX)(R12*8), Z4
+	VMOVDQU64        (CX)(R12*8), Z5
+	VMOVDQU          (SI)(R12*4), Y2
+	VPAND            exactconsts<>+160(SB), Y2, Y2
+	VPMAXUD          Y2, Y1, Y1
+	VCVTPS2PD        (SI)(R12*4), Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST (DX), Z2, Z3
+	VPADDQ           Z3, Z4, Z4
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST (DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z5, Z5
+	VMOVDQU          (DI)(R12*4), Y2
+	VPAND            exactconsts<>+160(SB), Y2, Y2
+	VPMAXUD          Y2, Y1, Y1
+	VCVTPS2PD        (DI)(R12*4), Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 8(DX), Z2, Z3
+	VPADDQ           Z3, Z4, Z4
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 8(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z5, Z5
+	VMOVDQU          (R8)(R12*4), Y2
+	VPAND            exactconsts<>+160(SB), Y2, Y2
+	VPMAXUD          Y2, Y1, Y1
+	VCVTPS2PD        (R8)(R12*4), Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 16(DX), Z2, Z3
+	VPADDQ           Z3, Z4, Z4
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 16(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z5, Z5
+	VMOVDQU          (R9)(R12*4), Y2
+	VPAND            exactconsts<>+160(SB), Y2, Y2
+	VPMAXUD          Y2, Y1, Y1
+	VCVTPS2PD        (R9)(R12*4), Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 24(DX), Z2, Z3
+	VPADDQ           Z3, Z4, Z4
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 24(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z5, Z5
+	VMOVDQU          (R10)(R12*4), Y2
+	VPAND            exactconsts<>+160(SB), Y2, Y2
+	VPMAXUD          Y2, Y1, Y1
+	VCVTPS2PD        (R10)(R12*4), Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 32(DX), Z2, Z3
+	VPADDQ           Z3, Z4, Z4
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 32(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z5, Z5
+	VMOVDQU          (R11)(R12*4), Y2
+	VPAND            exactconsts<>+160(SB), Y2, Y2
+	VPMAXUD          Y2, Y1, Y1
+	VCVTPS2PD        (R11)(R12*4), Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 40(DX), Z2, Z3
+	VPADDQ           Z3, Z4, Z4
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 40(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z5, Z5
+	VMOVDQU          (BX)(R12*4), Y2
+	VPAND            exactconsts<>+160(SB), Y2, Y2
+	VPMAXUD          Y2, Y1, Y1
+	VCVTPS2PD        (BX)(R12*4), Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 48(DX), Z2, Z3
+	VPADDQ           Z3, Z4, Z4
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 48(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z5, Z5
+	VPADDQ           Z14, Z5, Z3
+	VPSRLQ           $0x34, Z3, Z5
+	VPADDQ           Z5, Z4, Z4
+	VPADDQ           Z15, Z4, Z4
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z5
+	VMOVDQU64        Z4, (AX)(R12*8)
+	VMOVDQU64        Z5, (CX)(R12*8)
+	ADDQ             $0x00000008, R12
+	JMP              g7fin_small
+
+g7fin_done:
+	JMP ret
+
 group6:
 	// 6 inputs
 	MOVQ (BX), SI
@@ -4377,9 +5908,9 @@ group6:
 	ANDQ $-32, R12
 	XORQ R11, R11
 	CMPQ R11, R12
-	JAE  g6_small
+	JAE  g6fin_small
 
-g6_big:
+g6fin_big:
 	VMOVDQU64        (AX)(R11*8), Z4
 	VMOVDQU64        (CX)(R11*8), Z5
 	VMOVDQU64        64(AX)(R11*8), Z6
@@ -4616,6 +6147,30 @@ g6_big:
 	VFMSUB231PD.BCST 40(DX), Z2, Z3
 	VADDPD           Z13, Z3, Z3
 	VPADDQ           Z3, Z11, Z11
+	VPADDQ           Z14, Z5, Z3
+	VPSRLQ           $0x34, Z3, Z5
+	VPADDQ           Z5, Z4, Z4
+	VPADDQ           Z15, Z4, Z4
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z5
+	VPADDQ           Z14, Z7, Z3
+	VPSRLQ           $0x34, Z3, Z7
+	VPADDQ           Z7, Z6, Z6
+	VPADDQ           Z15, Z6, Z6
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z7
+	VPADDQ           Z14, Z9, Z3
+	VPSRLQ           $0x34, Z3, Z9
+	VPADDQ           Z9, Z8, Z8
+	VPADDQ           Z15, Z8, Z8
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z9
+	VPADDQ           Z14, Z11, Z3
+	VPSRLQ           $0x34, Z3, Z11
+	VPADDQ           Z11, Z10, Z10
+	VPADDQ           Z15, Z10, Z10
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z11
 	VMOVDQU64        Z4, (AX)(R11*8)
 	VMOVDQU64        Z5, (CX)(R11*8)
 	VMOVDQU64        Z6, 64(AX)(R11*8)
@@ -4626,11 +6181,11 @@ g6_big:
 	VMOVDQU64        Z11, 192(CX)(R11*8)
 	ADDQ             $0x00000020, R11
 	CMPQ             R11, R12
-	JB               g6_big
+	JB               g6fin_big
 
-g6_small:
+g6fin_small:
 	CMPQ             R11, hi_len+8(FP)
-	JAE              g6_done
+	JAE              g6fin_done
 	VMOVDQU64        (AX)(R11*8), Z4
 	VMOVDQU64        (CX)(R11*8), Z5
 	VMOVDQU          (SI)(R11*4), Y2
@@ -4699,12 +6254,18 @@ g6_small:
 	VFMSUB231PD.BCST 40(DX), Z2, Z3
 	VADDPD           Z13, Z3, Z3
 	VPADDQ           Z3, Z5, Z5
+	VPADDQ           Z14, Z5, Z3
+	VPSRLQ           $0x34, Z3, Z5
+	VPADDQ           Z5, Z4, Z4
+	VPADDQ           Z15, Z4, Z4
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z5
 	VMOVDQU64        Z4, (AX)(R11*8)
 	VMOVDQU64        Z5, (CX)(R11*8)
 	ADDQ             $0x00000008, R11
-	JMP              g6_small
+	JMP              g6fin_small
 
-g6_done:
+g6fin_done:
 	JMP ret
 
 group5:
@@ -4718,9 +6279,9 @@ group5:
 	ANDQ $-32, R11
 	XORQ R10, R10
 	CMPQ R10, R11
-	JAE  g5_small
+	JAE  g5fin_small
 
-g5_big:
+g5fin_big:
 	VMOVDQU64        (AX)(R10*8), Z4
 	VMOVDQU64        (CX)(R10*8), Z5
 	VMOVDQU64        64(AX)(R10*8), Z6
@@ -4919,6 +6480,30 @@ g5_big:
 	VFMSUB231PD.BCST 32(DX), Z2, Z3
 	VADDPD           Z13, Z3, Z3
 	VPADDQ           Z3, Z11, Z11
+	VPADDQ           Z14, Z5, Z3
+	VPSRLQ           $0x34, Z3, Z5
+	VPADDQ           Z5, Z4, Z4
+	VPADDQ           Z15, Z4, Z4
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z5
+	VPADDQ           Z14, Z7, Z3
+	VPSRLQ           $0x34, Z3, Z7
+	VPADDQ           Z7, Z6, Z6
+	VPADDQ           Z15, Z6, Z6
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z7
+	VPADDQ           Z14, Z9, Z3
+	VPSRLQ           $0x34, Z3, Z9
+	VPADDQ           Z9, Z8, Z8
+	VPADDQ           Z15, Z8, Z8
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z9
+	VPADDQ           Z14, Z11, Z3
+	VPSRLQ           $0x34, Z3, Z11
+	VPADDQ           Z11, Z10, Z10
+	VPADDQ           Z15, Z10, Z10
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z11
 	VMOVDQU64        Z4, (AX)(R10*8)
 	VMOVDQU64        Z5, (CX)(R10*8)
 	VMOVDQU64        Z6, 64(AX)(R10*8)
@@ -4929,11 +6514,11 @@ g5_big:
 	VMOVDQU64        Z11, 192(CX)(R10*8)
 	ADDQ             $0x00000020, R10
 	CMPQ             R10, R11
-	JB               g5_big
+	JB               g5fin_big
 
-g5_small:
+g5fin_small:
 	CMPQ             R10, hi_len+8(FP)
-	JAE              g5_done
+	JAE              g5fin_done
 	VMOVDQU64        (AX)(R10*8), Z4
 	VMOVDQU64        (CX)(R10*8), Z5
 	VMOVDQU          (SI)(R10*4), Y2
@@ -4991,12 +6576,18 @@ g5_small:
 	VFMSUB231PD.BCST 32(DX), Z2, Z3
 	VADDPD           Z13, Z3, Z3
 	VPADDQ           Z3, Z5, Z5
+	VPADDQ           Z14, Z5, Z3
+	VPSRLQ           $0x34, Z3, Z5
+	VPADDQ           Z5, Z4, Z4
+	VPADDQ           Z15, Z4, Z4
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z5
 	VMOVDQU64        Z4, (AX)(R10*8)
 	VMOVDQU64        Z5, (CX)(R10*8)
 	ADDQ             $0x00000008, R10
-	JMP              g5_small
+	JMP              g5fin_small
 
-g5_done:
+g5fin_done:
 	JMP ret
 
 group4:
@@ -5009,9 +6600,9 @@ group4:
 	ANDQ $-32, R10
 	XORQ R9, R9
 	CMPQ R9, R10
-	JAE  g4_small
+	JAE  g4fin_small
 
-g4_big:
+g4fin_big:
 	VMOVDQU64        (AX)(R9*8), Z4
 	VMOVDQU64        (CX)(R9*8), Z5
 	VMOVDQU64        64(AX)(R9*8), Z6
@@ -5172,6 +6763,30 @@ g4_big:
 	VFMSUB231PD.BCST 24(DX), Z2, Z3
 	VADDPD           Z13, Z3, Z3
 	VPADDQ           Z3, Z11, Z11
+	VPADDQ           Z14, Z5, Z3
+	VPSRLQ           $0x34, Z3, Z5
+	VPADDQ           Z5, Z4, Z4
+	VPADDQ           Z15, Z4, Z4
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z5
+	VPADDQ           Z14, Z7, Z3
+	VPSRLQ           $0x34, Z3, Z7
+	VPADDQ           Z7, Z6, Z6
+	VPADDQ           Z15, Z6, Z6
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z7
+	VPADDQ           Z14, Z9, Z3
+	VPSRLQ           $0x34, Z3, Z9
+	VPADDQ           Z9, Z8, Z8
+	VPADDQ           Z15, Z8, Z8
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z9
+	VPADDQ           Z14, Z11, Z3
+	VPSRLQ           $0x34, Z3, Z11
+	VPADDQ           Z11, Z10, Z10
+	VPADDQ           Z15, Z10, Z10
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z11
 	VMOVDQU64        Z4, (AX)(R9*8)
 	VMOVDQU64        Z5, (CX)(R9*8)
 	VMOVDQU64        Z6, 64(AX)(R9*8)
@@ -5182,11 +6797,11 @@ g4_big:
 	VMOVDQU64        Z11, 192(CX)(R9*8)
 	ADDQ             $0x00000020, R9
 	CMPQ             R9, R10
-	JB               g4_big
+	JB               g4fin_big
 
-g4_small:
+g4fin_small:
 	CMPQ             R9, hi_len+8(FP)
-	JAE              g4_done
+	JAE              g4fin_done
 	VMOVDQU64        (AX)(R9*8), Z4
 	VMOVDQU64        (CX)(R9*8), Z5
 	VMOVDQU          (SI)(R9*4), Y2
@@ -5233,12 +6848,18 @@ g4_small:
 	VFMSUB231PD.BCST 24(DX), Z2, Z3
 	VADDPD           Z13, Z3, Z3
 	VPADDQ           Z3, Z5, Z5
+	VPADDQ           Z14, Z5, Z3
+	VPSRLQ           $0x34, Z3, Z5
+	VPADDQ           Z5, Z4, Z4
+	VPADDQ           Z15, Z4, Z4
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z5
 	VMOVDQU64        Z4, (AX)(R9*8)
 	VMOVDQU64        Z5, (CX)(R9*8)
 	ADDQ             $0x00000008, R9
-	JMP              g4_small
+	JMP              g4fin_small
 
-g4_done:
+g4fin_done:
 	JMP ret
 
 group3:
@@ -5250,9 +6871,9 @@ group3:
 	ANDQ $-32, R9
 	XORQ R8, R8
 	CMPQ R8, R9
-	JAE  g3_small
+	JAE  g3fin_small
 
-g3_big:
+g3fin_big:
 	VMOVDQU64        (AX)(R8*8), Z4
 	VMOVDQU64        (CX)(R8*8), Z5
 	VMOVDQU64        64(AX)(R8*8), Z6
@@ -5375,6 +6996,30 @@ g3_big:
 	VFMSUB231PD.BCST 16(DX), Z2, Z3
 	VADDPD           Z13, Z3, Z3
 	VPADDQ           Z3, Z11, Z11
+	VPADDQ           Z14, Z5, Z3
+	VPSRLQ           $0x34, Z3, Z5
+	VPADDQ           Z5, Z4, Z4
+	VPADDQ           Z15, Z4, Z4
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z5
+	VPADDQ           Z14, Z7, Z3
+	VPSRLQ           $0x34, Z3, Z7
+	VPADDQ           Z7, Z6, Z6
+	VPADDQ           Z15, Z6, Z6
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z7
+	VPADDQ           Z14, Z9, Z3
+	VPSRLQ           $0x34, Z3, Z9
+	VPADDQ           Z9, Z8, Z8
+	VPADDQ           Z15, Z8, Z8
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z9
+	VPADDQ           Z14, Z11, Z3
+	VPSRLQ           $0x34, Z3, Z11
+	VPADDQ           Z11, Z10, Z10
+	VPADDQ           Z15, Z10, Z10
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z11
 	VMOVDQU64        Z4, (AX)(R8*8)
 	VMOVDQU64        Z5, (CX)(R8*8)
 	VMOVDQU64        Z6, 64(AX)(R8*8)
@@ -5385,11 +7030,11 @@ g3_big:
 	VMOVDQU64        Z11, 192(CX)(R8*8)
 	ADDQ             $0x00000020, R8
 	CMPQ             R8, R9
-	JB               g3_big
+	JB               g3fin_big
 
-g3_small:
+g3fin_small:
 	CMPQ             R8, hi_len+8(FP)
-	JAE              g3_done
+	JAE              g3fin_done
 	VMOVDQU64        (AX)(R8*8), Z4
 	VMOVDQU64        (CX)(R8*8), Z5
 	VMOVDQU          (SI)(R8*4), Y2
@@ -5425,12 +7070,18 @@ g3_small:
 	VFMSUB231PD.BCST 16(DX), Z2, Z3
 	VADDPD           Z13, Z3, Z3
 	VPADDQ           Z3, Z5, Z5
+	VPADDQ           Z14, Z5, Z3
+	VPSRLQ           $0x34, Z3, Z5
+	VPADDQ           Z5, Z4, Z4
+	VPADDQ           Z15, Z4, Z4
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z5
 	VMOVDQU64        Z4, (AX)(R8*8)
 	VMOVDQU64        Z5, (CX)(R8*8)
 	ADDQ             $0x00000008, R8
-	JMP              g3_small
+	JMP              g3fin_small
 
-g3_done:
+g3fin_done:
 	JMP ret
 
 group2:
@@ -5441,9 +7092,9 @@ group2:
 	ANDQ $-32, R8
 	XORQ DI, DI
 	CMPQ DI, R8
-	JAE  g2_small
+	JAE  g2fin_small
 
-g2_big:
+g2fin_big:
 	VMOVDQU64        (AX)(DI*8), Z4
 	VMOVDQU64        (CX)(DI*8), Z5
 	VMOVDQU64        64(AX)(DI*8), Z6
@@ -5528,6 +7179,30 @@ g2_big:
 	VFMSUB231PD.BCST 8(DX), Z2, Z3
 	VADDPD           Z13, Z3, Z3
 	VPADDQ           Z3, Z11, Z11
+	VPADDQ           Z14, Z5, Z3
+	VPSRLQ           $0x34, Z3, Z5
+	VPADDQ           Z5, Z4, Z4
+	VPADDQ           Z15, Z4, Z4
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z5
+	VPADDQ           Z14, Z7, Z3
+	VPSRLQ           $0x34, Z3, Z7
+	VPADDQ           Z7, Z6, Z6
+	VPADDQ           Z15, Z6, Z6
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z7
+	VPADDQ           Z14, Z9, Z3
+	VPSRLQ           $0x34, Z3, Z9
+	VPADDQ           Z9, Z8, Z8
+	VPADDQ           Z15, Z8, Z8
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z9
+	VPADDQ           Z14, Z11, Z3
+	VPSRLQ           $0x34, Z3, Z11
+	VPADDQ           Z11, Z10, Z10
+	VPADDQ           Z15, Z10, Z10
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z11
 	VMOVDQU64        Z4, (AX)(DI*8)
 	VMOVDQU64        Z5, (CX)(DI*8)
 	VMOVDQU64        Z6, 64(AX)(DI*8)
@@ -5538,11 +7213,11 @@ g2_big:
 	VMOVDQU64        Z11, 192(CX)(DI*8)
 	ADDQ             $0x00000020, DI
 	CMPQ             DI, R8
-	JB               g2_big
+	JB               g2fin_big
 
-g2_small:
+g2fin_small:
 	CMPQ             DI, hi_len+8(FP)
-	JAE              g2_done
+	JAE              g2fin_done
 	VMOVDQU64        (AX)(DI*8), Z4
 	VMOVDQU64        (CX)(DI*8), Z5
 	VMOVDQU          (SI)(DI*4), Y2
@@ -5567,12 +7242,18 @@ g2_small:
 	VFMSUB231PD.BCST 8(DX), Z2, Z3
 	VADDPD           Z13, Z3, Z3
 	VPADDQ           Z3, Z5, Z5
+	VPADDQ           Z14, Z5, Z3
+	VPSRLQ           $0x34, Z3, Z5
+	VPADDQ           Z5, Z4, Z4
+	VPADDQ           Z15, Z4, Z4
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z5
 	VMOVDQU64        Z4, (AX)(DI*8)
 	VMOVDQU64        Z5, (CX)(DI*8)
 	ADDQ             $0x00000008, DI
-	JMP              g2_small
+	JMP              g2fin_small
 
-g2_done:
+g2fin_done:
 	JMP ret
 
 group1:
@@ -5582,9 +7263,9 @@ group1:
 	ANDQ $-32, DI
 	XORQ SI, SI
 	CMPQ SI, DI
-	JAE  g1_small
+	JAE  g1fin_small
 
-g1_big:
+g1fin_big:
 	VMOVDQU64        (AX)(SI*8), Z4
 	VMOVDQU64        (CX)(SI*8), Z5
 	VMOVDQU64        64(AX)(SI*8), Z6
@@ -5631,6 +7312,30 @@ g1_big:
 	VFMSUB231PD.BCST (DX), Z2, Z3
 	VADDPD           Z13, Z3, Z3
 	VPADDQ           Z3, Z11, Z11
+	VPADDQ           Z14, Z5, Z3
+	VPSRLQ           $0x34, Z3, Z5
+	VPADDQ           Z5, Z4, Z4
+	VPADDQ           Z15, Z4, Z4
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z5
+	VPADDQ           Z14, Z7, Z3
+	VPSRLQ           $0x34, Z3, Z7
+	VPADDQ           Z7, Z6, Z6
+	VPADDQ           Z15, Z6, Z6
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z7
+	VPADDQ           Z14, Z9, Z3
+	VPSRLQ           $0x34, Z3, Z9
+	VPADDQ           Z9, Z8, Z8
+	VPADDQ           Z15, Z8, Z8
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z9
+	VPADDQ           Z14, Z11, Z3
+	VPSRLQ           $0x34, Z3, Z11
+	VPADDQ           Z11, Z10, Z10
+	VPADDQ           Z15, Z10, Z10
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z11
 	VMOVDQU64        Z4, (AX)(SI*8)
 	VMOVDQU64        Z5, (CX)(SI*8)
 	VMOVDQU64        Z6, 64(AX)(SI*8)
@@ -5641,11 +7346,11 @@ g1_big:
 	VMOVDQU64        Z11, 192(CX)(SI*8)
 	ADDQ             $0x00000020, SI
 	CMPQ             SI, DI
-	JB               g1_big
+	JB               g1fin_big
 
-g1_small:
+g1fin_small:
 	CMPQ             SI, hi_len+8(FP)
-	JAE              g1_done
+	JAE              g1fin_done
 	VMOVDQU64        (AX)(SI*8), Z4
 	VMOVDQU64        (CX)(SI*8), Z5
 	VMOVDQU          (BX)(SI*4), Y2
@@ -5659,12 +7364,18 @@ g1_small:
 	VFMSUB231PD.BCST (DX), Z2, Z3
 	VADDPD           Z13, Z3, Z3
 	VPADDQ           Z3, Z5, Z5
+	VPADDQ           Z14, Z5, Z3
+	VPSRLQ           $0x34, Z3, Z5
+	VPADDQ           Z5, Z4, Z4
+	VPADDQ           Z15, Z4, Z4
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z5
 	VMOVDQU64        Z4, (AX)(SI*8)
 	VMOVDQU64        Z5, (CX)(SI*8)
 	ADDQ             $0x00000008, SI
-	JMP              g1_small
+	JMP              g1fin_small
 
-g1_done:
+g1fin_done:
 ret:
 	VPXOR         X2, X2, X2
 	VEXTRACTI64X4 $0x01, Z0, Y3
@@ -5680,13 +7391,13 @@ ret:
 	VPSHUFD       $0xb1, X2, X0
 	VPMAXUD       X0, X2, X2
 	VMOVD         X2, AX
-	MOVL          AX, ret+96(FP)
+	MOVL          AX, ret+104(FP)
 	VZEROUPPER
 	RET
 
-// func exactAccBF16AVX512(hi []int64, lo []int64, w []float64, x [][]byte) uint32
+// func exactAccBF16AVX512(hi []int64, lo []int64, w []float64, x [][]byte, c *[4]int64) uint32
 // Requires: AVX, AVX2, AVX512BW, AVX512F
-TEXT ·exactAccBF16AVX512(SB), NOSPLIT, $0-100
+TEXT ·exactAccBF16AVX512(SB), NOSPLIT, $0-108
 	MOVQ         hi_base+0(FP), AX
 	MOVQ         lo_base+24(FP), CX
 	MOVQ         w_base+48(FP), DX
@@ -5698,10 +7409,15 @@ TEXT ·exactAccBF16AVX512(SB), NOSPLIT, $0-100
 	VPBROADCASTQ DI, Z12
 	MOVQ         $0x4338000000000000, DI
 	VPBROADCASTQ DI, Z13
+	MOVQ         c+96(FP), DI
+	VPBROADCASTQ (DI), Z14
+	VPBROADCASTQ 8(DI), Z15
+	VPBROADCASTQ 16(DI), Z16
+	VPBROADCASTQ 24(DI), Z17
 
 groups:
 	CMPQ SI, $0x07
-	JB   rest
+	JBE  rest
 
 	// 7 inputs
 	MOVQ (BX), DI
@@ -6147,6 +7863,8 @@ g7_done:
 	JMP  groups
 
 rest:
+	CMPQ SI, $0x07
+	JE   group7
 	CMPQ SI, $0x06
 	JE   group6
 	CMPQ SI, $0x05
@@ -6161,6 +7879,477 @@ rest:
 	JE   group1
 	JMP  ret
 
+group7:
+	// 7 inputs
+	MOVQ (BX), SI
+	MOVQ 24(BX), DI
+	MOVQ 48(BX), R8
+	MOVQ 72(BX), R9
+	MOVQ 96(BX), R10
+	MOVQ 120(BX), R11
+	MOVQ 144(BX), BX
+	MOVQ hi_len+8(FP), R13
+	ANDQ $-32, R13
+	XORQ R12, R12
+	CMPQ R12, R13
+	JAE  g7fin_small
+
+g7fin_big:
+	VMOVDQU64        (AX)(R12*8), Z4
+	VMOVDQU64        (CX)(R12*8), Z5
+	VMOVDQU64        64(AX)(R12*8), Z6
+	VMOVDQU64        64(CX)(R12*8), Z7
+	VMOVDQU64        128(AX)(R12*8), Z8
+	VMOVDQU64        128(CX)(R12*8), Z9
+	VMOVDQU64        192(AX)(R12*8), Z10
+	VMOVDQU64        192(CX)(R12*8), Z11
+	VMOVDQU64        (SI)(R12*2), Z2
+	VPANDD.BCST      exactconsts<>+192(SB), Z2, Z2
+	VPMAXUW          Z2, Z0, Z0
+	VPMOVZXWD        (SI)(R12*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST (DX), Z2, Z3
+	VPADDQ           Z3, Z4, Z4
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST (DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z5, Z5
+	VPMOVZXWD        16(SI)(R12*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST (DX), Z2, Z3
+	VPADDQ           Z3, Z6, Z6
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST (DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VPMOVZXWD        32(SI)(R12*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST (DX), Z2, Z3
+	VPADDQ           Z3, Z8, Z8
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST (DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VPMOVZXWD        48(SI)(R12*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST (DX), Z2, Z3
+	VPADDQ           Z3, Z10, Z10
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST (DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z11, Z11
+	VMOVDQU64        (DI)(R12*2), Z2
+	VPANDD.BCST      exactconsts<>+192(SB), Z2, Z2
+	VPMAXUW          Z2, Z0, Z0
+	VPMOVZXWD        (DI)(R12*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 8(DX), Z2, Z3
+	VPADDQ           Z3, Z4, Z4
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 8(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z5, Z5
+	VPMOVZXWD        16(DI)(R12*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 8(DX), Z2, Z3
+	VPADDQ           Z3, Z6, Z6
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 8(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VPMOVZXWD        32(DI)(R12*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 8(DX), Z2, Z3
+	VPADDQ           Z3, Z8, Z8
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 8(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VPMOVZXWD        48(DI)(R12*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 8(DX), Z2, Z3
+	VPADDQ           Z3, Z10, Z10
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 8(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z11, Z11
+	VMOVDQU64        (R8)(R12*2), Z2
+	VPANDD.BCST      exactconsts<>+192(SB), Z2, Z2
+	VPMAXUW          Z2, Z0, Z0
+	VPMOVZXWD        (R8)(R12*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 16(DX), Z2, Z3
+	VPADDQ           Z3, Z4, Z4
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 16(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z5, Z5
+	VPMOVZXWD        16(R8)(R12*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 16(DX), Z2, Z3
+	VPADDQ           Z3, Z6, Z6
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 16(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VPMOVZXWD        32(R8)(R12*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 16(DX), Z2, Z3
+	VPADDQ           Z3, Z8, Z8
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 16(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VPMOVZXWD        48(R8)(R12*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 16(DX), Z2, Z3
+	VPADDQ           Z3, Z10, Z10
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 16(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z11, Z11
+	VMOVDQU64        (R9)(R12*2), Z2
+	VPANDD.BCST      exactconsts<>+192(SB), Z2, Z2
+	VPMAXUW          Z2, Z0, Z0
+	VPMOVZXWD        (R9)(R12*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 24(DX), Z2, Z3
+	VPADDQ           Z3, Z4, Z4
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 24(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z5, Z5
+	VPMOVZXWD        16(R9)(R12*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 24(DX), Z2, Z3
+	VPADDQ           Z3, Z6, Z6
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 24(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VPMOVZXWD        32(R9)(R12*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 24(DX), Z2, Z3
+	VPADDQ           Z3, Z8, Z8
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 24(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VPMOVZXWD        48(R9)(R12*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 24(DX), Z2, Z3
+	VPADDQ           Z3, Z10, Z10
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 24(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z11, Z11
+	VMOVDQU64        (R10)(R12*2), Z2
+	VPANDD.BCST      exactconsts<>+192(SB), Z2, Z2
+	VPMAXUW          Z2, Z0, Z0
+	VPMOVZXWD        (R10)(R12*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 32(DX), Z2, Z3
+	VPADDQ           Z3, Z4, Z4
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 32(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z5, Z5
+	VPMOVZXWD        16(R10)(R12*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 32(DX), Z2, Z3
+	VPADDQ           Z3, Z6, Z6
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 32(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VPMOVZXWD        32(R10)(R12*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 32(DX), Z2, Z3
+	VPADDQ           Z3, Z8, Z8
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 32(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VPMOVZXWD        48(R10)(R12*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 32(DX), Z2, Z3
+	VPADDQ           Z3, Z10, Z10
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 32(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z11, Z11
+	VMOVDQU64        (R11)(R12*2), Z2
+	VPANDD.BCST      exactconsts<>+192(SB), Z2, Z2
+	VPMAXUW          Z2, Z0, Z0
+	VPMOVZXWD        (R11)(R12*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 40(DX), Z2, Z3
+	VPADDQ           Z3, Z4, Z4
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 40(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z5, Z5
+	VPMOVZXWD        16(R11)(R12*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 40(DX), Z2, Z3
+	VPADDQ           Z3, Z6, Z6
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 40(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VPMOVZXWD        32(R11)(R12*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 40(DX), Z2, Z3
+	VPADDQ           Z3, Z8, Z8
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 40(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VPMOVZXWD        48(R11)(R12*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 40(DX), Z2, Z3
+	VPADDQ           Z3, Z10, Z10
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 40(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z11, Z11
+	VMOVDQU64        (BX)(R12*2), Z2
+	VPANDD.BCST      exactconsts<>+192(SB), Z2, Z2
+	VPMAXUW          Z2, Z0, Z0
+	VPMOVZXWD        (BX)(R12*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 48(DX), Z2, Z3
+	VPADDQ           Z3, Z4, Z4
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 48(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z5, Z5
+	VPMOVZXWD        16(BX)(R12*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 48(DX), Z2, Z3
+	VPADDQ           Z3, Z6, Z6
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 48(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VPMOVZXWD        32(BX)(R12*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 48(DX), Z2, Z3
+	VPADDQ           Z3, Z8, Z8
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 48(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VPMOVZXWD        48(BX)(R12*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 48(DX), Z2, Z3
+	VPADDQ           Z3, Z10, Z10
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 48(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z11, Z11
+	VPADDQ           Z14, Z5, Z3
+	VPSRLQ           $0x34, Z3, Z5
+	VPADDQ           Z5, Z4, Z4
+	VPADDQ           Z15, Z4, Z4
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z5
+	VPADDQ           Z14, Z7, Z3
+	VPSRLQ           $0x34, Z3, Z7
+	VPADDQ           Z7, Z6, Z6
+	VPADDQ           Z15, Z6, Z6
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z7
+	VPADDQ           Z14, Z9, Z3
+	VPSRLQ           $0x34, Z3, Z9
+	VPADDQ           Z9, Z8, Z8
+	VPADDQ           Z15, Z8, Z8
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z9
+	VPADDQ           Z14, Z11, Z3
+	VPSRLQ           $0x34, Z3, Z11
+	VPADDQ           Z11, Z10, Z10
+	VPADDQ           Z15, Z10, Z10
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z11
+	VMOVDQU64        Z4, (AX)(R12*8)
+	VMOVDQU64        Z5, (CX)(R12*8)
+	VMOVDQU64        Z6, 64(AX)(R12*8)
+	VMOVDQU64        Z7, 64(CX)(R12*8)
+	VMOVDQU64        Z8, 128(AX)(R12*8)
+	VMOVDQU64        Z9, 128(CX)(R12*8)
+	VMOVDQU64        Z10, 192(AX)(R12*8)
+	VMOVDQU64        Z11, 192(CX)(R12*8)
+	ADDQ             $0x00000020, R12
+	CMPQ             R12, R13
+	JB               g7fin_big
+
+g7fin_small:
+	CMPQ             R12, hi_len+8(FP)
+	JAE              g7fin_done
+	VMOVDQU64        (AX)(R12*8), Z4
+	VMOVDQU64        (CX)(R12*8), Z5
+	VMOVDQU          (SI)(R12*2), X2
+	VPAND            exactconsts<>+192(SB), X2, X2
+	VPMAXUW          X2, X1, X1
+	VPMOVZXWD        (SI)(R12*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST (DX), Z2, Z3
+	VPADDQ           Z3, Z4, Z4
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST (DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z5, Z5
+	VMOVDQU          (DI)(R12*2), X2
+	VPAND            exactconsts<>+192(SB), X2, X2
+	VPMAXUW          X2, X1, X1
+	VPMOVZXWD        (DI)(R12*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 8(DX), Z2, Z3
+	VPADDQ           Z3, Z4, Z4
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 8(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z5, Z5
+	VMOVDQU          (R8)(R12*2), X2
+	VPAND            exactconsts<>+192(SB), X2, X2
+	VPMAXUW          X2, X1, X1
+	VPMOVZXWD        (R8)(R12*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 16(DX), Z2, Z3
+	VPADDQ           Z3, Z4, Z4
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 16(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z5, Z5
+	VMOVDQU          (R9)(R12*2), X2
+	VPAND            exactconsts<>+192(SB), X2, X2
+	VPMAXUW          X2, X1, X1
+	VPMOVZXWD        (R9)(R12*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 24(DX), Z2, Z3
+	VPADDQ           Z3, Z4, Z4
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 24(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z5, Z5
+	VMOVDQU          (R10)(R12*2), X2
+	VPAND            exactconsts<>+192(SB), X2, X2
+	VPMAXUW          X2, X1, X1
+	VPMOVZXWD        (R10)(R12*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 32(DX), Z2, Z3
+	VPADDQ           Z3, Z4, Z4
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 32(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z5, Z5
+	VMOVDQU          (R11)(R12*2), X2
+	VPAND            exactconsts<>+192(SB), X2, X2
+	VPMAXUW          X2, X1, X1
+	VPMOVZXWD        (R11)(R12*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 40(DX), Z2, Z3
+	VPADDQ           Z3, Z4, Z4
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 40(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z5, Z5
+	VMOVDQU          (BX)(R12*2), X2
+	VPAND            exactconsts<>+192(SB), X2, X2
+	VPMAXUW          X2, X1, X1
+	VPMOVZXWD        (BX)(R12*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 48(DX), Z2, Z3
+	VPADDQ           Z3, Z4, Z4
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 48(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z5, Z5
+	VPADDQ           Z14, Z5, Z3
+	VPSRLQ           $0x34, Z3, Z5
+	VPADDQ           Z5, Z4, Z4
+	VPADDQ           Z15, Z4, Z4
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z5
+	VMOVDQU64        Z4, (AX)(R12*8)
+	VMOVDQU64        Z5, (CX)(R12*8)
+	ADDQ             $0x00000008, R12
+	JMP              g7fin_small
+
+g7fin_done:
+	JMP ret
+
 group6:
 	// 6 inputs
 	MOVQ (BX), SI
@@ -6173,9 +8362,9 @@ group6:
 	ANDQ $-32, R12
 	XORQ R11, R11
 	CMPQ R11, R12
-	JAE  g6_small
+	JAE  g6fin_small
 
-g6_big:
+g6fin_big:
 	VMOVDQU64        (AX)(R11*8), Z4
 	VMOVDQU64        (CX)(R11*8), Z5
 	VMOVDQU64        64(AX)(R11*8), Z6
@@ -6442,6 +8631,30 @@ g6_big:
 	VFMSUB231PD.BCST 40(DX), Z2, Z3
 	VADDPD           Z13, Z3, Z3
 	VPADDQ           Z3, Z11, Z11
+	VPADDQ           Z14, Z5, Z3
+	VPSRLQ           $0x34, Z3, Z5
+	VPADDQ           Z5, Z4, Z4
+	VPADDQ           Z15, Z4, Z4
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z5
+	VPADDQ           Z14, Z7, Z3
+	VPSRLQ           $0x34, Z3, Z7
+	VPADDQ           Z7, Z6, Z6
+	VPADDQ           Z15, Z6, Z6
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z7
+	VPADDQ           Z14, Z9, Z3
+	VPSRLQ           $0x34, Z3, Z9
+	VPADDQ           Z9, Z8, Z8
+	VPADDQ           Z15, Z8, Z8
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z9
+	VPADDQ           Z14, Z11, Z3
+	VPSRLQ           $0x34, Z3, Z11
+	VPADDQ           Z11, Z10, Z10
+	VPADDQ           Z15, Z10, Z10
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z11
 	VMOVDQU64        Z4, (AX)(R11*8)
 	VMOVDQU64        Z5, (CX)(R11*8)
 	VMOVDQU64        Z6, 64(AX)(R11*8)
@@ -6452,11 +8665,11 @@ g6_big:
 	VMOVDQU64        Z11, 192(CX)(R11*8)
 	ADDQ             $0x00000020, R11
 	CMPQ             R11, R12
-	JB               g6_big
+	JB               g6fin_big
 
-g6_small:
+g6fin_small:
 	CMPQ             R11, hi_len+8(FP)
-	JAE              g6_done
+	JAE              g6fin_done
 	VMOVDQU64        (AX)(R11*8), Z4
 	VMOVDQU64        (CX)(R11*8), Z5
 	VMOVDQU          (SI)(R11*2), X2
@@ -6537,12 +8750,18 @@ g6_small:
 	VFMSUB231PD.BCST 40(DX), Z2, Z3
 	VADDPD           Z13, Z3, Z3
 	VPADDQ           Z3, Z5, Z5
+	VPADDQ           Z14, Z5, Z3
+	VPSRLQ           $0x34, Z3, Z5
+	VPADDQ           Z5, Z4, Z4
+	VPADDQ           Z15, Z4, Z4
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z5
 	VMOVDQU64        Z4, (AX)(R11*8)
 	VMOVDQU64        Z5, (CX)(R11*8)
 	ADDQ             $0x00000008, R11
-	JMP              g6_small
+	JMP              g6fin_small
 
-g6_done:
+g6fin_done:
 	JMP ret
 
 group5:
@@ -6556,9 +8775,9 @@ group5:
 	ANDQ $-32, R11
 	XORQ R10, R10
 	CMPQ R10, R11
-	JAE  g5_small
+	JAE  g5fin_small
 
-g5_big:
+g5fin_big:
 	VMOVDQU64        (AX)(R10*8), Z4
 	VMOVDQU64        (CX)(R10*8), Z5
 	VMOVDQU64        64(AX)(R10*8), Z6
@@ -6782,6 +9001,30 @@ g5_big:
 	VFMSUB231PD.BCST 32(DX), Z2, Z3
 	VADDPD           Z13, Z3, Z3
 	VPADDQ           Z3, Z11, Z11
+	VPADDQ           Z14, Z5, Z3
+	VPSRLQ           $0x34, Z3, Z5
+	VPADDQ           Z5, Z4, Z4
+	VPADDQ           Z15, Z4, Z4
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z5
+	VPADDQ           Z14, Z7, Z3
+	VPSRLQ           $0x34, Z3, Z7
+	VPADDQ           Z7, Z6, Z6
+	VPADDQ           Z15, Z6, Z6
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z7
+	VPADDQ           Z14, Z9, Z3
+	VPSRLQ           $0x34, Z3, Z9
+	VPADDQ           Z9, Z8, Z8
+	VPADDQ           Z15, Z8, Z8
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z9
+	VPADDQ           Z14, Z11, Z3
+	VPSRLQ           $0x34, Z3, Z11
+	VPADDQ           Z11, Z10, Z10
+	VPADDQ           Z15, Z10, Z10
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z11
 	VMOVDQU64        Z4, (AX)(R10*8)
 	VMOVDQU64        Z5, (CX)(R10*8)
 	VMOVDQU64        Z6, 64(AX)(R10*8)
@@ -6792,11 +9035,11 @@ g5_big:
 	VMOVDQU64        Z11, 192(CX)(R10*8)
 	ADDQ             $0x00000020, R10
 	CMPQ             R10, R11
-	JB               g5_big
+	JB               g5fin_big
 
-g5_small:
+g5fin_small:
 	CMPQ             R10, hi_len+8(FP)
-	JAE              g5_done
+	JAE              g5fin_done
 	VMOVDQU64        (AX)(R10*8), Z4
 	VMOVDQU64        (CX)(R10*8), Z5
 	VMOVDQU          (SI)(R10*2), X2
@@ -6864,12 +9107,18 @@ g5_small:
 	VFMSUB231PD.BCST 32(DX), Z2, Z3
 	VADDPD           Z13, Z3, Z3
 	VPADDQ           Z3, Z5, Z5
+	VPADDQ           Z14, Z5, Z3
+	VPSRLQ           $0x34, Z3, Z5
+	VPADDQ           Z5, Z4, Z4
+	VPADDQ           Z15, Z4, Z4
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z5
 	VMOVDQU64        Z4, (AX)(R10*8)
 	VMOVDQU64        Z5, (CX)(R10*8)
 	ADDQ             $0x00000008, R10
-	JMP              g5_small
+	JMP              g5fin_small
 
-g5_done:
+g5fin_done:
 	JMP ret
 
 group4:
@@ -6882,9 +9131,9 @@ group4:
 	ANDQ $-32, R10
 	XORQ R9, R9
 	CMPQ R9, R10
-	JAE  g4_small
+	JAE  g4fin_small
 
-g4_big:
+g4fin_big:
 	VMOVDQU64        (AX)(R9*8), Z4
 	VMOVDQU64        (CX)(R9*8), Z5
 	VMOVDQU64        64(AX)(R9*8), Z6
@@ -7065,6 +9314,30 @@ g4_big:
 	VFMSUB231PD.BCST 24(DX), Z2, Z3
 	VADDPD           Z13, Z3, Z3
 	VPADDQ           Z3, Z11, Z11
+	VPADDQ           Z14, Z5, Z3
+	VPSRLQ           $0x34, Z3, Z5
+	VPADDQ           Z5, Z4, Z4
+	VPADDQ           Z15, Z4, Z4
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z5
+	VPADDQ           Z14, Z7, Z3
+	VPSRLQ           $0x34, Z3, Z7
+	VPADDQ           Z7, Z6, Z6
+	VPADDQ           Z15, Z6, Z6
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z7
+	VPADDQ           Z14, Z9, Z3
+	VPSRLQ           $0x34, Z3, Z9
+	VPADDQ           Z9, Z8, Z8
+	VPADDQ           Z15, Z8, Z8
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z9
+	VPADDQ           Z14, Z11, Z3
+	VPSRLQ           $0x34, Z3, Z11
+	VPADDQ           Z11, Z10, Z10
+	VPADDQ           Z15, Z10, Z10
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z11
 	VMOVDQU64        Z4, (AX)(R9*8)
 	VMOVDQU64        Z5, (CX)(R9*8)
 	VMOVDQU64        Z6, 64(AX)(R9*8)
@@ -7075,11 +9348,11 @@ g4_big:
 	VMOVDQU64        Z11, 192(CX)(R9*8)
 	ADDQ             $0x00000020, R9
 	CMPQ             R9, R10
-	JB               g4_big
+	JB               g4fin_big
 
-g4_small:
+g4fin_small:
 	CMPQ             R9, hi_len+8(FP)
-	JAE              g4_done
+	JAE              g4fin_done
 	VMOVDQU64        (AX)(R9*8), Z4
 	VMOVDQU64        (CX)(R9*8), Z5
 	VMOVDQU          (SI)(R9*2), X2
@@ -7134,12 +9407,18 @@ g4_small:
 	VFMSUB231PD.BCST 24(DX), Z2, Z3
 	VADDPD           Z13, Z3, Z3
 	VPADDQ           Z3, Z5, Z5
+	VPADDQ           Z14, Z5, Z3
+	VPSRLQ           $0x34, Z3, Z5
+	VPADDQ           Z5, Z4, Z4
+	VPADDQ           Z15, Z4, Z4
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z5
 	VMOVDQU64        Z4, (AX)(R9*8)
 	VMOVDQU64        Z5, (CX)(R9*8)
 	ADDQ             $0x00000008, R9
-	JMP              g4_small
+	JMP              g4fin_small
 
-g4_done:
+g4fin_done:
 	JMP ret
 
 group3:
@@ -7151,9 +9430,9 @@ group3:
 	ANDQ $-32, R9
 	XORQ R8, R8
 	CMPQ R8, R9
-	JAE  g3_small
+	JAE  g3fin_small
 
-g3_big:
+g3fin_big:
 	VMOVDQU64        (AX)(R8*8), Z4
 	VMOVDQU64        (CX)(R8*8), Z5
 	VMOVDQU64        64(AX)(R8*8), Z6
@@ -7291,6 +9570,30 @@ g3_big:
 	VFMSUB231PD.BCST 16(DX), Z2, Z3
 	VADDPD           Z13, Z3, Z3
 	VPADDQ           Z3, Z11, Z11
+	VPADDQ           Z14, Z5, Z3
+	VPSRLQ           $0x34, Z3, Z5
+	VPADDQ           Z5, Z4, Z4
+	VPADDQ           Z15, Z4, Z4
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z5
+	VPADDQ           Z14, Z7, Z3
+	VPSRLQ           $0x34, Z3, Z7
+	VPADDQ           Z7, Z6, Z6
+	VPADDQ           Z15, Z6, Z6
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z7
+	VPADDQ           Z14, Z9, Z3
+	VPSRLQ           $0x34, Z3, Z9
+	VPADDQ           Z9, Z8, Z8
+	VPADDQ           Z15, Z8, Z8
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z9
+	VPADDQ           Z14, Z11, Z3
+	VPSRLQ           $0x34, Z3, Z11
+	VPADDQ           Z11, Z10, Z10
+	VPADDQ           Z15, Z10, Z10
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z11
 	VMOVDQU64        Z4, (AX)(R8*8)
 	VMOVDQU64        Z5, (CX)(R8*8)
 	VMOVDQU64        Z6, 64(AX)(R8*8)
@@ -7301,11 +9604,11 @@ g3_big:
 	VMOVDQU64        Z11, 192(CX)(R8*8)
 	ADDQ             $0x00000020, R8
 	CMPQ             R8, R9
-	JB               g3_big
+	JB               g3fin_big
 
-g3_small:
+g3fin_small:
 	CMPQ             R8, hi_len+8(FP)
-	JAE              g3_done
+	JAE              g3fin_done
 	VMOVDQU64        (AX)(R8*8), Z4
 	VMOVDQU64        (CX)(R8*8), Z5
 	VMOVDQU          (SI)(R8*2), X2
@@ -7347,12 +9650,18 @@ g3_small:
 	VFMSUB231PD.BCST 16(DX), Z2, Z3
 	VADDPD           Z13, Z3, Z3
 	VPADDQ           Z3, Z5, Z5
+	VPADDQ           Z14, Z5, Z3
+	VPSRLQ           $0x34, Z3, Z5
+	VPADDQ           Z5, Z4, Z4
+	VPADDQ           Z15, Z4, Z4
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z5
 	VMOVDQU64        Z4, (AX)(R8*8)
 	VMOVDQU64        Z5, (CX)(R8*8)
 	ADDQ             $0x00000008, R8
-	JMP              g3_small
+	JMP              g3fin_small
 
-g3_done:
+g3fin_done:
 	JMP ret
 
 group2:
@@ -7363,9 +9672,9 @@ group2:
 	ANDQ $-32, R8
 	XORQ DI, DI
 	CMPQ DI, R8
-	JAE  g2_small
+	JAE  g2fin_small
 
-g2_big:
+g2fin_big:
 	VMOVDQU64        (AX)(DI*8), Z4
 	VMOVDQU64        (CX)(DI*8), Z5
 	VMOVDQU64        64(AX)(DI*8), Z6
@@ -7460,6 +9769,30 @@ g2_big:
 	VFMSUB231PD.BCST 8(DX), Z2, Z3
 	VADDPD           Z13, Z3, Z3
 	VPADDQ           Z3, Z11, Z11
+	VPADDQ           Z14, Z5, Z3
+	VPSRLQ           $0x34, Z3, Z5
+	VPADDQ           Z5, Z4, Z4
+	VPADDQ           Z15, Z4, Z4
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z5
+	VPADDQ           Z14, Z7, Z3
+	VPSRLQ           $0x34, Z3, Z7
+	VPADDQ           Z7, Z6, Z6
+	VPADDQ           Z15, Z6, Z6
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z7
+	VPADDQ           Z14, Z9, Z3
+	VPSRLQ           $0x34, Z3, Z9
+	VPADDQ           Z9, Z8, Z8
+	VPADDQ           Z15, Z8, Z8
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z9
+	VPADDQ           Z14, Z11, Z3
+	VPSRLQ           $0x34, Z3, Z11
+	VPADDQ           Z11, Z10, Z10
+	VPADDQ           Z15, Z10, Z10
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z11
 	VMOVDQU64        Z4, (AX)(DI*8)
 	VMOVDQU64        Z5, (CX)(DI*8)
 	VMOVDQU64        Z6, 64(AX)(DI*8)
@@ -7470,11 +9803,11 @@ g2_big:
 	VMOVDQU64        Z11, 192(CX)(DI*8)
 	ADDQ             $0x00000020, DI
 	CMPQ             DI, R8
-	JB               g2_big
+	JB               g2fin_big
 
-g2_small:
+g2fin_small:
 	CMPQ             DI, hi_len+8(FP)
-	JAE              g2_done
+	JAE              g2fin_done
 	VMOVDQU64        (AX)(DI*8), Z4
 	VMOVDQU64        (CX)(DI*8), Z5
 	VMOVDQU          (SI)(DI*2), X2
@@ -7503,12 +9836,18 @@ g2_small:
 	VFMSUB231PD.BCST 8(DX), Z2, Z3
 	VADDPD           Z13, Z3, Z3
 	VPADDQ           Z3, Z5, Z5
+	VPADDQ           Z14, Z5, Z3
+	VPSRLQ           $0x34, Z3, Z5
+	VPADDQ           Z5, Z4, Z4
+	VPADDQ           Z15, Z4, Z4
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z5
 	VMOVDQU64        Z4, (AX)(DI*8)
 	VMOVDQU64        Z5, (CX)(DI*8)
 	ADDQ             $0x00000008, DI
-	JMP              g2_small
+	JMP              g2fin_small
 
-g2_done:
+g2fin_done:
 	JMP ret
 
 group1:
@@ -7518,9 +9857,9 @@ group1:
 	ANDQ $-32, DI
 	XORQ SI, SI
 	CMPQ SI, DI
-	JAE  g1_small
+	JAE  g1fin_small
 
-g1_big:
+g1fin_big:
 	VMOVDQU64        (AX)(SI*8), Z4
 	VMOVDQU64        (CX)(SI*8), Z5
 	VMOVDQU64        64(AX)(SI*8), Z6
@@ -7572,6 +9911,30 @@ g1_big:
 	VFMSUB231PD.BCST (DX), Z2, Z3
 	VADDPD           Z13, Z3, Z3
 	VPADDQ           Z3, Z11, Z11
+	VPADDQ           Z14, Z5, Z3
+	VPSRLQ           $0x34, Z3, Z5
+	VPADDQ           Z5, Z4, Z4
+	VPADDQ           Z15, Z4, Z4
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z5
+	VPADDQ           Z14, Z7, Z3
+	VPSRLQ           $0x34, Z3, Z7
+	VPADDQ           Z7, Z6, Z6
+	VPADDQ           Z15, Z6, Z6
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z7
+	VPADDQ           Z14, Z9, Z3
+	VPSRLQ           $0x34, Z3, Z9
+	VPADDQ           Z9, Z8, Z8
+	VPADDQ           Z15, Z8, Z8
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z9
+	VPADDQ           Z14, Z11, Z3
+	VPSRLQ           $0x34, Z3, Z11
+	VPADDQ           Z11, Z10, Z10
+	VPADDQ           Z15, Z10, Z10
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z11
 	VMOVDQU64        Z4, (AX)(SI*8)
 	VMOVDQU64        Z5, (CX)(SI*8)
 	VMOVDQU64        Z6, 64(AX)(SI*8)
@@ -7582,11 +9945,11 @@ g1_big:
 	VMOVDQU64        Z11, 192(CX)(SI*8)
 	ADDQ             $0x00000020, SI
 	CMPQ             SI, DI
-	JB               g1_big
+	JB               g1fin_big
 
-g1_small:
+g1fin_small:
 	CMPQ             SI, hi_len+8(FP)
-	JAE              g1_done
+	JAE              g1fin_done
 	VMOVDQU64        (AX)(SI*8), Z4
 	VMOVDQU64        (CX)(SI*8), Z5
 	VMOVDQU          (BX)(SI*2), X2
@@ -7602,12 +9965,18 @@ g1_small:
 	VFMSUB231PD.BCST (DX), Z2, Z3
 	VADDPD           Z13, Z3, Z3
 	VPADDQ           Z3, Z5, Z5
+	VPADDQ           Z14, Z5, Z3
+	VPSRLQ           $0x34, Z3, Z5
+	VPADDQ           Z5, Z4, Z4
+	VPADDQ           Z15, Z4, Z4
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z5
 	VMOVDQU64        Z4, (AX)(SI*8)
 	VMOVDQU64        Z5, (CX)(SI*8)
 	ADDQ             $0x00000008, SI
-	JMP              g1_small
+	JMP              g1fin_small
 
-g1_done:
+g1fin_done:
 ret:
 	VMOVDQU       X1, X1
 	VEXTRACTI64X4 $0x01, Z0, Y2
@@ -7623,13 +9992,13 @@ ret:
 	VPMAXUW       X0, X1, X1
 	VMOVD         X1, AX
 	ANDL          $0x0000ffff, AX
-	MOVL          AX, ret+96(FP)
+	MOVL          AX, ret+104(FP)
 	VZEROUPPER
 	RET
 
-// func exactAccF16AVX512(hi []int64, lo []int64, w []float64, x [][]byte) uint32
+// func exactAccF16AVX512(hi []int64, lo []int64, w []float64, x [][]byte, c *[4]int64) uint32
 // Requires: AVX, AVX2, AVX512BW, AVX512F, F16C
-TEXT ·exactAccF16AVX512(SB), NOSPLIT, $0-100
+TEXT ·exactAccF16AVX512(SB), NOSPLIT, $0-108
 	MOVQ         hi_base+0(FP), AX
 	MOVQ         lo_base+24(FP), CX
 	MOVQ         w_base+48(FP), DX
@@ -7641,10 +10010,15 @@ TEXT ·exactAccF16AVX512(SB), NOSPLIT, $0-100
 	VPBROADCASTQ DI, Z12
 	MOVQ         $0x4338000000000000, DI
 	VPBROADCASTQ DI, Z13
+	MOVQ         c+96(FP), DI
+	VPBROADCASTQ (DI), Z14
+	VPBROADCASTQ 8(DI), Z15
+	VPBROADCASTQ 16(DI), Z16
+	VPBROADCASTQ 24(DI), Z17
 
 groups:
 	CMPQ SI, $0x07
-	JB   rest
+	JBE  rest
 
 	// 7 inputs
 	MOVQ (BX), DI
@@ -8055,6 +10429,8 @@ g7_done:
 	JMP  groups
 
 rest:
+	CMPQ SI, $0x07
+	JE   group7
 	CMPQ SI, $0x06
 	JE   group6
 	CMPQ SI, $0x05
@@ -8069,6 +10445,442 @@ rest:
 	JE   group1
 	JMP  ret
 
+group7:
+	// 7 inputs
+	MOVQ (BX), SI
+	MOVQ 24(BX), DI
+	MOVQ 48(BX), R8
+	MOVQ 72(BX), R9
+	MOVQ 96(BX), R10
+	MOVQ 120(BX), R11
+	MOVQ 144(BX), BX
+	MOVQ hi_len+8(FP), R13
+	ANDQ $-32, R13
+	XORQ R12, R12
+	CMPQ R12, R13
+	JAE  g7fin_small
+
+g7fin_big:
+	VMOVDQU64        (AX)(R12*8), Z4
+	VMOVDQU64        (CX)(R12*8), Z5
+	VMOVDQU64        64(AX)(R12*8), Z6
+	VMOVDQU64        64(CX)(R12*8), Z7
+	VMOVDQU64        128(AX)(R12*8), Z8
+	VMOVDQU64        128(CX)(R12*8), Z9
+	VMOVDQU64        192(AX)(R12*8), Z10
+	VMOVDQU64        192(CX)(R12*8), Z11
+	VMOVDQU64        (SI)(R12*2), Z2
+	VPANDD.BCST      exactconsts<>+192(SB), Z2, Z2
+	VPMAXUW          Z2, Z0, Z0
+	VCVTPH2PS        (SI)(R12*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST (DX), Z2, Z3
+	VPADDQ           Z3, Z4, Z4
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST (DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z5, Z5
+	VCVTPH2PS        16(SI)(R12*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST (DX), Z2, Z3
+	VPADDQ           Z3, Z6, Z6
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST (DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VCVTPH2PS        32(SI)(R12*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST (DX), Z2, Z3
+	VPADDQ           Z3, Z8, Z8
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST (DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VCVTPH2PS        48(SI)(R12*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST (DX), Z2, Z3
+	VPADDQ           Z3, Z10, Z10
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST (DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z11, Z11
+	VMOVDQU64        (DI)(R12*2), Z2
+	VPANDD.BCST      exactconsts<>+192(SB), Z2, Z2
+	VPMAXUW          Z2, Z0, Z0
+	VCVTPH2PS        (DI)(R12*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 8(DX), Z2, Z3
+	VPADDQ           Z3, Z4, Z4
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 8(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z5, Z5
+	VCVTPH2PS        16(DI)(R12*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 8(DX), Z2, Z3
+	VPADDQ           Z3, Z6, Z6
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 8(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VCVTPH2PS        32(DI)(R12*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 8(DX), Z2, Z3
+	VPADDQ           Z3, Z8, Z8
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 8(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VCVTPH2PS        48(DI)(R12*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 8(DX), Z2, Z3
+	VPADDQ           Z3, Z10, Z10
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 8(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z11, Z11
+	VMOVDQU64        (R8)(R12*2), Z2
+	VPANDD.BCST      exactconsts<>+192(SB), Z2, Z2
+	VPMAXUW          Z2, Z0, Z0
+	VCVTPH2PS        (R8)(R12*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 16(DX), Z2, Z3
+	VPADDQ           Z3, Z4, Z4
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 16(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z5, Z5
+	VCVTPH2PS        16(R8)(R12*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 16(DX), Z2, Z3
+	VPADDQ           Z3, Z6, Z6
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 16(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VCVTPH2PS        32(R8)(R12*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 16(DX), Z2, Z3
+	VPADDQ           Z3, Z8, Z8
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 16(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VCVTPH2PS        48(R8)(R12*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 16(DX), Z2, Z3
+	VPADDQ           Z3, Z10, Z10
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 16(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z11, Z11
+	VMOVDQU64        (R9)(R12*2), Z2
+	VPANDD.BCST      exactconsts<>+192(SB), Z2, Z2
+	VPMAXUW          Z2, Z0, Z0
+	VCVTPH2PS        (R9)(R12*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 24(DX), Z2, Z3
+	VPADDQ           Z3, Z4, Z4
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 24(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z5, Z5
+	VCVTPH2PS        16(R9)(R12*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 24(DX), Z2, Z3
+	VPADDQ           Z3, Z6, Z6
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 24(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VCVTPH2PS        32(R9)(R12*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 24(DX), Z2, Z3
+	VPADDQ           Z3, Z8, Z8
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 24(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VCVTPH2PS        48(R9)(R12*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 24(DX), Z2, Z3
+	VPADDQ           Z3, Z10, Z10
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 24(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z11, Z11
+	VMOVDQU64        (R10)(R12*2), Z2
+	VPANDD.BCST      exactconsts<>+192(SB), Z2, Z2
+	VPMAXUW          Z2, Z0, Z0
+	VCVTPH2PS        (R10)(R12*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 32(DX), Z2, Z3
+	VPADDQ           Z3, Z4, Z4
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 32(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z5, Z5
+	VCVTPH2PS        16(R10)(R12*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 32(DX), Z2, Z3
+	VPADDQ           Z3, Z6, Z6
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 32(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VCVTPH2PS        32(R10)(R12*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 32(DX), Z2, Z3
+	VPADDQ           Z3, Z8, Z8
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 32(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VCVTPH2PS        48(R10)(R12*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 32(DX), Z2, Z3
+	VPADDQ           Z3, Z10, Z10
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 32(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z11, Z11
+	VMOVDQU64        (R11)(R12*2), Z2
+	VPANDD.BCST      exactconsts<>+192(SB), Z2, Z2
+	VPMAXUW          Z2, Z0, Z0
+	VCVTPH2PS        (R11)(R12*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 40(DX), Z2, Z3
+	VPADDQ           Z3, Z4, Z4
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 40(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z5, Z5
+	VCVTPH2PS        16(R11)(R12*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 40(DX), Z2, Z3
+	VPADDQ           Z3, Z6, Z6
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 40(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VCVTPH2PS        32(R11)(R12*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 40(DX), Z2, Z3
+	VPADDQ           Z3, Z8, Z8
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 40(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VCVTPH2PS        48(R11)(R12*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 40(DX), Z2, Z3
+	VPADDQ           Z3, Z10, Z10
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 40(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z11, Z11
+	VMOVDQU64        (BX)(R12*2), Z2
+	VPANDD.BCST      exactconsts<>+192(SB), Z2, Z2
+	VPMAXUW          Z2, Z0, Z0
+	VCVTPH2PS        (BX)(R12*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 48(DX), Z2, Z3
+	VPADDQ           Z3, Z4, Z4
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 48(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z5, Z5
+	VCVTPH2PS        16(BX)(R12*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 48(DX), Z2, Z3
+	VPADDQ           Z3, Z6, Z6
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 48(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VCVTPH2PS        32(BX)(R12*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 48(DX), Z2, Z3
+	VPADDQ           Z3, Z8, Z8
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 48(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VCVTPH2PS        48(BX)(R12*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 48(DX), Z2, Z3
+	VPADDQ           Z3, Z10, Z10
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 48(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z11, Z11
+	VPADDQ           Z14, Z5, Z3
+	VPSRLQ           $0x34, Z3, Z5
+	VPADDQ           Z5, Z4, Z4
+	VPADDQ           Z15, Z4, Z4
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z5
+	VPADDQ           Z14, Z7, Z3
+	VPSRLQ           $0x34, Z3, Z7
+	VPADDQ           Z7, Z6, Z6
+	VPADDQ           Z15, Z6, Z6
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z7
+	VPADDQ           Z14, Z9, Z3
+	VPSRLQ           $0x34, Z3, Z9
+	VPADDQ           Z9, Z8, Z8
+	VPADDQ           Z15, Z8, Z8
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z9
+	VPADDQ           Z14, Z11, Z3
+	VPSRLQ           $0x34, Z3, Z11
+	VPADDQ           Z11, Z10, Z10
+	VPADDQ           Z15, Z10, Z10
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z11
+	VMOVDQU64        Z4, (AX)(R12*8)
+	VMOVDQU64        Z5, (CX)(R12*8)
+	VMOVDQU64        Z6, 64(AX)(R12*8)
+	VMOVDQU64        Z7, 64(CX)(R12*8)
+	VMOVDQU64        Z8, 128(AX)(R12*8)
+	VMOVDQU64        Z9, 128(CX)(R12*8)
+	VMOVDQU64        Z10, 192(AX)(R12*8)
+	VMOVDQU64        Z11, 192(CX)(R12*8)
+	ADDQ             $0x00000020, R12
+	CMPQ             R12, R13
+	JB               g7fin_big
+
+g7fin_small:
+	CMPQ             R12, hi_len+8(FP)
+	JAE              g7fin_done
+	VMOVDQU64        (AX)(R12*8), Z4
+	VMOVDQU64        (CX)(R12*8), Z5
+	VMOVDQU          (SI)(R12*2), X2
+	VPAND            exactconsts<>+192(SB), X2, X2
+	VPMAXUW          X2, X1, X1
+	VCVTPH2PS        (SI)(R12*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST (DX), Z2, Z3
+	VPADDQ           Z3, Z4, Z4
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST (DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z5, Z5
+	VMOVDQU          (DI)(R12*2), X2
+	VPAND            exactconsts<>+192(SB), X2, X2
+	VPMAXUW          X2, X1, X1
+	VCVTPH2PS        (DI)(R12*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 8(DX), Z2, Z3
+	VPADDQ           Z3, Z4, Z4
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 8(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z5, Z5
+	VMOVDQU          (R8)(R12*2), X2
+	VPAND            exactconsts<>+192(SB), X2, X2
+	VPMAXUW          X2, X1, X1
+	VCVTPH2PS        (R8)(R12*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 16(DX), Z2, Z3
+	VPADDQ           Z3, Z4, Z4
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 16(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z5, Z5
+	VMOVDQU          (R9)(R12*2), X2
+	VPAND            exactconsts<>+192(SB), X2, X2
+	VPMAXUW          X2, X1, X1
+	VCVTPH2PS        (R9)(R12*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 24(DX), Z2, Z3
+	VPADDQ           Z3, Z4, Z4
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 24(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z5, Z5
+	VMOVDQU          (R10)(R12*2), X2
+	VPAND            exactconsts<>+192(SB), X2, X2
+	VPMAXUW          X2, X1, X1
+	VCVTPH2PS        (R10)(R12*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 32(DX), Z2, Z3
+	VPADDQ           Z3, Z4, Z4
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 32(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z5, Z5
+	VMOVDQU          (R11)(R12*2), X2
+	VPAND            exactconsts<>+192(SB), X2, X2
+	VPMAXUW          X2, X1, X1
+	VCVTPH2PS        (R11)(R12*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 40(DX), Z2, Z3
+	VPADDQ           Z3, Z4, Z4
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 40(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z5, Z5
+	VMOVDQU          (BX)(R12*2), X2
+	VPAND            exactconsts<>+192(SB), X2, X2
+	VPMAXUW          X2, X1, X1
+	VCVTPH2PS        (BX)(R12*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 48(DX), Z2, Z3
+	VPADDQ           Z3, Z4, Z4
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 48(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z5, Z5
+	VPADDQ           Z14, Z5, Z3
+	VPSRLQ           $0x34, Z3, Z5
+	VPADDQ           Z5, Z4, Z4
+	VPADDQ           Z15, Z4, Z4
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z5
+	VMOVDQU64        Z4, (AX)(R12*8)
+	VMOVDQU64        Z5, (CX)(R12*8)
+	ADDQ             $0x00000008, R12
+	JMP              g7fin_small
+
+g7fin_done:
+	JMP ret
+
 group6:
 	// 6 inputs
 	MOVQ (BX), SI
@@ -8081,9 +10893,9 @@ group6:
 	ANDQ $-32, R12
 	XORQ R11, R11
 	CMPQ R11, R12
-	JAE  g6_small
+	JAE  g6fin_small
 
-g6_big:
+g6fin_big:
 	VMOVDQU64        (AX)(R11*8), Z4
 	VMOVDQU64        (CX)(R11*8), Z5
 	VMOVDQU64        64(AX)(R11*8), Z6
@@ -8326,6 +11138,30 @@ g6_big:
 	VFMSUB231PD.BCST 40(DX), Z2, Z3
 	VADDPD           Z13, Z3, Z3
 	VPADDQ           Z3, Z11, Z11
+	VPADDQ           Z14, Z5, Z3
+	VPSRLQ           $0x34, Z3, Z5
+	VPADDQ           Z5, Z4, Z4
+	VPADDQ           Z15, Z4, Z4
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z5
+	VPADDQ           Z14, Z7, Z3
+	VPSRLQ           $0x34, Z3, Z7
+	VPADDQ           Z7, Z6, Z6
+	VPADDQ           Z15, Z6, Z6
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z7
+	VPADDQ           Z14, Z9, Z3
+	VPSRLQ           $0x34, Z3, Z9
+	VPADDQ           Z9, Z8, Z8
+	VPADDQ           Z15, Z8, Z8
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z9
+	VPADDQ           Z14, Z11, Z3
+	VPSRLQ           $0x34, Z3, Z11
+	VPADDQ           Z11, Z10, Z10
+	VPADDQ           Z15, Z10, Z10
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z11
 	VMOVDQU64        Z4, (AX)(R11*8)
 	VMOVDQU64        Z5, (CX)(R11*8)
 	VMOVDQU64        Z6, 64(AX)(R11*8)
@@ -8336,11 +11172,11 @@ g6_big:
 	VMOVDQU64        Z11, 192(CX)(R11*8)
 	ADDQ             $0x00000020, R11
 	CMPQ             R11, R12
-	JB               g6_big
+	JB               g6fin_big
 
-g6_small:
+g6fin_small:
 	CMPQ             R11, hi_len+8(FP)
-	JAE              g6_done
+	JAE              g6fin_done
 	VMOVDQU64        (AX)(R11*8), Z4
 	VMOVDQU64        (CX)(R11*8), Z5
 	VMOVDQU          (SI)(R11*2), X2
@@ -8415,12 +11251,18 @@ g6_small:
 	VFMSUB231PD.BCST 40(DX), Z2, Z3
 	VADDPD           Z13, Z3, Z3
 	VPADDQ           Z3, Z5, Z5
+	VPADDQ           Z14, Z5, Z3
+	VPSRLQ           $0x34, Z3, Z5
+	VPADDQ           Z5, Z4, Z4
+	VPADDQ           Z15, Z4, Z4
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z5
 	VMOVDQU64        Z4, (AX)(R11*8)
 	VMOVDQU64        Z5, (CX)(R11*8)
 	ADDQ             $0x00000008, R11
-	JMP              g6_small
+	JMP              g6fin_small
 
-g6_done:
+g6fin_done:
 	JMP ret
 
 group5:
@@ -8434,9 +11276,9 @@ group5:
 	ANDQ $-32, R11
 	XORQ R10, R10
 	CMPQ R10, R11
-	JAE  g5_small
+	JAE  g5fin_small
 
-g5_big:
+g5fin_big:
 	VMOVDQU64        (AX)(R10*8), Z4
 	VMOVDQU64        (CX)(R10*8), Z5
 	VMOVDQU64        64(AX)(R10*8), Z6
@@ -8640,6 +11482,30 @@ g5_big:
 	VFMSUB231PD.BCST 32(DX), Z2, Z3
 	VADDPD           Z13, Z3, Z3
 	VPADDQ           Z3, Z11, Z11
+	VPADDQ           Z14, Z5, Z3
+	VPSRLQ           $0x34, Z3, Z5
+	VPADDQ           Z5, Z4, Z4
+	VPADDQ           Z15, Z4, Z4
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z5
+	VPADDQ           Z14, Z7, Z3
+	VPSRLQ           $0x34, Z3, Z7
+	VPADDQ           Z7, Z6, Z6
+	VPADDQ           Z15, Z6, Z6
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z7
+	VPADDQ           Z14, Z9, Z3
+	VPSRLQ           $0x34, Z3, Z9
+	VPADDQ           Z9, Z8, Z8
+	VPADDQ           Z15, Z8, Z8
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z9
+	VPADDQ           Z14, Z11, Z3
+	VPSRLQ           $0x34, Z3, Z11
+	VPADDQ           Z11, Z10, Z10
+	VPADDQ           Z15, Z10, Z10
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z11
 	VMOVDQU64        Z4, (AX)(R10*8)
 	VMOVDQU64        Z5, (CX)(R10*8)
 	VMOVDQU64        Z6, 64(AX)(R10*8)
@@ -8650,11 +11516,11 @@ g5_big:
 	VMOVDQU64        Z11, 192(CX)(R10*8)
 	ADDQ             $0x00000020, R10
 	CMPQ             R10, R11
-	JB               g5_big
+	JB               g5fin_big
 
-g5_small:
+g5fin_small:
 	CMPQ             R10, hi_len+8(FP)
-	JAE              g5_done
+	JAE              g5fin_done
 	VMOVDQU64        (AX)(R10*8), Z4
 	VMOVDQU64        (CX)(R10*8), Z5
 	VMOVDQU          (SI)(R10*2), X2
@@ -8717,12 +11583,18 @@ g5_small:
 	VFMSUB231PD.BCST 32(DX), Z2, Z3
 	VADDPD           Z13, Z3, Z3
 	VPADDQ           Z3, Z5, Z5
+	VPADDQ           Z14, Z5, Z3
+	VPSRLQ           $0x34, Z3, Z5
+	VPADDQ           Z5, Z4, Z4
+	VPADDQ           Z15, Z4, Z4
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z5
 	VMOVDQU64        Z4, (AX)(R10*8)
 	VMOVDQU64        Z5, (CX)(R10*8)
 	ADDQ             $0x00000008, R10
-	JMP              g5_small
+	JMP              g5fin_small
 
-g5_done:
+g5fin_done:
 	JMP ret
 
 group4:
@@ -8735,9 +11607,9 @@ group4:
 	ANDQ $-32, R10
 	XORQ R9, R9
 	CMPQ R9, R10
-	JAE  g4_small
+	JAE  g4fin_small
 
-g4_big:
+g4fin_big:
 	VMOVDQU64        (AX)(R9*8), Z4
 	VMOVDQU64        (CX)(R9*8), Z5
 	VMOVDQU64        64(AX)(R9*8), Z6
@@ -8902,6 +11774,30 @@ g4_big:
 	VFMSUB231PD.BCST 24(DX), Z2, Z3
 	VADDPD           Z13, Z3, Z3
 	VPADDQ           Z3, Z11, Z11
+	VPADDQ           Z14, Z5, Z3
+	VPSRLQ           $0x34, Z3, Z5
+	VPADDQ           Z5, Z4, Z4
+	VPADDQ           Z15, Z4, Z4
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z5
+	VPADDQ           Z14, Z7, Z3
+	VPSRLQ           $0x34, Z3, Z7
+	VPADDQ           Z7, Z6, Z6
+	VPADDQ           Z15, Z6, Z6
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z7
+	VPADDQ           Z14, Z9, Z3
+	VPSRLQ           $0x34, Z3, Z9
+	VPADDQ           Z9, Z8, Z8
+	VPADDQ           Z15, Z8, Z8
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z9
+	VPADDQ           Z14, Z11, Z3
+	VPSRLQ           $0x34, Z3, Z11
+	VPADDQ           Z11, Z10, Z10
+	VPADDQ           Z15, Z10, Z10
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z11
 	VMOVDQU64        Z4, (AX)(R9*8)
 	VMOVDQU64        Z5, (CX)(R9*8)
 	VMOVDQU64        Z6, 64(AX)(R9*8)
@@ -8912,11 +11808,11 @@ g4_big:
 	VMOVDQU64        Z11, 192(CX)(R9*8)
 	ADDQ             $0x00000020, R9
 	CMPQ             R9, R10
-	JB               g4_big
+	JB               g4fin_big
 
-g4_small:
+g4fin_small:
 	CMPQ             R9, hi_len+8(FP)
-	JAE              g4_done
+	JAE              g4fin_done
 	VMOVDQU64        (AX)(R9*8), Z4
 	VMOVDQU64        (CX)(R9*8), Z5
 	VMOVDQU          (SI)(R9*2), X2
@@ -8967,12 +11863,18 @@ g4_small:
 	VFMSUB231PD.BCST 24(DX), Z2, Z3
 	VADDPD           Z13, Z3, Z3
 	VPADDQ           Z3, Z5, Z5
+	VPADDQ           Z14, Z5, Z3
+	VPSRLQ           $0x34, Z3, Z5
+	VPADDQ           Z5, Z4, Z4
+	VPADDQ           Z15, Z4, Z4
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z5
 	VMOVDQU64        Z4, (AX)(R9*8)
 	VMOVDQU64        Z5, (CX)(R9*8)
 	ADDQ             $0x00000008, R9
-	JMP              g4_small
+	JMP              g4fin_small
 
-g4_done:
+g4fin_done:
 	JMP ret
 
 group3:
@@ -8984,9 +11886,9 @@ group3:
 	ANDQ $-32, R9
 	XORQ R8, R8
 	CMPQ R8, R9
-	JAE  g3_small
+	JAE  g3fin_small
 
-g3_big:
+g3fin_big:
 	VMOVDQU64        (AX)(R8*8), Z4
 	VMOVDQU64        (CX)(R8*8), Z5
 	VMOVDQU64        64(AX)(R8*8), Z6
@@ -9112,6 +12014,30 @@ g3_big:
 	VFMSUB231PD.BCST 16(DX), Z2, Z3
 	VADDPD           Z13, Z3, Z3
 	VPADDQ           Z3, Z11, Z11
+	VPADDQ           Z14, Z5, Z3
+	VPSRLQ           $0x34, Z3, Z5
+	VPADDQ           Z5, Z4, Z4
+	VPADDQ           Z15, Z4, Z4
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z5
+	VPADDQ           Z14, Z7, Z3
+	VPSRLQ           $0x34, Z3, Z7
+	VPADDQ           Z7, Z6, Z6
+	VPADDQ           Z15, Z6, Z6
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z7
+	VPADDQ           Z14, Z9, Z3
+	VPSRLQ           $0x34, Z3, Z9
+	VPADDQ           Z9, Z8, Z8
+	VPADDQ           Z15, Z8, Z8
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z9
+	VPADDQ           Z14, Z11, Z3
+	VPSRLQ           $0x34, Z3, Z11
+	VPADDQ           Z11, Z10, Z10
+	VPADDQ           Z15, Z10, Z10
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z11
 	VMOVDQU64        Z4, (AX)(R8*8)
 	VMOVDQU64        Z5, (CX)(R8*8)
 	VMOVDQU64        Z6, 64(AX)(R8*8)
@@ -9122,11 +12048,11 @@ g3_big:
 	VMOVDQU64        Z11, 192(CX)(R8*8)
 	ADDQ             $0x00000020, R8
 	CMPQ             R8, R9
-	JB               g3_big
+	JB               g3fin_big
 
-g3_small:
+g3fin_small:
 	CMPQ             R8, hi_len+8(FP)
-	JAE              g3_done
+	JAE              g3fin_done
 	VMOVDQU64        (AX)(R8*8), Z4
 	VMOVDQU64        (CX)(R8*8), Z5
 	VMOVDQU          (SI)(R8*2), X2
@@ -9165,12 +12091,18 @@ g3_small:
 	VFMSUB231PD.BCST 16(DX), Z2, Z3
 	VADDPD           Z13, Z3, Z3
 	VPADDQ           Z3, Z5, Z5
+	VPADDQ           Z14, Z5, Z3
+	VPSRLQ           $0x34, Z3, Z5
+	VPADDQ           Z5, Z4, Z4
+	VPADDQ           Z15, Z4, Z4
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z5
 	VMOVDQU64        Z4, (AX)(R8*8)
 	VMOVDQU64        Z5, (CX)(R8*8)
 	ADDQ             $0x00000008, R8
-	JMP              g3_small
+	JMP              g3fin_small
 
-g3_done:
+g3fin_done:
 	JMP ret
 
 group2:
@@ -9181,9 +12113,9 @@ group2:
 	ANDQ $-32, R8
 	XORQ DI, DI
 	CMPQ DI, R8
-	JAE  g2_small
+	JAE  g2fin_small
 
-g2_big:
+g2fin_big:
 	VMOVDQU64        (AX)(DI*8), Z4
 	VMOVDQU64        (CX)(DI*8), Z5
 	VMOVDQU64        64(AX)(DI*8), Z6
@@ -9270,6 +12202,30 @@ g2_big:
 	VFMSUB231PD.BCST 8(DX), Z2, Z3
 	VADDPD           Z13, Z3, Z3
 	VPADDQ           Z3, Z11, Z11
+	VPADDQ           Z14, Z5, Z3
+	VPSRLQ           $0x34, Z3, Z5
+	VPADDQ           Z5, Z4, Z4
+	VPADDQ           Z15, Z4, Z4
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z5
+	VPADDQ           Z14, Z7, Z3
+	VPSRLQ           $0x34, Z3, Z7
+	VPADDQ           Z7, Z6, Z6
+	VPADDQ           Z15, Z6, Z6
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z7
+	VPADDQ           Z14, Z9, Z3
+	VPSRLQ           $0x34, Z3, Z9
+	VPADDQ           Z9, Z8, Z8
+	VPADDQ           Z15, Z8, Z8
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z9
+	VPADDQ           Z14, Z11, Z3
+	VPSRLQ           $0x34, Z3, Z11
+	VPADDQ           Z11, Z10, Z10
+	VPADDQ           Z15, Z10, Z10
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z11
 	VMOVDQU64        Z4, (AX)(DI*8)
 	VMOVDQU64        Z5, (CX)(DI*8)
 	VMOVDQU64        Z6, 64(AX)(DI*8)
@@ -9280,11 +12236,11 @@ g2_big:
 	VMOVDQU64        Z11, 192(CX)(DI*8)
 	ADDQ             $0x00000020, DI
 	CMPQ             DI, R8
-	JB               g2_big
+	JB               g2fin_big
 
-g2_small:
+g2fin_small:
 	CMPQ             DI, hi_len+8(FP)
-	JAE              g2_done
+	JAE              g2fin_done
 	VMOVDQU64        (AX)(DI*8), Z4
 	VMOVDQU64        (CX)(DI*8), Z5
 	VMOVDQU          (SI)(DI*2), X2
@@ -9311,12 +12267,18 @@ g2_small:
 	VFMSUB231PD.BCST 8(DX), Z2, Z3
 	VADDPD           Z13, Z3, Z3
 	VPADDQ           Z3, Z5, Z5
+	VPADDQ           Z14, Z5, Z3
+	VPSRLQ           $0x34, Z3, Z5
+	VPADDQ           Z5, Z4, Z4
+	VPADDQ           Z15, Z4, Z4
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z5
 	VMOVDQU64        Z4, (AX)(DI*8)
 	VMOVDQU64        Z5, (CX)(DI*8)
 	ADDQ             $0x00000008, DI
-	JMP              g2_small
+	JMP              g2fin_small
 
-g2_done:
+g2fin_done:
 	JMP ret
 
 group1:
@@ -9326,9 +12288,9 @@ group1:
 	ANDQ $-32, DI
 	XORQ SI, SI
 	CMPQ SI, DI
-	JAE  g1_small
+	JAE  g1fin_small
 
-g1_big:
+g1fin_big:
 	VMOVDQU64        (AX)(SI*8), Z4
 	VMOVDQU64        (CX)(SI*8), Z5
 	VMOVDQU64        64(AX)(SI*8), Z6
@@ -9376,6 +12338,30 @@ g1_big:
 	VFMSUB231PD.BCST (DX), Z2, Z3
 	VADDPD           Z13, Z3, Z3
 	VPADDQ           Z3, Z11, Z11
+	VPADDQ           Z14, Z5, Z3
+	VPSRLQ           $0x34, Z3, Z5
+	VPADDQ           Z5, Z4, Z4
+	VPADDQ           Z15, Z4, Z4
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z5
+	VPADDQ           Z14, Z7, Z3
+	VPSRLQ           $0x34, Z3, Z7
+	VPADDQ           Z7, Z6, Z6
+	VPADDQ           Z15, Z6, Z6
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z7
+	VPADDQ           Z14, Z9, Z3
+	VPSRLQ           $0x34, Z3, Z9
+	VPADDQ           Z9, Z8, Z8
+	VPADDQ           Z15, Z8, Z8
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z9
+	VPADDQ           Z14, Z11, Z3
+	VPSRLQ           $0x34, Z3, Z11
+	VPADDQ           Z11, Z10, Z10
+	VPADDQ           Z15, Z10, Z10
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z11
 	VMOVDQU64        Z4, (AX)(SI*8)
 	VMOVDQU64        Z5, (CX)(SI*8)
 	VMOVDQU64        Z6, 64(AX)(SI*8)
@@ -9386,11 +12372,11 @@ g1_big:
 	VMOVDQU64        Z11, 192(CX)(SI*8)
 	ADDQ             $0x00000020, SI
 	CMPQ             SI, DI
-	JB               g1_big
+	JB               g1fin_big
 
-g1_small:
+g1fin_small:
 	CMPQ             SI, hi_len+8(FP)
-	JAE              g1_done
+	JAE              g1fin_done
 	VMOVDQU64        (AX)(SI*8), Z4
 	VMOVDQU64        (CX)(SI*8), Z5
 	VMOVDQU          (BX)(SI*2), X2
@@ -9405,12 +12391,18 @@ g1_small:
 	VFMSUB231PD.BCST (DX), Z2, Z3
 	VADDPD           Z13, Z3, Z3
 	VPADDQ           Z3, Z5, Z5
+	VPADDQ           Z14, Z5, Z3
+	VPSRLQ           $0x34, Z3, Z5
+	VPADDQ           Z5, Z4, Z4
+	VPADDQ           Z15, Z4, Z4
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z5
 	VMOVDQU64        Z4, (AX)(SI*8)
 	VMOVDQU64        Z5, (CX)(SI*8)
 	ADDQ             $0x00000008, SI
-	JMP              g1_small
+	JMP              g1fin_small
 
-g1_done:
+g1fin_done:
 ret:
 	VMOVDQU       X1, X1
 	VEXTRACTI64X4 $0x01, Z0, Y2
@@ -9426,13 +12418,13 @@ ret:
 	VPMAXUW       X0, X1, X1
 	VMOVD         X1, AX
 	ANDL          $0x0000ffff, AX
-	MOVL          AX, ret+96(FP)
+	MOVL          AX, ret+104(FP)
 	VZEROUPPER
 	RET
 
-// func exactAccI8AVX512(hi []int64, lo []int64, w []float64, x [][]byte) uint32
+// func exactAccI8AVX512(hi []int64, lo []int64, w []float64, x [][]byte, c *[4]int64) uint32
 // Requires: AVX, AVX2, AVX512F
-TEXT ·exactAccI8AVX512(SB), NOSPLIT, $0-100
+TEXT ·exactAccI8AVX512(SB), NOSPLIT, $0-108
 	MOVQ         hi_base+0(FP), AX
 	MOVQ         lo_base+24(FP), CX
 	MOVQ         w_base+48(FP), DX
@@ -9444,10 +12436,15 @@ TEXT ·exactAccI8AVX512(SB), NOSPLIT, $0-100
 	VPBROADCASTQ DI, Z12
 	MOVQ         $0x4338000000000000, DI
 	VPBROADCASTQ DI, Z13
+	MOVQ         c+96(FP), DI
+	VPBROADCASTQ (DI), Z14
+	VPBROADCASTQ 8(DI), Z15
+	VPBROADCASTQ 16(DI), Z16
+	VPBROADCASTQ 24(DI), Z17
 
 groups:
 	CMPQ SI, $0x07
-	JB   rest
+	JBE  rest
 
 	// 7 inputs
 	MOVQ (BX), DI
@@ -9858,6 +12855,8 @@ g7_done:
 	JMP  groups
 
 rest:
+	CMPQ SI, $0x07
+	JE   group7
 	CMPQ SI, $0x06
 	JE   group6
 	CMPQ SI, $0x05
@@ -9872,6 +12871,442 @@ rest:
 	JE   group1
 	JMP  ret
 
+group7:
+	// 7 inputs
+	MOVQ (BX), SI
+	MOVQ 24(BX), DI
+	MOVQ 48(BX), R8
+	MOVQ 72(BX), R9
+	MOVQ 96(BX), R10
+	MOVQ 120(BX), R11
+	MOVQ 144(BX), BX
+	MOVQ hi_len+8(FP), R13
+	ANDQ $-32, R13
+	XORQ R12, R12
+	CMPQ R12, R13
+	JAE  g7fin_small
+
+g7fin_big:
+	VMOVDQU64        (AX)(R12*8), Z4
+	VMOVDQU64        (CX)(R12*8), Z5
+	VMOVDQU64        64(AX)(R12*8), Z6
+	VMOVDQU64        64(CX)(R12*8), Z7
+	VMOVDQU64        128(AX)(R12*8), Z8
+	VMOVDQU64        128(CX)(R12*8), Z9
+	VMOVDQU64        192(AX)(R12*8), Z10
+	VMOVDQU64        192(CX)(R12*8), Z11
+	VMOVDQU          (SI)(R12*1), Y2
+	VPABSB           Y2, Y2
+	VPMAXUB          Y2, Y0, Y0
+	VPMOVSXBD        (SI)(R12*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST (DX), Z2, Z3
+	VPADDQ           Z3, Z4, Z4
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST (DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z5, Z5
+	VPMOVSXBD        8(SI)(R12*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST (DX), Z2, Z3
+	VPADDQ           Z3, Z6, Z6
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST (DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VPMOVSXBD        16(SI)(R12*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST (DX), Z2, Z3
+	VPADDQ           Z3, Z8, Z8
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST (DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VPMOVSXBD        24(SI)(R12*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST (DX), Z2, Z3
+	VPADDQ           Z3, Z10, Z10
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST (DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z11, Z11
+	VMOVDQU          (DI)(R12*1), Y2
+	VPABSB           Y2, Y2
+	VPMAXUB          Y2, Y0, Y0
+	VPMOVSXBD        (DI)(R12*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 8(DX), Z2, Z3
+	VPADDQ           Z3, Z4, Z4
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 8(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z5, Z5
+	VPMOVSXBD        8(DI)(R12*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 8(DX), Z2, Z3
+	VPADDQ           Z3, Z6, Z6
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 8(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VPMOVSXBD        16(DI)(R12*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 8(DX), Z2, Z3
+	VPADDQ           Z3, Z8, Z8
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 8(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VPMOVSXBD        24(DI)(R12*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 8(DX), Z2, Z3
+	VPADDQ           Z3, Z10, Z10
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 8(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z11, Z11
+	VMOVDQU          (R8)(R12*1), Y2
+	VPABSB           Y2, Y2
+	VPMAXUB          Y2, Y0, Y0
+	VPMOVSXBD        (R8)(R12*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 16(DX), Z2, Z3
+	VPADDQ           Z3, Z4, Z4
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 16(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z5, Z5
+	VPMOVSXBD        8(R8)(R12*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 16(DX), Z2, Z3
+	VPADDQ           Z3, Z6, Z6
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 16(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VPMOVSXBD        16(R8)(R12*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 16(DX), Z2, Z3
+	VPADDQ           Z3, Z8, Z8
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 16(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VPMOVSXBD        24(R8)(R12*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 16(DX), Z2, Z3
+	VPADDQ           Z3, Z10, Z10
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 16(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z11, Z11
+	VMOVDQU          (R9)(R12*1), Y2
+	VPABSB           Y2, Y2
+	VPMAXUB          Y2, Y0, Y0
+	VPMOVSXBD        (R9)(R12*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 24(DX), Z2, Z3
+	VPADDQ           Z3, Z4, Z4
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 24(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z5, Z5
+	VPMOVSXBD        8(R9)(R12*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 24(DX), Z2, Z3
+	VPADDQ           Z3, Z6, Z6
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 24(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VPMOVSXBD        16(R9)(R12*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 24(DX), Z2, Z3
+	VPADDQ           Z3, Z8, Z8
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 24(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VPMOVSXBD        24(R9)(R12*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 24(DX), Z2, Z3
+	VPADDQ           Z3, Z10, Z10
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 24(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z11, Z11
+	VMOVDQU          (R10)(R12*1), Y2
+	VPABSB           Y2, Y2
+	VPMAXUB          Y2, Y0, Y0
+	VPMOVSXBD        (R10)(R12*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 32(DX), Z2, Z3
+	VPADDQ           Z3, Z4, Z4
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 32(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z5, Z5
+	VPMOVSXBD        8(R10)(R12*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 32(DX), Z2, Z3
+	VPADDQ           Z3, Z6, Z6
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 32(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VPMOVSXBD        16(R10)(R12*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 32(DX), Z2, Z3
+	VPADDQ           Z3, Z8, Z8
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 32(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VPMOVSXBD        24(R10)(R12*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 32(DX), Z2, Z3
+	VPADDQ           Z3, Z10, Z10
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 32(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z11, Z11
+	VMOVDQU          (R11)(R12*1), Y2
+	VPABSB           Y2, Y2
+	VPMAXUB          Y2, Y0, Y0
+	VPMOVSXBD        (R11)(R12*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 40(DX), Z2, Z3
+	VPADDQ           Z3, Z4, Z4
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 40(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z5, Z5
+	VPMOVSXBD        8(R11)(R12*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 40(DX), Z2, Z3
+	VPADDQ           Z3, Z6, Z6
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 40(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VPMOVSXBD        16(R11)(R12*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 40(DX), Z2, Z3
+	VPADDQ           Z3, Z8, Z8
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 40(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VPMOVSXBD        24(R11)(R12*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 40(DX), Z2, Z3
+	VPADDQ           Z3, Z10, Z10
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 40(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z11, Z11
+	VMOVDQU          (BX)(R12*1), Y2
+	VPABSB           Y2, Y2
+	VPMAXUB          Y2, Y0, Y0
+	VPMOVSXBD        (BX)(R12*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 48(DX), Z2, Z3
+	VPADDQ           Z3, Z4, Z4
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 48(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z5, Z5
+	VPMOVSXBD        8(BX)(R12*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 48(DX), Z2, Z3
+	VPADDQ           Z3, Z6, Z6
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 48(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VPMOVSXBD        16(BX)(R12*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 48(DX), Z2, Z3
+	VPADDQ           Z3, Z8, Z8
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 48(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VPMOVSXBD        24(BX)(R12*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 48(DX), Z2, Z3
+	VPADDQ           Z3, Z10, Z10
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 48(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z11, Z11
+	VPADDQ           Z14, Z5, Z3
+	VPSRLQ           $0x34, Z3, Z5
+	VPADDQ           Z5, Z4, Z4
+	VPADDQ           Z15, Z4, Z4
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z5
+	VPADDQ           Z14, Z7, Z3
+	VPSRLQ           $0x34, Z3, Z7
+	VPADDQ           Z7, Z6, Z6
+	VPADDQ           Z15, Z6, Z6
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z7
+	VPADDQ           Z14, Z9, Z3
+	VPSRLQ           $0x34, Z3, Z9
+	VPADDQ           Z9, Z8, Z8
+	VPADDQ           Z15, Z8, Z8
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z9
+	VPADDQ           Z14, Z11, Z3
+	VPSRLQ           $0x34, Z3, Z11
+	VPADDQ           Z11, Z10, Z10
+	VPADDQ           Z15, Z10, Z10
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z11
+	VMOVDQU64        Z4, (AX)(R12*8)
+	VMOVDQU64        Z5, (CX)(R12*8)
+	VMOVDQU64        Z6, 64(AX)(R12*8)
+	VMOVDQU64        Z7, 64(CX)(R12*8)
+	VMOVDQU64        Z8, 128(AX)(R12*8)
+	VMOVDQU64        Z9, 128(CX)(R12*8)
+	VMOVDQU64        Z10, 192(AX)(R12*8)
+	VMOVDQU64        Z11, 192(CX)(R12*8)
+	ADDQ             $0x00000020, R12
+	CMPQ             R12, R13
+	JB               g7fin_big
+
+g7fin_small:
+	CMPQ             R12, hi_len+8(FP)
+	JAE              g7fin_done
+	VMOVDQU64        (AX)(R12*8), Z4
+	VMOVDQU64        (CX)(R12*8), Z5
+	VMOVQ            (SI)(R12*1), X2
+	VPABSB           X2, X2
+	VPMAXUB          X2, X1, X1
+	VPMOVSXBD        (SI)(R12*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST (DX), Z2, Z3
+	VPADDQ           Z3, Z4, Z4
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST (DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z5, Z5
+	VMOVQ            (DI)(R12*1), X2
+	VPABSB           X2, X2
+	VPMAXUB          X2, X1, X1
+	VPMOVSXBD        (DI)(R12*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 8(DX), Z2, Z3
+	VPADDQ           Z3, Z4, Z4
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 8(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z5, Z5
+	VMOVQ            (R8)(R12*1), X2
+	VPABSB           X2, X2
+	VPMAXUB          X2, X1, X1
+	VPMOVSXBD        (R8)(R12*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 16(DX), Z2, Z3
+	VPADDQ           Z3, Z4, Z4
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 16(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z5, Z5
+	VMOVQ            (R9)(R12*1), X2
+	VPABSB           X2, X2
+	VPMAXUB          X2, X1, X1
+	VPMOVSXBD        (R9)(R12*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 24(DX), Z2, Z3
+	VPADDQ           Z3, Z4, Z4
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 24(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z5, Z5
+	VMOVQ            (R10)(R12*1), X2
+	VPABSB           X2, X2
+	VPMAXUB          X2, X1, X1
+	VPMOVSXBD        (R10)(R12*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 32(DX), Z2, Z3
+	VPADDQ           Z3, Z4, Z4
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 32(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z5, Z5
+	VMOVQ            (R11)(R12*1), X2
+	VPABSB           X2, X2
+	VPMAXUB          X2, X1, X1
+	VPMOVSXBD        (R11)(R12*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 40(DX), Z2, Z3
+	VPADDQ           Z3, Z4, Z4
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 40(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z5, Z5
+	VMOVQ            (BX)(R12*1), X2
+	VPABSB           X2, X2
+	VPMAXUB          X2, X1, X1
+	VPMOVSXBD        (BX)(R12*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z12, Z3
+	VFMADD231PD.BCST 48(DX), Z2, Z3
+	VPADDQ           Z3, Z4, Z4
+	VSUBPD           Z12, Z3, Z3
+	VFMSUB231PD.BCST 48(DX), Z2, Z3
+	VADDPD           Z13, Z3, Z3
+	VPADDQ           Z3, Z5, Z5
+	VPADDQ           Z14, Z5, Z3
+	VPSRLQ           $0x34, Z3, Z5
+	VPADDQ           Z5, Z4, Z4
+	VPADDQ           Z15, Z4, Z4
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z5
+	VMOVDQU64        Z4, (AX)(R12*8)
+	VMOVDQU64        Z5, (CX)(R12*8)
+	ADDQ             $0x00000008, R12
+	JMP              g7fin_small
+
+g7fin_done:
+	JMP ret
+
 group6:
 	// 6 inputs
 	MOVQ (BX), SI
@@ -9884,9 +13319,9 @@ group6:
 	ANDQ $-32, R12
 	XORQ R11, R11
 	CMPQ R11, R12
-	JAE  g6_small
+	JAE  g6fin_small
 
-g6_big:
+g6fin_big:
 	VMOVDQU64        (AX)(R11*8), Z4
 	VMOVDQU64        (CX)(R11*8), Z5
 	VMOVDQU64        64(AX)(R11*8), Z6
@@ -10129,6 +13564,30 @@ g6_big:
 	VFMSUB231PD.BCST 40(DX), Z2, Z3
 	VADDPD           Z13, Z3, Z3
 	VPADDQ           Z3, Z11, Z11
+	VPADDQ           Z14, Z5, Z3
+	VPSRLQ           $0x34, Z3, Z5
+	VPADDQ           Z5, Z4, Z4
+	VPADDQ           Z15, Z4, Z4
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z5
+	VPADDQ           Z14, Z7, Z3
+	VPSRLQ           $0x34, Z3, Z7
+	VPADDQ           Z7, Z6, Z6
+	VPADDQ           Z15, Z6, Z6
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z7
+	VPADDQ           Z14, Z9, Z3
+	VPSRLQ           $0x34, Z3, Z9
+	VPADDQ           Z9, Z8, Z8
+	VPADDQ           Z15, Z8, Z8
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z9
+	VPADDQ           Z14, Z11, Z3
+	VPSRLQ           $0x34, Z3, Z11
+	VPADDQ           Z11, Z10, Z10
+	VPADDQ           Z15, Z10, Z10
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z11
 	VMOVDQU64        Z4, (AX)(R11*8)
 	VMOVDQU64        Z5, (CX)(R11*8)
 	VMOVDQU64        Z6, 64(AX)(R11*8)
@@ -10139,11 +13598,11 @@ g6_big:
 	VMOVDQU64        Z11, 192(CX)(R11*8)
 	ADDQ             $0x00000020, R11
 	CMPQ             R11, R12
-	JB               g6_big
+	JB               g6fin_big
 
-g6_small:
+g6fin_small:
 	CMPQ             R11, hi_len+8(FP)
-	JAE              g6_done
+	JAE              g6fin_done
 	VMOVDQU64        (AX)(R11*8), Z4
 	VMOVDQU64        (CX)(R11*8), Z5
 	VMOVQ            (SI)(R11*1), X2
@@ -10218,12 +13677,18 @@ g6_small:
 	VFMSUB231PD.BCST 40(DX), Z2, Z3
 	VADDPD           Z13, Z3, Z3
 	VPADDQ           Z3, Z5, Z5
+	VPADDQ           Z14, Z5, Z3
+	VPSRLQ           $0x34, Z3, Z5
+	VPADDQ           Z5, Z4, Z4
+	VPADDQ           Z15, Z4, Z4
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z5
 	VMOVDQU64        Z4, (AX)(R11*8)
 	VMOVDQU64        Z5, (CX)(R11*8)
 	ADDQ             $0x00000008, R11
-	JMP              g6_small
+	JMP              g6fin_small
 
-g6_done:
+g6fin_done:
 	JMP ret
 
 group5:
@@ -10237,9 +13702,9 @@ group5:
 	ANDQ $-32, R11
 	XORQ R10, R10
 	CMPQ R10, R11
-	JAE  g5_small
+	JAE  g5fin_small
 
-g5_big:
+g5fin_big:
 	VMOVDQU64        (AX)(R10*8), Z4
 	VMOVDQU64        (CX)(R10*8), Z5
 	VMOVDQU64        64(AX)(R10*8), Z6
@@ -10443,6 +13908,30 @@ g5_big:
 	VFMSUB231PD.BCST 32(DX), Z2, Z3
 	VADDPD           Z13, Z3, Z3
 	VPADDQ           Z3, Z11, Z11
+	VPADDQ           Z14, Z5, Z3
+	VPSRLQ           $0x34, Z3, Z5
+	VPADDQ           Z5, Z4, Z4
+	VPADDQ           Z15, Z4, Z4
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z5
+	VPADDQ           Z14, Z7, Z3
+	VPSRLQ           $0x34, Z3, Z7
+	VPADDQ           Z7, Z6, Z6
+	VPADDQ           Z15, Z6, Z6
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z7
+	VPADDQ           Z14, Z9, Z3
+	VPSRLQ           $0x34, Z3, Z9
+	VPADDQ           Z9, Z8, Z8
+	VPADDQ           Z15, Z8, Z8
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z9
+	VPADDQ           Z14, Z11, Z3
+	VPSRLQ           $0x34, Z3, Z11
+	VPADDQ           Z11, Z10, Z10
+	VPADDQ           Z15, Z10, Z10
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z11
 	VMOVDQU64        Z4, (AX)(R10*8)
 	VMOVDQU64        Z5, (CX)(R10*8)
 	VMOVDQU64        Z6, 64(AX)(R10*8)
@@ -10453,11 +13942,11 @@ g5_big:
 	VMOVDQU64        Z11, 192(CX)(R10*8)
 	ADDQ             $0x00000020, R10
 	CMPQ             R10, R11
-	JB               g5_big
+	JB               g5fin_big
 
-g5_small:
+g5fin_small:
 	CMPQ             R10, hi_len+8(FP)
-	JAE              g5_done
+	JAE              g5fin_done
 	VMOVDQU64        (AX)(R10*8), Z4
 	VMOVDQU64        (CX)(R10*8), Z5
 	VMOVQ            (SI)(R10*1), X2
@@ -10520,12 +14009,18 @@ g5_small:
 	VFMSUB231PD.BCST 32(DX), Z2, Z3
 	VADDPD           Z13, Z3, Z3
 	VPADDQ           Z3, Z5, Z5
+	VPADDQ           Z14, Z5, Z3
+	VPSRLQ           $0x34, Z3, Z5
+	VPADDQ           Z5, Z4, Z4
+	VPADDQ           Z15, Z4, Z4
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z5
 	VMOVDQU64        Z4, (AX)(R10*8)
 	VMOVDQU64        Z5, (CX)(R10*8)
 	ADDQ             $0x00000008, R10
-	JMP              g5_small
+	JMP              g5fin_small
 
-g5_done:
+g5fin_done:
 	JMP ret
 
 group4:
@@ -10538,9 +14033,9 @@ group4:
 	ANDQ $-32, R10
 	XORQ R9, R9
 	CMPQ R9, R10
-	JAE  g4_small
+	JAE  g4fin_small
 
-g4_big:
+g4fin_big:
 	VMOVDQU64        (AX)(R9*8), Z4
 	VMOVDQU64        (CX)(R9*8), Z5
 	VMOVDQU64        64(AX)(R9*8), Z6
@@ -10705,6 +14200,30 @@ g4_big:
 	VFMSUB231PD.BCST 24(DX), Z2, Z3
 	VADDPD           Z13, Z3, Z3
 	VPADDQ           Z3, Z11, Z11
+	VPADDQ           Z14, Z5, Z3
+	VPSRLQ           $0x34, Z3, Z5
+	VPADDQ           Z5, Z4, Z4
+	VPADDQ           Z15, Z4, Z4
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z5
+	VPADDQ           Z14, Z7, Z3
+	VPSRLQ           $0x34, Z3, Z7
+	VPADDQ           Z7, Z6, Z6
+	VPADDQ           Z15, Z6, Z6
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z7
+	VPADDQ           Z14, Z9, Z3
+	VPSRLQ           $0x34, Z3, Z9
+	VPADDQ           Z9, Z8, Z8
+	VPADDQ           Z15, Z8, Z8
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z9
+	VPADDQ           Z14, Z11, Z3
+	VPSRLQ           $0x34, Z3, Z11
+	VPADDQ           Z11, Z10, Z10
+	VPADDQ           Z15, Z10, Z10
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z11
 	VMOVDQU64        Z4, (AX)(R9*8)
 	VMOVDQU64        Z5, (CX)(R9*8)
 	VMOVDQU64        Z6, 64(AX)(R9*8)
@@ -10715,11 +14234,11 @@ g4_big:
 	VMOVDQU64        Z11, 192(CX)(R9*8)
 	ADDQ             $0x00000020, R9
 	CMPQ             R9, R10
-	JB               g4_big
+	JB               g4fin_big
 
-g4_small:
+g4fin_small:
 	CMPQ             R9, hi_len+8(FP)
-	JAE              g4_done
+	JAE              g4fin_done
 	VMOVDQU64        (AX)(R9*8), Z4
 	VMOVDQU64        (CX)(R9*8), Z5
 	VMOVQ            (SI)(R9*1), X2
@@ -10770,12 +14289,18 @@ g4_small:
 	VFMSUB231PD.BCST 24(DX), Z2, Z3
 	VADDPD           Z13, Z3, Z3
 	VPADDQ           Z3, Z5, Z5
+	VPADDQ           Z14, Z5, Z3
+	VPSRLQ           $0x34, Z3, Z5
+	VPADDQ           Z5, Z4, Z4
+	VPADDQ           Z15, Z4, Z4
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z5
 	VMOVDQU64        Z4, (AX)(R9*8)
 	VMOVDQU64        Z5, (CX)(R9*8)
 	ADDQ             $0x00000008, R9
-	JMP              g4_small
+	JMP              g4fin_small
 
-g4_done:
+g4fin_done:
 	JMP ret
 
 group3:
@@ -10787,9 +14312,9 @@ group3:
 	ANDQ $-32, R9
 	XORQ R8, R8
 	CMPQ R8, R9
-	JAE  g3_small
+	JAE  g3fin_small
 
-g3_big:
+g3fin_big:
 	VMOVDQU64        (AX)(R8*8), Z4
 	VMOVDQU64        (CX)(R8*8), Z5
 	VMOVDQU64        64(AX)(R8*8), Z6
@@ -10915,6 +14440,30 @@ g3_big:
 	VFMSUB231PD.BCST 16(DX), Z2, Z3
 	VADDPD           Z13, Z3, Z3
 	VPADDQ           Z3, Z11, Z11
+	VPADDQ           Z14, Z5, Z3
+	VPSRLQ           $0x34, Z3, Z5
+	VPADDQ           Z5, Z4, Z4
+	VPADDQ           Z15, Z4, Z4
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z5
+	VPADDQ           Z14, Z7, Z3
+	VPSRLQ           $0x34, Z3, Z7
+	VPADDQ           Z7, Z6, Z6
+	VPADDQ           Z15, Z6, Z6
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z7
+	VPADDQ           Z14, Z9, Z3
+	VPSRLQ           $0x34, Z3, Z9
+	VPADDQ           Z9, Z8, Z8
+	VPADDQ           Z15, Z8, Z8
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z9
+	VPADDQ           Z14, Z11, Z3
+	VPSRLQ           $0x34, Z3, Z11
+	VPADDQ           Z11, Z10, Z10
+	VPADDQ           Z15, Z10, Z10
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z11
 	VMOVDQU64        Z4, (AX)(R8*8)
 	VMOVDQU64        Z5, (CX)(R8*8)
 	VMOVDQU64        Z6, 64(AX)(R8*8)
@@ -10925,11 +14474,11 @@ g3_big:
 	VMOVDQU64        Z11, 192(CX)(R8*8)
 	ADDQ             $0x00000020, R8
 	CMPQ             R8, R9
-	JB               g3_big
+	JB               g3fin_big
 
-g3_small:
+g3fin_small:
 	CMPQ             R8, hi_len+8(FP)
-	JAE              g3_done
+	JAE              g3fin_done
 	VMOVDQU64        (AX)(R8*8), Z4
 	VMOVDQU64        (CX)(R8*8), Z5
 	VMOVQ            (SI)(R8*1), X2
@@ -10968,12 +14517,18 @@ g3_small:
 	VFMSUB231PD.BCST 16(DX), Z2, Z3
 	VADDPD           Z13, Z3, Z3
 	VPADDQ           Z3, Z5, Z5
+	VPADDQ           Z14, Z5, Z3
+	VPSRLQ           $0x34, Z3, Z5
+	VPADDQ           Z5, Z4, Z4
+	VPADDQ           Z15, Z4, Z4
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z5
 	VMOVDQU64        Z4, (AX)(R8*8)
 	VMOVDQU64        Z5, (CX)(R8*8)
 	ADDQ             $0x00000008, R8
-	JMP              g3_small
+	JMP              g3fin_small
 
-g3_done:
+g3fin_done:
 	JMP ret
 
 group2:
@@ -10984,9 +14539,9 @@ group2:
 	ANDQ $-32, R8
 	XORQ DI, DI
 	CMPQ DI, R8
-	JAE  g2_small
+	JAE  g2fin_small
 
-g2_big:
+g2fin_big:
 	VMOVDQU64        (AX)(DI*8), Z4
 	VMOVDQU64        (CX)(DI*8), Z5
 	VMOVDQU64        64(AX)(DI*8), Z6
@@ -11073,6 +14628,30 @@ g2_big:
 	VFMSUB231PD.BCST 8(DX), Z2, Z3
 	VADDPD           Z13, Z3, Z3
 	VPADDQ           Z3, Z11, Z11
+	VPADDQ           Z14, Z5, Z3
+	VPSRLQ           $0x34, Z3, Z5
+	VPADDQ           Z5, Z4, Z4
+	VPADDQ           Z15, Z4, Z4
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z5
+	VPADDQ           Z14, Z7, Z3
+	VPSRLQ           $0x34, Z3, Z7
+	VPADDQ           Z7, Z6, Z6
+	VPADDQ           Z15, Z6, Z6
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z7
+	VPADDQ           Z14, Z9, Z3
+	VPSRLQ           $0x34, Z3, Z9
+	VPADDQ           Z9, Z8, Z8
+	VPADDQ           Z15, Z8, Z8
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z9
+	VPADDQ           Z14, Z11, Z3
+	VPSRLQ           $0x34, Z3, Z11
+	VPADDQ           Z11, Z10, Z10
+	VPADDQ           Z15, Z10, Z10
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z11
 	VMOVDQU64        Z4, (AX)(DI*8)
 	VMOVDQU64        Z5, (CX)(DI*8)
 	VMOVDQU64        Z6, 64(AX)(DI*8)
@@ -11083,11 +14662,11 @@ g2_big:
 	VMOVDQU64        Z11, 192(CX)(DI*8)
 	ADDQ             $0x00000020, DI
 	CMPQ             DI, R8
-	JB               g2_big
+	JB               g2fin_big
 
-g2_small:
+g2fin_small:
 	CMPQ             DI, hi_len+8(FP)
-	JAE              g2_done
+	JAE              g2fin_done
 	VMOVDQU64        (AX)(DI*8), Z4
 	VMOVDQU64        (CX)(DI*8), Z5
 	VMOVQ            (SI)(DI*1), X2
@@ -11114,12 +14693,18 @@ g2_small:
 	VFMSUB231PD.BCST 8(DX), Z2, Z3
 	VADDPD           Z13, Z3, Z3
 	VPADDQ           Z3, Z5, Z5
+	VPADDQ           Z14, Z5, Z3
+	VPSRLQ           $0x34, Z3, Z5
+	VPADDQ           Z5, Z4, Z4
+	VPADDQ           Z15, Z4, Z4
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z5
 	VMOVDQU64        Z4, (AX)(DI*8)
 	VMOVDQU64        Z5, (CX)(DI*8)
 	ADDQ             $0x00000008, DI
-	JMP              g2_small
+	JMP              g2fin_small
 
-g2_done:
+g2fin_done:
 	JMP ret
 
 group1:
@@ -11129,9 +14714,9 @@ group1:
 	ANDQ $-32, DI
 	XORQ SI, SI
 	CMPQ SI, DI
-	JAE  g1_small
+	JAE  g1fin_small
 
-g1_big:
+g1fin_big:
 	VMOVDQU64        (AX)(SI*8), Z4
 	VMOVDQU64        (CX)(SI*8), Z5
 	VMOVDQU64        64(AX)(SI*8), Z6
@@ -11179,6 +14764,30 @@ g1_big:
 	VFMSUB231PD.BCST (DX), Z2, Z3
 	VADDPD           Z13, Z3, Z3
 	VPADDQ           Z3, Z11, Z11
+	VPADDQ           Z14, Z5, Z3
+	VPSRLQ           $0x34, Z3, Z5
+	VPADDQ           Z5, Z4, Z4
+	VPADDQ           Z15, Z4, Z4
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z5
+	VPADDQ           Z14, Z7, Z3
+	VPSRLQ           $0x34, Z3, Z7
+	VPADDQ           Z7, Z6, Z6
+	VPADDQ           Z15, Z6, Z6
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z7
+	VPADDQ           Z14, Z9, Z3
+	VPSRLQ           $0x34, Z3, Z9
+	VPADDQ           Z9, Z8, Z8
+	VPADDQ           Z15, Z8, Z8
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z9
+	VPADDQ           Z14, Z11, Z3
+	VPSRLQ           $0x34, Z3, Z11
+	VPADDQ           Z11, Z10, Z10
+	VPADDQ           Z15, Z10, Z10
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z11
 	VMOVDQU64        Z4, (AX)(SI*8)
 	VMOVDQU64        Z5, (CX)(SI*8)
 	VMOVDQU64        Z6, 64(AX)(SI*8)
@@ -11189,11 +14798,11 @@ g1_big:
 	VMOVDQU64        Z11, 192(CX)(SI*8)
 	ADDQ             $0x00000020, SI
 	CMPQ             SI, DI
-	JB               g1_big
+	JB               g1fin_big
 
-g1_small:
+g1fin_small:
 	CMPQ             SI, hi_len+8(FP)
-	JAE              g1_done
+	JAE              g1fin_done
 	VMOVDQU64        (AX)(SI*8), Z4
 	VMOVDQU64        (CX)(SI*8), Z5
 	VMOVQ            (BX)(SI*1), X2
@@ -11208,12 +14817,18 @@ g1_small:
 	VFMSUB231PD.BCST (DX), Z2, Z3
 	VADDPD           Z13, Z3, Z3
 	VPADDQ           Z3, Z5, Z5
+	VPADDQ           Z14, Z5, Z3
+	VPSRLQ           $0x34, Z3, Z5
+	VPADDQ           Z5, Z4, Z4
+	VPADDQ           Z15, Z4, Z4
+	VPANDQ           Z16, Z3, Z3
+	VPADDQ           Z17, Z3, Z5
 	VMOVDQU64        Z4, (AX)(SI*8)
 	VMOVDQU64        Z5, (CX)(SI*8)
 	ADDQ             $0x00000008, SI
-	JMP              g1_small
+	JMP              g1fin_small
 
-g1_done:
+g1fin_done:
 ret:
 	VMOVDQU      X1, X1
 	VEXTRACTI128 $0x01, Y0, X2
@@ -11229,42 +14844,6 @@ ret:
 	VPMAXUB      X0, X1, X1
 	VMOVD        X1, AX
 	ANDL         $0x000000ff, AX
-	MOVL         AX, ret+96(FP)
-	VZEROUPPER
-	RET
-
-// func exactFinishAVX512(hi []int64, lo []int64, c *[4]int64)
-// Requires: AVX, AVX512F
-TEXT ·exactFinishAVX512(SB), NOSPLIT, $0-56
-	MOVQ         hi_base+0(FP), AX
-	MOVQ         lo_base+24(FP), CX
-	MOVQ         hi_len+8(FP), DX
-	MOVQ         c+48(FP), BX
-	VPBROADCASTQ (BX), Z0
-	VPBROADCASTQ 8(BX), Z1
-	VPBROADCASTQ 16(BX), Z2
-	VPBROADCASTQ 24(BX), Z3
-	MOVQ         DX, BX
-	ANDQ         $-8, BX
-	XORQ         DX, DX
-	CMPQ         DX, BX
-	JAE          small
-
-big:
-	VMOVDQU64 (AX)(DX*8), Z4
-	VMOVDQU64 (CX)(DX*8), Z5
-	VPADDQ    Z0, Z5, Z6
-	VPSRLQ    $0x34, Z6, Z5
-	VPADDQ    Z5, Z4, Z4
-	VPADDQ    Z1, Z4, Z4
-	VPANDQ    Z2, Z6, Z6
-	VPADDQ    Z3, Z6, Z6
-	VMOVDQU64 Z4, (AX)(DX*8)
-	VMOVDQU64 Z6, (CX)(DX*8)
-	ADDQ      $0x00000008, DX
-	CMPQ      DX, BX
-	JB        big
-
-small:
+	MOVL         AX, ret+104(FP)
 	VZEROUPPER
 	RET

@@ -4,30 +4,25 @@
 
 package kernels
 
-// exactAccF32AVX2 adds the terms of ExactAccF32 to the limbs as the bit patterns of the two magic sums, for len(hi) a multiple of 8, and returns the largest magnitude among the elements as the bits of their dtype; exactFinishAVX2 completes the call.
+// exactAccF32AVX2 adds the terms of ExactAccF32 to the limbs as the bit patterns of the two magic sums and finishes them (c is kernels.exactFinishConsts(len(x))), for len(hi) a multiple of 8 and len(x) > 0, and returns the largest magnitude among the elements as the bits of their dtype.
 //
 //go:noescape
-func exactAccF32AVX2(hi []int64, lo []int64, w []float64, x [][]byte) uint32
+func exactAccF32AVX2(hi []int64, lo []int64, w []float64, x [][]byte, c *[4]int64) uint32
 
-// exactAccBF16AVX2 adds the terms of ExactAccBF16 to the limbs as the bit patterns of the two magic sums, for len(hi) a multiple of 8, and returns the largest magnitude among the elements as the bits of their dtype; exactFinishAVX2 completes the call.
+// exactAccBF16AVX2 adds the terms of ExactAccBF16 to the limbs as the bit patterns of the two magic sums and finishes them (c is kernels.exactFinishConsts(len(x))), for len(hi) a multiple of 8 and len(x) > 0, and returns the largest magnitude among the elements as the bits of their dtype.
 //
 //go:noescape
-func exactAccBF16AVX2(hi []int64, lo []int64, w []float64, x [][]byte) uint32
+func exactAccBF16AVX2(hi []int64, lo []int64, w []float64, x [][]byte, c *[4]int64) uint32
 
-// exactAccF16AVX2 adds the terms of ExactAccF16 to the limbs as the bit patterns of the two magic sums, for len(hi) a multiple of 8, and returns the largest magnitude among the elements as the bits of their dtype; exactFinishAVX2 completes the call.
+// exactAccF16AVX2 adds the terms of ExactAccF16 to the limbs as the bit patterns of the two magic sums and finishes them (c is kernels.exactFinishConsts(len(x))), for len(hi) a multiple of 8 and len(x) > 0, and returns the largest magnitude among the elements as the bits of their dtype.
 //
 //go:noescape
-func exactAccF16AVX2(hi []int64, lo []int64, w []float64, x [][]byte) uint32
+func exactAccF16AVX2(hi []int64, lo []int64, w []float64, x [][]byte, c *[4]int64) uint32
 
-// exactAccI8AVX2 adds the terms of ExactAccI8 to the limbs as the bit patterns of the two magic sums, for len(hi) a multiple of 8, and returns the largest magnitude among the elements as the bits of their dtype; exactFinishAVX2 completes the call.
+// exactAccI8AVX2 adds the terms of ExactAccI8 to the limbs as the bit patterns of the two magic sums and finishes them (c is kernels.exactFinishConsts(len(x))), for len(hi) a multiple of 8 and len(x) > 0, and returns the largest magnitude among the elements as the bits of their dtype.
 //
 //go:noescape
-func exactAccI8AVX2(hi []int64, lo []int64, w []float64, x [][]byte) uint32
-
-// exactFinishAVX2 removes the magic constants' bits from limbs that took n terms and normalises them, for len(hi) a multiple of 8 (kernels.exactFinishConsts(n) is c).
-//
-//go:noescape
-func exactFinishAVX2(hi []int64, lo []int64, c *[4]int64)
+func exactAccI8AVX2(hi []int64, lo []int64, w []float64, x [][]byte, c *[4]int64) uint32
 
 // exactStoreF32AVX2 is ExactStoreF32 for len(hi) a multiple of 8.
 //
@@ -59,27 +54,22 @@ func beyondBF16AVX2(x []byte, bound float32) bool
 //go:noescape
 func beyondF16AVX2(x []byte, bound float32) bool
 
-// exactAccF32AVX512 adds the terms of ExactAccF32 to the limbs as the bit patterns of the two magic sums, for len(hi) a multiple of 8, and returns the largest magnitude among the elements as the bits of their dtype; exactFinishAVX512 completes the call.
+// exactAccF32AVX512 adds the terms of ExactAccF32 to the limbs as the bit patterns of the two magic sums and finishes them (c is kernels.exactFinishConsts(len(x))), for len(hi) a multiple of 8 and len(x) > 0, and returns the largest magnitude among the elements as the bits of their dtype.
 //
 //go:noescape
-func exactAccF32AVX512(hi []int64, lo []int64, w []float64, x [][]byte) uint32
+func exactAccF32AVX512(hi []int64, lo []int64, w []float64, x [][]byte, c *[4]int64) uint32
 
-// exactAccBF16AVX512 adds the terms of ExactAccBF16 to the limbs as the bit patterns of the two magic sums, for len(hi) a multiple of 8, and returns the largest magnitude among the elements as the bits of their dtype; exactFinishAVX512 completes the call.
+// exactAccBF16AVX512 adds the terms of ExactAccBF16 to the limbs as the bit patterns of the two magic sums and finishes them (c is kernels.exactFinishConsts(len(x))), for len(hi) a multiple of 8 and len(x) > 0, and returns the largest magnitude among the elements as the bits of their dtype.
 //
 //go:noescape
-func exactAccBF16AVX512(hi []int64, lo []int64, w []float64, x [][]byte) uint32
+func exactAccBF16AVX512(hi []int64, lo []int64, w []float64, x [][]byte, c *[4]int64) uint32
 
-// exactAccF16AVX512 adds the terms of ExactAccF16 to the limbs as the bit patterns of the two magic sums, for len(hi) a multiple of 8, and returns the largest magnitude among the elements as the bits of their dtype; exactFinishAVX512 completes the call.
+// exactAccF16AVX512 adds the terms of ExactAccF16 to the limbs as the bit patterns of the two magic sums and finishes them (c is kernels.exactFinishConsts(len(x))), for len(hi) a multiple of 8 and len(x) > 0, and returns the largest magnitude among the elements as the bits of their dtype.
 //
 //go:noescape
-func exactAccF16AVX512(hi []int64, lo []int64, w []float64, x [][]byte) uint32
+func exactAccF16AVX512(hi []int64, lo []int64, w []float64, x [][]byte, c *[4]int64) uint32
 
-// exactAccI8AVX512 adds the terms of ExactAccI8 to the limbs as the bit patterns of the two magic sums, for len(hi) a multiple of 8, and returns the largest magnitude among the elements as the bits of their dtype; exactFinishAVX512 completes the call.
+// exactAccI8AVX512 adds the terms of ExactAccI8 to the limbs as the bit patterns of the two magic sums and finishes them (c is kernels.exactFinishConsts(len(x))), for len(hi) a multiple of 8 and len(x) > 0, and returns the largest magnitude among the elements as the bits of their dtype.
 //
 //go:noescape
-func exactAccI8AVX512(hi []int64, lo []int64, w []float64, x [][]byte) uint32
-
-// exactFinishAVX512 removes the magic constants' bits from limbs that took n terms and normalises them, for len(hi) a multiple of 8 (kernels.exactFinishConsts(n) is c).
-//
-//go:noescape
-func exactFinishAVX512(hi []int64, lo []int64, c *[4]int64)
+func exactAccI8AVX512(hi []int64, lo []int64, w []float64, x [][]byte, c *[4]int64) uint32

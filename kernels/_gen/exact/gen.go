@@ -10,9 +10,10 @@
 // holds the low part. Fusing the products (rather than rounding w·x to f64 first) rounds each
 // term once to the grid, and puts two of the four operations on the FMA pipes beside the two
 // additions. The limbs take the bit patterns of the two sums (VPADDQ) rather than the parts
-// themselves: each term then adds the constants' bit patterns too, which exactFinish removes
-// once per call, with the normalisation of the low limb, modulo 2^64. The sums are integers,
-// so the assembly's limbs equal the reference's bit for bit whatever the grouping.
+// themselves: each term then adds the constants' bit patterns too, which the call's last pass
+// over the limbs removes before it stores them, with the normalisation of the low limb, modulo
+// 2^64 (finish). The sums are integers, so the assembly's limbs equal the reference's bit for
+// bit whatever the grouping.
 package main
 
 //go:generate go run . -out ../../exact_amd64.s -stubs ../../exact_stubs_amd64.go -pkg kernels
@@ -35,7 +36,6 @@ func main() {
 	for _, in := range inputs {
 		genAcc(in, avx2)
 	}
-	genFinish(avx2)
 	for _, out := range []output{outF32, outBF16, outF16} {
 		genStore(out)
 	}
@@ -45,7 +45,6 @@ func main() {
 	for _, in := range inputs {
 		genAcc(in, avx512)
 	}
-	genFinish(avx512)
 
 	Generate()
 }
@@ -193,15 +192,18 @@ func broadcastQ(s isa, v uint64) VecVirtual {
 // ---------------------------------------------------------------------------------------------
 // Accumulation.
 
-// genAcc generates exactAcc<I><ISA>(hi, lo, w, x) uint32: the terms of every input added to the
-// limbs as bit patterns, without exactFinish, for len(hi) a multiple of 8 (and of the ISA's
-// step); it returns the largest magnitude among the input elements, as the bits of its dtype
-// (|x| of a NaN above every number's), which the callers compare with their bound.
+// genAcc generates exactAcc<I><ISA>(hi, lo, w, x, c) uint32: the terms of every input added to
+// the limbs as bit patterns, for len(hi) a multiple of 8 (and of the ISA's step), the last pass
+// over the limbs finishing them with c = kernels.exactFinishConsts(len(x)) (finish); it returns
+// the largest magnitude among the input elements, as the bits of its dtype (|x| of a NaN above
+// every number's), which the callers compare with their bound. Finishing in the last pass
+// rather than in a pass of its own spares a load and a store of both limbs per element: for
+// the one input of a piece arriving at the server, a third of the accumulator's traffic.
 func genAcc(in input, s isa) {
 	name := fmt.Sprintf("exactAcc%s%s", in.name, s.suffix)
-	TEXT(name, NOSPLIT, "func(hi []int64, lo []int64, w []float64, x [][]byte) uint32")
+	TEXT(name, NOSPLIT, "func(hi []int64, lo []int64, w []float64, x [][]byte, c *[4]int64) uint32")
 	Pragma("noescape")
-	Doc(fmt.Sprintf("%s adds the terms of ExactAcc%s to the limbs as the bit patterns of the two magic sums, for len(hi) a multiple of 8, and returns the largest magnitude among the elements as the bits of their dtype; exactFinish%s completes the call.", name, in.name, s.suffix))
+	Doc(fmt.Sprintf("%s adds the terms of ExactAcc%s to the limbs as the bit patterns of the two magic sums and finishes them (c is kernels.exactFinishConsts(len(x))), for len(hi) a multiple of 8 and len(x) > 0, and returns the largest magnitude among the elements as the bits of their dtype.", name, in.name))
 	hip := Load(Param("hi").Base(), GP64())
 	lop := Load(Param("lo").Base(), GP64())
 	n, err := Param("hi").Len().Resolve()
@@ -217,26 +219,27 @@ func genAcc(in input, s isa) {
 	}
 	mx := newMaxCheck(in, s)
 	rs := newAccRegs(s)
+	fin := newFinish(s)
 
 	const hdr = 24 // a slice header: ptr, len, cap
 	Label("groups")
 	CMPQ(cnt, U8(maxGroup))
-	JB(LabelRef("rest"))
-	accGroup(in, s, maxGroup, hip, lop, n.Addr, wp, xp, wst, mx, rs)
+	JBE(LabelRef("rest")) // the last group, full or not, finishes
+	accGroup(in, s, maxGroup, hip, lop, n.Addr, wp, xp, wst, mx, rs, nil)
 	ADDQ(U32(maxGroup*hdr), xp)
 	ADDQ(U32(maxGroup*8), wp)
 	SUBQ(U8(maxGroup), cnt)
 	JMP(LabelRef("groups"))
 
 	Label("rest")
-	for g := maxGroup - 1; g >= 1; g-- {
+	for g := maxGroup; g >= 1; g-- {
 		CMPQ(cnt, U8(g))
 		JE(LabelRef(fmt.Sprintf("group%d", g)))
 	}
 	JMP(LabelRef("ret"))
-	for g := maxGroup - 1; g >= 1; g-- {
+	for g := maxGroup; g >= 1; g-- {
 		Label(fmt.Sprintf("group%d", g))
-		accGroup(in, s, g, hip, lop, n.Addr, wp, xp, wst, mx, rs)
+		accGroup(in, s, g, hip, lop, n.Addr, wp, xp, wst, mx, rs, fin)
 		JMP(LabelRef("ret"))
 	}
 	Label("ret")
@@ -422,7 +425,7 @@ func widen(in input, s isa, m Mem, dst VecVirtual) {
 // registers while every input of the group adds its terms and folds its magnitudes into the
 // check. The weights are memory operands: broadcast to the stack at wst on AVX2, embedded
 // broadcasts on AVX-512.
-func accGroup(in input, s isa, g int, hip, lop Register, n Mem, wp, xp Register, wst Mem, mx *maxCheck, rs *accRegs) {
+func accGroup(in input, s isa, g int, hip, lop Register, n Mem, wp, xp Register, wst Mem, mx *maxCheck, rs *accRegs, fin *finish) {
 	const hdr = 24
 	ptrs := make([]Register, g)
 	ws := make([]Op, g)
@@ -441,7 +444,11 @@ func accGroup(in input, s isa, g int, hip, lop Register, n Mem, wp, xp Register,
 	}
 	mhi, mlo := rs.mhi, rs.mlo
 	j := GP64()
-	steps(fmt.Sprintf("g%d_", g), j, n, s.step, 8, func(k int) {
+	prefix := fmt.Sprintf("g%d_", g)
+	if fin != nil {
+		prefix = fmt.Sprintf("g%dfin_", g)
+	}
+	steps(prefix, j, n, s.step, 8, func(k int) {
 		cols := k / s.lanes
 		his, los := rs.his[:cols], rs.los[:cols]
 		for c := range cols {
@@ -464,6 +471,11 @@ func accGroup(in input, s isa, g int, hip, lop Register, n Mem, wp, xp Register,
 				fms(ws[i], v, t)          // w·x − h·2^52, rounded once
 				VADDPD(mlo, t, t)         // rounded to an integer
 				VPADDQ(t, los[c], los[c]) // its bits: magic + l
+			}
+		}
+		if fin != nil {
+			for c := range cols {
+				fin.apply(s, his[c], los[c], t)
 			}
 		}
 		for c := range cols {
@@ -502,49 +514,53 @@ func VMOVDQU64orU(src, dst Op, s isa) {
 	VMOVDQU(src, dst)
 }
 
-// genFinish generates exactFinish<ISA>(hi, lo, c), for len(hi) a multiple of 8: with
-// c = {2^51 + 2^62 − n·bits(1.5·2^52), −n·bits(1.5·2^104) − 2^10, 2^52 − 1, −2^51} after n terms
-// were added as bit patterns, it removes the constants' bits and normalises:
+// finish removes the magic constants' bits from limbs that took n terms and normalises them,
+// in registers, before the last pass stores them: with
+// c = {2^51 + 2^62 − n·bits(1.5·2^52), −n·bits(1.5·2^104) − 2^10, 2^52 − 1, −2^51}
+// (kernels.exactFinishConsts(n)),
 //
-//	t := lo[j] + c[0]            // the true lo + 2^51 + 2^62: positive
-//	hi[j] += t>>52 + c[1]        // logical shift: the carry + 2^10
-//	lo[j] = t&c[2] + c[3]        // in [-2^51, 2^51)
-func genFinish(s isa) {
-	name := "exactFinish" + s.suffix
-	TEXT(name, NOSPLIT, "func(hi []int64, lo []int64, c *[4]int64)")
-	Pragma("noescape")
-	Doc(fmt.Sprintf("%s removes the magic constants' bits from limbs that took n terms and normalises them, for len(hi) a multiple of 8 (kernels.exactFinishConsts(n) is c).", name))
-	hip := Load(Param("hi").Base(), GP64())
-	lop := Load(Param("lo").Base(), GP64())
-	n := Load(Param("hi").Len(), GP64())
+//	t := lo + c[0]            // the true lo + 2^51 + 2^62: positive
+//	hi += t>>52 + c[1]        // logical shift: the carry + 2^10
+//	lo = t&c[2] + c[3]        // in [-2^51, 2^51)
+//
+// The constants are broadcast once per call: into four registers on AVX-512 (32 of them), into
+// four 32-byte stack slots on AVX2, whose 16 registers the accumulation needs.
+type finish struct {
+	c [4]Op
+}
+
+func newFinish(s isa) *finish {
 	cp := Load(Param("c"), GP64())
-	cs := make([]VecVirtual, 4)
-	for k := range cs {
-		cs[k] = s.vec()
-		VPBROADCASTQ(Mem{Base: cp, Disp: 8 * k}, cs[k])
+	f := &finish{}
+	var st Mem
+	if !s.wide {
+		st = AllocLocal(4 * 32)
 	}
-	j := GP64()
-	steps("", j, n, 8, 8, func(k int) {
-		for c := range k / s.lanes {
-			h, l, t := s.vec(), s.vec(), s.vec()
-			VMOVDQU64orU(elem(hip, j, 8, c*s.lanes), h, s)
-			VMOVDQU64orU(elem(lop, j, 8, c*s.lanes), l, s)
-			VPADDQ(cs[0], l, t)
-			VPSRLQ(U8(52), t, l)
-			VPADDQ(l, h, h)
-			VPADDQ(cs[1], h, h)
-			if s.wide {
-				VPANDQ(cs[2], t, t)
-			} else {
-				VPAND(cs[2], t, t)
-			}
-			VPADDQ(cs[3], t, t)
-			VMOVDQU64orU(h, elem(hip, j, 8, c*s.lanes), s)
-			VMOVDQU64orU(t, elem(lop, j, 8, c*s.lanes), s)
+	for k := range f.c {
+		v := s.vec()
+		VPBROADCASTQ(Mem{Base: cp, Disp: 8 * k}, v)
+		if s.wide {
+			f.c[k] = v
+			continue
 		}
-	})
-	VZEROUPPER()
-	RET()
+		VMOVDQU(v, st.Offset(32*k))
+		f.c[k] = st.Offset(32 * k)
+	}
+	return f
+}
+
+// apply finishes the limbs h and l in place, with t as scratch.
+func (f *finish) apply(s isa, h, l, t VecVirtual) {
+	VPADDQ(f.c[0], l, t)
+	VPSRLQ(U8(52), t, l)
+	VPADDQ(l, h, h)
+	VPADDQ(f.c[1], h, h)
+	if s.wide {
+		VPANDQ(f.c[2], t, t)
+	} else {
+		VPAND(f.c[2], t, t)
+	}
+	VPADDQ(f.c[3], t, l)
 }
 
 // ---------------------------------------------------------------------------------------------
