@@ -98,7 +98,7 @@ error naming the file, tensor and element. It costs 16 bytes per parameter of ru
 	fl.BoolVar(&f.mixed, "mixed-dtypes", false, "accept clients that send a tensor in different dtypes (f32, bf16, f16, i8)")
 	fl.BoolVar(&f.stream, "stream", false, "add files as a server receives them, 8 at a time (memory: one model)")
 	fl.StringVar(&f.spool, "spool", "", "--stream with a rule that needs every update: spool directory (default: one beside -o, removed at the end)")
-	fl.StringVar(&f.read, "read", "auto", "how .safetensors inputs are read: auto (per file, from the page cache), map, copy (pread), direct (O_DIRECT)")
+	fl.StringVar(&f.read, "read", "auto", "how .safetensors inputs are read: auto (per file, from the page cache; files in large folios as wattagg calibrate measured, else by a probe), map, copy (pread), direct (O_DIRECT)")
 	fl.BoolVar(&f.json, "json", false, "print the report as one JSON object on stdout")
 	fl.IntVar(&f.workers, "workers", runtime.GOMAXPROCS(0), "goroutines running kernels")
 	fl.StringVar(&f.device, "device", "auto", "device to run on: auto (the planner splits the work over the devices), cpu, or KIND:INDEX such as cuda:0 (see wattagg devices)")
