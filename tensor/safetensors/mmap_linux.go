@@ -157,7 +157,9 @@ func chooseRead(f *os.File, mem []byte, dataOff int64, large ReadMode, vote *rea
 // of 8 files of 16 MiB walked at 3.4 GB/s against 18 GB/s preaded, and `bench e2e` ran
 // `wattagg aggregate` of 32 × 4M f32 in 0.255 s mapped against 0.122 s copied.
 func raceCopy(f *os.File, lo, size int, mapped time.Duration) ReadMode {
-	buf := probeBuffer()
+	bp := probeBuffer()
+	defer probeBufs.Put(bp)
+	buf := *bp
 	var copied time.Duration
 	data := size - lo
 	window := func(k int) int { return (lo + (2*k+1)*data/(2*(probeWindows+1))) &^ (probeWindow - 1) }
@@ -189,21 +191,21 @@ func raceCopy(f *os.File, lo, size int, mapped time.Duration) ReadMode {
 // rule above), so a tie goes to the copy.
 const mapFavour = 80
 
-var (
-	probeBufOnce sync.Once
-	probeBuf     []byte
-)
+// probeBufs keeps raceCopy's buffers, one window each: the files OpenAll opens are probed
+// concurrently, each into its own.
+var probeBufs sync.Pool
 
-// probeBuffer is raceCopy's buffer, one window, touched once so that its first use in a probe
-// costs no page faults (fresh memory is slow to touch on these VMs).
-func probeBuffer() []byte {
-	probeBufOnce.Do(func() {
-		probeBuf = make([]byte, probeWindow)
-		for i := 0; i < len(probeBuf); i += pageSize {
-			probeBuf[i] = 1
-		}
-	})
-	return probeBuf
+// probeBuffer is a buffer for raceCopy (give it back to probeBufs), touched when made so that
+// its first use in a probe costs no page faults (fresh memory is slow to touch on these VMs).
+func probeBuffer() *[]byte {
+	if b, ok := probeBufs.Get().(*[]byte); ok {
+		return b
+	}
+	b := make([]byte, probeWindow)
+	for i := 0; i < len(b); i += pageSize {
+		b[i] = 1
+	}
+	return &b
 }
 
 // touchLines reads one word of every 64-byte line of b, as a pass over the data would.
