@@ -29,7 +29,7 @@ type ReadModes struct {
 // the whole cost that differs between the two (the faults and unmapping of a mapping against
 // the copy of pread), which the probe of ReadAuto cannot see in its two 128 KiB windows: on a
 // Zen 4 VM (2026-12-03) the windows raced within 0.7-1.3 of each other while `wattagg
-// aggregate` of 32 × 4M f32 ran in 35-43 ms mapped against 46-51 ms copied.
+// aggregate` of 32 × 4M f32 ran in 35-48 ms mapped against 46-61 ms copied.
 func MeasureReadModes(ctx context.Context, dir string, dev device.Device, files, params, runs int) (ReadModes, error) {
 	fed := Federation{Model: Flat(params), Seed: 11}
 	for range files {
