@@ -124,10 +124,14 @@ func genMedianSmall512() {
 		Label(fmt.Sprintf("n%d_loop", k))
 		r := newRegFile(zmm, slot512, k, xp, j, tp)
 		r.prefetch = pf
-		net := selectNetwork(sortNetwork(k), middleWires(k)...)
+		mw := middleWires(k)
+		r.keep = make([]bool, k)
+		for _, w := range mw {
+			r.keep[w] = true
+		}
+		net := selectNetwork(sortNetwork(k), mw...)
 		comps := emitNetwork(net, r)
 		// Every input feeds the median; one that no comparator reads (k = 1) is read here.
-		mw := middleWires(k)
 		if len(mw) == 1 {
 			VMOVUPS(r.regs[r.ensure(mw[0])], Mem{Base: dst})
 		} else {

@@ -336,16 +336,43 @@ func emitNetwork(net []comparator, r *regFile) int {
 
 		ra := r.ensure(c.lo)
 		rb := r.ensure(c.hi, ra)
-		rt := r.free(ra, rb)
 		// min(lo, hi) with VMINPS's choice: lo < hi ? lo : hi (hi when either is NaN or both
-		// are zeros); max likewise: lo > hi ? lo : hi.
-		VMINPS(r.regs[rb], r.regs[ra], r.regs[rt])
-		VMAXPS(r.regs[rb], r.regs[ra], r.regs[rb])
-		r.wire[ra] = -1
-		r.reg[c.lo], r.wire[rt] = rt, c.lo
-		r.dirty[c.lo], r.dirty[c.hi] = true, true
+		// are zeros); max likewise: lo > hi ? lo : hi. An output no later comparator reads and
+		// the caller does not keep is not computed (a selection network's last comparators
+		// often need one side only).
+		switch minLive, maxLive := r.live(c.lo), r.live(c.hi); {
+		case minLive && maxLive:
+			rt := r.free(ra, rb)
+			VMINPS(r.regs[rb], r.regs[ra], r.regs[rt])
+			VMAXPS(r.regs[rb], r.regs[ra], r.regs[rb])
+			r.wire[ra] = -1
+			r.reg[c.lo], r.wire[rt] = rt, c.lo
+			r.dirty[c.lo], r.dirty[c.hi] = true, true
+		case minLive:
+			VMINPS(r.regs[rb], r.regs[ra], r.regs[ra])
+			r.dirty[c.lo] = true
+			r.drop(rb)
+		default: // the max only (a kept comparator has one live output at least)
+			VMAXPS(r.regs[rb], r.regs[ra], r.regs[rb])
+			r.dirty[c.hi] = true
+			r.drop(ra)
+		}
 	}
 	return count
+}
+
+// live reports whether wire w's value is read after the comparators emitted so far: by a later
+// comparator, or by the caller (every wire unless keep says which).
+func (r *regFile) live(w int) bool {
+	return len(r.uses[w]) > 0 || r.keep == nil || r.keep[w]
+}
+
+// drop frees register i, whose wire's value is dead: nothing is stored.
+func (r *regFile) drop(i int) {
+	w := r.wire[i]
+	r.dirty[w] = false
+	r.reg[w] = -1
+	r.wire[i] = -1
 }
 
 // emitSmallSort emits the straight-line sort of one group of n inputs into the slab at tp:
