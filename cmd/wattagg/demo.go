@@ -108,7 +108,9 @@ func runDemo(ctx context.Context, stdout, stderr io.Writer, f demoFlags) error {
 		return err
 	}
 	workers := dev.Info().Workers
-	sets, err := safetensors.OpenAll(paths)
+	// Read as `wattagg aggregate --read auto` would: files in large folios as calibrated here.
+	readOpt := safetensors.WithLargeFolioRead((&energyRun{}).largeFolioRead(energyFlags{}))
+	sets, err := safetensors.OpenAll(paths, readOpt)
 	if err != nil {
 		return err
 	}
@@ -136,7 +138,7 @@ func runDemo(ctx context.Context, stdout, stderr io.Writer, f demoFlags) error {
 	}
 
 	streamOut := filepath.Join(dir, "global-stream.safetensors")
-	stream, err := demoStream(ctx, streamOut, sets, paths, opts)
+	stream, err := demoStream(ctx, streamOut, sets, paths, opts, readOpt)
 	if err != nil {
 		return err
 	}
@@ -206,7 +208,7 @@ func runDemo(ctx context.Context, stdout, stderr io.Writer, f demoFlags) error {
 
 // demoStream adds the files one at a time to a Round, as a server adds updates on arrival,
 // told first what will arrive (their layouts and weights), so that it gives the one-pass bits.
-func demoStream(ctx context.Context, out string, sets []*tensor.Set, paths []string, opts []aggregate.Option) (*aggregate.Report, error) {
+func demoStream(ctx context.Context, out string, sets []*tensor.Set, paths []string, opts []aggregate.Option, read safetensors.Option) (*aggregate.Report, error) {
 	w, _, err := aggregate.ResolveWeights(sets, nil)
 	if err != nil {
 		return nil, err
@@ -221,7 +223,7 @@ func demoStream(ctx context.Context, out string, sets []*tensor.Set, paths []str
 	}
 	defer r.Close()
 	for _, p := range paths {
-		set, err := safetensors.Open(p)
+		set, err := safetensors.Open(p, read)
 		if err != nil {
 			return nil, err
 		}
