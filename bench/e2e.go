@@ -274,5 +274,5 @@ func autoReadNote() string {
 		return "--read auto: the probe's race (the profile has no read: wattagg calibrate measures it)"
 	}
 	return fmt.Sprintf("--read auto: files in large folios %s, as calibrated (mapped %.1f ms, copied %.1f ms)",
-		map[string]string{"map": "mapped", "copy": "copied"}[p.Read.LargeFolios], p.Read.MapSec*1e3, p.Read.CopySec*1e3)
+		p.Read.Chosen(), p.Read.MapSec*1e3, p.Read.CopySec*1e3)
 }

@@ -48,6 +48,14 @@ type ReadProfile struct {
 	Bytes       int64   `json:"bytes"` // of all the files' tensors
 }
 
+// Chosen says how files in large folios are read: "mapped" or "copied".
+func (r *ReadProfile) Chosen() string {
+	if r.LargeFolios == "map" {
+		return "mapped"
+	}
+	return "copied"
+}
+
 // Host identifies the machine a profile was measured on.
 type Host struct {
 	Hostname string `json:"hostname"`

@@ -347,7 +347,7 @@ func printProfile(w io.Writer, path string, p *sched.Profile) {
 	tw.Flush()
 	if r := p.Read; r != nil {
 		fmt.Fprintf(w, "  reads: files cached in large folios are %s (%d files of %.0f MiB: mapped %.1f ms, copied %.1f ms)\n",
-			map[string]string{"map": "mapped", "copy": "copied"}[r.LargeFolios], r.Files, float64(r.Bytes)/float64(r.Files)/(1<<20), r.MapSec*1e3, r.CopySec*1e3)
+			r.Chosen(), r.Files, float64(r.Bytes)/float64(r.Files)/(1<<20), r.MapSec*1e3, r.CopySec*1e3)
 	}
 	for _, o := range p.Others {
 		fmt.Fprintf(w, "  %s: idle %.1f W (no device drives it)\n", o.Meter, o.IdleWatts)

@@ -34,10 +34,10 @@ type mapping []byte
 func (m mapping) Close() error { return unix.Munmap(m) }
 
 // planReads decides how mem, the mapping of all of f, is read (mode, or chooseRead's choice for
-// ReadAuto, with large for files in large folios) and, for ReadCopy and ReadDirect, registers it with its open files
-// (tensor.RegisterFileBacking) so that the CPU device preads it. It returns the Set's closer
-// (which unregisters, closes the files and unmaps, in that order), what was chosen, and whether
-// it kept f open: Open must not close it then.
+// ReadAuto, with large for files in large folios) and, for ReadCopy and ReadDirect, registers
+// it with its open files (tensor.RegisterFileBacking) so that the CPU device preads it. It
+// returns the Set's closer (which unregisters, closes the files and unmaps, in that order),
+// what was chosen, and whether it kept f open: Open must not close it then.
 func planReads(f *os.File, mem []byte, dataOff int64, mode, large ReadMode, vote *readVote, m io.Closer) (io.Closer, ReadMode, bool) {
 	if mode == ReadAuto {
 		mode = chooseRead(f, mem, dataOff, large, vote)
