@@ -226,3 +226,54 @@ func getElem(b []byte, size, j int) uint64 {
 		return binary.LittleEndian.Uint64(b[8*j:])
 	}
 }
+
+// FuzzExactAcc: the exact sums of every implementation give the reference's limbs and largest
+// magnitude bit for bit, for any limbs, inputs, alignments and counts of inputs (up to three
+// groups and a remainder: the last group, full or not, finishes the limbs). Inputs and weights
+// are kept to the family's contract (terms below ExactMaxTerm: magnitudes below 2^40, weights
+// below 2^60), as the callers' bound check keeps them.
+func FuzzExactAcc(f *testing.F) {
+	fuzzSeeds(f)
+	f.Fuzz(func(t *testing.T, data []byte) {
+		fb := &fuzzBytes{data}
+		c := exactAccCases[fb.byte()%len(exactAccCases)]
+		cnt := fb.byte() % 23
+		n := fb.length()
+		off := fb.byte()
+		w := make([]float64, cnt)
+		for i := range w {
+			if w[i] = fb.f64(); !(math.Abs(w[i]) < 0x1p60) {
+				w[i] = float64(fb.byte()) - 128
+			}
+			if c.in.name == "I8" {
+				w[i] = math.Ldexp(w[i], -8)
+			}
+		}
+		hi, lo := make([]int64, n), make([]int64, n)
+		for j := range hi {
+			hi[j] = int64(binary.LittleEndian.Uint64(fb.next(8))) >> 13 // |hi| < 2^50
+			lo[j] = int64(binary.LittleEndian.Uint64(fb.next(8))) >> 12 // |lo| < 2^51
+		}
+		x := fuzzInputs(fb, c.in, cnt, n, off)
+		for _, xi := range x {
+			for j := range n {
+				if v := c.in.get(xi, j); !(math.Abs(v) < 0x1p40) {
+					c.in.putBits(xi, j, 0)
+				}
+			}
+		}
+		wantHi, wantLo := slices.Clone(hi), slices.Clone(lo)
+		wantMax := c.fn(refImpl(), wantHi, wantLo, w, x)
+		for _, k := range Impls() {
+			gotHi, gotLo := slices.Clone(hi), slices.Clone(lo)
+			if gotMax := c.fn(k, gotHi, gotLo, w, x); gotMax != wantMax {
+				t.Fatalf("%s %s: %d inputs of %d: largest magnitude %#x, reference %#x", k.Name(), c.name, cnt, n, gotMax, wantMax)
+			}
+			for j := range n {
+				if gotHi[j] != wantHi[j] || gotLo[j] != wantLo[j] {
+					t.Fatalf("%s %s: %d inputs of %d: element %d is (%d, %d), reference (%d, %d)", k.Name(), c.name, cnt, n, j, gotHi[j], gotLo[j], wantHi[j], wantLo[j])
+				}
+			}
+		}
+	})
+}
