@@ -57,9 +57,10 @@ type flightService struct {
 // stream's window is 64 KiB beyond the message being read (gRPC's automatic windows grow to
 // 16 MiB per stream, and 64 streams could then hold a GiB the server has not asked for), and
 // messages are received one at a time, when the update's reader needs the next. The codec
-// (FlightCodec) reads a message's body where gRPC received it; the reader copies it into a
-// body buffer lent only while the batch is decoded (bodyAllocator). A stream thus holds at
-// most two messages' worth: the one arriving and the body being decoded.
+// (FlightCodec) reads a message's body where gRPC received it; the reader copies each row's
+// values from there into the spool's staging buffer (arrowio's NextInto), or, for a batch
+// laid out otherwise, into a body buffer lent only while the batch is decoded (bodyAllocator).
+// A stream thus holds at most two messages' worth: the one arriving and the one being read.
 func (s *Server) FlightServer() (*grpc.Server, error) {
 	gs, _, err := s.flightServer()
 	return gs, err

@@ -50,6 +50,7 @@ type bodyAllocator struct {
 	classes []int // capacities, ascending; the last is the largest body, 64-byte rounded
 	pools   []sync.Pool
 	out     atomic.Int64 // bodies lent and not given back
+	lent    atomic.Int64 // bodies lent in all (a batch arrowio reads lazily takes none)
 }
 
 func newBodyAllocator(maxBody int) *bodyAllocator {
@@ -69,6 +70,7 @@ func (a *bodyAllocator) Allocate(n int) []byte {
 		return memory.DefaultAllocator.Allocate(n) // no such body passes gRPC's limit
 	}
 	a.out.Add(1)
+	a.lent.Add(1)
 	if b, ok := a.pools[k].Get().(*[]byte); ok {
 		return (*b)[:n]
 	}

@@ -138,8 +138,9 @@ func (s *Server) recvError(err error) error {
 // flightReader turns the messages of a DoPut into the bytes of an Arrow IPC stream
 // (continuation marker, metadata length, metadata padded to 8 bytes, body) for
 // arrowio.NewStreamReader: the framing and metadata from a small buffer, the body straight
-// from gRPC's frames, each frame freed as soon as it is read. arrowio reads a body into its
-// batch buffer: that is the one copy of the tensor bytes between the socket and the spool.
+// from gRPC's frames, each frame freed as soon as it is read. arrowio reads a batch's values
+// from there into the spool's staging buffer (NextInto): that is the one copy of the tensor
+// bytes between gRPC's frames and the disk.
 type flightReader struct {
 	s       *Server
 	recv    *putReceiver

@@ -496,3 +496,42 @@ func TestFlightBadMessages(t *testing.T) {
 	}
 	waitBuffers(t, svc)
 }
+
+// A DoPut's batches, as arrowio and pyarrow lay them out, go from gRPC's frames to the spool
+// without a body buffer in between (arrowio's NextInto), several chunks to a batch and batches
+// of several tensors, and the round's model has the bits of the same updates pushed over HTTP.
+func TestFlightReceivesInPlace(t *testing.T) {
+	shapes := [][]int{{300, 7}, {5}, {1000}}
+	updates := []*tensor.Set{
+		f32Set(t, shapes, func(tn, i int) float32 { return float32(tn*1000+i) * 0.25 }),
+		f32Set(t, shapes, func(tn, i int) float32 { return float32(i%17) - 3 }),
+	}
+	models := make([]*tensor.Set, 2)
+	for way := range 2 {
+		cfg, tokens, admin := testConfig(t, 2)
+		cfg.Round.MaxClients = 2
+		ts := startServer(t, cfg, tokens, admin)
+		c, svc := flightServe(t, ts)
+		for k, u := range updates {
+			id := fmt.Sprintf("c%d", k)
+			if way == 0 {
+				ts.push(t, id, 1, encode(t, u, nil), map[string]string{api.WeightHeader: fmt.Sprint(k + 1)})
+				continue
+			}
+			if _, err := flightSend(t, c, tokens[id], flightMessages(t, u, "1", 1000), fmt.Sprint(k+1), true); err != nil {
+				t.Fatal(err)
+			}
+		}
+		ts.waitState(t, 1, api.StateClosed)
+		models[way] = ts.readModel(t, 1)
+		if n := svc.bodies.lent.Load(); n != 0 {
+			t.Fatalf("%d message bodies were decoded by Arrow", n)
+		}
+		waitBuffers(t, svc)
+	}
+	for i := range models[0].Len() {
+		if !bytes.Equal(models[0].At(i).Bytes(), models[1].At(i).Bytes()) {
+			t.Fatalf("tensor %s: the Flight round's bits differ from the HTTP round's", models[0].At(i).Name)
+		}
+	}
+}

@@ -26,11 +26,12 @@ var _ Source = (*arrowio.StreamReader)(nil)
 
 // lendFunc gives a Source the buffer the next chunk's bytes belong in: those of tensor t from
 // element off, at most max bytes (spoolWriter.lend). It may return nil: no room to lend.
-type lendFunc func(t int, off, max int64) ([]byte, error)
+type lendFunc = arrowio.Lend
 
 // lendingSource is a Source that can read a chunk into a buffer its consumer lends, so that
-// the bytes go from the socket to where they are written with no copy in between. The
-// .safetensors body is one; an Arrow stream is not (gRPC has already assembled its messages).
+// the bytes go from where they arrived to where they are written with no copy in between. The
+// .safetensors body is one (from the socket); an Arrow stream is another (from gRPC's frames,
+// for the record batches whose values come last, which is how arrowio and pyarrow write them).
 type lendingSource interface {
 	Source
 	// NextInto is Next, with the chunk's data read into what lend returns when that is not
@@ -38,4 +39,7 @@ type lendingSource interface {
 	NextInto(lend lendFunc) (arrowio.Chunk, error)
 }
 
-var _ lendingSource = (*safetensorsSource)(nil)
+var (
+	_ lendingSource = (*safetensorsSource)(nil)
+	_ lendingSource = (*arrowio.StreamReader)(nil)
+)

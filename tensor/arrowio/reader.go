@@ -52,6 +52,8 @@ type StreamReader struct {
 	offs     []int64
 	data     interface{ Value(int) []byte }
 
+	lazy lazyBatch // a batch NextInto reads the values of as they come
+
 	err error // sticky: io.EOF at the end
 }
 
@@ -132,6 +134,9 @@ func (r *StreamReader) Next() (Chunk, error) {
 	if r.err != nil {
 		return Chunk{}, r.err
 	}
+	if r.lazy.on { // NextInto began this batch
+		return r.nextInto(r.src.(*streamSource), nil)
+	}
 	for {
 		if r.row < r.rows {
 			c, err := r.chunk(r.row)
@@ -170,6 +175,8 @@ func (r *StreamReader) Close() error {
 func (r *StreamReader) release() {
 	r.tensorOf, r.data, r.offs, r.dict = nil, nil, nil, nil
 	r.rows = 0
+	r.lazy.freeSpare()
+	r.lazy.on = false
 	if r.rd != nil {
 		r.rd.Release()
 		r.rd = nil
@@ -354,28 +361,37 @@ func (r *StreamReader) chunk(i int) (c Chunk, err error) {
 		}
 	}()
 	t, name := r.tensorOf(i)
-	if t < 0 {
-		return c, fmt.Errorf("%s: %w: batch %d, row %d: tensor %s is not in the layout", r.o.source, ErrChunk, r.batch, i, quote(name))
-	}
 	off, d := r.offs[i], r.data.Value(i)
+	if err := r.checkRow(t, name, i, off, int64(len(d))); err != nil {
+		return c, err
+	}
+	return Chunk{Tensor: t, Offset: off, Data: d}, nil
+}
+
+// checkRow checks row i of the current batch, bytes of tensor t (-1: the name is not in the
+// layout) from element off, and counts its elements as received.
+func (r *StreamReader) checkRow(t int, name string, i int, off, bytes int64) error {
+	if t < 0 {
+		return fmt.Errorf("%s: %w: batch %d, row %d: tensor %s is not in the layout", r.o.source, ErrChunk, r.batch, i, quote(name))
+	}
 	bad := func(format string, args ...any) error {
 		return fmt.Errorf("%s: %w: tensor %s at element %d (batch %d, row %d): %s",
 			r.o.source, ErrChunk, quote(name), off, r.batch, i, fmt.Sprintf(format, args...))
 	}
 	size, have, numel := r.esize[t], r.next[t], r.numel[t]
-	n := int64(len(d)) / size
+	n := bytes / size
 	switch {
 	case off < 0:
-		return c, bad("negative offset")
-	case int64(len(d))%size != 0:
-		return c, bad("%d bytes are not a whole number of %d-byte %s elements", len(d), size, r.hdr.Layout[t].DType)
+		return bad("negative offset")
+	case bytes%size != 0:
+		return bad("%d bytes are not a whole number of %d-byte %s elements", bytes, size, r.hdr.Layout[t].DType)
 	case off < have:
-		return c, bad("overlaps elements %d..%d, already received", off, min(have, off+n)-1)
+		return bad("overlaps elements %d..%d, already received", off, min(have, off+n)-1)
 	case off > have:
-		return c, bad("gap: elements %d..%d were not sent", have, off-1)
+		return bad("gap: elements %d..%d were not sent", have, off-1)
 	case n > numel-have:
-		return c, bad("%d elements run past the end of the tensor's %d", n, numel)
+		return bad("%d elements run past the end of the tensor's %d", n, numel)
 	}
 	r.next[t] += n
-	return Chunk{Tensor: t, Offset: off, Data: d}, nil
+	return nil
 }

@@ -33,6 +33,7 @@ const (
 type columns struct {
 	tensor, offset, data int
 	kind                 tensorKind
+	dataLarge            bool // the data column is large_binary (64-bit offsets)
 }
 
 // writeSchema is the schema a Writer produces for h (checked): non-null utf8, int64 and
@@ -87,6 +88,7 @@ func readSchema(s *arrow.Schema, o *options) (columns, Header, error) {
 			if id := f.Type.ID(); id != arrow.BINARY && id != arrow.LARGE_BINARY {
 				return c, h, fmt.Errorf("%w: column %q is %s, want binary or large_binary", ErrSchema, f.Name, f.Type)
 			}
+			c.dataLarge = f.Type.ID() == arrow.LARGE_BINARY
 		default:
 			return c, h, fmt.Errorf("%w: unexpected column %s (want %s, %s, %s)", ErrSchema, quote(f.Name), ColTensor, ColOffset, ColData)
 		}

@@ -37,6 +37,7 @@ type streamSource struct {
 	dictBytes int64
 	err       error // sticky; io.EOF after the end
 	prefix    [4]byte
+	peeked    *head // read ahead by peek, for the next Message
 }
 
 func newStreamSource(r io.Reader, o *options, mem memory.Allocator, keep bool) *streamSource {
@@ -89,54 +90,105 @@ func (s *streamSource) Message() (*ipc.Message, error) {
 	return msg, nil
 }
 
+// head is a message whose prefix and metadata have been read and whose body has not (peek).
+type head struct {
+	meta []byte
+	info msgInfo
+	err  error // io.EOF at the end of the stream
+}
+
 func (s *streamSource) next() (*ipc.Message, error) {
+	h := s.peeked
+	if h == nil {
+		h = s.readHead()
+	}
+	s.peeked = nil
+	if h.err != nil {
+		return nil, h.err
+	}
+	return s.readBody(h.meta, h.info)
+}
+
+// peek reads the next message's prefix and metadata, checked as next checks them, and keeps
+// them for the next call of Message (or take). Its error is the one Message will return.
+func (s *streamSource) peek() *head {
+	if s.peeked == nil {
+		if s.err != nil {
+			s.peeked = &head{err: s.err}
+		} else {
+			s.peeked = s.readHead()
+		}
+	}
+	return s.peeked
+}
+
+// take consumes the peeked message: its body is the caller's to read from s.r.
+func (s *streamSource) take() {
+	s.drop()
+	s.peeked = nil
+	s.messages++
+}
+
+// readHead reads a message's prefix and metadata and checks them (peekMessage, the limits).
+func (s *streamSource) readHead() *head {
+	meta, info, err := s.readMeta()
+	return &head{meta: meta, info: info, err: err}
+}
+
+func (s *streamSource) readMeta() ([]byte, msgInfo, error) {
+	var info msgInfo
 	if _, err := io.ReadFull(s.r, s.prefix[:]); err != nil {
 		if err == io.EOF {
-			return nil, io.EOF // the stream ends at a message boundary without the end marker
+			return nil, info, io.EOF // the stream ends at a message boundary without the end marker
 		}
-		return nil, s.ioError("a message prefix", err)
+		return nil, info, s.ioError("a message prefix", err)
 	}
 	s.read += 4
 	if binary.LittleEndian.Uint32(s.prefix[:]) != continuation {
-		return nil, fmt.Errorf("%s: %w: no continuation marker at byte %d (not an Arrow IPC stream, or one older than format 0.15)",
+		return nil, info, fmt.Errorf("%s: %w: no continuation marker at byte %d (not an Arrow IPC stream, or one older than format 0.15)",
 			s.o.source, ErrFormat, s.read-4)
 	}
 	if _, err := io.ReadFull(s.r, s.prefix[:]); err != nil {
-		return nil, s.ioError("a message length", err)
+		return nil, info, s.ioError("a message length", err)
 	}
 	s.read += 4
 	metaLen := int64(int32(binary.LittleEndian.Uint32(s.prefix[:])))
 	switch {
 	case metaLen == 0:
-		return nil, io.EOF
+		return nil, info, io.EOF
 	case metaLen < 0:
-		return nil, fmt.Errorf("%s: %w: negative message length %d at byte %d", s.o.source, ErrFormat, metaLen, s.read-4)
+		return nil, info, fmt.Errorf("%s: %w: negative message length %d at byte %d", s.o.source, ErrFormat, metaLen, s.read-4)
 	case metaLen > s.o.maxMeta:
-		return nil, fmt.Errorf("%s: %w: message metadata of %d bytes, more than the limit of %d", s.o.source, ErrLimit, metaLen, s.o.maxMeta)
+		return nil, info, fmt.Errorf("%s: %w: message metadata of %d bytes, more than the limit of %d", s.o.source, ErrLimit, metaLen, s.o.maxMeta)
 	}
 	if err := s.account(metaLen); err != nil {
-		return nil, err
+		return nil, info, err
 	}
 	meta := make([]byte, metaLen)
 	if _, err := io.ReadFull(s.r, meta); err != nil {
-		return nil, s.ioError("message metadata", err)
+		return nil, info, s.ioError("message metadata", err)
 	}
 	s.read += metaLen
 	info, err := peekMessage(meta)
 	if err != nil {
-		return nil, fmt.Errorf("%s: message at byte %d: %w", s.o.source, s.read-metaLen-8, err)
+		return nil, info, fmt.Errorf("%s: message at byte %d: %w", s.o.source, s.read-metaLen-8, err)
 	}
 	if info.bodyLen > s.o.maxBatch {
-		return nil, fmt.Errorf("%s: %w: message body of %d bytes, more than the limit of %d", s.o.source, ErrLimit, info.bodyLen, s.o.maxBatch)
+		return nil, info, fmt.Errorf("%s: %w: message body of %d bytes, more than the limit of %d", s.o.source, ErrLimit, info.bodyLen, s.o.maxBatch)
 	}
 	if err := s.account(info.bodyLen); err != nil {
-		return nil, err
+		return nil, info, err
 	}
 	if info.kind == ipc.MessageDictionaryBatch {
 		if s.dictBytes += metaLen + info.bodyLen; s.dictBytes > s.o.maxMeta {
-			return nil, fmt.Errorf("%s: %w: dictionaries of more than %d bytes", s.o.source, ErrLimit, s.o.maxMeta)
+			return nil, info, fmt.Errorf("%s: %w: dictionaries of more than %d bytes", s.o.source, ErrLimit, s.o.maxMeta)
 		}
 	}
+	return meta, info, nil
+}
+
+// readBody reads the body of the message whose metadata readMeta returned.
+func (s *streamSource) readBody(meta []byte, info msgInfo) (*ipc.Message, error) {
 	body := memory.NewBufferBytes(nil)
 	if info.bodyLen > 0 {
 		slab := s.pool.Allocate(int(info.bodyLen))
