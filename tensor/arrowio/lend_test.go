@@ -18,11 +18,11 @@ import (
 // lender lends NextInto the bytes of the tensors it assembles, in pieces of random sizes (none
 // at times), and records how many chunks arrived where it lent them.
 type lender struct {
-	rng    *rand.Rand
-	dst    [][]byte // per tensor
-	esize  []int64
+	rng          *rand.Rand
+	dst          [][]byte // per tensor
+	esize        []int64
 	inPlace, own int
-	lent   []byte // the last loan
+	lent         []byte // the last loan
 }
 
 func newLender(rng *rand.Rand, l tensor.Layout) *lender {
