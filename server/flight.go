@@ -74,6 +74,7 @@ func (s *Server) flightServer() (*grpc.Server, *flightService, error) {
 		grpc.MaxRecvMsgSize(s.flightMessageLimit()),
 		grpc.InitialWindowSize(flightWindow),
 		grpc.InitialConnWindowSize(flightConnWindow),
+		grpc.ReadBufferSize(flightReadBuffer),
 		experimental.BufferPool(&framePool{}),
 	}
 	tc, err := s.tlsConfig()

@@ -217,3 +217,33 @@ func FuzzFlightDecode(f *testing.F) {
 		}
 	})
 }
+
+// The Flight server's buffer pool hands back what it was given for both sizes gRPC asks for
+// (frames and connection reads), without clearing, and makes other sizes.
+func TestFramePoolReusesFramesAndReads(t *testing.T) {
+	var p framePool
+	for _, n := range []int{100, frameBytes, frameBytes + 1, flightReadBuffer} {
+		// A sync.Pool may drop what it is given (a collection, or at random under -race):
+		// try until a buffer comes back.
+		reused := false
+		for range 100 {
+			b := p.Get(n)
+			if len(*b) != n {
+				t.Fatalf("Get(%d): %d bytes", n, len(*b))
+			}
+			(*b)[0] = 42
+			p.Put(b)
+			c := p.Get(n)
+			if reused = &(*c)[0] == &(*b)[0] && (*c)[0] == 42; reused {
+				break
+			}
+			p.Put(c)
+		}
+		if !reused {
+			t.Fatalf("a %d-byte buffer was never reused", n)
+		}
+	}
+	if b := p.Get(flightReadBuffer + 1); len(*b) != flightReadBuffer+1 {
+		t.Fatal("a larger buffer")
+	}
+}
