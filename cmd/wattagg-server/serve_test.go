@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -270,5 +271,26 @@ func TestRoundCommands(t *testing.T) {
 	var all api.Rounds
 	if stdout, stderr, code = wattagg(t, "round", "status", "--server", url); code != 0 || json.Unmarshal([]byte(stdout), &all) != nil || len(all.Rounds) != 2 || all.Rounds[0].State != api.StateClosed {
 		t.Fatalf("status of every round: exit %d, %q: %s", code, stdout, stderr)
+	}
+}
+
+// The server's scheduler threads: --procs when given, procsPerCPU × the CPUs by default, the
+// environment's GOMAXPROCS when set; the kernels keep one worker per CPU in every case.
+func TestSchedulerProcs(t *testing.T) {
+	orig := runtime.GOMAXPROCS(0)
+	defer runtime.GOMAXPROCS(orig)
+	cpus := min(orig, runtime.NumCPU())
+	t.Setenv("GOMAXPROCS", "")
+	if got := schedulerProcs(3); got != cpus || runtime.GOMAXPROCS(0) != 3 {
+		t.Fatalf("--procs 3: %d kernel workers, GOMAXPROCS %d", got, runtime.GOMAXPROCS(0))
+	}
+	runtime.GOMAXPROCS(orig)
+	if got := schedulerProcs(0); got != cpus || runtime.GOMAXPROCS(0) != procsPerCPU*cpus {
+		t.Fatalf("default: %d kernel workers, GOMAXPROCS %d, want %d", got, runtime.GOMAXPROCS(0), procsPerCPU*cpus)
+	}
+	runtime.GOMAXPROCS(orig)
+	t.Setenv("GOMAXPROCS", fmt.Sprint(orig))
+	if got := schedulerProcs(0); got != cpus || runtime.GOMAXPROCS(0) != orig {
+		t.Fatalf("GOMAXPROCS set: %d kernel workers, GOMAXPROCS %d, want it left at %d", got, runtime.GOMAXPROCS(0), orig)
 	}
 }
