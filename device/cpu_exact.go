@@ -116,16 +116,25 @@ func firstBeyond(f AccField, list []int, inputs [][]Span, t, lo, hi int) error {
 	return nil
 }
 
-// cpuExactAccumulator is a running exact sum in host memory: two limb arrays per field.
+// cpuExactAccumulator is a running exact sum in host memory: two limb arrays per field, or one
+// (AccField.OneLimb: cpu_exact_one.go).
 type cpuExactAccumulator struct {
 	c      *CPU
 	fields []AccField
 	hi, lo [][]int64
-	work   []Piece // the fields cut into blocks that workers claim
+	one    [][]int64 // the one-limb sums; nil with two limbs
+	work   []Piece   // the fields cut into blocks that workers claim
 }
 
 func (c *CPU) newExactAccumulator(fields []AccField) (*cpuExactAccumulator, error) {
+	oneLimb, err := oneLimbFields(fields)
+	if err != nil {
+		return nil, err
+	}
 	a := &cpuExactAccumulator{c: c, fields: fields, hi: make([][]int64, len(fields)), lo: make([][]int64, len(fields))}
+	if oneLimb {
+		a.one = make([][]int64, len(fields))
+	}
 	for t, f := range fields {
 		if err := checkExactField(t, f, nil); err != nil {
 			return nil, err
@@ -135,8 +144,12 @@ func (c *CPU) newExactAccumulator(fields []AccField) (*cpuExactAccumulator, erro
 		}
 		// From the pool, like the float accumulators (accmem.go): 16 bytes per parameter of
 		// fresh memory would otherwise take a fault per page at the first adds.
-		a.hi[t] = asInt64(accF64(f.Len))
-		a.lo[t] = asInt64(accF64(f.Len))
+		if oneLimb {
+			a.one[t] = asInt64(accF64(f.Len))
+		} else {
+			a.hi[t] = asInt64(accF64(f.Len))
+			a.lo[t] = asInt64(accF64(f.Len))
+		}
 		for lo := 0; lo < f.Len; lo += addBlockElems {
 			a.work = append(a.work, Piece{Field: t, Lo: lo, Hi: min(lo+addBlockElems, f.Len)})
 		}
@@ -170,7 +183,13 @@ func (a *cpuExactAccumulator) Add(ctx context.Context, x []Span, w float64) erro
 		}
 		xs[0] = b
 		s.w64[0] = ExactWeight(w, sp, f.Grid)
-		m := exactAccKernel(a.c.kern, sp.DType)(a.hi[pc.Field][pc.Lo:pc.Hi], a.lo[pc.Field][pc.Lo:pc.Hi], s.w64[:1], xs)
+		acc := exactAccKernel(a.c.kern, sp.DType)
+		var m uint32
+		if a.one != nil {
+			m = accOne(acc, a.one[pc.Field][pc.Lo:pc.Hi], s.w64[:1], b, es)
+		} else {
+			m = acc(a.hi[pc.Field][pc.Lo:pc.Hi], a.lo[pc.Field][pc.Lo:pc.Hi], s.w64[:1], xs)
+		}
 		xs[0] = nil
 		if m > ExactLimit(sp.DType, f.Bound, sp.Scale) {
 			if err := firstBeyond(f, []int{0}, [][]Span{x}, pc.Field, pc.Lo, pc.Hi); err != nil {
@@ -203,13 +222,17 @@ func (a *cpuExactAccumulator) Emit(ctx context.Context, scale float64, chunks []
 			for lo := pc.Lo; lo < pc.Hi; lo += a.c.block {
 				hi := min(lo+a.c.block, pc.Hi)
 				o := dst[(lo-pc.Lo)*os : (hi-pc.Lo)*os]
-				store(o, a.hi[pc.Field][lo:hi], a.lo[pc.Field][lo:hi], sc)
+				if a.one != nil {
+					storeOne(store, o, a.one[pc.Field][lo:hi], sc, os)
+				} else {
+					store(o, a.hi[pc.Field][lo:hi], a.lo[pc.Field][lo:hi], sc)
+				}
 				if err := checkOut(a.c.kern, f, lo, o); err != nil {
 					return err
 				}
 			}
 			elems += int64(pc.Hi - pc.Lo)
-			read += 16 * int64(pc.Hi-pc.Lo)
+			read += a.bytesPerElem() * int64(pc.Hi-pc.Lo)
 		}
 		if err := out.Done(ci); err != nil {
 			return err
@@ -225,14 +248,29 @@ func (a *cpuExactAccumulator) ReadSums(_ context.Context, t int, dst []int64) er
 	if t < 0 || t >= len(a.fields) || len(dst) != 2*a.fields[t].Len {
 		return fmt.Errorf("%w: sums of field %d into %d words", ErrJob, t, len(dst))
 	}
+	if a.one != nil {
+		oneToInt128(a.one[t], dst)
+		return nil
+	}
 	ExactToInt128(a.hi[t], a.lo[t], dst)
 	return nil
+}
+
+// bytesPerElem is what the accumulator holds per element: 8 bytes with one limb, 16 with two.
+func (a *cpuExactAccumulator) bytesPerElem() int64 {
+	if a.one != nil {
+		return 8
+	}
+	return 16
 }
 
 // AddSums implements ExactAccumulator.
 func (a *cpuExactAccumulator) AddSums(_ context.Context, t int, src []int64) error {
 	if t < 0 || t >= len(a.fields) {
 		return fmt.Errorf("%w: field %d of %d", ErrJob, t, len(a.fields))
+	}
+	if a.one != nil {
+		return addInt128One(a.one[t], src, a.fields[t].Name)
 	}
 	return ExactAddInt128(a.hi[t], a.lo[t], src, a.fields[t].Name)
 }
@@ -242,16 +280,23 @@ func (a *cpuExactAccumulator) Reset() {
 	for t := range a.fields {
 		clear(a.hi[t])
 		clear(a.lo[t])
+		if a.one != nil {
+			clear(a.one[t])
+		}
 	}
 }
 
 // Close implements Accumulator.
 func (a *cpuExactAccumulator) Close() error {
 	for t := range a.hi {
+		if a.one != nil {
+			freeAcc(a.one[t])
+			continue
+		}
 		freeAcc(a.hi[t])
 		freeAcc(a.lo[t])
 	}
-	a.hi, a.lo, a.work = nil, nil, nil
+	a.hi, a.lo, a.one, a.work = nil, nil, nil, nil
 	return nil
 }
 
@@ -360,6 +405,10 @@ func (a *cpuExactAccumulator) AddPiece(ctx context.Context, t, lo int, x Span, w
 	w64 := []float64{ExactWeight(w, x, f.Grid)}
 	xs := make([][]byte, 1)
 	block := a.c.exactBlockElems()
+	if a.one != nil {
+		accOne(k, a.one[t][lo:lo+n], w64, x.Data, es)
+		return nil
+	}
 	for b := 0; b < n; b += block {
 		e := min(b+block, n)
 		xs[0] = x.Data[b*es : e*es]

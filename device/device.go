@@ -100,6 +100,11 @@ type AccField struct {
 	// what keeps every term within the limbs (exact.go). Other sums ignore both.
 	Grid  int
 	Bound float64
+	// OneLimb keeps a running exact sum (an Accumulator) in one int64 per element instead of
+	// two: half the memory, for grids coarse enough that every sum fits in 63 bits (the caller
+	// chooses the grid so). The terms and the sums' bits are the two limbs' (exact.go); only
+	// the CPU's accumulator has it.
+	OneLimb bool
 }
 
 // Info describes a device.

@@ -281,6 +281,9 @@ func (g *GPU) NewAccumulator(fields []device.AccField) (device.Accumulator, erro
 		if f.Len < 0 {
 			return nil, fmt.Errorf("%w: field %q: %d elements", device.ErrJob, f.Name, f.Len)
 		}
+		if f.OneLimb {
+			return nil, fmt.Errorf("%w: field %q: one-limb exact sums are the CPU's accumulator (the GPU keeps two limbs)", device.ErrUnsupported, f.Name)
+		}
 		rf[t] = residentField{Name: f.Name, DType: f.Acc, Shape: []int{f.Len}}
 		if f.Acc == tensor.I64 {
 			exact++
