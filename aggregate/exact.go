@@ -17,7 +17,8 @@ import (
 // the model over devices or the grouping of the clients into partial aggregates (Partial).
 //
 // Each term a_k·x_k is rounded to a grid of 2^G per tensor and added as an integer
-// (device.AccField with Acc I64: two int64 limbs per parameter, 16 bytes). The grid depends on
+// (device.AccField with Acc I64: two int64 limbs per parameter, 16 bytes; one, 8 bytes, with
+// ExactSum.OneLimb, on a coarser grid). The grid depends on
 // what the round declares, never on what arrives: a bound B on every value (ExactSum.Bound,
 // ExactSum.TensorBounds) and a cap T on the total weight (ExactSum.MaxWeight) give
 //
@@ -49,6 +50,11 @@ const (
 // 2^103), and a round's sum below 2^103 (the limbs hold 2^115).
 const exactTermBits = 101
 
+// oneLimbTermBits is exactTermBits for one limb (ExactSum.OneLimb): the clients' sum is below
+// 2^61 grid units, a global model's term too, and their total, rounding included, below the
+// 2^63 an int64 holds.
+const oneLimbTermBits = 61
+
 // ExactSum is what a round's exact sums are set up for (WithExactSum); a zero field takes its
 // default.
 type ExactSum struct {
@@ -60,12 +66,21 @@ type ExactSum struct {
 	// MaxWeight caps the total weight of a round's clients, and the weight a global model
 	// enters the sum with (default DefaultExactMaxWeight). A smaller cap is a finer grid.
 	MaxWeight float64
+	// OneLimb keeps a round's running sums in one int64 per parameter instead of two (8 bytes
+	// instead of 16: what an incremental round, such as a server's, holds for the whole
+	// round). The grid is then 2^(⌈log2 Bound⌉ + ⌈log2 MaxWeight⌉ − 61), 40 bits coarser than
+	// two limbs' (−101): with the defaults 2^-5, useless, so a round that sets it declares a
+	// tight bound and weight cap (2^4 and 2^20: a grid of 2^-37). A mean over a total weight D
+	// is then within n·2^(grid−1)/D of its exact value for n updates. Order independence is
+	// unchanged; the CPU keeps one-limb sums, a GPU refuses them.
+	OneLimb bool
 }
 
 type exactConfig struct {
 	bound     float64
 	bounds    map[string]float64
 	maxWeight float64
+	oneLimb   bool
 }
 
 // WithExactSum makes the round's sums exact (see the comment at the top of exact.go): the same
@@ -76,7 +91,7 @@ type exactConfig struct {
 // f32, bf16, f16 or i8. A bound or cap that is not a positive finite number is an ErrOption.
 func WithExactSum(set ExactSum) Option {
 	return func(c *config) error {
-		e := &exactConfig{bound: DefaultExactBound, maxWeight: DefaultExactMaxWeight}
+		e := &exactConfig{bound: DefaultExactBound, maxWeight: DefaultExactMaxWeight, oneLimb: set.OneLimb}
 		if set.Bound != 0 {
 			if err := checkPositive("exact-sum bound", set.Bound); err != nil {
 				return err
@@ -120,7 +135,11 @@ func (e *exactConfig) boundOf(name string) float64 {
 
 // grid is the exponent G of the named tensor's grid.
 func (e *exactConfig) grid(name string) int {
-	return ceilLog2(e.boundOf(name)) + ceilLog2(e.maxWeight) - exactTermBits
+	bits := exactTermBits
+	if e.oneLimb {
+		bits = oneLimbTermBits
+	}
+	return ceilLog2(e.boundOf(name)) + ceilLog2(e.maxWeight) - bits
 }
 
 // ceilLog2 is the smallest k with v ≤ 2^k (v > 0).
@@ -175,7 +194,7 @@ func newExactPlan(ref tensor.Layout, inputs func(t int) []tensor.DType, cfg *con
 			return nil, fmt.Errorf("%w: exact sums are written as f32, bf16, f16 or i8, not f64", ErrOption)
 		}
 		p.fields[t] = device.AccField{Name: f.Name, Len: f.Len(), Acc: tensor.I64, Out: out,
-			Grid: cfg.exact.grid(f.Name), Bound: cfg.exact.boundOf(f.Name)}
+			Grid: cfg.exact.grid(f.Name), Bound: cfg.exact.boundOf(f.Name), OneLimb: cfg.exact.oneLimb}
 	}
 	return p, p.layOut(cfg)
 }

@@ -249,6 +249,46 @@ func TestExactOrderIndependent(t *testing.T) {
 	}
 }
 
+// TestExactOneLimb: sums kept in one limb (ExactSum.OneLimb) are as independent of order as two
+// limbs', in batch, incremental and file rounds, on every CPU configuration and kernel set
+// (their accuracy is TestExactAccuracy's "one-limb").
+func TestExactOneLimb(t *testing.T) {
+	devs := exactDevices(t)
+	one := aggregate.WithExactSum(aggregate.ExactSum{Bound: 16, MaxWeight: 1 << 20, OneLimb: true})
+	for ci, c := range exactCases() {
+		t.Run(c.name, func(t *testing.T) {
+			r := rand.New(rand.NewPCG(uint64(ci), 41))
+			var global *tensor.Set
+			spread := 0.5
+			if c.global {
+				global = exactUpdates(t, 101, 1, []tensor.DType{tensor.F32}, nil, 1)[0]
+				spread = 0.01
+			}
+			n := 5 + r.IntN(6)
+			updates := exactUpdates(t, uint64(300+ci), n, c.dts, global, spread)
+			var weights []float64
+			if !c.equal {
+				weights = exactWeights(r, n, c.counts)
+			}
+			want := runExact(t, c, 0, devs[0], global, updates, weights, one)
+			for trial := range 3 {
+				perm := r.Perm(n)
+				pu := make([]*tensor.Set, n)
+				var pw []float64
+				for i, p := range perm {
+					pu[i] = updates[p]
+					if weights != nil {
+						pw = append(pw, weights[p])
+					}
+				}
+				mode, dev := 1+trial%2, devs[r.IntN(len(devs))]
+				got := runExact(t, c, mode, dev, global, pu, pw, one)
+				sameBits(t, fmt.Sprintf("trial %d (mode %d, %s %s)", trial, mode, dev.Name(), dev.Info().Kernels), want, got)
+			}
+		})
+	}
+}
+
 // TestExactPartials splits the clients into partial rounds at random, writes and reads the
 // partials back, merges them in a random tree and adds the result (with some clients of its own)
 // to a final round: the bits are those of one batch over every client.
@@ -355,15 +395,17 @@ func TestExactAccuracy(t *testing.T) {
 	configs := []struct {
 		name  string
 		set   aggregate.ExactSum
-		bound float64 // the grid: 2^(⌈log2 bound⌉ + ⌈log2 cap⌉ − 101)
+		bound float64 // the grid: 2^(⌈log2 bound⌉ + ⌈log2 cap⌉ − bits)
 		cap   float64
+		bits  int // 101 with two limbs, 61 with one
 	}{
-		{"default-grid", aggregate.ExactSum{}, aggregate.DefaultExactBound, aggregate.DefaultExactMaxWeight},
-		{"fine-grid", aggregate.ExactSum{Bound: 16, MaxWeight: 1 << 24}, 16, 1 << 24},
+		{"default-grid", aggregate.ExactSum{}, aggregate.DefaultExactBound, aggregate.DefaultExactMaxWeight, 101},
+		{"fine-grid", aggregate.ExactSum{Bound: 16, MaxWeight: 1 << 24}, 16, 1 << 24, 101},
+		{"one-limb", aggregate.ExactSum{Bound: 16, MaxWeight: 1 << 24, OneLimb: true}, 16, 1 << 24, 61},
 	}
 	for _, cfg := range configs {
 		t.Run(cfg.name, func(t *testing.T) {
-			grid := math.Ldexp(1, int(math.Ceil(math.Log2(cfg.bound)))+int(math.Ceil(math.Log2(cfg.cap)))-101)
+			grid := math.Ldexp(1, int(math.Ceil(math.Log2(cfg.bound)))+int(math.Ceil(math.Log2(cfg.cap)))-cfg.bits)
 			r := rand.New(rand.NewPCG(9, uint64(len(cfg.name))))
 			var total, exact, within, gridBound int
 			for trial := range 100 {
