@@ -139,6 +139,10 @@ type ExactConfig struct {
 	MaxWeight float64 `json:"max_weight,omitempty"`
 	// TensorBounds bound the values of the named tensors, in place of Bound.
 	TensorBounds map[string]float64 `json:"tensor_bounds,omitempty"`
+	// OneLimb keeps the round's running sums in one int64 per parameter instead of two: 8
+	// bytes per parameter instead of 16, on a grid 40 bits coarser (aggregate.ExactSum.OneLimb),
+	// for rounds that declare a tight bound and max_weight.
+	OneLimb bool `json:"one_limb,omitempty"`
 }
 
 // exactSum is the engine's setting.
@@ -146,7 +150,7 @@ func (e *ExactConfig) exactSum() aggregate.ExactSum {
 	if e == nil {
 		return aggregate.ExactSum{}
 	}
-	return aggregate.ExactSum{Bound: e.Bound, MaxWeight: e.MaxWeight, TensorBounds: e.TensorBounds}
+	return aggregate.ExactSum{Bound: e.Bound, MaxWeight: e.MaxWeight, TensorBounds: e.TensorBounds, OneLimb: e.OneLimb}
 }
 
 // check asks the engine about each value (a bound or cap that is not a positive finite f32

@@ -110,6 +110,7 @@ func (s *Server) roundOptions(rule aggregate.Rule) []aggregate.Option {
 func exactSettings(c *ExactConfig) *ExactConfig {
 	e := &ExactConfig{Bound: aggregate.DefaultExactBound, MaxWeight: aggregate.DefaultExactMaxWeight}
 	if c != nil {
+		e.OneLimb = c.OneLimb
 		if c.Bound != 0 {
 			e.Bound = c.Bound
 		}
@@ -131,7 +132,7 @@ func apiExact(c *ExactConfig) *api.ExactSum {
 	if c == nil {
 		return nil
 	}
-	return &api.ExactSum{Bound: c.Bound, MaxWeight: c.MaxWeight, TensorBounds: c.TensorBounds}
+	return &api.ExactSum{Bound: c.Bound, MaxWeight: c.MaxWeight, TensorBounds: c.TensorBounds, OneLimb: c.OneLimb}
 }
 
 // engineRound is the engine's round as the server drives it: the refusals a setting of the

@@ -179,3 +179,50 @@ func TestSumConfig(t *testing.T) {
 		}
 	}
 }
+
+// TestOneLimbRound: a round configured with round.exact.one_limb keeps its exact sums in one
+// limb: the status says so, the model has the same bits in any arrival order and after a
+// restart in the middle of the round (the setting is the round's own, in round.json), and every
+// coordinate is within one f32 ulp plus the coarser grid's error of the float64 weighted mean.
+func TestOneLimbRound(t *testing.T) {
+	leakCheck(t)
+	const n, size = 5, 4099
+	sets, flat := sumUpdates(t, n, size)
+	weights := []float64{1, 7, 2.5, 1e3, 3}
+	exact := &ExactConfig{Bound: 1 << 15, MaxWeight: 1 << 11, OneLimb: true} // grid 2^(15+11-61)
+	run := func(order []int, restartAfter int) ([]byte, api.Round) {
+		cfg, tokens, admin := testConfig(t, n)
+		cfg.Round.Exact = exact
+		ts := startServer(t, cfg, tokens, admin)
+		for i, k := range order {
+			if i == restartAfter {
+				ts.stop()
+				ts = startServer(t, cfg, tokens, admin)
+			}
+			ts.push(t, fmt.Sprintf("c%d", k), 1, encode(t, sets[k], nil),
+				map[string]string{api.WeightHeader: strconv.FormatFloat(weights[k], 'g', -1, 64)})
+		}
+		st := ts.waitState(t, 1, api.StateClosed)
+		return bytes.Clone(ts.readModel(t, 1).At(0).Bytes()), st
+	}
+	a, st := run([]int{0, 1, 2, 3, 4}, -1)
+	if st.Sum != SumExact || st.Exact == nil || !st.Exact.OneLimb || st.Exact.Bound != 1<<15 {
+		t.Fatalf("status: sum %q, exact %+v", st.Sum, st.Exact)
+	}
+	b, _ := run([]int{3, 1, 4, 0, 2}, 2)
+	if !bytes.Equal(a, b) {
+		t.Fatal("the same updates in another order, with a restart, gave other bits")
+	}
+	grid := math.Ldexp(1, 15+11-61)
+	d := 0.0
+	for _, w := range weights {
+		d += w
+	}
+	for i, w := range meanRef(flat, weights) {
+		got := math.Float32frombits(uint32(a[4*i]) | uint32(a[4*i+1])<<8 | uint32(a[4*i+2])<<16 | uint32(a[4*i+3])<<24)
+		ulp := math.Nextafter32(float32(math.Abs(w)), float32(math.Inf(1))) - float32(math.Abs(w))
+		if math.Abs(float64(got)-w) > float64(ulp)+n*grid/d {
+			t.Fatalf("element %d: %v, want %v within one ulp and the grid", i, got, w)
+		}
+	}
+}

@@ -85,7 +85,7 @@ under --dir for the default ingest row.`,
 	}
 	f := cmd.Flags()
 	f.StringVar(&dir, "dir", "", "scratch directory (default: a temporary directory, removed after)")
-	f.StringVar(&c.Sum, "sum", "", "round.sum of the server's rounds: auto (the server's default: exact for fedavg), exact or float")
+	f.StringVar(&c.Sum, "sum", "", "round.sum of the server's rounds: auto (the server's default: exact for fedavg), exact, float, or one-limb (exact, round.exact {bound 16, max_weight 2^20, one_limb}: an 8-byte accumulator)")
 	f.StringVar(&only, "only", "", "comma-separated rows to run: ingest, flight, small, crash (default: all)")
 	f.BoolVar(&asJSON, "json", false, "print the rows as JSON")
 	f.IntVar(&c.Clients, "clients", c.Clients, "ingest: concurrent clients")

@@ -84,6 +84,8 @@ type ExactSum struct {
 	Bound        float64            `json:"bound"`
 	MaxWeight    float64            `json:"max_weight"`
 	TensorBounds map[string]float64 `json:"tensor_bounds,omitempty"`
+	// OneLimb: the round's running sums are kept in one int64 per parameter (8 bytes).
+	OneLimb bool `json:"one_limb,omitempty"`
 }
 
 // Rounds is the answer of GET /v1/rounds: every round, oldest first.

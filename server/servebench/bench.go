@@ -42,7 +42,7 @@ type Config struct {
 	CrashClients int // clients of
 	CrashParams  int // parameters each
 
-	// Sum is the rounds' round.sum ("auto", "exact" or "float"; "" leaves the server's
+	// Sum is the rounds' round.sum ("auto", "exact", "float", or SumOneLimb; "" leaves the server's
 	// default, auto: exact sums for fedavg, whose accumulator takes 16 bytes per parameter).
 	Sum string
 
@@ -140,11 +140,24 @@ func (c *Config) diskWay() string {
 }
 
 func (c *Config) sumNote() string {
-	if c.Sum == "float" {
+	switch c.Sum {
+	case "float":
 		return "round.sum float: an f32 accumulator, 4 bytes per parameter"
+	case SumOneLimb:
+		return fmt.Sprintf("round.sum exact, one_limb (bound %g, max_weight %g): exact sums, an 8-byte accumulator per parameter (2 × the f32 model)", float64(oneLimbBound), float64(oneLimbMaxWeight))
 	}
 	return "round.sum " + cmp.Or(c.Sum, "auto (the default)") + ": exact sums, a 16-byte accumulator per parameter (4 × the f32 model)"
 }
+
+// SumOneLimb is the Sum that runs exact sums kept in one limb (round.exact.one_limb), with a
+// bound and weight cap that the bench's updates (normal values, weight 1) stay within: a grid of
+// 2^(4+20−61) = 2^-37.
+const SumOneLimb = "one-limb"
+
+const (
+	oneLimbBound     = 16
+	oneLimbMaxWeight = 1 << 20
+)
 
 // serverConfig writes a configuration of n clients and returns its path and their tokens.
 func serverConfig(dir string, n, streams int, sum string, extra, top map[string]any) (string, []string, error) {
@@ -164,7 +177,12 @@ func serverConfig(dir string, n, streams int, sum string, extra, top map[string]
 		clients[k] = map[string]string{"id": clientID(k), "token_sha256": server.HashToken(tokens[k])}
 	}
 	round := map[string]any{"rule": "fedavg", "max_clients": n}
-	if sum != "" {
+	switch sum {
+	case "":
+	case SumOneLimb:
+		round["sum"] = server.SumExact
+		round["exact"] = map[string]any{"bound": oneLimbBound, "max_weight": oneLimbMaxWeight, "one_limb": true}
+	default:
 		round["sum"] = sum
 	}
 	for k, v := range extra {

@@ -364,7 +364,7 @@ func roundSums(dir string) ([]aggregate.Option, bool, error) {
 	if meta.Sum != server.SumExact || meta.Exact == nil {
 		return nil, false, nil
 	}
-	e := aggregate.ExactSum{Bound: meta.Exact.Bound, MaxWeight: meta.Exact.MaxWeight, TensorBounds: meta.Exact.TensorBounds}
+	e := aggregate.ExactSum{Bound: meta.Exact.Bound, MaxWeight: meta.Exact.MaxWeight, TensorBounds: meta.Exact.TensorBounds, OneLimb: meta.Exact.OneLimb}
 	return []aggregate.Option{aggregate.WithExactSum(e)}, true, nil
 }
 
