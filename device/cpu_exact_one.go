@@ -57,7 +57,16 @@ func accOne(k func(hi, lo []int64, w []float64, x [][]byte) uint32, one []int64,
 
 // foldLimbs adds the sums hi·2^52 + lo to one (wrapping).
 func foldLimbs(one, hi, lo []int64) {
-	for j := range one {
+	hi, lo = hi[:len(one)], lo[:len(one)]
+	j := 0
+	for ; j+4 <= len(one); j += 4 {
+		o, h, l := one[j:j+4:j+4], hi[j:j+4:j+4], lo[j:j+4:j+4]
+		o[0] += h[0]<<kernels.ExactLimbShift + l[0]
+		o[1] += h[1]<<kernels.ExactLimbShift + l[1]
+		o[2] += h[2]<<kernels.ExactLimbShift + l[2]
+		o[3] += h[3]<<kernels.ExactLimbShift + l[3]
+	}
+	for ; j < len(one); j++ {
 		one[j] += hi[j]<<kernels.ExactLimbShift + lo[j]
 	}
 }
