@@ -44,6 +44,12 @@ func TestAggregateExact(t *testing.T) {
 			t.Fatalf("%s: the output differs from the first run's", name)
 		}
 	}
+	// One limb: its own grid, the same bits batch and streamed, in any order.
+	one := []string{"--exact-max-weight", "4096", "--exact-one-limb"}
+	want1 := run("one-limb.safetensors", one, files)
+	if got := run("one-limb-streamed.safetensors", append(one, "--stream"), rev); !bytes.Equal(got, want1) {
+		t.Fatal("--exact-one-limb --stream differs from the batch")
+	}
 
 	bad := filepath.Join(dir, "bad.safetensors")
 	writeClient(t, bad, 0.5, "10")
@@ -60,6 +66,8 @@ func TestAggregateExact(t *testing.T) {
 		checkFailure(t, stderr, code, 1, "bad.safetensors", `"layer.weight"`, "element 321", "out of the exact sum's range")
 	}
 	_, stderr, code := wattagg(t, "aggregate", "-o", filepath.Join(dir, "y.safetensors"), "--exact-bound", "4", files[0])
+	checkFailure(t, stderr, code, 2, "--acc exact")
+	_, stderr, code = wattagg(t, "aggregate", "-o", filepath.Join(dir, "y.safetensors"), "--exact-one-limb", files[0])
 	checkFailure(t, stderr, code, 2, "--acc exact")
 	for _, bad := range [][]string{{"--exact-bound", "0"}, {"--exact-bound", "-1"}, {"--exact-max-weight", "0"}, {"--exact-max-weight", "NaN"}} {
 		args := append([]string{"aggregate", "-o", filepath.Join(dir, "y.safetensors"), "--acc", "exact"}, bad...)
