@@ -57,14 +57,25 @@ func writeAddr(path string, a net.Addr) {
 	}
 }
 
-// TestCrashKill9 kills the server process with SIGKILL at 5 random moments of a round of 16
+// TestCrashKill9 kills the server process with SIGKILL at random moments of a round of
 // concurrent pushes, restarting it each time: every acknowledged update is in the final round
 // exactly once, at the position its acknowledgement gave, and the model has the bits of the
-// engine run over the acknowledged spool files in log order.
+// engine run over the acknowledged spool files in log order. Twice: with the default exact sums
+// (16 clients, 5 kills) and with one-limb sums (8 clients, 3 kills), whose setting the restarts
+// read back from the round's own file.
 func TestCrashKill9(t *testing.T) {
 	if testing.Short() {
 		t.Skip("crash test")
 	}
+	for _, c := range []struct {
+		sum            string
+		clients, kills int
+	}{{"", 16, 5}, {servebench.SumOneLimb, 8, 3}} {
+		t.Run("sum="+c.sum, func(t *testing.T) { crashKill9(t, c.sum, c.clients, c.kills) })
+	}
+}
+
+func crashKill9(t *testing.T, sum string, clients, kills int) {
 	dir := t.TempDir()
 	seed := rand.Uint64()
 	logPath := filepath.Join(dir, "server.log")
@@ -81,14 +92,14 @@ func TestCrashKill9(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	res, err := servebench.Crash(ctx, servebench.CrashConfig{Dir: dir, Clients: 16, Params: 1 << 20, Kills: 5,
-		Concurrency: 8, MaxKillWait: 30 * time.Millisecond, Seed: seed, Start: start, Log: t.Logf})
+	res, err := servebench.Crash(ctx, servebench.CrashConfig{Dir: dir, Clients: clients, Params: 1 << 20, Kills: kills,
+		Concurrency: 8, MaxKillWait: 30 * time.Millisecond, Seed: seed, Start: start, Log: t.Logf, Sum: sum})
 	if err != nil {
 		b, _ := os.ReadFile(logPath)
 		t.Fatalf("seed %d: %v\nserver log:\n%s", seed, err, b)
 	}
 	t.Logf("seed %d: %+v", seed, res)
-	if res.Kills != 5 || res.Lost != 0 || res.Twice != 0 || res.Mismatched != 0 || res.Updates != 16 || !res.BitsEqual {
+	if res.Kills != kills || res.Lost != 0 || res.Twice != 0 || res.Mismatched != 0 || res.Updates != clients || !res.BitsEqual {
 		t.Fatalf("seed %d: %+v", seed, res)
 	}
 }

@@ -105,7 +105,7 @@ func Run(ctx context.Context, c Config) (*Result, error) {
 			return res, err
 		}
 		cr, err := Crash(ctx, CrashConfig{Dir: dir, Clients: c.CrashClients, Params: c.CrashParams, Kills: c.Kills,
-			Concurrency: 16, MaxKillWait: 30 * time.Millisecond, Seed: rand.Uint64(), Start: c.Start, Log: c.Log})
+			Concurrency: 16, MaxKillWait: 30 * time.Millisecond, Seed: rand.Uint64(), Start: c.Start, Log: c.Log, Sum: c.Sum})
 		res.Crash = cr
 		if err != nil {
 			return res, fmt.Errorf("crash run: %w", err)
@@ -159,6 +159,18 @@ const (
 	oneLimbMaxWeight = 1 << 20
 )
 
+// setSum sets a round configuration's sum as Config.Sum says.
+func setSum(round map[string]any, sum string) {
+	switch sum {
+	case "":
+	case SumOneLimb:
+		round["sum"] = server.SumExact
+		round["exact"] = map[string]any{"bound": oneLimbBound, "max_weight": oneLimbMaxWeight, "one_limb": true}
+	default:
+		round["sum"] = sum
+	}
+}
+
 // serverConfig writes a configuration of n clients and returns its path and their tokens.
 func serverConfig(dir string, n, streams int, sum string, extra, top map[string]any) (string, []string, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -177,14 +189,7 @@ func serverConfig(dir string, n, streams int, sum string, extra, top map[string]
 		clients[k] = map[string]string{"id": clientID(k), "token_sha256": server.HashToken(tokens[k])}
 	}
 	round := map[string]any{"rule": "fedavg", "max_clients": n}
-	switch sum {
-	case "":
-	case SumOneLimb:
-		round["sum"] = server.SumExact
-		round["exact"] = map[string]any{"bound": oneLimbBound, "max_weight": oneLimbMaxWeight, "one_limb": true}
-	default:
-		round["sum"] = sum
-	}
+	setSum(round, sum)
 	for k, v := range extra {
 		round[k] = v
 	}

@@ -45,6 +45,7 @@ type CrashConfig struct {
 	Seed        uint64
 	Start       Starter
 	Log         func(format string, args ...any)
+	Sum         string // the round's round.sum, as Config.Sum ("": the server's default)
 }
 
 // CrashResult is what a crash run found.
@@ -76,10 +77,12 @@ func Crash(ctx context.Context, c CrashConfig) (*CrashResult, error) {
 	}
 	rng := rand.New(rand.NewPCG(c.Seed, 0x5eed))
 	data := filepath.Join(c.Dir, "data")
+	round := map[string]any{"rule": "fedavg", "max_clients": c.Clients, "keep_spool": true}
+	setSum(round, c.Sum)
 	cfg := map[string]any{
 		"listen":   "127.0.0.1:0",
 		"data_dir": data,
-		"round":    map[string]any{"rule": "fedavg", "max_clients": c.Clients, "keep_spool": true},
+		"round":    round,
 		"limits":   map[string]any{"max_streams": c.Concurrency + 4},
 	}
 	tokens := make([]string, c.Clients)
