@@ -63,7 +63,9 @@ sorted by name, concatenated): clients push whole updates, the round's model is 
 Sums: "sum": "auto" (the default) sums exactly wherever the rule allows (fedavg, the server
 optimizers, dp-*, norm-clip with clip_bound): a round's model is then the same bits whatever
 order its updates arrived in. "exact": {"bound": 65536, "max_weight": 1099511627776,
-"tensor_bounds": {"name": bound}} sets the range (an update beyond it gets 400 out_of_range);
+"tensor_bounds": {"name": bound}, "one_limb": true} sets the range (an update beyond it gets 400
+out_of_range) and, with one_limb, keeps the sums in 8 bytes per parameter instead of 16 on a
+grid 2^40 coarser (for a tight bound and max_weight);
 "sum": "float" sums in arrival order and takes f64 updates.
 
 Arrow Flight ("flight_listen"): DoPut of an update (tensor/arrowio's chunk schema; descriptor
