@@ -175,6 +175,9 @@ func (e *ExactConfig) check() error {
 			return fmt.Errorf("%w: round.exact.%s: %w", ErrConfig, f.name, err)
 		}
 	}
+	if e.OneLimb && e.MaxWeight == 0 {
+		return fmt.Errorf("%w: round.exact.one_limb needs round.exact.max_weight, the largest total weight of a round's clients: with the default cap (2^40) one limb's grid is 2^40 times the bound's 2^-61, too coarse for a mean", ErrConfig)
+	}
 	return nil
 }
 

@@ -147,6 +147,8 @@ func TestSumConfig(t *testing.T) {
 		{"fedavg", "", &ExactConfig{Bound: -1}, "round.exact.bound"},
 		{"fedavg", "", &ExactConfig{MaxWeight: math.Inf(1)}, "round.exact.max_weight"},
 		{"fedavg", "", &ExactConfig{TensorBounds: map[string]float64{"w0": 0}}, `round.exact.tensor_bounds["w0"]`},
+		{"fedavg", "", &ExactConfig{Bound: 16, OneLimb: true}, "round.exact.one_limb needs round.exact.max_weight"},
+		{"fedavg", "", &ExactConfig{Bound: 16, MaxWeight: 1 << 20, OneLimb: true}, SumExact},
 	} {
 		cfg, _, _ := testConfig(t, 3)
 		cfg.Round.Rule, cfg.Round.Sum, cfg.Round.Exact = c.rule, c.sum, c.exact

@@ -208,6 +208,9 @@ func aggregateOptions(f aggregateFlags) ([]aggregate.Option, error) {
 		if !(f.exact.bound > 0) || !(f.exact.maxWeight > 0) {
 			return nil, usagef("--exact-bound %v, --exact-max-weight %v: want positive finite numbers", f.exact.bound, f.exact.maxWeight)
 		}
+		if f.exact.oneLimb && f.exact.maxWeight == aggregate.DefaultExactMaxWeight {
+			return nil, usagef("--exact-one-limb needs --exact-max-weight, the clients' largest total weight: with the default cap (2^40) one limb's grid is too coarse for a mean")
+		}
 		opts = append(opts, aggregate.WithExactSum(aggregate.ExactSum{Bound: f.exact.bound, MaxWeight: f.exact.maxWeight, OneLimb: f.exact.oneLimb}))
 	case f.exact.changed():
 		return nil, usagef("--exact-bound, --exact-max-weight and --exact-one-limb go with --acc exact")

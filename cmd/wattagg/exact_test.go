@@ -69,6 +69,8 @@ func TestAggregateExact(t *testing.T) {
 	checkFailure(t, stderr, code, 2, "--acc exact")
 	_, stderr, code = wattagg(t, "aggregate", "-o", filepath.Join(dir, "y.safetensors"), "--exact-one-limb", files[0])
 	checkFailure(t, stderr, code, 2, "--acc exact")
+	_, stderr, code = wattagg(t, "aggregate", "-o", filepath.Join(dir, "y.safetensors"), "--acc", "exact", "--exact-one-limb", files[0])
+	checkFailure(t, stderr, code, 2, "--exact-one-limb needs --exact-max-weight")
 	for _, bad := range [][]string{{"--exact-bound", "0"}, {"--exact-bound", "-1"}, {"--exact-max-weight", "0"}, {"--exact-max-weight", "NaN"}} {
 		args := append([]string{"aggregate", "-o", filepath.Join(dir, "y.safetensors"), "--acc", "exact"}, bad...)
 		_, stderr, code := wattagg(t, append(args, files[0])...)
