@@ -210,27 +210,41 @@ func runExact(t *testing.T, c exactCase, mode int, dev device.Device, global *te
 // the same bits for the same (update, weight) pairs in random orders, in batch, incremental and
 // file rounds, on CPUs with 1, 2 or 5 workers and every kernel implementation.
 func TestExactOrderIndependent(t *testing.T) {
+	trials := 8
+	if testing.Short() {
+		trials = 3
+	}
+	orderIndependent(t, 1, 200, trials)
+}
+
+// TestExactOneLimb: sums kept in one limb (ExactSum.OneLimb) are as independent of order as two
+// limbs', in batch, incremental and file rounds, on every CPU configuration and kernel set
+// (their accuracy is TestExactAccuracy's "one-limb").
+func TestExactOneLimb(t *testing.T) {
+	orderIndependent(t, 41, 300, 3, aggregate.WithExactSum(aggregate.ExactSum{Bound: 16, MaxWeight: 1 << 20, OneLimb: true}))
+}
+
+// orderIndependent runs every exact case over its updates in trials random orders, cycling
+// through batch, incremental and file rounds on random devices, with the options extra, and
+// checks the bits against a batch in the updates' order.
+func orderIndependent(t *testing.T, stream, seed uint64, trials int, extra ...aggregate.Option) {
 	devs := exactDevices(t)
 	for ci, c := range exactCases() {
 		t.Run(c.name, func(t *testing.T) {
-			r := rand.New(rand.NewPCG(uint64(ci), 1))
+			r := rand.New(rand.NewPCG(uint64(ci), stream))
 			var global *tensor.Set
 			spread := 0.5
 			if c.global {
-				global = exactUpdates(t, 100, 1, []tensor.DType{tensor.F32}, nil, 1)[0]
+				global = exactUpdates(t, seed-100, 1, []tensor.DType{tensor.F32}, nil, 1)[0]
 				spread = 0.01
 			}
 			n := 7 + r.IntN(6)
-			updates := exactUpdates(t, uint64(200+ci), n, c.dts, global, spread)
+			updates := exactUpdates(t, seed+uint64(ci), n, c.dts, global, spread)
 			var weights []float64
 			if !c.equal {
 				weights = exactWeights(r, n, c.counts)
 			}
-			want := runExact(t, c, 0, devs[0], global, updates, weights)
-			trials := 8
-			if testing.Short() {
-				trials = 3
-			}
+			want := runExact(t, c, 0, devs[0], global, updates, weights, extra...)
 			for trial := range trials {
 				perm := r.Perm(n)
 				pu := make([]*tensor.Set, n)
@@ -241,49 +255,9 @@ func TestExactOrderIndependent(t *testing.T) {
 						pw = append(pw, weights[p])
 					}
 				}
-				mode, dev := r.IntN(3), devs[r.IntN(len(devs))]
-				got := runExact(t, c, mode, dev, global, pu, pw)
+				mode, dev := trial%3, devs[r.IntN(len(devs))]
+				got := runExact(t, c, mode, dev, global, pu, pw, extra...)
 				sameBits(t, fmt.Sprintf("trial %d (mode %d, %s %s, %d workers)", trial, mode, dev.Name(), dev.Info().Kernels, dev.Info().Workers), want, got)
-			}
-		})
-	}
-}
-
-// TestExactOneLimb: sums kept in one limb (ExactSum.OneLimb) are as independent of order as two
-// limbs', in batch, incremental and file rounds, on every CPU configuration and kernel set
-// (their accuracy is TestExactAccuracy's "one-limb").
-func TestExactOneLimb(t *testing.T) {
-	devs := exactDevices(t)
-	one := aggregate.WithExactSum(aggregate.ExactSum{Bound: 16, MaxWeight: 1 << 20, OneLimb: true})
-	for ci, c := range exactCases() {
-		t.Run(c.name, func(t *testing.T) {
-			r := rand.New(rand.NewPCG(uint64(ci), 41))
-			var global *tensor.Set
-			spread := 0.5
-			if c.global {
-				global = exactUpdates(t, 101, 1, []tensor.DType{tensor.F32}, nil, 1)[0]
-				spread = 0.01
-			}
-			n := 5 + r.IntN(6)
-			updates := exactUpdates(t, uint64(300+ci), n, c.dts, global, spread)
-			var weights []float64
-			if !c.equal {
-				weights = exactWeights(r, n, c.counts)
-			}
-			want := runExact(t, c, 0, devs[0], global, updates, weights, one)
-			for trial := range 3 {
-				perm := r.Perm(n)
-				pu := make([]*tensor.Set, n)
-				var pw []float64
-				for i, p := range perm {
-					pu[i] = updates[p]
-					if weights != nil {
-						pw = append(pw, weights[p])
-					}
-				}
-				mode, dev := 1+trial%2, devs[r.IntN(len(devs))]
-				got := runExact(t, c, mode, dev, global, pu, pw, one)
-				sameBits(t, fmt.Sprintf("trial %d (mode %d, %s %s)", trial, mode, dev.Name(), dev.Info().Kernels), want, got)
 			}
 		})
 	}

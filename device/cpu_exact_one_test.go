@@ -42,17 +42,7 @@ func TestOneLimbIsTwoLimbs(t *testing.T) {
 		}
 		inputs, weights = append(inputs, x), append(weights, float64(1+r.IntN(1<<20)))
 	}
-	sums := func(a device.Accumulator) [][]int64 {
-		var out [][]int64
-		for ti, f := range two {
-			s := make([]int64, 2*f.Len)
-			if err := a.(device.ExactAccumulator).ReadSums(ctx, ti, s); err != nil {
-				t.Fatal(err)
-			}
-			out = append(out, s)
-		}
-		return out
-	}
+	sums := func(a device.Accumulator) [][]int64 { return readSums(t, a, two) }
 	chunks, err := device.CutChunks(two, devicetest.Packed(two), 64<<10)
 	if err != nil {
 		t.Fatal(err)

@@ -255,6 +255,20 @@ func clone(sp device.Span) device.Span {
 // implementation, has the bits of the update added whole; a piece with an element beyond the
 // bound or non-finite is refused, naming the element from the field's start, and adds nothing;
 // adding the pieces again with the opposite weight leaves zero sums.
+// readSums reads the 128-bit sums of every field of an exact accumulator.
+func readSums(t *testing.T, a device.Accumulator, fields []device.AccField) [][]int64 {
+	t.Helper()
+	var out [][]int64
+	for ti, f := range fields {
+		s := make([]int64, 2*f.Len)
+		if err := a.(device.ExactAccumulator).ReadSums(context.Background(), ti, s); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, s)
+	}
+	return out
+}
+
 func TestAddPieceIsAdd(t *testing.T) {
 	ctx := context.Background()
 	r := rand.New(rand.NewPCG(8, 9))
@@ -262,17 +276,7 @@ func TestAddPieceIsAdd(t *testing.T) {
 		{Name: "a", Len: 70001, Acc: tensor.I64, Out: tensor.F32, Grid: -70, Bound: 16},
 		{Name: "b", Len: 33, Acc: tensor.I64, Out: tensor.F32, Grid: -60, Bound: 16},
 	}
-	sums := func(a device.Accumulator) [][]int64 {
-		var out [][]int64
-		for t2, f := range fields {
-			s := make([]int64, 2*f.Len)
-			if err := a.(device.ExactAccumulator).ReadSums(ctx, t2, s); err != nil {
-				t.Fatal(err)
-			}
-			out = append(out, s)
-		}
-		return out
-	}
+	sums := func(a device.Accumulator) [][]int64 { return readSums(t, a, fields) }
 	for _, k := range kernels.Impls() {
 		cpu, err := device.NewCPU(device.WithKernels(k.Name()))
 		if err != nil {
