@@ -183,12 +183,11 @@ func (a *cpuExactAccumulator) Add(ctx context.Context, x []Span, w float64) erro
 		}
 		xs[0] = b
 		s.w64[0] = ExactWeight(w, sp, f.Grid)
-		acc := exactAccKernel(a.c.kern, sp.DType)
 		var m uint32
 		if a.one != nil {
-			m = accOne(acc, a.one[pc.Field][pc.Lo:pc.Hi], s.w64[:1], b, es)
+			m = exactAcc1Kernel(a.c.kern, sp.DType)(a.one[pc.Field][pc.Lo:pc.Hi], s.w64[:1], xs)
 		} else {
-			m = acc(a.hi[pc.Field][pc.Lo:pc.Hi], a.lo[pc.Field][pc.Lo:pc.Hi], s.w64[:1], xs)
+			m = exactAccKernel(a.c.kern, sp.DType)(a.hi[pc.Field][pc.Lo:pc.Hi], a.lo[pc.Field][pc.Lo:pc.Hi], s.w64[:1], xs)
 		}
 		xs[0] = nil
 		if m > ExactLimit(sp.DType, f.Bound, sp.Scale) {
@@ -399,16 +398,16 @@ func (a *cpuExactAccumulator) AddPiece(ctx context.Context, t, lo int, x Span, w
 			return shiftIndex(err, lo)
 		}
 	}
+	w64 := []float64{ExactWeight(w, x, f.Grid)}
+	xs := [][]byte{x.Data}
+	if a.one != nil { // one pass over the limb, no normalisation
+		exactAcc1Kernel(a.c.kern, x.DType)(a.one[t][lo:lo+n], w64, xs)
+		return nil
+	}
 	// Block by block, so that the kernel's second pass over the limbs (normalising them) finds
 	// them in L2: a 1 MiB f32 piece has 4 MiB of limbs.
 	k := exactAccKernel(a.c.kern, x.DType)
-	w64 := []float64{ExactWeight(w, x, f.Grid)}
-	xs := make([][]byte, 1)
 	block := a.c.exactBlockElems()
-	if a.one != nil {
-		accOne(k, a.one[t][lo:lo+n], w64, x.Data, es)
-		return nil
-	}
 	for b := 0; b < n; b += block {
 		e := min(b+block, n)
 		xs[0] = x.Data[b*es : e*es]

@@ -8,19 +8,18 @@ import (
 )
 
 // One-limb exact sums (AccField.OneLimb): a running sum of one int64 per element, S itself, in
-// place of the two limbs (hi·2^52 + lo). Terms are added by the two limbs' kernels, the limb
-// passed as the low limb and a zeroed block of oneLimbBlock elements as the high one; the
-// kernels keep hi·2^52 + lo modulo 2^64 whatever lo holds (their normalisation moves whole
-// multiples of 2^52 between the limbs, with wrapping adds and a logical shift of a biased lo),
-// so folding the high block back in (S = lo + hi·2^52, wrapping) leaves the same integer as two
-// limbs hold, and the same bits at Emit, ReadSums and AddSums. int64 addition wraps, so the
-// limb holds S exactly modulo 2^64 whatever the order of the terms: exact whenever the final S
-// is below 2^63 in magnitude, which the caller's grid guarantees (a sum of updates within the
-// bound, with weights within the cap, is below 2^62 grid units: aggregate.ExactSum.OneLimb),
-// even if a transient sum of arrivals that are then cancelled went beyond it.
+// place of the two limbs (hi·2^52 + lo). Terms are added by the one-limb kernels
+// (kernels.ExactAcc1F32 and its dtypes): each term rounded as the two limbs' kernels round it,
+// h·2^52 + l, added with wrapping int64 adds, so the limb holds the same integer as two limbs
+// would, modulo 2^64, and the same bits come out at Emit, ReadSums and AddSums. int64 addition
+// wraps, so the limb holds S exactly modulo 2^64 whatever the order of the terms: exact whenever
+// the final S is below 2^63 in magnitude, which the caller's grid guarantees (a sum of updates
+// within the bound, with weights within the cap, is below 2^62 grid units:
+// aggregate.ExactSum.OneLimb), even if a transient sum of arrivals that are then cancelled went
+// beyond it.
 
-// oneLimbBlock is the elements a one-limb sum adds or emits at a time: its block of the limb
-// and its high block, 64 KiB, stay in L1 or L2 while the kernel and the fold run over them.
+// oneLimbBlock is the elements a one-limb sum emits at a time: the two limbs it splits them
+// into, 64 KiB, stay in L1 or L2 while the store kernel reads them.
 const oneLimbBlock = 4096
 
 var oneLimbScratch = sync.Pool{New: func() any { s := make([]int64, 2*oneLimbBlock); return &s }}
@@ -37,40 +36,6 @@ func oneLimbFields(fields []AccField) (bool, error) {
 		return false, fmt.Errorf("%w: %d of %d exact fields keep one limb: all or none", ErrUnsupported, n, len(fields))
 	}
 	return n > 0, nil
-}
-
-// accOne adds the terms w[0]·x (x holds len(one) elements of es bytes) to one, and returns the
-// largest magnitude among the elements, as the kernel k reports it.
-func accOne(k func(hi, lo []int64, w []float64, x [][]byte) uint32, one []int64, w []float64, x []byte, es int) uint32 {
-	sp := oneLimbScratch.Get().(*[]int64)
-	defer oneLimbScratch.Put(sp)
-	xs := make([][]byte, 1)
-	var m uint32
-	for b := 0; b < len(one); b += oneLimbBlock {
-		e := min(b+oneLimbBlock, len(one))
-		hi := (*sp)[:e-b]
-		clear(hi)
-		xs[0] = x[b*es : e*es]
-		m = max(m, k(hi, one[b:e], w, xs))
-		foldHigh(one[b:e], hi)
-	}
-	return m
-}
-
-// foldHigh adds hi·2^52 to one (wrapping).
-func foldHigh(one, hi []int64) {
-	hi = hi[:len(one)]
-	j := 0
-	for ; j+4 <= len(one); j += 4 {
-		o, h := one[j:j+4:j+4], hi[j:j+4:j+4]
-		o[0] += h[0] << kernels.ExactLimbShift
-		o[1] += h[1] << kernels.ExactLimbShift
-		o[2] += h[2] << kernels.ExactLimbShift
-		o[3] += h[3] << kernels.ExactLimbShift
-	}
-	for ; j < len(one); j++ {
-		one[j] += hi[j] << kernels.ExactLimbShift
-	}
 }
 
 // splitLimbs writes the sums of one as normalised limbs (lo in [-2^51, 2^51)), the form the

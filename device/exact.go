@@ -213,6 +213,21 @@ func exactAccKernel(k *kernels.Impl, dt tensor.DType) func(hi, lo []int64, w []f
 	return nil
 }
 
+// exactAcc1Kernel is the one-limb accumulation kernel for inputs of dt (nil if there is none).
+func exactAcc1Kernel(k *kernels.Impl, dt tensor.DType) func(one []int64, w []float64, x [][]byte) uint32 {
+	switch dt {
+	case tensor.F32:
+		return k.ExactAcc1F32
+	case tensor.BF16:
+		return k.ExactAcc1BF16
+	case tensor.F16:
+		return k.ExactAcc1F16
+	case tensor.I8:
+		return k.ExactAcc1I8
+	}
+	return nil
+}
+
 // exactStoreKernel is the kernel that writes exact sums as dt.
 func exactStoreKernel(k *kernels.Impl, dt tensor.DType) func(dst []byte, hi, lo []int64, s float64) {
 	switch dt {

@@ -49,6 +49,8 @@ type exactKernels struct {
 
 	accF32, accBF16, accF16, accI8 func(hi, lo []int64, w []float64, x [][]byte) uint32
 
+	acc1F32, acc1BF16, acc1F16, acc1I8 func(one []int64, w []float64, x [][]byte) uint32
+
 	storeF32, storeBF16, storeF16 func(dst []byte, hi, lo []int64, s float64)
 
 	beyondF32, beyondBF16, beyondF16 func(x []byte, bound float32) bool
@@ -68,6 +70,19 @@ var exactGeneric = exactKernels{
 	},
 	accI8: func(hi, lo []int64, w []float64, x [][]byte) uint32 {
 		return exactAccGeneric(hi, lo, w, x, ldI8, absI8, 0)
+	},
+
+	acc1F32: func(one []int64, w []float64, x [][]byte) uint32 {
+		return exactAcc1Generic(one, w, x, ldF32, absF32, 0)
+	},
+	acc1BF16: func(one []int64, w []float64, x [][]byte) uint32 {
+		return exactAcc1Generic(one, w, x, ldBF16, abs16, 0)
+	},
+	acc1F16: func(one []int64, w []float64, x [][]byte) uint32 {
+		return exactAcc1Generic(one, w, x, ldF16, abs16, 0)
+	},
+	acc1I8: func(one []int64, w []float64, x [][]byte) uint32 {
+		return exactAcc1Generic(one, w, x, ldI8, absI8, 0)
 	},
 
 	storeF32:  func(dst []byte, hi, lo []int64, s float64) { exactStoreF32Generic(dst, hi, lo, s, 0) },
@@ -140,6 +155,60 @@ func ExactAccI8(hi, lo []int64, w []float64, x [][]byte) (maxAbs uint32) {
 // ExactAccI8 is the package-level ExactAccI8 run by k.
 func (k *Impl) ExactAccI8(hi, lo []int64, w []float64, x [][]byte) uint32 {
 	return k.exact.accI8(hi, lo, w, x)
+}
+
+// ExactAcc1F32 is ExactAccF32 for a sum kept in one int64 per element, S itself, rather than two
+// limbs: it is
+//
+//	for i := range x {
+//		for j := range one {
+//			h, l := ExactTerm(w[i], float64(x[i][j]))
+//			one[j] += h<<ExactLimbShift + l // wrapping
+//			maxAbs = max(maxAbs, math.Float32bits(x[i][j])&0x7fffffff)
+//		}
+//	}
+//
+// The limb holds the sum modulo 2^64: exact whenever the caller's grid keeps the final sum
+// below 2^63 in magnitude (a transient beyond it cancels exactly), and then the same integer as
+// two limbs hold. A term costs what it costs with two limbs, the accumulator half the memory
+// and traffic, and no normalising pass. The bounds on w·x and len(x) are ExactAccF32's.
+func ExactAcc1F32(one []int64, w []float64, x [][]byte) (maxAbs uint32) {
+	return def.ExactAcc1F32(one, w, x)
+}
+
+// ExactAcc1F32 is the package-level ExactAcc1F32 run by k.
+func (k *Impl) ExactAcc1F32(one []int64, w []float64, x [][]byte) uint32 {
+	return k.exact.acc1F32(one, w, x)
+}
+
+// ExactAcc1BF16 is ExactAcc1F32 for bfloat16 inputs; maxAbs as ExactAccBF16's.
+func ExactAcc1BF16(one []int64, w []float64, x [][]byte) (maxAbs uint32) {
+	return def.ExactAcc1BF16(one, w, x)
+}
+
+// ExactAcc1BF16 is the package-level ExactAcc1BF16 run by k.
+func (k *Impl) ExactAcc1BF16(one []int64, w []float64, x [][]byte) uint32 {
+	return k.exact.acc1BF16(one, w, x)
+}
+
+// ExactAcc1F16 is ExactAcc1F32 for binary16 inputs; maxAbs as ExactAccF16's.
+func ExactAcc1F16(one []int64, w []float64, x [][]byte) (maxAbs uint32) {
+	return def.ExactAcc1F16(one, w, x)
+}
+
+// ExactAcc1F16 is the package-level ExactAcc1F16 run by k.
+func (k *Impl) ExactAcc1F16(one []int64, w []float64, x [][]byte) uint32 {
+	return k.exact.acc1F16(one, w, x)
+}
+
+// ExactAcc1I8 is ExactAcc1F32 for int8 inputs, as ExactAccI8.
+func ExactAcc1I8(one []int64, w []float64, x [][]byte) (maxAbs uint32) {
+	return def.ExactAcc1I8(one, w, x)
+}
+
+// ExactAcc1I8 is the package-level ExactAcc1I8 run by k.
+func (k *Impl) ExactAcc1I8(one []int64, w []float64, x [][]byte) uint32 {
+	return k.exact.acc1I8(one, w, x)
 }
 
 // ExactStoreF32 writes the exact sums scaled by s as f32. It is
@@ -244,6 +313,20 @@ func exactAccGeneric(hi, lo []int64, w []float64, x [][]byte, ld func([]byte, in
 		}
 	}
 	exactNormalizeFrom(hi, lo, from)
+	return m
+}
+
+func exactAcc1Generic(one []int64, w []float64, x [][]byte, ld func([]byte, int) float32,
+	abs func([]byte, int) uint32, from int) uint32 {
+	var m uint32
+	for i, xi := range x {
+		wi := w[i]
+		for j := from; j < len(one); j++ {
+			h, l := ExactTerm(wi, float64(ld(xi, j)))
+			one[j] += h<<ExactLimbShift + l
+			m = max(m, abs(xi, j))
+		}
+	}
 	return m
 }
 

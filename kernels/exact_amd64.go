@@ -22,6 +22,19 @@ var exactAVX2 = exactKernels{
 		return exactAccAsm(hi, lo, w, x, 1, ldI8, absI8, exactAccI8AVX2)
 	},
 
+	acc1F32: func(one []int64, w []float64, x [][]byte) uint32 {
+		return exactAcc1Asm(one, w, x, 4, ldF32, absF32, exactAcc1F32AVX2)
+	},
+	acc1BF16: func(one []int64, w []float64, x [][]byte) uint32 {
+		return exactAcc1Asm(one, w, x, 2, ldBF16, abs16, exactAcc1BF16AVX2)
+	},
+	acc1F16: func(one []int64, w []float64, x [][]byte) uint32 {
+		return exactAcc1Asm(one, w, x, 2, ldF16, abs16, exactAcc1F16AVX2)
+	},
+	acc1I8: func(one []int64, w []float64, x [][]byte) uint32 {
+		return exactAcc1Asm(one, w, x, 1, ldI8, absI8, exactAcc1I8AVX2)
+	},
+
 	storeF32: func(dst []byte, hi, lo []int64, s float64) {
 		exactStoreAsm(dst, hi, lo, s, 4, exactStoreF32Generic, exactStoreF32AVX2)
 	},
@@ -54,6 +67,19 @@ var exactAVX512 = exactKernels{
 	},
 	accI8: func(hi, lo []int64, w []float64, x [][]byte) uint32 {
 		return exactAccAsm(hi, lo, w, x, 1, ldI8, absI8, exactAccI8AVX512)
+	},
+
+	acc1F32: func(one []int64, w []float64, x [][]byte) uint32 {
+		return exactAcc1Asm(one, w, x, 4, ldF32, absF32, exactAcc1F32AVX512)
+	},
+	acc1BF16: func(one []int64, w []float64, x [][]byte) uint32 {
+		return exactAcc1Asm(one, w, x, 2, ldBF16, abs16, exactAcc1BF16AVX512)
+	},
+	acc1F16: func(one []int64, w []float64, x [][]byte) uint32 {
+		return exactAcc1Asm(one, w, x, 2, ldF16, abs16, exactAcc1F16AVX512)
+	},
+	acc1I8: func(one []int64, w []float64, x [][]byte) uint32 {
+		return exactAcc1Asm(one, w, x, 1, ldI8, absI8, exactAcc1I8AVX512)
 	},
 
 	storeF32:  exactAVX2.storeF32,
@@ -108,6 +134,31 @@ func exactAccAsm(hi, lo []int64, w []float64, x [][]byte, size int, ld func([]by
 	}
 	if n < len(hi) {
 		m = max(m, exactAccGeneric(hi, lo, w, x, ld, abs, n))
+	}
+	return m
+}
+
+// exactAcc1Asm is exactAccAsm for one-limb sums.
+func exactAcc1Asm(one []int64, w []float64, x [][]byte, size int, ld func([]byte, int) float32, abs func([]byte, int) uint32,
+	asm func(one []int64, w []float64, x [][]byte) uint32) uint32 {
+	var m uint32
+	n := len(one) &^ 7
+	if n > 0 && len(x) > 0 {
+		_ = w[len(x)-1]
+		checkInputs(x, n*size)
+		if race.Enabled {
+			race.ReadSlice(w)
+			race.ReadSlice(x)
+			for _, xi := range x {
+				race.ReadSlice(xi[:n*size])
+			}
+			race.ReadSlice(one[:n])
+			race.WriteSlice(one[:n])
+		}
+		m = asm(one[:n], w, x)
+	}
+	if n < len(one) {
+		m = max(m, exactAcc1Generic(one, w, x, ld, abs, n))
 	}
 	return m
 }

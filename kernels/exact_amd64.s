@@ -14847,3 +14847,14194 @@ ret:
 	MOVL         AX, ret+104(FP)
 	VZEROUPPER
 	RET
+
+// func exactAcc1F32AVX2(one []int64, w []float64, x [][]byte) uint32
+// Requires: AVX, AVX2, FMA3
+TEXT ·exactAcc1F32AVX2(SB), NOSPLIT, $224-76
+	MOVQ         one_base+0(FP), AX
+	MOVQ         w_base+24(FP), CX
+	MOVQ         x_base+48(FP), DX
+	MOVQ         x_len+56(FP), BX
+	VPXOR        Y0, Y0, Y0
+	MOVQ         $0x4678000000000000, SI
+	VMOVQ        SI, X7
+	VPBROADCASTQ X7, Y7
+	MOVQ         $0x4338000000000000, SI
+	VMOVQ        SI, X8
+	VPBROADCASTQ X8, Y8
+
+groups:
+	CMPQ BX, $0x07
+	JBE  rest
+
+	// 7 inputs
+	MOVQ         (DX), SI
+	VBROADCASTSD (CX), Y1
+	VMOVUPD      Y1, (SP)
+	MOVQ         24(DX), DI
+	VBROADCASTSD 8(CX), Y1
+	VMOVUPD      Y1, 32(SP)
+	MOVQ         48(DX), R8
+	VBROADCASTSD 16(CX), Y1
+	VMOVUPD      Y1, 64(SP)
+	MOVQ         72(DX), R9
+	VBROADCASTSD 24(CX), Y1
+	VMOVUPD      Y1, 96(SP)
+	MOVQ         96(DX), R10
+	VBROADCASTSD 32(CX), Y1
+	VMOVUPD      Y1, 128(SP)
+	MOVQ         120(DX), R11
+	VBROADCASTSD 40(CX), Y1
+	VMOVUPD      Y1, 160(SP)
+	MOVQ         144(DX), R12
+	VBROADCASTSD 48(CX), Y1
+	VMOVUPD      Y1, 192(SP)
+	MOVQ         $0x2978000000000000, R13
+	VMOVQ        R13, X4
+	VPBROADCASTQ X4, Y4
+	MOVQ         one_len+8(FP), R14
+	ANDQ         $-8, R14
+	XORQ         R13, R13
+	CMPQ         R13, R14
+	JAE          l7_small
+
+l7_big:
+	VMOVDQU     (AX)(R13*8), Y5
+	VMOVDQU     32(AX)(R13*8), Y6
+	VMOVDQU     (SI)(R13*4), Y1
+	VPAND       exactconsts<>+160(SB), Y1, Y1
+	VPMAXUD     Y1, Y0, Y0
+	VCVTPS2PD   (SI)(R13*4), Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD (SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD (SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VCVTPS2PD   16(SI)(R13*4), Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD (SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD (SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (DI)(R13*4), Y1
+	VPAND       exactconsts<>+160(SB), Y1, Y1
+	VPMAXUD     Y1, Y0, Y0
+	VCVTPS2PD   (DI)(R13*4), Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 32(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 32(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VCVTPS2PD   16(DI)(R13*4), Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 32(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 32(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (R8)(R13*4), Y1
+	VPAND       exactconsts<>+160(SB), Y1, Y1
+	VPMAXUD     Y1, Y0, Y0
+	VCVTPS2PD   (R8)(R13*4), Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 64(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 64(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VCVTPS2PD   16(R8)(R13*4), Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 64(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 64(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (R9)(R13*4), Y1
+	VPAND       exactconsts<>+160(SB), Y1, Y1
+	VPMAXUD     Y1, Y0, Y0
+	VCVTPS2PD   (R9)(R13*4), Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 96(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 96(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VCVTPS2PD   16(R9)(R13*4), Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 96(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 96(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (R10)(R13*4), Y1
+	VPAND       exactconsts<>+160(SB), Y1, Y1
+	VPMAXUD     Y1, Y0, Y0
+	VCVTPS2PD   (R10)(R13*4), Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 128(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 128(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VCVTPS2PD   16(R10)(R13*4), Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 128(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 128(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (R11)(R13*4), Y1
+	VPAND       exactconsts<>+160(SB), Y1, Y1
+	VPMAXUD     Y1, Y0, Y0
+	VCVTPS2PD   (R11)(R13*4), Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 160(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 160(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VCVTPS2PD   16(R11)(R13*4), Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 160(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 160(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (R12)(R13*4), Y1
+	VPAND       exactconsts<>+160(SB), Y1, Y1
+	VPMAXUD     Y1, Y0, Y0
+	VCVTPS2PD   (R12)(R13*4), Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 192(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 192(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VCVTPS2PD   16(R12)(R13*4), Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 192(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 192(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VPADDQ      Y4, Y5, Y5
+	VMOVDQU     Y5, (AX)(R13*8)
+	VPADDQ      Y4, Y6, Y6
+	VMOVDQU     Y6, 32(AX)(R13*8)
+	ADDQ        $0x00000008, R13
+	CMPQ        R13, R14
+	JB          l7_big
+
+l7_small:
+	ADDQ $0x000000a8, DX
+	ADDQ $0x00000038, CX
+	SUBQ $0x07, BX
+	JMP  groups
+
+rest:
+	CMPQ BX, $0x07
+	JE   group7
+	CMPQ BX, $0x06
+	JE   group6
+	CMPQ BX, $0x05
+	JE   group5
+	CMPQ BX, $0x04
+	JE   group4
+	CMPQ BX, $0x03
+	JE   group3
+	CMPQ BX, $0x02
+	JE   group2
+	CMPQ BX, $0x01
+	JE   group1
+	JMP  ret
+
+group7:
+	// 7 inputs
+	MOVQ         (DX), BX
+	VBROADCASTSD (CX), Y1
+	VMOVUPD      Y1, (SP)
+	MOVQ         24(DX), SI
+	VBROADCASTSD 8(CX), Y1
+	VMOVUPD      Y1, 32(SP)
+	MOVQ         48(DX), DI
+	VBROADCASTSD 16(CX), Y1
+	VMOVUPD      Y1, 64(SP)
+	MOVQ         72(DX), R8
+	VBROADCASTSD 24(CX), Y1
+	VMOVUPD      Y1, 96(SP)
+	MOVQ         96(DX), R9
+	VBROADCASTSD 32(CX), Y1
+	VMOVUPD      Y1, 128(SP)
+	MOVQ         120(DX), R10
+	VBROADCASTSD 40(CX), Y1
+	VMOVUPD      Y1, 160(SP)
+	MOVQ         144(DX), DX
+	VBROADCASTSD 48(CX), Y1
+	VMOVUPD      Y1, 192(SP)
+	MOVQ         $0x2978000000000000, CX
+	VMOVQ        CX, X4
+	VPBROADCASTQ X4, Y4
+	MOVQ         one_len+8(FP), R11
+	ANDQ         $-8, R11
+	XORQ         CX, CX
+	CMPQ         CX, R11
+	JAE          o7_small
+
+o7_big:
+	VMOVDQU     (AX)(CX*8), Y5
+	VMOVDQU     32(AX)(CX*8), Y6
+	VMOVDQU     (BX)(CX*4), Y1
+	VPAND       exactconsts<>+160(SB), Y1, Y1
+	VPMAXUD     Y1, Y0, Y0
+	VCVTPS2PD   (BX)(CX*4), Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD (SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD (SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VCVTPS2PD   16(BX)(CX*4), Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD (SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD (SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (SI)(CX*4), Y1
+	VPAND       exactconsts<>+160(SB), Y1, Y1
+	VPMAXUD     Y1, Y0, Y0
+	VCVTPS2PD   (SI)(CX*4), Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 32(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 32(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VCVTPS2PD   16(SI)(CX*4), Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 32(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 32(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (DI)(CX*4), Y1
+	VPAND       exactconsts<>+160(SB), Y1, Y1
+	VPMAXUD     Y1, Y0, Y0
+	VCVTPS2PD   (DI)(CX*4), Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 64(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 64(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VCVTPS2PD   16(DI)(CX*4), Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 64(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 64(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (R8)(CX*4), Y1
+	VPAND       exactconsts<>+160(SB), Y1, Y1
+	VPMAXUD     Y1, Y0, Y0
+	VCVTPS2PD   (R8)(CX*4), Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 96(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 96(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VCVTPS2PD   16(R8)(CX*4), Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 96(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 96(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (R9)(CX*4), Y1
+	VPAND       exactconsts<>+160(SB), Y1, Y1
+	VPMAXUD     Y1, Y0, Y0
+	VCVTPS2PD   (R9)(CX*4), Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 128(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 128(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VCVTPS2PD   16(R9)(CX*4), Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 128(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 128(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (R10)(CX*4), Y1
+	VPAND       exactconsts<>+160(SB), Y1, Y1
+	VPMAXUD     Y1, Y0, Y0
+	VCVTPS2PD   (R10)(CX*4), Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 160(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 160(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VCVTPS2PD   16(R10)(CX*4), Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 160(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 160(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (DX)(CX*4), Y1
+	VPAND       exactconsts<>+160(SB), Y1, Y1
+	VPMAXUD     Y1, Y0, Y0
+	VCVTPS2PD   (DX)(CX*4), Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 192(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 192(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VCVTPS2PD   16(DX)(CX*4), Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 192(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 192(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VPADDQ      Y4, Y5, Y5
+	VMOVDQU     Y5, (AX)(CX*8)
+	VPADDQ      Y4, Y6, Y6
+	VMOVDQU     Y6, 32(AX)(CX*8)
+	ADDQ        $0x00000008, CX
+	CMPQ        CX, R11
+	JB          o7_big
+
+o7_small:
+	JMP ret
+
+group6:
+	// 6 inputs
+	MOVQ         (DX), BX
+	VBROADCASTSD (CX), Y1
+	VMOVUPD      Y1, (SP)
+	MOVQ         24(DX), SI
+	VBROADCASTSD 8(CX), Y1
+	VMOVUPD      Y1, 32(SP)
+	MOVQ         48(DX), DI
+	VBROADCASTSD 16(CX), Y1
+	VMOVUPD      Y1, 64(SP)
+	MOVQ         72(DX), R8
+	VBROADCASTSD 24(CX), Y1
+	VMOVUPD      Y1, 96(SP)
+	MOVQ         96(DX), R9
+	VBROADCASTSD 32(CX), Y1
+	VMOVUPD      Y1, 128(SP)
+	MOVQ         120(DX), DX
+	VBROADCASTSD 40(CX), Y1
+	VMOVUPD      Y1, 160(SP)
+	MOVQ         $0x6cb0000000000000, CX
+	VMOVQ        CX, X4
+	VPBROADCASTQ X4, Y4
+	MOVQ         one_len+8(FP), R10
+	ANDQ         $-8, R10
+	XORQ         CX, CX
+	CMPQ         CX, R10
+	JAE          o6_small
+
+o6_big:
+	VMOVDQU     (AX)(CX*8), Y5
+	VMOVDQU     32(AX)(CX*8), Y6
+	VMOVDQU     (BX)(CX*4), Y1
+	VPAND       exactconsts<>+160(SB), Y1, Y1
+	VPMAXUD     Y1, Y0, Y0
+	VCVTPS2PD   (BX)(CX*4), Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD (SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD (SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VCVTPS2PD   16(BX)(CX*4), Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD (SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD (SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (SI)(CX*4), Y1
+	VPAND       exactconsts<>+160(SB), Y1, Y1
+	VPMAXUD     Y1, Y0, Y0
+	VCVTPS2PD   (SI)(CX*4), Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 32(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 32(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VCVTPS2PD   16(SI)(CX*4), Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 32(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 32(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (DI)(CX*4), Y1
+	VPAND       exactconsts<>+160(SB), Y1, Y1
+	VPMAXUD     Y1, Y0, Y0
+	VCVTPS2PD   (DI)(CX*4), Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 64(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 64(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VCVTPS2PD   16(DI)(CX*4), Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 64(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 64(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (R8)(CX*4), Y1
+	VPAND       exactconsts<>+160(SB), Y1, Y1
+	VPMAXUD     Y1, Y0, Y0
+	VCVTPS2PD   (R8)(CX*4), Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 96(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 96(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VCVTPS2PD   16(R8)(CX*4), Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 96(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 96(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (R9)(CX*4), Y1
+	VPAND       exactconsts<>+160(SB), Y1, Y1
+	VPMAXUD     Y1, Y0, Y0
+	VCVTPS2PD   (R9)(CX*4), Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 128(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 128(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VCVTPS2PD   16(R9)(CX*4), Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 128(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 128(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (DX)(CX*4), Y1
+	VPAND       exactconsts<>+160(SB), Y1, Y1
+	VPMAXUD     Y1, Y0, Y0
+	VCVTPS2PD   (DX)(CX*4), Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 160(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 160(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VCVTPS2PD   16(DX)(CX*4), Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 160(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 160(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VPADDQ      Y4, Y5, Y5
+	VMOVDQU     Y5, (AX)(CX*8)
+	VPADDQ      Y4, Y6, Y6
+	VMOVDQU     Y6, 32(AX)(CX*8)
+	ADDQ        $0x00000008, CX
+	CMPQ        CX, R10
+	JB          o6_big
+
+o6_small:
+	JMP ret
+
+group5:
+	// 5 inputs
+	MOVQ         (DX), BX
+	VBROADCASTSD (CX), Y1
+	VMOVUPD      Y1, (SP)
+	MOVQ         24(DX), SI
+	VBROADCASTSD 8(CX), Y1
+	VMOVUPD      Y1, 32(SP)
+	MOVQ         48(DX), DI
+	VBROADCASTSD 16(CX), Y1
+	VMOVUPD      Y1, 64(SP)
+	MOVQ         72(DX), R8
+	VBROADCASTSD 24(CX), Y1
+	VMOVUPD      Y1, 96(SP)
+	MOVQ         96(DX), DX
+	VBROADCASTSD 32(CX), Y1
+	VMOVUPD      Y1, 128(SP)
+	MOVQ         $0xafe8000000000000, CX
+	VMOVQ        CX, X4
+	VPBROADCASTQ X4, Y4
+	MOVQ         one_len+8(FP), R9
+	ANDQ         $-8, R9
+	XORQ         CX, CX
+	CMPQ         CX, R9
+	JAE          o5_small
+
+o5_big:
+	VMOVDQU     (AX)(CX*8), Y5
+	VMOVDQU     32(AX)(CX*8), Y6
+	VMOVDQU     (BX)(CX*4), Y1
+	VPAND       exactconsts<>+160(SB), Y1, Y1
+	VPMAXUD     Y1, Y0, Y0
+	VCVTPS2PD   (BX)(CX*4), Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD (SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD (SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VCVTPS2PD   16(BX)(CX*4), Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD (SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD (SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (SI)(CX*4), Y1
+	VPAND       exactconsts<>+160(SB), Y1, Y1
+	VPMAXUD     Y1, Y0, Y0
+	VCVTPS2PD   (SI)(CX*4), Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 32(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 32(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VCVTPS2PD   16(SI)(CX*4), Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 32(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 32(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (DI)(CX*4), Y1
+	VPAND       exactconsts<>+160(SB), Y1, Y1
+	VPMAXUD     Y1, Y0, Y0
+	VCVTPS2PD   (DI)(CX*4), Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 64(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 64(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VCVTPS2PD   16(DI)(CX*4), Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 64(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 64(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (R8)(CX*4), Y1
+	VPAND       exactconsts<>+160(SB), Y1, Y1
+	VPMAXUD     Y1, Y0, Y0
+	VCVTPS2PD   (R8)(CX*4), Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 96(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 96(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VCVTPS2PD   16(R8)(CX*4), Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 96(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 96(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (DX)(CX*4), Y1
+	VPAND       exactconsts<>+160(SB), Y1, Y1
+	VPMAXUD     Y1, Y0, Y0
+	VCVTPS2PD   (DX)(CX*4), Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 128(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 128(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VCVTPS2PD   16(DX)(CX*4), Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 128(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 128(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VPADDQ      Y4, Y5, Y5
+	VMOVDQU     Y5, (AX)(CX*8)
+	VPADDQ      Y4, Y6, Y6
+	VMOVDQU     Y6, 32(AX)(CX*8)
+	ADDQ        $0x00000008, CX
+	CMPQ        CX, R9
+	JB          o5_big
+
+o5_small:
+	JMP ret
+
+group4:
+	// 4 inputs
+	MOVQ         (DX), BX
+	VBROADCASTSD (CX), Y1
+	VMOVUPD      Y1, (SP)
+	MOVQ         24(DX), SI
+	VBROADCASTSD 8(CX), Y1
+	VMOVUPD      Y1, 32(SP)
+	MOVQ         48(DX), DI
+	VBROADCASTSD 16(CX), Y1
+	VMOVUPD      Y1, 64(SP)
+	MOVQ         72(DX), DX
+	VBROADCASTSD 24(CX), Y1
+	VMOVUPD      Y1, 96(SP)
+	MOVQ         $0xf320000000000000, CX
+	VMOVQ        CX, X4
+	VPBROADCASTQ X4, Y4
+	MOVQ         one_len+8(FP), R8
+	ANDQ         $-8, R8
+	XORQ         CX, CX
+	CMPQ         CX, R8
+	JAE          o4_small
+
+o4_big:
+	VMOVDQU     (AX)(CX*8), Y5
+	VMOVDQU     32(AX)(CX*8), Y6
+	VMOVDQU     (BX)(CX*4), Y1
+	VPAND       exactconsts<>+160(SB), Y1, Y1
+	VPMAXUD     Y1, Y0, Y0
+	VCVTPS2PD   (BX)(CX*4), Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD (SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD (SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VCVTPS2PD   16(BX)(CX*4), Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD (SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD (SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (SI)(CX*4), Y1
+	VPAND       exactconsts<>+160(SB), Y1, Y1
+	VPMAXUD     Y1, Y0, Y0
+	VCVTPS2PD   (SI)(CX*4), Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 32(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 32(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VCVTPS2PD   16(SI)(CX*4), Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 32(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 32(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (DI)(CX*4), Y1
+	VPAND       exactconsts<>+160(SB), Y1, Y1
+	VPMAXUD     Y1, Y0, Y0
+	VCVTPS2PD   (DI)(CX*4), Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 64(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 64(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VCVTPS2PD   16(DI)(CX*4), Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 64(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 64(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (DX)(CX*4), Y1
+	VPAND       exactconsts<>+160(SB), Y1, Y1
+	VPMAXUD     Y1, Y0, Y0
+	VCVTPS2PD   (DX)(CX*4), Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 96(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 96(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VCVTPS2PD   16(DX)(CX*4), Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 96(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 96(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VPADDQ      Y4, Y5, Y5
+	VMOVDQU     Y5, (AX)(CX*8)
+	VPADDQ      Y4, Y6, Y6
+	VMOVDQU     Y6, 32(AX)(CX*8)
+	ADDQ        $0x00000008, CX
+	CMPQ        CX, R8
+	JB          o4_big
+
+o4_small:
+	JMP ret
+
+group3:
+	// 3 inputs
+	MOVQ         (DX), BX
+	VBROADCASTSD (CX), Y1
+	VMOVUPD      Y1, (SP)
+	MOVQ         24(DX), SI
+	VBROADCASTSD 8(CX), Y1
+	VMOVUPD      Y1, 32(SP)
+	MOVQ         48(DX), DX
+	VBROADCASTSD 16(CX), Y1
+	VMOVUPD      Y1, 64(SP)
+	MOVQ         $0x3658000000000000, CX
+	VMOVQ        CX, X4
+	VPBROADCASTQ X4, Y4
+	MOVQ         one_len+8(FP), DI
+	ANDQ         $-8, DI
+	XORQ         CX, CX
+	CMPQ         CX, DI
+	JAE          o3_small
+
+o3_big:
+	VMOVDQU     (AX)(CX*8), Y5
+	VMOVDQU     32(AX)(CX*8), Y6
+	VMOVDQU     (BX)(CX*4), Y1
+	VPAND       exactconsts<>+160(SB), Y1, Y1
+	VPMAXUD     Y1, Y0, Y0
+	VCVTPS2PD   (BX)(CX*4), Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD (SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD (SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VCVTPS2PD   16(BX)(CX*4), Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD (SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD (SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (SI)(CX*4), Y1
+	VPAND       exactconsts<>+160(SB), Y1, Y1
+	VPMAXUD     Y1, Y0, Y0
+	VCVTPS2PD   (SI)(CX*4), Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 32(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 32(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VCVTPS2PD   16(SI)(CX*4), Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 32(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 32(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (DX)(CX*4), Y1
+	VPAND       exactconsts<>+160(SB), Y1, Y1
+	VPMAXUD     Y1, Y0, Y0
+	VCVTPS2PD   (DX)(CX*4), Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 64(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 64(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VCVTPS2PD   16(DX)(CX*4), Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 64(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 64(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VPADDQ      Y4, Y5, Y5
+	VMOVDQU     Y5, (AX)(CX*8)
+	VPADDQ      Y4, Y6, Y6
+	VMOVDQU     Y6, 32(AX)(CX*8)
+	ADDQ        $0x00000008, CX
+	CMPQ        CX, DI
+	JB          o3_big
+
+o3_small:
+	JMP ret
+
+group2:
+	// 2 inputs
+	MOVQ         (DX), BX
+	VBROADCASTSD (CX), Y1
+	VMOVUPD      Y1, (SP)
+	MOVQ         24(DX), DX
+	VBROADCASTSD 8(CX), Y1
+	VMOVUPD      Y1, 32(SP)
+	MOVQ         $0x7990000000000000, CX
+	VMOVQ        CX, X4
+	VPBROADCASTQ X4, Y4
+	MOVQ         one_len+8(FP), SI
+	ANDQ         $-8, SI
+	XORQ         CX, CX
+	CMPQ         CX, SI
+	JAE          o2_small
+
+o2_big:
+	VMOVDQU     (AX)(CX*8), Y5
+	VMOVDQU     32(AX)(CX*8), Y6
+	VMOVDQU     (BX)(CX*4), Y1
+	VPAND       exactconsts<>+160(SB), Y1, Y1
+	VPMAXUD     Y1, Y0, Y0
+	VCVTPS2PD   (BX)(CX*4), Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD (SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD (SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VCVTPS2PD   16(BX)(CX*4), Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD (SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD (SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (DX)(CX*4), Y1
+	VPAND       exactconsts<>+160(SB), Y1, Y1
+	VPMAXUD     Y1, Y0, Y0
+	VCVTPS2PD   (DX)(CX*4), Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 32(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 32(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VCVTPS2PD   16(DX)(CX*4), Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 32(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 32(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VPADDQ      Y4, Y5, Y5
+	VMOVDQU     Y5, (AX)(CX*8)
+	VPADDQ      Y4, Y6, Y6
+	VMOVDQU     Y6, 32(AX)(CX*8)
+	ADDQ        $0x00000008, CX
+	CMPQ        CX, SI
+	JB          o2_big
+
+o2_small:
+	JMP ret
+
+group1:
+	// 1 inputs
+	MOVQ         (DX), DX
+	VBROADCASTSD (CX), Y1
+	VMOVUPD      Y1, (SP)
+	MOVQ         $0xbcc8000000000000, CX
+	VMOVQ        CX, X4
+	VPBROADCASTQ X4, Y4
+	MOVQ         one_len+8(FP), BX
+	ANDQ         $-8, BX
+	XORQ         CX, CX
+	CMPQ         CX, BX
+	JAE          o1_small
+
+o1_big:
+	VMOVDQU     (AX)(CX*8), Y5
+	VMOVDQU     32(AX)(CX*8), Y6
+	VMOVDQU     (DX)(CX*4), Y1
+	VPAND       exactconsts<>+160(SB), Y1, Y1
+	VPMAXUD     Y1, Y0, Y0
+	VCVTPS2PD   (DX)(CX*4), Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD (SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD (SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VCVTPS2PD   16(DX)(CX*4), Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD (SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD (SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VPADDQ      Y4, Y5, Y5
+	VMOVDQU     Y5, (AX)(CX*8)
+	VPADDQ      Y4, Y6, Y6
+	VMOVDQU     Y6, 32(AX)(CX*8)
+	ADDQ        $0x00000008, CX
+	CMPQ        CX, BX
+	JB          o1_big
+
+o1_small:
+ret:
+	VPXOR        X1, X1, X1
+	VEXTRACTI128 $0x01, Y0, X2
+	VPMAXUD      X2, X0, X2
+	VPMAXUD      X2, X1, X1
+	VPSHUFD      $0x4e, X1, X0
+	VPMAXUD      X0, X1, X1
+	VPSHUFD      $0xb1, X1, X0
+	VPMAXUD      X0, X1, X1
+	VMOVD        X1, AX
+	MOVL         AX, ret+72(FP)
+	VZEROUPPER
+	RET
+
+// func exactAcc1BF16AVX2(one []int64, w []float64, x [][]byte) uint32
+// Requires: AVX, AVX2, FMA3
+TEXT ·exactAcc1BF16AVX2(SB), NOSPLIT, $224-76
+	MOVQ         one_base+0(FP), AX
+	MOVQ         w_base+24(FP), CX
+	MOVQ         x_base+48(FP), DX
+	MOVQ         x_len+56(FP), BX
+	VPXOR        X0, X0, X0
+	MOVQ         $0x4678000000000000, SI
+	VMOVQ        SI, X7
+	VPBROADCASTQ X7, Y7
+	MOVQ         $0x4338000000000000, SI
+	VMOVQ        SI, X8
+	VPBROADCASTQ X8, Y8
+
+groups:
+	CMPQ BX, $0x07
+	JBE  rest
+
+	// 7 inputs
+	MOVQ         (DX), SI
+	VBROADCASTSD (CX), Y1
+	VMOVUPD      Y1, (SP)
+	MOVQ         24(DX), DI
+	VBROADCASTSD 8(CX), Y1
+	VMOVUPD      Y1, 32(SP)
+	MOVQ         48(DX), R8
+	VBROADCASTSD 16(CX), Y1
+	VMOVUPD      Y1, 64(SP)
+	MOVQ         72(DX), R9
+	VBROADCASTSD 24(CX), Y1
+	VMOVUPD      Y1, 96(SP)
+	MOVQ         96(DX), R10
+	VBROADCASTSD 32(CX), Y1
+	VMOVUPD      Y1, 128(SP)
+	MOVQ         120(DX), R11
+	VBROADCASTSD 40(CX), Y1
+	VMOVUPD      Y1, 160(SP)
+	MOVQ         144(DX), R12
+	VBROADCASTSD 48(CX), Y1
+	VMOVUPD      Y1, 192(SP)
+	MOVQ         $0x2978000000000000, R13
+	VMOVQ        R13, X4
+	VPBROADCASTQ X4, Y4
+	MOVQ         one_len+8(FP), R14
+	ANDQ         $-8, R14
+	XORQ         R13, R13
+	CMPQ         R13, R14
+	JAE          l7_small
+
+l7_big:
+	VMOVDQU     (AX)(R13*8), Y5
+	VMOVDQU     32(AX)(R13*8), Y6
+	VMOVDQU     (SI)(R13*2), X1
+	VPAND       exactconsts<>+192(SB), X1, X1
+	VPMAXUW     X1, X0, X0
+	VPMOVZXWD   (SI)(R13*2), X1
+	VPSLLD      $0x10, X1, X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD (SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD (SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VPMOVZXWD   8(SI)(R13*2), X1
+	VPSLLD      $0x10, X1, X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD (SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD (SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (DI)(R13*2), X1
+	VPAND       exactconsts<>+192(SB), X1, X1
+	VPMAXUW     X1, X0, X0
+	VPMOVZXWD   (DI)(R13*2), X1
+	VPSLLD      $0x10, X1, X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 32(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 32(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VPMOVZXWD   8(DI)(R13*2), X1
+	VPSLLD      $0x10, X1, X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 32(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 32(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (R8)(R13*2), X1
+	VPAND       exactconsts<>+192(SB), X1, X1
+	VPMAXUW     X1, X0, X0
+	VPMOVZXWD   (R8)(R13*2), X1
+	VPSLLD      $0x10, X1, X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 64(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 64(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VPMOVZXWD   8(R8)(R13*2), X1
+	VPSLLD      $0x10, X1, X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 64(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 64(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (R9)(R13*2), X1
+	VPAND       exactconsts<>+192(SB), X1, X1
+	VPMAXUW     X1, X0, X0
+	VPMOVZXWD   (R9)(R13*2), X1
+	VPSLLD      $0x10, X1, X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 96(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 96(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VPMOVZXWD   8(R9)(R13*2), X1
+	VPSLLD      $0x10, X1, X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 96(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 96(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (R10)(R13*2), X1
+	VPAND       exactconsts<>+192(SB), X1, X1
+	VPMAXUW     X1, X0, X0
+	VPMOVZXWD   (R10)(R13*2), X1
+	VPSLLD      $0x10, X1, X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 128(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 128(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VPMOVZXWD   8(R10)(R13*2), X1
+	VPSLLD      $0x10, X1, X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 128(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 128(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (R11)(R13*2), X1
+	VPAND       exactconsts<>+192(SB), X1, X1
+	VPMAXUW     X1, X0, X0
+	VPMOVZXWD   (R11)(R13*2), X1
+	VPSLLD      $0x10, X1, X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 160(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 160(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VPMOVZXWD   8(R11)(R13*2), X1
+	VPSLLD      $0x10, X1, X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 160(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 160(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (R12)(R13*2), X1
+	VPAND       exactconsts<>+192(SB), X1, X1
+	VPMAXUW     X1, X0, X0
+	VPMOVZXWD   (R12)(R13*2), X1
+	VPSLLD      $0x10, X1, X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 192(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 192(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VPMOVZXWD   8(R12)(R13*2), X1
+	VPSLLD      $0x10, X1, X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 192(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 192(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VPADDQ      Y4, Y5, Y5
+	VMOVDQU     Y5, (AX)(R13*8)
+	VPADDQ      Y4, Y6, Y6
+	VMOVDQU     Y6, 32(AX)(R13*8)
+	ADDQ        $0x00000008, R13
+	CMPQ        R13, R14
+	JB          l7_big
+
+l7_small:
+	ADDQ $0x000000a8, DX
+	ADDQ $0x00000038, CX
+	SUBQ $0x07, BX
+	JMP  groups
+
+rest:
+	CMPQ BX, $0x07
+	JE   group7
+	CMPQ BX, $0x06
+	JE   group6
+	CMPQ BX, $0x05
+	JE   group5
+	CMPQ BX, $0x04
+	JE   group4
+	CMPQ BX, $0x03
+	JE   group3
+	CMPQ BX, $0x02
+	JE   group2
+	CMPQ BX, $0x01
+	JE   group1
+	JMP  ret
+
+group7:
+	// 7 inputs
+	MOVQ         (DX), BX
+	VBROADCASTSD (CX), Y1
+	VMOVUPD      Y1, (SP)
+	MOVQ         24(DX), SI
+	VBROADCASTSD 8(CX), Y1
+	VMOVUPD      Y1, 32(SP)
+	MOVQ         48(DX), DI
+	VBROADCASTSD 16(CX), Y1
+	VMOVUPD      Y1, 64(SP)
+	MOVQ         72(DX), R8
+	VBROADCASTSD 24(CX), Y1
+	VMOVUPD      Y1, 96(SP)
+	MOVQ         96(DX), R9
+	VBROADCASTSD 32(CX), Y1
+	VMOVUPD      Y1, 128(SP)
+	MOVQ         120(DX), R10
+	VBROADCASTSD 40(CX), Y1
+	VMOVUPD      Y1, 160(SP)
+	MOVQ         144(DX), DX
+	VBROADCASTSD 48(CX), Y1
+	VMOVUPD      Y1, 192(SP)
+	MOVQ         $0x2978000000000000, CX
+	VMOVQ        CX, X4
+	VPBROADCASTQ X4, Y4
+	MOVQ         one_len+8(FP), R11
+	ANDQ         $-8, R11
+	XORQ         CX, CX
+	CMPQ         CX, R11
+	JAE          o7_small
+
+o7_big:
+	VMOVDQU     (AX)(CX*8), Y5
+	VMOVDQU     32(AX)(CX*8), Y6
+	VMOVDQU     (BX)(CX*2), X1
+	VPAND       exactconsts<>+192(SB), X1, X1
+	VPMAXUW     X1, X0, X0
+	VPMOVZXWD   (BX)(CX*2), X1
+	VPSLLD      $0x10, X1, X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD (SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD (SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VPMOVZXWD   8(BX)(CX*2), X1
+	VPSLLD      $0x10, X1, X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD (SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD (SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (SI)(CX*2), X1
+	VPAND       exactconsts<>+192(SB), X1, X1
+	VPMAXUW     X1, X0, X0
+	VPMOVZXWD   (SI)(CX*2), X1
+	VPSLLD      $0x10, X1, X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 32(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 32(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VPMOVZXWD   8(SI)(CX*2), X1
+	VPSLLD      $0x10, X1, X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 32(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 32(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (DI)(CX*2), X1
+	VPAND       exactconsts<>+192(SB), X1, X1
+	VPMAXUW     X1, X0, X0
+	VPMOVZXWD   (DI)(CX*2), X1
+	VPSLLD      $0x10, X1, X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 64(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 64(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VPMOVZXWD   8(DI)(CX*2), X1
+	VPSLLD      $0x10, X1, X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 64(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 64(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (R8)(CX*2), X1
+	VPAND       exactconsts<>+192(SB), X1, X1
+	VPMAXUW     X1, X0, X0
+	VPMOVZXWD   (R8)(CX*2), X1
+	VPSLLD      $0x10, X1, X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 96(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 96(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VPMOVZXWD   8(R8)(CX*2), X1
+	VPSLLD      $0x10, X1, X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 96(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 96(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (R9)(CX*2), X1
+	VPAND       exactconsts<>+192(SB), X1, X1
+	VPMAXUW     X1, X0, X0
+	VPMOVZXWD   (R9)(CX*2), X1
+	VPSLLD      $0x10, X1, X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 128(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 128(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VPMOVZXWD   8(R9)(CX*2), X1
+	VPSLLD      $0x10, X1, X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 128(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 128(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (R10)(CX*2), X1
+	VPAND       exactconsts<>+192(SB), X1, X1
+	VPMAXUW     X1, X0, X0
+	VPMOVZXWD   (R10)(CX*2), X1
+	VPSLLD      $0x10, X1, X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 160(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 160(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VPMOVZXWD   8(R10)(CX*2), X1
+	VPSLLD      $0x10, X1, X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 160(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 160(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (DX)(CX*2), X1
+	VPAND       exactconsts<>+192(SB), X1, X1
+	VPMAXUW     X1, X0, X0
+	VPMOVZXWD   (DX)(CX*2), X1
+	VPSLLD      $0x10, X1, X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 192(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 192(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VPMOVZXWD   8(DX)(CX*2), X1
+	VPSLLD      $0x10, X1, X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 192(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 192(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VPADDQ      Y4, Y5, Y5
+	VMOVDQU     Y5, (AX)(CX*8)
+	VPADDQ      Y4, Y6, Y6
+	VMOVDQU     Y6, 32(AX)(CX*8)
+	ADDQ        $0x00000008, CX
+	CMPQ        CX, R11
+	JB          o7_big
+
+o7_small:
+	JMP ret
+
+group6:
+	// 6 inputs
+	MOVQ         (DX), BX
+	VBROADCASTSD (CX), Y1
+	VMOVUPD      Y1, (SP)
+	MOVQ         24(DX), SI
+	VBROADCASTSD 8(CX), Y1
+	VMOVUPD      Y1, 32(SP)
+	MOVQ         48(DX), DI
+	VBROADCASTSD 16(CX), Y1
+	VMOVUPD      Y1, 64(SP)
+	MOVQ         72(DX), R8
+	VBROADCASTSD 24(CX), Y1
+	VMOVUPD      Y1, 96(SP)
+	MOVQ         96(DX), R9
+	VBROADCASTSD 32(CX), Y1
+	VMOVUPD      Y1, 128(SP)
+	MOVQ         120(DX), DX
+	VBROADCASTSD 40(CX), Y1
+	VMOVUPD      Y1, 160(SP)
+	MOVQ         $0x6cb0000000000000, CX
+	VMOVQ        CX, X4
+	VPBROADCASTQ X4, Y4
+	MOVQ         one_len+8(FP), R10
+	ANDQ         $-8, R10
+	XORQ         CX, CX
+	CMPQ         CX, R10
+	JAE          o6_small
+
+o6_big:
+	VMOVDQU     (AX)(CX*8), Y5
+	VMOVDQU     32(AX)(CX*8), Y6
+	VMOVDQU     (BX)(CX*2), X1
+	VPAND       exactconsts<>+192(SB), X1, X1
+	VPMAXUW     X1, X0, X0
+	VPMOVZXWD   (BX)(CX*2), X1
+	VPSLLD      $0x10, X1, X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD (SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD (SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VPMOVZXWD   8(BX)(CX*2), X1
+	VPSLLD      $0x10, X1, X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD (SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD (SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (SI)(CX*2), X1
+	VPAND       exactconsts<>+192(SB), X1, X1
+	VPMAXUW     X1, X0, X0
+	VPMOVZXWD   (SI)(CX*2), X1
+	VPSLLD      $0x10, X1, X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 32(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 32(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VPMOVZXWD   8(SI)(CX*2), X1
+	VPSLLD      $0x10, X1, X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 32(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 32(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (DI)(CX*2), X1
+	VPAND       exactconsts<>+192(SB), X1, X1
+	VPMAXUW     X1, X0, X0
+	VPMOVZXWD   (DI)(CX*2), X1
+	VPSLLD      $0x10, X1, X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 64(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 64(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VPMOVZXWD   8(DI)(CX*2), X1
+	VPSLLD      $0x10, X1, X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 64(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 64(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (R8)(CX*2), X1
+	VPAND       exactconsts<>+192(SB), X1, X1
+	VPMAXUW     X1, X0, X0
+	VPMOVZXWD   (R8)(CX*2), X1
+	VPSLLD      $0x10, X1, X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 96(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 96(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VPMOVZXWD   8(R8)(CX*2), X1
+	VPSLLD      $0x10, X1, X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 96(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 96(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (R9)(CX*2), X1
+	VPAND       exactconsts<>+192(SB), X1, X1
+	VPMAXUW     X1, X0, X0
+	VPMOVZXWD   (R9)(CX*2), X1
+	VPSLLD      $0x10, X1, X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 128(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 128(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VPMOVZXWD   8(R9)(CX*2), X1
+	VPSLLD      $0x10, X1, X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 128(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 128(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (DX)(CX*2), X1
+	VPAND       exactconsts<>+192(SB), X1, X1
+	VPMAXUW     X1, X0, X0
+	VPMOVZXWD   (DX)(CX*2), X1
+	VPSLLD      $0x10, X1, X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 160(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 160(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VPMOVZXWD   8(DX)(CX*2), X1
+	VPSLLD      $0x10, X1, X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 160(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 160(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VPADDQ      Y4, Y5, Y5
+	VMOVDQU     Y5, (AX)(CX*8)
+	VPADDQ      Y4, Y6, Y6
+	VMOVDQU     Y6, 32(AX)(CX*8)
+	ADDQ        $0x00000008, CX
+	CMPQ        CX, R10
+	JB          o6_big
+
+o6_small:
+	JMP ret
+
+group5:
+	// 5 inputs
+	MOVQ         (DX), BX
+	VBROADCASTSD (CX), Y1
+	VMOVUPD      Y1, (SP)
+	MOVQ         24(DX), SI
+	VBROADCASTSD 8(CX), Y1
+	VMOVUPD      Y1, 32(SP)
+	MOVQ         48(DX), DI
+	VBROADCASTSD 16(CX), Y1
+	VMOVUPD      Y1, 64(SP)
+	MOVQ         72(DX), R8
+	VBROADCASTSD 24(CX), Y1
+	VMOVUPD      Y1, 96(SP)
+	MOVQ         96(DX), DX
+	VBROADCASTSD 32(CX), Y1
+	VMOVUPD      Y1, 128(SP)
+	MOVQ         $0xafe8000000000000, CX
+	VMOVQ        CX, X4
+	VPBROADCASTQ X4, Y4
+	MOVQ         one_len+8(FP), R9
+	ANDQ         $-8, R9
+	XORQ         CX, CX
+	CMPQ         CX, R9
+	JAE          o5_small
+
+o5_big:
+	VMOVDQU     (AX)(CX*8), Y5
+	VMOVDQU     32(AX)(CX*8), Y6
+	VMOVDQU     (BX)(CX*2), X1
+	VPAND       exactconsts<>+192(SB), X1, X1
+	VPMAXUW     X1, X0, X0
+	VPMOVZXWD   (BX)(CX*2), X1
+	VPSLLD      $0x10, X1, X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD (SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD (SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VPMOVZXWD   8(BX)(CX*2), X1
+	VPSLLD      $0x10, X1, X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD (SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD (SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (SI)(CX*2), X1
+	VPAND       exactconsts<>+192(SB), X1, X1
+	VPMAXUW     X1, X0, X0
+	VPMOVZXWD   (SI)(CX*2), X1
+	VPSLLD      $0x10, X1, X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 32(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 32(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VPMOVZXWD   8(SI)(CX*2), X1
+	VPSLLD      $0x10, X1, X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 32(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 32(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (DI)(CX*2), X1
+	VPAND       exactconsts<>+192(SB), X1, X1
+	VPMAXUW     X1, X0, X0
+	VPMOVZXWD   (DI)(CX*2), X1
+	VPSLLD      $0x10, X1, X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 64(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 64(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VPMOVZXWD   8(DI)(CX*2), X1
+	VPSLLD      $0x10, X1, X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 64(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 64(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (R8)(CX*2), X1
+	VPAND       exactconsts<>+192(SB), X1, X1
+	VPMAXUW     X1, X0, X0
+	VPMOVZXWD   (R8)(CX*2), X1
+	VPSLLD      $0x10, X1, X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 96(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 96(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VPMOVZXWD   8(R8)(CX*2), X1
+	VPSLLD      $0x10, X1, X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 96(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 96(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (DX)(CX*2), X1
+	VPAND       exactconsts<>+192(SB), X1, X1
+	VPMAXUW     X1, X0, X0
+	VPMOVZXWD   (DX)(CX*2), X1
+	VPSLLD      $0x10, X1, X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 128(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 128(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VPMOVZXWD   8(DX)(CX*2), X1
+	VPSLLD      $0x10, X1, X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 128(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 128(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VPADDQ      Y4, Y5, Y5
+	VMOVDQU     Y5, (AX)(CX*8)
+	VPADDQ      Y4, Y6, Y6
+	VMOVDQU     Y6, 32(AX)(CX*8)
+	ADDQ        $0x00000008, CX
+	CMPQ        CX, R9
+	JB          o5_big
+
+o5_small:
+	JMP ret
+
+group4:
+	// 4 inputs
+	MOVQ         (DX), BX
+	VBROADCASTSD (CX), Y1
+	VMOVUPD      Y1, (SP)
+	MOVQ         24(DX), SI
+	VBROADCASTSD 8(CX), Y1
+	VMOVUPD      Y1, 32(SP)
+	MOVQ         48(DX), DI
+	VBROADCASTSD 16(CX), Y1
+	VMOVUPD      Y1, 64(SP)
+	MOVQ         72(DX), DX
+	VBROADCASTSD 24(CX), Y1
+	VMOVUPD      Y1, 96(SP)
+	MOVQ         $0xf320000000000000, CX
+	VMOVQ        CX, X4
+	VPBROADCASTQ X4, Y4
+	MOVQ         one_len+8(FP), R8
+	ANDQ         $-8, R8
+	XORQ         CX, CX
+	CMPQ         CX, R8
+	JAE          o4_small
+
+o4_big:
+	VMOVDQU     (AX)(CX*8), Y5
+	VMOVDQU     32(AX)(CX*8), Y6
+	VMOVDQU     (BX)(CX*2), X1
+	VPAND       exactconsts<>+192(SB), X1, X1
+	VPMAXUW     X1, X0, X0
+	VPMOVZXWD   (BX)(CX*2), X1
+	VPSLLD      $0x10, X1, X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD (SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD (SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VPMOVZXWD   8(BX)(CX*2), X1
+	VPSLLD      $0x10, X1, X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD (SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD (SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (SI)(CX*2), X1
+	VPAND       exactconsts<>+192(SB), X1, X1
+	VPMAXUW     X1, X0, X0
+	VPMOVZXWD   (SI)(CX*2), X1
+	VPSLLD      $0x10, X1, X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 32(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 32(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VPMOVZXWD   8(SI)(CX*2), X1
+	VPSLLD      $0x10, X1, X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 32(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 32(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (DI)(CX*2), X1
+	VPAND       exactconsts<>+192(SB), X1, X1
+	VPMAXUW     X1, X0, X0
+	VPMOVZXWD   (DI)(CX*2), X1
+	VPSLLD      $0x10, X1, X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 64(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 64(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VPMOVZXWD   8(DI)(CX*2), X1
+	VPSLLD      $0x10, X1, X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 64(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 64(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (DX)(CX*2), X1
+	VPAND       exactconsts<>+192(SB), X1, X1
+	VPMAXUW     X1, X0, X0
+	VPMOVZXWD   (DX)(CX*2), X1
+	VPSLLD      $0x10, X1, X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 96(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 96(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VPMOVZXWD   8(DX)(CX*2), X1
+	VPSLLD      $0x10, X1, X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 96(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 96(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VPADDQ      Y4, Y5, Y5
+	VMOVDQU     Y5, (AX)(CX*8)
+	VPADDQ      Y4, Y6, Y6
+	VMOVDQU     Y6, 32(AX)(CX*8)
+	ADDQ        $0x00000008, CX
+	CMPQ        CX, R8
+	JB          o4_big
+
+o4_small:
+	JMP ret
+
+group3:
+	// 3 inputs
+	MOVQ         (DX), BX
+	VBROADCASTSD (CX), Y1
+	VMOVUPD      Y1, (SP)
+	MOVQ         24(DX), SI
+	VBROADCASTSD 8(CX), Y1
+	VMOVUPD      Y1, 32(SP)
+	MOVQ         48(DX), DX
+	VBROADCASTSD 16(CX), Y1
+	VMOVUPD      Y1, 64(SP)
+	MOVQ         $0x3658000000000000, CX
+	VMOVQ        CX, X4
+	VPBROADCASTQ X4, Y4
+	MOVQ         one_len+8(FP), DI
+	ANDQ         $-8, DI
+	XORQ         CX, CX
+	CMPQ         CX, DI
+	JAE          o3_small
+
+o3_big:
+	VMOVDQU     (AX)(CX*8), Y5
+	VMOVDQU     32(AX)(CX*8), Y6
+	VMOVDQU     (BX)(CX*2), X1
+	VPAND       exactconsts<>+192(SB), X1, X1
+	VPMAXUW     X1, X0, X0
+	VPMOVZXWD   (BX)(CX*2), X1
+	VPSLLD      $0x10, X1, X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD (SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD (SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VPMOVZXWD   8(BX)(CX*2), X1
+	VPSLLD      $0x10, X1, X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD (SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD (SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (SI)(CX*2), X1
+	VPAND       exactconsts<>+192(SB), X1, X1
+	VPMAXUW     X1, X0, X0
+	VPMOVZXWD   (SI)(CX*2), X1
+	VPSLLD      $0x10, X1, X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 32(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 32(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VPMOVZXWD   8(SI)(CX*2), X1
+	VPSLLD      $0x10, X1, X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 32(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 32(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (DX)(CX*2), X1
+	VPAND       exactconsts<>+192(SB), X1, X1
+	VPMAXUW     X1, X0, X0
+	VPMOVZXWD   (DX)(CX*2), X1
+	VPSLLD      $0x10, X1, X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 64(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 64(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VPMOVZXWD   8(DX)(CX*2), X1
+	VPSLLD      $0x10, X1, X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 64(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 64(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VPADDQ      Y4, Y5, Y5
+	VMOVDQU     Y5, (AX)(CX*8)
+	VPADDQ      Y4, Y6, Y6
+	VMOVDQU     Y6, 32(AX)(CX*8)
+	ADDQ        $0x00000008, CX
+	CMPQ        CX, DI
+	JB          o3_big
+
+o3_small:
+	JMP ret
+
+group2:
+	// 2 inputs
+	MOVQ         (DX), BX
+	VBROADCASTSD (CX), Y1
+	VMOVUPD      Y1, (SP)
+	MOVQ         24(DX), DX
+	VBROADCASTSD 8(CX), Y1
+	VMOVUPD      Y1, 32(SP)
+	MOVQ         $0x7990000000000000, CX
+	VMOVQ        CX, X4
+	VPBROADCASTQ X4, Y4
+	MOVQ         one_len+8(FP), SI
+	ANDQ         $-8, SI
+	XORQ         CX, CX
+	CMPQ         CX, SI
+	JAE          o2_small
+
+o2_big:
+	VMOVDQU     (AX)(CX*8), Y5
+	VMOVDQU     32(AX)(CX*8), Y6
+	VMOVDQU     (BX)(CX*2), X1
+	VPAND       exactconsts<>+192(SB), X1, X1
+	VPMAXUW     X1, X0, X0
+	VPMOVZXWD   (BX)(CX*2), X1
+	VPSLLD      $0x10, X1, X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD (SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD (SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VPMOVZXWD   8(BX)(CX*2), X1
+	VPSLLD      $0x10, X1, X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD (SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD (SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (DX)(CX*2), X1
+	VPAND       exactconsts<>+192(SB), X1, X1
+	VPMAXUW     X1, X0, X0
+	VPMOVZXWD   (DX)(CX*2), X1
+	VPSLLD      $0x10, X1, X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 32(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 32(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VPMOVZXWD   8(DX)(CX*2), X1
+	VPSLLD      $0x10, X1, X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 32(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 32(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VPADDQ      Y4, Y5, Y5
+	VMOVDQU     Y5, (AX)(CX*8)
+	VPADDQ      Y4, Y6, Y6
+	VMOVDQU     Y6, 32(AX)(CX*8)
+	ADDQ        $0x00000008, CX
+	CMPQ        CX, SI
+	JB          o2_big
+
+o2_small:
+	JMP ret
+
+group1:
+	// 1 inputs
+	MOVQ         (DX), DX
+	VBROADCASTSD (CX), Y1
+	VMOVUPD      Y1, (SP)
+	MOVQ         $0xbcc8000000000000, CX
+	VMOVQ        CX, X4
+	VPBROADCASTQ X4, Y4
+	MOVQ         one_len+8(FP), BX
+	ANDQ         $-8, BX
+	XORQ         CX, CX
+	CMPQ         CX, BX
+	JAE          o1_small
+
+o1_big:
+	VMOVDQU     (AX)(CX*8), Y5
+	VMOVDQU     32(AX)(CX*8), Y6
+	VMOVDQU     (DX)(CX*2), X1
+	VPAND       exactconsts<>+192(SB), X1, X1
+	VPMAXUW     X1, X0, X0
+	VPMOVZXWD   (DX)(CX*2), X1
+	VPSLLD      $0x10, X1, X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD (SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD (SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VPMOVZXWD   8(DX)(CX*2), X1
+	VPSLLD      $0x10, X1, X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD (SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD (SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VPADDQ      Y4, Y5, Y5
+	VMOVDQU     Y5, (AX)(CX*8)
+	VPADDQ      Y4, Y6, Y6
+	VMOVDQU     Y6, 32(AX)(CX*8)
+	ADDQ        $0x00000008, CX
+	CMPQ        CX, BX
+	JB          o1_big
+
+o1_small:
+ret:
+	VMOVDQU X0, X0
+	VPSHUFD $0x4e, X0, X1
+	VPMAXUW X1, X0, X0
+	VPSHUFD $0xb1, X0, X1
+	VPMAXUW X1, X0, X0
+	VPSRLD  $0x10, X0, X1
+	VPMAXUW X1, X0, X0
+	VMOVD   X0, AX
+	ANDL    $0x0000ffff, AX
+	MOVL    AX, ret+72(FP)
+	VZEROUPPER
+	RET
+
+// func exactAcc1F16AVX2(one []int64, w []float64, x [][]byte) uint32
+// Requires: AVX, AVX2, F16C, FMA3
+TEXT ·exactAcc1F16AVX2(SB), NOSPLIT, $224-76
+	MOVQ         one_base+0(FP), AX
+	MOVQ         w_base+24(FP), CX
+	MOVQ         x_base+48(FP), DX
+	MOVQ         x_len+56(FP), BX
+	VPXOR        X0, X0, X0
+	MOVQ         $0x4678000000000000, SI
+	VMOVQ        SI, X7
+	VPBROADCASTQ X7, Y7
+	MOVQ         $0x4338000000000000, SI
+	VMOVQ        SI, X8
+	VPBROADCASTQ X8, Y8
+
+groups:
+	CMPQ BX, $0x07
+	JBE  rest
+
+	// 7 inputs
+	MOVQ         (DX), SI
+	VBROADCASTSD (CX), Y1
+	VMOVUPD      Y1, (SP)
+	MOVQ         24(DX), DI
+	VBROADCASTSD 8(CX), Y1
+	VMOVUPD      Y1, 32(SP)
+	MOVQ         48(DX), R8
+	VBROADCASTSD 16(CX), Y1
+	VMOVUPD      Y1, 64(SP)
+	MOVQ         72(DX), R9
+	VBROADCASTSD 24(CX), Y1
+	VMOVUPD      Y1, 96(SP)
+	MOVQ         96(DX), R10
+	VBROADCASTSD 32(CX), Y1
+	VMOVUPD      Y1, 128(SP)
+	MOVQ         120(DX), R11
+	VBROADCASTSD 40(CX), Y1
+	VMOVUPD      Y1, 160(SP)
+	MOVQ         144(DX), R12
+	VBROADCASTSD 48(CX), Y1
+	VMOVUPD      Y1, 192(SP)
+	MOVQ         $0x2978000000000000, R13
+	VMOVQ        R13, X4
+	VPBROADCASTQ X4, Y4
+	MOVQ         one_len+8(FP), R14
+	ANDQ         $-8, R14
+	XORQ         R13, R13
+	CMPQ         R13, R14
+	JAE          l7_small
+
+l7_big:
+	VMOVDQU     (AX)(R13*8), Y5
+	VMOVDQU     32(AX)(R13*8), Y6
+	VMOVDQU     (SI)(R13*2), X1
+	VPAND       exactconsts<>+192(SB), X1, X1
+	VPMAXUW     X1, X0, X0
+	VCVTPH2PS   (SI)(R13*2), X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD (SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD (SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VCVTPH2PS   8(SI)(R13*2), X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD (SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD (SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (DI)(R13*2), X1
+	VPAND       exactconsts<>+192(SB), X1, X1
+	VPMAXUW     X1, X0, X0
+	VCVTPH2PS   (DI)(R13*2), X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 32(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 32(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VCVTPH2PS   8(DI)(R13*2), X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 32(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 32(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (R8)(R13*2), X1
+	VPAND       exactconsts<>+192(SB), X1, X1
+	VPMAXUW     X1, X0, X0
+	VCVTPH2PS   (R8)(R13*2), X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 64(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 64(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VCVTPH2PS   8(R8)(R13*2), X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 64(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 64(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (R9)(R13*2), X1
+	VPAND       exactconsts<>+192(SB), X1, X1
+	VPMAXUW     X1, X0, X0
+	VCVTPH2PS   (R9)(R13*2), X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 96(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 96(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VCVTPH2PS   8(R9)(R13*2), X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 96(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 96(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (R10)(R13*2), X1
+	VPAND       exactconsts<>+192(SB), X1, X1
+	VPMAXUW     X1, X0, X0
+	VCVTPH2PS   (R10)(R13*2), X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 128(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 128(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VCVTPH2PS   8(R10)(R13*2), X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 128(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 128(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (R11)(R13*2), X1
+	VPAND       exactconsts<>+192(SB), X1, X1
+	VPMAXUW     X1, X0, X0
+	VCVTPH2PS   (R11)(R13*2), X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 160(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 160(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VCVTPH2PS   8(R11)(R13*2), X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 160(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 160(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (R12)(R13*2), X1
+	VPAND       exactconsts<>+192(SB), X1, X1
+	VPMAXUW     X1, X0, X0
+	VCVTPH2PS   (R12)(R13*2), X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 192(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 192(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VCVTPH2PS   8(R12)(R13*2), X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 192(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 192(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VPADDQ      Y4, Y5, Y5
+	VMOVDQU     Y5, (AX)(R13*8)
+	VPADDQ      Y4, Y6, Y6
+	VMOVDQU     Y6, 32(AX)(R13*8)
+	ADDQ        $0x00000008, R13
+	CMPQ        R13, R14
+	JB          l7_big
+
+l7_small:
+	ADDQ $0x000000a8, DX
+	ADDQ $0x00000038, CX
+	SUBQ $0x07, BX
+	JMP  groups
+
+rest:
+	CMPQ BX, $0x07
+	JE   group7
+	CMPQ BX, $0x06
+	JE   group6
+	CMPQ BX, $0x05
+	JE   group5
+	CMPQ BX, $0x04
+	JE   group4
+	CMPQ BX, $0x03
+	JE   group3
+	CMPQ BX, $0x02
+	JE   group2
+	CMPQ BX, $0x01
+	JE   group1
+	JMP  ret
+
+group7:
+	// 7 inputs
+	MOVQ         (DX), BX
+	VBROADCASTSD (CX), Y1
+	VMOVUPD      Y1, (SP)
+	MOVQ         24(DX), SI
+	VBROADCASTSD 8(CX), Y1
+	VMOVUPD      Y1, 32(SP)
+	MOVQ         48(DX), DI
+	VBROADCASTSD 16(CX), Y1
+	VMOVUPD      Y1, 64(SP)
+	MOVQ         72(DX), R8
+	VBROADCASTSD 24(CX), Y1
+	VMOVUPD      Y1, 96(SP)
+	MOVQ         96(DX), R9
+	VBROADCASTSD 32(CX), Y1
+	VMOVUPD      Y1, 128(SP)
+	MOVQ         120(DX), R10
+	VBROADCASTSD 40(CX), Y1
+	VMOVUPD      Y1, 160(SP)
+	MOVQ         144(DX), DX
+	VBROADCASTSD 48(CX), Y1
+	VMOVUPD      Y1, 192(SP)
+	MOVQ         $0x2978000000000000, CX
+	VMOVQ        CX, X4
+	VPBROADCASTQ X4, Y4
+	MOVQ         one_len+8(FP), R11
+	ANDQ         $-8, R11
+	XORQ         CX, CX
+	CMPQ         CX, R11
+	JAE          o7_small
+
+o7_big:
+	VMOVDQU     (AX)(CX*8), Y5
+	VMOVDQU     32(AX)(CX*8), Y6
+	VMOVDQU     (BX)(CX*2), X1
+	VPAND       exactconsts<>+192(SB), X1, X1
+	VPMAXUW     X1, X0, X0
+	VCVTPH2PS   (BX)(CX*2), X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD (SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD (SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VCVTPH2PS   8(BX)(CX*2), X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD (SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD (SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (SI)(CX*2), X1
+	VPAND       exactconsts<>+192(SB), X1, X1
+	VPMAXUW     X1, X0, X0
+	VCVTPH2PS   (SI)(CX*2), X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 32(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 32(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VCVTPH2PS   8(SI)(CX*2), X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 32(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 32(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (DI)(CX*2), X1
+	VPAND       exactconsts<>+192(SB), X1, X1
+	VPMAXUW     X1, X0, X0
+	VCVTPH2PS   (DI)(CX*2), X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 64(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 64(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VCVTPH2PS   8(DI)(CX*2), X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 64(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 64(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (R8)(CX*2), X1
+	VPAND       exactconsts<>+192(SB), X1, X1
+	VPMAXUW     X1, X0, X0
+	VCVTPH2PS   (R8)(CX*2), X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 96(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 96(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VCVTPH2PS   8(R8)(CX*2), X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 96(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 96(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (R9)(CX*2), X1
+	VPAND       exactconsts<>+192(SB), X1, X1
+	VPMAXUW     X1, X0, X0
+	VCVTPH2PS   (R9)(CX*2), X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 128(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 128(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VCVTPH2PS   8(R9)(CX*2), X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 128(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 128(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (R10)(CX*2), X1
+	VPAND       exactconsts<>+192(SB), X1, X1
+	VPMAXUW     X1, X0, X0
+	VCVTPH2PS   (R10)(CX*2), X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 160(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 160(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VCVTPH2PS   8(R10)(CX*2), X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 160(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 160(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (DX)(CX*2), X1
+	VPAND       exactconsts<>+192(SB), X1, X1
+	VPMAXUW     X1, X0, X0
+	VCVTPH2PS   (DX)(CX*2), X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 192(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 192(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VCVTPH2PS   8(DX)(CX*2), X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 192(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 192(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VPADDQ      Y4, Y5, Y5
+	VMOVDQU     Y5, (AX)(CX*8)
+	VPADDQ      Y4, Y6, Y6
+	VMOVDQU     Y6, 32(AX)(CX*8)
+	ADDQ        $0x00000008, CX
+	CMPQ        CX, R11
+	JB          o7_big
+
+o7_small:
+	JMP ret
+
+group6:
+	// 6 inputs
+	MOVQ         (DX), BX
+	VBROADCASTSD (CX), Y1
+	VMOVUPD      Y1, (SP)
+	MOVQ         24(DX), SI
+	VBROADCASTSD 8(CX), Y1
+	VMOVUPD      Y1, 32(SP)
+	MOVQ         48(DX), DI
+	VBROADCASTSD 16(CX), Y1
+	VMOVUPD      Y1, 64(SP)
+	MOVQ         72(DX), R8
+	VBROADCASTSD 24(CX), Y1
+	VMOVUPD      Y1, 96(SP)
+	MOVQ         96(DX), R9
+	VBROADCASTSD 32(CX), Y1
+	VMOVUPD      Y1, 128(SP)
+	MOVQ         120(DX), DX
+	VBROADCASTSD 40(CX), Y1
+	VMOVUPD      Y1, 160(SP)
+	MOVQ         $0x6cb0000000000000, CX
+	VMOVQ        CX, X4
+	VPBROADCASTQ X4, Y4
+	MOVQ         one_len+8(FP), R10
+	ANDQ         $-8, R10
+	XORQ         CX, CX
+	CMPQ         CX, R10
+	JAE          o6_small
+
+o6_big:
+	VMOVDQU     (AX)(CX*8), Y5
+	VMOVDQU     32(AX)(CX*8), Y6
+	VMOVDQU     (BX)(CX*2), X1
+	VPAND       exactconsts<>+192(SB), X1, X1
+	VPMAXUW     X1, X0, X0
+	VCVTPH2PS   (BX)(CX*2), X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD (SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD (SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VCVTPH2PS   8(BX)(CX*2), X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD (SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD (SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (SI)(CX*2), X1
+	VPAND       exactconsts<>+192(SB), X1, X1
+	VPMAXUW     X1, X0, X0
+	VCVTPH2PS   (SI)(CX*2), X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 32(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 32(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VCVTPH2PS   8(SI)(CX*2), X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 32(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 32(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (DI)(CX*2), X1
+	VPAND       exactconsts<>+192(SB), X1, X1
+	VPMAXUW     X1, X0, X0
+	VCVTPH2PS   (DI)(CX*2), X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 64(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 64(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VCVTPH2PS   8(DI)(CX*2), X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 64(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 64(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (R8)(CX*2), X1
+	VPAND       exactconsts<>+192(SB), X1, X1
+	VPMAXUW     X1, X0, X0
+	VCVTPH2PS   (R8)(CX*2), X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 96(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 96(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VCVTPH2PS   8(R8)(CX*2), X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 96(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 96(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (R9)(CX*2), X1
+	VPAND       exactconsts<>+192(SB), X1, X1
+	VPMAXUW     X1, X0, X0
+	VCVTPH2PS   (R9)(CX*2), X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 128(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 128(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VCVTPH2PS   8(R9)(CX*2), X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 128(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 128(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (DX)(CX*2), X1
+	VPAND       exactconsts<>+192(SB), X1, X1
+	VPMAXUW     X1, X0, X0
+	VCVTPH2PS   (DX)(CX*2), X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 160(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 160(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VCVTPH2PS   8(DX)(CX*2), X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 160(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 160(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VPADDQ      Y4, Y5, Y5
+	VMOVDQU     Y5, (AX)(CX*8)
+	VPADDQ      Y4, Y6, Y6
+	VMOVDQU     Y6, 32(AX)(CX*8)
+	ADDQ        $0x00000008, CX
+	CMPQ        CX, R10
+	JB          o6_big
+
+o6_small:
+	JMP ret
+
+group5:
+	// 5 inputs
+	MOVQ         (DX), BX
+	VBROADCASTSD (CX), Y1
+	VMOVUPD      Y1, (SP)
+	MOVQ         24(DX), SI
+	VBROADCASTSD 8(CX), Y1
+	VMOVUPD      Y1, 32(SP)
+	MOVQ         48(DX), DI
+	VBROADCASTSD 16(CX), Y1
+	VMOVUPD      Y1, 64(SP)
+	MOVQ         72(DX), R8
+	VBROADCASTSD 24(CX), Y1
+	VMOVUPD      Y1, 96(SP)
+	MOVQ         96(DX), DX
+	VBROADCASTSD 32(CX), Y1
+	VMOVUPD      Y1, 128(SP)
+	MOVQ         $0xafe8000000000000, CX
+	VMOVQ        CX, X4
+	VPBROADCASTQ X4, Y4
+	MOVQ         one_len+8(FP), R9
+	ANDQ         $-8, R9
+	XORQ         CX, CX
+	CMPQ         CX, R9
+	JAE          o5_small
+
+o5_big:
+	VMOVDQU     (AX)(CX*8), Y5
+	VMOVDQU     32(AX)(CX*8), Y6
+	VMOVDQU     (BX)(CX*2), X1
+	VPAND       exactconsts<>+192(SB), X1, X1
+	VPMAXUW     X1, X0, X0
+	VCVTPH2PS   (BX)(CX*2), X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD (SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD (SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VCVTPH2PS   8(BX)(CX*2), X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD (SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD (SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (SI)(CX*2), X1
+	VPAND       exactconsts<>+192(SB), X1, X1
+	VPMAXUW     X1, X0, X0
+	VCVTPH2PS   (SI)(CX*2), X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 32(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 32(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VCVTPH2PS   8(SI)(CX*2), X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 32(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 32(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (DI)(CX*2), X1
+	VPAND       exactconsts<>+192(SB), X1, X1
+	VPMAXUW     X1, X0, X0
+	VCVTPH2PS   (DI)(CX*2), X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 64(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 64(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VCVTPH2PS   8(DI)(CX*2), X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 64(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 64(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (R8)(CX*2), X1
+	VPAND       exactconsts<>+192(SB), X1, X1
+	VPMAXUW     X1, X0, X0
+	VCVTPH2PS   (R8)(CX*2), X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 96(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 96(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VCVTPH2PS   8(R8)(CX*2), X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 96(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 96(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (DX)(CX*2), X1
+	VPAND       exactconsts<>+192(SB), X1, X1
+	VPMAXUW     X1, X0, X0
+	VCVTPH2PS   (DX)(CX*2), X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 128(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 128(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VCVTPH2PS   8(DX)(CX*2), X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 128(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 128(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VPADDQ      Y4, Y5, Y5
+	VMOVDQU     Y5, (AX)(CX*8)
+	VPADDQ      Y4, Y6, Y6
+	VMOVDQU     Y6, 32(AX)(CX*8)
+	ADDQ        $0x00000008, CX
+	CMPQ        CX, R9
+	JB          o5_big
+
+o5_small:
+	JMP ret
+
+group4:
+	// 4 inputs
+	MOVQ         (DX), BX
+	VBROADCASTSD (CX), Y1
+	VMOVUPD      Y1, (SP)
+	MOVQ         24(DX), SI
+	VBROADCASTSD 8(CX), Y1
+	VMOVUPD      Y1, 32(SP)
+	MOVQ         48(DX), DI
+	VBROADCASTSD 16(CX), Y1
+	VMOVUPD      Y1, 64(SP)
+	MOVQ         72(DX), DX
+	VBROADCASTSD 24(CX), Y1
+	VMOVUPD      Y1, 96(SP)
+	MOVQ         $0xf320000000000000, CX
+	VMOVQ        CX, X4
+	VPBROADCASTQ X4, Y4
+	MOVQ         one_len+8(FP), R8
+	ANDQ         $-8, R8
+	XORQ         CX, CX
+	CMPQ         CX, R8
+	JAE          o4_small
+
+o4_big:
+	VMOVDQU     (AX)(CX*8), Y5
+	VMOVDQU     32(AX)(CX*8), Y6
+	VMOVDQU     (BX)(CX*2), X1
+	VPAND       exactconsts<>+192(SB), X1, X1
+	VPMAXUW     X1, X0, X0
+	VCVTPH2PS   (BX)(CX*2), X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD (SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD (SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VCVTPH2PS   8(BX)(CX*2), X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD (SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD (SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (SI)(CX*2), X1
+	VPAND       exactconsts<>+192(SB), X1, X1
+	VPMAXUW     X1, X0, X0
+	VCVTPH2PS   (SI)(CX*2), X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 32(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 32(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VCVTPH2PS   8(SI)(CX*2), X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 32(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 32(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (DI)(CX*2), X1
+	VPAND       exactconsts<>+192(SB), X1, X1
+	VPMAXUW     X1, X0, X0
+	VCVTPH2PS   (DI)(CX*2), X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 64(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 64(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VCVTPH2PS   8(DI)(CX*2), X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 64(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 64(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (DX)(CX*2), X1
+	VPAND       exactconsts<>+192(SB), X1, X1
+	VPMAXUW     X1, X0, X0
+	VCVTPH2PS   (DX)(CX*2), X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 96(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 96(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VCVTPH2PS   8(DX)(CX*2), X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 96(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 96(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VPADDQ      Y4, Y5, Y5
+	VMOVDQU     Y5, (AX)(CX*8)
+	VPADDQ      Y4, Y6, Y6
+	VMOVDQU     Y6, 32(AX)(CX*8)
+	ADDQ        $0x00000008, CX
+	CMPQ        CX, R8
+	JB          o4_big
+
+o4_small:
+	JMP ret
+
+group3:
+	// 3 inputs
+	MOVQ         (DX), BX
+	VBROADCASTSD (CX), Y1
+	VMOVUPD      Y1, (SP)
+	MOVQ         24(DX), SI
+	VBROADCASTSD 8(CX), Y1
+	VMOVUPD      Y1, 32(SP)
+	MOVQ         48(DX), DX
+	VBROADCASTSD 16(CX), Y1
+	VMOVUPD      Y1, 64(SP)
+	MOVQ         $0x3658000000000000, CX
+	VMOVQ        CX, X4
+	VPBROADCASTQ X4, Y4
+	MOVQ         one_len+8(FP), DI
+	ANDQ         $-8, DI
+	XORQ         CX, CX
+	CMPQ         CX, DI
+	JAE          o3_small
+
+o3_big:
+	VMOVDQU     (AX)(CX*8), Y5
+	VMOVDQU     32(AX)(CX*8), Y6
+	VMOVDQU     (BX)(CX*2), X1
+	VPAND       exactconsts<>+192(SB), X1, X1
+	VPMAXUW     X1, X0, X0
+	VCVTPH2PS   (BX)(CX*2), X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD (SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD (SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VCVTPH2PS   8(BX)(CX*2), X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD (SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD (SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (SI)(CX*2), X1
+	VPAND       exactconsts<>+192(SB), X1, X1
+	VPMAXUW     X1, X0, X0
+	VCVTPH2PS   (SI)(CX*2), X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 32(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 32(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VCVTPH2PS   8(SI)(CX*2), X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 32(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 32(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (DX)(CX*2), X1
+	VPAND       exactconsts<>+192(SB), X1, X1
+	VPMAXUW     X1, X0, X0
+	VCVTPH2PS   (DX)(CX*2), X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 64(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 64(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VCVTPH2PS   8(DX)(CX*2), X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 64(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 64(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VPADDQ      Y4, Y5, Y5
+	VMOVDQU     Y5, (AX)(CX*8)
+	VPADDQ      Y4, Y6, Y6
+	VMOVDQU     Y6, 32(AX)(CX*8)
+	ADDQ        $0x00000008, CX
+	CMPQ        CX, DI
+	JB          o3_big
+
+o3_small:
+	JMP ret
+
+group2:
+	// 2 inputs
+	MOVQ         (DX), BX
+	VBROADCASTSD (CX), Y1
+	VMOVUPD      Y1, (SP)
+	MOVQ         24(DX), DX
+	VBROADCASTSD 8(CX), Y1
+	VMOVUPD      Y1, 32(SP)
+	MOVQ         $0x7990000000000000, CX
+	VMOVQ        CX, X4
+	VPBROADCASTQ X4, Y4
+	MOVQ         one_len+8(FP), SI
+	ANDQ         $-8, SI
+	XORQ         CX, CX
+	CMPQ         CX, SI
+	JAE          o2_small
+
+o2_big:
+	VMOVDQU     (AX)(CX*8), Y5
+	VMOVDQU     32(AX)(CX*8), Y6
+	VMOVDQU     (BX)(CX*2), X1
+	VPAND       exactconsts<>+192(SB), X1, X1
+	VPMAXUW     X1, X0, X0
+	VCVTPH2PS   (BX)(CX*2), X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD (SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD (SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VCVTPH2PS   8(BX)(CX*2), X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD (SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD (SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVDQU     (DX)(CX*2), X1
+	VPAND       exactconsts<>+192(SB), X1, X1
+	VPMAXUW     X1, X0, X0
+	VCVTPH2PS   (DX)(CX*2), X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 32(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 32(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VCVTPH2PS   8(DX)(CX*2), X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 32(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 32(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VPADDQ      Y4, Y5, Y5
+	VMOVDQU     Y5, (AX)(CX*8)
+	VPADDQ      Y4, Y6, Y6
+	VMOVDQU     Y6, 32(AX)(CX*8)
+	ADDQ        $0x00000008, CX
+	CMPQ        CX, SI
+	JB          o2_big
+
+o2_small:
+	JMP ret
+
+group1:
+	// 1 inputs
+	MOVQ         (DX), DX
+	VBROADCASTSD (CX), Y1
+	VMOVUPD      Y1, (SP)
+	MOVQ         $0xbcc8000000000000, CX
+	VMOVQ        CX, X4
+	VPBROADCASTQ X4, Y4
+	MOVQ         one_len+8(FP), BX
+	ANDQ         $-8, BX
+	XORQ         CX, CX
+	CMPQ         CX, BX
+	JAE          o1_small
+
+o1_big:
+	VMOVDQU     (AX)(CX*8), Y5
+	VMOVDQU     32(AX)(CX*8), Y6
+	VMOVDQU     (DX)(CX*2), X1
+	VPAND       exactconsts<>+192(SB), X1, X1
+	VPMAXUW     X1, X0, X0
+	VCVTPH2PS   (DX)(CX*2), X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD (SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD (SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VCVTPH2PS   8(DX)(CX*2), X1
+	VCVTPS2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD (SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD (SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VPADDQ      Y4, Y5, Y5
+	VMOVDQU     Y5, (AX)(CX*8)
+	VPADDQ      Y4, Y6, Y6
+	VMOVDQU     Y6, 32(AX)(CX*8)
+	ADDQ        $0x00000008, CX
+	CMPQ        CX, BX
+	JB          o1_big
+
+o1_small:
+ret:
+	VMOVDQU X0, X0
+	VPSHUFD $0x4e, X0, X1
+	VPMAXUW X1, X0, X0
+	VPSHUFD $0xb1, X0, X1
+	VPMAXUW X1, X0, X0
+	VPSRLD  $0x10, X0, X1
+	VPMAXUW X1, X0, X0
+	VMOVD   X0, AX
+	ANDL    $0x0000ffff, AX
+	MOVL    AX, ret+72(FP)
+	VZEROUPPER
+	RET
+
+// func exactAcc1I8AVX2(one []int64, w []float64, x [][]byte) uint32
+// Requires: AVX, AVX2, FMA3
+TEXT ·exactAcc1I8AVX2(SB), NOSPLIT, $224-76
+	MOVQ         one_base+0(FP), AX
+	MOVQ         w_base+24(FP), CX
+	MOVQ         x_base+48(FP), DX
+	MOVQ         x_len+56(FP), BX
+	VPXOR        X0, X0, X0
+	MOVQ         $0x4678000000000000, SI
+	VMOVQ        SI, X7
+	VPBROADCASTQ X7, Y7
+	MOVQ         $0x4338000000000000, SI
+	VMOVQ        SI, X8
+	VPBROADCASTQ X8, Y8
+
+groups:
+	CMPQ BX, $0x07
+	JBE  rest
+
+	// 7 inputs
+	MOVQ         (DX), SI
+	VBROADCASTSD (CX), Y1
+	VMOVUPD      Y1, (SP)
+	MOVQ         24(DX), DI
+	VBROADCASTSD 8(CX), Y1
+	VMOVUPD      Y1, 32(SP)
+	MOVQ         48(DX), R8
+	VBROADCASTSD 16(CX), Y1
+	VMOVUPD      Y1, 64(SP)
+	MOVQ         72(DX), R9
+	VBROADCASTSD 24(CX), Y1
+	VMOVUPD      Y1, 96(SP)
+	MOVQ         96(DX), R10
+	VBROADCASTSD 32(CX), Y1
+	VMOVUPD      Y1, 128(SP)
+	MOVQ         120(DX), R11
+	VBROADCASTSD 40(CX), Y1
+	VMOVUPD      Y1, 160(SP)
+	MOVQ         144(DX), R12
+	VBROADCASTSD 48(CX), Y1
+	VMOVUPD      Y1, 192(SP)
+	MOVQ         $0x2978000000000000, R13
+	VMOVQ        R13, X4
+	VPBROADCASTQ X4, Y4
+	MOVQ         one_len+8(FP), R14
+	ANDQ         $-8, R14
+	XORQ         R13, R13
+	CMPQ         R13, R14
+	JAE          l7_small
+
+l7_big:
+	VMOVDQU     (AX)(R13*8), Y5
+	VMOVDQU     32(AX)(R13*8), Y6
+	VMOVQ       (SI)(R13*1), X1
+	VPABSB      X1, X1
+	VPMAXUB     X1, X0, X0
+	VPMOVSXBD   (SI)(R13*1), X1
+	VCVTDQ2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD (SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD (SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VPMOVSXBD   4(SI)(R13*1), X1
+	VCVTDQ2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD (SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD (SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVQ       (DI)(R13*1), X1
+	VPABSB      X1, X1
+	VPMAXUB     X1, X0, X0
+	VPMOVSXBD   (DI)(R13*1), X1
+	VCVTDQ2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 32(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 32(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VPMOVSXBD   4(DI)(R13*1), X1
+	VCVTDQ2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 32(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 32(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVQ       (R8)(R13*1), X1
+	VPABSB      X1, X1
+	VPMAXUB     X1, X0, X0
+	VPMOVSXBD   (R8)(R13*1), X1
+	VCVTDQ2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 64(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 64(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VPMOVSXBD   4(R8)(R13*1), X1
+	VCVTDQ2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 64(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 64(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVQ       (R9)(R13*1), X1
+	VPABSB      X1, X1
+	VPMAXUB     X1, X0, X0
+	VPMOVSXBD   (R9)(R13*1), X1
+	VCVTDQ2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 96(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 96(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VPMOVSXBD   4(R9)(R13*1), X1
+	VCVTDQ2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 96(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 96(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVQ       (R10)(R13*1), X1
+	VPABSB      X1, X1
+	VPMAXUB     X1, X0, X0
+	VPMOVSXBD   (R10)(R13*1), X1
+	VCVTDQ2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 128(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 128(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VPMOVSXBD   4(R10)(R13*1), X1
+	VCVTDQ2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 128(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 128(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVQ       (R11)(R13*1), X1
+	VPABSB      X1, X1
+	VPMAXUB     X1, X0, X0
+	VPMOVSXBD   (R11)(R13*1), X1
+	VCVTDQ2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 160(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 160(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VPMOVSXBD   4(R11)(R13*1), X1
+	VCVTDQ2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 160(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 160(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVQ       (R12)(R13*1), X1
+	VPABSB      X1, X1
+	VPMAXUB     X1, X0, X0
+	VPMOVSXBD   (R12)(R13*1), X1
+	VCVTDQ2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 192(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 192(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VPMOVSXBD   4(R12)(R13*1), X1
+	VCVTDQ2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 192(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 192(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VPADDQ      Y4, Y5, Y5
+	VMOVDQU     Y5, (AX)(R13*8)
+	VPADDQ      Y4, Y6, Y6
+	VMOVDQU     Y6, 32(AX)(R13*8)
+	ADDQ        $0x00000008, R13
+	CMPQ        R13, R14
+	JB          l7_big
+
+l7_small:
+	ADDQ $0x000000a8, DX
+	ADDQ $0x00000038, CX
+	SUBQ $0x07, BX
+	JMP  groups
+
+rest:
+	CMPQ BX, $0x07
+	JE   group7
+	CMPQ BX, $0x06
+	JE   group6
+	CMPQ BX, $0x05
+	JE   group5
+	CMPQ BX, $0x04
+	JE   group4
+	CMPQ BX, $0x03
+	JE   group3
+	CMPQ BX, $0x02
+	JE   group2
+	CMPQ BX, $0x01
+	JE   group1
+	JMP  ret
+
+group7:
+	// 7 inputs
+	MOVQ         (DX), BX
+	VBROADCASTSD (CX), Y1
+	VMOVUPD      Y1, (SP)
+	MOVQ         24(DX), SI
+	VBROADCASTSD 8(CX), Y1
+	VMOVUPD      Y1, 32(SP)
+	MOVQ         48(DX), DI
+	VBROADCASTSD 16(CX), Y1
+	VMOVUPD      Y1, 64(SP)
+	MOVQ         72(DX), R8
+	VBROADCASTSD 24(CX), Y1
+	VMOVUPD      Y1, 96(SP)
+	MOVQ         96(DX), R9
+	VBROADCASTSD 32(CX), Y1
+	VMOVUPD      Y1, 128(SP)
+	MOVQ         120(DX), R10
+	VBROADCASTSD 40(CX), Y1
+	VMOVUPD      Y1, 160(SP)
+	MOVQ         144(DX), DX
+	VBROADCASTSD 48(CX), Y1
+	VMOVUPD      Y1, 192(SP)
+	MOVQ         $0x2978000000000000, CX
+	VMOVQ        CX, X4
+	VPBROADCASTQ X4, Y4
+	MOVQ         one_len+8(FP), R11
+	ANDQ         $-8, R11
+	XORQ         CX, CX
+	CMPQ         CX, R11
+	JAE          o7_small
+
+o7_big:
+	VMOVDQU     (AX)(CX*8), Y5
+	VMOVDQU     32(AX)(CX*8), Y6
+	VMOVQ       (BX)(CX*1), X1
+	VPABSB      X1, X1
+	VPMAXUB     X1, X0, X0
+	VPMOVSXBD   (BX)(CX*1), X1
+	VCVTDQ2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD (SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD (SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VPMOVSXBD   4(BX)(CX*1), X1
+	VCVTDQ2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD (SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD (SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVQ       (SI)(CX*1), X1
+	VPABSB      X1, X1
+	VPMAXUB     X1, X0, X0
+	VPMOVSXBD   (SI)(CX*1), X1
+	VCVTDQ2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 32(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 32(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VPMOVSXBD   4(SI)(CX*1), X1
+	VCVTDQ2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 32(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 32(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVQ       (DI)(CX*1), X1
+	VPABSB      X1, X1
+	VPMAXUB     X1, X0, X0
+	VPMOVSXBD   (DI)(CX*1), X1
+	VCVTDQ2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 64(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 64(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VPMOVSXBD   4(DI)(CX*1), X1
+	VCVTDQ2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 64(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 64(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVQ       (R8)(CX*1), X1
+	VPABSB      X1, X1
+	VPMAXUB     X1, X0, X0
+	VPMOVSXBD   (R8)(CX*1), X1
+	VCVTDQ2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 96(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 96(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VPMOVSXBD   4(R8)(CX*1), X1
+	VCVTDQ2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 96(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 96(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVQ       (R9)(CX*1), X1
+	VPABSB      X1, X1
+	VPMAXUB     X1, X0, X0
+	VPMOVSXBD   (R9)(CX*1), X1
+	VCVTDQ2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 128(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 128(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VPMOVSXBD   4(R9)(CX*1), X1
+	VCVTDQ2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 128(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 128(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVQ       (R10)(CX*1), X1
+	VPABSB      X1, X1
+	VPMAXUB     X1, X0, X0
+	VPMOVSXBD   (R10)(CX*1), X1
+	VCVTDQ2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 160(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 160(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VPMOVSXBD   4(R10)(CX*1), X1
+	VCVTDQ2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 160(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 160(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVQ       (DX)(CX*1), X1
+	VPABSB      X1, X1
+	VPMAXUB     X1, X0, X0
+	VPMOVSXBD   (DX)(CX*1), X1
+	VCVTDQ2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 192(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 192(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VPMOVSXBD   4(DX)(CX*1), X1
+	VCVTDQ2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 192(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 192(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VPADDQ      Y4, Y5, Y5
+	VMOVDQU     Y5, (AX)(CX*8)
+	VPADDQ      Y4, Y6, Y6
+	VMOVDQU     Y6, 32(AX)(CX*8)
+	ADDQ        $0x00000008, CX
+	CMPQ        CX, R11
+	JB          o7_big
+
+o7_small:
+	JMP ret
+
+group6:
+	// 6 inputs
+	MOVQ         (DX), BX
+	VBROADCASTSD (CX), Y1
+	VMOVUPD      Y1, (SP)
+	MOVQ         24(DX), SI
+	VBROADCASTSD 8(CX), Y1
+	VMOVUPD      Y1, 32(SP)
+	MOVQ         48(DX), DI
+	VBROADCASTSD 16(CX), Y1
+	VMOVUPD      Y1, 64(SP)
+	MOVQ         72(DX), R8
+	VBROADCASTSD 24(CX), Y1
+	VMOVUPD      Y1, 96(SP)
+	MOVQ         96(DX), R9
+	VBROADCASTSD 32(CX), Y1
+	VMOVUPD      Y1, 128(SP)
+	MOVQ         120(DX), DX
+	VBROADCASTSD 40(CX), Y1
+	VMOVUPD      Y1, 160(SP)
+	MOVQ         $0x6cb0000000000000, CX
+	VMOVQ        CX, X4
+	VPBROADCASTQ X4, Y4
+	MOVQ         one_len+8(FP), R10
+	ANDQ         $-8, R10
+	XORQ         CX, CX
+	CMPQ         CX, R10
+	JAE          o6_small
+
+o6_big:
+	VMOVDQU     (AX)(CX*8), Y5
+	VMOVDQU     32(AX)(CX*8), Y6
+	VMOVQ       (BX)(CX*1), X1
+	VPABSB      X1, X1
+	VPMAXUB     X1, X0, X0
+	VPMOVSXBD   (BX)(CX*1), X1
+	VCVTDQ2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD (SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD (SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VPMOVSXBD   4(BX)(CX*1), X1
+	VCVTDQ2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD (SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD (SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVQ       (SI)(CX*1), X1
+	VPABSB      X1, X1
+	VPMAXUB     X1, X0, X0
+	VPMOVSXBD   (SI)(CX*1), X1
+	VCVTDQ2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 32(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 32(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VPMOVSXBD   4(SI)(CX*1), X1
+	VCVTDQ2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 32(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 32(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVQ       (DI)(CX*1), X1
+	VPABSB      X1, X1
+	VPMAXUB     X1, X0, X0
+	VPMOVSXBD   (DI)(CX*1), X1
+	VCVTDQ2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 64(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 64(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VPMOVSXBD   4(DI)(CX*1), X1
+	VCVTDQ2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 64(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 64(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVQ       (R8)(CX*1), X1
+	VPABSB      X1, X1
+	VPMAXUB     X1, X0, X0
+	VPMOVSXBD   (R8)(CX*1), X1
+	VCVTDQ2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 96(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 96(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VPMOVSXBD   4(R8)(CX*1), X1
+	VCVTDQ2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 96(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 96(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVQ       (R9)(CX*1), X1
+	VPABSB      X1, X1
+	VPMAXUB     X1, X0, X0
+	VPMOVSXBD   (R9)(CX*1), X1
+	VCVTDQ2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 128(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 128(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VPMOVSXBD   4(R9)(CX*1), X1
+	VCVTDQ2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 128(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 128(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVQ       (DX)(CX*1), X1
+	VPABSB      X1, X1
+	VPMAXUB     X1, X0, X0
+	VPMOVSXBD   (DX)(CX*1), X1
+	VCVTDQ2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 160(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 160(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VPMOVSXBD   4(DX)(CX*1), X1
+	VCVTDQ2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 160(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 160(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VPADDQ      Y4, Y5, Y5
+	VMOVDQU     Y5, (AX)(CX*8)
+	VPADDQ      Y4, Y6, Y6
+	VMOVDQU     Y6, 32(AX)(CX*8)
+	ADDQ        $0x00000008, CX
+	CMPQ        CX, R10
+	JB          o6_big
+
+o6_small:
+	JMP ret
+
+group5:
+	// 5 inputs
+	MOVQ         (DX), BX
+	VBROADCASTSD (CX), Y1
+	VMOVUPD      Y1, (SP)
+	MOVQ         24(DX), SI
+	VBROADCASTSD 8(CX), Y1
+	VMOVUPD      Y1, 32(SP)
+	MOVQ         48(DX), DI
+	VBROADCASTSD 16(CX), Y1
+	VMOVUPD      Y1, 64(SP)
+	MOVQ         72(DX), R8
+	VBROADCASTSD 24(CX), Y1
+	VMOVUPD      Y1, 96(SP)
+	MOVQ         96(DX), DX
+	VBROADCASTSD 32(CX), Y1
+	VMOVUPD      Y1, 128(SP)
+	MOVQ         $0xafe8000000000000, CX
+	VMOVQ        CX, X4
+	VPBROADCASTQ X4, Y4
+	MOVQ         one_len+8(FP), R9
+	ANDQ         $-8, R9
+	XORQ         CX, CX
+	CMPQ         CX, R9
+	JAE          o5_small
+
+o5_big:
+	VMOVDQU     (AX)(CX*8), Y5
+	VMOVDQU     32(AX)(CX*8), Y6
+	VMOVQ       (BX)(CX*1), X1
+	VPABSB      X1, X1
+	VPMAXUB     X1, X0, X0
+	VPMOVSXBD   (BX)(CX*1), X1
+	VCVTDQ2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD (SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD (SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VPMOVSXBD   4(BX)(CX*1), X1
+	VCVTDQ2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD (SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD (SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVQ       (SI)(CX*1), X1
+	VPABSB      X1, X1
+	VPMAXUB     X1, X0, X0
+	VPMOVSXBD   (SI)(CX*1), X1
+	VCVTDQ2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 32(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 32(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VPMOVSXBD   4(SI)(CX*1), X1
+	VCVTDQ2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 32(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 32(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVQ       (DI)(CX*1), X1
+	VPABSB      X1, X1
+	VPMAXUB     X1, X0, X0
+	VPMOVSXBD   (DI)(CX*1), X1
+	VCVTDQ2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 64(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 64(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VPMOVSXBD   4(DI)(CX*1), X1
+	VCVTDQ2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 64(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 64(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVQ       (R8)(CX*1), X1
+	VPABSB      X1, X1
+	VPMAXUB     X1, X0, X0
+	VPMOVSXBD   (R8)(CX*1), X1
+	VCVTDQ2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 96(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 96(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VPMOVSXBD   4(R8)(CX*1), X1
+	VCVTDQ2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 96(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 96(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVQ       (DX)(CX*1), X1
+	VPABSB      X1, X1
+	VPMAXUB     X1, X0, X0
+	VPMOVSXBD   (DX)(CX*1), X1
+	VCVTDQ2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 128(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 128(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VPMOVSXBD   4(DX)(CX*1), X1
+	VCVTDQ2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 128(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 128(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VPADDQ      Y4, Y5, Y5
+	VMOVDQU     Y5, (AX)(CX*8)
+	VPADDQ      Y4, Y6, Y6
+	VMOVDQU     Y6, 32(AX)(CX*8)
+	ADDQ        $0x00000008, CX
+	CMPQ        CX, R9
+	JB          o5_big
+
+o5_small:
+	JMP ret
+
+group4:
+	// 4 inputs
+	MOVQ         (DX), BX
+	VBROADCASTSD (CX), Y1
+	VMOVUPD      Y1, (SP)
+	MOVQ         24(DX), SI
+	VBROADCASTSD 8(CX), Y1
+	VMOVUPD      Y1, 32(SP)
+	MOVQ         48(DX), DI
+	VBROADCASTSD 16(CX), Y1
+	VMOVUPD      Y1, 64(SP)
+	MOVQ         72(DX), DX
+	VBROADCASTSD 24(CX), Y1
+	VMOVUPD      Y1, 96(SP)
+	MOVQ         $0xf320000000000000, CX
+	VMOVQ        CX, X4
+	VPBROADCASTQ X4, Y4
+	MOVQ         one_len+8(FP), R8
+	ANDQ         $-8, R8
+	XORQ         CX, CX
+	CMPQ         CX, R8
+	JAE          o4_small
+
+o4_big:
+	VMOVDQU     (AX)(CX*8), Y5
+	VMOVDQU     32(AX)(CX*8), Y6
+	VMOVQ       (BX)(CX*1), X1
+	VPABSB      X1, X1
+	VPMAXUB     X1, X0, X0
+	VPMOVSXBD   (BX)(CX*1), X1
+	VCVTDQ2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD (SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD (SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VPMOVSXBD   4(BX)(CX*1), X1
+	VCVTDQ2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD (SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD (SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVQ       (SI)(CX*1), X1
+	VPABSB      X1, X1
+	VPMAXUB     X1, X0, X0
+	VPMOVSXBD   (SI)(CX*1), X1
+	VCVTDQ2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 32(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 32(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VPMOVSXBD   4(SI)(CX*1), X1
+	VCVTDQ2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 32(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 32(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVQ       (DI)(CX*1), X1
+	VPABSB      X1, X1
+	VPMAXUB     X1, X0, X0
+	VPMOVSXBD   (DI)(CX*1), X1
+	VCVTDQ2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 64(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 64(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VPMOVSXBD   4(DI)(CX*1), X1
+	VCVTDQ2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 64(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 64(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVQ       (DX)(CX*1), X1
+	VPABSB      X1, X1
+	VPMAXUB     X1, X0, X0
+	VPMOVSXBD   (DX)(CX*1), X1
+	VCVTDQ2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 96(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 96(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VPMOVSXBD   4(DX)(CX*1), X1
+	VCVTDQ2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 96(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 96(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VPADDQ      Y4, Y5, Y5
+	VMOVDQU     Y5, (AX)(CX*8)
+	VPADDQ      Y4, Y6, Y6
+	VMOVDQU     Y6, 32(AX)(CX*8)
+	ADDQ        $0x00000008, CX
+	CMPQ        CX, R8
+	JB          o4_big
+
+o4_small:
+	JMP ret
+
+group3:
+	// 3 inputs
+	MOVQ         (DX), BX
+	VBROADCASTSD (CX), Y1
+	VMOVUPD      Y1, (SP)
+	MOVQ         24(DX), SI
+	VBROADCASTSD 8(CX), Y1
+	VMOVUPD      Y1, 32(SP)
+	MOVQ         48(DX), DX
+	VBROADCASTSD 16(CX), Y1
+	VMOVUPD      Y1, 64(SP)
+	MOVQ         $0x3658000000000000, CX
+	VMOVQ        CX, X4
+	VPBROADCASTQ X4, Y4
+	MOVQ         one_len+8(FP), DI
+	ANDQ         $-8, DI
+	XORQ         CX, CX
+	CMPQ         CX, DI
+	JAE          o3_small
+
+o3_big:
+	VMOVDQU     (AX)(CX*8), Y5
+	VMOVDQU     32(AX)(CX*8), Y6
+	VMOVQ       (BX)(CX*1), X1
+	VPABSB      X1, X1
+	VPMAXUB     X1, X0, X0
+	VPMOVSXBD   (BX)(CX*1), X1
+	VCVTDQ2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD (SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD (SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VPMOVSXBD   4(BX)(CX*1), X1
+	VCVTDQ2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD (SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD (SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVQ       (SI)(CX*1), X1
+	VPABSB      X1, X1
+	VPMAXUB     X1, X0, X0
+	VPMOVSXBD   (SI)(CX*1), X1
+	VCVTDQ2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 32(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 32(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VPMOVSXBD   4(SI)(CX*1), X1
+	VCVTDQ2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 32(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 32(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVQ       (DX)(CX*1), X1
+	VPABSB      X1, X1
+	VPMAXUB     X1, X0, X0
+	VPMOVSXBD   (DX)(CX*1), X1
+	VCVTDQ2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 64(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 64(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VPMOVSXBD   4(DX)(CX*1), X1
+	VCVTDQ2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 64(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 64(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VPADDQ      Y4, Y5, Y5
+	VMOVDQU     Y5, (AX)(CX*8)
+	VPADDQ      Y4, Y6, Y6
+	VMOVDQU     Y6, 32(AX)(CX*8)
+	ADDQ        $0x00000008, CX
+	CMPQ        CX, DI
+	JB          o3_big
+
+o3_small:
+	JMP ret
+
+group2:
+	// 2 inputs
+	MOVQ         (DX), BX
+	VBROADCASTSD (CX), Y1
+	VMOVUPD      Y1, (SP)
+	MOVQ         24(DX), DX
+	VBROADCASTSD 8(CX), Y1
+	VMOVUPD      Y1, 32(SP)
+	MOVQ         $0x7990000000000000, CX
+	VMOVQ        CX, X4
+	VPBROADCASTQ X4, Y4
+	MOVQ         one_len+8(FP), SI
+	ANDQ         $-8, SI
+	XORQ         CX, CX
+	CMPQ         CX, SI
+	JAE          o2_small
+
+o2_big:
+	VMOVDQU     (AX)(CX*8), Y5
+	VMOVDQU     32(AX)(CX*8), Y6
+	VMOVQ       (BX)(CX*1), X1
+	VPABSB      X1, X1
+	VPMAXUB     X1, X0, X0
+	VPMOVSXBD   (BX)(CX*1), X1
+	VCVTDQ2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD (SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD (SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VPMOVSXBD   4(BX)(CX*1), X1
+	VCVTDQ2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD (SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD (SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VMOVQ       (DX)(CX*1), X1
+	VPABSB      X1, X1
+	VPMAXUB     X1, X0, X0
+	VPMOVSXBD   (DX)(CX*1), X1
+	VCVTDQ2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 32(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 32(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VPMOVSXBD   4(DX)(CX*1), X1
+	VCVTDQ2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD 32(SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD 32(SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VPADDQ      Y4, Y5, Y5
+	VMOVDQU     Y5, (AX)(CX*8)
+	VPADDQ      Y4, Y6, Y6
+	VMOVDQU     Y6, 32(AX)(CX*8)
+	ADDQ        $0x00000008, CX
+	CMPQ        CX, SI
+	JB          o2_big
+
+o2_small:
+	JMP ret
+
+group1:
+	// 1 inputs
+	MOVQ         (DX), DX
+	VBROADCASTSD (CX), Y1
+	VMOVUPD      Y1, (SP)
+	MOVQ         $0xbcc8000000000000, CX
+	VMOVQ        CX, X4
+	VPBROADCASTQ X4, Y4
+	MOVQ         one_len+8(FP), BX
+	ANDQ         $-8, BX
+	XORQ         CX, CX
+	CMPQ         CX, BX
+	JAE          o1_small
+
+o1_big:
+	VMOVDQU     (AX)(CX*8), Y5
+	VMOVDQU     32(AX)(CX*8), Y6
+	VMOVQ       (DX)(CX*1), X1
+	VPABSB      X1, X1
+	VPMAXUB     X1, X0, X0
+	VPMOVSXBD   (DX)(CX*1), X1
+	VCVTDQ2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD (SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y5, Y5
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD (SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y5, Y5
+	VPMOVSXBD   4(DX)(CX*1), X1
+	VCVTDQ2PD   X1, Y1
+	VMOVAPD     Y7, Y2
+	VFMADD231PD (SP), Y1, Y2
+	VPSLLQ      $0x34, Y2, Y3
+	VPADDQ      Y3, Y6, Y6
+	VSUBPD      Y7, Y2, Y2
+	VFMSUB231PD (SP), Y1, Y2
+	VADDPD      Y8, Y2, Y2
+	VPADDQ      Y2, Y6, Y6
+	VPADDQ      Y4, Y5, Y5
+	VMOVDQU     Y5, (AX)(CX*8)
+	VPADDQ      Y4, Y6, Y6
+	VMOVDQU     Y6, 32(AX)(CX*8)
+	ADDQ        $0x00000008, CX
+	CMPQ        CX, BX
+	JB          o1_big
+
+o1_small:
+ret:
+	VMOVDQU X0, X0
+	VPSHUFD $0x4e, X0, X1
+	VPMAXUB X1, X0, X0
+	VPSHUFD $0xb1, X0, X1
+	VPMAXUB X1, X0, X0
+	VPSRLD  $0x10, X0, X1
+	VPMAXUB X1, X0, X0
+	VPSRLW  $0x08, X0, X1
+	VPMAXUB X1, X0, X0
+	VMOVD   X0, AX
+	ANDL    $0x000000ff, AX
+	MOVL    AX, ret+72(FP)
+	VZEROUPPER
+	RET
+
+// func exactAcc1F32AVX512(one []int64, w []float64, x [][]byte) uint32
+// Requires: AVX, AVX2, AVX512F
+TEXT ·exactAcc1F32AVX512(SB), NOSPLIT, $0-76
+	MOVQ         one_base+0(FP), AX
+	MOVQ         w_base+24(FP), CX
+	MOVQ         x_base+48(FP), DX
+	MOVQ         x_len+56(FP), BX
+	VPXORQ       Z0, Z0, Z0
+	VPXOR        Y1, Y1, Y1
+	MOVQ         $0x4678000000000000, SI
+	VPBROADCASTQ SI, Z10
+	MOVQ         $0x4338000000000000, SI
+	VPBROADCASTQ SI, Z11
+
+groups:
+	CMPQ BX, $0x07
+	JBE  rest
+
+	// 7 inputs
+	MOVQ         (DX), SI
+	MOVQ         24(DX), DI
+	MOVQ         48(DX), R8
+	MOVQ         72(DX), R9
+	MOVQ         96(DX), R10
+	MOVQ         120(DX), R11
+	MOVQ         144(DX), R12
+	MOVQ         $0x2978000000000000, R13
+	VPBROADCASTQ R13, Z5
+	MOVQ         one_len+8(FP), R14
+	ANDQ         $-32, R14
+	XORQ         R13, R13
+	CMPQ         R13, R14
+	JAE          l7_small
+
+l7_big:
+	VMOVDQU64        (AX)(R13*8), Z6
+	VMOVDQU64        64(AX)(R13*8), Z7
+	VMOVDQU64        128(AX)(R13*8), Z8
+	VMOVDQU64        192(AX)(R13*8), Z9
+	VMOVDQU64        (SI)(R13*4), Z2
+	VPANDD.BCST      exactconsts<>+160(SB), Z2, Z2
+	VPMAXUD          Z2, Z0, Z0
+	VMOVDQU64        64(SI)(R13*4), Z2
+	VPANDD.BCST      exactconsts<>+160(SB), Z2, Z2
+	VPMAXUD          Z2, Z0, Z0
+	VCVTPS2PD        (SI)(R13*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VCVTPS2PD        32(SI)(R13*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VCVTPS2PD        64(SI)(R13*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VCVTPS2PD        96(SI)(R13*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU64        (DI)(R13*4), Z2
+	VPANDD.BCST      exactconsts<>+160(SB), Z2, Z2
+	VPMAXUD          Z2, Z0, Z0
+	VMOVDQU64        64(DI)(R13*4), Z2
+	VPANDD.BCST      exactconsts<>+160(SB), Z2, Z2
+	VPMAXUD          Z2, Z0, Z0
+	VCVTPS2PD        (DI)(R13*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VCVTPS2PD        32(DI)(R13*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VCVTPS2PD        64(DI)(R13*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VCVTPS2PD        96(DI)(R13*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU64        (R8)(R13*4), Z2
+	VPANDD.BCST      exactconsts<>+160(SB), Z2, Z2
+	VPMAXUD          Z2, Z0, Z0
+	VMOVDQU64        64(R8)(R13*4), Z2
+	VPANDD.BCST      exactconsts<>+160(SB), Z2, Z2
+	VPMAXUD          Z2, Z0, Z0
+	VCVTPS2PD        (R8)(R13*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VCVTPS2PD        32(R8)(R13*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VCVTPS2PD        64(R8)(R13*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VCVTPS2PD        96(R8)(R13*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU64        (R9)(R13*4), Z2
+	VPANDD.BCST      exactconsts<>+160(SB), Z2, Z2
+	VPMAXUD          Z2, Z0, Z0
+	VMOVDQU64        64(R9)(R13*4), Z2
+	VPANDD.BCST      exactconsts<>+160(SB), Z2, Z2
+	VPMAXUD          Z2, Z0, Z0
+	VCVTPS2PD        (R9)(R13*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VCVTPS2PD        32(R9)(R13*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VCVTPS2PD        64(R9)(R13*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VCVTPS2PD        96(R9)(R13*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU64        (R10)(R13*4), Z2
+	VPANDD.BCST      exactconsts<>+160(SB), Z2, Z2
+	VPMAXUD          Z2, Z0, Z0
+	VMOVDQU64        64(R10)(R13*4), Z2
+	VPANDD.BCST      exactconsts<>+160(SB), Z2, Z2
+	VPMAXUD          Z2, Z0, Z0
+	VCVTPS2PD        (R10)(R13*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 32(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 32(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VCVTPS2PD        32(R10)(R13*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 32(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 32(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VCVTPS2PD        64(R10)(R13*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 32(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 32(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VCVTPS2PD        96(R10)(R13*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 32(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 32(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU64        (R11)(R13*4), Z2
+	VPANDD.BCST      exactconsts<>+160(SB), Z2, Z2
+	VPMAXUD          Z2, Z0, Z0
+	VMOVDQU64        64(R11)(R13*4), Z2
+	VPANDD.BCST      exactconsts<>+160(SB), Z2, Z2
+	VPMAXUD          Z2, Z0, Z0
+	VCVTPS2PD        (R11)(R13*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 40(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 40(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VCVTPS2PD        32(R11)(R13*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 40(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 40(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VCVTPS2PD        64(R11)(R13*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 40(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 40(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VCVTPS2PD        96(R11)(R13*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 40(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 40(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU64        (R12)(R13*4), Z2
+	VPANDD.BCST      exactconsts<>+160(SB), Z2, Z2
+	VPMAXUD          Z2, Z0, Z0
+	VMOVDQU64        64(R12)(R13*4), Z2
+	VPANDD.BCST      exactconsts<>+160(SB), Z2, Z2
+	VPMAXUD          Z2, Z0, Z0
+	VCVTPS2PD        (R12)(R13*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 48(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 48(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VCVTPS2PD        32(R12)(R13*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 48(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 48(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VCVTPS2PD        64(R12)(R13*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 48(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 48(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VCVTPS2PD        96(R12)(R13*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 48(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 48(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VPADDQ           Z5, Z6, Z6
+	VMOVDQU64        Z6, (AX)(R13*8)
+	VPADDQ           Z5, Z7, Z7
+	VMOVDQU64        Z7, 64(AX)(R13*8)
+	VPADDQ           Z5, Z8, Z8
+	VMOVDQU64        Z8, 128(AX)(R13*8)
+	VPADDQ           Z5, Z9, Z9
+	VMOVDQU64        Z9, 192(AX)(R13*8)
+	ADDQ             $0x00000020, R13
+	CMPQ             R13, R14
+	JB               l7_big
+
+l7_small:
+	CMPQ             R13, one_len+8(FP)
+	JAE              l7_done
+	VMOVDQU64        (AX)(R13*8), Z6
+	VMOVDQU          (SI)(R13*4), Y2
+	VPAND            exactconsts<>+160(SB), Y2, Y2
+	VPMAXUD          Y2, Y1, Y1
+	VCVTPS2PD        (SI)(R13*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVDQU          (DI)(R13*4), Y2
+	VPAND            exactconsts<>+160(SB), Y2, Y2
+	VPMAXUD          Y2, Y1, Y1
+	VCVTPS2PD        (DI)(R13*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVDQU          (R8)(R13*4), Y2
+	VPAND            exactconsts<>+160(SB), Y2, Y2
+	VPMAXUD          Y2, Y1, Y1
+	VCVTPS2PD        (R8)(R13*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVDQU          (R9)(R13*4), Y2
+	VPAND            exactconsts<>+160(SB), Y2, Y2
+	VPMAXUD          Y2, Y1, Y1
+	VCVTPS2PD        (R9)(R13*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVDQU          (R10)(R13*4), Y2
+	VPAND            exactconsts<>+160(SB), Y2, Y2
+	VPMAXUD          Y2, Y1, Y1
+	VCVTPS2PD        (R10)(R13*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 32(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 32(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVDQU          (R11)(R13*4), Y2
+	VPAND            exactconsts<>+160(SB), Y2, Y2
+	VPMAXUD          Y2, Y1, Y1
+	VCVTPS2PD        (R11)(R13*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 40(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 40(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVDQU          (R12)(R13*4), Y2
+	VPAND            exactconsts<>+160(SB), Y2, Y2
+	VPMAXUD          Y2, Y1, Y1
+	VCVTPS2PD        (R12)(R13*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 48(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 48(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPADDQ           Z5, Z6, Z6
+	VMOVDQU64        Z6, (AX)(R13*8)
+	ADDQ             $0x00000008, R13
+	JMP              l7_small
+
+l7_done:
+	ADDQ $0x000000a8, DX
+	ADDQ $0x00000038, CX
+	SUBQ $0x07, BX
+	JMP  groups
+
+rest:
+	CMPQ BX, $0x07
+	JE   group7
+	CMPQ BX, $0x06
+	JE   group6
+	CMPQ BX, $0x05
+	JE   group5
+	CMPQ BX, $0x04
+	JE   group4
+	CMPQ BX, $0x03
+	JE   group3
+	CMPQ BX, $0x02
+	JE   group2
+	CMPQ BX, $0x01
+	JE   group1
+	JMP  ret
+
+group7:
+	// 7 inputs
+	MOVQ         (DX), BX
+	MOVQ         24(DX), SI
+	MOVQ         48(DX), DI
+	MOVQ         72(DX), R8
+	MOVQ         96(DX), R9
+	MOVQ         120(DX), R10
+	MOVQ         144(DX), DX
+	MOVQ         $0x2978000000000000, R11
+	VPBROADCASTQ R11, Z5
+	MOVQ         one_len+8(FP), R12
+	ANDQ         $-32, R12
+	XORQ         R11, R11
+	CMPQ         R11, R12
+	JAE          o7_small
+
+o7_big:
+	VMOVDQU64        (AX)(R11*8), Z6
+	VMOVDQU64        64(AX)(R11*8), Z7
+	VMOVDQU64        128(AX)(R11*8), Z8
+	VMOVDQU64        192(AX)(R11*8), Z9
+	VMOVDQU64        (BX)(R11*4), Z2
+	VPANDD.BCST      exactconsts<>+160(SB), Z2, Z2
+	VPMAXUD          Z2, Z0, Z0
+	VMOVDQU64        64(BX)(R11*4), Z2
+	VPANDD.BCST      exactconsts<>+160(SB), Z2, Z2
+	VPMAXUD          Z2, Z0, Z0
+	VCVTPS2PD        (BX)(R11*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VCVTPS2PD        32(BX)(R11*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VCVTPS2PD        64(BX)(R11*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VCVTPS2PD        96(BX)(R11*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU64        (SI)(R11*4), Z2
+	VPANDD.BCST      exactconsts<>+160(SB), Z2, Z2
+	VPMAXUD          Z2, Z0, Z0
+	VMOVDQU64        64(SI)(R11*4), Z2
+	VPANDD.BCST      exactconsts<>+160(SB), Z2, Z2
+	VPMAXUD          Z2, Z0, Z0
+	VCVTPS2PD        (SI)(R11*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VCVTPS2PD        32(SI)(R11*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VCVTPS2PD        64(SI)(R11*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VCVTPS2PD        96(SI)(R11*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU64        (DI)(R11*4), Z2
+	VPANDD.BCST      exactconsts<>+160(SB), Z2, Z2
+	VPMAXUD          Z2, Z0, Z0
+	VMOVDQU64        64(DI)(R11*4), Z2
+	VPANDD.BCST      exactconsts<>+160(SB), Z2, Z2
+	VPMAXUD          Z2, Z0, Z0
+	VCVTPS2PD        (DI)(R11*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VCVTPS2PD        32(DI)(R11*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VCVTPS2PD        64(DI)(R11*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VCVTPS2PD        96(DI)(R11*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU64        (R8)(R11*4), Z2
+	VPANDD.BCST      exactconsts<>+160(SB), Z2, Z2
+	VPMAXUD          Z2, Z0, Z0
+	VMOVDQU64        64(R8)(R11*4), Z2
+	VPANDD.BCST      exactconsts<>+160(SB), Z2, Z2
+	VPMAXUD          Z2, Z0, Z0
+	VCVTPS2PD        (R8)(R11*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VCVTPS2PD        32(R8)(R11*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VCVTPS2PD        64(R8)(R11*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VCVTPS2PD        96(R8)(R11*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU64        (R9)(R11*4), Z2
+	VPANDD.BCST      exactconsts<>+160(SB), Z2, Z2
+	VPMAXUD          Z2, Z0, Z0
+	VMOVDQU64        64(R9)(R11*4), Z2
+	VPANDD.BCST      exactconsts<>+160(SB), Z2, Z2
+	VPMAXUD          Z2, Z0, Z0
+	VCVTPS2PD        (R9)(R11*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 32(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 32(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VCVTPS2PD        32(R9)(R11*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 32(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 32(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VCVTPS2PD        64(R9)(R11*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 32(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 32(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VCVTPS2PD        96(R9)(R11*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 32(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 32(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU64        (R10)(R11*4), Z2
+	VPANDD.BCST      exactconsts<>+160(SB), Z2, Z2
+	VPMAXUD          Z2, Z0, Z0
+	VMOVDQU64        64(R10)(R11*4), Z2
+	VPANDD.BCST      exactconsts<>+160(SB), Z2, Z2
+	VPMAXUD          Z2, Z0, Z0
+	VCVTPS2PD        (R10)(R11*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 40(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 40(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VCVTPS2PD        32(R10)(R11*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 40(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 40(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VCVTPS2PD        64(R10)(R11*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 40(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 40(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VCVTPS2PD        96(R10)(R11*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 40(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 40(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU64        (DX)(R11*4), Z2
+	VPANDD.BCST      exactconsts<>+160(SB), Z2, Z2
+	VPMAXUD          Z2, Z0, Z0
+	VMOVDQU64        64(DX)(R11*4), Z2
+	VPANDD.BCST      exactconsts<>+160(SB), Z2, Z2
+	VPMAXUD          Z2, Z0, Z0
+	VCVTPS2PD        (DX)(R11*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 48(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 48(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VCVTPS2PD        32(DX)(R11*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 48(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 48(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VCVTPS2PD        64(DX)(R11*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 48(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 48(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VCVTPS2PD        96(DX)(R11*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 48(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 48(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VPADDQ           Z5, Z6, Z6
+	VMOVDQU64        Z6, (AX)(R11*8)
+	VPADDQ           Z5, Z7, Z7
+	VMOVDQU64        Z7, 64(AX)(R11*8)
+	VPADDQ           Z5, Z8, Z8
+	VMOVDQU64        Z8, 128(AX)(R11*8)
+	VPADDQ           Z5, Z9, Z9
+	VMOVDQU64        Z9, 192(AX)(R11*8)
+	ADDQ             $0x00000020, R11
+	CMPQ             R11, R12
+	JB               o7_big
+
+o7_small:
+	CMPQ             R11, one_len+8(FP)
+	JAE              o7_done
+	VMOVDQU64        (AX)(R11*8), Z6
+	VMOVDQU          (BX)(R11*4), Y2
+	VPAND            exactconsts<>+160(SB), Y2, Y2
+	VPMAXUD          Y2, Y1, Y1
+	VCVTPS2PD        (BX)(R11*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVDQU          (SI)(R11*4), Y2
+	VPAND            exactconsts<>+160(SB), Y2, Y2
+	VPMAXUD          Y2, Y1, Y1
+	VCVTPS2PD        (SI)(R11*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVDQU          (DI)(R11*4), Y2
+	VPAND            exactconsts<>+160(SB), Y2, Y2
+	VPMAXUD          Y2, Y1, Y1
+	VCVTPS2PD        (DI)(R11*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVDQU          (R8)(R11*4), Y2
+	VPAND            exactconsts<>+160(SB), Y2, Y2
+	VPMAXUD          Y2, Y1, Y1
+	VCVTPS2PD        (R8)(R11*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVDQU          (R9)(R11*4), Y2
+	VPAND            exactconsts<>+160(SB), Y2, Y2
+	VPMAXUD          Y2, Y1, Y1
+	VCVTPS2PD        (R9)(R11*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 32(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 32(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVDQU          (R10)(R11*4), Y2
+	VPAND            exactconsts<>+160(SB), Y2, Y2
+	VPMAXUD          Y2, Y1, Y1
+	VCVTPS2PD        (R10)(R11*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 40(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 40(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVDQU          (DX)(R11*4), Y2
+	VPAND            exactconsts<>+160(SB), Y2, Y2
+	VPMAXUD          Y2, Y1, Y1
+	VCVTPS2PD        (DX)(R11*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 48(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 48(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPADDQ           Z5, Z6, Z6
+	VMOVDQU64        Z6, (AX)(R11*8)
+	ADDQ             $0x00000008, R11
+	JMP              o7_small
+
+o7_done:
+	JMP ret
+
+group6:
+	// 6 inputs
+	MOVQ         (DX), BX
+	MOVQ         24(DX), SI
+	MOVQ         48(DX), DI
+	MOVQ         72(DX), R8
+	MOVQ         96(DX), R9
+	MOVQ         120(DX), DX
+	MOVQ         $0x6cb0000000000000, R10
+	VPBROADCASTQ R10, Z5
+	MOVQ         one_len+8(FP), R11
+	ANDQ         $-32, R11
+	XORQ         R10, R10
+	CMPQ         R10, R11
+	JAE          o6_small
+
+o6_big:
+	VMOVDQU64        (AX)(R10*8), Z6
+	VMOVDQU64        64(AX)(R10*8), Z7
+	VMOVDQU64        128(AX)(R10*8), Z8
+	VMOVDQU64        192(AX)(R10*8), Z9
+	VMOVDQU64        (BX)(R10*4), Z2
+	VPANDD.BCST      exactconsts<>+160(SB), Z2, Z2
+	VPMAXUD          Z2, Z0, Z0
+	VMOVDQU64        64(BX)(R10*4), Z2
+	VPANDD.BCST      exactconsts<>+160(SB), Z2, Z2
+	VPMAXUD          Z2, Z0, Z0
+	VCVTPS2PD        (BX)(R10*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VCVTPS2PD        32(BX)(R10*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VCVTPS2PD        64(BX)(R10*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VCVTPS2PD        96(BX)(R10*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU64        (SI)(R10*4), Z2
+	VPANDD.BCST      exactconsts<>+160(SB), Z2, Z2
+	VPMAXUD          Z2, Z0, Z0
+	VMOVDQU64        64(SI)(R10*4), Z2
+	VPANDD.BCST      exactconsts<>+160(SB), Z2, Z2
+	VPMAXUD          Z2, Z0, Z0
+	VCVTPS2PD        (SI)(R10*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VCVTPS2PD        32(SI)(R10*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VCVTPS2PD        64(SI)(R10*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VCVTPS2PD        96(SI)(R10*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU64        (DI)(R10*4), Z2
+	VPANDD.BCST      exactconsts<>+160(SB), Z2, Z2
+	VPMAXUD          Z2, Z0, Z0
+	VMOVDQU64        64(DI)(R10*4), Z2
+	VPANDD.BCST      exactconsts<>+160(SB), Z2, Z2
+	VPMAXUD          Z2, Z0, Z0
+	VCVTPS2PD        (DI)(R10*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VCVTPS2PD        32(DI)(R10*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VCVTPS2PD        64(DI)(R10*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VCVTPS2PD        96(DI)(R10*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU64        (R8)(R10*4), Z2
+	VPANDD.BCST      exactconsts<>+160(SB), Z2, Z2
+	VPMAXUD          Z2, Z0, Z0
+	VMOVDQU64        64(R8)(R10*4), Z2
+	VPANDD.BCST      exactconsts<>+160(SB), Z2, Z2
+	VPMAXUD          Z2, Z0, Z0
+	VCVTPS2PD        (R8)(R10*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VCVTPS2PD        32(R8)(R10*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VCVTPS2PD        64(R8)(R10*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VCVTPS2PD        96(R8)(R10*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU64        (R9)(R10*4), Z2
+	VPANDD.BCST      exactconsts<>+160(SB), Z2, Z2
+	VPMAXUD          Z2, Z0, Z0
+	VMOVDQU64        64(R9)(R10*4), Z2
+	VPANDD.BCST      exactconsts<>+160(SB), Z2, Z2
+	VPMAXUD          Z2, Z0, Z0
+	VCVTPS2PD        (R9)(R10*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 32(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 32(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VCVTPS2PD        32(R9)(R10*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 32(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 32(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VCVTPS2PD        64(R9)(R10*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 32(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 32(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VCVTPS2PD        96(R9)(R10*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 32(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 32(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU64        (DX)(R10*4), Z2
+	VPANDD.BCST      exactconsts<>+160(SB), Z2, Z2
+	VPMAXUD          Z2, Z0, Z0
+	VMOVDQU64        64(DX)(R10*4), Z2
+	VPANDD.BCST      exactconsts<>+160(SB), Z2, Z2
+	VPMAXUD          Z2, Z0, Z0
+	VCVTPS2PD        (DX)(R10*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 40(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 40(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VCVTPS2PD        32(DX)(R10*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 40(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 40(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VCVTPS2PD        64(DX)(R10*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 40(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 40(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VCVTPS2PD        96(DX)(R10*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 40(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 40(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VPADDQ           Z5, Z6, Z6
+	VMOVDQU64        Z6, (AX)(R10*8)
+	VPADDQ           Z5, Z7, Z7
+	VMOVDQU64        Z7, 64(AX)(R10*8)
+	VPADDQ           Z5, Z8, Z8
+	VMOVDQU64        Z8, 128(AX)(R10*8)
+	VPADDQ           Z5, Z9, Z9
+	VMOVDQU64        Z9, 192(AX)(R10*8)
+	ADDQ             $0x00000020, R10
+	CMPQ             R10, R11
+	JB               o6_big
+
+o6_small:
+	CMPQ             R10, one_len+8(FP)
+	JAE              o6_done
+	VMOVDQU64        (AX)(R10*8), Z6
+	VMOVDQU          (BX)(R10*4), Y2
+	VPAND            exactconsts<>+160(SB), Y2, Y2
+	VPMAXUD          Y2, Y1, Y1
+	VCVTPS2PD        (BX)(R10*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVDQU          (SI)(R10*4), Y2
+	VPAND            exactconsts<>+160(SB), Y2, Y2
+	VPMAXUD          Y2, Y1, Y1
+	VCVTPS2PD        (SI)(R10*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVDQU          (DI)(R10*4), Y2
+	VPAND            exactconsts<>+160(SB), Y2, Y2
+	VPMAXUD          Y2, Y1, Y1
+	VCVTPS2PD        (DI)(R10*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVDQU          (R8)(R10*4), Y2
+	VPAND            exactconsts<>+160(SB), Y2, Y2
+	VPMAXUD          Y2, Y1, Y1
+	VCVTPS2PD        (R8)(R10*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVDQU          (R9)(R10*4), Y2
+	VPAND            exactconsts<>+160(SB), Y2, Y2
+	VPMAXUD          Y2, Y1, Y1
+	VCVTPS2PD        (R9)(R10*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 32(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 32(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVDQU          (DX)(R10*4), Y2
+	VPAND            exactconsts<>+160(SB), Y2, Y2
+	VPMAXUD          Y2, Y1, Y1
+	VCVTPS2PD        (DX)(R10*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 40(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 40(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPADDQ           Z5, Z6, Z6
+	VMOVDQU64        Z6, (AX)(R10*8)
+	ADDQ             $0x00000008, R10
+	JMP              o6_small
+
+o6_done:
+	JMP ret
+
+group5:
+	// 5 inputs
+	MOVQ         (DX), BX
+	MOVQ         24(DX), SI
+	MOVQ         48(DX), DI
+	MOVQ         72(DX), R8
+	MOVQ         96(DX), DX
+	MOVQ         $0xafe8000000000000, R9
+	VPBROADCASTQ R9, Z5
+	MOVQ         one_len+8(FP), R10
+	ANDQ         $-32, R10
+	XORQ         R9, R9
+	CMPQ         R9, R10
+	JAE          o5_small
+
+o5_big:
+	VMOVDQU64        (AX)(R9*8), Z6
+	VMOVDQU64        64(AX)(R9*8), Z7
+	VMOVDQU64        128(AX)(R9*8), Z8
+	VMOVDQU64        192(AX)(R9*8), Z9
+	VMOVDQU64        (BX)(R9*4), Z2
+	VPANDD.BCST      exactconsts<>+160(SB), Z2, Z2
+	VPMAXUD          Z2, Z0, Z0
+	VMOVDQU64        64(BX)(R9*4), Z2
+	VPANDD.BCST      exactconsts<>+160(SB), Z2, Z2
+	VPMAXUD          Z2, Z0, Z0
+	VCVTPS2PD        (BX)(R9*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VCVTPS2PD        32(BX)(R9*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VCVTPS2PD        64(BX)(R9*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VCVTPS2PD        96(BX)(R9*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU64        (SI)(R9*4), Z2
+	VPANDD.BCST      exactconsts<>+160(SB), Z2, Z2
+	VPMAXUD          Z2, Z0, Z0
+	VMOVDQU64        64(SI)(R9*4), Z2
+	VPANDD.BCST      exactconsts<>+160(SB), Z2, Z2
+	VPMAXUD          Z2, Z0, Z0
+	VCVTPS2PD        (SI)(R9*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VCVTPS2PD        32(SI)(R9*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VCVTPS2PD        64(SI)(R9*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VCVTPS2PD        96(SI)(R9*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU64        (DI)(R9*4), Z2
+	VPANDD.BCST      exactconsts<>+160(SB), Z2, Z2
+	VPMAXUD          Z2, Z0, Z0
+	VMOVDQU64        64(DI)(R9*4), Z2
+	VPANDD.BCST      exactconsts<>+160(SB), Z2, Z2
+	VPMAXUD          Z2, Z0, Z0
+	VCVTPS2PD        (DI)(R9*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VCVTPS2PD        32(DI)(R9*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VCVTPS2PD        64(DI)(R9*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VCVTPS2PD        96(DI)(R9*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU64        (R8)(R9*4), Z2
+	VPANDD.BCST      exactconsts<>+160(SB), Z2, Z2
+	VPMAXUD          Z2, Z0, Z0
+	VMOVDQU64        64(R8)(R9*4), Z2
+	VPANDD.BCST      exactconsts<>+160(SB), Z2, Z2
+	VPMAXUD          Z2, Z0, Z0
+	VCVTPS2PD        (R8)(R9*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VCVTPS2PD        32(R8)(R9*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VCVTPS2PD        64(R8)(R9*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VCVTPS2PD        96(R8)(R9*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU64        (DX)(R9*4), Z2
+	VPANDD.BCST      exactconsts<>+160(SB), Z2, Z2
+	VPMAXUD          Z2, Z0, Z0
+	VMOVDQU64        64(DX)(R9*4), Z2
+	VPANDD.BCST      exactconsts<>+160(SB), Z2, Z2
+	VPMAXUD          Z2, Z0, Z0
+	VCVTPS2PD        (DX)(R9*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 32(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 32(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VCVTPS2PD        32(DX)(R9*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 32(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 32(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VCVTPS2PD        64(DX)(R9*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 32(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 32(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VCVTPS2PD        96(DX)(R9*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 32(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 32(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VPADDQ           Z5, Z6, Z6
+	VMOVDQU64        Z6, (AX)(R9*8)
+	VPADDQ           Z5, Z7, Z7
+	VMOVDQU64        Z7, 64(AX)(R9*8)
+	VPADDQ           Z5, Z8, Z8
+	VMOVDQU64        Z8, 128(AX)(R9*8)
+	VPADDQ           Z5, Z9, Z9
+	VMOVDQU64        Z9, 192(AX)(R9*8)
+	ADDQ             $0x00000020, R9
+	CMPQ             R9, R10
+	JB               o5_big
+
+o5_small:
+	CMPQ             R9, one_len+8(FP)
+	JAE              o5_done
+	VMOVDQU64        (AX)(R9*8), Z6
+	VMOVDQU          (BX)(R9*4), Y2
+	VPAND            exactconsts<>+160(SB), Y2, Y2
+	VPMAXUD          Y2, Y1, Y1
+	VCVTPS2PD        (BX)(R9*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVDQU          (SI)(R9*4), Y2
+	VPAND            exactconsts<>+160(SB), Y2, Y2
+	VPMAXUD          Y2, Y1, Y1
+	VCVTPS2PD        (SI)(R9*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVDQU          (DI)(R9*4), Y2
+	VPAND            exactconsts<>+160(SB), Y2, Y2
+	VPMAXUD          Y2, Y1, Y1
+	VCVTPS2PD        (DI)(R9*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVDQU          (R8)(R9*4), Y2
+	VPAND            exactconsts<>+160(SB), Y2, Y2
+	VPMAXUD          Y2, Y1, Y1
+	VCVTPS2PD        (R8)(R9*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVDQU          (DX)(R9*4), Y2
+	VPAND            exactconsts<>+160(SB), Y2, Y2
+	VPMAXUD          Y2, Y1, Y1
+	VCVTPS2PD        (DX)(R9*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 32(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 32(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPADDQ           Z5, Z6, Z6
+	VMOVDQU64        Z6, (AX)(R9*8)
+	ADDQ             $0x00000008, R9
+	JMP              o5_small
+
+o5_done:
+	JMP ret
+
+group4:
+	// 4 inputs
+	MOVQ         (DX), BX
+	MOVQ         24(DX), SI
+	MOVQ         48(DX), DI
+	MOVQ         72(DX), DX
+	MOVQ         $0xf320000000000000, R8
+	VPBROADCASTQ R8, Z5
+	MOVQ         one_len+8(FP), R9
+	ANDQ         $-32, R9
+	XORQ         R8, R8
+	CMPQ         R8, R9
+	JAE          o4_small
+
+o4_big:
+	VMOVDQU64        (AX)(R8*8), Z6
+	VMOVDQU64        64(AX)(R8*8), Z7
+	VMOVDQU64        128(AX)(R8*8), Z8
+	VMOVDQU64        192(AX)(R8*8), Z9
+	VMOVDQU64        (BX)(R8*4), Z2
+	VPANDD.BCST      exactconsts<>+160(SB), Z2, Z2
+	VPMAXUD          Z2, Z0, Z0
+	VMOVDQU64        64(BX)(R8*4), Z2
+	VPANDD.BCST      exactconsts<>+160(SB), Z2, Z2
+	VPMAXUD          Z2, Z0, Z0
+	VCVTPS2PD        (BX)(R8*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VCVTPS2PD        32(BX)(R8*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VCVTPS2PD        64(BX)(R8*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VCVTPS2PD        96(BX)(R8*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU64        (SI)(R8*4), Z2
+	VPANDD.BCST      exactconsts<>+160(SB), Z2, Z2
+	VPMAXUD          Z2, Z0, Z0
+	VMOVDQU64        64(SI)(R8*4), Z2
+	VPANDD.BCST      exactconsts<>+160(SB), Z2, Z2
+	VPMAXUD          Z2, Z0, Z0
+	VCVTPS2PD        (SI)(R8*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VCVTPS2PD        32(SI)(R8*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VCVTPS2PD        64(SI)(R8*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VCVTPS2PD        96(SI)(R8*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU64        (DI)(R8*4), Z2
+	VPANDD.BCST      exactconsts<>+160(SB), Z2, Z2
+	VPMAXUD          Z2, Z0, Z0
+	VMOVDQU64        64(DI)(R8*4), Z2
+	VPANDD.BCST      exactconsts<>+160(SB), Z2, Z2
+	VPMAXUD          Z2, Z0, Z0
+	VCVTPS2PD        (DI)(R8*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VCVTPS2PD        32(DI)(R8*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VCVTPS2PD        64(DI)(R8*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VCVTPS2PD        96(DI)(R8*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU64        (DX)(R8*4), Z2
+	VPANDD.BCST      exactconsts<>+160(SB), Z2, Z2
+	VPMAXUD          Z2, Z0, Z0
+	VMOVDQU64        64(DX)(R8*4), Z2
+	VPANDD.BCST      exactconsts<>+160(SB), Z2, Z2
+	VPMAXUD          Z2, Z0, Z0
+	VCVTPS2PD        (DX)(R8*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VCVTPS2PD        32(DX)(R8*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VCVTPS2PD        64(DX)(R8*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VCVTPS2PD        96(DX)(R8*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VPADDQ           Z5, Z6, Z6
+	VMOVDQU64        Z6, (AX)(R8*8)
+	VPADDQ           Z5, Z7, Z7
+	VMOVDQU64        Z7, 64(AX)(R8*8)
+	VPADDQ           Z5, Z8, Z8
+	VMOVDQU64        Z8, 128(AX)(R8*8)
+	VPADDQ           Z5, Z9, Z9
+	VMOVDQU64        Z9, 192(AX)(R8*8)
+	ADDQ             $0x00000020, R8
+	CMPQ             R8, R9
+	JB               o4_big
+
+o4_small:
+	CMPQ             R8, one_len+8(FP)
+	JAE              o4_done
+	VMOVDQU64        (AX)(R8*8), Z6
+	VMOVDQU          (BX)(R8*4), Y2
+	VPAND            exactconsts<>+160(SB), Y2, Y2
+	VPMAXUD          Y2, Y1, Y1
+	VCVTPS2PD        (BX)(R8*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVDQU          (SI)(R8*4), Y2
+	VPAND            exactconsts<>+160(SB), Y2, Y2
+	VPMAXUD          Y2, Y1, Y1
+	VCVTPS2PD        (SI)(R8*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVDQU          (DI)(R8*4), Y2
+	VPAND            exactconsts<>+160(SB), Y2, Y2
+	VPMAXUD          Y2, Y1, Y1
+	VCVTPS2PD        (DI)(R8*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVDQU          (DX)(R8*4), Y2
+	VPAND            exactconsts<>+160(SB), Y2, Y2
+	VPMAXUD          Y2, Y1, Y1
+	VCVTPS2PD        (DX)(R8*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPADDQ           Z5, Z6, Z6
+	VMOVDQU64        Z6, (AX)(R8*8)
+	ADDQ             $0x00000008, R8
+	JMP              o4_small
+
+o4_done:
+	JMP ret
+
+group3:
+	// 3 inputs
+	MOVQ         (DX), BX
+	MOVQ         24(DX), SI
+	MOVQ         48(DX), DX
+	MOVQ         $0x3658000000000000, DI
+	VPBROADCASTQ DI, Z5
+	MOVQ         one_len+8(FP), R8
+	ANDQ         $-32, R8
+	XORQ         DI, DI
+	CMPQ         DI, R8
+	JAE          o3_small
+
+o3_big:
+	VMOVDQU64        (AX)(DI*8), Z6
+	VMOVDQU64        64(AX)(DI*8), Z7
+	VMOVDQU64        128(AX)(DI*8), Z8
+	VMOVDQU64        192(AX)(DI*8), Z9
+	VMOVDQU64        (BX)(DI*4), Z2
+	VPANDD.BCST      exactconsts<>+160(SB), Z2, Z2
+	VPMAXUD          Z2, Z0, Z0
+	VMOVDQU64        64(BX)(DI*4), Z2
+	VPANDD.BCST      exactconsts<>+160(SB), Z2, Z2
+	VPMAXUD          Z2, Z0, Z0
+	VCVTPS2PD        (BX)(DI*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VCVTPS2PD        32(BX)(DI*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VCVTPS2PD        64(BX)(DI*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VCVTPS2PD        96(BX)(DI*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU64        (SI)(DI*4), Z2
+	VPANDD.BCST      exactconsts<>+160(SB), Z2, Z2
+	VPMAXUD          Z2, Z0, Z0
+	VMOVDQU64        64(SI)(DI*4), Z2
+	VPANDD.BCST      exactconsts<>+160(SB), Z2, Z2
+	VPMAXUD          Z2, Z0, Z0
+	VCVTPS2PD        (SI)(DI*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VCVTPS2PD        32(SI)(DI*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VCVTPS2PD        64(SI)(DI*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VCVTPS2PD        96(SI)(DI*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU64        (DX)(DI*4), Z2
+	VPANDD.BCST      exactconsts<>+160(SB), Z2, Z2
+	VPMAXUD          Z2, Z0, Z0
+	VMOVDQU64        64(DX)(DI*4), Z2
+	VPANDD.BCST      exactconsts<>+160(SB), Z2, Z2
+	VPMAXUD          Z2, Z0, Z0
+	VCVTPS2PD        (DX)(DI*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VCVTPS2PD        32(DX)(DI*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VCVTPS2PD        64(DX)(DI*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VCVTPS2PD        96(DX)(DI*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VPADDQ           Z5, Z6, Z6
+	VMOVDQU64        Z6, (AX)(DI*8)
+	VPADDQ           Z5, Z7, Z7
+	VMOVDQU64        Z7, 64(AX)(DI*8)
+	VPADDQ           Z5, Z8, Z8
+	VMOVDQU64        Z8, 128(AX)(DI*8)
+	VPADDQ           Z5, Z9, Z9
+	VMOVDQU64        Z9, 192(AX)(DI*8)
+	ADDQ             $0x00000020, DI
+	CMPQ             DI, R8
+	JB               o3_big
+
+o3_small:
+	CMPQ             DI, one_len+8(FP)
+	JAE              o3_done
+	VMOVDQU64        (AX)(DI*8), Z6
+	VMOVDQU          (BX)(DI*4), Y2
+	VPAND            exactconsts<>+160(SB), Y2, Y2
+	VPMAXUD          Y2, Y1, Y1
+	VCVTPS2PD        (BX)(DI*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVDQU          (SI)(DI*4), Y2
+	VPAND            exactconsts<>+160(SB), Y2, Y2
+	VPMAXUD          Y2, Y1, Y1
+	VCVTPS2PD        (SI)(DI*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVDQU          (DX)(DI*4), Y2
+	VPAND            exactconsts<>+160(SB), Y2, Y2
+	VPMAXUD          Y2, Y1, Y1
+	VCVTPS2PD        (DX)(DI*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPADDQ           Z5, Z6, Z6
+	VMOVDQU64        Z6, (AX)(DI*8)
+	ADDQ             $0x00000008, DI
+	JMP              o3_small
+
+o3_done:
+	JMP ret
+
+group2:
+	// 2 inputs
+	MOVQ         (DX), BX
+	MOVQ         24(DX), DX
+	MOVQ         $0x7990000000000000, SI
+	VPBROADCASTQ SI, Z5
+	MOVQ         one_len+8(FP), DI
+	ANDQ         $-32, DI
+	XORQ         SI, SI
+	CMPQ         SI, DI
+	JAE          o2_small
+
+o2_big:
+	VMOVDQU64        (AX)(SI*8), Z6
+	VMOVDQU64        64(AX)(SI*8), Z7
+	VMOVDQU64        128(AX)(SI*8), Z8
+	VMOVDQU64        192(AX)(SI*8), Z9
+	VMOVDQU64        (BX)(SI*4), Z2
+	VPANDD.BCST      exactconsts<>+160(SB), Z2, Z2
+	VPMAXUD          Z2, Z0, Z0
+	VMOVDQU64        64(BX)(SI*4), Z2
+	VPANDD.BCST      exactconsts<>+160(SB), Z2, Z2
+	VPMAXUD          Z2, Z0, Z0
+	VCVTPS2PD        (BX)(SI*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VCVTPS2PD        32(BX)(SI*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VCVTPS2PD        64(BX)(SI*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VCVTPS2PD        96(BX)(SI*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU64        (DX)(SI*4), Z2
+	VPANDD.BCST      exactconsts<>+160(SB), Z2, Z2
+	VPMAXUD          Z2, Z0, Z0
+	VMOVDQU64        64(DX)(SI*4), Z2
+	VPANDD.BCST      exactconsts<>+160(SB), Z2, Z2
+	VPMAXUD          Z2, Z0, Z0
+	VCVTPS2PD        (DX)(SI*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VCVTPS2PD        32(DX)(SI*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VCVTPS2PD        64(DX)(SI*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VCVTPS2PD        96(DX)(SI*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VPADDQ           Z5, Z6, Z6
+	VMOVDQU64        Z6, (AX)(SI*8)
+	VPADDQ           Z5, Z7, Z7
+	VMOVDQU64        Z7, 64(AX)(SI*8)
+	VPADDQ           Z5, Z8, Z8
+	VMOVDQU64        Z8, 128(AX)(SI*8)
+	VPADDQ           Z5, Z9, Z9
+	VMOVDQU64        Z9, 192(AX)(SI*8)
+	ADDQ             $0x00000020, SI
+	CMPQ             SI, DI
+	JB               o2_big
+
+o2_small:
+	CMPQ             SI, one_len+8(FP)
+	JAE              o2_done
+	VMOVDQU64        (AX)(SI*8), Z6
+	VMOVDQU          (BX)(SI*4), Y2
+	VPAND            exactconsts<>+160(SB), Y2, Y2
+	VPMAXUD          Y2, Y1, Y1
+	VCVTPS2PD        (BX)(SI*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVDQU          (DX)(SI*4), Y2
+	VPAND            exactconsts<>+160(SB), Y2, Y2
+	VPMAXUD          Y2, Y1, Y1
+	VCVTPS2PD        (DX)(SI*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPADDQ           Z5, Z6, Z6
+	VMOVDQU64        Z6, (AX)(SI*8)
+	ADDQ             $0x00000008, SI
+	JMP              o2_small
+
+o2_done:
+	JMP ret
+
+group1:
+	// 1 inputs
+	MOVQ         (DX), DX
+	MOVQ         $0xbcc8000000000000, BX
+	VPBROADCASTQ BX, Z5
+	MOVQ         one_len+8(FP), SI
+	ANDQ         $-32, SI
+	XORQ         BX, BX
+	CMPQ         BX, SI
+	JAE          o1_small
+
+o1_big:
+	VMOVDQU64        (AX)(BX*8), Z6
+	VMOVDQU64        64(AX)(BX*8), Z7
+	VMOVDQU64        128(AX)(BX*8), Z8
+	VMOVDQU64        192(AX)(BX*8), Z9
+	VMOVDQU64        (DX)(BX*4), Z2
+	VPANDD.BCST      exactconsts<>+160(SB), Z2, Z2
+	VPMAXUD          Z2, Z0, Z0
+	VMOVDQU64        64(DX)(BX*4), Z2
+	VPANDD.BCST      exactconsts<>+160(SB), Z2, Z2
+	VPMAXUD          Z2, Z0, Z0
+	VCVTPS2PD        (DX)(BX*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VCVTPS2PD        32(DX)(BX*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VCVTPS2PD        64(DX)(BX*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VCVTPS2PD        96(DX)(BX*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VPADDQ           Z5, Z6, Z6
+	VMOVDQU64        Z6, (AX)(BX*8)
+	VPADDQ           Z5, Z7, Z7
+	VMOVDQU64        Z7, 64(AX)(BX*8)
+	VPADDQ           Z5, Z8, Z8
+	VMOVDQU64        Z8, 128(AX)(BX*8)
+	VPADDQ           Z5, Z9, Z9
+	VMOVDQU64        Z9, 192(AX)(BX*8)
+	ADDQ             $0x00000020, BX
+	CMPQ             BX, SI
+	JB               o1_big
+
+o1_small:
+	CMPQ             BX, one_len+8(FP)
+	JAE              o1_done
+	VMOVDQU64        (AX)(BX*8), Z6
+	VMOVDQU          (DX)(BX*4), Y2
+	VPAND            exactconsts<>+160(SB), Y2, Y2
+	VPMAXUD          Y2, Y1, Y1
+	VCVTPS2PD        (DX)(BX*4), Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPADDQ           Z5, Z6, Z6
+	VMOVDQU64        Z6, (AX)(BX*8)
+	ADDQ             $0x00000008, BX
+	JMP              o1_small
+
+o1_done:
+ret:
+	VPXOR         X2, X2, X2
+	VEXTRACTI64X4 $0x01, Z0, Y3
+	VPMAXUD       Y3, Y0, Y3
+	VEXTRACTI128  $0x01, Y3, X0
+	VPMAXUD       X0, X3, X0
+	VPMAXUD       X0, X2, X2
+	VEXTRACTI128  $0x01, Y1, X0
+	VPMAXUD       X0, X1, X0
+	VPMAXUD       X0, X2, X2
+	VPSHUFD       $0x4e, X2, X0
+	VPMAXUD       X0, X2, X2
+	VPSHUFD       $0xb1, X2, X0
+	VPMAXUD       X0, X2, X2
+	VMOVD         X2, AX
+	MOVL          AX, ret+72(FP)
+	VZEROUPPER
+	RET
+
+// func exactAcc1BF16AVX512(one []int64, w []float64, x [][]byte) uint32
+// Requires: AVX, AVX2, AVX512BW, AVX512F
+TEXT ·exactAcc1BF16AVX512(SB), NOSPLIT, $0-76
+	MOVQ         one_base+0(FP), AX
+	MOVQ         w_base+24(FP), CX
+	MOVQ         x_base+48(FP), DX
+	MOVQ         x_len+56(FP), BX
+	VPXORQ       Z0, Z0, Z0
+	VPXOR        X1, X1, X1
+	MOVQ         $0x4678000000000000, SI
+	VPBROADCASTQ SI, Z10
+	MOVQ         $0x4338000000000000, SI
+	VPBROADCASTQ SI, Z11
+
+groups:
+	CMPQ BX, $0x07
+	JBE  rest
+
+	// 7 inputs
+	MOVQ         (DX), SI
+	MOVQ         24(DX), DI
+	MOVQ         48(DX), R8
+	MOVQ         72(DX), R9
+	MOVQ         96(DX), R10
+	MOVQ         120(DX), R11
+	MOVQ         144(DX), R12
+	MOVQ         $0x2978000000000000, R13
+	VPBROADCASTQ R13, Z5
+	MOVQ         one_len+8(FP), R14
+	ANDQ         $-32, R14
+	XORQ         R13, R13
+	CMPQ         R13, R14
+	JAE          l7_small
+
+l7_big:
+	VMOVDQU64        (AX)(R13*8), Z6
+	VMOVDQU64        64(AX)(R13*8), Z7
+	VMOVDQU64        128(AX)(R13*8), Z8
+	VMOVDQU64        192(AX)(R13*8), Z9
+	VMOVDQU64        (SI)(R13*2), Z2
+	VPANDD.BCST      exactconsts<>+192(SB), Z2, Z2
+	VPMAXUW          Z2, Z0, Z0
+	VPMOVZXWD        (SI)(R13*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPMOVZXWD        16(SI)(R13*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VPMOVZXWD        32(SI)(R13*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VPMOVZXWD        48(SI)(R13*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU64        (DI)(R13*2), Z2
+	VPANDD.BCST      exactconsts<>+192(SB), Z2, Z2
+	VPMAXUW          Z2, Z0, Z0
+	VPMOVZXWD        (DI)(R13*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPMOVZXWD        16(DI)(R13*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VPMOVZXWD        32(DI)(R13*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VPMOVZXWD        48(DI)(R13*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU64        (R8)(R13*2), Z2
+	VPANDD.BCST      exactconsts<>+192(SB), Z2, Z2
+	VPMAXUW          Z2, Z0, Z0
+	VPMOVZXWD        (R8)(R13*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPMOVZXWD        16(R8)(R13*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VPMOVZXWD        32(R8)(R13*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VPMOVZXWD        48(R8)(R13*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU64        (R9)(R13*2), Z2
+	VPANDD.BCST      exactconsts<>+192(SB), Z2, Z2
+	VPMAXUW          Z2, Z0, Z0
+	VPMOVZXWD        (R9)(R13*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPMOVZXWD        16(R9)(R13*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VPMOVZXWD        32(R9)(R13*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VPMOVZXWD        48(R9)(R13*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU64        (R10)(R13*2), Z2
+	VPANDD.BCST      exactconsts<>+192(SB), Z2, Z2
+	VPMAXUW          Z2, Z0, Z0
+	VPMOVZXWD        (R10)(R13*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 32(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 32(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPMOVZXWD        16(R10)(R13*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 32(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 32(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VPMOVZXWD        32(R10)(R13*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 32(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 32(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VPMOVZXWD        48(R10)(R13*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 32(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 32(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU64        (R11)(R13*2), Z2
+	VPANDD.BCST      exactconsts<>+192(SB), Z2, Z2
+	VPMAXUW          Z2, Z0, Z0
+	VPMOVZXWD        (R11)(R13*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 40(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 40(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPMOVZXWD        16(R11)(R13*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 40(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 40(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VPMOVZXWD        32(R11)(R13*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 40(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 40(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VPMOVZXWD        48(R11)(R13*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 40(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 40(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU64        (R12)(R13*2), Z2
+	VPANDD.BCST      exactconsts<>+192(SB), Z2, Z2
+	VPMAXUW          Z2, Z0, Z0
+	VPMOVZXWD        (R12)(R13*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 48(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 48(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPMOVZXWD        16(R12)(R13*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 48(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 48(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VPMOVZXWD        32(R12)(R13*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 48(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 48(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VPMOVZXWD        48(R12)(R13*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 48(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 48(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VPADDQ           Z5, Z6, Z6
+	VMOVDQU64        Z6, (AX)(R13*8)
+	VPADDQ           Z5, Z7, Z7
+	VMOVDQU64        Z7, 64(AX)(R13*8)
+	VPADDQ           Z5, Z8, Z8
+	VMOVDQU64        Z8, 128(AX)(R13*8)
+	VPADDQ           Z5, Z9, Z9
+	VMOVDQU64        Z9, 192(AX)(R13*8)
+	ADDQ             $0x00000020, R13
+	CMPQ             R13, R14
+	JB               l7_big
+
+l7_small:
+	CMPQ             R13, one_len+8(FP)
+	JAE              l7_done
+	VMOVDQU64        (AX)(R13*8), Z6
+	VMOVDQU          (SI)(R13*2), X2
+	VPAND            exactconsts<>+192(SB), X2, X2
+	VPMAXUW          X2, X1, X1
+	VPMOVZXWD        (SI)(R13*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVDQU          (DI)(R13*2), X2
+	VPAND            exactconsts<>+192(SB), X2, X2
+	VPMAXUW          X2, X1, X1
+	VPMOVZXWD        (DI)(R13*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVDQU          (R8)(R13*2), X2
+	VPAND            exactconsts<>+192(SB), X2, X2
+	VPMAXUW          X2, X1, X1
+	VPMOVZXWD        (R8)(R13*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVDQU          (R9)(R13*2), X2
+	VPAND            exactconsts<>+192(SB), X2, X2
+	VPMAXUW          X2, X1, X1
+	VPMOVZXWD        (R9)(R13*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVDQU          (R10)(R13*2), X2
+	VPAND            exactconsts<>+192(SB), X2, X2
+	VPMAXUW          X2, X1, X1
+	VPMOVZXWD        (R10)(R13*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 32(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 32(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVDQU          (R11)(R13*2), X2
+	VPAND            exactconsts<>+192(SB), X2, X2
+	VPMAXUW          X2, X1, X1
+	VPMOVZXWD        (R11)(R13*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 40(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 40(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVDQU          (R12)(R13*2), X2
+	VPAND            exactconsts<>+192(SB), X2, X2
+	VPMAXUW          X2, X1, X1
+	VPMOVZXWD        (R12)(R13*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 48(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 48(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPADDQ           Z5, Z6, Z6
+	VMOVDQU64        Z6, (AX)(R13*8)
+	ADDQ             $0x00000008, R13
+	JMP              l7_small
+
+l7_done:
+	ADDQ $0x000000a8, DX
+	ADDQ $0x00000038, CX
+	SUBQ $0x07, BX
+	JMP  groups
+
+rest:
+	CMPQ BX, $0x07
+	JE   group7
+	CMPQ BX, $0x06
+	JE   group6
+	CMPQ BX, $0x05
+	JE   group5
+	CMPQ BX, $0x04
+	JE   group4
+	CMPQ BX, $0x03
+	JE   group3
+	CMPQ BX, $0x02
+	JE   group2
+	CMPQ BX, $0x01
+	JE   group1
+	JMP  ret
+
+group7:
+	// 7 inputs
+	MOVQ         (DX), BX
+	MOVQ         24(DX), SI
+	MOVQ         48(DX), DI
+	MOVQ         72(DX), R8
+	MOVQ         96(DX), R9
+	MOVQ         120(DX), R10
+	MOVQ         144(DX), DX
+	MOVQ         $0x2978000000000000, R11
+	VPBROADCASTQ R11, Z5
+	MOVQ         one_len+8(FP), R12
+	ANDQ         $-32, R12
+	XORQ         R11, R11
+	CMPQ         R11, R12
+	JAE          o7_small
+
+o7_big:
+	VMOVDQU64        (AX)(R11*8), Z6
+	VMOVDQU64        64(AX)(R11*8), Z7
+	VMOVDQU64        128(AX)(R11*8), Z8
+	VMOVDQU64        192(AX)(R11*8), Z9
+	VMOVDQU64        (BX)(R11*2), Z2
+	VPANDD.BCST      exactconsts<>+192(SB), Z2, Z2
+	VPMAXUW          Z2, Z0, Z0
+	VPMOVZXWD        (BX)(R11*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPMOVZXWD        16(BX)(R11*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VPMOVZXWD        32(BX)(R11*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VPMOVZXWD        48(BX)(R11*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU64        (SI)(R11*2), Z2
+	VPANDD.BCST      exactconsts<>+192(SB), Z2, Z2
+	VPMAXUW          Z2, Z0, Z0
+	VPMOVZXWD        (SI)(R11*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPMOVZXWD        16(SI)(R11*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VPMOVZXWD        32(SI)(R11*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VPMOVZXWD        48(SI)(R11*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU64        (DI)(R11*2), Z2
+	VPANDD.BCST      exactconsts<>+192(SB), Z2, Z2
+	VPMAXUW          Z2, Z0, Z0
+	VPMOVZXWD        (DI)(R11*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPMOVZXWD        16(DI)(R11*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VPMOVZXWD        32(DI)(R11*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VPMOVZXWD        48(DI)(R11*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU64        (R8)(R11*2), Z2
+	VPANDD.BCST      exactconsts<>+192(SB), Z2, Z2
+	VPMAXUW          Z2, Z0, Z0
+	VPMOVZXWD        (R8)(R11*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPMOVZXWD        16(R8)(R11*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VPMOVZXWD        32(R8)(R11*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VPMOVZXWD        48(R8)(R11*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU64        (R9)(R11*2), Z2
+	VPANDD.BCST      exactconsts<>+192(SB), Z2, Z2
+	VPMAXUW          Z2, Z0, Z0
+	VPMOVZXWD        (R9)(R11*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 32(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 32(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPMOVZXWD        16(R9)(R11*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 32(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 32(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VPMOVZXWD        32(R9)(R11*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 32(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 32(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VPMOVZXWD        48(R9)(R11*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 32(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 32(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU64        (R10)(R11*2), Z2
+	VPANDD.BCST      exactconsts<>+192(SB), Z2, Z2
+	VPMAXUW          Z2, Z0, Z0
+	VPMOVZXWD        (R10)(R11*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 40(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 40(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPMOVZXWD        16(R10)(R11*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 40(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 40(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VPMOVZXWD        32(R10)(R11*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 40(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 40(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VPMOVZXWD        48(R10)(R11*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 40(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 40(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU64        (DX)(R11*2), Z2
+	VPANDD.BCST      exactconsts<>+192(SB), Z2, Z2
+	VPMAXUW          Z2, Z0, Z0
+	VPMOVZXWD        (DX)(R11*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 48(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 48(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPMOVZXWD        16(DX)(R11*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 48(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 48(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VPMOVZXWD        32(DX)(R11*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 48(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 48(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VPMOVZXWD        48(DX)(R11*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 48(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 48(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VPADDQ           Z5, Z6, Z6
+	VMOVDQU64        Z6, (AX)(R11*8)
+	VPADDQ           Z5, Z7, Z7
+	VMOVDQU64        Z7, 64(AX)(R11*8)
+	VPADDQ           Z5, Z8, Z8
+	VMOVDQU64        Z8, 128(AX)(R11*8)
+	VPADDQ           Z5, Z9, Z9
+	VMOVDQU64        Z9, 192(AX)(R11*8)
+	ADDQ             $0x00000020, R11
+	CMPQ             R11, R12
+	JB               o7_big
+
+o7_small:
+	CMPQ             R11, one_len+8(FP)
+	JAE              o7_done
+	VMOVDQU64        (AX)(R11*8), Z6
+	VMOVDQU          (BX)(R11*2), X2
+	VPAND            exactconsts<>+192(SB), X2, X2
+	VPMAXUW          X2, X1, X1
+	VPMOVZXWD        (BX)(R11*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVDQU          (SI)(R11*2), X2
+	VPAND            exactconsts<>+192(SB), X2, X2
+	VPMAXUW          X2, X1, X1
+	VPMOVZXWD        (SI)(R11*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVDQU          (DI)(R11*2), X2
+	VPAND            exactconsts<>+192(SB), X2, X2
+	VPMAXUW          X2, X1, X1
+	VPMOVZXWD        (DI)(R11*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVDQU          (R8)(R11*2), X2
+	VPAND            exactconsts<>+192(SB), X2, X2
+	VPMAXUW          X2, X1, X1
+	VPMOVZXWD        (R8)(R11*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVDQU          (R9)(R11*2), X2
+	VPAND            exactconsts<>+192(SB), X2, X2
+	VPMAXUW          X2, X1, X1
+	VPMOVZXWD        (R9)(R11*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 32(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 32(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVDQU          (R10)(R11*2), X2
+	VPAND            exactconsts<>+192(SB), X2, X2
+	VPMAXUW          X2, X1, X1
+	VPMOVZXWD        (R10)(R11*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 40(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 40(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVDQU          (DX)(R11*2), X2
+	VPAND            exactconsts<>+192(SB), X2, X2
+	VPMAXUW          X2, X1, X1
+	VPMOVZXWD        (DX)(R11*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 48(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 48(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPADDQ           Z5, Z6, Z6
+	VMOVDQU64        Z6, (AX)(R11*8)
+	ADDQ             $0x00000008, R11
+	JMP              o7_small
+
+o7_done:
+	JMP ret
+
+group6:
+	// 6 inputs
+	MOVQ         (DX), BX
+	MOVQ         24(DX), SI
+	MOVQ         48(DX), DI
+	MOVQ         72(DX), R8
+	MOVQ         96(DX), R9
+	MOVQ         120(DX), DX
+	MOVQ         $0x6cb0000000000000, R10
+	VPBROADCASTQ R10, Z5
+	MOVQ         one_len+8(FP), R11
+	ANDQ         $-32, R11
+	XORQ         R10, R10
+	CMPQ         R10, R11
+	JAE          o6_small
+
+o6_big:
+	VMOVDQU64        (AX)(R10*8), Z6
+	VMOVDQU64        64(AX)(R10*8), Z7
+	VMOVDQU64        128(AX)(R10*8), Z8
+	VMOVDQU64        192(AX)(R10*8), Z9
+	VMOVDQU64        (BX)(R10*2), Z2
+	VPANDD.BCST      exactconsts<>+192(SB), Z2, Z2
+	VPMAXUW          Z2, Z0, Z0
+	VPMOVZXWD        (BX)(R10*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPMOVZXWD        16(BX)(R10*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VPMOVZXWD        32(BX)(R10*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VPMOVZXWD        48(BX)(R10*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU64        (SI)(R10*2), Z2
+	VPANDD.BCST      exactconsts<>+192(SB), Z2, Z2
+	VPMAXUW          Z2, Z0, Z0
+	VPMOVZXWD        (SI)(R10*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPMOVZXWD        16(SI)(R10*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VPMOVZXWD        32(SI)(R10*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VPMOVZXWD        48(SI)(R10*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU64        (DI)(R10*2), Z2
+	VPANDD.BCST      exactconsts<>+192(SB), Z2, Z2
+	VPMAXUW          Z2, Z0, Z0
+	VPMOVZXWD        (DI)(R10*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPMOVZXWD        16(DI)(R10*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VPMOVZXWD        32(DI)(R10*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VPMOVZXWD        48(DI)(R10*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU64        (R8)(R10*2), Z2
+	VPANDD.BCST      exactconsts<>+192(SB), Z2, Z2
+	VPMAXUW          Z2, Z0, Z0
+	VPMOVZXWD        (R8)(R10*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPMOVZXWD        16(R8)(R10*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VPMOVZXWD        32(R8)(R10*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VPMOVZXWD        48(R8)(R10*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU64        (R9)(R10*2), Z2
+	VPANDD.BCST      exactconsts<>+192(SB), Z2, Z2
+	VPMAXUW          Z2, Z0, Z0
+	VPMOVZXWD        (R9)(R10*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 32(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 32(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPMOVZXWD        16(R9)(R10*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 32(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 32(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VPMOVZXWD        32(R9)(R10*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 32(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 32(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VPMOVZXWD        48(R9)(R10*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 32(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 32(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU64        (DX)(R10*2), Z2
+	VPANDD.BCST      exactconsts<>+192(SB), Z2, Z2
+	VPMAXUW          Z2, Z0, Z0
+	VPMOVZXWD        (DX)(R10*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 40(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 40(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPMOVZXWD        16(DX)(R10*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 40(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 40(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VPMOVZXWD        32(DX)(R10*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 40(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 40(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VPMOVZXWD        48(DX)(R10*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 40(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 40(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VPADDQ           Z5, Z6, Z6
+	VMOVDQU64        Z6, (AX)(R10*8)
+	VPADDQ           Z5, Z7, Z7
+	VMOVDQU64        Z7, 64(AX)(R10*8)
+	VPADDQ           Z5, Z8, Z8
+	VMOVDQU64        Z8, 128(AX)(R10*8)
+	VPADDQ           Z5, Z9, Z9
+	VMOVDQU64        Z9, 192(AX)(R10*8)
+	ADDQ             $0x00000020, R10
+	CMPQ             R10, R11
+	JB               o6_big
+
+o6_small:
+	CMPQ             R10, one_len+8(FP)
+	JAE              o6_done
+	VMOVDQU64        (AX)(R10*8), Z6
+	VMOVDQU          (BX)(R10*2), X2
+	VPAND            exactconsts<>+192(SB), X2, X2
+	VPMAXUW          X2, X1, X1
+	VPMOVZXWD        (BX)(R10*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVDQU          (SI)(R10*2), X2
+	VPAND            exactconsts<>+192(SB), X2, X2
+	VPMAXUW          X2, X1, X1
+	VPMOVZXWD        (SI)(R10*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVDQU          (DI)(R10*2), X2
+	VPAND            exactconsts<>+192(SB), X2, X2
+	VPMAXUW          X2, X1, X1
+	VPMOVZXWD        (DI)(R10*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVDQU          (R8)(R10*2), X2
+	VPAND            exactconsts<>+192(SB), X2, X2
+	VPMAXUW          X2, X1, X1
+	VPMOVZXWD        (R8)(R10*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVDQU          (R9)(R10*2), X2
+	VPAND            exactconsts<>+192(SB), X2, X2
+	VPMAXUW          X2, X1, X1
+	VPMOVZXWD        (R9)(R10*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 32(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 32(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVDQU          (DX)(R10*2), X2
+	VPAND            exactconsts<>+192(SB), X2, X2
+	VPMAXUW          X2, X1, X1
+	VPMOVZXWD        (DX)(R10*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 40(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 40(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPADDQ           Z5, Z6, Z6
+	VMOVDQU64        Z6, (AX)(R10*8)
+	ADDQ             $0x00000008, R10
+	JMP              o6_small
+
+o6_done:
+	JMP ret
+
+group5:
+	// 5 inputs
+	MOVQ         (DX), BX
+	MOVQ         24(DX), SI
+	MOVQ         48(DX), DI
+	MOVQ         72(DX), R8
+	MOVQ         96(DX), DX
+	MOVQ         $0xafe8000000000000, R9
+	VPBROADCASTQ R9, Z5
+	MOVQ         one_len+8(FP), R10
+	ANDQ         $-32, R10
+	XORQ         R9, R9
+	CMPQ         R9, R10
+	JAE          o5_small
+
+o5_big:
+	VMOVDQU64        (AX)(R9*8), Z6
+	VMOVDQU64        64(AX)(R9*8), Z7
+	VMOVDQU64        128(AX)(R9*8), Z8
+	VMOVDQU64        192(AX)(R9*8), Z9
+	VMOVDQU64        (BX)(R9*2), Z2
+	VPANDD.BCST      exactconsts<>+192(SB), Z2, Z2
+	VPMAXUW          Z2, Z0, Z0
+	VPMOVZXWD        (BX)(R9*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPMOVZXWD        16(BX)(R9*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VPMOVZXWD        32(BX)(R9*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VPMOVZXWD        48(BX)(R9*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU64        (SI)(R9*2), Z2
+	VPANDD.BCST      exactconsts<>+192(SB), Z2, Z2
+	VPMAXUW          Z2, Z0, Z0
+	VPMOVZXWD        (SI)(R9*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPMOVZXWD        16(SI)(R9*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VPMOVZXWD        32(SI)(R9*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VPMOVZXWD        48(SI)(R9*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU64        (DI)(R9*2), Z2
+	VPANDD.BCST      exactconsts<>+192(SB), Z2, Z2
+	VPMAXUW          Z2, Z0, Z0
+	VPMOVZXWD        (DI)(R9*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPMOVZXWD        16(DI)(R9*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VPMOVZXWD        32(DI)(R9*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VPMOVZXWD        48(DI)(R9*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU64        (R8)(R9*2), Z2
+	VPANDD.BCST      exactconsts<>+192(SB), Z2, Z2
+	VPMAXUW          Z2, Z0, Z0
+	VPMOVZXWD        (R8)(R9*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPMOVZXWD        16(R8)(R9*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VPMOVZXWD        32(R8)(R9*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VPMOVZXWD        48(R8)(R9*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU64        (DX)(R9*2), Z2
+	VPANDD.BCST      exactconsts<>+192(SB), Z2, Z2
+	VPMAXUW          Z2, Z0, Z0
+	VPMOVZXWD        (DX)(R9*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 32(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 32(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPMOVZXWD        16(DX)(R9*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 32(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 32(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VPMOVZXWD        32(DX)(R9*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 32(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 32(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VPMOVZXWD        48(DX)(R9*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 32(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 32(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VPADDQ           Z5, Z6, Z6
+	VMOVDQU64        Z6, (AX)(R9*8)
+	VPADDQ           Z5, Z7, Z7
+	VMOVDQU64        Z7, 64(AX)(R9*8)
+	VPADDQ           Z5, Z8, Z8
+	VMOVDQU64        Z8, 128(AX)(R9*8)
+	VPADDQ           Z5, Z9, Z9
+	VMOVDQU64        Z9, 192(AX)(R9*8)
+	ADDQ             $0x00000020, R9
+	CMPQ             R9, R10
+	JB               o5_big
+
+o5_small:
+	CMPQ             R9, one_len+8(FP)
+	JAE              o5_done
+	VMOVDQU64        (AX)(R9*8), Z6
+	VMOVDQU          (BX)(R9*2), X2
+	VPAND            exactconsts<>+192(SB), X2, X2
+	VPMAXUW          X2, X1, X1
+	VPMOVZXWD        (BX)(R9*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVDQU          (SI)(R9*2), X2
+	VPAND            exactconsts<>+192(SB), X2, X2
+	VPMAXUW          X2, X1, X1
+	VPMOVZXWD        (SI)(R9*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVDQU          (DI)(R9*2), X2
+	VPAND            exactconsts<>+192(SB), X2, X2
+	VPMAXUW          X2, X1, X1
+	VPMOVZXWD        (DI)(R9*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVDQU          (R8)(R9*2), X2
+	VPAND            exactconsts<>+192(SB), X2, X2
+	VPMAXUW          X2, X1, X1
+	VPMOVZXWD        (R8)(R9*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVDQU          (DX)(R9*2), X2
+	VPAND            exactconsts<>+192(SB), X2, X2
+	VPMAXUW          X2, X1, X1
+	VPMOVZXWD        (DX)(R9*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 32(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 32(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPADDQ           Z5, Z6, Z6
+	VMOVDQU64        Z6, (AX)(R9*8)
+	ADDQ             $0x00000008, R9
+	JMP              o5_small
+
+o5_done:
+	JMP ret
+
+group4:
+	// 4 inputs
+	MOVQ         (DX), BX
+	MOVQ         24(DX), SI
+	MOVQ         48(DX), DI
+	MOVQ         72(DX), DX
+	MOVQ         $0xf320000000000000, R8
+	VPBROADCASTQ R8, Z5
+	MOVQ         one_len+8(FP), R9
+	ANDQ         $-32, R9
+	XORQ         R8, R8
+	CMPQ         R8, R9
+	JAE          o4_small
+
+o4_big:
+	VMOVDQU64        (AX)(R8*8), Z6
+	VMOVDQU64        64(AX)(R8*8), Z7
+	VMOVDQU64        128(AX)(R8*8), Z8
+	VMOVDQU64        192(AX)(R8*8), Z9
+	VMOVDQU64        (BX)(R8*2), Z2
+	VPANDD.BCST      exactconsts<>+192(SB), Z2, Z2
+	VPMAXUW          Z2, Z0, Z0
+	VPMOVZXWD        (BX)(R8*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPMOVZXWD        16(BX)(R8*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VPMOVZXWD        32(BX)(R8*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VPMOVZXWD        48(BX)(R8*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU64        (SI)(R8*2), Z2
+	VPANDD.BCST      exactconsts<>+192(SB), Z2, Z2
+	VPMAXUW          Z2, Z0, Z0
+	VPMOVZXWD        (SI)(R8*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPMOVZXWD        16(SI)(R8*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VPMOVZXWD        32(SI)(R8*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VPMOVZXWD        48(SI)(R8*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU64        (DI)(R8*2), Z2
+	VPANDD.BCST      exactconsts<>+192(SB), Z2, Z2
+	VPMAXUW          Z2, Z0, Z0
+	VPMOVZXWD        (DI)(R8*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPMOVZXWD        16(DI)(R8*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VPMOVZXWD        32(DI)(R8*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VPMOVZXWD        48(DI)(R8*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU64        (DX)(R8*2), Z2
+	VPANDD.BCST      exactconsts<>+192(SB), Z2, Z2
+	VPMAXUW          Z2, Z0, Z0
+	VPMOVZXWD        (DX)(R8*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPMOVZXWD        16(DX)(R8*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VPMOVZXWD        32(DX)(R8*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VPMOVZXWD        48(DX)(R8*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VPADDQ           Z5, Z6, Z6
+	VMOVDQU64        Z6, (AX)(R8*8)
+	VPADDQ           Z5, Z7, Z7
+	VMOVDQU64        Z7, 64(AX)(R8*8)
+	VPADDQ           Z5, Z8, Z8
+	VMOVDQU64        Z8, 128(AX)(R8*8)
+	VPADDQ           Z5, Z9, Z9
+	VMOVDQU64        Z9, 192(AX)(R8*8)
+	ADDQ             $0x00000020, R8
+	CMPQ             R8, R9
+	JB               o4_big
+
+o4_small:
+	CMPQ             R8, one_len+8(FP)
+	JAE              o4_done
+	VMOVDQU64        (AX)(R8*8), Z6
+	VMOVDQU          (BX)(R8*2), X2
+	VPAND            exactconsts<>+192(SB), X2, X2
+	VPMAXUW          X2, X1, X1
+	VPMOVZXWD        (BX)(R8*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVDQU          (SI)(R8*2), X2
+	VPAND            exactconsts<>+192(SB), X2, X2
+	VPMAXUW          X2, X1, X1
+	VPMOVZXWD        (SI)(R8*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVDQU          (DI)(R8*2), X2
+	VPAND            exactconsts<>+192(SB), X2, X2
+	VPMAXUW          X2, X1, X1
+	VPMOVZXWD        (DI)(R8*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVDQU          (DX)(R8*2), X2
+	VPAND            exactconsts<>+192(SB), X2, X2
+	VPMAXUW          X2, X1, X1
+	VPMOVZXWD        (DX)(R8*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPADDQ           Z5, Z6, Z6
+	VMOVDQU64        Z6, (AX)(R8*8)
+	ADDQ             $0x00000008, R8
+	JMP              o4_small
+
+o4_done:
+	JMP ret
+
+group3:
+	// 3 inputs
+	MOVQ         (DX), BX
+	MOVQ         24(DX), SI
+	MOVQ         48(DX), DX
+	MOVQ         $0x3658000000000000, DI
+	VPBROADCASTQ DI, Z5
+	MOVQ         one_len+8(FP), R8
+	ANDQ         $-32, R8
+	XORQ         DI, DI
+	CMPQ         DI, R8
+	JAE          o3_small
+
+o3_big:
+	VMOVDQU64        (AX)(DI*8), Z6
+	VMOVDQU64        64(AX)(DI*8), Z7
+	VMOVDQU64        128(AX)(DI*8), Z8
+	VMOVDQU64        192(AX)(DI*8), Z9
+	VMOVDQU64        (BX)(DI*2), Z2
+	VPANDD.BCST      exactconsts<>+192(SB), Z2, Z2
+	VPMAXUW          Z2, Z0, Z0
+	VPMOVZXWD        (BX)(DI*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPMOVZXWD        16(BX)(DI*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VPMOVZXWD        32(BX)(DI*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VPMOVZXWD        48(BX)(DI*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU64        (SI)(DI*2), Z2
+	VPANDD.BCST      exactconsts<>+192(SB), Z2, Z2
+	VPMAXUW          Z2, Z0, Z0
+	VPMOVZXWD        (SI)(DI*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPMOVZXWD        16(SI)(DI*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VPMOVZXWD        32(SI)(DI*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VPMOVZXWD        48(SI)(DI*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU64        (DX)(DI*2), Z2
+	VPANDD.BCST      exactconsts<>+192(SB), Z2, Z2
+	VPMAXUW          Z2, Z0, Z0
+	VPMOVZXWD        (DX)(DI*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPMOVZXWD        16(DX)(DI*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VPMOVZXWD        32(DX)(DI*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VPMOVZXWD        48(DX)(DI*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VPADDQ           Z5, Z6, Z6
+	VMOVDQU64        Z6, (AX)(DI*8)
+	VPADDQ           Z5, Z7, Z7
+	VMOVDQU64        Z7, 64(AX)(DI*8)
+	VPADDQ           Z5, Z8, Z8
+	VMOVDQU64        Z8, 128(AX)(DI*8)
+	VPADDQ           Z5, Z9, Z9
+	VMOVDQU64        Z9, 192(AX)(DI*8)
+	ADDQ             $0x00000020, DI
+	CMPQ             DI, R8
+	JB               o3_big
+
+o3_small:
+	CMPQ             DI, one_len+8(FP)
+	JAE              o3_done
+	VMOVDQU64        (AX)(DI*8), Z6
+	VMOVDQU          (BX)(DI*2), X2
+	VPAND            exactconsts<>+192(SB), X2, X2
+	VPMAXUW          X2, X1, X1
+	VPMOVZXWD        (BX)(DI*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVDQU          (SI)(DI*2), X2
+	VPAND            exactconsts<>+192(SB), X2, X2
+	VPMAXUW          X2, X1, X1
+	VPMOVZXWD        (SI)(DI*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVDQU          (DX)(DI*2), X2
+	VPAND            exactconsts<>+192(SB), X2, X2
+	VPMAXUW          X2, X1, X1
+	VPMOVZXWD        (DX)(DI*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPADDQ           Z5, Z6, Z6
+	VMOVDQU64        Z6, (AX)(DI*8)
+	ADDQ             $0x00000008, DI
+	JMP              o3_small
+
+o3_done:
+	JMP ret
+
+group2:
+	// 2 inputs
+	MOVQ         (DX), BX
+	MOVQ         24(DX), DX
+	MOVQ         $0x7990000000000000, SI
+	VPBROADCASTQ SI, Z5
+	MOVQ         one_len+8(FP), DI
+	ANDQ         $-32, DI
+	XORQ         SI, SI
+	CMPQ         SI, DI
+	JAE          o2_small
+
+o2_big:
+	VMOVDQU64        (AX)(SI*8), Z6
+	VMOVDQU64        64(AX)(SI*8), Z7
+	VMOVDQU64        128(AX)(SI*8), Z8
+	VMOVDQU64        192(AX)(SI*8), Z9
+	VMOVDQU64        (BX)(SI*2), Z2
+	VPANDD.BCST      exactconsts<>+192(SB), Z2, Z2
+	VPMAXUW          Z2, Z0, Z0
+	VPMOVZXWD        (BX)(SI*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPMOVZXWD        16(BX)(SI*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VPMOVZXWD        32(BX)(SI*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VPMOVZXWD        48(BX)(SI*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU64        (DX)(SI*2), Z2
+	VPANDD.BCST      exactconsts<>+192(SB), Z2, Z2
+	VPMAXUW          Z2, Z0, Z0
+	VPMOVZXWD        (DX)(SI*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPMOVZXWD        16(DX)(SI*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VPMOVZXWD        32(DX)(SI*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VPMOVZXWD        48(DX)(SI*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VPADDQ           Z5, Z6, Z6
+	VMOVDQU64        Z6, (AX)(SI*8)
+	VPADDQ           Z5, Z7, Z7
+	VMOVDQU64        Z7, 64(AX)(SI*8)
+	VPADDQ           Z5, Z8, Z8
+	VMOVDQU64        Z8, 128(AX)(SI*8)
+	VPADDQ           Z5, Z9, Z9
+	VMOVDQU64        Z9, 192(AX)(SI*8)
+	ADDQ             $0x00000020, SI
+	CMPQ             SI, DI
+	JB               o2_big
+
+o2_small:
+	CMPQ             SI, one_len+8(FP)
+	JAE              o2_done
+	VMOVDQU64        (AX)(SI*8), Z6
+	VMOVDQU          (BX)(SI*2), X2
+	VPAND            exactconsts<>+192(SB), X2, X2
+	VPMAXUW          X2, X1, X1
+	VPMOVZXWD        (BX)(SI*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVDQU          (DX)(SI*2), X2
+	VPAND            exactconsts<>+192(SB), X2, X2
+	VPMAXUW          X2, X1, X1
+	VPMOVZXWD        (DX)(SI*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPADDQ           Z5, Z6, Z6
+	VMOVDQU64        Z6, (AX)(SI*8)
+	ADDQ             $0x00000008, SI
+	JMP              o2_small
+
+o2_done:
+	JMP ret
+
+group1:
+	// 1 inputs
+	MOVQ         (DX), DX
+	MOVQ         $0xbcc8000000000000, BX
+	VPBROADCASTQ BX, Z5
+	MOVQ         one_len+8(FP), SI
+	ANDQ         $-32, SI
+	XORQ         BX, BX
+	CMPQ         BX, SI
+	JAE          o1_small
+
+o1_big:
+	VMOVDQU64        (AX)(BX*8), Z6
+	VMOVDQU64        64(AX)(BX*8), Z7
+	VMOVDQU64        128(AX)(BX*8), Z8
+	VMOVDQU64        192(AX)(BX*8), Z9
+	VMOVDQU64        (DX)(BX*2), Z2
+	VPANDD.BCST      exactconsts<>+192(SB), Z2, Z2
+	VPMAXUW          Z2, Z0, Z0
+	VPMOVZXWD        (DX)(BX*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPMOVZXWD        16(DX)(BX*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VPMOVZXWD        32(DX)(BX*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VPMOVZXWD        48(DX)(BX*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VPADDQ           Z5, Z6, Z6
+	VMOVDQU64        Z6, (AX)(BX*8)
+	VPADDQ           Z5, Z7, Z7
+	VMOVDQU64        Z7, 64(AX)(BX*8)
+	VPADDQ           Z5, Z8, Z8
+	VMOVDQU64        Z8, 128(AX)(BX*8)
+	VPADDQ           Z5, Z9, Z9
+	VMOVDQU64        Z9, 192(AX)(BX*8)
+	ADDQ             $0x00000020, BX
+	CMPQ             BX, SI
+	JB               o1_big
+
+o1_small:
+	CMPQ             BX, one_len+8(FP)
+	JAE              o1_done
+	VMOVDQU64        (AX)(BX*8), Z6
+	VMOVDQU          (DX)(BX*2), X2
+	VPAND            exactconsts<>+192(SB), X2, X2
+	VPMAXUW          X2, X1, X1
+	VPMOVZXWD        (DX)(BX*2), Y2
+	VPSLLD           $0x10, Y2, Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPADDQ           Z5, Z6, Z6
+	VMOVDQU64        Z6, (AX)(BX*8)
+	ADDQ             $0x00000008, BX
+	JMP              o1_small
+
+o1_done:
+ret:
+	VMOVDQU       X1, X1
+	VEXTRACTI64X4 $0x01, Z0, Y2
+	VPMAXUW       Y2, Y0, Y2
+	VEXTRACTI128  $0x01, Y2, X0
+	VPMAXUW       X0, X2, X0
+	VPMAXUW       X0, X1, X1
+	VPSHUFD       $0x4e, X1, X0
+	VPMAXUW       X0, X1, X1
+	VPSHUFD       $0xb1, X1, X0
+	VPMAXUW       X0, X1, X1
+	VPSRLD        $0x10, X1, X0
+	VPMAXUW       X0, X1, X1
+	VMOVD         X1, AX
+	ANDL          $0x0000ffff, AX
+	MOVL          AX, ret+72(FP)
+	VZEROUPPER
+	RET
+
+// func exactAcc1F16AVX512(one []int64, w []float64, x [][]byte) uint32
+// Requires: AVX, AVX2, AVX512BW, AVX512F, F16C
+TEXT ·exactAcc1F16AVX512(SB), NOSPLIT, $0-76
+	MOVQ         one_base+0(FP), AX
+	MOVQ         w_base+24(FP), CX
+	MOVQ         x_base+48(FP), DX
+	MOVQ         x_len+56(FP), BX
+	VPXORQ       Z0, Z0, Z0
+	VPXOR        X1, X1, X1
+	MOVQ         $0x4678000000000000, SI
+	VPBROADCASTQ SI, Z10
+	MOVQ         $0x4338000000000000, SI
+	VPBROADCASTQ SI, Z11
+
+groups:
+	CMPQ BX, $0x07
+	JBE  rest
+
+	// 7 inputs
+	MOVQ         (DX), SI
+	MOVQ         24(DX), DI
+	MOVQ         48(DX), R8
+	MOVQ         72(DX), R9
+	MOVQ         96(DX), R10
+	MOVQ         120(DX), R11
+	MOVQ         144(DX), R12
+	MOVQ         $0x2978000000000000, R13
+	VPBROADCASTQ R13, Z5
+	MOVQ         one_len+8(FP), R14
+	ANDQ         $-32, R14
+	XORQ         R13, R13
+	CMPQ         R13, R14
+	JAE          l7_small
+
+l7_big:
+	VMOVDQU64        (AX)(R13*8), Z6
+	VMOVDQU64        64(AX)(R13*8), Z7
+	VMOVDQU64        128(AX)(R13*8), Z8
+	VMOVDQU64        192(AX)(R13*8), Z9
+	VMOVDQU64        (SI)(R13*2), Z2
+	VPANDD.BCST      exactconsts<>+192(SB), Z2, Z2
+	VPMAXUW          Z2, Z0, Z0
+	VCVTPH2PS        (SI)(R13*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VCVTPH2PS        16(SI)(R13*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VCVTPH2PS        32(SI)(R13*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VCVTPH2PS        48(SI)(R13*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU64        (DI)(R13*2), Z2
+	VPANDD.BCST      exactconsts<>+192(SB), Z2, Z2
+	VPMAXUW          Z2, Z0, Z0
+	VCVTPH2PS        (DI)(R13*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VCVTPH2PS        16(DI)(R13*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VCVTPH2PS        32(DI)(R13*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VCVTPH2PS        48(DI)(R13*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU64        (R8)(R13*2), Z2
+	VPANDD.BCST      exactconsts<>+192(SB), Z2, Z2
+	VPMAXUW          Z2, Z0, Z0
+	VCVTPH2PS        (R8)(R13*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VCVTPH2PS        16(R8)(R13*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VCVTPH2PS        32(R8)(R13*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VCVTPH2PS        48(R8)(R13*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU64        (R9)(R13*2), Z2
+	VPANDD.BCST      exactconsts<>+192(SB), Z2, Z2
+	VPMAXUW          Z2, Z0, Z0
+	VCVTPH2PS        (R9)(R13*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VCVTPH2PS        16(R9)(R13*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VCVTPH2PS        32(R9)(R13*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VCVTPH2PS        48(R9)(R13*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU64        (R10)(R13*2), Z2
+	VPANDD.BCST      exactconsts<>+192(SB), Z2, Z2
+	VPMAXUW          Z2, Z0, Z0
+	VCVTPH2PS        (R10)(R13*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 32(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 32(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VCVTPH2PS        16(R10)(R13*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 32(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 32(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VCVTPH2PS        32(R10)(R13*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 32(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 32(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VCVTPH2PS        48(R10)(R13*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 32(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 32(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU64        (R11)(R13*2), Z2
+	VPANDD.BCST      exactconsts<>+192(SB), Z2, Z2
+	VPMAXUW          Z2, Z0, Z0
+	VCVTPH2PS        (R11)(R13*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 40(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 40(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VCVTPH2PS        16(R11)(R13*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 40(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 40(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VCVTPH2PS        32(R11)(R13*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 40(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 40(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VCVTPH2PS        48(R11)(R13*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 40(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 40(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU64        (R12)(R13*2), Z2
+	VPANDD.BCST      exactconsts<>+192(SB), Z2, Z2
+	VPMAXUW          Z2, Z0, Z0
+	VCVTPH2PS        (R12)(R13*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 48(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 48(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VCVTPH2PS        16(R12)(R13*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 48(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 48(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VCVTPH2PS        32(R12)(R13*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 48(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 48(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VCVTPH2PS        48(R12)(R13*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 48(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 48(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VPADDQ           Z5, Z6, Z6
+	VMOVDQU64        Z6, (AX)(R13*8)
+	VPADDQ           Z5, Z7, Z7
+	VMOVDQU64        Z7, 64(AX)(R13*8)
+	VPADDQ           Z5, Z8, Z8
+	VMOVDQU64        Z8, 128(AX)(R13*8)
+	VPADDQ           Z5, Z9, Z9
+	VMOVDQU64        Z9, 192(AX)(R13*8)
+	ADDQ             $0x00000020, R13
+	CMPQ             R13, R14
+	JB               l7_big
+
+l7_small:
+	CMPQ             R13, one_len+8(FP)
+	JAE              l7_done
+	VMOVDQU64        (AX)(R13*8), Z6
+	VMOVDQU          (SI)(R13*2), X2
+	VPAND            exactconsts<>+192(SB), X2, X2
+	VPMAXUW          X2, X1, X1
+	VCVTPH2PS        (SI)(R13*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVDQU          (DI)(R13*2), X2
+	VPAND            exactconsts<>+192(SB), X2, X2
+	VPMAXUW          X2, X1, X1
+	VCVTPH2PS        (DI)(R13*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVDQU          (R8)(R13*2), X2
+	VPAND            exactconsts<>+192(SB), X2, X2
+	VPMAXUW          X2, X1, X1
+	VCVTPH2PS        (R8)(R13*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVDQU          (R9)(R13*2), X2
+	VPAND            exactconsts<>+192(SB), X2, X2
+	VPMAXUW          X2, X1, X1
+	VCVTPH2PS        (R9)(R13*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVDQU          (R10)(R13*2), X2
+	VPAND            exactconsts<>+192(SB), X2, X2
+	VPMAXUW          X2, X1, X1
+	VCVTPH2PS        (R10)(R13*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 32(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 32(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVDQU          (R11)(R13*2), X2
+	VPAND            exactconsts<>+192(SB), X2, X2
+	VPMAXUW          X2, X1, X1
+	VCVTPH2PS        (R11)(R13*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 40(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 40(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVDQU          (R12)(R13*2), X2
+	VPAND            exactconsts<>+192(SB), X2, X2
+	VPMAXUW          X2, X1, X1
+	VCVTPH2PS        (R12)(R13*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 48(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 48(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPADDQ           Z5, Z6, Z6
+	VMOVDQU64        Z6, (AX)(R13*8)
+	ADDQ             $0x00000008, R13
+	JMP              l7_small
+
+l7_done:
+	ADDQ $0x000000a8, DX
+	ADDQ $0x00000038, CX
+	SUBQ $0x07, BX
+	JMP  groups
+
+rest:
+	CMPQ BX, $0x07
+	JE   group7
+	CMPQ BX, $0x06
+	JE   group6
+	CMPQ BX, $0x05
+	JE   group5
+	CMPQ BX, $0x04
+	JE   group4
+	CMPQ BX, $0x03
+	JE   group3
+	CMPQ BX, $0x02
+	JE   group2
+	CMPQ BX, $0x01
+	JE   group1
+	JMP  ret
+
+group7:
+	// 7 inputs
+	MOVQ         (DX), BX
+	MOVQ         24(DX), SI
+	MOVQ         48(DX), DI
+	MOVQ         72(DX), R8
+	MOVQ         96(DX), R9
+	MOVQ         120(DX), R10
+	MOVQ         144(DX), DX
+	MOVQ         $0x2978000000000000, R11
+	VPBROADCASTQ R11, Z5
+	MOVQ         one_len+8(FP), R12
+	ANDQ         $-32, R12
+	XORQ         R11, R11
+	CMPQ         R11, R12
+	JAE          o7_small
+
+o7_big:
+	VMOVDQU64        (AX)(R11*8), Z6
+	VMOVDQU64        64(AX)(R11*8), Z7
+	VMOVDQU64        128(AX)(R11*8), Z8
+	VMOVDQU64        192(AX)(R11*8), Z9
+	VMOVDQU64        (BX)(R11*2), Z2
+	VPANDD.BCST      exactconsts<>+192(SB), Z2, Z2
+	VPMAXUW          Z2, Z0, Z0
+	VCVTPH2PS        (BX)(R11*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VCVTPH2PS        16(BX)(R11*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VCVTPH2PS        32(BX)(R11*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VCVTPH2PS        48(BX)(R11*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU64        (SI)(R11*2), Z2
+	VPANDD.BCST      exactconsts<>+192(SB), Z2, Z2
+	VPMAXUW          Z2, Z0, Z0
+	VCVTPH2PS        (SI)(R11*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VCVTPH2PS        16(SI)(R11*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VCVTPH2PS        32(SI)(R11*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VCVTPH2PS        48(SI)(R11*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU64        (DI)(R11*2), Z2
+	VPANDD.BCST      exactconsts<>+192(SB), Z2, Z2
+	VPMAXUW          Z2, Z0, Z0
+	VCVTPH2PS        (DI)(R11*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VCVTPH2PS        16(DI)(R11*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VCVTPH2PS        32(DI)(R11*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VCVTPH2PS        48(DI)(R11*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU64        (R8)(R11*2), Z2
+	VPANDD.BCST      exactconsts<>+192(SB), Z2, Z2
+	VPMAXUW          Z2, Z0, Z0
+	VCVTPH2PS        (R8)(R11*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VCVTPH2PS        16(R8)(R11*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VCVTPH2PS        32(R8)(R11*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VCVTPH2PS        48(R8)(R11*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU64        (R9)(R11*2), Z2
+	VPANDD.BCST      exactconsts<>+192(SB), Z2, Z2
+	VPMAXUW          Z2, Z0, Z0
+	VCVTPH2PS        (R9)(R11*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 32(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 32(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VCVTPH2PS        16(R9)(R11*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 32(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 32(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VCVTPH2PS        32(R9)(R11*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 32(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 32(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VCVTPH2PS        48(R9)(R11*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 32(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 32(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU64        (R10)(R11*2), Z2
+	VPANDD.BCST      exactconsts<>+192(SB), Z2, Z2
+	VPMAXUW          Z2, Z0, Z0
+	VCVTPH2PS        (R10)(R11*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 40(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 40(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VCVTPH2PS        16(R10)(R11*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 40(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 40(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VCVTPH2PS        32(R10)(R11*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 40(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 40(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VCVTPH2PS        48(R10)(R11*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 40(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 40(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU64        (DX)(R11*2), Z2
+	VPANDD.BCST      exactconsts<>+192(SB), Z2, Z2
+	VPMAXUW          Z2, Z0, Z0
+	VCVTPH2PS        (DX)(R11*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 48(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 48(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VCVTPH2PS        16(DX)(R11*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 48(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 48(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VCVTPH2PS        32(DX)(R11*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 48(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 48(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VCVTPH2PS        48(DX)(R11*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 48(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 48(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VPADDQ           Z5, Z6, Z6
+	VMOVDQU64        Z6, (AX)(R11*8)
+	VPADDQ           Z5, Z7, Z7
+	VMOVDQU64        Z7, 64(AX)(R11*8)
+	VPADDQ           Z5, Z8, Z8
+	VMOVDQU64        Z8, 128(AX)(R11*8)
+	VPADDQ           Z5, Z9, Z9
+	VMOVDQU64        Z9, 192(AX)(R11*8)
+	ADDQ             $0x00000020, R11
+	CMPQ             R11, R12
+	JB               o7_big
+
+o7_small:
+	CMPQ             R11, one_len+8(FP)
+	JAE              o7_done
+	VMOVDQU64        (AX)(R11*8), Z6
+	VMOVDQU          (BX)(R11*2), X2
+	VPAND            exactconsts<>+192(SB), X2, X2
+	VPMAXUW          X2, X1, X1
+	VCVTPH2PS        (BX)(R11*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVDQU          (SI)(R11*2), X2
+	VPAND            exactconsts<>+192(SB), X2, X2
+	VPMAXUW          X2, X1, X1
+	VCVTPH2PS        (SI)(R11*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVDQU          (DI)(R11*2), X2
+	VPAND            exactconsts<>+192(SB), X2, X2
+	VPMAXUW          X2, X1, X1
+	VCVTPH2PS        (DI)(R11*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVDQU          (R8)(R11*2), X2
+	VPAND            exactconsts<>+192(SB), X2, X2
+	VPMAXUW          X2, X1, X1
+	VCVTPH2PS        (R8)(R11*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVDQU          (R9)(R11*2), X2
+	VPAND            exactconsts<>+192(SB), X2, X2
+	VPMAXUW          X2, X1, X1
+	VCVTPH2PS        (R9)(R11*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 32(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 32(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVDQU          (R10)(R11*2), X2
+	VPAND            exactconsts<>+192(SB), X2, X2
+	VPMAXUW          X2, X1, X1
+	VCVTPH2PS        (R10)(R11*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 40(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 40(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVDQU          (DX)(R11*2), X2
+	VPAND            exactconsts<>+192(SB), X2, X2
+	VPMAXUW          X2, X1, X1
+	VCVTPH2PS        (DX)(R11*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 48(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 48(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPADDQ           Z5, Z6, Z6
+	VMOVDQU64        Z6, (AX)(R11*8)
+	ADDQ             $0x00000008, R11
+	JMP              o7_small
+
+o7_done:
+	JMP ret
+
+group6:
+	// 6 inputs
+	MOVQ         (DX), BX
+	MOVQ         24(DX), SI
+	MOVQ         48(DX), DI
+	MOVQ         72(DX), R8
+	MOVQ         96(DX), R9
+	MOVQ         120(DX), DX
+	MOVQ         $0x6cb0000000000000, R10
+	VPBROADCASTQ R10, Z5
+	MOVQ         one_len+8(FP), R11
+	ANDQ         $-32, R11
+	XORQ         R10, R10
+	CMPQ         R10, R11
+	JAE          o6_small
+
+o6_big:
+	VMOVDQU64        (AX)(R10*8), Z6
+	VMOVDQU64        64(AX)(R10*8), Z7
+	VMOVDQU64        128(AX)(R10*8), Z8
+	VMOVDQU64        192(AX)(R10*8), Z9
+	VMOVDQU64        (BX)(R10*2), Z2
+	VPANDD.BCST      exactconsts<>+192(SB), Z2, Z2
+	VPMAXUW          Z2, Z0, Z0
+	VCVTPH2PS        (BX)(R10*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VCVTPH2PS        16(BX)(R10*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VCVTPH2PS        32(BX)(R10*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VCVTPH2PS        48(BX)(R10*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU64        (SI)(R10*2), Z2
+	VPANDD.BCST      exactconsts<>+192(SB), Z2, Z2
+	VPMAXUW          Z2, Z0, Z0
+	VCVTPH2PS        (SI)(R10*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VCVTPH2PS        16(SI)(R10*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VCVTPH2PS        32(SI)(R10*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VCVTPH2PS        48(SI)(R10*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU64        (DI)(R10*2), Z2
+	VPANDD.BCST      exactconsts<>+192(SB), Z2, Z2
+	VPMAXUW          Z2, Z0, Z0
+	VCVTPH2PS        (DI)(R10*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VCVTPH2PS        16(DI)(R10*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VCVTPH2PS        32(DI)(R10*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VCVTPH2PS        48(DI)(R10*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU64        (R8)(R10*2), Z2
+	VPANDD.BCST      exactconsts<>+192(SB), Z2, Z2
+	VPMAXUW          Z2, Z0, Z0
+	VCVTPH2PS        (R8)(R10*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VCVTPH2PS        16(R8)(R10*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VCVTPH2PS        32(R8)(R10*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VCVTPH2PS        48(R8)(R10*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU64        (R9)(R10*2), Z2
+	VPANDD.BCST      exactconsts<>+192(SB), Z2, Z2
+	VPMAXUW          Z2, Z0, Z0
+	VCVTPH2PS        (R9)(R10*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 32(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 32(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VCVTPH2PS        16(R9)(R10*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 32(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 32(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VCVTPH2PS        32(R9)(R10*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 32(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 32(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VCVTPH2PS        48(R9)(R10*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 32(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 32(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU64        (DX)(R10*2), Z2
+	VPANDD.BCST      exactconsts<>+192(SB), Z2, Z2
+	VPMAXUW          Z2, Z0, Z0
+	VCVTPH2PS        (DX)(R10*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 40(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 40(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VCVTPH2PS        16(DX)(R10*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 40(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 40(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VCVTPH2PS        32(DX)(R10*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 40(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 40(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VCVTPH2PS        48(DX)(R10*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 40(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 40(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VPADDQ           Z5, Z6, Z6
+	VMOVDQU64        Z6, (AX)(R10*8)
+	VPADDQ           Z5, Z7, Z7
+	VMOVDQU64        Z7, 64(AX)(R10*8)
+	VPADDQ           Z5, Z8, Z8
+	VMOVDQU64        Z8, 128(AX)(R10*8)
+	VPADDQ           Z5, Z9, Z9
+	VMOVDQU64        Z9, 192(AX)(R10*8)
+	ADDQ             $0x00000020, R10
+	CMPQ             R10, R11
+	JB               o6_big
+
+o6_small:
+	CMPQ             R10, one_len+8(FP)
+	JAE              o6_done
+	VMOVDQU64        (AX)(R10*8), Z6
+	VMOVDQU          (BX)(R10*2), X2
+	VPAND            exactconsts<>+192(SB), X2, X2
+	VPMAXUW          X2, X1, X1
+	VCVTPH2PS        (BX)(R10*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVDQU          (SI)(R10*2), X2
+	VPAND            exactconsts<>+192(SB), X2, X2
+	VPMAXUW          X2, X1, X1
+	VCVTPH2PS        (SI)(R10*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVDQU          (DI)(R10*2), X2
+	VPAND            exactconsts<>+192(SB), X2, X2
+	VPMAXUW          X2, X1, X1
+	VCVTPH2PS        (DI)(R10*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVDQU          (R8)(R10*2), X2
+	VPAND            exactconsts<>+192(SB), X2, X2
+	VPMAXUW          X2, X1, X1
+	VCVTPH2PS        (R8)(R10*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVDQU          (R9)(R10*2), X2
+	VPAND            exactconsts<>+192(SB), X2, X2
+	VPMAXUW          X2, X1, X1
+	VCVTPH2PS        (R9)(R10*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 32(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 32(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVDQU          (DX)(R10*2), X2
+	VPAND            exactconsts<>+192(SB), X2, X2
+	VPMAXUW          X2, X1, X1
+	VCVTPH2PS        (DX)(R10*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 40(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 40(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPADDQ           Z5, Z6, Z6
+	VMOVDQU64        Z6, (AX)(R10*8)
+	ADDQ             $0x00000008, R10
+	JMP              o6_small
+
+o6_done:
+	JMP ret
+
+group5:
+	// 5 inputs
+	MOVQ         (DX), BX
+	MOVQ         24(DX), SI
+	MOVQ         48(DX), DI
+	MOVQ         72(DX), R8
+	MOVQ         96(DX), DX
+	MOVQ         $0xafe8000000000000, R9
+	VPBROADCASTQ R9, Z5
+	MOVQ         one_len+8(FP), R10
+	ANDQ         $-32, R10
+	XORQ         R9, R9
+	CMPQ         R9, R10
+	JAE          o5_small
+
+o5_big:
+	VMOVDQU64        (AX)(R9*8), Z6
+	VMOVDQU64        64(AX)(R9*8), Z7
+	VMOVDQU64        128(AX)(R9*8), Z8
+	VMOVDQU64        192(AX)(R9*8), Z9
+	VMOVDQU64        (BX)(R9*2), Z2
+	VPANDD.BCST      exactconsts<>+192(SB), Z2, Z2
+	VPMAXUW          Z2, Z0, Z0
+	VCVTPH2PS        (BX)(R9*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VCVTPH2PS        16(BX)(R9*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VCVTPH2PS        32(BX)(R9*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VCVTPH2PS        48(BX)(R9*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU64        (SI)(R9*2), Z2
+	VPANDD.BCST      exactconsts<>+192(SB), Z2, Z2
+	VPMAXUW          Z2, Z0, Z0
+	VCVTPH2PS        (SI)(R9*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VCVTPH2PS        16(SI)(R9*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VCVTPH2PS        32(SI)(R9*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VCVTPH2PS        48(SI)(R9*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU64        (DI)(R9*2), Z2
+	VPANDD.BCST      exactconsts<>+192(SB), Z2, Z2
+	VPMAXUW          Z2, Z0, Z0
+	VCVTPH2PS        (DI)(R9*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VCVTPH2PS        16(DI)(R9*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VCVTPH2PS        32(DI)(R9*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VCVTPH2PS        48(DI)(R9*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU64        (R8)(R9*2), Z2
+	VPANDD.BCST      exactconsts<>+192(SB), Z2, Z2
+	VPMAXUW          Z2, Z0, Z0
+	VCVTPH2PS        (R8)(R9*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VCVTPH2PS        16(R8)(R9*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VCVTPH2PS        32(R8)(R9*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VCVTPH2PS        48(R8)(R9*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU64        (DX)(R9*2), Z2
+	VPANDD.BCST      exactconsts<>+192(SB), Z2, Z2
+	VPMAXUW          Z2, Z0, Z0
+	VCVTPH2PS        (DX)(R9*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 32(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 32(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VCVTPH2PS        16(DX)(R9*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 32(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 32(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VCVTPH2PS        32(DX)(R9*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 32(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 32(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VCVTPH2PS        48(DX)(R9*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 32(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 32(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VPADDQ           Z5, Z6, Z6
+	VMOVDQU64        Z6, (AX)(R9*8)
+	VPADDQ           Z5, Z7, Z7
+	VMOVDQU64        Z7, 64(AX)(R9*8)
+	VPADDQ           Z5, Z8, Z8
+	VMOVDQU64        Z8, 128(AX)(R9*8)
+	VPADDQ           Z5, Z9, Z9
+	VMOVDQU64        Z9, 192(AX)(R9*8)
+	ADDQ             $0x00000020, R9
+	CMPQ             R9, R10
+	JB               o5_big
+
+o5_small:
+	CMPQ             R9, one_len+8(FP)
+	JAE              o5_done
+	VMOVDQU64        (AX)(R9*8), Z6
+	VMOVDQU          (BX)(R9*2), X2
+	VPAND            exactconsts<>+192(SB), X2, X2
+	VPMAXUW          X2, X1, X1
+	VCVTPH2PS        (BX)(R9*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVDQU          (SI)(R9*2), X2
+	VPAND            exactconsts<>+192(SB), X2, X2
+	VPMAXUW          X2, X1, X1
+	VCVTPH2PS        (SI)(R9*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVDQU          (DI)(R9*2), X2
+	VPAND            exactconsts<>+192(SB), X2, X2
+	VPMAXUW          X2, X1, X1
+	VCVTPH2PS        (DI)(R9*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVDQU          (R8)(R9*2), X2
+	VPAND            exactconsts<>+192(SB), X2, X2
+	VPMAXUW          X2, X1, X1
+	VCVTPH2PS        (R8)(R9*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVDQU          (DX)(R9*2), X2
+	VPAND            exactconsts<>+192(SB), X2, X2
+	VPMAXUW          X2, X1, X1
+	VCVTPH2PS        (DX)(R9*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 32(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 32(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPADDQ           Z5, Z6, Z6
+	VMOVDQU64        Z6, (AX)(R9*8)
+	ADDQ             $0x00000008, R9
+	JMP              o5_small
+
+o5_done:
+	JMP ret
+
+group4:
+	// 4 inputs
+	MOVQ         (DX), BX
+	MOVQ         24(DX), SI
+	MOVQ         48(DX), DI
+	MOVQ         72(DX), DX
+	MOVQ         $0xf320000000000000, R8
+	VPBROADCASTQ R8, Z5
+	MOVQ         one_len+8(FP), R9
+	ANDQ         $-32, R9
+	XORQ         R8, R8
+	CMPQ         R8, R9
+	JAE          o4_small
+
+o4_big:
+	VMOVDQU64        (AX)(R8*8), Z6
+	VMOVDQU64        64(AX)(R8*8), Z7
+	VMOVDQU64        128(AX)(R8*8), Z8
+	VMOVDQU64        192(AX)(R8*8), Z9
+	VMOVDQU64        (BX)(R8*2), Z2
+	VPANDD.BCST      exactconsts<>+192(SB), Z2, Z2
+	VPMAXUW          Z2, Z0, Z0
+	VCVTPH2PS        (BX)(R8*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VCVTPH2PS        16(BX)(R8*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VCVTPH2PS        32(BX)(R8*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VCVTPH2PS        48(BX)(R8*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU64        (SI)(R8*2), Z2
+	VPANDD.BCST      exactconsts<>+192(SB), Z2, Z2
+	VPMAXUW          Z2, Z0, Z0
+	VCVTPH2PS        (SI)(R8*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VCVTPH2PS        16(SI)(R8*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VCVTPH2PS        32(SI)(R8*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VCVTPH2PS        48(SI)(R8*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU64        (DI)(R8*2), Z2
+	VPANDD.BCST      exactconsts<>+192(SB), Z2, Z2
+	VPMAXUW          Z2, Z0, Z0
+	VCVTPH2PS        (DI)(R8*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VCVTPH2PS        16(DI)(R8*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VCVTPH2PS        32(DI)(R8*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VCVTPH2PS        48(DI)(R8*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU64        (DX)(R8*2), Z2
+	VPANDD.BCST      exactconsts<>+192(SB), Z2, Z2
+	VPMAXUW          Z2, Z0, Z0
+	VCVTPH2PS        (DX)(R8*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VCVTPH2PS        16(DX)(R8*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VCVTPH2PS        32(DX)(R8*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VCVTPH2PS        48(DX)(R8*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VPADDQ           Z5, Z6, Z6
+	VMOVDQU64        Z6, (AX)(R8*8)
+	VPADDQ           Z5, Z7, Z7
+	VMOVDQU64        Z7, 64(AX)(R8*8)
+	VPADDQ           Z5, Z8, Z8
+	VMOVDQU64        Z8, 128(AX)(R8*8)
+	VPADDQ           Z5, Z9, Z9
+	VMOVDQU64        Z9, 192(AX)(R8*8)
+	ADDQ             $0x00000020, R8
+	CMPQ             R8, R9
+	JB               o4_big
+
+o4_small:
+	CMPQ             R8, one_len+8(FP)
+	JAE              o4_done
+	VMOVDQU64        (AX)(R8*8), Z6
+	VMOVDQU          (BX)(R8*2), X2
+	VPAND            exactconsts<>+192(SB), X2, X2
+	VPMAXUW          X2, X1, X1
+	VCVTPH2PS        (BX)(R8*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVDQU          (SI)(R8*2), X2
+	VPAND            exactconsts<>+192(SB), X2, X2
+	VPMAXUW          X2, X1, X1
+	VCVTPH2PS        (SI)(R8*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVDQU          (DI)(R8*2), X2
+	VPAND            exactconsts<>+192(SB), X2, X2
+	VPMAXUW          X2, X1, X1
+	VCVTPH2PS        (DI)(R8*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVDQU          (DX)(R8*2), X2
+	VPAND            exactconsts<>+192(SB), X2, X2
+	VPMAXUW          X2, X1, X1
+	VCVTPH2PS        (DX)(R8*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPADDQ           Z5, Z6, Z6
+	VMOVDQU64        Z6, (AX)(R8*8)
+	ADDQ             $0x00000008, R8
+	JMP              o4_small
+
+o4_done:
+	JMP ret
+
+group3:
+	// 3 inputs
+	MOVQ         (DX), BX
+	MOVQ         24(DX), SI
+	MOVQ         48(DX), DX
+	MOVQ         $0x3658000000000000, DI
+	VPBROADCASTQ DI, Z5
+	MOVQ         one_len+8(FP), R8
+	ANDQ         $-32, R8
+	XORQ         DI, DI
+	CMPQ         DI, R8
+	JAE          o3_small
+
+o3_big:
+	VMOVDQU64        (AX)(DI*8), Z6
+	VMOVDQU64        64(AX)(DI*8), Z7
+	VMOVDQU64        128(AX)(DI*8), Z8
+	VMOVDQU64        192(AX)(DI*8), Z9
+	VMOVDQU64        (BX)(DI*2), Z2
+	VPANDD.BCST      exactconsts<>+192(SB), Z2, Z2
+	VPMAXUW          Z2, Z0, Z0
+	VCVTPH2PS        (BX)(DI*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VCVTPH2PS        16(BX)(DI*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VCVTPH2PS        32(BX)(DI*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VCVTPH2PS        48(BX)(DI*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU64        (SI)(DI*2), Z2
+	VPANDD.BCST      exactconsts<>+192(SB), Z2, Z2
+	VPMAXUW          Z2, Z0, Z0
+	VCVTPH2PS        (SI)(DI*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VCVTPH2PS        16(SI)(DI*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VCVTPH2PS        32(SI)(DI*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VCVTPH2PS        48(SI)(DI*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU64        (DX)(DI*2), Z2
+	VPANDD.BCST      exactconsts<>+192(SB), Z2, Z2
+	VPMAXUW          Z2, Z0, Z0
+	VCVTPH2PS        (DX)(DI*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VCVTPH2PS        16(DX)(DI*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VCVTPH2PS        32(DX)(DI*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VCVTPH2PS        48(DX)(DI*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VPADDQ           Z5, Z6, Z6
+	VMOVDQU64        Z6, (AX)(DI*8)
+	VPADDQ           Z5, Z7, Z7
+	VMOVDQU64        Z7, 64(AX)(DI*8)
+	VPADDQ           Z5, Z8, Z8
+	VMOVDQU64        Z8, 128(AX)(DI*8)
+	VPADDQ           Z5, Z9, Z9
+	VMOVDQU64        Z9, 192(AX)(DI*8)
+	ADDQ             $0x00000020, DI
+	CMPQ             DI, R8
+	JB               o3_big
+
+o3_small:
+	CMPQ             DI, one_len+8(FP)
+	JAE              o3_done
+	VMOVDQU64        (AX)(DI*8), Z6
+	VMOVDQU          (BX)(DI*2), X2
+	VPAND            exactconsts<>+192(SB), X2, X2
+	VPMAXUW          X2, X1, X1
+	VCVTPH2PS        (BX)(DI*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVDQU          (SI)(DI*2), X2
+	VPAND            exactconsts<>+192(SB), X2, X2
+	VPMAXUW          X2, X1, X1
+	VCVTPH2PS        (SI)(DI*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVDQU          (DX)(DI*2), X2
+	VPAND            exactconsts<>+192(SB), X2, X2
+	VPMAXUW          X2, X1, X1
+	VCVTPH2PS        (DX)(DI*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPADDQ           Z5, Z6, Z6
+	VMOVDQU64        Z6, (AX)(DI*8)
+	ADDQ             $0x00000008, DI
+	JMP              o3_small
+
+o3_done:
+	JMP ret
+
+group2:
+	// 2 inputs
+	MOVQ         (DX), BX
+	MOVQ         24(DX), DX
+	MOVQ         $0x7990000000000000, SI
+	VPBROADCASTQ SI, Z5
+	MOVQ         one_len+8(FP), DI
+	ANDQ         $-32, DI
+	XORQ         SI, SI
+	CMPQ         SI, DI
+	JAE          o2_small
+
+o2_big:
+	VMOVDQU64        (AX)(SI*8), Z6
+	VMOVDQU64        64(AX)(SI*8), Z7
+	VMOVDQU64        128(AX)(SI*8), Z8
+	VMOVDQU64        192(AX)(SI*8), Z9
+	VMOVDQU64        (BX)(SI*2), Z2
+	VPANDD.BCST      exactconsts<>+192(SB), Z2, Z2
+	VPMAXUW          Z2, Z0, Z0
+	VCVTPH2PS        (BX)(SI*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VCVTPH2PS        16(BX)(SI*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VCVTPH2PS        32(BX)(SI*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VCVTPH2PS        48(BX)(SI*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU64        (DX)(SI*2), Z2
+	VPANDD.BCST      exactconsts<>+192(SB), Z2, Z2
+	VPMAXUW          Z2, Z0, Z0
+	VCVTPH2PS        (DX)(SI*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VCVTPH2PS        16(DX)(SI*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VCVTPH2PS        32(DX)(SI*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VCVTPH2PS        48(DX)(SI*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VPADDQ           Z5, Z6, Z6
+	VMOVDQU64        Z6, (AX)(SI*8)
+	VPADDQ           Z5, Z7, Z7
+	VMOVDQU64        Z7, 64(AX)(SI*8)
+	VPADDQ           Z5, Z8, Z8
+	VMOVDQU64        Z8, 128(AX)(SI*8)
+	VPADDQ           Z5, Z9, Z9
+	VMOVDQU64        Z9, 192(AX)(SI*8)
+	ADDQ             $0x00000020, SI
+	CMPQ             SI, DI
+	JB               o2_big
+
+o2_small:
+	CMPQ             SI, one_len+8(FP)
+	JAE              o2_done
+	VMOVDQU64        (AX)(SI*8), Z6
+	VMOVDQU          (BX)(SI*2), X2
+	VPAND            exactconsts<>+192(SB), X2, X2
+	VPMAXUW          X2, X1, X1
+	VCVTPH2PS        (BX)(SI*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVDQU          (DX)(SI*2), X2
+	VPAND            exactconsts<>+192(SB), X2, X2
+	VPMAXUW          X2, X1, X1
+	VCVTPH2PS        (DX)(SI*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPADDQ           Z5, Z6, Z6
+	VMOVDQU64        Z6, (AX)(SI*8)
+	ADDQ             $0x00000008, SI
+	JMP              o2_small
+
+o2_done:
+	JMP ret
+
+group1:
+	// 1 inputs
+	MOVQ         (DX), DX
+	MOVQ         $0xbcc8000000000000, BX
+	VPBROADCASTQ BX, Z5
+	MOVQ         one_len+8(FP), SI
+	ANDQ         $-32, SI
+	XORQ         BX, BX
+	CMPQ         BX, SI
+	JAE          o1_small
+
+o1_big:
+	VMOVDQU64        (AX)(BX*8), Z6
+	VMOVDQU64        64(AX)(BX*8), Z7
+	VMOVDQU64        128(AX)(BX*8), Z8
+	VMOVDQU64        192(AX)(BX*8), Z9
+	VMOVDQU64        (DX)(BX*2), Z2
+	VPANDD.BCST      exactconsts<>+192(SB), Z2, Z2
+	VPMAXUW          Z2, Z0, Z0
+	VCVTPH2PS        (DX)(BX*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VCVTPH2PS        16(DX)(BX*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VCVTPH2PS        32(DX)(BX*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VCVTPH2PS        48(DX)(BX*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VPADDQ           Z5, Z6, Z6
+	VMOVDQU64        Z6, (AX)(BX*8)
+	VPADDQ           Z5, Z7, Z7
+	VMOVDQU64        Z7, 64(AX)(BX*8)
+	VPADDQ           Z5, Z8, Z8
+	VMOVDQU64        Z8, 128(AX)(BX*8)
+	VPADDQ           Z5, Z9, Z9
+	VMOVDQU64        Z9, 192(AX)(BX*8)
+	ADDQ             $0x00000020, BX
+	CMPQ             BX, SI
+	JB               o1_big
+
+o1_small:
+	CMPQ             BX, one_len+8(FP)
+	JAE              o1_done
+	VMOVDQU64        (AX)(BX*8), Z6
+	VMOVDQU          (DX)(BX*2), X2
+	VPAND            exactconsts<>+192(SB), X2, X2
+	VPMAXUW          X2, X1, X1
+	VCVTPH2PS        (DX)(BX*2), Y2
+	VCVTPS2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPADDQ           Z5, Z6, Z6
+	VMOVDQU64        Z6, (AX)(BX*8)
+	ADDQ             $0x00000008, BX
+	JMP              o1_small
+
+o1_done:
+ret:
+	VMOVDQU       X1, X1
+	VEXTRACTI64X4 $0x01, Z0, Y2
+	VPMAXUW       Y2, Y0, Y2
+	VEXTRACTI128  $0x01, Y2, X0
+	VPMAXUW       X0, X2, X0
+	VPMAXUW       X0, X1, X1
+	VPSHUFD       $0x4e, X1, X0
+	VPMAXUW       X0, X1, X1
+	VPSHUFD       $0xb1, X1, X0
+	VPMAXUW       X0, X1, X1
+	VPSRLD        $0x10, X1, X0
+	VPMAXUW       X0, X1, X1
+	VMOVD         X1, AX
+	ANDL          $0x0000ffff, AX
+	MOVL          AX, ret+72(FP)
+	VZEROUPPER
+	RET
+
+// func exactAcc1I8AVX512(one []int64, w []float64, x [][]byte) uint32
+// Requires: AVX, AVX2, AVX512F
+TEXT ·exactAcc1I8AVX512(SB), NOSPLIT, $0-76
+	MOVQ         one_base+0(FP), AX
+	MOVQ         w_base+24(FP), CX
+	MOVQ         x_base+48(FP), DX
+	MOVQ         x_len+56(FP), BX
+	VPXOR        Y0, Y0, Y0
+	VPXOR        X1, X1, X1
+	MOVQ         $0x4678000000000000, SI
+	VPBROADCASTQ SI, Z10
+	MOVQ         $0x4338000000000000, SI
+	VPBROADCASTQ SI, Z11
+
+groups:
+	CMPQ BX, $0x07
+	JBE  rest
+
+	// 7 inputs
+	MOVQ         (DX), SI
+	MOVQ         24(DX), DI
+	MOVQ         48(DX), R8
+	MOVQ         72(DX), R9
+	MOVQ         96(DX), R10
+	MOVQ         120(DX), R11
+	MOVQ         144(DX), R12
+	MOVQ         $0x2978000000000000, R13
+	VPBROADCASTQ R13, Z5
+	MOVQ         one_len+8(FP), R14
+	ANDQ         $-32, R14
+	XORQ         R13, R13
+	CMPQ         R13, R14
+	JAE          l7_small
+
+l7_big:
+	VMOVDQU64        (AX)(R13*8), Z6
+	VMOVDQU64        64(AX)(R13*8), Z7
+	VMOVDQU64        128(AX)(R13*8), Z8
+	VMOVDQU64        192(AX)(R13*8), Z9
+	VMOVDQU          (SI)(R13*1), Y2
+	VPABSB           Y2, Y2
+	VPMAXUB          Y2, Y0, Y0
+	VPMOVSXBD        (SI)(R13*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPMOVSXBD        8(SI)(R13*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VPMOVSXBD        16(SI)(R13*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VPMOVSXBD        24(SI)(R13*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU          (DI)(R13*1), Y2
+	VPABSB           Y2, Y2
+	VPMAXUB          Y2, Y0, Y0
+	VPMOVSXBD        (DI)(R13*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPMOVSXBD        8(DI)(R13*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VPMOVSXBD        16(DI)(R13*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VPMOVSXBD        24(DI)(R13*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU          (R8)(R13*1), Y2
+	VPABSB           Y2, Y2
+	VPMAXUB          Y2, Y0, Y0
+	VPMOVSXBD        (R8)(R13*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPMOVSXBD        8(R8)(R13*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VPMOVSXBD        16(R8)(R13*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VPMOVSXBD        24(R8)(R13*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU          (R9)(R13*1), Y2
+	VPABSB           Y2, Y2
+	VPMAXUB          Y2, Y0, Y0
+	VPMOVSXBD        (R9)(R13*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPMOVSXBD        8(R9)(R13*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VPMOVSXBD        16(R9)(R13*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VPMOVSXBD        24(R9)(R13*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU          (R10)(R13*1), Y2
+	VPABSB           Y2, Y2
+	VPMAXUB          Y2, Y0, Y0
+	VPMOVSXBD        (R10)(R13*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 32(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 32(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPMOVSXBD        8(R10)(R13*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 32(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 32(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VPMOVSXBD        16(R10)(R13*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 32(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 32(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VPMOVSXBD        24(R10)(R13*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 32(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 32(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU          (R11)(R13*1), Y2
+	VPABSB           Y2, Y2
+	VPMAXUB          Y2, Y0, Y0
+	VPMOVSXBD        (R11)(R13*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 40(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 40(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPMOVSXBD        8(R11)(R13*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 40(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 40(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VPMOVSXBD        16(R11)(R13*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 40(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 40(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VPMOVSXBD        24(R11)(R13*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 40(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 40(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU          (R12)(R13*1), Y2
+	VPABSB           Y2, Y2
+	VPMAXUB          Y2, Y0, Y0
+	VPMOVSXBD        (R12)(R13*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 48(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 48(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPMOVSXBD        8(R12)(R13*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 48(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 48(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VPMOVSXBD        16(R12)(R13*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 48(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 48(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VPMOVSXBD        24(R12)(R13*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 48(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 48(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VPADDQ           Z5, Z6, Z6
+	VMOVDQU64        Z6, (AX)(R13*8)
+	VPADDQ           Z5, Z7, Z7
+	VMOVDQU64        Z7, 64(AX)(R13*8)
+	VPADDQ           Z5, Z8, Z8
+	VMOVDQU64        Z8, 128(AX)(R13*8)
+	VPADDQ           Z5, Z9, Z9
+	VMOVDQU64        Z9, 192(AX)(R13*8)
+	ADDQ             $0x00000020, R13
+	CMPQ             R13, R14
+	JB               l7_big
+
+l7_small:
+	CMPQ             R13, one_len+8(FP)
+	JAE              l7_done
+	VMOVDQU64        (AX)(R13*8), Z6
+	VMOVQ            (SI)(R13*1), X2
+	VPABSB           X2, X2
+	VPMAXUB          X2, X1, X1
+	VPMOVSXBD        (SI)(R13*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVQ            (DI)(R13*1), X2
+	VPABSB           X2, X2
+	VPMAXUB          X2, X1, X1
+	VPMOVSXBD        (DI)(R13*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVQ            (R8)(R13*1), X2
+	VPABSB           X2, X2
+	VPMAXUB          X2, X1, X1
+	VPMOVSXBD        (R8)(R13*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVQ            (R9)(R13*1), X2
+	VPABSB           X2, X2
+	VPMAXUB          X2, X1, X1
+	VPMOVSXBD        (R9)(R13*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVQ            (R10)(R13*1), X2
+	VPABSB           X2, X2
+	VPMAXUB          X2, X1, X1
+	VPMOVSXBD        (R10)(R13*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 32(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 32(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVQ            (R11)(R13*1), X2
+	VPABSB           X2, X2
+	VPMAXUB          X2, X1, X1
+	VPMOVSXBD        (R11)(R13*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 40(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 40(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVQ            (R12)(R13*1), X2
+	VPABSB           X2, X2
+	VPMAXUB          X2, X1, X1
+	VPMOVSXBD        (R12)(R13*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 48(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 48(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPADDQ           Z5, Z6, Z6
+	VMOVDQU64        Z6, (AX)(R13*8)
+	ADDQ             $0x00000008, R13
+	JMP              l7_small
+
+l7_done:
+	ADDQ $0x000000a8, DX
+	ADDQ $0x00000038, CX
+	SUBQ $0x07, BX
+	JMP  groups
+
+rest:
+	CMPQ BX, $0x07
+	JE   group7
+	CMPQ BX, $0x06
+	JE   group6
+	CMPQ BX, $0x05
+	JE   group5
+	CMPQ BX, $0x04
+	JE   group4
+	CMPQ BX, $0x03
+	JE   group3
+	CMPQ BX, $0x02
+	JE   group2
+	CMPQ BX, $0x01
+	JE   group1
+	JMP  ret
+
+group7:
+	// 7 inputs
+	MOVQ         (DX), BX
+	MOVQ         24(DX), SI
+	MOVQ         48(DX), DI
+	MOVQ         72(DX), R8
+	MOVQ         96(DX), R9
+	MOVQ         120(DX), R10
+	MOVQ         144(DX), DX
+	MOVQ         $0x2978000000000000, R11
+	VPBROADCASTQ R11, Z5
+	MOVQ         one_len+8(FP), R12
+	ANDQ         $-32, R12
+	XORQ         R11, R11
+	CMPQ         R11, R12
+	JAE          o7_small
+
+o7_big:
+	VMOVDQU64        (AX)(R11*8), Z6
+	VMOVDQU64        64(AX)(R11*8), Z7
+	VMOVDQU64        128(AX)(R11*8), Z8
+	VMOVDQU64        192(AX)(R11*8), Z9
+	VMOVDQU          (BX)(R11*1), Y2
+	VPABSB           Y2, Y2
+	VPMAXUB          Y2, Y0, Y0
+	VPMOVSXBD        (BX)(R11*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPMOVSXBD        8(BX)(R11*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VPMOVSXBD        16(BX)(R11*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VPMOVSXBD        24(BX)(R11*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU          (SI)(R11*1), Y2
+	VPABSB           Y2, Y2
+	VPMAXUB          Y2, Y0, Y0
+	VPMOVSXBD        (SI)(R11*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPMOVSXBD        8(SI)(R11*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VPMOVSXBD        16(SI)(R11*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VPMOVSXBD        24(SI)(R11*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU          (DI)(R11*1), Y2
+	VPABSB           Y2, Y2
+	VPMAXUB          Y2, Y0, Y0
+	VPMOVSXBD        (DI)(R11*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPMOVSXBD        8(DI)(R11*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VPMOVSXBD        16(DI)(R11*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VPMOVSXBD        24(DI)(R11*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU          (R8)(R11*1), Y2
+	VPABSB           Y2, Y2
+	VPMAXUB          Y2, Y0, Y0
+	VPMOVSXBD        (R8)(R11*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPMOVSXBD        8(R8)(R11*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VPMOVSXBD        16(R8)(R11*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VPMOVSXBD        24(R8)(R11*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU          (R9)(R11*1), Y2
+	VPABSB           Y2, Y2
+	VPMAXUB          Y2, Y0, Y0
+	VPMOVSXBD        (R9)(R11*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 32(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 32(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPMOVSXBD        8(R9)(R11*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 32(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 32(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VPMOVSXBD        16(R9)(R11*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 32(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 32(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VPMOVSXBD        24(R9)(R11*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 32(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 32(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU          (R10)(R11*1), Y2
+	VPABSB           Y2, Y2
+	VPMAXUB          Y2, Y0, Y0
+	VPMOVSXBD        (R10)(R11*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 40(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 40(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPMOVSXBD        8(R10)(R11*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 40(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 40(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VPMOVSXBD        16(R10)(R11*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 40(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 40(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VPMOVSXBD        24(R10)(R11*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 40(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 40(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU          (DX)(R11*1), Y2
+	VPABSB           Y2, Y2
+	VPMAXUB          Y2, Y0, Y0
+	VPMOVSXBD        (DX)(R11*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 48(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 48(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPMOVSXBD        8(DX)(R11*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 48(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 48(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VPMOVSXBD        16(DX)(R11*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 48(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 48(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VPMOVSXBD        24(DX)(R11*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 48(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 48(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VPADDQ           Z5, Z6, Z6
+	VMOVDQU64        Z6, (AX)(R11*8)
+	VPADDQ           Z5, Z7, Z7
+	VMOVDQU64        Z7, 64(AX)(R11*8)
+	VPADDQ           Z5, Z8, Z8
+	VMOVDQU64        Z8, 128(AX)(R11*8)
+	VPADDQ           Z5, Z9, Z9
+	VMOVDQU64        Z9, 192(AX)(R11*8)
+	ADDQ             $0x00000020, R11
+	CMPQ             R11, R12
+	JB               o7_big
+
+o7_small:
+	CMPQ             R11, one_len+8(FP)
+	JAE              o7_done
+	VMOVDQU64        (AX)(R11*8), Z6
+	VMOVQ            (BX)(R11*1), X2
+	VPABSB           X2, X2
+	VPMAXUB          X2, X1, X1
+	VPMOVSXBD        (BX)(R11*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVQ            (SI)(R11*1), X2
+	VPABSB           X2, X2
+	VPMAXUB          X2, X1, X1
+	VPMOVSXBD        (SI)(R11*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVQ            (DI)(R11*1), X2
+	VPABSB           X2, X2
+	VPMAXUB          X2, X1, X1
+	VPMOVSXBD        (DI)(R11*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVQ            (R8)(R11*1), X2
+	VPABSB           X2, X2
+	VPMAXUB          X2, X1, X1
+	VPMOVSXBD        (R8)(R11*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVQ            (R9)(R11*1), X2
+	VPABSB           X2, X2
+	VPMAXUB          X2, X1, X1
+	VPMOVSXBD        (R9)(R11*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 32(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 32(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVQ            (R10)(R11*1), X2
+	VPABSB           X2, X2
+	VPMAXUB          X2, X1, X1
+	VPMOVSXBD        (R10)(R11*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 40(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 40(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVQ            (DX)(R11*1), X2
+	VPABSB           X2, X2
+	VPMAXUB          X2, X1, X1
+	VPMOVSXBD        (DX)(R11*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 48(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 48(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPADDQ           Z5, Z6, Z6
+	VMOVDQU64        Z6, (AX)(R11*8)
+	ADDQ             $0x00000008, R11
+	JMP              o7_small
+
+o7_done:
+	JMP ret
+
+group6:
+	// 6 inputs
+	MOVQ         (DX), BX
+	MOVQ         24(DX), SI
+	MOVQ         48(DX), DI
+	MOVQ         72(DX), R8
+	MOVQ         96(DX), R9
+	MOVQ         120(DX), DX
+	MOVQ         $0x6cb0000000000000, R10
+	VPBROADCASTQ R10, Z5
+	MOVQ         one_len+8(FP), R11
+	ANDQ         $-32, R11
+	XORQ         R10, R10
+	CMPQ         R10, R11
+	JAE          o6_small
+
+o6_big:
+	VMOVDQU64        (AX)(R10*8), Z6
+	VMOVDQU64        64(AX)(R10*8), Z7
+	VMOVDQU64        128(AX)(R10*8), Z8
+	VMOVDQU64        192(AX)(R10*8), Z9
+	VMOVDQU          (BX)(R10*1), Y2
+	VPABSB           Y2, Y2
+	VPMAXUB          Y2, Y0, Y0
+	VPMOVSXBD        (BX)(R10*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPMOVSXBD        8(BX)(R10*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VPMOVSXBD        16(BX)(R10*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VPMOVSXBD        24(BX)(R10*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU          (SI)(R10*1), Y2
+	VPABSB           Y2, Y2
+	VPMAXUB          Y2, Y0, Y0
+	VPMOVSXBD        (SI)(R10*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPMOVSXBD        8(SI)(R10*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VPMOVSXBD        16(SI)(R10*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VPMOVSXBD        24(SI)(R10*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU          (DI)(R10*1), Y2
+	VPABSB           Y2, Y2
+	VPMAXUB          Y2, Y0, Y0
+	VPMOVSXBD        (DI)(R10*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPMOVSXBD        8(DI)(R10*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VPMOVSXBD        16(DI)(R10*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VPMOVSXBD        24(DI)(R10*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU          (R8)(R10*1), Y2
+	VPABSB           Y2, Y2
+	VPMAXUB          Y2, Y0, Y0
+	VPMOVSXBD        (R8)(R10*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPMOVSXBD        8(R8)(R10*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VPMOVSXBD        16(R8)(R10*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VPMOVSXBD        24(R8)(R10*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU          (R9)(R10*1), Y2
+	VPABSB           Y2, Y2
+	VPMAXUB          Y2, Y0, Y0
+	VPMOVSXBD        (R9)(R10*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 32(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 32(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPMOVSXBD        8(R9)(R10*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 32(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 32(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VPMOVSXBD        16(R9)(R10*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 32(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 32(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VPMOVSXBD        24(R9)(R10*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 32(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 32(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU          (DX)(R10*1), Y2
+	VPABSB           Y2, Y2
+	VPMAXUB          Y2, Y0, Y0
+	VPMOVSXBD        (DX)(R10*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 40(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 40(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPMOVSXBD        8(DX)(R10*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 40(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 40(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VPMOVSXBD        16(DX)(R10*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 40(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 40(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VPMOVSXBD        24(DX)(R10*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 40(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 40(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VPADDQ           Z5, Z6, Z6
+	VMOVDQU64        Z6, (AX)(R10*8)
+	VPADDQ           Z5, Z7, Z7
+	VMOVDQU64        Z7, 64(AX)(R10*8)
+	VPADDQ           Z5, Z8, Z8
+	VMOVDQU64        Z8, 128(AX)(R10*8)
+	VPADDQ           Z5, Z9, Z9
+	VMOVDQU64        Z9, 192(AX)(R10*8)
+	ADDQ             $0x00000020, R10
+	CMPQ             R10, R11
+	JB               o6_big
+
+o6_small:
+	CMPQ             R10, one_len+8(FP)
+	JAE              o6_done
+	VMOVDQU64        (AX)(R10*8), Z6
+	VMOVQ            (BX)(R10*1), X2
+	VPABSB           X2, X2
+	VPMAXUB          X2, X1, X1
+	VPMOVSXBD        (BX)(R10*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVQ            (SI)(R10*1), X2
+	VPABSB           X2, X2
+	VPMAXUB          X2, X1, X1
+	VPMOVSXBD        (SI)(R10*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVQ            (DI)(R10*1), X2
+	VPABSB           X2, X2
+	VPMAXUB          X2, X1, X1
+	VPMOVSXBD        (DI)(R10*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVQ            (R8)(R10*1), X2
+	VPABSB           X2, X2
+	VPMAXUB          X2, X1, X1
+	VPMOVSXBD        (R8)(R10*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVQ            (R9)(R10*1), X2
+	VPABSB           X2, X2
+	VPMAXUB          X2, X1, X1
+	VPMOVSXBD        (R9)(R10*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 32(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 32(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVQ            (DX)(R10*1), X2
+	VPABSB           X2, X2
+	VPMAXUB          X2, X1, X1
+	VPMOVSXBD        (DX)(R10*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 40(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 40(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPADDQ           Z5, Z6, Z6
+	VMOVDQU64        Z6, (AX)(R10*8)
+	ADDQ             $0x00000008, R10
+	JMP              o6_small
+
+o6_done:
+	JMP ret
+
+group5:
+	// 5 inputs
+	MOVQ         (DX), BX
+	MOVQ         24(DX), SI
+	MOVQ         48(DX), DI
+	MOVQ         72(DX), R8
+	MOVQ         96(DX), DX
+	MOVQ         $0xafe8000000000000, R9
+	VPBROADCASTQ R9, Z5
+	MOVQ         one_len+8(FP), R10
+	ANDQ         $-32, R10
+	XORQ         R9, R9
+	CMPQ         R9, R10
+	JAE          o5_small
+
+o5_big:
+	VMOVDQU64        (AX)(R9*8), Z6
+	VMOVDQU64        64(AX)(R9*8), Z7
+	VMOVDQU64        128(AX)(R9*8), Z8
+	VMOVDQU64        192(AX)(R9*8), Z9
+	VMOVDQU          (BX)(R9*1), Y2
+	VPABSB           Y2, Y2
+	VPMAXUB          Y2, Y0, Y0
+	VPMOVSXBD        (BX)(R9*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPMOVSXBD        8(BX)(R9*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VPMOVSXBD        16(BX)(R9*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VPMOVSXBD        24(BX)(R9*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU          (SI)(R9*1), Y2
+	VPABSB           Y2, Y2
+	VPMAXUB          Y2, Y0, Y0
+	VPMOVSXBD        (SI)(R9*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPMOVSXBD        8(SI)(R9*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VPMOVSXBD        16(SI)(R9*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VPMOVSXBD        24(SI)(R9*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU          (DI)(R9*1), Y2
+	VPABSB           Y2, Y2
+	VPMAXUB          Y2, Y0, Y0
+	VPMOVSXBD        (DI)(R9*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPMOVSXBD        8(DI)(R9*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VPMOVSXBD        16(DI)(R9*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VPMOVSXBD        24(DI)(R9*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU          (R8)(R9*1), Y2
+	VPABSB           Y2, Y2
+	VPMAXUB          Y2, Y0, Y0
+	VPMOVSXBD        (R8)(R9*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPMOVSXBD        8(R8)(R9*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VPMOVSXBD        16(R8)(R9*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VPMOVSXBD        24(R8)(R9*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU          (DX)(R9*1), Y2
+	VPABSB           Y2, Y2
+	VPMAXUB          Y2, Y0, Y0
+	VPMOVSXBD        (DX)(R9*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 32(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 32(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPMOVSXBD        8(DX)(R9*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 32(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 32(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VPMOVSXBD        16(DX)(R9*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 32(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 32(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VPMOVSXBD        24(DX)(R9*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 32(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 32(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VPADDQ           Z5, Z6, Z6
+	VMOVDQU64        Z6, (AX)(R9*8)
+	VPADDQ           Z5, Z7, Z7
+	VMOVDQU64        Z7, 64(AX)(R9*8)
+	VPADDQ           Z5, Z8, Z8
+	VMOVDQU64        Z8, 128(AX)(R9*8)
+	VPADDQ           Z5, Z9, Z9
+	VMOVDQU64        Z9, 192(AX)(R9*8)
+	ADDQ             $0x00000020, R9
+	CMPQ             R9, R10
+	JB               o5_big
+
+o5_small:
+	CMPQ             R9, one_len+8(FP)
+	JAE              o5_done
+	VMOVDQU64        (AX)(R9*8), Z6
+	VMOVQ            (BX)(R9*1), X2
+	VPABSB           X2, X2
+	VPMAXUB          X2, X1, X1
+	VPMOVSXBD        (BX)(R9*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVQ            (SI)(R9*1), X2
+	VPABSB           X2, X2
+	VPMAXUB          X2, X1, X1
+	VPMOVSXBD        (SI)(R9*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVQ            (DI)(R9*1), X2
+	VPABSB           X2, X2
+	VPMAXUB          X2, X1, X1
+	VPMOVSXBD        (DI)(R9*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVQ            (R8)(R9*1), X2
+	VPABSB           X2, X2
+	VPMAXUB          X2, X1, X1
+	VPMOVSXBD        (R8)(R9*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVQ            (DX)(R9*1), X2
+	VPABSB           X2, X2
+	VPMAXUB          X2, X1, X1
+	VPMOVSXBD        (DX)(R9*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 32(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 32(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPADDQ           Z5, Z6, Z6
+	VMOVDQU64        Z6, (AX)(R9*8)
+	ADDQ             $0x00000008, R9
+	JMP              o5_small
+
+o5_done:
+	JMP ret
+
+group4:
+	// 4 inputs
+	MOVQ         (DX), BX
+	MOVQ         24(DX), SI
+	MOVQ         48(DX), DI
+	MOVQ         72(DX), DX
+	MOVQ         $0xf320000000000000, R8
+	VPBROADCASTQ R8, Z5
+	MOVQ         one_len+8(FP), R9
+	ANDQ         $-32, R9
+	XORQ         R8, R8
+	CMPQ         R8, R9
+	JAE          o4_small
+
+o4_big:
+	VMOVDQU64        (AX)(R8*8), Z6
+	VMOVDQU64        64(AX)(R8*8), Z7
+	VMOVDQU64        128(AX)(R8*8), Z8
+	VMOVDQU64        192(AX)(R8*8), Z9
+	VMOVDQU          (BX)(R8*1), Y2
+	VPABSB           Y2, Y2
+	VPMAXUB          Y2, Y0, Y0
+	VPMOVSXBD        (BX)(R8*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPMOVSXBD        8(BX)(R8*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VPMOVSXBD        16(BX)(R8*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VPMOVSXBD        24(BX)(R8*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU          (SI)(R8*1), Y2
+	VPABSB           Y2, Y2
+	VPMAXUB          Y2, Y0, Y0
+	VPMOVSXBD        (SI)(R8*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPMOVSXBD        8(SI)(R8*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VPMOVSXBD        16(SI)(R8*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VPMOVSXBD        24(SI)(R8*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU          (DI)(R8*1), Y2
+	VPABSB           Y2, Y2
+	VPMAXUB          Y2, Y0, Y0
+	VPMOVSXBD        (DI)(R8*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPMOVSXBD        8(DI)(R8*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VPMOVSXBD        16(DI)(R8*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VPMOVSXBD        24(DI)(R8*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU          (DX)(R8*1), Y2
+	VPABSB           Y2, Y2
+	VPMAXUB          Y2, Y0, Y0
+	VPMOVSXBD        (DX)(R8*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPMOVSXBD        8(DX)(R8*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VPMOVSXBD        16(DX)(R8*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VPMOVSXBD        24(DX)(R8*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VPADDQ           Z5, Z6, Z6
+	VMOVDQU64        Z6, (AX)(R8*8)
+	VPADDQ           Z5, Z7, Z7
+	VMOVDQU64        Z7, 64(AX)(R8*8)
+	VPADDQ           Z5, Z8, Z8
+	VMOVDQU64        Z8, 128(AX)(R8*8)
+	VPADDQ           Z5, Z9, Z9
+	VMOVDQU64        Z9, 192(AX)(R8*8)
+	ADDQ             $0x00000020, R8
+	CMPQ             R8, R9
+	JB               o4_big
+
+o4_small:
+	CMPQ             R8, one_len+8(FP)
+	JAE              o4_done
+	VMOVDQU64        (AX)(R8*8), Z6
+	VMOVQ            (BX)(R8*1), X2
+	VPABSB           X2, X2
+	VPMAXUB          X2, X1, X1
+	VPMOVSXBD        (BX)(R8*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVQ            (SI)(R8*1), X2
+	VPABSB           X2, X2
+	VPMAXUB          X2, X1, X1
+	VPMOVSXBD        (SI)(R8*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVQ            (DI)(R8*1), X2
+	VPABSB           X2, X2
+	VPMAXUB          X2, X1, X1
+	VPMOVSXBD        (DI)(R8*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVQ            (DX)(R8*1), X2
+	VPABSB           X2, X2
+	VPMAXUB          X2, X1, X1
+	VPMOVSXBD        (DX)(R8*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 24(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 24(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPADDQ           Z5, Z6, Z6
+	VMOVDQU64        Z6, (AX)(R8*8)
+	ADDQ             $0x00000008, R8
+	JMP              o4_small
+
+o4_done:
+	JMP ret
+
+group3:
+	// 3 inputs
+	MOVQ         (DX), BX
+	MOVQ         24(DX), SI
+	MOVQ         48(DX), DX
+	MOVQ         $0x3658000000000000, DI
+	VPBROADCASTQ DI, Z5
+	MOVQ         one_len+8(FP), R8
+	ANDQ         $-32, R8
+	XORQ         DI, DI
+	CMPQ         DI, R8
+	JAE          o3_small
+
+o3_big:
+	VMOVDQU64        (AX)(DI*8), Z6
+	VMOVDQU64        64(AX)(DI*8), Z7
+	VMOVDQU64        128(AX)(DI*8), Z8
+	VMOVDQU64        192(AX)(DI*8), Z9
+	VMOVDQU          (BX)(DI*1), Y2
+	VPABSB           Y2, Y2
+	VPMAXUB          Y2, Y0, Y0
+	VPMOVSXBD        (BX)(DI*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPMOVSXBD        8(BX)(DI*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VPMOVSXBD        16(BX)(DI*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VPMOVSXBD        24(BX)(DI*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU          (SI)(DI*1), Y2
+	VPABSB           Y2, Y2
+	VPMAXUB          Y2, Y0, Y0
+	VPMOVSXBD        (SI)(DI*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPMOVSXBD        8(SI)(DI*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VPMOVSXBD        16(SI)(DI*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VPMOVSXBD        24(SI)(DI*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU          (DX)(DI*1), Y2
+	VPABSB           Y2, Y2
+	VPMAXUB          Y2, Y0, Y0
+	VPMOVSXBD        (DX)(DI*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPMOVSXBD        8(DX)(DI*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VPMOVSXBD        16(DX)(DI*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VPMOVSXBD        24(DX)(DI*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VPADDQ           Z5, Z6, Z6
+	VMOVDQU64        Z6, (AX)(DI*8)
+	VPADDQ           Z5, Z7, Z7
+	VMOVDQU64        Z7, 64(AX)(DI*8)
+	VPADDQ           Z5, Z8, Z8
+	VMOVDQU64        Z8, 128(AX)(DI*8)
+	VPADDQ           Z5, Z9, Z9
+	VMOVDQU64        Z9, 192(AX)(DI*8)
+	ADDQ             $0x00000020, DI
+	CMPQ             DI, R8
+	JB               o3_big
+
+o3_small:
+	CMPQ             DI, one_len+8(FP)
+	JAE              o3_done
+	VMOVDQU64        (AX)(DI*8), Z6
+	VMOVQ            (BX)(DI*1), X2
+	VPABSB           X2, X2
+	VPMAXUB          X2, X1, X1
+	VPMOVSXBD        (BX)(DI*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVQ            (SI)(DI*1), X2
+	VPABSB           X2, X2
+	VPMAXUB          X2, X1, X1
+	VPMOVSXBD        (SI)(DI*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVQ            (DX)(DI*1), X2
+	VPABSB           X2, X2
+	VPMAXUB          X2, X1, X1
+	VPMOVSXBD        (DX)(DI*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 16(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 16(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPADDQ           Z5, Z6, Z6
+	VMOVDQU64        Z6, (AX)(DI*8)
+	ADDQ             $0x00000008, DI
+	JMP              o3_small
+
+o3_done:
+	JMP ret
+
+group2:
+	// 2 inputs
+	MOVQ         (DX), BX
+	MOVQ         24(DX), DX
+	MOVQ         $0x7990000000000000, SI
+	VPBROADCASTQ SI, Z5
+	MOVQ         one_len+8(FP), DI
+	ANDQ         $-32, DI
+	XORQ         SI, SI
+	CMPQ         SI, DI
+	JAE          o2_small
+
+o2_big:
+	VMOVDQU64        (AX)(SI*8), Z6
+	VMOVDQU64        64(AX)(SI*8), Z7
+	VMOVDQU64        128(AX)(SI*8), Z8
+	VMOVDQU64        192(AX)(SI*8), Z9
+	VMOVDQU          (BX)(SI*1), Y2
+	VPABSB           Y2, Y2
+	VPMAXUB          Y2, Y0, Y0
+	VPMOVSXBD        (BX)(SI*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPMOVSXBD        8(BX)(SI*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VPMOVSXBD        16(BX)(SI*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VPMOVSXBD        24(BX)(SI*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VMOVDQU          (DX)(SI*1), Y2
+	VPABSB           Y2, Y2
+	VPMAXUB          Y2, Y0, Y0
+	VPMOVSXBD        (DX)(SI*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPMOVSXBD        8(DX)(SI*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VPMOVSXBD        16(DX)(SI*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VPMOVSXBD        24(DX)(SI*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VPADDQ           Z5, Z6, Z6
+	VMOVDQU64        Z6, (AX)(SI*8)
+	VPADDQ           Z5, Z7, Z7
+	VMOVDQU64        Z7, 64(AX)(SI*8)
+	VPADDQ           Z5, Z8, Z8
+	VMOVDQU64        Z8, 128(AX)(SI*8)
+	VPADDQ           Z5, Z9, Z9
+	VMOVDQU64        Z9, 192(AX)(SI*8)
+	ADDQ             $0x00000020, SI
+	CMPQ             SI, DI
+	JB               o2_big
+
+o2_small:
+	CMPQ             SI, one_len+8(FP)
+	JAE              o2_done
+	VMOVDQU64        (AX)(SI*8), Z6
+	VMOVQ            (BX)(SI*1), X2
+	VPABSB           X2, X2
+	VPMAXUB          X2, X1, X1
+	VPMOVSXBD        (BX)(SI*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VMOVQ            (DX)(SI*1), X2
+	VPABSB           X2, X2
+	VPMAXUB          X2, X1, X1
+	VPMOVSXBD        (DX)(SI*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST 8(CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST 8(CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPADDQ           Z5, Z6, Z6
+	VMOVDQU64        Z6, (AX)(SI*8)
+	ADDQ             $0x00000008, SI
+	JMP              o2_small
+
+o2_done:
+	JMP ret
+
+group1:
+	// 1 inputs
+	MOVQ         (DX), DX
+	MOVQ         $0xbcc8000000000000, BX
+	VPBROADCASTQ BX, Z5
+	MOVQ         one_len+8(FP), SI
+	ANDQ         $-32, SI
+	XORQ         BX, BX
+	CMPQ         BX, SI
+	JAE          o1_small
+
+o1_big:
+	VMOVDQU64        (AX)(BX*8), Z6
+	VMOVDQU64        64(AX)(BX*8), Z7
+	VMOVDQU64        128(AX)(BX*8), Z8
+	VMOVDQU64        192(AX)(BX*8), Z9
+	VMOVDQU          (DX)(BX*1), Y2
+	VPABSB           Y2, Y2
+	VPMAXUB          Y2, Y0, Y0
+	VPMOVSXBD        (DX)(BX*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPMOVSXBD        8(DX)(BX*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z7, Z7
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z7, Z7
+	VPMOVSXBD        16(DX)(BX*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z8, Z8
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z8, Z8
+	VPMOVSXBD        24(DX)(BX*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z9, Z9
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z9, Z9
+	VPADDQ           Z5, Z6, Z6
+	VMOVDQU64        Z6, (AX)(BX*8)
+	VPADDQ           Z5, Z7, Z7
+	VMOVDQU64        Z7, 64(AX)(BX*8)
+	VPADDQ           Z5, Z8, Z8
+	VMOVDQU64        Z8, 128(AX)(BX*8)
+	VPADDQ           Z5, Z9, Z9
+	VMOVDQU64        Z9, 192(AX)(BX*8)
+	ADDQ             $0x00000020, BX
+	CMPQ             BX, SI
+	JB               o1_big
+
+o1_small:
+	CMPQ             BX, one_len+8(FP)
+	JAE              o1_done
+	VMOVDQU64        (AX)(BX*8), Z6
+	VMOVQ            (DX)(BX*1), X2
+	VPABSB           X2, X2
+	VPMAXUB          X2, X1, X1
+	VPMOVSXBD        (DX)(BX*1), Y2
+	VCVTDQ2PD        Y2, Z2
+	VMOVAPD          Z10, Z3
+	VFMADD231PD.BCST (CX), Z2, Z3
+	VPSLLQ           $0x34, Z3, Z4
+	VPADDQ           Z4, Z6, Z6
+	VSUBPD           Z10, Z3, Z3
+	VFMSUB231PD.BCST (CX), Z2, Z3
+	VADDPD           Z11, Z3, Z3
+	VPADDQ           Z3, Z6, Z6
+	VPADDQ           Z5, Z6, Z6
+	VMOVDQU64        Z6, (AX)(BX*8)
+	ADDQ             $0x00000008, BX
+	JMP              o1_small
+
+o1_done:
+ret:
+	VMOVDQU      X1, X1
+	VEXTRACTI128 $0x01, Y0, X2
+	VPMAXUB      X2, X0, X2
+	VPMAXUB      X2, X1, X1
+	VPSHUFD      $0x4e, X1, X0
+	VPMAXUB      X0, X1, X1
+	VPSHUFD      $0xb1, X1, X0
+	VPMAXUB      X0, X1, X1
+	VPSRLD       $0x10, X1, X0
+	VPMAXUB      X0, X1, X1
+	VPSRLW       $0x08, X1, X0
+	VPMAXUB      X0, X1, X1
+	VMOVD        X1, AX
+	ANDL         $0x000000ff, AX
+	MOVL         AX, ret+72(FP)
+	VZEROUPPER
+	RET

@@ -73,3 +73,43 @@ func exactAccF16AVX512(hi []int64, lo []int64, w []float64, x [][]byte, c *[4]in
 //
 //go:noescape
 func exactAccI8AVX512(hi []int64, lo []int64, w []float64, x [][]byte, c *[4]int64) uint32
+
+// exactAcc1F32AVX2 is ExactAcc1F32 for len(one) a multiple of 8 and len(x) > 0.
+//
+//go:noescape
+func exactAcc1F32AVX2(one []int64, w []float64, x [][]byte) uint32
+
+// exactAcc1BF16AVX2 is ExactAcc1BF16 for len(one) a multiple of 8 and len(x) > 0.
+//
+//go:noescape
+func exactAcc1BF16AVX2(one []int64, w []float64, x [][]byte) uint32
+
+// exactAcc1F16AVX2 is ExactAcc1F16 for len(one) a multiple of 8 and len(x) > 0.
+//
+//go:noescape
+func exactAcc1F16AVX2(one []int64, w []float64, x [][]byte) uint32
+
+// exactAcc1I8AVX2 is ExactAcc1I8 for len(one) a multiple of 8 and len(x) > 0.
+//
+//go:noescape
+func exactAcc1I8AVX2(one []int64, w []float64, x [][]byte) uint32
+
+// exactAcc1F32AVX512 is ExactAcc1F32 for len(one) a multiple of 8 and len(x) > 0.
+//
+//go:noescape
+func exactAcc1F32AVX512(one []int64, w []float64, x [][]byte) uint32
+
+// exactAcc1BF16AVX512 is ExactAcc1BF16 for len(one) a multiple of 8 and len(x) > 0.
+//
+//go:noescape
+func exactAcc1BF16AVX512(one []int64, w []float64, x [][]byte) uint32
+
+// exactAcc1F16AVX512 is ExactAcc1F16 for len(one) a multiple of 8 and len(x) > 0.
+//
+//go:noescape
+func exactAcc1F16AVX512(one []int64, w []float64, x [][]byte) uint32
+
+// exactAcc1I8AVX512 is ExactAcc1I8 for len(one) a multiple of 8 and len(x) > 0.
+//
+//go:noescape
+func exactAcc1I8AVX512(one []int64, w []float64, x [][]byte) uint32

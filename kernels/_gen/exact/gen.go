@@ -45,6 +45,11 @@ func main() {
 	for _, in := range inputs {
 		genAcc(in, avx512)
 	}
+	for _, s := range []isa{avx2, avx512} {
+		for _, in := range inputs {
+			genAcc1(in, s)
+		}
+	}
 
 	Generate()
 }
@@ -561,6 +566,144 @@ func (f *finish) apply(s isa, h, l, t VecVirtual) {
 		VPAND(f.c[2], t, t)
 	}
 	VPADDQ(f.c[3], t, l)
+}
+
+// ---------------------------------------------------------------------------------------------
+// One-limb accumulation.
+
+// oneLimbBias is what a term adds to a one-limb sum beyond its value when the limb takes the
+// bits of the two magic sums: bits(1.5·2^104)·2^52 + bits(1.5·2^52), modulo 2^64.
+var oneLimbBias = math.Float64bits(magicHi)<<52 + math.Float64bits(magicLo)
+
+// genAcc1 generates exactAcc1<I><ISA>(one, w, x) uint32: the terms of every input added to
+// one-limb sums (kernels.ExactAcc1F32), for len(one) a multiple of 8 and len(x) > 0. Per term
+// it computes the two magic sums of accGroup and adds both to the limb, the first shifted left
+// by 52 (bits(s)·2^52 + bits(r) = (h + bits(1.5·2^104))·2^52 + l + bits(1.5·2^52), modulo
+// 2^64); each pass of g inputs then subtracts g·oneLimbBias once per column. No normalisation:
+// the sum is a plain int64, wrapping, so the limb equals the reference's whatever the grouping.
+func genAcc1(in input, s isa) {
+	name := fmt.Sprintf("exactAcc1%s%s", in.name, s.suffix)
+	TEXT(name, NOSPLIT, "func(one []int64, w []float64, x [][]byte) uint32")
+	Pragma("noescape")
+	Doc(fmt.Sprintf("%s is ExactAcc1%s for len(one) a multiple of 8 and len(x) > 0.", name, in.name))
+	op := Load(Param("one").Base(), GP64())
+	n, err := Param("one").Len().Resolve()
+	if err != nil {
+		panic(err)
+	}
+	wp := Load(Param("w").Base(), GP64())
+	xp := Load(Param("x").Base(), GP64())
+	cnt := Load(Param("x").Len(), GP64())
+	var wst Mem
+	if !s.wide {
+		wst = AllocLocal(32 * maxGroup)
+	}
+	mx := newMaxCheck(in, s)
+	rs := newAcc1Regs(s)
+
+	const hdr = 24
+	Label("groups")
+	CMPQ(cnt, U8(maxGroup))
+	JBE(LabelRef("rest"))
+	acc1Group(in, s, maxGroup, "l", op, n.Addr, wp, xp, wst, mx, rs)
+	ADDQ(U32(maxGroup*hdr), xp)
+	ADDQ(U32(maxGroup*8), wp)
+	SUBQ(U8(maxGroup), cnt)
+	JMP(LabelRef("groups"))
+
+	Label("rest")
+	for g := maxGroup; g >= 1; g-- {
+		CMPQ(cnt, U8(g))
+		JE(LabelRef(fmt.Sprintf("group%d", g)))
+	}
+	JMP(LabelRef("ret"))
+	for g := maxGroup; g >= 1; g-- {
+		Label(fmt.Sprintf("group%d", g))
+		acc1Group(in, s, g, "o", op, n.Addr, wp, xp, wst, mx, rs)
+		JMP(LabelRef("ret"))
+	}
+	Label("ret")
+	Store(mx.reduce(), ReturnIndex(0))
+	VZEROUPPER()
+	RET()
+}
+
+// acc1Regs are the vector registers of the one-limb accumulation (see accRegs).
+type acc1Regs struct {
+	ones        []VecVirtual
+	v, t, u     VecVirtual
+	mhi, mlo, b VecVirtual
+}
+
+func newAcc1Regs(s isa) *acc1Regs {
+	cols := s.step / s.lanes
+	rs := &acc1Regs{ones: make([]VecVirtual, cols), v: s.vec(), t: s.vec(), u: s.vec(), b: s.vec()}
+	for c := range cols {
+		rs.ones[c] = s.vec()
+	}
+	rs.mhi = broadcastQ(s, math.Float64bits(magicHi))
+	rs.mlo = broadcastQ(s, math.Float64bits(magicLo))
+	return rs
+}
+
+// acc1Group emits the pass of g inputs over the n one-limb sums at op (accGroup's, one limb);
+// prefix tells its labels from those of the other pass of g inputs.
+func acc1Group(in input, s isa, g int, prefix string, op Register, n Mem, wp, xp Register, wst Mem, mx *maxCheck, rs *acc1Regs) {
+	const hdr = 24
+	ptrs := make([]Register, g)
+	ws := make([]Op, g)
+	Commentf("%d inputs", g)
+	for i := range g {
+		ptrs[i] = GP64()
+		MOVQ(Mem{Base: xp, Disp: i * hdr}, ptrs[i])
+		if s.wide {
+			ws[i] = Mem{Base: wp, Disp: 8 * i}
+			continue
+		}
+		v := s.vec()
+		VBROADCASTSD(Mem{Base: wp, Disp: 8 * i}, v)
+		VMOVUPD(v, wst.Offset(32*i))
+		ws[i] = wst.Offset(32 * i)
+	}
+	bias := GP64()
+	MOVQ(U64(-uint64(g)*oneLimbBias), bias) // minus g biases, modulo 2^64
+	if s.wide {
+		VPBROADCASTQ(bias, rs.b)
+	} else {
+		VMOVQ(bias, rs.b.AsX())
+		VPBROADCASTQ(rs.b.AsX(), rs.b)
+	}
+	j := GP64()
+	steps(fmt.Sprintf("%s%d_", prefix, g), j, n, s.step, 8, func(k int) {
+		cols := k / s.lanes
+		ones := rs.ones[:cols]
+		for c := range cols {
+			VMOVDQU64orU(elem(op, j, 8, c*s.lanes), ones[c], s)
+		}
+		v, t, u := rs.v, rs.t, rs.u
+		for i := range g {
+			mx.update(elem(ptrs[i], j, in.size, 0), k)
+			for c := range cols {
+				widen(in, s, elem(ptrs[i], j, in.size, c*s.lanes), v)
+				fma, fms := VFMADD231PD, VFMSUB231PD
+				if s.wide {
+					fma, fms = VFMADD231PD_BCST, VFMSUB231PD_BCST
+				}
+				VMOVAPD(rs.mhi, t)
+				fma(ws[i], v, t)            // t = w·x + 1.5·2^104
+				VPSLLQ(U8(52), t, u)        // (magic + h)·2^52
+				VPADDQ(u, ones[c], ones[c]) //
+				VSUBPD(rs.mhi, t, t)        // h·2^52
+				fms(ws[i], v, t)            // w·x − h·2^52, rounded once
+				VADDPD(rs.mlo, t, t)        // rounded to an integer
+				VPADDQ(t, ones[c], ones[c]) // its bits: magic + l
+			}
+		}
+		for c := range cols {
+			VPADDQ(rs.b, ones[c], ones[c])
+			VMOVDQU64orU(ones[c], elem(op, j, 8, c*s.lanes), s)
+		}
+	})
 }
 
 // ---------------------------------------------------------------------------------------------
