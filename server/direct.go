@@ -3,7 +3,6 @@ package server
 import (
 	"fmt"
 	"os"
-	"sync"
 
 	"golang.org/x/sys/unix"
 
@@ -16,6 +15,10 @@ import (
 // ingest's CPU time: first touch of pages the hypervisor has not backed is slow. A spool that
 // the round never reads back (the sum takes the pieces as they arrive) has no use for the cache.
 //
+// Bytes written (or received in a lent slice) stay where they are until the next call on the
+// file: the caller may still read them (the server adds a chunk to the sum after the spool has
+// it), so a buffer handed to a background write goes back to the free list only at a later call.
+//
 // Writes may come at any offsets, each byte once. A run of consecutive bytes is gathered in the
 // staging buffer; its whole blocks go to the disk when the run breaks or the buffer fills, and a
 // block the run covers in part is kept aside (pending) until its other bytes arrive, so that
@@ -24,8 +27,8 @@ import (
 type directFile struct {
 	f       *os.File
 	buf     []byte     // staging: file bytes [start+lo, start+hi) are buf[lo:hi]
-	spare   []byte     // the other staging buffer, being written by the writer goroutine when busy
 	busy    chan error // the background write's outcome, nil when none is in flight
+	writing []byte     // the staging buffer of the background write (until reaped)
 	start   int64      // block-aligned
 	lo, hi  int
 	pending map[int64]*partBlock // by the block's file offset
@@ -46,8 +49,33 @@ const directBlock = 4096
 // that the two an upload holds (one filling, one being written) are one chunk together.
 const directStage = DefaultChunkBytes / 2
 
-// stagePool recycles staging buffers across uploads: 64 concurrent uploads hold 64 MiB.
-var stagePool = sync.Pool{New: func() any { return tensor.PageAligned(directStage) }}
+// stages recycles staging buffers across uploads. An upload holds one buffer while it fills it
+// and hands it to a background write when it is full, taking another; the written buffer goes
+// back to the list at the upload's next call once the disk has it (reap). So the buffers in use
+// are about one per upload plus the writes in flight, not two per upload: at 17 MB/s per stream
+// (64 streams at 1.1 GB/s) a buffer fills in 30 ms and is written in a few. A free list rather
+// than a sync.Pool: a collection would empty the pool, and every buffer after it would be fresh
+// memory again.
+var stages = freeList{c: make(chan []byte, 2*DefaultMaxStreams)}
+
+// freeList is a bounded list of staging buffers.
+type freeList struct{ c chan []byte }
+
+func (l freeList) get() []byte {
+	select {
+	case b := <-l.c:
+		return b
+	default:
+		return tensor.PageAligned(directStage)
+	}
+}
+
+func (l freeList) put(b []byte) {
+	select {
+	case l.c <- b[:directStage:directStage]:
+	default: // more buffers than the list keeps: the collector takes this one
+	}
+}
 
 // openDirect creates the file at path for O_DIRECT writes. It fails with EINVAL where the file
 // system does not take them (tmpfs): the caller writes through the page cache then.
@@ -56,13 +84,16 @@ func openDirect(path string) (*directFile, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &directFile{f: f, buf: stagePool.Get().([]byte), pending: map[int64]*partBlock{}}, nil
+	return &directFile{f: f, buf: stages.get(), pending: map[int64]*partBlock{}}, nil
 }
 
 // lend returns the staging buffer's room for the bytes at file offset p, at most max of them,
 // so that they can be received straight into it (a flush first if p does not continue the run
 // being staged). A writeAt of a prefix of that slice at p then takes it without a copy.
 func (d *directFile) lend(p int64, max int) ([]byte, error) {
+	if err := d.reap(); err != nil {
+		return nil, err
+	}
 	if d.hi > d.lo && p != d.start+int64(d.hi) {
 		if err := d.flush(); err != nil {
 			return nil, err
@@ -78,6 +109,9 @@ func (d *directFile) lend(p int64, max int) ([]byte, error) {
 
 // writeAt writes data at file offset p.
 func (d *directFile) writeAt(data []byte, p int64) error {
+	if err := d.reap(); err != nil {
+		return err
+	}
 	if len(data) > 0 && d.hi < len(d.buf) && &data[0] == &d.buf[d.hi] && p == d.start+int64(d.hi) && len(data) <= len(d.buf)-d.hi {
 		// Received in place (lend): the bytes are already staged.
 		d.hi += len(data)
@@ -138,30 +172,46 @@ func (d *directFile) flush() error {
 	return nil
 }
 
-// writeBehind writes buf[a:b] at start+a on a goroutine, and gives the upload the other
-// staging buffer meanwhile: the next chunk arrives while this one goes to the disk.
+// writeBehind writes buf[a:b] at start+a on a goroutine, and gives the upload another staging
+// buffer meanwhile: the next chunk arrives while this one goes to the disk.
 func (d *directFile) writeBehind(a, b int) error {
 	if err := d.wait(); err != nil {
 		return err
 	}
-	if d.spare == nil {
-		d.spare = stagePool.Get().([]byte)
-	}
-	buf, off := d.buf[a:b], d.start+int64(a)
-	d.end = max(d.end, off+int64(len(buf)))
-	d.buf, d.spare = d.spare, d.buf
+	off := d.start + int64(a)
+	d.end = max(d.end, off+int64(b-a))
+	d.writing, d.buf = d.buf, stages.get()
 	d.busy = make(chan error, 1)
-	go func(done chan error) { done <- d.pwrite(buf, off) }(d.busy)
+	go func(done chan error, b []byte) { done <- d.pwrite(b, off) }(d.busy, d.writing[a:b])
 	return nil
 }
 
-// wait waits for the background write.
+// wait waits for the background write and gives its buffer back.
 func (d *directFile) wait() error {
 	if d.busy == nil {
 		return nil
 	}
-	err := <-d.busy
+	return d.done(<-d.busy)
+}
+
+// reap gives the background write's buffer back if the write is over (its error, if any, is
+// the call's), without waiting for it. The caller's earlier bytes are then no longer needed.
+func (d *directFile) reap() error {
+	if d.busy == nil {
+		return nil
+	}
+	select {
+	case err := <-d.busy:
+		return d.done(err)
+	default:
+		return nil
+	}
+}
+
+func (d *directFile) done(err error) error {
 	d.busy = nil
+	stages.put(d.writing)
+	d.writing = nil
 	return err
 }
 
@@ -222,11 +272,9 @@ func (d *directFile) flushAll(size int64) error {
 // close closes the file and gives the staging buffer back.
 func (d *directFile) close() error {
 	d.wait()
-	for _, b := range [][]byte{d.buf, d.spare} {
-		if b != nil {
-			stagePool.Put(b)
-		}
+	if d.buf != nil {
+		stages.put(d.buf)
 	}
-	d.buf, d.spare = nil, nil
+	d.buf = nil
 	return d.f.Close()
 }

@@ -5,6 +5,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"runtime"
 	"testing"
 
 	"github.com/wattagg/wattagg/tensor"
@@ -89,6 +90,60 @@ func TestDirectFileWritesWhatArrived(t *testing.T) {
 			}
 			t.Fatalf("seed %d: %d bytes, want %d; first difference at byte %d", seed, len(got), len(want), i)
 		}
+	}
+}
+
+// TestDirectKeepsBytesUntilNextCall: a chunk received into the staging buffer stays intact
+// after the write that sends its buffer to the disk, even once the disk has it and other
+// uploads take every buffer the free list holds, until the upload's next call (the server adds
+// the chunk to the sum after the spool has it); then the buffer goes back to the list.
+func TestDirectKeepsBytesUntilNextCall(t *testing.T) {
+	dir := t.TempDir()
+	d, err := openDirect(filepath.Join(dir, "a"))
+	if err != nil {
+		t.Skipf("no O_DIRECT here: %v", err)
+	}
+	defer d.close()
+	b, err := d.lend(0, directStage)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range b {
+		b[i] = byte(i % 251)
+	}
+	if err := d.writeAt(b, 0); err != nil { // fills the buffer: written behind
+		t.Fatal(err)
+	}
+	if d.busy == nil {
+		t.Fatal("a full staging buffer was not written behind")
+	}
+	for len(d.busy) == 0 { // the disk has it
+		runtime.Gosched()
+	}
+	var taken [][]byte // what other uploads would take now, overwritten
+	for range cap(stages.c) + 1 {
+		x := stages.get()
+		for i := range x {
+			x[i] = 0xee
+		}
+		taken = append(taken, x)
+	}
+	for i := range b {
+		if b[i] != byte(i%251) {
+			t.Fatalf("byte %d of the chunk is %#x once its buffer was written: given away before the next call", i, b[i])
+		}
+	}
+	for _, x := range taken {
+		stages.put(x)
+	}
+	for len(stages.c) > 0 { // empty the list, so that the reaped buffer is the one there
+		<-stages.c
+	}
+	if _, err := d.lend(directStage, 10); err != nil {
+		t.Fatal(err)
+	}
+	if d.busy != nil || len(stages.c) != 1 || &(<-stages.c)[0] != &b[0] {
+		t.Fatal("the next call did not give the written buffer back")
 	}
 }
 

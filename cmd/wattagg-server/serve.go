@@ -20,6 +20,7 @@ import (
 	"github.com/wattagg/wattagg/aggregate"
 	"github.com/wattagg/wattagg/device"
 	"github.com/wattagg/wattagg/energy"
+	"github.com/wattagg/wattagg/internal/headroom"
 	"github.com/wattagg/wattagg/server"
 )
 
@@ -27,7 +28,7 @@ func newServeCmd() *cobra.Command {
 	var cfgPath, addrFile string
 	var grace time.Duration
 	var noMeters bool
-	var procs int
+	var procs, gcHeadroom int
 	cmd := &cobra.Command{
 		Use:   "serve --config FILE",
 		Short: "Run the aggregation server: clients push updates over HTTP, rounds close into models",
@@ -98,7 +99,12 @@ GET / (status page), GET /healthz. SIGINT or SIGTERM stops the server gracefully
 			if err != nil {
 				return err
 			}
-			logger.Info("scheduler", "gomaxprocs", runtime.GOMAXPROCS(0), "kernel_workers", cpus)
+			if gcHeadroom < 0 {
+				return usagef("--gc-headroom %d: want MiB of garbage, or 0 for Go's own pacing", gcHeadroom)
+			}
+			defer headroom.Keep(uint64(gcHeadroom) << 20)()
+			logger.Info("scheduler", "gomaxprocs", runtime.GOMAXPROCS(0), "kernel_workers", cpus, "gc_headroom_mib", gcHeadroom,
+				"gomemlimit_env", os.Getenv("GOMEMLIMIT") != "")
 			opts := []server.Option{server.WithLogger(logger), server.WithEngineOptions(aggregate.WithDevices(cpu))}
 			if !noMeters {
 				inv, err := energy.Discover()
@@ -123,9 +129,20 @@ GET / (status page), GET /healthz. SIGINT or SIGTERM stops the server gracefully
 	cmd.Flags().DurationVar(&grace, "grace", 30*time.Second, "on SIGTERM, how long requests in progress may take to finish")
 	cmd.Flags().BoolVar(&noMeters, "no-meters", false, "do not meter rounds (reports say why joules are null)")
 	cmd.Flags().IntVar(&procs, "procs", 0, fmt.Sprintf("Go scheduler threads (GOMAXPROCS); 0: %d × the CPUs, unless the GOMAXPROCS environment variable is set. Kernels keep one worker per CPU", procsPerCPU))
+	cmd.Flags().IntVar(&gcHeadroom, "gc-headroom", defaultGCHeadroom, "MiB of garbage the Go collector may leave before it runs, whatever the size of the live heap (a soft memory limit kept at live + this after each collection; 0: Go's own pacing, which lets garbage grow as large as the live heap, the round's sums included; a GOMEMLIMIT in the environment wins)")
 	cmd.AddCommand(newHashTokenCmd())
 	return cmd
 }
+
+// defaultGCHeadroom is --gc-headroom's default, in MiB. A round's running sums are one large live
+// buffer (16 bytes per parameter, 8 with one limb), and Go's pacing (GOGC=100) lets the heap
+// grow to twice what was live at the last collection: the garbage an ingest makes (gRPC's and
+// the decoders' small allocations, 10–13 MiB/s at 1 GB/s of Flight) was allowed to pile up to
+// the size of the sums. Measured (64 Flight clients × 25M f32, one-limb sums): the server's peak
+// RSS was 405–413 MiB with Go's pacing, 381–388 with 64 MiB of headroom and 361–365 with 32
+// (with the staging buffers shared, stages in server/direct.go); a collection then runs every
+// two or three seconds, marking a heap of buffers that hold no pointers.
+const defaultGCHeadroom = 32
 
 // procsPerCPU is the server's scheduler threads per CPU. Spool files are written with O_DIRECT,
 // and such a pwrite keeps its thread, and the scheduler's P with it, until the disk has the
