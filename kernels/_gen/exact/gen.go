@@ -226,11 +226,24 @@ func genAcc(in input, s isa) {
 	rs := newAccRegs(s)
 	fin := newFinish(s)
 
+	groupPasses(cnt, wp, xp, mx, func(g int, last bool) {
+		f := fin
+		if !last {
+			f = nil
+		}
+		accGroup(in, s, g, hip, lop, n.Addr, wp, xp, wst, mx, rs, f)
+	})
+}
+
+// groupPasses emits the passes over the accumulator of an accumulation function, maxGroup
+// inputs at a time (headers at xp, weights at wp, cnt of them), the last group (full or not)
+// last, and the return of the largest magnitude: pass(g, last) emits the pass of g inputs.
+func groupPasses(cnt, wp, xp Register, mx *maxCheck, pass func(g int, last bool)) {
 	const hdr = 24 // a slice header: ptr, len, cap
 	Label("groups")
 	CMPQ(cnt, U8(maxGroup))
 	JBE(LabelRef("rest")) // the last group, full or not, finishes
-	accGroup(in, s, maxGroup, hip, lop, n.Addr, wp, xp, wst, mx, rs, nil)
+	pass(maxGroup, false)
 	ADDQ(U32(maxGroup*hdr), xp)
 	ADDQ(U32(maxGroup*8), wp)
 	SUBQ(U8(maxGroup), cnt)
@@ -244,13 +257,36 @@ func genAcc(in input, s isa) {
 	JMP(LabelRef("ret"))
 	for g := maxGroup; g >= 1; g-- {
 		Label(fmt.Sprintf("group%d", g))
-		accGroup(in, s, g, hip, lop, n.Addr, wp, xp, wst, mx, rs, fin)
+		pass(g, true)
 		JMP(LabelRef("ret"))
 	}
 	Label("ret")
 	Store(mx.reduce(), ReturnIndex(0))
 	VZEROUPPER()
 	RET()
+}
+
+// groupInputs loads the pointers of the g inputs whose headers are at xp and makes their
+// weights (at wp) memory operands: broadcast to the stack at wst on AVX2, embedded broadcasts
+// on AVX-512.
+func groupInputs(s isa, g int, wp, xp Register, wst Mem) ([]Register, []Op) {
+	const hdr = 24
+	ptrs := make([]Register, g)
+	ws := make([]Op, g)
+	Commentf("%d inputs", g)
+	for i := range g {
+		ptrs[i] = GP64()
+		MOVQ(Mem{Base: xp, Disp: i * hdr}, ptrs[i])
+		if s.wide {
+			ws[i] = Mem{Base: wp, Disp: 8 * i} // embedded broadcast
+			continue
+		}
+		v := s.vec()
+		VBROADCASTSD(Mem{Base: wp, Disp: 8 * i}, v)
+		VMOVUPD(v, wst.Offset(32*i))
+		ws[i] = wst.Offset(32 * i)
+	}
+	return ptrs, ws
 }
 
 // maxCheck tracks the largest magnitude of the input elements as unsigned integers of the
@@ -431,22 +467,7 @@ func widen(in input, s isa, m Mem, dst VecVirtual) {
 // check. The weights are memory operands: broadcast to the stack at wst on AVX2, embedded
 // broadcasts on AVX-512.
 func accGroup(in input, s isa, g int, hip, lop Register, n Mem, wp, xp Register, wst Mem, mx *maxCheck, rs *accRegs, fin *finish) {
-	const hdr = 24
-	ptrs := make([]Register, g)
-	ws := make([]Op, g)
-	Commentf("%d inputs", g)
-	for i := range g {
-		ptrs[i] = GP64()
-		MOVQ(Mem{Base: xp, Disp: i * hdr}, ptrs[i])
-		if s.wide {
-			ws[i] = Mem{Base: wp, Disp: 8 * i} // embedded broadcast
-			continue
-		}
-		v := s.vec()
-		VBROADCASTSD(Mem{Base: wp, Disp: 8 * i}, v)
-		VMOVUPD(v, wst.Offset(32*i))
-		ws[i] = wst.Offset(32 * i)
-	}
+	ptrs, ws := groupInputs(s, g, wp, xp, wst)
 	mhi, mlo := rs.mhi, rs.mlo
 	j := GP64()
 	prefix := fmt.Sprintf("g%d_", g)
@@ -601,31 +622,13 @@ func genAcc1(in input, s isa) {
 	mx := newMaxCheck(in, s)
 	rs := newAcc1Regs(s)
 
-	const hdr = 24
-	Label("groups")
-	CMPQ(cnt, U8(maxGroup))
-	JBE(LabelRef("rest"))
-	acc1Group(in, s, maxGroup, "l", op, n.Addr, wp, xp, wst, mx, rs)
-	ADDQ(U32(maxGroup*hdr), xp)
-	ADDQ(U32(maxGroup*8), wp)
-	SUBQ(U8(maxGroup), cnt)
-	JMP(LabelRef("groups"))
-
-	Label("rest")
-	for g := maxGroup; g >= 1; g-- {
-		CMPQ(cnt, U8(g))
-		JE(LabelRef(fmt.Sprintf("group%d", g)))
-	}
-	JMP(LabelRef("ret"))
-	for g := maxGroup; g >= 1; g-- {
-		Label(fmt.Sprintf("group%d", g))
-		acc1Group(in, s, g, "o", op, n.Addr, wp, xp, wst, mx, rs)
-		JMP(LabelRef("ret"))
-	}
-	Label("ret")
-	Store(mx.reduce(), ReturnIndex(0))
-	VZEROUPPER()
-	RET()
+	groupPasses(cnt, wp, xp, mx, func(g int, last bool) {
+		prefix := "l"
+		if last {
+			prefix = "o"
+		}
+		acc1Group(in, s, g, prefix, op, n.Addr, wp, xp, wst, mx, rs)
+	})
 }
 
 // acc1Regs are the vector registers of the one-limb accumulation (see accRegs).
@@ -649,22 +652,7 @@ func newAcc1Regs(s isa) *acc1Regs {
 // acc1Group emits the pass of g inputs over the n one-limb sums at op (accGroup's, one limb);
 // prefix tells its labels from those of the other pass of g inputs.
 func acc1Group(in input, s isa, g int, prefix string, op Register, n Mem, wp, xp Register, wst Mem, mx *maxCheck, rs *acc1Regs) {
-	const hdr = 24
-	ptrs := make([]Register, g)
-	ws := make([]Op, g)
-	Commentf("%d inputs", g)
-	for i := range g {
-		ptrs[i] = GP64()
-		MOVQ(Mem{Base: xp, Disp: i * hdr}, ptrs[i])
-		if s.wide {
-			ws[i] = Mem{Base: wp, Disp: 8 * i}
-			continue
-		}
-		v := s.vec()
-		VBROADCASTSD(Mem{Base: wp, Disp: 8 * i}, v)
-		VMOVUPD(v, wst.Offset(32*i))
-		ws[i] = wst.Offset(32 * i)
-	}
+	ptrs, ws := groupInputs(s, g, wp, xp, wst)
 	bias := GP64()
 	MOVQ(U64(-uint64(g)*oneLimbBias), bias) // minus g biases, modulo 2^64
 	if s.wide {
