@@ -294,3 +294,25 @@ func TestSchedulerProcs(t *testing.T) {
 		t.Fatalf("GOMAXPROCS set: %d kernel workers, GOMAXPROCS %d, want it left at %d", got, runtime.GOMAXPROCS(0), orig)
 	}
 }
+
+// A negative --gc-headroom is a usage error (exit 2, one line naming the flag), refused before
+// the server starts.
+func TestServeGCHeadroomFlag(t *testing.T) {
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "server.json")
+	b, err := json.Marshal(map[string]any{"listen": "127.0.0.1:0", "data_dir": filepath.Join(dir, "data"),
+		"clients": []map[string]string{{"id": "a", "token_sha256": server.HashToken("token-a-5e1f0c")}}, "round": map[string]any{"rule": "fedavg"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(cfg, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, stderr, code := wattagg(t, "serve", "--config", cfg, "--no-meters", "--gc-headroom", "-1")
+	if s := strings.TrimSpace(stderr); code != 2 || strings.Contains(s, "\n") || !strings.Contains(s, "--gc-headroom -1") {
+		t.Fatalf("--gc-headroom -1: exit %d, stderr %q: want 2 and one line naming the flag", code, stderr)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "data")); err == nil {
+		t.Error("the server made its data directory before refusing the flag")
+	}
+}
