@@ -17,6 +17,7 @@ func newBenchServeCmd() *cobra.Command {
 	c := servebench.Config{Clients: 64, Params: 25_000_000, SmallClients: 1000, SmallParams: 1_000_000, SmallStreams: 64,
 		Kills: 20, CrashClients: 64, CrashParams: 1_000_000}
 	var dir, only string
+	var serverFlags []string
 	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "serve",
@@ -59,7 +60,8 @@ under --dir for the default ingest row.`,
 			defer logf.Close()
 			c.Dir = dir
 			c.Start = func(cfgPath, addrFile string) (*exec.Cmd, error) {
-				sc := exec.Command(exe, "serve", "--config", cfgPath, "--addr-file", addrFile)
+				args := append([]string{"serve", "--config", cfgPath, "--addr-file", addrFile}, serverFlags...)
+				sc := exec.Command(exe, args...)
 				sc.Stdout, sc.Stderr = logf, logf
 				return sc, sc.Start()
 			}
@@ -86,6 +88,7 @@ under --dir for the default ingest row.`,
 	f := cmd.Flags()
 	f.StringVar(&dir, "dir", "", "scratch directory (default: a temporary directory, removed after)")
 	f.StringVar(&c.Sum, "sum", "", "round.sum of the server's rounds: auto (the server's default: exact for fedavg), exact, float, or one-limb (exact, round.exact {bound 16, max_weight 2^20, one_limb}: an 8-byte accumulator)")
+	f.StringArrayVar(&serverFlags, "server-flag", nil, "a flag for the server under test, repeatable (--server-flag=--gc-headroom=0 --server-flag=--procs=2): its settings compared in one binary")
 	f.StringVar(&only, "only", "", "comma-separated rows to run: ingest, flight, small, crash (default: all)")
 	f.BoolVar(&asJSON, "json", false, "print the rows as JSON")
 	f.IntVar(&c.Clients, "clients", c.Clients, "ingest: concurrent clients")

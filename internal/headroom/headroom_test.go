@@ -82,7 +82,7 @@ func TestKeepFollowsLive(t *testing.T) {
 		buf[j] = 1
 	}
 	k := &keeper{headroom: 16 * mib, before: before}
-	k.samples = []metrics.Sample{{Name: mapped}, {Name: released}, {Name: objects}, {Name: live}, {Name: free}}
+	k.samples = []metrics.Sample{{Name: mapped}, {Name: released}, {Name: objects}, {Name: live}}
 	settle()
 	k.update()
 	high := k.limit
