@@ -8,12 +8,14 @@ import (
 	"testing"
 )
 
-// exactAcc1Cases are the one-limb accumulation kernels, beside the two-limb ones of the same
-// input dtype.
-var exactAcc1Cases = []struct {
+// exactAcc1Case is a one-limb accumulation kernel, beside the two-limb one of the same input
+// dtype.
+type exactAcc1Case struct {
 	two exactAccCase
 	fn  func(k *Impl, one []int64, w []float64, x [][]byte) uint32
-}{
+}
+
+var exactAcc1Cases = []exactAcc1Case{
 	{exactAccCases[0], (*Impl).ExactAcc1F32},
 	{exactAccCases[1], (*Impl).ExactAcc1BF16},
 	{exactAccCases[2], (*Impl).ExactAcc1F16},

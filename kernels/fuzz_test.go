@@ -228,7 +228,7 @@ func getElem(b []byte, size, j int) uint64 {
 }
 
 // FuzzExactAcc: the exact sums of every implementation give the reference's limbs and largest
-// magnitude bit for bit, for any limbs, inputs, alignments and counts of inputs (up to three
+// magnitude bit for bit, and the one-limb sums the same integers modulo 2^64, for any limbs, inputs, alignments and counts of inputs (up to three
 // groups and a remainder: the last group, full or not, finishes the limbs). Inputs and weights
 // are kept to the family's contract (terms below ExactMaxTerm: magnitudes below 2^40, weights
 // below 2^60), as the callers' bound check keeps them.
@@ -272,6 +272,23 @@ func FuzzExactAcc(f *testing.F) {
 			for j := range n {
 				if gotHi[j] != wantHi[j] || gotLo[j] != wantLo[j] {
 					t.Fatalf("%s %s: %d inputs of %d: element %d is (%d, %d), reference (%d, %d)", k.Name(), c.name, cnt, n, j, gotHi[j], gotLo[j], wantHi[j], wantLo[j])
+				}
+			}
+		}
+		// The one-limb kernels on the same terms, from the same sums as one int64: the integer
+		// the two limbs hold, modulo 2^64, with the same largest magnitude.
+		acc1 := exactAcc1Cases[slices.IndexFunc(exactAcc1Cases, func(a exactAcc1Case) bool { return a.two.name == c.name })].fn
+		for _, k := range Impls() {
+			one := make([]int64, n)
+			for j := range one {
+				one[j] = hi[j]<<ExactLimbShift + lo[j]
+			}
+			if gotMax := acc1(k, one, w, x); gotMax != wantMax {
+				t.Fatalf("%s one-limb %s: %d inputs of %d: largest magnitude %#x, reference %#x", k.Name(), c.name, cnt, n, gotMax, wantMax)
+			}
+			for j := range n {
+				if want := wantHi[j]<<ExactLimbShift + wantLo[j]; one[j] != want {
+					t.Fatalf("%s one-limb %s: %d inputs of %d: element %d is %d, two limbs hold %d", k.Name(), c.name, cnt, n, j, one[j], want)
 				}
 			}
 		}
