@@ -404,15 +404,8 @@ func (a *cpuExactAccumulator) AddPiece(ctx context.Context, t, lo int, x Span, w
 		exactAcc1Kernel(a.c.kern, x.DType)(a.one[t][lo:lo+n], w64, xs)
 		return nil
 	}
-	// Block by block, so that the kernel's second pass over the limbs (normalising them) finds
-	// them in L2: a 1 MiB f32 piece has 4 MiB of limbs.
-	k := exactAccKernel(a.c.kern, x.DType)
-	block := a.c.exactBlockElems()
-	for b := 0; b < n; b += block {
-		e := min(b+block, n)
-		xs[0] = x.Data[b*es : e*es]
-		k(a.hi[t][lo+b:lo+e], a.lo[t][lo+b:lo+e], w64, xs)
-	}
+	// One input: the kernel normalises the limbs in its only pass over them.
+	exactAccKernel(a.c.kern, x.DType)(a.hi[t][lo:lo+n], a.lo[t][lo:lo+n], w64, xs)
 	return nil
 }
 
