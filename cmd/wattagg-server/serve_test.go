@@ -5,11 +5,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"math"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -315,4 +318,34 @@ func TestServeGCHeadroomFlag(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, "data")); err == nil {
 		t.Error("the server made its data directory before refusing the flag")
 	}
+}
+
+// A running `wattagg serve` keeps the collector's headroom: the memory limit it shows on
+// /metrics is its live memory plus 32 MiB, not Go's default (no limit: math.MaxInt64).
+func TestServeKeepsGCHeadroom(t *testing.T) {
+	dir := t.TempDir()
+	url := serveProcess(t, map[string]any{"listen": "127.0.0.1:0", "data_dir": filepath.Join(dir, "data"),
+		"clients": []map[string]string{{"id": "a", "token_sha256": server.HashToken("token-a-5e1f0c")}}, "round": map[string]any{"rule": "fedavg"}})
+	resp, err := http.Get(url + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "go_gc_gomemlimit_bytes "); ok {
+			limit, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if limit < 32<<20 || limit > 1<<30 {
+				t.Fatalf("the server's memory limit is %.0f bytes: want its live memory plus the 32 MiB headroom", limit)
+			}
+			return
+		}
+	}
+	t.Fatalf("/metrics has no go_gc_gomemlimit_bytes:\n%s", b)
 }
