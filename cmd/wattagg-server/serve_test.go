@@ -323,6 +323,7 @@ func TestServeGCHeadroomFlag(t *testing.T) {
 // A running `wattagg serve` keeps the collector's headroom: the memory limit it shows on
 // /metrics is its live memory plus 32 MiB, not Go's default (no limit: math.MaxInt64).
 func TestServeKeepsGCHeadroom(t *testing.T) {
+	t.Setenv("GOMEMLIMIT", "") // a limit in the environment would win, as documented
 	dir := t.TempDir()
 	url := serveProcess(t, map[string]any{"listen": "127.0.0.1:0", "data_dir": filepath.Join(dir, "data"),
 		"clients": []map[string]string{{"id": "a", "token_sha256": server.HashToken("token-a-5e1f0c")}}, "round": map[string]any{"rule": "fedavg"}})
