@@ -3,7 +3,7 @@ GO      ?= go
 BIN     := bin/wattagg
 PKGS    := ./...
 
-.PHONY: all build demo test test-interop vet fmt-check generate generate-check bench bench-go fuzz clean energy nocgo-check
+.PHONY: all build demo test test-interop vet fmt-check generate generate-check bench bench-go fuzz clean energy nocgo-check pyarrow
 
 all: build
 
@@ -22,6 +22,12 @@ test: fmt-check vet generate-check test-interop
 	$(GO) test -count=1 $(PKGS)
 	$(GO) test -count=1 -race $(PKGS)
 	$(GO) test -count=1 -tags purego $(PKGS)
+
+# A Python with pyarrow for the tests of the README's pyarrow clients (PyPI is out of reach and
+# Debian 12 has no python3-pyarrow): Debian unstable's, in a chroot under ~/.cache/wattagg.
+# Then: export WATTAGG_PYARROW="chroot ... python3" (the last line printed) and make test.
+pyarrow:
+	scripts/pyarrow-sid.sh
 
 # The federation showcase (interop/gorgonia/cmd/federation): 10 clients train the digits MLP
 # with gorgonia and push to wattagg's aggregation server on a loopback port, an inference node

@@ -32,8 +32,9 @@ import (
 	"github.com/wattagg/wattagg/tensor/arrowio"
 )
 
-// flightClient connects to the server's Flight endpoint, serving it on a loopback port.
-func flightClient(t *testing.T, ts *testServer) flight.Client {
+// serveFlight serves the server's Flight endpoint on a loopback port until the test ends and
+// returns its address.
+func serveFlight(t *testing.T, ts *testServer) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -42,11 +43,18 @@ func flightClient(t *testing.T, ts *testServer) flight.Client {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- ts.ServeFlight(ctx, ln, 5*time.Second) }()
-	c, err := flight.NewClientWithMiddleware(ln.Addr().String(), nil, nil, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	t.Cleanup(func() { cancel(); <-done })
+	return ln.Addr().String()
+}
+
+// flightClient connects to the server's Flight endpoint, serving it on a loopback port.
+func flightClient(t *testing.T, ts *testServer) flight.Client {
+	t.Helper()
+	c, err := flight.NewClientWithMiddleware(serveFlight(t, ts), nil, nil, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { c.Close(); cancel(); <-done })
+	t.Cleanup(func() { c.Close() })
 	return c
 }
 

@@ -15,8 +15,8 @@ import (
 // (apache-arrow from npm, pinned in testdata/js/package.json), running testdata/js/write_update.mjs,
 // the README's pyarrow write_update in JavaScript (utf8 names, int64 offsets, binary chunks of
 // 4 KiB, the layout under wattagg.layout, two more metadata keys; f32 in several chunks, f64,
-// i8 with its scale, bf16). Every value must come back as the script computed it. pyarrow
-// itself cannot be installed here; .ci/run installs the script's dependencies (npm ci), and
+// i8 with its scale, bf16). Every value must come back as the script computed it (pyarrow
+// itself: TestPyarrowWriteUpdate). .ci/run installs the script's dependencies (npm ci), and
 // the test fails without node or them when CI=true and skips elsewhere.
 func TestArrowJSWriter(t *testing.T) {
 	dir, err := filepath.Abs(filepath.Join("testdata", "js"))

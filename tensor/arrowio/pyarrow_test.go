@@ -15,9 +15,9 @@ import (
 	"github.com/wattagg/wattagg/tensor"
 )
 
-// pyarrow is not installable here (no PyPI; Debian has no python3-pyarrow), so these tests
-// build with arrow-go's low-level API the streams that the package doc's pyarrow client
-// writes: fields nullable (pyarrow's default), json.dumps spacing in the layout, a batch per
+// These tests build with arrow-go's low-level API the streams that the package doc's pyarrow
+// client writes, so that they run where pyarrow is not (TestPyarrowWriteUpdate runs the client
+// itself in pyarrow where WATTAGG_PYARROW names one): fields nullable (pyarrow's default), json.dumps spacing in the layout, a batch per
 // chunk with one row, numpy bytes, no chunk for an empty tensor; and the other shape a pyarrow
 // client may take, one table with a dictionary-encoded tensor column and binary data.
 
