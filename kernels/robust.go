@@ -38,14 +38,16 @@ func SortScratch(n int) int { return batchCoords * paddedWires(n) }
 // n.
 func paddedWires(n int) int {
 	switch {
-	case n <= smallSortMax || n > 256:
+	case n <= smallSortMax || n > 512:
 		return n
 	case n <= 64:
 		return 64
 	case n <= 128:
 		return 128
+	case n <= 256:
+		return 256
 	}
-	return 256
+	return 512
 }
 
 // robustKernels is one implementation of the robust kernels, a family of the registry.

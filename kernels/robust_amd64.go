@@ -45,7 +45,7 @@ type paddedKernel = func(tmp []float32, x [][]byte, off, groups, pf int) bool
 // pruned to the middle wires of the counts it serves.
 type paddedNets map[int][2]paddedKernel
 
-// pick is the network for n inputs (smallSortMax < n <= 256), nil for other counts.
+// pick is the network for n inputs (smallSortMax < n <= 512), nil for other counts.
 func (p paddedNets) pick(n int, median bool) paddedKernel {
 	if n <= smallSortMax {
 		return nil
@@ -61,6 +61,7 @@ var paddedAVX2 = paddedNets{
 	64:  {sortPaddedF32AVX2_64, medianPaddedF32AVX2_64},
 	128: {sortPaddedF32AVX2_128, medianPaddedF32AVX2_128},
 	256: {sortPaddedF32AVX2_256, medianPaddedF32AVX2_256},
+	512: {sortPaddedF32AVX2_512, medianPaddedF32AVX2_512},
 }
 
 // paddedAsm runs a padded network on groups groups of width coordinates into tmp (paddedWires(n)
@@ -74,7 +75,7 @@ func paddedAsm(padded paddedKernel, tmp []float32, x [][]byte, off, groups, pf, 
 }
 
 // sortGroupsAVX2 runs the straight-line sort up to smallSortMax inputs, the straight-line
-// padded networks up to 256, and the table-driven one beyond, or where a padded network read a
+// padded networks up to 512, and the table-driven one beyond, or where a padded network read a
 // NaN. On the Zen 5 VM of 2026-12-02 (`WATTAGG_KERNELS=avx2 wattagg bench robust --sweep`) the
 // table-driven network ran the median of 64 and 128 clients × 4M at 5.8 and 4.6 GB/s, 0.37 and
 // 0.29 of the 32-client figure.
@@ -91,7 +92,7 @@ func sortGroupsAVX2(tmp []float32, x [][]byte, off, groups, pf int) int {
 }
 
 // medianGroupsAVX2 runs the padded networks pruned to the middle wires and the median of their
-// slab, for smallSortMax < len(x) <= 256; it declines other counts, and groups where a value
+// slab, for smallSortMax < len(x) <= 512; it declines other counts, and groups where a value
 // read was NaN (sortGroupsAVX2 then sorts them with the exact table).
 func medianGroupsAVX2(dst, tmp []float32, x [][]byte, off, groups, pf int) bool {
 	n := len(x)

@@ -199,10 +199,11 @@ var padded512 = paddedNets{
 	64:  {sortPaddedF32AVX512_64, medianPaddedF32AVX512_64},
 	128: {sortPaddedF32AVX512_128, medianPaddedF32AVX512_128},
 	256: {sortPaddedF32AVX512_256, medianPaddedF32AVX512_256},
+	512: {sortPaddedF32AVX512_512, medianPaddedF32AVX512_512},
 }
 
 // sortGroupsAVX512 runs the straight-line sort up to smallSortMax inputs, the straight-line
-// padded networks up to 256, and the table-driven one beyond, or where a padded network read a
+// padded networks up to 512, and the table-driven one beyond, or where a padded network read a
 // NaN (which the +Inf wires would move: see paddedSizes in kernels/_gen/robust/avx512.go).
 func sortGroupsAVX512(tmp []float32, x [][]byte, off, groups, pf int) int {
 	n := len(x)
@@ -221,7 +222,7 @@ func sortGroupsAVX512(tmp []float32, x [][]byte, off, groups, pf int) int {
 }
 
 // medianGroupsAVX512 runs the straight-line selection network up to smallSortMax inputs, the
-// padded sorts and the median of their slab up to 256, and the table-driven selection network
+// padded sorts and the median of their slab up to 512, and the table-driven selection network
 // beyond (or where a padded sort read a NaN), the spilled or gathered wires in tmp.
 func medianGroupsAVX512(dst, tmp []float32, x [][]byte, off, groups, pf int) bool {
 	n := len(x)

@@ -44,6 +44,16 @@ func sortPaddedF32AVX2_256(tmp []float32, x [][]byte, off int, groups int, pf in
 //go:noescape
 func medianPaddedF32AVX2_256(tmp []float32, x [][]byte, off int, groups int, pf int) bool
 
+// sortPaddedF32AVX2_512 sorts groups of 8 coordinates of 257 <= len(x) <= 512 inputs by the network of 512 wires, the wires from len(x) on +Inf, into slabs of 512 wires, prefetching pf bytes ahead; it returns false if a value read was NaN.
+//
+//go:noescape
+func sortPaddedF32AVX2_512(tmp []float32, x [][]byte, off int, groups int, pf int) bool
+
+// medianPaddedF32AVX2_512 is sortPaddedF32AVX2_512 with the slab's middle wires only: those medianSortedF32AVX2 reads for 257 <= len(x) <= 512.
+//
+//go:noescape
+func medianPaddedF32AVX2_512(tmp []float32, x [][]byte, off int, groups int, pf int) bool
+
 // medianSortedF32AVX2 is medianSortedGeneric for len(dst) a positive multiple of 8, the groups wires apart.
 //
 //go:noescape
@@ -136,6 +146,16 @@ func sortPaddedF32AVX512_256(tmp []float32, x [][]byte, off int, groups int, pf 
 //
 //go:noescape
 func medianPaddedF32AVX512_256(tmp []float32, x [][]byte, off int, groups int, pf int) bool
+
+// sortPaddedF32AVX512_512 sorts groups of 16 coordinates of 257 <= len(x) <= 512 inputs by the network of 512 wires, the wires from len(x) on +Inf, into slabs of 512 wires, prefetching pf bytes ahead; it returns false if a value read was NaN.
+//
+//go:noescape
+func sortPaddedF32AVX512_512(tmp []float32, x [][]byte, off int, groups int, pf int) bool
+
+// medianPaddedF32AVX512_512 is sortPaddedF32AVX512_512 with the slab's middle wires only: those medianSortedF32AVX512 reads for 257 <= len(x) <= 512.
+//
+//go:noescape
+func medianPaddedF32AVX512_512(tmp []float32, x [][]byte, off int, groups int, pf int) bool
 
 // sortNetF32AVX512 is sortGroupsGeneric with width 16 for len(x) >= 1, groups > 0, net the wires of sortNetwork(len(x)), prefetching pf bytes ahead.
 //

@@ -12,14 +12,14 @@ import (
 )
 
 // counts are the client counts the order-statistic kernels are tested with: every straight-line
-// network (1..32), counts run by the padded networks of 64 and 128 wires (each end of their
+// network (1..32), counts run by the padded networks of 64 to 512 wires (each end of their
 // ranges), and the table-driven network beyond.
 func counts() []int {
 	var ns []int
 	for n := 1; n <= 33; n++ {
 		ns = append(ns, n)
 	}
-	return append(ns, 47, 64, 65, 100, 128, 129, 200, 256, 257)
+	return append(ns, 47, 64, 65, 100, 128, 129, 200, 256, 257, 300, 512, 513)
 }
 
 func TestSortNetworkSorts(t *testing.T) {

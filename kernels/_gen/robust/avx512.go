@@ -162,7 +162,7 @@ func genMedianSmall512() {
 // comparators that touch a wire >= n, and a comparator of a finite or infinite value with +Inf
 // leaves both where they are); a NaN would be moved by them, so the kernel reports a NaN it
 // reads and the caller sorts those groups again with the table of the pruned network.
-var paddedSizes = []int{64, 128, 256}
+var paddedSizes = []int{64, 128, 256, 512}
 
 // paddedFrom is the fewest inputs the padded network of P wires serves (paddedWires in
 // kernels/robust.go).
