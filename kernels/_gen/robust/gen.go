@@ -15,8 +15,10 @@ package main
 //go:generate go run . -out ../../robust_amd64.s -stubs ../../robust_stubs_amd64.go -pkg kernels
 
 import (
+	"cmp"
 	"fmt"
 	"math"
+	"slices"
 
 	. "github.com/mmcloughlin/avo/build"
 	. "github.com/mmcloughlin/avo/operand"
@@ -64,11 +66,19 @@ type comparator struct{ lo, hi int }
 
 // sortNetwork is Batcher's odd-even merge sort for n wires, built for the next power of two
 // and pruned of the comparators that touch a wire >= n (those wires would hold +Inf, which no
-// comparator moves). It must be, comparator for comparator, sortNetwork in
-// kernels/robust_network.go: the differential tests compare the assembly made from this one
-// with the reference made from that one, for every n.
+// comparator moves). It has the comparators of sortNetwork in kernels/robust_network.go, and
+// every wire meets its comparators in the same order there (the differential tests compare
+// the assembly made from this one with the reference made from that one, for every n; and
+// TestSortNetworkOrder checks the order), but the merges come in the order of the recursion —
+// a block's two halves sorted, then merged, before the next block — instead of level by level
+// across all wires: the emitted code then finishes each register-sized block before it moves
+// on, and the wires it spills are those of fewer blocks at a time.
 func sortNetwork(n int) []comparator {
-	var net []comparator
+	type merge struct {
+		c         comparator
+		end, size int // the block [end-size, end) whose merge the comparator belongs to
+	}
+	var net []merge
 	p2 := 1
 	for p2 < n {
 		p2 <<= 1
@@ -79,13 +89,21 @@ func sortNetwork(n int) []comparator {
 				for i := 0; i < min(k, p2-j-k); i++ {
 					a, b := i+j, i+j+k
 					if a/(2*p) == b/(2*p) && b < n {
-						net = append(net, comparator{a, b})
+						net = append(net, merge{comparator{a, b}, (a/(2*p) + 1) * 2 * p, 2 * p})
 					}
 				}
 			}
 		}
 	}
-	return net
+	// Post-order of the merge tree: by the end of the block, then the smaller block first.
+	slices.SortStableFunc(net, func(x, y merge) int {
+		return cmp.Or(cmp.Compare(x.end, y.end), cmp.Compare(x.size, y.size))
+	})
+	out := make([]comparator, len(net))
+	for i, m := range net {
+		out[i] = m.c
+	}
+	return out
 }
 
 // selectNetwork returns the comparators of net that the values of wires out depend on, in

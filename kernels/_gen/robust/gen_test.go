@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -57,6 +58,48 @@ func TestGeneratedUpToDate(t *testing.T) {
 		}
 		if !bytes.Equal(got, want) {
 			t.Errorf("kernels/%s is not what kernels/_gen/robust generates: run go generate in kernels/_gen/robust", f)
+		}
+	}
+}
+
+// TestSortNetworkOrder checks that sortNetwork is Batcher's network of kernels/robust_network.go
+// (built here level by level, as there) in another order that computes the same: the same
+// comparators, and on every wire the same ones in the same order.
+func TestSortNetworkOrder(t *testing.T) {
+	for n := 1; n <= 600; n++ {
+		var levels []comparator
+		p2 := 1
+		for p2 < n {
+			p2 <<= 1
+		}
+		for p := 1; p < p2; p <<= 1 {
+			for k := p; k >= 1; k >>= 1 {
+				for j := k % p; j+k < p2; j += 2 * k {
+					for i := 0; i < min(k, p2-j-k); i++ {
+						if a, b := i+j, i+j+k; a/(2*p) == b/(2*p) && b < n {
+							levels = append(levels, comparator{a, b})
+						}
+					}
+				}
+			}
+		}
+		got := sortNetwork(n)
+		if len(got) != len(levels) {
+			t.Fatalf("n=%d: %d comparators, Batcher's network has %d", n, len(got), len(levels))
+		}
+		perWire := func(net []comparator) [][]comparator {
+			w := make([][]comparator, n)
+			for _, c := range net {
+				w[c.lo] = append(w[c.lo], c)
+				w[c.hi] = append(w[c.hi], c)
+			}
+			return w
+		}
+		a, b := perWire(got), perWire(levels)
+		for w := range a {
+			if !slices.Equal(a[w], b[w]) {
+				t.Fatalf("n=%d: wire %d meets %v, in Batcher's order %v", n, w, a[w], b[w])
+			}
 		}
 	}
 }
