@@ -215,7 +215,7 @@ func TestDevicesAndDemo(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("demo: exit %d: %s", code, stderr)
 	}
-	for _, want := range []string{"3 clients", "2 f32, 1 bf16", "memory read (", "durable write (", "of floor", "one pass over all files", "streaming", "max |error|"} {
+	for _, want := range []string{"3 clients", "2 f32, 1 bf16", "memory read (", "durable write (", "of floor", "one pass over all files", "streaming", "of which the first add (", "and the other 2 adds and the write", "max |error|"} {
 		if !strings.Contains(stdout, want) {
 			t.Fatalf("demo output lacks %q:\n%s", want, stdout)
 		}
