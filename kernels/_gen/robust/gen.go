@@ -74,10 +74,28 @@ type comparator struct{ lo, hi int }
 // across all wires: the emitted code then finishes each register-sized block before it moves
 // on, and the wires it spills are those of fewer blocks at a time.
 func sortNetwork(n int) []comparator {
-	type merge struct {
-		c         comparator
-		end, size int // the block [end-size, end) whose merge the comparator belongs to
+	net := batcherMerges(n)
+	// Post-order of the merge tree: by the end of the block, then the smaller block first.
+	slices.SortStableFunc(net, func(x, y merge) int {
+		return cmp.Or(cmp.Compare(x.end, y.end), cmp.Compare(x.size, y.size))
+	})
+	out := make([]comparator, len(net))
+	for i, m := range net {
+		out[i] = m.c
 	}
+	return out
+}
+
+// merge is a comparator of Batcher's network with the block [end-size, end) whose merge it
+// belongs to.
+type merge struct {
+	c         comparator
+	end, size int
+}
+
+// batcherMerges is Batcher's odd-even merge sort for n wires level by level, in the order of
+// sortNetwork in kernels/robust_network.go.
+func batcherMerges(n int) []merge {
 	var net []merge
 	p2 := 1
 	for p2 < n {
@@ -95,15 +113,7 @@ func sortNetwork(n int) []comparator {
 			}
 		}
 	}
-	// Post-order of the merge tree: by the end of the block, then the smaller block first.
-	slices.SortStableFunc(net, func(x, y merge) int {
-		return cmp.Or(cmp.Compare(x.end, y.end), cmp.Compare(x.size, y.size))
-	})
-	out := make([]comparator, len(net))
-	for i, m := range net {
-		out[i] = m.c
-	}
-	return out
+	return net
 }
 
 // selectNetwork returns the comparators of net that the values of wires out depend on, in
