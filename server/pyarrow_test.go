@@ -21,6 +21,8 @@ import sys, json, numpy as np, pyarrow as pa, pyarrow.flight as fl
 addr, token, k = sys.argv[1], sys.argv[2], int(sys.argv[3])
 tensors = [("w0", np.arange(12, dtype=np.float32).reshape(3, 4) * np.float32(0.5) + np.float32(k)),
            ("w1", np.arange(5, dtype=np.float32) - np.float32(3 * k))]
+if k < 0:  # an update whose layout is not the round's: w0 transposed
+    tensors[0] = ("w0", tensors[0][1].T.copy())
 `
 
 // readmeFlight is the README's pyarrow Flight block with its server address and round taken
@@ -46,13 +48,14 @@ func readmeFlight(t *testing.T, pull bool) string {
 
 // TestPyarrowFlightClient runs the README's pyarrow clients — write_update and the Flight
 // block — in real pyarrow (internal/pyarrowtest) against a server on loopback: a wrong token
-// refused as Unauthenticated, two updates acknowledged, and the model read with do_get, which
-// must be the server's model and the mean of the two updates.
+// refused as Unauthenticated, an update of another layout refused as InvalidArgument (pyarrow's
+// ArrowInvalid) with the server's message, two updates acknowledged, and the model read with
+// do_get, which must be the server's model and the mean of the two updates.
 func TestPyarrowFlightClient(t *testing.T) {
 	py := pyarrowtest.Python(t)
 	def := pyarrowtest.ReadmeBlock(t, "../README.md", "def write_update(")
 	push := def + pyarrowFlightPrelude + "try:\n    exec(" + pyString(readmeFlight(t, false)) + `)
-except fl.FlightError as e:
+except pa.ArrowException as e:  # FlightError and its kinds, and ArrowInvalid for InvalidArgument
     print(type(e).__name__ + ": " + str(e).splitlines()[0], file=sys.stderr); sys.exit(3)
 print(json.dumps(ack))
 `
@@ -66,6 +69,15 @@ print(json.dumps(ack))
 		t.Fatalf("push with a wrong token: %v, stderr %q", err, stderr)
 	}
 	for k, id := range []string{"c0", "c1"} {
+		if k == 1 {
+			// After c0 fixed the round's layout: c1's update transposed is refused before its
+			// body, and c1 can still push its own.
+			_, stderr, err := pyarrowtest.Run(py, push, nil, addr, tokens[id], "-1")
+			if !errors.As(err, &exit) || exit.ExitCode() != 3 || !strings.HasPrefix(string(stderr), "ArrowInvalid: ") || !strings.Contains(string(stderr), `layout mismatch: tensor "w0" has shape [4 3], want [3 4]`) {
+				t.Fatalf("push of a transposed tensor: %v, stderr %q", err, stderr)
+			}
+			t.Logf("refused: %s", strings.TrimSpace(string(stderr)))
+		}
 		stdout, stderr, err := pyarrowtest.Run(py, push, nil, addr, tokens[id], string(rune('0'+k)))
 		if err != nil {
 			t.Fatalf("push %s: %v\n%s", id, err, stderr)
