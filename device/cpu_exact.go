@@ -116,14 +116,15 @@ func firstBeyond(f AccField, list []int, inputs [][]Span, t, lo, hi int) error {
 	return nil
 }
 
-// cpuExactAccumulator is a running exact sum in host memory: two limb arrays per field, or one
-// (AccField.OneLimb: cpu_exact_one.go).
+// cpuExactAccumulator is a running exact sum in host memory: two limbs per element, held in one
+// until a block needs two (cpu_exact_limbs.go), or one limb on a coarse grid (AccField.OneLimb:
+// cpu_exact_one.go).
 type cpuExactAccumulator struct {
 	c      *CPU
 	fields []AccField
-	hi, lo [][]int64
-	one    [][]int64 // the one-limb sums; nil with two limbs
-	work   []Piece   // the fields cut into blocks that workers claim
+	limbs  []*limbField // the two-limb sums; nil with one limb
+	one    [][]int64    // the one-limb sums; nil with two limbs
+	work   []Piece      // the fields cut into blocks that workers claim (each within a limb block)
 }
 
 func (c *CPU) newExactAccumulator(fields []AccField) (*cpuExactAccumulator, error) {
@@ -131,9 +132,11 @@ func (c *CPU) newExactAccumulator(fields []AccField) (*cpuExactAccumulator, erro
 	if err != nil {
 		return nil, err
 	}
-	a := &cpuExactAccumulator{c: c, fields: fields, hi: make([][]int64, len(fields)), lo: make([][]int64, len(fields))}
+	a := &cpuExactAccumulator{c: c, fields: fields}
 	if oneLimb {
 		a.one = make([][]int64, len(fields))
+	} else {
+		a.limbs = make([]*limbField, len(fields))
 	}
 	for t, f := range fields {
 		if err := checkExactField(t, f, nil); err != nil {
@@ -142,13 +145,12 @@ func (c *CPU) newExactAccumulator(fields []AccField) (*cpuExactAccumulator, erro
 		if f.Len < 0 {
 			return nil, fmt.Errorf("%w: field %q: %d elements", ErrJob, f.Name, f.Len)
 		}
-		// From the pool, like the float accumulators (accmem.go): 16 bytes per parameter of
-		// fresh memory would otherwise take a fault per page at the first adds.
+		// From the pool, like the float accumulators (accmem.go): fresh memory would otherwise
+		// take a fault per page at the first adds.
 		if oneLimb {
 			a.one[t] = asInt64(accF64(f.Len))
 		} else {
-			a.hi[t] = asInt64(accF64(f.Len))
-			a.lo[t] = asInt64(accF64(f.Len))
+			a.limbs[t] = newLimbField(f.Len)
 		}
 		for lo := 0; lo < f.Len; lo += addBlockElems {
 			a.work = append(a.work, Piece{Field: t, Lo: lo, Hi: min(lo+addBlockElems, f.Len)})
@@ -187,7 +189,7 @@ func (a *cpuExactAccumulator) Add(ctx context.Context, x []Span, w float64) erro
 		if a.one != nil {
 			m = exactAcc1Kernel(a.c.kern, sp.DType)(a.one[pc.Field][pc.Lo:pc.Hi], s.w64[:1], xs)
 		} else {
-			m = exactAccKernel(a.c.kern, sp.DType)(a.hi[pc.Field][pc.Lo:pc.Hi], a.lo[pc.Field][pc.Lo:pc.Hi], s.w64[:1], xs)
+			m = a.limbs[pc.Field].add(a.c.kern, sp.DType, pc.Lo, s.w64[0], b)
 		}
 		xs[0] = nil
 		if m > ExactLimit(sp.DType, f.Bound, sp.Scale) {
@@ -223,15 +225,15 @@ func (a *cpuExactAccumulator) Emit(ctx context.Context, scale float64, chunks []
 				o := dst[(lo-pc.Lo)*os : (hi-pc.Lo)*os]
 				if a.one != nil {
 					storeOne(store, o, a.one[pc.Field][lo:hi], sc, os)
+					read += 8 * int64(hi-lo)
 				} else {
-					store(o, a.hi[pc.Field][lo:hi], a.lo[pc.Field][lo:hi], sc)
+					read += a.limbs[pc.Field].store(store, o, lo, hi, sc, os)
 				}
 				if err := checkOut(a.c.kern, f, lo, o); err != nil {
 					return err
 				}
 			}
 			elems += int64(pc.Hi - pc.Lo)
-			read += a.bytesPerElem() * int64(pc.Hi-pc.Lo)
 		}
 		if err := out.Done(ci); err != nil {
 			return err
@@ -251,16 +253,8 @@ func (a *cpuExactAccumulator) ReadSums(_ context.Context, t int, dst []int64) er
 		oneToInt128(a.one[t], dst)
 		return nil
 	}
-	ExactToInt128(a.hi[t], a.lo[t], dst)
+	a.limbs[t].readSums(dst)
 	return nil
-}
-
-// bytesPerElem is what the accumulator holds per element: 8 bytes with one limb, 16 with two.
-func (a *cpuExactAccumulator) bytesPerElem() int64 {
-	if a.one != nil {
-		return 8
-	}
-	return 16
 }
 
 // AddSums implements ExactAccumulator.
@@ -271,31 +265,30 @@ func (a *cpuExactAccumulator) AddSums(_ context.Context, t int, src []int64) err
 	if a.one != nil {
 		return addInt128One(a.one[t], src, a.fields[t].Name)
 	}
-	return ExactAddInt128(a.hi[t], a.lo[t], src, a.fields[t].Name)
+	return a.limbs[t].addSums(src, a.fields[t].Name)
 }
 
 // Reset implements Accumulator.
 func (a *cpuExactAccumulator) Reset() {
 	for t := range a.fields {
-		clear(a.hi[t])
-		clear(a.lo[t])
 		if a.one != nil {
 			clear(a.one[t])
+		} else {
+			a.limbs[t].reset()
 		}
 	}
 }
 
 // Close implements Accumulator.
 func (a *cpuExactAccumulator) Close() error {
-	for t := range a.hi {
+	for t := range a.fields {
 		if a.one != nil {
 			freeAcc(a.one[t])
-			continue
+		} else if a.limbs != nil {
+			a.limbs[t].free()
 		}
-		freeAcc(a.hi[t])
-		freeAcc(a.lo[t])
 	}
-	a.hi, a.lo, a.one, a.work = nil, nil, nil, nil
+	a.limbs, a.one, a.work = nil, nil, nil
 	return nil
 }
 
@@ -404,8 +397,7 @@ func (a *cpuExactAccumulator) AddPiece(ctx context.Context, t, lo int, x Span, w
 		exactAcc1Kernel(a.c.kern, x.DType)(a.one[t][lo:lo+n], w64, xs)
 		return nil
 	}
-	// One input: the kernel normalises the limbs in its only pass over them.
-	exactAccKernel(a.c.kern, x.DType)(a.hi[t][lo:lo+n], a.lo[t][lo:lo+n], w64, xs)
+	a.limbs[t].add(a.c.kern, x.DType, lo, w64[0], x.Data)
 	return nil
 }
 

@@ -630,8 +630,24 @@ func TestExactAccumulatorPooled(t *testing.T) {
 	c := mustCPU(t, 2, 4096)
 	before := tensor.SharedPool.Stats().LiveBytes
 	acc := must(c.NewAccumulator(fields))(t)
-	if got := tensor.SharedPool.Stats().LiveBytes - before; got < 16<<20 {
-		t.Fatalf("%d bytes of the pool live with an exact sum of 1Mi elements open, want its 16 MiB of limbs", got)
+	live := func() int64 { return tensor.SharedPool.Stats().LiveBytes - before }
+	if got := live(); got < 8<<20 || got >= 9<<20 {
+		t.Fatalf("%d bytes of the pool live with an exact sum of 1Mi elements open, want its 8 MiB of one limb", got)
+	}
+	// Terms of 2^70 grid units: every block gets its high limb, from the pool too.
+	x := make([]float32, 1<<20)
+	for i := range x {
+		x[i] = 1
+	}
+	if err := acc.Add(context.Background(), []Span{{DType: tensor.F32, Data: f32Bytes(x), Scale: 1}}, 0x1p30); err != nil {
+		t.Fatal(err)
+	}
+	if got := live(); got < 16<<20 || got >= 17<<20 {
+		t.Fatalf("%d bytes of the pool live with every block in two limbs, want 16 MiB", got)
+	}
+	acc.Reset()
+	if got := live(); got < 8<<20 || got >= 9<<20 {
+		t.Fatalf("%d bytes of the pool live after Reset, want 8 MiB", got)
 	}
 	if err := acc.Close(); err != nil {
 		t.Fatal(err)
