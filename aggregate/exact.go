@@ -17,8 +17,9 @@ import (
 // the model over devices or the grouping of the clients into partial aggregates (Partial).
 //
 // Each term a_k·x_k is rounded to a grid of 2^G per tensor and added as an integer
-// (device.AccField with Acc I64: two int64 limbs per parameter, 16 bytes; one, 8 bytes, with
-// ExactSum.OneLimb, on a coarser grid). The grid depends on
+// (device.AccField with Acc I64: two int64 limbs per parameter, which the CPU holds in one, 8
+// bytes, wherever the sums stay within 2^62 grid units and in 16 bytes elsewhere; one limb
+// always, on a coarser grid, with ExactSum.OneLimb). The grid depends on
 // what the round declares, never on what arrives: a bound B on every value (ExactSum.Bound,
 // ExactSum.TensorBounds) and a cap T on the total weight (ExactSum.MaxWeight) give
 //

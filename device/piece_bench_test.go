@@ -8,13 +8,16 @@ import (
 	"github.com/wattagg/wattagg/tensor"
 )
 
+// BenchmarkAddPiece adds 1 MiB pieces of f32 to 25M exact sums: two-limb sums that stay in one
+// limb (terms of 2^30 grid units), two-limb sums whose blocks have their high limb (terms of
+// 2^70), and one-limb sums on a coarse grid.
 func BenchmarkAddPiece(b *testing.B) {
-	for _, limbs := range []string{"two-limbs", "one-limb"} {
-		b.Run(limbs, func(b *testing.B) { benchAddPiece(b, limbs == "one-limb") })
-	}
+	b.Run("two-limbs", func(b *testing.B) { benchAddPiece(b, false, 1) })
+	b.Run("two-limbs-high", func(b *testing.B) { benchAddPiece(b, false, 0x1p40) })
+	b.Run("one-limb", func(b *testing.B) { benchAddPiece(b, true, 1) })
 }
 
-func benchAddPiece(b *testing.B, oneLimb bool) {
+func benchAddPiece(b *testing.B, oneLimb bool, w float64) {
 	const n = 25_000_000
 	cpu, err := device.NewCPU()
 	if err != nil {
@@ -38,7 +41,7 @@ func benchAddPiece(b *testing.B, oneLimb bool) {
 		if off+pe > n {
 			off = 0
 		}
-		if err := pa.AddPiece(context.Background(), 0, off, device.Span{DType: tensor.F32, Data: piece}, 1); err != nil {
+		if err := pa.AddPiece(context.Background(), 0, off, device.Span{DType: tensor.F32, Data: piece}, w); err != nil {
 			b.Fatal(err)
 		}
 		off += pe

@@ -135,7 +135,7 @@ GET / (status page), GET /healthz. SIGINT or SIGTERM stops the server gracefully
 }
 
 // defaultGCHeadroom is --gc-headroom's default, in MiB. A round's running sums are one large live
-// buffer (16 bytes per parameter, 8 with one limb), and Go's pacing (GOGC=100) lets the heap
+// buffer (8 or 16 bytes per parameter), and Go's pacing (GOGC=100) lets the heap
 // grow to twice what was live at the last collection: the garbage an ingest makes (gRPC's and
 // the decoders' small allocations, 10–13 MiB/s at 1 GB/s of Flight) was allowed to pile up to
 // the size of the sums. Measured (64 Flight clients × 25M f32, one-limb sums, the staging

@@ -68,7 +68,9 @@ same bits; --stream stops at the first bad file.
 whatever the order of the inputs, with --stream or not, on any number of cores and on any
 device. Each weighted value is rounded to a fixed grid (from --exact-bound and
 --exact-max-weight) and the results are added as integers; a value beyond --exact-bound is an
-error naming the file, tensor and element. It costs 16 bytes per parameter of running sum.
+error naming the file, tensor and element. A running sum (--stream) takes 8 bytes per parameter
+where its sums stay within 2^62 grid units (|mean| × total weight < 2^17 at the default grid of
+2^-45) and 16 where they go beyond; --exact-one-limb keeps 8 on a coarser grid.
 
 ` + rulesHelp(),
 		Example: `  wattagg aggregate -o global.safetensors clients/
@@ -95,7 +97,7 @@ error naming the file, tensor and element. It costs 16 bytes per parameter of ru
 	fl.StringVar(&f.acc, "acc", "", "accumulator: f32, f64, or exact: order-independent sums, the same bits whatever the order of the inputs, the cores and devices, for sum rules (default: f32 for f32 inputs, f64 otherwise)")
 	fl.Float64Var(&f.exact.bound, "exact-bound", aggregate.DefaultExactBound, "--acc exact: every value within ±this (beyond is an error naming file, tensor and element); a smaller bound is a finer grid")
 	fl.Float64Var(&f.exact.maxWeight, "exact-max-weight", aggregate.DefaultExactMaxWeight, "--acc exact: the clients' weights total at most this; a smaller cap is a finer grid")
-	fl.BoolVar(&f.exact.oneLimb, "exact-one-limb", false, "--acc exact: keep --stream's running sums in 8 bytes per parameter instead of 16, on a grid 2^40 coarser: set a tight --exact-bound and --exact-max-weight")
+	fl.BoolVar(&f.exact.oneLimb, "exact-one-limb", false, "--acc exact: keep --stream's running sums in 8 bytes per parameter however large they grow (two limbs take 16 where they pass 2^62 grid units), on a grid 2^40 coarser: set a tight --exact-bound and --exact-max-weight")
 	fl.BoolVar(&f.mixed, "mixed-dtypes", false, "accept clients that send a tensor in different dtypes (f32, bf16, f16, i8)")
 	fl.BoolVar(&f.stream, "stream", false, "add files as a server receives them, 8 at a time (memory: one model)")
 	fl.StringVar(&f.spool, "spool", "", "--stream with a rule that needs every update: spool directory (default: one beside -o, removed at the end)")

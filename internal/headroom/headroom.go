@@ -3,7 +3,7 @@
 //
 // Go's collector lets the heap grow to (1 + GOGC/100) × the heap that was live at the last
 // collection before it collects again. A process whose live heap is mostly one large, long-lived
-// buffer (an aggregation server's running sums: 16 bytes per parameter of the model) is then
+// buffer (an aggregation server's running sums: 8 or 16 bytes per parameter of the model) is then
 // allowed as much garbage as its sums take: measured in `wattagg bench serve` (25M f32 model,
 // 64 Flight uploads), the heap's next goal was 396 MiB for 198 MiB live, and the peak RSS
 // followed it. Keep sets the runtime's soft memory limit, after every collection, to what the

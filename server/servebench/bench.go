@@ -43,7 +43,8 @@ type Config struct {
 	CrashParams  int // parameters each
 
 	// Sum is the rounds' round.sum ("auto", "exact", "float", or SumOneLimb; "" leaves the server's
-	// default, auto: exact sums for fedavg, whose accumulator takes 16 bytes per parameter).
+	// default, auto: exact sums for fedavg, whose accumulator takes 8 bytes per parameter where
+	// its sums stay within 2^62 grid units, as this bench's do, and 16 elsewhere).
 	Sum string
 
 	Only []string // rows to run (ingest, small, crash); nil: all
@@ -146,7 +147,7 @@ func (c *Config) sumNote() string {
 	case SumOneLimb:
 		return fmt.Sprintf("round.sum exact, one_limb (bound %g, max_weight %g): exact sums, an 8-byte accumulator per parameter (2 × the f32 model)", float64(oneLimbBound), float64(oneLimbMaxWeight))
 	}
-	return "round.sum " + cmp.Or(c.Sum, "auto (the default)") + ": exact sums, a 16-byte accumulator per parameter (4 × the f32 model)"
+	return "round.sum " + cmp.Or(c.Sum, "auto (the default)") + ": exact sums, two limbs held in one (8 bytes per parameter, 2 × the f32 model) where the sums stay within 2^62 grid units, as these do"
 }
 
 // SumOneLimb is the Sum that runs exact sums kept in one limb (round.exact.one_limb), with a
