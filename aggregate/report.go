@@ -28,6 +28,10 @@ type Report struct {
 	BytesWritten int64   `json:"bytes_written"`
 	GBps         float64 `json:"gb_per_s"` // (read + written) / seconds / 1e9
 	ParamsPerSec float64 `json:"params_per_s"`
+	// SumBytes is the memory an incremental round's running sums held at its close (0 for a
+	// batch, or a device that does not tell): for exact sums on the CPU 8 bytes per parameter,
+	// plus 8 for each parameter whose sums needed a second limb.
+	SumBytes int64 `json:"sum_bytes,omitempty"`
 
 	Devices []DeviceShare `json:"devices"`
 
@@ -87,6 +91,9 @@ func (r *Round) report(out *sink, closing time.Duration) *Report {
 	rep := &Report{Rule: r.rule.Name(), Clients: len(r.clients), WeightsFrom: r.weights.source(r.req.Weights),
 		BytesWritten: out.written, Output: out.path}
 	rep.BytesRead = r.acct.bytesIn
+	if r.sum != nil && r.sum.acc != nil {
+		rep.SumBytes = max(0, device.SumBytes(r.sum.acc))
+	}
 	if r.global != nil {
 		rep.BytesRead += r.global.bytes
 	}

@@ -403,6 +403,17 @@ func (r *Round) counted() int {
 	return n
 }
 
+// SumBytes is the memory the round's running sums hold now (Report.SumBytes): 0 before the
+// first update, in a batch round and once closed, -1 on a device that does not tell.
+func (r *Round) SumBytes() int64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.sum == nil || r.sum.acc == nil {
+		return 0
+	}
+	return device.SumBytes(r.sum.acc)
+}
+
 // Close releases what the round holds (its accumulator, spool, mapped global model) and aborts
 // the rule's uncommitted state. It is safe to call more than once; a Result already returned
 // stays valid.

@@ -249,6 +249,15 @@ func (a *cpuAccumulator) emitPiece(f AccField, pc Piece, scale float64, dst []by
 	return nil
 }
 
+// SumBytes implements SumHolder.
+func (a *cpuAccumulator) SumBytes() int64 {
+	var n int64
+	for t := range a.acc32 { // nil after Close
+		n += 4*int64(len(a.acc32[t])+len(a.accU32[t])) + 8*int64(len(a.acc64[t]))
+	}
+	return n
+}
+
 // Reset implements Accumulator.
 func (a *cpuAccumulator) Reset() {
 	for t := range a.fields {

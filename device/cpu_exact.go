@@ -268,6 +268,20 @@ func (a *cpuExactAccumulator) AddSums(_ context.Context, t int, src []int64) err
 	return a.limbs[t].addSums(src, a.fields[t].Name)
 }
 
+// SumBytes implements SumHolder: 8 bytes per element, and 8 more for each element of a block
+// that has its high limb.
+func (a *cpuExactAccumulator) SumBytes() int64 {
+	var n int64
+	for _, one := range a.one {
+		n += 8 * int64(len(one))
+	}
+	for _, lf := range a.limbs { // both nil after Close
+		e, _ := lf.promoted()
+		n += 8 * int64(len(lf.one)+e)
+	}
+	return n
+}
+
 // Reset implements Accumulator.
 func (a *cpuExactAccumulator) Reset() {
 	for t := range a.fields {

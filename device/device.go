@@ -83,10 +83,27 @@ type Accumulator interface {
 	// Emit writes scale·sum, converted to each field's output dtype, chunk by chunk to out.
 	// A non-finite result is a *tensor.NonFiniteError.
 	Emit(ctx context.Context, scale float64, chunks []Chunk, out Output) (Stats, error)
-	// Reset zeroes the sum, keeping its memory.
+	// Reset zeroes the sum, keeping its memory (the CPU's exact sums give back the high limbs
+	// their blocks took: cpu_exact_limbs.go).
 	Reset()
 	// Close releases the memory.
 	Close() error
+}
+
+// SumHolder is an Accumulator that tells how much memory its running sums hold: a constant for
+// most, what the sums have needed so far for the CPU's exact ones (8 bytes per element in one
+// limb, 16 in two).
+type SumHolder interface {
+	// SumBytes is the bytes the running sums hold now, in the memory of the device that adds.
+	SumBytes() int64
+}
+
+// SumBytes is a's SumHolder figure, or -1 when a does not tell.
+func SumBytes(a Accumulator) int64 {
+	if h, ok := a.(SumHolder); ok {
+		return h.SumBytes()
+	}
+	return -1
 }
 
 // AccField describes one tensor of an accumulator.
@@ -100,10 +117,11 @@ type AccField struct {
 	// what keeps every term within the limbs (exact.go). Other sums ignore both.
 	Grid  int
 	Bound float64
-	// OneLimb keeps a running exact sum (an Accumulator) in one int64 per element instead of
-	// two: half the memory, for grids coarse enough that every sum fits in 63 bits (the caller
-	// chooses the grid so). The terms and the sums' bits are the two limbs' (exact.go); only
-	// the CPU's accumulator has it.
+	// OneLimb keeps a running exact sum (an Accumulator) in one int64 per element however
+	// large its sums (the CPU holds two-limb sums in one only while they stay within 2^62
+	// grid units: cpu_exact_limbs.go), for grids coarse enough that every sum fits in 63 bits
+	// (the caller chooses the grid so). The terms and the sums' bits are the two limbs'
+	// (exact.go); only the CPU's accumulator has it.
 	OneLimb bool
 }
 

@@ -72,6 +72,18 @@ func newMetrics(s *Server) *metrics {
 		defer r.mu.Unlock()
 		return float64(len(r.records))
 	}))
+	f(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "wattagg_round_sum_bytes",
+		Help: "Memory the open round's running sums held after its last group commit (exact sums: 8 bytes per parameter, 16 where a second limb was needed)."}, func() float64 {
+		s.mu.Lock()
+		r := s.current
+		s.mu.Unlock()
+		if r == nil {
+			return 0
+		}
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		return float64(r.sumBytes)
+	}))
 	f(collectors.NewGoCollector())
 	f(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m

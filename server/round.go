@@ -78,6 +78,7 @@ type round struct {
 	sets     []*tensor.Set      // mapped spools the engine keeps (whole-set rules)
 	report   *aggregate.Report
 	closing  bool // a close is queued or running: no new uploads
+	sumBytes int64 // what the engine's running sums held after the last group commit
 
 	queue chan any      // *commitReq and *closeReq, to the committer
 	done  chan struct{} // closed when the committer has exited
@@ -147,6 +148,9 @@ func (r *round) status(withUpdates bool) api.Round {
 		Arriving: len(r.arriving), ModelRange: m.ModelRange, Sum: m.sum(), Exact: apiExact(m.Exact)}
 	if m.State == api.StateOpen && r.agg != nil && r.agg.sec != nil {
 		st.Recovery = r.recoveryState()
+	}
+	if m.State == api.StateOpen {
+		st.SumBytes = r.sumBytes
 	}
 	if withUpdates {
 		for _, rec := range r.records {
@@ -272,6 +276,18 @@ func (r *round) committer(stop <-chan struct{}) {
 	}
 }
 
+// engineSumBytes is what the engine's running sums hold (the committer's goroutine alone
+// drives and closes the engine's round, so it may ask outside the lock).
+func (r *round) engineSumBytes() int64 {
+	r.mu.Lock()
+	agg := r.agg
+	r.mu.Unlock()
+	if agg == nil {
+		return 0
+	}
+	return agg.SumBytes()
+}
+
 // drainRefusing answers what is still queued once the round is over.
 func (r *round) drainRefusing() {
 	for {
@@ -358,7 +374,9 @@ func (r *round) commit(reqs []*commitReq) bool {
 		}
 		return false
 	}
+	held := r.engineSumBytes()
 	r.mu.Lock()
+	r.sumBytes = held // before the acknowledgements: a status after one shows the sums with it
 	for i, q := range accepted {
 		r.acked[q.rec.Client] = len(r.records)
 		delete(r.arriving, q.rec.Client) // acknowledged: counted by records now, not twice toward max_clients

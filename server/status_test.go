@@ -87,6 +87,10 @@ func TestStatusPageInChromium(t *testing.T) {
 	if !strings.Contains(dom, "Round 3") || strings.Count(dom, `<tr class="client">`) != 1 || !strings.Contains(dom, "<td>c2</td>") {
 		t.Fatalf("the open round's clients are not shown:\n%s", dom)
 	}
+	// Round 3's exact sums of 16384 parameters, in one limb: 128 KiB.
+	if !strings.Contains(dom, `<span id="sum-bytes">running sums 128.0 KiB</span>`) {
+		t.Fatalf("the open round's running sums are not shown:\n%s", dom)
+	}
 	if !strings.Contains(dom, `class="progress"`) || !strings.Contains(dom, "estimate") {
 		t.Fatalf("no progress bar or energy source:\n%s", dom)
 	}
@@ -118,21 +122,38 @@ func TestMetrics(t *testing.T) {
 	}
 	ts := startServer(t, cfg, tokens, admin, WithMeters(meter))
 	body := encode(t, f32Set(t, [][]int{{1000}}, func(_, i int) float32 { return float32(i) }), nil)
-	ts.push(t, "c0", 1, body, nil)
+	ts.push(t, "c0", 1, body, map[string]string{"X-Wattagg-Weight": "1"})
+	scrape := func() string {
+		resp, err := http.Get(ts.url + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		return string(b)
+	}
+	// The open round's exact sums of 1000 parameters (values below 1000, weight 1: within
+	// 2^62 grid units) hold one limb: 8 bytes each.
+	if text := scrape(); !strings.Contains(text, "wattagg_round_sum_bytes 8000\n") {
+		t.Fatalf("metrics lack the open round's 8000 bytes of sums:\n%s", text)
+	}
+	var st api.Round
+	ts.getJSON(t, "/v1/rounds/1", &st)
+	if st.SumBytes != 8000 {
+		t.Fatalf("open round's status: sum_bytes %d, want 8000", st.SumBytes)
+	}
 	code, _ := ts.put(t, "bad", 1, strings.NewReader(string(body)), int64(len(body)), nil)
 	if code != 401 {
 		t.Fatal(code)
 	}
-	ts.push(t, "c1", 1, body, nil)
-	ts.waitState(t, 1, api.StateClosed)
-	ts.waitState(t, 2, api.StateOpen)
-	resp, err := http.Get(ts.url + "/metrics")
-	if err != nil {
-		t.Fatal(err)
+	// Weight 2^20: |Σ w·x| reaches 2^29.9, beyond 2^17 at the default grid: the block needs
+	// its second limb, 16 bytes a parameter.
+	ts.push(t, "c1", 1, body, map[string]string{"X-Wattagg-Weight": "1048576"})
+	if closed := ts.waitState(t, 1, api.StateClosed); closed.SumBytes != 0 || closed.Report == nil || closed.Report.SumBytes != 16000 {
+		t.Fatalf("closed round: sum_bytes %d, report's %v; want none and 16000", closed.SumBytes, closed.Report)
 	}
-	b, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	text := string(b)
+	ts.waitState(t, 2, api.StateOpen)
+	text := scrape()
 	for _, want := range []string{
 		`wattagg_ingest_bytes_total{protocol="http"} 8000`,
 		`wattagg_updates_accepted_total 2`,
@@ -144,6 +165,7 @@ func TestMetrics(t *testing.T) {
 		`wattagg_ack_latency_seconds_count 2`,
 		`wattagg_ingest_gbps`,
 		`wattagg_round_current 2`,
+		"wattagg_round_sum_bytes 0\n",
 	} {
 		if !strings.Contains(text, want) {
 			t.Fatalf("metrics lack %q:\n%s", want, text)

@@ -340,6 +340,14 @@ func (a *gpuAccumulator) Emit(ctx context.Context, scale float64, chunks []devic
 	return j.run(ctx)
 }
 
+// SumBytes implements device.SumHolder: the device memory of the sums.
+func (a *gpuAccumulator) SumBytes() int64 {
+	if a.sum == nil {
+		return 0
+	}
+	return a.sum.size
+}
+
 // Reset implements device.Accumulator. A driver failure is reported by the next Add or Emit.
 func (a *gpuAccumulator) Reset() {
 	a.err = a.g.onStream(context.Background(), func(_ *lane, s cuStream) error {

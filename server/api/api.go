@@ -73,6 +73,10 @@ type Round struct {
 	// Exact is what the round's exact sums were set up for: with the acknowledged updates,
 	// what recomputing its model bit for bit needs (aggregate.WithExactSum).
 	Exact *ExactSum `json:"exact,omitempty"`
+	// SumBytes is, for an open round, the memory its running sums held after the last group
+	// commit (exact sums: 8 bytes per parameter, 16 for parameters whose sums needed a second
+	// limb); a closed round's report has it at the close.
+	SumBytes int64 `json:"sum_bytes,omitempty"`
 	// Recovery is, for an open secure-sum round, whether the recovery that unmasks its sum was
 	// given: "stored" or "waiting" (the round does not close without it).
 	Recovery string `json:"recovery,omitempty"`
