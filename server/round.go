@@ -77,7 +77,7 @@ type round struct {
 	arriving map[string]*Upload // uploads in progress, by client
 	sets     []*tensor.Set      // mapped spools the engine keeps (whole-set rules)
 	report   *aggregate.Report
-	closing  bool // a close is queued or running: no new uploads
+	closing  bool  // a close is queued or running: no new uploads
 	sumBytes int64 // what the engine's running sums held after the last group commit
 
 	queue chan any      // *commitReq and *closeReq, to the committer
