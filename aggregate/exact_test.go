@@ -670,3 +670,48 @@ func TestExactSecureSum(t *testing.T) {
 	}
 	sameBits(t, "secure sum, exact, reversed", want, got)
 }
+
+// TestExactSumBytes: an incremental exact round on the CPU reports what its running sums held at
+// the close (Round.SumBytes, Report.SumBytes): one limb, 8 bytes a parameter, for updates of
+// weight 1 (sums far within 2^62 units of the default grid, 2^-45), and 16 once an update of
+// weight 2^20 takes |Σ w·x| past 2^17; a batch round holds no running sums.
+func TestExactSumBytes(t *testing.T) {
+	ctx := context.Background()
+	r := rand.New(rand.NewPCG(3, 4))
+	params := int64(97*71 + 5 + 3*5*7) // one block of the CPU's limbs
+	for _, tc := range []struct {
+		weights []float64
+		want    int64
+	}{{[]float64{1, 1, 1}, 8 * params}, {[]float64{1, 0x1p20}, 16 * params}} {
+		round := must(aggregate.NewRound(ctx, aggregate.NewFedAvg(), aggregate.WithExactSum(aggregate.ExactSum{})))(t)
+		if got := round.SumBytes(); got != 0 {
+			t.Fatalf("before the first update: SumBytes %d, want 0", got)
+		}
+		for k, w := range tc.weights {
+			if err := round.Add(ctx, exactUpdate(t, r, tensor.F32, nil, 1, 60000, fmt.Sprintf("c%d", k)), w); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if got := round.SumBytes(); got != tc.want {
+			t.Fatalf("weights %v: SumBytes %d, want %d", tc.weights, got, tc.want)
+		}
+		out, rep, err := round.Result(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rep.SumBytes != tc.want {
+			t.Fatalf("weights %v: report's sum_bytes %d, want %d", tc.weights, rep.SumBytes, tc.want)
+		}
+		out.Close()
+		round.Close()
+	}
+	ups := []*tensor.Set{exactUpdate(t, r, tensor.F32, nil, 1, 60000, "c0"), exactUpdate(t, r, tensor.F32, nil, 1, 60000, "c1")}
+	out, rep, err := aggregate.Aggregate(ctx, aggregate.NewFedAvg(), ups, []float64{1, 1}, aggregate.WithExactSum(aggregate.ExactSum{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out.Close()
+	if rep.SumBytes != 0 {
+		t.Fatalf("a batch round's sum_bytes: %d, want 0", rep.SumBytes)
+	}
+}
