@@ -22,6 +22,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/wattagg/wattagg/server"
+	"github.com/wattagg/wattagg/server/api"
 	"github.com/wattagg/wattagg/server/client"
 	"github.com/wattagg/wattagg/tensor"
 )
@@ -140,14 +141,18 @@ func (c *Config) diskWay() string {
 	return "through the page cache, as the spool of a float sum"
 }
 
-func (c *Config) sumNote() string {
+func (c *Config) sumNote(st *api.Round, params int) string {
+	held := "running sums at the close: not reported"
+	if st.Report != nil && st.Report.SumBytes > 0 {
+		held = fmt.Sprintf("running sums at the close %.0f MiB, %.1f bytes per parameter", float64(st.Report.SumBytes)/(1<<20), float64(st.Report.SumBytes)/float64(params))
+	}
 	switch c.Sum {
 	case "float":
-		return "round.sum float: an f32 accumulator, 4 bytes per parameter"
+		return "round.sum float: an f32 accumulator; " + held
 	case SumOneLimb:
-		return fmt.Sprintf("round.sum exact, one_limb (bound %g, max_weight %g): exact sums, an 8-byte accumulator per parameter (2 × the f32 model)", float64(oneLimbBound), float64(oneLimbMaxWeight))
+		return fmt.Sprintf("round.sum exact, one_limb (bound %g, max_weight %g): exact sums in one limb; %s", float64(oneLimbBound), float64(oneLimbMaxWeight), held)
 	}
-	return "round.sum " + cmp.Or(c.Sum, "auto (the default)") + ": exact sums, two limbs held in one (8 bytes per parameter, 2 × the f32 model) where the sums stay within 2^62 grid units, as these do"
+	return "round.sum " + cmp.Or(c.Sum, "auto (the default)") + ": exact sums, two limbs held in one where they stay within 2^62 grid units; " + held
 }
 
 // SumOneLimb is the Sum that runs exact sums kept in one limb (round.exact.one_limb), with a
@@ -273,7 +278,8 @@ func ingestRows(ctx context.Context, c *Config) ([]Row, error) {
 	for err := range errs {
 		return nil, err
 	}
-	if err := waitClosed(ctx, p.url, 1); err != nil {
+	closedSt, err := waitClosedStatus(ctx, p.url, 1)
+	if err != nil {
 		return nil, err
 	}
 	closed := time.Since(t0)
@@ -319,7 +325,7 @@ func ingestRows(ctx context.Context, c *Config) ([]Row, error) {
 			Note: fmt.Sprintf("before %.2f, after %.2f GB/s: what the machine does when it receives and writes at once, against the issue's floor min(TCP, disk) of the two measured alone", gb(bothBefore), gb(both2))},
 		{What: "server peak RSS (VmHWM) during the ingest round", Measured: hwm / (1 << 20), Unit: "MiB",
 			Floor: budget / (1 << 20), FloorIs: "budget 1.3 × model + streams × 2 chunks + 128 MiB", Ratio: hwm / budget,
-			Note: fmt.Sprintf("RssAnon at the end %.0f MiB; model %.0f MiB; %s", anon/(1<<20), model/(1<<20), c.sumNote())},
+			Note: fmt.Sprintf("RssAnon at the end %.0f MiB; model %.0f MiB; %s", anon/(1<<20), model/(1<<20), c.sumNote(closedSt, c.Params))},
 		{What: "design B: accumulator checkpoint per group commit", Measured: accWrite.Seconds() * 1e3, Unit: "ms per group",
 			Note: fmt.Sprintf("a durable write of the %.0f MiB f32 accumulator; over this round's %.0f groups B would write %.2f GB (%.1f s of checkpoints) where A wrote %.2f GB of spool in the ingest itself",
 				model/(1<<20), g, g*model/1e9, g*accWrite.Seconds(), total/1e9)},

@@ -333,21 +333,27 @@ func checkAcked(ctx context.Context, url string, acked map[string]api.Ack, res *
 
 // waitClosed waits until round n is closed.
 func waitClosed(ctx context.Context, url string, n int) error {
+	_, err := waitClosedStatus(ctx, url, n)
+	return err
+}
+
+// waitClosedStatus is waitClosed, and the closed round's status.
+func waitClosedStatus(ctx context.Context, url string, n int) (*api.Round, error) {
 	cl, err := client.New(url)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	for range 6000 {
 		st, err := cl.Status(ctx, n)
 		if err == nil && st.State != api.StateOpen {
 			if st.State != api.StateClosed {
-				return fmt.Errorf("round %d %s: %s", n, st.State, st.Reason)
+				return st, fmt.Errorf("round %d %s: %s", n, st.State, st.Reason)
 			}
-			return nil
+			return st, nil
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	return fmt.Errorf("round %d did not close", n)
+	return nil, fmt.Errorf("round %d did not close", n)
 }
 
 // roundSums reads how the round in dir summed (its round.json: "sum" and "exact") and gives

@@ -77,7 +77,8 @@ func flightRows(ctx context.Context, c *Config) ([]Row, error) {
 	for err := range errs {
 		return nil, err
 	}
-	if err := waitClosed(ctx, p.url, 1); err != nil {
+	closedSt, err := waitClosedStatus(ctx, p.url, 1)
+	if err != nil {
 		return nil, err
 	}
 	hwm, anon := peakRSS(p.cmd.Process.Pid)
@@ -106,7 +107,7 @@ func flightRows(ctx context.Context, c *Config) ([]Row, error) {
 				gb(tcp), gb(tcpBefore), gb(tcp2), gb(disk), gb(diskBefore), gb(disk2), c.diskWay())},
 		{What: "server peak RSS (VmHWM) during the Flight round", Measured: hwm / (1 << 20), Unit: "MiB",
 			Floor: budget / (1 << 20), FloorIs: "budget 1.3 × model + streams × 2 chunks + 128 MiB", Ratio: hwm / budget,
-			Note: fmt.Sprintf("RssAnon at the end %.0f MiB; model %.0f MiB; %s", anon/(1<<20), model/(1<<20), c.sumNote())},
+			Note: fmt.Sprintf("RssAnon at the end %.0f MiB; model %.0f MiB; %s", anon/(1<<20), model/(1<<20), c.sumNote(closedSt, c.Params))},
 	}, nil
 }
 
