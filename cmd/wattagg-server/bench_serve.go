@@ -87,6 +87,7 @@ under --dir for the default ingest row.`,
 	}
 	f := cmd.Flags()
 	f.StringVar(&dir, "dir", "", "scratch directory (default: a temporary directory, removed after)")
+	f.IntVar(&c.WeightMax, "weight-max", 0, "ingest: weigh the HTTP clients by example counts spread over [1, N] instead of 1 each (exact sums grow with the weights: the RSS row shows what the running sums then hold)")
 	f.StringVar(&c.Sum, "sum", "", "round.sum of the server's rounds: auto (the server's default: exact for fedavg), exact, float, or one-limb (exact, round.exact {bound 16, max_weight 2^20, one_limb}: an 8-byte accumulator)")
 	f.StringArrayVar(&serverFlags, "server-flag", nil, "a flag for the server under test, repeatable (--server-flag=--gc-headroom=0 --server-flag=--procs=2): its settings compared in one binary")
 	f.StringVar(&only, "only", "", "comma-separated rows to run: ingest, flight, small, crash (default: all)")

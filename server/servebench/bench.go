@@ -47,6 +47,11 @@ type Config struct {
 	// default, auto: exact sums for fedavg, whose accumulator takes 8 bytes per parameter where
 	// its sums stay within 2^62 grid units, as this bench's do, and 16 elsewhere).
 	Sum string
+	// WeightMax, if above 1, weighs the ingest row's HTTP clients by example counts spread
+	// over [1, WeightMax] (client k: 1 + k·(WeightMax−1)/(Clients−1)) instead of 1 each: exact
+	// sums then grow with the weights (the running sums' memory: Exact sums, "Two limbs held
+	// in one").
+	WeightMax int
 
 	Only []string // rows to run (ingest, small, crash); nil: all
 	Log  func(format string, args ...any)
@@ -139,6 +144,22 @@ func (c *Config) diskWay() string {
 		return "O_DIRECT, as the spool of an exact sum"
 	}
 	return "through the page cache, as the spool of a float sum"
+}
+
+// weight is the ingest row's weight of client k.
+func (c *Config) weight(k int) float64 {
+	if c.WeightMax <= 1 || c.Clients <= 1 {
+		return 1
+	}
+	return float64(1 + k*(c.WeightMax-1)/(c.Clients-1))
+}
+
+// weightNote names the ingest row's weights when they are not 1.
+func (c *Config) weightNote() string {
+	if c.WeightMax <= 1 {
+		return ""
+	}
+	return fmt.Sprintf(", weights 1..%d", c.WeightMax)
 }
 
 func (c *Config) sumNote(st *api.Round, params int) string {
@@ -265,7 +286,7 @@ func ingestRows(ctx context.Context, c *Config) ([]Row, error) {
 			defer wg.Done()
 			cl, err := client.New(p.url, client.WithToken(tokens[k]))
 			if err == nil {
-				_, err = cl.Push(ctx, 1, bytes.NewReader(body), int64(len(body)))
+				_, err = cl.Push(ctx, 1, bytes.NewReader(body), int64(len(body)), client.WithWeight(c.weight(k)))
 			}
 			if err != nil {
 				errs <- err
@@ -316,7 +337,7 @@ func ingestRows(ctx context.Context, c *Config) ([]Row, error) {
 	gb := func(d time.Duration) float64 { return total / d.Seconds() / 1e9 }
 	g := max(groups, 1)
 	rows := []Row{
-		{What: fmt.Sprintf("HTTP ingest, %d clients × %d f32 params, durable", c.Clients, c.Params), Measured: gb(ingest), Unit: "GB/s",
+		{What: fmt.Sprintf("HTTP ingest, %d clients × %d f32 params, durable%s", c.Clients, c.Params, c.weightNote()), Measured: gb(ingest), Unit: "GB/s",
 			Floor: gb(floor), FloorIs: "min(loopback TCP, disk durable): " + floorIs, Ratio: floor.Seconds() / ingest.Seconds(),
 			Note: fmt.Sprintf("TCP %.2f GB/s (before %.2f, after %.2f), disk %.2f GB/s (before %.2f, after %.2f; %s); first byte to last acknowledgement %.2f s; round closed %.2f s after the start; %.0f group commits",
 				gb(tcp), gb(tcpBefore), gb(tcp2), gb(disk), gb(diskBefore), gb(disk2), c.diskWay(), ingest.Seconds(), closed.Seconds(), groups)},
