@@ -324,3 +324,76 @@ func TestLimbsConcurrentPieces(t *testing.T) {
 		t.Fatal("concurrent pieces of weight 2^14: no block got its high limb")
 	}
 }
+
+// FuzzLimbs: any sequence of pieces — values within the bound, weights from 2^-3 to 2^40 of
+// either sign, pieces across block boundaries, merged 128-bit sums — leaves the accumulator with
+// the sums of a plain 128-bit reference, whichever blocks took their high limb on the way.
+func FuzzLimbs(f *testing.F) {
+	f.Add([]byte{0, 1, 2, 3, 4, 5, 6, 7, 8, 9})
+	f.Add([]byte{255, 0, 200, 7, 7, 7, 9, 1, 0, 0, 3, 250, 250, 1, 2})
+	f.Add([]byte("weights of both signs across blocks, then a merge"))
+	const block = 64 << 10
+	fields := []device.AccField{{Name: "a", Len: 2*block + 10, Acc: tensor.I64, Out: tensor.F32, Grid: -50, Bound: 64}}
+	cpu, err := device.NewCPU(device.WithWorkers(1))
+	if err != nil {
+		f.Fatal(err)
+	}
+	weights := []float64{1, -1, 0x1p-3, 0x1p10, -0x1p12, 0x1p20, -0x1p30, 0x1p40}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		acc, err := cpu.NewAccumulator(fields)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer acc.Close()
+		pa := acc.(device.PieceAccumulator)
+		ref := newLimbRef(fields)
+		ctx := context.Background()
+		for len(data) >= 5 && len(data) < 4096 {
+			op, a, b, c, d := data[0], data[1], data[2], data[3], data[4]
+			data = data[5:]
+			// A piece of 1..2049 elements starting near a block boundary or anywhere.
+			lo := (int(a)<<8 | int(b)) * 3 % fields[0].Len
+			if op&1 == 0 {
+				lo = (int(a)%3)*block + int(int8(b)) // around a boundary
+				lo = max(0, min(lo, fields[0].Len-1))
+			}
+			n := min(1+int(c)*8+int(d)%8, fields[0].Len-lo)
+			if op%7 == 6 { // merged sums: ±(d·2^(8·(c%9))) at element lo
+				src := make([]int64, 2*fields[0].Len)
+				s := int128{}.add(0, int64(d)<<(8*(c%8)))
+				if c&1 == 1 {
+					s = int128{}.add(-int64(d)<<(8*(c%5)+12), 0)
+				}
+				src[2*lo], src[2*lo+1] = int64(s.lo), s.hi
+				if err := pa.AddSums(ctx, 0, src); err != nil {
+					t.Fatal(err)
+				}
+				r := ref.sums[0][lo]
+				sl, carry := bits.Add64(r.lo, s.lo, 0)
+				ref.sums[0][lo] = int128{sl, r.hi + s.hi + int64(carry)}
+				continue
+			}
+			x := make([]float32, n)
+			for j := range x {
+				x[j] = float32(int8(byte(j)*a+b+d)) / 2 // within ±64
+			}
+			b32 := make([]byte, 4*n)
+			for j, v := range x {
+				binary.LittleEndian.PutUint32(b32[4*j:], math.Float32bits(v))
+			}
+			sp := device.Span{DType: tensor.F32, Data: b32, Scale: 1}
+			w := weights[int(op>>1)%len(weights)]
+			if err := pa.AddPiece(ctx, 0, lo, sp, w); err != nil {
+				t.Fatal(err)
+			}
+			ref.add(0, lo, sp, w)
+		}
+		got := make([]int64, 2*fields[0].Len)
+		if err := pa.ReadSums(ctx, 0, got); err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(got, ref.words(0)) {
+			t.Fatal("sums differ from the reference")
+		}
+	})
+}

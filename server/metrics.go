@@ -61,32 +61,28 @@ func newMetrics(s *Server) *metrics {
 	f(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "wattagg_ingest_gbps",
 		Help: "Tensor bytes received per second over the last 10 s, in GB/s."}, func() float64 { return m.rate.perSecond() / 1e9 }))
 	f(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "wattagg_round_clients",
-		Help: "Updates acknowledged in the open round."}, func() float64 {
-		s.mu.Lock()
-		r := s.current
-		s.mu.Unlock()
-		if r == nil {
-			return 0
-		}
-		r.mu.Lock()
-		defer r.mu.Unlock()
-		return float64(len(r.records))
-	}))
+		Help: "Updates acknowledged in the open round."}, s.ofCurrent(func(r *round) float64 { return float64(len(r.records)) })))
 	f(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "wattagg_round_sum_bytes",
-		Help: "Memory the open round's running sums held after its last group commit (exact sums: 8 bytes per parameter, 16 where a second limb was needed)."}, func() float64 {
-		s.mu.Lock()
-		r := s.current
-		s.mu.Unlock()
-		if r == nil {
-			return 0
-		}
-		r.mu.Lock()
-		defer r.mu.Unlock()
-		return float64(r.sumBytes)
-	}))
+		Help: "Memory the open round's running sums held after its last group commit (exact sums: 8 bytes per parameter, 16 where a second limb was needed)."},
+		s.ofCurrent(func(r *round) float64 { return float64(r.sumBytes) })))
 	f(collectors.NewGoCollector())
 	f(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
+}
+
+// ofCurrent is a gauge's reading of the open round: v under the round's lock, 0 when none is open.
+func (s *Server) ofCurrent(v func(r *round) float64) func() float64 {
+	return func() float64 {
+		s.mu.Lock()
+		r := s.current
+		s.mu.Unlock()
+		if r == nil {
+			return 0
+		}
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		return v(r)
+	}
 }
 
 // received counts n tensor bytes in.
