@@ -71,6 +71,38 @@ func (r *limbRef) add(t, lo int, x device.Span, w float64) {
 	}
 }
 
+// newLimbAcc is a CPU exact accumulator of fields (closed with the test) beside its reference.
+func newLimbAcc(t testing.TB, cpu *device.CPU, fields []device.AccField) (device.PieceAccumulator, *limbRef) {
+	t.Helper()
+	acc, err := cpu.NewAccumulator(fields)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { acc.Close() })
+	return acc.(device.PieceAccumulator), newLimbRef(fields)
+}
+
+// check fails t unless every field's sums in pa are the reference's, naming the first element
+// that differs.
+func (r *limbRef) check(t testing.TB, pa device.PieceAccumulator, what string) {
+	t.Helper()
+	for ti, f := range r.fields {
+		got := make([]int64, 2*f.Len)
+		if err := pa.ReadSums(context.Background(), ti, got); err != nil {
+			t.Fatal(err)
+		}
+		want := r.words(ti)
+		if slices.Equal(got, want) {
+			continue
+		}
+		j := 0
+		for got[2*j] == want[2*j] && got[2*j+1] == want[2*j+1] {
+			j++
+		}
+		t.Fatalf("%s: field %q element %d: sum (%#x, %#x), want (%#x, %#x)", what, f.Name, j, got[2*j], got[2*j+1], want[2*j], want[2*j+1])
+	}
+}
+
 // words is field t's sums in ReadSums' form.
 func (r *limbRef) words(t int) []int64 {
 	out := make([]int64, 0, 2*len(r.sums[t]))
@@ -124,12 +156,8 @@ func TestLimbsOnDemand(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		acc, err := cpu.NewAccumulator(fields)
-		if err != nil {
-			t.Fatal(err)
-		}
-		pa := acc.(device.PieceAccumulator)
-		ref := newLimbRef(fields)
+		pa, ref := newLimbAcc(t, cpu, fields)
+		acc := device.Accumulator(pa)
 		update := func(dt tensor.DType, scale float64) []device.Span {
 			var x []device.Span
 			for _, f := range fields {
@@ -153,20 +181,7 @@ func TestLimbsOnDemand(t *testing.T) {
 		}
 		check := func(what string) {
 			t.Helper()
-			for ti := range fields {
-				got := make([]int64, 2*fields[ti].Len)
-				if err := pa.ReadSums(ctx, ti, got); err != nil {
-					t.Fatal(err)
-				}
-				if want := ref.words(ti); !slices.Equal(got, want) {
-					j := 0
-					for 2*j < len(got) && got[2*j] == want[2*j] && got[2*j+1] == want[2*j+1] {
-						j++
-					}
-					t.Fatalf("%s, %s: field %q element %d: sum (%#x, %#x), want (%#x, %#x)", k.Name(), what,
-						fields[ti].Name, j, got[2*j], got[2*j+1], want[2*j], want[2*j+1])
-				}
-			}
+			ref.check(t, pa, k.Name()+", "+what)
 		}
 		// 1. Small sums: values ~N(0, 1) (|x| < 5 here), weights up to 8, on a grid of 2^-50:
 		// 8 adds' bound below 8·8·5·2^50 ≈ 2^58.3 — one limb throughout, no rescan.
@@ -268,13 +283,7 @@ func TestLimbsConcurrentPieces(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	acc, err := cpu.NewAccumulator(fields)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer acc.Close()
-	pa := acc.(device.PieceAccumulator)
-	ref := newLimbRef(fields)
+	pa, ref := newLimbAcc(t, cpu, fields)
 	type piece struct{ lo, hi int }
 	var xs []device.Span
 	var ws []float64
@@ -313,14 +322,8 @@ func TestLimbsConcurrentPieces(t *testing.T) {
 	for err := range errs {
 		t.Fatal(err)
 	}
-	got := make([]int64, 2*fields[0].Len)
-	if err := pa.ReadSums(ctx, 0, got); err != nil {
-		t.Fatal(err)
-	}
-	if !slices.Equal(got, ref.words(0)) {
-		t.Fatal("concurrent pieces: sums differ from the reference")
-	}
-	if e, _ := device.HighLimbs(acc); e == 0 {
+	ref.check(t, pa, "concurrent pieces")
+	if e, _ := device.HighLimbs(pa); e == 0 {
 		t.Fatal("concurrent pieces of weight 2^14: no block got its high limb")
 	}
 }
@@ -340,13 +343,7 @@ func FuzzLimbs(f *testing.F) {
 	}
 	weights := []float64{1, -1, 0x1p-3, 0x1p10, -0x1p12, 0x1p20, -0x1p30, 0x1p40}
 	f.Fuzz(func(t *testing.T, data []byte) {
-		acc, err := cpu.NewAccumulator(fields)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer acc.Close()
-		pa := acc.(device.PieceAccumulator)
-		ref := newLimbRef(fields)
+		pa, ref := newLimbAcc(t, cpu, fields)
 		ctx := context.Background()
 		for len(data) >= 5 && len(data) < 4096 {
 			op, a, b, c, d := data[0], data[1], data[2], data[3], data[4]
@@ -388,12 +385,6 @@ func FuzzLimbs(f *testing.F) {
 			}
 			ref.add(0, lo, sp, w)
 		}
-		got := make([]int64, 2*fields[0].Len)
-		if err := pa.ReadSums(ctx, 0, got); err != nil {
-			t.Fatal(err)
-		}
-		if !slices.Equal(got, ref.words(0)) {
-			t.Fatal("sums differ from the reference")
-		}
+		ref.check(t, pa, "after the pieces")
 	})
 }
