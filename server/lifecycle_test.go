@@ -222,3 +222,21 @@ func TestRestartResumesRound(t *testing.T) {
 		}
 	}
 }
+
+// TestRestartSumBytes: after a restart the open round's status shows what its running sums hold
+// again (rebuilt from the log before the first new update).
+func TestRestartSumBytes(t *testing.T) {
+	leakCheck(t)
+	cfg, tokens, admin := testConfig(t, 2)
+	ts := startServer(t, cfg, tokens, admin)
+	ts.push(t, "c0", 1, encode(t, f32Set(t, [][]int{{7}, {3}}, func(_, i int) float32 { return float32(i) }), nil), nil)
+	st, err := ts.Status(1)
+	if err != nil || st.SumBytes != 80 {
+		t.Fatalf("before the restart: sum_bytes %d (%v), want 80 (10 parameters in one limb)", st.SumBytes, err)
+	}
+	ts.stop()
+	ts2 := startServer(t, cfg, tokens, admin)
+	if st, err := ts2.Status(1); err != nil || st.State != api.StateOpen || st.SumBytes != 80 {
+		t.Fatalf("after the restart: %s, sum_bytes %d (%v), want open, 80", st.State, st.SumBytes, err)
+	}
+}

@@ -467,8 +467,9 @@ func (r *round) rebuild() error {
 			set.Close()
 		}
 	}
+	held := r.engineSumBytes()
 	r.mu.Lock()
-	r.sets = sets
+	r.sets, r.sumBytes = sets, held
 	r.mu.Unlock()
 	return nil
 }
