@@ -615,6 +615,10 @@ func (s *Server) resume(r *round) error {
 			set.Close()
 		}
 	}
+	held := r.engineSumBytes()
+	r.mu.Lock()
+	r.sumBytes = held
+	r.mu.Unlock()
 	s.current = r
 	s.startRound(r)
 	r.logger.Info("round resumed from its acknowledgement log", "updates", len(recs), "removed_unacknowledged", removed,
