@@ -48,32 +48,18 @@ const (
 
 // robustScratch is one worker's memory for the robust operations.
 type robustScratch struct {
-	wide  [][]float32 // per input: a widened block (only inputs that are not f32 use theirs)
-	xs    [][]byte
-	res   []float32  // the f32 result block of an order statistic
-	res64 []float64  // the same in f64, the point of the distances
-	one   [1]float64 // the weight and input of widen
-	resIn [1][]byte
-	sort  []float32 // the kernels' sorting slab
-	gram  []float64 // Gram partials, kernels.GramPartials(n)
-	sq    []float64 // squared norms' partials, kernels.Lanes·n
-	pack  []float64 // the Gram kernel's scratch
+	wide [][]float32 // per input: a widened block (only inputs that are not f32 use theirs)
+	xs   [][]byte
+	res  []float32 // the f32 result block of an order statistic
+	sort []float32 // the kernels' sorting slab
+	gram []float64 // Gram partials, kernels.GramPartials(n)
+	sq   []float64 // squared norms' partials, kernels.Lanes·n
+	pack []float64 // the Gram kernel's scratch
 
 	rd blockReader // read buffers for inputs copied from their files (fileread.go)
 }
 
 var robustScratchPool sync.Pool
-
-// widen sets dst to src in f64 with the vector accumulation kernel (0 + 1·x is x, but for the
-// sign of a zero, which no distance sees): the Go loop converted one element at a time, and
-// was 7% of the median's time (32 × 4M f32, AVX-512, perf).
-func (s *robustScratch) widen(k *kernels.Impl, dst []float64, src []float32) {
-	clear(dst)
-	s.one[0] = 1
-	s.resIn[0] = unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(src))), 4*len(src))
-	k.AccF64FromF32(dst, s.one[:], s.resIn[:])
-	s.resIn[0] = nil
-}
 
 func getRobustScratch(n, block int) *robustScratch {
 	s, _ := robustScratchPool.Get().(*robustScratch)
@@ -86,7 +72,6 @@ func getRobustScratch(n, block int) *robustScratch {
 	}
 	if len(s.res) < block {
 		s.res = tensor.AlignedF32(block)
-		s.res64 = make([]float64, block)
 	}
 	if m := kernels.SortScratch(n); len(s.sort) < m {
 		s.sort = tensor.AlignedF32(m)
@@ -221,10 +206,7 @@ func (c *CPU) Select(ctx context.Context, job *SelectJob) (Stats, error) {
 					c.kern.ClosestMeanF32(res, xs, job.K, s.sort)
 				}
 				if lanesWanted {
-					// The result converted once for every input's distance.
-					r64 := s.res64[:hi-lo]
-					s.widen(c.kern, r64, res)
-					c.kern.SqDistNormF32F64Many(dl, nl, xs, r64)
+					c.kern.SqDistNormF32Runs(dl, nl, xs, res)
 				}
 				out := dst[(lo-pc.Lo)*os : (hi-pc.Lo)*os]
 				storeF32(c.kern, f.Out, out, res)

@@ -138,7 +138,7 @@ func TestSelectMatchesKernels(t *testing.T) {
 						}
 					}
 					for i := range n {
-						if math.Abs(dist[i]-wantD[i]) > 1e-12*wantD[i]+1e-300 || math.Abs(norm[i]-wantN[i]) > 1e-12*wantN[i] {
+						if math.Abs(dist[i]-wantD[i]) > SelectSumError*wantD[i]+1e-300 || math.Abs(norm[i]-wantN[i]) > SelectSumError*wantN[i] {
 							t.Fatalf("%s n=%d: input %d: distance² %v norm² %v, want %v %v", op.op, n, i, dist[i], norm[i], wantD[i], wantN[i])
 						}
 					}

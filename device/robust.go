@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/wattagg/wattagg/kernels"
 	"github.com/wattagg/wattagg/tensor"
 )
 
@@ -85,6 +86,12 @@ type GramMatrix struct {
 	Raw bool
 }
 
+// SelectSumError bounds the relative error of a SelectJob's SqDist and SqNorm: those of the
+// CPU's f32 runs, (kernels.DistRun/kernels.Lanes + 3)·2^-24, about 2.1e-6. They are the
+// clients' diagnostics of a pass that is compute-bound on the CPU, where sums in f64 took 40%
+// of the median's time (README, "Distances in the order statistics' pass").
+const SelectSumError = float64(kernels.DistRun/kernels.Lanes+3) * 0x1p-24
+
 // SqDistance returns ‖x_a − x_b‖² from the centred matrix, clamped at 0 (rounding can make a
 // tiny negative).
 func (g *GramMatrix) SqDistance(a, b int) float64 {
@@ -131,8 +138,10 @@ type SelectJob struct {
 	// SqDist and SqNorm, when not nil (one element per input), receive ‖x_i − r‖² and ‖x_i‖²
 	// for every input, where r is the f32 result before conversion to the output dtype: each
 	// client's distance to the aggregate and its norm, computed while the block of inputs is
-	// still in cache. A non-finite SqNorm says that input holds a NaN or Inf (which the job does
-	// not check): the caller can run the job first and exclude such inputs afterwards.
+	// still in cache, each within SelectSumError of its exact value, relatively (the CPU sums
+	// them as kernels.SqDistNormF32Runs does). A non-finite SqNorm says that input holds a NaN
+	// or Inf (which the job does not check): the caller can run the job first and exclude such
+	// inputs afterwards.
 	SqDist, SqNorm []float64
 	// Progress, if set, is called after each chunk with the input bytes it consumed.
 	Progress func(bytes int64)

@@ -3,6 +3,7 @@ package kernels
 import (
 	"encoding/binary"
 	"math"
+	"unsafe"
 
 	"github.com/wattagg/wattagg/internal/half"
 )
@@ -145,4 +146,9 @@ func xorFoldGeneric(x []byte) uint64 {
 		r ^= binary.LittleEndian.Uint64(x[j:])
 	}
 	return r
+}
+
+// f32Bytes is the memory of x as bytes.
+func f32Bytes(x []float32) []byte {
+	return unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(x))), 4*len(x))
 }

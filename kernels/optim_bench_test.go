@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"testing"
-	"unsafe"
 )
 
 // Benchmarks of the optimizer family, each beside its memory floor measured in the same run:
@@ -12,10 +11,6 @@ import (
 // that reads every byte), so the ratio of the two rows is how close the kernel runs to reading
 // its inputs once. SetBytes counts bytes read + bytes written for kernels and bytes read for
 // floors; compare times per element (ns/op at the same n) for the cost of the writes.
-
-func f32Bytes(x []float32) []byte {
-	return unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(x))), 4*len(x))
-}
 
 // realisticOperands are the values of a real step, normals at the scales of a model, its delta
 // and its moments: no subnormals or infinities, whose microcode assists would measure the CPU's

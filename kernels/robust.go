@@ -77,13 +77,12 @@ type robustKernels struct {
 	trimmedSorted func(dst, tmp []float32, n, wires, k int)
 	closestSorted func(dst, tmp []float32, n, wires, beta int)
 
-	gram     func(p, sq []float64, x [][]byte, elems int, tmp []float64)
-	gramRaw  func(p []float64, x [][]byte, elems int, tmp []float64)
-	sqDist   func(pd, pn *[Lanes]float64, x []byte, z []float32)
-	sqDist64 func(pd, pn *[Lanes]float64, x []byte, z []float64)
-	// sqDist64Many, where not nil, is sqDist64 for every input of x at once (pd[i], pn[i]).
-	sqDist64Many func(pd, pn [][Lanes]float64, x [][]byte, z []float64)
-	fmaLoop      func(iters int) float64
+	gram    func(p, sq []float64, x [][]byte, elems int, tmp []float64)
+	gramRaw func(p []float64, x [][]byte, elems int, tmp []float64)
+	sqDist  func(pd, pn *[Lanes]float64, x []byte, z []float32)
+	// sqDistRuns is SqDistNormF32Runs of one call (len(z) at most distRunsMax).
+	sqDistRuns func(pd, pn [][Lanes]float64, x [][]byte, z []float32)
+	fmaLoop    func(iters int) float64
 }
 
 var robustGeneric = robustKernels{
@@ -99,10 +98,10 @@ var robustGeneric = robustKernels{
 	gram: func(p, sq []float64, x [][]byte, elems int, _ []float64) {
 		gramGeneric(p, sq, x, 0, elems)
 	},
-	gramRaw:  func(p []float64, x [][]byte, elems int, _ []float64) { gramRawGeneric(p, x, 0, elems) },
-	sqDist:   func(pd, pn *[Lanes]float64, x []byte, z []float32) { sqDistNormGeneric(pd, pn, x, z, 0) },
-	sqDist64: func(pd, pn *[Lanes]float64, x []byte, z []float64) { sqDistNormF64Generic(pd, pn, x, z, 0) },
-	fmaLoop:  fmaLoopGeneric,
+	gramRaw:    func(p []float64, x [][]byte, elems int, _ []float64) { gramRawGeneric(p, x, 0, elems) },
+	sqDist:     func(pd, pn *[Lanes]float64, x []byte, z []float32) { sqDistNormGeneric(pd, pn, x, z, 0) },
+	sqDistRuns: sqDistRunsAll,
+	fmaLoop:    fmaLoopGeneric,
 }
 
 var _ = register(robustFamily, "generic", true, &robustGeneric)
@@ -386,54 +385,147 @@ func (k *Impl) SqDistNormF32(pd, pn *[Lanes]float64, x []byte, z []float32) {
 	k.robust.sqDist(pd, pn, x, z)
 }
 
-// SqDistNormF32F64 is SqDistNormF32 with the point in f64 (z[j] = float64 of an f32 value gives
-// SqDistNormF32's bits): a point converted once for many inputs saves a conversion per element
-// and input.
+// DistRun is the run of elements whose squares SqDistNormF32Runs sums in f32 before it adds
+// them to its f64 partials: DistRun/Lanes terms per lane.
+const DistRun = 512
+
+// distTiny bounds the norm partials below which SqDistNormF32Runs does not trust its f32 runs:
+// squares of values under 2^-63 lose bits to underflow in f32.
+const distTiny = 0x1p-64
+
+// SqDistNormF32Runs is SqDistNormF32(&pd[i], &pn[i], x[i], z) for every input of x, at a third
+// of the vector operations and a looser rounding bound, for the per-client diagnostics of a
+// pass that is compute-bound (the order statistics): per input, the squares are summed in f32
+// lanes over runs of DistRun elements from the start of z (the elements past the last multiple
+// of Lanes form a run of their own), each run's lanes then added to f64 partials, and these
+// to pd[i] and pn[i] at the end:
 //
-//	for j := range z {
-//		v := float64(x[j])
-//		d := v - z[j]
-//		pd[j%Lanes] = math.FMA(d, d, pd[j%Lanes])
-//		pn[j%Lanes] = math.FMA(v, v, pn[j%Lanes])
-//	}
-func SqDistNormF32F64(pd, pn *[Lanes]float64, x []byte, z []float64) {
-	def.SqDistNormF32F64(pd, pn, x, z)
+//	for each run [a, b):
+//		var d32, n32 [Lanes]float32
+//		for j := a; j < b; j++ {
+//			v := x[j]
+//			d := v - z[j]                                  // f32, rounded
+//			d32[j%Lanes] = fma32(d, d, d32[j%Lanes])       // rounded once, as VFMADD231PS
+//			n32[j%Lanes] = fma32(v, v, n32[j%Lanes])
+//		}
+//		ld[l] += float64(d32[l]); ln[l] += float64(n32[l])   // every lane l
+//	pd[l] += ld[l]; pn[l] += ln[l]
+//
+// Each squared distance and norm is then within (DistRun/Lanes + 3)·2^-24 of its exact value,
+// relatively (the rounding of d, of d², and one per term of a lane's run; the f64 sums add
+// nothing visible). Where that bound does not hold the input's partials are SqDistNormF32's
+// instead, so that a non-finite pn still means x holds a NaN or Inf: when a lane of ld or ln
+// is not finite (a NaN or Inf, or finite values whose squares overflow f32) or a lane of ln is
+// positive and under 2^-64 (squares lost to underflow).
+func SqDistNormF32Runs(pd, pn [][Lanes]float64, x [][]byte, z []float32) {
+	def.SqDistNormF32Runs(pd, pn, x, z)
 }
 
-// SqDistNormF32F64 is the package-level SqDistNormF32F64 run by k.
-func (k *Impl) SqDistNormF32F64(pd, pn *[Lanes]float64, x []byte, z []float64) {
-	k.robust.sqDist64(pd, pn, x, z)
-}
-
-func sqDistNormF64Generic(pd, pn *[Lanes]float64, x []byte, z []float64, from int) {
-	for j := from; j < len(z); j++ {
-		v := float64(ldF32(x, j))
-		d := v - z[j]
-		pd[j%Lanes] = math.FMA(d, d, pd[j%Lanes])
-		pn[j%Lanes] = math.FMA(v, v, pn[j%Lanes])
-	}
-}
-
-// SqDistNormF32F64Many is SqDistNormF32F64(&pd[i], &pn[i], x[i], z) for every input of x:
-// the same bits, in fewer passes over z where the implementation takes several inputs at once
-// (the avx512 one takes four).
-func SqDistNormF32F64Many(pd, pn [][Lanes]float64, x [][]byte, z []float64) {
-	def.SqDistNormF32F64Many(pd, pn, x, z)
-}
-
-// SqDistNormF32F64Many is the package-level SqDistNormF32F64Many run by k.
-func (k *Impl) SqDistNormF32F64Many(pd, pn [][Lanes]float64, x [][]byte, z []float64) {
-	if len(x) == 0 {
+// SqDistNormF32Runs is the package-level SqDistNormF32Runs run by k. Calls longer than
+// distRunsMax elements are taken as consecutive calls of distRunsMax (whole runs, so only the
+// choice between f32 runs and f64 partials is made per piece), which bounds the time spent in
+// one assembly call.
+func (k *Impl) SqDistNormF32Runs(pd, pn [][Lanes]float64, x [][]byte, z []float32) {
+	if len(x) == 0 || len(z) == 0 {
 		return
 	}
 	_, _ = pd[len(x)-1], pn[len(x)-1]
-	if k.robust.sqDist64Many != nil {
-		k.robust.sqDist64Many(pd[:len(x)], pn[:len(x)], x, z)
+	for i := range x {
+		_ = x[i][4*len(z)-1]
+	}
+	if len(z) <= distRunsMax {
+		k.robust.sqDistRuns(pd[:len(x)], pn[:len(x)], x, z)
 		return
 	}
-	for i := range x {
-		k.robust.sqDist64(&pd[i], &pn[i], x[i], z)
+	part := make([][]byte, len(x))
+	for a := 0; a < len(z); a += distRunsMax {
+		b := min(a+distRunsMax, len(z))
+		for i, xi := range x {
+			part[i] = xi[4*a : 4*b]
+		}
+		k.robust.sqDistRuns(pd[:len(x)], pn[:len(x)], part, z[a:b])
 	}
+}
+
+// distRunsMax is the longest call of the f32-run distance kernels: 128 runs.
+const distRunsMax = 128 * DistRun
+
+// sqDistRunsAll is the generic SqDistNormF32Runs of one call.
+func sqDistRunsAll(pd, pn [][Lanes]float64, x [][]byte, z []float32) {
+	m := len(z) &^ (Lanes - 1)
+	for i, xi := range x {
+		var ld, ln [Lanes]float64
+		sqDistRunsGeneric(&ld, &ln, xi, z[:m])
+		sqDistRunsGeneric(&ld, &ln, xi[4*m:], z[m:])
+		if !runsUsable(&ld, &ln) {
+			sqDistNormGeneric(&pd[i], &pn[i], xi, z, 0)
+			continue
+		}
+		for l := range Lanes {
+			pd[i][l] += ld[l]
+			pn[i][l] += ln[l]
+		}
+	}
+}
+
+// sqDistRunsGeneric adds the runs of SqDistNormF32Runs over x and z to ld and ln: runs of
+// DistRun elements from the start of z, element j in lane j%Lanes.
+func sqDistRunsGeneric(ld, ln *[Lanes]float64, x []byte, z []float32) {
+	for a := 0; a < len(z); a += DistRun {
+		b := min(a+DistRun, len(z))
+		var d32, n32 [Lanes]float32
+		for j := a; j < b; j++ {
+			v := ldF32(x, j)
+			d := v - z[j]
+			l := j % Lanes
+			d32[l] = fma32(d, d, d32[l])
+			n32[l] = fma32(v, v, n32[l])
+		}
+		for l := range Lanes {
+			ld[l] += float64(d32[l])
+			ln[l] += float64(n32[l])
+		}
+	}
+}
+
+// runsUsable reports whether the f32 runs' partials of one input are within SqDistNormF32Runs'
+// bound: every lane finite, and the norm's lanes 0 or at least 2^-64.
+func runsUsable(ld, ln *[Lanes]float64) bool {
+	for l := range Lanes {
+		d, n := ld[l], ln[l]
+		if math.IsNaN(d) || math.IsInf(d, 0) || math.IsNaN(n) || math.IsInf(n, 0) || n > 0 && n < distTiny {
+			return false
+		}
+	}
+	return true
+}
+
+// fma32 is a·b + c rounded once to f32, as VFMADD231PS computes it. The product is exact in
+// f64; the sum is rounded to odd in f64 (TwoSum gives the sign of what rounding to nearest
+// lost), and rounding to odd at 53 bits then to nearest at 24 is rounding once (Boldo and
+// Melquiond, "Emulation of FMA and correctly rounded sums: proved algorithms using rounding to
+// odd", IEEE TC 2008).
+func fma32(a, b, c float32) float32 {
+	p := float64(a) * float64(b)
+	q := float64(c)
+	s := p + q
+	if math.IsInf(s, 0) || math.IsNaN(s) {
+		return float32(s)
+	}
+	t := s - p
+	e := (p - (s - t)) + (q - t)
+	if e != 0 {
+		bits := math.Float64bits(s)
+		if bits&1 == 0 {
+			if (e > 0) == (s > 0) {
+				bits++
+			} else {
+				bits--
+			}
+		}
+		s = math.Float64frombits(bits)
+	}
+	return float32(s)
 }
 
 // SumLanes combines partial sums as the reductions of this package do: halves added lane by

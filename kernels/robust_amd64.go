@@ -28,11 +28,11 @@ var robustAVX2 = robustKernels{
 	closestSorted: func(dst, tmp []float32, n, w, beta int) {
 		closestAsm(dst, tmp, n, w, beta, 8, closestSortedF32AVX2)
 	},
-	gram:     gramDirectAVX2,
-	gramRaw:  gramRawAVX2,
-	sqDist:   sqDistAVX2,
-	sqDist64: sqDist64AVX2,
-	fmaLoop:  fmaLoopAVX2,
+	gram:       gramDirectAVX2,
+	gramRaw:    gramRawAVX2,
+	sqDist:     sqDistAVX2,
+	sqDistRuns: sqDistRunsAVX2,
+	fmaLoop:    fmaLoopAVX2,
 }
 
 var _ = register(robustFamily, "avx2", hasAVX2, &robustAVX2)
@@ -213,20 +213,22 @@ func sqDistAVX2(pd, pn *[Lanes]float64, x []byte, z []float32) {
 	sqDistNormGeneric(pd, pn, x, z, m)
 }
 
-// sqDist64AVX2 is sqDistAVX2 with the point in f64.
-func sqDist64AVX2(pd, pn *[Lanes]float64, x []byte, z []float64) {
-	n := len(z)
-	m := n &^ (Lanes - 1)
-	if m > 0 {
-		_ = x[4*m-1]
+// sqDistRunsAVX2 runs sqDistRunsF32AVX2 on every input (the elements past the last multiple
+// of Lanes copied to a zero-padded group first) and, for the inputs whose runs it does not
+// keep, sqDistAVX2.
+func sqDistRunsAVX2(pd, pn [][Lanes]float64, x [][]byte, z []float32) {
+	m := len(z) &^ (Lanes - 1)
+	var xt, zt [Lanes]float32
+	copy(zt[:], z[m:])
+	race.ReadSlice(z)
+	for i, xi := range x {
+		_ = xi[4*len(z)-1]
+		race.ReadSlice(xi[:4*len(z)])
+		copy(f32Bytes(xt[:]), xi[4*m:4*len(z)])
+		if sqDistRunsF32AVX2(&pd[i], &pn[i], xi[:4*m], z[:m], &xt, &zt, len(z)-m) != 0 {
+			sqDistAVX2(&pd[i], &pn[i], xi[:4*len(z)], z)
+		}
 	}
-	for j := 0; j < m; j += chunk / 8 {
-		e := min(j+chunk/8, m)
-		race.ReadSlice(x[4*j : 4*e])
-		race.ReadSlice(z[j:e])
-		sqDistNormF32F64AVX2(pd, pn, x[4*j:4*e], z[j:e])
-	}
-	sqDistNormF64Generic(pd, pn, x, z, m)
 }
 
 // gramDirectAVX2 runs the Gram tiles straight on the f32 inputs (gramDirectF32AVX2) over the

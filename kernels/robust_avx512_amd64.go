@@ -33,8 +33,7 @@ var robustAVX512 = robustKernels{
 	gram:          gramAVX512,
 	gramRaw:       gramRawAVX512,
 	sqDist:        sqDistAVX2,
-	sqDist64:      sqDist64AVX2,
-	sqDist64Many:  sqDist64ManyAVX512,
+	sqDistRuns:    sqDistRunsAVX512,
 	fmaLoop:       fmaLoopAVX512,
 }
 
@@ -271,38 +270,31 @@ func trimmedGroupsAVX512(dst, tmp []float32, x [][]byte, off, groups, pf, k int)
 	return true
 }
 
-// sqDist64ManyAVX512 runs the inputs four at a time through sqDistNormF32F64x4AVX512 (the
-// largest multiple of Lanes elements, in bounded calls as sqDist64AVX2 makes them), the
-// elements past it by the reference, and the inputs left over by sqDist64AVX2.
-func sqDist64ManyAVX512(pd, pn [][Lanes]float64, x [][]byte, z []float64) {
-	n := len(z)
-	m := n &^ (Lanes - 1)
+// sqDistRunsAVX512 runs the inputs four at a time through sqDistRunsF32x4AVX512 (the elements
+// past the last multiple of Lanes copied to zero-padded groups first), the inputs whose runs it
+// does not keep through sqDistAVX2, and the inputs left over through sqDistRunsAVX2.
+func sqDistRunsAVX512(pd, pn [][Lanes]float64, x [][]byte, z []float32) {
+	m := len(z) &^ (Lanes - 1)
+	var zt [Lanes]float32
+	copy(zt[:], z[m:])
+	race.ReadSlice(z)
 	i := 0
 	for ; i+4 <= len(x); i += 4 {
-		if m > 0 {
-			for _, xi := range x[i : i+4] {
-				_ = xi[4*m-1]
-			}
-			quad := x[i : i+4 : i+4]
-			d := (*[4 * Lanes]float64)(unsafe.Pointer(&pd[i]))
-			q := (*[4 * Lanes]float64)(unsafe.Pointer(&pn[i]))
-			for j := 0; j < m; j += chunk / 8 {
-				e := min(j+chunk/8, m)
-				part := [4][]byte{quad[0][4*j : 4*e], quad[1][4*j : 4*e], quad[2][4*j : 4*e], quad[3][4*j : 4*e]}
-				if race.Enabled {
-					for _, b := range part {
-						race.ReadSlice(b)
-					}
-					race.ReadSlice(z[j:e])
-				}
-				sqDistNormF32F64x4AVX512(d, q, part[:], z[j:e])
+		quad := x[i : i+4 : i+4]
+		var xt [4 * Lanes]float32
+		for k, xi := range quad {
+			_ = xi[4*len(z)-1]
+			race.ReadSlice(xi[:4*len(z)])
+			copy(f32Bytes(xt[Lanes*k:Lanes*(k+1)]), xi[4*m:4*len(z)])
+		}
+		d := (*[4 * Lanes]float64)(unsafe.Pointer(&pd[i]))
+		q := (*[4 * Lanes]float64)(unsafe.Pointer(&pn[i]))
+		bad := sqDistRunsF32x4AVX512(d, q, quad, z[:m], &xt, &zt, len(z)-m)
+		for k := range 4 {
+			if bad>>k&1 != 0 {
+				sqDistAVX2(&pd[i+k], &pn[i+k], quad[k][:4*len(z)], z)
 			}
 		}
-		for k := i; k < i+4; k++ {
-			sqDistNormF64Generic(&pd[k], &pn[k], x[k], z, m)
-		}
 	}
-	for ; i < len(x); i++ {
-		sqDist64AVX2(&pd[i], &pn[i], x[i], z)
-	}
+	sqDistRunsAVX2(pd[i:], pn[i:], x[i:], z)
 }

@@ -94,10 +94,10 @@ func prefetchBlocksT1(x [][]byte, from int, to int, off int, bytes int)
 //go:noescape
 func sqDistNormF32AVX2(pd *[16]float64, pn *[16]float64, x []byte, z []float32)
 
-// sqDistNormF32F64AVX2 is sqDistNormF64Generic(pd, pn, x, z, 0) for len(z) a multiple of 16.
+// sqDistRunsF32AVX2 is sqDistRunsGeneric for one input (len(z) a multiple of 16, then the padded tail at xt and zt when tail > 0): it adds the sums to pd and pn and returns 0, or returns non-zero where they are not usable.
 //
 //go:noescape
-func sqDistNormF32F64AVX2(pd *[16]float64, pn *[16]float64, x []byte, z []float64)
+func sqDistRunsF32AVX2(pd *[16]float64, pn *[16]float64, x []byte, z []float32, xt *[16]float32, zt *[16]float32, tail int) int
 
 // fmaLoopAVX2 runs iters x 48 f64 fused multiply-adds and returns a value that depends on all of them.
 func fmaLoopAVX2(iters int) float64
@@ -200,7 +200,7 @@ func gramTilesAVX512(p []float64, tmp []float64, n int, elems int, c0 int, c1 in
 // fmaLoopAVX512 runs iters x 48 f64 fused multiply-adds on zmm registers and returns a value that depends on all of them.
 func fmaLoopAVX512(iters int) float64
 
-// sqDistNormF32F64x4AVX512 is sqDistNormF64Generic(&pd[16k], &pn[16k], x[k], z, 0) for k = 0..3, for len(z) a multiple of 16 and len(x) >= 4.
+// sqDistRunsF32x4AVX512 is sqDistRunsGeneric for x[0..3] (len(z) a multiple of 16, then the padded tail at xt and zt when tail > 0): it adds the usable inputs' sums to pd[16k:] and pn[16k:] and returns the others as bits.
 //
 //go:noescape
-func sqDistNormF32F64x4AVX512(pd *[64]float64, pn *[64]float64, x [][]byte, z []float64)
+func sqDistRunsF32x4AVX512(pd *[64]float64, pn *[64]float64, x [][]byte, z []float32, xt *[64]float32, zt *[16]float32, tail int) int

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math"
+	"math/big"
 	"math/rand/v2"
 	"slices"
 	"testing"
@@ -721,21 +722,92 @@ func TestGramBlocksCompose(t *testing.T) {
 	})
 }
 
-// SqDistNormF32F64Many gives every input the bits of SqDistNormF32F64 alone, for counts that
-// do and do not fill the avx512 kernel's groups of four, NaN and Inf included.
-func TestSqDistNormMany(t *testing.T) {
+func putF32(b []byte, j int, v float32) { binary.LittleEndian.PutUint32(b[4*j:], math.Float32bits(v)) }
+
+// moderateF32 draws normals at scales 2^-20..2^20, sometimes ±0, and unless finite sometimes a
+// NaN or Inf: values whose squares and sums of squares f32 holds.
+func moderateF32(r *rand.Rand, finite bool) float32 {
+	switch k := r.IntN(64); {
+	case k == 0:
+		return float32(math.Copysign(0, r.NormFloat64()))
+	case k == 1 && !finite:
+		return float32(math.NaN())
+	case k == 2 && !finite:
+		return float32(math.Inf(1 - 2*r.IntN(2)))
+	}
+	return float32(math.Ldexp(r.NormFloat64(), r.IntN(41)-20))
+}
+
+// distRunsReference is SqDistNormF32Runs as its documentation writes it, for one input.
+func distRunsReference(pd, pn *[Lanes]float64, x []byte, z []float32) {
+	var ld, ln [Lanes]float64
+	m := len(z) &^ (Lanes - 1)
+	runs := [][2]int{}
+	for a := 0; a < m; a += DistRun {
+		runs = append(runs, [2]int{a, min(a+DistRun, m)})
+	}
+	if m < len(z) {
+		runs = append(runs, [2]int{m, len(z)})
+	}
+	for _, r := range runs {
+		var d32, n32 [Lanes]float32
+		for j := r[0]; j < r[1]; j++ {
+			v := ldF32(x, j)
+			d := v - z[j]
+			d32[j%Lanes] = fma32(d, d, d32[j%Lanes])
+			n32[j%Lanes] = fma32(v, v, n32[j%Lanes])
+		}
+		for l := range Lanes {
+			ld[l] += float64(d32[l])
+			ln[l] += float64(n32[l])
+		}
+	}
+	bad := func(v float64) bool { return math.IsNaN(v) || math.IsInf(v, 0) }
+	for l := range Lanes {
+		if bad(ld[l]) || bad(ln[l]) || ln[l] > 0 && ln[l] < 0x1p-64 {
+			sqDistNormGeneric(pd, pn, x, z, 0)
+			return
+		}
+	}
+	for l := range Lanes {
+		pd[l] += ld[l]
+		pn[l] += ln[l]
+	}
+}
+
+// SqDistNormF32Runs gives every input the bits of the reference loop of its documentation, for
+// counts that do and do not fill the avx512 kernel's groups of four, lengths around the runs
+// and groups, NaN and Inf, values whose squares overflow or underflow f32 (the f64 partials
+// then), and stays within its rounding bound of f64 sums where the inputs are finite.
+func TestSqDistNormRuns(t *testing.T) {
 	forImpls(t, func(t *testing.T, k *Impl) {
 		r := rand.New(rand.NewPCG(12, 13))
 		for _, cnt := range []int{0, 1, 3, 4, 5, 8, 9, 32} {
-			for i, n := range []int{0, 1, 15, 16, 17, 1001, 4096 + 24} {
+			for i, n := range []int{0, 1, 15, 16, 17, 511, 512, 513, 1001, 4096 + 24} {
 				finite := (i+cnt)%3 != 0
+				// Values whose squares f32 holds, but for the inputs after the eighth: the
+				// mix of randF32Bits (huge, tiny, subnormal, non-finite unless finite).
 				x := make([][]byte, cnt)
 				for q := range x {
 					x[q] = randBytes(r, dtF32, n, finite)
+					if q < 8 {
+						for j := range n {
+							putF32(x[q], j, moderateF32(r, finite))
+						}
+					}
 				}
-				z := make([]float64, n)
+				if n > 0 && cnt > 2 {
+					// One input with a value whose square overflows f32, one with every value
+					// tiny, one of zeros.
+					putF32(x[0], r.IntN(n), 3e19)
+					for j := range n {
+						putF32(x[1], j, float32(r.NormFloat64()*1e-22))
+					}
+					clear(x[2])
+				}
+				z := make([]float32, n)
 				for j := range z {
-					z[j] = float64(math.Float32frombits(randF32Bits(r, finite)))
+					z[j] = moderateF32(r, true)
 				}
 				pd, pn := make([][Lanes]float64, cnt), make([][Lanes]float64, cnt)
 				want, wantN := make([][Lanes]float64, cnt), make([][Lanes]float64, cnt)
@@ -744,9 +816,9 @@ func TestSqDistNormMany(t *testing.T) {
 						pd[q][l], pn[q][l] = float64(q+l), float64(-l)
 					}
 					want[q], wantN[q] = pd[q], pn[q]
-					sqDistNormF64Generic(&want[q], &wantN[q], x[q], z, 0)
+					distRunsReference(&want[q], &wantN[q], x[q], z)
 				}
-				k.SqDistNormF32F64Many(pd, pn, x, z)
+				k.SqDistNormF32Runs(pd, pn, x, z)
 				for q := range pd {
 					for l := range Lanes {
 						if !sameF64(pd[q][l], want[q][l]) || !sameF64(pn[q][l], wantN[q][l]) {
@@ -754,10 +826,80 @@ func TestSqDistNormMany(t *testing.T) {
 								cnt, n, q, l, pd[q][l], pn[q][l], want[q][l], wantN[q][l])
 						}
 					}
+					if finite {
+						checkRunsBound(t, k, x[q], z)
+					}
 				}
 			}
 		}
 	})
+}
+
+// checkRunsBound checks SqDistNormF32Runs' sums of one input against f64 sums of the same
+// squares: relatively within (DistRun/Lanes+3)·2^-24, or 2^-149 per element absolutely.
+func checkRunsBound(t *testing.T, k *Impl, x []byte, z []float32) {
+	t.Helper()
+	dd, qn := [][Lanes]float64{{}}, [][Lanes]float64{{}}
+	k.SqDistNormF32Runs(dd, qn, [][]byte{x}, z)
+	var s, q float64
+	for j := range z {
+		v := float64(ldF32(x, j))
+		e := v - float64(z[j])
+		s += e * e
+		q += v * v
+	}
+	tol := float64(DistRun/Lanes+3) * 0x1p-24
+	abs := 0x1p-149 * float64(len(z)+1)
+	if got := SumLanes(&dd[0]); math.Abs(got-s) > tol*s+abs {
+		t.Fatalf("len %d: ‖x−z‖² %v, f64 sum %v (relative %.3g)", len(z), got, s, math.Abs(got-s)/s)
+	}
+	if got := SumLanes(&qn[0]); math.Abs(got-q) > tol*q+abs {
+		t.Fatalf("len %d: ‖x‖² %v, f64 sum %v (relative %.3g)", len(z), got, q, math.Abs(got-q)/q)
+	}
+}
+
+// fma32 rounds once: against the exact a·b+c of math/big rounded to f32, on random operands,
+// products on an f32 midpoint with a tiny addend (where rounding twice goes wrong), and
+// subnormal, overflowing and non-finite values.
+func TestFMA32(t *testing.T) {
+	r := rand.New(rand.NewPCG(14, 15))
+	exact := func(a, b, c float32) float32 {
+		for _, v := range []float32{a, b, c} {
+			if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
+				return float32(float64(a)*float64(b) + float64(c))
+			}
+		}
+		const prec = 2000
+		p := new(big.Float).SetPrec(prec).Mul(new(big.Float).SetPrec(prec).SetFloat64(float64(a)), new(big.Float).SetPrec(prec).SetFloat64(float64(b)))
+		p.Add(p, new(big.Float).SetPrec(prec).SetFloat64(float64(c)))
+		f, _ := p.Float32()
+		return f
+	}
+	check := func(a, b, c float32) {
+		got, want := fma32(a, b, c), exact(a, b, c)
+		if math.Float32bits(got) != math.Float32bits(want) && !(got != got && want != want) {
+			t.Fatalf("fma32(%g, %g, %g) = %g (%#x), want %g (%#x)", a, b, c, got, math.Float32bits(got), want, math.Float32bits(want))
+		}
+	}
+	f := func() float32 { return math.Float32frombits(randF32Bits(r, true)) }
+	for range 100000 {
+		a, b, c := f(), f(), f()
+		check(a, b, c)
+		check(a, a, c)
+		check(a, b, float32(r.NormFloat64()))
+	}
+	// (1 + 2^-12)² = 1 + 2^-11 + 2^-24, halfway between two f32 neighbours; a tiny addend of
+	// either sign decides the rounding.
+	a := float32(1 + 0x1p-12)
+	for _, c := range []float32{0x1p-100, -0x1p-100, 0, 0x1p-149, -0x1p-149} {
+		check(a, a, c)
+		check(-a, a, c)
+	}
+	for _, c := range []float32{0x1p-126, 0x1p-140, math.MaxFloat32, float32(math.Inf(1)), float32(math.NaN())} {
+		check(0x1p-70, 0x1p-70, c)
+		check(3e19, 3e19, c)
+		check(math.MaxFloat32, 2, -c)
+	}
 }
 
 func TestSqDistNorm(t *testing.T) {
@@ -776,22 +918,11 @@ func TestSqDistNorm(t *testing.T) {
 				wantD[l], wantN[l] = float64(l), float64(-l)
 			}
 			sqDistNormGeneric(&wantD, &wantN, x, z, 0)
-			pd64, pn64 := pd, pn
 			k.SqDistNormF32(&pd, &pn, x, z)
 			checkZ(t)
-			// The point in f64 gives the same bits.
-			z64, checkZ64 := guardedF64(n, i%3)
-			for j, v := range z {
-				z64[j] = float64(v)
-			}
-			k.SqDistNormF32F64(&pd64, &pn64, x, z64)
-			checkZ64(t)
 			for l := range pd {
 				if !sameF64(pd[l], wantD[l]) || !sameF64(pn[l], wantN[l]) {
 					t.Fatalf("len %d: lane %d = %v, %v; reference %v, %v", n, l, pd[l], pn[l], wantD[l], wantN[l])
-				}
-				if !sameF64(pd64[l], wantD[l]) || !sameF64(pn64[l], wantN[l]) {
-					t.Fatalf("len %d, f64 point: lane %d = %v, %v; reference %v, %v", n, l, pd64[l], pn64[l], wantD[l], wantN[l])
 				}
 			}
 			if finite {

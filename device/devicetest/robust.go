@@ -293,8 +293,8 @@ func Select(t *testing.T, dev device.Device) {
 			}
 			if c.dist {
 				for i := range c.n {
-					if math.Abs(job.SqDist[i]-dist[i]) > SumTolerance(2*int(elems), dist[i]) ||
-						math.Abs(job.SqNorm[i]-norm[i]) > SumTolerance(2*int(elems), norm[i]) {
+					tol := func(v float64) float64 { return device.SelectSumError*v + SumTolerance(2*int(elems), v) }
+					if math.Abs(job.SqDist[i]-dist[i]) > tol(dist[i]) || math.Abs(job.SqNorm[i]-norm[i]) > tol(norm[i]) {
 						t.Fatalf("input %d: ‖x−r‖² = %v, ‖x‖² = %v; want %v, %v", i, job.SqDist[i], job.SqNorm[i], dist[i], norm[i])
 					}
 				}

@@ -58,7 +58,7 @@ func genAVX512() {
 	genGramPackRaw()
 	genGramTiles512()
 	genFMALoop512()
-	genSqDist64x4()
+	genSqDistRuns4()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -988,18 +988,31 @@ func genFMALoop512() {
 	RET()
 }
 
-// genSqDist64x4 generates sqDistNormF32F64x4AVX512(pd, pn, x, z): sqDistNormF32F64AVX2 for the
-// inputs x[0..3] at once, input k's partials at pd[16k:16k+16] and pn[16k:16k+16], for len(z)
-// a multiple of 16. One input's 16 lanes are 16 serial FMA chains, latency-bound whatever the
-// register width; four inputs' chains are independent, so the zmm conversions and FMAs of four
-// inputs fill the pipes, and the point z is loaded once for the four. Per lane the operations
-// and their order are those of the reference.
-func genSqDist64x4() {
-	TEXT("sqDistNormF32F64x4AVX512", NOSPLIT, "func(pd, pn *[64]float64, x [][]byte, z []float64)")
+// distRun must equal DistRun in kernels/robust.go: the elements of one f32 run of the
+// squared distances, 32 groups of 16.
+const distRun = 512
+
+// distTiny and distMax bound the lanes of the f64 run sums that SqDistNormF32Runs keeps: a
+// positive norm lane under distTiny (squares lost to underflow) or any lane not at most
+// distMax (a NaN or Inf) sends the input to the f64 partials (kernels.runsUsable).
+const (
+	distTiny = 0x1p-64
+	distMax  = math.MaxFloat64
+)
+
+// genSqDistRuns4 generates sqDistRunsF32x4AVX512(pd, pn, x, z, xt, zt, tail): SqDistNormF32Runs
+// for the inputs x[0..3] at once over the whole groups of z (len(z) a multiple of 16), then,
+// when tail > 0, over one more run, the group of x[k]'s last elements at xt[16k:] and z's at
+// zt (zero-padded: padding adds exact zeros). Per group each input takes a subtraction and two
+// f32 FMAs on one zmm register (the point loaded once for the four); after every run the 8
+// run sums are widened and added to 16 f64 partials, all held in registers. At the end each
+// input's partials are checked (runsUsable) and added to pd[16k:16k+16] and pn[16k:16k+16],
+// or, where they fail, left out, bit k of the result set. Per lane the operations and their
+// order are those of the reference.
+func genSqDistRuns4() {
+	TEXT("sqDistRunsF32x4AVX512", NOSPLIT, "func(pd, pn *[64]float64, x [][]byte, z []float32, xt *[64]float32, zt *[16]float32, tail int) int")
 	Pragma("noescape")
-	Doc("sqDistNormF32F64x4AVX512 is sqDistNormF64Generic(&pd[16k], &pn[16k], x[k], z, 0) for k = 0..3, for len(z) a multiple of 16 and len(x) >= 4.")
-	pd := Load(Param("pd"), GP64())
-	pn := Load(Param("pn"), GP64())
+	Doc("sqDistRunsF32x4AVX512 is sqDistRunsGeneric for x[0..3] (len(z) a multiple of 16, then the padded tail at xt and zt when tail > 0): it adds the usable inputs' sums to pd[16k:] and pn[16k:] and returns the others as bits.")
 	xh := Load(Param("x").Base(), GP64())
 	z := Load(Param("z").Base(), GP64())
 	n := Load(Param("z").Len(), GP64())
@@ -1008,43 +1021,122 @@ func genSqDist64x4() {
 		xs[k] = GP64()
 		MOVQ(Mem{Base: xh, Disp: 24 * k}, xs[k])
 	}
-	var acc, nacc [4][2]VecVirtual
+	var d64, n64 [4][2]VecVirtual
 	for k := range 4 {
 		for h := range 2 {
-			acc[k][h], nacc[k][h] = ZMM(), ZMM()
-			VMOVUPD(Mem{Base: pd, Disp: 128*k + 64*h}, acc[k][h])
-			VMOVUPD(Mem{Base: pn, Disp: 128*k + 64*h}, nacc[k][h])
+			d64[k][h], n64[k][h] = ZMM(), ZMM()
+			VXORPD(d64[k][h], d64[k][h], d64[k][h])
+			VXORPD(n64[k][h], n64[k][h], n64[k][h])
 		}
 	}
-	j := GP64()
+	var d32, n32 [4]VecVirtual
+	for k := range 4 {
+		d32[k], n32[k] = ZMM(), ZMM()
+	}
+	zero := func() {
+		for k := range 4 {
+			VXORPS(d32[k], d32[k], d32[k])
+			VXORPS(n32[k], n32[k], n32[k])
+		}
+	}
+	group := func(zm Mem, xm func(k int) Mem) {
+		zv := ZMM()
+		VMOVUPS(zm, zv)
+		for k := range 4 {
+			v, d := ZMM(), ZMM()
+			VMOVUPS(xm(k), v)
+			VSUBPS(zv, v, d)
+			VFMADD231PS(d, d, d32[k])
+			VFMADD231PS(v, v, n32[k])
+		}
+	}
+	fold := func() {
+		for k := range 4 {
+			for q, acc := range []VecVirtual{d32[k], n32[k]} {
+				dst := d64[k]
+				if q == 1 {
+					dst = n64[k]
+				}
+				lo, hi, y := ZMM(), ZMM(), YMM()
+				VCVTPS2PD(acc.AsY(), lo)
+				VADDPD(lo, dst[0], dst[0])
+				VEXTRACTF32X8(U8(1), acc, y)
+				VCVTPS2PD(y, hi)
+				VADDPD(hi, dst[1], dst[1])
+			}
+		}
+	}
+	j, end := GP64(), GP64()
 	XORQ(j, j)
-	TESTQ(n, n)
-	JZ(LabelRef("sqd4_done"))
-	Label("sqd4_loop")
-	var zv [2]VecVirtual
-	for h := range 2 {
-		zv[h] = ZMM()
-		VMOVUPD(Mem{Base: z, Index: j, Scale: 8, Disp: 64 * h}, zv[h])
-	}
-	for k := range 4 {
-		for h := range 2 {
-			v := ZMM()
-			VCVTPS2PD(Mem{Base: xs[k], Index: j, Scale: 4, Disp: 32 * h}, v)
-			VFMADD231PD(v, v, nacc[k][h])
-			VSUBPD(zv[h], v, v)
-			VFMADD231PD(v, v, acc[k][h])
-		}
-	}
-	ADDQ(U8(16), j)
+	Label("sqr4_run")
 	CMPQ(j, n)
-	JB(LabelRef("sqd4_loop"))
-	Label("sqd4_done")
+	JAE(LabelRef("sqr4_tail"))
+	LEAQ(Mem{Base: j, Disp: distRun}, end) // end = min(j + distRun, n)
+	CMPQ(end, n)
+	CMOVQHI(n, end)
+	zero()
+	Label("sqr4_loop")
+	group(Mem{Base: z, Index: j, Scale: 4}, func(k int) Mem { return Mem{Base: xs[k], Index: j, Scale: 4} })
+	ADDQ(U8(16), j)
+	CMPQ(j, end)
+	JB(LabelRef("sqr4_loop"))
+	fold()
+	JMP(LabelRef("sqr4_run"))
+
+	Label("sqr4_tail")
+	tail := Load(Param("tail"), GP64())
+	TESTQ(tail, tail)
+	JZ(LabelRef("sqr4_check"))
+	xt := Load(Param("xt"), GP64())
+	zt := Load(Param("zt"), GP64())
+	zero()
+	group(Mem{Base: zt}, func(k int) Mem { return Mem{Base: xt, Disp: 64 * k} })
+	fold()
+
+	Label("sqr4_check")
+	pd := Load(Param("pd"), GP64())
+	pn := Load(Param("pn"), GP64())
+	bad := GP64()
+	XORQ(bad, bad)
+	maxv, tiny, zz := broadcastZ(distMax), broadcastZ(distTiny), ZMM()
+	VXORPD(zz, zz, zz)
 	for k := range 4 {
-		for h := range 2 {
-			VMOVUPD(acc[k][h], Mem{Base: pd, Disp: 128*k + 64*h})
-			VMOVUPD(nacc[k][h], Mem{Base: pn, Disp: 128*k + 64*h})
+		// K1: a lane not at most distMax; K2: a norm lane under distTiny, K3: and not zero.
+		KXORW(K1, K1, K1)
+		for _, v := range []VecVirtual{d64[k][0], d64[k][1], n64[k][0], n64[k][1]} {
+			VCMPPD(U8(0x06), maxv, v, K2) // NLE_US
+			KORW(K2, K1, K1)
 		}
+		for _, v := range n64[k] {
+			VCMPPD(U8(0x01), tiny, v, K2)   // LT_OS
+			VCMPPD(U8(0x04), zz, v, K2, K3) // NEQ_UQ, under K2
+			KORW(K3, K1, K1)
+		}
+		skip := fmt.Sprintf("sqr4_bad%d", k)
+		next := fmt.Sprintf("sqr4_next%d", k)
+		KORTESTW(K1, K1)
+		JNZ(LabelRef(skip))
+		for h := range 2 {
+			VADDPD(Mem{Base: pd, Disp: 128*k + 64*h}, d64[k][h], d64[k][h])
+			VMOVUPD(d64[k][h], Mem{Base: pd, Disp: 128*k + 64*h})
+			VADDPD(Mem{Base: pn, Disp: 128*k + 64*h}, n64[k][h], n64[k][h])
+			VMOVUPD(n64[k][h], Mem{Base: pn, Disp: 128*k + 64*h})
+		}
+		JMP(LabelRef(next))
+		Label(skip)
+		ORQ(U8(1<<k), bad)
+		Label(next)
 	}
+	Store(bad, ReturnIndex(0))
 	VZEROUPPER()
 	RET()
+}
+
+// broadcastZ returns f in every lane of a new zmm register.
+func broadcastZ(f float64) VecVirtual {
+	r := GP64()
+	MOVQ(U64(math.Float64bits(f)), r)
+	z := ZMM()
+	VPBROADCASTQ(r, z)
+	return z
 }

@@ -43,6 +43,7 @@ func main() {
 	genGramDirect(true)
 	genPrefetchBlocks()
 	genSqDist()
+	genSqDistRuns()
 	genFMALoop()
 
 	genAVX512()
@@ -1205,60 +1206,168 @@ func gramDirectTile(R, C int, diagonal, raw bool, i0, c0, ns Register) {
 
 // genSqDist generates sqDistNormF32AVX2(pd, pn, x, z): with v = float64(x[j]) and
 // d = v - float64(z[j]) (exact), pd[j%16] = FMA(d, d, pd[j%16]) and pn[j%16] = FMA(v, v,
-// pn[j%16]), for len(z) a multiple of 16; and sqDistNormF32F64AVX2(pd, pn, x, z), the same with
-// z already in f64 (a point converted once for many inputs: each step then converts one vector
-// instead of two, which unloads the pipes conversions and subtractions share).
+// pn[j%16]), for len(z) a multiple of 16.
 func genSqDist() {
-	for _, z64 := range []bool{false, true} {
-		name, zt, zs := "sqDistNormF32AVX2", "[]float32", 4
-		doc := name + " is sqDistNormGeneric(pd, pn, x, z, 0) for len(z) a multiple of 16."
-		if z64 {
-			name, zt, zs = "sqDistNormF32F64AVX2", "[]float64", 8
-			doc = name + " is sqDistNormF64Generic(pd, pn, x, z, 0) for len(z) a multiple of 16."
-		}
-		TEXT(name, NOSPLIT, "func(pd, pn *[16]float64, x []byte, z "+zt+")")
-		Pragma("noescape")
-		Doc(doc)
-		pd := Load(Param("pd"), GP64())
-		pn := Load(Param("pn"), GP64())
-		x := Load(Param("x").Base(), GP64())
-		z := Load(Param("z").Base(), GP64())
-		n := Load(Param("z").Len(), GP64())
-		acc, nacc := make([]VecVirtual, 4), make([]VecVirtual, 4)
-		for k := range acc {
-			acc[k], nacc[k] = YMM(), YMM()
-			VMOVUPD(Mem{Base: pd, Disp: 32 * k}, acc[k])
-			VMOVUPD(Mem{Base: pn, Disp: 32 * k}, nacc[k])
-		}
-		j := GP64()
-		XORQ(j, j)
-		TESTQ(n, n)
-		JZ(LabelRef(name + "_done"))
-		Label(name + "_loop")
-		for k := range acc {
-			xv := YMM()
-			VCVTPS2PD(Mem{Base: x, Index: j, Scale: 4, Disp: 16 * k}, xv)
-			VFMADD231PD(xv, xv, nacc[k])
-			if z64 {
-				VSUBPD(Mem{Base: z, Index: j, Scale: uint8(zs), Disp: 32 * k}, xv, xv)
-			} else {
-				zv := YMM()
-				VCVTPS2PD(Mem{Base: z, Index: j, Scale: uint8(zs), Disp: 16 * k}, zv)
-				VSUBPD(zv, xv, xv)
-			}
-			VFMADD231PD(xv, xv, acc[k])
-		}
-		ADDQ(U8(16), j)
-		CMPQ(j, n)
-		JB(LabelRef(name + "_loop"))
-		Label(name + "_done")
-		for k := range acc {
-			VMOVUPD(acc[k], Mem{Base: pd, Disp: 32 * k})
-			VMOVUPD(nacc[k], Mem{Base: pn, Disp: 32 * k})
-		}
-		VZEROUPPER()
-		RET()
+	name := "sqDistNormF32AVX2"
+	TEXT(name, NOSPLIT, "func(pd, pn *[16]float64, x []byte, z []float32)")
+	Pragma("noescape")
+	Doc(name + " is sqDistNormGeneric(pd, pn, x, z, 0) for len(z) a multiple of 16.")
+	pd := Load(Param("pd"), GP64())
+	pn := Load(Param("pn"), GP64())
+	x := Load(Param("x").Base(), GP64())
+	z := Load(Param("z").Base(), GP64())
+	n := Load(Param("z").Len(), GP64())
+	acc, nacc := make([]VecVirtual, 4), make([]VecVirtual, 4)
+	for k := range acc {
+		acc[k], nacc[k] = YMM(), YMM()
+		VMOVUPD(Mem{Base: pd, Disp: 32 * k}, acc[k])
+		VMOVUPD(Mem{Base: pn, Disp: 32 * k}, nacc[k])
 	}
+	j := GP64()
+	XORQ(j, j)
+	TESTQ(n, n)
+	JZ(LabelRef(name + "_done"))
+	Label(name + "_loop")
+	for k := range acc {
+		xv, zv := YMM(), YMM()
+		VCVTPS2PD(Mem{Base: x, Index: j, Scale: 4, Disp: 16 * k}, xv)
+		VFMADD231PD(xv, xv, nacc[k])
+		VCVTPS2PD(Mem{Base: z, Index: j, Scale: 4, Disp: 16 * k}, zv)
+		VSUBPD(zv, xv, xv)
+		VFMADD231PD(xv, xv, acc[k])
+	}
+	ADDQ(U8(16), j)
+	CMPQ(j, n)
+	JB(LabelRef(name + "_loop"))
+	Label(name + "_done")
+	for k := range acc {
+		VMOVUPD(acc[k], Mem{Base: pd, Disp: 32 * k})
+		VMOVUPD(nacc[k], Mem{Base: pn, Disp: 32 * k})
+	}
+	VZEROUPPER()
+	RET()
+}
+
+// genSqDistRuns generates sqDistRunsF32AVX2(pd, pn, x, z, xt, zt, tail): SqDistNormF32Runs for
+// one input over the whole groups of z (len(z) a multiple of 16), then, when tail > 0, over one
+// more run, the zero-padded group of the last elements at xt and zt. A group is two ymm
+// registers, each a subtraction and two f32 FMAs; after every run the four run sums are
+// widened and added to the 16 f64 partials of each sum, held in 8 registers. At the end the
+// partials are checked (runsUsable) and added to pd and pn, or left out and 1 returned. Per
+// lane the operations and their order are those of the reference.
+func genSqDistRuns() {
+	name := "sqDistRunsF32AVX2"
+	TEXT(name, NOSPLIT, "func(pd, pn *[16]float64, x []byte, z []float32, xt, zt *[16]float32, tail int) int")
+	Pragma("noescape")
+	Doc(name + " is sqDistRunsGeneric for one input (len(z) a multiple of 16, then the padded tail at xt and zt when tail > 0): it adds the sums to pd and pn and returns 0, or returns non-zero where they are not usable.")
+	x := Load(Param("x").Base(), GP64())
+	z := Load(Param("z").Base(), GP64())
+	n := Load(Param("z").Len(), GP64())
+	d64, n64 := make([]VecVirtual, 4), make([]VecVirtual, 4)
+	for q := range d64 {
+		d64[q], n64[q] = YMM(), YMM()
+		VXORPD(d64[q], d64[q], d64[q])
+		VXORPD(n64[q], n64[q], n64[q])
+	}
+	d32, n32 := make([]VecVirtual, 2), make([]VecVirtual, 2)
+	for h := range d32 {
+		d32[h], n32[h] = YMM(), YMM()
+	}
+	zero := func() {
+		for h := range d32 {
+			VXORPS(d32[h], d32[h], d32[h])
+			VXORPS(n32[h], n32[h], n32[h])
+		}
+	}
+	group := func(xm, zm func(h int) Mem) {
+		for h := range d32 {
+			v, d := YMM(), YMM()
+			VMOVUPS(xm(h), v)
+			VSUBPS(zm(h), v, d)
+			VFMADD231PS(d, d, d32[h])
+			VFMADD231PS(v, v, n32[h])
+		}
+	}
+	fold := func() {
+		for q, accs := range [][]VecVirtual{d32, n32} {
+			dst := d64
+			if q == 1 {
+				dst = n64
+			}
+			for h, acc := range accs {
+				w, x4 := YMM(), XMM()
+				VCVTPS2PD(acc.AsX(), w)
+				VADDPD(w, dst[2*h], dst[2*h])
+				VEXTRACTF128(U8(1), acc, x4)
+				VCVTPS2PD(x4, w)
+				VADDPD(w, dst[2*h+1], dst[2*h+1])
+			}
+		}
+	}
+	j, end := GP64(), GP64()
+	XORQ(j, j)
+	Label(name + "_run")
+	CMPQ(j, n)
+	JAE(LabelRef(name + "_tail"))
+	LEAQ(Mem{Base: j, Disp: distRun}, end) // end = min(j + distRun, n)
+	CMPQ(end, n)
+	CMOVQHI(n, end)
+	zero()
+	Label(name + "_loop")
+	group(func(h int) Mem { return Mem{Base: x, Index: j, Scale: 4, Disp: 32 * h} },
+		func(h int) Mem { return Mem{Base: z, Index: j, Scale: 4, Disp: 32 * h} })
+	ADDQ(U8(16), j)
+	CMPQ(j, end)
+	JB(LabelRef(name + "_loop"))
+	fold()
+	JMP(LabelRef(name + "_run"))
+
+	Label(name + "_tail")
+	tail := Load(Param("tail"), GP64())
+	TESTQ(tail, tail)
+	JZ(LabelRef(name + "_check"))
+	xt := Load(Param("xt"), GP64())
+	zt := Load(Param("zt"), GP64())
+	zero()
+	group(func(h int) Mem { return Mem{Base: xt, Disp: 32 * h} }, func(h int) Mem { return Mem{Base: zt, Disp: 32 * h} })
+	fold()
+
+	Label(name + "_check")
+	// bad: a lane not at most distMax (NLE_US), or a norm lane under distTiny (LT_OS) and not
+	// zero (NEQ_UQ).
+	maxv, tiny := broadcastF64(distMax), broadcastF64(distTiny)
+	zz, bad, c := YMM(), YMM(), YMM()
+	VXORPD(zz, zz, zz)
+	VXORPD(bad, bad, bad)
+	for _, v := range append(append([]VecVirtual{}, d64...), n64...) {
+		VCMPPD(U8(0x06), maxv, v, c)
+		VORPD(c, bad, bad)
+	}
+	for _, v := range n64 {
+		t := YMM()
+		VCMPPD(U8(0x01), tiny, v, c)
+		VCMPPD(U8(0x04), zz, v, t)
+		VANDPD(t, c, c)
+		VORPD(c, bad, bad)
+	}
+	r := GP64()
+	XORQ(r, r)
+	VMOVMSKPD(bad, r.As32())
+	TESTQ(r, r)
+	JNZ(LabelRef(name + "_bad"))
+	pd := Load(Param("pd"), GP64())
+	pn := Load(Param("pn"), GP64())
+	for q := range d64 {
+		VADDPD(Mem{Base: pd, Disp: 32 * q}, d64[q], d64[q])
+		VMOVUPD(d64[q], Mem{Base: pd, Disp: 32 * q})
+		VADDPD(Mem{Base: pn, Disp: 32 * q}, n64[q], n64[q])
+		VMOVUPD(n64[q], Mem{Base: pn, Disp: 32 * q})
+	}
+	Label(name + "_bad")
+	// r is 0 or the mask of the failing lanes: 0 or not 0 as the result.
+	Store(r, ReturnIndex(0))
+	VZEROUPPER()
+	RET()
 }
 
 // ---------------------------------------------------------------------------------------------
