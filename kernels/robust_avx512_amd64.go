@@ -16,11 +16,10 @@ import (
 // register, the median by a selection network written straight to its destination, and the
 // Gram tiles of 4 rows by 6 pairs of columns, for the centred Gram and, where 512-bit FMAs run
 // at full width, the raw one (gramRawAVX512). The squared distances of one input keep the avx2
-// assembly (16 serial FMA chains that ymm registers already keep busy); several inputs against
-// one point go four at a time on zmm registers (sqDist64ManyAVX512), whose chains are
-// independent: the per-client distances of the order statistics took median and trimmed mean
-// from 0.36-0.42 to 0.43-0.45 and 0.36-0.38 to 0.38-0.40 of the read floor on the Zen 5 VM of
-// 2026-12-02 (`bench robust`, 3 alternating runs). Results are the reference's bits.
+// assembly (16 serial FMA chains that ymm registers already keep busy); the f32 runs of
+// SqDistNormF32Runs go four inputs at a time on zmm registers (sqDistRunsAVX512), the point
+// read once for the four, their sums checked and added in the same call. Results are the
+// reference's bits.
 var robustAVX512 = robustKernels{
 	name:          "avx512",
 	width:         16,

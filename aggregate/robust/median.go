@@ -17,7 +17,8 @@ import (
 //
 // Clients whose update holds a NaN or Inf are excluded (Report.PerClient says why); each
 // client's distance to the result is reported. The median is computed in f32 (16-bit and i8
-// updates are widened exactly) in one pass that also takes the norms and distances.
+// updates are widened exactly) in one pass that also takes the norms and distances (those within
+// device.SelectSumError, about 2·10⁻⁶, relatively: summed in f32 runs).
 type Median struct{}
 
 // NewMedian returns the median rule.
