@@ -294,3 +294,53 @@ func FuzzExactAcc(f *testing.F) {
 		}
 	})
 }
+
+// FuzzSqDistRuns checks SqDistNormF32Runs of every variant against the reference loop of its
+// documentation: any bit patterns (the f64 partials) or, when the first byte is odd, values
+// whose squares f32 holds (the f32 runs), over several runs and every tail.
+func FuzzSqDistRuns(f *testing.F) {
+	fuzzSeeds(f)
+	f.Fuzz(func(t *testing.T, data []byte) {
+		fb := &fuzzBytes{data}
+		moderate := fb.byte()%2 == 1
+		cnt := fb.byte() % 10
+		n := fb.length() * (1 + fb.byte()%4)
+		x := fuzzInputs(fb, dtF32, cnt, n, fb.byte())
+		z := make([]float32, n)
+		for j := range z {
+			z[j] = fb.f32()
+		}
+		if moderate {
+			tame := func(v float32) float32 {
+				if a := math.Abs(float64(v)); a > 0x1p40 || a < 0x1p-40 || a != a {
+					return float32(int32(math.Float32bits(v))>>12) * 0x1p-10
+				}
+				return v
+			}
+			for _, xi := range x {
+				for j := range n {
+					putF32(xi, j, tame(ldF32(xi, j)))
+				}
+			}
+			for j := range z {
+				z[j] = tame(z[j])
+			}
+		}
+		want, wantN := make([][Lanes]float64, cnt), make([][Lanes]float64, cnt)
+		for q := range want {
+			distRunsReference(&want[q], &wantN[q], x[q], z)
+		}
+		for _, k := range Impls() {
+			pd, pn := make([][Lanes]float64, cnt), make([][Lanes]float64, cnt)
+			k.SqDistNormF32Runs(pd, pn, x, z)
+			for q := range pd {
+				for l := range Lanes {
+					if !sameF64(pd[q][l], want[q][l]) || !sameF64(pn[q][l], wantN[q][l]) {
+						t.Fatalf("%s: %d inputs of %d: input %d lane %d = %v, %v; reference %v, %v",
+							k, cnt, n, q, l, pd[q][l], pn[q][l], want[q][l], wantN[q][l])
+					}
+				}
+			}
+		}
+	})
+}
