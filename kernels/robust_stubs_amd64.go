@@ -122,7 +122,7 @@ func trimmedSmallF32AVX512(dst []float32, tmp []float32, x [][]byte, off int, gr
 //go:noescape
 func sortPaddedF32AVX512_64(tmp []float32, x [][]byte, off int, groups int, pf int) bool
 
-// medianPaddedF32AVX512_64 is sortPaddedF32AVX512_64 with the slab's middle wires only: those medianSortedF32AVX512 reads for 33 <= len(x) <= 64.
+// medianPaddedF32AVX512_64 is sortPaddedF32AVX512_64 with the slab's middle wires only: those medianSortedF32AVX512 reads for 33 <= len(x) <= 64. It sorts integer keys, and also returns false if a value read was -0.
 //
 //go:noescape
 func medianPaddedF32AVX512_64(tmp []float32, x [][]byte, off int, groups int, pf int) bool
@@ -132,7 +132,7 @@ func medianPaddedF32AVX512_64(tmp []float32, x [][]byte, off int, groups int, pf
 //go:noescape
 func sortPaddedF32AVX512_128(tmp []float32, x [][]byte, off int, groups int, pf int) bool
 
-// medianPaddedF32AVX512_128 is sortPaddedF32AVX512_128 with the slab's middle wires only: those medianSortedF32AVX512 reads for 65 <= len(x) <= 128.
+// medianPaddedF32AVX512_128 is sortPaddedF32AVX512_128 with the slab's middle wires only: those medianSortedF32AVX512 reads for 65 <= len(x) <= 128. It sorts integer keys, and also returns false if a value read was -0.
 //
 //go:noescape
 func medianPaddedF32AVX512_128(tmp []float32, x [][]byte, off int, groups int, pf int) bool
@@ -142,7 +142,7 @@ func medianPaddedF32AVX512_128(tmp []float32, x [][]byte, off int, groups int, p
 //go:noescape
 func sortPaddedF32AVX512_256(tmp []float32, x [][]byte, off int, groups int, pf int) bool
 
-// medianPaddedF32AVX512_256 is sortPaddedF32AVX512_256 with the slab's middle wires only: those medianSortedF32AVX512 reads for 129 <= len(x) <= 256.
+// medianPaddedF32AVX512_256 is sortPaddedF32AVX512_256 with the slab's middle wires only: those medianSortedF32AVX512 reads for 129 <= len(x) <= 256. It sorts integer keys, and also returns false if a value read was -0.
 //
 //go:noescape
 func medianPaddedF32AVX512_256(tmp []float32, x [][]byte, off int, groups int, pf int) bool
@@ -152,7 +152,7 @@ func medianPaddedF32AVX512_256(tmp []float32, x [][]byte, off int, groups int, p
 //go:noescape
 func sortPaddedF32AVX512_512(tmp []float32, x [][]byte, off int, groups int, pf int) bool
 
-// medianPaddedF32AVX512_512 is sortPaddedF32AVX512_512 with the slab's middle wires only: those medianSortedF32AVX512 reads for 257 <= len(x) <= 512.
+// medianPaddedF32AVX512_512 is sortPaddedF32AVX512_512 with the slab's middle wires only: those medianSortedF32AVX512 reads for 257 <= len(x) <= 512. It sorts integer keys, and also returns false if a value read was -0.
 //
 //go:noescape
 func medianPaddedF32AVX512_512(tmp []float32, x [][]byte, off int, groups int, pf int) bool

@@ -1179,3 +1179,52 @@ func BenchmarkSqDistNorm(b *testing.B) {
 		b.ReportMetric(8*elems*float64(b.N)/b.Elapsed().Seconds()/floor, "of-floor")
 	})
 }
+
+// The AVX-512 median of more than smallSortMax inputs runs on integer keys when no value read
+// is −0 or NaN, and on floats otherwise: both paths against the reference, with inputs that
+// have neither (ties, +0, infinities, subnormals: what orderValues nearly always breaks with a
+// −0), then the same inputs with one −0, or one NaN, anywhere.
+func TestOrderStatsWithoutNegativeZero(t *testing.T) {
+	forImpls(t, func(t *testing.T, k *Impl) {
+		r := rand.New(rand.NewPCG(21, 22))
+		pool := []float32{0, 1, -1, 0.5, 2, 1e30, -1e30, float32(math.Inf(1)), float32(math.Inf(-1)), 0x1p-149, -0x1p-149}
+		for _, n := range counts() {
+			if n <= smallSortMax {
+				continue
+			}
+			for trial, length := range []int{16, 133, 1001} {
+				x := make([][]byte, n)
+				tied := trial == 1
+				for i := range x {
+					x[i] = make([]byte, 4*length)
+					for j := range length {
+						v := math.Float32frombits(randF32Bits(r, true))
+						if tied {
+							v = pool[r.IntN(len(pool))]
+						}
+						if v == 0 {
+							v = 0 // +0
+						}
+						putF32(x[i], j, v)
+					}
+				}
+				for _, spoil := range []uint32{0, 0x80000000, 0x7fc00001, 0xff800001} {
+					if spoil != 0 {
+						putF32(x[r.IntN(n)], r.IntN(length), math.Float32frombits(spoil))
+					}
+					for _, c := range orderCases[:1] {
+						want := orderReference(x, length, 0, c.ref)
+						dst := make([]float32, length)
+						c.run(k, dst, x, 0, make([]float32, SortScratch(n)))
+						for j := range want {
+							if !sameF32(dst[j], want[j]) {
+								t.Fatalf("%s n=%d len=%d spoiled by %#x: element %d = %v (%#x), reference %v (%#x)",
+									c.name, n, length, spoil, j, dst[j], math.Float32bits(dst[j]), want[j], math.Float32bits(want[j]))
+							}
+						}
+					}
+				}
+			}
+		}
+	})
+}

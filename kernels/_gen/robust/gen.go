@@ -221,6 +221,17 @@ type regFile struct {
 	// prefetch, if not nil, holds how many bytes ahead of the group each input is prefetched
 	// into L2 at its first load.
 	prefetch Register
+	// key, when set (AVX-512 only), runs the network on integer keys: each value read from an
+	// input becomes its IEEE totalOrder key (the low 31 bits flipped when the sign is set:
+	// VPMOVD2M and a VPXORD of mag under that mask), the comparators are VPMINSD/VPMAXSD (two
+	// a cycle on Zen 4 against one VMINPS), the kept wires are turned back into floats as they
+	// are stored, and maxu collects the keys' unsigned maximum: 0xFFFFFFFF, the key of −0 and
+	// of nothing else, says an input held a −0. Without −0 and NaN (which the float sum flags)
+	// the keys order the values as VMINPS/VMAXPS do and equal keys are equal bits, so every wire
+	// ends with the float network's bits; with either the kernel reports it and the caller
+	// takes the float network.
+	key       bool
+	mag, maxu VecPhysical
 }
 
 func newRegFile(regs []VecPhysical, slot, n int, xp, j, tp Register) *regFile {
@@ -299,6 +310,10 @@ func (r *regFile) ensure(w int, pinned ...int) int {
 		}
 		if r.count != nil {
 			VADDPS(r.regs[i], r.sum, r.sum)
+			if r.key {
+				r.toKey(r.regs[i])
+				VPMAXUD(r.regs[i], r.maxu, r.maxu)
+			}
 			JMP(LabelRef(done))
 			Label(pad)
 			VMOVAPS(r.inf, r.regs[i])
@@ -315,6 +330,10 @@ func (r *regFile) ensure(w int, pinned ...int) int {
 // storeAll leaves every wanted wire of the network in the slab (tmp): a wire no comparator
 // touched is first read from its input, and each register still holding a wire is evicted.
 func (r *regFile) storeAll() {
+	if r.key {
+		r.storeKeys()
+		return
+	}
 	for w := range r.reg {
 		if !r.loaded[w] && (r.keep == nil || r.keep[w]) {
 			r.ensure(w)
@@ -323,6 +342,31 @@ func (r *regFile) storeAll() {
 			r.evict(i)
 		}
 	}
+}
+
+// storeKeys is storeAll for a network on keys: each kept wire, wherever it is, is turned back
+// into its float (the transform is its own inverse) and stored; the other wires are dropped.
+func (r *regFile) storeKeys() {
+	for w := range r.reg {
+		if r.keep != nil && !r.keep[w] {
+			if i := r.reg[w]; i >= 0 {
+				r.drop(i)
+			}
+			continue
+		}
+		i := r.ensure(w)
+		r.toKey(r.regs[i])
+		VMOVUPS(r.regs[i], r.tmp(w))
+		r.stores++
+		r.dirty[w] = false
+		r.reg[w], r.wire[i] = -1, -1
+	}
+}
+
+// toKey turns v's f32 lanes into their totalOrder keys, or keys back into floats.
+func (r *regFile) toKey(v VecPhysical) {
+	VPMOVD2M(v, K1)
+	VPXORD(r.mag, v, K1, v)
 }
 
 func containsInt(s []int, v int) bool {
@@ -369,20 +413,24 @@ func emitNetwork(net []comparator, r *regFile) int {
 		// are zeros); max likewise: lo > hi ? lo : hi. An output no later comparator reads and
 		// the caller does not keep is not computed (a selection network's last comparators
 		// often need one side only).
+		vmin, vmax := VMINPS, VMAXPS
+		if r.key {
+			vmin, vmax = VPMINSD, VPMAXSD
+		}
 		switch minLive, maxLive := r.live(c.lo), r.live(c.hi); {
 		case minLive && maxLive:
 			rt := r.free(ra, rb)
-			VMINPS(r.regs[rb], r.regs[ra], r.regs[rt])
-			VMAXPS(r.regs[rb], r.regs[ra], r.regs[rb])
+			vmin(r.regs[rb], r.regs[ra], r.regs[rt])
+			vmax(r.regs[rb], r.regs[ra], r.regs[rb])
 			r.wire[ra] = -1
 			r.reg[c.lo], r.wire[rt] = rt, c.lo
 			r.dirty[c.lo], r.dirty[c.hi] = true, true
 		case minLive:
-			VMINPS(r.regs[rb], r.regs[ra], r.regs[ra])
+			vmin(r.regs[rb], r.regs[ra], r.regs[ra])
 			r.dirty[c.lo] = true
 			r.drop(rb)
 		default: // the max only (a kept comparator has one live output at least)
-			VMAXPS(r.regs[rb], r.regs[ra], r.regs[rb])
+			vmax(r.regs[rb], r.regs[ra], r.regs[rb])
 			r.dirty[c.hi] = true
 			r.drop(ra)
 		}
@@ -587,6 +635,9 @@ func genSortPadded(P int, median bool, width int) {
 	if median {
 		name = fmt.Sprintf("medianPaddedF32%s_%d", isa, P)
 		doc = fmt.Sprintf("%s is sortPaddedF32%s_%d with the slab's middle wires only: those medianSortedF32%s reads for %d <= len(x) <= %d.", name, isa, P, isa, paddedFrom(P), P)
+		if width == 16 {
+			doc += " It sorts integer keys, and also returns false if a value read was -0."
+		}
 	}
 	TEXT(name, NOSPLIT, "func(tmp []float32, x [][]byte, off, groups, pf int) bool")
 	Pragma("noescape")
@@ -598,6 +649,16 @@ func genSortPadded(P int, median bool, width int) {
 	pf := Load(Param("pf"), GP64())
 	n := Load(Param("x").Len(), GP64())
 	inf, sum := regs[0], regs[1] // the network's registers are the others
+	// The AVX-512 median runs on integer keys (regFile.key), two more registers held.
+	key := median && width == 16
+	netRegs := regs[2:]
+	if key {
+		netRegs = regs[4:]
+		r := GP32()
+		MOVL(U32(0x7fffffff), r)
+		VPBROADCASTD(r, regs[2])
+		VPXORD(regs[3], regs[3], regs[3])
+	}
 	{
 		r := GP32()
 		MOVL(U32(0x7f800000), r)
@@ -611,8 +672,11 @@ func genSortPadded(P int, median bool, width int) {
 	VXORPS(sum, sum, sum)
 	xp := Load(Param("x").Base(), GP64())
 	Label("group")
-	r := newRegFile(regs[2:], slotBytes, P, xp, j, tp)
+	r := newRegFile(netRegs, slotBytes, P, xp, j, tp)
 	r.prefetch, r.count, r.inf, r.sum = pf, n, inf, sum
+	if key {
+		r.key, r.mag, r.maxu = true, regs[2], regs[3]
+	}
 	net := sortNetwork(P)
 	if median {
 		var outs []int
@@ -641,6 +705,13 @@ func genSortPadded(P int, median bool, width int) {
 	} else {
 		k := K()
 		VCMPPS(U8(3), sum, sum, k)
+		if key {
+			// A −0 read: some key's unsigned maximum is 0xFFFFFFFF.
+			ones, k2 := inf, K() // inf is no longer needed
+			VPTERNLOGD(U8(0xff), ones, ones, ones)
+			VPCMPEQD(ones, regs[3], k2)
+			KORW(k2, k, k)
+		}
 		KORTESTW(k, k)
 	}
 	SETEQ(ok)
