@@ -835,19 +835,24 @@ func TestSqDistNormRuns(t *testing.T) {
 	})
 }
 
+// plainSqSums is ‖x−z‖² and ‖x‖² summed plainly in f64.
+func plainSqSums(x []byte, z []float32) (s, q float64) {
+	for j := range z {
+		v := float64(ldF32(x, j))
+		d := v - float64(z[j])
+		s += d * d
+		q += v * v
+	}
+	return s, q
+}
+
 // checkRunsBound checks SqDistNormF32Runs' sums of one input against f64 sums of the same
 // squares: relatively within (DistRun/Lanes+3)·2^-24, or 2^-149 per element absolutely.
 func checkRunsBound(t *testing.T, k *Impl, x []byte, z []float32) {
 	t.Helper()
 	dd, qn := [][Lanes]float64{{}}, [][Lanes]float64{{}}
 	k.SqDistNormF32Runs(dd, qn, [][]byte{x}, z)
-	var s, q float64
-	for j := range z {
-		v := float64(ldF32(x, j))
-		e := v - float64(z[j])
-		s += e * e
-		q += v * v
-	}
+	s, q := plainSqSums(x, z)
 	tol := float64(DistRun/Lanes+3) * 0x1p-24
 	abs := 0x1p-149 * float64(len(z)+1)
 	if got := SumLanes(&dd[0]); math.Abs(got-s) > tol*s+abs {
@@ -926,13 +931,7 @@ func TestSqDistNorm(t *testing.T) {
 				}
 			}
 			if finite {
-				var s, q float64
-				for j := range n {
-					v := float64(ldF32(x, j))
-					d := v - float64(z[j])
-					s += d * d
-					q += v * v
-				}
+				s, q := plainSqSums(x, z)
 				var d, nn [Lanes]float64
 				k.SqDistNormF32(&d, &nn, x, z)
 				if got := SumLanes(&d); math.Abs(got-s) > 1e-12*s || math.IsInf(s, 0) != math.IsInf(got, 0) {
