@@ -1180,9 +1180,9 @@ func BenchmarkSqDistNorm(b *testing.B) {
 }
 
 // The AVX-512 median of more than smallSortMax inputs runs on integer keys when no value read
-// is −0 or NaN, and on floats otherwise: both paths against the reference, with inputs that
-// have neither (ties, +0, infinities, subnormals: what orderValues nearly always breaks with a
-// −0), then the same inputs with one −0, or one NaN, anywhere.
+// is −0 or NaN, and on floats otherwise: both paths, and every order statistic, against the
+// reference, with inputs that have neither (ties, +0, infinities, subnormals: what orderValues
+// nearly always breaks with a −0), then the same inputs with one −0, or one NaN, anywhere.
 func TestOrderStatsWithoutNegativeZero(t *testing.T) {
 	forImpls(t, func(t *testing.T, k *Impl) {
 		r := rand.New(rand.NewPCG(21, 22))
@@ -1211,10 +1211,11 @@ func TestOrderStatsWithoutNegativeZero(t *testing.T) {
 					if spoil != 0 {
 						putF32(x[r.IntN(n)], r.IntN(length), math.Float32frombits(spoil))
 					}
-					for _, c := range orderCases[:1] {
-						want := orderReference(x, length, 0, c.ref)
+					for _, c := range orderCases {
+						p := c.param(n, trial)
+						want := orderReference(x, length, p, c.ref)
 						dst := make([]float32, length)
-						c.run(k, dst, x, 0, make([]float32, SortScratch(n)))
+						c.run(k, dst, x, p, make([]float32, SortScratch(n)))
 						for j := range want {
 							if !sameF32(dst[j], want[j]) {
 								t.Fatalf("%s n=%d len=%d spoiled by %#x: element %d = %v (%#x), reference %v (%#x)",
