@@ -1324,7 +1324,7 @@ func genSqDist() {
 // more run, the zero-padded group of the last elements at xt and zt. A group is two ymm
 // registers, each a subtraction and two f32 FMAs; after every run the four run sums are
 // widened and added to the 16 f64 partials of each sum, held in 8 registers. At the end the
-// partials are checked (runsUsable) and added to pd and pn, or left out and 1 returned. Per
+// partials are checked (runsUsable) and added to pd and pn, or left out and non-zero returned. Per
 // lane the operations and their order are those of the reference.
 func genSqDistRuns() {
 	name := "sqDistRunsF32AVX2"
