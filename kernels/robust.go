@@ -2,6 +2,7 @@ package kernels
 
 import (
 	"math"
+	"math/bits"
 )
 
 // The kernels of the Byzantine-robust rules: order statistics over the client axis (median,
@@ -30,8 +31,25 @@ const maxWidth = 16
 const smallSortMax = 32
 
 // SortScratch is the length of the scratch that MedianF32, TrimmedMeanF32 and ClosestMeanF32
-// need for n inputs.
-func SortScratch(n int) int { return batchCoords * paddedWires(n) }
+// need for n inputs: the slabs of a batch, and for the merged sorts (mergedWires) two more
+// slabs of a group, where its runs are sorted and merged.
+func SortScratch(n int) int {
+	if n > mergeRun && n <= mergeMax {
+		return (batchCoords + 2*maxWidth) * mergedWires(n)
+	}
+	return batchCoords * paddedWires(n)
+}
+
+// mergeRun and mergeMax bound the merged sorts: where a variant has them (AVX-512), more than
+// mergeRun inputs, up to mergeMax, are sorted in runs of at most mergeRun by the padded network
+// and the runs merged pairwise, into a slab of mergedWires(n) wires (the wires from n on +Inf).
+const mergeRun, mergeMax = 512, 8192
+
+// mergedWires is the wires of a group's slab sorted in merged runs: mergeRun times the power
+// of two at or above the runs' count.
+func mergedWires(n int) int {
+	return mergeRun << bits.Len(uint((n+mergeRun-1)/mergeRun-1))
+}
 
 // paddedWires is the wires a group of n inputs may take in the sorting slab: the size of the
 // straight-line network that sorts more than smallSortMax of them (the wires from n on +Inf), or

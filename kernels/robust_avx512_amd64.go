@@ -3,6 +3,7 @@
 package kernels
 
 import (
+	"math"
 	"os"
 	"sync"
 	"time"
@@ -201,8 +202,9 @@ var padded512 = paddedNets{
 }
 
 // sortGroupsAVX512 runs the straight-line sort up to smallSortMax inputs, the straight-line
-// padded networks up to 512, and the table-driven one beyond, or where a padded network read a
-// NaN (which the +Inf wires would move: see paddedSizes in kernels/_gen/robust/avx512.go).
+// padded networks up to 512, sorted runs merged (sortMergedAVX512) up to mergeMax, and the
+// table-driven network beyond, or where a padded network read a NaN (which the +Inf wires would
+// move: see paddedSizes in kernels/_gen/robust/avx512.go) or a run a NaN or −0.
 func sortGroupsAVX512(tmp []float32, x [][]byte, off, groups, pf int) int {
 	n := len(x)
 	if groups <= 0 || n == 0 {
@@ -210,6 +212,9 @@ func sortGroupsAVX512(tmp []float32, x [][]byte, off, groups, pf int) int {
 	}
 	if padded := padded512.pick(n, false); padded != nil && paddedAsm(padded, tmp, x, off, groups, pf, 16) {
 		return paddedWires(n)
+	}
+	if n > mergeRun && n <= mergeMax && sortMergedAVX512(tmp, x, off, groups, pf) {
+		return mergedWires(n)
 	}
 	sortGroupsAsm(tmp, x, off, groups, 16,
 		func(tmp []float32, x [][]byte, off, groups int) { sortSmallF32AVX512(tmp, x, off, groups, pf) },
@@ -219,13 +224,90 @@ func sortGroupsAVX512(tmp []float32, x [][]byte, off, groups, pf int) int {
 	return n
 }
 
+// sortMergedAVX512 sorts groups of 16 coordinates of mergeRun < len(x) <= mergeMax inputs one
+// group at a time: the inputs in runs of at most mergeRun, balanced, each sorted on integer keys
+// by the padded network of 512 wires into the first work slab, then the runs merged pairwise
+// (mergeKeysAVX512_L), level after level between the two work slabs, a level's odd run out with
+// a run of +Inf, the last merge storing floats into the group's slab of mergedWires(n) wires.
+// Without NaN and −0 every comparator on keys orders as VMINPS/VMAXPS do and equal keys are
+// equal bits, so the slab is the network's (regFile.key in kernels/_gen/robust/gen.go); a run
+// that reads either reports it, and sortMergedAVX512 returns false, the slabs unspecified.
+// Against the table-driven network of 1000 inputs (Batcher's, 24k comparators a group, each
+// from the table) this runs straight-line code that fits the caches, two comparators a cycle.
+func sortMergedAVX512(tmp []float32, x [][]byte, off, groups, pf int) bool {
+	n := len(x)
+	W, runs := mergedWires(n), (n+mergeRun-1)/mergeRun
+	slabs := tmp[:16*W*groups]
+	work := tmp[batchCoords*W : (batchCoords+32)*W]
+	bufs := [2][]float32{work[:16*W], work[16*W:]}
+	checkGroups(x, off, groups, 16)
+	race.WriteSlice(slabs)
+	race.WriteSlice(work)
+	for g := range groups {
+		lo := 0
+		for r := range runs {
+			hi := lo + (n-lo)/(runs-r)
+			if !sortPaddedKeysF32AVX512_512(bufs[0][16*mergeRun*r:16*mergeRun*(r+1)], x[lo:hi], off+16*g, 1, pf) {
+				return false
+			}
+			lo = hi
+		}
+		src, L, count := 0, mergeRun, runs
+		for count > 1 {
+			next := (count + 1) / 2
+			for p := range next {
+				a := bufs[src][16*L*2*p : 16*L*(2*p+1)]
+				b := infKeys()[:16*L]
+				if 2*p+1 < count {
+					b = bufs[src][16*L*(2*p+1) : 16*L*(2*p+2)]
+				}
+				dst := bufs[1-src][16*2*L*p : 16*2*L*(p+1)]
+				if next == 1 {
+					dst = slabs[16*W*g : 16*W*(g+1)]
+				}
+				mergeKeys512[L](dst, a, b, next == 1)
+			}
+			src, L, count = 1-src, 2*L, next
+		}
+	}
+	return true
+}
+
+// mergeKeys512 are the merges of two runs of L wires (the key of the map), bounds checked.
+var mergeKeys512 = func() map[int]func(dst, a, b []float32, floats bool) {
+	m := make(map[int]func(dst, a, b []float32, floats bool))
+	for L, f := range map[int]func(dst, a, b []float32, floats bool){
+		512: mergeKeysAVX512_512, 1024: mergeKeysAVX512_1024, 2048: mergeKeysAVX512_2048, 4096: mergeKeysAVX512_4096,
+	} {
+		m[L] = func(dst, a, b []float32, floats bool) {
+			_, _, _ = dst[32*L-1], a[16*L-1], b[16*L-1]
+			f(dst, a, b, floats)
+		}
+	}
+	return m
+}()
+
+// infKeys is a run of +Inf keys (+Inf's bits) as long as the longest merged run: the partner
+// of a level's odd run out.
+var infKeys = sync.OnceValue(func() []float32 {
+	v := make([]float32, 16*mergeMax/2)
+	for i := range v {
+		v[i] = float32(math.Inf(1))
+	}
+	return v
+})
+
 // medianGroupsAVX512 runs the straight-line selection network up to smallSortMax inputs, the
 // padded sorts and the median of their slab up to 512, and the table-driven selection network
-// beyond (or where a padded sort read a NaN), the spilled or gathered wires in tmp.
+// beyond mergeMax (or where a padded sort read a NaN), the spilled or gathered wires in tmp;
+// from 513 to mergeMax it declines, and the caller sorts (sortMergedAVX512) and reduces.
 func medianGroupsAVX512(dst, tmp []float32, x [][]byte, off, groups, pf int) bool {
 	n := len(x)
 	if groups <= 0 || n == 0 {
 		return true
+	}
+	if n > mergeRun && n <= mergeMax {
+		return false // sorted in merged runs, then the slab's median
 	}
 	_ = dst[16*groups-1]
 	if padded := padded512.pick(n, true); padded != nil && paddedAsm(padded, tmp, x, off, groups, pf, 16) {

@@ -204,3 +204,28 @@ func fmaLoopAVX512(iters int) float64
 //
 //go:noescape
 func sqDistRunsF32x4AVX512(pd *[64]float64, pn *[64]float64, x [][]byte, z []float32, xt *[64]float32, zt *[16]float32, tail int) int
+
+// sortPaddedKeysF32AVX512_512 is sortPaddedF32AVX512_512 on integer keys for 1 <= len(x) <= 512, the slab left in keys; it also returns false if a value read was -0.
+//
+//go:noescape
+func sortPaddedKeysF32AVX512_512(tmp []float32, x [][]byte, off int, groups int, pf int) bool
+
+// mergeKeysAVX512_512 merges the ascending key runs a and b of 512 wires (16 keys each) into the ascending run dst of 1024 wires, stored as floats if floats is set.
+//
+//go:noescape
+func mergeKeysAVX512_512(dst []float32, a []float32, b []float32, floats bool)
+
+// mergeKeysAVX512_1024 merges the ascending key runs a and b of 1024 wires (16 keys each) into the ascending run dst of 2048 wires, stored as floats if floats is set.
+//
+//go:noescape
+func mergeKeysAVX512_1024(dst []float32, a []float32, b []float32, floats bool)
+
+// mergeKeysAVX512_2048 merges the ascending key runs a and b of 2048 wires (16 keys each) into the ascending run dst of 4096 wires, stored as floats if floats is set.
+//
+//go:noescape
+func mergeKeysAVX512_2048(dst []float32, a []float32, b []float32, floats bool)
+
+// mergeKeysAVX512_4096 merges the ascending key runs a and b of 4096 wires (16 keys each) into the ascending run dst of 8192 wires, stored as floats if floats is set.
+//
+//go:noescape
+func mergeKeysAVX512_4096(dst []float32, a []float32, b []float32, floats bool)

@@ -20,7 +20,7 @@ func counts() []int {
 	for n := 1; n <= 33; n++ {
 		ns = append(ns, n)
 	}
-	return append(ns, 47, 64, 65, 100, 128, 129, 200, 256, 257, 300, 512, 513)
+	return append(ns, 47, 64, 65, 100, 128, 129, 200, 256, 257, 300, 512, 513, 1025)
 }
 
 func TestSortNetworkSorts(t *testing.T) {
@@ -1179,6 +1179,26 @@ func BenchmarkSqDistNorm(b *testing.B) {
 	})
 }
 
+// positiveZeroValues draws n inputs of length finite f32 values without −0 (a −0 drawn becomes
+// +0): from pool if it is not nil (ties), else random bits.
+func positiveZeroValues(r *rand.Rand, n, length int, pool []float32) [][]byte {
+	x := make([][]byte, n)
+	for i := range x {
+		x[i] = make([]byte, 4*length)
+		for j := range length {
+			v := math.Float32frombits(randF32Bits(r, true))
+			if pool != nil {
+				v = pool[r.IntN(len(pool))]
+			}
+			if v == 0 {
+				v = 0 // +0
+			}
+			putF32(x[i], j, v)
+		}
+	}
+	return x
+}
+
 // The AVX-512 median of more than smallSortMax inputs runs on integer keys when no value read
 // is −0 or NaN, and on floats otherwise: both paths, and every order statistic, against the
 // reference, with inputs that have neither (ties, +0, infinities, subnormals: what orderValues
@@ -1192,21 +1212,11 @@ func TestOrderStatsWithoutNegativeZero(t *testing.T) {
 				continue
 			}
 			for trial, length := range []int{16, 133, 1001} {
-				x := make([][]byte, n)
-				tied := trial == 1
-				for i := range x {
-					x[i] = make([]byte, 4*length)
-					for j := range length {
-						v := math.Float32frombits(randF32Bits(r, true))
-						if tied {
-							v = pool[r.IntN(len(pool))]
-						}
-						if v == 0 {
-							v = 0 // +0
-						}
-						putF32(x[i], j, v)
-					}
+				var tied []float32
+				if trial == 1 {
+					tied = pool
 				}
+				x := positiveZeroValues(r, n, length, tied)
 				for _, spoil := range []uint32{0, 0x80000000, 0x7fc00001, 0xff800001} {
 					if spoil != 0 {
 						putF32(x[r.IntN(n)], r.IntN(length), math.Float32frombits(spoil))

@@ -234,3 +234,28 @@ func TestNumpyGram(t *testing.T) {
 		t.Fatalf("err = %v", err)
 	}
 }
+
+// `bench robust --rules` measures the rules named and no others; an unknown name is a usage
+// error that lists the names.
+func TestBenchRobustRules(t *testing.T) {
+	t.Setenv(envBenchTiny, "1")
+	stdout, stderr, code := clitest.Run(t, nil, "bench", "robust", "--clients", "5", "--params", "4096", "--runs", "1",
+		"--rules", "median,gram", "--progress", "never")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	for _, want := range []string{"read floor 5 x 4k f32", "krum distances (gram)", "median"} {
+		if !strings.Contains(stdout, want) {
+			t.Errorf("stdout lacks %q:\n%s", want, stdout)
+		}
+	}
+	for _, not := range []string{"trimmed-mean", "bulyan", "geomed", "norm-clip"} {
+		if strings.Contains(stdout, not) {
+			t.Errorf("stdout has %q:\n%s", not, stdout)
+		}
+	}
+	_, stderr, code = clitest.Run(t, nil, "bench", "robust", "--rules", "median,medain")
+	if code != 2 || !strings.Contains(stderr, `--rules: unknown rule "medain" (want all or some of gram,median,`) {
+		t.Errorf("exit %d, stderr %q", code, stderr)
+	}
+}

@@ -28,6 +28,31 @@ type robustSuite struct {
 	numpy                 string            // a python3 with numpy: its Gram route is timed beside
 	sweep                 *bench.SweepSizes // nil: no sweep
 	sweepRuns             int
+	rules                 robustRules
+}
+
+// robustRuleNames are the rows `bench robust --rules` chooses from, in the suite's order.
+var robustRuleNames = []string{"gram", "median", "trimmed-mean", "krum", "multi-krum", "bulyan", "geomed", "centered-clip", "norm-clip"}
+
+// robustRules is the set of rules a robust suite measures; nil measures all.
+type robustRules map[string]bool
+
+func (r robustRules) has(name string) bool { return r == nil || r[name] }
+
+// parseRobustRules reads --rules: comma-separated names of robustRuleNames, or "all".
+func parseRobustRules(list string) (robustRules, error) {
+	if strings.TrimSpace(list) == "all" {
+		return nil, nil
+	}
+	rules := robustRules{}
+	for _, name := range strings.Split(list, ",") {
+		name = strings.TrimSpace(name)
+		if !slices.Contains(robustRuleNames, name) {
+			return nil, usagef("--rules: unknown rule %q (want all or some of %s)", name, strings.Join(robustRuleNames, ","))
+		}
+		rules[name] = true
+	}
+	return rules, nil
 }
 
 func (robustSuite) name() string { return "robust" }
@@ -40,6 +65,7 @@ func (robustSuite) title() string {
 func newBenchRobustCmd() *cobra.Command {
 	var c benchCommon
 	var s robustSuite
+	var rules string
 	cmd := &cobra.Command{
 		Use:   "robust",
 		Short: "Robust rules (median, trimmed mean, Krum, ...) beside the memory and FMA floors",
@@ -57,6 +83,9 @@ the cores, measured with a loop of independent VFMADD231PD.`,
 			if s.clients < 1 || s.params < 1 || s.runs < 1 || s.sweepRuns < 1 {
 				return usagef("--clients, --params, --runs, --sweep-runs and --workers must be positive")
 			}
+			if s.rules, err = parseRobustRules(rules); err != nil {
+				return err
+			}
 			if c.sweeping(cmd) {
 				sizes := env.preset.sweep
 				s.sweep = &sizes
@@ -70,6 +99,7 @@ the cores, measured with a loop of independent VFMADD231PD.`,
 	cmd.Flags().IntVar(&s.params, "params", fullPreset.robustParams, "f32 parameters per update")
 	cmd.Flags().IntVar(&s.runs, "runs", fullPreset.robustRuns, "runs of each (the median is reported)")
 	cmd.Flags().IntVar(&s.sweepRuns, "sweep-runs", fullPreset.robustSweepRuns, "runs at each sweep point")
+	cmd.Flags().StringVar(&rules, "rules", "all", "rules to measure, comma-separated: all, or some of "+strings.Join(robustRuleNames, ","))
 	cmd.Flags().StringVar(&s.numpy, "numpy", "", "python3 with numpy (e.g. /usr/bin/python3): time numpy's Gram route, X @ X.T in f32, on the same sizes")
 	return cmd
 }
@@ -133,7 +163,7 @@ func (s robustSuite) run(env *benchEnv) (*bench.Report, error) {
 	if err != nil {
 		return nil, err
 	}
-	rows, err := benchRobust(env.ctx, env.cpu, updates, s.runs, fma, true)
+	rows, err := benchRobust(env.ctx, env.cpu, updates, s.runs, fma, true, s.rules)
 	if err != nil {
 		return nil, err
 	}
@@ -170,7 +200,7 @@ func (s robustSuite) run(env *benchEnv) (*bench.Report, error) {
 		var heading string
 		err := bench.RunSweep(env.ctx, onlySweep(*s.sweep, sweep), tensor.F32, func(p bench.SweepPoint, updates []*tensor.Set) error {
 			env.progress(done, total, fmt.Sprintf("sweep %d x %s f32", p.Clients, bench.ParamsLabel(int64(p.Params))))
-			rows, err := benchRobust(env.ctx, env.cpu, updates, s.sweepRuns, fma, false)
+			rows, err := benchRobust(env.ctx, env.cpu, updates, s.sweepRuns, fma, false, s.rules)
 			if err != nil {
 				return err
 			}
@@ -196,8 +226,9 @@ func (s robustSuite) run(env *benchEnv) (*bench.Report, error) {
 
 // benchRobust measures every robust rule on updates (one f32 tensor each), each beside its
 // floor: the read bandwidth of the same updates over the passes the rule makes, and the FMA
-// rate fma for the Gram matrix. With floors, the floors themselves lead the rows.
-func benchRobust(ctx context.Context, dev *device.CPU, updates []*tensor.Set, runs int, fma float64, floors bool) ([]bench.Row, error) {
+// rate fma for the Gram matrix. With floors, the floors themselves lead the rows. rules chooses
+// the rules measured.
+func benchRobust(ctx context.Context, dev *device.CPU, updates []*tensor.Set, runs int, fma float64, floors bool, rules robustRules) ([]bench.Row, error) {
 	clients, params := len(updates), updates[0].At(0).Len()
 	workers := dev.Info().Workers
 	var bufs [][]byte
@@ -252,28 +283,13 @@ func benchRobust(ctx context.Context, dev *device.CPU, updates []*tensor.Set, ru
 		return r
 	}
 
-	// Krum's distances: the device's Gram matrix.
-	fields := []device.AccField{{Name: "w", Len: params, Acc: tensor.F32, Out: tensor.F32}}
-	spans := make([][]device.Span, clients)
-	for k, u := range updates {
-		spans[k] = []device.Span{device.SpanOf(u.At(0))}
-	}
-	secs, _, err := timed(func() error { _, _, err := dev.Gram(ctx, fields, spans); return err })
-	if err != nil {
-		return nil, err
-	}
-	// The FMA rate of the same window too: on these VMs it varied by 2x from one run of the
-	// suite to the next (other tenants), as the read rate does.
-	fma = max(fma, fmaRate(workers))
-	for i := range rows {
-		if rows[i].Rule == "fma floor" {
-			rows[i].GBps = fma / 1e9
+	if rules.has("gram") {
+		gram, err := gramRow(ctx, dev, updates, timed, fma, workers, rows)
+		if err != nil {
+			return nil, err
 		}
+		rows = append(rows, row("krum distances (gram)", gram.secs, gram.floor, "FMA rate / (n+1)/2 FMAs per input float", gram.note))
 	}
-	pairs := float64(clients*(clients+1)) / 2
-	gramFloor := fma * float64(4*clients) / pairs
-	rows = append(rows, row("krum distances (gram)", secs, gramFloor, "FMA rate / (n+1)/2 FMAs per input float",
-		fmt.Sprintf("%.1f GFMA/s", pairs*float64(params)/secs/1e9)))
 
 	dst := updates[0].Clone()
 	opts := []aggregate.Option{aggregate.WithDevices(dev), aggregate.WithOutput(dst)}
@@ -299,6 +315,9 @@ func benchRobust(ctx context.Context, dev *device.CPU, updates []*tensor.Set, ru
 		if err != nil {
 			return nil, err
 		}
+		if !rules.has(r.Name()) {
+			continue
+		}
 		if r.Name() == "bulyan" && clients < 3 || (r.Name() == "krum" || r.Name() == "multi-krum") && clients <= 2*f+2 {
 			continue
 		}
@@ -313,6 +332,36 @@ func benchRobust(ctx context.Context, dev *device.CPU, updates []*tensor.Set, ru
 		rows = append(rows, row(r.Name(), secs, local/float64(c.passes), floorName+" (read between its runs)", c.note))
 	}
 	return rows, nil
+}
+
+// gramTiming is the Gram matrix's row of benchRobust before it is named.
+type gramTiming struct {
+	secs, floor float64
+	note        string
+}
+
+// gramRow times Krum's distances, the device's Gram matrix, with timed, and the FMA rate of
+// the same window (on these VMs it varied by 2x from one run of the suite to the next, other
+// tenants, as the read rate does), which it also writes into rows' "fma floor" row.
+func gramRow(ctx context.Context, dev *device.CPU, updates []*tensor.Set, timed func(func() error) (float64, float64, error), fma float64, workers int, rows []bench.Row) (gramTiming, error) {
+	clients, params := len(updates), updates[0].At(0).Len()
+	fields := []device.AccField{{Name: "w", Len: params, Acc: tensor.F32, Out: tensor.F32}}
+	spans := make([][]device.Span, clients)
+	for k, u := range updates {
+		spans[k] = []device.Span{device.SpanOf(u.At(0))}
+	}
+	secs, _, err := timed(func() error { _, _, err := dev.Gram(ctx, fields, spans); return err })
+	if err != nil {
+		return gramTiming{}, err
+	}
+	fma = max(fma, fmaRate(workers))
+	for i := range rows {
+		if rows[i].Rule == "fma floor" {
+			rows[i].GBps = fma / 1e9
+		}
+	}
+	pairs := float64(clients*(clients+1)) / 2
+	return gramTiming{secs, fma * float64(4*clients) / pairs, fmt.Sprintf("%.1f GFMA/s", pairs*float64(params)/secs/1e9)}, nil
 }
 
 // fmaRate is the f64 FMAs per second of workers goroutines running kernels.FMALoop at once,

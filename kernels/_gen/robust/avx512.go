@@ -22,6 +22,8 @@ package main
 import (
 	"fmt"
 	"math"
+	"math/bits"
+	"slices"
 
 	. "github.com/mmcloughlin/avo/build"
 	. "github.com/mmcloughlin/avo/operand"
@@ -59,6 +61,10 @@ func genAVX512() {
 	genGramTiles512()
 	genFMALoop512()
 	genSqDistRuns4()
+	genSortPaddedKeys(512)
+	for _, l := range mergeSizes {
+		genMergeKeys(l)
+	}
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1139,4 +1145,131 @@ func broadcastZ(f float64) VecVirtual {
 	z := ZMM()
 	VPBROADCASTQ(r, z)
 	return z
+}
+
+// ---------------------------------------------------------------------------------------------
+// Merging sorted runs of keys (order statistics of more than 512 inputs).
+
+// mergeSizes are the run lengths L of mergeKeysAVX512_L: sorted runs of 512 wires (the padded
+// sort on keys) merged pairwise into 1024, 2048, 4096 and 8192, so up to 8192 inputs.
+var mergeSizes = []int{512, 1024, 2048, 4096}
+
+// genMergeKeys generates mergeKeysAVX512_L(dst, a, b, floats): the bitonic merge (Batcher 1968)
+// of two ascending runs a and b of L wires of one group (16 keys a wire) into the ascending run
+// dst of 2L wires. a followed by b reversed is bitonic, and the half-cleaners of distances L,
+// L/2, ..., 1, every comparator ascending, sort it. The stages go in passes of up to four, each
+// pass over sets of 16 (or fewer) wires base + j·D that its distances connect, loaded into
+// registers once, its comparators run there, stored once: log2(2L)/4 passes over dst rather
+// than one a stage. The first pass reads a and b (b at 2L-1-w), the others dst in place. With
+// floats, the last pass stores floats (the keys turned back, regFile.toKey).
+func genMergeKeys(L int) {
+	name := fmt.Sprintf("mergeKeysAVX512_%d", L)
+	TEXT(name, NOSPLIT, "func(dst, a, b []float32, floats bool)")
+	Pragma("noescape")
+	Doc(fmt.Sprintf("%s merges the ascending key runs a and b of %d wires (16 keys each) into the ascending run dst of %d wires, stored as floats if floats is set.", name, L, 2*L))
+	N := 2 * L
+	S := bits.TrailingZeros(uint(N)) // stages: distances N/2 down to 1
+	type chunk struct{ s, k int }    // the stages of distances 2^(s+k-1) down to 2^s
+	var chunks []chunk
+	for s := 0; s < S; s += 4 {
+		chunks = append(chunks, chunk{s, min(4, S-s)})
+	}
+	mag := Z31
+	{
+		r := GP32()
+		MOVL(U32(0x7fffffff), r)
+		VPBROADCASTD(r, mag)
+	}
+	dp := Load(Param("dst").Base(), GP64())
+	ap := Load(Param("a").Base(), GP64())
+	bp := Load(Param("b").Base(), GP64())
+	fl := Load(Param("floats"), GP8())
+	for ci := len(chunks) - 1; ci >= 0; ci-- {
+		c := chunks[ci]
+		first, last := ci == len(chunks)-1, ci == 0
+		if !last {
+			mergePass(name, ci, c.s, c.k, N, first, false, dp, ap, bp, mag)
+			continue
+		}
+		TESTB(fl, fl)
+		JNZ(LabelRef(fmt.Sprintf("%s_floats", name)))
+		mergePass(name, ci, c.s, c.k, N, first, false, dp, ap, bp, mag)
+		VZEROUPPER()
+		RET()
+		Label(fmt.Sprintf("%s_floats", name))
+		mergePass(name+"f", ci, c.s, c.k, N, first, true, dp, ap, bp, mag)
+		VZEROUPPER()
+		RET()
+	}
+}
+
+// mergePass emits one pass of genMergeKeys: the stages of distances 2^(s+k-1) .. 2^s on every
+// set of 2^k wires base + j·2^s (base with bits s..s+k-1 clear), N wires in all.
+func mergePass(name string, ci, s, k, N int, first, floats bool, dp, ap, bp Register, mag VecPhysical) {
+	D, setW := 1<<s, 1<<k
+	q := GP64()
+	XORQ(q, q)
+	loop := fmt.Sprintf("%s_pass%d", name, ci)
+	Label(loop)
+	// base = (q >> s) << (s+k) | q & (D-1), in bytes (·64)
+	base := GP64()
+	MOVQ(q, base)
+	SHRQ(U8(s), base)
+	SHLQ(U8(s+k), base)
+	if s > 0 {
+		lo := GP64()
+		MOVQ(q, lo)
+		ANDQ(U32(D-1), lo)
+		ORQ(lo, base)
+	}
+	SHLQ(U8(6), base)
+	out := GP64()
+	MOVQ(dp, out)
+	ADDQ(base, out)
+	reg := make([]VecPhysical, setW) // wire j of the set -> register
+	free := slices.Clone(zmm[setW:31])
+	for j := range setW {
+		reg[j] = zmm[j]
+		switch {
+		case !first:
+			VMOVDQU32(Mem{Base: out, Disp: 64 * j * D}, reg[j])
+		case j < setW/2:
+			VMOVDQU32(Mem{Base: ap, Index: base, Scale: 1, Disp: 64 * j * D}, reg[j])
+		default:
+			// wire w = base + j·D >= L comes from b[N-1-w]
+			VMOVDQU32(Mem{Base: bp, Disp: 64 * (N - 1 - j*D)}, reg[j])
+		}
+		if first && j == setW/2-1 {
+			// from here b is addressed downwards from bp - base
+			NEGQ(base)
+			ADDQ(base, bp)
+		}
+	}
+	if first {
+		SUBQ(base, bp) // base is negated: restore bp
+	}
+	for t := k - 1; t >= 0; t-- {
+		for j := range setW {
+			if j&(1<<t) != 0 {
+				continue
+			}
+			h := j | 1<<t
+			lo := free[0]
+			free = free[1:]
+			VPMINSD(reg[h], reg[j], lo)
+			VPMAXSD(reg[h], reg[j], reg[h])
+			free = append(free, reg[j])
+			reg[j] = lo
+		}
+	}
+	for j := range setW {
+		if floats {
+			VPMOVD2M(reg[j], K1)
+			VPXORD(mag, reg[j], K1, reg[j])
+		}
+		VMOVDQU32(reg[j], Mem{Base: out, Disp: 64 * j * D})
+	}
+	INCQ(q)
+	CMPQ(q, U32(N/setW))
+	JB(LabelRef(loop))
 }

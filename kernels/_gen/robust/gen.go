@@ -232,6 +232,9 @@ type regFile struct {
 	// takes the float network.
 	key       bool
 	mag, maxu VecPhysical
+	// keysOut, with key, stores the kept wires as keys (for a merge of sorted runs on keys,
+	// mergeKeysAVX512), not turned back into floats.
+	keysOut bool
 }
 
 func newRegFile(regs []VecPhysical, slot, n int, xp, j, tp Register) *regFile {
@@ -355,7 +358,9 @@ func (r *regFile) storeKeys() {
 			continue
 		}
 		i := r.ensure(w)
-		r.toKey(r.regs[i])
+		if !r.keysOut {
+			r.toKey(r.regs[i])
+		}
 		VMOVUPS(r.regs[i], r.tmp(w))
 		r.stores++
 		r.dirty[w] = false
@@ -624,7 +629,15 @@ func sortedArgs() (dst, tp, g, stride, mid, n Register) {
 // 1293 of 1471 comparators at 128, 477 of 543 at 64) and stores only those wires, so that the
 // slab holds the median's wires sorted as the full network leaves them (the same bits) and the
 // other wires unspecified.
-func genSortPadded(P int, median bool, width int) {
+func genSortPadded(P int, median bool, width int) { genPadded(P, median, false, width) }
+
+// genSortPaddedKeys generates sortPaddedKeysF32AVX512_P: sortPaddedF32AVX512_P on integer keys
+// (regFile.key), the slab left in keys for mergeKeysAVX512, for 1 <= len(x) <= P inputs (a run
+// of a larger count; the +Inf wires are keys too: +Inf's bits); it returns false if a value
+// read was NaN or −0.
+func genSortPaddedKeys(P int) { genPadded(P, false, true, 16) }
+
+func genPadded(P int, median, keysOut bool, width int) {
 	isa, regs := "AVX512", zmm
 	if width == 8 {
 		isa, regs = "AVX2", ymm
@@ -632,6 +645,10 @@ func genSortPadded(P int, median bool, width int) {
 	slotBytes := 4 * width
 	name := fmt.Sprintf("sortPaddedF32%s_%d", isa, P)
 	doc := fmt.Sprintf("%s sorts groups of %d coordinates of %d <= len(x) <= %d inputs by the network of %d wires, the wires from len(x) on +Inf, into slabs of %d wires, prefetching pf bytes ahead; it returns false if a value read was NaN.", name, width, paddedFrom(P), P, P, P)
+	if keysOut {
+		name = fmt.Sprintf("sortPaddedKeysF32%s_%d", isa, P)
+		doc = fmt.Sprintf("%s is sortPaddedF32%s_%d on integer keys for 1 <= len(x) <= %d, the slab left in keys; it also returns false if a value read was -0.", name, isa, P, P)
+	}
 	if median {
 		name = fmt.Sprintf("medianPaddedF32%s_%d", isa, P)
 		doc = fmt.Sprintf("%s is sortPaddedF32%s_%d with the slab's middle wires only: those medianSortedF32%s reads for %d <= len(x) <= %d.", name, isa, P, isa, paddedFrom(P), P)
@@ -650,7 +667,7 @@ func genSortPadded(P int, median bool, width int) {
 	n := Load(Param("x").Len(), GP64())
 	inf, sum := regs[0], regs[1] // the network's registers are the others
 	// The AVX-512 median runs on integer keys (regFile.key), two more registers held.
-	key := median && width == 16
+	key := (median || keysOut) && width == 16
 	netRegs := regs[2:]
 	if key {
 		netRegs = regs[4:]
@@ -675,7 +692,7 @@ func genSortPadded(P int, median bool, width int) {
 	r := newRegFile(netRegs, slotBytes, P, xp, j, tp)
 	r.prefetch, r.count, r.inf, r.sum = pf, n, inf, sum
 	if key {
-		r.key, r.mag, r.maxu = true, regs[2], regs[3]
+		r.key, r.mag, r.maxu, r.keysOut = true, regs[2], regs[3], keysOut
 	}
 	net := sortNetwork(P)
 	if median {
