@@ -280,6 +280,18 @@ type chunkStats struct {
 	s  Stats
 }
 
+// addPart adds a part of a chunk of written bytes: the chunk is counted by its last part.
+func (c *chunkStats) addPart(elems, read int64, written int, last bool) {
+	if last {
+		c.add(elems, read, written)
+		return
+	}
+	c.mu.Lock()
+	c.s.Elements += elems
+	c.s.BytesRead += read
+	c.mu.Unlock()
+}
+
 func (c *chunkStats) add(elems, read int64, written int) {
 	c.mu.Lock()
 	c.s.Chunks++

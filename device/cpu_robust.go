@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -150,6 +151,73 @@ func selectBlockFor(n int) int {
 	return min(selectBlockElems, max(256, selectBlockBytes/(4*n)&^15))
 }
 
+// selectPartBytes bounds the input bytes of one part of an order statistic's chunk: a chunk
+// whose inputs hold more (many clients: 1000 f32 inputs of a chunk of 256Ki elements are 1 GiB)
+// is cut into parts of whole blocks that run on different workers, so that a model of one chunk
+// keeps every core busy. The cut depends on the chunk and the inputs only, never on the
+// workers, and a chunk of up to 64 MiB of inputs is one part, as before.
+var selectPartBytes int64 = 64 << 20
+
+// selectPart is the blocks [b0, b1) of chunk c of an order statistic.
+type selectPart struct{ c, b0, b1 int }
+
+// selectParts cuts every chunk into parts of at most selectPartBytes of inputs (at least one
+// block each), in chunk order.
+func selectParts(chunks []Chunk, block int, inBytesPerElem []int64) []selectPart {
+	var parts []selectPart
+	for ci, ch := range chunks {
+		var blocks int
+		var in int64
+		for _, pc := range ch.Pieces {
+			blocks += (pc.Hi - pc.Lo + block - 1) / block
+			in += int64(pc.Hi-pc.Lo) * inBytesPerElem[pc.Field]
+		}
+		k := int(min(int64(max(1, blocks)), max(1, (in+selectPartBytes-1)/selectPartBytes)))
+		for j := range k {
+			parts = append(parts, selectPart{ci, j * blocks / k, (j + 1) * blocks / k})
+		}
+	}
+	return parts
+}
+
+// blocksOf calls f for the blocks [b0, b1) of ch (piece p, elements [lo, hi)), in order.
+func blocksOf(ch Chunk, block, b0, b1 int, f func(p, lo, hi int) error) error {
+	b := 0
+	for p, pc := range ch.Pieces {
+		for lo := pc.Lo; lo < pc.Hi; lo += block {
+			if b >= b0 && b < b1 {
+				if err := f(p, lo, min(lo+block, pc.Hi)); err != nil {
+					return err
+				}
+			}
+			b++
+		}
+	}
+	return nil
+}
+
+// selectChunk is a chunk's state shared by its parts: its destinations, requested by the part
+// that takes the chunk first (Output.Dest: one goroutine per chunk), and the parts left, the
+// last of which calls Output.Done.
+type selectChunk struct {
+	once  sync.Once
+	dests [][]byte
+	err   error
+	left  atomic.Int64
+}
+
+func (st *selectChunk) destinations(out Output, ci int, ch Chunk) ([][]byte, error) {
+	st.once.Do(func() {
+		st.dests = make([][]byte, len(ch.Pieces))
+		for p := range ch.Pieces {
+			if st.dests[p], st.err = out.Dest(ci, p); st.err != nil {
+				return
+			}
+		}
+	})
+	return st.dests, st.err
+}
+
 // Select implements Robust.
 func (c *CPU) Select(ctx context.Context, job *SelectJob) (Stats, error) {
 	if err := job.Validate(); err != nil {
@@ -166,71 +234,79 @@ func (c *CPU) Select(ctx context.Context, job *SelectJob) (Stats, error) {
 		}
 		inBytesPerElem = append(inBytesPerElem, b)
 	}
-	// Per chunk, per input: the squared distances and norms, added in chunk order at the end.
+	parts := selectParts(job.Chunks, block, inBytesPerElem)
+	chunks := make([]selectChunk, len(job.Chunks))
+	for _, pt := range parts {
+		chunks[pt.c].left.Add(1)
+	}
+	// Per part, per input: the squared distances and norms, added in part order at the end.
 	var dist, norm [][]float64
 	lanesWanted := job.SqDist != nil || job.SqNorm != nil
 	if lanesWanted {
-		dist, norm = make([][]float64, len(job.Chunks)), make([][]float64, len(job.Chunks))
+		dist, norm = make([][]float64, len(parts)), make([][]float64, len(parts))
 	}
 	files := lookupFiles(job.Inputs) // inputs read from their files (fileread.go)
 	var stats chunkStats
-	err := c.parallelChunks(ctx, len(job.Chunks), func(_ *cpuScratch, ci int) error {
+	err := c.parallelChunks(ctx, len(parts), func(_ *cpuScratch, pi int) error {
+		pt := parts[pi]
+		ch, st := job.Chunks[pt.c], &chunks[pt.c]
+		dests, err := st.destinations(job.Output, pt.c, ch)
+		if err != nil {
+			return err
+		}
 		s := getRobustScratch(n, block)
 		defer putRobustScratch(s)
-		ch := job.Chunks[ci]
 		var dl, nl [][kernels.Lanes]float64
 		if lanesWanted {
 			dl, nl = make([][kernels.Lanes]float64, n), make([][kernels.Lanes]float64, n)
 		}
 		var read, elems int64
-		for p, pc := range ch.Pieces {
-			dst, err := job.Output.Dest(ci, p)
+		err = blocksOf(ch, block, pt.b0, pt.b1, func(p, lo, hi int) error {
+			pc := ch.Pieces[p]
+			f := job.Fields[pc.Field]
+			xs, err := s.blockOf(c.kern, job.Inputs, files, pc.Field, lo, hi)
 			if err != nil {
 				return err
 			}
-			f := job.Fields[pc.Field]
-			os := f.Out.Size()
-			for lo := pc.Lo; lo < pc.Hi; lo += block {
-				hi := min(lo+block, pc.Hi)
-				xs, err := s.blockOf(c.kern, job.Inputs, files, pc.Field, lo, hi)
-				if err != nil {
-					return err
-				}
-				res := s.res[:hi-lo]
-				switch job.Op {
-				case Median:
-					c.kern.MedianF32(res, xs, s.sort)
-				case TrimmedMean:
-					c.kern.TrimmedMeanF32(res, xs, job.K, s.sort)
-				case ClosestMean:
-					c.kern.ClosestMeanF32(res, xs, job.K, s.sort)
-				}
-				if lanesWanted {
-					c.kern.SqDistNormF32Runs(dl, nl, xs, res)
-				}
-				out := dst[(lo-pc.Lo)*os : (hi-pc.Lo)*os]
-				storeF32(c.kern, f.Out, out, res)
-				if err := checkOut(c.kern, f, lo, out); err != nil {
-					return err
-				}
+			res := s.res[:hi-lo]
+			switch job.Op {
+			case Median:
+				c.kern.MedianF32(res, xs, s.sort)
+			case TrimmedMean:
+				c.kern.TrimmedMeanF32(res, xs, job.K, s.sort)
+			case ClosestMean:
+				c.kern.ClosestMeanF32(res, xs, job.K, s.sort)
 			}
-			elems += int64(pc.Hi - pc.Lo)
-			read += int64(pc.Hi-pc.Lo) * inBytesPerElem[pc.Field]
+			if lanesWanted {
+				c.kern.SqDistNormF32Runs(dl, nl, xs, res)
+			}
+			os := f.Out.Size()
+			out := dests[p][(lo-pc.Lo)*os : (hi-pc.Lo)*os]
+			storeF32(c.kern, f.Out, out, res)
+			elems += int64(hi - lo)
+			read += int64(hi-lo) * inBytesPerElem[pc.Field]
+			return checkOut(c.kern, f, lo, out)
+		})
+		if err != nil {
+			return err
 		}
 		if lanesWanted {
 			d, q := make([]float64, n), make([]float64, n)
 			for i := range d {
 				d[i], q[i] = kernels.SumLanes(&dl[i]), kernels.SumLanes(&nl[i])
 			}
-			dist[ci], norm[ci] = d, q
+			dist[pi], norm[pi] = d, q
 		}
-		if err := job.Output.Done(ci); err != nil {
-			return err
+		last := st.left.Add(-1) == 0
+		if last {
+			if err := job.Output.Done(pt.c); err != nil {
+				return err
+			}
 		}
 		if job.Progress != nil {
 			job.Progress(read)
 		}
-		stats.add(elems, read, ch.Len)
+		stats.addPart(elems, read, ch.Len, last)
 		return ctx.Err()
 	}, 0)
 	if err != nil {
@@ -241,7 +317,7 @@ func (c *CPU) Select(ctx context.Context, job *SelectJob) (Stats, error) {
 	return stats.total(c.Name(), start), nil
 }
 
-// addChunks sets dst (if not nil) to the sum of the per-chunk values, in chunk order.
+// addChunks sets dst (if not nil) to the sum of the per-chunk (or per-part) values, in order.
 func addChunks(dst []float64, chunks [][]float64) {
 	if dst == nil {
 		return

@@ -1,11 +1,13 @@
 package device
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"math"
 	"math/rand/v2"
 	"slices"
+	"sync"
 	"testing"
 
 	"github.com/wattagg/wattagg/internal/race"
@@ -521,4 +523,90 @@ func inputsAround(r *rand.Rand, n int, centre []float32, spread float64) ([]AccF
 		inputs[i] = []Span{{DType: tensor.F32, Data: f32Bytes(vals[i])}}
 	}
 	return fields, inputs, vals
+}
+
+// countingOutput is testOutput that counts the requests of each piece, under a lock (the parts
+// of a chunk run on several goroutines; its first part requests every piece).
+type countingOutput struct {
+	*testOutput
+	mu    sync.Mutex
+	dests map[[2]int]int
+}
+
+func (o *countingOutput) Dest(c, p int) ([]byte, error) {
+	o.mu.Lock()
+	o.dests[[2]int{c, p}]++
+	o.mu.Unlock()
+	return o.testOutput.Dest(c, p)
+}
+
+func (o *countingOutput) Done(c int) error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.testOutput.Done(c)
+}
+
+// A chunk with more input bytes than selectPartBytes runs as parts of whole blocks on several
+// workers: the output has the bits of the chunk run whole, each piece is requested once and
+// each chunk done once, the distances and norms have the same bits for any number of workers
+// (the parts' sums are added in part order) and agree with the whole chunk's to rounding.
+func TestSelectPartsOfChunks(t *testing.T) {
+	r := rand.New(rand.NewPCG(41, 42))
+	fields, inputs, chunks := robustJobSized(r, 40, []tensor.DType{tensor.F32, tensor.BF16}, tensor.F32, 30000, 64<<10)
+	saved := selectPartBytes
+	defer func() { selectPartBytes = saved }()
+	type result struct {
+		out        [][]byte
+		dist, norm []float64
+	}
+	run := func(workers int, partBytes int64) result {
+		selectPartBytes = partBytes
+		o := &countingOutput{testOutput: newTestOutput(fields, chunks), dests: map[[2]int]int{}}
+		d, q := make([]float64, len(inputs)), make([]float64, len(inputs))
+		job := &SelectJob{Fields: fields, Inputs: inputs, Op: Median, Chunks: chunks, Output: o, SqDist: d, SqNorm: q}
+		stats, err := mustCPU(t, workers, 256).Select(context.Background(), job)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for c, ch := range chunks {
+			if o.done[c] != 1 {
+				t.Fatalf("parts of %d bytes: chunk %d done %d times", partBytes, c, o.done[c])
+			}
+			for p := range ch.Pieces {
+				if o.dests[[2]int{c, p}] != 1 {
+					t.Fatalf("parts of %d bytes: chunk %d piece %d requested %d times", partBytes, c, p, o.dests[[2]int{c, p}])
+				}
+			}
+		}
+		if stats.Chunks != len(chunks) || stats.Elements != 30000+7+1333 {
+			t.Fatalf("parts of %d bytes: stats %+v", partBytes, stats)
+		}
+		return result{o.dst, d, q}
+	}
+	if parts := selectParts(chunks, 256, []int64{40 * 4, 40 * 4, 40 * 4}); len(parts) != len(chunks) {
+		t.Fatalf("%d chunks of at most 64 MiB of inputs cut into %d parts", len(chunks), len(parts))
+	}
+	whole := run(1, 1<<40)
+	var first result
+	for _, w := range []int{1, 2, 5} {
+		got := run(w, 32<<10)
+		for f := range fields {
+			if !bytes.Equal(got.out[f], whole.out[f]) {
+				t.Fatalf("%d workers, parts: field %d differs from the whole chunks'", w, f)
+			}
+		}
+		if first.dist == nil {
+			first = got
+		} else if !slices.Equal(got.dist, first.dist) || !slices.Equal(got.norm, first.norm) {
+			t.Fatalf("%d workers: distances %v, norms %v; 1 worker %v, %v", w, got.dist, got.norm, first.dist, first.norm)
+		}
+		for i := range got.dist {
+			if math.Abs(got.dist[i]-whole.dist[i]) > 1e-9*whole.dist[i] || math.Abs(got.norm[i]-whole.norm[i]) > 1e-9*whole.norm[i] {
+				t.Fatalf("input %d: parts' distance %v, norm %v; whole chunks' %v, %v", i, got.dist[i], got.norm[i], whole.dist[i], whole.norm[i])
+			}
+		}
+	}
+	if n := len(selectParts(chunks, 256, []int64{40 * 3, 40 * 3, 40 * 3})); n < 4*len(chunks) {
+		t.Fatalf("parts of 32 KiB: %d for %d chunks", n, len(chunks))
+	}
 }
