@@ -241,37 +241,96 @@ func (c *CPU) WeightedSum(ctx context.Context, job *SumJob) (Stats, error) {
 	// Inputs whose files are to be copied from rather than mapped (fileread.go).
 	files := lookupFiles(job.Inputs)
 
+	parts := sumParts(job.Chunks, inBytesPerElem)
+	chunks := make([]sharedChunk, len(job.Chunks))
+	for _, pt := range parts {
+		chunks[pt.c].left.Add(1)
+	}
 	var stats chunkStats
-	err := c.parallelChunks(ctx, len(job.Chunks), func(s *cpuScratch, ci int) error {
-		ch := job.Chunks[ci]
-		var read, elems int64
-		for p, pc := range ch.Pieces {
-			dst, err := job.Output.Dest(ci, p)
-			if err != nil {
-				return err
-			}
-			f := job.Fields[pc.Field]
-			if f.Acc == tensor.I64 {
-				err = c.sumPieceExact(ctx, s, f, groups[pc.Field], job.Inputs, files, pc, dst, job.Scale)
-			} else {
-				err = c.sumPiece(ctx, s, f, groups[pc.Field], job.Inputs, files, pc, dst)
-			}
-			if err != nil {
-				return err
-			}
-			elems += int64(pc.Hi - pc.Lo)
-			read += int64(pc.Hi-pc.Lo) * inBytesPerElem[pc.Field]
+	err := c.parallelChunks(ctx, len(parts), func(s *cpuScratch, pi int) error {
+		pt := parts[pi]
+		ch, st := job.Chunks[pt.c], &chunks[pt.c]
+		dests, err := st.destinations(job.Output, pt.c, ch)
+		if err != nil {
+			return err
 		}
-		if err := job.Output.Done(ci); err != nil {
+		var read, elems int64
+		for _, pp := range pt.pieces {
+			pc := ch.Pieces[pp.p]
+			f := job.Fields[pc.Field]
+			os := f.Out.Size()
+			sub := Piece{Field: pc.Field, Lo: pp.lo, Hi: pp.hi, Off: pc.Off + (pp.lo-pc.Lo)*os}
+			dst := dests[pp.p][(pp.lo-pc.Lo)*os : (pp.hi-pc.Lo)*os]
+			if f.Acc == tensor.I64 {
+				err = c.sumPieceExact(ctx, s, f, groups[pc.Field], job.Inputs, files, sub, dst, job.Scale)
+			} else {
+				err = c.sumPiece(ctx, s, f, groups[pc.Field], job.Inputs, files, sub, dst)
+			}
+			if err != nil {
+				return err
+			}
+			elems += int64(pp.hi - pp.lo)
+			read += int64(pp.hi-pp.lo) * inBytesPerElem[pc.Field]
+		}
+		last, err := st.finish(job.Output, pt.c)
+		if err != nil {
 			return err
 		}
 		if job.Progress != nil {
 			job.Progress(read)
 		}
-		stats.add(elems, read, ch.Len)
+		stats.addPart(elems, read, ch.Len, last)
 		return nil
 	}, len(job.Inputs))
 	return stats.total(c.Name(), start), err
+}
+
+// sumPart is a part of chunk c of a weighted sum: ranges of its pieces.
+type sumPart struct {
+	c      int
+	pieces []partPiece
+}
+
+// partPiece is elements [lo, hi) of piece p of a chunk.
+type partPiece struct{ p, lo, hi int }
+
+// sumPartAlign is the elements a weighted sum's parts are cut at multiples of (from the
+// chunk's start, its pieces one after another).
+const sumPartAlign = 4096
+
+// sumParts cuts every chunk of a weighted sum into parts of at most partBytes of inputs (as
+// CPU.Select does, selectParts): a sum's element has the same bits however its chunk is cut,
+// since every element adds its inputs in the same order, so parts change nothing but which
+// worker computes it.
+func sumParts(chunks []Chunk, inBytesPerElem []int64) []sumPart {
+	var parts []sumPart
+	for ci, ch := range chunks {
+		var elems int
+		var in int64
+		for _, pc := range ch.Pieces {
+			elems += pc.Hi - pc.Lo
+			in += int64(pc.Hi-pc.Lo) * inBytesPerElem[pc.Field]
+		}
+		aligned := (elems + sumPartAlign - 1) / sumPartAlign
+		k := int(min(int64(max(1, aligned)), max(1, (in+partBytes-1)/partBytes)))
+		for j := range k {
+			from, to := j*aligned/k*sumPartAlign, min(elems, (j+1)*aligned/k*sumPartAlign)
+			if j == k-1 {
+				to = elems
+			}
+			part := sumPart{c: ci}
+			base := 0
+			for p, pc := range ch.Pieces {
+				lo, hi := max(from, base), min(to, base+pc.Hi-pc.Lo)
+				if lo < hi || pc.Hi == pc.Lo && k == 1 {
+					part.pieces = append(part.pieces, partPiece{p, pc.Lo + lo - base, pc.Lo + max(lo, hi) - base})
+				}
+				base += pc.Hi - pc.Lo
+			}
+			parts = append(parts, part)
+		}
+	}
+	return parts
 }
 
 // chunkStats totals what the goroutines of a parallel job did, chunk by chunk.

@@ -151,18 +151,18 @@ func selectBlockFor(n int) int {
 	return min(selectBlockElems, max(256, selectBlockBytes/(4*n)&^15))
 }
 
-// selectPartBytes bounds the input bytes of one part of an order statistic's chunk: a chunk
-// whose inputs hold more (many clients: 1000 f32 inputs of a chunk of 256Ki elements are 1 GiB)
-// is cut into parts of whole blocks that run on different workers, so that a model of one chunk
-// keeps every core busy. The cut depends on the chunk and the inputs only, never on the
+// partBytes bounds the input bytes of one part of a chunk of an order statistic or a weighted
+// sum: a chunk whose inputs hold more (many clients: 1000 f32 inputs of a chunk of 256Ki
+// elements are 1 GiB) is cut into parts that run on different workers, so that a model of one
+// chunk keeps every core busy. The cut depends on the chunk and the inputs only, never on the
 // workers, and a chunk of up to 64 MiB of inputs is one part, as before.
-var selectPartBytes int64 = 64 << 20
+var partBytes int64 = 64 << 20
 
 // selectPart is the blocks [b0, b1) of chunk c of an order statistic.
 type selectPart struct{ c, b0, b1 int }
 
-// selectParts cuts every chunk into parts of at most selectPartBytes of inputs (at least one
-// block each), in chunk order.
+// selectParts cuts every chunk into parts of at most partBytes of inputs (at least one block
+// each), in chunk order.
 func selectParts(chunks []Chunk, block int, inBytesPerElem []int64) []selectPart {
 	var parts []selectPart
 	for ci, ch := range chunks {
@@ -172,7 +172,7 @@ func selectParts(chunks []Chunk, block int, inBytesPerElem []int64) []selectPart
 			blocks += (pc.Hi - pc.Lo + block - 1) / block
 			in += int64(pc.Hi-pc.Lo) * inBytesPerElem[pc.Field]
 		}
-		k := int(min(int64(max(1, blocks)), max(1, (in+selectPartBytes-1)/selectPartBytes)))
+		k := int(min(int64(max(1, blocks)), max(1, (in+partBytes-1)/partBytes)))
 		for j := range k {
 			parts = append(parts, selectPart{ci, j * blocks / k, (j + 1) * blocks / k})
 		}
@@ -196,17 +196,17 @@ func blocksOf(ch Chunk, block, b0, b1 int, f func(p, lo, hi int) error) error {
 	return nil
 }
 
-// selectChunk is a chunk's state shared by its parts: its destinations, requested by the part
-// that takes the chunk first (Output.Dest: one goroutine per chunk), and the parts left, the
-// last of which calls Output.Done.
-type selectChunk struct {
+// sharedChunk is a chunk's state shared by its parts (of an order statistic or a weighted
+// sum): its destinations, requested by the part that takes the chunk first (Output.Dest: one
+// goroutine per chunk), and the parts left, the last of which calls Output.Done.
+type sharedChunk struct {
 	once  sync.Once
 	dests [][]byte
 	err   error
 	left  atomic.Int64
 }
 
-func (st *selectChunk) destinations(out Output, ci int, ch Chunk) ([][]byte, error) {
+func (st *sharedChunk) destinations(out Output, ci int, ch Chunk) ([][]byte, error) {
 	st.once.Do(func() {
 		st.dests = make([][]byte, len(ch.Pieces))
 		for p := range ch.Pieces {
@@ -216,6 +216,14 @@ func (st *selectChunk) destinations(out Output, ci int, ch Chunk) ([][]byte, err
 		}
 	})
 	return st.dests, st.err
+}
+
+// finish counts a part of the chunk done and, if it was the last, calls out.Done(c).
+func (st *sharedChunk) finish(out Output, c int) (last bool, err error) {
+	if st.left.Add(-1) != 0 {
+		return false, nil
+	}
+	return true, out.Done(c)
 }
 
 // Select implements Robust.
@@ -235,7 +243,7 @@ func (c *CPU) Select(ctx context.Context, job *SelectJob) (Stats, error) {
 		inBytesPerElem = append(inBytesPerElem, b)
 	}
 	parts := selectParts(job.Chunks, block, inBytesPerElem)
-	chunks := make([]selectChunk, len(job.Chunks))
+	chunks := make([]sharedChunk, len(job.Chunks))
 	for _, pt := range parts {
 		chunks[pt.c].left.Add(1)
 	}
@@ -297,11 +305,9 @@ func (c *CPU) Select(ctx context.Context, job *SelectJob) (Stats, error) {
 			}
 			dist[pi], norm[pi] = d, q
 		}
-		last := st.left.Add(-1) == 0
-		if last {
-			if err := job.Output.Done(pt.c); err != nil {
-				return err
-			}
+		last, err := st.finish(job.Output, pt.c)
+		if err != nil {
+			return err
 		}
 		if job.Progress != nil {
 			job.Progress(read)

@@ -540,27 +540,46 @@ func (o *countingOutput) Dest(c, p int) ([]byte, error) {
 	return o.testOutput.Dest(c, p)
 }
 
+// check fails t unless every piece was requested once, every chunk done once, and stats count
+// the chunks and elements of a job run in parts of limit bytes.
+func (o *countingOutput) check(t *testing.T, limit int64, stats Stats, elems int64) {
+	t.Helper()
+	for c, ch := range o.chunks {
+		if o.done[c] != 1 {
+			t.Fatalf("parts of %d bytes: chunk %d done %d times", limit, c, o.done[c])
+		}
+		for p := range ch.Pieces {
+			if o.dests[[2]int{c, p}] != 1 {
+				t.Fatalf("parts of %d bytes: chunk %d piece %d requested %d times", limit, c, p, o.dests[[2]int{c, p}])
+			}
+		}
+	}
+	if stats.Chunks != len(o.chunks) || stats.Elements != elems {
+		t.Fatalf("parts of %d bytes: stats %+v", limit, stats)
+	}
+}
+
 func (o *countingOutput) Done(c int) error {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	return o.testOutput.Done(c)
 }
 
-// A chunk with more input bytes than selectPartBytes runs as parts of whole blocks on several
+// A chunk with more input bytes than partBytes runs as parts of whole blocks on several
 // workers: the output has the bits of the chunk run whole, each piece is requested once and
 // each chunk done once, the distances and norms have the same bits for any number of workers
 // (the parts' sums are added in part order) and agree with the whole chunk's to rounding.
 func TestSelectPartsOfChunks(t *testing.T) {
 	r := rand.New(rand.NewPCG(41, 42))
 	fields, inputs, chunks := robustJobSized(r, 40, []tensor.DType{tensor.F32, tensor.BF16}, tensor.F32, 30000, 64<<10)
-	saved := selectPartBytes
-	defer func() { selectPartBytes = saved }()
+	saved := partBytes
+	defer func() { partBytes = saved }()
 	type result struct {
 		out        [][]byte
 		dist, norm []float64
 	}
-	run := func(workers int, partBytes int64) result {
-		selectPartBytes = partBytes
+	run := func(workers int, limit int64) result {
+		partBytes = limit
 		o := &countingOutput{testOutput: newTestOutput(fields, chunks), dests: map[[2]int]int{}}
 		d, q := make([]float64, len(inputs)), make([]float64, len(inputs))
 		job := &SelectJob{Fields: fields, Inputs: inputs, Op: Median, Chunks: chunks, Output: o, SqDist: d, SqNorm: q}
@@ -568,19 +587,7 @@ func TestSelectPartsOfChunks(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		for c, ch := range chunks {
-			if o.done[c] != 1 {
-				t.Fatalf("parts of %d bytes: chunk %d done %d times", partBytes, c, o.done[c])
-			}
-			for p := range ch.Pieces {
-				if o.dests[[2]int{c, p}] != 1 {
-					t.Fatalf("parts of %d bytes: chunk %d piece %d requested %d times", partBytes, c, p, o.dests[[2]int{c, p}])
-				}
-			}
-		}
-		if stats.Chunks != len(chunks) || stats.Elements != 30000+7+1333 {
-			t.Fatalf("parts of %d bytes: stats %+v", partBytes, stats)
-		}
+		o.check(t, limit, stats, 30000+7+1333)
 		return result{o.dst, d, q}
 	}
 	if parts := selectParts(chunks, 256, []int64{40 * 4, 40 * 4, 40 * 4}); len(parts) != len(chunks) {

@@ -656,3 +656,52 @@ func TestExactAccumulatorPooled(t *testing.T) {
 		t.Fatalf("%d bytes of the pool live after Close, want %d", got, before)
 	}
 }
+
+// A weighted sum's chunk with more input bytes than partBytes runs as parts on several
+// workers: every element has the bits of the chunk run whole (f32, f64 and exact accumulators,
+// inputs of four dtypes), each piece is requested once and each chunk done once.
+func TestSumPartsOfChunks(t *testing.T) {
+	r := rand.New(rand.NewPCG(43, 44))
+	fields := []AccField{
+		{Name: "a", Len: 50003, Acc: tensor.F32, Out: tensor.F32},
+		{Name: "b", Len: 77, Acc: tensor.F64, Out: tensor.BF16},
+		{Name: "c", Len: 30011, Acc: tensor.I64, Out: tensor.F32, Grid: -70, Bound: 16},
+	}
+	var inputs [][]Span
+	var weights []float64
+	for i := range 9 {
+		dt := []tensor.DType{tensor.F32, tensor.BF16, tensor.F16, tensor.I8}[i%4]
+		inputs = append(inputs, []Span{randSpan(r, dt, fields[0].Len, 1), randSpan(r, tensor.F32, fields[1].Len, 2), randSpan(r, dt, fields[2].Len, 1)})
+		weights = append(weights, float64(1+r.IntN(1<<20)))
+	}
+	chunks, err := CutChunks(fields, packed(fields), 64<<10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	saved := partBytes
+	defer func() { partBytes = saved }()
+	run := func(workers int, limit int64) [][]byte {
+		partBytes = limit
+		o := &countingOutput{testOutput: newTestOutput(fields, chunks), dests: map[[2]int]int{}}
+		job := &SumJob{Fields: fields, Inputs: inputs, Weights: weights, Scale: 1e-6, Chunks: chunks, Output: o}
+		stats, err := mustCPU(t, workers, 4096).WeightedSum(context.Background(), job)
+		if err != nil {
+			t.Fatal(err)
+		}
+		o.check(t, limit, stats, 50003+77+30011)
+		return o.dst
+	}
+	whole := run(1, 1<<40)
+	partBytes = 16 << 10
+	if n := len(sumParts(chunks, []int64{9 * 4, 9 * 4, 9 * 4})); n <= 2*len(chunks) {
+		t.Fatalf("parts of 16 KiB: %d for %d chunks", n, len(chunks))
+	}
+	for _, w := range []int{1, 2, 5} {
+		got := run(w, 16<<10)
+		for f := range fields {
+			if !bytes.Equal(got[f], whole[f]) {
+				t.Fatalf("%d workers, parts: field %s differs from the whole chunks'", w, fields[f].Name)
+			}
+		}
+	}
+}
