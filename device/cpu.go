@@ -242,10 +242,7 @@ func (c *CPU) WeightedSum(ctx context.Context, job *SumJob) (Stats, error) {
 	files := lookupFiles(job.Inputs)
 
 	parts := sumParts(job.Chunks, inBytesPerElem)
-	chunks := make([]sharedChunk, len(job.Chunks))
-	for _, pt := range parts {
-		chunks[pt.c].left.Add(1)
-	}
+	chunks := sharedChunks(len(job.Chunks), len(parts), func(i int) int { return parts[i].c })
 	var stats chunkStats
 	err := c.parallelChunks(ctx, len(parts), func(s *cpuScratch, pi int) error {
 		pt := parts[pi]
@@ -315,15 +312,11 @@ func sumParts(chunks []Chunk, inBytesPerElem []int64) []sumPart {
 		k := int(min(int64(max(1, aligned)), max(1, (in+partBytes-1)/partBytes)))
 		for j := range k {
 			from, to := j*aligned/k*sumPartAlign, min(elems, (j+1)*aligned/k*sumPartAlign)
-			if j == k-1 {
-				to = elems
-			}
 			part := sumPart{c: ci}
-			base := 0
+			base := 0 // the piece's first element in the chunk
 			for p, pc := range ch.Pieces {
-				lo, hi := max(from, base), min(to, base+pc.Hi-pc.Lo)
-				if lo < hi || pc.Hi == pc.Lo && k == 1 {
-					part.pieces = append(part.pieces, partPiece{p, pc.Lo + lo - base, pc.Lo + max(lo, hi) - base})
+				if lo, hi := max(from, base), min(to, base+pc.Hi-pc.Lo); lo < hi {
+					part.pieces = append(part.pieces, partPiece{p, pc.Lo + lo - base, pc.Lo + hi - base})
 				}
 				base += pc.Hi - pc.Lo
 			}

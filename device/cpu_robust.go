@@ -218,6 +218,15 @@ func (st *sharedChunk) destinations(out Output, ci int, ch Chunk) ([][]byte, err
 	return st.dests, st.err
 }
 
+// sharedChunks is the state of n chunks cut into parts, part i of chunk chunkOf(i).
+func sharedChunks(n, parts int, chunkOf func(i int) int) []sharedChunk {
+	chunks := make([]sharedChunk, n)
+	for i := range parts {
+		chunks[chunkOf(i)].left.Add(1)
+	}
+	return chunks
+}
+
 // finish counts a part of the chunk done and, if it was the last, calls out.Done(c).
 func (st *sharedChunk) finish(out Output, c int) (last bool, err error) {
 	if st.left.Add(-1) != 0 {
@@ -243,10 +252,7 @@ func (c *CPU) Select(ctx context.Context, job *SelectJob) (Stats, error) {
 		inBytesPerElem = append(inBytesPerElem, b)
 	}
 	parts := selectParts(job.Chunks, block, inBytesPerElem)
-	chunks := make([]sharedChunk, len(job.Chunks))
-	for _, pt := range parts {
-		chunks[pt.c].left.Add(1)
-	}
+	chunks := sharedChunks(len(job.Chunks), len(parts), func(i int) int { return parts[i].c })
 	// Per part, per input: the squared distances and norms, added in part order at the end.
 	var dist, norm [][]float64
 	lanesWanted := job.SqDist != nil || job.SqNorm != nil

@@ -233,7 +233,8 @@ func sortGroupsAVX512(tmp []float32, x [][]byte, off, groups, pf int) int {
 // equal bits, so the slab is the network's (regFile.key in kernels/_gen/robust/gen.go); a run
 // that reads either reports it, and sortMergedAVX512 returns false, the slabs unspecified.
 // Against the table-driven network of 1000 inputs (Batcher's, 24k comparators a group, each
-// from the table) this runs straight-line code that fits the caches, two comparators a cycle.
+// read from the table, each wire loaded and stored) this runs the straight-line networks of
+// 512 wires and the merges' loops, on keys: two comparators a cycle on Zen 4.
 func sortMergedAVX512(tmp []float32, x [][]byte, off, groups, pf int) bool {
 	n := len(x)
 	W, runs := mergedWires(n), (n+mergeRun-1)/mergeRun
