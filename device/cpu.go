@@ -229,20 +229,13 @@ func (c *CPU) WeightedSum(ctx context.Context, job *SumJob) (Stats, error) {
 		}
 		groups[t] = groupInputs(t, f.Acc, job.Inputs, job.Weights, job.Scale)
 	}
-	var inBytesPerElem []int64 // per field: bytes of all inputs per element
-	for t := range job.Fields {
-		var b int64
-		for _, in := range job.Inputs {
-			b += int64(in[t].DType.Size())
-		}
-		inBytesPerElem = append(inBytesPerElem, b)
-	}
+	inBytesPerElem := inputBytesPerElem(len(job.Fields), job.Inputs)
 
 	// Inputs whose files are to be copied from rather than mapped (fileread.go).
 	files := lookupFiles(job.Inputs)
 
-	parts := sumParts(job.Chunks, inBytesPerElem)
-	chunks := sharedChunks(len(job.Chunks), len(parts), func(i int) int { return parts[i].c })
+	parts := cutParts(job.Chunks, inBytesPerElem, sumPartAlign)
+	chunks := sharedChunks(len(job.Chunks), parts)
 	var stats chunkStats
 	err := c.parallelChunks(ctx, len(parts), func(s *cpuScratch, pi int) error {
 		pt := parts[pi]
@@ -282,49 +275,10 @@ func (c *CPU) WeightedSum(ctx context.Context, job *SumJob) (Stats, error) {
 	return stats.total(c.Name(), start), err
 }
 
-// sumPart is a part of chunk c of a weighted sum: ranges of its pieces.
-type sumPart struct {
-	c      int
-	pieces []partPiece
-}
-
-// partPiece is elements [lo, hi) of piece p of a chunk.
-type partPiece struct{ p, lo, hi int }
-
-// sumPartAlign is the elements a weighted sum's parts are cut at multiples of (from the
-// chunk's start, its pieces one after another).
+// sumPartAlign is the elements a weighted sum's chunk parts are cut at multiples of: a sum's
+// element adds its inputs in the same order however its chunk is cut, so the cut changes no
+// bit, only which worker computes the element.
 const sumPartAlign = 4096
-
-// sumParts cuts every chunk of a weighted sum into parts of at most partBytes of inputs (as
-// CPU.Select does, selectParts): a sum's element has the same bits however its chunk is cut,
-// since every element adds its inputs in the same order, so parts change nothing but which
-// worker computes it.
-func sumParts(chunks []Chunk, inBytesPerElem []int64) []sumPart {
-	var parts []sumPart
-	for ci, ch := range chunks {
-		var elems int
-		var in int64
-		for _, pc := range ch.Pieces {
-			elems += pc.Hi - pc.Lo
-			in += int64(pc.Hi-pc.Lo) * inBytesPerElem[pc.Field]
-		}
-		aligned := (elems + sumPartAlign - 1) / sumPartAlign
-		k := int(min(int64(max(1, aligned)), max(1, (in+partBytes-1)/partBytes)))
-		for j := range k {
-			from, to := j*aligned/k*sumPartAlign, min(elems, (j+1)*aligned/k*sumPartAlign)
-			part := sumPart{c: ci}
-			base := 0 // the piece's first element in the chunk
-			for p, pc := range ch.Pieces {
-				if lo, hi := max(from, base), min(to, base+pc.Hi-pc.Lo); lo < hi {
-					part.pieces = append(part.pieces, partPiece{p, pc.Lo + lo - base, pc.Lo + hi - base})
-				}
-				base += pc.Hi - pc.Lo
-			}
-			parts = append(parts, part)
-		}
-	}
-	return parts
-}
 
 // chunkStats totals what the goroutines of a parallel job did, chunk by chunk.
 type chunkStats struct {

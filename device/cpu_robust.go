@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"math"
 	"sync"
-	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -151,90 +150,6 @@ func selectBlockFor(n int) int {
 	return min(selectBlockElems, max(256, selectBlockBytes/(4*n)&^15))
 }
 
-// partBytes bounds the input bytes of one part of a chunk of an order statistic or a weighted
-// sum: a chunk whose inputs hold more (many clients: 1000 f32 inputs of a chunk of 256Ki
-// elements are 1 GiB) is cut into parts that run on different workers, so that a model of one
-// chunk keeps every core busy. The cut depends on the chunk and the inputs only, never on the
-// workers, and a chunk of up to 64 MiB of inputs is one part, as before.
-var partBytes int64 = 64 << 20
-
-// selectPart is the blocks [b0, b1) of chunk c of an order statistic.
-type selectPart struct{ c, b0, b1 int }
-
-// selectParts cuts every chunk into parts of at most partBytes of inputs (at least one block
-// each), in chunk order.
-func selectParts(chunks []Chunk, block int, inBytesPerElem []int64) []selectPart {
-	var parts []selectPart
-	for ci, ch := range chunks {
-		var blocks int
-		var in int64
-		for _, pc := range ch.Pieces {
-			blocks += (pc.Hi - pc.Lo + block - 1) / block
-			in += int64(pc.Hi-pc.Lo) * inBytesPerElem[pc.Field]
-		}
-		k := int(min(int64(max(1, blocks)), max(1, (in+partBytes-1)/partBytes)))
-		for j := range k {
-			parts = append(parts, selectPart{ci, j * blocks / k, (j + 1) * blocks / k})
-		}
-	}
-	return parts
-}
-
-// blocksOf calls f for the blocks [b0, b1) of ch (piece p, elements [lo, hi)), in order.
-func blocksOf(ch Chunk, block, b0, b1 int, f func(p, lo, hi int) error) error {
-	b := 0
-	for p, pc := range ch.Pieces {
-		for lo := pc.Lo; lo < pc.Hi; lo += block {
-			if b >= b0 && b < b1 {
-				if err := f(p, lo, min(lo+block, pc.Hi)); err != nil {
-					return err
-				}
-			}
-			b++
-		}
-	}
-	return nil
-}
-
-// sharedChunk is a chunk's state shared by its parts (of an order statistic or a weighted
-// sum): its destinations, requested by the part that takes the chunk first (Output.Dest: one
-// goroutine per chunk), and the parts left, the last of which calls Output.Done.
-type sharedChunk struct {
-	once  sync.Once
-	dests [][]byte
-	err   error
-	left  atomic.Int64
-}
-
-func (st *sharedChunk) destinations(out Output, ci int, ch Chunk) ([][]byte, error) {
-	st.once.Do(func() {
-		st.dests = make([][]byte, len(ch.Pieces))
-		for p := range ch.Pieces {
-			if st.dests[p], st.err = out.Dest(ci, p); st.err != nil {
-				return
-			}
-		}
-	})
-	return st.dests, st.err
-}
-
-// sharedChunks is the state of n chunks cut into parts, part i of chunk chunkOf(i).
-func sharedChunks(n, parts int, chunkOf func(i int) int) []sharedChunk {
-	chunks := make([]sharedChunk, n)
-	for i := range parts {
-		chunks[chunkOf(i)].left.Add(1)
-	}
-	return chunks
-}
-
-// finish counts a part of the chunk done and, if it was the last, calls out.Done(c).
-func (st *sharedChunk) finish(out Output, c int) (last bool, err error) {
-	if st.left.Add(-1) != 0 {
-		return false, nil
-	}
-	return true, out.Done(c)
-}
-
 // Select implements Robust.
 func (c *CPU) Select(ctx context.Context, job *SelectJob) (Stats, error) {
 	if err := job.Validate(); err != nil {
@@ -243,16 +158,9 @@ func (c *CPU) Select(ctx context.Context, job *SelectJob) (Stats, error) {
 	start := time.Now()
 	n := len(job.Inputs)
 	block := selectBlockFor(n)
-	var inBytesPerElem []int64
-	for t := range job.Fields {
-		var b int64
-		for _, in := range job.Inputs {
-			b += int64(in[t].DType.Size())
-		}
-		inBytesPerElem = append(inBytesPerElem, b)
-	}
-	parts := selectParts(job.Chunks, block, inBytesPerElem)
-	chunks := sharedChunks(len(job.Chunks), len(parts), func(i int) int { return parts[i].c })
+	inBytesPerElem := inputBytesPerElem(len(job.Fields), job.Inputs)
+	parts := cutParts(job.Chunks, inBytesPerElem, block)
+	chunks := sharedChunks(len(job.Chunks), parts)
 	// Per part, per input: the squared distances and norms, added in part order at the end.
 	var dist, norm [][]float64
 	lanesWanted := job.SqDist != nil || job.SqNorm != nil
@@ -275,34 +183,17 @@ func (c *CPU) Select(ctx context.Context, job *SelectJob) (Stats, error) {
 			dl, nl = make([][kernels.Lanes]float64, n), make([][kernels.Lanes]float64, n)
 		}
 		var read, elems int64
-		err = blocksOf(ch, block, pt.b0, pt.b1, func(p, lo, hi int) error {
-			pc := ch.Pieces[p]
+		for _, pp := range pt.pieces {
+			pc := ch.Pieces[pp.p]
 			f := job.Fields[pc.Field]
-			xs, err := s.blockOf(c.kern, job.Inputs, files, pc.Field, lo, hi)
-			if err != nil {
-				return err
+			for lo := pp.lo; lo < pp.hi; lo += block {
+				hi := min(lo+block, pp.hi)
+				if err := c.selectBlock(job, s, files, dl, nl, f, pc.Field, lo, hi, dests[pp.p][(lo-pc.Lo)*f.Out.Size():]); err != nil {
+					return err
+				}
+				elems += int64(hi - lo)
+				read += int64(hi-lo) * inBytesPerElem[pc.Field]
 			}
-			res := s.res[:hi-lo]
-			switch job.Op {
-			case Median:
-				c.kern.MedianF32(res, xs, s.sort)
-			case TrimmedMean:
-				c.kern.TrimmedMeanF32(res, xs, job.K, s.sort)
-			case ClosestMean:
-				c.kern.ClosestMeanF32(res, xs, job.K, s.sort)
-			}
-			if lanesWanted {
-				c.kern.SqDistNormF32Runs(dl, nl, xs, res)
-			}
-			os := f.Out.Size()
-			out := dests[p][(lo-pc.Lo)*os : (hi-pc.Lo)*os]
-			storeF32(c.kern, f.Out, out, res)
-			elems += int64(hi - lo)
-			read += int64(hi-lo) * inBytesPerElem[pc.Field]
-			return checkOut(c.kern, f, lo, out)
-		})
-		if err != nil {
-			return err
 		}
 		if lanesWanted {
 			d, q := make([]float64, n), make([]float64, n)
@@ -327,6 +218,30 @@ func (c *CPU) Select(ctx context.Context, job *SelectJob) (Stats, error) {
 	addChunks(job.SqDist, dist)
 	addChunks(job.SqNorm, norm)
 	return stats.total(c.Name(), start), nil
+}
+
+// selectBlock computes the order statistic of elements [lo, hi) of field t into out (from its
+// first byte), and adds the block's squared distances and norms to dl and nl if they are not nil.
+func (c *CPU) selectBlock(job *SelectJob, s *robustScratch, files *fileInputs, dl, nl [][kernels.Lanes]float64, f AccField, t, lo, hi int, out []byte) error {
+	xs, err := s.blockOf(c.kern, job.Inputs, files, t, lo, hi)
+	if err != nil {
+		return err
+	}
+	res := s.res[:hi-lo]
+	switch job.Op {
+	case Median:
+		c.kern.MedianF32(res, xs, s.sort)
+	case TrimmedMean:
+		c.kern.TrimmedMeanF32(res, xs, job.K, s.sort)
+	case ClosestMean:
+		c.kern.ClosestMeanF32(res, xs, job.K, s.sort)
+	}
+	if dl != nil {
+		c.kern.SqDistNormF32Runs(dl, nl, xs, res)
+	}
+	out = out[:(hi-lo)*f.Out.Size()]
+	storeF32(c.kern, f.Out, out, res)
+	return checkOut(c.kern, f, lo, out)
 }
 
 // addChunks sets dst (if not nil) to the sum of the per-chunk (or per-part) values, in order.

@@ -590,7 +590,7 @@ func TestSelectPartsOfChunks(t *testing.T) {
 		o.check(t, limit, stats, 30000+7+1333)
 		return result{o.dst, d, q}
 	}
-	if parts := selectParts(chunks, 256, []int64{40 * 4, 40 * 4, 40 * 4}); len(parts) != len(chunks) {
+	if parts := cutParts(chunks, []int64{40 * 4, 40 * 4, 40 * 4}, 256); len(parts) != len(chunks) {
 		t.Fatalf("%d chunks of at most 64 MiB of inputs cut into %d parts", len(chunks), len(parts))
 	}
 	whole := run(1, 1<<40)
@@ -613,7 +613,7 @@ func TestSelectPartsOfChunks(t *testing.T) {
 			}
 		}
 	}
-	if n := len(selectParts(chunks, 256, []int64{40 * 3, 40 * 3, 40 * 3})); n < 4*len(chunks) {
+	if n := len(cutParts(chunks, []int64{40 * 3, 40 * 3, 40 * 3}, 256)); n < 4*len(chunks) {
 		t.Fatalf("parts of 32 KiB: %d for %d chunks", n, len(chunks))
 	}
 }

@@ -693,7 +693,7 @@ func TestSumPartsOfChunks(t *testing.T) {
 	}
 	whole := run(1, 1<<40)
 	partBytes = 16 << 10
-	if n := len(sumParts(chunks, []int64{9 * 4, 9 * 4, 9 * 4})); n <= 2*len(chunks) {
+	if n := len(cutParts(chunks, []int64{9 * 4, 9 * 4, 9 * 4}, sumPartAlign)); n <= 2*len(chunks) {
 		t.Fatalf("parts of 16 KiB: %d for %d chunks", n, len(chunks))
 	}
 	for _, w := range []int{1, 2, 5} {
