@@ -25,7 +25,7 @@ import (
 // can only see the next owner's data, which is the bug Free's contract forbids. Buffers under
 // MinPooledBytes come straight from AlignedBytes. It is safe for concurrent use.
 type PoolAllocator struct {
-	huge    hugeMode
+	huge    hugeMode // set by the options, then only read
 	workers int
 	limit   int64
 
@@ -36,6 +36,9 @@ type PoolAllocator struct {
 	lru   []*pooled              // given back, oldest first (evicted first past limit)
 	kept  int64                  // bytes of the idle buffers
 	stats PoolStats
+	// slices counts the slices touchAdaptive measured; hugeAt and smallAt are the counts at
+	// each way's last measurement.
+	slices, hugeAt, smallAt int
 }
 
 // pooledLive is what the pool remembers of a buffer it handed out: not the memory (a buffer
@@ -81,8 +84,8 @@ type PoolOption func(*PoolAllocator) error
 
 // WithHugePages says whether new pooled buffers of the huge-page classes (from 4 MiB) ask for
 // transparent huge pages (MADV_HUGEPAGE, which matters where THP is in madvise mode). Without
-// it the pool measures which is cheaper here (see hugeMode): no rule held on both kinds of
-// development VM.
+// it the pool measures which is cheaper, slice by slice (see hugeMode): no rule held on both
+// kinds of development VM, nor on one VM over an hour.
 func WithHugePages(on bool) PoolOption {
 	return func(p *PoolAllocator) error {
 		p.huge = hugeOff
@@ -154,9 +157,9 @@ type PoolStats struct {
 	LiveBytes int64 // class bytes handed out and not given back
 	IdleBytes int64 // class bytes kept for reuse
 
-	// HugePages says whether new buffers of the huge-page classes ask for huge pages: set by
-	// WithHugePages, or by the probe of the first such buffer (HugeProbed), which made half of
-	// it each way and timed them: HugeGBps and SmallGBps, first touch included.
+	// HugePages says whether the next new slice of a huge-page class asks for huge pages: set
+	// by WithHugePages, or by the rates measured so far (HugeProbed once both ways have been):
+	// HugeGBps and SmallGBps, first touch included, each the last slice's that went that way.
 	HugePages           bool
 	HugeProbed          bool
 	HugeGBps, SmallGBps float64
@@ -168,7 +171,7 @@ func (p *PoolAllocator) Stats() PoolStats {
 	defer p.mu.Unlock()
 	s := p.stats
 	s.IdleBytes = p.kept
-	s.HugePages = p.huge == hugeOn
+	s.HugePages = p.huge == hugeOn || p.huge == hugeAuto && s.HugeGBps > s.SmallGBps
 	return s
 }
 
@@ -260,11 +263,11 @@ func (p *PoolAllocator) fresh(class int64, align int) []byte {
 	}
 	data := raw[off : off+int(class) : off+int(class)]
 	if align == poolClass {
-		switch p.hugeChoice() {
+		switch p.huge {
 		case hugeOn:
 			adviseHuge(data)
 		case hugeAuto:
-			p.probeHuge(data)
+			p.touchAdaptive(data)
 			return data
 		}
 	}
@@ -273,73 +276,89 @@ func (p *PoolAllocator) fresh(class int64, align int) []byte {
 	return data
 }
 
-// hugeMode is whether new buffers of the huge-page classes ask for huge pages: hugeAuto
-// (the default) measures it on the first such buffer (probeHuge), which decides for the rest.
+// hugeMode is whether new buffers of the huge-page classes ask for huge pages: hugeAuto (the
+// default) measures it as it goes (touchAdaptive).
 //
-// Neither way wins everywhere. On the Zen 4 development VMs (KVM) a new huge page was 3-5x
-// slower to fault in than the same bytes of small pages (0.3-0.6 against 1.4-2.3 GB/s: the
-// host backs freshly reported free memory lazily). On the Zen 5 VM of 2026-12-02 (a PVM guest:
-// shadow page tables, so the first write to each new 4 KiB mapping traps to the hypervisor)
-// small pages first-touched at 0.43-0.63 GB/s, MADV_POPULATE_WRITE included, and huge pages at
-// 0.85-6.2 GB/s: 25-27 ms against 1-19 ms for a 16 MiB accumulator, which was the extra
-// time of `wattagg aggregate --stream`'s first group.
+// Neither way wins everywhere, nor for long. On the Zen 4 development VMs (KVM) a new huge
+// page was 3-5x slower to fault in than the same bytes of small pages (0.3-0.6 against 1.4-2.3
+// GB/s: the host backs freshly reported free memory lazily), and where the guest has free 2 MiB
+// blocks left a few huge pages come fast (3-9 GB/s) before the kernel must compact memory for
+// the next ones (0.12-0.58 GB/s for 8 MiB buffers, measured 2026-12-03 in `wattagg demo`, whose
+// first streaming add then took 0.56-0.75 s for 200 MB of sums instead of 0.09). On the Zen 5 VM
+// of 2026-12-02 (a PVM guest: shadow page tables, so the first write to each new 4 KiB mapping
+// traps to the hypervisor) small pages first-touched at 0.43-0.63 GB/s, MADV_POPULATE_WRITE
+// included, and huge pages at 0.85-6.2 GB/s: 25-27 ms against 1-19 ms for a 16 MiB
+// accumulator, which was the extra time of `wattagg aggregate --stream`'s first group.
 type hugeMode uint8
 
 const (
 	hugeAuto hugeMode = iota
 	hugeOn
 	hugeOff
-	hugeProbing // one goroutine is probing; the others take small pages meanwhile
 )
 
-// hugeChoice is the mode for a new buffer of a huge-page class: hugeAuto tells the caller to
-// probe (and marks the probe as begun).
-func (p *PoolAllocator) hugeChoice() hugeMode {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	switch p.huge {
-	case hugeAuto:
-		p.huge = hugeProbing
-		return hugeAuto
-	case hugeProbing:
-		return hugeOff
+// touchSlice is the unit of touchAdaptive: two huge pages, so that the first 8 MiB buffer
+// measures both ways.
+const touchSlice = 4 << 20
+
+// retrySlices is how many slices may pass after the slower way's last measurement before it is
+// measured again, in case it got cheaper (memory freed, compacted): one slice in 65 pays it.
+var retrySlices = 64
+
+// touchAdaptive first-touches data (whole huge pages: poolClass-aligned, a multiple of it) in
+// slices of touchSlice, each spread over the workers and taken with huge pages or without,
+// whichever way was faster at its last measurement (a way never measured goes first, huge pages
+// before small ones, and the slower way again after retrySlices slices); each slice's rate
+// becomes its way's. A way that turns slow is thus left after one slice, where a single probe
+// that met the guest's last free 2 MiB blocks chose huge pages for good.
+func (p *PoolAllocator) touchAdaptive(data []byte) {
+	for len(data) > 0 {
+		s := data[:min(len(data), touchSlice)]
+		data = data[len(s):]
+		huge := p.nextWay()
+		if huge {
+			adviseHuge(s)
+		}
+		t0 := time.Now()
+		parallelRanges(s, p.workers, firstTouch)
+		p.measured(huge, float64(len(s))/max(time.Since(t0).Seconds(), 1e-9)/1e9)
 	}
-	return p.huge
 }
 
-// hugeProbeBytes bounds each half of the probe: a 200 MiB result probed half and half spent
-// 100 MiB on the slower way (on the Zen 5 VM, 0.2 s of small pages for a call that takes 44 ms
-// into reused memory); 8 MiB a way measures the same rates.
-const hugeProbeBytes = 8 << 20
-
-// probeHuge first-touches the start of data (at least 4 MiB, in whole huge pages) half with
-// huge pages and half without, up to hugeProbeBytes each, each spread over the workers, chooses
-// for the pool's later buffers the way that took less time per byte, and first-touches the rest
-// of data that way. Both halves are the buffer's own memory, so the probe costs nothing the
-// buffer did not need anyway.
-func (p *PoolAllocator) probeHuge(data []byte) {
-	half := min(len(data)/2, hugeProbeBytes) &^ (poolClass - 1)
-	huge, small, rest := data[:half], data[half:2*half], data[2*half:]
-	adviseHuge(huge)
-	t0 := time.Now()
-	parallelRanges(huge, p.workers, firstTouch)
-	t1 := time.Now()
-	parallelRanges(small, p.workers, firstTouch)
-	t2 := time.Now()
-	hugeRate := float64(len(huge)) / max(t1.Sub(t0).Seconds(), 1e-9) / 1e9
-	smallRate := float64(len(small)) / max(t2.Sub(t1).Seconds(), 1e-9) / 1e9
+// nextWay says whether the next slice asks for huge pages.
+func (p *PoolAllocator) nextWay() bool {
 	p.mu.Lock()
-	p.huge = hugeOff
-	if hugeRate > smallRate {
-		p.huge = hugeOn
+	defer p.mu.Unlock()
+	st := &p.stats
+	switch {
+	case st.HugeGBps == 0:
+		return true
+	case st.SmallGBps == 0:
+		return false
 	}
-	p.stats.HugeProbed, p.stats.HugeGBps, p.stats.SmallGBps = true, hugeRate, smallRate
-	choice := p.huge
-	p.mu.Unlock()
-	if choice == hugeOn {
-		adviseHuge(rest)
+	huge := st.HugeGBps > st.SmallGBps
+	other := p.smallAt
+	if !huge {
+		other = p.hugeAt
 	}
-	parallelRanges(rest, p.workers, firstTouch)
+	if p.slices-other > retrySlices {
+		return !huge
+	}
+	return huge
+}
+
+// measured records a slice's first-touch rate in GB/s as its way's.
+func (p *PoolAllocator) measured(huge bool, gbps float64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	st := &p.stats
+	p.slices++
+	if huge {
+		st.HugeGBps, p.hugeAt = gbps, p.slices
+	} else {
+		st.SmallGBps, p.smallAt = gbps, p.slices
+	}
+	st.HugeProbed = st.HugeGBps > 0 && st.SmallGBps > 0
 }
 
 // Free implements Allocator: a pooled buffer is kept for the next Allocate of its class (or,

@@ -223,16 +223,17 @@ func TestPoolForgetsCollectedBuffers(t *testing.T) {
 	}
 }
 
-// Without WithHugePages the first buffer of a huge-page class is first-touched half with huge
-// pages and half without, and the faster way per byte decides for the later buffers; with
-// the option nothing is probed.
+// Without WithHugePages a buffer of a huge-page class is first-touched in slices of 4 MiB, the
+// first 8 MiB buffer's two slices one with huge pages and one without, each later slice the
+// way that measured faster (TestTouchAdaptiveChoice has the rules); with the option nothing is
+// measured.
 func TestPoolProbesHugePages(t *testing.T) {
 	p := newPool(t)
 	if st := p.Stats(); st.HugeProbed {
 		t.Fatalf("probed before any buffer: %+v", st)
 	}
 	small := p.Allocate(3 << 20) // not a huge-page class: no probe
-	if st := p.Stats(); st.HugeProbed {
+	if st := p.Stats(); st.HugeProbed || st.HugeGBps != 0 || st.SmallGBps != 0 {
 		t.Fatalf("a %d-byte buffer probed huge pages: %+v", len(small), st)
 	}
 	b := p.Allocate(8 << 20)
@@ -249,9 +250,13 @@ func TestPoolProbesHugePages(t *testing.T) {
 	if st.HugePages != (st.HugeGBps > st.SmallGBps) {
 		t.Fatalf("chose huge pages %v with huge %.2f GB/s against small %.2f GB/s", st.HugePages, st.HugeGBps, st.SmallGBps)
 	}
-	c := p.Allocate(6 << 20) // decided: not probed again
-	if st2 := p.Stats(); st2.HugeGBps != st.HugeGBps || st2.SmallGBps != st.SmallGBps {
-		t.Fatalf("probed twice: %+v then %+v", st, st2)
+	c := p.Allocate(4 << 20) // one slice, the faster way: the other way's rate stays
+	if allZero(c) >= 0 {
+		t.Fatal("a new buffer is not zero")
+	}
+	st2 := p.Stats()
+	if st.HugePages && st2.SmallGBps != st.SmallGBps || !st.HugePages && st2.HugeGBps != st.HugeGBps {
+		t.Fatalf("the slice after %+v went the slower way: %+v", st, st2)
 	}
 	p.Free(b)
 	p.Free(c)
