@@ -5,6 +5,7 @@ package bench
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"os"
@@ -87,9 +88,15 @@ type Federation struct {
 // Value is the parameter j of client k: a shared base plus a client-specific perturbation,
 // deterministic in (seed, k, j) so that tests can recompute any coordinate.
 func (f *Federation) Value(k int, j int64) float32 {
-	base := gauss(f.Seed, j) * 0.02
-	delta := gauss(f.Seed^0x9e3779b97f4a7c15*uint64(k+1), j) * 0.002
-	return float32(base + delta)
+	return float32(f.base(j) + f.delta(k, j))
+}
+
+// base is the part of parameter j that every client shares.
+func (f *Federation) base(j int64) float64 { return gauss(f.Seed, j) * 0.02 }
+
+// delta is client k's perturbation of parameter j.
+func (f *Federation) delta(k int, j int64) float64 {
+	return gauss(f.Seed^0x9e3779b97f4a7c15*uint64(k+1), j) * 0.002
 }
 
 // gauss is a cheap deterministic approximately-normal value (sum of four uniforms).
@@ -110,28 +117,39 @@ func splitmix(x uint64) uint64 {
 	return x ^ x>>31
 }
 
-// Write writes the federation to dir as client-NNN.safetensors files, on all cores, streaming
-// each file through a small buffer, with buffered I/O. progress, if set, gets the bytes written so far and in all.
+// Write writes the federation to dir as client-NNN.safetensors files, on all cores, with
+// buffered I/O. progress, if set, gets the bytes written so far and in all. Each core takes
+// every GOMAXPROCS-th client and writes its clients' files block by block together, so that
+// the block's shared part of the values (base) is computed once per core, not once per client:
+// it was half of the generation's time.
 func (f *Federation) Write(ctx context.Context, dir string, progress func(done, total int64)) ([]string, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
 	var total int64
-	for _, c := range f.Clients {
+	for k, c := range f.Clients {
+		if err := encode(make([]byte, 4), 0, c.DType, 0); err != nil {
+			return nil, fmt.Errorf("client %d: %w", k, err) // before any file is made
+		}
 		total += f.Model.Params() * int64(c.DType.Size())
 	}
 	paths := make([]string, len(f.Clients))
-	errs := make([]error, len(f.Clients))
-	var done atomic.Int64
-	var wg sync.WaitGroup
-	sem := make(chan struct{}, runtime.GOMAXPROCS(0))
 	for k := range f.Clients {
 		paths[k] = filepath.Join(dir, fmt.Sprintf("client-%03d.safetensors", k))
+	}
+	workers := min(runtime.GOMAXPROCS(0), len(f.Clients))
+	errs := make([]error, workers)
+	var done atomic.Int64
+	var wg sync.WaitGroup
+	for w := range workers {
+		var ks []int
+		for k := w; k < len(f.Clients); k += workers {
+			ks = append(ks, k)
+		}
 		wg.Add(1)
-		sem <- struct{}{}
 		go func() {
-			defer func() { <-sem; wg.Done() }()
-			errs[k] = f.writeClient(ctx, k, paths[k], func(n int64) {
+			defer wg.Done()
+			errs[w] = f.writeClients(ctx, ks, paths, func(n int64) {
 				if progress != nil {
 					progress(done.Add(n), total)
 				}
@@ -139,53 +157,79 @@ func (f *Federation) Write(ctx context.Context, dir string, progress func(done, 
 		}()
 	}
 	wg.Wait()
-	for _, err := range errs {
-		if err != nil {
-			return nil, err
-		}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
 	}
 	return paths, nil
 }
 
-func (f *Federation) writeClient(ctx context.Context, k int, path string, progress func(int64)) error {
-	c := f.Clients[k]
-	layout := make(tensor.Layout, len(f.Model.Fields))
-	for i, fl := range f.Model.Fields {
-		layout[i] = tensor.Field{Name: fl.Name, DType: c.DType, Shape: fl.Shape}
-	}
-	meta := map[string]string{"format": "pt"}
-	if c.NumExamples > 0 {
-		meta["num_examples"] = strconv.Itoa(c.NumExamples)
-	}
-	// Buffered, as a server receiving uploads writes them: the page cache then holds the files
-	// in large folios, which is the state "already in the page cache" means (direct I/O would
-	// leave them uncached, and a later read brings them back in small folios, 8x slower to map).
-	w, err := safetensors.Create(path, layout, meta, safetensors.WithDirectIO(false))
-	if err != nil {
-		return err
-	}
-	const bufBytes = 1 << 20
-	buf := make([]byte, bufBytes)
-	es := int64(c.DType.Size())
-	total := f.Model.Params() * es
-	for off := int64(0); off < total; off += bufBytes {
-		if err := ctx.Err(); err != nil {
-			_ = w.Abort()
-			return err
-		}
-		n := min(int64(bufBytes), total-off)
-		b := buf[:n]
-		for i := range int(n / es) {
-			if err := encode(b, i, c.DType, f.Value(k, off/es+int64(i))); err != nil {
+// writeBlock is the parameters writeClients generates at a time for each of its clients.
+const writeBlock = 1 << 18
+
+// writeClients writes the files of clients ks (to paths[k]) together, writeBlock parameters at
+// a time: their shared base once, then each client's values from it. A file that fails is
+// aborted, and so are the others of ks.
+func (f *Federation) writeClients(ctx context.Context, ks []int, paths []string, progress func(int64)) error {
+	ws := make([]*safetensors.Writer, len(ks))
+	abort := func(err error) error {
+		for _, w := range ws {
+			if w != nil {
 				_ = w.Abort()
-				return err
 			}
 		}
-		if _, err := w.WriteAt(b, off); err != nil {
-			_ = w.Abort()
-			return err
-		}
-		progress(n)
+		return err
 	}
-	return w.Commit()
+	for i, k := range ks {
+		c := f.Clients[k]
+		layout := make(tensor.Layout, len(f.Model.Fields))
+		for t, fl := range f.Model.Fields {
+			layout[t] = tensor.Field{Name: fl.Name, DType: c.DType, Shape: fl.Shape}
+		}
+		meta := map[string]string{"format": "pt"}
+		if c.NumExamples > 0 {
+			meta["num_examples"] = strconv.Itoa(c.NumExamples)
+		}
+		// Buffered, as a server receiving uploads writes them: the page cache then holds the
+		// files in large folios, which is the state "already in the page cache" means (direct
+		// I/O would leave them uncached, and a later read brings them back in small folios, 8x
+		// slower to map).
+		w, err := safetensors.Create(paths[k], layout, meta, safetensors.WithDirectIO(false))
+		if err != nil {
+			return abort(err)
+		}
+		ws[i] = w
+	}
+	params := f.Model.Params()
+	base := make([]float64, writeBlock)
+	buf := make([]byte, 4*writeBlock)
+	for lo := int64(0); lo < params; lo += writeBlock {
+		if err := ctx.Err(); err != nil {
+			return abort(err)
+		}
+		n := int(min(writeBlock, params-lo))
+		for i := range n {
+			base[i] = f.base(lo + int64(i))
+		}
+		for i, k := range ks {
+			dt := f.Clients[k].DType
+			es := int64(dt.Size())
+			b := buf[:int64(n)*es]
+			for e := range n {
+				j := lo + int64(e)
+				_ = encode(b, e, dt, float32(base[e]+f.delta(k, j))) // Write checked dt
+			}
+			if _, err := ws[i].WriteAt(b, lo*es); err != nil {
+				return abort(err)
+			}
+			progress(int64(len(b)))
+		}
+	}
+	for i, w := range ws {
+		if err := w.Commit(); err != nil {
+			ws[i] = nil
+			return abort(err)
+		}
+		ws[i] = nil
+	}
+	return nil
 }
