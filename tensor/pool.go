@@ -297,8 +297,9 @@ const (
 	hugeOff
 )
 
-// touchSlice is the unit of touchAdaptive: two huge pages, so that the first 8 MiB buffer
-// measures both ways.
+// touchSlice is the least unit of touchAdaptive: two huge pages, so that on two cores the first
+// 8 MiB buffer measures both ways. A slice is at least a huge page per worker, so that every
+// worker first-touches a part of each.
 const touchSlice = 4 << 20
 
 // retrySlices is how many slices may pass after the slower way's last measurement before it is
@@ -306,14 +307,15 @@ const touchSlice = 4 << 20
 var retrySlices = 64
 
 // touchAdaptive first-touches data (whole huge pages: poolClass-aligned, a multiple of it) in
-// slices of touchSlice, each spread over the workers and taken with huge pages or without,
+// slices (touchSlice), each spread over the workers and taken with huge pages or without,
 // whichever way was faster at its last measurement (a way never measured goes first, huge pages
 // before small ones, and the slower way again after retrySlices slices); each slice's rate
 // becomes its way's. A way that turns slow is thus left after one slice, where a single probe
 // that met the guest's last free 2 MiB blocks chose huge pages for good.
 func (p *PoolAllocator) touchAdaptive(data []byte) {
+	slice := max(touchSlice, p.workers*poolClass)
 	for len(data) > 0 {
-		s := data[:min(len(data), touchSlice)]
+		s := data[:min(len(data), slice)]
 		data = data[len(s):]
 		huge := p.nextWay()
 		if huge {

@@ -223,12 +223,12 @@ func TestPoolForgetsCollectedBuffers(t *testing.T) {
 	}
 }
 
-// Without WithHugePages a buffer of a huge-page class is first-touched in slices of 4 MiB, the
-// first 8 MiB buffer's two slices one with huge pages and one without, each later slice the
+// Without WithHugePages a buffer of a huge-page class is first-touched in slices (4 MiB on two
+// workers), the first 8 MiB buffer's two slices one with huge pages and one without, each later slice the
 // way that measured faster (TestTouchAdaptiveChoice has the rules); with the option nothing is
 // measured.
 func TestPoolProbesHugePages(t *testing.T) {
-	p := newPool(t)
+	p := newPool(t, tensor.WithPoolWorkers(2)) // slices of 4 MiB: a huge page a worker
 	if st := p.Stats(); st.HugeProbed {
 		t.Fatalf("probed before any buffer: %+v", st)
 	}
