@@ -118,7 +118,8 @@ func splitmix(x uint64) uint64 {
 }
 
 // Write writes the federation to dir as client-NNN.safetensors files, on all cores, with
-// buffered I/O. progress, if set, gets the bytes written so far and in all. Each core takes
+// buffered I/O. progress, if set, gets the bytes written so far and in all; it is called from
+// every worker, so it must be safe for concurrent use (cli.Progress is). Each core takes
 // every GOMAXPROCS-th client and writes its clients' files block by block together, so that
 // the block's shared part of the values (base) is computed once per core, not once per client:
 // it was half of the generation's time.

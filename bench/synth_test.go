@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/wattagg/wattagg/tensor"
@@ -22,8 +23,13 @@ func TestFederationWrite(t *testing.T) {
 			{DType: tensor.F32, NumExamples: 10}, {DType: tensor.BF16}, {DType: tensor.F16, NumExamples: 3},
 			{DType: tensor.F32}, {DType: tensor.BF16, NumExamples: 7},
 		}}
+		var mu sync.Mutex // progress is called from every worker
 		var last, total int64
-		paths, err := f.Write(context.Background(), t.TempDir(), func(done, all int64) { last, total = done, all })
+		paths, err := f.Write(context.Background(), t.TempDir(), func(done, all int64) {
+			mu.Lock()
+			last, total = max(last, done), all
+			mu.Unlock()
+		})
 		if err != nil {
 			t.Fatal(err)
 		}
