@@ -235,16 +235,8 @@ func (c *CPU) WeightedSum(ctx context.Context, job *SumJob) (Stats, error) {
 	files := lookupFiles(job.Inputs)
 
 	parts := cutParts(job.Chunks, inBytesPerElem, sumPartAlign)
-	chunks := sharedChunks(len(job.Chunks), parts)
 	var stats chunkStats
-	err := c.parallelChunks(ctx, len(parts), func(s *cpuScratch, pi int) error {
-		pt := parts[pi]
-		ch, st := job.Chunks[pt.c], &chunks[pt.c]
-		dests, err := st.destinations(job.Output, pt.c, ch)
-		if err != nil {
-			return err
-		}
-		var read, elems int64
+	err := c.runParts(ctx, job.Chunks, parts, job.Output, job.Progress, len(job.Inputs), &stats, func(s *cpuScratch, _ int, pt chunkPart, ch Chunk, dests [][]byte) (elems, read int64, err error) {
 		for _, pp := range pt.pieces {
 			pc := ch.Pieces[pp.p]
 			f := job.Fields[pc.Field]
@@ -257,21 +249,13 @@ func (c *CPU) WeightedSum(ctx context.Context, job *SumJob) (Stats, error) {
 				err = c.sumPiece(ctx, s, f, groups[pc.Field], job.Inputs, files, sub, dst)
 			}
 			if err != nil {
-				return err
+				return 0, 0, err
 			}
 			elems += int64(pp.hi - pp.lo)
 			read += int64(pp.hi-pp.lo) * inBytesPerElem[pc.Field]
 		}
-		last, err := st.finish(job.Output, pt.c)
-		if err != nil {
-			return err
-		}
-		if job.Progress != nil {
-			job.Progress(read)
-		}
-		stats.addPart(elems, read, ch.Len, last)
-		return nil
-	}, len(job.Inputs))
+		return elems, read, nil
+	})
 	return stats.total(c.Name(), start), err
 }
 

@@ -160,7 +160,6 @@ func (c *CPU) Select(ctx context.Context, job *SelectJob) (Stats, error) {
 	block := selectBlockFor(n)
 	inBytesPerElem := inputBytesPerElem(len(job.Fields), job.Inputs)
 	parts := cutParts(job.Chunks, inBytesPerElem, block)
-	chunks := sharedChunks(len(job.Chunks), parts)
 	// Per part, per input: the squared distances and norms, added in part order at the end.
 	var dist, norm [][]float64
 	lanesWanted := job.SqDist != nil || job.SqNorm != nil
@@ -169,27 +168,20 @@ func (c *CPU) Select(ctx context.Context, job *SelectJob) (Stats, error) {
 	}
 	files := lookupFiles(job.Inputs) // inputs read from their files (fileread.go)
 	var stats chunkStats
-	err := c.parallelChunks(ctx, len(parts), func(_ *cpuScratch, pi int) error {
-		pt := parts[pi]
-		ch, st := job.Chunks[pt.c], &chunks[pt.c]
-		dests, err := st.destinations(job.Output, pt.c, ch)
-		if err != nil {
-			return err
-		}
+	err := c.runParts(ctx, job.Chunks, parts, job.Output, job.Progress, 0, &stats, func(_ *cpuScratch, pi int, pt chunkPart, ch Chunk, dests [][]byte) (elems, read int64, err error) {
 		s := getRobustScratch(n, block)
 		defer putRobustScratch(s)
 		var dl, nl [][kernels.Lanes]float64
 		if lanesWanted {
 			dl, nl = make([][kernels.Lanes]float64, n), make([][kernels.Lanes]float64, n)
 		}
-		var read, elems int64
 		for _, pp := range pt.pieces {
 			pc := ch.Pieces[pp.p]
 			f := job.Fields[pc.Field]
 			for lo := pp.lo; lo < pp.hi; lo += block {
 				hi := min(lo+block, pp.hi)
 				if err := c.selectBlock(job, s, files, dl, nl, f, pc.Field, lo, hi, dests[pp.p][(lo-pc.Lo)*f.Out.Size():]); err != nil {
-					return err
+					return 0, 0, err
 				}
 				elems += int64(hi - lo)
 				read += int64(hi-lo) * inBytesPerElem[pc.Field]
@@ -202,16 +194,8 @@ func (c *CPU) Select(ctx context.Context, job *SelectJob) (Stats, error) {
 			}
 			dist[pi], norm[pi] = d, q
 		}
-		last, err := st.finish(job.Output, pt.c)
-		if err != nil {
-			return err
-		}
-		if job.Progress != nil {
-			job.Progress(read)
-		}
-		stats.addPart(elems, read, ch.Len, last)
-		return ctx.Err()
-	}, 0)
+		return elems, read, nil
+	})
 	if err != nil {
 		return stats.total(c.Name(), start), err
 	}

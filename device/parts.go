@@ -1,6 +1,7 @@
 package device
 
 import (
+	"context"
 	"sync"
 	"sync/atomic"
 )
@@ -100,4 +101,37 @@ func (st *sharedChunk) finish(out Output, c int) (last bool, err error) {
 		return false, nil
 	}
 	return true, out.Done(c)
+}
+
+// partWork computes part pt (number pi) of chunk ch into the chunk's destinations (dests, by
+// piece) and returns the elements and input bytes it covered.
+type partWork func(s *cpuScratch, pi int, pt chunkPart, ch Chunk, dests [][]byte) (elems, read int64, err error)
+
+// runParts runs the parts of chunks on the workers (parallelChunks, inputs as there): each
+// part's work between its chunk's destinations, requested by the chunk's first part, and
+// out.Done, called by its last; each part's input bytes are reported to progress (if not nil)
+// and, with its elements, added to stats.
+func (c *CPU) runParts(ctx context.Context, chunks []Chunk, parts []chunkPart, out Output, progress func(int64), inputs int, stats *chunkStats, work partWork) error {
+	shared := sharedChunks(len(chunks), parts)
+	return c.parallelChunks(ctx, len(parts), func(s *cpuScratch, pi int) error {
+		pt := parts[pi]
+		ch, st := chunks[pt.c], &shared[pt.c]
+		dests, err := st.destinations(out, pt.c, ch)
+		if err != nil {
+			return err
+		}
+		elems, read, err := work(s, pi, pt, ch, dests)
+		if err != nil {
+			return err
+		}
+		last, err := st.finish(out, pt.c)
+		if err != nil {
+			return err
+		}
+		if progress != nil {
+			progress(read)
+		}
+		stats.addPart(elems, read, ch.Len, last)
+		return ctx.Err()
+	}, inputs)
 }
