@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"unsafe"
 )
 
 func TestDType(t *testing.T) {
@@ -368,6 +369,34 @@ func TestAligned(t *testing.T) {
 	b := AlignedBytes(8)
 	if IsAligned(b[1:], 2) || !IsAligned(b[2:], 2) || IsAligned(b[4:], 8) || !IsAligned(b[8:], 8) {
 		t.Error("IsAligned")
+	}
+}
+
+// TestAlignedColours checks that large buffers start on every colour in turn (Alignment·c
+// bytes into a page, c < Colours), aligned, zeroed, with the length and capacity asked for,
+// and small ones are not coloured (only aligned).
+func TestAlignedColours(t *testing.T) {
+	offset := func(b []byte) int { return int(uintptr(unsafe.Pointer(unsafe.SliceData(b))) % PageSize) }
+	seen := map[int]int{}
+	for range 4 * Colours {
+		for _, n := range []int{ColourFrom, ColourFrom + 3, 1 << 20} {
+			b := AlignedBytes(n)
+			f := AlignedF32(n / 4)
+			d := AlignedF64(n / 8)
+			for _, x := range [][]byte{b, asBytes(f), asBytes(d)} {
+				off := offset(x)
+				if off%Alignment != 0 || off >= Colours*Alignment || len(x) < n-7 || slices.ContainsFunc(x, func(v byte) bool { return v != 0 }) {
+					t.Fatalf("n=%d: %d bytes at %d into a page", n, len(x), off)
+				}
+				seen[off/Alignment]++
+			}
+			if len(b) != n || cap(b) != n || len(f) != n/4 || cap(f) != n/4 || cap(d) != n/8 {
+				t.Fatalf("n=%d: lengths %d %d %d, capacities %d %d %d", n, len(b), len(f), len(d), cap(b), cap(f), cap(d))
+			}
+		}
+	}
+	if len(seen) != Colours {
+		t.Fatalf("colours used %v, want each of 0..%d", seen, Colours-1)
 	}
 }
 
