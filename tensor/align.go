@@ -47,13 +47,14 @@ func aligned[T byte | float32 | float64](n int) []T {
 // cache (64 sets of 64 bytes span a 4 KiB page): a kernel that reads element j of 32 inputs at
 // once — the median, the trimmed mean — asks one 12-way set for 32 lines, and the lines the
 // hardware prefetches into it are evicted before they are read. Measured on the Zen 5 VM
-// (2026-12-03, `wattagg bench robust`, 32 × 4M f32, alternating): median 36.5, 30.5 GB/s
-// page-aligned against 42.2, 39.5 coloured; trimmed mean 30.3, 27.1 against 38.4, 36.6. A
-// colour costs at most 4.5 KiB beside the buffer.
+// (2026-12-03, `wattagg bench robust`, 32 × 4M f32, alternating with the page-aligned tree):
+// median 42.6 against 29.7 GB/s, trimmed mean 37.0 against 26.2 (read floor about 70 GB/s);
+// when the memory was slower (floor 44 GB/s, 3 pairs) 32.5-34.2 against 31.1-32.6 and
+// 32.3-34.1 against 28.9-30.2. A colour costs at most 4.5 KiB beside the buffer.
 const ColourFrom = 64 << 10
 
-// Colours is how many colours there are, 512 bytes of them: with 32 inputs, 4 lines a set
-// where Zen 4's L1 has 8 ways and Zen 5's 12. Measured the same day, in bench robust (2
+// Colours is how many colours there are (offsets 0 to 448 bytes): 32 inputs then ask each
+// L1 set for 4 lines, where Zen 4's L1 has 8 ways and Zen 5's 12. Measured the same day, in bench robust (2
 // alternating rounds each): median 35.9, 35.0 GB/s with one colour; 38.9, 40.1 with 4; 40.0,
 // 39.0 with 8; 39.3, 36.8 with 64. The weighted sum reads its inputs in runs of 128 KiB and
 // does not care (a C loop of its access pattern, 2 threads, 32 × 4M f32: within the noise

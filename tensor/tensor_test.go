@@ -373,8 +373,7 @@ func TestAligned(t *testing.T) {
 }
 
 // TestAlignedColours checks that large buffers start on every colour in turn (Alignment·c
-// bytes into a page, c < Colours), aligned, zeroed, with the length and capacity asked for,
-// and small ones are not coloured (only aligned).
+// bytes into a page, c < Colours), zeroed, with the length and capacity asked for.
 func TestAlignedColours(t *testing.T) {
 	offset := func(b []byte) int { return int(uintptr(unsafe.Pointer(unsafe.SliceData(b))) % PageSize) }
 	seen := map[int]int{}
