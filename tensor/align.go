@@ -34,9 +34,7 @@ func aligned[T byte | float32 | float64](n int) []T {
 		return s[off : off+n : off+n]
 	}
 	s := make([]T, n+(Colours*Alignment+PageSize)/size)
-	start := uintptr(unsafe.Pointer(unsafe.SliceData(s)))
-	at := (start+PageSize-1)&^(PageSize-1) + nextColour()*Alignment
-	off := int(at-start) / size
+	off := (toPage(unsafe.Pointer(unsafe.SliceData(s))) + nextColour()*Alignment) / size
 	return s[off : off+n : off+n]
 }
 
@@ -65,7 +63,7 @@ const Colours = 8
 var colourNext atomic.Uint32
 
 // nextColour is the colour of the next large buffer.
-func nextColour() uintptr { return uintptr(colourNext.Add(1)-1) % Colours }
+func nextColour() int { return int(colourNext.Add(1)-1) % Colours }
 
 // PageSize is the alignment of PageAligned: a memory page, and what O_DIRECT asks of a
 // buffer's address on every disk here (logical blocks of 512 or 4096 bytes).
@@ -78,7 +76,7 @@ func PageAligned(n int) []byte {
 		panic("tensor: negative buffer length")
 	}
 	b := make([]byte, n+PageSize)
-	off := -int(uintptr(unsafe.Pointer(unsafe.SliceData(b)))) & (PageSize - 1)
+	off := toPage(unsafe.Pointer(unsafe.SliceData(b)))
 	b = b[off : off+n : off+n]
 	if n >= prefaultFrom {
 		firstTouch(b) // see PoolAllocator.fresh
@@ -89,6 +87,9 @@ func PageAligned(n int) []byte {
 // prefaultFrom is the size from which PageAligned maps a buffer's pages in one call: these
 // buffers (read and write staging) are written whole at once.
 const prefaultFrom = 64 << 10
+
+// toPage is how many bytes there are from p to the next page boundary (0 if p is on one).
+func toPage(p unsafe.Pointer) int { return -int(uintptr(p)) & (PageSize - 1) }
 
 // IsAligned reports whether b starts at a multiple of align bytes (align a power of two).
 func IsAligned(b []byte, align int) bool {
