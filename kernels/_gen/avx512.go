@@ -25,6 +25,8 @@ import (
 	. "github.com/mmcloughlin/avo/build"
 	. "github.com/mmcloughlin/avo/operand"
 	. "github.com/mmcloughlin/avo/reg"
+
+	"github.com/wattagg/wattagg/kernels/_gen/internal/emit"
 )
 
 func genAVX512() {
@@ -116,7 +118,7 @@ func accGroup512(a accum, in input, g int, accp Register, n Mem, wp, xp Register
 		lanes = 32 / a.size
 	}
 	j := GP64()
-	steps(fmt.Sprintf("g%d_", g), j, n, accStep512, 8, func(k int) {
+	emit.Steps(fmt.Sprintf("g%d_", g), j, n, accStep512, 8, func(k int) {
 		per := min(k, lanes) // elements per register in this step
 		units := k / per
 		accs := make([]VecVirtual, units)
@@ -131,19 +133,19 @@ func accGroup512(a accum, in input, g int, accp Register, n Mem, wp, xp Register
 			case pairs:
 				// Register u of pair p holds elements 16p+4(u%2) + {0..3, 8..11}.
 				base := 16*(u/2) + 4*(u%2)
-				VMOVUPD(elem(accp, j, 8, base), accs[u].AsY())
-				VINSERTF64X4(U8(1), elem(accp, j, 8, base+8), accs[u], accs[u])
+				VMOVUPD(emit.Elem(accp, j, 8, base), accs[u].AsY())
+				VINSERTF64X4(U8(1), emit.Elem(accp, j, 8, base+8), accs[u], accs[u])
 			case a == accF32:
-				VMOVUPS(elem(accp, j, 4, u*per), r)
+				VMOVUPS(emit.Elem(accp, j, 4, u*per), r)
 			default:
-				VMOVUPD(elem(accp, j, 8, u*per), r)
+				VMOVUPD(emit.Elem(accp, j, 8, u*per), r)
 			}
 		}
 		for i := range g {
 			w := vec(ws[i], per, a.size)
 			if pairs {
 				for u := 0; u < units; u += 2 {
-					m := elem(ptrs[i], j, in.size, 8*u)
+					m := emit.Elem(ptrs[i], j, in.size, 8*u)
 					lo, hi := ZMM(), ZMM()
 					VPUNPCKLWD(m, zero.AsY(), lo.AsY())
 					VPUNPCKHWD(m, zero.AsY(), hi.AsY())
@@ -155,7 +157,7 @@ func accGroup512(a accum, in input, g int, accp Register, n Mem, wp, xp Register
 				continue
 			}
 			for u := range units {
-				m := elem(ptrs[i], j, in.size, u*per)
+				m := emit.Elem(ptrs[i], j, in.size, u*per)
 				acc := vec(accs[u], per, a.size)
 				t := ZMM()
 				tv := vec(t, per, a.size)
@@ -180,12 +182,12 @@ func accGroup512(a accum, in input, g int, accp Register, n Mem, wp, xp Register
 			switch {
 			case pairs:
 				base := 16*(u/2) + 4*(u%2)
-				VMOVUPD(accs[u].AsY(), elem(accp, j, 8, base))
-				VEXTRACTF64X4(U8(1), accs[u], elem(accp, j, 8, base+8))
+				VMOVUPD(accs[u].AsY(), emit.Elem(accp, j, 8, base))
+				VEXTRACTF64X4(U8(1), accs[u], emit.Elem(accp, j, 8, base+8))
 			case a == accF32:
-				VMOVUPS(r, elem(accp, j, 4, u*per))
+				VMOVUPS(r, emit.Elem(accp, j, 4, u*per))
 			default:
-				VMOVUPD(r, elem(accp, j, 8, u*per))
+				VMOVUPD(r, emit.Elem(accp, j, 8, u*per))
 			}
 		}
 	})
@@ -300,21 +302,21 @@ func genStoreF32AVX512(out output) {
 	// the element is the first operand, as in the Go reference, which decides a NaN's payload).
 	scaled := func(off, per int) Register {
 		t := vec(ZMM(), per, 4)
-		VMOVUPS(elem(src, j, 4, off), t)
+		VMOVUPS(emit.Elem(src, j, 4, off), t)
 		VMULPS(vec(s, per, 4), t, t)
 		return t
 	}
-	steps("", j, n, 64, 8, func(k int) {
+	emit.Steps("", j, n, 64, 8, func(k int) {
 		per := min(k, 16)
 		for u := range k / per {
 			v := scaled(u*per, per)
 			switch out {
 			case outF32:
-				VMOVUPS(v, elem(dst, j, 4, u*per))
+				VMOVUPS(v, emit.Elem(dst, j, 4, u*per))
 			case outF16:
-				VCVTPS2PH(U8(0), v, elem(dst, j, 2, u*per))
+				VCVTPS2PH(U8(0), v, emit.Elem(dst, j, 2, u*per))
 			case outBF16:
-				storeBF16AVX512(elem(dst, j, 2, u*per), bf16Round512(v, c))
+				storeBF16AVX512(emit.Elem(dst, j, 2, u*per), bf16Round512(v, c))
 			}
 		}
 	})
@@ -342,7 +344,7 @@ func genStoreF64AVX512(out output) {
 	// scaled loads 8 elements from element off and multiplies them by s.
 	scaled := func(off int) VecVirtual {
 		t := ZMM()
-		VMOVUPD(elem(src, j, 8, off), t)
+		VMOVUPD(emit.Elem(src, j, 8, off), t)
 		VMULPD(s, t, t)
 		return t
 	}
@@ -352,26 +354,26 @@ func genStoreF64AVX512(out output) {
 		VCVTPD2PS(scaled(off), f.AsY())
 		return f
 	}
-	steps("", j, n, 32, 8, func(k int) {
+	emit.Steps("", j, n, 32, 8, func(k int) {
 		if out == outBF16 && k == 32 {
 			// 16 elements per bf16 register: two narrowed halves.
 			for h := 0; h < k; h += 16 {
 				v := narrowed(h)
 				VINSERTF64X4(U8(1), narrowed(h+8).AsY(), v, v)
-				storeBF16AVX512(elem(dst, j, 2, h), bf16Round512(v, c))
+				storeBF16AVX512(emit.Elem(dst, j, 2, h), bf16Round512(v, c))
 			}
 			return
 		}
 		for u := 0; u < k; u += 8 {
 			switch out {
 			case outF64:
-				VMOVUPD(scaled(u), elem(dst, j, 8, u))
+				VMOVUPD(scaled(u), emit.Elem(dst, j, 8, u))
 			case outF32:
-				VMOVUPS(narrowed(u).AsY(), elem(dst, j, 4, u))
+				VMOVUPS(narrowed(u).AsY(), emit.Elem(dst, j, 4, u))
 			case outF16:
-				VCVTPS2PH(U8(0), narrowed(u).AsY(), elem(dst, j, 2, u))
+				VCVTPS2PH(U8(0), narrowed(u).AsY(), emit.Elem(dst, j, 2, u))
 			case outBF16:
-				storeBF16AVX512(elem(dst, j, 2, u), bf16Round512(narrowed(u).AsY(), c))
+				storeBF16AVX512(emit.Elem(dst, j, 2, u), bf16Round512(narrowed(u).AsY(), c))
 			}
 		}
 	})
@@ -427,7 +429,7 @@ func genAnyNonFiniteAVX512(name string, size int) {
 		}
 	}
 	j := GP64()
-	steps("", j, n, 256, 32, func(k int) {
+	emit.Steps("", j, n, 256, 32, func(k int) {
 		ts := make([]Register, k/32)
 		for u := range ts {
 			ts[u] = masked(Mem{Base: x, Index: j, Scale: 1, Disp: 32 * u})
@@ -478,7 +480,7 @@ func genXorFoldAVX512() {
 		VPXORQ(acc[u], acc[u], acc[u])
 	}
 	j := GP64()
-	steps("", j, n, 256, 32, func(k int) {
+	emit.Steps("", j, n, 256, 32, func(k int) {
 		for u := range k / 32 {
 			VPXORQ(Mem{Base: x, Index: j, Scale: 1, Disp: 32 * u}, acc[u], acc[u])
 		}

@@ -16,6 +16,8 @@ import (
 	. "github.com/mmcloughlin/avo/build"
 	. "github.com/mmcloughlin/avo/operand"
 	. "github.com/mmcloughlin/avo/reg"
+
+	"github.com/wattagg/wattagg/kernels/_gen/internal/emit"
 )
 
 func main() {
@@ -92,43 +94,6 @@ var (
 	outBF16 = output{"BF16", 2}
 	outF16  = output{"F16", 2}
 )
-
-// elem addresses element j+off of an array at base whose elements are size bytes.
-func elem(base, j Register, size, off int) Mem {
-	return Mem{Base: base, Index: j, Scale: uint8(size), Disp: off * size}
-}
-
-// steps emits
-//
-//	for j = 0; j+big <= n; j += big { body(big) }
-//	for ; j < n; j += small { body(small) }
-//
-// for n (a register or memory) a multiple of small and big a power of two. Labels are prefixed
-// with prefix.
-func steps(prefix string, j Register, n Op, big, small int, body func(k int)) {
-	nbig := GP64()
-	MOVQ(n, nbig)
-	ANDQ(I32(-big), nbig)
-	XORQ(j, j)
-	CMPQ(j, nbig)
-	JAE(LabelRef(prefix + "small"))
-	Label(prefix + "big")
-	body(big)
-	ADDQ(U32(big), j)
-	CMPQ(j, nbig)
-	JB(LabelRef(prefix + "big"))
-	if small == big {
-		Label(prefix + "small")
-		return
-	}
-	Label(prefix + "small")
-	CMPQ(j, n)
-	JAE(LabelRef(prefix + "done"))
-	body(small)
-	ADDQ(U32(small), j)
-	JMP(LabelRef(prefix + "small"))
-	Label(prefix + "done")
-}
 
 // broadcastD returns a ymm register holding v in every 32-bit lane.
 func broadcastD(v uint32) VecVirtual {
@@ -283,21 +248,21 @@ func accGroup(a accum, in input, g int, accp Register, n Mem, wp, xp Register) {
 		VPXOR(zero, zero, zero)
 	}
 	j := GP64()
-	steps(fmt.Sprintf("g%d_", g), j, n, accStep(a, g), 8, func(k int) {
+	emit.Steps(fmt.Sprintf("g%d_", g), j, n, accStep(a, g), 8, func(k int) {
 		units := k / a.lanes
 		accs := make([]VecVirtual, units)
 		for u := range units {
 			accs[u] = YMM()
 			if a == accF32 {
-				VMOVUPS(elem(accp, j, a.size, u*a.lanes), accs[u])
+				VMOVUPS(emit.Elem(accp, j, a.size, u*a.lanes), accs[u])
 			} else {
-				VMOVUPD(elem(accp, j, a.size, u*a.lanes), accs[u])
+				VMOVUPD(emit.Elem(accp, j, a.size, u*a.lanes), accs[u])
 			}
 		}
 		for i := range g {
 			if a == accF64 && in == inBF16 {
 				for u := 0; u < units; u += 2 {
-					m := elem(ptrs[i], j, in.size, u*a.lanes)
+					m := emit.Elem(ptrs[i], j, in.size, u*a.lanes)
 					lo, hi := YMM(), YMM()
 					VPUNPCKLWD(m, zero, lo.AsX())
 					VPUNPCKHWD(m, zero, hi.AsX())
@@ -309,7 +274,7 @@ func accGroup(a accum, in input, g int, accp Register, n Mem, wp, xp Register) {
 				continue
 			}
 			for u := range units {
-				m := elem(ptrs[i], j, in.size, u*a.lanes)
+				m := emit.Elem(ptrs[i], j, in.size, u*a.lanes)
 				switch {
 				case a == accF32 && in == inF32:
 					t := YMM()
@@ -331,9 +296,9 @@ func accGroup(a accum, in input, g int, accp Register, n Mem, wp, xp Register) {
 		}
 		for u := range units {
 			if a == accF32 {
-				VMOVUPS(accs[u], elem(accp, j, a.size, u*a.lanes))
+				VMOVUPS(accs[u], emit.Elem(accp, j, a.size, u*a.lanes))
 			} else {
-				VMOVUPD(accs[u], elem(accp, j, a.size, u*a.lanes))
+				VMOVUPD(accs[u], emit.Elem(accp, j, a.size, u*a.lanes))
 			}
 		}
 	})
@@ -341,22 +306,6 @@ func accGroup(a accum, in input, g int, accp Register, n Mem, wp, xp Register) {
 
 // ---------------------------------------------------------------------------------------------
 // Stores and scaling.
-
-// bf16Round returns the bfloat16 of each f32 lane of v, in the low 16 bits of each 32-bit lane,
-// as half.F32ToBF16: round to nearest even on the bits (b + 0x7fff + (b>>16)&1) >> 16, and for a
-// NaN its upper half with the quiet bit set, (b>>16) | 0x40.
-func bf16Round(v, one, bias, quiet VecVirtual) VecVirtual {
-	hi, lsb, r, nan := YMM(), YMM(), YMM(), YMM()
-	VPSRLD(U8(16), v, hi)
-	VPAND(one, hi, lsb)
-	VPADDD(bias, v, r)
-	VPADDD(lsb, r, r)
-	VPSRLD(U8(16), r, r)
-	VPOR(quiet, hi, hi)
-	VCMPPS(U8(3), v, v, nan) // unordered: v is NaN
-	VBLENDVPS(nan, hi, r, r)
-	return r
-}
 
 type bf16Consts struct{ one, bias, quiet VecVirtual }
 
@@ -401,31 +350,31 @@ func genStoreF32(out output) {
 	// operand, as in the Go reference).
 	scaled := func(u int) VecVirtual {
 		t := YMM()
-		VMOVUPS(elem(src, j, 4, 8*u), t)
+		VMOVUPS(emit.Elem(src, j, 4, 8*u), t)
 		VMULPS(s, t, t)
 		return t
 	}
 	switch out {
 	case outF32:
-		steps("", j, n, 32, 8, func(k int) {
+		emit.Steps("", j, n, 32, 8, func(k int) {
 			for u := range k / 8 {
-				VMOVUPS(scaled(u), elem(dst, j, 4, 8*u))
+				VMOVUPS(scaled(u), emit.Elem(dst, j, 4, 8*u))
 			}
 		})
 	case outF16:
-		steps("", j, n, 32, 8, func(k int) {
+		emit.Steps("", j, n, 32, 8, func(k int) {
 			for u := range k / 8 {
-				VCVTPS2PH(U8(0), scaled(u), elem(dst, j, 2, 8*u))
+				VCVTPS2PH(U8(0), scaled(u), emit.Elem(dst, j, 2, 8*u))
 			}
 		})
 	case outBF16:
 		c := newBF16Consts()
-		steps("", j, n, 16, 8, func(k int) {
+		emit.Steps("", j, n, 16, 8, func(k int) {
 			rs := make([]VecVirtual, k/8)
 			for u := range rs {
-				rs[u] = bf16Round(scaled(u), c.one, c.bias, c.quiet)
+				rs[u] = emit.BF16Round(scaled(u), c.one, c.bias, c.quiet)
 			}
-			storeBF16(elem(dst, j, 2, 0), rs...)
+			storeBF16(emit.Elem(dst, j, 2, 0), rs...)
 		})
 	}
 	VZEROUPPER()
@@ -449,7 +398,7 @@ func genStoreF64(out output) {
 	// scaled loads 4 elements and multiplies them by s.
 	scaled := func(u int) VecVirtual {
 		t := YMM()
-		VMOVUPD(elem(src, j, 8, 4*u), t)
+		VMOVUPD(emit.Elem(src, j, 8, 4*u), t)
 		VMULPD(s, t, t)
 		return t
 	}
@@ -462,34 +411,34 @@ func genStoreF64(out output) {
 	}
 	switch out {
 	case outF64:
-		steps("", j, n, 32, 8, func(k int) {
+		emit.Steps("", j, n, 32, 8, func(k int) {
 			for u := range k / 4 {
-				VMOVUPD(scaled(u), elem(dst, j, 8, 4*u))
+				VMOVUPD(scaled(u), emit.Elem(dst, j, 8, 4*u))
 			}
 		})
 	case outF32:
-		steps("", j, n, 32, 8, func(k int) {
+		emit.Steps("", j, n, 32, 8, func(k int) {
 			for u := range k / 4 {
-				VMOVUPS(narrowed(u), elem(dst, j, 4, 4*u))
+				VMOVUPS(narrowed(u), emit.Elem(dst, j, 4, 4*u))
 			}
 		})
 	case outF16:
-		steps("", j, n, 32, 8, func(k int) {
+		emit.Steps("", j, n, 32, 8, func(k int) {
 			for u := range k / 4 {
-				VCVTPS2PH(U8(0), narrowed(u), elem(dst, j, 2, 4*u))
+				VCVTPS2PH(U8(0), narrowed(u), emit.Elem(dst, j, 2, 4*u))
 			}
 		})
 	case outBF16:
 		c := newBF16Consts()
-		steps("", j, n, 16, 8, func(k int) {
+		emit.Steps("", j, n, 16, 8, func(k int) {
 			rs := make([]VecVirtual, k/8)
 			for u := range rs {
 				lo, hi := narrowed(2*u), narrowed(2*u+1)
 				v := YMM()
 				VINSERTF128(U8(1), hi, lo.AsY(), v)
-				rs[u] = bf16Round(v, c.one, c.bias, c.quiet)
+				rs[u] = emit.BF16Round(v, c.one, c.bias, c.quiet)
 			}
-			storeBF16(elem(dst, j, 2, 0), rs...)
+			storeBF16(emit.Elem(dst, j, 2, 0), rs...)
 		})
 	}
 	VZEROUPPER()
@@ -534,10 +483,10 @@ func genSumSquares(in input) {
 	}
 	acc := partials(p)
 	j := GP64()
-	steps("", j, n, 16, 16, func(int) {
+	emit.Steps("", j, n, 16, 16, func(int) {
 		for k := range acc {
 			v := YMM()
-			widenF64(in, elem(x, j, in.size, 4*k), v)
+			widenF64(in, emit.Elem(x, j, in.size, 4*k), v)
 			VFMADD231PD(v, v, acc[k])
 		}
 	})
@@ -597,7 +546,7 @@ func genAnyNonFinite(name string, size int) {
 		return t
 	}
 	j := GP64()
-	steps("", j, n, 128, 32, func(k int) {
+	emit.Steps("", j, n, 128, 32, func(k int) {
 		if k == 32 {
 			t := hit(Mem{Base: x, Index: j, Scale: 1})
 			VPTEST(t, t)
@@ -640,7 +589,7 @@ func genXorFold() {
 		VPXOR(acc[u], acc[u], acc[u])
 	}
 	j := GP64()
-	steps("", j, n, 128, 32, func(k int) {
+	emit.Steps("", j, n, 128, 32, func(k int) {
 		for u := range k / 32 {
 			VPXOR(Mem{Base: x, Index: j, Scale: 1, Disp: 32 * u}, acc[u], acc[u])
 		}

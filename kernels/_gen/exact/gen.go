@@ -25,6 +25,8 @@ import (
 	. "github.com/mmcloughlin/avo/build"
 	. "github.com/mmcloughlin/avo/operand"
 	. "github.com/mmcloughlin/avo/reg"
+
+	"github.com/wattagg/wattagg/kernels/_gen/internal/emit"
 )
 
 func main() {
@@ -103,42 +105,6 @@ const (
 // maxGroup is the number of inputs applied per pass over the accumulator: their pointers, the
 // two limb pointers and the loop's registers take the 14 general registers avo allocates.
 const maxGroup = 7
-
-// elem addresses element j+off of an array at base whose elements are size bytes.
-func elem(base, j Register, size, off int) Mem {
-	return Mem{Base: base, Index: j, Scale: uint8(size), Disp: off * size}
-}
-
-// steps emits
-//
-//	for j = 0; j+big <= n; j += big { body(big) }
-//	for ; j < n; j += small { body(small) }
-//
-// for n a multiple of small and big a power of two. Labels are prefixed with prefix.
-func steps(prefix string, j Register, n Op, big, small int, body func(k int)) {
-	nbig := GP64()
-	MOVQ(n, nbig)
-	ANDQ(I32(-big), nbig)
-	XORQ(j, j)
-	CMPQ(j, nbig)
-	JAE(LabelRef(prefix + "small"))
-	Label(prefix + "big")
-	body(big)
-	ADDQ(U32(big), j)
-	CMPQ(j, nbig)
-	JB(LabelRef(prefix + "big"))
-	if small == big {
-		Label(prefix + "small")
-		return
-	}
-	Label(prefix + "small")
-	CMPQ(j, n)
-	JAE(LabelRef(prefix + "done"))
-	body(small)
-	ADDQ(U32(small), j)
-	JMP(LabelRef(prefix + "small"))
-	Label(prefix + "done")
-}
 
 // consts is the read-only table of 32-byte vector constants (each value in four 64-bit lanes):
 // memory operands for the functions that need more constants than registers.
@@ -474,18 +440,18 @@ func accGroup(in input, s isa, g int, hip, lop Register, n Mem, wp, xp Register,
 	if fin != nil {
 		prefix = fmt.Sprintf("g%dfin_", g)
 	}
-	steps(prefix, j, n, s.step, 8, func(k int) {
+	emit.Steps(prefix, j, n, s.step, 8, func(k int) {
 		cols := k / s.lanes
 		his, los := rs.his[:cols], rs.los[:cols]
 		for c := range cols {
-			VMOVDQU64orU(elem(hip, j, 8, c*s.lanes), his[c], s)
-			VMOVDQU64orU(elem(lop, j, 8, c*s.lanes), los[c], s)
+			VMOVDQU64orU(emit.Elem(hip, j, 8, c*s.lanes), his[c], s)
+			VMOVDQU64orU(emit.Elem(lop, j, 8, c*s.lanes), los[c], s)
 		}
 		v, t := rs.v, rs.t
 		for i := range g {
-			mx.update(elem(ptrs[i], j, in.size, 0), k)
+			mx.update(emit.Elem(ptrs[i], j, in.size, 0), k)
 			for c := range cols {
-				widen(in, s, elem(ptrs[i], j, in.size, c*s.lanes), v)
+				widen(in, s, emit.Elem(ptrs[i], j, in.size, c*s.lanes), v)
 				fma, fms := VFMADD231PD, VFMSUB231PD
 				if s.wide {
 					fma, fms = VFMADD231PD_BCST, VFMSUB231PD_BCST
@@ -505,8 +471,8 @@ func accGroup(in input, s isa, g int, hip, lop Register, n Mem, wp, xp Register,
 			}
 		}
 		for c := range cols {
-			VMOVDQU64orU(his[c], elem(hip, j, 8, c*s.lanes), s)
-			VMOVDQU64orU(los[c], elem(lop, j, 8, c*s.lanes), s)
+			VMOVDQU64orU(his[c], emit.Elem(hip, j, 8, c*s.lanes), s)
+			VMOVDQU64orU(los[c], emit.Elem(lop, j, 8, c*s.lanes), s)
 		}
 	})
 }
@@ -662,17 +628,17 @@ func acc1Group(in input, s isa, g int, prefix string, op Register, n Mem, wp, xp
 		VPBROADCASTQ(rs.b.AsX(), rs.b)
 	}
 	j := GP64()
-	steps(fmt.Sprintf("%s%d_", prefix, g), j, n, s.step, 8, func(k int) {
+	emit.Steps(fmt.Sprintf("%s%d_", prefix, g), j, n, s.step, 8, func(k int) {
 		cols := k / s.lanes
 		ones := rs.ones[:cols]
 		for c := range cols {
-			VMOVDQU64orU(elem(op, j, 8, c*s.lanes), ones[c], s)
+			VMOVDQU64orU(emit.Elem(op, j, 8, c*s.lanes), ones[c], s)
 		}
 		v, t, u := rs.v, rs.t, rs.u
 		for i := range g {
-			mx.update(elem(ptrs[i], j, in.size, 0), k)
+			mx.update(emit.Elem(ptrs[i], j, in.size, 0), k)
 			for c := range cols {
-				widen(in, s, elem(ptrs[i], j, in.size, c*s.lanes), v)
+				widen(in, s, emit.Elem(ptrs[i], j, in.size, c*s.lanes), v)
 				fma, fms := VFMADD231PD, VFMSUB231PD
 				if s.wide {
 					fma, fms = VFMADD231PD_BCST, VFMSUB231PD_BCST
@@ -689,7 +655,7 @@ func acc1Group(in input, s isa, g int, prefix string, op Register, n Mem, wp, xp
 		}
 		for c := range cols {
 			VPADDQ(rs.b, ones[c], ones[c])
-			VMOVDQU64orU(ones[c], elem(op, j, 8, c*s.lanes), s)
+			VMOVDQU64orU(ones[c], emit.Elem(op, j, 8, c*s.lanes), s)
 		}
 	})
 }
@@ -733,10 +699,10 @@ func genStore(out output) {
 	// value returns the 4 f32 values of elements j+4c..j+4c+3.
 	value := func(c int) VecVirtual {
 		x, v, l := YMM(), YMM(), YMM()
-		VMOVDQU(elem(hip, j, 8, 4*c), x)
+		VMOVDQU(emit.Elem(hip, j, 8, 4*c), x)
 		toDouble(x, v)
 		VMULPD(konst(cTwo52), v, v) // exact
-		VMOVDQU(elem(lop, j, 8, 4*c), l)
+		VMOVDQU(emit.Elem(lop, j, 8, 4*c), l)
 		VPADDQ(konst(cMagicLo), l, l) // |lo| < 2^51: exact through the magic constant
 		VSUBPD(konst(cMagicLo), l, l)
 		VADDPD(l, v, v) // the sum, rounded once
@@ -745,44 +711,28 @@ func genStore(out output) {
 		VCVTPD2PSY(v, f)
 		return f
 	}
-	steps("", j, n, 8, 8, func(int) {
+	emit.Steps("", j, n, 8, 8, func(int) {
 		a, b := value(0), value(1)
 		switch out {
 		case outF32:
-			VMOVUPS(a, elem(dst, j, 4, 0))
-			VMOVUPS(b, elem(dst, j, 4, 4))
+			VMOVUPS(a, emit.Elem(dst, j, 4, 0))
+			VMOVUPS(b, emit.Elem(dst, j, 4, 4))
 		case outF16:
 			y := YMM()
 			VINSERTF128(U8(1), b, a.AsY(), y)
-			VCVTPS2PH(U8(0), y, elem(dst, j, 2, 0))
+			VCVTPS2PH(U8(0), y, emit.Elem(dst, j, 2, 0))
 		case outBF16:
 			y := YMM()
 			VINSERTF128(U8(1), b, a.AsY(), y)
-			r := bf16Round(y)
+			r := emit.BF16Round(y, konst(cOne32), konst(cBias32), konst(cQuiet32))
 			hi := XMM()
 			VEXTRACTI128(U8(1), r, hi)
 			VPACKUSDW(hi, r.AsX(), hi)
-			VMOVDQU(hi, elem(dst, j, 2, 0))
+			VMOVDQU(hi, emit.Elem(dst, j, 2, 0))
 		}
 	})
 	VZEROUPPER()
 	RET()
-}
-
-// bf16Round returns the bfloat16 of each f32 lane of v in the low 16 bits of each 32-bit lane,
-// as half.F32ToBF16: round to nearest even on the bits, (b + 0x7fff + (b>>16)&1) >> 16, and for
-// a NaN its upper half with the quiet bit set, (b>>16) | 0x40.
-func bf16Round(v VecVirtual) VecVirtual {
-	hi, lsb, r, nan := YMM(), YMM(), YMM(), YMM()
-	VPSRLD(U8(16), v, hi)
-	VPAND(konst(cOne32), hi, lsb)
-	VPADDD(konst(cBias32), v, r)
-	VPADDD(lsb, r, r)
-	VPSRLD(U8(16), r, r)
-	VPOR(konst(cQuiet32), hi, hi)
-	VCMPPS(U8(3), v, v, nan) // unordered: v is NaN
-	VBLENDVPS(nan, hi, r, r)
-	return r
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -821,7 +771,7 @@ func genBeyond(in input) {
 		return v
 	}
 	j := GP64()
-	steps("", j, n, 32, 32, func(int) {
+	emit.Steps("", j, n, 32, 32, func(int) {
 		var t []VecVirtual
 		for off := 0; off < 32; off += 8 * in.size {
 			t = append(t, hit(Mem{Base: x, Index: j, Scale: 1, Disp: off}))

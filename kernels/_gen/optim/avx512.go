@@ -17,6 +17,8 @@ import (
 	. "github.com/mmcloughlin/avo/build"
 	. "github.com/mmcloughlin/avo/operand"
 	. "github.com/mmcloughlin/avo/reg"
+
+	"github.com/wattagg/wattagg/kernels/_gen/internal/emit"
 )
 
 func genAVX512() {
@@ -87,7 +89,7 @@ func genStepAVX512(r rule) {
 	if !r.second {
 		width = 8
 	}
-	steps("", j, n, 2*r.step, 8, func(step int) {
+	emit.Steps("", j, n, 2*r.step, 8, func(step int) {
 		per := min(step, width)
 		kk := func(i int) Register { return view(k[i], per) }
 		for u := range step / per {
@@ -201,7 +203,7 @@ func modSumGroupAVX512(g int, accp Register, n Mem, xp Register) {
 		MOVQ(Mem{Base: xp, Disp: i * hdr}, ptrs[i])
 	}
 	j := GP64()
-	steps(fmt.Sprintf("g%d_", g), j, n, 64, 8, func(k int) {
+	emit.Steps(fmt.Sprintf("g%d_", g), j, n, 64, 8, func(k int) {
 		const per = 8
 		accs := make([]Register, k/per)
 		for u := range accs {

@@ -21,6 +21,8 @@ import (
 	. "github.com/mmcloughlin/avo/build"
 	. "github.com/mmcloughlin/avo/operand"
 	. "github.com/mmcloughlin/avo/reg"
+
+	"github.com/wattagg/wattagg/kernels/_gen/internal/emit"
 )
 
 func main() {
@@ -68,37 +70,7 @@ const (
 func konst(c Register, k int) Mem { return Mem{Base: c, Disp: 32 * k} }
 
 // elem addresses element j+off of the float32 array at base.
-func elem(base, j Register, off int) Mem { return Mem{Base: base, Index: j, Scale: 4, Disp: 4 * off} }
-
-// steps emits
-//
-//	for j = 0; j+big <= n; j += big { body(big) }
-//	for ; j < n; j += small { body(small) }
-//
-// for n a multiple of small and big a power of two. Labels are prefixed with prefix.
-func steps(prefix string, j Register, n Op, big, small int, body func(k int)) {
-	nbig := GP64()
-	MOVQ(n, nbig)
-	ANDQ(I32(-big), nbig)
-	XORQ(j, j)
-	CMPQ(j, nbig)
-	JAE(LabelRef(prefix + "small"))
-	Label(prefix + "big")
-	body(big)
-	ADDQ(U32(big), j)
-	CMPQ(j, nbig)
-	JB(LabelRef(prefix + "big"))
-	Label(prefix + "small")
-	if small == big {
-		return
-	}
-	CMPQ(j, n)
-	JAE(LabelRef(prefix + "done"))
-	body(small)
-	ADDQ(U32(small), j)
-	JMP(LabelRef(prefix + "small"))
-	Label(prefix + "done")
-}
+func elem(base, j Register, off int) Mem { return emit.Elem(base, j, 4, off) }
 
 // genStep generates <rule>StepAVX2: one pass over x, d, m (and v) writing xo, mo (and vo), for
 // a length that is a multiple of 8. Each output may be its input (xo may be x or d): every
@@ -127,7 +99,7 @@ func genStep(r rule) {
 	n := Load(Param("x").Len(), GP64())
 	j := GP64()
 
-	steps("", j, n, r.step, 8, func(k int) {
+	emit.Steps("", j, n, r.step, 8, func(k int) {
 		for u := range k / 8 {
 			off := 8 * u
 			if !r.second {
@@ -250,7 +222,7 @@ func modSumGroup(g int, accp Register, n Mem, xp Register) {
 		MOVQ(Mem{Base: xp, Disp: i * hdr}, ptrs[i])
 	}
 	j := GP64()
-	steps(fmt.Sprintf("g%d_", g), j, n, 32, 8, func(k int) {
+	emit.Steps(fmt.Sprintf("g%d_", g), j, n, 32, 8, func(k int) {
 		accs := make([]VecVirtual, k/8)
 		for u := range accs {
 			accs[u] = YMM()

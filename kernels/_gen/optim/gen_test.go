@@ -1,54 +1,12 @@
 package main
 
 import (
-	"bytes"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"testing"
+
+	"github.com/wattagg/wattagg/kernels/_gen/internal/gencheck"
 )
 
-// TestGeneratedUpToDate regenerates the assembly and stubs in a copy of the generator module laid
-// out as the repository is (tmp/kernels/_gen/optim, so that the command line recorded in the
-// headers is the same) and fails if they differ from the committed kernels/optim_amd64.s and
-// kernels/optim_stubs_amd64.go.
+// TestGeneratedUpToDate fails if kernels/optim_amd64.s and kernels/optim_stubs_amd64.go are not what this program generates.
 func TestGeneratedUpToDate(t *testing.T) {
-	if testing.Short() {
-		t.Skip("runs the generator")
-	}
-	gen := filepath.Join(t.TempDir(), "kernels", "_gen")
-	if err := os.MkdirAll(filepath.Join(gen, "optim"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	files, err := filepath.Glob("*.go")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, f := range append(files, "../go.mod", "../go.sum") {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(gen, "optim", f), b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	cmd := exec.Command("go", "generate")
-	cmd.Dir = filepath.Join(gen, "optim")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go generate: %v\n%s", err, out)
-	}
-	for _, f := range []string{"optim_amd64.s", "optim_stubs_amd64.go"} {
-		want, err := os.ReadFile(filepath.Join(gen, "..", f))
-		if err != nil {
-			t.Fatal(err)
-		}
-		got, err := os.ReadFile(filepath.Join("..", "..", f))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if !bytes.Equal(got, want) {
-			t.Errorf("kernels/%s is not what kernels/_gen/optim generates: run go generate in kernels/_gen/optim (or make generate)", f)
-		}
-	}
+	gencheck.UpToDate(t, "optim", "optim_amd64.s", "optim_stubs_amd64.go")
 }
