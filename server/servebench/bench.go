@@ -133,7 +133,6 @@ func Run(ctx context.Context, c Config) (*Result, error) {
 	return res, nil
 }
 
-// sumNote says how the rounds summed and what their accumulator held (fedavg: "auto" is exact).
 // direct reports whether the rounds' spools are written with O_DIRECT: exact sums add updates
 // as they arrive and never read the spool back (server/direct.go).
 func (c *Config) direct() bool { return c.Sum != "float" }
@@ -144,6 +143,12 @@ func (c *Config) diskWay() string {
 		return "O_DIRECT, as the spool of an exact sum"
 	}
 	return "through the page cache, as the spool of a float sum"
+}
+
+// rssBudget is the bound on the server's peak RSS in an ingest round: 1.3 × the f32
+// model + 2 chunks a stream + 128 MiB.
+func (c *Config) rssBudget() float64 {
+	return 1.3*float64(c.Params*4) + float64(c.Clients)*2*float64(server.DefaultChunkBytes) + 128<<20
 }
 
 // weight is the ingest row's weight of client k.
@@ -162,6 +167,7 @@ func (c *Config) weightNote() string {
 	return fmt.Sprintf(", weights 1..%d", c.WeightMax)
 }
 
+// sumNote says how the rounds summed and what their accumulator held (fedavg: "auto" is exact).
 func (c *Config) sumNote(st *api.Round, params int) string {
 	held := "running sums at the close: not reported"
 	if st.Report != nil && st.Report.SumBytes > 0 {
@@ -245,24 +251,11 @@ func ingestRows(ctx context.Context, c *Config) ([]Row, error) {
 		return nil, err
 	}
 	total := float64(len(body)) * float64(c.Clients)
-	// Floor 1: the same bytes over the same number of TCP streams into io.Discard.
-	tcp, err := tcpFloor(body, c.Clients)
+	before, err := measureFloors(filepath.Join(dir, "floor"), body, c.Clients, c.direct(), true)
 	if err != nil {
 		return nil, err
 	}
-	c.logf("TCP floor: %.2f GB/s", total/tcp.Seconds()/1e9)
-	// Floor 2: the disk writing what design A writes: one file per update, fdatasync each.
-	disk, err := diskFloor(filepath.Join(dir, "floor"), len(body), c.Clients, c.direct())
-	if err != nil {
-		return nil, err
-	}
-	c.logf("disk floor: %.2f GB/s", total/disk.Seconds()/1e9)
-	// Floor 3: both at once, as the ingest does them (not the floor: context for it).
-	both, err := tcpDiskFloor(filepath.Join(dir, "floor"), body, c.Clients, c.direct())
-	if err != nil {
-		return nil, err
-	}
-	c.logf("TCP into disk floor: %.2f GB/s", total/both.Seconds()/1e9)
+	c.logf("floors before: %s", before.rates(total))
 	// Design B: a durable write of the accumulator (model-sized, f32) per group.
 	accWrite, err := durableWrite(filepath.Join(dir, "floor"), c.Params*4)
 	if err != nil {
@@ -310,40 +303,25 @@ func ingestRows(ctx context.Context, c *Config) ([]Row, error) {
 	}
 	hwm, anon := peakRSS(p.cmd.Process.Pid)
 	p.stop()
-	// The floors again after the run: the machine is shared, so each floor is the faster of
-	// its two measurements (the ratio is then the conservative one).
-	tcp2, err := tcpFloor(body, c.Clients)
+	after, err := measureFloors(filepath.Join(dir, "floor"), body, c.Clients, c.direct(), true)
 	if err != nil {
 		return nil, err
 	}
-	disk2, err := diskFloor(filepath.Join(dir, "floor"), len(body), c.Clients, c.direct())
-	if err != nil {
-		return nil, err
-	}
-	both2, err := tcpDiskFloor(filepath.Join(dir, "floor"), body, c.Clients, c.direct())
-	if err != nil {
-		return nil, err
-	}
-	c.logf("floors after: TCP %.2f GB/s, disk %.2f GB/s, TCP into disk %.2f GB/s", total/tcp2.Seconds()/1e9, total/disk2.Seconds()/1e9, total/both2.Seconds()/1e9)
-	tcpBefore, diskBefore, bothBefore := tcp, disk, both
-	tcp, disk, both = min(tcp, tcp2), min(disk, disk2), min(both, both2)
-	// The floor is the slower of the two: the smaller rate, the longer time.
-	floor, floorIs := tcp, "loopback TCP"
-	if disk > tcp {
-		floor, floorIs = disk, "disk durable writes"
-	}
+	c.logf("floors after: %s", after.rates(total))
+	best := before.best(after)
+	floor, floorIs := best.ingest()
 	model := float64(c.Params * 4)
-	budget := 1.3*model + float64(c.Clients)*2*float64(server.DefaultChunkBytes) + 128<<20
+	budget := c.rssBudget()
 	gb := func(d time.Duration) float64 { return total / d.Seconds() / 1e9 }
 	g := max(groups, 1)
 	rows := []Row{
 		{What: fmt.Sprintf("HTTP ingest, %d clients × %d f32 params, durable%s", c.Clients, c.Params, c.weightNote()), Measured: gb(ingest), Unit: "GB/s",
 			Floor: gb(floor), FloorIs: "min(loopback TCP, disk durable): " + floorIs, Ratio: floor.Seconds() / ingest.Seconds(),
 			Note: fmt.Sprintf("TCP %.2f GB/s (before %.2f, after %.2f), disk %.2f GB/s (before %.2f, after %.2f; %s); first byte to last acknowledgement %.2f s; round closed %.2f s after the start; %.0f group commits",
-				gb(tcp), gb(tcpBefore), gb(tcp2), gb(disk), gb(diskBefore), gb(disk2), c.diskWay(), ingest.Seconds(), closed.Seconds(), groups)},
+				gb(best.tcp), gb(before.tcp), gb(after.tcp), gb(best.disk), gb(before.disk), gb(after.disk), c.diskWay(), ingest.Seconds(), closed.Seconds(), groups)},
 		{What: "the same ingest against TCP into disk at once", Measured: gb(ingest), Unit: "GB/s",
-			Floor: gb(both), FloorIs: "the same bytes over as many TCP streams, each written durably as it arrives (no parsing, hashing or adding)", Ratio: both.Seconds() / ingest.Seconds(),
-			Note: fmt.Sprintf("before %.2f, after %.2f GB/s: what the machine does when it receives and writes at once, against the issue's floor min(TCP, disk) of the two measured alone", gb(bothBefore), gb(both2))},
+			Floor: gb(best.both), FloorIs: "the same bytes over as many TCP streams, each written durably as it arrives (no parsing, hashing or adding)", Ratio: best.both.Seconds() / ingest.Seconds(),
+			Note: fmt.Sprintf("before %.2f, after %.2f GB/s: what the machine does when it receives and writes at once, against the issue's floor min(TCP, disk) of the two measured alone", gb(before.both), gb(after.both))},
 		{What: "server peak RSS (VmHWM) during the ingest round", Measured: hwm / (1 << 20), Unit: "MiB",
 			Floor: budget / (1 << 20), FloorIs: "budget 1.3 × model + streams × 2 chunks + 128 MiB", Ratio: hwm / budget,
 			Note: fmt.Sprintf("RssAnon at the end %.0f MiB; model %.0f MiB; %s", anon/(1<<20), model/(1<<20), c.sumNote(closedSt, c.Params))},
@@ -574,6 +552,53 @@ func syncFloorFile(f *os.File, size int, direct bool) error {
 		}
 	}
 	return unix.Fdatasync(int(f.Fd()))
+}
+
+// ingestFloors are the floors of an ingest row, each the time the same bytes took: over as many
+// loopback TCP streams into io.Discard (tcp), written durably as the spool writes them (disk), and
+// both at once, each stream written as it arrives (both; zero where not measured).
+type ingestFloors struct{ tcp, disk, both time.Duration }
+
+// measureFloors measures the floors of clients streams of body, writing under dir; both only
+// with withBoth.
+func measureFloors(dir string, body []byte, clients int, direct, withBoth bool) (ingestFloors, error) {
+	var f ingestFloors
+	var err error
+	if f.tcp, err = tcpFloor(body, clients); err != nil {
+		return f, err
+	}
+	if f.disk, err = diskFloor(dir, len(body), clients, direct); err != nil {
+		return f, err
+	}
+	if withBoth {
+		f.both, err = tcpDiskFloor(dir, body, clients, direct)
+	}
+	return f, err
+}
+
+// best is the faster of each floor measured before and after a run: the machine is shared, so
+// the ratio against it is the conservative one.
+func (f ingestFloors) best(g ingestFloors) ingestFloors {
+	return ingestFloors{tcp: min(f.tcp, g.tcp), disk: min(f.disk, g.disk), both: min(f.both, g.both)}
+}
+
+// ingest is the floor, min(TCP, disk) as a rate, so the longer of the two times, and
+// which it is.
+func (f ingestFloors) ingest() (time.Duration, string) {
+	if f.disk > f.tcp {
+		return f.disk, "disk durable writes"
+	}
+	return f.tcp, "loopback TCP"
+}
+
+// rates prints the floors as rates for total bytes.
+func (f ingestFloors) rates(total float64) string {
+	gb := func(d time.Duration) float64 { return total / d.Seconds() / 1e9 }
+	s := fmt.Sprintf("TCP %.2f GB/s, disk %.2f GB/s", gb(f.tcp), gb(f.disk))
+	if f.both > 0 {
+		s += fmt.Sprintf(", TCP into disk %.2f GB/s", gb(f.both))
+	}
+	return s
 }
 
 // diskFloor writes n files of size bytes at once, in 1 MiB writes, each fdatasynced, as the

@@ -39,11 +39,7 @@ func flightRows(ctx context.Context, c *Config) ([]Row, error) {
 		return nil, err
 	}
 	data := float64(c.Params*4) * float64(c.Clients)
-	tcp, err := tcpFloor(body, c.Clients)
-	if err != nil {
-		return nil, err
-	}
-	disk, err := diskFloor(filepath.Join(dir, "floor"), len(body), c.Clients, c.direct())
+	before, err := measureFloors(filepath.Join(dir, "floor"), body, c.Clients, c.direct(), false)
 	if err != nil {
 		return nil, err
 	}
@@ -83,28 +79,20 @@ func flightRows(ctx context.Context, c *Config) ([]Row, error) {
 	}
 	hwm, anon := peakRSS(p.cmd.Process.Pid)
 	p.stop()
-	tcp2, err := tcpFloor(body, c.Clients)
+	after, err := measureFloors(filepath.Join(dir, "floor"), body, c.Clients, c.direct(), false)
 	if err != nil {
 		return nil, err
 	}
-	disk2, err := diskFloor(filepath.Join(dir, "floor"), len(body), c.Clients, c.direct())
-	if err != nil {
-		return nil, err
-	}
-	tcpBefore, diskBefore := tcp, disk
-	tcp, disk = min(tcp, tcp2), min(disk, disk2)
-	floor, floorIs := tcp, "loopback TCP"
-	if disk > tcp {
-		floor, floorIs = disk, "disk durable writes"
-	}
+	best := before.best(after)
+	floor, floorIs := best.ingest()
 	model := float64(c.Params * 4)
-	budget := 1.3*model + float64(c.Clients)*2*float64(server.DefaultChunkBytes) + 128<<20
+	budget := c.rssBudget()
 	gb := func(d time.Duration) float64 { return data / d.Seconds() / 1e9 }
 	return []Row{
 		{What: fmt.Sprintf("Flight DoPut ingest, %d clients × %d f32 params, durable (%d KiB batches)", c.Clients, c.Params, server.DefaultChunkBytes>>10),
 			Measured: gb(took), Unit: "GB/s", Floor: gb(floor), FloorIs: "min(loopback TCP, disk durable): " + floorIs, Ratio: floor.Seconds() / took.Seconds(),
 			Note: fmt.Sprintf("TCP %.2f GB/s (before %.2f, after %.2f), disk %.2f GB/s (before %.2f, after %.2f; %s); tensor bytes counted",
-				gb(tcp), gb(tcpBefore), gb(tcp2), gb(disk), gb(diskBefore), gb(disk2), c.diskWay())},
+				gb(best.tcp), gb(before.tcp), gb(after.tcp), gb(best.disk), gb(before.disk), gb(after.disk), c.diskWay())},
 		{What: "server peak RSS (VmHWM) during the Flight round", Measured: hwm / (1 << 20), Unit: "MiB",
 			Floor: budget / (1 << 20), FloorIs: "budget 1.3 × model + streams × 2 chunks + 128 MiB", Ratio: hwm / budget,
 			Note: fmt.Sprintf("RssAnon at the end %.0f MiB; model %.0f MiB; %s", anon/(1<<20), model/(1<<20), c.sumNote(closedSt, c.Params))},
