@@ -248,7 +248,7 @@ func widen512F64(in input, m Mem, dst VecVirtual, per int) {
 // ---------------------------------------------------------------------------------------------
 // Stores and scaling.
 
-// bf16Round512 is bf16Round on a zmm or ymm register: the bfloat16 of each f32 lane of v in the
+// bf16Round512 is emit.BF16Round on a zmm or ymm register: the bfloat16 of each f32 lane of v in the
 // low 16 bits of its 32-bit lane, (b + 0x7fff + (b>>16)&1) >> 16, or (b>>16) | 0x40 for a NaN
 // (merged under the mask of the unordered compare).
 func bf16Round512(v Register, c bf16Consts) Register {

@@ -19,7 +19,8 @@ func Elem(base, j reg.Register, size, off int) operand.Mem {
 //	for j = 0; j+big <= n; j += big { body(big) }
 //	for ; j < n; j += small { body(small) }
 //
-// for n a multiple of small and big a power of two. Labels are prefixed with prefix.
+// for n (a register or memory) a multiple of small and big a power of two. Labels are prefixed
+// with prefix.
 func Steps(prefix string, j reg.Register, n operand.Op, big, small int, body func(k int)) {
 	nbig := build.GP64()
 	build.MOVQ(n, nbig)
