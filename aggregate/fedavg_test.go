@@ -13,75 +13,12 @@ import (
 	"testing"
 
 	"github.com/wattagg/wattagg/device"
+	"github.com/wattagg/wattagg/internal/tensortest"
 	"github.com/wattagg/wattagg/tensor"
 	"github.com/wattagg/wattagg/tensor/safetensors"
 )
 
-// shapes of a small model with the spread real ones have: a matrix, odd vectors, a scalar.
-var shapes = map[string][]int{"embed": {67, 33}, "bias": {5}, "norm": {1001}, "scalar": {}}
-var names = []string{"embed", "bias", "norm", "scalar"}
-
-// update makes a random update whose tensors have dtype dt (names in order).
-func update(t *testing.T, r *rand.Rand, src string, dt tensor.DType, order []string) *tensor.Set {
-	t.Helper()
-	s := &tensor.Set{Source: src, Metadata: map[string]string{}}
-	for _, name := range order {
-		tt, err := tensor.New(name, dt, shapes[name]...)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for j := range tt.Len() {
-			setValue(tt, j, r.NormFloat64())
-		}
-		if dt == tensor.I8 {
-			tt.Scale = 0.01 + r.Float32()/50
-		}
-		if err := s.Add(tt); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return s
-}
-
-func setValue(t *tensor.Tensor, j int, v float64) {
-	b := t.Bytes()
-	switch t.DType {
-	case tensor.F32:
-		putU32(b[4*j:], math.Float32bits(float32(v)))
-	case tensor.F64:
-		putU32(b[8*j:], uint32(math.Float64bits(v)))
-		putU32(b[8*j+4:], uint32(math.Float64bits(v)>>32))
-	case tensor.BF16:
-		putU16(b[2*j:], tensor.F32ToBF16(float32(v)))
-	case tensor.F16:
-		putU16(b[2*j:], tensor.F32ToF16(float32(v)))
-	case tensor.I8:
-		b[j] = byte(int8(max(-127, min(127, math.Round(v*40)))))
-	case tensor.U32:
-		putU32(b[4*j:], uint32(v))
-	}
-}
-
-func putU16(b []byte, v uint16) { b[0], b[1] = byte(v), byte(v>>8) }
-func putU32(b []byte, v uint32) { putU16(b, uint16(v)); putU16(b[2:], uint16(v>>16)) }
-
-// newTensor is tensor.New that fails the test on error.
-func newTensor(t *testing.T, name string, dt tensor.DType, shape ...int) *tensor.Tensor {
-	t.Helper()
-	tt, err := tensor.New(name, dt, shape...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tt
-}
-
-// addTo is Set.Add that fails the test on error.
-func addTo(t *testing.T, s *tensor.Set, tt *tensor.Tensor) {
-	t.Helper()
-	if err := s.Add(tt); err != nil {
-		t.Fatal(err)
-	}
-}
+var names = tensortest.Names
 
 // referenceMean is FedAvg computed plainly in float64, by tensor name.
 func referenceMean(updates []*tensor.Set, weights []float64) map[string][]float64 {
@@ -158,7 +95,7 @@ func TestWeightedMeanMatchesFloat64Reference(t *testing.T) {
 				if k%2 == 1 { // writers order tensors differently: match by name
 					order = []string{"norm", "scalar", "embed", "bias"}
 				}
-				updates = append(updates, update(t, r, fmt.Sprintf("c%d", k), tc.in[k%len(tc.in)], order))
+				updates = append(updates, tensortest.Update(t, r, fmt.Sprintf("c%d", k), tc.in[k%len(tc.in)], order))
 				weights = append(weights, 1+float64(r.IntN(1000)))
 			}
 			got, rep, err := WeightedMean(context.Background(), updates, weights, tc.opts...)
@@ -183,7 +120,7 @@ func TestWeightedMeanIsDeterministic(t *testing.T) {
 	r := rand.New(rand.NewPCG(2, 2))
 	var updates []*tensor.Set
 	for k := range 5 {
-		updates = append(updates, update(t, r, fmt.Sprint(k), tensor.BF16, names))
+		updates = append(updates, tensortest.Update(t, r, fmt.Sprint(k), tensor.BF16, names))
 	}
 	var first *tensor.Set
 	for _, workers := range []int{1, 2, 5} {
@@ -209,7 +146,7 @@ func TestWeightedMeanIsDeterministic(t *testing.T) {
 
 func TestWeightsFromNumExamples(t *testing.T) {
 	r := rand.New(rand.NewPCG(3, 3))
-	a, b := update(t, r, "a.safetensors", tensor.F32, names), update(t, r, "b.safetensors", tensor.F32, names)
+	a, b := tensortest.Update(t, r, "a.safetensors", tensor.F32, names), tensortest.Update(t, r, "b.safetensors", tensor.F32, names)
 	a.Metadata[NumExamplesKey], b.Metadata[NumExamplesKey] = "300", "100"
 	got, rep, err := WeightedMean(context.Background(), []*tensor.Set{a, b}, nil)
 	if err != nil {
@@ -238,15 +175,15 @@ func TestWeightsFromNumExamples(t *testing.T) {
 // Each bad input is an error with the exact one-line message a user reads.
 func TestWeightedMeanBadInput(t *testing.T) {
 	r := rand.New(rand.NewPCG(4, 4))
-	good := func(src string) *tensor.Set { return update(t, r, src, tensor.F32, names) }
+	good := func(src string) *tensor.Set { return tensortest.Update(t, r, src, tensor.F32, names) }
 	withTensor := func(src string, mutate func(*tensor.Set) *tensor.Set) *tensor.Set { return mutate(good(src)) }
 	rebuild := func(s *tensor.Set, name string, dt tensor.DType, shape ...int) *tensor.Set {
 		out := &tensor.Set{Source: s.Source, Metadata: s.Metadata}
 		for _, tt := range s.Tensors() {
 			if tt.Name == name {
-				tt = newTensor(t, name, dt, shape...)
+				tt = tensortest.New(t, name, dt, shape...)
 			}
-			addTo(t, out, tt)
+			tensortest.Add(t, out, tt)
 		}
 		return out
 	}
@@ -267,12 +204,12 @@ func TestWeightedMeanBadInput(t *testing.T) {
 		{"missing tensor", []*tensor.Set{good("a"), withTensor("b", func(s *tensor.Set) *tensor.Set {
 			out := &tensor.Set{Source: "b"}
 			for _, tt := range s.Tensors()[1:] {
-				addTo(t, out, tt)
+				tensortest.Add(t, out, tt)
 			}
 			return out
 		})}, nil, nil, tensor.ErrLayoutMismatch, `b: layout mismatch: tensor "embed" is missing (as in a)`},
 		{"extra tensor", []*tensor.Set{good("a"), withTensor("b", func(s *tensor.Set) *tensor.Set {
-			addTo(t, s, newTensor(t, "extra", tensor.F32, 2))
+			tensortest.Add(t, s, tensortest.New(t, "extra", tensor.F32, 2))
 			return s
 		})}, nil, nil, tensor.ErrLayoutMismatch, `b: layout mismatch: unexpected tensor "extra" (as in a)`},
 		{"shape", []*tensor.Set{good("a"), withTensor("b", func(s *tensor.Set) *tensor.Set { return rebuild(s, "bias", tensor.F32, 6) })},
@@ -283,21 +220,21 @@ func TestWeightedMeanBadInput(t *testing.T) {
 			nil, nil, tensor.ErrDType, `a: unsupported dtype: tensor "bias" is u32: fedavg averages real values (u32 tensors are for the secure-sum rule)`},
 		{"nan", []*tensor.Set{good("a"), withTensor("b.safetensors", func(s *tensor.Set) *tensor.Set {
 			tt, _ := s.Tensor("norm")
-			setValue(tt, 600, math.NaN())
+			tensortest.SetValue(tt, 600, math.NaN())
 			return s
 		})}, nil, nil, tensor.ErrNonFinite, `b.safetensors: tensor "norm": non-finite value NaN at element 600`},
 		{"inf", []*tensor.Set{withTensor("a.safetensors", func(s *tensor.Set) *tensor.Set {
 			tt, _ := s.Tensor("embed")
-			setValue(tt, 2000, math.Inf(-1))
+			tensortest.SetValue(tt, 2000, math.Inf(-1))
 			return s
 		}), good("b")}, nil, nil, tensor.ErrNonFinite, `a.safetensors: tensor "embed": non-finite value -Inf at element 2000`},
 		{"f16 overflow", []*tensor.Set{withTensor("a", func(s *tensor.Set) *tensor.Set {
 			tt, _ := s.Tensor("bias")
-			setValue(tt, 3, 1e6)
+			tensortest.SetValue(tt, 3, 1e6)
 			return s
 		})}, nil, []Option{WithOutDType(tensor.F16)}, ErrOverflow,
 			`fedavg: tensor "bias" element 3: overflow: the result is +Inf in f16 (accumulate in f64 or choose a wider output dtype)`},
-		{"f64 with f32 acc", []*tensor.Set{update(t, r, "a", tensor.F64, names)}, nil, []Option{WithAccumulator(tensor.F32)}, ErrOption,
+		{"f64 with f32 acc", []*tensor.Set{tensortest.Update(t, r, "a", tensor.F64, names)}, nil, []Option{WithAccumulator(tensor.F32)}, ErrOption,
 			`a: invalid option: tensor "embed" has f64 inputs: accumulate in f64`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -331,13 +268,13 @@ func TestOptionsRejectBadValues(t *testing.T) {
 
 func TestWithOutputReusesMemory(t *testing.T) {
 	r := rand.New(rand.NewPCG(5, 5))
-	updates := []*tensor.Set{update(t, r, "a", tensor.F32, names), update(t, r, "b", tensor.F32, names)}
+	updates := []*tensor.Set{tensortest.Update(t, r, "a", tensor.F32, names), tensortest.Update(t, r, "b", tensor.F32, names)}
 	dst, _, err := WeightedMean(context.Background(), updates, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	before := &dst.At(0).Bytes()[0]
-	updates[0] = update(t, r, "c", tensor.F32, names)
+	updates[0] = tensortest.Update(t, r, "c", tensor.F32, names)
 	got, _, err := WeightedMean(context.Background(), updates, []float64{1, 3}, WithOutput(dst))
 	if err != nil {
 		t.Fatal(err)
@@ -357,7 +294,7 @@ func TestWeightedMeanFile(t *testing.T) {
 	dir := t.TempDir()
 	var updates []*tensor.Set
 	for k := range 4 {
-		updates = append(updates, update(t, r, fmt.Sprint(k), tensor.BF16, names))
+		updates = append(updates, tensortest.Update(t, r, fmt.Sprint(k), tensor.BF16, names))
 	}
 	for _, out := range []tensor.DType{tensor.BF16, tensor.F32, tensor.I8} {
 		path := filepath.Join(dir, out.String()+".safetensors")
@@ -394,16 +331,16 @@ func TestWeightedMeanFileFailureLeavesNothing(t *testing.T) {
 	if err := os.WriteFile(path, []byte("previous round"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	bad := update(t, r, "bad", tensor.F32, names)
+	bad := tensortest.Update(t, r, "bad", tensor.F32, names)
 	tt, _ := bad.Tensor("embed")
-	setValue(tt, tt.Len()-1, math.NaN())
-	_, err := WeightedMeanFile(context.Background(), path, []*tensor.Set{update(t, r, "a", tensor.F32, names), bad}, nil, WithChunkBytes(4096))
+	tensortest.SetValue(tt, tt.Len()-1, math.NaN())
+	_, err := WeightedMeanFile(context.Background(), path, []*tensor.Set{tensortest.Update(t, r, "a", tensor.F32, names), bad}, nil, WithChunkBytes(4096))
 	if !errors.Is(err, tensor.ErrNonFinite) {
 		t.Fatalf("err = %v", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if _, err := WeightedMeanFile(ctx, path, []*tensor.Set{update(t, r, "a", tensor.F32, names)}, nil); !errors.Is(err, context.Canceled) {
+	if _, err := WeightedMeanFile(ctx, path, []*tensor.Set{tensortest.Update(t, r, "a", tensor.F32, names)}, nil); !errors.Is(err, context.Canceled) {
 		t.Fatalf("cancelled: err = %v", err)
 	}
 	if b, _ := os.ReadFile(path); string(b) != "previous round" {
@@ -412,7 +349,7 @@ func TestWeightedMeanFileFailureLeavesNothing(t *testing.T) {
 	if entries, _ := os.ReadDir(dir); len(entries) != 1 {
 		t.Fatalf("directory holds %v, want only the previous file", entries)
 	}
-	_, err = WeightedMeanFile(context.Background(), filepath.Join(dir, "no", "such", "dir.safetensors"), []*tensor.Set{update(t, r, "a", tensor.F32, names)}, nil)
+	_, err = WeightedMeanFile(context.Background(), filepath.Join(dir, "no", "such", "dir.safetensors"), []*tensor.Set{tensortest.Update(t, r, "a", tensor.F32, names)}, nil)
 	if err == nil || !strings.Contains(err.Error(), filepath.Join(dir, "no", "such")) {
 		t.Fatalf("unwritable path: err = %v", err)
 	}
@@ -420,7 +357,7 @@ func TestWeightedMeanFileFailureLeavesNothing(t *testing.T) {
 
 func TestProgressReachesTotal(t *testing.T) {
 	r := rand.New(rand.NewPCG(8, 8))
-	updates := []*tensor.Set{update(t, r, "a", tensor.F32, names), update(t, r, "b", tensor.F32, names)}
+	updates := []*tensor.Set{tensortest.Update(t, r, "a", tensor.F32, names), tensortest.Update(t, r, "b", tensor.F32, names)}
 	var last, total int64
 	_, rep, err := WeightedMean(context.Background(), updates, nil, WithChunkBytes(4096), WithProgress(func(done, all int64) {
 		last, total = max(last, done), all

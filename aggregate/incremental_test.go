@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/wattagg/wattagg/internal/tensortest"
 	"github.com/wattagg/wattagg/tensor"
 	"github.com/wattagg/wattagg/tensor/safetensors"
 )
@@ -37,7 +38,7 @@ func TestRoundMatchesFloat64Reference(t *testing.T) {
 			var updates []*tensor.Set
 			var weights []float64
 			for k := range 9 {
-				u := update(t, r, fmt.Sprint(k), dt, names)
+				u := tensortest.Update(t, r, fmt.Sprint(k), dt, names)
 				w := 1 + float64(r.IntN(50))
 				if err := round.Add(context.Background(), u, w); err != nil {
 					t.Fatal(err)
@@ -77,7 +78,7 @@ func TestRoundRejectedUpdateChangesNothing(t *testing.T) {
 	r := rand.New(rand.NewPCG(11, 11))
 	var accepted []*tensor.Set
 	for k := range 3 {
-		accepted = append(accepted, update(t, r, fmt.Sprint(k), tensor.F32, names))
+		accepted = append(accepted, tensortest.Update(t, r, fmt.Sprint(k), tensor.F32, names))
 	}
 	start := func() *Round {
 		round := newFedAvgRound(t, WithMixedDTypes(true))
@@ -89,17 +90,17 @@ func TestRoundRejectedUpdateChangesNothing(t *testing.T) {
 		return round
 	}
 	before := resultBytes(t, start())
-	nanLate := update(t, r, "late-nan.safetensors", tensor.F32, names)
+	nanLate := tensortest.Update(t, r, "late-nan.safetensors", tensor.F32, names)
 	tt, _ := nanLate.Tensor("scalar") // the last tensor: everything before it is fine
-	setValue(tt, 0, math.NaN())
+	tensortest.SetValue(tt, 0, math.NaN())
 	shape := &tensor.Set{Source: "shape.safetensors"}
-	for _, tt := range update(t, r, "", tensor.F32, names).Tensors() {
+	for _, tt := range tensortest.Update(t, r, "", tensor.F32, names).Tensors() {
 		if tt.Name == "norm" {
-			tt = newTensor(t, "norm", tensor.F32, 1000)
+			tt = tensortest.New(t, "norm", tensor.F32, 1000)
 		}
-		addTo(t, shape, tt)
+		tensortest.Add(t, shape, tt)
 	}
-	f64 := update(t, r, "f64.safetensors", tensor.F64, names)
+	f64 := tensortest.Update(t, r, "f64.safetensors", tensor.F64, names)
 	for _, tc := range []struct {
 		u   *tensor.Set
 		w   float64
@@ -109,8 +110,8 @@ func TestRoundRejectedUpdateChangesNothing(t *testing.T) {
 		{nanLate, 1, tensor.ErrNonFinite, `late-nan.safetensors: tensor "scalar": non-finite value NaN at element 0`},
 		{shape, 1, tensor.ErrLayoutMismatch, `shape.safetensors: layout mismatch: tensor "norm" has shape [1000], want [1001] (as in 0)`},
 		{f64, 1, tensor.ErrLayoutMismatch, `f64.safetensors: layout mismatch: tensor "embed" is f64 but the round accumulates it in f32 (accumulate in f64)`},
-		{update(t, r, "w.safetensors", tensor.F32, names), -3, ErrWeight, "w.safetensors: invalid weight -3: weights must be positive and finite"},
-		{update(t, r, "w.safetensors", tensor.F32, names), math.NaN(), ErrWeight, "w.safetensors: invalid weight NaN: weights must be positive and finite"},
+		{tensortest.Update(t, r, "w.safetensors", tensor.F32, names), -3, ErrWeight, "w.safetensors: invalid weight -3: weights must be positive and finite"},
+		{tensortest.Update(t, r, "w.safetensors", tensor.F32, names), math.NaN(), ErrWeight, "w.safetensors: invalid weight NaN: weights must be positive and finite"},
 	} {
 		round := start()
 		err := round.Add(context.Background(), tc.u, tc.w)
@@ -130,7 +131,7 @@ func TestRoundRejectedUpdateChangesNothing(t *testing.T) {
 	round := start()
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if err := round.Add(ctx, update(t, r, "x", tensor.F32, names), 1); !errors.Is(err, context.Canceled) || round.Clients() != 3 {
+	if err := round.Add(ctx, tensortest.Update(t, r, "x", tensor.F32, names), 1); !errors.Is(err, context.Canceled) || round.Clients() != 3 {
 		t.Fatalf("cancelled Add: %v, %d clients", err, round.Clients())
 	}
 }
@@ -139,7 +140,7 @@ func TestRoundRejectedUpdateChangesNothing(t *testing.T) {
 func TestRoundRejectedFirstUpdate(t *testing.T) {
 	r := rand.New(rand.NewPCG(12, 12))
 	bad := &tensor.Set{Source: "u32"}
-	addTo(t, bad, newTensor(t, "x", tensor.U32, 3))
+	tensortest.Add(t, bad, tensortest.New(t, "x", tensor.U32, 3))
 	empty := newFedAvgRound(t)
 	if err := empty.Add(context.Background(), bad, 1); !errors.Is(err, tensor.ErrDType) {
 		t.Fatalf("err = %v", err)
@@ -148,14 +149,14 @@ func TestRoundRejectedFirstUpdate(t *testing.T) {
 		t.Fatalf("empty Result: %v", err)
 	}
 	// A failed Result still closes the round to updates.
-	if err := empty.Add(context.Background(), update(t, r, "late", tensor.F32, names), 1); !errors.Is(err, ErrClosed) {
+	if err := empty.Add(context.Background(), tensortest.Update(t, r, "late", tensor.F32, names), 1); !errors.Is(err, ErrClosed) {
 		t.Fatalf("Add after Result: %v", err)
 	}
 	round := newFedAvgRound(t)
 	if err := round.Add(context.Background(), bad, 1); !errors.Is(err, tensor.ErrDType) {
 		t.Fatalf("err = %v", err)
 	}
-	u := update(t, r, "a", tensor.F32, names)
+	u := tensortest.Update(t, r, "a", tensor.F32, names)
 	if err := round.Add(context.Background(), u, 1); err != nil {
 		t.Fatal(err)
 	}
@@ -172,7 +173,7 @@ func TestRoundAbandonedAndWriteFile(t *testing.T) {
 	r := rand.New(rand.NewPCG(13, 13))
 	first := newFedAvgRound(t, WithChunkBytes(4096))
 	for k := range 3 {
-		if err := first.Add(context.Background(), update(t, r, fmt.Sprint(k), tensor.F32, names), 1); err != nil {
+		if err := first.Add(context.Background(), tensortest.Update(t, r, fmt.Sprint(k), tensor.F32, names), 1); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -188,7 +189,7 @@ func TestRoundAbandonedAndWriteFile(t *testing.T) {
 	}
 	var updates []*tensor.Set
 	for k := range 4 {
-		u := update(t, r, fmt.Sprint(k), tensor.F32, names)
+		u := tensortest.Update(t, r, fmt.Sprint(k), tensor.F32, names)
 		if err := round.Add(context.Background(), u, float64(k+1)); err != nil {
 			t.Fatal(err)
 		}
@@ -213,9 +214,9 @@ func TestRoundAbandonedAndWriteFile(t *testing.T) {
 func TestRoundOverflowIsAnError(t *testing.T) {
 	round := newFedAvgRound(t, WithOutDType(tensor.F16))
 	u := &tensor.Set{Source: "big"}
-	x := newTensor(t, "x", tensor.F32, 4)
-	setValue(x, 2, 7e4) // finite in f32, beyond the f16 range
-	addTo(t, u, x)
+	x := tensortest.New(t, "x", tensor.F32, 4)
+	tensortest.SetValue(x, 2, 7e4) // finite in f32, beyond the f16 range
+	tensortest.Add(t, u, x)
 	if err := round.Add(context.Background(), u, 1); err != nil {
 		t.Fatal(err)
 	}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/wattagg/wattagg/device"
 	"github.com/wattagg/wattagg/energy"
+	"github.com/wattagg/wattagg/internal/tensortest"
 	"github.com/wattagg/wattagg/sched"
 	"github.com/wattagg/wattagg/tensor"
 	"github.com/wattagg/wattagg/tensor/safetensors"
@@ -57,10 +58,10 @@ func bigUpdates(t *testing.T, n, elems int) []*tensor.Set {
 	r := rand.New(rand.NewPCG(7, 7))
 	var sets []*tensor.Set
 	for k := range n {
-		a, b := newTensor(t, "a", tensor.F32, elems), newTensor(t, "b", tensor.F32, 1000)
+		a, b := tensortest.New(t, "a", tensor.F32, elems), tensortest.New(t, "b", tensor.F32, 1000)
 		for _, tt := range []*tensor.Tensor{a, b} {
 			for j := range tt.Len() {
-				setValue(tt, j, r.NormFloat64())
+				tensortest.SetValue(tt, j, r.NormFloat64())
 			}
 		}
 		s, err := tensor.NewSet(a, b)

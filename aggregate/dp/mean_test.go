@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/wattagg/wattagg/aggregate"
+	"github.com/wattagg/wattagg/internal/tensortest"
 	"github.com/wattagg/wattagg/tensor"
 	"github.com/wattagg/wattagg/tensor/safetensors"
 )
@@ -50,14 +51,14 @@ func TestPrivateMeanReference(t *testing.T) {
 	r := rand.New(rand.NewPCG(21, 22))
 	order := []string{"embed", "bias", "norm", "scalar"}
 	for _, expected := range []int{0, 10} {
-		g := update(t, r, "global", order)
+		g := tensortest.Update(t, r, "global", tensor.F32, order)
 		updates := aroundGlobal(t, r, g, 6, 0.5) // norms about 0.5, 1, ..., 3
 		opts := []Option{WithClipBound(1.2), WithNoiseMultiplier(0)}
 		d := len(updates)
 		if expected > 0 {
 			opts, d = append(opts, WithExpectedClients(expected)), expected
 		}
-		rule := must(NewFixedClipping(opts...))(t)
+		rule := tensortest.Must(NewFixedClipping(opts...))(t)
 		got, rep, err := aggregate.Aggregate(ctx, rule, updates, nil, aggregate.WithGlobal(g), aggregate.WithChunkBytes(4096))
 		if err != nil {
 			t.Fatal(err)
@@ -101,13 +102,13 @@ func TestPrivateMeanReference(t *testing.T) {
 func TestPrivateMeanNoise(t *testing.T) {
 	ctx := context.Background()
 	const half = 1 << 17
-	zero := f32Set(t, "global", "a", make([]float32, half), "b", make([]float32, half))
-	clients := []*tensor.Set{f32Set(t, "c0", "a", make([]float32, half), "b", make([]float32, half)),
-		f32Set(t, "c1", "a", make([]float32, half), "b", make([]float32, half))}
+	zero := tensortest.F32Set(t, "global", "a", make([]float32, half), "b", make([]float32, half))
+	clients := []*tensor.Set{tensortest.F32Set(t, "c0", "a", make([]float32, half), "b", make([]float32, half)),
+		tensortest.F32Set(t, "c1", "a", make([]float32, half), "b", make([]float32, half))}
 	const z, clip = 1.3, 2.0
 	sigma := z * clip / 2
 	build := func(seed uint64) *Mean {
-		return must(NewFixedClipping(WithClipBound(clip), WithNoiseMultiplier(z), WithInsecureNoiseSeed(seed),
+		return tensortest.Must(NewFixedClipping(WithClipBound(clip), WithNoiseMultiplier(z), WithInsecureNoiseSeed(seed),
 			WithSamplingRate(0.01), WithTargetDelta(1e-6)))(t)
 	}
 	run := func(rule *Mean, global *tensor.Set, clients []*tensor.Set) (*tensor.Set, *aggregate.Report) {
@@ -123,7 +124,7 @@ func TestPrivateMeanNoise(t *testing.T) {
 	if rep.Details["noise_std"] != sigma || rep.Details["insecure_seed"] != 1 {
 		t.Fatalf("details %v", rep.Details)
 	}
-	a, b := f32Of(t, round1, "a"), f32Of(t, round1, "b")
+	a, b := tensortest.F32Of(t, round1, "a"), tensortest.F32Of(t, round1, "b")
 	all := append(append([]float32(nil), a...), b...)
 	n := float64(len(all))
 	var sum, sq float64
@@ -164,7 +165,7 @@ func TestPrivateMeanNoise(t *testing.T) {
 	// copies: a round refuses one update given twice), so the new model is round 1's plus fresh
 	// noise.
 	round2, _ := run(rule, round1, []*tensor.Set{round1.Clone(), round1.Clone()})
-	a2 := f32Of(t, round2, "a")
+	a2 := tensortest.F32Of(t, round2, "a")
 	diff := make([]float32, half)
 	for j := range diff {
 		diff[j] = a2[j] - a[j]
@@ -175,18 +176,18 @@ func TestPrivateMeanNoise(t *testing.T) {
 	// The same seed reproduces the noise; another seed does not.
 	again, _ := run(build(7), zero, clients)
 	other, _ := run(build(8), zero, clients)
-	if !equalF32(f32Of(t, again, "a"), a) {
+	if !tensortest.EqualF32(tensortest.F32Of(t, again, "a"), a) {
 		t.Error("the same insecure seed gave different noise")
 	}
-	if c := corr(f32Of(t, other, "a"), a); math.Abs(c) > bound {
+	if c := corr(tensortest.F32Of(t, other, "a"), a); math.Abs(c) > bound {
 		t.Errorf("seeds 7 and 8 share noise: correlation %v", c)
 	}
 	// Without a seed the noise comes from crypto/rand: two rules differ.
-	sec1 := must(NewFixedClipping(WithClipBound(clip), WithNoiseMultiplier(z)))(t)
-	sec2 := must(NewFixedClipping(WithClipBound(clip), WithNoiseMultiplier(z)))(t)
+	sec1 := tensortest.Must(NewFixedClipping(WithClipBound(clip), WithNoiseMultiplier(z)))(t)
+	sec2 := tensortest.Must(NewFixedClipping(WithClipBound(clip), WithNoiseMultiplier(z)))(t)
 	s1, rep1 := run(sec1, zero, clients)
 	s2, _ := run(sec2, zero, clients)
-	if c := corr(f32Of(t, s1, "a"), f32Of(t, s2, "a")); math.Abs(c) > bound || rep1.Details["insecure_seed"] != 0 {
+	if c := corr(tensortest.F32Of(t, s1, "a"), tensortest.F32Of(t, s2, "a")); math.Abs(c) > bound || rep1.Details["insecure_seed"] != 0 {
 		t.Errorf("secure noise reproduced: correlation %v", c)
 	}
 	// The accountant: one round at z = 1.3, q = 0.01 so far, two after round 2.
@@ -209,9 +210,9 @@ func TestPrivateMeanNoise(t *testing.T) {
 func TestPrivateMeanAdaptiveClip(t *testing.T) {
 	ctx := context.Background()
 	r := rand.New(rand.NewPCG(31, 32))
-	g := update(t, r, "global", []string{"norm", "bias"})
+	g := tensortest.Update(t, r, "global", tensor.F32, []string{"norm", "bias"})
 	updates := aroundGlobal(t, r, g, 5, 0.4) // norms about 0.4 .. 2
-	rule := must(NewAdaptiveClipping(WithClipBound(1), WithNoiseMultiplier(0), WithTargetQuantile(0.8), WithClipLearningRate(0.5)))(t)
+	rule := tensortest.Must(NewAdaptiveClipping(WithClipBound(1), WithNoiseMultiplier(0), WithTargetQuantile(0.8), WithClipLearningRate(0.5)))(t)
 	x1, rep, err := aggregate.Aggregate(ctx, rule, updates, nil, aggregate.WithGlobal(g))
 	if err != nil {
 		t.Fatal(err)
@@ -236,7 +237,7 @@ func TestPrivateMeanAdaptiveClip(t *testing.T) {
 		t.Fatalf("round 2 clipped to %v, want %v", rep2.Details["clip_bound"], want)
 	}
 	// With noise: z_Δ = (z⁻² - (2σ_b)⁻²)^(-1/2), σ_b = n/20 by default.
-	noisy := must(NewAdaptiveClipping(WithNoiseMultiplier(0.5), WithExpectedClients(40), WithInsecureNoiseSeed(1)))(t)
+	noisy := tensortest.Must(NewAdaptiveClipping(WithNoiseMultiplier(0.5), WithExpectedClients(40), WithInsecureNoiseSeed(1)))(t)
 	_, rep3, err := aggregate.Aggregate(ctx, noisy, updates, nil, aggregate.WithGlobal(g))
 	if err != nil {
 		t.Fatal(err)
@@ -247,7 +248,7 @@ func TestPrivateMeanAdaptiveClip(t *testing.T) {
 		t.Fatalf("details %v, want z_Δ %v", rep3.Details, zU)
 	}
 	// σ_b too small for z: 2σ_b = 5/20·2 = 0.5 is not above z = 0.5.
-	small := must(NewAdaptiveClipping(WithNoiseMultiplier(0.5)))(t)
+	small := tensortest.Must(NewAdaptiveClipping(WithNoiseMultiplier(0.5)))(t)
 	if _, _, err := aggregate.Aggregate(ctx, small, updates, nil, aggregate.WithGlobal(g)); !errors.Is(err, aggregate.ErrOption) || !strings.Contains(err.Error(), "clipped-count noise above 0.25") {
 		t.Fatalf("σ_b too small: %v", err)
 	}
@@ -266,13 +267,13 @@ func TestPrivacyStateFiles(t *testing.T) {
 	dir := t.TempDir()
 	gpath := filepath.Join(dir, "g.safetensors")
 	state := filepath.Join(dir, "dp.safetensors")
-	g := update(t, r, "", []string{"norm", "bias"})
+	g := tensortest.Update(t, r, "", tensor.F32, []string{"norm", "bias"})
 	if err := safetensors.WriteFile(gpath, g); err != nil {
 		t.Fatal(err)
 	}
 	zs := []float64{1.1, 1.1, 0.9}
 	for round, z := range zs {
-		rule := must(NewAdaptiveClipping(WithStateFile(state), WithNoiseMultiplier(z),
+		rule := tensortest.Must(NewAdaptiveClipping(WithStateFile(state), WithNoiseMultiplier(z),
 			WithSamplingRate(0.05), WithClippedCountStddev(2), WithInsecureNoiseSeed(3)))(t)
 		global, err := safetensors.Open(gpath)
 		if err != nil {
@@ -317,7 +318,7 @@ func TestPrivacyStateFiles(t *testing.T) {
 		{"dp-adaptive", []Option{WithClippedCountStddev(3)}, "clipped-count noise 2, this rule has 3"},
 		{"dp-adaptive", []Option{WithClippedCountStddev(2), WithTargetQuantile(0.9)}, "target quantile 0.5"},
 	} {
-		rule := must(New(c.name, append(c.opts, WithStateFile(state), WithNoiseMultiplier(1))...))(t)
+		rule := tensortest.Must(New(c.name, append(c.opts, WithStateFile(state), WithNoiseMultiplier(1))...))(t)
 		_, err := aggregate.NewRound(ctx, rule, aggregate.WithGlobalFile(gpath))
 		if !errors.Is(err, aggregate.ErrState) || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: %v, want ErrState saying %q", c.name, err, c.want)
@@ -328,8 +329,8 @@ func TestPrivacyStateFiles(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rule := must(NewAdaptiveClipping(WithStateFile(state), WithNoiseMultiplier(1), WithClippedCountStddev(2)))(t)
-	bad := f32Set(t, "nan-client", "norm", make([]float32, 1001), "bias", []float32{0, 0, float32(math.Inf(1)), 0, 0})
+	rule := tensortest.Must(NewAdaptiveClipping(WithStateFile(state), WithNoiseMultiplier(1), WithClippedCountStddev(2)))(t)
+	bad := tensortest.F32Set(t, "nan-client", "norm", make([]float32, 1001), "bias", []float32{0, 0, float32(math.Inf(1)), 0, 0})
 	_, err = aggregate.AggregateFile(ctx, rule, filepath.Join(dir, "out.safetensors"), []*tensor.Set{bad}, nil, aggregate.WithGlobalFile(gpath))
 	var nf *tensor.NonFiniteError
 	if !errors.As(err, &nf) || nf.Source != "nan-client" || nf.Tensor != "bias" || nf.Index != 2 {
@@ -349,8 +350,8 @@ func TestPrivacyStateRecordedInMemory(t *testing.T) {
 	ctx := context.Background()
 	r := rand.New(rand.NewPCG(43, 44))
 	state := filepath.Join(t.TempDir(), "dp.safetensors")
-	g := update(t, r, "global", []string{"norm", "bias"})
-	rule := must(NewFixedClipping(WithClipBound(1), WithNoiseMultiplier(1.1), WithSamplingRate(0.05), WithStateFile(state)))(t)
+	g := tensortest.Update(t, r, "global", tensor.F32, []string{"norm", "bias"})
+	rule := tensortest.Must(NewFixedClipping(WithClipBound(1), WithNoiseMultiplier(1.1), WithSamplingRate(0.05), WithStateFile(state)))(t)
 	for round := 1; round <= 2; round++ {
 		x, rep, err := aggregate.Aggregate(ctx, rule, aroundGlobal(t, r, g, 4, 0.1), nil, aggregate.WithGlobal(g))
 		if err != nil {
@@ -370,8 +371,8 @@ func TestPrivacyStateRecordedInMemory(t *testing.T) {
 // A mechanism's rounds are serialised: a second round is refused while the first is open.
 func TestPrivateMeanRoundsAreSerialised(t *testing.T) {
 	ctx := context.Background()
-	g := f32Set(t, "g", "w", []float32{1, 2})
-	rule := must(NewFixedClipping(WithClipBound(1), WithNoiseMultiplier(0)))(t)
+	g := tensortest.F32Set(t, "g", "w", []float32{1, 2})
+	rule := tensortest.Must(NewFixedClipping(WithClipBound(1), WithNoiseMultiplier(0)))(t)
 	first, err := aggregate.NewRound(ctx, rule, aggregate.WithGlobal(g))
 	if err != nil {
 		t.Fatal(err)
@@ -385,7 +386,7 @@ func TestPrivateMeanRoundsAreSerialised(t *testing.T) {
 	if rule.State() != nil {
 		t.Fatal("an abandoned round moved the mechanism on")
 	}
-	if _, _, err := aggregate.Aggregate(ctx, rule, []*tensor.Set{f32Set(t, "a", "w", []float32{1.5, 2})}, nil, aggregate.WithGlobal(g)); err != nil {
+	if _, _, err := aggregate.Aggregate(ctx, rule, []*tensor.Set{tensortest.F32Set(t, "a", "w", []float32{1.5, 2})}, nil, aggregate.WithGlobal(g)); err != nil {
 		t.Fatalf("a round after the abandoned one: %v", err)
 	}
 	if st := rule.State(); st == nil || st.Round != 1 {
@@ -429,14 +430,14 @@ func TestPrivateMeanOptionErrors(t *testing.T) {
 	if _, err := NewFixedClipping(WithClipBound(1)); !errors.Is(err, aggregate.ErrOption) || !strings.Contains(err.Error(), "needs a noise multiplier") {
 		t.Errorf("no noise multiplier: %v", err)
 	}
-	g := f32Set(t, "g", "w", []float32{1})
-	rule := must(NewFixedClipping(base...))(t)
-	_, _, err := aggregate.Aggregate(context.Background(), rule, []*tensor.Set{f32Set(t, "a", "w", []float32{1}), f32Set(t, "b", "w", []float32{2})}, []float64{1, 2},
+	g := tensortest.F32Set(t, "g", "w", []float32{1})
+	rule := tensortest.Must(NewFixedClipping(base...))(t)
+	_, _, err := aggregate.Aggregate(context.Background(), rule, []*tensor.Set{tensortest.F32Set(t, "a", "w", []float32{1}), tensortest.F32Set(t, "b", "w", []float32{2})}, []float64{1, 2},
 		aggregate.WithGlobal(g))
 	if !errors.Is(err, aggregate.ErrWeight) || !strings.Contains(err.Error(), "counts every client once") {
 		t.Errorf("unequal weights: %v", err)
 	}
-	if _, _, err := aggregate.Aggregate(context.Background(), rule, []*tensor.Set{f32Set(t, "a", "w", []float32{1})}, nil); !errors.Is(err, aggregate.ErrOption) || !strings.Contains(err.Error(), "needs the global model") {
+	if _, _, err := aggregate.Aggregate(context.Background(), rule, []*tensor.Set{tensortest.F32Set(t, "a", "w", []float32{1})}, nil); !errors.Is(err, aggregate.ErrOption) || !strings.Contains(err.Error(), "needs the global model") {
 		t.Errorf("no global model: %v", err)
 	}
 }

@@ -6,123 +6,23 @@ import (
 	"math/rand/v2"
 	"testing"
 
+	"github.com/wattagg/wattagg/internal/tensortest"
 	"github.com/wattagg/wattagg/tensor"
 )
-
-// shapes of a small model with the spread real ones have: a matrix, odd vectors, a scalar.
-var shapes = map[string][]int{"embed": {67, 33}, "bias": {5}, "norm": {1001}, "scalar": {}}
-
-// update makes a random update whose tensors have dtype dt (names in order).
-func update(t *testing.T, r *rand.Rand, src string, dt tensor.DType, order []string) *tensor.Set {
-	t.Helper()
-	s := &tensor.Set{Source: src, Metadata: map[string]string{}}
-	for _, name := range order {
-		tt := newTensor(t, name, dt, shapes[name]...)
-		for j := range tt.Len() {
-			setValue(tt, j, r.NormFloat64())
-		}
-		addTo(t, s, tt)
-	}
-	return s
-}
-
-func setValue(t *tensor.Tensor, j int, v float64) {
-	b := t.Bytes()
-	switch t.DType {
-	case tensor.F32:
-		putU32(b[4*j:], math.Float32bits(float32(v)))
-	case tensor.BF16:
-		putU16(b[2*j:], tensor.F32ToBF16(float32(v)))
-	default:
-		panic(fmt.Sprintf("setValue: dtype %s", t.DType))
-	}
-}
-
-func putU16(b []byte, v uint16) { b[0], b[1] = byte(v), byte(v>>8) }
-func putU32(b []byte, v uint32) { putU16(b, uint16(v)); putU16(b[2:], uint16(v>>16)) }
-
-// newTensor is tensor.New that fails the test on error.
-func newTensor(t *testing.T, name string, dt tensor.DType, shape ...int) *tensor.Tensor {
-	t.Helper()
-	tt, err := tensor.New(name, dt, shape...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tt
-}
-
-// addTo is Set.Add that fails the test on error.
-func addTo(t *testing.T, s *tensor.Set, tt *tensor.Tensor) {
-	t.Helper()
-	if err := s.Add(tt); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// must(New...(...))(t) is what a constructor returned, failing the test on its error.
-func must[T any](v T, err error) func(t *testing.T) T {
-	return func(t *testing.T) T {
-		t.Helper()
-		if err != nil {
-			t.Fatal(err)
-		}
-		return v
-	}
-}
-
-// f32Set makes a Set of f32 tensors from name/values pairs, in order.
-func f32Set(t *testing.T, src string, kv ...any) *tensor.Set {
-	t.Helper()
-	s := &tensor.Set{Source: src, Metadata: map[string]string{}}
-	for i := 0; i < len(kv); i += 2 {
-		v := kv[i+1].([]float32)
-		tt, err := tensor.FromF32(kv[i].(string), []int{len(v)}, append([]float32(nil), v...))
-		if err != nil {
-			t.Fatal(err)
-		}
-		addTo(t, s, tt)
-	}
-	return s
-}
 
 // plus returns the f32 tensor "w" of s plus off, as a client model.
 func plus(t *testing.T, src string, s *tensor.Set, off ...float32) *tensor.Set {
 	t.Helper()
-	x := f32Of(t, s, "w")
+	x := tensortest.F32Of(t, s, "w")
 	v := make([]float32, len(x))
 	for j := range v {
 		v[j] = x[j] + off[j]
 	}
-	return f32Set(t, src, "w", v)
-}
-
-func f32Of(t *testing.T, s *tensor.Set, name string) []float32 {
-	t.Helper()
-	tt, ok := s.Tensor(name)
-	if !ok {
-		t.Fatalf("no tensor %q in %s", name, s.Source)
-	}
-	v, err := tt.F32()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return v
+	return tensortest.F32Set(t, src, "w", v)
 }
 
 func near(got float32, want float64, rel float64) bool {
 	return math.Abs(float64(got)-want) <= rel*math.Max(math.Abs(want), 1e-3)
-}
-
-func equalF32(a, b []float32) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for j := range a {
-		if math.Float32bits(a[j]) != math.Float32bits(b[j]) {
-			return false
-		}
-	}
-	return true
 }
 
 // referenceMean is FedAvg computed plainly in float64, by tensor name.
@@ -157,11 +57,11 @@ func aroundGlobal(t *testing.T, r *rand.Rand, g *tensor.Set, n int, scale float6
 	for k := range n {
 		u := &tensor.Set{Source: fmt.Sprintf("client%d", k), Metadata: map[string]string{}}
 		for _, tt := range g.Tensors() {
-			nt := newTensor(t, tt.Name, tensor.F32, tt.Shape...)
+			nt := tensortest.New(t, tt.Name, tensor.F32, tt.Shape...)
 			for j := range nt.Len() {
-				setValue(nt, j, tt.Value(j)+r.NormFloat64()*scale*float64(k+1)/math.Sqrt(p))
+				tensortest.SetValue(nt, j, tt.Value(j)+r.NormFloat64()*scale*float64(k+1)/math.Sqrt(p))
 			}
-			addTo(t, u, nt)
+			tensortest.Add(t, u, nt)
 		}
 		out = append(out, u)
 	}

@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/wattagg/wattagg/aggregate"
+	"github.com/wattagg/wattagg/internal/tensortest"
 	"github.com/wattagg/wattagg/tensor"
 	"github.com/wattagg/wattagg/tensor/safetensors"
 )
@@ -59,13 +60,13 @@ func checkRound(t *testing.T, name string, round int, x []float32, st *State, wa
 	if st == nil {
 		t.Fatalf("%s round %d: no state", name, round)
 	}
-	m := f32Of(t, st.M, "w")
+	m := tensortest.F32Of(t, st.M, "w")
 	for j := range 2 {
 		if !near(x[j], wantX[j], 2e-6) || !near(m[j], wantM[j], 2e-5) {
 			t.Fatalf("%s round %d: x[%d] = %v, m = %v; want %v, %v", name, round, j, x[j], m[j], wantX[j], wantM[j])
 		}
 		if second {
-			if v := f32Of(t, st.V, "w"); !near(v[j], wantV[j], 2e-5) {
+			if v := tensortest.F32Of(t, st.V, "w"); !near(v[j], wantV[j], 2e-5) {
 				t.Fatalf("%s round %d: v[%d] = %v, want %v", name, round, j, v[j], wantV[j])
 			}
 		} else if st.V != nil {
@@ -83,16 +84,16 @@ func TestServerOptimizerTwoRounds(t *testing.T) {
 	ctx := context.Background()
 	for _, c := range twoRounds {
 		t.Run(c.name, func(t *testing.T) {
-			x0 := f32Set(t, "x0", "w", []float32{1, -2})
-			r := must(New(c.name, c.opts...))(t)
+			x0 := tensortest.F32Set(t, "x0", "w", []float32{1, -2})
+			r := tensortest.Must(New(c.name, c.opts...))(t)
 			defer r.Close()
 			w := []float64{1, 3}
-			x1, rep, err := aggregate.Aggregate(ctx, r, []*tensor.Set{f32Set(t, "a", "w", []float32{1.5, -2.0}), f32Set(t, "b", "w", []float32{1.1, -1.6})}, w,
+			x1, rep, err := aggregate.Aggregate(ctx, r, []*tensor.Set{tensortest.F32Set(t, "a", "w", []float32{1.5, -2.0}), tensortest.F32Set(t, "b", "w", []float32{1.1, -1.6})}, w,
 				aggregate.WithGlobal(x0))
 			if err != nil {
 				t.Fatal(err)
 			}
-			checkRound(t, c.name, 1, f32Of(t, x1, "w"), r.State(), c.x[0], c.m[0], c.v[0], c.second)
+			checkRound(t, c.name, 1, tensortest.F32Of(t, x1, "w"), r.State(), c.x[0], c.m[0], c.v[0], c.second)
 			if rep.Rule != c.name || rep.Details["round"] != 1 || math.Abs(rep.Details["delta_norm"]-math.Hypot(0.2, 0.3)) > 1e-6 {
 				t.Fatalf("report %+v", rep)
 			}
@@ -104,7 +105,7 @@ func TestServerOptimizerTwoRounds(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			checkRound(t, c.name, 2, f32Of(t, x2, "w"), r.State(), c.x[1], c.m[1], c.v[1], c.second)
+			checkRound(t, c.name, 2, tensortest.F32Of(t, x2, "w"), r.State(), c.x[1], c.m[1], c.v[1], c.second)
 		})
 	}
 }
@@ -118,12 +119,12 @@ func TestServerOptimizerFiles(t *testing.T) {
 			dir := t.TempDir()
 			g0, g1, g2 := filepath.Join(dir, "g0.safetensors"), filepath.Join(dir, "g1.safetensors"), filepath.Join(dir, "g2.safetensors")
 			state := filepath.Join(dir, "state.safetensors")
-			if err := safetensors.WriteFile(g0, f32Set(t, "", "w", []float32{1, -2})); err != nil {
+			if err := safetensors.WriteFile(g0, tensortest.F32Set(t, "", "w", []float32{1, -2})); err != nil {
 				t.Fatal(err)
 			}
 			w := []float64{1, 3}
-			r1 := must(New(c.name, append(c.opts, WithStateFile(state))...))(t)
-			rep, err := aggregate.AggregateFile(ctx, r1, g1, []*tensor.Set{f32Set(t, "a", "w", []float32{1.5, -2.0}), f32Set(t, "b", "w", []float32{1.1, -1.6})}, w,
+			r1 := tensortest.Must(New(c.name, append(c.opts, WithStateFile(state))...))(t)
+			rep, err := aggregate.AggregateFile(ctx, r1, g1, []*tensor.Set{tensortest.F32Set(t, "a", "w", []float32{1.5, -2.0}), tensortest.F32Set(t, "b", "w", []float32{1.1, -1.6})}, w,
 				aggregate.WithGlobalFile(g0))
 			if err != nil {
 				t.Fatal(err)
@@ -144,11 +145,11 @@ func TestServerOptimizerFiles(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer x1.Close()
-			checkRound(t, c.name, 1, f32Of(t, x1, "w"), st, c.x[0], c.m[0], c.v[0], c.second)
+			checkRound(t, c.name, 1, tensortest.F32Of(t, x1, "w"), st, c.x[0], c.m[0], c.v[0], c.second)
 			st.Close()
 
 			// The state is loaded when the new optimizer begins its first round.
-			r2 := must(New(c.name, append(c.opts, WithStateFile(state))...))(t)
+			r2 := tensortest.Must(New(c.name, append(c.opts, WithStateFile(state))...))(t)
 			defer r2.Close()
 			if _, err := aggregate.AggregateFile(ctx, r2, g2, []*tensor.Set{plus(t, "a", x1, -0.1, 0.2), plus(t, "b", x1, 0.3, 0)}, w,
 				aggregate.WithGlobalFile(g1)); err != nil {
@@ -159,7 +160,7 @@ func TestServerOptimizerFiles(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer x2.Close()
-			checkRound(t, c.name, 2, f32Of(t, x2, "w"), r2.State(), c.x[1], c.m[1], c.v[1], c.second)
+			checkRound(t, c.name, 2, tensortest.F32Of(t, x2, "w"), r2.State(), c.x[1], c.m[1], c.v[1], c.second)
 			if r2.Round() != 2 {
 				t.Fatalf("continued the state to round %d", r2.Round())
 			}
@@ -220,7 +221,7 @@ func TestServerOptimizerReference(t *testing.T) {
 	order := []string{"embed", "bias", "norm", "scalar"}
 	for _, name := range []string{"fedavgm", "fedadagrad", "fedadam", "fedyogi"} {
 		t.Run(name, func(t *testing.T) {
-			g := update(t, r, "global", tensor.F32, order)
+			g := tensortest.Update(t, r, "global", tensor.F32, order)
 			ref := &referenceOptimizer{name: name, lr: 0.05, beta1: 0.8, beta2: 0.9, tau: 1e-2,
 				x: map[string][]float64{}, m: map[string][]float64{}, v: map[string][]float64{}}
 			for _, tt := range g.Tensors() {
@@ -233,7 +234,7 @@ func TestServerOptimizerReference(t *testing.T) {
 			if name != "fedavgm" {
 				opts = append(opts, WithTau(1e-2))
 			}
-			rule := must(New(name, opts...))(t)
+			rule := tensortest.Must(New(name, opts...))(t)
 			defer rule.Close()
 			global := g
 			for round := range 3 {
@@ -250,11 +251,11 @@ func TestServerOptimizerReference(t *testing.T) {
 					}
 					for _, n := range o {
 						gt, _ := global.Tensor(n)
-						nt := newTensor(t, n, dt, gt.Shape...)
+						nt := tensortest.New(t, n, dt, gt.Shape...)
 						for j := range nt.Len() {
-							setValue(nt, j, gt.Value(j)+r.NormFloat64()*0.01)
+							tensortest.SetValue(nt, j, gt.Value(j)+r.NormFloat64()*0.01)
 						}
-						addTo(t, u, nt)
+						tensortest.Add(t, u, nt)
 					}
 					updates = append(updates, u)
 				}
@@ -284,9 +285,9 @@ func TestServerOptimizerReference(t *testing.T) {
 func TestFedAvgMIsFedAvg(t *testing.T) {
 	r := rand.New(rand.NewPCG(1, 9))
 	order := []string{"embed", "bias", "norm", "scalar"}
-	g := update(t, r, "global", tensor.F32, order)
-	updates := []*tensor.Set{update(t, r, "a", tensor.F32, order), update(t, r, "b", tensor.F32, order)}
-	rule := must(NewFedAvgM(WithServerLR(1), WithBeta1(0)))(t)
+	g := tensortest.Update(t, r, "global", tensor.F32, order)
+	updates := []*tensor.Set{tensortest.Update(t, r, "a", tensor.F32, order), tensortest.Update(t, r, "b", tensor.F32, order)}
+	rule := tensortest.Must(NewFedAvgM(WithServerLR(1), WithBeta1(0)))(t)
 	defer rule.Close()
 	got, _, err := aggregate.Aggregate(context.Background(), rule, updates, []float64{1, 2}, aggregate.WithGlobal(g))
 	if err != nil {
@@ -309,7 +310,7 @@ func TestFedAvgMIsFedAvg(t *testing.T) {
 
 func TestServerOptimizerOptionErrors(t *testing.T) {
 	ctx := context.Background()
-	g := f32Set(t, "g", "w", []float32{1})
+	g := tensortest.F32Set(t, "g", "w", []float32{1})
 	for _, c := range []struct {
 		name string
 		opts []Option
@@ -335,8 +336,8 @@ func TestServerOptimizerOptionErrors(t *testing.T) {
 		}
 	}
 	// The engine's options are checked by the round.
-	clients := []*tensor.Set{f32Set(t, "a", "w", []float32{2})}
-	r := must(NewFedAdam())(t)
+	clients := []*tensor.Set{tensortest.F32Set(t, "a", "w", []float32{2})}
+	r := tensortest.Must(NewFedAdam())(t)
 	defer r.Close()
 	for _, c := range []struct {
 		opts []aggregate.Option
@@ -361,17 +362,17 @@ func TestOptimizerStateMismatch(t *testing.T) {
 	dir := t.TempDir()
 	g0 := filepath.Join(dir, "g0.safetensors")
 	state := filepath.Join(dir, "state.safetensors")
-	if err := safetensors.WriteFile(g0, f32Set(t, "", "w", []float32{1, -2})); err != nil {
+	if err := safetensors.WriteFile(g0, tensortest.F32Set(t, "", "w", []float32{1, -2})); err != nil {
 		t.Fatal(err)
 	}
-	r := must(NewFedAdam(WithStateFile(state), WithBeta1(0.9)))(t)
-	if _, err := aggregate.AggregateFile(ctx, r, filepath.Join(dir, "g1.safetensors"), []*tensor.Set{f32Set(t, "a", "w", []float32{1.5, -2})}, nil,
+	r := tensortest.Must(NewFedAdam(WithStateFile(state), WithBeta1(0.9)))(t)
+	if _, err := aggregate.AggregateFile(ctx, r, filepath.Join(dir, "g1.safetensors"), []*tensor.Set{tensortest.F32Set(t, "a", "w", []float32{1.5, -2})}, nil,
 		aggregate.WithGlobalFile(g0)); err != nil {
 		t.Fatal(err)
 	}
 	r.Close()
 	other := filepath.Join(dir, "other.safetensors")
-	if err := safetensors.WriteFile(other, f32Set(t, "", "w", []float32{1, 2, 3})); err != nil {
+	if err := safetensors.WriteFile(other, tensortest.F32Set(t, "", "w", []float32{1, 2, 3})); err != nil {
 		t.Fatal(err)
 	}
 	// The state is read when a round begins: the round is refused.
@@ -386,7 +387,7 @@ func TestOptimizerStateMismatch(t *testing.T) {
 		{"fedadam", []Option{WithTau(0.5)}, g0, "made with τ 0.001, this rule has 0.5"},
 		{"fedadam", nil, other, `tensor "w" has shape [2], the model [3]`},
 	} {
-		rule := must(New(c.name, append(c.opts, WithStateFile(state))...))(t)
+		rule := tensortest.Must(New(c.name, append(c.opts, WithStateFile(state))...))(t)
 		_, err := aggregate.NewRound(ctx, rule, aggregate.WithGlobalFile(c.global))
 		if !errors.Is(err, aggregate.ErrState) || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), state) {
 			t.Errorf("%s: %v, want ErrState naming the file and saying %q", c.name, err, c.want)
@@ -394,14 +395,14 @@ func TestOptimizerStateMismatch(t *testing.T) {
 		rule.Close()
 	}
 	// Not a state at all: a model file.
-	rule := must(NewFedAdam(WithStateFile(g0)))(t)
+	rule := tensortest.Must(NewFedAdam(WithStateFile(g0)))(t)
 	defer rule.Close()
 	if _, err := aggregate.NewRound(ctx, rule, aggregate.WithGlobalFile(g0)); !errors.Is(err, aggregate.ErrState) || !strings.Contains(err.Error(), "not a server-optimizer state") {
 		t.Errorf("model file as state: %v", err)
 	}
 	// A FedAvgM state has no second moment; a FedAdam one read as FedAvgM is refused above by
 	// the rule; a hand-made state with a stray tensor is refused here.
-	bad := f32Set(t, "", "m/w", []float32{0, 0}, "x/w", []float32{0, 0})
+	bad := tensortest.F32Set(t, "", "m/w", []float32{0, 0}, "x/w", []float32{0, 0})
 	bad.Metadata = (&State{Rule: "fedavgm", LR: 1, Beta1: 0.9, Round: 1}).metadata()
 	badPath := filepath.Join(dir, "bad.safetensors")
 	if err := safetensors.WriteFile(badPath, bad); err != nil {
@@ -418,12 +419,12 @@ func TestServerOptimizerFailureLeavesState(t *testing.T) {
 	dir := t.TempDir()
 	g0, g1 := filepath.Join(dir, "g0.safetensors"), filepath.Join(dir, "g1.safetensors")
 	state := filepath.Join(dir, "state.safetensors")
-	if err := safetensors.WriteFile(g0, f32Set(t, "", "w", []float32{1, -2})); err != nil {
+	if err := safetensors.WriteFile(g0, tensortest.F32Set(t, "", "w", []float32{1, -2})); err != nil {
 		t.Fatal(err)
 	}
-	r := must(NewFedYogi(WithStateFile(state)))(t)
+	r := tensortest.Must(NewFedYogi(WithStateFile(state)))(t)
 	defer r.Close()
-	if _, err := aggregate.AggregateFile(ctx, r, g1, []*tensor.Set{f32Set(t, "a", "w", []float32{1.5, -2})}, nil, aggregate.WithGlobalFile(g0)); err != nil {
+	if _, err := aggregate.AggregateFile(ctx, r, g1, []*tensor.Set{tensortest.F32Set(t, "a", "w", []float32{1.5, -2})}, nil, aggregate.WithGlobalFile(g0)); err != nil {
 		t.Fatal(err)
 	}
 	before, err := os.ReadFile(state)
@@ -432,18 +433,18 @@ func TestServerOptimizerFailureLeavesState(t *testing.T) {
 	}
 	out := filepath.Join(dir, "g2.safetensors")
 	from := aggregate.WithGlobalFile(g1)
-	nan := f32Set(t, "evil", "w", []float32{float32(math.NaN()), 0})
-	_, err = aggregate.AggregateFile(ctx, r, out, []*tensor.Set{f32Set(t, "a", "w", []float32{1, 1}), nan}, nil, from)
+	nan := tensortest.F32Set(t, "evil", "w", []float32{float32(math.NaN()), 0})
+	_, err = aggregate.AggregateFile(ctx, r, out, []*tensor.Set{tensortest.F32Set(t, "a", "w", []float32{1, 1}), nan}, nil, from)
 	var nf *tensor.NonFiniteError
 	if !errors.As(err, &nf) || nf.Source != "evil" {
 		t.Fatalf("NaN client: %v", err)
 	}
-	delta := f32Set(t, "d", "w", []float32{0.1, 0.1})
+	delta := tensortest.F32Set(t, "d", "w", []float32{0.1, 0.1})
 	delta.Metadata[aggregate.UpdateKindKey] = "delta"
 	if _, err := aggregate.AggregateFile(ctx, r, out, []*tensor.Set{delta}, nil, from); !errors.Is(err, aggregate.ErrUpdateKind) || !strings.Contains(err.Error(), "d: ") {
 		t.Fatalf("delta update: %v", err)
 	}
-	if _, err := aggregate.AggregateFile(ctx, r, out, []*tensor.Set{f32Set(t, "o", "v", []float32{1, 1})}, nil, from); !errors.Is(err, tensor.ErrLayoutMismatch) {
+	if _, err := aggregate.AggregateFile(ctx, r, out, []*tensor.Set{tensortest.F32Set(t, "o", "v", []float32{1, 1})}, nil, from); !errors.Is(err, tensor.ErrLayoutMismatch) {
 		t.Fatalf("other layout: %v", err)
 	}
 	after, err := os.ReadFile(state)
@@ -460,10 +461,10 @@ func TestServerOptimizerFailureLeavesState(t *testing.T) {
 		t.Fatalf("temporary files left: %v", left)
 	}
 	// The round that overflows: an enormous learning rate makes the model infinite.
-	huge := must(NewFedAvgM(WithServerLR(3e38)))(t)
+	huge := tensortest.Must(NewFedAvgM(WithServerLR(3e38)))(t)
 	defer huge.Close()
-	_, _, err = aggregate.Aggregate(ctx, huge, []*tensor.Set{f32Set(t, "a", "w", []float32{3, 3})}, nil,
-		aggregate.WithGlobal(f32Set(t, "g", "w", []float32{1, 1})))
+	_, _, err = aggregate.Aggregate(ctx, huge, []*tensor.Set{tensortest.F32Set(t, "a", "w", []float32{3, 3})}, nil,
+		aggregate.WithGlobal(tensortest.F32Set(t, "g", "w", []float32{1, 1})))
 	if !errors.Is(err, aggregate.ErrOverflow) || !strings.Contains(err.Error(), `tensor "w" element 0`) {
 		t.Fatalf("overflow: %v", err)
 	}
@@ -474,32 +475,32 @@ func TestServerOptimizerFailureLeavesState(t *testing.T) {
 
 func TestServerOptimizerGlobalChecks(t *testing.T) {
 	ctx := context.Background()
-	gs, err := tensor.NewSet(newTensor(t, "w", tensor.BF16, 2))
+	gs, err := tensor.NewSet(tensortest.New(t, "w", tensor.BF16, 2))
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := must(NewFedAdam())(t)
+	r := tensortest.Must(NewFedAdam())(t)
 	defer r.Close()
-	a := []*tensor.Set{f32Set(t, "a", "w", []float32{1, 1})}
+	a := []*tensor.Set{tensortest.F32Set(t, "a", "w", []float32{1, 1})}
 	if _, _, err := aggregate.Aggregate(ctx, r, a, nil, aggregate.WithGlobal(gs)); !errors.Is(err, tensor.ErrDType) || !strings.Contains(err.Error(), "must be f32") {
 		t.Fatalf("bf16 global: %v", err)
 	}
-	g := f32Set(t, "g", "w", []float32{1, 1})
+	g := tensortest.F32Set(t, "g", "w", []float32{1, 1})
 	if _, _, err := aggregate.Aggregate(ctx, r, a, nil, aggregate.WithGlobal(g), aggregate.WithOutDType(tensor.BF16)); !errors.Is(err, aggregate.ErrOption) {
 		t.Fatalf("bf16 output: %v", err)
 	}
 	// bf16 clients are fine: they are widened in the sum.
-	c16 := newTensor(t, "w", tensor.BF16, 2)
-	setValue(c16, 0, 2)
-	setValue(c16, 1, 2)
+	c16 := tensortest.New(t, "w", tensor.BF16, 2)
+	tensortest.SetValue(c16, 0, 2)
+	tensortest.SetValue(c16, 1, 2)
 	cs, err := tensor.NewSet(c16)
 	if err != nil {
 		t.Fatal(err)
 	}
-	r3 := must(NewFedAvgM(WithBeta1(0)))(t)
+	r3 := tensortest.Must(NewFedAvgM(WithBeta1(0)))(t)
 	defer r3.Close()
 	got, _, err := aggregate.Aggregate(ctx, r3, []*tensor.Set{cs}, nil, aggregate.WithGlobal(g))
-	if err != nil || f32Of(t, got, "w")[0] != 2 {
+	if err != nil || tensortest.F32Of(t, got, "w")[0] != 2 {
 		t.Fatalf("bf16 client: %v", err)
 	}
 }
@@ -511,10 +512,10 @@ func TestServerOptimizerGlobalChecks(t *testing.T) {
 func TestServerOptimizerInMemoryFailure(t *testing.T) {
 	ctx := context.Background()
 	r := rand.New(rand.NewPCG(8, 9))
-	g := update(t, r, "global", tensor.F32, []string{"embed", "norm"})
-	rule := must(NewFedAdam())(t)
+	g := tensortest.Update(t, r, "global", tensor.F32, []string{"embed", "norm"})
+	rule := tensortest.Must(NewFedAdam())(t)
 	defer rule.Close()
-	twin := must(NewFedAdam())(t) // sees only the successful rounds
+	twin := tensortest.Must(NewFedAdam())(t) // sees only the successful rounds
 	defer twin.Close()
 	opts := func(global *tensor.Set) []aggregate.Option {
 		return []aggregate.Option{aggregate.WithGlobal(global), aggregate.WithChunkBytes(4096)}
@@ -532,20 +533,20 @@ func TestServerOptimizerInMemoryFailure(t *testing.T) {
 		global = x
 	}
 	before := rule.State()
-	m := append([]float32(nil), f32Of(t, before.M, "norm")...)
-	v := append([]float32(nil), f32Of(t, before.V, "norm")...)
-	x := append([]float32(nil), f32Of(t, global, "norm")...)
+	m := append([]float32(nil), tensortest.F32Of(t, before.M, "norm")...)
+	v := append([]float32(nil), tensortest.F32Of(t, before.V, "norm")...)
+	x := append([]float32(nil), tensortest.F32Of(t, global, "norm")...)
 	unchanged := func(what string) {
 		t.Helper()
-		if rule.Round() != 2 || !equalF32(f32Of(t, rule.State().M, "norm"), m) || !equalF32(f32Of(t, rule.State().V, "norm"), v) ||
-			!equalF32(f32Of(t, global, "norm"), x) {
+		if rule.Round() != 2 || !tensortest.EqualF32(tensortest.F32Of(t, rule.State().M, "norm"), m) || !tensortest.EqualF32(tensortest.F32Of(t, rule.State().V, "norm"), v) ||
+			!tensortest.EqualF32(tensortest.F32Of(t, global, "norm"), x) {
 			t.Fatalf("a failed in-memory round (%s) changed the state or the model", what)
 		}
 	}
 	// A NaN client fails the round (found where its block is summed, or when it is added).
 	bad := aroundGlobal(t, r, global, 3, 0.1)
 	nt, _ := bad[1].Tensor("norm")
-	setValue(nt, 1000, math.NaN())
+	tensortest.SetValue(nt, 1000, math.NaN())
 	if _, _, err := aggregate.Aggregate(ctx, rule, bad, nil, opts(global)...); !errors.Is(err, tensor.ErrNonFinite) {
 		t.Fatalf("NaN client: %v", err)
 	}
@@ -556,7 +557,7 @@ func TestServerOptimizerInMemoryFailure(t *testing.T) {
 	bad = aroundGlobal(t, r, global, 3, 0.1)
 	for _, c := range bad {
 		nt, _ := c.Tensor("norm")
-		setValue(nt, 1000, 3e38)
+		tensortest.SetValue(nt, 1000, 3e38)
 	}
 	if _, _, err := aggregate.Aggregate(ctx, rule, bad, nil, opts(global)...); !errors.Is(err, aggregate.ErrOverflow) || !strings.Contains(err.Error(), "second moment") {
 		t.Fatalf("overflowing delta: %v", err)
@@ -572,8 +573,8 @@ func TestServerOptimizerInMemoryFailure(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, name := range []string{"embed", "norm"} {
-		if !equalF32(f32Of(t, got, name), f32Of(t, want, name)) || !equalF32(f32Of(t, rule.State().M, name), f32Of(t, twin.State().M, name)) ||
-			!equalF32(f32Of(t, rule.State().V, name), f32Of(t, twin.State().V, name)) {
+		if !tensortest.EqualF32(tensortest.F32Of(t, got, name), tensortest.F32Of(t, want, name)) || !tensortest.EqualF32(tensortest.F32Of(t, rule.State().M, name), tensortest.F32Of(t, twin.State().M, name)) ||
+			!tensortest.EqualF32(tensortest.F32Of(t, rule.State().V, name), tensortest.F32Of(t, twin.State().V, name)) {
 			t.Fatalf("%s: round 3 after the failures differs from round 3 without them", name)
 		}
 	}
@@ -583,14 +584,14 @@ func TestServerOptimizerInMemoryFailure(t *testing.T) {
 // an abandoned round (closed without a result) moves nothing.
 func TestServerOptimizerRoundsAreSerialised(t *testing.T) {
 	ctx := context.Background()
-	g := f32Set(t, "g", "w", []float32{1, -2})
-	rule := must(NewFedAdam())(t)
+	g := tensortest.F32Set(t, "g", "w", []float32{1, -2})
+	rule := tensortest.Must(NewFedAdam())(t)
 	defer rule.Close()
 	first, err := aggregate.NewRound(ctx, rule, aggregate.WithGlobal(g))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := first.Add(ctx, f32Set(t, "a", "w", []float32{1.5, -2}), 1); err != nil {
+	if err := first.Add(ctx, tensortest.F32Set(t, "a", "w", []float32{1.5, -2}), 1); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := aggregate.NewRound(ctx, rule, aggregate.WithGlobal(g)); !errors.Is(err, aggregate.ErrOption) || !strings.Contains(err.Error(), "in another round") {
@@ -603,7 +604,7 @@ func TestServerOptimizerRoundsAreSerialised(t *testing.T) {
 		t.Fatalf("an abandoned round moved the optimizer to round %d", rule.Round())
 	}
 	clients := func() []*tensor.Set {
-		return []*tensor.Set{f32Set(t, "a", "w", []float32{1.5, -2}), f32Set(t, "b", "w", []float32{1.1, -1.6})}
+		return []*tensor.Set{tensortest.F32Set(t, "a", "w", []float32{1.5, -2}), tensortest.F32Set(t, "b", "w", []float32{1.1, -1.6})}
 	}
 	x1, _, err := aggregate.Aggregate(ctx, rule, clients(), []float64{1, 3}, aggregate.WithGlobal(g))
 	if err != nil {
@@ -613,13 +614,13 @@ func TestServerOptimizerRoundsAreSerialised(t *testing.T) {
 		t.Fatalf("round %d, metadata %v", rule.Round(), x1.Metadata)
 	}
 	// Bit for bit the first round of an optimizer that never began another.
-	fresh := must(NewFedAdam())(t)
+	fresh := tensortest.Must(NewFedAdam())(t)
 	defer fresh.Close()
 	want, _, err := aggregate.Aggregate(ctx, fresh, clients(), []float64{1, 3}, aggregate.WithGlobal(g))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !equalF32(f32Of(t, x1, "w"), f32Of(t, want, "w")) || !equalF32(f32Of(t, rule.State().M, "w"), f32Of(t, fresh.State().M, "w")) {
+	if !tensortest.EqualF32(tensortest.F32Of(t, x1, "w"), tensortest.F32Of(t, want, "w")) || !tensortest.EqualF32(tensortest.F32Of(t, rule.State().M, "w"), tensortest.F32Of(t, fresh.State().M, "w")) {
 		t.Fatal("the round after an abandoned one differs from a first round")
 	}
 }
@@ -634,7 +635,7 @@ func TestServerOptimizerIncrementalFiles(t *testing.T) {
 			dir := t.TempDir()
 			g0, g1, g2 := filepath.Join(dir, "g0.safetensors"), filepath.Join(dir, "g1.safetensors"), filepath.Join(dir, "g2.safetensors")
 			state := filepath.Join(dir, "state.safetensors")
-			if err := safetensors.WriteFile(g0, f32Set(t, "", "w", []float32{1, -2})); err != nil {
+			if err := safetensors.WriteFile(g0, tensortest.F32Set(t, "", "w", []float32{1, -2})); err != nil {
 				t.Fatal(err)
 			}
 			round := func(r *Optimizer, global, out string, clients ...*tensor.Set) {
@@ -653,8 +654,8 @@ func TestServerOptimizerIncrementalFiles(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			r1 := must(New(c.name, append(c.opts, WithStateFile(state))...))(t)
-			round(r1, g0, g1, f32Set(t, "a", "w", []float32{1.5, -2.0}), f32Set(t, "b", "w", []float32{1.1, -1.6}))
+			r1 := tensortest.Must(New(c.name, append(c.opts, WithStateFile(state))...))(t)
+			round(r1, g0, g1, tensortest.F32Set(t, "a", "w", []float32{1.5, -2.0}), tensortest.F32Set(t, "b", "w", []float32{1.1, -1.6}))
 			if err := r1.Close(); err != nil {
 				t.Fatal(err)
 			}
@@ -667,9 +668,9 @@ func TestServerOptimizerIncrementalFiles(t *testing.T) {
 			if err != nil {
 				t.Fatalf("the state after round 1: %v", err)
 			}
-			checkRound(t, c.name, 1, f32Of(t, x1, "w"), st, c.x[0], c.m[0], c.v[0], c.second)
+			checkRound(t, c.name, 1, tensortest.F32Of(t, x1, "w"), st, c.x[0], c.m[0], c.v[0], c.second)
 			st.Close()
-			r2 := must(New(c.name, append(c.opts, WithStateFile(state))...))(t)
+			r2 := tensortest.Must(New(c.name, append(c.opts, WithStateFile(state))...))(t)
 			defer r2.Close()
 			round(r2, g1, g2, plus(t, "a", x1, -0.1, 0.2), plus(t, "b", x1, 0.3, 0))
 			x2, err := safetensors.Open(g2)
@@ -681,7 +682,7 @@ func TestServerOptimizerIncrementalFiles(t *testing.T) {
 				t.Fatalf("the state after round 2: %v", err)
 			}
 			defer st.Close()
-			checkRound(t, c.name, 2, f32Of(t, x2, "w"), st, c.x[1], c.m[1], c.v[1], c.second)
+			checkRound(t, c.name, 2, tensortest.F32Of(t, x2, "w"), st, c.x[1], c.m[1], c.v[1], c.second)
 		})
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/wattagg/wattagg/aggregate"
+	"github.com/wattagg/wattagg/internal/tensortest"
 	"github.com/wattagg/wattagg/tensor"
 	"github.com/wattagg/wattagg/tensor/safetensors"
 )
@@ -55,13 +56,13 @@ func TestNNMMatchesFloat64Reference(t *testing.T) {
 			want  []float64
 		}{
 			{NewMedian(), coordinatewise(y, refMedian)},
-			{must(NewTrimmedMean(0.2))(t), coordinatewise(y, refTrimmed(0.2))},
-			{must(NewKrum(2, 1))(t), krumWant},
-			{must(NewKrum(2, 3))(t), multiWant},
-			{must(NewBulyan(2))(t), bulyanWant},
+			{tensortest.Must(NewTrimmedMean(0.2))(t), coordinatewise(y, refTrimmed(0.2))},
+			{tensortest.Must(NewKrum(2, 1))(t), krumWant},
+			{tensortest.Must(NewKrum(2, 3))(t), multiWant},
+			{tensortest.Must(NewBulyan(2))(t), bulyanWant},
 		} {
 			t.Run(fmt.Sprintf("%s/%s", dt, c.inner.Name()), func(t *testing.T) {
-				rule := must(NewNNM(c.inner, f))(t)
+				rule := tensortest.Must(NewNNM(c.inner, f))(t)
 				if rule.Name() != c.inner.Name()+"+nnm" {
 					t.Fatalf("name %q", rule.Name())
 				}
@@ -78,7 +79,7 @@ func TestNNMMatchesFloat64Reference(t *testing.T) {
 				if _, err := aggregate.AggregateFile(ctx, rule, path, updates, w, aggregate.WithOutDType(tensor.F32)); err != nil {
 					t.Fatal(err)
 				}
-				file := must(safetensors.Open(path))(t)
+				file := tensortest.Must(safetensors.Open(path))(t)
 				defer file.Close()
 				for _, tt := range got.Tensors() {
 					ft, ok := file.Tensor(tt.Name)
@@ -95,7 +96,7 @@ func TestNNMMatchesFloat64Reference(t *testing.T) {
 // and mixing that would not fit the memory budget is an option error, not an allocation.
 func TestNNMRefusals(t *testing.T) {
 	ctx := context.Background()
-	gm := must(NewGeometricMedian())(t)
+	gm := tensortest.Must(NewGeometricMedian())(t)
 	for _, inner := range []aggregate.Rule{gm, nil, aggregate.NewFedAvg()} {
 		if _, err := NewNNM(inner, 2); !errors.Is(err, aggregate.ErrOption) {
 			t.Fatalf("NewNNM(%v): %v, want ErrOption", inner, err)
@@ -106,11 +107,11 @@ func TestNNMRefusals(t *testing.T) {
 	}
 	r := rand.New(rand.NewPCG(32, 1))
 	updates := robustUpdates(t, r, 3, tensor.F32)
-	rule := must(NewNNM(NewMedian(), 3))(t)
+	rule := tensortest.Must(NewNNM(NewMedian(), 3))(t)
 	if _, _, err := aggregate.Aggregate(ctx, rule, updates, nil); !errors.Is(err, aggregate.ErrTooFewClients) {
 		t.Fatalf("3 clients, f=3: %v, want ErrTooFewClients", err)
 	}
-	rule = must(NewNNM(NewMedian(), 1))(t)
+	rule = tensortest.Must(NewNNM(NewMedian(), 1))(t)
 	_, _, err := aggregate.Aggregate(ctx, rule, updates, nil, aggregate.WithMemoryBudget(100))
 	if !errors.Is(err, aggregate.ErrOption) || !strings.Contains(err.Error(), "memory budget") {
 		t.Fatalf("a 100-byte budget: %v, want ErrOption naming the memory budget", err)

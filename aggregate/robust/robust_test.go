@@ -15,6 +15,7 @@ import (
 
 	"github.com/wattagg/wattagg/aggregate"
 	"github.com/wattagg/wattagg/device"
+	"github.com/wattagg/wattagg/internal/tensortest"
 	"github.com/wattagg/wattagg/tensor"
 	"github.com/wattagg/wattagg/tensor/safetensors"
 )
@@ -268,7 +269,7 @@ func robustUpdates(t *testing.T, r *rand.Rand, n int, dt tensor.DType) []*tensor
 		if k%3 == 1 {
 			slices.Reverse(order) // tensor order differs between clients
 		}
-		updates[k] = update(t, r, fmt.Sprintf("client-%d", k), dt, order)
+		updates[k] = tensortest.Update(t, r, fmt.Sprintf("client-%d", k), dt, order)
 	}
 	return updates
 }
@@ -299,12 +300,12 @@ func TestRobustRulesMatchFloat64References(t *testing.T) {
 				opts := []aggregate.Option{aggregate.WithOutDType(tensor.F32)}
 
 				checkRule(t, NewMedian(), updates, w, coordinatewise(x, refMedian), scale, 1e-7, opts...)
-				tm := must(NewTrimmedMean(0.2))(t)
+				tm := tensortest.Must(NewTrimmedMean(0.2))(t)
 				checkRule(t, tm, updates, w, coordinatewise(x, refTrimmed(0.2)), scale, 1e-6, opts...)
-				gm := must(NewGeometricMedian(WithSmoothing(1e-6), WithMaxIterations(6), WithTolerance(0)))(t)
+				gm := tensortest.Must(NewGeometricMedian(WithSmoothing(1e-6), WithMaxIterations(6), WithTolerance(0)))(t)
 				alpha := slices.Clone(w)
 				checkRule(t, gm, updates, w, refGeoMed(x, alpha, 1e-6, 6), scale, 1e-5, opts...)
-				cc := must(NewCenteredClipping(3, WithIterations(3)))(t)
+				cc := tensortest.Must(NewCenteredClipping(3, WithIterations(3)))(t)
 				checkRule(t, cc, updates, w, refCenteredClip(x, make([]float64, len(x[0])), 3, 3), scale, 1e-5, opts...)
 				for _, zero := range []bool{false, true} {
 					bound := 40.0
@@ -312,17 +313,17 @@ func TestRobustRulesMatchFloat64References(t *testing.T) {
 					if zero {
 						build = NewNormZeroing
 					}
-					nc := must(build(FixedBound(bound)))(t)
+					nc := tensortest.Must(build(FixedBound(bound)))(t)
 					checkRule(t, nc, updates, w, refNormClip(x, w, bound, zero), scale, 1e-6, opts...)
 				}
 				if n >= 7 {
 					for _, m := range []int{1, 3} {
-						kr := must(NewKrum(2, m))(t)
+						kr := tensortest.Must(NewKrum(2, m))(t)
 						sel, want := refKrum(x, w, 2, m)
 						rep := checkRule(t, kr, updates, w, want, scale, 1e-6, opts...)
 						checkSelected(t, kr.Name(), rep, sel)
 					}
-					bu := must(NewBulyan(1))(t)
+					bu := tensortest.Must(NewBulyan(1))(t)
 					sel, want := refBulyan(x, 1)
 					rep := checkRule(t, bu, updates, w, want, scale, 1e-6, opts...)
 					checkSelected(t, "bulyan", rep, sel)
@@ -399,12 +400,12 @@ func TestRobustRulesAreDeterministic(t *testing.T) {
 	updates := robustUpdates(t, r, 9, tensor.F32)
 	rules := []aggregate.Rule{
 		NewMedian(),
-		must(NewTrimmedMean(0.1))(t),
-		must(NewKrum(2, 3))(t),
-		must(NewBulyan(1))(t),
-		must(NewGeometricMedian(WithSmoothing(1e-6), WithMaxIterations(5), WithTolerance(0)))(t),
-		must(NewCenteredClipping(1, WithIterations(2)))(t),
-		must(NewNormClipping(QuantileBound(0.5)))(t),
+		tensortest.Must(NewTrimmedMean(0.1))(t),
+		tensortest.Must(NewKrum(2, 3))(t),
+		tensortest.Must(NewBulyan(1))(t),
+		tensortest.Must(NewGeometricMedian(WithSmoothing(1e-6), WithMaxIterations(5), WithTolerance(0)))(t),
+		tensortest.Must(NewCenteredClipping(1, WithIterations(2)))(t),
+		tensortest.Must(NewNormClipping(QuantileBound(0.5)))(t),
 	}
 	one := []aggregate.Option{aggregate.WithDevices(mustCPU(t, 1)), aggregate.WithChunkBytes(8192)}
 	two := []aggregate.Option{aggregate.WithDevices(mustCPU(t, 2)), aggregate.WithChunkBytes(8192)}
@@ -445,16 +446,16 @@ type attackRound struct {
 
 func attackRounds(t *testing.T, r *rand.Rand) []attackRound {
 	const nh = 9
-	mu := update(t, r, "mu", tensor.F32, names)
+	mu := tensortest.Update(t, r, "mu", tensor.F32, names)
 	noisy := func(k int, scale float64) *tensor.Set {
 		s := &tensor.Set{Source: fmt.Sprintf("client-%d", k), Metadata: map[string]string{}}
 		for _, name := range names {
 			m, _ := mu.Tensor(name)
-			tt := newTensor(t, name, tensor.F32, shapes[name]...)
+			tt := tensortest.New(t, name, tensor.F32, tensortest.Shapes[name]...)
 			for j := range tt.Len() {
-				setValue(tt, j, scale*(m.Value(j)+0.05*r.NormFloat64()))
+				tensortest.SetValue(tt, j, scale*(m.Value(j)+0.05*r.NormFloat64()))
 			}
-			addTo(t, s, tt)
+			tensortest.Add(t, s, tt)
 		}
 		return s
 	}
@@ -467,7 +468,7 @@ func attackRounds(t *testing.T, r *rand.Rand) []attackRound {
 		c.Source = name
 		for _, tt := range c.Tensors() {
 			for j := range tt.Len() {
-				setValue(tt, j, s*tt.Value(j))
+				tensortest.SetValue(tt, j, s*tt.Value(j))
 			}
 		}
 		return c
@@ -475,14 +476,14 @@ func attackRounds(t *testing.T, r *rand.Rand) []attackRound {
 	colluder := noisy(nh, 1)
 	for _, tt := range colluder.Tensors() {
 		for j := range tt.Len() {
-			setValue(tt, j, tt.Value(j)+3) // far from every honest value, the same for both
+			tensortest.SetValue(tt, j, tt.Value(j)+3) // far from every honest value, the same for both
 		}
 	}
 	nanUpdate := func(k int) *tensor.Set {
 		c := flip(honest[0], 1, fmt.Sprintf("nan-%d", k))
 		for _, tt := range c.Tensors() {
 			for j := range tt.Len() {
-				setValue(tt, j, math.NaN())
+				tensortest.SetValue(tt, j, math.NaN())
 			}
 		}
 		return c
@@ -554,10 +555,10 @@ func TestRobustRulesResistAttacks(t *testing.T) {
 			// al., 2018 for Bulyan); Krum selects honest updates, whose weighted mean is in
 			// the range too (Blanchard et al., 2017).
 			med := NewMedian()
-			tm := must(NewTrimmedMean(0.2))(t) // floor(0.2·11) = 2 = f
-			kr := must(NewKrum(f, 1))(t)
-			mk := must(NewKrum(f, 4))(t)
-			bu := must(NewBulyan(f))(t)
+			tm := tensortest.Must(NewTrimmedMean(0.2))(t) // floor(0.2·11) = 2 = f
+			kr := tensortest.Must(NewKrum(f, 1))(t)
+			mk := tensortest.Must(NewKrum(f, 4))(t)
+			bu := tensortest.Must(NewBulyan(f))(t)
 			for _, rule := range []aggregate.Rule{med, tm, kr, mk, bu} {
 				got, rep, err := aggregate.Aggregate(ctx, rule, a.updates, nil)
 				if err != nil {
@@ -592,7 +593,7 @@ func TestRobustRulesResistAttacks(t *testing.T) {
 				theta = 0
 			}
 			gmBound := 2 * (1 - theta) * rad / (1 - 2*theta)
-			gm := must(NewGeometricMedian(WithSmoothing(1e-6), WithMaxIterations(200), WithTolerance(1e-10)))(t)
+			gm := tensortest.Must(NewGeometricMedian(WithSmoothing(1e-6), WithMaxIterations(200), WithTolerance(1e-10)))(t)
 			got, rep, err := aggregate.Aggregate(ctx, gm, a.updates, nil)
 			if err != nil {
 				t.Fatal(err)
@@ -625,7 +626,7 @@ func TestRobustRulesResistAttacks(t *testing.T) {
 			for j := range want {
 				want[j] += 9 / n * (mu[j] - center[j])
 			}
-			cc := must(NewCenteredClipping(tau, WithIterations(1), WithCenter(setOf(t, center))))(t)
+			cc := tensortest.Must(NewCenteredClipping(tau, WithIterations(1), WithCenter(setOf(t, center))))(t)
 			got, rep, err = aggregate.Aggregate(ctx, cc, a.updates, nil)
 			if err != nil {
 				t.Fatal(err)
@@ -651,7 +652,7 @@ func TestRobustRulesResistAttacks(t *testing.T) {
 			for _, v := range hx {
 				hmax = max(hmax, norm(v))
 			}
-			nc := must(NewNormClipping(FixedBound(hmax / 2)))(t)
+			nc := tensortest.Must(NewNormClipping(FixedBound(hmax / 2)))(t)
 			got, _, err = aggregate.Aggregate(ctx, nc, a.updates, nil)
 			if err != nil {
 				t.Fatal(err)
@@ -662,7 +663,7 @@ func TestRobustRulesResistAttacks(t *testing.T) {
 			if !a.nan && a.name != "sign-flipped" && norm(flat(fed)) <= hmax/2 {
 				t.Fatalf("fedavg within the clipping bound")
 			}
-			nz := must(NewNormZeroing(FixedBound(hmax * 1.001)))(t)
+			nz := tensortest.Must(NewNormZeroing(FixedBound(hmax * 1.001)))(t)
 			got, rep, err = aggregate.Aggregate(ctx, nz, a.updates, nil)
 			if err != nil {
 				t.Fatal(err)
@@ -691,12 +692,12 @@ func setOf(t *testing.T, v []float64) *tensor.Set {
 	s := &tensor.Set{Metadata: map[string]string{}}
 	off := 0
 	for _, name := range names {
-		tt := newTensor(t, name, tensor.F32, shapes[name]...)
+		tt := tensortest.New(t, name, tensor.F32, tensortest.Shapes[name]...)
 		for j := range tt.Len() {
-			setValue(tt, j, v[off+j])
+			tensortest.SetValue(tt, j, v[off+j])
 		}
 		off += tt.Len()
-		addTo(t, s, tt)
+		tensortest.Add(t, s, tt)
 	}
 	return s
 }
@@ -770,10 +771,10 @@ func TestRobustTooFewClients(t *testing.T) {
 	ctx := context.Background()
 	r := rand.New(rand.NewPCG(13, 14))
 	updates := robustUpdates(t, r, 6, tensor.F32)
-	kr := must(NewKrum(2, 1))(t) // needs 7
-	bu := must(NewBulyan(1))(t)  // needs 7
-	mk := must(NewKrum(1, 6))(t) // m = 6 of 6, fine; m = 7 is not
-	mk7 := must(NewKrum(0, 7))(t)
+	kr := tensortest.Must(NewKrum(2, 1))(t) // needs 7
+	bu := tensortest.Must(NewBulyan(1))(t)  // needs 7
+	mk := tensortest.Must(NewKrum(1, 6))(t) // m = 6 of 6, fine; m = 7 is not
+	mk7 := tensortest.Must(NewKrum(0, 7))(t)
 	for _, rule := range []aggregate.Rule{kr, bu, mk7} {
 		_, _, err := aggregate.Aggregate(ctx, rule, updates, nil)
 		if !errors.Is(err, aggregate.ErrTooFewClients) || !strings.Contains(err.Error(), rule.Name()) {
@@ -785,14 +786,14 @@ func TestRobustTooFewClients(t *testing.T) {
 	}
 	// NaN clients count against f.
 	nan := updates[2].Clone()
-	setValue(nan.At(1), 0, math.Inf(-1))
+	tensortest.SetValue(nan.At(1), 0, math.Inf(-1))
 	updates[2] = nan
-	kr1 := must(NewKrum(1, 1))(t) // needs 5: 6 - 1 excluded
+	kr1 := tensortest.Must(NewKrum(1, 1))(t) // needs 5: 6 - 1 excluded
 	if _, rep, err := aggregate.Aggregate(ctx, kr1, updates, nil); err != nil || !strings.Contains(rep.PerClient[2].Excluded, "-Inf") {
 		t.Fatalf("krum f=1 with one -Inf client: %v", err)
 	}
-	kr2 := must(NewKrum(2, 1))(t) // 7 clients pass the first check; without the -Inf one, 6 are too few
-	seven := append(updates, update(t, r, "client-6", tensor.F32, names))
+	kr2 := tensortest.Must(NewKrum(2, 1))(t) // 7 clients pass the first check; without the -Inf one, 6 are too few
+	seven := append(updates, tensortest.Update(t, r, "client-6", tensor.F32, names))
 	if _, _, err := aggregate.Aggregate(ctx, kr2, seven, nil); !errors.Is(err, aggregate.ErrTooFewClients) || !strings.Contains(err.Error(), "have 6 (1 excluded") {
 		t.Fatalf("krum f=2: %v", err)
 	}
@@ -812,7 +813,7 @@ func TestRobustBadInputsStayErrors(t *testing.T) {
 	r := rand.New(rand.NewPCG(15, 16))
 	med := NewMedian()
 	updates := robustUpdates(t, r, 3, tensor.F32)
-	other := update(t, r, "other", tensor.F32, names[:2])
+	other := tensortest.Update(t, r, "other", tensor.F32, names[:2])
 	if _, _, err := aggregate.Aggregate(ctx, med, append(updates, other), nil); !errors.Is(err, tensor.ErrLayoutMismatch) {
 		t.Errorf("layout mismatch: %v", err)
 	}
@@ -838,17 +839,17 @@ func TestRobustBadInputsStayErrors(t *testing.T) {
 	// The iterative rules' two f32 iterates must fit the memory budget.
 	big := make([]*tensor.Set, 2)
 	for k := range big {
-		s, err := tensor.NewSet(newTensor(t, "w", tensor.F32, 200_000))
+		s, err := tensor.NewSet(tensortest.New(t, "w", tensor.F32, 200_000))
 		if err != nil {
 			t.Fatal(err)
 		}
 		big[k] = s
 	}
-	gm := must(NewGeometricMedian(WithSmoothing(1e-6), WithMaxIterations(3), WithTolerance(0)))(t)
+	gm := tensortest.Must(NewGeometricMedian(WithSmoothing(1e-6), WithMaxIterations(3), WithTolerance(0)))(t)
 	if _, _, err := aggregate.Aggregate(ctx, gm, big, nil, aggregate.WithMemoryBudget(1<<20)); !errors.Is(err, aggregate.ErrOption) || !strings.Contains(err.Error(), "memory budget") {
 		t.Errorf("geomed over budget: %v", err)
 	}
-	cc := must(NewCenteredClipping(1, WithIterations(1), WithCenter(other)))(t)
+	cc := tensortest.Must(NewCenteredClipping(1, WithIterations(1), WithCenter(other)))(t)
 	if _, _, err := aggregate.Aggregate(ctx, cc, updates, nil); !errors.Is(err, tensor.ErrLayoutMismatch) {
 		t.Errorf("center of another layout: %v", err)
 	}
@@ -871,7 +872,7 @@ func TestRobustOverflowIsAnError(t *testing.T) {
 		}
 		big[k] = s
 	}
-	tm := must(NewTrimmedMean(0))(t)
+	tm := tensortest.Must(NewTrimmedMean(0))(t)
 	if _, _, err := aggregate.Aggregate(context.Background(), tm, big, nil); !errors.Is(err, aggregate.ErrOverflow) {
 		t.Fatalf("overflowing trimmed mean: %v", err)
 	}
@@ -884,7 +885,7 @@ func TestRobustReportsDiagnostics(t *testing.T) {
 	r := rand.New(rand.NewPCG(17, 18))
 	updates := robustUpdates(t, r, 8, tensor.F32)
 	x := flats(updates)
-	gm := must(NewGeometricMedian(WithSmoothing(1e-6), WithMaxIterations(50), WithTolerance(1e-8)))(t)
+	gm := tensortest.Must(NewGeometricMedian(WithSmoothing(1e-6), WithMaxIterations(50), WithTolerance(1e-8)))(t)
 	_, rep, err := aggregate.Aggregate(context.Background(), gm, updates, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -898,7 +899,7 @@ func TestRobustReportsDiagnostics(t *testing.T) {
 			t.Fatalf("client %d: %+v", k, d)
 		}
 	}
-	nc := must(NewNormClipping(QuantileBound(0.5)))(t)
+	nc := tensortest.Must(NewNormClipping(QuantileBound(0.5)))(t)
 	_, rep, err = aggregate.Aggregate(context.Background(), nc, updates, nil)
 	if err != nil {
 		t.Fatal(err)

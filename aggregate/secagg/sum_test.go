@@ -12,49 +12,9 @@ import (
 	"testing"
 
 	"github.com/wattagg/wattagg/aggregate"
+	"github.com/wattagg/wattagg/internal/tensortest"
 	"github.com/wattagg/wattagg/tensor"
 )
-
-// must(New...(...))(t) is what a constructor returned, failing the test on its error.
-func must[T any](v T, err error) func(t *testing.T) T {
-	return func(t *testing.T) T {
-		t.Helper()
-		if err != nil {
-			t.Fatal(err)
-		}
-		return v
-	}
-}
-
-// f32Set makes a Set of f32 tensors from name/values pairs, in order.
-func f32Set(t *testing.T, src string, kv ...any) *tensor.Set {
-	t.Helper()
-	s := &tensor.Set{Source: src, Metadata: map[string]string{}}
-	for i := 0; i < len(kv); i += 2 {
-		v := kv[i+1].([]float32)
-		tt, err := tensor.FromF32(kv[i].(string), []int{len(v)}, append([]float32(nil), v...))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := s.Add(tt); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return s
-}
-
-func f32Of(t *testing.T, s *tensor.Set, name string) []float32 {
-	t.Helper()
-	tt, ok := s.Tensor(name)
-	if !ok {
-		t.Fatalf("no tensor %q in %s", name, s.Source)
-	}
-	v, err := tt.F32()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return v
-}
 
 // Quantisation is unbiased: for each value, the mean of M dequantised draws is within five
 // standard deviations of the clipped value. One draw is clip(x) + Δ·(B - p) with Δ = 2c/L the
@@ -63,7 +23,7 @@ func f32Of(t *testing.T, s *tensor.Set, name string) []float32 {
 func TestQuantizeUnbiased(t *testing.T) {
 	r := rand.NewChaCha8([32]byte{1})
 	for _, bits := range []int{1, 4, 8, 16} {
-		q := must(NewQuantizer(bits, 0.5))(t)
+		q := tensortest.Must(NewQuantizer(bits, 0.5))(t)
 		const m = 20000
 		step := 2 * 0.5 / q.levels()
 		values := []float32{-0.5, -0.4999, -0.3, -0.0123, 0, 0.01, 0.2499, 0.33, 0.5, 0.7, -3, float32(math.Inf(1))}
@@ -94,7 +54,7 @@ func TestQuantizeUnbiased(t *testing.T) {
 		}
 	}
 	// Values on the grid are exact: no randomness reaches them.
-	q := must(NewQuantizer(2, 1.5))(t) // grid -1.5, -0.5, 0.5, 1.5
+	q := tensortest.Must(NewQuantizer(2, 1.5))(t) // grid -1.5, -0.5, 0.5, 1.5
 	dst := make([]uint32, 4)
 	q.Quantize(dst, []float32{-1.5, -0.5, 0.5, 1.5}, r)
 	if !slices.Equal(dst, []uint32{0, 1, 2, 3}) {
@@ -201,14 +161,14 @@ func TestMasksCancel(t *testing.T) {
 		t.Fatalf("a masked vector equals its plain one at %d of %d elements", same, len(pv))
 	}
 	// The server's rule adds them and decodes without any recovery.
-	rule := must(New(WithBits(16), WithRange(1)))(t)
+	rule := tensortest.Must(New(WithBits(16), WithRange(1)))(t)
 	got, _, err := aggregate.Aggregate(ctx, rule, masked, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := make([]float32, 13)
 	rule.q.Dequantize(want, sumU32(t, plain, "a"), n)
-	if a := f32Of(t, got, "a"); !slices.Equal(a, want) {
+	if a := tensortest.F32Of(t, got, "a"); !slices.Equal(a, want) {
 		t.Fatalf("decoded %v, want %v", a[:3], want[:3])
 	}
 }
@@ -222,14 +182,14 @@ func TestDropout(t *testing.T) {
 	r := rand.NewChaCha8([32]byte{3})
 	const n = 50
 	self, pairs := seeds(r, n)
-	q := must(NewQuantizer(20, 0.25))(t)
+	q := tensortest.Must(NewQuantizer(20, 0.25))(t)
 	dropped := map[int]bool{0: true, 3: true, 17: true, 18: true, 30: true, 48: true, 49: true}
 	var survivors []*tensor.Set
 	var reals []*tensor.Set
 	rec := &Recovery{Self: map[int]Seed{}, Dropped: map[int]map[int]Seed{}}
 	for k := range n {
 		rec.Clients = append(rec.Clients, k)
-		x := f32Set(t, fmt.Sprintf("client%d", k), "w", make([]float32, 5003), "bias", make([]float32, 7))
+		x := tensortest.F32Set(t, fmt.Sprintf("client%d", k), "w", make([]float32, 5003), "bias", make([]float32, 7))
 		for _, tt := range x.Tensors() {
 			v, err := tt.F32()
 			if err != nil {
@@ -263,7 +223,7 @@ func TestDropout(t *testing.T) {
 			}
 		}
 	}
-	rule := must(New(WithBits(20), WithRange(0.25), WithRecovery(rec)))(t)
+	rule := tensortest.Must(New(WithBits(20), WithRange(0.25), WithRecovery(rec)))(t)
 	got, rep, err := aggregate.Aggregate(ctx, rule, survivors, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -273,11 +233,11 @@ func TestDropout(t *testing.T) {
 	}
 	step := 0.5 / q.levels()
 	for _, name := range []string{"w", "bias"} {
-		g := f32Of(t, got, name)
+		g := tensortest.F32Of(t, got, name)
 		for j := range g {
 			var want float64
 			for _, x := range reals {
-				want += math.Max(-0.25, math.Min(0.25, float64(f32Of(t, x, name)[j])))
+				want += math.Max(-0.25, math.Min(0.25, float64(tensortest.F32Of(t, x, name)[j])))
 			}
 			want /= 43
 			// Each client's value is off by less than one step; their mean too.
@@ -327,12 +287,12 @@ func TestSecureSumErrors(t *testing.T) {
 		s.Source = src
 		return s
 	}
-	rule := must(New(WithBits(31)))(t)
+	rule := tensortest.Must(New(WithBits(31)))(t)
 	if _, _, err := aggregate.Aggregate(ctx, rule, []*tensor.Set{u("a", 1), u("b", 2), u("c", 3)}, nil); !errors.Is(err, aggregate.ErrOverflow) || !strings.Contains(err.Error(), "at most 2") {
 		t.Errorf("3 clients at 31 bits: %v", err)
 	}
-	rule = must(New())(t)
-	if _, _, err := aggregate.Aggregate(ctx, rule, []*tensor.Set{f32Set(t, "f", "w", []float32{1})}, nil); !errors.Is(err, tensor.ErrDType) {
+	rule = tensortest.Must(New())(t)
+	if _, _, err := aggregate.Aggregate(ctx, rule, []*tensor.Set{tensortest.F32Set(t, "f", "w", []float32{1})}, nil); !errors.Is(err, tensor.ErrDType) {
 		t.Errorf("f32 update: %v", err)
 	}
 	if _, _, err := aggregate.Aggregate(ctx, rule, []*tensor.Set{u("a", 1), u("b", 2)}, []float64{1, 2}); !errors.Is(err, aggregate.ErrWeight) {
@@ -343,7 +303,7 @@ func TestSecureSumErrors(t *testing.T) {
 	if _, _, err := aggregate.Aggregate(ctx, rule, []*tensor.Set{u("a", 1), other}, nil); !errors.Is(err, aggregate.ErrOption) || !strings.Contains(err.Error(), "quantised with 12 bits") {
 		t.Errorf("other bits: %v", err)
 	}
-	rule = must(New(WithRecovery(&Recovery{Clients: []int{0, 1}, NoSelfMasks: true})))(t)
+	rule = tensortest.Must(New(WithRecovery(&Recovery{Clients: []int{0, 1}, NoSelfMasks: true})))(t)
 	if _, _, err := aggregate.Aggregate(ctx, rule, []*tensor.Set{u("a", 1)}, nil); !errors.Is(err, aggregate.ErrOption) || !strings.Contains(err.Error(), "no client ID") {
 		t.Errorf("no ID: %v", err)
 	}
@@ -354,8 +314,8 @@ func TestSecureSumErrors(t *testing.T) {
 	if _, _, err := aggregate.Aggregate(ctx, rule, []*tensor.Set{a, b}, nil); !errors.Is(err, aggregate.ErrDuplicate) || !strings.Contains(err.Error(), "client 1 sent twice") {
 		t.Errorf("duplicate ID: %v", err)
 	}
-	q := must(NewQuantizer(8, 1))(t)
-	if _, err := q.QuantizeSet(f32Set(t, "nan", "w", []float32{float32(math.NaN())}), rand.NewChaCha8([32]byte{})); !errors.Is(err, tensor.ErrNonFinite) {
+	q := tensortest.Must(NewQuantizer(8, 1))(t)
+	if _, err := q.QuantizeSet(tensortest.F32Set(t, "nan", "w", []float32{float32(math.NaN())}), rand.NewChaCha8([32]byte{})); !errors.Is(err, tensor.ErrNonFinite) {
 		t.Errorf("NaN quantised: %v", err)
 	}
 }
@@ -393,14 +353,14 @@ func TestLateRecovery(t *testing.T) {
 	r := rand.NewChaCha8([32]byte{9})
 	const n = 5
 	self, pairs := seeds(r, n)
-	q := must(NewQuantizer(16, 1))(t)
-	rule := must(New(WithBits(16), WithRange(1), WithLateRecovery()))(t)
-	round := must(aggregate.NewRound(ctx, rule))(t)
+	q := tensortest.Must(NewQuantizer(16, 1))(t)
+	rule := tensortest.Must(New(WithBits(16), WithRange(1), WithLateRecovery()))(t)
+	round := tensortest.Must(aggregate.NewRound(ctx, rule))(t)
 	rec := &Recovery{Clients: []int{0, 1, 2, 3, 4}, Self: map[int]Seed{}, Dropped: map[int]map[int]Seed{2: {}}}
 	var reals [][]float32
 	for k := range n {
-		x := f32Set(t, fmt.Sprintf("client%d", k), "w", []float32{float32(k) / 8, -float32(k) / 16, 0.5})
-		u := must(q.QuantizeSet(x, r))(t)
+		x := tensortest.F32Set(t, fmt.Sprintf("client%d", k), "w", []float32{float32(k) / 8, -float32(k) / 16, 0.5})
+		u := tensortest.Must(q.QuantizeSet(x, r))(t)
 		u.Source = x.Source
 		if err := (&Client{ID: k, Self: &self[k], Pairs: pairs[k]}).Mask(ctx, u); err != nil {
 			t.Fatal(err)
@@ -411,12 +371,12 @@ func TestLateRecovery(t *testing.T) {
 		if err := round.Add(ctx, u, 1); err != nil {
 			t.Fatal(err)
 		}
-		reals = append(reals, f32Of(t, x, "w"))
+		reals = append(reals, tensortest.F32Of(t, x, "w"))
 		rec.Self[k] = self[k]
 		rec.Dropped[2][k] = pairs[2][k]
 	}
 	// An update without its client ID cannot be unmasked: refused at Add.
-	anon := must(q.QuantizeSet(f32Set(t, "anon", "w", []float32{0, 0, 0}), r))(t)
+	anon := tensortest.Must(q.QuantizeSet(tensortest.F32Set(t, "anon", "w", []float32{0, 0, 0}), r))(t)
 	if err := round.Add(ctx, anon, 1); !errors.Is(err, aggregate.ErrOption) || !strings.Contains(err.Error(), "no client ID") {
 		t.Fatalf("update without a client ID: %v", err)
 	}
@@ -432,7 +392,7 @@ func TestLateRecovery(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := f32Of(t, got, "w")
+	g := tensortest.F32Of(t, got, "w")
 	step := 2.0 / q.levels()
 	for j := range g {
 		var want float64
@@ -445,7 +405,7 @@ func TestLateRecovery(t *testing.T) {
 		}
 	}
 	// Built without WithLateRecovery, Recover is an error; with both ways, New is.
-	if err := must(New())(t).Recover(rec); !errors.Is(err, aggregate.ErrOption) {
+	if err := tensortest.Must(New())(t).Recover(rec); !errors.Is(err, aggregate.ErrOption) {
 		t.Errorf("Recover without WithLateRecovery: %v", err)
 	}
 	if _, err := New(WithRecovery(rec), WithLateRecovery()); !errors.Is(err, aggregate.ErrOption) || !strings.Contains(err.Error(), "both WithRecovery and WithLateRecovery") {
