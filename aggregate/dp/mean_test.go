@@ -52,7 +52,7 @@ func TestPrivateMeanReference(t *testing.T) {
 	order := []string{"embed", "bias", "norm", "scalar"}
 	for _, expected := range []int{0, 10} {
 		g := tensortest.Update(t, r, "global", tensor.F32, order)
-		updates := aroundGlobal(t, r, g, 6, 0.5) // norms about 0.5, 1, ..., 3
+		updates := tensortest.AroundGlobal(t, r, g, 6, 0.5) // norms about 0.5, 1, ..., 3
 		opts := []Option{WithClipBound(1.2), WithNoiseMultiplier(0)}
 		d := len(updates)
 		if expected > 0 {
@@ -211,7 +211,7 @@ func TestPrivateMeanAdaptiveClip(t *testing.T) {
 	ctx := context.Background()
 	r := rand.New(rand.NewPCG(31, 32))
 	g := tensortest.Update(t, r, "global", tensor.F32, []string{"norm", "bias"})
-	updates := aroundGlobal(t, r, g, 5, 0.4) // norms about 0.4 .. 2
+	updates := tensortest.AroundGlobal(t, r, g, 5, 0.4) // norms about 0.4 .. 2
 	rule := tensortest.Must(NewAdaptiveClipping(WithClipBound(1), WithNoiseMultiplier(0), WithTargetQuantile(0.8), WithClipLearningRate(0.5)))(t)
 	x1, rep, err := aggregate.Aggregate(ctx, rule, updates, nil, aggregate.WithGlobal(g))
 	if err != nil {
@@ -229,7 +229,7 @@ func TestPrivateMeanAdaptiveClip(t *testing.T) {
 		t.Fatalf("details %v, want next bound %v for unclipped fraction %v", rep.Details, want, b)
 	}
 	// Round 2 clips to the new bound.
-	_, rep2, err := aggregate.Aggregate(ctx, rule, aroundGlobal(t, r, x1, 5, 0.4), nil, aggregate.WithGlobal(x1))
+	_, rep2, err := aggregate.Aggregate(ctx, rule, tensortest.AroundGlobal(t, r, x1, 5, 0.4), nil, aggregate.WithGlobal(x1))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -279,7 +279,7 @@ func TestPrivacyStateFiles(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		updates := aroundGlobal(t, r, global, 4, 0.1)
+		updates := tensortest.AroundGlobal(t, r, global, 4, 0.1)
 		global.Close()
 		// The new model replaces the old.
 		rep, err := aggregate.AggregateFile(ctx, rule, gpath, updates, nil, aggregate.WithGlobalFile(gpath))
@@ -353,7 +353,7 @@ func TestPrivacyStateRecordedInMemory(t *testing.T) {
 	g := tensortest.Update(t, r, "global", tensor.F32, []string{"norm", "bias"})
 	rule := tensortest.Must(NewFixedClipping(WithClipBound(1), WithNoiseMultiplier(1.1), WithSamplingRate(0.05), WithStateFile(state)))(t)
 	for round := 1; round <= 2; round++ {
-		x, rep, err := aggregate.Aggregate(ctx, rule, aroundGlobal(t, r, g, 4, 0.1), nil, aggregate.WithGlobal(g))
+		x, rep, err := aggregate.Aggregate(ctx, rule, tensortest.AroundGlobal(t, r, g, 4, 0.1), nil, aggregate.WithGlobal(g))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -522,7 +522,7 @@ func TestServerOptimizerInMemoryFailure(t *testing.T) {
 	}
 	global := g
 	for range 2 {
-		cs := aroundGlobal(t, r, global, 3, 0.1)
+		cs := tensortest.AroundGlobal(t, r, global, 3, 0.1)
 		x, _, err := aggregate.Aggregate(ctx, rule, cs, nil, opts(global)...)
 		if err != nil {
 			t.Fatal(err)
@@ -544,7 +544,7 @@ func TestServerOptimizerInMemoryFailure(t *testing.T) {
 		}
 	}
 	// A NaN client fails the round (found where its block is summed, or when it is added).
-	bad := aroundGlobal(t, r, global, 3, 0.1)
+	bad := tensortest.AroundGlobal(t, r, global, 3, 0.1)
 	nt, _ := bad[1].Tensor("norm")
 	tensortest.SetValue(nt, 1000, math.NaN())
 	if _, _, err := aggregate.Aggregate(ctx, rule, bad, nil, opts(global)...); !errors.Is(err, tensor.ErrNonFinite) {
@@ -554,7 +554,7 @@ func TestServerOptimizerInMemoryFailure(t *testing.T) {
 	// Finite clients whose delta overflows the second moment in the last chunk (Δ² beyond the
 	// f32 range): the other chunks are stepped, into the retired state's buffers, before the
 	// round fails.
-	bad = aroundGlobal(t, r, global, 3, 0.1)
+	bad = tensortest.AroundGlobal(t, r, global, 3, 0.1)
 	for _, c := range bad {
 		nt, _ := c.Tensor("norm")
 		tensortest.SetValue(nt, 1000, 3e38)
@@ -563,7 +563,7 @@ func TestServerOptimizerInMemoryFailure(t *testing.T) {
 		t.Fatalf("overflowing delta: %v", err)
 	}
 	unchanged("overflow")
-	cs := aroundGlobal(t, r, global, 3, 0.1)
+	cs := tensortest.AroundGlobal(t, r, global, 3, 0.1)
 	got, _, err := aggregate.Aggregate(ctx, rule, cs, nil, opts(global)...)
 	if err != nil || rule.Round() != 3 {
 		t.Fatalf("round 3: %v", err)

@@ -5,6 +5,7 @@ package tensortest
 
 import (
 	"encoding/binary"
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"testing"
@@ -128,4 +129,27 @@ func EqualF32(a, b []float32) bool {
 		}
 	}
 	return true
+}
+
+// AroundGlobal makes n client models around g: client k moves every coordinate by a random
+// amount scaled so that its delta norm is about scale·(k+1).
+func AroundGlobal(t testing.TB, r *rand.Rand, g *tensor.Set, n int, scale float64) []*tensor.Set {
+	t.Helper()
+	var out []*tensor.Set
+	var p float64
+	for _, tt := range g.Tensors() {
+		p += float64(tt.Len())
+	}
+	for k := range n {
+		u := &tensor.Set{Source: fmt.Sprintf("client%d", k), Metadata: map[string]string{}}
+		for _, tt := range g.Tensors() {
+			nt := New(t, tt.Name, tensor.F32, tt.Shape...)
+			for j := range nt.Len() {
+				SetValue(nt, j, tt.Value(j)+r.NormFloat64()*scale*float64(k+1)/math.Sqrt(p))
+			}
+			Add(t, u, nt)
+		}
+		out = append(out, u)
+	}
+	return out
 }
