@@ -308,15 +308,7 @@ func (c *Client) Pull(ctx context.Context, round int, path string, opts ...Optio
 
 // Status is the status of round (with its acknowledged updates).
 func (c *Client) Status(ctx context.Context, round int) (*api.Round, error) {
-	req, err := c.request(ctx, http.MethodGet, c.url("/v1/rounds/%d", round), nil)
-	if err != nil {
-		return nil, err
-	}
-	var st api.Round
-	if err := c.do(req, &st); err != nil {
-		return nil, err
-	}
-	return &st, nil
+	return call[api.Round](ctx, c, http.MethodGet, c.url("/v1/rounds/%d", round), nil)
 }
 
 // WaitEnded waits until round has ended — closed with its model, or failed — and returns its
@@ -324,16 +316,12 @@ func (c *Client) Status(ctx context.Context, round int) (*api.Round, error) {
 // requests; it returns ctx's error if ctx ends first.
 func (c *Client) WaitEnded(ctx context.Context, round int) (*api.Round, error) {
 	for {
-		req, err := c.request(ctx, http.MethodGet, c.url("/v1/rounds/%d", round)+"?wait=60s", nil)
+		st, err := call[api.Round](ctx, c, http.MethodGet, c.url("/v1/rounds/%d", round)+"?wait=60s", nil)
 		if err != nil {
 			return nil, err
 		}
-		var st api.Round
-		if err := c.do(req, &st); err != nil {
-			return nil, err
-		}
 		if st.State != api.StateOpen {
-			return &st, nil
+			return st, nil
 		}
 		if err := ctx.Err(); err != nil {
 			return nil, err
@@ -343,28 +331,12 @@ func (c *Client) WaitEnded(ctx context.Context, round int) (*api.Round, error) {
 
 // Rounds is the status of every round, and the latest with a model.
 func (c *Client) Rounds(ctx context.Context) (*api.Rounds, error) {
-	req, err := c.request(ctx, http.MethodGet, c.url("/v1/rounds"), nil)
-	if err != nil {
-		return nil, err
-	}
-	var rs api.Rounds
-	if err := c.do(req, &rs); err != nil {
-		return nil, err
-	}
-	return &rs, nil
+	return call[api.Rounds](ctx, c, http.MethodGet, c.url("/v1/rounds"), nil)
 }
 
 // CloseRound closes round now (admin token).
 func (c *Client) CloseRound(ctx context.Context, round int) (*api.Round, error) {
-	req, err := c.request(ctx, http.MethodPost, c.url("/v1/rounds/%d/close", round), nil)
-	if err != nil {
-		return nil, err
-	}
-	var st api.Round
-	if err := c.do(req, &st); err != nil {
-		return nil, err
-	}
-	return &st, nil
+	return call[api.Round](ctx, c, http.MethodPost, c.url("/v1/rounds/%d/close", round), nil)
 }
 
 // SetRecovery gives secure-sum round round its recovery, the seeds of the unmasking round
@@ -374,29 +346,32 @@ func (c *Client) SetRecovery(ctx context.Context, round int, rec *secagg.Recover
 	if err != nil {
 		return nil, err
 	}
-	req, err := c.request(ctx, http.MethodPut, c.url("/v1/rounds/%d/recovery", round), bytes.NewReader(b))
-	if err != nil {
-		return nil, err
-	}
-	req.Header.Set("Content-Type", "application/json")
-	var st api.Round
-	if err := c.do(req, &st); err != nil {
-		return nil, err
-	}
-	return &st, nil
+	return call[api.Round](ctx, c, http.MethodPut, c.url("/v1/rounds/%d/recovery", round), b)
 }
 
 // OpenRound opens the next round (admin token).
 func (c *Client) OpenRound(ctx context.Context) (*api.Round, error) {
-	req, err := c.request(ctx, http.MethodPost, c.url("/v1/rounds"), nil)
+	return call[api.Round](ctx, c, http.MethodPost, c.url("/v1/rounds"), nil)
+}
+
+// call sends a request with a JSON body (none when body is nil) and decodes the JSON answer.
+func call[T any](ctx context.Context, c *Client, method, u string, body []byte) (*T, error) {
+	var r io.Reader
+	if body != nil {
+		r = bytes.NewReader(body)
+	}
+	req, err := c.request(ctx, method, u, r)
 	if err != nil {
 		return nil, err
 	}
-	var st api.Round
-	if err := c.do(req, &st); err != nil {
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	var out T
+	if err := c.do(req, &out); err != nil {
 		return nil, err
 	}
-	return &st, nil
+	return &out, nil
 }
 
 // progressReader reports the bytes read through it.
