@@ -271,25 +271,14 @@ func ingestRows(ctx context.Context, c *Config) ([]Row, error) {
 	}
 	defer p.stop()
 	t0 := time.Now()
-	var wg sync.WaitGroup
-	errs := make(chan error, c.Clients)
-	for k := range c.Clients {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			cl, err := client.New(p.url, client.WithToken(tokens[k]))
-			if err == nil {
-				_, err = cl.Push(ctx, 1, bytes.NewReader(body), int64(len(body)), client.WithWeight(c.weight(k)))
-			}
-			if err != nil {
-				errs <- err
-			}
-		}()
-	}
-	wg.Wait()
-	ingest := time.Since(t0)
-	close(errs)
-	for err := range errs {
+	ingest, err := timed(c.Clients, c.Clients, func(k int) error {
+		cl, err := client.New(p.url, client.WithToken(tokens[k]))
+		if err == nil {
+			_, err = cl.Push(ctx, 1, bytes.NewReader(body), int64(len(body)), client.WithWeight(c.weight(k)))
+		}
+		return err
+	})
+	if err != nil {
 		return nil, err
 	}
 	closedSt, err := waitClosedStatus(ctx, p.url, 1)
@@ -355,43 +344,22 @@ func smallRows(ctx context.Context, c *Config) ([]Row, error) {
 	}
 	defer p.stop()
 	lat := make([]time.Duration, c.SmallClients)
-	work := make(chan int, c.SmallClients)
-	for k := range c.SmallClients {
-		work <- k
-	}
-	close(work)
-	var wg sync.WaitGroup
-	errs := make(chan error, c.SmallClients)
-	t0 := time.Now()
-	for range c.SmallStreams {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for k := range work {
-				cl, err := client.New(p.url, client.WithToken(tokens[k]))
-				if err != nil {
-					errs <- err
-					return
-				}
-				var last time.Time
-				n := int64(len(body))
-				_, err = cl.Push(ctx, 1, bytes.NewReader(body), n, client.WithProgress(func(done, _ int64) {
-					if done == n {
-						last = time.Now()
-					}
-				}))
-				if err != nil {
-					errs <- err
-					return
-				}
-				lat[k] = time.Since(last)
+	wall, err := timed(c.SmallClients, c.SmallStreams, func(k int) error {
+		cl, err := client.New(p.url, client.WithToken(tokens[k]))
+		if err != nil {
+			return err
+		}
+		var last time.Time
+		n := int64(len(body))
+		_, err = cl.Push(ctx, 1, bytes.NewReader(body), n, client.WithProgress(func(done, _ int64) {
+			if done == n {
+				last = time.Now()
 			}
-		}()
-	}
-	wg.Wait()
-	wall := time.Since(t0)
-	close(errs)
-	for err := range errs {
+		}))
+		lat[k] = time.Since(last)
+		return err
+	})
+	if err != nil {
 		return nil, err
 	}
 	if err := waitClosed(ctx, p.url, 1); err != nil {
@@ -610,23 +578,9 @@ func diskFloor(dir string, size, n int, direct bool) (time.Duration, error) {
 		return 0, err
 	}
 	defer removeSynced(dir)
-	t0 := time.Now()
-	var wg sync.WaitGroup
-	errs := make(chan error, n)
-	for k := range n {
-		wg.Go(func() {
-			if err := writeFloorFile(filepath.Join(dir, strconv.Itoa(k)), size, direct); err != nil {
-				errs <- err
-			}
-		})
-	}
-	wg.Wait()
-	d := time.Since(t0)
-	close(errs)
-	for err := range errs {
-		return 0, err
-	}
-	return d, nil
+	return timed(n, n, func(k int) error {
+		return writeFloorFile(filepath.Join(dir, strconv.Itoa(k)), size, direct)
+	})
 }
 
 // writeFloorFile writes size bytes to a new file at path in 1 MiB writes and fdatasyncs it.
@@ -668,18 +622,27 @@ func diskFloorFiles(dir string, size, n, conc int, direct bool) (time.Duration, 
 		return 0, err
 	}
 	defer removeSynced(dir)
+	return timed(n, conc, func(k int) error {
+		return writeFloorFile(filepath.Join(dir, strconv.Itoa(k)), size, direct)
+	})
+}
+
+// timed runs do(k) for k in [0, n) on conc goroutines, each taking the next k as soon as its
+// last is done and stopping at its first error, and returns how long they all took and the
+// first error.
+func timed(n, conc int, do func(k int) error) (time.Duration, error) {
 	work := make(chan int, n)
 	for k := range n {
 		work <- k
 	}
 	close(work)
-	t0 := time.Now()
-	var wg sync.WaitGroup
 	errs := make(chan error, conc)
+	var wg sync.WaitGroup
+	t0 := time.Now()
 	for range conc {
 		wg.Go(func() {
 			for k := range work {
-				if err := writeFloorFile(filepath.Join(dir, strconv.Itoa(k)), size, direct); err != nil {
+				if err := do(k); err != nil {
 					errs <- err
 					return
 				}
@@ -689,10 +652,7 @@ func diskFloorFiles(dir string, size, n, conc int, direct bool) (time.Duration, 
 	wg.Wait()
 	d := time.Since(t0)
 	close(errs)
-	for err := range errs {
-		return 0, err
-	}
-	return d, nil
+	return d, <-errs
 }
 
 // removeSynced removes a floor's files and waits until the file system has committed the

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"path/filepath"
-	"sync"
 	"time"
 
 	"github.com/apache/arrow-go/v18/arrow/flight"
@@ -55,22 +54,10 @@ func flightRows(ctx context.Context, c *Config) ([]Row, error) {
 	if p.flight == "" {
 		return nil, fmt.Errorf("the server serves no Flight")
 	}
-	t0 := time.Now()
-	var wg sync.WaitGroup
-	errs := make(chan error, c.Clients)
-	for k := range c.Clients {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := flightPush(ctx, p.flight, tokens[k], 1, msgs); err != nil {
-				errs <- err
-			}
-		}()
-	}
-	wg.Wait()
-	took := time.Since(t0)
-	close(errs)
-	for err := range errs {
+	took, err := timed(c.Clients, c.Clients, func(k int) error {
+		return flightPush(ctx, p.flight, tokens[k], 1, msgs)
+	})
+	if err != nil {
 		return nil, err
 	}
 	closedSt, err := waitClosedStatus(ctx, p.url, 1)
