@@ -18,9 +18,15 @@
 #  4. energy   the wattagg CLI: devices, calibrate --quick, bench energy (always-CPU, always-GPU,
 #              the planner), so that NVML's energy counter (and RAPL, if readable) are read for
 #              real: predicted and measured joules of each policy with their provenance.
-#  5. memcheck compute-sanitizer memcheck over a set of tests at -short sizes; a host without
+#  5. cli      the wattagg CLI end to end on files: `demo` writes a federation (16 clients × 25M
+#              parameters, 4 of them bf16), then `aggregate --device cuda:0` and `--device cpu`
+#              with fedavg, median, trimmed-mean, krum and fedadam: each pair of outputs must be
+#              byte-identical (krum's distances add their terms in another order on the GPU, but
+#              it outputs the client it selects, and no two clients here are near a tie), with
+#              each run's wall time. GPU_CHECK_CLI_PARAMS changes the model size.
+#  6. memcheck compute-sanitizer memcheck over a set of tests at -short sizes; a host without
 #              compute-sanitizer (a driver-only install) reports it skipped, not failed.
-#  6. gobench  the Go benchmarks, if time is left.
+#  7. gobench  the Go benchmarks, if time is left.
 #
 # Logs go to $OUT (or .gpu/out), at most 8 files; the console gets each step's essentials and a
 # one-screen summary at the end. Exit status: 0 PASS, 1 FAIL, 2 INCOMPLETE (nothing failed, but a
@@ -159,7 +165,9 @@ else
 fi
 
 step "4. energy: devices, calibrate --quick, bench energy"
-export WATTAGG_PROFILE="$out/profile.json"
+# The calibration profile stays beside the binaries (the device tool brings back at most 8 files
+# from $OUT); energy.log ends with a copy of it.
+export WATTAGG_PROFILE="$here/profile.json"
 : >"$out/energy.log"
 energy_ok=1
 # bench energy: 100 rounds per policy, so that a round of a few milliseconds spans enough
@@ -176,6 +184,10 @@ for args in "devices" "calibrate --quick --progress never" "bench energy --progr
 		((rc == 124)) && incomplete=1 || failed=1
 	fi
 done
+if [ -f "$WATTAGG_PROFILE" ]; then
+	printf '\n$ cat %s\n' "$WATTAGG_PROFILE" >>"$out/energy.log"
+	cat "$WATTAGG_PROFILE" >>"$out/energy.log"
+fi
 # The essentials: the meters and their provenance, each policy's predicted and measured joules.
 meters=$(grep -E '^\s+((rapl|nvml):|meter )' "$out/energy.log" | sed -E 's/^\s+//' | sort -u | cut -c1-110)
 policies=$(sed -n '/^\$ wattagg bench energy/,$p' "$out/energy.log" | grep -E '^\s*(policy|always-|planner )' | cut -c1-140)
@@ -184,7 +196,56 @@ row energy "$([ $energy_ok = 1 ] && echo ok || echo FAIL)" "$(sed -n '/^\$ watta
 while read -r line; do [ -n "$line" ] && row "" "" "$line"; done <<<"$meters"
 while read -r line; do [ -n "$line" ] && row "" "" "$(sed -E 's/ {2,}/ /g; s/^ //' <<<"$line" | cut -c1-110)"; done <<<"$policies"
 
-step "5. compute-sanitizer memcheck (tests at -short sizes)"
+step "5. cli: aggregate --device cuda:0 against --device cpu on demo files"
+cli_dir=$(mktemp -d)
+: >"$out/cli.log"
+cli_ok=1 cli_rows=()
+if ! run "$(limit 60)" "$cli" demo --dir "$cli_dir/fed" --keep --clients 16 --params "${GPU_CHECK_CLI_PARAMS:-25000000}" --progress never >>"$out/cli.log" 2>&1; then
+	cli_ok=0
+	cli_rows+=("demo failed (cli.log)")
+else
+	fed=$cli_dir/fed
+	for rule in fedavg median trimmed-mean krum fedadam; do
+		extra=()
+		[ "$rule" = fedadam ] && extra=(--global "$fed/global.safetensors")
+		times=""
+		for dev in cpu cuda:0; do
+			o="$cli_dir/${rule}-${dev%%:*}.safetensors"
+			printf '\n$ wattagg aggregate --device %s --rule %s\n' "$dev" "$rule" >>"$out/cli.log"
+			s0=$(date +%s.%N)
+			run "$(limit 40)" "$cli" aggregate --device "$dev" --rule "$rule" --mixed-dtypes "${extra[@]}" --json -o "$o" "$fed/clients" >"$cli_dir/rep.json" 2>>"$out/cli.log"
+			rc=$?
+			s1=$(date +%s.%N)
+			head -c 2000 "$cli_dir/rep.json" >>"$out/cli.log"
+			if ((rc != 0)); then
+				cli_ok=0
+				times+=" $dev exit $rc"
+				continue
+			fi
+			times+=" $dev $(awk -v a="$s0" -v b="$s1" 'BEGIN{printf "%.2fs", b-a}')"
+			[ "$dev" = cuda:0 ] && ! grep -q '"cuda:0' "$cli_dir/rep.json" && { cli_ok=0; times+=" (report names no cuda:0 device)"; }
+		done
+		if [ -f "$cli_dir/${rule}-cpu.safetensors" ] && [ -f "$cli_dir/${rule}-cuda.safetensors" ]; then
+			if cmp -s "$cli_dir/${rule}-cpu.safetensors" "$cli_dir/${rule}-cuda.safetensors"; then
+				same="same bytes"
+			else
+				same="BYTES DIFFER"
+				cli_ok=0
+			fi
+		else
+			same="no output"
+			cli_ok=0
+		fi
+		cli_rows+=("$rule:$times; $same")
+	done
+fi
+rm -rf "$cli_dir"
+printf '%s\n' "${cli_rows[@]}"
+row cli "$([ $cli_ok = 1 ] && echo ok || echo FAIL)" "16 clients × ${GPU_CHECK_CLI_PARAMS:-25000000} params (4 bf16), cuda:0 against cpu (cli.log)"
+for r in "${cli_rows[@]}"; do row "" "" "$r"; done
+((cli_ok)) || failed=1
+
+step "6. compute-sanitizer memcheck (tests at -short sizes)"
 sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null | head -1)
 if [ -z "$sanitizer" ]; then
 	echo "compute-sanitizer not found (a driver-only host): skipped"
@@ -209,7 +270,7 @@ else
 	fi
 fi
 
-step "6. Go benchmarks"
+step "7. Go benchmarks"
 l=$(limit 60)
 if ((l < 30)); then
 	echo "skipped: ${l}s left"
