@@ -356,8 +356,12 @@ func TestGPUBenchTable(t *testing.T) {
 	x10 := target{min: 10, speedup: true}
 	s, err = timeOp(3, func() error { _, _, err := g.gramResident(context.Background(), fed.resident); return err })
 	add(result{name: "Gram (Krum distances), device-resident", seconds: s, bytes: in, floor: "CPU Gram", floorS: scale * cpuGram, target: x10}, err)
+	// Streamed from the host, a rule reads its inputs through PCIe: its floor is the page-locked
+	// copy, as FedAvg's. (Against the CPU's Gram and Select these rows were bound to miss 10x on
+	// any host whose cores read memory faster than a tenth of PCIe's rate: on the H200's host, 16
+	// Xeon cores take the median at 42 GB/s against 55 GB/s of PCIe.)
 	s, err = timeOp(1, func() error { _, _, err := g.Gram(context.Background(), fed.fields, fed.pinned); return err })
-	add(result{name: "Gram, streamed from page-locked host", seconds: s, bytes: in, floor: "CPU Gram", floorS: scale * cpuGram, target: x10}, err)
+	add(result{name: "Gram, streamed from page-locked host", seconds: s, bytes: in, floor: "pinned H2D", floorBW: h2dBW, target: target{min: 0.80}}, err)
 	s, err = timeOp(3, func() error { _, err := g.medianResident(context.Background(), fed.resident, out); return err })
 	add(result{name: "median, device-resident", seconds: s, bytes: in + 4*float64(p), floor: "CPU Select", floorS: scale * cpuMed, target: x10}, err)
 	s, err = timeOp(1, func() error {
@@ -368,7 +372,7 @@ func TestGPUBenchTable(t *testing.T) {
 		_, err = g.median(context.Background(), fed.fields, fed.pinned, chunks, &setOutput{dst: [][]byte{host}, fields: fed.fields, chunks: chunks})
 		return err
 	})
-	add(result{name: "median, streamed from page-locked host", seconds: s, bytes: in + 4*float64(p), floor: "CPU Select", floorS: scale * cpuMed, target: x10}, err)
+	add(result{name: "median, streamed from page-locked host", seconds: s, bytes: in, floor: "pinned H2D", floorBW: h2dBW, target: target{min: 0.80}}, err)
 
 	say("")
 	say("%-42s %10s %10s  %-12s %12s %8s  %-8s %s", "operation", "ms", "GB/s", "compared with", "floor", "ratio", "target", "verdict")

@@ -309,7 +309,7 @@ func (o *sumsqOp) segment(b *batch, k int) error {
 }
 
 // Select implements device.Robust: the order statistic of the job's inputs, coordinate by
-// coordinate, bit for bit the CPU device's (kernels/cuda/order.cu): up to 32 inputs sorted in
+// coordinate, bit for bit the CPU device's (kernels/cuda/order.cu): up to 128 inputs sorted in
 // registers, more in shared memory (or, beyond what a block's shared memory holds, in global
 // scratch) by the same network driven from a table. With SqDist or SqNorm set, the f32 results
 // stay on the GPU for the distances of every input to them (reduce.cu's wa_sqdist), whose f64
@@ -434,8 +434,8 @@ func (g *GPU) checkSelect(n int, dist bool) error {
 
 // Geometry of the order-statistic kernels (order.cu).
 const (
-	selectRegMax     = 32  // inputs sorted in registers by wa_select_rP
-	selectRegThreads = 256 // WA_THREADS
+	selectRegMax     = 128 // inputs sorted in registers by wa_select_rP
+	selectRegThreads = 256 // WA_THREADS, or fewer where a closest mean's values would pass 48 KiB
 	selectNetThreads = 32  // wa_select_net's block: a column of values per thread
 )
 
@@ -547,16 +547,21 @@ func (o *selectOp) segment(b *batch, k int) error {
 		for p < o.n {
 			p *= 2
 		}
-		shmem := 0
+		threads, shmem := uint32(selectRegThreads), 0
 		if o.op == device.ClosestMean {
-			shmem = 4 * p * selectRegThreads // the sorted values, to index the window at run time
+			// The sorted values, to index the window at run time: a column per thread, within
+			// the 48 KiB a block has without opting in (128 threads for 64 wires, 64 for 128).
+			for 4*p*int(threads) > 48<<10 {
+				threads /= 2
+			}
+			shmem = 4 * p * int(threads)
 		}
 		name := fmt.Sprintf("wa_select_r%d", p)
-		grid, err := blocks(n, selectRegThreads)
+		grid, err := blocks(n, int64(threads))
 		if err != nil {
 			return err
 		}
-		b.enqueue(func(s cuStream) error { return g.launch(s, name, grid, selectRegThreads, shmem, args...) })
+		b.enqueue(func(s cuStream) error { return g.launch(s, name, grid, threads, shmem, args...) })
 	} else {
 		args = append(args, o.netDev, argInt(len(o.net)/2), col)
 		shmem := 0

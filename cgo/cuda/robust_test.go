@@ -70,7 +70,7 @@ func TestSelectResident(t *testing.T) {
 	r := rand.New(rand.NewPCG(50, 51))
 	for _, d := range gpus(t, fakePlain, fakePipeline) {
 		t.Run(d.name, func(t *testing.T) {
-			for i, n := range []int{1, 2, 3, 8, 17, 32, 33, 70} {
+			for i, n := range []int{1, 2, 3, 8, 17, 32, 33, 64, 65, 128, 129, 140} {
 				for _, so := range selectOps {
 					out := []tensor.DType{tensor.F32, tensor.F64, tensor.BF16, tensor.F16}[i%4]
 					t.Run(fmt.Sprintf("%s/n=%d/%s", so.op, n, out), func(t *testing.T) {
@@ -114,7 +114,7 @@ func TestSelectResident(t *testing.T) {
 }
 
 // Bulyan's closest mean takes the middle of the tied closest windows (issue 9.11), in the
-// register kernels (n <= 32) and the table-driven one (n > 32), where the first tied window
+// register kernels (n <= 128) and the table-driven one (n > 128), where the first tied window
 // (the rule before) erred low. Each coordinate holds the case's values in another order of the
 // inputs; the wants are worked out by hand in f32.
 func TestClosestMeanTiesMiddle(t *testing.T) {
@@ -136,7 +136,11 @@ func TestClosestMeanTiesMiddle(t *testing.T) {
 		// m = 0.25; starts 2, 3 and 4 tie: the middle window {-0.75, 1.25} (first: -0.75).
 		{"three tied", []float32{-2.75, -1.75, -0.75, -0.75, 1.25, 1.25, 2.25, 3.25}, 2, 0.25},
 		// 35 inputs, m = 0.5; starts 16 and 17 tie, as in the first case (first: 0).
-		{"two tied, network table", steps(35, -16.5), 2, 0.5},
+		{"two tied, 64 wires", steps(35, -16.5), 2, 0.5},
+		// 67 inputs, m = 0.5; starts 32 and 33 tie (first: 0).
+		{"two tied, 128 wires", steps(67, -32.5), 2, 0.5},
+		// 131 inputs, m = 0.5; starts 64 and 65 tie (first: 0).
+		{"two tied, network table", steps(131, -64.5), 2, 0.5},
 	}
 	r := rand.New(rand.NewPCG(58, 59))
 	for _, d := range gpus(t, fakePlain, fakePipeline) {
@@ -190,7 +194,7 @@ func TestSelectGlobalColumns(t *testing.T) {
 				d.g.selectShared = saved
 				d.g.main.mu.Unlock()
 			}()
-			for _, n := range []int{33, 47} {
+			for _, n := range []int{129, 143} {
 				for _, so := range selectOps {
 					t.Run(fmt.Sprintf("%s/n=%d", so.op, n), func(t *testing.T) {
 						fields := robustFields(tensor.BF16)[:4]

@@ -82,7 +82,7 @@ __device__ __forceinline__ void wa_put(void *y, int out, float *res, u64 j, floa
 	}
 }
 
-// For N <= 32 each thread sorts its coordinate's values in registers with the network of
+// For N <= 128 each thread sorts its coordinate's values in registers with the network of
 // P = the next power of two >= N wires (P = 2 for N = 1: no comparator survives the pruning
 // either way). Every wire index is a compile-time constant once the loops are unrolled, so
 // nothing is spilled; whether a comparator survives (its high wire < N) is a predicate. The
@@ -107,7 +107,7 @@ __device__ __forceinline__ void select_reg(void *y, int out, float *res, const u
 	// rewritten with trip counts that do not depend on the enclosing loops (p = 2^lp, k = 2^lk,
 	// and the low wires a of one (p, k) step in ascending order, as j then i visit them), so
 	// that the compiler unrolls them completely and every predicate but b < N folds away.
-	const int L = P >= 32 ? 5 : P >= 16 ? 4 : P >= 8 ? 3 : P >= 4 ? 2 : 1;
+	const int L = P >= 128 ? 7 : P >= 64 ? 6 : P >= 32 ? 5 : P >= 16 ? 4 : P >= 8 ? 3 : P >= 4 ? 2 : 1;
 #pragma unroll
 	for (int lp = 0; lp < L; lp++)
 #pragma unroll
@@ -146,8 +146,8 @@ __device__ __forceinline__ void select_reg(void *y, int out, float *res, const u
 
 // wa_select_rP: xs[i], dts[i], scales[i] describe input i (device address of element 0, dtype,
 // I8 scale); out is the dtype of y; res, if not null, receives the f32 results; op and k as
-// device.SelectJob's. Requires nin <= P; blockDim.x = WA_THREADS; dynamic shared memory
-// 4·P·WA_THREADS bytes for OP_CLOSEST, none otherwise.
+// device.SelectJob's. Requires nin <= P; any blockDim.x up to WA_THREADS; dynamic shared memory
+// 4·P·blockDim.x bytes for OP_CLOSEST, none otherwise.
 #define WA_SELECT_REG(P)                                                                                       \
 	WA_ENTRY void wa_select_r##P(void *y, int out, float *res, const u64 *xs, const int *dts,               \
 				     const float *scales, int nin, int op, int k, u64 n) {                      \
@@ -158,6 +158,8 @@ WA_SELECT_REG(4)
 WA_SELECT_REG(8)
 WA_SELECT_REG(16)
 WA_SELECT_REG(32)
+WA_SELECT_REG(64)
+WA_SELECT_REG(128)
 
 // wa_select_net is wa_select_rP for any N: the network's comparators come from a table, net[2q]
 // and net[2q+1] the low and high wire of comparator q (ncomp of them, in the order of

@@ -135,11 +135,13 @@ wa_gram(const u64 *rows, const int *dts, const float *scales, int nrows, u64 n, 
 	u64 nk = (n + GK - 1) / GK;
 	for (u64 kt = blockIdx.x; kt < nk; kt += gridDim.x) {
 		// A thread loads column col = tid % GK of every slice row it covers (WA_THREADS is a
-		// multiple of GK): one centre per k-tile. Padding (rows >= nrows, j >= n) stays 0.
+		// multiple of GK): one centre per k-tile. Padding (rows >= nrows, j >= n) stays 0. The
+		// loop is unrolled so that a thread's 8 (or 16) loads are in flight together: one at a
+		// time, their latency was most of the kernel's time on an H200.
 		const int col = tid % GK;
 		const u64 j = kt * GK + col;
 		const double mr = j < n ? -(double)cen[j] : 0.0;
-#pragma unroll 1
+#pragma unroll
 		for (int q = 0; q < GT * GK / WA_THREADS; q++) {
 			int r = (tid + WA_THREADS * q) / GK;
 			int ra = ta * GT + r, rb = tb * GT + r;
