@@ -81,7 +81,7 @@ var kernelModules = map[string]string{
 	"wa_acc_f32_f32": "acc", "wa_acc_f32_bf16": "acc", "wa_acc_f32_f16": "acc", "wa_acc_f32_i8": "acc",
 	"wa_acc_f64_f32": "acc", "wa_acc_f64_bf16": "acc", "wa_acc_f64_f16": "acc", "wa_acc_f64_i8": "acc",
 	"wa_acc_f64_f64": "acc", "wa_store_f32": "acc", "wa_store_f64": "acc", "wa_scale": "acc", "wa_modsum_u32": "acc",
-	"wa_sumsq": "reduce", "wa_sqdist": "reduce", "wa_gram_centre": "reduce", "wa_gram": "reduce", "wa_gram_sum": "reduce", "wa_first_nonfinite": "reduce",
+	"wa_sumsq": "reduce", "wa_sqdist": "reduce", "wa_gram_centre": "reduce", "wa_gram": "reduce", "wa_gram_pairs": "reduce", "wa_gram_sum": "reduce", "wa_first_nonfinite": "reduce",
 	"wa_select_r2": "order", "wa_select_r4": "order", "wa_select_r8": "order", "wa_select_r16": "order",
 	"wa_select_r32": "order", "wa_select_r64": "order", "wa_select_r128": "order",
 	"wa_select_net": "order",

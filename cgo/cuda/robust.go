@@ -194,7 +194,11 @@ func (o *gramOp) segment(b *batch, k int) error {
 	ggrid := [3]uint32{uint32(o.slices), uint32(o.pairs), 1}
 	dgrid2 := [3]uint32{min(dgrid, sumsqBlocks), uint32(len(rows)), 1}
 	b.enqueue(func(s cuStream) error { return g.launch(s, "wa_gram_centre", cgrid, 256, 0, cargs...) })
-	b.enqueue(func(s cuStream) error { return g.launch2(s, "wa_gram", ggrid, 256, 0, gargs...) })
+	gram := "wa_gram" // one tile: k-tiles of 64 elements
+	if o.pairs > 1 {
+		gram = "wa_gram_pairs"
+	}
+	b.enqueue(func(s cuStream) error { return g.launch2(s, gram, ggrid, 256, 0, gargs...) })
 	b.enqueue(func(s cuStream) error { return g.launch2(s, "wa_sqdist", dgrid2, 256, 0, dargs...) })
 	return nil
 }

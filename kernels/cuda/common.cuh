@@ -4,12 +4,33 @@
 // The sources compile two ways: with nvcc to PTX (`make ptx`), and as host C++ under the CUDA
 // simulator of cgo/cuda/testdata/fakecuda (sim.h defines WA_SIM), which is how the kernels are
 // executed by tests on machines without a GPU. Only what sim.h provides may be used: no warp
-// intrinsics, static shared memory or WA_DYN_SHARED, no library headers.
+// intrinsics but wa_dmma_2x4, static shared memory or WA_DYN_SHARED, no library headers.
 #pragma once
 
 #ifndef WA_SIM
 #define WA_ENTRY extern "C" __global__
 #define WA_DYN_SHARED(T, name) extern __shared__ T name[]
+
+// wa_dmma is one f64 matrix multiply-add of a warp on the tensor cores (compute capability 8.0
+// and newer): D = A·B + D with A 8×4, B 4×8 and D 8×8, each lane l holding A[l/4][l%4] in a,
+// B[l%4][l/4] in b, and D[l/4][2(l%4)] and D[l/4][2(l%4)+1] in d0 and d1. Every product is exact
+// and every sum rounded in f64. Every lane of the warp must call it together.
+__device__ __forceinline__ void wa_dmma(double &d0, double &d1, double a, double b) {
+	asm("mma.sync.aligned.m8n8k4.row.col.f64.f64.f64.f64 {%0,%1}, {%2}, {%3}, {%0,%1};"
+	    : "+d"(d0), "+d"(d1)
+	    : "d"(a), "d"(b));
+}
+
+// wa_dmma_2x4 is a warp's 2×4 blocks of 8×8: D[i][k] += A_i·B_k (i < 2, k < 4) with wa_dmma's
+// fragments (a[i] of A_i, b[k] of B_k, d[i][k][0..1] of D[i][k]). sim.h has a version for the
+// simulator, which needs every thread of the block to call it together.
+__device__ __forceinline__ void wa_dmma_2x4(double d[2][4][2], const double a[2], const double b[4]) {
+#pragma unroll
+	for (int k = 0; k < 4; k++) {
+		wa_dmma(d[0][k][0], d[0][k][1], a[0], b[k]);
+		wa_dmma(d[1][k][0], d[1][k][1], a[1], b[k]);
+	}
+}
 #endif
 
 typedef unsigned long long u64;

@@ -86,3 +86,26 @@ inline unsigned long long atomicMin(unsigned long long *p, unsigned long long v)
 	}
 	return old;
 }
+
+// wa_dmma_2x4 simulates common.cuh's (8 mma.sync.aligned.m8n8k4.row.col.f64 of a warp): every
+// thread of the block posts its fragments, and after a barrier each computes its elements of D
+// from its warp's, adding the products in k order with FMAs (the tensor cores' order is
+// unspecified; only the rounding bound is relied on); a second barrier keeps the posts until
+// every thread has read them. Every thread of the block must call it together.
+inline void wa_dmma_2x4(double d[2][4][2], const double a[2], const double b[4]) {
+	static thread_local double fa[2][1024], fb[4][1024];
+	unsigned t = threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z);
+	for (int i = 0; i < 2; i++) fa[i][t] = a[i];
+	for (int k = 0; k < 4; k++) fb[k][t] = b[k];
+	__syncthreads();
+	unsigned w = t & ~31u, g = (t & 31) >> 2, q = t & 3;
+	for (int i = 0; i < 2; i++)
+		for (int k = 0; k < 4; k++)
+			for (unsigned h = 0; h < 2; h++) {
+				// D[g][2q+h] += Σ_j A[g][j]·B[j][2q+h]: A[g][j] is lane 4g+j's, B[j][c] lane 4c+j's.
+				double acc = d[i][k][h];
+				for (unsigned j = 0; j < 4; j++) acc = std::fma(fa[i][w + 4 * g + j], fb[k][w + 4 * (2 * q + h) + j], acc);
+				d[i][k][h] = acc;
+			}
+	__syncthreads();
+}
