@@ -131,6 +131,48 @@ func TestFedAvgFromHostMemoryGoesToTheCPU(t *testing.T) {
 	}
 }
 
+// A GPU calibrated from host memory (IncludesTransfer) reads its share through staging that the
+// host's cores copy: the share's bytes pass the host's memory three times (read, written to
+// page-locked staging, read again by the copy engine). The profile is `wattagg calibrate --quick`
+// on an H200 machine (16 Xeon cores, 2026-12-04); there the planner used to give the GPU 12% of a
+// FedAvg of 16 × 4.19M f32 and predict 2.4 ms, and the split ran in 2.9–3.0 ms against 2.1 ms for
+// the CPU alone (`wattagg bench energy`, three runs of 100 rounds).
+func TestStagedGPUShareChargesTheHost(t *testing.T) {
+	cpu := synthCPU(&OpProfile{Op: WeightedSum, DType: tensor.F32, Clients: 8, BytesPerSec: 112.469e9, FLOPsPerSec: 49.986e9,
+		JoulesPerByte: 1.3589e-11, JoulesPerFLOP: 3.0575e-11, LatencySec: 9.8e-6, EnergyCorrection: 1, TimeCorrection: 1})
+	cpu.IdleWatts = 19.2
+	gpu := synthGPU(&OpProfile{Op: WeightedSum, DType: tensor.F32, Clients: 8, BytesPerSec: 21.303e9, FLOPsPerSec: 9.468e9,
+		JoulesPerByte: 7.522e-11, JoulesPerFLOP: 1.6925e-10, LatencySec: 110.2e-6, IncludesTransfer: true,
+		EnergyCorrection: 1, TimeCorrection: 1})
+	gpu.IdleWatts, gpu.Link = 159.8, nil
+	prof := synthProfile(cpu, gpu)
+	req := fedavg(16, 4_194_304)
+	for _, pol := range []Policy{MinEnergy, MinTime, MinEDP} {
+		p := plan(t, prof, req, WithPolicy(pol))
+		if len(p.Shares) != 1 || p.Shares[0].Device != "cpu" {
+			t.Fatalf("%s: %s", pol, p.Why)
+		}
+	}
+	// A split's time counts the staging on the host: the CPU's share at its rate (the slower of
+	// its bytes and its 2 FLOPs per client) plus three passes over the GPU's bytes at the host's
+	// bytes per second.
+	cnt := weightedSumClass().Counts(req.Workload)
+	ds := []devModel{newDevModel(cpu, cpu.Ops[OpKey(WeightedSum, tensor.F32)], cnt), newDevModel(gpu, gpu.Ops[OpKey(WeightedSum, tensor.F32)], cnt)}
+	s := &solver{ds: ds, W: float64(req.Elements), host: hostModel(ds, prof, tensor.F32, cnt)}
+	x := []float64{0.85 * s.W, 0.15 * s.W}
+	c := s.eval(x)
+	bytesPer := float64(16*4 + 4)
+	host := 9.8e-6 + x[0]*max(bytesPer/112.469e9, 32/49.986e9) + 3*x[1]*bytesPer/112.469e9
+	if s.host != 0 || math.Abs(c.T-host) > 1e-9*host {
+		t.Fatalf("split %v predicted %v s, want the host's %v s", x, c.T, host)
+	}
+	// Without the CPU in the plan nothing is charged: the GPU alone takes its own time.
+	gs := &solver{ds: ds[1:], W: s.W, host: hostModel(ds[1:], prof, tensor.F32, cnt)}
+	if g := gs.eval([]float64{s.W}); gs.host != -1 || math.Abs(g.T-(110.2e-6+s.W*max(bytesPer/21.303e9, 32/9.468e9))) > 1e-9 {
+		t.Fatalf("GPU alone: host %d, %v s", gs.host, g.T)
+	}
+}
+
 func TestKrumWithManyClientsGoesToTheGPU(t *testing.T) {
 	krum := func(clients int) Request {
 		r := fedavg(clients, 1_000_000)
