@@ -36,12 +36,14 @@ func TestFreshBuffersArePrefaulted(t *testing.T) {
 		p.Free(b)
 	}
 	// A buffer of a huge-page class is mapped slice by slice, each slice the way measured
-	// faster, both ways measured on its first two.
+	// faster, both ways measured on its first two. A slice grows with the workers (a huge page
+	// each): the buffer is two slices and a part, so that 16 workers probe both ways too (a
+	// fixed 21 MiB was one slice there, and the test failed on a 16-vCPU Xeon).
 	q, err := NewPoolAllocator()
 	if err != nil {
 		t.Fatal(err)
 	}
-	n := 4*touchSlice + 5<<20
+	n := 2*max(touchSlice, q.workers*poolClass) + 5<<20
 	if in, all := resident(t, q.Allocate(n)[:n]); in != all || !q.Stats().HugeProbed {
 		t.Errorf("the first %d-byte buffer (probed: %v): %d of %d pages mapped before its first write", n, q.Stats().HugeProbed, in, all)
 	}
