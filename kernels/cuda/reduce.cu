@@ -46,11 +46,23 @@ WA_ENTRY void wa_sqdist(const u64 *xs, const int *dts, const float *scales, cons
 	const float sc = scales[y];
 	double ad = 0, an = 0;
 	u64 stride = (u64)gridDim.x * blockDim.x;
-	for (u64 j = wa_gid(); j < n; j += stride) {
-		double v = (double)wa_ld32(x, dt, sc, j);
-		double d = __dadd_rn(v, -(double)z[j]);
-		ad = fma(d, d, ad);
-		an = fma(v, v, an);
+	// A thread's elements j, j+stride, ... in that order, four loaded ahead of their sums.
+	for (u64 j = wa_gid(); j < n; j += 4 * stride) {
+		float v[4], w[4];
+#pragma unroll
+		for (int k = 0; k < 4; k++) {
+			const u64 jk = j + k * stride;
+			v[k] = jk < n ? wa_ld32(x, dt, sc, jk) : 0.0f;
+			w[k] = jk < n ? z[jk] : 0.0f;
+		}
+#pragma unroll
+		for (int k = 0; k < 4; k++) {
+			if (j + k * stride >= n) break;
+			double vk = (double)v[k];
+			double d = __dadd_rn(vk, -(double)w[k]);
+			ad = fma(d, d, ad);
+			an = fma(vk, vk, an);
+		}
 	}
 	sd[threadIdx.x] = ad;
 	sn[threadIdx.x] = an;
@@ -117,8 +129,18 @@ __device__ __forceinline__ void wa_pair(int p, int tiles, int *ta, int *tb) {
 WA_ENTRY void wa_gram_centre(const u64 *rows, const int *dts, const float *scales, int nrows, u64 n, float *r) {
 	u64 j = wa_gid();
 	if (j >= n) return;
+	// Eight loads in flight, then their sums in vector order (one load at a time, each waited
+	// for by its add, left the kernel bound by latency).
 	float t = 0.0f;
-	for (int i = 0; i < nrows; i++) t = __fadd_rn(t, wa_ld32((const void *)rows[i], dts[i], scales[i], j));
+	int i = 0;
+	for (; i + 8 <= nrows; i += 8) {
+		float v[8];
+#pragma unroll
+		for (int k = 0; k < 8; k++) v[k] = wa_ld32((const void *)rows[i + k], dts[i + k], scales[i + k], j);
+#pragma unroll
+		for (int k = 0; k < 8; k++) t = __fadd_rn(t, v[k]);
+	}
+	for (; i < nrows; i++) t = __fadd_rn(t, wa_ld32((const void *)rows[i], dts[i], scales[i], j));
 	float c = __fdiv_rn(t, (float)nrows);
 	r[j] = (__float_as_uint(c) & 0x7f800000u) == 0x7f800000u ? 0.0f : c;
 }
