@@ -234,13 +234,14 @@ type Alternative struct {
 }
 
 // devModel is a device's cost for one request: it processes R elements per second at full
-// rate after a fixed L seconds, spending e joules per element above idle. A device that reads
-// host memory through staging the host copies also occupies the host for staged seconds per
-// element (see stagedHostPasses).
+// rate after a fixed L seconds, spending e joules per element above idle. A device calibrated
+// from pageable host memory (fromHost) reads it through staging the host copies, which occupies
+// the host for staged seconds per element (see stagedHostPasses; set by hostModel).
 type devModel struct {
 	name       string
 	kind       string
 	R, e, L    float64
+	fromHost   bool
 	staged     float64
 	idle       float64
 	key        string
@@ -375,7 +376,7 @@ func hostModel(ds []devModel, p *Profile, in tensor.DType, cnt Counts) int {
 		bytes = cnt.Bytes
 	}
 	for i := range ds {
-		if ds[i].staged > 0 {
+		if ds[i].fromHost {
 			ds[i].staged = stagedHostPasses * bytes / o.BytesPerSec
 		}
 	}
@@ -405,12 +406,8 @@ func newDevModel(dp *DeviceProfile, o *OpProfile, cnt Counts) devModel {
 	if tc <= 0 {
 		tc = 1
 	}
-	staged := 0.0
-	if dp.Kind == "gpu" && o.IncludesTransfer {
-		staged = 1 // a mark: hostModel sets the seconds
-	}
-	return devModel{name: dp.Name, kind: dp.Kind, R: 1 / (t * tc), e: e * ec, L: o.LatencySec * tc, staged: staged,
-		idle: dp.IdleWatts, key: OpKey(o.Op, o.DType), eCorr: ec, tCr: tc}
+	return devModel{name: dp.Name, kind: dp.Kind, R: 1 / (t * tc), e: e * ec, L: o.LatencySec * tc,
+		fromHost: dp.Kind == "gpu" && o.IncludesTransfer, idle: dp.IdleWatts, key: OpKey(o.Op, o.DType), eCorr: ec, tCr: tc}
 }
 
 // solver searches the splits of W elements over devices.

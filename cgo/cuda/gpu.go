@@ -83,9 +83,8 @@ var kernelModules = map[string]string{
 	"wa_acc_f64_f64": "acc", "wa_store_f32": "acc", "wa_store_f64": "acc", "wa_scale": "acc", "wa_modsum_u32": "acc",
 	"wa_sumsq": "reduce", "wa_sqdist": "reduce", "wa_gram_centre": "reduce", "wa_gram": "reduce", "wa_gram_pairs": "reduce", "wa_gram_sum": "reduce", "wa_first_nonfinite": "reduce",
 	"wa_select_r2": "order", "wa_select_r4": "order", "wa_select_r8": "order", "wa_select_r16": "order",
-	"wa_select_r32": "order", "wa_select_r64": "order", "wa_select_r128": "order",
-	"wa_select_net": "order",
-	"wa_optim":      "optim", "wa_noise": "noise",
+	"wa_select_r32": "order", "wa_select_r64": "order", "wa_select_r128": "order", "wa_select_net": "order",
+	"wa_optim": "optim", "wa_noise": "noise",
 	"wa_exact_acc_f32": "exact", "wa_exact_acc_bf16": "exact", "wa_exact_acc_f16": "exact", "wa_exact_acc_i8": "exact",
 	"wa_exact_store": "exact",
 }
