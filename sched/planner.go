@@ -443,13 +443,16 @@ type candidate struct {
 }
 
 // power is the machine's draw when each device with work finishes its share at T, paced
-// evenly.
+// evenly; the host's work includes its staging for the staged devices.
 func (s *solver) power(x []float64, T float64) float64 {
 	p := s.idle
 	for i, d := range s.ds {
 		if x[i] > 0 {
 			p += d.e * x[i] / math.Max(T-d.L, 1e-15)
 		}
+	}
+	if st, sj := s.staging(x); st > 0 {
+		p += sj / math.Max(T-s.ds[s.host].L, 1e-15)
 	}
 	return p
 }
@@ -469,10 +472,14 @@ func (s *solver) eval(x []float64) candidate {
 		}
 	}
 	if st, sj := s.staging(x); st > 0 {
-		// The host copies the staged shares as well as running its own: its time is both.
+		// The host copies the staged shares as well as running its own: its time is both, and
+		// it draws its full power while it copies, with or without a share of its own.
 		h := s.ds[s.host]
 		c.T = math.Max(c.T, h.L+x[s.host]/h.R+st)
 		c.dyn += sj
+		if x[s.host] == 0 {
+			full += h.e * h.R
+		}
 	}
 	c.peak = full
 	if s.capW > 0 && full > s.capW && s.idle < s.capW {

@@ -166,6 +166,23 @@ func TestStagedGPUShareChargesTheHost(t *testing.T) {
 	if s.host != 0 || math.Abs(c.T-host) > 1e-9*host {
 		t.Fatalf("split %v predicted %v s, want the host's %v s", x, c.T, host)
 	}
+	// The GPU alone with the CPU present: the host copies the whole job, drawing its full
+	// dynamic power while it does (the peak), and its joules count.
+	h, g := ds[0], ds[1]
+	alone := s.eval([]float64{0, s.W})
+	stage := 3 * s.W * bytesPer / 112.469e9
+	if want := h.e*h.R + g.e*g.R; math.Abs(alone.peak-want) > 1e-9*want {
+		t.Fatalf("GPU alone: peak %v W, want %v (host copying and GPU)", alone.peak, want)
+	}
+	if want := g.e*s.W + stage*h.e*h.R; math.Abs(alone.dyn-want) > 1e-9*want {
+		t.Fatalf("GPU alone: dynamic %v J, want %v", alone.dyn, want)
+	}
+	// Under a cap below that peak, the pacing counts the host's copying power too.
+	s.capW = 0.5 * alone.peak
+	if paced := s.eval([]float64{0, s.W}); paced.peak > s.capW*(1+1e-9) || paced.T <= alone.T {
+		t.Fatalf("GPU alone under a %v W cap: peak %v W in %v s (unpaced %v s)", s.capW, paced.peak, paced.T, alone.T)
+	}
+	s.capW = 0
 	// Without the CPU in the plan nothing is charged: the GPU alone takes its own time.
 	gs := &solver{ds: ds[1:], W: s.W, host: hostModel(ds[1:], prof, tensor.F32, cnt)}
 	if g := gs.eval([]float64{s.W}); gs.host != -1 || math.Abs(g.T-(110.2e-6+s.W*max(bytesPer/21.303e9, 32/9.468e9))) > 1e-9 {
