@@ -229,77 +229,147 @@ func (s robustSuite) run(env *benchEnv) (*bench.Report, error) {
 // rate fma for the Gram matrix. With floors, the floors themselves lead the rows. rules chooses
 // the rules measured.
 func benchRobust(ctx context.Context, dev *device.CPU, updates []*tensor.Set, runs int, fma float64, floors bool, rules robustRules) ([]bench.Row, error) {
-	clients, params := len(updates), updates[0].At(0).Len()
-	workers := dev.Info().Workers
-	var bufs [][]byte
-	for _, u := range updates {
-		bufs = append(bufs, u.At(0).Bytes())
-	}
-	in := int64(4 * clients * params)
-	read := bench.ReadFloor(bufs, workers, 10) // best of 10: the VMs' read rate varies from pass to pass
+	b := newRobustBench(dev, updates, runs, floors, rules)
+	read := bench.ReadFloor(b.bufs, b.workers, 10) // best of 10: the VMs' read rate varies from pass to pass
 	var rows []bench.Row
 	if floors {
-		rows = append(rows,
-			bench.Row{Name: fmt.Sprintf("read floor %d x %s f32", clients, bench.ParamsLabel(int64(params))), Rule: "read floor",
-				Clients: clients, DType: "f32", Params: int64(params), Seconds: float64(in) / read,
-				Bytes: in, GBps: read / 1e9, Note: fmt.Sprintf("%d workers", workers), IsFloor: true},
-			bench.Row{Name: "fma floor", Rule: "fma floor", GBps: fma / 1e9, IsFloor: true,
-				Note: fmt.Sprintf("GFMA/s (f64, %d workers): independent VFMADD231PD, best before and after the Gram", workers)})
+		rows = append(rows, b.floorRows(read, fma)...)
 	}
-	// timed runs f runs times and returns the median seconds and the read floor of the same
-	// window: a pass of the read floor follows each run, and the best of them counts. The
-	// read rate of these VMs drifts by 1.5x within minutes (other tenants); a floor taken
-	// minutes before a rule measures the drift as much as the rule.
-	timed := func(f func() error) (secs, floor float64, err error) {
-		// The previous rule's garbage (iterates, results) goes before this rule is timed: the
-		// collector then rarely runs inside a timing, and the heap stays near the live
-		// federation instead of growing to twice it.
-		runtime.GC()
-		if err := f(); err != nil { // warm up: first touch of the output, page tables
-			return 0, 0, err
-		}
-		var ts []float64
-		for range runs {
-			start := time.Now()
-			if err := f(); err != nil {
-				return 0, 0, err
-			}
-			ts = append(ts, time.Since(start).Seconds())
-			floor = max(floor, bench.ReadFloor(bufs, workers, max(1, 3/runs)))
-		}
-		slices.Sort(ts)
-		return ts[len(ts)/2], floor, nil
-	}
-	row := func(rule string, secs, floor float64, floorName, note string) bench.Row {
-		name := rule
-		if !floors { // a sweep's rows: the table names the point
-			name = fmt.Sprintf("%s %d x %s", rule, clients, bench.ParamsLabel(int64(params)))
-		}
-		r := bench.Row{Name: name, Rule: rule, Clients: clients, DType: "f32", Seconds: secs, Bytes: in, Params: int64(params),
-			GBps: float64(in) / secs / 1e9, ParamsPS: float64(params) / secs, FloorGBps: floor / 1e9, FloorName: floorName, Note: note}
-		if floor > 0 {
-			r.Ratio = r.GBps / r.FloorGBps
-		}
-		return r
-	}
-
 	if rules.has("gram") {
-		gram, err := gramRow(ctx, dev, updates, timed, fma, workers, rows)
+		gram, err := gramRow(ctx, dev, updates, b.timed, fma, b.workers, rows)
 		if err != nil {
 			return nil, err
 		}
-		rows = append(rows, row("krum distances (gram)", gram.secs, gram.floor, "FMA rate / (n+1)/2 FMAs per input float", gram.note))
+		rows = append(rows, b.row("krum distances (gram)", gram.secs, gram.floor, "FMA rate / (n+1)/2 FMAs per input float", gram.note))
 	}
+	ruleRows, err := b.ruleRows(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return append(rows, ruleRows...), nil
+}
 
-	dst := updates[0].Clone()
-	opts := []aggregate.Option{aggregate.WithDevices(dev), aggregate.WithOutput(dst)}
-	f := max(0, (clients-3)/4) // Bulyan's largest f
-	type rule struct {
-		make   func() (aggregate.Rule, error)
-		passes int
-		note   string
+// robustBench is the state benchRobust's steps share: the updates, their sizes and the bytes
+// its read floors read.
+type robustBench struct {
+	dev                      *device.CPU
+	updates                  []*tensor.Set
+	runs                     int
+	floors                   bool // the floors lead the rows, which are named without their point
+	rules                    robustRules
+	clients, params, workers int
+	bufs                     [][]byte // the updates' bytes
+	in                       int64    // the updates' bytes in all
+}
+
+// newRobustBench is the state of a benchRobust over updates.
+func newRobustBench(dev *device.CPU, updates []*tensor.Set, runs int, floors bool, rules robustRules) *robustBench {
+	clients, params := len(updates), updates[0].At(0).Len()
+	b := &robustBench{dev: dev, updates: updates, runs: runs, floors: floors, rules: rules,
+		clients: clients, params: params, workers: dev.Info().Workers}
+	for _, u := range updates {
+		b.bufs = append(b.bufs, u.At(0).Bytes())
 	}
-	for _, c := range []rule{
+	b.in = int64(4 * clients * params)
+	return b
+}
+
+// floorRows are the rows of the read floor read (bytes/s) and the FMA rate fma that lead the
+// suite's table.
+func (b *robustBench) floorRows(read, fma float64) []bench.Row {
+	return []bench.Row{
+		{Name: fmt.Sprintf("read floor %d x %s f32", b.clients, bench.ParamsLabel(int64(b.params))), Rule: "read floor",
+			Clients: b.clients, DType: "f32", Params: int64(b.params), Seconds: float64(b.in) / read,
+			Bytes: b.in, GBps: read / 1e9, Note: fmt.Sprintf("%d workers", b.workers), IsFloor: true},
+		{Name: "fma floor", Rule: "fma floor", GBps: fma / 1e9, IsFloor: true,
+			Note: fmt.Sprintf("GFMA/s (f64, %d workers): independent VFMADD231PD, best before and after the Gram", b.workers)},
+	}
+}
+
+// timed runs f runs times and returns the median seconds and the read floor of the same
+// window: a pass of the read floor follows each run, and the best of them counts. The
+// read rate of these VMs drifts by 1.5x within minutes (other tenants); a floor taken
+// minutes before a rule measures the drift as much as the rule.
+func (b *robustBench) timed(f func() error) (secs, floor float64, err error) {
+	// The previous rule's garbage (iterates, results) goes before this rule is timed: the
+	// collector then rarely runs inside a timing, and the heap stays near the live
+	// federation instead of growing to twice it.
+	runtime.GC()
+	if err := f(); err != nil { // warm up: first touch of the output, page tables
+		return 0, 0, err
+	}
+	var ts []float64
+	for range b.runs {
+		start := time.Now()
+		if err := f(); err != nil {
+			return 0, 0, err
+		}
+		ts = append(ts, time.Since(start).Seconds())
+		floor = max(floor, bench.ReadFloor(b.bufs, b.workers, max(1, 3/b.runs)))
+	}
+	slices.Sort(ts)
+	return ts[len(ts)/2], floor, nil
+}
+
+// row is rule's row: secs to aggregate the updates, beside floor (bytes/s), named floorName.
+func (b *robustBench) row(rule string, secs, floor float64, floorName, note string) bench.Row {
+	name := rule
+	if !b.floors { // a sweep's rows: the table names the point
+		name = fmt.Sprintf("%s %d x %s", rule, b.clients, bench.ParamsLabel(int64(b.params)))
+	}
+	r := bench.Row{Name: name, Rule: rule, Clients: b.clients, DType: "f32", Seconds: secs, Bytes: b.in, Params: int64(b.params),
+		GBps: float64(b.in) / secs / 1e9, ParamsPS: float64(b.params) / secs, FloorGBps: floor / 1e9, FloorName: floorName, Note: note}
+	if floor > 0 {
+		r.Ratio = r.GBps / r.FloorGBps
+	}
+	return r
+}
+
+// ruleRows measures the rules of robustRuleCases that are measured here, each aggregating the
+// updates into the same output, beside the read floor over the passes it makes.
+func (b *robustBench) ruleRows(ctx context.Context) ([]bench.Row, error) {
+	dst := b.updates[0].Clone()
+	opts := []aggregate.Option{aggregate.WithDevices(b.dev), aggregate.WithOutput(dst)}
+	f := max(0, (b.clients-3)/4) // Bulyan's largest f
+	var rows []bench.Row
+	for _, c := range robustRuleCases(f) {
+		r, err := c.make()
+		if err != nil {
+			return nil, err
+		}
+		if !b.measures(r, f) {
+			continue
+		}
+		secs, local, err := b.timed(func() error { _, _, err := aggregate.Aggregate(ctx, r, b.updates, nil, opts...); return err })
+		if err != nil {
+			return nil, err
+		}
+		rows = append(rows, b.row(r.Name(), secs, local/float64(c.passes), c.floorName(), c.note))
+	}
+	return rows, nil
+}
+
+// measures reports whether rule r is measured: chosen by the rules, and with enough clients
+// for Bulyan and Krum at f.
+func (b *robustBench) measures(r aggregate.Rule, f int) bool {
+	if !b.rules.has(r.Name()) {
+		return false
+	}
+	return !(r.Name() == "bulyan" && b.clients < 3 || (r.Name() == "krum" || r.Name() == "multi-krum") && b.clients <= 2*f+2)
+}
+
+// robustRuleCase is a robust rule as benchRobust measures it: how to make it, the passes it
+// makes over the updates and the note of its row.
+type robustRuleCase struct {
+	make   func() (aggregate.Rule, error)
+	passes int
+	note   string
+}
+
+// robustRuleCases are the rules benchRobust measures after the Gram matrix, in its order, at
+// Bulyan's and Krum's f.
+func robustRuleCases(f int) []robustRuleCase {
+	return []robustRuleCase{
 		{func() (aggregate.Rule, error) { return robust.NewMedian(), nil }, 1, "numpy's np.median ~0.2 GB/s"},
 		{func() (aggregate.Rule, error) { return robust.NewTrimmedMean(0.1) }, 1, "beta 0.1"},
 		{func() (aggregate.Rule, error) { return robust.NewKrum(f, 1) }, 2, fmt.Sprintf("f=%d: gram + copy", f)},
@@ -310,28 +380,17 @@ func benchRobust(ctx context.Context, dev *device.CPU, updates []*tensor.Set, ru
 		}, 9, "3 Weiszfeld iterations"},
 		{func() (aggregate.Rule, error) { return robust.NewCenteredClipping(1) }, 3, "1 iteration"},
 		{func() (aggregate.Rule, error) { return robust.NewNormClipping(robust.QuantileBound(0.5)) }, 2, "median norm"},
-	} {
-		r, err := c.make()
-		if err != nil {
-			return nil, err
-		}
-		if !rules.has(r.Name()) {
-			continue
-		}
-		if r.Name() == "bulyan" && clients < 3 || (r.Name() == "krum" || r.Name() == "multi-krum") && clients <= 2*f+2 {
-			continue
-		}
-		secs, local, err := timed(func() error { _, _, err := aggregate.Aggregate(ctx, r, updates, nil, opts...); return err })
-		if err != nil {
-			return nil, err
-		}
-		floorName := fmt.Sprintf("read bandwidth / %d pass", c.passes)
-		if c.passes > 1 {
-			floorName += "es"
-		}
-		rows = append(rows, row(r.Name(), secs, local/float64(c.passes), floorName+" (read between its runs)", c.note))
 	}
-	return rows, nil
+}
+
+// floorName names the floor of c's row: the read bandwidth over its passes, read between its
+// runs.
+func (c robustRuleCase) floorName() string {
+	floorName := fmt.Sprintf("read bandwidth / %d pass", c.passes)
+	if c.passes > 1 {
+		floorName += "es"
+	}
+	return floorName + " (read between its runs)"
 }
 
 // gramTiming is the Gram matrix's row of benchRobust before it is named.
