@@ -142,6 +142,26 @@ func Calibrate(ctx context.Context, targets []Target, opts ...Option) (*Profile,
 		return nil, err
 	}
 	c := &cfg.cal
+	c.fillDefaults(targets)
+	r, err := c.newRun(cfg.reg, targets)
+	if err != nil {
+		return nil, err
+	}
+	if err := r.calibrateIdle(ctx); err != nil {
+		return nil, err
+	}
+	if err := r.calibrateOps(ctx); err != nil {
+		return nil, err
+	}
+	if err := r.calibrateLinks(ctx); err != nil {
+		return nil, err
+	}
+	return r.p, nil
+}
+
+// fillDefaults sets what the options left unset: the windows and the workload size of a full
+// or a quick run, the workload at least four times the last-level cache of every target.
+func (c *calibration) fillDefaults(targets []Target) {
 	if c.window == 0 {
 		c.window = map[bool]time.Duration{false: FullWindow, true: QuickWindow}[c.quick]
 	}
@@ -156,6 +176,50 @@ func Calibrate(ctx context.Context, targets []Target, opts ...Option) (*Profile,
 			}
 		}
 	}
+}
+
+// calibrationRun is the state of one Calibrate: the targets, the meters read and their idle
+// power, the steps to measure, the profile being filled in, and the progress made.
+type calibrationRun struct {
+	cal     *calibration
+	targets []Target
+	meters  []energy.Meter
+	idle    map[string]float64
+	steps   []calibrationStep
+	p       *Profile
+	done    int
+	total   int // the steps reported in all: idle power, each op step and each host link
+}
+
+// calibrationStep is one op class and dtype to measure on a target.
+type calibrationStep struct {
+	t  Target
+	op OpClass
+	dt tensor.DType
+}
+
+// newRun plans a calibration of targets: the meters to read, the steps to measure (and so the
+// total the progress reports), and the profile to fill in.
+func (c *calibration) newRun(reg *Registry, targets []Target) (*calibrationRun, error) {
+	meters, err := c.targetMeters(targets)
+	if err != nil {
+		return nil, err
+	}
+	ops, err := c.opClasses(reg)
+	if err != nil {
+		return nil, err
+	}
+	steps := c.steps(targets, ops)
+	return &calibrationRun{
+		cal: c, targets: targets, meters: meters, steps: steps,
+		total: 1 + len(steps) + hostLinks(targets),
+		p:     newCalibratedProfile(c.quick),
+	}, nil
+}
+
+// targetMeters checks that there are targets, each with a device and a meter, and lists the
+// meters to read: each target's once, then the others.
+func (c *calibration) targetMeters(targets []Target) ([]energy.Meter, error) {
 	if len(targets) == 0 {
 		return nil, fmt.Errorf("%w: no device to calibrate", ErrOption)
 	}
@@ -168,26 +232,30 @@ func Calibrate(ctx context.Context, targets []Target, opts ...Option) (*Profile,
 			meters = append(meters, t.Meter)
 		}
 	}
-	meters = append(meters, c.others...)
+	return append(meters, c.others...), nil
+}
+
+// opClasses looks up in reg the op classes to calibrate: those the options name, else all.
+func (c *calibration) opClasses(reg *Registry) ([]OpClass, error) {
 	names := c.ops
 	if names == nil {
-		names = cfg.reg.Names()
+		names = reg.Names()
 	}
 	var ops []OpClass
 	for _, n := range names {
-		op, err := cfg.reg.Lookup(n)
+		op, err := reg.Lookup(n)
 		if err != nil {
 			return nil, err
 		}
 		ops = append(ops, op)
 	}
+	return ops, nil
+}
 
-	type step struct {
-		t  Target
-		op OpClass
-		dt tensor.DType
-	}
-	var steps []step
+// steps lists each op class on each target in the dtypes to measure: the options' dtypes, else
+// the op's own (its reference dtype only in a quick run).
+func (c *calibration) steps(targets []Target, ops []OpClass) []calibrationStep {
+	var steps []calibrationStep
 	for _, t := range targets {
 		for _, op := range ops {
 			dts := op.DTypes
@@ -197,75 +265,109 @@ func Calibrate(ctx context.Context, targets []Target, opts ...Option) (*Profile,
 				dts = dts[:1]
 			}
 			for _, dt := range dts {
-				steps = append(steps, step{t, op, dt})
+				steps = append(steps, calibrationStep{t, op, dt})
 			}
 		}
 	}
+	return steps
+}
+
+// hostLinks counts the targets whose device has a host-to-device link to measure.
+func hostLinks(targets []Target) int {
 	links := 0
 	for _, t := range targets {
 		if _, ok := t.Device.(HostLink); ok {
 			links++
 		}
 	}
-	total := 1 + len(steps) + links
-	done := 0
-	report := func(what string) {
-		done++
-		if c.progress != nil {
-			c.progress(done, total, what)
-		}
-	}
+	return links
+}
 
+// newCalibratedProfile starts the profile of a calibration of this host made now.
+func newCalibratedProfile(quick bool) *Profile {
 	now := time.Now()
-	p := &Profile{Version: ProfileVersion, Created: now, Updated: now, Quick: c.quick}
+	p := &Profile{Version: ProfileVersion, Created: now, Updated: now, Quick: quick}
 	p.Host.Hostname, _ = os.Hostname()
 	p.Host.CPUs = runtime.NumCPU()
+	return p
+}
 
+// report counts a step done and tells the progress function, if there is one.
+func (r *calibrationRun) report(what string) {
+	r.done++
+	if r.cal.progress != nil {
+		r.cal.progress(r.done, r.total, what)
+	}
+}
+
+// calibrateIdle measures the idle power of the meters and adds to the profile each target's
+// device and each other meter with it.
+func (r *calibrationRun) calibrateIdle(ctx context.Context) error {
 	// Idle power, all meters at once, nothing running.
-	idle, err := measureIdle(ctx, meters, c.idle)
+	idle, err := measureIdle(ctx, r.meters, r.cal.idle)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	report("idle power")
-	for _, t := range targets {
-		info := t.Device.Info()
-		if info.Kind == "cpu" && p.Host.CPU == "" {
-			p.Host.CPU, p.Host.Kernels = info.Model, info.Kernels
+	r.idle = idle
+	r.report("idle power")
+	for _, t := range r.targets {
+		if err := r.addDevice(t); err != nil {
+			return err
 		}
-		r, err := t.Meter.Read()
-		if err != nil {
-			return nil, fmt.Errorf("calibrate %s: %s: %w", t.Device.Name(), t.Meter.Name(), err)
-		}
-		prov := r.Provenance
-		prov.Wraps, prov.Resets, prov.Notes = 0, 0, nil
-		p.Devices = append(p.Devices, &DeviceProfile{
-			Name: t.Device.Name(), Kind: info.Kind, Model: info.Model, Workers: info.Workers,
-			Meter: prov, IdleWatts: idle[t.Meter.Name()], Ops: map[string]*OpProfile{},
-		})
 	}
-	for _, m := range c.others {
-		p.Others = append(p.Others, MeterIdle{Meter: m.Name(), IdleWatts: idle[m.Name()]})
+	for _, m := range r.cal.others {
+		r.p.Others = append(r.p.Others, MeterIdle{Meter: m.Name(), IdleWatts: r.idle[m.Name()]})
 	}
+	return nil
+}
 
-	for _, s := range steps {
-		o, err := c.measureOp(ctx, s.t.Device, s.op, s.dt, meters, idle)
+// addDevice adds t's device to the profile with its meter's provenance and idle power; the
+// first CPU names the host's CPU and kernels.
+func (r *calibrationRun) addDevice(t Target) error {
+	info := t.Device.Info()
+	if info.Kind == "cpu" && r.p.Host.CPU == "" {
+		r.p.Host.CPU, r.p.Host.Kernels = info.Model, info.Kernels
+	}
+	m, err := t.Meter.Read()
+	if err != nil {
+		return fmt.Errorf("calibrate %s: %s: %w", t.Device.Name(), t.Meter.Name(), err)
+	}
+	prov := m.Provenance
+	prov.Wraps, prov.Resets, prov.Notes = 0, 0, nil
+	r.p.Devices = append(r.p.Devices, &DeviceProfile{
+		Name: t.Device.Name(), Kind: info.Kind, Model: info.Model, Workers: info.Workers,
+		Meter: prov, IdleWatts: r.idle[t.Meter.Name()], Ops: map[string]*OpProfile{},
+	})
+	return nil
+}
+
+// calibrateOps measures each step into the op profiles of its target's device.
+func (r *calibrationRun) calibrateOps(ctx context.Context) error {
+	for _, s := range r.steps {
+		key := OpKey(s.op.Name, s.dt)
+		o, err := r.cal.measureOp(ctx, s.t.Device, s.op, s.dt, r.meters, r.idle)
 		if err != nil {
-			return nil, fmt.Errorf("calibrate %s on %s: %w", OpKey(s.op.Name, s.dt), s.t.Device.Name(), err)
+			return fmt.Errorf("calibrate %s on %s: %w", key, s.t.Device.Name(), err)
 		}
-		p.Device(s.t.Device.Name()).Ops[OpKey(s.op.Name, s.dt)] = o
-		report(fmt.Sprintf("%s %s", s.t.Device.Name(), OpKey(s.op.Name, s.dt)))
+		r.p.Device(s.t.Device.Name()).Ops[key] = o
+		r.report(fmt.Sprintf("%s %s", s.t.Device.Name(), key))
 	}
-	for _, t := range targets {
+	return nil
+}
+
+// calibrateLinks measures the host-to-device link of each target that has one.
+func (r *calibrationRun) calibrateLinks(ctx context.Context) error {
+	for _, t := range r.targets {
 		if hl, ok := t.Device.(HostLink); ok {
-			l, err := c.measureLink(ctx, hl, meters, idle)
+			l, err := r.cal.measureLink(ctx, hl, r.meters, r.idle)
 			if err != nil {
-				return nil, fmt.Errorf("calibrate the host link of %s: %w", t.Device.Name(), err)
+				return fmt.Errorf("calibrate the host link of %s: %w", t.Device.Name(), err)
 			}
-			p.Device(t.Device.Name()).Link = l
-			report(t.Device.Name() + " host-to-device")
+			r.p.Device(t.Device.Name()).Link = l
+			r.report(t.Device.Name() + " host-to-device")
 		}
 	}
-	return p, nil
+	return nil
 }
 
 func measureIdle(ctx context.Context, meters []energy.Meter, d time.Duration) (map[string]float64, error) {
@@ -301,24 +403,10 @@ func dynamic(ms []energy.Measurement, meters []energy.Meter, idle map[string]flo
 	return dyn, total
 }
 
+// measureOp times a tiny and a large workload of op in dt on dev, the large one metered, and
+// fits the op's profile to them.
 func (c *calibration) measureOp(ctx context.Context, dev device.Device, op OpClass, dt tensor.DType, meters []energy.Meter, idle map[string]float64) (*OpProfile, error) {
-	clients := op.Clients
-	if c.quick {
-		clients = min(clients, 8)
-	}
-	out := dt
-	if dt == tensor.I8 {
-		out = tensor.F32 // i8 results are quantised after the sum, from f32
-	}
-	probe := op.Counts(Workload{Clients: clients, Elements: 1, In: dt, Out: out})
-	inPerElem := probe.Bytes
-	large := max(int64(float64(c.inBytes)/inPerElem), 1<<16)
-	// The fixed cost of a call is what a tiny job (cache-resident, one chunk) takes beyond its
-	// elements.
-	small := int64(4096)
-	wl := Workload{Clients: clients, Elements: large, In: dt, Out: out}
-	ws := wl
-	ws.Elements = small
+	wl, ws := c.opWorkloads(op, dt)
 	rl, err := op.Prepare(dev, wl)
 	if err != nil {
 		return nil, err
@@ -329,53 +417,107 @@ func (c *calibration) measureOp(ctx context.Context, dev device.Device, op OpCla
 		return nil, err
 	}
 	defer rs.Close()
-	for _, r := range []Runner{rl, rs} { // warm-up: caches, pools, page tables, JIT
-		if _, err := r.Run(ctx); err != nil {
-			return nil, err
-		}
+	if err := warmUp(ctx, rl, rs); err != nil {
+		return nil, err
 	}
 	tS, _, err := repeat(ctx, rs, c.window/4)
 	if err != nil {
 		return nil, err
 	}
-	w, err := energy.Start(meters...)
+	tL, n, ms, err := meteredRepeat(ctx, rl, c.window, meters)
 	if err != nil {
 		return nil, err
-	}
-	tL, n, err := repeat(ctx, rl, c.window)
-	ms, serr := w.Stop()
-	if err != nil {
-		return nil, err
-	}
-	if serr != nil {
-		return nil, serr
 	}
 	dyn, total := dynamic(ms, meters, idle)
-	seconds := energy.Total(ms).Seconds
+	runs := opRuns{tS: tS, tL: tL, n: n, dyn: dyn, total: total, seconds: energy.Total(ms).Seconds}
+	o := runs.profile(op, wl, ws)
+	o.IncludesTransfer = dev.Info().Kind == "gpu"
+	return o, nil
+}
 
-	o := &OpProfile{Op: op.Name, DType: dt, Clients: clients, Elements: large, EnergyCorrection: 1, TimeCorrection: 1}
-	cnt := op.Counts(wl)
+// opWorkloads sizes the two workloads op is calibrated with in dt: a large one of about
+// inBytes of inputs, from DRAM, and a tiny one.
+func (c *calibration) opWorkloads(op OpClass, dt tensor.DType) (large, small Workload) {
+	clients := op.Clients
+	if c.quick {
+		clients = min(clients, 8)
+	}
+	out := dt
+	if dt == tensor.I8 {
+		out = tensor.F32 // i8 results are quantised after the sum, from f32
+	}
+	probe := op.Counts(Workload{Clients: clients, Elements: 1, In: dt, Out: out})
+	inPerElem := probe.Bytes
+	large = Workload{Clients: clients, Elements: max(int64(float64(c.inBytes)/inPerElem), 1<<16), In: dt, Out: out}
+	// The fixed cost of a call is what a tiny job (cache-resident, one chunk) takes beyond its
+	// elements.
+	small = large
+	small.Elements = 4096
+	return large, small
+}
+
+// warmUp runs each runner once.
+func warmUp(ctx context.Context, runners ...Runner) error {
+	for _, r := range runners { // warm-up: caches, pools, page tables, JIT
+		if _, err := r.Run(ctx); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// meteredRepeat is repeat with the meters measuring the window: it returns the mean seconds
+// per run, the runs and the meters' measurements.
+func meteredRepeat(ctx context.Context, r Runner, d time.Duration, meters []energy.Meter) (float64, int, []energy.Measurement, error) {
+	w, err := energy.Start(meters...)
+	if err != nil {
+		return 0, 0, nil, err
+	}
+	secs, n, err := repeat(ctx, r, d)
+	ms, serr := w.Stop()
+	if err != nil {
+		return 0, 0, nil, err
+	}
+	if serr != nil {
+		return 0, 0, nil, serr
+	}
+	return secs, n, ms, nil
+}
+
+// opRuns is what the runs of an op's workloads measured: the mean seconds per run of the tiny
+// and of the large workload, and over the metered window of the large one its runs, their
+// joules above idle and in all, and the window's seconds.
+type opRuns struct {
+	tS, tL              float64
+	n                   int
+	dyn, total, seconds float64
+}
+
+// profile fits op's model to the runs of its large and small workloads: the fixed cost and
+// the rates of a call, and the joules of its FLOPs and bytes.
+func (r opRuns) profile(op OpClass, large, small Workload) *OpProfile {
+	o := &OpProfile{Op: op.Name, DType: large.In, Clients: large.Clients, Elements: large.Elements, EnergyCorrection: 1, TimeCorrection: 1}
+	cnt := op.Counts(large)
 	// time(E) = latency + E·perElem: the large workload gives the rate, the tiny one the
 	// fixed cost.
-	perElem := tL / float64(large)
-	o.LatencySec = math.Max(0, tS-perElem*float64(small))
-	perElem = (tL - o.LatencySec) / float64(large)
+	perElem := r.tL / float64(large.Elements)
+	o.LatencySec = math.Max(0, r.tS-perElem*float64(small.Elements))
+	perElem = (r.tL - o.LatencySec) / float64(large.Elements)
 	o.FLOPsPerSec = cnt.FLOPs / perElem
 	o.BytesPerSec = cnt.Bytes / perElem
-	dynRun := dyn / float64(n)
+	dynRun := r.dyn / float64(r.n)
 	if dynRun <= 0 {
-		dynRun = 0.01 * total / float64(n)
+		dynRun = 0.01 * r.total / float64(r.n)
 		o.Notes = append(o.Notes, "the meters saw no energy above idle: 1% of the total is assumed (the meter is too coarse for this window)")
 	}
 	if cnt.FLOPs > 0 {
-		o.JoulesPerFLOP = dynRun / (cnt.FLOPs * float64(large))
+		o.JoulesPerFLOP = dynRun / (cnt.FLOPs * float64(large.Elements))
 	}
-	o.JoulesPerByte = dynRun / (cnt.Bytes * float64(large))
-	if seconds > 0 {
-		o.Watts = total / seconds
+	o.JoulesPerByte = dynRun / (cnt.Bytes * float64(large.Elements))
+	if r.seconds > 0 {
+		o.Watts = r.total / r.seconds
 	}
-	o.IncludesTransfer = dev.Info().Kind == "gpu"
-	return o, nil
+	return o
 }
 
 // repeat runs r until d has passed (at least twice) and returns the mean seconds per run.

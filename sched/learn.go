@@ -101,97 +101,162 @@ func (pl *Planner) Observe(plan *Plan, o Outcome) Learned {
 	if pl.frozen {
 		return Learned{Why: "learning is off (WithoutLearning)"}
 	}
-	m := o.Energy
-	l := Learned{}
-	if p := plan.Predicted.Joules; p > 0 && m.Joules > 0 {
-		l.EnergyRatio = m.Joules / p
+	l := Learned{EnergyRatio: energyRatio(plan, o.Energy)}
+	window := o.window()
+	pl.mu.Lock()
+	defer pl.mu.Unlock()
+	minW, minWhy := pl.minWindow(plan, o.Energy.Provenance)
+	l.WindowSeconds, l.MinWindowSeconds = window, minW
+	if !(window >= minW) {
+		l.Why = fmt.Sprintf("not learned: the run's window (%s) is shorter than the %s a correction needs (%s)", fmtS(window), fmtS(minW), minWhy)
+		return l
 	}
+	ob := &observation{pl: pl, plan: plan, m: o.Energy}
+	ob.learnTime(o.DeviceSeconds)
+	ob.learnEnergy()
+	if len(ob.done) == 0 {
+		l.Why = ob.whyNothing()
+		return l
+	}
+	pl.profile.Updated = time.Now()
+	pl.changes++
+	l.Applied = true
+	l.Why = ob.why()
+	return l
+}
+
+// energyRatio is the measured joules m over the joules plan predicted, or 0 when either is
+// not positive.
+func energyRatio(plan *Plan, m energy.Measurement) float64 {
+	if p := plan.Predicted.Joules; p > 0 && m.Joules > 0 {
+		return m.Joules / p
+	}
+	return 0
+}
+
+// window is how long the outcome's window lasted.
+func (o Outcome) window() float64 {
 	// The window is the meters' when they measured one; without it, the longest busy time.
-	window := m.Seconds
+	window := o.Energy.Seconds
 	if !(window > 0) {
 		window = 0
 		for _, s := range o.DeviceSeconds {
 			window = math.Max(window, s)
 		}
 	}
-	pl.mu.Lock()
-	defer pl.mu.Unlock()
-	minW, minWhy := pl.minWindow(plan, m.Provenance)
-	l.WindowSeconds, l.MinWindowSeconds = window, minW
-	if !(window >= minW) {
-		l.Why = fmt.Sprintf("not learned: the run's window (%s) is shorter than the %s a correction needs (%s)", fmtS(window), fmtS(minW), minWhy)
-		return l
-	}
-	timed := map[string]bool{}
-	var short []string
-	for _, sh := range plan.Shares {
+	return window
+}
+
+// observation is the state of one Observe, past the window's check: the plan and what the
+// meters measured, and what was learned from them and what not.
+type observation struct {
+	pl        *Planner
+	plan      *Plan
+	m         energy.Measurement // what the meters measured over the window
+	timed     map[string]bool    // the devices whose time correction moved
+	short     []string           // the devices busy too briefly to teach time
+	energyWhy string             // why the joules teach nothing; empty when they do
+	done      []string           // the corrections of each share that learned
+}
+
+// learnTime moves the time correction of each device that ran a whole share for long enough
+// towards its busy seconds over the predicted ones.
+func (ob *observation) learnTime(busy map[string]float64) {
+	pl := ob.pl
+	ob.timed = map[string]bool{}
+	for _, sh := range ob.plan.Shares {
 		op := pl.opOf(sh)
-		secs, ok := o.DeviceSeconds[sh.Device]
+		secs, ok := busy[sh.Device]
 		if op == nil || !ok || sh.Rate < 0.999 || sh.rawBusy <= 0 {
 			continue
 		}
 		if least := math.Max(minLearnSeconds, minLearnCalls*op.LatencySec); secs < least {
-			short = append(short, fmt.Sprintf("%s was busy %s, less than %s", sh.Device, fmtS(secs), fmtS(least)))
+			ob.short = append(ob.short, fmt.Sprintf("%s was busy %s, less than %s", sh.Device, fmtS(secs), fmtS(least)))
 			continue
 		}
 		t := clamp(secs/sh.rawBusy, 0.05, 20)
 		op.TimeCorrection = clamp(op.TimeCorrection+pl.alpha*(t-op.TimeCorrection), 0.1, 10)
-		timed[sh.Device] = true
+		ob.timed[sh.Device] = true
 	}
-	energyWhy := ""
-	switch {
-	case m.Seconds <= 0 || m.Joules <= 0:
-		energyWhy = "no energy was measured"
-	case m.Resets > 0:
-		energyWhy = "a meter reset during the run"
-	case plan.EnergySource != "" && string(m.Source) != plan.EnergySource:
-		energyWhy = fmt.Sprintf("the profile was measured with %s and this run with %s: recalibrate", plan.EnergySource, m.Source)
-	}
-	var rawDyn float64
-	for _, sh := range plan.Shares {
-		rawDyn += sh.rawDyn
-	}
-	idle := plan.Predicted.IdleJoules / math.Max(plan.Predicted.Seconds, 1e-12)
-	measuredDyn := m.Joules - idle*m.Seconds
-	if energyWhy == "" && (measuredDyn <= 0 || rawDyn <= 0) {
-		energyWhy = "the run spent no energy above the profile's idle power"
-	}
-	var done []string
-	for _, sh := range plan.Shares {
+}
+
+// learnEnergy moves the energy correction of each share towards the measured dynamic joules
+// over the predicted ones, weighted by the share's part of them, when the joules teach; and it
+// counts the observation of each share that learned joules or time.
+func (ob *observation) learnEnergy() {
+	pl := ob.pl
+	rawDyn, measuredDyn := ob.dynamicJoules()
+	ob.energyWhy = ob.whyNoJoules(rawDyn, measuredDyn)
+	for _, sh := range ob.plan.Shares {
 		op := pl.opOf(sh)
-		if op == nil || (energyWhy != "" && !timed[sh.Device]) {
+		if op == nil || (ob.energyWhy != "" && !ob.timed[sh.Device]) {
 			continue
 		}
-		if energyWhy == "" {
+		if ob.energyWhy == "" {
 			target := clamp(measuredDyn/rawDyn, 0.05, 20)
 			w := pl.alpha * sh.rawDyn / rawDyn
 			op.EnergyCorrection = clamp(op.EnergyCorrection+w*(target-op.EnergyCorrection), 0.1, 10)
 		}
 		op.Observations++
-		done = append(done, fmt.Sprintf("%s %s: energy ×%.3g, time ×%.3g", sh.Device, sh.key, op.EnergyCorrection, op.TimeCorrection))
+		ob.done = append(ob.done, fmt.Sprintf("%s %s: energy ×%.3g, time ×%.3g", sh.Device, sh.key, op.EnergyCorrection, op.TimeCorrection))
 	}
+}
+
+// dynamicJoules is the joules above idle of the run: as the plan predicted them before the
+// energy correction, and as measured over the profile's idle power.
+func (ob *observation) dynamicJoules() (raw, measured float64) {
+	plan, m := ob.plan, ob.m
+	for _, sh := range plan.Shares {
+		raw += sh.rawDyn
+	}
+	idle := plan.Predicted.IdleJoules / math.Max(plan.Predicted.Seconds, 1e-12)
+	return raw, m.Joules - idle*m.Seconds
+}
+
+// whyNoJoules says why the run's joules teach nothing, or "" when they do.
+func (ob *observation) whyNoJoules(rawDyn, measuredDyn float64) string {
+	plan, m := ob.plan, ob.m
+	switch {
+	case m.Seconds <= 0 || m.Joules <= 0:
+		return "no energy was measured"
+	case m.Resets > 0:
+		return "a meter reset during the run"
+	case plan.EnergySource != "" && string(m.Source) != plan.EnergySource:
+		return fmt.Sprintf("the profile was measured with %s and this run with %s: recalibrate", plan.EnergySource, m.Source)
+	case measuredDyn <= 0 || rawDyn <= 0:
+		return "the run spent no energy above the profile's idle power"
+	}
+	return ""
+}
+
+// skipped says what was not learned, and why.
+func (ob *observation) skipped() []string {
 	var skipped []string
-	if energyWhy != "" {
-		skipped = append(skipped, "joules not learned: "+energyWhy)
+	if ob.energyWhy != "" {
+		skipped = append(skipped, "joules not learned: "+ob.energyWhy)
 	}
-	if len(short) > 0 {
-		skipped = append(skipped, "time not learned: "+strings.Join(short, ", "))
+	if len(ob.short) > 0 {
+		skipped = append(skipped, "time not learned: "+strings.Join(ob.short, ", "))
 	}
-	if len(done) == 0 {
-		if len(skipped) == 0 {
-			skipped = append(skipped, "the plan's devices are no longer in the profile")
-		}
-		l.Why = strings.Join(skipped, "; ")
-		return l
+	return skipped
+}
+
+// whyNothing says why nothing was learned.
+func (ob *observation) whyNothing() string {
+	skipped := ob.skipped()
+	if len(skipped) == 0 {
+		skipped = append(skipped, "the plan's devices are no longer in the profile")
 	}
-	pl.profile.Updated = time.Now()
-	pl.changes++
-	l.Applied = true
-	l.Why = "corrections now " + strings.Join(done, "; ")
-	if len(skipped) > 0 {
-		l.Why += " (" + strings.Join(skipped, "; ") + ")"
+	return strings.Join(skipped, "; ")
+}
+
+// why says what the corrections are now, and what was not learned.
+func (ob *observation) why() string {
+	why := "corrections now " + strings.Join(ob.done, "; ")
+	if skipped := ob.skipped(); len(skipped) > 0 {
+		why += " (" + strings.Join(skipped, "; ") + ")"
 	}
-	return l
+	return why
 }
 
 func (pl *Planner) opOf(sh Share) *OpProfile {
