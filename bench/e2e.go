@@ -56,121 +56,216 @@ type floorResult struct {
 // process. Bytes are counted as e2efloor counts them: (clients+1) x payload. Without
 // e2efloor.c or gcc the floor rows are skipped, saying why.
 func E2E(ctx context.Context, cfg E2EConfig, log io.Writer) ([]Row, error) {
+	inputs, err := writeE2EInputs(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	payload := int64(cfg.Params) * 4
+	e := &e2eRun{ctx: ctx, cfg: cfg, log: log, inputs: inputs, bytes: int64(cfg.Clients+1) * payload}
+	if err := e.timeFloors(); err != nil {
+		return nil, err
+	}
+	if err := e.timeInProcess(); err != nil {
+		return nil, err
+	}
+	if err := e.timeCLI(); err != nil {
+		return nil, err
+	}
+	e.relateToFloor()
+	return e.rows, nil
+}
+
+// writeE2EInputs writes the federation of cfg into cfg.Dir/inputs: one f32 vector per client.
+func writeE2EInputs(ctx context.Context, cfg E2EConfig) ([]string, error) {
 	fed := Federation{Model: Flat(cfg.Params), Seed: 7}
 	for range cfg.Clients {
 		fed.Clients = append(fed.Clients, Client{DType: tensor.F32})
 	}
 	// Written afresh each time: the measurement needs the files cached as an upload leaves them.
 	cfg.step(0, "writing the inputs")
-	inputs, err := fed.Write(ctx, filepath.Join(cfg.Dir, "inputs"), nil)
-	if err != nil {
-		return nil, err
-	}
-	payload := int64(cfg.Params) * 4
-	bytes := int64(cfg.Clients+1) * payload
-	var rows []Row
+	return fed.Write(ctx, filepath.Join(cfg.Dir, "inputs"), nil)
+}
 
-	// e2efloor reads two ways (mapping, or pread into a reused buffer); which is faster depends
-	// on the machine, and the yardstick is the faster one, measured here.
-	floorGBps, floorName := 0.0, ""
-	bin, err := buildFloor(ctx, cfg.FloorSrc, cfg.Dir)
-	if err != nil {
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
-		}
-		fmt.Fprintf(log, "e2efloor: skipped: %v\n", err)
-		rows = append(rows, Row{Name: "e2efloor.c", Rule: "e2efloor", Skipped: err.Error()})
-	}
-	for _, mode := range []string{"mmap", "pread"} {
-		if bin == "" {
-			break
-		}
-		cfg.step(len(rows)+1, "e2efloor --read "+mode)
-		if err := warm(inputs); err != nil {
-			return nil, err
-		}
-		fr, err := runFloor(ctx, bin, mode, cfg, inputs)
-		if err != nil {
-			return nil, err
-		}
-		r := Row{Name: "e2efloor.c --read " + mode + " (OpenMP sum, write+fsync)", Rule: "e2efloor " + mode,
-			Clients: cfg.Clients, DType: "f32", Bytes: bytes, Params: int64(cfg.Params),
-			Note: fmt.Sprintf("map/read %.1f ms, compute %.1f ms, write %.1f ms", fr.MapS*1e3, fr.Compute*1e3, fr.WriteS*1e3)}
-		r.set(fr.Seconds, 0)
-		rows = append(rows, r)
-		if r.GBps > floorGBps {
-			floorGBps, floorName = r.GBps, "e2efloor.c --read "+mode
-		}
-	}
+// e2eRun is the state E2E's steps share: the inputs, the bytes each job counts, the rows so
+// far, and the fastest e2efloor.
+type e2eRun struct {
+	ctx       context.Context
+	cfg       E2EConfig
+	log       io.Writer
+	inputs    []string
+	bytes     int64
+	rows      []Row
+	floorGBps float64
+	floorName string
+}
 
-	dev, err := device.NewCPU(device.WithWorkers(cfg.Workers))
-	if err != nil {
-		return nil, err
-	}
-	out := filepath.Join(cfg.Dir, "out-wattagg.safetensors")
-	cfg.step(3, "wattagg in-process")
-	if err := warm(inputs); err != nil {
-		return nil, err
-	}
+// row is a row of the job on the inputs, to be timed.
+func (e *e2eRun) row(name, rule string) Row {
+	return Row{Name: name, Rule: rule, Clients: e.cfg.Clients, DType: "f32", Bytes: e.bytes, Params: int64(e.cfg.Params)}
+}
+
+// begin tells the progress that step done, what, starts, and warms the inputs for it.
+func (e *e2eRun) begin(done int, what string) error {
+	e.cfg.step(done, what)
+	return warm(e.inputs)
+}
+
+// timeRuns runs run max(1, cfg.Runs) times and returns each run's seconds.
+func (e *e2eRun) timeRuns(run func() error) ([]float64, error) {
 	var times []float64
-	for range max(1, cfg.Runs) {
+	for range max(1, e.cfg.Runs) {
 		start := time.Now()
-		if err := aggregateFiles(ctx, out, inputs, dev); err != nil {
+		if err := run(); err != nil {
 			return nil, err
 		}
 		times = append(times, time.Since(start).Seconds())
 	}
-	r := Row{Name: "wattagg in-process (open, fedavg, direct-I/O write+fsync)", Rule: "wattagg in-process",
-		Clients: cfg.Clients, DType: "f32", Bytes: bytes, Params: int64(cfg.Params)}
-	r.set(median(times), 0)
-	rows = append(rows, r)
+	return times, nil
+}
 
-	// The CLI as a process: as it runs by default, streaming, and with each way of reading
-	// forced (--read: the default chooses per file; these rows show what it chose between).
-	for k, v := range []struct{ name, rule string }{
-		{"", "wattagg aggregate"},
-		{"--stream", "wattagg aggregate --stream"},
-		{"--read map", "wattagg aggregate --read map"},
-		{"--read copy", "wattagg aggregate --read copy"},
-	} {
-		if cfg.CLI == "" {
-			break
+// timeFloors builds e2efloor and times it reading each way, or adds a skipped row saying why
+// it could not be built.
+func (e *e2eRun) timeFloors() error {
+	// e2efloor reads two ways (mapping, or pread into a reused buffer); which is faster depends
+	// on the machine, and the yardstick is the faster one, measured here.
+	bin, err := buildFloor(e.ctx, e.cfg.FloorSrc, e.cfg.Dir)
+	if err != nil {
+		if e.ctx.Err() != nil {
+			return e.ctx.Err()
 		}
-		cfg.step(4+k, v.rule)
-		if err := warm(inputs); err != nil {
-			return nil, err
-		}
-		times = times[:0]
-		for range max(1, cfg.Runs) {
-			// --device cpu as e2efloor: no GPU driver is initialised (tens of ms where one is installed).
-			args := append([]string{"aggregate", "--progress", "never", "--device", "cpu", "--workers", fmt.Sprint(cfg.Workers), "-o", out}, strings.Fields(v.name)...)
-			args = append(args, inputs...)
-			start := time.Now()
-			if b, err := exec.CommandContext(ctx, cfg.CLI, args...).CombinedOutput(); err != nil {
-				return nil, fmt.Errorf("%s: %v: %s", cfg.CLI, err, b)
-			}
-			times = append(times, time.Since(start).Seconds())
-		}
-		name := "wattagg aggregate --device cpu (whole process)"
-		if v.name != "" {
-			name = "wattagg aggregate --device cpu " + v.name + " (whole process)"
-		}
-		r := Row{Name: name, Rule: v.rule, Clients: cfg.Clients, DType: "f32", Bytes: bytes, Params: int64(cfg.Params)}
-		if v.name == "" {
-			r.Note = autoReadNote()
-		}
-		r.set(median(times), 0)
-		rows = append(rows, r)
+		fmt.Fprintf(e.log, "e2efloor: skipped: %v\n", err)
+		e.rows = append(e.rows, Row{Name: "e2efloor.c", Rule: "e2efloor", Skipped: err.Error()})
+		return nil
 	}
-	if floorGBps > 0 {
-		for i := range rows {
-			if !strings.HasPrefix(rows[i].Name, "e2efloor") {
-				rows[i].FloorGBps, rows[i].FloorName = floorGBps, floorName
-				rows[i].Ratio = rows[i].GBps / floorGBps
-			}
+	for _, mode := range []string{"mmap", "pread"} {
+		if err := e.timeFloor(bin, mode); err != nil {
+			return err
 		}
 	}
-	return rows, nil
+	return nil
+}
+
+// timeFloor times e2efloor reading by mode, adds its row, and keeps it as the floor if it is the
+// fastest so far.
+func (e *e2eRun) timeFloor(bin, mode string) error {
+	if err := e.begin(len(e.rows)+1, "e2efloor --read "+mode); err != nil {
+		return err
+	}
+	fr, err := runFloor(e.ctx, bin, mode, e.cfg, e.inputs)
+	if err != nil {
+		return err
+	}
+	r := e.row("e2efloor.c --read "+mode+" (OpenMP sum, write+fsync)", "e2efloor "+mode)
+	r.Note = fmt.Sprintf("map/read %.1f ms, compute %.1f ms, write %.1f ms", fr.MapS*1e3, fr.Compute*1e3, fr.WriteS*1e3)
+	r.set(fr.Seconds, 0)
+	e.rows = append(e.rows, r)
+	if r.GBps > e.floorGBps {
+		e.floorGBps, e.floorName = r.GBps, "e2efloor.c --read "+mode
+	}
+	return nil
+}
+
+// out is where wattagg writes the result.
+func (e *e2eRun) out() string { return filepath.Join(e.cfg.Dir, "out-wattagg.safetensors") }
+
+// timeInProcess times wattagg in this process, as aggregateFiles does the job, and adds its row.
+func (e *e2eRun) timeInProcess() error {
+	dev, err := device.NewCPU(device.WithWorkers(e.cfg.Workers))
+	if err != nil {
+		return err
+	}
+	out := e.out()
+	if err := e.begin(3, "wattagg in-process"); err != nil {
+		return err
+	}
+	times, err := e.timeRuns(func() error { return aggregateFiles(e.ctx, out, e.inputs, dev) })
+	if err != nil {
+		return err
+	}
+	r := e.row("wattagg in-process (open, fedavg, direct-I/O write+fsync)", "wattagg in-process")
+	r.set(median(times), 0)
+	e.rows = append(e.rows, r)
+	return nil
+}
+
+// cliVariant is one way the CLI is timed: its extra flags, and its rule.
+type cliVariant struct{ name, rule string }
+
+// cliVariants are the CLI as a process: as it runs by default, streaming, and with each way of
+// reading forced (--read: the default chooses per file; these rows show what it chose between).
+var cliVariants = []cliVariant{
+	{"", "wattagg aggregate"},
+	{"--stream", "wattagg aggregate --stream"},
+	{"--read map", "wattagg aggregate --read map"},
+	{"--read copy", "wattagg aggregate --read copy"},
+}
+
+// timeCLI times the wattagg CLI as a process in each of cliVariants, unless no CLI was given.
+func (e *e2eRun) timeCLI() error {
+	if e.cfg.CLI == "" {
+		return nil
+	}
+	for k, v := range cliVariants {
+		if err := e.timeCLIVariant(4+k, v); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// timeCLIVariant times the CLI run as v says, as step done, and adds its row.
+func (e *e2eRun) timeCLIVariant(done int, v cliVariant) error {
+	if err := e.begin(done, v.rule); err != nil {
+		return err
+	}
+	args := e.cliArgs(v)
+	times, err := e.timeRuns(func() error {
+		if b, err := exec.CommandContext(e.ctx, e.cfg.CLI, args...).CombinedOutput(); err != nil {
+			return fmt.Errorf("%s: %v: %s", e.cfg.CLI, err, b)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	e.rows = append(e.rows, e.cliRow(v, times))
+	return nil
+}
+
+// cliRow is the row of the CLI run as v says, timed at times; the default's row notes how it
+// chose to read.
+func (e *e2eRun) cliRow(v cliVariant, times []float64) Row {
+	name := "wattagg aggregate --device cpu (whole process)"
+	if v.name != "" {
+		name = "wattagg aggregate --device cpu " + v.name + " (whole process)"
+	}
+	r := e.row(name, v.rule)
+	if v.name == "" {
+		r.Note = autoReadNote()
+	}
+	r.set(median(times), 0)
+	return r
+}
+
+// cliArgs is the command line of the CLI run as v says, on the inputs.
+func (e *e2eRun) cliArgs(v cliVariant) []string {
+	// --device cpu as e2efloor: no GPU driver is initialised (tens of ms where one is installed).
+	args := append([]string{"aggregate", "--progress", "never", "--device", "cpu", "--workers", fmt.Sprint(e.cfg.Workers), "-o", e.out()}, strings.Fields(v.name)...)
+	return append(args, e.inputs...)
+}
+
+// relateToFloor sets, on every row but e2efloor's, the fastest e2efloor as its floor and the
+// ratio to it; nothing when e2efloor did not run.
+func (e *e2eRun) relateToFloor() {
+	if e.floorGBps <= 0 {
+		return
+	}
+	for i := range e.rows {
+		if !strings.HasPrefix(e.rows[i].Name, "e2efloor") {
+			e.rows[i].FloorGBps, e.rows[i].FloorName = e.floorGBps, e.floorName
+			e.rows[i].Ratio = e.rows[i].GBps / e.floorGBps
+		}
+	}
 }
 
 // aggregateFiles is what `wattagg aggregate` does: open in parallel (each file mapped or read
