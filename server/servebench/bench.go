@@ -245,80 +245,151 @@ func serverConfig(dir string, n, streams int, sum string, extra, top map[string]
 // durable write rate for the same bytes; the server's peak RSS against the budget; and the
 // cost of checkpointing the accumulator per group (design B).
 func ingestRows(ctx context.Context, c *Config) ([]Row, error) {
-	dir := filepath.Join(c.Dir, "ingest")
+	r, err := newIngestRun(c)
+	if err != nil {
+		return nil, err
+	}
+	if r.before, err = r.floors("before"); err != nil {
+		return nil, err
+	}
+	// Design B: a durable write of the accumulator (model-sized, f32) per group.
+	if r.accWrite, err = durableWrite(r.floorDir, c.Params*4); err != nil {
+		return nil, err
+	}
+	if err := r.serve(ctx); err != nil {
+		return nil, err
+	}
+	if r.after, err = r.floors("after"); err != nil {
+		return nil, err
+	}
+	return r.rows(), nil
+}
+
+// ingestRun is the ingest row's run: what it sends and what it measured.
+type ingestRun struct {
+	c        *Config
+	dir      string  // the row's scratch directory
+	floorDir string  // the floors' files
+	body     []byte  // the update every client sends
+	total    float64 // bytes all the clients send
+	model    float64 // bytes of the f32 model
+
+	before, after ingestFloors  // the floors before and after the server's run
+	accWrite      time.Duration // design B: a durable write of the accumulator
+	ingest        time.Duration // first byte to last acknowledgement
+	closed        time.Duration // the start of the pushes to the round's close
+	closedSt      *api.Round    // the closed round's status
+	groups        float64       // group commits of the round
+	hwm, anon     float64       // the server's VmHWM and RssAnon at the end, in bytes
+}
+
+// newIngestRun is the ingest row's run for c, its update encoded.
+func newIngestRun(c *Config) (*ingestRun, error) {
 	body, err := updateBytes(c.Params, 0)
 	if err != nil {
 		return nil, err
 	}
-	total := float64(len(body)) * float64(c.Clients)
-	before, err := measureFloors(filepath.Join(dir, "floor"), body, c.Clients, c.direct(), true)
+	dir := filepath.Join(c.Dir, "ingest")
+	return &ingestRun{c: c, dir: dir, floorDir: filepath.Join(dir, "floor"), body: body,
+		total: float64(len(body)) * float64(c.Clients), model: float64(c.Params * 4)}, nil
+}
+
+// floors measures the row's floors and logs them as rates, saying when ("before" or "after" the
+// server's run).
+func (r *ingestRun) floors(when string) (ingestFloors, error) {
+	f, err := measureFloors(r.floorDir, r.body, r.c.Clients, r.c.direct(), true)
 	if err != nil {
-		return nil, err
+		return f, err
 	}
-	c.logf("floors before: %s", before.rates(total))
-	// Design B: a durable write of the accumulator (model-sized, f32) per group.
-	accWrite, err := durableWrite(filepath.Join(dir, "floor"), c.Params*4)
+	r.c.logf("floors %s: %s", when, f.rates(r.total))
+	return f, nil
+}
+
+// serve starts the server, measures a round of every client's push, its group commits and the
+// server's peak RSS, and stops the server.
+func (r *ingestRun) serve(ctx context.Context) error {
+	cfgPath, tokens, err := serverConfig(r.dir, r.c.Clients, r.c.Clients, r.c.Sum, nil, nil)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	cfgPath, tokens, err := serverConfig(dir, c.Clients, c.Clients, c.Sum, nil, nil)
+	p, err := startProcess(ctx, r.c.Start, cfgPath, filepath.Join(r.dir, "addr"))
 	if err != nil {
-		return nil, err
-	}
-	p, err := startProcess(ctx, c.Start, cfgPath, filepath.Join(dir, "addr"))
-	if err != nil {
-		return nil, err
+		return err
 	}
 	defer p.stop()
+	if err := r.pushAll(ctx, p.url, tokens); err != nil {
+		return err
+	}
+	if r.groups, err = scrape(p.url, "wattagg_commit_group_updates_count"); err != nil {
+		return err
+	}
+	r.hwm, r.anon = peakRSS(p.cmd.Process.Pid)
+	return nil
+}
+
+// pushAll has every client push the update to the server at url at once, and times it to the
+// last acknowledgement and to the round's close.
+func (r *ingestRun) pushAll(ctx context.Context, url string, tokens []string) error {
 	t0 := time.Now()
-	ingest, err := timed(c.Clients, c.Clients, func(k int) error {
-		cl, err := client.New(p.url, client.WithToken(tokens[k]))
+	var err error
+	r.ingest, err = timed(r.c.Clients, r.c.Clients, func(k int) error {
+		cl, err := client.New(url, client.WithToken(tokens[k]))
 		if err == nil {
-			_, err = cl.Push(ctx, 1, bytes.NewReader(body), int64(len(body)), client.WithWeight(c.weight(k)))
+			_, err = cl.Push(ctx, 1, bytes.NewReader(r.body), int64(len(r.body)), client.WithWeight(r.c.weight(k)))
 		}
 		return err
 	})
 	if err != nil {
-		return nil, err
+		return err
 	}
-	closedSt, err := waitClosedStatus(ctx, p.url, 1)
-	if err != nil {
-		return nil, err
+	if r.closedSt, err = waitClosedStatus(ctx, url, 1); err != nil {
+		return err
 	}
-	closed := time.Since(t0)
-	groups, err := scrape(p.url, "wattagg_commit_group_updates_count")
-	if err != nil {
-		return nil, err
-	}
-	hwm, anon := peakRSS(p.cmd.Process.Pid)
-	p.stop()
-	after, err := measureFloors(filepath.Join(dir, "floor"), body, c.Clients, c.direct(), true)
-	if err != nil {
-		return nil, err
-	}
-	c.logf("floors after: %s", after.rates(total))
-	best := before.best(after)
+	r.closed = time.Since(t0)
+	return nil
+}
+
+// rows are the row's figures, each beside its floor.
+func (r *ingestRun) rows() []Row {
+	best := r.before.best(r.after)
+	return []Row{r.httpRow(best), r.tcpIntoDiskRow(best), r.rssRow(), r.designBRow()}
+}
+
+// gb is the rate, in GB/s, of sending every client's update in d.
+func (r *ingestRun) gb(d time.Duration) float64 { return r.total / d.Seconds() / 1e9 }
+
+// httpRow is the HTTP ingest against the floor, min(TCP, disk).
+func (r *ingestRun) httpRow(best ingestFloors) Row {
+	c, gb := r.c, r.gb
 	floor, floorIs := best.ingest()
-	model := float64(c.Params * 4)
-	budget := c.rssBudget()
-	gb := func(d time.Duration) float64 { return total / d.Seconds() / 1e9 }
-	g := max(groups, 1)
-	rows := []Row{
-		{What: fmt.Sprintf("HTTP ingest, %d clients × %d f32 params, durable%s", c.Clients, c.Params, c.weightNote()), Measured: gb(ingest), Unit: "GB/s",
-			Floor: gb(floor), FloorIs: "min(loopback TCP, disk durable): " + floorIs, Ratio: floor.Seconds() / ingest.Seconds(),
-			Note: fmt.Sprintf("TCP %.2f GB/s (before %.2f, after %.2f), disk %.2f GB/s (before %.2f, after %.2f; %s); first byte to last acknowledgement %.2f s; round closed %.2f s after the start; %.0f group commits",
-				gb(best.tcp), gb(before.tcp), gb(after.tcp), gb(best.disk), gb(before.disk), gb(after.disk), c.diskWay(), ingest.Seconds(), closed.Seconds(), groups)},
-		{What: "the same ingest against TCP into disk at once", Measured: gb(ingest), Unit: "GB/s",
-			Floor: gb(best.both), FloorIs: "the same bytes over as many TCP streams, each written durably as it arrives (no parsing, hashing or adding)", Ratio: best.both.Seconds() / ingest.Seconds(),
-			Note: fmt.Sprintf("before %.2f, after %.2f GB/s: what the machine does when it receives and writes at once, against the issue's floor min(TCP, disk) of the two measured alone", gb(before.both), gb(after.both))},
-		{What: "server peak RSS (VmHWM) during the ingest round", Measured: hwm / (1 << 20), Unit: "MiB",
-			Floor: budget / (1 << 20), FloorIs: "budget 1.3 × model + streams × 2 chunks + 128 MiB", Ratio: hwm / budget,
-			Note: fmt.Sprintf("RssAnon at the end %.0f MiB; model %.0f MiB; %s", anon/(1<<20), model/(1<<20), c.sumNote(closedSt, c.Params))},
-		{What: "design B: accumulator checkpoint per group commit", Measured: accWrite.Seconds() * 1e3, Unit: "ms per group",
-			Note: fmt.Sprintf("a durable write of the %.0f MiB f32 accumulator; over this round's %.0f groups B would write %.2f GB (%.1f s of checkpoints) where A wrote %.2f GB of spool in the ingest itself",
-				model/(1<<20), g, g*model/1e9, g*accWrite.Seconds(), total/1e9)},
-	}
-	return rows, nil
+	return Row{What: fmt.Sprintf("HTTP ingest, %d clients × %d f32 params, durable%s", c.Clients, c.Params, c.weightNote()), Measured: gb(r.ingest), Unit: "GB/s",
+		Floor: gb(floor), FloorIs: "min(loopback TCP, disk durable): " + floorIs, Ratio: floor.Seconds() / r.ingest.Seconds(),
+		Note: fmt.Sprintf("TCP %.2f GB/s (before %.2f, after %.2f), disk %.2f GB/s (before %.2f, after %.2f; %s); first byte to last acknowledgement %.2f s; round closed %.2f s after the start; %.0f group commits",
+			gb(best.tcp), gb(r.before.tcp), gb(r.after.tcp), gb(best.disk), gb(r.before.disk), gb(r.after.disk), c.diskWay(), r.ingest.Seconds(), r.closed.Seconds(), r.groups)}
+}
+
+// tcpIntoDiskRow is the same ingest against TCP into disk at once.
+func (r *ingestRun) tcpIntoDiskRow(best ingestFloors) Row {
+	gb := r.gb
+	return Row{What: "the same ingest against TCP into disk at once", Measured: gb(r.ingest), Unit: "GB/s",
+		Floor: gb(best.both), FloorIs: "the same bytes over as many TCP streams, each written durably as it arrives (no parsing, hashing or adding)", Ratio: best.both.Seconds() / r.ingest.Seconds(),
+		Note: fmt.Sprintf("before %.2f, after %.2f GB/s: what the machine does when it receives and writes at once, against the issue's floor min(TCP, disk) of the two measured alone", gb(r.before.both), gb(r.after.both))}
+}
+
+// rssRow is the server's peak RSS against the budget.
+func (r *ingestRun) rssRow() Row {
+	budget := r.c.rssBudget()
+	return Row{What: "server peak RSS (VmHWM) during the ingest round", Measured: r.hwm / (1 << 20), Unit: "MiB",
+		Floor: budget / (1 << 20), FloorIs: "budget 1.3 × model + streams × 2 chunks + 128 MiB", Ratio: r.hwm / budget,
+		Note: fmt.Sprintf("RssAnon at the end %.0f MiB; model %.0f MiB; %s", r.anon/(1<<20), r.model/(1<<20), r.c.sumNote(r.closedSt, r.c.Params))}
+}
+
+// designBRow is what checkpointing the accumulator per group commit (design B) would cost.
+func (r *ingestRun) designBRow() Row {
+	g := max(r.groups, 1)
+	return Row{What: "design B: accumulator checkpoint per group commit", Measured: r.accWrite.Seconds() * 1e3, Unit: "ms per group",
+		Note: fmt.Sprintf("a durable write of the %.0f MiB f32 accumulator; over this round's %.0f groups B would write %.2f GB (%.1f s of checkpoints) where A wrote %.2f GB of spool in the ingest itself",
+			r.model/(1<<20), g, g*r.model/1e9, g*r.accWrite.Seconds(), r.total/1e9)}
 }
 
 // smallRows: many clients of a small model, pushing SmallStreams at a time: updates per

@@ -68,6 +68,38 @@ func Crash(ctx context.Context, c CrashConfig) (*CrashResult, error) {
 	if c.Start == nil || c.Clients < 1 || c.Params < 1 || c.Concurrency < 1 {
 		return nil, fmt.Errorf("servebench: crash run: bad configuration")
 	}
+	r := newCrashRun(c)
+	if err := r.writeConfig(); err != nil {
+		return nil, err
+	}
+	if err := r.encodeBodies(); err != nil {
+		return nil, err
+	}
+	for kill := 0; kill <= r.c.Kills; kill++ {
+		if err := r.run(ctx, kill); err != nil {
+			return r.res, err
+		}
+	}
+	return r.res, verifyBits(filepath.Join(r.data, "rounds", "000001"), r.acked, r.res)
+}
+
+// crashRun is the state a crash run's steps share.
+type crashRun struct {
+	c       CrashConfig
+	logf    func(format string, args ...any)
+	rng     *rand.Rand
+	data    string   // the server's data directory
+	cfgPath string   // the server's configuration
+	tokens  []string // client k's token
+	bodies  [][]byte // client k's update
+	res     *CrashResult
+
+	mu    sync.Mutex         // guards acked and res.Acked while clients push
+	acked map[string]api.Ack // by client, over every run
+}
+
+// newCrashRun is a crash run of c, its defaults filled in.
+func newCrashRun(c CrashConfig) *crashRun {
 	if c.MaxKillWait <= 0 {
 		c.MaxKillWait = 500 * time.Millisecond
 	}
@@ -75,128 +107,194 @@ func Crash(ctx context.Context, c CrashConfig) (*CrashResult, error) {
 	if logf == nil {
 		logf = func(string, ...any) {}
 	}
-	rng := rand.New(rand.NewPCG(c.Seed, 0x5eed))
-	data := filepath.Join(c.Dir, "data")
-	round := map[string]any{"rule": "fedavg", "max_clients": c.Clients, "keep_spool": true}
-	setSum(round, c.Sum)
+	return &crashRun{
+		c:       c,
+		logf:    logf,
+		rng:     rand.New(rand.NewPCG(c.Seed, 0x5eed)),
+		data:    filepath.Join(c.Dir, "data"),
+		cfgPath: filepath.Join(c.Dir, "server.json"),
+		res:     &CrashResult{},
+		acked:   map[string]api.Ack{},
+	}
+}
+
+// writeConfig writes the server's configuration: one round of every client, its spool kept,
+// and a fresh token for each client.
+func (r *crashRun) writeConfig() error {
+	round := map[string]any{"rule": "fedavg", "max_clients": r.c.Clients, "keep_spool": true}
+	setSum(round, r.c.Sum)
 	cfg := map[string]any{
 		"listen":   "127.0.0.1:0",
-		"data_dir": data,
+		"data_dir": r.data,
 		"round":    round,
-		"limits":   map[string]any{"max_streams": c.Concurrency + 4},
+		"limits":   map[string]any{"max_streams": r.c.Concurrency + 4},
 	}
-	tokens := make([]string, c.Clients)
+	r.tokens = make([]string, r.c.Clients)
 	var clients []map[string]string
-	for k := range tokens {
-		tokens[k] = fmt.Sprintf("crash-token-%d-%x", k, rng.Uint64())
-		clients = append(clients, map[string]string{"id": clientID(k), "token_sha256": server.HashToken(tokens[k])})
+	for k := range r.tokens {
+		r.tokens[k] = fmt.Sprintf("crash-token-%d-%x", k, r.rng.Uint64())
+		clients = append(clients, map[string]string{"id": clientID(k), "token_sha256": server.HashToken(r.tokens[k])})
 	}
 	cfg["clients"] = clients
-	cfgPath := filepath.Join(c.Dir, "server.json")
 	b, err := json.Marshal(cfg)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(r.cfgPath, b, 0o600)
+}
+
+// encodeBodies encodes every client's update.
+func (r *crashRun) encodeBodies() error {
+	r.bodies = make([][]byte, r.c.Clients)
+	for k := range r.bodies {
+		var err error
+		if r.bodies[k], err = updateBytes(r.c.Params, k); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// run is the kill-th run of the server: it starts the server and has the clients without an
+// acknowledgement push, then kills it at a random moment of the pushes or, in the last run,
+// lets the round finish.
+func (r *crashRun) run(ctx context.Context, kill int) error {
+	final := kill == r.c.Kills
+	p, err := r.start(ctx, kill)
+	if err != nil {
+		return err
+	}
+	pushCtx, cancel := context.WithCancel(ctx)
+	pushers := r.push(pushCtx, p.url, r.pending(final))
+	if !final {
+		r.killMidway(p, kill)
+		cancel()
+		pushers.Wait()
+		r.logf("kill %d: %d acknowledged so far", r.res.Kills, r.acknowledged())
+		return nil
+	}
+	pushers.Wait()
+	cancel()
+	return r.finish(ctx, p)
+}
+
+// start starts the server, timing how long it takes to serve again after a kill, and checks
+// what it holds; it kills the server if that check fails.
+func (r *crashRun) start(ctx context.Context, kill int) (*process, error) {
+	started := time.Now()
+	p, err := startProcess(ctx, r.c.Start, r.cfgPath, filepath.Join(r.c.Dir, "addr"))
 	if err != nil {
 		return nil, err
 	}
-	if err := os.WriteFile(cfgPath, b, 0o600); err != nil {
+	if kill > 0 {
+		r.res.Resumes = append(r.res.Resumes, time.Since(started))
+	}
+	// What the restarted server holds: every acknowledgement so far, once.
+	if err := checkAcked(ctx, p.url, r.acked, r.res); err != nil {
+		p.kill()
 		return nil, err
 	}
-	bodies := make([][]byte, c.Clients)
-	for k := range bodies {
-		if bodies[k], err = updateBytes(c.Params, k); err != nil {
-			return nil, err
+	return p, nil
+}
+
+// pending queues the clients that push in this run: those without an acknowledgement.
+func (r *crashRun) pending(final bool) <-chan int {
+	work := make(chan int, r.c.Clients)
+	for k := range r.c.Clients {
+		// The last client pushes only in the last run, so that the round cannot complete
+		// before every kill has struck in the middle of it.
+		if _, ok := r.acked[clientID(k)]; !ok && (final || k < r.c.Clients-1) {
+			work <- k
 		}
 	}
-	res := &CrashResult{}
-	acked := map[string]api.Ack{}
-	var mu sync.Mutex
-	for kill := 0; kill <= c.Kills; kill++ {
-		final := kill == c.Kills
-		started := time.Now()
-		p, err := startProcess(ctx, c.Start, cfgPath, filepath.Join(c.Dir, "addr"))
-		if err != nil {
-			return res, err
-		}
-		if kill > 0 {
-			res.Resumes = append(res.Resumes, time.Since(started))
-		}
-		// What the restarted server holds: every acknowledgement so far, once.
-		if err := checkAcked(ctx, p.url, acked, res); err != nil {
-			p.kill()
-			return res, err
-		}
-		pushCtx, cancel := context.WithCancel(ctx)
-		var wg sync.WaitGroup
-		work := make(chan int, c.Clients)
-		for k := range c.Clients {
-			// The last client pushes only in the last run, so that the round cannot complete
-			// before every kill has struck in the middle of it.
-			if _, ok := acked[clientID(k)]; !ok && (final || k < c.Clients-1) {
-				work <- k
+	close(work)
+	return work
+}
+
+// push starts c.Concurrency clients pushing the queued updates to the server at url, and
+// returns what to wait on for them to end.
+func (r *crashRun) push(ctx context.Context, url string, work <-chan int) *sync.WaitGroup {
+	var wg sync.WaitGroup
+	for range r.c.Concurrency {
+		wg.Go(func() {
+			for k := range work {
+				r.pushOne(ctx, url, k)
 			}
-		}
-		close(work)
-		for range c.Concurrency {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for k := range work {
-					cl, err := client.New(p.url, client.WithToken(tokens[k]))
-					if err != nil {
-						continue
-					}
-					ack, err := cl.Push(pushCtx, 1, bytes.NewReader(bodies[k]), int64(len(bodies[k])), client.WithWeight(float64(k+1)))
-					if err != nil {
-						continue
-					}
-					mu.Lock()
-					if _, dup := acked[ack.Client]; !dup {
-						acked[ack.Client] = *ack
-						res.Acked++
-					}
-					mu.Unlock()
-				}
-			}()
-		}
-		if !final {
-			// A random moment of the pushes: after a random number of this run's
-			// acknowledgements (fewer than remain, so the round never completes before the last
-			// run), and a random delay.
-			mu.Lock()
-			remaining := c.Clients - 1 - len(acked)
-			step := max(1, 2*remaining/(c.Kills-kill+1))
-			target := len(acked) + rng.IntN(step)
-			mu.Unlock()
-			for waited := time.Duration(0); waited < 60*time.Second; waited += time.Millisecond {
-				mu.Lock()
-				n := len(acked)
-				mu.Unlock()
-				if n >= target {
-					break
-				}
-				time.Sleep(time.Millisecond)
-			}
-			time.Sleep(time.Duration(rng.Int64N(int64(c.MaxKillWait))))
-			p.kill()
-			res.Kills++
-			cancel()
-			wg.Wait()
-			mu.Lock()
-			logf("kill %d: %d acknowledged so far", res.Kills, len(acked))
-			mu.Unlock()
-			continue
-		}
-		wg.Wait()
-		cancel()
-		err = waitClosed(ctx, p.url, 1)
-		if err == nil {
-			err = checkAcked(ctx, p.url, acked, res)
-		}
-		p.stop()
-		if err != nil {
-			return res, err
-		}
+		})
 	}
-	return res, verifyBits(filepath.Join(data, "rounds", "000001"), acked, res)
+	return &wg
+}
+
+// pushOne pushes client k's update and records its acknowledgement; a push that fails is left
+// for a later run.
+func (r *crashRun) pushOne(ctx context.Context, url string, k int) {
+	cl, err := client.New(url, client.WithToken(r.tokens[k]))
+	if err != nil {
+		return
+	}
+	ack, err := cl.Push(ctx, 1, bytes.NewReader(r.bodies[k]), int64(len(r.bodies[k])), client.WithWeight(float64(k+1)))
+	if err != nil {
+		return
+	}
+	r.record(ack)
+}
+
+// record counts an acknowledgement, the first of its client only.
+func (r *crashRun) record(ack *api.Ack) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, dup := r.acked[ack.Client]; !dup {
+		r.acked[ack.Client] = *ack
+		r.res.Acked++
+	}
+}
+
+// acknowledged is how many clients have an acknowledgement.
+func (r *crashRun) acknowledged() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.acked)
+}
+
+// killMidway kills the server with SIGKILL while the clients push, for the kill-th time.
+func (r *crashRun) killMidway(p *process, kill int) {
+	// A random moment of the pushes: after a random number of this run's
+	// acknowledgements (fewer than remain, so the round never completes before the last
+	// run), and a random delay.
+	r.waitAcknowledged(r.killTarget(kill))
+	time.Sleep(time.Duration(r.rng.Int64N(int64(r.c.MaxKillWait))))
+	p.kill()
+	r.res.Kills++
+}
+
+// killTarget is how many acknowledgements the kill-th kill waits for: those so far, and a
+// random number of this run's, fewer than remain.
+func (r *crashRun) killTarget(kill int) int {
+	n := r.acknowledged()
+	remaining := r.c.Clients - 1 - n
+	step := max(1, 2*remaining/(r.c.Kills-kill+1))
+	return n + r.rng.IntN(step)
+}
+
+// waitAcknowledged waits until target clients have an acknowledgement, or 60 s.
+func (r *crashRun) waitAcknowledged(target int) {
+	for waited := time.Duration(0); waited < 60*time.Second; waited += time.Millisecond {
+		if r.acknowledged() >= target {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// finish waits for the round to close, checks that it holds every acknowledged update once,
+// and stops the server.
+func (r *crashRun) finish(ctx context.Context, p *process) error {
+	err := waitClosed(ctx, p.url, 1)
+	if err == nil {
+		err = checkAcked(ctx, p.url, r.acked, r.res)
+	}
+	p.stop()
+	return err
 }
 
 func clientID(k int) string { return fmt.Sprintf("c%03d", k) }
