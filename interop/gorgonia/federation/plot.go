@@ -69,15 +69,32 @@ func PlotRun(path string, res *Result, setup string) error {
 	if len(res.Rounds) == 0 {
 		return fmt.Errorf("%w: no rounds", ErrPlot)
 	}
-	acc := plot.New()
-	acc.Title.Text = "held-out accuracy of each round's global model (answered by the inference node)"
-	var pts plotter.XYs
-	for _, rd := range res.Rounds {
-		pts = append(pts, plotter.XY{X: float64(rd.Round), Y: rd.Accuracy})
-	}
-	target, err := hline(0, float64(len(res.Rounds)+1), 0.9, color.Gray{Y: 90})
+	acc, err := accuracyPlot(res)
 	if err != nil {
 		return err
+	}
+	j, err := joulesPlot(res.Rounds)
+	if err != nil {
+		return err
+	}
+	sec, err := secondsPlot(res.Rounds)
+	if err != nil {
+		return err
+	}
+	return writePNG(path, 1100, 1120, func(dc draw.Canvas) {
+		drawHeader(dc, "wattagg federation: "+ruleAttackLabel(res), setup)
+		drawStacked(dc, acc, j, sec)
+	})
+}
+
+// accuracyPlot is the run's held-out accuracy per round, with the 0.90 target, the final
+// accuracy and the round that first reached the target.
+func accuracyPlot(res *Result) (*plot.Plot, error) {
+	acc := plot.New()
+	acc.Title.Text = "held-out accuracy of each round's global model (answered by the inference node)"
+	target, err := hline(0, float64(len(res.Rounds)+1), 0.9, color.Gray{Y: 90})
+	if err != nil {
+		return nil, err
 	}
 	acc.Add(plotter.NewGrid(), target)
 	acc.Legend.Add("0.90 (the target)", target)
@@ -85,90 +102,126 @@ func PlotRun(path string, res *Result, setup string) error {
 	if r := res.FirstReaching(0.9); r > 0 {
 		label += fmt.Sprintf(", 0.90 first in round %d", r)
 	}
-	if err := addCurve(acc, pts, paletteColor(1), nil, label); err != nil {
-		return err
+	if err := addCurve(acc, accuracies(res), paletteColor(1), nil, label); err != nil {
+		return nil, err
 	}
 	acc.Legend.Left, acc.Legend.Top = false, false
 	acc.Legend.XOffs, acc.Legend.YOffs = -px(8), px(8)
 	acc.Y.Label.Text = "accuracy"
 	acc.Y.Min, acc.Y.Max = 0, 1
 	roundAxis(acc, len(res.Rounds))
+	return acc, nil
+}
 
-	j := plot.New()
-	var bars plotter.Values
-	var sources []string
-	missing, total := 0, 0.0
-	for _, rd := range res.Rounds {
+// roundJoules is what the round reports say of the aggregations' joules: a bar per round (0
+// where none was measured), the sources that measured them, their total, and how many rounds
+// were not measured.
+type roundJoules struct {
+	bars    plotter.Values
+	sources []string
+	total   float64
+	missing int
+}
+
+// joulesOf collects the rounds' joules.
+func joulesOf(rounds []Round) roundJoules {
+	var rj roundJoules
+	for _, rd := range rounds {
 		v := 0.0
 		if rd.Joules != nil {
 			v = *rd.Joules
-			total += v
-			if !slices.Contains(sources, rd.JoulesSource) {
-				sources = append(sources, rd.JoulesSource)
+			rj.total += v
+			if !slices.Contains(rj.sources, rd.JoulesSource) {
+				rj.sources = append(rj.sources, rd.JoulesSource)
 			}
 		} else {
-			missing++
+			rj.missing++
 		}
-		bars = append(bars, v)
+		rj.bars = append(rj.bars, v)
 	}
-	measured := len(res.Rounds) - missing
+	return rj
+}
+
+// joulesPlot is the joules of each round's aggregation as bars, titled with where they came
+// from: measured, estimated, or not at all.
+func joulesPlot(rounds []Round) (*plot.Plot, error) {
+	j := plot.New()
+	rj := joulesOf(rounds)
+	rj.label(j, rounds)
+	if err := addRoundBars(j, rj.bars, paletteColor(4), len(rounds)); err != nil {
+		return nil, err
+	}
+	return j, nil
+}
+
+// label sets the joules plot's title and y label: the joules' source and total, or why there
+// are none.
+func (rj roundJoules) label(j *plot.Plot, rounds []Round) {
+	measured := len(rounds) - rj.missing
 	switch {
-	case len(sources) == 0:
-		j.Title.Text = "joules per round: not measured (" + res.Rounds[0].JoulesReason + ")"
-	case len(sources) == 1 && sources[0] == string(energy.SourceEstimate):
+	case len(rj.sources) == 0:
+		j.Title.Text = "joules per round: not measured (" + rounds[0].JoulesReason + ")"
+	case len(rj.sources) == 1 && rj.sources[0] == string(energy.SourceEstimate):
 		// An estimate is W = idle + (TDP − idle)·u with u the whole machine's CPU use over the
 		// aggregation's window: other work on the machine shows in it.
 		j.Title.Text = fmt.Sprintf("joules of each round's aggregation: ESTIMATED, not measured (no energy counter here; a power model × the whole machine's CPU use); %.2f J in %d rounds",
-			total, measured)
+			rj.total, measured)
 		j.Y.Label.Text = "joules (estimate)"
 	default:
-		j.Title.Text = fmt.Sprintf("joules of each round's aggregation, measured by %s; %.2f J in %d rounds", strings.Join(sources, ", "), total, measured)
+		j.Title.Text = fmt.Sprintf("joules of each round's aggregation, measured by %s; %.2f J in %d rounds", strings.Join(rj.sources, ", "), rj.total, measured)
 	}
 	if j.Y.Label.Text == "" {
 		j.Y.Label.Text = "joules"
 	}
-	if missing > 0 && len(sources) > 0 {
-		j.Title.Text += fmt.Sprintf("; %d rounds not measured (no bar)", missing)
+	if rj.missing > 0 && len(rj.sources) > 0 {
+		j.Title.Text += fmt.Sprintf("; %d rounds not measured (no bar)", rj.missing)
 	}
-	bc, err := plotter.NewBarChart(bars, px(14))
-	if err != nil {
-		return err
-	}
-	bc.Color, bc.LineStyle.Width = paletteColor(4), 0
-	// Bars are drawn at 0, 1, ...: shift them onto the round numbers.
-	bc.XMin = 1
-	j.Add(plotter.NewGrid(), bc)
-	j.Y.Min, j.Y.Max = 0, maxOf(bars)*1.15
-	j.Y.Tick.Marker = plainTicks{}
-	roundAxis(j, len(res.Rounds))
+}
 
+// secondsPlot is the time of each round's aggregation as bars.
+func secondsPlot(rounds []Round) (*plot.Plot, error) {
 	// The aggregation's time, from the same reports: an estimate's joules follow it.
 	sec := plot.New()
 	sec.Title.Text = "time each round's aggregation took (the round report's seconds: closing the round, writing the model durably)"
 	var ms plotter.Values
-	for _, rd := range res.Rounds {
+	for _, rd := range rounds {
 		ms = append(ms, rd.Seconds*1e3)
 	}
-	sb, err := plotter.NewBarChart(ms, px(14))
+	sec.Y.Label.Text = "milliseconds"
+	if err := addRoundBars(sec, ms, paletteColor(6), len(rounds)); err != nil {
+		return nil, err
+	}
+	return sec, nil
+}
+
+// addRoundBars adds a bar per round of colour c to p, with a grid, a y axis from 0 to above
+// the highest bar and an x axis of the rounds.
+func addRoundBars(p *plot.Plot, v plotter.Values, c color.Color, rounds int) error {
+	bc, err := plotter.NewBarChart(v, px(14))
 	if err != nil {
 		return err
 	}
-	sb.Color, sb.LineStyle.Width, sb.XMin = paletteColor(6), 0, 1
-	sec.Add(plotter.NewGrid(), sb)
-	sec.Y.Label.Text = "milliseconds"
-	sec.Y.Min, sec.Y.Max = 0, maxOf(ms)*1.15
-	sec.Y.Tick.Marker = plainTicks{}
-	roundAxis(sec, len(res.Rounds))
+	bc.Color, bc.LineStyle.Width = c, 0
+	// Bars are drawn at 0, 1, ...: shift them onto the round numbers.
+	bc.XMin = 1
+	p.Add(plotter.NewGrid(), bc)
+	p.Y.Min, p.Y.Max = 0, maxOf(v)*1.15
+	p.Y.Tick.Marker = plainTicks{}
+	roundAxis(p, rounds)
+	return nil
+}
 
-	return writePNG(path, 1100, 1120, func(dc draw.Canvas) {
-		drawHeader(dc, "wattagg federation: "+ruleAttackLabel(res), setup)
-		grid := [][]*plot.Plot{{acc}, {j}, {sec}}
-		tiles := draw.Tiles{Rows: 3, Cols: 1, PadTop: px(70), PadY: px(26), PadLeft: px(12), PadRight: px(24), PadBottom: px(10)}
-		c := plot.Align(grid, tiles, dc)
-		for i, row := range grid {
-			row[0].Draw(c[i][0])
-		}
-	})
+// drawStacked draws the plots one above the other, their axes aligned, below the header.
+func drawStacked(dc draw.Canvas, panels ...*plot.Plot) {
+	grid := make([][]*plot.Plot, len(panels))
+	for i, p := range panels {
+		grid[i] = []*plot.Plot{p}
+	}
+	tiles := draw.Tiles{Rows: len(panels), Cols: 1, PadTop: px(70), PadY: px(26), PadLeft: px(12), PadRight: px(24), PadBottom: px(10)}
+	c := plot.Align(grid, tiles, dc)
+	for i, p := range panels {
+		p.Draw(c[i][0])
+	}
 }
 
 // PlotTable writes a PNG of the attack table's runs to path: a panel per attack, a curve of

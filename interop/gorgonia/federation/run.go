@@ -27,62 +27,27 @@ import (
 // send anything ends the run early, with Result.Collapsed saying so, and no error. Run stops
 // everything before it returns; on error the rounds run so far are in the Result.
 func Run(ctx context.Context, opts ...Option) (*Result, error) {
-	c := defaults()
-	for _, o := range opts {
-		if o == nil {
-			return nil, fmt.Errorf("%w: nil option", ErrOption)
-		}
-		if err := o(&c); err != nil {
-			return nil, err
-		}
-	}
-	if c.poisoned >= c.clients {
-		return nil, fmt.Errorf("%w: %d of %d clients poisoned leaves no honest one", ErrOption, c.poisoned, c.clients)
-	}
-	log := c.log
-	if log == nil {
-		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	}
-	dir := c.dir
-	if dir == "" {
-		var err error
-		if dir, err = os.MkdirTemp(c.scratch, "wattagg-federation-"); err != nil {
-			return nil, err
-		}
-		defer os.RemoveAll(dir)
-	} else if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, err
-	}
-	meters := c.meters
-	if len(meters) == 0 {
-		inv, err := energy.Discover()
-		if err != nil {
-			return nil, err
-		}
-		defer inv.Close()
-		meters = inv.Meters()
-	}
-
-	all, err := digits.Load()
+	c, err := configure(opts)
 	if err != nil {
 		return nil, err
 	}
-	train, test, err := all.Split(c.testFrac, c.seed)
+	log := c.logger()
+	dir, removeDir, err := c.workDir()
 	if err != nil {
 		return nil, err
 	}
-	shards, err := train.DirichletShards(c.clients, c.alpha, 20, c.seed)
+	defer removeDir()
+	meters, closeMeters, err := c.energyMeters()
 	if err != nil {
 		return nil, err
 	}
-	// The initial model is what every client is given before round 1 (a deployment ships
-	// it with the model's code); later rounds start from the server's models.
-	initial := filepath.Join(dir, "initial.safetensors")
-	model0, err := mlp.Init(c.hidden, c.seed)
+	defer closeMeters()
+	data, err := loadData(&c)
 	if err != nil {
 		return nil, err
 	}
-	if err := safetensors.WriteFile(initial, model0, safetensors.WithDirectIO(false)); err != nil {
+	initial, err := writeInitialModel(&c, dir)
+	if err != nil {
 		return nil, err
 	}
 
@@ -91,64 +56,205 @@ func Run(ctx context.Context, opts ...Option) (*Result, error) {
 		return nil, err
 	}
 	defer agg.stop()
-	node, err := startInference(filepath.Join(dir, "inference"), agg.url, test, log)
+	node, err := startInference(filepath.Join(dir, "inference"), agg.url, data.test, log)
 	if err != nil {
 		return nil, err
 	}
 	defer node.close()
+	f := &federationRun{c: &c, data: data, initial: initial, agg: agg, node: node, res: newResult(&c, data, agg.url)}
+	if err := f.join(dir); err != nil {
+		return nil, err
+	}
+	return f.runRounds(ctx)
+}
+
+// configure applies opts over the defaults and checks that they leave an honest client.
+func configure(opts []Option) (config, error) {
+	c := defaults()
+	for _, o := range opts {
+		if o == nil {
+			return c, fmt.Errorf("%w: nil option", ErrOption)
+		}
+		if err := o(&c); err != nil {
+			return c, err
+		}
+	}
+	if c.poisoned >= c.clients {
+		return c, fmt.Errorf("%w: %d of %d clients poisoned leaves no honest one", ErrOption, c.poisoned, c.clients)
+	}
+	return c, nil
+}
+
+// logger is the configured logger, or one that writes warnings to stderr.
+func (c *config) logger() *slog.Logger {
+	if c.log != nil {
+		return c.log
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+}
+
+// workDir makes the run's working directory: the configured one, kept, or a temporary one
+// under the scratch parent, which the returned func removes.
+func (c *config) workDir() (string, func(), error) {
+	if c.dir != "" {
+		if err := os.MkdirAll(c.dir, 0o700); err != nil {
+			return "", nil, err
+		}
+		return c.dir, func() {}, nil
+	}
+	dir, err := os.MkdirTemp(c.scratch, "wattagg-federation-")
+	if err != nil {
+		return "", nil, err
+	}
+	return dir, func() { os.RemoveAll(dir) }, nil
+}
+
+// energyMeters are the configured meters, or the machine's, discovered; the returned func
+// closes what was discovered.
+func (c *config) energyMeters() ([]energy.Meter, func(), error) {
+	if len(c.meters) > 0 {
+		return c.meters, func() {}, nil
+	}
+	inv, err := energy.Discover()
+	if err != nil {
+		return nil, nil, err
+	}
+	return inv.Meters(), func() { inv.Close() }, nil
+}
+
+// federationData is the digits a run uses: the held-out rows and each client's shard.
+type federationData struct {
+	test   digits.Dataset
+	shards []digits.Dataset
+}
+
+// loadData splits the digits into training and held-out rows and deals the training rows
+// out to the clients in Dirichlet shards.
+func loadData(c *config) (federationData, error) {
+	all, err := digits.Load()
+	if err != nil {
+		return federationData{}, err
+	}
+	train, test, err := all.Split(c.testFrac, c.seed)
+	if err != nil {
+		return federationData{}, err
+	}
+	shards, err := train.DirichletShards(c.clients, c.alpha, 20, c.seed)
+	if err != nil {
+		return federationData{}, err
+	}
+	return federationData{test: test, shards: shards}, nil
+}
+
+// writeInitialModel writes the initial model into dir and returns its path.
+func writeInitialModel(c *config, dir string) (string, error) {
+	// The initial model is what every client is given before round 1 (a deployment ships
+	// it with the model's code); later rounds start from the server's models.
+	initial := filepath.Join(dir, "initial.safetensors")
+	model0, err := mlp.Init(c.hidden, c.seed)
+	if err != nil {
+		return "", err
+	}
+	if err := safetensors.WriteFile(initial, model0, safetensors.WithDirectIO(false)); err != nil {
+		return "", err
+	}
+	return initial, nil
+}
+
+// newResult is the Result of a run before its rounds: its setup and the shards' sizes.
+func newResult(c *config, data federationData, server string) *Result {
 	res := &Result{Rule: c.rule, Attack: c.attack, Clients: c.clients, Alpha: c.alpha, Hidden: c.hidden,
-		TestRows: test.Len(), Server: agg.url}
-	for _, s := range shards {
+		TestRows: data.test.Len(), Server: server}
+	for _, s := range data.shards {
 		res.Shards = append(res.Shards, s.Len())
 	}
-	parts := make([]*participant, c.clients)
-	for k := range parts {
-		api, err := agg.client(k)
+	return res
+}
+
+// federationRun is a run once its server and inference node are up: the parties of its rounds
+// and the Result it records them in.
+type federationRun struct {
+	c       *config
+	data    federationData
+	initial string
+	agg     *aggregator
+	node    *inferenceNode
+	parts   []*participant
+	load    *loadGenerator // nil until started, after the first round
+	res     *Result
+}
+
+// join makes every client a participant of the server, each with its shard, a working
+// directory under dir, and the attack if it is one of the poisoned ones.
+func (f *federationRun) join(dir string) error {
+	c := f.c
+	f.parts = make([]*participant, c.clients)
+	for k := range f.parts {
+		api, err := f.agg.client(k)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		a := NoAttack
 		if k < c.poisoned {
 			a = c.attack
-			res.Poisoned = append(res.Poisoned, agg.ids[k])
+			f.res.Poisoned = append(f.res.Poisoned, f.agg.ids[k])
 		}
-		if parts[k], err = newParticipant(agg.ids[k], api, shards[k], a, c.scale, filepath.Join(dir, "clients", agg.ids[k]),
+		if f.parts[k], err = newParticipant(f.agg.ids[k], api, f.data.shards[k], a, c.scale, filepath.Join(dir, "clients", f.agg.ids[k]),
 			c.seed*1000+uint64(k), c.train); err != nil {
-			return nil, err
+			return err
 		}
 	}
+	return nil
+}
 
+// runRounds runs the rounds in turn, recording each, until the last or the federation
+// collapses; it times them, and stops the inference load once they end.
+func (f *federationRun) runRounds(ctx context.Context) (*Result, error) {
 	start := time.Now()
-	var load *loadGenerator
-	defer func() {
-		if load != nil {
-			if len(res.Rounds) > 0 {
-				load.await(res.Rounds[len(res.Rounds)-1].Generation, 2*time.Second)
-			}
-			res.Load = load.stop()
-		}
-		res.Wall = time.Since(start)
-	}()
-	for n := 1; n <= c.rounds; n++ {
-		rd, err := runRound(ctx, &c, n, agg, node, parts, initial)
+	defer f.finish(start)
+	for n := 1; n <= f.c.rounds; n++ {
+		rd, err := runRound(ctx, f.c, n, f.agg, f.node, f.parts, f.initial)
 		if errors.Is(err, ErrCollapsed) {
-			res.Collapsed = err.Error()
-			return res, nil
+			f.res.Collapsed = err.Error()
+			return f.res, nil
 		}
 		if err != nil {
-			return res, err
+			return f.res, err
 		}
-		res.Rounds = append(res.Rounds, rd)
-		if load == nil && c.load > 0 {
-			if load, err = node.startLoad(test, c.load); err != nil {
-				return res, err
-			}
-		}
-		if c.progress != nil {
-			c.progress(rd)
+		if err := f.record(rd); err != nil {
+			return f.res, err
 		}
 	}
-	return res, nil
+	return f.res, nil
+}
+
+// record adds round rd to the Result, starts the inference load after the first round if
+// one is configured, and reports the round's progress.
+func (f *federationRun) record(rd Round) error {
+	f.res.Rounds = append(f.res.Rounds, rd)
+	if f.load == nil && f.c.load > 0 {
+		var err error
+		if f.load, err = f.node.startLoad(f.data.test, f.c.load); err != nil {
+			return err
+		}
+	}
+	if f.c.progress != nil {
+		f.c.progress(rd)
+	}
+	return nil
+}
+
+// finish stops the inference load, once it has seen the last round's model, and records
+// its statistics and the rounds' time since start.
+func (f *federationRun) finish(start time.Time) {
+	res := f.res
+	if f.load != nil {
+		if len(res.Rounds) > 0 {
+			f.load.await(res.Rounds[len(res.Rounds)-1].Generation, 2*time.Second)
+		}
+		res.Load = f.load.stop()
+	}
+	res.Wall = time.Since(start)
 }
 
 // runRound runs round n: every client at once, then the server's aggregate, then the

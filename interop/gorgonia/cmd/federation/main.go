@@ -129,6 +129,7 @@ func scratchParent(dir string) string {
 	return os.TempDir()
 }
 
+// run is the command: the main federation, then the attack table, then results.json.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	f, err := parse(args, stderr)
 	if err != nil {
@@ -138,119 +139,201 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err := os.MkdirAll(f.out, 0o755); err != nil {
 		return err
 	}
-	level := slog.LevelWarn
-	if f.verbose {
-		level = slog.LevelInfo
-	}
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	log := newLogger(stderr, f.verbose)
 	inv, err := energy.Discover()
 	if err != nil {
 		return err
 	}
 	defer inv.Close()
-	scratch := scratchParent(f.dir)
-	common := []federation.Option{
-		federation.WithRounds(f.rounds), federation.WithClients(f.clients), federation.WithDirichlet(f.alpha),
-		federation.WithSeed(f.seed), federation.WithScratch(scratch), federation.WithMeters(inv.Meters()...),
-		federation.WithLogger(log),
-		federation.WithTraining(mlp.WithEpochs(f.epochs), mlp.WithBatchSize(f.batch), mlp.WithLearningRate(f.lr)),
-	}
-	setup := fmt.Sprintf("%d clients, Dirichlet(%g) label-skewed shards of the UCI digits; MLP 64-32-10, %d local epochs of SGD (batch %d, lr %g) with gorgonia; %d rounds",
-		f.clients, f.alpha, f.epochs, f.batch, f.lr, f.rounds)
+	s := &showcase{f: f, stdout: stdout, start: start, scratch: scratchParent(f.dir), setup: setupLine(f)}
+	s.common = s.commonOptions(log, inv.Meters())
 
 	// The main federation: clean FedAvg, with a stream of requests on the inference node.
-	fmt.Fprintf(stdout, "wattagg federation: %s\n", setup)
-	fmt.Fprintf(stdout, "server: wattagg's aggregation server in this process, HTTP on a loopback port; working files under %s\n", scratch)
-	fmt.Fprintf(stdout, "energy: %s\n\n", meterLine(inv))
-	main := append([]federation.Option(nil), common...)
-	if f.load > 0 {
-		main = append(main, federation.WithInferenceLoad(f.load))
-	}
-	first := true
-	main = append(main, federation.WithProgress(func(rd federation.Round) {
-		if first {
-			federation.WriteRoundsHeader(stdout)
-			first = false
-		}
-		federation.WriteRound(stdout, rd)
-	}))
-	res, err := federation.Run(ctx, main...)
+	s.printHeader(inv)
+	res, err := federation.Run(ctx, s.mainOptions()...)
 	if err != nil {
 		return err
 	}
-	if len(res.Rounds) > 0 {
-		fmt.Fprintf(stdout, "\njoules' provenance (round %d): %s\n", len(res.Rounds), federation.Provenance(res.Rounds[len(res.Rounds)-1].Energy))
-	}
-	summarise(stdout, res, f.load > 0)
-	if err := federation.PlotRun(filepath.Join(f.out, "federation.png"), res, setup); err != nil {
+	if err := s.reportMain(res); err != nil {
 		return err
 	}
-	if err := writeRounds(filepath.Join(f.out, "federation.md"), res, setup); err != nil {
-		return err
-	}
-	results := []*federation.Result{res}
-	fmt.Fprintf(stdout, "main run: %.1f s; wrote %s and %s\n", time.Since(start).Seconds(),
-		filepath.Join(f.out, "federation.png"), filepath.Join(f.out, "federation.md"))
-
-	var failed error // the attack table's failed runs
 	if f.table {
-		attacks := federation.DefaultAttacks()
-		if !f.clean {
-			attacks = attacks[1:]
-		}
-		t, err := federation.NewTable(f.rules, attacks, f.poisoned)
-		if err != nil {
+		if err := s.runTable(ctx, res); err != nil {
 			return err
 		}
-		t.Set(res)
-		fmt.Fprintf(stdout, "\nattack table: %d federations, %d at a time\n", countEmpty(t), f.parallel)
-		var mu sync.Mutex
-		err = t.Run(ctx, f.parallel, func(r *federation.Result) {
-			mu.Lock()
-			defer mu.Unlock()
-			results = append(results, r)
-			note := ""
-			switch {
-			case r.Error != "":
-				note = " — FAILED: " + r.Error
-			case r.Collapsed != "":
-				note = " — " + r.Collapsed
-			case r.FirstDropped() > 0:
-				note = fmt.Sprintf(" — clients drop out from round %d", r.FirstDropped())
-			}
-			fmt.Fprintf(stdout, "  %-34s %-12s final accuracy %.3f (%.1f s)%s\n", r.Rule.Label(), r.Attack, r.Final(), r.Wall.Seconds(), note)
-		}, common...)
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		// A failed run has its cell marked; the table and plots are written, then the
-		// failures returned.
-		failed = err
-		var md strings.Builder
-		fmt.Fprintf(&md, "# Attack table\n\n%s. Final held-out accuracy after the last round; %d of %d clients poisoned in the attack columns.\n\n",
-			setup, f.poisoned, f.clients)
-		if err := t.WriteMarkdown(&md); err != nil {
-			return err
-		}
-		fmt.Fprintf(stdout, "\n%s\n", md.String())
-		if err := os.WriteFile(filepath.Join(f.out, "attack-table.md"), []byte(md.String()), 0o644); err != nil {
-			return err
-		}
-		if err := federation.PlotTable(filepath.Join(f.out, "attacks.png"), t, setup); err != nil {
-			return err
-		}
-		fmt.Fprintf(stdout, "attack table: %.1f s; wrote %s and %s\n", t.Wall.Seconds(),
-			filepath.Join(f.out, "attack-table.md"), filepath.Join(f.out, "attacks.png"))
 	}
-	b, err := json.MarshalIndent(results, "", "  ")
-	if err != nil {
-		return err
-	}
-	if err := os.WriteFile(filepath.Join(f.out, "results.json"), b, 0o644); err != nil {
+	if err := s.writeResults(); err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "showcase: %.1f s in all\n", time.Since(start).Seconds())
-	return failed
+	return s.failed
+}
+
+// newLogger logs the server's and the inference node's warnings to stderr, and their other
+// events too when verbose.
+func newLogger(stderr io.Writer, verbose bool) *slog.Logger {
+	level := slog.LevelWarn
+	if verbose {
+		level = slog.LevelInfo
+	}
+	return slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+}
+
+// showcase is one run of the command: its flags, the options every federation of it shares,
+// the setup they describe, and the results so far.
+type showcase struct {
+	f       *flags
+	stdout  io.Writer
+	start   time.Time
+	scratch string
+	common  []federation.Option
+	setup   string
+
+	mu      sync.Mutex
+	results []*federation.Result
+	failed  error // the attack table's failed runs
+}
+
+// commonOptions are the options every federation of the showcase shares.
+func (s *showcase) commonOptions(log *slog.Logger, meters []energy.Meter) []federation.Option {
+	f := s.f
+	return []federation.Option{
+		federation.WithRounds(f.rounds), federation.WithClients(f.clients), federation.WithDirichlet(f.alpha),
+		federation.WithSeed(f.seed), federation.WithScratch(s.scratch), federation.WithMeters(meters...),
+		federation.WithLogger(log),
+		federation.WithTraining(mlp.WithEpochs(f.epochs), mlp.WithBatchSize(f.batch), mlp.WithLearningRate(f.lr)),
+	}
+}
+
+// setupLine describes the federations the flags ask for.
+func setupLine(f *flags) string {
+	return fmt.Sprintf("%d clients, Dirichlet(%g) label-skewed shards of the UCI digits; MLP 64-32-10, %d local epochs of SGD (batch %d, lr %g) with gorgonia; %d rounds",
+		f.clients, f.alpha, f.epochs, f.batch, f.lr, f.rounds)
+}
+
+// path is the named file in the output directory.
+func (s *showcase) path(name string) string { return filepath.Join(s.f.out, name) }
+
+// printHeader says what the federation is, where it runs and how its energy is measured.
+func (s *showcase) printHeader(inv *energy.Inventory) {
+	fmt.Fprintf(s.stdout, "wattagg federation: %s\n", s.setup)
+	fmt.Fprintf(s.stdout, "server: wattagg's aggregation server in this process, HTTP on a loopback port; working files under %s\n", s.scratch)
+	fmt.Fprintf(s.stdout, "energy: %s\n\n", meterLine(inv))
+}
+
+// mainOptions are the main run's options: the common ones, the inference load if any, and
+// a progress that prints each round.
+func (s *showcase) mainOptions() []federation.Option {
+	opts := append([]federation.Option(nil), s.common...)
+	if s.f.load > 0 {
+		opts = append(opts, federation.WithInferenceLoad(s.f.load))
+	}
+	return append(opts, federation.WithProgress(printRounds(s.stdout)))
+}
+
+// printRounds prints each round as it ends, under a header printed before the first.
+func printRounds(w io.Writer) federation.Progress {
+	first := true
+	return func(rd federation.Round) {
+		if first {
+			federation.WriteRoundsHeader(w)
+			first = false
+		}
+		federation.WriteRound(w, rd)
+	}
+}
+
+// reportMain prints the main run's provenance and summary, writes its plot and its rounds'
+// table, and keeps it as the first of the results.
+func (s *showcase) reportMain(res *federation.Result) error {
+	if len(res.Rounds) > 0 {
+		fmt.Fprintf(s.stdout, "\njoules' provenance (round %d): %s\n", len(res.Rounds), federation.Provenance(res.Rounds[len(res.Rounds)-1].Energy))
+	}
+	summarise(s.stdout, res, s.f.load > 0)
+	if err := federation.PlotRun(s.path("federation.png"), res, s.setup); err != nil {
+		return err
+	}
+	if err := writeRounds(s.path("federation.md"), res, s.setup); err != nil {
+		return err
+	}
+	s.results = []*federation.Result{res}
+	fmt.Fprintf(s.stdout, "main run: %.1f s; wrote %s and %s\n", time.Since(s.start).Seconds(),
+		s.path("federation.png"), s.path("federation.md"))
+	return nil
+}
+
+// runTable runs the attack table's federations, the main run filling its clean FedAvg
+// cell, and writes the table and its plot. Failed runs are kept in s.failed; the error
+// returned is one that stops the command.
+func (s *showcase) runTable(ctx context.Context, res *federation.Result) error {
+	attacks := federation.DefaultAttacks()
+	if !s.f.clean {
+		attacks = attacks[1:]
+	}
+	t, err := federation.NewTable(s.f.rules, attacks, s.f.poisoned)
+	if err != nil {
+		return err
+	}
+	t.Set(res)
+	fmt.Fprintf(s.stdout, "\nattack table: %d federations, %d at a time\n", countEmpty(t), s.f.parallel)
+	err = t.Run(ctx, s.f.parallel, s.tableRunDone, s.common...)
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	// A failed run has its cell marked; the table and plots are written, then the
+	// failures returned.
+	s.failed = err
+	return s.writeTable(t)
+}
+
+// tableRunDone keeps one of the attack table's runs and prints its line.
+func (s *showcase) tableRunDone(r *federation.Result) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.results = append(s.results, r)
+	fmt.Fprintf(s.stdout, "  %-34s %-12s final accuracy %.3f (%.1f s)%s\n", r.Rule.Label(), r.Attack, r.Final(), r.Wall.Seconds(), runNote(r))
+}
+
+// runNote says how an attack table's run went wrong, if it did.
+func runNote(r *federation.Result) string {
+	switch {
+	case r.Error != "":
+		return " — FAILED: " + r.Error
+	case r.Collapsed != "":
+		return " — " + r.Collapsed
+	case r.FirstDropped() > 0:
+		return fmt.Sprintf(" — clients drop out from round %d", r.FirstDropped())
+	}
+	return ""
+}
+
+// writeTable prints the attack table and writes it as Markdown, with its plot.
+func (s *showcase) writeTable(t *federation.Table) error {
+	var md strings.Builder
+	fmt.Fprintf(&md, "# Attack table\n\n%s. Final held-out accuracy after the last round; %d of %d clients poisoned in the attack columns.\n\n",
+		s.setup, s.f.poisoned, s.f.clients)
+	if err := t.WriteMarkdown(&md); err != nil {
+		return err
+	}
+	fmt.Fprintf(s.stdout, "\n%s\n", md.String())
+	if err := os.WriteFile(s.path("attack-table.md"), []byte(md.String()), 0o644); err != nil {
+		return err
+	}
+	if err := federation.PlotTable(s.path("attacks.png"), t, s.setup); err != nil {
+		return err
+	}
+	fmt.Fprintf(s.stdout, "attack table: %.1f s; wrote %s and %s\n", t.Wall.Seconds(),
+		s.path("attack-table.md"), s.path("attacks.png"))
+	return nil
+}
+
+// writeResults writes every run, every round, to results.json.
+func (s *showcase) writeResults() error {
+	b, err := json.MarshalIndent(s.results, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(s.path("results.json"), b, 0o644)
 }
 
 // meterLine says which meter the rounds are measured with, and why a better one is absent.
