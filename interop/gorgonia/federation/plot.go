@@ -279,15 +279,7 @@ func PlotTable(path string, t *Table, setup string) error {
 	}
 	return writePNG(path, 1100, 460*len(panels)+80, func(dc draw.Canvas) {
 		drawHeader(dc, "wattagg federation under attack: held-out accuracy per round, by aggregation rule", setup)
-		grid := make([][]*plot.Plot, len(panels))
-		for i, p := range panels {
-			grid[i] = []*plot.Plot{p}
-		}
-		tiles := draw.Tiles{Rows: len(panels), Cols: 1, PadTop: px(70), PadY: px(26), PadLeft: px(12), PadRight: px(24), PadBottom: px(10)}
-		c := plot.Align(grid, tiles, dc)
-		for i, p := range panels {
-			p.Draw(c[i][0])
-		}
+		drawStacked(dc, panels...)
 	})
 }
 
