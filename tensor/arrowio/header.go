@@ -220,114 +220,183 @@ func delim(dec *json.Decoder, want json.Delim) error {
 
 // parseEntry reads one {"name", "dtype", "shape", "scale"} object, the i-th.
 func parseEntry(dec *json.Decoder, i int) (tensor.Field, float32, error) {
-	var (
-		f     tensor.Field
-		scale = float32(1)
-		seen  = map[string]bool{}
-		dtype string
-	)
-	where := func() string {
-		if f.Name != "" {
-			return "tensor " + quote(f.Name)
-		}
-		return fmt.Sprintf("entry %d", i)
-	}
-	bad := func(msg string, extra ...error) error {
-		args := []any{ErrSchema}
-		format := "%w: "
-		for _, e := range extra {
-			format += "%w: "
-			args = append(args, e)
-		}
-		return fmt.Errorf(format+"%s of %s: %s", append(args, where(), LayoutKey, msg)...)
-	}
+	p := entryParser{dec: dec, i: i, scale: 1}
+	seen := map[string]bool{}
 	if err := delim(dec, '{'); err != nil {
-		return f, 0, err
+		return p.f, 0, err
 	}
 	for dec.More() {
-		tok, err := dec.Token()
+		key, raw, err := p.member(seen)
 		if err != nil {
-			return f, 0, bad(err.Error())
+			return p.f, 0, err
 		}
-		key, _ := tok.(string) // inside an object, a token before a value is always its key
-		if seen[key] {
-			return f, 0, bad("duplicate key " + quote(key))
-		}
-		seen[key] = true
-		var raw json.RawMessage
-		if err := dec.Decode(&raw); err != nil {
-			if err == io.EOF || errors.Is(err, io.ErrUnexpectedEOF) {
-				return f, 0, bad("the JSON ends early")
-			}
-			return f, 0, bad(err.Error())
-		}
-		switch key {
-		case "name":
-			if err := json.Unmarshal(raw, &f.Name); err != nil || raw[0] != '"' {
-				return f, 0, bad("name is not a string")
-			}
-			if err := checkName(f.Name); err != nil {
-				return f, 0, bad(err.Error())
-			}
-		case "dtype":
-			if err := json.Unmarshal(raw, &dtype); err != nil || raw[0] != '"' {
-				return f, 0, bad("dtype is not a string")
-			}
-		case "shape":
-			if raw[0] != '[' {
-				return f, 0, bad("shape is not an array", tensor.ErrShape)
-			}
-			var dims []json.Number
-			if err := json.Unmarshal(raw, &dims); err != nil {
-				return f, 0, bad("shape is not an array of integers", tensor.ErrShape)
-			}
-			f.Shape = make([]int, len(dims))
-			for j, d := range dims {
-				v, err := strconv.ParseInt(d.String(), 10, 64)
-				if err != nil {
-					return f, 0, bad("shape dimension "+quote(d.String())+" is not an integer", tensor.ErrShape)
-				}
-				f.Shape[j] = int(max(min(v, math.MaxInt), -1)) // elements rejects what is out of range
-			}
-			if _, err := elements(f.Shape); err != nil {
-				return f, 0, bad(err.Error(), tensor.ErrShape)
-			}
-		case "scale":
-			var n json.Number
-			if err := json.Unmarshal(raw, &n); err != nil {
-				return f, 0, bad("scale is not a number")
-			}
-			v, err := strconv.ParseFloat(n.String(), 32)
-			if err != nil || v == 0 || math.IsInf(v, 0) || math.IsNaN(v) {
-				return f, 0, bad("scale " + n.String() + " is not a finite non-zero float32")
-			}
-			scale = float32(v)
-		default:
-			return f, 0, bad("unknown key " + quote(key))
+		if err := p.set(key, raw); err != nil {
+			return p.f, 0, err
 		}
 	}
 	if err := delim(dec, '}'); err != nil {
-		return f, 0, err
+		return p.f, 0, err
 	}
+	if err := p.complete(seen); err != nil {
+		return p.f, 0, err
+	}
+	if err := p.resolveDType(seen["scale"]); err != nil {
+		return p.f, 0, err
+	}
+	return p.f, p.scale, nil
+}
+
+// entryParser is the state of parseEntry: the field and scale read so far and the dtype name,
+// resolved once the object is closed. The keys seen are a local map of parseEntry, not a
+// field, so that the map stays on the stack.
+type entryParser struct {
+	dec   *json.Decoder
+	i     int
+	f     tensor.Field
+	scale float32
+	dtype string
+}
+
+// where names the entry in an error: by its tensor name once known, else by its index.
+func (p *entryParser) where() string {
+	if p.f.Name != "" {
+		return "tensor " + quote(p.f.Name)
+	}
+	return fmt.Sprintf("entry %d", p.i)
+}
+
+// bad is an error about the entry, wrapping ErrSchema and then each of extra.
+func (p *entryParser) bad(msg string, extra ...error) error {
+	args := []any{ErrSchema}
+	format := "%w: "
+	for _, e := range extra {
+		format += "%w: "
+		args = append(args, e)
+	}
+	return fmt.Errorf(format+"%s of %s: %s", append(args, p.where(), LayoutKey, msg)...)
+}
+
+// member reads the next key of the object, which must not be in seen, adds it to seen and
+// reads its raw value.
+func (p *entryParser) member(seen map[string]bool) (string, json.RawMessage, error) {
+	tok, err := p.dec.Token()
+	if err != nil {
+		return "", nil, p.bad(err.Error())
+	}
+	key, _ := tok.(string) // inside an object, a token before a value is always its key
+	if seen[key] {
+		return "", nil, p.bad("duplicate key " + quote(key))
+	}
+	seen[key] = true
+	var raw json.RawMessage
+	if err := p.dec.Decode(&raw); err != nil {
+		if err == io.EOF || errors.Is(err, io.ErrUnexpectedEOF) {
+			return "", nil, p.bad("the JSON ends early")
+		}
+		return "", nil, p.bad(err.Error())
+	}
+	return key, raw, nil
+}
+
+// set stores the value raw of key in the entry; an unknown key is an error.
+func (p *entryParser) set(key string, raw json.RawMessage) error {
+	switch key {
+	case "name":
+		return p.setName(raw)
+	case "dtype":
+		return p.setDType(raw)
+	case "shape":
+		return p.setShape(raw)
+	case "scale":
+		return p.setScale(raw)
+	default:
+		return p.bad("unknown key " + quote(key))
+	}
+}
+
+// setName reads the tensor name, a string that checkName accepts.
+func (p *entryParser) setName(raw json.RawMessage) error {
+	if err := json.Unmarshal(raw, &p.f.Name); err != nil || raw[0] != '"' {
+		return p.bad("name is not a string")
+	}
+	if err := checkName(p.f.Name); err != nil {
+		return p.bad(err.Error())
+	}
+	return nil
+}
+
+// setDType reads the dtype name, a string; resolveDType checks it once the object is closed.
+func (p *entryParser) setDType(raw json.RawMessage) error {
+	if err := json.Unmarshal(raw, &p.dtype); err != nil || raw[0] != '"' {
+		return p.bad("dtype is not a string")
+	}
+	return nil
+}
+
+// setShape reads the shape, an array of integers within the bounds of elements.
+func (p *entryParser) setShape(raw json.RawMessage) error {
+	if raw[0] != '[' {
+		return p.bad("shape is not an array", tensor.ErrShape)
+	}
+	var dims []json.Number
+	if err := json.Unmarshal(raw, &dims); err != nil {
+		return p.bad("shape is not an array of integers", tensor.ErrShape)
+	}
+	p.f.Shape = make([]int, len(dims))
+	for j, d := range dims {
+		v, err := strconv.ParseInt(d.String(), 10, 64)
+		if err != nil {
+			return p.bad("shape dimension "+quote(d.String())+" is not an integer", tensor.ErrShape)
+		}
+		p.f.Shape[j] = int(max(min(v, math.MaxInt), -1)) // elements rejects what is out of range
+	}
+	if _, err := elements(p.f.Shape); err != nil {
+		return p.bad(err.Error(), tensor.ErrShape)
+	}
+	return nil
+}
+
+// setScale reads the I8 scale, a finite non-zero float32.
+func (p *entryParser) setScale(raw json.RawMessage) error {
+	var n json.Number
+	if err := json.Unmarshal(raw, &n); err != nil {
+		return p.bad("scale is not a number")
+	}
+	v, err := strconv.ParseFloat(n.String(), 32)
+	if err != nil || v == 0 || math.IsInf(v, 0) || math.IsNaN(v) {
+		return p.bad("scale " + n.String() + " is not a finite non-zero float32")
+	}
+	p.scale = float32(v)
+	return nil
+}
+
+// complete checks that the closed object, whose keys are seen, had a name, a dtype and a shape.
+func (p *entryParser) complete(seen map[string]bool) error {
 	for _, k := range [...]string{"name", "dtype", "shape"} {
 		if !seen[k] {
-			return f, 0, bad("no " + k)
+			return p.bad("no " + k)
 		}
 	}
+	return nil
+}
+
+// resolveDType sets the field's dtype from its name, which must be one wattagg reads, and
+// checks that only an I8 tensor has a scale (scaled: the entry had one).
+func (p *entryParser) resolveDType(scaled bool) error {
 	for d := tensor.F32; d.Valid(); d++ {
-		if d.SafetensorsName() == dtype {
-			f.DType = d
+		if d.SafetensorsName() == p.dtype {
+			p.f.DType = d
 		}
 	}
 	switch {
-	case f.DType == tensor.Invalid && slices.Contains(otherDTypes, dtype):
-		return f, 0, bad("dtype "+quote(dtype)+" is not one wattagg reads (F32 F64 F16 BF16 I8 U32)", tensor.ErrDType)
-	case f.DType == tensor.Invalid:
-		return f, 0, bad("unknown dtype "+quote(dtype)+" (want F32 F64 F16 BF16 I8 U32)", tensor.ErrDType)
-	case seen["scale"] && f.DType != tensor.I8:
-		return f, 0, bad("a scale for a " + dtype + " tensor")
+	case p.f.DType == tensor.Invalid && slices.Contains(otherDTypes, p.dtype):
+		return p.bad("dtype "+quote(p.dtype)+" is not one wattagg reads (F32 F64 F16 BF16 I8 U32)", tensor.ErrDType)
+	case p.f.DType == tensor.Invalid:
+		return p.bad("unknown dtype "+quote(p.dtype)+" (want F32 F64 F16 BF16 I8 U32)", tensor.ErrDType)
+	case scaled && p.f.DType != tensor.I8:
+		return p.bad("a scale for a " + p.dtype + " tensor")
 	}
-	return f, scale, nil
+	return nil
 }
 
 // quote quotes s for an error message, cut to 64 bytes so that hostile names stay one

@@ -83,66 +83,107 @@ func (r rename) sameFile(path string, fi fs.FileInfo) bool {
 // finishes the renames. Either way the writers are finished: Commit and Abort on them are
 // errors or no-ops afterwards.
 func CommitGroup(journalPath string, ws ...*Writer) (err error) {
-	if len(ws) == 0 {
-		return fmt.Errorf("safetensors: %w: a group commit of no writers", ErrJournal)
-	}
-	for i, w := range ws {
-		if w == nil || slices.Contains(ws[:i], w) {
-			return fmt.Errorf("safetensors: %w: writer %d is nil or given twice", ErrJournal, i)
-		}
-		if j := slices.IndexFunc(ws[:i], func(v *Writer) bool { return sameDest(v.path, w.path) }); j >= 0 {
-			return fmt.Errorf("safetensors: %w: writers %d and %d both write %s", ErrJournal, j, i, w.path)
-		}
-	}
-	jabs, err := filepath.Abs(journalPath)
+	g, err := newGroupCommit(journalPath, ws)
 	if err != nil {
-		return fmt.Errorf("safetensors: journal %s: %w", journalPath, err)
+		return err
 	}
 	for _, w := range ws {
 		w.mu.Lock()
 		defer w.mu.Unlock()
 	}
-	committed := false
-	var j journal
-	defer func() {
-		for _, w := range ws {
-			if committed {
-				w.release() // a temporary file not renamed stays, pinned, for RecoverGroup
-			} else {
-				w.discard()
-			}
-			w.done = true
-		}
-		if !committed {
-			for _, r := range j.Renames {
-				os.Remove(r.From + pinSuffix)
-			}
-		}
-	}()
-	for _, w := range ws {
-		if w.done {
-			return w.closed()
-		}
+	defer g.finish()
+	if err := g.checkOpen(); err != nil {
+		return err
 	}
 	if err := RecoverGroup(journalPath); err != nil {
 		return err
 	}
-	j.Format = journalFormat
-	dirs := []string{}
-	for _, w := range ws {
-		if !w.synced {
-			if err := w.sync(); err != nil {
-				return err
-			}
+	if err := g.prepare(); err != nil {
+		return err
+	}
+	hook("synced")
+	if err := g.commit(); err != nil {
+		return err
+	}
+	hook("journal")
+	if err := g.publish(); err != nil {
+		return err
+	}
+	if err := removeJournal(g.jabs); err != nil {
+		return err
+	}
+	hook("done")
+	g.unpin()
+	return nil
+}
+
+// groupCommit is the state of one CommitGroup: its writers, the journal it builds and whether
+// the commit point was reached.
+type groupCommit struct {
+	journalPath string // as the caller gave it, for messages
+	jabs        string // absolute, for the journal file and the pins
+	ws          []*Writer
+	j           journal
+	committed   bool
+}
+
+// newGroupCommit checks the arguments of CommitGroup, before anything is done, and returns the
+// state of the commit.
+func newGroupCommit(journalPath string, ws []*Writer) (*groupCommit, error) {
+	if len(ws) == 0 {
+		return nil, fmt.Errorf("safetensors: %w: a group commit of no writers", ErrJournal)
+	}
+	for i, w := range ws {
+		if w == nil || slices.Contains(ws[:i], w) {
+			return nil, fmt.Errorf("safetensors: %w: writer %d is nil or given twice", ErrJournal, i)
 		}
-		r, err := w.journalEntry()
-		if err != nil {
+		if j := slices.IndexFunc(ws[:i], func(v *Writer) bool { return sameDest(v.path, w.path) }); j >= 0 {
+			return nil, fmt.Errorf("safetensors: %w: writers %d and %d both write %s", ErrJournal, j, i, w.path)
+		}
+	}
+	jabs, err := filepath.Abs(journalPath)
+	if err != nil {
+		return nil, fmt.Errorf("safetensors: journal %s: %w", journalPath, err)
+	}
+	return &groupCommit{journalPath: journalPath, jabs: jabs, ws: ws, j: journal{Format: journalFormat}}, nil
+}
+
+// finish runs when CommitGroup returns: every writer is finished, and before the commit point
+// the temporary files and the pins are removed.
+func (g *groupCommit) finish() {
+	for _, w := range g.ws {
+		if g.committed {
+			w.release() // a temporary file not renamed stays, pinned, for RecoverGroup
+		} else {
+			w.discard()
+		}
+		w.done = true
+	}
+	if !g.committed {
+		g.unpin()
+	}
+}
+
+// checkOpen refuses a writer that was already committed or aborted.
+func (g *groupCommit) checkOpen() error {
+	for _, w := range g.ws {
+		if w.done {
+			return w.closed()
+		}
+	}
+	return nil
+}
+
+// prepare does steps 1 and 2: every writer synced and pinned, its rename recorded in the
+// journal, then every directory involved synced.
+func (g *groupCommit) prepare() error {
+	for _, w := range g.ws {
+		if err := g.pin(w); err != nil {
 			return err
 		}
-		j.Renames = append(j.Renames, r)
-		if err := os.Symlink(jabs, w.tmp+pinSuffix); err != nil {
-			return fmt.Errorf("%s: pinning for the group commit: %w", w.path, err)
-		}
+	}
+	dirs := []string{}
+	for _, r := range g.j.Renames {
 		if d := filepath.Dir(r.From); !slices.Contains(dirs, d) {
 			dirs = append(dirs, d)
 		}
@@ -152,31 +193,64 @@ func CommitGroup(journalPath string, ws ...*Writer) (err error) {
 			return fmt.Errorf("safetensors: group commit: %w", err)
 		}
 	}
-	hook("synced")
-	if err := writeJournal(jabs, &j); err != nil {
+	return nil
+}
+
+// pin syncs w if it is not yet, records its rename in the journal and pins its temporary file.
+func (g *groupCommit) pin(w *Writer) error {
+	if !w.synced {
+		if err := w.sync(); err != nil {
+			return err
+		}
+	}
+	r, err := w.journalEntry()
+	if err != nil {
 		return err
 	}
-	committed = true
-	hook("journal")
-	for i, w := range ws {
+	g.j.Renames = append(g.j.Renames, r)
+	if err := os.Symlink(g.jabs, w.tmp+pinSuffix); err != nil {
+		return fmt.Errorf("%s: pinning for the group commit: %w", w.path, err)
+	}
+	return nil
+}
+
+// commit does step 3: it writes the journal, which is the commit point.
+func (g *groupCommit) commit() error {
+	if err := writeJournal(g.jabs, &g.j); err != nil {
+		return err
+	}
+	g.committed = true
+	return nil
+}
+
+// publish does step 4: every temporary file renamed over its destination, in order, each
+// followed by a sync of its directory.
+func (g *groupCommit) publish() error {
+	for i, w := range g.ws {
 		if err := os.Rename(w.tmp, w.path); err != nil {
-			return fmt.Errorf("%s: %w (journal %s is left for RecoverGroup)", w.path, err, journalPath)
+			return g.leftForRecovery(w, err)
 		}
 		w.tmp = ""
 		w.release()
 		if err := syncDir(filepath.Dir(w.path)); err != nil {
-			return fmt.Errorf("%s: %w (journal %s is left for RecoverGroup)", w.path, err, journalPath)
+			return g.leftForRecovery(w, err)
 		}
 		hook(fmt.Sprintf("renamed %d", i))
 	}
-	if err := removeJournal(jabs); err != nil {
-		return err
-	}
-	hook("done")
-	for _, r := range j.Renames {
+	return nil
+}
+
+// leftForRecovery is the error of w after the commit point: the journal stays for
+// RecoverGroup.
+func (g *groupCommit) leftForRecovery(w *Writer, err error) error {
+	return fmt.Errorf("%s: %w (journal %s is left for RecoverGroup)", w.path, err, g.journalPath)
+}
+
+// unpin removes the pins of the renames the journal records.
+func (g *groupCommit) unpin() {
+	for _, r := range g.j.Renames {
 		os.Remove(r.From + pinSuffix)
 	}
-	return nil
 }
 
 // journalEntry is the rename of a synced writer, as the journal records it.
