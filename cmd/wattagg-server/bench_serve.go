@@ -1,8 +1,8 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,11 +14,8 @@ import (
 )
 
 func newBenchServeCmd() *cobra.Command {
-	c := servebench.Config{Clients: 64, Params: 25_000_000, SmallClients: 1000, SmallParams: 1_000_000, SmallStreams: 64,
-		Kills: 20, CrashClients: 64, CrashParams: 1_000_000}
-	var dir, only string
-	var serverFlags []string
-	var asJSON bool
+	b := benchServe{c: servebench.Config{Clients: 64, Params: 25_000_000, SmallClients: 1000, SmallParams: 1_000_000, SmallStreams: 64,
+		Kills: 20, CrashClients: 64, CrashParams: 1_000_000}}
 	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Measure the server on loopback: ingest against TCP and disk floors, RSS, small clients, SIGKILL crashes",
@@ -39,66 +36,104 @@ func newBenchServeCmd() *cobra.Command {
 Run it alone (flock /tmp/wattagg-bench.lock wattagg bench serve): it needs about 7 GB of disk
 under --dir for the default ingest row.`,
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			exe, err := os.Executable()
-			if err != nil {
-				return err
-			}
-			if dir == "" {
-				if dir, err = os.MkdirTemp("", "wattagg-bench-serve-"); err != nil {
-					return err
-				}
-				defer os.RemoveAll(dir)
-			} else if err := os.MkdirAll(dir, 0o700); err != nil {
-				return err
-			}
-			logPath := filepath.Join(dir, "server.log")
-			logf, err := os.Create(logPath)
-			if err != nil {
-				return err
-			}
-			defer logf.Close()
-			c.Dir = dir
-			c.Start = func(cfgPath, addrFile string) (*exec.Cmd, error) {
-				args := append([]string{"serve", "--config", cfgPath, "--addr-file", addrFile}, serverFlags...)
-				sc := exec.Command(exe, args...)
-				sc.Stdout, sc.Stderr = logf, logf
-				return sc, sc.Start()
-			}
-			if only != "" {
-				c.Only = strings.Split(only, ",")
-			}
-			c.Log = func(format string, args ...any) { fmt.Fprintf(cmd.ErrOrStderr(), format+"\n", args...) }
-			res, err := servebench.Run(cmd.Context(), c)
-			if res != nil {
-				if asJSON {
-					enc := json.NewEncoder(cmd.OutOrStdout())
-					enc.SetIndent("", "  ")
-					_ = enc.Encode(res)
-				} else {
-					res.Print(cmd.OutOrStdout())
-				}
-			}
-			if err != nil {
-				return fmt.Errorf("%w (server log: %s)", err, logPath)
-			}
-			return nil
-		},
+		RunE: func(cmd *cobra.Command, _ []string) error { return b.run(cmd) },
 	}
-	f := cmd.Flags()
-	f.StringVar(&dir, "dir", "", "scratch directory (default: a temporary directory, removed after)")
-	f.IntVar(&c.WeightMax, "weight-max", 0, "ingest: weigh the HTTP clients by example counts spread over [1, N] instead of 1 each (exact sums grow with the weights: the RSS row shows what the running sums then hold)")
-	f.StringVar(&c.Sum, "sum", "", "round.sum of the server's rounds: auto (the server's default: exact for fedavg), exact, float, or one-limb (exact, round.exact {bound 16, max_weight 2^20, one_limb}: an 8-byte accumulator)")
-	f.StringArrayVar(&serverFlags, "server-flag", nil, "a flag for the server under test, repeatable (--server-flag=--gc-headroom=0 --server-flag=--procs=2): its settings compared in one binary")
-	f.StringVar(&only, "only", "", "comma-separated rows to run: ingest, flight, small, crash (default: all)")
-	f.BoolVar(&asJSON, "json", false, "print the rows as JSON")
-	f.IntVar(&c.Clients, "clients", c.Clients, "ingest: concurrent clients")
-	f.IntVar(&c.Params, "params", c.Params, "ingest: f32 parameters per update")
-	f.IntVar(&c.SmallClients, "small-clients", c.SmallClients, "small: clients")
-	f.IntVar(&c.SmallParams, "small-params", c.SmallParams, "small: f32 parameters per update")
-	f.IntVar(&c.SmallStreams, "small-streams", c.SmallStreams, "small: clients pushing at once")
-	f.IntVar(&c.Kills, "kills", c.Kills, "crash: SIGKILLs")
-	f.IntVar(&c.CrashClients, "crash-clients", c.CrashClients, "crash: clients in the round")
-	f.IntVar(&c.CrashParams, "crash-params", c.CrashParams, "crash: f32 parameters per update")
+	b.register(cmd)
 	return cmd
+}
+
+// benchServe is bench serve: the benchmark's configuration, which most flags set, and the
+// flags beside it.
+type benchServe struct {
+	c           servebench.Config
+	dir, only   string
+	serverFlags []string
+	asJSON      bool
+}
+
+// register adds bench serve's flags to cmd, the configuration's defaults theirs.
+func (b *benchServe) register(cmd *cobra.Command) {
+	f := cmd.Flags()
+	f.StringVar(&b.dir, "dir", "", "scratch directory (default: a temporary directory, removed after)")
+	f.IntVar(&b.c.WeightMax, "weight-max", 0, "ingest: weigh the HTTP clients by example counts spread over [1, N] instead of 1 each (exact sums grow with the weights: the RSS row shows what the running sums then hold)")
+	f.StringVar(&b.c.Sum, "sum", "", "round.sum of the server's rounds: auto (the server's default: exact for fedavg), exact, float, or one-limb (exact, round.exact {bound 16, max_weight 2^20, one_limb}: an 8-byte accumulator)")
+	f.StringArrayVar(&b.serverFlags, "server-flag", nil, "a flag for the server under test, repeatable (--server-flag=--gc-headroom=0 --server-flag=--procs=2): its settings compared in one binary")
+	f.StringVar(&b.only, "only", "", "comma-separated rows to run: ingest, flight, small, crash (default: all)")
+	f.BoolVar(&b.asJSON, "json", false, "print the rows as JSON")
+	f.IntVar(&b.c.Clients, "clients", b.c.Clients, "ingest: concurrent clients")
+	f.IntVar(&b.c.Params, "params", b.c.Params, "ingest: f32 parameters per update")
+	f.IntVar(&b.c.SmallClients, "small-clients", b.c.SmallClients, "small: clients")
+	f.IntVar(&b.c.SmallParams, "small-params", b.c.SmallParams, "small: f32 parameters per update")
+	f.IntVar(&b.c.SmallStreams, "small-streams", b.c.SmallStreams, "small: clients pushing at once")
+	f.IntVar(&b.c.Kills, "kills", b.c.Kills, "crash: SIGKILLs")
+	f.IntVar(&b.c.CrashClients, "crash-clients", b.c.CrashClients, "crash: clients in the round")
+	f.IntVar(&b.c.CrashParams, "crash-params", b.c.CrashParams, "crash: f32 parameters per update")
+}
+
+// run is bench serve: it makes the scratch directory and the server's log in it, runs the rows
+// and prints what they measured, even when one failed.
+func (b *benchServe) run(cmd *cobra.Command) error {
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	remove, err := b.scratchDir()
+	if err != nil {
+		return err
+	}
+	defer remove()
+	logPath := filepath.Join(b.dir, "server.log")
+	logf, err := os.Create(logPath)
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	b.configure(cmd, exe, logf)
+	res, err := servebench.Run(cmd.Context(), b.c)
+	if res != nil {
+		b.print(cmd.OutOrStdout(), res)
+	}
+	if err != nil {
+		return fmt.Errorf("%w (server log: %s)", err, logPath)
+	}
+	return nil
+}
+
+// scratchDir makes --dir, or a temporary directory (then --dir's value) when it is unset;
+// remove deletes the temporary one, and leaves a --dir given.
+func (b *benchServe) scratchDir() (remove func(), err error) {
+	if b.dir == "" {
+		if b.dir, err = os.MkdirTemp("", "wattagg-bench-serve-"); err != nil {
+			return nil, err
+		}
+		dir := b.dir
+		return func() { os.RemoveAll(dir) }, nil
+	}
+	return func() {}, os.MkdirAll(b.dir, 0o700)
+}
+
+// configure completes the benchmark's configuration: the scratch directory, a Start that
+// runs this binary (exe) as the server, its output into logf, the rows of --only, and
+// progress on the command's stderr.
+func (b *benchServe) configure(cmd *cobra.Command, exe string, logf *os.File) {
+	b.c.Dir = b.dir
+	b.c.Start = func(cfgPath, addrFile string) (*exec.Cmd, error) {
+		args := append([]string{"serve", "--config", cfgPath, "--addr-file", addrFile}, b.serverFlags...)
+		sc := exec.Command(exe, args...)
+		sc.Stdout, sc.Stderr = logf, logf
+		return sc, sc.Start()
+	}
+	if b.only != "" {
+		b.c.Only = strings.Split(b.only, ",")
+	}
+	b.c.Log = func(format string, args ...any) { fmt.Fprintf(cmd.ErrOrStderr(), format+"\n", args...) }
+}
+
+// print writes the rows of res to w: as indented JSON with --json, else as a table.
+func (b *benchServe) print(w io.Writer, res *servebench.Result) {
+	if b.asJSON {
+		_ = printJSON(w, res)
+	} else {
+		res.Print(w)
+	}
 }

@@ -25,10 +25,7 @@ import (
 )
 
 func newServeCmd() *cobra.Command {
-	var cfgPath, addrFile string
-	var grace time.Duration
-	var noMeters bool
-	var procs, gcHeadroom int
+	var f serveFlags
 	cmd := &cobra.Command{
 		Use:   "serve --config FILE",
 		Short: "Run the aggregation server: clients push updates over HTTP, rounds close into models",
@@ -78,60 +75,130 @@ GET /v1/rounds/{n}, POST /v1/rounds/{n}/close, POST /v1/rounds and PUT /v1/round
 (admin), GET /metrics,
 GET / (status page), GET /healthz. SIGINT or SIGTERM stops the server gracefully.`,
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if cfgPath == "" {
-				return usagef("serve needs --config FILE (see wattagg serve --help)")
-			}
-			cfg, err := server.LoadConfig(cfgPath)
-			if err != nil {
-				return err
-			}
-			level := slog.LevelInfo
-			if err := level.UnmarshalText([]byte(cmp.Or(cfg.LogLevel, "info"))); err != nil {
-				return fmt.Errorf("%w: log_level %q", server.ErrConfig, cfg.LogLevel)
-			}
-			logger := slog.New(slog.NewJSONHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: level}))
-			if procs < 0 {
-				return usagef("--procs %d: want a positive number of threads, or 0 for the default", procs)
-			}
-			cpus := schedulerProcs(procs)
-			cpu, err := device.NewCPU(device.WithWorkers(cpus))
-			if err != nil {
-				return err
-			}
-			if gcHeadroom < 0 {
-				return usagef("--gc-headroom %d: want MiB of garbage, or 0 for Go's own pacing", gcHeadroom)
-			}
-			defer headroom.Keep(uint64(gcHeadroom) << 20)()
-			logger.Info("scheduler", "gomaxprocs", runtime.GOMAXPROCS(0), "kernel_workers", cpus, "gc_headroom_mib", gcHeadroom,
-				"gomemlimit_env", os.Getenv("GOMEMLIMIT") != "")
-			opts := []server.Option{server.WithLogger(logger), server.WithEngineOptions(aggregate.WithDevices(cpu))}
-			if !noMeters {
-				inv, err := energy.Discover()
-				if err != nil {
-					return err
-				}
-				defer inv.Close()
-				opts = append(opts, server.WithMeters(inv.Meters()...))
-				logger.Info("energy meters", "rapl", inv.RAPL.Detail, "nvml", inv.NVML.Detail, "cpu_estimate", inv.CPUEstimate)
-			}
-			return server.ListenAndServe(cmd.Context(), cfg, grace, func(a, flight net.Addr) {
-				if addrFile != "" {
-					if err := writeAddrFile(addrFile, a, flight); err != nil {
-						logger.Error("writing --addr-file", "err", err)
-					}
-				}
-			}, opts...)
-		},
+		RunE: func(cmd *cobra.Command, _ []string) error { return f.run(cmd) },
 	}
-	cmd.Flags().StringVar(&cfgPath, "config", "", "the server's JSON configuration file")
-	cmd.Flags().StringVar(&addrFile, "addr-file", "", "write the addresses the server listens on to this file once it serves, HTTP then Flight, one a line (for ports :0)")
-	cmd.Flags().DurationVar(&grace, "grace", 30*time.Second, "on SIGTERM, how long requests in progress may take to finish")
-	cmd.Flags().BoolVar(&noMeters, "no-meters", false, "do not meter rounds (reports say why joules are null)")
-	cmd.Flags().IntVar(&procs, "procs", 0, fmt.Sprintf("Go scheduler threads (GOMAXPROCS); 0: %d × the CPUs, unless the GOMAXPROCS environment variable is set. Kernels keep one worker per CPU", procsPerCPU))
-	cmd.Flags().IntVar(&gcHeadroom, "gc-headroom", defaultGCHeadroom, "MiB of garbage the Go collector may leave before it runs, whatever the size of the live heap (a soft memory limit kept at live + this after each collection; 0: Go's own pacing, which lets garbage grow as large as the live heap, the round's sums included; a GOMEMLIMIT in the environment wins)")
+	f.register(cmd)
 	cmd.AddCommand(newHashTokenCmd())
 	return cmd
+}
+
+// serveFlags are serve's flags.
+type serveFlags struct {
+	cfgPath, addrFile string
+	grace             time.Duration
+	noMeters          bool
+	procs, gcHeadroom int
+}
+
+// register adds serve's flags to cmd.
+func (f *serveFlags) register(cmd *cobra.Command) {
+	cmd.Flags().StringVar(&f.cfgPath, "config", "", "the server's JSON configuration file")
+	cmd.Flags().StringVar(&f.addrFile, "addr-file", "", "write the addresses the server listens on to this file once it serves, HTTP then Flight, one a line (for ports :0)")
+	cmd.Flags().DurationVar(&f.grace, "grace", 30*time.Second, "on SIGTERM, how long requests in progress may take to finish")
+	cmd.Flags().BoolVar(&f.noMeters, "no-meters", false, "do not meter rounds (reports say why joules are null)")
+	cmd.Flags().IntVar(&f.procs, "procs", 0, fmt.Sprintf("Go scheduler threads (GOMAXPROCS); 0: %d × the CPUs, unless the GOMAXPROCS environment variable is set. Kernels keep one worker per CPU", procsPerCPU))
+	cmd.Flags().IntVar(&f.gcHeadroom, "gc-headroom", defaultGCHeadroom, "MiB of garbage the Go collector may leave before it runs, whatever the size of the live heap (a soft memory limit kept at live + this after each collection; 0: Go's own pacing, which lets garbage grow as large as the live heap, the round's sums included; a GOMEMLIMIT in the environment wins)")
+}
+
+// run is serve: it loads the configuration, sets up the logger, the scheduler, the collector's
+// headroom and the meters, and serves until the command's context ends.
+func (f *serveFlags) run(cmd *cobra.Command) error {
+	cfg, err := f.loadConfig()
+	if err != nil {
+		return err
+	}
+	logger, err := newServerLogger(cmd.ErrOrStderr(), cfg.LogLevel)
+	if err != nil {
+		return err
+	}
+	cpus, cpu, err := f.kernelCPU()
+	if err != nil {
+		return err
+	}
+	stop, err := f.keepHeadroom()
+	if err != nil {
+		return err
+	}
+	defer stop()
+	f.logScheduler(logger, cpus)
+	opts := []server.Option{server.WithLogger(logger), server.WithEngineOptions(aggregate.WithDevices(cpu))}
+	if !f.noMeters {
+		inv, err := discoverMeters(logger)
+		if err != nil {
+			return err
+		}
+		defer inv.Close()
+		opts = append(opts, server.WithMeters(inv.Meters()...))
+	}
+	return server.ListenAndServe(cmd.Context(), cfg, f.grace, f.publishAddrs(logger), opts...)
+}
+
+// loadConfig reads the configuration file of --config, which serve needs.
+func (f *serveFlags) loadConfig() (*server.Config, error) {
+	if f.cfgPath == "" {
+		return nil, usagef("serve needs --config FILE (see wattagg serve --help)")
+	}
+	return server.LoadConfig(f.cfgPath)
+}
+
+// newServerLogger is the server's JSON logger on w, at the configuration's log_level (info
+// when unset).
+func newServerLogger(w io.Writer, logLevel string) (*slog.Logger, error) {
+	level := slog.LevelInfo
+	if err := level.UnmarshalText([]byte(cmp.Or(logLevel, "info"))); err != nil {
+		return nil, fmt.Errorf("%w: log_level %q", server.ErrConfig, logLevel)
+	}
+	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: level})), nil
+}
+
+// kernelCPU sets the scheduler's threads as --procs says (schedulerProcs) and makes the
+// kernels' CPU device, one worker per CPU; cpus is that number of workers.
+func (f *serveFlags) kernelCPU() (cpus int, cpu *device.CPU, err error) {
+	if f.procs < 0 {
+		return 0, nil, usagef("--procs %d: want a positive number of threads, or 0 for the default", f.procs)
+	}
+	cpus = schedulerProcs(f.procs)
+	cpu, err = device.NewCPU(device.WithWorkers(cpus))
+	return cpus, cpu, err
+}
+
+// keepHeadroom keeps --gc-headroom MiB of garbage for the collector (headroom.Keep) and
+// returns what stops it.
+func (f *serveFlags) keepHeadroom() (stop func(), err error) {
+	if f.gcHeadroom < 0 {
+		return nil, usagef("--gc-headroom %d: want MiB of garbage, or 0 for Go's own pacing", f.gcHeadroom)
+	}
+	return headroom.Keep(uint64(f.gcHeadroom) << 20), nil
+}
+
+// logScheduler logs the scheduler's settings: its threads, the kernels' cpus workers and the
+// collector's headroom.
+func (f *serveFlags) logScheduler(logger *slog.Logger, cpus int) {
+	logger.Info("scheduler", "gomaxprocs", runtime.GOMAXPROCS(0), "kernel_workers", cpus, "gc_headroom_mib", f.gcHeadroom,
+		"gomemlimit_env", os.Getenv("GOMEMLIMIT") != "")
+}
+
+// discoverMeters finds the host's energy meters and logs what it found; the caller closes the
+// inventory once the server is done.
+func discoverMeters(logger *slog.Logger) (*energy.Inventory, error) {
+	inv, err := energy.Discover()
+	if err != nil {
+		return nil, err
+	}
+	logger.Info("energy meters", "rapl", inv.RAPL.Detail, "nvml", inv.NVML.Detail, "cpu_estimate", inv.CPUEstimate)
+	return inv, nil
+}
+
+// publishAddrs is what the server calls once it serves: it writes the addresses to --addr-file,
+// when set, and logs an error it could not.
+func (f *serveFlags) publishAddrs(logger *slog.Logger) func(a, flight net.Addr) {
+	return func(a, flight net.Addr) {
+		if f.addrFile != "" {
+			if err := writeAddrFile(f.addrFile, a, flight); err != nil {
+				logger.Error("writing --addr-file", "err", err)
+			}
+		}
+	}
 }
 
 // defaultGCHeadroom is --gc-headroom's default, in MiB. A round's running sums are one large live
