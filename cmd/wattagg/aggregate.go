@@ -20,6 +20,7 @@ import (
 	"github.com/wattagg/wattagg/aggregate"
 	"github.com/wattagg/wattagg/device"
 	"github.com/wattagg/wattagg/internal/cli"
+	"github.com/wattagg/wattagg/sched"
 	"github.com/wattagg/wattagg/tensor"
 	"github.com/wattagg/wattagg/tensor/safetensors"
 )
@@ -112,72 +113,137 @@ where its sums stay within 2^62 grid units (|mean| × total weight < 2^17 at the
 	return cmd
 }
 
+// runAggregate checks the flags and the inputs, opens the devices and their meters, runs the
+// round and prints its report.
 func runAggregate(ctx context.Context, stdout, stderr io.Writer, f aggregateFlags, args []string) error {
-	rule, ruleOpts, err := buildRule(f.rule)
+	r, err := newAggregateRun(f, args)
 	if err != nil {
 		return err
 	}
-	opts, err := aggregateOptions(f)
-	if err != nil {
-		return err
-	}
-	opts = append(opts, ruleOpts...)
-	planOpts, err := f.plan.options()
-	if err != nil {
-		return err
-	}
-	if err := f.energy.validate(); err != nil {
-		return err
-	}
-	readMode, err := safetensors.ParseReadMode(f.read)
-	if err != nil {
-		return usagef("--read: %v", err)
-	}
-	readOpts := []safetensors.Option{safetensors.WithReadMode(readMode)}
-	paths, err := expandInputs(args)
-	if err != nil {
-		return err
-	}
-	if err := checkDistinct(f.output, paths); err != nil {
-		return err
-	}
-	weights, err := parseWeights(f.weights, len(paths))
-	if err != nil {
-		return err
-	}
-	// Devices, meters and (for a batch) the planner with its profile.
-	cpu, err := device.NewCPU(device.WithWorkers(f.workers))
-	if err != nil {
-		return err
-	}
-	// The planner places a batch over the calibrated devices (--device auto) or predicts and
-	// paces the one named; a named device that could not be calibrated runs unplanned.
-	en, err := openEnergyRun(ctx, stderr, f.energy, cpu, f.device, planOpts, !f.stream, f.progress)
+	en, err := r.openDevices(ctx, stderr)
 	if err != nil {
 		return err
 	}
 	defer en.close()
-	if readMode == safetensors.ReadAuto {
-		readOpts = append(readOpts, safetensors.WithLargeFolioRead(en.largeFolioRead(f.energy)))
-	}
-	opts = append(opts, en.options(f.device)...)
-	bar := cli.NewProgress(stderr, f.progress, "aggregating")
-	if bar != nil {
-		opts = append(opts, aggregate.WithProgress(bar.Set))
-		defer bar.Finish()
-	}
-	var rep *aggregate.Report
-	if f.stream {
-		rep, err = streamFiles(ctx, f, rule, paths, weights, opts, readOpts)
-	} else {
-		rep, err = batchFiles(ctx, f.output, rule, paths, weights, opts, readOpts)
-	}
+	r.useEnergyRun(en)
+	bar := r.progressBar(stderr)
+	defer bar.Finish()
+	rep, err := r.run(ctx)
 	if err != nil {
 		return err
 	}
 	en.learn(stderr, rep)
 	bar.Finish()
-	if f.json {
+	return r.print(stdout, rep)
+}
+
+// aggregateRun is one run of aggregate: its flags, the rule, the options of the round, the
+// planner and the reader, and the inputs with their weights.
+type aggregateRun struct {
+	f        aggregateFlags
+	rule     aggregate.Rule
+	opts     []aggregate.Option
+	planOpts []sched.Option
+	readMode safetensors.ReadMode
+	readOpts []safetensors.Option
+	paths    []string
+	weights  []float64
+}
+
+// newAggregateRun checks the flags and the inputs, before any device is opened.
+func newAggregateRun(f aggregateFlags, args []string) (*aggregateRun, error) {
+	r := &aggregateRun{f: f}
+	if err := r.parseFlags(); err != nil {
+		return nil, err
+	}
+	if err := r.listInputs(args); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// parseFlags builds the rule and the options of the round, the planner and the reader from
+// the flags.
+func (r *aggregateRun) parseFlags() error {
+	rule, ruleOpts, err := buildRule(r.f.rule)
+	if err != nil {
+		return err
+	}
+	opts, err := aggregateOptions(r.f)
+	if err != nil {
+		return err
+	}
+	r.rule, r.opts = rule, append(opts, ruleOpts...)
+	if r.planOpts, err = r.f.plan.options(); err != nil {
+		return err
+	}
+	if err := r.f.energy.validate(); err != nil {
+		return err
+	}
+	if r.readMode, err = safetensors.ParseReadMode(r.f.read); err != nil {
+		return usagef("--read: %v", err)
+	}
+	r.readOpts = []safetensors.Option{safetensors.WithReadMode(r.readMode)}
+	return nil
+}
+
+// listInputs lists the input files (directories expanded), refuses one given twice or given as
+// the output, and reads --weights.
+func (r *aggregateRun) listInputs(args []string) error {
+	var err error
+	if r.paths, err = expandInputs(args); err != nil {
+		return err
+	}
+	if err := checkDistinct(r.f.output, r.paths); err != nil {
+		return err
+	}
+	r.weights, err = parseWeights(r.f.weights, len(r.paths))
+	return err
+}
+
+// openDevices makes the CPU device with --workers goroutines and opens the energy run around
+// it; the caller closes the energy run.
+func (r *aggregateRun) openDevices(ctx context.Context, stderr io.Writer) (*energyRun, error) {
+	// Devices, meters and (for a batch) the planner with its profile.
+	cpu, err := device.NewCPU(device.WithWorkers(r.f.workers))
+	if err != nil {
+		return nil, err
+	}
+	// The planner places a batch over the calibrated devices (--device auto) or predicts and
+	// paces the one named; a named device that could not be calibrated runs unplanned.
+	return openEnergyRun(ctx, stderr, r.f.energy, cpu, r.f.device, r.planOpts, !r.f.stream, r.f.progress)
+}
+
+// useEnergyRun adds the devices, the planner and the meters of en to the round's options and,
+// with --read auto, how en reads files cached in large folios to the reader's.
+func (r *aggregateRun) useEnergyRun(en *energyRun) {
+	if r.readMode == safetensors.ReadAuto {
+		r.readOpts = append(r.readOpts, safetensors.WithLargeFolioRead(en.largeFolioRead(r.f.energy)))
+	}
+	r.opts = append(r.opts, en.options(r.f.device)...)
+}
+
+// progressBar returns the progress bar on stderr that --progress asks for (nil for none), and
+// has the round report to it.
+func (r *aggregateRun) progressBar(stderr io.Writer) *cli.Progress {
+	bar := cli.NewProgress(stderr, r.f.progress, "aggregating")
+	if bar != nil {
+		r.opts = append(r.opts, aggregate.WithProgress(bar.Set))
+	}
+	return bar
+}
+
+// run aggregates the inputs: as a server receives them with --stream, else all at once.
+func (r *aggregateRun) run(ctx context.Context) (*aggregate.Report, error) {
+	if r.f.stream {
+		return streamFiles(ctx, r.f, r.rule, r.paths, r.weights, r.opts, r.readOpts)
+	}
+	return batchFiles(ctx, r.f.output, r.rule, r.paths, r.weights, r.opts, r.readOpts)
+}
+
+// print prints the report on stdout: as one JSON object with --json, else as text.
+func (r *aggregateRun) print(stdout io.Writer, rep *aggregate.Report) error {
+	if r.f.json {
 		enc := json.NewEncoder(stdout)
 		return enc.Encode(rep)
 	}

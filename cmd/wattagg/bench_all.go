@@ -16,6 +16,7 @@ import (
 
 	"github.com/wattagg/wattagg/bench"
 	"github.com/wattagg/wattagg/device"
+	"github.com/wattagg/wattagg/sched"
 	"github.com/wattagg/wattagg/tensor"
 )
 
@@ -23,11 +24,16 @@ import (
 // reader meets them before the figures they bound.
 var benchSuiteNames = []string{"floor", "mean", "e2e", "stream", "robust", "energy"}
 
+// benchAllFlags are the flags of `bench all`.
+type benchAllFlags struct {
+	quick                                    bool
+	out, dir, suites, progressMode, floorSrc string
+	workers                                  int
+	ef                                       energyFlags
+}
+
 func newBenchAllCmd() *cobra.Command {
-	var quick bool
-	var out, dir, suites, progressMode, floorSrc string
-	var workers int
-	var ef energyFlags
+	var f benchAllFlags
 	cmd := &cobra.Command{
 		Use:   "all",
 		Short: "Run every suite and write one folder: JSON, Markdown and PNG reports, and index.md",
@@ -53,76 +59,130 @@ skews the figures: run it on an idle machine. A suite that fails is named in ind
 others still run (exit status 1).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if workers < 1 {
-				return usagef("--workers %d: want at least 1", workers)
-			}
-			if err := checkProgressFlag(progressMode); err != nil {
-				return err
-			}
-			names, err := parseSuites(suites)
-			if err != nil {
-				return err
-			}
-			if out == "" {
-				out = "wattagg-bench-" + time.Now().Format("20060102-150405")
-			}
-			cpu, err := device.NewCPU(device.WithWorkers(workers))
-			if err != nil {
-				return usagef("--workers: %v", err)
-			}
-			m, err := ef.openMachine(cpu)
-			if err != nil {
-				return err
-			}
-			defer m.Close()
-			profile, err := ef.profilePath()
-			if err != nil {
-				return err
-			}
-			if dir == "" {
-				if dir, err = os.MkdirTemp("", "wattagg-bench-all-"); err != nil {
-					return err
-				}
-				defer os.RemoveAll(dir) // gigabytes of inputs
-			}
-			if err := os.MkdirAll(out, 0o755); err != nil {
-				return err
-			}
-			p := presetFor(quick)
-			env := &benchEnv{ctx: cmd.Context(), stdout: cmd.OutOrStdout(), stderr: cmd.ErrOrStderr(),
-				cpu: cpu, machine: bench.DescribeMachine(cpu), preset: p, quick: quick}
-			describeMeters(&env.machine, m)
-			sweep := p.sweep
-			all := map[string]benchSuite{
-				"floor": floorSuite{mib: p.floorMiB, writeMiB: p.writeMiB, dir: dir},
-				"mean": meanSuite{clients: p.meanClients, params: p.meanParams, runs: p.meanRuns,
-					dtypes: []tensor.DType{tensor.F32, tensor.BF16}, sweep: &sweep, sweepRuns: p.meanSweepRuns},
-				"e2e": e2eSuite{cfg: bench.E2EConfig{Dir: filepath.Join(dir, "e2e"), Clients: p.e2eClients,
-					Params: p.e2eParams, Runs: p.e2eRuns, FloorSrc: floorSrc}},
-				"stream": streamSuite{cfg: bench.RSSConfig{Dir: filepath.Join(dir, "stream"), Clients: p.streamClients,
-					Params: p.streamParams}},
-				"robust": robustSuite{clients: p.robustClients, params: p.robustParams, runs: p.robustRuns,
-					sweep: &sweep, sweepRuns: p.robustSweepRuns},
-				"energy": energySuite{cfg: bench.EnergyConfig{Clients: p.energyClients, Params: p.energyParams,
-					DType: tensor.F32, Runs: p.energyRuns}, machine: m, profilePath: profile, progressMode: progressMode},
-			}
-			var run []benchSuite
-			for _, n := range names {
-				run = append(run, all[n])
-			}
-			return runBenchAll(env, run, out, progressMode, benchCommandLine(cmd))
+			return f.run(cmd)
 		},
 	}
-	fl := cmd.Flags()
-	fl.BoolVar(&quick, "quick", false, "smaller sweeps and fewer runs: about a minute on 2 cores instead of five")
-	fl.StringVar(&out, "out", "", "the folder to write (default ./wattagg-bench-DATE-TIME)")
-	fl.StringVar(&dir, "dir", "", "working directory for the input files of e2e and stream (default: a temporary one, removed)")
-	fl.StringVar(&suites, "suites", strings.Join(benchSuiteNames, ","), "the suites to run, comma-separated")
-	fl.StringVar(&floorSrc, "floor-src", "", "path of e2efloor.c (default: ../shared/floors/e2efloor.c)")
-	fl.IntVar(&workers, "workers", runtime.GOMAXPROCS(0), "goroutines of the CPU device")
-	fl.StringVar(&progressMode, "progress", "auto", "progress bars on stderr: auto (when a terminal), always, never")
-	ef.register(fl)
+	f.register(cmd.Flags())
 	return cmd
+}
+
+// register adds the flags of `bench all` to fl.
+func (f *benchAllFlags) register(fl *pflag.FlagSet) {
+	fl.BoolVar(&f.quick, "quick", false, "smaller sweeps and fewer runs: about a minute on 2 cores instead of five")
+	fl.StringVar(&f.out, "out", "", "the folder to write (default ./wattagg-bench-DATE-TIME)")
+	fl.StringVar(&f.dir, "dir", "", "working directory for the input files of e2e and stream (default: a temporary one, removed)")
+	fl.StringVar(&f.suites, "suites", strings.Join(benchSuiteNames, ","), "the suites to run, comma-separated")
+	fl.StringVar(&f.floorSrc, "floor-src", "", "path of e2efloor.c (default: ../shared/floors/e2efloor.c)")
+	fl.IntVar(&f.workers, "workers", runtime.GOMAXPROCS(0), "goroutines of the CPU device")
+	fl.StringVar(&f.progressMode, "progress", "auto", "progress bars on stderr: auto (when a terminal), always, never")
+	f.ef.register(fl)
+}
+
+// run runs the suites --suites names on this machine into the folder --out, and writes its
+// index.md.
+func (f *benchAllFlags) run(cmd *cobra.Command) error {
+	names, err := f.check()
+	if err != nil {
+		return err
+	}
+	if f.out == "" {
+		f.out = "wattagg-bench-" + time.Now().Format("20060102-150405")
+	}
+	cpu, m, err := f.openMachine()
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+	profile, err := f.ef.profilePath()
+	if err != nil {
+		return err
+	}
+	removeDir, err := f.workDir()
+	if err != nil {
+		return err
+	}
+	defer removeDir()
+	if err := os.MkdirAll(f.out, 0o755); err != nil {
+		return err
+	}
+	env := f.env(cmd, cpu, m)
+	suites := selectSuites(f.allSuites(env.preset, m, profile), names)
+	return runBenchAll(env, suites, f.out, f.progressMode, benchCommandLine(cmd))
+}
+
+// check refuses a bad --workers or --progress and returns the suites --suites names, in order.
+func (f *benchAllFlags) check() ([]string, error) {
+	if f.workers < 1 {
+		return nil, usagef("--workers %d: want at least 1", f.workers)
+	}
+	if err := checkProgressFlag(f.progressMode); err != nil {
+		return nil, err
+	}
+	return parseSuites(f.suites)
+}
+
+// openMachine makes the CPU device with --workers goroutines and discovers the machine's
+// devices and energy meters around it; the caller closes the machine.
+func (f *benchAllFlags) openMachine() (*device.CPU, *sched.Machine, error) {
+	cpu, err := device.NewCPU(device.WithWorkers(f.workers))
+	if err != nil {
+		return nil, nil, usagef("--workers: %v", err)
+	}
+	m, err := f.ef.openMachine(cpu)
+	if err != nil {
+		return nil, nil, err
+	}
+	return cpu, m, nil
+}
+
+// workDir makes a temporary working directory where --dir is not given, and returns what
+// removes it (nothing, for a --dir of the user's).
+func (f *benchAllFlags) workDir() (remove func(), err error) {
+	if f.dir != "" {
+		return func() {}, nil
+	}
+	if f.dir, err = os.MkdirTemp("", "wattagg-bench-all-"); err != nil {
+		return nil, err
+	}
+	dir := f.dir
+	return func() { os.RemoveAll(dir) }, nil // gigabytes of inputs
+}
+
+// env is what every suite runs with: the command's streams, the CPU device, the machine with
+// its meters, and the sizes of a quick or full run.
+func (f *benchAllFlags) env(cmd *cobra.Command, cpu *device.CPU, m *sched.Machine) *benchEnv {
+	env := &benchEnv{ctx: cmd.Context(), stdout: cmd.OutOrStdout(), stderr: cmd.ErrOrStderr(),
+		cpu: cpu, machine: bench.DescribeMachine(cpu), preset: presetFor(f.quick), quick: f.quick}
+	describeMeters(&env.machine, m)
+	return env
+}
+
+// allSuites are every suite of `bench all` by name, sized by p; the energy suite meters m and
+// plans with the profile kept at profile.
+func (f *benchAllFlags) allSuites(p benchPreset, m *sched.Machine, profile string) map[string]benchSuite {
+	sweep := p.sweep
+	return map[string]benchSuite{
+		"floor": floorSuite{mib: p.floorMiB, writeMiB: p.writeMiB, dir: f.dir},
+		"mean": meanSuite{clients: p.meanClients, params: p.meanParams, runs: p.meanRuns,
+			dtypes: []tensor.DType{tensor.F32, tensor.BF16}, sweep: &sweep, sweepRuns: p.meanSweepRuns},
+		"e2e": e2eSuite{cfg: bench.E2EConfig{Dir: filepath.Join(f.dir, "e2e"), Clients: p.e2eClients,
+			Params: p.e2eParams, Runs: p.e2eRuns, FloorSrc: f.floorSrc}},
+		"stream": streamSuite{cfg: bench.RSSConfig{Dir: filepath.Join(f.dir, "stream"), Clients: p.streamClients,
+			Params: p.streamParams}},
+		"robust": robustSuite{clients: p.robustClients, params: p.robustParams, runs: p.robustRuns,
+			sweep: &sweep, sweepRuns: p.robustSweepRuns},
+		"energy": energySuite{cfg: bench.EnergyConfig{Clients: p.energyClients, Params: p.energyParams,
+			DType: tensor.F32, Runs: p.energyRuns}, machine: m, profilePath: profile, progressMode: f.progressMode},
+	}
+}
+
+// selectSuites returns the suites of all that names lists, in its order.
+func selectSuites(all map[string]benchSuite, names []string) []benchSuite {
+	var run []benchSuite
+	for _, n := range names {
+		run = append(run, all[n])
+	}
+	return run
 }
 
 func parseSuites(list string) ([]string, error) {

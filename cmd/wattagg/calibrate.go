@@ -9,17 +9,23 @@ import (
 	"runtime"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/wattagg/wattagg/bench"
 	"github.com/wattagg/wattagg/device"
 	"github.com/wattagg/wattagg/sched"
 )
 
+// calibrateFlags are the flags of calibrate.
+type calibrateFlags struct {
+	ef                    energyFlags
+	quick, asJSON         bool
+	workers               int
+	progressMode, readDir string
+}
+
 func newCalibrateCmd() *cobra.Command {
-	var ef energyFlags
-	var quick, asJSON bool
-	var workers int
-	var progressMode, readDir string
+	var f calibrateFlags
 	cmd := &cobra.Command{
 		Use:   "calibrate",
 		Short: "Measure each device's speed and joules per op class, for the planner",
@@ -37,60 +43,114 @@ plans with it and corrects it as rounds are measured.
 A full calibration takes about ` + fmt.Sprintf("%.0f", (sched.FullIdle+2*sched.FullWindow).Seconds()*1.5) + ` s per device; --quick takes about a second.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if workers < 1 {
-				return usagef("--workers %d: want at least 1", workers)
-			}
-			cpu, err := device.NewCPU(device.WithWorkers(workers))
-			if err != nil {
-				return err
-			}
-			m, err := ef.openMachine(cpu)
-			if err != nil {
-				return err
-			}
-			defer m.Close()
-			path, err := ef.profilePath()
-			if err != nil {
-				return err
-			}
-			bar := newStepBar(cmd.ErrOrStderr(), progressMode, "calibrating")
-			opts := []sched.Option{sched.WithOtherMeters(m.Others()...), sched.WithProgress(bar.step)}
-			if quick {
-				opts = append(opts, sched.WithQuick())
-			}
-			p, err := sched.Calibrate(cmd.Context(), m.Targets(), opts...)
-			bar.finish()
-			if err != nil {
-				return err
-			}
-			if readDir == "" {
-				readDir = filepath.Dir(path)
-			}
-			if p.Read, err = calibrateRead(cmd.Context(), readDir, cpu, quick); err != nil {
-				return err
-			}
-			if err := p.Save(path); err != nil {
-				return err
-			}
-			if asJSON {
-				return json.NewEncoder(cmd.OutOrStdout()).Encode(p)
-			}
-			w := cmd.OutOrStdout()
-			if !m.Energy.RAPL.Used {
-				fmt.Fprintf(w, "energy: estimated, not measured (RAPL is absent: %s)\n", m.Energy.RAPL.Detail)
-			}
-			printProfile(w, path, p)
-			return nil
+			return f.run(cmd)
 		},
 	}
-	fl := cmd.Flags()
-	fl.BoolVar(&quick, "quick", false, "short windows and small workloads, the reference dtype only (CI-sized, about a second)")
-	fl.BoolVar(&asJSON, "json", false, "print the profile as JSON")
-	fl.IntVar(&workers, "workers", runtime.GOMAXPROCS(0), "goroutines of the CPU device")
-	fl.StringVar(&progressMode, "progress", "auto", "progress bar on stderr: auto (when a terminal), always, never")
-	fl.StringVar(&readDir, "read-dir", "", "where to write the update files whose reads are timed (default: the profile's directory; best on the disk the updates will be on)")
-	ef.register(fl)
+	f.register(cmd.Flags())
 	return cmd
+}
+
+// register adds the flags of calibrate to fl.
+func (f *calibrateFlags) register(fl *pflag.FlagSet) {
+	fl.BoolVar(&f.quick, "quick", false, "short windows and small workloads, the reference dtype only (CI-sized, about a second)")
+	fl.BoolVar(&f.asJSON, "json", false, "print the profile as JSON")
+	fl.IntVar(&f.workers, "workers", runtime.GOMAXPROCS(0), "goroutines of the CPU device")
+	fl.StringVar(&f.progressMode, "progress", "auto", "progress bar on stderr: auto (when a terminal), always, never")
+	fl.StringVar(&f.readDir, "read-dir", "", "where to write the update files whose reads are timed (default: the profile's directory; best on the disk the updates will be on)")
+	f.ef.register(fl)
+}
+
+// run calibrates the devices and the reads of update files, saves the profile and prints it.
+func (f *calibrateFlags) run(cmd *cobra.Command) error {
+	c, err := f.open(cmd)
+	if err != nil {
+		return err
+	}
+	defer c.close()
+	p, err := c.measureDevices()
+	if err != nil {
+		return err
+	}
+	if p.Read, err = c.measureReads(); err != nil {
+		return err
+	}
+	if err := p.Save(c.path); err != nil {
+		return err
+	}
+	return c.print(p)
+}
+
+// calibration is one run of calibrate: the CPU device, the machine with its meters, and where
+// the profile is saved.
+type calibration struct {
+	f       *calibrateFlags
+	cmd     *cobra.Command
+	cpu     *device.CPU
+	machine *sched.Machine
+	path    string // of the profile
+}
+
+// open refuses a bad --workers, makes the CPU device, discovers the machine's devices and
+// meters and finds the profile's path; the caller closes the calibration.
+func (f *calibrateFlags) open(cmd *cobra.Command) (*calibration, error) {
+	if f.workers < 1 {
+		return nil, usagef("--workers %d: want at least 1", f.workers)
+	}
+	cpu, err := device.NewCPU(device.WithWorkers(f.workers))
+	if err != nil {
+		return nil, err
+	}
+	m, err := f.ef.openMachine(cpu)
+	if err != nil {
+		return nil, err
+	}
+	path, err := f.ef.profilePath()
+	if err != nil {
+		m.Close()
+		return nil, err
+	}
+	return &calibration{f: f, cmd: cmd, cpu: cpu, machine: m, path: path}, nil
+}
+
+// close closes the machine's devices and meters.
+func (c *calibration) close() {
+	c.machine.Close()
+}
+
+// measureDevices runs the kernels of every op class on every device under its meter, with a
+// progress bar on stderr.
+func (c *calibration) measureDevices() (*sched.Profile, error) {
+	bar := newStepBar(c.cmd.ErrOrStderr(), c.f.progressMode, "calibrating")
+	opts := []sched.Option{sched.WithOtherMeters(c.machine.Others()...), sched.WithProgress(bar.step)}
+	if c.f.quick {
+		opts = append(opts, sched.WithQuick())
+	}
+	p, err := sched.Calibrate(c.cmd.Context(), c.machine.Targets(), opts...)
+	bar.finish()
+	return p, err
+}
+
+// measureReads times the two ways of reading cached update files under --read-dir (default:
+// the profile's directory).
+func (c *calibration) measureReads() (*sched.ReadProfile, error) {
+	if c.f.readDir == "" {
+		c.f.readDir = filepath.Dir(c.path)
+	}
+	return calibrateRead(c.cmd.Context(), c.f.readDir, c.cpu, c.f.quick)
+}
+
+// print prints the profile on stdout: as JSON with --json, else as text, after a note when the
+// energy is estimated for want of RAPL.
+func (c *calibration) print(p *sched.Profile) error {
+	if c.f.asJSON {
+		return json.NewEncoder(c.cmd.OutOrStdout()).Encode(p)
+	}
+	w := c.cmd.OutOrStdout()
+	if !c.machine.Energy.RAPL.Used {
+		fmt.Fprintf(w, "energy: estimated, not measured (RAPL is absent: %s)\n", c.machine.Energy.RAPL.Detail)
+	}
+	printProfile(w, c.path, p)
+	return nil
 }
 
 // calibrateRead measures the two ways of reading cached update files (bench.MeasureReadModes):

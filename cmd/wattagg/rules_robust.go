@@ -64,83 +64,107 @@ func init() {
 	mixableSpec("median", "coordinate-wise median (Yin et al., 2018); ignores weights", nil,
 		func() (aggregate.Rule, error) { return robust.NewMedian(), nil })
 	mixableSpec("trimmed-mean", "coordinate-wise mean without floor(beta*n) values at each end (--beta); ignores weights",
-		[]string{"beta"}, func() (aggregate.Rule, error) {
-			b, err := flagFloat("beta")
-			if err != nil {
-				return nil, err
-			}
-			return robust.NewTrimmedMean(b)
-		})
+		[]string{"beta"}, trimmedMeanRule)
 	mixableSpec("krum", "the update with the lowest Krum score (Blanchard et al., 2017); --f, --m for Multi-Krum",
 		[]string{"f", "m"}, func() (aggregate.Rule, error) { return krum(1) })
 	mixableSpec("multi-krum", "weighted mean of the --m (default n-f) updates with the lowest Krum scores; --f",
 		[]string{"f", "m"}, func() (aggregate.Rule, error) { return krum(0) })
 	mixableSpec("bulyan", "Bulyan over Krum (El Mhamdi et al., 2018), needs n >= 4f+3; --f; ignores weights",
-		[]string{"f"}, func() (aggregate.Rule, error) {
-			f, err := flagInt("f")
-			if err != nil {
-				return nil, err
-			}
-			return robust.NewBulyan(f)
-		})
+		[]string{"f"}, bulyanRule)
 	robustSpec("geomed", "geometric median by smoothed Weiszfeld (RFA, Pillutla et al., 2022); --nu, --max-iter, --tol",
-		[]string{"nu", "max-iter", "tol"}, func() (aggregate.Rule, error) {
-			nu, err1 := flagFloat("nu")
-			iters, err2 := flagInt("max-iter")
-			tol, err3 := flagFloat("tol")
-			if err := firstErr(err1, err2, err3); err != nil {
-				return nil, err
-			}
-			return robust.NewGeometricMedian(robust.WithSmoothing(nu), robust.WithMaxIterations(iters), robust.WithTolerance(tol))
-		})
+		[]string{"nu", "max-iter", "tol"}, geomedRule)
 	robustSpec("centered-clip", "centered clipping (Karimireddy et al., 2021); --tau, --iters, --center; ignores weights",
-		[]string{"tau", "iters", "center"}, func() (aggregate.Rule, error) {
-			tau, err1 := flagFloat("tau")
-			iters, err2 := flagInt("iters")
-			if err := firstErr(err1, err2); err != nil {
-				return nil, err
-			}
-			opts := []robust.Option{robust.WithIterations(iters)}
-			if given("center") {
-				// The center stays mapped until the process exits, as the inputs do.
-				c, err := safetensors.Open(flagString("center"))
-				if err != nil {
-					return nil, usagef("--center: %v", err)
-				}
-				opts = append(opts, robust.WithCenter(c))
-			}
-			return robust.NewCenteredClipping(tau, opts...)
-		})
+		[]string{"tau", "iters", "center"}, centeredClipRule)
 	for _, zero := range []bool{false, true} {
 		name, usage := "norm-clip", "FedAvg of updates scaled to L2 norm <= bound; --clip-bound or --clip-quantile"
 		if zero {
 			name, usage = "norm-zero", "FedAvg with updates of L2 norm > bound zeroed; --clip-bound or --clip-quantile"
 		}
-		robustSpec(name, usage, []string{"clip-bound", "clip-quantile"}, func() (aggregate.Rule, error) {
-			var b robust.ClipBound
-			switch bound, q := given("clip-bound"), given("clip-quantile"); {
-			case bound && q:
-				return nil, usagef("--clip-bound and --clip-quantile: give one")
-			case bound:
-				v, err := flagFloat("clip-bound")
-				if err != nil {
-					return nil, err
-				}
-				b = robust.FixedBound(v)
-			case q:
-				v, err := flagFloat("clip-quantile")
-				if err != nil {
-					return nil, err
-				}
-				b = robust.QuantileBound(v)
-			default:
-				return nil, usagef("--rule %s needs --clip-bound or --clip-quantile", name)
-			}
-			if zero {
-				return robust.NewNormZeroing(b)
-			}
-			return robust.NewNormClipping(b)
-		})
+		robustSpec(name, usage, []string{"clip-bound", "clip-quantile"},
+			func() (aggregate.Rule, error) { return normClipRule(name, zero) })
+	}
+}
+
+// trimmedMeanRule builds the trimmed mean (--beta).
+func trimmedMeanRule() (aggregate.Rule, error) {
+	b, err := flagFloat("beta")
+	if err != nil {
+		return nil, err
+	}
+	return robust.NewTrimmedMean(b)
+}
+
+// bulyanRule builds Bulyan (--f).
+func bulyanRule() (aggregate.Rule, error) {
+	f, err := flagInt("f")
+	if err != nil {
+		return nil, err
+	}
+	return robust.NewBulyan(f)
+}
+
+// geomedRule builds the geometric median (--nu, --max-iter, --tol).
+func geomedRule() (aggregate.Rule, error) {
+	nu, err1 := flagFloat("nu")
+	iters, err2 := flagInt("max-iter")
+	tol, err3 := flagFloat("tol")
+	if err := firstErr(err1, err2, err3); err != nil {
+		return nil, err
+	}
+	return robust.NewGeometricMedian(robust.WithSmoothing(nu), robust.WithMaxIterations(iters), robust.WithTolerance(tol))
+}
+
+// centeredClipRule builds centered clipping (--tau, --iters, --center).
+func centeredClipRule() (aggregate.Rule, error) {
+	tau, err1 := flagFloat("tau")
+	iters, err2 := flagInt("iters")
+	if err := firstErr(err1, err2); err != nil {
+		return nil, err
+	}
+	opts := []robust.Option{robust.WithIterations(iters)}
+	if given("center") {
+		// The center stays mapped until the process exits, as the inputs do.
+		c, err := safetensors.Open(flagString("center"))
+		if err != nil {
+			return nil, usagef("--center: %v", err)
+		}
+		opts = append(opts, robust.WithCenter(c))
+	}
+	return robust.NewCenteredClipping(tau, opts...)
+}
+
+// normClipRule builds the rule name: norm-clip, or norm-zero when zero is set.
+func normClipRule(name string, zero bool) (aggregate.Rule, error) {
+	b, err := clipBound(name)
+	if err != nil {
+		return nil, err
+	}
+	if zero {
+		return robust.NewNormZeroing(b)
+	}
+	return robust.NewNormClipping(b)
+}
+
+// clipBound reads the bound of norm-clip or norm-zero (rule name): --clip-bound or
+// --clip-quantile, exactly one of them.
+func clipBound(name string) (robust.ClipBound, error) {
+	switch bound, q := given("clip-bound"), given("clip-quantile"); {
+	case bound && q:
+		return robust.ClipBound{}, usagef("--clip-bound and --clip-quantile: give one")
+	case bound:
+		v, err := flagFloat("clip-bound")
+		if err != nil {
+			return robust.ClipBound{}, err
+		}
+		return robust.FixedBound(v), nil
+	case q:
+		v, err := flagFloat("clip-quantile")
+		if err != nil {
+			return robust.ClipBound{}, err
+		}
+		return robust.QuantileBound(v), nil
+	default:
+		return robust.ClipBound{}, usagef("--rule %s needs --clip-bound or --clip-quantile", name)
 	}
 }
 
