@@ -384,48 +384,97 @@ func drawBandwidth(r *bench.Report, dc draw.Canvas, rows []bench.Result) error {
 // them.
 func drawJoules(r *bench.Report, dc draw.Canvas, rows []bench.Result) error {
 	p := newPlot()
+	j := newJoules(rows)
+	p.Title.Text = joulesTitle(r, rows[0])
+	pb, mb, err := j.bars()
+	if err != nil {
+		return err
+	}
+	lab, lab2, err := j.barLabels()
+	if err != nil {
+		return err
+	}
+	p.Add(plotter.NewGrid(), pb, mb, lab, lab2)
+	p.NominalX(j.names...)
+	j.legend(p, pb, mb)
+	j.axes(p)
+	p.Draw(padded(dc))
+	return nil
+}
+
+// joules is what the joules chart shows of its rows: a predicted and a measured bar per
+// policy, the figures over them, and what the axes say.
+type joules struct {
+	pred, meas plotter.Values
+	names      []string         // under each policy's bars: the policy and its devices
+	labels     plotter.XYLabels // the figures, predicted and measured in turn
+	w          vg.Length        // the width of a bar
+	estimated  bool             // some measured figure is an estimate
+	unit       string
+	top        float64
+	skipped    []string // "policy: why" for each row not run
+}
+
+// newJoules gathers the bars, their names and figures from rows; a skipped row keeps its
+// place, without bars.
+func newJoules(rows []bench.Result) joules {
 	n := len(rows)
-	pred, meas := make(plotter.Values, n), make(plotter.Values, n)
-	names := make([]string, n)
-	var labels plotter.XYLabels
-	estimated, unit, top := false, rows[0].Unit, 0.0
-	var skipped []string
+	j := joules{pred: make(plotter.Values, n), meas: make(plotter.Values, n), names: make([]string, n), w: px(34), unit: rows[0].Unit}
 	for i, x := range rows {
-		names[i] = x.Policy
+		j.names[i] = x.Policy
 		if x.Skipped != "" {
-			names[i] += "\n(skipped)"
+			j.names[i] += "\n(skipped)"
 			why, _, _ := strings.Cut(x.Skipped, " (")
-			skipped = append(skipped, x.Policy+": "+why)
+			j.skipped = append(j.skipped, x.Policy+": "+why)
 			continue
 		}
 		if x.Device != "" {
-			names[i] += "\n" + x.Device
+			j.names[i] += "\n" + x.Device
 		}
-		pred[i], meas[i] = x.Predicted, x.Value
-		estimated = estimated || x.Estimated()
-		top = max(top, x.Predicted, x.Value)
-		labels.XYs = append(labels.XYs, plotter.XY{X: float64(i), Y: x.Predicted}, plotter.XY{X: float64(i), Y: x.Value})
-		labels.Labels = append(labels.Labels, fmt.Sprintf("%.3g", x.Predicted), fmt.Sprintf("%.3g", x.Value))
+		j.pred[i], j.meas[i] = x.Predicted, x.Value
+		j.estimated = j.estimated || x.Estimated()
+		j.top = max(j.top, x.Predicted, x.Value)
+		j.labels.XYs = append(j.labels.XYs, plotter.XY{X: float64(i), Y: x.Predicted}, plotter.XY{X: float64(i), Y: x.Value})
+		j.labels.Labels = append(j.labels.Labels, fmt.Sprintf("%.3g", x.Predicted), fmt.Sprintf("%.3g", x.Value))
 	}
+	return j
+}
+
+// joulesTitle names the suite and, when x (the first row) says, the aggregation measured.
+func joulesTitle(r *bench.Report, x bench.Result) string {
 	subject := ""
-	if x := rows[0]; x.Clients > 0 {
+	if x.Clients > 0 {
 		subject = fmt.Sprintf(", FedAvg of %d × %s %s params", x.Clients, bench.ParamsLabel(x.Params), x.DType)
 	}
-	p.Title.Text = fmt.Sprintf("wattagg bench %s: energy per parameter by policy and device%s\n%s", r.Suite, subject, r.Subtitle())
-	w := px(34)
-	pb, err := plotter.NewBarChart(pred, w)
-	if err != nil {
-		return err
+	return fmt.Sprintf("wattagg bench %s: energy per parameter by policy and device%s\n%s", r.Suite, subject, r.Subtitle())
+}
+
+// bars makes the predicted bars, left of each policy's centre, and the measured ones, right.
+func (j *joules) bars() (pred, meas *plotter.BarChart, err error) {
+	if pred, err = j.bar(j.pred, plotutil.Color(1), -j.w/2); err != nil {
+		return nil, nil, err
 	}
-	pb.Color, pb.Offset, pb.LineStyle.Width = plotutil.Color(1), -w/2, 0
-	mb, err := plotter.NewBarChart(meas, w)
-	if err != nil {
-		return err
+	if meas, err = j.bar(j.meas, plotutil.Color(0), j.w/2); err != nil {
+		return nil, nil, err
 	}
-	mb.Color, mb.Offset, mb.LineStyle.Width = plotutil.Color(0), w/2, 0
-	lab, err := plotter.NewLabels(labels)
+	return pred, meas, nil
+}
+
+// bar makes one bar per value, offset from the policy's centre.
+func (j *joules) bar(vals plotter.Values, c color.Color, offset vg.Length) (*plotter.BarChart, error) {
+	b, err := plotter.NewBarChart(vals, j.w)
 	if err != nil {
-		return err
+		return nil, err
+	}
+	b.Color, b.Offset, b.LineStyle.Width = c, offset, 0
+	return b, nil
+}
+
+// barLabels makes the figures over the bars: the predicted ones and the measured ones.
+func (j *joules) barLabels() (pred, meas *plotter.Labels, err error) {
+	lab, err := plotter.NewLabels(j.labels)
+	if err != nil {
+		return nil, nil, err
 	}
 	for i := range lab.TextStyle {
 		lab.TextStyle[i].XAlign = draw.XCenter
@@ -436,26 +485,33 @@ func drawJoules(r *bench.Report, dc draw.Canvas, rows []bench.Result) error {
 	lab2 := *lab
 	lab.XYs, lab.Labels, lab.TextStyle = evens(lab.XYs), evens(lab.Labels), evens(lab.TextStyle)
 	lab2.XYs, lab2.Labels, lab2.TextStyle = odds(lab2.XYs), odds(lab2.Labels), odds(lab2.TextStyle)
-	lab.Offset.X, lab2.Offset.X = -w/2, w/2
-	p.Add(plotter.NewGrid(), pb, mb, lab, &lab2)
-	p.NominalX(names...)
-	p.Legend.Add("predicted by the planner (profile)", pb)
-	if estimated {
-		p.Legend.Add("measured: ESTIMATED (no energy counter; TDP × utilisation)", mb)
-		p.Y.Label.Text = unit + " per round (estimated)"
+	lab.Offset.X, lab2.Offset.X = -j.w/2, j.w/2
+	return lab, &lab2, nil
+}
+
+// legend names the bars and labels the y axis, saying whether the measured energy is an
+// estimate.
+func (j *joules) legend(p *plot.Plot, pred, meas *plotter.BarChart) {
+	p.Legend.Add("predicted by the planner (profile)", pred)
+	if j.estimated {
+		p.Legend.Add("measured: ESTIMATED (no energy counter; TDP × utilisation)", meas)
+		p.Y.Label.Text = j.unit + " per round (estimated)"
 	} else {
-		p.Legend.Add("measured by the energy counters", mb)
-		p.Y.Label.Text = unit + " per round"
+		p.Legend.Add("measured by the energy counters", meas)
+		p.Y.Label.Text = j.unit + " per round"
 	}
-	if len(skipped) > 0 {
-		p.X.Label.Text = "not run here: " + strings.Join(skipped, "; ")
+}
+
+// axes lists the policies not run under the x axis and sets the legend's place, the ticks and
+// the ranges.
+func (j *joules) axes(p *plot.Plot) {
+	if len(j.skipped) > 0 {
+		p.X.Label.Text = "not run here: " + strings.Join(j.skipped, "; ")
 	}
 	p.Legend.Top = true
 	p.Y.Tick.Marker = plainTicks{}
-	p.X.Min, p.X.Max = -0.6, float64(n)-0.4 // room for the bars beside the outer policies
-	p.Y.Min, p.Y.Max = 0, top*1.35
-	p.Draw(padded(dc))
-	return nil
+	p.X.Min, p.X.Max = -0.6, float64(len(j.names))-0.4 // room for the bars beside the outer policies
+	p.Y.Min, p.Y.Max = 0, j.top*1.35
 }
 
 func evens[T any](v []T) []T {

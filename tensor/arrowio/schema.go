@@ -64,78 +64,110 @@ func writeSchema(h Header) *arrow.Schema {
 // are refused batch by batch.
 func readSchema(s *arrow.Schema, o *options) (columns, Header, error) {
 	c := columns{tensor: -1, offset: -1, data: -1}
-	var h Header
 	if s.Endianness() != endian.LittleEndian {
-		return c, h, fmt.Errorf("%w: the schema is big-endian; tensor data is little-endian", ErrSchema)
+		return c, Header{}, fmt.Errorf("%w: the schema is big-endian; tensor data is little-endian", ErrSchema)
 	}
-	for i, f := range s.Fields() {
-		var pos *int
-		switch f.Name {
-		case ColTensor:
-			pos = &c.tensor
-			kind, ok := tensorColumnKind(f.Type)
-			if !ok {
-				return c, h, fmt.Errorf("%w: column %q is %s, want utf8, large_utf8 or a dictionary of them", ErrSchema, f.Name, f.Type)
-			}
-			c.kind = kind
-		case ColOffset:
-			pos = &c.offset
-			if f.Type.ID() != arrow.INT64 {
-				return c, h, fmt.Errorf("%w: column %q is %s, want int64", ErrSchema, f.Name, f.Type)
-			}
-		case ColData:
-			pos = &c.data
-			if id := f.Type.ID(); id != arrow.BINARY && id != arrow.LARGE_BINARY {
-				return c, h, fmt.Errorf("%w: column %q is %s, want binary or large_binary", ErrSchema, f.Name, f.Type)
-			}
-			c.dataLarge = f.Type.ID() == arrow.LARGE_BINARY
-		default:
-			return c, h, fmt.Errorf("%w: unexpected column %s (want %s, %s, %s)", ErrSchema, quote(f.Name), ColTensor, ColOffset, ColData)
+	if err := c.locate(s.Fields()); err != nil {
+		return c, Header{}, err
+	}
+	h, err := readHeader(s.Metadata(), o)
+	return c, h, err
+}
+
+// locate finds the three columns among fields, each once and of a type it reads, and
+// refuses any other column.
+func (c *columns) locate(fields []arrow.Field) error {
+	for i, f := range fields {
+		if err := c.place(i, f); err != nil {
+			return err
 		}
-		if *pos >= 0 {
-			return c, h, fmt.Errorf("%w: duplicate column %q", ErrSchema, f.Name)
-		}
-		*pos = i
 	}
 	for _, p := range []struct {
 		pos  int
 		name string
 	}{{c.tensor, ColTensor}, {c.offset, ColOffset}, {c.data, ColData}} {
 		if p.pos < 0 {
-			return c, h, fmt.Errorf("%w: no column %q", ErrSchema, p.name)
+			return fmt.Errorf("%w: no column %q", ErrSchema, p.name)
 		}
 	}
+	return nil
+}
 
-	md := s.Metadata()
+// place records field f, checked, as the column at position i.
+func (c *columns) place(i int, f arrow.Field) error {
+	var pos *int
+	switch f.Name {
+	case ColTensor:
+		pos = &c.tensor
+		kind, ok := tensorColumnKind(f.Type)
+		if !ok {
+			return fmt.Errorf("%w: column %q is %s, want utf8, large_utf8 or a dictionary of them", ErrSchema, f.Name, f.Type)
+		}
+		c.kind = kind
+	case ColOffset:
+		pos = &c.offset
+		if f.Type.ID() != arrow.INT64 {
+			return fmt.Errorf("%w: column %q is %s, want int64", ErrSchema, f.Name, f.Type)
+		}
+	case ColData:
+		pos = &c.data
+		if id := f.Type.ID(); id != arrow.BINARY && id != arrow.LARGE_BINARY {
+			return fmt.Errorf("%w: column %q is %s, want binary or large_binary", ErrSchema, f.Name, f.Type)
+		}
+		c.dataLarge = f.Type.ID() == arrow.LARGE_BINARY
+	default:
+		return fmt.Errorf("%w: unexpected column %s (want %s, %s, %s)", ErrSchema, quote(f.Name), ColTensor, ColOffset, ColData)
+	}
+	if *pos >= 0 {
+		return fmt.Errorf("%w: duplicate column %q", ErrSchema, f.Name)
+	}
+	*pos = i
+	return nil
+}
+
+// readHeader decodes the header the schema's metadata md carries: the layout, parsed and held
+// to o's limits, and the other keys as the header's metadata.
+func readHeader(md arrow.Metadata, o *options) (Header, error) {
+	meta, layout, err := splitMetadata(md)
+	h := Header{Metadata: meta}
+	if err != nil {
+		return h, err
+	}
+	if h.Layout, h.Scales, err = parseLayout(layout, o.maxTensors); err != nil {
+		return h, err
+	}
+	if n := h.DataBytes(); n > o.maxTotal {
+		return h, fmt.Errorf("%w: the layout declares %d bytes of tensor data, more than the limit of %d", ErrLimit, n, o.maxTotal)
+	}
+	return h, nil
+}
+
+// splitMetadata separates the layout from the rest of md, which it clones into a map. It
+// refuses keys or values that are not UTF-8, duplicate keys and metadata without a layout;
+// on error the map holds the keys read so far.
+func splitMetadata(md arrow.Metadata) (map[string]string, string, error) {
 	keys, vals := md.Keys(), md.Values()
-	h.Metadata = make(map[string]string, len(keys))
+	meta := make(map[string]string, len(keys))
 	layout, found := "", false
 	for i, k := range keys {
 		if !utf8.ValidString(k) || !utf8.ValidString(vals[i]) {
-			return c, h, fmt.Errorf("%w: metadata %s is not valid UTF-8", ErrSchema, quote(k))
+			return meta, "", fmt.Errorf("%w: metadata %s is not valid UTF-8", ErrSchema, quote(k))
 		}
-		_, dup := h.Metadata[k]
+		_, dup := meta[k]
 		if dup || (k == LayoutKey && found) {
-			return c, h, fmt.Errorf("%w: duplicate metadata key %s", ErrSchema, quote(k))
+			return meta, "", fmt.Errorf("%w: duplicate metadata key %s", ErrSchema, quote(k))
 		}
 		if k == LayoutKey {
 			layout, found = vals[i], true
 			continue
 		}
 		// Clones: the strings view the message's metadata, which may be a mapped file.
-		h.Metadata[strings.Clone(k)] = strings.Clone(vals[i])
+		meta[strings.Clone(k)] = strings.Clone(vals[i])
 	}
 	if !found {
-		return c, h, fmt.Errorf("%w: no %q in the schema metadata: the layout must come before the data", ErrSchema, LayoutKey)
+		return meta, "", fmt.Errorf("%w: no %q in the schema metadata: the layout must come before the data", ErrSchema, LayoutKey)
 	}
-	var err error
-	if h.Layout, h.Scales, err = parseLayout(layout, o.maxTensors); err != nil {
-		return c, h, err
-	}
-	if n := h.DataBytes(); n > o.maxTotal {
-		return c, h, fmt.Errorf("%w: the layout declares %d bytes of tensor data, more than the limit of %d", ErrLimit, n, o.maxTotal)
-	}
-	return c, h, nil
+	return meta, layout, nil
 }
 
 func tensorColumnKind(t arrow.DataType) (tensorKind, bool) {

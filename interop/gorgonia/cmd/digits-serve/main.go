@@ -43,87 +43,176 @@ var errUsage = errors.New("usage")
 // run serves until ctx is done, then shuts down gracefully. It sends the address it listens
 // on to ready, if not nil.
 func run(ctx context.Context, args []string, stderr io.Writer, ready chan<- string) error {
-	fs := flag.NewFlagSet("digits-serve", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	modelPath := fs.String("model", "", "global model (.safetensors): fc1.weight, fc1.bias, fc2.weight, fc2.bias")
-	addr := fs.String("addr", "127.0.0.1:8080", "listen address")
-	poll := fs.Duration("poll", time.Second, "how often to check the model file for a new version (0: only on SIGHUP)")
-	maxRows := fs.Int("max-rows", 4096, "most rows in one request")
-	if err := fs.Parse(args); err != nil {
-		return fmt.Errorf("%w: %v", errUsage, err)
-	}
-	if *modelPath == "" || fs.NArg() > 0 {
-		fs.Usage()
-		return fmt.Errorf("%w: -model is required and there are no arguments", errUsage)
-	}
-	if *poll < 0 {
-		return fmt.Errorf("%w: -poll %v is negative", errUsage, *poll)
+	cfg, err := parseFlags(args, stderr)
+	if err != nil {
+		return err
 	}
 	log := slog.New(slog.NewTextHandler(stderr, nil))
 
-	svc, err := serving.New(serving.WithMaxRows(*maxRows))
-	if err != nil {
-		return fmt.Errorf("%w: %v", errUsage, err)
-	}
-	defer svc.Close()
-	info, err := svc.Reload(*modelPath)
+	n, err := newNode(cfg, log)
 	if err != nil {
 		return err
 	}
-	log.Info("model loaded", "path", *modelPath, "hidden", info.Hidden)
+	defer n.svc.Close()
+	if err := n.loadModel(); err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", cfg.addr)
+	if err != nil {
+		return err
+	}
+	srv := n.httpServer()
 
-	ln, err := net.Listen("tcp", *addr)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	hup := catchSIGHUP()
+	defer signal.Stop(hup)
+	done := n.reloadInBackground(ctx, hup)
+
+	err = n.serve(ctx, srv, ln, ready)
+	cancel()
+	<-done
+	if err == nil {
+		log.Info("stopped")
+	}
+	return err
+}
+
+// config is what the command line asks for.
+type config struct {
+	modelPath string
+	addr      string
+	poll      time.Duration
+	maxRows   int
+}
+
+// parseFlags reads the command line; the flag set's messages and usage go to stderr, and its
+// errors wrap errUsage.
+func parseFlags(args []string, stderr io.Writer) (config, error) {
+	var cfg config
+	fs := flag.NewFlagSet("digits-serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&cfg.modelPath, "model", "", "global model (.safetensors): fc1.weight, fc1.bias, fc2.weight, fc2.bias")
+	fs.StringVar(&cfg.addr, "addr", "127.0.0.1:8080", "listen address")
+	fs.DurationVar(&cfg.poll, "poll", time.Second, "how often to check the model file for a new version (0: only on SIGHUP)")
+	fs.IntVar(&cfg.maxRows, "max-rows", 4096, "most rows in one request")
+	if err := fs.Parse(args); err != nil {
+		return cfg, fmt.Errorf("%w: %v", errUsage, err)
+	}
+	if cfg.modelPath == "" || fs.NArg() > 0 {
+		fs.Usage()
+		return cfg, fmt.Errorf("%w: -model is required and there are no arguments", errUsage)
+	}
+	if cfg.poll < 0 {
+		return cfg, fmt.Errorf("%w: -poll %v is negative", errUsage, cfg.poll)
+	}
+	return cfg, nil
+}
+
+// node is the running inference node: the model service, what the flags asked of it and the
+// log it writes.
+type node struct {
+	config
+	svc *serving.Service
+	log *slog.Logger
+}
+
+// newNode opens the model service (not yet loaded) that cfg asks for; its errors wrap
+// errUsage.
+func newNode(cfg config, log *slog.Logger) (*node, error) {
+	svc, err := serving.New(serving.WithMaxRows(cfg.maxRows))
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", errUsage, err)
+	}
+	return &node{config: cfg, svc: svc, log: log}, nil
+}
+
+// loadModel loads the model file for the first time.
+func (n *node) loadModel() error {
+	info, err := n.svc.Reload(n.modelPath)
 	if err != nil {
 		return err
 	}
-	srv := &http.Server{
-		Handler:           svc.Handler(),
+	n.log.Info("model loaded", "path", n.modelPath, "hidden", info.Hidden)
+	return nil
+}
+
+// httpServer is the HTTP server of the service, with timeouts, logging its errors as warnings.
+func (n *node) httpServer() *http.Server {
+	return &http.Server{
+		Handler:           n.svc.Handler(),
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      30 * time.Second,
 		IdleTimeout:       2 * time.Minute,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		ErrorLog:          slog.NewLogLogger(n.log.Handler(), slog.LevelWarn),
 	}
+}
 
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+// catchSIGHUP returns the channel SIGHUP is delivered to; the caller stops it with
+// signal.Stop.
+func catchSIGHUP() chan os.Signal {
 	// SIGHUP is caught from here on (registered before anyone can know the address), so it
 	// can never fall through to its default action and end the process.
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
+	return hup
+}
+
+// reloadInBackground reloads the model on each SIGHUP from hup and, with -poll, whenever the
+// file is replaced, until ctx is done. The channel it returns is closed when the background
+// goroutines are gone.
+func (n *node) reloadInBackground(ctx context.Context, hup <-chan os.Signal) <-chan struct{} {
 	done := make(chan struct{}) // closed when the background goroutines are gone
 	go func() {
 		defer close(done)
-		watch := make(chan struct{})
-		go func() {
-			defer close(watch)
-			if *poll > 0 {
-				svc.Watch(ctx, *modelPath, *poll, log)
-			}
-		}()
+		watch := n.watch(ctx)
 		for {
 			select {
 			case <-ctx.Done():
 				<-watch
 				return
 			case <-hup:
-				if info, err := svc.Reload(*modelPath); err != nil {
-					log.Error("model reload on SIGHUP failed; serving the previous model", "err", err)
-				} else {
-					log.Info("model reloaded on SIGHUP", "generation", info.Generation)
-				}
+				n.reloadOnSIGHUP()
 			}
 		}
 	}()
+	return done
+}
 
+// watch polls the model file for a new version until ctx is done, if -poll asks for it. The
+// channel it returns is closed when it has stopped.
+func (n *node) watch(ctx context.Context) <-chan struct{} {
+	watch := make(chan struct{})
+	go func() {
+		defer close(watch)
+		if n.poll > 0 {
+			n.svc.Watch(ctx, n.modelPath, n.poll, n.log)
+		}
+	}()
+	return watch
+}
+
+// reloadOnSIGHUP reloads the model file; if that fails, the previous model keeps serving.
+func (n *node) reloadOnSIGHUP() {
+	if info, err := n.svc.Reload(n.modelPath); err != nil {
+		n.log.Error("model reload on SIGHUP failed; serving the previous model", "err", err)
+	} else {
+		n.log.Info("model reloaded on SIGHUP", "generation", info.Generation)
+	}
+}
+
+// serve serves srv on ln until the listener fails or ctx is done, then shuts srv down
+// gracefully. It sends the address it listens on to ready, if not nil.
+func (n *node) serve(ctx context.Context, srv *http.Server, ln net.Listener, ready chan<- string) error {
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
-	log.Info("listening", "addr", ln.Addr().String())
+	n.log.Info("listening", "addr", ln.Addr().String())
 	if ready != nil {
 		ready <- ln.Addr().String()
 	}
 
+	var err error
 	select {
 	case err = <-serveErr: // the listener failed
 	case <-ctx.Done():
@@ -131,11 +220,6 @@ func run(ctx context.Context, args []string, stderr io.Writer, ready chan<- stri
 		err = srv.Shutdown(shutdown)
 		stop()
 		<-serveErr // http.ErrServerClosed
-	}
-	cancel()
-	<-done
-	if err == nil {
-		log.Info("stopped")
 	}
 	return err
 }
