@@ -106,6 +106,12 @@ func (q *commitReq) discard(r *round) {
 	}
 }
 
+// refuse discards the request's spool file (see discard) and answers the request with err.
+func (q *commitReq) refuse(r *round, err error) {
+	q.discard(r)
+	q.result <- commitResult{err: err}
+}
+
 type commitResult struct {
 	rec AckRecord
 	err error
@@ -296,8 +302,7 @@ func (r *round) drainRefusing() {
 			err := fmt.Errorf("%w: round %d is %s", ErrRoundClosed, r.n, r.state())
 			switch q := req.(type) {
 			case *commitReq:
-				q.discard(r)
-				q.result <- commitResult{err: err}
+				q.refuse(r, err)
 			case *closeReq:
 				q.result <- err
 			}
@@ -313,89 +318,144 @@ func (r *round) commit(reqs []*commitReq) bool {
 	if len(reqs) == 0 {
 		return false
 	}
-	r.mu.Lock()
-	open := r.openLocked()
-	seq := len(r.records)
-	r.mu.Unlock()
-	var accepted []*commitReq
-	var sets []*tensor.Set
+	seq, open := r.nextSeq()
+	var g commitGroup
 	for _, q := range reqs {
-		if open != nil {
-			q.discard(r)
-			q.result <- commitResult{err: open}
-			continue
-		}
-		set, err := r.admit(q)
+		set, err := r.admitToGroup(q, open)
 		if err != nil {
-			q.discard(r)
-			q.result <- commitResult{err: err}
+			q.refuse(r, err)
 			continue
 		}
 		q.rec.Seq = seq
 		seq++
-		accepted = append(accepted, q)
-		if !r.whole && set != nil {
-			// A sum is done with the update once it is added: unmap it now, so that a large
-			// group does not hold every update of the group mapped (resident) at once.
-			set.Close()
-			set = nil
-		}
-		sets = append(sets, set)
+		g.accepted = append(g.accepted, q) // here, not in a method of g: see commitGroup
+		g.sets = append(g.sets, set)
 	}
-	if len(accepted) == 0 {
+	if len(g.accepted) == 0 {
 		return false
 	}
 	start := time.Now()
-	recs := make([]AckRecord, len(accepted))
-	for i, q := range accepted {
+	recs := g.stamp(start)
+	if err := r.makeDurable(recs, start); err != nil {
+		r.abandonGroup(&g, err)
+		return false
+	}
+	full := r.recordGroup(&g)
+	r.acknowledgeGroup(&g)
+	return full
+}
+
+// commitGroup is the group of a commit that the round accepted: the requests, in log order,
+// and the mapped spool of each (nil once unmapped, and for an arrival). It holds nothing else,
+// and its slices grow in commit alone, so that a small group's stay on the stack: escape
+// analysis does not tell a struct's fields apart, and a pointer that leaks from any field
+// would move both slices to the heap.
+type commitGroup struct {
+	accepted []*commitReq
+	sets     []*tensor.Set
+}
+
+// nextSeq returns the sequence number of the round's next record and whether the round is
+// open (nil), as a group begins.
+func (r *round) nextSeq() (int, error) {
+	r.mu.Lock()
+	open := r.openLocked()
+	seq := len(r.records)
+	r.mu.Unlock()
+	return seq, open
+}
+
+// admitToGroup puts a request of a group in the engine's round, unless the round was not open
+// as the group began (open), and returns the mapped spool the round keeps of it.
+func (r *round) admitToGroup(q *commitReq, open error) (*tensor.Set, error) {
+	if open != nil {
+		return nil, open
+	}
+	set, err := r.admit(q)
+	if err != nil {
+		return nil, err
+	}
+	if !r.whole && set != nil {
+		// A sum is done with the update once it is added: unmap it now, so that a large
+		// group does not hold every update of the group mapped (resident) at once.
+		set.Close()
+		set = nil
+	}
+	return set, nil
+}
+
+// stamp sets the time of the group's records to start and returns the records for the log.
+func (g *commitGroup) stamp(start time.Time) []AckRecord {
+	recs := make([]AckRecord, len(g.accepted))
+	for i, q := range g.accepted {
 		q.rec.At = start.UTC()
 		recs[i] = q.rec
 	}
+	return recs
+}
+
+// makeDurable makes a group's spool entries durable with one directory fsync and its records
+// with one log append + fdatasync, and counts the time taken since start and the size of the
+// group.
+func (r *round) makeDurable(recs []AckRecord, start time.Time) error {
 	err := syncDir(filepath.Join(r.dir, spoolDir))
 	if err == nil {
 		err = r.alog.append(recs)
 	}
 	r.srv.metrics.commitSync.Observe(time.Since(start).Seconds())
 	r.srv.metrics.commitGroup.Observe(float64(len(recs)))
-	if err != nil {
-		r.logger.Error("acknowledgement log append failed: rebuilding the round from the log", "err", err, "group", len(recs))
-		for _, s := range sets {
-			if s != nil && !r.whole {
-				s.Close()
-			}
+	return err
+}
+
+// abandonGroup answers a group whose records could not be made durable (err): the engine's
+// round, which has the group's updates in it, is rebuilt from the log as it is on disk and
+// every request of the group is refused. The round fails if it cannot be rebuilt.
+func (r *round) abandonGroup(g *commitGroup, err error) {
+	r.logger.Error("acknowledgement log append failed: rebuilding the round from the log", "err", err, "group", len(g.accepted))
+	for _, s := range g.sets {
+		if s != nil && !r.whole {
+			s.Close()
 		}
-		rerr := r.rebuild()
-		for _, q := range accepted {
-			q.discard(r)
-			q.result <- commitResult{err: fmt.Errorf("%s: the update could not be made durable: %w", q.rec.Client, err)}
-		}
-		if rerr != nil {
-			r.fail(fmt.Sprintf("the acknowledgement log failed (%v) and the round could not be rebuilt: %v", err, rerr))
-		}
-		return false
 	}
+	rerr := r.rebuild()
+	for _, q := range g.accepted {
+		q.refuse(r, fmt.Errorf("%s: the update could not be made durable: %w", q.rec.Client, err))
+	}
+	if rerr != nil {
+		r.fail(fmt.Sprintf("the acknowledgement log failed (%v) and the round could not be rebuilt: %v", err, rerr))
+	}
+}
+
+// recordGroup adds a durable group to the round's records and counts, and reports whether the
+// round has reached max_clients.
+func (r *round) recordGroup(g *commitGroup) bool {
 	held := r.engineSumBytes()
 	r.mu.Lock()
 	r.sumBytes = held // before the acknowledgements: a status after one shows the sums with it
-	for i, q := range accepted {
+	for i, q := range g.accepted {
 		r.acked[q.rec.Client] = len(r.records)
 		delete(r.arriving, q.rec.Client) // acknowledged: counted by records now, not twice toward max_clients
 		r.records = append(r.records, q.rec)
 		r.meta.Clients++
 		r.meta.Bytes += q.rec.Bytes
 		if r.whole {
-			r.sets = append(r.sets, sets[i])
+			r.sets = append(r.sets, g.sets[i])
 		}
 	}
 	full := len(r.records) >= r.meta.MaxClients
 	r.mu.Unlock()
-	for i, q := range accepted {
-		if !r.whole && sets[i] != nil {
-			sets[i].Close()
+	return full
+}
+
+// acknowledgeGroup answers each request of a recorded group with its record, first unmapping
+// the spool a sum is done with.
+func (r *round) acknowledgeGroup(g *commitGroup) {
+	for i, q := range g.accepted {
+		if !r.whole && g.sets[i] != nil {
+			g.sets[i].Close()
 		}
 		q.result <- commitResult{rec: q.rec}
 	}
-	return full
 }
 
 // admit puts a request's update in the engine's round: an arrival, whose pieces are in the
@@ -455,11 +515,26 @@ func (r *round) rebuild() error {
 	r.mu.Lock()
 	r.agg, r.rule = agg, rule
 	r.mu.Unlock()
+	sets, err := r.replay(recs)
+	if err != nil {
+		return err
+	}
+	held := r.engineSumBytes()
+	r.mu.Lock()
+	r.sets, r.sumBytes = sets, held
+	r.mu.Unlock()
+	return nil
+}
+
+// replay adds acknowledged updates to the engine's round again, in log order, and returns the
+// mapped spools a whole-set rule keeps (the others are unmapped once added). On an error it
+// returns those kept so far with it.
+func (r *round) replay(recs []AckRecord) ([]*tensor.Set, error) {
 	var sets []*tensor.Set
 	for _, rec := range recs {
 		set, err := r.replayOne(rec)
 		if err != nil {
-			return err
+			return sets, err
 		}
 		if r.whole {
 			sets = append(sets, set)
@@ -467,11 +542,7 @@ func (r *round) rebuild() error {
 			set.Close()
 		}
 	}
-	held := r.engineSumBytes()
-	r.mu.Lock()
-	r.sets, r.sumBytes = sets, held
-	r.mu.Unlock()
-	return nil
+	return sets, nil
 }
 
 // replayOne checks an acknowledged spool file against its record (size, digest) and adds it.

@@ -555,74 +555,98 @@ func (s *Server) loadRound(n int) error {
 // files that no record names (uploads never acknowledged) are removed.
 func (s *Server) resume(r *round) error {
 	start := time.Now()
-	var err error
-	r.alog, _, err = openAckLog(filepath.Join(r.dir, ackFile))
-	if err != nil {
-		return err
-	}
-	// The log may have lost a torn tail since it was first read.
-	b, err := os.ReadFile(filepath.Join(r.dir, ackFile))
-	if err != nil {
-		return err
-	}
-	recs, _, err := parseAckLog(b)
+	recs, err := r.reopenAckLog()
 	if err != nil {
 		return err
 	}
 	r.setRecords(recs)
-	keep := map[string]bool{}
-	for _, rec := range recs {
-		keep[rec.File] = true
-	}
-	spool := filepath.Join(r.dir, spoolDir)
-	if err := os.MkdirAll(spool, 0o700); err != nil {
-		return err
-	}
-	entries, err := os.ReadDir(spool)
+	removed, err := r.removeUnacknowledged(recs)
 	if err != nil {
 		return err
-	}
-	removed := 0
-	for _, e := range entries {
-		if !keep[e.Name()] {
-			if err := os.Remove(filepath.Join(spool, e.Name())); err != nil {
-				return err
-			}
-			removed++
-		}
-	}
-	if removed > 0 {
-		if err := syncDir(spool); err != nil {
-			return err
-		}
 	}
 	r.agg, r.rule, err = s.newEngineRound(&r.meta)
 	if err != nil {
 		return err
 	}
 	r.whole = r.rule.Requirements().Kind == aggregate.KindWhole
-	// Nothing else adds to the round until the replay is done: its committer starts after.
+	if err := r.replayResumed(recs); err != nil {
+		r.logger.Error("replay failed", "err", err)
+		r.fail(fmt.Sprintf("resuming after a restart: %v", err))
+		return nil
+	}
+	s.current = r
+	s.startRound(r)
+	r.logger.Info("round resumed from its acknowledgement log", "updates", len(recs), "removed_unacknowledged", removed,
+		"seconds", time.Since(start).Seconds())
+	return nil
+}
+
+// reopenAckLog opens the round's acknowledgement log for appending and returns its records as
+// they are once it is open.
+func (r *round) reopenAckLog() ([]AckRecord, error) {
+	var err error
+	r.alog, _, err = openAckLog(filepath.Join(r.dir, ackFile))
+	if err != nil {
+		return nil, err
+	}
+	// The log may have lost a torn tail since it was first read.
+	b, err := os.ReadFile(filepath.Join(r.dir, ackFile))
+	if err != nil {
+		return nil, err
+	}
+	recs, _, err := parseAckLog(b)
+	if err != nil {
+		return nil, err
+	}
+	return recs, nil
+}
+
+// removeUnacknowledged removes the spool files that no record of recs names, with a directory
+// fsync when it removed any, and returns how many it removed.
+func (r *round) removeUnacknowledged(recs []AckRecord) (int, error) {
+	keep := map[string]bool{}
 	for _, rec := range recs {
-		set, err := r.replayOne(rec)
-		if err != nil {
-			r.logger.Error("replay failed", "err", err)
-			r.fail(fmt.Sprintf("resuming after a restart: %v", err))
-			return nil
+		keep[rec.File] = true
+	}
+	spool := filepath.Join(r.dir, spoolDir)
+	if err := os.MkdirAll(spool, 0o700); err != nil {
+		return 0, err
+	}
+	entries, err := os.ReadDir(spool)
+	if err != nil {
+		return 0, err
+	}
+	removed := 0
+	for _, e := range entries {
+		if !keep[e.Name()] {
+			if err := os.Remove(filepath.Join(spool, e.Name())); err != nil {
+				return 0, err
+			}
+			removed++
 		}
-		if r.whole {
-			r.sets = append(r.sets, set)
-		} else {
-			set.Close()
+	}
+	if removed > 0 {
+		if err := syncDir(spool); err != nil {
+			return 0, err
 		}
+	}
+	return removed, nil
+}
+
+// replayResumed adds the acknowledged updates recs to the resumed round's fresh engine round
+// and notes what its running sums hold. On an error, the round keeps the spools mapped so far
+// (they are released when it fails).
+func (r *round) replayResumed(recs []AckRecord) error {
+	// Nothing else adds to the round until the replay is done: its committer starts after.
+	sets, err := r.replay(recs)
+	r.sets = sets
+	if err != nil {
+		return err
 	}
 	held := r.engineSumBytes()
 	r.mu.Lock()
 	r.sumBytes = held
 	r.mu.Unlock()
-	s.current = r
-	s.startRound(r)
-	r.logger.Info("round resumed from its acknowledgement log", "updates", len(recs), "removed_unacknowledged", removed,
-		"seconds", time.Since(start).Seconds())
 	return nil
 }
 
