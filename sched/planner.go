@@ -262,18 +262,8 @@ func (pl *Planner) Plan(req Request) (*Plan, error) {
 	if err != nil {
 		return nil, err
 	}
-	if req.Clients < 1 || req.Elements < 0 || !req.In.Real() || !req.Out.Real() {
-		return nil, fmt.Errorf("%w: request %s of %d clients x %d %s -> %s", ErrOption, req.Op, req.Clients, req.Elements, req.In, req.Out)
-	}
-	var sum int64
-	for _, c := range req.Chunks {
-		if c < 0 {
-			return nil, fmt.Errorf("%w: a chunk of %d elements", ErrOption, c)
-		}
-		sum += c
-	}
-	if req.Chunks != nil && sum != req.Elements {
-		return nil, fmt.Errorf("%w: chunks hold %d elements, the job %d", ErrOption, sum, req.Elements)
+	if err := checkRequest(req); err != nil {
+		return nil, err
 	}
 	pl.mu.Lock()
 	defer pl.mu.Unlock()
@@ -284,76 +274,119 @@ func (pl *Planner) Plan(req Request) (*Plan, error) {
 			present = append(present, d.Name)
 		}
 	}
-	for _, o := range pl.only {
-		if !slices.Contains(present, o) {
-			return nil, fmt.Errorf("%w: device %q is not present (present: %s)", ErrOption, o, strings.Join(present, ", "))
-		}
+	if err := pl.checkOnly(present); err != nil {
+		return nil, err
 	}
 	plan := &Plan{Op: req.Op, DType: req.In.String(), Clients: req.Clients, Elements: req.Elements, Policy: pl.policy,
 		DeadlineS: pl.deadline.Seconds(), PowerCapW: pl.capW}
-	cnt := op.Counts(req.Workload)
+	p := placing{pl: pl, req: req, cnt: op.Counts(req.Workload), plan: plan}
+	ds := p.models(present)
+	if len(ds) == 0 {
+		return nil, fmt.Errorf("%w: no device of %s has a %s profile (run wattagg calibrate)", ErrUncalibrated, strings.Join(present, ", "), OpKey(req.Op, req.In))
+	}
+	s := &solver{ds: ds, idle: pl.idleWatts(present), W: float64(req.Elements), policy: pl.policy, deadline: pl.deadline.Seconds(), capW: pl.capW,
+		host: hostModel(ds, pl.profile, req.In, p.cnt)}
+	best := s.solve()
+	x := s.realise(best.x, req.Chunks, plan)
+	s.predict(plan, x)
+	plan.Alternatives = s.alternatives()
+	plan.Why = s.explain(plan)
+	return plan, nil
+}
+
+// checkRequest checks that req is a workload of real dtypes with clients, and that its chunks
+// hold its elements.
+func checkRequest(req Request) error {
+	if req.Clients < 1 || req.Elements < 0 || !req.In.Real() || !req.Out.Real() {
+		return fmt.Errorf("%w: request %s of %d clients x %d %s -> %s", ErrOption, req.Op, req.Clients, req.Elements, req.In, req.Out)
+	}
+	var sum int64
+	for _, c := range req.Chunks {
+		if c < 0 {
+			return fmt.Errorf("%w: a chunk of %d elements", ErrOption, c)
+		}
+		sum += c
+	}
+	if req.Chunks != nil && sum != req.Elements {
+		return fmt.Errorf("%w: chunks hold %d elements, the job %d", ErrOption, sum, req.Elements)
+	}
+	return nil
+}
+
+// checkOnly checks that every device the planner is restricted to (WithOnly) is present.
+func (pl *Planner) checkOnly(present []string) error {
+	for _, o := range pl.only {
+		if !slices.Contains(present, o) {
+			return fmt.Errorf("%w: device %q is not present (present: %s)", ErrOption, o, strings.Join(present, ", "))
+		}
+	}
+	return nil
+}
+
+// idleWatts is the machine's idle power: the other meters and every device present that the
+// profile knows, used or not.
+func (pl *Planner) idleWatts(present []string) float64 {
 	idle := 0.0
 	for _, o := range pl.profile.Others {
 		idle += o.IdleWatts
 	}
+	for _, name := range present {
+		if dp := pl.profile.Device(name); dp != nil {
+			idle += dp.IdleWatts
+		}
+	}
+	return idle
+}
+
+// placing is one request as Plan places it: the op's counts for the request's workload, and
+// the plan whose notes it writes.
+type placing struct {
+	pl   *Planner
+	req  Request
+	cnt  Counts
+	plan *Plan
+}
+
+// models are the models of the devices present that the plan may use, in the order present.
+// It notes in the plan each device left out for want of a profile, and sets the plan's energy
+// source to the sources of their energy figures.
+func (p placing) models(present []string) []devModel {
 	var ds []devModel
 	var sources []string
 	for _, name := range present {
-		dp := pl.profile.Device(name)
+		dp := p.pl.profile.Device(name)
 		if dp == nil {
-			plan.Notes = append(plan.Notes, fmt.Sprintf("%s is not in the profile: not used (run wattagg calibrate)", name))
+			p.plan.Notes = append(p.plan.Notes, fmt.Sprintf("%s is not in the profile: not used (run wattagg calibrate)", name))
 			continue
 		}
-		idle += dp.IdleWatts
-		if len(pl.only) > 0 && !slices.Contains(pl.only, name) {
+		if len(p.pl.only) > 0 && !slices.Contains(p.pl.only, name) {
 			continue
 		}
-		o, ok := dp.Op(req.Op, req.In)
+		o, ok := p.opProfile(dp)
 		if !ok {
-			plan.Notes = append(plan.Notes, fmt.Sprintf("%s has no %s profile: not used (run wattagg calibrate)", name, req.Op))
 			continue
 		}
-		if o.DType != req.In {
-			plan.Notes = append(plan.Notes, fmt.Sprintf("%s: %s costs taken from %s inputs", name, OpKey(req.Op, req.In), o.DType))
-		}
-		ds = append(ds, newDevModel(dp, o, cnt))
+		ds = append(ds, newDevModel(dp, o, p.cnt))
 		if !slices.Contains(sources, string(dp.Meter.Source)) {
 			sources = append(sources, string(dp.Meter.Source))
 		}
 	}
-	if len(ds) == 0 {
-		return nil, fmt.Errorf("%w: no device of %s has a %s profile (run wattagg calibrate)", ErrUncalibrated, strings.Join(present, ", "), OpKey(req.Op, req.In))
+	p.plan.EnergySource = strings.Join(sources, "+")
+	return ds
+}
+
+// opProfile is dp's profile of the request's op for its dtype. It notes in the plan a device
+// without one, and one whose costs come from another dtype.
+func (p placing) opProfile(dp *DeviceProfile) (*OpProfile, bool) {
+	o, ok := dp.Op(p.req.Op, p.req.In)
+	if !ok {
+		p.plan.Notes = append(p.plan.Notes, fmt.Sprintf("%s has no %s profile: not used (run wattagg calibrate)", dp.Name, p.req.Op))
+		return nil, false
 	}
-	plan.EnergySource = strings.Join(sources, "+")
-	s := &solver{ds: ds, idle: idle, W: float64(req.Elements), policy: pl.policy, deadline: pl.deadline.Seconds(), capW: pl.capW,
-		host: hostModel(ds, pl.profile, req.In, cnt)}
-	best := s.solve()
-	x := s.realise(best.x, req.Chunks, plan)
-	c := s.eval(x)
-	plan.Feasible = c.feasible
-	plan.Predicted = Prediction{Seconds: c.T, Joules: c.E, IdleJoules: idle * c.T, DynamicJoules: c.dyn, PeakWatts: c.peak}
-	for i, d := range ds {
-		if x[i] <= 0 && req.Elements > 0 {
-			continue
-		}
-		sh := &plan.Shares[i] // realise lists the devices in model order
-		sh.Rate = c.r[i]
-		sh.Seconds = d.L + x[i]/(d.R*math.Max(c.r[i], 1e-12))
-		sh.Joules = d.e * x[i]
-		sh.Watts = d.e * d.R * c.r[i]
-		sh.key = d.key
-		sh.rawDyn = sh.Joules / d.eCorr
-		sh.rawBusy = (d.L + x[i]/d.R) / d.tCr
+	if o.DType != p.req.In {
+		p.plan.Notes = append(p.plan.Notes, fmt.Sprintf("%s: %s costs taken from %s inputs", dp.Name, OpKey(p.req.Op, p.req.In), o.DType))
 	}
-	plan.Shares = slices.DeleteFunc(plan.Shares, func(s Share) bool { return s.Elements == 0 && req.Elements > 0 })
-	for i, d := range ds {
-		one := make([]float64, len(ds))
-		one[i] = s.W
-		a := s.eval(one)
-		plan.Alternatives = append(plan.Alternatives, Alternative{Device: d.name, Seconds: a.T, Joules: a.E, PeakWatts: a.peak, Feasible: a.feasible})
-	}
-	plan.Why = s.explain(plan)
-	return plan, nil
+	return o, true
 }
 
 // hostModel finds the CPU among ds and sets the staged seconds per element of every device
@@ -511,9 +544,9 @@ func (s *solver) eval(x []float64) candidate {
 	return c
 }
 
-// greedy fills the devices cheapest joules-per-element first, each up to what it can do by T.
-func (s *solver) greedy(T float64) []float64 {
-	order := make([]int, len(s.ds))
+// orderByCost sets order, one index per device, to the devices in order of joules per
+// element, cheapest first (stable: equal costs keep model order).
+func (s *solver) orderByCost(order []int) {
 	for i := range order {
 		order[i] = i
 	}
@@ -526,6 +559,12 @@ func (s *solver) greedy(T float64) []float64 {
 		}
 		return 0
 	})
+}
+
+// greedy fills the devices cheapest joules-per-element first, each up to what it can do by T.
+func (s *solver) greedy(T float64) []float64 {
+	order := make([]int, len(s.ds))
+	s.orderByCost(order)
 	x := make([]float64, len(s.ds))
 	left := s.W
 	for _, i := range order {
@@ -595,41 +634,58 @@ func (s *solver) violation(c candidate) float64 {
 	return v
 }
 
+// preferred says whether c is a better plan than best: one meeting the constraints beats one
+// that does not; between two that do the policy decides, between two that do not the one
+// closer to them wins.
+func (s *solver) preferred(c, best candidate) bool {
+	switch {
+	case c.feasible != best.feasible:
+		return c.feasible
+	case c.feasible:
+		return s.better(c, best)
+	}
+	return s.violation(c) < s.violation(best)
+}
+
 // solve evaluates the single-device plans and the cheapest-first fills at every time where
 // the set of devices changes (each prefix of devices in order of cost finishing together), at
 // the deadline, where the power cap starts to bind, and on a grid between; and returns the
 // best by the policy among those meeting the constraints, else the one closest to them.
 func (s *solver) solve() candidate {
-	n := len(s.ds)
+	if s.W == 0 {
+		return s.eval(make([]float64, len(s.ds)))
+	}
 	var cands []candidate
-	add := func(x []float64) {
-		if x != nil {
+	for i := range s.ds {
+		cands = append(cands, s.eval(s.alone(i)))
+	}
+	for _, T := range s.fillTimes() {
+		if x := s.greedy(T * (1 + 1e-12)); x != nil {
 			cands = append(cands, s.eval(x))
 		}
 	}
-	if s.W == 0 {
-		return s.eval(make([]float64, n))
+	return s.pick(cands)
+}
+
+// alone is the allocation of the whole job to device i.
+func (s *solver) alone(i int) []float64 {
+	x := make([]float64, len(s.ds))
+	x[i] = s.W
+	return x
+}
+
+// fillTimes are the times at which solve tries the cheapest-first fill: each device's time
+// alone, each prefix of the devices in order of cost finishing together, the deadline, a grid
+// from the fastest of those to the slowest, and where the power cap starts to bind.
+func (s *solver) fillTimes() []float64 {
+	const grid = 64
+	times := make([]float64, 0, 2*len(s.ds)+grid+3) // per device two, the grid, the deadline and the cap
+	for _, d := range s.ds {
+		times = append(times, d.L+s.W/d.R)
 	}
-	var times []float64
-	for i := range s.ds {
-		one := make([]float64, n)
-		one[i] = s.W
-		add(one)
-		times = append(times, s.ds[i].L+s.W/s.ds[i].R)
-	}
-	order := make([]int, n)
-	for i := range order {
-		order[i] = i
-	}
-	slices.SortStableFunc(order, func(a, b int) int {
-		if s.ds[a].e < s.ds[b].e {
-			return -1
-		} else if s.ds[a].e > s.ds[b].e {
-			return 1
-		}
-		return 0
-	})
-	for k := 1; k <= n; k++ {
+	order := make([]int, len(s.ds))
+	s.orderByCost(order)
+	for k := 1; k <= len(order); k++ {
 		times = append(times, s.timeFor(order[:k]))
 	}
 	tmin, thi := s.timeFor(order), slices.Max(times)
@@ -637,112 +693,155 @@ func (s *solver) solve() candidate {
 		times = append(times, s.deadline)
 		thi = math.Max(thi, s.deadline)
 	}
-	const grid = 64
 	for g := range grid + 1 {
 		times = append(times, tmin*math.Pow(thi/tmin, float64(g)/grid))
 	}
 	if s.capW > 0 {
-		// The earliest time at which the cheapest-first fill fits under the cap.
-		fits := func(T float64) bool {
-			x := s.greedy(T)
-			return x != nil && s.power(x, T) <= s.capW
-		}
-		hi := thi
-		for !fits(hi) && hi < 1e12 {
-			hi *= 2
-		}
-		if fits(hi) {
-			lo := tmin
-			for range 100 {
-				mid := (lo + hi) / 2
-				if fits(mid) {
-					hi = mid
-				} else {
-					lo = mid
-				}
-			}
-			times = append(times, hi)
+		if T, ok := s.capTime(tmin, thi); ok {
+			times = append(times, T)
 		}
 	}
-	for _, T := range times {
-		add(s.greedy(T * (1 + 1e-12)))
+	return times
+}
+
+// capTime is the earliest time at which the cheapest-first fill fits under the cap, searched
+// between tmin and thi (doubled until it fits); false when it fits at no time.
+func (s *solver) capTime(tmin, thi float64) (float64, bool) {
+	hi := thi
+	for !s.fits(hi) && hi < 1e12 {
+		hi *= 2
 	}
-	best := -1
-	for i, c := range cands {
-		if !c.feasible {
-			continue
+	if !s.fits(hi) {
+		return 0, false
+	}
+	lo := tmin
+	for range 100 {
+		mid := (lo + hi) / 2
+		if s.fits(mid) {
+			hi = mid
+		} else {
+			lo = mid
 		}
-		if best < 0 || s.better(c, cands[best]) {
-			best = i
+	}
+	return hi, true
+}
+
+// fits says whether the cheapest-first fill by T draws no more than the cap.
+func (s *solver) fits(T float64) bool {
+	x := s.greedy(T)
+	return x != nil && s.power(x, T) <= s.capW
+}
+
+// pick returns the best of cands, the earliest of equals: by the policy among those meeting
+// the constraints, else the one closest to them.
+func (s *solver) pick(cands []candidate) candidate {
+	best := cands[0]
+	for _, c := range cands[1:] {
+		if s.preferred(c, best) {
+			best = c
 		}
 	}
-	if best >= 0 {
-		return cands[best]
-	}
-	for i, c := range cands {
-		if best < 0 || s.violation(c) < s.violation(cands[best]) {
-			best = i
-		}
-	}
-	return cands[best]
+	return best
 }
 
 // realise rounds an allocation to whole chunks. Devices take contiguous ranges in model
 // order; each cut between two devices is rounded down or up, every combination is evaluated
-// (for up to 8 devices), and so is each device alone, and the best by the policy is kept: a
+// (for up to 9 devices), and so is each device alone, and the best by the policy is kept: a
 // whole chunk more on a slow device can cost far more than the continuous plan said. It fills
 // plan.Shares and returns the elements of each device.
 func (s *solver) realise(x []float64, chunks []int64, plan *Plan) []float64 {
-	n := len(s.ds)
-	// prefix(j) is the elements of the first j units (chunks, or elements without chunks).
-	units := int64(s.W)
-	prefix := func(j int64) float64 { return float64(j) }
-	if chunks != nil {
-		units = int64(len(chunks))
-		sums := make([]int64, len(chunks)+1)
-		for i, c := range chunks {
-			sums[i+1] = sums[i] + c
-		}
-		prefix = func(j int64) float64 { return float64(sums[j]) }
+	r := rounding{s: s, units: unitsOf(chunks, s.W), cuts: make([]int64, len(s.ds))}
+	r.tryRounded(cumulative(x))
+	r.tryAlone()
+	out := r.alloc(r.best)
+	plan.Shares = r.shares(out)
+	return out
+}
+
+// units are what realise cuts a job into: its chunks, or its elements without chunks.
+type units struct {
+	count int64   // how many
+	sums  []int64 // sums[j] is the elements of the first j chunks; nil without chunks
+}
+
+// unitsOf are the units of a job of w elements in chunks (nil: none).
+func unitsOf(chunks []int64, w float64) units {
+	if chunks == nil {
+		return units{count: int64(w)}
 	}
-	// floorCut is the largest j with prefix(j) <= v.
-	floorCut := func(v float64) int64 {
-		lo, hi := int64(0), units
-		for lo < hi {
-			mid := (lo + hi + 1) / 2
-			if prefix(mid) <= v*(1+1e-12) {
-				lo = mid
-			} else {
-				hi = mid - 1
-			}
-		}
-		return lo
+	sums := make([]int64, len(chunks)+1)
+	for i, c := range chunks {
+		sums[i+1] = sums[i] + c
 	}
-	bounds := make([]float64, n)
+	return units{count: int64(len(chunks)), sums: sums}
+}
+
+// prefix is the elements of the first j units (chunks, or elements without chunks).
+func (u units) prefix(j int64) float64 {
+	if u.sums == nil {
+		return float64(j)
+	}
+	return float64(u.sums[j])
+}
+
+// floorCut is the largest j with prefix(j) <= v.
+func (u units) floorCut(v float64) int64 {
+	lo, hi := int64(0), u.count
+	for lo < hi {
+		mid := (lo + hi + 1) / 2
+		if u.prefix(mid) <= v*(1+1e-12) {
+			lo = mid
+		} else {
+			hi = mid - 1
+		}
+	}
+	return lo
+}
+
+// alloc is the elements of each device when device i takes the units up to cuts[i].
+func (u units) alloc(cuts []int64) []float64 {
+	out := make([]float64, len(cuts))
+	prev := int64(0)
+	for i, c := range cuts {
+		out[i] = u.prefix(c) - u.prefix(prev)
+		prev = c
+	}
+	return out
+}
+
+// cumulative is where each device's part of the allocation x ends, in elements from the start.
+func cumulative(x []float64) []float64 {
+	b := make([]float64, len(x))
 	acc := 0.0
 	for i := range x {
 		acc += x[i]
-		bounds[i] = acc
+		b[i] = acc
 	}
-	alloc := func(cuts []int64) []float64 {
-		out := make([]float64, n)
-		prev := int64(0)
-		for i, c := range cuts {
-			out[i] = prefix(c) - prefix(prev)
-			prev = c
-		}
-		return out
+	return b
+}
+
+// rounding is realise's search: the cuts it is trying, and the best cuts so far with their
+// prediction.
+type rounding struct {
+	s *solver
+	units
+	cuts  []int64   // the cut after each device, in units
+	best  []int64   // the best cuts tried; nil before the first
+	bestC candidate // their prediction
+}
+
+// try evaluates the cuts, and keeps them if they are the best so far.
+func (r *rounding) try() {
+	c := r.s.eval(r.alloc(r.cuts))
+	if r.best == nil || r.s.preferred(c, r.bestC) {
+		r.best, r.bestC = slices.Clone(r.cuts), c
 	}
-	var best []int64
-	var bestC candidate
-	try := func(cuts []int64) {
-		c := s.eval(alloc(cuts))
-		if best == nil || (c.feasible && !bestC.feasible) ||
-			(c.feasible == bestC.feasible && (c.feasible && s.better(c, bestC) || !c.feasible && s.violation(c) < s.violation(bestC))) {
-			best, bestC = slices.Clone(cuts), c
-		}
-	}
-	cuts := make([]int64, n)
+}
+
+// tryRounded tries the cuts at the bounds rounded down or up, in every combination for up to
+// 9 devices, else each to the nearer cut.
+func (r *rounding) tryRounded(bounds []float64) {
+	n := len(r.cuts)
 	combos := 1
 	if n <= 9 {
 		combos = 1 << (n - 1)
@@ -750,47 +849,94 @@ func (s *solver) realise(x []float64, chunks []int64, plan *Plan) []float64 {
 	for m := range combos {
 		prev := int64(0)
 		for i := range n - 1 {
-			c := floorCut(bounds[i])
-			if m>>i&1 == 1 && c < units && prefix(c) < bounds[i] {
+			c := r.floorCut(bounds[i])
+			if m>>i&1 == 1 && c < r.count && r.prefix(c) < bounds[i] {
 				c++
 			}
-			if combos == 1 && c < units && bounds[i]-prefix(c) > (prefix(c+1)-prefix(c))/2 {
+			if combos == 1 && c < r.count && bounds[i]-r.prefix(c) > (r.prefix(c+1)-r.prefix(c))/2 {
 				c++ // too many devices to enumerate: round to the nearer cut
 			}
-			cuts[i] = max(c, prev)
-			prev = cuts[i]
+			r.cuts[i] = max(c, prev)
+			prev = r.cuts[i]
 		}
-		cuts[n-1] = units
-		try(cuts)
+		r.cuts[n-1] = r.count
+		r.try()
 	}
-	for k := range n { // each device alone
-		for i := range n {
-			cuts[i] = 0
+}
+
+// tryAlone tries each device alone.
+func (r *rounding) tryAlone() {
+	for k := range r.cuts {
+		for i := range r.cuts {
+			r.cuts[i] = 0
 			if i >= k {
-				cuts[i] = units
+				r.cuts[i] = r.count
 			}
 		}
-		try(cuts)
+		r.try()
 	}
-	out := alloc(best)
-	plan.Shares = make([]Share, n)
+}
+
+// shares are the devices' parts of the best cuts, whose elements are out: in model order,
+// each with its chunks when the job has chunks.
+func (r *rounding) shares(out []float64) []Share {
+	shares := make([]Share, len(r.s.ds))
 	prev := int64(0)
-	for i, d := range s.ds {
-		sh := &plan.Shares[i]
+	for i, d := range r.s.ds {
+		sh := &shares[i]
 		sh.Device = d.name
 		sh.Elements = int64(out[i])
-		if chunks != nil {
-			for j := prev; j < best[i]; j++ {
+		if r.sums != nil {
+			for j := prev; j < r.best[i]; j++ {
 				sh.Chunks = append(sh.Chunks, int(j))
 			}
 		}
 		sh.NumChunks = len(sh.Chunks)
-		if s.W > 0 {
-			sh.Fraction = out[i] / s.W
+		if r.s.W > 0 {
+			sh.Fraction = out[i] / r.s.W
 		}
-		prev = best[i]
+		prev = r.best[i]
 	}
-	return out
+	return shares
+}
+
+// predict fills plan's prediction for the elements x of each device, sets the costs of each
+// share, and drops the shares of devices left without work.
+func (s *solver) predict(plan *Plan, x []float64) {
+	c := s.eval(x)
+	plan.Feasible = c.feasible
+	plan.Predicted = Prediction{Seconds: c.T, Joules: c.E, IdleJoules: s.idle * c.T, DynamicJoules: c.dyn, PeakWatts: c.peak}
+	s.costShares(plan, c)
+	plan.Shares = slices.DeleteFunc(plan.Shares, func(sh Share) bool { return sh.Elements == 0 && plan.Elements > 0 })
+}
+
+// costShares sets the rate, time and joules of each working device's share of plan as c
+// predicts them.
+func (s *solver) costShares(plan *Plan, c candidate) {
+	x := c.x
+	for i, d := range s.ds {
+		if x[i] <= 0 && plan.Elements > 0 {
+			continue
+		}
+		sh := &plan.Shares[i] // realise lists the devices in model order
+		sh.Rate = c.r[i]
+		sh.Seconds = d.L + x[i]/(d.R*math.Max(c.r[i], 1e-12))
+		sh.Joules = d.e * x[i]
+		sh.Watts = d.e * d.R * c.r[i]
+		sh.key = d.key
+		sh.rawDyn = sh.Joules / d.eCorr
+		sh.rawBusy = (d.L + x[i]/d.R) / d.tCr
+	}
+}
+
+// alternatives are the predictions of each device alone, in model order.
+func (s *solver) alternatives() []Alternative {
+	var alts []Alternative
+	for i, d := range s.ds {
+		a := s.eval(s.alone(i))
+		alts = append(alts, Alternative{Device: d.name, Seconds: a.T, Joules: a.E, PeakWatts: a.peak, Feasible: a.feasible})
+	}
+	return alts
 }
 
 // explain says in one line why the plan was chosen.
