@@ -79,16 +79,8 @@ func (r *Round) Partial(ctx context.Context) (*Partial, error) {
 	}
 	r.state = roundClosing
 	s := r.sum
-	if r.plan == nil {
-		if s.deferred {
-			p, err := newPlan(r.refLayout, r.dtypesOf(nil), r.cfg, r.req)
-			if err != nil {
-				return nil, err
-			}
-			r.plan = p
-		} else if err := r.ensureAccumulator(ctx, r.firstCounted()); err != nil {
-			return nil, err
-		}
+	if err := r.ensureSumPlan(ctx); err != nil {
+		return nil, err
 	}
 	acc := s.acc
 	if s.deferred { // a batch holds its clients' spans: add them up now, each scanned first

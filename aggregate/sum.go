@@ -309,8 +309,34 @@ func (r *Round) denominator(n int, w float64) float64 {
 
 // closeSum computes the sum's result into out.
 func (r *Round) closeSum(ctx context.Context, out *sink) error {
-	s := r.sum
-	if s.deferred && r.plan == nil {
+	if err := r.ensureSumPlan(ctx); err != nil {
+		return err
+	}
+	d, err := r.finishSum(ctx, out)
+	if err != nil {
+		return err
+	}
+	b, err := r.globalWeight(ctx, d)
+	if err != nil {
+		return err
+	}
+	post, err := r.sumOutput(ctx, out)
+	if err != nil {
+		return err
+	}
+	stats, err := r.runSum(ctx, b, d, post)
+	r.recordSum(stats)
+	if err != nil {
+		return err
+	}
+	r.cfg.inputsRead()
+	return out.finish(ctx)
+}
+
+// ensureSumPlan makes the plan of a batch at the close, and the plan and the accumulator of an
+// incremental sum that has added nothing.
+func (r *Round) ensureSumPlan(ctx context.Context) error {
+	if r.sum.deferred && r.plan == nil {
 		p, err := newPlan(r.refLayout, r.dtypesOf(nil), r.cfg, r.req)
 		if err != nil {
 			return err
@@ -318,10 +344,15 @@ func (r *Round) closeSum(ctx context.Context, out *sink) error {
 		r.plan = p
 	}
 	if r.plan == nil { // incremental, every client weighed 0
-		if err := r.ensureAccumulator(ctx, r.firstCounted()); err != nil {
-			return err
-		}
+		return r.ensureAccumulator(ctx, r.firstCounted())
 	}
+	return nil
+}
+
+// finishSum tells the Finisher stages the sum's totals, hands them to out and returns the
+// denominator D, which a sum must have positive.
+func (r *Round) finishSum(ctx context.Context, out *sink) (float64, error) {
+	s := r.sum
 	weight := s.weight
 	if r.exactSum() {
 		weight = s.exactTotals().weight() // the exact total, rounded once
@@ -331,44 +362,58 @@ func (r *Round) closeSum(ctx context.Context, out *sink) error {
 	for _, st := range r.stages {
 		if f, ok := st.(Finisher); ok {
 			if err := f.Finish(ctx, info); err != nil {
-				return err
+				return 0, err
 			}
 		}
 	}
 	out.info = info
 	if r.req.Kind == KindSum && !(d > 0) {
-		return fmt.Errorf("%s: %w: the sum's denominator is %v", r.rule.Name(), ErrWeight, d)
+		return 0, fmt.Errorf("%s: %w: the sum's denominator is %v", r.rule.Name(), ErrWeight, d)
 	}
-	b := 0.0
-	if r.global != nil && r.req.Kind == KindSum {
-		b = d - s.sumA
-		if r.req.ConsumesDelta {
-			b = -s.sumA
-		}
-		if r.exactSum() { // from the exact Σ a_k, rounded once (exact.go)
-			var err error
-			if b, err = r.exactGlobalWeight(ctx, d); err != nil {
-				return err
-			}
-		}
+	return d, nil
+}
+
+// globalWeight is b, the weight the global model x_t enters the sum with: D − Σ a_k (the new
+// model), −Σ a_k when a later stage consumes the averaged delta, 0 when the sum has no global
+// model.
+func (r *Round) globalWeight(ctx context.Context, d float64) (float64, error) {
+	if r.global == nil || r.req.Kind != KindSum {
+		return 0, nil
 	}
+	if r.exactSum() { // from the exact Σ a_k, rounded once (exact.go)
+		return r.exactGlobalWeight(ctx, d)
+	}
+	if r.req.ConsumesDelta {
+		return -r.sum.sumA, nil
+	}
+	return d - r.sum.sumA, nil
+}
+
+// sumOutput opens out for the sum's result, behind the chunk stages.
+func (r *Round) sumOutput(ctx context.Context, out *sink) (device.Output, error) {
 	dst, err := out.open(r.plan)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	post, err := r.postOutput(ctx, out, dst)
-	if err != nil {
-		return err
-	}
-	var stats device.Stats
+	return r.postOutput(ctx, out, dst)
+}
+
+// runSum computes the sum into out: the batch job of a mod-sum or of a weighted sum scaled by
+// 1/D, or the emit of an incremental sum.
+func (r *Round) runSum(ctx context.Context, b, d float64, out device.Output) (device.Stats, error) {
 	switch {
-	case s.deferred && r.req.Kind == KindModSum:
-		stats, err = r.modSumJob(ctx, post)
-	case s.deferred:
-		stats, err = r.sumJob(ctx, b, 1/d, post)
+	case r.sum.deferred && r.req.Kind == KindModSum:
+		return r.modSumJob(ctx, out)
+	case r.sum.deferred:
+		return r.sumJob(ctx, b, 1/d, out)
 	default:
-		stats, err = r.emitSum(ctx, b, d, post)
+		return r.emitSum(ctx, b, d, out)
 	}
+}
+
+// recordSum accounts the device passes of the sum: the planner's shares where it placed the
+// job, stats otherwise.
+func (r *Round) recordSum(stats device.Stats) {
 	if pl := r.acct.placed; pl != nil && len(pl.stats) > 0 {
 		for _, st := range pl.stats { // one share per device the planner used
 			r.acct.record(st)
@@ -376,11 +421,6 @@ func (r *Round) closeSum(ctx context.Context, out *sink) error {
 	} else {
 		r.acct.record(stats)
 	}
-	if err != nil {
-		return err
-	}
-	r.cfg.inputsRead()
-	return out.finish(ctx)
 }
 
 // firstCounted is the first client that is not excluded.

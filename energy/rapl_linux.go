@@ -105,80 +105,118 @@ func newRAPL(cfg *config) (*RAPLMeter, error) {
 // selectZones keeps the zones whose counters add up to the energy of the machine without
 // counting anything twice.
 func selectZones(all []sysfs.RaplZone) ([]raplZone, []string) {
-	type cand struct {
-		raplZone
-		mmio bool
-		dir  string
-	}
-	var cands []cand
-	var notes []string
+	var sel zoneSelection
+	zones := sel.dropDuplicates(sel.candidates(all))
+	zones = sel.psysAlone(zones)
+	slices.SortStableFunc(zones, func(a, b raplZone) int { return strings.Compare(a.domain, b.domain) })
+	return zones, sel.notes
+}
+
+// zoneSelection is selectZones' progress: the notes on the zones it leaves out.
+type zoneSelection struct {
+	notes []string
+}
+
+// raplCand is a zone that may be summed, named by its domain.
+type raplCand struct {
+	raplZone
+	mmio bool   // a zone of the intel-rapl-mmio interface
+	dir  string // the zone directory's name
+}
+
+// note says why a zone is left out.
+func (s *zoneSelection) note(format string, a ...any) {
+	s.notes = append(s.notes, fmt.Sprintf(format, a...))
+}
+
+// candidates lists the package, dram and psys zones of all, in order.
+func (s *zoneSelection) candidates(all []sysfs.RaplZone) []raplCand {
+	var cands []raplCand
 	for _, z := range all {
-		dir := filepath.Base(z.Path)
-		c := cand{raplZone: raplZone{path: z.Path, maxUJ: z.MaxMicrojoules}, dir: dir}
-		if g := raplTop.FindStringSubmatch(dir); g != nil {
-			c.mmio = g[1] != ""
-			switch z.Name {
-			case "package", "psys":
-				c.domain = z.Name + "-" + strconv.Itoa(z.Index)
-				if z.Name == "psys" && z.Index == 0 {
-					c.domain = "psys"
-				}
-			case "dram":
-				c.domain = "dram-" + g[2]
-			default:
-				notes = append(notes, fmt.Sprintf("zone %s (%s) skipped: not a package, dram or psys zone", dir, z.Name))
-				continue
-			}
-		} else if g := raplChild.FindStringSubmatch(dir); g != nil {
-			// Children of a package: core and uncore are inside the package's count; dram is
-			// not (it is its own RAPL domain, listed under the package by the driver).
-			if z.Name != "dram" {
-				continue
-			}
-			c.mmio = g[1] != ""
-			c.domain = "dram-" + g[2]
-		} else {
-			notes = append(notes, fmt.Sprintf("zone %s skipped: not a RAPL zone", dir))
-			continue
+		if c, ok := s.candidate(z); ok {
+			cands = append(cands, c)
 		}
-		cands = append(cands, c)
 	}
+	return cands
+}
+
+// candidate names the domain of zone z, or reports false when z is not summed: a core or
+// uncore zone silently, any other zone with a note.
+func (s *zoneSelection) candidate(z sysfs.RaplZone) (raplCand, bool) {
+	dir := filepath.Base(z.Path)
+	c := raplCand{raplZone: raplZone{path: z.Path, maxUJ: z.MaxMicrojoules}, dir: dir}
+	if g := raplTop.FindStringSubmatch(dir); g != nil {
+		c.mmio = g[1] != ""
+		switch z.Name {
+		case "package", "psys":
+			c.domain = z.Name + "-" + strconv.Itoa(z.Index)
+			if z.Name == "psys" && z.Index == 0 {
+				c.domain = "psys"
+			}
+		case "dram":
+			c.domain = "dram-" + g[2]
+		default:
+			s.note("zone %s (%s) skipped: not a package, dram or psys zone", dir, z.Name)
+			return c, false
+		}
+		return c, true
+	}
+	if g := raplChild.FindStringSubmatch(dir); g != nil {
+		// Children of a package: core and uncore are inside the package's count; dram is
+		// not (it is its own RAPL domain, listed under the package by the driver).
+		if z.Name != "dram" {
+			return c, false
+		}
+		c.mmio = g[1] != ""
+		c.domain = "dram-" + g[2]
+		return c, true
+	}
+	s.note("zone %s skipped: not a RAPL zone", dir)
+	return c, false
+}
+
+// dropDuplicates keeps one zone of each domain.
+func (s *zoneSelection) dropDuplicates(cands []raplCand) []raplZone {
 	// The mmio interface exposes the same package counters again on some Intel parts: keep the
 	// MSR zone and drop its mmio twin.
 	var zones []raplZone
 	for _, c := range cands {
-		if c.mmio && slices.ContainsFunc(cands, func(o cand) bool { return !o.mmio && o.domain == c.domain }) {
-			notes = append(notes, fmt.Sprintf("zone %s dropped: duplicates %s of intel-rapl", c.dir, c.domain))
+		if c.mmio && slices.ContainsFunc(cands, func(o raplCand) bool { return !o.mmio && o.domain == c.domain }) {
+			s.note("zone %s dropped: duplicates %s of intel-rapl", c.dir, c.domain)
 			continue
 		}
 		if slices.ContainsFunc(zones, func(z raplZone) bool { return z.domain == c.domain }) {
-			notes = append(notes, fmt.Sprintf("zone %s dropped: a second %s zone", c.dir, c.domain))
+			s.note("zone %s dropped: a second %s zone", c.dir, c.domain)
 			continue
 		}
 		zones = append(zones, c.raplZone)
 	}
-	// psys covers the packages and dram: use it alone, never summed with them.
-	if k := slices.IndexFunc(zones, func(z raplZone) bool { return strings.HasPrefix(z.domain, "psys") }); k >= 0 {
-		var inside []string
-		for _, z := range zones {
-			if !strings.HasPrefix(z.domain, "psys") {
-				inside = append(inside, z.domain)
-			}
-		}
-		if len(inside) > 0 {
-			notes = append(notes, fmt.Sprintf("psys covers %s: they are not added to it", strings.Join(inside, ", ")))
-		}
-		var ps []raplZone
-		for _, z := range zones {
-			if strings.HasPrefix(z.domain, "psys") {
-				ps = append(ps, z)
-			}
-		}
-		zones = ps
-	}
-	slices.SortStableFunc(zones, func(a, b raplZone) int { return strings.Compare(a.domain, b.domain) })
-	return zones, notes
+	return zones
 }
+
+// psysAlone returns the psys zones alone where there are any, and zones otherwise.
+func (s *zoneSelection) psysAlone(zones []raplZone) []raplZone {
+	// psys covers the packages and dram: use it alone, never summed with them.
+	if !slices.ContainsFunc(zones, isPsys) {
+		return zones
+	}
+	var ps []raplZone
+	var inside []string
+	for _, z := range zones {
+		if isPsys(z) {
+			ps = append(ps, z)
+		} else {
+			inside = append(inside, z.domain)
+		}
+	}
+	if len(inside) > 0 {
+		s.note("psys covers %s: they are not added to it", strings.Join(inside, ", "))
+	}
+	return ps
+}
+
+// isPsys reports whether z is a psys zone.
+func isPsys(z raplZone) bool { return strings.HasPrefix(z.domain, "psys") }
 
 func (m *RAPLMeter) readZone(z raplZone) (uint64, error) {
 	p := filepath.Join(z.path, "energy_uj")

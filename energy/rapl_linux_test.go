@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/prometheus/procfs/sysfs"
 )
 
 // powercap builds a fake powercap tree under t.TempDir(): zones by directory name.
@@ -297,5 +299,36 @@ func TestDiscoverUsesRAPLWhenReadable(t *testing.T) {
 	defer inv.Close()
 	if !inv.RAPL.Used || inv.CPU.Name() != "rapl" || !strings.Contains(inv.RAPL.Detail, EnvSysfs) {
 		t.Fatalf("inventory %+v", inv.RAPL)
+	}
+}
+
+// selectZones on its own: a dram zone at the top level is its own domain; a top-level zone of
+// another kind, a directory that is not a RAPL zone and a second zone of a domain are each left
+// out with a note naming them.
+func TestRAPLSelectZonesNotesWhatItLeavesOut(t *testing.T) {
+	zone := func(dir, name string, index int) sysfs.RaplZone {
+		return sysfs.RaplZone{Name: name, Index: index, Path: "/sys/class/powercap/" + dir, MaxMicrojoules: bigRange}
+	}
+	zones, notes := selectZones([]sysfs.RaplZone{
+		zone("intel-rapl:0", "package", 0),
+		zone("intel-rapl:1", "dram", 0),
+		zone("intel-rapl:2", "gpu", 0),
+		zone("dtpm", "package", 0),
+		zone("intel-rapl:3", "package", 0), // the name's index repeats intel-rapl:0's
+	})
+	var domains []string
+	for _, z := range zones {
+		domains = append(domains, z.domain)
+	}
+	if want := []string{"dram-1", "package-0"}; !slices.Equal(domains, want) {
+		t.Fatalf("domains %v, want %v", domains, want)
+	}
+	want := []string{
+		"zone intel-rapl:2 (gpu) skipped: not a package, dram or psys zone",
+		"zone dtpm skipped: not a RAPL zone",
+		"zone intel-rapl:3 dropped: a second package-0 zone",
+	}
+	if !slices.Equal(notes, want) {
+		t.Fatalf("notes\n%q\nwant\n%q", notes, want)
 	}
 }
