@@ -468,79 +468,156 @@ func Accumulator(t *testing.T, dev device.Device) {
 	if testing.Short() {
 		n = 5001
 	}
-	fields := []device.AccField{
+	c := newAccumulatorCase(accumulatorFields(n))
+	defer c.close()
+	c.open(t, dev)
+	for i := range 5 {
+		x := accumulatorInput(r, n, i)
+		w := 0.5 + r.Float64()
+		c.add(t, x, w)
+		if i == 2 {
+			c.checkRejectedAdd(t, x)
+		}
+	}
+	c.checkEmit(t)
+	c.checkReset(t)
+}
+
+// accumulatorFields are Accumulator's fields: n elements in the first, an empty one, and every
+// accumulator and output dtype.
+func accumulatorFields(n int) []device.AccField {
+	return []device.AccField{
 		{Name: "a", Len: n, Acc: tensor.F32, Out: tensor.F32},
 		{Name: "b", Len: 333, Acc: tensor.F64, Out: tensor.BF16},
 		{Name: "c", Len: 0, Acc: tensor.F64, Out: tensor.F16},
 		{Name: "d", Len: 1001, Acc: tensor.F64, Out: tensor.F64},
 		{Name: "e", Len: 517, Acc: tensor.F32, Out: tensor.F16},
 	}
+}
+
+// accumulatorInput is input i of Accumulator: a random span for each of its fields, the dtypes
+// cycling with i.
+func accumulatorInput(r *rand.Rand, n, i int) []device.Span {
+	return []device.Span{
+		RandSpan(r, tensor.F32, n, 1),
+		RandSpan(r, []tensor.DType{tensor.BF16, tensor.I8, tensor.F16}[i%3], 333, 1),
+		{DType: tensor.F16, Data: []byte{}},
+		RandSpan(r, []tensor.DType{tensor.F64, tensor.F32}[i%2], 1001, 1),
+		RandSpan(r, []tensor.DType{tensor.I8, tensor.F16}[i%2], 517, 1),
+	}
+}
+
+// accumulatorCase is the state Accumulator's steps share: the fields and the chunks they are
+// emitted in, the accumulators (the device's, then the CPU device's) and the job holding what
+// was added, for Reference.
+type accumulatorCase struct {
+	fields []device.AccField
+	chunks []device.Chunk
+	accs   []device.Accumulator
+	job    *device.SumJob
+}
+
+// newAccumulatorCase returns an accumulatorCase of fields with no accumulators open yet.
+func newAccumulatorCase(fields []device.AccField) *accumulatorCase {
+	chunks, _ := device.CutChunks(fields, Packed(fields), 8192)
+	return &accumulatorCase{fields: fields, chunks: chunks, job: &device.SumJob{Fields: fields, Scale: 1}}
+}
+
+// open opens an accumulator of the fields on dev and one on the CPU device.
+func (c *accumulatorCase) open(t *testing.T, dev device.Device) {
+	t.Helper()
 	cpu, _ := device.NewCPU(device.WithWorkers(2))
-	var accs []device.Accumulator
 	for _, d := range []device.Device{dev, cpu} {
-		acc, err := d.NewAccumulator(fields)
+		acc, err := d.NewAccumulator(c.fields)
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer acc.Close()
-		accs = append(accs, acc)
+		c.accs = append(c.accs, acc)
 	}
-	job := &device.SumJob{Fields: fields, Scale: 1}
-	for i := range 5 {
-		x := []device.Span{
-			RandSpan(r, tensor.F32, n, 1),
-			RandSpan(r, []tensor.DType{tensor.BF16, tensor.I8, tensor.F16}[i%3], 333, 1),
-			{DType: tensor.F16, Data: []byte{}},
-			RandSpan(r, []tensor.DType{tensor.F64, tensor.F32}[i%2], 1001, 1),
-			RandSpan(r, []tensor.DType{tensor.I8, tensor.F16}[i%2], 517, 1),
-		}
-		w := 0.5 + r.Float64()
-		for _, acc := range accs {
-			if err := acc.Add(context.Background(), x, w); err != nil {
-				t.Fatal(err)
-			}
-		}
-		job.Inputs = append(job.Inputs, x)
-		job.Weights = append(job.Weights, w)
-		if i == 2 {
-			bad := slices.Clone(x)
-			bad[3] = device.Span{DType: tensor.F32, Data: make([]byte, 4*1000)}
-			if err := accs[0].Add(context.Background(), bad, 1); !errors.Is(err, device.ErrJob) {
-				t.Fatalf("Add of a short span: err = %v, want ErrJob", err)
-			}
-		}
+}
+
+// close closes the accumulators opened.
+func (c *accumulatorCase) close() { closeAll(c.accs) }
+
+// closeAll closes accs in reverse order, as deferred Closes would.
+func closeAll(accs []device.Accumulator) {
+	for _, acc := range slices.Backward(accs) {
+		acc.Close()
 	}
-	chunks, _ := device.CutChunks(fields, Packed(fields), 8192)
-	const scale = 0.25
-	outs := make([]*Output, 2)
-	for k, acc := range accs {
-		outs[k] = NewOutput(fields, chunks)
-		if _, err := acc.Emit(context.Background(), scale, chunks, outs[k]); err != nil {
+}
+
+// add adds x with weight w to every accumulator and to the job.
+func (c *accumulatorCase) add(t *testing.T, x []device.Span, w float64) {
+	t.Helper()
+	for _, acc := range c.accs {
+		if err := acc.Add(context.Background(), x, w); err != nil {
 			t.Fatal(err)
 		}
 	}
+	c.job.Inputs = append(c.job.Inputs, x)
+	c.job.Weights = append(c.job.Weights, w)
+}
+
+// checkRejectedAdd checks that the device's accumulator refuses x with a short span in field d.
+func (c *accumulatorCase) checkRejectedAdd(t *testing.T, x []device.Span) {
+	t.Helper()
+	bad := slices.Clone(x)
+	bad[3] = device.Span{DType: tensor.F32, Data: make([]byte, 4*1000)}
+	if err := c.accs[0].Add(context.Background(), bad, 1); !errors.Is(err, device.ErrJob) {
+		t.Fatalf("Add of a short span: err = %v, want ErrJob", err)
+	}
+}
+
+// checkEmit emits every accumulator with a scale and checks the device's output: the chunks and
+// guards, then field by field against the reference and the CPU device's bits.
+func (c *accumulatorCase) checkEmit(t *testing.T) {
+	t.Helper()
+	const scale = 0.25
+	outs := make([]*Output, 2)
+	for k, acc := range c.accs {
+		outs[k] = c.emit(t, acc, scale)
+	}
 	out := outs[0]
 	out.Check(t)
-	job.Scale = scale
-	for ti, f := range fields {
-		want, mag := Reference(job, ti)
-		got := out.Tensor(ti)
-		for j := range want {
-			if d := math.Abs(got.Value(j) - want[j]); d > Tolerance(f, 5, want[j], mag[j]) {
-				t.Fatal(out.mismatch(ti, j, want[j]))
-			}
-		}
-		if i := firstDiff(out.Data(ti), outs[1].Data(ti), f.Out.Size()); i >= 0 {
-			t.Fatal(out.mismatch(ti, i, fmt.Sprintf("%v (the CPU device's)", outs[1].Tensor(ti).Value(i))))
-		}
+	c.job.Scale = scale
+	for ti := range c.fields {
+		c.checkField(t, ti, out, outs[1])
 	}
+}
 
-	accs[0].Reset()
-	out = NewOutput(fields, chunks)
-	if _, err := accs[0].Emit(context.Background(), 1, chunks, out); err != nil {
+// emit emits acc's sums times scale into a new Output.
+func (c *accumulatorCase) emit(t *testing.T, acc device.Accumulator, scale float64) *Output {
+	t.Helper()
+	out := NewOutput(c.fields, c.chunks)
+	if _, err := acc.Emit(context.Background(), scale, c.chunks, out); err != nil {
 		t.Fatal(err)
 	}
-	for ti, f := range fields {
+	return out
+}
+
+// checkField checks field ti of out against the reference within Tolerance, and bit for bit
+// against cpu, the CPU device's output.
+func (c *accumulatorCase) checkField(t *testing.T, ti int, out, cpu *Output) {
+	t.Helper()
+	f := c.fields[ti]
+	want, mag := Reference(c.job, ti)
+	got := out.Tensor(ti)
+	for j := range want {
+		if d := math.Abs(got.Value(j) - want[j]); d > Tolerance(f, len(c.job.Inputs), want[j], mag[j]) {
+			t.Fatal(out.mismatch(ti, j, want[j]))
+		}
+	}
+	if i := firstDiff(out.Data(ti), cpu.Data(ti), f.Out.Size()); i >= 0 {
+		t.Fatal(out.mismatch(ti, i, fmt.Sprintf("%v (the CPU device's)", cpu.Tensor(ti).Value(i))))
+	}
+}
+
+// checkReset checks that the device's accumulator emits zeros after Reset.
+func (c *accumulatorCase) checkReset(t *testing.T) {
+	t.Helper()
+	c.accs[0].Reset()
+	out := c.emit(t, c.accs[0], 1)
+	for ti, f := range c.fields {
 		if slices.ContainsFunc(out.Data(ti), func(b byte) bool { return b != 0 }) {
 			t.Fatalf("field %s not zero after Reset", f.Name)
 		}

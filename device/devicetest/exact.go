@@ -135,77 +135,132 @@ func ExactSum(t *testing.T, dev device.Device) {
 // added into another in a random tree, give the same bits, which are the CPU device's.
 func ExactOrderIndependent(t *testing.T, dev device.Device) {
 	r := rand.New(rand.NewPCG(23, 24))
-	ctx := context.Background()
 	const inputs = 12
 	job, out := exactJob(r, inputs, 0.125, 4096)
-	if _, err := dev.WeightedSum(ctx, job); err != nil {
+	if _, err := dev.WeightedSum(context.Background(), job); err != nil {
 		t.Fatal(err)
-	}
-	want := make([][]byte, len(job.Fields))
-	for ti := range job.Fields {
-		want[ti] = slices.Clone(out.Data(ti))
-	}
-	same := func(t *testing.T, what string, got *Output) {
-		t.Helper()
-		got.Check(t)
-		for ti, f := range job.Fields {
-			if i := firstDiff(got.Data(ti), want[ti], f.Out.Size()); i >= 0 {
-				wt, _ := tensor.FromBytes("", f.Out, []int{f.Len}, want[ti])
-				t.Fatalf("%s: %s", what, got.mismatch(ti, i, wt.Value(i)))
-			}
-		}
 	}
 	cpu, err := device.NewCPU(device.WithWorkers(1))
 	if err != nil {
 		t.Fatal(err)
 	}
+	c := &exactOrderCase{dev: dev, cpu: cpu, job: job, want: outputBytes(out)}
+	defer c.close()
 	for trial := range 3 {
 		perm := r.Perm(inputs)
-		pj := *job
-		pj.Inputs, pj.Weights = nil, nil
-		for _, p := range perm {
-			pj.Inputs = append(pj.Inputs, job.Inputs[p])
-			pj.Weights = append(pj.Weights, job.Weights[p])
-		}
-		for _, d := range []device.Device{dev, cpu} {
-			o := NewOutput(job.Fields, job.Chunks)
-			pj.Output = o
-			if _, err := d.WeightedSum(ctx, &pj); err != nil {
-				t.Fatal(err)
-			}
-			same(t, fmt.Sprintf("trial %d: %s, permuted job", trial, d.Name()), o)
-		}
+		c.checkPermutedJob(t, trial, perm)
+		c.checkMerged(t, r, trial, perm)
+	}
+}
 
-		// Partial accumulators of random parts of the permutation, merged in a random tree.
-		parts := 1 + r.IntN(4)
-		accs := make([]device.Accumulator, parts)
-		for k := range accs {
-			if accs[k], err = dev.NewAccumulator(job.Fields); err != nil {
-				t.Fatal(err)
-			}
-			defer accs[k].Close()
+// outputBytes returns a copy of the bytes of every field of out.
+func outputBytes(out *Output) [][]byte {
+	b := make([][]byte, len(out.fields))
+	for ti := range out.fields {
+		b[ti] = slices.Clone(out.Data(ti))
+	}
+	return b
+}
+
+// exactOrderCase is the state ExactOrderIndependent's steps share: the device and the CPU
+// device, the job, the bits of its sum per field (want) and every partial accumulator opened.
+type exactOrderCase struct {
+	dev, cpu device.Device
+	job      *device.SumJob
+	want     [][]byte
+	opened   []device.Accumulator
+}
+
+// close closes every partial accumulator opened.
+func (c *exactOrderCase) close() { closeAll(c.opened) }
+
+// same fails t, saying what was summed, unless got holds the bits of want.
+func (c *exactOrderCase) same(t *testing.T, what string, got *Output) {
+	t.Helper()
+	got.Check(t)
+	for ti, f := range c.job.Fields {
+		if i := firstDiff(got.Data(ti), c.want[ti], f.Out.Size()); i >= 0 {
+			wt, _ := tensor.FromBytes("", f.Out, []int{f.Len}, c.want[ti])
+			t.Fatalf("%s: %s", what, got.mismatch(ti, i, wt.Value(i)))
 		}
-		for _, p := range perm {
-			if err := accs[r.IntN(parts)].Add(ctx, job.Inputs[p], job.Weights[p]); err != nil {
-				t.Fatal(err)
-			}
-		}
-		for len(accs) > 1 {
-			a, b := r.IntN(len(accs)), r.IntN(len(accs)-1)
-			if b >= a {
-				b++
-			}
-			if err := mergeExact(ctx, accs[a], accs[b], job.Fields); err != nil {
-				t.Fatal(err)
-			}
-			accs = slices.Delete(accs, b, b+1)
-		}
-		o := NewOutput(job.Fields, job.Chunks)
-		if _, err := accs[0].Emit(ctx, job.Scale, job.Chunks, o); err != nil {
+	}
+}
+
+// permuted returns a copy of the job with its inputs and weights in the order perm.
+func (c *exactOrderCase) permuted(perm []int) device.SumJob {
+	pj := *c.job
+	pj.Inputs, pj.Weights = nil, nil
+	for _, p := range perm {
+		pj.Inputs = append(pj.Inputs, c.job.Inputs[p])
+		pj.Weights = append(pj.Weights, c.job.Weights[p])
+	}
+	return pj
+}
+
+// checkPermutedJob sums the inputs in the order perm in one job on the device and on the CPU
+// device, and checks the bits of both.
+func (c *exactOrderCase) checkPermutedJob(t *testing.T, trial int, perm []int) {
+	t.Helper()
+	pj := c.permuted(perm)
+	for _, d := range []device.Device{c.dev, c.cpu} {
+		o := NewOutput(c.job.Fields, c.job.Chunks)
+		pj.Output = o
+		if _, err := d.WeightedSum(context.Background(), &pj); err != nil {
 			t.Fatal(err)
 		}
-		same(t, fmt.Sprintf("trial %d: %d partial accumulators merged", trial, parts), o)
+		c.same(t, fmt.Sprintf("trial %d: %s, permuted job", trial, d.Name()), o)
 	}
+}
+
+// checkMerged adds the inputs in the order perm into partial accumulators on the device, merges
+// them into one and checks the bits it emits.
+func (c *exactOrderCase) checkMerged(t *testing.T, r *rand.Rand, trial int, perm []int) {
+	t.Helper()
+	// Partial accumulators of random parts of the permutation, merged in a random tree.
+	parts := 1 + r.IntN(4)
+	acc := c.mergeTree(t, r, c.addParts(t, r, perm, parts))
+	o := NewOutput(c.job.Fields, c.job.Chunks)
+	if _, err := acc.Emit(context.Background(), c.job.Scale, c.job.Chunks, o); err != nil {
+		t.Fatal(err)
+	}
+	c.same(t, fmt.Sprintf("trial %d: %d partial accumulators merged", trial, parts), o)
+}
+
+// addParts opens parts accumulators on the device and adds each input, in the order perm, to a
+// random one of them.
+func (c *exactOrderCase) addParts(t *testing.T, r *rand.Rand, perm []int, parts int) []device.Accumulator {
+	t.Helper()
+	accs := make([]device.Accumulator, parts)
+	for k := range accs {
+		acc, err := c.dev.NewAccumulator(c.job.Fields)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.opened = append(c.opened, acc)
+		accs[k] = acc
+	}
+	for _, p := range perm {
+		if err := accs[r.IntN(parts)].Add(context.Background(), c.job.Inputs[p], c.job.Weights[p]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return accs
+}
+
+// mergeTree merges accs, a random pair at a time, into one, which it returns.
+func (c *exactOrderCase) mergeTree(t *testing.T, r *rand.Rand, accs []device.Accumulator) device.Accumulator {
+	t.Helper()
+	for len(accs) > 1 {
+		a, b := r.IntN(len(accs)), r.IntN(len(accs)-1)
+		if b >= a {
+			b++
+		}
+		if err := mergeExact(context.Background(), accs[a], accs[b], c.job.Fields); err != nil {
+			t.Fatal(err)
+		}
+		accs = slices.Delete(accs, b, b+1)
+	}
+	return accs[0]
 }
 
 // mergeExact adds the sums of src into dst, field by field.

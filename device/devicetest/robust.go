@@ -482,81 +482,135 @@ func Gram(t *testing.T, dev device.Device) {
 	rd := dev.(device.Robust)
 	r := rand.New(rand.NewPCG(109, 110))
 	for _, n := range []int{1, 4, 9, 70} {
-		dts := []tensor.DType{tensor.F32, tensor.BF16, tensor.F16, tensor.I8}
 		t.Run(fmt.Sprint(n), func(t *testing.T) {
-			fields, inputs, _ := robustJob(r, n, dts, tensor.F32, n%2 == 1, 4096)
-			if n > 64 {
-				// More than one 64-row tile of a GPU kernel; the reference costs n²
-				// multiply-adds per element: the short fields only.
-				fields = fields[:3]
-				for i := range inputs {
-					inputs[i] = inputs[i][:3]
-				}
-			}
+			fields, inputs := gramJob(r, n)
 			g, stats, err := rd.Gram(context.Background(), fields, inputs)
 			if err != nil {
 				t.Fatal(err)
 			}
-			vals := make([][]float64, n)
-			var read int64
-			for i, in := range inputs {
-				for _, sp := range in {
-					for _, v := range RobustValues(sp) {
-						vals[i] = append(vals[i], float64(v))
-					}
-					read += int64(len(sp.Data))
-				}
-			}
-			elems := len(vals[0])
-			// The centred values (the values themselves where the device kept the raw matrix).
-			ys := make([][]float64, n)
-			col := make([]float64, n)
-			for i := range ys {
-				ys[i] = make([]float64, elems)
-			}
-			for j := range elems {
-				for i := range n {
-					col[i] = vals[i][j]
-				}
-				c := GramCentre(col)
-				if g.Raw {
-					c = 0
-				}
-				for i := range n {
-					ys[i][j] = vals[i][j] - c
-				}
-			}
-			if len(g.Centred) != n || len(g.SqNorms) != n {
-				t.Fatalf("%d rows and %d norms, want %d", len(g.Centred), len(g.SqNorms), n)
-			}
-			for a := range n {
-				if len(g.Centred[a]) != n {
-					t.Fatalf("row %d has %d entries, want %d", a, len(g.Centred[a]), n)
-				}
-				var norm float64
-				for _, x := range vals[a] {
-					norm += x * x
-				}
-				if math.Abs(g.SqNorms[a]-norm) > SumTolerance(elems, norm) {
-					t.Fatalf("‖x_%d‖² = %v, want %v ± %v", a, g.SqNorms[a], norm, SumTolerance(elems, norm))
-				}
-				for b := range n {
-					var want, mag float64
-					for j, y := range ys[a] {
-						p := y * ys[b][j]
-						want += p
-						mag += math.Abs(p)
-					}
-					if math.Abs(g.Centred[a][b]-want) > SumTolerance(elems, mag) || g.Centred[a][b] != g.Centred[b][a] {
-						t.Fatalf("G[%d][%d] = %v, want %v ± %v (G[%d][%d] = %v)", a, b, g.Centred[a][b], want, SumTolerance(elems, mag), b, a, g.Centred[b][a])
-					}
-				}
-			}
-			// A device may read the inputs twice: the CPU's raw pass, then a centred one.
-			if stats.Elements != int64(elems) || (stats.BytesRead != read && (g.Raw || stats.BytesRead != 2*read)) {
-				t.Errorf("stats %+v: want %d elements, %d bytes read", stats, elems, read)
-			}
+			c := newGramCheck(g, inputs)
+			c.checkMatrix(t)
+			c.checkStats(t, stats)
 		})
+	}
+}
+
+// gramJob returns Gram's n random inputs (with ties where n is odd) and their fields.
+func gramJob(r *rand.Rand, n int) ([]device.AccField, [][]device.Span) {
+	dts := []tensor.DType{tensor.F32, tensor.BF16, tensor.F16, tensor.I8}
+	fields, inputs, _ := robustJob(r, n, dts, tensor.F32, n%2 == 1, 4096)
+	if n > 64 {
+		// More than one 64-row tile of a GPU kernel; the reference costs n²
+		// multiply-adds per element: the short fields only.
+		fields = fields[:3]
+		for i := range inputs {
+			inputs[i] = inputs[i][:3]
+		}
+	}
+	return fields, inputs
+}
+
+// gramCheck is a Gram matrix and what Gram checks it against: the inputs' values (as
+// RobustValues gives them, field after field), their count per input, the bytes they take and
+// the centred values.
+type gramCheck struct {
+	g        device.GramMatrix
+	vals, ys [][]float64
+	elems    int
+	read     int64
+}
+
+// newGramCheck returns the gramCheck of g, the Gram matrix of inputs.
+func newGramCheck(g device.GramMatrix, inputs [][]device.Span) *gramCheck {
+	c := &gramCheck{g: g, vals: make([][]float64, len(inputs))}
+	for i, in := range inputs {
+		for _, sp := range in {
+			for _, v := range RobustValues(sp) {
+				c.vals[i] = append(c.vals[i], float64(v))
+			}
+			c.read += int64(len(sp.Data))
+		}
+	}
+	c.elems = len(c.vals[0])
+	c.centre()
+	return c
+}
+
+// centre sets ys: the centred values (the values themselves where the device kept the raw
+// matrix).
+func (c *gramCheck) centre() {
+	n := len(c.vals)
+	c.ys = make([][]float64, n)
+	col := make([]float64, n)
+	for i := range c.ys {
+		c.ys[i] = make([]float64, c.elems)
+	}
+	for j := range c.elems {
+		for i := range n {
+			col[i] = c.vals[i][j]
+		}
+		m := GramCentre(col)
+		if c.g.Raw {
+			m = 0
+		}
+		for i := range n {
+			c.ys[i][j] = c.vals[i][j] - m
+		}
+	}
+}
+
+// checkMatrix checks the shape of the matrix, then row by row the squared norm and the entries.
+func (c *gramCheck) checkMatrix(t *testing.T) {
+	t.Helper()
+	n := len(c.vals)
+	if len(c.g.Centred) != n || len(c.g.SqNorms) != n {
+		t.Fatalf("%d rows and %d norms, want %d", len(c.g.Centred), len(c.g.SqNorms), n)
+	}
+	for a := range n {
+		if len(c.g.Centred[a]) != n {
+			t.Fatalf("row %d has %d entries, want %d", a, len(c.g.Centred[a]), n)
+		}
+		c.checkNorm(t, a)
+		for b := range n {
+			c.checkEntry(t, a, b)
+		}
+	}
+}
+
+// checkNorm checks ‖x_a‖² against the sum of the squares of its values within SumTolerance.
+func (c *gramCheck) checkNorm(t *testing.T, a int) {
+	t.Helper()
+	var norm float64
+	for _, x := range c.vals[a] {
+		norm += x * x
+	}
+	if math.Abs(c.g.SqNorms[a]-norm) > SumTolerance(c.elems, norm) {
+		t.Fatalf("‖x_%d‖² = %v, want %v ± %v", a, c.g.SqNorms[a], norm, SumTolerance(c.elems, norm))
+	}
+}
+
+// checkEntry checks G[a][b] against the sum of the products of the centred values within
+// SumTolerance, and against G[b][a] bit for bit.
+func (c *gramCheck) checkEntry(t *testing.T, a, b int) {
+	t.Helper()
+	var want, mag float64
+	for j, y := range c.ys[a] {
+		p := y * c.ys[b][j]
+		want += p
+		mag += math.Abs(p)
+	}
+	g := c.g.Centred
+	if math.Abs(g[a][b]-want) > SumTolerance(c.elems, mag) || g[a][b] != g[b][a] {
+		t.Fatalf("G[%d][%d] = %v, want %v ± %v (G[%d][%d] = %v)", a, b, g[a][b], want, SumTolerance(c.elems, mag), b, a, g[b][a])
+	}
+}
+
+// checkStats checks the elements and bytes read that Gram reported.
+func (c *gramCheck) checkStats(t *testing.T, stats device.Stats) {
+	t.Helper()
+	// A device may read the inputs twice: the CPU's raw pass, then a centred one.
+	if stats.Elements != int64(c.elems) || (stats.BytesRead != c.read && (c.g.Raw || stats.BytesRead != 2*c.read)) {
+		t.Errorf("stats %+v: want %d elements, %d bytes read", stats, c.elems, c.read)
 	}
 }
 
