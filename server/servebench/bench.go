@@ -268,6 +268,7 @@ func ingestRows(ctx context.Context, c *Config) ([]Row, error) {
 // ingestRun is the ingest row's run: what it sends and what it measured.
 type ingestRun struct {
 	c        *Config
+	name     string  // the round's name in the rows ("ingest", "Flight")
 	dir      string  // the row's scratch directory
 	floorDir string  // the floors' files
 	body     []byte  // the update every client sends
@@ -290,14 +291,14 @@ func newIngestRun(c *Config) (*ingestRun, error) {
 		return nil, err
 	}
 	dir := filepath.Join(c.Dir, "ingest")
-	return &ingestRun{c: c, dir: dir, floorDir: filepath.Join(dir, "floor"), body: body,
+	return &ingestRun{c: c, name: "ingest", dir: dir, floorDir: filepath.Join(dir, "floor"), body: body,
 		total: float64(len(body)) * float64(c.Clients), model: float64(c.Params * 4)}, nil
 }
 
 // floors measures the row's floors and logs them as rates, saying when ("before" or "after" the
 // server's run).
 func (r *ingestRun) floors(when string) (ingestFloors, error) {
-	f, err := measureFloors(r.floorDir, r.body, r.c.Clients, r.c.direct(), true)
+	f, err := r.measure(true)
 	if err != nil {
 		return f, err
 	}
@@ -305,14 +306,16 @@ func (r *ingestRun) floors(when string) (ingestFloors, error) {
 	return f, nil
 }
 
+// measure measures the row's floors for every client's stream of the body; both only with
+// withBoth.
+func (r *ingestRun) measure(withBoth bool) (ingestFloors, error) {
+	return measureFloors(r.floorDir, r.body, r.c.Clients, r.c.direct(), withBoth)
+}
+
 // serve starts the server, measures a round of every client's push, its group commits and the
 // server's peak RSS, and stops the server.
 func (r *ingestRun) serve(ctx context.Context) error {
-	cfgPath, tokens, err := serverConfig(r.dir, r.c.Clients, r.c.Clients, r.c.Sum, nil, nil)
-	if err != nil {
-		return err
-	}
-	p, err := startProcess(ctx, r.c.Start, cfgPath, filepath.Join(r.dir, "addr"))
+	p, tokens, err := r.start(ctx, nil)
 	if err != nil {
 		return err
 	}
@@ -325,6 +328,17 @@ func (r *ingestRun) serve(ctx context.Context) error {
 	}
 	r.hwm, r.anon = peakRSS(p.cmd.Process.Pid)
 	return nil
+}
+
+// start writes the server's configuration for the row's clients, all streaming at once, with
+// top's settings beside, and starts the server; it returns it and the clients' tokens.
+func (r *ingestRun) start(ctx context.Context, top map[string]any) (*process, []string, error) {
+	cfgPath, tokens, err := serverConfig(r.dir, r.c.Clients, r.c.Clients, r.c.Sum, nil, top)
+	if err != nil {
+		return nil, nil, err
+	}
+	p, err := startProcess(ctx, r.c.Start, cfgPath, filepath.Join(r.dir, "addr"))
+	return p, tokens, err
 }
 
 // pushAll has every client push the update to the server at url at once, and times it to the
@@ -360,12 +374,20 @@ func (r *ingestRun) gb(d time.Duration) float64 { return r.total / d.Seconds() /
 
 // httpRow is the HTTP ingest against the floor, min(TCP, disk).
 func (r *ingestRun) httpRow(best ingestFloors) Row {
-	c, gb := r.c, r.gb
+	c := r.c
+	return r.ingestRow(fmt.Sprintf("HTTP ingest, %d clients × %d f32 params, durable%s", c.Clients, c.Params, c.weightNote()), best,
+		fmt.Sprintf("first byte to last acknowledgement %.2f s; round closed %.2f s after the start; %.0f group commits", r.ingest.Seconds(), r.closed.Seconds(), r.groups))
+}
+
+// ingestRow is the ingest, named what, against the floor, min(TCP, disk), of best; its
+// note gives the floors before and after, and then more.
+func (r *ingestRun) ingestRow(what string, best ingestFloors, more string) Row {
+	gb := r.gb
 	floor, floorIs := best.ingest()
-	return Row{What: fmt.Sprintf("HTTP ingest, %d clients × %d f32 params, durable%s", c.Clients, c.Params, c.weightNote()), Measured: gb(r.ingest), Unit: "GB/s",
+	return Row{What: what, Measured: gb(r.ingest), Unit: "GB/s",
 		Floor: gb(floor), FloorIs: "min(loopback TCP, disk durable): " + floorIs, Ratio: floor.Seconds() / r.ingest.Seconds(),
-		Note: fmt.Sprintf("TCP %.2f GB/s (before %.2f, after %.2f), disk %.2f GB/s (before %.2f, after %.2f; %s); first byte to last acknowledgement %.2f s; round closed %.2f s after the start; %.0f group commits",
-			gb(best.tcp), gb(r.before.tcp), gb(r.after.tcp), gb(best.disk), gb(r.before.disk), gb(r.after.disk), c.diskWay(), r.ingest.Seconds(), r.closed.Seconds(), r.groups)}
+		Note: fmt.Sprintf("TCP %.2f GB/s (before %.2f, after %.2f), disk %.2f GB/s (before %.2f, after %.2f; %s); ",
+			gb(best.tcp), gb(r.before.tcp), gb(r.after.tcp), gb(best.disk), gb(r.before.disk), gb(r.after.disk), r.c.diskWay()) + more}
 }
 
 // tcpIntoDiskRow is the same ingest against TCP into disk at once.
@@ -379,7 +401,7 @@ func (r *ingestRun) tcpIntoDiskRow(best ingestFloors) Row {
 // rssRow is the server's peak RSS against the budget.
 func (r *ingestRun) rssRow() Row {
 	budget := r.c.rssBudget()
-	return Row{What: "server peak RSS (VmHWM) during the ingest round", Measured: r.hwm / (1 << 20), Unit: "MiB",
+	return Row{What: fmt.Sprintf("server peak RSS (VmHWM) during the %s round", r.name), Measured: r.hwm / (1 << 20), Unit: "MiB",
 		Floor: budget / (1 << 20), FloorIs: "budget 1.3 × model + streams × 2 chunks + 128 MiB", Ratio: r.hwm / budget,
 		Note: fmt.Sprintf("RssAnon at the end %.0f MiB; model %.0f MiB; %s", r.anon/(1<<20), r.model/(1<<20), r.c.sumNote(r.closedSt, r.c.Params))}
 }
@@ -395,68 +417,137 @@ func (r *ingestRun) designBRow() Row {
 // smallRows: many clients of a small model, pushing SmallStreams at a time: updates per
 // second and the time from an update's last byte to its acknowledgement.
 func smallRows(ctx context.Context, c *Config) ([]Row, error) {
-	dir := filepath.Join(c.Dir, "small")
+	r, err := newSmallRun(c)
+	if err != nil {
+		return nil, err
+	}
+	if r.disk, err = r.floor(); err != nil {
+		return nil, err
+	}
+	if err := r.serve(ctx); err != nil {
+		return nil, err
+	}
+	return r.rows(), nil
+}
+
+// smallRun is the many-small-clients row's run: what it sends and what it measured.
+type smallRun struct {
+	c    *Config
+	dir  string // the row's scratch directory
+	body []byte // the update every client sends
+
+	disk time.Duration   // the disk floor
+	wall time.Duration   // every client's push, SmallStreams at a time
+	lat  []time.Duration // each client's last byte to acknowledgement
+	m    [6]float64      // the server's metrics, in smallMetrics' order
+}
+
+// smallMetrics are the server's metrics the row reads after the round: group commits, their
+// syncs and the acknowledgements' latency, each a sum and a count.
+var smallMetrics = [6]string{"wattagg_commit_group_updates_sum", "wattagg_commit_group_updates_count",
+	"wattagg_commit_sync_seconds_sum", "wattagg_commit_sync_seconds_count", "wattagg_ack_latency_seconds_sum", "wattagg_ack_latency_seconds_count"}
+
+// newSmallRun is the many-small-clients row's run for c, its update encoded.
+func newSmallRun(c *Config) (*smallRun, error) {
 	body, err := updateBytes(c.SmallParams, 1)
 	if err != nil {
 		return nil, err
 	}
+	return &smallRun{c: c, dir: filepath.Join(c.Dir, "small"), body: body, lat: make([]time.Duration, c.SmallClients)}, nil
+}
+
+// floor measures the row's disk floor.
+func (r *smallRun) floor() (time.Duration, error) {
 	// The disk floor writes the same files: SmallClients of them, SmallStreams at a time.
-	disk, err := diskFloorFiles(filepath.Join(dir, "floor"), len(body), c.SmallClients, c.SmallStreams, c.direct())
+	return diskFloorFiles(filepath.Join(r.dir, "floor"), len(r.body), r.c.SmallClients, r.c.SmallStreams, r.c.direct())
+}
+
+// serve starts the server, measures a round of every client's push and reads the server's
+// metrics, and stops the server.
+func (r *smallRun) serve(ctx context.Context) error {
+	cfgPath, tokens, err := serverConfig(r.dir, r.c.SmallClients, r.c.SmallStreams, r.c.Sum, nil, nil)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	cfgPath, tokens, err := serverConfig(dir, c.SmallClients, c.SmallStreams, c.Sum, nil, nil)
+	p, err := startProcess(ctx, r.c.Start, cfgPath, filepath.Join(r.dir, "addr"))
 	if err != nil {
-		return nil, err
-	}
-	p, err := startProcess(ctx, c.Start, cfgPath, filepath.Join(dir, "addr"))
-	if err != nil {
-		return nil, err
+		return err
 	}
 	defer p.stop()
-	lat := make([]time.Duration, c.SmallClients)
-	wall, err := timed(c.SmallClients, c.SmallStreams, func(k int) error {
-		cl, err := client.New(p.url, client.WithToken(tokens[k]))
+	if err := r.pushAll(ctx, p.url, tokens); err != nil {
+		return err
+	}
+	if err := waitClosed(ctx, p.url, 1); err != nil {
+		return err
+	}
+	return r.scrape(p.url)
+}
+
+// pushAll has every client push the update to the server at url, SmallStreams at a time, and
+// times it.
+func (r *smallRun) pushAll(ctx context.Context, url string, tokens []string) error {
+	var err error
+	r.wall, err = timed(r.c.SmallClients, r.c.SmallStreams, func(k int) error {
+		cl, err := client.New(url, client.WithToken(tokens[k]))
 		if err != nil {
 			return err
 		}
-		var last time.Time
-		n := int64(len(body))
-		_, err = cl.Push(ctx, 1, bytes.NewReader(body), n, client.WithProgress(func(done, _ int64) {
-			if done == n {
-				last = time.Now()
-			}
-		}))
-		lat[k] = time.Since(last)
-		return err
+		return r.push(ctx, cl, k)
 	})
-	if err != nil {
-		return nil, err
-	}
-	if err := waitClosed(ctx, p.url, 1); err != nil {
-		return nil, err
-	}
-	var m [6]float64
-	for i, name := range []string{"wattagg_commit_group_updates_sum", "wattagg_commit_group_updates_count",
-		"wattagg_commit_sync_seconds_sum", "wattagg_commit_sync_seconds_count", "wattagg_ack_latency_seconds_sum", "wattagg_ack_latency_seconds_count"} {
-		if m[i], err = scrape(p.url, name); err != nil {
-			return nil, err
+	return err
+}
+
+// push pushes the update as client k with cl, and keeps the time from its last byte to its
+// acknowledgement.
+func (r *smallRun) push(ctx context.Context, cl *client.Client, k int) error {
+	var last time.Time
+	n := int64(len(r.body))
+	_, err := cl.Push(ctx, 1, bytes.NewReader(r.body), n, client.WithProgress(func(done, _ int64) {
+		if done == n {
+			last = time.Now()
+		}
+	}))
+	r.lat[k] = time.Since(last)
+	return err
+}
+
+// scrape reads smallMetrics from the server at url.
+func (r *smallRun) scrape(url string) error {
+	var err error
+	for i, name := range smallMetrics {
+		if r.m[i], err = scrape(url, name); err != nil {
+			return err
 		}
 	}
+	return nil
+}
+
+// rows are the row's figures: the updates' rate beside its floor, and their latency.
+func (r *smallRun) rows() []Row {
+	return []Row{r.rateRow(), r.latencyRow()}
+}
+
+// rateRow is the updates per second against the disk's rate for as many files.
+func (r *smallRun) rateRow() Row {
+	c := r.c
+	perSec := float64(c.SmallClients) / r.wall.Seconds()
+	diskPerSec := float64(c.SmallClients) / r.disk.Seconds()
+	return Row{What: fmt.Sprintf("%d clients × %d f32 params, %d pushing at once", c.SmallClients, c.SmallParams, c.SmallStreams),
+		Measured: perSec, Unit: "updates/s", Floor: diskPerSec, FloorIs: "disk: as many files of one update, written and fdatasynced as many at a time, " + c.diskWay(),
+		Ratio: perSec / diskPerSec, Note: fmt.Sprintf("%.2f GB/s of updates", perSec*float64(len(r.body))/1e9)}
+}
+
+// latencyRow is the p99 time from an update's last byte to its acknowledgement, beside the
+// server's own account of it.
+func (r *smallRun) latencyRow() Row {
+	lat, m := r.lat, r.m
 	slices.Sort(lat)
 	p99 := lat[len(lat)*99/100]
 	p50 := lat[len(lat)/2]
-	perSec := float64(c.SmallClients) / wall.Seconds()
-	diskPerSec := float64(c.SmallClients) / disk.Seconds()
-	return []Row{
-		{What: fmt.Sprintf("%d clients × %d f32 params, %d pushing at once", c.SmallClients, c.SmallParams, c.SmallStreams),
-			Measured: perSec, Unit: "updates/s", Floor: diskPerSec, FloorIs: "disk: as many files of one update, written and fdatasynced as many at a time, " + c.diskWay(),
-			Ratio: perSec / diskPerSec, Note: fmt.Sprintf("%.2f GB/s of updates", perSec*float64(len(body))/1e9)},
-		{What: "last byte to acknowledgement", Measured: float64(p99.Microseconds()) / 1e3, Unit: "ms p99",
-			Note: fmt.Sprintf("p50 %.2f ms, max %.2f ms (client side: includes the answer's way back); server side: mean %.2f ms from last byte to acknowledgement, %.0f group commits of %.1f updates on average, %.2f ms each (directory fsync, log append and fdatasync)",
-				float64(p50.Microseconds())/1e3, float64(lat[len(lat)-1].Microseconds())/1e3,
-				1e3*m[4]/max(m[5], 1), m[1], m[0]/max(m[1], 1), 1e3*m[2]/max(m[3], 1))},
-	}, nil
+	return Row{What: "last byte to acknowledgement", Measured: float64(p99.Microseconds()) / 1e3, Unit: "ms p99",
+		Note: fmt.Sprintf("p50 %.2f ms, max %.2f ms (client side: includes the answer's way back); server side: mean %.2f ms from last byte to acknowledgement, %.0f group commits of %.1f updates on average, %.2f ms each (directory fsync, log append and fdatasync)",
+			float64(p50.Microseconds())/1e3, float64(lat[len(lat)-1].Microseconds())/1e3,
+			1e3*m[4]/max(m[5], 1), m[1], m[0]/max(m[1], 1), 1e3*m[2]/max(m[3], 1))}
 }
 
 // tcpFloor sends body over n concurrent loopback TCP streams into io.Discard and returns the

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"path/filepath"
-	"time"
 
 	"github.com/apache/arrow-go/v18/arrow/flight"
 	"google.golang.org/grpc"
@@ -22,7 +21,31 @@ import (
 // and after the server's run, the faster of each counting, as for HTTP), and the server's peak
 // RSS against the same budget.
 func flightRows(ctx context.Context, c *Config) ([]Row, error) {
-	dir := filepath.Join(c.Dir, "flight")
+	r, err := newFlightRun(c)
+	if err != nil {
+		return nil, err
+	}
+	if r.before, err = r.measure(false); err != nil {
+		return nil, err
+	}
+	if err := r.serve(ctx); err != nil {
+		return nil, err
+	}
+	if r.after, err = r.measure(false); err != nil {
+		return nil, err
+	}
+	return r.rows(), nil
+}
+
+// flightRun is the Flight row's run: the ingest row's, its update sent as Flight messages.
+type flightRun struct {
+	*ingestRun
+	msgs []*flight.FlightData // the messages every client sends
+}
+
+// newFlightRun is the Flight row's run for c, its update encoded and cut into messages. Its
+// floors send the update's .safetensors bytes; its rates count the tensor bytes.
+func newFlightRun(c *Config) (*flightRun, error) {
 	set, err := updateSet(c.Params, 0)
 	if err != nil {
 		return nil, err
@@ -37,53 +60,53 @@ func flightRows(ctx context.Context, c *Config) ([]Row, error) {
 	if err != nil {
 		return nil, err
 	}
-	data := float64(c.Params*4) * float64(c.Clients)
-	before, err := measureFloors(filepath.Join(dir, "floor"), body, c.Clients, c.direct(), false)
+	dir := filepath.Join(c.Dir, "flight")
+	return &flightRun{ingestRun: &ingestRun{c: c, name: "Flight", dir: dir, floorDir: filepath.Join(dir, "floor"), body: body,
+		total: float64(c.Params*4) * float64(c.Clients), model: float64(c.Params * 4)}, msgs: msgs}, nil
+}
+
+// serve starts the server with Flight served, measures a round of every client's DoPut and the
+// server's peak RSS, and stops the server.
+func (r *flightRun) serve(ctx context.Context) error {
+	p, tokens, err := r.start(ctx, map[string]any{"flight_listen": "127.0.0.1:0"})
 	if err != nil {
-		return nil, err
-	}
-	cfgPath, tokens, err := serverConfig(dir, c.Clients, c.Clients, c.Sum, nil, map[string]any{"flight_listen": "127.0.0.1:0"})
-	if err != nil {
-		return nil, err
-	}
-	p, err := startProcess(ctx, c.Start, cfgPath, filepath.Join(dir, "addr"))
-	if err != nil {
-		return nil, err
+		return err
 	}
 	defer p.stop()
 	if p.flight == "" {
-		return nil, fmt.Errorf("the server serves no Flight")
+		return fmt.Errorf("the server serves no Flight")
 	}
-	took, err := timed(c.Clients, c.Clients, func(k int) error {
-		return flightPush(ctx, p.flight, tokens[k], 1, msgs)
+	if err := r.putAll(ctx, p, tokens); err != nil {
+		return err
+	}
+	r.hwm, r.anon = peakRSS(p.cmd.Process.Pid)
+	return nil
+}
+
+// putAll has every client send the messages to the server p over Flight at once, times it to
+// the last acknowledgement, and waits for the round's close.
+func (r *flightRun) putAll(ctx context.Context, p *process, tokens []string) error {
+	var err error
+	r.ingest, err = timed(r.c.Clients, r.c.Clients, func(k int) error {
+		return flightPush(ctx, p.flight, tokens[k], 1, r.msgs)
 	})
 	if err != nil {
-		return nil, err
+		return err
 	}
-	closedSt, err := waitClosedStatus(ctx, p.url, 1)
-	if err != nil {
-		return nil, err
-	}
-	hwm, anon := peakRSS(p.cmd.Process.Pid)
-	p.stop()
-	after, err := measureFloors(filepath.Join(dir, "floor"), body, c.Clients, c.direct(), false)
-	if err != nil {
-		return nil, err
-	}
-	best := before.best(after)
-	floor, floorIs := best.ingest()
-	model := float64(c.Params * 4)
-	budget := c.rssBudget()
-	gb := func(d time.Duration) float64 { return data / d.Seconds() / 1e9 }
-	return []Row{
-		{What: fmt.Sprintf("Flight DoPut ingest, %d clients × %d f32 params, durable (%d KiB batches)", c.Clients, c.Params, server.DefaultChunkBytes>>10),
-			Measured: gb(took), Unit: "GB/s", Floor: gb(floor), FloorIs: "min(loopback TCP, disk durable): " + floorIs, Ratio: floor.Seconds() / took.Seconds(),
-			Note: fmt.Sprintf("TCP %.2f GB/s (before %.2f, after %.2f), disk %.2f GB/s (before %.2f, after %.2f; %s); tensor bytes counted",
-				gb(best.tcp), gb(before.tcp), gb(after.tcp), gb(best.disk), gb(before.disk), gb(after.disk), c.diskWay())},
-		{What: "server peak RSS (VmHWM) during the Flight round", Measured: hwm / (1 << 20), Unit: "MiB",
-			Floor: budget / (1 << 20), FloorIs: "budget 1.3 × model + streams × 2 chunks + 128 MiB", Ratio: hwm / budget,
-			Note: fmt.Sprintf("RssAnon at the end %.0f MiB; model %.0f MiB; %s", anon/(1<<20), model/(1<<20), c.sumNote(closedSt, c.Params))},
-	}, nil
+	r.closedSt, err = waitClosedStatus(ctx, p.url, 1)
+	return err
+}
+
+// rows are the row's figures, each beside its floor.
+func (r *flightRun) rows() []Row {
+	return []Row{r.doPutRow(r.before.best(r.after)), r.rssRow()}
+}
+
+// doPutRow is the Flight DoPut ingest against the floor, min(TCP, disk).
+func (r *flightRun) doPutRow(best ingestFloors) Row {
+	c := r.c
+	return r.ingestRow(fmt.Sprintf("Flight DoPut ingest, %d clients × %d f32 params, durable (%d KiB batches)", c.Clients, c.Params, server.DefaultChunkBytes>>10), best,
+		"tensor bytes counted")
 }
 
 // updateSet is client k's update as a Set (the bytes of updateBytes).
