@@ -225,71 +225,123 @@ func (s meanSuite) run(env *benchEnv) (*bench.Report, error) {
 	if s.sweep != nil {
 		total += len(s.dtypes) * len(s.sweep.Points())
 	}
-	done := 0
-	measure := func(updates []*tensor.Set, dt tensor.DType, runs int) (bench.Row, error) {
-		return bench.WeightedMean(env.ctx, updates, env.cpu, runs, meanOptions(dt)...)
-	}
 	rep := env.newReport(s)
-	// The main rows: every dtype's updates in memory at once, measured in interleaved runs,
-	// so that the dtypes' params/s compare on the same machine state.
-	env.progress(done, total, fmt.Sprintf("%d x %s %s", s.clients, bench.ParamsLabel(int64(s.params)), dtypeList(s.dtypes)))
-	cases := make([]bench.MeanCase, len(s.dtypes))
-	for k, dt := range s.dtypes {
-		updates, err := bench.InMemoryUpdates(s.clients, s.params, dt)
-		if err != nil {
-			return nil, err
-		}
-		cases[k] = bench.MeanCase{Updates: updates, Options: meanOptions(dt)}
-	}
-	rows, times, err := bench.WeightedMeans(env.ctx, cases, env.cpu, s.runs)
+	rows, times, err := s.mainRows(env, total)
 	if err != nil {
 		return nil, err
 	}
-	cases = nil
-	debug.FreeOSMemory()
-	done += len(rows)
 	for _, r := range rows {
 		rep.Add(r.Result(""))
 	}
 	if err := env.printRows(rows, ""); err != nil {
 		return nil, err
 	}
-	for k := 1; k < len(rows) && !env.json; k++ {
-		line := speedup(rows[k].DType, rows[0].DType, times[0], times[k])
-		fmt.Fprintln(env.stdout, line)
-		rep.Notes = append(rep.Notes, line)
+	if !env.json {
+		for _, line := range speedups(rows, times) {
+			fmt.Fprintln(env.stdout, line)
+			rep.Notes = append(rep.Notes, line)
+		}
 	}
 	s.config(rep)
 	if s.sweep == nil {
 		return rep, nil
 	}
-	for _, sweep := range []string{bench.SweepClients, bench.SweepParams} {
-		var sweepRows []bench.Row
-		var heading string
-		for _, dt := range s.dtypes {
-			err := bench.RunSweep(env.ctx, onlySweep(*s.sweep, sweep), dt, func(p bench.SweepPoint, updates []*tensor.Set) error {
-				env.progress(done, total, fmt.Sprintf("sweep %d x %s %s", p.Clients, bench.ParamsLabel(int64(p.Params)), dt))
-				r, err := measure(updates, dt, s.sweepRuns)
-				if err != nil {
-					return err
-				}
-				done++
-				heading = sweepHeading(p, *s.sweep)
-				sweepRows = append(sweepRows, r)
-				rep.Add(r.Result(p.Sweep))
-				return nil
-			})
+	if err := s.sweeps(env, rep, suiteProgress{done: len(rows), total: total}); err != nil {
+		return nil, err
+	}
+	return rep, nil
+}
+
+// mainRows measures the main rows: every dtype's updates in memory at once, measured in
+// interleaved runs, so that the dtypes' params/s compare on the same machine state. It
+// returns each row's times, run by run, beside it. total is the progress steps of the run.
+func (s meanSuite) mainRows(env *benchEnv, total int) ([]bench.Row, [][]float64, error) {
+	env.progress(0, total, fmt.Sprintf("%d x %s %s", s.clients, bench.ParamsLabel(int64(s.params)), dtypeList(s.dtypes)))
+	cases := make([]bench.MeanCase, len(s.dtypes))
+	for k, dt := range s.dtypes {
+		updates, err := bench.InMemoryUpdates(s.clients, s.params, dt)
+		if err != nil {
+			return nil, nil, err
+		}
+		cases[k] = bench.MeanCase{Updates: updates, Options: meanOptions(dt)}
+	}
+	rows, times, err := bench.WeightedMeans(env.ctx, cases, env.cpu, s.runs)
+	if err != nil {
+		return nil, nil, err
+	}
+	cases = nil
+	debug.FreeOSMemory()
+	return rows, times, nil
+}
+
+// sweeps measures FedAvg along the sweeps in every dtype into rep, from progress on.
+func (s meanSuite) sweeps(env *benchEnv, rep *bench.Report, progress suiteProgress) error {
+	sw := suiteSweeps{env: env, rep: rep, sizes: *s.sweep, dtypes: s.dtypes, suiteProgress: progress,
+		measure: func(updates []*tensor.Set, dt tensor.DType) ([]bench.Row, error) {
+			r, err := bench.WeightedMean(env.ctx, updates, env.cpu, s.sweepRuns, meanOptions(dt)...)
 			if err != nil {
 				return nil, err
 			}
-		}
-		if len(sweepRows) > 0 {
-			if err := env.printRows(sweepRows, heading); err != nil {
-				return nil, err
-			}
+			return []bench.Row{r}, nil
+		}}
+	return sw.run()
+}
+
+// suiteProgress is how far a suite's run is: done of total steps.
+type suiteProgress struct {
+	done, total int
+}
+
+// suiteSweeps runs a suite's sweeps, along clients and then along model size, in every dtype:
+// each sweep's rows go into the report and are printed as one table under its heading.
+type suiteSweeps struct {
+	env    *benchEnv
+	rep    *bench.Report
+	sizes  bench.SweepSizes
+	dtypes []tensor.DType
+	suiteProgress
+	// measure measures the updates of one sweep point, in dt, into its rows.
+	measure func(updates []*tensor.Set, dt tensor.DType) ([]bench.Row, error)
+}
+
+// run runs the sweep along clients, then the one along model size.
+func (w *suiteSweeps) run() error {
+	for _, sweep := range []string{bench.SweepClients, bench.SweepParams} {
+		if err := w.sweep(sweep); err != nil {
+			return err
 		}
 	}
-	return rep, nil
+	return nil
+}
+
+// sweep runs one sweep, bench.SweepClients or bench.SweepParams, in every dtype, and prints
+// its table.
+func (w *suiteSweeps) sweep(sweep string) error {
+	var sweepRows []bench.Row
+	var heading string
+	for _, dt := range w.dtypes {
+		err := bench.RunSweep(w.env.ctx, onlySweep(w.sizes, sweep), dt, func(p bench.SweepPoint, updates []*tensor.Set) error {
+			w.env.progress(w.done, w.total, fmt.Sprintf("sweep %d x %s %s", p.Clients, bench.ParamsLabel(int64(p.Params)), dt))
+			rows, err := w.measure(updates, dt)
+			if err != nil {
+				return err
+			}
+			w.done++
+			heading = sweepHeading(p, w.sizes)
+			sweepRows = append(sweepRows, rows...)
+			for _, r := range rows {
+				w.rep.Add(r.Result(p.Sweep))
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+	if len(sweepRows) == 0 {
+		return nil
+	}
+	return w.env.printRows(sweepRows, heading)
 }
 
 // meanOptions are the options of the mean suite's FedAvg of dt inputs: an f32 result.
@@ -318,6 +370,16 @@ func speedup(dt, base string, baseTimes, times []float64) string {
 	slices.Sort(ratios)
 	return fmt.Sprintf("%s / %s params/s: %.2fx (median of %d interleaved runs, %.2f-%.2f)",
 		dt, base, ratios[len(ratios)/2], len(ratios), ratios[0], ratios[len(ratios)-1])
+}
+
+// speedups says, for every row after the first, how many times the first row's params/s its
+// runs reach (see speedup); times are the rows' runs.
+func speedups(rows []bench.Row, times [][]float64) []string {
+	var lines []string
+	for k := 1; k < len(rows); k++ {
+		lines = append(lines, speedup(rows[k].DType, rows[0].DType, times[0], times[k]))
+	}
+	return lines
 }
 
 func (s meanSuite) config(rep *bench.Report) {

@@ -151,77 +151,96 @@ func lastLine(s string) string {
 }
 
 func (s robustSuite) run(env *benchEnv) (*bench.Report, error) {
+	r := s.start(env)
+	rows, err := r.mainRows()
+	if err != nil {
+		return nil, err
+	}
+	if err := env.printRows(rows, ""); err != nil {
+		return nil, err
+	}
+	rep := r.report(rows)
+	if s.sweep == nil {
+		return rep, nil
+	}
+	if err := r.sweeps(rep); err != nil {
+		return nil, err
+	}
+	return rep, nil
+}
+
+// robustRun is the state of one run of a robust suite: its progress and the FMA rate every
+// Gram row is measured beside.
+type robustRun struct {
+	s     robustSuite
+	env   *benchEnv
+	total int     // progress steps: the main configuration and every sweep point
+	fma   float64 // f64 FMAs per second, measured as the run starts
+}
+
+// start starts a run of s on env: it counts the run's progress steps and measures the FMA
+// floor.
+func (s robustSuite) start(env *benchEnv) *robustRun {
 	total := 1
 	if s.sweep != nil {
 		total += len(s.sweep.Points())
 	}
 	workers := env.cpu.Info().Workers
 	env.progress(0, total, "fma floor")
-	fma := fmaRate(workers)
-	env.progress(0, total, fmt.Sprintf("%d x %s f32", s.clients, bench.ParamsLabel(int64(s.params))))
+	return &robustRun{s: s, env: env, total: total, fma: fmaRate(workers)}
+}
+
+// mainRows measures the rules at the suite's configuration, with the floors leading, and
+// numpy's Gram route after them with --numpy.
+func (r *robustRun) mainRows() ([]bench.Row, error) {
+	s, env := r.s, r.env
+	env.progress(0, r.total, fmt.Sprintf("%d x %s f32", s.clients, bench.ParamsLabel(int64(s.params))))
 	updates, err := bench.InMemoryUpdates(s.clients, s.params, tensor.F32)
 	if err != nil {
 		return nil, err
 	}
-	rows, err := benchRobust(env.ctx, env.cpu, updates, s.runs, fma, true, s.rules)
+	rows, err := benchRobust(env.ctx, env.cpu, updates, s.runs, r.fma, true, s.rules)
 	if err != nil {
 		return nil, err
 	}
 	updates = nil // the sweeps and numpy need the memory
 	debug.FreeOSMemory()
-	if s.numpy != "" {
-		env.progress(0, total, "numpy X @ X.T")
-		np, err := numpyGram(env.ctx, s.numpy, s.clients, s.params, rows)
-		if err != nil {
-			return nil, err
-		}
-		rows = append(rows, np)
+	if s.numpy == "" {
+		return rows, nil
 	}
-	if err := env.printRows(rows, ""); err != nil {
+	env.progress(0, r.total, "numpy X @ X.T")
+	np, err := numpyGram(env.ctx, s.numpy, s.clients, s.params, rows)
+	if err != nil {
 		return nil, err
 	}
-	rep := env.newReport(s)
+	return append(rows, np), nil
+}
+
+// report is the suite's report of the main rows.
+func (r *robustRun) report(rows []bench.Row) *bench.Report {
+	s := r.s
+	rep := r.env.newReport(s)
 	rep.Config["clients"], rep.Config["params"], rep.Config["runs"] = fmt.Sprint(s.clients), fmt.Sprint(s.params), fmt.Sprint(s.runs)
-	for _, r := range rows {
-		res := r.Result("")
-		if r.Rule == "fma floor" {
-			res.Value, res.Unit = r.GBps, "GFMA/s" // benchRobust's table shows GFMA/s in the GB/s column
+	for _, row := range rows {
+		res := row.Result("")
+		if row.Rule == "fma floor" {
+			res.Value, res.Unit = row.GBps, "GFMA/s" // benchRobust's table shows GFMA/s in the GB/s column
 		}
 		rep.Add(res)
 	}
 	rep.Notes = append(rep.Notes, "throughput is input bytes / seconds; each rule's floor is the read bandwidth of the same updates divided by the passes the rule makes over them, and Krum's distances' floor is the FMA throughput over n(n+1)/2 FMAs per coordinate")
-	if s.sweep == nil {
-		return rep, nil
-	}
+	return rep
+}
+
+// sweeps measures the rules along the sweeps into rep, beside the FMA rate of the run.
+func (r *robustRun) sweeps(rep *bench.Report) error {
+	s := r.s
 	rep.Config["sweep"], rep.Config["sweep_runs"] = s.sweep.String(), fmt.Sprint(s.sweepRuns)
-	done := 1
-	for _, sweep := range []string{bench.SweepClients, bench.SweepParams} {
-		var sweepRows []bench.Row
-		var heading string
-		err := bench.RunSweep(env.ctx, onlySweep(*s.sweep, sweep), tensor.F32, func(p bench.SweepPoint, updates []*tensor.Set) error {
-			env.progress(done, total, fmt.Sprintf("sweep %d x %s f32", p.Clients, bench.ParamsLabel(int64(p.Params))))
-			rows, err := benchRobust(env.ctx, env.cpu, updates, s.sweepRuns, fma, false, s.rules)
-			if err != nil {
-				return err
-			}
-			done++
-			heading = sweepHeading(p, *s.sweep)
-			sweepRows = append(sweepRows, rows...)
-			for _, r := range rows {
-				rep.Add(r.Result(p.Sweep))
-			}
-			return nil
-		})
-		if err != nil {
-			return nil, err
-		}
-		if len(sweepRows) > 0 {
-			if err := env.printRows(sweepRows, heading); err != nil {
-				return nil, err
-			}
-		}
-	}
-	return rep, nil
+	sw := suiteSweeps{env: r.env, rep: rep, sizes: *s.sweep, dtypes: []tensor.DType{tensor.F32}, suiteProgress: suiteProgress{done: 1, total: r.total},
+		measure: func(updates []*tensor.Set, _ tensor.DType) ([]bench.Row, error) {
+			return benchRobust(r.env.ctx, r.env.cpu, updates, s.sweepRuns, r.fma, false, s.rules)
+		}}
+	return sw.run()
 }
 
 // benchRobust measures every robust rule on updates (one f32 tensor each), each beside its
