@@ -37,72 +37,136 @@ func (c *CPU) Mix(ctx context.Context, job *MixJob) (Stats, error) {
 	if err != nil {
 		return Stats{}, err
 	}
-	for t, f := range job.Fields {
-		if f.Acc == tensor.I64 {
-			return Stats{}, fmt.Errorf("%w: field %q: a mix has no exact accumulator", ErrUnsupported, f.Name)
-		}
-		if err := c.supports(t, f, job.Inputs); err != nil {
-			return Stats{}, err
-		}
+	if err := c.mixSupports(job); err != nil {
+		return Stats{}, err
 	}
 	start := time.Now()
-	type output struct {
-		inputs [][]Span
-		groups [][]group // per field
+	outs, widest := mixOutputs(job.Fields, sums)
+	inBytes := mixInputBytes(job)
+	var stats chunkStats
+	m := mixWork{c: c, job: job, outs: outs, sub: c.mixBlock(inBytes), inBytes: inBytes, stats: &stats}
+	err = c.parallelChunks(ctx, len(job.Chunks), func(s *cpuScratch, ci int) error { return m.chunk(ctx, s, ci) }, widest)
+	return stats.total(c.Name(), start), err
+}
+
+// mixSupports checks that the device can mix every field of job: a mix has no exact
+// accumulator.
+func (c *CPU) mixSupports(job *MixJob) error {
+	for t, f := range job.Fields {
+		if f.Acc == tensor.I64 {
+			return fmt.Errorf("%w: field %q: a mix has no exact accumulator", ErrUnsupported, f.Name)
+		}
+		if err := c.supports(t, f, job.Inputs); err != nil {
+			return err
+		}
 	}
-	outs := make([]output, len(sums))
+	return nil
+}
+
+// mixOutput is one output of a mix: the inputs its row weighs and their groups, per field.
+type mixOutput struct {
+	inputs [][]Span
+	groups [][]group // per field
+}
+
+// mixOutputs returns each output of a mix of fields from its SumJob (sums, from mixJobs), and
+// the most inputs that one output weighs (at least 1).
+func mixOutputs(fields []AccField, sums []*SumJob) ([]mixOutput, int) {
+	outs := make([]mixOutput, len(sums))
 	widest := 1
 	for o, sj := range sums {
 		// Inputs are read in place even where their files are registered for copying
 		// (fileread.go): a block copied from the file would be copied once per output.
-		outs[o] = output{inputs: sj.Inputs, groups: make([][]group, len(job.Fields))}
-		for t, f := range job.Fields {
+		outs[o] = mixOutput{inputs: sj.Inputs, groups: make([][]group, len(fields))}
+		for t, f := range fields {
 			outs[o].groups[t] = groupInputs(t, f.Acc, sj.Inputs, sj.Weights, 1)
 		}
 		widest = max(widest, len(sj.Inputs))
 	}
-	var inBytes int64 // of all inputs, per element, over the fields' widest input dtype
+	return outs, widest
+}
+
+// mixInputBytes is the bytes of all of job's inputs per element, over the fields' widest input
+// dtype.
+func mixInputBytes(job *MixJob) int64 {
+	var inBytes int64
 	for _, in := range job.Inputs {
 		for t := range job.Fields {
 			inBytes = max(inBytes, int64(in[t].DType.Size()))
 		}
 	}
-	inBytes *= int64(len(job.Inputs))
-	sub := max(1024, min(c.block, mixBlockBytes/max(1, int(inBytes))))
-	var stats chunkStats
-	err = c.parallelChunks(ctx, len(job.Chunks), func(s *cpuScratch, ci int) error {
-		ch := job.Chunks[ci]
-		var elems int64
-		for p, pc := range ch.Pieces {
-			f := job.Fields[pc.Field]
-			dsts := make([][]byte, len(outs))
-			for o := range outs {
-				d, err := job.Outputs[o].Dest(ci, p)
-				if err != nil {
-					return err
-				}
-				dsts[o] = d
-			}
-			for lo := pc.Lo; lo < pc.Hi; lo += sub {
-				b := Piece{Field: pc.Field, Lo: lo, Hi: min(lo+sub, pc.Hi)}
-				for o, out := range outs {
-					dst := dsts[o][(b.Lo-pc.Lo)*f.Out.Size() : (b.Hi-pc.Lo)*f.Out.Size()]
-					if err := c.sumPiece(ctx, s, f, out.groups[pc.Field], out.inputs, nil, b, dst); err != nil {
-						return err
-					}
-				}
-			}
-			elems += int64(pc.Hi - pc.Lo)
+	return inBytes * int64(len(job.Inputs))
+}
+
+// mixBlock is the elements of one block of a mix whose inputs hold inBytes per element:
+// mixBlockBytes of them, at least 1024 and at most the device's block.
+func (c *CPU) mixBlock(inBytes int64) int {
+	return max(1024, min(c.block, mixBlockBytes/max(1, int(inBytes))))
+}
+
+// mixWork is what the workers of a mix share. It is passed by value (the closure that
+// parallelChunks runs holds it without an allocation of its own); its slices and stats are
+// shared.
+type mixWork struct {
+	c       *CPU
+	job     *MixJob
+	outs    []mixOutput
+	sub     int   // the elements of one block (mixBlock)
+	inBytes int64 // mixInputBytes
+	stats   *chunkStats
+}
+
+// chunk computes chunk ci of every output, piece by piece, and tells the outputs it is done.
+func (m mixWork) chunk(ctx context.Context, s *cpuScratch, ci int) error {
+	ch := m.job.Chunks[ci]
+	var elems int64
+	for p, pc := range ch.Pieces {
+		if err := m.piece(ctx, s, ci, p); err != nil {
+			return err
 		}
-		for o := range outs {
-			if err := job.Outputs[o].Done(ci); err != nil {
+		elems += int64(pc.Hi - pc.Lo)
+	}
+	for o := range m.outs {
+		if err := m.job.Outputs[o].Done(ci); err != nil {
+			return err
+		}
+	}
+	m.stats.add(elems, elems*m.inBytes, ch.Len*len(m.outs))
+	return nil
+}
+
+// piece computes piece p of chunk ci of every output, block by block: each block of the inputs
+// is summed into every output while it is in cache.
+func (m mixWork) piece(ctx context.Context, s *cpuScratch, ci, p int) error {
+	pc := m.job.Chunks[ci].Pieces[p]
+	f := m.job.Fields[pc.Field]
+	dsts, err := m.dests(ci, p)
+	if err != nil {
+		return err
+	}
+	for lo := pc.Lo; lo < pc.Hi; lo += m.sub {
+		b := Piece{Field: pc.Field, Lo: lo, Hi: min(lo+m.sub, pc.Hi)}
+		for o, out := range m.outs {
+			dst := dsts[o][(b.Lo-pc.Lo)*f.Out.Size() : (b.Hi-pc.Lo)*f.Out.Size()]
+			if err := m.c.sumPiece(ctx, s, f, out.groups[pc.Field], out.inputs, nil, b, dst); err != nil {
 				return err
 			}
 		}
-		stats.add(elems, elems*inBytes, ch.Len*len(outs))
-		return nil
-	}, widest)
-	return stats.total(c.Name(), start), err
+	}
+	return nil
+}
+
+// dests returns every output's destination of piece p of chunk ci.
+func (m mixWork) dests(ci, p int) ([][]byte, error) {
+	dsts := make([][]byte, len(m.outs))
+	for o := range m.outs {
+		d, err := m.job.Outputs[o].Dest(ci, p)
+		if err != nil {
+			return nil, err
+		}
+		dsts[o] = d
+	}
+	return dsts, nil
 }
 
 // mixJobs checks a MixJob and returns each output's SumJob: the inputs its row weighs, in

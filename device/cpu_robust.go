@@ -188,11 +188,7 @@ func (c *CPU) Select(ctx context.Context, job *SelectJob) (Stats, error) {
 			}
 		}
 		if lanesWanted {
-			d, q := make([]float64, n), make([]float64, n)
-			for i := range d {
-				d[i], q[i] = kernels.SumLanes(&dl[i]), kernels.SumLanes(&nl[i])
-			}
-			dist[pi], norm[pi] = d, q
+			dist[pi], norm[pi] = laneSums(dl, nl)
 		}
 		return elems, read, nil
 	})
@@ -226,6 +222,15 @@ func (c *CPU) selectBlock(job *SelectJob, s *robustScratch, files *fileInputs, d
 	out = out[:(hi-lo)*f.Out.Size()]
 	storeF32(c.kern, f.Out, out, res)
 	return checkOut(c.kern, f, lo, out)
+}
+
+// laneSums returns, per input, the sums of the lanes of its squared distances (dl) and norms (nl).
+func laneSums(dl, nl [][kernels.Lanes]float64) (d, q []float64) {
+	d, q = make([]float64, len(dl)), make([]float64, len(nl))
+	for i := range d {
+		d[i], q[i] = kernels.SumLanes(&dl[i]), kernels.SumLanes(&nl[i])
+	}
+	return d, q
 }
 
 // addChunks sets dst (if not nil) to the sum of the per-chunk (or per-part) values, in order.
@@ -369,60 +374,117 @@ func rawGramPrecise(g GramMatrix, chunks []Chunk) bool {
 // centred (kernels.GramF32), chunk by chunk on the workers, the chunks' sums added in chunk
 // order.
 func (c *CPU) gramPass(ctx context.Context, chunks []Chunk, inputs [][]Span, raw bool, stats *chunkStats) (GramMatrix, error) {
-	n := len(inputs)
-	sums := make([][]float64, len(chunks)) // per chunk: its n·n Gram matrix, then its n norms
-	block := gramBlockFor(n)
-	files := lookupFiles(inputs) // inputs read from their files (fileread.go)
-	err := c.parallelChunks(ctx, len(chunks), func(_ *cpuScratch, ci int) error {
-		s := getRobustScratch(n, 0)
-		defer putRobustScratch(s)
-		if len(s.gram) < kernels.GramPartials(n) {
-			s.gram = make([]float64, kernels.GramPartials(n))
-		}
-		if len(s.sq) < kernels.Lanes*n {
-			s.sq = make([]float64, kernels.Lanes*n)
-		}
-		if m := kernels.GramScratch(n, block); len(s.pack) < m {
-			s.pack = make([]float64, m)
-		}
-		p, sq := s.gram[:kernels.GramPartials(n)], s.sq[:kernels.Lanes*n]
-		clear(p)
-		clear(sq)
-		var read, elems int64
-		for _, pc := range chunks[ci].Pieces {
-			for lo := pc.Lo; lo < pc.Hi; lo += block {
-				hi := min(lo+block, pc.Hi)
-				xs, err := s.blockOf(c.kern, inputs, files, pc.Field, lo, hi)
-				if err != nil {
-					return err
-				}
-				if raw {
-					c.kern.GramRawF32(p, xs, hi-lo, s.pack)
-				} else {
-					c.kern.GramF32(p, sq, xs, hi-lo, s.pack)
-				}
-				if err := ctx.Err(); err != nil {
-					return err
-				}
-			}
-			elems += int64(pc.Hi - pc.Lo)
-			for _, in := range inputs {
-				read += int64(pc.Hi-pc.Lo) * int64(in[pc.Field].DType.Size())
-			}
-		}
-		g := make([]float64, n*n+n)
-		if raw {
-			kernels.GramRawSums(g[:n*n], g[n*n:], p, n)
-		} else {
-			kernels.GramSums(g[:n*n], g[n*n:], p, sq, n)
-		}
-		sums[ci] = g
-		stats.add(elems, read, 0)
-		return nil
-	}, 0)
+	g := gramWork{
+		kern:   c.kern,
+		chunks: chunks,
+		inputs: inputs,
+		files:  lookupFiles(inputs), // inputs read from their files (fileread.go)
+		block:  gramBlockFor(len(inputs)),
+		raw:    raw,
+		sums:   make([][]float64, len(chunks)),
+		stats:  stats,
+	}
+	err := c.parallelChunks(ctx, len(chunks), func(_ *cpuScratch, ci int) error { return g.chunk(ctx, ci) }, 0)
 	if err != nil {
 		return GramMatrix{}, err
 	}
+	return addGrams(g.sums, len(inputs)), nil
+}
+
+// gramWork is what the workers of a Gram pass share. It is passed by value (the closure that
+// parallelChunks runs holds it without an allocation of its own); its slices and stats are
+// shared.
+type gramWork struct {
+	kern   *kernels.Impl
+	chunks []Chunk
+	inputs [][]Span
+	files  *fileInputs
+	block  int
+	raw    bool
+	sums   [][]float64 // per chunk: its n·n Gram matrix, then its n norms
+	stats  *chunkStats
+}
+
+// chunk computes the Gram matrix and squared norms of chunk ci into sums[ci], block by block.
+func (g gramWork) chunk(ctx context.Context, ci int) error {
+	n := len(g.inputs)
+	w := gramChunk{gramWork: g, s: getRobustScratch(n, 0)}
+	defer putRobustScratch(w.s)
+	w.p, w.sq = w.s.gramPartials(n, g.block)
+	var read, elems int64
+	for _, pc := range g.chunks[ci].Pieces {
+		for lo := pc.Lo; lo < pc.Hi; lo += g.block {
+			hi := min(lo+g.block, pc.Hi)
+			if err := w.addBlock(pc.Field, lo, hi); err != nil {
+				return err
+			}
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+		}
+		elems += int64(pc.Hi - pc.Lo)
+		read += pieceBytes(g.inputs, pc)
+	}
+	g.sums[ci] = w.matrix()
+	g.stats.add(elems, read, 0)
+	return nil
+}
+
+// gramChunk is a worker's state over one chunk of a Gram pass: its scratch and the kernel's
+// partial sums (p, and sq for the centred matrix).
+type gramChunk struct {
+	gramWork
+	s     *robustScratch
+	p, sq []float64
+}
+
+// gramPartials returns the Gram kernel's partial sums of n inputs, cleared, growing the scratch
+// to them and to the kernel's scratch for blocks of block elements.
+func (s *robustScratch) gramPartials(n, block int) (p, sq []float64) {
+	if len(s.gram) < kernels.GramPartials(n) {
+		s.gram = make([]float64, kernels.GramPartials(n))
+	}
+	if len(s.sq) < kernels.Lanes*n {
+		s.sq = make([]float64, kernels.Lanes*n)
+	}
+	if m := kernels.GramScratch(n, block); len(s.pack) < m {
+		s.pack = make([]float64, m)
+	}
+	p, sq = s.gram[:kernels.GramPartials(n)], s.sq[:kernels.Lanes*n]
+	clear(p)
+	clear(sq)
+	return p, sq
+}
+
+// addBlock adds elements [lo, hi) of field t to the partial sums.
+func (w *gramChunk) addBlock(t, lo, hi int) error {
+	xs, err := w.s.blockOf(w.kern, w.inputs, w.files, t, lo, hi)
+	if err != nil {
+		return err
+	}
+	if w.raw {
+		w.kern.GramRawF32(w.p, xs, hi-lo, w.s.pack)
+	} else {
+		w.kern.GramF32(w.p, w.sq, xs, hi-lo, w.s.pack)
+	}
+	return nil
+}
+
+// matrix returns the chunk's n·n Gram matrix, then its n squared norms, from the partial sums.
+func (w *gramChunk) matrix() []float64 {
+	n := len(w.inputs)
+	g := make([]float64, n*n+n)
+	if w.raw {
+		kernels.GramRawSums(g[:n*n], g[n*n:], w.p, n)
+	} else {
+		kernels.GramSums(g[:n*n], g[n*n:], w.p, w.sq, n)
+	}
+	return g
+}
+
+// addGrams adds the chunks' Gram matrices and squared norms of n inputs (sums, as
+// gramChunk.matrix lays them out) in chunk order.
+func addGrams(sums [][]float64, n int) GramMatrix {
 	gm := GramMatrix{Centred: make([][]float64, n), SqNorms: make([]float64, n)}
 	for a := range n {
 		gm.Centred[a] = make([]float64, n)
@@ -435,7 +497,16 @@ func (c *CPU) gramPass(ctx context.Context, chunks []Chunk, inputs [][]Span, raw
 			gm.SqNorms[a] += g[n*n+a]
 		}
 	}
-	return gm, nil
+	return gm
+}
+
+// pieceBytes is the bytes all inputs hold of piece pc.
+func pieceBytes(inputs [][]Span, pc Piece) int64 {
+	var read int64
+	for _, in := range inputs {
+		read += int64(pc.Hi-pc.Lo) * int64(in[pc.Field].DType.Size())
+	}
+	return read
 }
 
 // SqDistances implements Robust.
@@ -443,15 +514,9 @@ func (c *CPU) SqDistances(ctx context.Context, fields []AccField, inputs [][]Spa
 	if err := c.checkRobustInputs(fields, inputs); err != nil {
 		return nil, nil, Stats{}, err
 	}
-	if len(z) != len(fields) {
-		return nil, nil, Stats{}, fmt.Errorf("%w: point has %d spans for %d fields", ErrJob, len(z), len(fields))
-	}
-	zs := make([][]float32, len(fields))
-	for t, f := range fields {
-		if z[t].DType != tensor.F32 || len(z[t].Data) != 4*f.Len {
-			return nil, nil, Stats{}, fmt.Errorf("%w: point: field %q must be %d f32 values", ErrJob, f.Name, f.Len)
-		}
-		zs[t] = unsafe.Slice((*float32)(unsafe.Pointer(unsafe.SliceData(z[t].Data))), f.Len)
+	zs, err := pointF32(fields, z)
+	if err != nil {
+		return nil, nil, Stats{}, err
 	}
 	start := time.Now()
 	n := len(inputs)
@@ -459,56 +524,119 @@ func (c *CPU) SqDistances(ctx context.Context, fields []AccField, inputs [][]Spa
 	if err != nil {
 		return nil, nil, Stats{}, err
 	}
-	dist, norm := make([][]float64, len(chunks)), make([][]float64, len(chunks))
-	files := lookupFiles(inputs) // inputs read from their files (fileread.go)
-	window := robustWindow(n)
 	var stats chunkStats
-	err = c.parallelChunks(ctx, len(chunks), func(_ *cpuScratch, ci int) error {
-		s := getRobustScratch(n, 0)
-		defer putRobustScratch(s)
-		dl, nl := make([][kernels.Lanes]float64, n), make([][kernels.Lanes]float64, n)
-		var read, elems int64
-		for _, pc := range chunks[ci].Pieces {
-			for lo := pc.Lo; lo < pc.Hi; lo += distBlockElems {
-				hi := min(lo+distBlockElems, pc.Hi)
-				zb := zs[pc.Field][lo:hi]
-				for i, in := range inputs {
-					sp := in[pc.Field]
-					es := sp.DType.Size()
-					xb, err := s.rd.bytes(i, files.of(i, pc.Field), sp, es*lo, es*hi, window)
-					if err != nil {
-						return err
-					}
-					if sp.DType != tensor.F32 {
-						if cap(s.wide[0]) < hi-lo {
-							s.wide[0] = tensor.AlignedF32(distBlockElems)
-						}
-						w := s.wide[0][:hi-lo]
-						widen(c.kern, w, Span{DType: sp.DType, Data: xb, Scale: sp.Scale}, 0, hi-lo)
-						xb = f32Bytes(w)
-					}
-					c.kern.SqDistNormF32(&dl[i], &nl[i], xb, zb)
-				}
-			}
-			elems += int64(pc.Hi - pc.Lo)
-			for _, in := range inputs {
-				read += int64(pc.Hi-pc.Lo) * int64(in[pc.Field].DType.Size())
-			}
-			read += 4 * int64(pc.Hi-pc.Lo)
-		}
-		d, q := make([]float64, n), make([]float64, n)
-		for i := range d {
-			d[i], q[i] = kernels.SumLanes(&dl[i]), kernels.SumLanes(&nl[i])
-		}
-		dist[ci], norm[ci] = d, q
-		stats.add(elems, read, 0)
-		return nil
-	}, 0)
-	if err != nil {
+	d := distWork{
+		kern:   c.kern,
+		chunks: chunks,
+		inputs: inputs,
+		zs:     zs,
+		files:  lookupFiles(inputs), // inputs read from their files (fileread.go)
+		window: robustWindow(n),
+		dist:   make([][]float64, len(chunks)),
+		norm:   make([][]float64, len(chunks)),
+		stats:  &stats,
+	}
+	if err := c.parallelChunks(ctx, len(chunks), d.chunk, 0); err != nil {
 		return nil, nil, stats.total(c.Name(), start), err
 	}
 	outD, outN := make([]float64, n), make([]float64, n)
-	addChunks(outD, dist)
-	addChunks(outN, norm)
+	addChunks(outD, d.dist)
+	addChunks(outN, d.norm)
 	return outD, outN, stats.total(c.Name(), start), nil
+}
+
+// pointF32 returns the point z of SqDistances as f32 values by field, read where they are: one
+// span per field, of the field's length of f32.
+func pointF32(fields []AccField, z []Span) ([][]float32, error) {
+	if len(z) != len(fields) {
+		return nil, fmt.Errorf("%w: point has %d spans for %d fields", ErrJob, len(z), len(fields))
+	}
+	zs := make([][]float32, len(fields))
+	for t, f := range fields {
+		if z[t].DType != tensor.F32 || len(z[t].Data) != 4*f.Len {
+			return nil, fmt.Errorf("%w: point: field %q must be %d f32 values", ErrJob, f.Name, f.Len)
+		}
+		zs[t] = unsafe.Slice((*float32)(unsafe.Pointer(unsafe.SliceData(z[t].Data))), f.Len)
+	}
+	return zs, nil
+}
+
+// distWork is what the workers of SqDistances share. It is passed by value (the method value
+// that parallelChunks runs holds it without an allocation of its own); its slices and stats
+// are shared.
+type distWork struct {
+	kern       *kernels.Impl
+	chunks     []Chunk
+	inputs     [][]Span
+	zs         [][]float32 // the point, by field
+	files      *fileInputs
+	window     int         // the bytes read ahead per input read from its file
+	dist, norm [][]float64 // per chunk: every input's squared distance and norm
+	stats      *chunkStats
+}
+
+// chunk computes every input's squared distance and norm over chunk ci into dist[ci] and
+// norm[ci], block by block.
+func (d distWork) chunk(_ *cpuScratch, ci int) error {
+	n := len(d.inputs)
+	w := distChunk{distWork: d, s: getRobustScratch(n, 0)}
+	defer putRobustScratch(w.s)
+	w.dl, w.nl = make([][kernels.Lanes]float64, n), make([][kernels.Lanes]float64, n)
+	var read, elems int64
+	for _, pc := range d.chunks[ci].Pieces {
+		for lo := pc.Lo; lo < pc.Hi; lo += distBlockElems {
+			hi := min(lo+distBlockElems, pc.Hi)
+			if err := w.addBlock(pc.Field, lo, hi); err != nil {
+				return err
+			}
+		}
+		elems += int64(pc.Hi - pc.Lo)
+		read += pieceBytes(d.inputs, pc)
+		read += 4 * int64(pc.Hi-pc.Lo) // and the point's f32
+	}
+	d.dist[ci], d.norm[ci] = laneSums(w.dl, w.nl)
+	d.stats.add(elems, read, 0)
+	return nil
+}
+
+// distChunk is a worker's state over one chunk of SqDistances: its scratch and, per input, the
+// lanes of its squared distance (dl) and norm (nl).
+type distChunk struct {
+	distWork
+	s      *robustScratch
+	dl, nl [][kernels.Lanes]float64
+}
+
+// addBlock adds every input's squared distance to the point and norm over elements [lo, hi) of
+// field t, one input at a time against the cached block of the point.
+func (w *distChunk) addBlock(t, lo, hi int) error {
+	zb := w.zs[t][lo:hi]
+	for i := range w.inputs {
+		xb, err := w.input(i, t, lo, hi)
+		if err != nil {
+			return err
+		}
+		w.kern.SqDistNormF32(&w.dl[i], &w.nl[i], xb, zb)
+	}
+	return nil
+}
+
+// input returns elements [lo, hi) of input i's field t as f32 bytes: f32 data where it is (or
+// read from its file), other dtypes widened into the scratch's first widened block.
+func (w *distChunk) input(i, t, lo, hi int) ([]byte, error) {
+	sp := w.inputs[i][t]
+	es := sp.DType.Size()
+	xb, err := w.s.rd.bytes(i, w.files.of(i, t), sp, es*lo, es*hi, w.window)
+	if err != nil {
+		return nil, err
+	}
+	if sp.DType == tensor.F32 {
+		return xb, nil
+	}
+	if cap(w.s.wide[0]) < hi-lo {
+		w.s.wide[0] = tensor.AlignedF32(distBlockElems)
+	}
+	wb := w.s.wide[0][:hi-lo]
+	widen(w.kern, wb, Span{DType: sp.DType, Data: xb, Scale: sp.Scale}, 0, hi-lo)
+	return f32Bytes(wb), nil
 }
