@@ -202,16 +202,6 @@ type closerFunc func() error
 
 func (f closerFunc) Close() error { return f() }
 
-// sideSets returns the in-memory sides of stage st (nil if it has none or they went to a file).
-func (s *sink) sideSets(st Stage) []*tensor.Set {
-	for _, sd := range s.sides {
-		if Stage(sd.stage) == st {
-			return sd.sets
-		}
-	}
-	return nil
-}
-
 // postOutput wraps dst so that every finished chunk goes through the chunk stages, in order,
 // before it is passed on; it opens the stages' side outputs.
 func (r *Round) postOutput(ctx context.Context, out *sink, dst device.Output) (device.Output, error) {

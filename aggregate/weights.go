@@ -162,15 +162,3 @@ func (t *weightTracker) source(policy WeightPolicy) WeightSource {
 	}
 	return t.from
 }
-
-// totalWeight sums weights, failing if the sum overflows.
-func totalWeight(weights []float64) (float64, error) {
-	var sum float64
-	for _, w := range weights {
-		sum += w
-	}
-	if math.IsInf(sum, 0) {
-		return 0, fmt.Errorf("%w: the weights sum to infinity", ErrWeight)
-	}
-	return sum, nil
-}

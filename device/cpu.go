@@ -481,9 +481,6 @@ func checkOut(k *kernels.Impl, f AccField, lo int, out []byte) error {
 	return &tensor.NonFiniteError{Tensor: f.Name, Index: lo + i, Value: t.Value(i)}
 }
 
-// anyNonFinite scans with kernels.Default(), for code that runs on no device (CheckFinite).
-func anyNonFinite(dt tensor.DType, b []byte) bool { return anyNonFiniteBy(kernels.Default(), dt, b) }
-
 // anyNonFiniteBy scans with k's kernels.
 func anyNonFiniteBy(k *kernels.Impl, dt tensor.DType, b []byte) bool {
 	switch dt {

@@ -361,13 +361,6 @@ func (g *GPU) median(ctx context.Context, fields []device.AccField, inputs [][]d
 	return g.Select(ctx, &device.SelectJob{Fields: fields, Inputs: inputs, Op: device.Median, Chunks: chunks, Output: out})
 }
 
-// TrimmedMean writes the coordinate-wise mean of the inputs without the trim smallest and trim
-// largest values of each coordinate (0 <= 2·trim < N), as Median does: Select with
-// device.TrimmedMean.
-func (g *GPU) trimmedMean(ctx context.Context, fields []device.AccField, inputs [][]device.Span, trim int, chunks []device.Chunk, out device.Output) (device.Stats, error) {
-	return g.Select(ctx, &device.SelectJob{Fields: fields, Inputs: inputs, Op: device.TrimmedMean, K: trim, Chunks: chunks, Output: out})
-}
-
 // selectResident is Select from device-resident inputs (f32, f16, bf16 or i8 tensors) into a
 // device-resident output (f32, f64, f16 or bf16 tensors), without distances. A non-finite
 // result is a *tensor.NonFiniteError.

@@ -271,8 +271,6 @@ func TestI8ThenF32Aligned(t *testing.T) {
 	}
 }
 
-func sameFloat(x, y float64) bool { return x == y || math.IsNaN(x) && math.IsNaN(y) }
-
 // recordingDirect stands for the O_DIRECT descriptor, recording what is sent to it and
 // writing it through the buffered one.
 type recordingDirect struct {
