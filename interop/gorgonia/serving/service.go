@@ -3,6 +3,7 @@ package serving
 import (
 	"errors"
 	"fmt"
+	"os"
 	"sync/atomic"
 	"time"
 
@@ -30,7 +31,10 @@ type ModelInfo struct {
 type loaded struct {
 	model *mlp.Model
 	info  ModelInfo
-	refs  atomic.Int64
+	// file is what os.Stat said of the source file just before it was opened (nil for a
+	// model installed from memory): Watch compares the file at the path against it.
+	file os.FileInfo
+	refs atomic.Int64
 }
 
 // Service holds the current model and serves predictions from it (see Handler).
@@ -83,17 +87,25 @@ func New(opts ...Option) (*Service, error) {
 // current model stays. Files replaced by rename (as wattagg writes them) can be reloaded
 // while the old mapping is in use.
 func (s *Service) Reload(path string) (ModelInfo, error) {
+	// Stat before opening: a file renamed over path in between is newer than the one recorded,
+	// so Watch loads it again rather than missing it. (A failed stat leaves file nil: mlp.Open
+	// says what is wrong with the path.)
+	fi, _ := os.Stat(path)
 	m, err := mlp.Open(path)
 	if err != nil {
 		return ModelInfo{}, err
 	}
-	return s.Install(m, path), nil
+	return s.install(m, path, fi), nil
 }
 
 // Install makes m the current model and takes ownership of it: m is closed once it has been
 // replaced and its last request has finished.
 func (s *Service) Install(m *mlp.Model, source string) ModelInfo {
-	l := &loaded{model: m, info: ModelInfo{
+	return s.install(m, source, nil)
+}
+
+func (s *Service) install(m *mlp.Model, source string, file os.FileInfo) ModelInfo {
+	l := &loaded{model: m, file: file, info: ModelInfo{
 		Generation: s.gen.Add(1), Source: source, LoadedAt: time.Now().UTC(), Hidden: m.Hidden(),
 	}}
 	l.refs.Store(1) // the reference of being current

@@ -373,6 +373,32 @@ func TestOptions(t *testing.T) {
 
 // TestWatch: replacing the file makes the watcher load it; a bad replacement is skipped and
 // the model before it keeps serving.
+// startWatch runs svc.Watch on path (polling every 5 ms) until the test ends.
+func startWatch(t *testing.T, svc *Service, path string) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		svc.Watch(ctx, path, 5*time.Millisecond, slog.New(slog.NewTextHandler(t.Output(), nil)))
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+}
+
+// waitGen waits up to 5 s for the service's current model to be generation gen.
+func waitGen(t *testing.T, svc *Service, gen uint64) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		if info, err := svc.Current(); err == nil && info.Generation == gen {
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	info, _ := svc.Current()
+	t.Fatalf("generation %d after 5 s, want %d", info.Generation, gen)
+}
+
 func TestWatch(t *testing.T) {
 	svc := newService(t)
 	path := filepath.Join(t.TempDir(), "global.safetensors")
@@ -382,30 +408,11 @@ func TestWatch(t *testing.T) {
 	if _, err := svc.Reload(path); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		svc.Watch(ctx, path, 5*time.Millisecond, slog.New(slog.NewTextHandler(t.Output(), nil)))
-	}()
-	defer func() { cancel(); <-done }()
-
-	waitGen := func(gen uint64) {
-		t.Helper()
-		deadline := time.Now().Add(5 * time.Second)
-		for time.Now().Before(deadline) {
-			if info, err := svc.Current(); err == nil && info.Generation == gen {
-				return
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
-		info, _ := svc.Current()
-		t.Fatalf("generation %d after 5 s, want %d", info.Generation, gen)
-	}
+	startWatch(t, svc, path)
 	if err := safetensors.WriteFile(path, model(t, 2)); err != nil {
 		t.Fatal(err)
 	}
-	waitGen(2)
+	waitGen(t, svc, 2)
 	_, x := testRows(t, 2)
 	want, _ := expected(t, model(t, 2), x)
 	got, _, _, err := svc.Predict(x)
@@ -426,5 +433,48 @@ func TestWatch(t *testing.T) {
 	if err := safetensors.WriteFile(path, model(t, 3)); err != nil {
 		t.Fatal(err)
 	}
-	waitGen(3)
+	waitGen(t, svc, 3)
+}
+
+// A model written after the service loaded the file but before the watcher started is loaded:
+// the watcher compares against the file the service loaded, not the one it first sees.
+func TestWatchSeesAModelWrittenBeforeItStarted(t *testing.T) {
+	svc := newService(t)
+	path := filepath.Join(t.TempDir(), "global.safetensors")
+	if err := safetensors.WriteFile(path, model(t, 1)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := svc.Reload(path); err != nil {
+		t.Fatal(err)
+	}
+	if err := safetensors.WriteFile(path, model(t, 2)); err != nil {
+		t.Fatal(err)
+	}
+	startWatch(t, svc, path)
+	waitGen(t, svc, 2)
+	info, _ := svc.Current()
+	if info.Source != path {
+		t.Fatalf("source %q, want %q", info.Source, path)
+	}
+}
+
+// A service whose model did not come from the watched path loads the file there at once; an
+// unchanged file is then not loaded again.
+func TestWatchLoadsAPathTheServiceDidNotLoad(t *testing.T) {
+	svc := newService(t)
+	m, err := mlp.Load(model(t, 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc.Install(m, "memory")
+	path := filepath.Join(t.TempDir(), "global.safetensors")
+	if err := safetensors.WriteFile(path, model(t, 2)); err != nil {
+		t.Fatal(err)
+	}
+	startWatch(t, svc, path)
+	waitGen(t, svc, 2)
+	time.Sleep(50 * time.Millisecond)
+	if info, err := svc.Current(); err != nil || info.Generation != 2 || info.Source != path {
+		t.Fatalf("after an unchanged file: %+v %v, want generation 2 from %s", info, err, path)
+	}
 }
