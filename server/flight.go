@@ -186,6 +186,8 @@ func (f *flightService) DoPut(stream flight.FlightService_DoPutServer) error {
 	return stream.Send(&flight.PutResult{AppMetadata: b})
 }
 
+// put takes one update: it authenticates the client, reads its weight, takes a stream slot and
+// the client's place in the round the first message names, and ingests the update.
 func (f *flightService) put(stream flight.FlightService_DoPutServer) (api.Ack, error) {
 	ctx := stream.Context()
 	p, err := f.s.flightPrincipal(ctx)
@@ -197,12 +199,11 @@ func (f *flightService) put(stream flight.FlightService_DoPutServer) (api.Ack, e
 		return api.Ack{}, err
 	}
 	var weight *float64
-	md, _ := metadata.FromIncomingContext(ctx)
-	if v := md.Get(strings.ToLower(api.WeightHeader)); len(v) > 0 {
-		w, err := strconv.ParseFloat(v[0], 64)
-		if err != nil {
-			return api.Ack{}, fmt.Errorf("%w: %s %q is not a number", ErrBadRequest, api.WeightHeader, v[0])
-		}
+	w, given, err := flightWeight(ctx)
+	if err != nil {
+		return api.Ack{}, err
+	}
+	if given {
 		weight = &w
 	}
 	// The first message names the round: the stream slot is taken before it is read, so that
@@ -212,22 +213,10 @@ func (f *flightService) put(stream flight.FlightService_DoPutServer) (api.Ack, e
 	}
 	recv := newPutReceiver(stream, time.Duration(f.s.cfg.Limits.IdleTimeout))
 	defer recv.stop()
-	first, err := recv.next(nil)
-	var n int
-	if err == nil {
-		if n, err = roundOfDescriptor(first.desc); err != nil {
-			first.free()
-		}
-	}
+	first, n, err := firstPutMessage(recv)
 	if err != nil {
 		f.s.releaseStream()
-		switch {
-		case errors.Is(err, errIdle):
-			return api.Ack{}, fmt.Errorf("%w: %s: no message arrived for %s (limits.idle_timeout)", ErrStalled, client, recv.idle)
-		case err == io.EOF:
-			return api.Ack{}, fmt.Errorf("%w: %s: the stream ended before its descriptor", ErrBadRequest, client)
-		}
-		return api.Ack{}, fmt.Errorf("%s: %w", client, f.s.recvError(err))
+		return api.Ack{}, f.s.descriptorError(client, recv, err)
 	}
 	u, err := f.s.beginUpload(ctx, client, n, "flight")
 	if err != nil {
@@ -235,6 +224,53 @@ func (f *flightService) put(stream flight.FlightService_DoPutServer) (api.Ack, e
 		return api.Ack{}, err
 	}
 	defer u.Close()
+	return f.ingest(u, recv, first, client, weight)
+}
+
+// flightWeight is the weight a DoPut's metadata gives (x-wattagg-weight), if it gives one.
+func flightWeight(ctx context.Context) (float64, bool, error) {
+	md, _ := metadata.FromIncomingContext(ctx)
+	v := md.Get(strings.ToLower(api.WeightHeader))
+	if len(v) == 0 {
+		return 0, false, nil
+	}
+	w, err := strconv.ParseFloat(v[0], 64)
+	if err != nil {
+		return 0, false, fmt.Errorf("%w: %s %q is not a number", ErrBadRequest, api.WeightHeader, v[0])
+	}
+	return w, true, nil
+}
+
+// firstPutMessage receives the first message of a DoPut and the round its descriptor names.
+// A message that names no round is freed.
+func firstPutMessage(recv *putReceiver) (*putMessage, int, error) {
+	first, err := recv.next(nil)
+	if err != nil {
+		return nil, 0, err
+	}
+	n, err := roundOfDescriptor(first.desc)
+	if err != nil {
+		first.free()
+		return nil, 0, err
+	}
+	return first, n, nil
+}
+
+// descriptorError explains why the first message of client's DoPut named no round: the client
+// stalled, the stream ended, or err.
+func (s *Server) descriptorError(client string, recv *putReceiver, err error) error {
+	switch {
+	case errors.Is(err, errIdle):
+		return fmt.Errorf("%w: %s: no message arrived for %s (limits.idle_timeout)", ErrStalled, client, recv.idle)
+	case err == io.EOF:
+		return fmt.Errorf("%w: %s: the stream ended before its descriptor", ErrBadRequest, client)
+	}
+	return fmt.Errorf("%s: %w", client, s.recvError(err))
+}
+
+// ingest reads the update of upload u from the DoPut's messages, the first already received,
+// and hands it to the ingest pipeline with the client's weight.
+func (f *flightService) ingest(u *Upload, recv *putReceiver, first *putMessage, client string, weight *float64) (api.Ack, error) {
 	rd, err := newFlightReader(f.s, recv, first, u.Context().Done())
 	if err != nil {
 		return api.Ack{}, fmt.Errorf("%s: %w", client, err)

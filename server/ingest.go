@@ -143,13 +143,9 @@ func (u *Upload) Ingest(src Source, weight *float64) (api.Ack, error) {
 	if u.closed {
 		return api.Ack{}, fmt.Errorf("%w: upload already closed", ErrBadRequest)
 	}
-	r := u.r
-	if m := r.meta.ModelRange; m != nil {
-		rs, err := newRangeSource(src, m[0], m[1], u.client)
-		if err != nil {
-			return api.Ack{}, err
-		}
-		src = rs
+	src, err := u.restrict(src)
+	if err != nil {
+		return api.Ack{}, err
 	}
 	hdr := src.Header()
 	w, from, err := resolveWeight(u.client, weight, hdr.Metadata)
@@ -159,6 +155,47 @@ func (u *Upload) Ingest(src Source, weight *float64) (api.Ack, error) {
 	if u.dup != nil {
 		return u.retry(src, w, from)
 	}
+	agg, err := u.admitHeader(hdr, from)
+	if err != nil {
+		return api.Ack{}, err
+	}
+	if agg.TakesArrivals() {
+		return u.arrive(agg, src, hdr, w, from)
+	}
+	check := agg.Rule().Requirements().Kind != aggregate.KindModSum
+	req, last, err := u.spool(src, hdr, check, w, from)
+	if err != nil {
+		return api.Ack{}, err
+	}
+	res, ok := u.await(req)
+	if !ok {
+		return api.Ack{}, fmt.Errorf("%w: round %d ended before the update was committed", ErrRoundClosed, u.r.n)
+	}
+	if res.err != nil {
+		return api.Ack{}, res.err
+	}
+	return u.acknowledged(res.rec, last), nil
+}
+
+// restrict is src cut to the round's part of the model (round.model_range), or src when the
+// round sums the whole model.
+func (u *Upload) restrict(src Source) (Source, error) {
+	m := u.r.meta.ModelRange
+	if m == nil {
+		return src, nil
+	}
+	rs, err := newRangeSource(src, m[0], m[1], u.client)
+	if err != nil {
+		return nil, err
+	}
+	return rs, nil
+}
+
+// admitHeader checks the update's header against the round before any chunk is read: the
+// round is open, the update is weighted as its first was, and the engine's round takes its
+// layout and metadata. It returns the engine's round.
+func (u *Upload) admitHeader(hdr arrowio.Header, from aggregate.WeightSource) (*engineRound, error) {
+	r := u.r
 	r.mu.Lock()
 	agg, open := r.agg, r.openLocked()
 	var first *AckRecord
@@ -167,44 +204,40 @@ func (u *Upload) Ingest(src Source, weight *float64) (api.Ack, error) {
 	}
 	r.mu.Unlock()
 	if open != nil {
-		return api.Ack{}, open
+		return nil, open
 	}
 	// The engine refuses weights of different sources in one round; say so before the body.
 	if first != nil && first.From != string(from) {
-		return api.Ack{}, fmt.Errorf("%s: %w: weighted by %s, but %s was weighted by %s: weight every update of a round the same way (%s header or num_examples metadata)",
+		return nil, fmt.Errorf("%s: %w: weighted by %s, but %s was weighted by %s: weight every update of a round the same way (%s header or num_examples metadata)",
 			u.client, aggregate.ErrWeight, from, first.Client, first.From, api.WeightHeader)
 	}
 	if err := agg.CheckHeader(u.client, hdr.Layout, hdr.Metadata); err != nil {
-		return api.Ack{}, err
+		return nil, err
 	}
-	if agg.TakesArrivals() {
-		return u.arrive(agg, src, hdr, w, from)
-	}
-	check := agg.Rule().Requirements().Kind != aggregate.KindModSum
+	return agg, nil
+}
+
+// spool writes the update from src to a fresh spool file, checking its values for NaN and Inf
+// when check is set, and syncs the file (the group commit makes its directory entry durable):
+// it returns the request that hands the file to the committer, and when the update's last byte
+// came. A file refused on the way is removed.
+func (u *Upload) spool(src Source, hdr arrowio.Header, check bool, w float64, from aggregate.WeightSource) (*commitReq, time.Time, error) {
 	name := spoolName(u.client)
-	sp, err := createSpool(r.spoolPath(name), hdr, u.client, check, false)
+	sp, err := createSpool(u.r.spoolPath(name), hdr, u.client, check, false)
 	if err != nil {
-		return api.Ack{}, err
+		return nil, time.Time{}, err
 	}
 	if err := u.pump(src, nil, sp.write); err != nil {
 		sp.abort()
-		return api.Ack{}, err
+		return nil, time.Time{}, err
 	}
 	last := time.Now()
 	digest, err := sp.finish()
 	if err != nil {
 		sp.abort()
-		return api.Ack{}, err
+		return nil, time.Time{}, err
 	}
-	req := &commitReq{rec: sp.record(u.client, name, digest, w, from), result: make(chan commitResult, 1)}
-	res, ok := u.await(req)
-	if !ok {
-		return api.Ack{}, fmt.Errorf("%w: round %d ended before the update was committed", ErrRoundClosed, r.n)
-	}
-	if res.err != nil {
-		return api.Ack{}, res.err
-	}
-	return u.acknowledged(res.rec, last), nil
+	return &commitReq{rec: sp.record(u.client, name, digest, w, from), result: make(chan commitResult, 1)}, last, nil
 }
 
 // arrive takes an update into a round whose sum adds it as it arrives (an exact sum: the

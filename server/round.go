@@ -585,43 +585,23 @@ func (r *round) close(why closeCause) error {
 		r.mu.Unlock()
 		return fmt.Errorf("%w: round %d is %s", ErrRoundClosed, r.n, r.meta.State)
 	}
-	n := len(r.records)
-	minimum := r.meta.MinClients
-	if why == closeDeadline {
-		minimum = r.meta.Quorum
-	}
+	n, minimum := len(r.records), r.closeMinimum(why)
 	if n < minimum {
 		r.closing = false
 		r.mu.Unlock()
-		if why == closeDeadline {
-			r.fail(fmt.Sprintf("the deadline passed with %d updates, short of the quorum of %d", n, minimum))
-			return nil
-		}
-		return fmt.Errorf("%w: round %d has %d updates; min_clients is %d", ErrConflict, r.n, n, minimum)
+		return r.closeShort(why, n, minimum)
 	}
 	if sec := r.agg.sec; sec != nil {
 		if err := r.unmask(sec); err != nil {
 			r.closing = false
 			r.mu.Unlock()
-			if why == closeDeadline {
-				r.fail(fmt.Sprintf("the deadline passed with %d updates, but %v", n, err))
-				return nil
-			}
-			if errors.Is(err, ErrCorrupt) {
-				return err
-			}
-			return fmt.Errorf("%w: %w", ErrConflict, err)
+			return r.closeStillMasked(why, n, err)
 		}
 	}
 	r.closing = true
-	arriving := make([]*Upload, 0, len(r.arriving))
-	for _, u := range r.arriving {
-		arriving = append(arriving, u)
-	}
+	arriving := r.arrivingLocked()
 	r.mu.Unlock()
-	for _, u := range arriving {
-		u.cancel(fmt.Errorf("%w: round %d was %s while the update was arriving", ErrRoundClosed, r.n, why))
-	}
+	r.cancelArrivals(arriving, why)
 	r.settleArrivals()
 	start := time.Now()
 	rep, err := r.agg.WriteFile(context.Background(), filepath.Join(r.dir, modelFile))
@@ -629,6 +609,62 @@ func (r *round) close(why closeCause) error {
 		r.fail(fmt.Sprintf("%s, but the rule failed: %v", why, err))
 		return nil
 	}
+	r.finishClose(why, n, rep, start)
+	return nil
+}
+
+// closeMinimum is how many updates the round needs to close for why: min_clients, or the
+// quorum at the deadline.
+func (r *round) closeMinimum(why closeCause) int {
+	if why == closeDeadline {
+		return r.meta.Quorum
+	}
+	return r.meta.MinClients
+}
+
+// closeShort answers a close of a round with n updates, short of minimum: at the deadline the
+// round fails, otherwise the close is refused.
+func (r *round) closeShort(why closeCause, n, minimum int) error {
+	if why == closeDeadline {
+		r.fail(fmt.Sprintf("the deadline passed with %d updates, short of the quorum of %d", n, minimum))
+		return nil
+	}
+	return fmt.Errorf("%w: round %d has %d updates; min_clients is %d", ErrConflict, r.n, n, minimum)
+}
+
+// closeStillMasked answers a close of a secure sum that could not be unmasked (err): at the
+// deadline the round fails, otherwise the close is refused.
+func (r *round) closeStillMasked(why closeCause, n int, err error) error {
+	if why == closeDeadline {
+		r.fail(fmt.Sprintf("the deadline passed with %d updates, but %v", n, err))
+		return nil
+	}
+	if errors.Is(err, ErrCorrupt) {
+		return err
+	}
+	return fmt.Errorf("%w: %w", ErrConflict, err)
+}
+
+// arrivingLocked lists the uploads still arriving. The caller holds r.mu.
+func (r *round) arrivingLocked() []*Upload {
+	arriving := make([]*Upload, 0, len(r.arriving))
+	for _, u := range r.arriving {
+		arriving = append(arriving, u)
+	}
+	return arriving
+}
+
+// cancelArrivals tells the uploads still arriving that the round was closed (why).
+func (r *round) cancelArrivals(arriving []*Upload, why closeCause) {
+	for _, u := range arriving {
+		u.cancel(fmt.Errorf("%w: round %d was %s while the update was arriving", ErrRoundClosed, r.n, why))
+	}
+}
+
+// finishClose ends a round whose model is written (rep; n updates; start: when the writing
+// began): it writes the report, counts the round, marks it closed and writes its state, logs
+// it, releases it and tells the server.
+func (r *round) finishClose(why closeCause, n int, rep *aggregate.Report, start time.Time) {
 	if err := writeJSONAtomic(filepath.Join(r.dir, reportFile), rep); err != nil {
 		r.logger.Error("writing the round's report", "err", err)
 	}
@@ -648,7 +684,6 @@ func (r *round) close(why closeCause) error {
 	r.release()
 	r.markEnded()
 	r.srv.roundEnded(r)
-	return nil
 }
 
 // settleArrivals waits, once the uploads still arriving were told to stop, until none has
@@ -672,10 +707,7 @@ func (r *round) fail(reason string) {
 	r.meta.State, r.meta.Closed, r.meta.Reason = api.StateFailed, &now, reason
 	r.closing = false
 	meta := r.meta
-	arriving := make([]*Upload, 0, len(r.arriving))
-	for _, u := range r.arriving {
-		arriving = append(arriving, u)
-	}
+	arriving := r.arrivingLocked()
 	r.mu.Unlock()
 	for _, u := range arriving {
 		u.cancel(fmt.Errorf("%w: round %d failed while the update was arriving: %s", ErrRoundClosed, r.n, reason))

@@ -94,6 +94,44 @@ func WithEngineOptions(opts ...aggregate.Option) Option {
 // New opens the data directory (locking it), resumes the open round from its acknowledgement
 // log if the server stopped or crashed during one, and opens a round if none is open.
 func New(cfg *Config, opts ...Option) (*Server, error) {
+	s, err := newServer(cfg, opts)
+	if err != nil {
+		return nil, err
+	}
+	if s.auth, err = newAuthenticator(cfg); err != nil {
+		return nil, err
+	}
+	stateDir, err := s.makeDataDirs()
+	if err != nil {
+		return nil, err
+	}
+	if err := s.lockDataDir(); err != nil {
+		return nil, err
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			s.Close()
+		}
+	}()
+	if err := s.probeRule(stateDir); err != nil {
+		return nil, err
+	}
+	s.streams = make(chan struct{}, cfg.Limits.MaxStreams)
+	s.metrics = newMetrics(s)
+	if err := s.recover(); err != nil {
+		return nil, err
+	}
+	if err := s.start(); err != nil {
+		return nil, err
+	}
+	ok = true
+	return s, nil
+}
+
+// newServer checks the configuration and applies the options: the Server New starts from,
+// before anything is opened.
+func newServer(cfg *Config, opts []Option) (*Server, error) {
 	if cfg == nil {
 		return nil, fmt.Errorf("%w: nil configuration", ErrConfig)
 	}
@@ -110,58 +148,59 @@ func New(cfg *Config, opts ...Option) (*Server, error) {
 		}
 	}
 	s.log = s.log.With("component", "wattagg-server")
-	var err error
-	if s.auth, err = newAuthenticator(cfg); err != nil {
-		return nil, err
-	}
-	s.roundsDir = filepath.Join(cfg.DataDir, "rounds")
-	stateDir := filepath.Join(cfg.DataDir, "state")
-	for _, d := range []string{cfg.DataDir, s.roundsDir, stateDir} {
+	return s, nil
+}
+
+// makeDataDirs creates the data directory, its rounds directory and its state directory, and
+// returns the state directory.
+func (s *Server) makeDataDirs() (string, error) {
+	s.roundsDir = filepath.Join(s.cfg.DataDir, "rounds")
+	stateDir := filepath.Join(s.cfg.DataDir, "state")
+	for _, d := range []string{s.cfg.DataDir, s.roundsDir, stateDir} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
-			return nil, fmt.Errorf("%w: data_dir: %v", ErrConfig, err)
+			return "", fmt.Errorf("%w: data_dir: %v", ErrConfig, err)
 		}
 	}
-	if err := s.lockDataDir(); err != nil {
-		return nil, err
-	}
-	ok := false
-	defer func() {
-		if !ok {
-			s.Close()
-		}
-	}()
-	if s.rules, err = newRuleFactory(cfg.Round, stateDir); err != nil {
-		return nil, err
+	return stateDir, nil
+}
+
+// probeRule sets up the rule factory (its state in stateDir) and builds the rule once to learn
+// what its rounds need: a global model (round.initial_global then names round 1's), and how
+// they sum.
+func (s *Server) probeRule(stateDir string) error {
+	var err error
+	if s.rules, err = newRuleFactory(s.cfg.Round, stateDir); err != nil {
+		return err
 	}
 	probe, err := s.rules.build()
 	if err != nil {
-		return nil, err
+		return err
 	}
 	s.needGlobal = probe.Requirements().Global
 	closeRule(probe)
-	if s.needGlobal && cfg.Round.InitialGlobal == "" {
-		return nil, fmt.Errorf("%w: round.rule %s moves a global model: round.initial_global must name the model round 1 starts from",
-			ErrConfig, cfg.Round.Rule)
+	if s.needGlobal && s.cfg.Round.InitialGlobal == "" {
+		return fmt.Errorf("%w: round.rule %s moves a global model: round.initial_global must name the model round 1 starts from",
+			ErrConfig, s.cfg.Round.Rule)
 	}
 	if s.sum, err = s.resolveSum(); err != nil {
-		return nil, err
+		return err
 	}
-	s.streams = make(chan struct{}, cfg.Limits.MaxStreams)
-	s.metrics = newMetrics(s)
-	if err := s.recover(); err != nil {
-		return nil, err
-	}
+	return nil
+}
+
+// start marks the recovered server started and opens a round if none is open, unless rounds
+// open by hand and one exists.
+func (s *Server) start() error {
 	s.mu.Lock()
 	s.started = true
-	need := s.current == nil && (!cfg.Round.ManualNext || len(s.rounds) == 0) // round 1 always opens
+	need := s.current == nil && (!s.cfg.Round.ManualNext || len(s.rounds) == 0) // round 1 always opens
 	s.mu.Unlock()
 	if need {
 		if _, err := s.OpenRound(); err != nil {
-			return nil, err
+			return err
 		}
 	}
-	ok = true
-	return s, nil
+	return nil
 }
 
 // lockDataDir takes an exclusive lock on the data directory: two servers sharing one would
@@ -321,17 +360,45 @@ func (s *Server) CloseRound(ctx context.Context, n int) (api.Round, error) {
 func (s *Server) OpenRound() (api.Round, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closed {
-		return api.Round{}, fmt.Errorf("%w: the server is stopping", ErrConflict)
-	}
-	if s.current != nil && s.current.state() == api.StateOpen {
-		return api.Round{}, fmt.Errorf("%w: round %d is open: close it first", ErrConflict, s.current.n)
+	if err := s.canOpenLocked(); err != nil {
+		return api.Round{}, err
 	}
 	n := len(s.rounds) + 1
 	dir := filepath.Join(s.roundsDir, fmt.Sprintf("%06d", n))
 	if err := os.MkdirAll(filepath.Join(dir, spoolDir), 0o700); err != nil {
 		return api.Round{}, err
 	}
+	meta := s.newRoundMetaLocked(n)
+	r := s.newRoundStruct(n, dir, meta)
+	if err := s.setUpRound(r, &meta); err != nil {
+		r.shutdown()
+		os.RemoveAll(dir)
+		return api.Round{}, err
+	}
+	s.rounds = append(s.rounds, r)
+	s.current = r
+	s.startRound(r)
+	s.log.Info("round opened", "round", n, "rule", s.cfg.Round.Rule, "sum", meta.Sum, "global", meta.Global, "deadline", meta.Deadline)
+	s.metrics.current.Set(float64(n))
+	return r.status(false), nil
+}
+
+// canOpenLocked refuses to open a round while the server stops or a round is open. The caller
+// holds s.mu.
+func (s *Server) canOpenLocked() error {
+	if s.closed {
+		return fmt.Errorf("%w: the server is stopping", ErrConflict)
+	}
+	if s.current != nil && s.current.state() == api.StateOpen {
+		return fmt.Errorf("%w: round %d is open: close it first", ErrConflict, s.current.n)
+	}
+	return nil
+}
+
+// newRoundMetaLocked is the state round n opens with, now: the configured round, its deadline,
+// and the global model it starts from (the latest round's, else round.initial_global). The
+// caller holds s.mu.
+func (s *Server) newRoundMetaLocked(n int) roundMeta {
 	rc := s.cfg.Round
 	now := time.Now().UTC()
 	meta := roundMeta{Round: n, State: api.StateOpen, Rule: rc.Rule, Opened: now,
@@ -349,42 +416,36 @@ func (s *Server) OpenRound() (api.Round, error) {
 			meta.Global = filepath.Join("rounds", fmt.Sprintf("%06d", s.latest), modelFile)
 		}
 	}
-	r := s.newRoundStruct(n, dir, meta)
-	fail := func(err error) (api.Round, error) {
-		r.shutdown()
-		os.RemoveAll(dir)
-		return api.Round{}, err
-	}
+	return meta
+}
+
+// setUpRound makes a new round r (meta: its state) ready to open: the part of the initial model
+// it starts from, the engine's round and the rule, the acknowledgement log, round.json, and the
+// rounds directory synced. On error the caller shuts r down and removes its directory.
+func (s *Server) setUpRound(r *round, meta *roundMeta) error {
+	rc := s.cfg.Round
 	if rc.ModelRange != nil && meta.Global == rc.InitialGlobal && meta.Global != "" {
 		// The initial model is whole: the round starts from its part (later rounds from the
 		// previous round's model, a part already).
-		part, err := writeGlobalPart(dir, rc.InitialGlobal, *rc.ModelRange)
+		part, err := writeGlobalPart(r.dir, rc.InitialGlobal, *rc.ModelRange)
 		if err != nil {
-			return fail(err)
+			return err
 		}
-		meta.Global = filepath.Join("rounds", fmt.Sprintf("%06d", n), part)
+		meta.Global = filepath.Join("rounds", fmt.Sprintf("%06d", r.n), part)
 		r.meta.Global = meta.Global
 	}
 	var err error
-	if r.agg, r.rule, err = s.newEngineRound(&meta); err != nil {
-		return fail(err)
+	if r.agg, r.rule, err = s.newEngineRound(meta); err != nil {
+		return err
 	}
 	r.whole = r.rule.Requirements().Kind == aggregate.KindWhole
-	if r.alog, _, err = openAckLog(filepath.Join(dir, ackFile)); err != nil {
-		return fail(err)
+	if r.alog, _, err = openAckLog(filepath.Join(r.dir, ackFile)); err != nil {
+		return err
 	}
-	if err := writeJSONAtomic(filepath.Join(dir, roundFile), meta); err != nil {
-		return fail(err)
+	if err := writeJSONAtomic(filepath.Join(r.dir, roundFile), *meta); err != nil {
+		return err
 	}
-	if err := syncDir(s.roundsDir); err != nil {
-		return fail(err)
-	}
-	s.rounds = append(s.rounds, r)
-	s.current = r
-	s.startRound(r)
-	s.log.Info("round opened", "round", n, "rule", rc.Rule, "sum", meta.Sum, "global", meta.Global, "deadline", meta.Deadline)
-	s.metrics.current.Set(float64(n))
-	return r.status(false), nil
+	return syncDir(s.roundsDir)
 }
 
 func (s *Server) newRoundStruct(n int, dir string, meta roundMeta) *round {
