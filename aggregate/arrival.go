@@ -120,27 +120,53 @@ func (r *Round) BeginArrival(ctx context.Context, source string, layout tensor.L
 	if scales != nil && len(scales) != len(layout) {
 		return nil, fmt.Errorf("%w: %d scales for %d tensors", ErrOption, len(scales), len(layout))
 	}
-	u := &tensor.Set{Source: source, Metadata: metadata}
-	who := sourceName(u, len(r.clients))
-	w, err := r.weights.check(r.req.Weights, weight, from, who, r.rule.Name())
+	who, w, err := r.checkArrival(source, metadata, weight, from)
 	if err != nil {
 		return nil, err
-	}
-	if err := r.checkDuplicate(u, who); err != nil {
-		return nil, err
-	}
-	if _, ok := r.arrivals[who]; ok && source != "" {
-		return nil, fmt.Errorf("%s: %w: an update from %s is already arriving", who, ErrDuplicate, source)
-	}
-	if r.req.Global {
-		if err := checkUpdateKind(u, who, r.rule.Name()); err != nil {
-			return nil, err
-		}
 	}
 	ref, perm, err := r.matchHeader(who, layout)
 	if err != nil {
 		return nil, err
 	}
+	arr := r.newArrival(who, metadata, w, from, layout, ref, perm, scales)
+	if arr.a, err = r.exactWeight(arr.c); err != nil {
+		return nil, err
+	}
+	if err := r.ensurePieceAccumulator(ctx, arr.c); err != nil {
+		return nil, err
+	}
+	r.startArrival(arr)
+	return arr, nil
+}
+
+// checkArrival checks what an arriving update's header says of its source (not in the round
+// nor arriving), its weight and what it holds; it returns the update's name and the weight it
+// enters the sum with (before scaling).
+func (r *Round) checkArrival(source string, metadata map[string]string, weight float64, from WeightSource) (string, float64, error) {
+	u := &tensor.Set{Source: source, Metadata: metadata}
+	who := sourceName(u, len(r.clients))
+	w, err := r.weights.check(r.req.Weights, weight, from, who, r.rule.Name())
+	if err != nil {
+		return "", 0, err
+	}
+	if err := r.checkDuplicate(u, who); err != nil {
+		return "", 0, err
+	}
+	if _, ok := r.arrivals[who]; ok && source != "" {
+		return "", 0, fmt.Errorf("%s: %w: an update from %s is already arriving", who, ErrDuplicate, source)
+	}
+	if r.req.Global {
+		if err := checkUpdateKind(u, who, r.rule.Name()); err != nil {
+			return "", 0, err
+		}
+	}
+	return who, w, nil
+}
+
+// newArrival makes the client of an update whose header matched the round's layout (ref; perm
+// its tensor of each field) and the arrival its pieces are added through: each tensor's field,
+// dtype and I8 scale (nil scales: 1).
+func (r *Round) newArrival(who string, metadata map[string]string, w float64, from WeightSource, layout, ref tensor.Layout, perm []int, scales []float32) *Arrival {
 	c := &Client{Source: who, Metadata: metadata, given: w, bytes: layoutBytes(layout), round: r, layout: ref,
 		dtypes: make([]tensor.DType, len(perm))}
 	c.diag.Source = who
@@ -156,15 +182,24 @@ func (r *Round) BeginArrival(ctx context.Context, source string, layout tensor.L
 	}
 	c.weight = r.weights.scaled(w)
 	c.factor = 1
-	if arr.a, err = r.exactWeight(c); err != nil {
-		return nil, err
-	}
-	if err := r.ensureAccumulator(ctx, c); err != nil {
-		return nil, err
+	return arr
+}
+
+// ensurePieceAccumulator makes the plan and the accumulator at the round's first update and
+// checks that its device adds updates piece by piece.
+func (r *Round) ensurePieceAccumulator(ctx context.Context, first *Client) error {
+	if err := r.ensureAccumulator(ctx, first); err != nil {
+		return err
 	}
 	if _, ok := r.sum.acc.(device.PieceAccumulator); !ok {
-		return nil, fmt.Errorf("%w: %s does not add updates piece by piece", device.ErrUnsupported, r.sum.accDev)
+		return fmt.Errorf("%w: %s does not add updates piece by piece", device.ErrUnsupported, r.sum.accDev)
 	}
+	return nil
+}
+
+// startArrival lists the arrival in the round, making the sum's piece locks and starting the
+// meters at the first.
+func (r *Round) startArrival(arr *Arrival) {
 	if r.pieces == nil {
 		r.pieces = newPieceLocks(r.plan.fields)
 		// Pieces are added on the callers' goroutines, many at once, between the round's own
@@ -174,8 +209,7 @@ func (r *Round) BeginArrival(ctx context.Context, source string, layout tensor.L
 	if r.arrivals == nil {
 		r.arrivals = map[string]*Arrival{}
 	}
-	r.arrivals[who] = arr
-	return arr, nil
+	r.arrivals[arr.c.Source] = arr
 }
 
 // takesArrivals refuses arrivals in a round that cannot add pieces as they come.

@@ -18,32 +18,9 @@ func (r *Round) commit(ctx context.Context, out *sink) error {
 	var committers []Committer
 	var outcomes []*Outcome
 	var files []*safetensors.Writer
-	abort := func(err error) error {
-		for _, c := range committers {
-			c.Abort()
-		}
-		for _, w := range files {
-			if w != out.w {
-				_ = w.Abort()
-			}
-		}
-		return err
-	}
 	for _, st := range r.stages {
-		o := &Outcome{Path: out.path, Info: out.info, Round: map[string]any{}}
-		if out.path == "" {
-			o.Result = out.set
-		}
-		for _, sd := range out.sides {
-			if Stage(sd.stage) != st {
-				continue
-			}
-			if sd.w != nil {
-				files = append(files, sd.w)
-			} else {
-				o.Sides = sd.sets
-			}
-		}
+		var o *Outcome
+		o, files = stageOutcome(st, out, files)
 		c, ok := st.(Committer)
 		if !ok {
 			continue
@@ -51,28 +28,74 @@ func (r *Round) commit(ctx context.Context, out *sink) error {
 		fs, err := c.Prepare(ctx, o)
 		committers = append(committers, c)
 		if err != nil {
-			return abort(err)
+			return abortCommit(err, committers, files, out)
 		}
 		files = append(files, fs...)
 		outcomes = append(outcomes, o)
 	}
 	if out.path != "" {
-		w := out.w
-		if w == nil { // a quantised result, computed in memory
-			var err error
-			if w, err = writeUnpublished(out.path, out.set, out.plan, r.metadata()); err != nil {
-				return abort(err)
-			}
+		w, err := r.resultWriter(out)
+		if err != nil {
+			return abortCommit(err, committers, files, out)
 		}
 		files = append(files, w)
 	}
 	if err := ctx.Err(); err != nil {
-		return abort(err)
+		return abortCommit(err, committers, files, out)
 	}
 	if err := publish(r.journal(), files); err != nil {
-		return abort(err)
+		return abortCommit(err, committers, files, out)
 	}
 	out.release() // the stages own their in-memory sides now (their Close frees them)
+	return commitStages(committers, outcomes)
+}
+
+// stageOutcome is what stage st is told of the round's result: the result (in memory) or its
+// path, and the stage's side sets held in memory; its side state files are added to files.
+func stageOutcome(st Stage, out *sink, files []*safetensors.Writer) (*Outcome, []*safetensors.Writer) {
+	o := &Outcome{Path: out.path, Info: out.info, Round: map[string]any{}}
+	if out.path == "" {
+		o.Result = out.set
+	}
+	for _, sd := range out.sides {
+		if Stage(sd.stage) != st {
+			continue
+		}
+		if sd.w != nil {
+			files = append(files, sd.w)
+		} else {
+			o.Sides = sd.sets
+		}
+	}
+	return o, files
+}
+
+// resultWriter is the unpublished file of a result written to a path: the sink's, or, for a
+// quantised result computed in memory, one written now.
+func (r *Round) resultWriter(out *sink) (*safetensors.Writer, error) {
+	if out.w != nil {
+		return out.w, nil
+	}
+	return writeUnpublished(out.path, out.set, out.plan, r.metadata())
+}
+
+// abortCommit gives up a commit that failed with err before publishing: the committers prepared
+// so far abort, and so does every file written for it but the sink's result file (the sink
+// aborts that itself). It returns err.
+func abortCommit(err error, committers []Committer, files []*safetensors.Writer, out *sink) error {
+	for _, c := range committers {
+		c.Abort()
+	}
+	for _, w := range files {
+		if w != out.w {
+			_ = w.Abort()
+		}
+	}
+	return err
+}
+
+// commitStages moves the committed stages on to their new state, every one even if some fail.
+func commitStages(committers []Committer, outcomes []*Outcome) error {
 	var errs []error
 	for i, c := range committers {
 		errs = append(errs, c.Commit(outcomes[i]))

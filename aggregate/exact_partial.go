@@ -252,35 +252,12 @@ func (r *Round) AddPartial(ctx context.Context, p *Partial) error {
 	if err := r.checkPartial(p); err != nil {
 		return err
 	}
-	s := r.sum
-	var perm []int // the partial's tensor of each field
-	if r.plan == nil {
-		layout := make(tensor.Layout, len(p.Tensors))
-		for t, pt := range p.Tensors {
-			dt := tensor.F32
-			if len(pt.DTypes) == 1 {
-				dt = pt.DTypes[0]
-			}
-			layout[t] = tensor.Field{Name: pt.Name, DType: dt, Shape: slices.Clone(pt.Shape)}
-		}
-		if r.refLayout != nil {
-			layout = r.refLayout
-		}
-		pl, err := newPlan(layout, func(t int) []tensor.DType { return p.Tensors[p.tensor(layout[t].Name)].DTypes }, r.cfg, r.req)
-		if err != nil {
-			return err
-		}
-		r.plan = pl
-	}
-	for _, f := range r.plan.fields {
-		perm = append(perm, p.tensor(f.Name))
-	}
-	if err := r.ensureAccumulator(ctx, nil); err != nil {
+	if err := r.ensurePartialPlan(p); err != nil {
 		return err
 	}
-	ea, ok := s.acc.(device.ExactAccumulator)
-	if !ok {
-		return fmt.Errorf("%w: %s cannot add exact sums", device.ErrUnsupported, r.cfg.dev().Name())
+	ea, err := r.exactAccumulator(ctx)
+	if err != nil {
+		return err
 	}
 	if r.pieces != nil {
 		unlock := r.pieces.lockAll()
@@ -288,11 +265,72 @@ func (r *Round) AddPartial(ctx context.Context, p *Partial) error {
 	}
 	// Every check is done; AddSums refuses a field beyond the limbs before changing it, and the
 	// partial's totals are below the cap, so only a device failure can stop this half-way.
-	for t, j := range perm {
-		if err := ea.AddSums(ctx, t, p.sums[j]); err != nil {
+	if err := r.addPartialSums(ctx, ea, p); err != nil {
+		return err
+	}
+	r.countPartial(p)
+	return nil
+}
+
+// ensurePartialPlan makes the round's plan from the partial when no update has: on the round's
+// layout if it has one, else on the partial's tensors (in their one dtype, else f32).
+func (r *Round) ensurePartialPlan(p *Partial) error {
+	if r.plan != nil {
+		return nil
+	}
+	layout := partialLayout(p)
+	if r.refLayout != nil {
+		layout = r.refLayout
+	}
+	pl, err := newPlan(layout, func(t int) []tensor.DType { return p.Tensors[p.tensor(layout[t].Name)].DTypes }, r.cfg, r.req)
+	if err != nil {
+		return err
+	}
+	r.plan = pl
+	return nil
+}
+
+// partialLayout is the layout of the partial's tensors: each in the one dtype its updates came
+// in, or f32 when they came in several.
+func partialLayout(p *Partial) tensor.Layout {
+	layout := make(tensor.Layout, len(p.Tensors))
+	for t, pt := range p.Tensors {
+		dt := tensor.F32
+		if len(pt.DTypes) == 1 {
+			dt = pt.DTypes[0]
+		}
+		layout[t] = tensor.Field{Name: pt.Name, DType: dt, Shape: slices.Clone(pt.Shape)}
+	}
+	return layout
+}
+
+// exactAccumulator makes the round's accumulator if no update has, and returns it as the exact
+// accumulator partials are added to.
+func (r *Round) exactAccumulator(ctx context.Context) (device.ExactAccumulator, error) {
+	if err := r.ensureAccumulator(ctx, nil); err != nil {
+		return nil, err
+	}
+	ea, ok := r.sum.acc.(device.ExactAccumulator)
+	if !ok {
+		return nil, fmt.Errorf("%w: %s cannot add exact sums", device.ErrUnsupported, r.cfg.dev().Name())
+	}
+	return ea, nil
+}
+
+// addPartialSums adds the partial's integer sums to the accumulator, field by field.
+func (r *Round) addPartialSums(ctx context.Context, ea device.ExactAccumulator, p *Partial) error {
+	for t, f := range r.plan.fields {
+		if err := ea.AddSums(ctx, t, p.sums[p.tensor(f.Name)]); err != nil {
 			return err
 		}
 	}
+	return nil
+}
+
+// countPartial counts the partial's clients in the round once its sums are in: the layout they
+// fix (at the first), the exact totals of their weights, and each client as Add records it.
+func (r *Round) countPartial(p *Partial) {
+	s := r.sum
 	if r.refLayout == nil {
 		r.refLayout, r.refName = r.plan.ref, "partial of "+p.Rule
 	}
@@ -307,7 +345,6 @@ func (r *Round) AddPartial(ctx context.Context, p *Partial) error {
 		r.weights.add(c, p.WeightsFrom)
 		s.n++
 	}
-	return nil
 }
 
 // checkPartial refuses a partial the round cannot take, before anything changes.

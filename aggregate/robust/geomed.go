@@ -83,44 +83,9 @@ func (s *geomedStage) Compute(ctx context.Context, in *aggregate.Inputs) error {
 		return err
 	}
 	defer free()
-	z, next := its[0], its[1]
-	inputs := rd.inputsOf(rd.keep)
-	alpha := rd.weightsOf()
-	if err := rd.sumInto(ctx, z, inputs, alpha, 1); err != nil {
-		return err
-	}
-	dist, err := rd.distTo(ctx, z)
+	z, dist, err := s.weiszfeld(ctx, rd, its[0], its[1])
 	if err != nil {
 		return err
-	}
-	s.obj = objective(alpha, dist)
-	beta := make([]float64, len(alpha))
-	for s.iters < s.maxIter {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		var total float64
-		for i := range beta {
-			beta[i] = alpha[i] / max(s.nu, dist[i])
-			total += beta[i]
-		}
-		if err := rd.sumInto(ctx, next, inputs, beta, 1/total); err != nil {
-			return err
-		}
-		if dist, err = rd.distTo(ctx, next); err != nil {
-			return err
-		}
-		z, next = next, z
-		s.iters++
-		prev := s.obj
-		s.obj = objective(alpha, dist)
-		s.residual = 0
-		if s.obj > 0 {
-			s.residual = math.Abs(prev-s.obj) / s.obj
-		}
-		if s.residual < s.tol {
-			break
-		}
 	}
 	if err := rd.emitIterate(ctx, z); err != nil {
 		return err
@@ -129,6 +94,62 @@ func (s *geomedStage) Compute(ctx context.Context, in *aggregate.Inputs) error {
 		rd.clients[k].Diag().Distance = aggregate.Ptr(dist[i])
 	}
 	return nil
+}
+
+// weiszfeld runs the smoothed Weiszfeld iteration from the weighted mean, in the iterates z and
+// next (taking turns), and returns the estimate and the usable clients' distances to it.
+func (s *geomedStage) weiszfeld(ctx context.Context, rd *round, z, next *iterate) (*iterate, []float64, error) {
+	inputs := rd.inputsOf(rd.keep)
+	alpha := rd.weightsOf()
+	if err := rd.sumInto(ctx, z, inputs, alpha, 1); err != nil {
+		return nil, nil, err
+	}
+	dist, err := rd.distTo(ctx, z)
+	if err != nil {
+		return nil, nil, err
+	}
+	s.obj = objective(alpha, dist)
+	beta := make([]float64, len(alpha))
+	for s.iters < s.maxIter {
+		if err := ctx.Err(); err != nil {
+			return nil, nil, err
+		}
+		total := smoothedWeights(beta, alpha, dist, s.nu)
+		if err := rd.sumInto(ctx, next, inputs, beta, 1/total); err != nil {
+			return nil, nil, err
+		}
+		if dist, err = rd.distTo(ctx, next); err != nil {
+			return nil, nil, err
+		}
+		z, next = next, z
+		s.iters++
+		if s.converged(alpha, dist) {
+			break
+		}
+	}
+	return z, dist, nil
+}
+
+// smoothedWeights sets β_i = α_i / max(ν, d_i) and returns Σ β_i.
+func smoothedWeights(beta, alpha, dist []float64, nu float64) float64 {
+	var total float64
+	for i := range beta {
+		beta[i] = alpha[i] / max(nu, dist[i])
+		total += beta[i]
+	}
+	return total
+}
+
+// converged records the objective at the new estimate and the residual |Δg|/g, and reports
+// whether the residual is below the tolerance.
+func (s *geomedStage) converged(alpha, dist []float64) bool {
+	prev := s.obj
+	s.obj = objective(alpha, dist)
+	s.residual = 0
+	if s.obj > 0 {
+		s.residual = math.Abs(prev-s.obj) / s.obj
+	}
+	return s.residual < s.tol
 }
 
 func objective(alpha, dist []float64) float64 {
