@@ -3,6 +3,7 @@ package sysinfo
 import (
 	"cmp"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -82,47 +83,63 @@ func sysfsCaches(cpuDir string, cpus []int) ([]Cache, []string) {
 	problems := map[string][]int{}
 	var noDir []int
 	for _, c := range cpus {
-		dir := filepath.Join(cpuDir, fmt.Sprintf("cpu%d", c), "cache")
-		ents, err := os.ReadDir(dir)
-		if err != nil {
+		if !readCPUCaches(cpuDir, c, instances, problems) {
 			noDir = append(noDir, c)
-			continue
-		}
-		for _, e := range ents {
-			if !e.IsDir() || !strings.HasPrefix(e.Name(), "index") {
-				continue
-			}
-			inst, problem := readCacheIndex(filepath.Join(dir, e.Name()), c)
-			if problem != "" {
-				k := e.Name() + ": " + problem
-				problems[k] = append(problems[k], c)
-				continue
-			}
-			key := fmt.Sprintf("%d/%s/%s", inst.level, inst.typ, FormatCPUList(inst.shared))
-			if _, ok := instances[key]; !ok {
-				instances[key] = inst
-			}
 		}
 	}
-	var notes []string
-	if len(noDir) > 0 && len(noDir) < len(cpus) {
-		notes = append(notes, fmt.Sprintf("sysfs gives no cache directory for cpus %s: their caches are left out", FormatCPUList(noDir)))
-	}
-	for _, k := range slices.Sorted(func(yield func(string) bool) {
-		for k := range problems {
-			if !yield(k) {
-				return
-			}
-		}
-	}) {
-		notes = append(notes, fmt.Sprintf("sysfs cache %s (cpus %s): left out", k, FormatCPUList(problems[k])))
-	}
+	notes := cacheNotes(noDir, len(cpus), problems)
 	if len(instances) == 0 {
 		if len(noDir) == len(cpus) {
 			notes = nil // said once by Read
 		}
 		return nil, notes
 	}
+	return groupCaches(instances), notes
+}
+
+// readCPUCaches adds the cache entries of cpu to instances, keyed by level, type and sharing
+// CPUs so that each instance is kept once, and the CPU to problems under each entry it leaves
+// out; false if the CPU has no readable cache directory.
+func readCPUCaches(cpuDir string, cpu int, instances map[string]cacheInstance, problems map[string][]int) bool {
+	dir := filepath.Join(cpuDir, fmt.Sprintf("cpu%d", cpu), "cache")
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return false
+	}
+	for _, e := range ents {
+		if !e.IsDir() || !strings.HasPrefix(e.Name(), "index") {
+			continue
+		}
+		inst, problem := readCacheIndex(filepath.Join(dir, e.Name()), cpu)
+		if problem != "" {
+			k := e.Name() + ": " + problem
+			problems[k] = append(problems[k], cpu)
+			continue
+		}
+		key := fmt.Sprintf("%d/%s/%s", inst.level, inst.typ, FormatCPUList(inst.shared))
+		if _, ok := instances[key]; !ok {
+			instances[key] = inst
+		}
+	}
+	return true
+}
+
+// cacheNotes says which of ncpus CPUs have no cache directory (unless none or all) and, in
+// order, which entries were left out for which CPUs.
+func cacheNotes(noDir []int, ncpus int, problems map[string][]int) []string {
+	var notes []string
+	if len(noDir) > 0 && len(noDir) < ncpus {
+		notes = append(notes, fmt.Sprintf("sysfs gives no cache directory for cpus %s: their caches are left out", FormatCPUList(noDir)))
+	}
+	for _, k := range slices.Sorted(maps.Keys(problems)) {
+		notes = append(notes, fmt.Sprintf("sysfs cache %s (cpus %s): left out", k, FormatCPUList(problems[k])))
+	}
+	return notes
+}
+
+// groupCaches counts the instances of each level, type, size and number of sharing CPUs, in
+// that order.
+func groupCaches(instances map[string]cacheInstance) []Cache {
 	type group struct {
 		level    int
 		typ      string
@@ -140,7 +157,7 @@ func sysfsCaches(cpuDir string, cpus []int) ([]Cache, []string) {
 	slices.SortFunc(caches, func(a, b Cache) int {
 		return cmp.Or(cmp.Compare(a.Level, b.Level), cmp.Compare(a.Type, b.Type), cmp.Compare(a.Size, b.Size), cmp.Compare(a.SharedBy, b.SharedBy))
 	})
-	return caches, notes
+	return caches
 }
 
 // readCacheIndex reads one cache entry of cpu, or says what is wrong with it.

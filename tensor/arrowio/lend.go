@@ -119,7 +119,7 @@ const (
 // Arrow's decoder (and its errors).
 func (r *StreamReader) lazyLayoutOf(meta []byte) (l lazyLayout, ok bool) {
 	defer func() {
-		if recover() != nil {
+		if recover() != nil { // the flatbuffers runtime panics on offsets outside meta
 			ok = false
 		}
 	}()
@@ -130,19 +130,35 @@ func (r *StreamReader) lazyLayoutOf(meta []byte) (l lazyLayout, ok bool) {
 		return l, false
 	}
 	l.rows = rb.GetInt64Slot(slotBatchLength, 0)
-	nn, nodes, err := vector(&rb, slotBatchNodes, fieldNodeSize)
-	if err != nil || nn != 3 || l.rows < 0 {
+	if !fullNodes(&rb, l.rows) || !r.placeBuffers(&l, &rb) {
 		return l, false
+	}
+	l.nameWidth, l.offsetWidth = r.offsetWidths()
+	return l, l.valuesLast() && l.holdsRows()
+}
+
+// fullNodes says whether the record batch rb has three field nodes, each of rows rows and
+// without nulls.
+func fullNodes(rb *flatbuffers.Table, rows int64) bool {
+	nn, nodes, err := vector(rb, slotBatchNodes, fieldNodeSize)
+	if err != nil || nn != 3 || rows < 0 {
+		return false
 	}
 	for i := range nn {
 		p := nodes + flatbuffers.UOffsetT(fieldNodeSize*i)
-		if rb.GetInt64(p) != l.rows || rb.GetInt64(p+8) != 0 {
-			return l, false
+		if rb.GetInt64(p) != rows || rb.GetInt64(p+8) != 0 {
+			return false
 		}
 	}
-	nb, bufs, err := vector(&rb, slotBatchBuffers, bufferSize)
+	return true
+}
+
+// placeBuffers reads into l where the buffers of the record batch rb lie; false unless it has
+// eight, those of the three columns.
+func (r *StreamReader) placeBuffers(l *lazyLayout, rb *flatbuffers.Table) bool {
+	nb, bufs, err := vector(rb, slotBatchBuffers, bufferSize)
 	if err != nil || nb != 8 {
-		return l, false
+		return false
 	}
 	buffer := func(k int) [2]int64 {
 		p := bufs + flatbuffers.UOffsetT(bufferSize*k)
@@ -164,23 +180,41 @@ func (r *StreamReader) lazyLayoutOf(meta []byte) (l lazyLayout, ok bool) {
 			k += 3
 		}
 	}
-	l.nameWidth, l.offsetWidth = 4, 4
+	return true
+}
+
+// offsetWidths is the width of the offsets of the tensor and data columns: 4, or 8 for the
+// large types.
+func (r *StreamReader) offsetWidths() (name, data int64) {
+	name, data = 4, 4
 	if r.cols.kind == tensorLargeUTF8 {
-		l.nameWidth = 8
+		name = 8
 	}
 	if r.cols.dataLarge {
-		l.offsetWidth = 8
+		data = 8
 	}
+	return name, data
+}
+
+// valuesLast says whether every buffer the rows are decoded from ends before the data
+// column's values begin.
+func (l *lazyLayout) valuesLast() bool {
 	for _, b := range [...][2]int64{l.nameOffs, l.names, l.offsets, l.dataOffs} {
 		if b[0]+b[1] > l.values[0] {
-			return l, false
+			return false
 		}
 	}
-	// Divisions, not products: a row count from the wire may overflow any product.
-	if l.rows > 0 && (l.offsets[1]/8 < l.rows || l.nameOffs[1]/l.nameWidth-1 < l.rows || l.dataOffs[1]/l.offsetWidth-1 < l.rows) {
-		return l, false // Arrow says what is short
+	return true
+}
+
+// holdsRows says whether the offset and the two offsets buffers are long enough for the
+// batch's rows; when not, Arrow says what is short.
+func (l *lazyLayout) holdsRows() bool {
+	if l.rows <= 0 {
+		return true
 	}
-	return l, true
+	// Divisions, not products: a row count from the wire may overflow any product.
+	return l.offsets[1]/8 >= l.rows && l.nameOffs[1]/l.nameWidth-1 >= l.rows && l.dataOffs[1]/l.offsetWidth-1 >= l.rows
 }
 
 // beginLazy starts a lazy batch if the next message is one (false: Arrow decodes it, or

@@ -114,41 +114,67 @@ func create(path string, layout tensor.Layout, order []int, metadata map[string]
 
 // plan validates the layout and metadata and computes the offsets and the header room.
 func (w *Writer) plan(layout tensor.Layout, order []int) error {
+	if err := w.copyLayout(layout); err != nil {
+		return err
+	}
+	if err := w.placeData(order); err != nil {
+		return err
+	}
+	if err := w.checkMetadata(); err != nil {
+		return err
+	}
+	return w.reserveHeader()
+}
+
+// copyLayout copies layout into w.layout, shapes cloned and scales 1, checking each tensor.
+func (w *Writer) copyLayout(layout tensor.Layout) error {
 	w.layout = make(tensor.Layout, len(layout))
 	seen := make(map[string]bool, len(layout))
 	for i, f := range layout {
 		f.Shape = slices.Clone(f.Shape)
 		w.layout[i] = f
 		w.scales[i] = 1
-		switch {
-		case seen[f.Name]:
-			return w.failTensor(tensor.ErrDuplicateName, f.Name, "the layout has it twice")
-		case f.Name == metadataKey || !utf8.ValidString(f.Name):
-			return w.failTensor(ErrFormat, f.Name, "not a valid tensor name")
-		case !f.DType.Valid():
-			return w.failTensor(tensor.ErrDType, f.Name, f.DType.String())
-		case slices.ContainsFunc(f.Shape, func(d int) bool { return d < 0 }):
-			return w.failTensor(tensor.ErrShape, f.Name, "shape "+formatShape(f.Shape)+" has a negative dimension")
-		}
-		if err := w.lim.checkName(f.Name); err != nil {
-			return w.failTensorErr(ErrFormat, f.Name, err)
-		}
-		if err := w.lim.checkRank(len(f.Shape)); err != nil {
-			return w.failTensorErr(tensor.ErrShape, f.Name, err)
-		}
-		if _, err := checkElements(f.Shape); err != nil {
-			return w.failTensorErr(tensor.ErrShape, f.Name, err)
+		if err := w.checkTensor(f, seen); err != nil {
+			return err
 		}
 		seen[f.Name] = true
 	}
+	return nil
+}
+
+// checkTensor checks one tensor of the layout: its name (unseen, valid, within the limits),
+// its dtype and its shape (no negative dimension, within the limits).
+func (w *Writer) checkTensor(f tensor.Field, seen map[string]bool) error {
+	switch {
+	case seen[f.Name]:
+		return w.failTensor(tensor.ErrDuplicateName, f.Name, "the layout has it twice")
+	case f.Name == metadataKey || !utf8.ValidString(f.Name):
+		return w.failTensor(ErrFormat, f.Name, "not a valid tensor name")
+	case !f.DType.Valid():
+		return w.failTensor(tensor.ErrDType, f.Name, f.DType.String())
+	case slices.ContainsFunc(f.Shape, func(d int) bool { return d < 0 }):
+		return w.failTensor(tensor.ErrShape, f.Name, "shape "+formatShape(f.Shape)+" has a negative dimension")
+	}
+	if err := w.lim.checkName(f.Name); err != nil {
+		return w.failTensorErr(ErrFormat, f.Name, err)
+	}
+	if err := w.lim.checkRank(len(f.Shape)); err != nil {
+		return w.failTensorErr(tensor.ErrShape, f.Name, err)
+	}
+	if _, err := checkElements(f.Shape); err != nil {
+		return w.failTensorErr(tensor.ErrShape, f.Name, err)
+	}
+	return nil
+}
+
+// placeData lays the tensors out back to back in order (nil: layout order), refusing a
+// misaligned tensor and a data section over maxDataSize.
+func (w *Writer) placeData(order []int) error {
 	if order == nil {
-		order = make([]int, len(layout))
-		for i := range order {
-			order[i] = i
-		}
+		order = identity(len(w.layout))
 	}
 	w.order = order
-	w.offsets, w.ends = make([]int64, len(layout)), make([]int64, len(layout))
+	w.offsets, w.ends = make([]int64, len(w.layout)), make([]int64, len(w.layout))
 	for _, i := range order {
 		f := w.layout[i]
 		n, _ := numElements(f.Shape)
@@ -164,6 +190,12 @@ func (w *Writer) plan(layout tensor.Layout, order []int) error {
 		w.offsets[i], w.ends[i] = w.size, w.size+n*es
 		w.size += n * es
 	}
+	return nil
+}
+
+// checkMetadata refuses, in key order, a metadata key with the reserved scale prefix and
+// an entry that is not valid UTF-8.
+func (w *Writer) checkMetadata() error {
 	for _, k := range slices.Sorted(maps.Keys(w.metadata)) {
 		switch {
 		case strings.HasPrefix(k, ScaleKeyPrefix):
@@ -172,6 +204,12 @@ func (w *Writer) plan(layout tensor.Layout, order []int) error {
 			return fmt.Errorf("%s: %w: metadata %s: %s is not valid UTF-8", w.path, ErrFormat, quote(k), quote(w.metadata[k]))
 		}
 	}
+	return nil
+}
+
+// reserveHeader sets the data offset past room for the header, padded to a page, and checks
+// the header size against the limits.
+func (w *Writer) reserveHeader() error {
 	// Reserve the longest scale text for every I8 tensor, so any scale set later fits.
 	room := 8 + int64(len(w.headerJSON(strings.Repeat("0", maxScaleLen))))
 	w.dataOffset = (room + pageSize - 1) &^ (pageSize - 1)
@@ -517,11 +555,17 @@ func WriteFile(path string, s *tensor.Set, opts ...Option) error {
 
 // widestFirst is the indices of layout ordered by element size, widest first, stably.
 func widestFirst(layout tensor.Layout) []int {
-	order := make([]int, len(layout))
+	order := identity(len(layout))
+	slices.SortStableFunc(order, func(a, b int) int { return layout[b].DType.Size() - layout[a].DType.Size() })
+	return order
+}
+
+// identity is the indices 0 to n-1 in order.
+func identity(n int) []int {
+	order := make([]int, n)
 	for i := range order {
 		order[i] = i
 	}
-	slices.SortStableFunc(order, func(a, b int) int { return layout[b].DType.Size() - layout[a].DType.Size() })
 	return order
 }
 
