@@ -164,7 +164,7 @@ func (f *Federation) Write(ctx context.Context, dir string, progress func(done, 
 	return paths, nil
 }
 
-// writeBlock is the parameters writeClients generates at a time for each of its clients.
+// writeBlock is the parameters writeBlocks generates at a time for each of its clients.
 const writeBlock = 1 << 18
 
 // writeClients writes the files of clients ks (to paths[k]) together, writeBlock parameters at
@@ -172,65 +172,87 @@ const writeBlock = 1 << 18
 // aborted, and so are the others of ks.
 func (f *Federation) writeClients(ctx context.Context, ks []int, paths []string, progress func(int64)) error {
 	ws := make([]*safetensors.Writer, len(ks))
-	abort := func(err error) error {
-		for _, w := range ws {
-			if w != nil {
-				_ = w.Abort()
-			}
-		}
-		return err
-	}
 	for i, k := range ks {
-		c := f.Clients[k]
-		layout := make(tensor.Layout, len(f.Model.Fields))
-		for t, fl := range f.Model.Fields {
-			layout[t] = tensor.Field{Name: fl.Name, DType: c.DType, Shape: fl.Shape}
-		}
-		meta := map[string]string{"format": "pt"}
-		if c.NumExamples > 0 {
-			meta["num_examples"] = strconv.Itoa(c.NumExamples)
-		}
-		// Buffered, as a server receiving uploads writes them: the page cache then holds the
-		// files in large folios, which is the state "already in the page cache" means (direct
-		// I/O would leave them uncached, and a later read brings them back in small folios, 8x
-		// slower to map).
-		w, err := safetensors.Create(paths[k], layout, meta, safetensors.WithDirectIO(false))
+		w, err := f.createClient(k, paths[k])
 		if err != nil {
-			return abort(err)
+			return abortAll(ws, err)
 		}
 		ws[i] = w
 	}
+	if err := f.writeBlocks(ctx, ks, ws, progress); err != nil {
+		return abortAll(ws, err)
+	}
+	for i, w := range ws {
+		if err := w.Commit(); err != nil {
+			ws[i] = nil
+			return abortAll(ws, err)
+		}
+		ws[i] = nil
+	}
+	return nil
+}
+
+// abortAll aborts every writer of ws (nil: not created yet, or committed) and returns err.
+func abortAll(ws []*safetensors.Writer, err error) error {
+	for _, w := range ws {
+		if w != nil {
+			_ = w.Abort()
+		}
+	}
+	return err
+}
+
+// createClient creates client k's file at path: the model's tensors in the client's dtype, and
+// its num_examples metadata where set.
+func (f *Federation) createClient(k int, path string) (*safetensors.Writer, error) {
+	c := f.Clients[k]
+	layout := make(tensor.Layout, len(f.Model.Fields))
+	for t, fl := range f.Model.Fields {
+		layout[t] = tensor.Field{Name: fl.Name, DType: c.DType, Shape: fl.Shape}
+	}
+	meta := map[string]string{"format": "pt"}
+	if c.NumExamples > 0 {
+		meta["num_examples"] = strconv.Itoa(c.NumExamples)
+	}
+	// Buffered, as a server receiving uploads writes them: the page cache then holds the
+	// files in large folios, which is the state "already in the page cache" means (direct
+	// I/O would leave them uncached, and a later read brings them back in small folios, 8x
+	// slower to map).
+	return safetensors.Create(path, layout, meta, safetensors.WithDirectIO(false))
+}
+
+// writeBlocks writes the values of clients ks into their writers ws, writeBlock parameters at a
+// time: the block's shared base once, then each client's values from it.
+func (f *Federation) writeBlocks(ctx context.Context, ks []int, ws []*safetensors.Writer, progress func(int64)) error {
 	params := f.Model.Params()
 	base := make([]float64, writeBlock)
 	buf := make([]byte, 4*writeBlock)
 	for lo := int64(0); lo < params; lo += writeBlock {
 		if err := ctx.Err(); err != nil {
-			return abort(err)
+			return err
 		}
 		n := int(min(writeBlock, params-lo))
 		for i := range n {
 			base[i] = f.base(lo + int64(i))
 		}
 		for i, k := range ks {
-			dt := f.Clients[k].DType
-			es := int64(dt.Size())
-			b := buf[:int64(n)*es]
-			for e := range n {
-				j := lo + int64(e)
-				_ = encode(b, e, dt, float32(base[e]+f.delta(k, j))) // Write checked dt
-			}
-			if _, err := ws[i].WriteAt(b, lo*es); err != nil {
-				return abort(err)
+			b := f.encodeBlock(buf, k, lo, base[:n])
+			if _, err := ws[i].WriteAt(b, lo*int64(f.Clients[k].DType.Size())); err != nil {
+				return err
 			}
 			progress(int64(len(b)))
 		}
 	}
-	for i, w := range ws {
-		if err := w.Commit(); err != nil {
-			ws[i] = nil
-			return abort(err)
-		}
-		ws[i] = nil
-	}
 	return nil
+}
+
+// encodeBlock encodes client k's values of the block of parameters from lo, whose shared part
+// is base, into buf and returns the bytes it filled.
+func (f *Federation) encodeBlock(buf []byte, k int, lo int64, base []float64) []byte {
+	dt := f.Clients[k].DType
+	b := buf[:len(base)*dt.Size()]
+	for e, v := range base {
+		_ = encode(b, e, dt, float32(v+f.delta(k, lo+int64(e)))) // Write checked dt
+	}
+	return b
 }

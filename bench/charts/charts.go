@@ -274,68 +274,125 @@ func sweepPanel(s series, sweep, axis string, c color.Color, top float64) (*plot
 // drawRatio draws each row's ratio to its floor as a horizontal bar, the floor as a line at 1.
 func drawRatio(r *bench.Report, dc draw.Canvas, rows []bench.Result) error {
 	p := newPlot()
-	n := len(rows)
-	vals := make(plotter.Values, n)
-	names := make([]string, n)
-	labels := plotter.XYLabels{XYs: make(plotter.XYs, n), Labels: make([]string, n)}
-	ceiling := true
-	top := 1.0
-	for i, x := range rows {
-		k := n - 1 - i // the first row on top
-		vals[k] = x.Ratio
-		names[k] = bench.Describe(x)
-		labels.XYs[k] = plotter.XY{X: x.Ratio, Y: float64(k)}
-		labels.Labels[k] = fmt.Sprintf("%.2f = %s / %s", x.Ratio, bench.FormatValue(x.Value, x.Unit), bench.FormatValue(x.Floor, x.Unit))
-		if x.FloorName != "" {
-			labels.Labels[k] += " (" + strings.TrimSuffix(strings.TrimSpace(x.FloorName), " =") + ")"
-		}
-		ceiling = ceiling && x.Ceiling
-		top = max(top, x.Ratio)
-	}
-	bars, err := plotter.NewBarChart(vals, px(24))
+	rt := newRatios(rows)
+	bars, err := rt.bars()
 	if err != nil {
 		return err
+	}
+	one, err := rt.oneLine()
+	if err != nil {
+		return err
+	}
+	lab, err := rt.barLabels()
+	if err != nil {
+		return err
+	}
+	p.Add(plotter.NewGrid(), bars, one, lab)
+	p.NominalY(rt.names...)
+	rt.describe(p, r, one)
+	rt.axes(p)
+	p.Draw(padded(dc))
+	return nil
+}
+
+// ratios is what the ratio chart shows of its rows: a bar per row, the first on top, its name
+// beside the axis and its figures beside the bar.
+type ratios struct {
+	vals    plotter.Values
+	names   []string
+	labels  plotter.XYLabels // the ratio and the figures it is of, at the end of each bar
+	ceiling bool             // every row is a figure against its budget, not its floor
+	top     float64          // the largest ratio, at least 1
+}
+
+// newRatios gathers the bars, their names and figures from rows, the first row on top.
+func newRatios(rows []bench.Result) ratios {
+	n := len(rows)
+	rt := ratios{vals: make(plotter.Values, n), names: make([]string, n),
+		labels: plotter.XYLabels{XYs: make(plotter.XYs, n), Labels: make([]string, n)}, ceiling: true, top: 1}
+	for i, x := range rows {
+		k := n - 1 - i // the first row on top
+		rt.vals[k] = x.Ratio
+		rt.names[k] = bench.Describe(x)
+		rt.labels.XYs[k] = plotter.XY{X: x.Ratio, Y: float64(k)}
+		rt.labels.Labels[k] = ratioLabel(x)
+		rt.ceiling = rt.ceiling && x.Ceiling
+		rt.top = max(rt.top, x.Ratio)
+	}
+	return rt
+}
+
+// ratioLabel is the figures of x's bar: "0.83 = measured / floor (the floor's name)".
+func ratioLabel(x bench.Result) string {
+	s := fmt.Sprintf("%.2f = %s / %s", x.Ratio, bench.FormatValue(x.Value, x.Unit), bench.FormatValue(x.Floor, x.Unit))
+	if x.FloorName != "" {
+		s += " (" + strings.TrimSuffix(strings.TrimSpace(x.FloorName), " =") + ")"
+	}
+	return s
+}
+
+// bars makes the horizontal bars of the ratios.
+func (rt *ratios) bars() (*plotter.BarChart, error) {
+	bars, err := plotter.NewBarChart(rt.vals, px(24))
+	if err != nil {
+		return nil, err
 	}
 	bars.Horizontal = true
 	bars.Color = plotutil.Color(0)
 	bars.LineStyle.Width = 0
-	one, err := plotter.NewLine(plotter.XYs{{X: 1, Y: -0.6}, {X: 1, Y: float64(n) - 0.4}})
+	return bars, nil
+}
+
+// oneLine makes the dashed line at 1, the floor (or the budget), across every bar.
+func (rt *ratios) oneLine() (*plotter.Line, error) {
+	one, err := plotter.NewLine(plotter.XYs{{X: 1, Y: -0.6}, {X: 1, Y: float64(len(rt.vals)) - 0.4}})
 	if err != nil {
-		return err
+		return nil, err
 	}
 	one.Color = color.RGBA{R: 200, A: 255}
 	one.Width = vg.Points(1.5)
 	one.Dashes = []vg.Length{vg.Points(6), vg.Points(4)}
-	lab, err := plotter.NewLabels(labels)
+	return one, nil
+}
+
+// barLabels makes the figures at the end of each bar.
+func (rt *ratios) barLabels() (*plotter.Labels, error) {
+	lab, err := plotter.NewLabels(rt.labels)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	for i := range lab.TextStyle {
 		lab.TextStyle[i].YAlign = draw.YCenter
 		lab.TextStyle[i].Font.Size = vg.Points(9)
 	}
 	lab.Offset = vg.Point{X: px(6)}
-	p.Add(plotter.NewGrid(), bars, one, lab)
-	p.NominalY(names...)
+	return lab, nil
+}
+
+// describe writes the title and the x axis's label and names the line at 1: a budget when every
+// row has one, else a floor.
+func (rt *ratios) describe(p *plot.Plot, r *bench.Report, one *plotter.Line) {
 	what := "ratio of each figure to its floor (measured in the same run)"
-	if ceiling {
+	if rt.ceiling {
 		what = "each figure against its budget"
 	}
 	p.Title.Text = fmt.Sprintf("wattagg bench %s: %s\n%s", r.Suite, what, r.Subtitle())
-	if ceiling {
+	if rt.ceiling {
 		p.X.Label.Text = "measured / budget (at most 1 is within the budget)"
 		p.Legend.Add("budget (1)", one)
 	} else {
 		p.X.Label.Text = "measured / floor (1 = at the floor; above 1 is faster than the yardstick)"
 		p.Legend.Add("floor (1)", one)
 	}
+}
+
+// axes sets the legend's place, the ticks and the ranges, with room on the right for the
+// labels.
+func (rt *ratios) axes(p *plot.Plot) {
 	p.Legend.Top = true
 	p.X.Tick.Marker = plainTicks{}
-	// Room on the right for the labels.
-	p.X.Min, p.X.Max = 0, top*2.2
-	p.Y.Min, p.Y.Max = -0.7, float64(n)-0.3
-	p.Draw(padded(dc))
-	return nil
+	p.X.Min, p.X.Max = 0, rt.top*2.2
+	p.Y.Min, p.Y.Max = -0.7, float64(len(rt.vals))-0.3
 }
 
 // drawBandwidth draws rows that are themselves floors (the floor suite) as horizontal bars.

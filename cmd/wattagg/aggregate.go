@@ -16,6 +16,7 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/wattagg/wattagg/aggregate"
 	"github.com/wattagg/wattagg/device"
@@ -77,20 +78,28 @@ where its sums stay within 2^62 grid units (|mean| × total weight < 2^17 at the
 		Example: `  wattagg aggregate -o global.safetensors clients/
   wattagg aggregate -o global.safetensors --weights 120,80,200 a.safetensors b.safetensors c.safetensors
   wattagg aggregate -o global.bf16.safetensors --out-dtype bf16 --json clients/*.safetensors`,
-		Args: func(cmd *cobra.Command, args []string) error {
-			if len(args) == 0 {
-				return usagef("aggregate needs at least one input file or directory (see wattagg aggregate --help)")
-			}
-			if f.output == "" {
-				return usagef("aggregate needs an output file: -o OUT.safetensors")
-			}
-			return nil
-		},
+		Args: f.checkArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runAggregate(cmd.Context(), cmd.OutOrStdout(), cmd.ErrOrStderr(), f, args)
 		},
 	}
-	fl := cmd.Flags()
+	f.register(cmd.Flags())
+	return cmd
+}
+
+// checkArgs refuses a command line without inputs or without -o.
+func (f *aggregateFlags) checkArgs(_ *cobra.Command, args []string) error {
+	if len(args) == 0 {
+		return usagef("aggregate needs at least one input file or directory (see wattagg aggregate --help)")
+	}
+	if f.output == "" {
+		return usagef("aggregate needs an output file: -o OUT.safetensors")
+	}
+	return nil
+}
+
+// register adds the flags of aggregate to fl, those of the rules' parameters included.
+func (f *aggregateFlags) register(fl *pflag.FlagSet) {
 	fl.StringVarP(&f.output, "output", "o", "", "output .safetensors file (written atomically)")
 	fl.StringVar(&f.weights, "weights", "", "comma-separated client weights, one per input file, in order")
 	fl.StringVar(&f.rule, "rule", "fedavg", "aggregation rule: "+strings.Join(ruleNames(), ", "))
@@ -110,7 +119,6 @@ where its sums stay within 2^62 grid units (|mean| × total weight < 2^17 at the
 	f.plan.register(fl)
 	fl.StringVar(&f.progress, "progress", "auto", "progress bar on stderr: auto (when a terminal), always, never")
 	registerRuleFlags(fl)
-	return cmd
 }
 
 // runAggregate checks the flags and the inputs, opens the devices and their meters, runs the

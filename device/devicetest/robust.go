@@ -247,12 +247,7 @@ func Select(t *testing.T, dev device.Device) {
 		t.Run(c.String(), func(t *testing.T) {
 			fields, inputs, chunks := robustJob(r, c.n, c.dts, c.out, c.ties, []int{4096, 64 << 10}[i%2])
 			out := NewOutput(fields, chunks)
-			job := &device.SelectJob{Fields: fields, Inputs: inputs, Op: c.op, K: c.k, Chunks: chunks, Output: out}
-			if c.dist {
-				job.SqDist, job.SqNorm = make([]float64, c.n), make([]float64, c.n)
-				poisonF64(job.SqDist)
-				poisonF64(job.SqNorm)
-			}
+			job := c.job(fields, inputs, chunks, out)
 			var progress atomic.Int64
 			job.Progress = func(n int64) { progress.Add(n) }
 			stats, err := rd.Select(context.Background(), job)
@@ -260,52 +255,103 @@ func Select(t *testing.T, dev device.Device) {
 				t.Fatal(err)
 			}
 			out.Check(t)
-			var elems, read, written int64
-			dist, norm := make([]float64, c.n), make([]float64, c.n)
-			col := make([]float64, c.n)
-			for ti, f := range fields {
-				vals := make([][]float32, c.n)
-				for i := range inputs {
-					vals[i] = RobustValues(inputs[i][ti])
-					read += int64(len(inputs[i][ti].Data))
-				}
-				got := out.Tensor(ti)
-				for j := range f.Len {
-					for i := range col {
-						col[i] = float64(vals[i][j])
-					}
-					want := SelectReference(col, c.op, c.k)
-					w := decodeF32(f.Out, want)
-					if g := got.Value(j); g != w || math.IsNaN(g) {
-						t.Fatal(out.mismatch(ti, j, w))
-					}
-					for i := range c.n {
-						v := float64(vals[i][j])
-						d := v - float64(want)
-						dist[i] += d * d
-						norm[i] += v * v
-					}
-				}
-				elems += int64(f.Len)
-			}
-			for _, ch := range chunks {
-				written += int64(ch.Len)
-			}
+			sc := checkSelected(t, c, fields, inputs, out)
 			if c.dist {
-				for i := range c.n {
-					tol := func(v float64) float64 { return device.SelectSumError*v + SumTolerance(2*int(elems), v) }
-					if math.Abs(job.SqDist[i]-dist[i]) > tol(dist[i]) || math.Abs(job.SqNorm[i]-norm[i]) > tol(norm[i]) {
-						t.Fatalf("input %d: ‖x−r‖² = %v, ‖x‖² = %v; want %v, %v", i, job.SqDist[i], job.SqNorm[i], dist[i], norm[i])
-					}
-				}
+				sc.checkDistances(t, job)
 			}
-			if stats.Elements != elems || stats.Chunks != len(chunks) || stats.BytesRead != read || stats.BytesWritten != written {
-				t.Errorf("stats %+v: want %d elements in %d chunks, %d bytes read, %d written", stats, elems, len(chunks), read, written)
-			}
-			if progress.Load() != read {
-				t.Errorf("progress reported %d input bytes, want %d", progress.Load(), read)
-			}
+			sc.checkStats(t, stats, chunks, &progress)
 		})
+	}
+}
+
+// job returns the job of c over inputs, writing to out; with c.dist it asks for the distances
+// and norms, in slices poisoned with NaN.
+func (c selectCase) job(fields []device.AccField, inputs [][]device.Span, chunks []device.Chunk, out *Output) *device.SelectJob {
+	job := &device.SelectJob{Fields: fields, Inputs: inputs, Op: c.op, K: c.k, Chunks: chunks, Output: out}
+	if c.dist {
+		job.SqDist, job.SqNorm = make([]float64, c.n), make([]float64, c.n)
+		poisonF64(job.SqDist)
+		poisonF64(job.SqNorm)
+	}
+	return job
+}
+
+// selectCheck is what Select checks a job's distances, norms and statistics against: each
+// input's squared distance from the reference results and squared norm, the elements, and the
+// bytes read.
+type selectCheck struct {
+	c           selectCase
+	dist, norm  []float64
+	elems, read int64
+}
+
+// checkSelected checks every element of out against SelectReference of the inputs' values
+// there, field by field, and returns the selectCheck gathered on the way.
+func checkSelected(t *testing.T, c selectCase, fields []device.AccField, inputs [][]device.Span, out *Output) *selectCheck {
+	t.Helper()
+	sc := &selectCheck{c: c, dist: make([]float64, c.n), norm: make([]float64, c.n)}
+	col := make([]float64, c.n)
+	for ti, f := range fields {
+		vals := make([][]float32, c.n)
+		for i := range inputs {
+			vals[i] = RobustValues(inputs[i][ti])
+			sc.read += int64(len(inputs[i][ti].Data))
+		}
+		sc.checkField(t, out, ti, f, vals, col)
+		sc.elems += int64(f.Len)
+	}
+	return sc
+}
+
+// checkField checks field ti of out element by element against SelectReference of the inputs'
+// values vals (col is scratch of one value per input), and adds each input's squared distance
+// from the reference and squared norm.
+func (sc *selectCheck) checkField(t *testing.T, out *Output, ti int, f device.AccField, vals [][]float32, col []float64) {
+	t.Helper()
+	got := out.Tensor(ti)
+	for j := range f.Len {
+		for i := range col {
+			col[i] = float64(vals[i][j])
+		}
+		want := SelectReference(col, sc.c.op, sc.c.k)
+		w := decodeF32(f.Out, want)
+		if g := got.Value(j); g != w || math.IsNaN(g) {
+			t.Fatal(out.mismatch(ti, j, w))
+		}
+		for i := range sc.c.n {
+			v := float64(vals[i][j])
+			d := v - float64(want)
+			sc.dist[i] += d * d
+			sc.norm[i] += v * v
+		}
+	}
+}
+
+// checkDistances checks the job's squared distances and norms against the references within
+// the device's error bound and SumTolerance.
+func (sc *selectCheck) checkDistances(t *testing.T, job *device.SelectJob) {
+	t.Helper()
+	for i := range sc.c.n {
+		tol := func(v float64) float64 { return device.SelectSumError*v + SumTolerance(2*int(sc.elems), v) }
+		if math.Abs(job.SqDist[i]-sc.dist[i]) > tol(sc.dist[i]) || math.Abs(job.SqNorm[i]-sc.norm[i]) > tol(sc.norm[i]) {
+			t.Fatalf("input %d: ‖x−r‖² = %v, ‖x‖² = %v; want %v, %v", i, job.SqDist[i], job.SqNorm[i], sc.dist[i], sc.norm[i])
+		}
+	}
+}
+
+// checkStats checks the statistics Select returned for the job of chunks, and the input bytes
+// it reported as progress.
+func (sc *selectCheck) checkStats(t *testing.T, stats device.Stats, chunks []device.Chunk, progress *atomic.Int64) {
+	t.Helper()
+	var written int64
+	for _, ch := range chunks {
+		written += int64(ch.Len)
+	}
+	if stats.Elements != sc.elems || stats.Chunks != len(chunks) || stats.BytesRead != sc.read || stats.BytesWritten != written {
+		t.Errorf("stats %+v: want %d elements in %d chunks, %d bytes read, %d written", stats, sc.elems, len(chunks), sc.read, written)
+	}
+	if progress.Load() != sc.read {
+		t.Errorf("progress reported %d input bytes, want %d", progress.Load(), sc.read)
 	}
 }
 

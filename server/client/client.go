@@ -246,22 +246,39 @@ func (c *Client) Pull(ctx context.Context, round int, path string, opts ...Optio
 	if err != nil {
 		return err
 	}
+	resp, err := c.getModel(ctx, round)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	return saveModel(path, resp, p.progress)
+}
+
+// getModel requests round's model (the latest when round is 0) and returns the server's answer,
+// or its *Error.
+func (c *Client) getModel(ctx context.Context, round int) (*http.Response, error) {
 	u := c.url("/v1/model")
 	if round > 0 {
 		u = c.url("/v1/rounds/%d/model", round)
 	}
 	req, err := c.request(ctx, http.MethodGet, u, nil)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return errorOf(resp)
+		defer resp.Body.Close()
+		return nil, errorOf(resp)
 	}
+	return resp, nil
+}
+
+// saveModel writes the model of resp into a temporary file beside path, renames it over path
+// and syncs the directory; it removes the temporary file if anything fails.
+func saveModel(path string, resp *http.Response, progress func(done, total int64)) error {
 	dir := filepath.Dir(path)
 	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".pull-*")
 	if err != nil {
@@ -274,9 +291,22 @@ func (c *Client) Pull(ctx context.Context, round int, path string, opts ...Optio
 			os.Remove(tmp.Name())
 		}
 	}()
+	if err := receiveModel(tmp, resp, progress); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return err
+	}
+	ok = true
+	return syncDir(dir)
+}
+
+// receiveModel copies the model of resp into tmp, reporting to progress (if set), checks that
+// all of it came, syncs and closes tmp, and checks that it is a valid .safetensors file.
+func receiveModel(tmp *os.File, resp *http.Response, progress func(done, total int64)) error {
 	var body io.Reader = resp.Body
-	if p.progress != nil {
-		body = &progressReader{r: resp.Body, total: resp.ContentLength, fn: p.progress}
+	if progress != nil {
+		body = &progressReader{r: resp.Body, total: resp.ContentLength, fn: progress}
 	}
 	n, err := io.Copy(tmp, body)
 	if err != nil {
@@ -294,10 +324,11 @@ func (c *Client) Pull(ctx context.Context, round int, path string, opts ...Optio
 	if _, err := safetensors.ReadHeader(tmp.Name()); err != nil {
 		return fmt.Errorf("the server's model is not a valid .safetensors file: %w", err)
 	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return err
-	}
-	ok = true
+	return nil
+}
+
+// syncDir syncs the directory dir, so that a rename in it is durable.
+func syncDir(dir string) error {
 	d, err := os.Open(dir)
 	if err != nil {
 		return err
