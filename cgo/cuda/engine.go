@@ -109,6 +109,16 @@ func (s *source) count() int {
 	return len(s.host)
 }
 
+// staged reports whether some host input is pageable, to be staged through page-locked memory.
+func (s *source) staged() bool {
+	for _, p := range s.pinned {
+		if slices.Contains(p, false) {
+			return true
+		}
+	}
+	return false
+}
+
 func (s *source) dtype(i, t int) tensor.DType {
 	if s.res != nil {
 		return s.res[i].fields[t].DType
@@ -326,49 +336,88 @@ func (j *job) pipeline(ctx context.Context, slabs []*slab, r regions) error {
 
 // enqueueSlab stages slab sl's pageable inputs and enqueues its copies and kernels on slot s.
 func (j *job) enqueueSlab(sl *slab, s *slot, r regions, prev *slot) error {
-	g := j.g
+	b, err := j.prepare(sl, s, r)
+	if err != nil {
+		return err
+	}
+	if err := b.copyIn(); err != nil {
+		return err
+	}
+	if err := b.compute(prev); err != nil {
+		return err
+	}
+	return b.copyOut()
+}
+
+// prepare stages slab sl's pageable inputs and has the op fill a batch of slot s with its
+// parameter tables and work, enqueueing nothing yet.
+func (j *job) prepare(sl *slab, s *slot, r regions) (*batch, error) {
 	host := unsafe.Slice((*byte)(s.host), s.hostCap)
 	b := &batch{j: j, s: s, sl: sl, r: r,
 		params: host[r.hostParams() : r.hostParams()+r.params], pdev: s.dev + uint64(r.devParams())}
 	j.stage(sl, host[r.hostStaging():], r)
 	for k := range sl.segs {
 		if err := j.op.segment(b, k); err != nil {
-			return err
+			return nil, err
 		}
 	}
 	if b.err != nil {
-		return b.err
+		return nil, b.err
 	}
-	name := g.Name()
+	return b, nil
+}
+
+// copyIn enqueues the slab's host-to-device copies: the staged inputs, the page-locked inputs,
+// then the kernel parameters.
+func (b *batch) copyIn() error {
+	g, s, sl, r := b.j.g, b.s, b.sl, b.r
 	if sl.stagedHi > sl.stagedLo {
 		p := unsafe.Add(s.host, r.hostStaging()+sl.stagedLo)
 		if err := g.drv.h2d(g.ctx, s.dev+uint64(r.devIn()+sl.stagedLo), p, sl.stagedHi-sl.stagedLo, s.stream); err != nil {
-			return fmt.Errorf("%s: inputs: %w", name, err)
+			return fmt.Errorf("%s: inputs: %w", g.Name(), err)
 		}
 	}
-	if j.src.host != nil {
-		for _, sg := range sl.segs {
-			for i, in := range j.src.host {
-				if !j.src.pinned[i][sg.field] {
-					continue
-				}
-				sp := in[sg.field]
-				sz := sp.DType.Size()
-				data := sp.Data[sg.lo*sz : sg.hi*sz]
-				if err := g.drv.h2d(g.ctx, s.dev+uint64(r.devIn()+sg.in[i]), unsafe.Pointer(unsafe.SliceData(data)), int64(len(data)), s.stream); err != nil {
-					return fmt.Errorf("%s: input %d: %w", name, i, err)
-				}
-			}
-		}
+	if err := b.copyPinned(); err != nil {
+		return err
 	}
 	if b.ppos > 0 {
 		if err := g.drv.h2d(g.ctx, b.pdev, unsafe.Pointer(unsafe.SliceData(b.params)), int64(b.ppos), s.stream); err != nil {
-			return fmt.Errorf("%s: kernel parameters: %w", name, err)
+			return fmt.Errorf("%s: kernel parameters: %w", g.Name(), err)
 		}
 	}
+	return nil
+}
+
+// copyPinned enqueues the copies of the slab's page-locked host inputs, straight from the
+// caller's memory.
+func (b *batch) copyPinned() error {
+	j, g, s, r := b.j, b.j.g, b.s, b.r
+	if j.src.host == nil {
+		return nil
+	}
+	for _, sg := range b.sl.segs {
+		for i, in := range j.src.host {
+			if !j.src.pinned[i][sg.field] {
+				continue
+			}
+			sp := in[sg.field]
+			sz := sp.DType.Size()
+			data := sp.Data[sg.lo*sz : sg.hi*sz]
+			if err := g.drv.h2d(g.ctx, s.dev+uint64(r.devIn()+sg.in[i]), unsafe.Pointer(unsafe.SliceData(data)), int64(len(data)), s.stream); err != nil {
+				return fmt.Errorf("%s: input %d: %w", g.Name(), i, err)
+			}
+		}
+	}
+	return nil
+}
+
+// compute enqueues the slab's work, after the kernels of the previous slab (on slot prev) when
+// the job is ordered, and records the slot's computed event.
+func (b *batch) compute(prev *slot) error {
+	j, g, s := b.j, b.j.g, b.s
 	if j.ordered && prev != nil {
 		if err := g.drv.wait(g.ctx, s.stream, prev.computed); err != nil {
-			return fmt.Errorf("%s: %w", name, err)
+			return fmt.Errorf("%s: %w", g.Name(), err)
 		}
 	}
 	for _, w := range b.work {
@@ -377,16 +426,23 @@ func (j *job) enqueueSlab(sl *slab, s *slot, r regions, prev *slot) error {
 		}
 	}
 	if err := g.drv.record(g.ctx, s.computed, s.stream); err != nil {
-		return fmt.Errorf("%s: %w", name, err)
+		return fmt.Errorf("%s: %w", g.Name(), err)
 	}
+	return nil
+}
+
+// copyOut enqueues the copy of the slab's results (a chunk or raw output) to the slot's
+// page-locked buffer, and records the slot's done event.
+func (b *batch) copyOut() error {
+	j, g, s, sl, r := b.j, b.j.g, b.s, b.sl, b.r
 	if j.chunked() && sl.use.out > 0 {
 		p := unsafe.Add(s.host, r.hostOut())
 		if err := g.drv.d2h(g.ctx, p, s.dev+uint64(r.devOut()), sl.use.out, s.stream); err != nil {
-			return fmt.Errorf("%s: output: %w", name, err)
+			return fmt.Errorf("%s: output: %w", g.Name(), err)
 		}
 	}
 	if err := g.drv.record(g.ctx, s.done, s.stream); err != nil {
-		return fmt.Errorf("%s: %w", name, err)
+		return fmt.Errorf("%s: %w", g.Name(), err)
 	}
 	return nil
 }
@@ -606,108 +662,143 @@ func (j *job) chunked() bool { return j.out.out != nil || j.out.raw != nil }
 func (j *job) largestChunk() int {
 	m := 0
 	for _, ch := range j.out.chunks {
-		e := 0
-		for _, p := range ch.Pieces {
-			e += p.Hi - p.Lo
-		}
-		m = max(m, e)
+		m = max(m, chunkElems(ch))
 	}
 	return m
 }
 
+// chunkElems is the number of elements of a chunk, all its pieces together.
+func chunkElems(ch device.Chunk) int {
+	e := 0
+	for _, p := range ch.Pieces {
+		e += p.Hi - p.Lo
+	}
+	return e
+}
+
 // cut builds the slabs for a budget of elems elements per slab.
 func (j *job) cut(elems int) ([]*slab, regions) {
-	var slabs []*slab
-	var r regions
-	cur := &slab{}
-	count := 0
-	flush := func() {
-		if len(cur.segs) == 0 && len(cur.chunks) == 0 {
-			return
-		}
-		cur.index = len(slabs)
-		r.in, r.scratch = max(r.in, cur.use.in), max(r.scratch, cur.use.scratch)
-		r.out, r.params = max(r.out, cur.use.out), max(r.params, cur.use.params)
-		slabs = append(slabs, cur)
-		cur, count = &slab{}, 0
-	}
-	// add puts elements [lo, hi) of field t in the slab and, for a chunk output, returns where
-	// their results go in the out region: right after the last segment's results when they
-	// continue it (the segment grows), else at the next 16-byte boundary (a new segment), so that
-	// every segment's output is aligned for the kernels' stores whatever the chunk's layout. A raw
-	// output gives the place (at) and always starts a segment: its op lays the results out.
-	add := func(t, lo, hi int, at int64) int64 {
-		size := int64(j.fields[t].Out.Size())
-		if k := len(cur.segs) - 1; k >= 0 && at < 0 {
-			p := &cur.segs[k]
-			if p.field == t && p.hi == lo {
-				out := p.out + int64(p.hi-p.lo)*size
-				j.grow(cur, k, hi)
-				count += hi - lo
-				if j.chunked() {
-					cur.use.out = out + int64(hi-lo)*size
-				}
-				return out
-			}
-		}
-		out := at
-		if at < 0 {
-			out = align16(cur.use.out)
-		}
-		cur.segs = append(cur.segs, segment{field: t, lo: lo, hi: lo, out: out, scratch: -1})
-		j.grow(cur, len(cur.segs)-1, hi)
-		count += hi - lo
-		if j.chunked() && at < 0 {
-			cur.use.out = out + int64(hi-lo)*size
-		}
-		return out
-	}
+	c := cutter{j: j, elems: elems, cur: &slab{}}
 	if j.chunked() {
-		for c, ch := range j.out.chunks {
-			e := 0
-			for _, p := range ch.Pieces {
-				e += p.Hi - p.Lo
-			}
-			if count > 0 && count+e > elems {
-				flush()
-			}
-			cur.chunks = append(cur.chunks, c)
-			if j.out.raw != nil {
-				at := align16(cur.use.out)
-				for _, p := range ch.Pieces {
-					if p.Hi > p.Lo {
-						add(p.Field, p.Lo, p.Hi, at+int64(p.Off))
-					}
-				}
-				cur.pieceAt = append(cur.pieceAt, []int64{at})
-				cur.use.out = at + int64(ch.Len)
-				continue
-			}
-			at := make([]int64, len(ch.Pieces))
-			for q, p := range ch.Pieces {
-				if p.Hi > p.Lo {
-					at[q] = add(p.Field, p.Lo, p.Hi, -1)
-				}
-			}
-			cur.pieceAt = append(cur.pieceAt, at)
+		for ci, ch := range j.out.chunks {
+			c.addChunk(ci, ch)
 		}
 	} else {
-		for t, f := range j.fields {
-			for lo := 0; lo < f.Len; {
-				if count == elems {
-					flush()
-				}
-				hi := min(f.Len, lo+elems-count)
-				add(t, lo, hi, -1)
-				lo = hi
+		c.addFields()
+	}
+	c.flush()
+	c.r.stage = j.src.staged()
+	return c.slabs, c.r
+}
+
+// cutter is the state of cut: the slabs so far, the regions that fit all of them, and the slab
+// being filled with the count of its elements.
+type cutter struct {
+	j     *job
+	elems int
+	slabs []*slab
+	r     regions
+	cur   *slab
+	count int
+}
+
+// flush closes the slab being filled, unless it is empty, and grows the regions to fit it.
+func (c *cutter) flush() {
+	cur := c.cur
+	if len(cur.segs) == 0 && len(cur.chunks) == 0 {
+		return
+	}
+	cur.index = len(c.slabs)
+	c.r.in, c.r.scratch = max(c.r.in, cur.use.in), max(c.r.scratch, cur.use.scratch)
+	c.r.out, c.r.params = max(c.r.out, cur.use.out), max(c.r.params, cur.use.params)
+	c.slabs = append(c.slabs, cur)
+	c.cur, c.count = &slab{}, 0
+}
+
+// addFields cuts an output without chunks: the fields one after another, in slabs of elems
+// elements (the last one fewer).
+func (c *cutter) addFields() {
+	for t, f := range c.j.fields {
+		for lo := 0; lo < f.Len; {
+			if c.count == c.elems {
+				c.flush()
 			}
+			hi := min(f.Len, lo+c.elems-c.count)
+			c.add(t, lo, hi, -1)
+			lo = hi
 		}
 	}
-	flush()
-	for _, p := range j.src.pinned {
-		r.stage = r.stage || slices.Contains(p, false)
+}
+
+// addChunk puts chunk ci of the output in the slab, whole: it closes the slab first when the
+// chunk would take it past the budget (a slab without elements takes any chunk).
+func (c *cutter) addChunk(ci int, ch device.Chunk) {
+	if e := chunkElems(ch); c.count > 0 && c.count+e > c.elems {
+		c.flush()
 	}
-	return slabs, r
+	c.cur.chunks = append(c.cur.chunks, ci)
+	if c.j.out.raw != nil {
+		c.addRaw(ch)
+	} else {
+		c.addPieces(ch)
+	}
+}
+
+// addRaw lays a chunk of a raw output out whole, at the next 16-byte boundary of the out region,
+// each piece at its offset in the chunk.
+func (c *cutter) addRaw(ch device.Chunk) {
+	at := align16(c.cur.use.out)
+	for _, p := range ch.Pieces {
+		if p.Hi > p.Lo {
+			c.add(p.Field, p.Lo, p.Hi, at+int64(p.Off))
+		}
+	}
+	c.cur.pieceAt = append(c.cur.pieceAt, []int64{at})
+	c.cur.use.out = at + int64(ch.Len)
+}
+
+// addPieces puts the pieces of a chunk in the slab, noting where the results of each go.
+func (c *cutter) addPieces(ch device.Chunk) {
+	at := make([]int64, len(ch.Pieces))
+	for q, p := range ch.Pieces {
+		if p.Hi > p.Lo {
+			at[q] = c.add(p.Field, p.Lo, p.Hi, -1)
+		}
+	}
+	c.cur.pieceAt = append(c.cur.pieceAt, at)
+}
+
+// add puts elements [lo, hi) of field t in the slab and, for a chunk output, returns where their
+// results go in the out region: right after the last segment's results when they continue it
+// (the segment grows), else at the next 16-byte boundary (a new segment), so that every
+// segment's output is aligned for the kernels' stores whatever the chunk's layout. A raw output
+// gives the place (at) and always starts a segment: its op lays the results out.
+func (c *cutter) add(t, lo, hi int, at int64) int64 {
+	j, cur := c.j, c.cur
+	size := int64(j.fields[t].Out.Size())
+	if k := len(cur.segs) - 1; k >= 0 && at < 0 {
+		p := &cur.segs[k]
+		if p.field == t && p.hi == lo {
+			out := p.out + int64(p.hi-p.lo)*size
+			j.grow(cur, k, hi)
+			c.count += hi - lo
+			if j.chunked() {
+				cur.use.out = out + int64(hi-lo)*size
+			}
+			return out
+		}
+	}
+	out := at
+	if at < 0 {
+		out = align16(cur.use.out)
+	}
+	cur.segs = append(cur.segs, segment{field: t, lo: lo, hi: lo, out: out, scratch: -1})
+	j.grow(cur, len(cur.segs)-1, hi)
+	c.count += hi - lo
+	if j.chunked() && at < 0 {
+		cur.use.out = out + int64(hi-lo)*size
+	}
+	return out
 }
 
 // grow extends segment k of sl to hi, re-laying out its input and scratch space. Only the last

@@ -82,93 +82,134 @@ func (g *GPU) gramResident(ctx context.Context, inputs []*resident) (device.Gram
 // Gram kernel geometry (reduce.cu).
 const gramTile = 64
 
+// gram is Gram and gramResident over their inputs (src).
 func (g *GPU) gram(ctx context.Context, fields []device.AccField, src source) (device.GramMatrix, device.Stats, error) {
 	n := src.count()
 	if n == 0 {
 		return device.GramMatrix{Centred: [][]float64{}, SqNorms: []float64{}}, device.Stats{Device: g.Name()}, ctx.Err()
 	}
-	tiles := (n + gramTile - 1) / gramTile
-	pairs := tiles * (tiles + 1) / 2
-	if pairs > 65535 {
-		return device.GramMatrix{}, device.Stats{}, fmt.Errorf("%s: %w: Gram matrix of %d inputs (at most %d)", g.Name(), device.ErrUnsupported, n, 361*gramTile)
+	op, err := g.newGramOp(n)
+	if err != nil {
+		return device.GramMatrix{}, device.Stats{}, err
 	}
-	// Enough blocks to fill the GPU four times over, each covering a share of the coordinates.
-	parts := max(1, min(1024, 4*g.attrs.sms/pairs))
-	m := int64(pairs * gramTile * gramTile)
-	partial := int64(parts) * m * 8
-	// Device scratch: the partial tiles, the summed tiles, then wa_sqdist's partial distances
-	// and norms (n·sumsqBlocks f64 each); the last three are fetched with one copy.
-	sq := int64(n) * sumsqBlocks
-	fetched := m + 2*sq
-	v := make([]float64, fetched)
-	op := &gramOp{slices: parts, pairs: pairs}
-	j := &job{g: g, fields: fields, src: src, op: op, ordered: true,
-		begin: func(ln *lane, s cuStream) error {
-			dev, _, err := g.scratchBuffers(ln, partial+fetched*8, fetched*8)
-			if err != nil {
-				return err
-			}
-			op.partial = dev
-			op.pd = dev + uint64(partial+m*8)
-			op.pn = op.pd + uint64(sq*8)
-			if err := g.memsetErr(dev, partial, s); err != nil {
-				return err
-			}
-			return g.memsetErr(op.pd, 2*sq*8, s)
-		},
-		end: func(ln *lane, s cuStream) error {
-			dev, _, err := g.scratchBuffers(ln, partial+fetched*8, fetched*8)
-			if err != nil {
-				return err
-			}
-			grid, err := blocks(m, 256)
-			if err != nil {
-				return err
-			}
-			out := dev + uint64(partial)
-			if err := g.launch(s, "wa_gram_sum", grid, 256, 0, dev, argInt(parts), uint64(m), out); err != nil {
-				return err
-			}
-			return g.fetch(ln, s, v, out)
-		}}
+	j := &job{g: g, fields: fields, src: src, op: op, ordered: true, begin: op.begin, end: op.end}
 	stats, err := j.run(ctx)
 	if err != nil {
 		return device.GramMatrix{}, stats, err
 	}
+	return op.matrix(), stats, nil
+}
+
+// gramOp runs, per segment, wa_gram_centre into the segment's scratch (an f32 centre per
+// element), wa_gram over the centred values, and wa_sqdist for the squared norms. Its device
+// scratch is [partial tiles | summed tiles | partial distances | partial norms]; end sums the
+// partial tiles and fetches the rest into v.
+type gramOp struct {
+	g             *GPU
+	n             int       // inputs
+	tiles         int       // tiles of inputs per side of the matrix
+	slices, pairs int       // wa_gram's grid: shares of the coordinates × pairs of tiles
+	m             int64     // f64 of the summed tiles: pairs·64·64
+	sq            int64     // f64 of wa_sqdist's partial sums of each kind: n·sumsqBlocks
+	v             []float64 // the summed tiles, partial distances and partial norms (end)
+	partial       uint64    // the partial tiles: slices·pairs·64·64 f64
+	pd, pn        uint64    // wa_sqdist's partial sums: n·sumsqBlocks f64 each
+}
+
+// newGramOp lays out the Gram matrix of n inputs: its pairs of tiles, the slices of the
+// coordinates that blocks cover, and the scratch.
+func (g *GPU) newGramOp(n int) (*gramOp, error) {
+	tiles := (n + gramTile - 1) / gramTile
+	pairs := tiles * (tiles + 1) / 2
+	if pairs > 65535 {
+		return nil, fmt.Errorf("%s: %w: Gram matrix of %d inputs (at most %d)", g.Name(), device.ErrUnsupported, n, 361*gramTile)
+	}
+	// Enough blocks to fill the GPU four times over, each covering a share of the coordinates.
+	parts := max(1, min(1024, 4*g.attrs.sms/pairs))
+	m := int64(pairs * gramTile * gramTile)
+	sq := int64(n) * sumsqBlocks
+	return &gramOp{g: g, n: n, tiles: tiles, slices: parts, pairs: pairs, m: m, sq: sq, v: make([]float64, m+2*sq)}, nil
+}
+
+// scratchBytes is the device scratch's bytes of partial tiles, and the bytes fetched from it
+// (the summed tiles, distances and norms, which the page-locked scratch receives).
+func (o *gramOp) scratchBytes() (partial, fetched int64) {
+	return int64(o.slices) * o.m * 8, int64(len(o.v)) * 8
+}
+
+// begin takes the scratch and zeroes the partial tiles and partial sums.
+func (o *gramOp) begin(ln *lane, s cuStream) error {
+	g := o.g
+	partial, fetched := o.scratchBytes()
+	dev, _, err := g.scratchBuffers(ln, partial+fetched, fetched)
+	if err != nil {
+		return err
+	}
+	o.partial = dev
+	o.pd = dev + uint64(partial+o.m*8)
+	o.pn = o.pd + uint64(o.sq*8)
+	if err := g.memsetErr(dev, partial, s); err != nil {
+		return err
+	}
+	return g.memsetErr(o.pd, 2*o.sq*8, s)
+}
+
+// end sums the partial tiles (wa_gram_sum) and fetches the summed tiles, distances and norms
+// into v.
+func (o *gramOp) end(ln *lane, s cuStream) error {
+	g := o.g
+	partial, fetched := o.scratchBytes()
+	dev, _, err := g.scratchBuffers(ln, partial+fetched, fetched)
+	if err != nil {
+		return err
+	}
+	grid, err := blocks(o.m, 256)
+	if err != nil {
+		return err
+	}
+	out := dev + uint64(partial)
+	if err := g.launch(s, "wa_gram_sum", grid, 256, 0, dev, argInt(o.slices), uint64(o.m), out); err != nil {
+		return err
+	}
+	return g.fetch(ln, s, o.v, out)
+}
+
+// matrix builds the result from v: the symmetric matrix from its tiles, and each input's
+// squared norm from its partial sums.
+func (o *gramOp) matrix() device.GramMatrix {
+	n := o.n
 	gm := device.GramMatrix{Centred: make([][]float64, n), SqNorms: make([]float64, n)}
 	for a := range gm.Centred {
 		gm.Centred[a] = make([]float64, n)
 	}
-	p := 0
-	for ta := range tiles {
-		for tb := ta; tb < tiles; tb++ {
+	o.untile(gm.Centred)
+	norms := o.v[o.m+o.sq:]
+	for a := range n {
+		for _, x := range norms[a*sumsqBlocks : (a+1)*sumsqBlocks] {
+			gm.SqNorms[a] += x
+		}
+	}
+	return gm
+}
+
+// untile copies the summed tiles, the upper triangle of tile pairs in row order, into both
+// halves of the matrix c.
+func (o *gramOp) untile(c [][]float64) {
+	n, p := o.n, 0
+	for ta := range o.tiles {
+		for tb := ta; tb < o.tiles; tb++ {
 			for a := range gramTile {
 				for b := range gramTile {
 					ra, rb := ta*gramTile+a, tb*gramTile+b
 					if ra < n && rb < n {
-						x := v[p*gramTile*gramTile+a*gramTile+b]
-						gm.Centred[ra][rb], gm.Centred[rb][ra] = x, x
+						x := o.v[p*gramTile*gramTile+a*gramTile+b]
+						c[ra][rb], c[rb][ra] = x, x
 					}
 				}
 			}
 			p++
 		}
 	}
-	norms := v[m+sq:]
-	for a := range n {
-		for _, x := range norms[a*sumsqBlocks : (a+1)*sumsqBlocks] {
-			gm.SqNorms[a] += x
-		}
-	}
-	return gm, stats, nil
-}
-
-// gramOp runs, per segment, wa_gram_centre into the segment's scratch (an f32 centre per
-// element), wa_gram over the centred values, and wa_sqdist for the squared norms.
-type gramOp struct {
-	slices, pairs int
-	partial       uint64 // the partial tiles: slices·pairs·64·64 f64
-	pd, pn        uint64 // wa_sqdist's partial sums: n·sumsqBlocks f64 each
 }
 
 func (*gramOp) scratch(int) int { return 4 }
