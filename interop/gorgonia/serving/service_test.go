@@ -399,7 +399,9 @@ func waitGen(t *testing.T, svc *Service, gen uint64) {
 	t.Fatalf("generation %d after 5 s, want %d", info.Generation, gen)
 }
 
-func TestWatch(t *testing.T) {
+// servingFile is a service serving model 1 from a file, and the file's path.
+func servingFile(t *testing.T) (*Service, string) {
+	t.Helper()
 	svc := newService(t)
 	path := filepath.Join(t.TempDir(), "global.safetensors")
 	if err := safetensors.WriteFile(path, model(t, 1)); err != nil {
@@ -408,6 +410,11 @@ func TestWatch(t *testing.T) {
 	if _, err := svc.Reload(path); err != nil {
 		t.Fatal(err)
 	}
+	return svc, path
+}
+
+func TestWatch(t *testing.T) {
+	svc, path := servingFile(t)
 	startWatch(t, svc, path)
 	if err := safetensors.WriteFile(path, model(t, 2)); err != nil {
 		t.Fatal(err)
@@ -439,14 +446,7 @@ func TestWatch(t *testing.T) {
 // A model written after the service loaded the file but before the watcher started is loaded:
 // the watcher compares against the file the service loaded, not the one it first sees.
 func TestWatchSeesAModelWrittenBeforeItStarted(t *testing.T) {
-	svc := newService(t)
-	path := filepath.Join(t.TempDir(), "global.safetensors")
-	if err := safetensors.WriteFile(path, model(t, 1)); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := svc.Reload(path); err != nil {
-		t.Fatal(err)
-	}
+	svc, path := servingFile(t)
 	if err := safetensors.WriteFile(path, model(t, 2)); err != nil {
 		t.Fatal(err)
 	}
