@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/wattagg/wattagg/internal/durable"
 )
 
 // AckRecord is one acknowledged update, as a round's acknowledgement log (acks.log in the
@@ -77,7 +79,7 @@ func openAckLog(path string) (*ackLog, []AckRecord, error) {
 		return nil, nil, err
 	}
 	if len(b) == 0 {
-		if err := syncDir(filepath.Dir(path)); err != nil {
+		if err := durable.SyncDir(filepath.Dir(path)); err != nil {
 			f.Close()
 			return nil, nil, err
 		}
@@ -233,18 +235,5 @@ func (l *ackLog) close() error {
 	}
 	err := l.f.Close()
 	l.f = nil
-	return err
-}
-
-// syncDir makes the entries of directory dir durable.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
 	return err
 }

@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+
+	"github.com/wattagg/wattagg/internal/durable"
 )
 
 // writeFileAtomic replaces path with b durably: a temporary file beside it, fsync, rename,
@@ -29,7 +31,7 @@ func writeFileAtomic(path string, b []byte) error {
 		os.Remove(tmp)
 		return err
 	}
-	return syncDir(dir)
+	return durable.SyncDir(dir)
 }
 
 // writeJSONAtomic writes v as indented JSON with writeFileAtomic.

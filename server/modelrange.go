@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 
+	"github.com/wattagg/wattagg/internal/durable"
 	"github.com/wattagg/wattagg/tensor"
 	"github.com/wattagg/wattagg/tensor/arrowio"
 	"github.com/wattagg/wattagg/tensor/safetensors"
@@ -164,5 +165,5 @@ func writeGlobalPart(dir, path string, m [2]int64) (string, error) {
 		sp.abort()
 		return "", err
 	}
-	return globalPartFile, syncDir(dir)
+	return globalPartFile, durable.SyncDir(dir)
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/wattagg/wattagg/aggregate"
+	"github.com/wattagg/wattagg/internal/durable"
 	"github.com/wattagg/wattagg/server/api"
 	"github.com/wattagg/wattagg/tensor"
 	"github.com/wattagg/wattagg/tensor/safetensors"
@@ -398,7 +399,7 @@ func (g *commitGroup) stamp(start time.Time) []AckRecord {
 // with one log append + fdatasync, and counts the time taken since start and the size of the
 // group.
 func (r *round) makeDurable(recs []AckRecord, start time.Time) error {
-	err := syncDir(filepath.Join(r.dir, spoolDir))
+	err := durable.SyncDir(filepath.Join(r.dir, spoolDir))
 	if err == nil {
 		err = r.alog.append(recs)
 	}

@@ -18,6 +18,7 @@ import (
 
 	"github.com/wattagg/wattagg/aggregate"
 	"github.com/wattagg/wattagg/energy"
+	"github.com/wattagg/wattagg/internal/durable"
 	"github.com/wattagg/wattagg/server/api"
 )
 
@@ -445,7 +446,7 @@ func (s *Server) setUpRound(r *round, meta *roundMeta) error {
 	if err := writeJSONAtomic(filepath.Join(r.dir, roundFile), *meta); err != nil {
 		return err
 	}
-	return syncDir(s.roundsDir)
+	return durable.SyncDir(s.roundsDir)
 }
 
 func (s *Server) newRoundStruct(n int, dir string, meta roundMeta) *round {
@@ -687,7 +688,7 @@ func (r *round) removeUnacknowledged(recs []AckRecord) (int, error) {
 		}
 	}
 	if removed > 0 {
-		if err := syncDir(spool); err != nil {
+		if err := durable.SyncDir(spool); err != nil {
 			return 0, err
 		}
 	}

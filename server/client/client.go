@@ -31,6 +31,7 @@ import (
 	"time"
 
 	"github.com/wattagg/wattagg/aggregate/secagg"
+	"github.com/wattagg/wattagg/internal/durable"
 	"github.com/wattagg/wattagg/server/api"
 	"github.com/wattagg/wattagg/tensor"
 	"github.com/wattagg/wattagg/tensor/safetensors"
@@ -298,7 +299,7 @@ func saveModel(path string, resp *http.Response, progress func(done, total int64
 		return err
 	}
 	ok = true
-	return syncDir(dir)
+	return durable.SyncDir(dir)
 }
 
 // receiveModel copies the model of resp into tmp, reporting to progress (if set), checks that
@@ -325,16 +326,6 @@ func receiveModel(tmp *os.File, resp *http.Response, progress func(done, total i
 		return fmt.Errorf("the server's model is not a valid .safetensors file: %w", err)
 	}
 	return nil
-}
-
-// syncDir syncs the directory dir, so that a rename in it is durable.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
 
 // Status is the status of round (with its acknowledged updates).

@@ -21,16 +21,3 @@ func mapFile(f *os.File, size int64) ([]byte, io.Closer, error) {
 type mapping []byte
 
 func (m mapping) Close() error { return unix.Munmap(m) }
-
-// syncDir makes a rename in dir durable.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	return err
-}

@@ -18,13 +18,3 @@ func mapFile(f *os.File, size int64) ([]byte, io.Closer, error) {
 	}
 	return b, io.NopCloser(nil), nil
 }
-
-// syncDir is best effort: Windows cannot open a directory to sync it, and wattagg only
-// promises durability on Linux.
-func syncDir(dir string) error {
-	if d, err := os.Open(dir); err == nil {
-		d.Sync()
-		d.Close()
-	}
-	return nil
-}

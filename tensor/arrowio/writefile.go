@@ -12,6 +12,7 @@ import (
 
 	"github.com/apache/arrow-go/v18/arrow/ipc"
 
+	"github.com/wattagg/wattagg/internal/durable"
 	"github.com/wattagg/wattagg/tensor"
 )
 
@@ -65,7 +66,7 @@ func WriteFile(path string, s *tensor.Set, opts ...Option) (err error) {
 	if err != nil {
 		return fmt.Errorf("%s: %w", path, err)
 	}
-	if err := syncDir(dir); err != nil {
+	if err := durable.SyncDir(dir); err != nil {
 		return fmt.Errorf("%s: syncing the directory: %w", path, err)
 	}
 	return nil

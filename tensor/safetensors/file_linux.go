@@ -112,16 +112,3 @@ func openDirect(name string) (*os.File, error) {
 // directUnsupported reports whether a direct write failed because this file or filesystem
 // does not take O_DIRECT writes (as opposed to a real I/O error).
 func directUnsupported(err error) bool { return errors.Is(err, unix.EINVAL) }
-
-// syncDir makes a rename in dir durable.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	return err
-}

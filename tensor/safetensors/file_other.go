@@ -34,13 +34,3 @@ func openDirect(string) (*os.File, error) { return nil, nil }
 
 // directUnsupported is never asked off Linux, where there is no direct descriptor.
 func directUnsupported(error) bool { return true }
-
-// syncDir is best effort: Windows cannot open a directory to sync it, and wattagg only
-// promises durability on Linux.
-func syncDir(dir string) error {
-	if d, err := os.Open(dir); err == nil {
-		d.Sync()
-		d.Close()
-	}
-	return nil
-}

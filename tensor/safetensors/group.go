@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+
+	"github.com/wattagg/wattagg/internal/durable"
 )
 
 // groupHook, when set by tests, is called after each step of CommitGroup, so that a child
@@ -189,7 +191,7 @@ func (g *groupCommit) prepare() error {
 		}
 	}
 	for _, d := range dirs {
-		if err := syncDir(d); err != nil {
+		if err := durable.SyncDir(d); err != nil {
 			return fmt.Errorf("safetensors: group commit: %w", err)
 		}
 	}
@@ -232,7 +234,7 @@ func (g *groupCommit) publish() error {
 		}
 		w.tmp = ""
 		w.release()
-		if err := syncDir(filepath.Dir(w.path)); err != nil {
+		if err := durable.SyncDir(filepath.Dir(w.path)); err != nil {
 			return g.leftForRecovery(w, err)
 		}
 		hook(fmt.Sprintf("renamed %d", i))
@@ -301,7 +303,7 @@ func writeJournal(path string, j *journal) error {
 	}
 	f.Close()
 	if err == nil {
-		err = syncDir(dir)
+		err = durable.SyncDir(dir)
 	}
 	if err != nil {
 		return fmt.Errorf("safetensors: journal %s: %w", path, err)
@@ -314,7 +316,7 @@ func removeJournal(path string) error {
 	if err := os.Remove(path); err != nil {
 		return fmt.Errorf("safetensors: journal %s: %w", path, err)
 	}
-	if err := syncDir(filepath.Dir(path)); err != nil {
+	if err := durable.SyncDir(filepath.Dir(path)); err != nil {
 		return fmt.Errorf("safetensors: journal %s: %w", path, err)
 	}
 	return nil
@@ -378,7 +380,7 @@ func RecoverGroup(journalPath string) error {
 			if err := os.Rename(r.From, r.To); err != nil {
 				return fmt.Errorf("safetensors: recovering %s: %w", journalPath, err)
 			}
-			if err := syncDir(filepath.Dir(r.To)); err != nil {
+			if err := durable.SyncDir(filepath.Dir(r.To)); err != nil {
 				return fmt.Errorf("safetensors: recovering %s: %w", journalPath, err)
 			}
 		case err == nil:

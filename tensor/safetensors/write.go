@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"unicode/utf8"
 
+	"github.com/wattagg/wattagg/internal/durable"
 	"github.com/wattagg/wattagg/tensor"
 )
 
@@ -390,7 +391,7 @@ func (w *Writer) Commit() error {
 	}
 	w.tmp = "" // renamed: nothing is left to remove
 	w.release()
-	if err := syncDir(filepath.Dir(w.path)); err != nil {
+	if err := durable.SyncDir(filepath.Dir(w.path)); err != nil {
 		return fmt.Errorf("%s: written, but the directory sync failed: %w", w.path, err)
 	}
 	return nil
