@@ -7,6 +7,8 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+
+	"github.com/wattagg/wattagg/internal/durable"
 )
 
 // Save writes the profile to path, creating its directory, so that path holds the old profile
@@ -69,17 +71,7 @@ type osFS struct{}
 func (osFS) CreateTemp(dir, pattern string) (tempFile, error) { return os.CreateTemp(dir, pattern) }
 func (osFS) Rename(oldpath, newpath string) error             { return os.Rename(oldpath, newpath) }
 
-func (osFS) SyncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	return err
-}
+func (osFS) SyncDir(dir string) error { return durable.SyncDir(dir) }
 
 // replaceFile replaces path by data durably (temporary file, fsync, rename, directory fsync),
 // unless path already holds data. On failure path is as it was and the temporary file is gone.
